@@ -1,0 +1,171 @@
+/*
+ * kvrt — portable LLM inference runtime with a paged KV cache.
+ *
+ * The public C API. Conventions (all headers of kvrt follow them):
+ *  - Every fallible function returns a kvrt_status; KVRT_OK is 0.
+ *  - Objects are opaque. kvrt_x_create(params, ..., &out, err) sets *out = NULL
+ *    on failure and writes a message into the optional caller-owned `err`
+ *    (may be NULL). kvrt_x_destroy(NULL) is a no-op.
+ *  - After creation, each object keeps the message of its last failed call,
+ *    readable with kvrt_x_message(obj). There is no process-global error.
+ *  - An object may be used by one thread at a time; distinct objects may be
+ *    used from distinct threads. The library has no mutable global state and
+ *    reads no environment variables: every setting is a field of a params struct.
+ *  - Sizes are size_t / int64_t; counts that index arrays are int32_t.
+ */
+#ifndef KVRT_H
+#define KVRT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(KVRT_BUILDING_LIBRARY) && defined(__GNUC__)
+#define KVRT_API __attribute__((visibility("default")))
+#else
+#define KVRT_API
+#endif
+
+/* ---- version -------------------------------------------------------------- */
+
+#define KVRT_VERSION_MAJOR 0
+#define KVRT_VERSION_MINOR 1
+#define KVRT_VERSION_PATCH 0
+#define KVRT_VERSION_NUMBER \
+    (KVRT_VERSION_MAJOR * 10000 + KVRT_VERSION_MINOR * 100 + KVRT_VERSION_PATCH)
+
+/* "MAJOR.MINOR.PATCH" of the library linked at run time. */
+KVRT_API const char *kvrt_version(void);
+/* KVRT_VERSION_NUMBER of the library linked at run time. */
+KVRT_API int kvrt_version_number(void);
+
+/* ---- status codes, grouped by subsystem ----------------------------------- */
+
+typedef enum kvrt_status {
+    KVRT_OK = 0,
+
+    /* general: 100..199 */
+    KVRT_ERR_INVALID_ARGUMENT = 100,
+    KVRT_ERR_UNSUPPORTED = 101,      /* valid request this build/backend cannot run */
+    KVRT_ERR_OUT_OF_HOST_MEMORY = 102,
+    KVRT_ERR_IO = 103,               /* a file could not be opened, read or written */
+    KVRT_ERR_INTERNAL = 104,         /* a kvrt bug: please report it */
+
+    /* KV cache and block manager: 200..299 */
+    KVRT_ERR_OUT_OF_BLOCKS = 200,    /* the pool cannot serve the request; nothing changed */
+    KVRT_ERR_CONTEXT_OVERFLOW = 201, /* sequence longer than its context / block table */
+    KVRT_ERR_NO_SUCH_SEQUENCE = 202,
+
+    /* models and tokenizers: 300..399 */
+    KVRT_ERR_BAD_MODEL = 300,        /* malformed, truncated or inconsistent model file */
+    KVRT_ERR_BAD_TOKENIZER = 301,
+    KVRT_ERR_BAD_TOKEN = 302,        /* token id outside the vocabulary */
+
+    /* backends and devices: 400..499 */
+    KVRT_ERR_BACKEND_UNAVAILABLE = 400, /* no driver, no device, or not built in */
+    KVRT_ERR_OUT_OF_DEVICE_MEMORY = 401,
+    KVRT_ERR_KERNEL_BUILD = 402,        /* a driver rejected a shader or kernel */
+    KVRT_ERR_DEVICE_LOST = 403,
+
+    /* engine and requests: 500..599 */
+    KVRT_ERR_REQUEST_REJECTED = 500,    /* can never run: longer than context or pool */
+    KVRT_ERR_CANCELLED = 501
+} kvrt_status;
+
+/* A short, static, English description of a status ("out of blocks"). Never NULL. */
+KVRT_API const char *kvrt_status_str(kvrt_status status);
+
+/* Caller-owned error report, filled by create functions (which have no object
+ * to hold a message yet) and by functions that take one explicitly. */
+#define KVRT_ERROR_MESSAGE_MAX 512
+typedef struct kvrt_error {
+    kvrt_status status;
+    char message[KVRT_ERROR_MESSAGE_MAX]; /* NUL-terminated, "" when status is KVRT_OK */
+} kvrt_error;
+
+/* ---- host allocator ------------------------------------------------------- */
+
+/* Optional embedder-supplied host allocator (Lua style). NULL in a params
+ * struct means the C library's malloc/free. `alloc` returns NULL on failure;
+ * kvrt then reports KVRT_ERR_OUT_OF_HOST_MEMORY and leaves state unchanged.
+ * Must be thread-safe if objects using it are used from several threads. */
+typedef struct kvrt_allocator {
+    void *(*alloc)(void *user, size_t size, size_t alignment);
+    void (*free)(void *user, void *ptr);
+    void *user;
+} kvrt_allocator;
+
+/* ---- element types -------------------------------------------------------- */
+
+/* Values match the GGUF tensor type ids (ggml_type) where GGUF has them. */
+typedef enum kvrt_dtype {
+    KVRT_DTYPE_F32 = 0,
+    KVRT_DTYPE_F16 = 1,
+    KVRT_DTYPE_Q4_0 = 2,
+    KVRT_DTYPE_Q8_0 = 8,
+    KVRT_DTYPE_BF16 = 30
+} kvrt_dtype;
+
+/* "f32", "f16", "q4_0", "q8_0", "bf16"; "?" for unknown values. */
+KVRT_API const char *kvrt_dtype_name(kvrt_dtype dtype);
+
+/* ---- compute context (one backend, one device) ----------------------------- */
+
+typedef enum kvrt_backend_kind {
+    KVRT_BACKEND_CPU = 0,
+    KVRT_BACKEND_VULKAN = 1,
+    KVRT_BACKEND_OPENCL = 2
+} kvrt_backend_kind;
+
+/* "cpu", "vulkan", "opencl". */
+KVRT_API const char *kvrt_backend_name(kvrt_backend_kind kind);
+/* Parses a backend name; KVRT_ERR_INVALID_ARGUMENT when unknown. */
+KVRT_API kvrt_status kvrt_backend_parse(const char *name, kvrt_backend_kind *out);
+
+/* Device features a context may be told not to use, so portable paths can be
+ * exercised on devices that have everything (DESIGN.md). */
+enum {
+    KVRT_FEATURE_BUFFER_DEVICE_ADDRESS = 1u << 0,
+    KVRT_FEATURE_FP16 = 1u << 1,
+    KVRT_FEATURE_INT8 = 1u << 2,
+    KVRT_FEATURE_SUBGROUPS = 1u << 3
+};
+
+typedef struct kvrt_context_params {
+    kvrt_backend_kind backend;
+    int32_t n_threads;        /* CPU worker threads; 0 = number of online cores */
+    int32_t device_index;     /* GPU backends: -1 = pick (discrete preferred) */
+    const char *device_name;  /* GPU backends: substring match, overrides index; may be NULL */
+    uint64_t memory_budget;   /* bytes of device memory kvrt may use; 0 = backend default */
+    uint32_t disabled_features; /* KVRT_FEATURE_* bits the backend must not use */
+    const kvrt_allocator *allocator; /* host allocations; NULL = malloc. Must outlive the context. */
+} kvrt_context_params;
+
+/* Defaults: CPU backend, all cores, automatic device, no budget, all features. */
+KVRT_API kvrt_context_params kvrt_context_default_params(void);
+
+typedef struct kvrt_context kvrt_context;
+
+/* Creates a compute context. KVRT_ERR_BACKEND_UNAVAILABLE (with a message
+ * naming what is missing) when the backend is not built in or has no driver
+ * or device. `err` may be NULL. */
+KVRT_API kvrt_status kvrt_context_create(const kvrt_context_params *params,
+                                         kvrt_context **out, kvrt_error *err);
+/* Destroys a context. Every object created from it must be destroyed first. NULL is a no-op. */
+KVRT_API void kvrt_context_destroy(kvrt_context *ctx);
+/* Message of the last failed call on this context ("" if none). */
+KVRT_API const char *kvrt_context_message(const kvrt_context *ctx);
+/* A one-line description of the device and backend ("cpu: 2 threads, OpenBLAS Haswell"). */
+KVRT_API const char *kvrt_context_description(const kvrt_context *ctx);
+
+#ifdef __cplusplus
+}
+#endif
+
+#include "kvrt_kv.h"        /* KV block manager: pool, block tables, prefix cache, CoW, swap */
+#include "kvrt_attention.h" /* standalone paged KV cache + attention, usable without a model */
+
+#endif /* KVRT_H */

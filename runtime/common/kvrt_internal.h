@@ -1,0 +1,73 @@
+/* Internal helpers shared by every part of the library: errors, host memory,
+ * checked arithmetic. Not installed. */
+#ifndef KVRT_INTERNAL_H
+#define KVRT_INTERNAL_H
+
+#include "kvrt.h"
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(__GNUC__)
+#define KVRT_PRINTF(fmt_idx, arg_idx) __attribute__((format(printf, fmt_idx, arg_idx)))
+#define KVRT_LIKELY(x) __builtin_expect(!!(x), 1)
+#define KVRT_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#else
+#define KVRT_PRINTF(fmt_idx, arg_idx)
+#define KVRT_LIKELY(x) (x)
+#define KVRT_UNLIKELY(x) (x)
+#endif
+
+#define KVRT_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+#define KVRT_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define KVRT_MAX(a, b) ((a) > (b) ? (a) : (b))
+
+/* ---- errors ---------------------------------------------------------------- */
+
+/* Fills `err` (may be NULL) with status and a printf-style message; returns status.
+ * Usage: return kvrt_fail(&obj->err, KVRT_ERR_INVALID_ARGUMENT, "n_tokens %d < 0", n); */
+kvrt_status kvrt_fail(kvrt_error *err, kvrt_status status, const char *fmt, ...) KVRT_PRINTF(3, 4);
+kvrt_status kvrt_failv(kvrt_error *err, kvrt_status status, const char *fmt, va_list ap);
+/* Resets `err` (may be NULL) to KVRT_OK / "". */
+void kvrt_error_clear(kvrt_error *err);
+/* Copies src into dst (either may be NULL); returns src->status (KVRT_OK if src is NULL). */
+kvrt_status kvrt_error_copy(kvrt_error *dst, const kvrt_error *src);
+
+/* Evaluates a kvrt_status expression and returns it from the caller when it fails. */
+#define KVRT_TRY(expr)                      \
+    do {                                    \
+        kvrt_status kvrt_try_s_ = (expr);   \
+        if (kvrt_try_s_ != KVRT_OK)         \
+            return kvrt_try_s_;             \
+    } while (0)
+
+/* ---- host memory (through the optional embedder allocator) ----------------- */
+
+/* NULL allocator = malloc/free. Allocation of 0 bytes returns a unique non-NULL pointer.
+ * Alignment must be a power of two (0 = 16). */
+void *kvrt_alloc(const kvrt_allocator *a, size_t size, size_t alignment);
+void *kvrt_calloc(const kvrt_allocator *a, size_t count, size_t size); /* zeroed, overflow-checked */
+void kvrt_free(const kvrt_allocator *a, void *ptr);
+char *kvrt_strdup(const kvrt_allocator *a, const char *s);
+
+/* ---- checked 64-bit arithmetic -------------------------------------------- */
+
+/* *out = a * b; false on overflow (or negative operands). */
+static inline bool kvrt_mul_i64(int64_t a, int64_t b, int64_t *out)
+{
+    if (a < 0 || b < 0)
+        return false;
+    return !__builtin_mul_overflow(a, b, out);
+}
+static inline bool kvrt_mul_size(size_t a, size_t b, size_t *out)
+{
+    return !__builtin_mul_overflow(a, b, out);
+}
+static inline bool kvrt_add_size(size_t a, size_t b, size_t *out)
+{
+    return !__builtin_add_overflow(a, b, out);
+}
+
+#endif /* KVRT_INTERNAL_H */
