@@ -1,0 +1,126 @@
+/*
+ * What a model loader produces: hyper-parameters, weight tensors (host bytes,
+ * memory-mapped or owned) and the vocabulary, independent of the file format
+ * (GGUF or llama2.c). The forward pass and the tokenizer read only this.
+ */
+#ifndef KVRT_MODEL_FILE_H
+#define KVRT_MODEL_FILE_H
+
+#include "common/kvrt_internal.h"
+
+/* A weight in the file: ne[0] is the row length (contiguous), ne[1] the number
+ * of rows (GGUF order). 1-D tensors have ne[1] == 1. Quantized types keep the
+ * GGUF block layouts (Q8_0: 32 values per 34-byte block; Q4_0: 32 per 18). */
+typedef struct kvrt_tensor_ref {
+    kvrt_dtype type;
+    const void *data; /* host bytes: into the mapping, or owned by the model file */
+    size_t nbytes;
+    int64_t ne[2];
+} kvrt_tensor_ref;
+
+typedef struct kvrt_llama_hparams {
+    int32_t n_vocab;
+    int32_t n_embd;      /* dim */
+    int32_t n_layer;
+    int32_t n_ff;        /* hidden_dim of the FFN */
+    int32_t n_head;
+    int32_t n_head_kv;
+    int32_t head_dim;    /* n_embd / n_head */
+    int32_t n_ctx_train; /* as the file states it (may be smaller than trained, see DESIGN) */
+    int32_t rope_dim;    /* rotated dims per head (== head_dim unless the file says otherwise) */
+    int32_t rope_neox;   /* 0 for the llama architecture */
+    float rope_freq_base; /* default 10000 */
+    float rms_eps;        /* default 1e-5 */
+} kvrt_llama_hparams;
+
+typedef struct kvrt_llama_layer {
+    kvrt_tensor_ref attn_norm; /* [n_embd] */
+    kvrt_tensor_ref wq;        /* [n_embd] x n_head*head_dim rows */
+    kvrt_tensor_ref wk;        /* [n_embd] x n_head_kv*head_dim rows */
+    kvrt_tensor_ref wv;        /* [n_embd] x n_head_kv*head_dim rows */
+    kvrt_tensor_ref wo;        /* [n_head*head_dim] x n_embd rows */
+    kvrt_tensor_ref ffn_norm;  /* [n_embd] */
+    kvrt_tensor_ref ffn_gate;  /* [n_embd] x n_ff rows  (w1) */
+    kvrt_tensor_ref ffn_down;  /* [n_ff] x n_embd rows  (w2) */
+    kvrt_tensor_ref ffn_up;    /* [n_embd] x n_ff rows  (w3) */
+} kvrt_llama_layer;
+
+typedef struct kvrt_llama_weights {
+    kvrt_tensor_ref tok_embd;    /* [n_embd] x n_vocab rows */
+    kvrt_tensor_ref output_norm; /* [n_embd] */
+    kvrt_tensor_ref output;      /* [n_embd] x n_vocab rows; == tok_embd when tied */
+    kvrt_llama_layer *layers;    /* [n_layer] */
+} kvrt_llama_weights;
+
+/* SentencePiece token types (GGUF tokenizer.ggml.token_type). */
+enum {
+    KVRT_TOKEN_NORMAL = 1,
+    KVRT_TOKEN_UNKNOWN = 2,
+    KVRT_TOKEN_CONTROL = 3,
+    KVRT_TOKEN_USER_DEFINED = 4,
+    KVRT_TOKEN_UNUSED = 5,
+    KVRT_TOKEN_BYTE = 6
+};
+
+/* The vocabulary in GGUF conventions: pieces use U+2581 for spaces, BOS/EOS
+ * are "<s>"/"</s>", byte pieces "<0xNN>" have type BYTE. A llama2.c
+ * tokenizer.bin is normalised into this form by its loader. */
+typedef struct kvrt_vocab {
+    int32_t n_tokens;
+    char **pieces;       /* [n_tokens] NUL-terminated UTF-8 */
+    int32_t *piece_lens; /* [n_tokens] bytes, without the NUL */
+    float *scores;       /* [n_tokens] merge priority (higher merges first) */
+    int32_t *types;      /* [n_tokens] KVRT_TOKEN_* */
+    int32_t bos_id, eos_id, unk_id; /* -1 when absent */
+    bool add_bos;        /* tokenize prepends BOS */
+    bool add_space_prefix; /* SentencePiece adds a leading space (default true) */
+} kvrt_vocab;
+
+typedef struct kvrt_model_file {
+    const kvrt_allocator *alloc;
+    char arch[32];              /* "llama" */
+    kvrt_llama_hparams hp;
+    kvrt_llama_weights w;       /* all zero when vocab_only */
+    kvrt_vocab vocab;
+    bool vocab_only;            /* a tokenizer-only GGUF (no tensors) */
+    kvrt_dtype main_type;       /* type of most matrices, for display */
+    /* storage */
+    void *mapping;              /* mmap of the file, or NULL */
+    size_t mapping_size;
+    void *owned;                /* heap bytes the tensors point into, or NULL */
+} kvrt_model_file;
+
+typedef struct kvrt_load_progress {
+    /* Called now and then while reading big files; fraction in [0, 1]. May be NULL. */
+    void (*fn)(void *user, double fraction);
+    void *user;
+} kvrt_load_progress;
+
+/* GGUF v2/v3 file, architecture llama. vocab_only_ok: accept a file with no
+ * tensors (tokenizer-only). Errors: IO, BAD_MODEL (naming the key/tensor),
+ * BAD_TOKENIZER, UNSUPPORTED (tensor type or tokenizer model kvrt does not run). */
+kvrt_status kvrt_model_file_load_gguf(const char *path, const kvrt_allocator *alloc, bool vocab_only_ok,
+                                      const kvrt_load_progress *progress, kvrt_model_file **out, kvrt_error *err);
+/* GGUF from memory (fuzzing, tests): the bytes must outlive the model file. */
+kvrt_status kvrt_model_file_load_gguf_memory(const void *data, size_t size, const kvrt_allocator *alloc,
+                                             bool vocab_only_ok, kvrt_model_file **out, kvrt_error *err);
+/* llama2.c run.c checkpoint plus its tokenizer.bin (tokenizer_path may be NULL:
+ * then the vocabulary is empty and only token ids can be used). */
+kvrt_status kvrt_model_file_load_llama2c(const char *checkpoint_path, const char *tokenizer_path,
+                                         const kvrt_allocator *alloc, const kvrt_load_progress *progress,
+                                         kvrt_model_file **out, kvrt_error *err);
+/* A llama2.c tokenizer.bin alone into a vocabulary (used by the above). */
+kvrt_status kvrt_vocab_load_llama2c(const char *path, int32_t expected_n_tokens, const kvrt_allocator *alloc,
+                                    kvrt_vocab *out, kvrt_error *err);
+kvrt_status kvrt_vocab_load_llama2c_memory(const void *data, size_t size, int32_t expected_n_tokens,
+                                           const kvrt_allocator *alloc, kvrt_vocab *out, kvrt_error *err);
+void kvrt_vocab_free(const kvrt_allocator *alloc, kvrt_vocab *vocab);
+void kvrt_model_file_free(kvrt_model_file *mf);
+
+/* Bytes of a row of n values of a type; 0 when n is not a multiple of its block. */
+size_t kvrt_dtype_row_bytes(kvrt_dtype type, int64_t n);
+/* Values per block (1 for F32/F16/BF16, 32 for Q8_0/Q4_0) and bytes per block. */
+int32_t kvrt_dtype_block_values(kvrt_dtype type);
+size_t kvrt_dtype_block_bytes(kvrt_dtype type);
+
+#endif /* KVRT_MODEL_FILE_H */
