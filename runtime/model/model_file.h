@@ -7,6 +7,7 @@
 #define KVRT_MODEL_FILE_H
 
 #include "common/kvrt_internal.h"
+#include "common/quant.h"
 
 /* A weight in the file: ne[0] is the row length (contiguous), ne[1] the number
  * of rows (GGUF order). 1-D tensors have ne[1] == 1. Quantized types keep the
@@ -117,10 +118,6 @@ kvrt_status kvrt_vocab_load_llama2c_memory(const void *data, size_t size, int32_
 void kvrt_vocab_free(const kvrt_allocator *alloc, kvrt_vocab *vocab);
 void kvrt_model_file_free(kvrt_model_file *mf);
 
-/* Bytes of a row of n values of a type; 0 when n is not a multiple of its block. */
-size_t kvrt_dtype_row_bytes(kvrt_dtype type, int64_t n);
-/* Values per block (1 for F32/F16/BF16, 32 for Q8_0/Q4_0) and bytes per block. */
-int32_t kvrt_dtype_block_values(kvrt_dtype type);
-size_t kvrt_dtype_block_bytes(kvrt_dtype type);
+/* Element sizes and block layouts of the types: see common/quant.h. */
 
 #endif /* KVRT_MODEL_FILE_H */
