@@ -572,10 +572,16 @@ static void test_lru_eviction_order(void **state)
     for (int k = 0; k < 3; k++)
         assert_int_equal(kvrt_bm_seq_free(bm, ids[k]), KVRT_OK);
     assert_int_equal(stats(bm).blocks_cached, 3);
-    /* The never-hashed block is reused first: no eviction. */
-    int32_t s = new_seq(bm, 0), other[16];
+    /* A freed partial (unhashed) block goes to the head of the queue... */
+    int32_t w = new_seq(bm, 0), other[16];
     fill_tokens(other, 16, 9000);
+    append(bm, w, other, 3, NULL);
+    int32_t plain = row_entry(bm, w, 0);
+    assert_int_equal(kvrt_bm_seq_free(bm, w), KVRT_OK);
+    /* ...so it is reused first: no eviction. */
+    int32_t s = new_seq(bm, 0);
     append(bm, s, other, 1, NULL);
+    assert_int_equal(row_entry(bm, s, 0), plain);
     assert_int_equal(stats(bm).evictions, 0);
     assert_int_equal(stats(bm).blocks_cached, 3);
     /* The next allocation evicts the least recently freed: blk[0]. */
@@ -683,6 +689,32 @@ static void test_hash_collisions_never_return_wrong_block(void **state)
     assert_int_equal(n, 0);
     assert_int_equal(kvrt_bm_debug_set_hash_bits(NULL, 1), KVRT_ERR_INVALID_ARGUMENT);
     assert_int_equal(kvrt_bm_debug_set_hash_bits(bm, 0), KVRT_ERR_INVALID_ARGUMENT);
+    check(bm);
+    kvrt_block_manager_destroy(bm);
+}
+
+static void test_extra_key_separates_colliding_blocks(void **state)
+{
+    (void)state;
+    /* Eight extra keys, the same tokens, one-bit hashes: at least four keys
+     * share a hash (pigeonhole), so only the extra_key comparison keeps
+     * their blocks apart, in registration and in lookup. */
+    kvrt_block_manager *bm = make(16, 8, 2, 0, 1);
+    assert_int_equal(kvrt_bm_debug_set_hash_bits(bm, 1), KVRT_OK);
+    int32_t toks[8], owner[8], blk[8];
+    fill_tokens(toks, 8, 4);
+    for (int e = 0; e < 8; e++) {
+        owner[e] = new_seq(bm, (uint64_t)e * 1000);
+        append(bm, owner[e], toks, 8, NULL);
+        blk[e] = row_entry(bm, owner[e], 0);
+        assert_true(bm->blocks[blk[e]].registered);
+    }
+    for (int e = 0; e < 8; e++) {
+        int32_t s = new_seq(bm, (uint64_t)e * 1000), n;
+        assert_int_equal(kvrt_bm_match_prefix(bm, s, toks, 8, &n), KVRT_OK);
+        assert_int_equal(n, 8);
+        assert_int_equal(row_entry(bm, s, 0), blk[e]);
+    }
     check(bm);
     kvrt_block_manager_destroy(bm);
 }
@@ -898,6 +930,9 @@ static void test_swap_out_and_in(void **state)
     assert_int_equal(kvrt_bm_swap_out(bm, s, pairs, 4, &n), KVRT_ERR_INVALID_ARGUMENT);
     assert_msg_has(bm, "already swapped out");
 
+    /* Drop the cached device copies: after swap-in the prefix must be found
+     * through the swapped-in blocks themselves. */
+    assert_int_equal(kvrt_bm_reset_prefix_cache(bm), KVRT_OK);
     /* Swap in: new device blocks, pairs host -> device, host slots back. */
     int32_t host_of[3] = {pairs[0][1], pairs[1][1], pairs[2][1]};
     assert_int_equal(kvrt_bm_swap_in(bm, s, pairs, 4, &n), KVRT_OK);
@@ -920,6 +955,8 @@ static void test_swap_out_and_in(void **state)
     int32_t m = new_seq(bm, 5);
     assert_int_equal(kvrt_bm_match_prefix(bm, m, toks, 24, &n), KVRT_OK);
     assert_int_equal(n, 24);
+    for (int k = 0; k < 3; k++)
+        assert_int_equal(row_entry(bm, m, k), row_entry(bm, s, k));
     check(bm);
     kvrt_block_manager_destroy(bm);
 }
@@ -1035,6 +1072,7 @@ int main(void)
         cmocka_unit_test(test_free_order_evicts_tail_first),
         cmocka_unit_test(test_duplicate_not_registered),
         cmocka_unit_test(test_hash_collisions_never_return_wrong_block),
+        cmocka_unit_test(test_extra_key_separates_colliding_blocks),
         cmocka_unit_test(test_parent_identity_survives_eviction),
         cmocka_unit_test(test_reset_prefix_cache),
         cmocka_unit_test(test_block_tables),
