@@ -208,7 +208,7 @@ KVRT_API kvrt_status kvrt_bm_reset_prefix_cache(kvrt_block_manager *bm);
  * position `pos` (clamped to seq_len), except blocks holding any of the
  * first `sinks` positions: their table entries become -1 and their
  * references are dropped. For a window W, a query at position i needs keys
- * j > i - W, so pass pos = i - W + 1 for the earliest query still to run.
+ * j > i - W, so pass pos = max(0, i - W + 1) for the earliest query still to run.
  * *n_released (may be NULL) receives the number of blocks released.
  * Errors: NO_SUCH_SEQUENCE, INVALID_ARGUMENT (pos < 0, sinks < 0, swapped out). */
 KVRT_API kvrt_status kvrt_bm_release_before(kvrt_block_manager *bm, int32_t seq, int32_t pos, int32_t sinks,
