@@ -102,6 +102,18 @@ static void test_fork_shares_prompt_greedy(void **state)
         assert_memory_equal(out.samples[i].tokens, ref, sizeof(ref));
     }
     assert_pool_clean(e);
+
+    /* Samples that finish with their first token. */
+    rp.n = 3;
+    rp.max_tokens = 1;
+    assert_int_equal(kvrt_engine_submit(e, &rp, &id), KVRT_OK);
+    run_all(e, 10);
+    assert_int_equal(kvrt_engine_get_output(e, id, &out), KVRT_OK);
+    for (int32_t i = 0; i < 3; i++) {
+        assert_int_equal(out.samples[i].n_tokens, 1);
+        assert_int_equal(out.samples[i].tokens[0], ref[0]);
+    }
+    assert_pool_clean(e);
     kvrt_engine_destroy(e);
     fake_free(&f);
 }
@@ -545,6 +557,57 @@ static void test_failed_forward_loses_nothing(void **state)
     fake_free(&f);
 }
 
+/* Runs to the end, tolerating device failures; returns how many steps failed. */
+static int32_t run_tolerant(kvrt_engine *e)
+{
+    int32_t failures = 0, steps = 0;
+    while (kvrt_engine_has_work(e)) {
+        if (kvrt_engine_step(e, NULL) != KVRT_OK)
+            failures++;
+        assert_true(++steps < 500);
+    }
+    return failures;
+}
+
+static void test_failed_copies_and_swaps_lose_nothing(void **state)
+{
+    (void)state;
+    for (int32_t which = 0; which < 3; which++) {
+        fake_model f;
+        fake_init(&f, VOCAB, 8, 12);
+        kvrt_engine_params p = fake_params(&f, 64);
+        p.preempt_mode = KVRT_PREEMPT_SWAP;
+        p.num_host_blocks = 16;
+        kvrt_engine *e = fake_engine(&f, &p);
+        f.fail_at_copy = which == 0 ? 2 : 0;
+        f.fail_at_read = which == 1 ? 2 : 0;
+        f.fail_at_write = which == 2 ? 1 : 0;
+        int32_t prompt[20];
+        fake_prompt(prompt, 20, VOCAB, 60);
+        kvrt_request_params rp = kvrt_request_default_params();
+        rp.prompt = prompt;
+        rp.n_prompt = 20;
+        rp.max_tokens = 20;
+        rp.n = 3; /* copy-on-write, and swapping under pressure */
+        int64_t id = 0;
+        assert_int_equal(kvrt_engine_submit(e, &rp, &id), KVRT_OK);
+        int64_t other = submit_prompt(e, prompt + 3, 17, 20);
+        assert_int_equal(run_tolerant(e), 1);
+        kvrt_request_output out;
+        assert_int_equal(kvrt_engine_get_output(e, id, &out), KVRT_OK);
+        int32_t ref[20];
+        assert_int_equal(fake_reference(VOCAB, prompt, 20, 20, 64, -1, ref), 20);
+        for (int32_t i = 0; i < 3; i++) {
+            assert_int_equal(out.samples[i].n_tokens, 20);
+            assert_memory_equal(out.samples[i].tokens, ref, sizeof(ref));
+        }
+        assert_matches_reference(e, other, prompt + 3, 17, 20);
+        assert_pool_clean(e);
+        kvrt_engine_destroy(e);
+        fake_free(&f);
+    }
+}
+
 static void test_create_without_model(void **state)
 {
     (void)state;
@@ -573,6 +636,7 @@ int main(void)
         cmocka_unit_test(test_request_latencies_and_json),
         cmocka_unit_test(test_batch_invariance_32),
         cmocka_unit_test(test_failed_forward_loses_nothing),
+        cmocka_unit_test(test_failed_copies_and_swaps_lose_nothing),
         cmocka_unit_test(test_create_without_model),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

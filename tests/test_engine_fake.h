@@ -30,6 +30,8 @@ typedef struct fake_model {
     double step_seconds, token_seconds; /* clock advance per forward */
     int64_t forwards, copies_applied, blocks_read, blocks_written;
     int32_t fail_at_forward;  /* > 0: that forward (1-based) fails */
+    int32_t fail_at_copy, fail_at_read, fail_at_write; /* same for those calls */
+    int32_t n_copy_calls, n_read_calls, n_write_calls;
     void (*on_batch)(void *user, const kvrt_step_batch *b);
     void *user;
 } fake_model;
@@ -120,7 +122,8 @@ static void fake_copy_block(fake_model *f, int32_t src, int32_t dst)
 static kvrt_status fake_copy_blocks(void *self, const int32_t (*pairs)[2], int32_t n, kvrt_error *err)
 {
     fake_model *f = self;
-    (void)err;
+    if (++f->n_copy_calls == f->fail_at_copy)
+        return kvrt_fail(err, KVRT_ERR_DEVICE_LOST, "fake copy failure");
     for (int32_t i = 0; i < n; i++)
         fake_copy_block(f, pairs[i][0], pairs[i][1]);
     f->copies_applied += n;
@@ -130,7 +133,8 @@ static kvrt_status fake_copy_blocks(void *self, const int32_t (*pairs)[2], int32
 static kvrt_status fake_read_block(void *self, int32_t block, void *dst, kvrt_error *err)
 {
     fake_model *f = self;
-    (void)err;
+    if (++f->n_read_calls == f->fail_at_read)
+        return kvrt_fail(err, KVRT_ERR_DEVICE_LOST, "fake read failure");
     size_t bs = (size_t)f->block_size;
     memcpy(dst, f->kv_tok + (size_t)block * bs, bs * sizeof(int32_t));
     memcpy((char *)dst + bs * sizeof(int32_t), f->kv_pos + (size_t)block * bs, bs * sizeof(int32_t));
@@ -141,7 +145,8 @@ static kvrt_status fake_read_block(void *self, int32_t block, void *dst, kvrt_er
 static kvrt_status fake_write_block(void *self, int32_t block, const void *src, kvrt_error *err)
 {
     fake_model *f = self;
-    (void)err;
+    if (++f->n_write_calls == f->fail_at_write)
+        return kvrt_fail(err, KVRT_ERR_DEVICE_LOST, "fake write failure");
     size_t bs = (size_t)f->block_size;
     memcpy(f->kv_tok + (size_t)block * bs, src, bs * sizeof(int32_t));
     memcpy(f->kv_pos + (size_t)block * bs, (const char *)src + bs * sizeof(int32_t), bs * sizeof(int32_t));

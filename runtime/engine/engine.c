@@ -518,7 +518,11 @@ kvrt_status kvrt_engine_step(kvrt_engine *e, kvrt_step_info *info)
     memset(info, 0, sizeof(*info));
     if (!kvrt_engine_has_work(e))
         return KVRT_OK;
-    KVRT_TRY(kvrt_sched_schedule(e, info));
+    kvrt_status st = kvrt_sched_schedule(e, info);
+    if (st != KVRT_OK) {
+        kvrt_sched_recover(e);
+        return st;
+    }
     if (e->n_sched == 0)
         return KVRT_OK;
     return kvrt_sched_run(e, info);

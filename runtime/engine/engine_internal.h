@@ -169,6 +169,8 @@ void kvrt_seq_list_insert(kvrt_seq_list *l, kvrt_eseq *s, int by_admission);
 void kvrt_seq_list_remove(kvrt_seq_list *l, const kvrt_eseq *s);
 /* Picks this step's work (may preempt) into e->sched; fills info's counts. */
 kvrt_status kvrt_sched_schedule(kvrt_engine *e, kvrt_step_info *info);
+/* Undoes a failed step: drops the prefix cache, recomputes what was placed. */
+void kvrt_sched_recover(kvrt_engine *e);
 /* Builds the batch of e->sched (decodes first) and runs it; samples. */
 kvrt_status kvrt_sched_run(kvrt_engine *e, kvrt_step_info *info);
 

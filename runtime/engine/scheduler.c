@@ -69,6 +69,25 @@ static kvrt_status bm_err(kvrt_engine *e, kvrt_status st)
     return kvrt_fail(&e->err, st, "block manager: %s", kvrt_block_manager_message(e->bm));
 }
 
+/* Drops whatever K/V a sequence holds (device or host) and queues it to be
+ * computed again: the way back from any failure, and recompute preemption. */
+static void requeue_recompute(kvrt_engine *e, kvrt_eseq *s)
+{
+    if (s->state == KVRT_SEQ_RUNNING)
+        kvrt_seq_list_remove(&e->running, s);
+    else if (s->state == KVRT_SEQ_SWAPPED)
+        kvrt_seq_list_remove(&e->swapped, s);
+    else if (s->state == KVRT_SEQ_WAITING)
+        kvrt_seq_list_remove(&e->waiting, s);
+    if (s->bm_seq >= 0)
+        (void)kvrt_bm_seq_free(e->bm, s->bm_seq); /* cannot fail for a live id */
+    s->bm_seq = -1;
+    s->num_computed = 0;
+    s->sched_tokens = 0;
+    s->state = KVRT_SEQ_WAITING;
+    kvrt_seq_list_insert(&e->waiting, s, 0);
+}
+
 /* Moves a sequence's blocks to the host tier; KVRT_ERR_OUT_OF_BLOCKS when the
  * tier is full (nothing changed). */
 static kvrt_status swap_out(kvrt_engine *e, kvrt_eseq *s)
@@ -80,20 +99,25 @@ static kvrt_status swap_out(kvrt_engine *e, kvrt_eseq *s)
     if (st != KVRT_OK)
         return bm_err(e, st);
     /* The device blocks may be reused by the next allocation: copy them now. */
-    for (int32_t i = 0; i < n; i++)
-        KVRT_TRY(e->runner.ops->read_block(e->runner.self, e->pairs[i][0],
-                                           e->host_tier + (size_t)e->pairs[i][1] * e->runner.block_bytes, &e->err));
+    for (int32_t i = 0; i < n; i++) {
+        st = e->runner.ops->read_block(e->runner.self, e->pairs[i][0],
+                                       e->host_tier + (size_t)e->pairs[i][1] * e->runner.block_bytes, &e->err);
+        if (st != KVRT_OK) {
+            requeue_recompute(e, s); /* its K/V did not reach the host */
+            return st;
+        }
+    }
     return KVRT_OK;
 }
 
 static kvrt_status preempt(kvrt_engine *e, kvrt_eseq *s)
 {
-    kvrt_seq_list_remove(&e->running, s);
     s->req->n_preemptions++;
     e->preempted_now++;
     if (e->p.preempt_mode == KVRT_PREEMPT_SWAP) {
         kvrt_status st = swap_out(e, s);
         if (st == KVRT_OK) {
+            kvrt_seq_list_remove(&e->running, s);
             s->state = KVRT_SEQ_SWAPPED;
             e->m.preemptions_swap++;
             kvrt_seq_list_insert(&e->swapped, s, 0);
@@ -103,12 +127,8 @@ static kvrt_status preempt(kvrt_engine *e, kvrt_eseq *s)
             return st;
         /* Host tier full: recompute instead. */
     }
-    KVRT_TRY(kvrt_bm_seq_free(e->bm, s->bm_seq) == KVRT_OK ? KVRT_OK : bm_err(e, KVRT_ERR_INTERNAL));
-    s->bm_seq = -1;
-    s->num_computed = 0;
-    s->state = KVRT_SEQ_WAITING;
+    requeue_recompute(e, s);
     e->m.preemptions_recompute++;
-    kvrt_seq_list_insert(&e->waiting, s, 0);
     return KVRT_OK;
 }
 
@@ -144,8 +164,13 @@ static kvrt_status place(kvrt_engine *e, kvrt_eseq *s, int32_t n, int32_t *budge
     kvrt_status st = kvrt_bm_append(e->bm, s->bm_seq, s->tokens + s->num_computed, n, e->slot_scratch + off, &res);
     if (st != KVRT_OK)
         return bm_err(e, st);
-    if (res.n_copies > 0)
-        KVRT_TRY(e->runner.ops->copy_blocks(e->runner.self, (const int32_t(*)[2])res.copies, res.n_copies, &e->err));
+    if (res.n_copies > 0) {
+        st = e->runner.ops->copy_blocks(e->runner.self, (const int32_t(*)[2])res.copies, res.n_copies, &e->err);
+        if (st != KVRT_OK) {
+            requeue_recompute(e, s);
+            return st;
+        }
+    }
     s->sched_tokens = n;
     s->sched_slot_off = off;
     s->sched_decode = s->len > s->req->p.n_prompt && s->num_computed == s->len - 1;
@@ -236,10 +261,14 @@ static kvrt_status schedule_swapped(kvrt_engine *e, int32_t *budget)
         kvrt_status st = kvrt_bm_swap_in(e->bm, s->bm_seq, e->pairs, e->max_blocks_per_seq, &np);
         if (st != KVRT_OK)
             return bm_err(e, st);
-        for (int32_t k = 0; k < np; k++)
-            KVRT_TRY(e->runner.ops->write_block(e->runner.self, e->pairs[k][1],
-                                                e->host_tier + (size_t)e->pairs[k][0] * e->runner.block_bytes,
-                                                &e->err));
+        for (int32_t k = 0; k < np; k++) {
+            st = e->runner.ops->write_block(e->runner.self, e->pairs[k][1],
+                                            e->host_tier + (size_t)e->pairs[k][0] * e->runner.block_bytes, &e->err);
+            if (st != KVRT_OK) {
+                requeue_recompute(e, s);
+                return st;
+            }
+        }
         kvrt_seq_list_remove(&e->swapped, s);
         s->state = KVRT_SEQ_RUNNING;
         s->admit_stamp = e->next_admit++;
@@ -369,21 +398,13 @@ static kvrt_status build_batch(kvrt_engine *e, kvrt_step_batch *b, kvrt_step_inf
     return KVRT_OK;
 }
 
-/* A failed forward may have left registered blocks without their K/V: drop
- * the prefix cache and recompute every sequence of the step. */
-static void recover_failed_step(kvrt_engine *e)
+/* A failed step may have left registered blocks without their K/V: drop the
+ * prefix cache and recompute every sequence the step had placed. */
+void kvrt_sched_recover(kvrt_engine *e)
 {
     (void)kvrt_bm_reset_prefix_cache(e->bm);
-    for (int32_t i = 0; i < e->n_sched; i++) {
-        kvrt_eseq *s = e->sched[i];
-        s->sched_tokens = 0;
-        kvrt_seq_list_remove(&e->running, s);
-        (void)kvrt_bm_seq_free(e->bm, s->bm_seq);
-        s->bm_seq = -1;
-        s->num_computed = 0;
-        s->state = KVRT_SEQ_WAITING;
-        kvrt_seq_list_insert(&e->waiting, s, 0);
-    }
+    for (int32_t i = 0; i < e->n_sched; i++)
+        requeue_recompute(e, e->sched[i]);
     e->n_sched = 0;
 }
 
@@ -464,9 +485,13 @@ static kvrt_status emit(kvrt_engine *e, kvrt_eseq *s, const float *row, double n
     return KVRT_OK;
 }
 
+/* Advances every sequence of the batch and samples where a row came back.
+ * A failure (fork out of host memory, unusable logits) sends that sequence
+ * back to be computed again and is reported after the others are done. */
 static kvrt_status consume_logits(kvrt_engine *e, const kvrt_step_batch *b, kvrt_step_info *info)
 {
     double now = kvrt_engine_now(e);
+    kvrt_status first = KVRT_OK;
     int32_t row = 0;
     for (int32_t k = 0; k < b->num_seqs; k++) {
         kvrt_eseq *s = e->b_order[k];
@@ -477,20 +502,23 @@ static kvrt_status consume_logits(kvrt_engine *e, const kvrt_step_batch *b, kvrt
             continue;
         const float *logits = e->logits + (size_t)row++ * (size_t)e->runner.n_vocab;
         kvrt_request *r = s->req;
-        if (r->p.n > 1 && !r->forked) {
-            kvrt_status st = fork_samples(e, s);
+        int32_t fork_now = r->p.n > 1 && !r->forked;
+        kvrt_status st = fork_now ? fork_samples(e, s) : KVRT_OK;
+        if (st != KVRT_OK) {
+            requeue_recompute(e, s);
+            first = first == KVRT_OK ? st : first;
+            continue;
+        }
+        for (int32_t i = fork_now ? 0 : s->index; i <= (fork_now ? r->p.n - 1 : s->index); i++) {
+            kvrt_eseq *t = &r->seqs[i];
+            st = emit(e, t, logits, now, &info->num_finished);
             if (st != KVRT_OK) {
-                /* Out of host memory: compute the prompt again later. */
-                KVRT_TRY(preempt(e, s));
-                return st;
+                requeue_recompute(e, t);
+                first = first == KVRT_OK ? st : first;
             }
-            for (int32_t i = 0; i < r->p.n; i++)
-                KVRT_TRY(emit(e, &r->seqs[i], logits, now, &info->num_finished));
-        } else {
-            KVRT_TRY(emit(e, s, logits, now, &info->num_finished));
         }
     }
-    return KVRT_OK;
+    return first;
 }
 
 kvrt_status kvrt_sched_run(kvrt_engine *e, kvrt_step_info *info)
@@ -500,7 +528,7 @@ kvrt_status kvrt_sched_run(kvrt_engine *e, kvrt_step_info *info)
     if (st == KVRT_OK)
         st = e->runner.ops->forward(e->runner.self, &b, e->logits, &e->err);
     if (st != KVRT_OK) {
-        recover_failed_step(e);
+        kvrt_sched_recover(e);
         return st;
     }
     e->m.steps++;
