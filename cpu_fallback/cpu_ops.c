@@ -57,24 +57,40 @@ bool kvrt_cpu_ranges_overlap(kvrt_view a, size_t a_bytes, kvrt_view b, size_t b_
     return pa < pb + b_bytes && pb < pa + a_bytes;
 }
 
-/* An output may be exactly an input (same address and stride: element-wise
- * in place) or apart from it; a partial overlap would read rewritten values. */
-static kvrt_status check_alias(kvrt_backend *be, kvrt_view out, int64_t out_stride, size_t out_bytes,
-                               kvrt_view in, int64_t in_stride, size_t in_bytes, const char *what)
-{
-    if (kvrt_cpu_ptr(out) == kvrt_cpu_ptr(in) && out_stride == in_stride)
-        return KVRT_OK;
-    if (kvrt_cpu_ranges_overlap(out, out_bytes, in, in_bytes))
-        return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT,
-                         "%s: output partly overlaps an input (only exact in-place is allowed)", what);
-    return KVRT_OK;
-}
-
 static size_t rows_bytes(int64_t rows, int64_t stride, int64_t cols)
 {
     size_t b;
     kvrt_cpu_span_bytes(rows, stride, cols, sizeof(float), &b); /* checked by kvrt_cpu_check_rows */
     return b;
+}
+
+/* True when two F32 matrices of `rows` rows with the same stride interleave
+ * without sharing an element (gate and up halves of one fused row). */
+static bool rows_interleave(kvrt_view a, int64_t a_cols, kvrt_view b, int64_t b_cols, int64_t stride)
+{
+    intptr_t diff = (intptr_t)kvrt_cpu_ptr(b) - (intptr_t)kvrt_cpu_ptr(a);
+    if (diff % (intptr_t)sizeof(float) != 0)
+        return false;
+    int64_t d = (int64_t)(diff / (intptr_t)sizeof(float)) % stride;
+    if (d < 0)
+        d += stride;
+    return d >= a_cols && d + b_cols <= stride;
+}
+
+/* An output may be exactly an input (same address and stride: element-wise
+ * in place), apart from it, or interleaved with it; a partial overlap would
+ * read rewritten values. */
+static kvrt_status check_alias(kvrt_backend *be, kvrt_view out, int64_t out_stride, kvrt_view in, int64_t in_stride,
+                               int64_t rows, int64_t cols, const char *what)
+{
+    if (kvrt_cpu_ptr(out) == kvrt_cpu_ptr(in) && out_stride == in_stride)
+        return KVRT_OK;
+    if (!kvrt_cpu_ranges_overlap(out, rows_bytes(rows, out_stride, cols), in, rows_bytes(rows, in_stride, cols)))
+        return KVRT_OK;
+    if (out_stride == in_stride && rows_interleave(out, cols, in, cols, out_stride))
+        return KVRT_OK;
+    return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT,
+                     "%s: output partly overlaps an input (only exact in-place is allowed)", what);
 }
 
 /* ---- the row-parallel helper ------------------------------------------------------- */
@@ -149,8 +165,7 @@ kvrt_status kvrt_cpu_rmsnorm(kvrt_backend *be, kvrt_view x, int64_t x_stride, kv
     KVRT_TRY(kvrt_cpu_check_rows(be, x, n_tokens, x_stride, dim, "rmsnorm: x"));
     KVRT_TRY(kvrt_cpu_check_rows(be, y, n_tokens, y_stride, dim, "rmsnorm: y"));
     KVRT_TRY(kvrt_cpu_check_array(be, w, (size_t)dim * sizeof(float), sizeof(float), "rmsnorm: weight"));
-    KVRT_TRY(check_alias(be, y, y_stride, rows_bytes(n_tokens, y_stride, dim), x, x_stride,
-                         rows_bytes(n_tokens, x_stride, dim), "rmsnorm"));
+    KVRT_TRY(check_alias(be, y, y_stride, x, x_stride, n_tokens, dim, "rmsnorm"));
     if (kvrt_cpu_ranges_overlap(y, rows_bytes(n_tokens, y_stride, dim), w, (size_t)dim * sizeof(float)))
         return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "rmsnorm: y overlaps the weight");
     norm_job j = {kvrt_cpu_ptr(x), kvrt_cpu_ptr(w), kvrt_cpu_ptr(y), x_stride, y_stride, dim, eps};
@@ -252,11 +267,8 @@ kvrt_status kvrt_cpu_swiglu(kvrt_backend *be, kvrt_view gate, int64_t gate_strid
     KVRT_TRY(kvrt_cpu_check_rows(be, gate, n_tokens, gate_stride, dim, "swiglu: gate"));
     KVRT_TRY(kvrt_cpu_check_rows(be, up, n_tokens, up_stride, dim, "swiglu: up"));
     KVRT_TRY(kvrt_cpu_check_rows(be, out, n_tokens, out_stride, dim, "swiglu: out"));
-    const size_t ob = rows_bytes(n_tokens, out_stride, dim);
-    KVRT_TRY(check_alias(be, out, out_stride, ob, gate, gate_stride, rows_bytes(n_tokens, gate_stride, dim),
-                         "swiglu (gate)"));
-    KVRT_TRY(check_alias(be, out, out_stride, ob, up, up_stride, rows_bytes(n_tokens, up_stride, dim),
-                         "swiglu (up)"));
+    KVRT_TRY(check_alias(be, out, out_stride, gate, gate_stride, n_tokens, dim, "swiglu (gate)"));
+    KVRT_TRY(check_alias(be, out, out_stride, up, up_stride, n_tokens, dim, "swiglu (up)"));
     swiglu_job j = {kvrt_cpu_ptr(gate), kvrt_cpu_ptr(up), kvrt_cpu_ptr(out), gate_stride, up_stride, out_stride,
                     dim};
     kvrt_cpu_for_rows(be, n_tokens, dim, swiglu_rows, &j);
@@ -290,8 +302,8 @@ kvrt_status kvrt_cpu_add(kvrt_backend *be, kvrt_view a, kvrt_view b, kvrt_view o
     KVRT_TRY(kvrt_cpu_check_array(be, a, bytes, sizeof(float), "add: a"));
     KVRT_TRY(kvrt_cpu_check_array(be, b, bytes, sizeof(float), "add: b"));
     KVRT_TRY(kvrt_cpu_check_array(be, out, bytes, sizeof(float), "add: out"));
-    KVRT_TRY(check_alias(be, out, 1, bytes, a, 1, bytes, "add (a)"));
-    KVRT_TRY(check_alias(be, out, 1, bytes, b, 1, bytes, "add (b)"));
+    KVRT_TRY(check_alias(be, out, n, a, n, 1, n, "add (a)"));
+    KVRT_TRY(check_alias(be, out, n, b, n, 1, n, "add (b)"));
     add_job j = {kvrt_cpu_ptr(a), kvrt_cpu_ptr(b), kvrt_cpu_ptr(out), n};
     kvrt_cpu_for_rows(be, (n + ADD_CHUNK - 1) / ADD_CHUNK, ADD_CHUNK, add_rows, &j);
     return KVRT_OK;
