@@ -122,10 +122,10 @@ KVRT_AVX2 static inline __m256 load_bf16x8(const uint16_t *h)
     return _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
 }
 
-/* Eight signed bytes (in the low half of q) as floats. */
-KVRT_AVX2 static inline __m256 i8x8_to_ps(__m128i q)
+/* Eight signed bytes at p as floats (one load-and-extend, one convert). */
+KVRT_AVX2 static inline __m256 load_i8x8(const int8_t *p)
 {
-    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
 }
 
 KVRT_AVX2 static float dot_f16_avx2(const void *w, const float *x, int64_t n)
@@ -169,12 +169,11 @@ KVRT_AVX2 static float dot_bf16_avx2(const void *w, const float *x, int64_t n)
 /* sum_j q[j] * x[j] over one Q8_0 block, unscaled. */
 KVRT_AVX2 static inline __m256 q8_0_block_avx2(const kvrt_block_q8_0 *b, const float *x)
 {
-    const __m128i lo = _mm_loadu_si128((const __m128i *)b->qs);
-    const __m128i hi = _mm_loadu_si128((const __m128i *)(b->qs + 16));
-    __m256 s = _mm256_mul_ps(i8x8_to_ps(lo), _mm256_loadu_ps(x));
-    s = _mm256_fmadd_ps(i8x8_to_ps(_mm_srli_si128(lo, 8)), _mm256_loadu_ps(x + 8), s);
-    s = _mm256_fmadd_ps(i8x8_to_ps(hi), _mm256_loadu_ps(x + 16), s);
-    return _mm256_fmadd_ps(i8x8_to_ps(_mm_srli_si128(hi, 8)), _mm256_loadu_ps(x + 24), s);
+    __m256 s0 = _mm256_mul_ps(load_i8x8(b->qs), _mm256_loadu_ps(x));
+    __m256 s1 = _mm256_mul_ps(load_i8x8(b->qs + 8), _mm256_loadu_ps(x + 8));
+    s0 = _mm256_fmadd_ps(load_i8x8(b->qs + 16), _mm256_loadu_ps(x + 16), s0);
+    s1 = _mm256_fmadd_ps(load_i8x8(b->qs + 24), _mm256_loadu_ps(x + 24), s1);
+    return _mm256_add_ps(s0, s1);
 }
 
 /* Two accumulators, so consecutive blocks do not wait on one FMA chain. */
@@ -194,23 +193,27 @@ KVRT_AVX2 static float dot_q8_0_avx2(const void *w, const float *x, int64_t n)
     return hsum_avx2(_mm256_add_ps(a0, a1));
 }
 
-/* The 32 values of a Q4_0 block as signed bytes: lo = values 0..15, hi = 16..31. */
-KVRT_AVX2 static inline void q4_0_unpack_avx2(const kvrt_block_q4_0 *b, __m128i *lo, __m128i *hi)
+/* Values j..j+7 (low nibbles of bytes j..j+7) and j+16..j+23 (their high
+ * nibbles) of a Q4_0 block, j = 0 or 8, as floats: zero-extending the bytes to
+ * 32-bit lanes first leaves each nibble one mask or shift away. */
+KVRT_AVX2 static inline void q4_0_unpack8_avx2(const uint8_t *qs, __m256 *lo, __m256 *hi)
 {
-    const __m128i m0f = _mm_set1_epi8(0x0f), m8 = _mm_set1_epi8(8);
-    const __m128i raw = _mm_loadu_si128((const __m128i *)b->qs);
-    *lo = _mm_sub_epi8(_mm_and_si128(raw, m0f), m8);
-    *hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(raw, 4), m0f), m8);
+    const __m256i m0f = _mm256_set1_epi32(0x0f), m8 = _mm256_set1_epi32(8);
+    const __m256i q = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)qs));
+    *lo = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(q, m0f), m8));
+    *hi = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(q, 4), m8));
 }
 
 KVRT_AVX2 static inline __m256 q4_0_block_avx2(const kvrt_block_q4_0 *b, const float *x)
 {
-    __m128i lo, hi;
-    q4_0_unpack_avx2(b, &lo, &hi);
-    __m256 s = _mm256_mul_ps(i8x8_to_ps(lo), _mm256_loadu_ps(x));
-    s = _mm256_fmadd_ps(i8x8_to_ps(_mm_srli_si128(lo, 8)), _mm256_loadu_ps(x + 8), s);
-    s = _mm256_fmadd_ps(i8x8_to_ps(hi), _mm256_loadu_ps(x + 16), s);
-    return _mm256_fmadd_ps(i8x8_to_ps(_mm_srli_si128(hi, 8)), _mm256_loadu_ps(x + 24), s);
+    __m256 a, c, d, e;
+    q4_0_unpack8_avx2(b->qs, &a, &c);
+    q4_0_unpack8_avx2(b->qs + 8, &d, &e);
+    __m256 s0 = _mm256_mul_ps(a, _mm256_loadu_ps(x));
+    __m256 s1 = _mm256_mul_ps(d, _mm256_loadu_ps(x + 8));
+    s0 = _mm256_fmadd_ps(c, _mm256_loadu_ps(x + 16), s0);
+    s1 = _mm256_fmadd_ps(e, _mm256_loadu_ps(x + 24), s1);
+    return _mm256_add_ps(s0, s1);
 }
 
 KVRT_AVX2 static float dot_q4_0_avx2(const void *w, const float *x, int64_t n)
@@ -256,12 +259,8 @@ KVRT_AVX2 static void dequant_q8_0_avx2(const void *w, float *y, int64_t n)
     const kvrt_block_q8_0 *b = w;
     for (int64_t k = 0; k < n / KVRT_QK; k++, y += KVRT_QK) {
         const __m256 d = _mm256_set1_ps(_cvtsh_ss(b[k].d));
-        const __m128i lo = _mm_loadu_si128((const __m128i *)b[k].qs);
-        const __m128i hi = _mm_loadu_si128((const __m128i *)(b[k].qs + 16));
-        _mm256_storeu_ps(y, _mm256_mul_ps(i8x8_to_ps(lo), d));
-        _mm256_storeu_ps(y + 8, _mm256_mul_ps(i8x8_to_ps(_mm_srli_si128(lo, 8)), d));
-        _mm256_storeu_ps(y + 16, _mm256_mul_ps(i8x8_to_ps(hi), d));
-        _mm256_storeu_ps(y + 24, _mm256_mul_ps(i8x8_to_ps(_mm_srli_si128(hi, 8)), d));
+        for (int j = 0; j < KVRT_QK; j += 8)
+            _mm256_storeu_ps(y + j, _mm256_mul_ps(load_i8x8(b[k].qs + j), d));
     }
 }
 
@@ -270,12 +269,12 @@ KVRT_AVX2 static void dequant_q4_0_avx2(const void *w, float *y, int64_t n)
     const kvrt_block_q4_0 *b = w;
     for (int64_t k = 0; k < n / KVRT_QK; k++, y += KVRT_QK) {
         const __m256 d = _mm256_set1_ps(_cvtsh_ss(b[k].d));
-        __m128i lo, hi;
-        q4_0_unpack_avx2(&b[k], &lo, &hi);
-        _mm256_storeu_ps(y, _mm256_mul_ps(i8x8_to_ps(lo), d));
-        _mm256_storeu_ps(y + 8, _mm256_mul_ps(i8x8_to_ps(_mm_srli_si128(lo, 8)), d));
-        _mm256_storeu_ps(y + 16, _mm256_mul_ps(i8x8_to_ps(hi), d));
-        _mm256_storeu_ps(y + 24, _mm256_mul_ps(i8x8_to_ps(_mm_srli_si128(hi, 8)), d));
+        for (int j = 0; j < KVRT_QK / 2; j += 8) {
+            __m256 lo, hi;
+            q4_0_unpack8_avx2(b[k].qs + j, &lo, &hi);
+            _mm256_storeu_ps(y + j, _mm256_mul_ps(lo, d));
+            _mm256_storeu_ps(y + j + 16, _mm256_mul_ps(hi, d));
+        }
     }
 }
 #endif /* KVRT_CPU_HAVE_AVX2_KERNELS */
