@@ -10,14 +10,19 @@
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define KVRT_CPU_HAVE_AVX2_KERNELS 1
+#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
 kvrt_cpu_isa kvrt_cpu_best_isa(void)
 {
 #if KVRT_CPU_HAVE_AVX2_KERNELS
+    /* __builtin_cpu_supports also checks that the OS saves YMM state; clang
+     * does not know "f16c" there, so that bit comes from cpuid leaf 1. */
+    unsigned a, b, c, d;
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __get_cpuid(1, &a, &b, &c, &d) &&
+        (c & bit_F16C))
         return KVRT_CPU_ISA_AVX2;
 #endif
     return KVRT_CPU_ISA_PORTABLE;
