@@ -8,13 +8,15 @@
 #include "common/fp16.h"
 #include "common/quant.h"
 
+#include <stdatomic.h>
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #define KVRT_CPU_HAVE_AVX2_KERNELS 1
 #include <cpuid.h>
 #include <immintrin.h>
 #endif
 
-kvrt_cpu_isa kvrt_cpu_best_isa(void)
+static kvrt_cpu_isa detect_isa(void)
 {
 #if KVRT_CPU_HAVE_AVX2_KERNELS
     /* __builtin_cpu_supports also checks that the OS saves YMM state; clang
@@ -26,6 +28,20 @@ kvrt_cpu_isa kvrt_cpu_best_isa(void)
         return KVRT_CPU_ISA_AVX2;
 #endif
     return KVRT_CPU_ISA_PORTABLE;
+}
+
+/* A memo of a property of the machine, not a setting: cpuid traps to the
+ * hypervisor in a VM (measured 25 us a call here), too slow for every op of
+ * every decode step. Threads racing on the first call store the same value. */
+kvrt_cpu_isa kvrt_cpu_best_isa(void)
+{
+    static _Atomic int memo = -1;
+    int isa = atomic_load_explicit(&memo, memory_order_relaxed);
+    if (isa < 0) {
+        isa = (int)detect_isa();
+        atomic_store_explicit(&memo, isa, memory_order_relaxed);
+    }
+    return (kvrt_cpu_isa)isa;
 }
 
 /* ---- portable C ------------------------------------------------------------------ */
