@@ -239,14 +239,14 @@ static const kvrt_backend_ops cpu_ops = {
     .attn_prefill = NULL,
 
     /* model op family */
-    .matmul = NULL,
-    .rmsnorm = NULL,
-    .rope = NULL,
-    .swiglu = NULL,
-    .add = NULL,
-    .embed = NULL,
-    .gather_rows = NULL,
-    .argmax = NULL,
+    .matmul = kvrt_cpu_matmul,
+    .rmsnorm = kvrt_cpu_rmsnorm,
+    .rope = kvrt_cpu_rope,
+    .swiglu = kvrt_cpu_swiglu,
+    .add = kvrt_cpu_add,
+    .embed = kvrt_cpu_embed,
+    .gather_rows = kvrt_cpu_gather_rows,
+    .argmax = kvrt_cpu_argmax,
 };
 
 kvrt_status kvrt_cpu_backend_create(const kvrt_context_params *params, kvrt_backend **out, kvrt_error *err)
