@@ -493,7 +493,9 @@ static kvrt_status check_block_io(kvrt_kv_cache *c, int32_t layer, int32_t which
     if (which != 0 && which != 1)
         return kvrt_fail(&c->err, KVRT_ERR_INVALID_ARGUMENT, "%s: which %d is not 0 (K) or 1 (V)",
                          what, (int)which);
-    KVRT_TRY(check_block(c, block, what));
+    if (block < 0 || block >= c->desc.num_blocks)
+        return kvrt_fail(&c->err, KVRT_ERR_INVALID_ARGUMENT, "%s: block %d outside [0, %d)",
+                         what, (int)block, (int)c->desc.num_blocks);
     if (!ptr)
         return kvrt_fail(&c->err, KVRT_ERR_INVALID_ARGUMENT, "%s: buffer is NULL", what);
     if (size < c->block_bytes)
