@@ -234,9 +234,9 @@ static const kvrt_backend_ops cpu_ops = {
     .submit = cpu_submit,
 
     /* attention family */
-    .kv_write = NULL,
-    .attn_decode = NULL,
-    .attn_prefill = NULL,
+    .kv_write = kvrt_cpu_kv_write,
+    .attn_decode = kvrt_cpu_attn_decode,
+    .attn_prefill = kvrt_cpu_attn_prefill,
 
     /* model op family */
     .matmul = kvrt_cpu_matmul,
