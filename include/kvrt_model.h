@@ -60,8 +60,10 @@ KVRT_API kvrt_status kvrt_tokenize(kvrt_model *model, const char *text, size_t l
 
 /* The bytes a token stands for, as a stream of text shows them: byte pieces
  * become their byte, U+2581 a space, control tokens nothing, and the leading
- * space of the first piece after BOS is dropped (prev_token == BOS). Not
- * NUL-terminated; *len receives the length (truncated output: INVALID_ARGUMENT). */
+ * space of the first piece after BOS is dropped (prev_token == BOS; -1 at
+ * the start). Writes the bytes plus a NUL (capacity counts it); *len receives
+ * the byte count without the NUL. Too small a buffer: INVALID_ARGUMENT with
+ * *len set to what is needed; an id outside the vocabulary: BAD_TOKEN. */
 KVRT_API kvrt_status kvrt_token_to_text(kvrt_model *model, int32_t prev_token, int32_t token,
                                         char *buf, size_t capacity, size_t *len);
 

@@ -140,7 +140,14 @@ kvrt_status kvrt_tokenize(kvrt_model *m, const char *text, size_t len, int add_b
         return kvrt_fail(&m->err, KVRT_ERR_INVALID_ARGUMENT, "kvrt_tokenize: invalid arguments");
     if (!m->tok)
         return kvrt_fail(&m->err, KVRT_ERR_BAD_TOKENIZER, "the model has no vocabulary (pass a tokenizer file)");
-    return kvrt_tokenizer_encode(m->tok, text ? text : "", len, add_bos != 0, ids, capacity, n_tokens, &m->err);
+    size_t n = 0;
+    kvrt_status s = kvrt_tokenizer_encode(m->tok, text, len, add_bos != 0, ids, (size_t)capacity, &n);
+    if (n > INT32_MAX)
+        return kvrt_fail(&m->err, KVRT_ERR_INVALID_ARGUMENT, "the text needs more than 2^31 tokens");
+    *n_tokens = (int32_t)n;
+    if (s != KVRT_OK)
+        return kvrt_fail(&m->err, s, "%s", kvrt_tokenizer_message(m->tok));
+    return KVRT_OK;
 }
 
 kvrt_status kvrt_token_to_text(kvrt_model *m, int32_t prev_token, int32_t token, char *buf, size_t capacity,
@@ -152,5 +159,8 @@ kvrt_status kvrt_token_to_text(kvrt_model *m, int32_t prev_token, int32_t token,
         return kvrt_fail(&m->err, KVRT_ERR_INVALID_ARGUMENT, "kvrt_token_to_text: invalid arguments");
     if (!m->tok)
         return kvrt_fail(&m->err, KVRT_ERR_BAD_TOKENIZER, "the model has no vocabulary (pass a tokenizer file)");
-    return kvrt_tokenizer_decode_token(m->tok, prev_token, token, buf, capacity, len, &m->err);
+    kvrt_status s = kvrt_tokenizer_token_to_piece(m->tok, prev_token, token, buf, capacity, len);
+    if (s != KVRT_OK)
+        return kvrt_fail(&m->err, s, "%s", kvrt_tokenizer_message(m->tok));
+    return KVRT_OK;
 }
