@@ -509,8 +509,11 @@ static kvrt_status decode_run(kvrt_backend *be, const kv_src *src, const kvrt_cp
         }
     }
     decode_plan(&j, d->num_seqs, true, &j.max_part);
-    kvrt_threadpool_run(kvrt_cpu(be)->pool, (int64_t)slots, decode_task, &j);
-    kvrt_threadpool_run(kvrt_cpu(be)->pool, (int64_t)d->num_seqs * src->n_kv, decode_merge_task, &j);
+    int64_t work = 0; /* multiply-adds: every visible key of every query head, twice */
+    for (int32_t s = 0; s < d->num_seqs; s++)
+        work += (int64_t)seq_lens[s] * d->n_heads * src->hd * 2;
+    kvrt_threadpool_run_sized(kvrt_cpu(be)->pool, (int64_t)slots, work, decode_task, &j);
+    kvrt_threadpool_run_sized(kvrt_cpu(be)->pool, (int64_t)d->num_seqs * src->n_kv, work, decode_merge_task, &j);
     kvrt_free(be->alloc, a.base);
     return KVRT_OK;
 }
@@ -670,7 +673,10 @@ static kvrt_status prefill_run(kvrt_backend *be, const kv_src *src, const kvrt_a
             j.unit_tile[u] = t;
         }
     }
-    kvrt_threadpool_run(kvrt_cpu(be)->pool, n_units * src->n_kv, prefill_task, &j);
+    int64_t work = 0; /* multiply-adds, as for decode */
+    for (int32_t s = 0; s < d->num_seqs; s++)
+        work += (int64_t)(qsl[s + 1] - qsl[s]) * seq_lens[s] * d->n_heads * src->hd * 2;
+    kvrt_threadpool_run_sized(kvrt_cpu(be)->pool, n_units * src->n_kv, work, prefill_task, &j);
     kvrt_free(be->alloc, a.base);
     return KVRT_OK;
 }
