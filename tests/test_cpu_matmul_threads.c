@@ -12,7 +12,7 @@
 #include "cpu_internal.h"
 #include "common/quant.h"
 
-enum { N_OUT = 512, N_IN = 64, N_TOK = 32, REPEATS = 300 };
+enum { N_OUT = 256, N_IN = 64, N_TOK = 32, REPEATS = 1500 };
 
 static kvrt_backend *make_cpu(int threads)
 {
