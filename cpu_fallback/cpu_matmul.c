@@ -16,6 +16,7 @@
 #include "common/quant.h"
 
 #include <cblas.h>
+#include <pthread.h>
 #include <limits.h>
 
 #define MM_GEMV_MAX_TASKS 64           /* enough to balance 2..16 threads */
@@ -52,6 +53,22 @@ static int64_t task_rows(const mm_job *j, int64_t task)
 
 /* ---- F32: OpenBLAS on row slices ------------------------------------------------- */
 
+/* Debian's serial OpenBLAS (0.3.21) is not reentrant in sgemm: two threads
+ * calling it at once corrupt each other's results (measured: thousands of
+ * wrong products in 400,000 concurrent 32x64x64 calls; sgemv, which keeps its
+ * buffer on the stack, is fine). OpenBLAS's state is per process, so the lock
+ * is too: the one piece of global state in kvrt, guarding a library's. */
+static pthread_mutex_t sgemm_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void locked_sgemm(int64_t m, int64_t n, int64_t k, const float *x, int64_t x_stride, const float *w,
+                         int64_t w_stride, float *y, int64_t y_stride)
+{
+    pthread_mutex_lock(&sgemm_lock);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)m, (blasint)n, (blasint)k, 1.0f, x,
+                (blasint)x_stride, w, (blasint)w_stride, 0.0f, y, (blasint)y_stride);
+    pthread_mutex_unlock(&sgemm_lock);
+}
+
 static void mm_f32_task(void *arg, int64_t task, int thread)
 {
     const mm_job *j = arg;
@@ -63,8 +80,7 @@ static void mm_f32_task(void *arg, int64_t task, int thread)
         return;
     }
     /* Y[t][o0 + r] = sum_i X[t][i] * W[o0 + r][i]:  M = tokens, N = rows, K = n_in */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)j->n_tokens, (blasint)rows, (blasint)j->n_in,
-                1.0f, j->x, (blasint)j->x_stride, w, (blasint)j->n_in, 0.0f, j->y + o0, (blasint)j->y_stride);
+    locked_sgemm(j->n_tokens, rows, j->n_in, j->x, j->x_stride, w, j->n_in, j->y + o0, j->y_stride);
 }
 
 /* ---- quantized / half weights, one token ----------------------------------------- */
@@ -88,8 +104,7 @@ static void mm_tiled_task(void *arg, int64_t task, int thread)
     const char *w = j->w + (size_t)o0 * j->row_bytes;
     for (int64_t r = 0; r < rows; r++, w += j->row_bytes)
         j->dequant(w, tile + r * j->n_in, j->n_in);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)j->n_tokens, (blasint)rows, (blasint)j->n_in,
-                1.0f, j->x, (blasint)j->x_stride, tile, (blasint)j->n_in, 0.0f, j->y + o0, (blasint)j->y_stride);
+    locked_sgemm(j->n_tokens, rows, j->n_in, j->x, j->x_stride, tile, j->n_in, j->y + o0, j->y_stride);
 }
 
 /* ---- argument checks ------------------------------------------------------------------ */
