@@ -148,9 +148,9 @@ kvrt_status kvrt_gguf_writer_add_string(kvrt_gguf_writer *w, const char *key, co
 /* Numeric array of n values of `elem` (host little-endian layout). */
 kvrt_status kvrt_gguf_writer_add_array(kvrt_gguf_writer *w, const char *key, kvrt_gguf_type elem,
                                        const void *values, uint64_t n);
-/* String array; lens may be NULL (then strlen). */
+/* String array; lens (bytes, >= 0) may be NULL (then strlen). */
 kvrt_status kvrt_gguf_writer_add_string_array(kvrt_gguf_writer *w, const char *key, const char *const *strs,
-                                              const size_t *lens, uint64_t n);
+                                              const int32_t *lens, uint64_t n);
 /* Tensor info; ne[0] is the row length. Data are written later, in this order. */
 kvrt_status kvrt_gguf_writer_add_tensor(kvrt_gguf_writer *w, const char *name, uint32_t type, uint32_t n_dims,
                                         const int64_t *ne);

@@ -197,12 +197,12 @@ kvrt_status kvrt_gguf_writer_add_array(kvrt_gguf_writer *w, const char *key, kvr
 }
 
 kvrt_status kvrt_gguf_writer_add_string_array(kvrt_gguf_writer *w, const char *key, const char *const *strs,
-                                              const size_t *lens, uint64_t n)
+                                              const int32_t *lens, uint64_t n)
 {
     size_t mark = w->kv_len;
     kvrt_status s = array_header(w, key, KVRT_GGUF_STRING, n);
     for (uint64_t i = 0; i < n && s == KVRT_OK; i++)
-        s = kv_put_str(w, strs[i], lens ? lens[i] : strlen(strs[i]));
+        s = kv_put_str(w, strs[i], lens && lens[i] >= 0 ? (size_t)lens[i] : strlen(strs[i]));
     return kv_end(w, mark, s);
 }
 
