@@ -120,56 +120,6 @@ static void progress_fn(void *user, double fraction)
         fputc('\n', stderr);
 }
 
-/* Converts one F32 tensor row by row into its file type. */
-static kvrt_status write_tensor(kvrt_gguf_writer *w, FILE *f, const kvrt_tensor_ref *src, kvrt_dtype type,
-                                void *row)
-{
-    size_t rb = kvrt_dtype_row_bytes(type, src->ne[0]);
-    const float *p = src->data;
-    for (int64_t r = 0; r < src->ne[1]; r++) {
-        kvrt_quantize_row(type, p + r * src->ne[0], row, src->ne[0]);
-        KVRT_TRY(kvrt_gguf_writer_write_data(w, f, row, rb));
-    }
-    return KVRT_OK;
-}
-
-static kvrt_status convert(const options *o, const kvrt_model_file *mf, FILE *f, kvrt_error *err)
-{
-    kvrt_llama_hparams hp = mf->hp;
-    if (o->ctx)
-        hp.n_ctx_train = o->ctx;
-    bool shared = mf->w.output.data == mf->w.tok_embd.data;
-    bool with_output = !(o->tie && shared);
-    kvrt_gguf_writer *w;
-    KVRT_TRY(kvrt_gguf_writer_create(NULL, 0, &w, err));
-    int64_t max_row = KVRT_MAX(KVRT_MAX((int64_t)hp.n_embd, (int64_t)hp.n_ff), (int64_t)hp.n_head * hp.head_dim);
-    void *row = malloc((size_t)max_row * sizeof(float));
-    kvrt_status s = row ? KVRT_OK : kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "no memory");
-    if (s == KVRT_OK)
-        s = kvrt_llama_add_hparams(w, &hp, o->name);
-    if (s == KVRT_OK)
-        s = kvrt_llama_add_vocab(w, &mf->vocab);
-    if (s == KVRT_OK)
-        s = kvrt_llama_add_tensors(w, &hp, o->type, with_output);
-    if (s == KVRT_OK)
-        s = kvrt_gguf_writer_write_header(w, f);
-    int32_t n = kvrt_llama_tensor_count(hp.n_layer, with_output);
-    progress_state ps = {"writing", -1};
-    for (int32_t i = 0; i < n && s == KVRT_OK; i++) {
-        const kvrt_tensor_ref *t = kvrt_llama_tensor_ref(mf, with_output, i);
-        s = write_tensor(w, f, t, kvrt_llama_tensor_type(o->type, t->ne[0], t->ne[1]), row);
-        if (!o->quiet)
-            progress_fn(&ps, (double)(i + 1) / n);
-    }
-    if (s == KVRT_OK)
-        s = kvrt_gguf_writer_finish(w, f);
-    if (s != KVRT_OK && err->status == KVRT_OK)
-        kvrt_error_copy(err, kvrt_gguf_writer_error(w));
-    free(row);
-    kvrt_gguf_writer_destroy(w);
-    return s;
-}
-
 int main(int argc, char **argv)
 {
     options o;
@@ -197,7 +147,9 @@ int main(int argc, char **argv)
         return 1;
     }
     kvrt_error_clear(&err);
-    s = convert(&o, mf, f, &err);
+    kvrt_gguf_export_params ep = {o.type, o.name, o.ctx, !o.tie};
+    ps = (progress_state){"writing", -1};
+    s = kvrt_llama_export_gguf(mf, &ep, f, o.quiet ? NULL : &progress, &err);
     if (fclose(f) != 0 && s == KVRT_OK)
         s = kvrt_fail(&err, KVRT_ERR_IO, "cannot write '%s': %s", o.out, strerror(errno));
     kvrt_model_file_free(mf);

@@ -113,6 +113,21 @@ static kvrt_status walk_weights(walker *w, kvrt_model_file *mf, bool shared)
     return KVRT_OK;
 }
 
+/* Layer count checked against the file before anything is sized by it. */
+static kvrt_status check_layers_fit(const kvrt_llama_hparams *hp, int64_t n_floats, kvrt_error *err)
+{
+    int64_t d = hp->n_embd, q = (int64_t)hp->n_head * hp->head_dim, kv = (int64_t)hp->n_head_kv * hp->head_dim;
+    int64_t per = 2 * d, t, all;
+    bool ok = kvrt_mul_i64(d, 2 * q + 2 * kv, &t) && !__builtin_add_overflow(per, t, &per) &&
+              kvrt_mul_i64(d, 3 * (int64_t)hp->n_ff, &t) && !__builtin_add_overflow(per, t, &per) &&
+              kvrt_mul_i64(per, hp->n_layer, &all);
+    if (!ok || all > n_floats)
+        return kvrt_fail(err, KVRT_ERR_BAD_MODEL,
+                         "llama2.c checkpoint truncated: %d layers of dim %d need more than the %lld floats in the file",
+                         hp->n_layer, hp->n_embd, (long long)n_floats);
+    return KVRT_OK;
+}
+
 static kvrt_status map_checkpoint(const uint8_t *bytes, size_t size, kvrt_model_file *mf, kvrt_error *err)
 {
     llama2c_config c;
@@ -124,9 +139,10 @@ static kvrt_status map_checkpoint(const uint8_t *bytes, size_t size, kvrt_model_
     KVRT_TRY(config_to_hparams(&c, &mf->hp, err));
     snprintf(mf->arch, sizeof(mf->arch), "llama");
     mf->main_type = KVRT_DTYPE_F32;
-    KVRT_TRY(kvrt_model_file_alloc_layers(mf, err));
     walker w = {(const float *)(const void *)(bytes + sizeof(c)), (int64_t)((size - sizeof(c)) / sizeof(float)), 0,
                 err};
+    KVRT_TRY(check_layers_fit(&mf->hp, w.n_floats, err));
+    KVRT_TRY(kvrt_model_file_alloc_layers(mf, err));
     KVRT_TRY(walk_weights(&w, mf, c.vocab_size > 0));
     return kvrt_model_file_check_weights(mf, err);
 }

@@ -266,6 +266,10 @@ static kvrt_status bind_weights(const kvrt_gguf *g, kvrt_model_file *mf, const k
                                 kvrt_error *err)
 {
     kvrt_llama_weights *w = &mf->w;
+    /* block_count sizes an allocation: check it against the tensors first */
+    if ((uint64_t)mf->hp.n_layer > g->n_tensors / 9)
+        return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "GGUF llama.block_count %d needs %lld tensors, the file has %llu",
+                         mf->hp.n_layer, 9LL * mf->hp.n_layer + 2, (unsigned long long)g->n_tensors);
     KVRT_TRY(kvrt_model_file_alloc_layers(mf, err));
     KVRT_TRY(bind_tensor(g, "token_embd.weight", false, &w->tok_embd, err));
     KVRT_TRY(bind_tensor(g, "output_norm.weight", false, &w->output_norm, err));

@@ -120,6 +120,73 @@ kvrt_status kvrt_llama_add_tensors(kvrt_gguf_writer *w, const kvrt_llama_hparams
     return KVRT_OK;
 }
 
+/* ---- export of a loaded model -------------------------------------------------------------- */
+
+static kvrt_status export_tensor(kvrt_gguf_writer *w, FILE *f, const kvrt_tensor_ref *src, kvrt_dtype type,
+                                 float *row, void *qrow)
+{
+    size_t rb = kvrt_dtype_row_bytes(type, src->ne[0]), sb = kvrt_dtype_row_bytes(src->type, src->ne[0]);
+    const uint8_t *p = src->data;
+    for (int64_t r = 0; r < src->ne[1]; r++) {
+        const void *out = p + (size_t)r * sb;
+        if (src->type != type) {
+            kvrt_dequantize_row(src->type, p + (size_t)r * sb, row, src->ne[0]);
+            kvrt_quantize_row(type, row, qrow, src->ne[0]);
+            out = qrow;
+        }
+        KVRT_TRY(kvrt_gguf_writer_write_data(w, f, out, rb));
+    }
+    return KVRT_OK;
+}
+
+static kvrt_status export_all(const kvrt_model_file *mf, const kvrt_gguf_export_params *p, kvrt_gguf_writer *w,
+                              FILE *f, const kvrt_load_progress *progress, float *row, void *qrow)
+{
+    kvrt_llama_hparams hp = mf->hp;
+    if (p->n_ctx > 0)
+        hp.n_ctx_train = p->n_ctx;
+    bool with_output = p->with_output || mf->w.output.data != mf->w.tok_embd.data;
+    KVRT_TRY(kvrt_llama_add_hparams(w, &hp, p->name ? p->name : "llama"));
+    KVRT_TRY(kvrt_llama_add_vocab(w, &mf->vocab));
+    KVRT_TRY(kvrt_llama_add_tensors(w, &hp, p->type, with_output));
+    KVRT_TRY(kvrt_gguf_writer_write_header(w, f));
+    int32_t n = kvrt_llama_tensor_count(hp.n_layer, with_output);
+    for (int32_t i = 0; i < n; i++) {
+        const kvrt_tensor_ref *t = kvrt_llama_tensor_ref(mf, with_output, i);
+        KVRT_TRY(export_tensor(w, f, t, kvrt_llama_tensor_type(p->type, t->ne[0], t->ne[1]), row, qrow));
+        if (progress && progress->fn)
+            progress->fn(progress->user, (double)(i + 1) / n);
+    }
+    return kvrt_gguf_writer_finish(w, f);
+}
+
+kvrt_status kvrt_llama_export_gguf(const kvrt_model_file *mf, const kvrt_gguf_export_params *p, FILE *f,
+                                   const kvrt_load_progress *progress, kvrt_error *err)
+{
+    if (mf->vocab_only || !mf->w.layers)
+        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "export: the model has no weights");
+    if (!kvrt_dtype_supported(p->type))
+        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "export: type %d is not supported", (int)p->type);
+    const kvrt_llama_hparams *hp = &mf->hp;
+    int64_t max_row = KVRT_MAX(KVRT_MAX((int64_t)hp->n_embd, (int64_t)hp->n_ff), (int64_t)hp->n_head * hp->head_dim);
+    float *row = kvrt_calloc(mf->alloc, (size_t)max_row, sizeof(float));
+    void *qrow = kvrt_calloc(mf->alloc, (size_t)max_row, sizeof(float));
+    kvrt_gguf_writer *w = NULL;
+    kvrt_status s = kvrt_gguf_writer_create(mf->alloc, 0, &w, err);
+    if (s == KVRT_OK && (!row || !qrow))
+        s = kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "export: no memory for a row of %lld values",
+                      (long long)max_row);
+    if (s == KVRT_OK) {
+        s = export_all(mf, p, w, f, progress, row, qrow);
+        if (s != KVRT_OK)
+            kvrt_error_copy(err, kvrt_gguf_writer_error(w));
+    }
+    kvrt_gguf_writer_destroy(w);
+    kvrt_free(mf->alloc, row);
+    kvrt_free(mf->alloc, qrow);
+    return s;
+}
+
 /* ---- synthetic models ------------------------------------------------------------------- */
 
 bool kvrt_synth_preset(const char *name, kvrt_synth_params *out)

@@ -29,6 +29,19 @@ kvrt_status kvrt_llama_add_vocab(kvrt_gguf_writer *w, const kvrt_vocab *v);
 kvrt_status kvrt_llama_add_tensors(kvrt_gguf_writer *w, const kvrt_llama_hparams *hp, kvrt_dtype main_type,
                                    bool with_output);
 
+/* Writes a loaded model as a llama GGUF whose matrices are `type` (rows
+ * converted one at a time; the source may be any type kvrt runs). name:
+ * general.name; n_ctx: llama.context_length (0 = the model's); with_output:
+ * write output.weight even when the classifier is tied. */
+typedef struct kvrt_gguf_export_params {
+    kvrt_dtype type;
+    const char *name;
+    int32_t n_ctx;
+    bool with_output;
+} kvrt_gguf_export_params;
+kvrt_status kvrt_llama_export_gguf(const kvrt_model_file *mf, const kvrt_gguf_export_params *p, FILE *f,
+                                   const kvrt_load_progress *progress, kvrt_error *err);
+
 /* ---- synthetic models ---------------------------------------------------------------- */
 
 typedef struct kvrt_synth_params {
