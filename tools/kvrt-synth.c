@@ -25,6 +25,7 @@ static void usage(FILE *f)
             "  --seed N          random seed (default 1)\n"
             "  --std F           standard deviation of the matrices (default 0.02)\n"
             "  --tied            no output.weight (classifier shares token_embd)\n"
+            "  --vocab-only      keys and vocabulary only, no tensors (for tokenizer tools)\n"
             "  -o FILE           output file\n"
             "  -q, --quiet       no progress on stderr\n"
             "  -h, --help        this text\n");
@@ -118,6 +119,8 @@ int main(int argc, char **argv)
             quiet = true;
         } else if (!strcmp(a, "--tied")) {
             p.tied_output = true;
+        } else if (!strcmp(a, "--vocab-only")) {
+            p.vocab_only = true;
         } else if (i + 1 >= argc) {
             fprintf(stderr, "kvrt-synth: '%s' needs a value or is unknown (see --help)\n", a);
             return 2;

@@ -334,7 +334,7 @@ static kvrt_status synth_body(const kvrt_synth_params *p, kvrt_gguf_writer *w, F
                               const kvrt_load_progress *progress)
 {
     bool with_output = !p->tied_output;
-    int32_t n = kvrt_llama_tensor_count(p->hp.n_layer, with_output);
+    int32_t n = p->vocab_only ? 0 : kvrt_llama_tensor_count(p->hp.n_layer, with_output);
     uint64_t rng = p->seed;
     for (int32_t i = 0; i < n; i++) {
         char name[64];
@@ -351,7 +351,8 @@ static kvrt_status synth_header(const kvrt_synth_params *p, const kvrt_vocab *v,
 {
     KVRT_TRY(kvrt_llama_add_hparams(w, &p->hp, "kvrt-synth"));
     KVRT_TRY(kvrt_llama_add_vocab(w, v));
-    KVRT_TRY(kvrt_llama_add_tensors(w, &p->hp, p->type, !p->tied_output));
+    if (!p->vocab_only)
+        KVRT_TRY(kvrt_llama_add_tensors(w, &p->hp, p->type, !p->tied_output));
     return kvrt_gguf_writer_write_header(w, f);
 }
 

@@ -50,6 +50,7 @@ typedef struct kvrt_synth_params {
     uint64_t seed;
     bool tied_output;      /* no output.weight */
     float stddev;          /* of the matrices; 0 = 0.02 */
+    bool vocab_only;       /* keys and vocabulary, no tensors (a tokenizer-only file) */
 } kvrt_synth_params;
 
 /* Presets: "tiny" (a few KB), "15m", "110m", "1b", "7b". False when unknown. */
