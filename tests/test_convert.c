@@ -135,6 +135,24 @@ static void test_f32_matches_llama_cpp(void **state)
     kvrt_model_file_free(mf);
 }
 
+/* The shipped models/stories260K.gguf is exactly what the converter writes. */
+static void test_shipped_model_is_reproducible(void **state)
+{
+    (void)state;
+    kvrt_model_file *mf = load_stories_bin();
+    size_t size;
+    char *ours = export_mem(mf, (kvrt_gguf_export_params){KVRT_DTYPE_F32, NULL, 0, true}, &size);
+    FILE *f = fopen(KVRT_SOURCE_DIR "/models/stories260K.gguf", "rb");
+    assert_non_null(f);
+    char *shipped = malloc(size + 1);
+    assert_int_equal(fread(shipped, 1, size + 1, f), size);
+    fclose(f);
+    assert_memory_equal(shipped, ours, size);
+    free(shipped);
+    free(ours);
+    kvrt_model_file_free(mf);
+}
+
 static void test_tied_output_omitted_on_request(void **state)
 {
     (void)state;
@@ -272,6 +290,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_f32_matches_llama_cpp),
+        cmocka_unit_test(test_shipped_model_is_reproducible),
         cmocka_unit_test(test_tied_output_omitted_on_request),
         cmocka_unit_test(test_quantized_outputs),
         cmocka_unit_test(test_gguf_source_round_trip),

@@ -646,6 +646,13 @@ static void test_tokenizer_errors(void **state)
     assert_int_equal(kvrt_model_file_load_gguf_memory(m.data, m.size, NULL, false, &mf, &err), KVRT_OK);
     assert_int_equal(mf->vocab.bos_id, -1);
     kvrt_model_file_free(mf);
+    /* a layer count far beyond the tensors fails before anything is sized by it */
+    at = find_name(&m, "llama.block_count") + strlen("llama.block_count") + 4;
+    put_u32((uint8_t *)m.data + at, 2000000000u);
+    expect_bytes(&m, KVRT_ERR_BAD_MODEL, "block_count");
+    put_u32((uint8_t *)m.data + at, 0);
+    expect_bytes(&m, KVRT_ERR_BAD_MODEL, "n_layer = 0");
+    put_u32((uint8_t *)m.data + at, 1);
     /* a token type outside 1..6 */
     at = find_name(&m, "tokenizer.ggml.token_type") + strlen("tokenizer.ggml.token_type") + 4 + 4 + 8;
     put_u32((uint8_t *)m.data + at + 4 * 10, 9);
