@@ -4,6 +4,7 @@
 #include "model/gguf.h"
 
 #include <errno.h>
+#include <float.h>
 #include <stdlib.h>
 #include <fcntl.h>
 #include <string.h>
@@ -595,7 +596,10 @@ kvrt_status kvrt_gguf_get_f32(const kvrt_gguf *g, const char *key, float *out, b
     if (kv->type == KVRT_GGUF_STRING || kv->type == KVRT_GGUF_BOOL)
         return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "GGUF key '%s' has type %s, expected a number", key,
                          kvrt_gguf_type_name(kv->type));
-    *out = (float)kvrt_gguf_kv_float(kv, 0);
+    double d = kvrt_gguf_kv_float(kv, 0);
+    if (d > FLT_MAX || d < -FLT_MAX)
+        return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "GGUF key '%s' = %g does not fit in f32", key, d);
+    *out = (float)d;
     return KVRT_OK;
 }
 

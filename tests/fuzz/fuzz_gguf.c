@@ -21,8 +21,12 @@ static uint64_t touch_reader(const kvrt_gguf *g)
         for (uint64_t k = 0; k < kv->n && k < 64; k++) {
             if (t == KVRT_GGUF_STRING)
                 h += kv->strs[k].len ? (uint8_t)kv->strs[k].ptr[kv->strs[k].len - 1] : 0;
-            else
-                h += (uint64_t)kvrt_gguf_kv_float(kv, k);
+            else {
+                double d = kvrt_gguf_kv_float(kv, k); /* any bits: NaN and huge values included */
+                uint64_t bits;
+                memcpy(&bits, &d, sizeof(bits));
+                h += bits + (uint64_t)kvrt_gguf_kv_int(kv, k);
+            }
         }
     }
     for (uint64_t i = 0; i < g->n_tensors; i++)
