@@ -282,6 +282,8 @@ static void test_tool(void **state)
     unlink(out);
     snprintf(args, sizeof(args), "%s/nope.bin %s %s", model_path(""), model_path("tok512.bin"), out);
     assert_int_not_equal(run(args), 0);
+    snprintf(args, sizeof(args), "%s %s %s", model_path("stories260K.bin"), model_path("tokenizer.bin"), out);
+    assert_int_not_equal(run(args), 0); /* a 32000-token vocabulary for a 512-token model */
     assert_int_not_equal(access(out, F_OK), 0); /* a failed conversion leaves no file */
     unlink(out);
 }
