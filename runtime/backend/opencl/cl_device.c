@@ -13,32 +13,38 @@
 
 kvrt_status kvrt_cl_load(kvrt_cl_fns *fn, kvrt_error *err)
 {
+    return kvrt_cl_load_named(fn, "libOpenCL.so.1", err);
+}
+
+kvrt_status kvrt_cl_load_named(kvrt_cl_fns *fn, const char *lib, kvrt_error *err)
+{
     memset(fn, 0, sizeof(*fn));
     /* RTLD_LOCAL: the ICD loader's symbols must not satisfy anyone else's references. */
-    fn->lib = dlopen("libOpenCL.so.1", RTLD_NOW | RTLD_LOCAL);
+    fn->lib = dlopen(lib, RTLD_NOW | RTLD_LOCAL);
     if (!fn->lib) {
         const char *why = dlerror();
         return kvrt_fail(err, KVRT_ERR_BACKEND_UNAVAILABLE,
-                         "opencl: cannot open the OpenCL loader libOpenCL.so.1 (%s); install an ICD loader "
+                         "opencl: cannot open the OpenCL loader %s (%s); install an ICD loader "
                          "(ocl-icd-libopencl1) and a driver",
-                         why ? why : "not found");
+                         lib, why ? why : "not found");
     }
 #define KVRT_CL_RESOLVE(name)                                                                   \
     *(void **)&fn->name = dlsym(fn->lib, #name);                                              \
     if (!fn->name) {                                                                          \
         kvrt_cl_unload(fn);                                                                   \
         return kvrt_fail(err, KVRT_ERR_BACKEND_UNAVAILABLE,                                   \
-                         "opencl: the OpenCL loader lacks %s (OpenCL 1.2 is required)", #name); \
+                         "opencl: %s lacks %s (an OpenCL 1.2 loader is required)", lib, #name); \
     }
     KVRT_CL_FUNCS(KVRT_CL_RESOLVE)
 #undef KVRT_CL_RESOLVE
     return KVRT_OK;
 }
 
+/* The loader stays mapped (dlopen counts references, so reopening it costs
+ * nothing): drivers such as PoCL keep worker threads and exit handlers in
+ * their code, and unmapping it under them crashes at process exit. */
 void kvrt_cl_unload(kvrt_cl_fns *fn)
 {
-    if (fn->lib)
-        dlclose(fn->lib);
     memset(fn, 0, sizeof(*fn));
 }
 

@@ -31,6 +31,8 @@ typedef struct kvrt_cl_fns {
 
 /* Opens libOpenCL.so.1 and resolves the table (KVRT_ERR_BACKEND_UNAVAILABLE otherwise). */
 kvrt_status kvrt_cl_load(kvrt_cl_fns *fn, kvrt_error *err);
+/* The same from another library name (tests: a missing loader, a library without the entry points). */
+kvrt_status kvrt_cl_load_named(kvrt_cl_fns *fn, const char *lib, kvrt_error *err);
 void kvrt_cl_unload(kvrt_cl_fns *fn);
 /* "CL_OUT_OF_RESOURCES" etc. */
 const char *kvrt_cl_error_name(cl_int code);
