@@ -257,9 +257,14 @@ static void test_model_ops_unsupported(void **state)
     kvrt_context *ctx = cl_test_context(0);
     assert_non_null(ctx);
     kvrt_backend *be = ((struct kvrt_context *)ctx)->be;
-    assert_null(be->ops->matmul); /* not implemented yet: reported, never emulated */
-    assert_int_equal(kvrt_backend_unsupported(be, "matmul"), KVRT_ERR_UNSUPPORTED);
-    assert_non_null(strstr(kvrt_context_message(ctx), "opencl"));
+    kvrt_buffer *b;
+    assert_int_equal(be->ops->buffer_create(be, 4096, KVRT_BUFFER_DEVICE, &b), KVRT_OK);
+    kvrt_view v = {b, 0};
+    /* quantized weights are not implemented yet: reported, never emulated */
+    assert_int_equal(be->ops->matmul(be, KVRT_DTYPE_Q8_0, v, 4, 32, v, 32, v, 4, 1), KVRT_ERR_UNSUPPORTED);
+    assert_non_null(strstr(kvrt_context_message(ctx), "q8_0"));
+    assert_int_equal(be->ops->embed(be, KVRT_DTYPE_Q4_0, v, 32, v, 1, v), KVRT_ERR_UNSUPPORTED);
+    be->ops->buffer_destroy(be, b);
     kvrt_context_destroy(ctx);
 }
 

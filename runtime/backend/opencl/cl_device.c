@@ -308,7 +308,14 @@ static const kvrt_backend_ops cl_ops = {
     .kv_write = kvrt_cl_kv_write,
     .attn_decode = kvrt_cl_attn_decode,
     .attn_prefill = kvrt_cl_attn_prefill,
-    /* model ops: not yet implemented on OpenCL (reported as unsupported) */
+    .matmul = kvrt_cl_matmul, /* F32 and F16 weights; other types are reported unsupported */
+    .rmsnorm = kvrt_cl_rmsnorm,
+    .rope = kvrt_cl_rope,
+    .swiglu = kvrt_cl_swiglu,
+    .add = kvrt_cl_add,
+    .embed = kvrt_cl_embed,
+    .gather_rows = kvrt_cl_gather_rows,
+    .argmax = kvrt_cl_argmax,
 };
 
 static kvrt_status cl_open_device(kvrt_cl_backend *cl, const kvrt_context_params *p, kvrt_error *err)

@@ -43,12 +43,13 @@ const char *kvrt_cl_error_name(cl_int code);
 typedef enum kvrt_cl_program_id {
     KVRT_CL_PROG_KV = 0,   /* kv.cl: kv_write */
     KVRT_CL_PROG_ATTN = 1, /* attention.cl: decode, merge, prefill */
+    KVRT_CL_PROG_OPS = 2,  /* ops.cl: model ops (one variant) */
     KVRT_CL_PROG_COUNT
 } kvrt_cl_program_id;
 
 enum { KVRT_CL_VARIANT_F32 = 0, KVRT_CL_VARIANT_F16 = 1, KVRT_CL_VARIANT_COUNT = 2 };
 
-#define KVRT_CL_MAX_KERNELS 8 /* per program */
+#define KVRT_CL_MAX_KERNELS 12 /* per program */
 
 typedef struct kvrt_cl_program {
     cl_program prog;
@@ -170,6 +171,23 @@ kvrt_status kvrt_cl_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t la
 kvrt_status kvrt_cl_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
                                  kvrt_view q, kvrt_view out, kvrt_view query_start_loc,
                                  kvrt_view seq_lens, kvrt_view block_tables);
+
+/* ---- model ops (cl_ops.c) ---- */
+kvrt_status kvrt_cl_matmul(kvrt_backend *be, kvrt_dtype wtype, kvrt_view w, int64_t n_out, int64_t n_in,
+                           kvrt_view x, int64_t x_stride, kvrt_view y, int64_t y_stride, int32_t n_tokens);
+kvrt_status kvrt_cl_rmsnorm(kvrt_backend *be, kvrt_view x, int64_t x_stride, kvrt_view w, kvrt_view y,
+                            int64_t y_stride, int32_t n_tokens, int32_t dim, float eps);
+kvrt_status kvrt_cl_rope(kvrt_backend *be, kvrt_view x, kvrt_view positions, kvrt_view cos_sin,
+                         const kvrt_rope_desc *d);
+kvrt_status kvrt_cl_swiglu(kvrt_backend *be, kvrt_view gate, int64_t gate_stride, kvrt_view up, int64_t up_stride,
+                           kvrt_view out, int64_t out_stride, int32_t n_tokens, int32_t dim);
+kvrt_status kvrt_cl_add(kvrt_backend *be, kvrt_view a, kvrt_view b, kvrt_view out, int64_t n);
+kvrt_status kvrt_cl_embed(kvrt_backend *be, kvrt_dtype wtype, kvrt_view table, int64_t dim, kvrt_view ids,
+                          int32_t n_tokens, kvrt_view out);
+kvrt_status kvrt_cl_gather_rows(kvrt_backend *be, kvrt_view src, int64_t src_stride, kvrt_view idx, int32_t n,
+                                kvrt_view dst, int64_t dst_stride, int32_t dim);
+kvrt_status kvrt_cl_argmax(kvrt_backend *be, kvrt_view x, int64_t stride, int32_t n_rows, int32_t n_cols,
+                           kvrt_view out);
 
 /* ---- test hooks (internal; tests reach them through this header) ---- */
 

@@ -10,6 +10,7 @@
 #include "opencl/attention_src.h"
 #include "opencl/kv_src.h"
 #include "opencl/kvrt_cl_common_src.h"
+#include "opencl/ops_src.h"
 
 typedef struct cl_program_desc {
     const char *file; /* for messages */
@@ -21,6 +22,9 @@ static const cl_program_desc cl_programs[KVRT_CL_PROG_COUNT] = {
     [KVRT_CL_PROG_KV] = {"kv.cl", kvrt_cl_src_kv, {"kv_write", NULL}},
     [KVRT_CL_PROG_ATTN] = {"attention.cl", kvrt_cl_src_attention,
                            {"attn_decode", "attn_decode_merge", "attn_prefill", NULL}},
+    [KVRT_CL_PROG_OPS] = {"ops.cl", kvrt_cl_src_ops,
+                          {"rmsnorm", "rope", "swiglu", "add", "embed_f32", "embed_f16", "gather_rows", "argmax",
+                           "matmul_f32", "matmul_f16", NULL}},
 };
 
 static const char *const cl_variant_options[KVRT_CL_VARIANT_COUNT] = {

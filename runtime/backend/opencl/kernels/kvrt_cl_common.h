@@ -69,6 +69,21 @@ typedef struct kvrt_cl_attn_args {
     kvrt_cl_i32 pad0;
 } kvrt_cl_attn_args;
 
+/* Model ops (ops.cl): views in argument order, offsets and strides in elements. */
+typedef struct kvrt_cl_op_args {
+    kvrt_cl_i64 off[4];
+    kvrt_cl_i64 stride[4];
+    kvrt_cl_i64 n;         /* add: elements; matmul: n_in; argmax: columns */
+    kvrt_cl_i32 rows;      /* tokens / rows */
+    kvrt_cl_i32 dim;       /* row length; matmul: n_out */
+    kvrt_cl_i32 n_heads;   /* rope */
+    kvrt_cl_i32 head_dim;
+    kvrt_cl_i32 rot_dim;
+    kvrt_cl_i32 neox;
+    kvrt_cl_i32 max_pos;
+    float eps;             /* rmsnorm */
+} kvrt_cl_op_args;
+
 #ifdef __OPENCL_VERSION__
 /* ---- kernel side only ---- */
 
