@@ -234,19 +234,19 @@ static const kvrt_backend_ops cpu_ops = {
     .submit = cpu_submit,
 
     /* attention family */
-    .kv_write = NULL,
-    .attn_decode = NULL,
-    .attn_prefill = NULL,
+    .kv_write = kvrt_cpu_kv_write,
+    .attn_decode = kvrt_cpu_attn_decode,
+    .attn_prefill = kvrt_cpu_attn_prefill,
 
     /* model op family */
-    .matmul = NULL,
-    .rmsnorm = NULL,
-    .rope = NULL,
-    .swiglu = NULL,
-    .add = NULL,
-    .embed = NULL,
-    .gather_rows = NULL,
-    .argmax = NULL,
+    .matmul = kvrt_cpu_matmul,
+    .rmsnorm = kvrt_cpu_rmsnorm,
+    .rope = kvrt_cpu_rope,
+    .swiglu = kvrt_cpu_swiglu,
+    .add = kvrt_cpu_add,
+    .embed = kvrt_cpu_embed,
+    .gather_rows = kvrt_cpu_gather_rows,
+    .argmax = kvrt_cpu_argmax,
 };
 
 kvrt_status kvrt_cpu_backend_create(const kvrt_context_params *params, kvrt_backend **out, kvrt_error *err)
