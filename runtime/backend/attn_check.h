@@ -25,7 +25,8 @@ kvrt_status kvrt_attn_check_desc(kvrt_error *err, const kvrt_kv_pool_desc *pool,
 kvrt_status kvrt_attn_check_decode(kvrt_error *err, const kvrt_kv_pool_desc *pool, const kvrt_attn_desc *d,
                                    const int32_t *seq_lens, const int32_t *block_tables);
 
-/* As decode, plus query_start_loc: [num_seqs + 1], starts at 0, non-decreasing,
+/* As decode, plus query_start_loc: [num_seqs + 1], absolute token rows (>= 0; the
+ * prefills of a mixed batch start after its decodes), non-decreasing,
  * no sequence with more new tokens than its length. */
 kvrt_status kvrt_attn_check_prefill(kvrt_error *err, const kvrt_kv_pool_desc *pool, const kvrt_attn_desc *d,
                                     const int32_t *query_start_loc, const int32_t *seq_lens,

@@ -109,8 +109,8 @@ kvrt_status kvrt_attn_check_prefill(kvrt_error *err, const kvrt_kv_pool_desc *po
                                     const int32_t *block_tables)
 {
     KVRT_TRY(kvrt_attn_check_desc(err, pool, d));
-    if (query_start_loc[0] != 0)
-        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "query_start_loc[0] = %d, must be 0",
+    if (query_start_loc[0] < 0) /* rows are absolute: a mixed batch's prefills start after its decodes */
+        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "query_start_loc[0] = %d, must be >= 0",
                          (int)query_start_loc[0]);
     for (int32_t s = 0; s < d->num_seqs; s++) {
         int64_t n_new = (int64_t)query_start_loc[s + 1] - query_start_loc[s];
@@ -413,6 +413,9 @@ kvrt_status kvrt_attention_prefill(kvrt_kv_cache *cache, int32_t layer, const kv
         return kvrt_fail(&cache->err, KVRT_ERR_INVALID_ARGUMENT, "attention prefill: %s is NULL",
                          !query_start_loc ? "query_start_loc" : !seq_lens ? "seq_lens" : "block_tables");
     KVRT_TRY(need_entry(cache, cache->be->ops->attn_prefill != NULL, "attn_prefill"));
+    if (query_start_loc[0] != 0)
+        return kvrt_fail(&cache->err, KVRT_ERR_INVALID_ARGUMENT, "query_start_loc[0] = %d, must be 0",
+                         (int)query_start_loc[0]);
     KVRT_TRY(kvrt_attn_check_prefill(&cache->err, &cache->desc, &d, query_start_loc, seq_lens, block_tables));
     int32_t num_tokens = query_start_loc[num_seqs];
     if (num_tokens == 0)
