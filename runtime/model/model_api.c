@@ -34,7 +34,7 @@ static void forward_progress(void *user, double fraction)
 static kvrt_status load_file(const kvrt_model_params *p, const kvrt_allocator *alloc, kvrt_model_file **mf,
                              kvrt_error *err)
 {
-    bool is_gguf;
+    bool is_gguf = false;
     KVRT_TRY(sniff_gguf(p->path, &is_gguf, err));
     kvrt_load_progress progress = {p->progress ? forward_progress : NULL, (void *)p};
     if (is_gguf) {

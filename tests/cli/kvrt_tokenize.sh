@@ -42,6 +42,9 @@ expect_error() {
 tok512=$models/tok512.bin
 expect "tok512 prompt" "1 403 407 261 378" -z "$tok512" -p "Once upon a time"
 expect "checkpoint + tokenizer" "1 403 407 261 378" -m "$models/stories260K.bin" -z "$tok512" -p "Once upon a time"
+expect "llama.cpp GGUF" "1 403 407 261 378" -m "$models/stories260K.gguf" -p "Once upon a time"
+expect "kvrt-convert GGUF" "1 403 407 261 378" -m "$src/models/stories260K.gguf" -p "Once upon a time"
+expect_error "GGUF with -z" "carries its vocabulary" -m "$models/stories260K.gguf" -z "$tok512" -p "x"
 expect "--no-bos" "403 407 261 378" -z "$tok512" -p "Once upon a time" --no-bos
 expect "empty prompt is BOS alone" "1" -z "$tok512" -p ""
 expect "--pieces" "$(printf '1\t<s>\n403\t\xe2\x96\x81Once\n13\t<0x0A>')" -z "$tok512" -p "Once
