@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 typedef struct run_args {
@@ -150,12 +151,14 @@ static double now_s(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* Loading progress, for files big enough to take a while. */
 static void show_progress(void *user, double fraction)
 {
-    (void)user;
-    fprintf(stderr, "\rkvrt-run: loading %3d%%", (int)(fraction * 100.0 + 0.5));
-    if (fraction >= 1.0)
-        fputc('\n', stderr);
+    int *last = user, pct = (int)(fraction * 100.0 + 0.5);
+    if (pct == *last)
+        return;
+    *last = pct;
+    fprintf(stderr, "\rkvrt-run: loading %3d%%%s", pct, pct >= 100 ? "\n" : "");
 }
 
 /* Streams bytes to stdout, holding back an incomplete UTF-8 sequence so only
@@ -254,7 +257,12 @@ static int setup(run_state *st)
     kvrt_model_params mp = kvrt_model_default_params();
     mp.path = a->model;
     mp.tokenizer_path = a->tokenizer;
-    mp.progress = show_progress;
+    struct stat sb;
+    static int last_pct = -1;
+    if (stat(a->model, &sb) == 0 && sb.st_size >= ((off_t)256 << 20)) {
+        mp.progress = show_progress;
+        mp.progress_user = &last_pct;
+    }
     mp.max_context = a->ctx;
     s = kvrt_model_load(st->ctx, &mp, &st->model, &err);
     if (s != KVRT_OK)
