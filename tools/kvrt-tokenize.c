@@ -12,11 +12,6 @@
 #include "model/model_file.h"
 #include "model/tokenizer.h"
 
-/* The GGUF loader (runtime/model/gguf.c, model_file.c) is written on another
- * branch; set to 1 once it is on main. Until then a GGUF MODEL is refused
- * with a message and llama2.c files work. */
-#define KVRT_TOKENIZE_GGUF 0
-
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -177,18 +172,12 @@ static bool load_vocab(const tk_args *a, kvrt_vocab *vocab, kvrt_model_file **mf
                         a->model);
                 return false;
             }
-#if KVRT_TOKENIZE_GGUF
             if (kvrt_model_file_load_gguf(a->model, NULL, true, NULL, mf, &err) != KVRT_OK) {
                 fprintf(stderr, "kvrt-tokenize: %s: %s\n", a->model, err.message);
                 return false;
             }
             *use = &(*mf)->vocab;
             return true;
-#else
-            (void)mf;
-            fprintf(stderr, "kvrt-tokenize: %s: GGUF files are not supported by this build yet\n", a->model);
-            return false;
-#endif
         }
         if (!a->tokenizer) {
             fprintf(stderr, "kvrt-tokenize: %s is a llama2.c checkpoint: give its tokenizer.bin with -z\n",
@@ -292,9 +281,7 @@ int main(int argc, char **argv)
     kvrt_model_file *mf = NULL;
     const kvrt_vocab *use = NULL;
     int rc = load_vocab(&a, &vocab, &mf, &use) ? tokenize(&a, use) : 1;
-#if KVRT_TOKENIZE_GGUF
     kvrt_model_file_free(mf);
-#endif
     kvrt_vocab_free(NULL, &vocab);
     return rc;
 }
