@@ -161,3 +161,13 @@ void kvrt_threadpool_run(kvrt_threadpool *pool, int64_t n_tasks, kvrt_task_fn fn
     while (atomic_load_explicit(&pool->active_workers, memory_order_acquire) > 0)
         cpu_relax();
 }
+
+void kvrt_threadpool_run_sized(kvrt_threadpool *pool, int64_t n_tasks, int64_t work, kvrt_task_fn fn, void *arg)
+{
+    if (work >= KVRT_THREADPOOL_MIN_WORK) {
+        kvrt_threadpool_run(pool, n_tasks, fn, arg);
+        return;
+    }
+    for (int64_t t = 0; t < n_tasks; t++)
+        fn(arg, t, 0);
+}

@@ -22,4 +22,13 @@ int kvrt_threadpool_size(const kvrt_threadpool *pool);
  * Not reentrant: fn must not call kvrt_threadpool_run on the same pool. */
 void kvrt_threadpool_run(kvrt_threadpool *pool, int64_t n_tasks, kvrt_task_fn fn, void *arg);
 
+/* Work (in multiply-adds or bytes touched, roughly) below which a job runs
+ * on the calling thread: waking a worker costs microseconds, and far more on
+ * a loaded machine, while a tiny model's ops take less. */
+#define KVRT_THREADPOOL_MIN_WORK ((int64_t)1 << 16)
+
+/* kvrt_threadpool_run, or a plain loop on the calling thread (as thread 0)
+ * when `work` is below KVRT_THREADPOOL_MIN_WORK. */
+void kvrt_threadpool_run_sized(kvrt_threadpool *pool, int64_t n_tasks, int64_t work, kvrt_task_fn fn, void *arg);
+
 #endif /* KVRT_THREADPOOL_H */

@@ -1,0 +1,140 @@
+/*
+ * Models, tokenization, single-sequence sessions and sampling. Include
+ * through kvrt.h.
+ *
+ * Ownership: a model belongs to the context it was loaded on and must be
+ * destroyed before it; a session belongs to its model. kvrt keeps no
+ * reference to caller memory after a call returns (paths included).
+ * Threading: one thread at a time per context and everything created from it.
+ */
+#ifndef KVRT_MODEL_H
+#define KVRT_MODEL_H
+
+#include "kvrt.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- models ----------------------------------------------------------------- */
+
+typedef struct kvrt_model kvrt_model;
+
+typedef struct kvrt_model_params {
+    const char *path;           /* GGUF file, or a llama2.c checkpoint (.bin) */
+    const char *tokenizer_path; /* llama2.c tokenizer.bin (checkpoints only); may be NULL */
+    /* Called now and then while loading; fraction in [0, 1]. May be NULL. */
+    void (*progress)(void *user, double fraction);
+    void *progress_user;
+    int32_t max_context;        /* positions the model will be asked for; 0 = the file's context length */
+} kvrt_model_params;
+
+KVRT_API kvrt_model_params kvrt_model_default_params(void);
+
+/* Loads a Llama-family model onto the context's backend (weights in backend
+ * buffers; on the CPU the GGUF data section is memory-mapped and read in place).
+ * Errors: IO, BAD_MODEL, BAD_TOKENIZER, UNSUPPORTED (a tensor type or tokenizer
+ * kvrt does not run), OUT_OF_*_MEMORY; the message names the problem. */
+KVRT_API kvrt_status kvrt_model_load(kvrt_context *ctx, const kvrt_model_params *params,
+                                     kvrt_model **out, kvrt_error *err);
+KVRT_API void kvrt_model_destroy(kvrt_model *model);
+KVRT_API const char *kvrt_model_message(const kvrt_model *model);
+
+typedef struct kvrt_model_info {
+    int32_t n_vocab, n_embd, n_layer, n_ff, n_head, n_head_kv, head_dim;
+    int32_t n_ctx_train;  /* as the file states it */
+    int32_t bos_id, eos_id; /* -1 when absent */
+    kvrt_dtype weight_type; /* type of most matrices */
+    uint64_t n_params;
+    uint64_t weight_bytes;
+    char arch[32];
+} kvrt_model_info;
+
+KVRT_API kvrt_status kvrt_model_get_info(const kvrt_model *model, kvrt_model_info *out);
+
+/* Tokenizes `len` bytes of UTF-8 text (BOS first when add_bos). Writes up to
+ * `capacity` ids; *n_tokens receives the number needed, and the call returns
+ * KVRT_ERR_INVALID_ARGUMENT (with *n_tokens set) when capacity is too small. */
+KVRT_API kvrt_status kvrt_tokenize(kvrt_model *model, const char *text, size_t len, int add_bos,
+                                   int32_t *ids, int32_t capacity, int32_t *n_tokens);
+
+/* The bytes a token stands for, as a stream of text shows them: byte pieces
+ * become their byte, U+2581 a space, control tokens nothing, and the leading
+ * space of the first piece after BOS is dropped (prev_token == BOS; -1 at
+ * the start). Writes the bytes plus a NUL (capacity counts it); *len receives
+ * the byte count without the NUL. Too small a buffer: INVALID_ARGUMENT with
+ * *len set to what is needed; an id outside the vocabulary: BAD_TOKEN. */
+KVRT_API kvrt_status kvrt_token_to_text(kvrt_model *model, int32_t prev_token, int32_t token,
+                                        char *buf, size_t capacity, size_t *len);
+
+/* ---- single-sequence sessions ---------------------------------------------- */
+
+typedef struct kvrt_session kvrt_session;
+
+typedef struct kvrt_session_params {
+    int32_t n_ctx;      /* positions; 0 = the model's max_context */
+    int32_t block_size; /* 8, 16 (default) or 32 */
+    kvrt_dtype kv_type; /* F32 (default) or F16 */
+    int32_t n_batch;    /* tokens per forward when evaluating a prompt (prefill chunk); 0 = 512 */
+    int32_t num_blocks; /* KV pool size; 0 = enough for n_ctx */
+} kvrt_session_params;
+
+KVRT_API kvrt_session_params kvrt_session_default_params(void);
+
+KVRT_API kvrt_status kvrt_session_create(kvrt_model *model, const kvrt_session_params *params,
+                                         kvrt_session **out, kvrt_error *err);
+KVRT_API void kvrt_session_destroy(kvrt_session *session);
+KVRT_API const char *kvrt_session_message(const kvrt_session *session);
+
+/* Appends n tokens to the sequence, runs them through the model in chunks of
+ * n_batch (paged KV cache, tiled prefill / paged decode attention) and writes
+ * the logits of the last token to `logits` [n_vocab] (may be NULL), or of every
+ * token to `logits_all` [n][n_vocab] (may be NULL). Errors: BAD_TOKEN (id out of
+ * range), CONTEXT_OVERFLOW (beyond n_ctx), OUT_OF_BLOCKS; the session is left
+ * as it was before the failing chunk. */
+KVRT_API kvrt_status kvrt_session_eval(kvrt_session *session, const int32_t *tokens, int32_t n,
+                                       float *logits, float *logits_all);
+/* Forgets every token (blocks returned to the pool). */
+KVRT_API kvrt_status kvrt_session_reset(kvrt_session *session);
+
+typedef struct kvrt_session_stats {
+    int32_t n_past;         /* tokens in the cache */
+    int32_t n_ctx;
+    int32_t blocks_used;
+    int32_t blocks_total;
+    int32_t block_size;
+    uint64_t kv_bytes;      /* bytes of the whole KV pool */
+} kvrt_session_stats;
+
+KVRT_API kvrt_status kvrt_session_get_stats(const kvrt_session *session, kvrt_session_stats *out);
+
+/* ---- sampling ----------------------------------------------------------------- */
+
+typedef struct kvrt_sampler_params {
+    float temperature;    /* <= 0: greedy (argmax, lowest id on ties) */
+    int32_t top_k;        /* 0 = off */
+    float top_p;          /* 1 = off */
+    float min_p;          /* 0 = off: drop tokens with p < min_p * p_max */
+    float repeat_penalty; /* 1 = off; llama.cpp's rule: logit > 0 ? logit / r : logit * r */
+    int32_t repeat_last_n;/* tokens of history the penalty looks at */
+    uint64_t seed;
+} kvrt_sampler_params;
+
+KVRT_API kvrt_sampler_params kvrt_sampler_default_params(void);
+
+typedef struct kvrt_sampler kvrt_sampler;
+
+KVRT_API kvrt_status kvrt_sampler_create(const kvrt_sampler_params *params, int32_t n_vocab,
+                                         const kvrt_allocator *allocator, kvrt_sampler **out, kvrt_error *err);
+KVRT_API void kvrt_sampler_destroy(kvrt_sampler *sampler);
+/* Picks a token from logits [n_vocab] (not modified) and records it in the
+ * penalty history. Deterministic for a given seed and call sequence. */
+KVRT_API kvrt_status kvrt_sampler_sample(kvrt_sampler *sampler, const float *logits, int32_t *token);
+/* Records a token (e.g. of the prompt) in the penalty history without sampling. */
+KVRT_API void kvrt_sampler_accept(kvrt_sampler *sampler, int32_t token);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* KVRT_MODEL_H */

@@ -1,0 +1,201 @@
+/* The OpenCL backend's internals, shared by its files (device, memory,
+ * programs, ops). The ICD loader is opened at run time: every OpenCL entry
+ * point goes through the per-backend table `fn`, never through the linker. */
+#ifndef KVRT_CL_INTERNAL_H
+#define KVRT_CL_INTERNAL_H
+
+#ifndef CL_TARGET_OPENCL_VERSION
+#define CL_TARGET_OPENCL_VERSION 120
+#endif
+#include <CL/cl.h>
+
+#include "backend/backend.h"
+#include "backend/opencl/kernels/kvrt_cl_common.h"
+#include "kvrt_opencl.h"
+
+/* Every entry point kvrt uses, resolved with dlsym. */
+#define KVRT_CL_FUNCS(X)                                                                          \
+    X(clGetPlatformIDs) X(clGetPlatformInfo) X(clGetDeviceIDs) X(clGetDeviceInfo)                 \
+    X(clCreateContext) X(clReleaseContext) X(clCreateCommandQueue) X(clReleaseCommandQueue)       \
+    X(clCreateBuffer) X(clReleaseMemObject) X(clEnqueueWriteBuffer) X(clEnqueueReadBuffer)        \
+    X(clEnqueueCopyBuffer) X(clEnqueueFillBuffer) X(clCreateProgramWithSource) X(clBuildProgram)  \
+    X(clGetProgramBuildInfo) X(clReleaseProgram) X(clCreateKernel) X(clReleaseKernel)             \
+    X(clSetKernelArg) X(clEnqueueNDRangeKernel) X(clGetKernelWorkGroupInfo) X(clFlush) X(clFinish)
+
+typedef struct kvrt_cl_fns {
+    void *lib; /* dlopen handle */
+#define KVRT_CL_FN_FIELD(name) __typeof__(name) *name;
+    KVRT_CL_FUNCS(KVRT_CL_FN_FIELD)
+#undef KVRT_CL_FN_FIELD
+} kvrt_cl_fns;
+
+/* Opens libOpenCL.so.1 and resolves the table (KVRT_ERR_BACKEND_UNAVAILABLE otherwise). */
+kvrt_status kvrt_cl_load(kvrt_cl_fns *fn, kvrt_error *err);
+/* The same from another library name (tests: a missing loader, a library without the entry points). */
+kvrt_status kvrt_cl_load_named(kvrt_cl_fns *fn, const char *lib, kvrt_error *err);
+void kvrt_cl_unload(kvrt_cl_fns *fn);
+/* "CL_OUT_OF_RESOURCES" etc. */
+const char *kvrt_cl_error_name(cl_int code);
+
+/* ---- programs (cl_program.c) ---- */
+
+/* Programs are built on first use. A variant is a set of -D options (KV type). */
+typedef enum kvrt_cl_program_id {
+    KVRT_CL_PROG_KV = 0,   /* kv.cl: kv_write */
+    KVRT_CL_PROG_ATTN = 1, /* attention.cl: decode, merge, prefill */
+    KVRT_CL_PROG_OPS = 2,  /* ops.cl: model ops (one variant) */
+    KVRT_CL_PROG_COUNT
+} kvrt_cl_program_id;
+
+enum { KVRT_CL_VARIANT_F32 = 0, KVRT_CL_VARIANT_F16 = 1, KVRT_CL_VARIANT_COUNT = 2 };
+
+#define KVRT_CL_MAX_KERNELS 12 /* per program */
+
+typedef struct kvrt_cl_program {
+    cl_program prog;
+    cl_kernel kernels[KVRT_CL_MAX_KERNELS];
+} kvrt_cl_program;
+
+/* ---- memory (cl_memory.c) ---- */
+
+/* A logical buffer: consecutive segments of seg_bytes (the last may be shorter). */
+struct kvrt_buffer {
+    size_t size;
+    size_t seg_bytes;
+    int32_t n_segs;
+    cl_mem *segs; /* [n_segs] */
+};
+
+/* One layer's K or V pool: whole blocks per segment. */
+typedef struct kvrt_cl_pool_part {
+    int32_t n_segs;
+    cl_mem segs[KVRT_CL_MAX_KV_SEGS];
+} kvrt_cl_pool_part;
+
+struct kvrt_kv_pool {
+    kvrt_kv_pool_desc desc;
+    size_t block_bytes;
+    int64_t blocks_per_seg;
+    kvrt_cl_pool_part *k; /* [n_layers] */
+    kvrt_cl_pool_part *v; /* [n_layers] */
+    size_t bytes;         /* charged to the budget */
+};
+
+typedef struct kvrt_cl_backend {
+    kvrt_backend base;
+    kvrt_cl_fns fn;
+    cl_platform_id platform;
+    cl_device_id device;
+    cl_context ctx;
+    cl_command_queue queue;
+
+    /* limits */
+    uint64_t max_alloc;      /* CL_DEVICE_MAX_MEM_ALLOC_SIZE */
+    uint64_t global_mem;
+    uint64_t local_mem;
+    size_t max_wg;
+    bool has_fp16;           /* cl_khr_fp16 and not masked */
+    uint32_t disabled_features;
+
+    /* memory accounting */
+    uint64_t budget;         /* bytes kvrt may allocate */
+    uint64_t used;
+    size_t seg_bytes;        /* segment size of new allocations (<= max_alloc) */
+    uint64_t fail_alloc_at;  /* test hook: the Nth device allocation from now fails (0 = never) */
+
+    /* recording */
+    bool recording;
+
+    /* programs, built lazily */
+    kvrt_cl_program programs[KVRT_CL_PROG_COUNT][KVRT_CL_VARIANT_COUNT];
+    const char *source_override[KVRT_CL_PROG_COUNT]; /* test hook */
+
+    /* decode split-K scratch */
+    kvrt_buffer *scratch;
+} kvrt_cl_backend;
+
+static inline kvrt_cl_backend *kvrt_cl(kvrt_backend *be)
+{
+    return (kvrt_cl_backend *)be;
+}
+
+/* Sets be->err from an OpenCL error code: out-of-memory codes become
+ * KVRT_ERR_OUT_OF_DEVICE_MEMORY, others `fallback`. */
+kvrt_status kvrt_cl_fail(kvrt_cl_backend *cl, cl_int code, kvrt_status fallback, const char *what);
+
+/* Called after an op was enqueued: outside begin/submit the op runs at once. */
+kvrt_status kvrt_cl_after_enqueue(kvrt_cl_backend *cl, const char *what);
+
+kvrt_status kvrt_cl_buffer_create(kvrt_backend *be, size_t size, unsigned flags, kvrt_buffer **out);
+void kvrt_cl_buffer_destroy(kvrt_backend *be, kvrt_buffer *buf);
+kvrt_status kvrt_cl_buffer_upload(kvrt_backend *be, kvrt_buffer *dst, size_t offset, const void *src, size_t size);
+kvrt_status kvrt_cl_buffer_download(kvrt_backend *be, kvrt_buffer *src, size_t offset, void *dst, size_t size);
+kvrt_status kvrt_cl_buffer_copy(kvrt_backend *be, kvrt_buffer *src, size_t src_offset,
+                                kvrt_buffer *dst, size_t dst_offset, size_t size);
+kvrt_status kvrt_cl_kv_pool_create(kvrt_backend *be, const kvrt_kv_pool_desc *desc, kvrt_kv_pool **out);
+void kvrt_cl_kv_pool_destroy(kvrt_backend *be, kvrt_kv_pool *pool);
+kvrt_status kvrt_cl_kv_block_read(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, kvrt_kv_which which,
+                                  int32_t block, void *dst);
+kvrt_status kvrt_cl_kv_block_write(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, kvrt_kv_which which,
+                                   int32_t block, const void *src);
+kvrt_status kvrt_cl_kv_copy_blocks(kvrt_backend *be, kvrt_kv_pool *pool, const int32_t (*pairs)[2], int32_t n);
+
+/* Resolves a view of `bytes` bytes to one segment and an offset in elements of
+ * `elem` bytes. A view crossing a segment boundary is KVRT_ERR_UNSUPPORTED. */
+kvrt_status kvrt_cl_resolve(kvrt_cl_backend *cl, kvrt_view v, size_t bytes, size_t elem, const char *what,
+                            cl_mem *mem, int64_t *elem_off);
+/* Grows the backend's scratch buffer to at least `bytes`. */
+kvrt_status kvrt_cl_scratch(kvrt_cl_backend *cl, size_t bytes, kvrt_buffer **out);
+
+/* ---- programs ---- */
+
+/* The kernel `index` of a program (built on first use). */
+kvrt_status kvrt_cl_kernel(kvrt_cl_backend *cl, kvrt_cl_program_id prog, int variant, int index, cl_kernel *out);
+void kvrt_cl_programs_release(kvrt_cl_backend *cl);
+
+/* Sets kernel arguments from (size, pointer) pairs; NULL pointer = local memory of that size. */
+typedef struct kvrt_cl_arg {
+    size_t size;
+    const void *ptr;
+} kvrt_cl_arg;
+kvrt_status kvrt_cl_set_args(kvrt_cl_backend *cl, cl_kernel k, const kvrt_cl_arg *args, int n, const char *what);
+kvrt_status kvrt_cl_enqueue(kvrt_cl_backend *cl, cl_kernel k, int dims, const size_t *global, const size_t *local,
+                            const char *what);
+
+/* ---- ops (cl_attention.c) ---- */
+kvrt_status kvrt_cl_kv_write(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer,
+                             kvrt_view k, int64_t k_stride, kvrt_view v, int64_t v_stride,
+                             kvrt_view slot_mapping, int32_t n_tokens);
+kvrt_status kvrt_cl_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
+                                kvrt_view q, kvrt_view out, kvrt_view seq_lens, kvrt_view block_tables);
+kvrt_status kvrt_cl_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
+                                 kvrt_view q, kvrt_view out, kvrt_view query_start_loc,
+                                 kvrt_view seq_lens, kvrt_view block_tables);
+
+/* ---- model ops (cl_ops.c) ---- */
+kvrt_status kvrt_cl_matmul(kvrt_backend *be, kvrt_dtype wtype, kvrt_view w, int64_t n_out, int64_t n_in,
+                           kvrt_view x, int64_t x_stride, kvrt_view y, int64_t y_stride, int32_t n_tokens);
+kvrt_status kvrt_cl_rmsnorm(kvrt_backend *be, kvrt_view x, int64_t x_stride, kvrt_view w, kvrt_view y,
+                            int64_t y_stride, int32_t n_tokens, int32_t dim, float eps);
+kvrt_status kvrt_cl_rope(kvrt_backend *be, kvrt_view x, kvrt_view positions, kvrt_view cos_sin,
+                         const kvrt_rope_desc *d);
+kvrt_status kvrt_cl_swiglu(kvrt_backend *be, kvrt_view gate, int64_t gate_stride, kvrt_view up, int64_t up_stride,
+                           kvrt_view out, int64_t out_stride, int32_t n_tokens, int32_t dim);
+kvrt_status kvrt_cl_add(kvrt_backend *be, kvrt_view a, kvrt_view b, kvrt_view out, int64_t n);
+kvrt_status kvrt_cl_embed(kvrt_backend *be, kvrt_dtype wtype, kvrt_view table, int64_t dim, kvrt_view ids,
+                          int32_t n_tokens, kvrt_view out);
+kvrt_status kvrt_cl_gather_rows(kvrt_backend *be, kvrt_view src, int64_t src_stride, kvrt_view idx, int32_t n,
+                                kvrt_view dst, int64_t dst_stride, int32_t dim);
+kvrt_status kvrt_cl_argmax(kvrt_backend *be, kvrt_view x, int64_t stride, int32_t n_rows, int32_t n_cols,
+                           kvrt_view out);
+
+/* ---- test hooks (internal; tests reach them through this header) ---- */
+
+/* Segment size of allocations made from now on (rounded down to 256 bytes, at most max_alloc). */
+void kvrt_cl_test_set_segment_bytes(kvrt_backend *be, size_t bytes);
+/* Replaces a program's source (NULL restores it); the program is rebuilt on next use. */
+void kvrt_cl_test_override_source(kvrt_backend *be, kvrt_cl_program_id prog, const char *src);
+/* Makes the nth device allocation from now fail as out of memory (0 = never). */
+void kvrt_cl_test_fail_alloc(kvrt_backend *be, uint64_t nth);
+
+#endif /* KVRT_CL_INTERNAL_H */

@@ -1,0 +1,478 @@
+/* The Llama forward pass, written once against the backend interface. */
+#include "model/llama.h"
+
+#include <math.h>
+#include <string.h>
+
+/* Activations of one step, each its own buffer (backends segment big ones). */
+enum {
+    ACT_X,      /* [T][n_embd] residual stream */
+    ACT_H,      /* [T][n_embd] normed input of a sublayer */
+    ACT_Q,      /* [T][n_head*head_dim] */
+    ACT_K,      /* [T][n_head_kv*head_dim] */
+    ACT_V,      /* [T][n_head_kv*head_dim] */
+    ACT_ATT,    /* [T][n_head*head_dim] attention output */
+    ACT_O,      /* [T][n_embd] sublayer output */
+    ACT_GATE,   /* [T][n_ff] */
+    ACT_UP,     /* [T][n_ff] */
+    ACT_FF,     /* [T][n_ff] swiglu output */
+    ACT_HL,     /* [L][n_embd] normed rows that need logits */
+    ACT_LOGITS, /* [L][n_vocab] */
+    ACT_COUNT
+};
+
+/* Batch arrays on the device (int32). */
+enum {
+    IDX_TOKENS,     /* [T] */
+    IDX_POSITIONS,  /* [T] */
+    IDX_SLOTS,      /* [T] */
+    IDX_QSL,        /* [S + 1] */
+    IDX_SEQ_LENS,   /* [S] */
+    IDX_TABLES,     /* [S][max_blocks] */
+    IDX_LOGITS,     /* [L] */
+    IDX_COUNT
+};
+
+typedef struct llama_weight {
+    kvrt_buffer *buf;
+    kvrt_dtype type;
+    int64_t ne[2];
+} llama_weight;
+
+typedef struct llama_layer_w {
+    llama_weight attn_norm, wq, wk, wv, wo, ffn_norm, ffn_gate, ffn_down, ffn_up;
+} llama_layer_w;
+
+typedef struct grow_buffer {
+    kvrt_buffer *buf;
+    size_t size;
+} grow_buffer;
+
+struct kvrt_llama {
+    kvrt_backend *be;
+    const kvrt_model_file *mf;
+    kvrt_llama_hparams hp;
+    int32_t max_pos;
+    llama_weight tok_embd, output_norm, output;
+    llama_layer_w *layers; /* [n_layer] */
+    kvrt_buffer *rope_table; /* F32 [max_pos][rope_dim/2][2] */
+    grow_buffer act[ACT_COUNT];
+    grow_buffer idx[IDX_COUNT];
+};
+
+static const kvrt_allocator *lm_alloc(const kvrt_llama *lm)
+{
+    return lm->be->alloc;
+}
+
+static kvrt_status be_fail(kvrt_backend *be, kvrt_error *err, kvrt_status s, const char *what)
+{
+    if (s == KVRT_OK)
+        return s;
+    return kvrt_fail(err, s, "%s: %s", what, be->err.message);
+}
+
+/* ---- weights ------------------------------------------------------------------ */
+
+static kvrt_status weight_load(kvrt_llama *lm, const kvrt_tensor_ref *t, llama_weight *w, kvrt_error *err)
+{
+    kvrt_backend *be = lm->be;
+    w->type = t->type;
+    w->ne[0] = t->ne[0];
+    w->ne[1] = t->ne[1];
+    kvrt_status s;
+    if (be->ops->buffer_wrap_host) {
+        /* read in place: the mapping (or owned bytes) outlives the model */
+        s = be->ops->buffer_wrap_host(be, (void *)t->data, t->nbytes, &w->buf);
+    } else {
+        s = be->ops->buffer_create(be, t->nbytes, KVRT_BUFFER_DEVICE, &w->buf);
+        if (s == KVRT_OK)
+            s = be->ops->buffer_upload(be, w->buf, 0, t->data, t->nbytes);
+    }
+    return be_fail(be, err, s, "loading weights");
+}
+
+static void weight_free(kvrt_llama *lm, llama_weight *w)
+{
+    if (w->buf)
+        lm->be->ops->buffer_destroy(lm->be, w->buf);
+    w->buf = NULL;
+}
+
+static kvrt_status load_layer(kvrt_llama *lm, const kvrt_llama_layer *src, llama_layer_w *dst, kvrt_error *err)
+{
+    const kvrt_tensor_ref *refs[] = {&src->attn_norm, &src->wq, &src->wk, &src->wv, &src->wo,
+                                     &src->ffn_norm, &src->ffn_gate, &src->ffn_down, &src->ffn_up};
+    llama_weight *ws[] = {&dst->attn_norm, &dst->wq, &dst->wk, &dst->wv, &dst->wo,
+                          &dst->ffn_norm, &dst->ffn_gate, &dst->ffn_down, &dst->ffn_up};
+    for (size_t i = 0; i < KVRT_ARRAY_LEN(refs); i++)
+        KVRT_TRY(weight_load(lm, refs[i], ws[i], err));
+    return KVRT_OK;
+}
+
+static void free_layer(kvrt_llama *lm, llama_layer_w *l)
+{
+    llama_weight *ws[] = {&l->attn_norm, &l->wq, &l->wk, &l->wv, &l->wo,
+                          &l->ffn_norm, &l->ffn_gate, &l->ffn_down, &l->ffn_up};
+    for (size_t i = 0; i < KVRT_ARRAY_LEN(ws); i++)
+        weight_free(lm, ws[i]);
+}
+
+/* cos/sin of position * base^(-2i/rope_dim), computed in double so every
+ * backend rotates by exactly the same values (DESIGN.md). */
+static kvrt_status build_rope_table(kvrt_llama *lm, kvrt_error *err)
+{
+    int32_t half = lm->hp.rope_dim / 2;
+    size_t n = (size_t)lm->max_pos * (size_t)half * 2;
+    float *table = kvrt_alloc(lm_alloc(lm), n * sizeof(float), 0);
+    if (!table)
+        return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "RoPE table: out of host memory");
+    for (int32_t i = 0; i < half; i++) {
+        double inv_freq = pow((double)lm->hp.rope_freq_base, -2.0 * i / (double)lm->hp.rope_dim);
+        for (int32_t p = 0; p < lm->max_pos; p++) {
+            double angle = (double)p * inv_freq;
+            table[((size_t)p * half + i) * 2 + 0] = (float)cos(angle);
+            table[((size_t)p * half + i) * 2 + 1] = (float)sin(angle);
+        }
+    }
+    kvrt_backend *be = lm->be;
+    kvrt_status s = be->ops->buffer_create(be, n * sizeof(float), KVRT_BUFFER_DEVICE, &lm->rope_table);
+    if (s == KVRT_OK)
+        s = be->ops->buffer_upload(be, lm->rope_table, 0, table, n * sizeof(float));
+    kvrt_free(lm_alloc(lm), table);
+    return be_fail(be, err, s, "RoPE table");
+}
+
+void kvrt_llama_destroy(kvrt_llama *lm)
+{
+    if (!lm)
+        return;
+    kvrt_backend *be = lm->be;
+    if (lm->layers) {
+        for (int32_t l = 0; l < lm->hp.n_layer; l++)
+            free_layer(lm, &lm->layers[l]);
+    }
+    weight_free(lm, &lm->tok_embd);
+    weight_free(lm, &lm->output_norm);
+    weight_free(lm, &lm->output);
+    if (lm->rope_table)
+        be->ops->buffer_destroy(be, lm->rope_table);
+    for (int i = 0; i < ACT_COUNT; i++) {
+        if (lm->act[i].buf)
+            be->ops->buffer_destroy(be, lm->act[i].buf);
+    }
+    for (int i = 0; i < IDX_COUNT; i++) {
+        if (lm->idx[i].buf)
+            be->ops->buffer_destroy(be, lm->idx[i].buf);
+    }
+    kvrt_free(lm_alloc(lm), lm->layers);
+    kvrt_free(lm_alloc(lm), lm);
+}
+
+kvrt_status kvrt_llama_create(kvrt_backend *be, const kvrt_model_file *mf, int32_t max_pos,
+                              kvrt_llama **out, kvrt_error *err)
+{
+    *out = NULL;
+    if (mf->vocab_only)
+        return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "the file holds a vocabulary only, no weights");
+    if (max_pos < 1)
+        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "max_pos %d < 1", (int)max_pos);
+    if (mf->hp.rope_dim < 2 || mf->hp.rope_dim % 2 || mf->hp.rope_dim > mf->hp.head_dim)
+        return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "RoPE dimension %d invalid for head_dim %d",
+                         (int)mf->hp.rope_dim, (int)mf->hp.head_dim);
+    kvrt_llama *lm = kvrt_calloc(be->alloc, 1, sizeof(*lm));
+    if (!lm)
+        return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "model: out of host memory");
+    lm->be = be;
+    lm->mf = mf;
+    lm->hp = mf->hp;
+    lm->max_pos = max_pos;
+    lm->layers = kvrt_calloc(be->alloc, (size_t)mf->hp.n_layer, sizeof(*lm->layers));
+    kvrt_status s = lm->layers ? KVRT_OK : kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "model: out of host memory");
+    if (s == KVRT_OK)
+        s = weight_load(lm, &mf->w.tok_embd, &lm->tok_embd, err);
+    if (s == KVRT_OK)
+        s = weight_load(lm, &mf->w.output_norm, &lm->output_norm, err);
+    if (s == KVRT_OK)
+        s = weight_load(lm, &mf->w.output, &lm->output, err);
+    for (int32_t l = 0; s == KVRT_OK && l < mf->hp.n_layer; l++)
+        s = load_layer(lm, &mf->w.layers[l], &lm->layers[l], err);
+    if (s == KVRT_OK)
+        s = build_rope_table(lm, err);
+    if (s != KVRT_OK) {
+        kvrt_llama_destroy(lm);
+        return s;
+    }
+    *out = lm;
+    return KVRT_OK;
+}
+
+const kvrt_llama_hparams *kvrt_llama_hparams_of(const kvrt_llama *lm)
+{
+    return &lm->hp;
+}
+
+int32_t kvrt_llama_max_pos(const kvrt_llama *lm)
+{
+    return lm->max_pos;
+}
+
+/* ---- workspace ------------------------------------------------------------------ */
+
+static kvrt_status grow(kvrt_llama *lm, grow_buffer *g, size_t bytes, kvrt_error *err)
+{
+    if (bytes == 0)
+        bytes = 4;
+    if (g->buf && g->size >= bytes)
+        return KVRT_OK;
+    kvrt_backend *be = lm->be;
+    if (g->buf)
+        be->ops->buffer_destroy(be, g->buf);
+    g->buf = NULL;
+    g->size = 0;
+    size_t want = bytes + bytes / 2; /* grow geometrically: fewer reallocations as batches vary */
+    KVRT_TRY(be_fail(be, err, be->ops->buffer_create(be, want, KVRT_BUFFER_DEVICE, &g->buf), "workspace"));
+    g->size = want;
+    return KVRT_OK;
+}
+
+static kvrt_status reserve_activations(kvrt_llama *lm, int32_t n_tokens, int32_t n_logits, kvrt_error *err)
+{
+    const kvrt_llama_hparams *hp = &lm->hp;
+    size_t t = (size_t)n_tokens, f = sizeof(float);
+    size_t q_dim = (size_t)hp->n_head * hp->head_dim, kv_dim = (size_t)hp->n_head_kv * hp->head_dim;
+    const size_t bytes[ACT_COUNT] = {
+        [ACT_X] = t * hp->n_embd * f,   [ACT_H] = t * hp->n_embd * f,  [ACT_Q] = t * q_dim * f,
+        [ACT_K] = t * kv_dim * f,       [ACT_V] = t * kv_dim * f,      [ACT_ATT] = t * q_dim * f,
+        [ACT_O] = t * hp->n_embd * f,   [ACT_GATE] = t * hp->n_ff * f, [ACT_UP] = t * hp->n_ff * f,
+        [ACT_FF] = t * hp->n_ff * f,    [ACT_HL] = (size_t)n_logits * hp->n_embd * f,
+        [ACT_LOGITS] = (size_t)n_logits * hp->n_vocab * f,
+    };
+    for (int i = 0; i < ACT_COUNT; i++)
+        KVRT_TRY(grow(lm, &lm->act[i], bytes[i], err));
+    return KVRT_OK;
+}
+
+static kvrt_status upload_ints(kvrt_llama *lm, int which, const int32_t *src, size_t count, kvrt_error *err)
+{
+    size_t bytes = count * sizeof(int32_t);
+    KVRT_TRY(grow(lm, &lm->idx[which], bytes, err));
+    if (bytes == 0)
+        return KVRT_OK;
+    kvrt_backend *be = lm->be;
+    return be_fail(be, err, be->ops->buffer_upload(be, lm->idx[which].buf, 0, src, bytes), "batch upload");
+}
+
+/* ---- batch checks ------------------------------------------------------------------ */
+
+static kvrt_status check_batch(const kvrt_llama *lm, const kvrt_batch *b, kvrt_error *err)
+{
+    if (b->num_seqs < 1 || b->num_tokens < 1 || b->num_logits < 0 || b->max_blocks_per_seq < 1)
+        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT,
+                         "batch: num_seqs %d, num_tokens %d, num_logits %d, max_blocks %d",
+                         (int)b->num_seqs, (int)b->num_tokens, (int)b->num_logits, (int)b->max_blocks_per_seq);
+    if (b->query_start_loc[0] != 0 || b->query_start_loc[b->num_seqs] != b->num_tokens)
+        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "batch: query_start_loc must run from 0 to num_tokens");
+    for (int32_t t = 0; t < b->num_tokens; t++) {
+        if (b->tokens[t] < 0 || b->tokens[t] >= lm->hp.n_vocab)
+            return kvrt_fail(err, KVRT_ERR_BAD_TOKEN, "token id %d at batch row %d is outside the vocabulary [0, %d)",
+                             (int)b->tokens[t], (int)t, (int)lm->hp.n_vocab);
+        if (b->positions[t] < 0 || b->positions[t] >= lm->max_pos)
+            return kvrt_fail(err, KVRT_ERR_CONTEXT_OVERFLOW, "position %d at batch row %d is outside [0, %d)",
+                             (int)b->positions[t], (int)t, (int)lm->max_pos);
+    }
+    for (int32_t i = 0; i < b->num_logits; i++) {
+        if (b->logits_indices[i] < 0 || b->logits_indices[i] >= b->num_tokens)
+            return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "logits index %d outside [0, %d)",
+                             (int)b->logits_indices[i], (int)b->num_tokens);
+    }
+    return KVRT_OK;
+}
+
+/* Leading sequences with exactly one new token run decode attention. */
+static int32_t count_leading_decodes(const kvrt_batch *b)
+{
+    int32_t n = 0;
+    while (n < b->num_seqs && b->query_start_loc[n + 1] - b->query_start_loc[n] == 1)
+        n++;
+    return n;
+}
+
+/* ---- the forward pass --------------------------------------------------------------- */
+
+static kvrt_view act(kvrt_llama *lm, int which)
+{
+    return (kvrt_view){lm->act[which].buf, 0};
+}
+
+static kvrt_view idx(kvrt_llama *lm, int which, size_t first)
+{
+    return (kvrt_view){lm->idx[which].buf, first * sizeof(int32_t)};
+}
+
+static kvrt_view wview(const llama_weight *w)
+{
+    return (kvrt_view){w->buf, 0};
+}
+
+typedef struct step {
+    kvrt_llama *lm;
+    kvrt_backend *be;
+    const kvrt_backend_ops *ops;
+    kvrt_kv_pool *pool;
+    const kvrt_batch *b;
+    int32_t n_decode; /* leading decode sequences */
+} step;
+
+static kvrt_status step_matmul(step *st, const llama_weight *w, kvrt_view x, kvrt_view y, int32_t n_tokens)
+{
+    if (!st->ops->matmul)
+        return kvrt_backend_unsupported(st->be, "matmul");
+    return st->ops->matmul(st->be, w->type, wview(w), w->ne[1], w->ne[0], x, w->ne[0], y, w->ne[1], n_tokens);
+}
+
+static kvrt_status step_attention(step *st, int32_t layer)
+{
+    kvrt_llama *lm = st->lm;
+    const kvrt_batch *b = st->b;
+    int64_t q_dim = (int64_t)lm->hp.n_head * lm->hp.head_dim;
+    kvrt_attn_desc d = {
+        .n_heads = lm->hp.n_head,
+        .max_blocks_per_seq = b->max_blocks_per_seq,
+        .scale = (float)(1.0 / sqrt((double)lm->hp.head_dim)),
+        .q_stride = q_dim,
+        .o_stride = q_dim,
+    };
+    if (st->n_decode > 0) {
+        if (!st->ops->attn_decode)
+            return kvrt_backend_unsupported(st->be, "attn_decode");
+        d.num_seqs = st->n_decode;
+        KVRT_TRY(st->ops->attn_decode(st->be, st->pool, layer, &d, act(lm, ACT_Q), act(lm, ACT_ATT),
+                                      idx(lm, IDX_SEQ_LENS, 0), idx(lm, IDX_TABLES, 0)));
+    }
+    if (st->n_decode < b->num_seqs) {
+        if (!st->ops->attn_prefill)
+            return kvrt_backend_unsupported(st->be, "attn_prefill");
+        /* query_start_loc keeps absolute token rows, so q and out stay at row 0 */
+        int32_t first = st->n_decode;
+        d.num_seqs = b->num_seqs - first;
+        KVRT_TRY(st->ops->attn_prefill(st->be, st->pool, layer, &d, act(lm, ACT_Q), act(lm, ACT_ATT),
+                                       idx(lm, IDX_QSL, first), idx(lm, IDX_SEQ_LENS, first),
+                                       idx(lm, IDX_TABLES, (size_t)first * b->max_blocks_per_seq)));
+    }
+    return KVRT_OK;
+}
+
+static kvrt_status step_rope(step *st, int which, int32_t n_heads)
+{
+    kvrt_llama *lm = st->lm;
+    if (!st->ops->rope)
+        return kvrt_backend_unsupported(st->be, "rope");
+    kvrt_rope_desc d = {
+        .n_tokens = st->b->num_tokens,
+        .n_heads = n_heads,
+        .head_dim = lm->hp.head_dim,
+        .rot_dim = lm->hp.rope_dim,
+        .neox = lm->hp.rope_neox,
+        .max_pos = lm->max_pos,
+        .stride = (int64_t)n_heads * lm->hp.head_dim,
+    };
+    return st->ops->rope(st->be, act(lm, which), idx(lm, IDX_POSITIONS, 0), (kvrt_view){lm->rope_table, 0}, &d);
+}
+
+static kvrt_status step_layer(step *st, int32_t l)
+{
+    kvrt_llama *lm = st->lm;
+    const kvrt_llama_hparams *hp = &lm->hp;
+    const llama_layer_w *w = &lm->layers[l];
+    const kvrt_backend_ops *ops = st->ops;
+    kvrt_backend *be = st->be;
+    int32_t T = st->b->num_tokens;
+    int64_t kv_dim = (int64_t)hp->n_head_kv * hp->head_dim;
+
+    /* attention sublayer */
+    KVRT_TRY(ops->rmsnorm(be, act(lm, ACT_X), hp->n_embd, wview(&w->attn_norm), act(lm, ACT_H), hp->n_embd, T,
+                          hp->n_embd, hp->rms_eps));
+    KVRT_TRY(step_matmul(st, &w->wq, act(lm, ACT_H), act(lm, ACT_Q), T));
+    KVRT_TRY(step_matmul(st, &w->wk, act(lm, ACT_H), act(lm, ACT_K), T));
+    KVRT_TRY(step_matmul(st, &w->wv, act(lm, ACT_H), act(lm, ACT_V), T));
+    KVRT_TRY(step_rope(st, ACT_Q, hp->n_head));
+    KVRT_TRY(step_rope(st, ACT_K, hp->n_head_kv));
+    if (!ops->kv_write)
+        return kvrt_backend_unsupported(be, "kv_write");
+    KVRT_TRY(ops->kv_write(be, st->pool, l, act(lm, ACT_K), kv_dim, act(lm, ACT_V), kv_dim,
+                           idx(lm, IDX_SLOTS, 0), T));
+    KVRT_TRY(step_attention(st, l));
+    KVRT_TRY(step_matmul(st, &w->wo, act(lm, ACT_ATT), act(lm, ACT_O), T));
+    KVRT_TRY(ops->add(be, act(lm, ACT_X), act(lm, ACT_O), act(lm, ACT_X), (int64_t)T * hp->n_embd));
+
+    /* feed-forward sublayer */
+    KVRT_TRY(ops->rmsnorm(be, act(lm, ACT_X), hp->n_embd, wview(&w->ffn_norm), act(lm, ACT_H), hp->n_embd, T,
+                          hp->n_embd, hp->rms_eps));
+    KVRT_TRY(step_matmul(st, &w->ffn_gate, act(lm, ACT_H), act(lm, ACT_GATE), T));
+    KVRT_TRY(step_matmul(st, &w->ffn_up, act(lm, ACT_H), act(lm, ACT_UP), T));
+    KVRT_TRY(ops->swiglu(be, act(lm, ACT_GATE), hp->n_ff, act(lm, ACT_UP), hp->n_ff, act(lm, ACT_FF), hp->n_ff, T,
+                         hp->n_ff));
+    KVRT_TRY(step_matmul(st, &w->ffn_down, act(lm, ACT_FF), act(lm, ACT_O), T));
+    KVRT_TRY(ops->add(be, act(lm, ACT_X), act(lm, ACT_O), act(lm, ACT_X), (int64_t)T * hp->n_embd));
+    return KVRT_OK;
+}
+
+static kvrt_status step_logits(step *st)
+{
+    kvrt_llama *lm = st->lm;
+    const kvrt_llama_hparams *hp = &lm->hp;
+    const kvrt_batch *b = st->b;
+    if (b->num_logits == 0)
+        return KVRT_OK;
+    KVRT_TRY(st->ops->gather_rows(st->be, act(lm, ACT_X), hp->n_embd, idx(lm, IDX_LOGITS, 0), b->num_logits,
+                                  act(lm, ACT_HL), hp->n_embd, hp->n_embd));
+    KVRT_TRY(st->ops->rmsnorm(st->be, act(lm, ACT_HL), hp->n_embd, wview(&lm->output_norm), act(lm, ACT_HL),
+                              hp->n_embd, b->num_logits, hp->n_embd, hp->rms_eps));
+    return step_matmul(st, &lm->output, act(lm, ACT_HL), act(lm, ACT_LOGITS), b->num_logits);
+}
+
+static bool ops_complete(const kvrt_backend_ops *o)
+{
+    return o->rmsnorm && o->add && o->swiglu && o->embed && o->gather_rows;
+}
+
+static kvrt_status upload_batch(kvrt_llama *lm, const kvrt_batch *b, kvrt_error *err)
+{
+    KVRT_TRY(upload_ints(lm, IDX_TOKENS, b->tokens, (size_t)b->num_tokens, err));
+    KVRT_TRY(upload_ints(lm, IDX_POSITIONS, b->positions, (size_t)b->num_tokens, err));
+    KVRT_TRY(upload_ints(lm, IDX_SLOTS, b->slot_mapping, (size_t)b->num_tokens, err));
+    KVRT_TRY(upload_ints(lm, IDX_QSL, b->query_start_loc, (size_t)b->num_seqs + 1, err));
+    KVRT_TRY(upload_ints(lm, IDX_SEQ_LENS, b->seq_lens, (size_t)b->num_seqs, err));
+    KVRT_TRY(upload_ints(lm, IDX_TABLES, b->block_tables, (size_t)b->num_seqs * b->max_blocks_per_seq, err));
+    return upload_ints(lm, IDX_LOGITS, b->logits_indices, (size_t)b->num_logits, err);
+}
+
+kvrt_status kvrt_llama_forward(kvrt_llama *lm, kvrt_kv_pool *pool, const kvrt_batch *b, float *logits,
+                               kvrt_error *err)
+{
+    kvrt_backend *be = lm->be;
+    const kvrt_backend_ops *ops = be->ops;
+    KVRT_TRY(check_batch(lm, b, err));
+    if (!ops_complete(ops))
+        return kvrt_fail(err, KVRT_ERR_UNSUPPORTED, "the %s backend lacks ops of the Llama forward", ops->name);
+    KVRT_TRY(reserve_activations(lm, b->num_tokens, b->num_logits, err));
+    KVRT_TRY(upload_batch(lm, b, err));
+
+    step st = {.lm = lm, .be = be, .ops = ops, .pool = pool, .b = b, .n_decode = count_leading_decodes(b)};
+    kvrt_status s = ops->begin(be);
+    if (s == KVRT_OK)
+        s = ops->embed(be, lm->tok_embd.type, wview(&lm->tok_embd), lm->hp.n_embd, idx(lm, IDX_TOKENS, 0),
+                       b->num_tokens, act(lm, ACT_X));
+    for (int32_t l = 0; s == KVRT_OK && l < lm->hp.n_layer; l++)
+        s = step_layer(&st, l);
+    if (s == KVRT_OK)
+        s = step_logits(&st);
+    kvrt_status submitted = ops->submit(be); /* always close the recording */
+    if (s == KVRT_OK)
+        s = submitted;
+    if (s == KVRT_OK && b->num_logits > 0)
+        s = ops->buffer_download(be, lm->act[ACT_LOGITS].buf, 0, logits,
+                                 (size_t)b->num_logits * lm->hp.n_vocab * sizeof(float));
+    return be_fail(be, err, s, "forward");
+}

@@ -1,0 +1,166 @@
+/* The public model and session API (include/kvrt_model.h). */
+#include "model/llama.h"
+#include "model/model_api_internal.h"
+
+#include <stdio.h>
+#include <string.h>
+
+kvrt_model_params kvrt_model_default_params(void)
+{
+    kvrt_model_params p;
+    memset(&p, 0, sizeof(p));
+    return p;
+}
+
+/* GGUF files start with the magic "GGUF"; anything else is taken for a llama2.c checkpoint. */
+static kvrt_status sniff_gguf(const char *path, bool *is_gguf, kvrt_error *err)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return kvrt_fail(err, KVRT_ERR_IO, "cannot open model file '%s'", path);
+    char magic[4] = {0};
+    size_t n = fread(magic, 1, 4, f);
+    fclose(f);
+    *is_gguf = n == 4 && memcmp(magic, "GGUF", 4) == 0;
+    return KVRT_OK;
+}
+
+static void forward_progress(void *user, double fraction)
+{
+    const kvrt_model_params *p = user;
+    p->progress(p->progress_user, fraction);
+}
+
+static kvrt_status load_file(const kvrt_model_params *p, const kvrt_allocator *alloc, kvrt_model_file **mf,
+                             kvrt_error *err)
+{
+    bool is_gguf = false;
+    KVRT_TRY(sniff_gguf(p->path, &is_gguf, err));
+    kvrt_load_progress progress = {p->progress ? forward_progress : NULL, (void *)p};
+    if (is_gguf) {
+        if (p->tokenizer_path)
+            return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT,
+                             "'%s' is a GGUF file, which carries its own vocabulary: drop the tokenizer path", p->path);
+        return kvrt_model_file_load_gguf(p->path, alloc, false, &progress, mf, err);
+    }
+    return kvrt_model_file_load_llama2c(p->path, p->tokenizer_path, alloc, &progress, mf, err);
+}
+
+kvrt_status kvrt_model_load(kvrt_context *ctx, const kvrt_model_params *params, kvrt_model **out, kvrt_error *err)
+{
+    kvrt_error_clear(err);
+    if (!ctx || !params || !out || !params->path)
+        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "kvrt_model_load: ctx, params, params->path and out are required");
+    *out = NULL;
+    if (params->max_context < 0)
+        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "max_context %d < 0", (int)params->max_context);
+    kvrt_model *m = kvrt_calloc(ctx->alloc, 1, sizeof(*m));
+    if (!m)
+        return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "kvrt_model_load: out of host memory");
+    m->ctx = ctx;
+    kvrt_status s = load_file(params, ctx->alloc, &m->mf, err);
+    if (s == KVRT_OK && m->mf->vocab.n_tokens > 0)
+        s = kvrt_tokenizer_create(&m->mf->vocab, ctx->alloc, &m->tok, err);
+    if (s == KVRT_OK) {
+        m->max_context = params->max_context > 0 ? params->max_context : m->mf->hp.n_ctx_train;
+        s = kvrt_llama_create(ctx->be, m->mf, m->max_context, &m->lm, err);
+    }
+    if (s != KVRT_OK) {
+        kvrt_model_destroy(m);
+        return s;
+    }
+    *out = m;
+    return KVRT_OK;
+}
+
+void kvrt_model_destroy(kvrt_model *m)
+{
+    if (!m)
+        return;
+    kvrt_llama_destroy(m->lm);
+    kvrt_tokenizer_destroy(m->tok);
+    kvrt_model_file_free(m->mf);
+    kvrt_free(m->ctx->alloc, m);
+}
+
+const char *kvrt_model_message(const kvrt_model *m)
+{
+    return m ? m->err.message : "";
+}
+
+static uint64_t tensor_values(const kvrt_tensor_ref *t)
+{
+    return (uint64_t)t->ne[0] * (uint64_t)t->ne[1];
+}
+
+kvrt_status kvrt_model_get_info(const kvrt_model *m, kvrt_model_info *out)
+{
+    if (!m || !out)
+        return KVRT_ERR_INVALID_ARGUMENT;
+    const kvrt_model_file *mf = m->mf;
+    const kvrt_llama_hparams *hp = &mf->hp;
+    memset(out, 0, sizeof(*out));
+    out->n_vocab = hp->n_vocab;
+    out->n_embd = hp->n_embd;
+    out->n_layer = hp->n_layer;
+    out->n_ff = hp->n_ff;
+    out->n_head = hp->n_head;
+    out->n_head_kv = hp->n_head_kv;
+    out->head_dim = hp->head_dim;
+    out->n_ctx_train = hp->n_ctx_train;
+    out->bos_id = mf->vocab.n_tokens > 0 ? mf->vocab.bos_id : -1;
+    out->eos_id = mf->vocab.n_tokens > 0 ? mf->vocab.eos_id : -1;
+    out->weight_type = mf->main_type;
+    snprintf(out->arch, sizeof(out->arch), "%s", mf->arch);
+    const kvrt_tensor_ref *global[] = {&mf->w.tok_embd, &mf->w.output_norm, &mf->w.output};
+    for (size_t i = 0; i < KVRT_ARRAY_LEN(global); i++) {
+        if (i == 2 && mf->w.output.data == mf->w.tok_embd.data)
+            continue; /* tied classifier: counted once */
+        out->n_params += tensor_values(global[i]);
+        out->weight_bytes += global[i]->nbytes;
+    }
+    for (int32_t l = 0; l < hp->n_layer; l++) {
+        const kvrt_llama_layer *L = &mf->w.layers[l];
+        const kvrt_tensor_ref *ts[] = {&L->attn_norm, &L->wq, &L->wk, &L->wv, &L->wo,
+                                       &L->ffn_norm, &L->ffn_gate, &L->ffn_down, &L->ffn_up};
+        for (size_t i = 0; i < KVRT_ARRAY_LEN(ts); i++) {
+            out->n_params += tensor_values(ts[i]);
+            out->weight_bytes += ts[i]->nbytes;
+        }
+    }
+    return KVRT_OK;
+}
+
+kvrt_status kvrt_tokenize(kvrt_model *m, const char *text, size_t len, int add_bos, int32_t *ids,
+                          int32_t capacity, int32_t *n_tokens)
+{
+    if (!m)
+        return KVRT_ERR_INVALID_ARGUMENT;
+    if ((!text && len) || (!ids && capacity > 0) || capacity < 0 || !n_tokens)
+        return kvrt_fail(&m->err, KVRT_ERR_INVALID_ARGUMENT, "kvrt_tokenize: invalid arguments");
+    if (!m->tok)
+        return kvrt_fail(&m->err, KVRT_ERR_BAD_TOKENIZER, "the model has no vocabulary (pass a tokenizer file)");
+    size_t n = 0;
+    kvrt_status s = kvrt_tokenizer_encode(m->tok, text, len, add_bos != 0, ids, (size_t)capacity, &n);
+    if (n > INT32_MAX)
+        return kvrt_fail(&m->err, KVRT_ERR_INVALID_ARGUMENT, "the text needs more than 2^31 tokens");
+    *n_tokens = (int32_t)n;
+    if (s != KVRT_OK)
+        return kvrt_fail(&m->err, s, "%s", kvrt_tokenizer_message(m->tok));
+    return KVRT_OK;
+}
+
+kvrt_status kvrt_token_to_text(kvrt_model *m, int32_t prev_token, int32_t token, char *buf, size_t capacity,
+                               size_t *len)
+{
+    if (!m)
+        return KVRT_ERR_INVALID_ARGUMENT;
+    if ((!buf && capacity > 0) || !len)
+        return kvrt_fail(&m->err, KVRT_ERR_INVALID_ARGUMENT, "kvrt_token_to_text: invalid arguments");
+    if (!m->tok)
+        return kvrt_fail(&m->err, KVRT_ERR_BAD_TOKENIZER, "the model has no vocabulary (pass a tokenizer file)");
+    kvrt_status s = kvrt_tokenizer_token_to_piece(m->tok, prev_token, token, buf, capacity, len);
+    if (s != KVRT_OK)
+        return kvrt_fail(&m->err, s, "%s", kvrt_tokenizer_message(m->tok));
+    return KVRT_OK;
+}

@@ -1,0 +1,21 @@
+/* Shared by the two loaders (GGUF and llama2.c): allocation of a model file
+ * and the checks every loaded model passes, whatever its format. */
+#ifndef KVRT_MODEL_FILE_INTERNAL_H
+#define KVRT_MODEL_FILE_INTERNAL_H
+
+#include "model/model_file.h"
+
+/* A zeroed model file using `alloc`. */
+kvrt_status kvrt_model_file_new(const kvrt_allocator *alloc, kvrt_model_file **out, kvrt_error *err);
+/* Allocates w.layers for hp.n_layer layers. */
+kvrt_status kvrt_model_file_alloc_layers(kvrt_model_file *mf, kvrt_error *err);
+/* Hyper-parameters: positive, head counts consistent, derived fields filled
+ * (head_dim; rope_dim when 0). BAD_MODEL naming the inconsistency. */
+kvrt_status kvrt_llama_hparams_check(kvrt_llama_hparams *hp, kvrt_error *err);
+/* Every weight present, of a type kvrt runs, with the shape hp implies. */
+kvrt_status kvrt_model_file_check_weights(const kvrt_model_file *mf, kvrt_error *err);
+/* Sets a tensor reference from a 1-D or 2-D shape; nbytes from the type. */
+kvrt_status kvrt_tensor_ref_set(kvrt_tensor_ref *t, const char *name, kvrt_dtype type, const void *data,
+                                int64_t ne0, int64_t ne1, kvrt_error *err);
+
+#endif /* KVRT_MODEL_FILE_INTERNAL_H */

@@ -1,0 +1,206 @@
+/* A single sequence on a paged KV cache: the generate loop of kvrt-run and
+ * the teacher-forced evaluation of the golden tests. */
+#include "model/model_api_internal.h"
+
+#include <string.h>
+
+struct kvrt_session {
+    kvrt_model *model;
+    kvrt_session_params p;
+    kvrt_kv_pool *pool;
+    int32_t max_blocks;    /* block table row length: ceil(n_ctx / block_size) */
+    int32_t *block_table;  /* [max_blocks], -1 = unassigned */
+    int32_t blocks_used;
+    int32_t n_past;
+    /* host batch arrays, [n_batch] each */
+    int32_t *positions, *slots, *logits_idx;
+    kvrt_error err;
+};
+
+kvrt_session_params kvrt_session_default_params(void)
+{
+    kvrt_session_params p = {.n_ctx = 0, .block_size = 16, .kv_type = KVRT_DTYPE_F32, .n_batch = 512, .num_blocks = 0};
+    return p;
+}
+
+static const kvrt_allocator *sess_alloc(const kvrt_session *s)
+{
+    return s->model->ctx->alloc;
+}
+
+void kvrt_session_destroy(kvrt_session *s)
+{
+    if (!s)
+        return;
+    kvrt_backend *be = s->model->ctx->be;
+    if (s->pool)
+        be->ops->kv_pool_destroy(be, s->pool);
+    kvrt_free(sess_alloc(s), s->block_table);
+    kvrt_free(sess_alloc(s), s->positions);
+    kvrt_free(sess_alloc(s), s->slots);
+    kvrt_free(sess_alloc(s), s->logits_idx);
+    kvrt_free(sess_alloc(s), s);
+}
+
+const char *kvrt_session_message(const kvrt_session *s)
+{
+    return s ? s->err.message : "";
+}
+
+static kvrt_status check_params(const kvrt_model *m, kvrt_session_params *p, kvrt_error *err)
+{
+    if (p->n_ctx == 0)
+        p->n_ctx = m->max_context;
+    if (p->n_batch == 0)
+        p->n_batch = 512;
+    if (p->n_ctx < 1 || p->n_ctx > m->max_context)
+        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT,
+                         "n_ctx %d outside [1, %d] (the model was loaded for %d positions)",
+                         (int)p->n_ctx, (int)m->max_context, (int)m->max_context);
+    if (p->block_size != 8 && p->block_size != 16 && p->block_size != 32)
+        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "block size %d is not 8, 16 or 32", (int)p->block_size);
+    if (p->kv_type != KVRT_DTYPE_F32 && p->kv_type != KVRT_DTYPE_F16)
+        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "KV type %s is not f32 or f16", kvrt_dtype_name(p->kv_type));
+    if (p->n_batch < 1 || p->num_blocks < 0)
+        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "n_batch %d, num_blocks %d", (int)p->n_batch,
+                         (int)p->num_blocks);
+    return KVRT_OK;
+}
+
+kvrt_status kvrt_session_create(kvrt_model *m, const kvrt_session_params *params, kvrt_session **out,
+                                kvrt_error *err)
+{
+    kvrt_error_clear(err);
+    if (!m || !out)
+        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "kvrt_session_create: model and out are required");
+    *out = NULL;
+    kvrt_session_params p = params ? *params : kvrt_session_default_params();
+    KVRT_TRY(check_params(m, &p, err));
+    int32_t max_blocks = (p.n_ctx + p.block_size - 1) / p.block_size;
+    if (p.num_blocks == 0)
+        p.num_blocks = max_blocks;
+    const kvrt_allocator *a = m->ctx->alloc;
+    kvrt_session *s = kvrt_calloc(a, 1, sizeof(*s));
+    if (!s)
+        return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "session: out of host memory");
+    s->model = m;
+    s->p = p;
+    s->max_blocks = max_blocks;
+    s->block_table = kvrt_calloc(a, (size_t)max_blocks, sizeof(int32_t));
+    s->positions = kvrt_calloc(a, (size_t)p.n_batch, sizeof(int32_t));
+    s->slots = kvrt_calloc(a, (size_t)p.n_batch, sizeof(int32_t));
+    s->logits_idx = kvrt_calloc(a, (size_t)p.n_batch, sizeof(int32_t));
+    if (!s->block_table || !s->positions || !s->slots || !s->logits_idx) {
+        kvrt_session_destroy(s);
+        return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "session: out of host memory");
+    }
+    for (int32_t i = 0; i < max_blocks; i++)
+        s->block_table[i] = -1;
+    const kvrt_llama_hparams *hp = &m->mf->hp;
+    kvrt_kv_pool_desc d = {.n_layers = hp->n_layer, .n_kv_heads = hp->n_head_kv, .head_dim = hp->head_dim,
+                           .block_size = p.block_size, .num_blocks = p.num_blocks, .dtype = p.kv_type};
+    kvrt_backend *be = m->ctx->be;
+    if (be->ops->kv_pool_create(be, &d, &s->pool) != KVRT_OK) {
+        kvrt_status st = kvrt_fail(err, be->err.status, "KV cache: %s", be->err.message);
+        kvrt_session_destroy(s);
+        return st;
+    }
+    *out = s;
+    return KVRT_OK;
+}
+
+kvrt_status kvrt_session_reset(kvrt_session *s)
+{
+    if (!s)
+        return KVRT_ERR_INVALID_ARGUMENT;
+    for (int32_t i = 0; i < s->max_blocks; i++)
+        s->block_table[i] = -1;
+    s->blocks_used = 0;
+    s->n_past = 0;
+    return KVRT_OK;
+}
+
+/* Makes sure blocks exist for positions [0, end); all or nothing. Blocks are
+ * handed out in order: one sequence owns the whole pool. */
+static kvrt_status ensure_blocks(kvrt_session *s, int32_t end)
+{
+    int32_t need = (end + s->p.block_size - 1) / s->p.block_size;
+    if (need > s->p.num_blocks)
+        return kvrt_fail(&s->err, KVRT_ERR_OUT_OF_BLOCKS, "%d positions need %d KV blocks of %d; the pool has %d",
+                         (int)end, (int)need, (int)s->p.block_size, (int)s->p.num_blocks);
+    for (int32_t b = s->blocks_used; b < need; b++)
+        s->block_table[b] = b;
+    if (need > s->blocks_used)
+        s->blocks_used = need;
+    return KVRT_OK;
+}
+
+static kvrt_status eval_chunk(kvrt_session *s, const int32_t *tokens, int32_t n, bool want_all, float *logits)
+{
+    KVRT_TRY(ensure_blocks(s, s->n_past + n));
+    int32_t bs = s->p.block_size;
+    for (int32_t i = 0; i < n; i++) {
+        int32_t pos = s->n_past + i;
+        s->positions[i] = pos;
+        s->slots[i] = s->block_table[pos / bs] * bs + pos % bs;
+        s->logits_idx[i] = i;
+    }
+    int32_t qsl[2] = {0, n};
+    int32_t seq_len = s->n_past + n;
+    kvrt_batch b = {
+        .num_seqs = 1, .num_tokens = n, .tokens = tokens, .positions = s->positions, .slot_mapping = s->slots,
+        .query_start_loc = qsl, .seq_lens = &seq_len, .block_tables = s->block_table,
+        .max_blocks_per_seq = s->max_blocks,
+        .logits_indices = want_all ? s->logits_idx : s->logits_idx + (n - 1),
+        .num_logits = logits ? (want_all ? n : 1) : 0,
+    };
+    KVRT_TRY(kvrt_llama_forward(s->model->lm, s->pool, &b, logits, &s->err));
+    s->n_past += n;
+    return KVRT_OK;
+}
+
+kvrt_status kvrt_session_eval(kvrt_session *s, const int32_t *tokens, int32_t n, float *logits, float *logits_all)
+{
+    if (!s)
+        return KVRT_ERR_INVALID_ARGUMENT;
+    kvrt_error_clear(&s->err);
+    if (n < 1 || !tokens)
+        return kvrt_fail(&s->err, KVRT_ERR_INVALID_ARGUMENT, "kvrt_session_eval: need at least one token (n = %d)",
+                         (int)n);
+    if (n > s->p.n_ctx - s->n_past)
+        return kvrt_fail(&s->err, KVRT_ERR_CONTEXT_OVERFLOW,
+                         "%d tokens do not fit: %d of the context's %d positions are used", (int)n, (int)s->n_past,
+                         (int)s->p.n_ctx);
+    int32_t n_vocab = s->model->mf->hp.n_vocab;
+    for (int32_t i = 0; i < n; i++) {
+        if (tokens[i] < 0 || tokens[i] >= n_vocab)
+            return kvrt_fail(&s->err, KVRT_ERR_BAD_TOKEN, "token id %d (input %d) is outside the vocabulary [0, %d)",
+                             (int)tokens[i], (int)i, (int)n_vocab);
+    }
+    for (int32_t done = 0; done < n;) {
+        int32_t c = KVRT_MIN(s->p.n_batch, n - done);
+        bool last = done + c == n;
+        float *dst = logits_all ? logits_all + (size_t)done * n_vocab : (last ? logits : NULL);
+        KVRT_TRY(eval_chunk(s, tokens + done, c, logits_all != NULL, dst));
+        if (last && logits && logits_all)
+            memcpy(logits, logits_all + (size_t)(n - 1) * n_vocab, (size_t)n_vocab * sizeof(float));
+        done += c;
+    }
+    return KVRT_OK;
+}
+
+kvrt_status kvrt_session_get_stats(const kvrt_session *s, kvrt_session_stats *out)
+{
+    if (!s || !out)
+        return KVRT_ERR_INVALID_ARGUMENT;
+    const kvrt_llama_hparams *hp = &s->model->mf->hp;
+    size_t elem = s->p.kv_type == KVRT_DTYPE_F16 ? 2 : 4;
+    out->n_past = s->n_past;
+    out->n_ctx = s->p.n_ctx;
+    out->blocks_used = s->blocks_used;
+    out->blocks_total = s->p.num_blocks;
+    out->block_size = s->p.block_size;
+    out->kv_bytes = 2ull * hp->n_layer * hp->n_head_kv * hp->head_dim * (uint64_t)s->p.block_size *
+                    (uint64_t)s->p.num_blocks * elem;
+    return KVRT_OK;
+}

@@ -1,0 +1,400 @@
+/* Standard llama GGUF layout (keys, tensor names, per-tensor types) and
+ * random-weight models streamed to disk. */
+#include "model/synth.h"
+#include "model/model_file_internal.h"
+
+#include <errno.h>
+#include <math.h>
+#include <string.h>
+
+/* ---- llama GGUF layout ------------------------------------------------------------- */
+
+enum { PER_LAYER = 9 };
+
+int32_t kvrt_llama_tensor_count(int32_t n_layer, bool with_output)
+{
+    return 2 + (with_output ? 1 : 0) + PER_LAYER * n_layer;
+}
+
+void kvrt_llama_tensor_desc(const kvrt_llama_hparams *hp, bool with_output, int32_t index, char *name,
+                            size_t name_size, int64_t *ne0, int64_t *ne1)
+{
+    int64_t d = hp->n_embd, hd = hp->n_embd / hp->n_head;
+    int64_t q = hp->n_head * hd, kv = hp->n_head_kv * hd;
+    int32_t head = 2 + (with_output ? 1 : 0);
+    if (index < head) {
+        static const char *const names[] = {"token_embd.weight", "output_norm.weight", "output.weight"};
+        snprintf(name, name_size, "%s", names[index]);
+        *ne0 = d;
+        *ne1 = index == 1 ? 1 : hp->n_vocab;
+        return;
+    }
+    static const char *const names[PER_LAYER] = {"attn_q",   "attn_k",   "attn_v", "attn_output", "attn_norm",
+                                                 "ffn_gate", "ffn_down", "ffn_up", "ffn_norm"};
+    int32_t layer = (index - head) / PER_LAYER, k = (index - head) % PER_LAYER;
+    const int64_t shapes[PER_LAYER][2] = {{d, q},        {d, kv},       {d, kv},       {q, d}, {d, 1},
+                                          {d, hp->n_ff}, {hp->n_ff, d}, {d, hp->n_ff}, {d, 1}};
+    snprintf(name, name_size, "blk.%d.%s.weight", layer, names[k]);
+    *ne0 = shapes[k][0];
+    *ne1 = shapes[k][1];
+}
+
+const kvrt_tensor_ref *kvrt_llama_tensor_ref(const kvrt_model_file *mf, bool with_output, int32_t index)
+{
+    const kvrt_llama_weights *w = &mf->w;
+    int32_t head = 2 + (with_output ? 1 : 0);
+    if (index < 0 || index >= kvrt_llama_tensor_count(mf->hp.n_layer, with_output))
+        return NULL;
+    if (index < head)
+        return index == 0 ? &w->tok_embd : index == 1 ? &w->output_norm : &w->output;
+    const kvrt_llama_layer *l = &w->layers[(index - head) / PER_LAYER];
+    const kvrt_tensor_ref *refs[PER_LAYER] = {&l->wq,       &l->wk,       &l->wv,     &l->wo,      &l->attn_norm,
+                                              &l->ffn_gate, &l->ffn_down, &l->ffn_up, &l->ffn_norm};
+    return refs[(index - head) % PER_LAYER];
+}
+
+kvrt_dtype kvrt_llama_tensor_type(kvrt_dtype main_type, int64_t ne0, int64_t ne1)
+{
+    if (ne1 == 1 || main_type == KVRT_DTYPE_F32)
+        return KVRT_DTYPE_F32;
+    if (ne0 % kvrt_dtype_block_values(main_type) != 0)
+        return KVRT_DTYPE_F16;
+    return main_type;
+}
+
+kvrt_status kvrt_llama_add_hparams(kvrt_gguf_writer *w, const kvrt_llama_hparams *hp, const char *name)
+{
+    KVRT_TRY(kvrt_gguf_writer_add_string(w, "general.architecture", "llama"));
+    KVRT_TRY(kvrt_gguf_writer_add_string(w, "general.name", name));
+    const struct {
+        const char *key;
+        int32_t v;
+    } ints[] = {
+        {"llama.context_length", hp->n_ctx_train},       {"llama.embedding_length", hp->n_embd},
+        {"llama.feed_forward_length", hp->n_ff},         {"llama.attention.head_count", hp->n_head},
+        {"llama.attention.head_count_kv", hp->n_head_kv}, {"llama.block_count", hp->n_layer},
+        {"llama.rope.dimension_count", hp->rope_dim ? hp->rope_dim : hp->n_embd / hp->n_head},
+    };
+    for (size_t i = 0; i < KVRT_ARRAY_LEN(ints); i++)
+        KVRT_TRY(kvrt_gguf_writer_add_u32(w, ints[i].key, (uint32_t)ints[i].v));
+    KVRT_TRY(kvrt_gguf_writer_add_f32(w, "llama.attention.layer_norm_rms_epsilon", hp->rms_eps));
+    if (hp->rope_freq_base != 10000.0f)
+        KVRT_TRY(kvrt_gguf_writer_add_f32(w, "llama.rope.freq_base", hp->rope_freq_base));
+    return KVRT_OK;
+}
+
+kvrt_status kvrt_llama_add_vocab(kvrt_gguf_writer *w, const kvrt_vocab *v)
+{
+    KVRT_TRY(kvrt_gguf_writer_add_string_array(w, "tokenizer.ggml.tokens", (const char *const *)v->pieces,
+                                               v->piece_lens, (uint64_t)v->n_tokens));
+    KVRT_TRY(kvrt_gguf_writer_add_array(w, "tokenizer.ggml.scores", KVRT_GGUF_F32, v->scores, (uint64_t)v->n_tokens));
+    KVRT_TRY(kvrt_gguf_writer_add_array(w, "tokenizer.ggml.token_type", KVRT_GGUF_I32, v->types,
+                                        (uint64_t)v->n_tokens));
+    KVRT_TRY(kvrt_gguf_writer_add_string(w, "tokenizer.ggml.model", "llama"));
+    const struct {
+        const char *key;
+        int32_t id;
+    } ids[] = {{"tokenizer.ggml.unknown_token_id", v->unk_id},
+               {"tokenizer.ggml.bos_token_id", v->bos_id},
+               {"tokenizer.ggml.eos_token_id", v->eos_id}};
+    for (size_t i = 0; i < KVRT_ARRAY_LEN(ids); i++)
+        KVRT_TRY(kvrt_gguf_writer_add_u32(w, ids[i].key, ids[i].id < 0 ? UINT32_MAX : (uint32_t)ids[i].id));
+    if (!v->add_bos)
+        KVRT_TRY(kvrt_gguf_writer_add_bool(w, "tokenizer.ggml.add_bos_token", false));
+    if (!v->add_space_prefix)
+        KVRT_TRY(kvrt_gguf_writer_add_bool(w, "tokenizer.ggml.add_space_prefix", false));
+    return KVRT_OK;
+}
+
+kvrt_status kvrt_llama_add_tensors(kvrt_gguf_writer *w, const kvrt_llama_hparams *hp, kvrt_dtype main_type,
+                                   bool with_output)
+{
+    int32_t n = kvrt_llama_tensor_count(hp->n_layer, with_output);
+    for (int32_t i = 0; i < n; i++) {
+        char name[64];
+        int64_t ne[2];
+        kvrt_llama_tensor_desc(hp, with_output, i, name, sizeof(name), &ne[0], &ne[1]);
+        kvrt_dtype t = kvrt_llama_tensor_type(main_type, ne[0], ne[1]);
+        KVRT_TRY(kvrt_gguf_writer_add_tensor(w, name, (uint32_t)t, ne[1] == 1 ? 1 : 2, ne));
+    }
+    return KVRT_OK;
+}
+
+/* ---- export of a loaded model -------------------------------------------------------------- */
+
+static kvrt_status export_tensor(kvrt_gguf_writer *w, FILE *f, const kvrt_tensor_ref *src, kvrt_dtype type,
+                                 float *row, void *qrow)
+{
+    size_t rb = kvrt_dtype_row_bytes(type, src->ne[0]), sb = kvrt_dtype_row_bytes(src->type, src->ne[0]);
+    const uint8_t *p = src->data;
+    for (int64_t r = 0; r < src->ne[1]; r++) {
+        const void *out = p + (size_t)r * sb;
+        if (src->type != type) {
+            kvrt_dequantize_row(src->type, p + (size_t)r * sb, row, src->ne[0]);
+            kvrt_quantize_row(type, row, qrow, src->ne[0]);
+            out = qrow;
+        }
+        KVRT_TRY(kvrt_gguf_writer_write_data(w, f, out, rb));
+    }
+    return KVRT_OK;
+}
+
+static kvrt_status export_all(const kvrt_model_file *mf, const kvrt_gguf_export_params *p, kvrt_gguf_writer *w,
+                              FILE *f, const kvrt_load_progress *progress, float *row, void *qrow)
+{
+    kvrt_llama_hparams hp = mf->hp;
+    if (p->n_ctx > 0)
+        hp.n_ctx_train = p->n_ctx;
+    bool with_output = p->with_output || mf->w.output.data != mf->w.tok_embd.data;
+    KVRT_TRY(kvrt_llama_add_hparams(w, &hp, p->name ? p->name : "llama"));
+    KVRT_TRY(kvrt_llama_add_vocab(w, &mf->vocab));
+    KVRT_TRY(kvrt_llama_add_tensors(w, &hp, p->type, with_output));
+    KVRT_TRY(kvrt_gguf_writer_write_header(w, f));
+    int32_t n = kvrt_llama_tensor_count(hp.n_layer, with_output);
+    for (int32_t i = 0; i < n; i++) {
+        const kvrt_tensor_ref *t = kvrt_llama_tensor_ref(mf, with_output, i);
+        KVRT_TRY(export_tensor(w, f, t, kvrt_llama_tensor_type(p->type, t->ne[0], t->ne[1]), row, qrow));
+        if (progress && progress->fn)
+            progress->fn(progress->user, (double)(i + 1) / n);
+    }
+    return kvrt_gguf_writer_finish(w, f);
+}
+
+kvrt_status kvrt_llama_export_gguf(const kvrt_model_file *mf, const kvrt_gguf_export_params *p, FILE *f,
+                                   const kvrt_load_progress *progress, kvrt_error *err)
+{
+    if (mf->vocab_only || !mf->w.layers)
+        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "export: the model has no weights");
+    if (!kvrt_dtype_supported(p->type))
+        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "export: type %d is not supported", (int)p->type);
+    const kvrt_llama_hparams *hp = &mf->hp;
+    int64_t max_row = KVRT_MAX(KVRT_MAX((int64_t)hp->n_embd, (int64_t)hp->n_ff), (int64_t)hp->n_head * hp->head_dim);
+    float *row = kvrt_calloc(mf->alloc, (size_t)max_row, sizeof(float));
+    void *qrow = kvrt_calloc(mf->alloc, (size_t)max_row, sizeof(float));
+    kvrt_gguf_writer *w = NULL;
+    kvrt_status s = kvrt_gguf_writer_create(mf->alloc, 0, &w, err);
+    if (s == KVRT_OK && (!row || !qrow))
+        s = kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "export: no memory for a row of %lld values",
+                      (long long)max_row);
+    if (s == KVRT_OK) {
+        s = export_all(mf, p, w, f, progress, row, qrow);
+        if (s != KVRT_OK)
+            kvrt_error_copy(err, kvrt_gguf_writer_error(w));
+    }
+    kvrt_gguf_writer_destroy(w);
+    kvrt_free(mf->alloc, row);
+    kvrt_free(mf->alloc, qrow);
+    return s;
+}
+
+/* ---- synthetic models ------------------------------------------------------------------- */
+
+bool kvrt_synth_preset(const char *name, kvrt_synth_params *out)
+{
+    static const struct {
+        const char *name;
+        int32_t vocab, embd, layer, ff, head, head_kv, ctx;
+    } presets[] = {
+        {"tiny", 262, 8, 1, 16, 2, 1, 64},          {"15m", 32000, 288, 6, 768, 6, 6, 256},
+        {"110m", 32000, 768, 12, 2048, 12, 12, 1024}, {"1b", 32000, 2048, 22, 5632, 32, 4, 2048},
+        {"7b", 32000, 4096, 32, 11008, 32, 32, 4096},
+    };
+    for (size_t i = 0; i < KVRT_ARRAY_LEN(presets); i++) {
+        if (strcmp(presets[i].name, name) != 0)
+            continue;
+        memset(out, 0, sizeof(*out));
+        out->hp.n_vocab = presets[i].vocab;
+        out->hp.n_embd = presets[i].embd;
+        out->hp.n_layer = presets[i].layer;
+        out->hp.n_ff = presets[i].ff;
+        out->hp.n_head = presets[i].head;
+        out->hp.n_head_kv = presets[i].head_kv;
+        out->hp.n_ctx_train = presets[i].ctx;
+        out->hp.rope_freq_base = 10000.0f;
+        out->hp.rms_eps = 1e-5f;
+        out->type = KVRT_DTYPE_F32;
+        out->seed = 1;
+        return true;
+    }
+    return false;
+}
+
+static void synth_vocab_free(const kvrt_allocator *alloc, kvrt_vocab *v)
+{
+    if (v->pieces)
+        for (int32_t i = 0; i < v->n_tokens; i++)
+            kvrt_free(alloc, v->pieces[i]);
+    kvrt_free(alloc, v->pieces);
+    kvrt_free(alloc, v->piece_lens);
+    kvrt_free(alloc, v->scores);
+    kvrt_free(alloc, v->types);
+    memset(v, 0, sizeof(*v));
+}
+
+/* Piece i of the synthetic vocabulary into buf; returns its type. */
+static int32_t synth_piece(int32_t i, char *buf, size_t size)
+{
+    if (i < 3) {
+        static const char *const special[] = {"<unk>", "<s>", "</s>"};
+        snprintf(buf, size, "%s", special[i]);
+        return i == 0 ? KVRT_TOKEN_UNKNOWN : KVRT_TOKEN_CONTROL;
+    }
+    if (i < 3 + 256) {
+        snprintf(buf, size, "<0x%02X>", i - 3);
+        return KVRT_TOKEN_BYTE;
+    }
+    int32_t k = i - 259;
+    if (k == 0) {
+        snprintf(buf, size, "\xe2\x96\x81");
+        return KVRT_TOKEN_NORMAL;
+    }
+    /* k = 1, 2, ...: letter strings a..z, aa..zz, ... (bijective base 26),
+     * odd k plain, even k with a leading U+2581: every one merges from shorter ones. */
+    int32_t m = (k + 1) / 2, n = 0;
+    char letters[16];
+    for (; m > 0 && n < (int32_t)sizeof(letters); m = (m - 1) / 26)
+        letters[n++] = (char)('a' + (m - 1) % 26);
+    size_t o = 0;
+    if (k % 2 == 0)
+        o += (size_t)snprintf(buf, size, "\xe2\x96\x81");
+    for (int32_t j = n - 1; j >= 0 && o + 1 < size; j--)
+        buf[o++] = letters[j];
+    buf[o] = '\0';
+    return KVRT_TOKEN_NORMAL;
+}
+
+kvrt_status kvrt_synth_vocab(const kvrt_allocator *alloc, int32_t n_tokens, kvrt_vocab *v, kvrt_error *err)
+{
+    memset(v, 0, sizeof(*v));
+    if (n_tokens < 3)
+        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "synthetic vocabulary needs at least 3 tokens, not %d",
+                         n_tokens);
+    v->n_tokens = n_tokens;
+    v->pieces = kvrt_calloc(alloc, (size_t)n_tokens, sizeof(*v->pieces));
+    v->piece_lens = kvrt_calloc(alloc, (size_t)n_tokens, sizeof(*v->piece_lens));
+    v->scores = kvrt_calloc(alloc, (size_t)n_tokens, sizeof(*v->scores));
+    v->types = kvrt_calloc(alloc, (size_t)n_tokens, sizeof(*v->types));
+    if (!v->pieces || !v->piece_lens || !v->scores || !v->types) {
+        synth_vocab_free(alloc, v);
+        return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "no memory for %d tokens", n_tokens);
+    }
+    for (int32_t i = 0; i < n_tokens; i++) {
+        char buf[32];
+        v->types[i] = synth_piece(i, buf, sizeof(buf));
+        v->scores[i] = i < 259 ? 0.0f : -(float)(i - 259);
+        v->pieces[i] = kvrt_strdup(alloc, buf);
+        if (!v->pieces[i]) {
+            synth_vocab_free(alloc, v);
+            return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "no memory for token %d", i);
+        }
+        v->piece_lens[i] = (int32_t)strlen(buf);
+    }
+    v->unk_id = 0;
+    v->bos_id = 1;
+    v->eos_id = 2;
+    v->add_bos = true;
+    v->add_space_prefix = true;
+    return KVRT_OK;
+}
+
+/* splitmix64: tiny, seedable, good enough for weights. */
+static uint64_t rng_next(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static float rng_normal(uint64_t *s)
+{
+    double u1 = ((double)(rng_next(s) >> 11) + 0.5) / 9007199254740992.0;
+    double u2 = (double)(rng_next(s) >> 11) / 9007199254740992.0;
+    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+}
+
+static kvrt_status write_tensor(kvrt_gguf_writer *w, FILE *f, const kvrt_synth_params *p, int64_t ne0, int64_t ne1,
+                                uint64_t *rng, float *row, void *qrow)
+{
+    kvrt_dtype t = kvrt_llama_tensor_type(p->type, ne0, ne1);
+    size_t rb = kvrt_dtype_row_bytes(t, ne0);
+    float sd = p->stddev > 0.0f ? p->stddev : 0.02f;
+    for (int64_t r = 0; r < ne1; r++) {
+        /* Norm weights near 1 keep activations at the scale RMSNorm gives them. */
+        for (int64_t j = 0; j < ne0; j++)
+            row[j] = ne1 == 1 ? 1.0f + 0.1f * rng_normal(rng) : sd * rng_normal(rng);
+        kvrt_quantize_row(t, row, qrow, ne0);
+        if (kvrt_gguf_writer_write_data(w, f, qrow, rb) != KVRT_OK)
+            return kvrt_gguf_writer_error(w)->status;
+    }
+    return KVRT_OK;
+}
+
+static kvrt_status synth_body(const kvrt_synth_params *p, kvrt_gguf_writer *w, FILE *f, float *row, void *qrow,
+                              const kvrt_load_progress *progress)
+{
+    bool with_output = !p->tied_output;
+    int32_t n = p->vocab_only ? 0 : kvrt_llama_tensor_count(p->hp.n_layer, with_output);
+    uint64_t rng = p->seed;
+    for (int32_t i = 0; i < n; i++) {
+        char name[64];
+        int64_t ne0, ne1;
+        kvrt_llama_tensor_desc(&p->hp, with_output, i, name, sizeof(name), &ne0, &ne1);
+        KVRT_TRY(write_tensor(w, f, p, ne0, ne1, &rng, row, qrow));
+        if (progress && progress->fn)
+            progress->fn(progress->user, (double)(i + 1) / n);
+    }
+    return kvrt_gguf_writer_finish(w, f);
+}
+
+static kvrt_status synth_header(const kvrt_synth_params *p, const kvrt_vocab *v, kvrt_gguf_writer *w, FILE *f)
+{
+    KVRT_TRY(kvrt_llama_add_hparams(w, &p->hp, "kvrt-synth"));
+    KVRT_TRY(kvrt_llama_add_vocab(w, v));
+    if (!p->vocab_only)
+        KVRT_TRY(kvrt_llama_add_tensors(w, &p->hp, p->type, !p->tied_output));
+    return kvrt_gguf_writer_write_header(w, f);
+}
+
+kvrt_status kvrt_synth_write(const kvrt_synth_params *p, const kvrt_allocator *alloc, FILE *f,
+                             const kvrt_load_progress *progress, kvrt_error *err)
+{
+    kvrt_llama_hparams hp = p->hp;
+    if (kvrt_llama_hparams_check(&hp, err) != KVRT_OK)
+        return err ? (err->status = KVRT_ERR_INVALID_ARGUMENT) : KVRT_ERR_INVALID_ARGUMENT;
+    if (!kvrt_dtype_supported(p->type))
+        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "synthetic model type %d is not supported", (int)p->type);
+    int64_t max_row = KVRT_MAX(KVRT_MAX((int64_t)hp.n_embd, (int64_t)hp.n_ff), (int64_t)hp.n_head * hp.head_dim);
+    kvrt_vocab v;
+    KVRT_TRY(kvrt_synth_vocab(alloc, hp.n_vocab, &v, err));
+    kvrt_gguf_writer *w = NULL;
+    float *row = kvrt_calloc(alloc, (size_t)max_row, sizeof(float));
+    void *qrow = kvrt_calloc(alloc, (size_t)max_row, sizeof(float));
+    kvrt_status s = kvrt_gguf_writer_create(alloc, 0, &w, err);
+    if (s == KVRT_OK && (!row || !qrow))
+        s = kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "no memory for a row of %lld values", (long long)max_row);
+    if (s == KVRT_OK) {
+        s = synth_header(p, &v, w, f);
+        if (s == KVRT_OK)
+            s = synth_body(p, w, f, row, qrow, progress);
+        if (s != KVRT_OK)
+            kvrt_error_copy(err, kvrt_gguf_writer_error(w));
+    }
+    kvrt_gguf_writer_destroy(w);
+    kvrt_free(alloc, row);
+    kvrt_free(alloc, qrow);
+    synth_vocab_free(alloc, &v);
+    return s;
+}
+
+kvrt_status kvrt_synth_write_file(const kvrt_synth_params *p, const kvrt_allocator *alloc, const char *path,
+                                  const kvrt_load_progress *progress, kvrt_error *err)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return kvrt_fail(err, KVRT_ERR_IO, "cannot create '%s': %s", path, strerror(errno));
+    kvrt_status s = kvrt_synth_write(p, alloc, f, progress, err);
+    if (fclose(f) != 0 && s == KVRT_OK)
+        s = kvrt_fail(err, KVRT_ERR_IO, "cannot write '%s': %s", path, strerror(errno));
+    return s;
+}

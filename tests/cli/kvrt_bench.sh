@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# kvrt-bench as a user runs it: the subcommand dispatcher, `attn --quick
+# --json` (one JSON document on stdout with the expected fields, the table on
+# stderr), the paged and contiguous layouts agreeing on the same data, and
+# usage errors. Timings are reported, never asserted.
+# Usage (ctest): bash kvrt_bench.sh BUILD_DIR SOURCE_DIR
+set -u
+tool="$1/kvrt-bench"
+fails=0
+out=$(mktemp) err=$(mktemp)
+trap 'rm -f "$out" "$err"' EXIT
+
+fail() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
+run() { "$tool" "$@" >"$out" 2>"$err"; rc=$?; }
+
+# --- attn --quick --json ----------------------------------------------------------
+run attn --quick --json -t 2 --kv-type f16
+[ "$rc" -eq 0 ] || { fail "attn --quick --json exited $rc"; cat "$err" >&2; }
+python3 -c 'import json,sys; json.load(sys.stdin)' <"$out" || fail "stdout is not one JSON document"
+python3 - "$out" <<'PY' || fail "JSON fields"
+import json, math, sys
+d = json.load(open(sys.argv[1]))
+def need(cond, what):
+    if not cond:
+        print("  JSON check failed:", what, file=sys.stderr)
+        sys.exit(1)
+for k in ("tool", "bench", "backend", "device", "threads", "openblas_core", "attn_kernels", "kv_type",
+          "block_size", "memory_bandwidth", "results", "summary"):
+    need(k in d, "top-level key " + k)
+need(d["bench"] == "attn" and d["backend"] == "cpu" and d["kv_type"] == "f16", "bench/backend/kv_type")
+need(d["threads"] == 2 and d["memory_bandwidth"]["threads"] == 2, "-t 2 reaches the kernels and the bandwidth run")
+bw = d["memory_bandwidth"]
+need(bw["read_gbs"] > 0 and bw["copy_gbs"] > 0, "bandwidth measured")
+need(bw["buffer_bytes"] >= 4 * bw["llc_bytes"], "bandwidth working set >= 4x LLC")
+res = d["results"]
+# the quick grid: 2 shapes x 2 batches x 2 contexts, none skipped
+need(len(res) == 8, "8 quick cells, got %d" % len(res))
+need({r["ctx"] for r in res} == {37, 300} and {r["batch"] for r in res} == {1, 3}, "quick grid")
+need({(r["n_heads"], r["n_kv_heads"]) for r in res} == {(4, 4), (8, 2)}, "MHA and GQA shapes")
+for r in res:
+    name = "%s b%d c%d" % (r["model"], r["batch"], r["ctx"])
+    need(r["skipped"] is None, name + " skipped")
+    dec = r["decode"]
+    for k in ("paged_ms", "kv_read_gbs", "pct_bandwidth", "contiguous_ms", "contiguous_gbs", "paged_vs_contiguous"):
+        need(isinstance(dec[k], (int, float)) and dec[k] > 0, name + " decode." + k)
+    # K+V bytes of one call: 2 x batch x ctx x kv_heads x head_dim x 2 (f16)
+    need(r["kv_bytes_per_call"] == 2 * r["batch"] * r["ctx"] * r["n_kv_heads"] * r["head_dim"] * 2, name + " kv bytes")
+    # same K/V bytes through the paged and the contiguous layout with the same loops:
+    # bitwise the same answer (cpu_attention.h promises it)
+    need(dec["max_abs_diff"] == 0, name + " paged vs contiguous differ: %r" % dec["max_abs_diff"])
+    pre = r["prefill"]
+    need(pre is not None and pre["tokens_per_seq"] == min(16, r["ctx"]) and pre["gflops"] > 0, name + " prefill")
+s = d["summary"]
+need(s["target_paged_vs_contiguous"] == 0.95 and s["target_pct_bandwidth"] == 60, "targets")
+need(s["min_paged_vs_contiguous"] > 0, "summary ratio")
+PY
+grep -q "^| model" "$err" || fail "--json: the table is not on stderr"
+grep -q "memory bandwidth (2 threads" "$err" || fail "--json: bandwidth line not on stderr"
+
+# --- without --json the table is on stdout -----------------------------------------
+run attn --quick -t 1 --kv-type f32 --ctx 20 --batch 2 --block-size 8
+[ "$rc" -eq 0 ] || { fail "attn --quick (table) exited $rc"; cat "$err" >&2; }
+grep -q "^| model" "$out" || fail "table not on stdout"
+grep -q "OpenBLAS core" "$out" || fail "OpenBLAS core not printed"
+[ "$(grep -c '^| tiny-' "$out")" -eq 2 ] || fail "--ctx/--batch: want 2 rows"
+grep -q "^{" "$out" && fail "JSON on stdout without --json"
+
+# --- dispatcher and usage errors ------------------------------------------------------
+run model
+[ "$rc" -ne 0 ] && grep -q "not built yet" "$err" || fail "'model' should say not built yet (rc $rc)"
+expect_usage() { # PATTERN ARGS...
+  local pat="$1"; shift
+  run "$@"
+  [ "$rc" -eq 2 ] || fail "'$*' exited $rc, want 2"
+  grep -qE -- "$pat" "$err" || fail "'$*': stderr lacks /$pat/: $(cat "$err")"
+  [ ! -s "$out" ] || fail "'$*' wrote to stdout"
+}
+expect_usage "usage: kvrt-bench" 
+expect_usage "unknown subcommand 'nope'" nope
+expect_usage "unknown argument '--bogus'" attn --bogus
+expect_usage "--kv-type: unknown value 'q4'" attn --kv-type q4
+expect_usage "-t: 'x' is not a number" attn -t x
+expect_usage "--block-size: use 8, 16 or 32" attn --block-size 12
+expect_usage "--ctx: missing value" attn --ctx
+expect_usage "--backend: unknown backend 'tpu'" attn --backend tpu
+run --help
+[ "$rc" -eq 0 ] && grep -q "attn" "$out" || fail "--help"
+run attn --help
+[ "$rc" -eq 0 ] && grep -q -- "--kv-type" "$out" || fail "attn --help"
+
+if [ "$fails" -ne 0 ]; then echo "$fails failure(s)" >&2; exit 1; fi
+echo "kvrt-bench: all checks passed"

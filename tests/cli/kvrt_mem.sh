@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# kvrt-mem as a user runs it: the published KV sizes, the paged-block waste
+# on a hand-computed case, the MHA/GQA/MQA comparison, and usage errors.
+# Usage (ctest): bash kvrt_mem.sh BUILD_DIR SOURCE_DIR
+set -u
+tool="$1/kvrt-mem"
+fails=0
+out=$(mktemp) err=$(mktemp)
+trap 'rm -f "$out" "$err"' EXIT
+
+fail() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
+
+# run ARGS...: runs the tool, stdout in $out, stderr in $err, status in $rc
+run() { "$tool" "$@" >"$out" 2>"$err"; rc=$?; }
+
+# expect_line TEXT: stdout has a line containing TEXT (fixed string)
+expect_line() { grep -qF -- "$1" "$out" || { fail "'${args[*]}': no line with '$1'"; sed 's/^/  | /' "$out" >&2; }; }
+
+# expect_row FIRST_CELL CELL...: a table row that starts with FIRST_CELL has the given cells in order
+expect_row() {
+  local want="|" c
+  for c in "$@"; do want="$want *$c *|"; done
+  grep -qE -- "^$want" "$out" || { fail "'${args[*]}': no table row '$*'"; sed 's/^/  | /' "$out" >&2; }
+}
+
+ok() { args=("$@"); run "$@"; [ "$rc" -eq 0 ] || { fail "'$*' exited $rc: $(cat "$err")"; }; }
+
+# --- published numbers --------------------------------------------------------
+ok --preset llama-2-7b --ctx 4096
+expect_line "KV cache total: 2.00 GiB (2.15 GB) = $((2 * 32 * 32 * 128 * 2 * 4096)) bytes"
+expect_line "per token:      512 KiB"
+ok --preset llama-2-70b --ctx 4096 --kv-type f16
+expect_line "KV cache total: 1.25 GiB (1.34 GB) = $((2 * 80 * 8 * 128 * 2 * 4096)) bytes"
+ok --preset llama-2-70b --ctx 4k --kv-type f32
+expect_line "KV cache total: 2.50 GiB (2.68 GB) = $((2 * 80 * 8 * 128 * 4 * 4096)) bytes"
+ok --preset llama-3-8b --ctx 8192 --batch 4
+expect_line "= $((2 * 32 * 8 * 128 * 2 * 8192 * 4)) bytes"
+
+# every shape as flags gives the preset's answer; --dim is heads x head_dim
+ok --layers 32 --heads 32 --kv-heads 8 --head-dim 128 --ctx 8192 --batch 4
+expect_line "= $((2 * 32 * 8 * 128 * 2 * 8192 * 4)) bytes"
+ok --layers 32 --heads 32 --kv-heads 8 --dim 4096 --ctx 8192 --batch 4
+expect_line "head_dim 128"
+expect_line "= $((2 * 32 * 8 * 128 * 2 * 8192 * 4)) bytes"
+# a flag overrides one field of a preset
+ok --preset llama-2-7b --kv-heads 4 --ctx 1000
+expect_line "= $((2 * 32 * 4 * 128 * 2 * 1000)) bytes"
+
+# --- paged blocks: stories260K (5 layers, 4 KV heads, head_dim 8), f32, 100 tokens x 3, block 16
+# per token 2*5*4*8*4 = 1280 B; ceil(100/16) = 7 blocks, the last holds 100-96 = 4 tokens,
+# 12 slots wasted per sequence; pool 21 blocks of 16*1280 = 20480 B = 430080 B;
+# waste 36 tokens = 46080 B = 10.71 % of the pool.
+ok --preset stories260K --ctx 100 --batch 3 --kv-type f32 --block-size 16
+expect_line "KV cache total: 0.000358 GiB (0.000384 GB) = 384000 bytes"
+expect_line "block:              20 KiB (20480 bytes, all layers, K and V)"
+expect_line "blocks per seq:     7 (last block holds 4 of 16 tokens)"
+expect_line "waste per seq:      12 tokens = 15360 bytes"
+expect_line "pool:               21 blocks = 0.000401 GiB (0.00043 GB) = 430080 bytes"
+expect_line "waste total:        36 tokens = 46080 bytes (10.71 % of the pool)"
+# block 32: ceil(100/32) = 4 blocks (128 slots), 28 wasted per sequence
+ok --preset stories260K --ctx 100 --batch 3 --kv-type f32 --block-size 32
+expect_line "waste per seq:      28 tokens = $((28 * 1280)) bytes"
+expect_line "pool:               12 blocks"
+# a context that fills its blocks wastes nothing
+ok --preset llama-2-7b --ctx 4096 --block-size 16
+expect_line "waste total:        0 tokens = 0 bytes (0.00 % of the pool)"
+
+# --- MHA vs GQA vs MQA for one shape (variant, KV heads, q heads per KV head, per token, GiB, GB, ratio)
+ok --preset llama-2-7b --ctx 4096
+expect_row MHA 32 1 "512 KiB" 2.00 2.15 1.000x "<- this"
+expect_row GQA 8 4 "128 KiB" 0.50 0.54 0.250x
+expect_row MQA 1 32 "16 KiB" 0.06 0.07 0.031x
+ok --preset llama-2-70b --ctx 4096
+expect_row MHA 64 1 "2.5 MiB" 10.00 10.74 1.000x
+expect_row GQA 8 8 "320 KiB" 1.25 1.34 0.125x "<- this"
+
+# --- the context table includes the requested length, marked
+ok --preset llama-2-7b --ctx 3000
+expect_row "3000 \\*" 1.46
+expect_row 131072 64.00 64.00 68.72 8192 64.00
+
+# --- usage errors: exit 2, a message on stderr, nothing on stdout
+expect_usage_error() { # PATTERN ARGS...
+  local pat="$1"; shift
+  args=("$@"); run "$@"
+  [ "$rc" -eq 2 ] || fail "'$*' exited $rc, want 2"
+  [ ! -s "$out" ] || fail "'$*' wrote to stdout"
+  grep -qiE -- "$pat" "$err" || fail "'$*': stderr lacks /$pat/: $(cat "$err")"
+}
+expect_usage_error "unknown preset 'nope'.*llama-2-7b.*stories260K" --preset nope --ctx 10
+expect_usage_error "--ctx is required" --preset llama-2-7b
+expect_usage_error "--ctx: 'abc' is not a number" --preset llama-2-7b --ctx abc
+expect_usage_error "--ctx: 0 is out of range" --preset llama-2-7b --ctx 0
+expect_usage_error "--batch: -1 is out of range" --preset llama-2-7b --ctx 10 --batch -1
+expect_usage_error "--ctx: missing value" --preset llama-2-7b --ctx
+expect_usage_error "--kv-type: unknown value 'q4'" --preset llama-2-7b --ctx 10 --kv-type q4
+expect_usage_error "shape is incomplete" --layers 2 --heads 4 --ctx 5
+expect_usage_error "--kv-heads 3 must divide --heads 4" --layers 2 --heads 4 --kv-heads 3 --head-dim 8 --ctx 5
+expect_usage_error "--dim 30 is not a multiple" --layers 2 --heads 4 --dim 30 --ctx 5
+expect_usage_error "unknown argument '--bogus'" --bogus
+expect_usage_error "overflows" --preset llama-2-70b --ctx 1099511627776 --batch 1048576
+
+args=(--help); run --help
+[ "$rc" -eq 0 ] || fail "--help exited $rc"
+expect_line "usage: kvrt-mem"
+expect_line "tinyllama-1.1b"
+
+if [ "$fails" -ne 0 ]; then echo "$fails failure(s)" >&2; exit 1; fi
+echo "kvrt-mem: all checks passed"

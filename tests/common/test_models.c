@@ -1,0 +1,51 @@
+#include "test_models.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+const char *kvrt_test_models_dir(void)
+{
+    const char *env = getenv("KVRT_TEST_MODELS");
+    return env && *env ? env : KVRT_DEFAULT_MODELS_DIR;
+}
+
+void kvrt_test_model_path(const char *name, char *buf, size_t size)
+{
+    snprintf(buf, size, "%s/%s", kvrt_test_models_dir(), name);
+}
+
+void *kvrt_test_read_file(const char *name, size_t *size)
+{
+    char path[1024];
+    kvrt_test_model_path(name, path, sizeof(path));
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    void *data = n >= 0 ? malloc((size_t)n + 1) : NULL;
+    if (data && fread(data, 1, (size_t)n, f) != (size_t)n) {
+        free(data);
+        data = NULL;
+    }
+    fclose(f);
+    if (data && size)
+        *size = (size_t)n;
+    return data;
+}
+
+int32_t kvrt_test_read_ids(const char *name, int32_t *ids, int32_t capacity)
+{
+    char path[1024];
+    kvrt_test_model_path(name, path, sizeof(path));
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    int32_t n = 0;
+    int v;
+    while (n < capacity && fscanf(f, "%d", &v) == 1)
+        ids[n++] = v;
+    fclose(f);
+    return n;
+}

@@ -1,0 +1,834 @@
+/*
+ * kvrt-bench attn: decode and prefill attention throughput over a grid of
+ * model shapes x batch x context.
+ *
+ * Decode is bandwidth-bound, so each decode cell reports the KV bytes it read
+ * per second and that rate as a share of the memory bandwidth measured in the
+ * same run, on the same number of threads (bench.c). It also runs the same
+ * decode over a contiguous copy of the same K/V bytes, so the price of paging
+ * is a ratio measured on one machine at one moment.
+ *
+ * Realism: each cell holds as many layers as it takes for the KV of all of
+ * them to exceed 4x the last-level cache, and successive calls cycle through
+ * the layers, as a model's forward pass does; otherwise small contexts would
+ * be served from cache and report more than the memory can deliver.
+ */
+#include "bench_attn.h"
+
+#include "bench.h"
+#include "cli.h"
+#include "json.h"
+#include "table.h"
+
+#include "backend/backend.h"
+#include "common/fp16.h"
+#include "cpu_attention.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const PROG = "kvrt-bench attn";
+
+typedef struct attn_shape {
+    const char *name;
+    int32_t n_heads;
+    int32_t n_kv_heads;
+    int32_t head_dim;
+} attn_shape;
+
+/* Attention shapes of real models (one layer; layers only repeat it). */
+static const attn_shape SHAPES[] = {
+    {"llama2-7b", 32, 32, 128}, /* MHA */
+    {"llama3-8b", 32, 8, 128},  /* GQA, 4 query heads per KV head */
+};
+/* --quick: tiny shapes, contexts that are and are not multiples of the block. */
+static const attn_shape QUICK_SHAPES[] = {
+    {"tiny-mha", 4, 4, 32},
+    {"tiny-gqa", 8, 2, 64},
+};
+static const int32_t CTXS[] = {512, 1024, 2048, 4096, 8192};
+static const int32_t BATCHES[] = {1, 4, 16};
+static const int32_t QUICK_CTXS[] = {37, 300};
+static const int32_t QUICK_BATCHES[] = {1, 3};
+
+/* Targets the issue sets (reported, never asserted). */
+#define TARGET_PAGED_VS_CONTIG 0.95
+#define TARGET_PCT_BANDWIDTH 60.0
+#define TARGET_MIN_CTX 4096
+
+#define MAX_LIST 16
+
+typedef struct attn_opts {
+    kvrt_backend_kind backend;
+    int n_threads;           /* 0 = all cores */
+    bool json, quick;
+    kvrt_dtype dtype;
+    int32_t block_size;
+    int32_t prefill_chunk;   /* query tokens per sequence in a prefill cell; 0 = no prefill */
+    int64_t max_kv_bytes;    /* cells whose paged KV (one layer) is larger are skipped */
+    double min_time;         /* seconds of timed calls per measurement */
+    int min_reps, max_reps;
+    const attn_shape *shapes;
+    int n_shapes;
+    int32_t ctxs[MAX_LIST], batches[MAX_LIST];
+    int n_ctx, n_batch;
+} attn_opts;
+
+typedef struct attn_result {
+    const attn_shape *shape;
+    int32_t batch, ctx;
+    const char *skipped;     /* reason, or NULL */
+    int32_t n_layers;        /* layers the calls cycle through */
+    int64_t kv_bytes;        /* K and V bytes one decode call reads (one layer) */
+    int reps;
+    double paged_s, contig_s; /* best time of one decode call */
+    double max_abs_diff;      /* paged vs contiguous outputs */
+    bool have_contig;
+    int32_t prefill_tokens;   /* per sequence; 0 = not run */
+    double prefill_s;
+    double prefill_flops;
+} attn_result;
+
+/* ---- arguments ----------------------------------------------------------------- */
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: kvrt-bench attn [--backend cpu] [-t THREADS] [--json] [--kv-type f32|f16] [--quick]\n"
+            "                       [--ctx N,N,...] [--batch N,N,...] [--block-size 8|16|32]\n"
+            "                       [--prefill-chunk N] [--max-kv-mib N] [--min-time-ms N]\n"
+            "\n"
+            "Decode and prefill attention throughput over model shapes (llama2-7b: 32 q / 32 KV\n"
+            "heads, llama3-8b: 32 q / 8 KV heads, head_dim 128) x batch x context, with the KV-read\n"
+            "rate as a share of the memory bandwidth measured in the same run, and paged vs\n"
+            "contiguous KV layout on the same data.\n"
+            "\n"
+            "  --backend B        cpu (default), vulkan, opencl (contiguous comparison: cpu only)\n"
+            "  -t, --threads N    threads (default: all cores)\n"
+            "  --json             one JSON document on stdout; the table goes to stderr\n"
+            "  --kv-type T        f16 (default) or f32\n"
+            "  --quick            a tiny grid (seconds; for tests)\n"
+            "  --ctx LIST         contexts (default 512,1024,2048,4096,8192; 4k = 4096)\n"
+            "  --batch LIST       batch sizes (default 1,4,16)\n"
+            "  --block-size N     tokens per KV block (default 16)\n"
+            "  --prefill-chunk N  new tokens per sequence in the prefill cells (default 128; 0 = none)\n"
+            "  --max-kv-mib N     skip cells whose KV of one layer exceeds N MiB (default 2048)\n"
+            "  --min-time-ms N    timed milliseconds per measurement (default 300)\n");
+}
+
+/* "512,4k,8192" -> values in [1, max]. */
+static bool parse_list(const char *flag, const char *s, int64_t max, int32_t *vals, int *n)
+{
+    char buf[256];
+    if (strlen(s) >= sizeof(buf)) {
+        kvrt_cli_error(PROG, "%s: list too long", flag);
+        return false;
+    }
+    strcpy(buf, s);
+    *n = 0;
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        int64_t v;
+        if (*n == MAX_LIST) {
+            kvrt_cli_error(PROG, "%s: at most %d values", flag, MAX_LIST);
+            return false;
+        }
+        if (!kvrt_cli_int(PROG, flag, tok, 1, max, true, &v))
+            return false;
+        vals[(*n)++] = (int32_t)v;
+    }
+    if (*n == 0) {
+        kvrt_cli_error(PROG, "%s: empty list", flag);
+        return false;
+    }
+    return true;
+}
+
+static void default_opts(attn_opts *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->backend = KVRT_BACKEND_CPU;
+    o->dtype = KVRT_DTYPE_F16;
+    o->block_size = 16;
+    o->prefill_chunk = 128;
+    o->max_kv_bytes = (int64_t)2048 << 20;
+    o->min_time = 0.3;
+    o->min_reps = 3;
+    o->max_reps = 1000;
+}
+
+/* The grid of --quick or the full one, unless --ctx/--batch replaced it. */
+static void apply_grid(attn_opts *o, bool ctx_given, bool batch_given)
+{
+    o->shapes = o->quick ? QUICK_SHAPES : SHAPES;
+    o->n_shapes = (int)(o->quick ? KVRT_ARRAY_LEN(QUICK_SHAPES) : KVRT_ARRAY_LEN(SHAPES));
+    const int32_t *c = o->quick ? QUICK_CTXS : CTXS, *b = o->quick ? QUICK_BATCHES : BATCHES;
+    if (!ctx_given) {
+        o->n_ctx = (int)(o->quick ? KVRT_ARRAY_LEN(QUICK_CTXS) : KVRT_ARRAY_LEN(CTXS));
+        memcpy(o->ctxs, c, (size_t)o->n_ctx * sizeof(int32_t));
+    }
+    if (!batch_given) {
+        o->n_batch = (int)(o->quick ? KVRT_ARRAY_LEN(QUICK_BATCHES) : KVRT_ARRAY_LEN(BATCHES));
+        memcpy(o->batches, b, (size_t)o->n_batch * sizeof(int32_t));
+    }
+    if (o->quick) {
+        o->min_time = 0.0;
+        o->min_reps = 2;
+        o->max_reps = 2;
+        if (o->prefill_chunk > 16)
+            o->prefill_chunk = 16;
+    }
+}
+
+/* One flag at argv[*i]; returns 0, KVRT_CLI_USAGE, or -1 for --help. */
+static int parse_one(int argc, char **argv, int *i, attn_opts *o, bool *ctx_given, bool *batch_given)
+{
+    const char *a = argv[*i], *val = NULL;
+    int64_t n;
+    if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0)
+        return -1;
+    if (strcmp(a, "--json") == 0) {
+        o->json = true;
+        return 0;
+    }
+    if (strcmp(a, "--quick") == 0) {
+        o->quick = true;
+        return 0;
+    }
+    if (kvrt_cli_flag(argc, argv, i, "--backend", &val, PROG)) {
+        if (val && kvrt_backend_parse(val, &o->backend) != KVRT_OK) {
+            kvrt_cli_error(PROG, "--backend: unknown backend '%s' (cpu, vulkan, opencl)", val);
+            return KVRT_CLI_USAGE;
+        }
+    } else if (kvrt_cli_flag(argc, argv, i, "-t", &val, PROG) ||
+               kvrt_cli_flag(argc, argv, i, "--threads", &val, PROG)) {
+        if (val && !kvrt_cli_int(PROG, "-t", val, 1, 4096, false, &n))
+            return KVRT_CLI_USAGE;
+        o->n_threads = val ? (int)n : 0;
+    } else if (kvrt_cli_flag(argc, argv, i, "--kv-type", &val, PROG)) {
+        static const char *const types[] = {"f32", "f16"};
+        int t = val ? kvrt_cli_choice(PROG, "--kv-type", val, types, 2) : -1;
+        if (t < 0)
+            return KVRT_CLI_USAGE;
+        o->dtype = t == 0 ? KVRT_DTYPE_F32 : KVRT_DTYPE_F16;
+    } else if (kvrt_cli_flag(argc, argv, i, "--ctx", &val, PROG)) {
+        if (val && !parse_list("--ctx", val, 1 << 20, o->ctxs, &o->n_ctx))
+            return KVRT_CLI_USAGE;
+        *ctx_given = true;
+    } else if (kvrt_cli_flag(argc, argv, i, "--batch", &val, PROG)) {
+        if (val && !parse_list("--batch", val, 1024, o->batches, &o->n_batch))
+            return KVRT_CLI_USAGE;
+        *batch_given = true;
+    } else if (kvrt_cli_flag(argc, argv, i, "--block-size", &val, PROG)) {
+        if (val && (!kvrt_cli_int(PROG, "--block-size", val, 8, 32, false, &n) || (n & (n - 1)))) {
+            kvrt_cli_error(PROG, "--block-size: use 8, 16 or 32");
+            return KVRT_CLI_USAGE;
+        }
+        o->block_size = val ? (int32_t)n : 0;
+    } else if (kvrt_cli_flag(argc, argv, i, "--prefill-chunk", &val, PROG)) {
+        if (val && !kvrt_cli_int(PROG, "--prefill-chunk", val, 0, 1 << 16, true, &n))
+            return KVRT_CLI_USAGE;
+        o->prefill_chunk = val ? (int32_t)n : 0;
+    } else if (kvrt_cli_flag(argc, argv, i, "--max-kv-mib", &val, PROG)) {
+        if (val && !kvrt_cli_int(PROG, "--max-kv-mib", val, 1, 1 << 24, false, &n))
+            return KVRT_CLI_USAGE;
+        o->max_kv_bytes = val ? n << 20 : 0;
+    } else if (kvrt_cli_flag(argc, argv, i, "--min-time-ms", &val, PROG)) {
+        if (val && !kvrt_cli_int(PROG, "--min-time-ms", val, 0, 600000, false, &n))
+            return KVRT_CLI_USAGE;
+        o->min_time = val ? (double)n * 1e-3 : 0.0;
+    } else {
+        kvrt_cli_error(PROG, "unknown argument '%s' (see --help)", a);
+        return KVRT_CLI_USAGE;
+    }
+    return val ? 0 : KVRT_CLI_USAGE;
+}
+
+static int parse_args(int argc, char **argv, attn_opts *o)
+{
+    bool ctx_given = false, batch_given = false;
+    default_opts(o);
+    for (int i = 1; i < argc; i++) {
+        int rc = parse_one(argc, argv, &i, o, &ctx_given, &batch_given);
+        if (rc != 0)
+            return rc;
+    }
+    apply_grid(o, ctx_given, batch_given);
+    return 0;
+}
+
+/* ---- one cell ------------------------------------------------------------------ */
+
+/* Everything one (shape, batch, context) cell allocates. */
+typedef struct attn_cell {
+    const attn_opts *o;
+    const attn_shape *shape;
+    int32_t batch, ctx, blocks_per_seq, n_layers;
+    kvrt_kv_cache *cache;
+    int32_t *tables;   /* [batch][blocks_per_seq], a shuffled permutation of the pool */
+    int32_t *seq_lens; /* [batch] */
+    void **ck, **cv;   /* [n_layers] -> [batch][n_kv_heads][ctx][head_dim] contiguous copies */
+    float *q;          /* [max(batch, batch * prefill)][n_heads][head_dim] */
+    float *out_paged, *out_contig;
+    kvrt_bench_rng rng;
+} attn_cell;
+
+static size_t elem_size(kvrt_dtype t)
+{
+    return t == KVRT_DTYPE_F16 ? 2 : 4;
+}
+
+static void cell_free(attn_cell *c)
+{
+    kvrt_kv_cache_destroy(c->cache);
+    for (int32_t l = 0; l < c->n_layers; l++) {
+        if (c->ck)
+            free(c->ck[l]);
+        if (c->cv)
+            free(c->cv[l]);
+    }
+    free(c->ck);
+    free(c->cv);
+    free(c->tables);
+    free(c->seq_lens);
+    free(c->q);
+    free(c->out_paged);
+    free(c->out_contig);
+    memset(c, 0, sizeof(*c));
+}
+
+/* A shuffled block table, so the paged run really chases scattered blocks. */
+static void make_tables(attn_cell *c)
+{
+    int32_t n = c->batch * c->blocks_per_seq;
+    for (int32_t i = 0; i < n; i++)
+        c->tables[i] = i;
+    for (int32_t i = n - 1; i > 0; i--) {
+        int32_t j = (int32_t)((kvrt_bench_rng_f32(&c->rng) * 0.5f + 0.5f) * (float)(i + 1));
+        j = KVRT_MIN(j, i);
+        int32_t t = c->tables[i];
+        c->tables[i] = c->tables[j];
+        c->tables[j] = t;
+    }
+    for (int32_t s = 0; s < c->batch; s++)
+        c->seq_lens[s] = c->ctx;
+}
+
+/* Writes random K/V for every token of every sequence into every layer
+ * (the same values in each: the data does not change the speed). */
+static kvrt_status fill_cache(attn_cell *c, kvrt_error *err)
+{
+    enum { CHUNK = 64 };
+    const attn_shape *sh = c->shape;
+    size_t row = (size_t)sh->n_kv_heads * (size_t)sh->head_dim;
+    float *k = malloc(CHUNK * row * sizeof(float)), *v = malloc(CHUNK * row * sizeof(float));
+    int32_t slots[CHUNK];
+    kvrt_status st = (k && v) ? KVRT_OK : kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "K/V staging");
+    for (int32_t s = 0; st == KVRT_OK && s < c->batch; s++) {
+        for (int32_t t0 = 0; st == KVRT_OK && t0 < c->ctx; t0 += CHUNK) {
+            int32_t n = KVRT_MIN(CHUNK, c->ctx - t0);
+            kvrt_bench_rng_fill(&c->rng, k, (size_t)n * row);
+            kvrt_bench_rng_fill(&c->rng, v, (size_t)n * row);
+            for (int32_t t = 0; t < n; t++) {
+                int32_t pos = t0 + t;
+                slots[t] = c->tables[s * c->blocks_per_seq + pos / c->o->block_size] * c->o->block_size +
+                           pos % c->o->block_size;
+            }
+            for (int32_t l = 0; st == KVRT_OK && l < c->n_layers; l++) {
+                st = kvrt_kv_cache_write(c->cache, l, k, v, slots, n);
+                if (st != KVRT_OK)
+                    kvrt_fail(err, st, "kv write: %s", kvrt_kv_cache_message(c->cache));
+            }
+        }
+    }
+    free(k);
+    free(v);
+    return st;
+}
+
+/* Copies the cache's bytes block by block into [seq][kv_head][pos][head_dim]:
+ * the contiguous run reads exactly the values the paged run reads. */
+static kvrt_status make_contiguous(attn_cell *c, kvrt_error *err)
+{
+    const attn_shape *sh = c->shape;
+    size_t es = elem_size(c->o->dtype), bs = (size_t)c->o->block_size, hd = (size_t)sh->head_dim;
+    size_t head_bytes = bs * hd * es; /* one KV head of one block */
+    size_t block_bytes = kvrt_kv_cache_block_bytes(c->cache);
+    size_t layer_bytes = (size_t)c->batch * (size_t)sh->n_kv_heads * (size_t)c->ctx * hd * es;
+    unsigned char *blk = malloc(block_bytes);
+    if (!blk)
+        return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "block staging");
+    kvrt_status st = KVRT_OK;
+    for (int32_t l = 0; st == KVRT_OK && l < c->n_layers; l++) {
+        for (int which = 0; st == KVRT_OK && which < 2; which++) {
+            unsigned char *dst = malloc(layer_bytes);
+            (which ? c->cv : c->ck)[l] = dst;
+            if (!dst) {
+                st = kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "contiguous KV: %zu bytes", layer_bytes);
+                break;
+            }
+            for (int32_t s = 0; st == KVRT_OK && s < c->batch; s++) {
+                for (int32_t b = 0; b < c->blocks_per_seq; b++) {
+                    st = kvrt_kv_cache_read_block(c->cache, l, which, c->tables[s * c->blocks_per_seq + b], blk,
+                                                  block_bytes);
+                    if (st != KVRT_OK) {
+                        kvrt_fail(err, st, "read block: %s", kvrt_kv_cache_message(c->cache));
+                        break;
+                    }
+                    size_t n_pos = KVRT_MIN(bs, (size_t)(c->ctx - b * c->o->block_size));
+                    for (int32_t h = 0; h < sh->n_kv_heads; h++) {
+                        size_t off = (((size_t)s * (size_t)sh->n_kv_heads + (size_t)h) * (size_t)c->ctx +
+                                      (size_t)b * bs) * hd * es;
+                        memcpy(dst + off, blk + (size_t)h * head_bytes, n_pos * hd * es);
+                    }
+                }
+            }
+        }
+    }
+    free(blk);
+    return st;
+}
+
+/* Bytes of one layer of the paged pool (K and V). */
+static int64_t pool_layer_bytes(const attn_opts *o, const attn_shape *sh, int32_t batch, int32_t ctx)
+{
+    int64_t blocks = (int64_t)batch * ((ctx + o->block_size - 1) / o->block_size);
+    return 2 * blocks * o->block_size * sh->n_kv_heads * sh->head_dim * (int64_t)elem_size(o->dtype);
+}
+
+static kvrt_status cell_create(attn_cell *c, kvrt_context *ctx, const attn_opts *o, const attn_shape *sh,
+                               int32_t batch, int32_t ctx_len, size_t llc, kvrt_error *err)
+{
+    memset(c, 0, sizeof(*c));
+    c->o = o;
+    c->shape = sh;
+    c->batch = batch;
+    c->ctx = ctx_len;
+    c->blocks_per_seq = (ctx_len + o->block_size - 1) / o->block_size;
+    c->rng.state = 0x6b7672742d62656eull ^ ((uint64_t)batch << 32) ^ (uint64_t)ctx_len;
+    int64_t layer = pool_layer_bytes(o, sh, batch, ctx_len);
+    int64_t want = (int64_t)(4 * llc);
+    c->n_layers = (int32_t)KVRT_MIN((want + layer - 1) / layer, o->quick ? 2 : 64);
+    kvrt_kv_cache_params p = {1, sh->n_kv_heads, sh->head_dim, o->block_size, batch * c->blocks_per_seq, o->dtype};
+    p.n_layers = c->n_layers;
+    KVRT_TRY(kvrt_kv_cache_create(ctx, &p, &c->cache, err));
+    int32_t max_tok = batch * KVRT_MAX(1, KVRT_MIN(o->prefill_chunk, ctx_len));
+    size_t q_elems = (size_t)KVRT_MAX(batch, max_tok) * (size_t)sh->n_heads * (size_t)sh->head_dim;
+    c->tables = calloc((size_t)batch * (size_t)c->blocks_per_seq, sizeof(int32_t));
+    c->seq_lens = calloc((size_t)batch, sizeof(int32_t));
+    c->ck = calloc((size_t)c->n_layers, sizeof(void *));
+    c->cv = calloc((size_t)c->n_layers, sizeof(void *));
+    c->q = malloc(q_elems * sizeof(float));
+    c->out_paged = malloc(q_elems * sizeof(float));
+    c->out_contig = malloc(q_elems * sizeof(float));
+    if (!c->tables || !c->seq_lens || !c->ck || !c->cv || !c->q || !c->out_paged || !c->out_contig)
+        return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "benchmark arrays");
+    kvrt_bench_rng_fill(&c->rng, c->q, q_elems);
+    make_tables(c);
+    KVRT_TRY(fill_cache(c, err));
+    if (o->backend == KVRT_BACKEND_CPU)
+        KVRT_TRY(make_contiguous(c, err));
+    return KVRT_OK;
+}
+
+/* ---- timing ---------------------------------------------------------------------- */
+
+typedef kvrt_status (*attn_call_fn)(attn_cell *c, kvrt_context *ctx, int32_t layer, kvrt_error *err);
+
+static kvrt_attention_params attn_params(const attn_cell *c)
+{
+    kvrt_attention_params p;
+    memset(&p, 0, sizeof(p));
+    p.n_heads = c->shape->n_heads;
+    p.max_blocks_per_seq = c->blocks_per_seq;
+    return p;
+}
+
+static kvrt_status call_paged_decode(attn_cell *c, kvrt_context *ctx, int32_t layer, kvrt_error *err)
+{
+    kvrt_attention_params p = attn_params(c);
+    kvrt_status st = kvrt_attention_decode(c->cache, layer, &p, c->batch, c->q, c->seq_lens, c->tables,
+                                           c->out_paged);
+    return st == KVRT_OK ? st : kvrt_fail(err, st, "paged decode: %s", kvrt_kv_cache_message(c->cache));
+}
+
+static kvrt_status call_contig_decode(attn_cell *c, kvrt_context *ctx, int32_t layer, kvrt_error *err)
+{
+    const attn_shape *sh = c->shape;
+    kvrt_cpu_contig_kv kv;
+    memset(&kv, 0, sizeof(kv)); /* defaults for any field this tool does not set */
+    kv.dtype = c->o->dtype;
+    kv.n_kv_heads = sh->n_kv_heads;
+    kv.head_dim = sh->head_dim;
+    kv.max_len = c->ctx;
+    kv.k = c->ck[layer];
+    kv.v = c->cv[layer];
+    kvrt_attn_desc d;
+    memset(&d, 0, sizeof(d));
+    d.num_seqs = c->batch;
+    d.n_heads = sh->n_heads;
+    d.max_blocks_per_seq = c->blocks_per_seq;
+    d.scale = 1.0f / sqrtf((float)sh->head_dim); /* what the public API uses for scale 0 */
+    d.q_stride = (int64_t)sh->n_heads * sh->head_dim;
+    d.o_stride = d.q_stride;
+    kvrt_status st = kvrt_cpu_attn_decode_contiguous(ctx->be, &kv, &d, c->q, c->seq_lens, c->out_contig);
+    return st == KVRT_OK ? st : kvrt_fail(err, st, "contiguous decode: %s", ctx->be->err.message);
+}
+
+/* Chunked prefill: each sequence's last `chunk` tokens attend to its cached prefix and to each other. */
+static kvrt_status call_prefill(attn_cell *c, kvrt_context *ctx, int32_t layer, kvrt_error *err)
+{
+    int32_t chunk = KVRT_MIN(c->o->prefill_chunk, c->ctx);
+    int32_t qsl[1025];
+    for (int32_t s = 0; s <= c->batch; s++)
+        qsl[s] = s * chunk;
+    kvrt_attention_params p = attn_params(c);
+    kvrt_status st = kvrt_attention_prefill(c->cache, layer, &p, c->batch, qsl, c->q, c->seq_lens, c->tables,
+                                            c->out_paged);
+    return st == KVRT_OK ? st : kvrt_fail(err, st, "prefill: %s", kvrt_kv_cache_message(c->cache));
+}
+
+/* Best time of one call, cycling through the layers: one untimed call, then
+ * at least min_reps timed calls and at least min_time seconds in all; a
+ * single timed call when the untimed one alone took longer than min_time
+ * (large prefill cells: repeating them would only cost minutes). */
+static kvrt_status time_calls(attn_cell *c, kvrt_context *ctx, attn_call_fn fn, double *best, int *reps,
+                              kvrt_error *err)
+{
+    double t0 = kvrt_bench_now();
+    KVRT_TRY(fn(c, ctx, 0, err));
+    bool slow = c->o->min_time > 0 && kvrt_bench_now() - t0 > c->o->min_time;
+    int min_reps = slow ? 1 : c->o->min_reps;
+    double total = 0.0;
+    *best = 1e30;
+    int r = 0;
+    while (r < c->o->max_reps && (r < min_reps || total < c->o->min_time)) {
+        double t1 = kvrt_bench_now();
+        KVRT_TRY(fn(c, ctx, (int32_t)((r + 1) % c->n_layers), err));
+        double dt = kvrt_bench_now() - t1;
+        *best = KVRT_MIN(*best, dt);
+        total += dt;
+        r++;
+    }
+    *reps = r;
+    return KVRT_OK;
+}
+
+static double max_abs_diff(const float *a, const float *b, size_t n)
+{
+    double m = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        m = (d > m || isnan(d)) ? d : m;
+    }
+    return m;
+}
+
+/* Multiply-adds of QK^T and PV for queries at positions ctx-chunk .. ctx-1, causal. */
+static double prefill_flops(const attn_shape *sh, int32_t batch, int32_t ctx, int32_t chunk)
+{
+    double keys = (double)chunk * (double)ctx - (double)chunk * (double)(chunk - 1) / 2.0;
+    return 4.0 * (double)batch * keys * (double)sh->n_heads * (double)sh->head_dim;
+}
+
+static kvrt_status run_cell(kvrt_context *ctx, const attn_opts *o, size_t llc, attn_result *r, kvrt_error *err)
+{
+    const attn_shape *sh = r->shape;
+    r->kv_bytes = 2 * (int64_t)r->batch * r->ctx * sh->n_kv_heads * sh->head_dim * (int64_t)elem_size(o->dtype);
+    if (pool_layer_bytes(o, sh, r->batch, r->ctx) > o->max_kv_bytes) {
+        r->skipped = "KV of one layer above --max-kv-mib";
+        return KVRT_OK;
+    }
+    attn_cell c;
+    kvrt_status st = cell_create(&c, ctx, o, sh, r->batch, r->ctx, llc, err);
+    r->n_layers = c.n_layers;
+    if (st == KVRT_OK)
+        st = time_calls(&c, ctx, call_paged_decode, &r->paged_s, &r->reps, err);
+    if (st == KVRT_OK && o->backend == KVRT_BACKEND_CPU) {
+        int reps;
+        st = time_calls(&c, ctx, call_contig_decode, &r->contig_s, &reps, err);
+        /* the same layer through both layouts: the outputs should agree */
+        if (st == KVRT_OK)
+            st = call_paged_decode(&c, ctx, 0, err);
+        if (st == KVRT_OK)
+            st = call_contig_decode(&c, ctx, 0, err);
+        if (st == KVRT_OK) {
+            size_t n = (size_t)r->batch * (size_t)sh->n_heads * (size_t)sh->head_dim;
+            r->max_abs_diff = max_abs_diff(c.out_paged, c.out_contig, n);
+            r->have_contig = true;
+        }
+    }
+    if (st == KVRT_OK && o->prefill_chunk > 0) {
+        int reps;
+        r->prefill_tokens = KVRT_MIN(o->prefill_chunk, r->ctx);
+        st = time_calls(&c, ctx, call_prefill, &r->prefill_s, &reps, err);
+        r->prefill_flops = prefill_flops(sh, r->batch, r->ctx, r->prefill_tokens);
+    }
+    cell_free(&c);
+    return st;
+}
+
+/* ---- reporting --------------------------------------------------------------------- */
+
+typedef struct attn_run {
+    attn_opts o;
+    kvrt_bench_bw bw;
+    size_t llc;
+    const char *device;
+    const char *kernels;
+    int n_threads;
+    attn_result *res;
+    int n_res;
+} attn_run;
+
+static double gbs(int64_t bytes, double s)
+{
+    return s > 0 ? (double)bytes / s * 1e-9 : NAN;
+}
+
+static double pct_bw(const attn_run *run, const attn_result *r)
+{
+    return 100.0 * gbs(r->kv_bytes, r->paged_s) / run->bw.read_gbs;
+}
+
+static void print_table(const attn_run *run, FILE *f)
+{
+    static const char *const hdr[] = {"model", "kv", "batch", "ctx", "decode ms", "KV GB/s", "% bw",
+                                      "contig GB/s", "paged/contig", "prefill tok", "prefill ms", "GFLOP/s"};
+    kvrt_table t;
+    kvrt_table_init(&t, 12, hdr, "llrrrrrrrrrr");
+    for (int i = 0; i < run->n_res; i++) {
+        const attn_result *r = &run->res[i];
+        if (!kvrt_table_row(&t))
+            break;
+        kvrt_table_cell(&t, "%s", r->shape->name);
+        kvrt_table_cell(&t, "%s", kvrt_dtype_name(run->o.dtype));
+        kvrt_table_cell(&t, "%d", (int)r->batch);
+        kvrt_table_cell(&t, "%d", (int)r->ctx);
+        if (r->skipped) {
+            kvrt_table_cell(&t, "skipped");
+            continue;
+        }
+        kvrt_table_cell(&t, "%.3f", r->paged_s * 1e3);
+        kvrt_table_cell(&t, "%.2f", gbs(r->kv_bytes, r->paged_s));
+        kvrt_table_cell(&t, "%.1f", pct_bw(run, r));
+        if (r->have_contig) {
+            kvrt_table_cell(&t, "%.2f", gbs(r->kv_bytes, r->contig_s));
+            kvrt_table_cell(&t, "%.3f", r->contig_s / r->paged_s);
+        } else {
+            kvrt_table_cell(&t, "-");
+            kvrt_table_cell(&t, "-");
+        }
+        if (r->prefill_tokens > 0) {
+            kvrt_table_cell(&t, "%d", (int)r->prefill_tokens);
+            kvrt_table_cell(&t, "%.3f", r->prefill_s * 1e3);
+            kvrt_table_cell(&t, "%.2f", r->prefill_flops / r->prefill_s * 1e-9);
+        }
+    }
+    const char *env = getenv("OPENBLAS_CORETYPE");
+    fprintf(f, "kvrt-bench attn: %s; attention kernels %s; OpenBLAS core %s%s%s%s\n", run->device, run->kernels,
+            openblas_get_corename(), env ? " (OPENBLAS_CORETYPE=" : "", env ? env : "", env ? ")" : "");
+    fprintf(f, "memory bandwidth (%d threads, 2 x %zu MiB, LLC %zu MiB, best of %d): read %.2f GB/s, copy %.2f GB/s\n",
+            run->bw.n_threads, run->bw.bytes >> 20, run->llc >> 20, run->bw.passes, run->bw.read_gbs,
+            run->bw.copy_gbs);
+    fprintf(f, "decode: best call out of >= %.0f ms of calls, layers cycled so KV exceeds 4x LLC; paged/contig = contiguous time / "
+               "paged time; %% bw = KV-read rate / measured read bandwidth\n\n",
+            run->o.min_time * 1e3);
+    kvrt_table_print(&t, f);
+    kvrt_table_free(&t);
+}
+
+/* Worst ratios against the targets. */
+typedef struct attn_summary {
+    double min_ratio;        /* paged vs contiguous, all cells */
+    double min_pct_long;     /* % of bandwidth, contexts >= TARGET_MIN_CTX */
+    double mean_ratio;
+} attn_summary;
+
+static attn_summary summarize(const attn_run *run)
+{
+    attn_summary s = {NAN, NAN, NAN};
+    double sum = 0.0;
+    int n = 0;
+    for (int i = 0; i < run->n_res; i++) {
+        const attn_result *r = &run->res[i];
+        if (r->skipped)
+            continue;
+        if (r->have_contig) {
+            double ratio = r->contig_s / r->paged_s;
+            s.min_ratio = (n == 0 || ratio < s.min_ratio) ? ratio : s.min_ratio;
+            sum += ratio;
+            n++;
+        }
+        if (r->ctx >= TARGET_MIN_CTX) {
+            double p = pct_bw(run, r);
+            s.min_pct_long = (isnan(s.min_pct_long) || p < s.min_pct_long) ? p : s.min_pct_long;
+        }
+    }
+    s.mean_ratio = n ? sum / n : NAN;
+    return s;
+}
+
+static void print_summary(const attn_run *run, FILE *f)
+{
+    attn_summary s = summarize(run);
+    fprintf(f, "\ntargets: paged/contig >= %.2f: ", TARGET_PAGED_VS_CONTIG);
+    if (isnan(s.min_ratio))
+        fprintf(f, "not measured; ");
+    else
+        fprintf(f, "worst %.3f, mean %.3f (%s); ", s.min_ratio, s.mean_ratio,
+                s.min_ratio >= TARGET_PAGED_VS_CONTIG ? "met" : "missed");
+    fprintf(f, "KV read >= %.0f %% of bandwidth at ctx >= %d: ", TARGET_PCT_BANDWIDTH, TARGET_MIN_CTX);
+    if (isnan(s.min_pct_long))
+        fprintf(f, "no such cells\n");
+    else
+        fprintf(f, "worst %.1f %% (%s)\n", s.min_pct_long, s.min_pct_long >= TARGET_PCT_BANDWIDTH ? "met" : "missed");
+}
+
+static void json_result(kvrt_json *j, const attn_run *run, const attn_result *r)
+{
+    kvrt_json_begin_object(j, NULL);
+    kvrt_json_str(j, "model", r->shape->name);
+    kvrt_json_int(j, "n_heads", r->shape->n_heads);
+    kvrt_json_int(j, "n_kv_heads", r->shape->n_kv_heads);
+    kvrt_json_int(j, "head_dim", r->shape->head_dim);
+    kvrt_json_int(j, "batch", r->batch);
+    kvrt_json_int(j, "ctx", r->ctx);
+    kvrt_json_str(j, "skipped", r->skipped);
+    if (!r->skipped) {
+        kvrt_json_int(j, "layers_cycled", r->n_layers);
+        kvrt_json_int(j, "kv_bytes_per_call", r->kv_bytes);
+        kvrt_json_begin_object(j, "decode");
+        kvrt_json_int(j, "reps", r->reps);
+        kvrt_json_num(j, "paged_ms", r->paged_s * 1e3);
+        kvrt_json_num(j, "kv_read_gbs", gbs(r->kv_bytes, r->paged_s));
+        kvrt_json_num(j, "pct_bandwidth", pct_bw(run, r));
+        kvrt_json_num(j, "contiguous_ms", r->have_contig ? r->contig_s * 1e3 : NAN);
+        kvrt_json_num(j, "contiguous_gbs", r->have_contig ? gbs(r->kv_bytes, r->contig_s) : NAN);
+        kvrt_json_num(j, "paged_vs_contiguous", r->have_contig ? r->contig_s / r->paged_s : NAN);
+        kvrt_json_num(j, "max_abs_diff", r->have_contig ? r->max_abs_diff : NAN);
+        kvrt_json_end_object(j);
+        if (r->prefill_tokens > 0) {
+            kvrt_json_begin_object(j, "prefill");
+            kvrt_json_int(j, "tokens_per_seq", r->prefill_tokens);
+            kvrt_json_num(j, "ms", r->prefill_s * 1e3);
+            kvrt_json_num(j, "tokens_per_s", (double)r->prefill_tokens * r->batch / r->prefill_s);
+            kvrt_json_num(j, "gflops", r->prefill_flops / r->prefill_s * 1e-9);
+            kvrt_json_end_object(j);
+        } else {
+            kvrt_json_str(j, "prefill", NULL);
+        }
+    }
+    kvrt_json_end_object(j);
+}
+
+static void print_json(const attn_run *run, FILE *f)
+{
+    kvrt_json j;
+    kvrt_json_init(&j, f);
+    kvrt_json_begin_object(&j, NULL);
+    kvrt_json_str(&j, "tool", "kvrt-bench");
+    kvrt_json_str(&j, "bench", "attn");
+    kvrt_json_str(&j, "kvrt_version", kvrt_version());
+    kvrt_json_str(&j, "backend", kvrt_backend_name(run->o.backend));
+    kvrt_json_str(&j, "device", run->device);
+    kvrt_json_int(&j, "threads", run->n_threads);
+    kvrt_json_str(&j, "openblas_core", openblas_get_corename());
+    kvrt_json_str(&j, "openblas_coretype_env", getenv("OPENBLAS_CORETYPE"));
+    kvrt_json_str(&j, "attn_kernels", run->kernels);
+    kvrt_json_str(&j, "kv_type", kvrt_dtype_name(run->o.dtype));
+    kvrt_json_int(&j, "block_size", run->o.block_size);
+    kvrt_json_bool(&j, "quick", run->o.quick);
+    kvrt_json_num(&j, "min_time_ms", run->o.min_time * 1e3);
+    kvrt_json_begin_object(&j, "memory_bandwidth");
+    kvrt_json_num(&j, "read_gbs", run->bw.read_gbs);
+    kvrt_json_num(&j, "copy_gbs", run->bw.copy_gbs);
+    kvrt_json_int(&j, "buffer_bytes", (int64_t)run->bw.bytes);
+    kvrt_json_int(&j, "llc_bytes", (int64_t)run->llc);
+    kvrt_json_int(&j, "threads", run->bw.n_threads);
+    kvrt_json_int(&j, "passes", run->bw.passes);
+    kvrt_json_end_object(&j);
+    kvrt_json_begin_array(&j, "results");
+    for (int i = 0; i < run->n_res; i++)
+        json_result(&j, run, &run->res[i]);
+    kvrt_json_end_array(&j);
+    attn_summary s = summarize(run);
+    kvrt_json_begin_object(&j, "summary");
+    kvrt_json_num(&j, "min_paged_vs_contiguous", s.min_ratio);
+    kvrt_json_num(&j, "mean_paged_vs_contiguous", s.mean_ratio);
+    kvrt_json_num(&j, "min_pct_bandwidth_long_ctx", s.min_pct_long);
+    kvrt_json_num(&j, "target_paged_vs_contiguous", TARGET_PAGED_VS_CONTIG);
+    kvrt_json_num(&j, "target_pct_bandwidth", TARGET_PCT_BANDWIDTH);
+    kvrt_json_int(&j, "target_min_ctx", TARGET_MIN_CTX);
+    kvrt_json_end_object(&j);
+    kvrt_json_end_object(&j);
+}
+
+/* ---- main -------------------------------------------------------------------------- */
+
+static kvrt_status run_grid(kvrt_context *ctx, attn_run *run, kvrt_error *err)
+{
+    const attn_opts *o = &run->o;
+    int total = o->n_shapes * o->n_batch * o->n_ctx;
+    run->res = calloc((size_t)total, sizeof(attn_result));
+    if (!run->res)
+        return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "results");
+    for (int si = 0; si < o->n_shapes; si++) {
+        for (int bi = 0; bi < o->n_batch; bi++) {
+            for (int ci = 0; ci < o->n_ctx; ci++) {
+                attn_result *r = &run->res[run->n_res++];
+                r->shape = &o->shapes[si];
+                r->batch = o->batches[bi];
+                r->ctx = o->ctxs[ci];
+                fprintf(stderr, "[%d/%d] %s batch %d ctx %d\n", run->n_res, total, r->shape->name, (int)r->batch,
+                        (int)r->ctx);
+                KVRT_TRY(run_cell(ctx, o, run->llc, r, err));
+            }
+        }
+    }
+    return KVRT_OK;
+}
+
+int kvrt_bench_attn_main(int argc, char **argv)
+{
+    attn_run run;
+    memset(&run, 0, sizeof(run));
+    int rc = parse_args(argc, argv, &run.o);
+    if (rc < 0) {
+        usage(stdout);
+        return 0;
+    }
+    if (rc != 0)
+        return rc;
+    kvrt_error err = {KVRT_OK, ""};
+    kvrt_context_params cp = kvrt_context_default_params();
+    cp.backend = run.o.backend;
+    cp.n_threads = run.o.n_threads;
+    kvrt_context *ctx = NULL;
+    if (kvrt_context_create(&cp, &ctx, &err) != KVRT_OK) {
+        kvrt_cli_error(PROG, "%s", err.message);
+        return 1;
+    }
+    run.device = kvrt_context_description(ctx);
+    run.kernels = run.o.backend == KVRT_BACKEND_CPU ? kvrt_cpu_attn_kernels_get()->name : "-";
+    run.llc = kvrt_bench_llc_bytes();
+    fprintf(stderr, "%s: %s; measuring memory bandwidth\n", PROG, run.device);
+    kvrt_status st = kvrt_bench_bandwidth(run.o.n_threads, 4 * run.llc, run.o.quick ? 2 : 5, &run.bw, &err);
+    run.n_threads = run.bw.n_threads;
+    if (st == KVRT_OK)
+        st = run_grid(ctx, &run, &err);
+    if (st == KVRT_OK) {
+        FILE *table = run.o.json ? stderr : stdout;
+        print_table(&run, table);
+        print_summary(&run, table);
+        if (run.o.json)
+            print_json(&run, stdout);
+    } else {
+        kvrt_cli_error(PROG, "%s", err.message);
+    }
+    free(run.res);
+    kvrt_context_destroy(ctx);
+    return st == KVRT_OK ? 0 : 1;
+}

@@ -1,0 +1,65 @@
+/*
+ * kvrt-bench: the benchmarks, one subcommand each.
+ *
+ *   kvrt-bench attn   [options]   attention kernels vs memory bandwidth, paged vs contiguous
+ *   kvrt-bench model  [options]   model forward pass (prefill / decode tokens per second)
+ *   kvrt-bench serve  [options]   serving workloads (continuous batching, KV utilisation)
+ *
+ * Every subcommand takes --json: exactly one JSON document on stdout, the
+ * table on stderr. The tool re-executes itself with OPENBLAS_CORETYPE set when
+ * OpenBLAS picked a weaker core than the CPU has (openblas_core.h). To add one, write `int kvrt_bench_NAME_main(int, char **)`
+ * in tools/common/ and fill in its row of SUBCOMMANDS.
+ */
+#include "bench_attn.h"
+#include "cli.h"
+#include "openblas_core.h"
+
+#include <stdio.h>
+#include <string.h>
+
+typedef struct bench_subcommand {
+    const char *name;
+    const char *summary;
+    int (*main)(int argc, char **argv); /* NULL: not built yet */
+} bench_subcommand;
+
+static const bench_subcommand SUBCOMMANDS[] = {
+    {"attn", "attention throughput vs measured memory bandwidth; paged vs contiguous KV", kvrt_bench_attn_main},
+    {"model", "model forward pass: prefill and decode tokens/s", NULL},
+    {"serve", "serving workloads: continuous batching, KV utilisation", NULL},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: kvrt-bench SUBCOMMAND [options]   (kvrt-bench SUBCOMMAND --help for its options)\n\n");
+    for (size_t i = 0; i < KVRT_ARRAY_LEN(SUBCOMMANDS); i++)
+        fprintf(f, "  %-6s %s%s\n", SUBCOMMANDS[i].name, SUBCOMMANDS[i].summary,
+                SUBCOMMANDS[i].main ? "" : " (not built yet)");
+    fprintf(f, "\nexit status: 0 ok, 1 a benchmark failed, 2 usage error\n");
+}
+
+int main(int argc, char **argv)
+{
+    /* the OpenBLAS core is chosen before main: fix it before measuring anything */
+    kvrt_tool_openblas_reexec(argv);
+    if (argc < 2) {
+        usage(stderr);
+        return KVRT_CLI_USAGE;
+    }
+    if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    for (size_t i = 0; i < KVRT_ARRAY_LEN(SUBCOMMANDS); i++) {
+        const bench_subcommand *sc = &SUBCOMMANDS[i];
+        if (strcmp(argv[1], sc->name) != 0)
+            continue;
+        if (!sc->main) {
+            kvrt_cli_error("kvrt-bench", "'%s' is not built yet", sc->name);
+            return 1;
+        }
+        return sc->main(argc - 1, argv + 1);
+    }
+    kvrt_cli_error("kvrt-bench", "unknown subcommand '%s' (attn, model, serve; see --help)", argv[1]);
+    return KVRT_CLI_USAGE;
+}

@@ -1,0 +1,448 @@
+/*
+ * kvrt-mem: how much memory a KV cache takes.
+ *
+ *   bytes = 2 (K and V) x layers x kv_heads x head_dim x tokens x batch x bytes_per_elem
+ *
+ * plus what paging costs (the unfilled tail of each sequence's last block), how
+ * the number of KV heads (MHA / GQA / MQA) changes the total for the same model
+ * shape, and the total over a range of context lengths.
+ *
+ *   kvrt-mem --preset llama-2-7b --ctx 4096 [--batch 1] [--kv-type f16] [--block-size 16]
+ *   kvrt-mem --layers 32 --heads 32 --kv-heads 8 --head-dim 128 --ctx 8k
+ */
+#include "cli.h"
+#include "table.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+static const char *const PROG = "kvrt-mem";
+
+typedef struct mem_shape {
+    const char *name;
+    int64_t layers;
+    int64_t heads;    /* query heads */
+    int64_t kv_heads;
+    int64_t head_dim;
+} mem_shape;
+
+/* Shapes from the models' published configurations. */
+static const mem_shape PRESETS[] = {
+    {"llama-2-7b", 32, 32, 32, 128},
+    {"llama-2-13b", 40, 40, 40, 128},
+    {"llama-2-70b", 80, 64, 8, 128},
+    {"llama-3-8b", 32, 32, 8, 128},
+    {"llama-3-70b", 80, 64, 8, 128},
+    {"mistral-7b", 32, 32, 8, 128},
+    {"tinyllama-1.1b", 22, 32, 4, 64},
+    {"stories260K", 5, 8, 4, 8},
+    {"stories15M", 6, 6, 6, 48},
+    {"stories110M", 12, 12, 12, 64},
+};
+
+/* Context lengths of the table (the requested one is added when missing). */
+static const int64_t TABLE_CTX[] = {512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072};
+
+typedef struct mem_opts {
+    mem_shape shape;
+    int64_t ctx;
+    int64_t batch;
+    int64_t block_size;
+    int64_t elem;        /* bytes per element */
+    const char *kv_type; /* "f32" / "f16" */
+} mem_opts;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: kvrt-mem --preset NAME --ctx N [options]\n"
+            "       kvrt-mem --layers L --heads H [--kv-heads KV] (--head-dim D | --dim DIM) --ctx N [options]\n"
+            "\n"
+            "KV cache size: 2 x layers x kv_heads x head_dim x tokens x batch x bytes_per_elem.\n"
+            "Prints the total in GiB and GB, the waste of paged blocks, MHA vs GQA vs MQA\n"
+            "for the same model shape, and the total for context lengths 512 .. 128k.\n"
+            "\n"
+            "options:\n"
+            "  --preset NAME      model shape (shape flags override its fields):\n"
+            "                    ");
+    for (size_t i = 0; i < KVRT_ARRAY_LEN(PRESETS); i++)
+        fprintf(f, " %s", PRESETS[i].name);
+    fprintf(f,
+            "\n"
+            "  --ctx N            tokens per sequence (a k suffix multiplies by 1024: 4k = 4096)\n"
+            "  --batch B          sequences (default 1)\n"
+            "  --kv-type T        f32 or f16 (default f16)\n"
+            "  --block-size S     tokens per KV block (default 16)\n"
+            "  --layers L, --heads H, --kv-heads KV (default H), --head-dim D, --dim DIM (D = DIM / H)\n"
+            "  -h, --help         this text\n"
+            "\n"
+            "exit status: 0 ok, 2 usage error\n");
+}
+
+static const mem_shape *find_preset(const char *name)
+{
+    for (size_t i = 0; i < KVRT_ARRAY_LEN(PRESETS); i++)
+        if (strcmp(PRESETS[i].name, name) == 0)
+            return &PRESETS[i];
+    return NULL;
+}
+
+static void unknown_preset(const char *name)
+{
+    fprintf(stderr, "%s: unknown preset '%s'; presets:", PROG, name);
+    for (size_t i = 0; i < KVRT_ARRAY_LEN(PRESETS); i++)
+        fprintf(stderr, " %s", PRESETS[i].name);
+    fputc('\n', stderr);
+}
+
+/* Bytes of K and V for `tokens` tokens of one sequence; false on overflow. */
+static bool kv_bytes(const mem_shape *s, int64_t elem, int64_t tokens, int64_t *out)
+{
+    int64_t b = 2;
+    return kvrt_mul_i64(b, s->layers, &b) && kvrt_mul_i64(b, s->kv_heads, &b) &&
+           kvrt_mul_i64(b, s->head_dim, &b) && kvrt_mul_i64(b, elem, &b) && kvrt_mul_i64(b, tokens, out);
+}
+
+static int64_t ceil_div(int64_t a, int64_t b)
+{
+    return a / b + (a % b != 0);
+}
+
+static double gib(int64_t bytes)
+{
+    return (double)bytes / (1024.0 * 1024.0 * 1024.0);
+}
+
+static double gb(int64_t bytes)
+{
+    return (double)bytes / 1e9;
+}
+
+/* "2.00 GiB (2.15 GB)"; small sizes keep three significant digits instead of 0.00. */
+static void fmt_total(char *buf, size_t n, int64_t bytes)
+{
+    if (gb(bytes) >= 0.1 || bytes == 0)
+        snprintf(buf, n, "%.2f GiB (%.2f GB)", gib(bytes), gb(bytes));
+    else
+        snprintf(buf, n, "%.3g GiB (%.3g GB)", gib(bytes), gb(bytes));
+}
+
+/* Binary units for per-token and per-block sizes: "512 KiB", "1.25 KiB". */
+static void fmt_bin(char *buf, size_t n, int64_t bytes)
+{
+    static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    double v = (double)bytes;
+    size_t u = 0;
+    while (v >= 1024.0 && u + 1 < KVRT_ARRAY_LEN(units)) {
+        v /= 1024.0;
+        u++;
+    }
+    snprintf(buf, n, u == 0 ? "%.0f %s" : "%.4g %s", v, units[u]);
+}
+
+/* Table cells: two decimals, or three significant digits below 0.01 (tiny models). */
+static void cell_size(kvrt_table *tab, double v)
+{
+    kvrt_table_cell(tab, (v >= 0.01 || v == 0.0) ? "%.2f" : "%.3g", v);
+}
+
+static const char *attn_kind(const mem_shape *s)
+{
+    return s->kv_heads == s->heads ? "MHA" : s->kv_heads == 1 ? "MQA" : "GQA";
+}
+
+/* Checks the resolved shape; false after printing the reason. */
+static bool check_shape(const mem_shape *s)
+{
+    if (s->layers <= 0 || s->heads <= 0 || s->head_dim <= 0) {
+        kvrt_cli_error(PROG, "the model shape is incomplete: give --preset, or --layers, --heads and "
+                             "--head-dim (or --dim)");
+        return false;
+    }
+    if (s->kv_heads > s->heads || s->heads % s->kv_heads != 0) {
+        kvrt_cli_error(PROG, "--kv-heads %" PRId64 " must divide --heads %" PRId64, s->kv_heads, s->heads);
+        return false;
+    }
+    return true;
+}
+
+/* Shape flags given on the command line; -1 = not given. */
+typedef struct shape_flags {
+    int64_t layers, heads, kv_heads, head_dim, dim;
+} shape_flags;
+
+static bool resolve_shape(const char *preset, const shape_flags *f, mem_shape *s)
+{
+    memset(s, 0, sizeof(*s));
+    s->name = "custom";
+    if (preset) {
+        const mem_shape *p = find_preset(preset);
+        if (!p) {
+            unknown_preset(preset);
+            return false;
+        }
+        *s = *p;
+    }
+    if (f->layers >= 0)
+        s->layers = f->layers;
+    if (f->heads >= 0) {
+        s->heads = f->heads;
+        if (f->kv_heads < 0 && !preset)
+            s->kv_heads = f->heads;
+    }
+    if (f->kv_heads >= 0)
+        s->kv_heads = f->kv_heads;
+    if (f->head_dim >= 0)
+        s->head_dim = f->head_dim;
+    if (f->dim >= 0) {
+        if (s->heads <= 0 || f->dim % s->heads != 0) {
+            kvrt_cli_error(PROG, "--dim %" PRId64 " is not a multiple of the number of heads (%" PRId64 ")",
+                           f->dim, s->heads);
+            return false;
+        }
+        if (f->head_dim >= 0 && f->head_dim != f->dim / s->heads) {
+            kvrt_cli_error(PROG, "--dim %" PRId64 " / %" PRId64 " heads disagrees with --head-dim %" PRId64,
+                           f->dim, s->heads, f->head_dim);
+            return false;
+        }
+        s->head_dim = f->dim / s->heads;
+    }
+    if (preset && (f->layers >= 0 || f->heads >= 0 || f->kv_heads >= 0 || f->head_dim >= 0 || f->dim >= 0))
+        s->name = "custom (from preset)";
+    return check_shape(s);
+}
+
+/* Returns 0 on success, KVRT_CLI_USAGE after printing an error, -1 for --help. */
+static int parse_args(int argc, char **argv, mem_opts *o)
+{
+    const char *preset = NULL, *val = NULL, *kv_type = "f16";
+    shape_flags f = {-1, -1, -1, -1, -1};
+    int64_t n;
+    o->ctx = -1;
+    o->batch = 1;
+    o->block_size = 16;
+    const int64_t big = (int64_t)1 << 40, dims = (int64_t)1 << 20;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0)
+            return -1;
+        if (kvrt_cli_flag(argc, argv, &i, "--preset", &val, PROG)) {
+            preset = val;
+        } else if (kvrt_cli_flag(argc, argv, &i, "--kv-type", &val, PROG)) {
+            kv_type = val;
+        } else if (kvrt_cli_flag(argc, argv, &i, "--ctx", &val, PROG)) {
+            if (!val || !kvrt_cli_int(PROG, "--ctx", val, 1, big, true, &o->ctx))
+                return KVRT_CLI_USAGE;
+            continue;
+        } else if (kvrt_cli_flag(argc, argv, &i, "--batch", &val, PROG)) {
+            if (!val || !kvrt_cli_int(PROG, "--batch", val, 1, dims, true, &o->batch))
+                return KVRT_CLI_USAGE;
+            continue;
+        } else if (kvrt_cli_flag(argc, argv, &i, "--block-size", &val, PROG)) {
+            if (!val || !kvrt_cli_int(PROG, "--block-size", val, 1, 65536, false, &o->block_size))
+                return KVRT_CLI_USAGE;
+            continue;
+        } else {
+            static const char *const shape_names[] = {"--layers", "--heads", "--kv-heads", "--head-dim", "--dim"};
+            int64_t *shape_vals[] = {&f.layers, &f.heads, &f.kv_heads, &f.head_dim, &f.dim};
+            bool matched = false;
+            for (size_t k = 0; k < KVRT_ARRAY_LEN(shape_names) && !matched; k++) {
+                if (kvrt_cli_flag(argc, argv, &i, shape_names[k], &val, PROG)) {
+                    if (!val || !kvrt_cli_int(PROG, shape_names[k], val, 1, dims, false, &n))
+                        return KVRT_CLI_USAGE;
+                    *shape_vals[k] = n;
+                    matched = true;
+                }
+            }
+            if (!matched) {
+                kvrt_cli_error(PROG, "unknown argument '%s' (see --help)", a);
+                return KVRT_CLI_USAGE;
+            }
+            continue;
+        }
+        if (!val)
+            return KVRT_CLI_USAGE;
+    }
+    static const char *const types[] = {"f32", "f16"};
+    int t = kvrt_cli_choice(PROG, "--kv-type", kv_type, types, 2);
+    if (t < 0)
+        return KVRT_CLI_USAGE;
+    o->kv_type = types[t];
+    o->elem = t == 0 ? 4 : 2;
+    if (!resolve_shape(preset, &f, &o->shape))
+        return KVRT_CLI_USAGE;
+    if (o->ctx < 0) {
+        kvrt_cli_error(PROG, "--ctx is required (tokens per sequence)");
+        return KVRT_CLI_USAGE;
+    }
+    return 0;
+}
+
+/* Every quantity printed, computed once with overflow checks. */
+typedef struct mem_totals {
+    int64_t per_token;      /* bytes of one token, all layers, K and V */
+    int64_t per_seq;        /* ctx tokens */
+    int64_t total;          /* ctx tokens x batch */
+    int64_t blocks_per_seq; /* ceil(ctx / block_size) */
+    int64_t waste_tokens;   /* unused slots of one sequence's last block */
+    int64_t block_bytes;    /* one block, all layers, K and V */
+    int64_t pool_blocks;    /* blocks_per_seq x batch */
+    int64_t pool_bytes;
+    int64_t waste_bytes;    /* pool_bytes - total */
+} mem_totals;
+
+static bool compute(const mem_opts *o, mem_totals *t)
+{
+    const mem_shape *s = &o->shape;
+    t->blocks_per_seq = ceil_div(o->ctx, o->block_size);
+    t->waste_tokens = t->blocks_per_seq * o->block_size - o->ctx;
+    return kv_bytes(s, o->elem, 1, &t->per_token) && kv_bytes(s, o->elem, o->ctx, &t->per_seq) &&
+           kvrt_mul_i64(t->per_seq, o->batch, &t->total) &&
+           kv_bytes(s, o->elem, o->block_size, &t->block_bytes) &&
+           kvrt_mul_i64(t->blocks_per_seq, o->batch, &t->pool_blocks) &&
+           kvrt_mul_i64(t->pool_blocks, t->block_bytes, &t->pool_bytes) &&
+           (t->waste_bytes = t->pool_bytes - t->total) >= 0;
+}
+
+static void print_summary(const mem_opts *o, const mem_totals *t)
+{
+    const mem_shape *s = &o->shape;
+    char a[64], b[64];
+    printf("model:          %s: %" PRId64 " layers, %" PRId64 " heads, %" PRId64 " KV heads (%s), head_dim %" PRId64
+           "\n",
+           s->name, s->layers, s->heads, s->kv_heads, attn_kind(s), s->head_dim);
+    fmt_bin(a, sizeof(a), t->per_token);
+    printf("KV type:        %s (%" PRId64 " bytes per element)\n", o->kv_type, o->elem);
+    printf("per token:      %s (%" PRId64 " bytes = 2 x %" PRId64 " x %" PRId64 " x %" PRId64 " x %" PRId64 ")\n", a,
+           t->per_token, s->layers, s->kv_heads, s->head_dim, o->elem);
+    printf("tokens:         %" PRId64 " per sequence x batch %" PRId64 "\n", o->ctx, o->batch);
+    fmt_total(b, sizeof(b), t->total);
+    printf("KV cache total: %s = %" PRId64 " bytes\n", b, t->total);
+}
+
+static void print_blocks(const mem_opts *o, const mem_totals *t)
+{
+    char a[64], b[64];
+    int64_t last_fill = o->block_size - t->waste_tokens;
+    printf("\npaged blocks (block size %" PRId64 "):\n", o->block_size);
+    fmt_bin(a, sizeof(a), t->block_bytes);
+    printf("  block:              %s (%" PRId64 " bytes, all layers, K and V)\n", a, t->block_bytes);
+    printf("  blocks per seq:     %" PRId64 " (last block holds %" PRId64 " of %" PRId64 " tokens)\n",
+           t->blocks_per_seq, last_fill, o->block_size);
+    printf("  waste per seq:      %" PRId64 " tokens = %" PRId64 " bytes\n", t->waste_tokens,
+           t->waste_tokens * t->per_token);
+    fmt_total(b, sizeof(b), t->pool_bytes);
+    printf("  pool:               %" PRId64 " blocks = %s = %" PRId64 " bytes\n", t->pool_blocks, b, t->pool_bytes);
+    printf("  waste total:        %" PRId64 " tokens = %" PRId64 " bytes (%.2f %% of the pool)\n",
+           t->waste_tokens * o->batch, t->waste_bytes,
+           t->pool_bytes ? 100.0 * (double)t->waste_bytes / (double)t->pool_bytes : 0.0);
+}
+
+/* MHA (a KV head per query head), GQA (the model's own groups, or 8 KV heads
+ * for an MHA model), MQA (one KV head): the same layers, heads and head_dim. */
+static void print_variants(const mem_opts *o, const mem_totals *t)
+{
+    const mem_shape *s = &o->shape;
+    int64_t gqa = s->kv_heads;
+    if (gqa == s->heads || gqa == 1)
+        gqa = (s->heads > 8 && s->heads % 8 == 0) ? 8 : (s->heads % 2 == 0 ? s->heads / 2 : 1);
+    struct {
+        const char *name;
+        int64_t kv;
+    } v[] = {{"MHA", s->heads}, {"GQA", gqa}, {"MQA", 1}};
+    static const char *const hdr[] = {"variant", "KV heads", "q heads/KV head", "per token", "total GiB",
+                                      "total GB", "vs MHA", "model"};
+    kvrt_table tab;
+    kvrt_table_init(&tab, 8, hdr, "lrrrrrrl");
+    int64_t mha_total = 0;
+    for (size_t i = 0; i < KVRT_ARRAY_LEN(v); i++) {
+        if (i > 0 && (v[i].kv >= s->heads || (i == 1 && v[i].kv <= 1)))
+            continue; /* too few heads for three distinct variants */
+        mem_shape vs = *s;
+        vs.kv_heads = v[i].kv;
+        int64_t per_tok, tot;
+        if (!kv_bytes(&vs, o->elem, 1, &per_tok) || !kvrt_mul_i64(per_tok, o->ctx * o->batch, &tot))
+            continue; /* cannot be larger than the MHA total, which was checked */
+        if (i == 0)
+            mha_total = tot;
+        char a[32];
+        fmt_bin(a, sizeof(a), per_tok);
+        if (!kvrt_table_row(&tab))
+            break;
+        kvrt_table_cell(&tab, "%s", v[i].name);
+        kvrt_table_cell(&tab, "%" PRId64, v[i].kv);
+        kvrt_table_cell(&tab, "%" PRId64, s->heads / v[i].kv);
+        kvrt_table_cell(&tab, "%s", a);
+        cell_size(&tab, gib(tot));
+        cell_size(&tab, gb(tot));
+        kvrt_table_cell(&tab, "%.3fx", mha_total ? (double)tot / (double)mha_total : 0.0);
+        kvrt_table_cell(&tab, "%s", v[i].kv == s->kv_heads ? "<- this" : "");
+    }
+    printf("\nattention variants (%" PRId64 " layers, %" PRId64 " heads, head_dim %" PRId64 ", %" PRId64
+           " tokens x batch %" PRId64 ", %s):\n",
+           s->layers, s->heads, s->head_dim, o->ctx, o->batch, o->kv_type);
+    kvrt_table_print(&tab, stdout);
+    kvrt_table_free(&tab);
+    (void)t;
+}
+
+static void context_row(kvrt_table *tab, const mem_opts *o, int64_t ctx)
+{
+    mem_opts c = *o;
+    c.ctx = ctx;
+    mem_totals t;
+    if (!compute(&c, &t) || !kvrt_table_row(tab))
+        return;
+    kvrt_table_cell(tab, "%" PRId64 "%s", ctx, ctx == o->ctx ? " *" : "");
+    cell_size(tab, gib(t.per_seq));
+    cell_size(tab, gib(t.total));
+    cell_size(tab, gb(t.total));
+    kvrt_table_cell(tab, "%" PRId64, t.blocks_per_seq);
+    cell_size(tab, gib(t.pool_bytes));
+}
+
+static void print_contexts(const mem_opts *o)
+{
+    static const char *const hdr[] = {"context", "GiB per seq", "total GiB", "total GB", "blocks/seq",
+                                      "pool GiB"};
+    kvrt_table tab;
+    kvrt_table_init(&tab, 6, hdr, "rrrrrr");
+    bool done = false;
+    for (size_t i = 0; i < KVRT_ARRAY_LEN(TABLE_CTX); i++) {
+        if (!done && o->ctx <= TABLE_CTX[i]) {
+            if (o->ctx < TABLE_CTX[i])
+                context_row(&tab, o, o->ctx);
+            done = true;
+        }
+        context_row(&tab, o, TABLE_CTX[i]);
+    }
+    if (!done)
+        context_row(&tab, o, o->ctx);
+    printf("\ncontext lengths (batch %" PRId64 ", %s, block size %" PRId64 "; * = requested):\n", o->batch,
+           o->kv_type, o->block_size);
+    kvrt_table_print(&tab, stdout);
+    kvrt_table_free(&tab);
+}
+
+int main(int argc, char **argv)
+{
+    mem_opts o;
+    int rc = parse_args(argc, argv, &o);
+    if (rc < 0) {
+        usage(stdout);
+        return 0;
+    }
+    if (rc != 0)
+        return rc;
+    mem_totals t;
+    if (!compute(&o, &t)) {
+        kvrt_cli_error(PROG, "the KV cache size overflows 64 bits; check the numbers");
+        return KVRT_CLI_USAGE;
+    }
+    print_summary(&o, &t);
+    print_blocks(&o, &t);
+    print_variants(&o, &t);
+    print_contexts(&o);
+    return 0;
+}
