@@ -1,20 +1,6 @@
 /* The real runner: the engine's model interface (engine_internal.h) on top of
- * kvrt_llama_forward and the backend's KV pool, and kvrt_engine_create().
- *
- * It compiles in once the model (model/llama.h, model/model_api_internal.h,
- * kvrt_model.h) is in the tree; until then kvrt_engine_create() reports
- * KVRT_ERR_UNSUPPORTED. Still to do when the model lands (lead): num_blocks
- * from the memory budget, a kv_type engine parameter (F16 KV), and a test on
- * stories260K that the engine's greedy tokens equal kvrt_session's. */
+ * kvrt_llama_forward and the backend's KV pool, and kvrt_engine_create(). */
 #include "engine/engine_internal.h"
-
-#if defined(__has_include)
-#if __has_include("model/llama.h") && __has_include("model/model_api_internal.h") && __has_include("kvrt_model.h")
-#define KVRT_ENGINE_HAVE_MODEL 1
-#endif
-#endif
-
-#ifdef KVRT_ENGINE_HAVE_MODEL
 
 #include "kvrt_model.h"
 #include "model/model_api_internal.h"
@@ -117,9 +103,10 @@ kvrt_status kvrt_engine_create(kvrt_model *model, const kvrt_engine_params *para
                                kvrt_error *err)
 {
     kvrt_error_clear(err);
+    if (out)
+        *out = NULL;
     if (!model || !out)
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "kvrt_engine_create: model and out are required");
-    *out = NULL;
     kvrt_engine_params p = params ? *params : kvrt_engine_default_params();
     if (p.max_context == 0)
         p.max_context = model->max_context;
@@ -156,17 +143,3 @@ kvrt_status kvrt_engine_create(kvrt_model *model, const kvrt_engine_params *para
                           .block_bytes = 2 * (size_t)hp->n_layer * r->pool_block_bytes};
     return kvrt_engine_create_with_runner(&p, runner, out, err);
 }
-
-#else /* !KVRT_ENGINE_HAVE_MODEL */
-
-kvrt_status kvrt_engine_create(kvrt_model *model, const kvrt_engine_params *params, kvrt_engine **out,
-                               kvrt_error *err)
-{
-    (void)model;
-    (void)params;
-    if (out)
-        *out = NULL;
-    return kvrt_fail(err, KVRT_ERR_UNSUPPORTED, "kvrt_engine_create: this build has no model runner yet");
-}
-
-#endif
