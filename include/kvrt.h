@@ -168,5 +168,6 @@ KVRT_API const char *kvrt_context_description(const kvrt_context *ctx);
 #include "kvrt_kv.h"        /* KV block manager: pool, block tables, prefix cache, CoW, swap */
 #include "kvrt_attention.h" /* standalone paged KV cache + attention, usable without a model */
 #include "kvrt_model.h"     /* models, tokenization, sessions, sampling */
+#include "kvrt_engine.h"    /* serving engine: continuous batching, preemption, metrics */
 
 #endif /* KVRT_H */

@@ -1,0 +1,213 @@
+/*
+ * Serving engine: continuous batching of many requests over one paged KV cache
+ * (DESIGN.md "Engine"). Include through kvrt.h.
+ *
+ * A request is a prompt (token ids) plus sampling parameters and stop
+ * conditions; it yields n >= 1 samples. Each kvrt_engine_step() runs one
+ * forward pass over a mixed batch: one new token of every running sequence
+ * (decodes, first), then chunks of prompts still to be computed (chunked
+ * prefill), under max_batched_tokens tokens and max_seqs sequences. When the
+ * KV pool runs out of blocks the most recently admitted sequences are
+ * preempted (recomputed later, or swapped to a host tier); an accepted
+ * request is never lost or duplicated and, with greedy sampling, finishes
+ * with the same tokens as if it had run alone.
+ *
+ * Ownership: the engine copies everything it keeps from a request (prompt,
+ * stop tokens). Token arrays returned in a kvrt_request_output belong to the
+ * engine and stay valid until kvrt_engine_release() of that request or the
+ * engine's destruction.
+ * Threading: one thread at a time per engine (callbacks run inside
+ * kvrt_engine_step() / kvrt_engine_cancel() on that thread and must not call
+ * back into the engine).
+ */
+#ifndef KVRT_ENGINE_H
+#define KVRT_ENGINE_H
+
+#include "kvrt.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct kvrt_engine kvrt_engine;
+typedef struct kvrt_model kvrt_model; /* kvrt_model.h */
+
+typedef enum kvrt_preempt_mode {
+    KVRT_PREEMPT_RECOMPUTE = 0, /* free the blocks; recompute prompt + generated tokens later */
+    KVRT_PREEMPT_SWAP = 1       /* copy the blocks to the host tier; recompute when it is full */
+} kvrt_preempt_mode;
+
+/* Returns seconds from any fixed origin, non-decreasing. */
+typedef double (*kvrt_clock_fn)(void *user);
+
+typedef struct kvrt_engine_params {
+    int32_t max_context;        /* positions per sequence (prompt + generated); 0 = the model's */
+    int32_t block_size;         /* 8, 16 (default) or 32 */
+    int32_t num_blocks;         /* KV pool blocks, >= 1 (0 with a model: what the memory budget leaves) */
+    int32_t num_host_blocks;    /* host-tier blocks for KVRT_PREEMPT_SWAP; 0 = none */
+    int32_t max_batched_tokens; /* tokens per step (decodes + prefill chunks), default 256 */
+    int32_t max_seqs;           /* sequences per step, default 64 */
+    int32_t enable_prefix_cache;/* nonzero (default): reuse cached prompt blocks */
+    kvrt_preempt_mode preempt_mode;
+    int32_t eos_id;             /* end-of-sequence token; -1 = none (default; the model's with kvrt_engine_create) */
+    kvrt_clock_fn clock;        /* NULL = CLOCK_MONOTONIC; tests inject their own */
+    void *clock_user;
+    const kvrt_allocator *allocator; /* NULL = malloc. Must outlive the engine. */
+} kvrt_engine_params;
+
+KVRT_API kvrt_engine_params kvrt_engine_default_params(void);
+
+typedef enum kvrt_finish_reason {
+    KVRT_FINISH_NONE = 0,       /* still running */
+    KVRT_FINISH_LENGTH = 1,     /* max_tokens generated, or the context is full */
+    KVRT_FINISH_EOS = 2,
+    KVRT_FINISH_STOP_TOKEN = 3, /* one of stop_tokens was generated */
+    KVRT_FINISH_CANCELLED = 4
+} kvrt_finish_reason;
+
+/* "running", "length", "eos", "stop", "cancelled". */
+KVRT_API const char *kvrt_finish_reason_name(kvrt_finish_reason reason);
+
+/* Called once per generated token of each sample (sample in [0, n)), and once
+ * more with token -1 when a sample is cancelled. finish is KVRT_FINISH_NONE
+ * while the sample continues. Tokens already reported are never reported
+ * again (not after a preemption either). */
+typedef void (*kvrt_token_fn)(void *user, int64_t request_id, int32_t sample, int32_t token,
+                              kvrt_finish_reason finish);
+
+typedef struct kvrt_request_params {
+    const int32_t *prompt;      /* [n_prompt] token ids, n_prompt >= 1 */
+    int32_t n_prompt;
+    int32_t max_tokens;         /* tokens to generate per sample, >= 1 (default 16) */
+    int32_t n;                  /* samples, >= 1 (default 1); the prompt is computed once and forked */
+    float temperature;          /* <= 0: greedy (argmax, lowest id on ties) */
+    int32_t top_k;              /* 0 = off */
+    float top_p;                /* 1 = off */
+    float min_p;                /* 0 = off */
+    uint64_t seed;              /* sample i draws from its own generator seeded with (seed, i) */
+    int32_t ignore_eos;         /* nonzero: the engine's eos_id does not stop */
+    const int32_t *stop_tokens; /* [n_stop_tokens] ids that end a sample (kept in its output) */
+    int32_t n_stop_tokens;
+    kvrt_token_fn on_token;     /* may be NULL */
+    void *user;
+} kvrt_request_params;
+
+KVRT_API kvrt_request_params kvrt_request_default_params(void);
+
+/* Times in seconds of the engine's clock; -1 for events that did not happen. */
+typedef struct kvrt_request_timing {
+    double arrival;       /* kvrt_engine_submit */
+    double first_scheduled;
+    double first_token;
+    double finished;
+} kvrt_request_timing;
+
+typedef struct kvrt_sample_output {
+    const int32_t *tokens;  /* generated ids (EOS / stop token included) */
+    int32_t n_tokens;
+    kvrt_finish_reason finish_reason;
+} kvrt_sample_output;
+
+typedef struct kvrt_request_output {
+    int64_t request_id;
+    int32_t finished;            /* every sample has a finish reason */
+    int32_t n_samples;
+    const kvrt_sample_output *samples; /* [n_samples] */
+    int32_t n_prompt;
+    int32_t n_cached_prompt;     /* prompt tokens found in the prefix cache at first admission */
+    int32_t n_preemptions;
+    kvrt_request_timing timing;
+} kvrt_request_output;
+
+/* Creates an engine that runs `model` (which must outlive it) on its context.
+ * Errors: INVALID_ARGUMENT, UNSUPPORTED (library built without the model
+ * runner), OUT_OF_*_MEMORY. */
+KVRT_API kvrt_status kvrt_engine_create(kvrt_model *model, const kvrt_engine_params *params,
+                                        kvrt_engine **out, kvrt_error *err);
+/* Frees the engine, every request it holds included. NULL is a no-op. */
+KVRT_API void kvrt_engine_destroy(kvrt_engine *engine);
+/* Message of the last failed call ("" if none). Never NULL. */
+KVRT_API const char *kvrt_engine_message(const kvrt_engine *engine);
+
+/* Queues a request; *request_id (> 0) names it from now on. Errors:
+ * INVALID_ARGUMENT (bad parameters, token id outside the vocabulary),
+ * REQUEST_REJECTED (it can never run: prompt longer than the context, or one
+ * sample needs more KV blocks than the whole pool), OUT_OF_HOST_MEMORY. */
+KVRT_API kvrt_status kvrt_engine_submit(kvrt_engine *engine, const kvrt_request_params *params,
+                                        int64_t *request_id);
+
+/* Aborts a request wherever it is (waiting, prefilling, decoding, swapped
+ * out): its blocks go back to the pool, its samples finish with
+ * KVRT_FINISH_CANCELLED (those already finished keep their reason). A finished
+ * request is left as it is. Errors: INVALID_ARGUMENT (unknown or released id). */
+KVRT_API kvrt_status kvrt_engine_cancel(kvrt_engine *engine, int64_t request_id);
+
+/* What one step did. */
+typedef struct kvrt_step_info {
+    int32_t num_seqs;        /* sequences in the batch */
+    int32_t num_decode_seqs; /* of which decodes (first in the batch) */
+    int32_t num_tokens;      /* decode_tokens + prefill_tokens */
+    int32_t decode_tokens;
+    int32_t prefill_tokens;  /* prompt chunks and recomputation */
+    int32_t num_preempted;   /* sequences preempted while scheduling this step */
+    int32_t num_finished;    /* requests that finished this step */
+} kvrt_step_info;
+
+/* Schedules and runs one step; *info (may be NULL) says what it did. With no
+ * work it returns KVRT_OK and an all-zero info. On failure of the model the
+ * step's requests are left to be retried (nothing is lost). */
+KVRT_API kvrt_status kvrt_engine_step(kvrt_engine *engine, kvrt_step_info *info);
+
+/* Nonzero while some request is waiting, running or swapped out. */
+KVRT_API int32_t kvrt_engine_has_work(const kvrt_engine *engine);
+
+/* The current state of a request (finished or not). Errors: INVALID_ARGUMENT. */
+KVRT_API kvrt_status kvrt_engine_get_output(kvrt_engine *engine, int64_t request_id, kvrt_request_output *out);
+
+/* Takes the next finished request not taken yet (in finishing order) into
+ * *out and sets *found to 1; *found = 0 when there is none. */
+KVRT_API kvrt_status kvrt_engine_next_finished(kvrt_engine *engine, kvrt_request_output *out, int32_t *found);
+
+/* Forgets a finished request (its output arrays become invalid). Errors:
+ * INVALID_ARGUMENT (unknown id, or not finished: cancel it first). */
+KVRT_API kvrt_status kvrt_engine_release(kvrt_engine *engine, int64_t request_id);
+
+/* ---- metrics ------------------------------------------------------------------ */
+
+typedef struct kvrt_summary {
+    int64_t count;
+    double mean, p50, p95, p99, max; /* 0 when count is 0; percentiles interpolate linearly between ranks */
+} kvrt_summary;
+
+typedef struct kvrt_engine_metrics {
+    /* KV pool, now */
+    int32_t blocks_total, blocks_used, blocks_free, blocks_cached;
+    int32_t host_blocks_total, host_blocks_used;
+    /* KV utilization: tokens stored / capacity of the allocated blocks, after each step */
+    double kv_utilization_mean, kv_utilization_last;
+    /* prefix cache, over admissions (tokens offered = prompt - 1 per first admission) */
+    int64_t prefix_lookups, prefix_query_tokens, prefix_hit_tokens;
+    double prefix_hit_rate;   /* hit tokens / query tokens */
+    int64_t evictions, cow_copies, blocks_swapped_out, blocks_swapped_in;
+    int64_t preemptions_recompute, preemptions_swap;
+    /* requests */
+    int64_t requests_submitted, requests_rejected, requests_finished, requests_cancelled;
+    /* steps */
+    int64_t steps, prefill_tokens, decode_tokens, generated_tokens;
+    kvrt_summary step_tokens, step_seqs, step_prefill_tokens, step_decode_tokens;
+    /* per request latencies (seconds), over finished, not cancelled requests */
+    kvrt_summary ttft, tpot, e2e, queue;
+} kvrt_engine_metrics;
+
+KVRT_API kvrt_status kvrt_engine_get_metrics(kvrt_engine *engine, kvrt_engine_metrics *out);
+
+/* Writes the metrics as one JSON object into buf (NUL-terminated when
+ * capacity > 0); *len (may be NULL) receives the length needed without the
+ * NUL. INVALID_ARGUMENT when it does not fit (then *len says how much). */
+KVRT_API kvrt_status kvrt_engine_metrics_json(kvrt_engine *engine, char *buf, size_t capacity, size_t *len);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* KVRT_ENGINE_H */

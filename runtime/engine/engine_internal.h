@@ -1,0 +1,184 @@
+/* Internals of the serving engine, shared by runtime/engine sources and the
+ * tests. Not installed.
+ *
+ * The model sits behind a small "runner" interface so the scheduler can be
+ * tested with a fake model; the real runner (engine_runner_llama.c) wraps
+ * kvrt_llama_forward and the backend's KV pool. */
+#ifndef KVRT_ENGINE_INTERNAL_H
+#define KVRT_ENGINE_INTERNAL_H
+
+#include "common/kvrt_internal.h"
+#include "metrics.h"
+
+/* One step's batch as the model forward receives it (DESIGN.md "One step's
+ * batch"). Field for field the kvrt_batch of model/llama.h, which the real
+ * runner fills from this one. Decodes (one new token) come first. */
+typedef struct kvrt_step_batch {
+    int32_t num_seqs;
+    int32_t num_decode_seqs;        /* leading sequences that are decodes */
+    int32_t num_tokens;
+    const int32_t *tokens;          /* [num_tokens] */
+    const int32_t *positions;       /* [num_tokens] */
+    const int32_t *slot_mapping;    /* [num_tokens] */
+    const int32_t *query_start_loc; /* [num_seqs + 1] */
+    const int32_t *seq_lens;        /* [num_seqs] context incl. this step's tokens */
+    const int32_t *block_tables;    /* [num_seqs][max_blocks_per_seq] */
+    int32_t max_blocks_per_seq;
+    const int32_t *logits_indices;  /* [num_logits] token rows that need logits */
+    int32_t num_logits;
+} kvrt_step_batch;
+
+/* What the engine needs from a model. Every entry reports failures through
+ * `err` and returns its status. Block ids are those of the engine's block
+ * manager; the runner's KV pool has exactly num_blocks blocks of block_size. */
+typedef struct kvrt_runner_ops {
+    /* Runs the batch: writes the new tokens' K/V through slot_mapping, then
+     * writes logits [num_logits][n_vocab] of the logits_indices rows. */
+    kvrt_status (*forward)(void *self, const kvrt_step_batch *batch, float *logits, kvrt_error *err);
+    /* Copies whole blocks (all layers, K and V): pairs[i] = {src, dst}; done
+     * before the call returns (copy-on-write ahead of the next forward). */
+    kvrt_status (*copy_blocks)(void *self, const int32_t (*pairs)[2], int32_t n_pairs, kvrt_error *err);
+    /* Reads / writes the block_bytes bytes of one block (every layer, K and V)
+     * to / from host memory, immediately (swap to the host tier). May be NULL
+     * when the runner cannot swap (then swap mode is refused). */
+    kvrt_status (*read_block)(void *self, int32_t block, void *dst, kvrt_error *err);
+    kvrt_status (*write_block)(void *self, int32_t block, const void *src, kvrt_error *err);
+    /* Frees the runner (the engine owns it). May be NULL. */
+    void (*destroy)(void *self);
+} kvrt_runner_ops;
+
+typedef struct kvrt_runner {
+    const kvrt_runner_ops *ops;
+    void *self;
+    int32_t n_vocab;
+    size_t block_bytes; /* one block, all layers, K and V: one host-tier slot */
+} kvrt_runner;
+
+/* Creates an engine on a runner; the engine owns the runner from the call on
+ * (it is destroyed even when creation fails). Used by kvrt_engine_create and
+ * by the tests. */
+kvrt_status kvrt_engine_create_with_runner(const kvrt_engine_params *params, kvrt_runner runner,
+                                           kvrt_engine **out, kvrt_error *err);
+
+/* ---- records ------------------------------------------------------------------ */
+
+typedef enum kvrt_seq_state {
+    KVRT_SEQ_WAITING = 0,  /* no blocks; prompt (+ generated) to compute */
+    KVRT_SEQ_RUNNING = 1,  /* holds blocks, scheduled every step it fits */
+    KVRT_SEQ_SWAPPED = 2,  /* blocks on the host tier */
+    KVRT_SEQ_FINISHED = 3
+} kvrt_seq_state;
+
+typedef struct kvrt_request kvrt_request;
+
+/* One sample of a request: the unit the scheduler moves around. */
+typedef struct kvrt_eseq {
+    kvrt_request *req;
+    int32_t index;          /* sample index in the request */
+    kvrt_seq_state state;
+    int32_t bm_seq;         /* block manager sequence, -1 when none */
+    int32_t *tokens;        /* [cap] prompt then generated ids */
+    int32_t len;            /* tokens known */
+    int32_t cap;            /* min(n_prompt + max_tokens, max_context) */
+    int32_t num_computed;   /* tokens whose K/V is in the cache */
+    uint64_t admit_stamp;   /* order of (re)admission: preemption victims are the highest */
+    uint64_t rng;           /* sampling generator state */
+    kvrt_finish_reason finish;
+    /* this step */
+    int32_t sched_tokens;   /* tokens scheduled, 0 when not in the batch */
+    int32_t sched_slot_off; /* where its slots are in slot_scratch */
+    int32_t sched_decode;   /* scheduled as a decode (one token after its prompt) */
+} kvrt_eseq;
+
+struct kvrt_request {
+    int64_t id;
+    uint64_t arrival_order;
+    kvrt_request_params p;  /* prompt / stop_tokens point at copies below */
+    int32_t *prompt;
+    int32_t *stop_tokens;
+    int32_t forked;         /* n > 1: children exist */
+    int32_t n_live;         /* samples not finished */
+    int32_t n_cached_prompt;
+    int32_t n_preemptions;
+    int32_t looked_up;      /* the prefix cache was consulted for it once */
+    int32_t queued_finished;/* in the finished queue */
+    kvrt_request_timing t;
+    kvrt_eseq *seqs;        /* [p.n] */
+    kvrt_sample_output *outs; /* [p.n], refreshed on read */
+};
+
+/* A list of sequences kept in a fixed order. */
+typedef struct kvrt_seq_list {
+    kvrt_eseq **v;
+    int32_t n, cap;
+} kvrt_seq_list;
+
+struct kvrt_engine {
+    kvrt_engine_params p;
+    const kvrt_allocator *alloc;
+    kvrt_error err;
+    kvrt_runner runner;
+    kvrt_block_manager *bm;
+    int32_t max_blocks_per_seq;
+
+    kvrt_request **reqs;    /* live requests (not released), submission order */
+    int32_t n_reqs, cap_reqs;
+    int64_t next_id;
+    int32_t n_seqs_live;    /* samples of unreleased requests: the lists' reserved room */
+    uint64_t next_arrival, next_admit;
+    kvrt_request **finished_q; /* finished, not yet taken */
+    int32_t n_finished_q, cap_finished_q;
+
+    kvrt_seq_list waiting;  /* FCFS: (arrival, sample index) */
+    kvrt_seq_list running;  /* admission order (admit_stamp, sample index) */
+    kvrt_seq_list swapped;  /* (arrival, sample index) */
+
+    /* step scratch */
+    kvrt_eseq **sched;      /* [max_seqs] scheduled this step, in scheduling order */
+    int32_t n_sched;
+    int32_t *b_tokens, *b_pos, *b_slots, *b_logits_idx; /* [max_batched_tokens] */
+    int32_t *b_qsl;         /* [max_seqs + 1] */
+    int32_t *b_seq_lens;    /* [max_seqs] */
+    int32_t *b_tables;      /* [max_seqs][max_blocks_per_seq] */
+    int32_t *b_bm_seqs;     /* [max_seqs] */
+    kvrt_eseq **b_order;    /* [max_seqs] batch order */
+    int32_t *slot_scratch;  /* [max_batched_tokens] */
+    float *logits;          /* [max_seqs][n_vocab] */
+    float *sample_scratch;  /* [2 * n_vocab] */
+    int32_t *sample_idx;    /* [n_vocab] */
+    uint8_t *host_tier;     /* [num_host_blocks][block_bytes] */
+    int32_t (*pairs)[2];    /* [max_blocks_per_seq] swap pairs */
+    int32_t sched_tokens_total; /* tokens scheduled so far this step */
+    int32_t preempted_now;  /* sequences preempted while scheduling this step */
+
+    kvrt_engine_metrics m;  /* counters; gauges and summaries filled on read */
+    kvrt_series s_ttft, s_tpot, s_e2e, s_queue;
+    kvrt_series s_step_tokens, s_step_seqs, s_step_prefill, s_step_decode;
+    double kv_util_sum;
+};
+
+/* ---- engine.c ------------------------------------------------------------------- */
+double kvrt_engine_now(const kvrt_engine *e);
+/* Marks a sample finished, reports it, frees its blocks. */
+void kvrt_engine_finish_seq(kvrt_engine *e, kvrt_eseq *s, kvrt_finish_reason why, int32_t report_token);
+
+/* ---- scheduler.c ---------------------------------------------------------------- */
+kvrt_status kvrt_seq_list_reserve(kvrt_engine *e, kvrt_seq_list *l, int32_t cap);
+/* Inserts in order (by admission stamp, else by arrival); room must be reserved. */
+void kvrt_seq_list_insert(kvrt_seq_list *l, kvrt_eseq *s, int by_admission);
+void kvrt_seq_list_remove(kvrt_seq_list *l, const kvrt_eseq *s);
+/* Picks this step's work (may preempt) into e->sched; fills info's counts. */
+kvrt_status kvrt_sched_schedule(kvrt_engine *e, kvrt_step_info *info);
+/* Undoes a failed step: drops the prefix cache, recomputes what was placed. */
+void kvrt_sched_recover(kvrt_engine *e);
+/* Builds the batch of e->sched (decodes first) and runs it; samples. */
+kvrt_status kvrt_sched_run(kvrt_engine *e, kvrt_step_info *info);
+
+/* ---- engine_sample.c ------------------------------------------------------------- */
+/* The one place a token is picked from a row of logits (greedy, or seeded
+ * temperature / top-k / top-p / min-p sampling with the sample's own
+ * generator); the model's kvrt_sampler replaces its body later. */
+kvrt_status kvrt_engine_sample(kvrt_engine *e, kvrt_eseq *s, const float *logits, int32_t *token);
+uint64_t kvrt_engine_seed(uint64_t seed, int32_t index);
+
+#endif /* KVRT_ENGINE_INTERNAL_H */

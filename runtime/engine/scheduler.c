@@ -1,0 +1,544 @@
+/* The scheduler: each step picks running decodes first, then chunks of
+ * partially computed prompts, then swapped-out and waiting sequences, under a
+ * token budget and a sequence cap; preempts the most recently admitted
+ * sequences when blocks run out; builds one batch (decodes first), runs it
+ * and samples. */
+#include "engine/engine_internal.h"
+
+#include <string.h>
+
+/* ---- ordered lists ---------------------------------------------------------------- */
+
+static int seq_before(const kvrt_eseq *a, const kvrt_eseq *b, int by_admission)
+{
+    uint64_t ka = by_admission ? a->admit_stamp : a->req->arrival_order;
+    uint64_t kb = by_admission ? b->admit_stamp : b->req->arrival_order;
+    if (ka != kb)
+        return ka < kb;
+    return a->index < b->index;
+}
+
+kvrt_status kvrt_seq_list_reserve(kvrt_engine *e, kvrt_seq_list *l, int32_t cap)
+{
+    if (cap <= l->cap)
+        return KVRT_OK;
+    cap = KVRT_MAX(cap, 2 * l->cap);
+    kvrt_eseq **v = kvrt_calloc(e->alloc, (size_t)cap, sizeof(*v));
+    if (!v)
+        return kvrt_fail(&e->err, KVRT_ERR_OUT_OF_HOST_MEMORY, "sequence list of %d", (int)cap);
+    if (l->n)
+        memcpy(v, l->v, (size_t)l->n * sizeof(*v));
+    kvrt_free(e->alloc, l->v);
+    l->v = v;
+    l->cap = cap;
+    return KVRT_OK;
+}
+
+/* Never fails: submit reserved room for every live sequence in every list. */
+void kvrt_seq_list_insert(kvrt_seq_list *l, kvrt_eseq *s, int by_admission)
+{
+    int32_t at = l->n;
+    while (at > 0 && seq_before(s, l->v[at - 1], by_admission))
+        at--;
+    memmove(l->v + at + 1, l->v + at, (size_t)(l->n - at) * sizeof(*l->v));
+    l->v[at] = s;
+    l->n++;
+}
+
+void kvrt_seq_list_remove(kvrt_seq_list *l, const kvrt_eseq *s)
+{
+    for (int32_t i = 0; i < l->n; i++)
+        if (l->v[i] == s) {
+            memmove(l->v + i, l->v + i + 1, (size_t)(l->n - i - 1) * sizeof(*l->v));
+            l->n--;
+            return;
+        }
+}
+
+/* ---- preemption ------------------------------------------------------------------- */
+
+static int32_t free_blocks(kvrt_engine *e)
+{
+    kvrt_bm_stats st;
+    (void)kvrt_bm_get_stats(e->bm, &st);
+    return st.blocks_free;
+}
+
+static kvrt_status bm_err(kvrt_engine *e, kvrt_status st)
+{
+    return kvrt_fail(&e->err, st, "block manager: %s", kvrt_block_manager_message(e->bm));
+}
+
+/* Drops whatever K/V a sequence holds (device or host) and queues it to be
+ * computed again: the way back from any failure, and recompute preemption. */
+static void requeue_recompute(kvrt_engine *e, kvrt_eseq *s)
+{
+    if (s->state == KVRT_SEQ_RUNNING)
+        kvrt_seq_list_remove(&e->running, s);
+    else if (s->state == KVRT_SEQ_SWAPPED)
+        kvrt_seq_list_remove(&e->swapped, s);
+    else if (s->state == KVRT_SEQ_WAITING)
+        kvrt_seq_list_remove(&e->waiting, s);
+    if (s->bm_seq >= 0)
+        (void)kvrt_bm_seq_free(e->bm, s->bm_seq); /* cannot fail for a live id */
+    s->bm_seq = -1;
+    s->num_computed = 0;
+    s->sched_tokens = 0;
+    s->state = KVRT_SEQ_WAITING;
+    kvrt_seq_list_insert(&e->waiting, s, 0);
+}
+
+/* Moves a sequence's blocks to the host tier; KVRT_ERR_OUT_OF_BLOCKS when the
+ * tier is full (nothing changed). */
+static kvrt_status swap_out(kvrt_engine *e, kvrt_eseq *s)
+{
+    int32_t n = 0;
+    kvrt_status st = kvrt_bm_swap_out(e->bm, s->bm_seq, e->pairs, e->max_blocks_per_seq, &n);
+    if (st == KVRT_ERR_OUT_OF_BLOCKS)
+        return st;
+    if (st != KVRT_OK)
+        return bm_err(e, st);
+    /* The device blocks may be reused by the next allocation: copy them now. */
+    for (int32_t i = 0; i < n; i++) {
+        st = e->runner.ops->read_block(e->runner.self, e->pairs[i][0],
+                                       e->host_tier + (size_t)e->pairs[i][1] * e->runner.block_bytes, &e->err);
+        if (st != KVRT_OK) {
+            requeue_recompute(e, s); /* its K/V did not reach the host */
+            return st;
+        }
+    }
+    return KVRT_OK;
+}
+
+static kvrt_status preempt(kvrt_engine *e, kvrt_eseq *s)
+{
+    s->req->n_preemptions++;
+    e->preempted_now++;
+    if (e->p.preempt_mode == KVRT_PREEMPT_SWAP) {
+        kvrt_status st = swap_out(e, s);
+        if (st == KVRT_OK) {
+            kvrt_seq_list_remove(&e->running, s);
+            s->state = KVRT_SEQ_SWAPPED;
+            e->m.preemptions_swap++;
+            kvrt_seq_list_insert(&e->swapped, s, 0);
+            return KVRT_OK;
+        }
+        if (st != KVRT_ERR_OUT_OF_BLOCKS)
+            return st;
+        /* Host tier full: recompute instead. */
+    }
+    requeue_recompute(e, s);
+    e->m.preemptions_recompute++;
+    return KVRT_OK;
+}
+
+/* The most recently admitted running sequence admitted after `s` that is not
+ * in this step's batch; NULL when there is none. */
+static kvrt_eseq *pick_victim(kvrt_engine *e, const kvrt_eseq *s)
+{
+    for (int32_t i = e->running.n - 1; i >= 0; i--) {
+        kvrt_eseq *v = e->running.v[i];
+        if (v == s || !seq_before(s, v, 1))
+            return NULL;
+        if (v->sched_tokens == 0)
+            return v;
+    }
+    return NULL;
+}
+
+/* ---- placing one sequence in the batch -------------------------------------------- */
+
+static int32_t blocks_for(kvrt_engine *e, const kvrt_eseq *s, int32_t n, kvrt_status *st)
+{
+    int32_t need = 0;
+    *st = kvrt_bm_blocks_needed(e->bm, s->bm_seq, n, &need);
+    return need;
+}
+
+/* Appends the chunk to the block manager (copy-on-write applied at once) and
+ * enters the sequence in the step. */
+static kvrt_status place(kvrt_engine *e, kvrt_eseq *s, int32_t n, int32_t *budget)
+{
+    int32_t off = e->sched_tokens_total;
+    kvrt_bm_append_result res;
+    kvrt_status st = kvrt_bm_append(e->bm, s->bm_seq, s->tokens + s->num_computed, n, e->slot_scratch + off, &res);
+    if (st != KVRT_OK)
+        return bm_err(e, st);
+    if (res.n_copies > 0) {
+        st = e->runner.ops->copy_blocks(e->runner.self, (const int32_t(*)[2])res.copies, res.n_copies, &e->err);
+        if (st != KVRT_OK) {
+            requeue_recompute(e, s);
+            return st;
+        }
+    }
+    s->sched_tokens = n;
+    s->sched_slot_off = off;
+    s->sched_decode = s->len > s->req->p.n_prompt && s->num_computed == s->len - 1;
+    e->sched[e->n_sched++] = s;
+    e->sched_tokens_total += n;
+    *budget -= n;
+    if (s->req->t.first_scheduled < 0)
+        s->req->t.first_scheduled = kvrt_engine_now(e);
+    return KVRT_OK;
+}
+
+/* Fits up to n tokens of a resident sequence: preempts younger unscheduled
+ * sequences when allowed, else shrinks the chunk. *fit receives what fits (0: none). */
+static kvrt_status fit_tokens(kvrt_engine *e, kvrt_eseq *s, int32_t n, int may_preempt, int32_t *fit)
+{
+    kvrt_status st = KVRT_OK;
+    for (;;) {
+        int32_t need = blocks_for(e, s, n, &st);
+        if (st != KVRT_OK)
+            return bm_err(e, st);
+        if (need <= free_blocks(e))
+            break;
+        kvrt_eseq *victim = may_preempt ? pick_victim(e, s) : NULL;
+        if (!victim)
+            break;
+        KVRT_TRY(preempt(e, victim));
+    }
+    while (n > 0) {
+        int32_t need = blocks_for(e, s, n, &st);
+        if (st != KVRT_OK)
+            return bm_err(e, st);
+        if (need <= free_blocks(e))
+            break;
+        n--;
+    }
+    *fit = n;
+    return KVRT_OK;
+}
+
+static int room(const kvrt_engine *e, int32_t budget)
+{
+    return budget > 0 && e->n_sched < e->p.max_seqs;
+}
+
+static int is_decode(const kvrt_eseq *s)
+{
+    return s->len > s->req->p.n_prompt && s->num_computed == s->len - 1;
+}
+
+/* Phase A: running sequences of one kind (decodes or partial prefills), in admission order. */
+static kvrt_status schedule_running(kvrt_engine *e, int decodes, int32_t *budget)
+{
+    int32_t i = 0;
+    while (i < e->running.n && room(e, *budget)) {
+        kvrt_eseq *s = e->running.v[i];
+        if (s->sched_tokens > 0 || is_decode(s) != decodes) {
+            i++;
+            continue;
+        }
+        int32_t fit = 0;
+        KVRT_TRY(fit_tokens(e, s, KVRT_MIN(s->len - s->num_computed, *budget), 1, &fit));
+        if (fit > 0) {
+            KVRT_TRY(place(e, s, fit, budget));
+            i++;
+        } else if (decodes) {
+            /* Nobody younger to take blocks from: step aside for the older ones. */
+            KVRT_TRY(preempt(e, s));
+        } else {
+            i++;
+        }
+    }
+    return KVRT_OK;
+}
+
+/* Phase B: swapped-out sequences come back in arrival order while they fit. */
+static kvrt_status schedule_swapped(kvrt_engine *e, int32_t *budget)
+{
+    while (e->swapped.n > 0 && room(e, *budget)) {
+        kvrt_eseq *s = e->swapped.v[0];
+        kvrt_bm_seq_info info;
+        if (kvrt_bm_get_seq_info(e->bm, s->bm_seq, &info) != KVRT_OK)
+            return bm_err(e, KVRT_ERR_INTERNAL);
+        int32_t n = KVRT_MIN(s->len - s->num_computed, *budget);
+        int32_t entries = (s->num_computed + n + e->p.block_size - 1) / e->p.block_size;
+        if (info.num_blocks + KVRT_MAX(0, entries - info.num_entries) > free_blocks(e))
+            break;
+        int32_t np = 0;
+        kvrt_status st = kvrt_bm_swap_in(e->bm, s->bm_seq, e->pairs, e->max_blocks_per_seq, &np);
+        if (st != KVRT_OK)
+            return bm_err(e, st);
+        for (int32_t k = 0; k < np; k++) {
+            st = e->runner.ops->write_block(e->runner.self, e->pairs[k][1],
+                                            e->host_tier + (size_t)e->pairs[k][0] * e->runner.block_bytes, &e->err);
+            if (st != KVRT_OK) {
+                requeue_recompute(e, s);
+                return st;
+            }
+        }
+        kvrt_seq_list_remove(&e->swapped, s);
+        s->state = KVRT_SEQ_RUNNING;
+        s->admit_stamp = e->next_admit++;
+        kvrt_seq_list_insert(&e->running, s, 1);
+        int32_t fit = 0;
+        KVRT_TRY(fit_tokens(e, s, n, 0, &fit));
+        if (fit > 0)
+            KVRT_TRY(place(e, s, fit, budget));
+    }
+    return KVRT_OK;
+}
+
+/* Admits the head of the waiting queue if its first chunk fits; *admitted = 0 otherwise. */
+static kvrt_status admit_one(kvrt_engine *e, kvrt_eseq *s, int32_t *budget, int *admitted)
+{
+    *admitted = 0;
+    kvrt_status st = kvrt_bm_seq_create(e->bm, 0, &s->bm_seq);
+    if (st != KVRT_OK)
+        return bm_err(e, st);
+    int32_t matched = 0;
+    /* The last known token is always computed: its logits pick the next one. */
+    st = kvrt_bm_match_prefix(e->bm, s->bm_seq, s->tokens, s->len - 1, &matched);
+    int32_t fit = 0;
+    if (st == KVRT_OK) {
+        s->num_computed = matched;
+        st = fit_tokens(e, s, KVRT_MIN(s->len - matched, *budget), 0, &fit);
+    } else {
+        st = bm_err(e, st);
+    }
+    if (st != KVRT_OK || fit == 0) {
+        (void)kvrt_bm_seq_free(e->bm, s->bm_seq);
+        s->bm_seq = -1;
+        s->num_computed = 0;
+        return st;
+    }
+    if (e->p.enable_prefix_cache) {
+        e->m.prefix_lookups++;
+        e->m.prefix_query_tokens += s->len - 1;
+        e->m.prefix_hit_tokens += matched;
+    }
+    if (!s->req->looked_up) {
+        s->req->looked_up = 1;
+        s->req->n_cached_prompt = matched;
+    }
+    kvrt_seq_list_remove(&e->waiting, s);
+    s->state = KVRT_SEQ_RUNNING;
+    s->admit_stamp = e->next_admit++;
+    kvrt_seq_list_insert(&e->running, s, 1);
+    *admitted = 1;
+    return place(e, s, fit, budget);
+}
+
+kvrt_status kvrt_sched_schedule(kvrt_engine *e, kvrt_step_info *info)
+{
+    int32_t budget = e->p.max_batched_tokens;
+    e->n_sched = 0;
+    e->sched_tokens_total = 0;
+    e->preempted_now = 0;
+    for (int32_t i = 0; i < e->running.n; i++)
+        e->running.v[i]->sched_tokens = 0;
+
+    KVRT_TRY(schedule_running(e, 1, &budget));
+    KVRT_TRY(schedule_running(e, 0, &budget));
+    /* After a preemption nothing new comes in this step (it would only be
+     * preempted again); swapped-out sequences are older than waiting ones. */
+    if (e->preempted_now == 0)
+        KVRT_TRY(schedule_swapped(e, &budget));
+    if (e->preempted_now == 0 && e->swapped.n == 0) {
+        int admitted = 1;
+        while (admitted && e->waiting.n > 0 && room(e, budget))
+            KVRT_TRY(admit_one(e, e->waiting.v[0], &budget, &admitted));
+    }
+    info->num_preempted = e->preempted_now;
+    return KVRT_OK;
+}
+
+/* ---- running the batch ---------------------------------------------------------- */
+
+/* Lays out the batch arrays: decodes first, then prefill chunks, each in scheduling order. */
+static kvrt_status build_batch(kvrt_engine *e, kvrt_step_batch *b, kvrt_step_info *info)
+{
+    int32_t ns = 0, nt = 0, nl = 0;
+    for (int pass = 1; pass >= 0; pass--)
+        for (int32_t i = 0; i < e->n_sched; i++)
+            if (e->sched[i]->sched_decode == pass)
+                e->b_order[ns++] = e->sched[i];
+    for (int32_t k = 0; k < ns; k++) {
+        kvrt_eseq *s = e->b_order[k];
+        int32_t n = s->sched_tokens, start = s->num_computed;
+        e->b_qsl[k] = nt;
+        for (int32_t j = 0; j < n; j++) {
+            e->b_tokens[nt + j] = s->tokens[start + j];
+            e->b_pos[nt + j] = start + j;
+            e->b_slots[nt + j] = e->slot_scratch[s->sched_slot_off + j];
+        }
+        nt += n;
+        e->b_seq_lens[k] = start + n;
+        e->b_bm_seqs[k] = s->bm_seq;
+        if (start + n == s->len)
+            e->b_logits_idx[nl++] = nt - 1;
+        if (s->sched_decode) {
+            info->num_decode_seqs++;
+            info->decode_tokens += n;
+        } else {
+            info->prefill_tokens += n;
+        }
+    }
+    e->b_qsl[ns] = nt;
+    kvrt_status st = kvrt_bm_block_tables(e->bm, e->b_bm_seqs, ns, e->b_tables, e->max_blocks_per_seq);
+    if (st != KVRT_OK)
+        return bm_err(e, st);
+    memset(b, 0, sizeof(*b));
+    b->num_seqs = ns;
+    b->num_decode_seqs = info->num_decode_seqs;
+    b->num_tokens = nt;
+    b->tokens = e->b_tokens;
+    b->positions = e->b_pos;
+    b->slot_mapping = e->b_slots;
+    b->query_start_loc = e->b_qsl;
+    b->seq_lens = e->b_seq_lens;
+    b->block_tables = e->b_tables;
+    b->max_blocks_per_seq = e->max_blocks_per_seq;
+    b->logits_indices = e->b_logits_idx;
+    b->num_logits = nl;
+    info->num_seqs = ns;
+    info->num_tokens = nt;
+    return KVRT_OK;
+}
+
+/* A failed step may have left registered blocks without their K/V: drop the
+ * prefix cache and recompute every sequence the step had placed. */
+void kvrt_sched_recover(kvrt_engine *e)
+{
+    (void)kvrt_bm_reset_prefix_cache(e->bm);
+    for (int32_t i = 0; i < e->n_sched; i++)
+        requeue_recompute(e, e->sched[i]);
+    e->n_sched = 0;
+}
+
+static void record_kv_utilization(kvrt_engine *e)
+{
+    int64_t stored = 0, capacity = 0;
+    for (int32_t i = 0; i < e->running.n; i++) {
+        kvrt_bm_seq_info info;
+        if (kvrt_bm_get_seq_info(e->bm, e->running.v[i]->bm_seq, &info) != KVRT_OK)
+            continue;
+        stored += info.stored_tokens;
+        capacity += (int64_t)info.num_blocks * e->p.block_size;
+    }
+    double u = capacity ? (double)stored / (double)capacity : 0.0;
+    e->m.kv_utilization_last = u;
+    e->kv_util_sum += u;
+}
+
+/* Creates samples 1..n-1 of a request from sample 0, whose prompt is now computed. */
+static kvrt_status fork_samples(kvrt_engine *e, kvrt_eseq *parent)
+{
+    kvrt_request *r = parent->req;
+    for (int32_t i = 1; i < r->p.n; i++) {
+        kvrt_eseq *c = &r->seqs[i];
+        kvrt_status st = kvrt_bm_seq_fork(e->bm, parent->bm_seq, &c->bm_seq);
+        if (st != KVRT_OK) {
+            for (int32_t k = 1; k < i; k++) {
+                kvrt_seq_list_remove(&e->running, &r->seqs[k]);
+                (void)kvrt_bm_seq_free(e->bm, r->seqs[k].bm_seq);
+                r->seqs[k].bm_seq = -1;
+                r->seqs[k].state = KVRT_SEQ_FINISHED;
+            }
+            c->bm_seq = -1;
+            return bm_err(e, st);
+        }
+        memcpy(c->tokens, parent->tokens, (size_t)parent->len * sizeof(int32_t));
+        c->len = parent->len;
+        c->num_computed = parent->num_computed;
+        c->admit_stamp = parent->admit_stamp;
+        c->state = KVRT_SEQ_RUNNING;
+        c->sched_tokens = 0;
+        kvrt_seq_list_insert(&e->running, c, 1);
+    }
+    r->forked = 1;
+    return KVRT_OK;
+}
+
+static kvrt_finish_reason stop_reason(const kvrt_engine *e, const kvrt_eseq *s, int32_t token)
+{
+    const kvrt_request_params *p = &s->req->p;
+    if (!p->ignore_eos && e->p.eos_id >= 0 && token == e->p.eos_id)
+        return KVRT_FINISH_EOS;
+    for (int32_t i = 0; i < p->n_stop_tokens; i++)
+        if (p->stop_tokens[i] == token)
+            return KVRT_FINISH_STOP_TOKEN;
+    if (s->len >= s->cap)
+        return KVRT_FINISH_LENGTH;
+    return KVRT_FINISH_NONE;
+}
+
+/* Samples the next token of s from a row of logits and applies stop rules. */
+static kvrt_status emit(kvrt_engine *e, kvrt_eseq *s, const float *row, double now, int32_t *finished)
+{
+    int32_t tok = 0;
+    KVRT_TRY(kvrt_engine_sample(e, s, row, &tok));
+    s->tokens[s->len++] = tok;
+    e->m.generated_tokens++;
+    kvrt_request *r = s->req;
+    if (r->t.first_token < 0)
+        r->t.first_token = now;
+    kvrt_finish_reason why = stop_reason(e, s, tok);
+    if (r->p.on_token)
+        r->p.on_token(r->p.user, r->id, s->index, tok, why);
+    if (why != KVRT_FINISH_NONE) {
+        kvrt_engine_finish_seq(e, s, why, 0);
+        *finished += r->n_live == 0;
+    }
+    return KVRT_OK;
+}
+
+/* Advances every sequence of the batch and samples where a row came back.
+ * A failure (fork out of host memory, unusable logits) sends that sequence
+ * back to be computed again and is reported after the others are done. */
+static kvrt_status consume_logits(kvrt_engine *e, const kvrt_step_batch *b, kvrt_step_info *info)
+{
+    double now = kvrt_engine_now(e);
+    kvrt_status first = KVRT_OK;
+    int32_t row = 0;
+    for (int32_t k = 0; k < b->num_seqs; k++) {
+        kvrt_eseq *s = e->b_order[k];
+        int32_t n = s->sched_tokens;
+        s->sched_tokens = 0;
+        s->num_computed += n;
+        if (s->num_computed != s->len)
+            continue;
+        const float *logits = e->logits + (size_t)row++ * (size_t)e->runner.n_vocab;
+        kvrt_request *r = s->req;
+        int32_t fork_now = r->p.n > 1 && !r->forked;
+        kvrt_status st = fork_now ? fork_samples(e, s) : KVRT_OK;
+        if (st != KVRT_OK) {
+            requeue_recompute(e, s);
+            first = first == KVRT_OK ? st : first;
+            continue;
+        }
+        for (int32_t i = fork_now ? 0 : s->index; i <= (fork_now ? r->p.n - 1 : s->index); i++) {
+            kvrt_eseq *t = &r->seqs[i];
+            st = emit(e, t, logits, now, &info->num_finished);
+            if (st != KVRT_OK) {
+                requeue_recompute(e, t);
+                first = first == KVRT_OK ? st : first;
+            }
+        }
+    }
+    return first;
+}
+
+kvrt_status kvrt_sched_run(kvrt_engine *e, kvrt_step_info *info)
+{
+    kvrt_step_batch b;
+    kvrt_status st = build_batch(e, &b, info);
+    if (st == KVRT_OK)
+        st = e->runner.ops->forward(e->runner.self, &b, e->logits, &e->err);
+    if (st != KVRT_OK) {
+        kvrt_sched_recover(e);
+        return st;
+    }
+    e->m.steps++;
+    e->m.prefill_tokens += info->prefill_tokens;
+    e->m.decode_tokens += info->decode_tokens;
+    const kvrt_allocator *a = e->alloc;
+    (void)kvrt_series_push(&e->s_step_tokens, a, info->num_tokens);
+    (void)kvrt_series_push(&e->s_step_seqs, a, info->num_seqs);
+    (void)kvrt_series_push(&e->s_step_prefill, a, info->prefill_tokens);
+    (void)kvrt_series_push(&e->s_step_decode, a, info->decode_tokens);
+    record_kv_utilization(e);
+    return consume_logits(e, &b, info);
+}
