@@ -127,9 +127,11 @@ static void tile(micro_fn micro, int64_t kc, const float *a, const float *b, flo
         return;
     }
     float t[MR * NR] __attribute__((aligned(32)));
-    if (accumulate)
+    if (accumulate) {
+        memset(t, 0, sizeof(t)); /* the lanes past the edge are computed too, then dropped */
         for (int64_t i = 0; i < mr; i++)
             memcpy(t + i * NR, c + i * ldc, (size_t)nr * sizeof(float));
+    }
     micro(kc, a, b, t, NR, accumulate);
     for (int64_t i = 0; i < mr; i++)
         memcpy(c + i * ldc, t + i * NR, (size_t)nr * sizeof(float));
