@@ -8,7 +8,8 @@
  *  - Y starts as NaN: the kernel must write it, not accumulate onto it;
  *  - splitting the rows or the tokens over several calls (as thread-pool
  *    tasks do) gives the very same bits;
- *  - NaN and Inf in one token reach that token's outputs only. */
+ *  - NaN and Inf in one token reach that token's outputs only;
+ *  - through the backend: no scratch memory is KVRT_ERR_OUT_OF_HOST_MEMORY. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -20,6 +21,8 @@
 #include <string.h>
 
 #include "cpu_gemm.h"
+#include "cpu_internal.h"
+#include "common/quant.h"
 #include "ref_ops.h"
 
 #define NMSE_MAX 1e-6
@@ -302,6 +305,84 @@ static void test_nonfinite_stays_in_its_token(void **state)
     operands_free(&o);
 }
 
+/* ---- scratch allocation failure, through the backend ------------------------------------ */
+
+/* Refuses blocks of at least `limit` bytes (the matmul scratch) while armed;
+ * small ones (buffer records) pass. */
+typedef struct refusing_alloc {
+    size_t limit;
+    int refused;
+} refusing_alloc;
+
+static void *refusing_alloc_fn(void *user, size_t size, size_t alignment)
+{
+    refusing_alloc *r = user;
+    if (size >= r->limit) {
+        r->refused++;
+        return NULL;
+    }
+    return aligned_alloc(alignment, (size + alignment - 1) / alignment * alignment);
+}
+
+static void refusing_free_fn(void *user, void *ptr)
+{
+    (void)user;
+    free(ptr);
+}
+
+static void test_scratch_failure_is_reported(void **state)
+{
+    (void)state;
+    enum { N_OUT = 64, N_IN = 64, N_TOK = 4 };
+    refusing_alloc r = {.limit = (size_t)-1};
+    const kvrt_allocator alloc = {refusing_alloc_fn, refusing_free_fn, &r};
+    kvrt_context_params p = kvrt_context_default_params();
+    p.n_threads = 2;
+    p.allocator = &alloc;
+    kvrt_backend *be = NULL;
+    assert_int_equal(kvrt_cpu_backend_create(&p, &be, NULL), KVRT_OK);
+    static float w[N_OUT * N_IN], x[N_TOK * N_IN], y[N_TOK * N_OUT];
+    static char wq[2][N_OUT * N_IN * sizeof(float)]; /* the weights as F32 and as Q8_0 */
+    static const kvrt_dtype types[] = {KVRT_DTYPE_F32, KVRT_DTYPE_Q8_0};
+    for (size_t i = 0; i < N_OUT * N_IN; i++)
+        w[i] = (float)(i % 7) * 0.01f;
+    for (size_t i = 0; i < N_TOK * N_IN; i++)
+        x[i] = 1.0f;
+    kvrt_buffer *bw[2], *bx, *by;
+    for (size_t t = 0; t < KVRT_ARRAY_LEN(types); t++) {
+        const size_t row = kvrt_dtype_row_bytes(types[t], N_IN);
+        for (int o = 0; o < N_OUT; o++)
+            kvrt_quantize_row(types[t], w + o * N_IN, wq[t] + o * row, N_IN);
+        assert_int_equal(be->ops->buffer_wrap_host(be, wq[t], sizeof(wq[t]), &bw[t]), KVRT_OK);
+    }
+    assert_int_equal(be->ops->buffer_wrap_host(be, x, sizeof(x), &bx), KVRT_OK);
+    assert_int_equal(be->ops->buffer_wrap_host(be, y, sizeof(y), &by), KVRT_OK);
+    for (size_t t = 0; t < KVRT_ARRAY_LEN(types); t++) {
+        r.limit = KVRT_CPU_GEMM_SCRATCH_FLOATS * sizeof(float); /* below 2 threads' scratch */
+        r.refused = 0;
+        for (size_t i = 0; i < N_TOK * N_OUT; i++)
+            y[i] = CANARY;
+        kvrt_status s = be->ops->matmul(be, types[t], (kvrt_view){bw[t], 0}, N_OUT, N_IN, (kvrt_view){bx, 0}, N_IN,
+                                        (kvrt_view){by, 0}, N_OUT, N_TOK);
+        assert_int_equal(s, KVRT_ERR_OUT_OF_HOST_MEMORY);
+        assert_int_equal(r.refused, 1);
+        assert_non_null(strstr(be->err.message, "scratch"));
+        for (size_t i = 0; i < N_TOK * N_OUT; i++)
+            assert_true(y[i] == CANARY);
+        r.limit = (size_t)-1; /* the same call succeeds once memory is there */
+        assert_int_equal(be->ops->matmul(be, types[t], (kvrt_view){bw[t], 0}, N_OUT, N_IN, (kvrt_view){bx, 0}, N_IN,
+                                         (kvrt_view){by, 0}, N_OUT, N_TOK),
+                         KVRT_OK);
+        for (size_t i = 0; i < N_TOK * N_OUT; i++) /* x is all ones: every token gets W's row sums, ~1.9 */
+            assert_true(y[i] == y[i % N_OUT] && fabsf(y[i] - (float)(3 * N_IN) * 0.01f) < 0.5f);
+    }
+    be->ops->buffer_destroy(be, bw[0]);
+    be->ops->buffer_destroy(be, bw[1]);
+    be->ops->buffer_destroy(be, bx);
+    be->ops->buffer_destroy(be, by);
+    be->ops->destroy(be);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -309,6 +390,7 @@ int main(void)
         cmocka_unit_test(test_split_is_bitwise_identical),
         cmocka_unit_test(test_flavours_agree),
         cmocka_unit_test(test_nonfinite_stays_in_its_token),
+        cmocka_unit_test(test_scratch_failure_is_reported),
     };
     return cmocka_run_group_tests_name("cpu_gemm", tests, NULL, NULL);
 }
