@@ -1,27 +1,36 @@
 /* y[t][o] = sum_i W[o][i] * x[t][i] on the CPU.
  *
- *  - F32 weights: serial OpenBLAS (sgemv for one token, sgemm for more) on
- *    slices of output rows, one slice per pool task.
+ *  - F32 weights, one token: serial OpenBLAS sgemv on slices of output rows,
+ *    one slice per pool task (sgemv keeps its state on the stack: reentrant).
+ *  - F32 weights, several tokens: kvrt's own GEMM (cpu_gemm.c) on slices of
+ *    output rows. Not OpenBLAS sgemm: Debian's serial build is not reentrant
+ *    (concurrent calls corrupt each other's results), and a lock around it
+ *    made prefill single-core.
  *  - F16/BF16/Q8_0/Q4_0, one token (decode): own GEMV kernels that read the
  *    stored blocks once (bandwidth-bound: the point is to stream W at memory speed).
  *  - F16/BF16/Q8_0/Q4_0, several tokens: each task dequantizes a tile of W rows
  *    into per-thread F32 scratch (sized to stay in L2) and multiplies all
- *    tokens with it through sgemm, so W is read once per call, never expanded whole.
+ *    tokens with it through the same GEMM, so W is read once per call, never
+ *    expanded whole.
  *
  * The split into tasks depends on the shapes only, never on the thread count,
  * and each output element is computed by one task with a fixed summation
- * order: results are bitwise identical for any number of threads. */
+ * order (the GEMM's order does not even depend on the split): results are
+ * bitwise identical for any number of threads. */
 #include "cpu_ops_internal.h"
+
+#include "cpu_gemm.h"
 
 #include "common/quant.h"
 
 #include <cblas.h>
-#include <pthread.h>
 #include <limits.h>
 
 #define MM_GEMV_MAX_TASKS 64           /* enough to balance 2..16 threads */
 #define MM_GEMV_MIN_TASK_BYTES 32768   /* below this the task overhead shows */
-#define MM_F32_MIN_TASK_FLOPS 262144   /* 2 * rows * n_in * n_tokens */
+#define MM_SGEMV_MIN_TASK_FLOPS 262144 /* 2 * rows * n_in */
+#define MM_GEMM_MAX_TASKS 16           /* each task packs all of x again: few, large tasks */
+#define MM_GEMM_MIN_ROWS 64            /* W rows per GEMM task: 128 flops per packed x value */
 #define MM_TILE_BYTES (512u * 1024u)   /* F32 tile of W per thread, inside L2 */
 #define MM_TILE_MIN_ROWS 16
 #define MM_TILE_MAX_ROWS 256
@@ -36,9 +45,12 @@ typedef struct mm_job {
     int64_t y_stride;
     int32_t n_tokens;
     int64_t rows_per_task;
+    kvrt_cpu_isa isa;
     kvrt_cpu_dot_fn dot;
     kvrt_cpu_dequant_fn dequant;
-    float *scratch;     /* [n_threads][rows_per_task][n_in] for the tiled path */
+    float *scratch;          /* [n_threads][scratch_floats]: W tile (tiled path), then GEMM packing */
+    size_t scratch_floats;   /* per thread, a multiple of 16 (64-byte aligned slices) */
+    size_t tile_floats;      /* [rows_per_task][n_in] for the tiled path, else 0 */
 } mm_job;
 
 static int64_t ceil_div(int64_t a, int64_t b)
@@ -51,22 +63,11 @@ static int64_t task_rows(const mm_job *j, int64_t task)
     return KVRT_MIN(j->rows_per_task, j->n_out - task * j->rows_per_task);
 }
 
-/* ---- F32: OpenBLAS on row slices ------------------------------------------------- */
+/* ---- F32 ------------------------------------------------------------------------------ */
 
-/* Debian's serial OpenBLAS (0.3.21) is not reentrant in sgemm: two threads
- * calling it at once corrupt each other's results (measured: thousands of
- * wrong products in 400,000 concurrent 32x64x64 calls; sgemv, which keeps its
- * buffer on the stack, is fine). OpenBLAS's state is per process, so the lock
- * is too: the one piece of global state in kvrt, guarding a library's. */
-static pthread_mutex_t sgemm_lock = PTHREAD_MUTEX_INITIALIZER;
-
-static void locked_sgemm(int64_t m, int64_t n, int64_t k, const float *x, int64_t x_stride, const float *w,
-                         int64_t w_stride, float *y, int64_t y_stride)
+static float *thread_scratch(const mm_job *j, int thread)
 {
-    pthread_mutex_lock(&sgemm_lock);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)m, (blasint)n, (blasint)k, 1.0f, x,
-                (blasint)x_stride, w, (blasint)w_stride, 0.0f, y, (blasint)y_stride);
-    pthread_mutex_unlock(&sgemm_lock);
+    return j->scratch + (size_t)thread * j->scratch_floats;
 }
 
 static void mm_f32_task(void *arg, int64_t task, int thread)
@@ -79,8 +80,9 @@ static void mm_f32_task(void *arg, int64_t task, int thread)
                     j->x, 1, 0.0f, j->y + o0, 1);
         return;
     }
-    /* Y[t][o0 + r] = sum_i X[t][i] * W[o0 + r][i]:  M = tokens, N = rows, K = n_in */
-    locked_sgemm(j->n_tokens, rows, j->n_in, j->x, j->x_stride, w, j->n_in, j->y + o0, j->y_stride);
+    /* Y[t][o0 + r] = sum_i X[t][i] * W[o0 + r][i] */
+    kvrt_cpu_gemm(j->isa, j->n_tokens, rows, j->n_in, j->x, j->x_stride, w, j->n_in, j->y + o0, j->y_stride,
+                  thread_scratch(j, thread));
 }
 
 /* ---- quantized / half weights, one token ----------------------------------------- */
@@ -100,11 +102,12 @@ static void mm_tiled_task(void *arg, int64_t task, int thread)
 {
     const mm_job *j = arg;
     const int64_t o0 = task * j->rows_per_task, rows = task_rows(j, task);
-    float *tile = j->scratch + (size_t)thread * (size_t)j->rows_per_task * (size_t)j->n_in; /* [rows][n_in] */
+    float *tile = thread_scratch(j, thread); /* [rows][n_in] */
     const char *w = j->w + (size_t)o0 * j->row_bytes;
     for (int64_t r = 0; r < rows; r++, w += j->row_bytes)
         j->dequant(w, tile + r * j->n_in, j->n_in);
-    locked_sgemm(j->n_tokens, rows, j->n_in, j->x, j->x_stride, tile, j->n_in, j->y + o0, j->y_stride);
+    kvrt_cpu_gemm(j->isa, j->n_tokens, rows, j->n_in, j->x, j->x_stride, tile, j->n_in, j->y + o0, j->y_stride,
+                  tile + j->tile_floats);
 }
 
 /* ---- argument checks ------------------------------------------------------------------ */
@@ -130,7 +133,7 @@ static kvrt_status mm_check_shape(kvrt_backend *be, kvrt_dtype wtype, int64_t n_
     if (y_stride < n_out)
         return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "matmul: y_stride %lld < n_out %lld",
                          (long long)y_stride, (long long)n_out);
-    /* OpenBLAS takes 32-bit dimensions and leading dimensions */
+    /* OpenBLAS (sgemv) takes 32-bit dimensions and leading dimensions */
     if (n_out > INT_MAX || n_in > INT_MAX || x_stride > INT_MAX || y_stride > INT_MAX)
         return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "matmul: dimensions or strides above %d", INT_MAX);
     return KVRT_OK;
@@ -159,13 +162,50 @@ static kvrt_status mm_check(kvrt_backend *be, kvrt_dtype wtype, kvrt_view w, int
 
 /* ---- dispatch ------------------------------------------------------------------------------ */
 
+/* Allocates per-thread scratch: tile_floats of W tile (0 for F32), then the
+ * GEMM's packing buffers; freed by the caller with kvrt_free. */
+static kvrt_status mm_alloc_scratch(kvrt_backend *be, mm_job *j, size_t tile_floats)
+{
+    _Static_assert(KVRT_CPU_GEMM_SCRATCH_FLOATS % 16 == 0, "per-thread slices stay 64-byte aligned");
+    const size_t n_threads = (size_t)kvrt_cpu(be)->n_threads;
+    size_t tile, per_thread, floats, bytes;
+    /* the tile rounded up to 16 floats: the GEMM wants its packing 32-byte aligned */
+    if (!kvrt_add_size(tile_floats, 15, &tile) ||
+        !kvrt_add_size(tile / 16 * 16, KVRT_CPU_GEMM_SCRATCH_FLOATS, &per_thread) ||
+        !kvrt_mul_size(n_threads, per_thread, &floats) || !kvrt_mul_size(floats, sizeof(float), &bytes))
+        return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "matmul: scratch size overflows");
+    j->tile_floats = tile / 16 * 16;
+    j->scratch_floats = per_thread;
+    j->scratch = kvrt_alloc(be->alloc, bytes, 64);
+    if (!j->scratch)
+        return kvrt_fail(&be->err, KVRT_ERR_OUT_OF_HOST_MEMORY, "matmul: cannot allocate %zu bytes of scratch",
+                         bytes);
+    return KVRT_OK;
+}
+
+/* n_tokens multiply-adds per W value: the pool is woken only when that is worth it. */
+static int64_t mm_work(const mm_job *j)
+{
+    return j->n_out * j->n_in * j->n_tokens;
+}
+
+static kvrt_status mm_run_sgemv(kvrt_backend *be, mm_job *j)
+{
+    int64_t min_rows = ceil_div(MM_SGEMV_MIN_TASK_FLOPS, 2 * j->n_in);
+    int64_t rows = KVRT_MAX(ceil_div(j->n_out, MM_GEMV_MAX_TASKS), min_rows);
+    j->rows_per_task = ceil_div(rows, 16) * 16; /* whole SIMD panels for sgemv */
+    kvrt_threadpool_run(kvrt_cpu(be)->pool, ceil_div(j->n_out, j->rows_per_task), mm_f32_task, j);
+    return KVRT_OK;
+}
+
 static kvrt_status mm_run_f32(kvrt_backend *be, mm_job *j)
 {
-    int64_t flops_per_row = 2 * j->n_in * j->n_tokens;
-    int64_t min_rows = ceil_div(MM_F32_MIN_TASK_FLOPS, flops_per_row);
-    int64_t rows = KVRT_MAX(ceil_div(j->n_out, MM_GEMV_MAX_TASKS), min_rows);
-    j->rows_per_task = ceil_div(rows, 16) * 16; /* whole SIMD panels for sgemm */
-    kvrt_threadpool_run(kvrt_cpu(be)->pool, ceil_div(j->n_out, j->rows_per_task), mm_f32_task, j);
+    int64_t rows = KVRT_MAX(ceil_div(j->n_out, MM_GEMM_MAX_TASKS), MM_GEMM_MIN_ROWS);
+    j->rows_per_task = ceil_div(rows, KVRT_CPU_GEMM_NR) * KVRT_CPU_GEMM_NR; /* whole register tiles */
+    KVRT_TRY(mm_alloc_scratch(be, j, 0));
+    kvrt_threadpool_run_sized(kvrt_cpu(be)->pool, ceil_div(j->n_out, j->rows_per_task), mm_work(j), mm_f32_task,
+                              j);
+    kvrt_free(be->alloc, j->scratch);
     return KVRT_OK;
 }
 
@@ -182,16 +222,12 @@ static kvrt_status mm_run_tiled(kvrt_backend *be, mm_job *j)
     int64_t rows = (int64_t)(MM_TILE_BYTES / sizeof(float)) / j->n_in;
     rows = KVRT_MIN(KVRT_MAX(rows / 16 * 16, MM_TILE_MIN_ROWS), MM_TILE_MAX_ROWS);
     j->rows_per_task = KVRT_MIN(rows, j->n_out);
-    const int n_threads = kvrt_cpu(be)->n_threads;
-    size_t floats, bytes;
-    if (!kvrt_mul_size((size_t)n_threads * (size_t)j->rows_per_task, (size_t)j->n_in, &floats) ||
-        !kvrt_mul_size(floats, sizeof(float), &bytes))
+    size_t tile_floats;
+    if (!kvrt_mul_size((size_t)j->rows_per_task, (size_t)j->n_in, &tile_floats))
         return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "matmul: scratch size overflows");
-    j->scratch = kvrt_alloc(be->alloc, bytes, 64);
-    if (!j->scratch)
-        return kvrt_fail(&be->err, KVRT_ERR_OUT_OF_HOST_MEMORY, "matmul: cannot allocate %zu bytes of tile scratch",
-                         bytes);
-    kvrt_threadpool_run(kvrt_cpu(be)->pool, ceil_div(j->n_out, j->rows_per_task), mm_tiled_task, j);
+    KVRT_TRY(mm_alloc_scratch(be, j, tile_floats));
+    kvrt_threadpool_run_sized(kvrt_cpu(be)->pool, ceil_div(j->n_out, j->rows_per_task), mm_work(j), mm_tiled_task,
+                              j);
     kvrt_free(be->alloc, j->scratch);
     return KVRT_OK;
 }
@@ -213,11 +249,12 @@ kvrt_status kvrt_cpu_matmul(kvrt_backend *be, kvrt_dtype wtype, kvrt_view w, int
         .y = kvrt_cpu_ptr(y),
         .y_stride = y_stride,
         .n_tokens = n_tokens,
+        .isa = isa,
         .dot = kvrt_cpu_dot_kernel(isa, wtype),
         .dequant = kvrt_cpu_dequant_kernel(isa, wtype),
     };
     if (wtype == KVRT_DTYPE_F32)
-        return mm_run_f32(be, &j);
+        return n_tokens == 1 ? mm_run_sgemv(be, &j) : mm_run_f32(be, &j);
     if (n_tokens == 1)
         return mm_run_gemv(be, &j);
     return mm_run_tiled(be, &j);
