@@ -6,6 +6,7 @@
 #include "backend/attn_check.h"
 #include "common/fp16.h"
 #include "cpu_attention.h"
+#include "cpu_ops_internal.h"
 
 #include <math.h>
 #include <string.h>
@@ -212,9 +213,11 @@ static const kvrt_cpu_attn_kernels kernels_avx2 = {
     "avx2+fma+f16c", scores_avx2, accum_avx2, h2f_avx2, f2h_avx2,
 };
 
+/* One detection for every CPU kernel family (clang does not know "f16c" in
+ * __builtin_cpu_supports; cpu_kernels.c asks cpuid and memoises). */
 static bool cpu_has_avx2(void)
 {
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    return kvrt_cpu_best_isa() == KVRT_CPU_ISA_AVX2;
 }
 #endif
 
