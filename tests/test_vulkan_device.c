@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <setjmp.h>
 #include <cmocka.h>
+#include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,7 +20,17 @@
 #define ALL_FEATURES                                                                                \
     (KVRT_FEATURE_BUFFER_DEVICE_ADDRESS | KVRT_FEATURE_FP16 | KVRT_FEATURE_INT8 | KVRT_FEATURE_SUBGROUPS)
 
-static uint32_t g_disabled; /* features disabled in this pass */
+static uint32_t g_disabled;
+
+/* The loader unloads the driver and the validation layer with each instance;
+ * pinning them keeps their symbols for LeakSanitizer, whose suppressions
+ * (tests/lsan.supp) name those libraries. Not needed for the tests themselves. */
+static void pin_driver_modules(void)
+{
+    static const char *libs[] = {"libvulkan_lvp.so", "libVkLayer_khronos_validation.so"};
+    for (size_t i = 0; i < sizeof(libs) / sizeof(libs[0]); i++)
+        (void)dlopen(libs[i], RTLD_NOW | RTLD_NODELETE);
+} /* features disabled in this pass */
 
 static kvrt_backend *vk_open(uint64_t budget)
 {
@@ -241,6 +252,7 @@ static int pass_none(void **state)
 
 int main(void)
 {
+    pin_driver_modules();
     const struct CMUnitTest tests[] = {
         BOTH(test_create_describe),
         cmocka_unit_test(test_unavailable),
