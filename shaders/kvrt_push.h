@@ -67,4 +67,23 @@ typedef float kvrt_f32;
     kvrt_u32 tile_k;         /* prefill: key rows per tile */                      \
     kvrt_u32 n_tile_groups;  /* prefill: workgroups striding over query tiles */
 
+/* model ops: a, b, c are the bindings 2..4 (word offsets, element strides) */
+#define KVRT_PUSH_OPS                                                              \
+    kvrt_u32 n_tokens;   /* rows */                                                \
+    kvrt_u32 dim;        /* row length (matmul: n_in) */                           \
+    kvrt_u32 n_out;      /* matmul: output rows; add: element count */            \
+    kvrt_u32 wtype;      /* 0 F32, 1 F16, 2 BF16 (matmul, embed) */               \
+    kvrt_u32 a_off;                                                                \
+    kvrt_u32 a_stride;                                                             \
+    kvrt_u32 b_off;                                                                \
+    kvrt_u32 b_stride;                                                             \
+    kvrt_u32 c_off;                                                                \
+    kvrt_u32 c_stride;                                                             \
+    kvrt_f32 eps;                                                                  \
+    kvrt_u32 n_heads;    /* rope */                                                \
+    kvrt_u32 head_dim;                                                             \
+    kvrt_u32 rot_dim;                                                              \
+    kvrt_u32 neox;                                                                 \
+    kvrt_u32 max_pos;
+
 #endif /* KVRT_PUSH_H */

@@ -385,6 +385,14 @@ static const kvrt_backend_ops vk_ops = {
     .kv_write = kvrt_vk_kv_write,
     .attn_decode = kvrt_vk_attn_decode,
     .attn_prefill = kvrt_vk_attn_prefill,
+    .matmul = kvrt_vk_matmul,
+    .rmsnorm = kvrt_vk_rmsnorm,
+    .rope = kvrt_vk_rope,
+    .swiglu = kvrt_vk_swiglu,
+    .add = kvrt_vk_add,
+    .embed = kvrt_vk_embed,
+    .gather_rows = kvrt_vk_gather_rows,
+    .argmax = kvrt_vk_argmax,
 };
 
 static void vk_describe(kvrt_vk_backend *vk)

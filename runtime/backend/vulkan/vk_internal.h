@@ -63,6 +63,14 @@ typedef enum kvrt_vk_pipe_id {
     KVRT_VK_PIPE_ATTN_DECODE,
     KVRT_VK_PIPE_ATTN_MERGE,
     KVRT_VK_PIPE_ATTN_PREFILL,
+    KVRT_VK_PIPE_MATMUL,
+    KVRT_VK_PIPE_RMSNORM,
+    KVRT_VK_PIPE_ADD,
+    KVRT_VK_PIPE_SWIGLU,
+    KVRT_VK_PIPE_ROPE,
+    KVRT_VK_PIPE_EMBED,
+    KVRT_VK_PIPE_GATHER,
+    KVRT_VK_PIPE_ARGMAX,
     KVRT_VK_PIPE_COUNT
 } kvrt_vk_pipe_id;
 
@@ -185,5 +193,22 @@ kvrt_status kvrt_vk_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t la
 kvrt_status kvrt_vk_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
                                  kvrt_view q, kvrt_view out, kvrt_view query_start_loc, kvrt_view seq_lens,
                                  kvrt_view block_tables);
+
+/* ---- model ops (vk_ops.c) ---- */
+kvrt_status kvrt_vk_matmul(kvrt_backend *be, kvrt_dtype wtype, kvrt_view w, int64_t n_out, int64_t n_in, kvrt_view x,
+                           int64_t x_stride, kvrt_view y, int64_t y_stride, int32_t n_tokens);
+kvrt_status kvrt_vk_rmsnorm(kvrt_backend *be, kvrt_view x, int64_t x_stride, kvrt_view w, kvrt_view y,
+                            int64_t y_stride, int32_t n_tokens, int32_t dim, float eps);
+kvrt_status kvrt_vk_rope(kvrt_backend *be, kvrt_view x, kvrt_view positions, kvrt_view cos_sin,
+                         const kvrt_rope_desc *d);
+kvrt_status kvrt_vk_swiglu(kvrt_backend *be, kvrt_view gate, int64_t gate_stride, kvrt_view up, int64_t up_stride,
+                           kvrt_view out, int64_t out_stride, int32_t n_tokens, int32_t dim);
+kvrt_status kvrt_vk_add(kvrt_backend *be, kvrt_view a, kvrt_view b, kvrt_view out, int64_t n);
+kvrt_status kvrt_vk_embed(kvrt_backend *be, kvrt_dtype wtype, kvrt_view table, int64_t dim, kvrt_view ids,
+                          int32_t n_tokens, kvrt_view out);
+kvrt_status kvrt_vk_gather_rows(kvrt_backend *be, kvrt_view src, int64_t src_stride, kvrt_view idx, int32_t n,
+                                kvrt_view dst, int64_t dst_stride, int32_t dim);
+kvrt_status kvrt_vk_argmax(kvrt_backend *be, kvrt_view x, int64_t stride, int32_t n_rows, int32_t n_cols,
+                           kvrt_view out);
 
 #endif /* KVRT_VK_INTERNAL_H */

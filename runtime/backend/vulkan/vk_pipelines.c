@@ -7,30 +7,49 @@
 #include "shaders/attn_decode.spv.h"
 #include "shaders/attn_merge.spv.h"
 #include "shaders/attn_prefill.spv.h"
+#include "shaders/argmax.spv.h"
+#include "shaders/elementwise.spv.h"
 #include "shaders/kv_write.spv.h"
+#include "shaders/matmul.spv.h"
+#include "shaders/rmsnorm.spv.h"
+#include "shaders/rope.spv.h"
+#include "shaders/rows.spv.h"
 
 /* Push-constant structs are the shaders' blocks, field for field. */
 typedef struct kvrt_push_kv_write { KVRT_PUSH_KV_WRITE } kvrt_push_kv_write;
 typedef struct kvrt_push_attn { KVRT_PUSH_ATTN } kvrt_push_attn;
+typedef struct kvrt_push_ops { KVRT_PUSH_OPS } kvrt_push_ops;
 _Static_assert(sizeof(kvrt_push_kv_write) == 12 * 4, "kv_write push constants: 12 words");
 _Static_assert(offsetof(kvrt_push_kv_write, slot_off) == 44, "std430 offset of slot_off");
 _Static_assert(sizeof(kvrt_push_attn) == 25 * 4, "attention push constants: 25 words");
 _Static_assert(offsetof(kvrt_push_attn, scale) == 40, "std430 offset of scale");
 _Static_assert(offsetof(kvrt_push_attn, n_tile_groups) == 96, "std430 offset of n_tile_groups");
+_Static_assert(sizeof(kvrt_push_ops) == 16 * 4, "op push constants: 16 words");
+_Static_assert(offsetof(kvrt_push_ops, eps) == 40, "std430 offset of eps");
 _Static_assert(sizeof(kvrt_push_attn) <= 128, "push constants fit the guaranteed 128 bytes");
 
 typedef struct vk_pipe_desc {
     const char *name;
     const uint32_t *code;
     size_t bytes;
-    bool smem_spec; /* specialisation constant 0 = shared floats */
+    int spec;       /* constant_id 0: -1 none, -2 shared floats for the device, else this value */
 } vk_pipe_desc;
 
+#define VK_SPV(name) kvrt_spv_##name, sizeof(kvrt_spv_##name)
+
 static const vk_pipe_desc vk_pipe_table[KVRT_VK_PIPE_COUNT] = {
-    [KVRT_VK_PIPE_KV_WRITE] = {"kv_write", kvrt_spv_kv_write, sizeof(kvrt_spv_kv_write), false},
-    [KVRT_VK_PIPE_ATTN_DECODE] = {"attn_decode", kvrt_spv_attn_decode, sizeof(kvrt_spv_attn_decode), false},
-    [KVRT_VK_PIPE_ATTN_MERGE] = {"attn_merge", kvrt_spv_attn_merge, sizeof(kvrt_spv_attn_merge), false},
-    [KVRT_VK_PIPE_ATTN_PREFILL] = {"attn_prefill", kvrt_spv_attn_prefill, sizeof(kvrt_spv_attn_prefill), true},
+    [KVRT_VK_PIPE_KV_WRITE] = {"kv_write", VK_SPV(kv_write), -1},
+    [KVRT_VK_PIPE_ATTN_DECODE] = {"attn_decode", VK_SPV(attn_decode), -1},
+    [KVRT_VK_PIPE_ATTN_MERGE] = {"attn_merge", VK_SPV(attn_merge), -1},
+    [KVRT_VK_PIPE_ATTN_PREFILL] = {"attn_prefill", VK_SPV(attn_prefill), -2},
+    [KVRT_VK_PIPE_MATMUL] = {"matmul", VK_SPV(matmul), -1},
+    [KVRT_VK_PIPE_RMSNORM] = {"rmsnorm", VK_SPV(rmsnorm), -1},
+    [KVRT_VK_PIPE_ADD] = {"add", VK_SPV(elementwise), 0},
+    [KVRT_VK_PIPE_SWIGLU] = {"swiglu", VK_SPV(elementwise), 1},
+    [KVRT_VK_PIPE_ROPE] = {"rope", VK_SPV(rope), -1},
+    [KVRT_VK_PIPE_EMBED] = {"embed", VK_SPV(rows), 0},
+    [KVRT_VK_PIPE_GATHER] = {"gather_rows", VK_SPV(rows), 1},
+    [KVRT_VK_PIPE_ARGMAX] = {"argmax", VK_SPV(argmax), -1},
 };
 
 uint32_t kvrt_vk_prefill_smem_floats(const kvrt_vk_backend *vk)
@@ -66,13 +85,13 @@ kvrt_status kvrt_vk_pipeline(kvrt_vk_backend *vk, kvrt_vk_pipe_id id, VkPipeline
     if (r != VK_SUCCESS)
         return kvrt_fail(&vk->base.err, KVRT_ERR_KERNEL_BUILD, "vulkan: shader %s rejected (VkResult %d)", d->name,
                          (int)r);
-    uint32_t smem = kvrt_vk_prefill_smem_floats(vk);
+    uint32_t smem = d->spec == -2 ? kvrt_vk_prefill_smem_floats(vk) : (uint32_t)d->spec;
     VkSpecializationMapEntry me = {.constantID = 0, .offset = 0, .size = sizeof(uint32_t)};
     VkSpecializationInfo si = {.mapEntryCount = 1, .pMapEntries = &me, .dataSize = sizeof(smem), .pData = &smem};
     VkComputePipelineCreateInfo ci = {
         .sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO,
         .stage = {.sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO, .stage = VK_SHADER_STAGE_COMPUTE_BIT,
-                  .module = mod, .pName = "main", .pSpecializationInfo = d->smem_spec ? &si : NULL},
+                  .module = mod, .pName = "main", .pSpecializationInfo = d->spec != -1 ? &si : NULL},
         .layout = vk->pipe_layout};
     r = vk->vk.vkCreateComputePipelines(vk->device, VK_NULL_HANDLE, 1, &ci, NULL, &vk->pipes[id]);
     vk->vk.vkDestroyShaderModule(vk->device, mod, NULL);
