@@ -351,6 +351,32 @@ static void test_embed_gather_argmax(void **state)
     free(x), free(g), free(am);
 }
 
+/* A long step: more dispatches than one descriptor pool holds, each reading
+ * the previous one's output; a bad call inside the step fails alone. */
+static void test_long_step(void **state)
+{
+    const int64_t n = 1000;
+    const int steps = 150;
+    float *one = malloc(sizeof(float) * n);
+    for (int64_t i = 0; i < n; i++)
+        one[i] = (float)(i % 7);
+    kvrt_buffer *ab = up(one, sizeof(float) * n), *xb = up(one, sizeof(float) * n);
+    kvrt_view av = {ab, 0}, xv = {xb, 0}, bad = {xb, 2};
+    assert_int_equal(g_be->ops->begin(g_be), KVRT_OK);
+    for (int i = 0; i < steps; i++)
+        assert_int_equal(g_be->ops->add(g_be, xv, av, xv, n), KVRT_OK); /* x += a, in place */
+    assert_int_equal(g_be->ops->add(g_be, bad, av, xv, n - 1), KVRT_ERR_INVALID_ARGUMENT); /* misaligned */
+    assert_non_null(strstr(g_be->err.message, "aligned"));
+    assert_int_equal(g_be->ops->submit(g_be), KVRT_OK);
+    float *x = malloc(sizeof(float) * n);
+    assert_int_equal(g_be->ops->buffer_download(g_be, xb, 0, x, sizeof(float) * n), KVRT_OK);
+    for (int64_t i = 0; i < n; i++)
+        assert_true(x[i] == (float)((i % 7) * (steps + 1))); /* small integers: exact */
+    g_be->ops->buffer_destroy(g_be, ab);
+    g_be->ops->buffer_destroy(g_be, xb);
+    free(one), free(x);
+}
+
 int main(void)
 {
     pin_driver_modules();
@@ -359,6 +385,7 @@ int main(void)
         cmocka_unit_test(test_norm_swiglu_add),
         cmocka_unit_test(test_rope),
         cmocka_unit_test(test_embed_gather_argmax),
+        cmocka_unit_test(test_long_step),
     };
     int fails = cmocka_run_group_tests_name("vulkan_ops (all features)", tests, setup_all, teardown);
     fails += cmocka_run_group_tests_name("vulkan_ops (no optional features)", tests, setup_none, teardown);
