@@ -34,3 +34,6 @@ add_custom_target(kvrt_shaders DEPENDS ${KVRT_SHADER_HEADERS})
 # generated SPIR-V headers (configure_file re-copies it when it changes).
 configure_file(${CMAKE_CURRENT_SOURCE_DIR}/shaders/kvrt_push.h
   ${CMAKE_CURRENT_BINARY_DIR}/generated/kvrt_push.h COPYONLY)
+
+# Private names for volk's globals (see volk_rename.cmake).
+include(${CMAKE_CURRENT_LIST_DIR}/volk_rename.cmake)

@@ -51,7 +51,8 @@ void main()
     for (uint t0 = p0; t0 < p1; t0 += WG) {
         uint j = t0 + tid;
         int blk = -1;
-        if (j < p1 && kvrt_visible(qpos, j)) {
+        // keys past the block table (seq_lens larger than the table) are never read
+        if (j < p1 && j / pc.block_size < pc.max_blocks && kvrt_visible(qpos, j)) {
             blk = int(b5.w[pc.bt_off + seq * pc.max_blocks + j / pc.block_size]);
             if (blk < 0 || uint(blk) >= pc.num_blocks)
                 blk = -1;

@@ -16,7 +16,7 @@ void main()
     uint D = pc.head_dim;
     uint stride = D + 2u;
     uint len = b4.w[pc.seq_lens_off + seq];
-    uint nparts = (len + pc.part_tokens - 1u) / pc.part_tokens;
+    uint nparts = min((len + pc.part_tokens - 1u) / pc.part_tokens, pc.max_parts);
     uint base = (seq * pc.n_heads + head) * pc.max_parts * stride;
     float m = KVRT_NEG;
     for (uint p = 0u; p < nparts; p++)

@@ -60,7 +60,7 @@ void main()
             if (tid < BK) {
                 uint j = k0 + tid;
                 int blk = -1;
-                if (j <= imax) {
+                if (j <= imax && j / pc.block_size < pc.max_blocks) {
                     blk = int(b5.w[pc.bt_off + seq * pc.max_blocks + j / pc.block_size]);
                     if (blk < 0 || uint(blk) >= pc.num_blocks)
                         blk = -1;

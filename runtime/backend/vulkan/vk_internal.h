@@ -7,6 +7,7 @@
 #include "backend/vulkan/vk_backend.h"
 #include "kvrt_push.h"
 
+#include "kvrt_volk_names.h" /* kvrt_-prefixed names for volk's globals */
 #include <volk.h>
 
 /* ---- device ---- */
