@@ -361,9 +361,6 @@ static kvrt_status vk_buffer_download(kvrt_backend *be, kvrt_buffer *src, size_t
     return kvrt_vk_download(kvrt_vk(be), src, off, dst, size);
 }
 
-kvrt_status kvrt_vk_buffer_copy(kvrt_backend *be, kvrt_buffer *src, size_t src_offset, kvrt_buffer *dst,
-                                size_t dst_offset, size_t size);
-
 static const kvrt_backend_ops vk_ops = {
     .interface_version = KVRT_BACKEND_INTERFACE_VERSION,
     .name = "vulkan",

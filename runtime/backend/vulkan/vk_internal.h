@@ -130,7 +130,9 @@ kvrt_status kvrt_vk_result(kvrt_vk_backend *vk, VkResult r, const char *what);
 /* ---- memory (vk_memory.c) ---- */
 kvrt_status kvrt_vk_memory_init(kvrt_vk_backend *vk);
 void kvrt_vk_memory_finish(kvrt_vk_backend *vk);
-/* seg_bytes 0 = largest the device allows (and the debug limit). */
+/* seg_bytes 0 = largest the device allows (and the debug limit). Device
+ * buffers count against the memory budget; host-visible ones (staging,
+ * readback: system memory on a discrete GPU) do not. */
 kvrt_status kvrt_vk_buffer_create_seg(kvrt_vk_backend *vk, size_t size, size_t seg_bytes, unsigned flags,
                                       kvrt_buffer **out);
 void kvrt_vk_buffer_free(kvrt_vk_backend *vk, kvrt_buffer *b);
@@ -142,8 +144,14 @@ kvrt_status kvrt_vk_view_seg(kvrt_vk_backend *vk, kvrt_view v, size_t bytes, con
                              uint32_t *seg, uint32_t *word_off);
 /* Grows vk->scratch to at least `bytes`. Only between submits. */
 kvrt_status kvrt_vk_scratch_reserve(kvrt_vk_backend *vk, size_t bytes);
+/* Immediate (like kv_block_read/write): they run at once, through their own
+ * command buffer, not in the open step; data a recorded op writes is
+ * readable after submit(). */
 kvrt_status kvrt_vk_upload(kvrt_vk_backend *vk, kvrt_buffer *dst, size_t offset, const void *src, size_t size);
 kvrt_status kvrt_vk_download(kvrt_vk_backend *vk, kvrt_buffer *src, size_t offset, void *dst, size_t size);
+/* The buffer_copy entry: recorded (its own step when none is open). */
+kvrt_status kvrt_vk_buffer_copy(kvrt_backend *be, kvrt_buffer *src, size_t src_offset, kvrt_buffer *dst,
+                                size_t dst_offset, size_t size);
 
 /* ---- pipelines (vk_pipelines.c) ---- */
 kvrt_status kvrt_vk_pipelines_init(kvrt_vk_backend *vk);

@@ -218,6 +218,8 @@ kvrt_status kvrt_vk_kv_write(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer
     KVRT_TRY(kvrt_vk_view_seg(vk, slot_mapping, (size_t)n_tokens * 4, "kv_write slot_mapping", &bind.seg[2],
                               &pc.slot_off));
     uint64_t total = (uint64_t)n_tokens * (uint64_t)row / (pc.f16 ? 2 : 1);
+    if (total > UINT32_MAX)
+        return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "kv_write: %d tokens in one call is too many", (int)n_tokens);
     uint32_t groups = (uint32_t)KVRT_MIN((total + 63) / 64, (uint64_t)vk->caps.max_wg_count[0]);
     bool implicit;
     KVRT_TRY(kvrt_vk_acquire(vk, &implicit));

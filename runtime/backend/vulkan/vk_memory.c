@@ -216,7 +216,7 @@ static kvrt_status vk_transfer(kvrt_vk_backend *vk, kvrt_buffer *b, size_t off, 
             else
                 memcpy(h, (char *)seg->map + so, n);
         } else {
-            n = KVRT_MIN(n, vk->staging->size);
+            n = KVRT_MIN(n, (size_t)vk->staging->segs[0].size);
             void *st = vk->staging->segs[0].map;
             if (up)
                 memcpy(st, h, n);
