@@ -9,7 +9,7 @@ if(n EQUAL 0 OR NOT rem EQUAL 0)
 endif()
 string(REGEX REPLACE "(..)(..)(..)(..)" "0x\\4\\3\\2\\1u," words "${hex}")
 string(REGEX REPLACE "((0x........u,){8})" "\\1\n    " words "${words}")
-file(WRITE ${HDR}.tmp "/* generated from ${NAME}.comp by cmake/embed_spirv.cmake: do not edit */\n"
+file(WRITE ${HDR}.tmp "/* generated (${NAME}) by cmake/embed_spirv.cmake: do not edit */\n"
   "#include <stdint.h>\n"
   "static const uint32_t kvrt_spv_${NAME}[] = {\n    ${words}\n};\n")
 file(RENAME ${HDR}.tmp ${HDR})

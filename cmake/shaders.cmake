@@ -6,18 +6,21 @@ set(KVRT_SHADER_OUT ${CMAKE_CURRENT_BINARY_DIR}/generated/shaders)
 file(MAKE_DIRECTORY ${KVRT_SHADER_OUT})
 file(GLOB KVRT_SHADER_SOURCES CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/shaders/*.comp)
 
+# Shaders that touch KV pools are built a second time with -DKVRT_BDA: the
+# variant that reaches pool segments through buffer device addresses.
+set(KVRT_BDA_SHADERS kv_write attn_decode attn_prefill)
+
 set(KVRT_SHADER_HEADERS)
-foreach(src ${KVRT_SHADER_SOURCES})
-  get_filename_component(name ${src} NAME_WE)
+function(kvrt_add_shader src name defines)
   set(spv ${KVRT_SHADER_OUT}/${name}.spv)
   set(hdr ${KVRT_SHADER_OUT}/${name}.spv.h)
   add_custom_command(
     OUTPUT ${spv}
-    COMMAND ${KVRT_GLSLC} -O --target-env=vulkan1.2 -MD -MF ${spv}.d
+    COMMAND ${KVRT_GLSLC} -O --target-env=vulkan1.2 -MD -MF ${spv}.d ${defines}
             -I ${CMAKE_CURRENT_SOURCE_DIR}/shaders -o ${spv} ${src}
     DEPENDS ${src}
     DEPFILE ${spv}.d
-    COMMENT "glslc ${name}.comp"
+    COMMENT "glslc ${name}"
     VERBATIM)
   add_custom_command(
     OUTPUT ${hdr}
@@ -26,7 +29,15 @@ foreach(src ${KVRT_SHADER_SOURCES})
     DEPENDS ${spv} ${CMAKE_CURRENT_SOURCE_DIR}/cmake/embed_spirv.cmake
     COMMENT "embed ${name}.spv"
     VERBATIM)
-  list(APPEND KVRT_SHADER_HEADERS ${hdr})
+  set(KVRT_SHADER_HEADERS ${KVRT_SHADER_HEADERS} ${hdr} PARENT_SCOPE)
+endfunction()
+
+foreach(src ${KVRT_SHADER_SOURCES})
+  get_filename_component(name ${src} NAME_WE)
+  kvrt_add_shader(${src} ${name} "")
+  if(name IN_LIST KVRT_BDA_SHADERS)
+    kvrt_add_shader(${src} ${name}_bda "-DKVRT_BDA")
+  endif()
 endforeach()
 add_custom_target(kvrt_shaders DEPENDS ${KVRT_SHADER_HEADERS})
 

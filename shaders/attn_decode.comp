@@ -1,4 +1,8 @@
 #version 450
+#ifdef KVRT_BDA // pools through buffer device addresses (built twice, see cmake/shaders.cmake)
+#extension GL_EXT_buffer_reference : require
+#extension GL_EXT_buffer_reference_uvec2 : require
+#endif
 // Paged decode attention, pass 1 (split-K). One workgroup owns one
 // (sequence, KV head, group of query heads, partition of part_tokens keys):
 // it reads each K/V row of its partition once for all its query heads, keeps

@@ -1,4 +1,8 @@
 #version 450
+#ifdef KVRT_BDA // pools through buffer device addresses (built twice, see cmake/shaders.cmake)
+#extension GL_EXT_buffer_reference : require
+#extension GL_EXT_buffer_reference_uvec2 : require
+#endif
 // Tiled prefill attention: a workgroup owns one (sequence, query head) and
 // walks that sequence's query tiles (tile_q rows, striding by n_tile_groups
 // workgroups); for each, key tiles of tile_k rows come through the block

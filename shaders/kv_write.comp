@@ -1,4 +1,8 @@
 #version 450
+#ifdef KVRT_BDA // pools through buffer device addresses (built twice, see cmake/shaders.cmake)
+#extension GL_EXT_buffer_reference : require
+#extension GL_EXT_buffer_reference_uvec2 : require
+#endif
 // Writes token K/V rows into the pools at their slots (slot < 0: padding).
 // b2 = k, b3 = v, b4 = slot_mapping. One invocation per (token, kv head, word).
 #include "kvrt_push.h"

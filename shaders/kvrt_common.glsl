@@ -2,13 +2,24 @@
 // pool element access across segments, F16 conversion with round-to-nearest-
 // even (the CPU pool's rounding, so F16 blocks are byte-identical).
 //
-// Bindings: 0 = K pool segments, 1 = V pool segments, 2..6 = plain buffers.
+// Bindings: 0 = K pool segments, 1 = V pool segments (KVRT_BDA: their
+// address tables), 2..6 = plain buffers.
 // Every buffer is an array of 32-bit words; floats are bit casts.
 // Segments are indexed with constant indices only (switch), so no descriptor
 // indexing feature is needed.
 
+#ifdef KVRT_BDA
+// Buffer device addresses: binding 0 (1) holds the K (V) layer's segment base
+// addresses, so a pool may have any number of segments, each as large as one
+// allocation. Addresses are uvec2 (no 64-bit integer feature needed). The
+// shader enables GL_EXT_buffer_reference(_uvec2) right after #version.
+layout(buffer_reference, std430, buffer_reference_align = 4) buffer KvrtWords { uint w[]; };
+layout(std430, set = 0, binding = 0) buffer KAddr { uvec2 a[]; } kaddr[KVRT_VK_MAX_POOL_SEGS];
+layout(std430, set = 0, binding = 1) buffer VAddr { uvec2 a[]; } vaddr[KVRT_VK_MAX_POOL_SEGS];
+#else
 layout(std430, set = 0, binding = 0) buffer KPool { uint w[]; } kpool[KVRT_VK_MAX_POOL_SEGS];
 layout(std430, set = 0, binding = 1) buffer VPool { uint w[]; } vpool[KVRT_VK_MAX_POOL_SEGS];
+#endif
 layout(std430, set = 0, binding = 2) buffer B2 { uint w[]; } b2;
 layout(std430, set = 0, binding = 3) buffer B3 { uint w[]; } b3;
 layout(std430, set = 0, binding = 4) buffer B4 { uint w[]; } b4;
@@ -18,6 +29,12 @@ layout(std430, set = 0, binding = 6) buffer B6 { uint w[]; } b6;
 // "minus infinity" that stays finite, so exp() of differences never sees inf - inf
 const float KVRT_NEG = -3.0e38;
 
+#ifdef KVRT_BDA
+uint kpool_get(uint seg, uint i) { return KvrtWords(kaddr[0].a[seg]).w[i]; }
+uint vpool_get(uint seg, uint i) { return KvrtWords(vaddr[0].a[seg]).w[i]; }
+void kpool_set(uint seg, uint i, uint v) { KvrtWords(kaddr[0].a[seg]).w[i] = v; }
+void vpool_set(uint seg, uint i, uint v) { KvrtWords(vaddr[0].a[seg]).w[i] = v; }
+#else
 #define KVRT_SEG_CASES(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
 
 uint kpool_get(uint seg, uint i)
@@ -49,6 +66,7 @@ void vpool_set(uint seg, uint i, uint v)
     switch (seg) { KVRT_SEG_CASES(KVRT_C) }
 #undef KVRT_C
 }
+#endif
 
 // Element index, inside its segment, of (block, kv head, offset in block, dim 0).
 uint pool_row(uint blk, uint h, uint off)

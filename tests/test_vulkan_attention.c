@@ -89,11 +89,13 @@ static kvrt_buffer *dev_buf(kvrt_backend *be, const void *data, size_t bytes)
     return b;
 }
 
-/* Pool with a segment limit that splits each layer into about three segments. */
+static int32_t g_seg_blocks; /* blocks per pool segment; 0 = a third of the pool */
+
+/* Pool with a segment limit that splits each layer into several segments. */
 static kvrt_kv_pool *make_pool(kvrt_backend *be, const kvrt_kv_pool_desc *d)
 {
     size_t bb = kvrt_kv_block_bytes(d);
-    size_t per = ((size_t)d->num_blocks + 2) / 3;
+    size_t per = g_seg_blocks ? (size_t)g_seg_blocks : ((size_t)d->num_blocks + 2) / 3;
     kvrt_vk_set_max_segment(be, bb * per);
     kvrt_kv_pool *pool;
     kvrt_status s = be->ops->kv_pool_create(be, d, &pool);
@@ -460,6 +462,33 @@ static void test_prefill(void **state)
     vk_close(be);
 }
 
+/* More segments than descriptors can bind: buffer device addresses reach
+ * them all; without the feature the pool is refused with a clear message. */
+static void test_many_segments(void **state)
+{
+    kvrt_backend *be = vk_open();
+    static const vcase cases[] = {
+        {64, 4, 2, 8, KVRT_DTYPE_F16, 0, 0, false, 2, {130, 61}, {0}},
+        {32, 4, 1, 16, KVRT_DTYPE_F32, 0, 0, true, 1, {150}, {90}},
+    };
+    if (kvrt_vk_features(be) & KVRT_FEATURE_BUFFER_DEVICE_ADDRESS) {
+        g_seg_blocks = 2; /* 14 to 15 segments per layer */
+        for (size_t i = 0; i < KVRT_ARRAY_LEN(cases); i++)
+            run_case(be, &cases[i], 300 + i);
+        g_seg_blocks = 0;
+    } else {
+        kvrt_kv_pool_desc d = {.n_layers = 1, .n_kv_heads = 2, .head_dim = 64, .block_size = 8, .num_blocks = 30,
+                               .dtype = KVRT_DTYPE_F32};
+        kvrt_vk_set_max_segment(be, 2 * kvrt_kv_block_bytes(&d));
+        kvrt_kv_pool *pool = (kvrt_kv_pool *)&d;
+        assert_int_equal(be->ops->kv_pool_create(be, &d, &pool), KVRT_ERR_UNSUPPORTED);
+        assert_null(pool);
+        assert_non_null(strstr(be->err.message, "buffer device addresses"));
+        kvrt_vk_set_max_segment(be, 0);
+    }
+    vk_close(be);
+}
+
 static int pass_all(void **state)
 {
     g_disabled = 0;
@@ -482,6 +511,7 @@ int main(void)
         BOTH(test_kv_bytes_f16),
         BOTH(test_decode),
         BOTH(test_prefill),
+        BOTH(test_many_segments),
     };
     return cmocka_run_group_tests_name("vulkan_attention", tests, NULL, NULL);
 }

@@ -84,8 +84,8 @@ kvrt_status kvrt_vk_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t la
     if (scratch > SIZE_MAX / 2)
         return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "attn_decode: scratch too large");
 
-    kvrt_vk_bind bind = {.kpool = pool->k[layer], .vpool = pool->v[layer],
-                         .buf = {q.buf, NULL, seq_lens.buf, block_tables.buf, NULL}};
+    kvrt_vk_bind bind = {.buf = {q.buf, NULL, seq_lens.buf, block_tables.buf, NULL}};
+    kvrt_vk_pipe_id pipe = kvrt_vk_pool_bind(pool, layer, KVRT_VK_PIPE_ATTN_DECODE, &bind);
     KVRT_TRY(kvrt_vk_view_seg(vk, q, vk_rows(d->num_seqs, d->q_stride, row), "attn_decode q", &bind.seg[0],
                               &pc.q_off));
     uint32_t o_seg;
@@ -99,7 +99,7 @@ kvrt_status kvrt_vk_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t la
     kvrt_status s = kvrt_vk_scratch_reserve(vk, (size_t)scratch);
     if (s == KVRT_OK) {
         bind.buf[1] = vk->scratch;
-        s = kvrt_vk_dispatch(vk, KVRT_VK_PIPE_ATTN_DECODE, &bind, &pc, sizeof(pc), pc.max_parts,
+        s = kvrt_vk_dispatch(vk, pipe, &bind, &pc, sizeof(pc), pc.max_parts,
                              (uint32_t)pool->desc.n_kv_heads * (group / pc.heads_per_wg), (uint32_t)d->num_seqs);
     }
     if (s == KVRT_OK) {
@@ -153,8 +153,8 @@ kvrt_status kvrt_vk_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t l
         return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "attn_prefill: q holds no token row");
     uint64_t tiles = (max_tokens + pc.tile_q - 1) / pc.tile_q;
     pc.n_tile_groups = (uint32_t)KVRT_MIN(tiles, 64u);
-    kvrt_vk_bind bind = {.kpool = pool->k[layer], .vpool = pool->v[layer],
-                         .buf = {q.buf, out.buf, seq_lens.buf, block_tables.buf, query_start_loc.buf}};
+    kvrt_vk_bind bind = {.buf = {q.buf, out.buf, seq_lens.buf, block_tables.buf, query_start_loc.buf}};
+    kvrt_vk_pipe_id pipe = kvrt_vk_pool_bind(pool, layer, KVRT_VK_PIPE_ATTN_PREFILL, &bind);
     KVRT_TRY(kvrt_vk_view_seg(vk, q, vk_rows((int64_t)max_tokens, d->q_stride, row), "attn_prefill q", &bind.seg[0],
                               &pc.q_off));
     /* out must hold as many rows as q can (the kernel writes only real tokens) */
@@ -169,7 +169,7 @@ kvrt_status kvrt_vk_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t l
                               &bind.seg[4], &pc.qsl_off));
     bool implicit;
     KVRT_TRY(kvrt_vk_acquire(vk, &implicit));
-    kvrt_status s = kvrt_vk_dispatch(vk, KVRT_VK_PIPE_ATTN_PREFILL, &bind, &pc, sizeof(pc), pc.n_tile_groups,
+    kvrt_status s = kvrt_vk_dispatch(vk, pipe, &bind, &pc, sizeof(pc), pc.n_tile_groups,
                                      (uint32_t)d->n_heads, (uint32_t)d->num_seqs);
     return kvrt_vk_end_implicit(vk, implicit, s);
 }

@@ -36,6 +36,7 @@ typedef struct kvrt_vk_segment {
     VkDeviceMemory mem;
     VkDeviceSize size;  /* bytes kvrt addresses */
     VkDeviceSize alloc; /* bytes counted against the budget */
+    VkDeviceAddress addr; /* buffer device address (0 without the feature) */
     void *map; /* host-visible buffers: persistently mapped */
 } kvrt_vk_segment;
 
@@ -55,6 +56,9 @@ struct kvrt_kv_pool {
     uint32_t blocks_per_seg;
     kvrt_buffer **k; /* [n_layers] */
     kvrt_buffer **v; /* [n_layers] */
+    bool bda;        /* shaders reach segments through address tables: */
+    kvrt_buffer **k_addr; /* [n_layers] -> uvec2 segment base addresses */
+    kvrt_buffer **v_addr;
 };
 
 /* ---- pipelines ---- */
@@ -72,6 +76,9 @@ typedef enum kvrt_vk_pipe_id {
     KVRT_VK_PIPE_EMBED,
     KVRT_VK_PIPE_GATHER,
     KVRT_VK_PIPE_ARGMAX,
+    KVRT_VK_PIPE_KV_WRITE_BDA, /* pool shaders built with -DKVRT_BDA */
+    KVRT_VK_PIPE_ATTN_DECODE_BDA,
+    KVRT_VK_PIPE_ATTN_PREFILL_BDA,
     KVRT_VK_PIPE_COUNT
 } kvrt_vk_pipe_id;
 
@@ -130,7 +137,8 @@ kvrt_status kvrt_vk_result(kvrt_vk_backend *vk, VkResult r, const char *what);
 /* ---- memory (vk_memory.c) ---- */
 kvrt_status kvrt_vk_memory_init(kvrt_vk_backend *vk);
 void kvrt_vk_memory_finish(kvrt_vk_backend *vk);
-/* seg_bytes 0 = largest the device allows (and the debug limit). Device
+/* seg_bytes 0 = largest one binding allows (and the debug limit); pools pass
+ * their own, at most kvrt_vk_max_pool_segment(). Device
  * buffers count against the memory budget; host-visible ones (staging,
  * readback: system memory on a discrete GPU) do not. */
 kvrt_status kvrt_vk_buffer_create_seg(kvrt_vk_backend *vk, size_t size, size_t seg_bytes, unsigned flags,
@@ -138,6 +146,9 @@ kvrt_status kvrt_vk_buffer_create_seg(kvrt_vk_backend *vk, size_t size, size_t s
 void kvrt_vk_buffer_free(kvrt_vk_backend *vk, kvrt_buffer *b);
 /* Largest segment a buffer may use on this device (multiple of 256). */
 size_t kvrt_vk_max_segment(const kvrt_vk_backend *vk);
+/* Largest segment of a KV pool layer: one allocation with buffer device
+ * addresses, one storage binding without. */
+size_t kvrt_vk_max_pool_segment(const kvrt_vk_backend *vk);
 /* Segment holding [offset, offset + bytes) of a view, and the word offset
  * inside it; fails when the range crosses a segment or is not 4-byte aligned. */
 kvrt_status kvrt_vk_view_seg(kvrt_vk_backend *vk, kvrt_view v, size_t bytes, const char *what,
@@ -195,6 +206,9 @@ kvrt_status kvrt_vk_kv_block_read(kvrt_backend *be, kvrt_kv_pool *pool, int32_t 
 kvrt_status kvrt_vk_kv_block_write(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, kvrt_kv_which which,
                                    int32_t block, const void *src);
 kvrt_status kvrt_vk_kv_copy_blocks(kvrt_backend *be, kvrt_kv_pool *pool, const int32_t (*pairs)[2], int32_t n);
+/* Binds a pool layer (segments or address tables) and picks the pipeline
+ * variant that matches how the pool is addressed. */
+kvrt_vk_pipe_id kvrt_vk_pool_bind(const kvrt_kv_pool *pool, int32_t layer, kvrt_vk_pipe_id id, kvrt_vk_bind *bind);
 kvrt_status kvrt_vk_kv_write(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, kvrt_view k, int64_t k_stride,
                              kvrt_view v, int64_t v_stride, kvrt_view slot_mapping, int32_t n_tokens);
 kvrt_status kvrt_vk_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,

@@ -10,14 +10,12 @@ void kvrt_vk_kv_pool_destroy(kvrt_backend *be, kvrt_kv_pool *pool)
     if (!pool)
         return;
     kvrt_vk_backend *vk = kvrt_vk(be);
-    for (int32_t l = 0; l < pool->desc.n_layers; l++) {
-        if (pool->k)
-            kvrt_vk_buffer_free(vk, pool->k[l]);
-        if (pool->v)
-            kvrt_vk_buffer_free(vk, pool->v[l]);
+    kvrt_buffer **lists[] = {pool->k, pool->v, pool->k_addr, pool->v_addr};
+    for (size_t i = 0; i < KVRT_ARRAY_LEN(lists); i++) {
+        for (int32_t l = 0; lists[i] && l < pool->desc.n_layers; l++)
+            kvrt_vk_buffer_free(vk, lists[i][l]);
+        kvrt_free(be->alloc, lists[i]);
     }
-    kvrt_free(be->alloc, pool->k);
-    kvrt_free(be->alloc, pool->v);
     kvrt_free(be->alloc, pool);
 }
 
@@ -47,6 +45,28 @@ static kvrt_status vk_fill_zero(kvrt_vk_backend *vk, kvrt_buffer *b)
     return kvrt_vk_oneshot_run(vk);
 }
 
+/* One pool layer (K or V): zeroed segments, and with buffer device addresses
+ * a small table of their base addresses for the shaders. */
+static kvrt_status vk_layer_create(kvrt_vk_backend *vk, size_t bytes, size_t seg_bytes, kvrt_buffer **out,
+                                   kvrt_buffer **addr)
+{
+    KVRT_TRY(kvrt_vk_buffer_create_seg(vk, bytes, seg_bytes, KVRT_BUFFER_DEVICE, out));
+    KVRT_TRY(vk_fill_zero(vk, *out));
+    if (!addr)
+        return KVRT_OK;
+    kvrt_buffer *b = *out;
+    VkDeviceAddress *a = kvrt_calloc(vk->base.alloc, b->n_segs, sizeof(*a));
+    if (!a)
+        return kvrt_fail(&vk->base.err, KVRT_ERR_OUT_OF_HOST_MEMORY, "vulkan: out of host memory");
+    for (uint32_t i = 0; i < b->n_segs; i++)
+        a[i] = b->segs[i].addr; /* little-endian uvec2 in the shader */
+    kvrt_status s = kvrt_vk_buffer_create_seg(vk, b->n_segs * sizeof(*a), 0, KVRT_BUFFER_DEVICE, addr);
+    if (s == KVRT_OK)
+        s = kvrt_vk_upload(vk, *addr, 0, a, b->n_segs * sizeof(*a));
+    kvrt_free(vk->base.alloc, a);
+    return s;
+}
+
 kvrt_status kvrt_vk_kv_pool_create(kvrt_backend *be, const kvrt_kv_pool_desc *d, kvrt_kv_pool **out)
 {
     kvrt_vk_backend *vk = kvrt_vk(be);
@@ -55,34 +75,39 @@ kvrt_status kvrt_vk_kv_pool_create(kvrt_backend *be, const kvrt_kv_pool_desc *d,
     size_t block_bytes = kvrt_kv_block_bytes(d), layer_bytes;
     if (!kvrt_mul_size(block_bytes, (size_t)d->num_blocks, &layer_bytes))
         return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "vulkan: KV pool size overflows");
-    size_t per_seg = kvrt_vk_max_segment(vk) / block_bytes;
+    bool bda = vk->caps.bda;
+    size_t per_seg = kvrt_vk_max_pool_segment(vk) / block_bytes;
     if (per_seg == 0)
         return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "vulkan: one KV block (%zu bytes) exceeds a buffer segment",
                          block_bytes);
     per_seg = KVRT_MIN(per_seg, (size_t)d->num_blocks);
     size_t n_segs = ((size_t)d->num_blocks + per_seg - 1) / per_seg;
-    if (n_segs > KVRT_VK_MAX_POOL_SEGS)
+    if (!bda && n_segs > KVRT_VK_MAX_POOL_SEGS)
         return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED,
-                         "vulkan: a KV layer of %zu bytes needs %zu segments of %zu bytes; at most %d are bound",
-                         layer_bytes, n_segs, per_seg * block_bytes, KVRT_VK_MAX_POOL_SEGS);
+                         "vulkan: a KV layer of %zu bytes needs %zu segments of %zu bytes; at most %d are bound "
+                         "without buffer device addresses", layer_bytes, n_segs, per_seg * block_bytes,
+                         KVRT_VK_MAX_POOL_SEGS);
     kvrt_kv_pool *pool = kvrt_calloc(be->alloc, 1, sizeof(*pool));
     if (!pool)
         return kvrt_fail(&be->err, KVRT_ERR_OUT_OF_HOST_MEMORY, "vulkan: out of host memory");
     pool->desc = *d;
     pool->block_bytes = block_bytes;
     pool->blocks_per_seg = (uint32_t)per_seg;
-    pool->k = kvrt_calloc(be->alloc, (size_t)d->n_layers, sizeof(*pool->k));
-    pool->v = kvrt_calloc(be->alloc, (size_t)d->n_layers, sizeof(*pool->v));
-    kvrt_status s = pool->k && pool->v ? KVRT_OK
-                                       : kvrt_fail(&be->err, KVRT_ERR_OUT_OF_HOST_MEMORY, "vulkan: out of host memory");
+    pool->bda = bda;
+    size_t n = (size_t)d->n_layers;
+    pool->k = kvrt_calloc(be->alloc, n, sizeof(*pool->k));
+    pool->v = kvrt_calloc(be->alloc, n, sizeof(*pool->v));
+    if (bda) {
+        pool->k_addr = kvrt_calloc(be->alloc, n, sizeof(*pool->k_addr));
+        pool->v_addr = kvrt_calloc(be->alloc, n, sizeof(*pool->v_addr));
+    }
+    kvrt_status s = pool->k && pool->v && (!bda || (pool->k_addr && pool->v_addr))
+                        ? KVRT_OK
+                        : kvrt_fail(&be->err, KVRT_ERR_OUT_OF_HOST_MEMORY, "vulkan: out of host memory");
     for (int32_t l = 0; s == KVRT_OK && l < d->n_layers; l++) {
-        s = kvrt_vk_buffer_create_seg(vk, layer_bytes, per_seg * block_bytes, KVRT_BUFFER_DEVICE, &pool->k[l]);
+        s = vk_layer_create(vk, layer_bytes, per_seg * block_bytes, &pool->k[l], bda ? &pool->k_addr[l] : NULL);
         if (s == KVRT_OK)
-            s = kvrt_vk_buffer_create_seg(vk, layer_bytes, per_seg * block_bytes, KVRT_BUFFER_DEVICE, &pool->v[l]);
-        if (s == KVRT_OK)
-            s = vk_fill_zero(vk, pool->k[l]);
-        if (s == KVRT_OK)
-            s = vk_fill_zero(vk, pool->v[l]);
+            s = vk_layer_create(vk, layer_bytes, per_seg * block_bytes, &pool->v[l], bda ? &pool->v_addr[l] : NULL);
     }
     if (s != KVRT_OK) {
         kvrt_vk_kv_pool_destroy(be, pool);
@@ -90,6 +115,23 @@ kvrt_status kvrt_vk_kv_pool_create(kvrt_backend *be, const kvrt_kv_pool_desc *d,
     }
     *out = pool;
     return KVRT_OK;
+}
+
+kvrt_vk_pipe_id kvrt_vk_pool_bind(const kvrt_kv_pool *pool, int32_t layer, kvrt_vk_pipe_id id, kvrt_vk_bind *bind)
+{
+    if (!pool->bda) {
+        bind->kpool = pool->k[layer];
+        bind->vpool = pool->v[layer];
+        return id;
+    }
+    bind->kpool = pool->k_addr[layer];
+    bind->vpool = pool->v_addr[layer];
+    switch (id) {
+    case KVRT_VK_PIPE_KV_WRITE: return KVRT_VK_PIPE_KV_WRITE_BDA;
+    case KVRT_VK_PIPE_ATTN_DECODE: return KVRT_VK_PIPE_ATTN_DECODE_BDA;
+    case KVRT_VK_PIPE_ATTN_PREFILL: return KVRT_VK_PIPE_ATTN_PREFILL_BDA;
+    default: return id;
+    }
 }
 
 static kvrt_status vk_check_block(kvrt_vk_backend *vk, const kvrt_kv_pool *pool, int32_t layer, int32_t block)
@@ -212,7 +254,8 @@ kvrt_status kvrt_vk_kv_write(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer
     pc.n_tokens = (uint32_t)n_tokens;
     pc.k_stride = (uint32_t)k_stride;
     pc.v_stride = (uint32_t)v_stride;
-    kvrt_vk_bind bind = {.kpool = pool->k[layer], .vpool = pool->v[layer], .buf = {k.buf, v.buf, slot_mapping.buf}};
+    kvrt_vk_bind bind = {.buf = {k.buf, v.buf, slot_mapping.buf}};
+    kvrt_vk_pipe_id pipe = kvrt_vk_pool_bind(pool, layer, KVRT_VK_PIPE_KV_WRITE, &bind);
     KVRT_TRY(kvrt_vk_view_seg(vk, k, kb, "kv_write k", &bind.seg[0], &pc.k_off));
     KVRT_TRY(kvrt_vk_view_seg(vk, v, vb, "kv_write v", &bind.seg[1], &pc.v_off));
     KVRT_TRY(kvrt_vk_view_seg(vk, slot_mapping, (size_t)n_tokens * 4, "kv_write slot_mapping", &bind.seg[2],
@@ -223,6 +266,6 @@ kvrt_status kvrt_vk_kv_write(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer
     uint32_t groups = (uint32_t)KVRT_MIN((total + 63) / 64, (uint64_t)vk->caps.max_wg_count[0]);
     bool implicit;
     KVRT_TRY(kvrt_vk_acquire(vk, &implicit));
-    kvrt_status s = kvrt_vk_dispatch(vk, KVRT_VK_PIPE_KV_WRITE, &bind, &pc, sizeof(pc), groups, 1, 1);
+    kvrt_status s = kvrt_vk_dispatch(vk, pipe, &bind, &pc, sizeof(pc), groups, 1, 1);
     return kvrt_vk_end_implicit(vk, implicit, s);
 }

@@ -7,15 +7,26 @@
 
 #define KVRT_VK_STAGING_BYTES ((size_t)16 << 20)
 
-size_t kvrt_vk_max_segment(const kvrt_vk_backend *vk)
+static size_t vk_limit(const kvrt_vk_backend *vk, uint64_t lim)
 {
-    uint64_t lim = KVRT_MIN(vk->caps.max_storage_range, vk->caps.max_alloc);
     if (vk->debug.max_segment_bytes)
         lim = KVRT_MIN(lim, (uint64_t)vk->debug.max_segment_bytes);
     lim &= ~(uint64_t)255; /* keeps segment starts aligned for any binding offset */
     if (lim > SIZE_MAX)
         lim = SIZE_MAX & ~(size_t)255;
     return lim ? (size_t)lim : 256;
+}
+
+size_t kvrt_vk_max_segment(const kvrt_vk_backend *vk)
+{
+    return vk_limit(vk, KVRT_MIN(vk->caps.max_storage_range, vk->caps.max_alloc));
+}
+
+size_t kvrt_vk_max_pool_segment(const kvrt_vk_backend *vk)
+{
+    /* below 4 GiB: 32-bit word indices inside a segment stay exact */
+    uint64_t bda_lim = KVRT_MIN(vk->caps.max_alloc, ((uint64_t)4 << 30) - 256);
+    return vk->caps.bda ? vk_limit(vk, bda_lim) : kvrt_vk_max_segment(vk);
 }
 
 static uint32_t vk_find_type(const VkPhysicalDeviceMemoryProperties *mp, uint32_t bits, VkMemoryPropertyFlags want,
@@ -61,7 +72,8 @@ static kvrt_status vk_segment_create(kvrt_vk_backend *vk, size_t bytes, unsigned
 {
     VkBufferCreateInfo bi = {.sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO, .size = (bytes + 15) & ~(size_t)15,
                              .usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_SRC_BIT |
-                                      VK_BUFFER_USAGE_TRANSFER_DST_BIT,
+                                      VK_BUFFER_USAGE_TRANSFER_DST_BIT |
+                                      (vk->caps.bda ? VK_BUFFER_USAGE_SHADER_DEVICE_ADDRESS_BIT : 0),
                              .sharingMode = VK_SHARING_MODE_EXCLUSIVE};
     VkResult r = vk->vk.vkCreateBuffer(vk->device, &bi, NULL, &s->buf);
     if (r != VK_SUCCESS)
@@ -82,8 +94,10 @@ static kvrt_status vk_segment_create(kvrt_vk_backend *vk, size_t bytes, unsigned
         return kvrt_fail(&vk->base.err, KVRT_ERR_OUT_OF_DEVICE_MEMORY,
                          "vulkan: %llu more bytes would exceed the memory budget (%llu of %llu used)",
                          (unsigned long long)req.size, (unsigned long long)vk->used, (unsigned long long)vk->budget);
-    VkMemoryAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO, .allocationSize = req.size,
-                               .memoryTypeIndex = type};
+    VkMemoryAllocateFlagsInfo fi = {.sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_FLAGS_INFO,
+                                     .flags = VK_MEMORY_ALLOCATE_DEVICE_ADDRESS_BIT};
+    VkMemoryAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO, .pNext = vk->caps.bda ? &fi : NULL,
+                               .allocationSize = req.size, .memoryTypeIndex = type};
     r = vk->vk.vkAllocateMemory(vk->device, &ai, NULL, &s->mem);
     if (r != VK_SUCCESS) {
         s->mem = VK_NULL_HANDLE;
@@ -99,6 +113,10 @@ static kvrt_status vk_segment_create(kvrt_vk_backend *vk, size_t bytes, unsigned
     if (r != VK_SUCCESS)
         return kvrt_vk_result(vk, r, host ? "vkMapMemory" : "vkBindBufferMemory");
     s->size = bytes;
+    if (vk->caps.bda) {
+        VkBufferDeviceAddressInfo ai2 = {.sType = VK_STRUCTURE_TYPE_BUFFER_DEVICE_ADDRESS_INFO, .buffer = s->buf};
+        s->addr = vk->vk.vkGetBufferDeviceAddress(vk->device, &ai2);
+    }
     return KVRT_OK;
 }
 
@@ -106,7 +124,9 @@ kvrt_status kvrt_vk_buffer_create_seg(kvrt_vk_backend *vk, size_t size, size_t s
                                       kvrt_buffer **out)
 {
     *out = NULL;
-    size_t max_seg = kvrt_vk_max_segment(vk);
+    /* an explicit segment size (KV pools) may reach one allocation when the
+     * shaders address it through buffer device addresses */
+    size_t max_seg = seg_bytes ? kvrt_vk_max_pool_segment(vk) : kvrt_vk_max_segment(vk);
     if (seg_bytes == 0 || seg_bytes > max_seg)
         seg_bytes = max_seg;
     size_t n = size == 0 ? 1 : (size - 1) / seg_bytes + 1;

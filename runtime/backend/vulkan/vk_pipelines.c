@@ -5,11 +5,14 @@
 #include <stddef.h>
 
 #include "shaders/attn_decode.spv.h"
+#include "shaders/attn_decode_bda.spv.h"
 #include "shaders/attn_merge.spv.h"
 #include "shaders/attn_prefill.spv.h"
+#include "shaders/attn_prefill_bda.spv.h"
 #include "shaders/argmax.spv.h"
 #include "shaders/elementwise.spv.h"
 #include "shaders/kv_write.spv.h"
+#include "shaders/kv_write_bda.spv.h"
 #include "shaders/matmul.spv.h"
 #include "shaders/rmsnorm.spv.h"
 #include "shaders/rope.spv.h"
@@ -50,6 +53,9 @@ static const vk_pipe_desc vk_pipe_table[KVRT_VK_PIPE_COUNT] = {
     [KVRT_VK_PIPE_EMBED] = {"embed", VK_SPV(rows), 0},
     [KVRT_VK_PIPE_GATHER] = {"gather_rows", VK_SPV(rows), 1},
     [KVRT_VK_PIPE_ARGMAX] = {"argmax", VK_SPV(argmax), -1},
+    [KVRT_VK_PIPE_KV_WRITE_BDA] = {"kv_write (bda)", VK_SPV(kv_write_bda), -1},
+    [KVRT_VK_PIPE_ATTN_DECODE_BDA] = {"attn_decode (bda)", VK_SPV(attn_decode_bda), -1},
+    [KVRT_VK_PIPE_ATTN_PREFILL_BDA] = {"attn_prefill (bda)", VK_SPV(attn_prefill_bda), -2},
 };
 
 uint32_t kvrt_vk_prefill_smem_floats(const kvrt_vk_backend *vk)
