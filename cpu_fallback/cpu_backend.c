@@ -5,8 +5,10 @@
 #include <cblas.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #define KVRT_CPU_ALIGN 64
+#define KVRT_HUGE_PAGE ((size_t)2 << 20)
 
 kvrt_status kvrt_cpu_check_view(kvrt_backend *be, kvrt_view v, size_t bytes, const char *what)
 {
@@ -109,6 +111,23 @@ static void cpu_kv_pool_destroy(kvrt_backend *be, kvrt_kv_pool *pool)
     kvrt_free(be->alloc, pool);
 }
 
+/* Zeroed pool memory (a block read before it is written holds zeros, not old
+ * data). Big pools are aligned to and advised onto huge pages: decode reads
+ * blocks scattered over the pool, and 4 KiB pages cost a TLB miss per block. */
+static void *alloc_pool_memory(kvrt_backend *be, size_t bytes)
+{
+    bool huge = bytes >= KVRT_HUGE_PAGE;
+    void *p = kvrt_alloc(be->alloc, bytes, huge ? KVRT_HUGE_PAGE : KVRT_CPU_ALIGN);
+    if (!p)
+        return NULL;
+#if defined(MADV_HUGEPAGE)
+    if (huge)
+        madvise(p, bytes & ~(KVRT_HUGE_PAGE - 1), MADV_HUGEPAGE); /* advice only: failure is harmless */
+#endif
+    memset(p, 0, bytes);
+    return p;
+}
+
 static kvrt_status cpu_kv_pool_create(kvrt_backend *be, const kvrt_kv_pool_desc *d, kvrt_kv_pool **out)
 {
     *out = NULL;
@@ -128,13 +147,10 @@ static kvrt_status cpu_kv_pool_create(kvrt_backend *be, const kvrt_kv_pool_desc 
     if (!pool->k || !pool->v)
         goto oom;
     for (int32_t l = 0; l < d->n_layers; l++) {
-        /* zeroed: a block read before it is written holds zeros, not old data */
-        pool->k[l] = kvrt_alloc(be->alloc, layer_bytes, KVRT_CPU_ALIGN);
-        pool->v[l] = kvrt_alloc(be->alloc, layer_bytes, KVRT_CPU_ALIGN);
+        pool->k[l] = alloc_pool_memory(be, layer_bytes);
+        pool->v[l] = alloc_pool_memory(be, layer_bytes);
         if (!pool->k[l] || !pool->v[l])
             goto oom;
-        memset(pool->k[l], 0, layer_bytes);
-        memset(pool->v[l], 0, layer_bytes);
     }
     *out = pool;
     return KVRT_OK;
@@ -234,19 +250,19 @@ static const kvrt_backend_ops cpu_ops = {
     .submit = cpu_submit,
 
     /* attention family */
-    .kv_write = NULL,
-    .attn_decode = NULL,
-    .attn_prefill = NULL,
+    .kv_write = kvrt_cpu_kv_write,
+    .attn_decode = kvrt_cpu_attn_decode,
+    .attn_prefill = kvrt_cpu_attn_prefill,
 
     /* model op family */
-    .matmul = NULL,
-    .rmsnorm = NULL,
-    .rope = NULL,
-    .swiglu = NULL,
-    .add = NULL,
-    .embed = NULL,
-    .gather_rows = NULL,
-    .argmax = NULL,
+    .matmul = kvrt_cpu_matmul,
+    .rmsnorm = kvrt_cpu_rmsnorm,
+    .rope = kvrt_cpu_rope,
+    .swiglu = kvrt_cpu_swiglu,
+    .add = kvrt_cpu_add,
+    .embed = kvrt_cpu_embed,
+    .gather_rows = kvrt_cpu_gather_rows,
+    .argmax = kvrt_cpu_argmax,
 };
 
 kvrt_status kvrt_cpu_backend_create(const kvrt_context_params *params, kvrt_backend **out, kvrt_error *err)

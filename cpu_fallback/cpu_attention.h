@@ -1,0 +1,58 @@
+/* Internal extras of the CPU attention family beyond the backend vtable:
+ * the inner-loop kernels (chosen at run time: AVX2+FMA+F16C or portable C),
+ * the split-K partition rule, and a decode over a contiguous (non-paged) KV
+ * layout that shares the paged decode's loops, so a benchmark can compare
+ * "paged vs contiguous on the same data" and tests can check they agree
+ * bitwise. */
+#ifndef KVRT_CPU_ATTENTION_H
+#define KVRT_CPU_ATTENTION_H
+
+#include "cpu_internal.h"
+
+/* Inner loops of the attention kernels, one table per instruction set. All
+ * accumulate in F32, row by row in increasing key order, so the result of a
+ * row does not depend on how the rows were grouped into runs. */
+typedef struct kvrt_cpu_attn_kernels {
+    const char *name; /* "avx2+fma+f16c" or "portable" */
+    /* s[g * s_stride + r] = scale * dot(q[g], k[r]) for g < n_q, r < n. */
+    void (*scores)(const float *restrict q /* [n_q][hd] */, int32_t n_q, const float *restrict k /* [n][hd] */,
+                   int32_t n, int32_t hd, float scale, float *restrict s, int64_t s_stride);
+    /* acc[g] += sum_r p[g * p_stride + r] * v[r] for g < n_q, in increasing r. */
+    void (*accum)(const float *restrict p, int64_t p_stride, int32_t n_q, const float *restrict v /* [n][hd] */,
+                  int32_t n, int32_t hd, float *restrict acc /* [n_q][hd] */);
+    void (*h2f)(float *restrict dst, const uint16_t *restrict src, int64_t n);
+    void (*f2h)(uint16_t *restrict dst, const float *restrict src, int64_t n); /* round to nearest even */
+} kvrt_cpu_attn_kernels;
+
+/* The best table this CPU runs (AVX2+FMA+F16C when present). */
+const kvrt_cpu_attn_kernels *kvrt_cpu_attn_kernels_get(void);
+/* Every table this CPU can run, best first (for tests of the portable path);
+ * returns how many were stored (at most max). */
+int kvrt_cpu_attn_kernels_all(const kvrt_cpu_attn_kernels **out, int max);
+
+/* Positions per split-K partition of a decode over a context of seq_len
+ * tokens. A function of seq_len alone (batch invariance) and a multiple of
+ * every block size. */
+int32_t kvrt_cpu_attn_partition_size(int32_t seq_len);
+
+/* A contiguous KV layout: sequence s, KV head h, position j at
+ * ((s * n_kv_heads + h) * max_len + j) * head_dim elements from k (and v). */
+typedef struct kvrt_cpu_contig_kv {
+    kvrt_dtype dtype;  /* F32 or F16 */
+    int32_t n_kv_heads;
+    int32_t head_dim;
+    int32_t max_len;   /* positions reserved per (sequence, head) */
+    const void *k;     /* [num_seqs][n_kv_heads][max_len][head_dim] */
+    const void *v;     /* same */
+    const kvrt_cpu_attn_kernels *kernels; /* NULL = kvrt_cpu_attn_kernels_get() */
+} kvrt_cpu_contig_kv;
+
+/* Decode attention over a contiguous layout with the paged decode's loops,
+ * partitions and thread pool: for the same K/V values its output equals
+ * kvrt_cpu_attn_decode's bitwise (with the same kernels). d->max_blocks_per_seq is ignored;
+ * seq_lens[s] <= max_len. q, out: host F32 with d->q_stride / d->o_stride.
+ * Errors on be->err. */
+kvrt_status kvrt_cpu_attn_decode_contiguous(kvrt_backend *be, const kvrt_cpu_contig_kv *kv, const kvrt_attn_desc *d,
+                                            const float *q, const int32_t *seq_lens, float *out);
+
+#endif /* KVRT_CPU_ATTENTION_H */

@@ -1,0 +1,209 @@
+/* y[t][o] = sum_i W[o][i] * x[t][i] on the CPU.
+ *
+ *  - F32 weights: serial OpenBLAS (sgemv for one token, sgemm for more) on
+ *    slices of output rows, one slice per pool task.
+ *  - F16/BF16/Q8_0/Q4_0, one token (decode): own GEMV kernels that read the
+ *    stored blocks once (bandwidth-bound: the point is to stream W at memory speed).
+ *  - F16/BF16/Q8_0/Q4_0, several tokens: each task dequantizes a tile of W rows
+ *    into per-thread F32 scratch (sized to stay in L2) and multiplies all
+ *    tokens with it through sgemm, so W is read once per call, never expanded whole.
+ *
+ * The split into tasks depends on the shapes only, never on the thread count,
+ * and each output element is computed by one task with a fixed summation
+ * order: results are bitwise identical for any number of threads. */
+#include "cpu_ops_internal.h"
+
+#include "common/quant.h"
+
+#include <cblas.h>
+#include <limits.h>
+
+#define MM_GEMV_MAX_TASKS 64           /* enough to balance 2..16 threads */
+#define MM_GEMV_MIN_TASK_BYTES 32768   /* below this the task overhead shows */
+#define MM_F32_MIN_TASK_FLOPS 262144   /* 2 * rows * n_in * n_tokens */
+#define MM_TILE_BYTES (512u * 1024u)   /* F32 tile of W per thread, inside L2 */
+#define MM_TILE_MIN_ROWS 16
+#define MM_TILE_MAX_ROWS 256
+
+typedef struct mm_job {
+    const char *w;      /* [n_out] rows of row_bytes */
+    size_t row_bytes;
+    int64_t n_out, n_in;
+    const float *x;     /* [n_tokens][x_stride] */
+    int64_t x_stride;
+    float *y;           /* [n_tokens][y_stride] */
+    int64_t y_stride;
+    int32_t n_tokens;
+    int64_t rows_per_task;
+    kvrt_cpu_dot_fn dot;
+    kvrt_cpu_dequant_fn dequant;
+    float *scratch;     /* [n_threads][rows_per_task][n_in] for the tiled path */
+} mm_job;
+
+static int64_t ceil_div(int64_t a, int64_t b)
+{
+    return (a + b - 1) / b;
+}
+
+static int64_t task_rows(const mm_job *j, int64_t task)
+{
+    return KVRT_MIN(j->rows_per_task, j->n_out - task * j->rows_per_task);
+}
+
+/* ---- F32: OpenBLAS on row slices ------------------------------------------------- */
+
+static void mm_f32_task(void *arg, int64_t task, int thread)
+{
+    const mm_job *j = arg;
+    const int64_t o0 = task * j->rows_per_task, rows = task_rows(j, task);
+    const float *w = (const float *)j->w + o0 * j->n_in;
+    if (j->n_tokens == 1) {
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, (blasint)rows, (blasint)j->n_in, 1.0f, w, (blasint)j->n_in,
+                    j->x, 1, 0.0f, j->y + o0, 1);
+        return;
+    }
+    /* Y[t][o0 + r] = sum_i X[t][i] * W[o0 + r][i]:  M = tokens, N = rows, K = n_in */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)j->n_tokens, (blasint)rows, (blasint)j->n_in,
+                1.0f, j->x, (blasint)j->x_stride, w, (blasint)j->n_in, 0.0f, j->y + o0, (blasint)j->y_stride);
+}
+
+/* ---- quantized / half weights, one token ----------------------------------------- */
+
+static void mm_gemv_task(void *arg, int64_t task, int thread)
+{
+    const mm_job *j = arg;
+    const int64_t o0 = task * j->rows_per_task, rows = task_rows(j, task);
+    const char *w = j->w + (size_t)o0 * j->row_bytes;
+    for (int64_t r = 0; r < rows; r++, w += j->row_bytes)
+        j->y[o0 + r] = j->dot(w, j->x, j->n_in);
+}
+
+/* ---- quantized / half weights, several tokens ------------------------------------- */
+
+static void mm_tiled_task(void *arg, int64_t task, int thread)
+{
+    const mm_job *j = arg;
+    const int64_t o0 = task * j->rows_per_task, rows = task_rows(j, task);
+    float *tile = j->scratch + (size_t)thread * (size_t)j->rows_per_task * (size_t)j->n_in; /* [rows][n_in] */
+    const char *w = j->w + (size_t)o0 * j->row_bytes;
+    for (int64_t r = 0; r < rows; r++, w += j->row_bytes)
+        j->dequant(w, tile + r * j->n_in, j->n_in);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)j->n_tokens, (blasint)rows, (blasint)j->n_in,
+                1.0f, j->x, (blasint)j->x_stride, tile, (blasint)j->n_in, 0.0f, j->y + o0, (blasint)j->y_stride);
+}
+
+/* ---- argument checks ------------------------------------------------------------------ */
+
+static kvrt_status mm_check_shape(kvrt_backend *be, kvrt_dtype wtype, int64_t n_out, int64_t n_in,
+                                  int64_t x_stride, int64_t y_stride, int32_t n_tokens)
+{
+    if (!kvrt_dtype_supported(wtype))
+        return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED,
+                         "matmul: weight type %s (%d) is not supported (f32, f16, bf16, q8_0, q4_0)",
+                         kvrt_dtype_name(wtype), (int)wtype);
+    if (n_out <= 0 || n_in <= 0 || n_tokens < 0)
+        return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "matmul: bad shape n_out %lld, n_in %lld, n_tokens %d",
+                         (long long)n_out, (long long)n_in, (int)n_tokens);
+    const int32_t bv = kvrt_dtype_block_values(wtype);
+    if (n_in % bv != 0)
+        return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT,
+                         "matmul: n_in %lld is not a multiple of the %s block (%d values)",
+                         (long long)n_in, kvrt_dtype_name(wtype), (int)bv);
+    if (x_stride < n_in)
+        return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "matmul: x_stride %lld < n_in %lld",
+                         (long long)x_stride, (long long)n_in);
+    if (y_stride < n_out)
+        return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "matmul: y_stride %lld < n_out %lld",
+                         (long long)y_stride, (long long)n_out);
+    /* OpenBLAS takes 32-bit dimensions and leading dimensions */
+    if (n_out > INT_MAX || n_in > INT_MAX || x_stride > INT_MAX || y_stride > INT_MAX)
+        return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "matmul: dimensions or strides above %d", INT_MAX);
+    return KVRT_OK;
+}
+
+static kvrt_status mm_check(kvrt_backend *be, kvrt_dtype wtype, kvrt_view w, int64_t n_out, int64_t n_in,
+                            kvrt_view x, int64_t x_stride, kvrt_view y, int64_t y_stride, int32_t n_tokens)
+{
+    KVRT_TRY(mm_check_shape(be, wtype, n_out, n_in, x_stride, y_stride, n_tokens));
+    size_t w_bytes;
+    if (!kvrt_mul_size(kvrt_dtype_row_bytes(wtype, n_in), (size_t)n_out, &w_bytes))
+        return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "matmul: weight size overflows");
+    /* F32 weights feed BLAS (4-byte floats); the others hold uint16 values or scales */
+    KVRT_TRY(kvrt_cpu_check_array(be, w, w_bytes, wtype == KVRT_DTYPE_F32 ? 4 : 2, "matmul: weights"));
+    KVRT_TRY(kvrt_cpu_check_rows(be, x, n_tokens, x_stride, n_in, "matmul: x"));
+    KVRT_TRY(kvrt_cpu_check_rows(be, y, n_tokens, y_stride, n_out, "matmul: y"));
+    size_t x_bytes, y_bytes;
+    kvrt_cpu_span_bytes(n_tokens, x_stride, n_in, sizeof(float), &x_bytes);
+    kvrt_cpu_span_bytes(n_tokens, y_stride, n_out, sizeof(float), &y_bytes);
+    if (kvrt_cpu_ranges_overlap(x, x_bytes, y, y_bytes))
+        return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "matmul: y overlaps x (not supported in place)");
+    if (kvrt_cpu_ranges_overlap(w, w_bytes, y, y_bytes))
+        return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "matmul: y overlaps the weights");
+    return KVRT_OK;
+}
+
+/* ---- dispatch ------------------------------------------------------------------------------ */
+
+static kvrt_status mm_run_f32(kvrt_backend *be, mm_job *j)
+{
+    int64_t flops_per_row = 2 * j->n_in * j->n_tokens;
+    int64_t min_rows = ceil_div(MM_F32_MIN_TASK_FLOPS, flops_per_row);
+    int64_t rows = KVRT_MAX(ceil_div(j->n_out, MM_GEMV_MAX_TASKS), min_rows);
+    j->rows_per_task = ceil_div(rows, 16) * 16; /* whole SIMD panels for sgemm */
+    kvrt_threadpool_run(kvrt_cpu(be)->pool, ceil_div(j->n_out, j->rows_per_task), mm_f32_task, j);
+    return KVRT_OK;
+}
+
+static kvrt_status mm_run_gemv(kvrt_backend *be, mm_job *j)
+{
+    int64_t min_rows = ceil_div(MM_GEMV_MIN_TASK_BYTES, (int64_t)j->row_bytes);
+    j->rows_per_task = KVRT_MAX(ceil_div(j->n_out, MM_GEMV_MAX_TASKS), min_rows);
+    kvrt_threadpool_run(kvrt_cpu(be)->pool, ceil_div(j->n_out, j->rows_per_task), mm_gemv_task, j);
+    return KVRT_OK;
+}
+
+static kvrt_status mm_run_tiled(kvrt_backend *be, mm_job *j)
+{
+    int64_t rows = (int64_t)(MM_TILE_BYTES / sizeof(float)) / j->n_in;
+    rows = KVRT_MIN(KVRT_MAX(rows / 16 * 16, MM_TILE_MIN_ROWS), MM_TILE_MAX_ROWS);
+    j->rows_per_task = KVRT_MIN(rows, j->n_out);
+    const int n_threads = kvrt_cpu(be)->n_threads;
+    size_t floats, bytes;
+    if (!kvrt_mul_size((size_t)n_threads * (size_t)j->rows_per_task, (size_t)j->n_in, &floats) ||
+        !kvrt_mul_size(floats, sizeof(float), &bytes))
+        return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "matmul: scratch size overflows");
+    j->scratch = kvrt_alloc(be->alloc, bytes, 64);
+    if (!j->scratch)
+        return kvrt_fail(&be->err, KVRT_ERR_OUT_OF_HOST_MEMORY, "matmul: cannot allocate %zu bytes of tile scratch",
+                         bytes);
+    kvrt_threadpool_run(kvrt_cpu(be)->pool, ceil_div(j->n_out, j->rows_per_task), mm_tiled_task, j);
+    kvrt_free(be->alloc, j->scratch);
+    return KVRT_OK;
+}
+
+kvrt_status kvrt_cpu_matmul(kvrt_backend *be, kvrt_dtype wtype, kvrt_view w, int64_t n_out, int64_t n_in,
+                            kvrt_view x, int64_t x_stride, kvrt_view y, int64_t y_stride, int32_t n_tokens)
+{
+    KVRT_TRY(mm_check(be, wtype, w, n_out, n_in, x, x_stride, y, y_stride, n_tokens));
+    if (n_tokens == 0)
+        return KVRT_OK;
+    const kvrt_cpu_isa isa = kvrt_cpu_best_isa();
+    mm_job j = {
+        .w = kvrt_cpu_ptr(w),
+        .row_bytes = kvrt_dtype_row_bytes(wtype, n_in),
+        .n_out = n_out,
+        .n_in = n_in,
+        .x = kvrt_cpu_ptr(x),
+        .x_stride = x_stride,
+        .y = kvrt_cpu_ptr(y),
+        .y_stride = y_stride,
+        .n_tokens = n_tokens,
+        .dot = kvrt_cpu_dot_kernel(isa, wtype),
+        .dequant = kvrt_cpu_dequant_kernel(isa, wtype),
+    };
+    if (wtype == KVRT_DTYPE_F32)
+        return mm_run_f32(be, &j);
+    if (n_tokens == 1)
+        return mm_run_gemv(be, &j);
+    return mm_run_tiled(be, &j);
+}

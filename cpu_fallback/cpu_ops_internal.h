@@ -1,0 +1,53 @@
+/* Shared by the CPU model ops (cpu_matmul.c, cpu_ops.c) and their tests:
+ * argument checks on views, and the per-row weight kernels (cpu_kernels.c)
+ * in a portable C and an AVX2/FMA/F16C flavour chosen at run time. */
+#ifndef KVRT_CPU_OPS_INTERNAL_H
+#define KVRT_CPU_OPS_INTERNAL_H
+
+#include "cpu_internal.h"
+
+/* ---- row kernels ------------------------------------------------------------- */
+
+typedef enum kvrt_cpu_isa {
+    KVRT_CPU_ISA_PORTABLE = 0, /* plain C: any x86-64 (or other) CPU */
+    KVRT_CPU_ISA_AVX2 = 1      /* AVX2 + FMA + F16C */
+} kvrt_cpu_isa;
+
+/* The best flavour this CPU runs (the library is built without -march). */
+kvrt_cpu_isa kvrt_cpu_best_isa(void);
+
+/* sum_i W[i] * x[i] over one weight row of n values in the row's type;
+ * n is a multiple of the type's block. */
+typedef float (*kvrt_cpu_dot_fn)(const void *w, const float *x, int64_t n);
+/* y[i] = W[i] as F32 for one row of n values. */
+typedef void (*kvrt_cpu_dequant_fn)(const void *w, float *y, int64_t n);
+
+/* NULL for F32 (OpenBLAS does it) and unsupported types. */
+kvrt_cpu_dot_fn kvrt_cpu_dot_kernel(kvrt_cpu_isa isa, kvrt_dtype type);
+/* NULL for unsupported types. */
+kvrt_cpu_dequant_fn kvrt_cpu_dequant_kernel(kvrt_cpu_isa isa, kvrt_dtype type);
+
+/* ---- argument checks ----------------------------------------------------------- */
+
+/* Bytes spanned by rows x cols elements of elem bytes, rows stride elements
+ * apart: ((rows - 1) * stride + cols) * elem, 0 for no rows. False on overflow
+ * or negative values. */
+bool kvrt_cpu_span_bytes(int64_t rows, int64_t stride, int64_t cols, size_t elem, size_t *out);
+
+/* kvrt_cpu_check_view plus: the host address is a multiple of align. */
+kvrt_status kvrt_cpu_check_array(kvrt_backend *be, kvrt_view v, size_t bytes, size_t align, const char *what);
+
+/* Checks a strided F32 matrix [rows][cols] (stride >= cols) and its view. */
+kvrt_status kvrt_cpu_check_rows(kvrt_backend *be, kvrt_view v, int64_t rows, int64_t stride, int64_t cols,
+                                const char *what);
+
+/* True when the host byte ranges [a, a + a_bytes) and [b, b + b_bytes) share a byte. */
+bool kvrt_cpu_ranges_overlap(kvrt_view a, size_t a_bytes, kvrt_view b, size_t b_bytes);
+
+/* Runs fn(arg, begin, end) over [0, n_rows) split into tasks on the backend's
+ * pool; runs inline when the work (n_rows * work_per_row) is too small to share.
+ * Rows are independent, so the result does not depend on the split. */
+typedef void (*kvrt_cpu_rows_fn)(void *arg, int64_t begin, int64_t end);
+void kvrt_cpu_for_rows(kvrt_backend *be, int64_t n_rows, int64_t work_per_row, kvrt_cpu_rows_fn fn, void *arg);
+
+#endif /* KVRT_CPU_OPS_INTERNAL_H */

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# kvrt-tokenize as a user runs it: exact stdout on the stories260K vocabulary
+# (tok512.bin, the golden run's prompt ids), the Llama-2 vocabulary, flags,
+# and errors (nonzero exit, message on stderr, nothing on stdout).
+# Usage: kvrt_tokenize.sh BUILD_DIR SOURCE_DIR
+set -u
+build=$1
+src=$2
+models=${KVRT_TEST_MODELS:-$src/../shared/models}
+tool=$build/kvrt-tokenize
+failures=0
+out=$(mktemp) err=$(mktemp)
+trap 'rm -f "$out" "$err"' EXIT
+
+# expect NAME WANT_STDOUT ARGS...: exit 0, stdout exactly WANT (plus the final newline)
+expect() {
+    local name=$1 want=$2
+    shift 2
+    if ! "$tool" "$@" >"$out" 2>"$err"; then
+        echo "FAIL $name: exit $? ($(cat "$err"))"; failures=$((failures + 1)); return
+    fi
+    if [ "$(cat "$out")" != "$want" ] || [ "$(tail -c 1 "$out" | od -An -c | tr -d ' ')" != '\n' ]; then
+        echo "FAIL $name: stdout '$(cat "$out")', want '$want'"; failures=$((failures + 1)); return
+    fi
+    echo "ok   $name"
+}
+
+# expect_error NAME STDERR_SUBSTRING ARGS...: nonzero exit, empty stdout, message on stderr
+expect_error() {
+    local name=$1 needle=$2
+    shift 2
+    if "$tool" "$@" >"$out" 2>"$err"; then
+        echo "FAIL $name: exit 0"; failures=$((failures + 1)); return
+    fi
+    if [ -s "$out" ] || ! grep -qF -- "$needle" "$err"; then
+        echo "FAIL $name: stdout '$(cat "$out")', stderr '$(cat "$err")' (want '$needle')"
+        failures=$((failures + 1)); return
+    fi
+    echo "ok   $name"
+}
+
+tok512=$models/tok512.bin
+expect "tok512 prompt" "1 403 407 261 378" -z "$tok512" -p "Once upon a time"
+expect "checkpoint + tokenizer" "1 403 407 261 378" -m "$models/stories260K.bin" -z "$tok512" -p "Once upon a time"
+expect "--no-bos" "403 407 261 378" -z "$tok512" -p "Once upon a time" --no-bos
+expect "empty prompt is BOS alone" "1" -z "$tok512" -p ""
+expect "--pieces" "$(printf '1\t<s>\n403\t\xe2\x96\x81Once\n13\t<0x0A>')" -z "$tok512" -p "Once
+" --pieces
+expect "llama-2 vocabulary" "1 15043 3186" -z "$models/tokenizer.bin" -p "Hello world"
+expect "llama-2 spaces and emoji" "1 29871 15043 29871 243 162 169 156" -z "$models/tokenizer.bin" \
+    -p " Hello $(printf '\xf0\x9f\xa6\x99')"
+expect "text from stdin" "1 403 407 261 378" -z "$tok512" -f - < <(printf 'Once upon a time')
+# GGUF models once the tool is built with the GGUF loader (KVRT_TOKENIZE_GGUF)
+if grep -q "^#define KVRT_TOKENIZE_GGUF 1" "$src/tools/kvrt-tokenize.c"; then
+    expect "gguf model" "1 403 407 261 378" -m "$models/stories260K.gguf" -p "Once upon a time"
+    expect_error "gguf with -z" "-z is for llama2.c" -m "$models/stories260K.gguf" -z "$tok512" -p "x"
+else
+    expect_error "gguf refused" "not supported" -m "$models/stories260K.gguf" -p "x"
+fi
+
+if "$tool" --help >"$out" 2>"$err" && grep -q "usage: kvrt-tokenize" "$out"; then echo "ok   --help"
+else echo "FAIL --help"; failures=$((failures + 1)); fi
+expect_error "no text" "-p" -z "$tok512"
+expect_error "no model" "-m" -p "x"
+expect_error "unknown flag" "--bogus" -z "$tok512" -p "x" --bogus
+expect_error "missing value" "needs a value" -z "$tok512" -p
+expect_error "missing tokenizer file" "cannot open" -z /nonexistent/tok.bin -p "x"
+expect_error "checkpoint without -z" "-z" -m "$models/stories260K.bin" -p "x"
+expect_error "vocabulary size mismatch" "more than the model's 512" -m "$models/stories260K.bin" \
+    -z "$models/tokenizer.bin" -p "x"
+bad=$(mktemp)
+head -c 1000 "$tok512" >"$bad"
+expect_error "truncated tokenizer" "truncated" -z "$bad" -p "x"
+rm -f "$bad"
+
+[ "$failures" -eq 0 ] || { echo "$failures failure(s)"; exit 1; }
+echo "all ok"

@@ -1,0 +1,206 @@
+/* CPU paged attention vs the double reference over the shared case table
+ * (pairwise cover by default, the full product with KVRT_TEST_FULL=1), plus
+ * hand-picked long-context cases and the portable kernels. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "attn_cases.h"
+#include "backend/backend.h"
+#include "cpu_attention.h"
+#include "kvrt.h"
+
+static kvrt_context *make_ctx(int n_threads)
+{
+    kvrt_context_params p = kvrt_context_default_params();
+    p.n_threads = n_threads;
+    kvrt_context *ctx = NULL;
+    assert_int_equal(kvrt_context_create(&p, &ctx, NULL), KVRT_OK);
+    return ctx;
+}
+
+/* Runs one case; prints and fails on a miss. */
+static void run_case(kvrt_context *ctx, const attn_case *c)
+{
+    char name[256], msg[512];
+    attn_case_name(c, name, sizeof(name));
+    attn_case_data d;
+    assert_true(attn_case_build(c, &d));
+    attn_check r;
+    bool ok = attn_case_run(ctx, &d, NULL, &r, msg, sizeof(msg));
+    if (!ok || getenv("KVRT_TEST_VERBOSE"))
+        print_error("%s %s: %s\n", ok ? "ok" : "FAIL", name, msg);
+    attn_case_free(&d);
+    assert_true(ok);
+}
+
+static void test_grid(void **state)
+{
+    (void)state;
+    const char *full_env = getenv("KVRT_TEST_FULL");
+    bool full = full_env && strcmp(full_env, "1") == 0;
+    size_t n = attn_case_grid(full, NULL, 0);
+    attn_case *cases = calloc(n, sizeof(*cases));
+    assert_non_null(cases);
+    assert_int_equal(attn_case_grid(full, cases, n), n);
+    kvrt_context *ctx = make_ctx(2);
+    for (size_t i = 0; i < n; i++)
+        run_case(ctx, &cases[i]);
+    print_message("%zu attention cases (%s) within max abs %.0e, nmse %.0e\n", n,
+                  full ? "full product" : "pairwise cover", ATTN_MAX_ABS_ERR, ATTN_MAX_NMSE);
+    kvrt_context_destroy(ctx);
+    free(cases);
+}
+
+/* The pairwise subset really covers every pair of factor values: check it
+ * against the full product, pair by pair. */
+static void test_grid_is_pairwise(void **state)
+{
+    (void)state;
+    size_t n_pw = attn_case_grid(false, NULL, 0), n_full = attn_case_grid(true, NULL, 0);
+    assert_true(n_pw < n_full / 20);
+    assert_int_equal(n_full, 5 * 5 * 3 * 6 * 3 * 2 * 2);
+    attn_case *pw = calloc(n_pw, sizeof(*pw));
+    assert_non_null(pw);
+    attn_case_grid(false, pw, n_pw);
+    /* factors as integers: hd, heads, bs, length class, mask, dtype, mode */
+    enum { NF = 7 };
+    size_t at = 0;
+    int32_t (*keys)[NF] = calloc(n_pw, sizeof(*keys));
+    assert_non_null(keys);
+    for (size_t i = 0; i < n_pw; i++) {
+        const attn_case *c = &pw[i];
+        int32_t k[NF] = {c->head_dim, c->n_heads * 100 + c->n_kv_heads, c->block_size,
+                         c->num_seqs > 1 ? 0 : c->seq_lens[0], c->window * 10 + c->sinks, (int32_t)c->dtype,
+                         (int32_t)c->mode};
+        memcpy(keys[at++], k, sizeof(k));
+    }
+    const int32_t hd[] = {64, 80, 96, 128, 256}, heads[] = {404, 802, 801, 3208, 6408}, bs[] = {8, 16, 32},
+                  len[] = {1, 17, 129, 463, 1328, 0}, mask[] = {0, 2560, 2564}, dt[] = {0, 1}, mode[] = {0, 1};
+    const int32_t *vals[NF] = {hd, heads, bs, len, mask, dt, mode};
+    const int nv[NF] = {5, 5, 3, 6, 3, 2, 2};
+    for (int f = 0; f < NF; f++)
+        for (int g = f + 1; g < NF; g++)
+            for (int a = 0; a < nv[f]; a++)
+                for (int b = 0; b < nv[g]; b++) {
+                    bool found = false;
+                    for (size_t i = 0; i < n_pw && !found; i++)
+                        found = keys[i][f] == vals[f][a] && keys[i][g] == vals[g][b];
+                    if (!found)
+                        print_error("pair not covered: factor %d = %d, factor %d = %d\n", f, vals[f][a], g,
+                                    vals[g][b]);
+                    assert_true(found);
+                }
+    free(keys);
+    free(pw);
+}
+
+/* Contexts with many split-K partitions, small head dims, and windows that
+ * release most of the table. */
+static void test_long_and_odd_cases(void **state)
+{
+    (void)state;
+    kvrt_context *ctx = make_ctx(2);
+    attn_case c;
+    attn_case_make(&c, 64, 8, 2, 16, KVRT_DTYPE_F16, 0, 0, ATTN_DECODE, 5000, 11); /* 10 partitions of 512 */
+    run_case(ctx, &c);
+    attn_case_make(&c, 128, 4, 1, 32, KVRT_DTYPE_F32, 300, 7, ATTN_DECODE, 3000, 12);
+    run_case(ctx, &c);
+    attn_case_make(&c, 64, 4, 4, 8, KVRT_DTYPE_F32, 64, 4, ATTN_PREFILL, 900, 13);
+    run_case(ctx, &c);
+    /* head dims off the vector width, window 1 (each query sees itself and the sinks) */
+    const int32_t odd_hd[] = {8, 16, 20, 33};
+    for (size_t i = 0; i < 4; i++) {
+        attn_case_make(&c, odd_hd[i], 6, 3, 8, i % 2 ? KVRT_DTYPE_F16 : KVRT_DTYPE_F32, 1 + (int32_t)i, 2,
+                       ATTN_DECODE, 0, 20 + i);
+        run_case(ctx, &c);
+        c.mode = ATTN_PREFILL;
+        for (int32_t s = 0; s < c.num_seqs; s++)
+            c.n_new[s] = c.seq_lens[s] < 30 ? c.seq_lens[s] : 30;
+        run_case(ctx, &c);
+    }
+    /* a whole prompt in one prefill (every position a query) */
+    attn_case_make(&c, 96, 8, 2, 16, KVRT_DTYPE_F16, 0, 0, ATTN_PREFILL, 150, 30);
+    c.n_new[0] = 150;
+    run_case(ctx, &c);
+    kvrt_context_destroy(ctx);
+}
+
+/* The portable kernels (what a CPU without AVX2 runs) through the contiguous
+ * decode, which shares the paged decode's loops. */
+static void test_portable_kernels(void **state)
+{
+    (void)state;
+    const kvrt_cpu_attn_kernels *all[4];
+    int n_ker = kvrt_cpu_attn_kernels_all(all, 4);
+    assert_true(n_ker >= 1);
+    assert_string_equal(all[n_ker - 1]->name, "portable");
+    kvrt_context *ctx = make_ctx(2);
+    const int32_t hd[] = {64, 80, 20};
+    for (int k = 0; k < n_ker; k++) {
+        for (size_t i = 0; i < 3; i++) {
+            attn_case c;
+            attn_case_make(&c, hd[i], 8, 2, 16, i == 1 ? KVRT_DTYPE_F32 : KVRT_DTYPE_F16, i == 2 ? 100 : 0,
+                           i == 2 ? 3 : 0, ATTN_DECODE, 0, 40 + i);
+            attn_case_data d;
+            assert_true(attn_case_build(&c, &d));
+            int32_t max_len = 0;
+            for (int32_t s = 0; s < c.num_seqs; s++)
+                max_len = c.seq_lens[s] > max_len ? c.seq_lens[s] : max_len;
+            size_t kv_row = (size_t)c.n_kv_heads * (size_t)c.head_dim, hdz = (size_t)c.head_dim;
+            size_t per_seq = (size_t)max_len * kv_row;
+            float *kf = calloc((size_t)c.num_seqs * per_seq, sizeof(float));
+            float *vf = calloc((size_t)c.num_seqs * per_seq, sizeof(float));
+            uint16_t *kh = calloc((size_t)c.num_seqs * per_seq, sizeof(uint16_t));
+            uint16_t *vh = calloc((size_t)c.num_seqs * per_seq, sizeof(uint16_t));
+            float *out = calloc(attn_case_out_len(&d), sizeof(float));
+            assert_true(kf && vf && kh && vh && out);
+            for (int32_t s = 0; s < c.num_seqs; s++)
+                for (int32_t h = 0; h < c.n_kv_heads; h++)
+                    for (int32_t j = 0; j < c.seq_lens[s]; j++)
+                        for (size_t e = 0; e < hdz; e++) {
+                            size_t dst = (((size_t)s * (size_t)c.n_kv_heads + (size_t)h) * (size_t)max_len +
+                                          (size_t)j) * hdz + e;
+                            size_t src = d.seq_kv_offset[s] + (size_t)j * kv_row + (size_t)h * hdz + e;
+                            kf[dst] = d.k_stored[src];
+                            vf[dst] = d.v_stored[src];
+                        }
+            all[n_ker - 1]->f2h(kh, kf, (int64_t)((size_t)c.num_seqs * per_seq));
+            all[n_ker - 1]->f2h(vh, vf, (int64_t)((size_t)c.num_seqs * per_seq));
+            bool f16 = c.dtype == KVRT_DTYPE_F16;
+            kvrt_cpu_contig_kv kv = {c.dtype, c.n_kv_heads, c.head_dim, max_len, f16 ? (void *)kh : (void *)kf,
+                                     f16 ? (void *)vh : (void *)vf, all[k]};
+            kvrt_attn_desc desc = {c.num_seqs, c.n_heads, 0, d.scale, c.window, c.sinks,
+                                   (int64_t)c.n_heads * c.head_dim, (int64_t)c.n_heads * c.head_dim};
+            assert_int_equal(kvrt_cpu_attn_decode_contiguous(((struct kvrt_context *)ctx)->be, &kv, &desc, d.q,
+                                                             d.seq_lens, out), KVRT_OK);
+            attn_check r = attn_case_check(&d, out);
+            if (!attn_check_ok(&r))
+                print_error("%s hd %d: max abs %g nmse %g\n", all[k]->name, (int)hd[i], r.max_abs, r.nmse);
+            assert_true(attn_check_ok(&r));
+            free(kf);
+            free(vf);
+            free(kh);
+            free(vh);
+            free(out);
+            attn_case_free(&d);
+        }
+    }
+    kvrt_context_destroy(ctx);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_grid_is_pairwise),
+        cmocka_unit_test(test_grid),
+        cmocka_unit_test(test_long_and_odd_cases),
+        cmocka_unit_test(test_portable_kernels),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
