@@ -3,14 +3,19 @@
 #extension GL_EXT_buffer_reference : require
 #extension GL_EXT_buffer_reference_uvec2 : require
 #endif
-// Tiled prefill attention: a workgroup owns one (sequence, query head) and
-// walks that sequence's query tiles (tile_q rows, striding by n_tile_groups
-// workgroups); for each, key tiles of tile_k rows come through the block
-// table into shared memory and an online softmax (F32) never materialises
-// the whole score matrix. Causal over cached prefix + chunk.
+// Tiled prefill attention, pass 1 (split-K). A workgroup owns one (sequence,
+// query head, key partition of part_tokens keys) and walks that sequence's
+// query tiles (tile_q rows, striding by n_tile_groups workgroups); for each,
+// key tiles of tile_k rows come through the block table into shared memory
+// and an online softmax (F32) never materialises the score matrix. Each row
+// leaves its partial result: scratch[token][head][part] = {acc[hd], m, l};
+// attn_prefill_merge combines them. Causal over cached prefix + chunk.
+// Bounded key partitions also keep every invocation far below lavapipe's
+// 65535 loop iterations per invocation (gallivm's loop limiter, shared by all
+// loops of a shader: past it, loops silently stop).
 // Tile sizes are push constants chosen by the host from SMEM_FLOATS, which
 // the host sets from the device's shared memory size.
-// b2 = q, b3 = out, b4 = seq_lens, b5 = block tables, b6 = query_start_loc.
+// b2 = q, b3 = scratch, b4 = seq_lens, b5 = block tables, b6 = query_start_loc.
 #define KVRT_ATTN_SHADER
 #include "kvrt_push.h"
 layout(push_constant) uniform P { KVRT_PUSH_ATTN } pc;
@@ -27,7 +32,8 @@ void main()
 {
     uint tid = gl_LocalInvocationID.x;
     uint head = gl_WorkGroupID.y;
-    uint seq = gl_WorkGroupID.z;
+    uint seq = gl_WorkGroupID.z / pc.max_parts;
+    uint part = gl_WorkGroupID.z % pc.max_parts;
     uint D = pc.head_dim, BQ = pc.tile_q, BK = pc.tile_k;
     uint kvh = head / (pc.n_heads / pc.n_kv_heads);
     uint o_q = 0u, o_acc = BQ * D, o_kv = 2u * BQ * D, o_p = o_kv + BK * D;
@@ -56,7 +62,12 @@ void main()
             smem[o_l + tid] = 0.0;
         }
         uint imin = first + q0, imax = first + q0 + nq - 1u;
-        for (uint k0 = 0u; k0 <= imax; k0 += BK) {
+        uint kbeg = part * pc.part_tokens;
+        if (kbeg > imax)
+            continue; // uniform: no key of this partition is causal for the tile
+        uint kend = min(kbeg + pc.part_tokens, imax + 1u);
+        barrier();
+        for (uint k0 = kbeg; k0 < kend; k0 += BK) {
             // skip tiles no row of this query tile can see (uniform)
             if (pc.window != 0u && k0 + BK <= imin + 1u - min(pc.window, imin + 1u) && k0 >= pc.sinks)
                 continue;
@@ -64,7 +75,7 @@ void main()
             if (tid < BK) {
                 uint j = k0 + tid;
                 int blk = -1;
-                if (j <= imax && j / pc.block_size < pc.max_blocks) {
+                if (j < kend && j / pc.block_size < pc.max_blocks) {
                     blk = int(b5.w[pc.bt_off + seq * pc.max_blocks + j / pc.block_size]);
                     if (blk < 0 || uint(blk) >= pc.num_blocks)
                         blk = -1;
@@ -132,11 +143,16 @@ void main()
             }
         }
         barrier();
+        uint stride = D + 2u;
         for (uint i = tid; i < nq * D; i += WG) {
             uint r = i / D, d = i % D;
-            float l = smem[o_l + r];
-            float o = l > 0.0 ? smem[o_acc + i] / l : 0.0;
-            b3.w[pc.o_off + (qs + q0 + r) * pc.o_stride + head * D + d] = floatBitsToUint(o);
+            uint base = (((qs + q0 + r) * pc.n_heads + head) * pc.max_parts + part) * stride;
+            b3.w[base + d] = floatBitsToUint(smem[o_acc + i]);
+        }
+        for (uint r = tid; r < nq; r += WG) {
+            uint base = (((qs + q0 + r) * pc.n_heads + head) * pc.max_parts + part) * stride;
+            b3.w[base + D] = floatBitsToUint(smem[o_m + r]);
+            b3.w[base + D + 1u] = floatBitsToUint(smem[o_l + r]);
         }
         barrier();
     }

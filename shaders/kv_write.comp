@@ -4,7 +4,7 @@
 #extension GL_EXT_buffer_reference_uvec2 : require
 #endif
 // Writes token K/V rows into the pools at their slots (slot < 0: padding).
-// b2 = k, b3 = v, b4 = slot_mapping. One invocation per (token, kv head, word).
+// b2 = k, b3 = v, b4 = slot_mapping. One invocation per (token, kv head, word or element).
 #include "kvrt_push.h"
 layout(push_constant) uniform P { KVRT_PUSH_KV_WRITE } pc;
 #include "kvrt_common.glsl"
@@ -12,7 +12,11 @@ layout(local_size_x = 64) in;
 
 void main()
 {
-    uint words = pc.f16 != 0u ? pc.head_dim / 2u : pc.head_dim;
+    // F16 rows of even length are whole words; odd ones share words between
+    // rows, so each element merges its half atomically
+    bool pairs = pc.f16 != 0u && (pc.head_dim & 1u) == 0u;
+    bool halves = pc.f16 != 0u && !pairs;
+    uint words = pairs ? pc.head_dim / 2u : pc.head_dim;
     uint total = pc.n_tokens * pc.n_kv_heads * words;
     uint step = gl_NumWorkGroups.x * 64u;
     for (uint g = gl_GlobalInvocationID.x; g < total; g += step) {
@@ -27,7 +31,11 @@ void main()
         uint row = pool_row(blk, h, uint(slot) % pc.block_size);
         uint kb = pc.k_off + t * pc.k_stride + h * pc.head_dim;
         uint vb = pc.v_off + t * pc.v_stride + h * pc.head_dim;
-        if (pc.f16 != 0u) {
+        if (halves) {
+            uint e = row + wd, sh = 16u * (e & 1u);
+            kpool_merge(seg, e >> 1, 0xffffu << sh, f32_to_f16_rne(uintBitsToFloat(b2.w[kb + wd])) << sh);
+            vpool_merge(seg, e >> 1, 0xffffu << sh, f32_to_f16_rne(uintBitsToFloat(b3.w[vb + wd])) << sh);
+        } else if (pairs) {
             uint d = 2u * wd;
             uint kw = f32_to_f16_rne(uintBitsToFloat(b2.w[kb + d])) |
                       (f32_to_f16_rne(uintBitsToFloat(b2.w[kb + d + 1u])) << 16);

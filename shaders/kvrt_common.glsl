@@ -34,6 +34,18 @@ uint kpool_get(uint seg, uint i) { return KvrtWords(kaddr[0].a[seg]).w[i]; }
 uint vpool_get(uint seg, uint i) { return KvrtWords(vaddr[0].a[seg]).w[i]; }
 void kpool_set(uint seg, uint i, uint v) { KvrtWords(kaddr[0].a[seg]).w[i] = v; }
 void vpool_set(uint seg, uint i, uint v) { KvrtWords(vaddr[0].a[seg]).w[i] = v; }
+// Replaces the bits `mask` of word i with `bits`, atomically against other
+// invocations writing the other half of the same word (F16 with odd head_dim).
+void kpool_merge(uint seg, uint i, uint mask, uint bits)
+{
+    atomicAnd(KvrtWords(kaddr[0].a[seg]).w[i], ~mask);
+    atomicOr(KvrtWords(kaddr[0].a[seg]).w[i], bits);
+}
+void vpool_merge(uint seg, uint i, uint mask, uint bits)
+{
+    atomicAnd(KvrtWords(vaddr[0].a[seg]).w[i], ~mask);
+    atomicOr(KvrtWords(vaddr[0].a[seg]).w[i], bits);
+}
 #else
 #define KVRT_SEG_CASES(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
 
@@ -63,6 +75,20 @@ void kpool_set(uint seg, uint i, uint v)
 void vpool_set(uint seg, uint i, uint v)
 {
 #define KVRT_C(n) case n: vpool[n].w[i] = v; break;
+    switch (seg) { KVRT_SEG_CASES(KVRT_C) }
+#undef KVRT_C
+}
+
+void kpool_merge(uint seg, uint i, uint mask, uint bits)
+{
+#define KVRT_C(n) case n: atomicAnd(kpool[n].w[i], ~mask); atomicOr(kpool[n].w[i], bits); break;
+    switch (seg) { KVRT_SEG_CASES(KVRT_C) }
+#undef KVRT_C
+}
+
+void vpool_merge(uint seg, uint i, uint mask, uint bits)
+{
+#define KVRT_C(n) case n: atomicAnd(vpool[n].w[i], ~mask); atomicOr(vpool[n].w[i], bits); break;
     switch (seg) { KVRT_SEG_CASES(KVRT_C) }
 #undef KVRT_C
 }

@@ -172,11 +172,11 @@ static void cpu_reference_blocks(const kvrt_kv_pool_desc *d, int32_t layer, cons
     cpu->ops->destroy(cpu);
 }
 
-static void check_kv_bytes(kvrt_dtype dtype)
+static void check_kv_bytes(kvrt_dtype dtype, int32_t head_dim)
 {
     kvrt_backend *be = vk_open();
-    kvrt_kv_pool_desc d = {.n_layers = 2, .n_kv_heads = 2, .head_dim = 16, .block_size = 8, .num_blocks = 12,
-                           .dtype = dtype};
+    kvrt_kv_pool_desc d = {.n_layers = 2, .n_kv_heads = 2, .head_dim = head_dim, .block_size = 8,
+                           .num_blocks = 12, .dtype = dtype};
     const int32_t n = 45, row = d.n_kv_heads * d.head_dim, stride = row + 3;
     uint64_t rs = 7 + (uint64_t)dtype;
     int32_t slots[45], perm[96];
@@ -245,12 +245,14 @@ static void check_kv_bytes(kvrt_dtype dtype)
 
 static void test_kv_bytes_f32(void **state)
 {
-    check_kv_bytes(KVRT_DTYPE_F32);
+    check_kv_bytes(KVRT_DTYPE_F32, 16);
+    check_kv_bytes(KVRT_DTYPE_F32, 33);
 }
 
 static void test_kv_bytes_f16(void **state)
 {
-    check_kv_bytes(KVRT_DTYPE_F16);
+    check_kv_bytes(KVRT_DTYPE_F16, 16);
+    check_kv_bytes(KVRT_DTYPE_F16, 33); /* rows share words: halves merged atomically */
 }
 
 /* ---- attention vs a double reference ------------------------------------------------- */
@@ -444,6 +446,10 @@ static const vcase prefill_cases[] = {
     {16, 2, 1, 32, KVRT_DTYPE_F32, 16, 3, true, 2, {100, 5}, {60, 1}},
     {96, 6, 2, 16, KVRT_DTYPE_F16, 0, 0, true, 2, {200, 31}, {130, 31}},
     {128, 8, 8, 16, KVRT_DTYPE_F32, 48, 0, true, 1, {150}, {70}},
+    /* long cached prefixes: more loop iterations than lavapipe runs in one
+     * invocation unless the key range is split (found by the shared table) */
+    {80, 8, 2, 32, KVRT_DTYPE_F32, 0, 0, true, 1, {1328}, {62}},
+    {64, 8, 2, 32, KVRT_DTYPE_F16, 0, 0, true, 1, {4000}, {16}},
 };
 
 static void test_decode(void **state)

@@ -6,9 +6,11 @@
 
 typedef struct { KVRT_PUSH_ATTN } vk_push_attn;
 
-/* Keys per split-K partition: a constant, so a sequence's partitions depend
- * on its own length only (batch invariance). */
+/* Keys per split-K partition: constants, so a sequence's partitions depend
+ * on its own length only (batch invariance). They also bound the loop
+ * iterations of one invocation, which lavapipe caps at 65535 in total. */
 #define KVRT_VK_PART_TOKENS 512u
+#define KVRT_VK_PREFILL_PART_TOKENS 256u /* a multiple of every key tile */
 #define KVRT_VK_DECODE_MAX_QD 1024 /* MAX_QD in attn_decode.comp */
 #define KVRT_VK_DECODE_MAX_HW 16   /* s_p holds hw * 64 floats <= MAX_QD */
 
@@ -153,14 +155,21 @@ kvrt_status kvrt_vk_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t l
         return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "attn_prefill: q holds no token row");
     uint64_t tiles = (max_tokens + pc.tile_q - 1) / pc.tile_q;
     pc.n_tile_groups = (uint32_t)KVRT_MIN(tiles, 64u);
-    kvrt_vk_bind bind = {.buf = {q.buf, out.buf, seq_lens.buf, block_tables.buf, query_start_loc.buf}};
+    uint64_t max_ctx = (uint64_t)d->max_blocks_per_seq * (uint64_t)pool->desc.block_size;
+    pc.part_tokens = KVRT_VK_PREFILL_PART_TOKENS;
+    pc.max_parts = (uint32_t)((max_ctx + pc.part_tokens - 1) / pc.part_tokens);
+    uint64_t scratch = max_tokens * (uint64_t)d->n_heads * pc.max_parts * (pc.head_dim + 2u) * 4u;
+    if (scratch > SIZE_MAX / 2 || (uint64_t)d->num_seqs * pc.max_parts > vk->caps.max_wg_count[2])
+        return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "attn_prefill: batch too large for one call");
+    kvrt_vk_bind bind = {.buf = {q.buf, NULL, seq_lens.buf, block_tables.buf, query_start_loc.buf}};
     kvrt_vk_pipe_id pipe = kvrt_vk_pool_bind(pool, layer, KVRT_VK_PIPE_ATTN_PREFILL, &bind);
     KVRT_TRY(kvrt_vk_view_seg(vk, q, vk_rows((int64_t)max_tokens, d->q_stride, row), "attn_prefill q", &bind.seg[0],
                               &pc.q_off));
     /* out must hold as many rows as q can (the kernel writes only real tokens) */
     if (!out.buf || out.offset > out.buf->size)
         return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "attn_prefill: bad out view");
-    KVRT_TRY(kvrt_vk_view_seg(vk, out, vk_rows(1, d->o_stride, row), "attn_prefill out", &bind.seg[1], &pc.o_off));
+    uint32_t o_seg;
+    KVRT_TRY(kvrt_vk_view_seg(vk, out, vk_rows(1, d->o_stride, row), "attn_prefill out", &o_seg, &pc.o_off));
     KVRT_TRY(kvrt_vk_view_seg(vk, seq_lens, (size_t)d->num_seqs * 4, "attn_prefill seq_lens", &bind.seg[2],
                               &pc.seq_lens_off));
     KVRT_TRY(kvrt_vk_view_seg(vk, block_tables, (size_t)d->num_seqs * (size_t)d->max_blocks_per_seq * 4,
@@ -169,7 +178,18 @@ kvrt_status kvrt_vk_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t l
                               &bind.seg[4], &pc.qsl_off));
     bool implicit;
     KVRT_TRY(kvrt_vk_acquire(vk, &implicit));
-    kvrt_status s = kvrt_vk_dispatch(vk, pipe, &bind, &pc, sizeof(pc), pc.n_tile_groups,
-                                     (uint32_t)d->n_heads, (uint32_t)d->num_seqs);
+    kvrt_status s = kvrt_vk_scratch_reserve(vk, (size_t)scratch);
+    if (s == KVRT_OK) {
+        bind.buf[1] = vk->scratch;
+        s = kvrt_vk_dispatch(vk, pipe, &bind, &pc, sizeof(pc), pc.n_tile_groups, (uint32_t)d->n_heads,
+                             (uint32_t)d->num_seqs * pc.max_parts);
+    }
+    if (s == KVRT_OK) {
+        kvrt_vk_bind mb = {.buf = {vk->scratch, out.buf, seq_lens.buf, NULL, query_start_loc.buf},
+                           .seg = {0, o_seg, bind.seg[2], 0, bind.seg[4]}};
+        pc.n_tile_groups = (uint32_t)KVRT_MIN(max_tokens, (uint64_t)vk->caps.max_wg_count[0]);
+        s = kvrt_vk_dispatch(vk, KVRT_VK_PIPE_ATTN_PREFILL_MERGE, &mb, &pc, sizeof(pc), pc.n_tile_groups,
+                             (uint32_t)d->n_heads, (uint32_t)d->num_seqs);
+    }
     return kvrt_vk_end_implicit(vk, implicit, s);
 }

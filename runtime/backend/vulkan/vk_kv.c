@@ -29,9 +29,10 @@ static kvrt_status vk_check_desc(kvrt_vk_backend *vk, const kvrt_kv_pool_desc *d
                          "vulkan: KV pool sizes must be positive (layers %d, kv heads %d, head dim %d, block %d, "
                          "blocks %d)", (int)d->n_layers, (int)d->n_kv_heads, (int)d->head_dim, (int)d->block_size,
                          (int)d->num_blocks);
-    if (d->dtype == KVRT_DTYPE_F16 && d->head_dim % 2)
-        return kvrt_fail(&vk->base.err, KVRT_ERR_UNSUPPORTED, "vulkan: F16 KV needs an even head_dim, not %d",
-                         (int)d->head_dim);
+    if (kvrt_kv_block_bytes(d) % 4)
+        return kvrt_fail(&vk->base.err, KVRT_ERR_UNSUPPORTED,
+                         "vulkan: a KV block of %zu bytes is not a whole number of 32-bit words (block size %d)",
+                         kvrt_kv_block_bytes(d), (int)d->block_size);
     return KVRT_OK;
 }
 
@@ -260,7 +261,7 @@ kvrt_status kvrt_vk_kv_write(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer
     KVRT_TRY(kvrt_vk_view_seg(vk, v, vb, "kv_write v", &bind.seg[1], &pc.v_off));
     KVRT_TRY(kvrt_vk_view_seg(vk, slot_mapping, (size_t)n_tokens * 4, "kv_write slot_mapping", &bind.seg[2],
                               &pc.slot_off));
-    uint64_t total = (uint64_t)n_tokens * (uint64_t)row / (pc.f16 ? 2 : 1);
+    uint64_t total = (uint64_t)n_tokens * (uint64_t)row / (pc.f16 && pc.head_dim % 2 == 0 ? 2 : 1);
     if (total > UINT32_MAX)
         return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "kv_write: %d tokens in one call is too many", (int)n_tokens);
     uint32_t groups = (uint32_t)KVRT_MIN((total + 63) / 64, (uint64_t)vk->caps.max_wg_count[0]);

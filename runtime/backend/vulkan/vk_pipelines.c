@@ -9,6 +9,7 @@
 #include "shaders/attn_merge.spv.h"
 #include "shaders/attn_prefill.spv.h"
 #include "shaders/attn_prefill_bda.spv.h"
+#include "shaders/attn_prefill_merge.spv.h"
 #include "shaders/argmax.spv.h"
 #include "shaders/elementwise.spv.h"
 #include "shaders/kv_write.spv.h"
@@ -45,6 +46,7 @@ static const vk_pipe_desc vk_pipe_table[KVRT_VK_PIPE_COUNT] = {
     [KVRT_VK_PIPE_ATTN_DECODE] = {"attn_decode", VK_SPV(attn_decode), -1},
     [KVRT_VK_PIPE_ATTN_MERGE] = {"attn_merge", VK_SPV(attn_merge), -1},
     [KVRT_VK_PIPE_ATTN_PREFILL] = {"attn_prefill", VK_SPV(attn_prefill), -2},
+    [KVRT_VK_PIPE_ATTN_PREFILL_MERGE] = {"attn_prefill_merge", VK_SPV(attn_prefill_merge), -1},
     [KVRT_VK_PIPE_MATMUL] = {"matmul", VK_SPV(matmul), -1},
     [KVRT_VK_PIPE_RMSNORM] = {"rmsnorm", VK_SPV(rmsnorm), -1},
     [KVRT_VK_PIPE_ADD] = {"add", VK_SPV(elementwise), 0},
