@@ -154,7 +154,9 @@ kvrt_status kvrt_vk_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t l
     if (max_tokens == 0)
         return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "attn_prefill: q holds no token row");
     uint64_t tiles = (max_tokens + pc.tile_q - 1) / pc.tile_q;
-    pc.n_tile_groups = (uint32_t)KVRT_MIN(tiles, 64u);
+    /* one query tile per workgroup: with the 256-key partitions this bounds the
+     * loop iterations of an invocation (below lavapipe's 65535) */
+    pc.n_tile_groups = (uint32_t)KVRT_MIN(tiles, (uint64_t)vk->caps.max_wg_count[0]);
     uint64_t max_ctx = (uint64_t)d->max_blocks_per_seq * (uint64_t)pool->desc.block_size;
     pc.part_tokens = KVRT_VK_PREFILL_PART_TOKENS;
     pc.max_parts = (uint32_t)((max_ctx + pc.part_tokens - 1) / pc.part_tokens);
