@@ -1,5 +1,6 @@
 /* Paged attention on Vulkan: split-K decode (attn_decode + attn_merge) and
- * tiled prefill (attn_prefill). See the shaders for the work split. */
+ * split-K tiled prefill (attn_prefill + attn_prefill_merge). See the shaders
+ * for the work split. */
 #include "backend/vulkan/vk_internal.h"
 
 #include <string.h>
