@@ -256,6 +256,37 @@ static void test_host_visible(void **state)
     vk_close(be);
 }
 
+/* Two live backends (separate instances and devices, one without validation)
+ * used in turn: each keeps its own device entry points and state. */
+static void test_two_backends(void **state)
+{
+    kvrt_backend *a = vk_open(0);
+    kvrt_context_params p = kvrt_context_default_params();
+    p.backend = KVRT_BACKEND_VULKAN;
+    kvrt_backend *b = NULL;
+    assert_int_equal(kvrt_vulkan_backend_create(&p, &b, NULL), KVRT_OK);
+    uint8_t in[2][1000], out[1000];
+    fill_pattern(in[0], sizeof(in[0]), 10);
+    fill_pattern(in[1], sizeof(in[1]), 11);
+    kvrt_buffer *ba, *bb;
+    assert_int_equal(a->ops->buffer_create(a, 1000, KVRT_BUFFER_DEVICE, &ba), KVRT_OK);
+    assert_int_equal(b->ops->buffer_create(b, 1000, KVRT_BUFFER_DEVICE, &bb), KVRT_OK);
+    assert_int_equal(a->ops->buffer_upload(a, ba, 0, in[0], 1000), KVRT_OK);
+    assert_int_equal(b->ops->buffer_upload(b, bb, 0, in[1], 1000), KVRT_OK);
+    assert_int_equal(a->ops->begin(a), KVRT_OK);
+    assert_int_equal(b->ops->begin(b), KVRT_OK); /* both steps open at once */
+    assert_int_equal(b->ops->submit(b), KVRT_OK);
+    assert_int_equal(a->ops->submit(a), KVRT_OK);
+    assert_int_equal(a->ops->buffer_download(a, ba, 0, out, 1000), KVRT_OK);
+    assert_memory_equal(out, in[0], 1000);
+    a->ops->buffer_destroy(a, ba);
+    vk_close(a); /* the other device keeps working after this one is gone */
+    assert_int_equal(b->ops->buffer_download(b, bb, 0, out, 1000), KVRT_OK);
+    assert_memory_equal(out, in[1], 1000);
+    b->ops->buffer_destroy(b, bb);
+    b->ops->destroy(b);
+}
+
 static int pass_all(void **state)
 {
     g_disabled = 0;
@@ -280,6 +311,7 @@ int main(void)
         BOTH(test_big_buffer),
         BOTH(test_budget_oom),
         BOTH(test_host_visible),
+        cmocka_unit_test(test_two_backends),
     };
     return cmocka_run_group_tests_name("vulkan_device", tests, NULL, NULL);
 }
