@@ -1,0 +1,28 @@
+/* Internal entry points of the Vulkan backend that need no Vulkan headers:
+ * creation with debug options (validation layer, small segments) and the
+ * validation message counter, for tests and tools. Not installed. */
+#ifndef KVRT_VK_BACKEND_H
+#define KVRT_VK_BACKEND_H
+
+#include "backend/backend.h"
+
+typedef struct kvrt_vk_debug_params {
+    bool validation;          /* enable VK_LAYER_KHRONOS_validation (+ sync validation) */
+    size_t max_segment_bytes; /* 0 = device limits; else a smaller segment size (tests) */
+} kvrt_vk_debug_params;
+
+/* kvrt_vulkan_backend_create with debug options; debug may be NULL. */
+kvrt_status kvrt_vk_backend_create_ex(const kvrt_context_params *params, const kvrt_vk_debug_params *debug,
+                                      kvrt_backend **out, kvrt_error *err);
+
+/* Validation messages (warnings and errors) seen so far; the first is copied to `first`. */
+uint32_t kvrt_vk_validation_messages(kvrt_backend *be, char *first, size_t first_size);
+
+/* Changes the segment limit for buffers and pools created from now on
+ * (0 = device limits): tests cross segment boundaries with small data. */
+void kvrt_vk_set_max_segment(kvrt_backend *be, size_t bytes);
+
+/* KVRT_FEATURE_* bits the backend uses (present and not disabled). */
+uint32_t kvrt_vk_features(kvrt_backend *be);
+
+#endif /* KVRT_VK_BACKEND_H */

@@ -1,0 +1,238 @@
+/* The Vulkan backend's internals, shared by its parts (one file per job:
+ * device, memory, pipelines, dispatch, KV, attention). Not installed. */
+#ifndef KVRT_VK_INTERNAL_H
+#define KVRT_VK_INTERNAL_H
+
+#include "backend/backend.h"
+#include "backend/vulkan/vk_backend.h"
+#include "kvrt_push.h"
+
+#include "kvrt_volk_names.h" /* kvrt_-prefixed names for volk's globals */
+#include <volk.h>
+
+/* ---- device ---- */
+
+typedef struct kvrt_vk_caps {
+    uint32_t api_version;
+    uint64_t max_storage_range;     /* maxStorageBufferRange */
+    uint64_t max_alloc;             /* maxMemoryAllocationSize */
+    uint64_t storage_align;         /* minStorageBufferOffsetAlignment */
+    uint32_t shared_bytes;          /* maxComputeSharedMemorySize */
+    uint32_t max_wg_count[3];
+    uint32_t subgroup_size;
+    uint32_t subgroup_ops;          /* VkSubgroupFeatureFlags in compute */
+    uint32_t features;              /* KVRT_FEATURE_* present and not disabled */
+    bool fp16_arith;
+    bool storage16;
+    bool storage8;
+    bool int8_arith;
+    bool bda;
+} kvrt_vk_caps;
+
+/* ---- memory ---- */
+
+typedef struct kvrt_vk_segment {
+    VkBuffer buf;
+    VkDeviceMemory mem;
+    VkDeviceSize size;  /* bytes kvrt addresses */
+    VkDeviceSize alloc; /* bytes counted against the budget */
+    VkDeviceAddress addr; /* buffer device address (0 without the feature) */
+    void *map; /* host-visible buffers: persistently mapped */
+} kvrt_vk_segment;
+
+/* A logical buffer: segments of seg_bytes (the last may be shorter), each its
+ * own VkBuffer + allocation, none larger than one binding or one allocation. */
+struct kvrt_buffer {
+    size_t size;
+    size_t seg_bytes;
+    uint32_t n_segs;
+    unsigned flags;
+    kvrt_vk_segment *segs; /* [n_segs] */
+};
+
+struct kvrt_kv_pool {
+    kvrt_kv_pool_desc desc;
+    size_t block_bytes;
+    uint32_t blocks_per_seg;
+    kvrt_buffer **k; /* [n_layers] */
+    kvrt_buffer **v; /* [n_layers] */
+    bool bda;        /* shaders reach segments through address tables: */
+    kvrt_buffer **k_addr; /* [n_layers] -> uvec2 segment base addresses */
+    kvrt_buffer **v_addr;
+};
+
+/* ---- pipelines ---- */
+
+typedef enum kvrt_vk_pipe_id {
+    KVRT_VK_PIPE_KV_WRITE = 0,
+    KVRT_VK_PIPE_ATTN_DECODE,
+    KVRT_VK_PIPE_ATTN_MERGE,
+    KVRT_VK_PIPE_ATTN_PREFILL,
+    KVRT_VK_PIPE_ATTN_PREFILL_MERGE,
+    KVRT_VK_PIPE_MATMUL,
+    KVRT_VK_PIPE_RMSNORM,
+    KVRT_VK_PIPE_ADD,
+    KVRT_VK_PIPE_SWIGLU,
+    KVRT_VK_PIPE_ROPE,
+    KVRT_VK_PIPE_EMBED,
+    KVRT_VK_PIPE_GATHER,
+    KVRT_VK_PIPE_ARGMAX,
+    KVRT_VK_PIPE_KV_WRITE_BDA, /* pool shaders built with -DKVRT_BDA */
+    KVRT_VK_PIPE_ATTN_DECODE_BDA,
+    KVRT_VK_PIPE_ATTN_PREFILL_BDA,
+    KVRT_VK_PIPE_COUNT
+} kvrt_vk_pipe_id;
+
+#define KVRT_VK_N_BINDINGS 7 /* 0 K pool[8], 1 V pool[8], 2..6 plain */
+
+typedef struct kvrt_vk_backend {
+    kvrt_backend base;
+    kvrt_vk_debug_params debug;
+
+    VkInstance instance;
+    VkDebugUtilsMessengerEXT messenger;
+    PFN_vkDestroyDebugUtilsMessengerEXT destroy_messenger; /* this instance's, not volk's global */
+    VkPhysicalDevice phys;
+    VkDevice device;
+    struct VolkDeviceTable vk; /* device-level entry points of this device only */
+    VkQueue queue;
+    uint32_t queue_family;
+    kvrt_vk_caps caps;
+    char device_name[VK_MAX_PHYSICAL_DEVICE_NAME_SIZE];
+
+    uint32_t mem_type_device;
+    uint32_t mem_type_host;
+    uint64_t budget; /* 0 = none */
+    uint64_t used;   /* bytes of device memory kvrt allocated */
+
+    VkCommandPool cmd_pool;
+    VkCommandBuffer cmd;  /* the step being recorded */
+    VkCommandBuffer xfer; /* immediate transfers (upload, download, fills) */
+    VkFence fence;
+    bool recording;
+    bool recorded_any;
+
+    VkDescriptorSetLayout set_layout;
+    VkPipelineLayout pipe_layout;
+    VkDescriptorPool *desc_pools;
+    uint32_t n_desc_pools;
+    VkPipeline pipes[KVRT_VK_PIPE_COUNT];
+
+    kvrt_buffer *staging; /* host-visible, for upload/download */
+    kvrt_buffer *dummy;   /* bound to unused bindings */
+    kvrt_buffer *scratch; /* split-K partials; grows */
+    kvrt_buffer *retired[4]; /* old scratch still used by the open step */
+
+    uint32_t validation_count;
+    char validation_first[512];
+} kvrt_vk_backend;
+
+static inline kvrt_vk_backend *kvrt_vk(kvrt_backend *be)
+{
+    return (kvrt_vk_backend *)be;
+}
+
+/* VkResult -> kvrt_status with a message naming what failed. */
+kvrt_status kvrt_vk_result(kvrt_vk_backend *vk, VkResult r, const char *what);
+
+/* ---- memory (vk_memory.c) ---- */
+kvrt_status kvrt_vk_memory_init(kvrt_vk_backend *vk);
+void kvrt_vk_memory_finish(kvrt_vk_backend *vk);
+/* seg_bytes 0 = largest one binding allows (and the debug limit); pools pass
+ * their own, at most kvrt_vk_max_pool_segment(). Device
+ * buffers count against the memory budget; host-visible ones (staging,
+ * readback: system memory on a discrete GPU) do not. */
+kvrt_status kvrt_vk_buffer_create_seg(kvrt_vk_backend *vk, size_t size, size_t seg_bytes, unsigned flags,
+                                      kvrt_buffer **out);
+void kvrt_vk_buffer_free(kvrt_vk_backend *vk, kvrt_buffer *b);
+/* Largest segment a buffer may use on this device (multiple of 256). */
+size_t kvrt_vk_max_segment(const kvrt_vk_backend *vk);
+/* Largest segment of a KV pool layer: one allocation with buffer device
+ * addresses, one storage binding without. */
+size_t kvrt_vk_max_pool_segment(const kvrt_vk_backend *vk);
+/* Segment holding [offset, offset + bytes) of a view, and the word offset
+ * inside it; fails when the range crosses a segment or is not 4-byte aligned. */
+kvrt_status kvrt_vk_view_seg(kvrt_vk_backend *vk, kvrt_view v, size_t bytes, const char *what,
+                             uint32_t *seg, uint32_t *word_off);
+/* Grows vk->scratch to at least `bytes`. Only between submits. */
+kvrt_status kvrt_vk_scratch_reserve(kvrt_vk_backend *vk, size_t bytes);
+/* Immediate (like kv_block_read/write): they run at once, through their own
+ * command buffer, not in the open step; data a recorded op writes is
+ * readable after submit(). */
+kvrt_status kvrt_vk_upload(kvrt_vk_backend *vk, kvrt_buffer *dst, size_t offset, const void *src, size_t size);
+kvrt_status kvrt_vk_download(kvrt_vk_backend *vk, kvrt_buffer *src, size_t offset, void *dst, size_t size);
+/* The buffer_copy entry: recorded (its own step when none is open). */
+kvrt_status kvrt_vk_buffer_copy(kvrt_backend *be, kvrt_buffer *src, size_t src_offset, kvrt_buffer *dst,
+                                size_t dst_offset, size_t size);
+
+/* ---- pipelines (vk_pipelines.c) ---- */
+kvrt_status kvrt_vk_pipelines_init(kvrt_vk_backend *vk);
+void kvrt_vk_pipelines_finish(kvrt_vk_backend *vk);
+/* Creates the pipeline on first use and caches it. */
+kvrt_status kvrt_vk_pipeline(kvrt_vk_backend *vk, kvrt_vk_pipe_id id, VkPipeline *out);
+/* Floats of shared memory the prefill shader is built with. */
+uint32_t kvrt_vk_prefill_smem_floats(const kvrt_vk_backend *vk);
+
+/* ---- recording (vk_dispatch.c) ---- */
+kvrt_status kvrt_vk_dispatch_init(kvrt_vk_backend *vk);
+void kvrt_vk_dispatch_finish(kvrt_vk_backend *vk);
+kvrt_status kvrt_vk_begin(kvrt_backend *be);
+kvrt_status kvrt_vk_submit(kvrt_backend *be);
+/* Starts recording when no step is open; *implicit tells kvrt_vk_end_implicit to submit. */
+kvrt_status kvrt_vk_acquire(kvrt_vk_backend *vk, bool *implicit);
+kvrt_status kvrt_vk_end_implicit(kvrt_vk_backend *vk, bool implicit, kvrt_status s);
+/* Orders everything recorded so far before what comes next (compute and transfer). */
+void kvrt_vk_barrier(kvrt_vk_backend *vk);
+/* Immediate work on the transfer command buffer: begin, record, then run and wait. */
+kvrt_status kvrt_vk_oneshot_begin(kvrt_vk_backend *vk, VkCommandBuffer *cb);
+kvrt_status kvrt_vk_oneshot_run(kvrt_vk_backend *vk);
+
+/* What one dispatch binds: pool segments (may be NULL) and plain buffers
+ * (segment index chosen by kvrt_vk_view_seg; NULL = dummy). */
+typedef struct kvrt_vk_bind {
+    const kvrt_buffer *kpool;
+    const kvrt_buffer *vpool;
+    const kvrt_buffer *buf[5]; /* bindings 2..6 */
+    uint32_t seg[5];
+} kvrt_vk_bind;
+
+kvrt_status kvrt_vk_dispatch(kvrt_vk_backend *vk, kvrt_vk_pipe_id id, const kvrt_vk_bind *bind,
+                             const void *push, uint32_t push_size, uint32_t gx, uint32_t gy, uint32_t gz);
+
+/* ---- KV and attention (vk_kv.c, vk_attention.c) ---- */
+kvrt_status kvrt_vk_kv_pool_create(kvrt_backend *be, const kvrt_kv_pool_desc *desc, kvrt_kv_pool **out);
+void kvrt_vk_kv_pool_destroy(kvrt_backend *be, kvrt_kv_pool *pool);
+kvrt_status kvrt_vk_kv_block_read(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, kvrt_kv_which which,
+                                  int32_t block, void *dst);
+kvrt_status kvrt_vk_kv_block_write(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, kvrt_kv_which which,
+                                   int32_t block, const void *src);
+kvrt_status kvrt_vk_kv_copy_blocks(kvrt_backend *be, kvrt_kv_pool *pool, const int32_t (*pairs)[2], int32_t n);
+/* Binds a pool layer (segments or address tables) and picks the pipeline
+ * variant that matches how the pool is addressed. */
+kvrt_vk_pipe_id kvrt_vk_pool_bind(const kvrt_kv_pool *pool, int32_t layer, kvrt_vk_pipe_id id, kvrt_vk_bind *bind);
+kvrt_status kvrt_vk_kv_write(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, kvrt_view k, int64_t k_stride,
+                             kvrt_view v, int64_t v_stride, kvrt_view slot_mapping, int32_t n_tokens);
+kvrt_status kvrt_vk_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
+                                kvrt_view q, kvrt_view out, kvrt_view seq_lens, kvrt_view block_tables);
+kvrt_status kvrt_vk_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
+                                 kvrt_view q, kvrt_view out, kvrt_view query_start_loc, kvrt_view seq_lens,
+                                 kvrt_view block_tables);
+
+/* ---- model ops (vk_ops.c) ---- */
+kvrt_status kvrt_vk_matmul(kvrt_backend *be, kvrt_dtype wtype, kvrt_view w, int64_t n_out, int64_t n_in, kvrt_view x,
+                           int64_t x_stride, kvrt_view y, int64_t y_stride, int32_t n_tokens);
+kvrt_status kvrt_vk_rmsnorm(kvrt_backend *be, kvrt_view x, int64_t x_stride, kvrt_view w, kvrt_view y,
+                            int64_t y_stride, int32_t n_tokens, int32_t dim, float eps);
+kvrt_status kvrt_vk_rope(kvrt_backend *be, kvrt_view x, kvrt_view positions, kvrt_view cos_sin,
+                         const kvrt_rope_desc *d);
+kvrt_status kvrt_vk_swiglu(kvrt_backend *be, kvrt_view gate, int64_t gate_stride, kvrt_view up, int64_t up_stride,
+                           kvrt_view out, int64_t out_stride, int32_t n_tokens, int32_t dim);
+kvrt_status kvrt_vk_add(kvrt_backend *be, kvrt_view a, kvrt_view b, kvrt_view out, int64_t n);
+kvrt_status kvrt_vk_embed(kvrt_backend *be, kvrt_dtype wtype, kvrt_view table, int64_t dim, kvrt_view ids,
+                          int32_t n_tokens, kvrt_view out);
+kvrt_status kvrt_vk_gather_rows(kvrt_backend *be, kvrt_view src, int64_t src_stride, kvrt_view idx, int32_t n,
+                                kvrt_view dst, int64_t dst_stride, int32_t dim);
+kvrt_status kvrt_vk_argmax(kvrt_backend *be, kvrt_view x, int64_t stride, int32_t n_rows, int32_t n_cols,
+                           kvrt_view out);
+
+#endif /* KVRT_VK_INTERNAL_H */

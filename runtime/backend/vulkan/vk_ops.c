@@ -1,0 +1,253 @@
+/* Model ops on Vulkan (F32 activations): GEMV-style matmul for F32/F16/BF16
+ * weights, rmsnorm, RoPE from the host's cos/sin table, SwiGLU, add, embedding
+ * gather, row gather, argmax. Each validates its views, then records one
+ * dispatch (inside the open step, or as its own step when none is open). */
+#include "backend/vulkan/vk_internal.h"
+
+#include <string.h>
+
+typedef struct { KVRT_PUSH_OPS } vk_push_ops;
+
+/* Bytes of n rows of `row` F32 elements, `stride` apart; false when the
+ * shape is negative, overflows, or exceeds what 32-bit word offsets reach. */
+static bool vk_span(int64_t n, int64_t stride, int64_t row, int64_t elem, size_t *out)
+{
+    int64_t last, total;
+    if (n <= 0 || row <= 0 || stride < row || stride > UINT32_MAX || !kvrt_mul_i64(n - 1, stride, &last) ||
+        __builtin_add_overflow(last, row, &total) || !kvrt_mul_i64(total, elem, &total) ||
+        total > (int64_t)UINT32_MAX * 4)
+        return false;
+    *out = (size_t)total;
+    return true;
+}
+
+static kvrt_status vk_bad_shape(kvrt_backend *be, const char *op)
+{
+    return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "%s: bad sizes or strides", op);
+}
+
+static kvrt_status vk_record(kvrt_vk_backend *vk, kvrt_vk_pipe_id id, const kvrt_vk_bind *bind,
+                             const vk_push_ops *pc, uint64_t gx, uint64_t gy)
+{
+    if (gx == 0 || gy == 0)
+        return KVRT_OK;
+    if (gx > UINT32_MAX || gy > UINT32_MAX)
+        return kvrt_fail(&vk->base.err, KVRT_ERR_UNSUPPORTED, "vulkan: grid too large");
+    bool implicit;
+    KVRT_TRY(kvrt_vk_acquire(vk, &implicit));
+    kvrt_status s = kvrt_vk_dispatch(vk, id, bind, pc, sizeof(*pc), (uint32_t)gx, (uint32_t)gy, 1);
+    return kvrt_vk_end_implicit(vk, implicit, s);
+}
+
+static uint64_t vk_groups(uint64_t items, const kvrt_vk_backend *vk)
+{
+    return KVRT_MIN((items + 63) / 64, (uint64_t)vk->caps.max_wg_count[0]);
+}
+
+/* Weight element type -> shader code; bytes per element. */
+static kvrt_status vk_wtype(kvrt_backend *be, kvrt_dtype t, const char *op, uint32_t *code, int64_t *elem)
+{
+    switch (t) {
+    case KVRT_DTYPE_F32: *code = 0, *elem = 4; return KVRT_OK;
+    case KVRT_DTYPE_F16: *code = 1, *elem = 2; return KVRT_OK;
+    case KVRT_DTYPE_BF16: *code = 2, *elem = 2; return KVRT_OK;
+    default:
+        return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "vulkan: %s with %s weights is not implemented", op,
+                         kvrt_dtype_name(t));
+    }
+}
+
+kvrt_status kvrt_vk_matmul(kvrt_backend *be, kvrt_dtype wtype, kvrt_view w, int64_t n_out, int64_t n_in, kvrt_view x,
+                           int64_t x_stride, kvrt_view y, int64_t y_stride, int32_t n_tokens)
+{
+    kvrt_vk_backend *vk = kvrt_vk(be);
+    vk_push_ops pc;
+    memset(&pc, 0, sizeof(pc));
+    int64_t elem = 4;
+    KVRT_TRY(vk_wtype(be, wtype, "matmul", &pc.wtype, &elem));
+    if (n_tokens == 0)
+        return KVRT_OK;
+    size_t wb, xb, yb;
+    if (n_tokens < 0 || !vk_span(n_out, n_in, n_in, elem, &wb) || !vk_span(n_tokens, x_stride, n_in, 4, &xb) ||
+        !vk_span(n_tokens, y_stride, n_out, 4, &yb))
+        return vk_bad_shape(be, "matmul");
+    kvrt_vk_bind bind = {.buf = {w.buf, x.buf, y.buf}};
+    KVRT_TRY(kvrt_vk_view_seg(vk, w, wb, "matmul weights", &bind.seg[0], &pc.a_off));
+    KVRT_TRY(kvrt_vk_view_seg(vk, x, xb, "matmul x", &bind.seg[1], &pc.b_off));
+    KVRT_TRY(kvrt_vk_view_seg(vk, y, yb, "matmul y", &bind.seg[2], &pc.c_off));
+    pc.n_tokens = (uint32_t)n_tokens;
+    pc.dim = (uint32_t)n_in;
+    pc.n_out = (uint32_t)n_out;
+    pc.b_stride = (uint32_t)x_stride;
+    pc.c_stride = (uint32_t)y_stride;
+    return vk_record(vk, KVRT_VK_PIPE_MATMUL, &bind, &pc, KVRT_MIN((uint64_t)n_out, vk->caps.max_wg_count[0]),
+                     (uint64_t)n_tokens);
+}
+
+kvrt_status kvrt_vk_rmsnorm(kvrt_backend *be, kvrt_view x, int64_t x_stride, kvrt_view w, kvrt_view y,
+                            int64_t y_stride, int32_t n_tokens, int32_t dim, float eps)
+{
+    kvrt_vk_backend *vk = kvrt_vk(be);
+    if (n_tokens == 0)
+        return KVRT_OK;
+    size_t xb, wb, yb;
+    if (n_tokens < 0 || !vk_span(n_tokens, x_stride, dim, 4, &xb) || !vk_span(1, dim, dim, 4, &wb) ||
+        !vk_span(n_tokens, y_stride, dim, 4, &yb))
+        return vk_bad_shape(be, "rmsnorm");
+    vk_push_ops pc;
+    memset(&pc, 0, sizeof(pc));
+    kvrt_vk_bind bind = {.buf = {x.buf, w.buf, y.buf}};
+    KVRT_TRY(kvrt_vk_view_seg(vk, x, xb, "rmsnorm x", &bind.seg[0], &pc.a_off));
+    KVRT_TRY(kvrt_vk_view_seg(vk, w, wb, "rmsnorm w", &bind.seg[1], &pc.b_off));
+    KVRT_TRY(kvrt_vk_view_seg(vk, y, yb, "rmsnorm y", &bind.seg[2], &pc.c_off));
+    pc.n_tokens = (uint32_t)n_tokens;
+    pc.dim = (uint32_t)dim;
+    pc.a_stride = (uint32_t)x_stride;
+    pc.c_stride = (uint32_t)y_stride;
+    pc.eps = eps;
+    return vk_record(vk, KVRT_VK_PIPE_RMSNORM, &bind, &pc, (uint64_t)n_tokens, 1);
+}
+
+kvrt_status kvrt_vk_rope(kvrt_backend *be, kvrt_view x, kvrt_view positions, kvrt_view cos_sin,
+                         const kvrt_rope_desc *d)
+{
+    kvrt_vk_backend *vk = kvrt_vk(be);
+    if (d->n_tokens == 0)
+        return KVRT_OK;
+    size_t xb, pb, cb;
+    int64_t row = (int64_t)d->n_heads * d->head_dim;
+    if (d->n_tokens < 0 || d->n_heads <= 0 || d->head_dim <= 0 || d->rot_dim <= 0 || d->rot_dim % 2 ||
+        d->rot_dim > d->head_dim || d->max_pos <= 0 || !vk_span(d->n_tokens, d->stride, row, 4, &xb) ||
+        !vk_span(d->n_tokens, 1, 1, 4, &pb) || !vk_span(d->max_pos, d->rot_dim, d->rot_dim, 4, &cb))
+        return vk_bad_shape(be, "rope");
+    vk_push_ops pc;
+    memset(&pc, 0, sizeof(pc));
+    kvrt_vk_bind bind = {.buf = {x.buf, positions.buf, cos_sin.buf}};
+    KVRT_TRY(kvrt_vk_view_seg(vk, x, xb, "rope x", &bind.seg[0], &pc.a_off));
+    KVRT_TRY(kvrt_vk_view_seg(vk, positions, pb, "rope positions", &bind.seg[1], &pc.b_off));
+    KVRT_TRY(kvrt_vk_view_seg(vk, cos_sin, cb, "rope cos_sin", &bind.seg[2], &pc.c_off));
+    pc.n_tokens = (uint32_t)d->n_tokens;
+    pc.a_stride = (uint32_t)d->stride;
+    pc.n_heads = (uint32_t)d->n_heads;
+    pc.head_dim = (uint32_t)d->head_dim;
+    pc.rot_dim = (uint32_t)d->rot_dim;
+    pc.neox = d->neox != 0;
+    pc.max_pos = (uint32_t)d->max_pos;
+    uint64_t total = (uint64_t)d->n_tokens * (uint64_t)d->n_heads * (uint64_t)(d->rot_dim / 2);
+    if (total > UINT32_MAX)
+        return vk_bad_shape(be, "rope");
+    return vk_record(vk, KVRT_VK_PIPE_ROPE, &bind, &pc, vk_groups(total, vk), 1);
+}
+
+kvrt_status kvrt_vk_swiglu(kvrt_backend *be, kvrt_view gate, int64_t gate_stride, kvrt_view up, int64_t up_stride,
+                           kvrt_view out, int64_t out_stride, int32_t n_tokens, int32_t dim)
+{
+    kvrt_vk_backend *vk = kvrt_vk(be);
+    if (n_tokens == 0)
+        return KVRT_OK;
+    size_t gb, ub, ob;
+    if (n_tokens < 0 || !vk_span(n_tokens, gate_stride, dim, 4, &gb) || !vk_span(n_tokens, up_stride, dim, 4, &ub) ||
+        !vk_span(n_tokens, out_stride, dim, 4, &ob))
+        return vk_bad_shape(be, "swiglu");
+    vk_push_ops pc;
+    memset(&pc, 0, sizeof(pc));
+    kvrt_vk_bind bind = {.buf = {gate.buf, up.buf, out.buf}};
+    KVRT_TRY(kvrt_vk_view_seg(vk, gate, gb, "swiglu gate", &bind.seg[0], &pc.a_off));
+    KVRT_TRY(kvrt_vk_view_seg(vk, up, ub, "swiglu up", &bind.seg[1], &pc.b_off));
+    KVRT_TRY(kvrt_vk_view_seg(vk, out, ob, "swiglu out", &bind.seg[2], &pc.c_off));
+    pc.n_tokens = (uint32_t)n_tokens;
+    pc.dim = (uint32_t)dim;
+    pc.a_stride = (uint32_t)gate_stride;
+    pc.b_stride = (uint32_t)up_stride;
+    pc.c_stride = (uint32_t)out_stride;
+    return vk_record(vk, KVRT_VK_PIPE_SWIGLU, &bind, &pc, KVRT_MIN(vk_groups((uint64_t)dim, vk), 256u),
+                     (uint64_t)n_tokens);
+}
+
+kvrt_status kvrt_vk_add(kvrt_backend *be, kvrt_view a, kvrt_view b, kvrt_view out, int64_t n)
+{
+    kvrt_vk_backend *vk = kvrt_vk(be);
+    if (n == 0)
+        return KVRT_OK;
+    size_t bytes;
+    if (!vk_span(1, n, n, 4, &bytes))
+        return vk_bad_shape(be, "add");
+    vk_push_ops pc;
+    memset(&pc, 0, sizeof(pc));
+    kvrt_vk_bind bind = {.buf = {a.buf, b.buf, out.buf}};
+    KVRT_TRY(kvrt_vk_view_seg(vk, a, bytes, "add a", &bind.seg[0], &pc.a_off));
+    KVRT_TRY(kvrt_vk_view_seg(vk, b, bytes, "add b", &bind.seg[1], &pc.b_off));
+    KVRT_TRY(kvrt_vk_view_seg(vk, out, bytes, "add out", &bind.seg[2], &pc.c_off));
+    pc.n_out = (uint32_t)n;
+    return vk_record(vk, KVRT_VK_PIPE_ADD, &bind, &pc, vk_groups((uint64_t)n, vk), 1);
+}
+
+/* The rest of a buffer from a view on: tables whose row count the op does not get. */
+static size_t vk_tail(kvrt_view v)
+{
+    return v.buf && v.offset <= v.buf->size ? v.buf->size - v.offset : 0;
+}
+
+static kvrt_status vk_rows_op(kvrt_vk_backend *vk, kvrt_vk_pipe_id id, const char *op, vk_push_ops *pc,
+                              kvrt_view src, kvrt_view idx, kvrt_view dst, size_t dst_bytes, int32_t n)
+{
+    kvrt_vk_bind bind = {.buf = {src.buf, idx.buf, dst.buf}};
+    KVRT_TRY(kvrt_vk_view_seg(vk, src, vk_tail(src), op, &bind.seg[0], &pc->a_off));
+    KVRT_TRY(kvrt_vk_view_seg(vk, idx, (size_t)n * 4, op, &bind.seg[1], &pc->b_off));
+    KVRT_TRY(kvrt_vk_view_seg(vk, dst, dst_bytes, op, &bind.seg[2], &pc->c_off));
+    return vk_record(vk, id, &bind, pc, KVRT_MIN(vk_groups(pc->dim, vk), 64u), (uint64_t)n);
+}
+
+kvrt_status kvrt_vk_embed(kvrt_backend *be, kvrt_dtype wtype, kvrt_view table, int64_t dim, kvrt_view ids,
+                          int32_t n_tokens, kvrt_view out)
+{
+    kvrt_vk_backend *vk = kvrt_vk(be);
+    vk_push_ops pc;
+    memset(&pc, 0, sizeof(pc));
+    int64_t elem = 4;
+    KVRT_TRY(vk_wtype(be, wtype, "embed", &pc.wtype, &elem));
+    if (n_tokens == 0)
+        return KVRT_OK;
+    size_t ob;
+    if (n_tokens < 0 || !vk_span(n_tokens, dim, dim, 4, &ob))
+        return vk_bad_shape(be, "embed");
+    pc.dim = (uint32_t)dim;
+    pc.c_stride = (uint32_t)dim;
+    return vk_rows_op(vk, KVRT_VK_PIPE_EMBED, "embed", &pc, table, ids, out, ob, n_tokens);
+}
+
+kvrt_status kvrt_vk_gather_rows(kvrt_backend *be, kvrt_view src, int64_t src_stride, kvrt_view idx, int32_t n,
+                                kvrt_view dst, int64_t dst_stride, int32_t dim)
+{
+    kvrt_vk_backend *vk = kvrt_vk(be);
+    if (n == 0)
+        return KVRT_OK;
+    size_t db, sb;
+    if (n < 0 || !vk_span(n, dst_stride, dim, 4, &db) || !vk_span(1, src_stride, dim, 4, &sb))
+        return vk_bad_shape(be, "gather_rows");
+    vk_push_ops pc;
+    memset(&pc, 0, sizeof(pc));
+    pc.dim = (uint32_t)dim;
+    pc.a_stride = (uint32_t)src_stride;
+    pc.c_stride = (uint32_t)dst_stride;
+    return vk_rows_op(vk, KVRT_VK_PIPE_GATHER, "gather_rows", &pc, src, idx, dst, db, n);
+}
+
+kvrt_status kvrt_vk_argmax(kvrt_backend *be, kvrt_view x, int64_t stride, int32_t n_rows, int32_t n_cols,
+                           kvrt_view out)
+{
+    kvrt_vk_backend *vk = kvrt_vk(be);
+    if (n_rows == 0)
+        return KVRT_OK;
+    size_t xb, ob;
+    if (n_rows < 0 || !vk_span(n_rows, stride, n_cols, 4, &xb) || !vk_span(1, n_rows, n_rows, 4, &ob))
+        return vk_bad_shape(be, "argmax");
+    vk_push_ops pc;
+    memset(&pc, 0, sizeof(pc));
+    kvrt_vk_bind bind = {.buf = {x.buf, NULL, out.buf}};
+    KVRT_TRY(kvrt_vk_view_seg(vk, x, xb, "argmax x", &bind.seg[0], &pc.a_off));
+    KVRT_TRY(kvrt_vk_view_seg(vk, out, ob, "argmax out", &bind.seg[2], &pc.c_off));
+    pc.dim = (uint32_t)n_cols;
+    pc.a_stride = (uint32_t)stride;
+    return vk_record(vk, KVRT_VK_PIPE_ARGMAX, &bind, &pc, (uint64_t)n_rows, 1);
+}

@@ -1,0 +1,113 @@
+/* Compute pipelines, created from a table on first use and cached. SPIR-V
+ * comes from the build (cmake/shaders.cmake) as aligned uint32_t arrays. */
+#include "backend/vulkan/vk_internal.h"
+
+#include <stddef.h>
+
+#include "shaders/attn_decode.spv.h"
+#include "shaders/attn_decode_bda.spv.h"
+#include "shaders/attn_merge.spv.h"
+#include "shaders/attn_prefill.spv.h"
+#include "shaders/attn_prefill_bda.spv.h"
+#include "shaders/attn_prefill_merge.spv.h"
+#include "shaders/argmax.spv.h"
+#include "shaders/elementwise.spv.h"
+#include "shaders/kv_write.spv.h"
+#include "shaders/kv_write_bda.spv.h"
+#include "shaders/matmul.spv.h"
+#include "shaders/rmsnorm.spv.h"
+#include "shaders/rope.spv.h"
+#include "shaders/rows.spv.h"
+
+/* Push-constant structs are the shaders' blocks, field for field. */
+typedef struct kvrt_push_kv_write { KVRT_PUSH_KV_WRITE } kvrt_push_kv_write;
+typedef struct kvrt_push_attn { KVRT_PUSH_ATTN } kvrt_push_attn;
+typedef struct kvrt_push_ops { KVRT_PUSH_OPS } kvrt_push_ops;
+_Static_assert(sizeof(kvrt_push_kv_write) == 12 * 4, "kv_write push constants: 12 words");
+_Static_assert(offsetof(kvrt_push_kv_write, slot_off) == 44, "std430 offset of slot_off");
+_Static_assert(sizeof(kvrt_push_attn) == 25 * 4, "attention push constants: 25 words");
+_Static_assert(offsetof(kvrt_push_attn, scale) == 40, "std430 offset of scale");
+_Static_assert(offsetof(kvrt_push_attn, n_tile_groups) == 96, "std430 offset of n_tile_groups");
+_Static_assert(sizeof(kvrt_push_ops) == 16 * 4, "op push constants: 16 words");
+_Static_assert(offsetof(kvrt_push_ops, eps) == 40, "std430 offset of eps");
+_Static_assert(sizeof(kvrt_push_attn) <= 128, "push constants fit the guaranteed 128 bytes");
+
+typedef struct vk_pipe_desc {
+    const char *name;
+    const uint32_t *code;
+    size_t bytes;
+    int spec;       /* constant_id 0: -1 none, -2 shared floats for the device, else this value */
+} vk_pipe_desc;
+
+#define VK_SPV(name) kvrt_spv_##name, sizeof(kvrt_spv_##name)
+
+static const vk_pipe_desc vk_pipe_table[KVRT_VK_PIPE_COUNT] = {
+    [KVRT_VK_PIPE_KV_WRITE] = {"kv_write", VK_SPV(kv_write), -1},
+    [KVRT_VK_PIPE_ATTN_DECODE] = {"attn_decode", VK_SPV(attn_decode), -1},
+    [KVRT_VK_PIPE_ATTN_MERGE] = {"attn_merge", VK_SPV(attn_merge), -1},
+    [KVRT_VK_PIPE_ATTN_PREFILL] = {"attn_prefill", VK_SPV(attn_prefill), -2},
+    [KVRT_VK_PIPE_ATTN_PREFILL_MERGE] = {"attn_prefill_merge", VK_SPV(attn_prefill_merge), -1},
+    [KVRT_VK_PIPE_MATMUL] = {"matmul", VK_SPV(matmul), -1},
+    [KVRT_VK_PIPE_RMSNORM] = {"rmsnorm", VK_SPV(rmsnorm), -1},
+    [KVRT_VK_PIPE_ADD] = {"add", VK_SPV(elementwise), 0},
+    [KVRT_VK_PIPE_SWIGLU] = {"swiglu", VK_SPV(elementwise), 1},
+    [KVRT_VK_PIPE_ROPE] = {"rope", VK_SPV(rope), -1},
+    [KVRT_VK_PIPE_EMBED] = {"embed", VK_SPV(rows), 0},
+    [KVRT_VK_PIPE_GATHER] = {"gather_rows", VK_SPV(rows), 1},
+    [KVRT_VK_PIPE_ARGMAX] = {"argmax", VK_SPV(argmax), -1},
+    [KVRT_VK_PIPE_KV_WRITE_BDA] = {"kv_write (bda)", VK_SPV(kv_write_bda), -1},
+    [KVRT_VK_PIPE_ATTN_DECODE_BDA] = {"attn_decode (bda)", VK_SPV(attn_decode_bda), -1},
+    [KVRT_VK_PIPE_ATTN_PREFILL_BDA] = {"attn_prefill (bda)", VK_SPV(attn_prefill_bda), -2},
+};
+
+uint32_t kvrt_vk_prefill_smem_floats(const kvrt_vk_backend *vk)
+{
+    /* all of the device's shared memory, capped where bigger tiles stop paying */
+    uint32_t bytes = KVRT_MIN(vk->caps.shared_bytes, 48u * 1024u);
+    return bytes / 4;
+}
+
+kvrt_status kvrt_vk_pipelines_init(kvrt_vk_backend *vk)
+{
+    return KVRT_OK; /* everything is lazy */
+}
+
+void kvrt_vk_pipelines_finish(kvrt_vk_backend *vk)
+{
+    for (int i = 0; i < KVRT_VK_PIPE_COUNT; i++)
+        if (vk->pipes[i])
+            vk->vk.vkDestroyPipeline(vk->device, vk->pipes[i], NULL);
+}
+
+kvrt_status kvrt_vk_pipeline(kvrt_vk_backend *vk, kvrt_vk_pipe_id id, VkPipeline *out)
+{
+    if (vk->pipes[id]) {
+        *out = vk->pipes[id];
+        return KVRT_OK;
+    }
+    const vk_pipe_desc *d = &vk_pipe_table[id];
+    VkShaderModuleCreateInfo mci = {.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO, .codeSize = d->bytes,
+                                    .pCode = d->code};
+    VkShaderModule mod;
+    VkResult r = vk->vk.vkCreateShaderModule(vk->device, &mci, NULL, &mod);
+    if (r != VK_SUCCESS)
+        return kvrt_fail(&vk->base.err, KVRT_ERR_KERNEL_BUILD, "vulkan: shader %s rejected (VkResult %d)", d->name,
+                         (int)r);
+    uint32_t smem = d->spec == -2 ? kvrt_vk_prefill_smem_floats(vk) : (uint32_t)d->spec;
+    VkSpecializationMapEntry me = {.constantID = 0, .offset = 0, .size = sizeof(uint32_t)};
+    VkSpecializationInfo si = {.mapEntryCount = 1, .pMapEntries = &me, .dataSize = sizeof(smem), .pData = &smem};
+    VkComputePipelineCreateInfo ci = {
+        .sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO,
+        .stage = {.sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO, .stage = VK_SHADER_STAGE_COMPUTE_BIT,
+                  .module = mod, .pName = "main", .pSpecializationInfo = d->spec != -1 ? &si : NULL},
+        .layout = vk->pipe_layout};
+    r = vk->vk.vkCreateComputePipelines(vk->device, VK_NULL_HANDLE, 1, &ci, NULL, &vk->pipes[id]);
+    vk->vk.vkDestroyShaderModule(vk->device, mod, NULL);
+    if (r != VK_SUCCESS) {
+        vk->pipes[id] = VK_NULL_HANDLE;
+        return kvrt_fail(&vk->base.err, KVRT_ERR_KERNEL_BUILD, "vulkan: pipeline %s failed (VkResult %d)", d->name,
+                         (int)r);
+    }
+    *out = vk->pipes[id];
+    return KVRT_OK;
+}

@@ -1,0 +1,139 @@
+// Helpers shared by the shaders: the descriptor set every pipeline uses, KV
+// pool element access across segments, F16 conversion with round-to-nearest-
+// even (the CPU pool's rounding, so F16 blocks are byte-identical).
+//
+// Bindings: 0 = K pool segments, 1 = V pool segments (KVRT_BDA: their
+// address tables), 2..6 = plain buffers.
+// Every buffer is an array of 32-bit words; floats are bit casts.
+// Segments are indexed with constant indices only (switch), so no descriptor
+// indexing feature is needed.
+
+#ifdef KVRT_BDA
+// Buffer device addresses: binding 0 (1) holds the K (V) layer's segment base
+// addresses, so a pool may have any number of segments, each as large as one
+// allocation. Addresses are uvec2 (no 64-bit integer feature needed). The
+// shader enables GL_EXT_buffer_reference(_uvec2) right after #version.
+layout(buffer_reference, std430, buffer_reference_align = 4) buffer KvrtWords { uint w[]; };
+layout(std430, set = 0, binding = 0) buffer KAddr { uvec2 a[]; } kaddr[KVRT_VK_MAX_POOL_SEGS];
+layout(std430, set = 0, binding = 1) buffer VAddr { uvec2 a[]; } vaddr[KVRT_VK_MAX_POOL_SEGS];
+#else
+layout(std430, set = 0, binding = 0) buffer KPool { uint w[]; } kpool[KVRT_VK_MAX_POOL_SEGS];
+layout(std430, set = 0, binding = 1) buffer VPool { uint w[]; } vpool[KVRT_VK_MAX_POOL_SEGS];
+#endif
+layout(std430, set = 0, binding = 2) buffer B2 { uint w[]; } b2;
+layout(std430, set = 0, binding = 3) buffer B3 { uint w[]; } b3;
+layout(std430, set = 0, binding = 4) buffer B4 { uint w[]; } b4;
+layout(std430, set = 0, binding = 5) buffer B5 { uint w[]; } b5;
+layout(std430, set = 0, binding = 6) buffer B6 { uint w[]; } b6;
+
+// "minus infinity" that stays finite, so exp() of differences never sees inf - inf
+const float KVRT_NEG = -3.0e38;
+
+#ifdef KVRT_BDA
+uint kpool_get(uint seg, uint i) { return KvrtWords(kaddr[0].a[seg]).w[i]; }
+uint vpool_get(uint seg, uint i) { return KvrtWords(vaddr[0].a[seg]).w[i]; }
+void kpool_set(uint seg, uint i, uint v) { KvrtWords(kaddr[0].a[seg]).w[i] = v; }
+void vpool_set(uint seg, uint i, uint v) { KvrtWords(vaddr[0].a[seg]).w[i] = v; }
+// Replaces the bits `mask` of word i with `bits`, atomically against other
+// invocations writing the other half of the same word (F16 with odd head_dim).
+void kpool_merge(uint seg, uint i, uint mask, uint bits)
+{
+    atomicAnd(KvrtWords(kaddr[0].a[seg]).w[i], ~mask);
+    atomicOr(KvrtWords(kaddr[0].a[seg]).w[i], bits);
+}
+void vpool_merge(uint seg, uint i, uint mask, uint bits)
+{
+    atomicAnd(KvrtWords(vaddr[0].a[seg]).w[i], ~mask);
+    atomicOr(KvrtWords(vaddr[0].a[seg]).w[i], bits);
+}
+#else
+#define KVRT_SEG_CASES(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+
+uint kpool_get(uint seg, uint i)
+{
+#define KVRT_C(n) case n: return kpool[n].w[i];
+    switch (seg) { KVRT_SEG_CASES(KVRT_C) }
+#undef KVRT_C
+    return 0u;
+}
+
+uint vpool_get(uint seg, uint i)
+{
+#define KVRT_C(n) case n: return vpool[n].w[i];
+    switch (seg) { KVRT_SEG_CASES(KVRT_C) }
+#undef KVRT_C
+    return 0u;
+}
+
+void kpool_set(uint seg, uint i, uint v)
+{
+#define KVRT_C(n) case n: kpool[n].w[i] = v; break;
+    switch (seg) { KVRT_SEG_CASES(KVRT_C) }
+#undef KVRT_C
+}
+
+void vpool_set(uint seg, uint i, uint v)
+{
+#define KVRT_C(n) case n: vpool[n].w[i] = v; break;
+    switch (seg) { KVRT_SEG_CASES(KVRT_C) }
+#undef KVRT_C
+}
+
+void kpool_merge(uint seg, uint i, uint mask, uint bits)
+{
+#define KVRT_C(n) case n: atomicAnd(kpool[n].w[i], ~mask); atomicOr(kpool[n].w[i], bits); break;
+    switch (seg) { KVRT_SEG_CASES(KVRT_C) }
+#undef KVRT_C
+}
+
+void vpool_merge(uint seg, uint i, uint mask, uint bits)
+{
+#define KVRT_C(n) case n: atomicAnd(vpool[n].w[i], ~mask); atomicOr(vpool[n].w[i], bits); break;
+    switch (seg) { KVRT_SEG_CASES(KVRT_C) }
+#undef KVRT_C
+}
+#endif
+
+// Element index, inside its segment, of (block, kv head, offset in block, dim 0).
+uint pool_row(uint blk, uint h, uint off)
+{
+    uint lb = blk % pc.blocks_per_seg;
+    return ((lb * pc.n_kv_heads + h) * pc.block_size + off) * pc.head_dim;
+}
+
+float pool_load(bool is_v, uint seg, uint e)
+{
+    if (pc.f16 != 0u) {
+        uint w = is_v ? vpool_get(seg, e >> 1) : kpool_get(seg, e >> 1);
+        vec2 h = unpackHalf2x16(w);
+        return (e & 1u) != 0u ? h.y : h.x;
+    }
+    return uintBitsToFloat(is_v ? vpool_get(seg, e) : kpool_get(seg, e));
+}
+
+// IEEE binary16 bits of f, round to nearest even (same algorithm as fp16.h).
+uint f32_to_f16_rne(float f)
+{
+    uint u = floatBitsToUint(f);
+    uint sign = (u >> 16) & 0x8000u;
+    uint a = u & 0x7fffffffu;
+    if (a >= 0x7f800000u)
+        return sign | 0x7c00u | (a > 0x7f800000u ? (0x200u | ((a >> 13) & 0x3ffu)) : 0u);
+    if (a >= 0x477ff000u)
+        return sign | 0x7c00u;
+    if (a < 0x38800000u) {
+        float x = uintBitsToFloat(a) + 0.5;
+        return sign | (floatBitsToUint(x) - 0x3f000000u);
+    }
+    uint odd = (a >> 13) & 1u;
+    a += 0xc8000fffu + odd;
+    return sign | (a >> 13);
+}
+
+#ifdef KVRT_ATTN_SHADER
+// Query at position i sees key j (DESIGN.md): j <= i and (W == 0 or i - j < W or j < S).
+bool kvrt_visible(uint i, uint j)
+{
+    return j <= i && (pc.window == 0u || i - j < pc.window || j < pc.sinks);
+}
+#endif

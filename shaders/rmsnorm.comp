@@ -1,0 +1,30 @@
+#version 450
+// y[t] = x[t] / sqrt(mean(x[t]^2) + eps) * w. One workgroup per token; may run
+// in place (each thread writes only the elements it read).
+// a = x, b = w, c = y.
+#include "kvrt_push.h"
+layout(push_constant) uniform P { KVRT_PUSH_OPS } pc;
+#include "ops_common.glsl"
+layout(local_size_x = 64) in;
+shared float s_sum[64];
+
+void main()
+{
+    uint t = gl_WorkGroupID.x, tid = gl_LocalInvocationID.x;
+    float acc = 0.0;
+    for (uint i = tid; i < pc.dim; i += 64u) {
+        float x = fa(pc.a_off + t * pc.a_stride + i);
+        acc += x * x;
+    }
+    s_sum[tid] = acc;
+    barrier();
+    for (uint s = 32u; s > 0u; s >>= 1) {
+        if (tid < s)
+            s_sum[tid] += s_sum[tid + s];
+        barrier();
+    }
+    float inv = inversesqrt(s_sum[0] / float(pc.dim) + pc.eps);
+    for (uint i = tid; i < pc.dim; i += 64u)
+        bc.w[pc.c_off + t * pc.c_stride + i] =
+            floatBitsToUint(fa(pc.a_off + t * pc.a_stride + i) * inv * fb(pc.b_off + i));
+}

@@ -1,0 +1,156 @@
+/* Vulkan paged attention over the shared case table (tests/common/attn_cases:
+ * the pairwise cover of the DESIGN.md grid, the same double reference the CPU
+ * is held to), through the public kvrt_kv_cache / kvrt_attention API on a
+ * Vulkan context, plus long and odd cases. Validation layer on; once with all
+ * device features (buffer device addresses) and once with none (descriptors). */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "attn_cases.h"
+#include "backend/backend.h"
+#include "backend/vulkan/vk_backend.h"
+
+#if !defined(KVRT_HAVE_VULKAN_BACKEND)
+/* Built with -DKVRT_VULKAN=OFF: the backend must report itself unavailable. */
+static void test_not_built(void **state)
+{
+    kvrt_context_params p = kvrt_context_default_params();
+    p.backend = KVRT_BACKEND_VULKAN;
+    kvrt_backend *be = NULL;
+    kvrt_error err;
+    assert_int_equal(kvrt_vulkan_backend_create(&p, &be, &err), KVRT_ERR_BACKEND_UNAVAILABLE);
+    assert_null(be);
+    assert_non_null(strstr(err.message, "Vulkan"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_not_built)};
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
+#else
+
+#define ALL_FEATURES                                                                                \
+    (KVRT_FEATURE_BUFFER_DEVICE_ADDRESS | KVRT_FEATURE_FP16 | KVRT_FEATURE_INT8 | KVRT_FEATURE_SUBGROUPS)
+
+static uint32_t g_disabled;
+
+static void pin_driver_modules(void)
+{
+    static const char *libs[] = {"libvulkan_lvp.so", "libVkLayer_khronos_validation.so"};
+    for (size_t i = 0; i < sizeof(libs) / sizeof(libs[0]); i++)
+        (void)dlopen(libs[i], RTLD_NOW | RTLD_NODELETE);
+}
+
+/* A public context around a Vulkan backend created with the validation layer. */
+static kvrt_context *vk_ctx(void)
+{
+    kvrt_context_params p = kvrt_context_default_params();
+    p.backend = KVRT_BACKEND_VULKAN;
+    p.disabled_features = g_disabled;
+    kvrt_vk_debug_params dbg = {.validation = true};
+    kvrt_context *ctx = kvrt_calloc(NULL, 1, sizeof(*ctx));
+    assert_non_null(ctx);
+    kvrt_error err;
+    if (kvrt_vk_backend_create_ex(&p, &dbg, &ctx->be, &err) != KVRT_OK)
+        fail_msg("vulkan backend: %s", err.message);
+    return ctx;
+}
+
+static void vk_ctx_close(kvrt_context *ctx)
+{
+    char first[512];
+    uint32_t n = kvrt_vk_validation_messages(ctx->be, first, sizeof(first));
+    kvrt_context_destroy(ctx);
+    if (n)
+        fail_msg("%u validation messages, first: %s", n, first);
+}
+
+static void run_case(kvrt_context *ctx, const attn_case *c)
+{
+    char name[256], msg[512];
+    attn_case_name(c, name, sizeof(name));
+    attn_case_data d;
+    assert_true(attn_case_build(c, &d));
+    attn_check r;
+    bool ok = attn_case_run(ctx, &d, NULL, &r, msg, sizeof(msg));
+    if (!ok || getenv("KVRT_TEST_VERBOSE"))
+        print_error("%s %s: %s\n", ok ? "ok" : "FAIL", name, msg);
+    attn_case_free(&d);
+    assert_true(ok);
+}
+
+static void test_grid(void **state)
+{
+    const char *full_env = getenv("KVRT_TEST_FULL");
+    bool full = full_env && strcmp(full_env, "1") == 0;
+    size_t n = attn_case_grid(full, NULL, 0);
+    attn_case *cases = calloc(n, sizeof(*cases));
+    assert_non_null(cases);
+    assert_int_equal(attn_case_grid(full, cases, n), n);
+    kvrt_context *ctx = vk_ctx();
+    for (size_t i = 0; i < n; i++)
+        run_case(ctx, &cases[i]);
+    print_message("%zu attention cases (%s) within max abs %.0e, nmse %.0e; %s\n", n,
+                  full ? "full product" : "pairwise cover", ATTN_MAX_ABS_ERR, ATTN_MAX_NMSE,
+                  kvrt_context_description(ctx));
+    vk_ctx_close(ctx);
+    free(cases);
+}
+
+/* Many split-K partitions, windows that release most of the table, head dims
+ * off any vector width (odd ones with F16 share words between rows). */
+static void test_long_and_odd(void **state)
+{
+    kvrt_context *ctx = vk_ctx();
+    attn_case c;
+    attn_case_make(&c, 64, 8, 2, 16, KVRT_DTYPE_F16, 0, 0, ATTN_DECODE, 3000, 11); /* 6 partitions of 512 */
+    run_case(ctx, &c);
+    attn_case_make(&c, 128, 4, 1, 32, KVRT_DTYPE_F32, 300, 7, ATTN_DECODE, 2000, 12);
+    run_case(ctx, &c);
+    attn_case_make(&c, 64, 4, 4, 8, KVRT_DTYPE_F32, 64, 4, ATTN_PREFILL, 600, 13);
+    run_case(ctx, &c);
+    const int32_t odd_hd[] = {8, 16, 20, 33};
+    for (size_t i = 0; i < 4; i++) {
+        attn_case_make(&c, odd_hd[i], 6, 3, 8, i % 2 ? KVRT_DTYPE_F16 : KVRT_DTYPE_F32, 1 + (int32_t)i, 2,
+                       ATTN_DECODE, 0, 20 + i);
+        run_case(ctx, &c);
+        c.mode = ATTN_PREFILL;
+        for (int32_t s = 0; s < c.num_seqs; s++)
+            c.n_new[s] = c.seq_lens[s] < 30 ? c.seq_lens[s] : 30;
+        run_case(ctx, &c);
+    }
+    vk_ctx_close(ctx);
+}
+
+static int pass_all(void **state)
+{
+    g_disabled = 0;
+    return 0;
+}
+
+static int pass_none(void **state)
+{
+    g_disabled = ALL_FEATURES;
+    return 0;
+}
+
+#define BOTH(t) cmocka_unit_test_setup(t, pass_all), cmocka_unit_test_setup(t, pass_none)
+
+int main(void)
+{
+    pin_driver_modules();
+    const struct CMUnitTest tests[] = {
+        BOTH(test_grid),
+        BOTH(test_long_and_odd),
+    };
+    return cmocka_run_group_tests_name("vulkan_attn_cases", tests, NULL, NULL);
+}
+#endif /* KVRT_HAVE_VULKAN_BACKEND */

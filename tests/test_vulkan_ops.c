@@ -1,0 +1,414 @@
+/* Vulkan model ops vs a double-precision reference on the same stored
+ * weights (DESIGN.md: NMSE <= 1e-6; exact where the op only moves values),
+ * with strided views, canaries after every output, the validation layer on,
+ * once with all device features and once with every KVRT_FEATURE_* disabled. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <dlfcn.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/backend.h"
+#include "backend/vulkan/vk_backend.h"
+#include "common/fp16.h"
+
+#if !defined(KVRT_HAVE_VULKAN_BACKEND)
+/* Built with -DKVRT_VULKAN=OFF: the backend must report itself unavailable. */
+static void test_not_built(void **state)
+{
+    kvrt_context_params p = kvrt_context_default_params();
+    p.backend = KVRT_BACKEND_VULKAN;
+    kvrt_backend *be = NULL;
+    kvrt_error err;
+    assert_int_equal(kvrt_vulkan_backend_create(&p, &be, &err), KVRT_ERR_BACKEND_UNAVAILABLE);
+    assert_null(be);
+    assert_non_null(strstr(err.message, "Vulkan"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_not_built)};
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
+#else
+
+#define ALL_FEATURES                                                                                \
+    (KVRT_FEATURE_BUFFER_DEVICE_ADDRESS | KVRT_FEATURE_FP16 | KVRT_FEATURE_INT8 | KVRT_FEATURE_SUBGROUPS)
+#define CANARY 0x7fc0beefu
+#define N_CANARY 16
+
+static uint32_t g_disabled;
+static kvrt_backend *g_be;
+static int g_teardown_failures; /* cmocka does not count failed group teardowns */
+
+static void pin_driver_modules(void)
+{
+    static const char *libs[] = {"libvulkan_lvp.so", "libVkLayer_khronos_validation.so"};
+    for (size_t i = 0; i < sizeof(libs) / sizeof(libs[0]); i++)
+        (void)dlopen(libs[i], RTLD_NOW | RTLD_NODELETE);
+}
+
+static int open_pass(uint32_t disabled)
+{
+    g_disabled = disabled;
+    kvrt_context_params p = kvrt_context_default_params();
+    p.backend = KVRT_BACKEND_VULKAN;
+    p.disabled_features = disabled;
+    kvrt_vk_debug_params dbg = {.validation = true};
+    kvrt_error err;
+    if (kvrt_vk_backend_create_ex(&p, &dbg, &g_be, &err) != KVRT_OK) {
+        fprintf(stderr, "vulkan backend: %s\n", err.message);
+        return -1;
+    }
+    return 0;
+}
+
+static int setup_all(void **state)
+{
+    return open_pass(0);
+}
+
+static int setup_none(void **state)
+{
+    return open_pass(ALL_FEATURES);
+}
+
+static int teardown(void **state)
+{
+    char first[512];
+    uint32_t n = kvrt_vk_validation_messages(g_be, first, sizeof(first));
+    g_be->ops->destroy(g_be);
+    g_be = NULL;
+    if (n) {
+        fprintf(stderr, "%u validation messages, first: %s\n", n, first);
+        g_teardown_failures++;
+        return -1;
+    }
+    return 0;
+}
+
+static uint64_t g_rng = 88172645463325252ull;
+
+static float rnd(void)
+{
+    g_rng ^= g_rng << 13;
+    g_rng ^= g_rng >> 7;
+    g_rng ^= g_rng << 17;
+    return (float)((double)(g_rng >> 11) / (double)(1ull << 53) * 2.0 - 1.0);
+}
+
+static kvrt_buffer *up(const void *data, size_t bytes)
+{
+    kvrt_buffer *b;
+    assert_int_equal(g_be->ops->buffer_create(g_be, bytes, KVRT_BUFFER_DEVICE, &b), KVRT_OK);
+    if (data)
+        assert_int_equal(g_be->ops->buffer_upload(g_be, b, 0, data, bytes), KVRT_OK);
+    return b;
+}
+
+/* Output buffer of n floats followed by canaries, all pre-filled with CANARY. */
+static kvrt_buffer *out_buf(size_t n)
+{
+    uint32_t *c = malloc((n + N_CANARY) * 4);
+    for (size_t i = 0; i < n + N_CANARY; i++)
+        c[i] = CANARY;
+    kvrt_buffer *b = up(c, (n + N_CANARY) * 4);
+    free(c);
+    return b;
+}
+
+/* Downloads n floats and checks the canaries after them. */
+static float *down(kvrt_buffer *b, size_t n)
+{
+    uint32_t *h = malloc((n + N_CANARY) * 4);
+    assert_int_equal(g_be->ops->buffer_download(g_be, b, 0, h, (n + N_CANARY) * 4), KVRT_OK);
+    for (size_t i = 0; i < N_CANARY; i++)
+        assert_int_equal(h[n + i], CANARY);
+    return (float *)h;
+}
+
+/* NMSE over the elements where mask (may be NULL) is set. */
+static void check_nmse(const char *what, const float *got, const double *ref, size_t n, size_t row, size_t stride)
+{
+    double e2 = 0, r2 = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t gi = i / row * stride + i % row;
+        assert_true(isfinite(got[gi]));
+        e2 += (got[gi] - ref[i]) * (got[gi] - ref[i]);
+        r2 += ref[i] * ref[i];
+    }
+    double nmse = e2 / (r2 > 0 ? r2 : 1);
+    print_message("  %s: nmse %.2e\n", what, nmse);
+    assert_true(nmse <= 1e-6);
+}
+
+static float wget(kvrt_dtype t, const void *w, size_t i)
+{
+    uint16_t h;
+    if (t == KVRT_DTYPE_F32)
+        return ((const float *)w)[i];
+    memcpy(&h, (const char *)w + i * 2, 2);
+    return t == KVRT_DTYPE_F16 ? kvrt_fp16_to_f32(h) : kvrt_bf16_to_f32(h);
+}
+
+/* Weights [n][k] stored as t, from random floats. Returns the bytes. */
+static void *make_weights(kvrt_dtype t, size_t count, size_t *bytes)
+{
+    size_t es = t == KVRT_DTYPE_F32 ? 4 : 2;
+    *bytes = count * es;
+    void *w = malloc(*bytes + 4);
+    for (size_t i = 0; i < count; i++) {
+        float f = rnd();
+        if (t == KVRT_DTYPE_F32) {
+            ((float *)w)[i] = f;
+        } else {
+            uint16_t h = t == KVRT_DTYPE_F16 ? kvrt_f32_to_fp16(f) : kvrt_f32_to_bf16(f);
+            memcpy((char *)w + i * 2, &h, 2);
+        }
+    }
+    return w;
+}
+
+static void test_matmul(void **state)
+{
+    const kvrt_dtype types[] = {KVRT_DTYPE_F32, KVRT_DTYPE_F16, KVRT_DTYPE_BF16};
+    const int64_t n_out = 37, n_in = 301, x_stride = 310, y_stride = 40;
+    const int32_t n_tok = 3;
+    for (size_t ti = 0; ti < 3; ti++) {
+        size_t wbytes;
+        void *w = make_weights(types[ti], (size_t)(n_out * n_in), &wbytes);
+        float *x = malloc(sizeof(float) * n_tok * x_stride);
+        for (int64_t i = 0; i < n_tok * x_stride; i++)
+            x[i] = rnd();
+        /* the weights sit at an offset inside a bigger buffer, as in a model file */
+        kvrt_buffer *wb = up(NULL, wbytes + 256);
+        assert_int_equal(g_be->ops->buffer_upload(g_be, wb, 256, w, wbytes), KVRT_OK);
+        kvrt_buffer *xb = up(x, sizeof(float) * n_tok * x_stride);
+        size_t n_y = (size_t)((n_tok - 1) * y_stride + n_out);
+        kvrt_buffer *yb = out_buf(n_y);
+        kvrt_view wv = {wb, 256}, xv = {xb, 0}, yv = {yb, 0};
+        assert_int_equal(g_be->ops->matmul(g_be, types[ti], wv, n_out, n_in, xv, x_stride, yv, y_stride, n_tok),
+                         KVRT_OK);
+        float *y = down(yb, n_y);
+        double *ref = malloc(sizeof(double) * n_tok * n_out);
+        for (int32_t t = 0; t < n_tok; t++)
+            for (int64_t o = 0; o < n_out; o++) {
+                double s = 0;
+                for (int64_t i = 0; i < n_in; i++)
+                    s += (double)wget(types[ti], w, (size_t)(o * n_in + i)) * x[t * x_stride + i];
+                ref[t * n_out + o] = s;
+            }
+        check_nmse(kvrt_dtype_name(types[ti]), y, ref, (size_t)(n_tok * n_out), (size_t)n_out, (size_t)y_stride);
+        for (int64_t e = n_out; e < y_stride; e++) /* stride gaps untouched */
+            assert_int_equal(((uint32_t *)y)[e], CANARY);
+        g_be->ops->buffer_destroy(g_be, wb);
+        g_be->ops->buffer_destroy(g_be, xb);
+        g_be->ops->buffer_destroy(g_be, yb);
+        free(w), free(x), free(y), free(ref);
+    }
+    /* quantized weights are reported, not run slowly or wrongly */
+    kvrt_view none = {NULL, 0};
+    assert_int_equal(g_be->ops->matmul(g_be, KVRT_DTYPE_Q8_0, none, 4, 32, none, 32, none, 4, 1), KVRT_ERR_UNSUPPORTED);
+    assert_non_null(strstr(g_be->err.message, "q8_0"));
+}
+
+static void test_norm_swiglu_add(void **state)
+{
+    const int32_t n_tok = 3, dim = 260;
+    const int64_t stride = 270;
+    float *x = malloc(sizeof(float) * n_tok * stride), *w = malloc(sizeof(float) * dim);
+    float *g = malloc(sizeof(float) * n_tok * stride);
+    for (int64_t i = 0; i < n_tok * stride; i++) {
+        x[i] = rnd() * 3;
+        g[i] = rnd() * 4;
+    }
+    for (int32_t i = 0; i < dim; i++)
+        w[i] = rnd();
+    kvrt_buffer *xb = up(x, sizeof(float) * n_tok * stride), *wb = up(w, sizeof(float) * dim);
+    kvrt_buffer *gb = up(g, sizeof(float) * n_tok * stride);
+    size_t n_y = (size_t)((n_tok - 1) * dim + dim);
+    kvrt_buffer *yb = out_buf(n_y), *sb = out_buf(n_y), *ab = out_buf(n_y);
+    kvrt_view xv = {xb, 0}, wv = {wb, 0}, yv = {yb, 0}, gv = {gb, 0}, sv = {sb, 0}, av = {ab, 0};
+    /* one step: rmsnorm -> swiglu(gate, normed) -> add(swiglu, normed), dependent dispatches */
+    assert_int_equal(g_be->ops->begin(g_be), KVRT_OK);
+    assert_int_equal(g_be->ops->rmsnorm(g_be, xv, stride, wv, yv, dim, n_tok, dim, 1e-5f), KVRT_OK);
+    assert_int_equal(g_be->ops->swiglu(g_be, gv, stride, yv, dim, sv, dim, n_tok, dim), KVRT_OK);
+    assert_int_equal(g_be->ops->add(g_be, sv, yv, av, (int64_t)n_tok * dim), KVRT_OK);
+    assert_int_equal(g_be->ops->submit(g_be), KVRT_OK);
+    float *y = down(yb, n_y), *s = down(sb, n_y), *a = down(ab, n_y);
+    double *ry = malloc(sizeof(double) * n_y), *rs = malloc(sizeof(double) * n_y), *ra = malloc(sizeof(double) * n_y);
+    for (int32_t t = 0; t < n_tok; t++) {
+        double ss = 0;
+        for (int32_t i = 0; i < dim; i++)
+            ss += (double)x[t * stride + i] * x[t * stride + i];
+        double inv = 1.0 / sqrt(ss / dim + 1e-5);
+        for (int32_t i = 0; i < dim; i++) {
+            size_t k = (size_t)t * dim + i;
+            ry[k] = x[t * stride + i] * inv * w[i];
+            double gg = g[t * stride + i];
+            rs[k] = gg / (1 + exp(-gg)) * y[k]; /* on the stored normed values */
+            ra[k] = (double)s[k] + y[k];
+        }
+    }
+    check_nmse("rmsnorm", y, ry, n_y, (size_t)dim, (size_t)dim);
+    check_nmse("swiglu", s, rs, n_y, (size_t)dim, (size_t)dim);
+    check_nmse("add", a, ra, n_y, (size_t)dim, (size_t)dim);
+    /* in place: rmsnorm x -> x */
+    assert_int_equal(g_be->ops->rmsnorm(g_be, xv, stride, wv, xv, stride, n_tok, dim, 1e-5f), KVRT_OK);
+    float *xi = malloc(sizeof(float) * n_tok * stride);
+    assert_int_equal(g_be->ops->buffer_download(g_be, xb, 0, xi, sizeof(float) * n_tok * stride), KVRT_OK);
+    check_nmse("rmsnorm in place", xi, ry, n_y, (size_t)dim, (size_t)stride);
+    kvrt_buffer *bufs[] = {xb, wb, gb, yb, sb, ab};
+    for (size_t i = 0; i < 6; i++)
+        g_be->ops->buffer_destroy(g_be, bufs[i]);
+    free(x), free(w), free(g), free(y), free(s), free(a), free(ry), free(rs), free(ra), free(xi);
+}
+
+static void test_rope(void **state)
+{
+    const int32_t n_tok = 4, n_heads = 3, hd = 16, max_pos = 64;
+    const int64_t stride = n_heads * hd + 5;
+    for (int neox = 0; neox < 2; neox++) {
+        int32_t rot = neox ? 12 : 16;
+        float *cs = malloc(sizeof(float) * max_pos * rot);
+        for (int32_t p = 0; p < max_pos; p++)
+            for (int32_t i = 0; i < rot / 2; i++) {
+                double ang = p * pow(10000.0, -2.0 * i / rot);
+                cs[(p * rot / 2 + i) * 2] = (float)cos(ang);
+                cs[(p * rot / 2 + i) * 2 + 1] = (float)sin(ang);
+            }
+        int32_t pos[4] = {0, 5, 63, 17};
+        float *x = malloc(sizeof(float) * n_tok * stride);
+        for (int64_t i = 0; i < n_tok * stride; i++)
+            x[i] = rnd();
+        kvrt_buffer *xb = up(x, sizeof(float) * n_tok * stride), *pb = up(pos, sizeof(pos));
+        kvrt_buffer *cb = up(cs, sizeof(float) * max_pos * rot);
+        kvrt_view xv = {xb, 0}, pv = {pb, 0}, cv = {cb, 0};
+        kvrt_rope_desc d = {.n_tokens = n_tok, .n_heads = n_heads, .head_dim = hd, .rot_dim = rot, .neox = neox,
+                            .max_pos = max_pos, .stride = stride};
+        assert_int_equal(g_be->ops->rope(g_be, xv, pv, cv, &d), KVRT_OK);
+        float *got = malloc(sizeof(float) * n_tok * stride);
+        assert_int_equal(g_be->ops->buffer_download(g_be, xb, 0, got, sizeof(float) * n_tok * stride), KVRT_OK);
+        size_t n = (size_t)n_tok * n_heads * hd;
+        double *ref = malloc(sizeof(double) * n);
+        for (int32_t t = 0; t < n_tok; t++)
+            for (int32_t h = 0; h < n_heads; h++) {
+                const float *r = x + t * stride + h * hd;
+                double *o = ref + ((size_t)t * n_heads + h) * hd;
+                for (int32_t e = 0; e < hd; e++)
+                    o[e] = r[e]; /* dims past rot_dim stay as they are */
+                for (int32_t i = 0; i < rot / 2; i++) {
+                    int32_t i0 = neox ? i : 2 * i, i1 = neox ? i + rot / 2 : 2 * i + 1;
+                    double c = cs[(pos[t] * rot / 2 + i) * 2], s = cs[(pos[t] * rot / 2 + i) * 2 + 1];
+                    o[i0] = r[i0] * c - r[i1] * s;
+                    o[i1] = r[i0] * s + r[i1] * c;
+                }
+            }
+        check_nmse(neox ? "rope neox" : "rope", got, ref, n, (size_t)n_heads * hd, (size_t)stride);
+        for (int32_t t = 0; t + 1 < n_tok; t++) /* stride gaps untouched */
+            for (int64_t e = n_heads * hd; e < stride; e++)
+                assert_true(got[t * stride + e] == x[t * stride + e]);
+        g_be->ops->buffer_destroy(g_be, xb);
+        g_be->ops->buffer_destroy(g_be, pb);
+        g_be->ops->buffer_destroy(g_be, cb);
+        free(cs), free(x), free(got), free(ref);
+    }
+}
+
+static void test_embed_gather_argmax(void **state)
+{
+    const int32_t n_rows = 50, dim = 70, n_tok = 5;
+    int32_t ids[5] = {3, 49, 0, 3, 17};
+    const kvrt_dtype types[] = {KVRT_DTYPE_F32, KVRT_DTYPE_F16, KVRT_DTYPE_BF16};
+    for (size_t ti = 0; ti < 3; ti++) {
+        size_t bytes;
+        void *tab = make_weights(types[ti], (size_t)n_rows * dim, &bytes);
+        kvrt_buffer *tb = up(tab, bytes), *ib = up(ids, sizeof(ids)), *ob = out_buf((size_t)n_tok * dim);
+        kvrt_view tv = {tb, 0}, iv = {ib, 0}, ov = {ob, 0};
+        assert_int_equal(g_be->ops->embed(g_be, types[ti], tv, dim, iv, n_tok, ov), KVRT_OK);
+        float *o = down(ob, (size_t)n_tok * dim);
+        for (int32_t t = 0; t < n_tok; t++) /* a gather converts exactly */
+            for (int32_t d = 0; d < dim; d++)
+                assert_true(o[t * dim + d] == wget(types[ti], tab, (size_t)ids[t] * dim + d));
+        g_be->ops->buffer_destroy(g_be, tb);
+        g_be->ops->buffer_destroy(g_be, ib);
+        g_be->ops->buffer_destroy(g_be, ob);
+        free(tab), free(o);
+    }
+    /* gather_rows and argmax (lowest index on ties) on one logits matrix */
+    const int32_t cols = 1000, rows = 4;
+    const int64_t stride = 1003;
+    float *x = malloc(sizeof(float) * rows * stride);
+    for (int64_t i = 0; i < rows * stride; i++)
+        x[i] = rnd();
+    x[0 * stride + 700] = 5.0f, x[0 * stride + 900] = 5.0f; /* tie: 700 wins */
+    x[1 * stride + 999] = 7.0f;
+    x[2 * stride + 0] = 3.0f;
+    x[3 * stride + 333] = 2.0f, x[3 * stride + 64] = 2.0f, x[3 * stride + 65] = 2.0f; /* 64 */
+    int32_t idx[3] = {3, 0, 3};
+    kvrt_buffer *xb = up(x, sizeof(float) * rows * stride), *ib = up(idx, sizeof(idx));
+    kvrt_buffer *gb = out_buf((size_t)3 * cols), *ab = out_buf(rows);
+    kvrt_view xv = {xb, 0}, iv = {ib, 0}, gv = {gb, 0}, av = {ab, 0};
+    assert_int_equal(g_be->ops->gather_rows(g_be, xv, stride, iv, 3, gv, cols, cols), KVRT_OK);
+    assert_int_equal(g_be->ops->argmax(g_be, xv, stride, rows, cols, av), KVRT_OK);
+    float *g = down(gb, (size_t)3 * cols);
+    for (int32_t r = 0; r < 3; r++)
+        assert_memory_equal(g + r * cols, x + idx[r] * stride, sizeof(float) * cols);
+    int32_t *am = (int32_t *)down(ab, rows);
+    assert_int_equal(am[0], 700);
+    assert_int_equal(am[1], 999);
+    assert_int_equal(am[2], 0);
+    assert_int_equal(am[3], 64);
+    g_be->ops->buffer_destroy(g_be, xb);
+    g_be->ops->buffer_destroy(g_be, ib);
+    g_be->ops->buffer_destroy(g_be, gb);
+    g_be->ops->buffer_destroy(g_be, ab);
+    free(x), free(g), free(am);
+}
+
+/* A long step: more dispatches than one descriptor pool holds, each reading
+ * the previous one's output; a bad call inside the step fails alone. */
+static void test_long_step(void **state)
+{
+    const int64_t n = 1000;
+    const int steps = 150;
+    float *one = malloc(sizeof(float) * n);
+    for (int64_t i = 0; i < n; i++)
+        one[i] = (float)(i % 7);
+    kvrt_buffer *ab = up(one, sizeof(float) * n), *xb = up(one, sizeof(float) * n);
+    kvrt_view av = {ab, 0}, xv = {xb, 0}, bad = {xb, 2};
+    assert_int_equal(g_be->ops->begin(g_be), KVRT_OK);
+    for (int i = 0; i < steps; i++)
+        assert_int_equal(g_be->ops->add(g_be, xv, av, xv, n), KVRT_OK); /* x += a, in place */
+    assert_int_equal(g_be->ops->add(g_be, bad, av, xv, n - 1), KVRT_ERR_INVALID_ARGUMENT); /* misaligned */
+    assert_non_null(strstr(g_be->err.message, "aligned"));
+    assert_int_equal(g_be->ops->submit(g_be), KVRT_OK);
+    float *x = malloc(sizeof(float) * n);
+    assert_int_equal(g_be->ops->buffer_download(g_be, xb, 0, x, sizeof(float) * n), KVRT_OK);
+    for (int64_t i = 0; i < n; i++)
+        assert_true(x[i] == (float)((i % 7) * (steps + 1))); /* small integers: exact */
+    g_be->ops->buffer_destroy(g_be, ab);
+    g_be->ops->buffer_destroy(g_be, xb);
+    free(one), free(x);
+}
+
+int main(void)
+{
+    pin_driver_modules();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_matmul),
+        cmocka_unit_test(test_norm_swiglu_add),
+        cmocka_unit_test(test_rope),
+        cmocka_unit_test(test_embed_gather_argmax),
+        cmocka_unit_test(test_long_step),
+    };
+    int fails = cmocka_run_group_tests_name("vulkan_ops (all features)", tests, setup_all, teardown);
+    fails += cmocka_run_group_tests_name("vulkan_ops (no optional features)", tests, setup_none, teardown);
+    return fails + g_teardown_failures;
+}
+#endif /* KVRT_HAVE_VULKAN_BACKEND */
