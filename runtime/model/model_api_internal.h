@@ -16,4 +16,12 @@ struct kvrt_model {
     kvrt_error err;
 };
 
+/* For moving a sequence between backends (tests, offload): a session hands
+ * out its blocks in order 0, 1, 2, ..., so two sessions with the same
+ * parameters address the same tokens through the same block ids. */
+kvrt_kv_pool *kvrt_session_kv_pool(kvrt_session *s);
+/* Declares positions [0, n_past) present in the cache, their blocks already
+ * filled by the caller (e.g. copied byte for byte from another backend). */
+kvrt_status kvrt_session_adopt(kvrt_session *s, int32_t n_past);
+
 #endif /* KVRT_MODEL_API_INTERNAL_H */

@@ -204,3 +204,19 @@ kvrt_status kvrt_session_get_stats(const kvrt_session *s, kvrt_session_stats *ou
                     (uint64_t)s->p.num_blocks * elem;
     return KVRT_OK;
 }
+
+kvrt_kv_pool *kvrt_session_kv_pool(kvrt_session *s)
+{
+    return s->pool;
+}
+
+kvrt_status kvrt_session_adopt(kvrt_session *s, int32_t n_past)
+{
+    if (n_past < 0 || n_past > s->p.n_ctx)
+        return kvrt_fail(&s->err, KVRT_ERR_INVALID_ARGUMENT, "adopt: n_past %d outside [0, %d]", (int)n_past,
+                         (int)s->p.n_ctx);
+    kvrt_session_reset(s);
+    KVRT_TRY(ensure_blocks(s, n_past));
+    s->n_past = n_past;
+    return KVRT_OK;
+}
