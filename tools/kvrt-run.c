@@ -2,6 +2,8 @@
  * Stdout carries only text (the decoded prompt, then the generation);
  * speeds, progress, warnings and errors go to stderr (DESIGN.md). */
 #include "kvrt.h"
+#include "kvrt_opencl.h"
+#include "kvrt_vulkan.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -11,6 +13,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 typedef struct run_args {
     const char *model, *tokenizer, *prompt, *backend, *device, *dump_logits;
@@ -396,16 +399,50 @@ static int generate(run_state *st)
     return 0;
 }
 
+/* --list-devices: one line per device on stdout, as --device takes them. */
+static int list_devices(const char *backend)
+{
+    enum { MAX_DEVICES = 64 };
+    kvrt_error err;
+    int32_t n = 0;
+    if (!strcmp(backend, "cpu")) {
+        printf("0: cpu (%ld threads)\n", sysconf(_SC_NPROCESSORS_ONLN));
+        return 0;
+    }
+#if defined(KVRT_HAVE_VULKAN_BACKEND)
+    if (!strcmp(backend, "vulkan")) {
+        kvrt_vulkan_device_info d[MAX_DEVICES];
+        if (kvrt_vulkan_list_devices(d, MAX_DEVICES, &n, &err) != KVRT_OK)
+            return fail("listing Vulkan devices", err.status, err.message);
+        for (int32_t i = 0; i < n && i < MAX_DEVICES; i++)
+            printf("%d: %s (%s, %.1f GiB device-local)\n", (int)d[i].index, d[i].name, d[i].type,
+                   d[i].device_local_bytes / 1073741824.0);
+        return 0;
+    }
+#endif
+#if defined(KVRT_HAVE_OPENCL_BACKEND)
+    if (!strcmp(backend, "opencl")) {
+        kvrt_opencl_device_info d[MAX_DEVICES];
+        if (kvrt_opencl_list_devices(d, MAX_DEVICES, &n, &err) != KVRT_OK)
+            return fail("listing OpenCL devices", err.status, err.message);
+        for (int32_t i = 0; i < n && i < MAX_DEVICES; i++)
+            printf("%d: %s (%s, %s, %.1f GiB)\n", (int)d[i].index, d[i].name, d[i].platform,
+                   d[i].is_gpu ? "gpu" : "not a gpu", d[i].global_mem / 1073741824.0);
+        return 0;
+    }
+#endif
+    fprintf(stderr, "kvrt-run: backend '%s' is unknown or not built in (cpu, vulkan, opencl)\n", backend);
+    return 2;
+}
+
 int main(int argc, char **argv)
 {
     run_args a;
     int rc = parse_args(argc, argv, &a);
     if (rc)
         return rc > 0 ? 0 : 2;
-    if (a.list_devices) {
-        fprintf(stderr, "kvrt-run: --list-devices: the %s backend has no device list in this version\n", a.backend);
-        return strcmp(a.backend, "cpu") == 0 ? 0 : 1;
-    }
+    if (a.list_devices)
+        return list_devices(a.backend);
     run_state st;
     memset(&st, 0, sizeof(st));
     st.a = &a;
