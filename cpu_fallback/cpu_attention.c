@@ -172,6 +172,9 @@ static void decode_pass(const decode_job *j, const decode_unit *t, bool values)
             for (int32_t h = t->h0; h < t->h1; h++) {
                 for (int32_t pos = a, n; pos < b; pos += n) {
                     size_t off = kv_run(src, t->s, h, pos, b - pos, &n);
+                    /* the same look-ahead as paged, so the comparison is fair */
+                    prefetch_run(base + off + (size_t)n * (size_t)src->hd * elem,
+                                 (size_t)KVRT_MIN(n, b - pos - n) * (size_t)src->hd * elem);
                     decode_one_run(j, t, values, h, idx0 + pos - a, off, n);
                 }
             }
@@ -185,17 +188,8 @@ static void decode_pass(const decode_job *j, const decode_unit *t, bool values)
 static void decode_softmax(const decode_job *j, const decode_unit *t, int32_t nv, float *ml)
 {
     int32_t rows = (t->h1 - t->h0) * j->group;
-    for (int32_t g = 0; g < rows; g++) {
-        float *row = t->sc + (size_t)g * (size_t)j->max_part, m = row[0], l = 0.0f;
-        for (int32_t i = 1; i < nv; i++)
-            m = row[i] > m ? row[i] : m;
-        for (int32_t i = 0; i < nv; i++) {
-            row[i] = expf(row[i] - m);
-            l += row[i];
-        }
-        ml[2 * g] = m;
-        ml[2 * g + 1] = l;
-    }
+    for (int32_t g = 0; g < rows; g++)
+        j->ker->softmax(t->sc + (size_t)g * (size_t)j->max_part, nv, &ml[2 * g], &ml[2 * g + 1]);
 }
 
 /* One (sequence, partition, chunk of KV heads) task, all query heads of each

@@ -30,6 +30,9 @@ typedef struct kvrt_cpu_attn_kernels {
                       int32_t n, int32_t hd, float scale, float *restrict s, int64_t s_stride, float *restrict tmp);
     void (*accum_kv)(const float *restrict p, int64_t p_stride, int32_t n_q, const void *v /* [n][hd] */, bool f16,
                      int32_t n, int32_t hd, float *restrict acc /* [n_q][hd] */, float *restrict tmp);
+    /* row[i] = exp(row[i] - m) for i < n (n >= 1), m = max of the row, l = sum
+     * of the results, all in an order fixed by n alone. */
+    void (*softmax)(float *restrict row, int32_t n, float *m, float *l);
 } kvrt_cpu_attn_kernels;
 
 /* The best table this CPU runs. */

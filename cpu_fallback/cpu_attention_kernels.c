@@ -8,6 +8,9 @@
 #include "common/fp16.h"
 #include "cpu_attention.h"
 
+#include <math.h>
+#include <stdatomic.h>
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define KVRT_HAVE_X86 1
@@ -92,8 +95,22 @@ static void accum_kv_portable(const float *restrict p, int64_t p_stride, int32_t
     accum_portable(p, p_stride, n_q, rows_portable(v, f16, n, hd, tmp), n, hd, acc);
 }
 
+static void softmax_portable(float *restrict row, int32_t n, float *m, float *l)
+{
+    float mx = row[0], sum = 0.0f;
+    for (int32_t i = 1; i < n; i++)
+        mx = row[i] > mx ? row[i] : mx;
+    for (int32_t i = 0; i < n; i++) {
+        row[i] = expf(row[i] - mx);
+        sum += row[i];
+    }
+    *m = mx;
+    *l = sum;
+}
+
 static const kvrt_cpu_attn_kernels kernels_portable = {
     "portable", scores_portable, accum_portable, h2f_portable, f2h_portable, scores_kv_portable, accum_kv_portable,
+    softmax_portable,
 };
 
 /* ---- AVX2 + FMA + F16C kernels --------------------------------------------------------- */
@@ -395,9 +412,229 @@ KVRT_AVX2 static void accum_kv_avx2(const float *restrict p, int64_t p_stride, i
         accum_kv_avx2_t(p, p_stride, n_q, v, false, n, hd, acc);
 }
 
+/* exp(x) for x <= 0 in 8 lanes: x = k ln2 + r with |r| <= ln2 / 2, a degree-6
+ * Taylor polynomial for exp(r) (relative error ~1e-7), times 2^k built in the
+ * exponent bits. Inputs below -87 give exp(-87) ~ 1.6e-38 instead of a
+ * subnormal, far below anything a softmax sum can see. */
+KVRT_AVX2 static KVRT_INLINE __m256 exp_avx2(__m256 x)
+{
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693145752f), x); /* ln2 split in two for accuracy */
+    r = _mm256_fnmadd_ps(k, _mm256_set1_ps(1.42860677e-6f), r);
+    __m256 p = _mm256_set1_ps(1.0f / 720.0f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+KVRT_AVX2 static void softmax_avx2(float *restrict row, int32_t n, float *m, float *l)
+{
+    int32_t i = 0;
+    __m256 vm = _mm256_set1_ps(row[0]);
+    for (; i + 8 <= n; i += 8)
+        vm = _mm256_max_ps(vm, _mm256_loadu_ps(row + i));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(vm), _mm256_extractf128_ps(vm, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    float mx = _mm_cvtss_f32(h);
+    for (; i < n; i++)
+        mx = row[i] > mx ? row[i] : mx;
+    __m256 bm = _mm256_set1_ps(mx), vs = _mm256_setzero_ps();
+    for (i = 0; i + 8 <= n; i += 8) {
+        __m256 e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(row + i), bm));
+        _mm256_storeu_ps(row + i, e);
+        vs = _mm256_add_ps(vs, e);
+    }
+    if (i < n) { /* the tail through the same polynomial; lanes past n masked to 0 */
+        float pad[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        int32_t rest = n - i;
+        for (int32_t c = 0; c < rest; c++)
+            pad[c] = row[i + c];
+        __m256 live = _mm256_cmp_ps(_mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_ps((float)rest), _CMP_LT_OQ);
+        __m256 e = _mm256_and_ps(exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(pad), bm)), live);
+        _mm256_storeu_ps(pad, e);
+        for (int32_t c = 0; c < rest; c++)
+            row[i + c] = pad[c];
+        vs = _mm256_add_ps(vs, e);
+    }
+    *m = mx;
+    *l = hsum_avx2(vs);
+}
+
 static const kvrt_cpu_attn_kernels kernels_avx2 = {
-    "avx2+fma+f16c", scores_avx2, accum_avx2, h2f_avx2, f2h_avx2, scores_kv_avx2, accum_kv_avx2,
+    "avx2+fma+f16c", scores_avx2, accum_avx2, h2f_avx2, f2h_avx2, scores_kv_avx2, accum_kv_avx2, softmax_avx2,
 };
+
+#define KVRT_AVX512 __attribute__((target("avx512f,avx512dq,avx2,fma,f16c")))
+
+/* ---- AVX-512 decode: the same tiles, 16 lanes and 32 registers ---- */
+
+/* 16 elements of a row from element i: F16 converted, or F32. */
+KVRT_AVX512 static KVRT_INLINE __m512 ld16_avx512(const char *row, int32_t i, bool f16)
+{
+    if (f16)
+        return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(row + 2 * (size_t)i)));
+    return _mm512_loadu_ps((const float *)(const void *)row + i);
+}
+
+/* A fixed order: the two 256-bit halves, then as hsum_avx2. */
+KVRT_AVX512 static KVRT_INLINE float hsum_avx512(__m512 v)
+{
+    __m256 x = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+    return hsum_avx2(x);
+}
+
+/* Scores of R rows x G query heads (R * G <= 16 chains): one accumulator per
+ * score over 16-lane chunks, a fixed horizontal sum, then the scalar tail. */
+KVRT_AVX512 static KVRT_INLINE void sc_tile_avx512(const float *restrict q, int G, const char *k, size_t rb, int R,
+                                                bool f16, int32_t hd, float scale, float *restrict s, int64_t ss)
+{
+    __m512 acc[16];
+    for (int i = 0; i < R * G; i++)
+        acc[i] = _mm512_setzero_ps();
+    int32_t d = 0;
+    for (; d + 16 <= hd; d += 16) {
+        __m512 qv[4];
+        for (int g = 0; g < G; g++)
+            qv[g] = _mm512_loadu_ps(q + (size_t)g * (size_t)hd + d);
+        for (int r = 0; r < R; r++) {
+            __m512 kv = ld16_avx512(k + (size_t)r * rb, d, f16);
+            for (int g = 0; g < G; g++)
+                acc[r * G + g] = _mm512_fmadd_ps(qv[g], kv, acc[r * G + g]);
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        for (int g = 0; g < G; g++) {
+            float t = hsum_avx512(acc[r * G + g]);
+            for (int32_t e = d; e < hd; e++)
+                t = fma1_x86(q[(size_t)g * (size_t)hd + e], ld1_x86(k + (size_t)r * rb, e, f16), t);
+            s[g * ss + r] = scale * t;
+        }
+    }
+}
+
+KVRT_AVX512 static KVRT_INLINE void scores_kv_avx512_t(const float *restrict q, int32_t n_q, const char *k, bool f16,
+                                                    int32_t n, int32_t hd, float scale, float *restrict s, int64_t ss)
+{
+    size_t rb = (size_t)hd * (f16 ? 2 : 4);
+    for (int32_t g = 0; g < n_q;) {
+        const float *qg = q + (size_t)g * (size_t)hd;
+        float *sg = s + g * ss;
+        int32_t r = 0;
+        if (n_q - g >= 4) {
+            for (; r + 4 <= n; r += 4)
+                sc_tile_avx512(qg, 4, k + (size_t)r * rb, rb, 4, f16, hd, scale, sg + r, ss);
+            for (; r < n; r++)
+                sc_tile_avx512(qg, 4, k + (size_t)r * rb, rb, 1, f16, hd, scale, sg + r, ss);
+            g += 4;
+        } else if (n_q - g >= 2) {
+            for (; r + 8 <= n; r += 8)
+                sc_tile_avx512(qg, 2, k + (size_t)r * rb, rb, 8, f16, hd, scale, sg + r, ss);
+            for (; r < n; r++)
+                sc_tile_avx512(qg, 2, k + (size_t)r * rb, rb, 1, f16, hd, scale, sg + r, ss);
+            g += 2;
+        } else {
+            for (; r + 16 <= n; r += 16)
+                sc_tile_avx512(qg, 1, k + (size_t)r * rb, rb, 16, f16, hd, scale, sg + r, ss);
+            for (; r < n; r++)
+                sc_tile_avx512(qg, 1, k + (size_t)r * rb, rb, 1, f16, hd, scale, sg + r, ss);
+            g += 1;
+        }
+    }
+}
+
+KVRT_AVX512 static void scores_kv_avx512(const float *restrict q, int32_t n_q, const void *k, bool f16, int32_t n,
+                                     int32_t hd, float scale, float *restrict s, int64_t s_stride, float *restrict tmp)
+{
+    (void)tmp;
+    if (f16)
+        scores_kv_avx512_t(q, n_q, k, true, n, hd, scale, s, s_stride);
+    else
+        scores_kv_avx512_t(q, n_q, k, false, n, hd, scale, s, s_stride);
+}
+
+/* As acc_tile_avx2 with 16-lane chunks. */
+KVRT_AVX512 static KVRT_INLINE void acc_tile_avx512(const float *restrict p, int64_t ps, int G, const char *v, size_t rb,
+                                                 int32_t n, int DC, int32_t d, bool f16, float *restrict acc,
+                                                 int32_t hd)
+{
+    __m512 a[16];
+    for (int g = 0; g < G; g++)
+        for (int c = 0; c < DC; c++)
+            a[g * DC + c] = _mm512_loadu_ps(acc + (size_t)g * (size_t)hd + d + 16 * c);
+    for (int32_t r = 0; r < n; r++) {
+        const char *vr = v + (size_t)r * rb;
+        __m512 w[4];
+        for (int g = 0; g < G; g++)
+            w[g] = _mm512_set1_ps(p[g * ps + r]);
+        for (int c = 0; c < DC; c++) {
+            __m512 x = ld16_avx512(vr, d + 16 * c, f16);
+            for (int g = 0; g < G; g++)
+                a[g * DC + c] = _mm512_fmadd_ps(w[g], x, a[g * DC + c]);
+        }
+    }
+    for (int g = 0; g < G; g++)
+        for (int c = 0; c < DC; c++)
+            _mm512_storeu_ps(acc + (size_t)g * (size_t)hd + d + 16 * c, a[g * DC + c]);
+}
+
+KVRT_AVX512 static KVRT_INLINE void acc_heads_avx512(const float *restrict p, int64_t ps, int G, const char *v,
+                                                  size_t rb, int32_t n, bool f16, float *restrict acc, int32_t hd)
+{
+    int DC = G == 4 ? 4 : 8, d = 0;
+    for (; d + 16 * DC <= hd; d += 16 * DC)
+        acc_tile_avx512(p, ps, G, v, rb, n, DC, d, f16, acc, hd);
+    for (; d + 16 <= hd; d += 16)
+        acc_tile_avx512(p, ps, G, v, rb, n, 1, d, f16, acc, hd);
+    for (; d < hd; d++) {
+        for (int g = 0; g < G; g++) {
+            float t = acc[(size_t)g * (size_t)hd + d];
+            for (int32_t r = 0; r < n; r++)
+                t = fma1_x86(p[g * ps + r], ld1_x86(v + (size_t)r * rb, d, f16), t);
+            acc[(size_t)g * (size_t)hd + d] = t;
+        }
+    }
+}
+
+KVRT_AVX512 static KVRT_INLINE void accum_kv_avx512_t(const float *restrict p, int64_t ps, int32_t n_q, const char *v,
+                                                   bool f16, int32_t n, int32_t hd, float *restrict acc)
+{
+    size_t rb = (size_t)hd * (f16 ? 2 : 4);
+    for (int32_t g = 0; g < n_q;) {
+        int G = n_q - g >= 4 ? 4 : n_q - g >= 2 ? 2 : 1;
+        const float *pg = p + g * ps;
+        float *ag = acc + (size_t)g * (size_t)hd;
+        if (G == 4)
+            acc_heads_avx512(pg, ps, 4, v, rb, n, f16, ag, hd);
+        else if (G == 2)
+            acc_heads_avx512(pg, ps, 2, v, rb, n, f16, ag, hd);
+        else
+            acc_heads_avx512(pg, ps, 1, v, rb, n, f16, ag, hd);
+        g += G;
+    }
+}
+
+KVRT_AVX512 static void accum_kv_avx512(const float *restrict p, int64_t p_stride, int32_t n_q, const void *v, bool f16,
+                                    int32_t n, int32_t hd, float *restrict acc, float *restrict tmp)
+{
+    (void)tmp;
+    if (f16)
+        accum_kv_avx512_t(p, p_stride, n_q, v, true, n, hd, acc);
+    else
+        accum_kv_avx512_t(p, p_stride, n_q, v, false, n, hd, acc);
+}
+
+static const kvrt_cpu_attn_kernels kernels_avx512 = {
+    "avx512", scores_avx2, accum_avx2, h2f_avx2, f2h_avx2, scores_kv_avx512, accum_kv_avx512, softmax_avx2,
+};
+
 
 /* F16C is bit 29 of ECX in CPUID leaf 1 (read directly: not every compiler
  * accepts "f16c" in __builtin_cpu_supports). */
@@ -411,12 +648,19 @@ static bool cpu_has_avx2(void)
 {
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
 }
+
+static bool cpu_has_avx512(void)
+{
+    return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+}
 #endif
 
 int kvrt_cpu_attn_kernels_all(const kvrt_cpu_attn_kernels **out, int max)
 {
     int n = 0;
 #if defined(KVRT_AVX2)
+    if (n < max && cpu_has_avx512())
+        out[n++] = &kernels_avx512;
     if (n < max && cpu_has_avx2())
         out[n++] = &kernels_avx2;
 #endif
@@ -427,7 +671,14 @@ int kvrt_cpu_attn_kernels_all(const kvrt_cpu_attn_kernels **out, int max)
 
 const kvrt_cpu_attn_kernels *kvrt_cpu_attn_kernels_get(void)
 {
-    const kvrt_cpu_attn_kernels *k[4];
-    kvrt_cpu_attn_kernels_all(k, 4);
-    return k[0];
+    /* CPUID traps to the hypervisor in a VM: ask once per process */
+    static _Atomic(const kvrt_cpu_attn_kernels *) best;
+    const kvrt_cpu_attn_kernels *b = atomic_load_explicit(&best, memory_order_relaxed);
+    if (!b) {
+        const kvrt_cpu_attn_kernels *k[4];
+        kvrt_cpu_attn_kernels_all(k, 4);
+        b = k[0];
+        atomic_store_explicit(&best, b, memory_order_relaxed);
+    }
+    return b;
 }
