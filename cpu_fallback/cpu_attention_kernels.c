@@ -269,6 +269,27 @@ KVRT_AVX2 static KVRT_INLINE float fma1_x86(float a, float b, float c)
     return _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(a), _mm_set_ss(b), _mm_set_ss(c)));
 }
 
+/* out[i] = scale * hsum_avx2(a[i]) for 8 registers at once: the same
+ * additions in the same order (halves, then lanes i + 2, then i + 1), done
+ * on transposed registers, so a row scored in a tile and a row scored alone
+ * agree bitwise. */
+KVRT_AVX2 static KVRT_INLINE void hsum8_avx2(const __m256 a[8], float scale, float out[8])
+{
+    __m256 p[4], y[2];
+    for (int k = 0; k < 4; k++) /* [a(2k) lo+hi | a(2k+1) lo+hi] */
+        p[k] = _mm256_add_ps(_mm256_permute2f128_ps(a[2 * k], a[2 * k + 1], 0x20),
+                             _mm256_permute2f128_ps(a[2 * k], a[2 * k + 1], 0x31));
+    for (int k = 0; k < 2; k++) /* per 128-bit lane: lanes i + 2 of two registers */
+        y[k] = _mm256_add_ps(_mm256_shuffle_ps(p[2 * k], p[2 * k + 1], 0x44),
+                             _mm256_shuffle_ps(p[2 * k], p[2 * k + 1], 0xEE));
+    __m256 f = _mm256_add_ps(_mm256_shuffle_ps(y[0], y[1], 0x88), _mm256_shuffle_ps(y[0], y[1], 0xDD));
+    float t[8];
+    _mm256_storeu_ps(t, _mm256_mul_ps(f, _mm256_set1_ps(scale)));
+    for (int l = 0; l < 2; l++) /* f[4 l + j] holds a[2 j + l] */
+        for (int j = 0; j < 4; j++)
+            out[2 * j + l] = t[4 * l + j];
+}
+
 /* Scores of R rows x G query heads (R * G <= 8 chains): one accumulator per
  * score over 8-lane chunks, a fixed horizontal sum, then the scalar tail. */
 KVRT_AVX2 static KVRT_INLINE void sc_tile_avx2(const float *restrict q, int G, const char *k, size_t rb, int R,
@@ -287,6 +308,14 @@ KVRT_AVX2 static KVRT_INLINE void sc_tile_avx2(const float *restrict q, int G, c
             for (int g = 0; g < G; g++)
                 acc[r * G + g] = _mm256_fmadd_ps(qv[g], kv, acc[r * G + g]);
         }
+    }
+    if (R * G == 8 && d == hd) {
+        float t[8];
+        hsum8_avx2(acc, scale, t);
+        for (int r = 0; r < R; r++)
+            for (int g = 0; g < G; g++)
+                s[g * ss + r] = t[r * G + g];
+        return;
     }
     for (int r = 0; r < R; r++) {
         for (int g = 0; g < G; g++) {
@@ -491,6 +520,27 @@ KVRT_AVX512 static KVRT_INLINE float hsum_avx512(__m512 v)
     return hsum_avx2(x);
 }
 
+/* out[i] = scale * hsum_avx512(a[i]) for 16 registers at once, as hsum8_avx2. */
+KVRT_AVX512 static KVRT_INLINE void hsum16_avx512(const __m512 a[16], float scale, float out[16])
+{
+    __m512 p[8], u[4], y[2];
+    for (int k = 0; k < 8; k++) /* [a(2k) halves added | a(2k+1) halves added] */
+        p[k] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * k], a[2 * k + 1], 0x44),
+                             _mm512_shuffle_f32x4(a[2 * k], a[2 * k + 1], 0xEE));
+    for (int k = 0; k < 4; k++) /* one register's 4 partial sums per 128-bit lane */
+        u[k] = _mm512_add_ps(_mm512_shuffle_f32x4(p[2 * k], p[2 * k + 1], 0x88),
+                             _mm512_shuffle_f32x4(p[2 * k], p[2 * k + 1], 0xDD));
+    for (int k = 0; k < 2; k++)
+        y[k] = _mm512_add_ps(_mm512_shuffle_ps(u[2 * k], u[2 * k + 1], 0x44),
+                             _mm512_shuffle_ps(u[2 * k], u[2 * k + 1], 0xEE));
+    __m512 f = _mm512_add_ps(_mm512_shuffle_ps(y[0], y[1], 0x88), _mm512_shuffle_ps(y[0], y[1], 0xDD));
+    float t[16];
+    _mm512_storeu_ps(t, _mm512_mul_ps(f, _mm512_set1_ps(scale)));
+    for (int l = 0; l < 4; l++) /* f[4 l + j] holds a[4 j + l] */
+        for (int j = 0; j < 4; j++)
+            out[4 * j + l] = t[4 * l + j];
+}
+
 /* Scores of R rows x G query heads (R * G <= 16 chains): one accumulator per
  * score over 16-lane chunks, a fixed horizontal sum, then the scalar tail. */
 KVRT_AVX512 static KVRT_INLINE void sc_tile_avx512(const float *restrict q, int G, const char *k, size_t rb, int R,
@@ -509,6 +559,14 @@ KVRT_AVX512 static KVRT_INLINE void sc_tile_avx512(const float *restrict q, int 
             for (int g = 0; g < G; g++)
                 acc[r * G + g] = _mm512_fmadd_ps(qv[g], kv, acc[r * G + g]);
         }
+    }
+    if (R * G == 16 && d == hd) {
+        float t[16];
+        hsum16_avx512(acc, scale, t);
+        for (int r = 0; r < R; r++)
+            for (int g = 0; g < G; g++)
+                s[g * ss + r] = t[r * G + g];
+        return;
     }
     for (int r = 0; r < R; r++) {
         for (int g = 0; g < G; g++) {
