@@ -293,7 +293,7 @@ KVRT_AVX2 static KVRT_INLINE void hsum8_avx2(const __m256 a[8], float scale, flo
 /* Scores of R rows x G query heads (R * G <= 8 chains): one accumulator per
  * score over 8-lane chunks, a fixed horizontal sum, then the scalar tail. */
 KVRT_AVX2 static KVRT_INLINE void sc_tile_avx2(const float *restrict q, int G, const char *k, size_t rb, int R,
-                                                bool f16, int32_t hd, float scale, float *restrict s, int64_t ss)
+                                               bool f16, int32_t hd, float scale, float *restrict s, int64_t ss)
 {
     __m256 acc[8];
     for (int i = 0; i < R * G; i++)
@@ -328,7 +328,7 @@ KVRT_AVX2 static KVRT_INLINE void sc_tile_avx2(const float *restrict q, int G, c
 }
 
 KVRT_AVX2 static KVRT_INLINE void scores_kv_avx2_t(const float *restrict q, int32_t n_q, const char *k, bool f16,
-                                                    int32_t n, int32_t hd, float scale, float *restrict s, int64_t ss)
+                                                   int32_t n, int32_t hd, float scale, float *restrict s, int64_t ss)
 {
     size_t rb = (size_t)hd * (f16 ? 2 : 4);
     for (int32_t g = 0; g < n_q;) {
@@ -370,8 +370,8 @@ KVRT_AVX2 static void scores_kv_avx2(const float *restrict q, int32_t n_q, const
 /* acc[g][d .. d + 8 * DC) += sum_r p[g][r] * v[r][...] for G heads, each
  * lane a chain in increasing r; the values are converted once per row. */
 KVRT_AVX2 static KVRT_INLINE void acc_tile_avx2(const float *restrict p, int64_t ps, int G, const char *v, size_t rb,
-                                                 int32_t n, int DC, int32_t d, bool f16, float *restrict acc,
-                                                 int32_t hd)
+                                                int32_t n, int DC, int32_t d, bool f16, float *restrict acc,
+                                                int32_t hd)
 {
     __m256 a[8];
     for (int g = 0; g < G; g++)
@@ -394,7 +394,7 @@ KVRT_AVX2 static KVRT_INLINE void acc_tile_avx2(const float *restrict p, int64_t
 }
 
 KVRT_AVX2 static KVRT_INLINE void acc_heads_avx2(const float *restrict p, int64_t ps, int G, const char *v,
-                                                  size_t rb, int32_t n, bool f16, float *restrict acc, int32_t hd)
+                                                 size_t rb, int32_t n, bool f16, float *restrict acc, int32_t hd)
 {
     int DC = 8 / G, d = 0;
     if (G == 3)
@@ -414,7 +414,7 @@ KVRT_AVX2 static KVRT_INLINE void acc_heads_avx2(const float *restrict p, int64_
 }
 
 KVRT_AVX2 static KVRT_INLINE void accum_kv_avx2_t(const float *restrict p, int64_t ps, int32_t n_q, const char *v,
-                                                   bool f16, int32_t n, int32_t hd, float *restrict acc)
+                                                  bool f16, int32_t n, int32_t hd, float *restrict acc)
 {
     size_t rb = (size_t)hd * (f16 ? 2 : 4);
     for (int32_t g = 0; g < n_q;) {
@@ -544,7 +544,7 @@ KVRT_AVX512 static KVRT_INLINE void hsum16_avx512(const __m512 a[16], float scal
 /* Scores of R rows x G query heads (R * G <= 16 chains): one accumulator per
  * score over 16-lane chunks, a fixed horizontal sum, then the scalar tail. */
 KVRT_AVX512 static KVRT_INLINE void sc_tile_avx512(const float *restrict q, int G, const char *k, size_t rb, int R,
-                                                bool f16, int32_t hd, float scale, float *restrict s, int64_t ss)
+                                                   bool f16, int32_t hd, float scale, float *restrict s, int64_t ss)
 {
     __m512 acc[16];
     for (int i = 0; i < R * G; i++)
@@ -579,7 +579,7 @@ KVRT_AVX512 static KVRT_INLINE void sc_tile_avx512(const float *restrict q, int 
 }
 
 KVRT_AVX512 static KVRT_INLINE void scores_kv_avx512_t(const float *restrict q, int32_t n_q, const char *k, bool f16,
-                                                    int32_t n, int32_t hd, float scale, float *restrict s, int64_t ss)
+                                                       int32_t n, int32_t hd, float scale, float *restrict s, int64_t ss)
 {
     size_t rb = (size_t)hd * (f16 ? 2 : 4);
     for (int32_t g = 0; g < n_q;) {
@@ -609,7 +609,7 @@ KVRT_AVX512 static KVRT_INLINE void scores_kv_avx512_t(const float *restrict q, 
 }
 
 KVRT_AVX512 static void scores_kv_avx512(const float *restrict q, int32_t n_q, const void *k, bool f16, int32_t n,
-                                     int32_t hd, float scale, float *restrict s, int64_t s_stride, float *restrict tmp)
+                                         int32_t hd, float scale, float *restrict s, int64_t s_stride, float *restrict tmp)
 {
     (void)tmp;
     if (f16)
@@ -620,8 +620,8 @@ KVRT_AVX512 static void scores_kv_avx512(const float *restrict q, int32_t n_q, c
 
 /* As acc_tile_avx2 with 16-lane chunks. */
 KVRT_AVX512 static KVRT_INLINE void acc_tile_avx512(const float *restrict p, int64_t ps, int G, const char *v, size_t rb,
-                                                 int32_t n, int DC, int32_t d, bool f16, float *restrict acc,
-                                                 int32_t hd)
+                                                    int32_t n, int DC, int32_t d, bool f16, float *restrict acc,
+                                                    int32_t hd)
 {
     __m512 a[16];
     for (int g = 0; g < G; g++)
@@ -644,7 +644,7 @@ KVRT_AVX512 static KVRT_INLINE void acc_tile_avx512(const float *restrict p, int
 }
 
 KVRT_AVX512 static KVRT_INLINE void acc_heads_avx512(const float *restrict p, int64_t ps, int G, const char *v,
-                                                  size_t rb, int32_t n, bool f16, float *restrict acc, int32_t hd)
+                                                     size_t rb, int32_t n, bool f16, float *restrict acc, int32_t hd)
 {
     int DC = G == 4 ? 4 : 8, d = 0;
     for (; d + 16 * DC <= hd; d += 16 * DC)
@@ -662,7 +662,7 @@ KVRT_AVX512 static KVRT_INLINE void acc_heads_avx512(const float *restrict p, in
 }
 
 KVRT_AVX512 static KVRT_INLINE void accum_kv_avx512_t(const float *restrict p, int64_t ps, int32_t n_q, const char *v,
-                                                   bool f16, int32_t n, int32_t hd, float *restrict acc)
+                                                      bool f16, int32_t n, int32_t hd, float *restrict acc)
 {
     size_t rb = (size_t)hd * (f16 ? 2 : 4);
     for (int32_t g = 0; g < n_q;) {
@@ -680,7 +680,7 @@ KVRT_AVX512 static KVRT_INLINE void accum_kv_avx512_t(const float *restrict p, i
 }
 
 KVRT_AVX512 static void accum_kv_avx512(const float *restrict p, int64_t p_stride, int32_t n_q, const void *v, bool f16,
-                                    int32_t n, int32_t hd, float *restrict acc, float *restrict tmp)
+                                        int32_t n, int32_t hd, float *restrict acc, float *restrict tmp)
 {
     (void)tmp;
     if (f16)
