@@ -118,11 +118,17 @@ typedef struct decode_unit {
 
 /* Pulls the next run of a head towards the cache while this one is computed:
  * paged runs are short and scattered, which the hardware prefetcher alone
- * does not follow. */
-static inline void prefetch_run(const char *p, size_t bytes)
+ * does not follow. F32 runs are twice as far ahead in bytes: they go to L2
+ * only (measured: into L1 they evict rows still in use). */
+static inline void prefetch_run(const char *p, size_t bytes, bool to_l1)
 {
-    for (size_t b = 0; b < bytes; b += 64)
-        __builtin_prefetch(p + b, 0, 3);
+    if (to_l1) {
+        for (size_t b = 0; b < bytes; b += 64)
+            __builtin_prefetch(p + b, 0, 3);
+    } else {
+        for (size_t b = 0; b < bytes; b += 64)
+            __builtin_prefetch(p + b, 0, 2);
+    }
 }
 
 /* Scores (values == false) or accumulates values for one run of n rows of
@@ -163,7 +169,7 @@ static void decode_pass(const decode_job *j, const decode_unit *t, bool values)
                     if (pos + n < b) {
                         int32_t n2;
                         size_t next = kv_run(src, t->s, h, pos + n, b - pos - n, &n2);
-                        prefetch_run(base + next, (size_t)n2 * (size_t)src->hd * elem);
+                        prefetch_run(base + next, (size_t)n2 * (size_t)src->hd * elem, src->f16);
                     }
                     decode_one_run(j, t, values, h, idx0 + pos - a, off, n);
                 }
@@ -174,7 +180,7 @@ static void decode_pass(const decode_job *j, const decode_unit *t, bool values)
                     size_t off = kv_run(src, t->s, h, pos, b - pos, &n);
                     /* the same look-ahead as paged, so the comparison is fair */
                     prefetch_run(base + off + (size_t)n * (size_t)src->hd * elem,
-                                 (size_t)KVRT_MIN(n, b - pos - n) * (size_t)src->hd * elem);
+                                 (size_t)KVRT_MIN(n, b - pos - n) * (size_t)src->hd * elem, src->f16);
                     decode_one_run(j, t, values, h, idx0 + pos - a, off, n);
                 }
             }
