@@ -6,239 +6,16 @@
 #include "backend/attn_check.h"
 #include "common/fp16.h"
 #include "cpu_attention.h"
-#include "cpu_ops_internal.h"
 
 #include <math.h>
 #include <string.h>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define KVRT_HAVE_X86 1
-#endif
 
 /* Rows of a run are converted/scored together; runs never cross a block, and
  * contiguous runs stop at this length so scratch stays small. */
 #define KVRT_CONTIG_RUN 32
 /* Query rows (tokens x group heads) per prefill tile. */
 #define KVRT_PREFILL_ROWS 64
-
-/* ---- portable kernels ---------------------------------------------------------------- */
-
-static inline float dot_portable(const float *restrict a, const float *restrict b, int32_t n)
-{
-    float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0}; /* independent lanes the compiler maps to SIMD registers */
-    int32_t d = 0;
-    for (; d + 8 <= n; d += 8) {
-        for (int i = 0; i < 8; i++)
-            lane[i] += a[d + i] * b[d + i];
-    }
-    for (; d < n; d++)
-        lane[d & 7] += a[d] * b[d];
-    return ((lane[0] + lane[4]) + (lane[1] + lane[5])) + ((lane[2] + lane[6]) + (lane[3] + lane[7]));
-}
-
-static void scores_portable(const float *restrict q, int32_t n_q, const float *restrict k, int32_t n, int32_t hd,
-                            float scale, float *restrict s, int64_t s_stride)
-{
-    for (int32_t r = 0; r < n; r++) {
-        const float *kr = k + (size_t)r * (size_t)hd;
-        for (int32_t g = 0; g < n_q; g++)
-            s[g * s_stride + r] = scale * dot_portable(q + (size_t)g * (size_t)hd, kr, hd);
-    }
-}
-
-static void accum_portable(const float *restrict p, int64_t p_stride, int32_t n_q, const float *restrict v,
-                           int32_t n, int32_t hd, float *restrict acc)
-{
-    for (int32_t r = 0; r < n; r++) {
-        const float *vr = v + (size_t)r * (size_t)hd;
-        for (int32_t g = 0; g < n_q; g++) {
-            float w = p[g * p_stride + r];
-            float *y = acc + (size_t)g * (size_t)hd;
-            for (int32_t d = 0; d < hd; d++)
-                y[d] += w * vr[d];
-        }
-    }
-}
-
-static void h2f_portable(float *restrict dst, const uint16_t *restrict src, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++)
-        dst[i] = kvrt_fp16_to_f32(src[i]);
-}
-
-static void f2h_portable(uint16_t *restrict dst, const float *restrict src, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++)
-        dst[i] = kvrt_f32_to_fp16(src[i]);
-}
-
-static const kvrt_cpu_attn_kernels kernels_portable = {
-    "portable", scores_portable, accum_portable, h2f_portable, f2h_portable,
-};
-
-/* ---- AVX2 + FMA + F16C kernels --------------------------------------------------------- */
-
-#if defined(KVRT_HAVE_X86) && defined(__GNUC__)
-#define KVRT_AVX2 __attribute__((target("avx2,fma,f16c")))
-
-KVRT_AVX2 static inline float hsum_avx2(__m256 v)
-{
-    __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
-    x = _mm_add_ss(x, _mm_movehdup_ps(x));
-    return _mm_cvtss_f32(x);
-}
-
-KVRT_AVX2 static inline float dot_avx2(const float *restrict a, const float *restrict b, int32_t n)
-{
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-    int32_t d = 0;
-    for (; d + 16 <= n; d += 16) {
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), _mm256_loadu_ps(b + d), s0);
-        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + d + 8), _mm256_loadu_ps(b + d + 8), s1);
-    }
-    if (d + 8 <= n) {
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), _mm256_loadu_ps(b + d), s0);
-        d += 8;
-    }
-    float r = hsum_avx2(_mm256_add_ps(s0, s1));
-    for (; d < n; d++)
-        r += a[d] * b[d];
-    return r;
-}
-
-/* Four query rows against one key row: the key is loaded once per 8 lanes. */
-KVRT_AVX2 static inline void dot4_avx2(const float *restrict q, int32_t hd, const float *restrict k, float out[4])
-{
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
-    const float *q0 = q, *q1 = q + hd, *q2 = q + 2 * (size_t)hd, *q3 = q + 3 * (size_t)hd;
-    int32_t d = 0;
-    for (; d + 8 <= hd; d += 8) {
-        __m256 kv = _mm256_loadu_ps(k + d);
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(q0 + d), kv, s0);
-        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(q1 + d), kv, s1);
-        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(q2 + d), kv, s2);
-        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(q3 + d), kv, s3);
-    }
-    out[0] = hsum_avx2(s0);
-    out[1] = hsum_avx2(s1);
-    out[2] = hsum_avx2(s2);
-    out[3] = hsum_avx2(s3);
-    for (; d < hd; d++) {
-        out[0] += q0[d] * k[d];
-        out[1] += q1[d] * k[d];
-        out[2] += q2[d] * k[d];
-        out[3] += q3[d] * k[d];
-    }
-}
-
-KVRT_AVX2 static void scores_avx2(const float *restrict q, int32_t n_q, const float *restrict k, int32_t n,
-                                  int32_t hd, float scale, float *restrict s, int64_t s_stride)
-{
-    for (int32_t r = 0; r < n; r++) {
-        const float *kr = k + (size_t)r * (size_t)hd;
-        int32_t g = 0;
-        for (; g + 4 <= n_q; g += 4) {
-            float d4[4];
-            dot4_avx2(q + (size_t)g * (size_t)hd, hd, kr, d4);
-            for (int i = 0; i < 4; i++)
-                s[(g + i) * s_stride + r] = scale * d4[i];
-        }
-        for (; g < n_q; g++)
-            s[g * s_stride + r] = scale * dot_avx2(q + (size_t)g * (size_t)hd, kr, hd);
-    }
-}
-
-/* Each output lane sums its rows in increasing r (a chain per register), so
- * the result equals the row-by-row order whatever the run length. */
-KVRT_AVX2 static void accum_avx2(const float *restrict p, int64_t p_stride, int32_t n_q, const float *restrict v,
-                                 int32_t n, int32_t hd, float *restrict acc)
-{
-    for (int32_t g = 0; g < n_q; g++) {
-        const float *pg = p + g * p_stride;
-        float *y = acc + (size_t)g * (size_t)hd;
-        int32_t d = 0;
-        for (; d + 32 <= hd; d += 32) {
-            __m256 a0 = _mm256_loadu_ps(y + d), a1 = _mm256_loadu_ps(y + d + 8);
-            __m256 a2 = _mm256_loadu_ps(y + d + 16), a3 = _mm256_loadu_ps(y + d + 24);
-            for (int32_t r = 0; r < n; r++) {
-                const float *vr = v + (size_t)r * (size_t)hd + d;
-                __m256 w = _mm256_broadcast_ss(pg + r);
-                a0 = _mm256_fmadd_ps(w, _mm256_loadu_ps(vr), a0);
-                a1 = _mm256_fmadd_ps(w, _mm256_loadu_ps(vr + 8), a1);
-                a2 = _mm256_fmadd_ps(w, _mm256_loadu_ps(vr + 16), a2);
-                a3 = _mm256_fmadd_ps(w, _mm256_loadu_ps(vr + 24), a3);
-            }
-            _mm256_storeu_ps(y + d, a0);
-            _mm256_storeu_ps(y + d + 8, a1);
-            _mm256_storeu_ps(y + d + 16, a2);
-            _mm256_storeu_ps(y + d + 24, a3);
-        }
-        for (; d + 8 <= hd; d += 8) {
-            __m256 a0 = _mm256_loadu_ps(y + d);
-            for (int32_t r = 0; r < n; r++)
-                a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(pg + r), _mm256_loadu_ps(v + (size_t)r * (size_t)hd + d), a0);
-            _mm256_storeu_ps(y + d, a0);
-        }
-        for (; d < hd; d++) {
-            float a = y[d];
-            for (int32_t r = 0; r < n; r++)
-                a += pg[r] * v[(size_t)r * (size_t)hd + d];
-            y[d] = a;
-        }
-    }
-}
-
-KVRT_AVX2 static void h2f_avx2(float *restrict dst, const uint16_t *restrict src, int64_t n)
-{
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(src + i))));
-    for (; i < n; i++)
-        dst[i] = _cvtsh_ss(src[i]);
-}
-
-KVRT_AVX2 static void f2h_avx2(uint16_t *restrict dst, const float *restrict src, int64_t n)
-{
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm_storeu_si128((__m128i *)(void *)(dst + i),
-                         _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-    for (; i < n; i++)
-        dst[i] = _cvtss_sh(src[i], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-}
-
-static const kvrt_cpu_attn_kernels kernels_avx2 = {
-    "avx2+fma+f16c", scores_avx2, accum_avx2, h2f_avx2, f2h_avx2,
-};
-
-/* One detection for every CPU kernel family (clang does not know "f16c" in
- * __builtin_cpu_supports; cpu_kernels.c asks cpuid and memoises). */
-static bool cpu_has_avx2(void)
-{
-    return kvrt_cpu_best_isa() == KVRT_CPU_ISA_AVX2;
-}
-#endif
-
-int kvrt_cpu_attn_kernels_all(const kvrt_cpu_attn_kernels **out, int max)
-{
-    int n = 0;
-#if defined(KVRT_AVX2)
-    if (n < max && cpu_has_avx2())
-        out[n++] = &kernels_avx2;
-#endif
-    if (n < max)
-        out[n++] = &kernels_portable;
-    return n;
-}
-
-const kvrt_cpu_attn_kernels *kvrt_cpu_attn_kernels_get(void)
-{
-    const kvrt_cpu_attn_kernels *k[2];
-    kvrt_cpu_attn_kernels_all(k, 2);
-    return k[0];
-}
 
 int32_t kvrt_cpu_attn_partition_size(int32_t seq_len)
 {
@@ -314,6 +91,8 @@ typedef struct decode_job {
     const kvrt_cpu_attn_kernels *ker;
     const kvrt_attn_desc *d;
     int32_t group;           /* query heads per KV head */
+    int32_t head_chunk;      /* KV heads per task (any value gives the same numbers) */
+    int32_t n_chunks;        /* ceil(n_kv / head_chunk) */
     const float *q;          /* [num_seqs] rows of q_stride */
     float *out;              /* [num_seqs] rows of o_stride */
     const int32_t *seq_lens;
@@ -328,85 +107,141 @@ typedef struct decode_job {
     int32_t max_part;        /* largest partition size in the batch */
 } decode_job;
 
-/* Scores of the visible keys of partition [p0, p1) for the group's query rows,
- * then softmax numerators in place; returns how many keys. */
-static int32_t decode_scores(const decode_job *j, int32_t s, int32_t h, int32_t p0, int32_t p1,
-                             const int32_t ranges[2][2], int nr, float *sc, float *tmp, float *ml)
+/* What one task works on: KV heads [h0, h1) of partition [p0, p1) of sequence s. */
+typedef struct decode_unit {
+    int32_t s, h0, h1, p0, p1, nr;
+    int32_t ranges[2][2];    /* visible keys */
+    float *sc;               /* [h1 - h0][group][max_part]: scores, then softmax numerators */
+    float *tmp;              /* [run][hd]: F16 rows for tables that convert first */
+    float *acc;              /* [h1 - h0][group][hd] */
+} decode_unit;
+
+/* Pulls the next run of a head towards the cache while this one is computed:
+ * paged runs are short and scattered, which the hardware prefetcher alone
+ * does not follow. F32 runs are twice as far ahead in bytes: they go to L2
+ * only (measured: into L1 they evict rows still in use). */
+static void prefetch_l1(const char *p, size_t bytes)
 {
-    const kv_src *src = &j->src;
-    int32_t hd = src->hd, g_n = j->group, nv = 0;
-    const float *qg = j->q + (size_t)s * (size_t)j->d->q_stride + (size_t)h * (size_t)g_n * (size_t)hd;
-    for (int r = 0; r < nr; r++) {
-        int32_t a = KVRT_MAX(ranges[r][0], p0), b = KVRT_MIN(ranges[r][1], p1);
-        for (int32_t pos = a, n; pos < b; pos += n) {
-            size_t off = kv_run(src, s, h, pos, b - pos, &n);
-            const float *kr = kv_rows(src, j->ker, src->k, off, n, tmp);
-            j->ker->scores(qg, g_n, kr, n, hd, j->d->scale, sc + nv, j->max_part);
-            nv += n;
-        }
-    }
-    for (int32_t g = 0; g < g_n; g++) {
-        float *row = sc + (size_t)g * (size_t)j->max_part, m = row[0], l = 0.0f;
-        for (int32_t i = 1; i < nv; i++)
-            m = row[i] > m ? row[i] : m;
-        for (int32_t i = 0; i < nv; i++) {
-            row[i] = expf(row[i] - m);
-            l += row[i];
-        }
-        ml[2 * g] = m;
-        ml[2 * g + 1] = l;
-    }
-    return nv;
+    for (size_t b = 0; b < bytes; b += 64)
+        __builtin_prefetch(p + b, 0, 3);
 }
 
-static void decode_values(const decode_job *j, int32_t s, int32_t h, int32_t p0, int32_t p1,
-                          const int32_t ranges[2][2], int nr, const float *sc, float *tmp, float *acc)
+static void prefetch_l2(const char *p, size_t bytes)
+{
+    for (size_t b = 0; b < bytes; b += 64)
+        __builtin_prefetch(p + b, 0, 2);
+}
+
+static inline void prefetch_run(const char *p, size_t bytes, bool to_l1)
+{
+    (to_l1 ? prefetch_l1 : prefetch_l2)(p, bytes);
+}
+
+/* Scores (values == false) or accumulates values for one run of n rows of
+ * head h from position index idx of the unit. */
+static void decode_one_run(const decode_job *j, const decode_unit *t, bool values, int32_t h, int32_t idx, size_t off,
+                           int32_t n)
 {
     const kv_src *src = &j->src;
-    int32_t hd = src->hd, nv = 0;
-    memset(acc, 0, (size_t)j->group * (size_t)hd * sizeof(float));
-    for (int r = 0; r < nr; r++) {
-        int32_t a = KVRT_MAX(ranges[r][0], p0), b = KVRT_MIN(ranges[r][1], p1);
-        for (int32_t pos = a, n; pos < b; pos += n) {
-            size_t off = kv_run(src, s, h, pos, b - pos, &n);
-            const float *vr = kv_rows(src, j->ker, src->v, off, n, tmp);
-            j->ker->accum(sc + nv, j->max_part, j->group, vr, n, hd, acc);
-            nv += n;
-        }
+    int32_t hd = src->hd, g_n = j->group;
+    size_t hl = (size_t)(h - t->h0) * (size_t)g_n;
+    float *sc = t->sc + hl * (size_t)j->max_part + (size_t)idx;
+    if (!values) {
+        const float *qg = j->q + (size_t)t->s * (size_t)j->d->q_stride + (size_t)h * (size_t)g_n * (size_t)hd;
+        j->ker->scores_kv(qg, g_n, src->k + off, src->f16, n, hd, j->d->scale, sc, j->max_part, t->tmp);
+    } else {
+        j->ker->accum_kv(sc, j->max_part, g_n, src->v + off, src->f16, n, hd, t->acc + hl * (size_t)hd, t->tmp);
     }
 }
 
-/* One (sequence, partition) unit for one KV head and all its query heads. */
-static void decode_task(void *arg, int64_t t, int thread)
+/* Visits every visible run of the unit once. Paged: block by block, all the
+ * unit's heads of a block in turn (one contiguous byte range of the pool).
+ * Contiguous: head by head. The order changes no number: each score is its
+ * own dot product and each output lane sums its rows in increasing position. */
+static void decode_pass(const decode_job *j, const decode_unit *t, bool values)
+{
+    const kv_src *src = &j->src;
+    const char *base = values ? src->v : src->k;
+    size_t elem = src->f16 ? 2 : 4;
+    int32_t idx0 = 0;
+    for (int r = 0; r < t->nr; r++) {
+        int32_t a = KVRT_MAX(t->ranges[r][0], t->p0), b = KVRT_MIN(t->ranges[r][1], t->p1);
+        if (a >= b)
+            continue;
+        if (src->tables) {
+            for (int32_t pos = a, n = 0; pos < b; pos += n) {
+                for (int32_t h = t->h0; h < t->h1; h++) {
+                    size_t off = kv_run(src, t->s, h, pos, b - pos, &n);
+                    if (pos + n < b) {
+                        int32_t n2;
+                        size_t next = kv_run(src, t->s, h, pos + n, b - pos - n, &n2);
+                        prefetch_run(base + next, (size_t)n2 * (size_t)src->hd * elem, src->f16);
+                    }
+                    decode_one_run(j, t, values, h, idx0 + pos - a, off, n);
+                }
+            }
+        } else {
+            for (int32_t h = t->h0; h < t->h1; h++) {
+                for (int32_t pos = a, n; pos < b; pos += n) {
+                    size_t off = kv_run(src, t->s, h, pos, b - pos, &n);
+                    /* the same look-ahead as paged, so the comparison is fair */
+                    prefetch_run(base + off + (size_t)n * (size_t)src->hd * elem,
+                                 (size_t)KVRT_MIN(n, b - pos - n) * (size_t)src->hd * elem, src->f16);
+                    decode_one_run(j, t, values, h, idx0 + pos - a, off, n);
+                }
+            }
+        }
+        idx0 += b - a;
+    }
+}
+
+/* Softmax numerators in place over the nv scores of each row; ml gets each
+ * row's max and sum. */
+static void decode_softmax(const decode_job *j, const decode_unit *t, int32_t nv, float *ml)
+{
+    int32_t rows = (t->h1 - t->h0) * j->group;
+    for (int32_t g = 0; g < rows; g++)
+        j->ker->softmax(t->sc + (size_t)g * (size_t)j->max_part, nv, &ml[2 * g], &ml[2 * g + 1]);
+}
+
+/* One (sequence, partition, chunk of KV heads) task, all query heads of each
+ * KV head's group. */
+static void decode_task(void *arg, int64_t task, int thread)
 {
     const decode_job *j = arg;
     int32_t n_kv = j->src.n_kv, hd = j->src.hd, g_n = j->group;
-    int64_t u = t / n_kv;
-    int32_t h = (int32_t)(t % n_kv), s = j->unit_seq[u], len = j->seq_lens[s];
-    int32_t psize = kvrt_cpu_attn_partition_size(len);
-    int32_t p0 = j->unit_part[u] * psize, p1 = KVRT_MIN(p0 + psize, len);
-    int32_t ranges[2][2];
-    int nr = kvrt_attn_visible_ranges(len - 1, len - 1, j->d->window, j->d->sinks, ranges);
+    int64_t u = task / j->n_chunks;
+    decode_unit t;
+    t.s = j->unit_seq[u];
+    t.h0 = (int32_t)(task % j->n_chunks) * j->head_chunk;
+    t.h1 = KVRT_MIN(t.h0 + j->head_chunk, n_kv);
+    int32_t len = j->seq_lens[t.s], psize = kvrt_cpu_attn_partition_size(len);
+    t.p0 = j->unit_part[u] * psize;
+    t.p1 = KVRT_MIN(t.p0 + psize, len);
+    t.nr = kvrt_attn_visible_ranges(len - 1, len - 1, j->d->window, j->d->sinks, t.ranges);
+    size_t rows = (size_t)(t.h1 - t.h0) * (size_t)g_n;
+    t.sc = j->scratch + (size_t)thread * j->scratch_floats;
+    t.tmp = t.sc + rows * (size_t)j->max_part;
+    float *own_acc = t.tmp + (size_t)j->src.run * (size_t)hd, *own_ml = own_acc + rows * (size_t)hd;
+    size_t slot = ((size_t)u * (size_t)n_kv + (size_t)t.h0) * (size_t)g_n;
+    bool single = j->seq_units[t.s] == 1;
+    float *ml = single ? own_ml : j->part_ml + slot * 2;
+    t.acc = single ? own_acc : j->part_acc + slot * (size_t)hd;
 
-    float *sc = j->scratch + (size_t)thread * j->scratch_floats;   /* [group][max_part] */
-    float *tmp = sc + (size_t)g_n * (size_t)j->max_part;          /* [run][hd] */
-    float *own_acc = tmp + (size_t)j->src.run * (size_t)hd;       /* [group][hd] */
-    float own_ml[2 * 64], *ml = g_n <= 64 ? own_ml : own_acc + (size_t)g_n * (size_t)hd;
-    size_t slot = (size_t)u * (size_t)n_kv + (size_t)h;
-    bool single = j->seq_units[s] == 1;
-    if (!single)
-        ml = j->part_ml + slot * (size_t)g_n * 2;
-    float *acc = single ? own_acc : j->part_acc + slot * (size_t)g_n * (size_t)hd;
-
-    decode_scores(j, s, h, p0, p1, ranges, nr, sc, tmp, ml);
-    decode_values(j, s, h, p0, p1, ranges, nr, sc, tmp, acc);
+    int32_t nv = 0;
+    for (int r = 0; r < t.nr; r++)
+        nv += KVRT_MAX(0, KVRT_MIN(t.ranges[r][1], t.p1) - KVRT_MAX(t.ranges[r][0], t.p0));
+    decode_pass(j, &t, false);
+    decode_softmax(j, &t, nv, ml);
+    memset(t.acc, 0, rows * (size_t)hd * sizeof(float));
+    decode_pass(j, &t, true);
     if (!single)
         return;
-    float *o = j->out + (size_t)s * (size_t)j->d->o_stride + (size_t)h * (size_t)g_n * (size_t)hd;
-    for (int32_t g = 0; g < g_n; g++) {
+    float *o = j->out + (size_t)t.s * (size_t)j->d->o_stride + (size_t)t.h0 * (size_t)g_n * (size_t)hd;
+    for (size_t g = 0; g < rows; g++) {
         float l = ml[2 * g + 1];
         for (int32_t d = 0; d < hd; d++)
-            o[(size_t)g * (size_t)hd + (size_t)d] = acc[(size_t)g * (size_t)hd + (size_t)d] / l;
+            o[g * (size_t)hd + (size_t)d] = t.acc[g * (size_t)hd + (size_t)d] / l;
     }
 }
 
@@ -489,8 +324,15 @@ static kvrt_status decode_run(kvrt_backend *be, const kv_src *src, const kvrt_cp
     j.seq_lens = seq_lens;
     int64_t n_units = decode_plan(&j, d->num_seqs, false, &j.max_part);
     int n_threads = kvrt_cpu(be)->n_threads;
+    /* All KV heads of a block in one task reads the pool in long runs; split
+     * the heads only as far as the threads need tasks. */
+    j.head_chunk = src->n_kv;
+    while (j.head_chunk > 1 && n_units * ((src->n_kv + j.head_chunk - 1) / j.head_chunk) < 4 * (int64_t)n_threads)
+        j.head_chunk = (j.head_chunk + 1) / 2;
+    j.n_chunks = (src->n_kv + j.head_chunk - 1) / j.head_chunk;
     size_t hd = (size_t)src->hd, g_n = (size_t)j.group, slots = (size_t)n_units * (size_t)src->n_kv;
-    j.scratch_floats = g_n * (size_t)j.max_part + (size_t)src->run * hd + g_n * hd + 2 * g_n;
+    size_t rows = (size_t)j.head_chunk * g_n;
+    j.scratch_floats = rows * ((size_t)j.max_part + hd + 2) + (size_t)src->run * hd;
     j.scratch_floats = (j.scratch_floats + 15) & ~(size_t)15;
 
     arena a = {0, NULL};
@@ -515,7 +357,7 @@ static kvrt_status decode_run(kvrt_backend *be, const kv_src *src, const kvrt_cp
     int64_t work = 0; /* multiply-adds: every visible key of every query head, twice */
     for (int32_t s = 0; s < d->num_seqs; s++)
         work += (int64_t)seq_lens[s] * d->n_heads * src->hd * 2;
-    kvrt_threadpool_run_sized(kvrt_cpu(be)->pool, (int64_t)slots, work, decode_task, &j);
+    kvrt_threadpool_run_sized(kvrt_cpu(be)->pool, n_units * j.n_chunks, work, decode_task, &j);
     kvrt_threadpool_run_sized(kvrt_cpu(be)->pool, (int64_t)d->num_seqs * src->n_kv, work, decode_merge_task, &j);
     kvrt_free(be->alloc, a.base);
     return KVRT_OK;

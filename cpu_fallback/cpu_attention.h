@@ -1,5 +1,6 @@
 /* Internal extras of the CPU attention family beyond the backend vtable:
- * the inner-loop kernels (chosen at run time: AVX2+FMA+F16C or portable C),
+ * the inner-loop kernels (chosen at run time: AVX-512, AVX2+FMA+F16C or
+ * portable C; in cpu_attention_kernels.c),
  * the split-K partition rule, and a decode over a contiguous (non-paged) KV
  * layout that shares the paged decode's loops, so a benchmark can compare
  * "paged vs contiguous on the same data" and tests can check they agree
@@ -13,7 +14,7 @@
  * accumulate in F32, row by row in increasing key order, so the result of a
  * row does not depend on how the rows were grouped into runs. */
 typedef struct kvrt_cpu_attn_kernels {
-    const char *name; /* "avx2+fma+f16c" or "portable" */
+    const char *name; /* "avx512", "avx2+fma+f16c" or "portable" */
     /* s[g * s_stride + r] = scale * dot(q[g], k[r]) for g < n_q, r < n. */
     void (*scores)(const float *restrict q /* [n_q][hd] */, int32_t n_q, const float *restrict k /* [n][hd] */,
                    int32_t n, int32_t hd, float scale, float *restrict s, int64_t s_stride);
@@ -22,9 +23,19 @@ typedef struct kvrt_cpu_attn_kernels {
                   int32_t n, int32_t hd, float *restrict acc /* [n_q][hd] */);
     void (*h2f)(float *restrict dst, const uint16_t *restrict src, int64_t n);
     void (*f2h)(uint16_t *restrict dst, const float *restrict src, int64_t n); /* round to nearest even */
+    /* The decode's entries: as scores/accum, but the n rows of k (v) are read
+     * in place, F16 (f16) or F32; tmp ([n][hd] floats) is scratch for tables
+     * that convert F16 rows before use. */
+    void (*scores_kv)(const float *restrict q /* [n_q][hd] */, int32_t n_q, const void *k /* [n][hd] */, bool f16,
+                      int32_t n, int32_t hd, float scale, float *restrict s, int64_t s_stride, float *restrict tmp);
+    void (*accum_kv)(const float *restrict p, int64_t p_stride, int32_t n_q, const void *v /* [n][hd] */, bool f16,
+                     int32_t n, int32_t hd, float *restrict acc /* [n_q][hd] */, float *restrict tmp);
+    /* row[i] = exp(row[i] - m) for i < n (n >= 1), m = max of the row, l = sum
+     * of the results, all in an order fixed by n alone. */
+    void (*softmax)(float *restrict row, int32_t n, float *m, float *l);
 } kvrt_cpu_attn_kernels;
 
-/* The best table this CPU runs (AVX2+FMA+F16C when present). */
+/* The best table this CPU runs. */
 const kvrt_cpu_attn_kernels *kvrt_cpu_attn_kernels_get(void);
 /* Every table this CPU can run, best first (for tests of the portable path);
  * returns how many were stored (at most max). */

@@ -6,12 +6,14 @@
 #include <stdint.h>
 #include <setjmp.h>
 #include <cmocka.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "attn_cases.h"
 #include "backend/backend.h"
+#include "common/fp16.h"
 #include "cpu_attention.h"
 #include "kvrt.h"
 
@@ -194,6 +196,89 @@ static void test_portable_kernels(void **state)
     kvrt_context_destroy(ctx);
 }
 
+/* Every table's decode entries: n rows scored (accumulated) in one call equal
+ * the same rows one call each, bitwise, for F16 and F32 rows, whatever the
+ * head count and head_dim (tiles and their tails must do the same
+ * arithmetic, or paged and contiguous layouts would disagree). */
+static void test_decode_kernels_row_invariant(void **state)
+{
+    (void)state;
+    const kvrt_cpu_attn_kernels *all[4];
+    int n_ker = kvrt_cpu_attn_kernels_all(all, 4);
+    const int32_t hds[] = {128, 64, 80, 20, 16};
+    enum { N = 37, NQ = 7, HD = 128 };
+    float *q = calloc(NQ * HD, sizeof(float)), *kf = calloc(N * HD, sizeof(float));
+    float *tmp = calloc(N * HD, sizeof(float)), *s1 = calloc(NQ * N, sizeof(float)), *s2 = calloc(NQ * N, sizeof(float));
+    float *a1 = calloc(NQ * HD, sizeof(float)), *a2 = calloc(NQ * HD, sizeof(float));
+    uint16_t *kh = calloc(N * HD, sizeof(uint16_t));
+    assert_true(q && kf && tmp && s1 && s2 && a1 && a2 && kh);
+    uint32_t x = 12345;
+    for (int i = 0; i < NQ * HD; i++, x = x * 1664525u + 1013904223u)
+        q[i] = (float)(x >> 8) / 16777216.0f - 0.5f;
+    for (int i = 0; i < N * HD; i++, x = x * 1664525u + 1013904223u) {
+        kf[i] = (float)(x >> 8) / 8388608.0f - 1.0f;
+        kh[i] = kvrt_f32_to_fp16(kf[i]);
+    }
+    for (int k = 0; k < n_ker; k++) {
+        for (size_t h = 0; h < sizeof(hds) / sizeof(hds[0]); h++) {
+            for (int32_t nq = 1; nq <= NQ; nq++) {
+                for (int f16 = 0; f16 < 2; f16++) {
+                    int32_t hd = hds[h];
+                    size_t rb = (size_t)hd * (f16 ? 2 : 4);
+                    const char *rows = f16 ? (const char *)kh : (const char *)kf;
+                    all[k]->scores_kv(q, nq, rows, f16, N, hd, 0.125f, s1, N, tmp);
+                    for (int32_t r = 0; r < N; r++)
+                        all[k]->scores_kv(q, nq, rows + (size_t)r * rb, f16, 1, hd, 0.125f, s2 + r, N, tmp);
+                    assert_memory_equal(s1, s2, (size_t)nq * N * sizeof(float));
+                    memset(a1, 0, NQ * HD * sizeof(float));
+                    memset(a2, 0, NQ * HD * sizeof(float));
+                    all[k]->accum_kv(s1, N, nq, rows, f16, N, hd, a1, tmp);
+                    for (int32_t r = 0; r < N; r++)
+                        all[k]->accum_kv(s1 + r, N, nq, rows + (size_t)r * rb, f16, 1, hd, a2, tmp);
+                    assert_memory_equal(a1, a2, (size_t)nq * (size_t)hd * sizeof(float));
+                    /* and the scores are right: vs a double dot product */
+                    for (int32_t g = 0; g < nq; g++) {
+                        for (int32_t r = 0; r < N; r++) {
+                            double ref = 0.0;
+                            for (int32_t d = 0; d < hd; d++)
+                                ref += (double)q[g * hd + d] *
+                                       (double)(f16 ? kvrt_fp16_to_f32(kh[r * hd + d]) : kf[r * hd + d]);
+                            assert_true(fabs(ref * 0.125 - (double)s1[g * N + r]) < 1e-5);
+                        }
+                    }
+                }
+            }
+        }
+        /* softmax: numerators, max and sum vs double */
+        for (int32_t n = 1; n <= N; n += 4) {
+            float row[N], m, l;
+            double mx = -1e30, sum = 0.0;
+            for (int32_t i = 0; i < n; i++) {
+                row[i] = s1[i] * 40.0f;
+                mx = row[i] > mx ? row[i] : mx;
+            }
+            float in[N];
+            memcpy(in, row, sizeof(in));
+            all[k]->softmax(row, n, &m, &l);
+            assert_true((double)m == mx);
+            for (int32_t i = 0; i < n; i++) {
+                double e = exp((double)in[i] - mx);
+                sum += e;
+                assert_true(fabs((double)row[i] - e) <= 1e-6 * e + 1e-30);
+            }
+            assert_true(fabs((double)l - sum) <= 1e-6 * sum);
+        }
+    }
+    free(q);
+    free(kf);
+    free(tmp);
+    free(s1);
+    free(s2);
+    free(a1);
+    free(a2);
+    free(kh);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -201,6 +286,7 @@ int main(void)
         cmocka_unit_test(test_grid),
         cmocka_unit_test(test_long_and_odd_cases),
         cmocka_unit_test(test_portable_kernels),
+        cmocka_unit_test(test_decode_kernels_row_invariant),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
