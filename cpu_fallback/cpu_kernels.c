@@ -53,6 +53,20 @@ static float sum8(const float acc[8])
     return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
 }
 
+static float dot_f32_c(const void *w, const float *x, int64_t n)
+{
+    const float *f = w;
+    float acc[8] = {0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++)
+            acc[j] += f[i + j] * x[i + j];
+    float s = sum8(acc);
+    for (; i < n; i++)
+        s += f[i] * x[i];
+    return s;
+}
+
 static float dot_f16_c(const void *w, const float *x, int64_t n)
 {
     const uint16_t *h = w;
@@ -147,6 +161,25 @@ KVRT_AVX2 static inline __m256 load_bf16x8(const uint16_t *h)
 KVRT_AVX2 static inline __m256 load_i8x8(const int8_t *p)
 {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
+
+KVRT_AVX2 static float dot_f32_avx2(const void *w, const float *x, int64_t n)
+{
+    const float *f = w;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(f + i), _mm256_loadu_ps(x + i), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(f + i + 8), _mm256_loadu_ps(x + i + 8), a1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(f + i + 16), _mm256_loadu_ps(x + i + 16), a2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(f + i + 24), _mm256_loadu_ps(x + i + 24), a3);
+    }
+    for (; i + 8 <= n; i += 8)
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(f + i), _mm256_loadu_ps(x + i), a0);
+    float s = hsum_avx2(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; i < n; i++)
+        s += f[i] * x[i];
+    return s;
 }
 
 KVRT_AVX2 static float dot_f16_avx2(const void *w, const float *x, int64_t n)
@@ -311,7 +344,7 @@ kvrt_cpu_dot_fn kvrt_cpu_dot_kernel(kvrt_cpu_isa isa, kvrt_dtype type)
         case KVRT_DTYPE_BF16: return dot_bf16_avx2;
         case KVRT_DTYPE_Q8_0: return dot_q8_0_avx2;
         case KVRT_DTYPE_Q4_0: return dot_q4_0_avx2;
-        case KVRT_DTYPE_F32: return NULL;
+        case KVRT_DTYPE_F32: return dot_f32_avx2;
         }
         return NULL;
     }
@@ -321,7 +354,7 @@ kvrt_cpu_dot_fn kvrt_cpu_dot_kernel(kvrt_cpu_isa isa, kvrt_dtype type)
     case KVRT_DTYPE_BF16: return dot_bf16_c;
     case KVRT_DTYPE_Q8_0: return dot_q8_0_c;
     case KVRT_DTYPE_Q4_0: return dot_q4_0_c;
-    case KVRT_DTYPE_F32: return NULL;
+    case KVRT_DTYPE_F32: return dot_f32_c;
     }
     return NULL;
 }

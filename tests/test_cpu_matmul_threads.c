@@ -72,11 +72,46 @@ static void test_q8_0_threads_repeatable(void **state)
     check_type(KVRT_DTYPE_Q8_0);
 }
 
+/* Single token (decode) on a row long enough that OpenBLAS sgemv would take
+ * its shared work buffer: concurrent calls once gave logits off by 2. */
+static void test_f32_gemv_threads_repeatable(void **state)
+{
+    (void)state;
+    enum { OUT = 512, IN = 2048 };
+    static float w[OUT * IN], x[IN], ref[OUT], y[OUT];
+    srand(9);
+    for (int i = 0; i < OUT * IN; i++)
+        w[i] = (float)rand() / RAND_MAX - 0.5f;
+    for (int i = 0; i < IN; i++)
+        x[i] = (float)rand() / RAND_MAX - 0.5f;
+    kvrt_backend *one = make_cpu(1), *two = make_cpu(2);
+    kvrt_buffer *bw, *bx, *by, *bref;
+    assert_int_equal(one->ops->buffer_wrap_host(one, w, sizeof(w), &bw), KVRT_OK);
+    assert_int_equal(one->ops->buffer_wrap_host(one, x, sizeof(x), &bx), KVRT_OK);
+    assert_int_equal(one->ops->buffer_wrap_host(one, ref, sizeof(ref), &bref), KVRT_OK);
+    assert_int_equal(one->ops->buffer_wrap_host(one, y, sizeof(y), &by), KVRT_OK);
+    kvrt_view vw = {bw, 0}, vx = {bx, 0};
+    assert_int_equal(one->ops->matmul(one, KVRT_DTYPE_F32, vw, OUT, IN, vx, IN, (kvrt_view){bref, 0}, OUT, 1), KVRT_OK);
+    for (int i = 0; i < 300; i++) {
+        memset(y, 0, sizeof(y));
+        assert_int_equal(two->ops->matmul(two, KVRT_DTYPE_F32, vw, OUT, IN, vx, IN, (kvrt_view){by, 0}, OUT, 1),
+                         KVRT_OK);
+        if (memcmp(y, ref, sizeof(y)) != 0)
+            fail_msg("F32 GEMV: repeat %d differs from the 1-thread result", i);
+    }
+    kvrt_buffer *all[] = {bw, bx, by, bref};
+    for (int i = 0; i < 4; i++)
+        one->ops->buffer_destroy(one, all[i]);
+    one->ops->destroy(one);
+    two->ops->destroy(two);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_f32_threads_repeatable),
         cmocka_unit_test(test_q8_0_threads_repeatable),
+        cmocka_unit_test(test_f32_gemv_threads_repeatable),
     };
     return cmocka_run_group_tests_name("cpu_matmul_threads", tests, NULL, NULL);
 }

@@ -346,9 +346,8 @@ static void test_row_kernels_each_isa(void **state)
                 kvrt_cpu_dequant_kernel(isas[ii], type)(w, got, n);
                 assert_memory_equal(got, want, (size_t)n * sizeof(float)); /* dequantization is exact */
                 kvrt_cpu_dot_fn dot = kvrt_cpu_dot_kernel(isas[ii], type);
-                if (type == KVRT_DTYPE_F32) {
-                    assert_null(dot);
-                } else {
+                assert_non_null(dot);
+                {
                     double ref, mag = 0.0;
                     ref_matmul(type, w, 1, n, x, n, 1, &ref);
                     for (int64_t i = 0; i < n; i++)

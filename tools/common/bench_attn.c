@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 static const char *const PROG = "kvrt-bench attn";
 
@@ -348,6 +349,18 @@ static kvrt_status fill_cache(attn_cell *c, kvrt_error *err)
     return st;
 }
 
+/* Memory for the contiguous layout, on huge pages like the CPU backend's KV
+ * pools, so the comparison measures the layout and not the page size. */
+static void *alloc_like_pool(size_t bytes)
+{
+    const size_t huge = (size_t)2 << 20;
+    void *p = NULL;
+    if (posix_memalign(&p, huge, bytes) != 0)
+        return NULL;
+    madvise(p, bytes & ~(huge - 1), MADV_HUGEPAGE); /* advice only */
+    return p;
+}
+
 /* Copies the cache's bytes block by block into [seq][kv_head][pos][head_dim]:
  * the contiguous run reads exactly the values the paged run reads. */
 static kvrt_status make_contiguous(attn_cell *c, kvrt_error *err)
@@ -363,7 +376,7 @@ static kvrt_status make_contiguous(attn_cell *c, kvrt_error *err)
     kvrt_status st = KVRT_OK;
     for (int32_t l = 0; st == KVRT_OK && l < c->n_layers; l++) {
         for (int which = 0; st == KVRT_OK && which < 2; which++) {
-            unsigned char *dst = malloc(layer_bytes);
+            unsigned char *dst = alloc_like_pool(layer_bytes);
             (which ? c->cv : c->ck)[l] = dst;
             if (!dst) {
                 st = kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "contiguous KV: %zu bytes", layer_bytes);
