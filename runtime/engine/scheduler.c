@@ -476,6 +476,12 @@ static kvrt_status emit(kvrt_engine *e, kvrt_eseq *s, const float *row, double n
     if (r->t.first_token < 0)
         r->t.first_token = now;
     kvrt_finish_reason why = stop_reason(e, s, tok);
+    kvrt_status st = kvrt_engine_text_step(e, s, &why);
+    if (st != KVRT_OK) {
+        s->len--; /* not kept: the token is sampled again after the recomputation */
+        e->m.generated_tokens--;
+        return st;
+    }
     if (r->p.on_token)
         r->p.on_token(r->p.user, r->id, s->index, tok, why);
     if (why != KVRT_FINISH_NONE) {
