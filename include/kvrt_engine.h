@@ -215,6 +215,8 @@ typedef struct kvrt_engine_metrics {
     int32_t host_blocks_total, host_blocks_used;
     /* KV utilization: tokens stored / capacity of the allocated blocks, after each step */
     double kv_utilization_mean, kv_utilization_last;
+    /* the same stored tokens over a contiguous max_context reservation per running sequence, mean over steps */
+    double kv_utilization_contiguous_mean;
     /* prefix cache, over admissions (tokens offered = prompt - 1 per first admission) */
     int64_t prefix_lookups, prefix_query_tokens, prefix_hit_tokens;
     double prefix_hit_rate;   /* hit tokens / query tokens */

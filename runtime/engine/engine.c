@@ -616,6 +616,7 @@ kvrt_status kvrt_engine_get_metrics(kvrt_engine *e, kvrt_engine_metrics *out)
     m.blocks_swapped_out = bs.blocks_swapped_out;
     m.blocks_swapped_in = bs.blocks_swapped_in;
     m.kv_utilization_mean = m.steps ? e->kv_util_sum / (double)m.steps : 0.0;
+    m.kv_utilization_contiguous_mean = m.steps ? e->kv_util_contig_sum / (double)m.steps : 0.0;
     m.prefix_hit_rate = m.prefix_query_tokens ? (double)m.prefix_hit_tokens / (double)m.prefix_query_tokens : 0.0;
 
     const kvrt_series *series[] = {&e->s_ttft, &e->s_tpot, &e->s_e2e, &e->s_queue,
