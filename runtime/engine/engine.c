@@ -101,7 +101,7 @@ void kvrt_engine_destroy(kvrt_engine *e)
     kvrt_free(a, e->swapped.v);
     void *scratch[] = {e->sched, e->b_tokens, e->b_pos, e->b_slots, e->b_logits_idx, e->b_qsl, e->b_seq_lens,
                        e->b_tables, e->b_bm_seqs, e->b_order, e->slot_scratch, e->logits, e->sample_scratch,
-                       e->sample_idx, e->host_tier, e->pairs};
+                       e->host_tier, e->pairs};
     for (size_t i = 0; i < KVRT_ARRAY_LEN(scratch); i++)
         kvrt_free(a, scratch[i]);
     kvrt_series *series[] = {&e->s_ttft, &e->s_tpot, &e->s_e2e, &e->s_queue,
@@ -163,12 +163,11 @@ static kvrt_status alloc_scratch(kvrt_engine *e, kvrt_error *err)
     e->b_tables = kvrt_calloc(a, tables, sizeof(int32_t));
     e->logits = kvrt_calloc(a, logits, sizeof(float));
     e->sample_scratch = kvrt_calloc(a, 1, kvrt_sampler_scratch_bytes(e->runner.n_vocab));
-    e->sample_idx = kvrt_calloc(a, nv, sizeof(int32_t));
     e->host_tier = host ? kvrt_calloc(a, host, 1) : NULL;
     e->pairs = kvrt_calloc(a, (size_t)e->max_blocks_per_seq, sizeof(*e->pairs));
     if (!e->sched || !e->b_order || !e->b_tokens || !e->b_pos || !e->b_slots || !e->b_logits_idx ||
         !e->slot_scratch || !e->b_qsl || !e->b_seq_lens || !e->b_bm_seqs || !e->b_tables || !e->logits ||
-        !e->sample_scratch || !e->sample_idx || !e->pairs || (host && !e->host_tier))
+        !e->sample_scratch || !e->pairs || (host && !e->host_tier))
         return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "engine scratch buffers");
     return KVRT_OK;
 }

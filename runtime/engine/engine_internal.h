@@ -159,7 +159,6 @@ struct kvrt_engine {
     int32_t *slot_scratch;  /* [max_batched_tokens] */
     float *logits;          /* [max_seqs][n_vocab] */
     void *sample_scratch;   /* kvrt_sampler_scratch_bytes(n_vocab) shared by every sampler */
-    int32_t *sample_idx;    /* [n_vocab] */
     uint8_t *host_tier;     /* [num_host_blocks][block_bytes] */
     int32_t (*pairs)[2];    /* [max_blocks_per_seq] swap pairs */
     int32_t sched_tokens_total; /* tokens scheduled so far this step */
