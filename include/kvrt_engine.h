@@ -30,6 +30,9 @@ extern "C" {
 #endif
 
 typedef struct kvrt_engine kvrt_engine;
+
+/* KV cache bytes kvrt_engine_create allocates when num_blocks is 0. */
+#define KVRT_ENGINE_DEFAULT_KV_BYTES (1024ull * 1024ull * 1024ull)
 typedef struct kvrt_model kvrt_model; /* kvrt_model.h */
 
 typedef enum kvrt_preempt_mode {
@@ -43,12 +46,14 @@ typedef double (*kvrt_clock_fn)(void *user);
 typedef struct kvrt_engine_params {
     int32_t max_context;        /* positions per sequence (prompt + generated); 0 = the model's */
     int32_t block_size;         /* 8, 16 (default) or 32 */
-    int32_t num_blocks;         /* KV pool blocks, >= 1 (0 with a model: what the memory budget leaves) */
+    int32_t num_blocks;         /* KV pool blocks; 0 (kvrt_engine_create only): sized automatically, see
+                                 * kvrt_engine_create; the size chosen is metrics.blocks_total */
     int32_t num_host_blocks;    /* host-tier blocks for KVRT_PREEMPT_SWAP; 0 = none */
     int32_t max_batched_tokens; /* tokens per step (decodes + prefill chunks), default 256 */
     int32_t max_seqs;           /* sequences per step, default 64 */
     int32_t enable_prefix_cache;/* nonzero (default): reuse cached prompt blocks */
     kvrt_preempt_mode preempt_mode;
+    kvrt_dtype kv_type;         /* KV cache element type: F32 (default) or F16 */
     int32_t eos_id;             /* end-of-sequence token; -1 = none (default; the model's with kvrt_engine_create) */
     kvrt_clock_fn clock;        /* NULL = CLOCK_MONOTONIC; tests inject their own */
     void *clock_user;
@@ -62,10 +67,11 @@ typedef enum kvrt_finish_reason {
     KVRT_FINISH_LENGTH = 1,     /* max_tokens generated, or the context is full */
     KVRT_FINISH_EOS = 2,
     KVRT_FINISH_STOP_TOKEN = 3, /* one of stop_tokens was generated */
-    KVRT_FINISH_CANCELLED = 4
+    KVRT_FINISH_CANCELLED = 4,
+    KVRT_FINISH_STOP_STRING = 5 /* one of stop_strings appeared in the text (not part of it) */
 } kvrt_finish_reason;
 
-/* "running", "length", "eos", "stop", "cancelled". */
+/* "running", "length", "eos", "stop", "cancelled", "stop_string". */
 KVRT_API const char *kvrt_finish_reason_name(kvrt_finish_reason reason);
 
 /* Called once per generated token of each sample (sample in [0, n)), and once
@@ -75,20 +81,36 @@ KVRT_API const char *kvrt_finish_reason_name(kvrt_finish_reason reason);
 typedef void (*kvrt_token_fn)(void *user, int64_t request_id, int32_t sample, int32_t token,
                               kvrt_finish_reason finish);
 
+/* Streaming text: called with the text a sample has added since the last call,
+ * always whole UTF-8 characters (a character split across tokens waits for
+ * its last byte) and never a part of a stop string (text that could still
+ * become one waits until it cannot). The last call has finish !=
+ * KVRT_FINISH_NONE and flushes what was held back (len may be 0). */
+typedef void (*kvrt_text_fn)(void *user, int64_t request_id, int32_t sample, const char *text, size_t len,
+                             kvrt_finish_reason finish);
+
 typedef struct kvrt_request_params {
-    const int32_t *prompt;      /* [n_prompt] token ids, n_prompt >= 1 */
+    const int32_t *prompt;      /* [n_prompt] token ids, n_prompt >= 1; NULL: prompt_text is tokenized */
     int32_t n_prompt;
+    const char *prompt_text;    /* UTF-8, used when prompt is NULL (engines of kvrt_engine_create only) */
+    int32_t add_bos;            /* with prompt_text: BOS first when the vocabulary has one (default 1) */
     int32_t max_tokens;         /* tokens to generate per sample, >= 1 (default 16) */
     int32_t n;                  /* samples, >= 1 (default 1); the prompt is computed once and forked */
     float temperature;          /* <= 0: greedy (argmax, lowest id on ties) */
     int32_t top_k;              /* 0 = off */
     float top_p;                /* 1 = off */
     float min_p;                /* 0 = off */
+    float repeat_penalty;       /* 1 = off (default); llama.cpp's rule over the last repeat_last_n tokens */
+    int32_t repeat_last_n;      /* default 64; the prompt's tail counts */
     uint64_t seed;              /* sample i draws from its own generator seeded with (seed, i) */
     int32_t ignore_eos;         /* nonzero: the engine's eos_id does not stop */
     const int32_t *stop_tokens; /* [n_stop_tokens] ids that end a sample (kept in its output) */
     int32_t n_stop_tokens;
+    const char *const *stop_strings; /* [n_stop_strings] non-empty UTF-8 strings that end a sample; they are */
+    int32_t n_stop_strings;     /* matched across token boundaries and left out of its text */
+    int32_t logprobs;           /* nonzero: record each generated token's log-probability */
     kvrt_token_fn on_token;     /* may be NULL */
+    kvrt_text_fn on_text;       /* may be NULL */
     void *user;
 } kvrt_request_params;
 
@@ -106,6 +128,11 @@ typedef struct kvrt_sample_output {
     const int32_t *tokens;  /* generated ids (EOS / stop token included) */
     int32_t n_tokens;
     kvrt_finish_reason finish_reason;
+    const float *logprobs;  /* [n_tokens] log p of each token under the model's distribution (raw
+                             * logits, before penalties and temperature); NULL unless requested */
+    const char *text;       /* the generated text (NUL-terminated; a stop string and what followed it
+                             * left out); "" when the engine has no tokenizer */
+    size_t text_len;
 } kvrt_sample_output;
 
 typedef struct kvrt_request_output {
@@ -120,8 +147,9 @@ typedef struct kvrt_request_output {
 } kvrt_request_output;
 
 /* Creates an engine that runs `model` (which must outlive it) on its context.
- * Errors: INVALID_ARGUMENT, UNSUPPORTED (library built without the model
- * runner), OUT_OF_*_MEMORY. */
+ * num_blocks == 0 sizes the pool: the smaller of max_seqs full contexts and
+ * KVRT_ENGINE_DEFAULT_KV_BYTES of KV cache, but at least one full context.
+ * Errors: INVALID_ARGUMENT, OUT_OF_*_MEMORY. */
 KVRT_API kvrt_status kvrt_engine_create(kvrt_model *model, const kvrt_engine_params *params,
                                         kvrt_engine **out, kvrt_error *err);
 /* Frees the engine, every request it holds included. NULL is a no-op. */
@@ -182,9 +210,13 @@ typedef struct kvrt_summary {
 typedef struct kvrt_engine_metrics {
     /* KV pool, now */
     int32_t blocks_total, blocks_used, blocks_free, blocks_cached;
+    int32_t block_size;
+    uint64_t kv_bytes;        /* device bytes of the whole pool (0 when the runner does not say) */
     int32_t host_blocks_total, host_blocks_used;
     /* KV utilization: tokens stored / capacity of the allocated blocks, after each step */
     double kv_utilization_mean, kv_utilization_last;
+    /* the same stored tokens over a contiguous max_context reservation per running sequence, mean over steps */
+    double kv_utilization_contiguous_mean;
     /* prefix cache, over admissions (tokens offered = prompt - 1 per first admission) */
     int64_t prefix_lookups, prefix_query_tokens, prefix_hit_tokens;
     double prefix_hit_rate;   /* hit tokens / query tokens */

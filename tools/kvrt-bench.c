@@ -11,6 +11,7 @@
  * in tools/common/ and fill in its row of SUBCOMMANDS.
  */
 #include "bench_attn.h"
+#include "bench_serve.h"
 #include "cli.h"
 #include "openblas_core.h"
 
@@ -26,7 +27,7 @@ typedef struct bench_subcommand {
 static const bench_subcommand SUBCOMMANDS[] = {
     {"attn", "attention throughput vs measured memory bandwidth; paged vs contiguous KV", kvrt_bench_attn_main},
     {"model", "model forward pass: prefill and decode tokens/s", NULL},
-    {"serve", "serving workloads: continuous batching, KV utilisation", NULL},
+    {"serve", "serving workloads: continuous batching, KV utilisation", kvrt_bench_serve_main},
 };
 
 static void usage(FILE *f)

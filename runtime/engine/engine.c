@@ -2,6 +2,7 @@
  * Scheduling and running a step are in scheduler.c. */
 #include "engine/engine_internal.h"
 
+#include <math.h>
 #include <string.h>
 #include <time.h>
 
@@ -25,6 +26,9 @@ kvrt_request_params kvrt_request_default_params(void)
     p.max_tokens = 16;
     p.n = 1;
     p.top_p = 1.0f;
+    p.repeat_penalty = 1.0f;
+    p.repeat_last_n = 64;
+    p.add_bos = 1;
     return p;
 }
 
@@ -36,6 +40,7 @@ const char *kvrt_finish_reason_name(kvrt_finish_reason reason)
     case KVRT_FINISH_EOS: return "eos";
     case KVRT_FINISH_STOP_TOKEN: return "stop";
     case KVRT_FINISH_CANCELLED: return "cancelled";
+    case KVRT_FINISH_STOP_STRING: return "stop_string";
     }
     return "?";
 }
@@ -65,8 +70,16 @@ static void request_free(kvrt_engine *e, kvrt_request *r)
     if (!r)
         return;
     if (r->seqs)
-        for (int32_t i = 0; i < r->p.n; i++)
+        for (int32_t i = 0; i < r->p.n; i++) {
             kvrt_free(e->alloc, r->seqs[i].tokens);
+            kvrt_free(e->alloc, r->seqs[i].logprobs);
+            kvrt_free(e->alloc, r->seqs[i].text);
+            kvrt_sampler_destroy(r->seqs[i].sampler);
+        }
+    if (r->stop_strings)
+        for (int32_t i = 0; i < r->p.n_stop_strings; i++)
+            kvrt_free(e->alloc, r->stop_strings[i]);
+    kvrt_free(e->alloc, r->stop_strings);
     kvrt_free(e->alloc, r->seqs);
     kvrt_free(e->alloc, r->outs);
     kvrt_free(e->alloc, r->prompt);
@@ -88,7 +101,7 @@ void kvrt_engine_destroy(kvrt_engine *e)
     kvrt_free(a, e->swapped.v);
     void *scratch[] = {e->sched, e->b_tokens, e->b_pos, e->b_slots, e->b_logits_idx, e->b_qsl, e->b_seq_lens,
                        e->b_tables, e->b_bm_seqs, e->b_order, e->slot_scratch, e->logits, e->sample_scratch,
-                       e->sample_idx, e->host_tier, e->pairs};
+                       e->host_tier, e->pairs};
     for (size_t i = 0; i < KVRT_ARRAY_LEN(scratch); i++)
         kvrt_free(a, scratch[i]);
     kvrt_series *series[] = {&e->s_ttft, &e->s_tpot, &e->s_e2e, &e->s_queue,
@@ -149,13 +162,12 @@ static kvrt_status alloc_scratch(kvrt_engine *e, kvrt_error *err)
     e->b_bm_seqs = kvrt_calloc(a, ms, sizeof(int32_t));
     e->b_tables = kvrt_calloc(a, tables, sizeof(int32_t));
     e->logits = kvrt_calloc(a, logits, sizeof(float));
-    e->sample_scratch = kvrt_calloc(a, 2 * nv, sizeof(float));
-    e->sample_idx = kvrt_calloc(a, nv, sizeof(int32_t));
+    e->sample_scratch = kvrt_calloc(a, 1, kvrt_sampler_scratch_bytes(e->runner.n_vocab));
     e->host_tier = host ? kvrt_calloc(a, host, 1) : NULL;
     e->pairs = kvrt_calloc(a, (size_t)e->max_blocks_per_seq, sizeof(*e->pairs));
     if (!e->sched || !e->b_order || !e->b_tokens || !e->b_pos || !e->b_slots || !e->b_logits_idx ||
         !e->slot_scratch || !e->b_qsl || !e->b_seq_lens || !e->b_bm_seqs || !e->b_tables || !e->logits ||
-        !e->sample_scratch || !e->sample_idx || !e->pairs || (host && !e->host_tier))
+        !e->sample_scratch || !e->pairs || (host && !e->host_tier))
         return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "engine scratch buffers");
     return KVRT_OK;
 }
@@ -228,9 +240,20 @@ static kvrt_status check_request(kvrt_engine *e, const kvrt_request_params *rp)
         return kvrt_fail(&e->err, KVRT_ERR_INVALID_ARGUMENT,
                          "max_tokens %d and n %d must be >= 1; stop tokens %d need an array", (int)rp->max_tokens,
                          (int)rp->n, (int)rp->n_stop_tokens);
-    if (rp->top_k < 0 || !(rp->top_p > 0.0f && rp->top_p <= 1.0f) || !(rp->min_p >= 0.0f && rp->min_p <= 1.0f))
-        return kvrt_fail(&e->err, KVRT_ERR_INVALID_ARGUMENT, "top_k %d < 0, top_p %g not in (0, 1] or min_p %g "
-                         "not in [0, 1]", (int)rp->top_k, (double)rp->top_p, (double)rp->min_p);
+    if (rp->top_k < 0 || !(rp->top_p > 0.0f && rp->top_p <= 1.0f) || !(rp->min_p >= 0.0f && rp->min_p <= 1.0f) ||
+        !(rp->repeat_penalty > 0.0f) || rp->repeat_last_n < 0 || isnan(rp->temperature))
+        return kvrt_fail(&e->err, KVRT_ERR_INVALID_ARGUMENT, "top_k %d < 0, top_p %g not in (0, 1], min_p %g "
+                         "not in [0, 1], repeat_penalty %g <= 0, repeat_last_n %d < 0 or temperature NaN",
+                         (int)rp->top_k, (double)rp->top_p, (double)rp->min_p, (double)rp->repeat_penalty,
+                         (int)rp->repeat_last_n);
+    if (rp->n_stop_strings < 0 || (rp->n_stop_strings > 0 && !rp->stop_strings))
+        return kvrt_fail(&e->err, KVRT_ERR_INVALID_ARGUMENT, "%d stop strings need an array",
+                         (int)rp->n_stop_strings);
+    for (int32_t i = 0; i < rp->n_stop_strings; i++)
+        if (!rp->stop_strings[i] || !rp->stop_strings[i][0])
+            return kvrt_fail(&e->err, KVRT_ERR_INVALID_ARGUMENT, "stop string %d is NULL or empty", (int)i);
+    if (rp->n_stop_strings > 0 && !e->runner.ops->token_text)
+        return kvrt_fail(&e->err, KVRT_ERR_INVALID_ARGUMENT, "stop strings need a model with a tokenizer");
     for (int32_t i = 0; i < rp->n_prompt; i++)
         if (rp->prompt[i] < 0 || rp->prompt[i] >= e->runner.n_vocab)
             return kvrt_fail(&e->err, KVRT_ERR_INVALID_ARGUMENT, "prompt token %d (at %d) outside the vocabulary "
@@ -284,6 +307,12 @@ static kvrt_request *request_build(kvrt_engine *e, const kvrt_request_params *rp
         memcpy(r->stop_tokens, rp->stop_tokens, (size_t)rp->n_stop_tokens * sizeof(int32_t));
     r->p.prompt = r->prompt;
     r->p.stop_tokens = r->stop_tokens;
+    r->p.prompt_text = NULL; /* caller memory: not kept */
+    r->p.stop_strings = NULL;
+    if (kvrt_engine_copy_stop_strings(e, r, rp) != KVRT_OK) {
+        request_free(e, r);
+        return NULL;
+    }
     int32_t cap = (int32_t)KVRT_MIN((int64_t)rp->n_prompt + rp->max_tokens, (int64_t)e->p.max_context);
     for (int32_t i = 0; i < rp->n; i++) {
         kvrt_eseq *s = &r->seqs[i];
@@ -291,9 +320,11 @@ static kvrt_request *request_build(kvrt_engine *e, const kvrt_request_params *rp
         s->index = i;
         s->bm_seq = -1;
         s->cap = cap;
-        s->rng = kvrt_engine_seed(rp->seed, i);
         s->tokens = kvrt_calloc(a, (size_t)cap, sizeof(int32_t));
-        if (!s->tokens) {
+        s->logprobs = rp->logprobs ? kvrt_calloc(a, (size_t)cap, sizeof(float)) : NULL;
+        s->text_cap = 64;
+        s->text = kvrt_calloc(a, s->text_cap, 1);
+        if (!s->tokens || (rp->logprobs && !s->logprobs) || !s->text || kvrt_engine_sampler_init(e, s) != KVRT_OK) {
             request_free(e, r);
             return NULL;
         }
@@ -307,6 +338,32 @@ static kvrt_request *request_build(kvrt_engine *e, const kvrt_request_params *rp
     return r;
 }
 
+/* A text prompt: tokenized with the model's tokenizer, then submitted as ids. */
+static kvrt_status submit_text(kvrt_engine *e, const kvrt_request_params *rp, int64_t *request_id)
+{
+    if (!e->runner.ops->tokenize)
+        return kvrt_fail(&e->err, KVRT_ERR_INVALID_ARGUMENT, "text prompts need a model with a tokenizer");
+    size_t len = strlen(rp->prompt_text);
+    if (len > (size_t)INT32_MAX - 8)
+        return kvrt_fail(&e->err, KVRT_ERR_INVALID_ARGUMENT, "prompt text of %zu bytes is too long", len);
+    /* At most one token per byte, plus BOS and the leading space SentencePiece adds. */
+    int32_t cap = (int32_t)len + 4, n = 0;
+    int32_t *ids = kvrt_calloc(e->alloc, (size_t)cap, sizeof(int32_t));
+    if (!ids)
+        return kvrt_fail(&e->err, KVRT_ERR_OUT_OF_HOST_MEMORY, "prompt of %zu bytes", len);
+    kvrt_status st = e->runner.ops->tokenize(e->runner.self, rp->prompt_text, len, rp->add_bos, ids, cap, &n,
+                                             &e->err);
+    if (st == KVRT_OK) {
+        kvrt_request_params q = *rp;
+        q.prompt = ids;
+        q.n_prompt = n;
+        q.prompt_text = NULL;
+        st = kvrt_engine_submit(e, &q, request_id);
+    }
+    kvrt_free(e->alloc, ids);
+    return st;
+}
+
 kvrt_status kvrt_engine_submit(kvrt_engine *e, const kvrt_request_params *rp, int64_t *request_id)
 {
     if (!e)
@@ -314,6 +371,8 @@ kvrt_status kvrt_engine_submit(kvrt_engine *e, const kvrt_request_params *rp, in
     if (!rp || !request_id)
         return kvrt_fail(&e->err, KVRT_ERR_INVALID_ARGUMENT, "kvrt_engine_submit: params and request_id required");
     *request_id = 0;
+    if (!rp->prompt && rp->prompt_text)
+        return submit_text(e, rp, request_id);
     kvrt_status st = check_request(e, rp);
     if (st != KVRT_OK) {
         if (st == KVRT_ERR_REQUEST_REJECTED)
@@ -397,6 +456,7 @@ void kvrt_engine_finish_seq(kvrt_engine *e, kvrt_eseq *s, kvrt_finish_reason why
     r->n_live--;
     if (r->p.on_token && report_token)
         r->p.on_token(r->p.user, r->id, s->index, why == KVRT_FINISH_CANCELLED ? -1 : s->tokens[s->len - 1], why);
+    kvrt_engine_text_flush(e, s, why);
     request_maybe_done(e, r);
 }
 
@@ -415,6 +475,8 @@ kvrt_status kvrt_engine_cancel(kvrt_engine *e, int64_t request_id)
             r->seqs[i].finish = KVRT_FINISH_CANCELLED;
             if (r->p.on_token)
                 r->p.on_token(r->p.user, r->id, i, -1, KVRT_FINISH_CANCELLED);
+            if (r->p.on_text)
+                r->p.on_text(r->p.user, r->id, i, "", 0, KVRT_FINISH_CANCELLED);
         }
         r->n_live = 1;
     }
@@ -437,6 +499,9 @@ static void fill_output(const kvrt_request *r, kvrt_request_output *out)
         r->outs[i].tokens = s->tokens + r->p.n_prompt;
         r->outs[i].n_tokens = gen;
         r->outs[i].finish_reason = s->finish;
+        r->outs[i].logprobs = s->logprobs ? s->logprobs + r->p.n_prompt : NULL;
+        r->outs[i].text = s->text;
+        r->outs[i].text_len = s->text_len;
     }
     memset(out, 0, sizeof(*out));
     out->request_id = r->id;
@@ -541,6 +606,8 @@ kvrt_status kvrt_engine_get_metrics(kvrt_engine *e, kvrt_engine_metrics *out)
     m.blocks_used = bs.blocks_used;
     m.blocks_free = bs.blocks_free;
     m.blocks_cached = bs.blocks_cached;
+    m.block_size = e->p.block_size;
+    m.kv_bytes = e->runner.kv_bytes;
     m.host_blocks_total = bs.host_blocks_total;
     m.host_blocks_used = bs.host_blocks_used;
     m.evictions = bs.evictions;
@@ -548,6 +615,7 @@ kvrt_status kvrt_engine_get_metrics(kvrt_engine *e, kvrt_engine_metrics *out)
     m.blocks_swapped_out = bs.blocks_swapped_out;
     m.blocks_swapped_in = bs.blocks_swapped_in;
     m.kv_utilization_mean = m.steps ? e->kv_util_sum / (double)m.steps : 0.0;
+    m.kv_utilization_contiguous_mean = m.steps ? e->kv_util_contig_sum / (double)m.steps : 0.0;
     m.prefix_hit_rate = m.prefix_query_tokens ? (double)m.prefix_hit_tokens / (double)m.prefix_query_tokens : 0.0;
 
     const kvrt_series *series[] = {&e->s_ttft, &e->s_tpot, &e->s_e2e, &e->s_queue,

@@ -43,6 +43,14 @@ typedef struct kvrt_runner_ops {
      * when the runner cannot swap (then swap mode is refused). */
     kvrt_status (*read_block)(void *self, int32_t block, void *dst, kvrt_error *err);
     kvrt_status (*write_block)(void *self, int32_t block, const void *src, kvrt_error *err);
+    /* Tokenizes UTF-8 text (as kvrt_tokenize: *n receives the count needed,
+     * INVALID_ARGUMENT when capacity is short). May be NULL (no text prompts). */
+    kvrt_status (*tokenize)(void *self, const char *text, size_t len, int add_bos, int32_t *ids, int32_t capacity,
+                            int32_t *n, kvrt_error *err);
+    /* The bytes of `token` after `prev` (as kvrt_token_to_text). May be NULL
+     * (then samples have no text and stop strings are refused). */
+    kvrt_status (*token_text)(void *self, int32_t prev, int32_t token, char *buf, size_t capacity, size_t *len,
+                              kvrt_error *err);
     /* Frees the runner (the engine owns it). May be NULL. */
     void (*destroy)(void *self);
 } kvrt_runner_ops;
@@ -52,6 +60,7 @@ typedef struct kvrt_runner {
     void *self;
     int32_t n_vocab;
     size_t block_bytes; /* one block, all layers, K and V: one host-tier slot */
+    uint64_t kv_bytes;  /* device bytes of the pool (reported in the metrics) */
 } kvrt_runner;
 
 /* Creates an engine on a runner; the engine owns the runner from the call on
@@ -82,7 +91,11 @@ typedef struct kvrt_eseq {
     int32_t cap;            /* min(n_prompt + max_tokens, max_context) */
     int32_t num_computed;   /* tokens whose K/V is in the cache */
     uint64_t admit_stamp;   /* order of (re)admission: preemption victims are the highest */
-    uint64_t rng;           /* sampling generator state */
+    kvrt_sampler *sampler;  /* its own seeded generator and penalty history (kvrt_engine_seed(seed, index)) */
+    float *logprobs;        /* [cap] when requested: entry i is that of tokens[i] (generated ones only) */
+    char *text;             /* generated text so far [text_cap], NUL-terminated */
+    size_t text_len, text_cap;
+    size_t text_sent;       /* bytes given to on_text */
     kvrt_finish_reason finish;
     /* this step */
     int32_t sched_tokens;   /* tokens scheduled, 0 when not in the batch */
@@ -96,6 +109,7 @@ struct kvrt_request {
     kvrt_request_params p;  /* prompt / stop_tokens point at copies below */
     int32_t *prompt;
     int32_t *stop_tokens;
+    char **stop_strings;    /* [p.n_stop_strings] copies */
     int32_t forked;         /* n > 1: children exist */
     int32_t n_live;         /* samples not finished */
     int32_t n_cached_prompt;
@@ -144,8 +158,7 @@ struct kvrt_engine {
     kvrt_eseq **b_order;    /* [max_seqs] batch order */
     int32_t *slot_scratch;  /* [max_batched_tokens] */
     float *logits;          /* [max_seqs][n_vocab] */
-    float *sample_scratch;  /* [2 * n_vocab] */
-    int32_t *sample_idx;    /* [n_vocab] */
+    void *sample_scratch;   /* kvrt_sampler_scratch_bytes(n_vocab) shared by every sampler */
     uint8_t *host_tier;     /* [num_host_blocks][block_bytes] */
     int32_t (*pairs)[2];    /* [max_blocks_per_seq] swap pairs */
     int32_t sched_tokens_total; /* tokens scheduled so far this step */
@@ -154,7 +167,7 @@ struct kvrt_engine {
     kvrt_engine_metrics m;  /* counters; gauges and summaries filled on read */
     kvrt_series s_ttft, s_tpot, s_e2e, s_queue;
     kvrt_series s_step_tokens, s_step_seqs, s_step_prefill, s_step_decode;
-    double kv_util_sum;
+    double kv_util_sum, kv_util_contig_sum;
 };
 
 /* ---- engine.c ------------------------------------------------------------------- */
@@ -175,10 +188,31 @@ void kvrt_sched_recover(kvrt_engine *e);
 kvrt_status kvrt_sched_run(kvrt_engine *e, kvrt_step_info *info);
 
 /* ---- engine_sample.c ------------------------------------------------------------- */
-/* The one place a token is picked from a row of logits (greedy, or seeded
- * temperature / top-k / top-p / min-p sampling with the sample's own
- * generator); the model's kvrt_sampler replaces its body later. */
+/* Creates the sample's kvrt_sampler (seeded with kvrt_engine_seed(seed,
+ * index), the prompt's tail in its penalty history). */
+kvrt_status kvrt_engine_sampler_init(kvrt_engine *e, kvrt_eseq *s);
+/* The one place a token is picked from a row of logits: the sample's own
+ * kvrt_sampler (so the pick never depends on the batch); records its
+ * log-probability when the request asked for it. */
 kvrt_status kvrt_engine_sample(kvrt_engine *e, kvrt_eseq *s, const float *logits, int32_t *token);
 uint64_t kvrt_engine_seed(uint64_t seed, int32_t index);
+
+/* ---- sampler.c (internal) ---------------------------------------------------------- */
+/* A sampler without its own candidate scratch: the engine shares one among
+ * all its samples (one thread at a time), so a sample costs O(repeat_last_n). */
+kvrt_status kvrt_sampler_create_shared(const kvrt_sampler_params *params, int32_t n_vocab,
+                                       const kvrt_allocator *allocator, kvrt_sampler **out, kvrt_error *err);
+size_t kvrt_sampler_scratch_bytes(int32_t n_vocab);
+kvrt_status kvrt_sampler_sample_with(kvrt_sampler *s, const float *logits, void *scratch, int32_t *token);
+
+/* ---- engine_text.c ------------------------------------------------------------------ */
+/* Copies and checks a request's stop strings (INVALID_ARGUMENT: empty or
+ * without a tokenizer). */
+kvrt_status kvrt_engine_copy_stop_strings(kvrt_engine *e, kvrt_request *r, const kvrt_request_params *rp);
+/* Appends the text of s's newest token, looks for stop strings and streams
+ * what is safe; *why becomes KVRT_FINISH_STOP_STRING on a match. */
+kvrt_status kvrt_engine_text_step(kvrt_engine *e, kvrt_eseq *s, kvrt_finish_reason *why);
+/* Gives on_text the rest of the text with the finish reason. */
+void kvrt_engine_text_flush(kvrt_engine *e, kvrt_eseq *s, kvrt_finish_reason why);
 
 #endif /* KVRT_ENGINE_INTERNAL_H */

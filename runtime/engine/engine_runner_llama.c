@@ -6,6 +6,7 @@
 #include "model/model_api_internal.h"
 
 typedef struct llama_runner {
+    kvrt_model *model;
     kvrt_backend *be;
     kvrt_llama *lm;
     kvrt_kv_pool *pool;
@@ -81,6 +82,23 @@ static kvrt_status lr_write_block(void *self, int32_t block, const void *src, kv
     return KVRT_OK;
 }
 
+static kvrt_status lr_tokenize(void *self, const char *text, size_t len, int add_bos, int32_t *ids,
+                               int32_t capacity, int32_t *n, kvrt_error *err)
+{
+    llama_runner *r = self;
+    kvrt_status st = kvrt_tokenize(r->model, text, len, add_bos, ids, capacity, n);
+    return st == KVRT_OK ? KVRT_OK : kvrt_fail(err, st, "tokenizer: %s", kvrt_model_message(r->model));
+}
+
+static kvrt_status lr_token_text(void *self, int32_t prev, int32_t token, char *buf, size_t capacity, size_t *len,
+                                 kvrt_error *err)
+{
+    llama_runner *r = self;
+    kvrt_status st = kvrt_token_to_text(r->model, prev, token, buf, capacity, len);
+    return st == KVRT_OK ? KVRT_OK : kvrt_fail(err, st, "token %d to text: %s", (int)token,
+                                                kvrt_model_message(r->model));
+}
+
 static void lr_destroy(void *self)
 {
     llama_runner *r = self;
@@ -96,6 +114,8 @@ static const kvrt_runner_ops llama_runner_ops = {
     .copy_blocks = lr_copy_blocks,
     .read_block = lr_read_block,
     .write_block = lr_write_block,
+    .tokenize = lr_tokenize,
+    .token_text = lr_token_text,
     .destroy = lr_destroy,
 };
 
@@ -113,25 +133,38 @@ kvrt_status kvrt_engine_create(kvrt_model *model, const kvrt_engine_params *para
     if (p.max_context < 1 || p.max_context > model->max_context)
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "max_context %d outside [1, %d] (the model's)",
                          (int)p.max_context, (int)model->max_context);
-    if (p.num_blocks < 1)
-        return kvrt_fail(err, KVRT_ERR_UNSUPPORTED, "num_blocks %d: sizing the pool from the memory budget is "
-                         "not implemented yet; set num_blocks", (int)p.num_blocks);
+    if (p.kv_type != KVRT_DTYPE_F32 && p.kv_type != KVRT_DTYPE_F16)
+        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "KV type %s: the engine stores F32 or F16",
+                         kvrt_dtype_name(p.kv_type));
+    if (p.block_size != 8 && p.block_size != 16 && p.block_size != 32)
+        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "block size %d is not 8, 16 or 32", (int)p.block_size);
     kvrt_model_info mi;
     KVRT_TRY(kvrt_model_get_info(model, &mi));
     if (p.eos_id < 0)
         p.eos_id = mi.eos_id;
 
     const kvrt_llama_hparams *hp = kvrt_llama_hparams_of(model->lm);
+    kvrt_kv_pool_desc d1 = {.n_layers = hp->n_layer, .n_kv_heads = hp->n_head_kv, .head_dim = hp->head_dim,
+                            .block_size = p.block_size, .num_blocks = 1, .dtype = p.kv_type};
+    size_t block_all = 2 * (size_t)hp->n_layer * kvrt_kv_block_bytes(&d1); /* one block, every layer, K and V */
+    if (p.num_blocks == 0) {
+        /* max_seqs full contexts, capped by the default KV budget, at least one context */
+        int64_t per_seq = (p.max_context + p.block_size - 1) / p.block_size;
+        int64_t want = per_seq * KVRT_MAX(p.max_seqs, 1);
+        int64_t cap = (int64_t)(KVRT_ENGINE_DEFAULT_KV_BYTES / block_all);
+        p.num_blocks = (int32_t)KVRT_MIN(KVRT_MAX(KVRT_MIN(want, cap), per_seq), INT32_MAX / p.block_size);
+    }
     kvrt_backend *be = model->ctx->be;
     llama_runner *r = kvrt_calloc(model->ctx->alloc, 1, sizeof(*r));
     if (!r)
         return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "engine runner");
     r->be = be;
+    r->model = model;
     r->lm = model->lm;
     r->alloc = model->ctx->alloc;
     r->desc = (kvrt_kv_pool_desc){.n_layers = hp->n_layer, .n_kv_heads = hp->n_head_kv, .head_dim = hp->head_dim,
                                   .block_size = p.block_size, .num_blocks = p.num_blocks,
-                                  .dtype = KVRT_DTYPE_F32};
+                                  .dtype = p.kv_type};
     r->pool_block_bytes = kvrt_kv_block_bytes(&r->desc);
     kvrt_status st = be->ops->kv_pool_create(be, &r->desc, &r->pool);
     if (st != KVRT_OK) {
@@ -140,6 +173,7 @@ kvrt_status kvrt_engine_create(kvrt_model *model, const kvrt_engine_params *para
         return st;
     }
     kvrt_runner runner = {.ops = &llama_runner_ops, .self = r, .n_vocab = hp->n_vocab,
-                          .block_bytes = 2 * (size_t)hp->n_layer * r->pool_block_bytes};
+                          .block_bytes = 2 * (size_t)hp->n_layer * r->pool_block_bytes,
+                          .kv_bytes = (uint64_t)p.num_blocks * block_all};
     return kvrt_engine_create_with_runner(&p, runner, out, err);
 }

@@ -1,16 +1,10 @@
-/* Picking a token from logits: the engine's minimal sampler (greedy, or
- * temperature with top-k / top-p / min-p), one seeded generator per sample so
- * a sample's draws do not depend on what else runs. The model's kvrt_sampler
- * will replace the body of kvrt_engine_sample. */
+/* Picking a token from logits through the library's kvrt_sampler: one sampler
+ * per sample (its own seeded generator and penalty history), all sharing the
+ * engine's candidate scratch, so a sample's draws never depend on what else
+ * runs in the batch. */
 #include "engine/engine_internal.h"
 
 #include <math.h>
-#include <stdlib.h>
-
-typedef struct candidate {
-    float p;    /* logit, then probability */
-    int32_t id;
-} candidate;
 
 static uint64_t splitmix64_next(uint64_t *state)
 {
@@ -26,67 +20,46 @@ uint64_t kvrt_engine_seed(uint64_t seed, int32_t index)
     return splitmix64_next(&s);
 }
 
-static int cmp_desc(const void *a, const void *b)
+kvrt_status kvrt_engine_sampler_init(kvrt_engine *e, kvrt_eseq *s)
 {
-    const candidate *x = a, *y = b;
-    if (x->p != y->p)
-        return x->p < y->p ? 1 : -1;
-    return (x->id > y->id) - (x->id < y->id);
+    const kvrt_request_params *p = &s->req->p;
+    kvrt_sampler_params sp = kvrt_sampler_default_params();
+    sp.temperature = p->temperature;
+    sp.top_k = p->top_k;
+    sp.top_p = p->top_p;
+    sp.min_p = p->min_p;
+    sp.repeat_penalty = p->repeat_penalty;
+    sp.repeat_last_n = p->repeat_last_n;
+    sp.seed = kvrt_engine_seed(p->seed, s->index);
+    KVRT_TRY(kvrt_sampler_create_shared(&sp, e->runner.n_vocab, e->alloc, &s->sampler, &e->err));
+    /* The penalty looks at the prompt's tail too (as llama.cpp's does). */
+    for (int32_t i = KVRT_MAX(0, p->n_prompt - p->repeat_last_n); i < p->n_prompt; i++)
+        kvrt_sampler_accept(s->sampler, p->prompt[i]);
+    return KVRT_OK;
 }
 
-static int32_t argmax(const float *logits, int32_t n)
+/* log softmax of the raw logits at `token`. */
+static float log_prob(const float *logits, int32_t n, int32_t token)
 {
-    int32_t best = 0;
+    float max = logits[0];
     for (int32_t i = 1; i < n; i++)
-        if (logits[i] > logits[best])
-            best = i;
-    return best;
+        max = logits[i] > max ? logits[i] : max;
+    double sum = 0.0;
+    for (int32_t i = 0; i < n; i++)
+        sum += exp((double)logits[i] - (double)max);
+    return (float)((double)logits[token] - (double)max - log(sum));
 }
 
 kvrt_status kvrt_engine_sample(kvrt_engine *e, kvrt_eseq *s, const float *logits, int32_t *token)
 {
-    const kvrt_request_params *p = &s->req->p;
     int32_t n = e->runner.n_vocab;
     for (int32_t i = 0; i < n; i++)
         if (!isfinite(logits[i]) && !(isinf(logits[i]) && logits[i] < 0))
             return kvrt_fail(&e->err, KVRT_ERR_INTERNAL, "logit %d is %g", (int)i, (double)logits[i]);
-    if (p->temperature <= 0.0f) {
-        *token = argmax(logits, n);
-        return KVRT_OK;
-    }
-    candidate *c = (candidate *)(void *)e->sample_scratch; /* 2 floats per entry */
-    for (int32_t i = 0; i < n; i++) {
-        c[i].p = logits[i] / p->temperature;
-        c[i].id = i;
-    }
-    qsort(c, (size_t)n, sizeof(*c), cmp_desc);
-    int32_t keep = p->top_k > 0 ? KVRT_MIN(p->top_k, n) : n;
-    double sum = 0.0;
-    for (int32_t i = 0; i < keep; i++)
-        sum += (c[i].p = (float)exp((double)c[i].p - (double)c[0].p));
-    double cum = 0.0;
-    int32_t kept = 0;
-    for (int32_t i = 0; i < keep; i++) {
-        double q = c[i].p / sum;
-        if (i > 0 && q < (double)p->min_p * (c[0].p / sum))
-            break;
-        cum += q;
-        kept = i + 1;
-        if (cum >= (double)p->top_p)
-            break;
-    }
-    double total = 0.0;
-    for (int32_t i = 0; i < kept; i++)
-        total += c[i].p;
-    double u = (double)(splitmix64_next(&s->rng) >> 11) * (1.0 / 9007199254740992.0) * total;
-    int32_t pick = kept - 1;
-    for (int32_t i = 0; i < kept; i++) {
-        u -= c[i].p;
-        if (u < 0.0) {
-            pick = i;
-            break;
-        }
-    }
-    *token = c[pick].id;
+    kvrt_status st = kvrt_sampler_sample_with(s->sampler, logits, e->sample_scratch, token);
+    if (st != KVRT_OK)
+        return kvrt_fail(&e->err, st, "sampler failed");
+    if (s->logprobs)
+        s->logprobs[s->len] = log_prob(logits, n, *token);
     return KVRT_OK;
 }

@@ -99,10 +99,12 @@ kvrt_status kvrt_metrics_to_json(const kvrt_engine_metrics *m, char *buf, size_t
                                  kvrt_error *err)
 {
     json_out o = {.buf = buf, .cap = capacity, .len = 0};
-    put(&o, "{\"blocks\":{\"total\":%d,\"used\":%d,\"free\":%d,\"cached\":%d,\"host_total\":%d,\"host_used\":%d},",
+    put(&o, "{\"block_size\":%d,\"kv_bytes\":%llu,", (int)m->block_size, (unsigned long long)m->kv_bytes);
+    put(&o, "\"blocks\":{\"total\":%d,\"used\":%d,\"free\":%d,\"cached\":%d,\"host_total\":%d,\"host_used\":%d},",
         (int)m->blocks_total, (int)m->blocks_used, (int)m->blocks_free, (int)m->blocks_cached,
         (int)m->host_blocks_total, (int)m->host_blocks_used);
-    put(&o, "\"kv_utilization\":%.9g,\"kv_utilization_last\":%.9g,", m->kv_utilization_mean, m->kv_utilization_last);
+    put(&o, "\"kv_utilization\":%.9g,\"kv_utilization_last\":%.9g,\"contiguous_kv_utilization\":%.9g,",
+        m->kv_utilization_mean, m->kv_utilization_last, m->kv_utilization_contiguous_mean);
     put(&o, "\"prefix\":{\"lookups\":%lld,\"query_tokens\":%lld,\"hit_tokens\":%lld,\"hit_rate\":%.9g},",
         (long long)m->prefix_lookups, (long long)m->prefix_query_tokens, (long long)m->prefix_hit_tokens,
         m->prefix_hit_rate);

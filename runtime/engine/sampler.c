@@ -1,7 +1,7 @@
 /* Token sampling: greedy, temperature, top-k, top-p, min-p, repetition
  * penalty, with a per-sampler seeded RNG (results never depend on other
  * samplers or on the batch). */
-#include "common/kvrt_internal.h"
+#include "engine/engine_internal.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -18,7 +18,7 @@ struct kvrt_sampler {
     kvrt_sampler_params p;
     int32_t n_vocab;
     uint64_t rng;        /* xorshift64* state, never 0 */
-    candidate *cand;     /* [n_vocab] scratch */
+    candidate *cand;     /* [n_vocab] scratch; NULL for a shared-scratch sampler */
     int32_t *history;    /* ring of the last repeat_last_n tokens */
     int32_t n_history;
     int32_t history_pos;
@@ -51,8 +51,13 @@ static float rng_uniform(kvrt_sampler *s)
     return (float)(r >> 40) / 16777216.0f;
 }
 
-kvrt_status kvrt_sampler_create(const kvrt_sampler_params *params, int32_t n_vocab,
-                                const kvrt_allocator *allocator, kvrt_sampler **out, kvrt_error *err)
+size_t kvrt_sampler_scratch_bytes(int32_t n_vocab)
+{
+    return (size_t)KVRT_MAX(n_vocab, 1) * sizeof(candidate);
+}
+
+static kvrt_status sampler_create(const kvrt_sampler_params *params, int32_t n_vocab, const kvrt_allocator *allocator,
+                                  bool own_scratch, kvrt_sampler **out, kvrt_error *err)
 {
     kvrt_error_clear(err);
     if (!params || !out)
@@ -69,10 +74,10 @@ kvrt_status kvrt_sampler_create(const kvrt_sampler_params *params, int32_t n_voc
                          (double)p->top_p, (double)p->min_p, (double)p->repeat_penalty, (int)p->repeat_last_n);
     kvrt_sampler *s = kvrt_calloc(allocator, 1, sizeof(*s));
     if (s) {
-        s->cand = kvrt_calloc(allocator, (size_t)n_vocab, sizeof(candidate));
+        s->cand = own_scratch ? kvrt_calloc(allocator, (size_t)n_vocab, sizeof(candidate)) : NULL;
         s->history = kvrt_calloc(allocator, (size_t)KVRT_MAX(p->repeat_last_n, 1), sizeof(int32_t));
     }
-    if (!s || !s->cand || !s->history) {
+    if (!s || (own_scratch && !s->cand) || !s->history) {
         if (s) {
             kvrt_free(allocator, s->cand);
             kvrt_free(allocator, s->history);
@@ -88,6 +93,18 @@ kvrt_status kvrt_sampler_create(const kvrt_sampler_params *params, int32_t n_voc
         s->rng = 0x853c49e6748fea9bull;
     *out = s;
     return KVRT_OK;
+}
+
+kvrt_status kvrt_sampler_create(const kvrt_sampler_params *params, int32_t n_vocab,
+                                const kvrt_allocator *allocator, kvrt_sampler **out, kvrt_error *err)
+{
+    return sampler_create(params, n_vocab, allocator, true, out, err);
+}
+
+kvrt_status kvrt_sampler_create_shared(const kvrt_sampler_params *params, int32_t n_vocab,
+                                       const kvrt_allocator *allocator, kvrt_sampler **out, kvrt_error *err)
+{
+    return sampler_create(params, n_vocab, allocator, false, out, err);
 }
 
 void kvrt_sampler_destroy(kvrt_sampler *s)
@@ -173,9 +190,14 @@ static int32_t truncate_candidates(const kvrt_sampler_params *p, candidate *c, i
 
 kvrt_status kvrt_sampler_sample(kvrt_sampler *s, const float *logits, int32_t *token)
 {
-    if (!s || !logits || !token)
+    return kvrt_sampler_sample_with(s, logits, s ? s->cand : NULL, token);
+}
+
+kvrt_status kvrt_sampler_sample_with(kvrt_sampler *s, const float *logits, void *scratch, int32_t *token)
+{
+    if (!s || !logits || !token || !scratch)
         return KVRT_ERR_INVALID_ARGUMENT;
-    candidate *c = s->cand;
+    candidate *c = scratch;
     for (int32_t i = 0; i < s->n_vocab; i++) {
         c[i].id = i;
         c[i].logit = logits[i];

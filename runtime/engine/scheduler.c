@@ -410,17 +410,20 @@ void kvrt_sched_recover(kvrt_engine *e)
 
 static void record_kv_utilization(kvrt_engine *e)
 {
-    int64_t stored = 0, capacity = 0;
+    int64_t stored = 0, capacity = 0, seqs = 0;
     for (int32_t i = 0; i < e->running.n; i++) {
         kvrt_bm_seq_info info;
         if (kvrt_bm_get_seq_info(e->bm, e->running.v[i]->bm_seq, &info) != KVRT_OK)
             continue;
         stored += info.stored_tokens;
         capacity += (int64_t)info.num_blocks * e->p.block_size;
+        seqs++;
     }
     double u = capacity ? (double)stored / (double)capacity : 0.0;
     e->m.kv_utilization_last = u;
     e->kv_util_sum += u;
+    if (seqs > 0)
+        e->kv_util_contig_sum += (double)stored / ((double)seqs * (double)e->p.max_context);
 }
 
 /* Creates samples 1..n-1 of a request from sample 0, whose prompt is now computed. */
@@ -476,6 +479,12 @@ static kvrt_status emit(kvrt_engine *e, kvrt_eseq *s, const float *row, double n
     if (r->t.first_token < 0)
         r->t.first_token = now;
     kvrt_finish_reason why = stop_reason(e, s, tok);
+    kvrt_status st = kvrt_engine_text_step(e, s, &why);
+    if (st != KVRT_OK) {
+        s->len--; /* not kept: the token is sampled again after the recomputation */
+        e->m.generated_tokens--;
+        return st;
+    }
     if (r->p.on_token)
         r->p.on_token(r->p.user, r->id, s->index, tok, why);
     if (why != KVRT_FINISH_NONE) {

@@ -1,0 +1,790 @@
+/* kvrt-bench serve: serving workloads on the engine, generated from a fixed
+ * seed, every request arriving at t = 0 (an offline burst), greedy unless
+ * said otherwise, EOS ignored so every request produces exactly the tokens
+ * asked for. Lengths are drawn from lognormal distributions
+ * (round(exp(mu + sigma * z)), clipped):
+ *
+ *   sharegpt  skewed lengths like ShareGPT conversations (long tails; medians
+ *             scaled down about 3x to fit a 512 context): prompt median 64
+ *             (sigma 1.0, [4, 256]), output median 64 (sigma 1.0, [4, 256]).
+ *             Run three times: continuous batching; static batching (batches
+ *             of max_seqs requests run to completion, nothing admitted until
+ *             the batch is done, and a finished slot stays idle in the batch:
+ *             it is still computed, as a fixed-shape batch is, until the
+ *             longest request ends; only real tokens count) - the reference of
+ *             continuous_vs_static_speedup; and "static-shrinking", where
+ *             finished requests leave the batch and cost nothing. On the CPU
+ *             a step costs about the same per token whatever the batch, so
+ *             shrinking static batches lose little; on a GPU, where a step
+ *             costs about the same whatever the batch, idle slots cost as in
+ *             the fixed-shape case.
+ *   sysprompt a shared 256-token system prompt, then a user part (median 24,
+ *             sigma 0.5, [4, 64]) and 32 output tokens: prefix cache on vs off.
+ *   parallel  n = 4 samples per request (temperature 0.8, top-p 0.95, seeded),
+ *             prompt median 48 (sigma 0.5, [8, 128]), 64 tokens per sample;
+ *             requests / 4 requests.
+ *   burst     prompt 64 + output 128 per request, all at once, the pool sized
+ *             for a quarter of max_seqs such requests: forces preemption
+ *             (recompute).
+ *
+ * Latencies come from the token callbacks: TTFT = first token - t0, TPOT =
+ * (last counted token - first token) / (tokens - 1) per request.
+ */
+#include "bench_serve.h"
+
+#include "bench.h"
+#include "cli.h"
+#include "json.h"
+#include "table.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define PROG "kvrt-bench serve"
+
+typedef struct serve_opts {
+    const char *model;
+    int32_t requests;
+    kvrt_backend_kind backend;
+    int n_threads;
+    bool json;
+    uint64_t seed;
+    int32_t block_size;
+    kvrt_dtype kv_type;
+    int32_t max_seqs;
+    int32_t max_batched_tokens;
+} serve_opts;
+
+typedef struct wl_req {
+    int32_t *prompt;
+    int32_t n_prompt, max_tokens, n;
+    float temperature, top_p;
+    uint64_t seed;
+} wl_req;
+
+typedef struct workload {
+    wl_req *r;
+    int32_t n;
+} workload;
+
+typedef enum run_mode { MODE_CONTINUOUS = 0, MODE_STATIC = 1, MODE_STATIC_PADDED = 2 } run_mode;
+
+typedef struct wl_stats {
+    const char *name, *mode;
+    int32_t requests, samples;
+    double seconds, req_s, tok_s;
+    int64_t out_tokens, prefill_tokens, preemptions, steps;
+    double ttft[3], tpot[3]; /* p50, p95, p99 in seconds */
+    double kv_util, kv_util_contig, prefix_hit;
+    int32_t kv_blocks;
+} wl_stats;
+
+/* Per-run bookkeeping the token callback fills. */
+typedef struct run_state {
+    const workload *wl;
+    int32_t *sample_off;  /* [n + 1] first sample index of each request */
+    int32_t *got;         /* [samples] tokens counted per sample */
+    double *first, *last; /* [n] */
+    int64_t *id_to_req;   /* engine ids are 1, 2, ... in submission order */
+    int64_t n_ids;
+    int64_t counted;
+} run_state;
+
+/* ---- arguments ----------------------------------------------------------------- */
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: kvrt-bench serve [--model PATH] [--requests N] [--backend cpu|vulkan|opencl] [-t THREADS]\n"
+            "                        [--json] [--seed S] [--block-size 8|16|32] [--kv-type f32|f16]\n"
+            "                        [--max-seqs N] [--max-batched-tokens N]\n\n"
+            "Runs four serving workloads on the engine (ShareGPT-like skewed lengths, a shared system\n"
+            "prompt, parallel sampling n = 4, a burst larger than the KV pool) and compares continuous\n"
+            "vs static batching, paged vs contiguous KV reservation, prefix cache on vs off.\n\n"
+            "  --model PATH          GGUF or llama2.c model (default models/stories260K.gguf)\n"
+            "  --requests N          requests per workload (default 256; parallel runs N/4)\n"
+            "  --backend NAME        cpu (default), vulkan or opencl\n"
+            "  -t, --threads N       CPU threads (default 1: the default model is too small to gain\n"
+            "                        from more; 0 = all cores)\n"
+            "  --json                one JSON document on stdout; the table goes to stderr\n"
+            "  --seed S              workload generator seed (default 42)\n"
+            "  --block-size N        KV block size (default 16)\n"
+            "  --kv-type T           KV cache type f32 (default) or f16\n"
+            "  --max-seqs N          sequences per step and static batch size (default 32)\n"
+            "  --max-batched-tokens N  tokens per step (default 256)\n");
+}
+
+static int parse_value(int argc, char **argv, int *i, serve_opts *o)
+{
+    const char *val = NULL;
+    int64_t n = 0;
+    if (kvrt_cli_flag(argc, argv, i, "--model", &val, PROG)) {
+        o->model = val;
+    } else if (kvrt_cli_flag(argc, argv, i, "--backend", &val, PROG)) {
+        if (val && kvrt_backend_parse(val, &o->backend) != KVRT_OK) {
+            kvrt_cli_error(PROG, "--backend: unknown backend '%s' (cpu, vulkan, opencl)", val);
+            return KVRT_CLI_USAGE;
+        }
+    } else if (kvrt_cli_flag(argc, argv, i, "-t", &val, PROG) ||
+               kvrt_cli_flag(argc, argv, i, "--threads", &val, PROG)) {
+        if (val && !kvrt_cli_int(PROG, "-t", val, 0, 4096, false, &n))
+            return KVRT_CLI_USAGE;
+        o->n_threads = (int)n;
+    } else if (kvrt_cli_flag(argc, argv, i, "--requests", &val, PROG)) {
+        if (val && !kvrt_cli_int(PROG, "--requests", val, 1, 1 << 20, true, &n))
+            return KVRT_CLI_USAGE;
+        o->requests = (int32_t)n;
+    } else if (kvrt_cli_flag(argc, argv, i, "--seed", &val, PROG)) {
+        if (val && !kvrt_cli_int(PROG, "--seed", val, 0, INT64_MAX, false, &n))
+            return KVRT_CLI_USAGE;
+        o->seed = (uint64_t)n;
+    } else if (kvrt_cli_flag(argc, argv, i, "--block-size", &val, PROG)) {
+        if (val && (!kvrt_cli_int(PROG, "--block-size", val, 8, 32, false, &n) || (n & (n - 1)))) {
+            kvrt_cli_error(PROG, "--block-size: use 8, 16 or 32");
+            return KVRT_CLI_USAGE;
+        }
+        o->block_size = (int32_t)n;
+    } else if (kvrt_cli_flag(argc, argv, i, "--kv-type", &val, PROG)) {
+        static const char *const types[] = {"f32", "f16"};
+        int t = val ? kvrt_cli_choice(PROG, "--kv-type", val, types, 2) : -1;
+        if (val && t < 0)
+            return KVRT_CLI_USAGE;
+        o->kv_type = t == 1 ? KVRT_DTYPE_F16 : KVRT_DTYPE_F32;
+    } else if (kvrt_cli_flag(argc, argv, i, "--max-seqs", &val, PROG)) {
+        if (val && !kvrt_cli_int(PROG, "--max-seqs", val, 1, 4096, false, &n))
+            return KVRT_CLI_USAGE;
+        o->max_seqs = (int32_t)n;
+    } else if (kvrt_cli_flag(argc, argv, i, "--max-batched-tokens", &val, PROG)) {
+        if (val && !kvrt_cli_int(PROG, "--max-batched-tokens", val, 1, 1 << 20, true, &n))
+            return KVRT_CLI_USAGE;
+        o->max_batched_tokens = (int32_t)n;
+    } else {
+        kvrt_cli_error(PROG, "unknown argument '%s' (see --help)", argv[*i]);
+        return KVRT_CLI_USAGE;
+    }
+    return val ? 0 : KVRT_CLI_USAGE;
+}
+
+/* 0 ok, -1 help, else a usage error. */
+static int parse_args(int argc, char **argv, serve_opts *o)
+{
+    *o = (serve_opts){.model = "models/stories260K.gguf", .requests = 256, .backend = KVRT_BACKEND_CPU, .n_threads = 1,
+                      .seed = 42, .block_size = 16, .kv_type = KVRT_DTYPE_F32, .max_seqs = 32,
+                      .max_batched_tokens = 256};
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0)
+            return -1;
+        if (strcmp(argv[i], "--json") == 0) {
+            o->json = true;
+            continue;
+        }
+        int rc = parse_value(argc, argv, &i, o);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* ---- workloads ---------------------------------------------------------------- */
+
+static double rng_unit(kvrt_bench_rng *r)
+{
+    return ((double)kvrt_bench_rng_f32(r) + 1.0) * 0.5; /* [0, 1) */
+}
+
+/* round(exp(mu + sigma z)) clipped to [lo, hi], z standard normal (Box-Muller). */
+static int32_t lognormal(kvrt_bench_rng *r, double median, double sigma, int32_t lo, int32_t hi)
+{
+    double u1 = 1.0 - rng_unit(r), u2 = rng_unit(r);
+    double z = sqrt(-2.0 * log(u1)) * cos(2.0 * 3.14159265358979323846 * u2);
+    double x = round(median * exp(sigma * z));
+    return (int32_t)KVRT_MAX((double)lo, KVRT_MIN((double)hi, x));
+}
+
+typedef struct gen_ctx {
+    kvrt_bench_rng rng;
+    int32_t n_vocab, bos, max_context;
+} gen_ctx;
+
+/* BOS (when the model has one) then random ids past the special ones. */
+static void random_tokens(gen_ctx *g, int32_t *dst, int32_t n, bool with_bos)
+{
+    for (int32_t i = 0; i < n; i++) {
+        int32_t lo = KVRT_MIN(3, g->n_vocab - 1);
+        dst[i] = lo + (int32_t)(rng_unit(&g->rng) * (double)(g->n_vocab - lo));
+    }
+    if (with_bos && g->bos >= 0 && n > 0)
+        dst[0] = g->bos;
+}
+
+static void workload_free(workload *w)
+{
+    if (w->r)
+        for (int32_t i = 0; i < w->n; i++)
+            free(w->r[i].prompt);
+    free(w->r);
+    memset(w, 0, sizeof(*w));
+}
+
+static bool workload_alloc(workload *w, int32_t n)
+{
+    w->r = calloc((size_t)n, sizeof(*w->r));
+    w->n = w->r ? n : 0;
+    return w->r != NULL;
+}
+
+/* Keeps prompt + output inside the context (the lengths are for a 512 context). */
+static void fit_context(const gen_ctx *g, int32_t *n_prompt, int32_t *max_tokens)
+{
+    *n_prompt = KVRT_MIN(*n_prompt, g->max_context / 2);
+    *max_tokens = KVRT_MAX(1, KVRT_MIN(*max_tokens, g->max_context - *n_prompt));
+}
+
+static bool make_sharegpt(gen_ctx *g, int32_t n, workload *w)
+{
+    if (!workload_alloc(w, n))
+        return false;
+    for (int32_t i = 0; i < n; i++) {
+        wl_req *q = &w->r[i];
+        q->n_prompt = lognormal(&g->rng, 64.0, 1.0, 4, 256);
+        q->max_tokens = lognormal(&g->rng, 64.0, 1.0, 4, 256);
+        fit_context(g, &q->n_prompt, &q->max_tokens);
+        q->n = 1;
+        if (!(q->prompt = malloc(sizeof(int32_t) * (size_t)q->n_prompt)))
+            return false;
+        random_tokens(g, q->prompt, q->n_prompt, true);
+    }
+    return true;
+}
+
+static bool make_sysprompt(gen_ctx *g, int32_t n, workload *w)
+{
+    enum { SYS = 256 };
+    int32_t sys[SYS];
+    random_tokens(g, sys, SYS, true);
+    if (!workload_alloc(w, n))
+        return false;
+    for (int32_t i = 0; i < n; i++) {
+        wl_req *q = &w->r[i];
+        int32_t user = lognormal(&g->rng, 24.0, 0.5, 4, 64);
+        q->n_prompt = SYS + user;
+        q->max_tokens = 32;
+        fit_context(g, &q->n_prompt, &q->max_tokens);
+        q->n = 1;
+        if (!(q->prompt = malloc(sizeof(int32_t) * (size_t)q->n_prompt)))
+            return false;
+        memcpy(q->prompt, sys, sizeof(int32_t) * (size_t)KVRT_MIN(SYS, q->n_prompt));
+        if (q->n_prompt > SYS)
+            random_tokens(g, q->prompt + SYS, q->n_prompt - SYS, false);
+    }
+    return true;
+}
+
+static bool make_parallel(gen_ctx *g, int32_t n, workload *w)
+{
+    if (!workload_alloc(w, n))
+        return false;
+    for (int32_t i = 0; i < n; i++) {
+        wl_req *q = &w->r[i];
+        q->n_prompt = lognormal(&g->rng, 48.0, 0.5, 8, 128);
+        q->max_tokens = 64;
+        fit_context(g, &q->n_prompt, &q->max_tokens);
+        q->n = 4;
+        q->temperature = 0.8f;
+        q->top_p = 0.95f;
+        q->seed = (uint64_t)(rng_unit(&g->rng) * 4294967296.0);
+        if (!(q->prompt = malloc(sizeof(int32_t) * (size_t)q->n_prompt)))
+            return false;
+        random_tokens(g, q->prompt, q->n_prompt, true);
+    }
+    return true;
+}
+
+static bool make_burst(gen_ctx *g, int32_t n, workload *w)
+{
+    if (!workload_alloc(w, n))
+        return false;
+    for (int32_t i = 0; i < n; i++) {
+        wl_req *q = &w->r[i];
+        q->n_prompt = 64;
+        q->max_tokens = 128;
+        fit_context(g, &q->n_prompt, &q->max_tokens);
+        q->n = 1;
+        if (!(q->prompt = malloc(sizeof(int32_t) * (size_t)q->n_prompt)))
+            return false;
+        random_tokens(g, q->prompt, q->n_prompt, true);
+    }
+    return true;
+}
+
+/* ---- running one workload -------------------------------------------------------- */
+
+static void on_token(void *user, int64_t id, int32_t sample, int32_t token, kvrt_finish_reason finish)
+{
+    (void)finish;
+    run_state *rs = user;
+    if (token < 0 || id < 1 || id > rs->n_ids)
+        return;
+    int64_t ri = rs->id_to_req[id - 1];
+    const wl_req *q = &rs->wl->r[ri];
+    int32_t *got = &rs->got[rs->sample_off[ri] + sample];
+    if (*got >= q->max_tokens)
+        return; /* padding of a static batch: not output */
+    (*got)++;
+    rs->counted++;
+    double now = kvrt_bench_now();
+    if (rs->first[ri] < 0)
+        rs->first[ri] = now;
+    rs->last[ri] = now;
+}
+
+static void progress(bool tty, const char *name, const char *mode, int64_t done, int64_t total)
+{
+    if (!tty)
+        return;
+    int width = 30, fill = total ? (int)(width * done / total) : width;
+    fprintf(stderr, "\r%-9s %-14s [%.*s%*s] %lld/%lld tokens", name, mode, fill,
+            "##############################", width - fill, "", (long long)done, (long long)total);
+    if (done == total)
+        fputc('\n', stderr);
+    fflush(stderr);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static void percentiles(double *v, int32_t n, double out[3])
+{
+    static const double ps[3] = {50.0, 95.0, 99.0};
+    qsort(v, (size_t)n, sizeof(double), cmp_double);
+    for (int k = 0; k < 3; k++) {
+        if (n == 0) {
+            out[k] = 0.0;
+            continue;
+        }
+        double rank = ps[k] / 100.0 * (double)(n - 1);
+        int32_t lo = (int32_t)rank, hi = KVRT_MIN(lo + 1, n - 1);
+        out[k] = v[lo] + (rank - (double)lo) * (v[hi] - v[lo]);
+    }
+}
+
+static double engine_clock(void *user)
+{
+    (void)user;
+    return kvrt_bench_now();
+}
+
+typedef struct run_cfg {
+    const char *name, *mode_name;
+    run_mode mode;
+    kvrt_engine_params ep;
+    bool tty;
+    bool quiet; /* no progress, no line */
+} run_cfg;
+
+/* Submits requests [from, to) (padded to the longest of them in MODE_STATIC_PADDED). */
+static kvrt_status submit_range(kvrt_engine *e, const run_cfg *c, run_state *rs, int32_t from, int32_t to,
+                                kvrt_error *err)
+{
+    int32_t longest = 0;
+    for (int32_t i = from; i < to; i++)
+        longest = KVRT_MAX(longest, rs->wl->r[i].max_tokens);
+    for (int32_t i = from; i < to; i++) {
+        const wl_req *q = &rs->wl->r[i];
+        kvrt_request_params rp = kvrt_request_default_params();
+        rp.prompt = q->prompt;
+        rp.n_prompt = q->n_prompt;
+        rp.max_tokens = c->mode == MODE_STATIC_PADDED ? KVRT_MIN(longest, c->ep.max_context - q->n_prompt)
+                                                      : q->max_tokens;
+        rp.max_tokens = KVRT_MAX(rp.max_tokens, q->max_tokens);
+        rp.n = q->n;
+        rp.temperature = q->temperature;
+        rp.top_p = q->top_p > 0.0f ? q->top_p : 1.0f;
+        rp.seed = q->seed;
+        rp.ignore_eos = 1;
+        rp.on_token = on_token;
+        rp.user = rs;
+        int64_t id = 0;
+        kvrt_status st = kvrt_engine_submit(e, &rp, &id);
+        if (st != KVRT_OK)
+            return kvrt_fail(err, st, "submit request %d: %s", (int)i, kvrt_engine_message(e));
+        if (id != rs->n_ids + 1)
+            return kvrt_fail(err, KVRT_ERR_INTERNAL, "engine ids are not sequential");
+        rs->id_to_req[rs->n_ids++] = i;
+    }
+    return KVRT_OK;
+}
+
+/* Steps until the engine is idle, releasing finished requests. */
+static kvrt_status drain(kvrt_engine *e, const run_cfg *c, run_state *rs, int64_t total, kvrt_error *err)
+{
+    int64_t shown = -1;
+    while (kvrt_engine_has_work(e)) {
+        kvrt_status st = kvrt_engine_step(e, NULL);
+        if (st != KVRT_OK)
+            return kvrt_fail(err, st, "step: %s", kvrt_engine_message(e));
+        kvrt_request_output out;
+        int32_t found = 1;
+        while (found) {
+            st = kvrt_engine_next_finished(e, &out, &found);
+            if (st == KVRT_OK && found)
+                st = kvrt_engine_release(e, out.request_id);
+            if (st != KVRT_OK)
+                return kvrt_fail(err, st, "%s", kvrt_engine_message(e));
+        }
+        if (rs->counted * 50 / KVRT_MAX(total, 1) != shown) {
+            shown = rs->counted * 50 / KVRT_MAX(total, 1);
+            progress(c->tty, c->name, c->mode_name, rs->counted, total);
+        }
+    }
+    return KVRT_OK;
+}
+
+static void run_state_free(run_state *rs)
+{
+    free(rs->sample_off);
+    free(rs->got);
+    free(rs->first);
+    free(rs->last);
+    free(rs->id_to_req);
+}
+
+static kvrt_status run_state_init(run_state *rs, const workload *w, int64_t *total, kvrt_error *err)
+{
+    memset(rs, 0, sizeof(*rs));
+    rs->wl = w;
+    rs->sample_off = calloc((size_t)w->n + 1, sizeof(int32_t));
+    rs->first = calloc((size_t)w->n, sizeof(double));
+    rs->last = calloc((size_t)w->n, sizeof(double));
+    rs->id_to_req = calloc((size_t)w->n, sizeof(int64_t));
+    if (!rs->sample_off || !rs->first || !rs->last || !rs->id_to_req)
+        return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "run state");
+    *total = 0;
+    for (int32_t i = 0; i < w->n; i++) {
+        rs->sample_off[i + 1] = rs->sample_off[i] + w->r[i].n;
+        rs->first[i] = rs->last[i] = -1.0;
+        *total += (int64_t)w->r[i].n * w->r[i].max_tokens;
+    }
+    rs->got = calloc((size_t)KVRT_MAX(rs->sample_off[w->n], 1), sizeof(int32_t));
+    return rs->got ? KVRT_OK : kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "run state");
+}
+
+/* Every sample produced exactly its tokens; latencies and rates into *s. */
+static kvrt_status collect(const run_state *rs, double t0, double t1, wl_stats *s, kvrt_error *err)
+{
+    const workload *w = rs->wl;
+    double *ttft = calloc((size_t)w->n, sizeof(double)), *tpot = calloc((size_t)w->n, sizeof(double));
+    if (!ttft || !tpot) {
+        free(ttft);
+        free(tpot);
+        return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "latencies");
+    }
+    int32_t n_tpot = 0;
+    for (int32_t i = 0; i < w->n; i++) {
+        for (int32_t k = rs->sample_off[i]; k < rs->sample_off[i + 1]; k++)
+            if (rs->got[k] != w->r[i].max_tokens) {
+                free(ttft);
+                free(tpot);
+                return kvrt_fail(err, KVRT_ERR_INTERNAL, "%s: request %d sample %d produced %d of %d tokens",
+                                 s->name, (int)i, (int)(k - rs->sample_off[i]), (int)rs->got[k],
+                                 (int)w->r[i].max_tokens);
+            }
+        ttft[i] = rs->first[i] - t0;
+        if (w->r[i].max_tokens > 1)
+            tpot[n_tpot++] = (rs->last[i] - rs->first[i]) / (double)(w->r[i].max_tokens - 1);
+    }
+    percentiles(ttft, w->n, s->ttft);
+    percentiles(tpot, n_tpot, s->tpot);
+    free(ttft);
+    free(tpot);
+    s->requests = w->n;
+    s->samples = rs->sample_off[w->n];
+    s->out_tokens = rs->counted;
+    s->seconds = t1 - t0;
+    s->req_s = s->seconds > 0 ? w->n / s->seconds : 0.0;
+    s->tok_s = s->seconds > 0 ? (double)rs->counted / s->seconds : 0.0;
+    return KVRT_OK;
+}
+
+static kvrt_status run_workload(kvrt_model *model, const workload *w, const run_cfg *c, wl_stats *s,
+                                kvrt_error *err)
+{
+    memset(s, 0, sizeof(*s));
+    s->name = c->name;
+    s->mode = c->mode_name;
+    run_state rs;
+    int64_t total = 0;
+    kvrt_engine *e = NULL;
+    kvrt_status st = run_state_init(&rs, w, &total, err);
+    if (st == KVRT_OK)
+        st = kvrt_engine_create(model, &c->ep, &e, err);
+    double t0 = kvrt_bench_now();
+    if (st == KVRT_OK && c->mode == MODE_CONTINUOUS) {
+        st = submit_range(e, c, &rs, 0, w->n, err);
+        if (st == KVRT_OK)
+            st = drain(e, c, &rs, total, err);
+    }
+    for (int32_t b = 0; st == KVRT_OK && c->mode != MODE_CONTINUOUS && b < w->n; b += c->ep.max_seqs) {
+        st = submit_range(e, c, &rs, b, KVRT_MIN(w->n, b + c->ep.max_seqs), err);
+        if (st == KVRT_OK)
+            st = drain(e, c, &rs, total, err);
+    }
+    double t1 = kvrt_bench_now();
+    kvrt_engine_metrics m;
+    if (st == KVRT_OK)
+        st = kvrt_engine_get_metrics(e, &m);
+    if (st == KVRT_OK && m.blocks_used != 0)
+        st = kvrt_fail(err, KVRT_ERR_INTERNAL, "%s: %d KV blocks still used after the run", c->name,
+                       (int)m.blocks_used);
+    if (st == KVRT_OK)
+        st = collect(&rs, t0, t1, s, err);
+    if (st == KVRT_OK) {
+        s->kv_util = m.kv_utilization_mean;
+        s->kv_util_contig = m.kv_utilization_contiguous_mean;
+        s->prefix_hit = m.prefix_hit_rate;
+        s->prefill_tokens = m.prefill_tokens;
+        s->preemptions = m.preemptions_recompute + m.preemptions_swap;
+        s->steps = m.steps;
+        s->kv_blocks = m.blocks_total;
+        if (!c->tty && !c->quiet)
+            fprintf(stderr, "%s: %s %s: %d requests in %.2f s\n", PROG, c->name, c->mode_name, (int)w->n,
+                    s->seconds);
+    }
+    kvrt_engine_destroy(e);
+    run_state_free(&rs);
+    return st;
+}
+
+/* ---- output -------------------------------------------------------------------- */
+
+enum { W_SHARE_CONT, W_SHARE_STATIC, W_SHARE_SHRINK, W_SYS_ON, W_SYS_OFF, W_PARALLEL, W_BURST, W_COUNT };
+
+typedef struct serve_run {
+    serve_opts o;
+    const char *device;
+    int32_t max_context;
+    kvrt_engine_params ep;
+    wl_stats st[W_COUNT];
+} serve_run;
+
+static double ratio(double a, double b)
+{
+    return b > 0 ? a / b : 0.0;
+}
+
+static void print_table(const serve_run *r, FILE *f)
+{
+    static const char *const headers[] = {"workload", "mode", "reqs", "req/s", "out tok/s", "TTFT ms p50/p95/p99",
+                                          "TPOT ms p50/p95/p99", "KV util", "prefix hit", "preempt"};
+    kvrt_table t;
+    if (!kvrt_table_init(&t, 10, headers, "llrrrrrrrr"))
+        return;
+    for (int i = 0; i < W_COUNT; i++) {
+        const wl_stats *s = &r->st[i];
+        if (!kvrt_table_row(&t))
+            break;
+        kvrt_table_cell(&t, "%s", s->name);
+        kvrt_table_cell(&t, "%s", s->mode);
+        kvrt_table_cell(&t, "%d", (int)s->requests);
+        kvrt_table_cell(&t, "%.2f", s->req_s);
+        kvrt_table_cell(&t, "%.0f", s->tok_s);
+        kvrt_table_cell(&t, "%.1f/%.1f/%.1f", 1e3 * s->ttft[0], 1e3 * s->ttft[1], 1e3 * s->ttft[2]);
+        kvrt_table_cell(&t, "%.2f/%.2f/%.2f", 1e3 * s->tpot[0], 1e3 * s->tpot[1], 1e3 * s->tpot[2]);
+        kvrt_table_cell(&t, "%.1f %%", 100.0 * s->kv_util);
+        kvrt_table_cell(&t, "%.1f %%", 100.0 * s->prefix_hit);
+        kvrt_table_cell(&t, "%lld", (long long)s->preemptions);
+    }
+    fprintf(f, "%s: %s, model %s, KV %s, block size %d, max_seqs %d, max_batched_tokens %d, seed %llu\n", PROG,
+            r->device, r->o.model, kvrt_dtype_name(r->o.kv_type), (int)r->o.block_size, (int)r->o.max_seqs,
+            (int)r->o.max_batched_tokens, (unsigned long long)r->o.seed);
+    kvrt_table_print(&t, f);
+    kvrt_table_free(&t);
+    const wl_stats *st = r->st;
+    fprintf(f, "\ncontinuous vs static batching (sharegpt): %.2fx output tokens/s (vs shrinking static batches: "
+            "%.2fx)\n", ratio(st[W_SHARE_CONT].tok_s, st[W_SHARE_STATIC].tok_s),
+            ratio(st[W_SHARE_CONT].tok_s, st[W_SHARE_SHRINK].tok_s));
+    fprintf(f, "KV utilization (sharegpt): paged %.1f %% vs contiguous max-context (%d) reservation %.1f %%\n",
+            100.0 * st[W_SHARE_CONT].kv_util, (int)r->max_context, 100.0 * st[W_SHARE_CONT].kv_util_contig);
+    fprintf(f, "prefix cache (sysprompt): prefill tokens computed %lld on vs %lld off; TTFT p50 %.1f ms vs %.1f ms\n",
+            (long long)st[W_SYS_ON].prefill_tokens, (long long)st[W_SYS_OFF].prefill_tokens, 1e3 * st[W_SYS_ON].ttft[0],
+            1e3 * st[W_SYS_OFF].ttft[0]);
+}
+
+static void json_triple(kvrt_json *j, const char *key, const double v[3])
+{
+    kvrt_json_begin_object(j, key);
+    kvrt_json_num(j, "p50", 1e3 * v[0]);
+    kvrt_json_num(j, "p95", 1e3 * v[1]);
+    kvrt_json_num(j, "p99", 1e3 * v[2]);
+    kvrt_json_end_object(j);
+}
+
+static void print_json(const serve_run *r, FILE *f)
+{
+    kvrt_json j;
+    kvrt_json_init(&j, f);
+    kvrt_json_begin_object(&j, NULL);
+    kvrt_json_str(&j, "tool", "kvrt-bench");
+    kvrt_json_str(&j, "bench", "serve");
+    kvrt_json_str(&j, "model", r->o.model);
+    kvrt_json_str(&j, "backend", kvrt_backend_name(r->o.backend));
+    kvrt_json_str(&j, "device", r->device);
+    kvrt_json_int(&j, "threads", r->o.n_threads > 0 ? r->o.n_threads : sysconf(_SC_NPROCESSORS_ONLN));
+    kvrt_json_int(&j, "seed", (int64_t)r->o.seed);
+    kvrt_json_int(&j, "requests", r->o.requests);
+    kvrt_json_int(&j, "block_size", r->o.block_size);
+    kvrt_json_str(&j, "kv_type", kvrt_dtype_name(r->o.kv_type));
+    kvrt_json_int(&j, "max_context", r->max_context);
+    kvrt_json_int(&j, "max_seqs", r->o.max_seqs);
+    kvrt_json_int(&j, "max_batched_tokens", r->o.max_batched_tokens);
+    kvrt_json_begin_array(&j, "workloads");
+    for (int i = 0; i < W_COUNT; i++) {
+        const wl_stats *s = &r->st[i];
+        kvrt_json_begin_object(&j, NULL);
+        kvrt_json_str(&j, "name", s->name);
+        kvrt_json_str(&j, "mode", s->mode);
+        kvrt_json_int(&j, "requests", s->requests);
+        kvrt_json_int(&j, "samples", s->samples);
+        kvrt_json_num(&j, "seconds", s->seconds);
+        kvrt_json_num(&j, "requests_per_s", s->req_s);
+        kvrt_json_int(&j, "output_tokens", s->out_tokens);
+        kvrt_json_num(&j, "output_tokens_per_s", s->tok_s);
+        json_triple(&j, "ttft_ms", s->ttft);
+        json_triple(&j, "tpot_ms", s->tpot);
+        kvrt_json_num(&j, "kv_utilization", s->kv_util);
+        kvrt_json_num(&j, "contiguous_kv_utilization", s->kv_util_contig);
+        kvrt_json_num(&j, "prefix_hit_rate", s->prefix_hit);
+        kvrt_json_int(&j, "prefill_tokens", s->prefill_tokens);
+        kvrt_json_int(&j, "preemptions", s->preemptions);
+        kvrt_json_int(&j, "steps", s->steps);
+        kvrt_json_int(&j, "kv_blocks", s->kv_blocks);
+        kvrt_json_end_object(&j);
+    }
+    kvrt_json_end_array(&j);
+    const wl_stats *st = r->st;
+    kvrt_json_num(&j, "continuous_vs_static_speedup", ratio(st[W_SHARE_CONT].tok_s, st[W_SHARE_STATIC].tok_s));
+    kvrt_json_num(&j, "continuous_vs_shrinking_static_speedup",
+                  ratio(st[W_SHARE_CONT].tok_s, st[W_SHARE_SHRINK].tok_s));
+    kvrt_json_num(&j, "kv_utilization", st[W_SHARE_CONT].kv_util);
+    kvrt_json_num(&j, "contiguous_kv_utilization", st[W_SHARE_CONT].kv_util_contig);
+    kvrt_json_begin_object(&j, "prefix_cache");
+    kvrt_json_int(&j, "prefill_tokens_on", st[W_SYS_ON].prefill_tokens);
+    kvrt_json_int(&j, "prefill_tokens_off", st[W_SYS_OFF].prefill_tokens);
+    kvrt_json_num(&j, "ttft_p50_ms_on", 1e3 * st[W_SYS_ON].ttft[0]);
+    kvrt_json_num(&j, "ttft_p50_ms_off", 1e3 * st[W_SYS_OFF].ttft[0]);
+    kvrt_json_num(&j, "hit_rate_on", st[W_SYS_ON].prefix_hit);
+    kvrt_json_end_object(&j);
+    kvrt_json_end_object(&j);
+    fputc('\n', f);
+}
+
+/* ---- main ------------------------------------------------------------------------ */
+
+static kvrt_status run_all(kvrt_model *model, serve_run *r, gen_ctx *g, kvrt_error *err)
+{
+    workload w[4];
+    memset(w, 0, sizeof(w));
+    int32_t n = r->o.requests;
+    kvrt_status st = KVRT_OK;
+    if (!make_sharegpt(g, n, &w[0]) || !make_sysprompt(g, n, &w[1]) || !make_parallel(g, KVRT_MAX(1, n / 4), &w[2]) ||
+        !make_burst(g, n, &w[3]))
+        st = kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "workloads of %d requests", (int)n);
+    bool tty = isatty(fileno(stderr)) != 0;
+    run_cfg c[W_COUNT];
+    const workload *wl[W_COUNT] = {&w[0], &w[0], &w[0], &w[1], &w[1], &w[2], &w[3]};
+    static const char *const names[W_COUNT] = {"sharegpt", "sharegpt", "sharegpt", "sysprompt", "sysprompt",
+                                               "parallel", "burst"};
+    static const char *const modes[W_COUNT] = {"continuous", "static", "static-shrinking", "prefix-cache-on",
+                                               "prefix-cache-off", "n=4", "small-pool"};
+    for (int i = 0; i < W_COUNT; i++) {
+        c[i] = (run_cfg){.name = names[i], .mode_name = modes[i], .ep = r->ep, .tty = tty,
+                         .mode = i == W_SHARE_STATIC ? MODE_STATIC_PADDED : i == W_SHARE_SHRINK ? MODE_STATIC
+                                                                                                    : MODE_CONTINUOUS};
+    }
+    c[W_SYS_OFF].ep.enable_prefix_cache = 0;
+    /* burst: the pool holds a quarter of a full step's sequences at their full length */
+    int32_t bs = r->ep.block_size;
+    int32_t per_req = w[3].n ? (w[3].r[0].n_prompt + w[3].r[0].max_tokens + bs - 1) / bs : 1;
+    c[W_BURST].ep.num_blocks = per_req * KVRT_MAX(1, KVRT_MIN(n, r->ep.max_seqs) / 4);
+    /* Warm-up (not reported): the first forwards fault in weights and scratch. */
+    workload warm = {.r = w[0].r, .n = KVRT_MIN(w[0].n, 8)};
+    run_cfg wc = c[W_SHARE_CONT];
+    wc.tty = false;
+    wc.quiet = true;
+    wc.mode_name = "warm-up";
+    wl_stats ws;
+    if (st == KVRT_OK)
+        st = run_workload(model, &warm, &wc, &ws, err);
+    for (int i = 0; st == KVRT_OK && i < W_COUNT; i++)
+        st = run_workload(model, wl[i], &c[i], &r->st[i], err);
+    for (int i = 0; i < 4; i++)
+        workload_free(&w[i]);
+    return st;
+}
+
+int kvrt_bench_serve_main(int argc, char **argv)
+{
+    serve_run r;
+    memset(&r, 0, sizeof(r));
+    int rc = parse_args(argc, argv, &r.o);
+    if (rc < 0) {
+        usage(stdout);
+        return 0;
+    }
+    if (rc != 0)
+        return rc;
+    kvrt_error err = {KVRT_OK, ""};
+    kvrt_context_params cp = kvrt_context_default_params();
+    cp.backend = r.o.backend;
+    cp.n_threads = r.o.n_threads;
+    kvrt_context *ctx = NULL;
+    kvrt_model *model = NULL;
+    kvrt_model_params mp = kvrt_model_default_params();
+    mp.path = r.o.model;
+    mp.max_context = 512;
+    kvrt_status st = kvrt_context_create(&cp, &ctx, &err);
+    kvrt_model_info mi;
+    if (st == KVRT_OK) {
+        kvrt_model_params probe = mp;
+        probe.max_context = 0; /* the file's; then at most 512 */
+        st = kvrt_model_load(ctx, &probe, &model, &err);
+        if (st == KVRT_OK)
+            st = kvrt_model_get_info(model, &mi);
+        if (st == KVRT_OK && mi.n_ctx_train > 512) {
+            kvrt_model_destroy(model);
+            model = NULL;
+            st = kvrt_model_load(ctx, &mp, &model, &err);
+        }
+    }
+    if (st == KVRT_OK) {
+        r.device = kvrt_context_description(ctx);
+        r.max_context = KVRT_MIN(512, mi.n_ctx_train > 0 ? mi.n_ctx_train : 512);
+        r.ep = kvrt_engine_default_params();
+        r.ep.max_context = r.max_context;
+        r.ep.block_size = r.o.block_size;
+        r.ep.kv_type = r.o.kv_type;
+        r.ep.max_seqs = r.o.max_seqs;
+        r.ep.max_batched_tokens = r.o.max_batched_tokens;
+        r.ep.num_blocks = 0; /* max_seqs full contexts */
+        r.ep.clock = engine_clock;
+        gen_ctx g = {.rng = {r.o.seed}, .n_vocab = mi.n_vocab, .bos = mi.bos_id, .max_context = r.max_context};
+        st = run_all(model, &r, &g, &err);
+    }
+    if (st == KVRT_OK) {
+        FILE *table = r.o.json ? stderr : stdout;
+        print_table(&r, table);
+        if (r.o.json)
+            print_json(&r, stdout);
+    } else {
+        kvrt_cli_error(PROG, "%s", err.message);
+    }
+    kvrt_model_destroy(model);
+    kvrt_context_destroy(ctx);
+    return st == KVRT_OK ? 0 : 1;
+}
