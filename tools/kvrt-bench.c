@@ -11,6 +11,7 @@
  * in tools/common/ and fill in its row of SUBCOMMANDS.
  */
 #include "bench_attn.h"
+#include "bench_model.h"
 #include "cli.h"
 #include "openblas_core.h"
 
@@ -25,7 +26,7 @@ typedef struct bench_subcommand {
 
 static const bench_subcommand SUBCOMMANDS[] = {
     {"attn", "attention throughput vs measured memory bandwidth; paged vs contiguous KV", kvrt_bench_attn_main},
-    {"model", "model forward pass: prefill and decode tokens/s", NULL},
+    {"model", "model forward pass: prefill and decode tokens/s vs measured memory bandwidth", kvrt_bench_model_main},
     {"serve", "serving workloads: continuous batching, KV utilisation", NULL},
 };
 
