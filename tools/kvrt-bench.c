@@ -11,6 +11,7 @@
  * in tools/common/ and fill in its row of SUBCOMMANDS.
  */
 #include "bench_attn.h"
+#include "bench_model.h"
 #include "bench_serve.h"
 #include "cli.h"
 #include "openblas_core.h"
@@ -21,12 +22,12 @@
 typedef struct bench_subcommand {
     const char *name;
     const char *summary;
-    int (*main)(int argc, char **argv); /* NULL: not built yet */
+    int (*main)(int argc, char **argv);
 } bench_subcommand;
 
 static const bench_subcommand SUBCOMMANDS[] = {
     {"attn", "attention throughput vs measured memory bandwidth; paged vs contiguous KV", kvrt_bench_attn_main},
-    {"model", "model forward pass: prefill and decode tokens/s", NULL},
+    {"model", "model forward pass: prefill and decode tokens/s vs measured memory bandwidth", kvrt_bench_model_main},
     {"serve", "serving workloads: continuous batching, KV utilisation", kvrt_bench_serve_main},
 };
 
@@ -34,8 +35,7 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: kvrt-bench SUBCOMMAND [options]   (kvrt-bench SUBCOMMAND --help for its options)\n\n");
     for (size_t i = 0; i < KVRT_ARRAY_LEN(SUBCOMMANDS); i++)
-        fprintf(f, "  %-6s %s%s\n", SUBCOMMANDS[i].name, SUBCOMMANDS[i].summary,
-                SUBCOMMANDS[i].main ? "" : " (not built yet)");
+        fprintf(f, "  %-6s %s\n", SUBCOMMANDS[i].name, SUBCOMMANDS[i].summary);
     fprintf(f, "\nexit status: 0 ok, 1 a benchmark failed, 2 usage error\n");
 }
 
@@ -55,10 +55,6 @@ int main(int argc, char **argv)
         const bench_subcommand *sc = &SUBCOMMANDS[i];
         if (strcmp(argv[1], sc->name) != 0)
             continue;
-        if (!sc->main) {
-            kvrt_cli_error("kvrt-bench", "'%s' is not built yet", sc->name);
-            return 1;
-        }
         return sc->main(argc - 1, argv + 1);
     }
     kvrt_cli_error("kvrt-bench", "unknown subcommand '%s' (attn, model, serve; see --help)", argv[1]);

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# kvrt-bench model as a user runs it: `model --quick --json` (one JSON
+# document on stdout with the expected fields, the tables on stderr, the
+# temporary model files gone afterwards), the cached and recomputed logits
+# agreeing, a user-given --model file, and usage errors. Timings are
+# reported, never asserted.
+# Usage (ctest): bash kvrt_bench_model.sh BUILD_DIR SOURCE_DIR
+set -u
+tool="$1/kvrt-bench"
+models="${KVRT_TEST_MODELS:-$2/../shared/models}"
+fails=0
+out=$(mktemp) err=$(mktemp) tmp=$(mktemp -d)
+trap 'rm -f "$out" "$err"; rm -rf "$tmp"' EXIT
+
+fail() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
+run() { TMPDIR="$tmp" "$tool" "$@" >"$out" 2>"$err"; rc=$?; }
+
+# --- model --quick --json -------------------------------------------------------------
+run model --quick --json -t 1,2
+[ "$rc" -eq 0 ] || { fail "model --quick --json exited $rc"; cat "$err" >&2; }
+python3 -c 'import json,sys; json.load(sys.stdin)' <"$out" || fail "stdout is not one JSON document"
+python3 - "$out" <<'PY' || fail "JSON fields"
+import json, sys
+d = json.load(open(sys.argv[1]))
+def need(cond, what):
+    if not cond:
+        print("  JSON check failed:", what, file=sys.stderr)
+        sys.exit(1)
+def pos(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0
+for k in ("tool", "bench", "backend", "device", "openblas_core", "openblas_threads", "kv_type", "prompt_len",
+          "gen", "reps", "memory_bandwidth", "results", "kv_cache_scaling", "summary"):
+    need(k in d, "top-level key " + k)
+need(d["bench"] == "model" and d["backend"] == "cpu" and d["quick"] is True, "bench/backend/quick")
+need(d["openblas_threads"] >= 1 and d["openblas_core"], "OpenBLAS core and threads")
+bws = d["memory_bandwidth"]
+need([b["threads"] for b in bws] == [1, 2], "a bandwidth measurement per thread count")
+for b in bws:
+    need(pos(b["read_gbs"]) and pos(b["copy_gbs"]) and b["buffer_bytes"] >= 4 * b["llc_bytes"], "bandwidth")
+res = d["results"]
+# the quick grid: one model x f32, f16, q8_0 x 1, 2 threads
+need(len(res) == 6, "6 quick rows, got %d" % len(res))
+need({(r["type"], r["threads"]) for r in res} ==
+     {(t, n) for t in ("f32", "f16", "q8_0") for n in (1, 2)}, "types x threads")
+by_type = {}
+for r in res:
+    name = "%s %s t%d" % (r["model"], r["type"], r["threads"])
+    need(r["model"] == "quick" and pos(r["n_params"]), name + " model")
+    # decode reads every weight but the embedding table (one row of it)
+    need(0 < r["weight_bytes_per_token"] < r["weight_bytes"], name + " bytes per token")
+    need(r["prefill"]["tokens"] == d["prompt_len"] and r["decode"]["tokens"] == d["gen"], name + " token counts")
+    for k in ("ms", "tokens_per_s"):
+        need(pos(r["prefill"][k]) and pos(r["decode"][k]), name + " " + k)
+    dec = r["decode"]
+    bw = [b for b in bws if b["threads"] == r["threads"]][0]["read_gbs"]
+    need(dec["bandwidth_gbs"] == bw, name + " ratio against the same thread count's bandwidth")
+    want = r["weight_bytes_per_token"] * dec["tokens_per_s"] * 1e-9
+    need(abs(dec["weight_gbs"] - want) <= 1e-3 * want, name + " weight_gbs")
+    need(abs(dec["pct_bandwidth"] - 100 * want / bw) <= 1e-3 * dec["pct_bandwidth"], name + " pct_bandwidth")
+    by_type.setdefault(r["type"], set()).add((r["n_params"], r["weight_bytes"]))
+for t, s in by_type.items():
+    need(len(s) == 1, t + ": both thread counts measured the same file")
+# same parameters, fewer bytes: f32 > f16 > q8_0
+wb = {t: list(s)[0][1] for t, s in by_type.items()}
+need(wb["f32"] > wb["f16"] > wb["q8_0"], "weight bytes by type: %r" % wb)
+c = d["kv_cache_scaling"]
+need(c is not None and c["model"] == "quick" and c["threads"] == 1, "KV cache table on the first thread count")
+need([r["steps"] for r in c["rows"]] == [4, 8, 16], "quick cache lengths")
+for r in c["rows"]:
+    n = r["steps"]
+    need(r["cached_tokens"] == n and r["recompute_tokens"] == n * (n + 1) // 2, "tokens evaluated at %d" % n)
+    need(pos(r["cached_ms"]) and pos(r["recompute_ms"]), "cache times at %d" % n)
+# the cache must not change the answer (prefill and decode paths of the same model)
+need(c["max_abs_logit"] > 0 and c["logits_agree"] is True and
+     c["max_abs_logit_diff"] <= 1e-4 * max(1.0, c["max_abs_logit"]),
+     "cached vs recomputed logits differ by %r" % c["max_abs_logit_diff"])
+s = d["summary"]
+need(s["target_model"] == "110m" and s["target_pct_bandwidth"] == 70, "targets")
+PY
+grep -q "^| model" "$err" || fail "--json: the table is not on stderr"
+grep -q "^| steps" "$err" || fail "--json: the KV cache table is not on stderr"
+grep -q "memory bandwidth (2 thread" "$err" || fail "--json: bandwidth line not on stderr"
+[ -z "$(ls -A "$tmp")" ] || fail "temporary files left behind: $(ls -A "$tmp")"
+
+# --- a given model file, table on stdout, no cache table -------------------------------
+run model --model "$models/stories260K.gguf" -t 1 --prompt-len 8 --gen 4 --reps 1 --cache-lens none
+[ "$rc" -eq 0 ] || { fail "model --model exited $rc"; cat "$err" >&2; }
+grep -q "^| model" "$out" || fail "table not on stdout"
+grep -q "OpenBLAS core" "$out" || fail "OpenBLAS core not printed"
+[ "$(grep -c '^| stories260K.gguf' "$out")" -eq 1 ] || fail "--model: want one row"
+grep -q "^| steps" "$out" && fail "--cache-lens none still printed the cache table"
+grep -q "^{" "$out" && fail "JSON on stdout without --json"
+
+# --- errors -----------------------------------------------------------------------------
+run model --model "$tmp/missing.gguf" -t 1
+[ "$rc" -eq 1 ] && grep -q "missing.gguf" "$err" || fail "missing --model file: rc $rc, $(cat "$err")"
+expect_usage() { # PATTERN ARGS...
+  local pat="$1"; shift
+  run "$@"
+  [ "$rc" -eq 2 ] || fail "'$*' exited $rc, want 2"
+  grep -qE -- "$pat" "$err" || fail "'$*': stderr lacks /$pat/: $(cat "$err")"
+  [ ! -s "$out" ] || fail "'$*' wrote to stdout"
+}
+expect_usage "unknown argument '--bogus'" model --bogus
+expect_usage "--type: unknown value 'q5'" model --type f32,q5
+expect_usage "--preset: unknown preset '3b'" model --preset 15m,3b
+expect_usage "-t: 'x' is not a number" model -t 1,x
+expect_usage "--gen: 0 is out of range" model --gen 0
+expect_usage "--prompt-len: missing value" model --prompt-len
+expect_usage "--kv-type: unknown value 'q8_0'" model --kv-type q8_0
+expect_usage "-t: bad list" model --threads 1,,2
+run model --help
+[ "$rc" -eq 0 ] && grep -q -- "--prompt-len" "$out" || fail "model --help"
+
+if [ "$fails" -ne 0 ]; then echo "$fails failure(s)" >&2; exit 1; fi
+echo "kvrt-bench model: all checks passed"
