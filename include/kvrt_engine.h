@@ -147,8 +147,11 @@ typedef struct kvrt_request_output {
 } kvrt_request_output;
 
 /* Creates an engine that runs `model` (which must outlive it) on its context.
- * num_blocks == 0 sizes the pool: the smaller of max_seqs full contexts and
- * KVRT_ENGINE_DEFAULT_KV_BYTES of KV cache, but at least one full context.
+ * num_blocks == 0 sizes the pool: when the context has a memory_budget, the
+ * KV cache gets what the weights and a step's activations leave of it
+ * (OUT_OF_DEVICE_MEMORY if that is less than one full context); otherwise
+ * the smaller of max_seqs full contexts and KVRT_ENGINE_DEFAULT_KV_BYTES, but
+ * at least one full context. The metrics report the resulting kv_bytes.
  * Errors: INVALID_ARGUMENT, OUT_OF_*_MEMORY. */
 KVRT_API kvrt_status kvrt_engine_create(kvrt_model *model, const kvrt_engine_params *params,
                                         kvrt_engine **out, kvrt_error *err);

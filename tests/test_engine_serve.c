@@ -368,6 +368,57 @@ static void generate_text(fixture *f, const char *const *stops, int32_t n_stops,
     *ep_out = e;
 }
 
+/* A context with a memory budget: the KV pool gets what the weights and the
+ * activations leave (DESIGN.md), and a budget too small for one context is a
+ * clear OUT_OF_DEVICE_MEMORY. */
+static void test_pool_from_memory_budget(void **s)
+{
+    (void)s;
+    kvrt_context_params cp = kvrt_context_default_params();
+    cp.n_threads = 1;
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/models/stories260K.gguf", KVRT_SOURCE_DIR);
+    kvrt_model_params mp = kvrt_model_default_params();
+    mp.path = path;
+    uint64_t budgets[2] = {64ull << 20, 16ull << 20};
+    uint64_t kv_bytes[2] = {0, 0}, block_bytes = 0;
+    for (int b = 0; b < 2; b++) {
+        cp.memory_budget = budgets[b];
+        kvrt_context *ctx = NULL;
+        kvrt_model *m = NULL;
+        assert_int_equal(kvrt_context_create(&cp, &ctx, NULL), KVRT_OK);
+        assert_int_equal(kvrt_model_load(ctx, &mp, &m, NULL), KVRT_OK);
+        kvrt_engine_params ep = kvrt_engine_default_params();
+        kvrt_engine *e = NULL;
+        assert_int_equal(kvrt_engine_create(m, &ep, &e, NULL), KVRT_OK);
+        kvrt_engine_metrics met;
+        assert_int_equal(kvrt_engine_get_metrics(e, &met), KVRT_OK);
+        kv_bytes[b] = met.kv_bytes;
+        block_bytes = met.kv_bytes / (uint64_t)met.blocks_total;
+        assert_true(met.kv_bytes < budgets[b]);
+        kvrt_engine_destroy(e);
+        kvrt_model_destroy(m);
+        kvrt_context_destroy(ctx);
+    }
+    /* the larger budget's extra memory all went to the KV cache (to within a block) */
+    assert_true(kv_bytes[0] - kv_bytes[1] + block_bytes >= budgets[0] - budgets[1]);
+    assert_true(kv_bytes[0] - kv_bytes[1] <= budgets[0] - budgets[1] + block_bytes);
+
+    cp.memory_budget = 600u << 10; /* less than the weights (1.2 MB) */
+    kvrt_context *ctx = NULL;
+    kvrt_model *m = NULL;
+    assert_int_equal(kvrt_context_create(&cp, &ctx, NULL), KVRT_OK);
+    assert_int_equal(kvrt_model_load(ctx, &mp, &m, NULL), KVRT_OK);
+    kvrt_engine_params ep = kvrt_engine_default_params();
+    kvrt_engine *e = NULL;
+    kvrt_error err;
+    assert_int_equal(kvrt_engine_create(m, &ep, &e, &err), KVRT_ERR_OUT_OF_DEVICE_MEMORY);
+    assert_null(e);
+    assert_non_null(strstr(err.message, "memory budget"));
+    kvrt_model_destroy(m);
+    kvrt_context_destroy(ctx);
+}
+
 static void test_text_prompt_and_stop_strings(void **s)
 {
     (void)s;
@@ -444,6 +495,7 @@ int main(void)
         cmocka_unit_test(test_batch_invariance_opencl_f32),
         cmocka_unit_test(test_cancel_returns_every_block),
         cmocka_unit_test(test_admission_errors_and_pool_sizing),
+        cmocka_unit_test(test_pool_from_memory_budget),
         cmocka_unit_test(test_text_prompt_and_stop_strings),
     };
     const char *only = getenv("KVRT_TEST_FILTER"); /* e.g. "*opencl*" */

@@ -181,10 +181,11 @@ kvrt_status kvrt_cpu_backend_create(const kvrt_context_params *params, kvrt_back
 kvrt_status kvrt_vulkan_backend_create(const kvrt_context_params *params, kvrt_backend **out, kvrt_error *err);
 kvrt_status kvrt_opencl_backend_create(const kvrt_context_params *params, kvrt_backend **out, kvrt_error *err);
 
-/* The public context is a backend plus nothing else (yet). */
+/* The public context: a backend and the settings everything created from it shares. */
 struct kvrt_context {
     kvrt_backend *be;
     const kvrt_allocator *alloc;
+    uint64_t memory_budget; /* bytes for weights + activations + KV; 0 = none given */
 };
 
 #endif /* KVRT_BACKEND_H */

@@ -62,6 +62,7 @@ kvrt_status kvrt_context_create(const kvrt_context_params *params, kvrt_context 
     if (!ctx)
         return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "kvrt_context_create: out of host memory");
     ctx->alloc = p.allocator;
+    ctx->memory_budget = p.memory_budget;
     kvrt_status s;
     switch (p.backend) {
     case KVRT_BACKEND_CPU: s = kvrt_cpu_backend_create(&p, &ctx->be, err); break;

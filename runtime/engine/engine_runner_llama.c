@@ -119,6 +119,47 @@ static const kvrt_runner_ops llama_runner_ops = {
     .destroy = lr_destroy,
 };
 
+/* Bytes of the activations of a step of max_batched_tokens tokens and
+ * max_seqs logits rows (the forward's workspace, grown by half as it is). */
+static uint64_t activation_bytes(const kvrt_llama_hparams *hp, const kvrt_engine_params *p)
+{
+    uint64_t q = (uint64_t)hp->n_head * hp->head_dim, kv = (uint64_t)hp->n_head_kv * hp->head_dim;
+    uint64_t per_token = 3ull * hp->n_embd + 2 * q + 2 * kv + 3ull * hp->n_ff;
+    uint64_t per_logit = (uint64_t)hp->n_embd + (uint64_t)hp->n_vocab;
+    uint64_t floats = per_token * (uint64_t)p->max_batched_tokens + per_logit * (uint64_t)p->max_seqs;
+    return floats * sizeof(float) * 3 / 2;
+}
+
+/* num_blocks == 0: with a memory budget on the context, the KV pool gets what
+ * the weights and activations leave (as vLLM's memory utilisation does);
+ * without one, max_seqs full contexts capped at KVRT_ENGINE_DEFAULT_KV_BYTES.
+ * Either way at least one full context, or an error saying what is missing. */
+static kvrt_status size_pool(kvrt_model *model, const kvrt_model_info *mi, const kvrt_llama_hparams *hp,
+                             kvrt_engine_params *p, size_t block_all, kvrt_error *err)
+{
+    int64_t per_seq = (p->max_context + p->block_size - 1) / p->block_size;
+    int64_t blocks;
+    uint64_t budget = model->ctx->memory_budget;
+    if (budget > 0) {
+        uint64_t fixed = mi->weight_bytes + activation_bytes(hp, p);
+        uint64_t left = budget > fixed ? budget - fixed : 0;
+        blocks = (int64_t)KVRT_MIN(left / block_all, (uint64_t)INT32_MAX);
+        if (blocks < per_seq)
+            return kvrt_fail(err, KVRT_ERR_OUT_OF_DEVICE_MEMORY,
+                             "memory budget %llu bytes: weights %llu + activations %llu leave %llu for the KV "
+                             "cache; one %d-token context needs %llu",
+                             (unsigned long long)budget, (unsigned long long)mi->weight_bytes,
+                             (unsigned long long)activation_bytes(hp, p), (unsigned long long)left,
+                             (int)p->max_context, (unsigned long long)per_seq * block_all);
+    } else {
+        int64_t want = per_seq * KVRT_MAX(p->max_seqs, 1);
+        int64_t cap = (int64_t)(KVRT_ENGINE_DEFAULT_KV_BYTES / block_all);
+        blocks = KVRT_MAX(KVRT_MIN(want, cap), per_seq);
+    }
+    p->num_blocks = (int32_t)KVRT_MIN(blocks, INT32_MAX / p->block_size);
+    return KVRT_OK;
+}
+
 kvrt_status kvrt_engine_create(kvrt_model *model, const kvrt_engine_params *params, kvrt_engine **out,
                                kvrt_error *err)
 {
@@ -147,13 +188,8 @@ kvrt_status kvrt_engine_create(kvrt_model *model, const kvrt_engine_params *para
     kvrt_kv_pool_desc d1 = {.n_layers = hp->n_layer, .n_kv_heads = hp->n_head_kv, .head_dim = hp->head_dim,
                             .block_size = p.block_size, .num_blocks = 1, .dtype = p.kv_type};
     size_t block_all = 2 * (size_t)hp->n_layer * kvrt_kv_block_bytes(&d1); /* one block, every layer, K and V */
-    if (p.num_blocks == 0) {
-        /* max_seqs full contexts, capped by the default KV budget, at least one context */
-        int64_t per_seq = (p.max_context + p.block_size - 1) / p.block_size;
-        int64_t want = per_seq * KVRT_MAX(p.max_seqs, 1);
-        int64_t cap = (int64_t)(KVRT_ENGINE_DEFAULT_KV_BYTES / block_all);
-        p.num_blocks = (int32_t)KVRT_MIN(KVRT_MAX(KVRT_MIN(want, cap), per_seq), INT32_MAX / p.block_size);
-    }
+    if (p.num_blocks == 0)
+        KVRT_TRY(size_pool(model, &mi, hp, &p, block_all, err));
     kvrt_backend *be = model->ctx->be;
     llama_runner *r = kvrt_calloc(model->ctx->alloc, 1, sizeof(*r));
     if (!r)
