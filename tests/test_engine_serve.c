@@ -187,11 +187,21 @@ static void test_batch_invariance_cpu_f16(void **s)
     batch_invariance(KVRT_BACKEND_CPU, KVRT_DTYPE_F16);
 }
 
+#if defined(KVRT_HAVE_OPENCL_BACKEND)
 static void test_batch_invariance_opencl_f32(void **s)
 {
     (void)s;
     batch_invariance(KVRT_BACKEND_OPENCL, KVRT_DTYPE_F32);
 }
+
+#endif
+#if defined(KVRT_HAVE_VULKAN_BACKEND)
+static void test_batch_invariance_vulkan_f32(void **s)
+{
+    (void)s;
+    batch_invariance(KVRT_BACKEND_VULKAN, KVRT_DTYPE_F32);
+}
+#endif
 
 /* ---- cancellation ---------------------------------------------------------------- */
 
@@ -492,7 +502,12 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_batch_invariance_cpu_f32),
         cmocka_unit_test(test_batch_invariance_cpu_f16),
+#if defined(KVRT_HAVE_OPENCL_BACKEND)
         cmocka_unit_test(test_batch_invariance_opencl_f32),
+#endif
+#if defined(KVRT_HAVE_VULKAN_BACKEND)
+        cmocka_unit_test(test_batch_invariance_vulkan_f32),
+#endif
         cmocka_unit_test(test_cancel_returns_every_block),
         cmocka_unit_test(test_admission_errors_and_pool_sizing),
         cmocka_unit_test(test_pool_from_memory_budget),
