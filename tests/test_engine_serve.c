@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "test_drivers.h"
 #include "kvrt.h"
 
 typedef struct fixture {
@@ -24,6 +25,7 @@ typedef struct fixture {
 
 static void fixture_open(fixture *f, kvrt_backend_kind backend)
 {
+    kvrt_test_pin_gpu_drivers();
     kvrt_context_params cp = kvrt_context_default_params();
     cp.n_threads = 1;
     cp.backend = backend;

@@ -14,6 +14,7 @@
 
 #include "kvrt.h"
 #include "model/model_api_internal.h"
+#include "test_drivers.h"
 #include "test_models.h"
 
 #define N_POS 256
@@ -70,6 +71,7 @@ static int setup(void **state)
     REF_LOGITS = kvrt_test_read_file("golden/stories260K-once/logits.f32", &n);
     if (!REF_LOGITS || n != (size_t)N_POS * N_VOCAB * sizeof(float))
         return -1;
+    kvrt_test_pin_gpu_drivers();
     add_backend(KVRT_BACKEND_CPU);
 #if defined(KVRT_HAVE_VULKAN_BACKEND)
     add_backend(KVRT_BACKEND_VULKAN);

@@ -23,6 +23,10 @@ bad=$(nm -D --defined-only "$lib" | awk '{print $3}' | grep -v '^kvrt_' | grep -
 [ -z "$bad" ] || { echo "FAIL exported non-API symbols: $bad"; exit 1; }
 echo "ok   exports: $(nm -D --defined-only "$lib" | awk '{print $3}' | grep -c '^kvrt_') kvrt_ symbols only"
 
+# a sanitizer build's library needs the sanitizer runtimes in the program too
+san=""
+grep -q "^KVRT_SANITIZE:BOOL=ON" "$build/CMakeCache.txt" && san="-fsanitize=address,undefined"
+
 cat >"$tmp/app.c" <<'C'
 #include <kvrt.h>
 #include <stdio.h>
@@ -48,7 +52,7 @@ int main(void)
     return memcmp(out, v, sizeof(v)) != 0; /* one key: the output is its value */
 }
 C
-PKG_CONFIG_PATH="$libdir/pkgconfig" cc -std=c11 "$tmp/app.c" $(PKG_CONFIG_PATH="$libdir/pkgconfig" pkg-config --cflags --libs kvrt) \
+PKG_CONFIG_PATH="$libdir/pkgconfig" cc -std=c11 $san "$tmp/app.c" $(PKG_CONFIG_PATH="$libdir/pkgconfig" pkg-config --cflags --libs kvrt) \
     -Wl,-rpath,"$libdir" -o "$tmp/app_pc"
 "$tmp/app_pc" | grep -q "^kvrt .*: 0.5 1 2 3$" || { echo "FAIL pkg-config build"; exit 1; }
 echo "ok   pkg-config build runs"
@@ -63,7 +67,8 @@ target_link_libraries(app_static PRIVATE kvrt::kvrt_static)
 add_executable(app_shared ../app.c)
 target_link_libraries(app_shared PRIVATE kvrt::kvrt_shared)
 CM
-cmake -S "$tmp/cm" -B "$tmp/cm/build" -DCMAKE_PREFIX_PATH="$tmp/prefix" >/dev/null
+cmake -S "$tmp/cm" -B "$tmp/cm/build" -DCMAKE_PREFIX_PATH="$tmp/prefix" -DCMAKE_C_FLAGS="$san" \
+    -DCMAKE_EXE_LINKER_FLAGS="$san" >/dev/null
 cmake --build "$tmp/cm/build" >/dev/null
 for a in app_static app_shared; do
     "$tmp/cm/build/$a" | grep -q ": 0.5 1 2 3$" || { echo "FAIL find_package build ($a)"; exit 1; }
