@@ -2,6 +2,8 @@
  * prefill. Host side: checks, views to (cl_mem, element offset), launch shapes. */
 #include "backend/opencl/cl_internal.h"
 
+#include "backend/attn_check.h"
+
 enum { CL_K_KV_WRITE = 0 };
 enum { CL_K_DECODE = 0, CL_K_MERGE = 1, CL_K_PREFILL = 2 };
 
@@ -96,10 +98,14 @@ kvrt_status kvrt_cl_kv_write(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer
     KVRT_TRY(kvrt_cl_resolve(cl, k, k_bytes, 4, "kv_write k", &km, &a.k_off));
     KVRT_TRY(kvrt_cl_resolve(cl, v, v_bytes, 4, "kv_write v", &vm, &a.v_off));
     KVRT_TRY(kvrt_cl_resolve(cl, slot_mapping, (size_t)n_tokens * 4, 4, "kv_write slots", &sm, &a.slot_off));
+    /* a kernel cannot report a bad slot: check the host copy before enqueueing */
+    const int32_t *slots;
+    KVRT_TRY(kvrt_cl_host_ints(cl, slot_mapping, n_tokens, "kv_write slots", &slots));
+    KVRT_TRY(kvrt_kv_check_slots(&be->err, &pool->desc, slots, n_tokens));
     cl_kernel kern;
     KVRT_TRY(kvrt_cl_kernel(cl, KVRT_CL_PROG_KV, cl_variant(pool), CL_K_KV_WRITE, &kern));
     kvrt_cl_pool_args pa = cl_pool_args(pool);
-    kvrt_cl_arg args[16];
+    kvrt_cl_arg args[40];
     int n = 0;
     args[n++] = (kvrt_cl_arg){sizeof(cl_mem), &km};
     args[n++] = (kvrt_cl_arg){sizeof(cl_mem), &vm};
@@ -155,6 +161,7 @@ static kvrt_status cl_attn_views(kvrt_cl_backend *cl, const kvrt_kv_pool *pool, 
     KVRT_TRY(kvrt_cl_resolve(cl, seq_lens, (size_t)d->num_seqs * 4, 4, "seq_lens", &mems[2], &a->seq_lens_off));
     KVRT_TRY(kvrt_cl_resolve(cl, block_tables, (size_t)d->num_seqs * (size_t)d->max_blocks_per_seq * 4, 4,
                              "block_tables", &mems[3], &a->bt_off));
+    kvrt_cl_mark_written(out.buf);
     /* the rest of each segment bounds the rows a prefill kernel may touch */
     size_t q_seg = q.offset / q.buf->seg_bytes, o_seg = out.offset / out.buf->seg_bytes;
     a->q_end = (int64_t)(KVRT_MIN(q.buf->size - q_seg * q.buf->seg_bytes, q.buf->seg_bytes) / 4);
@@ -174,6 +181,11 @@ kvrt_status kvrt_cl_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t la
     kvrt_cl_attn_args a = {0};
     cl_mem mems[4];
     KVRT_TRY(cl_attn_views(cl, pool, d, d->num_seqs, q, out, seq_lens, block_tables, mems, &a));
+    /* a kernel cannot report a bad table entry or length: check the host copies */
+    const int32_t *lens, *bt;
+    KVRT_TRY(kvrt_cl_host_ints(cl, seq_lens, d->num_seqs, "seq_lens", &lens));
+    KVRT_TRY(kvrt_cl_host_ints(cl, block_tables, (int64_t)d->num_seqs * d->max_blocks_per_seq, "block_tables", &bt));
+    KVRT_TRY(kvrt_attn_check_decode(&be->err, &pool->desc, d, lens, bt));
     const int64_t D = pool->desc.head_dim, G = d->n_heads / pool->desc.n_kv_heads;
     const int64_t cap = (int64_t)d->max_blocks_per_seq * pool->desc.block_size;
     a.max_parts = (int32_t)((cap + KVRT_CL_DECODE_PART - 1) / KVRT_CL_DECODE_PART);
@@ -202,7 +214,7 @@ kvrt_status kvrt_cl_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t la
                                  &part, &off));
     }
     kvrt_cl_pool_args pa = cl_pool_args(pool);
-    kvrt_cl_arg args[24];
+    kvrt_cl_arg args[40];
     int n = 0;
     for (int i = 0; i < 4; i++)
         args[n++] = (kvrt_cl_arg){sizeof(cl_mem), &mems[i]};
@@ -255,6 +267,11 @@ kvrt_status kvrt_cl_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t l
     KVRT_TRY(cl_attn_views(cl, pool, d, 1, q, out, seq_lens, block_tables, mems, &a));
     KVRT_TRY(kvrt_cl_resolve(cl, query_start_loc, ((size_t)d->num_seqs + 1) * 4, 4, "query_start_loc", &mems[4],
                              &a.qsl_off));
+    const int32_t *qsl, *lens, *bt;
+    KVRT_TRY(kvrt_cl_host_ints(cl, query_start_loc, (int64_t)d->num_seqs + 1, "query_start_loc", &qsl));
+    KVRT_TRY(kvrt_cl_host_ints(cl, seq_lens, d->num_seqs, "seq_lens", &lens));
+    KVRT_TRY(kvrt_cl_host_ints(cl, block_tables, (int64_t)d->num_seqs * d->max_blocks_per_seq, "block_tables", &bt));
+    KVRT_TRY(kvrt_attn_check_prefill(&be->err, &pool->desc, d, qsl, lens, bt));
     const size_t D = (size_t)pool->desc.head_dim;
     /* tile size from the device's local memory (keep a little for the driver) */
     size_t t = 32;
@@ -272,7 +289,7 @@ kvrt_status kvrt_cl_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t l
     KVRT_TRY(kvrt_cl_kernel(cl, KVRT_CL_PROG_ATTN, cl_variant(pool), CL_K_PREFILL, &kern));
     size_t ls = cl_local_size(cl, kern, 64);
     kvrt_cl_pool_args pa = cl_pool_args(pool);
-    kvrt_cl_arg args[28];
+    kvrt_cl_arg args[40];
     int n = 0;
     for (int i = 0; i < 5; i++)
         args[n++] = (kvrt_cl_arg){sizeof(cl_mem), &mems[i]};
