@@ -193,7 +193,7 @@ kvrt_status kvrt_cl_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t la
     cl_kernel kern, merge;
     KVRT_TRY(kvrt_cl_kernel(cl, KVRT_CL_PROG_ATTN, cl_variant(pool), CL_K_DECODE, &kern));
     size_t ls = cl_local_size(cl, kern, 64);
-    size_t q_l = (size_t)(G * D) * 4, s_l = (size_t)(G * KVRT_CL_DECODE_PART) * 4, blk_l = KVRT_CL_DECODE_PART * 4,
+    size_t q_l = (size_t)(G * D) * 4, s_l = (size_t)(G * KVRT_CL_DECODE_PART) * 4, blk_l = KVRT_CL_DECODE_PART * 8,
            ml_l = (size_t)G * 8, red = ls * 4;
     if (q_l + s_l + blk_l + ml_l + red > cl->local_mem)
         return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED,

@@ -401,6 +401,8 @@ kvrt_status kvrt_cl_kv_pool_create(kvrt_backend *be, const kvrt_kv_pool_desc *d,
         !kvrt_mul_size(layer_bytes, 2 * (size_t)d->n_layers, &total))
         return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "opencl: KV pool size overflows");
     int64_t per_seg = (int64_t)(cl->seg_bytes / block_bytes);
+    /* kernels keep a key's row inside its segment in an int */
+    per_seg = KVRT_MIN(per_seg, (int64_t)INT32_MAX / ((int64_t)d->n_kv_heads * d->block_size));
     if (per_seg == 0 || (d->num_blocks + per_seg - 1) / per_seg > KVRT_CL_MAX_KV_SEGS)
         return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED,
                          "opencl: one layer's KV pool (%zu bytes) needs more than %d allocations of at most %zu bytes",

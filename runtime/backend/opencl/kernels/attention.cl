@@ -64,7 +64,7 @@ __kernel void attn_decode(__global const float *q, __global float *out, __global
                           __global float *part, kvrt_cl_pool_args pa, kvrt_cl_attn_args a,
                           __local float *q_l,   /* [G][D] */
                           __local float *s_l,   /* [G][PART]: scores, then probabilities */
-                          __local int *blk_l,   /* [PART]: block of each key, -1 = masked */
+                          __local int *blk_l,   /* [PART][2]: segment (-1 = masked) and row of each key */
                           __local float *ml_l,  /* [G][2]: max, sum */
                           __local float *red)   /* [local size] */
 {
@@ -85,24 +85,35 @@ __kernel void attn_decode(__global const float *q, __global float *out, __global
         q_l[e] = q[q_row + e];
     barrier(CLK_LOCAL_MEM_FENCE);
 
+    /* key jj: its segment (-1 = masked) and its row inside the segment, kept
+     * for the V pass so no work-item divides per (key, d) */
     for (int jj = lid; jj < n; jj += ls) {
         const int j = j0 + jj;
         const int blk = attn_visible(i, j, a.window, a.sinks) ? attn_block(bt, pa, a, s, j) : -1;
-        blk_l[jj] = blk;
         if (blk < 0) {
+            blk_l[2 * jj] = -1;
             for (int g = 0; g < G; g++)
                 s_l[g * KVRT_CL_DECODE_PART + jj] = NEG_INF;
             continue;
         }
-        __global const kv_t *kseg = KV_SEG_PICK(kp, (int)(blk / pa.blocks_per_seg));
-        const long kr = kv_row_index(pa, blk, kvh, j % pa.block_size);
+        const int seg = (int)(blk / pa.blocks_per_seg);
+        const int row = (int)(((long)blk % pa.blocks_per_seg * pa.n_kv_heads + kvh) * pa.block_size + j % pa.block_size);
+        blk_l[2 * jj] = seg;
+        blk_l[2 * jj + 1] = row;
+        __global const kv_t *kr = KV_SEG_PICK(kp, seg) + (long)row * D;
         for (int g0 = 0; g0 < G; g0 += KVRT_CL_DECODE_GCHUNK) {
             float acc[KVRT_CL_DECODE_GCHUNK];
             const int ng = min(G - g0, KVRT_CL_DECODE_GCHUNK);
             for (int g = 0; g < KVRT_CL_DECODE_GCHUNK; g++)
                 acc[g] = 0.0f;
-            for (int d = 0; d < D; d++) {
-                const float kd = KV_LOAD(kseg, kr + d);
+            int d = 0;
+            for (; d + 4 <= D; d += 4) { /* 4-wide loads: fewer conversions and address computations */
+                const float4 k4 = KV_LOAD4(kr, d);
+                for (int g = 0; g < ng; g++)
+                    acc[g] += dot(vload4(0, q_l + (g0 + g) * D + d), k4);
+            }
+            for (; d < D; d++) {
+                const float kd = KV_LOAD(kr, d);
                 for (int g = 0; g < ng; g++)
                     acc[g] += q_l[(g0 + g) * D + d] * kd;
             }
@@ -139,11 +150,11 @@ __kernel void attn_decode(__global const float *q, __global float *out, __global
             for (int g = 0; g < KVRT_CL_DECODE_GCHUNK; g++)
                 acc[g] = 0.0f;
             for (int jj = 0; jj < n; jj++) {
-                const int blk = blk_l[jj];
-                if (blk < 0)
+                const int seg = blk_l[2 * jj];
+                if (seg < 0)
                     continue;
-                __global const kv_t *vseg = KV_SEG_PICK(vp, (int)(blk / pa.blocks_per_seg));
-                const float vd = KV_LOAD(vseg, kv_row_index(pa, blk, kvh, (j0 + jj) % pa.block_size) + d);
+                __global const kv_t *vseg = KV_SEG_PICK(vp, seg);
+                const float vd = KV_LOAD(vseg, (long)blk_l[2 * jj + 1] * D + d);
                 for (int g = 0; g < ng; g++)
                     acc[g] += s_l[(g0 + g) * KVRT_CL_DECODE_PART + jj] * vd;
             }

@@ -94,10 +94,12 @@ typedef struct kvrt_cl_op_args {
 typedef half kv_t;
 #define KV_LOAD(p, i) vload_half((i), (p))
 #define KV_STORE(p, i, x) vstore_half_rte((x), (i), (p))
+#define KV_LOAD4(p, i) vload_half4(0, (p) + (i))
 #else
 typedef float kv_t;
 #define KV_LOAD(p, i) ((p)[(i)])
 #define KV_STORE(p, i, x) ((p)[(i)] = (x))
+#define KV_LOAD4(p, i) vload4(0, (p) + (i))
 #endif
 
 /* Segment arguments of one pool, as kernels declare them. */
