@@ -1,5 +1,8 @@
 /* The model ops on OpenCL (F32 activations): argument checks, views to
- * (cl_mem, element offset), launch shapes. Kernels in kernels/ops.cl. */
+ * (cl_mem, element offset), launch shapes. Kernels in kernels/ops.cl.
+ * Weights and embedding tables may span segments: their buffers get
+ * row-aligned segments on first use and the op runs one dispatch per
+ * segment's rows. Activations must sit in one segment each. */
 #include "backend/opencl/cl_internal.h"
 
 #include <math.h>

@@ -1,6 +1,6 @@
 /* Model ops on F32 activations: rmsnorm, RoPE (cos/sin table from the host),
- * SwiGLU, add, embedding gather, row gather, argmax, and GEMV-style matmul
- * over F32/F16 weights. Sums are F32; reductions are work-group trees, so a
+ * SwiGLU, add, embedding gather, row gather, argmax, and matmul (GEMV for one
+ * token, tiles of tokens for many) over F32/F16/BF16/Q8_0/Q4_0 weights. Sums are F32; reductions are work-group trees, so a
  * row's result does not depend on the other rows of the batch. */
 
 /* Tree sum over the work-group (ls a power of two); every work-item gets it. */
