@@ -195,11 +195,14 @@ kvrt_status kvrt_cl_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t la
     size_t ls = cl_local_size(cl, kern, 64);
     size_t q_l = (size_t)(G * D) * 4, s_l = (size_t)(G * KVRT_CL_DECODE_PART) * 4, blk_l = KVRT_CL_DECODE_PART * 8,
            ml_l = (size_t)G * 8, red = ls * 4;
-    if (q_l + s_l + blk_l + ml_l + red > cl->local_mem)
+    /* V partial sums of the key groups (as the kernel splits them), when there are several */
+    const size_t n_chunks = (size_t)(D + 3) / 4, n_kg = KVRT_MAX(ls / n_chunks, (size_t)1);
+    const size_t vp_l = n_kg > 1 ? (size_t)KVRT_MIN(G, KVRT_CL_DECODE_GCHUNK) * n_kg * (size_t)D * 4 : 4;
+    if (q_l + s_l + blk_l + ml_l + red + vp_l > cl->local_mem)
         return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED,
                          "opencl: decode attention with %lld query heads per KV head and head dim %lld needs %zu "
                          "bytes of local memory; the device has %llu",
-                         (long long)G, (long long)D, q_l + s_l + blk_l + ml_l + red,
+                         (long long)G, (long long)D, q_l + s_l + blk_l + ml_l + red + vp_l,
                          (unsigned long long)cl->local_mem);
 
     /* split-K scratch: partial outputs [num_seqs][n_heads][max_parts][D], then (max, sum) pairs */
@@ -228,6 +231,7 @@ kvrt_status kvrt_cl_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t la
     args[n++] = (kvrt_cl_arg){blk_l, NULL};
     args[n++] = (kvrt_cl_arg){ml_l, NULL};
     args[n++] = (kvrt_cl_arg){red, NULL};
+    args[n++] = (kvrt_cl_arg){vp_l, NULL};
     KVRT_TRY(kvrt_cl_set_args(cl, kern, args, n, "attn_decode"));
     size_t global[3] = {(size_t)a.max_parts * ls, (size_t)pool->desc.n_kv_heads, (size_t)d->num_seqs};
     size_t local[3] = {ls, 1, 1};

@@ -53,6 +53,16 @@ inline float group_sum(__local float *red, float x, int lid, int ls)
     return r;
 }
 
+/* Output d of head h: to out with one partition, else to the partition's scratch row. */
+inline void decode_store(__global float *out, __global float *part, kvrt_cl_attn_args a, int s, int h, int p,
+                         int n_parts, int D, int d, float o)
+{
+    if (n_parts == 1)
+        out[a.o_off + (long)s * a.o_stride + (long)h * D + d] = o;
+    else
+        part[(((long)s * a.n_heads + h) * a.max_parts + p) * D + d] = o;
+}
+
 /* ---- decode ------------------------------------------------------------------------
  * Work-group (partition, kv head, sequence) with all G query heads of the
  * group. Partition p covers keys [p * PART, (p + 1) * PART) of the context.
@@ -66,7 +76,8 @@ __kernel void attn_decode(__global const float *q, __global float *out, __global
                           __local float *s_l,   /* [G][PART]: scores, then probabilities */
                           __local int *blk_l,   /* [PART][2]: segment (-1 = masked) and row of each key */
                           __local float *ml_l,  /* [G][2]: max, sum */
-                          __local float *red)   /* [local size] */
+                          __local float *red,   /* [local size] */
+                          __local float *vp_l)  /* [min(G, GCHUNK)][n_kg][D]: V partial sums */
 {
     const int p = get_group_id(0);
     const int kvh = get_global_id(1);
@@ -143,30 +154,59 @@ __kernel void attn_decode(__global const float *q, __global float *out, __global
     }
     barrier(CLK_LOCAL_MEM_FENCE);
 
-    for (int d = lid; d < D; d += ls) {
-        for (int g0 = 0; g0 < G; g0 += KVRT_CL_DECODE_GCHUNK) {
-            float acc[KVRT_CL_DECODE_GCHUNK];
-            const int ng = min(G - g0, KVRT_CL_DECODE_GCHUNK);
+    /* V pass: a work-item owns 4 consecutive d (a 4-wide load per key) and one
+     * of n_kg key groups; with several key groups their partial sums meet in
+     * vp_l ([GCHUNK][n_kg][D], n_kg * D <= 4 * ls) and are added up there. */
+    const int n_chunks = (D + 3) / 4, n_kg = max(ls / n_chunks, 1), units = n_chunks * n_kg;
+    for (int g0 = 0; g0 < G; g0 += KVRT_CL_DECODE_GCHUNK) {
+        const int ng = min(G - g0, KVRT_CL_DECODE_GCHUNK);
+        float4 acc[KVRT_CL_DECODE_GCHUNK];
+        for (int u = lid; u < units; u += ls) {
+            const int c = u % n_chunks, kg = u / n_chunks, d0 = 4 * c;
             for (int g = 0; g < KVRT_CL_DECODE_GCHUNK; g++)
-                acc[g] = 0.0f;
-            for (int jj = 0; jj < n; jj++) {
+                acc[g] = (float4)(0.0f);
+            for (int jj = kg; jj < n; jj += n_kg) {
                 const int seg = blk_l[2 * jj];
                 if (seg < 0)
                     continue;
-                __global const kv_t *vseg = KV_SEG_PICK(vp, seg);
-                const float vd = KV_LOAD(vseg, (long)blk_l[2 * jj + 1] * D + d);
+                __global const kv_t *vr = KV_SEG_PICK(vp, seg) + (long)blk_l[2 * jj + 1] * D + d0;
+                float4 v4;
+                if (d0 + 4 <= D) {
+                    v4 = KV_LOAD4(vr, 0);
+                } else {
+                    v4 = (float4)(KV_LOAD(vr, 0), d0 + 1 < D ? KV_LOAD(vr, 1) : 0.0f,
+                                  d0 + 2 < D ? KV_LOAD(vr, 2) : 0.0f, 0.0f);
+                }
                 for (int g = 0; g < ng; g++)
-                    acc[g] += s_l[(g0 + g) * KVRT_CL_DECODE_PART + jj] * vd;
+                    acc[g] += s_l[(g0 + g) * KVRT_CL_DECODE_PART + jj] * v4;
             }
-            for (int g = 0; g < ng; g++) {
-                const int h = kvh * G + g0 + g;
+            if (n_kg == 1) {
+                for (int g = 0; g < ng; g++) {
+                    const float l = ml_l[2 * (g0 + g) + 1];
+                    const float4 o = l > 0.0f ? acc[g] / l : (float4)(0.0f);
+                    const float ov[4] = {o.x, o.y, o.z, o.w};
+                    for (int k = 0; k < 4 && d0 + k < D; k++)
+                        decode_store(out, part, a, s, kvh * G + g0 + g, p, n_parts, D, d0 + k, ov[k]);
+                }
+            } else { /* units <= ls: this is the work-item's only unit */
+                for (int g = 0; g < ng; g++) {
+                    const float av[4] = {acc[g].x, acc[g].y, acc[g].z, acc[g].w};
+                    for (int k = 0; k < 4 && d0 + k < D; k++)
+                        vp_l[(g * n_kg + kg) * D + d0 + k] = av[k];
+                }
+            }
+        }
+        if (n_kg > 1) {
+            barrier(CLK_LOCAL_MEM_FENCE);
+            for (int e = lid; e < ng * D; e += ls) {
+                const int g = e / D, d = e - g * D;
+                float sum = 0.0f;
+                for (int kg = 0; kg < n_kg; kg++)
+                    sum += vp_l[(g * n_kg + kg) * D + d];
                 const float l = ml_l[2 * (g0 + g) + 1];
-                const float o = l > 0.0f ? acc[g] / l : 0.0f;
-                if (n_parts == 1)
-                    out[a.o_off + (long)s * a.o_stride + (long)h * D + d] = o;
-                else
-                    part[(((long)s * a.n_heads + h) * a.max_parts + p) * D + d] = o;
+                decode_store(out, part, a, s, kvh * G + g0 + g, p, n_parts, D, d, l > 0.0f ? sum / l : 0.0f);
             }
+            barrier(CLK_LOCAL_MEM_FENCE); /* vp_l is reused by the next chunk of heads */
         }
     }
     if (n_parts > 1 && lid == 0) {
