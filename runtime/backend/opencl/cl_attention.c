@@ -254,7 +254,7 @@ kvrt_status kvrt_cl_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t la
 /* Local bytes of a prefill work-group with tiles of t queries and t keys. */
 static size_t cl_prefill_local_bytes(size_t t, size_t head_dim)
 {
-    return (4 * t * head_dim + t * t + 3 * t) * 4 + t * 4;
+    return (4 * t * head_dim + t * t + 3 * t) * 4 + t * 8;
 }
 
 kvrt_status kvrt_cl_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
@@ -305,7 +305,7 @@ kvrt_status kvrt_cl_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t l
         args[n++] = (kvrt_cl_arg){t * D * 4, NULL}; /* q, k, v, o tiles */
     args[n++] = (kvrt_cl_arg){t * t * 4, NULL};
     args[n++] = (kvrt_cl_arg){3 * t * 4, NULL};
-    args[n++] = (kvrt_cl_arg){t * 4, NULL};
+    args[n++] = (kvrt_cl_arg){t * 8, NULL};
     KVRT_TRY(kvrt_cl_set_args(cl, kern, args, n, "attn_prefill"));
     size_t global[3] = {(size_t)a.max_tiles * ls, (size_t)d->n_heads, (size_t)d->num_seqs};
     size_t local[3] = {ls, 1, 1};

@@ -261,7 +261,7 @@ __kernel void attn_prefill(__global const float *q, __global float *out, __globa
                            __local float *o_l,   /* [T][D]: unnormalised output */
                            __local float *s_l,   /* [T][T]: scores, then probabilities */
                            __local float *st_l,  /* [3][T]: running max, running sum, rescale */
-                           __local int *kb_l)    /* [T]: block of each key of the tile, -1 = none */
+                           __local int *kb_l)    /* [T][2]: segment (-1 = none) and row of each key of the tile */
 {
     const int tile = get_group_id(0);
     const int h = get_global_id(1);
@@ -303,16 +303,20 @@ __kernel void attn_prefill(__global const float *q, __global float *out, __globa
             const int j = k0 + kj;
             /* key j is needed if some query of the tile sees it; the first that could is max(j, pos0) */
             const bool needed = j <= last && attn_visible(max(j, pos0), j, a.window, a.sinks);
-            kb_l[kj] = needed ? attn_block(bt, pa, a, s, j) : -1;
+            const int blk = needed ? attn_block(bt, pa, a, s, j) : -1;
+            /* segment (-1 = none) and row inside it, once per key rather than per element */
+            kb_l[2 * kj] = blk < 0 ? -1 : (int)(blk / pa.blocks_per_seg);
+            kb_l[2 * kj + 1] = blk < 0 ? 0
+                                       : (int)(((long)blk % pa.blocks_per_seg * pa.n_kv_heads + kvh) * pa.block_size +
+                                               j % pa.block_size);
         }
         barrier(CLK_LOCAL_MEM_FENCE);
         for (int e = lid; e < T * D; e += ls) {
             const int kj = e / D, d = e - kj * D;
-            const int blk = kb_l[kj];
+            const int seg = kb_l[2 * kj];
             float kv = 0.0f, vv = 0.0f;
-            if (blk >= 0) {
-                const long r = kv_row_index(pa, blk, kvh, (k0 + kj) % pa.block_size) + d;
-                const int seg = (int)(blk / pa.blocks_per_seg);
+            if (seg >= 0) {
+                const long r = (long)kb_l[2 * kj + 1] * D + d;
                 __global const kv_t *kseg = KV_SEG_PICK(kp, seg);
                 __global const kv_t *vseg = KV_SEG_PICK(vp, seg);
                 kv = KV_LOAD(kseg, r);
@@ -326,9 +330,12 @@ __kernel void attn_prefill(__global const float *q, __global float *out, __globa
             const int qi = e / T, kj = e - qi * T;
             const int j = k0 + kj;
             float sc = NEG_INF;
-            if (qi < nq && kb_l[kj] >= 0 && attn_visible(pos0 + qi, j, a.window, a.sinks)) {
+            if (qi < nq && kb_l[2 * kj] >= 0 && attn_visible(pos0 + qi, j, a.window, a.sinks)) {
                 float acc = 0.0f;
-                for (int d = 0; d < D; d++)
+                int d = 0;
+                for (; d + 4 <= D; d += 4)
+                    acc += dot(vload4(0, q_l + qi * D + d), vload4(0, k_l + kj * D + d));
+                for (; d < D; d++)
                     acc += q_l[qi * D + d] * k_l[kj * D + d];
                 sc = acc * a.scale;
             }
