@@ -260,10 +260,14 @@ static void test_model_ops_unsupported(void **state)
     kvrt_buffer *b;
     assert_int_equal(be->ops->buffer_create(be, 4096, KVRT_BUFFER_DEVICE, &b), KVRT_OK);
     kvrt_view v = {b, 0};
-    /* quantized weights are not implemented yet: reported, never emulated */
-    assert_int_equal(be->ops->matmul(be, KVRT_DTYPE_Q8_0, v, 4, 32, v, 32, v, 4, 1), KVRT_ERR_UNSUPPORTED);
-    assert_non_null(strstr(kvrt_context_message(ctx), "q8_0"));
-    assert_int_equal(be->ops->embed(be, KVRT_DTYPE_Q4_0, v, 32, v, 1, v), KVRT_ERR_UNSUPPORTED);
+    /* a weight type without kernels (a K-quant id) is reported, never emulated */
+    assert_int_equal(be->ops->matmul(be, (kvrt_dtype)12, v, 4, 256, v, 256, v, 4, 1), KVRT_ERR_UNSUPPORTED);
+    assert_non_null(strstr(kvrt_context_message(ctx), "not supported"));
+    assert_int_equal(be->ops->embed(be, (kvrt_dtype)12, v, 256, v, 1, v), KVRT_ERR_UNSUPPORTED);
+    /* quantized rows must be whole 32-value blocks */
+    assert_int_equal(be->ops->matmul(be, KVRT_DTYPE_Q8_0, v, 4, 40, v, 40, v, 4, 1), KVRT_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(kvrt_context_message(ctx), "blocks"));
+    assert_int_equal(be->ops->embed(be, KVRT_DTYPE_Q4_0, v, 48, v, 1, v), KVRT_ERR_INVALID_ARGUMENT);
     be->ops->buffer_destroy(be, b);
     kvrt_context_destroy(ctx);
 }

@@ -190,6 +190,23 @@ static void run_write_case(kv_env *env, kvrt_dtype dtype, int32_t block_size, in
     assert_int_equal(cl->ops->kv_write(cl, cl_pool, 0, (kvrt_view){kb, 4}, stride, (kvrt_view){vb, 0}, stride,
                                        (kvrt_view){sb, 0}, n_tokens),
                      KVRT_ERR_INVALID_ARGUMENT); /* k runs past its buffer */
+    /* a slot past the pool is an error from the host check (a kernel could only skip it), whether the
+     * slots were uploaded or written by the device (a copy: the host copy is read back) */
+    int32_t bad_slots[50];
+    memcpy(bad_slots, slots, sizeof(bad_slots));
+    bad_slots[n_tokens - 1] = cap;
+    kvrt_buffer *bad_b = upload(cl, bad_slots, sizeof(bad_slots));
+    assert_int_equal(cl->ops->kv_write(cl, cl_pool, 0, (kvrt_view){kb, 0}, stride, (kvrt_view){vb, 0}, stride,
+                                       (kvrt_view){bad_b, 0}, n_tokens),
+                     KVRT_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(kvrt_context_message(env->cl_ctx), "slot_mapping[49]"));
+    assert_int_equal(cl->ops->buffer_copy(cl, bad_b, 0, sb, 0, sizeof(bad_slots)), KVRT_OK);
+    assert_int_equal(cl->ops->kv_write(cl, cl_pool, 0, (kvrt_view){kb, 0}, stride, (kvrt_view){vb, 0}, stride,
+                                       (kvrt_view){sb, 0}, n_tokens),
+                     KVRT_ERR_INVALID_ARGUMENT);
+    assert_int_equal(cl->ops->buffer_upload(cl, sb, 0, slots, sizeof(slots)), KVRT_OK);
+    cl->ops->buffer_destroy(cl, bad_b);
+    assert_pools_equal(env, cpu_pool, cl_pool); /* nothing was written */
 
     /* copy-on-write copies: chains run in order, across segments */
     const int32_t pairs[][2] = {{0, 11}, {5, 2}, {2, 7}, {3, 3}, {10, 1}};
@@ -233,12 +250,13 @@ static void test_write_f16(void **state)
     run_write_case(*state, KVRT_DTYPE_F16, 8, 80, SIZE_MAX);
 }
 
-/* Pools in 3 and 4 segments (whole blocks per segment). */
+/* Pools in 3, 4 and 6 segments (whole blocks per segment). */
 static void test_write_segmented(void **state)
 {
     kv_env *env = *state;
     run_write_case(env, KVRT_DTYPE_F32, 16, 64, 4 * 2 * 16 * 64 * 4);  /* 4 blocks per segment */
     run_write_case(env, KVRT_DTYPE_F16, 32, 16, 3 * 2 * 32 * 16 * 2 + 100); /* 3 per segment, 4 segments */
+    run_write_case(env, KVRT_DTYPE_F32, 8, 32, 2 * 2 * 8 * 32 * 4);   /* 2 per segment, 6 segments */
 }
 
 static void test_pool_limits(void **state)
@@ -248,8 +266,13 @@ static void test_pool_limits(void **state)
     kvrt_kv_pool_desc d = {.n_layers = 1, .n_kv_heads = 1, .head_dim = 64, .block_size = 16, .num_blocks = 5,
                            .dtype = KVRT_DTYPE_F32};
     kvrt_kv_pool *pool = (kvrt_kv_pool *)env;
-    /* one block per segment, 5 segments: more than a kernel takes */
+    /* one block per segment: 8 segments are taken, 9 are more than a kernel takes */
     kvrt_cl_test_set_segment_bytes(cl, 16 * 64 * 4);
+    d.num_blocks = KVRT_CL_MAX_KV_SEGS;
+    assert_int_equal(cl->ops->kv_pool_create(cl, &d, &pool), KVRT_OK);
+    assert_int_equal(pool->k[0].n_segs, KVRT_CL_MAX_KV_SEGS);
+    cl->ops->kv_pool_destroy(cl, pool);
+    d.num_blocks = KVRT_CL_MAX_KV_SEGS + 1;
     assert_int_equal(cl->ops->kv_pool_create(cl, &d, &pool), KVRT_ERR_UNSUPPORTED);
     assert_null(pool);
     assert_non_null(strstr(kvrt_context_message(env->cl_ctx), "allocations"));

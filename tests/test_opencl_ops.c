@@ -12,6 +12,7 @@
 
 #include "backend/opencl/cl_internal.h"
 #include "common/fp16.h"
+#include "common/quant.h"
 #include "ref_ops.h"
 #include "test_opencl_util.h"
 
@@ -85,36 +86,70 @@ static void expect_close(const char *what, const float *got, int64_t stride, con
         fail_msg("%s: nmse %.3e, max abs %.3e, %lld non-finite", what, e.nmse, e.max_abs, (long long)e.nonfinite);
 }
 
-static void run_matmul(kvrt_dtype wt, int64_t n_out, int64_t n_in, int32_t n_tokens)
+/* Random weights stored as `wt` (rows quantized like GGUF); n_in a multiple of the block. */
+static void *make_weights(kvrt_dtype wt, int64_t n_out, int64_t n_in, uint64_t seed, size_t *bytes)
+{
+    ref_rng r;
+    ref_rng_seed(&r, seed);
+    size_t row = kvrt_dtype_row_bytes(wt, n_in);
+    assert_true(row > 0);
+    float *wf = malloc((size_t)n_in * 4);
+    unsigned char *w = malloc(row * (size_t)n_out);
+    assert_non_null(wf);
+    assert_non_null(w);
+    const float bound = 1.0f / sqrtf((float)n_in);
+    for (int64_t o = 0; o < n_out; o++) {
+        ref_fill(&r, wf, n_in, -bound, bound);
+        kvrt_quantize_row(wt, wf, w + (size_t)o * row, n_in);
+    }
+    free(wf);
+    *bytes = row * (size_t)n_out;
+    return w;
+}
+
+/* seg_bytes: segment size of the weight buffer (SIZE_MAX: the device's), so a
+ * weight can span segments whose boundaries cut its rows. */
+static void run_matmul_seg(kvrt_dtype wt, int64_t n_out, int64_t n_in, int32_t n_tokens, size_t seg_bytes)
 {
     ref_rng r;
     ref_rng_seed(&r, (uint64_t)(n_out * 31 + n_in + wt));
     const int64_t xs = n_in + 5, ys = n_out + 3;
-    float *wf = malloc((size_t)(n_out * n_in) * 4), *x = malloc((size_t)(n_tokens * xs) * 4);
-    uint16_t *wh = malloc((size_t)(n_out * n_in) * 2);
+    size_t w_bytes;
+    void *w = make_weights(wt, n_out, n_in, (uint64_t)(n_out * 7 + n_in + wt), &w_bytes);
+    float *x = malloc((size_t)(n_tokens * xs) * 4);
     double *want = malloc((size_t)(n_tokens * n_out) * 8);
-    const float bound = 1.0f / sqrtf((float)n_in);
-    ref_fill(&r, wf, n_out * n_in, -bound, bound);
+    assert_non_null(x);
+    assert_non_null(want);
     ref_fill(&r, x, n_tokens * xs, -1.0f, 1.0f);
-    for (int64_t i = 0; i < n_out * n_in; i++)
-        wh[i] = kvrt_f32_to_fp16(wf[i]);
-    const void *w = wt == KVRT_DTYPE_F16 ? (const void *)wh : (const void *)wf;
     ref_matmul(wt, w, n_out, n_in, x, xs, n_tokens, want);
-    kvrt_buffer *wb = dev(w, (size_t)(n_out * n_in) * (wt == KVRT_DTYPE_F16 ? 2 : 4));
+    kvrt_cl_test_set_segment_bytes(g_be, seg_bytes);
+    kvrt_buffer *wb = dev(w, w_bytes);
+    kvrt_cl_test_set_segment_bytes(g_be, SIZE_MAX);
+    if (seg_bytes != SIZE_MAX)
+        assert_true(wb->n_segs > 2);
     kvrt_buffer *xb = dev(x, (size_t)(n_tokens * xs) * 4), *yb = dev_out(n_tokens * ys);
     assert_int_equal(g_be->ops->matmul(g_be, wt, (kvrt_view){wb, 0}, n_out, n_in, (kvrt_view){xb, 0}, xs,
                                        (kvrt_view){yb, 0}, ys, n_tokens),
                      KVRT_OK);
+    if (seg_bytes != SIZE_MAX) /* re-segmented on first use: whole rows per segment */
+        assert_int_equal(wb->seg_bytes % kvrt_dtype_row_bytes(wt, n_in), 0);
     float *y = fetch(yb, n_tokens, n_out, ys);
-    expect_close(wt == KVRT_DTYPE_F16 ? "matmul f16" : "matmul f32", y, ys, want, n_tokens, n_out);
+    char what[64];
+    snprintf(what, sizeof(what), "matmul %s %lldx%lld t%d%s", kvrt_dtype_name(wt), (long long)n_out,
+             (long long)n_in, (int)n_tokens, seg_bytes != SIZE_MAX ? " seg" : "");
+    expect_close(what, y, ys, want, n_tokens, n_out);
     g_be->ops->buffer_destroy(g_be, wb);
     g_be->ops->buffer_destroy(g_be, xb);
     g_be->ops->buffer_destroy(g_be, yb);
-    free(wf);
-    free(wh);
+    free(w);
     free(x);
     free(want);
     free(y);
+}
+
+static void run_matmul(kvrt_dtype wt, int64_t n_out, int64_t n_in, int32_t n_tokens)
+{
+    run_matmul_seg(wt, n_out, n_in, n_tokens, SIZE_MAX);
 }
 
 static void test_matmul(void **state)
@@ -123,6 +158,25 @@ static void test_matmul(void **state)
     run_matmul(KVRT_DTYPE_F32, 67, 300, 3);
     run_matmul(KVRT_DTYPE_F16, 40, 172, 5); /* stories260K's odd ffn_down row length */
     run_matmul(KVRT_DTYPE_F32, 1, 1, 1);
+    run_matmul(KVRT_DTYPE_BF16, 33, 150, 1);
+    /* GEMV (one token), a partial token tile, several tiles */
+    const kvrt_dtype quant[] = {KVRT_DTYPE_Q8_0, KVRT_DTYPE_Q4_0};
+    for (int q = 0; q < 2; q++) {
+        run_matmul(quant[q], 45, 288, 1);
+        run_matmul(quant[q], 64, 32, 3);
+        run_matmul(quant[q], 19, 512, 19);
+    }
+    run_matmul(KVRT_DTYPE_F16, 30, 96, 17);
+}
+
+/* Weights spanning several segments whose boundaries cut rows. */
+static void test_matmul_segmented(void **state)
+{
+    (void)state;
+    run_matmul_seg(KVRT_DTYPE_F32, 50, 100, 2, 1000);        /* 400-byte rows, 1000-byte segments */
+    run_matmul_seg(KVRT_DTYPE_Q8_0, 40, 96, 9, 512);         /* 102-byte rows */
+    run_matmul_seg(KVRT_DTYPE_Q4_0, 37, 64, 1, 256);         /* 36-byte rows */
+    run_matmul_seg(KVRT_DTYPE_BF16, 21, 70, 3, 768 + 256);   /* 140-byte rows */
 }
 
 static void test_rmsnorm_swiglu_add(void **state)
@@ -211,6 +265,60 @@ static void test_rope(void **state)
     }
 }
 
+/* Embedding rows of every weight type, bit-exact against the reference
+ * dequantizer; seg_bytes as in run_matmul_seg. */
+static void run_embed(kvrt_dtype wt, int64_t rows, int64_t dim, size_t seg_bytes)
+{
+    size_t bytes;
+    void *table = make_weights(wt, rows, dim, (uint64_t)(rows + dim + wt), &bytes);
+    size_t row_bytes = bytes / (size_t)rows;
+    const int32_t n = 6;
+    int32_t ids[6] = {(int32_t)rows - 1, 0, 3, 3, (int32_t)rows / 2, 1};
+    kvrt_cl_test_set_segment_bytes(g_be, seg_bytes);
+    kvrt_buffer *tb = dev(table, bytes);
+    kvrt_cl_test_set_segment_bytes(g_be, SIZE_MAX);
+    kvrt_buffer *ib = dev(ids, sizeof(ids)), *ob = dev_out(n * dim);
+    if (wt == KVRT_DTYPE_F32) { /* gather_rows over the same (possibly segmented) rows, first use */
+        kvrt_buffer *gb = dev_out(n * (dim + 2));
+        assert_int_equal(g_be->ops->gather_rows(g_be, (kvrt_view){tb, 0}, dim, (kvrt_view){ib, 0}, n,
+                                                (kvrt_view){gb, 0}, dim + 2, (int32_t)dim - 1),
+                         KVRT_OK);
+        float *g = fetch(gb, n, dim - 1, dim + 2);
+        for (int t = 0; t < n; t++)
+            assert_memory_equal(g + t * (dim + 2), (const float *)table + ids[t] * dim, (size_t)(dim - 1) * 4);
+        free(g);
+        g_be->ops->buffer_destroy(g_be, gb);
+    }
+    assert_int_equal(g_be->ops->embed(g_be, wt, (kvrt_view){tb, 0}, dim, (kvrt_view){ib, 0}, n, (kvrt_view){ob, 0}),
+                     KVRT_OK);
+    float *o = fetch(ob, n, dim, dim), *want = malloc((size_t)dim * 4);
+    assert_non_null(want);
+    for (int t = 0; t < n; t++) {
+        kvrt_dequantize_row(wt, (const unsigned char *)table + (size_t)ids[t] * row_bytes, want, dim);
+        for (int64_t i = 0; i < dim; i++) {
+            if (o[t * dim + i] != want[i])
+                fail_msg("embed %s: row %d value %lld: %g != %g", kvrt_dtype_name(wt), (int)ids[t], (long long)i,
+                         (double)o[t * dim + i], (double)want[i]);
+        }
+    }
+    free(o);
+    free(want);
+    free(table);
+    g_be->ops->buffer_destroy(g_be, tb);
+    g_be->ops->buffer_destroy(g_be, ib);
+    g_be->ops->buffer_destroy(g_be, ob);
+}
+
+static void test_embed_types(void **state)
+{
+    (void)state;
+    const kvrt_dtype types[] = {KVRT_DTYPE_F32, KVRT_DTYPE_F16, KVRT_DTYPE_BF16, KVRT_DTYPE_Q8_0, KVRT_DTYPE_Q4_0};
+    for (size_t i = 0; i < KVRT_ARRAY_LEN(types); i++) {
+        run_embed(types[i], 11, 64, SIZE_MAX);
+        run_embed(types[i], 23, 96, 700); /* a table over several segments that cut rows */
+    }
+}
+
 static void test_embed_gather_argmax(void **state)
 {
     (void)state;
@@ -284,6 +392,8 @@ int main(void)
     cl_test_env();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matmul),
+        cmocka_unit_test(test_matmul_segmented),
+        cmocka_unit_test(test_embed_types),
         cmocka_unit_test(test_rmsnorm_swiglu_add),
         cmocka_unit_test(test_rope),
         cmocka_unit_test(test_embed_gather_argmax),

@@ -2,6 +2,8 @@
  * prefill. Host side: checks, views to (cl_mem, element offset), launch shapes. */
 #include "backend/opencl/cl_internal.h"
 
+#include "backend/attn_check.h"
+
 enum { CL_K_KV_WRITE = 0 };
 enum { CL_K_DECODE = 0, CL_K_MERGE = 1, CL_K_PREFILL = 2 };
 
@@ -96,10 +98,14 @@ kvrt_status kvrt_cl_kv_write(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer
     KVRT_TRY(kvrt_cl_resolve(cl, k, k_bytes, 4, "kv_write k", &km, &a.k_off));
     KVRT_TRY(kvrt_cl_resolve(cl, v, v_bytes, 4, "kv_write v", &vm, &a.v_off));
     KVRT_TRY(kvrt_cl_resolve(cl, slot_mapping, (size_t)n_tokens * 4, 4, "kv_write slots", &sm, &a.slot_off));
+    /* a kernel cannot report a bad slot: check the host copy before enqueueing */
+    const int32_t *slots;
+    KVRT_TRY(kvrt_cl_host_ints(cl, slot_mapping, n_tokens, "kv_write slots", &slots));
+    KVRT_TRY(kvrt_kv_check_slots(&be->err, &pool->desc, slots, n_tokens));
     cl_kernel kern;
     KVRT_TRY(kvrt_cl_kernel(cl, KVRT_CL_PROG_KV, cl_variant(pool), CL_K_KV_WRITE, &kern));
     kvrt_cl_pool_args pa = cl_pool_args(pool);
-    kvrt_cl_arg args[16];
+    kvrt_cl_arg args[40];
     int n = 0;
     args[n++] = (kvrt_cl_arg){sizeof(cl_mem), &km};
     args[n++] = (kvrt_cl_arg){sizeof(cl_mem), &vm};
@@ -155,6 +161,7 @@ static kvrt_status cl_attn_views(kvrt_cl_backend *cl, const kvrt_kv_pool *pool, 
     KVRT_TRY(kvrt_cl_resolve(cl, seq_lens, (size_t)d->num_seqs * 4, 4, "seq_lens", &mems[2], &a->seq_lens_off));
     KVRT_TRY(kvrt_cl_resolve(cl, block_tables, (size_t)d->num_seqs * (size_t)d->max_blocks_per_seq * 4, 4,
                              "block_tables", &mems[3], &a->bt_off));
+    kvrt_cl_mark_written(out.buf);
     /* the rest of each segment bounds the rows a prefill kernel may touch */
     size_t q_seg = q.offset / q.buf->seg_bytes, o_seg = out.offset / out.buf->seg_bytes;
     a->q_end = (int64_t)(KVRT_MIN(q.buf->size - q_seg * q.buf->seg_bytes, q.buf->seg_bytes) / 4);
@@ -174,6 +181,11 @@ kvrt_status kvrt_cl_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t la
     kvrt_cl_attn_args a = {0};
     cl_mem mems[4];
     KVRT_TRY(cl_attn_views(cl, pool, d, d->num_seqs, q, out, seq_lens, block_tables, mems, &a));
+    /* a kernel cannot report a bad table entry or length: check the host copies */
+    const int32_t *lens, *bt;
+    KVRT_TRY(kvrt_cl_host_ints(cl, seq_lens, d->num_seqs, "seq_lens", &lens));
+    KVRT_TRY(kvrt_cl_host_ints(cl, block_tables, (int64_t)d->num_seqs * d->max_blocks_per_seq, "block_tables", &bt));
+    KVRT_TRY(kvrt_attn_check_decode(&be->err, &pool->desc, d, lens, bt));
     const int64_t D = pool->desc.head_dim, G = d->n_heads / pool->desc.n_kv_heads;
     const int64_t cap = (int64_t)d->max_blocks_per_seq * pool->desc.block_size;
     a.max_parts = (int32_t)((cap + KVRT_CL_DECODE_PART - 1) / KVRT_CL_DECODE_PART);
@@ -181,13 +193,16 @@ kvrt_status kvrt_cl_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t la
     cl_kernel kern, merge;
     KVRT_TRY(kvrt_cl_kernel(cl, KVRT_CL_PROG_ATTN, cl_variant(pool), CL_K_DECODE, &kern));
     size_t ls = cl_local_size(cl, kern, 64);
-    size_t q_l = (size_t)(G * D) * 4, s_l = (size_t)(G * KVRT_CL_DECODE_PART) * 4, blk_l = KVRT_CL_DECODE_PART * 4,
+    size_t q_l = (size_t)(G * D) * 4, s_l = (size_t)(G * KVRT_CL_DECODE_PART) * 4, blk_l = KVRT_CL_DECODE_PART * 8,
            ml_l = (size_t)G * 8, red = ls * 4;
-    if (q_l + s_l + blk_l + ml_l + red > cl->local_mem)
+    /* V partial sums of the key groups (as the kernel splits them), when there are several */
+    const size_t n_chunks = (size_t)(D + 3) / 4, n_kg = KVRT_MAX(ls / n_chunks, (size_t)1);
+    const size_t vp_l = n_kg > 1 ? (size_t)KVRT_MIN(G, KVRT_CL_DECODE_GCHUNK) * n_kg * (size_t)D * 4 : 4;
+    if (q_l + s_l + blk_l + ml_l + red + vp_l > cl->local_mem)
         return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED,
                          "opencl: decode attention with %lld query heads per KV head and head dim %lld needs %zu "
                          "bytes of local memory; the device has %llu",
-                         (long long)G, (long long)D, q_l + s_l + blk_l + ml_l + red,
+                         (long long)G, (long long)D, q_l + s_l + blk_l + ml_l + red + vp_l,
                          (unsigned long long)cl->local_mem);
 
     /* split-K scratch: partial outputs [num_seqs][n_heads][max_parts][D], then (max, sum) pairs */
@@ -202,7 +217,7 @@ kvrt_status kvrt_cl_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t la
                                  &part, &off));
     }
     kvrt_cl_pool_args pa = cl_pool_args(pool);
-    kvrt_cl_arg args[24];
+    kvrt_cl_arg args[40];
     int n = 0;
     for (int i = 0; i < 4; i++)
         args[n++] = (kvrt_cl_arg){sizeof(cl_mem), &mems[i]};
@@ -216,6 +231,7 @@ kvrt_status kvrt_cl_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t la
     args[n++] = (kvrt_cl_arg){blk_l, NULL};
     args[n++] = (kvrt_cl_arg){ml_l, NULL};
     args[n++] = (kvrt_cl_arg){red, NULL};
+    args[n++] = (kvrt_cl_arg){vp_l, NULL};
     KVRT_TRY(kvrt_cl_set_args(cl, kern, args, n, "attn_decode"));
     size_t global[3] = {(size_t)a.max_parts * ls, (size_t)pool->desc.n_kv_heads, (size_t)d->num_seqs};
     size_t local[3] = {ls, 1, 1};
@@ -238,7 +254,7 @@ kvrt_status kvrt_cl_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t la
 /* Local bytes of a prefill work-group with tiles of t queries and t keys. */
 static size_t cl_prefill_local_bytes(size_t t, size_t head_dim)
 {
-    return (4 * t * head_dim + t * t + 3 * t) * 4 + t * 4;
+    return (4 * t * head_dim + t * t + 3 * t) * 4 + t * 8;
 }
 
 kvrt_status kvrt_cl_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
@@ -255,6 +271,11 @@ kvrt_status kvrt_cl_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t l
     KVRT_TRY(cl_attn_views(cl, pool, d, 1, q, out, seq_lens, block_tables, mems, &a));
     KVRT_TRY(kvrt_cl_resolve(cl, query_start_loc, ((size_t)d->num_seqs + 1) * 4, 4, "query_start_loc", &mems[4],
                              &a.qsl_off));
+    const int32_t *qsl, *lens, *bt;
+    KVRT_TRY(kvrt_cl_host_ints(cl, query_start_loc, (int64_t)d->num_seqs + 1, "query_start_loc", &qsl));
+    KVRT_TRY(kvrt_cl_host_ints(cl, seq_lens, d->num_seqs, "seq_lens", &lens));
+    KVRT_TRY(kvrt_cl_host_ints(cl, block_tables, (int64_t)d->num_seqs * d->max_blocks_per_seq, "block_tables", &bt));
+    KVRT_TRY(kvrt_attn_check_prefill(&be->err, &pool->desc, d, qsl, lens, bt));
     const size_t D = (size_t)pool->desc.head_dim;
     /* tile size from the device's local memory (keep a little for the driver) */
     size_t t = 32;
@@ -272,7 +293,7 @@ kvrt_status kvrt_cl_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t l
     KVRT_TRY(kvrt_cl_kernel(cl, KVRT_CL_PROG_ATTN, cl_variant(pool), CL_K_PREFILL, &kern));
     size_t ls = cl_local_size(cl, kern, 64);
     kvrt_cl_pool_args pa = cl_pool_args(pool);
-    kvrt_cl_arg args[28];
+    kvrt_cl_arg args[40];
     int n = 0;
     for (int i = 0; i < 5; i++)
         args[n++] = (kvrt_cl_arg){sizeof(cl_mem), &mems[i]};
@@ -284,7 +305,7 @@ kvrt_status kvrt_cl_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t l
         args[n++] = (kvrt_cl_arg){t * D * 4, NULL}; /* q, k, v, o tiles */
     args[n++] = (kvrt_cl_arg){t * t * 4, NULL};
     args[n++] = (kvrt_cl_arg){3 * t * 4, NULL};
-    args[n++] = (kvrt_cl_arg){t * 4, NULL};
+    args[n++] = (kvrt_cl_arg){t * 8, NULL};
     KVRT_TRY(kvrt_cl_set_args(cl, kern, args, n, "attn_prefill"));
     size_t global[3] = {(size_t)a.max_tiles * ls, (size_t)d->n_heads, (size_t)d->num_seqs};
     size_t local[3] = {ls, 1, 1};

@@ -49,7 +49,7 @@ typedef enum kvrt_cl_program_id {
 
 enum { KVRT_CL_VARIANT_F32 = 0, KVRT_CL_VARIANT_F16 = 1, KVRT_CL_VARIANT_COUNT = 2 };
 
-#define KVRT_CL_MAX_KERNELS 12 /* per program */
+#define KVRT_CL_MAX_KERNELS 20 /* per program */
 
 typedef struct kvrt_cl_program {
     cl_program prog;
@@ -58,13 +58,29 @@ typedef struct kvrt_cl_program {
 
 /* ---- memory (cl_memory.c) ---- */
 
-/* A logical buffer: consecutive segments of seg_bytes (the last may be shorter). */
+/* A logical buffer: consecutive segments of seg_bytes (the last may be shorter).
+ * A weight read row by row gets row-aligned segments on first use
+ * (kvrt_cl_align_rows), so one row never straddles two cl_mem. */
 struct kvrt_buffer {
     size_t size;
     size_t seg_bytes;
     int32_t n_segs;
-    cl_mem *segs; /* [n_segs] */
+    cl_mem *segs;       /* [n_segs] */
+    /* Host copy of the bytes, for checking int32 batch arrays (slots, block
+     * tables) on the host: a kernel cannot report a bad index. Kept by
+     * uploads; device writes make it stale and the next check reads back. */
+    unsigned char *shadow;
+    bool shadow_stale;
 };
+
+/* Buffers up to this size get their host copy at creation (batch arrays are small). */
+#define KVRT_CL_SHADOW_EAGER (64u * 1024u)
+
+static inline size_t kvrt_cl_seg_len(const kvrt_buffer *b, int32_t i)
+{
+    size_t start = (size_t)i * b->seg_bytes;
+    return b->size - start < b->seg_bytes ? b->size - start : b->seg_bytes;
+}
 
 /* One layer's K or V pool: whole blocks per segment. */
 typedef struct kvrt_cl_pool_part {
@@ -144,6 +160,20 @@ kvrt_status kvrt_cl_kv_copy_blocks(kvrt_backend *be, kvrt_kv_pool *pool, const i
  * `elem` bytes. A view crossing a segment boundary is KVRT_ERR_UNSUPPORTED. */
 kvrt_status kvrt_cl_resolve(kvrt_cl_backend *cl, kvrt_view v, size_t bytes, size_t elem, const char *what,
                             cl_mem *mem, int64_t *elem_off);
+/* Marks a buffer written by the device (its host copy becomes stale). */
+static inline void kvrt_cl_mark_written(kvrt_buffer *b)
+{
+    if (b)
+        b->shadow_stale = true;
+}
+/* Host view of `count` int32 values at v (reads the buffer back when the device wrote it). */
+kvrt_status kvrt_cl_host_ints(kvrt_cl_backend *cl, kvrt_view v, int64_t count, const char *what,
+                              const int32_t **out);
+/* Makes n rows (`pitch` bytes apart, each `need` <= pitch bytes, the first at
+ * byte `first`) lie inside single segments: a buffer whose segments cut a row
+ * is re-segmented once (device copies) with segments a multiple of `pitch`. */
+kvrt_status kvrt_cl_align_rows(kvrt_cl_backend *cl, kvrt_buffer *b, size_t first, int64_t n, size_t pitch,
+                               size_t need, const char *what);
 /* Grows the backend's scratch buffer to at least `bytes`. */
 kvrt_status kvrt_cl_scratch(kvrt_cl_backend *cl, size_t bytes, kvrt_buffer **out);
 

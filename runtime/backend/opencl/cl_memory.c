@@ -56,14 +56,14 @@ void kvrt_cl_buffer_destroy(kvrt_backend *be, kvrt_buffer *b)
             cl->fn.clReleaseMemObject(b->segs[i]); /* the driver keeps it alive for enqueued work */
     }
     cl->used -= b->size;
+    kvrt_free(be->alloc, b->shadow);
     kvrt_free(be->alloc, b->segs);
     kvrt_free(be->alloc, b);
 }
 
 static size_t cl_seg_len(const kvrt_buffer *b, int32_t i)
 {
-    size_t start = (size_t)i * b->seg_bytes;
-    return KVRT_MIN(b->seg_bytes, b->size - start);
+    return kvrt_cl_seg_len(b, i);
 }
 
 kvrt_status kvrt_cl_buffer_create(kvrt_backend *be, size_t size, unsigned flags, kvrt_buffer **out)
@@ -85,6 +85,9 @@ kvrt_status kvrt_cl_buffer_create(kvrt_backend *be, size_t size, unsigned flags,
     b->size = size;
     b->seg_bytes = cl->seg_bytes;
     b->n_segs = (int32_t)n_segs;
+    if (size <= KVRT_CL_SHADOW_EAGER)
+        b->shadow = kvrt_calloc(be->alloc, KVRT_MAX(size, (size_t)1), 1); /* like the zero-filled device bytes */
+    b->shadow_stale = b->shadow == NULL;
     for (int32_t i = 0; i < b->n_segs; i++) {
         kvrt_status s = cl_mem_create(cl, cl_seg_len(b, i), &b->segs[i]);
         if (s == KVRT_OK)
@@ -150,6 +153,8 @@ kvrt_status kvrt_cl_buffer_upload(kvrt_backend *be, kvrt_buffer *dst, size_t off
     kvrt_cl_backend *cl = kvrt_cl(be);
     KVRT_TRY(cl_check_range(cl, dst, offset, size, "upload"));
     cl_int rc = cl_for_pieces(cl, dst, offset, size, cl_write_piece, (void *)src);
+    if (rc == CL_SUCCESS && dst->shadow && size > 0)
+        memcpy(dst->shadow + offset, src, size);
     return rc == CL_SUCCESS ? KVRT_OK : kvrt_cl_fail(cl, rc, KVRT_ERR_DEVICE_LOST, "upload");
 }
 
@@ -207,6 +212,7 @@ kvrt_status kvrt_cl_buffer_copy(kvrt_backend *be, kvrt_buffer *src, size_t src_o
     KVRT_TRY(cl_check_range(cl, dst, dst_offset, size, "copy destination"));
     if (size == 0 || (src == dst && src_offset == dst_offset))
         return KVRT_OK;
+    kvrt_cl_mark_written(dst);
     if (src == dst && src_offset < dst_offset + size && dst_offset < src_offset + size)
         return cl_copy_overlapping(cl, src, src_offset, dst_offset, size);
     cl_copy_ctx c = {dst, dst_offset};
@@ -236,6 +242,91 @@ kvrt_status kvrt_cl_resolve(kvrt_cl_backend *cl, kvrt_view v, size_t bytes, size
     return KVRT_OK;
 }
 
+kvrt_status kvrt_cl_host_ints(kvrt_cl_backend *cl, kvrt_view v, int64_t count, const char *what,
+                              const int32_t **out)
+{
+    *out = NULL;
+    if (count < 0 || count > INT32_MAX)
+        return kvrt_fail(&cl->base.err, KVRT_ERR_INVALID_ARGUMENT, "opencl: %s: bad count %lld", what,
+                         (long long)count);
+    KVRT_TRY(cl_check_range(cl, v.buf, v.offset, (size_t)count * 4, what));
+    if (v.offset % 4 != 0)
+        return kvrt_fail(&cl->base.err, KVRT_ERR_INVALID_ARGUMENT, "opencl: %s: offset %zu is not a multiple of 4",
+                         what, v.offset);
+    kvrt_buffer *b = v.buf;
+    if (!b->shadow) {
+        b->shadow = kvrt_alloc(cl->base.alloc, KVRT_MAX(b->size, (size_t)1), 0);
+        if (!b->shadow)
+            return kvrt_fail(&cl->base.err, KVRT_ERR_OUT_OF_HOST_MEMORY, "opencl: %s: out of host memory", what);
+        b->shadow_stale = true;
+    }
+    if (b->shadow_stale) {
+        /* blocking: on the in-order queue it waits for the kernels that wrote the buffer */
+        cl_int rc = cl_for_pieces(cl, b, 0, b->size, cl_read_piece, b->shadow);
+        if (rc != CL_SUCCESS)
+            return kvrt_cl_fail(cl, rc, KVRT_ERR_DEVICE_LOST, what);
+        b->shadow_stale = false;
+    }
+    *out = (const int32_t *)(const void *)(b->shadow + v.offset);
+    return KVRT_OK;
+}
+
+/* True when rows [first + i * pitch, + need) for i < n each lie in one segment. */
+static bool cl_rows_fit(const kvrt_buffer *b, size_t first, int64_t n, size_t pitch, size_t need)
+{
+    if (n <= 0 || b->n_segs <= 1)
+        return true;
+    size_t last_end = first + (size_t)(n - 1) * pitch + need;
+    if (first / b->seg_bytes == (last_end - 1) / b->seg_bytes)
+        return true; /* all in one segment */
+    return b->seg_bytes % pitch == 0 && first % pitch == 0;
+}
+
+kvrt_status kvrt_cl_align_rows(kvrt_cl_backend *cl, kvrt_buffer *b, size_t first, int64_t n, size_t pitch,
+                               size_t need, const char *what)
+{
+    if (cl_rows_fit(b, first, n, pitch, need))
+        return KVRT_OK;
+    size_t seg = b->seg_bytes / pitch * pitch;
+    if (seg == 0 || first % pitch != 0)
+        return kvrt_fail(&cl->base.err, KVRT_ERR_UNSUPPORTED,
+                         "opencl: %s: rows of %zu bytes from offset %zu cannot be kept inside allocations of "
+                         "%zu bytes",
+                         what, pitch, first, b->seg_bytes);
+    /* New segments of whole rows, filled by device copies; the old ones are
+     * released (the driver keeps them until the copies ran). The copy is
+     * transient, so it is not charged to the budget. */
+    size_t n_segs = b->size / seg + (b->size % seg != 0);
+    kvrt_buffer nb = {.size = b->size, .seg_bytes = seg, .n_segs = 0};
+    nb.segs = n_segs <= INT32_MAX ? kvrt_calloc(cl->base.alloc, n_segs, sizeof(cl_mem)) : NULL;
+    if (!nb.segs)
+        return kvrt_fail(&cl->base.err, KVRT_ERR_OUT_OF_HOST_MEMORY, "opencl: %s: out of host memory", what);
+    kvrt_status s = KVRT_OK;
+    for (size_t i = 0; i < n_segs && s == KVRT_OK; i++) {
+        s = cl_mem_create(cl, kvrt_cl_seg_len(&(kvrt_buffer){.size = b->size, .seg_bytes = seg}, (int32_t)i),
+                          &nb.segs[i]);
+        if (s == KVRT_OK)
+            nb.n_segs++;
+    }
+    if (s == KVRT_OK) {
+        cl_copy_ctx c = {&nb, 0};
+        cl_int rc = cl_for_pieces(cl, b, 0, b->size, cl_copy_piece, &c);
+        if (rc != CL_SUCCESS)
+            s = kvrt_cl_fail(cl, rc, KVRT_ERR_DEVICE_LOST, "re-segmenting copy");
+    }
+    cl_mem *drop = s == KVRT_OK ? b->segs : nb.segs;
+    int32_t n_drop = s == KVRT_OK ? b->n_segs : nb.n_segs;
+    for (int32_t i = 0; i < n_drop; i++)
+        cl->fn.clReleaseMemObject(drop[i]);
+    kvrt_free(cl->base.alloc, drop);
+    if (s == KVRT_OK) {
+        b->segs = nb.segs;
+        b->n_segs = nb.n_segs;
+        b->seg_bytes = seg;
+    }
+    return s;
+}
+
 kvrt_status kvrt_cl_scratch(kvrt_cl_backend *cl, size_t bytes, kvrt_buffer **out)
 {
     if (!cl->scratch || cl->scratch->size < bytes) {
@@ -243,6 +334,7 @@ kvrt_status kvrt_cl_scratch(kvrt_cl_backend *cl, size_t bytes, kvrt_buffer **out
         cl->scratch = NULL;
         KVRT_TRY(kvrt_cl_buffer_create(&cl->base, bytes, KVRT_BUFFER_DEVICE, &cl->scratch));
     }
+    kvrt_cl_mark_written(cl->scratch);
     *out = cl->scratch;
     return KVRT_OK;
 }
@@ -309,6 +401,8 @@ kvrt_status kvrt_cl_kv_pool_create(kvrt_backend *be, const kvrt_kv_pool_desc *d,
         !kvrt_mul_size(layer_bytes, 2 * (size_t)d->n_layers, &total))
         return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "opencl: KV pool size overflows");
     int64_t per_seg = (int64_t)(cl->seg_bytes / block_bytes);
+    /* kernels keep a key's row inside its segment in an int */
+    per_seg = KVRT_MIN(per_seg, (int64_t)INT32_MAX / ((int64_t)d->n_kv_heads * d->block_size));
     if (per_seg == 0 || (d->num_blocks + per_seg - 1) / per_seg > KVRT_CL_MAX_KV_SEGS)
         return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED,
                          "opencl: one layer's KV pool (%zu bytes) needs more than %d allocations of at most %zu bytes",

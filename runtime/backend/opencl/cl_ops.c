@@ -1,12 +1,37 @@
 /* The model ops on OpenCL (F32 activations): argument checks, views to
- * (cl_mem, element offset), launch shapes. Kernels in kernels/ops.cl. */
+ * (cl_mem, element offset), launch shapes. Kernels in kernels/ops.cl.
+ * Weights and embedding tables may span segments: their buffers get
+ * row-aligned segments on first use and the op runs one dispatch per
+ * segment's rows. Activations must sit in one segment each. */
 #include "backend/opencl/cl_internal.h"
 
 #include <math.h>
 
 enum {
-    CL_K_RMSNORM = 0, CL_K_ROPE, CL_K_SWIGLU, CL_K_ADD, CL_K_EMBED_F32, CL_K_EMBED_F16, CL_K_GATHER, CL_K_ARGMAX,
-    CL_K_MATMUL_F32, CL_K_MATMUL_F16
+    CL_K_RMSNORM = 0, CL_K_ROPE, CL_K_SWIGLU, CL_K_ADD, CL_K_GATHER, CL_K_ARGMAX,
+    CL_K_EMBED_F32, CL_K_EMBED_F16, CL_K_EMBED_BF16, CL_K_EMBED_Q8_0, CL_K_EMBED_Q4_0,
+    CL_K_MATMUL_F32, CL_K_MATMUL_F16, CL_K_MATMUL_BF16, CL_K_MATMUL_Q8_0, CL_K_MATMUL_Q4_0
+};
+
+/* Tokens per matmul work-group (MM_TT in ops.cl). */
+#define CL_MM_TT 8
+
+/* How the kernels address a weight type: in units of `unit` bytes (float or
+ * ushort), `block` values per block of `block_units` units (GGUF layouts). */
+typedef struct cl_wtype {
+    kvrt_dtype type;
+    size_t unit;
+    int32_t block;
+    int32_t block_units;
+    int embed_kernel, matmul_kernel;
+} cl_wtype;
+
+static const cl_wtype cl_wtypes[] = {
+    {KVRT_DTYPE_F32, 4, 1, 1, CL_K_EMBED_F32, CL_K_MATMUL_F32},
+    {KVRT_DTYPE_F16, 2, 1, 1, CL_K_EMBED_F16, CL_K_MATMUL_F16},
+    {KVRT_DTYPE_BF16, 2, 1, 1, CL_K_EMBED_BF16, CL_K_MATMUL_BF16},
+    {KVRT_DTYPE_Q8_0, 2, 32, 17, CL_K_EMBED_Q8_0, CL_K_MATMUL_Q8_0},
+    {KVRT_DTYPE_Q4_0, 2, 32, 9, CL_K_EMBED_Q4_0, CL_K_MATMUL_Q4_0},
 };
 
 #define CL_OPS_LOCAL 64
@@ -39,13 +64,6 @@ static kvrt_status cl_rows(kvrt_cl_backend *cl, kvrt_view v, int64_t n, int64_t 
                          (long long)row);
     size_t bytes = n > 0 ? (size_t)(span + row) * elem : elem;
     return kvrt_cl_resolve(cl, v, bytes, elem, what, mem, off);
-}
-
-/* Elements from a view's start to the end of its segment (what a kernel may index). */
-static int64_t cl_extent(kvrt_view v, size_t elem)
-{
-    size_t seg = v.offset / v.buf->seg_bytes, seg_end = KVRT_MIN(v.buf->size, (seg + 1) * v.buf->seg_bytes);
-    return (int64_t)((seg_end - v.offset) / elem);
 }
 
 static size_t cl_round_up(size_t n, size_t m)
@@ -83,6 +101,7 @@ kvrt_status kvrt_cl_rmsnorm(kvrt_backend *be, kvrt_view x, int64_t x_stride, kvr
     KVRT_TRY(cl_rows(cl, x, n_tokens, x_stride, dim, 4, "rmsnorm: x", &m[0], &a.off[0]));
     KVRT_TRY(cl_rows(cl, w, 1, dim, dim, 4, "rmsnorm: weight", &m[1], &a.off[1]));
     KVRT_TRY(cl_rows(cl, y, n_tokens, y_stride, dim, 4, "rmsnorm: y", &m[2], &a.off[2]));
+    kvrt_cl_mark_written(y.buf);
     size_t ls = cl_ops_local(cl), locals[1] = {ls * 4};
     size_t global[1] = {(size_t)n_tokens * ls};
     return cl_run(cl, CL_K_RMSNORM, m, &a, locals, 1, 1, global, &ls, "rmsnorm");
@@ -111,6 +130,7 @@ kvrt_status kvrt_cl_rope(kvrt_backend *be, kvrt_view x, kvrt_view positions, kvr
                      &a.off[1]));
     KVRT_TRY(cl_rows(cl, cos_sin, d->max_pos, d->rot_dim, d->rot_dim, 4, "rope: cos/sin table", &m[2],
                      &a.off[2]));
+    kvrt_cl_mark_written(x.buf);
     size_t global[3] = {(size_t)d->rot_dim / 2, (size_t)d->n_heads, (size_t)d->n_tokens};
     return cl_run(cl, CL_K_ROPE, m, &a, NULL, 0, 3, global, NULL, "rope");
 }
@@ -126,6 +146,7 @@ kvrt_status kvrt_cl_swiglu(kvrt_backend *be, kvrt_view gate, int64_t gate_stride
     KVRT_TRY(cl_rows(cl, gate, n_tokens, gate_stride, dim, 4, "swiglu: gate", &m[0], &a.off[0]));
     KVRT_TRY(cl_rows(cl, up, n_tokens, up_stride, dim, 4, "swiglu: up", &m[1], &a.off[1]));
     KVRT_TRY(cl_rows(cl, out, n_tokens, out_stride, dim, 4, "swiglu: out", &m[2], &a.off[2]));
+    kvrt_cl_mark_written(out.buf);
     size_t global[2] = {(size_t)dim, (size_t)n_tokens};
     return cl_run(cl, CL_K_SWIGLU, m, &a, NULL, 0, 2, global, NULL, "swiglu");
 }
@@ -142,29 +163,114 @@ kvrt_status kvrt_cl_add(kvrt_backend *be, kvrt_view x, kvrt_view y, kvrt_view ou
     KVRT_TRY(cl_rows(cl, x, 1, n, n, 4, "add: a", &m[0], &a.off[0]));
     KVRT_TRY(cl_rows(cl, y, 1, n, n, 4, "add: b", &m[1], &a.off[1]));
     KVRT_TRY(cl_rows(cl, out, 1, n, n, 4, "add: out", &m[2], &a.off[2]));
+    kvrt_cl_mark_written(out.buf);
     size_t global[1] = {cl_round_up((size_t)n, CL_OPS_LOCAL)};
     return cl_run(cl, CL_K_ADD, m, &a, NULL, 0, 1, global, NULL, "add");
+}
+
+/* The weight type's addressing, and units per row of n values (a whole number of blocks). */
+static kvrt_status cl_wtype_row(kvrt_cl_backend *cl, kvrt_dtype type, int64_t n, const char *what,
+                                const cl_wtype **out, int64_t *row_units)
+{
+    for (size_t i = 0; i < KVRT_ARRAY_LEN(cl_wtypes); i++) {
+        if (cl_wtypes[i].type != type)
+            continue;
+        if (n % cl_wtypes[i].block != 0)
+            return kvrt_fail(&cl->base.err, KVRT_ERR_INVALID_ARGUMENT,
+                             "opencl: %s: rows of %lld %s values are not a whole number of %d-value blocks", what,
+                             (long long)n, kvrt_dtype_name(type), (int)cl_wtypes[i].block);
+        *out = &cl_wtypes[i];
+        *row_units = n / cl_wtypes[i].block * cl_wtypes[i].block_units;
+        return KVRT_OK;
+    }
+    return kvrt_fail(&cl->base.err, KVRT_ERR_UNSUPPORTED,
+                     "opencl: %s: %s weights are not supported (f32, f16, bf16, q8_0, q4_0)", what,
+                     kvrt_dtype_name(type));
+}
+
+/* A run of rows of a segmented view that lie in one segment. */
+typedef struct cl_row_run {
+    cl_mem mem;
+    int64_t off;   /* in units, of the run's first row inside its segment */
+    int64_t count; /* rows in the run (>= 1) */
+} cl_row_run;
+
+/* The run starting at row r of n rows (`pitch` bytes apart, `need` bytes each,
+ * units of `unit` bytes) at view v; the buffer's rows were aligned first. */
+static kvrt_status cl_row_run_at(kvrt_cl_backend *cl, kvrt_view v, int64_t r, int64_t n, size_t pitch, size_t need,
+                                 size_t unit, const char *what, cl_row_run *run)
+{
+    const kvrt_buffer *b = v.buf;
+    size_t pos = v.offset + (size_t)r * pitch;
+    int32_t seg = (int32_t)(pos / b->seg_bytes);
+    size_t seg_off = pos - (size_t)seg * b->seg_bytes, avail = kvrt_cl_seg_len(b, seg) - seg_off;
+    int64_t fit = avail >= need ? (int64_t)((avail - need) / pitch) + 1 : 0;
+    if (fit == 0)
+        return kvrt_fail(&cl->base.err, KVRT_ERR_INTERNAL, "opencl: %s: row %lld crosses a segment boundary", what,
+                         (long long)r);
+    run->mem = b->segs[seg];
+    run->off = (int64_t)(seg_off / unit);
+    run->count = KVRT_MIN(fit, n - r);
+    return KVRT_OK;
+}
+
+/* Checks rows of a weight / table view and aligns its buffer's segments to them. */
+static kvrt_status cl_rows_prepare(kvrt_cl_backend *cl, kvrt_view v, int64_t n, size_t pitch, size_t need,
+                                   size_t unit, const char *what)
+{
+    size_t bytes = n > 0 ? (size_t)(n - 1) * pitch + need : unit;
+    if (!v.buf)
+        return kvrt_fail(&cl->base.err, KVRT_ERR_INVALID_ARGUMENT, "opencl: %s: no buffer", what);
+    if (v.offset > v.buf->size || bytes > v.buf->size - v.offset || v.offset % unit != 0)
+        return kvrt_fail(&cl->base.err, KVRT_ERR_INVALID_ARGUMENT,
+                         "opencl: %s: %zu bytes at offset %zu exceed the buffer (%zu bytes) or are misaligned", what,
+                         bytes, v.offset, v.buf->size);
+    return kvrt_cl_align_rows(cl, v.buf, v.offset, n, pitch, need, what);
+}
+
+/* Launches an embed-style kernel (table rows addressed by an index array)
+ * once per segment of rows; each launch handles the ids that fall in it. */
+static kvrt_status cl_run_row_gather(kvrt_cl_backend *cl, int kernel, kvrt_view table, int64_t n_rows, size_t pitch,
+                                     size_t need, size_t unit, cl_mem m[3], kvrt_cl_op_args *a, size_t *global,
+                                     const char *what)
+{
+    KVRT_TRY(cl_rows_prepare(cl, table, n_rows, pitch, need, unit, what));
+    cl_row_run run = {0};
+    for (int64_t r = 0; r < n_rows; r += run.count) {
+        KVRT_TRY(cl_row_run_at(cl, table, r, n_rows, pitch, need, unit, what, &run));
+        m[0] = run.mem;
+        a->off[0] = run.off;
+        a->stride[3] = r;
+        a->n = run.count;
+        KVRT_TRY(cl_run(cl, kernel, m, a, NULL, 0, 2, global, NULL, what));
+    }
+    return KVRT_OK;
 }
 
 kvrt_status kvrt_cl_embed(kvrt_backend *be, kvrt_dtype wtype, kvrt_view table, int64_t dim, kvrt_view ids,
                           int32_t n_tokens, kvrt_view out)
 {
     kvrt_cl_backend *cl = kvrt_cl(be);
-    if (wtype != KVRT_DTYPE_F32 && wtype != KVRT_DTYPE_F16)
-        return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "opencl: embed: table type %s is not supported (f32, f16)",
-                         kvrt_dtype_name(wtype));
     KVRT_TRY(cl_count(cl, n_tokens, 0, "embed: n_tokens"));
     KVRT_TRY(cl_count(cl, dim, 1, "embed: dim"));
-    size_t elem = wtype == KVRT_DTYPE_F16 ? 2 : 4;
-    kvrt_cl_op_args a = {.rows = n_tokens, .dim = (int32_t)dim};
+    const cl_wtype *wt = NULL;
+    int64_t row_units = 0;
+    KVRT_TRY(cl_wtype_row(cl, wtype, dim, "embed", &wt, &row_units));
+    size_t pitch = (size_t)row_units * wt->unit;
+    if (!table.buf || table.offset > table.buf->size)
+        return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "opencl: embed: bad table view");
+    /* the table's row count is not passed: every whole row of the buffer after the view */
+    int64_t n_rows = (int64_t)((table.buf->size - table.offset) / pitch);
+    if (n_rows < 1)
+        return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "opencl: embed: the table holds no row of %lld values",
+                         (long long)dim);
+    kvrt_cl_op_args a = {.stride = {row_units}, .rows = n_tokens, .dim = (int32_t)dim};
     cl_mem m[3];
-    KVRT_TRY(cl_rows(cl, table, 1, dim, dim, elem, "embed: table", &m[0], &a.off[0]));
     KVRT_TRY(cl_rows(cl, ids, 1, n_tokens, KVRT_MAX(n_tokens, 1), 4, "embed: ids", &m[1], &a.off[1]));
     KVRT_TRY(cl_rows(cl, out, n_tokens, dim, dim, 4, "embed: out", &m[2], &a.off[2]));
-    a.n = cl_extent(table, elem);
+    kvrt_cl_mark_written(out.buf);
     size_t global[2] = {(size_t)dim, (size_t)n_tokens};
-    return cl_run(cl, wtype == KVRT_DTYPE_F16 ? CL_K_EMBED_F16 : CL_K_EMBED_F32, m, &a, NULL, 0, 2, global, NULL,
-                  "embed");
+    return cl_run_row_gather(cl, wt->embed_kernel, table, n_rows, pitch, pitch, wt->unit, m, &a, global, "embed");
 }
 
 kvrt_status kvrt_cl_gather_rows(kvrt_backend *be, kvrt_view src, int64_t src_stride, kvrt_view idx, int32_t n,
@@ -173,14 +279,20 @@ kvrt_status kvrt_cl_gather_rows(kvrt_backend *be, kvrt_view src, int64_t src_str
     kvrt_cl_backend *cl = kvrt_cl(be);
     KVRT_TRY(cl_count(cl, n, 0, "gather_rows: n"));
     KVRT_TRY(cl_count(cl, dim, 1, "gather_rows: dim"));
+    if (src_stride < dim || src_stride > INT32_MAX)
+        return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "opencl: gather_rows: src stride %lld below dim %d",
+                         (long long)src_stride, (int)dim);
+    if (!src.buf || src.offset > src.buf->size || src.buf->size - src.offset < (size_t)dim * 4)
+        return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "opencl: gather_rows: src holds no row");
+    size_t pitch = (size_t)src_stride * 4, need = (size_t)dim * 4;
+    int64_t n_rows = (int64_t)((src.buf->size - src.offset - need) / pitch) + 1;
     kvrt_cl_op_args a = {.stride = {src_stride, 0, dst_stride}, .rows = n, .dim = dim};
     cl_mem m[3];
-    KVRT_TRY(cl_rows(cl, src, 1, src_stride, dim, 4, "gather_rows: src", &m[0], &a.off[0]));
     KVRT_TRY(cl_rows(cl, idx, 1, n, KVRT_MAX(n, 1), 4, "gather_rows: idx", &m[1], &a.off[1]));
     KVRT_TRY(cl_rows(cl, dst, n, dst_stride, dim, 4, "gather_rows: dst", &m[2], &a.off[2]));
-    a.n = cl_extent(src, 4);
+    kvrt_cl_mark_written(dst.buf);
     size_t global[2] = {(size_t)dim, (size_t)n};
-    return cl_run(cl, CL_K_GATHER, m, &a, NULL, 0, 2, global, NULL, "gather_rows");
+    return cl_run_row_gather(cl, CL_K_GATHER, src, n_rows, pitch, need, 4, m, &a, global, "gather_rows");
 }
 
 kvrt_status kvrt_cl_argmax(kvrt_backend *be, kvrt_view x, int64_t stride, int32_t n_rows, int32_t n_cols,
@@ -193,6 +305,7 @@ kvrt_status kvrt_cl_argmax(kvrt_backend *be, kvrt_view x, int64_t stride, int32_
     cl_mem m[3];
     KVRT_TRY(cl_rows(cl, x, n_rows, stride, n_cols, 4, "argmax: x", &m[0], &a.off[0]));
     KVRT_TRY(cl_rows(cl, out, 1, n_rows, KVRT_MAX(n_rows, 1), 4, "argmax: out", &m[1], &a.off[1]));
+    kvrt_cl_mark_written(out.buf);
     /* argmax takes (x, out, args, locals): shift the argument block into the third slot's place */
     cl_kernel k;
     KVRT_TRY(kvrt_cl_kernel(cl, KVRT_CL_PROG_OPS, KVRT_CL_VARIANT_F32, CL_K_ARGMAX, &k));
@@ -204,25 +317,36 @@ kvrt_status kvrt_cl_argmax(kvrt_backend *be, kvrt_view x, int64_t stride, int32_
     return kvrt_cl_enqueue(cl, k, 1, global, &ls, "argmax");
 }
 
+/* A weight spanning segments runs as one dispatch per run of rows in one
+ * segment (its buffer's segments are made row-aligned on first use). */
 kvrt_status kvrt_cl_matmul(kvrt_backend *be, kvrt_dtype wtype, kvrt_view w, int64_t n_out, int64_t n_in,
                            kvrt_view x, int64_t x_stride, kvrt_view y, int64_t y_stride, int32_t n_tokens)
 {
     kvrt_cl_backend *cl = kvrt_cl(be);
-    if (wtype != KVRT_DTYPE_F32 && wtype != KVRT_DTYPE_F16)
-        return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED,
-                         "opencl: matmul with %s weights is not implemented (f32, f16)", kvrt_dtype_name(wtype));
     KVRT_TRY(cl_count(cl, n_out, 1, "matmul: n_out"));
     KVRT_TRY(cl_count(cl, n_in, 1, "matmul: n_in"));
     KVRT_TRY(cl_count(cl, n_tokens, 0, "matmul: n_tokens"));
-    size_t elem = wtype == KVRT_DTYPE_F16 ? 2 : 4;
-    kvrt_cl_op_args a = {.stride = {n_in, x_stride, y_stride}, .n = n_in, .rows = n_tokens, .dim = (int32_t)n_out};
+    const cl_wtype *wt = NULL;
+    int64_t row_units = 0;
+    KVRT_TRY(cl_wtype_row(cl, wtype, n_in, "matmul", &wt, &row_units));
+    const size_t pitch = (size_t)row_units * wt->unit;
+    kvrt_cl_op_args a = {.stride = {row_units, x_stride, y_stride}, .n = n_in, .rows = n_tokens};
     cl_mem m[3];
-    /* a weight larger than one allocation would need row-split dispatches: reported, not emulated */
-    KVRT_TRY(cl_rows(cl, w, n_out, n_in, n_in, elem, "matmul: weight", &m[0], &a.off[0]));
+    KVRT_TRY(cl_rows_prepare(cl, w, n_out, pitch, pitch, wt->unit, "matmul: weight"));
     KVRT_TRY(cl_rows(cl, x, n_tokens, x_stride, n_in, 4, "matmul: x", &m[1], &a.off[1]));
     KVRT_TRY(cl_rows(cl, y, n_tokens, y_stride, n_out, 4, "matmul: y", &m[2], &a.off[2]));
-    size_t ls = cl_ops_local(cl), locals[1] = {ls * 4};
-    size_t global[2] = {(size_t)n_out * ls, (size_t)n_tokens}, local[2] = {ls, 1};
-    return cl_run(cl, wtype == KVRT_DTYPE_F16 ? CL_K_MATMUL_F16 : CL_K_MATMUL_F32, m, &a, locals, 1, 2, global,
-                  local, "matmul");
+    kvrt_cl_mark_written(y.buf);
+    const int64_t y_off = a.off[2];
+    size_t ls = cl_ops_local(cl), locals[1] = {CL_MM_TT * ls * 4}, local[2] = {ls, 1};
+    cl_row_run run = {0};
+    for (int64_t o = 0; o < n_out; o += run.count) {
+        KVRT_TRY(cl_row_run_at(cl, w, o, n_out, pitch, pitch, wt->unit, "matmul: weight", &run));
+        m[0] = run.mem;
+        a.off[0] = run.off;
+        a.off[2] = y_off + o;
+        a.dim = (int32_t)run.count;
+        size_t global[2] = {(size_t)run.count * ls, ((size_t)n_tokens + CL_MM_TT - 1) / CL_MM_TT};
+        KVRT_TRY(cl_run(cl, wt->matmul_kernel, m, &a, locals, 1, 2, global, local, "matmul"));
+    }
+    return KVRT_OK;
 }

@@ -53,6 +53,16 @@ inline float group_sum(__local float *red, float x, int lid, int ls)
     return r;
 }
 
+/* Output d of head h: to out with one partition, else to the partition's scratch row. */
+inline void decode_store(__global float *out, __global float *part, kvrt_cl_attn_args a, int s, int h, int p,
+                         int n_parts, int D, int d, float o)
+{
+    if (n_parts == 1)
+        out[a.o_off + (long)s * a.o_stride + (long)h * D + d] = o;
+    else
+        part[(((long)s * a.n_heads + h) * a.max_parts + p) * D + d] = o;
+}
+
 /* ---- decode ------------------------------------------------------------------------
  * Work-group (partition, kv head, sequence) with all G query heads of the
  * group. Partition p covers keys [p * PART, (p + 1) * PART) of the context.
@@ -64,9 +74,10 @@ __kernel void attn_decode(__global const float *q, __global float *out, __global
                           __global float *part, kvrt_cl_pool_args pa, kvrt_cl_attn_args a,
                           __local float *q_l,   /* [G][D] */
                           __local float *s_l,   /* [G][PART]: scores, then probabilities */
-                          __local int *blk_l,   /* [PART]: block of each key, -1 = masked */
+                          __local int *blk_l,   /* [PART][2]: segment (-1 = masked) and row of each key */
                           __local float *ml_l,  /* [G][2]: max, sum */
-                          __local float *red)   /* [local size] */
+                          __local float *red,   /* [local size] */
+                          __local float *vp_l)  /* [min(G, GCHUNK)][n_kg][D]: V partial sums */
 {
     const int p = get_group_id(0);
     const int kvh = get_global_id(1);
@@ -85,24 +96,35 @@ __kernel void attn_decode(__global const float *q, __global float *out, __global
         q_l[e] = q[q_row + e];
     barrier(CLK_LOCAL_MEM_FENCE);
 
+    /* key jj: its segment (-1 = masked) and its row inside the segment, kept
+     * for the V pass so no work-item divides per (key, d) */
     for (int jj = lid; jj < n; jj += ls) {
         const int j = j0 + jj;
         const int blk = attn_visible(i, j, a.window, a.sinks) ? attn_block(bt, pa, a, s, j) : -1;
-        blk_l[jj] = blk;
         if (blk < 0) {
+            blk_l[2 * jj] = -1;
             for (int g = 0; g < G; g++)
                 s_l[g * KVRT_CL_DECODE_PART + jj] = NEG_INF;
             continue;
         }
-        __global const kv_t *kseg = KV_SEG_PICK(kp, (int)(blk / pa.blocks_per_seg));
-        const long kr = kv_row_index(pa, blk, kvh, j % pa.block_size);
+        const int seg = (int)(blk / pa.blocks_per_seg);
+        const int row = (int)(((long)blk % pa.blocks_per_seg * pa.n_kv_heads + kvh) * pa.block_size + j % pa.block_size);
+        blk_l[2 * jj] = seg;
+        blk_l[2 * jj + 1] = row;
+        __global const kv_t *kr = KV_SEG_PICK(kp, seg) + (long)row * D;
         for (int g0 = 0; g0 < G; g0 += KVRT_CL_DECODE_GCHUNK) {
             float acc[KVRT_CL_DECODE_GCHUNK];
             const int ng = min(G - g0, KVRT_CL_DECODE_GCHUNK);
             for (int g = 0; g < KVRT_CL_DECODE_GCHUNK; g++)
                 acc[g] = 0.0f;
-            for (int d = 0; d < D; d++) {
-                const float kd = KV_LOAD(kseg, kr + d);
+            int d = 0;
+            for (; d + 4 <= D; d += 4) { /* 4-wide loads: fewer conversions and address computations */
+                const float4 k4 = KV_LOAD4(kr, d);
+                for (int g = 0; g < ng; g++)
+                    acc[g] += dot(vload4(0, q_l + (g0 + g) * D + d), k4);
+            }
+            for (; d < D; d++) {
+                const float kd = KV_LOAD(kr, d);
                 for (int g = 0; g < ng; g++)
                     acc[g] += q_l[(g0 + g) * D + d] * kd;
             }
@@ -132,30 +154,59 @@ __kernel void attn_decode(__global const float *q, __global float *out, __global
     }
     barrier(CLK_LOCAL_MEM_FENCE);
 
-    for (int d = lid; d < D; d += ls) {
-        for (int g0 = 0; g0 < G; g0 += KVRT_CL_DECODE_GCHUNK) {
-            float acc[KVRT_CL_DECODE_GCHUNK];
-            const int ng = min(G - g0, KVRT_CL_DECODE_GCHUNK);
+    /* V pass: a work-item owns 4 consecutive d (a 4-wide load per key) and one
+     * of n_kg key groups; with several key groups their partial sums meet in
+     * vp_l ([GCHUNK][n_kg][D], n_kg * D <= 4 * ls) and are added up there. */
+    const int n_chunks = (D + 3) / 4, n_kg = max(ls / n_chunks, 1), units = n_chunks * n_kg;
+    for (int g0 = 0; g0 < G; g0 += KVRT_CL_DECODE_GCHUNK) {
+        const int ng = min(G - g0, KVRT_CL_DECODE_GCHUNK);
+        float4 acc[KVRT_CL_DECODE_GCHUNK];
+        for (int u = lid; u < units; u += ls) {
+            const int c = u % n_chunks, kg = u / n_chunks, d0 = 4 * c;
             for (int g = 0; g < KVRT_CL_DECODE_GCHUNK; g++)
-                acc[g] = 0.0f;
-            for (int jj = 0; jj < n; jj++) {
-                const int blk = blk_l[jj];
-                if (blk < 0)
+                acc[g] = (float4)(0.0f);
+            for (int jj = kg; jj < n; jj += n_kg) {
+                const int seg = blk_l[2 * jj];
+                if (seg < 0)
                     continue;
-                __global const kv_t *vseg = KV_SEG_PICK(vp, (int)(blk / pa.blocks_per_seg));
-                const float vd = KV_LOAD(vseg, kv_row_index(pa, blk, kvh, (j0 + jj) % pa.block_size) + d);
+                __global const kv_t *vr = KV_SEG_PICK(vp, seg) + (long)blk_l[2 * jj + 1] * D + d0;
+                float4 v4;
+                if (d0 + 4 <= D) {
+                    v4 = KV_LOAD4(vr, 0);
+                } else {
+                    v4 = (float4)(KV_LOAD(vr, 0), d0 + 1 < D ? KV_LOAD(vr, 1) : 0.0f,
+                                  d0 + 2 < D ? KV_LOAD(vr, 2) : 0.0f, 0.0f);
+                }
                 for (int g = 0; g < ng; g++)
-                    acc[g] += s_l[(g0 + g) * KVRT_CL_DECODE_PART + jj] * vd;
+                    acc[g] += s_l[(g0 + g) * KVRT_CL_DECODE_PART + jj] * v4;
             }
-            for (int g = 0; g < ng; g++) {
-                const int h = kvh * G + g0 + g;
+            if (n_kg == 1) {
+                for (int g = 0; g < ng; g++) {
+                    const float l = ml_l[2 * (g0 + g) + 1];
+                    const float4 o = l > 0.0f ? acc[g] / l : (float4)(0.0f);
+                    const float ov[4] = {o.x, o.y, o.z, o.w};
+                    for (int k = 0; k < 4 && d0 + k < D; k++)
+                        decode_store(out, part, a, s, kvh * G + g0 + g, p, n_parts, D, d0 + k, ov[k]);
+                }
+            } else { /* units <= ls: this is the work-item's only unit */
+                for (int g = 0; g < ng; g++) {
+                    const float av[4] = {acc[g].x, acc[g].y, acc[g].z, acc[g].w};
+                    for (int k = 0; k < 4 && d0 + k < D; k++)
+                        vp_l[(g * n_kg + kg) * D + d0 + k] = av[k];
+                }
+            }
+        }
+        if (n_kg > 1) {
+            barrier(CLK_LOCAL_MEM_FENCE);
+            for (int e = lid; e < ng * D; e += ls) {
+                const int g = e / D, d = e - g * D;
+                float sum = 0.0f;
+                for (int kg = 0; kg < n_kg; kg++)
+                    sum += vp_l[(g * n_kg + kg) * D + d];
                 const float l = ml_l[2 * (g0 + g) + 1];
-                const float o = l > 0.0f ? acc[g] / l : 0.0f;
-                if (n_parts == 1)
-                    out[a.o_off + (long)s * a.o_stride + (long)h * D + d] = o;
-                else
-                    part[(((long)s * a.n_heads + h) * a.max_parts + p) * D + d] = o;
+                decode_store(out, part, a, s, kvh * G + g0 + g, p, n_parts, D, d, l > 0.0f ? sum / l : 0.0f);
             }
+            barrier(CLK_LOCAL_MEM_FENCE); /* vp_l is reused by the next chunk of heads */
         }
     }
     if (n_parts > 1 && lid == 0) {
@@ -210,7 +261,7 @@ __kernel void attn_prefill(__global const float *q, __global float *out, __globa
                            __local float *o_l,   /* [T][D]: unnormalised output */
                            __local float *s_l,   /* [T][T]: scores, then probabilities */
                            __local float *st_l,  /* [3][T]: running max, running sum, rescale */
-                           __local int *kb_l)    /* [T]: block of each key of the tile, -1 = none */
+                           __local int *kb_l)    /* [T][2]: segment (-1 = none) and row of each key of the tile */
 {
     const int tile = get_group_id(0);
     const int h = get_global_id(1);
@@ -252,16 +303,20 @@ __kernel void attn_prefill(__global const float *q, __global float *out, __globa
             const int j = k0 + kj;
             /* key j is needed if some query of the tile sees it; the first that could is max(j, pos0) */
             const bool needed = j <= last && attn_visible(max(j, pos0), j, a.window, a.sinks);
-            kb_l[kj] = needed ? attn_block(bt, pa, a, s, j) : -1;
+            const int blk = needed ? attn_block(bt, pa, a, s, j) : -1;
+            /* segment (-1 = none) and row inside it, once per key rather than per element */
+            kb_l[2 * kj] = blk < 0 ? -1 : (int)(blk / pa.blocks_per_seg);
+            kb_l[2 * kj + 1] = blk < 0 ? 0
+                                       : (int)(((long)blk % pa.blocks_per_seg * pa.n_kv_heads + kvh) * pa.block_size +
+                                               j % pa.block_size);
         }
         barrier(CLK_LOCAL_MEM_FENCE);
         for (int e = lid; e < T * D; e += ls) {
             const int kj = e / D, d = e - kj * D;
-            const int blk = kb_l[kj];
+            const int seg = kb_l[2 * kj];
             float kv = 0.0f, vv = 0.0f;
-            if (blk >= 0) {
-                const long r = kv_row_index(pa, blk, kvh, (k0 + kj) % pa.block_size) + d;
-                const int seg = (int)(blk / pa.blocks_per_seg);
+            if (seg >= 0) {
+                const long r = (long)kb_l[2 * kj + 1] * D + d;
                 __global const kv_t *kseg = KV_SEG_PICK(kp, seg);
                 __global const kv_t *vseg = KV_SEG_PICK(vp, seg);
                 kv = KV_LOAD(kseg, r);
@@ -275,9 +330,12 @@ __kernel void attn_prefill(__global const float *q, __global float *out, __globa
             const int qi = e / T, kj = e - qi * T;
             const int j = k0 + kj;
             float sc = NEG_INF;
-            if (qi < nq && kb_l[kj] >= 0 && attn_visible(pos0 + qi, j, a.window, a.sinks)) {
+            if (qi < nq && kb_l[2 * kj] >= 0 && attn_visible(pos0 + qi, j, a.window, a.sinks)) {
                 float acc = 0.0f;
-                for (int d = 0; d < D; d++)
+                int d = 0;
+                for (; d + 4 <= D; d += 4)
+                    acc += dot(vload4(0, q_l + qi * D + d), vload4(0, k_l + kj * D + d));
+                for (; d < D; d++)
                     acc += q_l[qi * D + d] * k_l[kj * D + d];
                 sc = acc * a.scale;
             }

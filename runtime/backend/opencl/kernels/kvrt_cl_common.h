@@ -20,7 +20,7 @@ typedef int32_t kvrt_cl_i32;
 /* A KV pool of one layer (K or V) spans at most this many segments
  * (cl_mem objects, each under CL_DEVICE_MAX_MEM_ALLOC_SIZE). Kernels take
  * them as separate arguments; unused ones repeat segment 0. */
-#define KVRT_CL_MAX_KV_SEGS 4
+#define KVRT_CL_MAX_KV_SEGS 8
 
 /* Decode split-K: keys per partition. A constant, so the partition count of
  * a sequence depends on its own context length only (batch invariance). */
@@ -94,15 +94,21 @@ typedef struct kvrt_cl_op_args {
 typedef half kv_t;
 #define KV_LOAD(p, i) vload_half((i), (p))
 #define KV_STORE(p, i, x) vstore_half_rte((x), (i), (p))
+#define KV_LOAD4(p, i) vload_half4(0, (p) + (i))
 #else
 typedef float kv_t;
 #define KV_LOAD(p, i) ((p)[(i)])
 #define KV_STORE(p, i, x) ((p)[(i)] = (x))
+#define KV_LOAD4(p, i) vload4(0, (p) + (i))
 #endif
 
 /* Segment arguments of one pool, as kernels declare them. */
-#define KV_SEGS(q, name) q kv_t *name##0, q kv_t *name##1, q kv_t *name##2, q kv_t *name##3
-#define KV_SEG_PICK(name, seg) ((seg) == 0 ? name##0 : (seg) == 1 ? name##1 : (seg) == 2 ? name##2 : name##3)
+#define KV_SEGS(q, name)                                                                                    \
+    q kv_t *name##0, q kv_t *name##1, q kv_t *name##2, q kv_t *name##3, q kv_t *name##4, q kv_t *name##5,    \
+        q kv_t *name##6, q kv_t *name##7
+#define KV_SEG_PICK(name, seg)                                                                              \
+    ((seg) < 4 ? ((seg) < 2 ? ((seg) == 0 ? name##0 : name##1) : ((seg) == 2 ? name##2 : name##3))          \
+               : ((seg) < 6 ? ((seg) == 4 ? name##4 : name##5) : ((seg) == 6 ? name##6 : name##7)))
 
 /* Element index, inside its segment, of row (block, head, offset) of a pool. */
 inline long kv_row_index(kvrt_cl_pool_args pa, int block, int head, int off)
