@@ -230,6 +230,9 @@ typedef struct kvrt_engine_metrics {
     /* steps */
     int64_t steps, prefill_tokens, decode_tokens, generated_tokens;
     kvrt_summary step_tokens, step_seqs, step_prefill_tokens, step_decode_tokens;
+    kvrt_summary step_time;   /* seconds per step (batch building + forward pass) */
+    /* seconds spent on prefill and on decode; a mixed step is split by its token counts */
+    double prefill_time_s, decode_time_s;
     /* per request latencies (seconds), over finished, not cancelled requests */
     kvrt_summary ttft, tpot, e2e, queue;
 } kvrt_engine_metrics;

@@ -437,6 +437,12 @@ static void test_request_latencies_and_json(void **state)
     assert_true(m.step_tokens.max == 10.0);
     assert_true(m.step_decode_tokens.p50 == 1.0);
     assert_int_equal(m.generated_tokens, 5);
+    /* step times: the prompt step (20 ms) is prefill, the four decodes (11 ms) decode */
+    assert_int_equal(m.step_time.count, 5);
+    assert_true(fabs(m.step_time.max - 0.020) < 1e-12);
+    assert_true(fabs(m.step_time.p50 - 0.011) < 1e-12);
+    assert_true(fabs(m.prefill_time_s - 0.020) < 1e-12);
+    assert_true(fabs(m.decode_time_s - 0.044) < 1e-12);
     assert_int_equal(m.blocks_total, 8);
     assert_int_equal(m.blocks_used, 0);
 
@@ -459,6 +465,7 @@ static void test_request_latencies_and_json(void **state)
     assert_int_equal(depth, 0);
     assert_non_null(strstr(json, "\"kv_utilization\":0.75,"));
     assert_non_null(strstr(json, "\"ttft_s\":{\"count\":1,"));
+    assert_non_null(strstr(json, "\"prefill_time_s\":0.02,\"decode_time_s\":0.044,"));
     assert_null(strstr(json, "nan"));
     free(json);
     kvrt_engine_destroy(e);

@@ -105,7 +105,8 @@ void kvrt_engine_destroy(kvrt_engine *e)
     for (size_t i = 0; i < KVRT_ARRAY_LEN(scratch); i++)
         kvrt_free(a, scratch[i]);
     kvrt_series *series[] = {&e->s_ttft, &e->s_tpot, &e->s_e2e, &e->s_queue,
-                             &e->s_step_tokens, &e->s_step_seqs, &e->s_step_prefill, &e->s_step_decode};
+                             &e->s_step_tokens, &e->s_step_seqs, &e->s_step_prefill, &e->s_step_decode,
+                             &e->s_step_time};
     for (size_t i = 0; i < KVRT_ARRAY_LEN(series); i++)
         kvrt_series_free(series[i], a);
     kvrt_block_manager_destroy(e->bm);
@@ -619,9 +620,11 @@ kvrt_status kvrt_engine_get_metrics(kvrt_engine *e, kvrt_engine_metrics *out)
     m.prefix_hit_rate = m.prefix_query_tokens ? (double)m.prefix_hit_tokens / (double)m.prefix_query_tokens : 0.0;
 
     const kvrt_series *series[] = {&e->s_ttft, &e->s_tpot, &e->s_e2e, &e->s_queue,
-                                   &e->s_step_tokens, &e->s_step_seqs, &e->s_step_prefill, &e->s_step_decode};
+                                   &e->s_step_tokens, &e->s_step_seqs, &e->s_step_prefill, &e->s_step_decode,
+                                   &e->s_step_time};
     kvrt_summary *dst[] = {&m.ttft, &m.tpot, &m.e2e, &m.queue,
-                           &m.step_tokens, &m.step_seqs, &m.step_prefill_tokens, &m.step_decode_tokens};
+                           &m.step_tokens, &m.step_seqs, &m.step_prefill_tokens, &m.step_decode_tokens,
+                           &m.step_time};
     int64_t most = 1;
     for (size_t i = 0; i < KVRT_ARRAY_LEN(series); i++)
         most = KVRT_MAX(most, series[i]->n);

@@ -166,7 +166,7 @@ struct kvrt_engine {
 
     kvrt_engine_metrics m;  /* counters; gauges and summaries filled on read */
     kvrt_series s_ttft, s_tpot, s_e2e, s_queue;
-    kvrt_series s_step_tokens, s_step_seqs, s_step_prefill, s_step_decode;
+    kvrt_series s_step_tokens, s_step_seqs, s_step_prefill, s_step_decode, s_step_time;
     double kv_util_sum, kv_util_contig_sum;
 };
 

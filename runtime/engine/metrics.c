@@ -123,6 +123,8 @@ kvrt_status kvrt_metrics_to_json(const kvrt_engine_metrics *m, char *buf, size_t
     put_summary(&o, "step_seqs", &m->step_seqs, 0);
     put_summary(&o, "step_prefill_tokens", &m->step_prefill_tokens, 0);
     put_summary(&o, "step_decode_tokens", &m->step_decode_tokens, 0);
+    put_summary(&o, "step_time_s", &m->step_time, 0);
+    put(&o, "\"prefill_time_s\":%.9g,\"decode_time_s\":%.9g,", m->prefill_time_s, m->decode_time_s);
     put_summary(&o, "ttft_s", &m->ttft, 0);
     put_summary(&o, "tpot_s", &m->tpot, 0);
     put_summary(&o, "e2e_s", &m->e2e, 0);

@@ -530,9 +530,23 @@ static kvrt_status consume_logits(kvrt_engine *e, const kvrt_step_batch *b, kvrt
     return first;
 }
 
+/* A step is one forward pass, so its time cannot be measured per part: a
+ * mixed step's time is split between prefill and decode by their token
+ * counts (pure steps are counted whole). */
+static void record_step_time(kvrt_engine *e, const kvrt_step_info *info, double seconds)
+{
+    (void)kvrt_series_push(&e->s_step_time, e->alloc, seconds);
+    if (info->num_tokens > 0) {
+        double prefill_share = (double)info->prefill_tokens / (double)info->num_tokens;
+        e->m.prefill_time_s += seconds * prefill_share;
+        e->m.decode_time_s += seconds * (1.0 - prefill_share);
+    }
+}
+
 kvrt_status kvrt_sched_run(kvrt_engine *e, kvrt_step_info *info)
 {
     kvrt_step_batch b;
+    double t0 = kvrt_engine_now(e);
     kvrt_status st = build_batch(e, &b, info);
     if (st == KVRT_OK)
         st = e->runner.ops->forward(e->runner.self, &b, e->logits, &e->err);
@@ -540,6 +554,7 @@ kvrt_status kvrt_sched_run(kvrt_engine *e, kvrt_step_info *info)
         kvrt_sched_recover(e);
         return st;
     }
+    record_step_time(e, info, kvrt_engine_now(e) - t0);
     e->m.steps++;
     e->m.prefill_tokens += info->prefill_tokens;
     e->m.decode_tokens += info->decode_tokens;
