@@ -686,7 +686,7 @@ static void print_table(const attn_run *run, FILE *f)
     fprintf(f, "%% bw is taken of the %s\n", run->o.backend == KVRT_BACKEND_CPU ? "host read bandwidth"
                                                                               : "device copy bandwidth");
     fprintf(f, "decode: best call out of >= %.0f ms of calls, layers cycled so KV exceeds 4x LLC; paged/contig = contiguous time / "
-               "paged time; %% bw = KV-read rate / measured read bandwidth\n\n",
+               "paged time; %% bw = KV-read rate / the bandwidth named above\n\n",
             run->o.min_time * 1e3);
     kvrt_table_print(&t, f);
     kvrt_table_free(&t);
