@@ -1,11 +1,12 @@
 /* y[t][o] = sum_i W[o][i] * x[t][i] on the CPU.
  *
- *  - F32 weights, one token: serial OpenBLAS sgemv on slices of output rows,
- *    one slice per pool task (sgemv keeps its state on the stack: reentrant).
- *  - F32 weights, several tokens: kvrt's own GEMM (cpu_gemm.c) on slices of
- *    output rows. Not OpenBLAS sgemm: Debian's serial build is not reentrant
- *    (concurrent calls corrupt each other's results), and a lock around it
- *    made prefill single-core.
+ *  - F32 weights, any number of tokens: kvrt's own GEMM (cpu_gemm.c) on
+ *    slices of output rows. Not OpenBLAS: Debian's serial build is not
+ *    reentrant. sgemm corrupts concurrent calls, and so does sgemv once its
+ *    work buffer no longer fits on the stack (n_in 1024 does not): it then
+ *    comes from OpenBLAS's global buffer table, unlocked in the serial
+ *    build, and two pool tasks may get the same buffer. A lock around
+ *    either would make the call single-core.
  *  - F16/BF16/Q8_0/Q4_0, one token (decode): own GEMV kernels that read the
  *    stored blocks once (bandwidth-bound: the point is to stream W at memory speed).
  *  - F16/BF16/Q8_0/Q4_0, several tokens: each task dequantizes a tile of W rows
@@ -23,12 +24,10 @@
 
 #include "common/quant.h"
 
-#include <cblas.h>
 #include <limits.h>
 
 #define MM_GEMV_MAX_TASKS 64           /* enough to balance 2..16 threads */
 #define MM_GEMV_MIN_TASK_BYTES 32768   /* below this the task overhead shows */
-#define MM_SGEMV_MIN_TASK_FLOPS 262144 /* 2 * rows * n_in */
 #define MM_GEMM_MAX_TASKS 16           /* each task packs all of x again: few, large tasks */
 #define MM_GEMM_MIN_ROWS 64            /* W rows per GEMM task: 128 flops per packed x value */
 #define MM_TILE_BYTES (512u * 1024u)   /* F32 tile of W per thread, inside L2 */
@@ -75,11 +74,6 @@ static void mm_f32_task(void *arg, int64_t task, int thread)
     const mm_job *j = arg;
     const int64_t o0 = task * j->rows_per_task, rows = task_rows(j, task);
     const float *w = (const float *)j->w + o0 * j->n_in;
-    if (j->n_tokens == 1) {
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, (blasint)rows, (blasint)j->n_in, 1.0f, w, (blasint)j->n_in,
-                    j->x, 1, 0.0f, j->y + o0, 1);
-        return;
-    }
     /* Y[t][o0 + r] = sum_i X[t][i] * W[o0 + r][i] */
     kvrt_cpu_gemm(j->isa, j->n_tokens, rows, j->n_in, j->x, j->x_stride, w, j->n_in, j->y + o0, j->y_stride,
                   thread_scratch(j, thread));
@@ -133,7 +127,7 @@ static kvrt_status mm_check_shape(kvrt_backend *be, kvrt_dtype wtype, int64_t n_
     if (y_stride < n_out)
         return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "matmul: y_stride %lld < n_out %lld",
                          (long long)y_stride, (long long)n_out);
-    /* OpenBLAS (sgemv) takes 32-bit dimensions and leading dimensions */
+    /* dimensions and strides above INT_MAX are rejected, as before */
     if (n_out > INT_MAX || n_in > INT_MAX || x_stride > INT_MAX || y_stride > INT_MAX)
         return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "matmul: dimensions or strides above %d", INT_MAX);
     return KVRT_OK;
@@ -187,15 +181,6 @@ static kvrt_status mm_alloc_scratch(kvrt_backend *be, mm_job *j, size_t tile_flo
 static int64_t mm_work(const mm_job *j)
 {
     return j->n_out * j->n_in * j->n_tokens;
-}
-
-static kvrt_status mm_run_sgemv(kvrt_backend *be, mm_job *j)
-{
-    int64_t min_rows = ceil_div(MM_SGEMV_MIN_TASK_FLOPS, 2 * j->n_in);
-    int64_t rows = KVRT_MAX(ceil_div(j->n_out, MM_GEMV_MAX_TASKS), min_rows);
-    j->rows_per_task = ceil_div(rows, 16) * 16; /* whole SIMD panels for sgemv */
-    kvrt_threadpool_run(kvrt_cpu(be)->pool, ceil_div(j->n_out, j->rows_per_task), mm_f32_task, j);
-    return KVRT_OK;
 }
 
 static kvrt_status mm_run_f32(kvrt_backend *be, mm_job *j)
@@ -254,7 +239,7 @@ kvrt_status kvrt_cpu_matmul(kvrt_backend *be, kvrt_dtype wtype, kvrt_view w, int
         .dequant = kvrt_cpu_dequant_kernel(isa, wtype),
     };
     if (wtype == KVRT_DTYPE_F32)
-        return n_tokens == 1 ? mm_run_sgemv(be, &j) : mm_run_f32(be, &j);
+        return mm_run_f32(be, &j);
     if (n_tokens == 1)
         return mm_run_gemv(be, &j);
     return mm_run_tiled(be, &j);

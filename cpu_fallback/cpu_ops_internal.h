@@ -22,7 +22,7 @@ typedef float (*kvrt_cpu_dot_fn)(const void *w, const float *x, int64_t n);
 /* y[i] = W[i] as F32 for one row of n values. */
 typedef void (*kvrt_cpu_dequant_fn)(const void *w, float *y, int64_t n);
 
-/* NULL for F32 (sgemv / kvrt_cpu_gemm read F32 rows in place) and unsupported types. */
+/* NULL for F32 (kvrt_cpu_gemm reads F32 rows in place) and unsupported types. */
 kvrt_cpu_dot_fn kvrt_cpu_dot_kernel(kvrt_cpu_isa isa, kvrt_dtype type);
 /* NULL for unsupported types. */
 kvrt_cpu_dequant_fn kvrt_cpu_dequant_kernel(kvrt_cpu_isa isa, kvrt_dtype type);
