@@ -6,9 +6,10 @@ set(KVRT_SHADER_OUT ${CMAKE_CURRENT_BINARY_DIR}/generated/shaders)
 file(MAKE_DIRECTORY ${KVRT_SHADER_OUT})
 file(GLOB KVRT_SHADER_SOURCES CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/shaders/*.comp)
 
-# Shaders that touch KV pools are built a second time with -DKVRT_BDA: the
-# variant that reaches pool segments through buffer device addresses.
-set(KVRT_BDA_SHADERS kv_write attn_decode attn_prefill)
+# Shaders that touch KV pools or segment-spanning weights are built a second
+# time with -DKVRT_BDA: the variant that reaches segments through buffer
+# device addresses.
+set(KVRT_BDA_SHADERS kv_write attn_decode attn_prefill matmul rows)
 
 set(KVRT_SHADER_HEADERS)
 function(kvrt_add_shader src name defines)

@@ -72,7 +72,7 @@ typedef float kvrt_f32;
     kvrt_u32 n_tokens;   /* rows */                                                \
     kvrt_u32 dim;        /* row length (matmul: n_in) */                           \
     kvrt_u32 n_out;      /* matmul: output rows; add: element count */            \
-    kvrt_u32 wtype;      /* 0 F32, 1 F16, 2 BF16 (matmul, embed) */               \
+    kvrt_u32 wtype;      /* 0 F32 1 F16 2 BF16 3 Q8_0 4 Q4_0 (matmul, embed) */ \
     kvrt_u32 a_off;                                                                \
     kvrt_u32 a_stride;                                                             \
     kvrt_u32 b_off;                                                                \
@@ -84,6 +84,10 @@ typedef float kvrt_f32;
     kvrt_u32 head_dim;                                                             \
     kvrt_u32 rot_dim;                                                              \
     kvrt_u32 neox;                                                                 \
-    kvrt_u32 max_pos;
+    kvrt_u32 max_pos;                                                              \
+    kvrt_u32 seg_words;  /* a (weights.glsl): words per segment */               \
+    kvrt_u32 win_base;   /* a, descriptor path: first word of the bound window */ \
+    kvrt_u32 row_lo;     /* rows of a this dispatch covers */                     \
+    kvrt_u32 row_hi;
 
 #endif /* KVRT_PUSH_H */

@@ -1,21 +1,36 @@
 #version 450
+#ifdef KVRT_BDA // weights spanning segments through buffer device addresses
+#extension GL_EXT_buffer_reference : require
+#extension GL_EXT_buffer_reference_uvec2 : require
+#endif
 // y[t][o] = sum_i W[o][i] x[t][i] (GEMV per token). One workgroup per
-// (output row, token), striding over rows when there are more than workgroups; 64 threads split the row, F32 partial sums, tree reduction.
-// a = W [n_out][n_in] (F32/F16/BF16), b = x, c = y.
+// (output row, token), striding over the rows [row_lo, row_hi) of this
+// dispatch; 64 threads split the row (quant types: one 32-element block per
+// thread step), F32 partial sums, tree reduction.
+// a = W [n_out][n_in] (see weights.glsl), b = x, c = y.
 #include "kvrt_push.h"
 layout(push_constant) uniform P { KVRT_PUSH_OPS } pc;
 #include "ops_common.glsl"
+#include "weights.glsl"
 layout(local_size_x = 64) in;
 shared float s_sum[64];
 
 void main()
 {
     uint t = gl_WorkGroupID.y, tid = gl_LocalInvocationID.x;
-    uint n = pc.dim;
-    for (uint o = gl_WorkGroupID.x; o < pc.n_out; o += gl_NumWorkGroups.x) {
+    uint n = pc.dim, xb = pc.b_off + t * pc.b_stride;
+    uint rbytes = w_row_bytes(n);
+    for (uint o = pc.row_lo + gl_WorkGroupID.x; o < pc.row_hi; o += gl_NumWorkGroups.x) {
+        uint rb = o * rbytes;
+        a_window(pc.a_off + (rb >> 2));
         float acc = 0.0;
-        for (uint i = tid; i < n; i += 64u)
-            acc += weight_a(pc.a_off, o * n + i) * fb(pc.b_off + t * pc.b_stride + i);
+        if (pc.wtype >= 3u) {
+            for (uint k = tid; k < n / 32u; k += 64u)
+                acc += w_block_dot(rb, k, xb + k * 32u);
+        } else {
+            for (uint i = tid; i < n; i += 64u)
+                acc += w_elem(rb, i) * fb(xb + i);
+        }
         s_sum[tid] = acc;
         barrier();
         for (uint s = 32u; s > 0u; s >>= 1) {

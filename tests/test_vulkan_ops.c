@@ -16,6 +16,7 @@
 #include "backend/backend.h"
 #include "backend/vulkan/vk_backend.h"
 #include "common/fp16.h"
+#include "common/quant.h"
 
 #if !defined(KVRT_HAVE_VULKAN_BACKEND)
 /* Built with -DKVRT_VULKAN=OFF: the backend must report itself unavailable. */
@@ -147,74 +148,136 @@ static void check_nmse(const char *what, const float *got, const double *ref, si
     assert_true(nmse <= 1e-6);
 }
 
-static float wget(kvrt_dtype t, const void *w, size_t i)
+/* Weights [rows][cols] stored as t (GGUF block layouts), from random floats;
+ * *deq gets the stored values back as floats (the reference's input). */
+static void *make_weights(kvrt_dtype t, int64_t rows, int64_t cols, size_t *bytes, float **deq)
 {
-    uint16_t h;
-    if (t == KVRT_DTYPE_F32)
-        return ((const float *)w)[i];
-    memcpy(&h, (const char *)w + i * 2, 2);
-    return t == KVRT_DTYPE_F16 ? kvrt_fp16_to_f32(h) : kvrt_bf16_to_f32(h);
+    size_t rb = kvrt_dtype_row_bytes(t, cols);
+    *bytes = rb * (size_t)rows;
+    char *w = malloc(*bytes + 4);
+    float *row = malloc(sizeof(float) * (size_t)cols);
+    *deq = malloc(sizeof(float) * (size_t)(rows * cols));
+    for (int64_t r = 0; r < rows; r++) {
+        for (int64_t i = 0; i < cols; i++)
+            row[i] = rnd();
+        kvrt_quantize_row(t, row, w + (size_t)r * rb, cols);
+        kvrt_dequantize_row(t, w + (size_t)r * rb, *deq + r * cols, cols);
+    }
+    free(row);
+    return w;
 }
 
-/* Weights [n][k] stored as t, from random floats. Returns the bytes. */
-static void *make_weights(kvrt_dtype t, size_t count, size_t *bytes)
+/* y = W x on the device against a double reference on the stored values;
+ * the weights sit at w_off inside a bigger buffer, as in a model file. */
+static void check_matmul(kvrt_dtype t, int64_t n_out, int64_t n_in, size_t w_off)
 {
-    size_t es = t == KVRT_DTYPE_F32 ? 4 : 2;
-    *bytes = count * es;
-    void *w = malloc(*bytes + 4);
-    for (size_t i = 0; i < count; i++) {
-        float f = rnd();
-        if (t == KVRT_DTYPE_F32) {
-            ((float *)w)[i] = f;
-        } else {
-            uint16_t h = t == KVRT_DTYPE_F16 ? kvrt_f32_to_fp16(f) : kvrt_f32_to_bf16(f);
-            memcpy((char *)w + i * 2, &h, 2);
+    const int64_t x_stride = n_in + 9, y_stride = n_out + 3;
+    const int32_t n_tok = 3;
+    size_t wbytes;
+    float *deq;
+    void *w = make_weights(t, n_out, n_in, &wbytes, &deq);
+    float *x = malloc(sizeof(float) * n_tok * x_stride);
+    for (int64_t i = 0; i < n_tok * x_stride; i++)
+        x[i] = rnd();
+    kvrt_buffer *wb = up(NULL, wbytes + w_off);
+    assert_int_equal(g_be->ops->buffer_upload(g_be, wb, w_off, w, wbytes), KVRT_OK);
+    kvrt_buffer *xb = up(x, sizeof(float) * n_tok * x_stride);
+    size_t n_y = (size_t)((n_tok - 1) * y_stride + n_out);
+    kvrt_buffer *yb = out_buf(n_y);
+    kvrt_view wv = {wb, w_off}, xv = {xb, 0}, yv = {yb, 0};
+    assert_int_equal(g_be->ops->matmul(g_be, t, wv, n_out, n_in, xv, x_stride, yv, y_stride, n_tok), KVRT_OK);
+    float *y = down(yb, n_y);
+    double *ref = malloc(sizeof(double) * n_tok * n_out);
+    for (int32_t k = 0; k < n_tok; k++)
+        for (int64_t o = 0; o < n_out; o++) {
+            double acc = 0;
+            for (int64_t i = 0; i < n_in; i++)
+                acc += (double)deq[o * n_in + i] * x[k * x_stride + i];
+            ref[k * n_out + o] = acc;
         }
-    }
-    return w;
+    check_nmse(kvrt_dtype_name(t), y, ref, (size_t)(n_tok * n_out), (size_t)n_out, (size_t)y_stride);
+    for (int64_t e = n_out; e < y_stride; e++) /* stride gaps untouched */
+        assert_int_equal(((uint32_t *)y)[e], CANARY);
+    g_be->ops->buffer_destroy(g_be, wb);
+    g_be->ops->buffer_destroy(g_be, xb);
+    g_be->ops->buffer_destroy(g_be, yb);
+    free(w), free(deq), free(x), free(y), free(ref);
+}
+
+static const kvrt_dtype ALL_TYPES[] = {KVRT_DTYPE_F32, KVRT_DTYPE_F16, KVRT_DTYPE_BF16, KVRT_DTYPE_Q8_0,
+                                       KVRT_DTYPE_Q4_0};
+
+static bool quantized(kvrt_dtype t)
+{
+    return t == KVRT_DTYPE_Q8_0 || t == KVRT_DTYPE_Q4_0;
 }
 
 static void test_matmul(void **state)
 {
-    const kvrt_dtype types[] = {KVRT_DTYPE_F32, KVRT_DTYPE_F16, KVRT_DTYPE_BF16};
-    const int64_t n_out = 37, n_in = 301, x_stride = 310, y_stride = 40;
-    const int32_t n_tok = 3;
-    for (size_t ti = 0; ti < 3; ti++) {
-        size_t wbytes;
-        void *w = make_weights(types[ti], (size_t)(n_out * n_in), &wbytes);
-        float *x = malloc(sizeof(float) * n_tok * x_stride);
-        for (int64_t i = 0; i < n_tok * x_stride; i++)
-            x[i] = rnd();
-        /* the weights sit at an offset inside a bigger buffer, as in a model file */
-        kvrt_buffer *wb = up(NULL, wbytes + 256);
-        assert_int_equal(g_be->ops->buffer_upload(g_be, wb, 256, w, wbytes), KVRT_OK);
-        kvrt_buffer *xb = up(x, sizeof(float) * n_tok * x_stride);
-        size_t n_y = (size_t)((n_tok - 1) * y_stride + n_out);
-        kvrt_buffer *yb = out_buf(n_y);
-        kvrt_view wv = {wb, 256}, xv = {xb, 0}, yv = {yb, 0};
-        assert_int_equal(g_be->ops->matmul(g_be, types[ti], wv, n_out, n_in, xv, x_stride, yv, y_stride, n_tok),
-                         KVRT_OK);
-        float *y = down(yb, n_y);
-        double *ref = malloc(sizeof(double) * n_tok * n_out);
-        for (int32_t t = 0; t < n_tok; t++)
-            for (int64_t o = 0; o < n_out; o++) {
-                double s = 0;
-                for (int64_t i = 0; i < n_in; i++)
-                    s += (double)wget(types[ti], w, (size_t)(o * n_in + i)) * x[t * x_stride + i];
-                ref[t * n_out + o] = s;
-            }
-        check_nmse(kvrt_dtype_name(types[ti]), y, ref, (size_t)(n_tok * n_out), (size_t)n_out, (size_t)y_stride);
-        for (int64_t e = n_out; e < y_stride; e++) /* stride gaps untouched */
-            assert_int_equal(((uint32_t *)y)[e], CANARY);
-        g_be->ops->buffer_destroy(g_be, wb);
-        g_be->ops->buffer_destroy(g_be, xb);
-        g_be->ops->buffer_destroy(g_be, yb);
-        free(w), free(x), free(y), free(ref);
-    }
-    /* quantized weights are reported, not run slowly or wrongly */
+    for (size_t ti = 0; ti < 5; ti++) /* odd rows for the 16-bit types: rows start mid-word */
+        check_matmul(ALL_TYPES[ti], 37, quantized(ALL_TYPES[ti]) ? 320 : 301, 256);
+    /* a quant row that is not a whole number of blocks is refused, not misread */
     kvrt_view none = {NULL, 0};
-    assert_int_equal(g_be->ops->matmul(g_be, KVRT_DTYPE_Q8_0, none, 4, 32, none, 32, none, 4, 1), KVRT_ERR_UNSUPPORTED);
-    assert_non_null(strstr(g_be->err.message, "q8_0"));
+    assert_int_equal(g_be->ops->matmul(g_be, KVRT_DTYPE_Q8_0, none, 4, 40, none, 40, none, 4, 1),
+                     KVRT_ERR_INVALID_ARGUMENT);
+    assert_int_equal(g_be->ops->matmul(g_be, (kvrt_dtype)12 /* GGUF Q4_K */, none, 4, 256, none, 256, none, 4, 1),
+                     KVRT_ERR_UNSUPPORTED);
+    assert_non_null(strstr(g_be->err.message, "not implemented"));
+}
+
+/* Embedding rows of every type convert exactly (the dequantizer's values). */
+static void check_embed(kvrt_dtype t, int32_t n_rows, int32_t dim, size_t t_off)
+{
+    int32_t ids[6] = {3, n_rows - 1, 0, 3, n_rows / 2, n_rows / 3};
+    const int32_t n_tok = 6;
+    size_t bytes;
+    float *deq;
+    void *tab = make_weights(t, n_rows, dim, &bytes, &deq);
+    kvrt_buffer *tb = up(NULL, bytes + t_off), *ib = up(ids, sizeof(ids)), *ob = out_buf((size_t)n_tok * dim);
+    assert_int_equal(g_be->ops->buffer_upload(g_be, tb, t_off, tab, bytes), KVRT_OK);
+    kvrt_view tv = {tb, t_off}, iv = {ib, 0}, ov = {ob, 0};
+    assert_int_equal(g_be->ops->embed(g_be, t, tv, dim, iv, n_tok, ov), KVRT_OK);
+    float *o = down(ob, (size_t)n_tok * dim);
+    for (int32_t k = 0; k < n_tok; k++)
+        assert_memory_equal(o + k * dim, deq + (size_t)ids[k] * dim, sizeof(float) * (size_t)dim);
+    g_be->ops->buffer_destroy(g_be, tb);
+    g_be->ops->buffer_destroy(g_be, ib);
+    g_be->ops->buffer_destroy(g_be, ob);
+    free(tab), free(deq), free(o);
+}
+
+/* gather_rows from a src of `rows` rows of `stride` floats. */
+static void check_gather(int32_t rows, int64_t stride, int32_t cols)
+{
+    float *x = malloc(sizeof(float) * rows * stride);
+    for (int64_t i = 0; i < rows * stride; i++)
+        x[i] = rnd();
+    int32_t idx[4] = {rows - 1, 0, rows / 2, rows - 1};
+    kvrt_buffer *xb = up(x, sizeof(float) * rows * stride), *ib = up(idx, sizeof(idx));
+    kvrt_buffer *gb = out_buf((size_t)4 * cols);
+    kvrt_view xv = {xb, 0}, iv = {ib, 0}, gv = {gb, 0};
+    assert_int_equal(g_be->ops->gather_rows(g_be, xv, stride, iv, 4, gv, cols, cols), KVRT_OK);
+    float *g = down(gb, (size_t)4 * cols);
+    for (int32_t r = 0; r < 4; r++)
+        assert_memory_equal(g + r * cols, x + idx[r] * stride, sizeof(float) * cols);
+    g_be->ops->buffer_destroy(g_be, xb);
+    g_be->ops->buffer_destroy(g_be, ib);
+    g_be->ops->buffer_destroy(g_be, gb);
+    free(x), free(g);
+}
+
+/* Weights, tables and gathered rows spanning many small segments (rows
+ * straddle segment boundaries): buffer device addresses in the all-features
+ * pass, one dispatch per segment in the other. */
+static void test_spanning_segments(void **state)
+{
+    kvrt_vk_set_max_segment(g_be, 4096);
+    for (size_t ti = 0; ti < 5; ti++) {
+        check_matmul(ALL_TYPES[ti], 61, 96, 512); /* F32: 23 KiB, 6 segments */
+        check_embed(ALL_TYPES[ti], 90, 64, 256);
+    }
+    check_gather(40, 301, 200); /* 48 KiB of 1204-byte rows */
+    kvrt_vk_set_max_segment(g_be, 0);
 }
 
 static void test_norm_swiglu_add(void **state)
@@ -322,24 +385,8 @@ static void test_rope(void **state)
 
 static void test_embed_gather_argmax(void **state)
 {
-    const int32_t n_rows = 50, dim = 70, n_tok = 5;
-    int32_t ids[5] = {3, 49, 0, 3, 17};
-    const kvrt_dtype types[] = {KVRT_DTYPE_F32, KVRT_DTYPE_F16, KVRT_DTYPE_BF16};
-    for (size_t ti = 0; ti < 3; ti++) {
-        size_t bytes;
-        void *tab = make_weights(types[ti], (size_t)n_rows * dim, &bytes);
-        kvrt_buffer *tb = up(tab, bytes), *ib = up(ids, sizeof(ids)), *ob = out_buf((size_t)n_tok * dim);
-        kvrt_view tv = {tb, 0}, iv = {ib, 0}, ov = {ob, 0};
-        assert_int_equal(g_be->ops->embed(g_be, types[ti], tv, dim, iv, n_tok, ov), KVRT_OK);
-        float *o = down(ob, (size_t)n_tok * dim);
-        for (int32_t t = 0; t < n_tok; t++) /* a gather converts exactly */
-            for (int32_t d = 0; d < dim; d++)
-                assert_true(o[t * dim + d] == wget(types[ti], tab, (size_t)ids[t] * dim + d));
-        g_be->ops->buffer_destroy(g_be, tb);
-        g_be->ops->buffer_destroy(g_be, ib);
-        g_be->ops->buffer_destroy(g_be, ob);
-        free(tab), free(o);
-    }
+    for (size_t ti = 0; ti < 5; ti++) /* a gather converts exactly */
+        check_embed(ALL_TYPES[ti], 50, quantized(ALL_TYPES[ti]) ? 96 : 70, 0);
     /* gather_rows and argmax (lowest index on ties) on one logits matrix */
     const int32_t cols = 1000, rows = 4;
     const int64_t stride = 1003;
@@ -406,6 +453,7 @@ int main(void)
         cmocka_unit_test(test_rope),
         cmocka_unit_test(test_embed_gather_argmax),
         cmocka_unit_test(test_long_step),
+        cmocka_unit_test(test_spanning_segments),
     };
     int fails = cmocka_run_group_tests_name("vulkan_ops (all features)", tests, setup_all, teardown);
     fails += cmocka_run_group_tests_name("vulkan_ops (no optional features)", tests, setup_none, teardown);

@@ -89,8 +89,29 @@ void kvrt_vk_dispatch_finish(kvrt_vk_backend *vk)
         vk->vk.vkDestroyCommandPool(vk->device, vk->cmd_pool, NULL);
 }
 
+/* Orders what cb recorded so far before what it records next. The first
+ * scope of a pipeline barrier also holds every command submitted earlier to
+ * the queue, so at the start of a command buffer it makes earlier steps' and
+ * immediate transfers' writes (uploads, fills, address tables) visible. */
+static void vk_barrier_cb(kvrt_vk_backend *vk, VkCommandBuffer cb)
+{
+    VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
+                          .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT,
+                          .dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT |
+                                           VK_ACCESS_TRANSFER_READ_BIT | VK_ACCESS_TRANSFER_WRITE_BIT};
+    VkPipelineStageFlags st = VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT;
+    vk->vk.vkCmdPipelineBarrier(cb, st, st, 0, 1, &mb, 0, NULL, 0, NULL);
+}
+
 static kvrt_status vk_run(kvrt_vk_backend *vk, VkCommandBuffer cb)
 {
+    /* a fence wait alone does not make device writes visible to the host
+     * (downloads read the mapped staging buffer) */
+    VkMemoryBarrier hb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
+                          .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT,
+                          .dstAccessMask = VK_ACCESS_HOST_READ_BIT};
+    vk->vk.vkCmdPipelineBarrier(cb, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT,
+                                VK_PIPELINE_STAGE_HOST_BIT, 0, 1, &hb, 0, NULL, 0, NULL);
     VkResult r = vk->vk.vkEndCommandBuffer(cb);
     if (r != VK_SUCCESS)
         return kvrt_vk_result(vk, r, "vkEndCommandBuffer");
@@ -106,7 +127,9 @@ static kvrt_status vk_begin_cb(kvrt_vk_backend *vk, VkCommandBuffer cb)
 {
     VkCommandBufferBeginInfo bi = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO,
                                    .flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT};
-    return kvrt_vk_result(vk, vk->vk.vkBeginCommandBuffer(cb, &bi), "vkBeginCommandBuffer");
+    KVRT_TRY(kvrt_vk_result(vk, vk->vk.vkBeginCommandBuffer(cb, &bi), "vkBeginCommandBuffer"));
+    vk_barrier_cb(vk, cb); /* after earlier submissions: reads see their writes, writes wait for their reads */
+    return KVRT_OK;
 }
 
 kvrt_status kvrt_vk_oneshot_begin(kvrt_vk_backend *vk, VkCommandBuffer *cb)
@@ -173,12 +196,7 @@ kvrt_status kvrt_vk_end_implicit(kvrt_vk_backend *vk, bool implicit, kvrt_status
 
 void kvrt_vk_barrier(kvrt_vk_backend *vk)
 {
-    VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
-                          .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT,
-                          .dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT |
-                                           VK_ACCESS_TRANSFER_READ_BIT | VK_ACCESS_TRANSFER_WRITE_BIT};
-    VkPipelineStageFlags st = VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT;
-    vk->vk.vkCmdPipelineBarrier(vk->cmd, st, st, 0, 1, &mb, 0, NULL, 0, NULL);
+    vk_barrier_cb(vk, vk->cmd);
 }
 
 static kvrt_status vk_alloc_set(kvrt_vk_backend *vk, VkDescriptorSet *set)

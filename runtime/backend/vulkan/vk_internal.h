@@ -48,6 +48,7 @@ struct kvrt_buffer {
     uint32_t n_segs;
     unsigned flags;
     kvrt_vk_segment *segs; /* [n_segs] */
+    kvrt_buffer *addr_table; /* uvec2 [n_segs + 1] segment addresses (BDA; made on first need) */
 };
 
 struct kvrt_kv_pool {
@@ -80,6 +81,9 @@ typedef enum kvrt_vk_pipe_id {
     KVRT_VK_PIPE_KV_WRITE_BDA, /* pool shaders built with -DKVRT_BDA */
     KVRT_VK_PIPE_ATTN_DECODE_BDA,
     KVRT_VK_PIPE_ATTN_PREFILL_BDA,
+    KVRT_VK_PIPE_MATMUL_BDA, /* weights spanning segments, through addresses */
+    KVRT_VK_PIPE_EMBED_BDA,
+    KVRT_VK_PIPE_GATHER_BDA,
     KVRT_VK_PIPE_COUNT
 } kvrt_vk_pipe_id;
 
@@ -156,6 +160,8 @@ kvrt_status kvrt_vk_view_seg(kvrt_vk_backend *vk, kvrt_view v, size_t bytes, con
                              uint32_t *seg, uint32_t *word_off);
 /* Grows vk->scratch to at least `bytes`. Only between submits. */
 kvrt_status kvrt_vk_scratch_reserve(kvrt_vk_backend *vk, size_t bytes);
+/* The buffer's segment address table (BDA), made and uploaded on first use. */
+kvrt_status kvrt_vk_addr_table(kvrt_vk_backend *vk, kvrt_buffer *b, kvrt_buffer **out);
 /* Immediate (like kv_block_read/write): they run at once, through their own
  * command buffer, not in the open step; data a recorded op writes is
  * readable after submit(). */

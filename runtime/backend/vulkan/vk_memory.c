@@ -64,6 +64,7 @@ void kvrt_vk_buffer_free(kvrt_vk_backend *vk, kvrt_buffer *b)
         return;
     for (uint32_t i = 0; b->segs && i < b->n_segs; i++)
         vk_segment_free(vk, &b->segs[i]);
+    kvrt_vk_buffer_free(vk, b->addr_table);
     kvrt_free(vk->base.alloc, b->segs);
     kvrt_free(vk->base.alloc, b);
 }
@@ -176,6 +177,34 @@ kvrt_status kvrt_vk_view_seg(kvrt_vk_backend *vk, kvrt_view v, size_t bytes, con
         return kvrt_fail(&vk->base.err, KVRT_ERR_UNSUPPORTED, "%s: offset too large", what);
     *seg = (uint32_t)s;
     *word_off = (uint32_t)(off / 4);
+    return KVRT_OK;
+}
+
+kvrt_status kvrt_vk_addr_table(kvrt_vk_backend *vk, kvrt_buffer *b, kvrt_buffer **out)
+{
+    if (!b->addr_table) {
+        /* one extra entry repeats the last segment: a row's window is [s, s + 1] */
+        size_t n = (size_t)b->n_segs + 1;
+        uint32_t *a = kvrt_alloc(vk->base.alloc, n * 2 * sizeof(uint32_t), 0);
+        if (!a)
+            return kvrt_fail(&vk->base.err, KVRT_ERR_OUT_OF_HOST_MEMORY, "vulkan: out of host memory");
+        for (size_t i = 0; i < n; i++) {
+            VkDeviceAddress ad = b->segs[KVRT_MIN(i, (size_t)b->n_segs - 1)].addr;
+            a[2 * i] = (uint32_t)ad;
+            a[2 * i + 1] = (uint32_t)(ad >> 32);
+        }
+        kvrt_buffer *t;
+        kvrt_status s = kvrt_vk_buffer_create_seg(vk, n * 8, 0, KVRT_BUFFER_DEVICE, &t);
+        if (s == KVRT_OK) {
+            s = kvrt_vk_upload(vk, t, 0, a, n * 8);
+            if (s != KVRT_OK)
+                kvrt_vk_buffer_free(vk, t);
+        }
+        kvrt_free(vk->base.alloc, a);
+        KVRT_TRY(s);
+        b->addr_table = t;
+    }
+    *out = b->addr_table;
     return KVRT_OK;
 }
 

@@ -1,5 +1,5 @@
-/* Model ops on Vulkan (F32 activations): GEMV-style matmul for F32/F16/BF16
- * weights, rmsnorm, RoPE from the host's cos/sin table, SwiGLU, add, embedding
+/* Model ops on Vulkan (F32 activations): GEMV-style matmul for F32/F16/BF16/
+ * Q8_0/Q4_0 weights that may span buffer segments, rmsnorm, RoPE from the host's cos/sin table, SwiGLU, add, embedding
  * gather, row gather, argmax. Each validates its views, then records one
  * dispatch (inside the open step, or as its own step when none is open). */
 #include "backend/vulkan/vk_internal.h"
@@ -44,17 +44,99 @@ static uint64_t vk_groups(uint64_t items, const kvrt_vk_backend *vk)
     return KVRT_MIN((items + 63) / 64, (uint64_t)vk->caps.max_wg_count[0]);
 }
 
-/* Weight element type -> shader code; bytes per element. */
-static kvrt_status vk_wtype(kvrt_backend *be, kvrt_dtype t, const char *op, uint32_t *code, int64_t *elem)
+/* Weight type -> shader code (weights.glsl); elements per block and bytes
+ * per block (1 and the element size for unquantized types). */
+static kvrt_status vk_wtype(kvrt_backend *be, kvrt_dtype t, const char *op, uint32_t *code, int64_t *blk,
+                            int64_t *blk_bytes)
 {
+    *blk = 1;
     switch (t) {
-    case KVRT_DTYPE_F32: *code = 0, *elem = 4; return KVRT_OK;
-    case KVRT_DTYPE_F16: *code = 1, *elem = 2; return KVRT_OK;
-    case KVRT_DTYPE_BF16: *code = 2, *elem = 2; return KVRT_OK;
+    case KVRT_DTYPE_F32: *code = 0, *blk_bytes = 4; return KVRT_OK;
+    case KVRT_DTYPE_F16: *code = 1, *blk_bytes = 2; return KVRT_OK;
+    case KVRT_DTYPE_BF16: *code = 2, *blk_bytes = 2; return KVRT_OK;
+    case KVRT_DTYPE_Q8_0: *code = 3, *blk = 32, *blk_bytes = 34; return KVRT_OK;
+    case KVRT_DTYPE_Q4_0: *code = 4, *blk = 32, *blk_bytes = 18; return KVRT_OK;
     default:
         return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "vulkan: %s with %s weights is not implemented", op,
                          kvrt_dtype_name(t));
     }
+}
+
+/* Bytes of one weight row of n elements; false when n is not a whole number of blocks. */
+static bool vk_row_bytes(int64_t n, int64_t blk, int64_t blk_bytes, int64_t *out)
+{
+    return n > 0 && n % blk == 0 && kvrt_mul_i64(n / blk, blk_bytes, out);
+}
+
+/* Rows of buffer `a` (weights, a table, gathered rows) as shaders/weights.glsl
+ * reads them: row r starts row_bytes * r after the view and reads row_read
+ * bytes; rows [0, n_rows) exist. */
+typedef struct vk_rows {
+    kvrt_view v;
+    size_t row_bytes;
+    size_t row_read;
+    int64_t n_rows;
+} vk_rows;
+
+/* Records the op over the rows: one dispatch when they sit in one segment or
+ * the device has buffer device addresses (address table at binding 5),
+ * otherwise one dispatch per segment over the rows starting in it, with that
+ * segment and the next bound. Matmul (rows_in_x) puts rows on the grid's x. */
+static kvrt_status vk_record_rows(kvrt_vk_backend *vk, kvrt_vk_pipe_id id, kvrt_vk_pipe_id bda_id, const char *op,
+                                  kvrt_vk_bind *bind, vk_push_ops *pc, const vk_rows *r, bool rows_in_x, uint64_t gx,
+                                  uint64_t gy)
+{
+    kvrt_buffer *b = r->v.buf;
+    size_t span;
+    if (!b || r->n_rows <= 0 || !kvrt_mul_size((size_t)(r->n_rows - 1), r->row_bytes, &span) ||
+        __builtin_add_overflow(span, r->row_read, &span) || r->v.offset > b->size || span > b->size - r->v.offset)
+        return kvrt_fail(&vk->base.err, KVRT_ERR_INVALID_ARGUMENT, "%s: rows exceed the buffer (%zu bytes)", op,
+                         b ? b->size : 0);
+    if (r->v.offset % 4 || r->row_bytes % 2)
+        return kvrt_fail(&vk->base.err, KVRT_ERR_INVALID_ARGUMENT, "%s: offset %zu is not 4-byte aligned", op,
+                         r->v.offset);
+    /* 32-bit word indices from the buffer start; a row plus one word of look-ahead within a segment */
+    if ((r->v.offset + span) / 4 >= UINT32_MAX || span > UINT32_MAX || r->row_read + 4 > b->seg_bytes ||
+        r->row_bytes > b->seg_bytes)
+        return kvrt_fail(&vk->base.err, KVRT_ERR_UNSUPPORTED, "%s: %zu-byte rows over %zu bytes exceed what %zu-byte "
+                         "segments address", op, r->row_read, span, b->seg_bytes);
+    pc->a_off = (uint32_t)(r->v.offset / 4);
+    pc->seg_words = (uint32_t)(b->seg_bytes / 4);
+    size_t s0 = r->v.offset / b->seg_bytes, s1 = (r->v.offset + span - 1) / b->seg_bytes;
+    bool implicit;
+    KVRT_TRY(kvrt_vk_acquire(vk, &implicit));
+    kvrt_status st = KVRT_OK;
+    if (s0 != s1 && vk->caps.bda) {
+        kvrt_buffer *table;
+        st = kvrt_vk_addr_table(vk, b, &table);
+        bind->buf[0] = NULL;
+        bind->buf[3] = table;
+        bind->seg[3] = 0;
+        pc->row_lo = 0;
+        pc->row_hi = (uint32_t)r->n_rows;
+        uint64_t x = rows_in_x ? KVRT_MIN((uint64_t)r->n_rows, vk->caps.max_wg_count[0]) : gx;
+        if (st == KVRT_OK)
+            st = kvrt_vk_dispatch(vk, bda_id, bind, pc, sizeof(*pc), (uint32_t)x, (uint32_t)gy, 1);
+        return kvrt_vk_end_implicit(vk, implicit, st);
+    }
+    for (size_t s = s0; st == KVRT_OK && s <= s1; s++) {
+        /* rows whose first byte lies in segment s */
+        size_t lo = s * b->seg_bytes, hi = lo + b->seg_bytes;
+        size_t r_lo = lo <= r->v.offset ? 0 : (lo - r->v.offset + r->row_bytes - 1) / r->row_bytes;
+        size_t r_hi = KVRT_MIN((size_t)r->n_rows, (hi - r->v.offset + r->row_bytes - 1) / r->row_bytes);
+        if (r_lo >= r_hi)
+            continue;
+        bind->buf[0] = b;
+        bind->seg[0] = (uint32_t)s;
+        bind->buf[3] = b;
+        bind->seg[3] = (uint32_t)KVRT_MIN(s + 1, (size_t)b->n_segs - 1);
+        pc->win_base = (uint32_t)(lo / 4);
+        pc->row_lo = (uint32_t)r_lo;
+        pc->row_hi = (uint32_t)r_hi;
+        uint64_t x = rows_in_x ? KVRT_MIN((uint64_t)(r_hi - r_lo), vk->caps.max_wg_count[0]) : gx;
+        st = kvrt_vk_dispatch(vk, id, bind, pc, sizeof(*pc), (uint32_t)x, (uint32_t)gy, 1);
+    }
+    return kvrt_vk_end_implicit(vk, implicit, st);
 }
 
 kvrt_status kvrt_vk_matmul(kvrt_backend *be, kvrt_dtype wtype, kvrt_view w, int64_t n_out, int64_t n_in, kvrt_view x,
@@ -63,16 +145,17 @@ kvrt_status kvrt_vk_matmul(kvrt_backend *be, kvrt_dtype wtype, kvrt_view w, int6
     kvrt_vk_backend *vk = kvrt_vk(be);
     vk_push_ops pc;
     memset(&pc, 0, sizeof(pc));
-    int64_t elem = 4;
-    KVRT_TRY(vk_wtype(be, wtype, "matmul", &pc.wtype, &elem));
+    int64_t blk = 1, blk_bytes = 4, row = 0;
+    KVRT_TRY(vk_wtype(be, wtype, "matmul", &pc.wtype, &blk, &blk_bytes));
     if (n_tokens == 0)
         return KVRT_OK;
-    size_t wb, xb, yb;
-    if (n_tokens < 0 || !vk_span(n_out, n_in, n_in, elem, &wb) || !vk_span(n_tokens, x_stride, n_in, 4, &xb) ||
-        !vk_span(n_tokens, y_stride, n_out, 4, &yb))
+    size_t xb, yb;
+    if (n_tokens < 0 || n_out <= 0 || n_out > UINT32_MAX || !vk_row_bytes(n_in, blk, blk_bytes, &row) ||
+        !vk_span(n_tokens, x_stride, n_in, 4, &xb) || !vk_span(n_tokens, y_stride, n_out, 4, &yb))
         return vk_bad_shape(be, "matmul");
+    if (n_tokens > (int32_t)vk->caps.max_wg_count[1])
+        return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "vulkan: matmul of %d tokens exceeds the grid", n_tokens);
     kvrt_vk_bind bind = {.buf = {w.buf, x.buf, y.buf}};
-    KVRT_TRY(kvrt_vk_view_seg(vk, w, wb, "matmul weights", &bind.seg[0], &pc.a_off));
     KVRT_TRY(kvrt_vk_view_seg(vk, x, xb, "matmul x", &bind.seg[1], &pc.b_off));
     KVRT_TRY(kvrt_vk_view_seg(vk, y, yb, "matmul y", &bind.seg[2], &pc.c_off));
     pc.n_tokens = (uint32_t)n_tokens;
@@ -80,8 +163,9 @@ kvrt_status kvrt_vk_matmul(kvrt_backend *be, kvrt_dtype wtype, kvrt_view w, int6
     pc.n_out = (uint32_t)n_out;
     pc.b_stride = (uint32_t)x_stride;
     pc.c_stride = (uint32_t)y_stride;
-    return vk_record(vk, KVRT_VK_PIPE_MATMUL, &bind, &pc, KVRT_MIN((uint64_t)n_out, vk->caps.max_wg_count[0]),
-                     (uint64_t)n_tokens);
+    vk_rows r = {w, (size_t)row, (size_t)row, n_out};
+    return vk_record_rows(vk, KVRT_VK_PIPE_MATMUL, KVRT_VK_PIPE_MATMUL_BDA, "matmul weights", &bind, &pc, &r, true, 0,
+                          (uint64_t)n_tokens);
 }
 
 kvrt_status kvrt_vk_rmsnorm(kvrt_backend *be, kvrt_view x, int64_t x_stride, kvrt_view w, kvrt_view y,
@@ -188,14 +272,17 @@ static size_t vk_tail(kvrt_view v)
     return v.buf && v.offset <= v.buf->size ? v.buf->size - v.offset : 0;
 }
 
-static kvrt_status vk_rows_op(kvrt_vk_backend *vk, kvrt_vk_pipe_id id, const char *op, vk_push_ops *pc,
-                              kvrt_view src, kvrt_view idx, kvrt_view dst, size_t dst_bytes, int32_t n)
+static kvrt_status vk_rows_op(kvrt_vk_backend *vk, kvrt_vk_pipe_id id, kvrt_vk_pipe_id bda_id, const char *op,
+                              vk_push_ops *pc, const vk_rows *src, kvrt_view idx, kvrt_view dst, size_t dst_bytes,
+                              int32_t n)
 {
-    kvrt_vk_bind bind = {.buf = {src.buf, idx.buf, dst.buf}};
-    KVRT_TRY(kvrt_vk_view_seg(vk, src, vk_tail(src), op, &bind.seg[0], &pc->a_off));
+    if (n > (int32_t)vk->caps.max_wg_count[1])
+        return kvrt_fail(&vk->base.err, KVRT_ERR_UNSUPPORTED, "vulkan: %s of %d rows exceeds the grid", op, n);
+    kvrt_vk_bind bind = {.buf = {src->v.buf, idx.buf, dst.buf}};
     KVRT_TRY(kvrt_vk_view_seg(vk, idx, (size_t)n * 4, op, &bind.seg[1], &pc->b_off));
     KVRT_TRY(kvrt_vk_view_seg(vk, dst, dst_bytes, op, &bind.seg[2], &pc->c_off));
-    return vk_record(vk, id, &bind, pc, KVRT_MIN(vk_groups(pc->dim, vk), 64u), (uint64_t)n);
+    return vk_record_rows(vk, id, bda_id, op, &bind, pc, src, false, KVRT_MIN(vk_groups(pc->dim, vk), 64u),
+                          (uint64_t)n);
 }
 
 kvrt_status kvrt_vk_embed(kvrt_backend *be, kvrt_dtype wtype, kvrt_view table, int64_t dim, kvrt_view ids,
@@ -204,16 +291,17 @@ kvrt_status kvrt_vk_embed(kvrt_backend *be, kvrt_dtype wtype, kvrt_view table, i
     kvrt_vk_backend *vk = kvrt_vk(be);
     vk_push_ops pc;
     memset(&pc, 0, sizeof(pc));
-    int64_t elem = 4;
-    KVRT_TRY(vk_wtype(be, wtype, "embed", &pc.wtype, &elem));
+    int64_t blk = 1, blk_bytes = 4, row = 0;
+    KVRT_TRY(vk_wtype(be, wtype, "embed", &pc.wtype, &blk, &blk_bytes));
     if (n_tokens == 0)
         return KVRT_OK;
     size_t ob;
-    if (n_tokens < 0 || !vk_span(n_tokens, dim, dim, 4, &ob))
+    if (n_tokens < 0 || !vk_row_bytes(dim, blk, blk_bytes, &row) || !vk_span(n_tokens, dim, dim, 4, &ob))
         return vk_bad_shape(be, "embed");
     pc.dim = (uint32_t)dim;
     pc.c_stride = (uint32_t)dim;
-    return vk_rows_op(vk, KVRT_VK_PIPE_EMBED, "embed", &pc, table, ids, out, ob, n_tokens);
+    vk_rows r = {table, (size_t)row, (size_t)row, (int64_t)(vk_tail(table) / (size_t)row)};
+    return vk_rows_op(vk, KVRT_VK_PIPE_EMBED, KVRT_VK_PIPE_EMBED_BDA, "embed", &pc, &r, ids, out, ob, n_tokens);
 }
 
 kvrt_status kvrt_vk_gather_rows(kvrt_backend *be, kvrt_view src, int64_t src_stride, kvrt_view idx, int32_t n,
@@ -230,7 +318,9 @@ kvrt_status kvrt_vk_gather_rows(kvrt_backend *be, kvrt_view src, int64_t src_str
     pc.dim = (uint32_t)dim;
     pc.a_stride = (uint32_t)src_stride;
     pc.c_stride = (uint32_t)dst_stride;
-    return vk_rows_op(vk, KVRT_VK_PIPE_GATHER, "gather_rows", &pc, src, idx, dst, db, n);
+    size_t tail = vk_tail(src), row = (size_t)src_stride * 4;
+    vk_rows r = {src, row, sb, tail < sb ? 0 : (int64_t)((tail - sb) / row + 1)};
+    return vk_rows_op(vk, KVRT_VK_PIPE_GATHER, KVRT_VK_PIPE_GATHER_BDA, "gather_rows", &pc, &r, idx, dst, db, n);
 }
 
 kvrt_status kvrt_vk_argmax(kvrt_backend *be, kvrt_view x, int64_t stride, int32_t n_rows, int32_t n_cols,

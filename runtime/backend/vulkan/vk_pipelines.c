@@ -15,9 +15,11 @@
 #include "shaders/kv_write.spv.h"
 #include "shaders/kv_write_bda.spv.h"
 #include "shaders/matmul.spv.h"
+#include "shaders/matmul_bda.spv.h"
 #include "shaders/rmsnorm.spv.h"
 #include "shaders/rope.spv.h"
 #include "shaders/rows.spv.h"
+#include "shaders/rows_bda.spv.h"
 
 /* Push-constant structs are the shaders' blocks, field for field. */
 typedef struct kvrt_push_kv_write { KVRT_PUSH_KV_WRITE } kvrt_push_kv_write;
@@ -28,7 +30,8 @@ _Static_assert(offsetof(kvrt_push_kv_write, slot_off) == 44, "std430 offset of s
 _Static_assert(sizeof(kvrt_push_attn) == 25 * 4, "attention push constants: 25 words");
 _Static_assert(offsetof(kvrt_push_attn, scale) == 40, "std430 offset of scale");
 _Static_assert(offsetof(kvrt_push_attn, n_tile_groups) == 96, "std430 offset of n_tile_groups");
-_Static_assert(sizeof(kvrt_push_ops) == 16 * 4, "op push constants: 16 words");
+_Static_assert(sizeof(kvrt_push_ops) == 20 * 4, "op push constants: 20 words");
+_Static_assert(offsetof(kvrt_push_ops, row_hi) == 76, "std430 offset of row_hi");
 _Static_assert(offsetof(kvrt_push_ops, eps) == 40, "std430 offset of eps");
 _Static_assert(sizeof(kvrt_push_attn) <= 128, "push constants fit the guaranteed 128 bytes");
 
@@ -58,6 +61,9 @@ static const vk_pipe_desc vk_pipe_table[KVRT_VK_PIPE_COUNT] = {
     [KVRT_VK_PIPE_KV_WRITE_BDA] = {"kv_write (bda)", VK_SPV(kv_write_bda), -1},
     [KVRT_VK_PIPE_ATTN_DECODE_BDA] = {"attn_decode (bda)", VK_SPV(attn_decode_bda), -1},
     [KVRT_VK_PIPE_ATTN_PREFILL_BDA] = {"attn_prefill (bda)", VK_SPV(attn_prefill_bda), -2},
+    [KVRT_VK_PIPE_MATMUL_BDA] = {"matmul (bda)", VK_SPV(matmul_bda), -1},
+    [KVRT_VK_PIPE_EMBED_BDA] = {"embed (bda)", VK_SPV(rows_bda), 0},
+    [KVRT_VK_PIPE_GATHER_BDA] = {"gather_rows (bda)", VK_SPV(rows_bda), 1},
 };
 
 uint32_t kvrt_vk_prefill_smem_floats(const kvrt_vk_backend *vk)
