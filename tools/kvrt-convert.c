@@ -140,22 +140,20 @@ int main(int argc, char **argv)
         fprintf(stderr, "kvrt-convert: dim %d, layers %d, heads %d/%d, ff %d, vocab %d, seq_len %d -> %s\n",
                 mf->hp.n_embd, mf->hp.n_layer, mf->hp.n_head, mf->hp.n_head_kv, mf->hp.n_ff, mf->hp.n_vocab,
                 mf->hp.n_ctx_train, kvrt_dtype_name(o.type));
-    FILE *f = fopen(o.out, "wb");
-    if (!f) {
-        fprintf(stderr, "kvrt-convert: cannot create '%s': %s\n", o.out, strerror(errno));
-        kvrt_model_file_free(mf);
-        return 1;
-    }
+    /* written beside the target and renamed at the end: the input stays
+     * mapped and intact even when the output path names it */
+    kvrt_atomic_file out;
     kvrt_error_clear(&err);
-    kvrt_gguf_export_params ep = {o.type, o.name, o.ctx, !o.tie};
-    ps = (progress_state){"writing", -1};
-    s = kvrt_llama_export_gguf(mf, &ep, f, o.quiet ? NULL : &progress, &err);
-    if (fclose(f) != 0 && s == KVRT_OK)
-        s = kvrt_fail(&err, KVRT_ERR_IO, "cannot write '%s': %s", o.out, strerror(errno));
+    s = kvrt_atomic_file_open(o.out, &out, &err);
+    if (s == KVRT_OK) {
+        kvrt_gguf_export_params ep = {o.type, o.name, o.ctx, !o.tie};
+        ps = (progress_state){"writing", -1};
+        s = kvrt_llama_export_gguf(mf, &ep, out.f, o.quiet ? NULL : &progress, &err);
+        s = kvrt_atomic_file_close(&out, s, &err);
+    }
     kvrt_model_file_free(mf);
     if (s != KVRT_OK) {
         fprintf(stderr, "kvrt-convert: %s: %s\n", kvrt_status_str(s), err.message);
-        unlink(o.out);
         return 1;
     }
     return 0;

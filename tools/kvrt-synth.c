@@ -146,7 +146,6 @@ int main(int argc, char **argv)
     kvrt_status s = kvrt_synth_write_file(&p, NULL, out, quiet ? NULL : &progress, &err);
     if (s != KVRT_OK) {
         fprintf(stderr, "kvrt-synth: %s: %s\n", kvrt_status_str(s), err.message);
-        unlink(out);
         return 1;
     }
     return 0;

@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #if defined(__GNUC__)
 #define KVRT_PRINTF(fmt_idx, arg_idx) __attribute__((format(printf, fmt_idx, arg_idx)))
@@ -51,6 +52,20 @@ void *kvrt_alloc(const kvrt_allocator *a, size_t size, size_t alignment);
 void *kvrt_calloc(const kvrt_allocator *a, size_t count, size_t size); /* zeroed, overflow-checked */
 void kvrt_free(const kvrt_allocator *a, void *ptr);
 char *kvrt_strdup(const kvrt_allocator *a, const char *s);
+
+/* ---- files written whole or not at all (atomic_file.c) ------------------- */
+
+typedef struct kvrt_atomic_file {
+    FILE *f;          /* write here */
+    const char *path; /* the target */
+    char tmp[4096];   /* "<path>.tmp-<pid>" */
+} kvrt_atomic_file;
+
+/* Opens a temporary file beside `path` for writing. */
+kvrt_status kvrt_atomic_file_open(const char *path, kvrt_atomic_file *af, kvrt_error *err);
+/* Closes it; when `status` (the writer's result) and the close succeed, renames
+ * it over `path`, otherwise removes it. Returns the final status. */
+kvrt_status kvrt_atomic_file_close(kvrt_atomic_file *af, kvrt_status status, kvrt_error *err);
 
 /* ---- checked 64-bit arithmetic -------------------------------------------- */
 

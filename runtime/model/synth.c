@@ -356,6 +356,30 @@ static kvrt_status synth_header(const kvrt_synth_params *p, const kvrt_vocab *v,
     return kvrt_gguf_writer_write_header(w, f);
 }
 
+/* Refuses shapes no machine can hold before anything is allocated or written:
+ * a vocabulary above 2^24 pieces (each is a string in memory), more than 4096
+ * layers (every tensor's info is held in memory until the header is out), or F32
+ * weights above 2^40 bytes (1 TiB; a 70B-parameter model is 280 GB). */
+static kvrt_status check_synth_size(const kvrt_llama_hparams *hp, kvrt_error *err)
+{
+    const int64_t max_vocab = (int64_t)1 << 24, max_bytes = (int64_t)1 << 40;
+    if (hp->n_layer > 4096)
+        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "%d layers: more than 4096", (int)hp->n_layer);
+    if (hp->n_vocab > max_vocab)
+        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "vocabulary of %d tokens: more than 2^24",
+                         (int)hp->n_vocab);
+    int64_t q = (int64_t)hp->n_head * hp->head_dim, kv = (int64_t)hp->n_head_kv * hp->head_dim, layer, total;
+    int64_t per_layer = 2 * q + 2 * kv + 3 * (int64_t)hp->n_ff; /* rows of n_embd values (wo counted as q) */
+    bool ok = kvrt_mul_i64(per_layer, hp->n_embd, &layer) && kvrt_mul_i64(layer, hp->n_layer, &total) &&
+              !__builtin_add_overflow(total, 2 * (int64_t)hp->n_vocab * hp->n_embd, &total) &&
+              kvrt_mul_i64(total, 4, &total) && total <= max_bytes;
+    if (!ok)
+        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT,
+                         "dim %d, ff %d, %d layers, vocab %d: the weights would exceed 1 TiB",
+                         (int)hp->n_embd, (int)hp->n_ff, (int)hp->n_layer, (int)hp->n_vocab);
+    return KVRT_OK;
+}
+
 kvrt_status kvrt_synth_write(const kvrt_synth_params *p, const kvrt_allocator *alloc, FILE *f,
                              const kvrt_load_progress *progress, kvrt_error *err)
 {
@@ -364,6 +388,7 @@ kvrt_status kvrt_synth_write(const kvrt_synth_params *p, const kvrt_allocator *a
         return err ? (err->status = KVRT_ERR_INVALID_ARGUMENT) : KVRT_ERR_INVALID_ARGUMENT;
     if (!kvrt_dtype_supported(p->type))
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "synthetic model type %d is not supported", (int)p->type);
+    KVRT_TRY(check_synth_size(&hp, err));
     int64_t max_row = KVRT_MAX(KVRT_MAX((int64_t)hp.n_embd, (int64_t)hp.n_ff), (int64_t)hp.n_head * hp.head_dim);
     kvrt_vocab v;
     KVRT_TRY(kvrt_synth_vocab(alloc, hp.n_vocab, &v, err));
@@ -390,11 +415,8 @@ kvrt_status kvrt_synth_write(const kvrt_synth_params *p, const kvrt_allocator *a
 kvrt_status kvrt_synth_write_file(const kvrt_synth_params *p, const kvrt_allocator *alloc, const char *path,
                                   const kvrt_load_progress *progress, kvrt_error *err)
 {
-    FILE *f = fopen(path, "wb");
-    if (!f)
-        return kvrt_fail(err, KVRT_ERR_IO, "cannot create '%s': %s", path, strerror(errno));
-    kvrt_status s = kvrt_synth_write(p, alloc, f, progress, err);
-    if (fclose(f) != 0 && s == KVRT_OK)
-        s = kvrt_fail(err, KVRT_ERR_IO, "cannot write '%s': %s", path, strerror(errno));
-    return s;
+    kvrt_atomic_file af;
+    KVRT_TRY(kvrt_atomic_file_open(path, &af, err));
+    kvrt_status s = kvrt_synth_write(p, alloc, af.f, progress, err);
+    return kvrt_atomic_file_close(&af, s, err);
 }
