@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Tools that write model files never destroy what they are given: a failed
+# write leaves an existing output as it was, and converting a checkpoint onto
+# its own path works (the input stays mapped and intact until the rename).
+# Usage: model_files.sh BUILD_DIR SOURCE_DIR
+set -u
+build=$1
+src=$2
+models=${KVRT_TEST_MODELS:-$src/../shared/models}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+failures=0
+fail() { echo "FAIL $1"; failures=$((failures + 1)); }
+
+echo keep >"$tmp/f.gguf"
+if "$build/kvrt-synth" -o "$tmp/f.gguf" --heads 7 -q 2>"$tmp/err"; then fail "synth with 7 heads succeeded"; fi
+[ "$(cat "$tmp/f.gguf")" = keep ] && echo "ok   failed synth leaves the old file" || fail "failed synth changed the old file"
+"$build/kvrt-synth" -o "$tmp/f.gguf" --dim 1073741824 --layers 1 --vocab 1073741824 --heads 1 --kv-heads 1 -q \
+    2>"$tmp/err" && fail "absurd shape accepted"
+grep -q "more than 2^24" "$tmp/err" && echo "ok   absurd shape refused up front" || fail "absurd shape: $(cat "$tmp/err")"
+[ -z "$(ls "$tmp" | grep tmp-)" ] && echo "ok   no temporary files left" || fail "temporary files left: $(ls "$tmp")"
+
+cp "$models/stories260K.bin" "$tmp/x.bin"
+"$build/kvrt-convert" -q "$tmp/x.bin" "$models/tok512.bin" "$tmp/x.bin" || fail "convert onto itself: exit $?"
+ids=$("$build/kvrt-tokenize" -m "$tmp/x.bin" -p "Once upon a time" 2>&1)
+[ "$ids" = "1 403 407 261 378" ] && echo "ok   convert onto its own path" || fail "converted file: '$ids'"
+cmp -s "$tmp/x.bin" "$src/models/stories260K.gguf" && echo "ok   same bytes as the shipped GGUF" \
+    || fail "convert onto itself differs from models/stories260K.gguf"
+
+[ "$failures" -eq 0 ] || { echo "$failures failure(s)"; exit 1; }
+echo "all ok"
