@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #define KVRT_CPU_ALIGN 64
 #define KVRT_HUGE_PAGE ((size_t)2 << 20)
@@ -134,9 +135,19 @@ static kvrt_status cpu_kv_pool_create(kvrt_backend *be, const kvrt_kv_pool_desc 
     if (d->dtype != KVRT_DTYPE_F32 && d->dtype != KVRT_DTYPE_F16)
         return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "cpu: KV type %s is not supported (f32, f16)",
                          kvrt_dtype_name(d->dtype));
-    size_t block_bytes = kvrt_kv_block_bytes(d), layer_bytes;
-    if (!kvrt_mul_size(block_bytes, (size_t)d->num_blocks, &layer_bytes))
+    size_t block_bytes = kvrt_kv_block_bytes(d), layer_bytes, total;
+    if (!kvrt_mul_size(block_bytes, (size_t)d->num_blocks, &layer_bytes) ||
+        !kvrt_mul_size(layer_bytes, 2 * (size_t)d->n_layers, &total))
         return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "cpu: KV pool size overflows");
+    /* zero-filled up front: a pool beyond the machine's memory would push it into
+     * swap or the OOM killer long before failing, so refuse it with numbers */
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    if (pages > 0 && page > 0 && total / (size_t)page >= (size_t)pages)
+        return kvrt_fail(&be->err, KVRT_ERR_OUT_OF_HOST_MEMORY,
+                         "cpu: a KV pool of %.1f GiB (%d blocks of %d positions) exceeds this machine's %.1f GiB "
+                         "of memory; use a shorter context or fewer blocks",
+                         total / 1073741824.0, (int)d->num_blocks, (int)d->block_size,
+                         (double)pages * (double)page / 1073741824.0);
     kvrt_kv_pool *pool = kvrt_calloc(be->alloc, 1, sizeof(*pool));
     if (!pool)
         goto oom;

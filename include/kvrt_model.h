@@ -111,7 +111,7 @@ KVRT_API kvrt_status kvrt_session_get_stats(const kvrt_session *session, kvrt_se
 /* ---- sampling ----------------------------------------------------------------- */
 
 typedef struct kvrt_sampler_params {
-    float temperature;    /* <= 0: greedy (argmax, lowest id on ties) */
+    float temperature;    /* <= 0 (negative included): greedy (argmax, lowest id on ties) */
     int32_t top_k;        /* 0 = off */
     float top_p;          /* 1 = off */
     float min_p;          /* 0 = off: drop tokens with p < min_p * p_max */
@@ -128,7 +128,9 @@ KVRT_API kvrt_status kvrt_sampler_create(const kvrt_sampler_params *params, int3
                                          const kvrt_allocator *allocator, kvrt_sampler **out, kvrt_error *err);
 KVRT_API void kvrt_sampler_destroy(kvrt_sampler *sampler);
 /* Picks a token from logits [n_vocab] (not modified) and records it in the
- * penalty history. Deterministic for a given seed and call sequence. */
+ * penalty history. Deterministic for a given seed and call sequence.
+ * KVRT_ERR_INVALID_ARGUMENT for NULL arguments or a NaN logit (a broken
+ * forward pass, never silently token 0). */
 KVRT_API kvrt_status kvrt_sampler_sample(kvrt_sampler *sampler, const float *logits, int32_t *token);
 /* Records a token (e.g. of the prompt) in the penalty history without sampling. */
 KVRT_API void kvrt_sampler_accept(kvrt_sampler *sampler, int32_t token);

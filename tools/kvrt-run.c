@@ -34,7 +34,7 @@ static void usage(FILE *f)
             "  -z, --tokenizer FILE    llama2.c tokenizer.bin (checkpoints only)\n"
             "  -p, --prompt TEXT       prompt (default: empty = BOS alone)\n"
             "  -n, --n-predict N       tokens to generate (default 128)\n"
-            "      --temp T            temperature, 0 = greedy (default 0.8)\n"
+            "      --temp T            temperature, <= 0 = greedy (default 0.8)\n"
             "      --top-k N           (default 40, 0 = off)\n"
             "      --top-p P           (default 0.95, 1 = off)\n"
             "      --min-p P           (default 0.05, 0 = off)\n"
@@ -104,8 +104,12 @@ static int parse_args(int argc, char **argv, run_args *a)
         if (!strcmp(f, "--ignore-eos")) { a->ignore_eos = 1; continue; }
         if (!strcmp(f, "--truncate-prompt")) { a->truncate = 1; continue; }
         if (!strcmp(f, "--list-devices")) { a->list_devices = 1; continue; }
+        if (f[0] != '-') {
+            fprintf(stderr, "kvrt-run: unexpected argument '%s' (the prompt goes after -p); see --help\n", f);
+            return -1;
+        }
         if (i + 1 >= argc) {
-            fprintf(stderr, "kvrt-run: %s needs a value (or is unknown); see --help\n", f);
+            fprintf(stderr, "kvrt-run: option '%s' is unknown or needs a value; see --help\n", f);
             return -1;
         }
         const char *v = argv[++i];
@@ -244,6 +248,8 @@ static int setup(run_state *st)
         return 2;
     }
     cp.n_threads = a->threads;
+    if (a->device && cp.backend == KVRT_BACKEND_CPU)
+        fprintf(stderr, "kvrt-run: warning: --device is for GPU backends; the cpu backend ignores it\n");
     if (a->device) {
         char *end;
         long idx = strtol(a->device, &end, 10);
@@ -286,7 +292,7 @@ static int setup(run_state *st)
     st->a->sp.seed = (uint64_t)a->seed;
     s = kvrt_sampler_create(&a->sp, st->info.n_vocab, NULL, &st->sampler, &err);
     if (s != KVRT_OK)
-        return fail("sampler", s, err.message);
+        return fail("sampling options", s, err.message);
     st->logits = malloc((size_t)st->info.n_vocab * sizeof(float));
     if (!st->logits)
         return fail("setup", KVRT_ERR_OUT_OF_HOST_MEMORY, NULL);
@@ -363,7 +369,11 @@ static int generate(run_state *st)
     kvrt_session_stats stats;
     while (n_gen < a->n_predict) {
         int32_t tok;
-        kvrt_sampler_sample(st->sampler, st->logits, &tok);
+        if (kvrt_sampler_sample(st->sampler, st->logits, &tok) != KVRT_OK) {
+            utf8_flush(&out);
+            fprintf(stderr, "\nkvrt-run: the model produced NaN logits; stopping\n");
+            return 1;
+        }
         if (n_gen == 0)
             t_first = now_s() - t0;
         if (tok == st->info.eos_id && !a->ignore_eos)

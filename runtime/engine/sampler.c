@@ -60,9 +60,10 @@ static kvrt_status sampler_create(const kvrt_sampler_params *params, int32_t n_v
                                   bool own_scratch, kvrt_sampler **out, kvrt_error *err)
 {
     kvrt_error_clear(err);
+    if (out)
+        *out = NULL;
     if (!params || !out)
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "kvrt_sampler_create: params and out must not be NULL");
-    *out = NULL;
     const kvrt_sampler_params *p = params;
     if (n_vocab < 1)
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "sampler: n_vocab %d < 1", (int)n_vocab);
@@ -138,15 +139,13 @@ static void apply_repeat_penalty(kvrt_sampler *s, candidate *c)
 {
     if (s->p.repeat_penalty == 1.0f)
         return;
+    /* penalise each token once, however often it repeats: .p marks the done
+     * ones (it is only computed later, by the softmax) */
     for (int32_t i = 0; i < s->n_history; i++) {
         int32_t t = s->history[i];
-        if (t < 0 || t >= s->n_vocab)
+        if (t < 0 || t >= s->n_vocab || c[t].p != 0.0f)
             continue;
-        bool seen = false; /* penalise each token once, however often it repeats */
-        for (int32_t j = 0; j < i && !seen; j++)
-            seen = s->history[j] == t;
-        if (seen)
-            continue;
+        c[t].p = 1.0f;
         float *l = &c[t].logit;
         *l = *l > 0.0f ? *l / s->p.repeat_penalty : *l * s->p.repeat_penalty;
     }
@@ -199,8 +198,11 @@ kvrt_status kvrt_sampler_sample_with(kvrt_sampler *s, const float *logits, void 
         return KVRT_ERR_INVALID_ARGUMENT;
     candidate *c = scratch;
     for (int32_t i = 0; i < s->n_vocab; i++) {
+        if (isnan(logits[i])) /* a broken forward must not turn into token 0 */
+            return KVRT_ERR_INVALID_ARGUMENT;
         c[i].id = i;
         c[i].logit = logits[i];
+        c[i].p = 0.0f;
     }
     apply_repeat_penalty(s, c);
     int32_t chosen;

@@ -49,9 +49,10 @@ static kvrt_status load_file(const kvrt_model_params *p, const kvrt_allocator *a
 kvrt_status kvrt_model_load(kvrt_context *ctx, const kvrt_model_params *params, kvrt_model **out, kvrt_error *err)
 {
     kvrt_error_clear(err);
+    if (out)
+        *out = NULL;
     if (!ctx || !params || !out || !params->path)
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "kvrt_model_load: ctx, params, params->path and out are required");
-    *out = NULL;
     if (params->max_context < 0)
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "max_context %d < 0", (int)params->max_context);
     kvrt_model *m = kvrt_calloc(ctx->alloc, 1, sizeof(*m));

@@ -71,9 +71,10 @@ kvrt_status kvrt_session_create(kvrt_model *m, const kvrt_session_params *params
                                 kvrt_error *err)
 {
     kvrt_error_clear(err);
+    if (out)
+        *out = NULL;
     if (!m || !out)
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "kvrt_session_create: model and out are required");
-    *out = NULL;
     kvrt_session_params p = params ? *params : kvrt_session_default_params();
     KVRT_TRY(check_params(m, &p, err));
     int32_t max_blocks = (p.n_ctx + p.block_size - 1) / p.block_size;
