@@ -534,7 +534,8 @@ kvrt_status kvrt_vulkan_context_create_from_handles(const kvrt_vulkan_handles *h
     p.backend = KVRT_BACKEND_VULKAN;
     kvrt_context *ctx = kvrt_calloc(p.allocator, 1, sizeof(*ctx));
     if (!ctx)
-        return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "kvrt_vulkan_context_create_from_handles: out of host memory");
+        return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY,
+                         "kvrt_vulkan_context_create_from_handles: out of host memory");
     ctx->alloc = p.allocator;
     ctx->memory_budget = p.memory_budget;
     kvrt_status s = vk_backend_from_handles(handles, &p, &ctx->be, err);
