@@ -71,6 +71,16 @@ static bool vk_has_layer(const char *name)
     return false;
 }
 
+/* Instance-level entry points dispatch through the loader's trampolines,
+ * which serve every instance; loading them again for another instance is harmless. */
+static void vk_load_instance(VkInstance inst)
+{
+    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    pthread_mutex_lock(&lock);
+    volkLoadInstanceOnly(inst);
+    pthread_mutex_unlock(&lock);
+}
+
 /* Creates an instance; vk (may be NULL for listing) gets the debug messenger. */
 static kvrt_status vk_create_instance(kvrt_vk_backend *vk, bool validation, VkInstance *out, kvrt_error *err)
 {
@@ -95,12 +105,7 @@ static kvrt_status vk_create_instance(kvrt_vk_backend *vk, bool validation, VkIn
     VkResult r = vkCreateInstance(&ci, NULL, out);
     if (r != VK_SUCCESS)
         return kvrt_fail(err, KVRT_ERR_BACKEND_UNAVAILABLE, "vulkan: vkCreateInstance failed (VkResult %d)", (int)r);
-    /* Instance-level entry points dispatch through the loader's trampolines,
-     * which serve every instance; loading them again for another instance is harmless. */
-    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-    pthread_mutex_lock(&lock);
-    volkLoadInstanceOnly(*out);
-    pthread_mutex_unlock(&lock);
+    vk_load_instance(*out);
     if (validation && vk) {
         VkDebugUtilsMessengerCreateInfoEXT mi = {
             .sType = VK_STRUCTURE_TYPE_DEBUG_UTILS_MESSENGER_CREATE_INFO_EXT,
@@ -323,15 +328,21 @@ static void vk_destroy(kvrt_backend *be)
         return;
     kvrt_vk_backend *vk = kvrt_vk(be);
     if (vk->device) {
-        vk->vk.vkDeviceWaitIdle(vk->device);
+        /* A borrowed device may be busy on the embedder's other queues:
+         * wait for kvrt's queue only. */
+        if (vk->borrowed)
+            vk->vk.vkQueueWaitIdle(vk->queue);
+        else
+            vk->vk.vkDeviceWaitIdle(vk->device);
         kvrt_vk_pipelines_finish(vk);
         kvrt_vk_memory_finish(vk);
         kvrt_vk_dispatch_finish(vk);
-        vk->vk.vkDestroyDevice(vk->device, NULL);
+        if (!vk->borrowed)
+            vk->vk.vkDestroyDevice(vk->device, NULL);
     }
     if (vk->messenger)
         vk->destroy_messenger(vk->instance, vk->messenger, NULL);
-    if (vk->instance)
+    if (vk->instance && !vk->borrowed)
         vkDestroyInstance(vk->instance, NULL);
     kvrt_free(be->alloc, vk);
 }
@@ -404,27 +415,23 @@ static void vk_describe(kvrt_vk_backend *vk)
              c->features & KVRT_FEATURE_BUFFER_DEVICE_ADDRESS ? ", bda" : "");
 }
 
-kvrt_status kvrt_vk_backend_create_ex(const kvrt_context_params *params, const kvrt_vk_debug_params *debug,
-                                      kvrt_backend **out, kvrt_error *err)
+static kvrt_vk_backend *vk_alloc(const kvrt_context_params *params, const kvrt_vk_debug_params *debug)
 {
-    *out = NULL;
-    KVRT_TRY(vk_open_loader(err));
     kvrt_vk_backend *vk = kvrt_calloc(params->allocator, 1, sizeof(*vk));
     if (!vk)
-        return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "vulkan backend: out of host memory");
+        return NULL;
     vk->base.ops = &vk_ops;
     vk->base.kind = KVRT_BACKEND_VULKAN;
     vk->base.alloc = params->allocator;
     if (debug)
         vk->debug = *debug;
     vk->budget = params->memory_budget;
-    kvrt_status s = vk_create_instance(vk, vk->debug.validation, &vk->instance, err);
-    if (s == KVRT_OK)
-        s = vk_pick_device(vk, params, err);
-    if (s == KVRT_OK)
-        s = vk_probe(vk, params->disabled_features, err);
-    if (s == KVRT_OK)
-        s = vk_create_device(vk, err);
+    return vk;
+}
+
+/* What follows device creation (own or borrowed); destroys vk on failure. */
+static kvrt_status vk_finish_create(kvrt_vk_backend *vk, kvrt_status s, kvrt_backend **out, kvrt_error *err)
+{
     if (s == KVRT_OK && (s = kvrt_vk_dispatch_init(vk)) != KVRT_OK)
         kvrt_error_copy(err, &vk->base.err);
     if (s == KVRT_OK && (s = kvrt_vk_memory_init(vk)) != KVRT_OK)
@@ -437,6 +444,106 @@ kvrt_status kvrt_vk_backend_create_ex(const kvrt_context_params *params, const k
     }
     vk_describe(vk);
     *out = &vk->base;
+    return KVRT_OK;
+}
+
+kvrt_status kvrt_vk_backend_create_ex(const kvrt_context_params *params, const kvrt_vk_debug_params *debug,
+                                      kvrt_backend **out, kvrt_error *err)
+{
+    *out = NULL;
+    KVRT_TRY(vk_open_loader(err));
+    kvrt_vk_backend *vk = vk_alloc(params, debug);
+    if (!vk)
+        return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "vulkan backend: out of host memory");
+    kvrt_status s = vk_create_instance(vk, vk->debug.validation, &vk->instance, err);
+    if (s == KVRT_OK)
+        s = vk_pick_device(vk, params, err);
+    if (s == KVRT_OK)
+        s = vk_probe(vk, params->disabled_features, err);
+    if (s == KVRT_OK)
+        s = vk_create_device(vk, err);
+    return vk_finish_create(vk, s, out, err);
+}
+
+/* ---- the embedder's device ------------------------------------------------------ */
+
+static kvrt_status vk_check_handles(const kvrt_vulkan_handles *h, kvrt_error *err)
+{
+    static const char *fn = "kvrt_vulkan_context_create_from_handles";
+    if (!h)
+        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "%s: handles is NULL", fn);
+    const char *missing = !h->instance ? "instance" : !h->physical_device ? "physical_device"
+                        : !h->device ? "device" : !h->queue ? "queue" : NULL;
+    if (missing)
+        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "%s: handles->%s is NULL", fn, missing);
+    return KVRT_OK;
+}
+
+/* Takes the embedder's objects (never destroyed) and loads the device's entry points. */
+static kvrt_status vk_adopt(kvrt_vk_backend *vk, const kvrt_vulkan_handles *h, kvrt_error *err)
+{
+    vk->borrowed = true;
+    vk->instance = (VkInstance)h->instance;
+    vk->phys = (VkPhysicalDevice)h->physical_device;
+    vk_load_instance(vk->instance);
+    uint32_t nq = 0;
+    vkGetPhysicalDeviceQueueFamilyProperties(vk->phys, &nq, NULL);
+    VkQueueFamilyProperties qf[32];
+    nq = KVRT_MIN(nq, 32u);
+    vkGetPhysicalDeviceQueueFamilyProperties(vk->phys, &nq, qf);
+    if (h->queue_family >= nq || !(qf[h->queue_family].queueFlags & VK_QUEUE_COMPUTE_BIT))
+        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT,
+                         "kvrt_vulkan_context_create_from_handles: queue family %u %s", h->queue_family,
+                         h->queue_family >= nq ? "does not exist" : "has no compute");
+    volkLoadDeviceTable(&vk->vk, (VkDevice)h->device);
+    vk->device = (VkDevice)h->device;
+    vk->queue = (VkQueue)h->queue;
+    vk->queue_family = h->queue_family;
+    return KVRT_OK;
+}
+
+static kvrt_status vk_backend_from_handles(const kvrt_vulkan_handles *h, const kvrt_context_params *params,
+                                           kvrt_backend **out, kvrt_error *err)
+{
+    *out = NULL;
+    KVRT_TRY(vk_check_handles(h, err));
+    KVRT_TRY(vk_open_loader(err));
+    kvrt_vk_backend *vk = vk_alloc(params, NULL);
+    if (!vk)
+        return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "vulkan backend: out of host memory");
+    /* Optional features the embedder did not declare count as disabled
+     * (Vulkan cannot tell what a device was created with); subgroup
+     * operations need no device feature. */
+    const uint32_t optional = KVRT_FEATURE_BUFFER_DEVICE_ADDRESS | KVRT_FEATURE_FP16 | KVRT_FEATURE_INT8;
+    uint32_t disabled = params->disabled_features | (optional & ~h->enabled_features);
+    kvrt_status s = vk_adopt(vk, h, err);
+    if (s == KVRT_OK)
+        s = vk_probe(vk, disabled, err);
+    return vk_finish_create(vk, s, out, err);
+}
+
+kvrt_status kvrt_vulkan_context_create_from_handles(const kvrt_vulkan_handles *handles,
+                                                    const kvrt_context_params *params, kvrt_context **out,
+                                                    kvrt_error *err)
+{
+    kvrt_error_clear(err);
+    if (!out)
+        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "kvrt_vulkan_context_create_from_handles: out is NULL");
+    *out = NULL;
+    kvrt_context_params p = params ? *params : kvrt_context_default_params();
+    p.backend = KVRT_BACKEND_VULKAN;
+    kvrt_context *ctx = kvrt_calloc(p.allocator, 1, sizeof(*ctx));
+    if (!ctx)
+        return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY,
+                         "kvrt_vulkan_context_create_from_handles: out of host memory");
+    ctx->alloc = p.allocator;
+    ctx->memory_budget = p.memory_budget;
+    kvrt_status s = vk_backend_from_handles(handles, &p, &ctx->be, err);
+    if (s != KVRT_OK) {
+        kvrt_free(p.allocator, ctx);
+        return s;
+    }
+    *out = ctx;
     return KVRT_OK;
 }
 
@@ -468,6 +575,7 @@ kvrt_status kvrt_vulkan_context_handles(const kvrt_context *ctx, kvrt_vulkan_han
     out->device = vk->device;
     out->queue = vk->queue;
     out->queue_family = vk->queue_family;
+    out->enabled_features = vk->caps.features;
     return KVRT_OK;
 }
 

@@ -93,6 +93,7 @@ typedef struct kvrt_vk_backend {
     kvrt_backend base;
     kvrt_vk_debug_params debug;
 
+    bool borrowed; /* instance, device and queue are the embedder's: never destroyed */
     VkInstance instance;
     VkDebugUtilsMessengerEXT messenger;
     PFN_vkDestroyDebugUtilsMessengerEXT destroy_messenger; /* this instance's, not volk's global */
