@@ -65,6 +65,51 @@ grep -q "OpenBLAS core" "$out" || fail "OpenBLAS core not printed"
 [ "$(grep -c '^| tiny-' "$out")" -eq 2 ] || fail "--ctx/--batch: want 2 rows"
 grep -q "^{" "$out" && fail "JSON on stdout without --json"
 
+# --- GPU backends: every cell also on the CPU, ratios in the JSON --------------------
+# opencl runs on PoCL and vulkan on lavapipe here: the fields are checked, never the speeds.
+for be in opencl vulkan; do
+  run attn --quick --json --backend "$be" --ctx 37 --batch 2
+  [ "$rc" -eq 0 ] || { fail "attn --backend $be exited $rc"; cat "$err" >&2; continue; }
+  python3 - "$out" "$be" <<'PY' || fail "attn --backend $be: JSON fields"
+import json, sys
+d = json.load(open(sys.argv[1]))
+def need(cond, what):
+    if not cond:
+        print("  JSON check failed:", what, file=sys.stderr)
+        sys.exit(1)
+def pos(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0
+need(d["backend"] == sys.argv[2] and d["cpu_compare"] is True, "backend and cpu_compare")
+need(pos(d["device_copy_bandwidth"]["gbs"]), "device copy bandwidth")
+need(d["pct_bandwidth_of"] == "device_copy_bandwidth.gbs", "% bw of the device copy")
+need(len(d["results"]) == 2, "2 cells (2 shapes x batch 2 x ctx 37), got %d" % len(d["results"]))
+for r in d["results"]:
+    name = "%s b%d c%d" % (r["model"], r["batch"], r["ctx"])
+    for k in ("cpu_decode_ms", "vs_cpu_decode", "cpu_prefill_ms", "vs_cpu_prefill"):
+        need(pos(r[k]), name + " " + k + " = %r" % r[k])
+    need(pos(r["decode"]["paged_ms"]) and pos(r["prefill"]["ms"]), name + " device times")
+    # the ratio is the CPU time over the device time of the same cell
+    need(abs(r["vs_cpu_decode"] - r["cpu_decode_ms"] / r["decode"]["paged_ms"]) <= 1e-3 * r["vs_cpu_decode"],
+         name + " vs_cpu_decode")
+    need(abs(r["vs_cpu_prefill"] - r["cpu_prefill_ms"] / r["prefill"]["ms"]) <= 1e-3 * r["vs_cpu_prefill"],
+         name + " vs_cpu_prefill")
+    # same K/V and queries on both backends: the outputs meet the kernel contract (DESIGN.md)
+    d_ = r["cpu_max_abs_diff"]
+    need(isinstance(d_, (int, float)) and 0 <= d_ <= 1e-4, name + " device vs CPU decode differ by %r" % d_)
+PY
+  grep -q "dec vs cpu" "$err" || fail "attn --backend $be: no CPU columns in the table"
+done
+run attn --quick --json --backend opencl --ctx 20 --batch 1 --no-cpu-compare --prefill-chunk 0
+[ "$rc" -eq 0 ] || { fail "attn --no-cpu-compare exited $rc"; cat "$err" >&2; }
+python3 - "$out" <<'PY' || fail "--no-cpu-compare: JSON"
+import json, sys
+d = json.load(open(sys.argv[1]))
+ok = d["cpu_compare"] is False and all(r["cpu_decode_ms"] is None and r["vs_cpu_decode"] is None
+                                       for r in d["results"])
+sys.exit(0 if ok else 1)
+PY
+grep -q "dec vs cpu" "$err" && fail "--no-cpu-compare still printed CPU columns"
+
 # --- dispatcher and usage errors ------------------------------------------------------
 expect_usage() { # PATTERN ARGS...
   local pat="$1"; shift

@@ -91,6 +91,43 @@ grep -q "OpenBLAS core" "$out" || fail "OpenBLAS core not printed"
 grep -q "^| steps" "$out" && fail "--cache-lens none still printed the cache table"
 grep -q "^{" "$out" && fail "JSON on stdout without --json"
 
+# --- GPU backends: every row also on the CPU, ratios in the JSON ------------------------
+# tiny runs (PoCL / lavapipe here): the fields are checked, never the speeds; the
+# quantised types exercise the device's Q8_0 / Q4_0 weight paths.
+check_gpu() { # BACKEND TYPES
+  run model --quick --json --backend "$1" --type "$2" --prompt-len 4 --gen 2 --reps 1 --cache-lens none
+  [ "$rc" -eq 0 ] || { fail "model --backend $1 --type $2 exited $rc: $(tail -3 "$err")"; return; }
+  python3 - "$out" "$1" "$2" <<'PY' || fail "model --backend $1: JSON fields"
+import json, os, sys
+d = json.load(open(sys.argv[1]))
+def need(cond, what):
+    if not cond:
+        print("  JSON check failed:", what, file=sys.stderr)
+        sys.exit(1)
+def pos(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0
+need(d["backend"] == sys.argv[2] and d["cpu_compare"] is True, "backend and cpu_compare")
+res = d["results"]
+need([r["type"] for r in res] == sys.argv[3].split(","), "one row per type")
+# no -t on a GPU backend: one row on all cores, the CPU compared on as many
+need(all(r["threads"] == os.cpu_count() for r in res), "threads = all cores: %r" % [r["threads"] for r in res])
+for r in res:
+    for k in ("cpu_prefill_ms", "cpu_decode_ms", "vs_cpu_prefill", "vs_cpu_decode"):
+        need(pos(r[k]), r["type"] + " " + k + " = %r" % r[k])
+    need(abs(r["vs_cpu_decode"] - r["cpu_decode_ms"] / r["decode"]["ms"]) <= 1e-3 * r["vs_cpu_decode"],
+         r["type"] + " vs_cpu_decode")
+    need(abs(r["vs_cpu_prefill"] - r["cpu_prefill_ms"] / r["prefill"]["ms"]) <= 1e-3 * r["vs_cpu_prefill"],
+         r["type"] + " vs_cpu_prefill")
+PY
+  grep -q "decode vs cpu" "$err" || fail "model --backend $1: no CPU columns in the table"
+}
+check_gpu opencl f32,q4_0
+check_gpu vulkan f16,q8_0
+run model --quick --json --backend opencl --type q8_0 -t 1 --prompt-len 4 --gen 2 --reps 1 --cache-lens none --no-cpu-compare
+[ "$rc" -eq 0 ] || { fail "model --no-cpu-compare exited $rc"; cat "$err" >&2; }
+python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); sys.exit(0 if d["cpu_compare"] is False and d["results"][0]["threads"] == 1 and d["results"][0]["vs_cpu_decode"] is None else 1)' "$out" \
+  || fail "--no-cpu-compare / -t 1 on opencl"
+
 # --- errors -----------------------------------------------------------------------------
 run model --model "$tmp/missing.gguf" -t 1
 [ "$rc" -eq 1 ] && grep -q "missing.gguf" "$err" || fail "missing --model file: rc $rc, $(cat "$err")"

@@ -71,6 +71,7 @@ typedef struct attn_opts {
     kvrt_backend_kind backend;
     int n_threads;           /* 0 = all cores */
     bool json, quick;
+    bool cpu_compare;        /* GPU backend: every cell again on the CPU backend */
     kvrt_dtype dtype;
     int32_t block_size;
     int32_t prefill_chunk;   /* query tokens per sequence in a prefill cell; 0 = no prefill */
@@ -96,6 +97,9 @@ typedef struct attn_result {
     int32_t prefill_tokens;   /* per sequence; 0 = not run */
     double prefill_s;
     double prefill_flops;
+    bool have_cpu;            /* the same cell on the CPU backend (GPU runs only) */
+    double cpu_decode_s, cpu_prefill_s;
+    double cpu_max_abs_diff;  /* decode outputs, this backend vs the CPU, same data */
 } attn_result;
 
 /* ---- arguments ----------------------------------------------------------------- */
@@ -105,7 +109,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: kvrt-bench attn [--backend cpu] [-t THREADS] [--json] [--kv-type f32|f16] [--quick]\n"
             "                       [--ctx N,N,...] [--batch N,N,...] [--block-size 8|16|32]\n"
-            "                       [--prefill-chunk N] [--max-kv-mib N] [--min-time-ms N]\n"
+            "                       [--prefill-chunk N] [--max-kv-mib N] [--min-time-ms N] [--no-cpu-compare]\n"
             "\n"
             "Decode and prefill attention throughput over model shapes (llama2-7b: 32 q / 32 KV\n"
             "heads, llama3-8b: 32 q / 8 KV heads, head_dim 128) x batch x context, with the KV-read\n"
@@ -122,7 +126,9 @@ static void usage(FILE *f)
             "  --block-size N     tokens per KV block (default 16)\n"
             "  --prefill-chunk N  new tokens per sequence in the prefill cells (default 128; 0 = none)\n"
             "  --max-kv-mib N     skip cells whose KV of one layer exceeds N MiB (default 2048)\n"
-            "  --min-time-ms N    timed milliseconds per measurement (default 300)\n");
+            "  --min-time-ms N    timed milliseconds per measurement (default 300)\n"
+            "  --no-cpu-compare   on vulkan/opencl, do not run every cell on the CPU backend too\n"
+            "                     (by default it does, on -t threads, and reports the speed ratios)\n");
 }
 
 /* "512,4k,8192" -> values in [1, max]. */
@@ -156,6 +162,7 @@ static void default_opts(attn_opts *o)
 {
     memset(o, 0, sizeof(*o));
     o->backend = KVRT_BACKEND_CPU;
+    o->cpu_compare = true;
     o->dtype = KVRT_DTYPE_F16;
     o->block_size = 16;
     o->prefill_chunk = 128;
@@ -201,6 +208,10 @@ static int parse_one(int argc, char **argv, int *i, attn_opts *o, bool *ctx_give
     }
     if (strcmp(a, "--quick") == 0) {
         o->quick = true;
+        return 0;
+    }
+    if (strcmp(a, "--no-cpu-compare") == 0) {
+        o->cpu_compare = false;
         return 0;
     }
     if (kvrt_cli_flag(argc, argv, i, "--backend", &val, PROG)) {
@@ -416,8 +427,11 @@ static int64_t pool_layer_bytes(const attn_opts *o, const attn_shape *sh, int32_
     return 2 * blocks * o->block_size * sh->n_kv_heads * sh->head_dim * (int64_t)elem_size(o->dtype);
 }
 
+/* `contig`: also copy the K/V into contiguous buffers (CPU backend only).
+ * The data depend on the shape, batch and context alone, so two cells of the
+ * same coordinates on two backends hold the same K/V and queries. */
 static kvrt_status cell_create(attn_cell *c, kvrt_context *ctx, const attn_opts *o, const attn_shape *sh,
-                               int32_t batch, int32_t ctx_len, size_t llc, kvrt_error *err)
+                               int32_t batch, int32_t ctx_len, size_t llc, bool contig, kvrt_error *err)
 {
     memset(c, 0, sizeof(*c));
     c->o = o;
@@ -446,7 +460,7 @@ static kvrt_status cell_create(attn_cell *c, kvrt_context *ctx, const attn_opts 
     kvrt_bench_rng_fill(&c->rng, c->q, q_elems);
     make_tables(c);
     KVRT_TRY(fill_cache(c, err));
-    if (o->backend == KVRT_BACKEND_CPU)
+    if (contig)
         KVRT_TRY(make_contiguous(c, err));
     return KVRT_OK;
 }
@@ -551,7 +565,34 @@ static double prefill_flops(const attn_shape *sh, int32_t batch, int32_t ctx, in
     return 4.0 * (double)batch * keys * (double)sh->n_heads * (double)sh->head_dim;
 }
 
-static kvrt_status run_cell(kvrt_context *ctx, const attn_opts *o, size_t llc, attn_result *r, kvrt_error *err)
+/* The cell again on the CPU backend (`gpu` is the device cell, still alive):
+ * decode and prefill times, and the decode outputs of both on the same layer. */
+static kvrt_status run_cpu_cell(kvrt_context *cpu, attn_cell *gpu, size_t llc, attn_result *r, kvrt_error *err)
+{
+    const attn_opts *o = gpu->o;
+    attn_cell c;
+    int reps;
+    kvrt_status st = cell_create(&c, cpu, o, r->shape, r->batch, r->ctx, llc, false, err);
+    if (st == KVRT_OK)
+        st = time_calls(&c, cpu, call_paged_decode, &r->cpu_decode_s, &reps, err);
+    if (st == KVRT_OK && r->prefill_tokens > 0)
+        st = time_calls(&c, cpu, call_prefill, &r->cpu_prefill_s, &reps, err);
+    if (st == KVRT_OK)
+        st = call_paged_decode(&c, cpu, 0, err);
+    if (st == KVRT_OK)
+        st = call_paged_decode(gpu, NULL, 0, err);
+    if (st == KVRT_OK) {
+        size_t n = (size_t)r->batch * (size_t)r->shape->n_heads * (size_t)r->shape->head_dim;
+        r->cpu_max_abs_diff = max_abs_diff(gpu->out_paged, c.out_paged, n);
+        r->have_cpu = true;
+    }
+    cell_free(&c);
+    return st;
+}
+
+/* `cpu`: a CPU context to run the cell on as well, or NULL. */
+static kvrt_status run_cell(kvrt_context *ctx, kvrt_context *cpu, const attn_opts *o, size_t llc, attn_result *r,
+                            kvrt_error *err)
 {
     const attn_shape *sh = r->shape;
     r->kv_bytes = 2 * (int64_t)r->batch * r->ctx * sh->n_kv_heads * sh->head_dim * (int64_t)elem_size(o->dtype);
@@ -560,7 +601,7 @@ static kvrt_status run_cell(kvrt_context *ctx, const attn_opts *o, size_t llc, a
         return KVRT_OK;
     }
     attn_cell c;
-    kvrt_status st = cell_create(&c, ctx, o, sh, r->batch, r->ctx, llc, err);
+    kvrt_status st = cell_create(&c, ctx, o, sh, r->batch, r->ctx, llc, o->backend == KVRT_BACKEND_CPU, err);
     r->n_layers = c.n_layers;
     if (st == KVRT_OK)
         st = time_calls(&c, ctx, call_paged_decode, &r->paged_s, &r->reps, err);
@@ -584,6 +625,8 @@ static kvrt_status run_cell(kvrt_context *ctx, const attn_opts *o, size_t llc, a
         st = time_calls(&c, ctx, call_prefill, &r->prefill_s, &reps, err);
         r->prefill_flops = prefill_flops(sh, r->batch, r->ctx, r->prefill_tokens);
     }
+    if (st == KVRT_OK && cpu)
+        st = run_cpu_cell(cpu, &c, llc, r, err);
     cell_free(&c);
     return st;
 }
@@ -654,12 +697,42 @@ static kvrt_status device_copy_bw(kvrt_backend *be, size_t bytes, int passes, do
     return st;
 }
 
+/* Speed of this backend over the CPU's on the same cell (> 1: faster). */
+static double vs_cpu(double cpu_s, double s)
+{
+    return s > 0 ? cpu_s / s : NAN;
+}
+
+static bool cpu_compared(const attn_run *run)
+{
+    return run->o.backend != KVRT_BACKEND_CPU && run->o.cpu_compare;
+}
+
+/* The contiguous columns (CPU runs), or the CPU comparison ones (GPU runs). */
+static void layout_or_cpu_cells(const attn_result *r, kvrt_table *t)
+{
+    if (r->have_contig) {
+        kvrt_table_cell(t, "%.2f", gbs(r->kv_bytes, r->contig_s));
+        kvrt_table_cell(t, "%.3f", r->contig_s / r->paged_s);
+    } else if (r->have_cpu) {
+        kvrt_table_cell(t, "%.3f", r->cpu_decode_s * 1e3);
+        kvrt_table_cell(t, "%.2f", vs_cpu(r->cpu_decode_s, r->paged_s));
+    } else { /* the contiguous decode runs on the CPU only */
+        kvrt_table_cell(t, "n/a");
+        kvrt_table_cell(t, "n/a");
+    }
+}
+
 static void print_table(const attn_run *run, FILE *f)
 {
     static const char *const hdr[] = {"model", "kv", "batch", "ctx", "decode ms", "KV GB/s", "% bw",
                                       "contig GB/s", "paged/contig", "prefill tok", "prefill ms", "GFLOP/s"};
+    static const char *const hdr_cpu[] = {"model", "kv", "batch", "ctx", "decode ms", "KV GB/s", "% bw",
+                                          "cpu dec ms", "dec vs cpu", "prefill tok", "prefill ms", "GFLOP/s",
+                                          "cpu pre ms", "pre vs cpu"};
+    bool cmp = cpu_compared(run);
     kvrt_table t;
-    kvrt_table_init(&t, 12, hdr, "llrrrrrrrrrr");
+    kvrt_table_init(&t, cmp ? 14 : 12, cmp ? hdr_cpu : hdr, "llrrrrrrrrrrrr");
     for (int i = 0; i < run->n_res; i++) {
         const attn_result *r = &run->res[i];
         if (!kvrt_table_row(&t))
@@ -675,17 +748,15 @@ static void print_table(const attn_run *run, FILE *f)
         kvrt_table_cell(&t, "%.3f", r->paged_s * 1e3);
         kvrt_table_cell(&t, "%.2f", gbs(r->kv_bytes, r->paged_s));
         kvrt_table_cell(&t, "%.1f", pct_bw(run, r));
-        if (r->have_contig) {
-            kvrt_table_cell(&t, "%.2f", gbs(r->kv_bytes, r->contig_s));
-            kvrt_table_cell(&t, "%.3f", r->contig_s / r->paged_s);
-        } else { /* the contiguous decode runs on the CPU only */
-            kvrt_table_cell(&t, "n/a");
-            kvrt_table_cell(&t, "n/a");
-        }
+        layout_or_cpu_cells(r, &t);
         if (r->prefill_tokens > 0) {
             kvrt_table_cell(&t, "%d", (int)r->prefill_tokens);
             kvrt_table_cell(&t, "%.3f", r->prefill_s * 1e3);
             kvrt_table_cell(&t, "%.2f", r->prefill_flops / r->prefill_s * 1e-9);
+            if (r->have_cpu) {
+                kvrt_table_cell(&t, "%.3f", r->cpu_prefill_s * 1e3);
+                kvrt_table_cell(&t, "%.2f", vs_cpu(r->cpu_prefill_s, r->prefill_s));
+            }
         }
     }
     const char *env = getenv("OPENBLAS_CORETYPE");
@@ -696,6 +767,10 @@ static void print_table(const attn_run *run, FILE *f)
             run->bw.copy_gbs);
     fprintf(f, "device copy through the backend (2 x %zu MiB, best of %d): %.2f GB/s read + write\n",
             run->dev_copy_bytes >> 20, run->dev_copy_passes, run->dev_copy_gbs);
+    if (cpu_compared(run))
+        fprintf(f, "every cell also ran on the CPU backend (%d threads) on the same data: cpu ms = its best call, "
+                   "vs cpu = CPU time / %s time (> 1: %s is faster)\n",
+                run->n_threads, kvrt_backend_name(run->o.backend), kvrt_backend_name(run->o.backend));
     fprintf(f, "%% bw is taken of the %s\n", run->o.backend == KVRT_BACKEND_CPU ? "host read bandwidth"
                                                                               : "device copy bandwidth");
     fprintf(f, "decode: best call out of >= %.0f ms of calls, layers cycled so KV exceeds 4x LLC; paged/contig = contiguous time / "
@@ -752,6 +827,17 @@ static void print_summary(const attn_run *run, FILE *f)
         fprintf(f, "worst %.1f %% (%s)\n", s.min_pct_long, s.min_pct_long >= TARGET_PCT_BANDWIDTH ? "met" : "missed");
 }
 
+/* The CPU comparison of a GPU cell; null fields when it did not run. */
+static void json_cpu(kvrt_json *j, const attn_result *r)
+{
+    bool pre = r->have_cpu && r->prefill_tokens > 0;
+    kvrt_json_num(j, "cpu_decode_ms", r->have_cpu ? r->cpu_decode_s * 1e3 : NAN);
+    kvrt_json_num(j, "vs_cpu_decode", r->have_cpu ? vs_cpu(r->cpu_decode_s, r->paged_s) : NAN);
+    kvrt_json_num(j, "cpu_prefill_ms", pre ? r->cpu_prefill_s * 1e3 : NAN);
+    kvrt_json_num(j, "vs_cpu_prefill", pre ? vs_cpu(r->cpu_prefill_s, r->prefill_s) : NAN);
+    kvrt_json_num(j, "cpu_max_abs_diff", r->have_cpu ? r->cpu_max_abs_diff : NAN);
+}
+
 static void json_result(kvrt_json *j, const attn_run *run, const attn_result *r)
 {
     kvrt_json_begin_object(j, NULL);
@@ -775,6 +861,7 @@ static void json_result(kvrt_json *j, const attn_run *run, const attn_result *r)
         kvrt_json_num(j, "paged_vs_contiguous", r->have_contig ? r->contig_s / r->paged_s : NAN);
         kvrt_json_num(j, "max_abs_diff", r->have_contig ? r->max_abs_diff : NAN);
         kvrt_json_end_object(j);
+        json_cpu(j, r);
         if (r->prefill_tokens > 0) {
             kvrt_json_begin_object(j, "prefill");
             kvrt_json_int(j, "tokens_per_seq", r->prefill_tokens);
@@ -820,6 +907,7 @@ static void print_json(const attn_run *run, FILE *f)
     kvrt_json_int(&j, "buffer_bytes", (int64_t)run->dev_copy_bytes);
     kvrt_json_int(&j, "passes", run->dev_copy_passes);
     kvrt_json_end_object(&j);
+    kvrt_json_bool(&j, "cpu_compare", cpu_compared(run));
     kvrt_json_str(&j, "pct_bandwidth_of", run->o.backend == KVRT_BACKEND_CPU ? "memory_bandwidth.read_gbs"
                                                                            : "device_copy_bandwidth.gbs");
     kvrt_json_begin_array(&j, "results");
@@ -840,7 +928,7 @@ static void print_json(const attn_run *run, FILE *f)
 
 /* ---- main -------------------------------------------------------------------------- */
 
-static kvrt_status run_grid(kvrt_context *ctx, attn_run *run, kvrt_error *err)
+static kvrt_status run_grid(kvrt_context *ctx, kvrt_context *cpu, attn_run *run, kvrt_error *err)
 {
     const attn_opts *o = &run->o;
     int total = o->n_shapes * o->n_batch * o->n_ctx;
@@ -856,7 +944,7 @@ static kvrt_status run_grid(kvrt_context *ctx, attn_run *run, kvrt_error *err)
                 r->ctx = o->ctxs[ci];
                 fprintf(stderr, "[%d/%d] %s batch %d ctx %d\n", run->n_res, total, r->shape->name, (int)r->batch,
                         (int)r->ctx);
-                KVRT_TRY(run_cell(ctx, o, run->llc, r, err));
+                KVRT_TRY(run_cell(ctx, cpu, o, run->llc, r, err));
             }
         }
     }
@@ -878,10 +966,18 @@ int kvrt_bench_attn_main(int argc, char **argv)
     kvrt_context_params cp = kvrt_context_default_params();
     cp.backend = run.o.backend;
     cp.n_threads = run.o.n_threads;
-    kvrt_context *ctx = NULL;
+    kvrt_context *ctx = NULL, *cpu = NULL;
     if (kvrt_context_create(&cp, &ctx, &err) != KVRT_OK) {
         kvrt_cli_error(PROG, "%s", err.message);
         return 1;
+    }
+    if (cpu_compared(&run)) {
+        cp.backend = KVRT_BACKEND_CPU; /* same -t: all cores unless given */
+        if (kvrt_context_create(&cp, &cpu, &err) != KVRT_OK) {
+            kvrt_cli_error(PROG, "CPU backend for the comparison: %s", err.message);
+            kvrt_context_destroy(ctx);
+            return 1;
+        }
     }
     run.device = kvrt_context_description(ctx);
     run.kernels = run.o.backend == KVRT_BACKEND_CPU ? kvrt_cpu_attn_kernels_get()->name : "-";
@@ -894,7 +990,7 @@ int kvrt_bench_attn_main(int argc, char **argv)
     if (st == KVRT_OK)
         st = device_copy_bw(ctx->be, run.dev_copy_bytes, run.dev_copy_passes, &run.dev_copy_gbs, &err);
     if (st == KVRT_OK)
-        st = run_grid(ctx, &run, &err);
+        st = run_grid(ctx, cpu, &run, &err);
     if (st == KVRT_OK) {
         FILE *table = run.o.json ? stderr : stdout;
         print_table(&run, table);
@@ -905,6 +1001,7 @@ int kvrt_bench_attn_main(int argc, char **argv)
         kvrt_cli_error(PROG, "%s", err.message);
     }
     free(run.res);
+    kvrt_context_destroy(cpu);
     kvrt_context_destroy(ctx);
     return st == KVRT_OK ? 0 : 1;
 }

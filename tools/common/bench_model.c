@@ -48,6 +48,7 @@ static const char *const PROG = "kvrt-bench model";
 typedef struct model_opts {
     kvrt_backend_kind backend;
     bool json, quick;
+    bool cpu_compare;                       /* GPU backend: every row again on the CPU backend */
     const char *model_path;                 /* --model FILE, or NULL: synthetic models */
     char presets[MAX_LIST][NAME_MAX_LEN];   /* synthetic shapes (kvrt_synth_preset names) */
     int n_presets;
@@ -72,6 +73,8 @@ typedef struct model_result {
     uint64_t bytes_per_token;   /* weights one decode step reads */
     double prefill_s;           /* best time of the prompt, one chunk */
     double decode_s;            /* best time of `gen` single-token steps after it */
+    bool have_cpu;              /* the same file and tokens on the CPU backend (GPU runs only) */
+    double cpu_prefill_s, cpu_decode_s;
     int bw_index;               /* run->bw[] measured on as many threads */
 } model_result;
 
@@ -98,6 +101,7 @@ typedef struct model_run {
     const char *device;
     size_t llc;
     kvrt_context *ctxs[MAX_LIST];  /* one per thread count */
+    kvrt_context *cpu_ctxs[MAX_LIST]; /* CPU backend, same thread counts; GPU runs with the comparison only */
     kvrt_bench_bw bw[MAX_LIST];
     model_result *res;
     int n_res, cap_res;
@@ -146,6 +150,7 @@ static void usage(FILE *f)
             "usage: kvrt-bench model [--backend cpu] [-t LIST] [--json] [--quick] [--model FILE]\n"
             "                        [--preset LIST] [--type LIST] [--kv-type f32|f16]\n"
             "                        [--prompt-len N] [--gen N] [--reps N] [--cache-lens LIST|none]\n"
+            "                        [--no-cpu-compare]\n"
             "\n"
             "Prefill (one chunk of --prompt-len tokens) and decode (--gen tokens after it) tokens/s,\n"
             "best of --reps, on synthetic random-weight models written to a temporary folder and\n"
@@ -153,7 +158,7 @@ static void usage(FILE *f)
             "in the same run; then generation time with and without the KV cache as the length grows.\n"
             "\n"
             "  --backend B        cpu (default), vulkan, opencl\n"
-            "  -t, --threads LIST thread counts (default 1,2)\n"
+            "  -t, --threads LIST thread counts (default 1,2; vulkan/opencl: all cores)\n"
             "  --json             one JSON document on stdout; the tables go to stderr\n"
             "  --quick            one small synthetic model, few tokens (seconds; for tests)\n"
             "  --model FILE       benchmark this GGUF / llama2.c file instead of synthetic ones\n"
@@ -165,7 +170,9 @@ static void usage(FILE *f)
             "  --reps N           repetitions, best reported (default 3)\n"
             "  --cache-lens LIST  steps of the KV-cache table (default 16,32,64,128,256; none = skip),\n"
             "                     run on the 15m shape (--cache-preset), first --type, first -t\n"
-            "  --cache-preset P   shape of the KV-cache table (default 15m)\n");
+            "  --cache-preset P   shape of the KV-cache table (default 15m)\n"
+            "  --no-cpu-compare   on vulkan/opencl, do not run every row on the CPU backend too\n"
+            "                     (by default it does, on the row's threads, and reports speed ratios)\n");
 }
 
 /* Splits "a,b,c" into at most MAX_LIST items of < NAME_MAX_LEN bytes. */
@@ -231,6 +238,7 @@ static void default_opts(model_opts *o)
 {
     memset(o, 0, sizeof(*o));
     o->backend = KVRT_BACKEND_CPU;
+    o->cpu_compare = true;
     snprintf(o->presets[0], NAME_MAX_LEN, "15m");
     snprintf(o->presets[1], NAME_MAX_LEN, "110m");
     o->n_presets = 2;
@@ -253,7 +261,7 @@ static void default_opts(model_opts *o)
 
 /* --quick replaces whatever the user did not set with a seconds-long run. */
 typedef struct given_flags {
-    bool preset, prompt, gen, reps, cache_lens, cache_preset;
+    bool preset, prompt, gen, reps, cache_lens, cache_preset, threads;
 } given_flags;
 
 static void apply_quick(model_opts *o, const given_flags *g)
@@ -286,6 +294,7 @@ static int parse_list_flag(int argc, char **argv, int *i, model_opts *o, given_f
     bool ok = true;
     if (kvrt_cli_flag(argc, argv, i, "-t", &val, PROG) || kvrt_cli_flag(argc, argv, i, "--threads", &val, PROG)) {
         ok = val && parse_ints("-t", val, 4096, o->threads, &o->n_threads);
+        g->threads = true;
     } else if (kvrt_cli_flag(argc, argv, i, "--preset", &val, PROG)) {
         ok = val && split_list("--preset", val, o->presets, &o->n_presets);
         for (int k = 0; ok && k < o->n_presets; k++)
@@ -347,6 +356,10 @@ static int parse_one(int argc, char **argv, int *i, model_opts *o, given_flags *
         o->quick = true;
         return 0;
     }
+    if (strcmp(a, "--no-cpu-compare") == 0) {
+        o->cpu_compare = false;
+        return 0;
+    }
     int rc = parse_list_flag(argc, argv, i, o, g);
     if (rc != 1)
         return rc;
@@ -383,6 +396,11 @@ static int parse_args(int argc, char **argv, model_opts *o)
             return rc;
     }
     apply_quick(o, &g);
+    if (o->backend != KVRT_BACKEND_CPU && !g.threads) {
+        /* the host threads hardly matter to a GPU; the CPU it is compared with gets all cores */
+        o->threads[0] = 0;
+        o->n_threads = 1;
+    }
     return 0;
 }
 
@@ -686,6 +704,26 @@ static kvrt_status time_cache_table(kvrt_model *m, const model_opts *o, cache_ta
 
 /* ---- one model file ------------------------------------------------------------------ */
 
+/* The same file, prompt and steps on the CPU backend, for the speed ratios of a GPU row. */
+static kvrt_status time_on_cpu(kvrt_context *cpu, const model_opts *o, const char *path, model_result *r,
+                               kvrt_error *err)
+{
+    kvrt_model *m = NULL;
+    model_result c;
+    memset(&c, 0, sizeof(c));
+    fprintf(stderr, "%s: the same on the CPU backend\n", PROG);
+    kvrt_status st = load_model(cpu, o, path, &m, err);
+    if (st == KVRT_OK)
+        st = time_throughput(m, o, &c, err);
+    if (st == KVRT_OK) {
+        r->cpu_prefill_s = c.prefill_s;
+        r->cpu_decode_s = c.decode_s;
+        r->have_cpu = true;
+    }
+    kvrt_model_destroy(m);
+    return st;
+}
+
 /* Throughput on every thread count (when `throughput`), and the KV-cache table
  * (when `cache`) on the first: the table compares algorithms, not thread
  * counts, and one thread is the least disturbed on a shared machine. */
@@ -721,6 +759,8 @@ static kvrt_status bench_file(model_run *run, const char *path, const char *name
             st = refresh_bandwidth(run, ti, err);
             if (st == KVRT_OK)
                 st = time_throughput(m, o, r, err);
+            if (st == KVRT_OK && run->cpu_ctxs[ti])
+                st = time_on_cpu(run->cpu_ctxs[ti], o, path, r, err);
         }
         if (st == KVRT_OK && do_cache) {
             cache_table *t = &run->cache;
@@ -773,6 +813,17 @@ static kvrt_status bench_all(model_run *run, kvrt_error *err)
 
 /* ---- reporting ----------------------------------------------------------------------- */
 
+/* Speed of this backend over the CPU's on the same row (> 1: faster). */
+static double vs_cpu(double cpu_s, double s)
+{
+    return s > 0 ? cpu_s / s : NAN;
+}
+
+static bool cpu_compared(const model_run *run)
+{
+    return run->o.backend != KVRT_BACKEND_CPU && run->o.cpu_compare;
+}
+
 static double mib(uint64_t bytes)
 {
     return (double)bytes / (1024.0 * 1024.0);
@@ -791,14 +842,20 @@ static void print_header(const model_run *run, FILE *f)
     fprintf(f, "prefill: %d tokens in one chunk; decode: %d tokens after it; best of %d; KV %s; "
                "%% bw = weight bytes per token x decode tokens/s / read bandwidth on as many threads\n\n",
             (int)run->o.prompt_len, (int)run->o.gen, (int)run->o.reps, kvrt_dtype_name(run->o.kv_type));
+    if (cpu_compared(run))
+        fprintf(f, "every row also ran on the CPU backend on as many threads, same file and tokens: "
+                   "vs cpu = CPU time / %s time (> 1: %s is faster)\n\n",
+                kvrt_backend_name(run->o.backend), kvrt_backend_name(run->o.backend));
 }
 
 static void print_table(const model_run *run, FILE *f)
 {
     static const char *const hdr[] = {"model", "type", "params M", "weights MiB", "read/token MiB", "threads",
-                                      "prefill t/s", "decode t/s", "weight GB/s", "% bw"};
+                                      "prefill t/s", "decode t/s", "weight GB/s", "% bw",
+                                      "cpu prefill t/s", "cpu decode t/s", "prefill vs cpu", "decode vs cpu"};
+    bool cmp = cpu_compared(run);
     kvrt_table t;
-    kvrt_table_init(&t, 10, hdr, "llrrrrrrrr");
+    kvrt_table_init(&t, cmp ? 14 : 10, hdr, "llrrrrrrrrrrrr");
     for (int i = 0; i < run->n_res; i++) {
         const model_result *r = &run->res[i];
         if (!kvrt_table_row(&t))
@@ -813,6 +870,12 @@ static void print_table(const model_run *run, FILE *f)
         kvrt_table_cell(&t, "%.2f", tok_per_s(run->o.gen, r->decode_s));
         kvrt_table_cell(&t, "%.2f", decode_gbs(&run->o, r));
         kvrt_table_cell(&t, "%.1f", pct_bw(run, r));
+        if (r->have_cpu) {
+            kvrt_table_cell(&t, "%.1f", tok_per_s(run->o.prompt_len, r->cpu_prefill_s));
+            kvrt_table_cell(&t, "%.2f", tok_per_s(run->o.gen, r->cpu_decode_s));
+            kvrt_table_cell(&t, "%.2f", vs_cpu(r->cpu_prefill_s, r->prefill_s));
+            kvrt_table_cell(&t, "%.2f", vs_cpu(r->cpu_decode_s, r->decode_s));
+        }
     }
     kvrt_table_print(&t, f);
     kvrt_table_free(&t);
@@ -907,6 +970,11 @@ static void json_result(kvrt_json *j, const model_run *run, const model_result *
     kvrt_json_num(j, "bandwidth_gbs", row_bw(run, r));
     kvrt_json_num(j, "pct_bandwidth", pct_bw(run, r));
     kvrt_json_end_object(j);
+    /* the CPU comparison of a GPU row; null when it did not run */
+    kvrt_json_num(j, "cpu_prefill_ms", r->have_cpu ? r->cpu_prefill_s * 1e3 : NAN);
+    kvrt_json_num(j, "cpu_decode_ms", r->have_cpu ? r->cpu_decode_s * 1e3 : NAN);
+    kvrt_json_num(j, "vs_cpu_prefill", r->have_cpu ? vs_cpu(r->cpu_prefill_s, r->prefill_s) : NAN);
+    kvrt_json_num(j, "vs_cpu_decode", r->have_cpu ? vs_cpu(r->cpu_decode_s, r->decode_s) : NAN);
     kvrt_json_end_object(j);
 }
 
@@ -971,6 +1039,7 @@ static void print_json(const model_run *run, FILE *f)
     kvrt_json_int(&j, "openblas_threads", openblas_get_num_threads());
     kvrt_json_str(&j, "model_file", o->model_path);
     kvrt_json_bool(&j, "quick", o->quick);
+    kvrt_json_bool(&j, "cpu_compare", cpu_compared(run));
     kvrt_json_str(&j, "kv_type", kvrt_dtype_name(o->kv_type));
     kvrt_json_int(&j, "prompt_len", o->prompt_len);
     kvrt_json_int(&j, "gen", o->gen);
@@ -994,9 +1063,11 @@ static void print_json(const model_run *run, FILE *f)
 /* ---- main ----------------------------------------------------------------------------- */
 
 /* A context and a bandwidth measurement per thread count. */
+/* A context (and a CPU one for the comparison) and a bandwidth measurement
+ * per thread count; a count of 0 (all cores) becomes the number measured with. */
 static kvrt_status setup(model_run *run, kvrt_error *err)
 {
-    const model_opts *o = &run->o;
+    model_opts *o = &run->o;
     run->llc = kvrt_bench_llc_bytes();
     for (int i = 0; i < o->n_threads; i++) {
         kvrt_context_params cp = kvrt_context_default_params();
@@ -1004,9 +1075,18 @@ static kvrt_status setup(model_run *run, kvrt_error *err)
         cp.n_threads = o->threads[i];
         KVRT_TRY(kvrt_context_create(&cp, &run->ctxs[i], err));
         run->device = kvrt_context_description(run->ctxs[0]);
+        if (cpu_compared(run)) {
+            cp.backend = KVRT_BACKEND_CPU;
+            if (kvrt_context_create(&cp, &run->cpu_ctxs[i], err) != KVRT_OK) {
+                char msg[KVRT_ERROR_MESSAGE_MAX]; /* kvrt_fail must not read the buffer it writes */
+                snprintf(msg, sizeof(msg), "%s", err->message);
+                return kvrt_fail(err, err->status, "CPU backend for the comparison: %s", msg);
+            }
+        }
         fprintf(stderr, "%s: %s; measuring memory bandwidth on %d thread(s)\n", PROG,
                 kvrt_context_description(run->ctxs[i]), (int)o->threads[i]);
         KVRT_TRY(kvrt_bench_bandwidth(o->threads[i], 4 * run->llc, o->quick ? 2 : 5, &run->bw[i], err));
+        o->threads[i] = run->bw[i].n_threads;
     }
     return KVRT_OK;
 }
@@ -1044,7 +1124,9 @@ int kvrt_bench_model_main(int argc, char **argv)
     else
         kvrt_cli_error(PROG, "%s", err.message);
     free(run.res);
-    for (int i = 0; i < run.o.n_threads; i++)
+    for (int i = 0; i < run.o.n_threads; i++) {
+        kvrt_context_destroy(run.cpu_ctxs[i]);
         kvrt_context_destroy(run.ctxs[i]);
+    }
     return st == KVRT_OK ? 0 : 1;
 }
