@@ -85,6 +85,10 @@ static kvrt_status scan_file(const unsigned char *d, size_t size, int32_t expect
 {
     if (size < 4)
         return kvrt_fail(err, KVRT_ERR_BAD_TOKENIZER, "tokenizer.bin: %zu bytes, too short for its header", size);
+    if (memcmp(d, "GGUF", 4) == 0)
+        return kvrt_fail(err, KVRT_ERR_BAD_TOKENIZER,
+                         "this is a GGUF file, not a llama2.c tokenizer.bin: give it as the model (-m), "
+                         "it carries its own vocabulary");
     int32_t max_len = read_i32le(d);
     if (max_len < 0)
         return kvrt_fail(err, KVRT_ERR_BAD_TOKENIZER, "tokenizer.bin: max_token_length %d is negative", max_len);

@@ -44,6 +44,7 @@ expect "tok512 prompt" "1 403 407 261 378" -z "$tok512" -p "Once upon a time"
 expect "checkpoint + tokenizer" "1 403 407 261 378" -m "$models/stories260K.bin" -z "$tok512" -p "Once upon a time"
 expect "llama.cpp GGUF" "1 403 407 261 378" -m "$models/stories260K.gguf" -p "Once upon a time"
 expect "kvrt-convert GGUF" "1 403 407 261 378" -m "$src/models/stories260K.gguf" -p "Once upon a time"
+expect_error "GGUF given as -z" "is a GGUF file" -z "$models/stories260K.gguf" -p "x"
 expect_error "GGUF with -z" "carries its vocabulary" -m "$models/stories260K.gguf" -z "$tok512" -p "x"
 expect "--no-bos" "403 407 261 378" -z "$tok512" -p "Once upon a time" --no-bos
 expect "empty prompt is BOS alone" "1" -z "$tok512" -p ""
