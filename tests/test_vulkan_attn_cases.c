@@ -8,7 +8,7 @@
 #include <stdint.h>
 #include <setjmp.h>
 #include <cmocka.h>
-#include <dlfcn.h>
+#include "test_drivers.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,12 +42,6 @@ int main(void)
 
 static uint32_t g_disabled;
 
-static void pin_driver_modules(void)
-{
-    static const char *libs[] = {"libvulkan_lvp.so", "libVkLayer_khronos_validation.so"};
-    for (size_t i = 0; i < sizeof(libs) / sizeof(libs[0]); i++)
-        (void)dlopen(libs[i], RTLD_NOW | RTLD_NODELETE);
-}
 
 /* A public context around a Vulkan backend created with the validation layer. */
 static kvrt_context *vk_ctx(void)
@@ -146,7 +140,7 @@ static int pass_none(void **state)
 
 int main(void)
 {
-    pin_driver_modules();
+    kvrt_test_pin_gpu_drivers();
     const struct CMUnitTest tests[] = {
         BOTH(test_grid),
         BOTH(test_long_and_odd),

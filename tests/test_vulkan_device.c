@@ -8,7 +8,7 @@
 #include <stdint.h>
 #include <setjmp.h>
 #include <cmocka.h>
-#include <dlfcn.h>
+#include "test_drivers.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,12 +45,6 @@ static uint32_t g_disabled;
 /* The loader unloads the driver and the validation layer with each instance;
  * pinning them keeps their symbols for LeakSanitizer, whose suppressions
  * (tests/lsan.supp) name those libraries. Not needed for the tests themselves. */
-static void pin_driver_modules(void)
-{
-    static const char *libs[] = {"libvulkan_lvp.so", "libVkLayer_khronos_validation.so"};
-    for (size_t i = 0; i < sizeof(libs) / sizeof(libs[0]); i++)
-        (void)dlopen(libs[i], RTLD_NOW | RTLD_NODELETE);
-} /* features disabled in this pass */
 
 static kvrt_backend *vk_open(uint64_t budget)
 {
@@ -303,7 +297,7 @@ static int pass_none(void **state)
 
 int main(void)
 {
-    pin_driver_modules();
+    kvrt_test_pin_gpu_drivers();
     const struct CMUnitTest tests[] = {
         BOTH(test_create_describe),
         cmocka_unit_test(test_unavailable),

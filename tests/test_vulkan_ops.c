@@ -7,7 +7,7 @@
 #include <stdint.h>
 #include <setjmp.h>
 #include <cmocka.h>
-#include <dlfcn.h>
+#include "test_drivers.h"
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,12 +47,6 @@ static uint32_t g_disabled;
 static kvrt_backend *g_be;
 static int g_teardown_failures; /* cmocka does not count failed group teardowns */
 
-static void pin_driver_modules(void)
-{
-    static const char *libs[] = {"libvulkan_lvp.so", "libVkLayer_khronos_validation.so"};
-    for (size_t i = 0; i < sizeof(libs) / sizeof(libs[0]); i++)
-        (void)dlopen(libs[i], RTLD_NOW | RTLD_NODELETE);
-}
 
 static int open_pass(uint32_t disabled)
 {
@@ -446,7 +440,7 @@ static void test_long_step(void **state)
 
 int main(void)
 {
-    pin_driver_modules();
+    kvrt_test_pin_gpu_drivers();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matmul),
         cmocka_unit_test(test_norm_swiglu_add),
