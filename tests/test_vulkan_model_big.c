@@ -25,6 +25,7 @@
 #include "backend/backend.h"
 #include "model/llama.h"
 #include "model/synth.h"
+#include "test_drivers.h"
 
 #if !defined(KVRT_HAVE_VULKAN_BACKEND)
 static void test_not_built(void **state)
@@ -211,6 +212,7 @@ static void test_small_types(void **state)
 
 int main(void)
 {
+    kvrt_test_pin_gpu_drivers();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_small_types),
         cmocka_unit_test(test_big_f32),
