@@ -8,7 +8,7 @@ packages=(
   libvulkan-dev libvulkan-volk-dev glslc glslang-tools spirv-tools
   mesa-vulkan-drivers vulkan-validationlayers vulkan-tools
   ocl-icd-opencl-dev opencl-headers pocl-opencl-icd clinfo
-  clang libclang-rt-14-dev
+  clang libclang-rt-14-dev python3
 )
 missing=()
 for p in "${packages[@]}"; do
