@@ -10,6 +10,9 @@ file(GLOB KVRT_SHADER_SOURCES CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/shad
 # time with -DKVRT_BDA: the variant that reaches segments through buffer
 # device addresses.
 set(KVRT_BDA_SHADERS kv_write attn_decode attn_prefill matmul rows)
+# Reductions built a second time with -DKVRT_SUBGROUP: the variant that sums
+# with subgroup arithmetic, picked when KVRT_FEATURE_SUBGROUPS is usable.
+set(KVRT_SUBGROUP_SHADERS rmsnorm)
 
 set(KVRT_SHADER_HEADERS)
 function(kvrt_add_shader src name defines)
@@ -38,6 +41,9 @@ foreach(src ${KVRT_SHADER_SOURCES})
   kvrt_add_shader(${src} ${name} "")
   if(name IN_LIST KVRT_BDA_SHADERS)
     kvrt_add_shader(${src} ${name}_bda "-DKVRT_BDA")
+  endif()
+  if(name IN_LIST KVRT_SUBGROUP_SHADERS)
+    kvrt_add_shader(${src} ${name}_sg "-DKVRT_SUBGROUP")
   endif()
 endforeach()
 add_custom_target(kvrt_shaders DEPENDS ${KVRT_SHADER_HEADERS})

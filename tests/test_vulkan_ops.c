@@ -313,6 +313,15 @@ static void test_norm_swiglu_add(void **state)
         }
     }
     check_nmse("rmsnorm", y, ry, n_y, (size_t)dim, (size_t)dim);
+    /* the subgroup-reduction variant runs exactly when the pass allows it and
+     * the device has it; the no-features pass must run the portable one */
+    uint32_t variant = ~0u;
+    assert_true(kvrt_vk_pipeline_variant(g_be, "rmsnorm", &variant));
+    assert_int_equal(variant, kvrt_vk_features(g_be) & KVRT_FEATURE_SUBGROUPS);
+    if (g_disabled & KVRT_FEATURE_SUBGROUPS)
+        assert_int_equal(variant, 0);
+    else if (!variant)
+        fprintf(stderr, "note: device lacks subgroup arithmetic; rmsnorm ran the portable variant\n");
     check_nmse("swiglu", s, rs, n_y, (size_t)dim, (size_t)dim);
     check_nmse("add", a, ra, n_y, (size_t)dim, (size_t)dim);
     /* in place: rmsnorm x -> x */

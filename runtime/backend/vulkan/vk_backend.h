@@ -25,4 +25,8 @@ void kvrt_vk_set_max_segment(kvrt_backend *be, size_t bytes);
 /* KVRT_FEATURE_* bits the backend uses (present and not disabled). */
 uint32_t kvrt_vk_features(kvrt_backend *be);
 
+/* Whether the pipeline `name` (e.g. "rmsnorm") has been created; if so sets
+ * *features to the KVRT_FEATURE_* bits its chosen variant needs (0: portable). */
+bool kvrt_vk_pipeline_variant(kvrt_backend *be, const char *name, uint32_t *features);
+
 #endif /* KVRT_VK_BACKEND_H */

@@ -122,6 +122,7 @@ typedef struct kvrt_vk_backend {
     VkDescriptorPool *desc_pools;
     uint32_t n_desc_pools;
     VkPipeline pipes[KVRT_VK_PIPE_COUNT];
+    uint32_t pipe_features[KVRT_VK_PIPE_COUNT]; /* KVRT_FEATURE_* the chosen variant needs */
 
     kvrt_buffer *staging; /* host-visible, for upload/download */
     kvrt_buffer *dummy;   /* bound to unused bindings */

@@ -3,6 +3,7 @@
 #include "backend/vulkan/vk_internal.h"
 
 #include <stddef.h>
+#include <string.h>
 
 #include "shaders/attn_decode.spv.h"
 #include "shaders/attn_decode_bda.spv.h"
@@ -17,6 +18,7 @@
 #include "shaders/matmul.spv.h"
 #include "shaders/matmul_bda.spv.h"
 #include "shaders/rmsnorm.spv.h"
+#include "shaders/rmsnorm_sg.spv.h"
 #include "shaders/rope.spv.h"
 #include "shaders/rows.spv.h"
 #include "shaders/rows_bda.spv.h"
@@ -40,6 +42,11 @@ typedef struct vk_pipe_desc {
     const uint32_t *code;
     size_t bytes;
     int spec;       /* constant_id 0: -1 none, -2 shared floats for the device, else this value */
+    /* Optional variant of the same source that needs `feature` (KVRT_FEATURE_*):
+     * chosen when the device has it and the context did not disable it. */
+    uint32_t feature;
+    const uint32_t *alt_code;
+    size_t alt_bytes;
 } vk_pipe_desc;
 
 #define VK_SPV(name) kvrt_spv_##name, sizeof(kvrt_spv_##name)
@@ -51,7 +58,7 @@ static const vk_pipe_desc vk_pipe_table[KVRT_VK_PIPE_COUNT] = {
     [KVRT_VK_PIPE_ATTN_PREFILL] = {"attn_prefill", VK_SPV(attn_prefill), -2},
     [KVRT_VK_PIPE_ATTN_PREFILL_MERGE] = {"attn_prefill_merge", VK_SPV(attn_prefill_merge), -1},
     [KVRT_VK_PIPE_MATMUL] = {"matmul", VK_SPV(matmul), -1},
-    [KVRT_VK_PIPE_RMSNORM] = {"rmsnorm", VK_SPV(rmsnorm), -1},
+    [KVRT_VK_PIPE_RMSNORM] = {"rmsnorm", VK_SPV(rmsnorm), -1, KVRT_FEATURE_SUBGROUPS, VK_SPV(rmsnorm_sg)},
     [KVRT_VK_PIPE_ADD] = {"add", VK_SPV(elementwise), 0},
     [KVRT_VK_PIPE_SWIGLU] = {"swiglu", VK_SPV(elementwise), 1},
     [KVRT_VK_PIPE_ROPE] = {"rope", VK_SPV(rope), -1},
@@ -92,8 +99,11 @@ kvrt_status kvrt_vk_pipeline(kvrt_vk_backend *vk, kvrt_vk_pipe_id id, VkPipeline
         return KVRT_OK;
     }
     const vk_pipe_desc *d = &vk_pipe_table[id];
-    VkShaderModuleCreateInfo mci = {.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO, .codeSize = d->bytes,
-                                    .pCode = d->code};
+    /* caps.features already excludes what the context disabled */
+    bool alt = d->alt_code && (vk->caps.features & d->feature) == d->feature;
+    VkShaderModuleCreateInfo mci = {.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO,
+                                    .codeSize = alt ? d->alt_bytes : d->bytes,
+                                    .pCode = alt ? d->alt_code : d->code};
     VkShaderModule mod;
     VkResult r = vk->vk.vkCreateShaderModule(vk->device, &mci, NULL, &mod);
     if (r != VK_SUCCESS)
@@ -114,6 +124,19 @@ kvrt_status kvrt_vk_pipeline(kvrt_vk_backend *vk, kvrt_vk_pipe_id id, VkPipeline
         return kvrt_fail(&vk->base.err, KVRT_ERR_KERNEL_BUILD, "vulkan: pipeline %s failed (VkResult %d)", d->name,
                          (int)r);
     }
+    vk->pipe_features[id] = alt ? d->feature : 0;
     *out = vk->pipes[id];
     return KVRT_OK;
+}
+
+bool kvrt_vk_pipeline_variant(kvrt_backend *be, const char *name, uint32_t *features)
+{
+    kvrt_vk_backend *vk = kvrt_vk(be);
+    for (int i = 0; i < KVRT_VK_PIPE_COUNT; i++) {
+        if (vk->pipes[i] && strcmp(vk_pipe_table[i].name, name) == 0) {
+            *features = vk->pipe_features[i];
+            return true;
+        }
+    }
+    return false;
 }
