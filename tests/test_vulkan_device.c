@@ -18,27 +18,12 @@
 #include "kvrt_vulkan.h"
 
 #if !defined(KVRT_HAVE_VULKAN_BACKEND)
-/* Built with -DKVRT_VULKAN=OFF: the backend must report itself unavailable. */
-static void test_not_built(void **state)
-{
-    kvrt_context_params p = kvrt_context_default_params();
-    p.backend = KVRT_BACKEND_VULKAN;
-    kvrt_backend *be = NULL;
-    kvrt_error err;
-    assert_int_equal(kvrt_vulkan_backend_create(&p, &be, &err), KVRT_ERR_BACKEND_UNAVAILABLE);
-    assert_null(be);
-    assert_non_null(strstr(err.message, "Vulkan"));
-}
-
 int main(void)
 {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_not_built)};
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return kvrt_test_vulkan_not_built_main();
 }
 #else
 
-#define ALL_FEATURES                                                                                \
-    (KVRT_FEATURE_BUFFER_DEVICE_ADDRESS | KVRT_FEATURE_FP16 | KVRT_FEATURE_INT8 | KVRT_FEATURE_SUBGROUPS)
 
 static uint32_t g_disabled;
 
@@ -289,7 +274,7 @@ static int pass_all(void **state)
 
 static int pass_none(void **state)
 {
-    g_disabled = ALL_FEATURES;
+    g_disabled = KVRT_TEST_ALL_FEATURES;
     return 0;
 }
 

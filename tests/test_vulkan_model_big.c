@@ -28,21 +28,13 @@
 #include "test_drivers.h"
 
 #if !defined(KVRT_HAVE_VULKAN_BACKEND)
-static void test_not_built(void **state)
-{
-    (void)state;
-    skip();
-}
 int main(void)
 {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_not_built)};
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return kvrt_test_vulkan_not_built_main();
 }
 #else
 #include "backend/vulkan/vk_backend.h"
 
-#define ALL_FEATURES                                                                                \
-    (KVRT_FEATURE_BUFFER_DEVICE_ADDRESS | KVRT_FEATURE_FP16 | KVRT_FEATURE_INT8 | KVRT_FEATURE_SUBGROUPS)
 #define N_PROMPT 5
 #define N_DECODE 3
 #define N_ALL (N_PROMPT + N_DECODE)
@@ -129,7 +121,7 @@ static void run_case(const model_case *c)
     run_model(cpu, mf, c, cpu_table, 2, want);
     cpu->ops->destroy(cpu);
 
-    const uint32_t passes[2] = {0, ALL_FEATURES};
+    const uint32_t passes[2] = {0, KVRT_TEST_ALL_FEATURES};
     for (int p = 0; p < 2; p++) {
         cp.backend = KVRT_BACKEND_VULKAN;
         cp.disabled_features = passes[p];

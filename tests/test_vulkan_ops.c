@@ -19,27 +19,12 @@
 #include "common/quant.h"
 
 #if !defined(KVRT_HAVE_VULKAN_BACKEND)
-/* Built with -DKVRT_VULKAN=OFF: the backend must report itself unavailable. */
-static void test_not_built(void **state)
-{
-    kvrt_context_params p = kvrt_context_default_params();
-    p.backend = KVRT_BACKEND_VULKAN;
-    kvrt_backend *be = NULL;
-    kvrt_error err;
-    assert_int_equal(kvrt_vulkan_backend_create(&p, &be, &err), KVRT_ERR_BACKEND_UNAVAILABLE);
-    assert_null(be);
-    assert_non_null(strstr(err.message, "Vulkan"));
-}
-
 int main(void)
 {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_not_built)};
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return kvrt_test_vulkan_not_built_main();
 }
 #else
 
-#define ALL_FEATURES                                                                                \
-    (KVRT_FEATURE_BUFFER_DEVICE_ADDRESS | KVRT_FEATURE_FP16 | KVRT_FEATURE_INT8 | KVRT_FEATURE_SUBGROUPS)
 #define CANARY 0x7fc0beefu
 #define N_CANARY 16
 
@@ -70,7 +55,7 @@ static int setup_all(void **state)
 
 static int setup_none(void **state)
 {
-    return open_pass(ALL_FEATURES);
+    return open_pass(KVRT_TEST_ALL_FEATURES);
 }
 
 static int teardown(void **state)

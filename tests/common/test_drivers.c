@@ -1,11 +1,36 @@
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <string.h>
+
+#include "backend/backend.h"
 #include "test_drivers.h"
 
 #include <dlfcn.h>
-#include <stddef.h>
 
 void kvrt_test_pin_gpu_drivers(void)
 {
     static const char *libs[] = {"libvulkan_lvp.so", "libVkLayer_khronos_validation.so"};
     for (size_t i = 0; i < sizeof(libs) / sizeof(libs[0]); i++)
         (void)dlopen(libs[i], RTLD_NOW | RTLD_NODELETE);
+}
+
+static void test_vulkan_not_built(void **state)
+{
+    (void)state;
+    kvrt_context_params p = kvrt_context_default_params();
+    p.backend = KVRT_BACKEND_VULKAN;
+    kvrt_backend *be = NULL;
+    kvrt_error err;
+    assert_int_equal(kvrt_vulkan_backend_create(&p, &be, &err), KVRT_ERR_BACKEND_UNAVAILABLE);
+    assert_null(be);
+    assert_non_null(strstr(err.message, "Vulkan"));
+}
+
+int kvrt_test_vulkan_not_built_main(void)
+{
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_vulkan_not_built)};
+    return cmocka_run_group_tests(tests, NULL, NULL);
 }

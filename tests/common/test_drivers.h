@@ -1,4 +1,5 @@
-/* GPU drivers under LeakSanitizer. */
+/* Helpers of the GPU backend suites: drivers under LeakSanitizer, feature masks,
+ * builds without a backend. */
 #ifndef KVRT_TEST_DRIVERS_H
 #define KVRT_TEST_DRIVERS_H
 
@@ -8,5 +9,13 @@
  * suppress them. Pinning the modules keeps their symbols. Call once before
  * the first context; harmless where the libraries are absent. */
 void kvrt_test_pin_gpu_drivers(void);
+
+/* Every KVRT_FEATURE_* bit: what the GPU tests' portable-path pass disables. */
+#define KVRT_TEST_ALL_FEATURES                                                                      \
+    (KVRT_FEATURE_BUFFER_DEVICE_ADDRESS | KVRT_FEATURE_FP16 | KVRT_FEATURE_INT8 | KVRT_FEATURE_SUBGROUPS)
+
+/* main() of a Vulkan test suite in a build without Vulkan (-DKVRT_VULKAN=OFF):
+ * one test asserting the backend reports itself unavailable with a message. */
+int kvrt_test_vulkan_not_built_main(void);
 
 #endif /* KVRT_TEST_DRIVERS_H */
