@@ -10,10 +10,13 @@ file(GLOB KVRT_SHADER_SOURCES CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/shad
 # time with -DKVRT_BDA: the variant that reaches segments through buffer
 # device addresses.
 set(KVRT_BDA_SHADERS kv_write attn_decode attn_prefill matmul rows)
-# Reductions built a second time with -DKVRT_SUBGROUP: the variant that sums
-# with subgroup arithmetic, picked when KVRT_FEATURE_SUBGROUPS is usable.
-set(KVRT_SUBGROUP_SHADERS rmsnorm)
-
+# Feature variants of the same source (pipelines pick them at run time, see
+# runtime/backend/vulkan/vk_pipelines.c), each also built in its BDA form:
+#   _sg  -DKVRT_SUBGROUP: reductions with subgroup arithmetic;
+#   _n   -DKVRT_NARROW: F16 KV (and weights) through 16-bit storage loads and
+#        stores instead of packed 32-bit words.
+set(KVRT_SUBGROUP_SHADERS rmsnorm matmul)
+set(KVRT_NARROW_SHADERS kv_write attn_decode attn_prefill)
 set(KVRT_SHADER_HEADERS)
 function(kvrt_add_shader src name defines)
   set(spv ${KVRT_SHADER_OUT}/${name}.spv)
@@ -36,14 +39,23 @@ function(kvrt_add_shader src name defines)
   set(KVRT_SHADER_HEADERS ${KVRT_SHADER_HEADERS} ${hdr} PARENT_SCOPE)
 endfunction()
 
+# Builds name<suffix> with the given defines and its feature variants.
+function(kvrt_add_shader_variants src name suffix defines)
+  kvrt_add_shader(${src} ${name}${suffix} "${defines}")
+  if(name IN_LIST KVRT_SUBGROUP_SHADERS)
+    kvrt_add_shader(${src} ${name}${suffix}_sg "${defines};-DKVRT_SUBGROUP")
+  endif()
+  if(name IN_LIST KVRT_NARROW_SHADERS)
+    kvrt_add_shader(${src} ${name}${suffix}_n "${defines};-DKVRT_NARROW")
+  endif()
+  set(KVRT_SHADER_HEADERS ${KVRT_SHADER_HEADERS} PARENT_SCOPE)
+endfunction()
+
 foreach(src ${KVRT_SHADER_SOURCES})
   get_filename_component(name ${src} NAME_WE)
-  kvrt_add_shader(${src} ${name} "")
+  kvrt_add_shader_variants(${src} ${name} "" "")
   if(name IN_LIST KVRT_BDA_SHADERS)
-    kvrt_add_shader(${src} ${name}_bda "-DKVRT_BDA")
-  endif()
-  if(name IN_LIST KVRT_SUBGROUP_SHADERS)
-    kvrt_add_shader(${src} ${name}_sg "-DKVRT_SUBGROUP")
+    kvrt_add_shader_variants(${src} ${name} _bda "-DKVRT_BDA")
   endif()
 endforeach()
 add_custom_target(kvrt_shaders DEPENDS ${KVRT_SHADER_HEADERS})

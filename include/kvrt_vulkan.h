@@ -68,8 +68,10 @@ KVRT_API kvrt_status kvrt_vulkan_context_handles(const kvrt_context *ctx, kvrt_v
  * was not enabled is undefined behaviour on the device. The bits stand for:
  *   KVRT_FEATURE_BUFFER_DEVICE_ADDRESS  bufferDeviceAddress (Vulkan 1.2):
  *       KV pools and weights larger than one storage binding;
- *   KVRT_FEATURE_FP16  shaderFloat16 and storageBuffer16BitAccess: F16 KV;
- *   KVRT_FEATURE_INT8  shaderInt8 and storageBuffer8BitAccess: quantized weights;
+ *   KVRT_FEATURE_FP16  shaderFloat16 and storageBuffer16BitAccess: F16 KV
+ *       read and written as halves;
+ *   KVRT_FEATURE_INT8  shaderInt8 and storageBuffer8BitAccess: probed and
+ *       reported, not used by any kernel yet;
  *   KVRT_FEATURE_SUBGROUPS  needs no device feature (core subgroup
  *       properties): used whenever the device supports it, the bit is ignored.
  * kvrt_vulkan_context_handles reports what kvrt ended up using.

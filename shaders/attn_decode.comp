@@ -3,6 +3,9 @@
 #extension GL_EXT_buffer_reference : require
 #extension GL_EXT_buffer_reference_uvec2 : require
 #endif
+#ifdef KVRT_NARROW // F16 KV through 16-bit storage (KVRT_FEATURE_FP16)
+#extension GL_EXT_shader_16bit_storage : require
+#endif
 // Paged decode attention, pass 1 (split-K). One workgroup owns one
 // (sequence, KV head, group of query heads, partition of part_tokens keys):
 // it reads each K/V row of its partition once for all its query heads, keeps

@@ -3,6 +3,9 @@
 #extension GL_EXT_buffer_reference : require
 #extension GL_EXT_buffer_reference_uvec2 : require
 #endif
+#ifdef KVRT_NARROW // F16 KV through 16-bit storage (KVRT_FEATURE_FP16)
+#extension GL_EXT_shader_16bit_storage : require
+#endif
 // Tiled prefill attention, pass 1 (split-K). A workgroup owns one (sequence,
 // query head, key partition of part_tokens keys) and walks that sequence's
 // query tiles (tile_q rows, striding by n_tile_groups workgroups); for each,

@@ -3,6 +3,9 @@
 #extension GL_EXT_buffer_reference : require
 #extension GL_EXT_buffer_reference_uvec2 : require
 #endif
+#ifdef KVRT_NARROW // F16 KV through 16-bit storage (KVRT_FEATURE_FP16)
+#extension GL_EXT_shader_16bit_storage : require
+#endif
 // Writes token K/V rows into the pools at their slots (slot < 0: padding).
 // b2 = k, b3 = v, b4 = slot_mapping. One invocation per (token, kv head, word or element).
 #include "kvrt_push.h"
@@ -13,7 +16,8 @@ layout(local_size_x = 64) in;
 void main()
 {
     // F16 rows of even length are whole words; odd ones share words between
-    // rows, so each element merges its half atomically
+    // rows, so each element merges its half atomically (KVRT_NARROW: stores
+    // its half alone)
     bool pairs = pc.f16 != 0u && (pc.head_dim & 1u) == 0u;
     bool halves = pc.f16 != 0u && !pairs;
     uint words = pairs ? pc.head_dim / 2u : pc.head_dim;
@@ -32,7 +36,13 @@ void main()
         uint kb = pc.k_off + t * pc.k_stride + h * pc.head_dim;
         uint vb = pc.v_off + t * pc.v_stride + h * pc.head_dim;
         if (halves) {
-            uint e = row + wd, sh = 16u * (e & 1u);
+            uint e = row + wd;
+#ifdef KVRT_NARROW
+            kpool_set_half(seg, e, f32_to_f16_rne(uintBitsToFloat(b2.w[kb + wd])));
+            vpool_set_half(seg, e, f32_to_f16_rne(uintBitsToFloat(b3.w[vb + wd])));
+            continue;
+#endif
+            uint sh = 16u * (e & 1u);
             kpool_merge(seg, e >> 1, 0xffffu << sh, f32_to_f16_rne(uintBitsToFloat(b2.w[kb + wd])) << sh);
             vpool_merge(seg, e >> 1, 0xffffu << sh, f32_to_f16_rne(uintBitsToFloat(b3.w[vb + wd])) << sh);
         } else if (pairs) {

@@ -3,17 +3,20 @@
 #extension GL_EXT_buffer_reference : require
 #extension GL_EXT_buffer_reference_uvec2 : require
 #endif
+#ifdef KVRT_SUBGROUP // row sums with subgroup arithmetic (see reduce.glsl)
+#extension GL_KHR_shader_subgroup_arithmetic : require
+#endif
 // y[t][o] = sum_i W[o][i] x[t][i] (GEMV per token). One workgroup per
 // (output row, token), striding over the rows [row_lo, row_hi) of this
 // dispatch; 64 threads split the row (quant types: one 32-element block per
-// thread step), F32 partial sums, tree reduction.
+// thread step), F32 partial sums, one workgroup reduction (reduce.glsl).
 // a = W [n_out][n_in] (see weights.glsl), b = x, c = y.
 #include "kvrt_push.h"
 layout(push_constant) uniform P { KVRT_PUSH_OPS } pc;
 #include "ops_common.glsl"
 #include "weights.glsl"
 layout(local_size_x = 64) in;
-shared float s_sum[64];
+#include "reduce.glsl"
 
 void main()
 {
@@ -31,15 +34,9 @@ void main()
             for (uint i = tid; i < n; i += 64u)
                 acc += w_elem(rb, i) * fb(xb + i);
         }
-        s_sum[tid] = acc;
-        barrier();
-        for (uint s = 32u; s > 0u; s >>= 1) {
-            if (tid < s)
-                s_sum[tid] += s_sum[tid + s];
-            barrier();
-        }
+        float sum = wg_sum(acc, tid);
         if (tid == 0u)
-            bc.w[pc.c_off + t * pc.c_stride + o] = floatBitsToUint(s_sum[0]);
+            bc.w[pc.c_off + t * pc.c_stride + o] = floatBitsToUint(sum);
         barrier();
     }
 }

@@ -7,16 +7,24 @@
 
 #include "shaders/attn_decode.spv.h"
 #include "shaders/attn_decode_bda.spv.h"
+#include "shaders/attn_decode_bda_n.spv.h"
+#include "shaders/attn_decode_n.spv.h"
 #include "shaders/attn_merge.spv.h"
 #include "shaders/attn_prefill.spv.h"
 #include "shaders/attn_prefill_bda.spv.h"
+#include "shaders/attn_prefill_bda_n.spv.h"
+#include "shaders/attn_prefill_n.spv.h"
 #include "shaders/attn_prefill_merge.spv.h"
 #include "shaders/argmax.spv.h"
 #include "shaders/elementwise.spv.h"
 #include "shaders/kv_write.spv.h"
 #include "shaders/kv_write_bda.spv.h"
+#include "shaders/kv_write_bda_n.spv.h"
+#include "shaders/kv_write_n.spv.h"
 #include "shaders/matmul.spv.h"
 #include "shaders/matmul_bda.spv.h"
+#include "shaders/matmul_bda_sg.spv.h"
+#include "shaders/matmul_sg.spv.h"
 #include "shaders/rmsnorm.spv.h"
 #include "shaders/rmsnorm_sg.spv.h"
 #include "shaders/rope.spv.h"
@@ -37,38 +45,50 @@ _Static_assert(offsetof(kvrt_push_ops, row_hi) == 76, "std430 offset of row_hi")
 _Static_assert(offsetof(kvrt_push_ops, eps) == 40, "std430 offset of eps");
 _Static_assert(sizeof(kvrt_push_attn) <= 128, "push constants fit the guaranteed 128 bytes");
 
-typedef struct vk_pipe_desc {
-    const char *name;
+/* A build of a shader that needs device features (KVRT_FEATURE_* bits). */
+typedef struct vk_pipe_code {
+    uint32_t features;
     const uint32_t *code;
     size_t bytes;
+} vk_pipe_code;
+
+#define VK_MAX_VARIANTS 2
+
+typedef struct vk_pipe_desc {
+    const char *name;
+    const uint32_t *code; /* the portable build: needs no optional feature */
+    size_t bytes;
     int spec;       /* constant_id 0: -1 none, -2 shared floats for the device, else this value */
-    /* Optional variant of the same source that needs `feature` (KVRT_FEATURE_*):
-     * chosen when the device has it and the context did not disable it. */
-    uint32_t feature;
-    const uint32_t *alt_code;
-    size_t alt_bytes;
+    /* Builds of the same source that use optional features, most preferred
+     * first: the first whose features the device has and the context did not
+     * disable is chosen, else the portable one. */
+    vk_pipe_code variants[VK_MAX_VARIANTS];
 } vk_pipe_desc;
 
 #define VK_SPV(name) kvrt_spv_##name, sizeof(kvrt_spv_##name)
+#define VK_SG(name) {KVRT_FEATURE_SUBGROUPS, VK_SPV(name)}
+#define VK_NARROW(name) {KVRT_FEATURE_FP16, VK_SPV(name)}
 
 static const vk_pipe_desc vk_pipe_table[KVRT_VK_PIPE_COUNT] = {
-    [KVRT_VK_PIPE_KV_WRITE] = {"kv_write", VK_SPV(kv_write), -1},
-    [KVRT_VK_PIPE_ATTN_DECODE] = {"attn_decode", VK_SPV(attn_decode), -1},
+    [KVRT_VK_PIPE_KV_WRITE] = {"kv_write", VK_SPV(kv_write), -1, {VK_NARROW(kv_write_n)}},
+    [KVRT_VK_PIPE_ATTN_DECODE] = {"attn_decode", VK_SPV(attn_decode), -1, {VK_NARROW(attn_decode_n)}},
     [KVRT_VK_PIPE_ATTN_MERGE] = {"attn_merge", VK_SPV(attn_merge), -1},
-    [KVRT_VK_PIPE_ATTN_PREFILL] = {"attn_prefill", VK_SPV(attn_prefill), -2},
+    [KVRT_VK_PIPE_ATTN_PREFILL] = {"attn_prefill", VK_SPV(attn_prefill), -2, {VK_NARROW(attn_prefill_n)}},
     [KVRT_VK_PIPE_ATTN_PREFILL_MERGE] = {"attn_prefill_merge", VK_SPV(attn_prefill_merge), -1},
-    [KVRT_VK_PIPE_MATMUL] = {"matmul", VK_SPV(matmul), -1},
-    [KVRT_VK_PIPE_RMSNORM] = {"rmsnorm", VK_SPV(rmsnorm), -1, KVRT_FEATURE_SUBGROUPS, VK_SPV(rmsnorm_sg)},
+    [KVRT_VK_PIPE_MATMUL] = {"matmul", VK_SPV(matmul), -1, {VK_SG(matmul_sg)}},
+    [KVRT_VK_PIPE_RMSNORM] = {"rmsnorm", VK_SPV(rmsnorm), -1, {VK_SG(rmsnorm_sg)}},
     [KVRT_VK_PIPE_ADD] = {"add", VK_SPV(elementwise), 0},
     [KVRT_VK_PIPE_SWIGLU] = {"swiglu", VK_SPV(elementwise), 1},
     [KVRT_VK_PIPE_ROPE] = {"rope", VK_SPV(rope), -1},
     [KVRT_VK_PIPE_EMBED] = {"embed", VK_SPV(rows), 0},
     [KVRT_VK_PIPE_GATHER] = {"gather_rows", VK_SPV(rows), 1},
     [KVRT_VK_PIPE_ARGMAX] = {"argmax", VK_SPV(argmax), -1},
-    [KVRT_VK_PIPE_KV_WRITE_BDA] = {"kv_write (bda)", VK_SPV(kv_write_bda), -1},
-    [KVRT_VK_PIPE_ATTN_DECODE_BDA] = {"attn_decode (bda)", VK_SPV(attn_decode_bda), -1},
-    [KVRT_VK_PIPE_ATTN_PREFILL_BDA] = {"attn_prefill (bda)", VK_SPV(attn_prefill_bda), -2},
-    [KVRT_VK_PIPE_MATMUL_BDA] = {"matmul (bda)", VK_SPV(matmul_bda), -1},
+    [KVRT_VK_PIPE_KV_WRITE_BDA] = {"kv_write (bda)", VK_SPV(kv_write_bda), -1, {VK_NARROW(kv_write_bda_n)}},
+    [KVRT_VK_PIPE_ATTN_DECODE_BDA] = {"attn_decode (bda)", VK_SPV(attn_decode_bda), -1,
+                                      {VK_NARROW(attn_decode_bda_n)}},
+    [KVRT_VK_PIPE_ATTN_PREFILL_BDA] = {"attn_prefill (bda)", VK_SPV(attn_prefill_bda), -2,
+                                       {VK_NARROW(attn_prefill_bda_n)}},
+    [KVRT_VK_PIPE_MATMUL_BDA] = {"matmul (bda)", VK_SPV(matmul_bda), -1, {VK_SG(matmul_bda_sg)}},
     [KVRT_VK_PIPE_EMBED_BDA] = {"embed (bda)", VK_SPV(rows_bda), 0},
     [KVRT_VK_PIPE_GATHER_BDA] = {"gather_rows (bda)", VK_SPV(rows_bda), 1},
 };
@@ -100,10 +120,15 @@ kvrt_status kvrt_vk_pipeline(kvrt_vk_backend *vk, kvrt_vk_pipe_id id, VkPipeline
     }
     const vk_pipe_desc *d = &vk_pipe_table[id];
     /* caps.features already excludes what the context disabled */
-    bool alt = d->alt_code && (vk->caps.features & d->feature) == d->feature;
+    vk_pipe_code chosen = {0, d->code, d->bytes};
+    for (int i = 0; i < VK_MAX_VARIANTS && d->variants[i].code; i++) {
+        if ((vk->caps.features & d->variants[i].features) == d->variants[i].features) {
+            chosen = d->variants[i];
+            break;
+        }
+    }
     VkShaderModuleCreateInfo mci = {.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO,
-                                    .codeSize = alt ? d->alt_bytes : d->bytes,
-                                    .pCode = alt ? d->alt_code : d->code};
+                                    .codeSize = chosen.bytes, .pCode = chosen.code};
     VkShaderModule mod;
     VkResult r = vk->vk.vkCreateShaderModule(vk->device, &mci, NULL, &mod);
     if (r != VK_SUCCESS)
@@ -124,7 +149,7 @@ kvrt_status kvrt_vk_pipeline(kvrt_vk_backend *vk, kvrt_vk_pipe_id id, VkPipeline
         return kvrt_fail(&vk->base.err, KVRT_ERR_KERNEL_BUILD, "vulkan: pipeline %s failed (VkResult %d)", d->name,
                          (int)r);
     }
-    vk->pipe_features[id] = alt ? d->feature : 0;
+    vk->pipe_features[id] = chosen.features;
     *out = vk->pipes[id];
     return KVRT_OK;
 }
