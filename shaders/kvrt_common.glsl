@@ -94,6 +94,52 @@ void vpool_merge(uint seg, uint i, uint mask, uint bits)
 }
 #endif
 
+#ifdef KVRT_NARROW
+// 16-bit views of the same pool segments (KVRT_FEATURE_FP16: 16-bit storage):
+// F16 KV elements load and store one at a time, with no unpacking and no
+// atomics for a lone half. The shader enables GL_EXT_shader_16bit_storage.
+#ifdef KVRT_BDA
+layout(buffer_reference, std430, buffer_reference_align = 2) buffer KvrtHalves { uint16_t h[]; };
+uint kpool_half(uint seg, uint e) { return uint(KvrtHalves(kaddr[0].a[seg]).h[e]); }
+uint vpool_half(uint seg, uint e) { return uint(KvrtHalves(vaddr[0].a[seg]).h[e]); }
+void kpool_set_half(uint seg, uint e, uint bits) { KvrtHalves(kaddr[0].a[seg]).h[e] = uint16_t(bits); }
+void vpool_set_half(uint seg, uint e, uint bits) { KvrtHalves(vaddr[0].a[seg]).h[e] = uint16_t(bits); }
+#else
+layout(std430, set = 0, binding = 0) buffer KPoolH { uint16_t h[]; } kpoolh[KVRT_VK_MAX_POOL_SEGS];
+layout(std430, set = 0, binding = 1) buffer VPoolH { uint16_t h[]; } vpoolh[KVRT_VK_MAX_POOL_SEGS];
+
+uint kpool_half(uint seg, uint e)
+{
+#define KVRT_C(n) case n: return uint(kpoolh[n].h[e]);
+    switch (seg) { KVRT_SEG_CASES(KVRT_C) }
+#undef KVRT_C
+    return 0u;
+}
+
+uint vpool_half(uint seg, uint e)
+{
+#define KVRT_C(n) case n: return uint(vpoolh[n].h[e]);
+    switch (seg) { KVRT_SEG_CASES(KVRT_C) }
+#undef KVRT_C
+    return 0u;
+}
+
+void kpool_set_half(uint seg, uint e, uint bits)
+{
+#define KVRT_C(n) case n: kpoolh[n].h[e] = uint16_t(bits); break;
+    switch (seg) { KVRT_SEG_CASES(KVRT_C) }
+#undef KVRT_C
+}
+
+void vpool_set_half(uint seg, uint e, uint bits)
+{
+#define KVRT_C(n) case n: vpoolh[n].h[e] = uint16_t(bits); break;
+    switch (seg) { KVRT_SEG_CASES(KVRT_C) }
+#undef KVRT_C
+}
+#endif
+#endif
+
 // Element index, inside its segment, of (block, kv head, offset in block, dim 0).
 uint pool_row(uint blk, uint h, uint off)
 {
@@ -104,6 +150,9 @@ uint pool_row(uint blk, uint h, uint off)
 float pool_load(bool is_v, uint seg, uint e)
 {
     if (pc.f16 != 0u) {
+#ifdef KVRT_NARROW
+        return unpackHalf2x16(is_v ? vpool_half(seg, e) : kpool_half(seg, e)).x;
+#endif
         uint w = is_v ? vpool_get(seg, e >> 1) : kpool_get(seg, e >> 1);
         vec2 h = unpackHalf2x16(w);
         return (e & 1u) != 0u ? h.y : h.x;
