@@ -21,7 +21,8 @@ enum {
     ACT_COUNT
 };
 
-/* Batch arrays on the device (int32). */
+/* Batch arrays on the device (int32), packed one after another in one buffer
+ * so a step uploads them with one call (inside the step: see upload_batch). */
 enum {
     IDX_TOKENS,     /* [T] */
     IDX_POSITIONS,  /* [T] */
@@ -57,7 +58,10 @@ struct kvrt_llama {
     llama_layer_w *layers; /* [n_layer] */
     kvrt_buffer *rope_table; /* F32 [max_pos][rope_dim/2][2] */
     grow_buffer act[ACT_COUNT];
-    grow_buffer idx[IDX_COUNT];
+    grow_buffer ints;          /* the batch arrays, at idx_off */
+    size_t idx_off[IDX_COUNT]; /* int32 elements from the start of ints */
+    int32_t *ints_host;        /* packing area, ints_cap elements */
+    size_t ints_cap;
 };
 
 static const kvrt_allocator *lm_alloc(const kvrt_llama *lm)
@@ -161,10 +165,9 @@ void kvrt_llama_destroy(kvrt_llama *lm)
         if (lm->act[i].buf)
             be->ops->buffer_destroy(be, lm->act[i].buf);
     }
-    for (int i = 0; i < IDX_COUNT; i++) {
-        if (lm->idx[i].buf)
-            be->ops->buffer_destroy(be, lm->idx[i].buf);
-    }
+    if (lm->ints.buf)
+        be->ops->buffer_destroy(be, lm->ints.buf);
+    kvrt_free(lm_alloc(lm), lm->ints_host);
     kvrt_free(lm_alloc(lm), lm->layers);
     kvrt_free(lm_alloc(lm), lm);
 }
@@ -253,14 +256,44 @@ static kvrt_status reserve_activations(kvrt_llama *lm, int32_t n_tokens, int32_t
     return KVRT_OK;
 }
 
-static kvrt_status upload_ints(kvrt_llama *lm, int which, const int32_t *src, size_t count, kvrt_error *err)
+/* Packs the batch arrays into the host area (grown as needed) and records
+ * where each one starts. */
+static kvrt_status pack_batch(kvrt_llama *lm, const kvrt_batch *b, size_t *total, kvrt_error *err)
 {
-    size_t bytes = count * sizeof(int32_t);
-    KVRT_TRY(grow(lm, &lm->idx[which], bytes, err));
-    if (bytes == 0)
-        return KVRT_OK;
-    kvrt_backend *be = lm->be;
-    return be_fail(be, err, be->ops->buffer_upload(be, lm->idx[which].buf, 0, src, bytes), "batch upload");
+    size_t T = (size_t)b->num_tokens, S = (size_t)b->num_seqs;
+    const struct {
+        const int32_t *src;
+        size_t n;
+    } parts[IDX_COUNT] = {
+        [IDX_TOKENS] = {b->tokens, T},
+        [IDX_POSITIONS] = {b->positions, T},
+        [IDX_SLOTS] = {b->slot_mapping, T},
+        [IDX_QSL] = {b->query_start_loc, S + 1},
+        [IDX_SEQ_LENS] = {b->seq_lens, S},
+        [IDX_TABLES] = {b->block_tables, S * (size_t)b->max_blocks_per_seq},
+        [IDX_LOGITS] = {b->logits_indices, (size_t)b->num_logits},
+    };
+    size_t n = 0;
+    for (int i = 0; i < IDX_COUNT; i++)
+        n += parts[i].n;
+    if (n > lm->ints_cap) {
+        size_t want = n + n / 2;
+        int32_t *p = kvrt_alloc(lm_alloc(lm), want * sizeof(int32_t), _Alignof(int32_t));
+        if (!p)
+            return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "batch arrays: %zu ints", want);
+        kvrt_free(lm_alloc(lm), lm->ints_host);
+        lm->ints_host = p;
+        lm->ints_cap = want;
+    }
+    size_t at = 0;
+    for (int i = 0; i < IDX_COUNT; i++) {
+        lm->idx_off[i] = at;
+        if (parts[i].n)
+            memcpy(lm->ints_host + at, parts[i].src, parts[i].n * sizeof(int32_t));
+        at += parts[i].n;
+    }
+    *total = n;
+    return KVRT_OK;
 }
 
 /* ---- batch checks ------------------------------------------------------------------ */
@@ -307,7 +340,7 @@ static kvrt_view act(kvrt_llama *lm, int which)
 
 static kvrt_view idx(kvrt_llama *lm, int which, size_t first)
 {
-    return (kvrt_view){lm->idx[which].buf, first * sizeof(int32_t)};
+    return (kvrt_view){lm->ints.buf, (lm->idx_off[which] + first) * sizeof(int32_t)};
 }
 
 static kvrt_view wview(const llama_weight *w)
@@ -437,15 +470,12 @@ static bool ops_complete(const kvrt_backend_ops *o)
     return o->rmsnorm && o->add && o->swiglu && o->embed && o->gather_rows;
 }
 
-static kvrt_status upload_batch(kvrt_llama *lm, const kvrt_batch *b, kvrt_error *err)
+/* One upload of every batch array. It is the step's first command: GPU
+ * backends record it into the step (no transfer of its own to wait for). */
+static kvrt_status upload_batch(kvrt_llama *lm, size_t n_ints)
 {
-    KVRT_TRY(upload_ints(lm, IDX_TOKENS, b->tokens, (size_t)b->num_tokens, err));
-    KVRT_TRY(upload_ints(lm, IDX_POSITIONS, b->positions, (size_t)b->num_tokens, err));
-    KVRT_TRY(upload_ints(lm, IDX_SLOTS, b->slot_mapping, (size_t)b->num_tokens, err));
-    KVRT_TRY(upload_ints(lm, IDX_QSL, b->query_start_loc, (size_t)b->num_seqs + 1, err));
-    KVRT_TRY(upload_ints(lm, IDX_SEQ_LENS, b->seq_lens, (size_t)b->num_seqs, err));
-    KVRT_TRY(upload_ints(lm, IDX_TABLES, b->block_tables, (size_t)b->num_seqs * b->max_blocks_per_seq, err));
-    return upload_ints(lm, IDX_LOGITS, b->logits_indices, (size_t)b->num_logits, err);
+    kvrt_backend *be = lm->be;
+    return be->ops->buffer_upload(be, lm->ints.buf, 0, lm->ints_host, n_ints * sizeof(int32_t));
 }
 
 kvrt_status kvrt_llama_forward(kvrt_llama *lm, kvrt_kv_pool *pool, const kvrt_batch *b, float *logits,
@@ -457,10 +487,14 @@ kvrt_status kvrt_llama_forward(kvrt_llama *lm, kvrt_kv_pool *pool, const kvrt_ba
     if (!ops_complete(ops))
         return kvrt_fail(err, KVRT_ERR_UNSUPPORTED, "the %s backend lacks ops of the Llama forward", ops->name);
     KVRT_TRY(reserve_activations(lm, b->num_tokens, b->num_logits, err));
-    KVRT_TRY(upload_batch(lm, b, err));
+    size_t n_ints = 0;
+    KVRT_TRY(pack_batch(lm, b, &n_ints, err));
+    KVRT_TRY(grow(lm, &lm->ints, n_ints * sizeof(int32_t), err));
 
     step st = {.lm = lm, .be = be, .ops = ops, .pool = pool, .b = b, .n_decode = count_leading_decodes(b)};
     kvrt_status s = ops->begin(be);
+    if (s == KVRT_OK)
+        s = upload_batch(lm, n_ints);
     if (s == KVRT_OK)
         s = ops->embed(be, lm->tok_embd.type, wview(&lm->tok_embd), lm->hp.n_embd, idx(lm, IDX_TOKENS, 0),
                        b->num_tokens, act(lm, ACT_X));

@@ -249,8 +249,14 @@ static kvrt_status vk_check_range(kvrt_vk_backend *vk, const kvrt_buffer *b, siz
     return KVRT_OK;
 }
 
+/* Largest upload recorded into an open step (vkCmdUpdateBuffer's limit). */
+#define VK_INLINE_UPLOAD_MAX 65536
+
 /* Moves bytes between host memory and a buffer, one piece (inside one segment,
- * at most the staging size) at a time. */
+ * at most the staging size) at a time. While a step is being recorded, small
+ * uploads become commands of the step (their bytes travel inside the command
+ * buffer): a step's batch arrays then cost no transfer and no wait of their
+ * own, and ops recorded before the upload still see the old contents. */
 static kvrt_status vk_transfer(kvrt_vk_backend *vk, kvrt_buffer *b, size_t off, void *host, size_t size, bool up)
 {
     KVRT_TRY(vk_check_range(vk, b, off, size, up ? "upload" : "download"));
@@ -259,7 +265,11 @@ static kvrt_status vk_transfer(kvrt_vk_backend *vk, kvrt_buffer *b, size_t off, 
         size_t s = off / b->seg_bytes, so = off - s * b->seg_bytes;
         size_t n = KVRT_MIN(size, b->segs[s].size - so);
         kvrt_vk_segment *seg = &b->segs[s];
-        if (seg->map) {
+        if (up && vk->recording && !seg->map && size <= VK_INLINE_UPLOAD_MAX && n == size && so % 4 == 0 &&
+            n % 4 == 0) {
+            vk->vk.vkCmdUpdateBuffer(vk->cmd, seg->buf, so, n, h);
+            kvrt_vk_barrier(vk);
+        } else if (seg->map) {
             if (up)
                 memcpy((char *)seg->map + so, h, n);
             else
