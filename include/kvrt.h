@@ -142,9 +142,14 @@ typedef struct kvrt_context_params {
     uint64_t memory_budget;   /* bytes of device memory kvrt may use; 0 = backend default */
     uint32_t disabled_features; /* KVRT_FEATURE_* bits the backend must not use */
     const kvrt_allocator *allocator; /* host allocations; NULL = malloc. Must outlive the context. */
+    /* GPU backends: file kvrt loads compiled pipelines from and saves them to
+     * (Vulkan: the driver's VkPipelineCache data plus a kvrt checksum); NULL =
+     * none. A missing, unreadable, corrupt or other-device file is ignored. */
+    const char *pipeline_cache_path;
 } kvrt_context_params;
 
-/* Defaults: CPU backend, all cores, automatic device, no budget, all features. */
+/* Defaults: CPU backend, all cores, automatic device, no budget, all features,
+ * no pipeline cache file. */
 KVRT_API kvrt_context_params kvrt_context_default_params(void);
 
 typedef struct kvrt_context kvrt_context;
@@ -160,6 +165,13 @@ KVRT_API void kvrt_context_destroy(kvrt_context *ctx);
 KVRT_API const char *kvrt_context_message(const kvrt_context *ctx);
 /* A one-line description of the device and backend ("cpu: 2 threads, OpenBLAS Haswell"). */
 KVRT_API const char *kvrt_context_description(const kvrt_context *ctx);
+/* Writes the context's compiled-pipeline cache to params.pipeline_cache_path
+ * now (atomically: a temporary file renamed over it), if pipelines were
+ * created since it was loaded or last saved. kvrt_context_destroy also saves,
+ * silently. KVRT_OK without doing anything on contexts without a cache file
+ * (no path, CPU backend, OpenCL). KVRT_ERR_IO when the file cannot be written;
+ * the cache stays in memory and a later call may retry. */
+KVRT_API kvrt_status kvrt_context_save_caches(kvrt_context *ctx);
 
 #ifdef __cplusplus
 }

@@ -82,7 +82,8 @@ KVRT_API kvrt_status kvrt_vulkan_context_handles(const kvrt_context *ctx, kvrt_v
  * synchronisation of a queue). Other queues of the device are free to use.
  *
  * params may be NULL (defaults); its backend, device_index and device_name
- * are ignored; memory_budget, disabled_features and allocator apply.
+ * are ignored; memory_budget, disabled_features, allocator and
+ * pipeline_cache_path apply.
  * Errors: KVRT_ERR_INVALID_ARGUMENT (a NULL handle, a queue family without
  * compute), KVRT_ERR_BACKEND_UNAVAILABLE (no loader, device below Vulkan 1.2),
  * with a message in err (may be NULL). */

@@ -40,6 +40,7 @@ static kvrt_backend *vk_open(void)
     kvrt_context_params p = kvrt_context_default_params();
     p.backend = KVRT_BACKEND_VULKAN;
     p.disabled_features = g_disabled;
+    p.pipeline_cache_path = kvrt_test_pipeline_cache();
     kvrt_vk_debug_params dbg = {.validation = true};
     kvrt_backend *be = NULL;
     kvrt_error err;

@@ -34,6 +34,7 @@ static kvrt_context *vk_ctx(void)
     kvrt_context_params p = kvrt_context_default_params();
     p.backend = KVRT_BACKEND_VULKAN;
     p.disabled_features = g_disabled;
+    p.pipeline_cache_path = kvrt_test_pipeline_cache();
     kvrt_vk_debug_params dbg = {.validation = true};
     kvrt_context *ctx = kvrt_calloc(NULL, 1, sizeof(*ctx));
     assert_non_null(ctx);

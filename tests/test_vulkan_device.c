@@ -37,6 +37,7 @@ static kvrt_backend *vk_open(uint64_t budget)
     p.backend = KVRT_BACKEND_VULKAN;
     p.memory_budget = budget;
     p.disabled_features = g_disabled;
+    p.pipeline_cache_path = kvrt_test_pipeline_cache();
     kvrt_vk_debug_params dbg = {.validation = true};
     kvrt_backend *be = NULL;
     kvrt_error err;

@@ -125,6 +125,7 @@ static void run_case(const model_case *c)
     for (int p = 0; p < 2; p++) {
         cp.backend = KVRT_BACKEND_VULKAN;
         cp.disabled_features = passes[p];
+        cp.pipeline_cache_path = kvrt_test_pipeline_cache();
         kvrt_vk_debug_params dbg = {.validation = true};
         kvrt_backend *vk = NULL;
         if (kvrt_vk_backend_create_ex(&cp, &dbg, &vk, &err) != KVRT_OK)

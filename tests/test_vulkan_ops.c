@@ -39,6 +39,7 @@ static int open_pass(uint32_t disabled)
     kvrt_context_params p = kvrt_context_default_params();
     p.backend = KVRT_BACKEND_VULKAN;
     p.disabled_features = disabled;
+    p.pipeline_cache_path = kvrt_test_pipeline_cache();
     kvrt_vk_debug_params dbg = {.validation = true};
     kvrt_error err;
     if (kvrt_vk_backend_create_ex(&p, &dbg, &g_be, &err) != KVRT_OK) {

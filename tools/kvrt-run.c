@@ -16,7 +16,7 @@
 #include <unistd.h>
 
 typedef struct run_args {
-    const char *model, *tokenizer, *prompt, *backend, *device, *dump_logits;
+    const char *model, *tokenizer, *prompt, *backend, *device, *dump_logits, *pipeline_cache;
     int n_predict, threads, ctx, block_size, batch, verbose, ignore_eos, truncate, list_devices;
     kvrt_dtype kv_type;
     kvrt_sampler_params sp;
@@ -49,6 +49,7 @@ static void usage(FILE *f)
             "      --backend NAME      cpu, vulkan or opencl (default cpu)\n"
             "      --device N|NAME     GPU device index or name\n"
             "      --list-devices      list the devices of --backend and exit\n"
+            "      --pipeline-cache FILE  load compiled GPU pipelines from FILE, save new ones there\n"
             "      --ignore-eos        keep generating after end-of-sequence\n"
             "      --truncate-prompt   keep the end of a prompt longer than the context\n"
             "      --dump-logits FILE  write float32 logits of every computed position (positions x vocab)\n"
@@ -120,6 +121,7 @@ static int parse_args(int argc, char **argv, run_args *a)
         else if (!strcmp(f, "-p") || !strcmp(f, "--prompt")) a->prompt = v;
         else if (!strcmp(f, "--backend")) a->backend = v;
         else if (!strcmp(f, "--device")) a->device = v;
+        else if (!strcmp(f, "--pipeline-cache")) a->pipeline_cache = v;
         else if (!strcmp(f, "--dump-logits")) a->dump_logits = v;
         else if (!strcmp(f, "-n") || !strcmp(f, "--n-predict")) { rc = parse_int(f, v, 0, INT_MAX, &n); a->n_predict = (int)n; }
         else if (!strcmp(f, "-t") || !strcmp(f, "--threads")) { rc = parse_int(f, v, 1, 1024, &n); a->threads = (int)n; }
@@ -248,6 +250,7 @@ static int setup(run_state *st)
         return 2;
     }
     cp.n_threads = a->threads;
+    cp.pipeline_cache_path = a->pipeline_cache;
     if (a->device && cp.backend == KVRT_BACKEND_CPU)
         fprintf(stderr, "kvrt-run: warning: --device is for GPU backends; the cpu backend ignores it\n");
     if (a->device) {
@@ -468,6 +471,9 @@ int main(int argc, char **argv)
     kvrt_sampler_destroy(st.sampler);
     kvrt_session_destroy(st.sess);
     kvrt_model_destroy(st.model);
+    /* a cache that cannot be saved costs the next start time, not this run's output */
+    if (st.ctx && kvrt_context_save_caches(st.ctx) != KVRT_OK)
+        fprintf(stderr, "kvrt-run: warning: pipeline cache not saved: %s\n", kvrt_context_message(st.ctx));
     kvrt_context_destroy(st.ctx);
     return rc;
 }

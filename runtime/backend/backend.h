@@ -170,6 +170,9 @@ struct kvrt_backend_ops {
     /* out[r] = argmax of row r (lowest index on ties), int32. */
     kvrt_status (*argmax)(kvrt_backend *be, kvrt_view x, int64_t stride, int32_t n_rows, int32_t n_cols,
                           kvrt_view out);
+
+    /* Optional: writes on-disk caches (compiled pipelines) now; NULL = none to save. */
+    kvrt_status (*save_caches)(kvrt_backend *be);
 };
 
 /* Sets be->err for a NULL entry and returns KVRT_ERR_UNSUPPORTED. */

@@ -87,6 +87,15 @@ void kvrt_context_destroy(kvrt_context *ctx)
     kvrt_free(ctx->alloc, ctx);
 }
 
+kvrt_status kvrt_context_save_caches(kvrt_context *ctx)
+{
+    if (!ctx || !ctx->be)
+        return KVRT_ERR_INVALID_ARGUMENT;
+    if (!ctx->be->ops->save_caches)
+        return KVRT_OK;
+    return ctx->be->ops->save_caches(ctx->be);
+}
+
 const char *kvrt_context_message(const kvrt_context *ctx)
 {
     return ctx && ctx->be ? ctx->be->err.message : "";

@@ -9,6 +9,17 @@
 #include "test_drivers.h"
 
 #include <dlfcn.h>
+#include <sys/stat.h>
+
+#ifndef KVRT_TEST_CACHE_DIR
+#error "CMakeLists.txt defines KVRT_TEST_CACHE_DIR for the test helpers"
+#endif
+
+const char *kvrt_test_pipeline_cache(void)
+{
+    (void)mkdir(KVRT_TEST_CACHE_DIR, 0777); /* EEXIST is the usual case; a real failure only disables the cache */
+    return KVRT_TEST_CACHE_DIR "/vulkan-pipelines.bin";
+}
 
 void kvrt_test_pin_gpu_drivers(void)
 {

@@ -18,4 +18,8 @@ void kvrt_test_pin_gpu_drivers(void);
  * one test asserting the backend reports itself unavailable with a message. */
 int kvrt_test_vulkan_not_built_main(void);
 
+/* The Vulkan pipeline cache file the GPU suites share, in the build tree
+ * (DESIGN.md: caches stay in the build tree); its folder is created. */
+const char *kvrt_test_pipeline_cache(void);
+
 #endif /* KVRT_TEST_DRIVERS_H */

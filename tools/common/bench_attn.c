@@ -69,6 +69,7 @@ static const int32_t QUICK_BATCHES[] = {1, 3};
 
 typedef struct attn_opts {
     kvrt_backend_kind backend;
+    const char *pipeline_cache; /* --pipeline-cache FILE; NULL = none */
     int n_threads;           /* 0 = all cores */
     bool json, quick;
     bool cpu_compare;        /* GPU backend: every cell again on the CPU backend */
@@ -110,6 +111,7 @@ static void usage(FILE *f)
             "usage: kvrt-bench attn [--backend cpu] [-t THREADS] [--json] [--kv-type f32|f16] [--quick]\n"
             "                       [--ctx N,N,...] [--batch N,N,...] [--block-size 8|16|32]\n"
             "                       [--prefill-chunk N] [--max-kv-mib N] [--min-time-ms N] [--no-cpu-compare]\n"
+            "                       [--pipeline-cache FILE]\n"
             "\n"
             "Decode and prefill attention throughput over model shapes (llama2-7b: 32 q / 32 KV\n"
             "heads, llama3-8b: 32 q / 8 KV heads, head_dim 128) x batch x context, with the KV-read\n"
@@ -128,7 +130,8 @@ static void usage(FILE *f)
             "  --max-kv-mib N     skip cells whose KV of one layer exceeds N MiB (default 2048)\n"
             "  --min-time-ms N    timed milliseconds per measurement (default 300)\n"
             "  --no-cpu-compare   on vulkan/opencl, do not run every cell on the CPU backend too\n"
-            "                     (by default it does, on -t threads, and reports the speed ratios)\n");
+            "                     (by default it does, on -t threads, and reports the speed ratios)\n"
+            "  --pipeline-cache F load compiled GPU pipelines from F and save them there (default: none)\n");
 }
 
 /* "512,4k,8192" -> values in [1, max]. */
@@ -219,6 +222,8 @@ static int parse_one(int argc, char **argv, int *i, attn_opts *o, bool *ctx_give
             kvrt_cli_error(PROG, "--backend: unknown backend '%s' (cpu, vulkan, opencl)", val);
             return KVRT_CLI_USAGE;
         }
+    } else if (kvrt_cli_flag(argc, argv, i, "--pipeline-cache", &val, PROG)) {
+        o->pipeline_cache = val;
     } else if (kvrt_cli_flag(argc, argv, i, "-t", &val, PROG) ||
                kvrt_cli_flag(argc, argv, i, "--threads", &val, PROG)) {
         if (val && !kvrt_cli_int(PROG, "-t", val, 1, 4096, false, &n))
@@ -966,6 +971,7 @@ int kvrt_bench_attn_main(int argc, char **argv)
     kvrt_context_params cp = kvrt_context_default_params();
     cp.backend = run.o.backend;
     cp.n_threads = run.o.n_threads;
+    cp.pipeline_cache_path = run.o.pipeline_cache;
     kvrt_context *ctx = NULL, *cpu = NULL;
     if (kvrt_context_create(&cp, &ctx, &err) != KVRT_OK) {
         kvrt_cli_error(PROG, "%s", err.message);

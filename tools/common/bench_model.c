@@ -47,6 +47,7 @@ static const char *const PROG = "kvrt-bench model";
 
 typedef struct model_opts {
     kvrt_backend_kind backend;
+    const char *pipeline_cache; /* --pipeline-cache FILE; NULL = none */
     bool json, quick;
     bool cpu_compare;                       /* GPU backend: every row again on the CPU backend */
     const char *model_path;                 /* --model FILE, or NULL: synthetic models */
@@ -150,7 +151,7 @@ static void usage(FILE *f)
             "usage: kvrt-bench model [--backend cpu] [-t LIST] [--json] [--quick] [--model FILE]\n"
             "                        [--preset LIST] [--type LIST] [--kv-type f32|f16]\n"
             "                        [--prompt-len N] [--gen N] [--reps N] [--cache-lens LIST|none]\n"
-            "                        [--no-cpu-compare]\n"
+            "                        [--no-cpu-compare] [--pipeline-cache FILE]\n"
             "\n"
             "Prefill (one chunk of --prompt-len tokens) and decode (--gen tokens after it) tokens/s,\n"
             "best of --reps, on synthetic random-weight models written to a temporary folder and\n"
@@ -172,7 +173,8 @@ static void usage(FILE *f)
             "                     run on the 15m shape (--cache-preset), first --type, first -t\n"
             "  --cache-preset P   shape of the KV-cache table (default 15m)\n"
             "  --no-cpu-compare   on vulkan/opencl, do not run every row on the CPU backend too\n"
-            "                     (by default it does, on the row's threads, and reports speed ratios)\n");
+            "                     (by default it does, on the row's threads, and reports speed ratios)\n"
+            "  --pipeline-cache F load compiled GPU pipelines from F and save them there (default: none)\n");
 }
 
 /* Splits "a,b,c" into at most MAX_LIST items of < NAME_MAX_LEN bytes. */
@@ -373,6 +375,8 @@ static int parse_one(int argc, char **argv, int *i, model_opts *o, given_flags *
         }
     } else if (kvrt_cli_flag(argc, argv, i, "--model", &val, PROG)) {
         o->model_path = val;
+    } else if (kvrt_cli_flag(argc, argv, i, "--pipeline-cache", &val, PROG)) {
+        o->pipeline_cache = val;
     } else if (kvrt_cli_flag(argc, argv, i, "--kv-type", &val, PROG)) {
         static const char *const types[] = {"f32", "f16"};
         int t = val ? kvrt_cli_choice(PROG, "--kv-type", val, types, 2) : -1;
@@ -1073,6 +1077,7 @@ static kvrt_status setup(model_run *run, kvrt_error *err)
         kvrt_context_params cp = kvrt_context_default_params();
         cp.backend = o->backend;
         cp.n_threads = o->threads[i];
+        cp.pipeline_cache_path = o->pipeline_cache;
         KVRT_TRY(kvrt_context_create(&cp, &run->ctxs[i], err));
         run->device = kvrt_context_description(run->ctxs[0]);
         if (cpu_compared(run)) {

@@ -49,6 +49,7 @@ typedef struct serve_opts {
     const char *model;
     int32_t requests;
     kvrt_backend_kind backend;
+    const char *pipeline_cache; /* --pipeline-cache FILE; NULL = none */
     int n_threads;
     bool json;
     uint64_t seed;
@@ -100,7 +101,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: kvrt-bench serve [--model PATH] [--requests N] [--backend cpu|vulkan|opencl] [-t THREADS]\n"
             "                        [--json] [--seed S] [--block-size 8|16|32] [--kv-type f32|f16]\n"
-            "                        [--max-seqs N] [--max-batched-tokens N]\n\n"
+            "                        [--max-seqs N] [--max-batched-tokens N] [--pipeline-cache FILE]\n\n"
             "Runs four serving workloads on the engine (ShareGPT-like skewed lengths, a shared system\n"
             "prompt, parallel sampling n = 4, a burst larger than the KV pool) and compares continuous\n"
             "vs static batching, paged vs contiguous KV reservation, prefix cache on vs off.\n\n"
@@ -114,7 +115,8 @@ static void usage(FILE *f)
             "  --block-size N        KV block size (default 16)\n"
             "  --kv-type T           KV cache type f32 (default) or f16\n"
             "  --max-seqs N          sequences per step and static batch size (default 32)\n"
-            "  --max-batched-tokens N  tokens per step (default 256)\n");
+            "  --max-batched-tokens N  tokens per step (default 256)\n"
+            "  --pipeline-cache FILE load compiled GPU pipelines from FILE and save them there\n");
 }
 
 static int parse_value(int argc, char **argv, int *i, serve_opts *o)
@@ -123,6 +125,8 @@ static int parse_value(int argc, char **argv, int *i, serve_opts *o)
     int64_t n = 0;
     if (kvrt_cli_flag(argc, argv, i, "--model", &val, PROG)) {
         o->model = val;
+    } else if (kvrt_cli_flag(argc, argv, i, "--pipeline-cache", &val, PROG)) {
+        o->pipeline_cache = val;
     } else if (kvrt_cli_flag(argc, argv, i, "--backend", &val, PROG)) {
         if (val && kvrt_backend_parse(val, &o->backend) != KVRT_OK) {
             kvrt_cli_error(PROG, "--backend: unknown backend '%s' (cpu, vulkan, opencl)", val);
@@ -743,6 +747,7 @@ int kvrt_bench_serve_main(int argc, char **argv)
     kvrt_context_params cp = kvrt_context_default_params();
     cp.backend = r.o.backend;
     cp.n_threads = r.o.n_threads;
+    cp.pipeline_cache_path = r.o.pipeline_cache;
     kvrt_context *ctx = NULL;
     kvrt_model *model = NULL;
     kvrt_model_params mp = kvrt_model_default_params();

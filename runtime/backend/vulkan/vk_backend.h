@@ -29,4 +29,16 @@ uint32_t kvrt_vk_features(kvrt_backend *be);
  * *features to the KVRT_FEATURE_* bits its chosen variant needs (0: portable). */
 bool kvrt_vk_pipeline_variant(kvrt_backend *be, const char *name, uint32_t *features);
 
+/* What the pipeline cache file did on this backend. */
+typedef struct kvrt_vk_pcache_stats {
+    bool enabled;        /* a path was given */
+    size_t loaded_bytes; /* driver data accepted from the file at creation (0: started empty) */
+    const char *ignored; /* why the file was not used ("missing", "truncated", ...); NULL otherwise (static) */
+    uint32_t created;    /* pipelines created */
+    uint32_t writes;     /* times the file was written */
+    uint32_t unchanged;  /* saves skipped: the driver's data equalled the file's */
+} kvrt_vk_pcache_stats;
+
+void kvrt_vk_pipeline_cache_stats(kvrt_backend *be, kvrt_vk_pcache_stats *out);
+
 #endif /* KVRT_VK_BACKEND_H */

@@ -401,6 +401,7 @@ static const kvrt_backend_ops vk_ops = {
     .embed = kvrt_vk_embed,
     .gather_rows = kvrt_vk_gather_rows,
     .argmax = kvrt_vk_argmax,
+    .save_caches = kvrt_vk_save_caches,
 };
 
 static void vk_describe(kvrt_vk_backend *vk)
@@ -426,6 +427,7 @@ static kvrt_vk_backend *vk_alloc(const kvrt_context_params *params, const kvrt_v
     if (debug)
         vk->debug = *debug;
     vk->budget = params->memory_budget;
+    vk->pcache.path_arg = params->pipeline_cache_path; /* copied by kvrt_vk_pcache_init */
     return vk;
 }
 

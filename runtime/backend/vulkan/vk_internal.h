@@ -87,6 +87,17 @@ typedef enum kvrt_vk_pipe_id {
     KVRT_VK_PIPE_COUNT
 } kvrt_vk_pipe_id;
 
+/* The on-disk pipeline cache (vk_pipeline_cache.c). */
+typedef struct kvrt_vk_pcache {
+    const char *path_arg; /* params->pipeline_cache_path, valid only during creation */
+    char *path;           /* our copy; NULL = no file */
+    VkPipelineCache cache;
+    bool dirty;           /* pipelines created since the file was loaded or saved */
+    size_t file_bytes;    /* driver data in the file as last loaded/saved (0 = none) */
+    uint64_t file_hash;   /* its checksum: a save that would write the same bytes is skipped */
+    kvrt_vk_pcache_stats stats;
+} kvrt_vk_pcache;
+
 #define KVRT_VK_N_BINDINGS 7 /* 0 K pool[8], 1 V pool[8], 2..6 plain */
 
 typedef struct kvrt_vk_backend {
@@ -123,6 +134,7 @@ typedef struct kvrt_vk_backend {
     uint32_t n_desc_pools;
     VkPipeline pipes[KVRT_VK_PIPE_COUNT];
     uint32_t pipe_features[KVRT_VK_PIPE_COUNT]; /* KVRT_FEATURE_* the chosen variant needs */
+    kvrt_vk_pcache pcache;
 
     kvrt_buffer *staging; /* host-visible, for upload/download */
     kvrt_buffer *dummy;   /* bound to unused bindings */
@@ -180,6 +192,14 @@ void kvrt_vk_pipelines_finish(kvrt_vk_backend *vk);
 kvrt_status kvrt_vk_pipeline(kvrt_vk_backend *vk, kvrt_vk_pipe_id id, VkPipeline *out);
 /* Floats of shared memory the prefill shader is built with. */
 uint32_t kvrt_vk_prefill_smem_floats(const kvrt_vk_backend *vk);
+
+/* ---- pipeline cache file (vk_pipeline_cache.c) ---- */
+/* Loads the file (anything wrong with it: start empty) and creates the VkPipelineCache. */
+kvrt_status kvrt_vk_pcache_init(kvrt_vk_backend *vk);
+/* Saves (best effort) and destroys the cache. */
+void kvrt_vk_pcache_finish(kvrt_vk_backend *vk);
+/* The save_caches entry. */
+kvrt_status kvrt_vk_save_caches(kvrt_backend *be);
 
 /* ---- recording (vk_dispatch.c) ---- */
 kvrt_status kvrt_vk_dispatch_init(kvrt_vk_backend *vk);

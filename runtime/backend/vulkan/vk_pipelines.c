@@ -102,11 +102,12 @@ uint32_t kvrt_vk_prefill_smem_floats(const kvrt_vk_backend *vk)
 
 kvrt_status kvrt_vk_pipelines_init(kvrt_vk_backend *vk)
 {
-    return KVRT_OK; /* everything is lazy */
+    return kvrt_vk_pcache_init(vk); /* pipelines themselves are lazy */
 }
 
 void kvrt_vk_pipelines_finish(kvrt_vk_backend *vk)
 {
+    kvrt_vk_pcache_finish(vk);
     for (int i = 0; i < KVRT_VK_PIPE_COUNT; i++)
         if (vk->pipes[i])
             vk->vk.vkDestroyPipeline(vk->device, vk->pipes[i], NULL);
@@ -142,7 +143,7 @@ kvrt_status kvrt_vk_pipeline(kvrt_vk_backend *vk, kvrt_vk_pipe_id id, VkPipeline
         .stage = {.sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO, .stage = VK_SHADER_STAGE_COMPUTE_BIT,
                   .module = mod, .pName = "main", .pSpecializationInfo = d->spec != -1 ? &si : NULL},
         .layout = vk->pipe_layout};
-    r = vk->vk.vkCreateComputePipelines(vk->device, VK_NULL_HANDLE, 1, &ci, NULL, &vk->pipes[id]);
+    r = vk->vk.vkCreateComputePipelines(vk->device, vk->pcache.cache, 1, &ci, NULL, &vk->pipes[id]);
     vk->vk.vkDestroyShaderModule(vk->device, mod, NULL);
     if (r != VK_SUCCESS) {
         vk->pipes[id] = VK_NULL_HANDLE;
@@ -150,6 +151,8 @@ kvrt_status kvrt_vk_pipeline(kvrt_vk_backend *vk, kvrt_vk_pipe_id id, VkPipeline
                          (int)r);
     }
     vk->pipe_features[id] = chosen.features;
+    vk->pcache.dirty = true;
+    vk->pcache.stats.created++;
     *out = vk->pipes[id];
     return KVRT_OK;
 }
