@@ -401,6 +401,7 @@ static const kvrt_backend_ops vk_ops = {
     .embed = kvrt_vk_embed,
     .gather_rows = kvrt_vk_gather_rows,
     .argmax = kvrt_vk_argmax,
+    .set_profiling = kvrt_vk_set_profiling,
 };
 
 static void vk_describe(kvrt_vk_backend *vk)
