@@ -1,6 +1,7 @@
 /* The CPU backend: buffers are host memory, ops run at once on kvrt's own
  * thread pool (serial OpenBLAS inside each task), KV pools in the DESIGN.md layout. */
 #include "cpu_internal.h"
+#include "cpu_profile.h"
 
 #include <cblas.h>
 #include <stdio.h>
@@ -221,6 +222,20 @@ static kvrt_status cpu_kv_copy_blocks(kvrt_backend *be, kvrt_kv_pool *pool, cons
     return KVRT_OK;
 }
 
+/* Copies are ops of a step like the kernels: timed as "copy" when profiling. */
+static kvrt_status cpu_buffer_copy_op(kvrt_backend *be, kvrt_buffer *src, size_t src_offset, kvrt_buffer *dst,
+                                      size_t dst_offset, size_t size)
+{
+    uint64_t t0 = kvrt_cpu_prof_start(be);
+    return kvrt_cpu_prof_end(be, "copy", t0, cpu_buffer_copy(be, src, src_offset, dst, dst_offset, size));
+}
+
+static kvrt_status cpu_kv_copy_blocks_op(kvrt_backend *be, kvrt_kv_pool *pool, const int32_t (*pairs)[2], int32_t n)
+{
+    uint64_t t0 = kvrt_cpu_prof_start(be);
+    return kvrt_cpu_prof_end(be, "copy", t0, cpu_kv_copy_blocks(be, pool, pairs, n));
+}
+
 /* ---- recording ----------------------------------------------------------------- */
 
 static kvrt_status cpu_begin(kvrt_backend *be)
@@ -251,29 +266,31 @@ static const kvrt_backend_ops cpu_ops = {
     .buffer_host_ptr = cpu_buffer_host_ptr,
     .buffer_upload = cpu_buffer_upload,
     .buffer_download = cpu_buffer_download,
-    .buffer_copy = cpu_buffer_copy,
+    .buffer_copy = cpu_buffer_copy_op,
     .kv_pool_create = cpu_kv_pool_create,
     .kv_pool_destroy = cpu_kv_pool_destroy,
     .kv_block_read = cpu_kv_block_read,
     .kv_block_write = cpu_kv_block_write,
-    .kv_copy_blocks = cpu_kv_copy_blocks,
+    .kv_copy_blocks = cpu_kv_copy_blocks_op,
     .begin = cpu_begin,
     .submit = cpu_submit,
 
     /* attention family */
-    .kv_write = kvrt_cpu_kv_write,
-    .attn_decode = kvrt_cpu_attn_decode,
-    .attn_prefill = kvrt_cpu_attn_prefill,
+    .kv_write = kvrt_cpu_prof_kv_write,
+    .attn_decode = kvrt_cpu_prof_attn_decode,
+    .attn_prefill = kvrt_cpu_prof_attn_prefill,
 
     /* model op family */
-    .matmul = kvrt_cpu_matmul,
-    .rmsnorm = kvrt_cpu_rmsnorm,
-    .rope = kvrt_cpu_rope,
-    .swiglu = kvrt_cpu_swiglu,
-    .add = kvrt_cpu_add,
-    .embed = kvrt_cpu_embed,
-    .gather_rows = kvrt_cpu_gather_rows,
-    .argmax = kvrt_cpu_argmax,
+    .matmul = kvrt_cpu_prof_matmul,
+    .rmsnorm = kvrt_cpu_prof_rmsnorm,
+    .rope = kvrt_cpu_prof_rope,
+    .swiglu = kvrt_cpu_prof_swiglu,
+    .add = kvrt_cpu_prof_add,
+    .embed = kvrt_cpu_prof_embed,
+    .gather_rows = kvrt_cpu_prof_gather_rows,
+    .argmax = kvrt_cpu_prof_argmax,
+
+    .set_profiling = kvrt_cpu_set_profiling, /* host wall time per op (cpu_profile.c) */
 };
 
 kvrt_status kvrt_cpu_backend_create(const kvrt_context_params *params, kvrt_backend **out, kvrt_error *err)

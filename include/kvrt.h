@@ -173,6 +173,34 @@ KVRT_API const char *kvrt_context_description(const kvrt_context *ctx);
  * the cache stays in memory and a later call may retry. */
 KVRT_API kvrt_status kvrt_context_save_caches(kvrt_context *ctx);
 
+/* ---- per-op profiling ------------------------------------------------------ */
+
+/* Time spent in one kind of op ("matmul", "attn_decode", "rmsnorm", "rope",
+ * "swiglu", "add", "embed", "gather_rows", "argmax", "kv_write",
+ * "attn_prefill", "copy", and on Vulkan "upload": small uploads recorded
+ * into the step, such as a forward's batch arrays), summed over the calls
+ * since the last reset. Names are the same on every backend; `op` is a static
+ * string. GPU backends time
+ * the device's work (Vulkan: timestamp queries around each recorded op, read
+ * after the step ends), the CPU backend the host's wall clock. */
+typedef struct kvrt_profile_entry {
+    const char *op;
+    uint64_t calls;
+    uint64_t total_ns;
+} kvrt_profile_entry;
+
+/* Turns per-op timing on (on != 0) or off; off costs nothing. Not while a
+ * step is being recorded. KVRT_ERR_UNSUPPORTED with a message when the
+ * backend or device cannot time ops (OpenCL; a Vulkan queue without
+ * timestamps). Turning it off keeps what was accumulated. */
+KVRT_API kvrt_status kvrt_context_set_profiling(kvrt_context *ctx, int on);
+/* Copies up to `cap` entries, largest total first, into `out` (may be NULL
+ * when cap is 0) and returns how many there are (possibly more than cap),
+ * or -1 with a message when ctx is NULL, cap < 0 or out is NULL with cap > 0. */
+KVRT_API int32_t kvrt_context_profile(kvrt_context *ctx, kvrt_profile_entry *out, int32_t cap);
+/* Forgets every accumulated entry. NULL is a no-op. */
+KVRT_API void kvrt_context_profile_reset(kvrt_context *ctx);
+
 #ifdef __cplusplus
 }
 #endif

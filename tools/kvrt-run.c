@@ -4,6 +4,7 @@
 #include "kvrt.h"
 #include "kvrt_opencl.h"
 #include "kvrt_vulkan.h"
+#include "profile_report.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -17,7 +18,7 @@
 
 typedef struct run_args {
     const char *model, *tokenizer, *prompt, *backend, *device, *dump_logits, *pipeline_cache;
-    int n_predict, threads, ctx, block_size, batch, verbose, ignore_eos, truncate, list_devices;
+    int n_predict, threads, ctx, block_size, batch, verbose, ignore_eos, truncate, list_devices, profile;
     kvrt_dtype kv_type;
     kvrt_sampler_params sp;
     long long seed;
@@ -53,6 +54,7 @@ static void usage(FILE *f)
             "      --ignore-eos        keep generating after end-of-sequence\n"
             "      --truncate-prompt   keep the end of a prompt longer than the context\n"
             "      --dump-logits FILE  write float32 logits of every computed position (positions x vocab)\n"
+            "      --profile           time per op (device time on GPUs); a table on stderr after the run\n"
             "  -v, --verbose           more detail on stderr\n"
             "  -h, --help              this text\n");
 }
@@ -105,6 +107,7 @@ static int parse_args(int argc, char **argv, run_args *a)
         if (!strcmp(f, "--ignore-eos")) { a->ignore_eos = 1; continue; }
         if (!strcmp(f, "--truncate-prompt")) { a->truncate = 1; continue; }
         if (!strcmp(f, "--list-devices")) { a->list_devices = 1; continue; }
+        if (!strcmp(f, "--profile")) { a->profile = 1; continue; }
         if (f[0] != '-') {
             fprintf(stderr, "kvrt-run: unexpected argument '%s' (the prompt goes after -p); see --help\n", f);
             return -1;
@@ -266,6 +269,8 @@ static int setup(run_state *st)
         return fail("backend", s, err.message);
     if (a->verbose)
         fprintf(stderr, "kvrt-run: %s\n", kvrt_context_description(st->ctx));
+    if (a->profile && !kvrt_tool_profile_enable(st->ctx, "kvrt-run"))
+        return 1;
     kvrt_model_params mp = kvrt_model_default_params();
     mp.path = a->model;
     mp.tokenizer_path = a->tokenizer;
@@ -409,6 +414,8 @@ static int generate(run_state *st)
     fprintf(stderr, "kvrt-run: KV cache: %d of %d blocks used (block size %d, %s, %.2f MiB pool), %d positions\n",
             (int)stats.blocks_used, (int)stats.blocks_total, (int)stats.block_size, kvrt_dtype_name(a->kv_type),
             stats.kv_bytes / 1048576.0, (int)stats.n_past);
+    if (a->profile)
+        kvrt_tool_profile_print(st->ctx, "kvrt-run: time per op (prompt and generation)", stderr);
     return 0;
 }
 

@@ -22,6 +22,7 @@
 #ifndef KVRT_BACKEND_H
 #define KVRT_BACKEND_H
 
+#include "backend/profile.h"
 #include "common/kvrt_internal.h"
 
 #define KVRT_BACKEND_INTERFACE_VERSION 1
@@ -38,6 +39,8 @@ struct kvrt_backend {
     const kvrt_allocator *alloc;
     kvrt_error err;        /* message of the last failed call */
     char description[256]; /* "cpu: 2 threads, OpenBLAS SkylakeX" */
+    bool profiling;        /* per-op timing on (kvrt_context_set_profiling) */
+    kvrt_profile profile;  /* what it accumulated */
 };
 
 /* A byte offset into a buffer. */
@@ -173,6 +176,12 @@ struct kvrt_backend_ops {
 
     /* Optional: writes on-disk caches (compiled pipelines) now; NULL = none to save. */
     kvrt_status (*save_caches)(kvrt_backend *be);
+
+    /* ---- profiling (optional) ---- */
+    /* Prepares (on) or stops per-op timing; called between steps, before
+     * be->profiling changes. Ops then add their times to be->profile
+     * (kvrt_profile_add, op names as in kvrt_profile_entry). */
+    kvrt_status (*set_profiling)(kvrt_backend *be, bool on);
 };
 
 /* Sets be->err for a NULL entry and returns KVRT_ERR_UNSUPPORTED. */

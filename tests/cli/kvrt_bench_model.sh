@@ -133,6 +133,37 @@ run model --quick --json --backend opencl --type q8_0 -t 1 --prompt-len 4 --gen 
 python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); sys.exit(0 if d["cpu_compare"] is False and d["results"][0]["threads"] == 1 and d["results"][0]["vs_cpu_decode"] is None else 1)' "$out" \
   || fail "--no-cpu-compare / -t 1 on opencl"
 
+# --- --profile: per-op times in the JSON (still one document) and a table on stderr ------
+check_profile() { # BACKEND
+  run model --quick --json --profile --backend "$1" -t 1 --type f32 --prompt-len 4 --gen 2 --reps 1 \
+      --cache-lens none --no-cpu-compare
+  [ "$rc" -eq 0 ] || { fail "model --profile --backend $1 exited $rc: $(tail -3 "$err")"; return; }
+  python3 - "$out" <<'PY' || fail "model --profile --backend $1: JSON profile"
+import json, sys
+d = json.load(open(sys.argv[1]))
+def need(cond, what):
+    if not cond:
+        print("  JSON check failed:", what, file=sys.stderr)
+        sys.exit(1)
+p = d.get("profile")
+need(isinstance(p, list) and len(p) == 1 and p[0]["threads"] == 1, "one profile per thread count")
+ops = {o["op"]: o for o in p[0]["ops"]}
+for k in ("matmul", "rmsnorm", "attn_prefill", "attn_decode", "embed", "swiglu"):
+    need(k in ops and ops[k]["calls"] > 0 and ops[k]["total_ms"] > 0, "op " + k)
+# a warm-up prefill, then one rep: a prefill and 2 decodes; 4 forwards, one embed each
+need(ops["embed"]["calls"] == 4, "embed calls %r" % ops["embed"]["calls"])
+need(abs(sum(o["share"] for o in ops.values()) - 1) < 1e-3, "shares sum to 1")
+tot = [o["total_ms"] for o in p[0]["ops"]]
+need(tot == sorted(tot, reverse=True), "largest total first")
+PY
+  grep -q "^time per op, $1 backend, 1 thread" "$err" || fail "model --profile --backend $1: no table on stderr"
+}
+check_profile cpu
+check_profile vulkan
+run model --quick --profile --backend opencl -t 1 --cache-lens none --no-cpu-compare
+[ "$rc" -eq 1 ] && grep -q -- "--profile: opencl backend does not support" "$err" \
+  || fail "--profile on opencl: rc $rc, $(cat "$err")"
+
 # --- errors -----------------------------------------------------------------------------
 run model --model "$tmp/missing.gguf" -t 1
 [ "$rc" -eq 1 ] && grep -q "missing.gguf" "$err" || fail "missing --model file: rc $rc, $(cat "$err")"

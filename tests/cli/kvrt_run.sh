@@ -81,6 +81,27 @@ for b in cpu vulkan opencl; do
         && grep -q "^0: " "$out" \
         && echo "ok   --list-devices $b" || fail "--list-devices $b: $(cat "$err")"
 done
+# --profile: the same text on stdout, the per-op table on stderr with the call
+# counts the Llama graph implies (-n 12 = 12 forwards of 5 layers: 7 matmuls a
+# layer + the LM head; one prefill and 11 decodes)
+for b in cpu vulkan; do
+    asan="${ASAN_OPTIONS:-}"; [ $b = vulkan ] && asan="$asan:detect_leaks=0"
+    ASAN_OPTIONS="$asan" "$tool" -m "$src/models/stories260K.gguf" -p "Once upon a time" -n 12 --temp 0 \
+        --backend $b >"$tmp/plain" 2>/dev/null
+    ASAN_OPTIONS="$asan" "$tool" -m "$src/models/stories260K.gguf" -p "Once upon a time" -n 12 --temp 0 \
+        --backend $b --profile >"$out" 2>"$err"
+    if ! cmp -s "$tmp/plain" "$out" || [ ! -s "$out" ]; then
+        fail "--profile $b: stdout differs from the run without it"
+    elif ! grep -q "^| op  *| calls | total ms | mean us |  *share |" "$err" \
+        || ! grep -Eq "^\| matmul +\| +432 \|" "$err" || ! grep -Eq "^\| attn_decode +\| +55 \|" "$err" \
+        || ! grep -Eq "^\| attn_prefill +\| +5 \|" "$err" || grep -q "^| op" "$out"; then
+        fail "--profile $b: no per-op table with the expected calls on stderr: $(cat "$err")"
+    else
+        echo "ok   --profile $b"
+    fi
+done
+expect_error "--profile on opencl" "--profile: opencl backend does not support per-op profiling" \
+    -m "$src/models/stories260K.gguf" -p x --backend opencl --profile
 "$tool" --help >"$out" && grep -q "usage: kvrt-run" "$out" && echo "ok   --help" || fail "--help"
 
 [ "$failures" -eq 0 ] || { echo "$failures failure(s)"; exit 1; }

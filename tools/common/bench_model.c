@@ -19,6 +19,7 @@
 #include "bench.h"
 #include "cli.h"
 #include "json.h"
+#include "profile_report.h"
 #include "table.h"
 
 #include "model/model_api_internal.h"
@@ -49,6 +50,7 @@ typedef struct model_opts {
     kvrt_backend_kind backend;
     const char *pipeline_cache; /* --pipeline-cache FILE; NULL = none */
     bool json, quick;
+    bool profile;                           /* --profile: time per op on the benchmarked contexts */
     bool cpu_compare;                       /* GPU backend: every row again on the CPU backend */
     const char *model_path;                 /* --model FILE, or NULL: synthetic models */
     char presets[MAX_LIST][NAME_MAX_LEN];   /* synthetic shapes (kvrt_synth_preset names) */
@@ -151,7 +153,7 @@ static void usage(FILE *f)
             "usage: kvrt-bench model [--backend cpu] [-t LIST] [--json] [--quick] [--model FILE]\n"
             "                        [--preset LIST] [--type LIST] [--kv-type f32|f16]\n"
             "                        [--prompt-len N] [--gen N] [--reps N] [--cache-lens LIST|none]\n"
-            "                        [--no-cpu-compare] [--pipeline-cache FILE]\n"
+            "                        [--no-cpu-compare] [--pipeline-cache FILE] [--profile]\n"
             "\n"
             "Prefill (one chunk of --prompt-len tokens) and decode (--gen tokens after it) tokens/s,\n"
             "best of --reps, on synthetic random-weight models written to a temporary folder and\n"
@@ -174,7 +176,10 @@ static void usage(FILE *f)
             "  --cache-preset P   shape of the KV-cache table (default 15m)\n"
             "  --no-cpu-compare   on vulkan/opencl, do not run every row on the CPU backend too\n"
             "                     (by default it does, on the row's threads, and reports speed ratios)\n"
-            "  --pipeline-cache F load compiled GPU pipelines from F and save them there (default: none)\n");
+            "  --pipeline-cache F load compiled GPU pipelines from F and save them there (default: none)\n"
+            "  --profile          time per op of everything run on --backend (per thread count; device\n"
+            "                     time on GPUs) as a table, and as \"profile\" in the JSON; rows are\n"
+            "                     measured with profiling on\n");
 }
 
 /* Splits "a,b,c" into at most MAX_LIST items of < NAME_MAX_LEN bytes. */
@@ -356,6 +361,10 @@ static int parse_one(int argc, char **argv, int *i, model_opts *o, given_flags *
     }
     if (strcmp(a, "--quick") == 0) {
         o->quick = true;
+        return 0;
+    }
+    if (strcmp(a, "--profile") == 0) {
+        o->profile = true;
         return 0;
     }
     if (strcmp(a, "--no-cpu-compare") == 0) {
@@ -1055,6 +1064,16 @@ static void print_json(const model_run *run, FILE *f)
     kvrt_json_end_array(&j);
     json_cache_table(&j, &run->cache);
     model_summary s = summarize(run);
+    if (o->profile) {
+        kvrt_json_begin_array(&j, "profile");
+        for (int i = 0; i < o->n_threads; i++) {
+            kvrt_json_begin_object(&j, NULL);
+            kvrt_json_int(&j, "threads", o->threads[i]);
+            kvrt_tool_profile_json(&j, "ops", run->ctxs[i]);
+            kvrt_json_end_object(&j);
+        }
+        kvrt_json_end_array(&j);
+    }
     kvrt_json_begin_object(&j, "summary");
     kvrt_json_str(&j, "target_model", TARGET_MODEL);
     kvrt_json_num(&j, "target_pct_bandwidth", TARGET_PCT_BANDWIDTH);
@@ -1080,6 +1099,8 @@ static kvrt_status setup(model_run *run, kvrt_error *err)
         cp.pipeline_cache_path = o->pipeline_cache;
         KVRT_TRY(kvrt_context_create(&cp, &run->ctxs[i], err));
         run->device = kvrt_context_description(run->ctxs[0]);
+        if (o->profile && kvrt_context_set_profiling(run->ctxs[i], 1) != KVRT_OK)
+            return kvrt_fail(err, KVRT_ERR_UNSUPPORTED, "--profile: %s", kvrt_context_message(run->ctxs[i]));
         if (cpu_compared(run)) {
             cp.backend = KVRT_BACKEND_CPU;
             if (kvrt_context_create(&cp, &run->cpu_ctxs[i], err) != KVRT_OK) {
@@ -1104,6 +1125,12 @@ static void report(const model_run *run)
     if (run->cache.done)
         print_cache_table(&run->cache, table);
     print_summary(run, table);
+    for (int i = 0; run->o.profile && i < run->o.n_threads; i++) {
+        char title[96];
+        snprintf(title, sizeof(title), "time per op, %s backend, %d thread(s):", kvrt_backend_name(run->o.backend),
+                 (int)run->o.threads[i]);
+        kvrt_tool_profile_print(run->ctxs[i], title, table);
+    }
     if (run->o.json)
         print_json(run, stdout);
 }

@@ -402,6 +402,7 @@ static const kvrt_backend_ops vk_ops = {
     .gather_rows = kvrt_vk_gather_rows,
     .argmax = kvrt_vk_argmax,
     .save_caches = kvrt_vk_save_caches,
+    .set_profiling = kvrt_vk_set_profiling,
 };
 
 static void vk_describe(kvrt_vk_backend *vk)

@@ -76,6 +76,7 @@ kvrt_status kvrt_vk_dispatch_init(kvrt_vk_backend *vk)
 
 void kvrt_vk_dispatch_finish(kvrt_vk_backend *vk)
 {
+    kvrt_vk_profile_finish(vk);
     for (uint32_t i = 0; i < vk->n_desc_pools; i++)
         vk->vk.vkDestroyDescriptorPool(vk->device, vk->desc_pools[i], NULL);
     kvrt_free(vk->base.alloc, vk->desc_pools);
@@ -152,6 +153,8 @@ kvrt_status kvrt_vk_begin(kvrt_backend *be)
         vk->vk.vkResetDescriptorPool(vk->device, vk->desc_pools[i], 0);
     KVRT_TRY(vk_begin_cb(vk, vk->cmd));
     vk->recording = true;
+    if (be->profiling)
+        kvrt_vk_prof_step_begin(vk);
     return KVRT_OK;
 }
 
@@ -171,13 +174,22 @@ kvrt_status kvrt_vk_submit(kvrt_backend *be)
     vk->recording = false;
     kvrt_status s = vk_run(vk, vk->cmd);
     vk_free_retired(vk);
+    if (be->profiling) {
+        if (s == KVRT_OK)
+            return kvrt_vk_prof_collect(vk);
+        kvrt_vk_prof_discard(vk);
+    }
     return s;
 }
 
 kvrt_status kvrt_vk_acquire(kvrt_vk_backend *vk, bool *implicit)
 {
     *implicit = !vk->recording;
-    return *implicit ? kvrt_vk_begin(&vk->base) : KVRT_OK;
+    if (*implicit)
+        KVRT_TRY(kvrt_vk_begin(&vk->base));
+    if (vk->base.profiling)
+        kvrt_vk_prof_call(vk);
+    return KVRT_OK;
 }
 
 kvrt_status kvrt_vk_end_implicit(kvrt_vk_backend *vk, bool implicit, kvrt_status s)
@@ -191,12 +203,16 @@ kvrt_status kvrt_vk_end_implicit(kvrt_vk_backend *vk, bool implicit, kvrt_status
     vk->vk.vkEndCommandBuffer(vk->cmd);
     vk->vk.vkResetCommandBuffer(vk->cmd, 0);
     vk_free_retired(vk);
+    if (vk->base.profiling)
+        kvrt_vk_prof_discard(vk);
     return s;
 }
 
 void kvrt_vk_barrier(kvrt_vk_backend *vk)
 {
     vk_barrier_cb(vk, vk->cmd);
+    if (vk->base.profiling)
+        kvrt_vk_prof_stamp(vk); /* ends the command before the barrier */
 }
 
 static kvrt_status vk_alloc_set(kvrt_vk_backend *vk, VkDescriptorSet *set)
@@ -257,6 +273,8 @@ kvrt_status kvrt_vk_dispatch(kvrt_vk_backend *vk, kvrt_vk_pipe_id id, const kvrt
     vk->vk.vkCmdBindDescriptorSets(vk->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, vk->pipe_layout, 0, 1, &set, 0, NULL);
     vk->vk.vkCmdPushConstants(vk->cmd, vk->pipe_layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, push_size, push);
     vk->vk.vkCmdDispatch(vk->cmd, gx, gy, gz);
+    if (vk->base.profiling)
+        kvrt_vk_prof_op(vk, id);
     kvrt_vk_barrier(vk);
     return KVRT_OK;
 }

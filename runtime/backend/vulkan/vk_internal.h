@@ -100,6 +100,8 @@ typedef struct kvrt_vk_pcache {
 
 #define KVRT_VK_N_BINDINGS 7 /* 0 K pool[8], 1 V pool[8], 2..6 plain */
 
+typedef struct kvrt_vk_profile kvrt_vk_profile; /* vk_profile.c */
+
 typedef struct kvrt_vk_backend {
     kvrt_backend base;
     kvrt_vk_debug_params debug;
@@ -140,6 +142,8 @@ typedef struct kvrt_vk_backend {
     kvrt_buffer *dummy;   /* bound to unused bindings */
     kvrt_buffer *scratch; /* split-K partials; grows */
     kvrt_buffer *retired[4]; /* old scratch still used by the open step */
+
+    kvrt_vk_profile *prof; /* timestamp queries; made when profiling is first turned on */
 
     uint32_t validation_count;
     char validation_first[512];
@@ -226,6 +230,17 @@ typedef struct kvrt_vk_bind {
 
 kvrt_status kvrt_vk_dispatch(kvrt_vk_backend *vk, kvrt_vk_pipe_id id, const kvrt_vk_bind *bind,
                              const void *push, uint32_t push_size, uint32_t gx, uint32_t gy, uint32_t gz);
+
+/* ---- per-op profiling (vk_profile.c); the hooks run only while be->profiling ---- */
+kvrt_status kvrt_vk_set_profiling(kvrt_backend *be, bool on);
+void kvrt_vk_profile_finish(kvrt_vk_backend *vk);
+void kvrt_vk_prof_step_begin(kvrt_vk_backend *vk);          /* after begin's first barrier */
+void kvrt_vk_prof_call(kvrt_vk_backend *vk);                /* an op entry starts recording */
+void kvrt_vk_prof_call_named(kvrt_vk_backend *vk, const char *op); /* a call without a pipeline */
+void kvrt_vk_prof_op(kvrt_vk_backend *vk, kvrt_vk_pipe_id id); /* it dispatches this pipeline */
+void kvrt_vk_prof_stamp(kvrt_vk_backend *vk);               /* after each op barrier */
+void kvrt_vk_prof_discard(kvrt_vk_backend *vk);             /* the step was dropped */
+kvrt_status kvrt_vk_prof_collect(kvrt_vk_backend *vk);      /* after the step's fence */
 
 /* ---- KV and attention (vk_kv.c, vk_attention.c) ---- */
 kvrt_status kvrt_vk_kv_pool_create(kvrt_backend *be, const kvrt_kv_pool_desc *desc, kvrt_kv_pool **out);

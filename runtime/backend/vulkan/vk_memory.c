@@ -267,6 +267,8 @@ static kvrt_status vk_transfer(kvrt_vk_backend *vk, kvrt_buffer *b, size_t off, 
         kvrt_vk_segment *seg = &b->segs[s];
         if (up && vk->recording && !seg->map && size <= VK_INLINE_UPLOAD_MAX && n == size && so % 4 == 0 &&
             n % 4 == 0) {
+            if (vk->base.profiling)
+                kvrt_vk_prof_call_named(vk, "upload");
             vk->vk.vkCmdUpdateBuffer(vk->cmd, seg->buf, so, n, h);
             kvrt_vk_barrier(vk);
         } else if (seg->map) {
