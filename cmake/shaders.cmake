@@ -9,7 +9,7 @@ file(GLOB KVRT_SHADER_SOURCES CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/shad
 # Shaders that touch KV pools or segment-spanning weights are built a second
 # time with -DKVRT_BDA: the variant that reaches segments through buffer
 # device addresses.
-set(KVRT_BDA_SHADERS kv_write attn_decode attn_prefill matmul rows)
+set(KVRT_BDA_SHADERS kv_write attn_decode attn_prefill matmul matmul_tiled rows)
 # Reductions built a second time with -DKVRT_SUBGROUP: the variant that sums
 # with subgroup arithmetic, picked when KVRT_FEATURE_SUBGROUPS is usable.
 set(KVRT_SUBGROUP_SHADERS rmsnorm)
