@@ -1,5 +1,6 @@
-/* Model ops on Vulkan (F32 activations): GEMV-style matmul for F32/F16/BF16/
- * Q8_0/Q4_0 weights that may span buffer segments, rmsnorm, RoPE from the host's cos/sin table, SwiGLU, add, embedding
+/* Model ops on Vulkan (F32 activations): matmul for F32/F16/BF16/Q8_0/Q4_0
+ * weights that may span buffer segments (GEMV for decode, tiled GEMM for
+ * prefill), rmsnorm, RoPE from the host's cos/sin table, SwiGLU, add, embedding
  * gather, row gather, argmax. Each validates its views, then records one
  * dispatch (inside the open step, or as its own step when none is open). */
 #include "backend/vulkan/vk_internal.h"
@@ -78,13 +79,23 @@ typedef struct vk_rows {
     int64_t n_rows;
 } vk_rows;
 
+/* Workgroups on x for `rows` rows in groups of rows_per_group (shaders
+ * stride over what the capped grid does not cover); gx when 0. */
+static uint64_t vk_row_groups(const kvrt_vk_backend *vk, uint64_t rows, uint32_t rows_per_group, uint64_t gx)
+{
+    if (!rows_per_group)
+        return gx;
+    return KVRT_MIN((rows + rows_per_group - 1) / rows_per_group, (uint64_t)vk->caps.max_wg_count[0]);
+}
+
 /* Records the op over the rows: one dispatch when they sit in one segment or
  * the device has buffer device addresses (address table at binding 5),
  * otherwise one dispatch per segment over the rows starting in it, with that
- * segment and the next bound. Matmul (rows_in_x) puts rows on the grid's x. */
+ * segment and the next bound. Matmul puts the rows on the grid's x in groups
+ * of rows_per_group (0: x is gx, rows are not on the grid). */
 static kvrt_status vk_record_rows(kvrt_vk_backend *vk, kvrt_vk_pipe_id id, kvrt_vk_pipe_id bda_id, const char *op,
-                                  kvrt_vk_bind *bind, vk_push_ops *pc, const vk_rows *r, bool rows_in_x, uint64_t gx,
-                                  uint64_t gy)
+                                  kvrt_vk_bind *bind, vk_push_ops *pc, const vk_rows *r, uint32_t rows_per_group,
+                                  uint64_t gx, uint64_t gy)
 {
     kvrt_buffer *b = r->v.buf;
     size_t span;
@@ -114,7 +125,7 @@ static kvrt_status vk_record_rows(kvrt_vk_backend *vk, kvrt_vk_pipe_id id, kvrt_
         bind->seg[3] = 0;
         pc->row_lo = 0;
         pc->row_hi = (uint32_t)r->n_rows;
-        uint64_t x = rows_in_x ? KVRT_MIN((uint64_t)r->n_rows, vk->caps.max_wg_count[0]) : gx;
+        uint64_t x = vk_row_groups(vk, (uint64_t)r->n_rows, rows_per_group, gx);
         if (st == KVRT_OK)
             st = kvrt_vk_dispatch(vk, bda_id, bind, pc, sizeof(*pc), (uint32_t)x, (uint32_t)gy, 1);
         return kvrt_vk_end_implicit(vk, implicit, st);
@@ -133,11 +144,21 @@ static kvrt_status vk_record_rows(kvrt_vk_backend *vk, kvrt_vk_pipe_id id, kvrt_
         pc->win_base = (uint32_t)(lo / 4);
         pc->row_lo = (uint32_t)r_lo;
         pc->row_hi = (uint32_t)r_hi;
-        uint64_t x = rows_in_x ? KVRT_MIN((uint64_t)(r_hi - r_lo), vk->caps.max_wg_count[0]) : gx;
+        uint64_t x = vk_row_groups(vk, (uint64_t)(r_hi - r_lo), rows_per_group, gx);
         st = kvrt_vk_dispatch(vk, id, bind, pc, sizeof(*pc), (uint32_t)x, (uint32_t)gy, 1);
     }
     return kvrt_vk_end_implicit(vk, implicit, st);
 }
+
+/* Tile of shaders/matmul_tiled.comp (its TR x TT), and the fewest tokens
+ * that take it. On lavapipe the tiled shader already wins at 2 tokens
+ * (768 x 768 Q8_0: 46 vs 68 ms; 4 tokens 49 vs 149 ms, 8: 53 vs 296 ms);
+ * 4 keeps one- and two-sequence decode on the GEMV grid, whose
+ * n_out x n_tokens workgroups fill a large GPU that a handful of 64-row
+ * tiles would leave idle (not measured on a GPU yet). */
+#define VK_GEMM_ROWS 64u
+#define VK_GEMM_TOKENS 32u
+#define VK_GEMM_MIN_TOKENS 4
 
 kvrt_status kvrt_vk_matmul(kvrt_backend *be, kvrt_dtype wtype, kvrt_view w, int64_t n_out, int64_t n_in, kvrt_view x,
                            int64_t x_stride, kvrt_view y, int64_t y_stride, int32_t n_tokens)
@@ -153,7 +174,11 @@ kvrt_status kvrt_vk_matmul(kvrt_backend *be, kvrt_dtype wtype, kvrt_view w, int6
     if (n_tokens < 0 || n_out <= 0 || n_out > UINT32_MAX || !vk_row_bytes(n_in, blk, blk_bytes, &row) ||
         !vk_span(n_tokens, x_stride, n_in, 4, &xb) || !vk_span(n_tokens, y_stride, n_out, 4, &yb))
         return vk_bad_shape(be, "matmul");
-    if (n_tokens > (int32_t)vk->caps.max_wg_count[1])
+    /* prefill: tiles of VK_GEMM_ROWS x VK_GEMM_TOKENS (matmul_tiled.comp);
+     * decode and short chunks: one workgroup per (row, token) */
+    bool tiled = n_tokens >= VK_GEMM_MIN_TOKENS;
+    uint64_t gy = tiled ? ((uint64_t)n_tokens + VK_GEMM_TOKENS - 1) / VK_GEMM_TOKENS : (uint64_t)n_tokens;
+    if (gy > vk->caps.max_wg_count[1])
         return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "vulkan: matmul of %d tokens exceeds the grid", n_tokens);
     kvrt_vk_bind bind = {.buf = {w.buf, x.buf, y.buf}};
     KVRT_TRY(kvrt_vk_view_seg(vk, x, xb, "matmul x", &bind.seg[1], &pc.b_off));
@@ -164,8 +189,10 @@ kvrt_status kvrt_vk_matmul(kvrt_backend *be, kvrt_dtype wtype, kvrt_view w, int6
     pc.b_stride = (uint32_t)x_stride;
     pc.c_stride = (uint32_t)y_stride;
     vk_rows r = {w, (size_t)row, (size_t)row, n_out};
-    return vk_record_rows(vk, KVRT_VK_PIPE_MATMUL, KVRT_VK_PIPE_MATMUL_BDA, "matmul weights", &bind, &pc, &r, true, 0,
-                          (uint64_t)n_tokens);
+    if (tiled)
+        return vk_record_rows(vk, KVRT_VK_PIPE_MATMUL_TILED, KVRT_VK_PIPE_MATMUL_TILED_BDA, "matmul weights", &bind,
+                              &pc, &r, VK_GEMM_ROWS, 0, gy);
+    return vk_record_rows(vk, KVRT_VK_PIPE_MATMUL, KVRT_VK_PIPE_MATMUL_BDA, "matmul weights", &bind, &pc, &r, 1, 0, gy);
 }
 
 kvrt_status kvrt_vk_rmsnorm(kvrt_backend *be, kvrt_view x, int64_t x_stride, kvrt_view w, kvrt_view y,
@@ -281,7 +308,7 @@ static kvrt_status vk_rows_op(kvrt_vk_backend *vk, kvrt_vk_pipe_id id, kvrt_vk_p
     kvrt_vk_bind bind = {.buf = {src->v.buf, idx.buf, dst.buf}};
     KVRT_TRY(kvrt_vk_view_seg(vk, idx, (size_t)n * 4, op, &bind.seg[1], &pc->b_off));
     KVRT_TRY(kvrt_vk_view_seg(vk, dst, dst_bytes, op, &bind.seg[2], &pc->c_off));
-    return vk_record_rows(vk, id, bda_id, op, &bind, pc, src, false, KVRT_MIN(vk_groups(pc->dim, vk), 64u),
+    return vk_record_rows(vk, id, bda_id, op, &bind, pc, src, 0, KVRT_MIN(vk_groups(pc->dim, vk), 64u),
                           (uint64_t)n);
 }
 

@@ -25,6 +25,8 @@
 #include "shaders/matmul_bda.spv.h"
 #include "shaders/matmul_bda_sg.spv.h"
 #include "shaders/matmul_sg.spv.h"
+#include "shaders/matmul_tiled.spv.h"
+#include "shaders/matmul_tiled_bda.spv.h"
 #include "shaders/rmsnorm.spv.h"
 #include "shaders/rmsnorm_sg.spv.h"
 #include "shaders/rope.spv.h"
@@ -91,6 +93,8 @@ static const vk_pipe_desc vk_pipe_table[KVRT_VK_PIPE_COUNT] = {
     [KVRT_VK_PIPE_MATMUL_BDA] = {"matmul (bda)", VK_SPV(matmul_bda), -1, {VK_SG(matmul_bda_sg)}},
     [KVRT_VK_PIPE_EMBED_BDA] = {"embed (bda)", VK_SPV(rows_bda), 0},
     [KVRT_VK_PIPE_GATHER_BDA] = {"gather_rows (bda)", VK_SPV(rows_bda), 1},
+    [KVRT_VK_PIPE_MATMUL_TILED] = {"matmul_tiled", VK_SPV(matmul_tiled), -1},
+    [KVRT_VK_PIPE_MATMUL_TILED_BDA] = {"matmul_tiled (bda)", VK_SPV(matmul_tiled_bda), -1},
 };
 
 uint32_t kvrt_vk_prefill_smem_floats(const kvrt_vk_backend *vk)

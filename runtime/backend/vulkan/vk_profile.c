@@ -44,7 +44,9 @@ static const char *vk_prof_op_name(kvrt_vk_pipe_id id)
     case KVRT_VK_PIPE_ATTN_PREFILL_BDA:
     case KVRT_VK_PIPE_ATTN_PREFILL_MERGE: return "attn_prefill";
     case KVRT_VK_PIPE_MATMUL:
-    case KVRT_VK_PIPE_MATMUL_BDA: return "matmul";
+    case KVRT_VK_PIPE_MATMUL_BDA:
+    case KVRT_VK_PIPE_MATMUL_TILED:
+    case KVRT_VK_PIPE_MATMUL_TILED_BDA: return "matmul";
     case KVRT_VK_PIPE_RMSNORM: return "rmsnorm";
     case KVRT_VK_PIPE_ADD: return "add";
     case KVRT_VK_PIPE_SWIGLU: return "swiglu";
