@@ -47,19 +47,33 @@ static const variant_pass g_passes[] = {
 };
 #define N_PASSES (sizeof(g_passes) / sizeof(g_passes[0]))
 
+/* A context around a backend with the validation layer on (it also checks
+ * that each variant's SPIR-V capabilities match the features kvrt enabled). */
 static kvrt_context *open_ctx(const variant_pass *p)
 {
     kvrt_context_params params = kvrt_context_default_params();
     params.backend = KVRT_BACKEND_VULKAN;
     params.disabled_features = p->disabled;
-    kvrt_context *ctx = NULL;
+    kvrt_vk_debug_params dbg = {.validation = true};
+    kvrt_context *ctx = calloc(1, sizeof(*ctx));
     kvrt_error err;
-    if (kvrt_context_create(&params, &ctx, &err) != KVRT_OK)
-        fail_msg("vulkan context (%s): %s", p->name, err.message);
+    assert_non_null(ctx);
+    if (kvrt_vk_backend_create_ex(&params, &dbg, &ctx->be, &err) != KVRT_OK)
+        fail_msg("vulkan backend (%s): %s", p->name, err.message);
     /* lavapipe has every optional feature: the variants must really run there */
-    if (strstr(kvrt_context_description(ctx), "llvmpipe"))
+    if (strstr(ctx->be->description, "llvmpipe"))
         assert_int_equal(kvrt_vk_features(ctx->be), KVRT_TEST_ALL_FEATURES & ~p->disabled);
     return ctx;
+}
+
+static void close_ctx(kvrt_context *ctx)
+{
+    char first[512];
+    uint32_t n = kvrt_vk_validation_messages(ctx->be, first, sizeof(first));
+    ctx->be->ops->destroy(ctx->be);
+    free(ctx);
+    if (n)
+        fail_msg("%u validation messages, first: %s", n, first);
 }
 
 /* The pipeline `name` ran with exactly the variant the pass allows. */
@@ -125,7 +139,7 @@ static void run_attention(const variant_pass *p, const attn_case_data *d, attn_r
                                                 : (bda ? "attn_prefill (bda)" : "attn_prefill");
     check_variant(ctx, attn, KVRT_FEATURE_FP16);
     kvrt_kv_cache_destroy(cache);
-    kvrt_context_destroy(ctx);
+    close_ctx(ctx);
 }
 
 static void attention_case(attn_mode mode, int32_t head_dim, int32_t window, int32_t sinks, uint64_t seed)
@@ -207,7 +221,7 @@ static void run_matmul(const variant_pass *p, kvrt_dtype type, const void *w, si
     bool bda = spread && (kvrt_vk_features(be) & KVRT_FEATURE_BUFFER_DEVICE_ADDRESS);
     check_variant(ctx, bda ? "matmul (bda)" : "matmul", KVRT_FEATURE_SUBGROUPS);
     be->ops->buffer_destroy(be, wb), be->ops->buffer_destroy(be, xb), be->ops->buffer_destroy(be, yb);
-    kvrt_context_destroy(ctx);
+    close_ctx(ctx);
 }
 
 static void matmul_type(kvrt_dtype type, bool spread)

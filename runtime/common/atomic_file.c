@@ -6,6 +6,7 @@
 #include "common/kvrt_internal.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -14,10 +15,13 @@ kvrt_status kvrt_atomic_file_open(const char *path, kvrt_atomic_file *af, kvrt_e
 {
     af->f = NULL;
     af->path = path;
-    int n = snprintf(af->tmp, sizeof(af->tmp), "%s.tmp-%ld", path, (long)getpid());
+    /* unique per process and per call: two threads saving one path never share a temporary */
+    static atomic_ulong serial;
+    unsigned long k = atomic_fetch_add(&serial, 1);
+    int n = snprintf(af->tmp, sizeof(af->tmp), "%s.tmp-%ld-%lu", path, (long)getpid(), k);
     if (n < 0 || (size_t)n >= sizeof(af->tmp))
         return kvrt_fail(err, KVRT_ERR_IO, "output path '%s' is too long", path);
-    af->f = fopen(af->tmp, "wb");
+    af->f = fopen(af->tmp, "wbx"); /* never clobbers a file someone else made */
     if (!af->f)
         return kvrt_fail(err, KVRT_ERR_IO, "cannot create '%s': %s", af->tmp, strerror(errno));
     return KVRT_OK;
