@@ -177,9 +177,9 @@ KVRT_API kvrt_status kvrt_context_save_caches(kvrt_context *ctx);
 
 /* Time spent in one kind of op ("matmul", "attn_decode", "rmsnorm", "rope",
  * "swiglu", "add", "embed", "gather_rows", "argmax", "kv_write",
- * "attn_prefill", "copy", and on Vulkan "upload": small uploads recorded
- * into the step, such as a forward's batch arrays), summed over the calls
- * since the last reset. Names are the same on every backend; `op` is a static
+ * "attn_prefill", "copy", and on Vulkan "upload" and "download": transfers
+ * recorded into a step, such as a forward's batch arrays and logits), summed
+ * over the calls since the last reset. Names are the same on every backend; `op` is a static
  * string. GPU backends time
  * the device's work (Vulkan: timestamp queries around each recorded op, read
  * after the step ends), the CPU backend the host's wall clock. */

@@ -27,18 +27,19 @@ typedef struct expect {
 } expect;
 
 /* Prefill of 5 tokens then one decode token: what the forward records per
- * step (runtime/model/llama.c): the batch arrays' upload (Vulkan records it
- * into the step; on the CPU it is a plain copy, not an op); embed; per layer
+ * step (runtime/model/llama.c): the batch arrays' upload; embed; per layer
  * rmsnorm x2, matmul x7 (q k v o gate up down), rope x2, kv_write, one
- * attention, add x2, swiglu; then gather_rows, rmsnorm, matmul for the logits. */
-static int expected_forward(int32_t L, bool recorded_upload, expect *e)
+ * attention, add x2, swiglu; then gather_rows, rmsnorm, matmul for the
+ * logits, and their download. Vulkan records the two transfers into the step
+ * and times them; on the CPU they are plain copies, not ops. */
+static int expected_forward(int32_t L, bool recorded_transfers, expect *e)
 {
     const expect x[] = {
-        {"upload", 2}, {"embed", 2}, {"rmsnorm", 2 * (2 * L + 1)}, {"matmul", 2 * (7 * L + 1)}, {"rope", 4 * L},
+        {"upload", 2}, {"download", 2}, {"embed", 2}, {"rmsnorm", 2 * (2 * L + 1)}, {"matmul", 2 * (7 * L + 1)}, {"rope", 4 * L},
         {"kv_write", 2 * L}, {"attn_prefill", L}, {"attn_decode", L}, {"add", 4 * L},
         {"swiglu", 2 * L}, {"gather_rows", 2},
     };
-    size_t skip = recorded_upload ? 0 : 1;
+    size_t skip = recorded_transfers ? 0 : 2;
     memcpy(e, x + skip, sizeof(x) - skip * sizeof(x[0]));
     return (int)(KVRT_ARRAY_LEN(x) - skip);
 }
@@ -80,7 +81,7 @@ static const kvrt_profile_entry *find(const kvrt_profile_entry *e, int32_t n, co
 }
 
 /* Profiling on: every expected op, exact calls, nonzero times, nothing else, sorted. */
-static void check_forward_profile(kvrt_context *ctx, bool recorded_upload)
+static void check_forward_profile(kvrt_context *ctx, bool recorded_transfers)
 {
     kvrt_context_profile_reset(ctx);
     assert_int_equal(kvrt_context_set_profiling(ctx, 1), KVRT_OK);
@@ -88,7 +89,7 @@ static void check_forward_profile(kvrt_context *ctx, bool recorded_upload)
     run_forward(ctx, &L);
     assert_true(L > 0);
     expect ex[16];
-    int n_ex = expected_forward(L, recorded_upload, ex);
+    int n_ex = expected_forward(L, recorded_transfers, ex);
     kvrt_profile_entry e[MAX_ENTRIES];
     int32_t n = kvrt_context_profile(ctx, e, MAX_ENTRIES);
     assert_int_equal(n, n_ex);

@@ -112,6 +112,11 @@ struct kvrt_backend_ops {
     kvrt_status (*buffer_wrap_host)(kvrt_backend *be, void *ptr, size_t size, kvrt_buffer **out);
     /* Optional: host address of a buffer's bytes (CPU; mapped host-visible buffers). */
     void *(*buffer_host_ptr)(kvrt_backend *be, kvrt_buffer *buf);
+    /* Between steps these run at once. Inside an open step (begin ...
+     * submit) they take their place in the step's order: an upload is seen
+     * by the ops recorded after it, not by those before it; a download reads
+     * what the ops before it wrote, and its bytes are in dst when submit()
+     * returns (dst must stay valid until then; GPU backends record both). */
     kvrt_status (*buffer_upload)(kvrt_backend *be, kvrt_buffer *dst, size_t offset, const void *src, size_t size);
     kvrt_status (*buffer_download)(kvrt_backend *be, kvrt_buffer *src, size_t offset, void *dst, size_t size);
     kvrt_status (*buffer_copy)(kvrt_backend *be, kvrt_buffer *src, size_t src_offset,

@@ -470,8 +470,8 @@ static bool ops_complete(const kvrt_backend_ops *o)
     return o->rmsnorm && o->add && o->swiglu && o->embed && o->gather_rows;
 }
 
-/* One upload of every batch array. It is the step's first command: GPU
- * backends record it into the step (no transfer of its own to wait for). */
+/* One upload of every batch array, the step's first command: GPU backends
+ * record it into the step (no transfer of its own to wait for). */
 static kvrt_status upload_batch(kvrt_llama *lm, size_t n_ints)
 {
     kvrt_backend *be = lm->be;
@@ -502,11 +502,13 @@ kvrt_status kvrt_llama_forward(kvrt_llama *lm, kvrt_kv_pool *pool, const kvrt_ba
         s = step_layer(&st, l);
     if (s == KVRT_OK)
         s = step_logits(&st);
-    kvrt_status submitted = ops->submit(be); /* always close the recording */
-    if (s == KVRT_OK)
-        s = submitted;
+    /* the step's last command: GPU backends record the copy, and the
+     * logits arrive when submit() returns */
     if (s == KVRT_OK && b->num_logits > 0)
         s = ops->buffer_download(be, lm->act[ACT_LOGITS].buf, 0, logits,
                                  (size_t)b->num_logits * lm->hp.n_vocab * sizeof(float));
+    kvrt_status submitted = ops->submit(be); /* always close the recording */
+    if (s == KVRT_OK)
+        s = submitted;
     return be_fail(be, err, s, "forward");
 }

@@ -22,6 +22,9 @@ uint32_t kvrt_vk_validation_messages(kvrt_backend *be, char *first, size_t first
  * (0 = device limits): tests cross segment boundaries with small data. */
 void kvrt_vk_set_max_segment(kvrt_backend *be, size_t bytes);
 
+/* Queue submissions so far: steps and immediate transfers (each one waits). */
+uint64_t kvrt_vk_submit_count(kvrt_backend *be);
+
 /* KVRT_FEATURE_* bits the backend uses (present and not disabled). */
 uint32_t kvrt_vk_features(kvrt_backend *be);
 

@@ -362,14 +362,22 @@ static void *vk_buffer_host_ptr(kvrt_backend *be, kvrt_buffer *b)
     return b && b->n_segs == 1 ? b->segs[0].map : NULL;
 }
 
+/* Inside an open step, transfers to and from device memory are recorded
+ * into it (vk_step_io.c); otherwise they run now. */
 static kvrt_status vk_buffer_upload(kvrt_backend *be, kvrt_buffer *dst, size_t off, const void *src, size_t size)
 {
-    return kvrt_vk_upload(kvrt_vk(be), dst, off, src, size);
+    kvrt_vk_backend *vk = kvrt_vk(be);
+    if (vk->recording && dst && !vk_buffer_host_ptr(be, dst))
+        return kvrt_vk_step_upload(vk, dst, off, src, size);
+    return kvrt_vk_upload(vk, dst, off, src, size);
 }
 
 static kvrt_status vk_buffer_download(kvrt_backend *be, kvrt_buffer *src, size_t off, void *dst, size_t size)
 {
-    return kvrt_vk_download(kvrt_vk(be), src, off, dst, size);
+    kvrt_vk_backend *vk = kvrt_vk(be);
+    if (vk->recording && src && !vk_buffer_host_ptr(be, src))
+        return kvrt_vk_step_download(vk, src, off, dst, size);
+    return kvrt_vk_download(vk, src, off, dst, size);
 }
 
 static const kvrt_backend_ops vk_ops = {

@@ -118,6 +118,7 @@ static kvrt_status vk_run(kvrt_vk_backend *vk, VkCommandBuffer cb)
         return kvrt_vk_result(vk, r, "vkEndCommandBuffer");
     VkSubmitInfo si = {.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &cb};
     r = vk->vk.vkQueueSubmit(vk->queue, 1, &si, vk->fence);
+    vk->n_submits++;
     if (r == VK_SUCCESS)
         r = vk->vk.vkWaitForFences(vk->device, 1, &vk->fence, VK_TRUE, UINT64_MAX);
     vk->vk.vkResetFences(vk->device, 1, &vk->fence);
@@ -174,12 +175,18 @@ kvrt_status kvrt_vk_submit(kvrt_backend *be)
     vk->recording = false;
     kvrt_status s = vk_run(vk, vk->cmd);
     vk_free_retired(vk);
+    kvrt_vk_step_io_end(vk, s == KVRT_OK);
     if (be->profiling) {
         if (s == KVRT_OK)
             return kvrt_vk_prof_collect(vk);
         kvrt_vk_prof_discard(vk);
     }
     return s;
+}
+
+uint64_t kvrt_vk_submit_count(kvrt_backend *be)
+{
+    return kvrt_vk(be)->n_submits;
 }
 
 kvrt_status kvrt_vk_acquire(kvrt_vk_backend *vk, bool *implicit)
@@ -203,6 +210,7 @@ kvrt_status kvrt_vk_end_implicit(kvrt_vk_backend *vk, bool implicit, kvrt_status
     vk->vk.vkEndCommandBuffer(vk->cmd);
     vk->vk.vkResetCommandBuffer(vk->cmd, 0);
     vk_free_retired(vk);
+    kvrt_vk_step_io_end(vk, false);
     if (vk->base.profiling)
         kvrt_vk_prof_discard(vk);
     return s;

@@ -103,6 +103,7 @@ typedef struct kvrt_vk_pcache {
 #define KVRT_VK_N_BINDINGS 7 /* 0 K pool[8], 1 V pool[8], 2..6 plain */
 
 typedef struct kvrt_vk_profile kvrt_vk_profile; /* vk_profile.c */
+typedef struct kvrt_vk_step_io kvrt_vk_step_io; /* vk_step_io.c */
 
 typedef struct kvrt_vk_backend {
     kvrt_backend base;
@@ -130,6 +131,7 @@ typedef struct kvrt_vk_backend {
     VkCommandBuffer xfer; /* immediate transfers (upload, download, fills) */
     VkFence fence;
     bool recording;
+    uint64_t n_submits; /* queue submissions so far (steps and immediate transfers) */
     bool recorded_any;
 
     VkDescriptorSetLayout set_layout;
@@ -145,6 +147,7 @@ typedef struct kvrt_vk_backend {
     kvrt_buffer *scratch; /* split-K partials; grows */
     kvrt_buffer *retired[4]; /* old scratch still used by the open step */
 
+    kvrt_vk_step_io *step_io; /* transfers recorded into the open step; made on first use */
     kvrt_vk_profile *prof; /* timestamp queries; made when profiling is first turned on */
 
     uint32_t validation_count;
@@ -187,6 +190,17 @@ kvrt_status kvrt_vk_addr_table(kvrt_vk_backend *vk, kvrt_buffer *b, kvrt_buffer 
  * readable after submit(). */
 kvrt_status kvrt_vk_upload(kvrt_vk_backend *vk, kvrt_buffer *dst, size_t offset, const void *src, size_t size);
 kvrt_status kvrt_vk_download(kvrt_vk_backend *vk, kvrt_buffer *src, size_t offset, void *dst, size_t size);
+/* KVRT_ERR_INVALID_ARGUMENT unless [off, off + size) lies in b. */
+kvrt_status kvrt_vk_check_range(kvrt_vk_backend *vk, const kvrt_buffer *b, size_t off, size_t size,
+                                const char *what);
+/* The buffer_upload / buffer_download entries while a step is open
+ * (vk_step_io.c): recorded into the step; a download's bytes arrive when
+ * submit() returns. kvrt_vk_step_io_end runs after the step (ran: it
+ * completed, so pending downloads are copied out; else they are dropped). */
+kvrt_status kvrt_vk_step_upload(kvrt_vk_backend *vk, kvrt_buffer *dst, size_t off, const void *src, size_t size);
+kvrt_status kvrt_vk_step_download(kvrt_vk_backend *vk, kvrt_buffer *src, size_t off, void *dst, size_t size);
+void kvrt_vk_step_io_end(kvrt_vk_backend *vk, bool ran);
+void kvrt_vk_step_io_free(kvrt_vk_backend *vk);
 /* The buffer_copy entry: recorded (its own step when none is open). */
 kvrt_status kvrt_vk_buffer_copy(kvrt_backend *be, kvrt_buffer *src, size_t src_offset, kvrt_buffer *dst,
                                 size_t dst_offset, size_t size);

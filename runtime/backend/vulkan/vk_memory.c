@@ -239,7 +239,7 @@ kvrt_status kvrt_vk_scratch_reserve(kvrt_vk_backend *vk, size_t bytes)
 
 /* ---- upload / download ----------------------------------------------------------- */
 
-static kvrt_status vk_check_range(kvrt_vk_backend *vk, const kvrt_buffer *b, size_t off, size_t size, const char *what)
+kvrt_status kvrt_vk_check_range(kvrt_vk_backend *vk, const kvrt_buffer *b, size_t off, size_t size, const char *what)
 {
     if (!b)
         return kvrt_fail(&vk->base.err, KVRT_ERR_INVALID_ARGUMENT, "%s: no buffer", what);
@@ -249,29 +249,17 @@ static kvrt_status vk_check_range(kvrt_vk_backend *vk, const kvrt_buffer *b, siz
     return KVRT_OK;
 }
 
-/* Largest upload recorded into an open step (vkCmdUpdateBuffer's limit). */
-#define VK_INLINE_UPLOAD_MAX 65536
-
-/* Moves bytes between host memory and a buffer, one piece (inside one segment,
- * at most the staging size) at a time. While a step is being recorded, small
- * uploads become commands of the step (their bytes travel inside the command
- * buffer): a step's batch arrays then cost no transfer and no wait of their
- * own, and ops recorded before the upload still see the old contents. */
+/* Moves bytes between host memory and a buffer now, one piece (inside one
+ * segment, at most the staging size) at a time. */
 static kvrt_status vk_transfer(kvrt_vk_backend *vk, kvrt_buffer *b, size_t off, void *host, size_t size, bool up)
 {
-    KVRT_TRY(vk_check_range(vk, b, off, size, up ? "upload" : "download"));
+    KVRT_TRY(kvrt_vk_check_range(vk, b, off, size, up ? "upload" : "download"));
     char *h = host;
     while (size > 0) {
         size_t s = off / b->seg_bytes, so = off - s * b->seg_bytes;
         size_t n = KVRT_MIN(size, b->segs[s].size - so);
         kvrt_vk_segment *seg = &b->segs[s];
-        if (up && vk->recording && !seg->map && size <= VK_INLINE_UPLOAD_MAX && n == size && so % 4 == 0 &&
-            n % 4 == 0) {
-            if (vk->base.profiling)
-                kvrt_vk_prof_call_named(vk, "upload");
-            vk->vk.vkCmdUpdateBuffer(vk->cmd, seg->buf, so, n, h);
-            kvrt_vk_barrier(vk);
-        } else if (seg->map) {
+        if (seg->map) {
             if (up)
                 memcpy((char *)seg->map + so, h, n);
             else
@@ -312,8 +300,8 @@ kvrt_status kvrt_vk_buffer_copy(kvrt_backend *be, kvrt_buffer *src, size_t src_o
                                 size_t size)
 {
     kvrt_vk_backend *vk = kvrt_vk(be);
-    KVRT_TRY(vk_check_range(vk, src, src_off, size, "copy source"));
-    KVRT_TRY(vk_check_range(vk, dst, dst_off, size, "copy destination"));
+    KVRT_TRY(kvrt_vk_check_range(vk, src, src_off, size, "copy source"));
+    KVRT_TRY(kvrt_vk_check_range(vk, dst, dst_off, size, "copy destination"));
     if (src == dst && src_off < dst_off + size && dst_off < src_off + size && src_off != dst_off)
         return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "copy: overlapping ranges in one buffer");
     if (size == 0 || (src == dst && src_off == dst_off))
@@ -350,6 +338,7 @@ kvrt_status kvrt_vk_memory_init(kvrt_vk_backend *vk)
 
 void kvrt_vk_memory_finish(kvrt_vk_backend *vk)
 {
+    kvrt_vk_step_io_free(vk);
     kvrt_vk_buffer_free(vk, vk->staging);
     kvrt_vk_buffer_free(vk, vk->scratch);
     for (size_t i = 0; i < KVRT_ARRAY_LEN(vk->retired); i++)
