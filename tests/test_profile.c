@@ -162,24 +162,11 @@ static void test_cpu(void **state)
 }
 
 #if defined(KVRT_HAVE_VULKAN_BACKEND)
-static void vk_check_validation(kvrt_backend *be)
-{
-    char first[512];
-    uint32_t n = kvrt_vk_validation_messages(be, first, sizeof(first));
-    if (n)
-        fail_msg("%u validation messages, first: %s", n, first);
-}
-
 /* A context around a backend made with the validation layer on. */
 static kvrt_backend *vk_open(kvrt_context *ctx)
 {
-    kvrt_context_params p = kvrt_context_default_params();
-    p.backend = KVRT_BACKEND_VULKAN;
-    kvrt_vk_debug_params dbg = {.validation = true};
-    kvrt_backend *be = NULL;
-    kvrt_error err;
-    if (kvrt_vk_backend_create_ex(&p, &dbg, &be, &err) != KVRT_OK)
-        fail_msg("vulkan backend: %s", err.message);
+    kvrt_backend *be = kvrt_test_vk_open(0, 0);
+    assert_non_null(be);
     *ctx = (kvrt_context){.be = be};
     return be;
 }
@@ -194,8 +181,7 @@ static void test_vulkan_forward(void **state)
     assert_int_equal(kvrt_context_profile(&ctx, NULL, 0), 0);
     check_forward_profile(&ctx, true);
     bad_arguments(&ctx);
-    vk_check_validation(be);
-    be->ops->destroy(be);
+    assert_int_equal(kvrt_test_vk_close(be), 0);
 }
 
 /* More stamps in one step than one query pool holds; a copy is its own op;
@@ -241,8 +227,7 @@ static void test_vulkan_many_ops(void **state)
 
     o->buffer_destroy(be, a);
     o->buffer_destroy(be, b);
-    vk_check_validation(be);
-    be->ops->destroy(be);
+    assert_int_equal(kvrt_test_vk_close(be), 0);
 }
 #endif
 

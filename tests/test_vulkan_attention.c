@@ -37,25 +37,14 @@ static uint32_t g_disabled;
 
 static kvrt_backend *vk_open(void)
 {
-    kvrt_context_params p = kvrt_context_default_params();
-    p.backend = KVRT_BACKEND_VULKAN;
-    p.disabled_features = g_disabled;
-    p.pipeline_cache_path = kvrt_test_pipeline_cache();
-    kvrt_vk_debug_params dbg = {.validation = true};
-    kvrt_backend *be = NULL;
-    kvrt_error err;
-    if (kvrt_vk_backend_create_ex(&p, &dbg, &be, &err) != KVRT_OK)
-        fail_msg("vulkan backend: %s", err.message);
+    kvrt_backend *be = kvrt_test_vk_open(g_disabled, 0);
+    assert_non_null(be);
     return be;
 }
 
 static void vk_close(kvrt_backend *be)
 {
-    char first[512];
-    uint32_t n = kvrt_vk_validation_messages(be, first, sizeof(first));
-    be->ops->destroy(be);
-    if (n != 0)
-        fail_msg("%u validation messages, first: %s", n, first);
+    assert_int_equal(kvrt_test_vk_close(be), 0);
 }
 
 static uint64_t rng_next(uint64_t *s)

@@ -31,26 +31,18 @@ static uint32_t g_disabled;
 /* A public context around a Vulkan backend created with the validation layer. */
 static kvrt_context *vk_ctx(void)
 {
-    kvrt_context_params p = kvrt_context_default_params();
-    p.backend = KVRT_BACKEND_VULKAN;
-    p.disabled_features = g_disabled;
-    p.pipeline_cache_path = kvrt_test_pipeline_cache();
-    kvrt_vk_debug_params dbg = {.validation = true};
     kvrt_context *ctx = kvrt_calloc(NULL, 1, sizeof(*ctx));
     assert_non_null(ctx);
-    kvrt_error err;
-    if (kvrt_vk_backend_create_ex(&p, &dbg, &ctx->be, &err) != KVRT_OK)
-        fail_msg("vulkan backend: %s", err.message);
+    ctx->be = kvrt_test_vk_open(g_disabled, 0);
+    assert_non_null(ctx->be);
     return ctx;
 }
 
 static void vk_ctx_close(kvrt_context *ctx)
 {
-    char first[512];
-    uint32_t n = kvrt_vk_validation_messages(ctx->be, first, sizeof(first));
-    kvrt_context_destroy(ctx);
-    if (n)
-        fail_msg("%u validation messages, first: %s", n, first);
+    uint32_t n = kvrt_test_vk_close(ctx->be);
+    kvrt_free(NULL, ctx);
+    assert_int_equal(n, 0);
 }
 
 static void run_case(kvrt_context *ctx, const attn_case *c)

@@ -33,28 +33,15 @@ static uint32_t g_disabled;
 
 static kvrt_backend *vk_open(uint64_t budget)
 {
-    kvrt_context_params p = kvrt_context_default_params();
-    p.backend = KVRT_BACKEND_VULKAN;
-    p.memory_budget = budget;
-    p.disabled_features = g_disabled;
-    p.pipeline_cache_path = kvrt_test_pipeline_cache();
-    kvrt_vk_debug_params dbg = {.validation = true};
-    kvrt_backend *be = NULL;
-    kvrt_error err;
-    kvrt_status s = kvrt_vk_backend_create_ex(&p, &dbg, &be, &err);
-    if (s != KVRT_OK)
-        fail_msg("vulkan backend: %s", err.message);
+    kvrt_backend *be = kvrt_test_vk_open(g_disabled, budget);
+    assert_non_null(be);
     return be;
 }
 
 /* Destroys the backend and asserts the validation layer stayed silent. */
 static void vk_close(kvrt_backend *be)
 {
-    char first[512];
-    uint32_t n = kvrt_vk_validation_messages(be, first, sizeof(first));
-    be->ops->destroy(be);
-    if (n != 0)
-        fail_msg("%u validation messages, first: %s", n, first);
+    assert_int_equal(kvrt_test_vk_close(be), 0);
 }
 
 static void fill_pattern(uint8_t *p, size_t n, uint32_t seed)

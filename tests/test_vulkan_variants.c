@@ -51,15 +51,11 @@ static const variant_pass g_passes[] = {
  * that each variant's SPIR-V capabilities match the features kvrt enabled). */
 static kvrt_context *open_ctx(const variant_pass *p)
 {
-    kvrt_context_params params = kvrt_context_default_params();
-    params.backend = KVRT_BACKEND_VULKAN;
-    params.disabled_features = p->disabled;
-    kvrt_vk_debug_params dbg = {.validation = true};
     kvrt_context *ctx = calloc(1, sizeof(*ctx));
-    kvrt_error err;
     assert_non_null(ctx);
-    if (kvrt_vk_backend_create_ex(&params, &dbg, &ctx->be, &err) != KVRT_OK)
-        fail_msg("vulkan backend (%s): %s", p->name, err.message);
+    ctx->be = kvrt_test_vk_open(p->disabled, 0);
+    if (!ctx->be)
+        fail_msg("vulkan backend (%s)", p->name);
     /* lavapipe has every optional feature: the variants must really run there */
     if (strstr(ctx->be->description, "llvmpipe"))
         assert_int_equal(kvrt_vk_features(ctx->be), KVRT_TEST_ALL_FEATURES & ~p->disabled);
@@ -68,12 +64,9 @@ static kvrt_context *open_ctx(const variant_pass *p)
 
 static void close_ctx(kvrt_context *ctx)
 {
-    char first[512];
-    uint32_t n = kvrt_vk_validation_messages(ctx->be, first, sizeof(first));
-    ctx->be->ops->destroy(ctx->be);
+    uint32_t n = kvrt_test_vk_close(ctx->be);
     free(ctx);
-    if (n)
-        fail_msg("%u validation messages, first: %s", n, first);
+    assert_int_equal(n, 0);
 }
 
 /* The pipeline `name` ran with exactly the variant the pass allows. */
