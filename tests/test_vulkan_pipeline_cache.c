@@ -320,6 +320,27 @@ static void test_directory_at_path(void **state)
     check_no_temp_files("a-directory");
 }
 
+/* A FIFO at the path: opening it for reading must not block context
+ * creation (the alarm fails the test instead of hanging CI); it is ignored
+ * and replaced by a regular file on save. */
+static void test_fifo_at_path(void **state)
+{
+    char path[4200];
+    path_in(path, sizeof(path), "a-fifo");
+    assert_int_equal(mkfifo(path, 0666), 0);
+    alarm(60);
+    kvrt_context *ctx = open_ctx(path);
+    alarm(0);
+    assert_string_equal(stats_of(ctx).ignored, "not a regular file");
+    run_add(ctx);
+    assert_int_equal(kvrt_context_save_caches(ctx), KVRT_OK);
+    kvrt_context_destroy(ctx);
+    struct stat sb;
+    assert_int_equal(stat(path, &sb), 0);
+    assert_true(S_ISREG(sb.st_mode));
+    check_accepted(path);
+}
+
 static void test_unwritable_location(void **state)
 {
     char sub[4200], path[4300];
@@ -405,6 +426,7 @@ int main(void)
         cmocka_unit_test(test_fresh_save_and_reload),
         cmocka_unit_test(test_bad_files_are_ignored_and_replaced),
         cmocka_unit_test(test_directory_at_path),
+        cmocka_unit_test(test_fifo_at_path),
         cmocka_unit_test(test_unwritable_location),
         cmocka_unit_test(test_no_cache),
     };

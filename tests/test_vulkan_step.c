@@ -86,6 +86,35 @@ static void test_order_inside_step(void **state)
         ops->buffer_destroy(g_be, bufs[i]);
 }
 
+/* The same order for host-visible (mapped) buffers: inside a step they are
+ * transferred by the step too, not copied at once. */
+static void test_order_host_visible(void **state)
+{
+    enum { N = 64 };
+    const kvrt_backend_ops *ops = g_be->ops;
+    kvrt_buffer *a, *o1, *o2;
+    assert_int_equal(ops->buffer_create(g_be, N * sizeof(float), KVRT_BUFFER_HOST_VISIBLE, &a), KVRT_OK);
+    assert_int_equal(ops->buffer_create(g_be, N * sizeof(float), KVRT_BUFFER_HOST_VISIBLE, &o1), KVRT_OK);
+    assert_int_equal(ops->buffer_create(g_be, N * sizeof(float), KVRT_BUFFER_HOST_VISIBLE, &o2), KVRT_OK);
+    float one[N], hundred[N], r1[N], r2[N];
+    for (int i = 0; i < N; i++)
+        one[i] = 1.0f, hundred[i] = 100.0f;
+    assert_int_equal(ops->buffer_upload(g_be, a, 0, one, sizeof(one)), KVRT_OK);
+    kvrt_view av = {a, 0}, v1 = {o1, 0}, v2 = {o2, 0};
+    assert_int_equal(ops->begin(g_be), KVRT_OK);
+    assert_int_equal(ops->add(g_be, av, av, v1, N), KVRT_OK);
+    assert_int_equal(ops->buffer_download(g_be, o1, 0, r1, sizeof(r1)), KVRT_OK);
+    assert_int_equal(ops->buffer_upload(g_be, a, 0, hundred, sizeof(hundred)), KVRT_OK);
+    assert_int_equal(ops->add(g_be, av, av, v2, N), KVRT_OK);
+    assert_int_equal(ops->buffer_download(g_be, o2, 0, r2, sizeof(r2)), KVRT_OK);
+    assert_int_equal(ops->submit(g_be), KVRT_OK);
+    for (int i = 0; i < N; i++) {
+        if (r1[i] != 2.0f || r2[i] != 200.0f)
+            fail_msg("element %d: %g and %g, expected 2 and 200", i, r1[i], r2[i]);
+    }
+    ops->buffer_destroy(g_be, a), ops->buffer_destroy(g_be, o1), ops->buffer_destroy(g_be, o2);
+}
+
 /* 6 MiB each way in one step (more than one 4 MiB staging chunk), through a
  * buffer of 1 MiB segments, then the same again (chunks are reused). */
 static void test_large_and_segmented(void **state)
@@ -154,6 +183,7 @@ int main(void)
     kvrt_test_pin_gpu_drivers();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_order_inside_step),
+        cmocka_unit_test(test_order_host_visible),
         cmocka_unit_test(test_large_and_segmented),
         cmocka_unit_test(test_forward_is_one_submit),
     };

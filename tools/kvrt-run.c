@@ -423,8 +423,6 @@ static int generate(run_state *st)
 static int list_devices(const char *backend)
 {
     enum { MAX_DEVICES = 64 };
-    kvrt_error err;
-    int32_t n = 0;
     if (!strcmp(backend, "cpu")) {
         printf("0: cpu (%ld threads)\n", sysconf(_SC_NPROCESSORS_ONLN));
         return 0;
@@ -432,6 +430,8 @@ static int list_devices(const char *backend)
 #if defined(KVRT_HAVE_VULKAN_BACKEND)
     if (!strcmp(backend, "vulkan")) {
         kvrt_vulkan_device_info d[MAX_DEVICES];
+        kvrt_error err;
+        int32_t n = 0;
         if (kvrt_vulkan_list_devices(d, MAX_DEVICES, &n, &err) != KVRT_OK)
             return fail("listing Vulkan devices", err.status, err.message);
         for (int32_t i = 0; i < n && i < MAX_DEVICES; i++)
@@ -443,6 +443,8 @@ static int list_devices(const char *backend)
 #if defined(KVRT_HAVE_OPENCL_BACKEND)
     if (!strcmp(backend, "opencl")) {
         kvrt_opencl_device_info d[MAX_DEVICES];
+        kvrt_error err;
+        int32_t n = 0;
         if (kvrt_opencl_list_devices(d, MAX_DEVICES, &n, &err) != KVRT_OK)
             return fail("listing OpenCL devices", err.status, err.message);
         for (int32_t i = 0; i < n && i < MAX_DEVICES; i++)

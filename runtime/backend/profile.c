@@ -34,6 +34,8 @@ kvrt_status kvrt_context_set_profiling(kvrt_context *ctx, int on)
     if (!ctx || !ctx->be)
         return KVRT_ERR_INVALID_ARGUMENT;
     kvrt_backend *be = ctx->be;
+    if (!be->ops->set_profiling && !on)
+        return KVRT_OK; /* off is always possible */
     if (!be->ops->set_profiling)
         return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "%s backend does not support per-op profiling",
                          be->ops->name);

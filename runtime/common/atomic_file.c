@@ -15,16 +15,22 @@ kvrt_status kvrt_atomic_file_open(const char *path, kvrt_atomic_file *af, kvrt_e
 {
     af->f = NULL;
     af->path = path;
-    /* unique per process and per call: two threads saving one path never share a temporary */
+    /* unique per process and per call, so two threads saving one path never
+     * share a temporary; opened exclusively, so a file someone else made (or
+     * one a crashed run with the same pid left) is skipped, never clobbered */
     static atomic_ulong serial;
-    unsigned long k = atomic_fetch_add(&serial, 1);
-    int n = snprintf(af->tmp, sizeof(af->tmp), "%s.tmp-%ld-%lu", path, (long)getpid(), k);
-    if (n < 0 || (size_t)n >= sizeof(af->tmp))
-        return kvrt_fail(err, KVRT_ERR_IO, "output path '%s' is too long", path);
-    af->f = fopen(af->tmp, "wbx"); /* never clobbers a file someone else made */
-    if (!af->f)
-        return kvrt_fail(err, KVRT_ERR_IO, "cannot create '%s': %s", af->tmp, strerror(errno));
-    return KVRT_OK;
+    for (int attempt = 0; attempt < 64; attempt++) {
+        unsigned long k = atomic_fetch_add(&serial, 1);
+        int n = snprintf(af->tmp, sizeof(af->tmp), "%s.tmp-%ld-%lu", path, (long)getpid(), k);
+        if (n < 0 || (size_t)n >= sizeof(af->tmp))
+            return kvrt_fail(err, KVRT_ERR_IO, "output path '%s' is too long", path);
+        af->f = fopen(af->tmp, "wbx");
+        if (af->f)
+            return KVRT_OK;
+        if (errno != EEXIST)
+            break;
+    }
+    return kvrt_fail(err, KVRT_ERR_IO, "cannot create '%s': %s", af->tmp, strerror(errno));
 }
 
 kvrt_status kvrt_atomic_file_close(kvrt_atomic_file *af, kvrt_status status, kvrt_error *err)

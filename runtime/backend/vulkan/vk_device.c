@@ -362,12 +362,13 @@ static void *vk_buffer_host_ptr(kvrt_backend *be, kvrt_buffer *b)
     return b && b->n_segs == 1 ? b->segs[0].map : NULL;
 }
 
-/* Inside an open step, transfers to and from device memory are recorded
- * into it (vk_step_io.c); otherwise they run now. */
+/* Inside an open step, transfers are recorded into it (vk_step_io.c), also
+ * for host-visible buffers, so they keep their place among the step's ops;
+ * otherwise they run now. */
 static kvrt_status vk_buffer_upload(kvrt_backend *be, kvrt_buffer *dst, size_t off, const void *src, size_t size)
 {
     kvrt_vk_backend *vk = kvrt_vk(be);
-    if (vk->recording && dst && !vk_buffer_host_ptr(be, dst))
+    if (vk->recording)
         return kvrt_vk_step_upload(vk, dst, off, src, size);
     return kvrt_vk_upload(vk, dst, off, src, size);
 }
@@ -375,7 +376,7 @@ static kvrt_status vk_buffer_upload(kvrt_backend *be, kvrt_buffer *dst, size_t o
 static kvrt_status vk_buffer_download(kvrt_backend *be, kvrt_buffer *src, size_t off, void *dst, size_t size)
 {
     kvrt_vk_backend *vk = kvrt_vk(be);
-    if (vk->recording && src && !vk_buffer_host_ptr(be, src))
+    if (vk->recording)
         return kvrt_vk_step_download(vk, src, off, dst, size);
     return kvrt_vk_download(vk, src, off, dst, size);
 }

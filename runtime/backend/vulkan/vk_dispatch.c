@@ -177,9 +177,10 @@ kvrt_status kvrt_vk_submit(kvrt_backend *be)
     vk_free_retired(vk);
     kvrt_vk_step_io_end(vk, s == KVRT_OK);
     if (be->profiling) {
-        if (s == KVRT_OK)
-            return kvrt_vk_prof_collect(vk);
-        kvrt_vk_prof_discard(vk);
+        /* the step ran: a profiling failure (no query pool, say) drops its
+         * times, it does not turn the step's result into an error */
+        if (s != KVRT_OK || kvrt_vk_prof_collect(vk) != KVRT_OK)
+            kvrt_vk_prof_discard(vk);
     }
     return s;
 }

@@ -73,7 +73,9 @@ static const char *pcache_check(const kvrt_vk_backend *vk, const uint8_t *file, 
 static const char *pcache_read(kvrt_vk_backend *vk, uint8_t **out, size_t *n)
 {
     *out = NULL;
-    int fd = open(vk->pcache.path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO (or a device) at the path must not block context
+     * creation; regular files read the same either way */
+    int fd = open(vk->pcache.path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
         return errno == ENOENT ? "missing" : "cannot be opened";
     struct stat st;

@@ -12,6 +12,9 @@
 #include <string.h>
 
 #define VK_CHUNK_MIN ((size_t)4 << 20)
+/* Chunks kept between steps; a step that needed more (a huge prefill's
+ * logits) gives the rest back, so pinned host memory does not stay at its peak. */
+#define VK_CHUNK_KEEP ((size_t)32 << 20)
 
 typedef struct vk_pending_read {
     void *host;
@@ -98,25 +101,28 @@ static kvrt_status vk_io_record(kvrt_vk_backend *vk, kvrt_buffer *b, size_t off,
     KVRT_TRY(vk_io_get(vk, &io));
     if (vk->base.profiling)
         kvrt_vk_prof_call_named(vk, up ? "upload" : "download");
-    while (size > 0) {
+    kvrt_status st = KVRT_OK;
+    while (st == KVRT_OK && size > 0) {
         size_t s = off / b->seg_bytes, so = off - s * b->seg_bytes;
         kvrt_buffer *chunk = NULL;
         size_t co = 0, n = 0;
-        KVRT_TRY(vk_io_reserve(vk, io, KVRT_MIN(size, b->segs[s].size - so), &chunk, &co, &n));
+        st = vk_io_reserve(vk, io, KVRT_MIN(size, b->segs[s].size - so), &chunk, &co, &n);
+        if (st != KVRT_OK)
+            break;
         char *mapped = (char *)chunk->segs[0].map + co;
         VkBufferCopy region = {.srcOffset = up ? co : so, .dstOffset = up ? so : co, .size = n};
         if (up)
             memcpy(mapped, host, n);
-        else
-            KVRT_TRY(vk_io_add_read(vk, io, host, mapped, n));
+        else if ((st = vk_io_add_read(vk, io, host, mapped, n)) != KVRT_OK)
+            break;
         vk->vk.vkCmdCopyBuffer(vk->cmd, up ? chunk->segs[0].buf : b->segs[s].buf,
                                up ? b->segs[s].buf : chunk->segs[0].buf, 1, &region);
         host += n;
         off += n;
         size -= n;
     }
-    kvrt_vk_barrier(vk);
-    return KVRT_OK;
+    kvrt_vk_barrier(vk); /* also after a partial transfer: what was recorded stays ordered */
+    return st;
 }
 
 kvrt_status kvrt_vk_step_upload(kvrt_vk_backend *vk, kvrt_buffer *dst, size_t off, const void *src, size_t size)
@@ -141,6 +147,13 @@ void kvrt_vk_step_io_end(kvrt_vk_backend *vk, bool ran)
     io->n_reads = 0;
     io->cur = 0;
     io->used = 0;
+    size_t kept = 0;
+    uint32_t keep = 0;
+    while (keep < io->n_chunks && kept + io->chunks[keep]->size <= VK_CHUNK_KEEP)
+        kept += io->chunks[keep++]->size;
+    for (uint32_t i = keep; i < io->n_chunks; i++)
+        kvrt_vk_buffer_free(vk, io->chunks[i]);
+    io->n_chunks = keep;
 }
 
 void kvrt_vk_step_io_free(kvrt_vk_backend *vk)
