@@ -11,6 +11,7 @@ out=$(mktemp) err=$(mktemp)
 trap 'rm -f "$out" "$err"' EXIT
 
 fail() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
+. "$(dirname "${BASH_SOURCE[0]}")/backends.bash"
 # The Vulkan loader unloads lavapipe before LeakSanitizer reports, so a driver
 # leak cannot be attributed (nor suppressed by tests/lsan.supp): runs on the
 # vulkan backend skip leak checking. kvrt's own Vulkan code is leak-checked by
@@ -73,6 +74,7 @@ grep -q "^{" "$out" && fail "JSON on stdout without --json"
 # --- GPU backends: every cell also on the CPU, ratios in the JSON --------------------
 # opencl runs on PoCL and vulkan on lavapipe here: the fields are checked, never the speeds.
 for be in opencl vulkan; do
+  built "$be" || { not_built "attn --backend $be" "$tool" attn --quick --backend "$be"; continue; }
   run attn --quick --json --backend "$be" --ctx 37 --batch 2
   [ "$rc" -eq 0 ] || { fail "attn --backend $be exited $rc"; cat "$err" >&2; continue; }
   python3 - "$out" "$be" <<'PY' || fail "attn --backend $be: JSON fields"
@@ -104,6 +106,7 @@ for r in d["results"]:
 PY
   grep -q "dec vs cpu" "$err" || fail "attn --backend $be: no CPU columns in the table"
 done
+if built opencl; then
 run attn --quick --json --backend opencl --ctx 20 --batch 1 --no-cpu-compare --prefill-chunk 0
 [ "$rc" -eq 0 ] || { fail "attn --no-cpu-compare exited $rc"; cat "$err" >&2; }
 python3 - "$out" <<'PY' || fail "--no-cpu-compare: JSON"
@@ -113,6 +116,7 @@ ok = d["cpu_compare"] is False and all(r["cpu_decode_ms"] is None and r["vs_cpu_
                                        for r in d["results"])
 sys.exit(0 if ok else 1)
 PY
+fi
 grep -q "dec vs cpu" "$err" && fail "--no-cpu-compare still printed CPU columns"
 
 # --- dispatcher and usage errors ------------------------------------------------------

@@ -13,6 +13,7 @@ out=$(mktemp) err=$(mktemp) tmp=$(mktemp -d)
 trap 'rm -f "$out" "$err"; rm -rf "$tmp"' EXIT
 
 fail() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
+. "$(dirname "${BASH_SOURCE[0]}")/backends.bash"
 # The Vulkan loader unloads lavapipe before LeakSanitizer reports, so a driver
 # leak cannot be attributed (nor suppressed by tests/lsan.supp): runs on the
 # vulkan backend skip leak checking. kvrt's own Vulkan code is leak-checked by
@@ -100,6 +101,7 @@ grep -q "^{" "$out" && fail "JSON on stdout without --json"
 # tiny runs (PoCL / lavapipe here): the fields are checked, never the speeds; the
 # quantised types exercise the device's Q8_0 / Q4_0 weight paths.
 check_gpu() { # BACKEND TYPES
+  built "$1" || { not_built "model --backend $1" "$tool" model --quick --backend "$1"; return; }
   run model --quick --json --backend "$1" --type "$2" --prompt-len 4 --gen 2 --reps 1 --cache-lens none
   [ "$rc" -eq 0 ] || { fail "model --backend $1 --type $2 exited $rc: $(tail -3 "$err")"; return; }
   python3 - "$out" "$1" "$2" <<'PY' || fail "model --backend $1: JSON fields"
@@ -128,13 +130,16 @@ PY
 }
 check_gpu opencl f32,q4_0
 check_gpu vulkan f16,q8_0
+if built opencl; then
 run model --quick --json --backend opencl --type q8_0 -t 1 --prompt-len 4 --gen 2 --reps 1 --cache-lens none --no-cpu-compare
 [ "$rc" -eq 0 ] || { fail "model --no-cpu-compare exited $rc"; cat "$err" >&2; }
 python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); sys.exit(0 if d["cpu_compare"] is False and d["results"][0]["threads"] == 1 and d["results"][0]["vs_cpu_decode"] is None else 1)' "$out" \
   || fail "--no-cpu-compare / -t 1 on opencl"
+fi
 
 # --- --profile: per-op times in the JSON (still one document) and a table on stderr ------
 check_profile() { # BACKEND
+  built "$1" || return 0 # (check_gpu checked the message)
   run model --quick --json --profile --backend "$1" -t 1 --type f32 --prompt-len 4 --gen 2 --reps 1 \
       --cache-lens none --no-cpu-compare
   [ "$rc" -eq 0 ] || { fail "model --profile --backend $1 exited $rc: $(tail -3 "$err")"; return; }
@@ -160,9 +165,11 @@ PY
 }
 check_profile cpu
 check_profile vulkan
+if built opencl; then
 run model --quick --profile --backend opencl -t 1 --cache-lens none --no-cpu-compare
 [ "$rc" -eq 1 ] && grep -q -- "--profile: opencl backend does not support" "$err" \
   || fail "--profile on opencl: rc $rc, $(cat "$err")"
+fi
 
 # --- errors -----------------------------------------------------------------------------
 run model --model "$tmp/missing.gguf" -t 1
