@@ -283,6 +283,27 @@ static void test_spanning_segments(void **state)
     assert_true(tiled_created("matmul_tiled (bda)") == bda);
 }
 
+/* GEMV (1-3 tokens) edges of its row grouping: a workgroup takes 1 to 16
+ * rows (lanes per row from the row length, or one subgroup per row), so row
+ * counts of 1 and primes, rows short (lanes idle) and long (several strides
+ * per lane), odd 16-bit rows starting mid-word, quant blocks of both word
+ * alignments, and 2-3 tokens sharing each weight read; on segments, row
+ * counts per segment are not multiples of the rows per workgroup. */
+static void test_gemv_edges(void **state)
+{
+    for (size_t ti = 0; ti < 5; ti++) {
+        bool q = ti >= 3;
+        gemm_case c = {ALL_TYPES[ti], 1, 288, 2, 0, 0, 1.0f};
+        check_case(&c);
+        c = (gemm_case){ALL_TYPES[ti], 37, q ? 800 : 301, 3, 4, 0, 1.0f};
+        check_case(&c);
+        c = (gemm_case){ALL_TYPES[ti], 131, q ? 768 : 1030, 2, 0, 0, 1.0f};
+        check_case(&c);
+        c = (gemm_case){ALL_TYPES[ti], 97, q ? 352 : 98, 2 + (int32_t)(ti % 2), 512, 4096, 1.0f};
+        check_case(&c);
+    }
+}
+
 int main(void)
 {
     kvrt_test_pin_gpu_drivers();
@@ -292,6 +313,7 @@ int main(void)
         cmocka_unit_test(test_unaligned_rows),
         cmocka_unit_test(test_long_rows),
         cmocka_unit_test(test_spanning_segments),
+        cmocka_unit_test(test_gemv_edges),
     };
     int fails = cmocka_run_group_tests_name("vulkan_gemm (all features)", tests, setup_all, teardown);
     fails += cmocka_run_group_tests_name("vulkan_gemm (no optional features)", tests, setup_none, teardown);

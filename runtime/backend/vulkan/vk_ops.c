@@ -160,6 +160,24 @@ static kvrt_status vk_record_rows(kvrt_vk_backend *vk, kvrt_vk_pipe_id id, kvrt_
 #define VK_GEMM_TOKENS 32u
 #define VK_GEMM_MIN_TOKENS 4
 
+/* Tokens per GEMV workgroup (TT of shaders/matmul.comp). */
+#define VK_GEMV_TOKENS 4u
+
+/* Rows per GEMV workgroup, as shaders/matmul.comp splits its 64 invocations:
+ * one subgroup per row with subgroup arithmetic, otherwise gemv_lanes()
+ * lanes per row. A mismatch would only cost speed (the shader strides over
+ * rows). */
+static uint32_t vk_gemv_rows(const kvrt_vk_backend *vk, uint32_t wtype, int64_t n_in)
+{
+    if (vk->caps.features & KVRT_FEATURE_SUBGROUPS)
+        return vk->caps.subgroup_size && vk->caps.subgroup_size < 64 ? 64 / vk->caps.subgroup_size : 1;
+    int64_t steps = wtype >= 3 ? n_in / 32 : (wtype == 0 ? n_in / 4 : n_in / 8);
+    uint32_t lanes = 4;
+    while (lanes < 64 && 3 * (int64_t)lanes < steps)
+        lanes *= 2;
+    return 64 / lanes;
+}
+
 kvrt_status kvrt_vk_matmul(kvrt_backend *be, kvrt_dtype wtype, kvrt_view w, int64_t n_out, int64_t n_in, kvrt_view x,
                            int64_t x_stride, kvrt_view y, int64_t y_stride, int32_t n_tokens)
 {
@@ -175,9 +193,10 @@ kvrt_status kvrt_vk_matmul(kvrt_backend *be, kvrt_dtype wtype, kvrt_view w, int6
         !vk_span(n_tokens, x_stride, n_in, 4, &xb) || !vk_span(n_tokens, y_stride, n_out, 4, &yb))
         return vk_bad_shape(be, "matmul");
     /* prefill: tiles of VK_GEMM_ROWS x VK_GEMM_TOKENS (matmul_tiled.comp);
-     * decode and short chunks: one workgroup per (row, token) */
+     * decode and short chunks: workgroups of a few rows x VK_GEMV_TOKENS */
     bool tiled = n_tokens >= VK_GEMM_MIN_TOKENS;
-    uint64_t gy = tiled ? ((uint64_t)n_tokens + VK_GEMM_TOKENS - 1) / VK_GEMM_TOKENS : (uint64_t)n_tokens;
+    uint64_t tok = tiled ? VK_GEMM_TOKENS : VK_GEMV_TOKENS;
+    uint64_t gy = ((uint64_t)n_tokens + tok - 1) / tok;
     if (gy > vk->caps.max_wg_count[1])
         return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "vulkan: matmul of %d tokens exceeds the grid", n_tokens);
     kvrt_vk_bind bind = {.buf = {w.buf, x.buf, y.buf}};
@@ -192,7 +211,8 @@ kvrt_status kvrt_vk_matmul(kvrt_backend *be, kvrt_dtype wtype, kvrt_view w, int6
     if (tiled)
         return vk_record_rows(vk, KVRT_VK_PIPE_MATMUL_TILED, KVRT_VK_PIPE_MATMUL_TILED_BDA, "matmul weights", &bind,
                               &pc, &r, VK_GEMM_ROWS, 0, gy);
-    return vk_record_rows(vk, KVRT_VK_PIPE_MATMUL, KVRT_VK_PIPE_MATMUL_BDA, "matmul weights", &bind, &pc, &r, 1, 0, gy);
+    return vk_record_rows(vk, KVRT_VK_PIPE_MATMUL, KVRT_VK_PIPE_MATMUL_BDA, "matmul weights", &bind, &pc, &r,
+                          vk_gemv_rows(vk, pc.wtype, n_in), 0, gy);
 }
 
 kvrt_status kvrt_vk_rmsnorm(kvrt_backend *be, kvrt_view x, int64_t x_stride, kvrt_view w, kvrt_view y,
