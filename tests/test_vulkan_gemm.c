@@ -46,16 +46,8 @@ static int open_pass(uint32_t disabled)
 {
     g_disabled = disabled;
     ref_rng_seed(&g_rng, 20261128u);
-    kvrt_context_params p = kvrt_context_default_params();
-    p.backend = KVRT_BACKEND_VULKAN;
-    p.disabled_features = disabled;
-    kvrt_vk_debug_params dbg = {.validation = true};
-    kvrt_error err;
-    if (kvrt_vk_backend_create_ex(&p, &dbg, &g_be, &err) != KVRT_OK) {
-        fprintf(stderr, "vulkan backend: %s\n", err.message);
-        return -1;
-    }
-    return 0;
+    g_be = kvrt_test_vk_open(disabled, 0);
+    return g_be ? 0 : -1;
 }
 
 static int setup_all(void **state)
@@ -70,12 +62,9 @@ static int setup_none(void **state)
 
 static int teardown(void **state)
 {
-    char first[512];
-    uint32_t n = kvrt_vk_validation_messages(g_be, first, sizeof(first));
-    g_be->ops->destroy(g_be);
+    uint32_t n = kvrt_test_vk_close(g_be);
     g_be = NULL;
     if (n) {
-        fprintf(stderr, "%u validation messages, first: %s\n", n, first);
         g_teardown_failures++;
         return -1;
     }

@@ -151,11 +151,12 @@ static kvrt_status vk_record_rows(kvrt_vk_backend *vk, kvrt_vk_pipe_id id, kvrt_
 }
 
 /* Tile of shaders/matmul_tiled.comp (its TR x TT), and the fewest tokens
- * that take it. On lavapipe the tiled shader already wins at 2 tokens
- * (768 x 768 Q8_0: 46 vs 68 ms; 4 tokens 49 vs 149 ms, 8: 53 vs 296 ms);
- * 4 keeps one- and two-sequence decode on the GEMV grid, whose
- * n_out x n_tokens workgroups fill a large GPU that a handful of 64-row
- * tiles would leave idle (not measured on a GPU yet). */
+ * that take it. Against the first GEMV (one row per workgroup) the tiled
+ * shader won from 2 tokens on lavapipe (768 x 768 Q8_0: 46 vs 68 ms; 4
+ * tokens 49 vs 149 ms). The GEMV now reads each weight once per 4 tokens,
+ * which moves the break-even up; 4 keeps one- to three-sequence decode on
+ * the GEMV's row-parallel grid, which fills a large GPU that a handful of
+ * 64-row tiles would leave idle. Both points want measuring on a GPU. */
 #define VK_GEMM_ROWS 64u
 #define VK_GEMM_TOKENS 32u
 #define VK_GEMM_MIN_TOKENS 4
