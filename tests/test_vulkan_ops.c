@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <setjmp.h>
 #include <cmocka.h>
+#include "test_buffers.h"
 #include "test_drivers.h"
 #include <math.h>
 #include <stdio.h>
@@ -25,8 +26,8 @@ int main(void)
 }
 #else
 
-#define CANARY 0x7fc0beefu
-#define N_CANARY 16
+#define CANARY KVRT_TEST_CANARY
+#define N_CANARY KVRT_TEST_N_CANARY
 
 static uint32_t g_disabled;
 static kvrt_backend *g_be;
@@ -73,32 +74,17 @@ static float rnd(void)
 
 static kvrt_buffer *up(const void *data, size_t bytes)
 {
-    kvrt_buffer *b;
-    assert_int_equal(g_be->ops->buffer_create(g_be, bytes, KVRT_BUFFER_DEVICE, &b), KVRT_OK);
-    if (data)
-        assert_int_equal(g_be->ops->buffer_upload(g_be, b, 0, data, bytes), KVRT_OK);
-    return b;
+    return kvrt_test_up(g_be, data, bytes);
 }
 
-/* Output buffer of n floats followed by canaries, all pre-filled with CANARY. */
 static kvrt_buffer *out_buf(size_t n)
 {
-    uint32_t *c = malloc((n + N_CANARY) * 4);
-    for (size_t i = 0; i < n + N_CANARY; i++)
-        c[i] = CANARY;
-    kvrt_buffer *b = up(c, (n + N_CANARY) * 4);
-    free(c);
-    return b;
+    return kvrt_test_out_buf(g_be, n);
 }
 
-/* Downloads n floats and checks the canaries after them. */
 static float *down(kvrt_buffer *b, size_t n)
 {
-    uint32_t *h = malloc((n + N_CANARY) * 4);
-    assert_int_equal(g_be->ops->buffer_download(g_be, b, 0, h, (n + N_CANARY) * 4), KVRT_OK);
-    for (size_t i = 0; i < N_CANARY; i++)
-        assert_int_equal(h[n + i], CANARY);
-    return (float *)h;
+    return kvrt_test_down(g_be, b, n);
 }
 
 /* NMSE over the elements where mask (may be NULL) is set. */
