@@ -70,31 +70,37 @@ typedef struct vk_pipe_desc {
 #define VK_SPV(name) kvrt_spv_##name, sizeof(kvrt_spv_##name)
 #define VK_SG(name) {KVRT_FEATURE_SUBGROUPS, VK_SPV(name)}
 #define VK_NARROW(name) {KVRT_FEATURE_FP16, VK_SPV(name)}
+/* Designated, so entries without variants leave them zero without a warning. */
+#define VK_PIPE(label, spv, spec_) \
+    {.name = label, .code = kvrt_spv_##spv, .bytes = sizeof(kvrt_spv_##spv), .spec = spec_}
+#define VK_PIPE_V(label, spv, spec_, ...)                                                       \
+    {.name = label, .code = kvrt_spv_##spv, .bytes = sizeof(kvrt_spv_##spv), .spec = spec_, \
+     .variants = {__VA_ARGS__}}
 
 static const vk_pipe_desc vk_pipe_table[KVRT_VK_PIPE_COUNT] = {
-    [KVRT_VK_PIPE_KV_WRITE] = {"kv_write", VK_SPV(kv_write), -1, {VK_NARROW(kv_write_n)}},
-    [KVRT_VK_PIPE_ATTN_DECODE] = {"attn_decode", VK_SPV(attn_decode), -1, {VK_NARROW(attn_decode_n)}},
-    [KVRT_VK_PIPE_ATTN_MERGE] = {"attn_merge", VK_SPV(attn_merge), -1},
-    [KVRT_VK_PIPE_ATTN_PREFILL] = {"attn_prefill", VK_SPV(attn_prefill), -2, {VK_NARROW(attn_prefill_n)}},
-    [KVRT_VK_PIPE_ATTN_PREFILL_MERGE] = {"attn_prefill_merge", VK_SPV(attn_prefill_merge), -1},
-    [KVRT_VK_PIPE_MATMUL] = {"matmul", VK_SPV(matmul), -1, {VK_SG(matmul_sg)}},
-    [KVRT_VK_PIPE_RMSNORM] = {"rmsnorm", VK_SPV(rmsnorm), -1, {VK_SG(rmsnorm_sg)}},
-    [KVRT_VK_PIPE_ADD] = {"add", VK_SPV(elementwise), 0},
-    [KVRT_VK_PIPE_SWIGLU] = {"swiglu", VK_SPV(elementwise), 1},
-    [KVRT_VK_PIPE_ROPE] = {"rope", VK_SPV(rope), -1},
-    [KVRT_VK_PIPE_EMBED] = {"embed", VK_SPV(rows), 0},
-    [KVRT_VK_PIPE_GATHER] = {"gather_rows", VK_SPV(rows), 1},
-    [KVRT_VK_PIPE_ARGMAX] = {"argmax", VK_SPV(argmax), -1},
-    [KVRT_VK_PIPE_KV_WRITE_BDA] = {"kv_write (bda)", VK_SPV(kv_write_bda), -1, {VK_NARROW(kv_write_bda_n)}},
-    [KVRT_VK_PIPE_ATTN_DECODE_BDA] = {"attn_decode (bda)", VK_SPV(attn_decode_bda), -1,
-                                      {VK_NARROW(attn_decode_bda_n)}},
-    [KVRT_VK_PIPE_ATTN_PREFILL_BDA] = {"attn_prefill (bda)", VK_SPV(attn_prefill_bda), -2,
-                                       {VK_NARROW(attn_prefill_bda_n)}},
-    [KVRT_VK_PIPE_MATMUL_BDA] = {"matmul (bda)", VK_SPV(matmul_bda), -1, {VK_SG(matmul_bda_sg)}},
-    [KVRT_VK_PIPE_EMBED_BDA] = {"embed (bda)", VK_SPV(rows_bda), 0},
-    [KVRT_VK_PIPE_GATHER_BDA] = {"gather_rows (bda)", VK_SPV(rows_bda), 1},
-    [KVRT_VK_PIPE_MATMUL_TILED] = {"matmul_tiled", VK_SPV(matmul_tiled), -1},
-    [KVRT_VK_PIPE_MATMUL_TILED_BDA] = {"matmul_tiled (bda)", VK_SPV(matmul_tiled_bda), -1},
+    [KVRT_VK_PIPE_KV_WRITE] = VK_PIPE_V("kv_write", kv_write, -1, VK_NARROW(kv_write_n)),
+    [KVRT_VK_PIPE_ATTN_DECODE] = VK_PIPE_V("attn_decode", attn_decode, -1, VK_NARROW(attn_decode_n)),
+    [KVRT_VK_PIPE_ATTN_MERGE] = VK_PIPE("attn_merge", attn_merge, -1),
+    [KVRT_VK_PIPE_ATTN_PREFILL] = VK_PIPE_V("attn_prefill", attn_prefill, -2, VK_NARROW(attn_prefill_n)),
+    [KVRT_VK_PIPE_ATTN_PREFILL_MERGE] = VK_PIPE("attn_prefill_merge", attn_prefill_merge, -1),
+    [KVRT_VK_PIPE_MATMUL] = VK_PIPE_V("matmul", matmul, -1, VK_SG(matmul_sg)),
+    [KVRT_VK_PIPE_RMSNORM] = VK_PIPE_V("rmsnorm", rmsnorm, -1, VK_SG(rmsnorm_sg)),
+    [KVRT_VK_PIPE_ADD] = VK_PIPE("add", elementwise, 0),
+    [KVRT_VK_PIPE_SWIGLU] = VK_PIPE("swiglu", elementwise, 1),
+    [KVRT_VK_PIPE_ROPE] = VK_PIPE("rope", rope, -1),
+    [KVRT_VK_PIPE_EMBED] = VK_PIPE("embed", rows, 0),
+    [KVRT_VK_PIPE_GATHER] = VK_PIPE("gather_rows", rows, 1),
+    [KVRT_VK_PIPE_ARGMAX] = VK_PIPE("argmax", argmax, -1),
+    [KVRT_VK_PIPE_KV_WRITE_BDA] = VK_PIPE_V("kv_write (bda)", kv_write_bda, -1, VK_NARROW(kv_write_bda_n)),
+    [KVRT_VK_PIPE_ATTN_DECODE_BDA] =
+        VK_PIPE_V("attn_decode (bda)", attn_decode_bda, -1, VK_NARROW(attn_decode_bda_n)),
+    [KVRT_VK_PIPE_ATTN_PREFILL_BDA] =
+        VK_PIPE_V("attn_prefill (bda)", attn_prefill_bda, -2, VK_NARROW(attn_prefill_bda_n)),
+    [KVRT_VK_PIPE_MATMUL_BDA] = VK_PIPE_V("matmul (bda)", matmul_bda, -1, VK_SG(matmul_bda_sg)),
+    [KVRT_VK_PIPE_EMBED_BDA] = VK_PIPE("embed (bda)", rows_bda, 0),
+    [KVRT_VK_PIPE_GATHER_BDA] = VK_PIPE("gather_rows (bda)", rows_bda, 1),
+    [KVRT_VK_PIPE_MATMUL_TILED] = VK_PIPE("matmul_tiled", matmul_tiled, -1),
+    [KVRT_VK_PIPE_MATMUL_TILED_BDA] = VK_PIPE("matmul_tiled (bda)", matmul_tiled_bda, -1),
 };
 
 uint32_t kvrt_vk_prefill_smem_floats(const kvrt_vk_backend *vk)
