@@ -73,7 +73,7 @@ typedef struct vk_pipe_desc {
 
 static const vk_pipe_desc vk_pipe_table[KVRT_VK_PIPE_COUNT] = {
     [KVRT_VK_PIPE_KV_WRITE] = {"kv_write", VK_SPV(kv_write), -1, {VK_NARROW(kv_write_n)}},
-    [KVRT_VK_PIPE_ATTN_DECODE] = {"attn_decode", VK_SPV(attn_decode), -1, {VK_NARROW(attn_decode_n)}},
+    [KVRT_VK_PIPE_ATTN_DECODE] = {"attn_decode", VK_SPV(attn_decode), -2, {VK_NARROW(attn_decode_n)}},
     [KVRT_VK_PIPE_ATTN_MERGE] = {"attn_merge", VK_SPV(attn_merge), -1},
     [KVRT_VK_PIPE_ATTN_PREFILL] = {"attn_prefill", VK_SPV(attn_prefill), -2, {VK_NARROW(attn_prefill_n)}},
     [KVRT_VK_PIPE_ATTN_PREFILL_MERGE] = {"attn_prefill_merge", VK_SPV(attn_prefill_merge), -1},
@@ -86,7 +86,7 @@ static const vk_pipe_desc vk_pipe_table[KVRT_VK_PIPE_COUNT] = {
     [KVRT_VK_PIPE_GATHER] = {"gather_rows", VK_SPV(rows), 1},
     [KVRT_VK_PIPE_ARGMAX] = {"argmax", VK_SPV(argmax), -1},
     [KVRT_VK_PIPE_KV_WRITE_BDA] = {"kv_write (bda)", VK_SPV(kv_write_bda), -1, {VK_NARROW(kv_write_bda_n)}},
-    [KVRT_VK_PIPE_ATTN_DECODE_BDA] = {"attn_decode (bda)", VK_SPV(attn_decode_bda), -1,
+    [KVRT_VK_PIPE_ATTN_DECODE_BDA] = {"attn_decode (bda)", VK_SPV(attn_decode_bda), -2,
                                       {VK_NARROW(attn_decode_bda_n)}},
     [KVRT_VK_PIPE_ATTN_PREFILL_BDA] = {"attn_prefill (bda)", VK_SPV(attn_prefill_bda), -2,
                                        {VK_NARROW(attn_prefill_bda_n)}},
