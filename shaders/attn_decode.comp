@@ -44,13 +44,14 @@ layout(local_size_x = 64) in;
 // Shared floats of the device (host: kvrt_vk_prefill_smem_floats); the fixed
 // arrays below take FIXED_WORDS of them, the host sizes tiles from the rest.
 layout(constant_id = 0) const uint SMEM_FLOATS = 4096u;
-#define FIXED_WORDS (WG + 3u * MAX_HW)
+#define FIXED_WORDS (2u * WG + 3u * MAX_HW)
 const uint DYN_FLOATS = SMEM_FLOATS - FIXED_WORDS;
 
 // [hw][KS] q (scaled) | [hw][D] acc | [hw][WG] scores then probabilities |
 // [WG] slice partial sums | [KT][KS] staged K rows
 shared float smem[DYN_FLOATS];
-shared int s_blk[WG];         // block of each key of the tile, -1 when invisible
+shared int s_seg[WG];         // pool segment of each key of the tile, -1 when invisible
+shared uint s_row[WG];        // its row in the segment (pool_row), for K and V alike
 shared float s_m[MAX_HW], s_l[MAX_HW], s_alpha[MAX_HW];
 
 void main()
@@ -67,6 +68,9 @@ void main()
     uint S = KT * hw >= WG ? 1u : 1u << findMSB(WG / (KT * hw));
     uint KS = S * (((D + S - 1u) / S) | 1u);
     uint o_q = 0u, o_acc = hw * KS, o_p = o_acc + hw * D, o_part = o_p + hw * WG, o_k = o_part + WG;
+    // element tid of a sub-tile is (key tid / D, dim tid % D); each step of WG
+    // elements moves on by (WG / D, WG % D): no division per element
+    uint c_first = tid / D, d_first = tid % D, c_step = WG / D, d_step = WG % D;
     uint len = b4.w[pc.seq_lens_off + seq];
     uint p0 = part * pc.part_tokens;
     if (len == 0u || p0 >= len)
@@ -94,21 +98,27 @@ void main()
             if (blk < 0 || uint(blk) >= pc.num_blocks)
                 blk = -1;
         }
-        s_blk[tid] = blk;
+        s_seg[tid] = blk < 0 ? -1 : int(uint(blk) / pc.blocks_per_seg);
+        s_row[tid] = blk < 0 ? 0u : pool_row(uint(blk), kvh, j % pc.block_size);
         barrier();
         for (uint c0 = 0u; c0 < WG && t0 + c0 < p1; c0 += KT) { // uniform
+            uint c = c_first, d = d_first;
             for (uint i = tid; i < KT * D; i += WG) {
-                uint c = i / D, d = i % D;
-                int b = s_blk[c0 + c];
-                if (b >= 0)
-                    smem[o_k + c * KS + d] = pool_load(false, uint(b) / pc.blocks_per_seg,
-                                                       pool_row(uint(b), kvh, (t0 + c0 + c) % pc.block_size) + d);
+                int sg = s_seg[c0 + c];
+                if (sg >= 0)
+                    smem[o_k + c * KS + d] = pool_load(false, uint(sg), s_row[c0 + c] + d);
+                c += c_step;
+                d += d_step;
+                if (d >= D) {
+                    d -= D;
+                    c++;
+                }
             }
             barrier();
             for (uint i = tid; i < KT * hw * S; i += WG) {
                 uint s = i % S, c = (i / S) % KT, g = i / (S * KT);
                 float acc = 0.0;
-                if (s_blk[c0 + c] >= 0)
+                if (s_seg[c0 + c] >= 0)
                     for (uint d = s; d < D; d += S)
                         acc += smem[o_q + g * KS + d] * smem[o_k + c * KS + d];
                 if (S == 1u)
@@ -132,12 +142,12 @@ void main()
             uint g = tid;
             float mt = KVRT_NEG;
             for (uint c = 0u; c < WG; c++)
-                if (s_blk[c] >= 0)
+                if (s_seg[c] >= 0)
                     mt = max(mt, smem[o_p + g * WG + c]);
             float mnew = max(s_m[g], mt);
             float sum = 0.0;
             for (uint c = 0u; c < WG; c++) {
-                float p = s_blk[c] >= 0 ? exp(smem[o_p + g * WG + c] - mnew) : 0.0;
+                float p = s_seg[c] >= 0 ? exp(smem[o_p + g * WG + c] - mnew) : 0.0;
                 smem[o_p + g * WG + c] = p;
                 sum += p;
             }
@@ -151,12 +161,10 @@ void main()
             uint g = i / D, d = i % D;
             float a = smem[o_acc + i] * s_alpha[g];
             for (uint c = 0u; c < WG; c++) {
-                int b = s_blk[c];
-                if (b < 0)
+                int sg = s_seg[c];
+                if (sg < 0)
                     continue;
-                uint jj = t0 + c;
-                uint e = pool_row(uint(b), kvh, jj % pc.block_size) + d;
-                a += smem[o_p + g * WG + c] * pool_load(true, uint(b) / pc.blocks_per_seg, e);
+                a += smem[o_p + g * WG + c] * pool_load(true, uint(sg), s_row[c] + d);
             }
             smem[o_acc + i] = a;
         }

@@ -15,7 +15,7 @@ typedef struct { KVRT_PUSH_ATTN } vk_push_attn;
 #define KVRT_VK_DECODE_MAX_QD 1024 /* heads_per_wg * head_dim: bounds an invocation's loops */
 #define KVRT_VK_DECODE_MAX_HW 16   /* MAX_HW in attn_decode.comp */
 #define KVRT_VK_DECODE_WG 64u      /* keys per tile (WG in attn_decode.comp) */
-#define KVRT_VK_DECODE_FIXED 112u  /* FIXED_WORDS in attn_decode.comp: WG + 3 * MAX_HW */
+#define KVRT_VK_DECODE_FIXED 176u  /* FIXED_WORDS in attn_decode.comp: 2 * WG + 3 * MAX_HW */
 
 static kvrt_status vk_attn_common(kvrt_vk_backend *vk, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
                                   vk_push_attn *pc)
