@@ -18,10 +18,13 @@
 // two <= WG chosen by the host to fit shared memory) as F32 rows, element
 // i of the sub-tile taken by invocation i % WG. A key's row is head_dim
 // consecutive pool elements, and the rows of one (block, kv head) follow each
-// other (pool_row), so a warp-wide load touches 32 consecutive elements of
-// one or two rows: 1 to 3 cache lines instead of the 32 lines (one per key)
-// that one invocation per key, walking its own row, touched. V was already
-// read that way (invocation per (head, dim), looping over keys).
+// other (pool_row), so a warp-wide load reads 32 consecutive elements: 64
+// (F16) or 128 (F32) contiguous bytes, one or two 128-byte lines (a third
+// piece only where the warp crosses into another block), where one
+// invocation per key walking its own row touched 32 lines, one per key, and
+// used 2 to 4 bytes of each. V was already read that way (invocation per
+// (head, dim), looping over keys); both now take each key's segment and row
+// from s_seg/s_row, filled once per tile.
 // Then each (key, query head, slice) item sums q.k from shared memory. Rows
 // are KS = S * odd floats apart (S slices, interleaved: slice s takes
 // dims s, s+S, ...): the lanes of a warp, slice fastest then key, hit banks
@@ -31,8 +34,10 @@
 // invocation has a share of the dot products; partial sums are then added in
 // slice order. Both builds (packed words, KVRT_NARROW) run the same F32
 // arithmetic in the same order, so their results are bitwise equal.
-// Per invocation and tile the loops stay near head_dim + 2 * hw * head_dim
-// iterations, far below lavapipe's 65535 over a 512-key partition.
+// Loop iterations of one invocation per 64-key tile: about head_dim (K
+// staging) + 2 * hw * head_dim (scores) + hw * head_dim (V) + 2 * WG
+// (softmax), with hw * head_dim <= 1024 at most ~4,300: ~35,000 over a
+// 512-key partition, below lavapipe's 65535.
 #define KVRT_ATTN_SHADER
 #include "kvrt_push.h"
 layout(push_constant) uniform P { KVRT_PUSH_ATTN } pc;
