@@ -427,6 +427,17 @@ static const vcase decode_cases[] = {
     {256, 8, 1, 16, KVRT_DTYPE_F16, 0, 0, false, 1, {70}, {0}},      /* head group split over workgroups */
     {80, 4, 2, 16, KVRT_DTYPE_F32, 64, 0, false, 1, {600}, {0}},     /* a partition with no visible key */
     {96, 6, 3, 8, KVRT_DTYPE_F16, 100, 8, false, 2, {531, 512}, {0}},
+    /* K sub-tiles smaller than the 64-key tile and dot products split in
+     * slices (key tiles x heads per workgroup < 64; sub-tile sizes for 32 KiB
+     * of shared memory, lavapipe): MHA D 128 (32 keys, 2 slices), odd D 161
+     * (32 keys, slices of 81 and 80 dims) with a window whose sub-tiles are
+     * partly invisible, D 256 (16 keys, 4 slices), D 512 with GQA (8 keys,
+     * 2 heads, 4 slices), D 1024 (4 keys, 16 slices); lengths off the tile. */
+    {128, 4, 4, 16, KVRT_DTYPE_F16, 0, 0, false, 2, {700, 64}, {0}},
+    {161, 3, 3, 8, KVRT_DTYPE_F16, 50, 3, false, 2, {530, 77}, {0}},
+    {256, 2, 2, 8, KVRT_DTYPE_F32, 0, 0, false, 1, {300}, {0}},
+    {512, 4, 2, 16, KVRT_DTYPE_F16, 0, 0, false, 1, {150}, {0}},
+    {1024, 1, 1, 16, KVRT_DTYPE_F32, 0, 0, false, 1, {90}, {0}},
 };
 
 static const vcase prefill_cases[] = {

@@ -12,8 +12,10 @@ typedef struct { KVRT_PUSH_ATTN } vk_push_attn;
  * iterations of one invocation, which lavapipe caps at 65535 in total. */
 #define KVRT_VK_PART_TOKENS 512u
 #define KVRT_VK_PREFILL_PART_TOKENS 256u /* a multiple of every key tile */
-#define KVRT_VK_DECODE_MAX_QD 1024 /* MAX_QD in attn_decode.comp */
-#define KVRT_VK_DECODE_MAX_HW 16   /* s_p holds hw * 64 floats <= MAX_QD */
+#define KVRT_VK_DECODE_MAX_QD 1024 /* heads_per_wg * head_dim: bounds an invocation's loops */
+#define KVRT_VK_DECODE_MAX_HW 16   /* MAX_HW in attn_decode.comp */
+#define KVRT_VK_DECODE_WG 64u      /* keys per tile (WG in attn_decode.comp) */
+#define KVRT_VK_DECODE_FIXED 176u  /* FIXED_WORDS in attn_decode.comp: 2 * WG + 3 * MAX_HW */
 
 static kvrt_status vk_attn_common(kvrt_vk_backend *vk, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
                                   vk_push_attn *pc)
@@ -58,15 +60,41 @@ static size_t vk_rows(int64_t n, int64_t stride, int64_t row)
     return n <= 0 ? 0 : (size_t)((n - 1) * stride + row) * 4;
 }
 
-/* Query heads one decode workgroup takes: the largest divisor of the group
- * whose q and accumulators fit the shader's shared arrays. */
-static uint32_t vk_heads_per_wg(uint32_t group, uint32_t head_dim)
+/* Shared floats attn_decode needs beyond its fixed arrays for hw query heads
+ * and key sub-tiles of kt rows (same formulas as the shader): q [hw][ks],
+ * acc [hw][D], scores [hw][WG], slice partials [WG], K rows [kt][ks], where
+ * ks = S * odd >= D, S slices per dot product (bank-conflict-free padding). */
+static uint64_t vk_decode_need(uint32_t D, uint32_t hw, uint32_t kt)
 {
-    uint32_t best = 1;
-    for (uint32_t h = 1; h <= group && h <= KVRT_VK_DECODE_MAX_HW; h++)
-        if (group % h == 0 && h * head_dim <= KVRT_VK_DECODE_MAX_QD)
-            best = h;
-    return best;
+    uint32_t s = 1;
+    while (kt * hw * s * 2 <= KVRT_VK_DECODE_WG)
+        s *= 2;
+    uint64_t ks = (uint64_t)s * (((D + s - 1) / s) | 1u);
+    return hw * ks + (uint64_t)hw * D + (uint64_t)hw * KVRT_VK_DECODE_WG + KVRT_VK_DECODE_WG + kt * ks;
+}
+
+/* Query heads one decode workgroup takes (the largest divisor of the group
+ * with hw * D <= MAX_QD: each K/V row is read once for all of them) and the
+ * largest power-of-two key sub-tile whose staged rows then fit shared memory.
+ * Keys staged per sub-tile with 48 KiB: D <= 128 the whole 64-key tile, D 256
+ * 32, D 1024 8; with lavapipe's 32 KiB: D <= 96 64, D 128 32, D 256 16; with
+ * Vulkan's minimum 16 KiB: D 128 8 to 16, D 1024 1 (then 64 slices). */
+static bool vk_decode_tiles(uint32_t smem, uint32_t group, uint32_t D, uint32_t *hw, uint32_t *kt)
+{
+    if (smem <= KVRT_VK_DECODE_FIXED)
+        return false;
+    for (uint32_t h = KVRT_MIN(group, KVRT_VK_DECODE_MAX_HW); h >= 1; h--) {
+        if (group % h || (uint64_t)h * D > KVRT_VK_DECODE_MAX_QD)
+            continue;
+        for (uint32_t k = KVRT_VK_DECODE_WG; k >= 1; k /= 2) {
+            if (vk_decode_need(D, h, k) <= smem - KVRT_VK_DECODE_FIXED) {
+                *hw = h;
+                *kt = k;
+                return true;
+            }
+        }
+    }
+    return false;
 }
 
 kvrt_status kvrt_vk_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
@@ -82,7 +110,9 @@ kvrt_status kvrt_vk_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t la
     pc.part_tokens = KVRT_VK_PART_TOKENS;
     pc.max_parts = (uint32_t)((max_ctx + KVRT_VK_PART_TOKENS - 1) / KVRT_VK_PART_TOKENS);
     uint32_t group = (uint32_t)(d->n_heads / pool->desc.n_kv_heads);
-    pc.heads_per_wg = vk_heads_per_wg(group, pc.head_dim);
+    if (!vk_decode_tiles(kvrt_vk_prefill_smem_floats(vk), group, pc.head_dim, &pc.heads_per_wg, &pc.tile_k))
+        return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "attn_decode: head_dim %u does not fit shared memory",
+                         pc.head_dim);
     uint64_t scratch = (uint64_t)d->num_seqs * (uint64_t)d->n_heads * pc.max_parts * (pc.head_dim + 2u) * 4u;
     if (scratch > SIZE_MAX / 2)
         return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "attn_decode: scratch too large");

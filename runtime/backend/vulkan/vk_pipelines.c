@@ -79,7 +79,7 @@ typedef struct vk_pipe_desc {
 
 static const vk_pipe_desc vk_pipe_table[KVRT_VK_PIPE_COUNT] = {
     [KVRT_VK_PIPE_KV_WRITE] = VK_PIPE_V("kv_write", kv_write, -1, VK_NARROW(kv_write_n)),
-    [KVRT_VK_PIPE_ATTN_DECODE] = VK_PIPE_V("attn_decode", attn_decode, -1, VK_NARROW(attn_decode_n)),
+    [KVRT_VK_PIPE_ATTN_DECODE] = VK_PIPE_V("attn_decode", attn_decode, -2, VK_NARROW(attn_decode_n)),
     [KVRT_VK_PIPE_ATTN_MERGE] = VK_PIPE("attn_merge", attn_merge, -1),
     [KVRT_VK_PIPE_ATTN_PREFILL] = VK_PIPE_V("attn_prefill", attn_prefill, -2, VK_NARROW(attn_prefill_n)),
     [KVRT_VK_PIPE_ATTN_PREFILL_MERGE] = VK_PIPE("attn_prefill_merge", attn_prefill_merge, -1),
@@ -93,7 +93,7 @@ static const vk_pipe_desc vk_pipe_table[KVRT_VK_PIPE_COUNT] = {
     [KVRT_VK_PIPE_ARGMAX] = VK_PIPE("argmax", argmax, -1),
     [KVRT_VK_PIPE_KV_WRITE_BDA] = VK_PIPE_V("kv_write (bda)", kv_write_bda, -1, VK_NARROW(kv_write_bda_n)),
     [KVRT_VK_PIPE_ATTN_DECODE_BDA] =
-        VK_PIPE_V("attn_decode (bda)", attn_decode_bda, -1, VK_NARROW(attn_decode_bda_n)),
+        VK_PIPE_V("attn_decode (bda)", attn_decode_bda, -2, VK_NARROW(attn_decode_bda_n)),
     [KVRT_VK_PIPE_ATTN_PREFILL_BDA] =
         VK_PIPE_V("attn_prefill (bda)", attn_prefill_bda, -2, VK_NARROW(attn_prefill_bda_n)),
     [KVRT_VK_PIPE_MATMUL_BDA] = VK_PIPE_V("matmul (bda)", matmul_bda, -1, VK_SG(matmul_bda_sg)),
