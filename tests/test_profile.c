@@ -165,7 +165,7 @@ static void test_cpu(void **state)
 /* A context around a backend made with the validation layer on. */
 static kvrt_backend *vk_open(kvrt_context *ctx)
 {
-    kvrt_backend *be = kvrt_test_vk_open(0, 0);
+    kvrt_backend *be = kvrt_test_vk_open(0, 0, 0);
     assert_non_null(be);
     *ctx = (kvrt_context){.be = be};
     return be;

@@ -33,7 +33,7 @@ static kvrt_context *vk_ctx(void)
 {
     kvrt_context *ctx = kvrt_calloc(NULL, 1, sizeof(*ctx));
     assert_non_null(ctx);
-    ctx->be = kvrt_test_vk_open(g_disabled, 0);
+    ctx->be = kvrt_test_vk_open(g_disabled, 0, 0);
     assert_non_null(ctx->be);
     return ctx;
 }

@@ -33,7 +33,7 @@ static uint32_t g_disabled;
 
 static kvrt_backend *vk_open(uint64_t budget)
 {
-    kvrt_backend *be = kvrt_test_vk_open(g_disabled, budget);
+    kvrt_backend *be = kvrt_test_vk_open(g_disabled, budget, 0);
     assert_non_null(be);
     return be;
 }

@@ -47,7 +47,7 @@ static int open_pass(uint32_t disabled)
 {
     g_disabled = disabled;
     ref_rng_seed(&g_rng, 20261128u);
-    g_be = kvrt_test_vk_open(disabled, 0);
+    g_be = kvrt_test_vk_open(disabled, 0, 0);
     return g_be ? 0 : -1;
 }
 

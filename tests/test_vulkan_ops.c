@@ -37,7 +37,7 @@ static int g_teardown_failures; /* cmocka does not count failed group teardowns 
 static int open_pass(uint32_t disabled)
 {
     g_disabled = disabled;
-    g_be = kvrt_test_vk_open(disabled, 0);
+    g_be = kvrt_test_vk_open(disabled, 0, 0);
     return g_be ? 0 : -1;
 }
 

@@ -31,7 +31,7 @@ static kvrt_backend *g_be;
 
 static int setup(void **state)
 {
-    g_be = kvrt_test_vk_open(0, 0);
+    g_be = kvrt_test_vk_open(0, 0, 0);
     return g_be ? 0 : -1;
 }
 

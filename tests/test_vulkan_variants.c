@@ -53,7 +53,7 @@ static kvrt_context *open_ctx(const variant_pass *p)
 {
     kvrt_context *ctx = calloc(1, sizeof(*ctx));
     assert_non_null(ctx);
-    ctx->be = kvrt_test_vk_open(p->disabled, 0);
+    ctx->be = kvrt_test_vk_open(p->disabled, 0, 0);
     if (!ctx->be)
         fail_msg("vulkan backend (%s)", p->name);
     /* lavapipe has every optional feature: the variants must really run there */

@@ -27,14 +27,14 @@ const char *kvrt_test_pipeline_cache(void)
 }
 
 #if defined(KVRT_HAVE_VULKAN_BACKEND)
-kvrt_backend *kvrt_test_vk_open(uint32_t disabled, uint64_t memory_budget)
+kvrt_backend *kvrt_test_vk_open(uint32_t disabled, uint64_t memory_budget, uint32_t max_shared_bytes)
 {
     kvrt_context_params p = kvrt_context_default_params();
     p.backend = KVRT_BACKEND_VULKAN;
     p.disabled_features = disabled;
     p.memory_budget = memory_budget;
     p.pipeline_cache_path = kvrt_test_pipeline_cache();
-    kvrt_vk_debug_params dbg = {.validation = true};
+    kvrt_vk_debug_params dbg = {.validation = true, .max_shared_bytes = max_shared_bytes};
     kvrt_backend *be = NULL;
     kvrt_error err;
     if (kvrt_vk_backend_create_ex(&p, &dbg, &be, &err) != KVRT_OK) {

@@ -22,10 +22,11 @@ int kvrt_test_vulkan_not_built_main(void);
 
 /* A Vulkan backend for the suites: validation layer (with synchronization
  * validation) on, the shared pipeline cache, `disabled` KVRT_FEATURE_* bits
- * masked, a device memory budget (0 = none). NULL, with the reason on stderr, when it cannot be made. Only in
+ * masked, a device memory budget (0 = none), the shared memory the
+ * attention tiles may use capped (0 = the device's). NULL, with the reason on stderr, when it cannot be made. Only in
  * builds with the Vulkan backend. */
 struct kvrt_backend;
-struct kvrt_backend *kvrt_test_vk_open(uint32_t disabled, uint64_t memory_budget);
+struct kvrt_backend *kvrt_test_vk_open(uint32_t disabled, uint64_t memory_budget, uint32_t max_shared_bytes);
 /* Destroys it; returns the number of validation messages it reported (the
  * first goes to stderr). */
 uint32_t kvrt_test_vk_close(struct kvrt_backend *be);

@@ -107,6 +107,8 @@ uint32_t kvrt_vk_prefill_smem_floats(const kvrt_vk_backend *vk)
 {
     /* all of the device's shared memory, capped where bigger tiles stop paying */
     uint32_t bytes = KVRT_MIN(vk->caps.shared_bytes, 48u * 1024u);
+    if (vk->debug.max_shared_bytes)
+        bytes = KVRT_MIN(bytes, vk->debug.max_shared_bytes);
     return bytes / 4;
 }
 
