@@ -36,8 +36,10 @@
 // arithmetic in the same order, so their results are bitwise equal.
 // Loop iterations of one invocation per 64-key tile: about head_dim (K
 // staging) + 2 * hw * head_dim (scores) + hw * head_dim (V) + 2 * WG
-// (softmax), with hw * head_dim <= 1024 at most ~4,300: ~35,000 over a
-// 512-key partition, below lavapipe's 65535.
+// (softmax), with hw * head_dim <= 1024 at most ~4,300 (~35,000 over a
+// 512-key partition), plus S per staged key for the slice sums: with
+// 16 KiB and head_dim 1024 (KT 1, S 64) ~7,400 a tile, so the host halves
+// the partition when KT * hw < 4 (~30,000), below lavapipe's 65535.
 #define KVRT_ATTN_SHADER
 #include "kvrt_push.h"
 layout(push_constant) uniform P { KVRT_PUSH_ATTN } pc;

@@ -77,14 +77,15 @@ static bool has_all_byte_pieces(const kvrt_vocab *v)
     return scan_byte_pieces(v);
 }
 
-/* Whether some piece is U+2581 alone: then every space has a normal piece.
+/* Whether some piece is U+2581 alone (by length: a fuzzed piece may hold a
+ * NUL after it): then every space has a normal piece.
  * Without one (a fuzzed vocabulary), a space the merges cannot absorb falls
  * back to the byte pieces of U+2581, which decode to U+2581 itself, not a
  * space, as in SentencePiece, llama.cpp and Hugging Face's Llama decoder. */
 static bool scan_space_piece(const kvrt_vocab *v)
 {
     for (int32_t i = 0; i < v->n_tokens; i++)
-        if (v->types[i] == KVRT_TOKEN_NORMAL && strcmp(v->pieces[i], "\xe2\x96\x81") == 0)
+        if (v->types[i] == KVRT_TOKEN_NORMAL && v->piece_lens[i] == 3 && memcmp(v->pieces[i], "\xe2\x96\x81", 3) == 0)
             return true;
     return false;
 }

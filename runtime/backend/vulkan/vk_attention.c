@@ -107,15 +107,21 @@ kvrt_status kvrt_vk_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t la
         return KVRT_OK;
     int64_t row = (int64_t)d->n_heads * pool->desc.head_dim;
     uint64_t max_ctx = (uint64_t)d->max_blocks_per_seq * (uint64_t)pool->desc.block_size;
-    pc.part_tokens = KVRT_VK_PART_TOKENS;
-    pc.max_parts = (uint32_t)((max_ctx + KVRT_VK_PART_TOKENS - 1) / KVRT_VK_PART_TOKENS);
     uint32_t group = (uint32_t)(d->n_heads / pool->desc.n_kv_heads);
     if (!vk_decode_tiles(kvrt_vk_prefill_smem_floats(vk), group, pc.head_dim, &pc.heads_per_wg, &pc.tile_k))
         return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "attn_decode: head_dim %u does not fit shared memory",
                          pc.head_dim);
+    /* A sub-tile of fewer than 4 (key, head) items splits each dot product
+     * into up to 64 slices, whose sums cost invocation 0 up to 64 iterations
+     * a key: half-size partitions keep it near 30,000 loop iterations, well
+     * under lavapipe's cap. The choice depends on the model and device only,
+     * so partitions still depend on a sequence's own length alone. */
+    pc.part_tokens = pc.tile_k * pc.heads_per_wg < 4 ? KVRT_VK_PART_TOKENS / 2 : KVRT_VK_PART_TOKENS;
+    pc.max_parts = (uint32_t)((max_ctx + pc.part_tokens - 1) / pc.part_tokens);
     uint64_t scratch = (uint64_t)d->num_seqs * (uint64_t)d->n_heads * pc.max_parts * (pc.head_dim + 2u) * 4u;
-    if (scratch > SIZE_MAX / 2)
-        return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "attn_decode: scratch too large");
+    if (scratch / 4 > UINT32_MAX) /* the shaders index it in 32-bit words */
+        return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "attn_decode: scratch of %llu bytes exceeds 32-bit indexing",
+                         (unsigned long long)scratch);
 
     kvrt_vk_bind bind = {.buf = {q.buf, NULL, seq_lens.buf, block_tables.buf, NULL}};
     kvrt_vk_pipe_id pipe = kvrt_vk_pool_bind(pool, layer, KVRT_VK_PIPE_ATTN_DECODE, &bind);
