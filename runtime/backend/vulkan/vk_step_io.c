@@ -61,7 +61,9 @@ static kvrt_status vk_io_get(kvrt_vk_backend *vk, kvrt_vk_step_io **out)
 static kvrt_status vk_io_reserve(kvrt_vk_backend *vk, kvrt_vk_step_io *io, size_t want, kvrt_buffer **chunk,
                                  size_t *off, size_t *n)
 {
-    while (io->cur < io->n_chunks && io->used + 16 > io->chunks[io->cur]->size) {
+    /* capacity is the first segment's: a chunk is made as one segment, and
+     * nothing past it is ever addressed even if the device split it */
+    while (io->cur < io->n_chunks && io->used + 16 > io->chunks[io->cur]->segs[0].size) {
         io->cur++;
         io->used = 0;
     }
@@ -76,7 +78,7 @@ static kvrt_status vk_io_reserve(kvrt_vk_backend *vk, kvrt_vk_step_io *io, size_
     }
     *chunk = io->chunks[io->cur];
     *off = io->used;
-    *n = KVRT_MIN(want, (*chunk)->size - io->used);
+    *n = KVRT_MIN(want, (size_t)(*chunk)->segs[0].size - io->used);
     io->used = (io->used + *n + 15) & ~(size_t)15; /* keeps every piece 16-byte aligned */
     return KVRT_OK;
 }
