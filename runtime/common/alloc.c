@@ -33,6 +33,18 @@ void *kvrt_calloc(const kvrt_allocator *a, size_t count, size_t size)
     return p;
 }
 
+bool kvrt_grow_array(const kvrt_allocator *a, void **p, size_t used, size_t count, size_t elem)
+{
+    void *n = kvrt_calloc(a, count, elem);
+    if (!n)
+        return false;
+    if (used && *p)
+        memcpy(n, *p, used * elem);
+    kvrt_free(a, *p);
+    *p = n;
+    return true;
+}
+
 void kvrt_free(const kvrt_allocator *a, void *ptr)
 {
     if (!ptr)

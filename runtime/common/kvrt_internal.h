@@ -52,6 +52,11 @@ void *kvrt_alloc(const kvrt_allocator *a, size_t size, size_t alignment);
 void *kvrt_calloc(const kvrt_allocator *a, size_t count, size_t size); /* zeroed, overflow-checked */
 void kvrt_free(const kvrt_allocator *a, void *ptr);
 char *kvrt_strdup(const kvrt_allocator *a, const char *s);
+/* Replaces *p (an array of `used` elements of `elem` bytes, or NULL) by a
+ * zeroed array of `count` elements holding the same first `used` ones, and
+ * frees the old one. false (and *p unchanged) when out of memory or when
+ * count * elem overflows. The allocator interface has no realloc. */
+bool kvrt_grow_array(const kvrt_allocator *a, void **p, size_t used, size_t count, size_t elem);
 
 /* ---- files written whole or not at all (atomic_file.c) ------------------- */
 

@@ -277,13 +277,8 @@ static kvrt_status grow_ptrs(kvrt_engine *e, void ***v, int32_t n, int32_t *cap)
     if (n < *cap)
         return KVRT_OK;
     int32_t c = *cap ? *cap * 2 : 16;
-    void **nv = kvrt_calloc(e->alloc, (size_t)c, sizeof(void *));
-    if (!nv)
+    if (!kvrt_grow_array(e->alloc, (void **)v, (size_t)n, (size_t)c, sizeof(void *)))
         return kvrt_fail(&e->err, KVRT_ERR_OUT_OF_HOST_MEMORY, "request list of %d", (int)c);
-    if (n)
-        memcpy(nv, *v, (size_t)n * sizeof(void *));
-    kvrt_free(e->alloc, *v);
-    *v = nv;
     *cap = c;
     return KVRT_OK;
 }

@@ -27,12 +27,8 @@ static kvrt_status text_reserve(kvrt_engine *e, kvrt_eseq *s, size_t extra)
     if (need <= s->text_cap)
         return KVRT_OK;
     size_t cap = KVRT_MAX(need, 2 * s->text_cap);
-    char *t = kvrt_calloc(e->alloc, cap, 1);
-    if (!t)
+    if (!kvrt_grow_array(e->alloc, (void **)&s->text, s->text_len + 1, cap, 1))
         return kvrt_fail(&e->err, KVRT_ERR_OUT_OF_HOST_MEMORY, "sample text of %zu bytes", cap);
-    memcpy(t, s->text, s->text_len + 1);
-    kvrt_free(e->alloc, s->text);
-    s->text = t;
     s->text_cap = cap;
     return KVRT_OK;
 }

@@ -23,13 +23,8 @@ kvrt_status kvrt_seq_list_reserve(kvrt_engine *e, kvrt_seq_list *l, int32_t cap)
     if (cap <= l->cap)
         return KVRT_OK;
     cap = KVRT_MAX(cap, 2 * l->cap);
-    kvrt_eseq **v = kvrt_calloc(e->alloc, (size_t)cap, sizeof(*v));
-    if (!v)
+    if (!kvrt_grow_array(e->alloc, (void **)&l->v, (size_t)l->n, (size_t)cap, sizeof(*l->v)))
         return kvrt_fail(&e->err, KVRT_ERR_OUT_OF_HOST_MEMORY, "sequence list of %d", (int)cap);
-    if (l->n)
-        memcpy(v, l->v, (size_t)l->n * sizeof(*v));
-    kvrt_free(e->alloc, l->v);
-    l->v = v;
     l->cap = cap;
     return KVRT_OK;
 }

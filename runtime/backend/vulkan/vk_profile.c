@@ -127,40 +127,25 @@ static kvrt_status vk_prof_grow(kvrt_vk_backend *vk, kvrt_vk_profile *p)
     const kvrt_allocator *a = vk->base.alloc;
     if (p->n_stamps == p->cap) {
         uint32_t cap = p->cap ? p->cap * 2 : VK_PROF_CHUNK;
-        const char **op = kvrt_calloc(a, cap, sizeof(*op));
-        uint8_t *first = kvrt_calloc(a, cap, 1);
-        if (!op || !first || cap < p->cap) {
-            kvrt_free(a, op);
-            kvrt_free(a, first);
+        /* the label arrays grow together: p->cap stays the size of both */
+        if (cap < p->cap || !kvrt_grow_array(a, (void **)&p->op, p->cap, cap, sizeof(*p->op)) ||
+            !kvrt_grow_array(a, (void **)&p->first, p->cap, cap, sizeof(*p->first)))
             return kvrt_fail(&vk->base.err, KVRT_ERR_OUT_OF_HOST_MEMORY, "vulkan: out of host memory for profiling");
-        }
-        if (p->cap) {
-            memcpy(op, p->op, p->cap * sizeof(*op));
-            memcpy(first, p->first, p->cap);
-        }
-        kvrt_free(a, p->op);
-        kvrt_free(a, p->first);
-        p->op = op;
-        p->first = first;
         p->cap = cap;
     }
     if (p->n_stamps / VK_PROF_CHUNK < p->n_pools)
         return KVRT_OK;
-    VkQueryPool *pools = kvrt_calloc(a, p->n_pools + 1, sizeof(*pools));
-    if (!pools)
-        return kvrt_fail(&vk->base.err, KVRT_ERR_OUT_OF_HOST_MEMORY, "vulkan: out of host memory for profiling");
     VkQueryPoolCreateInfo ci = {.sType = VK_STRUCTURE_TYPE_QUERY_POOL_CREATE_INFO,
                                 .queryType = VK_QUERY_TYPE_TIMESTAMP, .queryCount = VK_PROF_CHUNK};
-    VkResult r = vk->vk.vkCreateQueryPool(vk->device, &ci, NULL, &pools[p->n_pools]);
-    if (r != VK_SUCCESS) {
-        kvrt_free(a, pools);
+    VkQueryPool pool;
+    VkResult r = vk->vk.vkCreateQueryPool(vk->device, &ci, NULL, &pool);
+    if (r != VK_SUCCESS)
         return kvrt_vk_result(vk, r, "vkCreateQueryPool");
+    if (!kvrt_grow_array(a, (void **)&p->pools, p->n_pools, p->n_pools + 1, sizeof(*p->pools))) {
+        vk->vk.vkDestroyQueryPool(vk->device, pool, NULL);
+        return kvrt_fail(&vk->base.err, KVRT_ERR_OUT_OF_HOST_MEMORY, "vulkan: out of host memory for profiling");
     }
-    if (p->n_pools)
-        memcpy(pools, p->pools, p->n_pools * sizeof(*pools));
-    kvrt_free(a, p->pools);
-    p->pools = pools;
-    p->n_pools++;
+    p->pools[p->n_pools++] = pool;
     return KVRT_OK;
 }
 

@@ -31,19 +31,6 @@ struct kvrt_vk_step_io {
     size_t n_reads, cap_reads;
 };
 
-/* Grows an array from old_bytes to new_bytes (contents kept); false when out of memory. */
-static bool vk_io_grow(kvrt_vk_backend *vk, void **p, size_t old_bytes, size_t new_bytes)
-{
-    void *n = kvrt_alloc(vk->base.alloc, new_bytes, 16);
-    if (!n)
-        return false;
-    if (old_bytes)
-        memcpy(n, *p, old_bytes);
-    kvrt_free(vk->base.alloc, *p);
-    *p = n;
-    return true;
-}
-
 static kvrt_status vk_io_get(kvrt_vk_backend *vk, kvrt_vk_step_io **out)
 {
     if (!vk->step_io) {
@@ -69,8 +56,8 @@ static kvrt_status vk_io_reserve(kvrt_vk_backend *vk, kvrt_vk_step_io *io, size_
     }
     if (io->cur == io->n_chunks) {
         size_t bytes = KVRT_MIN(KVRT_MAX(want, VK_CHUNK_MIN), kvrt_vk_max_segment(vk));
-        if (!vk_io_grow(vk, (void **)&io->chunks, io->n_chunks * sizeof(kvrt_buffer *),
-                        (io->n_chunks + 1) * sizeof(kvrt_buffer *)))
+        if (!kvrt_grow_array(vk->base.alloc, (void **)&io->chunks, io->n_chunks, io->n_chunks + 1,
+                             sizeof(kvrt_buffer *)))
             return kvrt_fail(&vk->base.err, KVRT_ERR_OUT_OF_HOST_MEMORY, "vulkan: step transfer chunks");
         KVRT_TRY(kvrt_vk_buffer_create_seg(vk, bytes, bytes, KVRT_BUFFER_HOST_VISIBLE, &io->chunks[io->n_chunks]));
         io->n_chunks++;
@@ -87,8 +74,7 @@ static kvrt_status vk_io_add_read(kvrt_vk_backend *vk, kvrt_vk_step_io *io, void
 {
     if (io->n_reads == io->cap_reads) {
         size_t cap = io->cap_reads ? 2 * io->cap_reads : 16;
-        if (!vk_io_grow(vk, (void **)&io->reads, io->cap_reads * sizeof(vk_pending_read),
-                        cap * sizeof(vk_pending_read)))
+        if (!kvrt_grow_array(vk->base.alloc, (void **)&io->reads, io->n_reads, cap, sizeof(vk_pending_read)))
             return kvrt_fail(&vk->base.err, KVRT_ERR_OUT_OF_HOST_MEMORY, "vulkan: pending downloads");
         io->cap_reads = cap;
     }
