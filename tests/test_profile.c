@@ -46,22 +46,11 @@ static int expected_forward(int32_t L, bool recorded_transfers, expect *e)
 
 static void run_forward(kvrt_context *ctx, int32_t *n_layer)
 {
-    char path[4096];
-    kvrt_test_model_path("stories260K.gguf", path, sizeof(path));
-    kvrt_model_params mp = kvrt_model_default_params();
-    mp.path = path;
     kvrt_model *m = NULL;
-    kvrt_error err;
-    if (kvrt_model_load(ctx, &mp, &m, &err) != KVRT_OK)
-        fail_msg("load %s: %s", path, err.message);
+    kvrt_session *s = kvrt_test_open_session(ctx, "stories260K.gguf", 64, &m);
     kvrt_model_info info;
     assert_int_equal(kvrt_model_get_info(m, &info), KVRT_OK);
     *n_layer = info.n_layer;
-    kvrt_session_params sp = kvrt_session_default_params();
-    sp.n_ctx = 64;
-    kvrt_session *s = NULL;
-    if (kvrt_session_create(m, &sp, &s, &err) != KVRT_OK)
-        fail_msg("session: %s", err.message);
     static float logits[512 * 4];
     assert_true(info.n_vocab <= 512 * 4);
     const int32_t prompt[5] = {1, 403, 407, 261, 378};

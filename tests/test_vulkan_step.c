@@ -150,19 +150,8 @@ static void test_large_and_segmented(void **state)
 static void test_forward_is_one_submit(void **state)
 {
     kvrt_context ctx = {.be = g_be};
-    char path[4096];
-    kvrt_test_model_path("stories260K.gguf", path, sizeof(path));
-    kvrt_model_params mp = kvrt_model_default_params();
-    mp.path = path;
     kvrt_model *m = NULL;
-    kvrt_error err;
-    if (kvrt_model_load(&ctx, &mp, &m, &err) != KVRT_OK)
-        fail_msg("load %s: %s", path, err.message);
-    kvrt_session_params sp = kvrt_session_default_params();
-    sp.n_ctx = 64;
-    kvrt_session *s = NULL;
-    if (kvrt_session_create(m, &sp, &s, &err) != KVRT_OK)
-        fail_msg("session: %s", err.message);
+    kvrt_session *s = kvrt_test_open_session(&ctx, "stories260K.gguf", 64, &m);
     static float logits[4096];
     const int32_t prompt[6] = {1, 403, 407, 261, 378, 300};
     uint64_t before = kvrt_vk_submit_count(g_be);

@@ -1,7 +1,31 @@
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include "kvrt.h"
 #include "test_models.h"
 
 #include <stdio.h>
 #include <stdlib.h>
+
+kvrt_session *kvrt_test_open_session(kvrt_context *ctx, const char *name, int32_t n_ctx, kvrt_model **model)
+{
+    char path[4096];
+    kvrt_test_model_path(name, path, sizeof(path));
+    kvrt_model_params mp = kvrt_model_default_params();
+    mp.path = path;
+    kvrt_error err;
+    if (kvrt_model_load(ctx, &mp, model, &err) != KVRT_OK)
+        fail_msg("load %s: %s", path, err.message);
+    kvrt_session_params sp = kvrt_session_default_params();
+    sp.n_ctx = n_ctx;
+    kvrt_session *s = NULL;
+    if (kvrt_session_create(*model, &sp, &s, &err) != KVRT_OK)
+        fail_msg("session on %s: %s", path, err.message);
+    return s;
+}
 
 const char *kvrt_test_models_dir(void)
 {

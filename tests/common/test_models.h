@@ -16,4 +16,13 @@ void *kvrt_test_read_file(const char *name, size_t *size);
  * returns how many were read (-1 if the file is missing). */
 int32_t kvrt_test_read_ids(const char *name, int32_t *ids, int32_t capacity);
 
+/* Loads the model file `name` from the models folder on ctx and opens a
+ * session of n_ctx tokens on it; fails the running cmocka test on error.
+ * Destroy the session, then *model. */
+struct kvrt_context;
+struct kvrt_model;
+struct kvrt_session;
+struct kvrt_session *kvrt_test_open_session(struct kvrt_context *ctx, const char *name, int32_t n_ctx,
+                                            struct kvrt_model **model);
+
 #endif /* KVRT_TEST_MODELS_H */
