@@ -5,6 +5,7 @@
 #include "model/gguf.h"
 #include "model/model_file.h"
 #include "model/synth.h"
+#include "files.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -126,6 +127,10 @@ int main(int argc, char **argv)
     int rc = parse_args(argc, argv, &o);
     if (rc)
         return rc == 2 ? 0 : 2;
+    /* refused before the load: the output must not be an input (device and inode) */
+    const char *const inputs[] = {o.ckpt, o.tok};
+    if (!kvrt_tool_output_check("kvrt-convert", o.out, inputs, 2))
+        return 1;
     kvrt_error err;
     kvrt_error_clear(&err);
     kvrt_model_file *mf;
@@ -140,17 +145,18 @@ int main(int argc, char **argv)
         fprintf(stderr, "kvrt-convert: dim %d, layers %d, heads %d/%d, ff %d, vocab %d, seq_len %d -> %s\n",
                 mf->hp.n_embd, mf->hp.n_layer, mf->hp.n_head, mf->hp.n_head_kv, mf->hp.n_ff, mf->hp.n_vocab,
                 mf->hp.n_ctx_train, kvrt_dtype_name(o.type));
-    /* written beside the target and renamed at the end: the input stays
-     * mapped and intact even when the output path names it */
+    /* written beside the target and renamed at the end, so a failed or
+     * interrupted write leaves an existing file as it was */
     kvrt_atomic_file out;
     kvrt_error_clear(&err);
-    s = kvrt_atomic_file_open(o.out, &out, &err);
-    if (s == KVRT_OK) {
-        kvrt_gguf_export_params ep = {o.type, o.name, o.ctx, !o.tie};
-        ps = (progress_state){"writing", -1};
-        s = kvrt_llama_export_gguf(mf, &ep, out.f, o.quiet ? NULL : &progress, &err);
-        s = kvrt_atomic_file_close(&out, s, &err);
+    if (!kvrt_tool_output_open("kvrt-convert", o.out, inputs, 2, &out)) {
+        kvrt_model_file_free(mf);
+        return 1;
     }
+    kvrt_gguf_export_params ep = {o.type, o.name, o.ctx, !o.tie};
+    ps = (progress_state){"writing", -1};
+    s = kvrt_llama_export_gguf(mf, &ep, out.f, o.quiet ? NULL : &progress, &err);
+    s = kvrt_tool_output_close(&out, s, &err);
     kvrt_model_file_free(mf);
     if (s != KVRT_OK) {
         fprintf(stderr, "kvrt-convert: %s: %s\n", kvrt_status_str(s), err.message);

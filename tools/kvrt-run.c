@@ -4,6 +4,7 @@
 #include "kvrt.h"
 #include "kvrt_opencl.h"
 #include "kvrt_vulkan.h"
+#include "files.h"
 #include "profile_report.h"
 
 #include <errno.h>
@@ -231,7 +232,8 @@ typedef struct run_state {
     kvrt_session *sess;
     kvrt_sampler *sampler;
     kvrt_model_info info;
-    FILE *dump;
+    FILE *dump;          /* dump_file.f, or NULL without --dump-logits */
+    kvrt_atomic_file dump_file;
     float *logits;   /* [n_vocab] */
     int32_t *prompt; /* [n_prompt] */
     int32_t n_prompt;
@@ -254,6 +256,11 @@ static int setup(run_state *st)
     }
     cp.n_threads = a->threads;
     cp.pipeline_cache_path = a->pipeline_cache;
+    /* the logits file must not be one of the files read (a model truncated
+     * under its own mapping): refused before anything is loaded */
+    const char *const inputs[] = {a->model, a->tokenizer, a->pipeline_cache};
+    if (a->dump_logits && !kvrt_tool_output_check("kvrt-run", a->dump_logits, inputs, 3))
+        return 1;
     if (a->device && cp.backend == KVRT_BACKEND_CPU)
         fprintf(stderr, "kvrt-run: warning: --device is for GPU backends; the cpu backend ignores it\n");
     if (a->device) {
@@ -304,9 +311,10 @@ static int setup(run_state *st)
     st->logits = malloc((size_t)st->info.n_vocab * sizeof(float));
     if (!st->logits)
         return fail("setup", KVRT_ERR_OUT_OF_HOST_MEMORY, NULL);
-    if (a->dump_logits && !(st->dump = fopen(a->dump_logits, "wb"))) {
-        fprintf(stderr, "kvrt-run: cannot write '%s': %s\n", a->dump_logits, strerror(errno));
-        return 1;
+    if (a->dump_logits) { /* whole or not at all: a failed run leaves no partial file */
+        if (!kvrt_tool_output_open("kvrt-run", a->dump_logits, inputs, 3, &st->dump_file))
+            return 1;
+        st->dump = st->dump_file.f;
     }
     return 0;
 }
@@ -473,16 +481,16 @@ int main(int argc, char **argv)
         rc = tokenize_prompt(&st);
     if (!rc)
         rc = generate(&st);
-    if (st.dump && fclose(st.dump) != 0 && !rc)
-        rc = fail("closing the logits file", KVRT_ERR_IO, NULL);
+    kvrt_error err;
+    if (st.dump && kvrt_tool_output_close(&st.dump_file, rc ? KVRT_ERR_IO : KVRT_OK, &err) != KVRT_OK && !rc)
+        rc = fail("writing the logits file", err.status, err.message);
     free(st.logits);
     free(st.prompt);
     kvrt_sampler_destroy(st.sampler);
     kvrt_session_destroy(st.sess);
     kvrt_model_destroy(st.model);
     /* a cache that cannot be saved costs the next start time, not this run's output */
-    if (st.ctx && kvrt_context_save_caches(st.ctx) != KVRT_OK)
-        fprintf(stderr, "kvrt-run: warning: pipeline cache not saved: %s\n", kvrt_context_message(st.ctx));
+    kvrt_tool_save_caches("kvrt-run", st.ctx);
     kvrt_context_destroy(st.ctx);
     return rc;
 }

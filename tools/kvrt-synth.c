@@ -2,6 +2,7 @@
  * benchmarks of models we cannot ship. Tensors are streamed to disk, so a
  * 7B-shaped file needs no more memory than one row. */
 #include "model/synth.h"
+#include "files.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -143,7 +144,12 @@ int main(int argc, char **argv)
     kvrt_error_clear(&err);
     int last_pct = -1;
     kvrt_load_progress progress = {progress_fn, &last_pct};
-    kvrt_status s = kvrt_synth_write_file(&p, NULL, out, quiet ? NULL : &progress, &err);
+    /* atomic, and no temporary left behind if interrupted (GBs for big presets) */
+    kvrt_atomic_file af;
+    if (!kvrt_tool_output_open("kvrt-synth", out, NULL, 0, &af))
+        return 1;
+    kvrt_status s = kvrt_synth_write(&p, NULL, af.f, quiet ? NULL : &progress, &err);
+    s = kvrt_tool_output_close(&af, s, &err);
     if (s != KVRT_OK) {
         fprintf(stderr, "kvrt-synth: %s: %s\n", kvrt_status_str(s), err.message);
         return 1;

@@ -4,6 +4,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 kvrt_model_params kvrt_model_default_params(void)
 {
@@ -15,12 +16,11 @@ kvrt_model_params kvrt_model_default_params(void)
 /* GGUF files start with the magic "GGUF"; anything else is taken for a llama2.c checkpoint. */
 static kvrt_status sniff_gguf(const char *path, bool *is_gguf, kvrt_error *err)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return kvrt_fail(err, KVRT_ERR_IO, "cannot open model file '%s'", path);
+    int fd;
+    KVRT_TRY(kvrt_open_regular_file(path, "model file", &fd, NULL, err)); /* a FIFO must not block */
     char magic[4] = {0};
-    size_t n = fread(magic, 1, 4, f);
-    fclose(f);
+    ssize_t n = read(fd, magic, 4);
+    close(fd);
     *is_gguf = n == 4 && memcmp(magic, "GGUF", 4) == 0;
     return KVRT_OK;
 }

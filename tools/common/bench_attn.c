@@ -22,6 +22,7 @@
 
 #include "bench.h"
 #include "cli.h"
+#include "files.h"
 #include "json.h"
 #include "table.h"
 
@@ -1007,6 +1008,7 @@ int kvrt_bench_attn_main(int argc, char **argv)
         kvrt_cli_error(PROG, "%s", err.message);
     }
     free(run.res);
+    kvrt_tool_save_caches(PROG, ctx);
     kvrt_context_destroy(cpu);
     kvrt_context_destroy(ctx);
     return st == KVRT_OK ? 0 : 1;

@@ -34,6 +34,7 @@
 
 #include "bench.h"
 #include "cli.h"
+#include "files.h"
 #include "json.h"
 #include "table.h"
 
@@ -790,6 +791,7 @@ int kvrt_bench_serve_main(int argc, char **argv)
         kvrt_cli_error(PROG, "%s", err.message);
     }
     kvrt_model_destroy(model);
+    kvrt_tool_save_caches(PROG, ctx);
     kvrt_context_destroy(ctx);
     return st == KVRT_OK ? 0 : 1;
 }
