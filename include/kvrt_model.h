@@ -26,13 +26,23 @@ typedef struct kvrt_model_params {
     /* Called now and then while loading; fraction in [0, 1]. May be NULL. */
     void (*progress)(void *user, double fraction);
     void *progress_user;
-    int32_t max_context;        /* positions the model will be asked for; 0 = the file's context length */
+    int32_t max_context;        /* positions the model will be asked for; 0 = the file's context length,
+                                 * capped at KVRT_DEFAULT_MAX_CONTEXT (a file may claim far more than a
+                                 * run needs: memory is sized by it) */
 } kvrt_model_params;
+
+/* The cap on a default max_context (kvrt_model_params.max_context = 0). */
+#define KVRT_DEFAULT_MAX_CONTEXT 4096
 
 KVRT_API kvrt_model_params kvrt_model_default_params(void);
 
 /* Loads a Llama-family model onto the context's backend (weights in backend
  * buffers; on the CPU the GGUF data section is memory-mapped and read in place).
+ * What max_context sizes (the RoPE table, and at least one sequence's KV
+ * cache) is checked against the context's memory_budget, or the machine's
+ * memory without one, before anything is allocated: OUT_OF_HOST_MEMORY (or
+ * OUT_OF_DEVICE_MEMORY with a budget) naming max_context or the file's
+ * context length.
  * Errors: IO, BAD_MODEL, BAD_TOKENIZER, UNSUPPORTED (a tensor type or tokenizer
  * kvrt does not run), OUT_OF_*_MEMORY; the message names the problem. */
 KVRT_API kvrt_status kvrt_model_load(kvrt_context *ctx, const kvrt_model_params *params,
@@ -44,6 +54,10 @@ typedef struct kvrt_model_info {
     int32_t n_vocab, n_embd, n_layer, n_ff, n_head, n_head_kv, head_dim;
     int32_t n_ctx_train;  /* as the file states it */
     int32_t bos_id, eos_id; /* -1 when absent */
+    int32_t add_bos, add_eos; /* 1 when tokenizing adds BOS / EOS (the file's add_bos_token /
+                               * add_eos_token; what kvrt_tokenize's add_special adds) */
+    int32_t max_context;    /* positions a session or engine may use: kvrt_model_params.max_context,
+                             * or the file's context length capped at KVRT_DEFAULT_MAX_CONTEXT */
     kvrt_dtype weight_type; /* type of most matrices */
     uint64_t n_params;
     uint64_t weight_bytes;
@@ -52,10 +66,14 @@ typedef struct kvrt_model_info {
 
 KVRT_API kvrt_status kvrt_model_get_info(const kvrt_model *model, kvrt_model_info *out);
 
-/* Tokenizes `len` bytes of UTF-8 text (BOS first when add_bos). Writes up to
- * `capacity` ids; *n_tokens receives the number needed, and the call returns
- * KVRT_ERR_INVALID_ARGUMENT (with *n_tokens set) when capacity is too small. */
-KVRT_API kvrt_status kvrt_tokenize(kvrt_model *model, const char *text, size_t len, int add_bos,
+/* Tokenizes `len` bytes of UTF-8 text. add_special nonzero adds the special
+ * tokens the vocabulary asks for, as the file says: BOS first when
+ * kvrt_model_info.add_bos, EOS last when add_eos (a file with
+ * add_bos_token = false gets no BOS). Writes up to `capacity` ids; *n_tokens
+ * receives the number needed, and the call returns KVRT_ERR_INVALID_ARGUMENT
+ * (with *n_tokens set) when capacity is too small: a call with capacity 0
+ * asks for the size. */
+KVRT_API kvrt_status kvrt_tokenize(kvrt_model *model, const char *text, size_t len, int add_special,
                                    int32_t *ids, int32_t capacity, int32_t *n_tokens);
 
 /* The bytes a token stands for, as a stream of text shows them: byte pieces

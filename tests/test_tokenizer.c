@@ -594,7 +594,7 @@ static void synth_init(synth *s, const char *const *pieces, const float *scores,
         s->scores[i] = scores[i];
         s->types[i] = types[i];
     }
-    s->v = (kvrt_vocab){n, s->pieces, s->lens, s->scores, s->types, -1, -1, -1, false, false};
+    s->v = (kvrt_vocab){n, s->pieces, s->lens, s->scores, s->types, -1, -1, -1, false, false, false};
 }
 
 /* Merge order: highest score first, ties leftmost. */

@@ -17,6 +17,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#define KVRT_RUN_MAX(a, b) ((a) > (b) ? (a) : (b))
+
 typedef struct run_args {
     const char *model, *tokenizer, *prompt, *backend, *device, *dump_logits, *pipeline_cache;
     int n_predict, threads, ctx, block_size, batch, verbose, ignore_eos, truncate, list_devices, profile;
@@ -217,12 +219,33 @@ static void utf8_flush(utf8_out *u)
     fflush(stdout);
 }
 
-static void emit_token(kvrt_model *m, utf8_out *u, int32_t prev, int32_t tok)
+/* Writes a token's text, however long: a piece that does not fit the buffer
+ * (it reports the length it needs) gets a bigger one. 0, or 1 after saying
+ * why on stderr. */
+static int emit_token(kvrt_model *m, utf8_out *u, int32_t prev, int32_t tok)
 {
-    char buf[256];
+    static char *buf;
+    static size_t cap;
     size_t len = 0;
-    if (kvrt_token_to_text(m, prev, tok, buf, sizeof(buf), &len) == KVRT_OK)
-        utf8_write(u, buf, len);
+    kvrt_status s = cap ? kvrt_token_to_text(m, prev, tok, buf, cap, &len) : KVRT_ERR_INVALID_ARGUMENT;
+    if (s == KVRT_ERR_INVALID_ARGUMENT && len + 1 > cap) {
+        size_t want = KVRT_RUN_MAX(len + 1, 256);
+        char *bigger = realloc(buf, want);
+        if (!bigger) {
+            fprintf(stderr, "\nkvrt-run: no memory for the %zu-byte text of token %d\n", len, (int)tok);
+            return 1;
+        }
+        buf = bigger;
+        cap = want;
+        s = kvrt_token_to_text(m, prev, tok, buf, cap, &len);
+    }
+    if (s != KVRT_OK) {
+        utf8_flush(u);
+        fprintf(stderr, "\nkvrt-run: token %d: %s\n", (int)tok, kvrt_model_message(m));
+        return 1;
+    }
+    utf8_write(u, buf, len);
+    return 0;
 }
 
 typedef struct run_state {
@@ -289,12 +312,15 @@ static int setup(run_state *st)
     }
     mp.max_context = a->ctx;
     s = kvrt_model_load(st->ctx, &mp, &st->model, &err);
-    if (s != KVRT_OK)
-        return fail("loading the model", s, err.message);
+    if (s != KVRT_OK) /* a context too large for memory names the flag that asked for it */
+        return fail(a->ctx ? "loading the model for --ctx" : "loading the model", s, err.message);
     kvrt_model_get_info(st->model, &st->info);
     if (a->ctx > st->info.n_ctx_train)
         fprintf(stderr, "kvrt-run: warning: --ctx %d exceeds the context length the file states (%d)\n", a->ctx,
                 st->info.n_ctx_train);
+    if (!a->ctx) /* the default: the model's, capped */
+        fprintf(stderr, "kvrt-run: context %d positions (%s; --ctx N to change)\n", st->info.max_context,
+                st->info.max_context < st->info.n_ctx_train ? "the model's, capped" : "the model's");
     kvrt_session_params sp = kvrt_session_default_params();
     sp.block_size = a->block_size;
     sp.kv_type = a->kv_type;
@@ -344,10 +370,14 @@ static int tokenize_prompt(run_state *st)
                     "or --truncate-prompt\n", (int)st->n_prompt, (int)stats.n_ctx);
             return 1;
         }
-        int32_t keep = stats.n_ctx; /* keep BOS and the end of the prompt */
+        /* keep the end of the prompt, and its BOS when it has one and there is
+         * room for a prompt token after it (with --ctx 1, the last token) */
+        int32_t keep = stats.n_ctx;
+        int32_t head = keep >= 2 && st->info.bos_id >= 0 && st->prompt[0] == st->info.bos_id ? 1 : 0;
         int32_t drop = st->n_prompt - keep;
-        memmove(st->prompt + 1, st->prompt + 1 + drop, (size_t)(keep - 1) * sizeof(int32_t));
-        fprintf(stderr, "kvrt-run: warning: prompt truncated to its last %d tokens\n", (int)keep - 1);
+        memmove(st->prompt + head, st->prompt + head + drop, (size_t)(keep - head) * sizeof(int32_t));
+        fprintf(stderr, "kvrt-run: warning: prompt truncated to its last %d tokens%s\n", (int)(keep - head),
+                head ? " after BOS" : "");
         st->n_prompt = keep;
     }
     return 0;
@@ -367,7 +397,8 @@ static int generate(run_state *st)
     run_args *a = st->a;
     utf8_out out = {{0}, 0};
     for (int32_t i = 0; i < st->n_prompt; i++) {
-        emit_token(st->model, &out, i > 0 ? st->prompt[i - 1] : -1, st->prompt[i]);
+        if (emit_token(st->model, &out, i > 0 ? st->prompt[i - 1] : -1, st->prompt[i]))
+            return 1;
         kvrt_sampler_accept(st->sampler, st->prompt[i]);
     }
     float *all = NULL;
@@ -394,7 +425,8 @@ static int generate(run_state *st)
             t_first = now_s() - t0;
         if (tok == st->info.eos_id && !a->ignore_eos)
             break;
-        emit_token(st->model, &out, prev, tok);
+        if (emit_token(st->model, &out, prev, tok))
+            return 1;
         prev = tok;
         if (++n_gen == a->n_predict)
             break; /* the last token needs no forward */

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
+
 kvrt_model_params kvrt_model_default_params(void)
 {
     kvrt_model_params p;
@@ -46,6 +47,41 @@ static kvrt_status load_file(const kvrt_model_params *p, const kvrt_allocator *a
     return kvrt_model_file_load_llama2c(p->path, p->tokenizer_path, alloc, &progress, mf, err);
 }
 
+/* What max_context sizes, checked before it is allocated: the RoPE table
+ * ([max_context][rope_dim] F32, built on the host) and the smallest KV cache
+ * a session can have (one full sequence, F16), against the memory budget or,
+ * without one, the machine's memory. A file or a flag claiming billions of
+ * positions is told so, not "out of memory" after minutes of building a
+ * table. (The weights are not counted: on the CPU they stay in the mapped
+ * file; the engine sizes its pool from what they leave of a budget.) */
+static kvrt_status check_context_memory(const kvrt_context *ctx, const kvrt_model_file *mf, int32_t max_context,
+                                        bool from_params, kvrt_error *err)
+{
+    const kvrt_llama_hparams *hp = &mf->hp;
+    double rope = (double)max_context * (double)KVRT_MAX(hp->rope_dim, 0) * sizeof(float);
+    double kv = 2.0 * hp->n_layer * (double)hp->n_head_kv * (double)hp->head_dim * (double)max_context * 2.0;
+    double limit;
+    const char *what;
+    if (ctx->memory_budget) {
+        limit = (double)ctx->memory_budget;
+        what = "the memory budget";
+    } else {
+        long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+        if (pages <= 0 || page <= 0)
+            return KVRT_OK;
+        limit = (double)pages * (double)page;
+        what = "this machine's memory";
+    }
+    if (rope + kv <= limit)
+        return KVRT_OK;
+    return kvrt_fail(err, ctx->memory_budget ? KVRT_ERR_OUT_OF_DEVICE_MEMORY : KVRT_ERR_OUT_OF_HOST_MEMORY,
+                     "%s %d needs %.2f GiB (RoPE table %.2f GiB, one sequence's F16 KV cache %.2f GiB), more than "
+                     "%s (%.2f GiB); ask for a shorter context",
+                     from_params ? "max_context" : "the file's context length (llama.context_length)",
+                     (int)max_context, (rope + kv) / 1073741824.0, rope / 1073741824.0, kv / 1073741824.0, what,
+                     KVRT_MAX(limit, 0.0) / 1073741824.0);
+}
+
 kvrt_status kvrt_model_load(kvrt_context *ctx, const kvrt_model_params *params, kvrt_model **out, kvrt_error *err)
 {
     kvrt_error_clear(err);
@@ -63,9 +99,12 @@ kvrt_status kvrt_model_load(kvrt_context *ctx, const kvrt_model_params *params, 
     if (s == KVRT_OK && m->mf->vocab.n_tokens > 0)
         s = kvrt_tokenizer_create(&m->mf->vocab, ctx->alloc, &m->tok, err);
     if (s == KVRT_OK) {
-        m->max_context = params->max_context > 0 ? params->max_context : m->mf->hp.n_ctx_train;
-        s = kvrt_llama_create(ctx->be, m->mf, m->max_context, &m->lm, err);
+        m->max_context = params->max_context > 0 ? params->max_context
+                                                  : KVRT_MIN(m->mf->hp.n_ctx_train, KVRT_DEFAULT_MAX_CONTEXT);
+        s = check_context_memory(ctx, m->mf, m->max_context, params->max_context > 0, err);
     }
+    if (s == KVRT_OK)
+        s = kvrt_llama_create(ctx->be, m->mf, m->max_context, &m->lm, err);
     if (s != KVRT_OK) {
         kvrt_model_destroy(m);
         return s;
@@ -111,6 +150,9 @@ kvrt_status kvrt_model_get_info(const kvrt_model *m, kvrt_model_info *out)
     out->n_ctx_train = hp->n_ctx_train;
     out->bos_id = mf->vocab.n_tokens > 0 ? mf->vocab.bos_id : -1;
     out->eos_id = mf->vocab.n_tokens > 0 ? mf->vocab.eos_id : -1;
+    out->add_bos = m->tok && kvrt_tokenizer_adds_bos(m->tok);
+    out->add_eos = m->tok && mf->vocab.add_eos && mf->vocab.eos_id >= 0;
+    out->max_context = m->max_context;
     out->weight_type = mf->main_type;
     snprintf(out->arch, sizeof(out->arch), "%s", mf->arch);
     const kvrt_tensor_ref *global[] = {&mf->w.tok_embd, &mf->w.output_norm, &mf->w.output};
@@ -132,7 +174,7 @@ kvrt_status kvrt_model_get_info(const kvrt_model *m, kvrt_model_info *out)
     return KVRT_OK;
 }
 
-kvrt_status kvrt_tokenize(kvrt_model *m, const char *text, size_t len, int add_bos, int32_t *ids,
+kvrt_status kvrt_tokenize(kvrt_model *m, const char *text, size_t len, int add_special, int32_t *ids,
                           int32_t capacity, int32_t *n_tokens)
 {
     if (!m)
@@ -142,12 +184,23 @@ kvrt_status kvrt_tokenize(kvrt_model *m, const char *text, size_t len, int add_b
     if (!m->tok)
         return kvrt_fail(&m->err, KVRT_ERR_BAD_TOKENIZER, "the model has no vocabulary (pass a tokenizer file)");
     size_t n = 0;
-    kvrt_status s = kvrt_tokenizer_encode(m->tok, text, len, add_bos != 0, ids, (size_t)capacity, &n);
+    bool bos = add_special && kvrt_tokenizer_adds_bos(m->tok);
+    bool eos = add_special && m->mf->vocab.add_eos && m->mf->vocab.eos_id >= 0;
+    kvrt_status s = kvrt_tokenizer_encode(m->tok, text, len, bos, ids, (size_t)capacity, &n);
+    if (s == KVRT_ERR_INVALID_ARGUMENT && n > (size_t)capacity)
+        s = KVRT_OK; /* too small: counted below, with the EOS */
+    if (s == KVRT_OK && eos) {
+        if (n < (size_t)capacity)
+            ids[n] = m->mf->vocab.eos_id;
+        n++;
+    }
     if (n > INT32_MAX)
         return kvrt_fail(&m->err, KVRT_ERR_INVALID_ARGUMENT, "the text needs more than 2^31 tokens");
     *n_tokens = (int32_t)n;
     if (s != KVRT_OK)
         return kvrt_fail(&m->err, s, "%s", kvrt_tokenizer_message(m->tok));
+    if (n > (size_t)capacity)
+        return kvrt_fail(&m->err, KVRT_ERR_INVALID_ARGUMENT, "tokenize: %zu ids do not fit in %d", n, (int)capacity);
     return KVRT_OK;
 }
 

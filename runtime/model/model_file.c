@@ -6,6 +6,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 
@@ -262,6 +263,49 @@ static void report(const kvrt_load_progress *progress, double fraction)
         progress->fn(progress->user, fraction);
 }
 
+/* Per-layer tensors of the llama architecture, "blk.N.<name>.weight". */
+static const char *const LAYER_TENSORS[] = {"attn_norm", "attn_q",   "attn_k",   "attn_v", "attn_output",
+                                            "ffn_norm",  "ffn_gate", "ffn_down", "ffn_up"};
+static const char *const GLOBAL_TENSORS[] = {"token_embd.weight", "output_norm.weight", "output.weight"};
+
+/* Whether the architecture reads tensor `name` with n_layer layers. */
+static bool tensor_used(kvrt_gguf_str name, int32_t n_layer)
+{
+    for (size_t i = 0; i < KVRT_ARRAY_LEN(GLOBAL_TENSORS); i++)
+        if (kvrt_gguf_str_eq(name, GLOBAL_TENSORS[i]))
+            return true;
+    char buf[96];
+    if (name.len >= sizeof(buf) || name.len < 5 || memcmp(name.ptr, "blk.", 4) != 0)
+        return false;
+    memcpy(buf, name.ptr, (size_t)name.len);
+    buf[name.len] = '\0';
+    char *end;
+    long layer = strtol(buf + 4, &end, 10);
+    if (end == buf + 4 || *end != '.' || layer < 0 || layer >= n_layer || (end - buf > 5 && buf[4] == '0'))
+        return false;
+    for (size_t k = 0; k < KVRT_ARRAY_LEN(LAYER_TENSORS); k++) {
+        size_t n = strlen(LAYER_TENSORS[k]);
+        if (strncmp(end + 1, LAYER_TENSORS[k], n) == 0 && strcmp(end + 1 + n, ".weight") == 0)
+            return true;
+    }
+    return false;
+}
+
+/* A tensor the architecture does not read means the file is not what its
+ * keys say (blk.5 in a file whose block_count is 5 runs and prints plausible
+ * wrong text): refused, naming it. */
+static kvrt_status check_unused_tensors(const kvrt_gguf *g, int32_t n_layer, kvrt_error *err)
+{
+    for (uint64_t i = 0; i < g->n_tensors; i++) {
+        kvrt_gguf_str name = g->tensors[i].name;
+        if (!tensor_used(name, n_layer))
+            return kvrt_fail(err, KVRT_ERR_BAD_MODEL,
+                             "tensor '%.*s' is not used by the llama architecture with llama.block_count %d: the "
+                             "file is inconsistent", (int)KVRT_MIN(name.len, 96), name.ptr, (int)n_layer);
+    }
+    return KVRT_OK;
+}
+
 static kvrt_status bind_weights(const kvrt_gguf *g, kvrt_model_file *mf, const kvrt_load_progress *progress,
                                 kvrt_error *err)
 {
@@ -270,19 +314,19 @@ static kvrt_status bind_weights(const kvrt_gguf *g, kvrt_model_file *mf, const k
     if ((uint64_t)mf->hp.n_layer > g->n_tensors / 9)
         return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "GGUF llama.block_count %d needs %lld tensors, the file has %llu",
                          mf->hp.n_layer, 9LL * mf->hp.n_layer + 2, (unsigned long long)g->n_tensors);
+    KVRT_TRY(check_unused_tensors(g, mf->hp.n_layer, err));
     KVRT_TRY(kvrt_model_file_alloc_layers(mf, err));
     KVRT_TRY(bind_tensor(g, "token_embd.weight", false, &w->tok_embd, err));
     KVRT_TRY(bind_tensor(g, "output_norm.weight", false, &w->output_norm, err));
     KVRT_TRY(bind_tensor(g, "output.weight", true, &w->output, err));
     if (!w->output.data)
         w->output = w->tok_embd; /* tied classifier */
-    static const char *const names[] = {"attn_norm", "attn_q",   "attn_k",   "attn_v", "attn_output",
-                                        "ffn_norm",  "ffn_gate", "ffn_down", "ffn_up"};
+    const char *const *names = LAYER_TENSORS;
     for (int32_t i = 0; i < mf->hp.n_layer; i++) {
         kvrt_llama_layer *l = &w->layers[i];
         kvrt_tensor_ref *refs[] = {&l->attn_norm, &l->wq,       &l->wk,       &l->wv,    &l->wo,
                                    &l->ffn_norm,  &l->ffn_gate, &l->ffn_down, &l->ffn_up};
-        for (size_t k = 0; k < KVRT_ARRAY_LEN(names); k++) {
+        for (size_t k = 0; k < KVRT_ARRAY_LEN(LAYER_TENSORS); k++) {
             char name[64];
             snprintf(name, sizeof(name), "blk.%d.%s.weight", i, names[k]);
             KVRT_TRY(bind_tensor(g, name, false, refs[k], err));
@@ -388,6 +432,8 @@ static kvrt_status read_vocab(const kvrt_gguf *g, kvrt_model_file *mf, kvrt_erro
     v->add_bos = true;
     v->add_space_prefix = true;
     KVRT_TRY(kvrt_gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &v->add_bos, &found, err));
+    v->add_eos = false;
+    KVRT_TRY(kvrt_gguf_get_bool(g, "tokenizer.ggml.add_eos_token", &v->add_eos, &found, err));
     KVRT_TRY(kvrt_gguf_get_bool(g, "tokenizer.ggml.add_space_prefix", &v->add_space_prefix, &found, err));
     return KVRT_OK;
 }

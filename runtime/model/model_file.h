@@ -75,6 +75,7 @@ typedef struct kvrt_vocab {
     int32_t bos_id, eos_id, unk_id; /* -1 when absent */
     bool add_bos;        /* tokenize prepends BOS */
     bool add_space_prefix; /* SentencePiece adds a leading space (default true) */
+    bool add_eos;        /* kvrt_tokenize(add_special) appends EOS (tokenizer.ggml.add_eos_token; default false) */
 } kvrt_vocab;
 
 typedef struct kvrt_model_file {

@@ -101,6 +101,8 @@ kvrt_status kvrt_llama_add_vocab(kvrt_gguf_writer *w, const kvrt_vocab *v)
         KVRT_TRY(kvrt_gguf_writer_add_u32(w, ids[i].key, ids[i].id < 0 ? UINT32_MAX : (uint32_t)ids[i].id));
     if (!v->add_bos)
         KVRT_TRY(kvrt_gguf_writer_add_bool(w, "tokenizer.ggml.add_bos_token", false));
+    if (v->add_eos)
+        KVRT_TRY(kvrt_gguf_writer_add_bool(w, "tokenizer.ggml.add_eos_token", true));
     if (!v->add_space_prefix)
         KVRT_TRY(kvrt_gguf_writer_add_bool(w, "tokenizer.ggml.add_space_prefix", false));
     return KVRT_OK;

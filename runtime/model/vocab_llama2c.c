@@ -204,6 +204,7 @@ static kvrt_status fill_vocab(const unsigned char *d, size_t size, int32_t n, co
     v->bos_id = n > 1 ? 1 : -1;
     v->eos_id = n > 2 ? 2 : -1;
     v->add_bos = true;
+    v->add_eos = false;
     v->add_space_prefix = true;
     return KVRT_OK;
 }
