@@ -106,7 +106,8 @@ static void usage(FILE *f)
             "Runs four serving workloads on the engine (ShareGPT-like skewed lengths, a shared system\n"
             "prompt, parallel sampling n = 4, a burst larger than the KV pool) and compares continuous\n"
             "vs static batching, paged vs contiguous KV reservation, prefix cache on vs off.\n\n"
-            "  --model PATH          GGUF or llama2.c model (default models/stories260K.gguf)\n"
+            "  --model PATH          GGUF or llama2.c model (default: the shipped stories260K.gguf,\n"
+            "                        from models/ here or the installed share/kvrt/models)\n"
             "  --requests N          requests per workload (default 256; parallel runs N/4)\n"
             "  --backend NAME        cpu (default), vulkan or opencl\n"
             "  -t, --threads N       CPU threads (default 1: the default model is too small to gain\n"
@@ -176,7 +177,7 @@ static int parse_value(int argc, char **argv, int *i, serve_opts *o)
 /* 0 ok, -1 help, else a usage error. */
 static int parse_args(int argc, char **argv, serve_opts *o)
 {
-    *o = (serve_opts){.model = "models/stories260K.gguf", .requests = 256, .backend = KVRT_BACKEND_CPU, .n_threads = 1,
+    *o = (serve_opts){.model = NULL, .requests = 256, .backend = KVRT_BACKEND_CPU, .n_threads = 1,
                       .seed = 42, .block_size = 16, .kv_type = KVRT_DTYPE_F32, .max_seqs = 32,
                       .max_batched_tokens = 256};
     for (int i = 1; i < argc; i++) {
@@ -744,6 +745,12 @@ int kvrt_bench_serve_main(int argc, char **argv)
     }
     if (rc != 0)
         return rc;
+    char shipped[4096];
+    if (!r.o.model && !(r.o.model = kvrt_tool_shipped_model(shipped, sizeof(shipped)))) {
+        kvrt_cli_error(PROG, "no --model given, and the shipped stories260K.gguf is neither in models/ here "
+                       "nor installed beside this tool (%s from its folder): pass --model FILE", KVRT_BIN_TO_MODELS);
+        return KVRT_CLI_USAGE;
+    }
     kvrt_error err = {KVRT_OK, ""};
     kvrt_context_params cp = kvrt_context_default_params();
     cp.backend = r.o.backend;

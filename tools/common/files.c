@@ -4,9 +4,12 @@
  * signal handler gets no argument. */
 #include "files.h"
 
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 enum { MAX_INPUTS = 16, MAX_OUTPUTS = 8, MAX_SCRATCH = 8 };
@@ -129,6 +132,35 @@ void kvrt_tool_scratch_forget(const char *path)
     for (int i = 0; i < MAX_SCRATCH; i++)
         if (g_scratch[i] == path)
             g_scratch[i] = NULL;
+}
+
+static bool is_regular(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+const char *kvrt_tool_shipped_model(char *buf, size_t size)
+{
+    static const char name[] = "stories260K.gguf";
+    if (snprintf(buf, size, "models/%s", name) < (int)size && is_regular(buf))
+        return buf;
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    if (n <= 0)
+        return NULL;
+    exe[n] = '\0';
+    char *slash = strrchr(exe, '/');
+    if (!slash)
+        return NULL;
+    *slash = '\0';
+    char joined[8192];
+    snprintf(joined, sizeof(joined), "%s/%s/%s", exe, KVRT_BIN_TO_MODELS, name);
+    char real[4096];
+    if (!realpath(joined, real) || !is_regular(real) || strlen(real) >= size)
+        return NULL;
+    memcpy(buf, real, strlen(real) + 1);
+    return buf;
 }
 
 void kvrt_tool_save_caches(const char *prog, kvrt_context *ctx)

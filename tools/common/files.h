@@ -44,6 +44,12 @@ void kvrt_tool_scratch_forget(const char *path);
 struct kvrt_context;
 void kvrt_tool_save_caches(const char *prog, struct kvrt_context *ctx);
 
+/* The model kvrt ships (stories260K.gguf), for tools that run without
+ * --model: models/ in the current folder (a source tree), else the
+ * installed data folder next to the tool's own (share/kvrt/models). Writes
+ * the path into buf and returns it; NULL when neither has it. */
+const char *kvrt_tool_shipped_model(char *buf, size_t size);
+
 /* Opens an input that must be a regular file (a model, tokenizer or
  * checkpoint) for reading, without blocking on a FIFO or device. Prints
  * "PROG: why" and returns NULL otherwise. */
