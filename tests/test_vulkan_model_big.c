@@ -22,7 +22,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "backend/backend.h"
+#include "backend/ops.h"
 #include "model/llama.h"
 #include "model/synth.h"
 #include "test_drivers.h"
@@ -76,7 +76,7 @@ static void run_model(kvrt_backend *be, const kvrt_model_file *mf, const model_c
     kvrt_kv_pool_desc d = {.n_layers = hp->n_layer, .n_kv_heads = hp->n_head_kv, .head_dim = hp->head_dim,
                            .block_size = BLOCK, .num_blocks = num_blocks, .dtype = KVRT_DTYPE_F32};
     kvrt_kv_pool *pool = NULL;
-    if (be->ops->kv_pool_create(be, &d, &pool) != KVRT_OK)
+    if (kvrt_op_kv_pool_create(be, &d, &pool) != KVRT_OK)
         fail_msg("%s: pool on %s: %s", c->name, be->ops->name, be->err.message);
     int32_t pos[N_ALL], slots[N_ALL], rows[N_PROMPT], last = N_PROMPT - 1;
     for (int32_t t = 0; t < N_ALL; t++) {
@@ -99,7 +99,7 @@ static void run_model(kvrt_backend *be, const kvrt_model_file *mf, const model_c
         if (kvrt_llama_forward(lm, pool, &b, logits + (size_t)out_row * hp->n_vocab, &err) != KVRT_OK)
             fail_msg("%s: forward on %s: %s", c->name, be->ops->name, err.message);
     }
-    be->ops->kv_pool_destroy(be, pool);
+    kvrt_op_kv_pool_destroy(be, pool);
     kvrt_llama_destroy(lm);
 }
 

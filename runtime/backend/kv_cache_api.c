@@ -1,9 +1,9 @@
 /* The standalone paged KV cache and attention API (include/kvrt_attention.h)
- * on top of the backend vtable, plus the backend-neutral argument checks of
- * backend/attn_check.h. Host arrays are wrapped in place where the backend
- * can (CPU) and go through scratch buffers otherwise, so the same calls run
- * on every backend. */
-#include "backend/attn_check.h"
+ * through the front door (ops.h). Host arrays are checked against the
+ * layout (kv_layout.h) before they go anywhere, then wrapped in place where
+ * the backend can (CPU) or go through scratch buffers otherwise, so the same
+ * calls run, and fail, alike on every backend. */
+#include "backend/ops.h"
 
 #include <math.h>
 #include <string.h>
@@ -16,131 +16,6 @@ struct kvrt_kv_cache {
     size_t block_bytes;
     kvrt_error err; /* message of the last failed call */
 };
-
-/* ---- checks shared with the backends ---------------------------------------- */
-
-int kvrt_attn_visible_ranges(int32_t q_lo, int32_t q_hi, int32_t window, int32_t sinks, int32_t ranges[2][2])
-{
-    int32_t end = q_hi + 1;
-    int32_t win_lo = window > 0 && q_lo - window + 1 > 0 ? q_lo - window + 1 : 0;
-    int32_t sink_end = sinks < end ? sinks : end;
-    if (win_lo <= sink_end) { /* sinks and window touch: one range */
-        ranges[0][0] = 0;
-        ranges[0][1] = end;
-        return 1;
-    }
-    int n = 0;
-    if (sink_end > 0) {
-        ranges[n][0] = 0;
-        ranges[n++][1] = sink_end;
-    }
-    ranges[n][0] = win_lo;
-    ranges[n++][1] = end;
-    return n;
-}
-
-kvrt_status kvrt_attn_check_desc(kvrt_error *err, const kvrt_kv_pool_desc *pool, const kvrt_attn_desc *d)
-{
-    if (d->num_seqs < 0)
-        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "num_seqs %d < 0", (int)d->num_seqs);
-    if (d->n_heads < 1 || d->n_heads % pool->n_kv_heads != 0)
-        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT,
-                         "n_heads %d is not a positive multiple of n_kv_heads %d",
-                         (int)d->n_heads, (int)pool->n_kv_heads);
-    if (d->max_blocks_per_seq < 1)
-        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "max_blocks_per_seq %d < 1", (int)d->max_blocks_per_seq);
-    if (d->window < 0 || d->sinks < 0)
-        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "window %d and sinks %d must be >= 0",
-                         (int)d->window, (int)d->sinks);
-    if (!isfinite(d->scale))
-        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "scale %g is not finite", (double)d->scale);
-    return KVRT_OK;
-}
-
-/* Checks sequence s's table row for the keys visible to queries [q_lo, q_hi]
- * (none when q_lo > q_hi). */
-static kvrt_status check_table_row(kvrt_error *err, const kvrt_kv_pool_desc *pool, const kvrt_attn_desc *d,
-                                   int32_t s, int32_t seq_len, int32_t q_lo, int32_t q_hi, const int32_t *row)
-{
-    int64_t capacity = (int64_t)d->max_blocks_per_seq * pool->block_size;
-    if (seq_len < 1)
-        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "seq_lens[%d] = %d < 1", (int)s, (int)seq_len);
-    if (seq_len > capacity)
-        return kvrt_fail(err, KVRT_ERR_CONTEXT_OVERFLOW,
-                         "seq_lens[%d] = %d exceeds its block table (%d blocks x %d positions)",
-                         (int)s, (int)seq_len, (int)d->max_blocks_per_seq, (int)pool->block_size);
-    int32_t n_blocks = (seq_len + pool->block_size - 1) / pool->block_size;
-    for (int32_t b = 0; b < n_blocks; b++) {
-        if (row[b] != -1 && (row[b] < 0 || row[b] >= pool->num_blocks))
-            return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT,
-                             "block_tables[%d][%d] = %d outside [0, %d) (num_blocks)",
-                             (int)s, (int)b, (int)row[b], (int)pool->num_blocks);
-    }
-    if (q_lo > q_hi)
-        return KVRT_OK;
-    int32_t ranges[2][2];
-    int n = kvrt_attn_visible_ranges(q_lo, q_hi, d->window, d->sinks, ranges);
-    for (int r = 0; r < n; r++) {
-        for (int32_t b = ranges[r][0] / pool->block_size; b * pool->block_size < ranges[r][1]; b++) {
-            if (row[b] == -1)
-                return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT,
-                                 "block_tables[%d][%d] = -1 but positions %d..%d of sequence %d are visible",
-                                 (int)s, (int)b, (int)(b * pool->block_size),
-                                 (int)(b * pool->block_size + pool->block_size - 1), (int)s);
-        }
-    }
-    return KVRT_OK;
-}
-
-kvrt_status kvrt_attn_check_decode(kvrt_error *err, const kvrt_kv_pool_desc *pool, const kvrt_attn_desc *d,
-                                   const int32_t *seq_lens, const int32_t *block_tables)
-{
-    KVRT_TRY(kvrt_attn_check_desc(err, pool, d));
-    for (int32_t s = 0; s < d->num_seqs; s++) {
-        int32_t len = seq_lens[s];
-        KVRT_TRY(check_table_row(err, pool, d, s, len, len - 1, len - 1,
-                                 block_tables + (size_t)s * (size_t)d->max_blocks_per_seq));
-    }
-    return KVRT_OK;
-}
-
-kvrt_status kvrt_attn_check_prefill(kvrt_error *err, const kvrt_kv_pool_desc *pool, const kvrt_attn_desc *d,
-                                    const int32_t *query_start_loc, const int32_t *seq_lens,
-                                    const int32_t *block_tables)
-{
-    KVRT_TRY(kvrt_attn_check_desc(err, pool, d));
-    if (query_start_loc[0] < 0) /* rows are absolute: a mixed batch's prefills start after its decodes */
-        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "query_start_loc[0] = %d, must be >= 0",
-                         (int)query_start_loc[0]);
-    for (int32_t s = 0; s < d->num_seqs; s++) {
-        int64_t n_new = (int64_t)query_start_loc[s + 1] - query_start_loc[s];
-        int32_t len = seq_lens[s];
-        if (n_new < 0)
-            return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT,
-                             "query_start_loc decreases at %d (%d -> %d)",
-                             (int)s, (int)query_start_loc[s], (int)query_start_loc[s + 1]);
-        if (n_new > len)
-            return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT,
-                             "sequence %d has %lld query tokens but seq_lens[%d] = %d",
-                             (int)s, (long long)n_new, (int)s, (int)len);
-        KVRT_TRY(check_table_row(err, pool, d, s, len, len - (int32_t)n_new, len - 1,
-                                 block_tables + (size_t)s * (size_t)d->max_blocks_per_seq));
-    }
-    return KVRT_OK;
-}
-
-kvrt_status kvrt_kv_check_slots(kvrt_error *err, const kvrt_kv_pool_desc *pool, const int32_t *slots, int32_t n)
-{
-    int64_t n_slots = (int64_t)pool->num_blocks * pool->block_size;
-    for (int32_t t = 0; t < n; t++) {
-        if (slots[t] >= n_slots)
-            return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT,
-                             "slot_mapping[%d] = %d outside the pool (%lld slots = %d blocks x %d)",
-                             (int)t, (int)slots[t], (long long)n_slots, (int)pool->num_blocks,
-                             (int)pool->block_size);
-    }
-    return KVRT_OK;
-}
 
 /* ---- host arrays as backend buffers -------------------------------------------- */
 
@@ -155,18 +30,10 @@ typedef struct host_arg {
  * caller memory for the duration of one call. */
 static kvrt_status host_arg_begin(kvrt_kv_cache *c, host_arg *a, const void *host, size_t size, bool is_out)
 {
-    kvrt_backend *be = c->be;
     a->host = (void *)host; /* wrapped inputs are only read */
     a->size = size;
     a->is_out = is_out;
-    a->buf = NULL;
-    kvrt_status s;
-    if (be->ops->buffer_wrap_host)
-        return be->ops->buffer_wrap_host(be, a->host, size, &a->buf);
-    s = be->ops->buffer_create(be, size, KVRT_BUFFER_DEVICE, &a->buf);
-    if (s == KVRT_OK && !is_out)
-        s = be->ops->buffer_upload(be, a->buf, 0, host, size);
-    return s;
+    return kvrt_op_buffer_for_host(c->be, a->host, size, !is_out, &a->buf);
 }
 
 /* Downloads an output (when the call succeeded and it was not wrapped) and
@@ -176,9 +43,9 @@ static kvrt_status host_arg_end(kvrt_kv_cache *c, host_arg *a, kvrt_status s)
     kvrt_backend *be = c->be;
     if (!a->buf)
         return s;
-    if (s == KVRT_OK && a->is_out && !be->ops->buffer_wrap_host)
-        s = be->ops->buffer_download(be, a->buf, 0, a->host, a->size);
-    be->ops->buffer_destroy(be, a->buf);
+    if (s == KVRT_OK && a->is_out && !kvrt_op_wraps_host(be))
+        s = kvrt_op_buffer_download(be, a->buf, 0, a->host, a->size);
+    kvrt_op_buffer_destroy(be, a->buf);
     a->buf = NULL;
     return s;
 }
@@ -199,30 +66,6 @@ static kvrt_status from_backend(kvrt_kv_cache *c, kvrt_status s)
 
 /* ---- create / destroy ------------------------------------------------------------- */
 
-static kvrt_status check_params(const kvrt_kv_cache_params *p, kvrt_error *err)
-{
-    if (p->n_layers < 1 || p->n_kv_heads < 1 || p->head_dim < 1 || p->num_blocks < 1)
-        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT,
-                         "kv cache: n_layers %d, n_kv_heads %d, head_dim %d, num_blocks %d must all be >= 1",
-                         (int)p->n_layers, (int)p->n_kv_heads, (int)p->head_dim, (int)p->num_blocks);
-    if (p->block_size != 8 && p->block_size != 16 && p->block_size != 32)
-        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "kv cache: block_size %d is not 8, 16 or 32",
-                         (int)p->block_size);
-    if (p->dtype != KVRT_DTYPE_F32 && p->dtype != KVRT_DTYPE_F16)
-        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "kv cache: dtype %s is not supported (f32, f16)",
-                         kvrt_dtype_name(p->dtype));
-    /* every position of every block must stay addressable by an int32 slot */
-    if ((int64_t)p->num_blocks * p->block_size > INT32_MAX)
-        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "kv cache: %d blocks x %d positions overflow int32 slots",
-                         (int)p->num_blocks, (int)p->block_size);
-    size_t bytes = (size_t)p->n_kv_heads, total;
-    if (!kvrt_mul_size(bytes, (size_t)p->head_dim, &bytes) || !kvrt_mul_size(bytes, (size_t)p->block_size, &bytes) ||
-        !kvrt_mul_size(bytes, 4, &bytes) || !kvrt_mul_size(bytes, (size_t)p->num_blocks, &total) ||
-        !kvrt_mul_size(total, (size_t)p->n_layers * 2, &total))
-        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "kv cache: size overflows");
-    return KVRT_OK;
-}
-
 kvrt_status kvrt_kv_cache_create(kvrt_context *ctx, const kvrt_kv_cache_params *params, kvrt_kv_cache **out,
                                  kvrt_error *err)
 {
@@ -233,25 +76,25 @@ kvrt_status kvrt_kv_cache_create(kvrt_context *ctx, const kvrt_kv_cache_params *
     if (!ctx || !params)
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "kvrt_kv_cache_create: %s is NULL",
                          !ctx ? "ctx" : "params");
-    KVRT_TRY(check_params(params, err));
+    kvrt_kv_pool_desc desc = {params->n_layers, params->n_kv_heads, params->head_dim, params->block_size,
+                              params->num_blocks, params->dtype};
+    kvrt_error why;
+    kvrt_status s = kvrt_kv_check_block_size(&why, desc.block_size);
+    if (s == KVRT_OK)
+        s = kvrt_kv_check_dtype(&why, desc.dtype);
+    if (s == KVRT_OK)
+        s = kvrt_kv_check_pool_desc(&why, &desc);
+    if (s != KVRT_OK)
+        return kvrt_fail(err, s, "kv cache: %s", why.message);
     kvrt_backend *be = ctx->be;
-    if (!be->ops->kv_pool_create) {
-        kvrt_backend_unsupported(be, "kv_pool_create");
-        return kvrt_error_copy(err, &be->err);
-    }
     kvrt_kv_cache *c = kvrt_calloc(ctx->alloc, 1, sizeof(*c));
     if (!c)
         return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "kvrt_kv_cache_create: out of host memory");
     c->ctx = ctx;
     c->be = be;
-    c->desc.n_layers = params->n_layers;
-    c->desc.n_kv_heads = params->n_kv_heads;
-    c->desc.head_dim = params->head_dim;
-    c->desc.block_size = params->block_size;
-    c->desc.num_blocks = params->num_blocks;
-    c->desc.dtype = params->dtype;
+    c->desc = desc;
     c->block_bytes = kvrt_kv_block_bytes(&c->desc);
-    kvrt_status s = be->ops->kv_pool_create(be, &c->desc, &c->pool);
+    s = kvrt_op_kv_pool_create(be, &c->desc, &c->pool);
     if (s != KVRT_OK) {
         kvrt_error_copy(err, &be->err);
         kvrt_free(ctx->alloc, c);
@@ -265,7 +108,7 @@ void kvrt_kv_cache_destroy(kvrt_kv_cache *cache)
 {
     if (!cache)
         return;
-    cache->be->ops->kv_pool_destroy(cache->be, cache->pool);
+    kvrt_op_kv_pool_destroy(cache->be, cache->pool);
     kvrt_free(cache->ctx->alloc, cache);
 }
 
@@ -283,17 +126,7 @@ size_t kvrt_kv_cache_block_bytes(const kvrt_kv_cache *cache)
 
 static kvrt_status check_layer(kvrt_kv_cache *c, int32_t layer)
 {
-    if (layer < 0 || layer >= c->desc.n_layers)
-        return kvrt_fail(&c->err, KVRT_ERR_INVALID_ARGUMENT, "layer %d outside [0, %d)",
-                         (int)layer, (int)c->desc.n_layers);
-    return KVRT_OK;
-}
-
-static kvrt_status need_entry(kvrt_kv_cache *c, bool present, const char *name)
-{
-    if (!present)
-        return from_backend(c, kvrt_backend_unsupported(c->be, name));
-    return KVRT_OK;
+    return kvrt_kv_check_layer(&c->err, &c->desc, layer);
 }
 
 kvrt_status kvrt_kv_cache_write(kvrt_kv_cache *cache, int32_t layer, const float *k, const float *v,
@@ -310,7 +143,6 @@ kvrt_status kvrt_kv_cache_write(kvrt_kv_cache *cache, int32_t layer, const float
     if (!k || !v || !slot_mapping)
         return kvrt_fail(&cache->err, KVRT_ERR_INVALID_ARGUMENT, "kv write: %s is NULL",
                          !k ? "k" : !v ? "v" : "slot_mapping");
-    KVRT_TRY(need_entry(cache, cache->be->ops->kv_write != NULL, "kv_write"));
     KVRT_TRY(kvrt_kv_check_slots(&cache->err, &cache->desc, slot_mapping, n_tokens));
     int64_t row = (int64_t)cache->desc.n_kv_heads * cache->desc.head_dim;
     size_t kv_bytes = (size_t)n_tokens * (size_t)row * sizeof(float);
@@ -323,12 +155,12 @@ kvrt_status kvrt_kv_cache_write(kvrt_kv_cache *cache, int32_t layer, const float
     if (s == KVRT_OK)
         s = host_arg_begin(cache, &as, slot_mapping, (size_t)n_tokens * sizeof(int32_t), false);
     if (s == KVRT_OK)
-        s = cache->be->ops->begin(cache->be);
+        s = kvrt_op_begin(cache->be);
     if (s == KVRT_OK)
-        s = cache->be->ops->kv_write(cache->be, cache->pool, layer, host_view(&ak), row, host_view(&av), row,
+        s = kvrt_op_kv_write(cache->be, cache->pool, layer, host_view(&ak), row, host_view(&av), row,
                                      host_view(&as), n_tokens);
     if (s == KVRT_OK)
-        s = cache->be->ops->submit(cache->be);
+        s = kvrt_op_submit(cache->be);
     s = host_arg_end(cache, &as, s);
     s = host_arg_end(cache, &av, s);
     s = host_arg_end(cache, &ak, s);
@@ -369,7 +201,6 @@ kvrt_status kvrt_attention_decode(kvrt_kv_cache *cache, int32_t layer, const kvr
     if (!q || !seq_lens || !block_tables || !out)
         return kvrt_fail(&cache->err, KVRT_ERR_INVALID_ARGUMENT, "attention decode: %s is NULL",
                          !q ? "q" : !seq_lens ? "seq_lens" : !block_tables ? "block_tables" : "out");
-    KVRT_TRY(need_entry(cache, cache->be->ops->attn_decode != NULL, "attn_decode"));
     KVRT_TRY(kvrt_attn_check_decode(&cache->err, &cache->desc, &d, seq_lens, block_tables));
     size_t qo_bytes = (size_t)num_seqs * (size_t)d.q_stride * sizeof(float);
     size_t table_bytes = (size_t)num_seqs * (size_t)d.max_blocks_per_seq * sizeof(int32_t);
@@ -385,12 +216,12 @@ kvrt_status kvrt_attention_decode(kvrt_kv_cache *cache, int32_t layer, const kvr
     if (s == KVRT_OK)
         s = host_arg_begin(cache, &at, block_tables, table_bytes, false);
     if (s == KVRT_OK)
-        s = cache->be->ops->begin(cache->be);
+        s = kvrt_op_begin(cache->be);
     if (s == KVRT_OK)
-        s = cache->be->ops->attn_decode(cache->be, cache->pool, layer, &d, host_view(&aq), host_view(&ao),
+        s = kvrt_op_attn_decode(cache->be, cache->pool, layer, &d, host_view(&aq), host_view(&ao),
                                         host_view(&al), host_view(&at));
     if (s == KVRT_OK)
-        s = cache->be->ops->submit(cache->be);
+        s = kvrt_op_submit(cache->be);
     s = host_arg_end(cache, &at, s);
     s = host_arg_end(cache, &al, s);
     s = host_arg_end(cache, &ao, s);
@@ -412,7 +243,6 @@ kvrt_status kvrt_attention_prefill(kvrt_kv_cache *cache, int32_t layer, const kv
     if (!query_start_loc || !seq_lens || !block_tables)
         return kvrt_fail(&cache->err, KVRT_ERR_INVALID_ARGUMENT, "attention prefill: %s is NULL",
                          !query_start_loc ? "query_start_loc" : !seq_lens ? "seq_lens" : "block_tables");
-    KVRT_TRY(need_entry(cache, cache->be->ops->attn_prefill != NULL, "attn_prefill"));
     if (query_start_loc[0] != 0)
         return kvrt_fail(&cache->err, KVRT_ERR_INVALID_ARGUMENT, "query_start_loc[0] = %d, must be 0",
                          (int)query_start_loc[0]);
@@ -423,6 +253,7 @@ kvrt_status kvrt_attention_prefill(kvrt_kv_cache *cache, int32_t layer, const kv
     if (!q || !out)
         return kvrt_fail(&cache->err, KVRT_ERR_INVALID_ARGUMENT, "attention prefill: %s is NULL",
                          !q ? "q" : "out");
+    d.num_tokens = num_tokens;
     size_t qo_bytes = (size_t)num_tokens * (size_t)d.q_stride * sizeof(float);
     size_t table_bytes = (size_t)num_seqs * (size_t)d.max_blocks_per_seq * sizeof(int32_t);
     host_arg aq, ao, aqs, al, at;
@@ -440,12 +271,12 @@ kvrt_status kvrt_attention_prefill(kvrt_kv_cache *cache, int32_t layer, const kv
     if (s == KVRT_OK)
         s = host_arg_begin(cache, &at, block_tables, table_bytes, false);
     if (s == KVRT_OK)
-        s = cache->be->ops->begin(cache->be);
+        s = kvrt_op_begin(cache->be);
     if (s == KVRT_OK)
-        s = cache->be->ops->attn_prefill(cache->be, cache->pool, layer, &d, host_view(&aq), host_view(&ao),
+        s = kvrt_op_attn_prefill(cache->be, cache->pool, layer, &d, host_view(&aq), host_view(&ao),
                                          host_view(&aqs), host_view(&al), host_view(&at));
     if (s == KVRT_OK)
-        s = cache->be->ops->submit(cache->be);
+        s = kvrt_op_submit(cache->be);
     s = host_arg_end(cache, &at, s);
     s = host_arg_end(cache, &al, s);
     s = host_arg_end(cache, &aqs, s);
@@ -454,54 +285,26 @@ kvrt_status kvrt_attention_prefill(kvrt_kv_cache *cache, int32_t layer, const kv
     return from_backend(cache, s);
 }
 
-/* ---- whole blocks -------------------------------------------------------------------- */
-
-static kvrt_status check_block(kvrt_kv_cache *c, int32_t block, const char *what)
-{
-    if (block < 0 || block >= c->desc.num_blocks)
-        return kvrt_fail(&c->err, KVRT_ERR_INVALID_ARGUMENT, "%s block %d outside [0, %d)",
-                         what, (int)block, (int)c->desc.num_blocks);
-    return KVRT_OK;
-}
+/* ---- whole blocks (the front door checks layers, blocks and pairs) ------------------------------ */
 
 kvrt_status kvrt_kv_cache_copy_blocks(kvrt_kv_cache *cache, const int32_t (*src_dst)[2], int32_t n_pairs)
 {
     if (!cache)
         return KVRT_ERR_INVALID_ARGUMENT;
     kvrt_error_clear(&cache->err);
-    if (n_pairs < 0)
-        return kvrt_fail(&cache->err, KVRT_ERR_INVALID_ARGUMENT, "copy blocks: n_pairs %d < 0", (int)n_pairs);
     if (n_pairs == 0)
         return KVRT_OK;
-    if (!src_dst)
-        return kvrt_fail(&cache->err, KVRT_ERR_INVALID_ARGUMENT, "copy blocks: src_dst is NULL");
-    for (int32_t i = 0; i < n_pairs; i++) {
-        KVRT_TRY(check_block(cache, src_dst[i][0], "copy blocks: source"));
-        KVRT_TRY(check_block(cache, src_dst[i][1], "copy blocks: destination"));
-    }
-    KVRT_TRY(need_entry(cache, cache->be->ops->kv_copy_blocks != NULL, "kv_copy_blocks"));
     kvrt_backend *be = cache->be;
-    kvrt_status s = be->ops->begin(be);
+    kvrt_status s = kvrt_op_begin(be);
     if (s == KVRT_OK)
-        s = be->ops->kv_copy_blocks(be, cache->pool, src_dst, n_pairs);
-    if (s == KVRT_OK)
-        s = be->ops->submit(be);
-    return from_backend(cache, s);
+        s = kvrt_op_kv_copy_blocks(be, cache->pool, src_dst, n_pairs);
+    kvrt_status submitted = kvrt_op_submit(be); /* always close the recording */
+    return from_backend(cache, s == KVRT_OK ? submitted : s);
 }
 
-static kvrt_status check_block_io(kvrt_kv_cache *c, int32_t layer, int32_t which, int32_t block,
-                                  const void *ptr, size_t size, const char *what)
+static kvrt_status check_block_size(kvrt_kv_cache *c, const void *ptr, size_t size, const char *what)
 {
-    KVRT_TRY(check_layer(c, layer));
-    if (which != 0 && which != 1)
-        return kvrt_fail(&c->err, KVRT_ERR_INVALID_ARGUMENT, "%s: which %d is not 0 (K) or 1 (V)",
-                         what, (int)which);
-    if (block < 0 || block >= c->desc.num_blocks)
-        return kvrt_fail(&c->err, KVRT_ERR_INVALID_ARGUMENT, "%s: block %d outside [0, %d)",
-                         what, (int)block, (int)c->desc.num_blocks);
-    if (!ptr)
-        return kvrt_fail(&c->err, KVRT_ERR_INVALID_ARGUMENT, "%s: buffer is NULL", what);
-    if (size < c->block_bytes)
+    if (ptr && size < c->block_bytes)
         return kvrt_fail(&c->err, KVRT_ERR_INVALID_ARGUMENT, "%s: buffer of %zu bytes is smaller than a block (%zu)",
                          what, size, c->block_bytes);
     return KVRT_OK;
@@ -513,10 +316,9 @@ kvrt_status kvrt_kv_cache_read_block(kvrt_kv_cache *cache, int32_t layer, int32_
     if (!cache)
         return KVRT_ERR_INVALID_ARGUMENT;
     kvrt_error_clear(&cache->err);
-    KVRT_TRY(check_block_io(cache, layer, which, block, dst, dst_size, "read block"));
-    KVRT_TRY(need_entry(cache, cache->be->ops->kv_block_read != NULL, "kv_block_read"));
-    return from_backend(cache, cache->be->ops->kv_block_read(cache->be, cache->pool, layer, (kvrt_kv_which)which,
-                                                             block, dst));
+    KVRT_TRY(check_block_size(cache, dst, dst_size, "read block"));
+    return from_backend(cache, kvrt_op_kv_block_read(cache->be, cache->pool, layer, (kvrt_kv_which)which, block,
+                                                     dst));
 }
 
 kvrt_status kvrt_kv_cache_write_block(kvrt_kv_cache *cache, int32_t layer, int32_t which, int32_t block,
@@ -525,8 +327,7 @@ kvrt_status kvrt_kv_cache_write_block(kvrt_kv_cache *cache, int32_t layer, int32
     if (!cache)
         return KVRT_ERR_INVALID_ARGUMENT;
     kvrt_error_clear(&cache->err);
-    KVRT_TRY(check_block_io(cache, layer, which, block, src, src_size, "write block"));
-    KVRT_TRY(need_entry(cache, cache->be->ops->kv_block_write != NULL, "kv_block_write"));
-    return from_backend(cache, cache->be->ops->kv_block_write(cache->be, cache->pool, layer, (kvrt_kv_which)which,
-                                                              block, src));
+    KVRT_TRY(check_block_size(cache, src, src_size, "write block"));
+    return from_backend(cache, kvrt_op_kv_block_write(cache->be, cache->pool, layer, (kvrt_kv_which)which, block,
+                                                      src));
 }

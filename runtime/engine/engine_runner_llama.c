@@ -3,6 +3,7 @@
 #include "engine/engine_internal.h"
 
 #include "kvrt_model.h"
+#include "backend/ops.h"
 #include "model/model_api_internal.h"
 
 typedef struct llama_runner {
@@ -42,14 +43,12 @@ static kvrt_status lr_forward(void *self, const kvrt_step_batch *sb, float *logi
 static kvrt_status lr_copy_blocks(void *self, const int32_t (*pairs)[2], int32_t n_pairs, kvrt_error *err)
 {
     llama_runner *r = self;
-    const kvrt_backend_ops *ops = r->be->ops;
-    if (!ops->kv_copy_blocks)
-        return kvrt_fail(err, kvrt_backend_unsupported(r->be, "kv_copy_blocks"), "%s", r->be->err.message);
-    kvrt_status st = ops->begin(r->be);
+    kvrt_status st = kvrt_op_begin(r->be);
     if (st == KVRT_OK)
-        st = ops->kv_copy_blocks(r->be, r->pool, pairs, n_pairs);
+        st = kvrt_op_kv_copy_blocks(r->be, r->pool, pairs, n_pairs);
+    kvrt_status submitted = kvrt_op_submit(r->be);
     if (st == KVRT_OK)
-        st = ops->submit(r->be);
+        st = submitted;
     return st == KVRT_OK ? KVRT_OK : be_fail(r, st, err);
 }
 
@@ -60,7 +59,7 @@ static kvrt_status lr_read_block(void *self, int32_t block, void *dst, kvrt_erro
     uint8_t *p = dst;
     for (int32_t l = 0; l < r->desc.n_layers; l++)
         for (int w = 0; w < 2; w++) {
-            kvrt_status st = r->be->ops->kv_block_read(r->be, r->pool, l, (kvrt_kv_which)w, block, p);
+            kvrt_status st = kvrt_op_kv_block_read(r->be, r->pool, l, (kvrt_kv_which)w, block, p);
             if (st != KVRT_OK)
                 return be_fail(r, st, err);
             p += r->pool_block_bytes;
@@ -74,7 +73,7 @@ static kvrt_status lr_write_block(void *self, int32_t block, const void *src, kv
     const uint8_t *p = src;
     for (int32_t l = 0; l < r->desc.n_layers; l++)
         for (int w = 0; w < 2; w++) {
-            kvrt_status st = r->be->ops->kv_block_write(r->be, r->pool, l, (kvrt_kv_which)w, block, p);
+            kvrt_status st = kvrt_op_kv_block_write(r->be, r->pool, l, (kvrt_kv_which)w, block, p);
             if (st != KVRT_OK)
                 return be_fail(r, st, err);
             p += r->pool_block_bytes;
@@ -104,8 +103,7 @@ static void lr_destroy(void *self)
     llama_runner *r = self;
     if (!r)
         return;
-    if (r->pool)
-        r->be->ops->kv_pool_destroy(r->be, r->pool);
+    kvrt_op_kv_pool_destroy(r->be, r->pool);
     kvrt_free(r->alloc, r);
 }
 
@@ -174,11 +172,8 @@ kvrt_status kvrt_engine_create(kvrt_model *model, const kvrt_engine_params *para
     if (p.max_context < 1 || p.max_context > model->max_context)
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "max_context %d outside [1, %d] (the model's)",
                          (int)p.max_context, (int)model->max_context);
-    if (p.kv_type != KVRT_DTYPE_F32 && p.kv_type != KVRT_DTYPE_F16)
-        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "KV type %s: the engine stores F32 or F16",
-                         kvrt_dtype_name(p.kv_type));
-    if (p.block_size != 8 && p.block_size != 16 && p.block_size != 32)
-        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "block size %d is not 8, 16 or 32", (int)p.block_size);
+    KVRT_TRY(kvrt_kv_check_dtype(err, p.kv_type));
+    KVRT_TRY(kvrt_kv_check_block_size(err, p.block_size));
     kvrt_model_info mi;
     KVRT_TRY(kvrt_model_get_info(model, &mi));
     if (p.eos_id < 0)
@@ -202,7 +197,7 @@ kvrt_status kvrt_engine_create(kvrt_model *model, const kvrt_engine_params *para
                                   .block_size = p.block_size, .num_blocks = p.num_blocks,
                                   .dtype = p.kv_type};
     r->pool_block_bytes = kvrt_kv_block_bytes(&r->desc);
-    kvrt_status st = be->ops->kv_pool_create(be, &r->desc, &r->pool);
+    kvrt_status st = kvrt_op_kv_pool_create(be, &r->desc, &r->pool);
     if (st != KVRT_OK) {
         kvrt_fail(err, st, "KV pool of %d blocks: %s", (int)p.num_blocks, be->err.message);
         lr_destroy(r);

@@ -2,6 +2,8 @@
  * the teacher-forced evaluation of the golden tests. */
 #include "model/model_api_internal.h"
 
+#include "backend/ops.h"
+
 #include <string.h>
 
 struct kvrt_session {
@@ -32,9 +34,7 @@ void kvrt_session_destroy(kvrt_session *s)
 {
     if (!s)
         return;
-    kvrt_backend *be = s->model->ctx->be;
-    if (s->pool)
-        be->ops->kv_pool_destroy(be, s->pool);
+    kvrt_op_kv_pool_destroy(s->model->ctx->be, s->pool);
     kvrt_free(sess_alloc(s), s->block_table);
     kvrt_free(sess_alloc(s), s->positions);
     kvrt_free(sess_alloc(s), s->slots);
@@ -57,10 +57,8 @@ static kvrt_status check_params(const kvrt_model *m, kvrt_session_params *p, kvr
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT,
                          "n_ctx %d outside [1, %d] (the model was loaded for %d positions)",
                          (int)p->n_ctx, (int)m->max_context, (int)m->max_context);
-    if (p->block_size != 8 && p->block_size != 16 && p->block_size != 32)
-        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "block size %d is not 8, 16 or 32", (int)p->block_size);
-    if (p->kv_type != KVRT_DTYPE_F32 && p->kv_type != KVRT_DTYPE_F16)
-        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "KV type %s is not f32 or f16", kvrt_dtype_name(p->kv_type));
+    KVRT_TRY(kvrt_kv_check_block_size(err, p->block_size));
+    KVRT_TRY(kvrt_kv_check_dtype(err, p->kv_type));
     if (p->n_batch < 1 || p->num_blocks < 0)
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "n_batch %d, num_blocks %d", (int)p->n_batch,
                          (int)p->num_blocks);
@@ -101,7 +99,7 @@ kvrt_status kvrt_session_create(kvrt_model *m, const kvrt_session_params *params
     kvrt_kv_pool_desc d = {.n_layers = hp->n_layer, .n_kv_heads = hp->n_head_kv, .head_dim = hp->head_dim,
                            .block_size = p.block_size, .num_blocks = p.num_blocks, .dtype = p.kv_type};
     kvrt_backend *be = m->ctx->be;
-    if (be->ops->kv_pool_create(be, &d, &s->pool) != KVRT_OK) {
+    if (kvrt_op_kv_pool_create(be, &d, &s->pool) != KVRT_OK) {
         kvrt_status st = kvrt_fail(err, be->err.status, "KV cache: %s", be->err.message);
         kvrt_session_destroy(s);
         return st;
@@ -194,15 +192,13 @@ kvrt_status kvrt_session_get_stats(const kvrt_session *s, kvrt_session_stats *ou
 {
     if (!s || !out)
         return KVRT_ERR_INVALID_ARGUMENT;
-    const kvrt_llama_hparams *hp = &s->model->mf->hp;
-    size_t elem = s->p.kv_type == KVRT_DTYPE_F16 ? 2 : 4;
     out->n_past = s->n_past;
     out->n_ctx = s->p.n_ctx;
     out->blocks_used = s->blocks_used;
     out->blocks_total = s->p.num_blocks;
     out->block_size = s->p.block_size;
-    out->kv_bytes = 2ull * hp->n_layer * hp->n_head_kv * hp->head_dim * (uint64_t)s->p.block_size *
-                    (uint64_t)s->p.num_blocks * elem;
+    const kvrt_kv_pool_desc *d = kvrt_kv_pool_desc_of(s->pool);
+    out->kv_bytes = 2ull * (uint64_t)d->n_layers * (uint64_t)d->num_blocks * kvrt_kv_block_bytes(d);
     return KVRT_OK;
 }
 
