@@ -90,7 +90,8 @@ static void run_model(kvrt_backend *be, const kvrt_model_file *mf, const model_c
         int32_t qsl[2] = {0, n}, seq_len = first + n;
         /* the big model's LM head pass dominates on lavapipe: logits of the prompt's last row only */
         bool all_rows = hp->n_vocab * (int64_t)hp->n_embd < (1 << 24);
-        kvrt_batch b = {.num_seqs = 1, .num_tokens = n, .tokens = c->ids + first, .positions = pos + first,
+        kvrt_batch b = {.num_seqs = 1, .num_decode_seqs = n == 1, .num_tokens = n, .tokens = c->ids + first,
+                        .positions = pos + first,
                         .slot_mapping = slots + first, .query_start_loc = qsl, .seq_lens = &seq_len,
                         .block_tables = table, .max_blocks_per_seq = 2,
                         .logits_indices = step == 0 && !all_rows ? &last : rows,

@@ -254,6 +254,10 @@ kvrt_status kvrt_batch_check(kvrt_error *err, const kvrt_kv_pool_desc *pool, int
                          (int)b->num_seqs, (int)b->num_tokens, (int)b->num_logits, (int)b->max_blocks_per_seq);
     if (b->query_start_loc[0] != 0 || b->query_start_loc[b->num_seqs] != b->num_tokens)
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "batch: query_start_loc must run from 0 to num_tokens");
+    if (b->num_decode_seqs < 0 || b->num_decode_seqs > kvrt_batch_num_decodes(b))
+        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT,
+                         "batch: %d decodes, but only the first %d sequences have one new token",
+                         (int)b->num_decode_seqs, (int)kvrt_batch_num_decodes(b));
     for (int32_t i = 0; i < b->num_logits; i++) {
         if (b->logits_indices[i] < 0 || b->logits_indices[i] >= b->num_tokens)
             return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "logits index %d outside [0, %d)",

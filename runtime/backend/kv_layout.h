@@ -119,10 +119,11 @@ kvrt_status kvrt_kv_check_slots(kvrt_error *err, const kvrt_kv_pool_desc *pool, 
 /* ---- one step's batch (DESIGN.md) ------------------------------------------------ */
 
 /* Host arrays of a step, as the engine, the session and the model pass them.
- * Sequences whose query count is 1 and that come first run paged decode
- * attention; the rest run tiled prefill attention. */
+ * The first num_decode_seqs sequences have one new token each and run paged
+ * decode attention; the rest run tiled prefill attention. */
 typedef struct kvrt_batch {
     int32_t num_seqs;
+    int32_t num_decode_seqs;        /* leading sequences that are decodes */
     int32_t num_tokens;
     const int32_t *tokens;          /* [num_tokens] */
     const int32_t *positions;       /* [num_tokens] */
@@ -135,14 +136,15 @@ typedef struct kvrt_batch {
     int32_t num_logits;
 } kvrt_batch;
 
-/* Leading sequences with exactly one new token (they run decode attention). */
+/* Leading sequences with exactly one new token: the most a batch may run as decodes. */
 int32_t kvrt_batch_num_decodes(const kvrt_batch *b);
 
 /* Checks a step's batch against a pool once, before any of it goes to a
- * device: counts, query_start_loc from 0 to num_tokens, logits rows, every
- * slot, and every table row and length as the step's attention will read
- * them (the model's heads, no window or sinks: n_heads as in kvrt_attn_desc).
- * Token ids and positions are the model's to check. */
+ * device: counts, decodes of one token, query_start_loc from 0 to
+ * num_tokens, logits rows, every slot, and every table row and length as the
+ * step's attention will read them (the model's heads, no window or sinks:
+ * n_heads as in kvrt_attn_desc). Token ids and positions are the model's to
+ * check. */
 kvrt_status kvrt_batch_check(kvrt_error *err, const kvrt_kv_pool_desc *pool, int32_t n_heads, const kvrt_batch *b);
 
 #endif /* KVRT_KV_LAYOUT_H */

@@ -451,7 +451,7 @@ kvrt_status kvrt_llama_forward(kvrt_llama *lm, kvrt_kv_pool *pool, const kvrt_ba
     KVRT_TRY(pack_batch(lm, b, &n_ints, err));
     KVRT_TRY(grow(lm, &lm->ints, n_ints * sizeof(int32_t), err));
 
-    step st = {.lm = lm, .be = be, .pool = pool, .b = b, .n_decode = kvrt_batch_num_decodes(b)};
+    step st = {.lm = lm, .be = be, .pool = pool, .b = b, .n_decode = b->num_decode_seqs};
     kvrt_status s = kvrt_op_begin(be);
     if (s == KVRT_OK)
         s = upload_batch(lm, n_ints);

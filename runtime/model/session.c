@@ -2,14 +2,14 @@
  * the teacher-forced evaluation of the golden tests. */
 #include "model/model_api_internal.h"
 
-#include "backend/ops.h"
+#include "backend/kv_cache_internal.h"
 
 #include <string.h>
 
 struct kvrt_session {
     kvrt_model *model;
     kvrt_session_params p;
-    kvrt_kv_pool *pool;
+    kvrt_kv_cache *cache;  /* every layer's K and V blocks */
     int32_t max_blocks;    /* block table row length: ceil(n_ctx / block_size) */
     int32_t *block_table;  /* [max_blocks], -1 = unassigned */
     int32_t blocks_used;
@@ -34,7 +34,7 @@ void kvrt_session_destroy(kvrt_session *s)
 {
     if (!s)
         return;
-    kvrt_op_kv_pool_destroy(s->model->ctx->be, s->pool);
+    kvrt_kv_cache_destroy(s->cache);
     kvrt_free(sess_alloc(s), s->block_table);
     kvrt_free(sess_alloc(s), s->positions);
     kvrt_free(sess_alloc(s), s->slots);
@@ -96,11 +96,10 @@ kvrt_status kvrt_session_create(kvrt_model *m, const kvrt_session_params *params
     for (int32_t i = 0; i < max_blocks; i++)
         s->block_table[i] = -1;
     const kvrt_llama_hparams *hp = &m->mf->hp;
-    kvrt_kv_pool_desc d = {.n_layers = hp->n_layer, .n_kv_heads = hp->n_head_kv, .head_dim = hp->head_dim,
-                           .block_size = p.block_size, .num_blocks = p.num_blocks, .dtype = p.kv_type};
-    kvrt_backend *be = m->ctx->be;
-    if (kvrt_op_kv_pool_create(be, &d, &s->pool) != KVRT_OK) {
-        kvrt_status st = kvrt_fail(err, be->err.status, "KV cache: %s", be->err.message);
+    kvrt_kv_cache_params cp = {.n_layers = hp->n_layer, .n_kv_heads = hp->n_head_kv, .head_dim = hp->head_dim,
+                               .block_size = p.block_size, .num_blocks = p.num_blocks, .dtype = p.kv_type};
+    kvrt_status st = kvrt_kv_cache_create(m->ctx, &cp, &s->cache, err);
+    if (st != KVRT_OK) {
         kvrt_session_destroy(s);
         return st;
     }
@@ -147,13 +146,13 @@ static kvrt_status eval_chunk(kvrt_session *s, const int32_t *tokens, int32_t n,
     int32_t qsl[2] = {0, n};
     int32_t seq_len = s->n_past + n;
     kvrt_batch b = {
-        .num_seqs = 1, .num_tokens = n, .tokens = tokens, .positions = s->positions, .slot_mapping = s->slots,
-        .query_start_loc = qsl, .seq_lens = &seq_len, .block_tables = s->block_table,
+        .num_seqs = 1, .num_decode_seqs = n == 1, .num_tokens = n, .tokens = tokens, .positions = s->positions,
+        .slot_mapping = s->slots, .query_start_loc = qsl, .seq_lens = &seq_len, .block_tables = s->block_table,
         .max_blocks_per_seq = s->max_blocks,
         .logits_indices = want_all ? s->logits_idx : s->logits_idx + (n - 1),
         .num_logits = logits ? (want_all ? n : 1) : 0,
     };
-    KVRT_TRY(kvrt_llama_forward(s->model->lm, s->pool, &b, logits, &s->err));
+    KVRT_TRY(kvrt_llama_forward(s->model->lm, kvrt_kv_cache_pool(s->cache), &b, logits, &s->err));
     s->n_past += n;
     return KVRT_OK;
 }
@@ -197,14 +196,13 @@ kvrt_status kvrt_session_get_stats(const kvrt_session *s, kvrt_session_stats *ou
     out->blocks_used = s->blocks_used;
     out->blocks_total = s->p.num_blocks;
     out->block_size = s->p.block_size;
-    const kvrt_kv_pool_desc *d = kvrt_kv_pool_desc_of(s->pool);
-    out->kv_bytes = 2ull * (uint64_t)d->n_layers * (uint64_t)d->num_blocks * kvrt_kv_block_bytes(d);
+    out->kv_bytes = kvrt_kv_cache_device_bytes(s->cache);
     return KVRT_OK;
 }
 
 kvrt_kv_pool *kvrt_session_kv_pool(kvrt_session *s)
 {
-    return s->pool;
+    return kvrt_kv_cache_pool(s->cache);
 }
 
 kvrt_status kvrt_session_adopt(kvrt_session *s, int32_t n_past)

@@ -1,8 +1,10 @@
-/* The standalone paged KV cache and attention API (include/kvrt_attention.h)
- * through the front door (ops.h). Host arrays are checked against the
- * layout (kv_layout.h) before they go anywhere, then wrapped in place where
- * the backend can (CPU) or go through scratch buffers otherwise, so the same
- * calls run, and fail, alike on every backend. */
+/* The KV cache object: the standalone paged KV cache and attention API
+ * (include/kvrt_attention.h) and the internals the session and the engine use
+ * (kv_cache_internal.h), through the front door (ops.h). Host arrays are
+ * checked against the layout (kv_layout.h) before they go anywhere, then
+ * wrapped in place where the backend can (CPU) or go through scratch buffers
+ * otherwise, so the same calls run, and fail, alike on every backend. */
+#include "backend/kv_cache_internal.h"
 #include "backend/ops.h"
 
 #include <math.h>
@@ -20,33 +22,34 @@ struct kvrt_kv_cache {
 /* ---- host arrays as backend buffers -------------------------------------------- */
 
 typedef struct host_arg {
-    kvrt_buffer *buf;
-    void *host;
+    const void *host; /* caller memory; outputs are written back */
     size_t size;
     bool is_out;
+    kvrt_buffer *buf;
 } host_arg;
 
-/* Wraps (or, for backends without host wrapping, uploads) `size` bytes of
- * caller memory for the duration of one call. */
-static kvrt_status host_arg_begin(kvrt_kv_cache *c, host_arg *a, const void *host, size_t size, bool is_out)
+/* Wraps (or, for backends without host wrapping, uploads) each caller array
+ * for the duration of one call; stops at the first failure. */
+static kvrt_status host_args_begin(kvrt_kv_cache *c, host_arg *a, int n)
 {
-    a->host = (void *)host; /* wrapped inputs are only read */
-    a->size = size;
-    a->is_out = is_out;
-    return kvrt_op_buffer_for_host(c->be, a->host, size, !is_out, &a->buf);
+    for (int i = 0; i < n; i++)
+        KVRT_TRY(kvrt_op_buffer_for_host(c->be, (void *)a[i].host, a[i].size, !a[i].is_out, &a[i].buf));
+    return KVRT_OK;
 }
 
-/* Downloads an output (when the call succeeded and it was not wrapped) and
- * releases the buffer; returns the first failure. */
-static kvrt_status host_arg_end(kvrt_kv_cache *c, host_arg *a, kvrt_status s)
+/* Downloads the outputs (when the call succeeded and they were not wrapped)
+ * and releases every buffer; returns the first failure. */
+static kvrt_status host_args_end(kvrt_kv_cache *c, host_arg *a, int n, kvrt_status s)
 {
     kvrt_backend *be = c->be;
-    if (!a->buf)
-        return s;
-    if (s == KVRT_OK && a->is_out && !kvrt_op_wraps_host(be))
-        s = kvrt_op_buffer_download(be, a->buf, 0, a->host, a->size);
-    kvrt_op_buffer_destroy(be, a->buf);
-    a->buf = NULL;
+    for (int i = n - 1; i >= 0; i--) {
+        if (!a[i].buf)
+            continue;
+        if (s == KVRT_OK && a[i].is_out && !kvrt_op_wraps_host(be))
+            s = kvrt_op_buffer_download(be, a[i].buf, 0, (void *)a[i].host, a[i].size);
+        kvrt_op_buffer_destroy(be, a[i].buf);
+        a[i].buf = NULL;
+    }
     return s;
 }
 
@@ -54,6 +57,13 @@ static kvrt_view host_view(const host_arg *a)
 {
     kvrt_view v = {a->buf, 0};
     return v;
+}
+
+/* Closes the step of one call (also when its op failed: the recording must end). */
+static kvrt_status step_end(kvrt_kv_cache *c, bool begun, kvrt_status s)
+{
+    kvrt_status submitted = begun ? kvrt_op_submit(c->be) : KVRT_OK;
+    return s == KVRT_OK ? submitted : s;
 }
 
 /* Copies the backend's message into the cache after a failed backend call. */
@@ -146,25 +156,15 @@ kvrt_status kvrt_kv_cache_write(kvrt_kv_cache *cache, int32_t layer, const float
     KVRT_TRY(kvrt_kv_check_slots(&cache->err, &cache->desc, slot_mapping, n_tokens));
     int64_t row = (int64_t)cache->desc.n_kv_heads * cache->desc.head_dim;
     size_t kv_bytes = (size_t)n_tokens * (size_t)row * sizeof(float);
-    host_arg ak, av, as;
-    memset(&av, 0, sizeof(av));
-    memset(&as, 0, sizeof(as));
-    kvrt_status s = host_arg_begin(cache, &ak, k, kv_bytes, false);
-    if (s == KVRT_OK)
-        s = host_arg_begin(cache, &av, v, kv_bytes, false);
-    if (s == KVRT_OK)
-        s = host_arg_begin(cache, &as, slot_mapping, (size_t)n_tokens * sizeof(int32_t), false);
-    if (s == KVRT_OK)
-        s = kvrt_op_begin(cache->be);
-    if (s == KVRT_OK)
-        s = kvrt_op_kv_write(cache->be, cache->pool, layer, host_view(&ak), row, host_view(&av), row,
-                                     host_view(&as), n_tokens);
-    if (s == KVRT_OK)
-        s = kvrt_op_submit(cache->be);
-    s = host_arg_end(cache, &as, s);
-    s = host_arg_end(cache, &av, s);
-    s = host_arg_end(cache, &ak, s);
-    return from_backend(cache, s);
+    host_arg a[] = {{k, kv_bytes, false, NULL}, {v, kv_bytes, false, NULL},
+                    {slot_mapping, (size_t)n_tokens * sizeof(int32_t), false, NULL}};
+    kvrt_status s = host_args_begin(cache, a, 3);
+    bool begun = s == KVRT_OK && (s = kvrt_op_begin(cache->be)) == KVRT_OK;
+    if (begun)
+        s = kvrt_op_kv_write(cache->be, cache->pool, layer, host_view(&a[0]), row, host_view(&a[1]), row,
+                             host_view(&a[2]), n_tokens);
+    s = step_end(cache, begun, s);
+    return from_backend(cache, host_args_end(cache, a, 3, s));
 }
 
 /* ---- attention --------------------------------------------------------------------- */
@@ -204,29 +204,16 @@ kvrt_status kvrt_attention_decode(kvrt_kv_cache *cache, int32_t layer, const kvr
     KVRT_TRY(kvrt_attn_check_decode(&cache->err, &cache->desc, &d, seq_lens, block_tables));
     size_t qo_bytes = (size_t)num_seqs * (size_t)d.q_stride * sizeof(float);
     size_t table_bytes = (size_t)num_seqs * (size_t)d.max_blocks_per_seq * sizeof(int32_t);
-    host_arg aq, ao, al, at;
-    memset(&ao, 0, sizeof(ao));
-    memset(&al, 0, sizeof(al));
-    memset(&at, 0, sizeof(at));
-    kvrt_status s = host_arg_begin(cache, &aq, q, qo_bytes, false);
-    if (s == KVRT_OK)
-        s = host_arg_begin(cache, &ao, out, qo_bytes, true);
-    if (s == KVRT_OK)
-        s = host_arg_begin(cache, &al, seq_lens, (size_t)num_seqs * sizeof(int32_t), false);
-    if (s == KVRT_OK)
-        s = host_arg_begin(cache, &at, block_tables, table_bytes, false);
-    if (s == KVRT_OK)
-        s = kvrt_op_begin(cache->be);
-    if (s == KVRT_OK)
-        s = kvrt_op_attn_decode(cache->be, cache->pool, layer, &d, host_view(&aq), host_view(&ao),
-                                        host_view(&al), host_view(&at));
-    if (s == KVRT_OK)
-        s = kvrt_op_submit(cache->be);
-    s = host_arg_end(cache, &at, s);
-    s = host_arg_end(cache, &al, s);
-    s = host_arg_end(cache, &ao, s);
-    s = host_arg_end(cache, &aq, s);
-    return from_backend(cache, s);
+    host_arg a[] = {{q, qo_bytes, false, NULL}, {out, qo_bytes, true, NULL},
+                    {seq_lens, (size_t)num_seqs * sizeof(int32_t), false, NULL},
+                    {block_tables, table_bytes, false, NULL}};
+    kvrt_status s = host_args_begin(cache, a, 4);
+    bool begun = s == KVRT_OK && (s = kvrt_op_begin(cache->be)) == KVRT_OK;
+    if (begun)
+        s = kvrt_op_attn_decode(cache->be, cache->pool, layer, &d, host_view(&a[0]), host_view(&a[1]),
+                                host_view(&a[2]), host_view(&a[3]));
+    s = step_end(cache, begun, s);
+    return from_backend(cache, host_args_end(cache, a, 4, s));
 }
 
 kvrt_status kvrt_attention_prefill(kvrt_kv_cache *cache, int32_t layer, const kvrt_attention_params *params,
@@ -256,33 +243,17 @@ kvrt_status kvrt_attention_prefill(kvrt_kv_cache *cache, int32_t layer, const kv
     d.num_tokens = num_tokens;
     size_t qo_bytes = (size_t)num_tokens * (size_t)d.q_stride * sizeof(float);
     size_t table_bytes = (size_t)num_seqs * (size_t)d.max_blocks_per_seq * sizeof(int32_t);
-    host_arg aq, ao, aqs, al, at;
-    memset(&ao, 0, sizeof(ao));
-    memset(&aqs, 0, sizeof(aqs));
-    memset(&al, 0, sizeof(al));
-    memset(&at, 0, sizeof(at));
-    kvrt_status s = host_arg_begin(cache, &aq, q, qo_bytes, false);
-    if (s == KVRT_OK)
-        s = host_arg_begin(cache, &ao, out, qo_bytes, true);
-    if (s == KVRT_OK)
-        s = host_arg_begin(cache, &aqs, query_start_loc, ((size_t)num_seqs + 1) * sizeof(int32_t), false);
-    if (s == KVRT_OK)
-        s = host_arg_begin(cache, &al, seq_lens, (size_t)num_seqs * sizeof(int32_t), false);
-    if (s == KVRT_OK)
-        s = host_arg_begin(cache, &at, block_tables, table_bytes, false);
-    if (s == KVRT_OK)
-        s = kvrt_op_begin(cache->be);
-    if (s == KVRT_OK)
-        s = kvrt_op_attn_prefill(cache->be, cache->pool, layer, &d, host_view(&aq), host_view(&ao),
-                                         host_view(&aqs), host_view(&al), host_view(&at));
-    if (s == KVRT_OK)
-        s = kvrt_op_submit(cache->be);
-    s = host_arg_end(cache, &at, s);
-    s = host_arg_end(cache, &al, s);
-    s = host_arg_end(cache, &aqs, s);
-    s = host_arg_end(cache, &ao, s);
-    s = host_arg_end(cache, &aq, s);
-    return from_backend(cache, s);
+    host_arg a[] = {{q, qo_bytes, false, NULL}, {out, qo_bytes, true, NULL},
+                    {query_start_loc, ((size_t)num_seqs + 1) * sizeof(int32_t), false, NULL},
+                    {seq_lens, (size_t)num_seqs * sizeof(int32_t), false, NULL},
+                    {block_tables, table_bytes, false, NULL}};
+    kvrt_status s = host_args_begin(cache, a, 5);
+    bool begun = s == KVRT_OK && (s = kvrt_op_begin(cache->be)) == KVRT_OK;
+    if (begun)
+        s = kvrt_op_attn_prefill(cache->be, cache->pool, layer, &d, host_view(&a[0]), host_view(&a[1]),
+                                 host_view(&a[2]), host_view(&a[3]), host_view(&a[4]));
+    s = step_end(cache, begun, s);
+    return from_backend(cache, host_args_end(cache, a, 5, s));
 }
 
 /* ---- whole blocks (the front door checks layers, blocks and pairs) ------------------------------ */
@@ -294,12 +265,11 @@ kvrt_status kvrt_kv_cache_copy_blocks(kvrt_kv_cache *cache, const int32_t (*src_
     kvrt_error_clear(&cache->err);
     if (n_pairs == 0)
         return KVRT_OK;
-    kvrt_backend *be = cache->be;
-    kvrt_status s = kvrt_op_begin(be);
-    if (s == KVRT_OK)
-        s = kvrt_op_kv_copy_blocks(be, cache->pool, src_dst, n_pairs);
-    kvrt_status submitted = kvrt_op_submit(be); /* always close the recording */
-    return from_backend(cache, s == KVRT_OK ? submitted : s);
+    kvrt_status s = kvrt_op_begin(cache->be);
+    bool begun = s == KVRT_OK;
+    if (begun)
+        s = kvrt_op_kv_copy_blocks(cache->be, cache->pool, src_dst, n_pairs);
+    return from_backend(cache, step_end(cache, begun, s));
 }
 
 static kvrt_status check_block_size(kvrt_kv_cache *c, const void *ptr, size_t size, const char *what)
@@ -330,4 +300,50 @@ kvrt_status kvrt_kv_cache_write_block(kvrt_kv_cache *cache, int32_t layer, int32
     KVRT_TRY(check_block_size(cache, src, src_size, "write block"));
     return from_backend(cache, kvrt_op_kv_block_write(cache->be, cache->pool, layer, (kvrt_kv_which)which, block,
                                                       src));
+}
+
+/* ---- for the session and the engine (kv_cache_internal.h) ----------------------------------- */
+
+kvrt_kv_pool *kvrt_kv_cache_pool(kvrt_kv_cache *cache)
+{
+    return cache->pool;
+}
+
+const kvrt_kv_pool_desc *kvrt_kv_cache_desc(const kvrt_kv_cache *cache)
+{
+    return &cache->desc;
+}
+
+size_t kvrt_kv_cache_slot_bytes(const kvrt_kv_cache *cache)
+{
+    return 2 * (size_t)cache->desc.n_layers * cache->block_bytes;
+}
+
+uint64_t kvrt_kv_cache_device_bytes(const kvrt_kv_cache *cache)
+{
+    return (uint64_t)cache->desc.num_blocks * kvrt_kv_cache_slot_bytes(cache);
+}
+
+/* Host-tier layout of one block: for each layer, K then V, block_bytes each. */
+kvrt_status kvrt_kv_cache_save_block(kvrt_kv_cache *cache, int32_t block, void *dst)
+{
+    kvrt_error_clear(&cache->err);
+    uint8_t *p = dst;
+    for (int32_t l = 0; l < cache->desc.n_layers; l++) {
+        for (int w = 0; w < 2; w++, p += cache->block_bytes)
+            KVRT_TRY(from_backend(cache, kvrt_op_kv_block_read(cache->be, cache->pool, l, (kvrt_kv_which)w, block, p)));
+    }
+    return KVRT_OK;
+}
+
+kvrt_status kvrt_kv_cache_load_block(kvrt_kv_cache *cache, int32_t block, const void *src)
+{
+    kvrt_error_clear(&cache->err);
+    const uint8_t *p = src;
+    for (int32_t l = 0; l < cache->desc.n_layers; l++) {
+        for (int w = 0; w < 2; w++, p += cache->block_bytes)
+            KVRT_TRY(from_backend(cache, kvrt_op_kv_block_write(cache->be, cache->pool, l, (kvrt_kv_which)w, block,
+                                                                p)));
+    }
+    return KVRT_OK;
 }
