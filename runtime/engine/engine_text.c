@@ -82,12 +82,12 @@ static kvrt_status append_token_text(kvrt_engine *e, kvrt_eseq *s, int32_t prev,
     KVRT_TRY(text_reserve(e, s, TYPICAL_PIECE));
     size_t len = 0, room = s->text_cap - s->text_len;
     kvrt_error keep = e->err; /* "too small" is not a failure of this call */
-    kvrt_status st = e->runner.ops->token_text(e->runner.self, prev, tok, s->text + s->text_len, room, &len, &e->err);
+    kvrt_status st = e->runner.iface->token_text(e->runner.self, prev, tok, s->text + s->text_len, room, &len, &e->err);
     if (st == KVRT_ERR_INVALID_ARGUMENT && len + 1 > room) {
         e->err = keep;
         KVRT_TRY(text_reserve(e, s, len));
         room = s->text_cap - s->text_len;
-        st = e->runner.ops->token_text(e->runner.self, prev, tok, s->text + s->text_len, room, &len, &e->err);
+        st = e->runner.iface->token_text(e->runner.self, prev, tok, s->text + s->text_len, room, &len, &e->err);
     }
     if (st != KVRT_OK) {
         s->text[s->text_len] = '\0';
@@ -100,7 +100,7 @@ static kvrt_status append_token_text(kvrt_engine *e, kvrt_eseq *s, int32_t prev,
 
 kvrt_status kvrt_engine_text_step(kvrt_engine *e, kvrt_eseq *s, kvrt_finish_reason *why)
 {
-    if (!e->runner.ops->token_text)
+    if (!e->runner.iface->token_text)
         return KVRT_OK;
     int32_t tok = s->tokens[s->len - 1], prev = s->len >= 2 ? s->tokens[s->len - 2] : -1;
     KVRT_TRY(append_token_text(e, s, prev, tok));
