@@ -60,7 +60,7 @@ static int parse_args(int argc, char **argv, run_args *a)
         KVRT_CLI_INT32(0, "repeat-last-n", &a->sp.repeat_last_n, 0, 1 << 20, "N", "(default 64)"),
         KVRT_CLI_INT64('s', "seed", &a->seed, -1, INT64_MAX, "N", "RNG seed (default -1 = from the clock)"),
         {.short_name = 'c', .name = "ctx", .kind = KVRT_CLI_KIND_INT32, .dst = &a->ctx, .min = 1, .max = INT32_MAX,
-         .flags = KVRT_CLI_K_SUFFIX, .meta = "N", .help = "context length (default: the model's)"},
+         .flags = KVRT_CLI_K_SUFFIX, .meta = "N", .help = "context length (default: the model's, capped at 4096)"},
         {.short_name = 'b', .name = "batch-size", .kind = KVRT_CLI_KIND_INT32, .dst = &a->batch, .min = 1,
          .max = 1 << 20, .flags = KVRT_CLI_K_SUFFIX, .meta = "N",
          .help = "prompt tokens per forward (prefill chunk, default 512)"},
