@@ -250,7 +250,7 @@ for sub in attn model serve; do
     expect_usage "kvrt-bench $sub --device 4294967296" "--device: 4294967296 is out of range" \
         "$bench" $sub --backend vulkan --device 4294967296
     expect_usage "kvrt-bench $sub --device with auto" "--device picks a device of a named backend" \
-        "$bench" $sub --device 1
+        "$bench" $sub --backend auto --device 1
     expect_usage "kvrt-bench $sub -t 1025" "--threads: 1025 is out of range [0, 1024]" "$bench" $sub -t1025
     expect_usage "kvrt-bench $sub --kv-type q4" "--kv-type: unknown value 'q4'" "$bench" $sub --kv-type=q4
     expect_usage "kvrt-bench $sub --backend tpu" "--backend: unknown backend 'tpu' (auto, cpu, vulkan, opencl)" \
@@ -261,7 +261,8 @@ expect_usage "kvrt-bench attn -t list" "--threads: takes one number" "$bench" at
 expect_usage "kvrt-bench model -t 17 counts" "--threads: bad list" "$bench" model -t 1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1
 expect_usage "kvrt-bench attn --ctx junk" "--ctx: '4q' is not a number" "$bench" attn --ctx 512,4q
 expect_rc 1 "kvrt-bench serve failure (missing model)" "$bench" serve --model "$tmp/none.gguf" --requests 4
-if expect_rc 0 "kvrt-bench serve ok (auto, -v)" "$bench" serve --model "$model" --requests 8 --max-seqs 4 -v -t1; then
+if expect_rc 0 "kvrt-bench serve ok (auto, -v)" "$bench" serve --model "$model" --requests 8 --max-seqs 4 -v -t1 \
+    --backend=auto; then
     grep -q "^kvrt-bench serve: backend auto: " "$err" || fail "kvrt-bench serve: the auto choice is not on stderr"
     grep -q "^kvrt-bench serve: backend [a-z]*, device .*, threads 1, KV f32, block size 16" "$err" \
         || fail "kvrt-bench serve -v: no settings line: $(head -n 3 "$err")"

@@ -103,6 +103,7 @@ static int parse_args(int argc, char **argv, serve_opts *o)
     *o = (serve_opts){.model = "models/stories260K.gguf", .requests = 256, .max_seqs = 32, .max_batched_tokens = 256};
     kvrt_cli_common_init(&o->common, KVRT_DTYPE_F32, 1);
     o->common.threads[0] = 1; /* the default model is too small to gain from more */
+    o->common.backend = KVRT_BACKEND_CPU; /* DESIGN.md: with no arguments, every workload on the CPU */
     int64_t seed = 42;
     const kvrt_cli_opt opts[] = {
         KVRT_CLI_STR(0, "model", &o->model, "PATH", "GGUF or llama2.c model (default models/stories260K.gguf)"),
@@ -117,7 +118,7 @@ static int parse_args(int argc, char **argv, serve_opts *o)
     };
     const kvrt_cli_spec spec = {
         .prog = PROG,
-        .usage = "kvrt-bench serve [--model PATH] [--requests N] [--backend auto|cpu|vulkan|opencl] [-t THREADS]\n"
+        .usage = "kvrt-bench serve [--model PATH] [--requests N] [--backend cpu|auto|vulkan|opencl] [-t THREADS]\n"
                  "                        [--json] [--seed S] [--block-size 8|16|32] [--kv-type f32|f16]\n"
                  "                        [--max-seqs N] [--max-batched-tokens N] [--pipeline-cache FILE]\n"
                  "                        [--device N|NAME] [-v]",

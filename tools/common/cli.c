@@ -233,9 +233,13 @@ static size_t common_table(kvrt_cli_common *c, kvrt_cli_opt out[N_COMMON])
     const bool list = c->max_threads > 1;
     const kvrt_cli_opt t[N_COMMON] = {
         KVRT_CLI_CALL(0, "backend", parse_backend, &c->backend, "NAME",
-                      "auto (default), cpu, vulkan or opencl. auto: the first hardware Vulkan\n"
-                      "device, else a hardware OpenCL device, else the CPU; software drivers\n"
-                      "(lavapipe, PoCL's CPU device) only when their backend is named"),
+                      c->backend == KVRT_BACKEND_CPU
+                          ? "cpu (default), auto, vulkan or opencl. auto: the first hardware Vulkan\n"
+                            "device, else a hardware OpenCL device, else the CPU; software drivers\n"
+                            "(lavapipe, PoCL's CPU device) only when their backend is named"
+                          : "auto (default), cpu, vulkan or opencl. auto: the first hardware Vulkan\n"
+                            "device, else a hardware OpenCL device, else the CPU; software drivers\n"
+                            "(lavapipe, PoCL's CPU device) only when their backend is named"),
         KVRT_CLI_CALL(0, "device", parse_device, c, "N|NAME",
                       "device of --backend vulkan/opencl: index or part of its name"),
         KVRT_CLI_CALL('t', "threads", parse_threads, c, list ? "LIST" : "N",

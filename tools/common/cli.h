@@ -139,7 +139,9 @@ bool kvrt_cli_parse_kv_type(const char *prog, const char *flag, const char *valu
 bool kvrt_cli_parse_block_size(const char *prog, const char *flag, const char *value, void *dst);
 
 /* Defaults: backend auto, no device, -t unset (all cores), no pipeline cache,
- * `kv_type`, block size 16; -t takes up to `max_threads` comma-separated counts. */
+ * `kv_type`, block size 16; -t takes up to `max_threads` comma-separated counts.
+ * A tool may change a default before kvrt_cli_parse (threads[0], or backend
+ * = KVRT_BACKEND_CPU where its results are defined on the CPU); --help shows it. */
 void kvrt_cli_common_init(kvrt_cli_common *c, kvrt_dtype kv_type, int max_threads);
 
 /* --backend auto: asks the library (kvrt_backend_choose_auto), replaces AUTO
