@@ -8,8 +8,9 @@
 set -u
 build=$(cd "$1" && pwd)
 src=$(cd "$2" && pwd)
-models=${KVRT_TEST_MODELS:-$src/../shared/models}
-model=$src/models/stories260K.gguf
+. "$(dirname "${BASH_SOURCE[0]}")/data.bash"
+require_data stories260K.gguf stories260K.bin tok512.bin
+model=$models/stories260K.gguf
 failures=0
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
