@@ -36,6 +36,9 @@ static void usage(FILE *f)
     fprintf(f, "usage: kvrt-bench SUBCOMMAND [options]   (kvrt-bench SUBCOMMAND --help for its options)\n\n");
     for (size_t i = 0; i < KVRT_ARRAY_LEN(SUBCOMMANDS); i++)
         fprintf(f, "  %-6s %s\n", SUBCOMMANDS[i].name, SUBCOMMANDS[i].summary);
+    fprintf(f, "\n  --version  the version, then exit\n");
+    fprintf(f, "\nEvery subcommand takes the common flags --backend (default auto) --device -t\n"
+               "--pipeline-cache --kv-type --block-size -v, as kvrt-run does.\n");
     fprintf(f, "\nexit status: 0 ok, 1 a benchmark failed, 2 usage error\n");
 }
 
@@ -49,6 +52,10 @@ int main(int argc, char **argv)
     }
     if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
         usage(stdout);
+        return 0;
+    }
+    if (strcmp(argv[1], "--version") == 0) {
+        kvrt_cli_print_version("kvrt-bench");
         return 0;
     }
     for (size_t i = 0; i < KVRT_ARRAY_LEN(SUBCOMMANDS); i++) {

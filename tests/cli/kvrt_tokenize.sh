@@ -61,7 +61,7 @@ else echo "FAIL --help"; failures=$((failures + 1)); fi
 expect_error "no text" "-p" -z "$tok512"
 expect_error "no model" "-m" -p "x"
 expect_error "unknown flag" "--bogus" -z "$tok512" -p "x" --bogus
-expect_error "missing value" "needs a value" -z "$tok512" -p
+expect_error "missing value" "missing value" -z "$tok512" -p
 expect_error "missing tokenizer file" "cannot open" -z /nonexistent/tok.bin -p "x"
 expect_error "checkpoint without -z" "-z" -m "$models/stories260K.bin" -p "x"
 expect_error "vocabulary size mismatch" "more than the model's 512" -m "$models/stories260K.bin" \

@@ -64,7 +64,8 @@ static const int32_t QUICK_BATCHES[] = {1, 3};
 #define MAX_LIST 16
 
 typedef struct attn_opts {
-    kvrt_backend_kind backend;
+    kvrt_cli_common common;     /* --backend --device -t --pipeline-cache --kv-type --block-size -v */
+    kvrt_backend_kind backend;  /* the common flags' values, resolved (auto chosen) */
     const char *pipeline_cache; /* --pipeline-cache FILE; NULL = none */
     int n_threads;           /* 0 = all cores */
     bool json, quick;
@@ -101,69 +102,11 @@ typedef struct attn_result {
 
 /* ---- arguments ----------------------------------------------------------------- */
 
-static void usage(FILE *f)
-{
-    fprintf(f,
-            "usage: kvrt-bench attn [--backend cpu] [-t THREADS] [--json] [--kv-type f32|f16] [--quick]\n"
-            "                       [--ctx N,N,...] [--batch N,N,...] [--block-size 8|16|32]\n"
-            "                       [--prefill-chunk N] [--max-kv-mib N] [--min-time-ms N] [--no-cpu-compare]\n"
-            "                       [--pipeline-cache FILE]\n"
-            "\n"
-            "Decode and prefill attention throughput over model shapes (llama-2-7b: 32 q / 32 KV\n"
-            "heads, llama-3-8b: 32 q / 8 KV heads, head_dim 128) x batch x context, with the KV-read\n"
-            "rate as a share of the memory bandwidth measured in the same run, and paged vs\n"
-            "contiguous KV layout on the same data.\n"
-            "\n"
-            "  --backend B        cpu (default), vulkan, opencl (contiguous comparison: cpu only)\n"
-            "  -t, --threads N    threads (default: all cores)\n"
-            "  --json             one JSON document on stdout; the table goes to stderr\n"
-            "  --kv-type T        f16 (default) or f32\n"
-            "  --quick            a tiny grid (seconds; for tests)\n"
-            "  --ctx LIST         contexts (default 512,1024,2048,4096,8192; 4k = 4096)\n"
-            "  --batch LIST       batch sizes (default 1,4,16)\n"
-            "  --block-size N     tokens per KV block (default 16)\n"
-            "  --prefill-chunk N  new tokens per sequence in the prefill cells (default 128; 0 = none)\n"
-            "  --max-kv-mib N     skip cells whose KV of one layer exceeds N MiB (default 2048)\n"
-            "  --min-time-ms N    timed milliseconds per measurement (default 300)\n"
-            "  --no-cpu-compare   on vulkan/opencl, do not run every cell on the CPU backend too\n"
-            "                     (by default it does, on -t threads, and reports the speed ratios)\n"
-            "  --pipeline-cache F load compiled GPU pipelines from F and save them there (default: none)\n");
-}
-
-/* "512,4k,8192" -> values in [1, max]. */
-static bool parse_list(const char *flag, const char *s, int64_t max, int32_t *vals, int *n)
-{
-    char buf[256];
-    if (strlen(s) >= sizeof(buf)) {
-        kvrt_cli_error(PROG, "%s: list too long", flag);
-        return false;
-    }
-    strcpy(buf, s);
-    *n = 0;
-    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        int64_t v;
-        if (*n == MAX_LIST) {
-            kvrt_cli_error(PROG, "%s: at most %d values", flag, MAX_LIST);
-            return false;
-        }
-        if (!kvrt_cli_int(PROG, flag, tok, 1, max, true, &v))
-            return false;
-        vals[(*n)++] = (int32_t)v;
-    }
-    if (*n == 0) {
-        kvrt_cli_error(PROG, "%s: empty list", flag);
-        return false;
-    }
-    return true;
-}
-
 static void default_opts(attn_opts *o)
 {
     memset(o, 0, sizeof(*o));
-    o->backend = KVRT_BACKEND_CPU;
+    kvrt_cli_common_init(&o->common, KVRT_DTYPE_F16, 1);
     o->cpu_compare = true;
-    o->dtype = KVRT_DTYPE_F16;
-    o->block_size = 16;
     o->prefill_chunk = 128;
     o->max_kv_bytes = (int64_t)2048 << 20;
     o->min_time = 0.3;
@@ -198,87 +141,73 @@ static void apply_grid(attn_opts *o, bool ctx_given, bool batch_given)
     }
 }
 
-/* One flag at argv[*i]; returns 0, KVRT_CLI_USAGE, or -1 for --help. */
-static int parse_one(int argc, char **argv, int *i, attn_opts *o, bool *ctx_given, bool *batch_given)
+/* "512,4k,8192" -> contexts in [1, 2^20]. */
+static bool parse_ctxs(const char *prog, const char *flag, const char *value, void *dst)
 {
-    const char *a = argv[*i], *val = NULL;
-    int64_t n;
-    if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0)
-        return -1;
-    if (strcmp(a, "--json") == 0) {
-        o->json = true;
-        return 0;
-    }
-    if (strcmp(a, "--quick") == 0) {
-        o->quick = true;
-        return 0;
-    }
-    if (strcmp(a, "--no-cpu-compare") == 0) {
-        o->cpu_compare = false;
-        return 0;
-    }
-    if (kvrt_cli_flag(argc, argv, i, "--backend", &val, PROG)) {
-        if (val && kvrt_backend_parse(val, &o->backend) != KVRT_OK) {
-            kvrt_cli_error(PROG, "--backend: unknown backend '%s' (cpu, vulkan, opencl)", val);
-            return KVRT_CLI_USAGE;
-        }
-    } else if (kvrt_cli_flag(argc, argv, i, "--pipeline-cache", &val, PROG)) {
-        o->pipeline_cache = val;
-    } else if (kvrt_cli_flag(argc, argv, i, "-t", &val, PROG) ||
-               kvrt_cli_flag(argc, argv, i, "--threads", &val, PROG)) {
-        if (val && !kvrt_cli_int(PROG, "-t", val, 1, 4096, false, &n))
-            return KVRT_CLI_USAGE;
-        o->n_threads = val ? (int)n : 0;
-    } else if (kvrt_cli_flag(argc, argv, i, "--kv-type", &val, PROG)) {
-        static const char *const types[] = {"f32", "f16"};
-        int t = val ? kvrt_cli_choice(PROG, "--kv-type", val, types, 2) : -1;
-        if (t < 0)
-            return KVRT_CLI_USAGE;
-        o->dtype = t == 0 ? KVRT_DTYPE_F32 : KVRT_DTYPE_F16;
-    } else if (kvrt_cli_flag(argc, argv, i, "--ctx", &val, PROG)) {
-        if (val && !parse_list("--ctx", val, 1 << 20, o->ctxs, &o->n_ctx))
-            return KVRT_CLI_USAGE;
-        *ctx_given = true;
-    } else if (kvrt_cli_flag(argc, argv, i, "--batch", &val, PROG)) {
-        if (val && !parse_list("--batch", val, 1024, o->batches, &o->n_batch))
-            return KVRT_CLI_USAGE;
-        *batch_given = true;
-    } else if (kvrt_cli_flag(argc, argv, i, "--block-size", &val, PROG)) {
-        if (val && (!kvrt_cli_int(PROG, "--block-size", val, 8, 32, false, &n) || (n & (n - 1)))) {
-            kvrt_cli_error(PROG, "--block-size: use 8, 16 or 32");
-            return KVRT_CLI_USAGE;
-        }
-        o->block_size = val ? (int32_t)n : 0;
-    } else if (kvrt_cli_flag(argc, argv, i, "--prefill-chunk", &val, PROG)) {
-        if (val && !kvrt_cli_int(PROG, "--prefill-chunk", val, 0, 1 << 16, true, &n))
-            return KVRT_CLI_USAGE;
-        o->prefill_chunk = val ? (int32_t)n : 0;
-    } else if (kvrt_cli_flag(argc, argv, i, "--max-kv-mib", &val, PROG)) {
-        if (val && !kvrt_cli_int(PROG, "--max-kv-mib", val, 1, 1 << 24, false, &n))
-            return KVRT_CLI_USAGE;
-        o->max_kv_bytes = val ? n << 20 : 0;
-    } else if (kvrt_cli_flag(argc, argv, i, "--min-time-ms", &val, PROG)) {
-        if (val && !kvrt_cli_int(PROG, "--min-time-ms", val, 0, 600000, false, &n))
-            return KVRT_CLI_USAGE;
-        o->min_time = val ? (double)n * 1e-3 : 0.0;
-    } else {
-        kvrt_cli_error(PROG, "unknown argument '%s' (see --help)", a);
-        return KVRT_CLI_USAGE;
-    }
-    return val ? 0 : KVRT_CLI_USAGE;
+    attn_opts *o = dst;
+    return kvrt_cli_int_list(prog, flag, value, 1, 1 << 20, true, o->ctxs, MAX_LIST, &o->n_ctx);
 }
 
+static bool parse_batches(const char *prog, const char *flag, const char *value, void *dst)
+{
+    attn_opts *o = dst;
+    return kvrt_cli_int_list(prog, flag, value, 1, 1024, true, o->batches, MAX_LIST, &o->n_batch);
+}
+
+/* KVRT_CLI_CONTINUE, or the exit status after --help/--version or a usage error. */
 static int parse_args(int argc, char **argv, attn_opts *o)
 {
-    bool ctx_given = false, batch_given = false;
+    bool ctx_given = false, batch_given = false, no_cpu_compare = false;
+    int32_t max_kv_mib = 2048, min_time_ms = 300;
     default_opts(o);
-    for (int i = 1; i < argc; i++) {
-        int rc = parse_one(argc, argv, &i, o, &ctx_given, &batch_given);
-        if (rc != 0)
-            return rc;
-    }
+    const kvrt_cli_opt opts[] = {
+        KVRT_CLI_BOOL(0, "json", &o->json, "one JSON document on stdout; the table goes to stderr"),
+        KVRT_CLI_BOOL(0, "quick", &o->quick, "a tiny grid (seconds; for tests)"),
+        {.name = "ctx", .kind = KVRT_CLI_KIND_CALL, .call = parse_ctxs, .dst = o, .meta = "LIST",
+         .help = "contexts (default 512,1024,2048,4096,8192; 4k = 4096)", .seen = &ctx_given},
+        {.name = "batch", .kind = KVRT_CLI_KIND_CALL, .call = parse_batches, .dst = o, .meta = "LIST",
+         .help = "batch sizes (default 1,4,16)", .seen = &batch_given},
+        {.name = "prefill-chunk", .kind = KVRT_CLI_KIND_INT32, .dst = &o->prefill_chunk, .min = 0, .max = 1 << 16,
+         .flags = KVRT_CLI_K_SUFFIX, .meta = "N",
+         .help = "new tokens per sequence in the prefill cells (default 128; 0 = none)"},
+        KVRT_CLI_INT32(0, "max-kv-mib", &max_kv_mib, 1, 1 << 24, "N",
+                       "skip cells whose KV of one layer exceeds N MiB (default 2048)"),
+        KVRT_CLI_INT32(0, "min-time-ms", &min_time_ms, 0, 600000, "N",
+                       "timed milliseconds per measurement (default 300)"),
+        KVRT_CLI_BOOL(0, "no-cpu-compare", &no_cpu_compare,
+                      "on vulkan/opencl, do not run every cell on the CPU backend too\n"
+                      "(by default it does, on -t threads, and reports the speed ratios)"),
+    };
+    const kvrt_cli_spec spec = {
+        .prog = PROG,
+        .usage = "kvrt-bench attn [--backend auto] [-t THREADS] [--json] [--kv-type f16|f32] [--quick]\n"
+                 "                       [--ctx N,N,...] [--batch N,N,...] [--block-size 8|16|32]\n"
+                 "                       [--prefill-chunk N] [--max-kv-mib N] [--min-time-ms N] [--no-cpu-compare]\n"
+                 "                       [--pipeline-cache FILE] [--device N|NAME] [-v]",
+        .about = "Decode and prefill attention throughput over model shapes (llama2-7b: 32 q / 32 KV\n"
+                 "heads, llama3-8b: 32 q / 8 KV heads, head_dim 128) x batch x context, with the KV-read\n"
+                 "rate as a share of the memory bandwidth measured in the same run, and paged vs\n"
+                 "contiguous KV layout on the same data (contiguous comparison: cpu only).",
+        .opts = opts,
+        .n_opts = KVRT_ARRAY_LEN(opts),
+        .common = &o->common,
+    };
+    int first;
+    int rc = kvrt_cli_parse(&spec, argc, argv, &first);
+    if (rc != KVRT_CLI_CONTINUE)
+        return rc;
+    if (!kvrt_cli_common_resolve(PROG, &o->common))
+        return KVRT_CLI_USAGE;
+    o->backend = o->common.backend;
+    o->pipeline_cache = o->common.pipeline_cache;
+    o->n_threads = o->common.threads[0];
+    o->dtype = o->common.kv_type;
+    o->block_size = o->common.block_size;
+    o->cpu_compare = !no_cpu_compare;
+    o->max_kv_bytes = (int64_t)max_kv_mib << 20;
+    o->min_time = (double)min_time_ms * 1e-3;
     apply_grid(o, ctx_given, batch_given);
-    return 0;
+    return KVRT_CLI_CONTINUE;
 }
 
 /* ---- one cell ------------------------------------------------------------------ */
@@ -911,17 +840,11 @@ int kvrt_bench_attn_main(int argc, char **argv)
     attn_run run;
     memset(&run, 0, sizeof(run));
     int rc = parse_args(argc, argv, &run.o);
-    if (rc < 0) {
-        usage(stdout);
-        return 0;
-    }
-    if (rc != 0)
+    if (rc != KVRT_CLI_CONTINUE)
         return rc;
     kvrt_error err = {KVRT_OK, ""};
     kvrt_context_params cp = kvrt_context_default_params();
-    cp.backend = run.o.backend;
-    cp.n_threads = run.o.n_threads;
-    cp.pipeline_cache_path = run.o.pipeline_cache;
+    kvrt_cli_common_context_params(&run.o.common, &cp);
     kvrt_context *ctx = NULL, *cpu = NULL;
     if (kvrt_context_create(&cp, &ctx, &err) != KVRT_OK) {
         kvrt_cli_error(PROG, "%s", err.message);
