@@ -52,10 +52,17 @@ typedef struct kvrt_model_info {
 
 KVRT_API kvrt_status kvrt_model_get_info(const kvrt_model *model, kvrt_model_info *out);
 
-/* Tokenizes `len` bytes of UTF-8 text (BOS first when add_bos). Writes up to
- * `capacity` ids; *n_tokens receives the number needed, and the call returns
- * KVRT_ERR_INVALID_ARGUMENT (with *n_tokens set) when capacity is too small. */
-KVRT_API kvrt_status kvrt_tokenize(kvrt_model *model, const char *text, size_t len, int add_bos,
+/* Flags of kvrt_tokenize (1 keeps its old meaning "add BOS"). */
+#define KVRT_TOKENIZE_ADD_SPECIAL 1u   /* BOS / EOS as the vocabulary asks (add_bos_token, add_eos_token) */
+#define KVRT_TOKENIZE_PARSE_SPECIAL 2u /* the pieces of control and user-defined tokens written in the text
+                                        * (such as <|im_start|>) become those tokens; without it text is
+                                        * only ever text. Chat templates always use it. */
+
+/* Tokenizes `len` bytes of UTF-8 text (any bytes are accepted) with `flags`
+ * (KVRT_TOKENIZE_*). Writes up to `capacity` ids; *n_tokens receives the
+ * number needed, and the call returns KVRT_ERR_INVALID_ARGUMENT (with
+ * *n_tokens set) when capacity is too small. */
+KVRT_API kvrt_status kvrt_tokenize(kvrt_model *model, const char *text, size_t len, unsigned flags,
                                    int32_t *ids, int32_t capacity, int32_t *n_tokens);
 
 /* The bytes a token stands for, as a stream of text shows them: byte pieces
