@@ -14,7 +14,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "model/gguf.h"
 #include "model/model_file.h"
+#include "model/synth.h"
 #include "model/tokenizer.h"
 #include "model/tokenizer_internal.h"
 
@@ -533,6 +535,55 @@ static void test_special_priority(void **state)
     kvrt_tokenizer_destroy(tok);
 }
 
+/* A BPE vocabulary written back (kvrt's GGUF writer, as an exported model
+ * carries it) reads the same and tokenizes the same. */
+static void test_export_round_trip(void **state)
+{
+    (void)state;
+    loaded l;
+    load_vocab("qwen3-vocab.gguf", &l);
+    kvrt_gguf_writer *w = NULL;
+    assert_int_equal(kvrt_gguf_writer_create(NULL, 0, &w, NULL), KVRT_OK);
+    assert_int_equal(kvrt_llama_add_vocab(w, &l.mf->vocab), KVRT_OK);
+    FILE *f = tmpfile();
+    assert_non_null(f);
+    assert_int_equal(kvrt_gguf_writer_write_header(w, f), KVRT_OK);
+    assert_int_equal(kvrt_gguf_writer_finish(w, f), KVRT_OK);
+    kvrt_gguf_writer_destroy(w);
+    long size = ftell(f);
+    char *bytes = malloc((size_t)size);
+    assert_non_null(bytes);
+    rewind(f);
+    assert_int_equal(fread(bytes, 1, (size_t)size, f), (size_t)size);
+    fclose(f);
+    kvrt_model_file *back = NULL;
+    kvrt_error err;
+    assert_int_equal(kvrt_model_file_load_gguf_memory(bytes, (size_t)size, NULL, true, &back, &err), KVRT_OK);
+    const kvrt_vocab *a = &l.mf->vocab, *b = &back->vocab;
+    assert_int_equal(b->kind, KVRT_VOCAB_BPE);
+    assert_string_equal(b->pre, a->pre);
+    assert_int_equal(b->n_merges, a->n_merges);
+    assert_int_equal(b->merge_offsets[b->n_merges], a->merge_offsets[a->n_merges]);
+    assert_memory_equal(b->merge_text, a->merge_text, a->merge_offsets[a->n_merges]);
+    assert_int_equal(b->eos_id, a->eos_id);
+    assert_int_equal(b->add_bos, a->add_bos);
+    assert_string_equal(b->chat_template, a->chat_template);
+    kvrt_tokenizer *tok = NULL;
+    assert_int_equal(kvrt_tokenizer_create(b, NULL, &tok, &err), KVRT_OK);
+    const char *text = "Export me: 12 \xe6\x88\x91 <|im_end|>";
+    size_t n1 = 0, n2 = 0;
+    int32_t *x = encode(l.tok, text, strlen(text), KVRT_TOKENIZE_PARSE_SPECIAL, &n1);
+    int32_t *y = encode(tok, text, strlen(text), KVRT_TOKENIZE_PARSE_SPECIAL, &n2);
+    assert_int_equal(n1, n2);
+    assert_memory_equal(x, y, n1 * sizeof(int32_t));
+    free(x);
+    free(y);
+    kvrt_tokenizer_destroy(tok);
+    kvrt_model_file_free(back);
+    free(bytes);
+    unload(&l);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -542,7 +593,7 @@ int main(void)
         cmocka_unit_test(test_phi3_special),    cmocka_unit_test(test_merge_order),
         cmocka_unit_test(test_ignore_merges),   cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_missing_byte),    cmocka_unit_test(test_bos_eos_flags),
-        cmocka_unit_test(test_special_priority),
+        cmocka_unit_test(test_special_priority), cmocka_unit_test(test_export_round_trip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,6 +1,7 @@
 /* Standard llama GGUF layout (keys, tensor names, per-tensor types) and
  * random-weight models streamed to disk. */
 #include "model/synth.h"
+#include "model/tokenizer.h"
 #include "model/model_file_internal.h"
 
 #include <errno.h>
@@ -90,19 +91,31 @@ kvrt_status kvrt_llama_add_vocab(kvrt_gguf_writer *w, const kvrt_vocab *v)
     KVRT_TRY(kvrt_gguf_writer_add_array(w, "tokenizer.ggml.scores", KVRT_GGUF_F32, v->scores, (uint64_t)v->n_tokens));
     KVRT_TRY(kvrt_gguf_writer_add_array(w, "tokenizer.ggml.token_type", KVRT_GGUF_I32, v->types,
                                         (uint64_t)v->n_tokens));
-    KVRT_TRY(kvrt_gguf_writer_add_string(w, "tokenizer.ggml.model", "llama"));
+    bool bpe = v->kind == KVRT_VOCAB_BPE;
+    KVRT_TRY(kvrt_gguf_writer_add_string(w, "tokenizer.ggml.model", bpe ? "gpt2" : "llama"));
+    if (bpe) {
+        KVRT_TRY(kvrt_gguf_writer_add_string(w, "tokenizer.ggml.pre", v->pre[0] ? v->pre : "default"));
+        KVRT_TRY(kvrt_gguf_writer_add_packed_strings(w, "tokenizer.ggml.merges", v->merge_text, v->merge_offsets,
+                                                     (uint64_t)v->n_merges));
+    }
     const struct {
         const char *key;
         int32_t id;
-    } ids[] = {{"tokenizer.ggml.unknown_token_id", v->unk_id},
-               {"tokenizer.ggml.bos_token_id", v->bos_id},
-               {"tokenizer.ggml.eos_token_id", v->eos_id}};
+    } ids[] = {{"tokenizer.ggml.unknown_token_id", v->unk_id}, {"tokenizer.ggml.bos_token_id", v->bos_id},
+               {"tokenizer.ggml.eos_token_id", v->eos_id},     {"tokenizer.ggml.eot_token_id", v->eot_id},
+               {"tokenizer.ggml.eom_token_id", v->eom_id}};
     for (size_t i = 0; i < KVRT_ARRAY_LEN(ids); i++)
-        KVRT_TRY(kvrt_gguf_writer_add_u32(w, ids[i].key, ids[i].id < 0 ? UINT32_MAX : (uint32_t)ids[i].id));
-    if (!v->add_bos)
-        KVRT_TRY(kvrt_gguf_writer_add_bool(w, "tokenizer.ggml.add_bos_token", false));
-    if (!v->add_space_prefix)
-        KVRT_TRY(kvrt_gguf_writer_add_bool(w, "tokenizer.ggml.add_space_prefix", false));
+        if (i < 3 || ids[i].id >= 0)
+            KVRT_TRY(kvrt_gguf_writer_add_u32(w, ids[i].key, ids[i].id < 0 ? UINT32_MAX : (uint32_t)ids[i].id));
+    /* flags are written when they differ from what a reader assumes for this kind */
+    if (v->add_bos != (!bpe || kvrt_bpe_pre_adds_bos(v->pre)))
+        KVRT_TRY(kvrt_gguf_writer_add_bool(w, "tokenizer.ggml.add_bos_token", v->add_bos));
+    if (v->add_eos)
+        KVRT_TRY(kvrt_gguf_writer_add_bool(w, "tokenizer.ggml.add_eos_token", true));
+    if (v->add_space_prefix != !bpe)
+        KVRT_TRY(kvrt_gguf_writer_add_bool(w, "tokenizer.ggml.add_space_prefix", v->add_space_prefix));
+    if (v->chat_template)
+        KVRT_TRY(kvrt_gguf_writer_add_string(w, "tokenizer.chat_template", v->chat_template));
     return KVRT_OK;
 }
 
@@ -228,7 +241,7 @@ static void synth_vocab_free(const kvrt_allocator *alloc, kvrt_vocab *v)
     kvrt_free(alloc, v->piece_lens);
     kvrt_free(alloc, v->scores);
     kvrt_free(alloc, v->types);
-    memset(v, 0, sizeof(*v));
+    kvrt_vocab_init(v);
 }
 
 /* Piece i of the synthetic vocabulary into buf; returns its type. */
@@ -265,7 +278,7 @@ static int32_t synth_piece(int32_t i, char *buf, size_t size)
 
 kvrt_status kvrt_synth_vocab(const kvrt_allocator *alloc, int32_t n_tokens, kvrt_vocab *v, kvrt_error *err)
 {
-    memset(v, 0, sizeof(*v));
+    kvrt_vocab_init(v);
     if (n_tokens < 3)
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "synthetic vocabulary needs at least 3 tokens, not %d",
                          n_tokens);

@@ -188,16 +188,62 @@ static void pcre_free(void *ptr, void *user)
         kvrt_free(user, ptr);
 }
 
+/* Unicode's White_Space property. PCRE2's \s (with UCP) also takes U+180E,
+ * which left White_Space in Unicode 6.3, and the tokenizers' own splitters
+ * do not: \s and \S are spelled out with this set before compiling. */
+#define WHITE_SPACE "\\t-\\r\\x{20}\\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}"
+
+/* Copies pattern into out (cap bytes) with \s and \S replaced by WHITE_SPACE
+ * classes (\s inside a class contributes its ranges). False when it does
+ * not fit or \S sits inside a class (no pattern here does that). */
+static bool spell_white_space(const char *pattern, char *out, size_t cap)
+{
+    static const char ws[] = WHITE_SPACE;
+    size_t o = 0;
+    bool in_class = false;
+    for (const char *p = pattern; *p; p++) {
+        const char *add = NULL;
+        char one[3] = {p[0], 0, 0};
+        if (p[0] == '\\' && (p[1] == 's' || p[1] == 'S')) {
+            if (p[1] == 'S' && in_class)
+                return false;
+            add = p[1] == 's' ? (in_class ? ws : "[" WHITE_SPACE "]") : "[^" WHITE_SPACE "]";
+            p++;
+        } else if (p[0] == '\\' && p[1]) {
+            one[1] = p[1]; /* any other escape, \[ and \] included, is copied whole */
+            p++;
+            add = one;
+        } else {
+            if (p[0] == '[' && !in_class)
+                in_class = true;
+            else if (p[0] == ']' && in_class)
+                in_class = false;
+            add = one;
+        }
+        size_t n = strlen(add);
+        if (o + n >= cap)
+            return false;
+        memcpy(out + o, add, n);
+        o += n;
+    }
+    out[o] = '\0';
+    return true;
+}
+
 static kvrt_status compile_expr(pcre2_general_context *gctx, const char *pattern, pcre2_code **out, bool *jit,
                                 kvrt_error *err)
 {
     int code;
     PCRE2_SIZE offset;
+    char spelled[4096];
+    if (!spell_white_space(pattern, spelled, sizeof(spelled)))
+        return kvrt_fail(err, KVRT_ERR_BAD_TOKENIZER, "pre-tokenizer expression too long or \\S in a class: '%.*s'",
+                         160, pattern);
     pcre2_compile_context *cctx = pcre2_compile_context_create(gctx);
     if (!cctx)
         return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "pre-tokenizer: no memory to compile");
     const uint32_t opts = PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF | PCRE2_DOLLAR_ENDONLY;
-    *out = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED, opts, &code, &offset, cctx);
+    *out = pcre2_compile((PCRE2_SPTR)spelled, PCRE2_ZERO_TERMINATED, opts, &code, &offset, cctx);
     pcre2_compile_context_free(cctx);
     if (!*out) {
         PCRE2_UCHAR msg[256];
