@@ -5,6 +5,7 @@
 #include "kvrt_opencl.h"
 #include "kvrt_vulkan.h"
 #include "profile_report.h"
+#include "run_chat.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -18,7 +19,9 @@
 
 typedef struct run_args {
     const char *model, *tokenizer, *prompt, *backend, *device, *dump_logits, *pipeline_cache;
+    const char *system, *chat_template;
     int n_predict, threads, ctx, block_size, batch, verbose, ignore_eos, truncate, list_devices, profile;
+    int chat, special;
     kvrt_dtype kv_type;
     kvrt_sampler_params sp;
     long long seed;
@@ -34,6 +37,12 @@ static void usage(FILE *f)
             "  -m, --model FILE        GGUF model, or llama2.c checkpoint (.bin)\n"
             "  -z, --tokenizer FILE    llama2.c tokenizer.bin (checkpoints only)\n"
             "  -p, --prompt TEXT       prompt (default: empty = BOS alone)\n"
+            "      --special           special tokens written in the prompt (<|im_start|>...) become those tokens\n"
+            "  -cnv, --chat            conversation: each stdin line is a user turn in the model's chat\n"
+            "                          template; replies on stdout; earlier turns are never computed again\n"
+            "      --system TEXT       the conversation's system message (with --chat)\n"
+            "      --chat-template NAME  use a built-in template instead of the file's (chatml, llama2, llama3,\n"
+            "                          mistral-v1, mistral-v3, mistral-v7, phi3, gemma, zephyr, deepseek, ...)\n"
             "  -n, --n-predict N       tokens to generate (default 128)\n"
             "      --temp T            temperature, <= 0 = greedy (default 0.8)\n"
             "      --top-k N           (default 40, 0 = off)\n"
@@ -51,7 +60,7 @@ static void usage(FILE *f)
             "      --device N|NAME     GPU device index or name\n"
             "      --list-devices      list the devices of --backend and exit\n"
             "      --pipeline-cache FILE  load compiled GPU pipelines from FILE, save new ones there\n"
-            "      --ignore-eos        keep generating after end-of-sequence\n"
+            "      --ignore-eos        keep generating after end-of-sequence / end-of-turn tokens\n"
             "      --truncate-prompt   keep the end of a prompt longer than the context\n"
             "      --dump-logits FILE  write float32 logits of every computed position (positions x vocab)\n"
             "      --profile           time per op (device time on GPUs); a table on stderr after the run\n"
@@ -108,6 +117,8 @@ static int parse_args(int argc, char **argv, run_args *a)
         if (!strcmp(f, "--truncate-prompt")) { a->truncate = 1; continue; }
         if (!strcmp(f, "--list-devices")) { a->list_devices = 1; continue; }
         if (!strcmp(f, "--profile")) { a->profile = 1; continue; }
+        if (!strcmp(f, "--chat") || !strcmp(f, "-cnv")) { a->chat = 1; continue; }
+        if (!strcmp(f, "--special")) { a->special = 1; continue; }
         if (f[0] != '-') {
             fprintf(stderr, "kvrt-run: unexpected argument '%s' (the prompt goes after -p); see --help\n", f);
             return -1;
@@ -126,6 +137,8 @@ static int parse_args(int argc, char **argv, run_args *a)
         else if (!strcmp(f, "--device")) a->device = v;
         else if (!strcmp(f, "--pipeline-cache")) a->pipeline_cache = v;
         else if (!strcmp(f, "--dump-logits")) a->dump_logits = v;
+        else if (!strcmp(f, "--system")) a->system = v;
+        else if (!strcmp(f, "--chat-template")) a->chat_template = v;
         else if (!strcmp(f, "-n") || !strcmp(f, "--n-predict")) { rc = parse_int(f, v, 0, INT_MAX, &n); a->n_predict = (int)n; }
         else if (!strcmp(f, "-t") || !strcmp(f, "--threads")) { rc = parse_int(f, v, 1, 1024, &n); a->threads = (int)n; }
         else if (!strcmp(f, "-c") || !strcmp(f, "--ctx")) { rc = parse_int(f, v, 1, INT_MAX, &n); a->ctx = (int)n; }
@@ -151,6 +164,14 @@ static int parse_args(int argc, char **argv, run_args *a)
     }
     if (!a->model && !a->list_devices) {
         fprintf(stderr, "kvrt-run: no model given (-m FILE); see --help\n");
+        return -1;
+    }
+    if (!a->chat && (a->system || a->chat_template)) {
+        fprintf(stderr, "kvrt-run: --system and --chat-template go with --chat\n");
+        return -1;
+    }
+    if (a->chat && (a->dump_logits || *a->prompt)) {
+        fprintf(stderr, "kvrt-run: --chat reads its turns from stdin: no -p or --dump-logits\n");
         return -1;
     }
     return 0;
@@ -315,13 +336,14 @@ static int tokenize_prompt(run_state *st)
 {
     size_t len = strlen(st->a->prompt);
     int32_t n = 0;
-    kvrt_status s = kvrt_tokenize(st->model, st->a->prompt, len, 1, NULL, 0, &n);
+    unsigned flags = KVRT_TOKENIZE_ADD_SPECIAL | (st->a->special ? KVRT_TOKENIZE_PARSE_SPECIAL : 0u);
+    kvrt_status s = kvrt_tokenize(st->model, st->a->prompt, len, flags, NULL, 0, &n);
     if (s != KVRT_OK && n == 0)
         return fail("tokenizing the prompt", s, kvrt_model_message(st->model));
     st->prompt = malloc((size_t)(n > 0 ? n : 1) * sizeof(int32_t));
     if (!st->prompt)
         return fail("tokenizing", KVRT_ERR_OUT_OF_HOST_MEMORY, NULL);
-    s = kvrt_tokenize(st->model, st->a->prompt, len, 1, st->prompt, n, &st->n_prompt);
+    s = kvrt_tokenize(st->model, st->a->prompt, len, flags, st->prompt, n, &st->n_prompt);
     if (s != KVRT_OK)
         return fail("tokenizing the prompt", s, kvrt_model_message(st->model));
     if (st->n_prompt == 0) { /* a vocabulary without BOS and an empty prompt */
@@ -384,7 +406,7 @@ static int generate(run_state *st)
         }
         if (n_gen == 0)
             t_first = now_s() - t0;
-        if (tok == st->info.eos_id && !a->ignore_eos)
+        if (kvrt_token_is_eog(st->model, tok) && !a->ignore_eos)
             break;
         emit_token(st->model, &out, prev, tok);
         prev = tok;
@@ -469,10 +491,16 @@ int main(int argc, char **argv)
     memset(&st, 0, sizeof(st));
     st.a = &a;
     rc = setup(&st);
-    if (!rc)
-        rc = tokenize_prompt(&st);
-    if (!rc)
-        rc = generate(&st);
+    if (!rc && a.chat) {
+        kvrt_run_chat_opts co = {.system = a.system, .chat_template = a.chat_template, .n_predict = a.n_predict,
+                                 .ignore_eos = a.ignore_eos, .verbose = a.verbose, .prompt_marks = isatty(0)};
+        rc = kvrt_run_chat(st.model, st.sess, st.sampler, &co);
+    } else {
+        if (!rc)
+            rc = tokenize_prompt(&st);
+        if (!rc)
+            rc = generate(&st);
+    }
     if (st.dump && fclose(st.dump) != 0 && !rc)
         rc = fail("closing the logits file", KVRT_ERR_IO, NULL);
     free(st.logits);

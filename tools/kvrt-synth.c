@@ -26,6 +26,8 @@ static void usage(FILE *f)
             "  --std F           standard deviation of the matrices (default 0.02)\n"
             "  --tied            no output.weight (classifier shares token_embd)\n"
             "  --vocab-only      keys and vocabulary only, no tensors (for tokenizer tools)\n"
+            "  --vocab-from FILE take the vocabulary (and chat template) of a GGUF instead of the\n"
+            "                    synthetic one; its size sets --vocab\n"
             "  -o FILE           output file\n"
             "  -q, --quiet       no progress on stderr\n"
             "  -h, --help        this text\n");
@@ -103,7 +105,7 @@ int main(int argc, char **argv)
 {
     kvrt_synth_params p;
     kvrt_synth_preset("tiny", &p);
-    const char *out = NULL;
+    const char *out = NULL, *vocab_from = NULL;
     bool quiet = false;
     for (int i = 1; i + 1 < argc; i++)
         if (!strcmp(argv[i], "--preset") && !kvrt_synth_preset(argv[i + 1], &p)) {
@@ -126,6 +128,8 @@ int main(int argc, char **argv)
             return 2;
         } else if (!strcmp(a, "-o")) {
             out = argv[++i];
+        } else if (!strcmp(a, "--vocab-from")) {
+            vocab_from = argv[++i];
         } else if (!strcmp(a, "--preset")) {
             i++; /* applied before the other flags, so they override it */
         } else if (!set_option(&p, a, argv[i + 1])) {
@@ -141,9 +145,18 @@ int main(int argc, char **argv)
     }
     kvrt_error err;
     kvrt_error_clear(&err);
+    kvrt_model_file *vf = NULL;
+    if (vocab_from) {
+        if (kvrt_model_file_load_gguf(vocab_from, NULL, true, NULL, &vf, &err) != KVRT_OK) {
+            fprintf(stderr, "kvrt-synth: %s: %s\n", vocab_from, err.message);
+            return 1;
+        }
+        p.vocab = &vf->vocab;
+    }
     int last_pct = -1;
     kvrt_load_progress progress = {progress_fn, &last_pct};
     kvrt_status s = kvrt_synth_write_file(&p, NULL, out, quiet ? NULL : &progress, &err);
+    kvrt_model_file_free(vf);
     if (s != KVRT_OK) {
         fprintf(stderr, "kvrt-synth: %s: %s\n", kvrt_status_str(s), err.message);
         return 1;

@@ -62,6 +62,8 @@ kvrt_status kvrt_model_load(kvrt_context *ctx, const kvrt_model_params *params, 
     kvrt_status s = load_file(params, ctx->alloc, &m->mf, err);
     if (s == KVRT_OK && m->mf->vocab.n_tokens > 0)
         s = kvrt_tokenizer_create(&m->mf->vocab, ctx->alloc, &m->tok, err);
+    if (s == KVRT_OK)
+        kvrt_model_chat_init(m);
     if (s == KVRT_OK) {
         m->max_context = params->max_context > 0 ? params->max_context : m->mf->hp.n_ctx_train;
         s = kvrt_llama_create(ctx->be, m->mf, m->max_context, &m->lm, err);

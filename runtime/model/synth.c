@@ -396,6 +396,10 @@ static kvrt_status check_synth_size(const kvrt_llama_hparams *hp, kvrt_error *er
 kvrt_status kvrt_synth_write(const kvrt_synth_params *p, const kvrt_allocator *alloc, FILE *f,
                              const kvrt_load_progress *progress, kvrt_error *err)
 {
+    kvrt_synth_params own = *p;
+    if (p->vocab)
+        own.hp.n_vocab = p->vocab->n_tokens;
+    p = &own;
     kvrt_llama_hparams hp = p->hp;
     if (kvrt_llama_hparams_check(&hp, err) != KVRT_OK)
         return err ? (err->status = KVRT_ERR_INVALID_ARGUMENT) : KVRT_ERR_INVALID_ARGUMENT;
@@ -404,7 +408,9 @@ kvrt_status kvrt_synth_write(const kvrt_synth_params *p, const kvrt_allocator *a
     KVRT_TRY(check_synth_size(&hp, err));
     int64_t max_row = KVRT_MAX(KVRT_MAX((int64_t)hp.n_embd, (int64_t)hp.n_ff), (int64_t)hp.n_head * hp.head_dim);
     kvrt_vocab v;
-    KVRT_TRY(kvrt_synth_vocab(alloc, hp.n_vocab, &v, err));
+    kvrt_vocab_init(&v);
+    if (!p->vocab)
+        KVRT_TRY(kvrt_synth_vocab(alloc, hp.n_vocab, &v, err));
     kvrt_gguf_writer *w = NULL;
     float *row = kvrt_calloc(alloc, (size_t)max_row, sizeof(float));
     void *qrow = kvrt_calloc(alloc, (size_t)max_row, sizeof(float));
@@ -412,7 +418,7 @@ kvrt_status kvrt_synth_write(const kvrt_synth_params *p, const kvrt_allocator *a
     if (s == KVRT_OK && (!row || !qrow))
         s = kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "no memory for a row of %lld values", (long long)max_row);
     if (s == KVRT_OK) {
-        s = synth_header(p, &v, w, f);
+        s = synth_header(p, p->vocab ? p->vocab : &v, w, f);
         if (s == KVRT_OK)
             s = synth_body(p, w, f, row, qrow, progress);
         if (s != KVRT_OK)

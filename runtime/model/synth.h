@@ -51,6 +51,7 @@ typedef struct kvrt_synth_params {
     bool tied_output;      /* no output.weight */
     float stddev;          /* of the matrices; 0 = 0.02 */
     bool vocab_only;       /* keys and vocabulary, no tensors (a tokenizer-only file) */
+    const kvrt_vocab *vocab; /* a real vocabulary to write (its size sets hp.n_vocab); NULL = the synthetic one */
 } kvrt_synth_params;
 
 /* Presets: "tiny" (a few KB), "15m", "110m", "1b", "7b". False when unknown. */

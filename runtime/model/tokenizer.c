@@ -379,10 +379,15 @@ static bool strips_right(const kvrt_tokenizer *tok, int32_t id)
 
 /* Special tokens in the text, llama.cpp's way: longest piece first, each
  * taking its occurrences left to right where no longer one was found. */
-static kvrt_status find_hits(kvrt_tokenizer *tok, const char *text, size_t len, special_hit **hits, size_t *n_hits)
+static kvrt_status find_hits(kvrt_tokenizer *tok, const char *text, size_t len, const size_t (*plain)[2],
+                             size_t n_plain, special_hit **hits, size_t *n_hits)
 {
     const kvrt_vocab *v = tok->vocab;
     uint8_t *taken = kvrt_calloc(tok->alloc, KVRT_MAX(len, 1), 1);
+    /* ranges that must stay text count as taken: no special token may overlap them */
+    for (size_t i = 0; taken && i < n_plain; i++)
+        if (plain[i][0] < plain[i][1] && plain[i][1] <= len)
+            memset(taken + plain[i][0], 1, plain[i][1] - plain[i][0]);
     size_t cap = 16, n = 0;
     special_hit *h = kvrt_alloc(tok->alloc, cap * sizeof(*h), 0);
     kvrt_status s = KVRT_OK;
@@ -436,11 +441,12 @@ static kvrt_status encode_text(kvrt_tokenizer *tok, const char *text, size_t len
     return kvrt_spm_encode(tok, text, len, tok->vocab->add_space_prefix && after_special, out);
 }
 
-static kvrt_status encode_special(kvrt_tokenizer *tok, const char *text, size_t len, kvrt_tok_out *out)
+static kvrt_status encode_special(kvrt_tokenizer *tok, const char *text, size_t len, const size_t (*plain)[2],
+                                  size_t n_plain, kvrt_tok_out *out)
 {
     special_hit *hits = NULL;
     size_t n_hits = 0;
-    KVRT_TRY(find_hits(tok, text, len, &hits, &n_hits));
+    KVRT_TRY(find_hits(tok, text, len, plain, n_plain, &hits, &n_hits));
     kvrt_status s = KVRT_OK;
     size_t pos = 0;
     bool after_special = true, strip = false;
@@ -466,7 +472,14 @@ static kvrt_status encode_special(kvrt_tokenizer *tok, const char *text, size_t 
 kvrt_status kvrt_tokenizer_encode(kvrt_tokenizer *tok, const char *text, size_t len, unsigned flags, int32_t *ids,
                                   size_t capacity, size_t *n_ids)
 {
-    if (!tok || !n_ids || (!text && len > 0) || (!ids && capacity > 0))
+    return kvrt_tokenizer_encode_plain(tok, text, len, flags, NULL, 0, ids, capacity, n_ids);
+}
+
+kvrt_status kvrt_tokenizer_encode_plain(kvrt_tokenizer *tok, const char *text, size_t len, unsigned flags,
+                                        const size_t (*plain)[2], size_t n_plain, int32_t *ids, size_t capacity,
+                                        size_t *n_ids)
+{
+    if (!tok || !n_ids || (!text && len > 0) || (!ids && capacity > 0) || (!plain && n_plain > 0))
         return kvrt_fail(tok ? &tok->err : NULL, KVRT_ERR_INVALID_ARGUMENT, "tokenize: NULL argument");
     *n_ids = 0;
     const kvrt_vocab *v = tok->vocab;
@@ -476,7 +489,7 @@ kvrt_status kvrt_tokenizer_encode(kvrt_tokenizer *tok, const char *text, size_t 
         kvrt_tok_emit(&out, v->bos_id);
     kvrt_status s;
     if ((flags & KVRT_TOKENIZE_PARSE_SPECIAL) && tok->n_special > 0 && len > 0)
-        s = encode_special(tok, text, len, &out);
+        s = encode_special(tok, text, len, plain, n_plain, &out);
     else
         s = encode_text(tok, text, len, true, &out);
     if (s != KVRT_OK)

@@ -92,6 +92,13 @@ bool kvrt_bpe_pre_adds_bos(const char *pre);
 kvrt_status kvrt_tokenizer_encode(kvrt_tokenizer *tok, const char *text, size_t len, unsigned flags, int32_t *ids,
                                   size_t capacity, size_t *n_ids);
 
+/* kvrt_tokenizer_encode, with the byte ranges plain[i] = {start, end} of the
+ * text kept as text even under KVRT_TOKENIZE_PARSE_SPECIAL (a chat
+ * message's content inside its template's markers). */
+kvrt_status kvrt_tokenizer_encode_plain(kvrt_tokenizer *tok, const char *text, size_t len, unsigned flags,
+                                        const size_t (*plain)[2], size_t n_plain, int32_t *ids, size_t capacity,
+                                        size_t *n_ids);
+
 /* The bytes token `id` adds to the text when it follows `prev` (-1 at the
  * start of a sequence): see the decoding rules above. Writes them plus a NUL
  * to buf[0..capacity) and their count (without the NUL) to *len. Too small a
