@@ -362,7 +362,9 @@ static kvrt_status synth_body(const kvrt_synth_params *p, kvrt_gguf_writer *w, F
 
 static kvrt_status synth_header(const kvrt_synth_params *p, const kvrt_vocab *v, kvrt_gguf_writer *w, FILE *f)
 {
-    KVRT_TRY(kvrt_llama_add_hparams(w, &p->hp, "kvrt-synth"));
+    /* Phi-3's whitespace rule for its special tokens has no key of its own:
+     * readers (kvrt, llama.cpp) take it from general.name, so keep it there. */
+    KVRT_TRY(kvrt_llama_add_hparams(w, &p->hp, v->special_rstrip ? "kvrt-synth phi3" : "kvrt-synth"));
     KVRT_TRY(kvrt_llama_add_vocab(w, v));
     if (!p->vocab_only)
         KVRT_TRY(kvrt_llama_add_tensors(w, &p->hp, p->type, !p->tied_output));
