@@ -314,7 +314,7 @@ static void report(const tok_opts *o, const vocab_result *r, int n, double prefi
                 r[i].bytes / 1048576.0, r[i].bytes / r[i].best_s / 1e6, r[i].tokens / r[i].best_s / 1e6,
                 r[i].bytes / r[i].best_cpu_s / 1e6);
         if (o->model)
-            fprintf(f, " %10.2f %12.1f %7.2f%%", r[i].prompt_s * 1e3, prefill_s * 1e3,
+            fprintf(f, " %10.3f %12.1f %7.2g%%", r[i].prompt_s * 1e3, prefill_s * 1e3,
                     100.0 * r[i].prompt_s / prefill_s);
         fprintf(f, "\n");
     }
