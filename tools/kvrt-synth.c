@@ -66,7 +66,8 @@ static void apply_overrides(const synth_overrides *ov, kvrt_synth_params *p)
      .flags = KVRT_CLI_ABOVE_MIN, .meta = "F", .help = (HELP), .seen = (SEEN)}
 
 /* KVRT_CLI_CONTINUE, or the exit status after --help/--version or a usage error. */
-static int parse_args(int argc, char **argv, kvrt_synth_params *p, const char **out, bool *quiet)
+static int parse_args(int argc, char **argv, kvrt_synth_params *p, const char **out, const char **vocab_from,
+                      bool *quiet)
 {
     synth_overrides o, *ov = &o;
     memset(ov, 0, sizeof(*ov));
@@ -91,6 +92,9 @@ static int parse_args(int argc, char **argv, kvrt_synth_params *p, const char **
          .help = "random seed (default 1)", .seen = &ov->seed_seen},
         KVRT_CLI_BOOL(0, "tied", &ov->tied, "no output.weight (classifier shares token_embd)"),
         KVRT_CLI_BOOL(0, "vocab-only", &ov->vocab_only, "keys and vocabulary only, no tensors (for tokenizer tools)"),
+        KVRT_CLI_STR(0, "vocab-from", vocab_from, "FILE",
+                     "take the vocabulary (and chat template) of a GGUF instead of the\n"
+                     "synthetic one; its size sets --vocab"),
         KVRT_CLI_STR('o', "output", out, "FILE", "output file"),
         KVRT_CLI_BOOL('q', "quiet", quiet, "no progress on stderr"),
     };
@@ -118,17 +122,26 @@ static int parse_args(int argc, char **argv, kvrt_synth_params *p, const char **
 int main(int argc, char **argv)
 {
     kvrt_synth_params p;
-    const char *out = NULL;
+    const char *out = NULL, *vocab_from = NULL;
     bool quiet = false;
-    int rc = parse_args(argc, argv, &p, &out, &quiet);
+    int rc = parse_args(argc, argv, &p, &out, &vocab_from, &quiet);
     if (rc != KVRT_CLI_CONTINUE)
         return rc;
     kvrt_error err;
     kvrt_error_clear(&err);
+    kvrt_model_file *vf = NULL;
+    if (vocab_from) {
+        if (kvrt_model_file_load_gguf(vocab_from, NULL, true, NULL, &vf, &err) != KVRT_OK) {
+            kvrt_cli_error(PROG, "%s: %s", vocab_from, err.message);
+            return 1;
+        }
+        p.vocab = &vf->vocab;
+    }
     kvrt_cli_progress progress_state;
     kvrt_cli_progress_init(&progress_state, PROG, NULL);
     kvrt_load_progress progress = {kvrt_cli_progress_fn, &progress_state};
     kvrt_status s = kvrt_synth_write_file(&p, NULL, out, quiet ? NULL : &progress, &err);
+    kvrt_model_file_free(vf);
     if (s != KVRT_OK) {
         fprintf(stderr, "kvrt-synth: %s: %s\n", kvrt_status_str(s), err.message);
         return 1;

@@ -2,10 +2,12 @@
  * kvrt-tokenize: prints the token ids of a text, like llama.cpp's
  * llama-tokenize.
  *
- *   kvrt-tokenize -m MODEL [-z TOKENIZER] -p TEXT [--pieces] [--no-bos]
+ *   kvrt-tokenize -m MODEL [-z TOKENIZER] -p TEXT [--pieces] [--no-bos] [--special]
  *
  * stdout is the ids alone, space-separated on one line, BOS first when the
  * vocabulary adds one; with --pieces one "ID<TAB>PIECE" line per token.
+ * --special parses special tokens written in the text (llama-tokenize does
+ * that by default; its --no-parse-special is kvrt-tokenize's default).
  * MODEL is a GGUF (a vocabulary-only one will do) or a llama2.c checkpoint
  * with its tokenizer.bin given by -z; -z alone works too.
  */
@@ -25,6 +27,7 @@ typedef struct tk_args {
     const char *prompt_file;
     bool pieces;
     bool no_bos;
+    bool special;
 } tk_args;
 
 static const char *const PROG = "kvrt-tokenize";
@@ -44,12 +47,15 @@ static int parse_args(int argc, char **argv, tk_args *a)
         KVRT_CLI_BOOL(0, "pieces", &a->pieces,
                       "print one 'ID<TAB>PIECE' line per token (the piece as\n"
                       "the vocabulary stores it, control bytes escaped)"),
-        KVRT_CLI_BOOL(0, "no-bos", &a->no_bos, "do not prepend BOS"),
+        KVRT_CLI_BOOL(0, "no-bos", &a->no_bos, "do not add BOS (nor EOS, where the vocabulary appends one)"),
+        KVRT_CLI_BOOL(0, "special", &a->special,
+                      "special tokens written in the text (such as <|im_start|>)\n"
+                      "become those tokens; without it the text is only text"),
     };
     const kvrt_cli_spec spec = {
         .prog = PROG,
-        .usage = "kvrt-tokenize -m MODEL [-z TOKENIZER] (-p TEXT | -f FILE) [--pieces] [--no-bos]\n"
-                 "       kvrt-tokenize -z TOKENIZER (-p TEXT | -f FILE) [--pieces] [--no-bos]",
+        .usage = "kvrt-tokenize -m MODEL [-z TOKENIZER] (-p TEXT | -f FILE) [--pieces] [--no-bos] [--special]\n"
+                 "       kvrt-tokenize -z TOKENIZER (-p TEXT | -f FILE) [--pieces] [--no-bos] [--special]",
         .about = "Prints the token ids of TEXT on one line, space-separated (BOS first when the\n"
                  "vocabulary adds one).",
         .opts = opts,
@@ -200,12 +206,12 @@ static int tokenize(const tk_args *a, const kvrt_vocab *vocab)
     }
     int rc = 1;
     if (text) {
-        bool bos = !a->no_bos && kvrt_tokenizer_adds_bos(tok);
+        unsigned flags = (a->no_bos ? 0u : KVRT_TOKENIZE_ADD_SPECIAL) | (a->special ? KVRT_TOKENIZE_PARSE_SPECIAL : 0u);
         size_t n = 0;
-        kvrt_status s = kvrt_tokenizer_encode(tok, text, len, bos, NULL, 0, &n);
+        kvrt_status s = kvrt_tokenizer_encode(tok, text, len, flags, NULL, 0, &n);
         int32_t *ids = s == KVRT_OK || s == KVRT_ERR_INVALID_ARGUMENT ? malloc((n + 1) * sizeof(int32_t)) : NULL;
         if (ids)
-            s = kvrt_tokenizer_encode(tok, text, len, bos, ids, n, &n);
+            s = kvrt_tokenizer_encode(tok, text, len, flags, ids, n, &n);
         if (ids && s == KVRT_OK)
             rc = print_ids(tok, ids, n, a->pieces);
         else
@@ -223,7 +229,8 @@ int main(int argc, char **argv)
     int p = parse_args(argc, argv, &a);
     if (p != KVRT_CLI_CONTINUE)
         return p;
-    kvrt_vocab vocab = {0};
+    kvrt_vocab vocab;
+    kvrt_vocab_init(&vocab);
     kvrt_model_file *mf = NULL;
     const kvrt_vocab *use = NULL;
     int rc = load_vocab(&a, &vocab, &mf, &use) ? tokenize(&a, use) : 1;

@@ -51,6 +51,7 @@ typedef struct kvrt_synth_params {
     bool tied_output;      /* no output.weight */
     float stddev;          /* of the matrices; 0 = 0.02 */
     bool vocab_only;       /* keys and vocabulary, no tensors (a tokenizer-only file) */
+    const kvrt_vocab *vocab; /* a real vocabulary to write (its size sets hp.n_vocab); NULL = the synthetic one */
 } kvrt_synth_params;
 
 /* A shape of the preset table (model/shapes.h) by name or alias: "tiny" (a
