@@ -320,6 +320,9 @@ static kvrt_request *request_build(kvrt_engine *e, const kvrt_request_params *rp
     r->p.prompt = r->prompt;
     r->p.stop_tokens = r->stop_tokens;
     r->p.prompt_text = NULL; /* caller memory: not kept */
+    r->p.messages = NULL;
+    r->p.n_messages = 0;
+    r->p.chat_template = NULL;
     r->p.stop_strings = NULL;
     if (kvrt_engine_copy_stop_strings(e, r, rp) != KVRT_OK) {
         request_free(e, r);
@@ -382,6 +385,38 @@ static kvrt_status submit_text(kvrt_engine *e, const kvrt_request_params *rp, in
     return st;
 }
 
+/* A conversation: rendered in the chat template and tokenized, then submitted as ids. */
+static kvrt_status submit_chat(kvrt_engine *e, const kvrt_request_params *rp, int64_t *request_id)
+{
+    if (!e->runner.iface->chat_tokenize)
+        return kvrt_fail(&e->err, KVRT_ERR_INVALID_ARGUMENT, "chat requests need a model with a tokenizer");
+    if (rp->n_messages < 1)
+        return kvrt_fail(&e->err, KVRT_ERR_INVALID_ARGUMENT, "a chat request needs at least one message, not %d",
+                         (int)rp->n_messages);
+    int32_t n = 0;
+    kvrt_status st = e->runner.iface->chat_tokenize(e->runner.self, rp->chat_template, rp->messages, rp->n_messages,
+                                                  NULL, 0, &n, &e->err);
+    if (st != KVRT_OK && st != KVRT_ERR_INVALID_ARGUMENT)
+        return st;
+    if (st != KVRT_OK && n == 0)
+        return st; /* a bad message, not a short buffer */
+    int32_t *ids = kvrt_calloc(e->alloc, (size_t)KVRT_MAX(n, 1), sizeof(int32_t));
+    if (!ids)
+        return kvrt_fail(&e->err, KVRT_ERR_OUT_OF_HOST_MEMORY, "chat prompt of %d tokens", (int)n);
+    st = e->runner.iface->chat_tokenize(e->runner.self, rp->chat_template, rp->messages, rp->n_messages, ids, n, &n,
+                                      &e->err);
+    if (st == KVRT_OK) {
+        kvrt_request_params q = *rp;
+        q.prompt = ids;
+        q.n_prompt = n;
+        q.messages = NULL;
+        q.n_messages = 0;
+        st = kvrt_engine_submit(e, &q, request_id);
+    }
+    kvrt_free(e->alloc, ids);
+    return st;
+}
+
 kvrt_status kvrt_engine_submit(kvrt_engine *e, const kvrt_request_params *rp, int64_t *request_id)
 {
     if (!e)
@@ -391,6 +426,8 @@ kvrt_status kvrt_engine_submit(kvrt_engine *e, const kvrt_request_params *rp, in
     *request_id = 0;
     if (!rp->prompt && rp->prompt_text)
         return submit_text(e, rp, request_id);
+    if (!rp->prompt && rp->messages)
+        return submit_chat(e, rp, request_id);
     kvrt_status st = check_request(e, rp);
     if (st != KVRT_OK) {
         if (st == KVRT_ERR_REQUEST_REJECTED)

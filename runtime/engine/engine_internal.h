@@ -33,6 +33,13 @@ typedef struct kvrt_runner_ops {
      * INVALID_ARGUMENT when capacity is short). May be NULL (no text prompts). */
     kvrt_status (*tokenize)(void *self, const char *text, size_t len, int add_bos, int32_t *ids, int32_t capacity,
                             int32_t *n, kvrt_error *err);
+    /* A conversation in the model's chat template, tokenized (as kvrt_chat_tokenize, with the assistant's
+     * turn opened). May be NULL (no chat requests). */
+    kvrt_status (*chat_tokenize)(void *self, const char *tmpl, const kvrt_chat_message *messages, int32_t n,
+                                 int32_t *ids, int32_t capacity, int32_t *n_ids, kvrt_error *err);
+    /* Nonzero when `token` ends generation besides the engine's eos_id (the
+     * model's end-of-turn tokens). May be NULL. */
+    int (*is_eog)(void *self, int32_t token);
     /* The bytes of `token` after `prev` (as kvrt_token_to_text). May be NULL
      * (then samples have no text and stop strings are refused). */
     kvrt_status (*token_text)(void *self, int32_t prev, int32_t token, char *buf, size_t capacity, size_t *len,

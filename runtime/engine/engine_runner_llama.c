@@ -51,6 +51,20 @@ static kvrt_status lr_tokenize(void *self, const char *text, size_t len, int add
     return st == KVRT_OK ? KVRT_OK : kvrt_fail(err, st, "tokenizer: %s", kvrt_model_message(r->model));
 }
 
+static kvrt_status lr_chat_tokenize(void *self, const char *tmpl, const kvrt_chat_message *messages, int32_t n,
+                                    int32_t *ids, int32_t capacity, int32_t *n_ids, kvrt_error *err)
+{
+    llama_runner *r = self;
+    kvrt_status st = kvrt_chat_tokenize(r->model, tmpl, messages, (size_t)n, 1, ids, capacity, n_ids);
+    return st == KVRT_OK ? KVRT_OK : kvrt_fail(err, st, "chat: %s", kvrt_model_message(r->model));
+}
+
+static int lr_is_eog(void *self, int32_t token)
+{
+    llama_runner *r = self;
+    return kvrt_token_is_eog(r->model, token);
+}
+
 static kvrt_status lr_token_text(void *self, int32_t prev, int32_t token, char *buf, size_t capacity, size_t *len,
                                  kvrt_error *err)
 {
@@ -75,6 +89,8 @@ static const kvrt_runner_ops llama_runner_ops = {
     .read_block = lr_read_block,
     .write_block = lr_write_block,
     .tokenize = lr_tokenize,
+    .chat_tokenize = lr_chat_tokenize,
+    .is_eog = lr_is_eog,
     .token_text = lr_token_text,
     .destroy = lr_destroy,
 };

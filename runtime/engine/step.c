@@ -113,6 +113,8 @@ static kvrt_finish_reason stop_reason(const kvrt_engine *e, const kvrt_eseq *s, 
     const kvrt_request_params *p = &s->req->p;
     if (!p->ignore_eos && e->p.eos_id >= 0 && token == e->p.eos_id)
         return KVRT_FINISH_EOS;
+    if (!p->ignore_eos && e->runner.iface->is_eog && e->runner.iface->is_eog(e->runner.self, token))
+        return KVRT_FINISH_EOS;
     for (int32_t i = 0; i < p->n_stop_tokens; i++)
         if (p->stop_tokens[i] == token)
             return KVRT_FINISH_STOP_TOKEN;

@@ -215,3 +215,37 @@ kvrt_status kvrt_session_adopt(kvrt_session *s, int32_t n_past)
     s->n_past = n_past;
     return KVRT_OK;
 }
+
+kvrt_status kvrt_session_generate(kvrt_session *s, kvrt_sampler *sampler, float *logits, int32_t max_tokens,
+                                  int ignore_eog, kvrt_gen_token_fn on_token, void *user, int32_t *n_generated,
+                                  kvrt_gen_stop *stop)
+{
+    if (!s)
+        return KVRT_ERR_INVALID_ARGUMENT;
+    if (!sampler || !logits || max_tokens < 0 || !n_generated || !stop)
+        return kvrt_fail(&s->err, KVRT_ERR_INVALID_ARGUMENT, "kvrt_session_generate: invalid arguments");
+    *n_generated = 0;
+    *stop = KVRT_GEN_STOP_LENGTH;
+    while (*n_generated < max_tokens) {
+        int32_t tok;
+        kvrt_status st = kvrt_sampler_sample(sampler, logits, &tok);
+        if (st != KVRT_OK)
+            return kvrt_fail(&s->err, st, "sampling failed (NaN logits?)");
+        if (!ignore_eog && kvrt_token_is_eog(s->model, tok)) {
+            *stop = KVRT_GEN_STOP_EOG;
+            return KVRT_OK;
+        }
+        (*n_generated)++;
+        int keep_going = on_token ? !on_token(user, tok) : 1;
+        if (s->n_past >= s->p.n_ctx) { /* reported, but there is no room to evaluate it */
+            *stop = KVRT_GEN_STOP_CONTEXT_FULL;
+            return KVRT_OK;
+        }
+        KVRT_TRY(kvrt_session_eval(s, &tok, 1, logits, NULL));
+        if (!keep_going) {
+            *stop = KVRT_GEN_STOP_CALLBACK;
+            return KVRT_OK;
+        }
+    }
+    return KVRT_OK;
+}

@@ -201,8 +201,7 @@ kvrt_status kvrt_vk_step_download(kvrt_vk_backend *vk, kvrt_buffer *src, size_t 
 void kvrt_vk_step_io_end(kvrt_vk_backend *vk, bool ran);
 void kvrt_vk_step_io_free(kvrt_vk_backend *vk);
 /* The buffer_copy entry: recorded (its own step when none is open). */
-kvrt_status kvrt_vk_buffer_copy(kvrt_backend *be, kvrt_buffer *src, size_t src_offset, kvrt_buffer *dst,
-                                size_t dst_offset, size_t size);
+kvrt_be_buffer_copy_fn kvrt_vk_buffer_copy;
 
 /* ---- pipelines (vk_pipelines.c) ---- */
 kvrt_status kvrt_vk_pipelines_init(kvrt_vk_backend *vk);
@@ -218,13 +217,13 @@ kvrt_status kvrt_vk_pcache_init(kvrt_vk_backend *vk);
 /* Saves (best effort) and destroys the cache. */
 void kvrt_vk_pcache_finish(kvrt_vk_backend *vk);
 /* The save_caches entry. */
-kvrt_status kvrt_vk_save_caches(kvrt_backend *be);
+kvrt_be_step_fn kvrt_vk_save_caches;
 
 /* ---- recording (vk_dispatch.c) ---- */
 kvrt_status kvrt_vk_dispatch_init(kvrt_vk_backend *vk);
 void kvrt_vk_dispatch_finish(kvrt_vk_backend *vk);
-kvrt_status kvrt_vk_begin(kvrt_backend *be);
-kvrt_status kvrt_vk_submit(kvrt_backend *be);
+kvrt_be_step_fn kvrt_vk_begin;
+kvrt_be_step_fn kvrt_vk_submit;
 /* Starts recording when no step is open; *implicit tells kvrt_vk_end_implicit to submit. */
 kvrt_status kvrt_vk_acquire(kvrt_vk_backend *vk, bool *implicit);
 kvrt_status kvrt_vk_end_implicit(kvrt_vk_backend *vk, bool implicit, kvrt_status s);
@@ -247,7 +246,7 @@ kvrt_status kvrt_vk_dispatch(kvrt_vk_backend *vk, kvrt_vk_pipe_id id, const kvrt
                              const void *push, uint32_t push_size, uint32_t gx, uint32_t gy, uint32_t gz);
 
 /* ---- per-op profiling (vk_profile.c); the hooks run only while be->profiling ---- */
-kvrt_status kvrt_vk_set_profiling(kvrt_backend *be, bool on);
+kvrt_be_set_profiling_fn kvrt_vk_set_profiling;
 void kvrt_vk_profile_finish(kvrt_vk_backend *vk);
 void kvrt_vk_prof_step_begin(kvrt_vk_backend *vk);          /* after begin's first barrier */
 void kvrt_vk_prof_call(kvrt_vk_backend *vk);                /* an op entry starts recording */
@@ -258,13 +257,11 @@ void kvrt_vk_prof_discard(kvrt_vk_backend *vk);             /* the step was drop
 kvrt_status kvrt_vk_prof_collect(kvrt_vk_backend *vk);      /* after the step's fence */
 
 /* ---- KV pools (vk_kv.c) ---- */
-kvrt_status kvrt_vk_kv_pool_create(kvrt_backend *be, const kvrt_kv_pool_desc *desc, kvrt_kv_pool **out);
-void kvrt_vk_kv_pool_destroy(kvrt_backend *be, kvrt_kv_pool *pool);
-kvrt_status kvrt_vk_kv_block_read(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, kvrt_kv_which which,
-                                  int32_t block, void *dst);
-kvrt_status kvrt_vk_kv_block_write(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, kvrt_kv_which which,
-                                   int32_t block, const void *src);
-kvrt_status kvrt_vk_kv_copy_blocks(kvrt_backend *be, kvrt_kv_pool *pool, const int32_t (*pairs)[2], int32_t n);
+kvrt_be_kv_pool_create_fn kvrt_vk_kv_pool_create;
+kvrt_be_kv_pool_destroy_fn kvrt_vk_kv_pool_destroy;
+kvrt_be_kv_block_read_fn kvrt_vk_kv_block_read;
+kvrt_be_kv_block_write_fn kvrt_vk_kv_block_write;
+kvrt_be_kv_copy_blocks_fn kvrt_vk_kv_copy_blocks;
 /* Binds a pool layer (segments or address tables) and picks the pipeline
  * variant that matches how the pool is addressed. */
 kvrt_vk_pipe_id kvrt_vk_pool_bind(const kvrt_kv_pool *pool, int32_t layer, kvrt_vk_pipe_id id, kvrt_vk_bind *bind);
