@@ -286,6 +286,7 @@ static const kvrt_backend_ops cpu_ops = {
     .rope = kvrt_cpu_prof_rope,
     .swiglu = kvrt_cpu_prof_swiglu,
     .add = kvrt_cpu_prof_add,
+    .add_bias = kvrt_cpu_prof_add_bias,
     .embed = kvrt_cpu_prof_embed,
     .gather_rows = kvrt_cpu_prof_gather_rows,
     .argmax = kvrt_cpu_prof_argmax,

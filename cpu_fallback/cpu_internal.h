@@ -58,6 +58,8 @@ kvrt_status kvrt_cpu_rope(kvrt_backend *be, kvrt_view x, kvrt_view positions, kv
 kvrt_status kvrt_cpu_swiglu(kvrt_backend *be, kvrt_view gate, int64_t gate_stride, kvrt_view up,
                             int64_t up_stride, kvrt_view out, int64_t out_stride, int32_t n_tokens, int32_t dim);
 kvrt_status kvrt_cpu_add(kvrt_backend *be, kvrt_view a, kvrt_view b, kvrt_view out, int64_t n);
+kvrt_status kvrt_cpu_add_bias(kvrt_backend *be, kvrt_view x, int64_t x_stride, kvrt_view b, kvrt_view y,
+                              int64_t y_stride, int32_t n_tokens, int64_t dim);
 kvrt_status kvrt_cpu_embed(kvrt_backend *be, kvrt_dtype wtype, kvrt_view table, int64_t dim,
                            kvrt_view ids, int32_t n_tokens, kvrt_view out);
 kvrt_status kvrt_cpu_gather_rows(kvrt_backend *be, kvrt_view src, int64_t src_stride, kvrt_view idx,

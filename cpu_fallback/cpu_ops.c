@@ -1,4 +1,4 @@
-/* The CPU model ops other than matmul: rmsnorm, RoPE, SwiGLU, add, embedding,
+/* The CPU model ops other than matmul: rmsnorm, RoPE, SwiGLU, add, bias, embedding,
  * row gather, argmax; plus the argument checks and the row-parallel helper
  * they share with cpu_matmul.c. Every op checks all of its views and indices
  * before it writes anything, so a failed call leaves the outputs untouched. */
@@ -306,6 +306,40 @@ kvrt_status kvrt_cpu_add(kvrt_backend *be, kvrt_view a, kvrt_view b, kvrt_view o
     KVRT_TRY(check_alias(be, out, n, b, n, 1, n, "add (b)"));
     add_job j = {kvrt_cpu_ptr(a), kvrt_cpu_ptr(b), kvrt_cpu_ptr(out), n};
     kvrt_cpu_for_rows(be, (n + ADD_CHUNK - 1) / ADD_CHUNK, ADD_CHUNK, add_rows, &j);
+    return KVRT_OK;
+}
+
+/* ---- bias ---------------------------------------------------------------------------------- */
+
+typedef struct bias_job {
+    const float *x, *b;
+    float *y;
+    int64_t x_stride, y_stride, dim;
+} bias_job;
+
+static void bias_rows(void *arg, int64_t begin, int64_t end)
+{
+    const bias_job *j = arg;
+    for (int64_t t = begin; t < end; t++) {
+        const float *x = j->x + t * j->x_stride;
+        float *y = j->y + t * j->y_stride;
+        for (int64_t i = 0; i < j->dim; i++)
+            y[i] = x[i] + j->b[i];
+    }
+}
+
+kvrt_status kvrt_cpu_add_bias(kvrt_backend *be, kvrt_view x, int64_t x_stride, kvrt_view b, kvrt_view y,
+                              int64_t y_stride, int32_t n_tokens, int64_t dim)
+{
+    KVRT_TRY(check_count(be, n_tokens, 0, "add_bias: n_tokens"));
+    KVRT_TRY(check_count(be, dim, 1, "add_bias: dim"));
+    KVRT_TRY(kvrt_cpu_check_rows(be, x, n_tokens, x_stride, dim, "add_bias: x"));
+    KVRT_TRY(kvrt_cpu_check_rows(be, y, n_tokens, y_stride, dim, "add_bias: y"));
+    KVRT_TRY(kvrt_cpu_check_rows(be, b, 1, dim, dim, "add_bias: b"));
+    KVRT_TRY(check_alias(be, y, y_stride, x, x_stride, n_tokens, dim, "add_bias (x)"));
+    KVRT_TRY(check_alias(be, y, y_stride, b, 0, 1, dim, "add_bias (b)"));
+    bias_job j = {kvrt_cpu_ptr(x), kvrt_cpu_ptr(b), kvrt_cpu_ptr(y), x_stride, y_stride, dim};
+    kvrt_cpu_for_rows(be, n_tokens, dim, bias_rows, &j);
     return KVRT_OK;
 }
 

@@ -66,6 +66,12 @@ kvrt_status kvrt_cpu_prof_add(kvrt_backend *be, kvrt_view a, kvrt_view b, kvrt_v
     CPU_TIMED("add", kvrt_cpu_add(be, a, b, out, n));
 }
 
+kvrt_status kvrt_cpu_prof_add_bias(kvrt_backend *be, kvrt_view x, int64_t x_stride, kvrt_view b, kvrt_view y,
+                                   int64_t y_stride, int32_t n_tokens, int64_t dim)
+{
+    CPU_TIMED("add_bias", kvrt_cpu_add_bias(be, x, x_stride, b, y, y_stride, n_tokens, dim));
+}
+
 kvrt_status kvrt_cpu_prof_embed(kvrt_backend *be, kvrt_dtype wtype, kvrt_view table, int64_t dim, kvrt_view ids,
                                 int32_t n_tokens, kvrt_view out)
 {

@@ -21,6 +21,13 @@ static void usage(FILE *f)
             "                    7b (4096, 32); the flags below override it (default: tiny)\n"
             "  --vocab N --dim N --layers N --ff N --heads N --kv-heads N --ctx N\n"
             "  --rope-base F --eps F\n"
+            "  --arch A          llama (default), qwen2 (Q/K/V biases, NeoX RoPE), qwen3 (Q/K norms, NeoX RoPE)\n"
+            "  --head-dim N      head width when it is not dim / heads (written as key_length)\n"
+            "  --rope-scaling S  none (default), linear or yarn, with --rope-scale F (the factor)\n"
+            "                    and --rope-orig-ctx N (YaRN's original context; default --ctx)\n"
+            "  --rope-freqs      a rope_freqs.weight tensor (Llama 3.1's per-pair divisors; llama)\n"
+            "  --bias            Q/K/V biases on a llama model\n"
+            "  --sliding-window N  attention window (llama.attention.sliding_window)\n"
             "  --type T          f32 (default), f16, bf16, q8_0, q4_0\n"
             "  --seed N          random seed (default 1)\n"
             "  --std F           standard deviation of the matrices (default 0.02)\n"
@@ -75,6 +82,32 @@ static bool set_option(kvrt_synth_params *p, const char *a, const char *v)
             return parse_int(v, ints[i]);
     if (!strcmp(a, "--rope-base"))
         return parse_float(v, &p->hp.rope_freq_base);
+    if (!strcmp(a, "--head-dim"))
+        return parse_int(v, &p->hp.head_dim);
+    if (!strcmp(a, "--rope-scale"))
+        return parse_float(v, &p->hp.rope_scale);
+    if (!strcmp(a, "--rope-orig-ctx"))
+        return parse_int(v, &p->hp.rope_orig_ctx);
+    if (!strcmp(a, "--sliding-window"))
+        return parse_int(v, &p->hp.sliding_window);
+    if (!strcmp(a, "--arch")) {
+        static const kvrt_arch archs[] = {KVRT_ARCH_LLAMA, KVRT_ARCH_QWEN2, KVRT_ARCH_QWEN3};
+        for (size_t i = 0; i < KVRT_ARRAY_LEN(archs); i++)
+            if (!strcmp(v, kvrt_arch_name(archs[i]))) {
+                p->hp.arch = archs[i];
+                return true;
+            }
+        return false;
+    }
+    if (!strcmp(a, "--rope-scaling")) {
+        static const char *const names[] = {"none", "linear", "yarn"};
+        for (int i = 0; i < 3; i++)
+            if (!strcmp(v, names[i])) {
+                p->hp.rope_scaling = (kvrt_rope_scaling)i;
+                return true;
+            }
+        return false;
+    }
     if (!strcmp(a, "--eps"))
         return parse_float(v, &p->hp.rms_eps);
     if (!strcmp(a, "--std"))
@@ -123,6 +156,10 @@ int main(int argc, char **argv)
             p.tied_output = true;
         } else if (!strcmp(a, "--vocab-only")) {
             p.vocab_only = true;
+        } else if (!strcmp(a, "--rope-freqs")) {
+            p.rope_freqs = true;
+        } else if (!strcmp(a, "--bias")) {
+            p.bias = true;
         } else if (i + 1 >= argc) {
             fprintf(stderr, "kvrt-synth: '%s' needs a value or is unknown (see --help)\n", a);
             return 2;

@@ -169,6 +169,10 @@ struct kvrt_backend_ops {
                           kvrt_view out, int64_t out_stride, int32_t n_tokens, int32_t dim);
     /* out[i] = a[i] + b[i], i < n (contiguous); out may alias a or b. */
     kvrt_status (*add)(kvrt_backend *be, kvrt_view a, kvrt_view b, kvrt_view out, int64_t n);
+    /* y[t][i] = x[t][i] + b[i] for t < n_tokens, i < dim (a bias row on every token; F32); y may be x
+     * (same stride). Optional: models with biases need it. */
+    kvrt_status (*add_bias)(kvrt_backend *be, kvrt_view x, int64_t x_stride, kvrt_view b, kvrt_view y,
+                            int64_t y_stride, int32_t n_tokens, int64_t dim);
     /* out[t] = table[ids[t]] as F32; table [n_rows][dim] in wtype. ids checked by the caller. */
     kvrt_status (*embed)(kvrt_backend *be, kvrt_dtype wtype, kvrt_view table, int64_t dim,
                          kvrt_view ids, int32_t n_tokens, kvrt_view out);

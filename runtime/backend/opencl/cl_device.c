@@ -355,6 +355,7 @@ static const kvrt_backend_ops cl_ops = {
     .rmsnorm = kvrt_cl_rmsnorm,
     .rope = kvrt_cl_rope,
     .swiglu = kvrt_cl_swiglu,
+    .add_bias = kvrt_cl_add_bias,
     .add = kvrt_cl_add,
     .embed = kvrt_cl_embed,
     .gather_rows = kvrt_cl_gather_rows,

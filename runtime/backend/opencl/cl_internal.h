@@ -209,6 +209,8 @@ kvrt_status kvrt_cl_rmsnorm(kvrt_backend *be, kvrt_view x, int64_t x_stride, kvr
                             int64_t y_stride, int32_t n_tokens, int32_t dim, float eps);
 kvrt_status kvrt_cl_rope(kvrt_backend *be, kvrt_view x, kvrt_view positions, kvrt_view cos_sin,
                          const kvrt_rope_desc *d);
+kvrt_status kvrt_cl_add_bias(kvrt_backend *be, kvrt_view x, int64_t x_stride, kvrt_view b, kvrt_view y,
+                             int64_t y_stride, int32_t n_tokens, int64_t dim);
 kvrt_status kvrt_cl_swiglu(kvrt_backend *be, kvrt_view gate, int64_t gate_stride, kvrt_view up, int64_t up_stride,
                            kvrt_view out, int64_t out_stride, int32_t n_tokens, int32_t dim);
 kvrt_status kvrt_cl_add(kvrt_backend *be, kvrt_view a, kvrt_view b, kvrt_view out, int64_t n);

@@ -464,6 +464,7 @@ static const kvrt_backend_ops vk_ops = {
     .rope = kvrt_vk_rope,
     .swiglu = kvrt_vk_swiglu,
     .add = kvrt_vk_add,
+    .add_bias = kvrt_vk_add_bias,
     .embed = kvrt_vk_embed,
     .gather_rows = kvrt_vk_gather_rows,
     .argmax = kvrt_vk_argmax,
