@@ -25,7 +25,7 @@
 #include "json.h"
 #include "table.h"
 
-#include "backend/backend.h"
+#include "backend/ops.h"
 #include "common/fp16.h"
 #include "cpu_attention.h"
 
@@ -673,19 +673,18 @@ static double pct_bw(const attn_run *run, const attn_result *r)
  * and submit(), timed around submit; best of `passes` after a warm-up. */
 static kvrt_status device_copy_bw(kvrt_backend *be, size_t bytes, int passes, double *out, kvrt_error *err)
 {
-    const kvrt_backend_ops *ops = be->ops;
     kvrt_buffer *a = NULL, *b = NULL;
-    kvrt_status st = ops->buffer_create(be, bytes, KVRT_BUFFER_DEVICE, &a);
+    kvrt_status st = kvrt_op_buffer_create(be, bytes, KVRT_BUFFER_DEVICE, &a);
     if (st == KVRT_OK)
-        st = ops->buffer_create(be, bytes, KVRT_BUFFER_DEVICE, &b);
+        st = kvrt_op_buffer_create(be, bytes, KVRT_BUFFER_DEVICE, &b);
     double best = 0;
     for (int p = 0; st == KVRT_OK && p <= passes; p++) {
-        st = ops->begin(be);
+        st = kvrt_op_begin(be);
         if (st != KVRT_OK)
             break;
         double t0 = kvrt_bench_now();
-        st = ops->buffer_copy(be, p % 2 ? b : a, 0, p % 2 ? a : b, 0, bytes);
-        kvrt_status sub = ops->submit(be);
+        st = kvrt_op_buffer_copy(be, p % 2 ? b : a, 0, p % 2 ? a : b, 0, bytes);
+        kvrt_status sub = kvrt_op_submit(be);
         double t = kvrt_bench_now() - t0;
         if (st == KVRT_OK)
             st = sub;
@@ -695,9 +694,9 @@ static kvrt_status device_copy_bw(kvrt_backend *be, size_t bytes, int passes, do
     if (st != KVRT_OK)
         kvrt_fail(err, st, "device copy bandwidth: %s", be->err.message);
     if (b)
-        ops->buffer_destroy(be, b);
+        kvrt_op_buffer_destroy(be, b);
     if (a)
-        ops->buffer_destroy(be, a);
+        kvrt_op_buffer_destroy(be, a);
     *out = best;
     return st;
 }
