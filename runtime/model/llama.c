@@ -346,7 +346,7 @@ static kvrt_status check_batch(const kvrt_llama *lm, const kvrt_kv_pool *pool, c
                          "KV pool of %d layers x %d KV heads x %d does not fit the model (%d x %d x %d)",
                          (int)pd->n_layers, (int)pd->n_kv_heads, (int)pd->head_dim, (int)lm->hp.n_layer,
                          (int)lm->hp.n_head_kv, (int)lm->hp.head_dim);
-    KVRT_TRY(kvrt_batch_check(err, pd, lm->hp.n_head, b));
+    KVRT_TRY(kvrt_batch_check_window(err, pd, lm->hp.n_head, lm->hp.sliding_window, b));
     for (int32_t t = 0; t < b->num_tokens; t++) {
         if (b->tokens[t] < 0 || b->tokens[t] >= lm->hp.n_vocab)
             return kvrt_fail(err, KVRT_ERR_BAD_TOKEN, "token id %d at batch row %d is outside the vocabulary [0, %d)",
