@@ -222,25 +222,148 @@ static void test_architectures(void **state)
     }
 }
 
-/* The same families refuse what does not belong to them, naming it. */
+/* ---- files that must be refused, each with the reason named ----------------------------------------------- */
+
+typedef struct bad_file {
+    kvrt_llama_hparams hp;      /* the keys */
+    kvrt_llama_hparams shapes;  /* the tensors' shapes (usually the same) */
+    kvrt_llama_layout layout;
+    const char *arch_string;    /* general.architecture override, or NULL */
+    float freq_value;           /* rope_freqs entries */
+    const char *extra_key;      /* one more key: a string value ... */
+    const char *extra_str;
+    float extra_f32;            /* ... or this float when extra_str is NULL */
+} bad_file;
+
+static bad_file base_file(kvrt_arch arch)
+{
+    kvrt_synth_params p;
+    kvrt_synth_preset("tiny", &p);
+    p.hp.arch = arch;
+    bad_file b = {.hp = p.hp, .shapes = p.hp, .layout = {.with_output = true}, .freq_value = 1.0f};
+    b.layout.with_bias = arch == KVRT_ARCH_QWEN2;
+    b.layout.with_qk_norm = arch == KVRT_ARCH_QWEN3;
+    return b;
+}
+
+/* Writes the file with kvrt's writer: keys of b->hp, tensors of b->shapes and b->layout. */
+static void write_bad(const bad_file *b, const char *path)
+{
+    kvrt_gguf_writer *w = NULL;
+    assert_int_equal(kvrt_gguf_writer_create(NULL, 0, &w, NULL), KVRT_OK);
+    kvrt_vocab v;
+    assert_int_equal(kvrt_synth_vocab(NULL, b->hp.n_vocab, &v, NULL), KVRT_OK);
+    assert_int_equal(kvrt_llama_add_hparams(w, &b->hp, "bad"), KVRT_OK);
+    if (b->arch_string) { /* a second general.architecture would be a duplicate key: rebuild the writer */
+        kvrt_gguf_writer_destroy(w);
+        assert_int_equal(kvrt_gguf_writer_create(NULL, 0, &w, NULL), KVRT_OK);
+        assert_int_equal(kvrt_gguf_writer_add_string(w, "general.architecture", b->arch_string), KVRT_OK);
+    }
+    if (b->extra_key && b->extra_str)
+        assert_int_equal(kvrt_gguf_writer_add_string(w, b->extra_key, b->extra_str), KVRT_OK);
+    else if (b->extra_key)
+        assert_int_equal(kvrt_gguf_writer_add_f32(w, b->extra_key, b->extra_f32), KVRT_OK);
+    assert_int_equal(kvrt_llama_add_vocab(w, &v), KVRT_OK);
+    assert_int_equal(kvrt_llama_add_layout_tensors(w, &b->shapes, &b->layout, KVRT_DTYPE_F32), KVRT_OK);
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(kvrt_gguf_writer_write_header(w, f), KVRT_OK);
+    int32_t n = kvrt_llama_layout_count(&b->shapes, &b->layout);
+    for (int32_t i = 0; i < n; i++) {
+        char name[64];
+        int64_t ne0, ne1;
+        kvrt_llama_layout_desc(&b->shapes, &b->layout, i, name, sizeof(name), &ne0, &ne1);
+        float val = strcmp(name, "rope_freqs.weight") == 0 ? b->freq_value : 0.5f;
+        for (int64_t k = 0; k < ne0 * ne1; k++)
+            assert_int_equal(kvrt_gguf_writer_write_data(w, f, &val, sizeof(val)), KVRT_OK);
+    }
+    assert_int_equal(kvrt_gguf_writer_finish(w, f), KVRT_OK);
+    fclose(f);
+    kvrt_gguf_writer_destroy(w);
+    kvrt_vocab_free(NULL, &v);
+}
+
+static void expect_refused(const bad_file *b, kvrt_status want, const char *needle)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/tmp/kvrt_test_arch_bad_%d.gguf", (int)getpid());
+    write_bad(b, path);
+    kvrt_model_file *mf = (kvrt_model_file *)1;
+    kvrt_error err;
+    kvrt_status st = kvrt_model_file_load_gguf(path, NULL, false, NULL, &mf, &err);
+    unlink(path);
+    if (st == KVRT_OK) {
+        kvrt_model_file_free(mf);
+        fail_msg("accepted a file that should fail with '%s'", needle);
+    }
+    assert_null(mf);
+    if (st != want || !strstr(err.message, needle))
+        fail_msg("status %d '%s', want %d naming '%s'", (int)st, err.message, (int)want, needle);
+}
+
 static void test_arch_errors(void **state)
 {
     (void)state;
-    char path[64];
-    snprintf(path, sizeof(path), "/tmp/kvrt_test_arch_err_%d.gguf", (int)getpid());
-    kvrt_synth_params p;
-    kvrt_synth_preset("tiny", &p);
-    p.hp.arch = KVRT_ARCH_QWEN3;
-    p.bias = true; /* ignored for qwen3 by the writer: no biases written */
-    kvrt_error err;
-    assert_int_equal(kvrt_synth_write_file(&p, NULL, path, NULL, &err), KVRT_OK);
-    kvrt_model_file *mf = NULL;
-    assert_int_equal(kvrt_model_file_load_gguf(path, NULL, false, NULL, &mf, &err), KVRT_OK);
-    assert_non_null(mf->w.layers[0].q_norm.data);
-    assert_null(mf->w.layers[0].bq.data);
-    assert_int_equal(mf->hp.rope_neox, 1);
-    kvrt_model_file_free(mf);
-    unlink(path);
+    bad_file b = base_file(KVRT_ARCH_QWEN2);
+    b.layout.with_bias = false;
+    expect_refused(&b, KVRT_ERR_BAD_MODEL, "tensor 'blk.0.attn_q.bias' is missing (architecture qwen2 needs it)");
+    b = base_file(KVRT_ARCH_QWEN3);
+    b.layout.with_bias = true;
+    expect_refused(&b, KVRT_ERR_BAD_MODEL, "tensor 'blk.0.attn_q.bias' is not used by architecture qwen3");
+    b = base_file(KVRT_ARCH_QWEN3);
+    b.layout.with_qk_norm = false;
+    expect_refused(&b, KVRT_ERR_BAD_MODEL, "'blk.0.attn_q_norm.weight' is missing");
+    b = base_file(KVRT_ARCH_LLAMA);
+    b.layout.with_qk_norm = true;
+    expect_refused(&b, KVRT_ERR_BAD_MODEL, "'blk.0.attn_q_norm.weight' is not used by architecture llama");
+    b = base_file(KVRT_ARCH_QWEN2);
+    b.layout.with_rope_freqs = true;
+    expect_refused(&b, KVRT_ERR_BAD_MODEL, "'rope_freqs.weight' is not used by architecture qwen2");
+    /* rope_freqs: one factor per rotated pair, each finite and positive */
+    b = base_file(KVRT_ARCH_LLAMA);
+    b.layout.with_rope_freqs = true;
+    b.shapes.rope_dim = 2; /* one factor where head_dim / 2 = 2 are needed */
+    expect_refused(&b, KVRT_ERR_BAD_MODEL, "tensor 'rope_freqs.weight' has shape [1, 1], expected [2, 1]");
+    b = base_file(KVRT_ARCH_LLAMA);
+    b.layout.with_rope_freqs = true;
+    b.freq_value = 0.0f;
+    expect_refused(&b, KVRT_ERR_BAD_MODEL, "factors must be finite and positive");
+    b.freq_value = NAN;
+    expect_refused(&b, KVRT_ERR_BAD_MODEL, "factors must be finite and positive");
+    /* bias shapes */
+    b = base_file(KVRT_ARCH_QWEN2);
+    b.shapes.n_head_kv = 2; /* K/V tensors (and biases) twice as wide as the keys say */
+    expect_refused(&b, KVRT_ERR_BAD_MODEL, "tensor 'blk.0.attn_k.weight' has shape");
+    /* scaling keys */
+    b = base_file(KVRT_ARCH_LLAMA);
+    b.extra_key = "llama.rope.scaling.type";
+    b.extra_str = "longrope";
+    expect_refused(&b, KVRT_ERR_UNSUPPORTED, "RoPE scaling 'longrope'");
+    b.extra_key = "llama.rope.scaling.factor";
+    b.extra_str = NULL;
+    b.extra_f32 = -2.0f;
+    expect_refused(&b, KVRT_ERR_BAD_MODEL, "factor -2 must be positive");
+    b.extra_f32 = INFINITY;
+    expect_refused(&b, KVRT_ERR_BAD_MODEL, "GGUF key 'llama.rope.scaling.factor' = inf");
+    b = base_file(KVRT_ARCH_LLAMA);
+    b.hp.rope_scaling = KVRT_ROPE_SCALING_YARN;
+    b.hp.rope_scale = 4.0f;
+    b.extra_key = "llama.rope.scaling.attn_factor";
+    b.extra_f32 = 0.0f;
+    expect_refused(&b, KVRT_ERR_BAD_MODEL, "rope.scaling.attn_factor' = 0 must be positive");
+    b = base_file(KVRT_ARCH_LLAMA);
+    b.extra_key = "llama.attention.value_length";
+    b.extra_str = NULL;
+    b.extra_f32 = 0; /* wrong type for a length: named */
+    expect_refused(&b, KVRT_ERR_BAD_MODEL, "llama.attention.value_length");
+    /* other architectures are named */
+    b = base_file(KVRT_ARCH_LLAMA);
+    b.arch_string = "gemma2";
+    expect_refused(&b, KVRT_ERR_UNSUPPORTED, "model architecture 'gemma2' is not supported");
+    /* a key the family needs */
+    b = base_file(KVRT_ARCH_QWEN3);
+    b.arch_string = "qwen3"; /* keys rebuilt without the hparams: context_length is missing */
+    expect_refused(&b, KVRT_ERR_BAD_MODEL, "GGUF key 'qwen3.context_length' is missing");
 }
 
 int main(void)

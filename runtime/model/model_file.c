@@ -377,14 +377,15 @@ static kvrt_status read_hparams(const kvrt_gguf *g, kvrt_model_file *mf, kvrt_er
 
 /* ---- GGUF tensors ------------------------------------------------------------------- */
 
-static kvrt_status bind_tensor(const kvrt_gguf *g, const char *name, bool optional, kvrt_tensor_ref *out,
-                               int64_t *bound, kvrt_error *err)
+static kvrt_status bind_tensor(const kvrt_gguf *g, const kvrt_model_file *mf, const char *name, bool optional,
+                               kvrt_tensor_ref *out, int64_t *bound, kvrt_error *err)
 {
     const kvrt_gguf_tensor *t = kvrt_gguf_find_tensor(g, name);
     if (!t) {
         if (optional)
             return KVRT_OK;
-        return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "tensor '%s' is missing", name);
+        return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "tensor '%s' is missing (architecture %s needs it)", name,
+                         mf->arch);
     }
     if (!kvrt_dtype_supported((kvrt_dtype)t->type)) {
         const char *tn = kvrt_ggml_type_name(t->type);
@@ -444,10 +445,10 @@ static kvrt_status bind_weights(const kvrt_gguf *g, kvrt_model_file *mf, const k
                          mf->arch, mf->hp.n_layer, 9LL * mf->hp.n_layer + 2, (unsigned long long)g->n_tensors);
     KVRT_TRY(kvrt_model_file_alloc_layers(mf, err));
     int64_t bound = 0;
-    KVRT_TRY(bind_tensor(g, "token_embd.weight", false, &w->tok_embd, &bound, err));
-    KVRT_TRY(bind_tensor(g, "output_norm.weight", false, &w->output_norm, &bound, err));
-    KVRT_TRY(bind_tensor(g, "output.weight", true, &w->output, &bound, err));
-    KVRT_TRY(bind_tensor(g, "rope_freqs.weight", true, &w->rope_freqs, &bound, err));
+    KVRT_TRY(bind_tensor(g, mf, "token_embd.weight", false, &w->tok_embd, &bound, err));
+    KVRT_TRY(bind_tensor(g, mf, "output_norm.weight", false, &w->output_norm, &bound, err));
+    KVRT_TRY(bind_tensor(g, mf, "output.weight", true, &w->output, &bound, err));
+    KVRT_TRY(bind_tensor(g, mf, "rope_freqs.weight", true, &w->rope_freqs, &bound, err));
     if (!w->output.data)
         w->output = w->tok_embd; /* tied classifier */
     for (int32_t i = 0; i < mf->hp.n_layer; i++) {
@@ -458,7 +459,7 @@ static kvrt_status bind_weights(const kvrt_gguf *g, kvrt_model_file *mf, const k
                 continue; /* check_all_used names it if the file has it */
             char name[96];
             snprintf(name, sizeof(name), "blk.%d.%s", i, slots[k].name);
-            KVRT_TRY(bind_tensor(g, name, slots[k].need == KVRT_TENSOR_OPTIONAL, slots[k].t, &bound, err));
+            KVRT_TRY(bind_tensor(g, mf, name, slots[k].need == KVRT_TENSOR_OPTIONAL, slots[k].t, &bound, err));
         }
         report(progress, (double)(i + 1) / mf->hp.n_layer);
     }
