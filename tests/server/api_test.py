@@ -7,7 +7,7 @@ every kind of bad input with its status and OpenAI-style error, the API key,
 the queue limit, the body limit, and a clean stop on SIGTERM / SIGINT with
 requests in flight.
 
-Usage: server_test.py BUILD_DIR SOURCE_DIR [unittest args]
+Usage: api_test.py BUILD_DIR SOURCE_DIR [unittest args]
 """
 import json
 import os
