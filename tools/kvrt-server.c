@@ -5,9 +5,11 @@
  *
  * Prints the URL it serves on stdout once listening (the model loads after:
  * /health says "loading" until it is ready); everything else goes to stderr.
- * SIGINT/SIGTERM stop it: no new requests, in-flight ones get
+ * SIGINT/SIGTERM stop it: new requests get 503 (and /health says
+ * "stopping", so a load balancer moves on), in-flight ones get
  * --shutdown-timeout seconds to finish (a second signal cuts that short),
- * then the rest are cancelled, and everything is freed before exit 0. */
+ * then the rest are cancelled and answered, and everything is freed before
+ * exit 0. */
 #include "cli.h"
 #include "openblas_core.h"
 #include "server/server.h"
@@ -281,7 +283,6 @@ static bool set_model_name(srv *s)
 
 static bool srv_init(srv *s)
 {
-    s->listen_fd = -1;
     s->started_at = (int64_t)time(NULL);
     srv_counters_init(&s->counters);
     pthread_condattr_init(&s->cv_attr);
@@ -320,7 +321,6 @@ static void shut_down(srv *s, const sigset_t *sigs)
     s->stopping = true;
     int64_t n = s->inflight;
     pthread_mutex_unlock(&s->mu);
-    srv_http_quiesce(s);
     fprintf(stderr, "%s: stopping: %lld requests in flight, %.0f s to finish\n", SRV_PROG, (long long)n,
             s->o.shutdown_grace);
     wait_idle(s, sigs, s->o.shutdown_grace);
@@ -330,6 +330,13 @@ static void shut_down(srv *s, const sigset_t *sigs)
     pthread_cond_signal(&s->engine_cv);
     while (s->inflight > 0 && !s->engine_gone)
         pthread_cond_wait(&s->idle_cv, &s->mu);
+    /* every request is answered; let the connections write their last bytes (a
+     * slow reader gets 10 s) before the daemon closes them */
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += 10;
+    while (s->open_requests > 0 && pthread_cond_timedwait(&s->idle_cv, &s->mu, &until) == 0)
+        ;
     pthread_mutex_unlock(&s->mu);
     srv_engine_stop(s);
     srv_http_stop(s);

@@ -123,6 +123,20 @@ class Server:
                 return m
             time.sleep(0.05)
 
+    def kill(self):
+        """Ends a server a failed test left running (no-op once stopped)."""
+        if self.proc.returncode is None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc.stdout.close()
+            self.proc.stderr.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.kill()
+
     def stop(self, sig=signal.SIGTERM, timeout=60):
         """Signals the server; returns (exit code, stderr text)."""
         if self.proc.poll() is None:

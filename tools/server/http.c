@@ -13,7 +13,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <unistd.h>
 
 typedef enum route {
     R_NONE = 0, R_PAGE, R_HEALTH, R_MODELS, R_METRICS, R_COMPLETIONS, R_CHAT
@@ -280,6 +279,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (!(cr = calloc(1, sizeof(*cr))))
             return MHD_NO;
         *con_cls = cr;
+        pthread_mutex_lock(&s->mu);
+        s->open_requests++;
+        pthread_mutex_unlock(&s->mu);
         enum MHD_Result ret = begin(s, c, url, method, cr);
         if (!cr->route)
             cr->route = &NO_ROUTE; /* answered; only the body is left to drain */
@@ -312,17 +314,22 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     return MHD_YES; /* an answer was queued in begin() */
 }
 
+/* The response went out, or the connection broke: the request is over. */
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode why)
 {
-    (void)cls;
     (void)c;
     (void)why;
+    srv *s = cls;
     conn_req *cr = *con_cls;
-    if (cr) {
-        srv_buf_free(&cr->body);
-        free(cr);
-    }
+    if (!cr)
+        return;
+    srv_buf_free(&cr->body);
+    free(cr);
     *con_cls = NULL;
+    pthread_mutex_lock(&s->mu);
+    if (--s->open_requests == 0)
+        pthread_cond_broadcast(&s->idle_cv);
+    pthread_mutex_unlock(&s->mu);
 }
 
 static void on_mhd_log(void *cls, const char *fmt, va_list ap)
@@ -347,8 +354,7 @@ bool srv_http_start(srv *s)
         fprintf(stderr, "%s: --host %s: %s\n", SRV_PROG, s->o.host, gai_strerror(rc));
         return false;
     }
-    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ITC |
-                     MHD_USE_ERROR_LOG;
+    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ERROR_LOG;
     if (ai->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     s->daemon = MHD_start_daemon(flags, 0, NULL, NULL, on_request, s,
@@ -369,19 +375,9 @@ bool srv_http_start(srv *s)
     return true;
 }
 
-void srv_http_quiesce(srv *s)
-{
-    if (!s->daemon || s->listen_fd >= 0)
-        return;
-    s->listen_fd = MHD_quiesce_daemon(s->daemon);
-}
-
 void srv_http_stop(srv *s)
 {
     if (s->daemon)
         MHD_stop_daemon(s->daemon);
     s->daemon = NULL;
-    if (s->listen_fd >= 0)
-        close(s->listen_fd);
-    s->listen_fd = -1;
 }

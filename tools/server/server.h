@@ -224,7 +224,6 @@ struct srv {
     int32_t n_vocab;
     struct MHD_Daemon *daemon;
     int port;                  /* bound port */
-    int listen_fd;             /* after quiescing: the listening socket to close, else -1 */
     int64_t started_at;        /* Unix seconds */
 
     /* engine thread's own (no lock): created by kvrt-server.c, used only there */
@@ -243,7 +242,7 @@ struct srv {
     pthread_condattr_t cv_attr; /* CLOCK_MONOTONIC, for every timed wait */
     pthread_cond_t engine_cv;  /* wakes the engine thread */
     pthread_cond_t snap_cv;    /* a new metrics snapshot */
-    pthread_cond_t idle_cv;    /* inflight dropped to 0 */
+    pthread_cond_t idle_cv;    /* inflight or open_requests dropped to 0 */
     /* under mu */
     bool ready;                /* model loaded */
     bool stopping;             /* refuse new work (503) */
@@ -253,6 +252,7 @@ struct srv {
     uint64_t wake;             /* bumped with every signal of engine_cv (nothing is lost while it works) */
     srv_req *submit_head, *submit_tail;
     int64_t inflight;          /* requests holding a slot (queued or running) */
+    int64_t open_requests;     /* HTTP requests between their first byte and their response's last */
     uint64_t snap_wanted, snap_done;
     srv_snapshot snap;
     srv_counters counters;
@@ -316,7 +316,6 @@ struct MHD_Response *srv_stream_response(srv *s, srv_req *r, struct MHD_Connecti
 /* ---- http.c ------------------------------------------------------------------------- */
 
 bool srv_http_start(srv *s);
-void srv_http_quiesce(srv *s);
 void srv_http_stop(srv *s);
 
 /* ---- chat.c ---------------------------------------------------------------------------------- */
