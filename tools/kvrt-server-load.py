@@ -34,6 +34,7 @@ import json
 import math
 import os
 import random
+import resource
 import subprocess
 import sys
 import tempfile
@@ -60,6 +61,16 @@ def make_request(seed, k, n_vocab, bos, ctx):
     if bos >= 0:
         prompt[0] = bos
     return prompt, max_tokens
+
+
+def process_cpu_s(pid):
+    """User + system CPU seconds of a process so far (Linux /proc), or None."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def percentiles(values):
@@ -207,7 +218,7 @@ def run_load(target, args, ctx):
     return state, time.perf_counter() - t0
 
 
-def run_bench(args, results, ctx):
+def run_bench(args, results, ctx, wrap):
     """The same requests, in order, args.clients in flight, offline in kvrt-bench serve."""
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
         f.write("# kvrt-server-load.py seed %d: max_tokens, then the prompt's ids\n" % args.seed)
@@ -216,10 +227,13 @@ def run_bench(args, results, ctx):
             f.write("%d %s\n" % (r["max_tokens"], " ".join(map(str, r["prompt"]))))
         path = f.name
     try:
-        cmd = [args.bench, "serve", "--model", args.model, "--workload", path, "--concurrency", str(args.clients),
+        cmd = [*wrap, args.bench, "serve", "--model", args.model, "--workload", path, "--concurrency", str(args.clients),
                "--json", *args.bench_args.split()]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         out = subprocess.run(cmd, capture_output=True, check=True, timeout=3600)
-        return json.loads(out.stdout), cmd
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        return json.loads(out.stdout), cmd, cpu
     finally:
         if args.keep_workload:
             print("workload kept in", path, file=sys.stderr)
@@ -233,6 +247,7 @@ def main():
     ap.add_argument("--server", help="the kvrt-server binary to start")
     ap.add_argument("--model", help="the model (for --server and --bench)")
     ap.add_argument("--server-args", default="", help="more kvrt-server flags, e.g. \"-t 1 --max-seqs 64\"")
+    ap.add_argument("--server-pid", type=int, help="with --url: the server's pid, to report its CPU time")
     ap.add_argument("--api-key", default=os.environ.get("KVRT_API_KEY"))
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--duration", type=float, default=60.0, help="seconds during which new requests are sent")
@@ -244,6 +259,9 @@ def main():
     ap.add_argument("--bench", help="kvrt-bench binary: run the same requests offline and print the ratios")
     ap.add_argument("--bench-args", default="", help="more kvrt-bench serve flags, e.g. \"-t 1 --max-seqs 64\"")
     ap.add_argument("--keep-workload", action="store_true", help="keep the workload file given to kvrt-bench")
+    ap.add_argument("--pin", action="store_true",
+                    help="server and kvrt-bench on CPU 0 only, these clients on the other CPUs: both sides get "
+                         "the same one core for all their work, whatever else the machine runs")
     ap.add_argument("--json", action="store_true", help="one JSON document on stdout")
     args = ap.parse_args()
     if not args.url and not (args.server and args.model):
@@ -251,13 +269,20 @@ def main():
     if args.bench and not args.model:
         ap.error("--bench needs --model")
 
+    wrap = []
+    if args.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            ap.error("--pin needs two CPUs")
+        wrap = ["taskset", "-c", str(cpus[0])]
+        os.sched_setaffinity(0, cpus[1:])
     server = None
     if not args.url:
         import harness
         env = dict(os.environ)
         if args.api_key:
             env["KVRT_API_KEY"] = args.api_key
-        server = harness.Server(args.server, args.model, *args.server_args.split(), env=env)
+        server = harness.Server(args.server, args.model, *args.server_args.split(), env=env, wrap=wrap)
         args.url = server.url
     target = Target(args.url, args.api_key)
     failures = []
@@ -268,7 +293,10 @@ def main():
         ctx = json.loads(data)["data"][0]["max_model_len"]
         before = target.metrics()
 
+        pid = server.proc.pid if server else args.server_pid
+        cpu_before = process_cpu_s(pid) if pid else None
         state, seconds = run_load(target, args, ctx)
+        cpu_after = process_cpu_s(pid) if pid else None
         results = state["results"]
         errors = [(k, e) for k, r in sorted(results.items()) for e in r["errors"]]
         counts = {kind: sum(1 for _, e in errors if e.startswith(kind)) for kind in ("lost", "mixed", "truncated")}
@@ -308,10 +336,11 @@ def main():
         tpot = [(r["last"] - r["first"]) / (r["tokens"] - 1) for r in done if r["tokens"] > 1 and r["first"]]
         report = {
             "tool": "kvrt-server-load", "url": args.url, "clients": args.clients, "duration_s": args.duration,
-            "seed": args.seed, "requests": len(results), "ok": len(done), "seconds": seconds,
+            "seed": args.seed, "pinned": args.pin, "requests": len(results), "ok": len(done), "seconds": seconds,
             "output_tokens": tokens, "output_tokens_per_s": tokens / seconds if seconds else 0.0,
             "requests_per_s": len(done) / seconds if seconds else 0.0,
             "client_cpu_s": state["client_cpu_s"],
+            "server_cpu_s": cpu_after - cpu_before if cpu_before is not None and cpu_after is not None else None,
             "ttft_ms": dict(zip(("p50", "p95", "p99"), (1e3 * x for x in percentiles(ttft)))),
             "tpot_ms": dict(zip(("p50", "p95", "p99"), (1e3 * x for x in percentiles(tpot)))),
             "verified_alone": verified, "lost": counts["lost"], "mixed": counts["mixed"],
@@ -320,11 +349,14 @@ def main():
             "failures": failures, "first_errors": ["request %d: %s" % ke for ke in errors[:10]],
         }
         if args.bench and done:
-            off, cmd = run_bench(args, {k: results[k] for k in ok_keys}, ctx)
+            off, cmd, off_cpu = run_bench(args, {k: results[k] for k in ok_keys}, ctx, wrap)
             report["offline"] = {k: off[k] for k in ("requests", "seconds", "output_tokens_per_s", "requests_per_s",
                                                      "ttft_ms", "tpot_ms", "device")}
+            report["offline"]["cpu_s"] = off_cpu  # the whole process: model load and an 8-request warm-up included
             report["offline_command"] = " ".join(cmd)
             report["server_vs_offline"] = {
+                "cpu_per_token": (report["server_cpu_s"] / tokens) / (off_cpu / off["output_tokens"])
+                if report["server_cpu_s"] and off_cpu else None,
                 "output_tokens_per_s": report["output_tokens_per_s"] / off["output_tokens_per_s"],
                 "ttft_p50": report["ttft_ms"]["p50"] / max(off["ttft_ms"]["p50"], 1e-9),
                 "tpot_p50": report["tpot_ms"]["p50"] / max(off["tpot_ms"]["p50"], 1e-9),
@@ -344,13 +376,17 @@ def main():
     print("  lost %d, mixed %d, truncated %d, KV blocks used after %d, %d answers equal to their prompt run alone, "
           "%d preemptions" % (r["lost"], r["mixed"], r["truncated"], r["leaked_blocks"], r["verified_alone"] -
                               min(r["mixed"], r["verified_alone"]), r["preemptions"]), file=out)
+    if r["server_cpu_s"] is not None:
+        print("  the server used %.1f CPU s (%.3f ms per output token)" % (
+            r["server_cpu_s"], 1e3 * r["server_cpu_s"] / max(r["output_tokens"], 1)), file=out)
     if "offline" in r:
         o, x = r["offline"], r["server_vs_offline"]
         print("  offline (kvrt-bench serve, same requests, %d in flight): %.0f output tok/s, TTFT ms p50 %.1f, "
-              "TPOT ms p50 %.2f" % (args.clients, o["output_tokens_per_s"], o["ttft_ms"]["p50"], o["tpot_ms"]["p50"]),
-              file=out)
-        print("  server / offline: %.3fx output tok/s, %.2fx TTFT p50, %.2fx TPOT p50" % (
-            x["output_tokens_per_s"], x["ttft_p50"], x["tpot_p50"]), file=out)
+              "TPOT ms p50 %.2f, %.1f CPU s" % (args.clients, o["output_tokens_per_s"], o["ttft_ms"]["p50"],
+                                                o["tpot_ms"]["p50"], o["cpu_s"]), file=out)
+        print("  server / offline: %.3fx output tok/s, %.2fx TTFT p50, %.2fx TPOT p50%s" % (
+            x["output_tokens_per_s"], x["ttft_p50"], x["tpot_p50"],
+            ", %.2fx CPU time per output token" % x["cpu_per_token"] if x["cpu_per_token"] else ""), file=out)
     for line in r["first_errors"]:
         print("  " + line, file=out)
     for f in failures:

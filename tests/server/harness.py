@@ -15,9 +15,9 @@ import urllib.parse
 class Server:
     """A kvrt-server process on a free port (--port 0; the URL is read from its stdout)."""
 
-    def __init__(self, exe, model, *args, env=None, ready_timeout=120):
+    def __init__(self, exe, model, *args, env=None, ready_timeout=120, wrap=()):
         self.exe = exe
-        cmd = [exe, "-m", model, "--port", "0", *args]
+        cmd = [*wrap, exe, "-m", model, "--port", "0", *args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         self.url = self._read_url(ready_timeout)
         parsed = urllib.parse.urlparse(self.url)

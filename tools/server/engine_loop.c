@@ -2,7 +2,9 @@
  * the engine. It takes requests from the submit queue, tokenizes and submits
  * them, runs steps while there is work, cancels what connections gave up,
  * publishes each request's progress for its connection, and answers metrics
- * snapshots. Connections only ever see srv_req fields under srv.mu. */
+ * snapshots. A request's fields are shared under its own mutex (r->mu), so
+ * 64 streams do not queue on one lock; srv.mu guards the server-wide state
+ * (submit queue, slots, counters). No code holds both at once. */
 #include "server.h"
 
 #include "kvrt_model.h"
@@ -37,6 +39,7 @@ srv_req *srv_req_new(srv *s, srv_params *p)
     r->s = s;
     r->refs = 1;
     r->waiting = true;
+    pthread_mutex_init(&r->mu, NULL);
     pthread_cond_init(&r->cv, &s->cv_attr);
     pthread_mutex_lock(&s->mu);
     uint64_t n = ++s->req_counter;
@@ -55,22 +58,25 @@ static void req_free(srv_req *r)
         srv_sample *sm = &r->samples[i];
         srv_buf_free(&sm->text);
         srv_buf_free(&sm->tok_text);
+        free(sm->cuts);
         free(sm->lp);
         free(sm->tok_off);
     }
     free(r->samples);
     srv_params_free(&r->p);
     pthread_cond_destroy(&r->cv);
+    pthread_mutex_destroy(&r->mu);
     free(r);
 }
 
 void srv_req_unref(srv *s, srv_req *r)
 {
+    (void)s;
     if (!r)
         return;
-    pthread_mutex_lock(&s->mu);
+    pthread_mutex_lock(&r->mu);
     bool last = --r->refs == 0;
-    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_unlock(&r->mu);
     if (last)
         req_free(r);
 }
@@ -82,17 +88,23 @@ static void wake_engine(srv *s)
     pthread_cond_signal(&s->engine_cv);
 }
 
-/* Under mu: the request reached its end (done or refused); its slot is free. */
+/* Engine thread, no lock held: the request reached its end (done or
+ * refused); its slot is free. r->err is written before this call. */
 static void req_settle(srv *s, srv_req *r, srv_req_state state)
 {
-    r->state = state;
-    r->version++;
-    if (r->counted) {
+    /* the slot first: a client that has its answer may send the next request at once */
+    if (r->counted) { /* set before the request was queued, under srv.mu */
         r->counted = false;
+        pthread_mutex_lock(&s->mu);
         if (--s->inflight == 0)
             pthread_cond_broadcast(&s->idle_cv);
+        pthread_mutex_unlock(&s->mu);
     }
+    pthread_mutex_lock(&r->mu);
+    r->state = state;
+    r->version++;
     pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
 }
 
 srv_req_state srv_req_submit(srv *s, srv_req *r)
@@ -114,7 +126,7 @@ srv_req_state srv_req_submit(srv *s, srv_req *r)
     }
     s->inflight++;
     r->counted = true;
-    r->refs++; /* the engine thread's */
+    r->refs++; /* the engine thread's (nobody else holds r yet) */
     r->next = NULL;
     if (s->submit_tail)
         s->submit_tail->next = r;
@@ -122,21 +134,26 @@ srv_req_state srv_req_submit(srv *s, srv_req *r)
         s->submit_head = r;
     s->submit_tail = r;
     wake_engine(s);
-    while (r->state == SRV_REQ_QUEUED)
-        pthread_cond_wait(&r->cv, &s->mu);
-    srv_req_state st = r->state;
     pthread_mutex_unlock(&s->mu);
+    pthread_mutex_lock(&r->mu);
+    while (r->state == SRV_REQ_QUEUED)
+        pthread_cond_wait(&r->cv, &r->mu);
+    srv_req_state st = r->state;
+    pthread_mutex_unlock(&r->mu);
     return st;
 }
 
 void srv_req_cancel(srv *s, srv_req *r)
 {
-    pthread_mutex_lock(&s->mu);
-    if (r->state == SRV_REQ_RUNNING && !r->cancel) {
-        r->cancel = true;
+    pthread_mutex_lock(&r->mu);
+    bool wake = r->state == SRV_REQ_RUNNING && !r->cancel;
+    r->cancel = true;
+    pthread_mutex_unlock(&r->mu);
+    if (wake) {
+        pthread_mutex_lock(&s->mu);
         wake_engine(s);
+        pthread_mutex_unlock(&s->mu);
     }
-    pthread_mutex_unlock(&s->mu);
 }
 
 bool srv_get_snapshot(srv *s, srv_snapshot *out)
@@ -165,10 +182,25 @@ static void on_text(void *user, int64_t id, int32_t sample, const char *text, si
     srv_req *r = user;
     if (len == 0)
         return;
-    pthread_mutex_lock(&r->s->mu);
-    if (!srv_buf_append(&r->samples[sample].text, text, len))
+    srv_sample *sm = &r->samples[sample];
+    pthread_mutex_lock(&r->mu);
+    if (!srv_buf_append(&sm->text, text, len))
         r->text_lost = true;
-    pthread_mutex_unlock(&r->s->mu);
+    if (r->p.stream && !r->text_lost) {
+        if (sm->n_cuts == sm->cap_cuts) {
+            int32_t cap = sm->cap_cuts ? 2 * sm->cap_cuts : 64;
+            size_t *cuts = realloc(sm->cuts, (size_t)cap * sizeof(size_t));
+            if (cuts) {
+                sm->cuts = cuts;
+                sm->cap_cuts = cap;
+            }
+        }
+        if (sm->n_cuts < sm->cap_cuts)
+            sm->cuts[sm->n_cuts++] = sm->text.len;
+        else
+            r->text_lost = true;
+    }
+    pthread_mutex_unlock(&r->mu);
 }
 
 /* ---- submitting -------------------------------------------------------------------------- */
@@ -279,20 +311,22 @@ static void submit_one(srv *s, srv_req *r)
                           "%s", kvrt_engine_message(s->engine));
         }
     }
-    pthread_mutex_lock(&s->mu);
     if (ok) {
+        r->last_prompt_token = ids[n - 1];
+        pthread_mutex_lock(&r->mu);
         r->eid = eid;
         r->n_prompt = n;
-        r->last_prompt_token = ids[n - 1];
         r->state = SRV_REQ_RUNNING;
         r->version++;
-        s->counters.prompt_tokens += (uint64_t)n;
         pthread_cond_broadcast(&r->cv);
+        pthread_mutex_unlock(&r->mu);
+        pthread_mutex_lock(&s->mu);
+        s->counters.prompt_tokens += (uint64_t)n;
+        pthread_mutex_unlock(&s->mu);
     } else {
         r->err = err;
         req_settle(s, r, SRV_REQ_FAILED);
     }
-    pthread_mutex_unlock(&s->mu);
     if (ok) {
         r->next = s->active;
         s->active = r;
@@ -304,7 +338,7 @@ static void submit_one(srv *s, srv_req *r)
 
 /* ---- publishing progress --------------------------------------------------------------------- */
 
-/* Under mu: appends the log-probabilities and token texts the sample gained. */
+/* Under r->mu: appends the log-probabilities and token texts the sample gained. */
 static void add_logprobs(srv *s, srv_req *r, srv_sample *sm, const kvrt_sample_output *so)
 {
     if (!so->logprobs || so->n_tokens <= sm->n_lp)
@@ -339,29 +373,44 @@ static void add_logprobs(srv *s, srv_req *r, srv_sample *sm, const kvrt_sample_o
 }
 
 /* Copies what the engine has for r (token counts, finish reasons,
- * log-probabilities, scheduling state) to where its connection reads it. */
-static void publish(srv *s, srv_req *r)
+ * log-probabilities) to where its connection reads it; returns the tokens
+ * generated since the last call. */
+static uint64_t publish(srv *s, srv_req *r)
 {
     kvrt_request_output out;
+    uint64_t gained = 0;
     if (kvrt_engine_get_output(s->engine, r->eid, &out) != KVRT_OK)
-        return;
-    pthread_mutex_lock(&s->mu);
+        return 0;
+    r->waiting = out.timing.first_scheduled < 0; /* engine thread only */
+    pthread_mutex_lock(&r->mu);
     for (int32_t i = 0; i < out.n_samples && i < r->p.n; i++) {
         srv_sample *sm = &r->samples[i];
         const kvrt_sample_output *so = &out.samples[i];
         if (r->p.logprobs)
             add_logprobs(s, r, sm, so);
-        if (so->n_tokens > sm->n_tokens) {
-            s->gen_total += (uint64_t)(so->n_tokens - sm->n_tokens);
-            s->counters.generation_tokens += (uint64_t)(so->n_tokens - sm->n_tokens);
-        }
+        if (so->n_tokens > sm->n_tokens)
+            gained += (uint64_t)(so->n_tokens - sm->n_tokens);
         sm->n_tokens = so->n_tokens;
         sm->finish = so->finish_reason;
     }
-    r->waiting = out.timing.first_scheduled < 0;
     r->n_cached = out.n_cached_prompt;
     r->version++;
     pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+    return gained;
+}
+
+/* Publishes every active request; counts what they generated. */
+static void publish_all(srv *s)
+{
+    uint64_t gained = 0;
+    for (srv_req *r = s->active; r; r = r->next)
+        gained += publish(s, r);
+    if (!gained)
+        return;
+    s->gen_total += gained;
+    pthread_mutex_lock(&s->mu);
+    s->counters.generation_tokens += gained;
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -419,8 +468,9 @@ static void collect_finished(srv *s)
             kvrt_engine_release(s->engine, out.request_id);
             continue;
         }
-        publish(s, r);
-        pthread_mutex_lock(&s->mu);
+        uint64_t gained = publish(s, r);
+        s->gen_total += gained;
+        pthread_mutex_lock(&r->mu);
         if (!r->p.stream) /* the engine's own text; streams keep what on_text gave, and the tests compare both */
             for (int32_t i = 0; i < out.n_samples && i < r->p.n; i++) {
                 srv_buf *b = &r->samples[i].text;
@@ -428,9 +478,12 @@ static void collect_finished(srv *s)
                 if (!srv_buf_append(b, out.samples[i].text, out.samples[i].text_len))
                     r->text_lost = true;
             }
+        pthread_mutex_unlock(&r->mu);
+        pthread_mutex_lock(&s->mu);
+        s->counters.generation_tokens += gained;
         observe(s, &out);
-        req_settle(s, r, SRV_REQ_DONE);
         pthread_mutex_unlock(&s->mu);
+        req_settle(s, r, SRV_REQ_DONE);
         kvrt_engine_release(s->engine, out.request_id);
         srv_req_unref(s, r);
     }
@@ -492,29 +545,28 @@ static void make_snapshot(srv *s)
     pthread_mutex_unlock(&s->mu);
 }
 
-/* Under mu: takes the submit queue, marks what to cancel. */
-static srv_req *take_work(srv *s, bool cancel_all)
+/* Marks what to cancel: what connections gave up, or everything. */
+static void mark_cancels(srv *s, bool cancel_all)
 {
-    srv_req *subs = s->submit_head;
-    s->submit_head = s->submit_tail = NULL;
     for (srv_req *r = s->active; r; r = r->next) {
+        pthread_mutex_lock(&r->mu);
         if (cancel_all && !r->cancel && !r->err.status)
             srv_error_set(&r->err, 503, "server_error", NULL, "the server is shutting down");
         r->cancel_now = (r->cancel || cancel_all) && !r->cancel_sent;
+        pthread_mutex_unlock(&r->mu);
     }
-    return subs;
 }
 
 /* After repeated step failures nothing will finish: every request ends with a 500. */
 static void fail_everything(srv *s, const char *why)
 {
-    pthread_mutex_lock(&s->mu);
     for (srv_req *r = s->active; r; r = r->next) {
+        pthread_mutex_lock(&r->mu);
         if (!r->err.status)
             srv_error_set(&r->err, 500, "server_error", NULL, "the engine failed: %s", why);
         r->cancel_now = !r->cancel_sent;
+        pthread_mutex_unlock(&r->mu);
     }
-    pthread_mutex_unlock(&s->mu);
 }
 
 static void run_cancels(srv *s)
@@ -548,18 +600,18 @@ static void *engine_main(void *arg)
         }
         seen = s->wake;
         bool cancel_all = s->cancel_all, leave = s->engine_exit, snap = s->snap_wanted != s->snap_done;
-        srv_req *subs = take_work(s, cancel_all);
+        srv_req *subs = s->submit_head;
+        s->submit_head = s->submit_tail = NULL;
         pthread_mutex_unlock(&s->mu);
+        mark_cancels(s, cancel_all);
 
         while (subs) {
             srv_req *r = subs;
             subs = r->next;
             r->next = NULL;
             if (cancel_all) {
-                pthread_mutex_lock(&s->mu);
                 srv_error_set(&r->err, 503, "server_error", NULL, "the server is shutting down");
                 req_settle(s, r, SRV_REQ_FAILED);
-                pthread_mutex_unlock(&s->mu);
                 srv_req_unref(s, r);
             } else {
                 submit_one(s, r);
@@ -580,8 +632,7 @@ static void *engine_main(void *arg)
                 s->prefill_total += (uint64_t)info.prefill_tokens;
             }
         }
-        for (srv_req *r = s->active; r; r = r->next)
-            publish(s, r);
+        publish_all(s);
         collect_finished(s);
         double now = srv_now();
         if (now - last_rate >= 0.5) {
@@ -602,10 +653,8 @@ static void *engine_main(void *arg)
     while (subs) { /* queued after the last look: refused */
         srv_req *r = subs;
         subs = r->next;
-        pthread_mutex_lock(&s->mu);
         srv_error_set(&r->err, 503, "server_error", NULL, "the server is shutting down");
         req_settle(s, r, SRV_REQ_FAILED);
-        pthread_mutex_unlock(&s->mu);
         srv_req_unref(s, r);
     }
     return NULL;

@@ -4,11 +4,12 @@
  * parse requests, wait, and write responses. Exactly one engine thread owns
  * the context, the model and the engine (the engine is one-thread-at-a-time,
  * include/kvrt_engine.h): it tokenizes and submits requests, runs steps,
- * cancels, and reads the engine's metrics. The two sides meet in `srv`,
- * under one mutex: a queue of requests to submit, per-request state that the
- * engine's callbacks fill (text, tokens, finish reasons) and the connection
- * threads read, and the counters /metrics reports. Nothing here calls into
- * the engine while holding the mutex, because the engine's callbacks take it.
+ * cancels, and reads the engine's metrics. The two sides meet in `srv`
+ * (under srv.mu: the queue of requests to submit, slots, counters) and in
+ * each srv_req (under its own mutex: what the engine's callbacks fill - text,
+ * tokens, finish reasons - and the connection thread reads). Nothing holds
+ * both mutexes at once, and nothing calls into the engine while holding
+ * one, because the engine's callbacks take them.
  *
  * Files: kvrt-server.c (flags, start, stop), http.c (libmicrohttpd glue,
  * routing, auth, limits), request.c (OpenAI request JSON -> srv_params),
@@ -137,6 +138,8 @@ typedef enum srv_req_state {
 
 typedef struct srv_sample {
     srv_buf text;              /* streamed text (the engine's on_text, whole UTF-8 characters) */
+    size_t *cuts;              /* [n_cuts] where each on_text piece ends in text (streams only) */
+    int32_t n_cuts, cap_cuts;
     int32_t n_tokens;
     kvrt_finish_reason finish; /* NONE while running */
     /* with logprobs: one entry per generated token */
@@ -153,7 +156,7 @@ typedef struct srv_req {
     srv_params p;
     char id[48];
     int64_t created;           /* Unix seconds */
-    /* under srv.mu from here on */
+    pthread_mutex_t mu;        /* guards what follows, except the fields marked engine thread only */
     int refs;                  /* connection + engine thread */
     srv_req_state state;
     srv_error err;             /* SRV_REQ_FAILED */
@@ -161,9 +164,9 @@ typedef struct srv_req {
     bool cancel_sent;          /* engine thread only: kvrt_engine_cancel was called */
     bool cancel_now;           /* engine thread only: to cancel in this iteration */
     int32_t last_prompt_token; /* engine thread only: the token before the first generated one */
-    bool waiting;              /* not scheduled yet (for /metrics) */
+    bool waiting;              /* engine thread only: not scheduled yet (for /metrics) */
     bool text_lost;            /* out of memory while appending streamed text: the response is an error */
-    bool counted;              /* holds a slot of srv.n_inflight */
+    bool counted;              /* holds a slot of srv.inflight (set under srv.mu before queueing) */
     int64_t eid;               /* engine request id */
     int32_t n_prompt, n_cached;
     srv_sample *samples;       /* [p.n] */

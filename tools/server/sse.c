@@ -26,7 +26,7 @@ bool srv_conn_gone(struct MHD_Connection *c)
     return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL));
 }
 
-/* Under mu: waits up to POLL_MS for r->version to move past *seen. */
+/* Under r->mu: waits up to POLL_MS for r->version to move past *seen. */
 static void wait_change(srv_req *r, pthread_mutex_t *mu, uint64_t seen)
 {
     struct timespec ts;
@@ -43,28 +43,28 @@ static void wait_change(srv_req *r, pthread_mutex_t *mu, uint64_t seen)
 bool srv_wait_done(srv *s, srv_req *r, struct MHD_Connection *c)
 {
     double checked = srv_now();
-    pthread_mutex_lock(&s->mu);
+    pthread_mutex_lock(&r->mu);
     while (r->state == SRV_REQ_RUNNING) {
-        wait_change(r, &s->mu, r->version);
+        wait_change(r, &r->mu, r->version);
         /* the request changes every step: look at the socket by the clock, not on timeouts */
         if (r->state == SRV_REQ_RUNNING && srv_now() - checked >= POLL_MS * 1e-3) {
-            pthread_mutex_unlock(&s->mu);
+            pthread_mutex_unlock(&r->mu);
             if (srv_conn_gone(c)) {
                 srv_req_cancel(s, r);
                 return false;
             }
             checked = srv_now();
-            pthread_mutex_lock(&s->mu);
+            pthread_mutex_lock(&r->mu);
         }
     }
-    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_unlock(&r->mu);
     return true;
 }
 
 /* ---- the event stream -------------------------------------------------------------------- */
 
 typedef struct sse_sample {
-    size_t text_sent;
+    int32_t cuts_sent;
     int32_t lp_sent;
     bool started, finished;
 } sse_sample;
@@ -81,31 +81,47 @@ typedef struct srv_stream {
     sse_sample *samples;
 } srv_stream;
 
-/* Under mu: formats every event the request has that was not sent yet. */
+/* Under r->mu: the events of sample i not sent yet: one per piece of text
+ * the engine handed out (one token's worth, usually), as OpenAI streams,
+ * even when this connection fell behind and writes several at once. New
+ * log-probabilities ride on the first of them; the finish reason on the last. */
+static bool format_sample(srv_stream *st, int32_t i)
+{
+    const srv_req *r = st->r;
+    const srv_sample *sm = &r->samples[i];
+    sse_sample *ss = &st->samples[i];
+    int32_t lp_to = r->p.logprobs ? sm->n_lp : 0;
+    kvrt_finish_reason f = sm->finish;
+    bool ok = true;
+    if (ss->cuts_sent == sm->n_cuts) {
+        /* no text: an event only for log-probabilities, the finish, or chat's opening role */
+        if (lp_to == ss->lp_sent && f == KVRT_FINISH_NONE && (ss->started || r->p.kind != SRV_CHAT))
+            return true;
+        ok = srv_stream_chunk(st->s, r, i, "", 0, ss->lp_sent, lp_to, f, !ss->started, &st->out);
+    }
+    for (int32_t c = ss->cuts_sent; c < sm->n_cuts && ok; c++) {
+        size_t from = c ? sm->cuts[c - 1] : 0, to = sm->cuts[c];
+        bool last = c + 1 == sm->n_cuts;
+        ok = srv_stream_chunk(st->s, r, i, sm->text.p + from, to - from, ss->lp_sent, c == ss->cuts_sent ? lp_to : 0,
+                              last ? f : KVRT_FINISH_NONE, !ss->started, &st->out);
+        ss->started = true;
+    }
+    ss->started = true;
+    ss->cuts_sent = sm->n_cuts;
+    ss->lp_sent = lp_to;
+    ss->finished = f != KVRT_FINISH_NONE;
+    return ok;
+}
+
+/* Under r->mu: formats every event the request has that was not sent yet. */
 static bool format_new(srv_stream *st)
 {
     const srv *s = st->s;
     const srv_req *r = st->r;
     bool ok = true;
-    for (int32_t i = 0; i < r->p.n && ok; i++) {
-        const srv_sample *sm = &r->samples[i];
-        sse_sample *ss = &st->samples[i];
-        if (ss->finished)
-            continue;
-        size_t new_len = sm->text.len - ss->text_sent;
-        int32_t lp_to = r->p.logprobs ? sm->n_lp : 0;
-        kvrt_finish_reason f = sm->finish;
-        /* nothing new: no event (chat opens each choice with the assistant role, as OpenAI does) */
-        if (new_len == 0 && lp_to == ss->lp_sent && f == KVRT_FINISH_NONE &&
-            (ss->started || r->p.kind != SRV_CHAT))
-            continue;
-        ok = srv_stream_chunk(s, r, i, sm->text.p ? sm->text.p + ss->text_sent : "", new_len, ss->lp_sent, lp_to, f,
-                              !ss->started, &st->out);
-        ss->started = true;
-        ss->text_sent = sm->text.len;
-        ss->lp_sent = lp_to;
-        ss->finished = f != KVRT_FINISH_NONE;
-    }
+    for (int32_t i = 0; i < r->p.n && ok; i++)
+        if (!st->samples[i].finished)
+            ok = format_sample(st, i);
     if (!ok || (r->state != SRV_REQ_DONE && !r->text_lost))
         return ok;
     if (r->err.status || r->text_lost) {
@@ -139,13 +155,13 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
         st->out.len = st->out_pos = 0;
         if (st->done)
             return MHD_CONTENT_READER_END_OF_STREAM;
-        pthread_mutex_lock(&s->mu);
+        pthread_mutex_lock(&st->r->mu);
         if (st->r->version == st->seen && st->r->state == SRV_REQ_RUNNING)
-            wait_change(st->r, &s->mu, st->seen);
+            wait_change(st->r, &st->r->mu, st->seen);
         bool moved = st->r->version != st->seen || st->r->state != SRV_REQ_RUNNING;
         st->seen = st->r->version;
         bool ok = !moved || format_new(st);
-        pthread_mutex_unlock(&s->mu);
+        pthread_mutex_unlock(&st->r->mu);
         if (!ok) {
             srv_req_cancel(s, st->r);
             return MHD_CONTENT_READER_END_WITH_ERROR;
