@@ -15,95 +15,16 @@
 #include "server/server.h"
 
 #include <errno.h>
-#include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-static void usage(FILE *f)
-{
-    fprintf(f,
-            "usage: kvrt-server -m MODEL [options]\n"
-            "\n"
-            "Serves a model over HTTP with OpenAI's API (POST /v1/completions, /v1/chat/completions,\n"
-            "GET /v1/models), GET /health, GET /metrics (Prometheus) and a chat page at /.\n"
-            "\n"
-            "  -m, --model FILE          GGUF model, or llama2.c checkpoint (.bin, with -z)\n"
-            "  -z, --tokenizer FILE      llama2.c tokenizer.bin (checkpoints only)\n"
-            "      --model-name NAME     name clients use in \"model\" (default: the file name without\n"
-            "                            its extension)\n"
-            "      --host ADDR           address to listen on (default 127.0.0.1; 0.0.0.0 or :: for all)\n"
-            "      --port N              TCP port (default 8080; 0 = any free port)\n"
-            "      --api-key KEY         require 'Authorization: Bearer KEY' on /v1/* (also from the\n"
-            "                            KVRT_API_KEY environment variable)\n"
-            "      --api-key-file FILE   the same, the key read from the first line of FILE\n"
-            "      --backend NAME        cpu (default), vulkan or opencl\n"
-            "      --device N|NAME       GPU device index or name\n"
-            "  -t, --threads N           CPU threads (default: all cores)\n"
-            "      --pipeline-cache FILE load compiled GPU pipelines from FILE, save new ones there\n"
-            "  -c, --ctx N               context length per sequence (default: the model's)\n"
-            "      --max-seqs N          sequences per engine step (default 64)\n"
-            "      --max-batched-tokens N  tokens per engine step (default 256)\n"
-            "      --kv-type TYPE        f32 (default) or f16\n"
-            "      --block-size N        KV block size 8, 16 (default) or 32\n"
-            "      --num-blocks N        KV blocks (default 0: max-seqs full contexts, at most 1 GiB)\n"
-            "      --no-prefix-cache     do not reuse cached prompt blocks\n"
-            "      --preempt MODE        recompute (default) or swap, when blocks run out\n"
-            "      --host-blocks N       host-tier blocks for --preempt swap\n"
-            "      --max-queue N         requests admitted beyond --max-seqs before 429 (default 256)\n"
-            "      --max-body BYTES      largest request body, k/M suffixes (default 1M)\n"
-            "      --max-connections N   open connections at once (default 512)\n"
-            "      --shutdown-timeout S  seconds in-flight requests may finish on SIGINT/SIGTERM\n"
-            "                            (default 5; then they are cancelled)\n"
-            "  -v, --verbose             log errors and details on stderr\n"
-            "  -h, --help                this text\n"
-            "      --version             the version\n"
-            "\n"
-            "exit status: 0 stopped by a signal, 1 failure, 2 usage error\n");
-}
+static const char *const PREEMPT_MODES[] = {"recompute", "swap", NULL};
 
-enum {
-    OPT_MODEL_NAME = 256, OPT_HOST, OPT_PORT, OPT_API_KEY, OPT_API_KEY_FILE, OPT_BACKEND, OPT_DEVICE,
-    OPT_PIPELINE_CACHE, OPT_MAX_SEQS, OPT_MAX_BATCHED, OPT_KV_TYPE, OPT_BLOCK_SIZE, OPT_NUM_BLOCKS,
-    OPT_NO_PREFIX, OPT_PREEMPT, OPT_HOST_BLOCKS, OPT_MAX_QUEUE, OPT_MAX_BODY, OPT_MAX_CONN, OPT_SHUTDOWN,
-    OPT_VERSION
-};
-
-static const struct option LONG_OPTS[] = {
-    {"model", required_argument, NULL, 'm'},
-    {"tokenizer", required_argument, NULL, 'z'},
-    {"model-name", required_argument, NULL, OPT_MODEL_NAME},
-    {"host", required_argument, NULL, OPT_HOST},
-    {"port", required_argument, NULL, OPT_PORT},
-    {"api-key", required_argument, NULL, OPT_API_KEY},
-    {"api-key-file", required_argument, NULL, OPT_API_KEY_FILE},
-    {"backend", required_argument, NULL, OPT_BACKEND},
-    {"device", required_argument, NULL, OPT_DEVICE},
-    {"threads", required_argument, NULL, 't'},
-    {"pipeline-cache", required_argument, NULL, OPT_PIPELINE_CACHE},
-    {"ctx", required_argument, NULL, 'c'},
-    {"max-seqs", required_argument, NULL, OPT_MAX_SEQS},
-    {"max-batched-tokens", required_argument, NULL, OPT_MAX_BATCHED},
-    {"kv-type", required_argument, NULL, OPT_KV_TYPE},
-    {"block-size", required_argument, NULL, OPT_BLOCK_SIZE},
-    {"num-blocks", required_argument, NULL, OPT_NUM_BLOCKS},
-    {"no-prefix-cache", no_argument, NULL, OPT_NO_PREFIX},
-    {"preempt", required_argument, NULL, OPT_PREEMPT},
-    {"host-blocks", required_argument, NULL, OPT_HOST_BLOCKS},
-    {"max-queue", required_argument, NULL, OPT_MAX_QUEUE},
-    {"max-body", required_argument, NULL, OPT_MAX_BODY},
-    {"max-connections", required_argument, NULL, OPT_MAX_CONN},
-    {"shutdown-timeout", required_argument, NULL, OPT_SHUTDOWN},
-    {"verbose", no_argument, NULL, 'v'},
-    {"help", no_argument, NULL, 'h'},
-    {"version", no_argument, NULL, OPT_VERSION},
-    {NULL, 0, NULL, 0},
-};
-
-/* A byte count with an optional k or M suffix (x1024, x1024^2). */
-static bool parse_size(const char *flag, const char *s, size_t *out)
+/* --max-body: a byte count with an optional k or M suffix (x1024, x1024^2). */
+static bool parse_size(const char *prog, const char *flag, const char *s, void *dst)
 {
     char *end;
     errno = 0;
@@ -112,10 +33,10 @@ static bool parse_size(const char *flag, const char *s, size_t *out)
     if (mult > 1)
         end++;
     if (errno || end == s || *end || s[0] == '-' || v == 0 || v > (1ull << 40) / mult) {
-        kvrt_cli_error(SRV_PROG, "%s: '%s' is not a size in bytes (k and M suffixes allowed, at most 1T)", flag, s);
+        kvrt_cli_error(prog, "%s: '%s' is not a size in bytes (k and M suffixes allowed, at most 1T)", flag, s);
         return false;
     }
-    *out = (size_t)(v * mult);
+    *(size_t *)dst = (size_t)(v * mult);
     return true;
 }
 
@@ -139,118 +60,89 @@ static char *read_key_file(const char *path)
     return key;
 }
 
-static bool int_opt(const char *flag, const char *v, int64_t lo, int64_t hi, int64_t *out)
-{
-    return kvrt_cli_int(SRV_PROG, flag, v, lo, hi, true, out);
-}
-
-/* One option; false on a usage error. */
-static bool apply_opt(srv_options *o, int c, const char *v)
-{
-    int64_t n = 0;
-    static const char *const kv_types[] = {"f32", "f16"};
-    static const char *const preempt[] = {"recompute", "swap"};
-    int k;
-    switch (c) {
-    case 'm': o->model_path = v; return true;
-    case 'z': o->tokenizer_path = v; return true;
-    case OPT_MODEL_NAME: o->model_name = v; return true;
-    case OPT_HOST: o->host = v; return true;
-    case OPT_PORT: return int_opt("--port", v, 0, 65535, &n) && ((o->port = (int)n), true);
-    case OPT_API_KEY:
-        free(o->api_key);
-        return (o->api_key = strdup(v)) != NULL;
-    case OPT_API_KEY_FILE:
-        free(o->api_key);
-        return (o->api_key = read_key_file(v)) != NULL;
-    case OPT_BACKEND:
-        if (kvrt_backend_parse(v, &o->backend) == KVRT_OK)
-            return true;
-        kvrt_cli_error(SRV_PROG, "--backend: unknown backend '%s' (cpu, vulkan, opencl)", v);
-        return false;
-    case OPT_DEVICE: o->device = v; return true;
-    case 't': return int_opt("--threads", v, 0, 4096, &n) && ((o->threads = (int)n), true);
-    case OPT_PIPELINE_CACHE: o->pipeline_cache = v; return true;
-    case 'c': return int_opt("--ctx", v, 1, INT32_MAX / 2, &n) && ((o->ep.max_context = (int32_t)n), true);
-    case OPT_MAX_SEQS: return int_opt("--max-seqs", v, 1, 4096, &n) && ((o->ep.max_seqs = (int32_t)n), true);
-    case OPT_MAX_BATCHED:
-        return int_opt("--max-batched-tokens", v, 1, 1 << 20, &n) && ((o->ep.max_batched_tokens = (int32_t)n), true);
-    case OPT_KV_TYPE:
-        if ((k = kvrt_cli_choice(SRV_PROG, "--kv-type", v, kv_types, 2)) < 0)
-            return false;
-        o->ep.kv_type = k ? KVRT_DTYPE_F16 : KVRT_DTYPE_F32;
-        return true;
-    case OPT_BLOCK_SIZE:
-        if (!int_opt("--block-size", v, 8, 32, &n) || (n != 8 && n != 16 && n != 32)) {
-            kvrt_cli_error(SRV_PROG, "--block-size: use 8, 16 or 32");
-            return false;
-        }
-        o->ep.block_size = (int32_t)n;
-        return true;
-    case OPT_NUM_BLOCKS: return int_opt("--num-blocks", v, 0, INT32_MAX, &n) && ((o->ep.num_blocks = (int32_t)n), true);
-    case OPT_NO_PREFIX: o->ep.enable_prefix_cache = 0; return true;
-    case OPT_PREEMPT:
-        if ((k = kvrt_cli_choice(SRV_PROG, "--preempt", v, preempt, 2)) < 0)
-            return false;
-        o->ep.preempt_mode = k ? KVRT_PREEMPT_SWAP : KVRT_PREEMPT_RECOMPUTE;
-        return true;
-    case OPT_HOST_BLOCKS:
-        return int_opt("--host-blocks", v, 0, INT32_MAX, &n) && ((o->ep.num_host_blocks = (int32_t)n), true);
-    case OPT_MAX_QUEUE: return int_opt("--max-queue", v, 0, 1 << 20, &n) && ((o->max_queue = (int32_t)n), true);
-    case OPT_MAX_BODY: return parse_size("--max-body", v, &o->max_body);
-    case OPT_MAX_CONN:
-        return int_opt("--max-connections", v, 1, 1 << 16, &n) && ((o->max_connections = (int32_t)n), true);
-    case OPT_SHUTDOWN:
-        return int_opt("--shutdown-timeout", v, 0, 3600, &n) && ((o->shutdown_grace = (double)n), true);
-    case 'v': o->verbose = true; return true;
-    }
-    kvrt_cli_error(SRV_PROG, "see --help");
-    return false;
-}
-
-/* 0 ok, 1 printed help or version, 2 usage error. */
+/* KVRT_CLI_CONTINUE, or the exit status after --help/--version or a usage error. */
 static int parse_args(int argc, char **argv, srv_options *o)
 {
     memset(o, 0, sizeof(*o));
     o->host = "127.0.0.1";
     o->port = 8080;
-    o->backend = KVRT_BACKEND_CPU;
     o->ep = kvrt_engine_default_params();
     o->max_queue = 256;
     o->max_body = 1u << 20;
     o->max_connections = 512;
-    o->shutdown_grace = 5.0;
-    int c;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, ":m:z:t:c:vh", LONG_OPTS, NULL)) != -1) {
-        if (c == 'h') {
-            usage(stdout);
-            return 1;
-        }
-        if (c == OPT_VERSION) {
-            printf("kvrt-server %s\n", kvrt_version());
-            return 1;
-        }
-        if (c == '?' || c == ':') {
-            kvrt_cli_error(SRV_PROG, c == ':' ? "option '%s' needs a value; see --help" : "unknown option '%s'; see --help",
-                           argv[optind - 1]);
-            return KVRT_CLI_USAGE;
-        }
-        if (!apply_opt(o, c, optarg))
-            return KVRT_CLI_USAGE;
-    }
-    if (optind < argc) {
-        kvrt_cli_error(SRV_PROG, "unexpected argument '%s'; see --help", argv[optind]);
-        return KVRT_CLI_USAGE;
-    }
+    o->shutdown_grace = 5;
+    kvrt_cli_common_init(&o->common, KVRT_DTYPE_F32, 1);
+    const char *api_key = NULL, *api_key_file = NULL;
+    bool no_prefix_cache = false;
+    int preempt = 0;
+    const kvrt_cli_opt opts[] = {
+        KVRT_CLI_STR('m', "model", &o->model_path, "FILE", "GGUF model, or llama2.c checkpoint (.bin, with -z)"),
+        KVRT_CLI_STR('z', "tokenizer", &o->tokenizer_path, "FILE", "llama2.c tokenizer.bin (checkpoints only)"),
+        KVRT_CLI_STR(0, "model-name", &o->model_name, "NAME",
+                     "the name clients use in \"model\" (default: the file name\nwithout its extension)"),
+        KVRT_CLI_STR(0, "host", &o->host, "ADDR", "address to listen on (default 127.0.0.1; 0.0.0.0 or :: for all)"),
+        KVRT_CLI_INT32(0, "port", &o->port, 0, 65535, "N", "TCP port (default 8080; 0 = any free port)"),
+        KVRT_CLI_STR(0, "api-key", &api_key, "KEY",
+                     "require 'Authorization: Bearer KEY' on /v1/* (also from\nthe KVRT_API_KEY environment variable)"),
+        KVRT_CLI_STR(0, "api-key-file", &api_key_file, "FILE", "the same, the key read from FILE's first line"),
+        {.short_name = 'c', .name = "ctx", .kind = KVRT_CLI_KIND_INT32, .dst = &o->ep.max_context, .min = 1,
+         .max = INT32_MAX / 2, .flags = KVRT_CLI_K_SUFFIX, .meta = "N",
+         .help = "context length per sequence (default: the model's)"},
+        KVRT_CLI_INT32(0, "max-seqs", &o->ep.max_seqs, 1, 4096, "N", "sequences per engine step (default 64)"),
+        {.name = "max-batched-tokens", .kind = KVRT_CLI_KIND_INT32, .dst = &o->ep.max_batched_tokens, .min = 1,
+         .max = 1 << 20, .flags = KVRT_CLI_K_SUFFIX, .meta = "N", .help = "tokens per engine step (default 256)"},
+        KVRT_CLI_INT32(0, "num-blocks", &o->ep.num_blocks, 0, INT32_MAX, "N",
+                       "KV blocks (default 0: max-seqs full contexts, at most 1 GiB)"),
+        KVRT_CLI_BOOL(0, "no-prefix-cache", &no_prefix_cache, "do not reuse cached prompt blocks"),
+        KVRT_CLI_CHOICE(0, "preempt", &preempt, PREEMPT_MODES, "MODE",
+                        "recompute (default) or swap, when KV blocks run out"),
+        KVRT_CLI_INT32(0, "host-blocks", &o->ep.num_host_blocks, 0, INT32_MAX, "N",
+                       "host-tier blocks for --preempt swap"),
+        KVRT_CLI_INT32(0, "max-queue", &o->max_queue, 0, 1 << 20, "N",
+                       "requests admitted beyond --max-seqs before 429 (default 256)"),
+        KVRT_CLI_CALL(0, "max-body", parse_size, &o->max_body, "BYTES",
+                      "largest request body, k/M suffixes (default 1M)"),
+        KVRT_CLI_INT32(0, "max-connections", &o->max_connections, 1, 1 << 16, "N",
+                       "open connections at once (default 512)"),
+        KVRT_CLI_FLOAT(0, "shutdown-timeout", &o->shutdown_grace, 0.0, 3600.0, "S",
+                       "seconds in-flight requests may finish on SIGINT/SIGTERM\n(default 5; then they are "
+                       "cancelled)"),
+    };
+    const kvrt_cli_spec spec = {
+        .prog = SRV_PROG,
+        .usage = "kvrt-server -m MODEL [options]",
+        .about = "Serves a model over HTTP with OpenAI's API (POST /v1/completions, /v1/chat/completions,\n"
+                 "GET /v1/models), GET /health, GET /metrics (Prometheus) and a chat page at /.\n"
+                 "Prints the URL on stdout once listening; stops cleanly on SIGINT/SIGTERM.",
+        .opts = opts,
+        .n_opts = KVRT_ARRAY_LEN(opts),
+        .common = &o->common,
+    };
+    int first_arg;
+    int rc = kvrt_cli_parse(&spec, argc, argv, &first_arg);
+    if (rc != KVRT_CLI_CONTINUE)
+        return rc;
     if (!o->model_path) {
         kvrt_cli_error(SRV_PROG, "no model given (-m FILE); see --help");
         return KVRT_CLI_USAGE;
     }
+    if (api_key && api_key_file) {
+        kvrt_cli_error(SRV_PROG, "give the key with one of --api-key and --api-key-file, not both");
+        return KVRT_CLI_USAGE;
+    }
+    o->ep.kv_type = o->common.kv_type;
+    o->ep.block_size = o->common.block_size;
+    o->ep.enable_prefix_cache = !no_prefix_cache;
+    o->ep.preempt_mode = preempt ? KVRT_PREEMPT_SWAP : KVRT_PREEMPT_RECOMPUTE;
+    o->verbose = o->common.verbose > 0;
     const char *env = getenv("KVRT_API_KEY");
-    if (!o->api_key && env && *env && !(o->api_key = strdup(env)))
-        return 1;
-    return 0;
+    if (api_key_file && !(o->api_key = read_key_file(api_key_file)))
+        return KVRT_CLI_USAGE;
+    if (!o->api_key && (api_key || (env && *env)) && !(o->api_key = strdup(api_key ? api_key : env)))
+        return KVRT_CLI_FAILURE;
+    if (!kvrt_cli_common_resolve(SRV_PROG, &o->common))
+        return KVRT_CLI_USAGE;
+    return KVRT_CLI_CONTINUE;
 }
 
 /* The served name: --model-name, else the file name without folders and extension. */
@@ -347,9 +239,9 @@ int main(int argc, char **argv)
     kvrt_tool_openblas_reexec(argv);
     static srv s; /* big (the metrics snapshot); one per process */
     int rc = parse_args(argc, argv, &s.o);
-    if (rc) {
+    if (rc != KVRT_CLI_CONTINUE) {
         free(s.o.api_key);
-        return rc == 1 ? 0 : rc;
+        return rc;
     }
     if (!set_model_name(&s) || !srv_init(&s)) {
         free(s.o.api_key);

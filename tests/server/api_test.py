@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import unittest
 
@@ -439,6 +440,53 @@ class Limits(unittest.TestCase):
                 break
             time.sleep(0.05)
         self.assertEqual(status, 200, r)
+
+
+class CommandLine(unittest.TestCase):
+    def run_server(self, *args, env=None):
+        return subprocess.run([EXE, *args], capture_output=True, timeout=120, env=env or harness.env_without_key())
+
+    def test_usage(self):
+        r = self.run_server("--help")
+        self.assertEqual(r.returncode, 0)
+        for flag in ("--host", "--port", "--api-key", "--max-seqs", "--ctx", "--backend", "--kv-type", "--max-queue",
+                     "--max-body", "--shutdown-timeout"):
+            self.assertIn(flag, r.stdout.decode())
+        self.assertEqual(self.run_server("--version").returncode, 0)
+        for args, needle in ((["--port", "0"], "no model"), (["-m", MODEL, "--port", "65536"], "--port"),
+                             (["-m", MODEL, "--max-body", "0"], "--max-body"), (["-m", MODEL, "--bogus"], "bogus"),
+                             (["-m", MODEL, "--preempt", "never"], "--preempt"),
+                             (["-m", MODEL, "--api-key", "a", "--api-key-file", "/dev/null"], "not both"),
+                             (["-m", MODEL, "--api-key-file", "/nonexistent/key"], "/nonexistent/key"),
+                             (["-m", MODEL, "--api-key-file", "/dev/null"], "empty")):
+            r = self.run_server(*args)
+            self.assertEqual(r.returncode, 2, (args, r.stderr))
+            self.assertIn(needle, r.stderr.decode(), args)
+            self.assertEqual(r.stdout, b"", args)
+
+    def test_bad_model_and_address(self):
+        r = self.run_server("-m", "/nonexistent/model.gguf", "--port", "0")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("/nonexistent/model.gguf", r.stderr.decode())
+        r = self.run_server("-m", MODEL, "--host", "203.0.113.7", "--port", "0")  # not an address of this machine
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("cannot listen", r.stderr.decode())
+
+    def test_key_from_environment_and_file(self):
+        env = dict(harness.env_without_key(), KVRT_API_KEY="from-env")
+        with harness.Server(EXE, MODEL, *COMMON, env=env) as srv:
+            self.assertEqual(srv.request("GET", "/v1/models")[0], 401)
+            self.assertEqual(srv.request("GET", "/v1/models", headers={"Authorization": "Bearer from-env"})[0], 200)
+            self.assertEqual(srv.stop()[0], 0)
+        with tempfile.NamedTemporaryFile("w", suffix=".key") as f:
+            f.write("from-file\nignored second line\n")
+            f.flush()
+            with harness.Server(EXE, MODEL, *COMMON, "--api-key-file", f.name, env=env) as srv:
+                self.assertEqual(srv.request("GET", "/v1/models", headers={"Authorization": "Bearer from-env"})[0],
+                                 401, "the file's key wins over the environment's")
+                self.assertEqual(srv.request("GET", "/v1/models", headers={"Authorization": "Bearer from-file"})[0],
+                                 200)
+                self.assertEqual(srv.stop()[0], 0)
 
 
 class Shutdown(unittest.TestCase):

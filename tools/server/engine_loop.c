@@ -674,17 +674,7 @@ bool srv_engine_open(srv *s)
     const srv_options *o = &s->o;
     kvrt_error err;
     kvrt_context_params cp = kvrt_context_default_params();
-    cp.backend = o->backend;
-    cp.n_threads = o->threads;
-    cp.pipeline_cache_path = o->pipeline_cache;
-    if (o->device) {
-        char *end;
-        long idx = strtol(o->device, &end, 10);
-        if (*end == '\0')
-            cp.device_index = (int32_t)idx;
-        else
-            cp.device_name = o->device;
-    }
+    kvrt_cli_common_context_params(&o->common, &cp);
     kvrt_status st = kvrt_context_create(&cp, &s->ctx, &err);
     if (st != KVRT_OK)
         return report("backend", st, err.message);

@@ -20,6 +20,7 @@
 #ifndef KVRT_SERVER_H
 #define KVRT_SERVER_H
 
+#include "cli.h" /* kvrt_cli_common: the flags every model-running tool shares */
 #include "kvrt.h"
 #include "kvrt_engine.h"
 #include "common/kvrt_internal.h" /* KVRT_MIN / KVRT_MAX / KVRT_ARRAY_LEN */
@@ -64,17 +65,14 @@ bool srv_secret_equal(const char *given, size_t given_len, const char *want, siz
 typedef struct srv_options {
     const char *model_path, *tokenizer_path, *model_name;
     const char *host;
-    int port;
+    int32_t port;
     char *api_key;              /* NULL = no key required (owned: read from a flag or a file) */
-    kvrt_backend_kind backend;
-    const char *device;
-    const char *pipeline_cache;
-    int threads;
+    kvrt_cli_common common;     /* --backend --device -t --pipeline-cache --kv-type --block-size -v */
     kvrt_engine_params ep;      /* max_seqs, max_context, block_size, kv_type, ... */
     int32_t max_queue;          /* requests admitted beyond max_seqs before 429 */
     size_t max_body;            /* request body bytes before 413 */
     int32_t max_connections;
-    double shutdown_grace;      /* seconds in-flight requests may finish after SIGINT/SIGTERM */
+    float shutdown_grace;       /* seconds in-flight requests may finish after SIGINT/SIGTERM */
     bool verbose;
 } srv_options;
 
