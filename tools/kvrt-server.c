@@ -236,6 +236,15 @@ static void shut_down(srv *s, const sigset_t *sigs)
 
 int main(int argc, char **argv)
 {
+    /* Signals go to sigwait() below, never to a handler: block them before
+     * any thread starts (--backend auto's device probe starts driver threads
+     * already), so every thread inherits the mask. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
     kvrt_tool_openblas_reexec(argv);
     static srv s; /* big (the metrics snapshot); one per process */
     int rc = parse_args(argc, argv, &s.o);
@@ -247,14 +256,6 @@ int main(int argc, char **argv)
         free(s.o.api_key);
         return 1;
     }
-    /* Signals go to sigtimedwait() below, never to a handler: block them before
-     * any thread starts, so every thread inherits the mask. */
-    sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGINT);
-    sigaddset(&sigs, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-    signal(SIGPIPE, SIG_IGN);
     if (!srv_http_start(&s)) {
         srv_fini(&s);
         return 1;
