@@ -67,6 +67,7 @@ def count_tokens(text):
 
 class Endpoints(unittest.TestCase):
     def test_health_models_page(self):
+        self.assertTrue(S.url.startswith("http://127.0.0.1:"), "binds to 127.0.0.1 unless told otherwise")
         status, headers, body = S.request("GET", "/health")
         self.assertEqual((status, json.loads(body)), (200, {"status": "ok"}))
         status, headers, body = S.request("GET", "/v1/models")

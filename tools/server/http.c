@@ -43,6 +43,7 @@ typedef struct conn_req {
     const route_def *route;
     srv_buf body;
     bool too_big;
+    bool answered; /* a response was queued before the body was read */
 } conn_req;
 
 /* ---- responses ------------------------------------------------------------------------- */
@@ -251,22 +252,20 @@ static enum MHD_Result begin(srv *s, struct MHD_Connection *c, const char *url, 
                 (strcmp(method, "HEAD") == 0 && strcmp(ROUTES[i].method, "GET") == 0))
                 cr->route = &ROUTES[i];
         }
-    if (!cr->route) {
-        if (path_known)
-            srv_error_set(&e, 405, "invalid_request_error", NULL, "method %s is not allowed on %s", method, url);
-        else
-            srv_error_set(&e, 404, "invalid_request_error", NULL, "no such endpoint: %s %s", method, url);
-        return send_error(s, c, &e);
-    }
-    if (cr->route->api && !authorized(s, c, &e))
-        return send_error(s, c, &e);
     const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-    if (cl && strtoull(cl, NULL, 10) > s->o.max_body) {
+    if (!cr->route && path_known)
+        srv_error_set(&e, 405, "invalid_request_error", NULL, "method %s is not allowed on %s", method, url);
+    else if (!cr->route)
+        srv_error_set(&e, 404, "invalid_request_error", NULL, "no such endpoint: %s %s", method, url);
+    else if (cr->route->api && !authorized(s, c, &e))
+        ;
+    else if (cl && strtoull(cl, NULL, 10) > s->o.max_body)
         srv_error_set(&e, 413, "invalid_request_error", NULL, "the request body (%s bytes) is over the limit of %zu",
                       cl, s->o.max_body);
-        return send_error(s, c, &e);
-    }
-    return MHD_YES;
+    if (!e.status)
+        return MHD_YES;
+    cr->answered = true;
+    return send_error(s, c, &e);
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
@@ -283,8 +282,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         s->open_requests++;
         pthread_mutex_unlock(&s->mu);
         enum MHD_Result ret = begin(s, c, url, method, cr);
-        if (!cr->route)
-            cr->route = &NO_ROUTE; /* answered; only the body is left to drain */
+        if (cr->answered)
+            cr->route = &NO_ROUTE; /* only the body is left to drain */
         return ret;
     }
     if (*upload_size) {
