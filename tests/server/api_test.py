@@ -385,6 +385,31 @@ class BadInput(unittest.TestCase):
         expect_error(self, (status, json.loads(body)), 405)
         status, _, body = S.request("DELETE", "/health")
         expect_error(self, (status, json.loads(body)), 405)
+        # answered before its body was read: the body is drained and the connection stays usable
+        c = S.conn()
+        try:
+            for path, want in (("/v1/nothing", 404), ("/health", 405), ("/v1/completions", 200)):
+                c.request("POST", path, body=json.dumps({"prompt": "hello " * 500, "max_tokens": 1}))
+                r = c.getresponse()
+                r.read()
+                self.assertEqual(r.status, want, path)
+        finally:
+            c.close()
+        c = L.conn()
+        try:  # 401 and 413 on one keep-alive connection, then a good request
+            for headers, want in (({}, 401), (Limits.AUTH, 413)):
+                c.request("POST", "/v1/completions", body="y" * 6000, headers=headers)
+                r = c.getresponse()
+                r.read()
+                self.assertEqual(r.status, want)
+                if r.getheader("Connection", "").lower() == "close":
+                    c.close()
+            c.request("GET", "/v1/models", headers=Limits.AUTH)
+            r = c.getresponse()
+            r.read()
+            self.assertEqual(r.status, 200)
+        finally:
+            c.close()
 
 
 class Limits(unittest.TestCase):
