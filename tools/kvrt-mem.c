@@ -13,6 +13,8 @@
 #include "cli.h"
 #include "table.h"
 
+#include "model/shapes.h"
+
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
@@ -26,20 +28,6 @@ typedef struct mem_shape {
     int64_t kv_heads;
     int64_t head_dim;
 } mem_shape;
-
-/* Shapes from the models' published configurations. */
-static const mem_shape PRESETS[] = {
-    {"llama-2-7b", 32, 32, 32, 128},
-    {"llama-2-13b", 40, 40, 40, 128},
-    {"llama-2-70b", 80, 64, 8, 128},
-    {"llama-3-8b", 32, 32, 8, 128},
-    {"llama-3-70b", 80, 64, 8, 128},
-    {"mistral-7b", 32, 32, 8, 128},
-    {"tinyllama-1.1b", 22, 32, 4, 64},
-    {"stories260K", 5, 8, 4, 8},
-    {"stories15M", 6, 6, 6, 48},
-    {"stories110M", 12, 12, 12, 64},
-};
 
 /* Context lengths of the table (the requested one is added when missing). */
 static const int64_t TABLE_CTX[] = {512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072};
@@ -66,8 +54,10 @@ static void usage(FILE *f)
             "options:\n"
             "  --preset NAME      model shape (shape flags override its fields):\n"
             "                    ");
-    for (size_t i = 0; i < KVRT_ARRAY_LEN(PRESETS); i++)
-        fprintf(f, " %s", PRESETS[i].name);
+    size_t n_presets;
+    const kvrt_model_shape *presets = kvrt_model_shapes(&n_presets);
+    for (size_t i = 0; i < n_presets; i++)
+        fprintf(f, " %s", presets[i].name);
     fprintf(f,
             "\n"
             "  --ctx N            tokens per sequence (a k suffix multiplies by 1024: 4k = 4096)\n"
@@ -80,19 +70,23 @@ static void usage(FILE *f)
             "exit status: 0 ok, 2 usage error\n");
 }
 
-static const mem_shape *find_preset(const char *name)
+/* A preset of the shared shape table (model/shapes.h), by name or alias. */
+static bool find_preset(const char *name, mem_shape *out)
 {
-    for (size_t i = 0; i < KVRT_ARRAY_LEN(PRESETS); i++)
-        if (strcmp(PRESETS[i].name, name) == 0)
-            return &PRESETS[i];
-    return NULL;
+    const kvrt_model_shape *m = kvrt_model_shape_find(name);
+    if (!m)
+        return false;
+    *out = (mem_shape){m->name, m->n_layer, m->n_head, m->n_head_kv, kvrt_model_shape_head_dim(m)};
+    return true;
 }
 
 static void unknown_preset(const char *name)
 {
     fprintf(stderr, "%s: unknown preset '%s'; presets:", PROG, name);
-    for (size_t i = 0; i < KVRT_ARRAY_LEN(PRESETS); i++)
-        fprintf(stderr, " %s", PRESETS[i].name);
+    size_t n_presets;
+    const kvrt_model_shape *presets = kvrt_model_shapes(&n_presets);
+    for (size_t i = 0; i < n_presets; i++)
+        fprintf(stderr, " %s", presets[i].name);
     fputc('\n', stderr);
 }
 
@@ -176,13 +170,9 @@ static bool resolve_shape(const char *preset, const shape_flags *f, mem_shape *s
 {
     memset(s, 0, sizeof(*s));
     s->name = "custom";
-    if (preset) {
-        const mem_shape *p = find_preset(preset);
-        if (!p) {
-            unknown_preset(preset);
-            return false;
-        }
-        *s = *p;
+    if (preset && !find_preset(preset, s)) {
+        unknown_preset(preset);
+        return false;
     }
     if (f->layers >= 0)
         s->layers = f->layers;

@@ -1,6 +1,7 @@
 /* Standard llama GGUF layout (keys, tensor names, per-tensor types) and
  * random-weight models streamed to disk. */
 #include "model/synth.h"
+#include "model/shapes.h"
 #include "model/model_file_internal.h"
 
 #include <errno.h>
@@ -191,32 +192,22 @@ kvrt_status kvrt_llama_export_gguf(const kvrt_model_file *mf, const kvrt_gguf_ex
 
 bool kvrt_synth_preset(const char *name, kvrt_synth_params *out)
 {
-    static const struct {
-        const char *name;
-        int32_t vocab, embd, layer, ff, head, head_kv, ctx;
-    } presets[] = {
-        {"tiny", 262, 8, 1, 16, 2, 1, 64},          {"15m", 32000, 288, 6, 768, 6, 6, 256},
-        {"110m", 32000, 768, 12, 2048, 12, 12, 1024}, {"1b", 32000, 2048, 22, 5632, 32, 4, 2048},
-        {"7b", 32000, 4096, 32, 11008, 32, 32, 4096},
-    };
-    for (size_t i = 0; i < KVRT_ARRAY_LEN(presets); i++) {
-        if (strcmp(presets[i].name, name) != 0)
-            continue;
-        memset(out, 0, sizeof(*out));
-        out->hp.n_vocab = presets[i].vocab;
-        out->hp.n_embd = presets[i].embd;
-        out->hp.n_layer = presets[i].layer;
-        out->hp.n_ff = presets[i].ff;
-        out->hp.n_head = presets[i].head;
-        out->hp.n_head_kv = presets[i].head_kv;
-        out->hp.n_ctx_train = presets[i].ctx;
-        out->hp.rope_freq_base = 10000.0f;
-        out->hp.rms_eps = 1e-5f;
-        out->type = KVRT_DTYPE_F32;
-        out->seed = 1;
-        return true;
-    }
-    return false;
+    const kvrt_model_shape *m = kvrt_model_shape_find(name);
+    if (!m)
+        return false;
+    memset(out, 0, sizeof(*out));
+    out->hp.n_vocab = m->n_vocab;
+    out->hp.n_embd = m->n_embd;
+    out->hp.n_layer = m->n_layer;
+    out->hp.n_ff = m->n_ff;
+    out->hp.n_head = m->n_head;
+    out->hp.n_head_kv = m->n_head_kv;
+    out->hp.n_ctx_train = m->n_ctx;
+    out->hp.rope_freq_base = 10000.0f;
+    out->hp.rms_eps = 1e-5f;
+    out->type = KVRT_DTYPE_F32;
+    out->seed = 1;
+    return true;
 }
 
 static void synth_vocab_free(const kvrt_allocator *alloc, kvrt_vocab *v)

@@ -25,9 +25,9 @@
 #include "json.h"
 #include "table.h"
 
-#include "backend/backend.h"
+#include "kvrt_tool_internal.h"
+#include "model/shapes.h"
 #include "common/fp16.h"
-#include "cpu_attention.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -45,16 +45,12 @@ typedef struct attn_shape {
     int32_t head_dim;
 } attn_shape;
 
-/* Attention shapes of real models (one layer; layers only repeat it). */
-static const attn_shape SHAPES[] = {
-    {"llama2-7b", 32, 32, 128}, /* MHA */
-    {"llama3-8b", 32, 8, 128},  /* GQA, 4 query heads per KV head */
-};
+/* Attention shapes of real models (one layer; layers only repeat it), from
+ * the shared preset table (model/shapes.h): MHA, and GQA with 4 query heads
+ * per KV head. */
+static const char *const SHAPES[] = {"llama-2-7b", "llama-3-8b"};
 /* --quick: tiny shapes, contexts that are and are not multiples of the block. */
-static const attn_shape QUICK_SHAPES[] = {
-    {"tiny-mha", 4, 4, 32},
-    {"tiny-gqa", 8, 2, 64},
-};
+static const char *const QUICK_SHAPES[] = {"tiny-mha", "tiny-gqa"};
 static const int32_t CTXS[] = {512, 1024, 2048, 4096, 8192};
 static const int32_t BATCHES[] = {1, 4, 16};
 static const int32_t QUICK_CTXS[] = {37, 300};
@@ -79,7 +75,7 @@ typedef struct attn_opts {
     int64_t max_kv_bytes;    /* cells whose paged KV (one layer) is larger are skipped */
     double min_time;         /* seconds of timed calls per measurement */
     int min_reps, max_reps;
-    const attn_shape *shapes;
+    attn_shape shapes[4];
     int n_shapes;
     int32_t ctxs[MAX_LIST], batches[MAX_LIST];
     int n_ctx, n_batch;
@@ -113,8 +109,8 @@ static void usage(FILE *f)
             "                       [--prefill-chunk N] [--max-kv-mib N] [--min-time-ms N] [--no-cpu-compare]\n"
             "                       [--pipeline-cache FILE]\n"
             "\n"
-            "Decode and prefill attention throughput over model shapes (llama2-7b: 32 q / 32 KV\n"
-            "heads, llama3-8b: 32 q / 8 KV heads, head_dim 128) x batch x context, with the KV-read\n"
+            "Decode and prefill attention throughput over model shapes (llama-2-7b: 32 q / 32 KV\n"
+            "heads, llama-3-8b: 32 q / 8 KV heads, head_dim 128) x batch x context, with the KV-read\n"
             "rate as a share of the memory bandwidth measured in the same run, and paged vs\n"
             "contiguous KV layout on the same data.\n"
             "\n"
@@ -178,8 +174,12 @@ static void default_opts(attn_opts *o)
 /* The grid of --quick or the full one, unless --ctx/--batch replaced it. */
 static void apply_grid(attn_opts *o, bool ctx_given, bool batch_given)
 {
-    o->shapes = o->quick ? QUICK_SHAPES : SHAPES;
+    const char *const *names = o->quick ? QUICK_SHAPES : SHAPES;
     o->n_shapes = (int)(o->quick ? KVRT_ARRAY_LEN(QUICK_SHAPES) : KVRT_ARRAY_LEN(SHAPES));
+    for (int i = 0; i < o->n_shapes; i++) {
+        const kvrt_model_shape *m = kvrt_model_shape_find(names[i]); /* in the table by construction */
+        o->shapes[i] = (attn_shape){m->name, m->n_head, m->n_head_kv, kvrt_model_shape_head_dim(m)};
+    }
     const int32_t *c = o->quick ? QUICK_CTXS : CTXS, *b = o->quick ? QUICK_BATCHES : BATCHES;
     if (!ctx_given) {
         o->n_ctx = (int)(o->quick ? KVRT_ARRAY_LEN(QUICK_CTXS) : KVRT_ARRAY_LEN(CTXS));
@@ -494,24 +494,8 @@ static kvrt_status call_paged_decode(attn_cell *c, kvrt_context *ctx, int32_t la
 static kvrt_status call_contig_decode(attn_cell *c, kvrt_context *ctx, int32_t layer, kvrt_error *err)
 {
     const attn_shape *sh = c->shape;
-    kvrt_cpu_contig_kv kv;
-    memset(&kv, 0, sizeof(kv)); /* defaults for any field this tool does not set */
-    kv.dtype = c->o->dtype;
-    kv.n_kv_heads = sh->n_kv_heads;
-    kv.head_dim = sh->head_dim;
-    kv.max_len = c->ctx;
-    kv.k = c->ck[layer];
-    kv.v = c->cv[layer];
-    kvrt_attn_desc d;
-    memset(&d, 0, sizeof(d));
-    d.num_seqs = c->batch;
-    d.n_heads = sh->n_heads;
-    d.max_blocks_per_seq = c->blocks_per_seq;
-    d.scale = 1.0f / sqrtf((float)sh->head_dim); /* what the public API uses for scale 0 */
-    d.q_stride = (int64_t)sh->n_heads * sh->head_dim;
-    d.o_stride = d.q_stride;
-    kvrt_status st = kvrt_cpu_attn_decode_contiguous(ctx->be, &kv, &d, c->q, c->seq_lens, c->out_contig);
-    return st == KVRT_OK ? st : kvrt_fail(err, st, "contiguous decode: %s", ctx->be->err.message);
+    kvrt_tool_contig_kv kv = {c->o->dtype, sh->n_kv_heads, sh->head_dim, c->ctx, c->ck[layer], c->cv[layer]};
+    return kvrt_tool_contig_decode(ctx, &kv, c->batch, sh->n_heads, c->q, c->seq_lens, c->out_contig, err);
 }
 
 /* Chunked prefill: each sequence's last `chunk` tokens attend to its cached prefix and to each other. */
@@ -666,40 +650,6 @@ static double ref_bw(const attn_run *run)
 static double pct_bw(const attn_run *run, const attn_result *r)
 {
     return 100.0 * gbs(r->kv_bytes, r->paged_s) / ref_bw(run);
-}
-
-/* Device copy bandwidth through the backend vtable (any backend): one
- * buffer_copy of `bytes` between two device buffers recorded between begin()
- * and submit(), timed around submit; best of `passes` after a warm-up. */
-static kvrt_status device_copy_bw(kvrt_backend *be, size_t bytes, int passes, double *out, kvrt_error *err)
-{
-    const kvrt_backend_ops *ops = be->ops;
-    kvrt_buffer *a = NULL, *b = NULL;
-    kvrt_status st = ops->buffer_create(be, bytes, KVRT_BUFFER_DEVICE, &a);
-    if (st == KVRT_OK)
-        st = ops->buffer_create(be, bytes, KVRT_BUFFER_DEVICE, &b);
-    double best = 0;
-    for (int p = 0; st == KVRT_OK && p <= passes; p++) {
-        st = ops->begin(be);
-        if (st != KVRT_OK)
-            break;
-        double t0 = kvrt_bench_now();
-        st = ops->buffer_copy(be, p % 2 ? b : a, 0, p % 2 ? a : b, 0, bytes);
-        kvrt_status sub = ops->submit(be);
-        double t = kvrt_bench_now() - t0;
-        if (st == KVRT_OK)
-            st = sub;
-        if (st == KVRT_OK && p > 0 && t > 0)
-            best = fmax(best, 2.0 * (double)bytes / t * 1e-9); /* first pass warms up */
-    }
-    if (st != KVRT_OK)
-        kvrt_fail(err, st, "device copy bandwidth: %s", be->err.message);
-    if (b)
-        ops->buffer_destroy(be, b);
-    if (a)
-        ops->buffer_destroy(be, a);
-    *out = best;
-    return st;
 }
 
 /* Speed of this backend over the CPU's on the same cell (> 1: faster). */
@@ -986,7 +936,7 @@ int kvrt_bench_attn_main(int argc, char **argv)
         }
     }
     run.device = kvrt_context_description(ctx);
-    run.kernels = run.o.backend == KVRT_BACKEND_CPU ? kvrt_cpu_attn_kernels_get()->name : "-";
+    run.kernels = run.o.backend == KVRT_BACKEND_CPU ? kvrt_tool_cpu_attn_kernels() : "-";
     run.llc = kvrt_bench_llc_bytes();
     fprintf(stderr, "%s: %s; measuring memory bandwidth\n", PROG, run.device);
     kvrt_status st = kvrt_bench_bandwidth(run.o.n_threads, 4 * run.llc, run.o.quick ? 2 : 5, &run.bw, &err);
@@ -994,7 +944,7 @@ int kvrt_bench_attn_main(int argc, char **argv)
     run.dev_copy_bytes = KVRT_MAX(4 * run.llc, (size_t)(run.o.quick ? 64 : 256) << 20);
     run.dev_copy_passes = run.o.quick ? 2 : 5;
     if (st == KVRT_OK)
-        st = device_copy_bw(ctx->be, run.dev_copy_bytes, run.dev_copy_passes, &run.dev_copy_gbs, &err);
+        st = kvrt_tool_device_copy_gbs(ctx, run.dev_copy_bytes, run.dev_copy_passes, &run.dev_copy_gbs, &err);
     if (st == KVRT_OK)
         st = run_grid(ctx, cpu, &run, &err);
     if (st == KVRT_OK) {

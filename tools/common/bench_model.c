@@ -22,7 +22,7 @@
 #include "profile_report.h"
 #include "table.h"
 
-#include "model/model_api_internal.h"
+#include "kvrt_tool_internal.h"
 #include "model/synth.h"
 
 #include <cblas.h>
@@ -478,23 +478,6 @@ static void remove_synth(void)
     g_tmp_file[0] = '\0';
 }
 
-/* Weight bytes one decode step reads: every layer matrix and norm, the final
- * norm and the classifier, and one row of the embedding (all of it when tied:
- * it is the classifier then). */
-static uint64_t bytes_per_token(const kvrt_model_file *mf)
-{
-    const kvrt_tensor_ref *emb = &mf->w.tok_embd;
-    uint64_t n = mf->w.output_norm.nbytes + mf->w.output.nbytes;
-    if (mf->w.output.data != emb->data && emb->ne[1] > 0)
-        n += emb->nbytes / (uint64_t)emb->ne[1];
-    for (int32_t l = 0; l < mf->hp.n_layer; l++) {
-        const kvrt_llama_layer *L = &mf->w.layers[l];
-        n += L->attn_norm.nbytes + L->wq.nbytes + L->wk.nbytes + L->wv.nbytes + L->wo.nbytes + L->ffn_norm.nbytes +
-             L->ffn_gate.nbytes + L->ffn_down.nbytes + L->ffn_up.nbytes;
-    }
-    return n;
-}
-
 static int32_t max_cache_len(const model_opts *o)
 {
     int32_t n = 0;
@@ -767,7 +750,7 @@ static kvrt_status bench_file(model_run *run, const char *path, const char *name
             r->threads = o->threads[ti];
             r->n_params = info.n_params;
             r->weight_bytes = info.weight_bytes;
-            r->bytes_per_token = bytes_per_token(m->mf);
+            r->bytes_per_token = kvrt_tool_decode_weight_bytes(m);
             r->bw_index = ti;
             st = refresh_bandwidth(run, ti, err);
             if (st == KVRT_OK)
