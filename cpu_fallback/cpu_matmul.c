@@ -198,7 +198,9 @@ static kvrt_status mm_run_gemv(kvrt_backend *be, mm_job *j)
 {
     int64_t min_rows = ceil_div(MM_GEMV_MIN_TASK_BYTES, (int64_t)j->row_bytes);
     j->rows_per_task = KVRT_MAX(ceil_div(j->n_out, MM_GEMV_MAX_TASKS), min_rows);
-    kvrt_threadpool_run(kvrt_cpu(be)->pool, ceil_div(j->n_out, j->rows_per_task), mm_gemv_task, j);
+    /* a matrix too small to split is one plain loop on the caller: no worker woken */
+    kvrt_threadpool_run_sized(kvrt_cpu(be)->pool, ceil_div(j->n_out, j->rows_per_task), mm_work(j), mm_gemv_task,
+                              j);
     return KVRT_OK;
 }
 
