@@ -165,9 +165,9 @@ static void test_small_ops_stay_on_caller(void **state)
     assert_int_equal(be->ops->swiglu(be, vx, DIM, vw, DIM, vy, DIM, TOK, DIM), KVRT_OK);
     assert_int_equal(be->ops->add(be, vx, vw, vy, TOK * DIM), KVRT_OK);
     assert_int_equal(kvrt_threadpool_jobs_shared(pool), 0);
-    /* a 1024 x 1024 GEMV (4 MiB of weights) is worth sharing */
+    /* a 1024 x 1024 GEMV (4 MiB of weights) is worth sharing, where there is a second core */
     assert_int_equal(be->ops->matmul(be, KVRT_DTYPE_F32, vw, BIG, BIG, vx, BIG, vy, BIG, 1), KVRT_OK);
-    assert_true(kvrt_threadpool_jobs_shared(pool) == 1);
+    assert_int_equal(kvrt_threadpool_jobs_shared(pool), kvrt_threadpool_default_threads() > 1 ? 1 : 0);
     kvrt_buffer *all[] = {bw, bq, bx, by};
     for (int i = 0; i < 4; i++)
         be->ops->buffer_destroy(be, all[i]);

@@ -41,6 +41,7 @@
 struct kvrt_threadpool {
     const kvrt_allocator *alloc;
     int n_threads;
+    int max_active;     /* min(n_threads, cores the process may run on): threads per job at most */
     pthread_t *workers; /* [n_threads - 1] */
     /* the job: written by the caller before it publishes seq */
     kvrt_task_fn fn;
@@ -225,7 +226,7 @@ static void run_job(kvrt_threadpool *pool, int64_t n_tasks, int n_workers, kvrt_
 
 int kvrt_threadpool_threads_for(const kvrt_threadpool *pool, int64_t n_tasks, int64_t work)
 {
-    int64_t n = KVRT_MIN((int64_t)pool->n_threads, n_tasks);
+    int64_t n = KVRT_MIN((int64_t)pool->max_active, n_tasks);
     n = KVRT_MIN(n, work / KVRT_THREADPOOL_MIN_WORK);
     return n > 1 ? (int)n : 1;
 }
@@ -335,6 +336,9 @@ kvrt_status kvrt_threadpool_create(const kvrt_allocator *alloc, int n_threads,
     memset(pool, 0, sizeof(*pool));
     pool->alloc = alloc;
     pool->n_threads = n_threads;
+    /* more threads than cores cannot run at once: a job wakes at most one per
+     * core, and the others sleep (their spinning would only steal the cores) */
+    pool->max_active = KVRT_MIN(n_threads, kvrt_threadpool_default_threads());
     if (n_threads > 1) {
         pool->workers = kvrt_calloc(alloc, (size_t)n_threads - 1, sizeof(pthread_t));
         if (!pool->workers) {

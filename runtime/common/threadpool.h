@@ -37,17 +37,20 @@ int kvrt_threadpool_size(const kvrt_threadpool *pool);
  * beat one on a cached GEMV, with margin for a loaded machine; README). */
 #define KVRT_THREADPOOL_MIN_WORK ((int64_t)1 << 16)
 
-/* Runs fn for every task in [0, n_tasks) on up to every thread of the pool
- * and returns when all are done. For jobs known to be large (benchmarks);
+/* Runs fn for every task in [0, n_tasks) on as many threads as the pool may
+ * run at once (see kvrt_threadpool_run_sized) and returns when all are done. For jobs known to be large (benchmarks);
  * ops use kvrt_threadpool_run_sized. Not reentrant: fn must not call
  * kvrt_threadpool_run on the same pool; one caller at a time per pool. */
 void kvrt_threadpool_run(kvrt_threadpool *pool, int64_t n_tasks, kvrt_task_fn fn, void *arg);
 
-/* kvrt_threadpool_run on at most min(pool size, n_tasks, work /
+/* kvrt_threadpool_run on at most min(pool size, cores, n_tasks, work /
  * KVRT_THREADPOOL_MIN_WORK) threads, `work` being the job's total; one thread
- * means a plain loop on the caller (as thread 0) and no worker is woken. The
- * split into tasks is the caller's: results that depend only on it are the
- * same for any thread count. */
+ * means a plain loop on the caller (as thread 0) and no worker is woken.
+ * `cores` is kvrt_threadpool_default_threads() when the pool was created: a
+ * pool larger than that (-t 64 on 2 cores) never runs more threads at once
+ * than there are cores, and its other workers sleep. The split into tasks is
+ * the caller's: results that depend only on it are the same for any thread
+ * count. */
 void kvrt_threadpool_run_sized(kvrt_threadpool *pool, int64_t n_tasks, int64_t work, kvrt_task_fn fn, void *arg);
 
 /* Threads kvrt_threadpool_run_sized would use for such a job (>= 1). */

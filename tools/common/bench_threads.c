@@ -32,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -53,7 +54,7 @@ typedef struct threads_opts {
     int32_t extra[MAX_SETTINGS]; /* -t LIST: more thread counts */
     int n_extra;
     int32_t cores;               /* 0 = kvrt's default thread count */
-    int32_t prompt_len, gen, reps, busy;
+    int32_t prompt_len, gen, reps, busy, min_ms;
     bool json, quick, split, decode;
 } threads_opts;
 
@@ -64,7 +65,8 @@ typedef struct setting {
     bool busy;
     bool is_default;
     double tok_s[MAX_REPS];      /* per round */
-    double median;
+    double cpu_us[MAX_REPS];     /* process CPU time per decoded token, per round */
+    double median, cpu_median;
 } setting;
 
 typedef struct model_rows {
@@ -108,7 +110,8 @@ static void usage(FILE *f)
             "  --cores N          what \"cores\" means (default: kvrt's default thread count, %d here)\n"
             "  --busy N           busy processes beside the \"+ busy\" row (default 1)\n"
             "  --prompt-len N     tokens before the measured decode (default 16)\n"
-            "  --gen N            decode tokens per measurement (default 64)\n"
+            "  --gen N            decode tokens per pass (default 64)\n"
+            "  --min-ms N         passes per measurement until decode took N ms (default 500)\n"
             "  --reps N           rounds over all settings; medians reported (default 5)\n"
             "  --no-split         skip the split table\n"
             "  --split-only       only the split table (no -m needed)\n"
@@ -147,8 +150,8 @@ static int parse_int_flag(int argc, char **argv, int *i, threads_opts *o)
         const char *flag;
         int64_t min, max;
     } flags[] = {{"--cores", 1, 256}, {"--busy", 0, 64}, {"--prompt-len", 1, 4096}, {"--gen", 1, 4096},
-                 {"--reps", 1, MAX_REPS}};
-    int32_t *dst[] = {&o->cores, &o->busy, &o->prompt_len, &o->gen, &o->reps};
+                 {"--reps", 1, MAX_REPS}, {"--min-ms", 0, 60000}};
+    int32_t *dst[] = {&o->cores, &o->busy, &o->prompt_len, &o->gen, &o->reps, &o->min_ms};
     for (size_t k = 0; k < KVRT_ARRAY_LEN(flags); k++) {
         const char *val = NULL;
         int64_t n;
@@ -170,8 +173,9 @@ static int parse_args(int argc, char **argv, threads_opts *o)
     o->gen = 64;
     o->reps = 5;
     o->busy = 1;
+    o->min_ms = 500;
     o->split = o->decode = true;
-    bool reps_given = false, gen_given = false;
+    bool reps_given = false, gen_given = false, min_given = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *val = NULL;
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0)
@@ -186,6 +190,7 @@ static int parse_args(int argc, char **argv, threads_opts *o)
         }
         reps_given |= strcmp(a, "--reps") == 0;
         gen_given |= strcmp(a, "--gen") == 0;
+        min_given |= strcmp(a, "--min-ms") == 0;
         int rc = parse_int_flag(argc, argv, &i, o);
         if (rc != 1) {
             if (rc != 0)
@@ -210,6 +215,7 @@ static int parse_args(int argc, char **argv, threads_opts *o)
     if (o->quick) {
         o->reps = reps_given ? o->reps : 2;
         o->gen = gen_given ? o->gen : 8;
+        o->min_ms = min_given ? o->min_ms : 20;
     }
     return 0;
 }
@@ -249,27 +255,46 @@ static int32_t argmax(const float *x, int32_t n)
     return best;
 }
 
+/* CPU seconds of every thread of this process (not of the busy children). */
+static double process_cpu_s(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+           1e-6 * (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+}
+
 /* A prompt of ids spread over the vocabulary (BOS first), then `gen` greedy
- * steps; returns decode tokens/s in *tok_s. */
+ * steps, again until the decode steps add up to --min-ms: decode tokens/s,
+ * and the CPU time all of kvrt's threads spent per decoded token (what a
+ * spinning pool wastes shows there, whatever the machine's load). */
 static kvrt_status time_decode(kvrt_session *s, const kvrt_model_info *info, const threads_opts *o,
-                               float *logits, double *tok_s, kvrt_error *err)
+                               float *logits, double *tok_s, double *cpu_us, kvrt_error *err)
 {
     int32_t toks[4096];
     for (int32_t i = 0; i < o->prompt_len; i++)
         toks[i] = (int32_t)((7919u * (uint32_t)i + 13u) % (uint32_t)info->n_vocab);
     if (info->bos_id >= 0)
         toks[0] = info->bos_id;
-    kvrt_session_reset(s);
-    kvrt_status st = kvrt_session_eval(s, toks, o->prompt_len, logits, NULL);
-    double t0 = kvrt_bench_now();
-    for (int32_t g = 0; st == KVRT_OK && g < o->gen; g++) {
-        int32_t tok = argmax(logits, info->n_vocab);
-        st = kvrt_session_eval(s, &tok, 1, logits, NULL);
+    double spent = 0.0, cpu = 0.0;
+    int64_t steps = 0;
+    kvrt_status st = KVRT_OK;
+    while (st == KVRT_OK && (steps == 0 || spent * 1e3 < o->min_ms)) {
+        kvrt_session_reset(s);
+        st = kvrt_session_eval(s, toks, o->prompt_len, logits, NULL);
+        double c0 = process_cpu_s(), t0 = kvrt_bench_now();
+        for (int32_t g = 0; st == KVRT_OK && g < o->gen; g++) {
+            int32_t tok = argmax(logits, info->n_vocab);
+            st = kvrt_session_eval(s, &tok, 1, logits, NULL);
+        }
+        spent += kvrt_bench_now() - t0;
+        cpu += process_cpu_s() - c0;
+        steps += o->gen;
     }
-    double t1 = kvrt_bench_now();
     if (st != KVRT_OK)
         return kvrt_fail(err, st, "decode: %s", kvrt_session_message(s));
-    *tok_s = (double)o->gen / (t1 - t0);
+    *tok_s = (double)steps / spent;
+    *cpu_us = cpu / (double)steps * 1e6;
     return KVRT_OK;
 }
 
@@ -358,7 +383,8 @@ static kvrt_status run_round(const threads_run *run, model_rows *m, setting_ctx 
         pid_t busy[64] = {0};
         for (int b = 0; s->busy && b < run->o.busy; b++)
             busy[b] = spawn_busy();
-        kvrt_status st = time_decode(ctxs[i].session, &m->info, &run->o, logits, &s->tok_s[rep], err);
+        kvrt_status st =
+            time_decode(ctxs[i].session, &m->info, &run->o, logits, &s->tok_s[rep], &s->cpu_us[rep], err);
         stop_busy(busy, s->busy ? run->o.busy : 0);
         KVRT_TRY(st);
     }
@@ -378,16 +404,17 @@ static kvrt_status bench_model_file(threads_run *run, model_rows *m, kvrt_error 
     float *logits = st == KVRT_OK ? malloc((size_t)m->info.n_vocab * sizeof(float)) : NULL;
     if (st == KVRT_OK && !logits)
         st = kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "logits");
-    fprintf(stderr, "%s: %s: %d settings x %d rounds of %d decode tokens\n", PROG, m->path, m->n,
-            (int)run->o.reps, (int)run->o.gen);
+    fprintf(stderr, "%s: %s: %d settings x %d rounds of >= %d ms of decode\n", PROG, m->path, m->n,
+            (int)run->o.reps, (int)run->o.min_ms);
     if (st == KVRT_OK) { /* warm-up: faults the weights in */
-        double ignored;
-        st = time_decode(ctxs[0].session, &m->info, &run->o, logits, &ignored, err);
+        double ignored[2];
+        st = time_decode(ctxs[0].session, &m->info, &run->o, logits, &ignored[0], &ignored[1], err);
     }
     for (int rep = 0; st == KVRT_OK && rep < run->o.reps; rep++)
         st = run_round(run, m, ctxs, logits, rep, err);
     for (int i = 0; i < m->n; i++) {
         m->s[i].median = median(m->s[i].tok_s, run->o.reps);
+        m->s[i].cpu_median = median(m->s[i].cpu_us, run->o.reps);
         close_setting(&ctxs[i]);
     }
     free(logits);
@@ -539,9 +566,10 @@ static verdict judge(const model_rows *m)
 
 static void print_decode_table(const threads_run *run, FILE *f)
 {
-    static const char *const hdr[] = {"model", "setting", "decode t/s (median)", "min", "max", "vs -t 1"};
+    static const char *const hdr[] = {"model", "setting", "decode t/s (median)", "min", "max", "vs -t 1",
+                                      "CPU us/token"};
     kvrt_table t;
-    kvrt_table_init(&t, 6, hdr, "llrrrr");
+    kvrt_table_init(&t, 7, hdr, "llrrrrr");
     for (int mi = 0; mi < run->o.n_models; mi++) {
         const model_rows *m = &run->models[mi];
         for (int i = 0; i < m->n && kvrt_table_row(&t); i++) {
@@ -556,6 +584,7 @@ static void print_decode_table(const threads_run *run, FILE *f)
             kvrt_table_cell(&t, "%.1f", lo);
             kvrt_table_cell(&t, "%.1f", hi);
             kvrt_table_cell(&t, "%.2f", s->median / m->s[0].median);
+            kvrt_table_cell(&t, "%.1f", s->cpu_median);
         }
     }
     kvrt_table_print(&t, f);
@@ -626,6 +655,7 @@ static void print_json(const threads_run *run, FILE *out)
             kvrt_json_bool(&j, "default", m->s[i].is_default);
             kvrt_json_num(&j, "decode_tok_s_median", m->s[i].median);
             kvrt_json_num(&j, "vs_t1", m->s[i].median / m->s[0].median);
+            kvrt_json_num(&j, "cpu_us_per_token_median", m->s[i].cpu_median);
             kvrt_json_end_object(&j);
         }
         kvrt_json_end_array(&j);
