@@ -7,8 +7,7 @@
  *   kvrt-bench threads [options]  decode across thread settings; where splitting work pays
  *
  * Every subcommand takes --json: exactly one JSON document on stdout, the
- * table on stderr. The tool re-executes itself with OPENBLAS_CORETYPE set when
- * OpenBLAS picked a weaker core than the CPU has (openblas_core.h). To add one, write `int kvrt_bench_NAME_main(int, char **)`
+ * table on stderr. To add one, write `int kvrt_bench_NAME_main(int, char **)`
  * in tools/common/ and fill in its row of SUBCOMMANDS.
  */
 #include "bench_attn.h"
@@ -16,7 +15,6 @@
 #include "bench_serve.h"
 #include "bench_threads.h"
 #include "cli.h"
-#include "openblas_core.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -45,8 +43,6 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
-    /* the OpenBLAS core is chosen before main: fix it before measuring anything */
-    kvrt_tool_openblas_reexec(argv);
     if (argc < 2) {
         usage(stderr);
         return KVRT_CLI_USAGE;
