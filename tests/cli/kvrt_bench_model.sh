@@ -7,7 +7,9 @@
 # Usage (ctest): bash kvrt_bench_model.sh BUILD_DIR SOURCE_DIR
 set -u
 tool="$1/kvrt-bench"
-models="${KVRT_TEST_MODELS:-$2/../shared/models}"
+src=$2
+. "$(dirname "${BASH_SOURCE[0]}")/data.bash"
+require_data stories260K.gguf
 fails=0
 out=$(mktemp) err=$(mktemp) tmp=$(mktemp -d)
 trap 'rm -f "$out" "$err"; rm -rf "$tmp"' EXIT
