@@ -32,7 +32,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
-#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -255,15 +254,6 @@ static int32_t argmax(const float *x, int32_t n)
     return best;
 }
 
-/* CPU seconds of every thread of this process (not of the busy children). */
-static double process_cpu_s(void)
-{
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
-           1e-6 * (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
-}
-
 /* A prompt of ids spread over the vocabulary (BOS first), then `gen` greedy
  * steps, again until the decode steps add up to --min-ms: decode tokens/s,
  * and the CPU time all of kvrt's threads spent per decoded token (what a
@@ -282,13 +272,13 @@ static kvrt_status time_decode(kvrt_session *s, const kvrt_model_info *info, con
     while (st == KVRT_OK && (steps == 0 || spent * 1e3 < o->min_ms)) {
         kvrt_session_reset(s);
         st = kvrt_session_eval(s, toks, o->prompt_len, logits, NULL);
-        double c0 = process_cpu_s(), t0 = kvrt_bench_now();
+        double c0 = kvrt_bench_process_cpu_s(), t0 = kvrt_bench_now();
         for (int32_t g = 0; st == KVRT_OK && g < o->gen; g++) {
             int32_t tok = argmax(logits, info->n_vocab);
             st = kvrt_session_eval(s, &tok, 1, logits, NULL);
         }
         spent += kvrt_bench_now() - t0;
-        cpu += process_cpu_s() - c0;
+        cpu += kvrt_bench_process_cpu_s() - c0;
         steps += o->gen;
     }
     if (st != KVRT_OK)
