@@ -306,7 +306,7 @@ static void describe(kvrt_cpu_backend *cpu, uint32_t disabled)
     else if (disabled & KVRT_FEATURE_BLAS)
         snprintf(blas, sizeof(blas), "OpenBLAS %s disabled", core);
     else
-        snprintf(blas, sizeof(blas), "OpenBLAS %s unused (narrower than kvrt's kernels)", core);
+        snprintf(blas, sizeof(blas), "OpenBLAS %s unused (no wider than kvrt's kernels)", core);
     snprintf(cpu->base.description, sizeof(cpu->base.description), "cpu: %d thread%s, %s", cpu->n_threads,
              cpu->n_threads == 1 ? "" : "s", blas);
 }

@@ -10,9 +10,9 @@
  * thread count is process-wide: set before each call when it differs). Its
  * kernels are chosen when the library loads, from OPENBLAS_CORETYPE or cpuid
  * (a library must not set the environment): kvrt uses it only when that core
- * is at least as wide as kvrt's own kernels, and its own GEMM otherwise.
- * Results are deterministic for a fixed thread count; with some cores
- * (Haswell) they differ in the last bits between thread counts. */
+ * is wider than kvrt's own AVX2 kernels (AVX-512), and its own GEMM otherwise.
+ * Results are deterministic for a fixed thread count (measured: the AVX-512
+ * cores give the same bits for 1, 2 and 3 threads; Haswell's differ). */
 #ifndef KVRT_CPU_BLAS_H
 #define KVRT_CPU_BLAS_H
 
@@ -26,13 +26,15 @@
 const char *kvrt_cpu_blas_core(void);
 
 /* Whether kvrt would give products to OpenBLAS on this machine (built with
- * it, and its core not narrower than the kernels of `isa`). */
+ * it, and its core wider than the kernels of `isa`). */
 bool kvrt_cpu_blas_usable(kvrt_cpu_isa isa);
 
-/* Whether a product of this type and token count goes to OpenBLAS. */
+/* Whether a product of this type and token count goes to OpenBLAS; never a
+ * single token, whatever KVRT_BLAS_MIN_TOKENS says (sgemv-like products ran
+ * at a fifth of kvrt's GEMV). */
 static inline bool kvrt_cpu_blas_wanted(bool usable, kvrt_dtype wtype, int32_t n_tokens)
 {
-    return usable && n_tokens >= KVRT_BLAS_MIN_TOKENS &&
+    return usable && n_tokens >= KVRT_BLAS_MIN_TOKENS && n_tokens > 1 &&
            (wtype == KVRT_DTYPE_F32 || wtype == KVRT_DTYPE_F16 || wtype == KVRT_DTYPE_BF16);
 }
 

@@ -5,10 +5,13 @@
  *    and F16 weights spanning several conversion tiles;
  *  - the same bits on every repeat at a fixed thread count (1, 2, 3, and
  *    more than the cores), while a pool and OpenBLAS take turns;
- *  - dispatch: through the backend a product of KVRT_BLAS_MIN_TOKENS tokens
- *    or more is OpenBLAS's (the same bits as calling it directly), fewer is
- *    kvrt's own GEMM (the same bits as with OpenBLAS disabled), and
- *    KVRT_FEATURE_BLAS turns it off;
+ *  - the backend uses OpenBLAS exactly when its core is wider than kvrt's
+ *    kernels (ctest runs this suite with the inherited OPENBLAS_CORETYPE and
+ *    once more with the core cpuid picks: test_cpu_blas_cpuid_core);
+ *  - dispatch, whatever the core: through the backend a product of
+ *    KVRT_BLAS_MIN_TOKENS tokens or more is OpenBLAS's (the same bits as
+ *    calling it directly), fewer is kvrt's own GEMM (the same bits as with
+ *    OpenBLAS disabled), and KVRT_FEATURE_BLAS turns it off;
  *  - a build without OpenBLAS reports KVRT_ERR_UNSUPPORTED and never uses it. */
 #include <stdarg.h>
 #include <stddef.h>
@@ -192,8 +195,11 @@ static void test_blas_dispatch(void **state)
     const bool used = kvrt_cpu(on)->use_blas;
     assert_false(kvrt_cpu(off)->use_blas);
     assert_true(strstr(off->description, "disabled") != NULL);
-    /* used exactly when the core is as wide as kvrt's kernels (cpu_blas.h) */
+    /* used exactly when the core is wider than kvrt's kernels (cpu_blas.h) */
     assert_int_equal(used, kvrt_cpu_blas_usable(kvrt_cpu_best_isa()));
+    assert_true(strstr(on->description, used ? "tokens" : "unused") != NULL);
+    /* the dispatch itself, whatever this machine's core: as if it were wider */
+    kvrt_cpu(on)->use_blas = true;
     const kvrt_dtype types[] = {KVRT_DTYPE_F32, KVRT_DTYPE_F16, KVRT_DTYPE_BF16, KVRT_DTYPE_Q8_0};
     const int32_t tokens[] = {KVRT_BLAS_MIN_TOKENS - 1, KVRT_BLAS_MIN_TOKENS, KVRT_BLAS_MIN_TOKENS + 9};
     for (size_t ti = 0; ti < KVRT_ARRAY_LEN(types); ti++) {
@@ -207,7 +213,7 @@ static void test_blas_dispatch(void **state)
             backend_matmul(off, &p);
             check_y(&p, "kvrt's GEMM");
             memcpy(own, p.y, bytes);
-            bool to_blas = used && kvrt_cpu_blas_wanted(true, types[ti], tokens[k]);
+            bool to_blas = kvrt_cpu_blas_wanted(true, types[ti], tokens[k]);
             if (to_blas) {
                 assert_int_equal(blas_direct(on, &p), KVRT_OK);
                 memcpy(blas, p.y, bytes);

@@ -68,6 +68,9 @@ void kvrt_tool_openblas_describe(char *buf, size_t size)
     const char *better = kvrt_tool_openblas_better_core();
     if (!core)
         snprintf(buf, size, "no OpenBLAS in this build");
+    else if (env && better)
+        snprintf(buf, size, "OpenBLAS core %s (OPENBLAS_CORETYPE=%s; %s would use wider kernels)", core, env,
+                 better);
     else if (env)
         snprintf(buf, size, "OpenBLAS core %s (OPENBLAS_CORETYPE=%s)", core, env);
     else if (better)

@@ -1,8 +1,10 @@
 /* OpenBLAS picks its kernels ("core") in a library constructor, before main,
  * from OPENBLAS_CORETYPE or cpuid, and Debian's 0.3.21 does not know every
- * CPU: this AMD EPYC with AVX-512 runs as Haswell (as Prescott under another
- * hypervisor; DESIGN.md field notes). The library uses OpenBLAS only when that
- * core is wide enough (cpu_fallback/cpu_blas.h). The tools report the core
+ * CPU: this AMD EPYC (Zen 5) runs as Cooperlake by cpuid, as Prescott under
+ * another hypervisor (DESIGN.md field notes), and as whatever an inherited
+ * OPENBLAS_CORETYPE says (Haswell on the CI machines). The library uses
+ * OpenBLAS only when that core is wider than its own kernels
+ * (cpu_fallback/cpu_blas.h). The tools report the core
  * and, when cpuid shows a better one, how to ask for it; they do not set the
  * environment and re-execute themselves: a user who wants the AVX-512
  * kernels sets OPENBLAS_CORETYPE before starting the tool. */
