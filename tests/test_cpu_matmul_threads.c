@@ -16,6 +16,7 @@
 
 #include "cpu_internal.h"
 #include "common/quant.h"
+#include "backend/ops.h"
 
 #include <unistd.h>
 
@@ -45,14 +46,14 @@ static kvrt_backend *make_cpu(int threads)
 static void run_matmul(kvrt_backend *be, kvrt_dtype t, void *w, size_t w_bytes, float *x, float *y)
 {
     kvrt_buffer *bw, *bx, *by;
-    assert_int_equal(be->ops->buffer_wrap_host(be, w, w_bytes, &bw), KVRT_OK);
-    assert_int_equal(be->ops->buffer_wrap_host(be, x, sizeof(float) * N_TOK * N_IN, &bx), KVRT_OK);
-    assert_int_equal(be->ops->buffer_wrap_host(be, y, sizeof(float) * N_TOK * N_OUT, &by), KVRT_OK);
-    assert_int_equal(be->ops->matmul(be, t, (kvrt_view){bw, 0}, N_OUT, N_IN, (kvrt_view){bx, 0}, N_IN,
+    assert_int_equal(kvrt_op_buffer_wrap_host(be, w, w_bytes, &bw), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_wrap_host(be, x, sizeof(float) * N_TOK * N_IN, &bx), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_wrap_host(be, y, sizeof(float) * N_TOK * N_OUT, &by), KVRT_OK);
+    assert_int_equal(kvrt_op_matmul(be, t, (kvrt_view){bw, 0}, N_OUT, N_IN, (kvrt_view){bx, 0}, N_IN,
                                      (kvrt_view){by, 0}, N_OUT, N_TOK), KVRT_OK);
-    be->ops->buffer_destroy(be, bw);
-    be->ops->buffer_destroy(be, bx);
-    be->ops->buffer_destroy(be, by);
+    kvrt_op_buffer_destroy(be, bw);
+    kvrt_op_buffer_destroy(be, bx);
+    kvrt_op_buffer_destroy(be, by);
 }
 
 static void check_type(kvrt_dtype t)
@@ -110,18 +111,18 @@ static void test_f32_gemv_threads_repeatable(void **state)
         x[i] = (float)rand() / RAND_MAX - 0.5f;
     kvrt_backend *one = make_cpu(1);
     kvrt_buffer *bw, *bx, *by, *bref;
-    assert_int_equal(one->ops->buffer_wrap_host(one, w, sizeof(w), &bw), KVRT_OK);
-    assert_int_equal(one->ops->buffer_wrap_host(one, x, sizeof(x), &bx), KVRT_OK);
-    assert_int_equal(one->ops->buffer_wrap_host(one, ref, sizeof(ref), &bref), KVRT_OK);
-    assert_int_equal(one->ops->buffer_wrap_host(one, y, sizeof(y), &by), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_wrap_host(one, w, sizeof(w), &bw), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_wrap_host(one, x, sizeof(x), &bx), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_wrap_host(one, ref, sizeof(ref), &bref), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_wrap_host(one, y, sizeof(y), &by), KVRT_OK);
     kvrt_view vw = {bw, 0}, vx = {bx, 0};
-    assert_int_equal(one->ops->matmul(one, KVRT_DTYPE_F32, vw, OUT, IN, vx, IN, (kvrt_view){bref, 0}, OUT, 1), KVRT_OK);
+    assert_int_equal(kvrt_op_matmul(one, KVRT_DTYPE_F32, vw, OUT, IN, vx, IN, (kvrt_view){bref, 0}, OUT, 1), KVRT_OK);
     int counts[3], n_counts = thread_counts(counts);
     for (int c = 0; c < n_counts; c++) {
         kvrt_backend *many = make_cpu(counts[c]);
         for (int i = 0; i < (c == 0 ? 300 : REPEATS_OTHER); i++) {
             memset(y, 0, sizeof(y));
-            assert_int_equal(many->ops->matmul(many, KVRT_DTYPE_F32, vw, OUT, IN, vx, IN, (kvrt_view){by, 0}, OUT, 1),
+            assert_int_equal(kvrt_op_matmul(many, KVRT_DTYPE_F32, vw, OUT, IN, vx, IN, (kvrt_view){by, 0}, OUT, 1),
                              KVRT_OK);
             if (memcmp(y, ref, sizeof(y)) != 0)
                 fail_msg("F32 GEMV: %d threads, repeat %d differs from the 1-thread result", counts[c], i);
@@ -130,7 +131,7 @@ static void test_f32_gemv_threads_repeatable(void **state)
     }
     kvrt_buffer *all[] = {bw, bx, by, bref};
     for (int i = 0; i < 4; i++)
-        one->ops->buffer_destroy(one, all[i]);
+        kvrt_op_buffer_destroy(one, all[i]);
     one->ops->destroy(one);
 }
 
@@ -151,29 +152,29 @@ static void test_small_ops_stay_on_caller(void **state)
     kvrt_backend *be = make_cpu(4);
     kvrt_threadpool *pool = kvrt_cpu(be)->pool;
     kvrt_buffer *bw, *bq, *bx, *by;
-    assert_int_equal(be->ops->buffer_wrap_host(be, w, sizeof(w), &bw), KVRT_OK);
-    assert_int_equal(be->ops->buffer_wrap_host(be, q, sizeof(q), &bq), KVRT_OK);
-    assert_int_equal(be->ops->buffer_wrap_host(be, x, sizeof(x), &bx), KVRT_OK);
-    assert_int_equal(be->ops->buffer_wrap_host(be, y, sizeof(y), &by), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_wrap_host(be, w, sizeof(w), &bw), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_wrap_host(be, q, sizeof(q), &bq), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_wrap_host(be, x, sizeof(x), &bx), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_wrap_host(be, y, sizeof(y), &by), KVRT_OK);
     kvrt_view vw = {bw, 0}, vq = {bq, 0}, vx = {bx, 0}, vy = {by, 0};
     const int32_t outs[] = {DIM, 172, 512};
     for (size_t i = 0; i < KVRT_ARRAY_LEN(outs); i++) {
         for (int32_t tok = 1; tok <= TOK; tok++) { /* GEMV, then the GEMM paths */
-            assert_int_equal(be->ops->matmul(be, KVRT_DTYPE_F32, vw, outs[i], DIM, vx, DIM, vy, outs[i], tok), KVRT_OK);
-            assert_int_equal(be->ops->matmul(be, KVRT_DTYPE_Q8_0, vq, outs[i], DIM, vx, DIM, vy, outs[i], tok),
+            assert_int_equal(kvrt_op_matmul(be, KVRT_DTYPE_F32, vw, outs[i], DIM, vx, DIM, vy, outs[i], tok), KVRT_OK);
+            assert_int_equal(kvrt_op_matmul(be, KVRT_DTYPE_Q8_0, vq, outs[i], DIM, vx, DIM, vy, outs[i], tok),
                              KVRT_OK);
         }
     }
-    assert_int_equal(be->ops->rmsnorm(be, vx, DIM, vw, vy, DIM, TOK, DIM, 1e-5f), KVRT_OK);
-    assert_int_equal(be->ops->swiglu(be, vx, DIM, vw, DIM, vy, DIM, TOK, DIM), KVRT_OK);
-    assert_int_equal(be->ops->add(be, vx, vw, vy, TOK * DIM), KVRT_OK);
+    assert_int_equal(kvrt_op_rmsnorm(be, vx, DIM, vw, vy, DIM, TOK, DIM, 1e-5f), KVRT_OK);
+    assert_int_equal(kvrt_op_swiglu(be, vx, DIM, vw, DIM, vy, DIM, TOK, DIM), KVRT_OK);
+    assert_int_equal(kvrt_op_add(be, vx, vw, vy, TOK * DIM), KVRT_OK);
     assert_int_equal(kvrt_threadpool_jobs_shared(pool), 0);
     /* a 1024 x 1024 GEMV (4 MiB of weights) is worth sharing, where there is a second core */
-    assert_int_equal(be->ops->matmul(be, KVRT_DTYPE_F32, vw, BIG, BIG, vx, BIG, vy, BIG, 1), KVRT_OK);
+    assert_int_equal(kvrt_op_matmul(be, KVRT_DTYPE_F32, vw, BIG, BIG, vx, BIG, vy, BIG, 1), KVRT_OK);
     assert_int_equal(kvrt_threadpool_jobs_shared(pool), kvrt_threadpool_default_threads() > 1 ? 1 : 0);
     kvrt_buffer *all[] = {bw, bq, bx, by};
     for (int i = 0; i < 4; i++)
-        be->ops->buffer_destroy(be, all[i]);
+        kvrt_op_buffer_destroy(be, all[i]);
     be->ops->destroy(be);
 }
 

@@ -594,7 +594,12 @@ static void synth_init(synth *s, const char *const *pieces, const float *scores,
         s->scores[i] = scores[i];
         s->types[i] = types[i];
     }
-    s->v = (kvrt_vocab){n, s->pieces, s->lens, s->scores, s->types, -1, -1, -1, false, false};
+    kvrt_vocab_init(&s->v);
+    s->v.n_tokens = n;
+    s->v.pieces = s->pieces;
+    s->v.piece_lens = s->lens;
+    s->v.scores = s->scores;
+    s->v.types = s->types;
 }
 
 /* Merge order: highest score first, ties leftmost. */
