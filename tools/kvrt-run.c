@@ -8,6 +8,7 @@
 #include "files.h"
 #include "profile_report.h"
 #include "run_chat.h"
+#include "token_text.h"
 
 #include <errno.h>
 #include <float.h>
@@ -174,29 +175,18 @@ static void utf8_flush(utf8_out *u)
     fflush(stdout);
 }
 
-/* Writes a token's text, however long: a piece that does not fit the buffer
- * (it reports the length it needs) gets a bigger one. 0, or 1 after saying
- * why on stderr. */
+/* Writes a token's text, however long (the buffer grows to fit it). 0, or 1
+ * after saying why on stderr. */
 static int emit_token(kvrt_model *m, utf8_out *u, int32_t prev, int32_t tok)
 {
-    static char *buf;
+    static char *buf; /* kept for the next token; freed with the process */
     static size_t cap;
     size_t len = 0;
-    kvrt_status s = cap ? kvrt_token_to_text(m, prev, tok, buf, cap, &len) : KVRT_ERR_INVALID_ARGUMENT;
-    if (s == KVRT_ERR_INVALID_ARGUMENT && len + 1 > cap) {
-        size_t want = len + 1 > 256 ? len + 1 : 256;
-        char *bigger = realloc(buf, want);
-        if (!bigger) {
-            fprintf(stderr, "\nkvrt-run: no memory for the %zu-byte text of token %d\n", len, (int)tok);
-            return 1;
-        }
-        buf = bigger;
-        cap = want;
-        s = kvrt_token_to_text(m, prev, tok, buf, cap, &len);
-    }
+    kvrt_status s = kvrt_tool_append_token_text(m, prev, tok, &buf, &len, &cap);
     if (s != KVRT_OK) {
         utf8_flush(u);
-        fprintf(stderr, "\nkvrt-run: token %d: %s\n", (int)tok, kvrt_model_message(m));
+        fprintf(stderr, "\nkvrt-run: token %d: %s\n", (int)tok,
+                s == KVRT_ERR_OUT_OF_HOST_MEMORY ? "no memory for its text" : kvrt_model_message(m));
         return 1;
     }
     utf8_write(u, buf, len);

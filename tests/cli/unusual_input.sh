@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # kvrt-run on unusual but legal input, and on files that only look right:
-# - a token whose text is 300 bytes is printed whole (no fixed buffer);
+# - a token whose text is 300 bytes is printed whole (no fixed buffer), also
+#   in a --chat reply;
 # - a GGUF with tokenizer.ggml.add_bos_token = false gets no BOS;
 # - --truncate-prompt keeps the end of the prompt without assuming id 0 is
 #   BOS, and at --ctx 1 keeps the last token instead of dropping the prompt;
@@ -46,6 +47,31 @@ if [ $rc -eq 0 ] && [ "${zs:-0}" -eq 300 ]; then
     ok "a 300-byte token is printed whole"
 else
     fail "300-byte token: exit $rc, longest run of Z ${zs:-0}, stderr $(tail -n 2 "$tmp/err")"
+fi
+
+# --chat: every merged piece of tok512.bin spelled as 300 Zs and its id, so the
+# reply is made of such tokens whatever the model picks
+python3 - "$models/tok512.bin" "$tmp/long-all.bin" <<'PY'
+import struct, sys
+d = open(sys.argv[1], "rb").read()
+off, out = 4, [struct.pack("<i", 304)]
+for i in range(512):
+    score, n = struct.unpack_from("<fi", d, off)
+    piece = d[off + 8:off + 8 + n]
+    off += 8 + n
+    if i >= 259 and n >= 2:
+        piece = b"Z" * 300 + str(i).encode()
+    out.append(struct.pack("<fi", score, len(piece)) + piece)
+open(sys.argv[2], "wb").write(b"".join(out))
+PY
+printf 'Once upon a time\n' | "$tool" -m "$models/stories260K.bin" -z "$tmp/long-all.bin" --chat \
+    --chat-template chatml -n 4 --temp 0 -t 1 --ignore-eos >"$tmp/out" 2>"$tmp/err"
+rc=$?
+n300=$(grep -o 'Z\{300\}[0-9]\+' "$tmp/out" | wc -l)
+if [ $rc -eq 0 ] && [ "$n300" -ge 1 ]; then
+    ok "--chat prints 300-byte tokens whole ($n300 in the reply)"
+else
+    fail "--chat with 300-byte tokens: exit $rc, $n300 whole, stdout $(head -c 80 "$tmp/out"), $(tail -n 2 "$tmp/err")"
 fi
 
 # --- add_bos_token = false ------------------------------------------------------------------

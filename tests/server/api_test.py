@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -560,6 +561,39 @@ class ChatTemplates(unittest.TestCase):
                            capture_output=True, timeout=120)
         self.assertEqual(r.returncode, 1)
         self.assertIn("known: chatml", r.stderr.decode())
+
+
+def write_long_piece_tokenizer(src, dst):
+    """tok512.bin with every merged piece spelled as 300 Zs and its id: replies made of 300+-byte tokens."""
+    d = open(src, "rb").read()
+    off, out = 4, [struct.pack("<i", 304)]
+    for i in range(512):
+        score, n = struct.unpack_from("<fi", d, off)
+        piece = d[off + 8:off + 8 + n]
+        off += 8 + n
+        if i >= 259 and n >= 2:
+            piece = b"Z" * 300 + str(i).encode()
+        out.append(struct.pack("<fi", score, len(piece)) + piece)
+    open(dst, "wb").write(b"".join(out))
+
+
+class LongTokens(unittest.TestCase):
+    """A token's text is never cut at a fixed size: the log-probabilities' tokens add up to the text."""
+
+    def test_logprob_tokens_of_300_bytes(self):
+        data = os.environ.get("KVRT_TEST_MODELS", os.path.join(SRC, "tests", "data"))
+        with tempfile.TemporaryDirectory() as tmp:
+            tok = os.path.join(tmp, "long.bin")
+            write_long_piece_tokenizer(os.path.join(data, "tok512.bin"), tok)
+            with harness.Server(EXE, os.path.join(data, "stories260K.bin"), "-z", tok, "-t", "1",
+                                env=harness.env_without_key()) as srv:
+                status, r = srv.post("/v1/completions", {"prompt": "Once upon a time", "max_tokens": 4,
+                                                         "temperature": 0, "logprobs": 0, "ignore_eos": True})
+                self.assertEqual(srv.stop()[0], 0)
+        self.assertEqual(status, 200, r)
+        text = r["choices"][0]["text"]
+        self.assertRegex(text, "Z{300}[0-9]+")
+        self.assertEqual("".join(r["choices"][0]["logprobs"]["tokens"]), text)
 
 
 class Shutdown(unittest.TestCase):

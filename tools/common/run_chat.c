@@ -12,6 +12,7 @@
  * become their special tokens.
  */
 #include "run_chat.h"
+#include "token_text.h"
 
 #include "model/chat.h"
 #include "model/model_api_internal.h"
@@ -35,6 +36,7 @@ typedef struct chat_state {
     char *reply;
     size_t reply_len, reply_cap, shown;
     int32_t prev;
+    bool text_failed;        /* a token's text could not be made: said on stderr, the run fails */
 } chat_state;
 
 static int fail(const char *what, const char *msg)
@@ -81,21 +83,14 @@ static size_t whole_chars(const char *text, size_t n)
 static int on_token(void *user, int32_t tok)
 {
     chat_state *c = user;
-    char piece[256];
-    size_t len = 0;
-    if (kvrt_token_to_text(c->m, c->prev, tok, piece, sizeof(piece), &len) != KVRT_OK)
-        len = 0;
-    c->prev = tok;
-    if (c->reply_len + len + 1 > c->reply_cap) {
-        size_t cap = 2 * (c->reply_len + len + 1);
-        char *r = realloc(c->reply, cap);
-        if (!r)
-            return 1; /* stop: the reply so far is kept */
-        c->reply = r;
-        c->reply_cap = cap;
+    kvrt_status s = kvrt_tool_append_token_text(c->m, c->prev, tok, &c->reply, &c->reply_len, &c->reply_cap);
+    if (s != KVRT_OK) { /* stop here: the reply so far is shown, then the run fails */
+        fprintf(stderr, "\nkvrt-run: token %d: %s\n", (int)tok,
+                s == KVRT_ERR_OUT_OF_HOST_MEMORY ? "no memory for its text" : kvrt_model_message(c->m));
+        c->text_failed = true;
+        return 1;
     }
-    memcpy(c->reply + c->reply_len, piece, len);
-    c->reply_len += len;
+    c->prev = tok;
     size_t upto = whole_chars(c->reply, c->reply_len);
     fwrite(c->reply + c->shown, 1, upto - c->shown, stdout);
     fflush(stdout);
@@ -192,6 +187,8 @@ static int reply(chat_state *c, bool *full)
     fflush(stdout);
     if (s != KVRT_OK)
         return fail("generating", kvrt_session_message(c->s));
+    if (c->text_failed)
+        return 1;
     if (c->o->verbose)
         fprintf(stderr, "kvrt-run: reply of %d tokens (%s)\n", (int)n_gen,
                 stop == KVRT_GEN_STOP_EOG ? "end of turn" : stop == KVRT_GEN_STOP_LENGTH ? "-n reached" : "stopped");

@@ -6,6 +6,7 @@
  * 64 streams do not queue on one lock; srv.mu guards the server-wide state
  * (submit queue, slots, counters). No code holds both at once. */
 #include "server.h"
+#include "token_text.h"
 
 #include "kvrt_model.h"
 
@@ -354,13 +355,11 @@ static void add_logprobs(srv *s, srv_req *r, srv_sample *sm, const kvrt_sample_o
         sm->cap_lp = cap;
     }
     for (int32_t t = sm->n_lp; t < so->n_tokens; t++) {
-        char piece[256];
-        size_t len = 0;
         int32_t prev = t > 0 ? so->tokens[t - 1] : r->last_prompt_token;
-        if (kvrt_token_to_text(s->model, prev, so->tokens[t], piece, sizeof piece, &len) != KVRT_OK)
-            len = 0;
         sm->tok_off[t] = (uint32_t)sm->tok_text.len;
-        if (!srv_buf_append(&sm->tok_text, piece, len))
+        /* appended in place, however long the piece (srv_buf keeps its NUL) */
+        if (kvrt_tool_append_token_text(s->model, prev, so->tokens[t], &sm->tok_text.p, &sm->tok_text.len,
+                                        &sm->tok_text.cap) != KVRT_OK)
             r->text_lost = true;
         sm->lp[t] = so->logprobs[t];
         sm->tok_off[t + 1] = (uint32_t)sm->tok_text.len;
