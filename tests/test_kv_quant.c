@@ -16,6 +16,7 @@
 
 #include "backend/kv_layout.h"
 #include "common/fp16.h"
+#include "engine/engine_internal.h"
 #include "kvrt.h"
 #include "ref_kvquant.h"
 
@@ -157,6 +158,16 @@ static void test_blocks_move_unchanged(void **state)
     kvrt_context_destroy(ctx);
 }
 
+/* The prefix cache's key has the KV type in it. */
+static void test_prefix_key_has_kv_type(void **state)
+{
+    (void)state;
+    const kvrt_dtype t[] = {KVRT_DTYPE_F32, KVRT_DTYPE_F16, KVRT_DTYPE_Q8_0, KVRT_DTYPE_Q4_0};
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < i; j++)
+            assert_true(kvrt_engine_prefix_extra_key(t[i]) != kvrt_engine_prefix_extra_key(t[j]));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -164,6 +175,7 @@ int main(void)
         cmocka_unit_test(test_rounding_rule),
         cmocka_unit_test(test_block_bytes),
         cmocka_unit_test(test_blocks_move_unchanged),
+        cmocka_unit_test(test_prefix_key_has_kv_type),
     };
     return cmocka_run_group_tests_name("quantized KV", tests, NULL, NULL);
 }
