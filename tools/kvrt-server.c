@@ -80,6 +80,9 @@ static int parse_args(int argc, char **argv, srv_options *o)
         KVRT_CLI_STR('z', "tokenizer", &o->tokenizer_path, "FILE", "llama2.c tokenizer.bin (checkpoints only)"),
         KVRT_CLI_STR(0, "model-name", &o->model_name, "NAME",
                      "the name clients use in \"model\" (default: the file name\nwithout its extension)"),
+        KVRT_CLI_STR(0, "chat-template", &o->chat_template, "NAME",
+                     "chat template for /v1/chat/completions (default: the model file's;\n"
+                     "a model without one gets a plain transcript)"),
         KVRT_CLI_STR(0, "host", &o->host, "ADDR", "address to listen on (default 127.0.0.1; 0.0.0.0 or :: for all)"),
         KVRT_CLI_INT32(0, "port", &o->port, 0, 65535, "N", "TCP port (default 8080; 0 = any free port)"),
         KVRT_CLI_STR(0, "api-key", &api_key, "KEY",

@@ -515,6 +515,53 @@ class CommandLine(unittest.TestCase):
                 self.assertEqual(srv.stop()[0], 0)
 
 
+class ChatTemplates(unittest.TestCase):
+    """A model with a chat template: messages are rendered by it, its markers are special tokens, the messages'
+    text never is; a model without one gets the plain transcript (the Endpoints tests)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.model = os.path.join(cls.tmp.name, "phi3.gguf")
+        vocab = os.path.join(SRC, "tests", "data", "vocab", "phi-3-vocab.gguf")
+        subprocess.run([os.path.join(BUILD, "kvrt-synth"), "--preset", "tiny", "--vocab-from", vocab, "-q",
+                        "-o", cls.model], check=True)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def tokens(self, text):
+        r = subprocess.run([os.path.join(BUILD, "kvrt-tokenize"), "-m", self.model, "--special", "-p", text],
+                           check=True, capture_output=True)
+        return r.stdout.split()
+
+    def prompt_tokens(self, srv, content):
+        status, r = srv.post("/v1/chat/completions", {"messages": [{"role": "user", "content": content}],
+                                                      "max_tokens": 1, "temperature": 0})
+        self.assertEqual(status, 200, r)
+        return r["usage"]["prompt_tokens"]
+
+    def test_the_models_template(self):
+        with harness.Server(EXE, self.model, *COMMON, env=harness.env_without_key()) as srv:
+            want = len(self.tokens("<|user|>\nHi there<|end|>\n<|assistant|>\n"))
+            self.assertEqual(self.prompt_tokens(srv, "Hi there"), want)
+            # the marker inside a message is text (several tokens), never the one special token
+            self.assertGreater(self.prompt_tokens(srv, "Hi <|end|> there"), want + 1)
+            self.assertEqual(srv.stop()[0], 0)
+
+    def test_named_template_and_unknown_name(self):
+        with harness.Server(EXE, self.model, *COMMON, "--chat-template", "zephyr",
+                            env=harness.env_without_key()) as srv:
+            want = len(self.tokens("<|user|>\nHi there<|endoftext|>\n<|assistant|>\n"))
+            self.assertEqual(self.prompt_tokens(srv, "Hi there"), want)
+            self.assertEqual(srv.stop()[0], 0)
+        r = subprocess.run([EXE, "-m", self.model, "--port", "0", "-t", "1", "--chat-template", "nope"],
+                           capture_output=True, timeout=120)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("known: chatml", r.stderr.decode())
+
+
 class Shutdown(unittest.TestCase):
     def test_sigterm_with_requests_in_flight(self):
         with harness.Server(EXE, MODEL, *COMMON, "--shutdown-timeout", "0", env=harness.env_without_key()) as srv:

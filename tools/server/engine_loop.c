@@ -206,7 +206,7 @@ static void on_text(void *user, int64_t id, int32_t sample, const char *text, si
 /* ---- submitting -------------------------------------------------------------------------- */
 
 /* Tokenizes text on the engine thread (the model is one-thread-at-a-time). */
-static bool tokenize(srv *s, const char *text, bool add_bos, int32_t **ids, int32_t *n, srv_error *err)
+bool srv_tokenize(srv *s, const char *text, bool add_bos, int32_t **ids, int32_t *n, srv_error *err)
 {
     size_t len = strlen(text);
     int32_t need = 0;
@@ -245,13 +245,9 @@ static bool build_prompt(srv *s, srv_req *r, int32_t **ids, int32_t *n, srv_erro
         memcpy(*ids, p->prompt_ids, (size_t)p->n_prompt_ids * sizeof(int32_t));
         *n = p->n_prompt_ids;
     } else if (p->kind == SRV_CHAT) {
-        char *text = NULL;
-        bool bos = true;
-        bool ok = srv_chat_prompt(s, p, &text, &bos, err) && tokenize(s, text, bos, ids, n, err);
-        free(text);
-        if (!ok)
+        if (!srv_chat_tokens(s, p, ids, n, err))
             return false;
-    } else if (!tokenize(s, p->prompt, true, ids, n, err)) {
+    } else if (!srv_tokenize(s, p->prompt, true, ids, n, err)) {
         return false;
     }
     if (*n == 0) {
@@ -688,6 +684,8 @@ bool srv_engine_open(srv *s)
     kvrt_model_get_info(s->model, &info);
     s->n_vocab = info.n_vocab;
     s->max_context = o->ep.max_context > 0 ? o->ep.max_context : info.n_ctx_train;
+    if (!srv_chat_resolve(s))
+        return false;
     if ((st = kvrt_engine_create(s->model, &o->ep, &s->engine, &err)) != KVRT_OK)
         return report("creating the engine", st, err.message);
     if (o->verbose) {

@@ -64,6 +64,7 @@ bool srv_secret_equal(const char *given, size_t given_len, const char *want, siz
 
 typedef struct srv_options {
     const char *model_path, *tokenizer_path, *model_name;
+    const char *chat_template; /* --chat-template NAME; NULL = the model file's */
     const char *host;
     int32_t port;
     char *api_key;              /* NULL = no key required (owned: read from a flag or a file) */
@@ -230,6 +231,7 @@ struct srv {
     /* engine thread's own (no lock): created by kvrt-server.c, used only there */
     kvrt_context *ctx;
     kvrt_model *model;
+    const char *chat_template; /* the built-in formatter chat requests use; NULL = plain transcript */
     kvrt_engine *engine;
     pthread_t engine_thread;
     bool engine_started;
@@ -323,7 +325,13 @@ void srv_http_stop(srv *s);
 
 /* The prompt text of a chat request (engine thread; owned by *text) and
  * whether BOS goes first. */
-bool srv_chat_prompt(srv *s, const srv_params *p, char **text, bool *add_bos, srv_error *err);
+/* Picks the chat template at load (--chat-template, else the model's; a model
+ * with none gets the plain transcript); false after an unknown --chat-template. */
+bool srv_chat_resolve(srv *s);
+/* The chat request's messages as prompt tokens (owned by *ids). */
+bool srv_chat_tokens(srv *s, const srv_params *p, int32_t **ids, int32_t *n, srv_error *err);
+/* Tokenizes text on the engine thread (the model is one-thread-at-a-time). */
+bool srv_tokenize(srv *s, const char *text, bool add_bos, int32_t **ids, int32_t *n, srv_error *err);
 
 /* ---- page.c ------------------------------------------------------------------------- */
 
