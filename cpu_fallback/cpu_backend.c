@@ -115,9 +115,10 @@ static void *alloc_pool_memory(kvrt_backend *be, size_t bytes)
 static kvrt_status cpu_kv_pool_create(kvrt_backend *be, const kvrt_kv_pool_desc *d, kvrt_kv_pool **out)
 {
     *out = NULL;
-    /* the kernels read and write these two (cpu_kv.c, cpu_attention.c) */
-    if (d->dtype != KVRT_DTYPE_F32 && d->dtype != KVRT_DTYPE_F16)
-        return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "cpu: KV type %s is not supported (f32, f16)",
+    /* the kernels read and write these (cpu_kv.c, cpu_attention.c) */
+    if (d->dtype != KVRT_DTYPE_F32 && d->dtype != KVRT_DTYPE_F16 && d->dtype != KVRT_DTYPE_Q8_0 &&
+        d->dtype != KVRT_DTYPE_Q4_0)
+        return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "cpu: KV type %s is not supported (f32, f16, q8_0, q4_0)",
                          kvrt_dtype_name(d->dtype));
     /* the front door checked the sizes (kvrt_kv_check_pool_desc) */
     size_t block_bytes = kvrt_kv_block_bytes(d), layer_bytes = block_bytes * (size_t)d->num_blocks;
