@@ -20,6 +20,24 @@ static void write_quant(kvrt_kv_pool *pool, int32_t layer, const kvrt_kv_dtype_d
     }
 }
 
+/* F16 KV saturates (DESIGN.md "The block layout"): a value beyond +-65504
+ * (inf included) is stored as +-65504, as on Vulkan and OpenCL, so the
+ * backends keep byte-identical blocks; NaN stays NaN. Clamped in chunks on
+ * the stack, then converted by the kernel set's f2h. */
+static void f2h_saturate(const kvrt_cpu_attn_kernels *ker, uint16_t *dst, const float *src, size_t n)
+{
+    enum { CHUNK = 64 };
+    float tmp[CHUNK];
+    for (size_t i = 0; i < n; i += CHUNK) {
+        size_t m = KVRT_MIN((size_t)CHUNK, n - i);
+        for (size_t j = 0; j < m; j++) {
+            float x = src[i + j];
+            tmp[j] = x > 65504.0f ? 65504.0f : x < -65504.0f ? -65504.0f : x;
+        }
+        ker->f2h(dst + i, tmp, (int64_t)m);
+    }
+}
+
 kvrt_status kvrt_cpu_kv_write(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer,
                               kvrt_view k, int64_t k_stride, kvrt_view v, int64_t v_stride,
                               kvrt_view slot_mapping, int32_t n_tokens)
@@ -47,8 +65,8 @@ kvrt_status kvrt_cpu_kv_write(kvrt_backend *be, kvrt_kv_pool *pool, int32_t laye
             const float *vr = vs + (size_t)t * (size_t)v_stride + h * hd;
             char *kd = (char *)pool->k[layer] + at, *vd = (char *)pool->v[layer] + at;
             if (pd->dtype == KVRT_DTYPE_F16) {
-                ker->f2h((uint16_t *)(void *)kd, kr, (int64_t)hd);
-                ker->f2h((uint16_t *)(void *)vd, vr, (int64_t)hd);
+                f2h_saturate(ker, (uint16_t *)(void *)kd, kr, hd);
+                f2h_saturate(ker, (uint16_t *)(void *)vd, vr, hd);
             } else {
                 memcpy(kd, kr, hd * sizeof(float));
                 memcpy(vd, vr, hd * sizeof(float));

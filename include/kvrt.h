@@ -171,7 +171,9 @@ typedef struct kvrt_context_params {
     const kvrt_allocator *allocator; /* host allocations; NULL = malloc. Must outlive the context. */
     /* GPU backends: file kvrt loads compiled pipelines from and saves them to
      * (Vulkan: the driver's VkPipelineCache data plus a kvrt checksum); NULL =
-     * none. A missing, unreadable, corrupt or other-device file is ignored. */
+     * none. A missing, unreadable, corrupt or other-device file is ignored.
+     * Saving replaces only a missing file or a kvrt cache: any other file at
+     * the path (a model named by mistake) is left as it is and not saved over. */
     const char *pipeline_cache_path;
 } kvrt_context_params;
 
@@ -201,8 +203,9 @@ KVRT_API kvrt_backend_kind kvrt_context_backend(const kvrt_context *ctx);
  * now (atomically: a temporary file renamed over it), if pipelines were
  * created since it was loaded or last saved. kvrt_context_destroy also saves,
  * silently. KVRT_OK without doing anything on contexts without a cache file
- * (no path, CPU backend, OpenCL). KVRT_ERR_IO when the file cannot be written;
- * the cache stays in memory and a later call may retry. */
+ * (no path, CPU backend, OpenCL). KVRT_ERR_IO when the file cannot be written
+ * or the path holds something that is not a kvrt cache (never replaced); the
+ * cache stays in memory and a later call may retry. */
 KVRT_API kvrt_status kvrt_context_save_caches(kvrt_context *ctx);
 
 /* ---- limits ------------------------------------------------------------------ */

@@ -558,7 +558,7 @@ static void run_model_op(const op_case *c, uint64_t seed)
 
 /* ---- kv_write: the pool's bytes, the same on every pass ------------------------------------------------ */
 
-static float special_value(int i) /* ties to even, subnormals, overflow to inf */
+static float special_value(int i) /* ties to even, subnormals, saturation past 65504 */
 {
     static const float v[] = {1.0f + 0x1p-11f, 1.0f + 3 * 0x1p-11f, -(2.0f + 0x1p-10f), 0x1p-25f * 3,
                               0x1p-24f, 0x1p-26f, 65504.0f, 65520.0f, -70000.0f, 0.0f, -0.0f, 0x1.ffep-15f};
@@ -635,7 +635,7 @@ static void run_kv_write(const op_case *c, uint64_t seed)
                 size_t at = (size_t)w * bb * (size_t)d.num_blocks + (size_t)blk * bb +
                             ((size_t)(h * d.block_size + off) * (size_t)c->dim + (size_t)(e % c->dim)) * elem;
                 float x = (w ? v : k)[t * stride + e];
-                uint16_t half = kvrt_f32_to_fp16(x); /* round to nearest even */
+                uint16_t half = kvrt_f32_to_fp16_kv(x); /* round to nearest even, saturate */
                 memcpy(want + at, elem == 2 ? (void *)&half : (void *)&x, elem);
             }
     for (int p = 0; p < kvrt_test_n_passes; p++) {

@@ -98,6 +98,8 @@ typedef struct kvrt_eseq {
     size_t text_len, text_cap;
     size_t text_sent;       /* bytes given to on_text */
     kvrt_finish_reason finish;
+    kvrt_status error;      /* why it finished with KVRT_FINISH_ERROR */
+    int32_t failed_len;     /* len when emitting its next token last failed; -1 never */
     /* this step */
     int32_t sched_tokens;   /* tokens scheduled, 0 when not in the batch */
     int32_t sched_slot_off; /* where its slots are in slot_scratch */

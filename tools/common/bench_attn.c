@@ -23,6 +23,7 @@
 #include "bench.h"
 #include "cli.h"
 #include "backend/kv_layout.h"
+#include "files.h"
 #include "json.h"
 #include "openblas_core.h"
 #include "table.h"
@@ -901,6 +902,7 @@ int kvrt_bench_attn_main(int argc, char **argv)
         kvrt_cli_error(PROG, "%s", err.message);
     }
     free(run.res);
+    kvrt_tool_save_caches(PROG, ctx);
     kvrt_context_destroy(cpu);
     kvrt_context_destroy(ctx);
     return st == KVRT_OK ? 0 : 1;
