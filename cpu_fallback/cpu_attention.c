@@ -395,6 +395,7 @@ static kvrt_status decode_run(kvrt_backend *be, const kv_src *src, const kvrt_cp
         work += (int64_t)seq_lens[s] * d->n_heads * src->hd * 2;
     kvrt_threadpool_run_sized(kvrt_cpu(be)->pool, n_units * j.n_chunks, work, decode_task, &j);
     kvrt_threadpool_run_sized(kvrt_cpu(be)->pool, (int64_t)d->num_seqs * src->n_kv, work, decode_merge_task, &j);
+    kvrt_cpu(be)->last_scratch = a.size;
     kvrt_free(be->alloc, a.base);
     return KVRT_OK;
 }
@@ -558,6 +559,7 @@ static kvrt_status prefill_run(kvrt_backend *be, const kv_src *src, const kvrt_a
     for (int32_t s = 0; s < d->num_seqs; s++)
         work += (int64_t)(qsl[s + 1] - qsl[s]) * seq_lens[s] * d->n_heads * src->hd * 2;
     kvrt_threadpool_run_sized(kvrt_cpu(be)->pool, n_units * src->n_kv, work, prefill_task, &j);
+    kvrt_cpu(be)->last_scratch = a.size;
     kvrt_free(be->alloc, a.base);
     return KVRT_OK;
 }

@@ -305,7 +305,7 @@ static void test_backend_view_checks(void **state)
     ints[0] = 5; /* seq_lens[0] at offset 0; table row at offset 64 */
     ints[16] = 1;
     kvrt_view vs = {small, 0}, vb = {big, 0}, lens = {big, 0}, table = {big, 64}, q = {big, 1024};
-    kvrt_attn_desc d = {1, H, 1, 0.5f, 0, 0, H * HD, H * HD, 1};
+    kvrt_attn_desc d = {1, H, 1, 0.5f, 0, 0, H * HD, H * HD, 1, 0};
     assert_int_equal(kvrt_op_attn_decode(be, pool, 0, &d, q, kvrt_view_at(vb, 2048), lens, table), KVRT_OK);
     assert_int_equal(kvrt_op_attn_decode(be, pool, 0, &d, vs, kvrt_view_at(vb, 2048), lens, table),
                      KVRT_ERR_INVALID_ARGUMENT);

@@ -300,6 +300,14 @@ kvrt_status kvrt_attn_check_prefill(kvrt_error *err, const kvrt_kv_pool_desc *po
     return KVRT_OK;
 }
 
+int32_t kvrt_attn_max_len(const int32_t *seq_lens, int32_t n)
+{
+    int32_t m = 0;
+    for (int32_t s = 0; s < n; s++)
+        m = KVRT_MAX(m, seq_lens[s]);
+    return m;
+}
+
 kvrt_status kvrt_kv_check_slots(kvrt_error *err, const kvrt_kv_pool_desc *pool, const int32_t *slots, int32_t n)
 {
     int64_t n_slots = (int64_t)pool->num_blocks * pool->block_size;

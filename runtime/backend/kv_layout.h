@@ -122,7 +122,13 @@ typedef struct kvrt_attn_desc {
     int64_t o_stride;           /* elements between consecutive tokens of out */
     int32_t num_tokens;         /* prefill: token rows q and out hold (>= query_start_loc[num_seqs]);
                                    decode: ignored (one row per sequence) */
+    int32_t max_seq_len;        /* the longest seq_lens[s] of the call, found by whoever checked them on
+                                   the host: split-K partitions and scratch follow it, never the table
+                                   width; 0 = unknown, the front door takes the table's capacity */
 } kvrt_attn_desc;
+
+/* The longest of n sequence lengths (0 for none). */
+int32_t kvrt_attn_max_len(const int32_t *seq_lens, int32_t n);
 
 /* Whether the query at position i sees the key at position j. */
 static inline bool kvrt_kv_visible(int32_t i, int32_t j, int32_t window, int32_t sinks)

@@ -70,6 +70,11 @@ static kvrt_context *open_pass(size_t i)
     return ctx;
 }
 
+kvrt_context *kvrt_test_pass_open(int i)
+{
+    return i >= 0 && (size_t)i < sizeof(PASSES) / sizeof(PASSES[0]) ? open_pass((size_t)i) : NULL;
+}
+
 kvrt_test_pass kvrt_test_pass_list[KVRT_TEST_MAX_PASSES];
 int kvrt_test_n_passes;
 

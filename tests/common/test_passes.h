@@ -23,6 +23,11 @@ typedef struct kvrt_test_pass {
 extern kvrt_test_pass kvrt_test_pass_list[KVRT_TEST_MAX_PASSES];
 extern int kvrt_test_n_passes;
 
+/* A fresh context of pass i (as the setup opens it), for tests that need
+ * one of their own (nothing held from earlier tests); NULL when it cannot
+ * start. Destroy it with kvrt_context_destroy. */
+kvrt_context *kvrt_test_pass_open(int i);
+
 /* cmocka group setup and teardown: opens every pass; closes them, failing
  * when Vulkan's validation layer spoke. */
 int kvrt_test_passes_setup(void **state);
