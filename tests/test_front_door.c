@@ -246,7 +246,7 @@ static void test_kv_dtypes_and_block_bytes(void **state)
     assert_int_equal(kvrt_kv_block_bytes(&d), 4 * 16 * 64 * 2);
     d.dtype = KVRT_DTYPE_F32;
     assert_int_equal(kvrt_kv_block_bytes(&d), 4 * 16 * 64 * 4);
-    /* a dtype with in-block scales (as a q8_0 KV would be): values, then one
+    /* a dtype with in-block scales (q8_0 KV): values, then one
      * 2-byte scale per 32 values of every row */
     kvrt_kv_dtype_desc q8 = {KVRT_DTYPE_Q8_0, 8, KVRT_KV_SCALES_IN_BLOCK, 32, 2};
     assert_int_equal(kvrt_kv_dtype_block_bytes(&q8, 4, 16, 64), 4 * 16 * 64 + 4 * 16 * 2 * 2);
