@@ -433,7 +433,9 @@ static kvrt_status check_all_used(const kvrt_gguf *g, const kvrt_model_file *mf,
                              "tensor '%s' is not used by architecture %s with %s.block_count %d: the file is "
                              "inconsistent", name, mf->arch, mf->arch, (int)mf->hp.n_layer);
         if (!used)
-            return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "tensor '%s' is not used by architecture %s", name, mf->arch);
+            return kvrt_fail(err, KVRT_ERR_BAD_MODEL,
+                             "tensor '%s' is not used by architecture %s with %s.block_count %d: the file is "
+                             "inconsistent or of another family", name, mf->arch, mf->arch, (int)mf->hp.n_layer);
     }
     return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "the file has %llu tensors, architecture %s uses %lld",
                      (unsigned long long)g->n_tensors, mf->arch, (long long)bound);
