@@ -4,6 +4,7 @@
  * target attribute and are picked at run time; the portable ones run anywhere.
  * Quantized blocks are read in place (GGUF layouts of common/quant.h). */
 #include "cpu_ops_internal.h"
+#include "cpu_quant.h"
 
 #include "common/fp16.h"
 #include "common/quant.h"
@@ -345,8 +346,8 @@ kvrt_cpu_dot_fn kvrt_cpu_dot_kernel(kvrt_cpu_isa isa, kvrt_dtype type)
         case KVRT_DTYPE_Q8_0: return dot_q8_0_avx2;
         case KVRT_DTYPE_Q4_0: return dot_q4_0_avx2;
         case KVRT_DTYPE_F32: return dot_f32_avx2;
+        default: return kvrt_cpu_quant_dot_c(type);
         }
-        return NULL;
     }
 #endif
     switch (type) {
@@ -355,8 +356,8 @@ kvrt_cpu_dot_fn kvrt_cpu_dot_kernel(kvrt_cpu_isa isa, kvrt_dtype type)
     case KVRT_DTYPE_Q8_0: return dot_q8_0_c;
     case KVRT_DTYPE_Q4_0: return dot_q4_0_c;
     case KVRT_DTYPE_F32: return dot_f32_c;
+    default: return kvrt_cpu_quant_dot_c(type);
     }
-    return NULL;
 }
 
 kvrt_cpu_dequant_fn kvrt_cpu_dequant_kernel(kvrt_cpu_isa isa, kvrt_dtype type)
@@ -369,8 +370,8 @@ kvrt_cpu_dequant_fn kvrt_cpu_dequant_kernel(kvrt_cpu_isa isa, kvrt_dtype type)
         case KVRT_DTYPE_BF16: return dequant_bf16_avx2;
         case KVRT_DTYPE_Q8_0: return dequant_q8_0_avx2;
         case KVRT_DTYPE_Q4_0: return dequant_q4_0_avx2;
+        default: return kvrt_cpu_quant_dequant_c(type);
         }
-        return NULL;
     }
 #endif
     switch (type) {
@@ -379,6 +380,6 @@ kvrt_cpu_dequant_fn kvrt_cpu_dequant_kernel(kvrt_cpu_isa isa, kvrt_dtype type)
     case KVRT_DTYPE_BF16: return dequant_bf16_c;
     case KVRT_DTYPE_Q8_0: return dequant_q8_0_c;
     case KVRT_DTYPE_Q4_0: return dequant_q4_0_c;
+    default: return kvrt_cpu_quant_dequant_c(type);
     }
-    return NULL;
 }

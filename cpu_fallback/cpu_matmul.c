@@ -111,7 +111,7 @@ static kvrt_status mm_check_shape(kvrt_backend *be, kvrt_dtype wtype, int64_t n_
 {
     if (!kvrt_dtype_supported(wtype))
         return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED,
-                         "matmul: weight type %s (%d) is not supported (f32, f16, bf16, q8_0, q4_0)",
+                         "matmul: weight type %s (%d) is not supported",
                          kvrt_dtype_name(wtype), (int)wtype);
     if (n_out <= 0 || n_in <= 0 || n_tokens < 0)
         return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "matmul: bad shape n_out %lld, n_in %lld, n_tokens %d",

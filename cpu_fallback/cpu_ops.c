@@ -332,7 +332,7 @@ kvrt_status kvrt_cpu_embed(kvrt_backend *be, kvrt_dtype wtype, kvrt_view table, 
 {
     if (!kvrt_dtype_supported(wtype))
         return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED,
-                         "embed: table type %s (%d) is not supported (f32, f16, bf16, q8_0, q4_0)",
+                         "embed: table type %s (%d) is not supported",
                          kvrt_dtype_name(wtype), (int)wtype);
     KVRT_TRY(check_count(be, n_tokens, 0, "embed: n_tokens"));
     KVRT_TRY(check_count(be, dim, 1, "embed: dim"));

@@ -297,7 +297,7 @@ static void test_matmul_bad_input(void **state)
     assert_error(be, be->ops->matmul(be, q8, wv, 9, 64, xv, 64, yv, 9, 1), KVRT_ERR_INVALID_ARGUMENT, "exceed");
     assert_error(be, be->ops->matmul(be, q8, wv, 8, 48, xv, 64, yv, 8, 1), KVRT_ERR_INVALID_ARGUMENT,
                  "not a multiple of the q8_0 block");
-    assert_error(be, be->ops->matmul(be, (kvrt_dtype)3, wv, 8, 64, xv, 64, yv, 8, 1), KVRT_ERR_UNSUPPORTED,
+    assert_error(be, be->ops->matmul(be, (kvrt_dtype)16, wv, 8, 64, xv, 64, yv, 8, 1), KVRT_ERR_UNSUPPORTED,
                  "not supported");
     assert_error(be, be->ops->matmul(be, q8, wv, 8, 64, xv, 63, yv, 8, 1), KVRT_ERR_INVALID_ARGUMENT, "x_stride");
     assert_error(be, be->ops->matmul(be, q8, wv, 8, 64, xv, 64, yv, 7, 1), KVRT_ERR_INVALID_ARGUMENT, "y_stride");
@@ -712,7 +712,7 @@ static void test_embed(void **state)
     int32_t id = 0;
     float out[64];
     kvrt_view tv = wrap(be, raw, sizeof(raw), 0), iv = wrap(be, &id, sizeof(id), 0), ov = wrap(be, out, sizeof(out), 0);
-    assert_error(be, be->ops->embed(be, (kvrt_dtype)3, tv, 32, iv, 1, ov), KVRT_ERR_UNSUPPORTED, "not supported");
+    assert_error(be, be->ops->embed(be, (kvrt_dtype)16, tv, 32, iv, 1, ov), KVRT_ERR_UNSUPPORTED, "not supported");
     assert_error(be, be->ops->embed(be, KVRT_DTYPE_Q4_0, tv, 40, iv, 1, ov), KVRT_ERR_INVALID_ARGUMENT,
                  "not a multiple of the q4_0 block");
     assert_error(be, be->ops->embed(be, KVRT_DTYPE_F32, tv, 17, iv, 1, ov), KVRT_ERR_INVALID_ARGUMENT,
