@@ -21,7 +21,9 @@ static void usage(FILE *f)
             "                    7b (4096, 32); the flags below override it (default: tiny)\n"
             "  --vocab N --dim N --layers N --ff N --heads N --kv-heads N --ctx N\n"
             "  --rope-base F --eps F\n"
-            "  --type T          f32 (default), f16, bf16, q8_0, q4_0\n"
+            "  --type T          weight type or preset, as kvrt-quantize takes it (default F32):\n"
+            "                    a preset's per-tensor rules unless --pure\n"
+            "  --pure            every matrix in the type's base type (rows it cannot hold fall back)\n"
             "  --seed N          random seed (default 1)\n"
             "  --std F           standard deviation of the matrices (default 0.02)\n"
             "  --tied            no output.weight (classifier shares token_embd)\n"
@@ -51,16 +53,14 @@ static bool parse_float(const char *s, float *out)
     return true;
 }
 
-static bool parse_type(const char *s, kvrt_dtype *t)
+/* The preset or type named by --type (quant_mix.h), resolved after --pure is known. */
+static const char *type_name = "F32";
+static kvrt_quant_mix mix;
+
+static bool parse_type(const char *s)
 {
-    static const kvrt_dtype all[] = {KVRT_DTYPE_F32, KVRT_DTYPE_F16, KVRT_DTYPE_BF16, KVRT_DTYPE_Q8_0,
-                                     KVRT_DTYPE_Q4_0};
-    for (size_t i = 0; i < KVRT_ARRAY_LEN(all); i++)
-        if (strcmp(s, kvrt_dtype_name(all[i])) == 0) {
-            *t = all[i];
-            return true;
-        }
-    return false;
+    type_name = s;
+    return kvrt_quant_mix_find(s, false, &mix);
 }
 
 static bool set_option(kvrt_synth_params *p, const char *a, const char *v)
@@ -78,7 +78,7 @@ static bool set_option(kvrt_synth_params *p, const char *a, const char *v)
     if (!strcmp(a, "--std"))
         return parse_float(v, &p->stddev);
     if (!strcmp(a, "--type"))
-        return parse_type(v, &p->type);
+        return parse_type(v);
     if (!strcmp(a, "--seed")) {
         char *end;
         p->seed = strtoull(v, &end, 10);
@@ -104,7 +104,7 @@ int main(int argc, char **argv)
     kvrt_synth_params p;
     kvrt_synth_preset("tiny", &p);
     const char *out = NULL;
-    bool quiet = false;
+    bool quiet = false, pure = false;
     for (int i = 1; i + 1 < argc; i++)
         if (!strcmp(argv[i], "--preset") && !kvrt_synth_preset(argv[i + 1], &p)) {
             fprintf(stderr, "kvrt-synth: unknown preset '%s' (tiny, 15m, 110m, 1b, 7b)\n", argv[i + 1]);
@@ -119,6 +119,8 @@ int main(int argc, char **argv)
             quiet = true;
         } else if (!strcmp(a, "--tied")) {
             p.tied_output = true;
+        } else if (!strcmp(a, "--pure")) {
+            pure = true;
         } else if (!strcmp(a, "--vocab-only")) {
             p.vocab_only = true;
         } else if (i + 1 >= argc) {
@@ -139,6 +141,9 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    kvrt_quant_mix_find(type_name, pure, &mix);
+    p.type = mix.base;
+    p.mix = &mix;
     kvrt_error err;
     kvrt_error_clear(&err);
     int last_pct = -1;

@@ -232,6 +232,21 @@ static kvrt_status read_hparams(const kvrt_gguf *g, kvrt_llama_hparams *hp, kvrt
 
 /* ---- GGUF tensors ------------------------------------------------------------------- */
 
+/* A NaN or infinite block scale would turn whole rows of outputs into NaN
+ * on every backend: refused at load, naming the tensor and block. Reading
+ * the scales touches every page of the tensor once; with the pages already
+ * cached that is the cost of their first-touch faults, which the first
+ * forward pass would pay anyway (docs/architecture.md). */
+static kvrt_status check_scales(const kvrt_tensor_ref *t, const char *name, kvrt_error *err)
+{
+    int64_t bad;
+    if (kvrt_dtype_row_scales_finite(t->type, t->data, t->ne[0] * t->ne[1], &bad))
+        return KVRT_OK;
+    int64_t per_row = t->ne[0] / kvrt_dtype_block_values(t->type);
+    return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "tensor '%s' (%s): block %lld of row %lld has a NaN or infinite scale",
+                     name, kvrt_dtype_name(t->type), (long long)(bad % per_row), (long long)(bad / per_row));
+}
+
 static kvrt_status bind_tensor(const kvrt_gguf *g, const char *name, bool optional, kvrt_tensor_ref *out,
                                kvrt_error *err)
 {
@@ -253,7 +268,7 @@ static kvrt_status bind_tensor(const kvrt_gguf *g, const char *name, bool option
     KVRT_TRY(kvrt_tensor_ref_set(out, name, (kvrt_dtype)t->type, t->data, t->ne[0], t->ne[1], err));
     if (out->nbytes != t->nbytes)
         return kvrt_fail(err, KVRT_ERR_INTERNAL, "tensor '%s': size disagreement", name);
-    return KVRT_OK;
+    return check_scales(out, name, err);
 }
 
 static void report(const kvrt_load_progress *progress, double fraction)
