@@ -151,6 +151,8 @@ kvrt_status kvrt_gguf_writer_add_array(kvrt_gguf_writer *w, const char *key, kvr
 /* String array; lens (bytes, >= 0) may be NULL (then strlen). */
 kvrt_status kvrt_gguf_writer_add_string_array(kvrt_gguf_writer *w, const char *key, const char *const *strs,
                                               const int32_t *lens, uint64_t n);
+/* A key/value as the reader holds it (any type, arrays included), under `key`. */
+kvrt_status kvrt_gguf_writer_copy_kv(kvrt_gguf_writer *w, const char *key, const kvrt_gguf_kv *kv);
 /* Tensor info; ne[0] is the row length. Data are written later, in this order. */
 kvrt_status kvrt_gguf_writer_add_tensor(kvrt_gguf_writer *w, const char *name, uint32_t type, uint32_t n_dims,
                                         const int64_t *ne);

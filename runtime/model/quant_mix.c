@@ -43,7 +43,7 @@ bool kvrt_quant_mix_find(const char *name, bool pure, kvrt_quant_mix *out)
         if (p[k] || name[k])
             continue;
         memset(out, 0, sizeof(*out));
-        snprintf(out->name, sizeof(out->name), "%s", p);
+        snprintf(out->name, sizeof(out->name), "%s", name);
         out->base = presets[i].base;
         out->rule = pure ? KVRT_MIX_PURE : presets[i].rule;
         out->file_type = presets[i].file_type;

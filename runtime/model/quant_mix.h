@@ -41,7 +41,7 @@ typedef enum kvrt_mix_rule {
 } kvrt_mix_rule;
 
 typedef struct kvrt_quant_mix {
-    char name[16];      /* as the user wrote it, upper case ("Q4_K_M", "F16") */
+    char name[16];      /* as the caller spelled it ("Q4_K_M", "q8_0") */
     kvrt_dtype base;    /* type of most matrices */
     kvrt_mix_rule rule;
     uint32_t file_type; /* general.file_type (llama.cpp's ftype ids) */
