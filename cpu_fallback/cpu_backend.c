@@ -1,6 +1,7 @@
 /* The CPU backend: buffers are host memory, ops run at once on kvrt's own
  * thread pool (serial OpenBLAS inside each task), KV pools in the DESIGN.md layout. */
 #include "cpu_internal.h"
+#include "cpu_ops_internal.h"
 #include "cpu_profile.h"
 
 #include <cblas.h>
@@ -293,6 +294,13 @@ static const kvrt_backend_ops cpu_ops = {
     .set_profiling = kvrt_cpu_set_profiling, /* host wall time per op (cpu_profile.c) */
 };
 
+kvrt_cpu_isa kvrt_cpu_backend_cap_isa(kvrt_backend *be, kvrt_cpu_isa cap)
+{
+    kvrt_cpu_isa best = kvrt_cpu_best_isa();
+    kvrt_cpu(be)->isa = cap < best ? cap : best;
+    return kvrt_cpu(be)->isa;
+}
+
 kvrt_status kvrt_cpu_backend_create(const kvrt_context_params *params, kvrt_backend **out, kvrt_error *err)
 {
     *out = NULL;
@@ -308,6 +316,7 @@ kvrt_status kvrt_cpu_backend_create(const kvrt_context_params *params, kvrt_back
         return s;
     }
     cpu->n_threads = kvrt_threadpool_size(cpu->pool);
+    cpu->isa = kvrt_cpu_best_isa();
     snprintf(cpu->base.description, sizeof(cpu->base.description), "cpu: %d thread%s, OpenBLAS %s",
              cpu->n_threads, cpu->n_threads == 1 ? "" : "s", openblas_get_corename());
     *out = &cpu->base;

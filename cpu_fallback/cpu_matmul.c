@@ -21,6 +21,7 @@
 #include "cpu_ops_internal.h"
 
 #include "cpu_gemm.h"
+#include "cpu_quant.h"
 
 #include "common/quant.h"
 
@@ -46,6 +47,8 @@ typedef struct mm_job {
     int64_t rows_per_task;
     kvrt_cpu_isa isa;
     kvrt_cpu_dot_fn dot;
+    kvrt_cpu_qdot_fn qdot;   /* the types of cpu_quant.h (dot is NULL): with xsum16 */
+    const float *xsum16;     /* [n_in / 16] group sums of x, for qdot */
     kvrt_cpu_dequant_fn dequant;
     float *scratch;          /* [n_threads][scratch_floats]: W tile (tiled path), then GEMM packing */
     size_t scratch_floats;   /* per thread, a multiple of 16 (64-byte aligned slices) */
@@ -86,6 +89,11 @@ static void mm_gemv_task(void *arg, int64_t task, int thread)
     const mm_job *j = arg;
     const int64_t o0 = task * j->rows_per_task, rows = task_rows(j, task);
     const char *w = j->w + (size_t)o0 * j->row_bytes;
+    if (j->qdot) {
+        for (int64_t r = 0; r < rows; r++, w += j->row_bytes)
+            j->y[o0 + r] = j->qdot(w, j->x, j->xsum16, j->n_in);
+        return;
+    }
     for (int64_t r = 0; r < rows; r++, w += j->row_bytes)
         j->y[o0 + r] = j->dot(w, j->x, j->n_in);
 }
@@ -198,7 +206,21 @@ static kvrt_status mm_run_gemv(kvrt_backend *be, mm_job *j)
 {
     int64_t min_rows = ceil_div(MM_GEMV_MIN_TASK_BYTES, (int64_t)j->row_bytes);
     j->rows_per_task = KVRT_MAX(ceil_div(j->n_out, MM_GEMV_MAX_TASKS), min_rows);
+    /* the group sums of x, once for all rows (rows of up to 64k values on the stack) */
+    float stack_sums[4096], *sums = NULL;
+    if (j->qdot) {
+        sums = j->n_in / 16 <= (int64_t)KVRT_ARRAY_LEN(stack_sums)
+                   ? stack_sums
+                   : kvrt_alloc(be->alloc, (size_t)(j->n_in / 16) * sizeof(float), 64);
+        if (!sums)
+            return kvrt_fail(&be->err, KVRT_ERR_OUT_OF_HOST_MEMORY, "matmul: no memory for %lld sums",
+                             (long long)(j->n_in / 16));
+        kvrt_cpu_xsum16(j->x, j->n_in, sums);
+        j->xsum16 = sums;
+    }
     kvrt_threadpool_run(kvrt_cpu(be)->pool, ceil_div(j->n_out, j->rows_per_task), mm_gemv_task, j);
+    if (sums && sums != stack_sums)
+        kvrt_free(be->alloc, sums);
     return KVRT_OK;
 }
 
@@ -223,7 +245,8 @@ kvrt_status kvrt_cpu_matmul(kvrt_backend *be, kvrt_dtype wtype, kvrt_view w, int
     KVRT_TRY(mm_check(be, wtype, w, n_out, n_in, x, x_stride, y, y_stride, n_tokens));
     if (n_tokens == 0)
         return KVRT_OK;
-    const kvrt_cpu_isa isa = kvrt_cpu_best_isa();
+    const kvrt_cpu_isa isa = kvrt_cpu(be)->isa;
+    const kvrt_cpu_quant_kernels *qk = kvrt_cpu_quant_kernels_get(isa, wtype);
     mm_job j = {
         .w = kvrt_cpu_ptr(w),
         .row_bytes = kvrt_dtype_row_bytes(wtype, n_in),
@@ -236,6 +259,7 @@ kvrt_status kvrt_cpu_matmul(kvrt_backend *be, kvrt_dtype wtype, kvrt_view w, int
         .n_tokens = n_tokens,
         .isa = isa,
         .dot = kvrt_cpu_dot_kernel(isa, wtype),
+        .qdot = qk ? qk->qdot : NULL,
         .dequant = kvrt_cpu_dequant_kernel(isa, wtype),
     };
     if (wtype == KVRT_DTYPE_F32)

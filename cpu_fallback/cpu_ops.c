@@ -354,7 +354,7 @@ kvrt_status kvrt_cpu_embed(kvrt_backend *be, kvrt_dtype wtype, kvrt_view table, 
                              (int)id[t], (int)t, (long long)n_rows);
     }
     embed_job j = {kvrt_cpu_ptr(table), row_bytes, id, kvrt_cpu_ptr(out), dim,
-                   kvrt_cpu_dequant_kernel(kvrt_cpu_best_isa(), wtype)};
+                   kvrt_cpu_dequant_kernel(kvrt_cpu(be)->isa, wtype)};
     kvrt_cpu_for_rows(be, n_tokens, dim, embed_rows, &j);
     return KVRT_OK;
 }
