@@ -2,7 +2,7 @@
  * implementation: tests/data/quant/ggml_<type>.bin hold blocks of random
  * bytes (finite random f16 scales) and what ggml's dequantizer makes of
  * them, plus Gaussian rows, ggml's reference quantization of them and its
- * dequantization (see tests/data/quant/README.md). kvrt's dequantizer must
+ * dequantization (see tests/data/README.md, `quant/`). kvrt's dequantizer must
  * give ggml's values for every block; kvrt's quantizer must come close to
  * ggml's error on the same rows. Also: the type table agrees with the GGUF
  * reader's, non-finite scales are found, and degenerate rows round-trip. */

@@ -13,11 +13,13 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "kvrt_model.h"
+#include "kvrt.h"
 #include "model/gguf.h"
 #include "model/model_file.h"
 #include "model/quant_mix.h"
+#include "backend/backend.h"
 #include "model/synth.h"
+#include "test_drivers.h"
 
 static kvrt_llama_hparams shape(int32_t embd, int32_t ff, int32_t layers, int32_t heads, int32_t kv_heads)
 {
@@ -239,6 +241,88 @@ static void test_info_type_counts(void **state)
     free(m.data);
 }
 
+/* A backend without kernels for a type refuses the model at load, naming
+ * the type, the first tensor of it and itself, and never computes with it. */
+static void expect_refused_on(kvrt_backend_kind kind, const char *path)
+{
+    kvrt_context_params cp = kvrt_context_default_params();
+    cp.backend = kind;
+    kvrt_context *ctx;
+    kvrt_error err;
+    if (kvrt_context_create(&cp, &ctx, &err) != KVRT_OK) /* CI has lavapipe and PoCL: no skip */
+        fail_msg("the %s backend is built in but cannot start: %s", kvrt_backend_name(kind), err.message);
+    kvrt_model_params mp = kvrt_model_default_params();
+    mp.path = path;
+    kvrt_model *model = NULL;
+    assert_int_equal(kvrt_model_load(ctx, &mp, &model, &err), KVRT_ERR_UNSUPPORTED);
+    assert_null(model);
+    /* token_embd is the first tensor loaded: q4_K in Q4_K_M (rows of 256) */
+    if (!strstr(err.message, "'token_embd.weight'") || !strstr(err.message, "q4_K") ||
+        !strstr(err.message, kvrt_backend_name(kind)))
+        fail_msg("%s: message lacks tensor, type or backend: %s", kvrt_backend_name(kind), err.message);
+    kvrt_context_destroy(ctx);
+}
+
+/* The rule itself, on the CPU backend with its weight types cut to the
+ * base set: the first tensor of a type it lacks is named at load. */
+static void test_backend_type_set_refuses(void **state)
+{
+    (void)state;
+    membuf m = synth_mix("Q4_K_M", false);
+    char path[] = "/tmp/kvrt_test_quant_set_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, m.data, m.size), (ssize_t)m.size);
+    close(fd);
+    kvrt_context_params cp = kvrt_context_default_params();
+    cp.backend = KVRT_BACKEND_CPU;
+    kvrt_context *ctx;
+    kvrt_error err;
+    assert_int_equal(kvrt_context_create(&cp, &ctx, &err), KVRT_OK);
+    const kvrt_backend_ops *full = ctx->be->ops;
+    kvrt_backend_ops base = *full;
+    base.weight_types = KVRT_WEIGHT_TYPES_BASE;
+    ctx->be->ops = &base;
+    kvrt_model_params mp = kvrt_model_default_params();
+    mp.path = path;
+    kvrt_model *model = NULL;
+    assert_int_equal(kvrt_model_load(ctx, &mp, &model, &err), KVRT_ERR_UNSUPPORTED);
+    assert_null(model);
+    if (!strstr(err.message, "'token_embd.weight'") || !strstr(err.message, "q4_K") ||
+        !strstr(err.message, "cpu backend"))
+        fail_msg("message lacks tensor, type or backend: %s", err.message);
+    ctx->be->ops = full; /* the full set loads */
+    assert_int_equal(kvrt_model_load(ctx, &mp, &model, &err), KVRT_OK);
+    kvrt_model_destroy(model);
+    kvrt_context_destroy(ctx);
+    unlink(path);
+    free(m.data);
+}
+
+static void test_gpu_refuses_kquants(void **state)
+{
+    (void)state;
+    membuf m = synth_mix("Q4_K_M", false);
+    char path[] = "/tmp/kvrt_test_quant_gpu_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, m.data, m.size), (ssize_t)m.size);
+    close(fd);
+    kvrt_test_pin_gpu_drivers();
+    int n = 0;
+#if defined(KVRT_HAVE_VULKAN_BACKEND)
+    expect_refused_on(KVRT_BACKEND_VULKAN, path);
+    n++;
+#endif
+#if defined(KVRT_HAVE_OPENCL_BACKEND)
+    expect_refused_on(KVRT_BACKEND_OPENCL, path);
+    n++;
+#endif
+    print_message("k-quants refused on %d GPU backend(s)\n", n);
+    unlink(path);
+    free(m.data);
+}
+
 /* Byte offset in the file of tensor `name`'s data. */
 static size_t tensor_offset(const membuf *m, const char *name, uint32_t *type)
 {
@@ -263,6 +347,8 @@ static void expect_load_error(const membuf *m, size_t size, kvrt_status want, co
     kvrt_status s = kvrt_model_file_load_gguf_memory(copy, size, NULL, false, &mf, &err);
     if (s != want || (n1 && !strstr(err.message, n1)) || (n2 && !strstr(err.message, n2)))
         fail_msg("status %d (want %d): '%s' (want '%s', '%s')", s, want, err.message, n1 ? n1 : "", n2 ? n2 : "");
+    if (s == KVRT_OK)
+        kvrt_model_file_free(mf);
     free(copy);
 }
 
@@ -344,7 +430,8 @@ int main(void)
         cmocka_unit_test(test_preset_rules),          cmocka_unit_test(test_fallbacks),
         cmocka_unit_test(test_mix_loads),             cmocka_unit_test(test_info_type_counts),
         cmocka_unit_test(test_nonfinite_scale_refused), cmocka_unit_test(test_row_length_refused),
-        cmocka_unit_test(test_truncated_blocks),
+        cmocka_unit_test(test_truncated_blocks),      cmocka_unit_test(test_backend_type_set_refuses),
+        cmocka_unit_test(test_gpu_refuses_kquants),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

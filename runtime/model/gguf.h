@@ -153,6 +153,9 @@ kvrt_status kvrt_gguf_writer_add_string_array(kvrt_gguf_writer *w, const char *k
                                               const int32_t *lens, uint64_t n);
 /* A key/value as the reader holds it (any type, arrays included), under `key`. */
 kvrt_status kvrt_gguf_writer_copy_kv(kvrt_gguf_writer *w, const char *key, const kvrt_gguf_kv *kv);
+/* String array packed as one text: string i is text[offsets[i] .. offsets[i + 1]). */
+kvrt_status kvrt_gguf_writer_add_packed_strings(kvrt_gguf_writer *w, const char *key, const char *text,
+                                                const uint32_t *offsets, uint64_t n);
 /* Tensor info; ne[0] is the row length. Data are written later, in this order. */
 kvrt_status kvrt_gguf_writer_add_tensor(kvrt_gguf_writer *w, const char *name, uint32_t type, uint32_t n_dims,
                                         const int64_t *ne);

@@ -15,7 +15,6 @@
 #include "shaders/attn_prefill_bda_n.spv.h"
 #include "shaders/attn_prefill_n.spv.h"
 #include "shaders/attn_prefill_merge.spv.h"
-#include "shaders/argmax.spv.h"
 #include "shaders/elementwise.spv.h"
 #include "shaders/kv_write.spv.h"
 #include "shaders/kv_write_bda.spv.h"
@@ -90,7 +89,6 @@ static const vk_pipe_desc vk_pipe_table[KVRT_VK_PIPE_COUNT] = {
     [KVRT_VK_PIPE_ROPE] = VK_PIPE("rope", rope, -1),
     [KVRT_VK_PIPE_EMBED] = VK_PIPE("embed", rows, 0),
     [KVRT_VK_PIPE_GATHER] = VK_PIPE("gather_rows", rows, 1),
-    [KVRT_VK_PIPE_ARGMAX] = VK_PIPE("argmax", argmax, -1),
     [KVRT_VK_PIPE_KV_WRITE_BDA] = VK_PIPE_V("kv_write (bda)", kv_write_bda, -1, VK_NARROW(kv_write_bda_n)),
     [KVRT_VK_PIPE_ATTN_DECODE_BDA] =
         VK_PIPE_V("attn_decode (bda)", attn_decode_bda, -2, VK_NARROW(attn_decode_bda_n)),
@@ -145,8 +143,8 @@ kvrt_status kvrt_vk_pipeline(kvrt_vk_backend *vk, kvrt_vk_pipe_id id, VkPipeline
     VkShaderModule mod;
     VkResult r = vk->vk.vkCreateShaderModule(vk->device, &mci, NULL, &mod);
     if (r != VK_SUCCESS)
-        return kvrt_fail(&vk->base.err, KVRT_ERR_KERNEL_BUILD, "vulkan: shader %s rejected (VkResult %d)", d->name,
-                         (int)r);
+        return kvrt_fail(&vk->base.err, KVRT_ERR_KERNEL_BUILD, "vulkan: shader %s rejected: %s", d->name,
+                         kvrt_vk_result_name(r).s);
     uint32_t smem = d->spec == -2 ? kvrt_vk_prefill_smem_floats(vk) : (uint32_t)d->spec;
     VkSpecializationMapEntry me = {.constantID = 0, .offset = 0, .size = sizeof(uint32_t)};
     VkSpecializationInfo si = {.mapEntryCount = 1, .pMapEntries = &me, .dataSize = sizeof(smem), .pData = &smem};
@@ -159,8 +157,8 @@ kvrt_status kvrt_vk_pipeline(kvrt_vk_backend *vk, kvrt_vk_pipe_id id, VkPipeline
     vk->vk.vkDestroyShaderModule(vk->device, mod, NULL);
     if (r != VK_SUCCESS) {
         vk->pipes[id] = VK_NULL_HANDLE;
-        return kvrt_fail(&vk->base.err, KVRT_ERR_KERNEL_BUILD, "vulkan: pipeline %s failed (VkResult %d)", d->name,
-                         (int)r);
+        return kvrt_fail(&vk->base.err, KVRT_ERR_KERNEL_BUILD, "vulkan: pipeline %s failed: %s", d->name,
+                         kvrt_vk_result_name(r).s);
     }
     vk->pipe_features[id] = chosen.features;
     vk->pcache.dirty = true;
