@@ -30,6 +30,7 @@ typedef struct kvrt_cpu_backend {
     kvrt_threadpool *pool;
     int n_threads;
     kvrt_cpu_isa isa; /* flavour of the matmul and embedding kernels: the CPU's best unless capped */
+    bool use_blas; /* large products go to OpenBLAS (cpu_blas.h) */
 } kvrt_cpu_backend;
 
 /* Caps the flavour the matmul and embedding kernels use (tests run every

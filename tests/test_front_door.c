@@ -145,7 +145,9 @@ static void test_null_entry_is_unsupported(void **state)
     assert_string_equal(kvrt_context_message(ctx), "fake backend does not implement rmsnorm");
     assert_int_equal(kvrt_op_matmul(be, KVRT_DTYPE_F32, v, 2, 8, v, 8, kvrt_view_at(v, 128), 2, 1),
                      KVRT_ERR_UNSUPPORTED);
-    assert_int_equal(kvrt_op_buffer_wrap_host(be, b, 4, &b), KVRT_ERR_UNSUPPORTED);
+    kvrt_buffer *wrapped = b; /* a failed call leaves NULL, never a stale buffer */
+    assert_int_equal(kvrt_op_buffer_wrap_host(be, b, 4, &wrapped), KVRT_ERR_UNSUPPORTED);
+    assert_null(wrapped);
     assert_int_equal(kvrt_op_save_caches(be), KVRT_OK); /* nothing to save */
     kvrt_kv_pool *pool = NULL;
     kvrt_kv_pool_desc pd = {1, 1, 8, 8, 4, KVRT_DTYPE_F32};
