@@ -47,12 +47,13 @@ static char *read_key_file(const char *path)
         kvrt_cli_error(SRV_PROG, "--api-key-file %s: %s", path, strerror(errno));
         return NULL;
     }
-    char line[1024];
-    char *key = NULL;
-    if (fgets(line, sizeof line, f)) {
+    char *line = NULL, *key = NULL; /* any length: a fixed buffer would cut a long key short */
+    size_t cap = 0;
+    if (getline(&line, &cap, f) >= 0) {
         line[strcspn(line, "\r\n")] = '\0';
         key = line[0] ? strdup(line) : NULL;
     }
+    free(line);
     fclose(f);
     if (!key)
         kvrt_cli_error(SRV_PROG, "--api-key-file %s: the first line is empty", path);

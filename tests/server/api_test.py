@@ -514,6 +514,16 @@ class CommandLine(unittest.TestCase):
                 self.assertEqual(srv.request("GET", "/v1/models", headers={"Authorization": "Bearer from-file"})[0],
                                  200)
                 self.assertEqual(srv.stop()[0], 0)
+        long_key = "k" * 1500 + "-end"  # the whole first line, however long
+        with tempfile.NamedTemporaryFile("w", suffix=".key") as f:
+            f.write(long_key + "\n")
+            f.flush()
+            with harness.Server(EXE, MODEL, *COMMON, "--api-key-file", f.name, env=env) as srv:
+                self.assertEqual(srv.request("GET", "/v1/models", headers={"Authorization": "Bearer " + long_key})[0],
+                                 200)
+                self.assertEqual(srv.request("GET", "/v1/models",
+                                             headers={"Authorization": "Bearer " + long_key[:1023]})[0], 401)
+                self.assertEqual(srv.stop()[0], 0)
 
 
 class ChatTemplates(unittest.TestCase):
