@@ -203,7 +203,7 @@ expect_usage "--preset: unknown preset '3b'" model --preset 15m,3b
 expect_usage "--threads: 'x' is not a number" model -t 1,x
 expect_usage "--gen: 0 is out of range" model --gen 0
 expect_usage "--prompt-len: missing value" model --prompt-len
-expect_usage "--kv-type: unknown value 'q5_1'" model --kv-type q5_1 # (q8_0 and q4_0 are KV types)
+expect_usage "--kv-type: unknown value 'bf16'" model --kv-type bf16
 expect_usage "--threads: bad list" model --threads 1,,2
 run model --help
 [ "$rc" -eq 0 ] && grep -q -- "--prompt-len" "$out" || fail "model --help"
