@@ -168,6 +168,33 @@ kvrt_status kvrt_cpu_add(kvrt_backend *be, kvrt_view a, kvrt_view b, kvrt_view o
     return KVRT_OK;
 }
 
+/* ---- bias ---------------------------------------------------------------------------------- */
+
+typedef struct bias_job {
+    const float *x, *b;
+    float *y;
+    int64_t x_stride, y_stride, dim;
+} bias_job;
+
+static void bias_rows(void *arg, int64_t begin, int64_t end)
+{
+    const bias_job *j = arg;
+    for (int64_t t = begin; t < end; t++) {
+        const float *x = j->x + t * j->x_stride;
+        float *y = j->y + t * j->y_stride;
+        for (int64_t i = 0; i < j->dim; i++)
+            y[i] = x[i] + j->b[i];
+    }
+}
+
+kvrt_status kvrt_cpu_add_bias(kvrt_backend *be, kvrt_view x, int64_t x_stride, kvrt_view b, kvrt_view y,
+                              int64_t y_stride, int32_t n_tokens, int64_t dim)
+{
+    bias_job j = {kvrt_cpu_ptr(x), kvrt_cpu_ptr(b), kvrt_cpu_ptr(y), x_stride, y_stride, dim};
+    kvrt_cpu_for_rows(be, n_tokens, dim, bias_rows, &j);
+    return KVRT_OK;
+}
+
 /* ---- embedding ----------------------------------------------------------------------------- */
 
 typedef struct embed_job {

@@ -9,6 +9,7 @@ packages=(
   mesa-vulkan-drivers vulkan-validationlayers vulkan-tools
   ocl-icd-opencl-dev opencl-headers pocl-opencl-icd clinfo
   clang libclang-rt-14-dev python3
+  libmicrohttpd-dev libcjson-dev curl chromium chromium-driver
 )
 missing=()
 for p in "${packages[@]}"; do
