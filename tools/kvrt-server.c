@@ -15,6 +15,7 @@
 #include "server/server.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -237,16 +238,38 @@ static void shut_down(srv *s, const sigset_t *sigs)
     srv_http_stop(s);
 }
 
+static pthread_t main_thread;
+
+/* Threads started before main cannot inherit its mask: the threaded
+ * OpenBLAS starts its workers in a library constructor, with every signal
+ * open. A SIGINT/SIGTERM the kernel hands to one of them (a second one while
+ * shutting down, when the main thread has them blocked) would kill the
+ * process; here it is passed on to the main thread, for sigwait(). */
+static void forward_to_main(int sig)
+{
+    int saved = errno;
+    pthread_kill(main_thread, sig);
+    errno = saved;
+}
+
 int main(int argc, char **argv)
 {
-    /* Signals go to sigwait() below, never to a handler: block them before
-     * any thread starts (--backend auto's device probe starts driver threads
-     * already), so every thread inherits the mask. */
+    /* Signals go to sigwait() below: block them before any thread starts
+     * (--backend auto's device probe starts driver threads already), so
+     * every thread inherits the mask; older threads forward them. */
     sigset_t sigs;
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGINT);
     sigaddset(&sigs, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    main_thread = pthread_self();
+    struct sigaction fwd;
+    memset(&fwd, 0, sizeof(fwd));
+    fwd.sa_handler = forward_to_main;
+    sigfillset(&fwd.sa_mask);
+    fwd.sa_flags = SA_RESTART;
+    sigaction(SIGINT, &fwd, NULL);
+    sigaction(SIGTERM, &fwd, NULL);
     signal(SIGPIPE, SIG_IGN);
     static srv s; /* big (the metrics snapshot); one per process */
     int rc = parse_args(argc, argv, &s.o);

@@ -18,6 +18,7 @@
 #include <linux/futex.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdalign.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -347,18 +348,31 @@ kvrt_status kvrt_threadpool_create(const kvrt_allocator *alloc, int n_threads,
             return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "thread pool: out of host memory");
         }
     }
-    for (int i = 1; i < n_threads; i++) {
+    /* Workers start with every signal blocked (they inherit the creator's
+     * mask): a process-directed SIGINT or SIGTERM then reaches the
+     * application's own threads, never a worker of this library (an
+     * application that waits for them in sigwait() would otherwise be killed
+     * when one landed on a worker). The caller's mask is restored. */
+    sigset_t all, saved;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &saved);
+    int started = 1;
+    for (; started < n_threads; started++) {
         worker_start *ws = kvrt_alloc(alloc, sizeof(*ws), 0);
         if (ws) {
             ws->pool = pool;
-            ws->index = i;
+            ws->index = started;
         }
-        if (!ws || pthread_create(&pool->workers[i - 1], NULL, worker_main, ws) != 0) {
+        if (!ws || pthread_create(&pool->workers[started - 1], NULL, worker_main, ws) != 0) {
             kvrt_free(alloc, ws);
-            pool->n_threads = i; /* only workers [1, i) exist */
-            kvrt_threadpool_destroy(pool);
-            return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "thread pool: cannot start thread %d", i);
+            break;
         }
+    }
+    pthread_sigmask(SIG_SETMASK, &saved, NULL);
+    if (started < n_threads) {
+        pool->n_threads = started; /* only workers [1, started) exist */
+        kvrt_threadpool_destroy(pool);
+        return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "thread pool: cannot start thread %d", started);
     }
     *out = pool;
     return KVRT_OK;
