@@ -11,11 +11,9 @@
  * then the rest are cancelled and answered, and everything is freed before
  * exit 0. */
 #include "cli.h"
-#include "openblas_core.h"
 #include "server/server.h"
 
 #include <errno.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -240,11 +238,10 @@ static void shut_down(srv *s, const sigset_t *sigs)
 
 static pthread_t main_thread;
 
-/* Threads started before main cannot inherit its mask: the threaded
- * OpenBLAS starts its workers in a library constructor, with every signal
- * open. A SIGINT/SIGTERM the kernel hands to one of them (a second one while
- * shutting down, when the main thread has them blocked) would kill the
- * process; here it is passed on to the main thread, for sigwait(). */
+/* The threaded OpenBLAS starts its workers in a library constructor, before
+ * main can block SIGINT/SIGTERM for them: a signal the kernel hands to one of
+ * them is passed on to the main thread, which blocks it, so sigwait takes it
+ * (the default action would kill the process mid-shutdown). */
 static void forward_to_main(int sig)
 {
     int saved = errno;
@@ -254,22 +251,19 @@ static void forward_to_main(int sig)
 
 int main(int argc, char **argv)
 {
-    /* Signals go to sigwait() below: block them before any thread starts
-     * (--backend auto's device probe starts driver threads already), so
-     * every thread inherits the mask; older threads forward them. */
+    /* Signals go to sigwait() below, never to a handler: block them before
+     * any thread starts (--backend auto's device probe starts driver threads
+     * already), so every thread inherits the mask. */
     sigset_t sigs;
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGINT);
     sigaddset(&sigs, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     main_thread = pthread_self();
-    struct sigaction fwd;
-    memset(&fwd, 0, sizeof(fwd));
-    fwd.sa_handler = forward_to_main;
-    sigfillset(&fwd.sa_mask);
-    fwd.sa_flags = SA_RESTART;
-    sigaction(SIGINT, &fwd, NULL);
-    sigaction(SIGTERM, &fwd, NULL);
+    struct sigaction forward = {.sa_handler = forward_to_main};
+    sigemptyset(&forward.sa_mask);
+    sigaction(SIGINT, &forward, NULL);
+    sigaction(SIGTERM, &forward, NULL);
     signal(SIGPIPE, SIG_IGN);
     static srv s; /* big (the metrics snapshot); one per process */
     int rc = parse_args(argc, argv, &s.o);
@@ -290,11 +284,6 @@ int main(int argc, char **argv)
     fflush(stdout);
     fprintf(stderr, "%s: listening on http://%s%s%s:%d/, loading %s\n", SRV_PROG, v6 ? "[" : "", s.o.host,
             v6 ? "]" : "", s.port, s.o.model_path);
-    if (s.o.verbose) { /* OpenBLAS's core, and the OPENBLAS_CORETYPE that would be wider (openblas_core.h) */
-        char blas[160];
-        kvrt_tool_openblas_describe(blas, sizeof(blas));
-        fprintf(stderr, "%s: %s\n", SRV_PROG, blas);
-    }
     if (!srv_engine_open(&s) || !srv_engine_start(&s)) {
         srv_http_stop(&s);
         srv_engine_close(&s);
