@@ -53,6 +53,7 @@ struct kvrt_threadpool {
     /* the fields each side polls, on their own cache lines */
     alignas(64) _Atomic uint32_t seq;   /* futex word of idle workers */
     _Atomic uint32_t sleepers;          /* workers asleep (or about to be) on seq */
+    _Atomic uint32_t spinners;          /* idle workers spinning on seq: they need no wake-up */
     _Atomic int quit;
     alignas(64) _Atomic uint64_t seats;
     alignas(64) _Atomic int64_t next_task;
@@ -126,16 +127,24 @@ static void run_tasks(kvrt_threadpool *pool, int thread)
 /* Waits for a job other than `seen`; returns its sequence number. */
 static uint32_t wait_for_job(kvrt_threadpool *pool, uint32_t seen)
 {
+    atomic_fetch_add(&pool->spinners, 1);
     uint32_t s = spin_while_equal(&pool->seq, seen);
+    bool spinning = true;
     while (s == seen && !atomic_load(&pool->quit)) {
-        /* announce the sleep before the last look, so a caller that publishes
-         * after that look sees a sleeper and wakes us (both seq_cst) */
+        /* announce the sleep before we stop counting as a spinner and before
+         * the last look, so a caller that publishes after that look counts us
+         * in one or the other and wakes us if it needs us (all seq_cst) */
         atomic_fetch_add(&pool->sleepers, 1);
+        if (spinning)
+            atomic_fetch_sub(&pool->spinners, 1);
+        spinning = false;
         if (atomic_load(&pool->seq) == seen && !atomic_load(&pool->quit))
             futex_wait(&pool->seq, seen);
         atomic_fetch_sub(&pool->sleepers, 1);
         s = atomic_load_explicit(&pool->seq, memory_order_acquire);
     }
+    if (spinning)
+        atomic_fetch_sub(&pool->spinners, 1);
     return s;
 }
 
@@ -217,10 +226,14 @@ static void run_job(kvrt_threadpool *pool, int64_t n_tasks, int n_workers, kvrt_
     atomic_store_explicit(&pool->departed, 0, memory_order_relaxed);
     const uint32_t s = atomic_load_explicit(&pool->seq, memory_order_relaxed) + 1;
     atomic_store_explicit(&pool->seats, (uint64_t)s << 32, memory_order_relaxed);
-    atomic_store(&pool->seq, s); /* seq_cst: publishes the job, ordered before the look at sleepers */
-    uint32_t asleep = atomic_load(&pool->sleepers);
-    if (asleep > 0)
-        futex_wake(&pool->seq, (int)KVRT_MIN(asleep, (uint32_t)n_workers));
+    atomic_store(&pool->seq, s); /* seq_cst: publishes the job, ordered before the looks below */
+    /* wake only the seats that spinning workers will not take: a sleeper
+     * woken for a seat already taken spins for nothing (on an oversubscribed
+     * pool, every job woke one) */
+    uint32_t spinning = atomic_load(&pool->spinners), asleep = atomic_load(&pool->sleepers);
+    uint32_t wanted = (uint32_t)n_workers > spinning ? (uint32_t)n_workers - spinning : 0;
+    if (asleep > 0 && wanted > 0)
+        futex_wake(&pool->seq, (int)KVRT_MIN(asleep, wanted));
     run_tasks(pool, 0);
     join_job(pool);
 }
