@@ -93,7 +93,7 @@ kvrt_status kvrt_vk_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t la
     if (d->num_seqs == 0)
         return KVRT_OK;
     int64_t row = (int64_t)d->n_heads * pool->desc.head_dim;
-    uint64_t max_ctx = (uint64_t)d->max_blocks_per_seq * (uint64_t)pool->desc.block_size;
+    uint64_t max_ctx = (uint64_t)d->max_seq_len; /* partitions follow the real lengths, not the table */
     uint32_t group = (uint32_t)(d->n_heads / pool->desc.n_kv_heads);
     if (!vk_decode_tiles(kvrt_vk_prefill_smem_floats(vk), group, pc.head_dim, &pc.heads_per_wg, &pc.tile_k))
         return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "attn_decode: head_dim %u does not fit shared memory",
@@ -177,16 +177,21 @@ kvrt_status kvrt_vk_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t l
                               : 0;
     if (max_tokens == 0)
         return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "attn_prefill: q holds no token row");
+    if (d->num_tokens > 0) /* the rows the call has (the front door checked q holds them): scratch follows them */
+        max_tokens = KVRT_MIN(max_tokens, (uint64_t)d->num_tokens);
     uint64_t tiles = (max_tokens + pc.tile_q - 1) / pc.tile_q;
     /* one query tile per workgroup: with the 256-key partitions this bounds the
      * loop iterations of an invocation (below lavapipe's 65535) */
     pc.n_tile_groups = (uint32_t)KVRT_MIN(tiles, (uint64_t)vk->caps.max_wg_count[0]);
-    uint64_t max_ctx = (uint64_t)d->max_blocks_per_seq * (uint64_t)pool->desc.block_size;
+    uint64_t max_ctx = (uint64_t)d->max_seq_len; /* partitions follow the real lengths, not the table */
     pc.part_tokens = KVRT_VK_PREFILL_PART_TOKENS;
     pc.max_parts = (uint32_t)((max_ctx + pc.part_tokens - 1) / pc.part_tokens);
     uint64_t scratch = max_tokens * (uint64_t)d->n_heads * pc.max_parts * (pc.head_dim + 2u) * 4u;
     if (scratch > SIZE_MAX / 2 || (uint64_t)d->num_seqs * pc.max_parts > vk->caps.max_wg_count[2])
-        return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "attn_prefill: batch too large for one call");
+        return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED,
+                         "attn_prefill: %d sequences x %u partitions of %u keys exceed the device's %u workgroups "
+                         "per dispatch (maxComputeWorkGroupCount[2]): fewer sequences per call",
+                         (int)d->num_seqs, pc.max_parts, pc.part_tokens, vk->caps.max_wg_count[2]);
     kvrt_vk_bind bind = {.buf = {q.buf, NULL, seq_lens.buf, block_tables.buf, query_start_loc.buf}};
     kvrt_vk_pipe_id pipe = kvrt_vk_pool_bind(pool, layer, KVRT_VK_PIPE_ATTN_PREFILL, &bind);
     KVRT_TRY(kvrt_vk_view_seg(vk, q, vk_rows((int64_t)max_tokens, d->q_stride, row), "attn_prefill q", &bind.seg[0],
@@ -218,4 +223,38 @@ kvrt_status kvrt_vk_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t l
                              (uint32_t)d->n_heads, (uint32_t)d->num_seqs);
     }
     return kvrt_vk_end_implicit(vk, implicit, s);
+}
+
+/* ---- limits ---------------------------------------------------------------------------- */
+
+/* The largest head_dim (up to KVRT_VK_DECODE_MAX_QD) a kernel's tiles fit,
+ * without GQA (more query heads per KV head only share K/V rows). */
+static int32_t vk_head_dim_max(kvrt_vk_backend *vk, bool decode)
+{
+    uint32_t smem = kvrt_vk_prefill_smem_floats(vk), hw, kt, tq, tk;
+    for (uint32_t D = KVRT_VK_DECODE_MAX_QD; D >= 1; D--) {
+        if (decode ? vk_decode_tiles(smem, 1, D, &hw, &kt) : vk_prefill_tiles(smem, D, &tq, &tk))
+            return (int32_t)D;
+    }
+    return 0;
+}
+
+void kvrt_vk_limits(kvrt_backend *be, kvrt_context_limits *out)
+{
+    kvrt_vk_backend *vk = kvrt_vk(be);
+    if (vk->attn_head_dim_max[0] == 0) { /* device constants: worked out once */
+        vk->attn_head_dim_max[0] = vk_head_dim_max(vk, true);
+        vk->attn_head_dim_max[1] = vk_head_dim_max(vk, false);
+    }
+    out->memory_heap = vk->heap;
+    out->memory_budget = vk->budget;
+    out->memory_in_use = vk->used;
+    out->max_buffer_bytes = kvrt_vk_max_segment(vk);
+    out->decode_head_dim_max = vk->attn_head_dim_max[0];
+    out->prefill_head_dim_max = vk->attn_head_dim_max[1];
+    /* a table is one binding of one segment, indexed in 32-bit words */
+    out->max_table_entries = (int64_t)KVRT_MIN(kvrt_vk_max_segment(vk) / 4, (size_t)UINT32_MAX);
+    out->max_seq_len = INT32_MAX;
+    out->max_scratch_bytes = kvrt_vk_max_scratch(vk);
+    out->scratch_bytes = vk->scratch ? vk->scratch->head.size : 0;
 }

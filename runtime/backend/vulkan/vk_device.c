@@ -436,6 +436,7 @@ static kvrt_status vk_buffer_download(kvrt_backend *be, kvrt_buffer *src, size_t
 static const kvrt_backend_ops vk_ops = {
     .interface_version = KVRT_BACKEND_INTERFACE_VERSION,
     .name = "vulkan",
+    .weight_types = KVRT_WEIGHT_TYPES_ALL,
     .destroy = vk_destroy,
     .buffer_create = vk_buffer_create,
     .buffer_destroy = vk_buffer_destroy,
@@ -450,6 +451,8 @@ static const kvrt_backend_ops vk_ops = {
     .kv_copy_blocks = kvrt_vk_kv_copy_blocks,
     .begin = kvrt_vk_begin,
     .submit = kvrt_vk_submit,
+    .abort = kvrt_vk_abort,
+    .limits = kvrt_vk_limits,
     KVRT_BACKEND_KERNELS(KVRT_BACKEND_ENTRY, kvrt_vk_)
     .save_caches = kvrt_vk_save_caches,
     .set_profiling = kvrt_vk_set_profiling,
