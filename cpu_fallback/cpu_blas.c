@@ -1,9 +1,12 @@
 /* OpenBLAS for large products (see cpu_blas.h for when and why).
  *
- * F32 weights go to one sgemm. F16/BF16 weights are converted to F32 a tile
- * of rows at a time (the conversion on kvrt's pool, then one sgemm per tile,
- * both from this thread), so the F32 copy never exceeds BLAS_TILE_BYTES. The
- * tile size depends on the shape only. */
+ * OpenBLAS is a kernel here, not a second thread pool: it always runs on one
+ * thread (its own workers would spin for tens of milliseconds after every
+ * call, on the cores kvrt's pool and the next decode step need), and kvrt's
+ * pool splits a product into slices of W rows, one sgemm each. F16/BF16
+ * slices are converted to F32 into the thread's scratch just before their
+ * sgemm, so the copy is still in L2 when it is read. The slices depend on the
+ * shape only, so the result does not depend on the thread count. */
 #include "cpu_blas.h"
 
 #if KVRT_HAVE_OPENBLAS
@@ -11,9 +14,9 @@
 #include <strings.h>
 #endif
 
-#define BLAS_TILE_BYTES ((int64_t)4 << 20) /* F32 rows converted per sgemm: a few sgemm blocks */
-#define BLAS_TILE_MIN_ROWS 64
-#define CONVERT_ROWS_PER_TASK 16
+#define BLAS_SLICE_BYTES ((int64_t)512 * 1024) /* F32 rows of one slice at most: inside L2 */
+#define BLAS_MIN_SLICES 16                      /* slices of a product at least, for the pool's balance */
+#define BLAS_ROW_ALIGN 16                       /* slice rows: whole sgemm register tiles */
 
 #if KVRT_HAVE_OPENBLAS
 
@@ -42,55 +45,59 @@ bool kvrt_cpu_blas_usable(kvrt_cpu_isa isa)
     return isa == KVRT_CPU_ISA_PORTABLE || core_is_wider(openblas_get_corename());
 }
 
-typedef struct convert_job {
+typedef struct blas_job {
     const kvrt_cpu_blas_product *p;
-    int64_t o0, rows;
-    float *tile; /* [rows][n_in] */
-} convert_job;
+    int64_t rows;       /* W rows per slice (the last may be shorter) */
+    float *scratch;     /* [threads][rows][n_in]: converted rows; NULL for F32 */
+} blas_job;
 
-static void convert_task(void *arg, int64_t task, int thread)
+/* Y[t][o0 .. o0 + rows) = X * W_slice^T, on this thread. */
+static void blas_task(void *arg, int64_t task, int thread)
 {
-    const convert_job *j = arg;
-    const int64_t r0 = task * CONVERT_ROWS_PER_TASK, r1 = KVRT_MIN(r0 + CONVERT_ROWS_PER_TASK, j->rows);
-    const int64_t n_in = j->p->n_in;
-    for (int64_t r = r0; r < r1; r++)
-        j->p->dequant(j->p->w + (size_t)(j->o0 + r) * j->p->row_bytes, j->tile + r * n_in, n_in);
-}
-
-/* Y[t][o0 .. o0 + rows) = X * W_rows^T */
-static void sgemm_rows(const kvrt_cpu_blas_product *p, const float *w, int64_t o0, int64_t rows)
-{
+    const blas_job *j = arg;
+    const kvrt_cpu_blas_product *p = j->p;
+    const int64_t o0 = task * j->rows, rows = KVRT_MIN(j->rows, p->n_out - o0);
+    const float *w = (const float *)(p->w + (size_t)o0 * p->row_bytes); /* F32 rows: n_in floats each */
+    if (j->scratch) {
+        float *tile = j->scratch + (size_t)thread * (size_t)(j->rows * p->n_in); /* [rows][n_in] */
+        for (int64_t r = 0; r < rows; r++)
+            p->dequant(p->w + (size_t)(o0 + r) * p->row_bytes, tile + r * p->n_in, p->n_in);
+        w = tile;
+    }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)p->n_tokens, (blasint)rows, (blasint)p->n_in,
                 1.0f, p->x, (blasint)p->x_stride, w, (blasint)p->n_in, 0.0f, p->y + o0, (blasint)p->y_stride);
 }
 
+/* Rows per slice, from the shape only: at least BLAS_MIN_SLICES slices where
+ * the matrix allows, at most BLAS_SLICE_BYTES of F32 each, whole tiles. */
+static int64_t slice_rows(int64_t n_out, int64_t n_in)
+{
+    int64_t by_bytes = BLAS_SLICE_BYTES / (n_in * (int64_t)sizeof(float)) / BLAS_ROW_ALIGN * BLAS_ROW_ALIGN;
+    int64_t by_count = (n_out + BLAS_MIN_SLICES - 1) / BLAS_MIN_SLICES;
+    by_count = (by_count + BLAS_ROW_ALIGN - 1) / BLAS_ROW_ALIGN * BLAS_ROW_ALIGN;
+    return KVRT_MIN(KVRT_MAX(KVRT_MIN(by_bytes, by_count), BLAS_ROW_ALIGN), n_out);
+}
+
 kvrt_status kvrt_cpu_blas_matmul(kvrt_backend *be, const kvrt_cpu_blas_product *p)
 {
-    kvrt_threadpool *pool = kvrt_cpu(be)->pool;
-    /* as many threads as kvrt's pool would run this work on (never more than the cores) */
-    const int threads = kvrt_threadpool_threads_for(pool, p->n_out, p->n_out * p->n_in * p->n_tokens);
-    if (openblas_get_num_threads() != threads)
-        openblas_set_num_threads(threads);
-    if (p->wtype == KVRT_DTYPE_F32) {
-        sgemm_rows(p, (const float *)p->w, 0, p->n_out);
-        return KVRT_OK;
+    /* one OpenBLAS thread per call, whoever calls (the count is process-wide) */
+    if (openblas_get_num_threads() != 1)
+        openblas_set_num_threads(1);
+    blas_job j = {p, slice_rows(p->n_out, p->n_in), NULL};
+    if (p->wtype != KVRT_DTYPE_F32) {
+        size_t floats, bytes;
+        if (!kvrt_mul_size((size_t)j.rows, (size_t)p->n_in, &floats) ||
+            !kvrt_mul_size(floats, (size_t)kvrt_cpu(be)->n_threads, &floats) ||
+            !kvrt_mul_size(floats, sizeof(float), &bytes))
+            return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "matmul: conversion scratch size overflows");
+        j.scratch = kvrt_alloc(be->alloc, bytes, 64);
+        if (!j.scratch)
+            return kvrt_fail(&be->err, KVRT_ERR_OUT_OF_HOST_MEMORY,
+                             "matmul: cannot allocate %zu bytes of F32 rows", bytes);
     }
-    int64_t rows = KVRT_MAX(BLAS_TILE_BYTES / (p->n_in * (int64_t)sizeof(float)), BLAS_TILE_MIN_ROWS);
-    rows = KVRT_MIN(rows / 16 * 16, p->n_out);
-    size_t bytes;
-    if (!kvrt_mul_size((size_t)rows * sizeof(float), (size_t)p->n_in, &bytes))
-        return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "matmul: conversion tile size overflows");
-    float *tile = kvrt_alloc(be->alloc, bytes, 64);
-    if (!tile)
-        return kvrt_fail(&be->err, KVRT_ERR_OUT_OF_HOST_MEMORY, "matmul: cannot allocate %zu bytes of F32 rows",
-                         bytes);
-    for (int64_t o0 = 0; o0 < p->n_out; o0 += rows) {
-        convert_job j = {p, o0, KVRT_MIN(rows, p->n_out - o0), tile};
-        kvrt_threadpool_run_sized(pool, (j.rows + CONVERT_ROWS_PER_TASK - 1) / CONVERT_ROWS_PER_TASK,
-                                  j.rows * p->n_in, convert_task, &j);
-        sgemm_rows(p, tile, o0, j.rows);
-    }
-    kvrt_free(be->alloc, tile);
+    kvrt_threadpool_run_sized(kvrt_cpu(be)->pool, (p->n_out + j.rows - 1) / j.rows, p->n_out * p->n_in * p->n_tokens,
+                              blas_task, &j);
+    kvrt_free(be->alloc, j.scratch);
     return KVRT_OK;
 }
 

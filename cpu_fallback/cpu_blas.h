@@ -1,18 +1,20 @@
 /* OpenBLAS for the CPU matmul's large products (cpu_blas.c).
  *
  * Only where it was measured faster (README "OpenBLAS, decided by
- * measurement"): F32 weights, and F16/BF16 rows converted to F32 a tile at a
- * time, when a product has at least KVRT_BLAS_MIN_TOKENS tokens. Single
+ * measurement"): F32 weights, and F16/BF16 rows converted to F32 a slice at
+ * a time, when a product has at least KVRT_BLAS_MIN_TOKENS tokens. Single
  * tokens (decode) stay on kvrt's GEMV, which streams the weights faster.
  *
- * OpenBLAS is called from the calling thread only, and parallelises inside
- * itself on as many threads as kvrt's pool would use for the same work (its
- * thread count is process-wide: set before each call when it differs). Its
- * kernels are chosen when the library loads, from OPENBLAS_CORETYPE or cpuid
- * (a library must not set the environment): kvrt uses it only when that core
- * is wider than kvrt's own AVX2 kernels (AVX-512), and its own GEMM otherwise.
- * Results are deterministic for a fixed thread count (measured: the AVX-512
- * cores give the same bits for 1, 2 and 3 threads; Haswell's differ). */
+ * OpenBLAS runs on one thread per call (its thread count, process-wide, is
+ * set to 1), called concurrently from kvrt's pool on slices of W rows: the
+ * threaded build's sgemm is reentrant at one thread (its buffers are
+ * locked; the serial build's are not: DESIGN.md field notes), and its own
+ * workers, which spin for tens of milliseconds after each call they share,
+ * are never woken. Its kernels are chosen when the library loads, from
+ * OPENBLAS_CORETYPE or cpuid (a library must not set the environment): kvrt
+ * uses it only when that core is wider than kvrt's own AVX2 kernels
+ * (AVX-512), and its own GEMM otherwise. The slices depend on the shape
+ * only, so results are the same for any thread count. */
 #ifndef KVRT_CPU_BLAS_H
 #define KVRT_CPU_BLAS_H
 

@@ -4,8 +4,9 @@
  * also on far more threads than cores (an oversubscribed pool); and ops too
  * small to split run on the calling thread without waking a worker (the
  * GEMV path once woke the pool for a 64 x 64 matrix). kvrt's own kernels
- * give the same bits for any thread count, so these run with OpenBLAS off;
- * test_cpu_blas covers OpenBLAS (the same bits at a fixed thread count). */
+ * and OpenBLAS (one sgemm per slice of W, many at once from the pool: the
+ * threaded build is reentrant at one thread) give the same bits for any
+ * thread count; OpenBLAS runs here whatever this machine's core, forced on. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -14,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cpu_blas.h"
 #include "cpu_internal.h"
 #include "common/quant.h"
 #include "backend/ops.h"
@@ -33,14 +35,21 @@ static int thread_counts(int out[3])
     return 3;
 }
 
-static kvrt_backend *make_cpu(int threads)
+/* kvrt's own kernels, or (blas) OpenBLAS for products of N_TOK tokens. */
+static kvrt_backend *make_cpu_blas(int threads, bool blas)
 {
     kvrt_context_params p = kvrt_context_default_params();
     p.n_threads = threads;
     p.disabled_features = KVRT_FEATURE_BLAS;
     kvrt_backend *be = NULL;
     assert_int_equal(kvrt_cpu_backend_create(&p, &be, NULL), KVRT_OK);
+    kvrt_cpu(be)->use_blas = blas;
     return be;
+}
+
+static kvrt_backend *make_cpu(int threads)
+{
+    return make_cpu_blas(threads, false);
 }
 
 static void run_matmul(kvrt_backend *be, kvrt_dtype t, void *w, size_t w_bytes, float *x, float *y)
@@ -56,7 +65,7 @@ static void run_matmul(kvrt_backend *be, kvrt_dtype t, void *w, size_t w_bytes, 
     kvrt_op_buffer_destroy(be, by);
 }
 
-static void check_type(kvrt_dtype t)
+static void check_type(kvrt_dtype t, bool blas)
 {
     static float wf[N_OUT * N_IN], x[N_TOK * N_IN], ref[N_TOK * N_OUT], y[N_TOK * N_OUT];
     static char w[N_OUT * N_IN * 4];
@@ -68,17 +77,17 @@ static void check_type(kvrt_dtype t)
     size_t row = kvrt_dtype_row_bytes(t, N_IN);
     for (int r = 0; r < N_OUT; r++)
         kvrt_quantize_row(t, wf + r * N_IN, w + r * row, N_IN);
-    kvrt_backend *one = make_cpu(1);
+    kvrt_backend *one = make_cpu_blas(1, blas);
     run_matmul(one, t, w, row * N_OUT, x, ref);
     int counts[3], n_counts = thread_counts(counts);
     for (int c = 0; c < n_counts; c++) {
-        kvrt_backend *many = make_cpu(counts[c]);
+        kvrt_backend *many = make_cpu_blas(counts[c], blas);
         for (int i = 0; i < (c == 0 ? REPEATS : REPEATS_OTHER); i++) {
             memset(y, 0, sizeof(y));
             run_matmul(many, t, w, row * N_OUT, x, y);
             if (memcmp(y, ref, sizeof(y)) != 0)
-                fail_msg("%s: %d threads, repeat %d differs from the 1-thread result", kvrt_dtype_name(t),
-                         counts[c], i);
+                fail_msg("%s%s: %d threads, repeat %d differs from the 1-thread result", kvrt_dtype_name(t),
+                         blas ? " (OpenBLAS)" : "", counts[c], i);
         }
         many->ops->destroy(many);
     }
@@ -88,14 +97,24 @@ static void check_type(kvrt_dtype t)
 static void test_f32_threads_repeatable(void **state)
 {
     (void)state;
-    check_type(KVRT_DTYPE_F32);
+    check_type(KVRT_DTYPE_F32, false);
 }
 
 static void test_q8_0_threads_repeatable(void **state)
 {
     (void)state;
-    check_type(KVRT_DTYPE_Q8_0);
+    check_type(KVRT_DTYPE_Q8_0, false);
 }
+
+#if KVRT_HAVE_OPENBLAS
+static void test_openblas_threads_repeatable(void **state)
+{
+    (void)state;
+    assert_true(kvrt_cpu_blas_wanted(true, KVRT_DTYPE_F32, N_TOK)); /* N_TOK reaches OpenBLAS */
+    check_type(KVRT_DTYPE_F32, true);
+    check_type(KVRT_DTYPE_F16, true);
+}
+#endif
 
 /* Single token (decode) on a row long enough that OpenBLAS sgemv would take
  * its shared work buffer: concurrent calls once gave logits off by 2. */
@@ -183,6 +202,9 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_f32_threads_repeatable),
         cmocka_unit_test(test_q8_0_threads_repeatable),
+#if KVRT_HAVE_OPENBLAS
+        cmocka_unit_test(test_openblas_threads_repeatable),
+#endif
         cmocka_unit_test(test_f32_gemv_threads_repeatable),
         cmocka_unit_test(test_small_ops_stay_on_caller),
     };

@@ -8,7 +8,9 @@
  *  - idle workers sleep: an idle pool uses (almost) no CPU time, measured
  *    with getrusage, and its threads are in the sleeping state;
  *  - a caller waiting for a slow worker sleeps too (its own CPU time);
- *  - the default thread count follows the process's affinity mask.
+ *  - the default thread count follows the process's affinity mask;
+ *  - workers block every signal (a process-directed SIGTERM reaches the
+ *    application's threads), and creating a pool leaves the caller's mask.
  * No assertion depends on how fast anything runs. */
 #include <stdarg.h>
 #include <stddef.h>
@@ -18,6 +20,7 @@
 #include <dirent.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -252,6 +255,52 @@ static void test_waiting_caller_sleeps(void **state)
     kvrt_threadpool_destroy(pool);
 }
 
+/* ---- signals ------------------------------------------------------------------------------------- */
+
+typedef struct mask_job {
+    _Atomic int worker_ran;     /* a worker took a task */
+    _Atomic int worker_open;    /* a worker had SIGINT, SIGTERM or SIGUSR1 unblocked */
+    _Atomic int caller_blocked; /* the caller had SIGUSR1 blocked */
+    bool shared;
+} mask_job;
+
+static void mask_task(void *arg, int64_t task, int thread)
+{
+    (void)task;
+    mask_job *j = arg;
+    sigset_t m;
+    pthread_sigmask(SIG_BLOCK, NULL, &m);
+    bool all = sigismember(&m, SIGINT) && sigismember(&m, SIGTERM) && sigismember(&m, SIGUSR1);
+    if (thread == 0) {
+        if (sigismember(&m, SIGUSR1))
+            atomic_store(&j->caller_blocked, 1);
+        for (int i = 0; j->shared && i < 5000 && !atomic_load(&j->worker_ran); i++) /* up to 5 s */
+            sleep_ms(1);
+        return;
+    }
+    if (!all)
+        atomic_store(&j->worker_open, 1);
+    atomic_store(&j->worker_ran, 1);
+}
+
+static void test_workers_block_signals(void **state)
+{
+    (void)state;
+    sigset_t before, after;
+    pthread_sigmask(SIG_BLOCK, NULL, &before);
+    assert_false(sigismember(&before, SIGUSR1)); /* cmocka's process: nothing blocked */
+    kvrt_threadpool *pool = make_pool(4);
+    pthread_sigmask(SIG_BLOCK, NULL, &after);
+    assert_false(sigismember(&after, SIGUSR1));
+    assert_false(sigismember(&after, SIGTERM));
+    mask_job j = {0, 0, 0, kvrt_threadpool_threads_for(pool, 2, INT64_MAX) > 1};
+    kvrt_threadpool_run(pool, 2, mask_task, &j);
+    assert_int_equal(atomic_load(&j.worker_ran), j.shared ? 1 : 0);
+    assert_int_equal(atomic_load(&j.worker_open), 0);
+    assert_int_equal(atomic_load(&j.caller_blocked), 0);
+    kvrt_threadpool_destroy(pool);
+}
+
 /* ---- default thread count ------------------------------------------------------------------------- */
 
 static void test_default_threads_follow_affinity(void **state)
@@ -285,6 +334,7 @@ int main(void)
         cmocka_unit_test(test_idle_pool_sleeps),
         cmocka_unit_test(test_waiting_caller_sleeps),
         cmocka_unit_test(test_default_threads_follow_affinity),
+        cmocka_unit_test(test_workers_block_signals),
     };
     return cmocka_run_group_tests_name("threadpool", tests, NULL, NULL);
 }

@@ -67,6 +67,7 @@ int main(int argc, char **argv)
             continue;
         return sc->main(argc - 1, argv + 1);
     }
-    kvrt_cli_error("kvrt-bench", "unknown subcommand '%s' (attn, model, serve, threads, tokenize; see --help)", argv[1]);
+    kvrt_cli_error("kvrt-bench", "unknown subcommand '%s' (attn, model, serve, threads, tokenize; see --help)",
+                   argv[1]);
     return KVRT_CLI_USAGE;
 }

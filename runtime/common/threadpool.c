@@ -18,6 +18,7 @@
 #include <linux/futex.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdalign.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -52,6 +53,7 @@ struct kvrt_threadpool {
     /* the fields each side polls, on their own cache lines */
     alignas(64) _Atomic uint32_t seq;   /* futex word of idle workers */
     _Atomic uint32_t sleepers;          /* workers asleep (or about to be) on seq */
+    _Atomic uint32_t spinners;          /* idle workers spinning on seq: they need no wake-up */
     _Atomic int quit;
     alignas(64) _Atomic uint64_t seats;
     alignas(64) _Atomic int64_t next_task;
@@ -125,16 +127,24 @@ static void run_tasks(kvrt_threadpool *pool, int thread)
 /* Waits for a job other than `seen`; returns its sequence number. */
 static uint32_t wait_for_job(kvrt_threadpool *pool, uint32_t seen)
 {
+    atomic_fetch_add(&pool->spinners, 1);
     uint32_t s = spin_while_equal(&pool->seq, seen);
+    bool spinning = true;
     while (s == seen && !atomic_load(&pool->quit)) {
-        /* announce the sleep before the last look, so a caller that publishes
-         * after that look sees a sleeper and wakes us (both seq_cst) */
+        /* announce the sleep before we stop counting as a spinner and before
+         * the last look, so a caller that publishes after that look counts us
+         * in one or the other and wakes us if it needs us (all seq_cst) */
         atomic_fetch_add(&pool->sleepers, 1);
+        if (spinning)
+            atomic_fetch_sub(&pool->spinners, 1);
+        spinning = false;
         if (atomic_load(&pool->seq) == seen && !atomic_load(&pool->quit))
             futex_wait(&pool->seq, seen);
         atomic_fetch_sub(&pool->sleepers, 1);
         s = atomic_load_explicit(&pool->seq, memory_order_acquire);
     }
+    if (spinning)
+        atomic_fetch_sub(&pool->spinners, 1);
     return s;
 }
 
@@ -216,10 +226,14 @@ static void run_job(kvrt_threadpool *pool, int64_t n_tasks, int n_workers, kvrt_
     atomic_store_explicit(&pool->departed, 0, memory_order_relaxed);
     const uint32_t s = atomic_load_explicit(&pool->seq, memory_order_relaxed) + 1;
     atomic_store_explicit(&pool->seats, (uint64_t)s << 32, memory_order_relaxed);
-    atomic_store(&pool->seq, s); /* seq_cst: publishes the job, ordered before the look at sleepers */
-    uint32_t asleep = atomic_load(&pool->sleepers);
-    if (asleep > 0)
-        futex_wake(&pool->seq, (int)KVRT_MIN(asleep, (uint32_t)n_workers));
+    atomic_store(&pool->seq, s); /* seq_cst: publishes the job, ordered before the looks below */
+    /* wake only the seats that spinning workers will not take: a sleeper
+     * woken for a seat already taken spins for nothing (on an oversubscribed
+     * pool, every job woke one) */
+    uint32_t spinning = atomic_load(&pool->spinners), asleep = atomic_load(&pool->sleepers);
+    uint32_t wanted = (uint32_t)n_workers > spinning ? (uint32_t)n_workers - spinning : 0;
+    if (asleep > 0 && wanted > 0)
+        futex_wake(&pool->seq, (int)KVRT_MIN(asleep, wanted));
     run_tasks(pool, 0);
     join_job(pool);
 }
@@ -347,18 +361,31 @@ kvrt_status kvrt_threadpool_create(const kvrt_allocator *alloc, int n_threads,
             return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "thread pool: out of host memory");
         }
     }
-    for (int i = 1; i < n_threads; i++) {
+    /* Workers start with every signal blocked (they inherit the creator's
+     * mask): a process-directed SIGINT or SIGTERM then reaches the
+     * application's own threads, never a worker of this library (an
+     * application that waits for them in sigwait() would otherwise be killed
+     * when one landed on a worker). The caller's mask is restored. */
+    sigset_t all, saved;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &saved);
+    int started = 1;
+    for (; started < n_threads; started++) {
         worker_start *ws = kvrt_alloc(alloc, sizeof(*ws), 0);
         if (ws) {
             ws->pool = pool;
-            ws->index = i;
+            ws->index = started;
         }
-        if (!ws || pthread_create(&pool->workers[i - 1], NULL, worker_main, ws) != 0) {
+        if (!ws || pthread_create(&pool->workers[started - 1], NULL, worker_main, ws) != 0) {
             kvrt_free(alloc, ws);
-            pool->n_threads = i; /* only workers [1, i) exist */
-            kvrt_threadpool_destroy(pool);
-            return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "thread pool: cannot start thread %d", i);
+            break;
         }
+    }
+    pthread_sigmask(SIG_SETMASK, &saved, NULL);
+    if (started < n_threads) {
+        pool->n_threads = started; /* only workers [1, started) exist */
+        kvrt_threadpool_destroy(pool);
+        return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "thread pool: cannot start thread %d", started);
     }
     *out = pool;
     return KVRT_OK;

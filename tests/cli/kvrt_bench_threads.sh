@@ -77,9 +77,10 @@ expect_usage() { # PATTERN ARGS...
     grep -qF -- "$pattern" "$err" || fail "'$*': stderr lacks '$pattern': $(cat "$err")"
 }
 expect_usage "-m FILE is needed" threads
-expect_usage "unknown argument '--bogus'" threads --split-only --bogus
+expect_usage "unknown option '--bogus'" threads --split-only --bogus
 expect_usage "--reps" threads --split-only --reps 0
-expect_usage "-t" threads -m "$tmp/threads-model.gguf" -t 0
+expect_usage "--threads: 2000 is out of range" threads -m "$tmp/threads-model.gguf" -t 2000
+expect_usage "measures the CPU backend's thread pool" threads --split-only --backend vulkan
 run threads -m "$tmp/missing.gguf" --quick --no-split
 [ "$rc" -eq 1 ] || fail "a missing model: exit $rc, want 1"
 

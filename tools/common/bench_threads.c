@@ -48,9 +48,10 @@ static const char *const PROG = "kvrt-bench threads";
 #define DEFAULT_VS_BEST 0.9    /* the default's share of the best setting */
 
 typedef struct threads_opts {
-    const char *models[MAX_MODELS];
+    kvrt_cli_common common;      /* --backend (cpu only) -t --kv-type --block-size -v ... */
+    const char *models[MAX_MODELS]; /* owned copies */
     int n_models;
-    int32_t extra[MAX_SETTINGS]; /* -t LIST: more thread counts */
+    int32_t extra[MAX_SETTINGS]; /* -t LIST: more thread counts (> 0) */
     int n_extra;
     int32_t cores;               /* 0 = kvrt's default thread count */
     int32_t prompt_len, gen, reps, busy, min_ms;
@@ -93,130 +94,121 @@ typedef struct threads_run {
 
 /* ---- arguments ------------------------------------------------------------------------- */
 
-static void usage(FILE *f)
+/* -m FILE[,FILE...], given once or more. */
+static bool parse_models(const char *prog, const char *flag, const char *value, void *dst)
 {
-    fprintf(f,
-            "usage: kvrt-bench threads -m FILE[,FILE...] [options]\n"
-            "\n"
-            "Decode tokens/s at -t 1, -t cores (the default), -t 4 x cores, and -t cores beside a\n"
-            "busy process the bench spawns; medians of --reps rounds measured round-robin, each as\n"
-            "a ratio to -t 1 of the same run. Then the split table: a cached GEMV-like job on the\n"
-            "calling thread alone vs the pool on every core, by size (where splitting pays).\n"
-            "\n"
-            "  -m, --model LIST   GGUF / llama2.c files (e.g. models/stories260K.gguf and a\n"
-            "                     `kvrt-synth --preset 110m` file)\n"
-            "  -t, --threads LIST more thread counts to measure\n"
-            "  --cores N          what \"cores\" means (default: kvrt's default thread count, %d here)\n"
-            "  --busy N           busy processes beside the \"+ busy\" row (default 1)\n"
-            "  --prompt-len N     tokens before the measured decode (default 16)\n"
-            "  --gen N            decode tokens per pass (default 64)\n"
-            "  --min-ms N         passes per measurement until decode took N ms (default 500)\n"
-            "  --reps N           rounds over all settings; medians reported (default 5)\n"
-            "  --no-split         skip the split table\n"
-            "  --split-only       only the split table (no -m needed)\n"
-            "  --quick            few tokens and rounds (seconds; for tests)\n"
-            "  --json             one JSON document on stdout; the tables go to stderr\n",
-            kvrt_threadpool_default_threads());
-}
-
-static bool parse_list(const char *flag, char *s, threads_opts *o, bool models)
-{
-    for (char *save = NULL, *item = strtok_r(s, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
-        if (models) {
-            if (o->n_models == MAX_MODELS) {
-                kvrt_cli_error(PROG, "%s: at most %d models", flag, MAX_MODELS);
-                return false;
-            }
-            o->models[o->n_models++] = item;
-            continue;
-        }
-        int64_t v;
-        if (o->n_extra == MAX_SETTINGS - 4) {
-            kvrt_cli_error(PROG, "%s: at most %d thread counts", flag, MAX_SETTINGS - 4);
+    threads_opts *o = dst;
+    for (const char *p = value;;) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        if (len == 0 || o->n_models == MAX_MODELS) {
+            kvrt_cli_error(prog, "%s: bad list '%s' (at most %d files, comma-separated)", flag, value, MAX_MODELS);
             return false;
         }
-        if (!kvrt_cli_int(PROG, flag, item, 1, 1024, false, &v))
+        o->models[o->n_models] = strndup(p, len);
+        if (!o->models[o->n_models]) {
+            kvrt_cli_error(prog, "out of memory");
             return false;
-        o->extra[o->n_extra++] = (int32_t)v;
+        }
+        o->n_models++;
+        if (!comma)
+            return true;
+        p = comma + 1;
     }
-    return true;
 }
 
-/* Flags with a number; 0 handled, 1 not this kind, KVRT_CLI_USAGE on error. */
-static int parse_int_flag(int argc, char **argv, int *i, threads_opts *o)
+static void free_opts(threads_opts *o)
 {
-    static const struct {
-        const char *flag;
-        int64_t min, max;
-    } flags[] = {{"--cores", 1, 256}, {"--busy", 0, 64}, {"--prompt-len", 1, 4096}, {"--gen", 1, 4096},
-                 {"--reps", 1, MAX_REPS}, {"--min-ms", 0, 60000}};
-    int32_t *dst[] = {&o->cores, &o->busy, &o->prompt_len, &o->gen, &o->reps, &o->min_ms};
-    for (size_t k = 0; k < KVRT_ARRAY_LEN(flags); k++) {
-        const char *val = NULL;
-        int64_t n;
-        if (!kvrt_cli_flag(argc, argv, i, flags[k].flag, &val, PROG))
-            continue;
-        if (!val || !kvrt_cli_int(PROG, flags[k].flag, val, flags[k].min, flags[k].max, false, &n))
-            return KVRT_CLI_USAGE;
-        *dst[k] = (int32_t)n;
-        return 0;
-    }
-    return 1;
+    for (int i = 0; i < o->n_models; i++)
+        free((char *)o->models[i]);
+    o->n_models = 0;
 }
 
-/* 0 ok, -1 --help, KVRT_CLI_USAGE. */
+/* The common flags: the CPU backend only (the pool is what is measured); -t
+ * counts are extra rows (0, the default, is one already); the KV type and
+ * block size go to the sessions. */
+static int apply_common(threads_opts *o)
+{
+    const kvrt_cli_common *c = &o->common;
+    if (c->backend != KVRT_BACKEND_CPU) {
+        kvrt_cli_error(PROG, "--backend %s: this benchmark measures the CPU backend's thread pool",
+                       kvrt_backend_name(c->backend));
+        return KVRT_CLI_USAGE;
+    }
+    for (int i = 0; i < c->n_threads; i++)
+        if (c->threads[i] > 0)
+            o->extra[o->n_extra++] = c->threads[i];
+    return KVRT_CLI_CONTINUE;
+}
+
+#define INT_OPT(NAME, DST, SEEN, MIN, MAX, HELP)                                                          \
+    {.name = (NAME), .kind = KVRT_CLI_KIND_INT32, .dst = (DST), .min = (MIN), .max = (MAX), .meta = "N",  \
+     .help = (HELP), .seen = (SEEN)}
+
+/* KVRT_CLI_CONTINUE, or the exit status after --help/--version or a usage error. */
 static int parse_args(int argc, char **argv, threads_opts *o)
 {
     memset(o, 0, sizeof(*o));
+    kvrt_cli_common_init(&o->common, KVRT_DTYPE_F32, MAX_SETTINGS - 4); /* the sessions' default KV type */
+    o->common.backend = KVRT_BACKEND_CPU;
     o->prompt_len = 16;
     o->gen = 64;
     o->reps = 5;
     o->busy = 1;
     o->min_ms = 500;
-    o->split = o->decode = true;
-    bool reps_given = false, gen_given = false, min_given = false;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *val = NULL;
-        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0)
-            return -1;
-        if (strcmp(a, "--json") == 0 || strcmp(a, "--quick") == 0 || strcmp(a, "--no-split") == 0 ||
-            strcmp(a, "--split-only") == 0) {
-            o->json |= a[2] == 'j';
-            o->quick |= a[2] == 'q';
-            o->split &= strcmp(a, "--no-split") != 0;
-            o->decode &= strcmp(a, "--split-only") != 0;
-            continue;
-        }
-        reps_given |= strcmp(a, "--reps") == 0;
-        gen_given |= strcmp(a, "--gen") == 0;
-        min_given |= strcmp(a, "--min-ms") == 0;
-        int rc = parse_int_flag(argc, argv, &i, o);
-        if (rc != 1) {
-            if (rc != 0)
-                return rc;
-            continue;
-        }
-        bool models = kvrt_cli_flag(argc, argv, &i, "-m", &val, PROG) ||
-                      kvrt_cli_flag(argc, argv, &i, "--model", &val, PROG);
-        if (models || kvrt_cli_flag(argc, argv, &i, "-t", &val, PROG) ||
-            kvrt_cli_flag(argc, argv, &i, "--threads", &val, PROG)) {
-            if (!val || !parse_list(models ? "--model" : "-t", (char *)val, o, models))
-                return KVRT_CLI_USAGE;
-            continue;
-        }
-        kvrt_cli_error(PROG, "unknown argument '%s' (see --help)", a);
-        return KVRT_CLI_USAGE;
-    }
-    if (o->decode && o->n_models == 0) {
+    bool no_split = false, split_only = false, reps_given = false, gen_given = false, min_given = false;
+    char cores_help[128];
+    snprintf(cores_help, sizeof(cores_help), "what \"cores\" means (default: kvrt's default thread count, %d here)",
+             kvrt_threadpool_default_threads());
+    const kvrt_cli_opt opts[] = {
+        KVRT_CLI_CALL('m', "model", parse_models, o, "LIST",
+                      "GGUF / llama2.c files (e.g. models/stories260K.gguf and a\n"
+                      "`kvrt-synth --preset 110m` file)"),
+        INT_OPT("cores", &o->cores, NULL, 1, 256, cores_help),
+        INT_OPT("busy", &o->busy, NULL, 0, 64, "busy processes beside the \"+ busy\" row (default 1)"),
+        INT_OPT("prompt-len", &o->prompt_len, NULL, 1, 4096, "tokens before the measured decode (default 16)"),
+        INT_OPT("gen", &o->gen, &gen_given, 1, 4096, "decode tokens per pass (default 64)"),
+        INT_OPT("min-ms", &o->min_ms, &min_given, 0, 60000,
+                "passes per measurement until decode took N ms (default 500)"),
+        INT_OPT("reps", &o->reps, &reps_given, 1, MAX_REPS, "rounds over all settings; medians reported (default 5)"),
+        KVRT_CLI_BOOL(0, "no-split", &no_split, "skip the split table"),
+        KVRT_CLI_BOOL(0, "split-only", &split_only, "only the split table (no -m needed)"),
+        KVRT_CLI_BOOL(0, "quick", &o->quick, "few tokens and rounds (seconds; for tests)"),
+        KVRT_CLI_BOOL(0, "json", &o->json, "one JSON document on stdout; the tables go to stderr"),
+    };
+    const kvrt_cli_spec spec = {
+        .prog = PROG,
+        .usage = "kvrt-bench threads -m FILE[,FILE...] [-t LIST] [--cores N] [--busy N] [--reps N] [--json]\n"
+                 "       kvrt-bench threads --split-only",
+        .about = "Decode tokens/s at -t 1, -t cores (the default), -t 4 x cores, and -t cores beside a\n"
+                 "busy process the bench spawns; medians of --reps rounds measured round-robin, each as\n"
+                 "a ratio to -t 1 of the same run. Then the split table: a cached GEMV-like job on the\n"
+                 "calling thread alone vs the pool on every core, by size (where splitting pays).\n"
+                 "-t LIST adds thread counts; the backend is the CPU (the pool is what is measured).",
+        .opts = opts,
+        .n_opts = KVRT_ARRAY_LEN(opts),
+        .common = &o->common,
+    };
+    int first;
+    int rc = kvrt_cli_parse(&spec, argc, argv, &first);
+    if (rc == KVRT_CLI_CONTINUE && !kvrt_cli_common_resolve(PROG, &o->common))
+        rc = KVRT_CLI_USAGE;
+    if (rc == KVRT_CLI_CONTINUE)
+        rc = apply_common(o);
+    o->split = !no_split;
+    o->decode = !split_only;
+    if (rc == KVRT_CLI_CONTINUE && o->decode && o->n_models == 0) {
         kvrt_cli_error(PROG, "-m FILE is needed (or --split-only)");
-        return KVRT_CLI_USAGE;
+        rc = KVRT_CLI_USAGE;
     }
     if (o->quick) {
         o->reps = reps_given ? o->reps : 2;
         o->gen = gen_given ? o->gen : 8;
         o->min_ms = min_given ? o->min_ms : 20;
     }
-    return 0;
+    if (rc != KVRT_CLI_CONTINUE)
+        free_opts(o);
+    return rc;
 }
 
 /* ---- the busy process ------------------------------------------------------------------------ */
@@ -335,6 +327,7 @@ static kvrt_status open_setting(const char *path, const threads_opts *o, int32_t
 {
     memset(c, 0, sizeof(*c));
     kvrt_context_params cp = kvrt_context_default_params();
+    kvrt_cli_common_context_params(&o->common, &cp);
     cp.n_threads = threads;
     KVRT_TRY(kvrt_context_create(&cp, &c->ctx, err));
     kvrt_model_params mp = kvrt_model_default_params();
@@ -342,6 +335,8 @@ static kvrt_status open_setting(const char *path, const threads_opts *o, int32_t
     mp.max_context = o->prompt_len + o->gen;
     kvrt_session_params sp = kvrt_session_default_params();
     sp.n_ctx = o->prompt_len + o->gen;
+    sp.kv_type = o->common.kv_type;
+    sp.block_size = o->common.block_size;
     kvrt_status st = kvrt_model_load(c->ctx, &mp, &c->model, err);
     if (st == KVRT_OK)
         st = kvrt_session_create(c->model, &sp, &c->session, err);
@@ -693,11 +688,9 @@ int kvrt_bench_threads_main(int argc, char **argv)
         return 1;
     }
     int rc = parse_args(argc, argv, &run->o);
-    if (rc < 0)
-        usage(stdout);
-    if (rc != 0) {
+    if (rc != KVRT_CLI_CONTINUE) {
         free(run);
-        return rc < 0 ? 0 : rc;
+        return rc;
     }
     run->cores = run->o.cores ? run->o.cores : kvrt_threadpool_default_threads();
     getloadavg(run->load_before, 3);
@@ -714,6 +707,7 @@ int kvrt_bench_threads_main(int argc, char **argv)
         report(run);
     else
         kvrt_cli_error(PROG, "%s", err.message);
+    free_opts(&run->o);
     free(run);
     return st == KVRT_OK ? 0 : 1;
 }
