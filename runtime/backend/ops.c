@@ -432,11 +432,10 @@ kvrt_status kvrt_op_kv_write(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer
 
 /* The backend's per-call limits (kvrt_context_limits), each refusal naming its limit. */
 static kvrt_status check_attention_limits(kvrt_backend *be, const kvrt_kv_pool_desc *pd, const kvrt_attn_desc *d,
-                                          int64_t table, const char *what)
+                                          int64_t table, bool decode, const char *what)
 {
     kvrt_context_limits l;
     kvrt_op_limits(be, &l);
-    bool decode = strcmp(what, "attention decode") == 0;
     int32_t hd_max = decode ? l.decode_head_dim_max : l.prefill_head_dim_max;
     if (pd->head_dim > hd_max)
         return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED,
@@ -471,7 +470,7 @@ static kvrt_attn_desc with_max_len(const kvrt_kv_pool *pool, const kvrt_attn_des
  * the q/out rows (n_rows of n_heads * head_dim). */
 static kvrt_status check_attention(kvrt_backend *be, const kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
                                    int64_t n_rows, kvrt_view q, kvrt_view out, kvrt_view seq_lens,
-                                   kvrt_view block_tables, const char *what)
+                                   kvrt_view block_tables, bool decode, const char *what)
 {
     KVRT_TRY(check_pool(be, pool, what));
     const kvrt_kv_pool_desc *pd = kvrt_kv_pool_desc_of(pool);
@@ -488,7 +487,7 @@ static kvrt_status check_attention(kvrt_backend *be, const kvrt_kv_pool *pool, i
     KVRT_TRY(check_ints(be, block_tables, table, "block_tables"));
     if (d->num_seqs == 0)
         return KVRT_OK;
-    KVRT_TRY(check_attention_limits(be, pd, d, table, what));
+    KVRT_TRY(check_attention_limits(be, pd, d, table, decode, what));
     char name[64];
     int64_t row = (int64_t)d->n_heads * pd->head_dim;
     snprintf(name, sizeof(name), "%s: q", what);
@@ -508,7 +507,7 @@ kvrt_status kvrt_op_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t la
         known = with_max_len(pool, d);
         d = &known;
     }
-    KVRT_TRY(check_attention(be, pool, layer, d, d ? d->num_seqs : 0, q, out, seq_lens, block_tables,
+    KVRT_TRY(check_attention(be, pool, layer, d, d ? d->num_seqs : 0, q, out, seq_lens, block_tables, true,
                              "attention decode"));
     if (d->num_seqs == 0)
         return KVRT_OK;
@@ -525,7 +524,7 @@ kvrt_status kvrt_op_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t l
         known = with_max_len(pool, d);
         d = &known;
     }
-    KVRT_TRY(check_attention(be, pool, layer, d, d ? d->num_tokens : 0, q, out, seq_lens, block_tables,
+    KVRT_TRY(check_attention(be, pool, layer, d, d ? d->num_tokens : 0, q, out, seq_lens, block_tables, false,
                              "attention prefill"));
     if (d->num_seqs == 0)
         return KVRT_OK;
