@@ -22,6 +22,7 @@ typedef struct kvrt_cpu_backend {
     kvrt_backend base;
     kvrt_threadpool *pool;
     int n_threads;
+    bool use_blas; /* large products go to OpenBLAS (cpu_blas.h) */
     uint64_t heap;         /* physical memory */
     uint64_t budget;       /* the context's, or what was available at creation */
     uint64_t used;         /* owned buffers and KV pools */
