@@ -667,6 +667,9 @@ static void test_limits_at_ci_size(void **state)
     static const big_case cases[] = {
         {"prefill 300 tokens x 8 heads x 64 dims", 64, 8, 2, 300, 300, ATTN_PREFILL},
         {"decode 1300 keys x 8 heads", 64, 8, 2, 1300, 1, ATTN_DECODE},
+        /* K and V of 1.4 MB: the cache writes them in pieces that fit a buffer */
+        {"decode 700 keys x 8 KV heads", 64, 8, 8, 700, 1, ATTN_DECODE},
+        {"prefill 600 tokens x 8 heads x 64 dims", 64, 8, 8, 600, 600, ATTN_PREFILL},
     };
     kvrt_backend_kind kinds[3];
     int n = 0;

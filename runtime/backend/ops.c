@@ -408,6 +408,20 @@ kvrt_status kvrt_op_set_profiling(kvrt_backend *be, bool on)
 
 /* ---- attention -------------------------------------------------------------------------------------- */
 
+/* A view of `bytes` (q, out, k, v of one call) must fit one device buffer
+ * (a bigger one would cross a segment of a GPU buffer). */
+static kvrt_status check_buffer_limit(kvrt_backend *be, size_t bytes, const char *what)
+{
+    kvrt_context_limits l;
+    kvrt_op_limits(be, &l);
+    if (bytes <= l.max_buffer_bytes)
+        return KVRT_OK;
+    return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED,
+                     "%s: %zu bytes exceed the largest buffer one call can bind, %llu bytes "
+                     "(kvrt_context_limits.max_buffer_bytes): fewer tokens per call",
+                     what, bytes, (unsigned long long)l.max_buffer_bytes);
+}
+
 kvrt_status kvrt_op_kv_write(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, kvrt_view k, int64_t k_stride,
                              kvrt_view v, int64_t v_stride, kvrt_view slot_mapping, int32_t n_tokens)
 {
@@ -425,6 +439,8 @@ kvrt_status kvrt_op_kv_write(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer
     KVRT_TRY(check_ints(be, slot_mapping, n_tokens, "kv write: slot_mapping"));
     if (n_tokens == 0)
         return KVRT_OK;
+    KVRT_TRY(check_buffer_limit(be, rows_bytes(n_tokens, k_stride, row), "kv write: k"));
+    KVRT_TRY(check_buffer_limit(be, rows_bytes(n_tokens, v_stride, row), "kv write: v"));
     uint64_t t0 = timer_start(be);
     return timer_end(be, "kv_write", t0, OP_CALL(be, kv_write, pool, layer, k, k_stride, v, v_stride, slot_mapping,
                                                  n_tokens));
@@ -496,7 +512,10 @@ static kvrt_status check_attention(kvrt_backend *be, const kvrt_kv_pool *pool, i
     KVRT_TRY(check_rows(be, out, n_rows, d->o_stride, row, name));
     if (views_overlap(q, rows_bytes(n_rows, d->q_stride, row), out, rows_bytes(n_rows, d->o_stride, row)))
         return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "%s: out overlaps q", what);
-    return KVRT_OK;
+    snprintf(name, sizeof(name), "%s: q", what);
+    KVRT_TRY(check_buffer_limit(be, rows_bytes(n_rows, d->q_stride, row), name));
+    snprintf(name, sizeof(name), "%s: out", what);
+    return check_buffer_limit(be, rows_bytes(n_rows, d->o_stride, row), name);
 }
 
 kvrt_status kvrt_op_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
