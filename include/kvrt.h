@@ -105,11 +105,22 @@ typedef enum kvrt_dtype {
     KVRT_DTYPE_F32 = 0,
     KVRT_DTYPE_F16 = 1,
     KVRT_DTYPE_Q4_0 = 2,
+    KVRT_DTYPE_Q4_1 = 3,
+    KVRT_DTYPE_Q5_0 = 6,
+    KVRT_DTYPE_Q5_1 = 7,
     KVRT_DTYPE_Q8_0 = 8,
+    KVRT_DTYPE_Q2_K = 10,
+    KVRT_DTYPE_Q3_K = 11,
+    KVRT_DTYPE_Q4_K = 12,
+    KVRT_DTYPE_Q5_K = 13,
+    KVRT_DTYPE_Q6_K = 14,
+    KVRT_DTYPE_IQ4_NL = 20,
+    KVRT_DTYPE_IQ4_XS = 23,
     KVRT_DTYPE_BF16 = 30
 } kvrt_dtype;
 
-/* "f32", "f16", "q4_0", "q8_0", "bf16"; "?" for unknown values. */
+/* The GGUF names: "f32", "f16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0",
+ * "q2_K" .. "q6_K", "iq4_nl", "iq4_xs", "bf16"; "?" for unknown values. */
 KVRT_API const char *kvrt_dtype_name(kvrt_dtype dtype);
 
 /* ---- compute context (one backend, one device) ----------------------------- */
@@ -171,7 +182,9 @@ typedef struct kvrt_context_params {
     const kvrt_allocator *allocator; /* host allocations; NULL = malloc. Must outlive the context. */
     /* GPU backends: file kvrt loads compiled pipelines from and saves them to
      * (Vulkan: the driver's VkPipelineCache data plus a kvrt checksum); NULL =
-     * none. A missing, unreadable, corrupt or other-device file is ignored. */
+     * none. A missing, unreadable, corrupt or other-device file is ignored.
+     * Saving replaces only a missing file or a kvrt cache: any other file at
+     * the path (a model named by mistake) is left as it is and not saved over. */
     const char *pipeline_cache_path;
 } kvrt_context_params;
 
@@ -201,8 +214,9 @@ KVRT_API kvrt_backend_kind kvrt_context_backend(const kvrt_context *ctx);
  * now (atomically: a temporary file renamed over it), if pipelines were
  * created since it was loaded or last saved. kvrt_context_destroy also saves,
  * silently. KVRT_OK without doing anything on contexts without a cache file
- * (no path, CPU backend, OpenCL). KVRT_ERR_IO when the file cannot be written;
- * the cache stays in memory and a later call may retry. */
+ * (no path, CPU backend, OpenCL). KVRT_ERR_IO when the file cannot be written
+ * or the path holds something that is not a kvrt cache (never replaced); the
+ * cache stays in memory and a later call may retry. */
 KVRT_API kvrt_status kvrt_context_save_caches(kvrt_context *ctx);
 
 /* ---- limits ------------------------------------------------------------------ */

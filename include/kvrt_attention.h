@@ -41,7 +41,10 @@ typedef struct kvrt_kv_cache_params {
     int32_t head_dim;
     int32_t block_size; /* 8, 16 or 32 */
     int32_t num_blocks;
-    kvrt_dtype dtype;   /* KVRT_DTYPE_F32 or KVRT_DTYPE_F16 (storage only; math is F32) */
+    kvrt_dtype dtype;   /* KVRT_DTYPE_F32, F16, Q8_0 or Q4_0 (storage only; math is F32). Q8_0 / Q4_0:
+                           8 / 4-bit values in groups of 32 along head_dim (a multiple of 32), one
+                           F16 scale per group stored after the block's values; the rounding rule
+                           is in docs/architecture.md ("Quantized KV") */
 } kvrt_kv_cache_params;
 
 typedef struct kvrt_kv_cache kvrt_kv_cache;
@@ -55,13 +58,14 @@ KVRT_API kvrt_status kvrt_kv_cache_create(kvrt_context *ctx, const kvrt_kv_cache
 KVRT_API void kvrt_kv_cache_destroy(kvrt_kv_cache *cache);
 /* Message of the last failed call on this cache ("" if none). */
 KVRT_API const char *kvrt_kv_cache_message(const kvrt_kv_cache *cache);
-/* Bytes of one block of one pool (one layer, K or V): n_kv_heads*block_size*head_dim*elem. */
+/* Bytes of one block of one pool (one layer, K or V): n_kv_heads*block_size*head_dim*elem,
+ * plus the scales of quantized types (2 bytes per 32 values). */
 KVRT_API size_t kvrt_kv_cache_block_bytes(const kvrt_kv_cache *cache);
 
 /* Writes the K and V of n_tokens tokens of `layer`:
  * k, v: F32 [n_tokens][n_kv_heads][head_dim] (keys already rotated);
  * slot_mapping: [n_tokens], slot < 0 skips the token (padding).
- * F16 caches round to nearest even. */
+ * F16 caches round to nearest even; Q8_0 / Q4_0 quantize each group of 32. */
 KVRT_API kvrt_status kvrt_kv_cache_write(kvrt_kv_cache *cache, int32_t layer, const float *k, const float *v,
                                          const int32_t *slot_mapping, int32_t n_tokens);
 /* The same with K and V in src_type: KVRT_DTYPE_F32 (as above) or

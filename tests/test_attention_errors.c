@@ -102,7 +102,8 @@ static void test_create_errors(void **state)
         {{1, KV, HD, BS, 0, KVRT_DTYPE_F32}, "num_blocks 0"},
         {{1, KV, HD, 12, NB, KVRT_DTYPE_F32}, "block_size 12 is not 8, 16 or 32"},
         {{1, KV, HD, 64, NB, KVRT_DTYPE_F32}, "block_size 64"},
-        {{1, KV, HD, BS, NB, KVRT_DTYPE_Q8_0}, "dtype q8_0 is not supported"},
+        {{1, KV, HD, BS, NB, KVRT_DTYPE_Q8_0}, "head_dim 8 is not a multiple of 32, which q8_0 KV needs"},
+        {{1, KV, 80, BS, NB, KVRT_DTYPE_Q4_0}, "head_dim 80 is not a multiple of 32, which q4_0 KV needs"},
         {{1, KV, HD, BS, NB, KVRT_DTYPE_BF16}, "dtype bf16"},
         {{1, KV, HD, 32, INT32_MAX / 16, KVRT_DTYPE_F32}, "overflow"},
     };

@@ -239,12 +239,14 @@ static void test_kv_dtypes_and_block_bytes(void **state)
     (void)state;
     assert_non_null(kvrt_kv_dtype(KVRT_DTYPE_F32));
     assert_non_null(kvrt_kv_dtype(KVRT_DTYPE_F16));
-    assert_null(kvrt_kv_dtype(KVRT_DTYPE_Q4_0));
+    assert_non_null(kvrt_kv_dtype(KVRT_DTYPE_Q8_0));
+    assert_non_null(kvrt_kv_dtype(KVRT_DTYPE_Q4_0));
+    assert_null(kvrt_kv_dtype(KVRT_DTYPE_BF16)); /* a weight type only */
     kvrt_kv_pool_desc d = {2, 4, 64, 16, 10, KVRT_DTYPE_F16};
     assert_int_equal(kvrt_kv_block_bytes(&d), 4 * 16 * 64 * 2);
     d.dtype = KVRT_DTYPE_F32;
     assert_int_equal(kvrt_kv_block_bytes(&d), 4 * 16 * 64 * 4);
-    /* a dtype with in-block scales (as a q8_0 KV would be): values, then one
+    /* a dtype with in-block scales (q8_0 KV): values, then one
      * 2-byte scale per 32 values of every row */
     kvrt_kv_dtype_desc q8 = {KVRT_DTYPE_Q8_0, 8, KVRT_KV_SCALES_IN_BLOCK, 32, 2};
     assert_int_equal(kvrt_kv_dtype_block_bytes(&q8, 4, 16, 64), 4 * 16 * 64 + 4 * 16 * 2 * 2);
@@ -253,7 +255,7 @@ static void test_kv_dtypes_and_block_bytes(void **state)
     assert_int_equal(kvrt_kv_dtype_block_bytes(&q4, 1, 8, 32), 8 * 16 + 8 * 2);
     kvrt_error err;
     assert_int_equal(kvrt_kv_check_dtype(&err, KVRT_DTYPE_BF16), KVRT_ERR_INVALID_ARGUMENT);
-    assert_string_equal(err.message, "dtype bf16 is not supported as a KV type (f32, f16)");
+    assert_string_equal(err.message, "dtype bf16 is not supported as a KV type (f32, f16, q8_0, q4_0)");
     kvrt_kv_pool_desc huge = {4, 1 << 20, 1 << 20, 32, INT32_MAX / 32, KVRT_DTYPE_F32};
     assert_int_equal(kvrt_kv_check_pool_desc(&err, &huge), KVRT_ERR_INVALID_ARGUMENT);
     assert_non_null(strstr(err.message, "overflow"));

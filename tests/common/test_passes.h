@@ -16,6 +16,7 @@ typedef struct kvrt_test_pass {
     const char *name;  /* "cpu/1", "vulkan/none", ... */
     kvrt_context *ctx;
     int same_bits_as;  /* an earlier pass whose outputs this one equals bit for bit; -1: none */
+    bool quant_kv;     /* stores q8_0 / q4_0 KV; false: must refuse them with UNSUPPORTED */
 } kvrt_test_pass;
 
 /* The passes of this run, opened by the group setup below. */
@@ -34,7 +35,8 @@ int kvrt_test_passes_teardown(void **state);
 
 /* Builds an attention case's data and reference once and runs it on every
  * pass (attn_case_run): the same bound everywhere, bit for bit where
- * same_bits_as says. Keeps each pass's worst max abs and NMSE in worst_abs /
+ * same_bits_as says. A quantized KV case on a pass without quant_kv must be
+ * refused: UNSUPPORTED, the message naming the type and the backend. Keeps each pass's worst max abs and NMSE in worst_abs /
  * worst_nmse ([KVRT_TEST_MAX_PASSES], may be NULL). Fails the test on a miss. */
 void kvrt_test_attn_case_everywhere(const attn_case *c, double *worst_abs, double *worst_nmse);
 

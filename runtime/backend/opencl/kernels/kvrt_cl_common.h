@@ -82,6 +82,7 @@ typedef struct kvrt_cl_op_args {
     kvrt_cl_i32 neox;
     kvrt_cl_i32 max_pos;
     float eps;             /* rmsnorm */
+    kvrt_cl_i32 wtype;     /* embed_q, matmul_q: the weight type (kvrt_dtype / ggml type id) */
 } kvrt_cl_op_args;
 
 #ifdef __OPENCL_VERSION__
@@ -93,7 +94,8 @@ typedef struct kvrt_cl_op_args {
 #if KVRT_KV_F16
 typedef half kv_t;
 #define KV_LOAD(p, i) vload_half((i), (p))
-#define KV_STORE(p, i, x) vstore_half_rte((x), (i), (p))
+/* F16 KV saturates (DESIGN.md): beyond +-65504, inf included, stores +-65504; NaN stays NaN */
+#define KV_STORE(p, i, x) vstore_half_rte(isnan(x) ? (x) : clamp((x), -65504.0f, 65504.0f), (i), (p))
 #define KV_LOAD4(p, i) vload_half4(0, (p) + (i))
 #else
 typedef float kv_t;
