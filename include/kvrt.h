@@ -237,7 +237,8 @@ typedef struct kvrt_context_limits {
                                 the kernel reports available) */
     uint64_t memory_in_use;  /* what kvrt holds now: KV caches, weights, activations, scratch */
     uint64_t max_buffer_bytes; /* the largest buffer one allocation may hold (bigger ones are split
-                                  into segments); attention scratch must fit one */
+                                  into segments): q and out of one attention call must each fit
+                                  one (kvrt_kv_cache_write splits K/V into pieces that do) */
     /* Attention (include/kvrt_attention.h). A call outside them is refused
      * with KVRT_ERR_UNSUPPORTED and a message naming the limit. */
     int32_t decode_head_dim_max;  /* head_dim of paged decode attention: 1 .. this */

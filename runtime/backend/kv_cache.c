@@ -140,6 +140,23 @@ static kvrt_status check_layer(kvrt_kv_cache *c, int32_t layer)
     return kvrt_kv_check_layer(&c->err, &c->desc, layer);
 }
 
+/* One step writing n_tokens checked rows. */
+static kvrt_status write_piece(kvrt_kv_cache *cache, int32_t layer, const float *k, const float *v,
+                               const int32_t *slot_mapping, int32_t n_tokens)
+{
+    int64_t row = (int64_t)cache->desc.n_kv_heads * cache->desc.head_dim;
+    size_t kv_bytes = (size_t)n_tokens * (size_t)row * sizeof(float);
+    host_arg a[] = {{k, kv_bytes, false, NULL}, {v, kv_bytes, false, NULL},
+                    {slot_mapping, (size_t)n_tokens * sizeof(int32_t), false, NULL}};
+    kvrt_status s = host_args_begin(cache, a, 3);
+    bool begun = s == KVRT_OK && (s = kvrt_op_begin(cache->be)) == KVRT_OK;
+    if (begun)
+        s = kvrt_op_kv_write(cache->be, cache->pool, layer, host_view(&a[0]), row, host_view(&a[1]), row,
+                             host_view(&a[2]), n_tokens);
+    s = step_end(cache, begun, s);
+    return from_backend(cache, host_args_end(cache, a, 3, s));
+}
+
 kvrt_status kvrt_kv_cache_write(kvrt_kv_cache *cache, int32_t layer, const float *k, const float *v,
                                 const int32_t *slot_mapping, int32_t n_tokens)
 {
@@ -155,17 +172,17 @@ kvrt_status kvrt_kv_cache_write(kvrt_kv_cache *cache, int32_t layer, const float
         return kvrt_fail(&cache->err, KVRT_ERR_INVALID_ARGUMENT, "kv write: %s is NULL",
                          !k ? "k" : !v ? "v" : "slot_mapping");
     KVRT_TRY(kvrt_kv_check_slots(&cache->err, &cache->desc, slot_mapping, n_tokens));
+    /* in pieces whose K or V fits one device buffer: a write has no limit of its own */
     int64_t row = (int64_t)cache->desc.n_kv_heads * cache->desc.head_dim;
-    size_t kv_bytes = (size_t)n_tokens * (size_t)row * sizeof(float);
-    host_arg a[] = {{k, kv_bytes, false, NULL}, {v, kv_bytes, false, NULL},
-                    {slot_mapping, (size_t)n_tokens * sizeof(int32_t), false, NULL}};
-    kvrt_status s = host_args_begin(cache, a, 3);
-    bool begun = s == KVRT_OK && (s = kvrt_op_begin(cache->be)) == KVRT_OK;
-    if (begun)
-        s = kvrt_op_kv_write(cache->be, cache->pool, layer, host_view(&a[0]), row, host_view(&a[1]), row,
-                             host_view(&a[2]), n_tokens);
-    s = step_end(cache, begun, s);
-    return from_backend(cache, host_args_end(cache, a, 3, s));
+    kvrt_context_limits l;
+    kvrt_op_limits(cache->be, &l);
+    uint64_t fit = l.max_buffer_bytes / ((uint64_t)row * sizeof(float));
+    int32_t per = (int32_t)KVRT_MAX((uint64_t)1, KVRT_MIN(fit, (uint64_t)n_tokens));
+    kvrt_status s = KVRT_OK;
+    for (int32_t t0 = 0; s == KVRT_OK && t0 < n_tokens; t0 += per)
+        s = write_piece(cache, layer, k + (size_t)t0 * (size_t)row, v + (size_t)t0 * (size_t)row, slot_mapping + t0,
+                        KVRT_MIN(per, n_tokens - t0));
+    return s;
 }
 
 /* F16 K/V go through the F32 path: every F16 value (infinities included) is

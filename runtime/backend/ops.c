@@ -408,6 +408,20 @@ kvrt_status kvrt_op_set_profiling(kvrt_backend *be, bool on)
 
 /* ---- attention -------------------------------------------------------------------------------------- */
 
+/* A view of `bytes` (q, out, k, v of one call) must fit one device buffer
+ * (a bigger one would cross a segment of a GPU buffer). */
+static kvrt_status check_buffer_limit(kvrt_backend *be, size_t bytes, const char *what)
+{
+    kvrt_context_limits l;
+    kvrt_op_limits(be, &l);
+    if (bytes <= l.max_buffer_bytes)
+        return KVRT_OK;
+    return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED,
+                     "%s: %zu bytes exceed the largest buffer one call can bind, %llu bytes "
+                     "(kvrt_context_limits.max_buffer_bytes): fewer tokens per call",
+                     what, bytes, (unsigned long long)l.max_buffer_bytes);
+}
+
 kvrt_status kvrt_op_kv_write(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, kvrt_view k, int64_t k_stride,
                              kvrt_view v, int64_t v_stride, kvrt_view slot_mapping, int32_t n_tokens)
 {
@@ -425,6 +439,8 @@ kvrt_status kvrt_op_kv_write(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer
     KVRT_TRY(check_ints(be, slot_mapping, n_tokens, "kv write: slot_mapping"));
     if (n_tokens == 0)
         return KVRT_OK;
+    KVRT_TRY(check_buffer_limit(be, rows_bytes(n_tokens, k_stride, row), "kv write: k"));
+    KVRT_TRY(check_buffer_limit(be, rows_bytes(n_tokens, v_stride, row), "kv write: v"));
     uint64_t t0 = timer_start(be);
     return timer_end(be, "kv_write", t0, OP_CALL(be, kv_write, pool, layer, k, k_stride, v, v_stride, slot_mapping,
                                                  n_tokens));
@@ -432,11 +448,10 @@ kvrt_status kvrt_op_kv_write(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer
 
 /* The backend's per-call limits (kvrt_context_limits), each refusal naming its limit. */
 static kvrt_status check_attention_limits(kvrt_backend *be, const kvrt_kv_pool_desc *pd, const kvrt_attn_desc *d,
-                                          int64_t table, const char *what)
+                                          int64_t table, bool decode, const char *what)
 {
     kvrt_context_limits l;
     kvrt_op_limits(be, &l);
-    bool decode = strcmp(what, "attention decode") == 0;
     int32_t hd_max = decode ? l.decode_head_dim_max : l.prefill_head_dim_max;
     if (pd->head_dim > hd_max)
         return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED,
@@ -471,7 +486,7 @@ static kvrt_attn_desc with_max_len(const kvrt_kv_pool *pool, const kvrt_attn_des
  * the q/out rows (n_rows of n_heads * head_dim). */
 static kvrt_status check_attention(kvrt_backend *be, const kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
                                    int64_t n_rows, kvrt_view q, kvrt_view out, kvrt_view seq_lens,
-                                   kvrt_view block_tables, const char *what)
+                                   kvrt_view block_tables, bool decode, const char *what)
 {
     KVRT_TRY(check_pool(be, pool, what));
     const kvrt_kv_pool_desc *pd = kvrt_kv_pool_desc_of(pool);
@@ -488,7 +503,7 @@ static kvrt_status check_attention(kvrt_backend *be, const kvrt_kv_pool *pool, i
     KVRT_TRY(check_ints(be, block_tables, table, "block_tables"));
     if (d->num_seqs == 0)
         return KVRT_OK;
-    KVRT_TRY(check_attention_limits(be, pd, d, table, what));
+    KVRT_TRY(check_attention_limits(be, pd, d, table, decode, what));
     char name[64];
     int64_t row = (int64_t)d->n_heads * pd->head_dim;
     snprintf(name, sizeof(name), "%s: q", what);
@@ -497,7 +512,10 @@ static kvrt_status check_attention(kvrt_backend *be, const kvrt_kv_pool *pool, i
     KVRT_TRY(check_rows(be, out, n_rows, d->o_stride, row, name));
     if (views_overlap(q, rows_bytes(n_rows, d->q_stride, row), out, rows_bytes(n_rows, d->o_stride, row)))
         return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "%s: out overlaps q", what);
-    return KVRT_OK;
+    snprintf(name, sizeof(name), "%s: q", what);
+    KVRT_TRY(check_buffer_limit(be, rows_bytes(n_rows, d->q_stride, row), name));
+    snprintf(name, sizeof(name), "%s: out", what);
+    return check_buffer_limit(be, rows_bytes(n_rows, d->o_stride, row), name);
 }
 
 kvrt_status kvrt_op_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
@@ -508,7 +526,7 @@ kvrt_status kvrt_op_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t la
         known = with_max_len(pool, d);
         d = &known;
     }
-    KVRT_TRY(check_attention(be, pool, layer, d, d ? d->num_seqs : 0, q, out, seq_lens, block_tables,
+    KVRT_TRY(check_attention(be, pool, layer, d, d ? d->num_seqs : 0, q, out, seq_lens, block_tables, true,
                              "attention decode"));
     if (d->num_seqs == 0)
         return KVRT_OK;
@@ -525,7 +543,7 @@ kvrt_status kvrt_op_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t l
         known = with_max_len(pool, d);
         d = &known;
     }
-    KVRT_TRY(check_attention(be, pool, layer, d, d ? d->num_tokens : 0, q, out, seq_lens, block_tables,
+    KVRT_TRY(check_attention(be, pool, layer, d, d ? d->num_tokens : 0, q, out, seq_lens, block_tables, false,
                              "attention prefill"));
     if (d->num_seqs == 0)
         return KVRT_OK;
