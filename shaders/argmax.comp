@@ -1,6 +1,8 @@
 #version 450
 // out[r] = index of the largest value of row r, lowest index on ties (NaNs
 // never win). One workgroup per row. a = x, c = out (int32).
+// Loop trips per invocation: ceil(dim / 64) + 1 + 7: at most ~8,200, the
+// host refusing dim > 524,288 (KVRT_VK_MAX_ROW), under lavapipe's 65,535.
 #include "kvrt_push.h"
 layout(push_constant) uniform P { KVRT_PUSH_OPS } pc;
 #include "ops_common.glsl"

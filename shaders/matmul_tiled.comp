@@ -15,10 +15,12 @@
 // (weights.glsl) as matmul.comp; each invocation loads one weight row, so it
 // selects that row's segment window once per row tile.
 // Shared memory: (64 + 32) x 36 floats = 13.5 KiB, under the 16 KiB every
-// Vulkan device has. Loop trips per invocation: row tiles (1 unless the grid
-// is capped) x n_in / 32 steps; the inner loops have constant trip counts and
-// are unrolled, which keeps lavapipe's 65,535-iteration limit out of reach
-// for n_in up to ~2M.
+// Vulkan device has. Loop trips per invocation: row tiles x (n_in / 32 + 1)
+// + row tiles + 1; the inner loops have constant trip counts and are
+// unrolled. The host refuses n_in > 524,288 (KVRT_VK_MAX_ROW) and more than
+// 2^24 output rows; with the grid capped at 65,535 groups, row tiles x
+// n_in / 32 <= n_in / 32 + 256: at most ~16,700 trips, under lavapipe's
+// 65,535 per invocation.
 #include "kvrt_push.h"
 layout(push_constant) uniform P { KVRT_PUSH_OPS } pc;
 #include "ops_common.glsl"
