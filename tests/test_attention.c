@@ -59,6 +59,26 @@ static void test_grid(void **state)
     free(cases);
 }
 
+/* Large head sizes (attn_case_wide) at 1 and 2 threads. */
+static void test_wide_heads(void **state)
+{
+    (void)state;
+    const char *full_env = getenv("KVRT_TEST_FULL");
+    bool full = full_env && strcmp(full_env, "1") == 0;
+    size_t n = attn_case_wide(full, NULL, 0);
+    attn_case *cases = calloc(n, sizeof(*cases));
+    assert_non_null(cases);
+    assert_int_equal(attn_case_wide(full, cases, n), n);
+    for (int threads = 1; threads <= 2; threads++) {
+        kvrt_context *ctx = make_ctx(threads);
+        for (size_t i = 0; i < n; i++)
+            run_case(ctx, &cases[i]);
+        kvrt_context_destroy(ctx);
+    }
+    print_message("%zu wide-head attention cases at 1 and 2 threads\n", n);
+    free(cases);
+}
+
 /* The pairwise subset really covers every pair of factor values: check it
  * against the full product, pair by pair. */
 static void test_grid_is_pairwise(void **state)
@@ -285,6 +305,7 @@ int main(void)
         cmocka_unit_test(test_grid_is_pairwise),
         cmocka_unit_test(test_grid),
         cmocka_unit_test(test_long_and_odd_cases),
+        cmocka_unit_test(test_wide_heads),
         cmocka_unit_test(test_portable_kernels),
         cmocka_unit_test(test_decode_kernels_row_invariant),
     };

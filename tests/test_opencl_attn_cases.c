@@ -74,12 +74,34 @@ static void test_long_and_odd_cases(void **state)
     kvrt_context_destroy(ctx);
 }
 
+/* Large head sizes (attn_case_wide). */
+static void test_wide_heads(void **state)
+{
+    (void)state;
+    const char *full_env = getenv("KVRT_TEST_FULL");
+    bool full = full_env && strcmp(full_env, "1") == 0;
+    size_t n = attn_case_wide(full, NULL, 0);
+    attn_case *cases = calloc(n, sizeof(*cases));
+    assert_non_null(cases);
+    assert_int_equal(attn_case_wide(full, cases, n), n);
+    kvrt_context *ctx = cl_test_context(0);
+    assert_non_null(ctx);
+    double worst_abs = 0, worst_nmse = 0;
+    for (size_t i = 0; i < n; i++)
+        run_case(ctx, &cases[i], &worst_abs, &worst_nmse);
+    print_message("%zu wide-head attention cases on OpenCL: worst max abs %.2e, worst nmse %.2e\n", n, worst_abs,
+                  worst_nmse);
+    kvrt_context_destroy(ctx);
+    free(cases);
+}
+
 int main(void)
 {
     cl_test_env();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_grid),
         cmocka_unit_test(test_long_and_odd_cases),
+        cmocka_unit_test(test_wide_heads),
     };
     return cmocka_run_group_tests_name("opencl attention cases", tests, NULL, NULL);
 }

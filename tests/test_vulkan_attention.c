@@ -496,6 +496,66 @@ static void test_many_segments(void **state)
     vk_close(be);
 }
 
+/* What the kernels cannot bound by their shape is refused, naming the limit:
+ * head_dim above 1024, block tables wider than the merge passes take. */
+static void test_limits(void **state)
+{
+    kvrt_backend *be = vk_open();
+    const int32_t hds[] = {1025, 2048, 1024};
+    for (size_t i = 0; i < KVRT_ARRAY_LEN(hds); i++) {
+        kvrt_kv_pool_desc pd = {.n_layers = 1, .n_kv_heads = 1, .head_dim = hds[i], .block_size = 16,
+                                .num_blocks = 6, .dtype = KVRT_DTYPE_F32};
+        kvrt_kv_pool *pool = make_pool(be, &pd);
+        /* head_dim 1024: a table of 80,000 blocks (1.28M keys), over 2,220 partitions */
+        int32_t max_blocks = hds[i] == 1024 ? 80000 : 1;
+        int32_t *table = calloc((size_t)max_blocks, sizeof(int32_t)), lens[1] = {1}, qsl[2] = {0, 1};
+        float *q = calloc((size_t)hds[i], sizeof(float));
+        kvrt_buffer *qb = dev_buf(be, q, (size_t)hds[i] * 4), *ob = dev_buf(be, NULL, (size_t)hds[i] * 4);
+        kvrt_buffer *tb = dev_buf(be, table, (size_t)max_blocks * 4), *lb = dev_buf(be, lens, 4);
+        kvrt_buffer *qlb = dev_buf(be, qsl, 8);
+        kvrt_attn_desc ad = {.num_seqs = 1, .n_heads = 1, .max_blocks_per_seq = max_blocks, .scale = 1.0f,
+                             .q_stride = hds[i], .o_stride = hds[i]};
+        kvrt_view qv = {qb, 0}, ov = {ob, 0}, tv = {tb, 0}, lv = {lb, 0}, qlv = {qlb, 0};
+        const char *named = hds[i] == 1024 ? "keys per sequence" : "limit of 1024";
+        assert_int_equal(be->ops->attn_decode(be, pool, 0, &ad, qv, ov, lv, tv), KVRT_ERR_UNSUPPORTED);
+        assert_non_null(strstr(be->err.message, named));
+        assert_int_equal(be->ops->attn_prefill(be, pool, 0, &ad, qv, ov, qlv, lv, tv), KVRT_ERR_UNSUPPORTED);
+        assert_non_null(strstr(be->err.message, named));
+        be->ops->buffer_destroy(be, qb);
+        be->ops->buffer_destroy(be, ob);
+        be->ops->buffer_destroy(be, tb);
+        be->ops->buffer_destroy(be, lb);
+        be->ops->buffer_destroy(be, qlb);
+        be->ops->kv_pool_destroy(be, pool);
+        free(table);
+        free(q);
+    }
+    vk_close(be);
+}
+
+/* More query tiles (and rows) than a dispatch may have workgroups on x:
+ * prefill splits its passes into several dispatches, each workgroup still
+ * taking one tile; with maxComputeWorkGroupCount[0] lowered to 3. */
+static void test_split_dispatch(void **state)
+{
+    kvrt_context_params p = kvrt_context_default_params();
+    p.backend = KVRT_BACKEND_VULKAN;
+    p.disabled_features = g_disabled;
+    p.pipeline_cache_path = kvrt_test_pipeline_cache();
+    kvrt_vk_debug_params dbg = {.validation = true, .max_groups_x = 3};
+    kvrt_backend *be = NULL;
+    kvrt_error err;
+    if (kvrt_vk_backend_create_ex(&p, &dbg, &be, &err) != KVRT_OK)
+        fail_msg("vulkan backend: %s", err.message);
+    static const vcase cases[] = {
+        {256, 4, 2, 16, KVRT_DTYPE_F32, 0, 0, true, 2, {150, 40}, {100, 33}},
+        {768, 2, 1, 16, KVRT_DTYPE_F16, 0, 0, true, 1, {300}, {30}},
+    };
+    for (size_t i = 0; i < KVRT_ARRAY_LEN(cases); i++)
+        run_case(be, &cases[i], 400 + i);
+    vk_close(be);
+}
+
 static int pass_all(void **state)
 {
     g_disabled = 0;
@@ -532,6 +592,8 @@ int main(void)
         cmocka_unit_test_setup(test_decode, pass_small_shared),
         cmocka_unit_test_setup(test_prefill, pass_small_shared),
         BOTH(test_many_segments),
+        cmocka_unit_test_setup(test_limits, pass_all),
+        BOTH(test_split_dispatch),
     };
     return cmocka_run_group_tests_name("vulkan_attention", tests, NULL, NULL);
 }

@@ -26,6 +26,8 @@ int main(void)
 
 
 static uint32_t g_disabled;
+static uint32_t g_max_shared; /* 0 = the device's; else less shared memory for the attention tiles */
+static int32_t g_wide_max_len; /* longest wide-head context a pass runs (CI time: the first pass takes all) */
 
 
 /* A public context around a Vulkan backend created with the validation layer. */
@@ -33,7 +35,7 @@ static kvrt_context *vk_ctx(void)
 {
     kvrt_context *ctx = kvrt_calloc(NULL, 1, sizeof(*ctx));
     assert_non_null(ctx);
-    ctx->be = kvrt_test_vk_open(g_disabled, 0, 0);
+    ctx->be = kvrt_test_vk_open(g_disabled, 0, g_max_shared);
     assert_non_null(ctx->be);
     return ctx;
 }
@@ -102,15 +104,52 @@ static void test_long_and_odd(void **state)
     vk_ctx_close(ctx);
 }
 
+/* Large head sizes (attn_case_wide): from head_dim 768 on, prefill used to
+ * return wrong numbers with status OK on lavapipe. */
+static void test_wide_heads(void **state)
+{
+    const char *full_env = getenv("KVRT_TEST_FULL");
+    bool full = full_env && strcmp(full_env, "1") == 0;
+    size_t n = attn_case_wide(full, NULL, 0);
+    attn_case *cases = calloc(n, sizeof(*cases));
+    assert_non_null(cases);
+    assert_int_equal(attn_case_wide(full, cases, n), n);
+    kvrt_context *ctx = vk_ctx();
+    size_t ran = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (full || cases[i].seq_lens[0] <= g_wide_max_len) {
+            run_case(ctx, &cases[i]);
+            ran++;
+        }
+    }
+    print_message("%zu of %zu wide-head attention cases; %s\n", ran, n, kvrt_context_description(ctx));
+    vk_ctx_close(ctx);
+    free(cases);
+}
+
 static int pass_all(void **state)
 {
     g_disabled = 0;
+    g_max_shared = 0;
+    g_wide_max_len = INT32_MAX;
     return 0;
 }
 
 static int pass_none(void **state)
 {
     g_disabled = KVRT_TEST_ALL_FEATURES;
+    g_max_shared = 0;
+    g_wide_max_len = 700;
+    return 0;
+}
+
+/* The 16 KiB of shared memory every Vulkan device has: one-row tiles and
+ * dot products split 64 ways at head_dim 1024. */
+static int pass_small_shared(void **state)
+{
+    g_disabled = 0;
+    g_max_shared = 16 * 1024;
+    g_wide_max_len = 700;
     return 0;
 }
 
@@ -122,6 +161,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         BOTH(test_grid),
         BOTH(test_long_and_odd),
+        BOTH(test_wide_heads),
+        cmocka_unit_test_setup(test_wide_heads, pass_small_shared),
     };
     return cmocka_run_group_tests_name("vulkan_attn_cases", tests, NULL, NULL);
 }

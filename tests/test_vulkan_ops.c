@@ -381,6 +381,73 @@ static void test_embed_gather_argmax(void **state)
     free(x), free(g), free(am);
 }
 
+/* Rows one workgroup walks are bounded (lavapipe stops an invocation's loops
+ * after 65,535 trips, and the results are then silently wrong): at the limit
+ * of 524,288 elements rmsnorm, argmax and the GEMV (16,384 steps a lane with
+ * lavapipe's 8-lane subgroups, its tightest bound) are right; one more is
+ * refused with UNSUPPORTED, by the tiled matmul too (~16,400 trips at the
+ * limit, not run here: 2 s on lavapipe). */
+static void test_loop_bounds(void **state)
+{
+    const int64_t n = 1 << 19;
+    float *x = malloc(sizeof(float) * (size_t)(4 * n + 4)), *w = malloc(sizeof(float) * (size_t)(2 * n + 1));
+    double ref[2];
+    assert_true(x && w);
+    for (int64_t i = 0; i < 4 * n + 4; i++)
+        x[i] = rnd();
+    for (int64_t i = 0; i < 2 * n + 1; i++)
+        w[i] = rnd();
+    x[n - 1] = 9.0f; /* argmax: the row's last element */
+    kvrt_buffer *xb = up(x, sizeof(float) * (size_t)(4 * n + 4)), *wb = up(w, sizeof(float) * (size_t)(2 * n + 1));
+    kvrt_buffer *yb = out_buf((size_t)n), *ab = out_buf(1);
+    kvrt_view xv = {xb, 0}, wv = {wb, 0}, yv = {yb, 0}, av = {ab, 0};
+
+    assert_int_equal(g_be->ops->rmsnorm(g_be, xv, n, wv, yv, n, 1, (int32_t)n, 1e-5f), KVRT_OK);
+    float *y = down(yb, (size_t)n);
+    double ss = 0;
+    for (int64_t i = 0; i < n; i++)
+        ss += (double)x[i] * x[i];
+    double inv = 1.0 / sqrt(ss / (double)n + 1e-5), e2 = 0, r2 = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double r = x[i] * inv * w[i];
+        e2 += (y[i] - r) * (y[i] - r);
+        r2 += r * r;
+    }
+    print_message("  rmsnorm of %lld: nmse %.2e\n", (long long)n, e2 / r2);
+    assert_true(e2 / r2 <= 1e-6);
+    assert_int_equal(g_be->ops->argmax(g_be, xv, n, 1, (int32_t)n, av), KVRT_OK);
+    int32_t *am = (int32_t *)down(ab, 1);
+    assert_int_equal(am[0], n - 1);
+
+    /* y[o] = W[o] . x, 2 rows, 1 token (GEMV) */
+    kvrt_buffer *mb = out_buf(2);
+    kvrt_view mv = {mb, 0};
+    assert_int_equal(g_be->ops->matmul(g_be, KVRT_DTYPE_F32, wv, 2, n, xv, n, mv, 2, 1), KVRT_OK);
+    float *mm = down(mb, 2);
+    for (int32_t o = 0; o < 2; o++) {
+        ref[o] = 0;
+        for (int64_t i = 0; i < n; i++)
+            ref[o] += (double)w[o * n + i] * x[i];
+    }
+    check_nmse("matmul (GEMV) at the row limit", mm, ref, 2, 2, 2);
+
+    /* one element more: refused, naming the limit */
+    assert_int_equal(g_be->ops->rmsnorm(g_be, xv, n + 1, wv, yv, n + 1, 1, (int32_t)n + 1, 1e-5f),
+                     KVRT_ERR_UNSUPPORTED);
+    assert_non_null(strstr(g_be->err.message, "524288"));
+    assert_int_equal(g_be->ops->argmax(g_be, xv, n + 1, 1, (int32_t)n + 1, av), KVRT_ERR_UNSUPPORTED);
+    assert_non_null(strstr(g_be->err.message, "524288"));
+    for (int32_t tok = 1; tok <= 4; tok += 3)
+        assert_int_equal(g_be->ops->matmul(g_be, KVRT_DTYPE_F32, wv, 1, n + 1, xv, n + 1, yv, 1, tok),
+                         KVRT_ERR_UNSUPPORTED);
+    g_be->ops->buffer_destroy(g_be, xb);
+    g_be->ops->buffer_destroy(g_be, wb);
+    g_be->ops->buffer_destroy(g_be, yb);
+    g_be->ops->buffer_destroy(g_be, ab);
+    g_be->ops->buffer_destroy(g_be, mb);
+    free(x), free(w), free(y), free(am), free(mm);
+}
+
 /* A long step: more dispatches than one descriptor pool holds, each reading
  * the previous one's output; a bad call inside the step fails alone. */
 static void test_long_step(void **state)
@@ -416,6 +483,7 @@ int main(void)
         cmocka_unit_test(test_rope),
         cmocka_unit_test(test_embed_gather_argmax),
         cmocka_unit_test(test_long_step),
+        cmocka_unit_test(test_loop_bounds),
         cmocka_unit_test(test_spanning_segments),
     };
     int fails = cmocka_run_group_tests_name("vulkan_ops (all features)", tests, setup_all, teardown);
