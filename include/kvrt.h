@@ -117,13 +117,35 @@ KVRT_API const char *kvrt_dtype_name(kvrt_dtype dtype);
 typedef enum kvrt_backend_kind {
     KVRT_BACKEND_CPU = 0,
     KVRT_BACKEND_VULKAN = 1,
-    KVRT_BACKEND_OPENCL = 2
+    KVRT_BACKEND_OPENCL = 2,
+    /* Chosen when the context is created (kvrt_backend_choose_auto): the first
+     * hardware Vulkan device, else the first hardware OpenCL device, else the
+     * CPU. Software drivers (lavapipe/llvmpipe, SwiftShader, PoCL's CPU
+     * device) are never chosen: name their backend to use them. */
+    KVRT_BACKEND_AUTO = 3
 } kvrt_backend_kind;
 
-/* "cpu", "vulkan", "opencl". */
+/* "cpu", "vulkan", "opencl", "auto". */
 KVRT_API const char *kvrt_backend_name(kvrt_backend_kind kind);
 /* Parses a backend name; KVRT_ERR_INVALID_ARGUMENT when unknown. */
 KVRT_API kvrt_status kvrt_backend_parse(const char *name, kvrt_backend_kind *out);
+
+/* What KVRT_BACKEND_AUTO resolves to on this machine. */
+typedef struct kvrt_backend_choice {
+    kvrt_backend_kind backend; /* CPU, VULKAN or OPENCL, never AUTO */
+    int32_t device_index;      /* the kvrt_context_params.device_index that selects it; -1 for the CPU */
+    char device[128];          /* the chosen device's name; "" for the CPU */
+    char reason[512];          /* one line: why, and which software devices were passed over */
+} kvrt_backend_choice;
+
+/* Lists the Vulkan devices, then (when no hardware Vulkan device is found)
+ * the OpenCL devices, and applies the KVRT_BACKEND_AUTO rule. A backend that
+ * is not built in, has no loader or no device counts as having no hardware
+ * device; the CPU is always available, so the only error is
+ * KVRT_ERR_INVALID_ARGUMENT (out NULL). Takes as long as opening the drivers
+ * (tenths of a second); kvrt_context_create with KVRT_BACKEND_AUTO calls it.
+ * `err` may be NULL. Thread-safe. */
+KVRT_API kvrt_status kvrt_backend_choose_auto(kvrt_backend_choice *out, kvrt_error *err);
 
 /* Device features a context may be told not to use, so portable paths can be
  * exercised on devices that have everything (DESIGN.md). */
@@ -137,8 +159,8 @@ enum {
 typedef struct kvrt_context_params {
     kvrt_backend_kind backend;
     int32_t n_threads;        /* CPU worker threads; 0 = number of online cores */
-    int32_t device_index;     /* GPU backends: -1 = pick (discrete preferred) */
-    const char *device_name;  /* GPU backends: substring match, overrides index; may be NULL */
+    int32_t device_index;     /* GPU backends: -1 = pick (discrete preferred); must be -1 with AUTO */
+    const char *device_name;  /* GPU backends: substring match, overrides index; may be NULL; NULL with AUTO */
     uint64_t memory_budget;   /* bytes of device memory kvrt may use; 0 = backend default */
     uint32_t disabled_features; /* KVRT_FEATURE_* bits the backend must not use */
     const kvrt_allocator *allocator; /* host allocations; NULL = malloc. Must outlive the context. */
@@ -156,7 +178,10 @@ typedef struct kvrt_context kvrt_context;
 
 /* Creates a compute context. KVRT_ERR_BACKEND_UNAVAILABLE (with a message
  * naming what is missing) when the backend is not built in or has no driver
- * or device. `err` may be NULL. */
+ * or device. With KVRT_BACKEND_AUTO the backend and device are those of
+ * kvrt_backend_choose_auto (kvrt_context_backend tells which);
+ * KVRT_ERR_INVALID_ARGUMENT when a device index or name is given with it.
+ * `err` may be NULL. */
 KVRT_API kvrt_status kvrt_context_create(const kvrt_context_params *params,
                                          kvrt_context **out, kvrt_error *err);
 /* Destroys a context. Every object created from it must be destroyed first. NULL is a no-op. */
@@ -165,6 +190,8 @@ KVRT_API void kvrt_context_destroy(kvrt_context *ctx);
 KVRT_API const char *kvrt_context_message(const kvrt_context *ctx);
 /* A one-line description of the device and backend ("cpu: 2 threads, OpenBLAS Haswell"). */
 KVRT_API const char *kvrt_context_description(const kvrt_context *ctx);
+/* The backend a context runs on (never KVRT_BACKEND_AUTO); KVRT_BACKEND_CPU for NULL. */
+KVRT_API kvrt_backend_kind kvrt_context_backend(const kvrt_context *ctx);
 /* Writes the context's compiled-pipeline cache to params.pipeline_cache_path
  * now (atomically: a temporary file renamed over it), if pipelines were
  * created since it was loaded or last saved. kvrt_context_destroy also saves,

@@ -98,6 +98,13 @@ static void test_loader_table(void **state)
     kvrt_cl_unload(&fn);
     assert_null(fn.lib);
     assert_string_equal(kvrt_cl_error_name(CL_OUT_OF_RESOURCES), "CL_OUT_OF_RESOURCES");
+    /* every code by name, OpenCL 2.x/3.0 ones too (a 1.2 build's headers lack them) */
+    assert_string_equal(kvrt_cl_error_name(CL_INVALID_EVENT), "CL_INVALID_EVENT");
+    assert_string_equal(kvrt_cl_error_name(CL_EXEC_STATUS_ERROR_FOR_EVENTS_IN_WAIT_LIST),
+                        "CL_EXEC_STATUS_ERROR_FOR_EVENTS_IN_WAIT_LIST");
+    assert_string_equal(kvrt_cl_error_name(-72), "CL_MAX_SIZE_RESTRICTION_EXCEEDED");
+    assert_string_equal(kvrt_cl_error_name(-1001), "CL_PLATFORM_NOT_FOUND_KHR");
+    assert_string_equal(kvrt_cl_error_name(-9999), "unknown OpenCL error");
 
     /* a machine without an OpenCL loader */
     assert_int_equal(kvrt_cl_load_named(&fn, "libkvrt-no-such-opencl.so.1", &err), KVRT_ERR_BACKEND_UNAVAILABLE);

@@ -4,9 +4,11 @@
 #include "kvrt.h"
 #include "kvrt_opencl.h"
 #include "kvrt_vulkan.h"
+#include "cli.h"
 #include "profile_report.h"
 
 #include <errno.h>
+#include <float.h>
 #include <limits.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -17,143 +19,81 @@
 #include <unistd.h>
 
 typedef struct run_args {
-    const char *model, *tokenizer, *prompt, *backend, *device, *dump_logits, *pipeline_cache;
-    int n_predict, threads, ctx, block_size, batch, verbose, ignore_eos, truncate, list_devices, profile;
-    kvrt_dtype kv_type;
+    const char *model, *tokenizer, *prompt, *prompt_file, *dump_logits;
+    char *prompt_text;   /* -f: the file's bytes (owned) */
+    size_t prompt_len;
+    int32_t n_predict, ctx, batch;
+    bool ignore_eos, truncate, list_devices, profile;
+    kvrt_cli_common common; /* --backend --device -t --pipeline-cache --kv-type --block-size -v */
     kvrt_sampler_params sp;
-    long long seed;
+    int64_t seed;
 } run_args;
 
-static void usage(FILE *f)
-{
-    fprintf(f,
-            "usage: kvrt-run -m MODEL [options]\n"
-            "\n"
-            "Generates text with a Llama-family model (GGUF, or a llama2.c checkpoint with -z).\n"
-            "\n"
-            "  -m, --model FILE        GGUF model, or llama2.c checkpoint (.bin)\n"
-            "  -z, --tokenizer FILE    llama2.c tokenizer.bin (checkpoints only)\n"
-            "  -p, --prompt TEXT       prompt (default: empty = BOS alone)\n"
-            "  -n, --n-predict N       tokens to generate (default 128)\n"
-            "      --temp T            temperature, <= 0 = greedy (default 0.8)\n"
-            "      --top-k N           (default 40, 0 = off)\n"
-            "      --top-p P           (default 0.95, 1 = off)\n"
-            "      --min-p P           (default 0.05, 0 = off)\n"
-            "      --repeat-penalty R  (default 1.0 = off)\n"
-            "      --repeat-last-n N   (default 64)\n"
-            "  -s, --seed N            RNG seed (default -1 = from the clock)\n"
-            "  -t, --threads N         CPU threads (default: all cores)\n"
-            "  -c, --ctx N             context length (default: the model's)\n"
-            "  -b, --batch-size N      prompt tokens per forward (prefill chunk, default 512)\n"
-            "      --block-size N      KV block size 8, 16 or 32 (default 16)\n"
-            "      --kv-type TYPE      f32 or f16 (default f32)\n"
-            "      --backend NAME      cpu, vulkan or opencl (default cpu)\n"
-            "      --device N|NAME     GPU device index or name\n"
-            "      --list-devices      list the devices of --backend and exit\n"
-            "      --pipeline-cache FILE  load compiled GPU pipelines from FILE, save new ones there\n"
-            "      --ignore-eos        keep generating after end-of-sequence\n"
-            "      --truncate-prompt   keep the end of a prompt longer than the context\n"
-            "      --dump-logits FILE  write float32 logits of every computed position (positions x vocab)\n"
-            "      --profile           time per op (device time on GPUs); a table on stderr after the run\n"
-            "  -v, --verbose           more detail on stderr\n"
-            "  -h, --help              this text\n");
-}
+static const char *const PROG = "kvrt-run";
 
-static int parse_int(const char *flag, const char *s, long long lo, long long hi, long long *out)
-{
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno || *end || end == s || v < lo || v > hi) {
-        fprintf(stderr, "kvrt-run: %s expects an integer in [%lld, %lld], got '%s'\n", flag, lo, hi, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-static int parse_float(const char *flag, const char *s, float *out)
-{
-    char *end;
-    errno = 0;
-    float v = strtof(s, &end);
-    if (errno || *end || end == s || v != v) {
-        fprintf(stderr, "kvrt-run: %s expects a number, got '%s'\n", flag, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-/* Returns 0 on success, 1 after --help, -1 on a usage error. */
+/* Returns KVRT_CLI_CONTINUE, or the exit status after --help/--version or a usage error. */
 static int parse_args(int argc, char **argv, run_args *a)
 {
     memset(a, 0, sizeof(*a));
-    a->prompt = "";
-    a->backend = "cpu";
     a->n_predict = 128;
-    a->block_size = 16;
     a->batch = 512;
-    a->kv_type = KVRT_DTYPE_F32;
     a->sp = kvrt_sampler_default_params();
     a->seed = -1;
-    for (int i = 1; i < argc; i++) {
-        const char *f = argv[i];
-        if (!strcmp(f, "-h") || !strcmp(f, "--help")) {
-            usage(stdout);
-            return 1;
-        }
-        if (!strcmp(f, "-v") || !strcmp(f, "--verbose")) { a->verbose = 1; continue; }
-        if (!strcmp(f, "--ignore-eos")) { a->ignore_eos = 1; continue; }
-        if (!strcmp(f, "--truncate-prompt")) { a->truncate = 1; continue; }
-        if (!strcmp(f, "--list-devices")) { a->list_devices = 1; continue; }
-        if (!strcmp(f, "--profile")) { a->profile = 1; continue; }
-        if (f[0] != '-') {
-            fprintf(stderr, "kvrt-run: unexpected argument '%s' (the prompt goes after -p); see --help\n", f);
-            return -1;
-        }
-        if (i + 1 >= argc) {
-            fprintf(stderr, "kvrt-run: option '%s' is unknown or needs a value; see --help\n", f);
-            return -1;
-        }
-        const char *v = argv[++i];
-        long long n;
-        int rc = 0;
-        if (!strcmp(f, "-m") || !strcmp(f, "--model")) a->model = v;
-        else if (!strcmp(f, "-z") || !strcmp(f, "--tokenizer")) a->tokenizer = v;
-        else if (!strcmp(f, "-p") || !strcmp(f, "--prompt")) a->prompt = v;
-        else if (!strcmp(f, "--backend")) a->backend = v;
-        else if (!strcmp(f, "--device")) a->device = v;
-        else if (!strcmp(f, "--pipeline-cache")) a->pipeline_cache = v;
-        else if (!strcmp(f, "--dump-logits")) a->dump_logits = v;
-        else if (!strcmp(f, "-n") || !strcmp(f, "--n-predict")) { rc = parse_int(f, v, 0, INT_MAX, &n); a->n_predict = (int)n; }
-        else if (!strcmp(f, "-t") || !strcmp(f, "--threads")) { rc = parse_int(f, v, 1, 1024, &n); a->threads = (int)n; }
-        else if (!strcmp(f, "-c") || !strcmp(f, "--ctx")) { rc = parse_int(f, v, 1, INT_MAX, &n); a->ctx = (int)n; }
-        else if (!strcmp(f, "-b") || !strcmp(f, "--batch-size")) { rc = parse_int(f, v, 1, 1 << 20, &n); a->batch = (int)n; }
-        else if (!strcmp(f, "--block-size")) { rc = parse_int(f, v, 1, 1024, &n); a->block_size = (int)n; }
-        else if (!strcmp(f, "--top-k")) { rc = parse_int(f, v, 0, INT_MAX, &n); a->sp.top_k = (int32_t)n; }
-        else if (!strcmp(f, "--repeat-last-n")) { rc = parse_int(f, v, 0, 1 << 20, &n); a->sp.repeat_last_n = (int32_t)n; }
-        else if (!strcmp(f, "-s") || !strcmp(f, "--seed")) rc = parse_int(f, v, -1, LLONG_MAX, &a->seed);
-        else if (!strcmp(f, "--temp")) rc = parse_float(f, v, &a->sp.temperature);
-        else if (!strcmp(f, "--top-p")) rc = parse_float(f, v, &a->sp.top_p);
-        else if (!strcmp(f, "--min-p")) rc = parse_float(f, v, &a->sp.min_p);
-        else if (!strcmp(f, "--repeat-penalty")) rc = parse_float(f, v, &a->sp.repeat_penalty);
-        else if (!strcmp(f, "--kv-type")) {
-            if (!strcmp(v, "f32")) a->kv_type = KVRT_DTYPE_F32;
-            else if (!strcmp(v, "f16")) a->kv_type = KVRT_DTYPE_F16;
-            else { fprintf(stderr, "kvrt-run: --kv-type must be f32 or f16, got '%s'\n", v); rc = -1; }
-        } else {
-            fprintf(stderr, "kvrt-run: unknown option '%s'; see --help\n", f);
-            return -1;
-        }
-        if (rc)
-            return -1;
-    }
+    kvrt_cli_common_init(&a->common, KVRT_DTYPE_F32, 1);
+    const kvrt_cli_opt opts[] = {
+        KVRT_CLI_STR('m', "model", &a->model, "FILE", "GGUF model, or llama2.c checkpoint (.bin)"),
+        KVRT_CLI_STR('z', "tokenizer", &a->tokenizer, "FILE", "llama2.c tokenizer.bin (checkpoints only)"),
+        KVRT_CLI_STR('p', "prompt", &a->prompt, "TEXT", "prompt (default: empty = BOS alone)"),
+        KVRT_CLI_STR('f', "file", &a->prompt_file, "FILE",
+                     "read the prompt from FILE ('-' = stdin), for prompts longer than\n"
+                     "a command line allows"),
+        KVRT_CLI_INT32('n', "n-predict", &a->n_predict, 0, INT32_MAX, "N", "tokens to generate (default 128)"),
+        KVRT_CLI_FLOAT(0, "temp", &a->sp.temperature, -FLT_MAX, FLT_MAX, "T",
+                       "temperature, <= 0 = greedy (default 0.8)"),
+        KVRT_CLI_INT32(0, "top-k", &a->sp.top_k, 0, INT32_MAX, "N", "(default 40, 0 = off)"),
+        {.name = "top-p", .kind = KVRT_CLI_KIND_FLOAT, .dst = &a->sp.top_p, .fmin = 0.0, .fmax = 1.0,
+         .flags = KVRT_CLI_ABOVE_MIN, .meta = "P", .help = "in (0, 1] (default 0.95, 1 = off)"},
+        KVRT_CLI_FLOAT(0, "min-p", &a->sp.min_p, 0.0, 1.0, "P", "in [0, 1] (default 0.05, 0 = off)"),
+        {.name = "repeat-penalty", .kind = KVRT_CLI_KIND_FLOAT, .dst = &a->sp.repeat_penalty, .fmin = 0.0,
+         .fmax = FLT_MAX, .flags = KVRT_CLI_ABOVE_MIN, .meta = "R", .help = "(default 1.0 = off)"},
+        KVRT_CLI_INT32(0, "repeat-last-n", &a->sp.repeat_last_n, 0, 1 << 20, "N", "(default 64)"),
+        KVRT_CLI_INT64('s', "seed", &a->seed, -1, INT64_MAX, "N", "RNG seed (default -1 = from the clock)"),
+        {.short_name = 'c', .name = "ctx", .kind = KVRT_CLI_KIND_INT32, .dst = &a->ctx, .min = 1, .max = INT32_MAX,
+         .flags = KVRT_CLI_K_SUFFIX, .meta = "N", .help = "context length (default: the model's)"},
+        {.short_name = 'b', .name = "batch-size", .kind = KVRT_CLI_KIND_INT32, .dst = &a->batch, .min = 1,
+         .max = 1 << 20, .flags = KVRT_CLI_K_SUFFIX, .meta = "N",
+         .help = "prompt tokens per forward (prefill chunk, default 512)"},
+        KVRT_CLI_BOOL(0, "list-devices", &a->list_devices, "list the devices of --backend and exit"),
+        KVRT_CLI_BOOL(0, "ignore-eos", &a->ignore_eos, "keep generating after end-of-sequence"),
+        KVRT_CLI_BOOL(0, "truncate-prompt", &a->truncate, "keep the end of a prompt longer than the context"),
+        KVRT_CLI_STR(0, "dump-logits", &a->dump_logits, "FILE",
+                     "write float32 logits of every computed position (positions x vocab)"),
+        KVRT_CLI_BOOL(0, "profile", &a->profile,
+                      "time per op (device time on GPUs); a table on stderr after the run"),
+    };
+    const kvrt_cli_spec spec = {
+        .prog = PROG,
+        .usage = "kvrt-run -m MODEL [options]",
+        .about = "Generates text with a Llama-family model (GGUF, or a llama2.c checkpoint with -z).\n"
+                 "Stdout carries only text: the decoded prompt, then the generation.",
+        .opts = opts,
+        .n_opts = KVRT_ARRAY_LEN(opts),
+        .common = &a->common,
+        .args_hint = "the prompt goes after -p, or in a file with -f",
+    };
+    int first_arg;
+    int rc = kvrt_cli_parse(&spec, argc, argv, &first_arg);
+    if (rc != KVRT_CLI_CONTINUE)
+        return rc;
     if (!a->model && !a->list_devices) {
-        fprintf(stderr, "kvrt-run: no model given (-m FILE); see --help\n");
-        return -1;
+        kvrt_cli_error(PROG, "no model given (-m FILE); see --help");
+        return KVRT_CLI_USAGE;
     }
-    return 0;
+    if (a->prompt && a->prompt_file) {
+        kvrt_cli_error(PROG, "give the prompt with one of -p and -f, not both");
+        return KVRT_CLI_USAGE;
+    }
+    return KVRT_CLI_CONTINUE;
 }
 
 static double now_s(void)
@@ -161,16 +101,6 @@ static double now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-/* Loading progress, for files big enough to take a while. */
-static void show_progress(void *user, double fraction)
-{
-    int *last = user, pct = (int)(fraction * 100.0 + 0.5);
-    if (pct == *last)
-        return;
-    *last = pct;
-    fprintf(stderr, "\rkvrt-run: loading %3d%%%s", pct, pct >= 100 ? "\n" : "");
 }
 
 /* Streams bytes to stdout, holding back an incomplete UTF-8 sequence so only
@@ -235,6 +165,7 @@ typedef struct run_state {
     float *logits;   /* [n_vocab] */
     int32_t *prompt; /* [n_prompt] */
     int32_t n_prompt;
+    kvrt_cli_progress progress;
 } run_state;
 
 static int fail(const char *what, kvrt_status s, const char *msg)
@@ -243,45 +174,44 @@ static int fail(const char *what, kvrt_status s, const char *msg)
     return 1;
 }
 
+/* The backend (--backend auto resolved and said on stderr) and the context. */
+static int setup_context(run_state *st)
+{
+    run_args *a = st->a;
+    if (!kvrt_cli_common_resolve(PROG, &a->common))
+        return KVRT_CLI_USAGE;
+    kvrt_context_params cp = kvrt_context_default_params();
+    kvrt_cli_common_context_params(&a->common, &cp);
+    kvrt_error err;
+    kvrt_status s = kvrt_context_create(&cp, &st->ctx, &err);
+    if (s != KVRT_OK)
+        return fail("backend", s, err.message);
+    if (a->common.verbose)
+        fprintf(stderr, "kvrt-run: %s\n", kvrt_context_description(st->ctx));
+    if (a->profile && !kvrt_tool_profile_enable(st->ctx, "kvrt-run"))
+        return 1;
+    return 0;
+}
+
 static int setup(run_state *st)
 {
     run_args *a = st->a;
     kvrt_error err;
-    kvrt_context_params cp = kvrt_context_default_params();
-    if (kvrt_backend_parse(a->backend, &cp.backend) != KVRT_OK) {
-        fprintf(stderr, "kvrt-run: unknown backend '%s' (cpu, vulkan, opencl)\n", a->backend);
-        return 2;
-    }
-    cp.n_threads = a->threads;
-    cp.pipeline_cache_path = a->pipeline_cache;
-    if (a->device && cp.backend == KVRT_BACKEND_CPU)
-        fprintf(stderr, "kvrt-run: warning: --device is for GPU backends; the cpu backend ignores it\n");
-    if (a->device) {
-        char *end;
-        long idx = strtol(a->device, &end, 10);
-        if (*end == '\0')
-            cp.device_index = (int32_t)idx;
-        else
-            cp.device_name = a->device;
-    }
-    kvrt_status s = kvrt_context_create(&cp, &st->ctx, &err);
-    if (s != KVRT_OK)
-        return fail("backend", s, err.message);
-    if (a->verbose)
-        fprintf(stderr, "kvrt-run: %s\n", kvrt_context_description(st->ctx));
-    if (a->profile && !kvrt_tool_profile_enable(st->ctx, "kvrt-run"))
-        return 1;
+    int rc = setup_context(st);
+    if (rc)
+        return rc;
     kvrt_model_params mp = kvrt_model_default_params();
     mp.path = a->model;
     mp.tokenizer_path = a->tokenizer;
+    /* loading progress, for files big enough to take a while (and only on a terminal) */
     struct stat sb;
-    static int last_pct = -1;
+    kvrt_cli_progress_init(&st->progress, PROG, "loading");
     if (stat(a->model, &sb) == 0 && sb.st_size >= ((off_t)256 << 20)) {
-        mp.progress = show_progress;
-        mp.progress_user = &last_pct;
+        mp.progress = kvrt_cli_progress_fn;
+        mp.progress_user = &st->progress;
     }
     mp.max_context = a->ctx;
-    s = kvrt_model_load(st->ctx, &mp, &st->model, &err);
+    kvrt_status s = kvrt_model_load(st->ctx, &mp, &st->model, &err);
     if (s != KVRT_OK)
         return fail("loading the model", s, err.message);
     kvrt_model_get_info(st->model, &st->info);
@@ -289,14 +219,14 @@ static int setup(run_state *st)
         fprintf(stderr, "kvrt-run: warning: --ctx %d exceeds the context length the file states (%d)\n", a->ctx,
                 st->info.n_ctx_train);
     kvrt_session_params sp = kvrt_session_default_params();
-    sp.block_size = a->block_size;
-    sp.kv_type = a->kv_type;
+    sp.block_size = a->common.block_size;
+    sp.kv_type = a->common.kv_type;
     sp.n_batch = a->batch;
     s = kvrt_session_create(st->model, &sp, &st->sess, &err);
     if (s != KVRT_OK)
         return fail("creating the KV cache", s, err.message);
     if (a->seed < 0)
-        a->seed = (long long)time(NULL);
+        a->seed = (int64_t)time(NULL);
     st->a->sp.seed = (uint64_t)a->seed;
     s = kvrt_sampler_create(&a->sp, st->info.n_vocab, NULL, &st->sampler, &err);
     if (s != KVRT_OK)
@@ -313,15 +243,16 @@ static int setup(run_state *st)
 
 static int tokenize_prompt(run_state *st)
 {
-    size_t len = strlen(st->a->prompt);
+    const char *text = st->a->prompt_text;
+    size_t len = st->a->prompt_len;
     int32_t n = 0;
-    kvrt_status s = kvrt_tokenize(st->model, st->a->prompt, len, 1, NULL, 0, &n);
+    kvrt_status s = kvrt_tokenize(st->model, text, len, 1, NULL, 0, &n);
     if (s != KVRT_OK && n == 0)
         return fail("tokenizing the prompt", s, kvrt_model_message(st->model));
     st->prompt = malloc((size_t)(n > 0 ? n : 1) * sizeof(int32_t));
     if (!st->prompt)
         return fail("tokenizing", KVRT_ERR_OUT_OF_HOST_MEMORY, NULL);
-    s = kvrt_tokenize(st->model, st->a->prompt, len, 1, st->prompt, n, &st->n_prompt);
+    s = kvrt_tokenize(st->model, text, len, 1, st->prompt, n, &st->n_prompt);
     if (s != KVRT_OK)
         return fail("tokenizing the prompt", s, kvrt_model_message(st->model));
     if (st->n_prompt == 0) { /* a vocabulary without BOS and an empty prompt */
@@ -412,63 +343,118 @@ static int generate(run_state *st)
     fprintf(stderr, "kvrt-run: generated %d tokens in %.3f s (%.1f tok/s)\n", (int)n_gen, t_gen,
             n_gen > 1 && t_gen > 0 ? (n_gen - 1) / t_gen : 0.0);
     fprintf(stderr, "kvrt-run: KV cache: %d of %d blocks used (block size %d, %s, %.2f MiB pool), %d positions\n",
-            (int)stats.blocks_used, (int)stats.blocks_total, (int)stats.block_size, kvrt_dtype_name(a->kv_type),
+            (int)stats.blocks_used, (int)stats.blocks_total, (int)stats.block_size, kvrt_dtype_name(a->common.kv_type),
             stats.kv_bytes / 1048576.0, (int)stats.n_past);
     if (a->profile)
         kvrt_tool_profile_print(st->ctx, "kvrt-run: time per op (prompt and generation)", stderr);
     return 0;
 }
 
-/* --list-devices: one line per device on stdout, as --device takes them. */
-static int list_devices(const char *backend)
+/* --list-devices: one line per device on stdout, as --device takes them;
+ * each line starts with `indent`. */
+enum { MAX_DEVICES = 64 };
+
+static int list_vulkan(const char *indent)
 {
-    enum { MAX_DEVICES = 64 };
-    if (!strcmp(backend, "cpu")) {
-        printf("0: cpu (%ld threads)\n", sysconf(_SC_NPROCESSORS_ONLN));
-        return 0;
-    }
 #if defined(KVRT_HAVE_VULKAN_BACKEND)
-    if (!strcmp(backend, "vulkan")) {
-        kvrt_vulkan_device_info d[MAX_DEVICES];
-        kvrt_error err;
-        int32_t n = 0;
-        if (kvrt_vulkan_list_devices(d, MAX_DEVICES, &n, &err) != KVRT_OK)
-            return fail("listing Vulkan devices", err.status, err.message);
-        for (int32_t i = 0; i < n && i < MAX_DEVICES; i++)
-            printf("%d: %s (%s, %.1f GiB device-local)\n", (int)d[i].index, d[i].name, d[i].type,
-                   d[i].device_local_bytes / 1073741824.0);
-        return 0;
-    }
+    kvrt_vulkan_device_info d[MAX_DEVICES];
+    kvrt_error err;
+    int32_t n = 0;
+    if (kvrt_vulkan_list_devices(d, MAX_DEVICES, &n, &err) != KVRT_OK)
+        return fail("listing Vulkan devices", err.status, err.message);
+    for (int32_t i = 0; i < n && i < MAX_DEVICES; i++)
+        printf("%s%d: %s (%s, %.1f GiB device-local)\n", indent, (int)d[i].index, d[i].name, d[i].type,
+               d[i].device_local_bytes / 1073741824.0);
+    return 0;
+#else
+    (void)indent;
+    kvrt_cli_error(PROG, "--backend vulkan: kvrt was built without Vulkan (configure with -DKVRT_VULKAN=ON)");
+    return 1;
+#endif
+}
+
+static int list_opencl(const char *indent)
+{
+#if defined(KVRT_HAVE_OPENCL_BACKEND)
+    kvrt_opencl_device_info d[MAX_DEVICES];
+    kvrt_error err;
+    int32_t n = 0;
+    if (kvrt_opencl_list_devices(d, MAX_DEVICES, &n, &err) != KVRT_OK)
+        return fail("listing OpenCL devices", err.status, err.message);
+    for (int32_t i = 0; i < n && i < MAX_DEVICES; i++)
+        printf("%s%d: %s (%s, %s, %.1f GiB)\n", indent, (int)d[i].index, d[i].name, d[i].platform,
+               d[i].is_gpu ? "gpu" : "not a gpu", d[i].global_mem / 1073741824.0);
+    return 0;
+#else
+    (void)indent;
+    kvrt_cli_error(PROG, "--backend opencl: kvrt was built without OpenCL (configure with -DKVRT_OPENCL=ON)");
+    return 1;
+#endif
+}
+
+/* auto: every backend built in, then what auto picks among them. */
+static int list_all(kvrt_cli_common *c)
+{
+    printf("cpu:\n  0: cpu (%ld threads)\n", sysconf(_SC_NPROCESSORS_ONLN));
+#if defined(KVRT_HAVE_VULKAN_BACKEND)
+    printf("vulkan:\n");
+    if (list_vulkan("  "))
+        printf("  (none: no Vulkan loader)\n");
 #endif
 #if defined(KVRT_HAVE_OPENCL_BACKEND)
-    if (!strcmp(backend, "opencl")) {
-        kvrt_opencl_device_info d[MAX_DEVICES];
-        kvrt_error err;
-        int32_t n = 0;
-        if (kvrt_opencl_list_devices(d, MAX_DEVICES, &n, &err) != KVRT_OK)
-            return fail("listing OpenCL devices", err.status, err.message);
-        for (int32_t i = 0; i < n && i < MAX_DEVICES; i++)
-            printf("%d: %s (%s, %s, %.1f GiB)\n", (int)d[i].index, d[i].name, d[i].platform,
-                   d[i].is_gpu ? "gpu" : "not a gpu", d[i].global_mem / 1073741824.0);
-        return 0;
-    }
+    printf("opencl:\n");
+    if (list_opencl("  "))
+        printf("  (none: no OpenCL loader)\n");
 #endif
-    fprintf(stderr, "kvrt-run: backend '%s' is unknown or not built in (cpu, vulkan, opencl)\n", backend);
-    return 2;
+    kvrt_error err;
+    if (kvrt_backend_choose_auto(&c->choice, &err) != KVRT_OK)
+        return fail("--backend auto", err.status, err.message);
+    printf("auto: %s%s%s (%s)\n", kvrt_backend_name(c->choice.backend), c->choice.device[0] ? " " : "",
+           c->choice.device, c->choice.reason);
+    return 0;
+}
+
+static int list_devices(kvrt_cli_common *c)
+{
+    switch (c->backend) {
+    case KVRT_BACKEND_CPU: printf("0: cpu (%ld threads)\n", sysconf(_SC_NPROCESSORS_ONLN)); return 0;
+    case KVRT_BACKEND_VULKAN: return list_vulkan("");
+    case KVRT_BACKEND_OPENCL: return list_opencl("");
+    case KVRT_BACKEND_AUTO: return list_all(c);
+    }
+    return KVRT_CLI_USAGE;
+}
+
+/* The prompt's bytes, from -p or -f (a file or stdin), into a->prompt_text. */
+static int read_prompt(run_args *a)
+{
+    if (a->prompt_file) {
+        a->prompt_text = kvrt_cli_read_file(PROG, a->prompt_file, &a->prompt_len);
+        return a->prompt_text ? 0 : 1;
+    }
+    const char *p = a->prompt ? a->prompt : "";
+    a->prompt_len = strlen(p);
+    a->prompt_text = malloc(a->prompt_len + 1);
+    if (!a->prompt_text)
+        return fail("prompt", KVRT_ERR_OUT_OF_HOST_MEMORY, NULL);
+    memcpy(a->prompt_text, p, a->prompt_len + 1);
+    return 0;
 }
 
 int main(int argc, char **argv)
 {
     run_args a;
     int rc = parse_args(argc, argv, &a);
-    if (rc)
-        return rc > 0 ? 0 : 2;
+    if (rc != KVRT_CLI_CONTINUE)
+        return rc;
     if (a.list_devices)
-        return list_devices(a.backend);
+        return list_devices(&a.common);
     run_state st;
     memset(&st, 0, sizeof(st));
     st.a = &a;
-    rc = setup(&st);
+    rc = read_prompt(&a);
+    if (!rc)
+        rc = setup(&st);
     if (!rc)
         rc = tokenize_prompt(&st);
     if (!rc)
@@ -477,6 +463,7 @@ int main(int argc, char **argv)
         rc = fail("closing the logits file", KVRT_ERR_IO, NULL);
     free(st.logits);
     free(st.prompt);
+    free(a.prompt_text);
     kvrt_sampler_destroy(st.sampler);
     kvrt_session_destroy(st.sess);
     kvrt_model_destroy(st.model);

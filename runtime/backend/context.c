@@ -10,13 +10,15 @@ const char *kvrt_backend_name(kvrt_backend_kind kind)
     case KVRT_BACKEND_CPU: return "cpu";
     case KVRT_BACKEND_VULKAN: return "vulkan";
     case KVRT_BACKEND_OPENCL: return "opencl";
+    case KVRT_BACKEND_AUTO: return "auto";
     }
     return "?";
 }
 
 kvrt_status kvrt_backend_parse(const char *name, kvrt_backend_kind *out)
 {
-    static const kvrt_backend_kind kinds[] = {KVRT_BACKEND_CPU, KVRT_BACKEND_VULKAN, KVRT_BACKEND_OPENCL};
+    static const kvrt_backend_kind kinds[] = {KVRT_BACKEND_CPU, KVRT_BACKEND_VULKAN, KVRT_BACKEND_OPENCL,
+                                              KVRT_BACKEND_AUTO};
     if (!name || !out)
         return KVRT_ERR_INVALID_ARGUMENT;
     for (size_t i = 0; i < KVRT_ARRAY_LEN(kinds); i++) {
@@ -49,6 +51,19 @@ kvrt_status kvrt_backend_unsupported(kvrt_backend *be, const char *entry)
                      be->ops->name, entry);
 }
 
+/* Replaces AUTO by the backend and device kvrt_backend_choose_auto picks. */
+static kvrt_status resolve_auto(kvrt_context_params *p, kvrt_error *err)
+{
+    if (p->device_index >= 0 || (p->device_name && p->device_name[0]))
+        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT,
+                         "a device index or name needs a named backend (vulkan or opencl), not auto");
+    kvrt_backend_choice c;
+    KVRT_TRY(kvrt_backend_choose_auto(&c, err));
+    p->backend = c.backend;
+    p->device_index = c.device_index;
+    return KVRT_OK;
+}
+
 kvrt_status kvrt_context_create(const kvrt_context_params *params, kvrt_context **out, kvrt_error *err)
 {
     kvrt_error_clear(err);
@@ -58,6 +73,8 @@ kvrt_status kvrt_context_create(const kvrt_context_params *params, kvrt_context 
     kvrt_context_params p = params ? *params : kvrt_context_default_params();
     if (p.n_threads < 0)
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "n_threads %d < 0", (int)p.n_threads);
+    if (p.backend == KVRT_BACKEND_AUTO)
+        KVRT_TRY(resolve_auto(&p, err));
     kvrt_context *ctx = kvrt_calloc(p.allocator, 1, sizeof(*ctx));
     if (!ctx)
         return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "kvrt_context_create: out of host memory");
@@ -104,4 +121,9 @@ const char *kvrt_context_message(const kvrt_context *ctx)
 const char *kvrt_context_description(const kvrt_context *ctx)
 {
     return ctx && ctx->be ? ctx->be->description : "";
+}
+
+kvrt_backend_kind kvrt_context_backend(const kvrt_context *ctx)
+{
+    return ctx && ctx->be ? ctx->be->kind : KVRT_BACKEND_CPU;
 }

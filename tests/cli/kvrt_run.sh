@@ -70,7 +70,7 @@ expect_error "truncated checkpoint" "bad model file" -m "$tmp/trunc.bin" -z "$mo
 expect_error "prompt over the context" "more than the context" -m "$src/models/stories260K.gguf" -p "$long" --ctx 64
 expect_error "bad block size" "block size" -m "$src/models/stories260K.gguf" -p x --block-size 12
 expect_error "bad kv type" "--kv-type" -m "$src/models/stories260K.gguf" -p x --kv-type q4
-expect_error "bad number" "expects an integer" -m "$src/models/stories260K.gguf" -p x -n abc
+expect_error "bad number" "is not a number" -m "$src/models/stories260K.gguf" -p x -n abc
 expect_error "unknown flag" "unknown option" -m "$src/models/stories260K.gguf" --frobnicate 1
 expect_error "unknown backend" "unknown backend" -m "$src/models/stories260K.gguf" --backend cuda
 "$tool" -m "$src/models/stories260K.gguf" -p "$long" --ctx 64 --truncate-prompt -n 2 --temp 0 >"$out" 2>"$err" \

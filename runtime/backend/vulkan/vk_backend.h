@@ -48,4 +48,12 @@ typedef struct kvrt_vk_pcache_stats {
 
 void kvrt_vk_pipeline_cache_stats(kvrt_backend *be, kvrt_vk_pcache_stats *out);
 
+/* The name of a VkResult ("VK_ERROR_DEVICE_LOST"), for messages; a code
+ * this build does not know gives "VkResult <number>". Returned by value so no
+ * buffer is shared: use it inside one expression, kvrt_vk_result_name(r).s. */
+typedef struct kvrt_vk_result_str {
+    char s[48];
+} kvrt_vk_result_str;
+kvrt_vk_result_str kvrt_vk_result_name(int32_t result);
+
 #endif /* KVRT_VK_BACKEND_H */

@@ -31,6 +31,60 @@ static kvrt_status vk_open_loader(kvrt_error *err)
     return KVRT_OK;
 }
 
+kvrt_vk_result_str kvrt_vk_result_name(int32_t result)
+{
+    kvrt_vk_result_str out;
+    const char *name = NULL;
+#define KVRT_VK_RESULT_CASE(code) \
+    case code: name = #code; break;
+    switch ((VkResult)result) {
+        KVRT_VK_RESULT_CASE(VK_SUCCESS)
+        KVRT_VK_RESULT_CASE(VK_NOT_READY)
+        KVRT_VK_RESULT_CASE(VK_TIMEOUT)
+        KVRT_VK_RESULT_CASE(VK_EVENT_SET)
+        KVRT_VK_RESULT_CASE(VK_EVENT_RESET)
+        KVRT_VK_RESULT_CASE(VK_INCOMPLETE)
+        KVRT_VK_RESULT_CASE(VK_ERROR_OUT_OF_HOST_MEMORY)
+        KVRT_VK_RESULT_CASE(VK_ERROR_OUT_OF_DEVICE_MEMORY)
+        KVRT_VK_RESULT_CASE(VK_ERROR_INITIALIZATION_FAILED)
+        KVRT_VK_RESULT_CASE(VK_ERROR_DEVICE_LOST)
+        KVRT_VK_RESULT_CASE(VK_ERROR_MEMORY_MAP_FAILED)
+        KVRT_VK_RESULT_CASE(VK_ERROR_LAYER_NOT_PRESENT)
+        KVRT_VK_RESULT_CASE(VK_ERROR_EXTENSION_NOT_PRESENT)
+        KVRT_VK_RESULT_CASE(VK_ERROR_FEATURE_NOT_PRESENT)
+        KVRT_VK_RESULT_CASE(VK_ERROR_INCOMPATIBLE_DRIVER)
+        KVRT_VK_RESULT_CASE(VK_ERROR_TOO_MANY_OBJECTS)
+        KVRT_VK_RESULT_CASE(VK_ERROR_FORMAT_NOT_SUPPORTED)
+        KVRT_VK_RESULT_CASE(VK_ERROR_FRAGMENTED_POOL)
+        KVRT_VK_RESULT_CASE(VK_ERROR_UNKNOWN)
+        KVRT_VK_RESULT_CASE(VK_ERROR_OUT_OF_POOL_MEMORY)
+        KVRT_VK_RESULT_CASE(VK_ERROR_INVALID_EXTERNAL_HANDLE)
+        KVRT_VK_RESULT_CASE(VK_ERROR_FRAGMENTATION)
+        KVRT_VK_RESULT_CASE(VK_ERROR_INVALID_OPAQUE_CAPTURE_ADDRESS)
+        KVRT_VK_RESULT_CASE(VK_PIPELINE_COMPILE_REQUIRED)
+        KVRT_VK_RESULT_CASE(VK_ERROR_SURFACE_LOST_KHR)
+        KVRT_VK_RESULT_CASE(VK_ERROR_NATIVE_WINDOW_IN_USE_KHR)
+        KVRT_VK_RESULT_CASE(VK_SUBOPTIMAL_KHR)
+        KVRT_VK_RESULT_CASE(VK_ERROR_OUT_OF_DATE_KHR)
+        KVRT_VK_RESULT_CASE(VK_ERROR_INCOMPATIBLE_DISPLAY_KHR)
+        KVRT_VK_RESULT_CASE(VK_ERROR_VALIDATION_FAILED_EXT)
+        KVRT_VK_RESULT_CASE(VK_ERROR_INVALID_SHADER_NV)
+        KVRT_VK_RESULT_CASE(VK_ERROR_NOT_PERMITTED_KHR)
+        KVRT_VK_RESULT_CASE(VK_ERROR_FULL_SCREEN_EXCLUSIVE_MODE_LOST_EXT)
+        KVRT_VK_RESULT_CASE(VK_THREAD_IDLE_KHR)
+        KVRT_VK_RESULT_CASE(VK_THREAD_DONE_KHR)
+        KVRT_VK_RESULT_CASE(VK_OPERATION_DEFERRED_KHR)
+        KVRT_VK_RESULT_CASE(VK_OPERATION_NOT_DEFERRED_KHR)
+    default: break;
+    }
+#undef KVRT_VK_RESULT_CASE
+    if (name)
+        snprintf(out.s, sizeof(out.s), "%s", name);
+    else
+        snprintf(out.s, sizeof(out.s), "VkResult %d", (int)result);
+    return out;
+}
+
 kvrt_status kvrt_vk_result(kvrt_vk_backend *vk, VkResult r, const char *what)
 {
     if (r == VK_SUCCESS)
@@ -42,7 +96,7 @@ kvrt_status kvrt_vk_result(kvrt_vk_backend *vk, VkResult r, const char *what)
         s = KVRT_ERR_OUT_OF_HOST_MEMORY;
     else if (r == VK_ERROR_DEVICE_LOST)
         s = KVRT_ERR_DEVICE_LOST;
-    return kvrt_fail(&vk->base.err, s, "vulkan: %s failed (VkResult %d)", what, (int)r);
+    return kvrt_fail(&vk->base.err, s, "vulkan: %s failed: %s", what, kvrt_vk_result_name(r).s);
 }
 
 /* ---- instance ------------------------------------------------------------------ */
@@ -104,7 +158,8 @@ static kvrt_status vk_create_instance(kvrt_vk_backend *vk, bool validation, VkIn
     }
     VkResult r = vkCreateInstance(&ci, NULL, out);
     if (r != VK_SUCCESS)
-        return kvrt_fail(err, KVRT_ERR_BACKEND_UNAVAILABLE, "vulkan: vkCreateInstance failed (VkResult %d)", (int)r);
+        return kvrt_fail(err, KVRT_ERR_BACKEND_UNAVAILABLE, "vulkan: vkCreateInstance failed: %s",
+                         kvrt_vk_result_name(r).s);
     vk_load_instance(*out);
     if (validation && vk) {
         VkDebugUtilsMessengerCreateInfoEXT mi = {
@@ -123,7 +178,8 @@ static kvrt_status vk_create_instance(kvrt_vk_backend *vk, bool validation, VkIn
         if (r != VK_SUCCESS) {
             vkDestroyInstance(*out, NULL);
             *out = VK_NULL_HANDLE;
-            return kvrt_fail(err, KVRT_ERR_BACKEND_UNAVAILABLE, "vulkan: cannot create the debug messenger (%d)", (int)r);
+            return kvrt_fail(err, KVRT_ERR_BACKEND_UNAVAILABLE, "vulkan: cannot create the debug messenger: %s",
+                             kvrt_vk_result_name(r).s);
         }
     }
     return KVRT_OK;
@@ -160,7 +216,8 @@ static kvrt_status vk_enum_devices(VkInstance inst, VkPhysicalDevice *devs, uint
     *n = KVRT_VK_MAX_DEVICES;
     VkResult r = vkEnumeratePhysicalDevices(inst, n, devs);
     if (r != VK_SUCCESS && r != VK_INCOMPLETE)
-        return kvrt_fail(err, KVRT_ERR_BACKEND_UNAVAILABLE, "vulkan: vkEnumeratePhysicalDevices failed (%d)", (int)r);
+        return kvrt_fail(err, KVRT_ERR_BACKEND_UNAVAILABLE, "vulkan: vkEnumeratePhysicalDevices failed: %s",
+                         kvrt_vk_result_name(r).s);
     return KVRT_OK;
 }
 
@@ -315,8 +372,8 @@ static kvrt_status vk_create_device(kvrt_vk_backend *vk, kvrt_error *err)
                               .queueCreateInfoCount = 1, .pQueueCreateInfos = &qci};
     VkResult r = vkCreateDevice(vk->phys, &dci, NULL, &vk->device);
     if (r != VK_SUCCESS)
-        return kvrt_fail(err, KVRT_ERR_BACKEND_UNAVAILABLE, "vulkan: vkCreateDevice on %s failed (%d)",
-                         vk->device_name, (int)r);
+        return kvrt_fail(err, KVRT_ERR_BACKEND_UNAVAILABLE, "vulkan: vkCreateDevice on %s failed: %s",
+                         vk->device_name, kvrt_vk_result_name(r).s);
     volkLoadDeviceTable(&vk->vk, vk->device);
     vk->vk.vkGetDeviceQueue(vk->device, fam, 0, &vk->queue);
     return KVRT_OK;

@@ -145,8 +145,8 @@ kvrt_status kvrt_vk_pipeline(kvrt_vk_backend *vk, kvrt_vk_pipe_id id, VkPipeline
     VkShaderModule mod;
     VkResult r = vk->vk.vkCreateShaderModule(vk->device, &mci, NULL, &mod);
     if (r != VK_SUCCESS)
-        return kvrt_fail(&vk->base.err, KVRT_ERR_KERNEL_BUILD, "vulkan: shader %s rejected (VkResult %d)", d->name,
-                         (int)r);
+        return kvrt_fail(&vk->base.err, KVRT_ERR_KERNEL_BUILD, "vulkan: shader %s rejected: %s", d->name,
+                         kvrt_vk_result_name(r).s);
     uint32_t smem = d->spec == -2 ? kvrt_vk_prefill_smem_floats(vk) : (uint32_t)d->spec;
     VkSpecializationMapEntry me = {.constantID = 0, .offset = 0, .size = sizeof(uint32_t)};
     VkSpecializationInfo si = {.mapEntryCount = 1, .pMapEntries = &me, .dataSize = sizeof(smem), .pData = &smem};
@@ -159,8 +159,8 @@ kvrt_status kvrt_vk_pipeline(kvrt_vk_backend *vk, kvrt_vk_pipe_id id, VkPipeline
     vk->vk.vkDestroyShaderModule(vk->device, mod, NULL);
     if (r != VK_SUCCESS) {
         vk->pipes[id] = VK_NULL_HANDLE;
-        return kvrt_fail(&vk->base.err, KVRT_ERR_KERNEL_BUILD, "vulkan: pipeline %s failed (VkResult %d)", d->name,
-                         (int)r);
+        return kvrt_fail(&vk->base.err, KVRT_ERR_KERNEL_BUILD, "vulkan: pipeline %s failed: %s", d->name,
+                         kvrt_vk_result_name(r).s);
     }
     vk->pipe_features[id] = chosen.features;
     vk->pcache.dirty = true;
