@@ -139,7 +139,7 @@ static int pass_none(void **state)
 {
     g_disabled = KVRT_TEST_ALL_FEATURES;
     g_max_shared = 0;
-    g_wide_max_len = 700;
+    g_wide_max_len = 200;
     return 0;
 }
 
@@ -149,7 +149,7 @@ static int pass_small_shared(void **state)
 {
     g_disabled = 0;
     g_max_shared = 16 * 1024;
-    g_wide_max_len = 700;
+    g_wide_max_len = 200;
     return 0;
 }
 

@@ -67,11 +67,10 @@ static uint64_t vk_groups(uint64_t items, const kvrt_vk_backend *vk)
 
 /* Workgroups on x for a grid-stride loop over `items` that prefers at most
  * `cap` of them (more groups along y): the cap gives way once an invocation
- * would take more than 1,024 trips. */
+ * would take more than 1,024 trips (items / (64 * 1024) groups). */
 static uint64_t vk_groups_capped(uint64_t items, uint64_t cap, const kvrt_vk_backend *vk)
 {
-    uint64_t g = vk_groups(items, vk);
-    return KVRT_MIN(g, KVRT_MAX(cap, (g + 1023) / 1024));
+    return KVRT_MIN(vk_groups(items, vk), KVRT_MAX(cap, (items + 65535) / 65536));
 }
 
 /* Weight type -> shader code (weights.glsl); elements per block and bytes
