@@ -3,7 +3,6 @@
  * layout of DESIGN.md, with inner loops picked at run time (AVX2+FMA+F16C or
  * portable C; the library is built without -march). Everything accumulates in
  * F32; F16 KV is converted a run of rows at a time. */
-#include "backend/attn_check.h"
 #include "common/fp16.h"
 #include "cpu_attention.h"
 
@@ -526,43 +525,7 @@ static kvrt_status prefill_run(kvrt_backend *be, const kv_src *src, const kvrt_a
     return KVRT_OK;
 }
 
-/* ---- entries: argument checks ------------------------------------------------------------------ */
-
-/* n_rows rows of `row` floats, stride apart, must fit the view. */
-static kvrt_status check_rows(kvrt_backend *be, kvrt_view v, int64_t n_rows, int64_t stride, int64_t row,
-                              const char *what)
-{
-    int64_t elems;
-    if (stride < row)
-        return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "%s: stride %lld shorter than a row (%lld)",
-                         what, (long long)stride, (long long)row);
-    if (!kvrt_mul_i64(n_rows - 1, stride, &elems) || elems > INT64_MAX / 8 - row)
-        return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "%s: extent overflows", what);
-    return kvrt_cpu_check_view(be, v, (size_t)(elems + row) * sizeof(float), what);
-}
-
-static kvrt_status check_int_array(kvrt_backend *be, kvrt_view v, int64_t n, const char *what)
-{
-    size_t bytes;
-    if (n < 0 || !kvrt_mul_size((size_t)n, sizeof(int32_t), &bytes))
-        return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "%s: size overflows", what);
-    return kvrt_cpu_check_view(be, v, bytes, what);
-}
-
-static kvrt_status check_common(kvrt_backend *be, const kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
-                                kvrt_view seq_lens, kvrt_view block_tables, const char *what)
-{
-    const kvrt_kv_pool_desc *pd = &pool->desc;
-    if (layer < 0 || layer >= pd->n_layers)
-        return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "%s: layer %d outside [0, %d)",
-                         what, (int)layer, (int)pd->n_layers);
-    KVRT_TRY(kvrt_attn_check_desc(&be->err, pd, d));
-    KVRT_TRY(check_int_array(be, seq_lens, d->num_seqs, "seq_lens"));
-    int64_t table;
-    if (!kvrt_mul_i64(d->num_seqs, d->max_blocks_per_seq, &table))
-        return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "block_tables: size overflows");
-    return check_int_array(be, block_tables, table, "block_tables");
-}
+/* ---- entries (the front door checked the views and the batch check the arrays) ------------------- */
 
 static kv_src paged_src(const kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d, kvrt_view block_tables)
 {
@@ -582,14 +545,7 @@ static kv_src paged_src(const kvrt_kv_pool *pool, int32_t layer, const kvrt_attn
 kvrt_status kvrt_cpu_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
                                  kvrt_view q, kvrt_view out, kvrt_view seq_lens, kvrt_view block_tables)
 {
-    KVRT_TRY(check_common(be, pool, layer, d, seq_lens, block_tables, "attention decode"));
-    if (d->num_seqs == 0)
-        return KVRT_OK;
-    int64_t row = (int64_t)d->n_heads * pool->desc.head_dim;
-    KVRT_TRY(check_rows(be, q, d->num_seqs, d->q_stride, row, "attention decode: q"));
-    KVRT_TRY(check_rows(be, out, d->num_seqs, d->o_stride, row, "attention decode: out"));
     const int32_t *lens = kvrt_cpu_ptr(seq_lens);
-    KVRT_TRY(kvrt_attn_check_decode(&be->err, &pool->desc, d, lens, kvrt_cpu_ptr(block_tables)));
     kv_src src = paged_src(pool, layer, d, block_tables);
     return decode_run(be, &src, kvrt_cpu_attn_kernels_get(), d, kvrt_cpu_ptr(q), kvrt_cpu_ptr(out), lens);
 }
@@ -598,18 +554,7 @@ kvrt_status kvrt_cpu_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t 
                                   kvrt_view q, kvrt_view out, kvrt_view query_start_loc,
                                   kvrt_view seq_lens, kvrt_view block_tables)
 {
-    KVRT_TRY(check_common(be, pool, layer, d, seq_lens, block_tables, "attention prefill"));
-    if (d->num_seqs == 0)
-        return KVRT_OK;
-    KVRT_TRY(check_int_array(be, query_start_loc, (int64_t)d->num_seqs + 1, "query_start_loc"));
     const int32_t *qsl = kvrt_cpu_ptr(query_start_loc), *lens = kvrt_cpu_ptr(seq_lens);
-    KVRT_TRY(kvrt_attn_check_prefill(&be->err, &pool->desc, d, qsl, lens, kvrt_cpu_ptr(block_tables)));
-    int32_t num_tokens = qsl[d->num_seqs];
-    if (num_tokens == 0)
-        return KVRT_OK;
-    int64_t row = (int64_t)d->n_heads * pool->desc.head_dim;
-    KVRT_TRY(check_rows(be, q, num_tokens, d->q_stride, row, "attention prefill: q"));
-    KVRT_TRY(check_rows(be, out, num_tokens, d->o_stride, row, "attention prefill: out"));
     kv_src src = paged_src(pool, layer, d, block_tables);
     return prefill_run(be, &src, d, kvrt_cpu_ptr(q), kvrt_cpu_ptr(out), qsl, lens);
 }

@@ -1,42 +1,15 @@
 /* CPU kv write: new tokens' K and V through the slot mapping into the
  * per-layer pools ([num_blocks][n_kv_heads][block_size][head_dim]). */
-#include "backend/attn_check.h"
 #include "cpu_attention.h"
 
 #include <string.h>
-
-static kvrt_status check_write_views(kvrt_backend *be, const kvrt_kv_pool_desc *pd, kvrt_view k, int64_t k_stride,
-                                     kvrt_view v, int64_t v_stride, kvrt_view slots, int32_t n_tokens)
-{
-    int64_t row = (int64_t)pd->n_kv_heads * pd->head_dim, k_elems, v_elems;
-    if (k_stride < row || v_stride < row)
-        return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT,
-                         "kv write: strides k %lld, v %lld shorter than a token's row (%lld)",
-                         (long long)k_stride, (long long)v_stride, (long long)row);
-    if (!kvrt_mul_i64(n_tokens - 1, k_stride, &k_elems) || !kvrt_mul_i64(n_tokens - 1, v_stride, &v_elems) ||
-        k_elems > INT64_MAX / 8 - row || v_elems > INT64_MAX / 8 - row)
-        return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "kv write: k/v extent overflows");
-    KVRT_TRY(kvrt_cpu_check_view(be, k, (size_t)(k_elems + row) * sizeof(float), "kv write: k"));
-    KVRT_TRY(kvrt_cpu_check_view(be, v, (size_t)(v_elems + row) * sizeof(float), "kv write: v"));
-    return kvrt_cpu_check_view(be, slots, (size_t)n_tokens * sizeof(int32_t), "kv write: slot_mapping");
-}
 
 kvrt_status kvrt_cpu_kv_write(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer,
                               kvrt_view k, int64_t k_stride, kvrt_view v, int64_t v_stride,
                               kvrt_view slot_mapping, int32_t n_tokens)
 {
     const kvrt_kv_pool_desc *pd = &pool->desc;
-    if (layer < 0 || layer >= pd->n_layers)
-        return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "kv write: layer %d outside [0, %d)",
-                         (int)layer, (int)pd->n_layers);
-    if (n_tokens < 0)
-        return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "kv write: n_tokens %d < 0", (int)n_tokens);
-    if (n_tokens == 0)
-        return KVRT_OK;
-    KVRT_TRY(check_write_views(be, pd, k, k_stride, v, v_stride, slot_mapping, n_tokens));
     const int32_t *slots = kvrt_cpu_ptr(slot_mapping);
-    /* every slot is checked before any is written: a failed call changes nothing */
-    KVRT_TRY(kvrt_kv_check_slots(&be->err, pd, slots, n_tokens));
 
     const kvrt_cpu_attn_kernels *ker = kvrt_cpu_attn_kernels_get();
     const float *ks = kvrt_cpu_ptr(k), *vs = kvrt_cpu_ptr(v);

@@ -1,6 +1,6 @@
 /* Shared by the CPU model ops (cpu_matmul.c, cpu_ops.c) and their tests:
- * argument checks on views, and the per-row weight kernels (cpu_kernels.c)
- * in a portable C and an AVX2/FMA/F16C flavour chosen at run time. */
+ * the per-row weight kernels (cpu_kernels.c) in a portable C and an
+ * AVX2/FMA/F16C flavour chosen at run time, and the row-parallel helper. */
 #ifndef KVRT_CPU_OPS_INTERNAL_H
 #define KVRT_CPU_OPS_INTERNAL_H
 
@@ -27,22 +27,7 @@ kvrt_cpu_dot_fn kvrt_cpu_dot_kernel(kvrt_cpu_isa isa, kvrt_dtype type);
 /* NULL for unsupported types. */
 kvrt_cpu_dequant_fn kvrt_cpu_dequant_kernel(kvrt_cpu_isa isa, kvrt_dtype type);
 
-/* ---- argument checks ----------------------------------------------------------- */
-
-/* Bytes spanned by rows x cols elements of elem bytes, rows stride elements
- * apart: ((rows - 1) * stride + cols) * elem, 0 for no rows. False on overflow
- * or negative values. */
-bool kvrt_cpu_span_bytes(int64_t rows, int64_t stride, int64_t cols, size_t elem, size_t *out);
-
-/* kvrt_cpu_check_view plus: the host address is a multiple of align. */
-kvrt_status kvrt_cpu_check_array(kvrt_backend *be, kvrt_view v, size_t bytes, size_t align, const char *what);
-
-/* Checks a strided F32 matrix [rows][cols] (stride >= cols) and its view. */
-kvrt_status kvrt_cpu_check_rows(kvrt_backend *be, kvrt_view v, int64_t rows, int64_t stride, int64_t cols,
-                                const char *what);
-
-/* True when the host byte ranges [a, a + a_bytes) and [b, b + b_bytes) share a byte. */
-bool kvrt_cpu_ranges_overlap(kvrt_view a, size_t a_bytes, kvrt_view b, size_t b_bytes);
+/* ---- the row-parallel helper ------------------------------------------------------- */
 
 /* Runs fn(arg, begin, end) over [0, n_rows) split into tasks on the backend's
  * pool; runs inline when the work (n_rows * work_per_row) is too small to share.

@@ -54,7 +54,8 @@ typedef struct kvrt_engine_params {
     int32_t enable_prefix_cache;/* nonzero (default): reuse cached prompt blocks */
     kvrt_preempt_mode preempt_mode;
     kvrt_dtype kv_type;         /* KV cache element type: F32 (default) or F16 */
-    int32_t eos_id;             /* end-of-sequence token; -1 = none (default; the model's with kvrt_engine_create) */
+    int32_t eos_id;             /* end-of-sequence token; -1 = none (default; the model's with kvrt_engine_create,
+                                 * which also stops at every end-of-generation token: kvrt_token_is_eog) */
     kvrt_clock_fn clock;        /* NULL = CLOCK_MONOTONIC; tests inject their own */
     void *clock_user;
     const kvrt_allocator *allocator; /* NULL = malloc. Must outlive the engine. */
@@ -65,7 +66,7 @@ KVRT_API kvrt_engine_params kvrt_engine_default_params(void);
 typedef enum kvrt_finish_reason {
     KVRT_FINISH_NONE = 0,       /* still running */
     KVRT_FINISH_LENGTH = 1,     /* max_tokens generated, or the context is full */
-    KVRT_FINISH_EOS = 2,
+    KVRT_FINISH_EOS = 2,        /* EOS or another end-of-generation token (kvrt_token_is_eog) */
     KVRT_FINISH_STOP_TOKEN = 3, /* one of stop_tokens was generated */
     KVRT_FINISH_CANCELLED = 4,
     KVRT_FINISH_STOP_STRING = 5 /* one of stop_strings appeared in the text (not part of it) */
@@ -93,7 +94,12 @@ typedef struct kvrt_request_params {
     const int32_t *prompt;      /* [n_prompt] token ids, n_prompt >= 1; NULL: prompt_text is tokenized */
     int32_t n_prompt;
     const char *prompt_text;    /* UTF-8, used when prompt is NULL (engines of kvrt_engine_create only) */
-    int32_t add_bos;            /* with prompt_text: BOS first when the vocabulary has one (default 1) */
+    int32_t add_bos;            /* with prompt_text: BOS (and EOS) as the vocabulary asks (default 1) */
+    /* A conversation, used when prompt and prompt_text are NULL (engines of kvrt_engine_create only): the
+     * prompt is kvrt_chat_tokenize of these messages with the assistant's turn opened. */
+    const kvrt_chat_message *messages; /* [n_messages], copied at submit */
+    int32_t n_messages;
+    const char *chat_template;  /* with messages: NULL = the model file's; else a built-in name */
     int32_t max_tokens;         /* tokens to generate per sample, >= 1 (default 16) */
     int32_t n;                  /* samples, >= 1 (default 1); the prompt is computed once and forked */
     float temperature;          /* <= 0: greedy (argmax, lowest id on ties) */
@@ -103,7 +109,7 @@ typedef struct kvrt_request_params {
     float repeat_penalty;       /* 1 = off (default); llama.cpp's rule over the last repeat_last_n tokens */
     int32_t repeat_last_n;      /* default 64; the prompt's tail counts */
     uint64_t seed;              /* sample i draws from its own generator seeded with (seed, i) */
-    int32_t ignore_eos;         /* nonzero: the engine's eos_id does not stop */
+    int32_t ignore_eos;         /* nonzero: the engine's eos_id and end-of-generation tokens do not stop */
     const int32_t *stop_tokens; /* [n_stop_tokens] ids that end a sample (kept in its output) */
     int32_t n_stop_tokens;
     const char *const *stop_strings; /* [n_stop_strings] non-empty UTF-8 strings that end a sample; they are */

@@ -52,10 +52,17 @@ typedef struct kvrt_model_info {
 
 KVRT_API kvrt_status kvrt_model_get_info(const kvrt_model *model, kvrt_model_info *out);
 
-/* Tokenizes `len` bytes of UTF-8 text (BOS first when add_bos). Writes up to
- * `capacity` ids; *n_tokens receives the number needed, and the call returns
- * KVRT_ERR_INVALID_ARGUMENT (with *n_tokens set) when capacity is too small. */
-KVRT_API kvrt_status kvrt_tokenize(kvrt_model *model, const char *text, size_t len, int add_bos,
+/* Flags of kvrt_tokenize (1 keeps its old meaning "add BOS"). */
+#define KVRT_TOKENIZE_ADD_SPECIAL 1u   /* BOS / EOS as the vocabulary asks (add_bos_token, add_eos_token) */
+#define KVRT_TOKENIZE_PARSE_SPECIAL 2u /* the pieces of control and user-defined tokens written in the text
+                                        * (such as <|im_start|>) become those tokens; without it text is
+                                        * only ever text. Chat templates always use it. */
+
+/* Tokenizes `len` bytes of UTF-8 text (any bytes are accepted) with `flags`
+ * (KVRT_TOKENIZE_*). Writes up to `capacity` ids; *n_tokens receives the
+ * number needed, and the call returns KVRT_ERR_INVALID_ARGUMENT (with
+ * *n_tokens set) when capacity is too small. */
+KVRT_API kvrt_status kvrt_tokenize(kvrt_model *model, const char *text, size_t len, unsigned flags,
                                    int32_t *ids, int32_t capacity, int32_t *n_tokens);
 
 /* The bytes a token stands for, as a stream of text shows them: byte pieces
@@ -66,6 +73,63 @@ KVRT_API kvrt_status kvrt_tokenize(kvrt_model *model, const char *text, size_t l
  * *len set to what is needed; an id outside the vocabulary: BAD_TOKEN. */
 KVRT_API kvrt_status kvrt_token_to_text(kvrt_model *model, int32_t prev_token, int32_t token,
                                         char *buf, size_t capacity, size_t *len);
+
+/* Whether generating `token` ends a turn: EOS, the end-of-turn and
+ * end-of-message tokens (tokenizer.ggml.eot_token_id / eom_token_id, or the
+ * usual pieces such as <|eot_id|>, <|im_end|>, <|end|>, <end_of_turn>), and
+ * the end marker of the file's chat template. 0 for ids outside the
+ * vocabulary and for a model without one. */
+KVRT_API int kvrt_token_is_eog(const kvrt_model *model, int32_t token);
+/* Up to `capacity` end-of-generation ids, increasing, into ids; *n_ids
+ * receives how many there are (INVALID_ARGUMENT when they do not fit). */
+KVRT_API kvrt_status kvrt_model_eog_tokens(const kvrt_model *model, int32_t *ids, int32_t capacity,
+                                           int32_t *n_ids);
+
+/* ---- chat templates --------------------------------------------------------- */
+
+/* One message of a conversation. */
+typedef struct kvrt_chat_message {
+    const char *role;    /* "system", "user" or "assistant"; ChatML-style templates (chatml, llama3, phi3,
+                          * zephyr) also take other roles of letters, digits and '_' ("tool") */
+    const char *content; /* UTF-8, NUL-terminated */
+} kvrt_chat_message;
+
+/* The template: NULL (or "") = the one in the model file
+ * (tokenizer.chat_template), recognised by its markers; otherwise a
+ * built-in name (kvrt_chat_template_names) or a template text to recognise.
+ * kvrt has no Jinja engine: each recognised template is rendered by a
+ * built-in formatter. A template nothing matches is KVRT_ERR_UNSUPPORTED
+ * with a message listing the known names; a model whose file has none,
+ * asked for NULL, too. */
+
+/* The built-in formatters' names, NULL-terminated: chatml, llama2,
+ * llama2-sys, llama2-sys-bos, llama2-sys-strip, llama3, mistral-v1,
+ * mistral-v3, mistral-v3-tekken, mistral-v7, phi3, phi4, gemma, zephyr,
+ * vicuna, deepseek, deepseek2, deepseek3. */
+KVRT_API const char *const *kvrt_chat_template_names(void);
+
+/* The built-in name `tmpl` resolves to (a static string) in *name. */
+KVRT_API kvrt_status kvrt_chat_template_resolve(const kvrt_model *model, const char *tmpl, const char **name);
+
+/* Renders the conversation as the template writes it, ending with the
+ * assistant's turn opened when add_generation_prompt. BOS is not written:
+ * tokenizing with KVRT_TOKENIZE_ADD_SPECIAL adds it where the vocabulary
+ * wants it. Writes the text plus a NUL to buf[0..capacity); *len receives
+ * its length without the NUL, and the call returns INVALID_ARGUMENT (with
+ * *len set) when it does not fit. INVALID_ARGUMENT also for a role the
+ * template has no place for (named in the message). */
+KVRT_API kvrt_status kvrt_chat_format(kvrt_model *model, const char *tmpl, const kvrt_chat_message *messages,
+                                      size_t n_messages, int add_generation_prompt, char *buf, size_t capacity,
+                                      size_t *len);
+
+/* Renders and tokenizes in one step, as a server should: the template's
+ * markers (such as <|im_start|>) become their special tokens, while the
+ * messages' contents are always text, so a user who writes "<|im_end|>"
+ * cannot end a turn; BOS/EOS as the vocabulary asks. Buffer contract as
+ * kvrt_tokenize. */
+KVRT_API kvrt_status kvrt_chat_tokenize(kvrt_model *model, const char *tmpl, const kvrt_chat_message *messages,
+                                        size_t n_messages, int add_generation_prompt, int32_t *ids,
+                                        int32_t capacity, int32_t *n_tokens);
 
 /* ---- single-sequence sessions ---------------------------------------------- */
 
@@ -134,6 +198,31 @@ KVRT_API void kvrt_sampler_destroy(kvrt_sampler *sampler);
 KVRT_API kvrt_status kvrt_sampler_sample(kvrt_sampler *sampler, const float *logits, int32_t *token);
 /* Records a token (e.g. of the prompt) in the penalty history without sampling. */
 KVRT_API void kvrt_sampler_accept(kvrt_sampler *sampler, int32_t token);
+
+/* ---- generating on a session ----------------------------------------------------- */
+
+/* Why kvrt_session_generate stopped. */
+typedef enum kvrt_gen_stop {
+    KVRT_GEN_STOP_EOG = 1,          /* an end-of-generation token was sampled (kvrt_token_is_eog; not appended) */
+    KVRT_GEN_STOP_LENGTH = 2,       /* max_tokens tokens were generated */
+    KVRT_GEN_STOP_CONTEXT_FULL = 3, /* the last token was generated, but the session has no room for it */
+    KVRT_GEN_STOP_CALLBACK = 4      /* on_token asked to stop */
+} kvrt_gen_stop;
+
+/* Called with each generated token; nonzero stops after it. */
+typedef int (*kvrt_gen_token_fn)(void *user, int32_t token);
+
+/* Generates after the session's last evaluated token: samples from `logits`
+ * ([n_vocab], that token's logits as kvrt_session_eval wrote them; updated
+ * as generation goes), then appends each token to the session and evaluates
+ * it, until one of kvrt_gen_stop. Every token except an end-of-generation
+ * one is passed to on_token (may be NULL) and is in the session when the
+ * call returns, but for CONTEXT_FULL's last one. ignore_eog: end-of-generation
+ * tokens are generated like any other. *n_generated counts the tokens passed
+ * to on_token. */
+KVRT_API kvrt_status kvrt_session_generate(kvrt_session *session, kvrt_sampler *sampler, float *logits,
+                                           int32_t max_tokens, int ignore_eog, kvrt_gen_token_fn on_token, void *user,
+                                           int32_t *n_generated, kvrt_gen_stop *stop);
 
 #ifdef __cplusplus
 }

@@ -175,7 +175,7 @@ static void test_paged_equals_contiguous(void **state)
         kvrt_cpu_contig_kv kv = {c->dtype, c->n_kv_heads, c->head_dim, max_len, f16 ? (void *)kh : (void *)kf,
                                  f16 ? (void *)vh : (void *)vf, NULL};
         int64_t row = (int64_t)c->n_heads * c->head_dim;
-        kvrt_attn_desc desc = {c->num_seqs, c->n_heads, 0, d.scale, c->window, c->sinks, row, row};
+        kvrt_attn_desc desc = {c->num_seqs, c->n_heads, 0, d.scale, c->window, c->sinks, row, row, 0};
         kvrt_backend *be = ((struct kvrt_context *)ctx)->be;
         assert_int_equal(kvrt_cpu_attn_decode_contiguous(be, &kv, &desc, d.q, d.seq_lens, contig), KVRT_OK);
         assert_bitwise(paged, contig, attn_case_out_len(&d));

@@ -16,14 +16,17 @@
 #include "model/gguf.h"
 #include "model/model_file.h"
 #include "model/synth.h"
+#include "test_models.h"
 
 static char *model_path(const char *name)
 {
     static char bufs[4][4096];
     static int next;
-    const char *d = getenv("KVRT_TEST_MODELS");
     char *b = bufs[next++ % 4];
-    snprintf(b, 4096, "%s/%s", d && *d ? d : KVRT_DEFAULT_MODELS_DIR, name);
+    if (*name)
+        kvrt_test_require_model(name, b, 4096); /* a missing file fails naming its path */
+    else
+        kvrt_test_model_path(name, b, 4096);
     return b;
 }
 

@@ -24,6 +24,7 @@
 #include "cpu_internal.h"
 #include "common/quant.h"
 #include "ref_ops.h"
+#include "backend/ops.h"
 
 #define NMSE_MAX 1e-6
 #define MAX_ABS 1e-4
@@ -353,16 +354,16 @@ static void test_scratch_failure_is_reported(void **state)
         const size_t row = kvrt_dtype_row_bytes(types[t], N_IN);
         for (int o = 0; o < N_OUT; o++)
             kvrt_quantize_row(types[t], w + o * N_IN, wq[t] + o * row, N_IN);
-        assert_int_equal(be->ops->buffer_wrap_host(be, wq[t], sizeof(wq[t]), &bw[t]), KVRT_OK);
+        assert_int_equal(kvrt_op_buffer_wrap_host(be, wq[t], sizeof(wq[t]), &bw[t]), KVRT_OK);
     }
-    assert_int_equal(be->ops->buffer_wrap_host(be, x, sizeof(x), &bx), KVRT_OK);
-    assert_int_equal(be->ops->buffer_wrap_host(be, y, sizeof(y), &by), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_wrap_host(be, x, sizeof(x), &bx), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_wrap_host(be, y, sizeof(y), &by), KVRT_OK);
     for (size_t t = 0; t < KVRT_ARRAY_LEN(types); t++) {
         r.limit = KVRT_CPU_GEMM_SCRATCH_FLOATS * sizeof(float); /* below 2 threads' scratch */
         r.refused = 0;
         for (size_t i = 0; i < N_TOK * N_OUT; i++)
             y[i] = CANARY;
-        kvrt_status s = be->ops->matmul(be, types[t], (kvrt_view){bw[t], 0}, N_OUT, N_IN, (kvrt_view){bx, 0}, N_IN,
+        kvrt_status s = kvrt_op_matmul(be, types[t], (kvrt_view){bw[t], 0}, N_OUT, N_IN, (kvrt_view){bx, 0}, N_IN,
                                         (kvrt_view){by, 0}, N_OUT, N_TOK);
         assert_int_equal(s, KVRT_ERR_OUT_OF_HOST_MEMORY);
         assert_int_equal(r.refused, 1);
@@ -370,16 +371,16 @@ static void test_scratch_failure_is_reported(void **state)
         for (size_t i = 0; i < N_TOK * N_OUT; i++)
             assert_true(y[i] == CANARY);
         r.limit = (size_t)-1; /* the same call succeeds once memory is there */
-        assert_int_equal(be->ops->matmul(be, types[t], (kvrt_view){bw[t], 0}, N_OUT, N_IN, (kvrt_view){bx, 0}, N_IN,
+        assert_int_equal(kvrt_op_matmul(be, types[t], (kvrt_view){bw[t], 0}, N_OUT, N_IN, (kvrt_view){bx, 0}, N_IN,
                                          (kvrt_view){by, 0}, N_OUT, N_TOK),
                          KVRT_OK);
         for (size_t i = 0; i < N_TOK * N_OUT; i++) /* x is all ones: every token gets W's row sums, ~1.9 */
             assert_true(y[i] == y[i % N_OUT] && fabsf(y[i] - (float)(3 * N_IN) * 0.01f) < 0.5f);
     }
-    be->ops->buffer_destroy(be, bw[0]);
-    be->ops->buffer_destroy(be, bw[1]);
-    be->ops->buffer_destroy(be, bx);
-    be->ops->buffer_destroy(be, by);
+    kvrt_op_buffer_destroy(be, bw[0]);
+    kvrt_op_buffer_destroy(be, bw[1]);
+    kvrt_op_buffer_destroy(be, bx);
+    kvrt_op_buffer_destroy(be, by);
     be->ops->destroy(be);
 }
 

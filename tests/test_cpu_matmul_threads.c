@@ -11,6 +11,7 @@
 
 #include "cpu_internal.h"
 #include "common/quant.h"
+#include "backend/ops.h"
 
 enum { N_OUT = 256, N_IN = 64, N_TOK = 32, REPEATS = 1500 };
 
@@ -26,14 +27,14 @@ static kvrt_backend *make_cpu(int threads)
 static void run_matmul(kvrt_backend *be, kvrt_dtype t, void *w, size_t w_bytes, float *x, float *y)
 {
     kvrt_buffer *bw, *bx, *by;
-    assert_int_equal(be->ops->buffer_wrap_host(be, w, w_bytes, &bw), KVRT_OK);
-    assert_int_equal(be->ops->buffer_wrap_host(be, x, sizeof(float) * N_TOK * N_IN, &bx), KVRT_OK);
-    assert_int_equal(be->ops->buffer_wrap_host(be, y, sizeof(float) * N_TOK * N_OUT, &by), KVRT_OK);
-    assert_int_equal(be->ops->matmul(be, t, (kvrt_view){bw, 0}, N_OUT, N_IN, (kvrt_view){bx, 0}, N_IN,
+    assert_int_equal(kvrt_op_buffer_wrap_host(be, w, w_bytes, &bw), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_wrap_host(be, x, sizeof(float) * N_TOK * N_IN, &bx), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_wrap_host(be, y, sizeof(float) * N_TOK * N_OUT, &by), KVRT_OK);
+    assert_int_equal(kvrt_op_matmul(be, t, (kvrt_view){bw, 0}, N_OUT, N_IN, (kvrt_view){bx, 0}, N_IN,
                                      (kvrt_view){by, 0}, N_OUT, N_TOK), KVRT_OK);
-    be->ops->buffer_destroy(be, bw);
-    be->ops->buffer_destroy(be, bx);
-    be->ops->buffer_destroy(be, by);
+    kvrt_op_buffer_destroy(be, bw);
+    kvrt_op_buffer_destroy(be, bx);
+    kvrt_op_buffer_destroy(be, by);
 }
 
 static void check_type(kvrt_dtype t)
@@ -86,22 +87,22 @@ static void test_f32_gemv_threads_repeatable(void **state)
         x[i] = (float)rand() / RAND_MAX - 0.5f;
     kvrt_backend *one = make_cpu(1), *two = make_cpu(2);
     kvrt_buffer *bw, *bx, *by, *bref;
-    assert_int_equal(one->ops->buffer_wrap_host(one, w, sizeof(w), &bw), KVRT_OK);
-    assert_int_equal(one->ops->buffer_wrap_host(one, x, sizeof(x), &bx), KVRT_OK);
-    assert_int_equal(one->ops->buffer_wrap_host(one, ref, sizeof(ref), &bref), KVRT_OK);
-    assert_int_equal(one->ops->buffer_wrap_host(one, y, sizeof(y), &by), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_wrap_host(one, w, sizeof(w), &bw), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_wrap_host(one, x, sizeof(x), &bx), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_wrap_host(one, ref, sizeof(ref), &bref), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_wrap_host(one, y, sizeof(y), &by), KVRT_OK);
     kvrt_view vw = {bw, 0}, vx = {bx, 0};
-    assert_int_equal(one->ops->matmul(one, KVRT_DTYPE_F32, vw, OUT, IN, vx, IN, (kvrt_view){bref, 0}, OUT, 1), KVRT_OK);
+    assert_int_equal(kvrt_op_matmul(one, KVRT_DTYPE_F32, vw, OUT, IN, vx, IN, (kvrt_view){bref, 0}, OUT, 1), KVRT_OK);
     for (int i = 0; i < 300; i++) {
         memset(y, 0, sizeof(y));
-        assert_int_equal(two->ops->matmul(two, KVRT_DTYPE_F32, vw, OUT, IN, vx, IN, (kvrt_view){by, 0}, OUT, 1),
+        assert_int_equal(kvrt_op_matmul(two, KVRT_DTYPE_F32, vw, OUT, IN, vx, IN, (kvrt_view){by, 0}, OUT, 1),
                          KVRT_OK);
         if (memcmp(y, ref, sizeof(y)) != 0)
             fail_msg("F32 GEMV: repeat %d differs from the 1-thread result", i);
     }
     kvrt_buffer *all[] = {bw, bx, by, bref};
     for (int i = 0; i < 4; i++)
-        one->ops->buffer_destroy(one, all[i]);
+        kvrt_op_buffer_destroy(one, all[i]);
     one->ops->destroy(one);
     two->ops->destroy(two);
 }

@@ -32,7 +32,7 @@ typedef struct fake_model {
     int32_t fail_at_forward;  /* > 0: that forward (1-based) fails */
     int32_t fail_at_copy, fail_at_read, fail_at_write; /* same for those calls */
     int32_t n_copy_calls, n_read_calls, n_write_calls;
-    void (*on_batch)(void *user, const kvrt_step_batch *b);
+    void (*on_batch)(void *user, const kvrt_batch *b);
     void *user;
 } fake_model;
 
@@ -59,7 +59,7 @@ static int32_t fake_argmax(const float *x, int32_t n)
     return best;
 }
 
-static kvrt_status fake_forward(void *self, const kvrt_step_batch *b, float *logits, kvrt_error *err)
+static kvrt_status fake_forward(void *self, const kvrt_batch *b, float *logits, kvrt_error *err)
 {
     fake_model *f = self;
     f->forwards++;
@@ -202,7 +202,7 @@ static kvrt_engine_params fake_params(fake_model *f, int32_t max_context)
 
 static kvrt_runner fake_runner(fake_model *f)
 {
-    kvrt_runner r = {.ops = &fake_ops, .self = f, .n_vocab = f->n_vocab,
+    kvrt_runner r = {.iface = &fake_ops, .self = f, .n_vocab = f->n_vocab,
                      .block_bytes = 2 * (size_t)f->block_size * sizeof(int32_t)};
     return r;
 }

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "kvrt.h"
+#include "test_models.h"
 
 static void greedy_session(kvrt_model *m, int32_t n_vocab, const int32_t *p, int32_t n, int32_t gen, int32_t *out)
 {
@@ -40,8 +41,7 @@ static void run(int mode)
     assert_int_equal(kvrt_context_create(&cp, &ctx, NULL), KVRT_OK);
     kvrt_model_params mp = kvrt_model_default_params();
     char path[1024];
-    const char *dir = getenv("KVRT_TEST_MODELS");
-    snprintf(path, sizeof(path), "%s/stories260K.gguf", dir && *dir ? dir : KVRT_DEFAULT_MODELS_DIR);
+    kvrt_test_require_model("stories260K.gguf", path, sizeof(path));
     mp.path = path;
     mp.max_context = 256;
     kvrt_model *m = NULL;

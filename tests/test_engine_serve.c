@@ -16,6 +16,7 @@
 #include <string.h>
 #include "test_drivers.h"
 #include "kvrt.h"
+#include "test_models.h"
 
 typedef struct fixture {
     kvrt_context *ctx;
@@ -34,8 +35,7 @@ static void fixture_open(fixture *f, kvrt_backend_kind backend)
         fail_msg("%s context: %s", kvrt_backend_name(backend), err.message);
     kvrt_model_params mp = kvrt_model_default_params();
     char path[1024];
-    const char *dir = getenv("KVRT_TEST_MODELS");
-    snprintf(path, sizeof(path), "%s/stories260K.gguf", dir && *dir ? dir : KVRT_DEFAULT_MODELS_DIR);
+    kvrt_test_require_model("stories260K.gguf", path, sizeof(path));
     mp.path = path;
     mp.max_context = 256;
     if (kvrt_model_load(f->ctx, &mp, &f->m, &err) != KVRT_OK)

@@ -49,7 +49,7 @@ static void script_logits(const script_runner *r, int32_t pos, float *out)
         out[g < r->n_script ? r->script[g] : 1] = 10.0f;
 }
 
-static kvrt_status sr_forward(void *self, const kvrt_step_batch *b, float *logits, kvrt_error *err)
+static kvrt_status sr_forward(void *self, const kvrt_batch *b, float *logits, kvrt_error *err)
 {
     (void)err;
     for (int32_t k = 0; k < b->num_logits; k++) {
@@ -89,7 +89,7 @@ static kvrt_engine *script_engine(script_runner *r, const kvrt_runner_ops *ops)
     kvrt_engine_params p = kvrt_engine_default_params();
     p.num_blocks = 16;
     p.max_context = 64;
-    kvrt_runner runner = {.ops = ops, .self = r, .n_vocab = NV};
+    kvrt_runner runner = {.iface = ops, .self = r, .n_vocab = NV};
     kvrt_engine *e = NULL;
     kvrt_error err;
     if (kvrt_engine_create_with_runner(&p, runner, &e, &err) != KVRT_OK)

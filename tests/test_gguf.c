@@ -14,26 +14,22 @@
 #include "model/gguf.h"
 #include "model/model_file.h"
 #include "model/synth.h"
+#include "test_models.h"
 
 /* ---- helpers ------------------------------------------------------------------------ */
-
-static const char *models_dir(void)
-{
-    const char *d = getenv("KVRT_TEST_MODELS");
-    return d && *d ? d : KVRT_DEFAULT_MODELS_DIR;
-}
 
 static char *model_path(const char *name)
 {
     static char buf[4096];
-    snprintf(buf, sizeof(buf), "%s/%s", models_dir(), name);
+    kvrt_test_require_model(name, buf, sizeof(buf)); /* a missing file fails naming its path */
     return buf;
 }
 
 static uint8_t *read_all(const char *path, size_t *size)
 {
     FILE *f = fopen(path, "rb");
-    assert_non_null(f);
+    if (!f)
+        fail_msg("cannot open %s", path);
     fseek(f, 0, SEEK_END);
     long n = ftell(f);
     fseek(f, 0, SEEK_SET);

@@ -15,21 +15,25 @@
 #include "model/gguf.h"
 #include "model/model_file.h"
 #include "model/synth.h"
+#include "test_models.h"
 
 static char *model_path(const char *name)
 {
     static char bufs[4][4096];
     static int next;
-    const char *d = getenv("KVRT_TEST_MODELS");
     char *b = bufs[next++ % 4];
-    snprintf(b, 4096, "%s/%s", d && *d ? d : KVRT_DEFAULT_MODELS_DIR, name);
+    if (*name)
+        kvrt_test_require_model(name, b, 4096); /* a missing file fails naming its path */
+    else
+        kvrt_test_model_path(name, b, 4096);
     return b;
 }
 
 static uint8_t *read_all(const char *path, size_t *size)
 {
     FILE *f = fopen(path, "rb");
-    assert_non_null(f);
+    if (!f)
+        fail_msg("cannot open %s", path);
     fseek(f, 0, SEEK_END);
     long n = ftell(f);
     fseek(f, 0, SEEK_SET);

@@ -1,7 +1,8 @@
 /* The model on every GPU backend built in (Vulkan on lavapipe, OpenCL on PoCL
  * in CI): golden greedy tokens exactly, teacher-forced logits within the
- * DESIGN.md bounds, and a sequence prefilled on one backend and decoded on
- * another (KV blocks copied byte for byte) gives the golden tokens. */
+ * DESIGN.md bounds, a sequence prefilled on one backend and decoded on
+ * another (KV blocks copied byte for byte) gives the golden tokens, and the
+ * same bad batch is the same error everywhere. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -16,6 +17,7 @@
 #include "model/model_api_internal.h"
 #include "test_drivers.h"
 #include "test_models.h"
+#include "backend/ops.h"
 
 #define N_POS 256
 #define N_VOCAB 512
@@ -193,8 +195,8 @@ static void move_blocks(backend_run *from, kvrt_session *src, backend_run *to, k
     for (int32_t l = 0; l < info.n_layer; l++) {
         for (int w = 0; w < 2; w++) {
             for (int32_t b = 0; b < n_blocks; b++) {
-                assert_int_equal(bs->ops->kv_block_read(bs, ps, l, (kvrt_kv_which)w, b, buf), KVRT_OK);
-                assert_int_equal(bd->ops->kv_block_write(bd, pd, l, (kvrt_kv_which)w, b, buf), KVRT_OK);
+                assert_int_equal(kvrt_op_kv_block_read(bs, ps, l, (kvrt_kv_which)w, b, buf), KVRT_OK);
+                assert_int_equal(kvrt_op_kv_block_write(bd, pd, l, (kvrt_kv_which)w, b, buf), KVRT_OK);
             }
         }
     }
@@ -228,12 +230,74 @@ static void test_prefill_here_decode_there(void **state)
     }
 }
 
+/* The same bad batch is the same error on every backend, found on the host
+ * before anything goes to a device (kvrt_batch_check and the model's ids and
+ * positions), and the KV pool is left as it was. */
+static void test_same_bad_batch_same_error(void **state)
+{
+    (void)state;
+    enum { CASES = 6 };
+    char first[CASES][KVRT_ERROR_MESSAGE_MAX];
+    kvrt_status first_st[CASES];
+    for (int r = 0; r < N_RUNS; r++) {
+        kvrt_session *sess = session_on(RUNS[r].model, 16, KVRT_DTYPE_F32, 512);
+        kvrt_kv_pool *pool = kvrt_session_kv_pool(sess);
+        kvrt_backend *be = RUNS[r].ctx->be;
+        const kvrt_kv_pool_desc *pd = kvrt_kv_pool_desc_of(pool);
+        size_t bb = kvrt_kv_block_bytes(pd);
+        unsigned char *blk = calloc(1, bb), *zero = calloc(1, bb);
+        for (int c = 0; c < CASES; c++) {
+            int32_t tokens[2] = {1, 2}, pos[2] = {0, 1}, slots[2] = {0, 1}, qsl[2] = {0, 2}, lens[1] = {2};
+            int32_t table[32], logits_idx[1] = {1};
+            for (int32_t i = 0; i < 32; i++)
+                table[i] = i;
+            kvrt_batch b = {.num_seqs = 1, .num_tokens = 2, .tokens = tokens, .positions = pos,
+                            .slot_mapping = slots, .query_start_loc = qsl, .seq_lens = lens, .block_tables = table,
+                            .max_blocks_per_seq = 32, .logits_indices = logits_idx, .num_logits = 1};
+            switch (c) {
+            case 0: pos[1] = 600; break;                 /* beyond the RoPE table (max_context 512) */
+            case 1: tokens[0] = 9999; break;             /* outside the vocabulary */
+            case 2: slots[1] = pd->num_blocks * 16; break; /* past the pool */
+            case 3: table[0] = pd->num_blocks; break;    /* a block the pool does not have */
+            case 4: logits_idx[0] = 2; break;            /* a row the batch does not have */
+            default: lens[0] = 32 * 16 + 1; break;       /* longer than its table */
+            }
+            float logits[N_VOCAB];
+            kvrt_error err;
+            kvrt_status st = kvrt_llama_forward(RUNS[r].model->lm, pool, &b, logits, &err);
+            assert_int_not_equal(st, KVRT_OK);
+            if (r == 0) {
+                first_st[c] = st;
+                snprintf(first[c], sizeof(first[c]), "%s", err.message);
+            } else {
+                assert_int_equal(st, first_st[c]);
+                assert_string_equal(err.message, first[c]);
+            }
+            for (int32_t l = 0; l < pd->n_layers; l++) { /* nothing was written */
+                assert_int_equal(kvrt_op_kv_block_read(be, pool, l, KVRT_KV_K, 0, blk), KVRT_OK);
+                assert_memory_equal(blk, zero, bb);
+            }
+        }
+        free(blk);
+        free(zero);
+        kvrt_session_destroy(sess);
+    }
+    assert_non_null(strstr(first[0], "position 600 at batch row 1 is outside [0, 512)"));
+    assert_int_equal(first_st[0], KVRT_ERR_CONTEXT_OVERFLOW);
+    assert_int_equal(first_st[1], KVRT_ERR_BAD_TOKEN);
+    assert_non_null(strstr(first[2], "slot_mapping[1]"));
+    assert_non_null(strstr(first[3], "block_tables[0][0]"));
+    assert_non_null(strstr(first[4], "logits index 2"));
+    assert_int_equal(first_st[5], KVRT_ERR_CONTEXT_OVERFLOW);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_greedy_golden_every_backend),
         cmocka_unit_test(test_teacher_forced_every_backend),
         cmocka_unit_test(test_prefill_here_decode_there),
+        cmocka_unit_test(test_same_bad_batch_same_error),
     };
     return cmocka_run_group_tests_name("model_backends", tests, setup, teardown);
 }

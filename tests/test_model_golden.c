@@ -1,4 +1,4 @@
-/* Golden tests on real checkpoints (../shared/models): greedy tokens equal an
+/* Golden tests on real checkpoints (tests/data): greedy tokens equal an
  * independent implementation's exactly, teacher-forced logits within the
  * DESIGN.md bounds, cached decoding equals recomputation. */
 #include <stdarg.h>

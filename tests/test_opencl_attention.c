@@ -15,6 +15,7 @@
 #include "backend/opencl/cl_internal.h"
 #include "common/fp16.h"
 #include "test_opencl_util.h"
+#include "backend/ops.h"
 
 #define MAX_SEQS 4
 #define CANARY 12345.678f
@@ -181,8 +182,8 @@ static void case_free(const cl_attn_case *c, case_data *cd)
 static kvrt_buffer *upload(kvrt_backend *be, const void *src, size_t bytes)
 {
     kvrt_buffer *b = NULL;
-    assert_int_equal(be->ops->buffer_create(be, bytes, KVRT_BUFFER_DEVICE, &b), KVRT_OK);
-    assert_int_equal(be->ops->buffer_upload(be, b, 0, src, bytes), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_create(be, bytes, KVRT_BUFFER_DEVICE, &b), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_upload(be, b, 0, src, bytes), KVRT_OK);
     return b;
 }
 
@@ -202,12 +203,12 @@ static void write_kv(kvrt_backend *be, kvrt_kv_pool *pool, const cl_attn_case *c
         kvrt_buffer *kb = upload(be, cd->k[s], (size_t)(len * row) * 4);
         kvrt_buffer *vb = upload(be, cd->v[s], (size_t)(len * row) * 4);
         kvrt_buffer *sb = upload(be, slots, (size_t)len * 4);
-        assert_int_equal(be->ops->kv_write(be, pool, 1, (kvrt_view){kb, 0}, row, (kvrt_view){vb, 0}, row,
+        assert_int_equal(kvrt_op_kv_write(be, pool, 1, (kvrt_view){kb, 0}, row, (kvrt_view){vb, 0}, row,
                                            (kvrt_view){sb, 0}, len),
                          KVRT_OK);
-        be->ops->buffer_destroy(be, kb);
-        be->ops->buffer_destroy(be, vb);
-        be->ops->buffer_destroy(be, sb);
+        kvrt_op_buffer_destroy(be, kb);
+        kvrt_op_buffer_destroy(be, vb);
+        kvrt_op_buffer_destroy(be, sb);
         free(slots);
     }
 }
@@ -221,7 +222,7 @@ static float *attend(kvrt_backend *be, kvrt_kv_pool *pool, const cl_attn_case *c
     const int64_t o_stride = cd->row + 2 * c->pad + 1;
     kvrt_attn_desc d = {.num_seqs = count, .n_heads = c->n_heads, .max_blocks_per_seq = cd->max_blocks,
                         .scale = (float)(1.0 / sqrt((double)c->head_dim)), .window = c->window, .sinks = c->sinks,
-                        .q_stride = cd->q_stride, .o_stride = o_stride};
+                        .q_stride = cd->q_stride, .o_stride = o_stride, .num_tokens = nt};
     int32_t qsl[MAX_SEQS + 1], lens[MAX_SEQS];
     for (int32_t s = 0; s <= count; s++)
         qsl[s] = cd->qsl[first + s] - t0;
@@ -229,8 +230,8 @@ static float *attend(kvrt_backend *be, kvrt_kv_pool *pool, const cl_attn_case *c
     /* q sits 16 bytes into its buffer; out is followed by canaries */
     const size_t q_bytes = (size_t)(nt * cd->q_stride) * 4, o_len = (size_t)(nt * o_stride) + N_CANARY;
     kvrt_buffer *qb, *ob;
-    assert_int_equal(be->ops->buffer_create(be, q_bytes + 16, KVRT_BUFFER_DEVICE, &qb), KVRT_OK);
-    assert_int_equal(be->ops->buffer_upload(be, qb, 16, cd->q + t0 * cd->q_stride, q_bytes), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_create(be, q_bytes + 16, KVRT_BUFFER_DEVICE, &qb), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_upload(be, qb, 16, cd->q + t0 * cd->q_stride, q_bytes), KVRT_OK);
     float *out = malloc(o_len * 4);
     assert_non_null(out);
     for (size_t i = 0; i < o_len; i++)
@@ -238,26 +239,26 @@ static float *attend(kvrt_backend *be, kvrt_kv_pool *pool, const cl_attn_case *c
     ob = upload(be, out, o_len * 4);
     kvrt_buffer *lb = upload(be, lens, (size_t)count * 4), *qslb = upload(be, qsl, (size_t)(count + 1) * 4);
     kvrt_buffer *tb = upload(be, cd->tables + first * cd->max_blocks, (size_t)(count * cd->max_blocks) * 4);
-    assert_int_equal(be->ops->begin(be), KVRT_OK);
-    kvrt_status s = c->prefill ? be->ops->attn_prefill(be, pool, 1, &d, (kvrt_view){qb, 16}, (kvrt_view){ob, 0},
+    assert_int_equal(kvrt_op_begin(be), KVRT_OK);
+    kvrt_status s = c->prefill ? kvrt_op_attn_prefill(be, pool, 1, &d, (kvrt_view){qb, 16}, (kvrt_view){ob, 0},
                                                        (kvrt_view){qslb, 0}, (kvrt_view){lb, 0}, (kvrt_view){tb, 0})
-                               : be->ops->attn_decode(be, pool, 1, &d, (kvrt_view){qb, 16}, (kvrt_view){ob, 0},
+                               : kvrt_op_attn_decode(be, pool, 1, &d, (kvrt_view){qb, 16}, (kvrt_view){ob, 0},
                                                       (kvrt_view){lb, 0}, (kvrt_view){tb, 0});
     if (s != KVRT_OK)
         fail_msg("%s: %s", c->name, be->err.message);
-    assert_int_equal(be->ops->submit(be), KVRT_OK);
-    assert_int_equal(be->ops->buffer_download(be, ob, 0, out, o_len * 4), KVRT_OK);
+    assert_int_equal(kvrt_op_submit(be), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_download(be, ob, 0, out, o_len * 4), KVRT_OK);
     for (size_t i = (size_t)(nt * o_stride); i < o_len; i++)
         assert_true(out[i] == CANARY);
     for (int32_t t = 0; t < nt; t++) { /* the padding between rows is not written either */
         for (int64_t e = cd->row; e < o_stride; e++)
             assert_true(out[t * o_stride + e] == CANARY);
     }
-    be->ops->buffer_destroy(be, qb);
-    be->ops->buffer_destroy(be, ob);
-    be->ops->buffer_destroy(be, lb);
-    be->ops->buffer_destroy(be, qslb);
-    be->ops->buffer_destroy(be, tb);
+    kvrt_op_buffer_destroy(be, qb);
+    kvrt_op_buffer_destroy(be, ob);
+    kvrt_op_buffer_destroy(be, lb);
+    kvrt_op_buffer_destroy(be, qslb);
+    kvrt_op_buffer_destroy(be, tb);
     return out;
 }
 
@@ -269,7 +270,7 @@ static void check_case(kvrt_backend *be, const cl_attn_case *c, uint64_t seed)
                             .block_size = c->block_size, .num_blocks = cd.num_blocks, .dtype = c->dtype};
     kvrt_kv_pool *pool;
     kvrt_cl_test_set_segment_bytes(be, c->seg_bytes);
-    assert_int_equal(be->ops->kv_pool_create(be, &pd, &pool), KVRT_OK);
+    assert_int_equal(kvrt_op_kv_pool_create(be, &pd, &pool), KVRT_OK);
     kvrt_cl_test_set_segment_bytes(be, SIZE_MAX);
     if (c->seg_bytes != SIZE_MAX) {
         assert_true(pool->k[1].n_segs > 1);
@@ -304,7 +305,7 @@ static void check_case(kvrt_backend *be, const cl_attn_case *c, uint64_t seed)
         free(alone);
     }
     free(out);
-    be->ops->kv_pool_destroy(be, pool);
+    kvrt_op_kv_pool_destroy(be, pool);
     case_free(c, &cd);
 }
 
@@ -329,90 +330,67 @@ static void test_attention_bad_views(void **state)
     kvrt_kv_pool_desc pd = {.n_layers = 1, .n_kv_heads = 1, .head_dim = 64, .block_size = 16, .num_blocks = 4,
                             .dtype = KVRT_DTYPE_F32};
     kvrt_kv_pool *pool;
-    assert_int_equal(be->ops->kv_pool_create(be, &pd, &pool), KVRT_OK);
+    assert_int_equal(kvrt_op_kv_pool_create(be, &pd, &pool), KVRT_OK);
     kvrt_buffer *b;
     kvrt_cl_test_set_segment_bytes(be, 1024);
-    assert_int_equal(be->ops->buffer_create(be, 4096, KVRT_BUFFER_DEVICE, &b), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_create(be, 4096, KVRT_BUFFER_DEVICE, &b), KVRT_OK);
     kvrt_cl_test_set_segment_bytes(be, SIZE_MAX);
     kvrt_attn_desc d = {.num_seqs = 1, .n_heads = 2, .max_blocks_per_seq = 4, .scale = 0.125f,
                         .q_stride = 128, .o_stride = 128};
     kvrt_view q = {b, 768}, out = {b, 2048}, lens = {b, 3072}, bt = {b, 3200};
-    assert_int_equal(be->ops->attn_decode(be, pool, 0, &d, q, out, lens, bt), KVRT_ERR_UNSUPPORTED);
-    assert_int_equal(be->ops->attn_decode(be, pool, 1, &d, out, out, lens, bt), KVRT_ERR_INVALID_ARGUMENT);
+    assert_int_equal(kvrt_op_attn_decode(be, pool, 0, &d, q, out, lens, bt), KVRT_ERR_UNSUPPORTED);
+    assert_int_equal(kvrt_op_attn_decode(be, pool, 1, &d, out, out, lens, bt), KVRT_ERR_INVALID_ARGUMENT);
     d.window = -1;
-    assert_int_equal(be->ops->attn_decode(be, pool, 0, &d, out, out, lens, bt), KVRT_ERR_INVALID_ARGUMENT);
+    assert_int_equal(kvrt_op_attn_decode(be, pool, 0, &d, out, out, lens, bt), KVRT_ERR_INVALID_ARGUMENT);
     d.window = 0;
     d.q_stride = 100; /* shorter than a row */
-    assert_int_equal(be->ops->attn_prefill(be, pool, 0, &d, out, out, lens, lens, bt), KVRT_ERR_INVALID_ARGUMENT);
-    be->ops->buffer_destroy(be, b);
-    be->ops->kv_pool_destroy(be, pool);
+    assert_int_equal(kvrt_op_attn_prefill(be, pool, 0, &d, out, out, lens, lens, bt), KVRT_ERR_INVALID_ARGUMENT);
+    kvrt_op_buffer_destroy(be, b);
+    kvrt_op_kv_pool_destroy(be, pool);
     kvrt_context_destroy(ctx);
 }
 
-/* Bad lengths and table entries cannot be reported by a kernel: the entries
- * check their host copies and return an error before enqueueing anything,
- * also when the device wrote the arrays (the host copy is read back). */
+/* Bad lengths and table entries cannot be reported by a kernel: the
+ * attention API checks the host arrays once, before anything goes to the
+ * device (kv_layout.h), so nothing runs and the output keeps its canaries. */
 static void test_attention_bad_tables(void **state)
 {
     (void)state;
     kvrt_context *ctx = cl_test_context(0);
     assert_non_null(ctx);
-    kvrt_backend *be = ((struct kvrt_context *)ctx)->be;
-    kvrt_kv_pool_desc pd = {.n_layers = 1, .n_kv_heads = 1, .head_dim = 16, .block_size = 8, .num_blocks = 4,
-                            .dtype = KVRT_DTYPE_F32};
-    kvrt_kv_pool *pool;
-    assert_int_equal(be->ops->kv_pool_create(be, &pd, &pool), KVRT_OK);
-    enum { NQ = 20 * 16 };
-    float qv[NQ], canary[NQ];
+    kvrt_kv_cache_params cp = {.n_layers = 1, .n_kv_heads = 1, .head_dim = 16, .block_size = 8, .num_blocks = 4,
+                               .dtype = KVRT_DTYPE_F32};
+    kvrt_kv_cache *cache;
+    assert_int_equal(kvrt_kv_cache_create(ctx, &cp, &cache, NULL), KVRT_OK);
+    enum { NQ = 40 * 16 };
+    float qv[NQ], out[NQ];
     for (int i = 0; i < NQ; i++) {
         qv[i] = (float)(i % 7) * 0.1f;
-        canary[i] = 1234.5f;
+        out[i] = CANARY;
     }
-    kvrt_buffer *qb, *ob, *ib;
-    assert_int_equal(be->ops->buffer_create(be, sizeof(qv), KVRT_BUFFER_DEVICE, &qb), KVRT_OK);
-    assert_int_equal(be->ops->buffer_create(be, sizeof(qv), KVRT_BUFFER_DEVICE, &ob), KVRT_OK);
-    assert_int_equal(be->ops->buffer_create(be, 64, KVRT_BUFFER_DEVICE, &ib), KVRT_OK);
-    assert_int_equal(be->ops->buffer_upload(be, qb, 0, qv, sizeof(qv)), KVRT_OK);
-    assert_int_equal(be->ops->buffer_upload(be, ob, 0, canary, sizeof(canary)), KVRT_OK);
-    /* ints: [0] seq_len, [1..4] table, [5..6] query_start_loc */
-    kvrt_view lens = {ib, 0}, bt = {ib, 4}, qsl = {ib, 20};
-    kvrt_attn_desc d = {.num_seqs = 1, .n_heads = 1, .max_blocks_per_seq = 4, .scale = 0.25f, .q_stride = 16,
-                        .o_stride = 16};
+    kvrt_attention_params p = {.n_heads = 1, .max_blocks_per_seq = 4, .scale = 0.25f};
+    /* [0] seq_len, [1..4] table, [5..6] query_start_loc */
     const int32_t bad[][7] = {
         {20, 0, 1, 4, -1, 0, 20},  /* entry past the pool */
         {20, 0, -1, 2, -1, 0, 20}, /* -1 where a visible key lives */
         {40, 0, 1, 2, 3, 0, 40},   /* longer than the table */
         {0, 0, 1, 2, 3, 0, 0},     /* empty sequence */
     };
-    float got[NQ];
     for (size_t c = 0; c < KVRT_ARRAY_LEN(bad); c++) {
-        assert_int_equal(be->ops->buffer_upload(be, ib, 0, bad[c], sizeof(bad[c])), KVRT_OK);
-        assert_int_not_equal(be->ops->attn_decode(be, pool, 0, &d, (kvrt_view){qb, 0}, (kvrt_view){ob, 0}, lens, bt),
-                             KVRT_OK);
+        assert_int_not_equal(kvrt_attention_decode(cache, 0, &p, 1, qv, &bad[c][0], &bad[c][1], out), KVRT_OK);
         if (bad[c][0] > 0) /* prefill of the whole sequence */
-            assert_int_not_equal(be->ops->attn_prefill(be, pool, 0, &d, (kvrt_view){qb, 0}, (kvrt_view){ob, 0}, qsl,
-                                                       lens, bt),
+            assert_int_not_equal(kvrt_attention_prefill(cache, 0, &p, 1, &bad[c][5], qv, &bad[c][0], &bad[c][1], out),
                                  KVRT_OK);
     }
-    /* the same bad entry, written by the device */
-    const int32_t good[7] = {20, 0, 1, 2, -1, 0, 20};
-    kvrt_buffer *src;
-    assert_int_equal(be->ops->buffer_create(be, 64, KVRT_BUFFER_DEVICE, &src), KVRT_OK);
-    assert_int_equal(be->ops->buffer_upload(be, src, 0, bad[0], sizeof(bad[0])), KVRT_OK);
-    assert_int_equal(be->ops->buffer_upload(be, ib, 0, good, sizeof(good)), KVRT_OK);
-    assert_int_equal(be->ops->attn_decode(be, pool, 0, &d, (kvrt_view){qb, 0}, (kvrt_view){qb, 0}, lens, bt),
-                     KVRT_OK); /* a good table runs (into q: out keeps its canaries) */
-    assert_int_equal(be->ops->buffer_copy(be, src, 0, ib, 0, sizeof(good)), KVRT_OK);
-    assert_int_equal(be->ops->attn_decode(be, pool, 0, &d, (kvrt_view){qb, 0}, (kvrt_view){ob, 0}, lens, bt),
+    assert_int_equal(kvrt_attention_decode(cache, 0, &p, 1, qv, &bad[0][0], &bad[0][1], out),
                      KVRT_ERR_INVALID_ARGUMENT);
-    assert_non_null(strstr(kvrt_context_message(ctx), "4"));
-    assert_int_equal(be->ops->buffer_download(be, ob, 0, got, sizeof(got)), KVRT_OK);
-    assert_memory_equal(got, canary, sizeof(got)); /* nothing ran */
-    be->ops->buffer_destroy(be, src);
-    be->ops->buffer_destroy(be, qb);
-    be->ops->buffer_destroy(be, ob);
-    be->ops->buffer_destroy(be, ib);
-    be->ops->kv_pool_destroy(be, pool);
+    assert_non_null(strstr(kvrt_kv_cache_message(cache), "block_tables[0][2] = 4 outside [0, 4)"));
+    for (int i = 0; i < NQ; i++)
+        assert_true(out[i] == CANARY); /* nothing ran */
+    const int32_t good[7] = {20, 0, 1, 2, -1, 0, 20};
+    assert_int_equal(kvrt_attention_decode(cache, 0, &p, 1, qv, &good[0], &good[1], out), KVRT_OK);
+    assert_true(out[0] != CANARY);
+    kvrt_kv_cache_destroy(cache);
     kvrt_context_destroy(ctx);
 }
 

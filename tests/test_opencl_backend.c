@@ -10,6 +10,7 @@
 #include "backend/opencl/cl_internal.h"
 #include "kvrt_opencl.h"
 #include "test_opencl_util.h"
+#include "backend/ops.h"
 
 static void test_create_destroy(void **state)
 {
@@ -131,42 +132,42 @@ static void test_segmented_buffers(void **state)
     kvrt_backend *be = ((struct kvrt_context *)ctx)->be;
     kvrt_cl_test_set_segment_bytes(be, 256);
     kvrt_buffer *a, *b;
-    assert_int_equal(be->ops->buffer_create(be, 1000, KVRT_BUFFER_DEVICE, &a), KVRT_OK);
-    assert_int_equal(be->ops->buffer_create(be, 1100, KVRT_BUFFER_DEVICE, &b), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_create(be, 1000, KVRT_BUFFER_DEVICE, &a), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_create(be, 1100, KVRT_BUFFER_DEVICE, &b), KVRT_OK);
     assert_int_equal(a->n_segs, 4);
     assert_int_equal(b->n_segs, 5);
 
     unsigned char ha[1000], hb[1100], got[1100], src[1100];
     memset(ha, 0, sizeof(ha)); /* new buffers are zeroed */
     memset(hb, 0, sizeof(hb));
-    assert_int_equal(be->ops->buffer_download(be, a, 0, got, 1000), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_download(be, a, 0, got, 1000), KVRT_OK);
     assert_memory_equal(got, ha, 1000);
 
     fill_pattern(src, sizeof(src), 1);
-    assert_int_equal(be->ops->buffer_upload(be, a, 100, src, 800), KVRT_OK); /* crosses 3 boundaries */
+    assert_int_equal(kvrt_op_buffer_upload(be, a, 100, src, 800), KVRT_OK); /* crosses 3 boundaries */
     memcpy(ha + 100, src, 800);
     fill_pattern(src, sizeof(src), 2);
-    assert_int_equal(be->ops->buffer_upload(be, b, 0, src, 1100), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_upload(be, b, 0, src, 1100), KVRT_OK);
     memcpy(hb, src, 1100);
 
     /* copies whose source and destination pieces break at different places */
-    assert_int_equal(be->ops->buffer_copy(be, a, 37, b, 300, 555), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_copy(be, a, 37, b, 300, 555), KVRT_OK);
     memcpy(hb + 300, ha + 37, 555);
-    assert_int_equal(be->ops->buffer_copy(be, b, 10, b, 700, 390), KVRT_OK); /* disjoint, same buffer */
+    assert_int_equal(kvrt_op_buffer_copy(be, b, 10, b, 700, 390), KVRT_OK); /* disjoint, same buffer */
     memmove(hb + 700, hb + 10, 390);
-    assert_int_equal(be->ops->buffer_copy(be, a, 0, a, 130, 600), KVRT_OK); /* overlapping */
+    assert_int_equal(kvrt_op_buffer_copy(be, a, 0, a, 130, 600), KVRT_OK); /* overlapping */
     memmove(ha + 130, ha, 600);
 
-    assert_int_equal(be->ops->buffer_download(be, a, 0, got, 1000), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_download(be, a, 0, got, 1000), KVRT_OK);
     assert_memory_equal(got, ha, 1000);
-    assert_int_equal(be->ops->buffer_download(be, b, 0, got, 1100), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_download(be, b, 0, got, 1100), KVRT_OK);
     assert_memory_equal(got, hb, 1100);
-    assert_int_equal(be->ops->buffer_download(be, b, 250, got, 513), KVRT_OK); /* unaligned window */
+    assert_int_equal(kvrt_op_buffer_download(be, b, 250, got, 513), KVRT_OK); /* unaligned window */
     assert_memory_equal(got, hb + 250, 513);
 
     /* out of range, and a kernel view across a boundary */
-    assert_int_equal(be->ops->buffer_upload(be, a, 900, src, 101), KVRT_ERR_INVALID_ARGUMENT);
-    assert_int_equal(be->ops->buffer_copy(be, a, 0, b, 1000, 101), KVRT_ERR_INVALID_ARGUMENT);
+    assert_int_equal(kvrt_op_buffer_upload(be, a, 900, src, 101), KVRT_ERR_INVALID_ARGUMENT);
+    assert_int_equal(kvrt_op_buffer_copy(be, a, 0, b, 1000, 101), KVRT_ERR_INVALID_ARGUMENT);
     cl_mem m;
     int64_t off;
     kvrt_cl_backend *cl = kvrt_cl(be);
@@ -179,8 +180,8 @@ static void test_segmented_buffers(void **state)
     assert_non_null(strstr(kvrt_context_message(ctx), "segment"));
     assert_int_equal(kvrt_cl_resolve(cl, (kvrt_view){a, 2}, 4, 4, "x", &m, &off), KVRT_ERR_INVALID_ARGUMENT);
 
-    be->ops->buffer_destroy(be, a);
-    be->ops->buffer_destroy(be, b);
+    kvrt_op_buffer_destroy(be, a);
+    kvrt_op_buffer_destroy(be, b);
     assert_true(cl->used == 0);
     kvrt_context_destroy(ctx);
 }
@@ -193,8 +194,8 @@ static void test_budget(void **state)
     kvrt_backend *be = ((struct kvrt_context *)ctx)->be;
     kvrt_cl_backend *cl = kvrt_cl(be);
     kvrt_buffer *a = NULL, *b = (kvrt_buffer *)ctx;
-    assert_int_equal(be->ops->buffer_create(be, 600 << 10, KVRT_BUFFER_DEVICE, &a), KVRT_OK);
-    assert_int_equal(be->ops->buffer_create(be, 600 << 10, KVRT_BUFFER_DEVICE, &b), KVRT_ERR_OUT_OF_DEVICE_MEMORY);
+    assert_int_equal(kvrt_op_buffer_create(be, 600 << 10, KVRT_BUFFER_DEVICE, &a), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_create(be, 600 << 10, KVRT_BUFFER_DEVICE, &b), KVRT_ERR_OUT_OF_DEVICE_MEMORY);
     assert_null(b);
     assert_non_null(strstr(kvrt_context_message(ctx), "budget"));
     assert_true(cl->used == 600u << 10);
@@ -203,30 +204,30 @@ static void test_budget(void **state)
     kvrt_kv_pool_desc d = {.n_layers = 2, .n_kv_heads = 1, .head_dim = 64, .block_size = 16,
                            .num_blocks = 64, .dtype = KVRT_DTYPE_F32};
     kvrt_kv_pool *pool = (kvrt_kv_pool *)ctx;
-    assert_int_equal(be->ops->kv_pool_create(be, &d, &pool), KVRT_ERR_OUT_OF_DEVICE_MEMORY);
+    assert_int_equal(kvrt_op_kv_pool_create(be, &d, &pool), KVRT_ERR_OUT_OF_DEVICE_MEMORY);
     assert_null(pool);
     assert_true(cl->used == 600u << 10);
 
     /* an allocation the device refuses half-way through a pool leaves nothing behind */
     d.num_blocks = 4;
     kvrt_cl_test_fail_alloc(be, 3);
-    assert_int_equal(be->ops->kv_pool_create(be, &d, &pool), KVRT_ERR_OUT_OF_DEVICE_MEMORY);
+    assert_int_equal(kvrt_op_kv_pool_create(be, &d, &pool), KVRT_ERR_OUT_OF_DEVICE_MEMORY);
     assert_null(pool);
     assert_true(cl->used == 600u << 10);
 
     /* the context still works, and freed memory is reusable */
-    be->ops->buffer_destroy(be, a);
+    kvrt_op_buffer_destroy(be, a);
     assert_true(cl->used == 0);
-    assert_int_equal(be->ops->buffer_create(be, 900 << 10, KVRT_BUFFER_DEVICE, &b), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_create(be, 900 << 10, KVRT_BUFFER_DEVICE, &b), KVRT_OK);
     unsigned char src[4096], got[4096];
     fill_pattern(src, sizeof(src), 3);
-    assert_int_equal(be->ops->buffer_upload(be, b, 1000, src, sizeof(src)), KVRT_OK);
-    assert_int_equal(be->ops->buffer_download(be, b, 1000, got, sizeof(got)), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_upload(be, b, 1000, src, sizeof(src)), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_download(be, b, 1000, got, sizeof(got)), KVRT_OK);
     assert_memory_equal(got, src, sizeof(src));
-    be->ops->buffer_destroy(be, b);
-    assert_int_equal(be->ops->kv_pool_create(be, &d, &pool), KVRT_OK);
+    kvrt_op_buffer_destroy(be, b);
+    assert_int_equal(kvrt_op_kv_pool_create(be, &d, &pool), KVRT_OK);
     assert_true(cl->used == 2u * 2u * 4u * 4096u);
-    be->ops->kv_pool_destroy(be, pool);
+    kvrt_op_kv_pool_destroy(be, pool);
     assert_true(cl->used == 0);
     kvrt_context_destroy(ctx);
 }
@@ -237,24 +238,24 @@ static void test_recording(void **state)
     kvrt_context *ctx = cl_test_context(0);
     assert_non_null(ctx);
     kvrt_backend *be = ((struct kvrt_context *)ctx)->be;
-    assert_int_equal(be->ops->submit(be), KVRT_ERR_INVALID_ARGUMENT);
+    assert_int_equal(kvrt_op_submit(be), KVRT_ERR_INVALID_ARGUMENT);
     kvrt_buffer *a, *b;
-    assert_int_equal(be->ops->buffer_create(be, 4096, KVRT_BUFFER_DEVICE, &a), KVRT_OK);
-    assert_int_equal(be->ops->buffer_create(be, 4096, KVRT_BUFFER_DEVICE, &b), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_create(be, 4096, KVRT_BUFFER_DEVICE, &a), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_create(be, 4096, KVRT_BUFFER_DEVICE, &b), KVRT_OK);
     unsigned char src[4096], got[4096];
     fill_pattern(src, sizeof(src), 4);
-    assert_int_equal(be->ops->buffer_upload(be, a, 0, src, sizeof(src)), KVRT_OK);
-    assert_int_equal(be->ops->begin(be), KVRT_OK);
-    assert_int_equal(be->ops->begin(be), KVRT_ERR_INVALID_ARGUMENT);
+    assert_int_equal(kvrt_op_buffer_upload(be, a, 0, src, sizeof(src)), KVRT_OK);
+    assert_int_equal(kvrt_op_begin(be), KVRT_OK);
+    assert_int_equal(kvrt_op_begin(be), KVRT_ERR_INVALID_ARGUMENT);
     /* recorded in order: b = a, then a's first half over b's second half */
-    assert_int_equal(be->ops->buffer_copy(be, a, 0, b, 0, 4096), KVRT_OK);
-    assert_int_equal(be->ops->buffer_copy(be, a, 0, b, 2048, 2048), KVRT_OK);
-    assert_int_equal(be->ops->submit(be), KVRT_OK);
-    assert_int_equal(be->ops->buffer_download(be, b, 0, got, sizeof(got)), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_copy(be, a, 0, b, 0, 4096), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_copy(be, a, 0, b, 2048, 2048), KVRT_OK);
+    assert_int_equal(kvrt_op_submit(be), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_download(be, b, 0, got, sizeof(got)), KVRT_OK);
     assert_memory_equal(got, src, 2048);
     assert_memory_equal(got + 2048, src, 2048);
-    be->ops->buffer_destroy(be, a);
-    be->ops->buffer_destroy(be, b);
+    kvrt_op_buffer_destroy(be, a);
+    kvrt_op_buffer_destroy(be, b);
     kvrt_context_destroy(ctx);
 }
 
@@ -265,17 +266,17 @@ static void test_model_ops_unsupported(void **state)
     assert_non_null(ctx);
     kvrt_backend *be = ((struct kvrt_context *)ctx)->be;
     kvrt_buffer *b;
-    assert_int_equal(be->ops->buffer_create(be, 4096, KVRT_BUFFER_DEVICE, &b), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_create(be, 4096, KVRT_BUFFER_DEVICE, &b), KVRT_OK);
     kvrt_view v = {b, 0};
     /* a weight type without kernels (a K-quant id) is reported, never emulated */
-    assert_int_equal(be->ops->matmul(be, (kvrt_dtype)12, v, 4, 256, v, 256, v, 4, 1), KVRT_ERR_UNSUPPORTED);
+    assert_int_equal(kvrt_op_matmul(be, (kvrt_dtype)12, v, 4, 256, v, 256, v, 4, 1), KVRT_ERR_UNSUPPORTED);
     assert_non_null(strstr(kvrt_context_message(ctx), "not supported"));
-    assert_int_equal(be->ops->embed(be, (kvrt_dtype)12, v, 256, v, 1, v), KVRT_ERR_UNSUPPORTED);
+    assert_int_equal(kvrt_op_embed(be, (kvrt_dtype)12, v, 256, v, 1, v), KVRT_ERR_UNSUPPORTED);
     /* quantized rows must be whole 32-value blocks */
-    assert_int_equal(be->ops->matmul(be, KVRT_DTYPE_Q8_0, v, 4, 40, v, 40, v, 4, 1), KVRT_ERR_INVALID_ARGUMENT);
+    assert_int_equal(kvrt_op_matmul(be, KVRT_DTYPE_Q8_0, v, 4, 40, v, 40, v, 4, 1), KVRT_ERR_INVALID_ARGUMENT);
     assert_non_null(strstr(kvrt_context_message(ctx), "blocks"));
-    assert_int_equal(be->ops->embed(be, KVRT_DTYPE_Q4_0, v, 48, v, 1, v), KVRT_ERR_INVALID_ARGUMENT);
-    be->ops->buffer_destroy(be, b);
+    assert_int_equal(kvrt_op_embed(be, KVRT_DTYPE_Q4_0, v, 48, v, 1, v), KVRT_ERR_INVALID_ARGUMENT);
+    kvrt_op_buffer_destroy(be, b);
     kvrt_context_destroy(ctx);
 }
 

@@ -13,6 +13,7 @@
 #include "backend/opencl/cl_internal.h"
 #include "common/fp16.h"
 #include "test_opencl_util.h"
+#include "backend/ops.h"
 
 typedef struct kv_env {
     kvrt_context *cpu_ctx, *cl_ctx;
@@ -71,8 +72,8 @@ static void make_kv(float *k, float *v, int64_t n_elems, uint64_t seed)
 static kvrt_buffer *upload(kvrt_backend *be, const void *src, size_t bytes)
 {
     kvrt_buffer *b = NULL;
-    assert_int_equal(be->ops->buffer_create(be, bytes, KVRT_BUFFER_DEVICE, &b), KVRT_OK);
-    assert_int_equal(be->ops->buffer_upload(be, b, 0, src, bytes), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_create(be, bytes, KVRT_BUFFER_DEVICE, &b), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_upload(be, b, 0, src, bytes), KVRT_OK);
     return b;
 }
 
@@ -84,12 +85,12 @@ static void cpu_write(kvrt_backend *cpu, kvrt_kv_pool *pool, int32_t layer, cons
     assert_non_null(cpu->ops->kv_write);
     size_t bytes = (size_t)((n - 1) * stride + d->n_kv_heads * d->head_dim) * 4;
     kvrt_buffer *kb = upload(cpu, k, bytes), *vb = upload(cpu, v, bytes), *sb = upload(cpu, slots, (size_t)n * 4);
-    assert_int_equal(cpu->ops->kv_write(cpu, pool, layer, (kvrt_view){kb, 0}, stride, (kvrt_view){vb, 0}, stride,
+    assert_int_equal(kvrt_op_kv_write(cpu, pool, layer, (kvrt_view){kb, 0}, stride, (kvrt_view){vb, 0}, stride,
                                         (kvrt_view){sb, 0}, n),
                      KVRT_OK);
-    cpu->ops->buffer_destroy(cpu, kb);
-    cpu->ops->buffer_destroy(cpu, vb);
-    cpu->ops->buffer_destroy(cpu, sb);
+    kvrt_op_buffer_destroy(cpu, kb);
+    kvrt_op_buffer_destroy(cpu, vb);
+    kvrt_op_buffer_destroy(cpu, sb);
 }
 
 /* F16 K bytes are also the RNE conversion of each written value (kvrt_f32_to_fp16), token by token. */
@@ -107,7 +108,7 @@ static void assert_block_rne(kvrt_backend *cl, kvrt_kv_pool *pool, int32_t layer
         if (slots[t] < 0)
             continue;
         int32_t b = slots[t] / d->block_size, off = slots[t] % d->block_size;
-        assert_int_equal(cl->ops->kv_block_read(cl, pool, layer, KVRT_KV_K, b, blk), KVRT_OK);
+        assert_int_equal(kvrt_op_kv_block_read(cl, pool, layer, KVRT_KV_K, b, blk), KVRT_OK);
         for (int32_t h = 0; h < d->n_kv_heads; h++) {
             for (int32_t i = 0; i < d->head_dim; i++) {
                 uint16_t want = kvrt_f32_to_fp16(k[t * stride + h * d->head_dim + i]);
@@ -130,8 +131,8 @@ static void assert_pools_equal(kv_env *env, kvrt_kv_pool *a, kvrt_kv_pool *b)
     for (int32_t l = 0; l < a->desc.n_layers; l++) {
         for (int w = 0; w < 2; w++) {
             for (int32_t blk = 0; blk < a->desc.num_blocks; blk++) {
-                assert_int_equal(env->cpu->ops->kv_block_read(env->cpu, a, l, (kvrt_kv_which)w, blk, x), KVRT_OK);
-                assert_int_equal(env->cl->ops->kv_block_read(env->cl, b, l, (kvrt_kv_which)w, blk, y), KVRT_OK);
+                assert_int_equal(kvrt_op_kv_block_read(env->cpu, a, l, (kvrt_kv_which)w, blk, x), KVRT_OK);
+                assert_int_equal(kvrt_op_kv_block_read(env->cl, b, l, (kvrt_kv_which)w, blk, y), KVRT_OK);
                 if (memcmp(x, y, bb) != 0)
                     fail_msg("layer %d %s block %d differs", (int)l, w ? "V" : "K", (int)blk);
             }
@@ -148,8 +149,8 @@ static void run_write_case(kv_env *env, kvrt_dtype dtype, int32_t block_size, in
                            .num_blocks = num_blocks, .dtype = dtype};
     kvrt_cl_test_set_segment_bytes(env->cl, seg_bytes);
     kvrt_kv_pool *cpu_pool, *cl_pool;
-    assert_int_equal(env->cpu->ops->kv_pool_create(env->cpu, &d, &cpu_pool), KVRT_OK);
-    assert_int_equal(env->cl->ops->kv_pool_create(env->cl, &d, &cl_pool), KVRT_OK);
+    assert_int_equal(kvrt_op_kv_pool_create(env->cpu, &d, &cpu_pool), KVRT_OK);
+    assert_int_equal(kvrt_op_kv_pool_create(env->cl, &d, &cl_pool), KVRT_OK);
     kvrt_cl_test_set_segment_bytes(env->cl, SIZE_MAX);
 
     /* rows padded to a stride, slots scattered over every block, some padding */
@@ -174,68 +175,70 @@ static void run_write_case(kv_env *env, kvrt_dtype dtype, int32_t block_size, in
     kvrt_backend *cl = env->cl;
     size_t bytes = (size_t)((n_tokens - 1) * stride + row) * 4;
     kvrt_buffer *kb = upload(cl, k, bytes), *vb = upload(cl, v, bytes), *sb = upload(cl, slots, sizeof(slots));
-    assert_int_equal(cl->ops->kv_write(cl, cl_pool, 1, (kvrt_view){kb, 0}, stride, (kvrt_view){vb, 0}, stride,
+    assert_int_equal(kvrt_op_kv_write(cl, cl_pool, 1, (kvrt_view){kb, 0}, stride, (kvrt_view){vb, 0}, stride,
                                        (kvrt_view){sb, 0}, n_tokens),
                      KVRT_OK);
     assert_pools_equal(env, cpu_pool, cl_pool);
     assert_block_rne(cl, cl_pool, 1, k, stride, slots, n_tokens);
 
     /* bad arguments change nothing */
-    assert_int_equal(cl->ops->kv_write(cl, cl_pool, 2, (kvrt_view){kb, 0}, stride, (kvrt_view){vb, 0}, stride,
+    assert_int_equal(kvrt_op_kv_write(cl, cl_pool, 2, (kvrt_view){kb, 0}, stride, (kvrt_view){vb, 0}, stride,
                                        (kvrt_view){sb, 0}, n_tokens),
                      KVRT_ERR_INVALID_ARGUMENT);
-    assert_int_equal(cl->ops->kv_write(cl, cl_pool, 0, (kvrt_view){kb, 0}, row - 1, (kvrt_view){vb, 0}, stride,
+    assert_int_equal(kvrt_op_kv_write(cl, cl_pool, 0, (kvrt_view){kb, 0}, row - 1, (kvrt_view){vb, 0}, stride,
                                        (kvrt_view){sb, 0}, n_tokens),
                      KVRT_ERR_INVALID_ARGUMENT);
-    assert_int_equal(cl->ops->kv_write(cl, cl_pool, 0, (kvrt_view){kb, 4}, stride, (kvrt_view){vb, 0}, stride,
+    assert_int_equal(kvrt_op_kv_write(cl, cl_pool, 0, (kvrt_view){kb, 4}, stride, (kvrt_view){vb, 0}, stride,
                                        (kvrt_view){sb, 0}, n_tokens),
                      KVRT_ERR_INVALID_ARGUMENT); /* k runs past its buffer */
-    /* a slot past the pool is an error from the host check (a kernel could only skip it), whether the
-     * slots were uploaded or written by the device (a copy: the host copy is read back) */
+    /* a slot past the pool is an error of the host check, before anything goes to the device
+     * (a kernel could only skip it): through the KV cache API, nothing written */
     int32_t bad_slots[50];
     memcpy(bad_slots, slots, sizeof(bad_slots));
     bad_slots[n_tokens - 1] = cap;
-    kvrt_buffer *bad_b = upload(cl, bad_slots, sizeof(bad_slots));
-    assert_int_equal(cl->ops->kv_write(cl, cl_pool, 0, (kvrt_view){kb, 0}, stride, (kvrt_view){vb, 0}, stride,
-                                       (kvrt_view){bad_b, 0}, n_tokens),
-                     KVRT_ERR_INVALID_ARGUMENT);
-    assert_non_null(strstr(kvrt_context_message(env->cl_ctx), "slot_mapping[49]"));
-    assert_int_equal(cl->ops->buffer_copy(cl, bad_b, 0, sb, 0, sizeof(bad_slots)), KVRT_OK);
-    assert_int_equal(cl->ops->kv_write(cl, cl_pool, 0, (kvrt_view){kb, 0}, stride, (kvrt_view){vb, 0}, stride,
-                                       (kvrt_view){sb, 0}, n_tokens),
-                     KVRT_ERR_INVALID_ARGUMENT);
-    assert_int_equal(cl->ops->buffer_upload(cl, sb, 0, slots, sizeof(slots)), KVRT_OK);
-    cl->ops->buffer_destroy(cl, bad_b);
+    kvrt_kv_cache_params cp = {d.n_layers, d.n_kv_heads, d.head_dim, d.block_size, d.num_blocks, d.dtype};
+    kvrt_kv_cache *cache;
+    assert_int_equal(kvrt_kv_cache_create(env->cl_ctx, &cp, &cache, NULL), KVRT_OK);
+    assert_int_equal(kvrt_kv_cache_write(cache, 0, k, v, bad_slots, n_tokens), KVRT_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(kvrt_kv_cache_message(cache), "slot_mapping[49]"));
+    unsigned char *zero = calloc(1, kvrt_kv_cache_block_bytes(cache)), *got = malloc(kvrt_kv_cache_block_bytes(cache));
+    for (int32_t blk = 0; blk < d.num_blocks; blk++) {
+        assert_int_equal(kvrt_kv_cache_read_block(cache, 0, 0, blk, got, kvrt_kv_cache_block_bytes(cache)), KVRT_OK);
+        assert_memory_equal(got, zero, kvrt_kv_cache_block_bytes(cache));
+    }
+    free(zero);
+    free(got);
+    kvrt_kv_cache_destroy(cache);
     assert_pools_equal(env, cpu_pool, cl_pool); /* nothing was written */
 
     /* copy-on-write copies: chains run in order, across segments */
     const int32_t pairs[][2] = {{0, 11}, {5, 2}, {2, 7}, {3, 3}, {10, 1}};
-    assert_int_equal(env->cpu->ops->kv_copy_blocks(env->cpu, cpu_pool, pairs, 5), KVRT_OK);
-    assert_int_equal(cl->ops->begin(cl), KVRT_OK);
-    assert_int_equal(cl->ops->kv_copy_blocks(cl, cl_pool, pairs, 5), KVRT_OK);
-    assert_int_equal(cl->ops->submit(cl), KVRT_OK);
+    assert_int_equal(kvrt_op_kv_copy_blocks(env->cpu, cpu_pool, pairs, 5), KVRT_OK);
+    assert_int_equal(kvrt_op_begin(cl), KVRT_OK);
+    assert_int_equal(kvrt_op_kv_copy_blocks(cl, cl_pool, pairs, 5), KVRT_OK);
+    assert_int_equal(kvrt_op_submit(cl), KVRT_OK);
     assert_pools_equal(env, cpu_pool, cl_pool);
     const int32_t bad[][2] = {{0, 1}, {1, 12}};
-    assert_int_equal(cl->ops->kv_copy_blocks(cl, cl_pool, bad, 2), KVRT_ERR_INVALID_ARGUMENT);
+    assert_int_equal(kvrt_op_kv_copy_blocks(cl, cl_pool, bad, 2), KVRT_ERR_INVALID_ARGUMENT);
     assert_pools_equal(env, cpu_pool, cl_pool);
 
     /* a block moves between backends as raw bytes */
     size_t bb = kvrt_kv_block_bytes(&d);
     unsigned char *blk = malloc(bb);
     assert_non_null(blk);
-    assert_int_equal(cl->ops->kv_block_read(cl, cl_pool, 1, KVRT_KV_V, 7, blk), KVRT_OK);
-    assert_int_equal(env->cpu->ops->kv_block_write(env->cpu, cpu_pool, 0, KVRT_KV_K, 9, blk), KVRT_OK);
-    assert_int_equal(cl->ops->kv_block_write(cl, cl_pool, 0, KVRT_KV_K, 9, blk), KVRT_OK);
+    assert_int_equal(kvrt_op_kv_block_read(cl, cl_pool, 1, KVRT_KV_V, 7, blk), KVRT_OK);
+    assert_int_equal(kvrt_op_kv_block_write(env->cpu, cpu_pool, 0, KVRT_KV_K, 9, blk), KVRT_OK);
+    assert_int_equal(kvrt_op_kv_block_write(cl, cl_pool, 0, KVRT_KV_K, 9, blk), KVRT_OK);
     assert_pools_equal(env, cpu_pool, cl_pool);
-    assert_int_equal(cl->ops->kv_block_read(cl, cl_pool, 0, KVRT_KV_K, num_blocks, blk), KVRT_ERR_INVALID_ARGUMENT);
-    assert_int_equal(cl->ops->kv_block_write(cl, cl_pool, -1, KVRT_KV_K, 0, blk), KVRT_ERR_INVALID_ARGUMENT);
+    assert_int_equal(kvrt_op_kv_block_read(cl, cl_pool, 0, KVRT_KV_K, num_blocks, blk), KVRT_ERR_INVALID_ARGUMENT);
+    assert_int_equal(kvrt_op_kv_block_write(cl, cl_pool, -1, KVRT_KV_K, 0, blk), KVRT_ERR_INVALID_ARGUMENT);
     free(blk);
 
-    cl->ops->buffer_destroy(cl, kb);
-    cl->ops->buffer_destroy(cl, vb);
-    cl->ops->buffer_destroy(cl, sb);
-    cl->ops->kv_pool_destroy(cl, cl_pool);
-    env->cpu->ops->kv_pool_destroy(env->cpu, cpu_pool);
+    kvrt_op_buffer_destroy(cl, kb);
+    kvrt_op_buffer_destroy(cl, vb);
+    kvrt_op_buffer_destroy(cl, sb);
+    kvrt_op_kv_pool_destroy(cl, cl_pool);
+    kvrt_op_kv_pool_destroy(env->cpu, cpu_pool);
     free(k);
     free(v);
 }
@@ -269,19 +272,19 @@ static void test_pool_limits(void **state)
     /* one block per segment: 8 segments are taken, 9 are more than a kernel takes */
     kvrt_cl_test_set_segment_bytes(cl, 16 * 64 * 4);
     d.num_blocks = KVRT_CL_MAX_KV_SEGS;
-    assert_int_equal(cl->ops->kv_pool_create(cl, &d, &pool), KVRT_OK);
+    assert_int_equal(kvrt_op_kv_pool_create(cl, &d, &pool), KVRT_OK);
     assert_int_equal(pool->k[0].n_segs, KVRT_CL_MAX_KV_SEGS);
-    cl->ops->kv_pool_destroy(cl, pool);
+    kvrt_op_kv_pool_destroy(cl, pool);
     d.num_blocks = KVRT_CL_MAX_KV_SEGS + 1;
-    assert_int_equal(cl->ops->kv_pool_create(cl, &d, &pool), KVRT_ERR_UNSUPPORTED);
+    assert_int_equal(kvrt_op_kv_pool_create(cl, &d, &pool), KVRT_ERR_UNSUPPORTED);
     assert_null(pool);
     assert_non_null(strstr(kvrt_context_message(env->cl_ctx), "allocations"));
     kvrt_cl_test_set_segment_bytes(cl, SIZE_MAX);
-    d.block_size = 12;
-    assert_int_equal(cl->ops->kv_pool_create(cl, &d, &pool), KVRT_ERR_INVALID_ARGUMENT);
+    d.block_size = 0;
+    assert_int_equal(kvrt_op_kv_pool_create(cl, &d, &pool), KVRT_ERR_INVALID_ARGUMENT);
     d.block_size = 16;
     d.dtype = KVRT_DTYPE_Q8_0;
-    assert_int_equal(cl->ops->kv_pool_create(cl, &d, &pool), KVRT_ERR_UNSUPPORTED);
+    assert_int_equal(kvrt_op_kv_pool_create(cl, &d, &pool), KVRT_ERR_UNSUPPORTED);
     assert_true(kvrt_cl(cl)->used == 0);
 }
 

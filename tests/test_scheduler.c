@@ -19,7 +19,7 @@ typedef struct batch_watch {
     int32_t max_tokens_seen;
 } batch_watch;
 
-static void watch_batch(void *user, const kvrt_step_batch *b)
+static void watch_batch(void *user, const kvrt_batch *b)
 {
     batch_watch *w = user;
     kvrt_engine *e = w->e;

@@ -13,19 +13,14 @@
 
 #include "model/model_file.h"
 #include "model/tokenizer.h"
+#include "test_models.h"
 
 /* ---- helpers ------------------------------------------------------------------ */
-
-static const char *models_dir(void)
-{
-    const char *env = getenv("KVRT_TEST_MODELS");
-    return env && *env ? env : KVRT_DEFAULT_MODELS_DIR;
-}
 
 static char *read_model_file(const char *name, size_t *size)
 {
     char path[1024];
-    snprintf(path, sizeof(path), "%s/%s", models_dir(), name);
+    snprintf(path, sizeof(path), "%s/%s", kvrt_test_models_dir(), name);
     FILE *f = fopen(path, "rb");
     if (!f)
         fail_msg("cannot open %s", path);
@@ -50,7 +45,7 @@ static void load(const char *name, loaded *l)
 {
     char path[1024];
     kvrt_error err;
-    snprintf(path, sizeof(path), "%s/%s", models_dir(), name);
+    snprintf(path, sizeof(path), "%s/%s", kvrt_test_models_dir(), name);
     kvrt_status s = kvrt_vocab_load_llama2c(path, 0, NULL, &l->vocab, &err);
     if (s != KVRT_OK)
         fail_msg("%s: %s", path, err.message);
@@ -599,7 +594,12 @@ static void synth_init(synth *s, const char *const *pieces, const float *scores,
         s->scores[i] = scores[i];
         s->types[i] = types[i];
     }
-    s->v = (kvrt_vocab){n, s->pieces, s->lens, s->scores, s->types, -1, -1, -1, false, false};
+    kvrt_vocab_init(&s->v);
+    s->v.n_tokens = n;
+    s->v.pieces = s->pieces;
+    s->v.piece_lens = s->lens;
+    s->v.scores = s->scores;
+    s->v.types = s->types;
 }
 
 /* Merge order: highest score first, ties leftmost. */

@@ -14,17 +14,12 @@
 
 #include "model/model_file.h"
 #include "model/tokenizer.h"
-
-static const char *models_dir(void)
-{
-    const char *env = getenv("KVRT_TEST_MODELS");
-    return env && *env ? env : KVRT_DEFAULT_MODELS_DIR;
-}
+#include "test_models.h"
 
 static unsigned char *read_model(const char *name, size_t *size)
 {
     char path[1024];
-    snprintf(path, sizeof(path), "%s/%s", models_dir(), name);
+    snprintf(path, sizeof(path), "%s/%s", kvrt_test_models_dir(), name);
     FILE *f = fopen(path, "rb");
     if (!f)
         fail_msg("cannot open %s", path);
@@ -108,7 +103,7 @@ static void test_tok512_normalised(void **state)
     /* the same file through the path loader, count unknown */
     kvrt_vocab v2;
     char path[1024];
-    snprintf(path, sizeof(path), "%s/tok512.bin", models_dir());
+    snprintf(path, sizeof(path), "%s/tok512.bin", kvrt_test_models_dir());
     assert_int_equal(kvrt_vocab_load_llama2c(path, 0, NULL, &v2, &err), KVRT_OK);
     assert_int_equal(v2.n_tokens, 512);
     for (int32_t i = 0; i < 512; i++) {

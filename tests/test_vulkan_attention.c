@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend/backend.h"
+#include "backend/ops.h"
 #include "backend/vulkan/vk_backend.h"
 #include "common/fp16.h"
 
@@ -73,9 +73,9 @@ static void shuffle(int32_t *a, int32_t n, uint64_t *s)
 static kvrt_buffer *dev_buf(kvrt_backend *be, const void *data, size_t bytes)
 {
     kvrt_buffer *b;
-    assert_int_equal(be->ops->buffer_create(be, bytes, KVRT_BUFFER_DEVICE, &b), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_create(be, bytes, KVRT_BUFFER_DEVICE, &b), KVRT_OK);
     if (data)
-        assert_int_equal(be->ops->buffer_upload(be, b, 0, data, bytes), KVRT_OK);
+        assert_int_equal(kvrt_op_buffer_upload(be, b, 0, data, bytes), KVRT_OK);
     return b;
 }
 
@@ -88,7 +88,7 @@ static kvrt_kv_pool *make_pool(kvrt_backend *be, const kvrt_kv_pool_desc *d)
     size_t per = g_seg_blocks ? (size_t)g_seg_blocks : ((size_t)d->num_blocks + 2) / 3;
     kvrt_vk_set_max_segment(be, bb * per);
     kvrt_kv_pool *pool;
-    kvrt_status s = be->ops->kv_pool_create(be, d, &pool);
+    kvrt_status s = kvrt_op_kv_pool_create(be, d, &pool);
     kvrt_vk_set_max_segment(be, 0);
     if (s != KVRT_OK)
         fail_msg("kv_pool_create: %s", be->err.message);
@@ -116,24 +116,24 @@ static void cpu_reference_blocks(const kvrt_kv_pool_desc *d, int32_t layer, cons
     kvrt_backend *cpu;
     assert_int_equal(kvrt_cpu_backend_create(&p, &cpu, NULL), KVRT_OK);
     kvrt_kv_pool *pool;
-    assert_int_equal(cpu->ops->kv_pool_create(cpu, d, &pool), KVRT_OK);
+    assert_int_equal(kvrt_op_kv_pool_create(cpu, d, &pool), KVRT_OK);
     if (cpu->ops->kv_write) {
         kvrt_buffer *kbuf, *vbuf, *sbuf;
         size_t rows = ((size_t)(n - 1) * (size_t)stride + (size_t)d->n_kv_heads * (size_t)d->head_dim) * 4;
-        assert_int_equal(cpu->ops->buffer_wrap_host(cpu, (void *)k, rows, &kbuf), KVRT_OK);
-        assert_int_equal(cpu->ops->buffer_wrap_host(cpu, (void *)v, rows, &vbuf), KVRT_OK);
-        assert_int_equal(cpu->ops->buffer_wrap_host(cpu, (void *)slots, (size_t)n * 4, &sbuf), KVRT_OK);
+        assert_int_equal(kvrt_op_buffer_wrap_host(cpu, (void *)k, rows, &kbuf), KVRT_OK);
+        assert_int_equal(kvrt_op_buffer_wrap_host(cpu, (void *)v, rows, &vbuf), KVRT_OK);
+        assert_int_equal(kvrt_op_buffer_wrap_host(cpu, (void *)slots, (size_t)n * 4, &sbuf), KVRT_OK);
         kvrt_view kv = {kbuf, 0}, vv = {vbuf, 0}, sv = {sbuf, 0};
-        assert_int_equal(cpu->ops->kv_write(cpu, pool, layer, kv, stride, vv, stride, sv, n), KVRT_OK);
-        cpu->ops->buffer_destroy(cpu, kbuf);
-        cpu->ops->buffer_destroy(cpu, vbuf);
-        cpu->ops->buffer_destroy(cpu, sbuf);
+        assert_int_equal(kvrt_op_kv_write(cpu, pool, layer, kv, stride, vv, stride, sv, n), KVRT_OK);
+        kvrt_op_buffer_destroy(cpu, kbuf);
+        kvrt_op_buffer_destroy(cpu, vbuf);
+        kvrt_op_buffer_destroy(cpu, sbuf);
     } else {
         uint8_t *blk = malloc(bb);
         for (int w = 0; w < 2; w++) {
             const float *src = w ? v : k;
             for (int32_t b = 0; b < d->num_blocks; b++) {
-                assert_int_equal(cpu->ops->kv_block_read(cpu, pool, layer, (kvrt_kv_which)w, b, blk), KVRT_OK);
+                assert_int_equal(kvrt_op_kv_block_read(cpu, pool, layer, (kvrt_kv_which)w, b, blk), KVRT_OK);
                 for (int32_t t = 0; t < n; t++) {
                     if (slots[t] < 0 || slots[t] / d->block_size != b)
                         continue;
@@ -149,16 +149,16 @@ static void cpu_reference_blocks(const kvrt_kv_pool_desc *d, int32_t layer, cons
                             }
                         }
                 }
-                assert_int_equal(cpu->ops->kv_block_write(cpu, pool, layer, (kvrt_kv_which)w, b, blk), KVRT_OK);
+                assert_int_equal(kvrt_op_kv_block_write(cpu, pool, layer, (kvrt_kv_which)w, b, blk), KVRT_OK);
             }
         }
         free(blk);
     }
     for (int32_t b = 0; b < d->num_blocks; b++) {
-        assert_int_equal(cpu->ops->kv_block_read(cpu, pool, layer, KVRT_KV_K, b, kb + b * bb), KVRT_OK);
-        assert_int_equal(cpu->ops->kv_block_read(cpu, pool, layer, KVRT_KV_V, b, vb + b * bb), KVRT_OK);
+        assert_int_equal(kvrt_op_kv_block_read(cpu, pool, layer, KVRT_KV_K, b, kb + b * bb), KVRT_OK);
+        assert_int_equal(kvrt_op_kv_block_read(cpu, pool, layer, KVRT_KV_V, b, vb + b * bb), KVRT_OK);
     }
-    cpu->ops->kv_pool_destroy(cpu, pool);
+    kvrt_op_kv_pool_destroy(cpu, pool);
     cpu->ops->destroy(cpu);
 }
 
@@ -184,51 +184,51 @@ static void check_kv_bytes(kvrt_dtype dtype, int32_t head_dim)
     kvrt_buffer *kb = dev_buf(be, k, (size_t)n * stride * 4), *vb = dev_buf(be, v, (size_t)n * stride * 4);
     kvrt_buffer *sb = dev_buf(be, slots, sizeof(slots));
     kvrt_view kv = {kb, 0}, vv = {vb, 0}, sv = {sb, 0};
-    assert_int_equal(be->ops->kv_write(be, pool, 1, kv, stride, vv, stride, sv, n), KVRT_OK);
+    assert_int_equal(kvrt_op_kv_write(be, pool, 1, kv, stride, vv, stride, sv, n), KVRT_OK);
 
     size_t bb = kvrt_kv_block_bytes(&d), lb = bb * (size_t)d.num_blocks;
     uint8_t *ck = malloc(lb), *cv = malloc(lb), *got = malloc(bb), *zero = calloc(1, bb);
     cpu_reference_blocks(&d, 1, k, v, stride, slots, n, ck, cv);
     for (int32_t b = 0; b < d.num_blocks; b++) {
-        assert_int_equal(be->ops->kv_block_read(be, pool, 1, KVRT_KV_K, b, got), KVRT_OK);
+        assert_int_equal(kvrt_op_kv_block_read(be, pool, 1, KVRT_KV_K, b, got), KVRT_OK);
         assert_memory_equal(got, ck + b * bb, bb);
-        assert_int_equal(be->ops->kv_block_read(be, pool, 1, KVRT_KV_V, b, got), KVRT_OK);
+        assert_int_equal(kvrt_op_kv_block_read(be, pool, 1, KVRT_KV_V, b, got), KVRT_OK);
         assert_memory_equal(got, cv + b * bb, bb);
-        assert_int_equal(be->ops->kv_block_read(be, pool, 0, KVRT_KV_K, b, got), KVRT_OK);
+        assert_int_equal(kvrt_op_kv_block_read(be, pool, 0, KVRT_KV_K, b, got), KVRT_OK);
         assert_memory_equal(got, zero, bb); /* the other layer is untouched */
     }
 
     /* block copies: a chain (7 is written, then read), across segments */
     const int32_t pairs[][2] = {{1, 7}, {3, 11}, {7, 2}, {10, 0}};
-    assert_int_equal(be->ops->begin(be), KVRT_OK);
-    assert_int_equal(be->ops->kv_copy_blocks(be, pool, pairs, 4), KVRT_OK);
-    assert_int_equal(be->ops->submit(be), KVRT_OK);
+    assert_int_equal(kvrt_op_begin(be), KVRT_OK);
+    assert_int_equal(kvrt_op_kv_copy_blocks(be, pool, pairs, 4), KVRT_OK);
+    assert_int_equal(kvrt_op_submit(be), KVRT_OK);
     for (int i = 0; i < 4; i++) {
         memcpy(ck + pairs[i][1] * bb, ck + pairs[i][0] * bb, bb);
         memcpy(cv + pairs[i][1] * bb, cv + pairs[i][0] * bb, bb);
     }
     for (int32_t b = 0; b < d.num_blocks; b++) {
-        assert_int_equal(be->ops->kv_block_read(be, pool, 1, KVRT_KV_K, b, got), KVRT_OK);
+        assert_int_equal(kvrt_op_kv_block_read(be, pool, 1, KVRT_KV_K, b, got), KVRT_OK);
         assert_memory_equal(got, ck + b * bb, bb);
-        assert_int_equal(be->ops->kv_block_read(be, pool, 1, KVRT_KV_V, b, got), KVRT_OK);
+        assert_int_equal(kvrt_op_kv_block_read(be, pool, 1, KVRT_KV_V, b, got), KVRT_OK);
         assert_memory_equal(got, cv + b * bb, bb);
     }
     /* raw block write + read back; bad indices are errors */
     memset(got, 0x5a, bb);
-    assert_int_equal(be->ops->kv_block_write(be, pool, 0, KVRT_KV_V, 11, got), KVRT_OK);
+    assert_int_equal(kvrt_op_kv_block_write(be, pool, 0, KVRT_KV_V, 11, got), KVRT_OK);
     memset(got, 0, bb);
-    assert_int_equal(be->ops->kv_block_read(be, pool, 0, KVRT_KV_V, 11, got), KVRT_OK);
+    assert_int_equal(kvrt_op_kv_block_read(be, pool, 0, KVRT_KV_V, 11, got), KVRT_OK);
     for (size_t i = 0; i < bb; i++)
         assert_int_equal(got[i], 0x5a);
-    assert_int_equal(be->ops->kv_block_read(be, pool, 2, KVRT_KV_V, 0, got), KVRT_ERR_INVALID_ARGUMENT);
-    assert_int_equal(be->ops->kv_block_read(be, pool, 0, KVRT_KV_V, 12, got), KVRT_ERR_INVALID_ARGUMENT);
+    assert_int_equal(kvrt_op_kv_block_read(be, pool, 2, KVRT_KV_V, 0, got), KVRT_ERR_INVALID_ARGUMENT);
+    assert_int_equal(kvrt_op_kv_block_read(be, pool, 0, KVRT_KV_V, 12, got), KVRT_ERR_INVALID_ARGUMENT);
     const int32_t bad[][2] = {{0, 12}};
-    assert_int_equal(be->ops->kv_copy_blocks(be, pool, bad, 1), KVRT_ERR_INVALID_ARGUMENT);
+    assert_int_equal(kvrt_op_kv_copy_blocks(be, pool, bad, 1), KVRT_ERR_INVALID_ARGUMENT);
 
-    be->ops->buffer_destroy(be, kb);
-    be->ops->buffer_destroy(be, vb);
-    be->ops->buffer_destroy(be, sb);
-    be->ops->kv_pool_destroy(be, pool);
+    kvrt_op_buffer_destroy(be, kb);
+    kvrt_op_buffer_destroy(be, vb);
+    kvrt_op_buffer_destroy(be, sb);
+    kvrt_op_kv_pool_destroy(be, pool);
     free(k), free(v), free(ck), free(cv), free(got), free(zero);
     vk_close(be);
 }
@@ -377,17 +377,17 @@ static void run_case(kvrt_backend *be, const vcase *c, uint64_t seed)
     kvrt_buffer *qlb = dev_buf(be, qsl, (size_t)(c->num_seqs + 1) * 4);
     kvrt_attn_desc ad = {.num_seqs = c->num_seqs, .n_heads = c->n_heads, .max_blocks_per_seq = max_blocks,
                          .scale = scale, .window = c->window, .sinks = c->sinks, .q_stride = q_stride,
-                         .o_stride = o_stride};
+                         .o_stride = o_stride, .num_tokens = n_q};
     kvrt_view kv = {kb, 0}, vv = {vb, 0}, sv = {sb, 0}, qv = {qb, 0}, ov = {ob, 0}, lv = {lb, 0}, tv = {tb, 0};
     kvrt_view qlv = {qlb, 0};
-    assert_int_equal(be->ops->begin(be), KVRT_OK);
-    assert_int_equal(be->ops->kv_write(be, pool, 1, kv, kr, vv, kr, sv, n_rows), KVRT_OK);
-    kvrt_status st = c->prefill ? be->ops->attn_prefill(be, pool, 1, &ad, qv, ov, qlv, lv, tv)
-                                : be->ops->attn_decode(be, pool, 1, &ad, qv, ov, lv, tv);
+    assert_int_equal(kvrt_op_begin(be), KVRT_OK);
+    assert_int_equal(kvrt_op_kv_write(be, pool, 1, kv, kr, vv, kr, sv, n_rows), KVRT_OK);
+    kvrt_status st = c->prefill ? kvrt_op_attn_prefill(be, pool, 1, &ad, qv, ov, qlv, lv, tv)
+                                : kvrt_op_attn_decode(be, pool, 1, &ad, qv, ov, lv, tv);
     if (st != KVRT_OK)
         fail_msg("attention: %s", be->err.message);
-    assert_int_equal(be->ops->submit(be), KVRT_OK);
-    assert_int_equal(be->ops->buffer_download(be, ob, 0, out_host, out_bytes + N_CANARY * 4), KVRT_OK);
+    assert_int_equal(kvrt_op_submit(be), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_download(be, ob, 0, out_host, out_bytes + N_CANARY * 4), KVRT_OK);
 
     double max_abs = 0, err2 = 0, ref2 = 0;
     for (int32_t t = 0; t < n_q; t++) {
@@ -415,8 +415,8 @@ static void run_case(kvrt_backend *be, const vcase *c, uint64_t seed)
 
     kvrt_buffer *bufs[] = {kb, vb, sb, qb, ob, lb, tb, qlb};
     for (size_t i = 0; i < KVRT_ARRAY_LEN(bufs); i++)
-        be->ops->buffer_destroy(be, bufs[i]);
-    be->ops->kv_pool_destroy(be, pool);
+        kvrt_op_buffer_destroy(be, bufs[i]);
+    kvrt_op_kv_pool_destroy(be, pool);
     free(perm), free(tables), free(slots), free(k), free(v), free(q), free(ref), free(ks), free(vs);
     free(out_host);
 }
@@ -488,7 +488,7 @@ static void test_many_segments(void **state)
                                .dtype = KVRT_DTYPE_F32};
         kvrt_vk_set_max_segment(be, 2 * kvrt_kv_block_bytes(&d));
         kvrt_kv_pool *pool = (kvrt_kv_pool *)&d;
-        assert_int_equal(be->ops->kv_pool_create(be, &d, &pool), KVRT_ERR_UNSUPPORTED);
+        assert_int_equal(kvrt_op_kv_pool_create(be, &d, &pool), KVRT_ERR_UNSUPPORTED);
         assert_null(pool);
         assert_non_null(strstr(be->err.message, "buffer device addresses"));
         kvrt_vk_set_max_segment(be, 0);
@@ -514,19 +514,19 @@ static void test_limits(void **state)
         kvrt_buffer *tb = dev_buf(be, table, (size_t)max_blocks * 4), *lb = dev_buf(be, lens, 4);
         kvrt_buffer *qlb = dev_buf(be, qsl, 8);
         kvrt_attn_desc ad = {.num_seqs = 1, .n_heads = 1, .max_blocks_per_seq = max_blocks, .scale = 1.0f,
-                             .q_stride = hds[i], .o_stride = hds[i]};
+                             .q_stride = hds[i], .o_stride = hds[i], .num_tokens = 1};
         kvrt_view qv = {qb, 0}, ov = {ob, 0}, tv = {tb, 0}, lv = {lb, 0}, qlv = {qlb, 0};
         const char *named = hds[i] == 1024 ? "keys per sequence" : "limit of 1024";
-        assert_int_equal(be->ops->attn_decode(be, pool, 0, &ad, qv, ov, lv, tv), KVRT_ERR_UNSUPPORTED);
+        assert_int_equal(kvrt_op_attn_decode(be, pool, 0, &ad, qv, ov, lv, tv), KVRT_ERR_UNSUPPORTED);
         assert_non_null(strstr(be->err.message, named));
-        assert_int_equal(be->ops->attn_prefill(be, pool, 0, &ad, qv, ov, qlv, lv, tv), KVRT_ERR_UNSUPPORTED);
+        assert_int_equal(kvrt_op_attn_prefill(be, pool, 0, &ad, qv, ov, qlv, lv, tv), KVRT_ERR_UNSUPPORTED);
         assert_non_null(strstr(be->err.message, named));
-        be->ops->buffer_destroy(be, qb);
-        be->ops->buffer_destroy(be, ob);
-        be->ops->buffer_destroy(be, tb);
-        be->ops->buffer_destroy(be, lb);
-        be->ops->buffer_destroy(be, qlb);
-        be->ops->kv_pool_destroy(be, pool);
+        kvrt_op_buffer_destroy(be, qb);
+        kvrt_op_buffer_destroy(be, ob);
+        kvrt_op_buffer_destroy(be, tb);
+        kvrt_op_buffer_destroy(be, lb);
+        kvrt_op_buffer_destroy(be, qlb);
+        kvrt_op_kv_pool_destroy(be, pool);
         free(table);
         free(q);
     }
@@ -553,6 +553,26 @@ static void test_split_dispatch(void **state)
     };
     for (size_t i = 0; i < KVRT_ARRAY_LEN(cases); i++)
         run_case(be, &cases[i], 400 + i);
+    vk_close(be);
+}
+
+/* Wide heads with the 16 KiB of shared memory every Vulkan device has
+ * (lavapipe's 32 KiB runs them in test_attention_cases): one-row query tiles,
+ * key tiles of 1 to 4 and dot products split up to 64 ways, at contexts
+ * around issue 19's boundary (127 keys at head_dim 768). */
+static void test_wide_heads(void **state)
+{
+    kvrt_backend *be = vk_open();
+    static const vcase cases[] = {
+        {512, 2, 1, 16, KVRT_DTYPE_F32, 0, 0, true, 1, {200}, {8}},
+        {576, 2, 1, 16, KVRT_DTYPE_F16, 0, 0, true, 1, {127}, {1}},
+        {768, 2, 1, 16, KVRT_DTYPE_F32, 0, 0, true, 2, {127, 200}, {1, 8}},
+        {768, 2, 1, 16, KVRT_DTYPE_F32, 0, 0, false, 2, {127, 200}, {0}},
+        {1024, 2, 1, 16, KVRT_DTYPE_F16, 0, 0, true, 2, {126, 200}, {1, 8}},
+        {1024, 4, 2, 16, KVRT_DTYPE_F32, 100, 4, false, 1, {300}, {0}},
+    };
+    for (size_t i = 0; i < KVRT_ARRAY_LEN(cases); i++)
+        run_case(be, &cases[i], 500 + i);
     vk_close(be);
 }
 
@@ -591,6 +611,7 @@ int main(void)
         BOTH(test_prefill),
         cmocka_unit_test_setup(test_decode, pass_small_shared),
         cmocka_unit_test_setup(test_prefill, pass_small_shared),
+        cmocka_unit_test_setup(test_wide_heads, pass_small_shared),
         BOTH(test_many_segments),
         cmocka_unit_test_setup(test_limits, pass_all),
         BOTH(test_split_dispatch),

@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend/backend.h"
+#include "backend/ops.h"
 #include "backend/vulkan/vk_backend.h"
 #include "kvrt_vulkan.h"
 
@@ -120,34 +120,34 @@ static void test_segmented_round_trip(void **state)
     assert_non_null(dst);
     fill_pattern(src, size, 1);
     kvrt_buffer *a, *b;
-    assert_int_equal(be->ops->buffer_create(be, size, KVRT_BUFFER_DEVICE, &a), KVRT_OK);
-    assert_int_equal(be->ops->buffer_create(be, size, KVRT_BUFFER_DEVICE, &b), KVRT_OK);
-    assert_int_equal(be->ops->buffer_upload(be, a, 0, src, size), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_create(be, size, KVRT_BUFFER_DEVICE, &a), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_create(be, size, KVRT_BUFFER_DEVICE, &b), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_upload(be, a, 0, src, size), KVRT_OK);
     memset(dst, 0, size);
-    assert_int_equal(be->ops->buffer_download(be, a, 0, dst, size), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_download(be, a, 0, dst, size), KVRT_OK);
     assert_memory_equal(src, dst, size);
     /* a piece straddling two boundaries, at odd offsets */
     fill_pattern(src, 9000, 2);
-    assert_int_equal(be->ops->buffer_upload(be, a, 4000, src, 9000), KVRT_OK);
-    assert_int_equal(be->ops->buffer_download(be, a, 4000, dst, 9000), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_upload(be, a, 4000, src, 9000), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_download(be, a, 4000, dst, 9000), KVRT_OK);
     assert_memory_equal(src, dst, 9000);
     /* recorded copy with different segment phases on each side */
-    assert_int_equal(be->ops->begin(be), KVRT_OK);
-    assert_int_equal(be->ops->buffer_copy(be, a, 4000, b, 3001, 9000), KVRT_OK);
-    assert_int_equal(be->ops->submit(be), KVRT_OK);
+    assert_int_equal(kvrt_op_begin(be), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_copy(be, a, 4000, b, 3001, 9000), KVRT_OK);
+    assert_int_equal(kvrt_op_submit(be), KVRT_OK);
     memset(dst, 0, size);
-    assert_int_equal(be->ops->buffer_download(be, b, 3001, dst, 9000), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_download(be, b, 3001, dst, 9000), KVRT_OK);
     assert_memory_equal(src, dst, 9000);
     /* out of range and misuse are errors with messages, not crashes */
-    assert_int_equal(be->ops->buffer_upload(be, a, size - 10, src, 11), KVRT_ERR_INVALID_ARGUMENT);
+    assert_int_equal(kvrt_op_buffer_upload(be, a, size - 10, src, 11), KVRT_ERR_INVALID_ARGUMENT);
     assert_non_null(strstr(be->err.message, "exceed"));
-    assert_int_equal(be->ops->submit(be), KVRT_ERR_INVALID_ARGUMENT);
-    assert_int_equal(be->ops->begin(be), KVRT_OK);
-    assert_int_equal(be->ops->begin(be), KVRT_ERR_INVALID_ARGUMENT);
-    assert_int_equal(be->ops->submit(be), KVRT_OK);
-    be->ops->buffer_destroy(be, a);
-    be->ops->buffer_destroy(be, b);
-    be->ops->buffer_destroy(be, NULL);
+    assert_int_equal(kvrt_op_submit(be), KVRT_ERR_INVALID_ARGUMENT);
+    assert_int_equal(kvrt_op_begin(be), KVRT_OK);
+    assert_int_equal(kvrt_op_begin(be), KVRT_ERR_INVALID_ARGUMENT);
+    assert_int_equal(kvrt_op_submit(be), KVRT_OK);
+    kvrt_op_buffer_destroy(be, a);
+    kvrt_op_buffer_destroy(be, b);
+    kvrt_op_buffer_destroy(be, NULL);
     free(src);
     free(dst);
     vk_close(be);
@@ -163,12 +163,12 @@ static void test_big_buffer(void **state)
     assert_non_null(dst);
     fill_pattern(src, size, 3);
     kvrt_buffer *a;
-    assert_int_equal(be->ops->buffer_create(be, size, KVRT_BUFFER_DEVICE, &a), KVRT_OK);
-    assert_int_equal(be->ops->buffer_upload(be, a, 0, src, size), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_create(be, size, KVRT_BUFFER_DEVICE, &a), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_upload(be, a, 0, src, size), KVRT_OK);
     memset(dst, 0, size);
-    assert_int_equal(be->ops->buffer_download(be, a, 0, dst, size), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_download(be, a, 0, dst, size), KVRT_OK);
     assert_memory_equal(src, dst, size);
-    be->ops->buffer_destroy(be, a);
+    kvrt_op_buffer_destroy(be, a);
     free(src);
     free(dst);
     vk_close(be);
@@ -179,32 +179,32 @@ static void test_budget_oom(void **state)
     const size_t mib = 1 << 20;
     kvrt_backend *be = vk_open(mib);
     kvrt_buffer *a = NULL, *b = (kvrt_buffer *)&a;
-    assert_int_equal(be->ops->buffer_create(be, mib / 2, KVRT_BUFFER_DEVICE, &a), KVRT_OK);
-    assert_int_equal(be->ops->buffer_create(be, 3 * mib / 4, KVRT_BUFFER_DEVICE, &b), KVRT_ERR_OUT_OF_DEVICE_MEMORY);
+    assert_int_equal(kvrt_op_buffer_create(be, mib / 2, KVRT_BUFFER_DEVICE, &a), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_create(be, 3 * mib / 4, KVRT_BUFFER_DEVICE, &b), KVRT_ERR_OUT_OF_DEVICE_MEMORY);
     assert_null(b);
     assert_non_null(strstr(be->err.message, "budget"));
     /* a pool whose later layers do not fit: fails whole, frees what it took */
     kvrt_kv_pool_desc d = {.n_layers = 6, .n_kv_heads = 2, .head_dim = 64, .block_size = 16, .num_blocks = 8,
                            .dtype = KVRT_DTYPE_F32}; /* 64 KiB per pool, 768 KiB in all */
     kvrt_kv_pool *pool = (kvrt_kv_pool *)&a;
-    assert_int_equal(be->ops->kv_pool_create(be, &d, &pool), KVRT_ERR_OUT_OF_DEVICE_MEMORY);
+    assert_int_equal(kvrt_op_kv_pool_create(be, &d, &pool), KVRT_ERR_OUT_OF_DEVICE_MEMORY);
     assert_null(pool);
     /* segmented buffers fail whole too */
     kvrt_vk_set_max_segment(be, 64 * 1024);
-    assert_int_equal(be->ops->buffer_create(be, mib, KVRT_BUFFER_DEVICE, &b), KVRT_ERR_OUT_OF_DEVICE_MEMORY);
+    assert_int_equal(kvrt_op_buffer_create(be, mib, KVRT_BUFFER_DEVICE, &b), KVRT_ERR_OUT_OF_DEVICE_MEMORY);
     kvrt_vk_set_max_segment(be, 0);
-    be->ops->buffer_destroy(be, a);
+    kvrt_op_buffer_destroy(be, a);
     /* everything was given back: nearly the whole budget is available again */
-    assert_int_equal(be->ops->buffer_create(be, 15 * mib / 16, KVRT_BUFFER_DEVICE, &b), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_create(be, 15 * mib / 16, KVRT_BUFFER_DEVICE, &b), KVRT_OK);
     uint8_t in[256], out[256];
     fill_pattern(in, sizeof(in), 4);
-    assert_int_equal(be->ops->buffer_upload(be, b, 1000, in, sizeof(in)), KVRT_OK);
-    assert_int_equal(be->ops->buffer_download(be, b, 1000, out, sizeof(out)), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_upload(be, b, 1000, in, sizeof(in)), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_download(be, b, 1000, out, sizeof(out)), KVRT_OK);
     assert_memory_equal(in, out, sizeof(in));
-    be->ops->buffer_destroy(be, b);
+    kvrt_op_buffer_destroy(be, b);
     d.n_layers = 2;
-    assert_int_equal(be->ops->kv_pool_create(be, &d, &pool), KVRT_OK);
-    be->ops->kv_pool_destroy(be, pool);
+    assert_int_equal(kvrt_op_kv_pool_create(be, &d, &pool), KVRT_OK);
+    kvrt_op_kv_pool_destroy(be, pool);
     vk_close(be);
 }
 
@@ -212,14 +212,14 @@ static void test_host_visible(void **state)
 {
     kvrt_backend *be = vk_open(0);
     kvrt_buffer *h;
-    assert_int_equal(be->ops->buffer_create(be, 4096, KVRT_BUFFER_HOST_VISIBLE, &h), KVRT_OK);
-    uint8_t *p = be->ops->buffer_host_ptr(be, h);
+    assert_int_equal(kvrt_op_buffer_create(be, 4096, KVRT_BUFFER_HOST_VISIBLE, &h), KVRT_OK);
+    uint8_t *p = kvrt_buffer_head_of(h)->host;
     assert_non_null(p);
     fill_pattern(p, 4096, 5);
     uint8_t out[4096];
-    assert_int_equal(be->ops->buffer_download(be, h, 0, out, sizeof(out)), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_download(be, h, 0, out, sizeof(out)), KVRT_OK);
     assert_memory_equal(p, out, sizeof(out));
-    be->ops->buffer_destroy(be, h);
+    kvrt_op_buffer_destroy(be, h);
     vk_close(be);
 }
 
@@ -236,21 +236,21 @@ static void test_two_backends(void **state)
     fill_pattern(in[0], sizeof(in[0]), 10);
     fill_pattern(in[1], sizeof(in[1]), 11);
     kvrt_buffer *ba, *bb;
-    assert_int_equal(a->ops->buffer_create(a, 1000, KVRT_BUFFER_DEVICE, &ba), KVRT_OK);
-    assert_int_equal(b->ops->buffer_create(b, 1000, KVRT_BUFFER_DEVICE, &bb), KVRT_OK);
-    assert_int_equal(a->ops->buffer_upload(a, ba, 0, in[0], 1000), KVRT_OK);
-    assert_int_equal(b->ops->buffer_upload(b, bb, 0, in[1], 1000), KVRT_OK);
-    assert_int_equal(a->ops->begin(a), KVRT_OK);
-    assert_int_equal(b->ops->begin(b), KVRT_OK); /* both steps open at once */
-    assert_int_equal(b->ops->submit(b), KVRT_OK);
-    assert_int_equal(a->ops->submit(a), KVRT_OK);
-    assert_int_equal(a->ops->buffer_download(a, ba, 0, out, 1000), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_create(a, 1000, KVRT_BUFFER_DEVICE, &ba), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_create(b, 1000, KVRT_BUFFER_DEVICE, &bb), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_upload(a, ba, 0, in[0], 1000), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_upload(b, bb, 0, in[1], 1000), KVRT_OK);
+    assert_int_equal(kvrt_op_begin(a), KVRT_OK);
+    assert_int_equal(kvrt_op_begin(b), KVRT_OK); /* both steps open at once */
+    assert_int_equal(kvrt_op_submit(b), KVRT_OK);
+    assert_int_equal(kvrt_op_submit(a), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_download(a, ba, 0, out, 1000), KVRT_OK);
     assert_memory_equal(out, in[0], 1000);
-    a->ops->buffer_destroy(a, ba);
+    kvrt_op_buffer_destroy(a, ba);
     vk_close(a); /* the other device keeps working after this one is gone */
-    assert_int_equal(b->ops->buffer_download(b, bb, 0, out, 1000), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_download(b, bb, 0, out, 1000), KVRT_OK);
     assert_memory_equal(out, in[1], 1000);
-    b->ops->buffer_destroy(b, bb);
+    kvrt_op_buffer_destroy(b, bb);
     b->ops->destroy(b);
 }
 

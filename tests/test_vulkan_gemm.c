@@ -20,7 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend/backend.h"
+#include "backend/ops.h"
 #include "backend/vulkan/vk_backend.h"
 #include "common/quant.h"
 #include "ref_ops.h"
@@ -136,18 +136,18 @@ static void check_case(const gemm_case *c)
     kvrt_vk_set_max_segment(g_be, c->w_seg); /* the weights only: x and y views need one segment */
     kvrt_buffer *wb = up(NULL, wbytes + c->w_off);
     kvrt_vk_set_max_segment(g_be, 0);
-    assert_int_equal(g_be->ops->buffer_upload(g_be, wb, c->w_off, w, wbytes), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_upload(g_be, wb, c->w_off, w, wbytes), KVRT_OK);
     kvrt_view wv = {wb, c->w_off}, xv = {xb, 0};
-    assert_int_equal(g_be->ops->matmul(g_be, c->t, wv, c->n_out, c->n_in, xv, xs, (kvrt_view){yb, 0}, ys, c->n_tok),
+    assert_int_equal(kvrt_op_matmul(g_be, c->t, wv, c->n_out, c->n_in, xv, xs, (kvrt_view){yb, 0}, ys, c->n_tok),
                      KVRT_OK);
-    assert_int_equal(g_be->ops->begin(g_be), KVRT_OK);
+    assert_int_equal(kvrt_op_begin(g_be), KVRT_OK);
     for (int32_t k = 0; k < c->n_tok; k++) {
         if (!gemv_token(k, c->n_tok))
             continue;
         kvrt_view xk = {xb, sizeof(float) * (size_t)(k * xs)}, gk = {gb, sizeof(float) * (size_t)(k * ys)};
-        assert_int_equal(g_be->ops->matmul(g_be, c->t, wv, c->n_out, c->n_in, xk, xs, gk, ys, 1), KVRT_OK);
+        assert_int_equal(kvrt_op_matmul(g_be, c->t, wv, c->n_out, c->n_in, xk, xs, gk, ys, 1), KVRT_OK);
     }
-    assert_int_equal(g_be->ops->submit(g_be), KVRT_OK);
+    assert_int_equal(kvrt_op_submit(g_be), KVRT_OK);
     float *y = down(yb, n_y), *g = down(gb, n_y);
 
     double *want = malloc(sizeof(double) * (size_t)(c->n_tok * c->n_out));
@@ -174,10 +174,10 @@ static void check_case(const gemm_case *c)
     assert_true(e.nmse <= MAX_NMSE && e.max_abs <= MAX_ABS);
     assert_true(eg_max <= MAX_ABS);
     assert_true(gap <= GEMV_TILED_ABS);
-    g_be->ops->buffer_destroy(g_be, wb);
-    g_be->ops->buffer_destroy(g_be, xb);
-    g_be->ops->buffer_destroy(g_be, yb);
-    g_be->ops->buffer_destroy(g_be, gb);
+    kvrt_op_buffer_destroy(g_be, wb);
+    kvrt_op_buffer_destroy(g_be, xb);
+    kvrt_op_buffer_destroy(g_be, yb);
+    kvrt_op_buffer_destroy(g_be, gb);
     free(w), free(x), free(y), free(g), free(want);
 }
 

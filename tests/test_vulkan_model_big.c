@@ -22,7 +22,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "backend/backend.h"
+#include "backend/ops.h"
 #include "model/llama.h"
 #include "model/synth.h"
 #include "test_drivers.h"
@@ -76,7 +76,7 @@ static void run_model(kvrt_backend *be, const kvrt_model_file *mf, const model_c
     kvrt_kv_pool_desc d = {.n_layers = hp->n_layer, .n_kv_heads = hp->n_head_kv, .head_dim = hp->head_dim,
                            .block_size = BLOCK, .num_blocks = num_blocks, .dtype = KVRT_DTYPE_F32};
     kvrt_kv_pool *pool = NULL;
-    if (be->ops->kv_pool_create(be, &d, &pool) != KVRT_OK)
+    if (kvrt_op_kv_pool_create(be, &d, &pool) != KVRT_OK)
         fail_msg("%s: pool on %s: %s", c->name, be->ops->name, be->err.message);
     int32_t pos[N_ALL], slots[N_ALL], rows[N_PROMPT], last = N_PROMPT - 1;
     for (int32_t t = 0; t < N_ALL; t++) {
@@ -90,7 +90,8 @@ static void run_model(kvrt_backend *be, const kvrt_model_file *mf, const model_c
         int32_t qsl[2] = {0, n}, seq_len = first + n;
         /* the big model's LM head pass dominates on lavapipe: logits of the prompt's last row only */
         bool all_rows = hp->n_vocab * (int64_t)hp->n_embd < (1 << 24);
-        kvrt_batch b = {.num_seqs = 1, .num_tokens = n, .tokens = c->ids + first, .positions = pos + first,
+        kvrt_batch b = {.num_seqs = 1, .num_decode_seqs = n == 1, .num_tokens = n, .tokens = c->ids + first,
+                        .positions = pos + first,
                         .slot_mapping = slots + first, .query_start_loc = qsl, .seq_lens = &seq_len,
                         .block_tables = table, .max_blocks_per_seq = 2,
                         .logits_indices = step == 0 && !all_rows ? &last : rows,
@@ -99,7 +100,7 @@ static void run_model(kvrt_backend *be, const kvrt_model_file *mf, const model_c
         if (kvrt_llama_forward(lm, pool, &b, logits + (size_t)out_row * hp->n_vocab, &err) != KVRT_OK)
             fail_msg("%s: forward on %s: %s", c->name, be->ops->name, err.message);
     }
-    be->ops->kv_pool_destroy(be, pool);
+    kvrt_op_kv_pool_destroy(be, pool);
     kvrt_llama_destroy(lm);
 }
 

@@ -21,7 +21,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "backend/backend.h"
+#include "backend/ops.h"
 
 #if !defined(KVRT_HAVE_VULKAN_BACKEND)
 int main(void)
@@ -76,20 +76,20 @@ static void run_add(kvrt_context *ctx)
         b[i] = (float)(i * i % 13) - 3.5f;
     }
     kvrt_buffer *ba, *bb, *bo;
-    assert_int_equal(be->ops->buffer_create(be, sizeof(a), KVRT_BUFFER_DEVICE, &ba), KVRT_OK);
-    assert_int_equal(be->ops->buffer_create(be, sizeof(b), KVRT_BUFFER_DEVICE, &bb), KVRT_OK);
-    assert_int_equal(be->ops->buffer_create(be, sizeof(out), KVRT_BUFFER_DEVICE, &bo), KVRT_OK);
-    assert_int_equal(be->ops->buffer_upload(be, ba, 0, a, sizeof(a)), KVRT_OK);
-    assert_int_equal(be->ops->buffer_upload(be, bb, 0, b, sizeof(b)), KVRT_OK);
-    assert_int_equal(be->ops->begin(be), KVRT_OK);
-    assert_int_equal(be->ops->add(be, (kvrt_view){ba, 0}, (kvrt_view){bb, 0}, (kvrt_view){bo, 0}, N), KVRT_OK);
-    assert_int_equal(be->ops->submit(be), KVRT_OK);
-    assert_int_equal(be->ops->buffer_download(be, bo, 0, out, sizeof(out)), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_create(be, sizeof(a), KVRT_BUFFER_DEVICE, &ba), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_create(be, sizeof(b), KVRT_BUFFER_DEVICE, &bb), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_create(be, sizeof(out), KVRT_BUFFER_DEVICE, &bo), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_upload(be, ba, 0, a, sizeof(a)), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_upload(be, bb, 0, b, sizeof(b)), KVRT_OK);
+    assert_int_equal(kvrt_op_begin(be), KVRT_OK);
+    assert_int_equal(kvrt_op_add(be, (kvrt_view){ba, 0}, (kvrt_view){bb, 0}, (kvrt_view){bo, 0}, N), KVRT_OK);
+    assert_int_equal(kvrt_op_submit(be), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_download(be, bo, 0, out, sizeof(out)), KVRT_OK);
     for (int i = 0; i < N; i++)
         assert_true(out[i] == a[i] + b[i]); /* sums of small dyadic values: exact */
-    be->ops->buffer_destroy(be, ba);
-    be->ops->buffer_destroy(be, bb);
-    be->ops->buffer_destroy(be, bo);
+    kvrt_op_buffer_destroy(be, ba);
+    kvrt_op_buffer_destroy(be, bb);
+    kvrt_op_buffer_destroy(be, bo);
 }
 
 static uint8_t *read_all(const char *path, size_t *n)

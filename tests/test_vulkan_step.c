@@ -16,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend/backend.h"
+#include "backend/ops.h"
 #include "backend/vulkan/vk_backend.h"
 #include "test_models.h"
 
@@ -45,7 +45,7 @@ static int teardown(void **state)
 static kvrt_buffer *make(size_t floats)
 {
     kvrt_buffer *b = NULL;
-    assert_int_equal(g_be->ops->buffer_create(g_be, floats * sizeof(float), KVRT_BUFFER_DEVICE, &b), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_create(g_be, floats * sizeof(float), KVRT_BUFFER_DEVICE, &b), KVRT_OK);
     return b;
 }
 

@@ -23,7 +23,7 @@
 #include <string.h>
 
 #include "attn_cases.h"
-#include "backend/backend.h"
+#include "backend/ops.h"
 #include "backend/vulkan/vk_backend.h"
 #include "common/quant.h"
 
@@ -201,19 +201,19 @@ static void run_matmul(const variant_pass *p, kvrt_dtype type, const void *w, si
     if (spread)
         kvrt_vk_set_max_segment(be, (kvrt_dtype_row_bytes(type, MM_IN) * 16 + 255) / 256 * 256);
     kvrt_buffer *wb, *xb, *yb;
-    assert_int_equal(be->ops->buffer_create(be, w_bytes, 0, &wb), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_create(be, w_bytes, 0, &wb), KVRT_OK);
     kvrt_vk_set_max_segment(be, 0);
-    assert_int_equal(be->ops->buffer_create(be, sizeof(float) * MM_TOK * MM_IN, 0, &xb), KVRT_OK);
-    assert_int_equal(be->ops->buffer_create(be, sizeof(float) * MM_TOK * MM_OUT, 0, &yb), KVRT_OK);
-    assert_int_equal(be->ops->buffer_upload(be, wb, 0, w, w_bytes), KVRT_OK);
-    assert_int_equal(be->ops->buffer_upload(be, xb, 0, x, sizeof(float) * MM_TOK * MM_IN), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_create(be, sizeof(float) * MM_TOK * MM_IN, 0, &xb), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_create(be, sizeof(float) * MM_TOK * MM_OUT, 0, &yb), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_upload(be, wb, 0, w, w_bytes), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_upload(be, xb, 0, x, sizeof(float) * MM_TOK * MM_IN), KVRT_OK);
     kvrt_view wv = {wb, 0}, xv = {xb, 0}, yv = {yb, 0};
-    if (be->ops->matmul(be, type, wv, MM_OUT, MM_IN, xv, MM_IN, yv, MM_OUT, MM_TOK) != KVRT_OK)
+    if (kvrt_op_matmul(be, type, wv, MM_OUT, MM_IN, xv, MM_IN, yv, MM_OUT, MM_TOK) != KVRT_OK)
         fail_msg("%s: matmul: %s", p->name, be->err.message);
-    assert_int_equal(be->ops->buffer_download(be, yb, 0, y, sizeof(float) * MM_TOK * MM_OUT), KVRT_OK);
+    assert_int_equal(kvrt_op_buffer_download(be, yb, 0, y, sizeof(float) * MM_TOK * MM_OUT), KVRT_OK);
     bool bda = spread && (kvrt_vk_features(be) & KVRT_FEATURE_BUFFER_DEVICE_ADDRESS);
     check_variant(ctx, bda ? "matmul (bda)" : "matmul", KVRT_FEATURE_SUBGROUPS);
-    be->ops->buffer_destroy(be, wb), be->ops->buffer_destroy(be, xb), be->ops->buffer_destroy(be, yb);
+    kvrt_op_buffer_destroy(be, wb), kvrt_op_buffer_destroy(be, xb), kvrt_op_buffer_destroy(be, yb);
     close_ctx(ctx);
 }
 

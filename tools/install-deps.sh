@@ -4,7 +4,7 @@
 set -euo pipefail
 packages=(
   build-essential cmake pkg-config
-  libopenblas-serial-dev libcmocka-dev
+  libopenblas-serial-dev libcmocka-dev libpcre2-dev
   libvulkan-dev libvulkan-volk-dev glslc glslang-tools spirv-tools
   mesa-vulkan-drivers vulkan-validationlayers vulkan-tools
   ocl-icd-opencl-dev opencl-headers pocl-opencl-icd clinfo

@@ -4,6 +4,7 @@
  *   kvrt-bench attn   [options]   attention kernels vs memory bandwidth, paged vs contiguous
  *   kvrt-bench model  [options]   model forward pass (prefill / decode tokens per second)
  *   kvrt-bench serve  [options]   serving workloads (continuous batching, KV utilisation)
+ *   kvrt-bench tokenize [options] tokenizer MB/s; a long prompt's tokenizing vs its prefill
  *
  * Every subcommand takes --json: exactly one JSON document on stdout, the
  * table on stderr. The tool re-executes itself with OPENBLAS_CORETYPE set when
@@ -13,6 +14,7 @@
 #include "bench_attn.h"
 #include "bench_model.h"
 #include "bench_serve.h"
+#include "bench_tokenize.h"
 #include "cli.h"
 #include "openblas_core.h"
 
@@ -29,13 +31,17 @@ static const bench_subcommand SUBCOMMANDS[] = {
     {"attn", "attention throughput vs measured memory bandwidth; paged vs contiguous KV", kvrt_bench_attn_main},
     {"model", "model forward pass: prefill and decode tokens/s vs measured memory bandwidth", kvrt_bench_model_main},
     {"serve", "serving workloads: continuous batching, KV utilisation", kvrt_bench_serve_main},
+    {"tokenize", "tokenizer MB/s on mixed text; tokenizing a long prompt vs its prefill", kvrt_bench_tokenize_main},
 };
 
 static void usage(FILE *f)
 {
     fprintf(f, "usage: kvrt-bench SUBCOMMAND [options]   (kvrt-bench SUBCOMMAND --help for its options)\n\n");
     for (size_t i = 0; i < KVRT_ARRAY_LEN(SUBCOMMANDS); i++)
-        fprintf(f, "  %-6s %s\n", SUBCOMMANDS[i].name, SUBCOMMANDS[i].summary);
+        fprintf(f, "  %-8s %s\n", SUBCOMMANDS[i].name, SUBCOMMANDS[i].summary);
+    fprintf(f, "\n  --version  the version, then exit\n");
+    fprintf(f, "\nEvery subcommand takes the common flags --backend (default auto) --device -t\n"
+               "--pipeline-cache --kv-type --block-size -v, as kvrt-run does.\n");
     fprintf(f, "\nexit status: 0 ok, 1 a benchmark failed, 2 usage error\n");
 }
 
@@ -51,12 +57,16 @@ int main(int argc, char **argv)
         usage(stdout);
         return 0;
     }
+    if (strcmp(argv[1], "--version") == 0) {
+        kvrt_cli_print_version("kvrt-bench");
+        return 0;
+    }
     for (size_t i = 0; i < KVRT_ARRAY_LEN(SUBCOMMANDS); i++) {
         const bench_subcommand *sc = &SUBCOMMANDS[i];
         if (strcmp(argv[1], sc->name) != 0)
             continue;
         return sc->main(argc - 1, argv + 1);
     }
-    kvrt_cli_error("kvrt-bench", "unknown subcommand '%s' (attn, model, serve; see --help)", argv[1]);
+    kvrt_cli_error("kvrt-bench", "unknown subcommand '%s' (attn, model, serve, tokenize; see --help)", argv[1]);
     return KVRT_CLI_USAGE;
 }

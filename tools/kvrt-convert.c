@@ -2,6 +2,7 @@
  * (the key set, names and value types llama.cpp's converter writes), F32,
  * F16, Q8_0 or Q4_0. llama2.c rotates adjacent pairs like GGUF's llama
  * architecture, so Q/K rows are copied as they are. */
+#include "cli.h"
 #include "model/gguf.h"
 #include "model/model_file.h"
 #include "model/synth.h"
@@ -12,23 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
-static void usage(FILE *f)
-{
-    fprintf(f,
-            "usage: kvrt-convert [options] CHECKPOINT.bin TOKENIZER.bin OUTPUT.gguf\n"
-            "\n"
-            "Converts a llama2.c (run.c) checkpoint and its tokenizer.bin into a llama GGUF.\n"
-            "\n"
-            "options:\n"
-            "  --type T     weight type: f32 (default), f16, q8_0, q4_0. Norms stay f32; matrices\n"
-            "               whose rows are not a multiple of 32 stay f16 in quantized files.\n"
-            "  --name NAME  general.name (default \"llama\", as llama.cpp's converter writes)\n"
-            "  --ctx N      llama.context_length (default: the checkpoint's seq_len)\n"
-            "  --tie        omit output.weight when the checkpoint shares its classifier with\n"
-            "               the token embedding (default: write it out, as llama.cpp does)\n"
-            "  -q, --quiet  no progress on stderr\n"
-            "  -h, --help   this text\n");
-}
+static const char *const PROG = "kvrt-convert";
 
 typedef struct options {
     const char *ckpt, *tok, *out, *name;
@@ -37,100 +22,59 @@ typedef struct options {
     bool tie, quiet;
 } options;
 
-static bool parse_type(const char *s, kvrt_dtype *t)
-{
-    static const struct {
-        const char *name;
-        kvrt_dtype t;
-    } types[] = {{"f32", KVRT_DTYPE_F32}, {"f16", KVRT_DTYPE_F16}, {"q8_0", KVRT_DTYPE_Q8_0}, {"q4_0", KVRT_DTYPE_Q4_0}};
-    for (size_t i = 0; i < KVRT_ARRAY_LEN(types); i++)
-        if (strcmp(s, types[i].name) == 0) {
-            *t = types[i].t;
-            return true;
-        }
-    return false;
-}
-
-/* 0 ok, 1 error, 2 help printed. */
+/* KVRT_CLI_CONTINUE, or the exit status after --help/--version or a usage error. */
 static int parse_args(int argc, char **argv, options *o)
 {
+    static const char *const type_names[] = {"f32", "f16", "q8_0", "q4_0", NULL};
+    static const kvrt_dtype types[] = {KVRT_DTYPE_F32, KVRT_DTYPE_F16, KVRT_DTYPE_Q8_0, KVRT_DTYPE_Q4_0};
     *o = (options){.name = "llama", .type = KVRT_DTYPE_F32};
-    const char *pos[3];
-    int npos = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        bool has_val = i + 1 < argc;
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            usage(stdout);
-            return 2;
-        } else if (!strcmp(a, "--type") && has_val) {
-            if (!parse_type(argv[++i], &o->type)) {
-                fprintf(stderr, "kvrt-convert: unknown --type '%s' (f32, f16, q8_0, q4_0)\n", argv[i]);
-                return 1;
-            }
-        } else if (!strcmp(a, "--name") && has_val) {
-            o->name = argv[++i];
-        } else if (!strcmp(a, "--ctx") && has_val) {
-            char *end;
-            long v = strtol(argv[++i], &end, 10);
-            if (*end || v <= 0 || v > INT32_MAX) {
-                fprintf(stderr, "kvrt-convert: --ctx needs a positive integer, not '%s'\n", argv[i]);
-                return 1;
-            }
-            o->ctx = (int32_t)v;
-        } else if (!strcmp(a, "--tie")) {
-            o->tie = true;
-        } else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) {
-            o->quiet = true;
-        } else if (a[0] == '-' && a[1]) {
-            fprintf(stderr, "kvrt-convert: unknown option or missing value: '%s' (see --help)\n", a);
-            return 1;
-        } else if (npos < 3) {
-            pos[npos++] = a;
-        } else {
-            fprintf(stderr, "kvrt-convert: too many arguments (see --help)\n");
-            return 1;
-        }
-    }
-    if (npos != 3) {
-        usage(stderr);
-        return 1;
-    }
-    o->ckpt = pos[0];
-    o->tok = pos[1];
-    o->out = pos[2];
-    return 0;
-}
-
-typedef struct progress_state {
-    const char *what;
-    int last;
-} progress_state;
-
-/* Prints only when the whole percentage changes. */
-static void progress_fn(void *user, double fraction)
-{
-    progress_state *ps = user;
-    int pct = (int)(fraction * 100.0);
-    if (pct == ps->last)
-        return;
-    ps->last = pct;
-    fprintf(stderr, "\rkvrt-convert: %s %3d%%", ps->what, pct);
-    if (fraction >= 1.0)
-        fputc('\n', stderr);
+    int type = 0;
+    const kvrt_cli_opt opts[] = {
+        KVRT_CLI_CHOICE(0, "type", &type, type_names, "T",
+                        "weight type: f32 (default), f16, q8_0, q4_0. Norms stay f32; matrices\n"
+                        "whose rows are not a multiple of 32 stay f16 in quantized files."),
+        KVRT_CLI_STR(0, "name", &o->name, "NAME", "general.name (default \"llama\", as llama.cpp's converter writes)"),
+        {.name = "ctx", .kind = KVRT_CLI_KIND_INT32, .dst = &o->ctx, .min = 1, .max = INT32_MAX,
+         .flags = KVRT_CLI_K_SUFFIX, .meta = "N", .help = "llama.context_length (default: the checkpoint's seq_len)"},
+        KVRT_CLI_BOOL(0, "tie", &o->tie,
+                      "omit output.weight when the checkpoint shares its classifier with\n"
+                      "the token embedding (default: write it out, as llama.cpp does)"),
+        KVRT_CLI_BOOL('q', "quiet", &o->quiet, "no progress on stderr"),
+    };
+    const kvrt_cli_spec spec = {
+        .prog = PROG,
+        .usage = "kvrt-convert [options] CHECKPOINT.bin TOKENIZER.bin OUTPUT.gguf",
+        .about = "Converts a llama2.c (run.c) checkpoint and its tokenizer.bin into a llama GGUF.\n"
+                 "Progress goes to stderr when it is a terminal; -- ends the options (for file\n"
+                 "names that start with '-').",
+        .opts = opts,
+        .n_opts = KVRT_ARRAY_LEN(opts),
+        .min_args = 3,
+        .max_args = 3,
+    };
+    int first;
+    int rc = kvrt_cli_parse(&spec, argc, argv, &first);
+    if (rc != KVRT_CLI_CONTINUE)
+        return rc;
+    o->type = types[type];
+    o->ckpt = argv[first];
+    o->tok = argv[first + 1];
+    o->out = argv[first + 2];
+    return KVRT_CLI_CONTINUE;
 }
 
 int main(int argc, char **argv)
 {
     options o;
     int rc = parse_args(argc, argv, &o);
-    if (rc)
-        return rc == 2 ? 0 : 2;
+    if (rc != KVRT_CLI_CONTINUE)
+        return rc;
     kvrt_error err;
     kvrt_error_clear(&err);
     kvrt_model_file *mf;
-    progress_state ps = {"loading", -1};
-    kvrt_load_progress progress = {progress_fn, &ps};
+    kvrt_cli_progress ps;
+    kvrt_cli_progress_init(&ps, PROG, "loading");
+    kvrt_load_progress progress = {kvrt_cli_progress_fn, &ps};
     kvrt_status s = kvrt_model_file_load_llama2c(o.ckpt, o.tok, NULL, o.quiet ? NULL : &progress, &mf, &err);
     if (s != KVRT_OK) {
         fprintf(stderr, "kvrt-convert: %s: %s\n", kvrt_status_str(s), err.message);
@@ -147,7 +91,7 @@ int main(int argc, char **argv)
     s = kvrt_atomic_file_open(o.out, &out, &err);
     if (s == KVRT_OK) {
         kvrt_gguf_export_params ep = {o.type, o.name, o.ctx, !o.tie};
-        ps = (progress_state){"writing", -1};
+        kvrt_cli_progress_init(&ps, PROG, "writing");
         s = kvrt_llama_export_gguf(mf, &ep, out.f, o.quiet ? NULL : &progress, &err);
         s = kvrt_atomic_file_close(&out, s, &err);
     }

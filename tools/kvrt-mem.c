@@ -13,6 +13,8 @@
 #include "cli.h"
 #include "table.h"
 
+#include "model/shapes.h"
+
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
@@ -27,20 +29,6 @@ typedef struct mem_shape {
     int64_t head_dim;
 } mem_shape;
 
-/* Shapes from the models' published configurations. */
-static const mem_shape PRESETS[] = {
-    {"llama-2-7b", 32, 32, 32, 128},
-    {"llama-2-13b", 40, 40, 40, 128},
-    {"llama-2-70b", 80, 64, 8, 128},
-    {"llama-3-8b", 32, 32, 8, 128},
-    {"llama-3-70b", 80, 64, 8, 128},
-    {"mistral-7b", 32, 32, 8, 128},
-    {"tinyllama-1.1b", 22, 32, 4, 64},
-    {"stories260K", 5, 8, 4, 8},
-    {"stories15M", 6, 6, 6, 48},
-    {"stories110M", 12, 12, 12, 64},
-};
-
 /* Context lengths of the table (the requested one is added when missing). */
 static const int64_t TABLE_CTX[] = {512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072};
 
@@ -53,46 +41,23 @@ typedef struct mem_opts {
     const char *kv_type; /* "f32" / "f16" */
 } mem_opts;
 
-static void usage(FILE *f)
+/* A preset of the shared shape table (model/shapes.h), by name or alias. */
+static bool find_preset(const char *name, mem_shape *out)
 {
-    fprintf(f,
-            "usage: kvrt-mem --preset NAME --ctx N [options]\n"
-            "       kvrt-mem --layers L --heads H [--kv-heads KV] (--head-dim D | --dim DIM) --ctx N [options]\n"
-            "\n"
-            "KV cache size: 2 x layers x kv_heads x head_dim x tokens x batch x bytes_per_elem.\n"
-            "Prints the total in GiB and GB, the waste of paged blocks, MHA vs GQA vs MQA\n"
-            "for the same model shape, and the total for context lengths 512 .. 128k.\n"
-            "\n"
-            "options:\n"
-            "  --preset NAME      model shape (shape flags override its fields):\n"
-            "                    ");
-    for (size_t i = 0; i < KVRT_ARRAY_LEN(PRESETS); i++)
-        fprintf(f, " %s", PRESETS[i].name);
-    fprintf(f,
-            "\n"
-            "  --ctx N            tokens per sequence (a k suffix multiplies by 1024: 4k = 4096)\n"
-            "  --batch B          sequences (default 1)\n"
-            "  --kv-type T        f32 or f16 (default f16)\n"
-            "  --block-size S     tokens per KV block (default 16)\n"
-            "  --layers L, --heads H, --kv-heads KV (default H), --head-dim D, --dim DIM (D = DIM / H)\n"
-            "  -h, --help         this text\n"
-            "\n"
-            "exit status: 0 ok, 2 usage error\n");
-}
-
-static const mem_shape *find_preset(const char *name)
-{
-    for (size_t i = 0; i < KVRT_ARRAY_LEN(PRESETS); i++)
-        if (strcmp(PRESETS[i].name, name) == 0)
-            return &PRESETS[i];
-    return NULL;
+    const kvrt_model_shape *m = kvrt_model_shape_find(name);
+    if (!m)
+        return false;
+    *out = (mem_shape){m->name, m->n_layer, m->n_head, m->n_head_kv, kvrt_model_shape_head_dim(m)};
+    return true;
 }
 
 static void unknown_preset(const char *name)
 {
     fprintf(stderr, "%s: unknown preset '%s'; presets:", PROG, name);
-    for (size_t i = 0; i < KVRT_ARRAY_LEN(PRESETS); i++)
-        fprintf(stderr, " %s", PRESETS[i].name);
+    size_t n_presets;
+    const kvrt_model_shape *presets = kvrt_model_shapes(&n_presets);
+    for (size_t i = 0; i < n_presets; i++)
+        fprintf(stderr, " %s", presets[i].name);
     fputc('\n', stderr);
 }
 
@@ -176,13 +141,9 @@ static bool resolve_shape(const char *preset, const shape_flags *f, mem_shape *s
 {
     memset(s, 0, sizeof(*s));
     s->name = "custom";
-    if (preset) {
-        const mem_shape *p = find_preset(preset);
-        if (!p) {
-            unknown_preset(preset);
-            return false;
-        }
-        *s = *p;
+    if (preset && !find_preset(preset, s)) {
+        unknown_preset(preset);
+        return false;
     }
     if (f->layers >= 0)
         s->layers = f->layers;
@@ -213,70 +174,72 @@ static bool resolve_shape(const char *preset, const shape_flags *f, mem_shape *s
     return check_shape(s);
 }
 
-/* Returns 0 on success, KVRT_CLI_USAGE after printing an error, -1 for --help. */
+/* "--preset NAME: model shape ...: llama-2-7b llama-2-13b ..." for --help. */
+static void preset_help(char *buf, size_t n)
+{
+    size_t len = (size_t)snprintf(buf, n, "model shape (shape flags override its fields):\n");
+    size_t n_presets;
+    const kvrt_model_shape *presets = kvrt_model_shapes(&n_presets);
+    for (size_t i = 0; i < n_presets && len < n; i++)
+        len += (size_t)snprintf(buf + len, n - len, "%s%s", presets[i].name,
+                                i + 1 == n_presets ? "" : i % 5 == 4 ? ",\n" : ", ");
+}
+
+#define SHAPE_OPT(NAME, DST, HELP)                                                                     \
+    {.name = (NAME), .kind = KVRT_CLI_KIND_INT64, .dst = (DST), .min = 1, .max = dims, .meta = "N", \
+     .help = (HELP)}
+
+/* KVRT_CLI_CONTINUE, or the exit status after --help/--version or a usage error. */
 static int parse_args(int argc, char **argv, mem_opts *o)
 {
-    const char *preset = NULL, *val = NULL, *kv_type = "f16";
+    const char *preset = NULL;
     shape_flags f = {-1, -1, -1, -1, -1};
-    int64_t n;
+    kvrt_dtype kv_type = KVRT_DTYPE_F16;
+    int32_t block_size = 16;
     o->ctx = -1;
     o->batch = 1;
-    o->block_size = 16;
     const int64_t big = (int64_t)1 << 40, dims = (int64_t)1 << 20;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0)
-            return -1;
-        if (kvrt_cli_flag(argc, argv, &i, "--preset", &val, PROG)) {
-            preset = val;
-        } else if (kvrt_cli_flag(argc, argv, &i, "--kv-type", &val, PROG)) {
-            kv_type = val;
-        } else if (kvrt_cli_flag(argc, argv, &i, "--ctx", &val, PROG)) {
-            if (!val || !kvrt_cli_int(PROG, "--ctx", val, 1, big, true, &o->ctx))
-                return KVRT_CLI_USAGE;
-            continue;
-        } else if (kvrt_cli_flag(argc, argv, &i, "--batch", &val, PROG)) {
-            if (!val || !kvrt_cli_int(PROG, "--batch", val, 1, dims, true, &o->batch))
-                return KVRT_CLI_USAGE;
-            continue;
-        } else if (kvrt_cli_flag(argc, argv, &i, "--block-size", &val, PROG)) {
-            if (!val || !kvrt_cli_int(PROG, "--block-size", val, 1, 65536, false, &o->block_size))
-                return KVRT_CLI_USAGE;
-            continue;
-        } else {
-            static const char *const shape_names[] = {"--layers", "--heads", "--kv-heads", "--head-dim", "--dim"};
-            int64_t *shape_vals[] = {&f.layers, &f.heads, &f.kv_heads, &f.head_dim, &f.dim};
-            bool matched = false;
-            for (size_t k = 0; k < KVRT_ARRAY_LEN(shape_names) && !matched; k++) {
-                if (kvrt_cli_flag(argc, argv, &i, shape_names[k], &val, PROG)) {
-                    if (!val || !kvrt_cli_int(PROG, shape_names[k], val, 1, dims, false, &n))
-                        return KVRT_CLI_USAGE;
-                    *shape_vals[k] = n;
-                    matched = true;
-                }
-            }
-            if (!matched) {
-                kvrt_cli_error(PROG, "unknown argument '%s' (see --help)", a);
-                return KVRT_CLI_USAGE;
-            }
-            continue;
-        }
-        if (!val)
-            return KVRT_CLI_USAGE;
-    }
-    static const char *const types[] = {"f32", "f16"};
-    int t = kvrt_cli_choice(PROG, "--kv-type", kv_type, types, 2);
-    if (t < 0)
-        return KVRT_CLI_USAGE;
-    o->kv_type = types[t];
-    o->elem = t == 0 ? 4 : 2;
+    char presets[512];
+    preset_help(presets, sizeof(presets));
+    const kvrt_cli_opt opts[] = {
+        KVRT_CLI_STR(0, "preset", &preset, "NAME", presets),
+        {.name = "ctx", .kind = KVRT_CLI_KIND_INT64, .dst = &o->ctx, .min = 1, .max = big, .flags = KVRT_CLI_K_SUFFIX,
+         .meta = "N", .help = "tokens per sequence (a k suffix multiplies by 1024: 4k = 4096)"},
+        {.name = "batch", .kind = KVRT_CLI_KIND_INT64, .dst = &o->batch, .min = 1, .max = dims,
+         .flags = KVRT_CLI_K_SUFFIX, .meta = "B", .help = "sequences (default 1)"},
+        KVRT_CLI_CALL(0, "kv-type", kvrt_cli_parse_kv_type, &kv_type, "T", "f32 or f16 (default f16)"),
+        KVRT_CLI_CALL(0, "block-size", kvrt_cli_parse_block_size, &block_size, "S",
+                      "tokens per KV block: 8, 16 (default) or 32"),
+        SHAPE_OPT("layers", &f.layers, "layers"),
+        SHAPE_OPT("heads", &f.heads, "query heads"),
+        SHAPE_OPT("kv-heads", &f.kv_heads, "KV heads (default: --heads)"),
+        SHAPE_OPT("head-dim", &f.head_dim, "dimension of one head"),
+        SHAPE_OPT("dim", &f.dim, "model width (head_dim = dim / heads)"),
+    };
+    const kvrt_cli_spec spec = {
+        .prog = PROG,
+        .usage = "kvrt-mem --preset NAME --ctx N [options]\n"
+                 "       kvrt-mem --layers L --heads H [--kv-heads KV] (--head-dim D | --dim DIM) --ctx N [options]",
+        .about = "KV cache size: 2 x layers x kv_heads x head_dim x tokens x batch x bytes_per_elem.\n"
+                 "Prints the total in GiB and GB, the waste of paged blocks, MHA vs GQA vs MQA\n"
+                 "for the same model shape, and the total for context lengths 512 .. 128k.",
+        .opts = opts,
+        .n_opts = KVRT_ARRAY_LEN(opts),
+    };
+    int first;
+    int rc = kvrt_cli_parse(&spec, argc, argv, &first);
+    if (rc != KVRT_CLI_CONTINUE)
+        return rc;
+    o->kv_type = kvrt_dtype_name(kv_type);
+    o->elem = kv_type == KVRT_DTYPE_F32 ? 4 : 2;
+    o->block_size = block_size;
     if (!resolve_shape(preset, &f, &o->shape))
         return KVRT_CLI_USAGE;
     if (o->ctx < 0) {
         kvrt_cli_error(PROG, "--ctx is required (tokens per sequence)");
         return KVRT_CLI_USAGE;
     }
-    return 0;
+    return KVRT_CLI_CONTINUE;
 }
 
 /* Every quantity printed, computed once with overflow checks. */
@@ -429,11 +392,7 @@ int main(int argc, char **argv)
 {
     mem_opts o;
     int rc = parse_args(argc, argv, &o);
-    if (rc < 0) {
-        usage(stdout);
-        return 0;
-    }
-    if (rc != 0)
+    if (rc != KVRT_CLI_CONTINUE)
         return rc;
     mem_totals t;
     if (!compute(&o, &t)) {
@@ -444,5 +403,9 @@ int main(int argc, char **argv)
     print_blocks(&o, &t);
     print_variants(&o, &t);
     print_contexts(&o);
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        kvrt_cli_error(PROG, "cannot write to stdout");
+        return KVRT_CLI_FAILURE;
+    }
     return 0;
 }

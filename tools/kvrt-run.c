@@ -6,6 +6,7 @@
 #include "kvrt_vulkan.h"
 #include "cli.h"
 #include "profile_report.h"
+#include "run_chat.h"
 
 #include <errno.h>
 #include <float.h>
@@ -20,10 +21,11 @@
 
 typedef struct run_args {
     const char *model, *tokenizer, *prompt, *prompt_file, *dump_logits;
+    const char *system, *chat_template; /* --chat */
     char *prompt_text;   /* -f: the file's bytes (owned) */
     size_t prompt_len;
     int32_t n_predict, ctx, batch;
-    bool ignore_eos, truncate, list_devices, profile;
+    bool ignore_eos, truncate, list_devices, profile, chat, special;
     kvrt_cli_common common; /* --backend --device -t --pipeline-cache --kv-type --block-size -v */
     kvrt_sampler_params sp;
     int64_t seed;
@@ -47,6 +49,17 @@ static int parse_args(int argc, char **argv, run_args *a)
         KVRT_CLI_STR('f', "file", &a->prompt_file, "FILE",
                      "read the prompt from FILE ('-' = stdin), for prompts longer than\n"
                      "a command line allows"),
+        KVRT_CLI_BOOL(0, "special", &a->special,
+                      "special tokens written in the prompt (such as <|im_start|>) become\n"
+                      "those tokens; without it the prompt is only text"),
+        KVRT_CLI_BOOL(0, "chat", &a->chat,
+                      "a conversation (also -cnv): each stdin line is a user turn in the\n"
+                      "model's chat template, each reply goes to stdout; earlier turns\n"
+                      "are never computed again (-v: prefill tokens per turn)"),
+        KVRT_CLI_STR(0, "system", &a->system, "TEXT", "the conversation's system message (with --chat)"),
+        KVRT_CLI_STR(0, "chat-template", &a->chat_template, "NAME",
+                     "a built-in template instead of the file's: chatml, llama2, llama3,\n"
+                     "mistral-v1, mistral-v3, mistral-v7, phi3, gemma, zephyr, deepseek, ..."),
         KVRT_CLI_INT32('n', "n-predict", &a->n_predict, 0, INT32_MAX, "N", "tokens to generate (default 128)"),
         KVRT_CLI_FLOAT(0, "temp", &a->sp.temperature, -FLT_MAX, FLT_MAX, "T",
                        "temperature, <= 0 = greedy (default 0.8)"),
@@ -64,7 +77,7 @@ static int parse_args(int argc, char **argv, run_args *a)
          .max = 1 << 20, .flags = KVRT_CLI_K_SUFFIX, .meta = "N",
          .help = "prompt tokens per forward (prefill chunk, default 512)"},
         KVRT_CLI_BOOL(0, "list-devices", &a->list_devices, "list the devices of --backend and exit"),
-        KVRT_CLI_BOOL(0, "ignore-eos", &a->ignore_eos, "keep generating after end-of-sequence"),
+        KVRT_CLI_BOOL(0, "ignore-eos", &a->ignore_eos, "keep generating after end-of-sequence / end-of-turn tokens"),
         KVRT_CLI_BOOL(0, "truncate-prompt", &a->truncate, "keep the end of a prompt longer than the context"),
         KVRT_CLI_STR(0, "dump-logits", &a->dump_logits, "FILE",
                      "write float32 logits of every computed position (positions x vocab)"),
@@ -81,6 +94,12 @@ static int parse_args(int argc, char **argv, run_args *a)
         .common = &a->common,
         .args_hint = "the prompt goes after -p, or in a file with -f",
     };
+    /* llama.cpp's spelling of --chat */
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "--") == 0)
+            break;
+        else if (strcmp(argv[i], "-cnv") == 0)
+            argv[i] = (char *)"--chat";
     int first_arg;
     int rc = kvrt_cli_parse(&spec, argc, argv, &first_arg);
     if (rc != KVRT_CLI_CONTINUE)
@@ -91,6 +110,14 @@ static int parse_args(int argc, char **argv, run_args *a)
     }
     if (a->prompt && a->prompt_file) {
         kvrt_cli_error(PROG, "give the prompt with one of -p and -f, not both");
+        return KVRT_CLI_USAGE;
+    }
+    if (!a->chat && (a->system || a->chat_template)) {
+        kvrt_cli_error(PROG, "--system and --chat-template go with --chat");
+        return KVRT_CLI_USAGE;
+    }
+    if (a->chat && (a->prompt || a->prompt_file || a->dump_logits)) {
+        kvrt_cli_error(PROG, "--chat reads its turns from stdin: no -p, -f or --dump-logits");
         return KVRT_CLI_USAGE;
     }
     return KVRT_CLI_CONTINUE;
@@ -246,13 +273,14 @@ static int tokenize_prompt(run_state *st)
     const char *text = st->a->prompt_text;
     size_t len = st->a->prompt_len;
     int32_t n = 0;
-    kvrt_status s = kvrt_tokenize(st->model, text, len, 1, NULL, 0, &n);
+    unsigned flags = KVRT_TOKENIZE_ADD_SPECIAL | (st->a->special ? KVRT_TOKENIZE_PARSE_SPECIAL : 0u);
+    kvrt_status s = kvrt_tokenize(st->model, text, len, flags, NULL, 0, &n);
     if (s != KVRT_OK && n == 0)
         return fail("tokenizing the prompt", s, kvrt_model_message(st->model));
     st->prompt = malloc((size_t)(n > 0 ? n : 1) * sizeof(int32_t));
     if (!st->prompt)
         return fail("tokenizing", KVRT_ERR_OUT_OF_HOST_MEMORY, NULL);
-    s = kvrt_tokenize(st->model, text, len, 1, st->prompt, n, &st->n_prompt);
+    s = kvrt_tokenize(st->model, text, len, flags, st->prompt, n, &st->n_prompt);
     if (s != KVRT_OK)
         return fail("tokenizing the prompt", s, kvrt_model_message(st->model));
     if (st->n_prompt == 0) { /* a vocabulary without BOS and an empty prompt */
@@ -315,7 +343,7 @@ static int generate(run_state *st)
         }
         if (n_gen == 0)
             t_first = now_s() - t0;
-        if (tok == st->info.eos_id && !a->ignore_eos)
+        if (kvrt_token_is_eog(st->model, tok) && !a->ignore_eos)
             break;
         emit_token(st->model, &out, prev, tok);
         prev = tok;
@@ -452,13 +480,19 @@ int main(int argc, char **argv)
     run_state st;
     memset(&st, 0, sizeof(st));
     st.a = &a;
-    rc = read_prompt(&a);
+    rc = a.chat ? 0 : read_prompt(&a);
     if (!rc)
         rc = setup(&st);
-    if (!rc)
-        rc = tokenize_prompt(&st);
-    if (!rc)
-        rc = generate(&st);
+    if (!rc && a.chat) {
+        kvrt_run_chat_opts co = {.system = a.system, .chat_template = a.chat_template, .n_predict = a.n_predict,
+                                 .ignore_eos = a.ignore_eos, .verbose = a.common.verbose, .prompt_marks = isatty(0)};
+        rc = kvrt_run_chat(st.model, st.sess, st.sampler, &co);
+    } else {
+        if (!rc)
+            rc = tokenize_prompt(&st);
+        if (!rc)
+            rc = generate(&st);
+    }
     if (st.dump && fclose(st.dump) != 0 && !rc)
         rc = fail("closing the logits file", KVRT_ERR_IO, NULL);
     free(st.logits);

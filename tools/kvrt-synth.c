@@ -1,149 +1,147 @@
 /* kvrt-synth: a random-weight llama GGUF of any shape, for tests and
  * benchmarks of models we cannot ship. Tensors are streamed to disk, so a
  * 7B-shaped file needs no more memory than one row. */
+#include "cli.h"
 #include "model/synth.h"
 
+#include <float.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-static void usage(FILE *f)
-{
-    fprintf(f,
-            "usage: kvrt-synth [options] -o OUTPUT.gguf\n"
-            "\n"
-            "Writes a llama GGUF with random weights (N(0, 0.02) matrices, norms near 1) and a\n"
-            "small synthetic SentencePiece vocabulary (byte pieces and letter merges).\n"
-            "\n"
-            "options:\n"
-            "  --preset P        tiny, 15m (dim 288, 6 layers), 110m (768, 12), 1b (2048, 22, GQA 32/4),\n"
-            "                    7b (4096, 32); the flags below override it (default: tiny)\n"
-            "  --vocab N --dim N --layers N --ff N --heads N --kv-heads N --ctx N\n"
-            "  --rope-base F --eps F\n"
-            "  --type T          f32 (default), f16, bf16, q8_0, q4_0\n"
-            "  --seed N          random seed (default 1)\n"
-            "  --std F           standard deviation of the matrices (default 0.02)\n"
-            "  --tied            no output.weight (classifier shares token_embd)\n"
-            "  --vocab-only      keys and vocabulary only, no tensors (for tokenizer tools)\n"
-            "  -o FILE           output file\n"
-            "  -q, --quiet       no progress on stderr\n"
-            "  -h, --help        this text\n");
-}
+static const char *const PROG = "kvrt-synth";
 
-static bool parse_int(const char *s, int32_t *out)
-{
-    char *end;
-    long v = strtol(s, &end, 10);
-    if (*end || end == s || v <= 0 || v > INT32_MAX)
-        return false;
-    *out = (int32_t)v;
-    return true;
-}
+/* Shape flags: applied over the preset, whatever their order on the command line. */
+typedef struct synth_overrides {
+    int32_t ints[7];         /* vocab, dim, layers, ff, heads, kv-heads, ctx */
+    bool ints_seen[7];
+    float rope_base, eps, std;
+    bool rope_seen, eps_seen, std_seen;
+    int type;
+    bool type_seen;
+    uint64_t seed;
+    bool seed_seen;
+    bool tied, vocab_only;
+} synth_overrides;
 
-static bool parse_float(const char *s, float *out)
-{
-    char *end;
-    float v = strtof(s, &end);
-    if (*end || end == s || !(v > 0.0f))
-        return false;
-    *out = v;
-    return true;
-}
+static const char *const TYPE_NAMES[] = {"f32", "f16", "bf16", "q8_0", "q4_0", NULL};
+static const kvrt_dtype TYPES[] = {KVRT_DTYPE_F32, KVRT_DTYPE_F16, KVRT_DTYPE_BF16, KVRT_DTYPE_Q8_0,
+                                   KVRT_DTYPE_Q4_0};
 
-static bool parse_type(const char *s, kvrt_dtype *t)
+static bool parse_preset(const char *prog, const char *flag, const char *value, void *dst)
 {
-    static const kvrt_dtype all[] = {KVRT_DTYPE_F32, KVRT_DTYPE_F16, KVRT_DTYPE_BF16, KVRT_DTYPE_Q8_0,
-                                     KVRT_DTYPE_Q4_0};
-    for (size_t i = 0; i < KVRT_ARRAY_LEN(all); i++)
-        if (strcmp(s, kvrt_dtype_name(all[i])) == 0) {
-            *t = all[i];
-            return true;
-        }
+    if (kvrt_synth_preset(value, dst))
+        return true;
+    kvrt_cli_error(prog, "%s: unknown preset '%s' (tiny, 15m, 110m, 1b, 7b)", flag, value);
     return false;
 }
 
-static bool set_option(kvrt_synth_params *p, const char *a, const char *v)
+static void apply_overrides(const synth_overrides *ov, kvrt_synth_params *p)
 {
     int32_t *ints[] = {&p->hp.n_vocab, &p->hp.n_embd,   &p->hp.n_layer,    &p->hp.n_ff,
                        &p->hp.n_head,  &p->hp.n_head_kv, &p->hp.n_ctx_train};
-    static const char *const int_names[] = {"--vocab", "--dim", "--layers", "--ff", "--heads", "--kv-heads", "--ctx"};
-    for (size_t i = 0; i < KVRT_ARRAY_LEN(int_names); i++)
-        if (!strcmp(a, int_names[i]))
-            return parse_int(v, ints[i]);
-    if (!strcmp(a, "--rope-base"))
-        return parse_float(v, &p->hp.rope_freq_base);
-    if (!strcmp(a, "--eps"))
-        return parse_float(v, &p->hp.rms_eps);
-    if (!strcmp(a, "--std"))
-        return parse_float(v, &p->stddev);
-    if (!strcmp(a, "--type"))
-        return parse_type(v, &p->type);
-    if (!strcmp(a, "--seed")) {
-        char *end;
-        p->seed = strtoull(v, &end, 10);
-        return *end == '\0' && end != v;
-    }
-    return false;
+    for (size_t i = 0; i < KVRT_ARRAY_LEN(ints); i++)
+        if (ov->ints_seen[i])
+            *ints[i] = ov->ints[i];
+    if (ov->rope_seen)
+        p->hp.rope_freq_base = ov->rope_base;
+    if (ov->eps_seen)
+        p->hp.rms_eps = ov->eps;
+    if (ov->std_seen)
+        p->stddev = ov->std;
+    if (ov->type_seen)
+        p->type = TYPES[ov->type];
+    if (ov->seed_seen)
+        p->seed = ov->seed;
+    p->tied_output = ov->tied;
+    p->vocab_only = ov->vocab_only;
 }
 
-/* Prints only when the whole percentage changes. */
-static void progress_fn(void *user, double fraction)
+#define SHAPE_OPT(NAME, I, HELP)                                                                              \
+    {.name = (NAME), .kind = KVRT_CLI_KIND_INT32, .dst = &ov->ints[I], .min = 1, .max = INT32_MAX, .meta = "N", \
+     .help = (HELP), .seen = &ov->ints_seen[I]}
+#define POSITIVE_OPT(NAME, DST, SEEN, HELP)                                                              \
+    {.name = (NAME), .kind = KVRT_CLI_KIND_FLOAT, .dst = (DST), .fmin = 0.0, .fmax = FLT_MAX,             \
+     .flags = KVRT_CLI_ABOVE_MIN, .meta = "F", .help = (HELP), .seen = (SEEN)}
+
+/* KVRT_CLI_CONTINUE, or the exit status after --help/--version or a usage error. */
+static int parse_args(int argc, char **argv, kvrt_synth_params *p, const char **out, const char **vocab_from,
+                      bool *quiet)
 {
-    int *last = user, pct = (int)(fraction * 100.0);
-    if (pct == *last)
-        return;
-    *last = pct;
-    fprintf(stderr, "\rkvrt-synth: %3d%%", pct);
-    if (fraction >= 1.0)
-        fputc('\n', stderr);
+    synth_overrides o, *ov = &o;
+    memset(ov, 0, sizeof(*ov));
+    kvrt_synth_preset("tiny", p);
+    const kvrt_cli_opt opts[] = {
+        KVRT_CLI_CALL(0, "preset", parse_preset, p, "P",
+                      "tiny, 15m (dim 288, 6 layers), 110m (768, 12), 1b (2048, 22, GQA 32/4),\n"
+                      "7b (4096, 32); the flags below override it (default: tiny)"),
+        SHAPE_OPT("vocab", 0, "vocabulary size"),
+        SHAPE_OPT("dim", 1, "embedding width"),
+        SHAPE_OPT("layers", 2, "layers"),
+        SHAPE_OPT("ff", 3, "feed-forward width"),
+        SHAPE_OPT("heads", 4, "query heads"),
+        SHAPE_OPT("kv-heads", 5, "KV heads"),
+        SHAPE_OPT("ctx", 6, "context length"),
+        POSITIVE_OPT("rope-base", &ov->rope_base, &ov->rope_seen, "RoPE frequency base"),
+        POSITIVE_OPT("eps", &ov->eps, &ov->eps_seen, "RMSNorm epsilon"),
+        POSITIVE_OPT("std", &ov->std, &ov->std_seen, "standard deviation of the matrices (default 0.02)"),
+        {.name = "type", .kind = KVRT_CLI_KIND_CHOICE, .dst = &ov->type, .choices = TYPE_NAMES, .meta = "T",
+         .help = "f32 (default), f16, bf16, q8_0, q4_0", .seen = &ov->type_seen},
+        {.name = "seed", .kind = KVRT_CLI_KIND_UINT64, .dst = &ov->seed, .meta = "N",
+         .help = "random seed (default 1)", .seen = &ov->seed_seen},
+        KVRT_CLI_BOOL(0, "tied", &ov->tied, "no output.weight (classifier shares token_embd)"),
+        KVRT_CLI_BOOL(0, "vocab-only", &ov->vocab_only, "keys and vocabulary only, no tensors (for tokenizer tools)"),
+        KVRT_CLI_STR(0, "vocab-from", vocab_from, "FILE",
+                     "take the vocabulary (and chat template) of a GGUF instead of the\n"
+                     "synthetic one; its size sets --vocab"),
+        KVRT_CLI_STR('o', "output", out, "FILE", "output file"),
+        KVRT_CLI_BOOL('q', "quiet", quiet, "no progress on stderr"),
+    };
+    const kvrt_cli_spec spec = {
+        .prog = PROG,
+        .usage = "kvrt-synth [options] -o OUTPUT.gguf",
+        .about = "Writes a llama GGUF with random weights (N(0, 0.02) matrices, norms near 1) and a\n"
+                 "small synthetic SentencePiece vocabulary (byte pieces and letter merges).\n"
+                 "Progress goes to stderr when it is a terminal.",
+        .opts = opts,
+        .n_opts = KVRT_ARRAY_LEN(opts),
+    };
+    int first;
+    int rc = kvrt_cli_parse(&spec, argc, argv, &first);
+    if (rc != KVRT_CLI_CONTINUE)
+        return rc;
+    apply_overrides(ov, p);
+    if (!*out) {
+        kvrt_cli_error(PROG, "no output file (-o FILE); see --help");
+        return KVRT_CLI_USAGE;
+    }
+    return KVRT_CLI_CONTINUE;
 }
 
 int main(int argc, char **argv)
 {
     kvrt_synth_params p;
-    kvrt_synth_preset("tiny", &p);
-    const char *out = NULL;
+    const char *out = NULL, *vocab_from = NULL;
     bool quiet = false;
-    for (int i = 1; i + 1 < argc; i++)
-        if (!strcmp(argv[i], "--preset") && !kvrt_synth_preset(argv[i + 1], &p)) {
-            fprintf(stderr, "kvrt-synth: unknown preset '%s' (tiny, 15m, 110m, 1b, 7b)\n", argv[i + 1]);
-            return 2;
-        }
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            usage(stdout);
-            return 0;
-        } else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) {
-            quiet = true;
-        } else if (!strcmp(a, "--tied")) {
-            p.tied_output = true;
-        } else if (!strcmp(a, "--vocab-only")) {
-            p.vocab_only = true;
-        } else if (i + 1 >= argc) {
-            fprintf(stderr, "kvrt-synth: '%s' needs a value or is unknown (see --help)\n", a);
-            return 2;
-        } else if (!strcmp(a, "-o")) {
-            out = argv[++i];
-        } else if (!strcmp(a, "--preset")) {
-            i++; /* applied before the other flags, so they override it */
-        } else if (!set_option(&p, a, argv[i + 1])) {
-            fprintf(stderr, "kvrt-synth: bad option or value: %s %s (see --help)\n", a, argv[i + 1]);
-            return 2;
-        } else {
-            i++;
-        }
-    }
-    if (!out) {
-        usage(stderr);
-        return 2;
-    }
+    int rc = parse_args(argc, argv, &p, &out, &vocab_from, &quiet);
+    if (rc != KVRT_CLI_CONTINUE)
+        return rc;
     kvrt_error err;
     kvrt_error_clear(&err);
-    int last_pct = -1;
-    kvrt_load_progress progress = {progress_fn, &last_pct};
+    kvrt_model_file *vf = NULL;
+    if (vocab_from) {
+        if (kvrt_model_file_load_gguf(vocab_from, NULL, true, NULL, &vf, &err) != KVRT_OK) {
+            kvrt_cli_error(PROG, "%s: %s", vocab_from, err.message);
+            return 1;
+        }
+        p.vocab = &vf->vocab;
+    }
+    kvrt_cli_progress progress_state;
+    kvrt_cli_progress_init(&progress_state, PROG, NULL);
+    kvrt_load_progress progress = {kvrt_cli_progress_fn, &progress_state};
     kvrt_status s = kvrt_synth_write_file(&p, NULL, out, quiet ? NULL : &progress, &err);
+    kvrt_model_file_free(vf);
     if (s != KVRT_OK) {
         fprintf(stderr, "kvrt-synth: %s: %s\n", kvrt_status_str(s), err.message);
         return 1;

@@ -2,13 +2,16 @@
  * kvrt-tokenize: prints the token ids of a text, like llama.cpp's
  * llama-tokenize.
  *
- *   kvrt-tokenize -m MODEL [-z TOKENIZER] -p TEXT [--pieces] [--no-bos]
+ *   kvrt-tokenize -m MODEL [-z TOKENIZER] -p TEXT [--pieces] [--no-bos] [--special]
  *
  * stdout is the ids alone, space-separated on one line, BOS first when the
  * vocabulary adds one; with --pieces one "ID<TAB>PIECE" line per token.
+ * --special parses special tokens written in the text (llama-tokenize does
+ * that by default; its --no-parse-special is kvrt-tokenize's default).
  * MODEL is a GGUF (a vocabulary-only one will do) or a llama2.c checkpoint
  * with its tokenizer.bin given by -z; -z alone works too.
  */
+#include "cli.h"
 #include "model/model_file.h"
 #include "model/tokenizer.h"
 
@@ -24,105 +27,54 @@ typedef struct tk_args {
     const char *prompt_file;
     bool pieces;
     bool no_bos;
+    bool special;
 } tk_args;
 
-static void usage(FILE *f)
-{
-    fprintf(f,
-            "usage: kvrt-tokenize -m MODEL [-z TOKENIZER] (-p TEXT | -f FILE) [--pieces] [--no-bos]\n"
-            "       kvrt-tokenize -z TOKENIZER (-p TEXT | -f FILE) [--pieces] [--no-bos]\n"
-            "\n"
-            "Prints the token ids of TEXT on one line, space-separated (BOS first when the\n"
-            "vocabulary adds one).\n"
-            "\n"
-            "  -m, --model PATH       GGUF model or vocabulary-only GGUF, or a llama2.c checkpoint (.bin)\n"
-            "  -z, --tokenizer PATH   llama2.c tokenizer.bin (needed with a .bin checkpoint)\n"
-            "  -p, --prompt TEXT      the text to tokenize (taken as is: no escapes)\n"
-            "  -f, --file PATH        read the text from a file ('-' = stdin) instead\n"
-            "      --pieces           print one 'ID<TAB>PIECE' line per token (the piece as\n"
-            "                         the vocabulary stores it, control bytes escaped)\n"
-            "      --no-bos           do not prepend BOS\n"
-            "  -h, --help             this help\n");
-}
+static const char *const PROG = "kvrt-tokenize";
 
-/* 0 = parsed, 1 = --help shown, 2 = usage error (reported). */
+/* KVRT_CLI_CONTINUE, or the exit status after --help/--version or a usage error. */
 static int parse_args(int argc, char **argv, tk_args *a)
 {
     memset(a, 0, sizeof(*a));
-    for (int i = 1; i < argc; i++) {
-        const char *s = argv[i];
-        const char **dst = NULL;
-        if (!strcmp(s, "-h") || !strcmp(s, "--help")) {
-            usage(stdout);
-            return 1;
-        } else if (!strcmp(s, "--pieces")) {
-            a->pieces = true;
-        } else if (!strcmp(s, "--no-bos")) {
-            a->no_bos = true;
-        } else if (!strcmp(s, "-m") || !strcmp(s, "--model")) {
-            dst = &a->model;
-        } else if (!strcmp(s, "-z") || !strcmp(s, "--tokenizer")) {
-            dst = &a->tokenizer;
-        } else if (!strcmp(s, "-p") || !strcmp(s, "--prompt")) {
-            dst = &a->prompt;
-        } else if (!strcmp(s, "-f") || !strcmp(s, "--file")) {
-            dst = &a->prompt_file;
-        } else {
-            fprintf(stderr, "kvrt-tokenize: unknown argument '%s' (see --help)\n", s);
-            return 2;
-        }
-        if (dst) {
-            if (i + 1 >= argc) {
-                fprintf(stderr, "kvrt-tokenize: %s needs a value\n", s);
-                return 2;
-            }
-            *dst = argv[++i];
-        }
-    }
+    const kvrt_cli_opt opts[] = {
+        KVRT_CLI_STR('m', "model", &a->model, "PATH",
+                     "GGUF model or vocabulary-only GGUF, or a llama2.c checkpoint (.bin)"),
+        KVRT_CLI_STR('z', "tokenizer", &a->tokenizer, "PATH", "llama2.c tokenizer.bin (needed with a .bin checkpoint)"),
+        KVRT_CLI_STR('p', "prompt", &a->prompt, "TEXT", "the text to tokenize (taken as is: no escapes)"),
+        KVRT_CLI_STR('f', "file", &a->prompt_file, "PATH",
+                     "read the text from a file ('-' = stdin) instead, for texts longer\n"
+                     "than a command line allows"),
+        KVRT_CLI_BOOL(0, "pieces", &a->pieces,
+                      "print one 'ID<TAB>PIECE' line per token (the piece as\n"
+                      "the vocabulary stores it, control bytes escaped)"),
+        KVRT_CLI_BOOL(0, "no-bos", &a->no_bos, "do not add BOS (nor EOS, where the vocabulary appends one)"),
+        KVRT_CLI_BOOL(0, "special", &a->special,
+                      "special tokens written in the text (such as <|im_start|>)\n"
+                      "become those tokens; without it the text is only text"),
+    };
+    const kvrt_cli_spec spec = {
+        .prog = PROG,
+        .usage = "kvrt-tokenize -m MODEL [-z TOKENIZER] (-p TEXT | -f FILE) [--pieces] [--no-bos] [--special]\n"
+                 "       kvrt-tokenize -z TOKENIZER (-p TEXT | -f FILE) [--pieces] [--no-bos] [--special]",
+        .about = "Prints the token ids of TEXT on one line, space-separated (BOS first when the\n"
+                 "vocabulary adds one).",
+        .opts = opts,
+        .n_opts = KVRT_ARRAY_LEN(opts),
+        .args_hint = "the text goes after -p, or in a file with -f",
+    };
+    int first_arg;
+    int rc = kvrt_cli_parse(&spec, argc, argv, &first_arg);
+    if (rc != KVRT_CLI_CONTINUE)
+        return rc;
     if (!a->model && !a->tokenizer) {
-        fprintf(stderr, "kvrt-tokenize: give a model (-m) or a tokenizer (-z) (see --help)\n");
-        return 2;
+        kvrt_cli_error(PROG, "give a model (-m) or a tokenizer (-z) (see --help)");
+        return KVRT_CLI_USAGE;
     }
     if (!a->prompt == !a->prompt_file) {
-        fprintf(stderr, "kvrt-tokenize: give the text with exactly one of -p and -f\n");
-        return 2;
+        kvrt_cli_error(PROG, "give the text with exactly one of -p and -f");
+        return KVRT_CLI_USAGE;
     }
-    return 0;
-}
-
-/* Reads a whole file (or stdin for "-") into a malloc'ed buffer. */
-static char *read_all(const char *path, size_t *len)
-{
-    FILE *f = strcmp(path, "-") ? fopen(path, "rb") : stdin;
-    if (!f) {
-        fprintf(stderr, "kvrt-tokenize: cannot open %s: %s\n", path, strerror(errno));
-        return NULL;
-    }
-    size_t cap = 4096, n = 0;
-    char *buf = malloc(cap);
-    while (buf) {
-        n += fread(buf + n, 1, cap - n, f);
-        if (n < cap)
-            break;
-        char *bigger = cap < ((size_t)1 << 40) ? realloc(buf, cap * 2) : NULL;
-        if (!bigger) {
-            free(buf);
-            buf = NULL;
-            break;
-        }
-        buf = bigger;
-        cap *= 2;
-    }
-    bool bad = !buf || ferror(f);
-    if (f != stdin)
-        fclose(f);
-    if (bad) {
-        fprintf(stderr, "kvrt-tokenize: cannot read %s\n", path);
-        free(buf);
-        return NULL;
-    }
-    *len = n;
-    return buf;
+    return KVRT_CLI_CONTINUE;
 }
 
 static bool is_gguf(const char *path, bool *yes)
@@ -247,19 +199,19 @@ static int tokenize(const tk_args *a, const kvrt_vocab *vocab)
     char *file_text = NULL;
     const char *text = a->prompt;
     if (a->prompt_file) {
-        file_text = read_all(a->prompt_file, &len);
+        file_text = kvrt_cli_read_file(PROG, a->prompt_file, &len);
         text = file_text;
     } else {
         len = strlen(a->prompt);
     }
     int rc = 1;
     if (text) {
-        bool bos = !a->no_bos && kvrt_tokenizer_adds_bos(tok);
+        unsigned flags = (a->no_bos ? 0u : KVRT_TOKENIZE_ADD_SPECIAL) | (a->special ? KVRT_TOKENIZE_PARSE_SPECIAL : 0u);
         size_t n = 0;
-        kvrt_status s = kvrt_tokenizer_encode(tok, text, len, bos, NULL, 0, &n);
+        kvrt_status s = kvrt_tokenizer_encode(tok, text, len, flags, NULL, 0, &n);
         int32_t *ids = s == KVRT_OK || s == KVRT_ERR_INVALID_ARGUMENT ? malloc((n + 1) * sizeof(int32_t)) : NULL;
         if (ids)
-            s = kvrt_tokenizer_encode(tok, text, len, bos, ids, n, &n);
+            s = kvrt_tokenizer_encode(tok, text, len, flags, ids, n, &n);
         if (ids && s == KVRT_OK)
             rc = print_ids(tok, ids, n, a->pieces);
         else
@@ -275,9 +227,10 @@ int main(int argc, char **argv)
 {
     tk_args a;
     int p = parse_args(argc, argv, &a);
-    if (p)
-        return p == 1 ? 0 : 2;
-    kvrt_vocab vocab = {0};
+    if (p != KVRT_CLI_CONTINUE)
+        return p;
+    kvrt_vocab vocab;
+    kvrt_vocab_init(&vocab);
     kvrt_model_file *mf = NULL;
     const kvrt_vocab *use = NULL;
     int rc = load_vocab(&a, &vocab, &mf, &use) ? tokenize(&a, use) : 1;

@@ -1,5 +1,6 @@
-/* kvrt_context: a backend chosen at run time. */
-#include "backend/backend.h"
+/* kvrt_context: a backend chosen at run time from the registry of this
+ * build's backends, checked at registration (interface version, entries). */
+#include "backend/ops.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -39,16 +40,69 @@ kvrt_context_params kvrt_context_default_params(void)
     return p;
 }
 
-size_t kvrt_kv_block_bytes(const kvrt_kv_pool_desc *d)
+/* The backends this build knows, by kind. */
+typedef kvrt_status (*backend_factory)(const kvrt_context_params *params, kvrt_backend **out, kvrt_error *err);
+
+static const struct {
+    kvrt_backend_kind kind;
+    backend_factory create;
+} BACKENDS[] = {
+    {KVRT_BACKEND_CPU, kvrt_cpu_backend_create},
+    {KVRT_BACKEND_VULKAN, kvrt_vulkan_backend_create},
+    {KVRT_BACKEND_OPENCL, kvrt_opencl_backend_create},
+};
+
+/* The entries every caller relies on (the front door calls them unchecked). */
+static kvrt_status check_registration(const kvrt_backend *be, kvrt_error *err)
 {
-    size_t elem = d->dtype == KVRT_DTYPE_F16 ? 2 : 4;
-    return (size_t)d->n_kv_heads * (size_t)d->block_size * (size_t)d->head_dim * elem;
+    const kvrt_backend_ops *o = be->ops;
+    if (!o)
+        return kvrt_fail(err, KVRT_ERR_INTERNAL, "backend without an ops table");
+    if (o->interface_version != KVRT_BACKEND_INTERFACE_VERSION)
+        return kvrt_fail(err, KVRT_ERR_BACKEND_UNAVAILABLE,
+                         "%s backend implements interface version %u; this kvrt needs %u",
+                         o->name ? o->name : "?", (unsigned)o->interface_version,
+                         (unsigned)KVRT_BACKEND_INTERFACE_VERSION);
+    const struct {
+        bool present;
+        const char *name;
+    } needed[] = {
+        {o->name != NULL, "name"},
+        {o->destroy != NULL, "destroy"},
+        {o->buffer_create != NULL, "buffer_create"},
+        {o->buffer_destroy != NULL, "buffer_destroy"},
+        {o->buffer_upload != NULL, "buffer_upload"},
+        {o->buffer_download != NULL, "buffer_download"},
+        {o->kv_pool_create == NULL || o->kv_pool_destroy != NULL, "kv_pool_destroy"},
+        {o->begin != NULL, "begin"},
+        {o->submit != NULL, "submit"},
+    };
+    for (size_t i = 0; i < KVRT_ARRAY_LEN(needed); i++) {
+        if (!needed[i].present)
+            return kvrt_fail(err, KVRT_ERR_BACKEND_UNAVAILABLE, "%s backend lacks the mandatory entry %s",
+                             o->name ? o->name : "?", needed[i].name);
+    }
+    return KVRT_OK;
 }
 
-kvrt_status kvrt_backend_unsupported(kvrt_backend *be, const char *entry)
+kvrt_status kvrt_context_adopt(kvrt_backend *be, const kvrt_context_params *params, kvrt_context **out,
+                               kvrt_error *err)
 {
-    return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "%s backend does not implement %s",
-                     be->ops->name, entry);
+    *out = NULL;
+    kvrt_status s = check_registration(be, err);
+    kvrt_context *ctx = s == KVRT_OK ? kvrt_calloc(params->allocator, 1, sizeof(*ctx)) : NULL;
+    if (s == KVRT_OK && !ctx)
+        s = kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "kvrt_context_create: out of host memory");
+    if (s != KVRT_OK) {
+        if (be->ops && be->ops->destroy)
+            be->ops->destroy(be);
+        return s;
+    }
+    ctx->be = be;
+    ctx->alloc = params->allocator;
+    ctx->memory_budget = params->memory_budget;
+    *out = ctx;
+    return KVRT_OK;
 }
 
 /* Replaces AUTO by the backend and device kvrt_backend_choose_auto picks. */
@@ -75,24 +129,14 @@ kvrt_status kvrt_context_create(const kvrt_context_params *params, kvrt_context 
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "n_threads %d < 0", (int)p.n_threads);
     if (p.backend == KVRT_BACKEND_AUTO)
         KVRT_TRY(resolve_auto(&p, err));
-    kvrt_context *ctx = kvrt_calloc(p.allocator, 1, sizeof(*ctx));
-    if (!ctx)
-        return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "kvrt_context_create: out of host memory");
-    ctx->alloc = p.allocator;
-    ctx->memory_budget = p.memory_budget;
-    kvrt_status s;
-    switch (p.backend) {
-    case KVRT_BACKEND_CPU: s = kvrt_cpu_backend_create(&p, &ctx->be, err); break;
-    case KVRT_BACKEND_VULKAN: s = kvrt_vulkan_backend_create(&p, &ctx->be, err); break;
-    case KVRT_BACKEND_OPENCL: s = kvrt_opencl_backend_create(&p, &ctx->be, err); break;
-    default: s = kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "unknown backend %d", (int)p.backend); break;
+    for (size_t i = 0; i < KVRT_ARRAY_LEN(BACKENDS); i++) {
+        if (BACKENDS[i].kind != p.backend)
+            continue;
+        kvrt_backend *be = NULL;
+        KVRT_TRY(BACKENDS[i].create(&p, &be, err));
+        return kvrt_context_adopt(be, &p, out, err);
     }
-    if (s != KVRT_OK) {
-        kvrt_free(p.allocator, ctx);
-        return s;
-    }
-    *out = ctx;
-    return KVRT_OK;
+    return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "unknown backend %d", (int)p.backend);
 }
 
 void kvrt_context_destroy(kvrt_context *ctx)
@@ -108,9 +152,7 @@ kvrt_status kvrt_context_save_caches(kvrt_context *ctx)
 {
     if (!ctx || !ctx->be)
         return KVRT_ERR_INVALID_ARGUMENT;
-    if (!ctx->be->ops->save_caches)
-        return KVRT_OK;
-    return ctx->be->ops->save_caches(ctx->be);
+    return kvrt_op_save_caches(ctx->be);
 }
 
 const char *kvrt_context_message(const kvrt_context *ctx)

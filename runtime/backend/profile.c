@@ -1,5 +1,5 @@
 /* Per-op profiling: the backend-neutral table and the public calls. */
-#include "backend/backend.h"
+#include "backend/ops.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -33,15 +33,7 @@ kvrt_status kvrt_context_set_profiling(kvrt_context *ctx, int on)
 {
     if (!ctx || !ctx->be)
         return KVRT_ERR_INVALID_ARGUMENT;
-    kvrt_backend *be = ctx->be;
-    if (!be->ops->set_profiling && !on)
-        return KVRT_OK; /* off is always possible */
-    if (!be->ops->set_profiling)
-        return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "%s backend does not support per-op profiling",
-                         be->ops->name);
-    KVRT_TRY(be->ops->set_profiling(be, on != 0));
-    be->profiling = on != 0;
-    return KVRT_OK;
+    return kvrt_op_set_profiling(ctx->be, on != 0);
 }
 
 /* Largest total first; ties by name, so the order is stable. */

@@ -1,5 +1,5 @@
-/* Serving engine: lifecycle, requests (submit, cancel, outputs), metrics.
- * Scheduling and running a step are in scheduler.c. */
+/* Serving engine: creation, requests (submit, cancel, outputs), metrics.
+ * The scheduler (scheduler.c) decides a step's work, step.c runs it. */
 #include "engine/engine_internal.h"
 
 #include <math.h>
@@ -110,15 +110,14 @@ void kvrt_engine_destroy(kvrt_engine *e)
     for (size_t i = 0; i < KVRT_ARRAY_LEN(series); i++)
         kvrt_series_free(series[i], a);
     kvrt_block_manager_destroy(e->bm);
-    if (e->runner.ops && e->runner.ops->destroy)
-        e->runner.ops->destroy(e->runner.self);
+    if (e->runner.iface && e->runner.iface->destroy)
+        e->runner.iface->destroy(e->runner.self);
     kvrt_free(a, e);
 }
 
 static kvrt_status check_params(const kvrt_engine_params *p, const kvrt_runner *r, kvrt_error *err)
 {
-    if (p->block_size != 8 && p->block_size != 16 && p->block_size != 32)
-        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "block size %d is not 8, 16 or 32", (int)p->block_size);
+    KVRT_TRY(kvrt_kv_check_block_size(err, p->block_size));
     if (p->num_blocks < 1 || p->max_context < 1 || p->max_batched_tokens < 1 || p->max_seqs < 1 ||
         p->num_host_blocks < 0)
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT,
@@ -132,10 +131,10 @@ static kvrt_status check_params(const kvrt_engine_params *p, const kvrt_runner *
     if (p->preempt_mode != KVRT_PREEMPT_RECOMPUTE && p->preempt_mode != KVRT_PREEMPT_SWAP)
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "unknown preemption mode %d", (int)p->preempt_mode);
     if (p->preempt_mode == KVRT_PREEMPT_SWAP &&
-        (p->num_host_blocks < 1 || !r->ops->read_block || !r->ops->write_block || r->block_bytes == 0))
+        (p->num_host_blocks < 1 || !r->iface->read_block || !r->iface->write_block || r->block_bytes == 0))
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT,
                          "swap preemption needs num_host_blocks >= 1 and a runner that reads and writes blocks");
-    if (r->n_vocab < 1 || !r->ops->forward || !r->ops->copy_blocks)
+    if (r->n_vocab < 1 || !r->iface->forward || !r->iface->copy_blocks)
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "runner without forward/copy_blocks or vocabulary");
     if (p->eos_id >= r->n_vocab)
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "eos id %d outside the vocabulary of %d",
@@ -178,7 +177,7 @@ kvrt_status kvrt_engine_create_with_runner(const kvrt_engine_params *params, kvr
 {
     kvrt_error_clear(err);
     kvrt_status st = KVRT_ERR_INVALID_ARGUMENT;
-    if (!out || !runner.ops) {
+    if (!out || !runner.iface) {
         st = kvrt_fail(err, st, "kvrt_engine_create: out and a runner are required");
         goto fail_runner;
     }
@@ -218,9 +217,25 @@ kvrt_status kvrt_engine_create_with_runner(const kvrt_engine_params *params, kvr
     return KVRT_OK;
 
 fail_runner:
-    if (runner.ops && runner.ops->destroy)
-        runner.ops->destroy(runner.self);
+    if (runner.iface && runner.iface->destroy)
+        runner.iface->destroy(runner.self);
     return st;
+}
+
+kvrt_status kvrt_engine_create(kvrt_model *model, const kvrt_engine_params *params, kvrt_engine **out,
+                               kvrt_error *err)
+{
+    kvrt_error_clear(err);
+    if (out)
+        *out = NULL;
+    if (!model || !out)
+        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "kvrt_engine_create: model and out are required");
+    kvrt_engine_params p = params ? *params : kvrt_engine_default_params();
+    KVRT_TRY(kvrt_kv_check_dtype(err, p.kv_type));
+    KVRT_TRY(kvrt_kv_check_block_size(err, p.block_size));
+    kvrt_runner runner;
+    KVRT_TRY(kvrt_llama_runner_create(model, &p, &runner, err));
+    return kvrt_engine_create_with_runner(&p, runner, out, err);
 }
 
 /* ---- requests --------------------------------------------------------------------- */
@@ -253,7 +268,7 @@ static kvrt_status check_request(kvrt_engine *e, const kvrt_request_params *rp)
     for (int32_t i = 0; i < rp->n_stop_strings; i++)
         if (!rp->stop_strings[i] || !rp->stop_strings[i][0])
             return kvrt_fail(&e->err, KVRT_ERR_INVALID_ARGUMENT, "stop string %d is NULL or empty", (int)i);
-    if (rp->n_stop_strings > 0 && !e->runner.ops->token_text)
+    if (rp->n_stop_strings > 0 && !e->runner.iface->token_text)
         return kvrt_fail(&e->err, KVRT_ERR_INVALID_ARGUMENT, "stop strings need a model with a tokenizer");
     for (int32_t i = 0; i < rp->n_prompt; i++)
         if (rp->prompt[i] < 0 || rp->prompt[i] >= e->runner.n_vocab)
@@ -304,6 +319,9 @@ static kvrt_request *request_build(kvrt_engine *e, const kvrt_request_params *rp
     r->p.prompt = r->prompt;
     r->p.stop_tokens = r->stop_tokens;
     r->p.prompt_text = NULL; /* caller memory: not kept */
+    r->p.messages = NULL;
+    r->p.n_messages = 0;
+    r->p.chat_template = NULL;
     r->p.stop_strings = NULL;
     if (kvrt_engine_copy_stop_strings(e, r, rp) != KVRT_OK) {
         request_free(e, r);
@@ -337,7 +355,7 @@ static kvrt_request *request_build(kvrt_engine *e, const kvrt_request_params *rp
 /* A text prompt: tokenized with the model's tokenizer, then submitted as ids. */
 static kvrt_status submit_text(kvrt_engine *e, const kvrt_request_params *rp, int64_t *request_id)
 {
-    if (!e->runner.ops->tokenize)
+    if (!e->runner.iface->tokenize)
         return kvrt_fail(&e->err, KVRT_ERR_INVALID_ARGUMENT, "text prompts need a model with a tokenizer");
     size_t len = strlen(rp->prompt_text);
     if (len > (size_t)INT32_MAX - 8)
@@ -347,13 +365,45 @@ static kvrt_status submit_text(kvrt_engine *e, const kvrt_request_params *rp, in
     int32_t *ids = kvrt_calloc(e->alloc, (size_t)cap, sizeof(int32_t));
     if (!ids)
         return kvrt_fail(&e->err, KVRT_ERR_OUT_OF_HOST_MEMORY, "prompt of %zu bytes", len);
-    kvrt_status st = e->runner.ops->tokenize(e->runner.self, rp->prompt_text, len, rp->add_bos, ids, cap, &n,
+    kvrt_status st = e->runner.iface->tokenize(e->runner.self, rp->prompt_text, len, rp->add_bos, ids, cap, &n,
                                              &e->err);
     if (st == KVRT_OK) {
         kvrt_request_params q = *rp;
         q.prompt = ids;
         q.n_prompt = n;
         q.prompt_text = NULL;
+        st = kvrt_engine_submit(e, &q, request_id);
+    }
+    kvrt_free(e->alloc, ids);
+    return st;
+}
+
+/* A conversation: rendered in the chat template and tokenized, then submitted as ids. */
+static kvrt_status submit_chat(kvrt_engine *e, const kvrt_request_params *rp, int64_t *request_id)
+{
+    if (!e->runner.iface->chat_tokenize)
+        return kvrt_fail(&e->err, KVRT_ERR_INVALID_ARGUMENT, "chat requests need a model with a tokenizer");
+    if (rp->n_messages < 1)
+        return kvrt_fail(&e->err, KVRT_ERR_INVALID_ARGUMENT, "a chat request needs at least one message, not %d",
+                         (int)rp->n_messages);
+    int32_t n = 0;
+    kvrt_status st = e->runner.iface->chat_tokenize(e->runner.self, rp->chat_template, rp->messages, rp->n_messages,
+                                                  NULL, 0, &n, &e->err);
+    if (st != KVRT_OK && st != KVRT_ERR_INVALID_ARGUMENT)
+        return st;
+    if (st != KVRT_OK && n == 0)
+        return st; /* a bad message, not a short buffer */
+    int32_t *ids = kvrt_calloc(e->alloc, (size_t)KVRT_MAX(n, 1), sizeof(int32_t));
+    if (!ids)
+        return kvrt_fail(&e->err, KVRT_ERR_OUT_OF_HOST_MEMORY, "chat prompt of %d tokens", (int)n);
+    st = e->runner.iface->chat_tokenize(e->runner.self, rp->chat_template, rp->messages, rp->n_messages, ids, n, &n,
+                                      &e->err);
+    if (st == KVRT_OK) {
+        kvrt_request_params q = *rp;
+        q.prompt = ids;
+        q.n_prompt = n;
+        q.messages = NULL;
+        q.n_messages = 0;
         st = kvrt_engine_submit(e, &q, request_id);
     }
     kvrt_free(e->alloc, ids);
@@ -369,6 +419,8 @@ kvrt_status kvrt_engine_submit(kvrt_engine *e, const kvrt_request_params *rp, in
     *request_id = 0;
     if (!rp->prompt && rp->prompt_text)
         return submit_text(e, rp, request_id);
+    if (!rp->prompt && rp->messages)
+        return submit_chat(e, rp, request_id);
     kvrt_status st = check_request(e, rp);
     if (st != KVRT_OK) {
         if (st == KVRT_ERR_REQUEST_REJECTED)
@@ -567,27 +619,7 @@ kvrt_status kvrt_engine_release(kvrt_engine *e, int64_t request_id)
     return KVRT_OK;
 }
 
-/* ---- step and metrics ----------------------------------------------------------- */
-
-kvrt_status kvrt_engine_step(kvrt_engine *e, kvrt_step_info *info)
-{
-    if (!e)
-        return KVRT_ERR_INVALID_ARGUMENT;
-    kvrt_step_info local;
-    if (!info)
-        info = &local;
-    memset(info, 0, sizeof(*info));
-    if (!kvrt_engine_has_work(e))
-        return KVRT_OK;
-    kvrt_status st = kvrt_sched_schedule(e, info);
-    if (st != KVRT_OK) {
-        kvrt_sched_recover(e);
-        return st;
-    }
-    if (e->n_sched == 0)
-        return KVRT_OK;
-    return kvrt_sched_run(e, info);
-}
+/* ---- metrics -------------------------------------------------------------------- */
 
 kvrt_status kvrt_engine_get_metrics(kvrt_engine *e, kvrt_engine_metrics *out)
 {

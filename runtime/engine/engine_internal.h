@@ -1,32 +1,18 @@
 /* Internals of the serving engine, shared by runtime/engine sources and the
  * tests. Not installed.
  *
- * The model sits behind a small "runner" interface so the scheduler can be
- * tested with a fake model; the real runner (engine_runner_llama.c) wraps
- * kvrt_llama_forward and the backend's KV pool. */
+ * Rooms: engine.c creates the engine and keeps its requests; scheduler.c
+ * decides each step's work (admission, chunking, preemption); step.c runs
+ * the step (one batch, one forward, sampling). The model sits behind a small
+ * "runner" interface so the scheduler can be tested with a fake model; the
+ * real runner (engine_runner_llama.c) wraps kvrt_llama_forward and a KV cache
+ * object, so the engine never touches a backend. */
 #ifndef KVRT_ENGINE_INTERNAL_H
 #define KVRT_ENGINE_INTERNAL_H
 
+#include "backend/kv_layout.h"
 #include "common/kvrt_internal.h"
 #include "metrics.h"
-
-/* One step's batch as the model forward receives it (DESIGN.md "One step's
- * batch"). Field for field the kvrt_batch of model/llama.h, which the real
- * runner fills from this one. Decodes (one new token) come first. */
-typedef struct kvrt_step_batch {
-    int32_t num_seqs;
-    int32_t num_decode_seqs;        /* leading sequences that are decodes */
-    int32_t num_tokens;
-    const int32_t *tokens;          /* [num_tokens] */
-    const int32_t *positions;       /* [num_tokens] */
-    const int32_t *slot_mapping;    /* [num_tokens] */
-    const int32_t *query_start_loc; /* [num_seqs + 1] */
-    const int32_t *seq_lens;        /* [num_seqs] context incl. this step's tokens */
-    const int32_t *block_tables;    /* [num_seqs][max_blocks_per_seq] */
-    int32_t max_blocks_per_seq;
-    const int32_t *logits_indices;  /* [num_logits] token rows that need logits */
-    int32_t num_logits;
-} kvrt_step_batch;
 
 /* What the engine needs from a model. Every entry reports failures through
  * `err` and returns its status. Block ids are those of the engine's block
@@ -34,7 +20,7 @@ typedef struct kvrt_step_batch {
 typedef struct kvrt_runner_ops {
     /* Runs the batch: writes the new tokens' K/V through slot_mapping, then
      * writes logits [num_logits][n_vocab] of the logits_indices rows. */
-    kvrt_status (*forward)(void *self, const kvrt_step_batch *batch, float *logits, kvrt_error *err);
+    kvrt_status (*forward)(void *self, const kvrt_batch *batch, float *logits, kvrt_error *err);
     /* Copies whole blocks (all layers, K and V): pairs[i] = {src, dst}; done
      * before the call returns (copy-on-write ahead of the next forward). */
     kvrt_status (*copy_blocks)(void *self, const int32_t (*pairs)[2], int32_t n_pairs, kvrt_error *err);
@@ -47,6 +33,13 @@ typedef struct kvrt_runner_ops {
      * INVALID_ARGUMENT when capacity is short). May be NULL (no text prompts). */
     kvrt_status (*tokenize)(void *self, const char *text, size_t len, int add_bos, int32_t *ids, int32_t capacity,
                             int32_t *n, kvrt_error *err);
+    /* A conversation in the model's chat template, tokenized (as kvrt_chat_tokenize, with the assistant's
+     * turn opened). May be NULL (no chat requests). */
+    kvrt_status (*chat_tokenize)(void *self, const char *tmpl, const kvrt_chat_message *messages, int32_t n,
+                                 int32_t *ids, int32_t capacity, int32_t *n_ids, kvrt_error *err);
+    /* Nonzero when `token` ends generation besides the engine's eos_id (the
+     * model's end-of-turn tokens). May be NULL. */
+    int (*is_eog)(void *self, int32_t token);
     /* The bytes of `token` after `prev` (as kvrt_token_to_text). May be NULL
      * (then samples have no text and stop strings are refused). */
     kvrt_status (*token_text)(void *self, int32_t prev, int32_t token, char *buf, size_t capacity, size_t *len,
@@ -56,7 +49,7 @@ typedef struct kvrt_runner_ops {
 } kvrt_runner_ops;
 
 typedef struct kvrt_runner {
-    const kvrt_runner_ops *ops;
+    const kvrt_runner_ops *iface;
     void *self;
     int32_t n_vocab;
     size_t block_bytes; /* one block, all layers, K and V: one host-tier slot */
@@ -68,6 +61,10 @@ typedef struct kvrt_runner {
  * by the tests. */
 kvrt_status kvrt_engine_create_with_runner(const kvrt_engine_params *params, kvrt_runner runner,
                                            kvrt_engine **out, kvrt_error *err);
+/* The real runner on a model (engine_runner_llama.c): completes p from the
+ * model (max_context, eos_id; num_blocks 0: sized from the context's memory
+ * budget) and creates the KV cache. */
+kvrt_status kvrt_llama_runner_create(kvrt_model *model, kvrt_engine_params *p, kvrt_runner *out, kvrt_error *err);
 
 /* ---- records ------------------------------------------------------------------ */
 
@@ -184,8 +181,12 @@ void kvrt_seq_list_remove(kvrt_seq_list *l, const kvrt_eseq *s);
 kvrt_status kvrt_sched_schedule(kvrt_engine *e, kvrt_step_info *info);
 /* Undoes a failed step: drops the prefix cache, recomputes what was placed. */
 void kvrt_sched_recover(kvrt_engine *e);
+/* Drops whatever K/V a sequence holds and queues it to be computed again. */
+void kvrt_sched_requeue(kvrt_engine *e, kvrt_eseq *s);
+
+/* ---- step.c --------------------------------------------------------------------- */
 /* Builds the batch of e->sched (decodes first) and runs it; samples. */
-kvrt_status kvrt_sched_run(kvrt_engine *e, kvrt_step_info *info);
+kvrt_status kvrt_step_run(kvrt_engine *e, kvrt_step_info *info);
 
 /* ---- engine_sample.c ------------------------------------------------------------- */
 /* Creates the sample's kvrt_sampler (seeded with kvrt_engine_seed(seed,

@@ -1,85 +1,46 @@
 /* The real runner: the engine's model interface (engine_internal.h) on top of
- * kvrt_llama_forward and the backend's KV pool, and kvrt_engine_create(). */
+ * kvrt_llama_forward and a KV cache object (backend/kv_cache_internal.h), so
+ * the engine reaches devices through the cache alone. */
 #include "engine/engine_internal.h"
 
+#include "backend/kv_cache_internal.h"
 #include "kvrt_model.h"
 #include "model/model_api_internal.h"
 
 typedef struct llama_runner {
     kvrt_model *model;
-    kvrt_backend *be;
     kvrt_llama *lm;
-    kvrt_kv_pool *pool;
-    kvrt_kv_pool_desc desc;
-    size_t pool_block_bytes; /* one block of one pool (one layer, K or V) */
+    kvrt_kv_cache *cache;
     const kvrt_allocator *alloc;
 } llama_runner;
 
-static kvrt_status be_fail(llama_runner *r, kvrt_status st, kvrt_error *err)
+static kvrt_status cache_fail(llama_runner *r, kvrt_status st, kvrt_error *err)
 {
-    return kvrt_fail(err, st, "%s", r->be->err.message);
+    return st == KVRT_OK ? st : kvrt_fail(err, st, "%s", kvrt_kv_cache_message(r->cache));
 }
 
-static kvrt_status lr_forward(void *self, const kvrt_step_batch *sb, float *logits, kvrt_error *err)
+static kvrt_status lr_forward(void *self, const kvrt_batch *b, float *logits, kvrt_error *err)
 {
     llama_runner *r = self;
-    kvrt_batch b = {
-        .num_seqs = sb->num_seqs,
-        .num_tokens = sb->num_tokens,
-        .tokens = sb->tokens,
-        .positions = sb->positions,
-        .slot_mapping = sb->slot_mapping,
-        .query_start_loc = sb->query_start_loc,
-        .seq_lens = sb->seq_lens,
-        .block_tables = sb->block_tables,
-        .max_blocks_per_seq = sb->max_blocks_per_seq,
-        .logits_indices = sb->logits_indices,
-        .num_logits = sb->num_logits,
-    };
-    return kvrt_llama_forward(r->lm, r->pool, &b, logits, err);
+    return kvrt_llama_forward(r->lm, kvrt_kv_cache_pool(r->cache), b, logits, err);
 }
 
 static kvrt_status lr_copy_blocks(void *self, const int32_t (*pairs)[2], int32_t n_pairs, kvrt_error *err)
 {
     llama_runner *r = self;
-    const kvrt_backend_ops *ops = r->be->ops;
-    if (!ops->kv_copy_blocks)
-        return kvrt_fail(err, kvrt_backend_unsupported(r->be, "kv_copy_blocks"), "%s", r->be->err.message);
-    kvrt_status st = ops->begin(r->be);
-    if (st == KVRT_OK)
-        st = ops->kv_copy_blocks(r->be, r->pool, pairs, n_pairs);
-    if (st == KVRT_OK)
-        st = ops->submit(r->be);
-    return st == KVRT_OK ? KVRT_OK : be_fail(r, st, err);
+    return cache_fail(r, kvrt_kv_cache_copy_blocks(r->cache, pairs, n_pairs), err);
 }
 
-/* Host-tier layout of one block: for each layer, K then V, each pool_block_bytes. */
 static kvrt_status lr_read_block(void *self, int32_t block, void *dst, kvrt_error *err)
 {
     llama_runner *r = self;
-    uint8_t *p = dst;
-    for (int32_t l = 0; l < r->desc.n_layers; l++)
-        for (int w = 0; w < 2; w++) {
-            kvrt_status st = r->be->ops->kv_block_read(r->be, r->pool, l, (kvrt_kv_which)w, block, p);
-            if (st != KVRT_OK)
-                return be_fail(r, st, err);
-            p += r->pool_block_bytes;
-        }
-    return KVRT_OK;
+    return cache_fail(r, kvrt_kv_cache_save_block(r->cache, block, dst), err);
 }
 
 static kvrt_status lr_write_block(void *self, int32_t block, const void *src, kvrt_error *err)
 {
     llama_runner *r = self;
-    const uint8_t *p = src;
-    for (int32_t l = 0; l < r->desc.n_layers; l++)
-        for (int w = 0; w < 2; w++) {
-            kvrt_status st = r->be->ops->kv_block_write(r->be, r->pool, l, (kvrt_kv_which)w, block, p);
-            if (st != KVRT_OK)
-                return be_fail(r, st, err);
-            p += r->pool_block_bytes;
-        }
-    return KVRT_OK;
+    return cache_fail(r, kvrt_kv_cache_load_block(r->cache, block, src), err);
 }
 
 static kvrt_status lr_tokenize(void *self, const char *text, size_t len, int add_bos, int32_t *ids,
@@ -88,6 +49,20 @@ static kvrt_status lr_tokenize(void *self, const char *text, size_t len, int add
     llama_runner *r = self;
     kvrt_status st = kvrt_tokenize(r->model, text, len, add_bos, ids, capacity, n);
     return st == KVRT_OK ? KVRT_OK : kvrt_fail(err, st, "tokenizer: %s", kvrt_model_message(r->model));
+}
+
+static kvrt_status lr_chat_tokenize(void *self, const char *tmpl, const kvrt_chat_message *messages, int32_t n,
+                                    int32_t *ids, int32_t capacity, int32_t *n_ids, kvrt_error *err)
+{
+    llama_runner *r = self;
+    kvrt_status st = kvrt_chat_tokenize(r->model, tmpl, messages, (size_t)n, 1, ids, capacity, n_ids);
+    return st == KVRT_OK ? KVRT_OK : kvrt_fail(err, st, "chat: %s", kvrt_model_message(r->model));
+}
+
+static int lr_is_eog(void *self, int32_t token)
+{
+    llama_runner *r = self;
+    return kvrt_token_is_eog(r->model, token);
 }
 
 static kvrt_status lr_token_text(void *self, int32_t prev, int32_t token, char *buf, size_t capacity, size_t *len,
@@ -104,8 +79,7 @@ static void lr_destroy(void *self)
     llama_runner *r = self;
     if (!r)
         return;
-    if (r->pool)
-        r->be->ops->kv_pool_destroy(r->be, r->pool);
+    kvrt_kv_cache_destroy(r->cache);
     kvrt_free(r->alloc, r);
 }
 
@@ -115,6 +89,8 @@ static const kvrt_runner_ops llama_runner_ops = {
     .read_block = lr_read_block,
     .write_block = lr_write_block,
     .tokenize = lr_tokenize,
+    .chat_tokenize = lr_chat_tokenize,
+    .is_eog = lr_is_eog,
     .token_text = lr_token_text,
     .destroy = lr_destroy,
 };
@@ -160,56 +136,40 @@ static kvrt_status size_pool(kvrt_model *model, const kvrt_model_info *mi, const
     return KVRT_OK;
 }
 
-kvrt_status kvrt_engine_create(kvrt_model *model, const kvrt_engine_params *params, kvrt_engine **out,
-                               kvrt_error *err)
+kvrt_status kvrt_llama_runner_create(kvrt_model *model, kvrt_engine_params *p, kvrt_runner *out, kvrt_error *err)
 {
-    kvrt_error_clear(err);
-    if (out)
-        *out = NULL;
-    if (!model || !out)
-        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "kvrt_engine_create: model and out are required");
-    kvrt_engine_params p = params ? *params : kvrt_engine_default_params();
-    if (p.max_context == 0)
-        p.max_context = model->max_context;
-    if (p.max_context < 1 || p.max_context > model->max_context)
+    if (p->max_context == 0)
+        p->max_context = model->max_context;
+    if (p->max_context < 1 || p->max_context > model->max_context)
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "max_context %d outside [1, %d] (the model's)",
-                         (int)p.max_context, (int)model->max_context);
-    if (p.kv_type != KVRT_DTYPE_F32 && p.kv_type != KVRT_DTYPE_F16)
-        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "KV type %s: the engine stores F32 or F16",
-                         kvrt_dtype_name(p.kv_type));
-    if (p.block_size != 8 && p.block_size != 16 && p.block_size != 32)
-        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "block size %d is not 8, 16 or 32", (int)p.block_size);
+                         (int)p->max_context, (int)model->max_context);
     kvrt_model_info mi;
     KVRT_TRY(kvrt_model_get_info(model, &mi));
-    if (p.eos_id < 0)
-        p.eos_id = mi.eos_id;
-
+    if (p->eos_id < 0)
+        p->eos_id = mi.eos_id;
     const kvrt_llama_hparams *hp = kvrt_llama_hparams_of(model->lm);
     kvrt_kv_pool_desc d1 = {.n_layers = hp->n_layer, .n_kv_heads = hp->n_head_kv, .head_dim = hp->head_dim,
-                            .block_size = p.block_size, .num_blocks = 1, .dtype = p.kv_type};
+                            .block_size = p->block_size, .num_blocks = 1, .dtype = p->kv_type};
     size_t block_all = 2 * (size_t)hp->n_layer * kvrt_kv_block_bytes(&d1); /* one block, every layer, K and V */
-    if (p.num_blocks == 0)
-        KVRT_TRY(size_pool(model, &mi, hp, &p, block_all, err));
-    kvrt_backend *be = model->ctx->be;
+    if (p->num_blocks == 0)
+        KVRT_TRY(size_pool(model, &mi, hp, p, block_all, err));
     llama_runner *r = kvrt_calloc(model->ctx->alloc, 1, sizeof(*r));
     if (!r)
         return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "engine runner");
-    r->be = be;
     r->model = model;
     r->lm = model->lm;
     r->alloc = model->ctx->alloc;
-    r->desc = (kvrt_kv_pool_desc){.n_layers = hp->n_layer, .n_kv_heads = hp->n_head_kv, .head_dim = hp->head_dim,
-                                  .block_size = p.block_size, .num_blocks = p.num_blocks,
-                                  .dtype = p.kv_type};
-    r->pool_block_bytes = kvrt_kv_block_bytes(&r->desc);
-    kvrt_status st = be->ops->kv_pool_create(be, &r->desc, &r->pool);
+    kvrt_kv_cache_params cp = {.n_layers = hp->n_layer, .n_kv_heads = hp->n_head_kv, .head_dim = hp->head_dim,
+                               .block_size = p->block_size, .num_blocks = p->num_blocks, .dtype = p->kv_type};
+    kvrt_error why;
+    kvrt_status st = kvrt_kv_cache_create(model->ctx, &cp, &r->cache, &why);
     if (st != KVRT_OK) {
-        kvrt_fail(err, st, "KV pool of %d blocks: %s", (int)p.num_blocks, be->err.message);
+        kvrt_fail(err, st, "KV pool of %d blocks: %s", (int)p->num_blocks, why.message);
         lr_destroy(r);
         return st;
     }
-    kvrt_runner runner = {.ops = &llama_runner_ops, .self = r, .n_vocab = hp->n_vocab,
-                          .block_bytes = 2 * (size_t)hp->n_layer * r->pool_block_bytes,
-                          .kv_bytes = (uint64_t)p.num_blocks * block_all};
-    return kvrt_engine_create_with_runner(&p, runner, out, err);
+    *out = (kvrt_runner){.iface = &llama_runner_ops, .self = r, .n_vocab = hp->n_vocab,
+                         .block_bytes = kvrt_kv_cache_slot_bytes(r->cache),
+                         .kv_bytes = kvrt_kv_cache_device_bytes(r->cache)};
+    return KVRT_OK;
 }

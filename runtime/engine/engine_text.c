@@ -75,14 +75,14 @@ static void send(kvrt_eseq *s, size_t upto, kvrt_finish_reason finish)
 
 kvrt_status kvrt_engine_text_step(kvrt_engine *e, kvrt_eseq *s, kvrt_finish_reason *why)
 {
-    if (!e->runner.ops->token_text)
+    if (!e->runner.iface->token_text)
         return KVRT_OK;
     char piece[256];
     size_t len = 0;
     int32_t tok = s->tokens[s->len - 1], prev = s->tokens[s->len - 2 >= 0 ? s->len - 2 : 0];
     if (s->len < 2)
         prev = -1;
-    KVRT_TRY(e->runner.ops->token_text(e->runner.self, prev, tok, piece, sizeof piece, &len, &e->err));
+    KVRT_TRY(e->runner.iface->token_text(e->runner.self, prev, tok, piece, sizeof piece, &len, &e->err));
     KVRT_TRY(text_reserve(e, s, len));
     memcpy(s->text + s->text_len, piece, len);
     s->text_len += len;

@@ -1,8 +1,7 @@
-/* The scheduler: each step picks running decodes first, then chunks of
+/* The scheduler decides a step's work: running decodes first, then chunks of
  * partially computed prompts, then swapped-out and waiting sequences, under a
- * token budget and a sequence cap; preempts the most recently admitted
- * sequences when blocks run out; builds one batch (decodes first), runs it
- * and samples. */
+ * token budget and a sequence cap; it preempts the most recently admitted
+ * sequences when blocks run out. step.c runs what it placed. */
 #include "engine/engine_internal.h"
 
 #include <string.h>
@@ -66,7 +65,7 @@ static kvrt_status bm_err(kvrt_engine *e, kvrt_status st)
 
 /* Drops whatever K/V a sequence holds (device or host) and queues it to be
  * computed again: the way back from any failure, and recompute preemption. */
-static void requeue_recompute(kvrt_engine *e, kvrt_eseq *s)
+void kvrt_sched_requeue(kvrt_engine *e, kvrt_eseq *s)
 {
     if (s->state == KVRT_SEQ_RUNNING)
         kvrt_seq_list_remove(&e->running, s);
@@ -95,10 +94,10 @@ static kvrt_status swap_out(kvrt_engine *e, kvrt_eseq *s)
         return bm_err(e, st);
     /* The device blocks may be reused by the next allocation: copy them now. */
     for (int32_t i = 0; i < n; i++) {
-        st = e->runner.ops->read_block(e->runner.self, e->pairs[i][0],
+        st = e->runner.iface->read_block(e->runner.self, e->pairs[i][0],
                                        e->host_tier + (size_t)e->pairs[i][1] * e->runner.block_bytes, &e->err);
         if (st != KVRT_OK) {
-            requeue_recompute(e, s); /* its K/V did not reach the host */
+            kvrt_sched_requeue(e, s); /* its K/V did not reach the host */
             return st;
         }
     }
@@ -122,7 +121,7 @@ static kvrt_status preempt(kvrt_engine *e, kvrt_eseq *s)
             return st;
         /* Host tier full: recompute instead. */
     }
-    requeue_recompute(e, s);
+    kvrt_sched_requeue(e, s);
     e->m.preemptions_recompute++;
     return KVRT_OK;
 }
@@ -160,9 +159,9 @@ static kvrt_status place(kvrt_engine *e, kvrt_eseq *s, int32_t n, int32_t *budge
     if (st != KVRT_OK)
         return bm_err(e, st);
     if (res.n_copies > 0) {
-        st = e->runner.ops->copy_blocks(e->runner.self, (const int32_t(*)[2])res.copies, res.n_copies, &e->err);
+        st = e->runner.iface->copy_blocks(e->runner.self, (const int32_t(*)[2])res.copies, res.n_copies, &e->err);
         if (st != KVRT_OK) {
-            requeue_recompute(e, s);
+            kvrt_sched_requeue(e, s);
             return st;
         }
     }
@@ -257,10 +256,10 @@ static kvrt_status schedule_swapped(kvrt_engine *e, int32_t *budget)
         if (st != KVRT_OK)
             return bm_err(e, st);
         for (int32_t k = 0; k < np; k++) {
-            st = e->runner.ops->write_block(e->runner.self, e->pairs[k][1],
+            st = e->runner.iface->write_block(e->runner.self, e->pairs[k][1],
                                             e->host_tier + (size_t)e->pairs[k][0] * e->runner.block_bytes, &e->err);
             if (st != KVRT_OK) {
-                requeue_recompute(e, s);
+                kvrt_sched_requeue(e, s);
                 return st;
             }
         }
@@ -340,58 +339,7 @@ kvrt_status kvrt_sched_schedule(kvrt_engine *e, kvrt_step_info *info)
     return KVRT_OK;
 }
 
-/* ---- running the batch ---------------------------------------------------------- */
-
-/* Lays out the batch arrays: decodes first, then prefill chunks, each in scheduling order. */
-static kvrt_status build_batch(kvrt_engine *e, kvrt_step_batch *b, kvrt_step_info *info)
-{
-    int32_t ns = 0, nt = 0, nl = 0;
-    for (int pass = 1; pass >= 0; pass--)
-        for (int32_t i = 0; i < e->n_sched; i++)
-            if (e->sched[i]->sched_decode == pass)
-                e->b_order[ns++] = e->sched[i];
-    for (int32_t k = 0; k < ns; k++) {
-        kvrt_eseq *s = e->b_order[k];
-        int32_t n = s->sched_tokens, start = s->num_computed;
-        e->b_qsl[k] = nt;
-        for (int32_t j = 0; j < n; j++) {
-            e->b_tokens[nt + j] = s->tokens[start + j];
-            e->b_pos[nt + j] = start + j;
-            e->b_slots[nt + j] = e->slot_scratch[s->sched_slot_off + j];
-        }
-        nt += n;
-        e->b_seq_lens[k] = start + n;
-        e->b_bm_seqs[k] = s->bm_seq;
-        if (start + n == s->len)
-            e->b_logits_idx[nl++] = nt - 1;
-        if (s->sched_decode) {
-            info->num_decode_seqs++;
-            info->decode_tokens += n;
-        } else {
-            info->prefill_tokens += n;
-        }
-    }
-    e->b_qsl[ns] = nt;
-    kvrt_status st = kvrt_bm_block_tables(e->bm, e->b_bm_seqs, ns, e->b_tables, e->max_blocks_per_seq);
-    if (st != KVRT_OK)
-        return bm_err(e, st);
-    memset(b, 0, sizeof(*b));
-    b->num_seqs = ns;
-    b->num_decode_seqs = info->num_decode_seqs;
-    b->num_tokens = nt;
-    b->tokens = e->b_tokens;
-    b->positions = e->b_pos;
-    b->slot_mapping = e->b_slots;
-    b->query_start_loc = e->b_qsl;
-    b->seq_lens = e->b_seq_lens;
-    b->block_tables = e->b_tables;
-    b->max_blocks_per_seq = e->max_blocks_per_seq;
-    b->logits_indices = e->b_logits_idx;
-    b->num_logits = nl;
-    info->num_seqs = ns;
-    info->num_tokens = nt;
-    return KVRT_OK;
-}
+/* ---- recovery ------------------------------------------------------------------- */
 
 /* A failed step may have left registered blocks without their K/V: drop the
  * prefix cache and recompute every sequence the step had placed. */
@@ -399,165 +347,6 @@ void kvrt_sched_recover(kvrt_engine *e)
 {
     (void)kvrt_bm_reset_prefix_cache(e->bm);
     for (int32_t i = 0; i < e->n_sched; i++)
-        requeue_recompute(e, e->sched[i]);
+        kvrt_sched_requeue(e, e->sched[i]);
     e->n_sched = 0;
-}
-
-static void record_kv_utilization(kvrt_engine *e)
-{
-    int64_t stored = 0, capacity = 0, seqs = 0;
-    for (int32_t i = 0; i < e->running.n; i++) {
-        kvrt_bm_seq_info info;
-        if (kvrt_bm_get_seq_info(e->bm, e->running.v[i]->bm_seq, &info) != KVRT_OK)
-            continue;
-        stored += info.stored_tokens;
-        capacity += (int64_t)info.num_blocks * e->p.block_size;
-        seqs++;
-    }
-    double u = capacity ? (double)stored / (double)capacity : 0.0;
-    e->m.kv_utilization_last = u;
-    e->kv_util_sum += u;
-    if (seqs > 0)
-        e->kv_util_contig_sum += (double)stored / ((double)seqs * (double)e->p.max_context);
-}
-
-/* Creates samples 1..n-1 of a request from sample 0, whose prompt is now computed. */
-static kvrt_status fork_samples(kvrt_engine *e, kvrt_eseq *parent)
-{
-    kvrt_request *r = parent->req;
-    for (int32_t i = 1; i < r->p.n; i++) {
-        kvrt_eseq *c = &r->seqs[i];
-        kvrt_status st = kvrt_bm_seq_fork(e->bm, parent->bm_seq, &c->bm_seq);
-        if (st != KVRT_OK) {
-            for (int32_t k = 1; k < i; k++) {
-                kvrt_seq_list_remove(&e->running, &r->seqs[k]);
-                (void)kvrt_bm_seq_free(e->bm, r->seqs[k].bm_seq);
-                r->seqs[k].bm_seq = -1;
-                r->seqs[k].state = KVRT_SEQ_FINISHED;
-            }
-            c->bm_seq = -1;
-            return bm_err(e, st);
-        }
-        memcpy(c->tokens, parent->tokens, (size_t)parent->len * sizeof(int32_t));
-        c->len = parent->len;
-        c->num_computed = parent->num_computed;
-        c->admit_stamp = parent->admit_stamp;
-        c->state = KVRT_SEQ_RUNNING;
-        c->sched_tokens = 0;
-        kvrt_seq_list_insert(&e->running, c, 1);
-    }
-    r->forked = 1;
-    return KVRT_OK;
-}
-
-static kvrt_finish_reason stop_reason(const kvrt_engine *e, const kvrt_eseq *s, int32_t token)
-{
-    const kvrt_request_params *p = &s->req->p;
-    if (!p->ignore_eos && e->p.eos_id >= 0 && token == e->p.eos_id)
-        return KVRT_FINISH_EOS;
-    for (int32_t i = 0; i < p->n_stop_tokens; i++)
-        if (p->stop_tokens[i] == token)
-            return KVRT_FINISH_STOP_TOKEN;
-    if (s->len >= s->cap)
-        return KVRT_FINISH_LENGTH;
-    return KVRT_FINISH_NONE;
-}
-
-/* Samples the next token of s from a row of logits and applies stop rules. */
-static kvrt_status emit(kvrt_engine *e, kvrt_eseq *s, const float *row, double now, int32_t *finished)
-{
-    int32_t tok = 0;
-    KVRT_TRY(kvrt_engine_sample(e, s, row, &tok));
-    s->tokens[s->len++] = tok;
-    e->m.generated_tokens++;
-    kvrt_request *r = s->req;
-    if (r->t.first_token < 0)
-        r->t.first_token = now;
-    kvrt_finish_reason why = stop_reason(e, s, tok);
-    kvrt_status st = kvrt_engine_text_step(e, s, &why);
-    if (st != KVRT_OK) {
-        s->len--; /* not kept: the token is sampled again after the recomputation */
-        e->m.generated_tokens--;
-        return st;
-    }
-    if (r->p.on_token)
-        r->p.on_token(r->p.user, r->id, s->index, tok, why);
-    if (why != KVRT_FINISH_NONE) {
-        kvrt_engine_finish_seq(e, s, why, 0);
-        *finished += r->n_live == 0;
-    }
-    return KVRT_OK;
-}
-
-/* Advances every sequence of the batch and samples where a row came back.
- * A failure (fork out of host memory, unusable logits) sends that sequence
- * back to be computed again and is reported after the others are done. */
-static kvrt_status consume_logits(kvrt_engine *e, const kvrt_step_batch *b, kvrt_step_info *info)
-{
-    double now = kvrt_engine_now(e);
-    kvrt_status first = KVRT_OK;
-    int32_t row = 0;
-    for (int32_t k = 0; k < b->num_seqs; k++) {
-        kvrt_eseq *s = e->b_order[k];
-        int32_t n = s->sched_tokens;
-        s->sched_tokens = 0;
-        s->num_computed += n;
-        if (s->num_computed != s->len)
-            continue;
-        const float *logits = e->logits + (size_t)row++ * (size_t)e->runner.n_vocab;
-        kvrt_request *r = s->req;
-        int32_t fork_now = r->p.n > 1 && !r->forked;
-        kvrt_status st = fork_now ? fork_samples(e, s) : KVRT_OK;
-        if (st != KVRT_OK) {
-            requeue_recompute(e, s);
-            first = first == KVRT_OK ? st : first;
-            continue;
-        }
-        for (int32_t i = fork_now ? 0 : s->index; i <= (fork_now ? r->p.n - 1 : s->index); i++) {
-            kvrt_eseq *t = &r->seqs[i];
-            st = emit(e, t, logits, now, &info->num_finished);
-            if (st != KVRT_OK) {
-                requeue_recompute(e, t);
-                first = first == KVRT_OK ? st : first;
-            }
-        }
-    }
-    return first;
-}
-
-/* A step is one forward pass, so its time cannot be measured per part: a
- * mixed step's time is split between prefill and decode by their token
- * counts (pure steps are counted whole). */
-static void record_step_time(kvrt_engine *e, const kvrt_step_info *info, double seconds)
-{
-    (void)kvrt_series_push(&e->s_step_time, e->alloc, seconds);
-    if (info->num_tokens > 0) {
-        double prefill_share = (double)info->prefill_tokens / (double)info->num_tokens;
-        e->m.prefill_time_s += seconds * prefill_share;
-        e->m.decode_time_s += seconds * (1.0 - prefill_share);
-    }
-}
-
-kvrt_status kvrt_sched_run(kvrt_engine *e, kvrt_step_info *info)
-{
-    kvrt_step_batch b;
-    double t0 = kvrt_engine_now(e);
-    kvrt_status st = build_batch(e, &b, info);
-    if (st == KVRT_OK)
-        st = e->runner.ops->forward(e->runner.self, &b, e->logits, &e->err);
-    if (st != KVRT_OK) {
-        kvrt_sched_recover(e);
-        return st;
-    }
-    record_step_time(e, info, kvrt_engine_now(e) - t0);
-    e->m.steps++;
-    e->m.prefill_tokens += info->prefill_tokens;
-    e->m.decode_tokens += info->decode_tokens;
-    const kvrt_allocator *a = e->alloc;
-    (void)kvrt_series_push(&e->s_step_tokens, a, info->num_tokens);
-    (void)kvrt_series_push(&e->s_step_seqs, a, info->num_seqs);
-    (void)kvrt_series_push(&e->s_step_prefill, a, info->prefill_tokens);
-    (void)kvrt_series_push(&e->s_step_decode, a, info->decode_tokens);
-    record_kv_utilization(e);
-    return consume_logits(e, &b, info);
 }

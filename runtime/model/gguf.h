@@ -151,6 +151,9 @@ kvrt_status kvrt_gguf_writer_add_array(kvrt_gguf_writer *w, const char *key, kvr
 /* String array; lens (bytes, >= 0) may be NULL (then strlen). */
 kvrt_status kvrt_gguf_writer_add_string_array(kvrt_gguf_writer *w, const char *key, const char *const *strs,
                                               const int32_t *lens, uint64_t n);
+/* String array packed as one text: string i is text[offsets[i] .. offsets[i + 1]). */
+kvrt_status kvrt_gguf_writer_add_packed_strings(kvrt_gguf_writer *w, const char *key, const char *text,
+                                                const uint32_t *offsets, uint64_t n);
 /* Tensor info; ne[0] is the row length. Data are written later, in this order. */
 kvrt_status kvrt_gguf_writer_add_tensor(kvrt_gguf_writer *w, const char *name, uint32_t type, uint32_t n_dims,
                                         const int64_t *ne);

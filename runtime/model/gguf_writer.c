@@ -206,6 +206,16 @@ kvrt_status kvrt_gguf_writer_add_string_array(kvrt_gguf_writer *w, const char *k
     return kv_end(w, mark, s);
 }
 
+kvrt_status kvrt_gguf_writer_add_packed_strings(kvrt_gguf_writer *w, const char *key, const char *text,
+                                                const uint32_t *offsets, uint64_t n)
+{
+    size_t mark = w->kv_len;
+    kvrt_status s = array_header(w, key, KVRT_GGUF_STRING, n);
+    for (uint64_t i = 0; i < n && s == KVRT_OK; i++)
+        s = kv_put_str(w, text + offsets[i], (size_t)(offsets[i + 1] - offsets[i]));
+    return kv_end(w, mark, s);
+}
+
 /* ---- tensors ----------------------------------------------------------------------- */
 
 static uint64_t align_up(uint64_t v, uint64_t a)

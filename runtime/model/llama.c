@@ -1,6 +1,8 @@
 /* The Llama forward pass, written once against the backend interface. */
 #include "model/llama.h"
 
+#include "backend/ops.h"
+
 #include <math.h>
 #include <string.h>
 
@@ -84,22 +86,14 @@ static kvrt_status weight_load(kvrt_llama *lm, const kvrt_tensor_ref *t, llama_w
     w->type = t->type;
     w->ne[0] = t->ne[0];
     w->ne[1] = t->ne[1];
-    kvrt_status s;
-    if (be->ops->buffer_wrap_host) {
-        /* read in place: the mapping (or owned bytes) outlives the model */
-        s = be->ops->buffer_wrap_host(be, (void *)t->data, t->nbytes, &w->buf);
-    } else {
-        s = be->ops->buffer_create(be, t->nbytes, KVRT_BUFFER_DEVICE, &w->buf);
-        if (s == KVRT_OK)
-            s = be->ops->buffer_upload(be, w->buf, 0, t->data, t->nbytes);
-    }
+    /* read in place where the backend can: the mapping (or owned bytes) outlives the model */
+    kvrt_status s = kvrt_op_buffer_for_host(be, (void *)t->data, t->nbytes, true, &w->buf);
     return be_fail(be, err, s, "loading weights");
 }
 
 static void weight_free(kvrt_llama *lm, llama_weight *w)
 {
-    if (w->buf)
-        lm->be->ops->buffer_destroy(lm->be, w->buf);
+    kvrt_op_buffer_destroy(lm->be, w->buf);
     w->buf = NULL;
 }
 
@@ -140,9 +134,9 @@ static kvrt_status build_rope_table(kvrt_llama *lm, kvrt_error *err)
         }
     }
     kvrt_backend *be = lm->be;
-    kvrt_status s = be->ops->buffer_create(be, n * sizeof(float), KVRT_BUFFER_DEVICE, &lm->rope_table);
+    kvrt_status s = kvrt_op_buffer_create(be, n * sizeof(float), KVRT_BUFFER_DEVICE, &lm->rope_table);
     if (s == KVRT_OK)
-        s = be->ops->buffer_upload(be, lm->rope_table, 0, table, n * sizeof(float));
+        s = kvrt_op_buffer_upload(be, lm->rope_table, 0, table, n * sizeof(float));
     kvrt_free(lm_alloc(lm), table);
     return be_fail(be, err, s, "RoPE table");
 }
@@ -159,14 +153,10 @@ void kvrt_llama_destroy(kvrt_llama *lm)
     weight_free(lm, &lm->tok_embd);
     weight_free(lm, &lm->output_norm);
     weight_free(lm, &lm->output);
-    if (lm->rope_table)
-        be->ops->buffer_destroy(be, lm->rope_table);
-    for (int i = 0; i < ACT_COUNT; i++) {
-        if (lm->act[i].buf)
-            be->ops->buffer_destroy(be, lm->act[i].buf);
-    }
-    if (lm->ints.buf)
-        be->ops->buffer_destroy(be, lm->ints.buf);
+    kvrt_op_buffer_destroy(be, lm->rope_table);
+    for (int i = 0; i < ACT_COUNT; i++)
+        kvrt_op_buffer_destroy(be, lm->act[i].buf);
+    kvrt_op_buffer_destroy(be, lm->ints.buf);
     kvrt_free(lm_alloc(lm), lm->ints_host);
     kvrt_free(lm_alloc(lm), lm->layers);
     kvrt_free(lm_alloc(lm), lm);
@@ -229,12 +219,11 @@ static kvrt_status grow(kvrt_llama *lm, grow_buffer *g, size_t bytes, kvrt_error
     if (g->buf && g->size >= bytes)
         return KVRT_OK;
     kvrt_backend *be = lm->be;
-    if (g->buf)
-        be->ops->buffer_destroy(be, g->buf);
+    kvrt_op_buffer_destroy(be, g->buf);
     g->buf = NULL;
     g->size = 0;
     size_t want = bytes + bytes / 2; /* grow geometrically: fewer reallocations as batches vary */
-    KVRT_TRY(be_fail(be, err, be->ops->buffer_create(be, want, KVRT_BUFFER_DEVICE, &g->buf), "workspace"));
+    KVRT_TRY(be_fail(be, err, kvrt_op_buffer_create(be, want, KVRT_BUFFER_DEVICE, &g->buf), "workspace"));
     g->size = want;
     return KVRT_OK;
 }
@@ -298,14 +287,18 @@ static kvrt_status pack_batch(kvrt_llama *lm, const kvrt_batch *b, size_t *total
 
 /* ---- batch checks ------------------------------------------------------------------ */
 
-static kvrt_status check_batch(const kvrt_llama *lm, const kvrt_batch *b, kvrt_error *err)
+/* The whole step, once, before anything goes up: the layout's part (slots,
+ * tables, lengths, query rows, logits rows) and the model's (ids, positions,
+ * the pool's shape). */
+static kvrt_status check_batch(const kvrt_llama *lm, const kvrt_kv_pool *pool, const kvrt_batch *b, kvrt_error *err)
 {
-    if (b->num_seqs < 1 || b->num_tokens < 1 || b->num_logits < 0 || b->max_blocks_per_seq < 1)
+    const kvrt_kv_pool_desc *pd = kvrt_kv_pool_desc_of(pool);
+    if (pd->n_layers != lm->hp.n_layer || pd->n_kv_heads != lm->hp.n_head_kv || pd->head_dim != lm->hp.head_dim)
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT,
-                         "batch: num_seqs %d, num_tokens %d, num_logits %d, max_blocks %d",
-                         (int)b->num_seqs, (int)b->num_tokens, (int)b->num_logits, (int)b->max_blocks_per_seq);
-    if (b->query_start_loc[0] != 0 || b->query_start_loc[b->num_seqs] != b->num_tokens)
-        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "batch: query_start_loc must run from 0 to num_tokens");
+                         "KV pool of %d layers x %d KV heads x %d does not fit the model (%d x %d x %d)",
+                         (int)pd->n_layers, (int)pd->n_kv_heads, (int)pd->head_dim, (int)lm->hp.n_layer,
+                         (int)lm->hp.n_head_kv, (int)lm->hp.head_dim);
+    KVRT_TRY(kvrt_batch_check(err, pd, lm->hp.n_head, b));
     for (int32_t t = 0; t < b->num_tokens; t++) {
         if (b->tokens[t] < 0 || b->tokens[t] >= lm->hp.n_vocab)
             return kvrt_fail(err, KVRT_ERR_BAD_TOKEN, "token id %d at batch row %d is outside the vocabulary [0, %d)",
@@ -314,21 +307,7 @@ static kvrt_status check_batch(const kvrt_llama *lm, const kvrt_batch *b, kvrt_e
             return kvrt_fail(err, KVRT_ERR_CONTEXT_OVERFLOW, "position %d at batch row %d is outside [0, %d)",
                              (int)b->positions[t], (int)t, (int)lm->max_pos);
     }
-    for (int32_t i = 0; i < b->num_logits; i++) {
-        if (b->logits_indices[i] < 0 || b->logits_indices[i] >= b->num_tokens)
-            return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "logits index %d outside [0, %d)",
-                             (int)b->logits_indices[i], (int)b->num_tokens);
-    }
     return KVRT_OK;
-}
-
-/* Leading sequences with exactly one new token run decode attention. */
-static int32_t count_leading_decodes(const kvrt_batch *b)
-{
-    int32_t n = 0;
-    while (n < b->num_seqs && b->query_start_loc[n + 1] - b->query_start_loc[n] == 1)
-        n++;
-    return n;
 }
 
 /* ---- the forward pass --------------------------------------------------------------- */
@@ -351,7 +330,6 @@ static kvrt_view wview(const llama_weight *w)
 typedef struct step {
     kvrt_llama *lm;
     kvrt_backend *be;
-    const kvrt_backend_ops *ops;
     kvrt_kv_pool *pool;
     const kvrt_batch *b;
     int32_t n_decode; /* leading decode sequences */
@@ -359,9 +337,7 @@ typedef struct step {
 
 static kvrt_status step_matmul(step *st, const llama_weight *w, kvrt_view x, kvrt_view y, int32_t n_tokens)
 {
-    if (!st->ops->matmul)
-        return kvrt_backend_unsupported(st->be, "matmul");
-    return st->ops->matmul(st->be, w->type, wview(w), w->ne[1], w->ne[0], x, w->ne[0], y, w->ne[1], n_tokens);
+    return kvrt_op_matmul(st->be, w->type, wview(w), w->ne[1], w->ne[0], x, w->ne[0], y, w->ne[1], n_tokens);
 }
 
 static kvrt_status step_attention(step *st, int32_t layer)
@@ -375,21 +351,18 @@ static kvrt_status step_attention(step *st, int32_t layer)
         .scale = (float)(1.0 / sqrt((double)lm->hp.head_dim)),
         .q_stride = q_dim,
         .o_stride = q_dim,
+        .num_tokens = b->num_tokens,
     };
     if (st->n_decode > 0) {
-        if (!st->ops->attn_decode)
-            return kvrt_backend_unsupported(st->be, "attn_decode");
         d.num_seqs = st->n_decode;
-        KVRT_TRY(st->ops->attn_decode(st->be, st->pool, layer, &d, act(lm, ACT_Q), act(lm, ACT_ATT),
+        KVRT_TRY(kvrt_op_attn_decode(st->be, st->pool, layer, &d, act(lm, ACT_Q), act(lm, ACT_ATT),
                                       idx(lm, IDX_SEQ_LENS, 0), idx(lm, IDX_TABLES, 0)));
     }
     if (st->n_decode < b->num_seqs) {
-        if (!st->ops->attn_prefill)
-            return kvrt_backend_unsupported(st->be, "attn_prefill");
         /* query_start_loc keeps absolute token rows, so q and out stay at row 0 */
         int32_t first = st->n_decode;
         d.num_seqs = b->num_seqs - first;
-        KVRT_TRY(st->ops->attn_prefill(st->be, st->pool, layer, &d, act(lm, ACT_Q), act(lm, ACT_ATT),
+        KVRT_TRY(kvrt_op_attn_prefill(st->be, st->pool, layer, &d, act(lm, ACT_Q), act(lm, ACT_ATT),
                                        idx(lm, IDX_QSL, first), idx(lm, IDX_SEQ_LENS, first),
                                        idx(lm, IDX_TABLES, (size_t)first * b->max_blocks_per_seq)));
     }
@@ -399,8 +372,6 @@ static kvrt_status step_attention(step *st, int32_t layer)
 static kvrt_status step_rope(step *st, int which, int32_t n_heads)
 {
     kvrt_llama *lm = st->lm;
-    if (!st->ops->rope)
-        return kvrt_backend_unsupported(st->be, "rope");
     kvrt_rope_desc d = {
         .n_tokens = st->b->num_tokens,
         .n_heads = n_heads,
@@ -410,7 +381,7 @@ static kvrt_status step_rope(step *st, int which, int32_t n_heads)
         .max_pos = lm->max_pos,
         .stride = (int64_t)n_heads * lm->hp.head_dim,
     };
-    return st->ops->rope(st->be, act(lm, which), idx(lm, IDX_POSITIONS, 0), (kvrt_view){lm->rope_table, 0}, &d);
+    return kvrt_op_rope(st->be, act(lm, which), idx(lm, IDX_POSITIONS, 0), (kvrt_view){lm->rope_table, 0}, &d);
 }
 
 static kvrt_status step_layer(step *st, int32_t l)
@@ -418,36 +389,33 @@ static kvrt_status step_layer(step *st, int32_t l)
     kvrt_llama *lm = st->lm;
     const kvrt_llama_hparams *hp = &lm->hp;
     const llama_layer_w *w = &lm->layers[l];
-    const kvrt_backend_ops *ops = st->ops;
     kvrt_backend *be = st->be;
     int32_t T = st->b->num_tokens;
     int64_t kv_dim = (int64_t)hp->n_head_kv * hp->head_dim;
 
     /* attention sublayer */
-    KVRT_TRY(ops->rmsnorm(be, act(lm, ACT_X), hp->n_embd, wview(&w->attn_norm), act(lm, ACT_H), hp->n_embd, T,
+    KVRT_TRY(kvrt_op_rmsnorm(be, act(lm, ACT_X), hp->n_embd, wview(&w->attn_norm), act(lm, ACT_H), hp->n_embd, T,
                           hp->n_embd, hp->rms_eps));
     KVRT_TRY(step_matmul(st, &w->wq, act(lm, ACT_H), act(lm, ACT_Q), T));
     KVRT_TRY(step_matmul(st, &w->wk, act(lm, ACT_H), act(lm, ACT_K), T));
     KVRT_TRY(step_matmul(st, &w->wv, act(lm, ACT_H), act(lm, ACT_V), T));
     KVRT_TRY(step_rope(st, ACT_Q, hp->n_head));
     KVRT_TRY(step_rope(st, ACT_K, hp->n_head_kv));
-    if (!ops->kv_write)
-        return kvrt_backend_unsupported(be, "kv_write");
-    KVRT_TRY(ops->kv_write(be, st->pool, l, act(lm, ACT_K), kv_dim, act(lm, ACT_V), kv_dim,
+    KVRT_TRY(kvrt_op_kv_write(be, st->pool, l, act(lm, ACT_K), kv_dim, act(lm, ACT_V), kv_dim,
                            idx(lm, IDX_SLOTS, 0), T));
     KVRT_TRY(step_attention(st, l));
     KVRT_TRY(step_matmul(st, &w->wo, act(lm, ACT_ATT), act(lm, ACT_O), T));
-    KVRT_TRY(ops->add(be, act(lm, ACT_X), act(lm, ACT_O), act(lm, ACT_X), (int64_t)T * hp->n_embd));
+    KVRT_TRY(kvrt_op_add(be, act(lm, ACT_X), act(lm, ACT_O), act(lm, ACT_X), (int64_t)T * hp->n_embd));
 
     /* feed-forward sublayer */
-    KVRT_TRY(ops->rmsnorm(be, act(lm, ACT_X), hp->n_embd, wview(&w->ffn_norm), act(lm, ACT_H), hp->n_embd, T,
+    KVRT_TRY(kvrt_op_rmsnorm(be, act(lm, ACT_X), hp->n_embd, wview(&w->ffn_norm), act(lm, ACT_H), hp->n_embd, T,
                           hp->n_embd, hp->rms_eps));
     KVRT_TRY(step_matmul(st, &w->ffn_gate, act(lm, ACT_H), act(lm, ACT_GATE), T));
     KVRT_TRY(step_matmul(st, &w->ffn_up, act(lm, ACT_H), act(lm, ACT_UP), T));
-    KVRT_TRY(ops->swiglu(be, act(lm, ACT_GATE), hp->n_ff, act(lm, ACT_UP), hp->n_ff, act(lm, ACT_FF), hp->n_ff, T,
+    KVRT_TRY(kvrt_op_swiglu(be, act(lm, ACT_GATE), hp->n_ff, act(lm, ACT_UP), hp->n_ff, act(lm, ACT_FF), hp->n_ff, T,
                          hp->n_ff));
     KVRT_TRY(step_matmul(st, &w->ffn_down, act(lm, ACT_FF), act(lm, ACT_O), T));
-    KVRT_TRY(ops->add(be, act(lm, ACT_X), act(lm, ACT_O), act(lm, ACT_X), (int64_t)T * hp->n_embd));
+    KVRT_TRY(kvrt_op_add(be, act(lm, ACT_X), act(lm, ACT_O), act(lm, ACT_X), (int64_t)T * hp->n_embd));
     return KVRT_OK;
 }
 
@@ -458,16 +426,11 @@ static kvrt_status step_logits(step *st)
     const kvrt_batch *b = st->b;
     if (b->num_logits == 0)
         return KVRT_OK;
-    KVRT_TRY(st->ops->gather_rows(st->be, act(lm, ACT_X), hp->n_embd, idx(lm, IDX_LOGITS, 0), b->num_logits,
+    KVRT_TRY(kvrt_op_gather_rows(st->be, act(lm, ACT_X), hp->n_embd, idx(lm, IDX_LOGITS, 0), b->num_logits,
                                   act(lm, ACT_HL), hp->n_embd, hp->n_embd));
-    KVRT_TRY(st->ops->rmsnorm(st->be, act(lm, ACT_HL), hp->n_embd, wview(&lm->output_norm), act(lm, ACT_HL),
+    KVRT_TRY(kvrt_op_rmsnorm(st->be, act(lm, ACT_HL), hp->n_embd, wview(&lm->output_norm), act(lm, ACT_HL),
                               hp->n_embd, b->num_logits, hp->n_embd, hp->rms_eps));
     return step_matmul(st, &lm->output, act(lm, ACT_HL), act(lm, ACT_LOGITS), b->num_logits);
-}
-
-static bool ops_complete(const kvrt_backend_ops *o)
-{
-    return o->rmsnorm && o->add && o->swiglu && o->embed && o->gather_rows;
 }
 
 /* One upload of every batch array, the step's first command: GPU backends
@@ -475,28 +438,25 @@ static bool ops_complete(const kvrt_backend_ops *o)
 static kvrt_status upload_batch(kvrt_llama *lm, size_t n_ints)
 {
     kvrt_backend *be = lm->be;
-    return be->ops->buffer_upload(be, lm->ints.buf, 0, lm->ints_host, n_ints * sizeof(int32_t));
+    return kvrt_op_buffer_upload(be, lm->ints.buf, 0, lm->ints_host, n_ints * sizeof(int32_t));
 }
 
 kvrt_status kvrt_llama_forward(kvrt_llama *lm, kvrt_kv_pool *pool, const kvrt_batch *b, float *logits,
                                kvrt_error *err)
 {
     kvrt_backend *be = lm->be;
-    const kvrt_backend_ops *ops = be->ops;
-    KVRT_TRY(check_batch(lm, b, err));
-    if (!ops_complete(ops))
-        return kvrt_fail(err, KVRT_ERR_UNSUPPORTED, "the %s backend lacks ops of the Llama forward", ops->name);
+    KVRT_TRY(check_batch(lm, pool, b, err));
     KVRT_TRY(reserve_activations(lm, b->num_tokens, b->num_logits, err));
     size_t n_ints = 0;
     KVRT_TRY(pack_batch(lm, b, &n_ints, err));
     KVRT_TRY(grow(lm, &lm->ints, n_ints * sizeof(int32_t), err));
 
-    step st = {.lm = lm, .be = be, .ops = ops, .pool = pool, .b = b, .n_decode = count_leading_decodes(b)};
-    kvrt_status s = ops->begin(be);
+    step st = {.lm = lm, .be = be, .pool = pool, .b = b, .n_decode = b->num_decode_seqs};
+    kvrt_status s = kvrt_op_begin(be);
     if (s == KVRT_OK)
         s = upload_batch(lm, n_ints);
     if (s == KVRT_OK)
-        s = ops->embed(be, lm->tok_embd.type, wview(&lm->tok_embd), lm->hp.n_embd, idx(lm, IDX_TOKENS, 0),
+        s = kvrt_op_embed(be, lm->tok_embd.type, wview(&lm->tok_embd), lm->hp.n_embd, idx(lm, IDX_TOKENS, 0),
                        b->num_tokens, act(lm, ACT_X));
     for (int32_t l = 0; s == KVRT_OK && l < lm->hp.n_layer; l++)
         s = step_layer(&st, l);
@@ -505,9 +465,9 @@ kvrt_status kvrt_llama_forward(kvrt_llama *lm, kvrt_kv_pool *pool, const kvrt_ba
     /* the step's last command: GPU backends record the copy, and the
      * logits arrive when submit() returns */
     if (s == KVRT_OK && b->num_logits > 0)
-        s = ops->buffer_download(be, lm->act[ACT_LOGITS].buf, 0, logits,
+        s = kvrt_op_buffer_download(be, lm->act[ACT_LOGITS].buf, 0, logits,
                                  (size_t)b->num_logits * lm->hp.n_vocab * sizeof(float));
-    kvrt_status submitted = ops->submit(be); /* always close the recording */
+    kvrt_status submitted = kvrt_op_submit(be); /* always close the recording */
     if (s == KVRT_OK)
         s = submitted;
     return be_fail(be, err, s, "forward");

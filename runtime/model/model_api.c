@@ -62,6 +62,8 @@ kvrt_status kvrt_model_load(kvrt_context *ctx, const kvrt_model_params *params, 
     kvrt_status s = load_file(params, ctx->alloc, &m->mf, err);
     if (s == KVRT_OK && m->mf->vocab.n_tokens > 0)
         s = kvrt_tokenizer_create(&m->mf->vocab, ctx->alloc, &m->tok, err);
+    if (s == KVRT_OK)
+        kvrt_model_chat_init(m);
     if (s == KVRT_OK) {
         m->max_context = params->max_context > 0 ? params->max_context : m->mf->hp.n_ctx_train;
         s = kvrt_llama_create(ctx->be, m->mf, m->max_context, &m->lm, err);
@@ -132,17 +134,18 @@ kvrt_status kvrt_model_get_info(const kvrt_model *m, kvrt_model_info *out)
     return KVRT_OK;
 }
 
-kvrt_status kvrt_tokenize(kvrt_model *m, const char *text, size_t len, int add_bos, int32_t *ids,
+kvrt_status kvrt_tokenize(kvrt_model *m, const char *text, size_t len, unsigned flags, int32_t *ids,
                           int32_t capacity, int32_t *n_tokens)
 {
     if (!m)
         return KVRT_ERR_INVALID_ARGUMENT;
-    if ((!text && len) || (!ids && capacity > 0) || capacity < 0 || !n_tokens)
+    if ((!text && len) || (!ids && capacity > 0) || capacity < 0 || !n_tokens ||
+        (flags & ~(KVRT_TOKENIZE_ADD_SPECIAL | KVRT_TOKENIZE_PARSE_SPECIAL)))
         return kvrt_fail(&m->err, KVRT_ERR_INVALID_ARGUMENT, "kvrt_tokenize: invalid arguments");
     if (!m->tok)
         return kvrt_fail(&m->err, KVRT_ERR_BAD_TOKENIZER, "the model has no vocabulary (pass a tokenizer file)");
     size_t n = 0;
-    kvrt_status s = kvrt_tokenizer_encode(m->tok, text, len, add_bos != 0, ids, (size_t)capacity, &n);
+    kvrt_status s = kvrt_tokenizer_encode(m->tok, text, len, flags, ids, (size_t)capacity, &n);
     if (n > INT32_MAX)
         return kvrt_fail(&m->err, KVRT_ERR_INVALID_ARGUMENT, "the text needs more than 2^31 tokens");
     *n_tokens = (int32_t)n;

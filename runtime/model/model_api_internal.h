@@ -24,4 +24,8 @@ kvrt_kv_pool *kvrt_session_kv_pool(kvrt_session *s);
  * filled by the caller (e.g. copied byte for byte from another backend). */
 kvrt_status kvrt_session_adopt(kvrt_session *s, int32_t n_past);
 
+/* After the tokenizer is built: the file's chat template, when kvrt
+ * recognises it, adds its end marker to the end-of-generation tokens. */
+void kvrt_model_chat_init(kvrt_model *m);
+
 #endif /* KVRT_MODEL_API_INTERNAL_H */

@@ -9,8 +9,6 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#define NONE_ID 4294967295u /* GGUF writes this id for "no such token" */
-
 /* ---- shared with the llama2.c loader ----------------------------------------- */
 
 kvrt_status kvrt_model_file_new(const kvrt_allocator *alloc, kvrt_model_file **out, kvrt_error *err)
@@ -19,7 +17,7 @@ kvrt_status kvrt_model_file_new(const kvrt_allocator *alloc, kvrt_model_file **o
     if (!mf)
         return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "no memory for the model file");
     mf->alloc = alloc;
-    mf->vocab.bos_id = mf->vocab.eos_id = mf->vocab.unk_id = -1;
+    kvrt_vocab_init(&mf->vocab);
     *out = mf;
     return KVRT_OK;
 }
@@ -205,6 +203,11 @@ static kvrt_status read_arch(const kvrt_gguf *g, kvrt_model_file *mf, bool requi
             return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "GGUF key 'general.architecture' is missing");
         return KVRT_OK;
     }
+    /* A vocabulary-only file (no weights) tokenizes whatever its architecture. */
+    if (!required) {
+        snprintf(mf->arch, sizeof(mf->arch), "%.*s", (int)KVRT_MIN(arch.len, sizeof(mf->arch) - 1), arch.ptr);
+        return KVRT_OK;
+    }
     if (!kvrt_gguf_str_eq(arch, "llama"))
         return kvrt_fail(err, KVRT_ERR_UNSUPPORTED, "model architecture '%.*s' is not supported (only llama)",
                          (int)KVRT_MIN(arch.len, 64), arch.ptr);
@@ -293,105 +296,6 @@ static kvrt_status bind_weights(const kvrt_gguf *g, kvrt_model_file *mf, const k
     return kvrt_model_file_check_weights(mf, err);
 }
 
-/* ---- GGUF vocabulary ------------------------------------------------------------------ */
-
-static kvrt_status vocab_special(const kvrt_gguf *g, const char *key, int32_t def, int32_t n, int32_t *out,
-                                 kvrt_error *err)
-{
-    uint32_t v;
-    bool found;
-    KVRT_TRY(kvrt_gguf_get_u32(g, key, &v, &found, err));
-    if (!found)
-        v = def < n ? (uint32_t)def : NONE_ID;
-    if (v == NONE_ID) {
-        *out = -1;
-        return KVRT_OK;
-    }
-    if (v >= (uint32_t)n)
-        return kvrt_fail(err, KVRT_ERR_BAD_TOKENIZER, "GGUF key '%s' = %u is outside the vocabulary (%d tokens)", key,
-                         v, n);
-    *out = (int32_t)v;
-    return KVRT_OK;
-}
-
-static kvrt_status vocab_arrays(const kvrt_gguf *g, const kvrt_gguf_kv **tokens, const kvrt_gguf_kv **scores,
-                                const kvrt_gguf_kv **types, kvrt_error *err)
-{
-    KVRT_TRY(kvrt_gguf_get_arr(g, "tokenizer.ggml.tokens", KVRT_GGUF_STRING, tokens, err));
-    if (!*tokens)
-        return kvrt_fail(err, KVRT_ERR_BAD_TOKENIZER, "GGUF key 'tokenizer.ggml.tokens' is missing");
-    if ((*tokens)->n == 0 || (*tokens)->n > INT32_MAX)
-        return kvrt_fail(err, KVRT_ERR_BAD_TOKENIZER, "GGUF vocabulary has %llu tokens",
-                         (unsigned long long)(*tokens)->n);
-    KVRT_TRY(kvrt_gguf_get_arr(g, "tokenizer.ggml.scores", KVRT_GGUF_F32, scores, err));
-    KVRT_TRY(kvrt_gguf_get_arr(g, "tokenizer.ggml.token_type", KVRT_GGUF_TYPE_COUNT, types, err));
-    if (*types && (kvrt_gguf_type_size((*types)->arr_type) == 0 || (*types)->arr_type == KVRT_GGUF_F32 ||
-                   (*types)->arr_type == KVRT_GGUF_F64))
-        return kvrt_fail(err, KVRT_ERR_BAD_TOKENIZER, "GGUF key 'tokenizer.ggml.token_type' is not an integer array");
-    const kvrt_gguf_kv *extra[] = {*scores, *types};
-    for (size_t i = 0; i < KVRT_ARRAY_LEN(extra); i++)
-        if (extra[i] && extra[i]->n != (*tokens)->n)
-            return kvrt_fail(err, KVRT_ERR_BAD_TOKENIZER, "GGUF key '%.*s' has %llu entries for %llu tokens",
-                             (int)extra[i]->key.len, extra[i]->key.ptr, (unsigned long long)extra[i]->n,
-                             (unsigned long long)(*tokens)->n);
-    return KVRT_OK;
-}
-
-static kvrt_status vocab_fill(const kvrt_gguf_kv *tokens, const kvrt_gguf_kv *scores, const kvrt_gguf_kv *types,
-                              const kvrt_allocator *alloc, kvrt_vocab *v, kvrt_error *err)
-{
-    int32_t n = (int32_t)tokens->n;
-    v->pieces = kvrt_calloc(alloc, (size_t)n, sizeof(*v->pieces));
-    v->piece_lens = kvrt_calloc(alloc, (size_t)n, sizeof(*v->piece_lens));
-    v->scores = kvrt_calloc(alloc, (size_t)n, sizeof(*v->scores));
-    v->types = kvrt_calloc(alloc, (size_t)n, sizeof(*v->types));
-    v->n_tokens = n;
-    if (!v->pieces || !v->piece_lens || !v->scores || !v->types)
-        return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "no memory for a vocabulary of %d tokens", n);
-    for (int32_t i = 0; i < n; i++) {
-        kvrt_gguf_str s = tokens->strs[i];
-        if (s.len > INT32_MAX - 1)
-            return kvrt_fail(err, KVRT_ERR_BAD_TOKENIZER, "token %d is %llu bytes long", i, (unsigned long long)s.len);
-        char *p = kvrt_alloc(alloc, (size_t)s.len + 1, 1);
-        if (!p)
-            return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "no memory for token %d", i);
-        memcpy(p, s.ptr, (size_t)s.len);
-        p[s.len] = '\0';
-        v->pieces[i] = p;
-        v->piece_lens[i] = (int32_t)s.len;
-        v->scores[i] = scores ? (float)kvrt_gguf_kv_float(scores, (uint64_t)i) : 0.0f;
-        int64_t t = types ? kvrt_gguf_kv_int(types, (uint64_t)i) : KVRT_TOKEN_NORMAL;
-        if (t < KVRT_TOKEN_NORMAL || t > KVRT_TOKEN_BYTE)
-            return kvrt_fail(err, KVRT_ERR_BAD_TOKENIZER, "token %d has unknown type %lld", i, (long long)t);
-        v->types[i] = (int32_t)t;
-    }
-    return KVRT_OK;
-}
-
-static kvrt_status read_vocab(const kvrt_gguf *g, kvrt_model_file *mf, kvrt_error *err)
-{
-    kvrt_gguf_str model;
-    bool found;
-    KVRT_TRY(kvrt_gguf_get_str(g, "tokenizer.ggml.model", &model, &found, err));
-    if (!found)
-        return kvrt_fail(err, KVRT_ERR_BAD_TOKENIZER, "GGUF key 'tokenizer.ggml.model' is missing");
-    if (!kvrt_gguf_str_eq(model, "llama"))
-        return kvrt_fail(err, KVRT_ERR_UNSUPPORTED, "tokenizer model '%.*s' is not supported (only llama)",
-                         (int)KVRT_MIN(model.len, 64), model.ptr);
-    const kvrt_gguf_kv *tokens, *scores, *types;
-    KVRT_TRY(vocab_arrays(g, &tokens, &scores, &types, err));
-    kvrt_vocab *v = &mf->vocab;
-    KVRT_TRY(vocab_fill(tokens, scores, types, mf->alloc, v, err));
-    KVRT_TRY(vocab_special(g, "tokenizer.ggml.bos_token_id", 1, v->n_tokens, &v->bos_id, err));
-    KVRT_TRY(vocab_special(g, "tokenizer.ggml.eos_token_id", 2, v->n_tokens, &v->eos_id, err));
-    KVRT_TRY(vocab_special(g, "tokenizer.ggml.unknown_token_id", 0, v->n_tokens, &v->unk_id, err));
-    v->add_bos = true;
-    v->add_space_prefix = true;
-    KVRT_TRY(kvrt_gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &v->add_bos, &found, err));
-    KVRT_TRY(kvrt_gguf_get_bool(g, "tokenizer.ggml.add_space_prefix", &v->add_space_prefix, &found, err));
-    return KVRT_OK;
-}
-
 /* ---- loading ---------------------------------------------------------------------------- */
 
 static kvrt_status map_gguf(const kvrt_gguf *g, bool vocab_only_ok, const kvrt_load_progress *progress,
@@ -401,7 +305,7 @@ static kvrt_status map_gguf(const kvrt_gguf *g, bool vocab_only_ok, const kvrt_l
     if (vocab_only && !vocab_only_ok)
         return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "GGUF file has no tensors (a vocabulary-only file?)");
     KVRT_TRY(read_arch(g, mf, !vocab_only, err));
-    KVRT_TRY(read_vocab(g, mf, err));
+    KVRT_TRY(kvrt_vocab_read_gguf(g, mf->alloc, &mf->vocab, err));
     mf->vocab_only = vocab_only;
     if (vocab_only) {
         mf->hp.n_vocab = mf->vocab.n_tokens;

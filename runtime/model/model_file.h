@@ -63,18 +63,38 @@ enum {
     KVRT_TOKEN_BYTE = 6
 };
 
-/* The vocabulary in GGUF conventions: pieces use U+2581 for spaces, BOS/EOS
- * are "<s>"/"</s>", byte pieces "<0xNN>" have type BYTE. A llama2.c
- * tokenizer.bin is normalised into this form by its loader. */
+/* Tokenizer families (GGUF tokenizer.ggml.model). */
+typedef enum kvrt_vocab_kind {
+    KVRT_VOCAB_SPM = 0, /* "llama": SentencePiece BPE over scores, U+2581 for spaces, <0xNN> byte pieces */
+    KVRT_VOCAB_BPE = 1  /* "gpt2": byte-level BPE over ranked merges, pre-tokenizer regexes */
+} kvrt_vocab_kind;
+
+/* The vocabulary in GGUF conventions. SentencePiece: pieces use U+2581 for
+ * spaces, BOS/EOS are "<s>"/"</s>", byte pieces "<0xNN>" have type BYTE (a
+ * llama2.c tokenizer.bin is normalised into this form by its loader).
+ * Byte-level BPE: pieces are bytes written through GPT-2's byte-to-unicode
+ * table (a space is U+0120), merges "A B" ranked by their order. */
 typedef struct kvrt_vocab {
+    kvrt_vocab_kind kind;
     int32_t n_tokens;
     char **pieces;       /* [n_tokens] NUL-terminated UTF-8 */
     int32_t *piece_lens; /* [n_tokens] bytes, without the NUL */
-    float *scores;       /* [n_tokens] merge priority (higher merges first) */
+    float *scores;       /* [n_tokens] merge priority (higher merges first; SPM) */
     int32_t *types;      /* [n_tokens] KVRT_TOKEN_* */
     int32_t bos_id, eos_id, unk_id; /* -1 when absent */
+    int32_t eot_id, eom_id;         /* end of turn / end of message; -1 when absent */
     bool add_bos;        /* tokenize prepends BOS */
-    bool add_space_prefix; /* SentencePiece adds a leading space (default true) */
+    bool add_eos;        /* tokenize appends EOS */
+    bool add_space_prefix; /* SentencePiece adds a leading space (default true; false for BPE) */
+    /* Whitespace after a special token is dropped when it is parsed from text
+     * (Phi-3's added tokens are declared rstrip; GGUF has no key for it, so
+     * the loader sets this from general.name, as llama.cpp does). */
+    bool special_rstrip;
+    char pre[64];        /* BPE: tokenizer.ggml.pre, "" when the file has none */
+    int32_t n_merges;    /* BPE: tokenizer.ggml.merges, merge i = merge_text[merge_offsets[i] .. [i + 1]) */
+    char *merge_text;
+    uint32_t *merge_offsets; /* [n_merges + 1] */
+    char *chat_template; /* tokenizer.chat_template (NUL-terminated) or NULL */
 } kvrt_vocab;
 
 typedef struct kvrt_model_file {
@@ -115,6 +135,9 @@ kvrt_status kvrt_vocab_load_llama2c(const char *path, int32_t expected_n_tokens,
                                     kvrt_vocab *out, kvrt_error *err);
 kvrt_status kvrt_vocab_load_llama2c_memory(const void *data, size_t size, int32_t expected_n_tokens,
                                            const kvrt_allocator *alloc, kvrt_vocab *out, kvrt_error *err);
+/* An empty vocabulary: everything zero, every special id -1. */
+void kvrt_vocab_init(kvrt_vocab *vocab);
+/* Frees what the vocabulary owns and initialises it again. */
 void kvrt_vocab_free(const kvrt_allocator *alloc, kvrt_vocab *vocab);
 void kvrt_model_file_free(kvrt_model_file *mf);
 

@@ -18,4 +18,11 @@ kvrt_status kvrt_model_file_check_weights(const kvrt_model_file *mf, kvrt_error 
 kvrt_status kvrt_tensor_ref_set(kvrt_tensor_ref *t, const char *name, kvrt_dtype type, const void *data,
                                 int64_t ne0, int64_t ne1, kvrt_error *err);
 
+struct kvrt_gguf;
+/* The tokenizer keys of a GGUF (tokenizer.ggml.*, tokenizer.chat_template)
+ * into *v (initialised first; freed again on failure). BAD_TOKENIZER naming
+ * the key, UNSUPPORTED for a tokenizer model other than llama and gpt2. */
+kvrt_status kvrt_vocab_read_gguf(const struct kvrt_gguf *g, const kvrt_allocator *alloc, kvrt_vocab *v,
+                                 kvrt_error *err);
+
 #endif /* KVRT_MODEL_FILE_INTERNAL_H */

@@ -2,12 +2,14 @@
  * the teacher-forced evaluation of the golden tests. */
 #include "model/model_api_internal.h"
 
+#include "backend/kv_cache_internal.h"
+
 #include <string.h>
 
 struct kvrt_session {
     kvrt_model *model;
     kvrt_session_params p;
-    kvrt_kv_pool *pool;
+    kvrt_kv_cache *cache;  /* every layer's K and V blocks */
     int32_t max_blocks;    /* block table row length: ceil(n_ctx / block_size) */
     int32_t *block_table;  /* [max_blocks], -1 = unassigned */
     int32_t blocks_used;
@@ -32,9 +34,7 @@ void kvrt_session_destroy(kvrt_session *s)
 {
     if (!s)
         return;
-    kvrt_backend *be = s->model->ctx->be;
-    if (s->pool)
-        be->ops->kv_pool_destroy(be, s->pool);
+    kvrt_kv_cache_destroy(s->cache);
     kvrt_free(sess_alloc(s), s->block_table);
     kvrt_free(sess_alloc(s), s->positions);
     kvrt_free(sess_alloc(s), s->slots);
@@ -57,10 +57,8 @@ static kvrt_status check_params(const kvrt_model *m, kvrt_session_params *p, kvr
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT,
                          "n_ctx %d outside [1, %d] (the model was loaded for %d positions)",
                          (int)p->n_ctx, (int)m->max_context, (int)m->max_context);
-    if (p->block_size != 8 && p->block_size != 16 && p->block_size != 32)
-        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "block size %d is not 8, 16 or 32", (int)p->block_size);
-    if (p->kv_type != KVRT_DTYPE_F32 && p->kv_type != KVRT_DTYPE_F16)
-        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "KV type %s is not f32 or f16", kvrt_dtype_name(p->kv_type));
+    KVRT_TRY(kvrt_kv_check_block_size(err, p->block_size));
+    KVRT_TRY(kvrt_kv_check_dtype(err, p->kv_type));
     if (p->n_batch < 1 || p->num_blocks < 0)
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "n_batch %d, num_blocks %d", (int)p->n_batch,
                          (int)p->num_blocks);
@@ -98,11 +96,10 @@ kvrt_status kvrt_session_create(kvrt_model *m, const kvrt_session_params *params
     for (int32_t i = 0; i < max_blocks; i++)
         s->block_table[i] = -1;
     const kvrt_llama_hparams *hp = &m->mf->hp;
-    kvrt_kv_pool_desc d = {.n_layers = hp->n_layer, .n_kv_heads = hp->n_head_kv, .head_dim = hp->head_dim,
-                           .block_size = p.block_size, .num_blocks = p.num_blocks, .dtype = p.kv_type};
-    kvrt_backend *be = m->ctx->be;
-    if (be->ops->kv_pool_create(be, &d, &s->pool) != KVRT_OK) {
-        kvrt_status st = kvrt_fail(err, be->err.status, "KV cache: %s", be->err.message);
+    kvrt_kv_cache_params cp = {.n_layers = hp->n_layer, .n_kv_heads = hp->n_head_kv, .head_dim = hp->head_dim,
+                               .block_size = p.block_size, .num_blocks = p.num_blocks, .dtype = p.kv_type};
+    kvrt_status st = kvrt_kv_cache_create(m->ctx, &cp, &s->cache, err);
+    if (st != KVRT_OK) {
         kvrt_session_destroy(s);
         return st;
     }
@@ -149,13 +146,13 @@ static kvrt_status eval_chunk(kvrt_session *s, const int32_t *tokens, int32_t n,
     int32_t qsl[2] = {0, n};
     int32_t seq_len = s->n_past + n;
     kvrt_batch b = {
-        .num_seqs = 1, .num_tokens = n, .tokens = tokens, .positions = s->positions, .slot_mapping = s->slots,
-        .query_start_loc = qsl, .seq_lens = &seq_len, .block_tables = s->block_table,
+        .num_seqs = 1, .num_decode_seqs = n == 1, .num_tokens = n, .tokens = tokens, .positions = s->positions,
+        .slot_mapping = s->slots, .query_start_loc = qsl, .seq_lens = &seq_len, .block_tables = s->block_table,
         .max_blocks_per_seq = s->max_blocks,
         .logits_indices = want_all ? s->logits_idx : s->logits_idx + (n - 1),
         .num_logits = logits ? (want_all ? n : 1) : 0,
     };
-    KVRT_TRY(kvrt_llama_forward(s->model->lm, s->pool, &b, logits, &s->err));
+    KVRT_TRY(kvrt_llama_forward(s->model->lm, kvrt_kv_cache_pool(s->cache), &b, logits, &s->err));
     s->n_past += n;
     return KVRT_OK;
 }
@@ -194,21 +191,18 @@ kvrt_status kvrt_session_get_stats(const kvrt_session *s, kvrt_session_stats *ou
 {
     if (!s || !out)
         return KVRT_ERR_INVALID_ARGUMENT;
-    const kvrt_llama_hparams *hp = &s->model->mf->hp;
-    size_t elem = s->p.kv_type == KVRT_DTYPE_F16 ? 2 : 4;
     out->n_past = s->n_past;
     out->n_ctx = s->p.n_ctx;
     out->blocks_used = s->blocks_used;
     out->blocks_total = s->p.num_blocks;
     out->block_size = s->p.block_size;
-    out->kv_bytes = 2ull * hp->n_layer * hp->n_head_kv * hp->head_dim * (uint64_t)s->p.block_size *
-                    (uint64_t)s->p.num_blocks * elem;
+    out->kv_bytes = kvrt_kv_cache_device_bytes(s->cache);
     return KVRT_OK;
 }
 
 kvrt_kv_pool *kvrt_session_kv_pool(kvrt_session *s)
 {
-    return s->pool;
+    return kvrt_kv_cache_pool(s->cache);
 }
 
 kvrt_status kvrt_session_adopt(kvrt_session *s, int32_t n_past)
@@ -219,5 +213,39 @@ kvrt_status kvrt_session_adopt(kvrt_session *s, int32_t n_past)
     kvrt_session_reset(s);
     KVRT_TRY(ensure_blocks(s, n_past));
     s->n_past = n_past;
+    return KVRT_OK;
+}
+
+kvrt_status kvrt_session_generate(kvrt_session *s, kvrt_sampler *sampler, float *logits, int32_t max_tokens,
+                                  int ignore_eog, kvrt_gen_token_fn on_token, void *user, int32_t *n_generated,
+                                  kvrt_gen_stop *stop)
+{
+    if (!s)
+        return KVRT_ERR_INVALID_ARGUMENT;
+    if (!sampler || !logits || max_tokens < 0 || !n_generated || !stop)
+        return kvrt_fail(&s->err, KVRT_ERR_INVALID_ARGUMENT, "kvrt_session_generate: invalid arguments");
+    *n_generated = 0;
+    *stop = KVRT_GEN_STOP_LENGTH;
+    while (*n_generated < max_tokens) {
+        int32_t tok;
+        kvrt_status st = kvrt_sampler_sample(sampler, logits, &tok);
+        if (st != KVRT_OK)
+            return kvrt_fail(&s->err, st, "sampling failed (NaN logits?)");
+        if (!ignore_eog && kvrt_token_is_eog(s->model, tok)) {
+            *stop = KVRT_GEN_STOP_EOG;
+            return KVRT_OK;
+        }
+        (*n_generated)++;
+        int keep_going = on_token ? !on_token(user, tok) : 1;
+        if (s->n_past >= s->p.n_ctx) { /* reported, but there is no room to evaluate it */
+            *stop = KVRT_GEN_STOP_CONTEXT_FULL;
+            return KVRT_OK;
+        }
+        KVRT_TRY(kvrt_session_eval(s, &tok, 1, logits, NULL));
+        if (!keep_going) {
+            *stop = KVRT_GEN_STOP_CALLBACK;
+            return KVRT_OK;
+        }
+    }
     return KVRT_OK;
 }

@@ -1,6 +1,8 @@
 /* Standard llama GGUF layout (keys, tensor names, per-tensor types) and
  * random-weight models streamed to disk. */
 #include "model/synth.h"
+#include "model/shapes.h"
+#include "model/tokenizer.h"
 #include "model/model_file_internal.h"
 
 #include <errno.h>
@@ -90,19 +92,31 @@ kvrt_status kvrt_llama_add_vocab(kvrt_gguf_writer *w, const kvrt_vocab *v)
     KVRT_TRY(kvrt_gguf_writer_add_array(w, "tokenizer.ggml.scores", KVRT_GGUF_F32, v->scores, (uint64_t)v->n_tokens));
     KVRT_TRY(kvrt_gguf_writer_add_array(w, "tokenizer.ggml.token_type", KVRT_GGUF_I32, v->types,
                                         (uint64_t)v->n_tokens));
-    KVRT_TRY(kvrt_gguf_writer_add_string(w, "tokenizer.ggml.model", "llama"));
+    bool bpe = v->kind == KVRT_VOCAB_BPE;
+    KVRT_TRY(kvrt_gguf_writer_add_string(w, "tokenizer.ggml.model", bpe ? "gpt2" : "llama"));
+    if (bpe) {
+        KVRT_TRY(kvrt_gguf_writer_add_string(w, "tokenizer.ggml.pre", v->pre[0] ? v->pre : "default"));
+        KVRT_TRY(kvrt_gguf_writer_add_packed_strings(w, "tokenizer.ggml.merges", v->merge_text, v->merge_offsets,
+                                                     (uint64_t)v->n_merges));
+    }
     const struct {
         const char *key;
         int32_t id;
-    } ids[] = {{"tokenizer.ggml.unknown_token_id", v->unk_id},
-               {"tokenizer.ggml.bos_token_id", v->bos_id},
-               {"tokenizer.ggml.eos_token_id", v->eos_id}};
+    } ids[] = {{"tokenizer.ggml.unknown_token_id", v->unk_id}, {"tokenizer.ggml.bos_token_id", v->bos_id},
+               {"tokenizer.ggml.eos_token_id", v->eos_id},     {"tokenizer.ggml.eot_token_id", v->eot_id},
+               {"tokenizer.ggml.eom_token_id", v->eom_id}};
     for (size_t i = 0; i < KVRT_ARRAY_LEN(ids); i++)
-        KVRT_TRY(kvrt_gguf_writer_add_u32(w, ids[i].key, ids[i].id < 0 ? UINT32_MAX : (uint32_t)ids[i].id));
-    if (!v->add_bos)
-        KVRT_TRY(kvrt_gguf_writer_add_bool(w, "tokenizer.ggml.add_bos_token", false));
-    if (!v->add_space_prefix)
-        KVRT_TRY(kvrt_gguf_writer_add_bool(w, "tokenizer.ggml.add_space_prefix", false));
+        if (i < 3 || ids[i].id >= 0)
+            KVRT_TRY(kvrt_gguf_writer_add_u32(w, ids[i].key, ids[i].id < 0 ? UINT32_MAX : (uint32_t)ids[i].id));
+    /* flags are written when they differ from what a reader assumes for this kind */
+    if (v->add_bos != (!bpe || kvrt_bpe_pre_adds_bos(v->pre)))
+        KVRT_TRY(kvrt_gguf_writer_add_bool(w, "tokenizer.ggml.add_bos_token", v->add_bos));
+    if (v->add_eos)
+        KVRT_TRY(kvrt_gguf_writer_add_bool(w, "tokenizer.ggml.add_eos_token", true));
+    if (v->add_space_prefix != !bpe)
+        KVRT_TRY(kvrt_gguf_writer_add_bool(w, "tokenizer.ggml.add_space_prefix", v->add_space_prefix));
+    if (v->chat_template)
+        KVRT_TRY(kvrt_gguf_writer_add_string(w, "tokenizer.chat_template", v->chat_template));
     return KVRT_OK;
 }
 
@@ -191,32 +205,22 @@ kvrt_status kvrt_llama_export_gguf(const kvrt_model_file *mf, const kvrt_gguf_ex
 
 bool kvrt_synth_preset(const char *name, kvrt_synth_params *out)
 {
-    static const struct {
-        const char *name;
-        int32_t vocab, embd, layer, ff, head, head_kv, ctx;
-    } presets[] = {
-        {"tiny", 262, 8, 1, 16, 2, 1, 64},          {"15m", 32000, 288, 6, 768, 6, 6, 256},
-        {"110m", 32000, 768, 12, 2048, 12, 12, 1024}, {"1b", 32000, 2048, 22, 5632, 32, 4, 2048},
-        {"7b", 32000, 4096, 32, 11008, 32, 32, 4096},
-    };
-    for (size_t i = 0; i < KVRT_ARRAY_LEN(presets); i++) {
-        if (strcmp(presets[i].name, name) != 0)
-            continue;
-        memset(out, 0, sizeof(*out));
-        out->hp.n_vocab = presets[i].vocab;
-        out->hp.n_embd = presets[i].embd;
-        out->hp.n_layer = presets[i].layer;
-        out->hp.n_ff = presets[i].ff;
-        out->hp.n_head = presets[i].head;
-        out->hp.n_head_kv = presets[i].head_kv;
-        out->hp.n_ctx_train = presets[i].ctx;
-        out->hp.rope_freq_base = 10000.0f;
-        out->hp.rms_eps = 1e-5f;
-        out->type = KVRT_DTYPE_F32;
-        out->seed = 1;
-        return true;
-    }
-    return false;
+    const kvrt_model_shape *m = kvrt_model_shape_find(name);
+    if (!m)
+        return false;
+    memset(out, 0, sizeof(*out));
+    out->hp.n_vocab = m->n_vocab;
+    out->hp.n_embd = m->n_embd;
+    out->hp.n_layer = m->n_layer;
+    out->hp.n_ff = m->n_ff;
+    out->hp.n_head = m->n_head;
+    out->hp.n_head_kv = m->n_head_kv;
+    out->hp.n_ctx_train = m->n_ctx;
+    out->hp.rope_freq_base = 10000.0f;
+    out->hp.rms_eps = 1e-5f;
+    out->type = KVRT_DTYPE_F32;
+    out->seed = 1;
+    return true;
 }
 
 static void synth_vocab_free(const kvrt_allocator *alloc, kvrt_vocab *v)
@@ -228,7 +232,7 @@ static void synth_vocab_free(const kvrt_allocator *alloc, kvrt_vocab *v)
     kvrt_free(alloc, v->piece_lens);
     kvrt_free(alloc, v->scores);
     kvrt_free(alloc, v->types);
-    memset(v, 0, sizeof(*v));
+    kvrt_vocab_init(v);
 }
 
 /* Piece i of the synthetic vocabulary into buf; returns its type. */
@@ -265,7 +269,7 @@ static int32_t synth_piece(int32_t i, char *buf, size_t size)
 
 kvrt_status kvrt_synth_vocab(const kvrt_allocator *alloc, int32_t n_tokens, kvrt_vocab *v, kvrt_error *err)
 {
-    memset(v, 0, sizeof(*v));
+    kvrt_vocab_init(v);
     if (n_tokens < 3)
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "synthetic vocabulary needs at least 3 tokens, not %d",
                          n_tokens);
@@ -349,7 +353,9 @@ static kvrt_status synth_body(const kvrt_synth_params *p, kvrt_gguf_writer *w, F
 
 static kvrt_status synth_header(const kvrt_synth_params *p, const kvrt_vocab *v, kvrt_gguf_writer *w, FILE *f)
 {
-    KVRT_TRY(kvrt_llama_add_hparams(w, &p->hp, "kvrt-synth"));
+    /* Phi-3's whitespace rule for its special tokens has no key of its own:
+     * readers (kvrt, llama.cpp) take it from general.name, so keep it there. */
+    KVRT_TRY(kvrt_llama_add_hparams(w, &p->hp, v->special_rstrip ? "kvrt-synth phi3" : "kvrt-synth"));
     KVRT_TRY(kvrt_llama_add_vocab(w, v));
     if (!p->vocab_only)
         KVRT_TRY(kvrt_llama_add_tensors(w, &p->hp, p->type, !p->tied_output));
@@ -383,6 +389,10 @@ static kvrt_status check_synth_size(const kvrt_llama_hparams *hp, kvrt_error *er
 kvrt_status kvrt_synth_write(const kvrt_synth_params *p, const kvrt_allocator *alloc, FILE *f,
                              const kvrt_load_progress *progress, kvrt_error *err)
 {
+    kvrt_synth_params own = *p;
+    if (p->vocab)
+        own.hp.n_vocab = p->vocab->n_tokens;
+    p = &own;
     kvrt_llama_hparams hp = p->hp;
     if (kvrt_llama_hparams_check(&hp, err) != KVRT_OK)
         return err ? (err->status = KVRT_ERR_INVALID_ARGUMENT) : KVRT_ERR_INVALID_ARGUMENT;
@@ -391,7 +401,9 @@ kvrt_status kvrt_synth_write(const kvrt_synth_params *p, const kvrt_allocator *a
     KVRT_TRY(check_synth_size(&hp, err));
     int64_t max_row = KVRT_MAX(KVRT_MAX((int64_t)hp.n_embd, (int64_t)hp.n_ff), (int64_t)hp.n_head * hp.head_dim);
     kvrt_vocab v;
-    KVRT_TRY(kvrt_synth_vocab(alloc, hp.n_vocab, &v, err));
+    kvrt_vocab_init(&v);
+    if (!p->vocab)
+        KVRT_TRY(kvrt_synth_vocab(alloc, hp.n_vocab, &v, err));
     kvrt_gguf_writer *w = NULL;
     float *row = kvrt_calloc(alloc, (size_t)max_row, sizeof(float));
     void *qrow = kvrt_calloc(alloc, (size_t)max_row, sizeof(float));
@@ -399,7 +411,7 @@ kvrt_status kvrt_synth_write(const kvrt_synth_params *p, const kvrt_allocator *a
     if (s == KVRT_OK && (!row || !qrow))
         s = kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "no memory for a row of %lld values", (long long)max_row);
     if (s == KVRT_OK) {
-        s = synth_header(p, &v, w, f);
+        s = synth_header(p, p->vocab ? p->vocab : &v, w, f);
         if (s == KVRT_OK)
             s = synth_body(p, w, f, row, qrow, progress);
         if (s != KVRT_OK)

@@ -51,9 +51,11 @@ typedef struct kvrt_synth_params {
     bool tied_output;      /* no output.weight */
     float stddev;          /* of the matrices; 0 = 0.02 */
     bool vocab_only;       /* keys and vocabulary, no tensors (a tokenizer-only file) */
+    const kvrt_vocab *vocab; /* a real vocabulary to write (its size sets hp.n_vocab); NULL = the synthetic one */
 } kvrt_synth_params;
 
-/* Presets: "tiny" (a few KB), "15m", "110m", "1b", "7b". False when unknown. */
+/* A shape of the preset table (model/shapes.h) by name or alias: "tiny" (a
+ * few KB), "15m", "110m", "1b", "7b", "llama-3-8b", ... False when unknown. */
 bool kvrt_synth_preset(const char *name, kvrt_synth_params *out);
 /* Builds the synthetic vocabulary: <unk>, <s>, </s>, 256 byte pieces, then
  * U+2581 and letter strings that merge from shorter ones; n_tokens >= 3. */

@@ -1,21 +1,16 @@
-/* SentencePiece-BPE tokenizer (see tokenizer.h for the rules). */
-#include "model/tokenizer.h"
+/* The tokenizer's common part: validation, the piece map, special tokens
+ * (parsed from text only when asked), end-of-generation tokens, BOS/EOS and
+ * decoding. The encoders are in tokenizer_spm.c and tokenizer_bpe.c. */
+#include "model/tokenizer_internal.h"
 
+#include <ctype.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* Bigger vocabularies than this are surely corrupt, and it keeps the hash
  * table size comfortably inside 32 bits. */
 #define KVRT_TOKENIZER_MAX_TOKENS (1 << 28)
-
-struct kvrt_tokenizer {
-    const kvrt_allocator *alloc;
-    const kvrt_vocab *vocab;
-    kvrt_error err;
-    int32_t *slots;        /* [slot_mask + 1] open addressing: piece id, -1 = empty */
-    uint32_t slot_mask;
-    int32_t byte_ids[256]; /* id of <0xNN>, -1 when the vocabulary lacks it */
-};
 
 /* ---- piece -> id map ------------------------------------------------------- */
 
@@ -30,14 +25,14 @@ static uint32_t hash_bytes(const char *s, size_t n)
     return h;
 }
 
-/* Only pieces the encoder may produce by merging live in the map: SentencePiece
- * never builds control, unknown or byte pieces out of text. */
-static bool is_mergeable(int32_t type)
+/* SentencePiece never builds control, unknown or byte pieces out of text;
+ * byte-level BPE looks every piece up (merge parts, whole words). */
+static bool in_map(const kvrt_vocab *v, int32_t type)
 {
-    return type == KVRT_TOKEN_NORMAL || type == KVRT_TOKEN_USER_DEFINED;
+    return v->kind == KVRT_VOCAB_BPE || type == KVRT_TOKEN_NORMAL || type == KVRT_TOKEN_USER_DEFINED;
 }
 
-static int32_t map_find(const kvrt_tokenizer *tok, const char *s, size_t n)
+int32_t kvrt_tok_find(const kvrt_tokenizer *tok, const char *s, size_t n)
 {
     const kvrt_vocab *v = tok->vocab;
     uint32_t i = hash_bytes(s, n) & tok->slot_mask;
@@ -63,10 +58,10 @@ static kvrt_status map_build(kvrt_tokenizer *tok, kvrt_error *err)
     memset(tok->slots, 0xff, (size_t)size * sizeof(int32_t));
     tok->slot_mask = size - 1;
     for (int32_t id = 0; id < v->n_tokens; id++) {
-        if (!is_mergeable(v->types[id]))
+        if (!in_map(v, v->types[id]))
             continue;
         /* Duplicate pieces: the lowest id wins, so results do not depend on hashing. */
-        if (map_find(tok, v->pieces[id], (size_t)v->piece_lens[id]) >= 0)
+        if (kvrt_tok_find(tok, v->pieces[id], (size_t)v->piece_lens[id]) >= 0)
             continue;
         uint32_t i = hash_bytes(v->pieces[id], (size_t)v->piece_lens[id]) & tok->slot_mask;
         while (tok->slots[i] >= 0)
@@ -74,6 +69,27 @@ static kvrt_status map_build(kvrt_tokenizer *tok, kvrt_error *err)
         tok->slots[i] = id;
     }
     return KVRT_OK;
+}
+
+uint32_t kvrt_utf8_char_len(const unsigned char *s, size_t n)
+{
+    size_t need;
+    if (s[0] < 0x80)
+        return 1;
+    if (s[0] >= 0xC2 && s[0] <= 0xDF)
+        need = 2;
+    else if (s[0] >= 0xE0 && s[0] <= 0xEF)
+        need = 3;
+    else if (s[0] >= 0xF0 && s[0] <= 0xF4)
+        need = 4;
+    else
+        return 1;
+    if (need > n)
+        return 1;
+    for (size_t i = 1; i < need; i++)
+        if ((s[i] & 0xC0) != 0x80)
+            return 1;
+    return (uint32_t)need;
 }
 
 /* ---- creation and validation ---------------------------------------------- */
@@ -108,6 +124,8 @@ static kvrt_status check_special_id(const kvrt_vocab *v, int32_t id, const char 
 
 static kvrt_status check_vocab(const kvrt_vocab *v, kvrt_error *err)
 {
+    if (v->kind != KVRT_VOCAB_SPM && v->kind != KVRT_VOCAB_BPE)
+        return kvrt_fail(err, KVRT_ERR_BAD_TOKENIZER, "tokenizer: unknown vocabulary kind %d", (int)v->kind);
     if (v->n_tokens <= 0)
         return kvrt_fail(err, KVRT_ERR_BAD_TOKENIZER, "tokenizer: empty vocabulary");
     if (v->n_tokens > KVRT_TOKENIZER_MAX_TOKENS)
@@ -127,9 +145,99 @@ static kvrt_status check_vocab(const kvrt_vocab *v, kvrt_error *err)
             return kvrt_fail(err, KVRT_ERR_BAD_TOKENIZER, "tokenizer: byte token %d is not of the form <0xNN>",
                              id);
     }
-    KVRT_TRY(check_special_id(v, v->bos_id, "BOS", err));
-    KVRT_TRY(check_special_id(v, v->eos_id, "EOS", err));
-    KVRT_TRY(check_special_id(v, v->unk_id, "UNK", err));
+    const struct {
+        int32_t id;
+        const char *what;
+    } ids[] = {{v->bos_id, "BOS"}, {v->eos_id, "EOS"}, {v->unk_id, "UNK"}, {v->eot_id, "EOT"}, {v->eom_id, "EOM"}};
+    for (size_t i = 0; i < KVRT_ARRAY_LEN(ids); i++)
+        KVRT_TRY(check_special_id(v, ids[i].id, ids[i].what, err));
+    return KVRT_OK;
+}
+
+/* End of generation: the vocabulary's ids, and the pieces models end their
+ * turns with, which older files do not name. Those are made control tokens
+ * (some files type them as normal), as llama.cpp does. */
+static void find_eog(kvrt_tokenizer *tok)
+{
+    static const char *const ends[] = {"<|eot_id|>",    "<|im_end|>", "<|end|>", "<end_of_turn>",
+                                       "<|endoftext|>", "<|eom_id|>", "<EOT>"};
+    const kvrt_vocab *v = tok->vocab;
+    const int32_t keyed[] = {v->eos_id, v->eot_id, v->eom_id};
+    for (size_t i = 0; i < KVRT_ARRAY_LEN(keyed); i++)
+        if (keyed[i] >= 0)
+            tok->eog[keyed[i]] = 1;
+    for (int32_t id = 0; id < v->n_tokens; id++)
+        for (size_t k = 0; k < KVRT_ARRAY_LEN(ends); k++)
+            if ((size_t)v->piece_lens[id] == strlen(ends[k]) && memcmp(v->pieces[id], ends[k], strlen(ends[k])) == 0) {
+                tok->eog[id] = 1;
+                tok->types[id] = KVRT_TOKEN_CONTROL;
+            }
+}
+
+static bool is_special_type(int32_t type)
+{
+    return type == KVRT_TOKEN_CONTROL || type == KVRT_TOKEN_USER_DEFINED || type == KVRT_TOKEN_UNKNOWN;
+}
+
+typedef struct special_key {
+    int32_t len, id;
+} special_key;
+
+/* Longest first; equal lengths by id, so the order does not depend on qsort. */
+static int special_cmp(const void *a, const void *b)
+{
+    const special_key *x = a, *y = b;
+    if (x->len != y->len)
+        return x->len > y->len ? -1 : 1;
+    return (x->id > y->id) - (x->id < y->id);
+}
+
+static kvrt_status find_specials(kvrt_tokenizer *tok, kvrt_error *err)
+{
+    const kvrt_vocab *v = tok->vocab;
+    int32_t n = 0;
+    for (int32_t id = 0; id < v->n_tokens; id++)
+        n += is_special_type(tok->types[id]) && v->piece_lens[id] > 0;
+    special_key *keys = kvrt_calloc(tok->alloc, (size_t)KVRT_MAX(n, 1), sizeof(*keys));
+    tok->special = kvrt_calloc(tok->alloc, (size_t)KVRT_MAX(n, 1), sizeof(int32_t));
+    if (!keys || !tok->special) {
+        kvrt_free(tok->alloc, keys);
+        return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "tokenizer: no memory for %d special tokens", n);
+    }
+    n = 0;
+    for (int32_t id = 0; id < v->n_tokens; id++)
+        if (is_special_type(tok->types[id]) && v->piece_lens[id] > 0)
+            keys[n++] = (special_key){v->piece_lens[id], id};
+    qsort(keys, (size_t)n, sizeof(*keys), special_cmp);
+    for (int32_t i = 0; i < n; i++)
+        tok->special[i] = keys[i].id;
+    tok->n_special = n;
+    kvrt_free(tok->alloc, keys);
+    return KVRT_OK;
+}
+
+static kvrt_status build(kvrt_tokenizer *tok, kvrt_error *err)
+{
+    const kvrt_vocab *v = tok->vocab;
+    tok->types = kvrt_calloc(tok->alloc, (size_t)v->n_tokens, sizeof(int32_t));
+    tok->eog = kvrt_calloc(tok->alloc, (size_t)v->n_tokens, 1);
+    if (!tok->types || !tok->eog)
+        return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "tokenizer: no memory");
+    memcpy(tok->types, v->types, (size_t)v->n_tokens * sizeof(int32_t));
+    find_eog(tok);
+    KVRT_TRY(find_specials(tok, err));
+    KVRT_TRY(map_build(tok, err));
+    for (int b = 0; b < 256; b++)
+        tok->byte_ids[b] = -1;
+    if (v->kind == KVRT_VOCAB_BPE)
+        return kvrt_bpe_create(tok, err);
+    for (int32_t id = 0; id < v->n_tokens; id++) {
+        if (v->types[id] != KVRT_TOKEN_BYTE)
+            continue;
+        int b = parse_byte_piece(v->pieces[id], v->piece_lens[id]);
+        if (tok->byte_ids[b] < 0)
+            tok->byte_ids[b] = id;
+    }
     return KVRT_OK;
 }
 
@@ -148,16 +256,7 @@ kvrt_status kvrt_tokenizer_create(const kvrt_vocab *vocab, const kvrt_allocator 
     tok->alloc = alloc;
     tok->vocab = vocab;
     kvrt_error_clear(&tok->err);
-    for (int b = 0; b < 256; b++)
-        tok->byte_ids[b] = -1;
-    for (int32_t id = 0; id < vocab->n_tokens; id++) {
-        if (vocab->types[id] != KVRT_TOKEN_BYTE)
-            continue;
-        int b = parse_byte_piece(vocab->pieces[id], vocab->piece_lens[id]);
-        if (tok->byte_ids[b] < 0)
-            tok->byte_ids[b] = id;
-    }
-    kvrt_status s = map_build(tok, err);
+    kvrt_status s = build(tok, err);
     if (s != KVRT_OK) {
         kvrt_tokenizer_destroy(tok);
         return s;
@@ -170,7 +269,11 @@ void kvrt_tokenizer_destroy(kvrt_tokenizer *tok)
 {
     if (!tok)
         return;
+    kvrt_bpe_destroy(tok);
     kvrt_free(tok->alloc, tok->slots);
+    kvrt_free(tok->alloc, tok->types);
+    kvrt_free(tok->alloc, tok->eog);
+    kvrt_free(tok->alloc, tok->special);
     kvrt_free(tok->alloc, tok);
 }
 
@@ -199,6 +302,40 @@ bool kvrt_tokenizer_adds_bos(const kvrt_tokenizer *tok)
     return tok->vocab->add_bos && tok->vocab->bos_id >= 0;
 }
 
+bool kvrt_tokenizer_is_eog(const kvrt_tokenizer *tok, int32_t id)
+{
+    return id >= 0 && id < tok->vocab->n_tokens && tok->eog[id];
+}
+
+void kvrt_tokenizer_mark_eog(kvrt_tokenizer *tok, int32_t id)
+{
+    if (id >= 0 && id < tok->vocab->n_tokens)
+        tok->eog[id] = 1;
+}
+
+int32_t kvrt_tokenizer_eog_ids(const kvrt_tokenizer *tok, int32_t *ids, int32_t cap)
+{
+    int32_t n = 0;
+    for (int32_t id = 0; id < tok->vocab->n_tokens; id++)
+        if (tok->eog[id]) {
+            if (n < cap)
+                ids[n] = id;
+            n++;
+        }
+    return n;
+}
+
+int32_t kvrt_tokenizer_special_id(const kvrt_tokenizer *tok, const char *s, size_t n)
+{
+    const kvrt_vocab *v = tok->vocab;
+    for (int32_t i = 0; i < tok->n_special; i++) {
+        int32_t id = tok->special[i];
+        if ((size_t)v->piece_lens[id] == n && memcmp(v->pieces[id], s, n) == 0)
+            return id;
+    }
+    return -1;
+}
+
 const char *kvrt_tokenizer_piece(const kvrt_tokenizer *tok, int32_t id, size_t *len)
 {
     if (id < 0 || id >= tok->vocab->n_tokens)
@@ -208,271 +345,183 @@ const char *kvrt_tokenizer_piece(const kvrt_tokenizer *tok, int32_t id, size_t *
     return tok->vocab->pieces[id];
 }
 
+int32_t kvrt_tokenizer_type(const kvrt_tokenizer *tok, int32_t id)
+{
+    return id >= 0 && id < tok->vocab->n_tokens ? tok->types[id] : 0;
+}
+
 /* ---- encoding --------------------------------------------------------------- */
 
-/* One symbol: a span of the normalised text, linked to its neighbours. A symbol
- * merged into its left neighbour gets len 0. */
-typedef struct tok_symbol {
-    int32_t prev, next; /* symbol indices, -1 at the ends */
-    uint32_t start, len;
-} tok_symbol;
-
-/* A candidate merge of symbol `left` with its right neighbour into piece `id`,
- * valid while the two spans still add up to `len` bytes. */
-typedef struct tok_merge {
-    float score;
-    int32_t left;
+/* A special token found in the text. */
+typedef struct special_hit {
+    size_t start, len;
     int32_t id;
-    uint32_t len;
-} tok_merge;
+} special_hit;
 
-typedef struct tok_heap {
-    tok_merge *items;
-    size_t n, cap;
-} tok_heap;
-
-/* Higher score first; equal scores: the leftmost pair (SentencePiece's order). */
-static bool merge_before(const tok_merge *a, const tok_merge *b)
+static int hit_cmp(const void *a, const void *b)
 {
-    return a->score > b->score || (a->score == b->score && a->left < b->left);
+    const special_hit *x = a, *y = b;
+    return (x->start > y->start) - (x->start < y->start);
 }
 
-static void heap_push(tok_heap *h, tok_merge m)
+/* Phi-3's added tokens eat the whitespace after them, except these (see model_file.h). */
+static bool strips_right(const kvrt_tokenizer *tok, int32_t id)
 {
-    size_t i = h->n++;
-    while (i > 0) {
-        size_t parent = (i - 1) / 2;
-        if (!merge_before(&m, &h->items[parent]))
-            break;
-        h->items[i] = h->items[parent];
-        i = parent;
-    }
-    h->items[i] = m;
+    static const char *const keep[] = {"<unk>", "<s>", "<|endoftext|>"};
+    const kvrt_vocab *v = tok->vocab;
+    if (!v->special_rstrip)
+        return false;
+    for (size_t i = 0; i < KVRT_ARRAY_LEN(keep); i++)
+        if ((size_t)v->piece_lens[id] == strlen(keep[i]) && memcmp(v->pieces[id], keep[i], strlen(keep[i])) == 0)
+            return false;
+    return true;
 }
 
-static tok_merge heap_pop(tok_heap *h)
+/* Special tokens in the text, llama.cpp's way: longest piece first, each
+ * taking its occurrences left to right where no longer one was found. */
+static kvrt_status find_hits(kvrt_tokenizer *tok, const char *text, size_t len, const size_t (*plain)[2],
+                             size_t n_plain, special_hit **hits, size_t *n_hits)
 {
-    tok_merge top = h->items[0];
-    tok_merge last = h->items[--h->n];
-    size_t i = 0;
-    for (;;) {
-        size_t c = 2 * i + 1;
-        if (c >= h->n)
-            break;
-        if (c + 1 < h->n && merge_before(&h->items[c + 1], &h->items[c]))
-            c++;
-        if (!merge_before(&h->items[c], &last))
-            break;
-        h->items[i] = h->items[c];
-        i = c;
-    }
-    if (h->n > 0)
-        h->items[i] = last;
-    return top;
-}
-
-/* Length of the UTF-8 character at s (n bytes left); 1 for a byte that does
- * not start a complete, well-formed sequence, so any input splits cleanly. */
-static uint32_t utf8_char_len(const unsigned char *s, size_t n)
-{
-    size_t need;
-    if (s[0] < 0x80)
-        return 1;
-    if (s[0] >= 0xC2 && s[0] <= 0xDF)
-        need = 2;
-    else if (s[0] >= 0xE0 && s[0] <= 0xEF)
-        need = 3;
-    else if (s[0] >= 0xF0 && s[0] <= 0xF4)
-        need = 4;
-    else
-        return 1;
-    if (need > n)
-        return 1;
-    for (size_t i = 1; i < need; i++)
-        if ((s[i] & 0xC0) != 0x80)
-            return 1;
-    return (uint32_t)need;
-}
-
-typedef struct tok_work {
-    char *text;        /* normalised text */
-    size_t text_len;
-    tok_symbol *syms;  /* [n_syms] */
-    int32_t n_syms;
-    tok_heap heap;
-} tok_work;
-
-static const char kvrt_space_mark[3] = {'\xe2', '\x96', '\x81'}; /* U+2581 */
-
-/* Builds the normalised text and the scratch arrays sized for it. */
-static kvrt_status work_init(kvrt_tokenizer *tok, const char *text, size_t len, tok_work *w)
-{
-    size_t spaces = 0;
-    for (size_t i = 0; i < len; i++)
-        spaces += text[i] == ' ';
-    bool prefix = tok->vocab->add_space_prefix && len > 0;
-    size_t extra = 2 * spaces + (prefix ? 3 : 0);
-    size_t total, syms_bytes, heap_bytes;
-    if (!kvrt_add_size(len, extra, &total) || total > (size_t)INT32_MAX / 4 ||
-        !kvrt_mul_size(total, sizeof(tok_symbol), &syms_bytes) ||
-        !kvrt_mul_size(total, 3 * sizeof(tok_merge), &heap_bytes))
-        return kvrt_fail(&tok->err, KVRT_ERR_INVALID_ARGUMENT, "tokenize: text of %zu bytes is too long", len);
-    w->text = kvrt_alloc(tok->alloc, total, 1);
-    w->syms = kvrt_alloc(tok->alloc, syms_bytes, 0);
-    w->heap.items = kvrt_alloc(tok->alloc, heap_bytes, 0);
-    w->heap.cap = 3 * total;
-    w->heap.n = 0;
-    if (!w->text || !w->syms || !w->heap.items)
-        return kvrt_fail(&tok->err, KVRT_ERR_OUT_OF_HOST_MEMORY, "tokenize: no memory for %zu bytes of text", len);
-    size_t o = 0;
-    if (prefix) {
-        memcpy(w->text, kvrt_space_mark, 3);
-        o = 3;
-    }
-    for (size_t i = 0; i < len; i++) {
-        if (text[i] == ' ') {
-            memcpy(w->text + o, kvrt_space_mark, 3);
-            o += 3;
-        } else {
-            w->text[o++] = text[i];
-        }
-    }
-    w->text_len = o;
-    return KVRT_OK;
-}
-
-static void work_free(kvrt_tokenizer *tok, tok_work *w)
-{
-    kvrt_free(tok->alloc, w->text);
-    kvrt_free(tok->alloc, w->syms);
-    kvrt_free(tok->alloc, w->heap.items);
-}
-
-/* Queues the merge of symbol `left` with its right neighbour if their
- * concatenation (contiguous in the text) is a piece. */
-static void try_pair(const kvrt_tokenizer *tok, tok_work *w, int32_t left)
-{
-    if (left < 0 || w->syms[left].next < 0)
-        return;
-    const tok_symbol *l = &w->syms[left], *r = &w->syms[l->next];
-    uint32_t len = l->len + r->len;
-    int32_t id = map_find(tok, w->text + l->start, len);
-    if (id < 0 || w->heap.n >= w->heap.cap)
-        return;
-    tok_merge m = {tok->vocab->scores[id], left, id, len};
-    heap_push(&w->heap, m);
-}
-
-static void split_and_merge(const kvrt_tokenizer *tok, tok_work *w)
-{
-    const unsigned char *t = (const unsigned char *)w->text;
-    int32_t n = 0;
-    for (size_t i = 0; i < w->text_len; n++) {
-        uint32_t cl = utf8_char_len(t + i, w->text_len - i);
-        w->syms[n] = (tok_symbol){n - 1, -1, (uint32_t)i, cl};
-        if (n > 0)
-            w->syms[n - 1].next = n;
-        i += cl;
-    }
-    w->n_syms = n;
-    for (int32_t i = 0; i + 1 < n; i++)
-        try_pair(tok, w, i);
-    while (w->heap.n > 0) {
-        tok_merge m = heap_pop(&w->heap);
-        tok_symbol *l = &w->syms[m.left];
-        /* Stale: one side changed since the candidate was queued. Equal
-         * lengths imply the same span, hence the same piece. */
-        if (l->len == 0 || l->next < 0 || l->len + w->syms[l->next].len != m.len)
-            continue;
-        tok_symbol *r = &w->syms[l->next];
-        l->len = m.len;
-        l->next = r->next;
-        if (r->next >= 0)
-            w->syms[r->next].prev = m.left;
-        r->len = 0;
-        try_pair(tok, w, l->prev);
-        try_pair(tok, w, m.left);
-    }
-}
-
-/* Appends id to the output (counting past the capacity). */
-static void emit(int32_t id, int32_t *ids, size_t capacity, size_t *n)
-{
-    if (*n < capacity)
-        ids[*n] = id;
-    (*n)++;
-}
-
-/* Writes the ids of the final symbols: a piece, else its bytes' pieces, else <unk>. */
-static kvrt_status emit_symbols(kvrt_tokenizer *tok, const tok_work *w, int32_t *ids, size_t capacity, size_t *n)
-{
-    for (int32_t s = w->n_syms > 0 ? 0 : -1; s >= 0; s = w->syms[s].next) {
-        const tok_symbol *sym = &w->syms[s];
-        int32_t id = map_find(tok, w->text + sym->start, sym->len);
-        if (id >= 0) {
-            emit(id, ids, capacity, n);
-            continue;
-        }
-        for (uint32_t k = 0; k < sym->len; k++) {
-            unsigned char b = (unsigned char)w->text[sym->start + k];
-            if (tok->byte_ids[b] >= 0) {
-                emit(tok->byte_ids[b], ids, capacity, n);
-            } else if (tok->vocab->unk_id >= 0) {
-                emit(tok->vocab->unk_id, ids, capacity, n); /* one <unk> per unknown symbol */
+    const kvrt_vocab *v = tok->vocab;
+    uint8_t *taken = kvrt_calloc(tok->alloc, KVRT_MAX(len, 1), 1);
+    /* ranges that must stay text count as taken: no special token may overlap them */
+    for (size_t i = 0; taken && i < n_plain; i++)
+        if (plain[i][0] < plain[i][1] && plain[i][1] <= len)
+            memset(taken + plain[i][0], 1, plain[i][1] - plain[i][0]);
+    size_t cap = 16, n = 0;
+    special_hit *h = kvrt_alloc(tok->alloc, cap * sizeof(*h), 0);
+    kvrt_status s = KVRT_OK;
+    if (!taken || !h)
+        s = kvrt_fail(&tok->err, KVRT_ERR_OUT_OF_HOST_MEMORY, "tokenize: no memory for %zu bytes of text", len);
+    for (int32_t k = 0; k < tok->n_special && s == KVRT_OK; k++) {
+        int32_t id = tok->special[k];
+        size_t pl = (size_t)v->piece_lens[id];
+        for (size_t pos = 0; pos + pl <= len && s == KVRT_OK;) {
+            const char *p = memmem(text + pos, len - pos, v->pieces[id], pl);
+            if (!p)
                 break;
-            } else {
-                return kvrt_fail(&tok->err, KVRT_ERR_BAD_TOKENIZER,
-                                 "tokenize: byte 0x%02X has no piece, no byte piece and no <unk>", b);
+            size_t at = (size_t)(p - text);
+            bool free_span = memchr(taken + at, 1, pl) == NULL;
+            if (!free_span) {
+                pos = at + 1;
+                continue;
             }
+            if (n == cap) {
+                if (!kvrt_grow_array(tok->alloc, (void **)&h, n, cap * 2, sizeof(*h))) {
+                    s = kvrt_fail(&tok->err, KVRT_ERR_OUT_OF_HOST_MEMORY, "tokenize: no memory for special tokens");
+                    break;
+                }
+                cap *= 2;
+            }
+            h[n++] = (special_hit){at, pl, id};
+            memset(taken + at, 1, pl);
+            pos = at + pl;
         }
     }
+    kvrt_free(tok->alloc, taken);
+    if (s != KVRT_OK) {
+        kvrt_free(tok->alloc, h);
+        return s;
+    }
+    qsort(h, n, sizeof(*h), hit_cmp);
+    *hits = h;
+    *n_hits = n;
     return KVRT_OK;
 }
 
-kvrt_status kvrt_tokenizer_encode(kvrt_tokenizer *tok, const char *text, size_t len, bool add_bos, int32_t *ids,
+/* A stretch of plain text. SentencePiece adds its leading space to a stretch
+ * that starts the text or follows a special token, as llama.cpp does. */
+static kvrt_status encode_text(kvrt_tokenizer *tok, const char *text, size_t len, bool after_special,
+                               kvrt_tok_out *out)
+{
+    if (len == 0)
+        return KVRT_OK;
+    if (tok->vocab->kind == KVRT_VOCAB_BPE)
+        return kvrt_bpe_encode(tok, text, len, out);
+    return kvrt_spm_encode(tok, text, len, tok->vocab->add_space_prefix && after_special, out);
+}
+
+static kvrt_status encode_special(kvrt_tokenizer *tok, const char *text, size_t len, const size_t (*plain)[2],
+                                  size_t n_plain, kvrt_tok_out *out)
+{
+    special_hit *hits = NULL;
+    size_t n_hits = 0;
+    KVRT_TRY(find_hits(tok, text, len, plain, n_plain, &hits, &n_hits));
+    kvrt_status s = KVRT_OK;
+    size_t pos = 0;
+    bool after_special = true, strip = false;
+    for (size_t i = 0; i <= n_hits && s == KVRT_OK; i++) {
+        size_t end = i < n_hits ? hits[i].start : len;
+        while (strip && pos < end && isspace((unsigned char)text[pos]))
+            pos++;
+        if (end > pos) {
+            s = encode_text(tok, text + pos, end - pos, after_special, out);
+            after_special = false;
+        }
+        if (i < n_hits) {
+            kvrt_tok_emit(out, hits[i].id);
+            after_special = true;
+            strip = strips_right(tok, hits[i].id);
+            pos = hits[i].start + hits[i].len;
+        }
+    }
+    kvrt_free(tok->alloc, hits);
+    return s;
+}
+
+kvrt_status kvrt_tokenizer_encode(kvrt_tokenizer *tok, const char *text, size_t len, unsigned flags, int32_t *ids,
                                   size_t capacity, size_t *n_ids)
 {
-    if (!tok || !n_ids || (!text && len > 0) || (!ids && capacity > 0))
+    return kvrt_tokenizer_encode_plain(tok, text, len, flags, NULL, 0, ids, capacity, n_ids);
+}
+
+kvrt_status kvrt_tokenizer_encode_plain(kvrt_tokenizer *tok, const char *text, size_t len, unsigned flags,
+                                        const size_t (*plain)[2], size_t n_plain, int32_t *ids, size_t capacity,
+                                        size_t *n_ids)
+{
+    if (!tok || !n_ids || (!text && len > 0) || (!ids && capacity > 0) || (!plain && n_plain > 0))
         return kvrt_fail(tok ? &tok->err : NULL, KVRT_ERR_INVALID_ARGUMENT, "tokenize: NULL argument");
     *n_ids = 0;
-    size_t n = 0;
-    if (add_bos && tok->vocab->bos_id >= 0)
-        emit(tok->vocab->bos_id, ids, capacity, &n);
-    tok_work w = {0};
-    kvrt_status s = work_init(tok, text, len, &w);
-    if (s == KVRT_OK) {
-        split_and_merge(tok, &w);
-        s = emit_symbols(tok, &w, ids, capacity, &n);
-    }
-    work_free(tok, &w);
+    const kvrt_vocab *v = tok->vocab;
+    kvrt_tok_out out = {ids, capacity, 0};
+    bool add_special = (flags & KVRT_TOKENIZE_ADD_SPECIAL) != 0;
+    if (add_special && v->add_bos && v->bos_id >= 0)
+        kvrt_tok_emit(&out, v->bos_id);
+    kvrt_status s;
+    if ((flags & KVRT_TOKENIZE_PARSE_SPECIAL) && tok->n_special > 0 && len > 0)
+        s = encode_special(tok, text, len, plain, n_plain, &out);
+    else
+        s = encode_text(tok, text, len, true, &out);
     if (s != KVRT_OK)
         return s;
-    *n_ids = n;
-    if (n > capacity)
-        return kvrt_fail(&tok->err, KVRT_ERR_INVALID_ARGUMENT, "tokenize: %zu ids do not fit in %zu", n,
+    if (add_special && v->add_eos && v->eos_id >= 0)
+        kvrt_tok_emit(&out, v->eos_id);
+    *n_ids = out.n;
+    if (out.n > capacity)
+        return kvrt_fail(&tok->err, KVRT_ERR_INVALID_ARGUMENT, "tokenize: %zu ids do not fit in %zu", out.n,
                          capacity);
     return KVRT_OK;
 }
 
 /* ---- decoding --------------------------------------------------------------- */
 
-/* Writes token id's text after prev into dst[*o..cap) (counting past cap). */
-static void piece_text(const kvrt_tokenizer *tok, int32_t prev, int32_t id, char *dst, size_t cap, size_t *o)
+static const char kvrt_space_mark[3] = {'\xe2', '\x96', '\x81'}; /* U+2581 */
+
+static void put_bytes(const char *p, size_t n, char *dst, size_t cap, size_t *o)
+{
+    if (*o < cap)
+        memcpy(dst + *o, p, KVRT_MIN(n, cap - *o));
+    *o += n;
+}
+
+/* A SentencePiece piece with U+2581 as spaces; the encoder's added space
+ * is dropped after BOS, as run.c prints it. */
+static void spm_text(const kvrt_tokenizer *tok, int32_t prev, int32_t id, char *dst, size_t cap, size_t *o)
 {
     const kvrt_vocab *v = tok->vocab;
-    int32_t type = v->types[id];
-    if (type == KVRT_TOKEN_CONTROL)
-        return;
-    if (type == KVRT_TOKEN_BYTE) {
-        if (*o < cap)
-            dst[*o] = (char)parse_byte_piece(v->pieces[id], v->piece_lens[id]);
-        (*o)++;
-        return;
-    }
     const char *p = v->pieces[id];
     size_t n = (size_t)v->piece_lens[id];
-    /* The encoder's added space: dropped after BOS, as run.c prints it. */
-    bool drop_space = prev >= 0 && prev == v->bos_id && v->add_space_prefix && type != KVRT_TOKEN_UNKNOWN;
+    bool drop_space = prev >= 0 && prev == v->bos_id && v->add_space_prefix && tok->types[id] != KVRT_TOKEN_UNKNOWN;
     for (size_t i = 0; i < n;) {
         char c = p[i];
         size_t step = 1;
@@ -483,9 +532,35 @@ static void piece_text(const kvrt_tokenizer *tok, int32_t prev, int32_t id, char
         i += step;
         if (drop_space && c == ' ' && i == step)
             continue;
-        if (*o < cap)
-            dst[*o] = c;
-        (*o)++;
+        put_bytes(&c, 1, dst, cap, o);
+    }
+}
+
+/* Writes token id's text after prev into dst[*o..cap) (counting past cap). */
+static void piece_text(const kvrt_tokenizer *tok, int32_t prev, int32_t id, char *dst, size_t cap, size_t *o)
+{
+    const kvrt_vocab *v = tok->vocab;
+    int32_t type = tok->types[id];
+    if (type == KVRT_TOKEN_CONTROL)
+        return;
+    if (type == KVRT_TOKEN_BYTE) {
+        int b = parse_byte_piece(v->pieces[id], v->piece_lens[id]);
+        char c = (char)b;
+        put_bytes(&c, 1, dst, cap, o);
+        return;
+    }
+    if (type == KVRT_TOKEN_USER_DEFINED) { /* added tokens are text as written */
+        put_bytes(v->pieces[id], (size_t)v->piece_lens[id], dst, cap, o);
+        return;
+    }
+    if (v->kind == KVRT_VOCAB_SPM) {
+        spm_text(tok, prev, id, dst, cap, o);
+        return;
+    }
+    if (type == KVRT_TOKEN_NORMAL) {
+        size_t n;
+        const char *b = kvrt_bpe_token_bytes(tok, id, &n);
+        put_bytes(b, n, dst, cap, o);
     }
 }
 

@@ -211,8 +211,7 @@ kvrt_status kvrt_vocab_load_llama2c_memory(const void *data, size_t size, int32_
 {
     if (!out)
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "tokenizer.bin: out is NULL");
-    memset(out, 0, sizeof(*out));
-    out->bos_id = out->eos_id = out->unk_id = -1;
+    kvrt_vocab_init(out);
     if (!data && size > 0)
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "tokenizer.bin: data is NULL");
     const unsigned char *d = data;
@@ -262,8 +261,7 @@ kvrt_status kvrt_vocab_load_llama2c(const char *path, int32_t expected_n_tokens,
 {
     if (!out || !path)
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "tokenizer.bin: NULL argument");
-    memset(out, 0, sizeof(*out));
-    out->bos_id = out->eos_id = out->unk_id = -1;
+    kvrt_vocab_init(out);
     void *data = NULL;
     size_t size = 0;
     KVRT_TRY(read_file(path, alloc, &data, &size, err));
@@ -289,6 +287,14 @@ void kvrt_vocab_free(const kvrt_allocator *alloc, kvrt_vocab *vocab)
     kvrt_free(alloc, vocab->piece_lens);
     kvrt_free(alloc, vocab->scores);
     kvrt_free(alloc, vocab->types);
+    kvrt_free(alloc, vocab->merge_text);
+    kvrt_free(alloc, vocab->merge_offsets);
+    kvrt_free(alloc, vocab->chat_template);
+    kvrt_vocab_init(vocab);
+}
+
+void kvrt_vocab_init(kvrt_vocab *vocab)
+{
     memset(vocab, 0, sizeof(*vocab));
-    vocab->bos_id = vocab->eos_id = vocab->unk_id = -1;
+    vocab->bos_id = vocab->eos_id = vocab->unk_id = vocab->eot_id = vocab->eom_id = -1;
 }

@@ -129,9 +129,9 @@ expect_usage() { # PATTERN ARGS...
 }
 expect_usage "usage: kvrt-bench" 
 expect_usage "unknown subcommand 'nope'" nope
-expect_usage "unknown argument '--bogus'" attn --bogus
+expect_usage "unknown option '--bogus'" attn --bogus
 expect_usage "--kv-type: unknown value 'q4'" attn --kv-type q4
-expect_usage "-t: 'x' is not a number" attn -t x
+expect_usage "--threads: 'x' is not a number" attn -t x
 expect_usage "--block-size: use 8, 16 or 32" attn --block-size 12
 expect_usage "--ctx: missing value" attn --ctx
 expect_usage "--backend: unknown backend 'tpu'" attn --backend tpu

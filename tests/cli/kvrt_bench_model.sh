@@ -7,7 +7,9 @@
 # Usage (ctest): bash kvrt_bench_model.sh BUILD_DIR SOURCE_DIR
 set -u
 tool="$1/kvrt-bench"
-models="${KVRT_TEST_MODELS:-$2/../shared/models}"
+src=$2
+. "$(dirname "${BASH_SOURCE[0]}")/data.bash"
+require_data stories260K.gguf
 fails=0
 out=$(mktemp) err=$(mktemp) tmp=$(mktemp -d)
 trap 'rm -f "$out" "$err"; rm -rf "$tmp"' EXIT
@@ -181,14 +183,14 @@ expect_usage() { # PATTERN ARGS...
   grep -qE -- "$pat" "$err" || fail "'$*': stderr lacks /$pat/: $(cat "$err")"
   [ ! -s "$out" ] || fail "'$*' wrote to stdout"
 }
-expect_usage "unknown argument '--bogus'" model --bogus
+expect_usage "unknown option '--bogus'" model --bogus
 expect_usage "--type: unknown value 'q5'" model --type f32,q5
 expect_usage "--preset: unknown preset '3b'" model --preset 15m,3b
-expect_usage "-t: 'x' is not a number" model -t 1,x
+expect_usage "--threads: 'x' is not a number" model -t 1,x
 expect_usage "--gen: 0 is out of range" model --gen 0
 expect_usage "--prompt-len: missing value" model --prompt-len
 expect_usage "--kv-type: unknown value 'q8_0'" model --kv-type q8_0
-expect_usage "-t: bad list" model --threads 1,,2
+expect_usage "--threads: bad list" model --threads 1,,2
 run model --help
 [ "$rc" -eq 0 ] && grep -q -- "--prompt-len" "$out" || fail "model --help"
 

@@ -6,7 +6,9 @@
 # Usage (ctest): bash kvrt_bench_serve.sh BUILD_DIR SOURCE_DIR
 set -u
 tool="$1/kvrt-bench"
-models="${KVRT_TEST_MODELS:-$2/../shared/models}"
+src=$2
+. "$(dirname "${BASH_SOURCE[0]}")/data.bash"
+require_data stories260K.gguf
 model="$models/stories260K.gguf"
 fails=0
 out=$(mktemp) err=$(mktemp)

@@ -97,7 +97,7 @@ expect_usage_error "--kv-type: unknown value 'q4'" --preset llama-2-7b --ctx 10 
 expect_usage_error "shape is incomplete" --layers 2 --heads 4 --ctx 5
 expect_usage_error "--kv-heads 3 must divide --heads 4" --layers 2 --heads 4 --kv-heads 3 --head-dim 8 --ctx 5
 expect_usage_error "--dim 30 is not a multiple" --layers 2 --heads 4 --dim 30 --ctx 5
-expect_usage_error "unknown argument '--bogus'" --bogus
+expect_usage_error "unknown option '--bogus'" --bogus
 expect_usage_error "overflows" --preset llama-2-70b --ctx 1099511627776 --batch 1048576
 
 args=(--help); run --help

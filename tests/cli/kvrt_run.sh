@@ -6,7 +6,8 @@
 set -u
 build=$1
 src=$2
-models=${KVRT_TEST_MODELS:-$src/../shared/models}
+. "$(dirname "${BASH_SOURCE[0]}")/data.bash"
+require_data stories260K.bin stories260K.gguf tok512.bin golden/stories260K-once/text.txt
 tool=$build/kvrt-run
 golden=$models/golden/stories260K-once
 failures=0

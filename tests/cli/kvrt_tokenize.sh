@@ -6,7 +6,8 @@
 set -u
 build=$1
 src=$2
-models=${KVRT_TEST_MODELS:-$src/../shared/models}
+. "$(dirname "${BASH_SOURCE[0]}")/data.bash"
+require_data stories260K.bin stories260K.gguf tok512.bin tokenizer.bin
 tool=$build/kvrt-tokenize
 failures=0
 out=$(mktemp) err=$(mktemp)
@@ -55,12 +56,23 @@ expect "llama-2 spaces and emoji" "1 29871 15043 29871 243 162 169 156" -z "$mod
     -p " Hello $(printf '\xf0\x9f\xa6\x99')"
 expect "text from stdin" "1 403 407 261 378" -z "$tok512" -f - < <(printf 'Once upon a time')
 
+# byte-level BPE vocabularies (tests/data/vocab): GPT-2 adds no BOS, special tokens only with --special
+vocab=$src/tests/data/vocab
+expect "gpt-2 BPE" "15496 995" -m "$vocab/gpt-2-vocab.gguf" -p "Hello world"
+expect "gpt-2 pieces" "$(printf '15496\tHello\n995\t\xc4\xa0world')" -m "$vocab/gpt-2-vocab.gguf" -p "Hello world" --pieces
+expect "qwen3 special parsed" "151644 872 198 6023 151645" -m "$vocab/qwen3-vocab.gguf" --special \
+    -p "<|im_start|>user
+hi<|im_end|>"
+expect "qwen3 special as text" "27 91 318 4906 91 29" -m "$vocab/qwen3-vocab.gguf" -p "<|im_start|>"
+expect "phi-3 BOS and rstrip" "1 32010 15043 32007" -m "$vocab/phi-3-vocab.gguf" --special -p "<|user|>
+Hello<|end|>"
+
 if "$tool" --help >"$out" 2>"$err" && grep -q "usage: kvrt-tokenize" "$out"; then echo "ok   --help"
 else echo "FAIL --help"; failures=$((failures + 1)); fi
 expect_error "no text" "-p" -z "$tok512"
 expect_error "no model" "-m" -p "x"
 expect_error "unknown flag" "--bogus" -z "$tok512" -p "x" --bogus
-expect_error "missing value" "needs a value" -z "$tok512" -p
+expect_error "missing value" "missing value" -z "$tok512" -p
 expect_error "missing tokenizer file" "cannot open" -z /nonexistent/tok.bin -p "x"
 expect_error "checkpoint without -z" "-z" -m "$models/stories260K.bin" -p "x"
 expect_error "vocabulary size mismatch" "more than the model's 512" -m "$models/stories260K.bin" \

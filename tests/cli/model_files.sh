@@ -6,7 +6,8 @@
 set -u
 build=$1
 src=$2
-models=${KVRT_TEST_MODELS:-$src/../shared/models}
+. "$(dirname "${BASH_SOURCE[0]}")/data.bash"
+require_data stories260K.bin tok512.bin
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 failures=0

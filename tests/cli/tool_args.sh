@@ -6,10 +6,11 @@
 # --backend auto (the default) choosing the CPU here and saying so.
 # Usage: tool_args.sh BUILD_DIR SOURCE_DIR
 set -u
-build=$1
-src=$2
-models=${KVRT_TEST_MODELS:-$src/../shared/models}
-model=$src/models/stories260K.gguf
+build=$(cd "$1" && pwd)
+src=$(cd "$2" && pwd)
+. "$(dirname "${BASH_SOURCE[0]}")/data.bash"
+require_data stories260K.gguf stories260K.bin tok512.bin
+model=$models/stories260K.gguf
 failures=0
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -152,6 +153,123 @@ if built vulkan; then
         >"$out" 2>"$err" && ! grep -q "backend auto" "$err" && echo "ok   --backend vulkan uses the named backend" \
         || fail "--backend vulkan: $(cat "$err")"
 fi
+
+# ---- every tool: --version, --help, exit codes 0 ok / 1 failure / 2 usage -------------------------------
+version_help() { # NAME CMD...: --version and --help exit 0 with the text on stdout
+    local name=$1
+    shift
+    if "$@" --version >"$out" 2>"$err" && grep -qE "^$name \(kvrt\) [0-9]+\.[0-9]+\.[0-9]+$" "$out"; then
+        echo "ok   $name --version"
+    else
+        fail "$name --version: $(cat "$out" "$err")"
+    fi
+    if "$@" --help >"$out" 2>"$err" && grep -q "^usage: $name" "$out" && grep -q -- "--version" "$out" \
+        && grep -q "exit status: 0 ok, 1 failure, 2 usage error" "$out"; then
+        echo "ok   $name --help"
+    else
+        fail "$name --help: $(head -c 300 "$out") $(cat "$err")"
+    fi
+    expect_usage "$name unknown option" "unknown option '--bogus'" "$@" --bogus
+    expect_usage "$name unknown short option" "unknown option '-Q'" "$@" -Q
+}
+bench=$build/kvrt-bench
+convert=$build/kvrt-convert
+tokenize=$build/kvrt-tokenize
+synth=$build/kvrt-synth
+mem=$build/kvrt-mem
+version_help kvrt-run "$run"
+version_help kvrt-convert "$convert"
+version_help kvrt-tokenize "$tokenize"
+version_help kvrt-synth "$synth"
+version_help kvrt-mem "$mem"
+for sub in attn model serve; do version_help "kvrt-bench $sub" "$bench" "$sub"; done
+expect_rc 0 "kvrt-bench --version" "$bench" --version && grep -q "^kvrt-bench (kvrt) " "$out" \
+    || fail "kvrt-bench --version: $(cat "$out")"
+expect_usage "kvrt-bench unknown subcommand" "unknown subcommand" "$bench" nope
+
+# kvrt-convert: three arguments; -- ends the options, so an output may start with '-'
+ck=$models/stories260K.bin tok=$models/tok512.bin
+expect_usage "kvrt-convert missing arguments" "argument" "$convert" "$ck" "$tok"
+expect_usage "kvrt-convert extra argument" "unexpected argument 'four'" "$convert" "$ck" "$tok" "$tmp/o.gguf" four
+expect_usage "kvrt-convert --type q5" "--type: unknown value 'q5'" "$convert" --type q5 "$ck" "$tok" "$tmp/o.gguf"
+expect_usage "kvrt-convert --ctx 0" "--ctx: 0 is out of range" "$convert" --ctx 0 "$ck" "$tok" "$tmp/o.gguf"
+expect_rc 1 "kvrt-convert failure (missing checkpoint)" "$convert" "$tmp/none.bin" "$tok" "$tmp/o.gguf"
+(cd "$tmp" && "$convert" --type=f16 -- "$ck" "$tok" -dash.gguf >"$out" 2>"$err") \
+    && [ -s "$tmp/-dash.gguf" ] && echo "ok   kvrt-convert -- -dash.gguf (exit 0)" || fail "kvrt-convert --: $(cat "$err")"
+# options after the arguments are still options (getopt_long permutes)
+expect_rc 0 "kvrt-convert options after the arguments" "$convert" "$ck" "$tok" "$tmp/late.gguf" --type q8_0 -q
+[ -s "$err" ] && fail "kvrt-convert -q printed: $(cat "$err")"
+
+# kvrt-tokenize: -f with a text longer than a command-line argument may be
+expect_rc 0 "kvrt-tokenize ok" "$tokenize" -m "$model" -p "Once upon a time"
+expect_rc 1 "kvrt-tokenize failure (missing file)" "$tokenize" -m "$tmp/none.gguf" -p x
+expect_usage "kvrt-tokenize -p and -f" "exactly one of -p and -f" "$tokenize" -m "$model" -p x -f "$tmp/small.txt"
+if "$tokenize" -m "$model" -f "$tmp/big.txt" >"$out" 2>"$err"; then
+    n_big=$(wc -w <"$out")
+    n_small=$("$tokenize" -m "$model" --no-bos -f "$tmp/small.txt" | wc -w)
+    # each copy of the sentence tokenizes the same after the first; BOS adds one
+    [ "$n_big" -gt 30000 ] && [ "$n_big" -gt $((2500 * n_small)) ] \
+        && echo "ok   kvrt-tokenize -f with a $(stat -c %s "$tmp/big.txt")-byte text ($n_big ids)" \
+        || fail "kvrt-tokenize -f big: $n_big ids ($n_small per sentence)"
+else
+    fail "kvrt-tokenize -f big: $(cat "$err")"
+fi
+"$tokenize" -m "$model" -f - <"$tmp/small.txt" >"$out" 2>"$err" \
+    && [ "$(cat "$out")" = "$("$tokenize" -m "$model" -p "$small")" ] && echo "ok   kvrt-tokenize -f -" \
+    || fail "kvrt-tokenize -f -: $(cat "$err")"
+
+# kvrt-synth and kvrt-convert: progress (\r percentages) only on a terminal; here stderr is a file
+expect_rc 0 "kvrt-synth ok" "$synth" --preset=tiny --layers=1 -o "$tmp/s.gguf"
+if grep -q $'\r' "$err"; then fail "kvrt-synth wrote \\r progress to a file: $(od -c "$err" | head -n 3)"
+else echo "ok   kvrt-synth: no progress when stderr is not a terminal"; fi
+expect_rc 1 "kvrt-synth failure (no such folder)" "$synth" -o "$tmp/none/s.gguf"
+expect_usage "kvrt-synth no output" "no output file" "$synth" --preset tiny
+expect_usage "kvrt-synth --std nan" "--std: 'nan' is not a finite number" "$synth" --std nan -o "$tmp/x.gguf"
+expect_usage "kvrt-synth --std 0" "--std: 0 is out of range (must be > 0)" "$synth" --std 0 -o "$tmp/x.gguf"
+expect_usage "kvrt-synth --seed -1" "--seed: '-1' is not a number" "$synth" --seed -1 -o "$tmp/x.gguf"
+expect_usage "kvrt-synth --layers 2x" "--layers: '2x' is not a number" "$synth" --layers 2x -o "$tmp/x.gguf"
+expect_rc 0 "kvrt-convert ok" "$convert" "$ck" "$tok" "$tmp/c.gguf"
+if grep -q $'\r' "$err"; then fail "kvrt-convert wrote \\r progress to a file"
+else echo "ok   kvrt-convert: no progress when stderr is not a terminal"; fi
+if command -v script >/dev/null; then # under a pseudo-terminal the progress is back
+    script -qec "$synth --preset tiny -o $tmp/t.gguf" /dev/null >"$out" 2>&1
+    grep -q $'\r'"kvrt-synth: 100%" "$out" && echo "ok   kvrt-synth: progress on a terminal" \
+        || fail "kvrt-synth on a terminal: no progress: $(od -c "$out" | head -n 3)"
+fi
+
+# kvrt-mem: the KV cache's block sizes, strict numbers, a write error is a failure
+expect_rc 0 "kvrt-mem ok" "$mem" --preset llama-2-7b --ctx=4k
+expect_usage "kvrt-mem --block-size 1" "--block-size: use 8, 16 or 32" "$mem" --preset llama-2-7b --ctx 4k --block-size 1
+expect_usage "kvrt-mem --ctx 4kk" "--ctx: '4kk' is not a number" "$mem" --preset llama-2-7b --ctx 4kk
+"$mem" --preset llama-2-7b --ctx 4k >/dev/full 2>"$err"
+[ $? -eq 1 ] && grep -q "cannot write" "$err" && echo "ok   kvrt-mem exit 1 on a full stdout" \
+    || fail "kvrt-mem >/dev/full: $(cat "$err")"
+
+# kvrt-bench: the same common flags, bounds and messages as kvrt-run in every subcommand
+for sub in attn model serve; do
+    expect_usage "kvrt-bench $sub --block-size 12" "--block-size: use 8, 16 or 32" "$bench" $sub --block-size 12
+    expect_usage "kvrt-bench $sub --device 4294967296" "--device: 4294967296 is out of range" \
+        "$bench" $sub --backend vulkan --device 4294967296
+    expect_usage "kvrt-bench $sub --device with auto" "--device picks a device of a named backend" \
+        "$bench" $sub --backend auto --device 1
+    expect_usage "kvrt-bench $sub -t 1025" "--threads: 1025 is out of range [0, 1024]" "$bench" $sub -t1025
+    expect_usage "kvrt-bench $sub --kv-type q4" "--kv-type: unknown value 'q4'" "$bench" $sub --kv-type=q4
+    expect_usage "kvrt-bench $sub --backend tpu" "--backend: unknown backend 'tpu' (auto, cpu, vulkan, opencl)" \
+        "$bench" $sub --backend tpu
+    expect_usage "kvrt-bench $sub positional" "unexpected argument 'extra'" "$bench" $sub extra
+done
+expect_usage "kvrt-bench attn -t list" "--threads: takes one number" "$bench" attn -t 1,2
+expect_usage "kvrt-bench model -t 17 counts" "--threads: bad list" "$bench" model -t 1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1
+expect_usage "kvrt-bench attn --ctx junk" "--ctx: '4q' is not a number" "$bench" attn --ctx 512,4q
+expect_rc 1 "kvrt-bench serve failure (missing model)" "$bench" serve --model "$tmp/none.gguf" --requests 4
+if expect_rc 0 "kvrt-bench serve ok (auto, -v)" "$bench" serve --model "$model" --requests 8 --max-seqs 4 -v -t1 \
+    --backend=auto; then
+    grep -q "^kvrt-bench serve: backend auto: " "$err" || fail "kvrt-bench serve: the auto choice is not on stderr"
+    grep -q "^kvrt-bench serve: backend [a-z]*, device .*, threads 1, KV f32, block size 16" "$err" \
+        || fail "kvrt-bench serve -v: no settings line: $(head -n 3 "$err")"
+fi
+expect_rc 1 "kvrt-bench attn failure (no such device)" "$bench" attn --quick --backend opencl --device no-such-device
+# (attn and model runs that exit 0 are kvrt_bench.sh's and kvrt_bench_model.sh's: minutes on a busy machine)
 
 [ "$failures" -eq 0 ] || { echo "$failures failure(s)"; exit 1; }
 echo "all ok"

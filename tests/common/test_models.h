@@ -1,5 +1,7 @@
-/* Finding and reading the shared test models (../shared/models, or
- * $KVRT_TEST_MODELS in tests only). */
+/* Finding and reading the test data (tests/data in the source tree, or
+ * $KVRT_TEST_MODELS in tests only). Every helper that opens a file names its
+ * path on stderr when it is missing, so a fresh checkout without the data
+ * says what is missing instead of a bare "GROUP SETUP" failure. */
 #ifndef KVRT_TEST_MODELS_H
 #define KVRT_TEST_MODELS_H
 
@@ -10,10 +12,14 @@
 const char *kvrt_test_models_dir(void);
 /* Writes "<models dir>/<name>" into buf. */
 void kvrt_test_model_path(const char *name, char *buf, size_t size);
-/* Reads a whole file under the models folder (malloc'd; NULL on failure). */
+/* Like kvrt_test_model_path, but fails the running cmocka test (naming the
+ * path) when the file cannot be read. */
+void kvrt_test_require_model(const char *name, char *buf, size_t size);
+/* Reads a whole file under the models folder (malloc'd; NULL on failure, with
+ * the path named on stderr). */
 void *kvrt_test_read_file(const char *name, size_t *size);
 /* Reads whitespace-separated integers from a file under the models folder;
- * returns how many were read (-1 if the file is missing). */
+ * returns how many were read (-1 if the file is missing, named on stderr). */
 int32_t kvrt_test_read_ids(const char *name, int32_t *ids, int32_t capacity);
 
 /* Loads the model file `name` from the models folder on ctx and opens a

@@ -25,9 +25,9 @@
 #include "json.h"
 #include "table.h"
 
-#include "backend/backend.h"
+#include "kvrt_tool_internal.h"
+#include "model/shapes.h"
 #include "common/fp16.h"
-#include "cpu_attention.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -45,16 +45,12 @@ typedef struct attn_shape {
     int32_t head_dim;
 } attn_shape;
 
-/* Attention shapes of real models (one layer; layers only repeat it). */
-static const attn_shape SHAPES[] = {
-    {"llama2-7b", 32, 32, 128}, /* MHA */
-    {"llama3-8b", 32, 8, 128},  /* GQA, 4 query heads per KV head */
-};
+/* Attention shapes of real models (one layer; layers only repeat it), from
+ * the shared preset table (model/shapes.h): MHA, and GQA with 4 query heads
+ * per KV head. */
+static const char *const SHAPES[] = {"llama-2-7b", "llama-3-8b"};
 /* --quick: tiny shapes, contexts that are and are not multiples of the block. */
-static const attn_shape QUICK_SHAPES[] = {
-    {"tiny-mha", 4, 4, 32},
-    {"tiny-gqa", 8, 2, 64},
-};
+static const char *const QUICK_SHAPES[] = {"tiny-mha", "tiny-gqa"};
 static const int32_t CTXS[] = {512, 1024, 2048, 4096, 8192};
 static const int32_t BATCHES[] = {1, 4, 16};
 static const int32_t QUICK_CTXS[] = {37, 300};
@@ -68,7 +64,8 @@ static const int32_t QUICK_BATCHES[] = {1, 3};
 #define MAX_LIST 16
 
 typedef struct attn_opts {
-    kvrt_backend_kind backend;
+    kvrt_cli_common common;     /* --backend --device -t --pipeline-cache --kv-type --block-size -v */
+    kvrt_backend_kind backend;  /* the common flags' values, resolved (auto chosen) */
     const char *pipeline_cache; /* --pipeline-cache FILE; NULL = none */
     int n_threads;           /* 0 = all cores */
     bool json, quick;
@@ -79,7 +76,7 @@ typedef struct attn_opts {
     int64_t max_kv_bytes;    /* cells whose paged KV (one layer) is larger are skipped */
     double min_time;         /* seconds of timed calls per measurement */
     int min_reps, max_reps;
-    const attn_shape *shapes;
+    attn_shape shapes[4];
     int n_shapes;
     int32_t ctxs[MAX_LIST], batches[MAX_LIST];
     int n_ctx, n_batch;
@@ -105,69 +102,11 @@ typedef struct attn_result {
 
 /* ---- arguments ----------------------------------------------------------------- */
 
-static void usage(FILE *f)
-{
-    fprintf(f,
-            "usage: kvrt-bench attn [--backend cpu] [-t THREADS] [--json] [--kv-type f32|f16] [--quick]\n"
-            "                       [--ctx N,N,...] [--batch N,N,...] [--block-size 8|16|32]\n"
-            "                       [--prefill-chunk N] [--max-kv-mib N] [--min-time-ms N] [--no-cpu-compare]\n"
-            "                       [--pipeline-cache FILE]\n"
-            "\n"
-            "Decode and prefill attention throughput over model shapes (llama2-7b: 32 q / 32 KV\n"
-            "heads, llama3-8b: 32 q / 8 KV heads, head_dim 128) x batch x context, with the KV-read\n"
-            "rate as a share of the memory bandwidth measured in the same run, and paged vs\n"
-            "contiguous KV layout on the same data.\n"
-            "\n"
-            "  --backend B        cpu (default), vulkan, opencl (contiguous comparison: cpu only)\n"
-            "  -t, --threads N    threads (default: all cores)\n"
-            "  --json             one JSON document on stdout; the table goes to stderr\n"
-            "  --kv-type T        f16 (default) or f32\n"
-            "  --quick            a tiny grid (seconds; for tests)\n"
-            "  --ctx LIST         contexts (default 512,1024,2048,4096,8192; 4k = 4096)\n"
-            "  --batch LIST       batch sizes (default 1,4,16)\n"
-            "  --block-size N     tokens per KV block (default 16)\n"
-            "  --prefill-chunk N  new tokens per sequence in the prefill cells (default 128; 0 = none)\n"
-            "  --max-kv-mib N     skip cells whose KV of one layer exceeds N MiB (default 2048)\n"
-            "  --min-time-ms N    timed milliseconds per measurement (default 300)\n"
-            "  --no-cpu-compare   on vulkan/opencl, do not run every cell on the CPU backend too\n"
-            "                     (by default it does, on -t threads, and reports the speed ratios)\n"
-            "  --pipeline-cache F load compiled GPU pipelines from F and save them there (default: none)\n");
-}
-
-/* "512,4k,8192" -> values in [1, max]. */
-static bool parse_list(const char *flag, const char *s, int64_t max, int32_t *vals, int *n)
-{
-    char buf[256];
-    if (strlen(s) >= sizeof(buf)) {
-        kvrt_cli_error(PROG, "%s: list too long", flag);
-        return false;
-    }
-    strcpy(buf, s);
-    *n = 0;
-    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        int64_t v;
-        if (*n == MAX_LIST) {
-            kvrt_cli_error(PROG, "%s: at most %d values", flag, MAX_LIST);
-            return false;
-        }
-        if (!kvrt_cli_int(PROG, flag, tok, 1, max, true, &v))
-            return false;
-        vals[(*n)++] = (int32_t)v;
-    }
-    if (*n == 0) {
-        kvrt_cli_error(PROG, "%s: empty list", flag);
-        return false;
-    }
-    return true;
-}
-
 static void default_opts(attn_opts *o)
 {
     memset(o, 0, sizeof(*o));
-    o->backend = KVRT_BACKEND_CPU;
+    kvrt_cli_common_init(&o->common, KVRT_DTYPE_F16, 1);
     o->cpu_compare = true;
-    o->dtype = KVRT_DTYPE_F16;
-    o->block_size = 16;
     o->prefill_chunk = 128;
     o->max_kv_bytes = (int64_t)2048 << 20;
     o->min_time = 0.3;
@@ -178,8 +117,12 @@ static void default_opts(attn_opts *o)
 /* The grid of --quick or the full one, unless --ctx/--batch replaced it. */
 static void apply_grid(attn_opts *o, bool ctx_given, bool batch_given)
 {
-    o->shapes = o->quick ? QUICK_SHAPES : SHAPES;
+    const char *const *names = o->quick ? QUICK_SHAPES : SHAPES;
     o->n_shapes = (int)(o->quick ? KVRT_ARRAY_LEN(QUICK_SHAPES) : KVRT_ARRAY_LEN(SHAPES));
+    for (int i = 0; i < o->n_shapes; i++) {
+        const kvrt_model_shape *m = kvrt_model_shape_find(names[i]); /* in the table by construction */
+        o->shapes[i] = (attn_shape){m->name, m->n_head, m->n_head_kv, kvrt_model_shape_head_dim(m)};
+    }
     const int32_t *c = o->quick ? QUICK_CTXS : CTXS, *b = o->quick ? QUICK_BATCHES : BATCHES;
     if (!ctx_given) {
         o->n_ctx = (int)(o->quick ? KVRT_ARRAY_LEN(QUICK_CTXS) : KVRT_ARRAY_LEN(CTXS));
@@ -198,87 +141,73 @@ static void apply_grid(attn_opts *o, bool ctx_given, bool batch_given)
     }
 }
 
-/* One flag at argv[*i]; returns 0, KVRT_CLI_USAGE, or -1 for --help. */
-static int parse_one(int argc, char **argv, int *i, attn_opts *o, bool *ctx_given, bool *batch_given)
+/* "512,4k,8192" -> contexts in [1, 2^20]. */
+static bool parse_ctxs(const char *prog, const char *flag, const char *value, void *dst)
 {
-    const char *a = argv[*i], *val = NULL;
-    int64_t n;
-    if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0)
-        return -1;
-    if (strcmp(a, "--json") == 0) {
-        o->json = true;
-        return 0;
-    }
-    if (strcmp(a, "--quick") == 0) {
-        o->quick = true;
-        return 0;
-    }
-    if (strcmp(a, "--no-cpu-compare") == 0) {
-        o->cpu_compare = false;
-        return 0;
-    }
-    if (kvrt_cli_flag(argc, argv, i, "--backend", &val, PROG)) {
-        if (val && kvrt_backend_parse(val, &o->backend) != KVRT_OK) {
-            kvrt_cli_error(PROG, "--backend: unknown backend '%s' (cpu, vulkan, opencl)", val);
-            return KVRT_CLI_USAGE;
-        }
-    } else if (kvrt_cli_flag(argc, argv, i, "--pipeline-cache", &val, PROG)) {
-        o->pipeline_cache = val;
-    } else if (kvrt_cli_flag(argc, argv, i, "-t", &val, PROG) ||
-               kvrt_cli_flag(argc, argv, i, "--threads", &val, PROG)) {
-        if (val && !kvrt_cli_int(PROG, "-t", val, 1, 4096, false, &n))
-            return KVRT_CLI_USAGE;
-        o->n_threads = val ? (int)n : 0;
-    } else if (kvrt_cli_flag(argc, argv, i, "--kv-type", &val, PROG)) {
-        static const char *const types[] = {"f32", "f16"};
-        int t = val ? kvrt_cli_choice(PROG, "--kv-type", val, types, 2) : -1;
-        if (t < 0)
-            return KVRT_CLI_USAGE;
-        o->dtype = t == 0 ? KVRT_DTYPE_F32 : KVRT_DTYPE_F16;
-    } else if (kvrt_cli_flag(argc, argv, i, "--ctx", &val, PROG)) {
-        if (val && !parse_list("--ctx", val, 1 << 20, o->ctxs, &o->n_ctx))
-            return KVRT_CLI_USAGE;
-        *ctx_given = true;
-    } else if (kvrt_cli_flag(argc, argv, i, "--batch", &val, PROG)) {
-        if (val && !parse_list("--batch", val, 1024, o->batches, &o->n_batch))
-            return KVRT_CLI_USAGE;
-        *batch_given = true;
-    } else if (kvrt_cli_flag(argc, argv, i, "--block-size", &val, PROG)) {
-        if (val && (!kvrt_cli_int(PROG, "--block-size", val, 8, 32, false, &n) || (n & (n - 1)))) {
-            kvrt_cli_error(PROG, "--block-size: use 8, 16 or 32");
-            return KVRT_CLI_USAGE;
-        }
-        o->block_size = val ? (int32_t)n : 0;
-    } else if (kvrt_cli_flag(argc, argv, i, "--prefill-chunk", &val, PROG)) {
-        if (val && !kvrt_cli_int(PROG, "--prefill-chunk", val, 0, 1 << 16, true, &n))
-            return KVRT_CLI_USAGE;
-        o->prefill_chunk = val ? (int32_t)n : 0;
-    } else if (kvrt_cli_flag(argc, argv, i, "--max-kv-mib", &val, PROG)) {
-        if (val && !kvrt_cli_int(PROG, "--max-kv-mib", val, 1, 1 << 24, false, &n))
-            return KVRT_CLI_USAGE;
-        o->max_kv_bytes = val ? n << 20 : 0;
-    } else if (kvrt_cli_flag(argc, argv, i, "--min-time-ms", &val, PROG)) {
-        if (val && !kvrt_cli_int(PROG, "--min-time-ms", val, 0, 600000, false, &n))
-            return KVRT_CLI_USAGE;
-        o->min_time = val ? (double)n * 1e-3 : 0.0;
-    } else {
-        kvrt_cli_error(PROG, "unknown argument '%s' (see --help)", a);
-        return KVRT_CLI_USAGE;
-    }
-    return val ? 0 : KVRT_CLI_USAGE;
+    attn_opts *o = dst;
+    return kvrt_cli_int_list(prog, flag, value, 1, 1 << 20, true, o->ctxs, MAX_LIST, &o->n_ctx);
 }
 
+static bool parse_batches(const char *prog, const char *flag, const char *value, void *dst)
+{
+    attn_opts *o = dst;
+    return kvrt_cli_int_list(prog, flag, value, 1, 1024, true, o->batches, MAX_LIST, &o->n_batch);
+}
+
+/* KVRT_CLI_CONTINUE, or the exit status after --help/--version or a usage error. */
 static int parse_args(int argc, char **argv, attn_opts *o)
 {
-    bool ctx_given = false, batch_given = false;
+    bool ctx_given = false, batch_given = false, no_cpu_compare = false;
+    int32_t max_kv_mib = 2048, min_time_ms = 300;
     default_opts(o);
-    for (int i = 1; i < argc; i++) {
-        int rc = parse_one(argc, argv, &i, o, &ctx_given, &batch_given);
-        if (rc != 0)
-            return rc;
-    }
+    const kvrt_cli_opt opts[] = {
+        KVRT_CLI_BOOL(0, "json", &o->json, "one JSON document on stdout; the table goes to stderr"),
+        KVRT_CLI_BOOL(0, "quick", &o->quick, "a tiny grid (seconds; for tests)"),
+        {.name = "ctx", .kind = KVRT_CLI_KIND_CALL, .call = parse_ctxs, .dst = o, .meta = "LIST",
+         .help = "contexts (default 512,1024,2048,4096,8192; 4k = 4096)", .seen = &ctx_given},
+        {.name = "batch", .kind = KVRT_CLI_KIND_CALL, .call = parse_batches, .dst = o, .meta = "LIST",
+         .help = "batch sizes (default 1,4,16)", .seen = &batch_given},
+        {.name = "prefill-chunk", .kind = KVRT_CLI_KIND_INT32, .dst = &o->prefill_chunk, .min = 0, .max = 1 << 16,
+         .flags = KVRT_CLI_K_SUFFIX, .meta = "N",
+         .help = "new tokens per sequence in the prefill cells (default 128; 0 = none)"},
+        KVRT_CLI_INT32(0, "max-kv-mib", &max_kv_mib, 1, 1 << 24, "N",
+                       "skip cells whose KV of one layer exceeds N MiB (default 2048)"),
+        KVRT_CLI_INT32(0, "min-time-ms", &min_time_ms, 0, 600000, "N",
+                       "timed milliseconds per measurement (default 300)"),
+        KVRT_CLI_BOOL(0, "no-cpu-compare", &no_cpu_compare,
+                      "on vulkan/opencl, do not run every cell on the CPU backend too\n"
+                      "(by default it does, on -t threads, and reports the speed ratios)"),
+    };
+    const kvrt_cli_spec spec = {
+        .prog = PROG,
+        .usage = "kvrt-bench attn [--backend auto] [-t THREADS] [--json] [--kv-type f16|f32] [--quick]\n"
+                 "                       [--ctx N,N,...] [--batch N,N,...] [--block-size 8|16|32]\n"
+                 "                       [--prefill-chunk N] [--max-kv-mib N] [--min-time-ms N] [--no-cpu-compare]\n"
+                 "                       [--pipeline-cache FILE] [--device N|NAME] [-v]",
+        .about = "Decode and prefill attention throughput over model shapes (llama2-7b: 32 q / 32 KV\n"
+                 "heads, llama3-8b: 32 q / 8 KV heads, head_dim 128) x batch x context, with the KV-read\n"
+                 "rate as a share of the memory bandwidth measured in the same run, and paged vs\n"
+                 "contiguous KV layout on the same data (contiguous comparison: cpu only).",
+        .opts = opts,
+        .n_opts = KVRT_ARRAY_LEN(opts),
+        .common = &o->common,
+    };
+    int first;
+    int rc = kvrt_cli_parse(&spec, argc, argv, &first);
+    if (rc != KVRT_CLI_CONTINUE)
+        return rc;
+    if (!kvrt_cli_common_resolve(PROG, &o->common))
+        return KVRT_CLI_USAGE;
+    o->backend = o->common.backend;
+    o->pipeline_cache = o->common.pipeline_cache;
+    o->n_threads = o->common.threads[0];
+    o->dtype = o->common.kv_type;
+    o->block_size = o->common.block_size;
+    o->cpu_compare = !no_cpu_compare;
+    o->max_kv_bytes = (int64_t)max_kv_mib << 20;
+    o->min_time = (double)min_time_ms * 1e-3;
     apply_grid(o, ctx_given, batch_given);
-    return 0;
+    return KVRT_CLI_CONTINUE;
 }
 
 /* ---- one cell ------------------------------------------------------------------ */
@@ -494,24 +423,8 @@ static kvrt_status call_paged_decode(attn_cell *c, kvrt_context *ctx, int32_t la
 static kvrt_status call_contig_decode(attn_cell *c, kvrt_context *ctx, int32_t layer, kvrt_error *err)
 {
     const attn_shape *sh = c->shape;
-    kvrt_cpu_contig_kv kv;
-    memset(&kv, 0, sizeof(kv)); /* defaults for any field this tool does not set */
-    kv.dtype = c->o->dtype;
-    kv.n_kv_heads = sh->n_kv_heads;
-    kv.head_dim = sh->head_dim;
-    kv.max_len = c->ctx;
-    kv.k = c->ck[layer];
-    kv.v = c->cv[layer];
-    kvrt_attn_desc d;
-    memset(&d, 0, sizeof(d));
-    d.num_seqs = c->batch;
-    d.n_heads = sh->n_heads;
-    d.max_blocks_per_seq = c->blocks_per_seq;
-    d.scale = 1.0f / sqrtf((float)sh->head_dim); /* what the public API uses for scale 0 */
-    d.q_stride = (int64_t)sh->n_heads * sh->head_dim;
-    d.o_stride = d.q_stride;
-    kvrt_status st = kvrt_cpu_attn_decode_contiguous(ctx->be, &kv, &d, c->q, c->seq_lens, c->out_contig);
-    return st == KVRT_OK ? st : kvrt_fail(err, st, "contiguous decode: %s", ctx->be->err.message);
+    kvrt_tool_contig_kv kv = {c->o->dtype, sh->n_kv_heads, sh->head_dim, c->ctx, c->ck[layer], c->cv[layer]};
+    return kvrt_tool_contig_decode(ctx, &kv, c->batch, sh->n_heads, c->q, c->seq_lens, c->out_contig, err);
 }
 
 /* Chunked prefill: each sequence's last `chunk` tokens attend to its cached prefix and to each other. */
@@ -666,40 +579,6 @@ static double ref_bw(const attn_run *run)
 static double pct_bw(const attn_run *run, const attn_result *r)
 {
     return 100.0 * gbs(r->kv_bytes, r->paged_s) / ref_bw(run);
-}
-
-/* Device copy bandwidth through the backend vtable (any backend): one
- * buffer_copy of `bytes` between two device buffers recorded between begin()
- * and submit(), timed around submit; best of `passes` after a warm-up. */
-static kvrt_status device_copy_bw(kvrt_backend *be, size_t bytes, int passes, double *out, kvrt_error *err)
-{
-    const kvrt_backend_ops *ops = be->ops;
-    kvrt_buffer *a = NULL, *b = NULL;
-    kvrt_status st = ops->buffer_create(be, bytes, KVRT_BUFFER_DEVICE, &a);
-    if (st == KVRT_OK)
-        st = ops->buffer_create(be, bytes, KVRT_BUFFER_DEVICE, &b);
-    double best = 0;
-    for (int p = 0; st == KVRT_OK && p <= passes; p++) {
-        st = ops->begin(be);
-        if (st != KVRT_OK)
-            break;
-        double t0 = kvrt_bench_now();
-        st = ops->buffer_copy(be, p % 2 ? b : a, 0, p % 2 ? a : b, 0, bytes);
-        kvrt_status sub = ops->submit(be);
-        double t = kvrt_bench_now() - t0;
-        if (st == KVRT_OK)
-            st = sub;
-        if (st == KVRT_OK && p > 0 && t > 0)
-            best = fmax(best, 2.0 * (double)bytes / t * 1e-9); /* first pass warms up */
-    }
-    if (st != KVRT_OK)
-        kvrt_fail(err, st, "device copy bandwidth: %s", be->err.message);
-    if (b)
-        ops->buffer_destroy(be, b);
-    if (a)
-        ops->buffer_destroy(be, a);
-    *out = best;
-    return st;
 }
 
 /* Speed of this backend over the CPU's on the same cell (> 1: faster). */
@@ -961,17 +840,11 @@ int kvrt_bench_attn_main(int argc, char **argv)
     attn_run run;
     memset(&run, 0, sizeof(run));
     int rc = parse_args(argc, argv, &run.o);
-    if (rc < 0) {
-        usage(stdout);
-        return 0;
-    }
-    if (rc != 0)
+    if (rc != KVRT_CLI_CONTINUE)
         return rc;
     kvrt_error err = {KVRT_OK, ""};
     kvrt_context_params cp = kvrt_context_default_params();
-    cp.backend = run.o.backend;
-    cp.n_threads = run.o.n_threads;
-    cp.pipeline_cache_path = run.o.pipeline_cache;
+    kvrt_cli_common_context_params(&run.o.common, &cp);
     kvrt_context *ctx = NULL, *cpu = NULL;
     if (kvrt_context_create(&cp, &ctx, &err) != KVRT_OK) {
         kvrt_cli_error(PROG, "%s", err.message);
@@ -986,7 +859,7 @@ int kvrt_bench_attn_main(int argc, char **argv)
         }
     }
     run.device = kvrt_context_description(ctx);
-    run.kernels = run.o.backend == KVRT_BACKEND_CPU ? kvrt_cpu_attn_kernels_get()->name : "-";
+    run.kernels = run.o.backend == KVRT_BACKEND_CPU ? kvrt_tool_cpu_attn_kernels() : "-";
     run.llc = kvrt_bench_llc_bytes();
     fprintf(stderr, "%s: %s; measuring memory bandwidth\n", PROG, run.device);
     kvrt_status st = kvrt_bench_bandwidth(run.o.n_threads, 4 * run.llc, run.o.quick ? 2 : 5, &run.bw, &err);
@@ -994,7 +867,7 @@ int kvrt_bench_attn_main(int argc, char **argv)
     run.dev_copy_bytes = KVRT_MAX(4 * run.llc, (size_t)(run.o.quick ? 64 : 256) << 20);
     run.dev_copy_passes = run.o.quick ? 2 : 5;
     if (st == KVRT_OK)
-        st = device_copy_bw(ctx->be, run.dev_copy_bytes, run.dev_copy_passes, &run.dev_copy_gbs, &err);
+        st = kvrt_tool_device_copy_gbs(ctx, run.dev_copy_bytes, run.dev_copy_passes, &run.dev_copy_gbs, &err);
     if (st == KVRT_OK)
         st = run_grid(ctx, cpu, &run, &err);
     if (st == KVRT_OK) {

@@ -22,7 +22,7 @@
 #include "profile_report.h"
 #include "table.h"
 
-#include "model/model_api_internal.h"
+#include "kvrt_tool_internal.h"
 #include "model/synth.h"
 
 #include <cblas.h>
@@ -47,7 +47,8 @@ static const char *const PROG = "kvrt-bench model";
 #define QUICK_MODEL "quick"
 
 typedef struct model_opts {
-    kvrt_backend_kind backend;
+    kvrt_cli_common common;     /* --backend --device -t --pipeline-cache --kv-type --block-size -v */
+    kvrt_backend_kind backend;  /* the common flags' values, resolved (auto chosen) */
     const char *pipeline_cache; /* --pipeline-cache FILE; NULL = none */
     bool json, quick;
     bool profile;                           /* --profile: time per op on the benchmarked contexts */
@@ -60,6 +61,7 @@ typedef struct model_opts {
     int32_t threads[MAX_LIST];
     int n_threads;
     kvrt_dtype kv_type;
+    int32_t block_size;
     int32_t prompt_len, gen, reps;
     int32_t cache_lens[MAX_LIST];           /* steps of the KV-cache table; none = no table */
     int n_cache_lens;
@@ -147,41 +149,6 @@ static kvrt_status make_tmp_dir(kvrt_error *err)
 
 /* ---- arguments ---------------------------------------------------------------------- */
 
-static void usage(FILE *f)
-{
-    fprintf(f,
-            "usage: kvrt-bench model [--backend cpu] [-t LIST] [--json] [--quick] [--model FILE]\n"
-            "                        [--preset LIST] [--type LIST] [--kv-type f32|f16]\n"
-            "                        [--prompt-len N] [--gen N] [--reps N] [--cache-lens LIST|none]\n"
-            "                        [--no-cpu-compare] [--pipeline-cache FILE] [--profile]\n"
-            "\n"
-            "Prefill (one chunk of --prompt-len tokens) and decode (--gen tokens after it) tokens/s,\n"
-            "best of --reps, on synthetic random-weight models written to a temporary folder and\n"
-            "deleted afterwards; decode weight traffic as a share of the memory bandwidth measured\n"
-            "in the same run; then generation time with and without the KV cache as the length grows.\n"
-            "\n"
-            "  --backend B        cpu (default), vulkan, opencl\n"
-            "  -t, --threads LIST thread counts (default 1,2; vulkan/opencl: all cores)\n"
-            "  --json             one JSON document on stdout; the tables go to stderr\n"
-            "  --quick            one small synthetic model, few tokens (seconds; for tests)\n"
-            "  --model FILE       benchmark this GGUF / llama2.c file instead of synthetic ones\n"
-            "  --preset LIST      synthetic shapes: tiny, 15m, 110m, 1b, 7b (default 15m,110m)\n"
-            "  --type LIST        synthetic weight types: f32, f16, bf16, q8_0, q4_0 (default f32,f16,q8_0)\n"
-            "  --kv-type T        KV cache type, f16 (default) or f32\n"
-            "  --prompt-len N     prefill tokens (default 128)\n"
-            "  --gen N            decode tokens (default 64)\n"
-            "  --reps N           repetitions, best reported (default 3)\n"
-            "  --cache-lens LIST  steps of the KV-cache table (default 16,32,64,128,256; none = skip),\n"
-            "                     run on the 15m shape (--cache-preset), first --type, first -t\n"
-            "  --cache-preset P   shape of the KV-cache table (default 15m)\n"
-            "  --no-cpu-compare   on vulkan/opencl, do not run every row on the CPU backend too\n"
-            "                     (by default it does, on the row's threads, and reports speed ratios)\n"
-            "  --pipeline-cache F load compiled GPU pipelines from F and save them there (default: none)\n"
-            "  --profile          time per op of everything run on --backend (per thread count; device\n"
-            "                     time on GPUs) as a table, and as \"profile\" in the JSON; rows are\n"
-            "                     measured with profiling on\n");
-}
-
 /* Splits "a,b,c" into at most MAX_LIST items of < NAME_MAX_LEN bytes. */
 static bool split_list(const char *flag, const char *s, char items[MAX_LIST][NAME_MAX_LEN], int *n)
 {
@@ -201,33 +168,20 @@ static bool split_list(const char *flag, const char *s, char items[MAX_LIST][NAM
     }
 }
 
-static bool parse_ints(const char *flag, const char *s, int64_t max, int32_t *vals, int *n)
-{
-    char items[MAX_LIST][NAME_MAX_LEN];
-    if (!split_list(flag, s, items, n))
-        return false;
-    for (int i = 0; i < *n; i++) {
-        int64_t v;
-        if (!kvrt_cli_int(PROG, flag, items[i], 1, max, true, &v))
-            return false;
-        vals[i] = (int32_t)v;
-    }
-    return true;
-}
-
-static bool parse_types(const char *flag, const char *s, kvrt_dtype *types, int *n)
+static bool parse_types(const char *prog, const char *flag, const char *s, void *dst)
 {
     static const char *const names[] = {"f32", "f16", "bf16", "q8_0", "q4_0"};
     static const kvrt_dtype values[] = {KVRT_DTYPE_F32, KVRT_DTYPE_F16, KVRT_DTYPE_BF16, KVRT_DTYPE_Q8_0,
                                         KVRT_DTYPE_Q4_0};
+    model_opts *o = dst;
     char items[MAX_LIST][NAME_MAX_LEN];
-    if (!split_list(flag, s, items, n))
+    if (!split_list(flag, s, items, &o->n_types))
         return false;
-    for (int i = 0; i < *n; i++) {
-        int t = kvrt_cli_choice(PROG, flag, items[i], names, (int)KVRT_ARRAY_LEN(names));
+    for (int i = 0; i < o->n_types; i++) {
+        int t = kvrt_cli_choice(prog, flag, items[i], names, (int)KVRT_ARRAY_LEN(names));
         if (t < 0)
             return false;
-        types[i] = values[t];
+        o->types[i] = values[t];
     }
     return true;
 }
@@ -241,11 +195,38 @@ static bool check_preset(const char *flag, const char *name)
     return false;
 }
 
+static bool parse_presets(const char *prog, const char *flag, const char *s, void *dst)
+{
+    model_opts *o = dst;
+    bool ok = split_list(flag, s, o->presets, &o->n_presets);
+    for (int k = 0; ok && k < o->n_presets; k++)
+        ok = check_preset(flag, o->presets[k]);
+    return ok;
+}
+
+static bool parse_cache_lens(const char *prog, const char *flag, const char *s, void *dst)
+{
+    model_opts *o = dst;
+    if (strcmp(s, "none") == 0) {
+        o->n_cache_lens = 0;
+        return true;
+    }
+    return kvrt_cli_int_list(prog, flag, s, 1, 1 << 16, true, o->cache_lens, MAX_LIST, &o->n_cache_lens);
+}
+
+static bool parse_cache_preset(const char *prog, const char *flag, const char *s, void *dst)
+{
+    model_opts *o = dst;
+    if (!check_preset(flag, s)) /* the presets' names are short: a known one fits */
+        return false;
+    snprintf(o->cache_preset, NAME_MAX_LEN, "%s", s);
+    return true;
+}
+
 static void default_opts(model_opts *o)
 {
     memset(o, 0, sizeof(*o));
-    o->backend = KVRT_BACKEND_CPU;
-    o->cpu_compare = true;
+    kvrt_cli_common_init(&o->common, KVRT_DTYPE_F16, MAX_LIST);
     snprintf(o->presets[0], NAME_MAX_LEN, "15m");
     snprintf(o->presets[1], NAME_MAX_LEN, "110m");
     o->n_presets = 2;
@@ -253,10 +234,6 @@ static void default_opts(model_opts *o)
     o->types[1] = KVRT_DTYPE_F16;
     o->types[2] = KVRT_DTYPE_Q8_0;
     o->n_types = 3;
-    o->threads[0] = 1;
-    o->threads[1] = 2;
-    o->n_threads = 2;
-    o->kv_type = KVRT_DTYPE_F16;
     o->prompt_len = 128;
     o->gen = 64;
     o->reps = 3;
@@ -268,7 +245,7 @@ static void default_opts(model_opts *o)
 
 /* --quick replaces whatever the user did not set with a seconds-long run. */
 typedef struct given_flags {
-    bool preset, prompt, gen, reps, cache_lens, cache_preset, threads;
+    bool preset, prompt, gen, reps, cache_lens, cache_preset;
 } given_flags;
 
 static void apply_quick(model_opts *o, const given_flags *g)
@@ -294,127 +271,89 @@ static void apply_quick(model_opts *o, const given_flags *g)
     }
 }
 
-/* Flags that take a list or a name; returns 0, KVRT_CLI_USAGE, or 1 when argv[*i] is none of them. */
-static int parse_list_flag(int argc, char **argv, int *i, model_opts *o, given_flags *g)
+/* The common flags' values for the rest of the benchmark; -t defaults to 1,2
+ * on the CPU, and to all cores on a GPU (the host threads hardly matter to
+ * it; the CPU it is compared with gets all cores). */
+static void apply_common(model_opts *o)
 {
-    const char *val = NULL;
-    bool ok = true;
-    if (kvrt_cli_flag(argc, argv, i, "-t", &val, PROG) || kvrt_cli_flag(argc, argv, i, "--threads", &val, PROG)) {
-        ok = val && parse_ints("-t", val, 4096, o->threads, &o->n_threads);
-        g->threads = true;
-    } else if (kvrt_cli_flag(argc, argv, i, "--preset", &val, PROG)) {
-        ok = val && split_list("--preset", val, o->presets, &o->n_presets);
-        for (int k = 0; ok && k < o->n_presets; k++)
-            ok = check_preset("--preset", o->presets[k]);
-        g->preset = true;
-    } else if (kvrt_cli_flag(argc, argv, i, "--type", &val, PROG)) {
-        ok = val && parse_types("--type", val, o->types, &o->n_types);
-    } else if (kvrt_cli_flag(argc, argv, i, "--cache-lens", &val, PROG)) {
-        if (val && strcmp(val, "none") == 0)
-            o->n_cache_lens = 0;
-        else
-            ok = val && parse_ints("--cache-lens", val, 1 << 16, o->cache_lens, &o->n_cache_lens);
-        g->cache_lens = true;
-    } else if (kvrt_cli_flag(argc, argv, i, "--cache-preset", &val, PROG)) {
-        ok = val && check_preset("--cache-preset", val);
-        if (ok)
-            snprintf(o->cache_preset, NAME_MAX_LEN, "%s", val);
-        g->cache_preset = true;
+    const kvrt_cli_common *c = &o->common;
+    o->backend = c->backend;
+    o->pipeline_cache = c->pipeline_cache;
+    o->kv_type = c->kv_type;
+    o->block_size = c->block_size;
+    if (c->n_threads > 0) {
+        memcpy(o->threads, c->threads, sizeof(o->threads));
+        o->n_threads = c->n_threads;
+    } else if (o->backend == KVRT_BACKEND_CPU) {
+        o->threads[0] = 1;
+        o->threads[1] = 2;
+        o->n_threads = 2;
     } else {
-        return 1;
-    }
-    return ok ? 0 : KVRT_CLI_USAGE;
-}
-
-/* Flags with one number; same returns as parse_list_flag. */
-static int parse_int_flag(int argc, char **argv, int *i, model_opts *o, given_flags *g)
-{
-    static const struct {
-        const char *flag;
-        int64_t min, max;
-    } flags[] = {{"--prompt-len", 1, 1 << 16}, {"--gen", 1, 1 << 16}, {"--reps", 1, 1000}};
-    int32_t *dst[] = {&o->prompt_len, &o->gen, &o->reps};
-    bool *given[] = {&g->prompt, &g->gen, &g->reps};
-    for (size_t k = 0; k < KVRT_ARRAY_LEN(flags); k++) {
-        const char *val = NULL;
-        int64_t n;
-        if (!kvrt_cli_flag(argc, argv, i, flags[k].flag, &val, PROG))
-            continue;
-        if (!val || !kvrt_cli_int(PROG, flags[k].flag, val, flags[k].min, flags[k].max, true, &n))
-            return KVRT_CLI_USAGE;
-        *dst[k] = (int32_t)n;
-        *given[k] = true;
-        return 0;
-    }
-    return 1;
-}
-
-/* One flag at argv[*i]; returns 0, KVRT_CLI_USAGE, or -1 for --help. */
-static int parse_one(int argc, char **argv, int *i, model_opts *o, given_flags *g)
-{
-    const char *a = argv[*i], *val = NULL;
-    if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0)
-        return -1;
-    if (strcmp(a, "--json") == 0) {
-        o->json = true;
-        return 0;
-    }
-    if (strcmp(a, "--quick") == 0) {
-        o->quick = true;
-        return 0;
-    }
-    if (strcmp(a, "--profile") == 0) {
-        o->profile = true;
-        return 0;
-    }
-    if (strcmp(a, "--no-cpu-compare") == 0) {
-        o->cpu_compare = false;
-        return 0;
-    }
-    int rc = parse_list_flag(argc, argv, i, o, g);
-    if (rc != 1)
-        return rc;
-    rc = parse_int_flag(argc, argv, i, o, g);
-    if (rc != 1)
-        return rc;
-    if (kvrt_cli_flag(argc, argv, i, "--backend", &val, PROG)) {
-        if (val && kvrt_backend_parse(val, &o->backend) != KVRT_OK) {
-            kvrt_cli_error(PROG, "--backend: unknown backend '%s' (cpu, vulkan, opencl)", val);
-            return KVRT_CLI_USAGE;
-        }
-    } else if (kvrt_cli_flag(argc, argv, i, "--model", &val, PROG)) {
-        o->model_path = val;
-    } else if (kvrt_cli_flag(argc, argv, i, "--pipeline-cache", &val, PROG)) {
-        o->pipeline_cache = val;
-    } else if (kvrt_cli_flag(argc, argv, i, "--kv-type", &val, PROG)) {
-        static const char *const types[] = {"f32", "f16"};
-        int t = val ? kvrt_cli_choice(PROG, "--kv-type", val, types, 2) : -1;
-        if (t < 0)
-            return KVRT_CLI_USAGE;
-        o->kv_type = t == 0 ? KVRT_DTYPE_F32 : KVRT_DTYPE_F16;
-    } else {
-        kvrt_cli_error(PROG, "unknown argument '%s' (see --help)", a);
-        return KVRT_CLI_USAGE;
-    }
-    return val ? 0 : KVRT_CLI_USAGE;
-}
-
-static int parse_args(int argc, char **argv, model_opts *o)
-{
-    given_flags g = {0};
-    default_opts(o);
-    for (int i = 1; i < argc; i++) {
-        int rc = parse_one(argc, argv, &i, o, &g);
-        if (rc != 0)
-            return rc;
-    }
-    apply_quick(o, &g);
-    if (o->backend != KVRT_BACKEND_CPU && !g.threads) {
-        /* the host threads hardly matter to a GPU; the CPU it is compared with gets all cores */
         o->threads[0] = 0;
         o->n_threads = 1;
     }
-    return 0;
+}
+
+#define INT_OPT(NAME, DST, SEEN, MAX, HELP)                                                               \
+    {.name = (NAME), .kind = KVRT_CLI_KIND_INT32, .dst = (DST), .min = 1, .max = (MAX),                   \
+     .flags = KVRT_CLI_K_SUFFIX, .meta = "N", .help = (HELP), .seen = (SEEN)}
+
+/* KVRT_CLI_CONTINUE, or the exit status after --help/--version or a usage error. */
+static int parse_args(int argc, char **argv, model_opts *o)
+{
+    given_flags g = {0};
+    bool no_cpu_compare = false;
+    default_opts(o);
+    const kvrt_cli_opt opts[] = {
+        KVRT_CLI_BOOL(0, "json", &o->json, "one JSON document on stdout; the tables go to stderr"),
+        KVRT_CLI_BOOL(0, "quick", &o->quick, "one small synthetic model, few tokens (seconds; for tests)"),
+        KVRT_CLI_STR(0, "model", &o->model_path, "FILE", "benchmark this GGUF / llama2.c file instead of synthetic ones"),
+        {.name = "preset", .kind = KVRT_CLI_KIND_CALL, .call = parse_presets, .dst = o, .meta = "LIST",
+         .help = "synthetic shapes: tiny, 15m, 110m, 1b, 7b (default 15m,110m)", .seen = &g.preset},
+        KVRT_CLI_CALL(0, "type", parse_types, o, "LIST",
+                      "synthetic weight types: f32, f16, bf16, q8_0, q4_0 (default f32,f16,q8_0)"),
+        INT_OPT("prompt-len", &o->prompt_len, &g.prompt, 1 << 16, "prefill tokens (default 128)"),
+        INT_OPT("gen", &o->gen, &g.gen, 1 << 16, "decode tokens (default 64)"),
+        INT_OPT("reps", &o->reps, &g.reps, 1000, "repetitions, best reported (default 3)"),
+        {.name = "cache-lens", .kind = KVRT_CLI_KIND_CALL, .call = parse_cache_lens, .dst = o, .meta = "LIST",
+         .help = "steps of the KV-cache table (default 16,32,64,128,256; none = skip),\n"
+                 "run on the 15m shape (--cache-preset), first --type, first -t",
+         .seen = &g.cache_lens},
+        {.name = "cache-preset", .kind = KVRT_CLI_KIND_CALL, .call = parse_cache_preset, .dst = o, .meta = "P",
+         .help = "shape of the KV-cache table (default 15m)", .seen = &g.cache_preset},
+        KVRT_CLI_BOOL(0, "no-cpu-compare", &no_cpu_compare,
+                      "on vulkan/opencl, do not run every row on the CPU backend too\n"
+                      "(by default it does, on the row's threads, and reports speed ratios)"),
+        KVRT_CLI_BOOL(0, "profile", &o->profile,
+                      "time per op of everything run on --backend (per thread count; device\n"
+                      "time on GPUs) as a table, and as \"profile\" in the JSON; rows are\n"
+                      "measured with profiling on"),
+    };
+    const kvrt_cli_spec spec = {
+        .prog = PROG,
+        .usage = "kvrt-bench model [--backend auto] [-t LIST] [--json] [--quick] [--model FILE]\n"
+                 "                        [--preset LIST] [--type LIST] [--kv-type f16|f32] [--block-size N]\n"
+                 "                        [--prompt-len N] [--gen N] [--reps N] [--cache-lens LIST|none]\n"
+                 "                        [--no-cpu-compare] [--pipeline-cache FILE] [--profile] [--device N|NAME]",
+        .about = "Prefill (one chunk of --prompt-len tokens) and decode (--gen tokens after it) tokens/s,\n"
+                 "best of --reps, on synthetic random-weight models written to a temporary folder and\n"
+                 "deleted afterwards; decode weight traffic as a share of the memory bandwidth measured\n"
+                 "in the same run; then generation time with and without the KV cache as the length grows.\n"
+                 "-t takes a list (default 1,2; on vulkan/opencl all cores).",
+        .opts = opts,
+        .n_opts = KVRT_ARRAY_LEN(opts),
+        .common = &o->common,
+    };
+    int first;
+    int rc = kvrt_cli_parse(&spec, argc, argv, &first);
+    if (rc != KVRT_CLI_CONTINUE)
+        return rc;
+    if (!kvrt_cli_common_resolve(PROG, &o->common))
+        return KVRT_CLI_USAGE;
+    o->cpu_compare = !no_cpu_compare;
+    apply_common(o);
+    apply_quick(o, &g);
+    return KVRT_CLI_CONTINUE;
 }
 
 /* ---- models ------------------------------------------------------------------------- */
@@ -478,23 +417,6 @@ static void remove_synth(void)
     g_tmp_file[0] = '\0';
 }
 
-/* Weight bytes one decode step reads: every layer matrix and norm, the final
- * norm and the classifier, and one row of the embedding (all of it when tied:
- * it is the classifier then). */
-static uint64_t bytes_per_token(const kvrt_model_file *mf)
-{
-    const kvrt_tensor_ref *emb = &mf->w.tok_embd;
-    uint64_t n = mf->w.output_norm.nbytes + mf->w.output.nbytes;
-    if (mf->w.output.data != emb->data && emb->ne[1] > 0)
-        n += emb->nbytes / (uint64_t)emb->ne[1];
-    for (int32_t l = 0; l < mf->hp.n_layer; l++) {
-        const kvrt_llama_layer *L = &mf->w.layers[l];
-        n += L->attn_norm.nbytes + L->wq.nbytes + L->wk.nbytes + L->wv.nbytes + L->wo.nbytes + L->ffn_norm.nbytes +
-             L->ffn_gate.nbytes + L->ffn_down.nbytes + L->ffn_up.nbytes;
-    }
-    return n;
-}
-
 static int32_t max_cache_len(const model_opts *o)
 {
     int32_t n = 0;
@@ -523,6 +445,7 @@ static kvrt_status new_session(kvrt_model *m, const model_opts *o, int32_t n_ctx
     sp.n_ctx = n_ctx;
     sp.n_batch = n_ctx; /* every prompt is one chunk */
     sp.kv_type = o->kv_type;
+    sp.block_size = o->block_size;
     return kvrt_session_create(m, &sp, s, err);
 }
 
@@ -767,7 +690,7 @@ static kvrt_status bench_file(model_run *run, const char *path, const char *name
             r->threads = o->threads[ti];
             r->n_params = info.n_params;
             r->weight_bytes = info.weight_bytes;
-            r->bytes_per_token = bytes_per_token(m->mf);
+            r->bytes_per_token = kvrt_tool_decode_weight_bytes(m);
             r->bw_index = ti;
             st = refresh_bandwidth(run, ti, err);
             if (st == KVRT_OK)
@@ -1094,9 +1017,8 @@ static kvrt_status setup(model_run *run, kvrt_error *err)
     run->llc = kvrt_bench_llc_bytes();
     for (int i = 0; i < o->n_threads; i++) {
         kvrt_context_params cp = kvrt_context_default_params();
-        cp.backend = o->backend;
+        kvrt_cli_common_context_params(&o->common, &cp);
         cp.n_threads = o->threads[i];
-        cp.pipeline_cache_path = o->pipeline_cache;
         KVRT_TRY(kvrt_context_create(&cp, &run->ctxs[i], err));
         run->device = kvrt_context_description(run->ctxs[0]);
         if (o->profile && kvrt_context_set_profiling(run->ctxs[i], 1) != KVRT_OK)
@@ -1140,11 +1062,7 @@ int kvrt_bench_model_main(int argc, char **argv)
     model_run run;
     memset(&run, 0, sizeof(run));
     int rc = parse_args(argc, argv, &run.o);
-    if (rc < 0) {
-        usage(stdout);
-        return 0;
-    }
-    if (rc != 0)
+    if (rc != KVRT_CLI_CONTINUE)
         return rc;
     kvrt_error err = {KVRT_OK, ""};
     kvrt_status st = setup(&run, &err);

@@ -46,9 +46,10 @@
 #define PROG "kvrt-bench serve"
 
 typedef struct serve_opts {
+    kvrt_cli_common common;     /* --backend --device -t --pipeline-cache --kv-type --block-size -v */
     const char *model;
     int32_t requests;
-    kvrt_backend_kind backend;
+    kvrt_backend_kind backend;  /* the common flags' values, resolved (auto chosen) */
     const char *pipeline_cache; /* --pipeline-cache FILE; NULL = none */
     int n_threads;
     bool json;
@@ -96,100 +97,52 @@ typedef struct run_state {
 
 /* ---- arguments ----------------------------------------------------------------- */
 
-static void usage(FILE *f)
-{
-    fprintf(f,
-            "usage: kvrt-bench serve [--model PATH] [--requests N] [--backend cpu|vulkan|opencl] [-t THREADS]\n"
-            "                        [--json] [--seed S] [--block-size 8|16|32] [--kv-type f32|f16]\n"
-            "                        [--max-seqs N] [--max-batched-tokens N] [--pipeline-cache FILE]\n\n"
-            "Runs four serving workloads on the engine (ShareGPT-like skewed lengths, a shared system\n"
-            "prompt, parallel sampling n = 4, a burst larger than the KV pool) and compares continuous\n"
-            "vs static batching, paged vs contiguous KV reservation, prefix cache on vs off.\n\n"
-            "  --model PATH          GGUF or llama2.c model (default models/stories260K.gguf)\n"
-            "  --requests N          requests per workload (default 256; parallel runs N/4)\n"
-            "  --backend NAME        cpu (default), vulkan or opencl\n"
-            "  -t, --threads N       CPU threads (default 1: the default model is too small to gain\n"
-            "                        from more; 0 = all cores)\n"
-            "  --json                one JSON document on stdout; the table goes to stderr\n"
-            "  --seed S              workload generator seed (default 42)\n"
-            "  --block-size N        KV block size (default 16)\n"
-            "  --kv-type T           KV cache type f32 (default) or f16\n"
-            "  --max-seqs N          sequences per step and static batch size (default 32)\n"
-            "  --max-batched-tokens N  tokens per step (default 256)\n"
-            "  --pipeline-cache FILE load compiled GPU pipelines from FILE and save them there\n");
-}
-
-static int parse_value(int argc, char **argv, int *i, serve_opts *o)
-{
-    const char *val = NULL;
-    int64_t n = 0;
-    if (kvrt_cli_flag(argc, argv, i, "--model", &val, PROG)) {
-        o->model = val;
-    } else if (kvrt_cli_flag(argc, argv, i, "--pipeline-cache", &val, PROG)) {
-        o->pipeline_cache = val;
-    } else if (kvrt_cli_flag(argc, argv, i, "--backend", &val, PROG)) {
-        if (val && kvrt_backend_parse(val, &o->backend) != KVRT_OK) {
-            kvrt_cli_error(PROG, "--backend: unknown backend '%s' (cpu, vulkan, opencl)", val);
-            return KVRT_CLI_USAGE;
-        }
-    } else if (kvrt_cli_flag(argc, argv, i, "-t", &val, PROG) ||
-               kvrt_cli_flag(argc, argv, i, "--threads", &val, PROG)) {
-        if (val && !kvrt_cli_int(PROG, "-t", val, 0, 4096, false, &n))
-            return KVRT_CLI_USAGE;
-        o->n_threads = (int)n;
-    } else if (kvrt_cli_flag(argc, argv, i, "--requests", &val, PROG)) {
-        if (val && !kvrt_cli_int(PROG, "--requests", val, 1, 1 << 20, true, &n))
-            return KVRT_CLI_USAGE;
-        o->requests = (int32_t)n;
-    } else if (kvrt_cli_flag(argc, argv, i, "--seed", &val, PROG)) {
-        if (val && !kvrt_cli_int(PROG, "--seed", val, 0, INT64_MAX, false, &n))
-            return KVRT_CLI_USAGE;
-        o->seed = (uint64_t)n;
-    } else if (kvrt_cli_flag(argc, argv, i, "--block-size", &val, PROG)) {
-        if (val && (!kvrt_cli_int(PROG, "--block-size", val, 8, 32, false, &n) || (n & (n - 1)))) {
-            kvrt_cli_error(PROG, "--block-size: use 8, 16 or 32");
-            return KVRT_CLI_USAGE;
-        }
-        o->block_size = (int32_t)n;
-    } else if (kvrt_cli_flag(argc, argv, i, "--kv-type", &val, PROG)) {
-        static const char *const types[] = {"f32", "f16"};
-        int t = val ? kvrt_cli_choice(PROG, "--kv-type", val, types, 2) : -1;
-        if (val && t < 0)
-            return KVRT_CLI_USAGE;
-        o->kv_type = t == 1 ? KVRT_DTYPE_F16 : KVRT_DTYPE_F32;
-    } else if (kvrt_cli_flag(argc, argv, i, "--max-seqs", &val, PROG)) {
-        if (val && !kvrt_cli_int(PROG, "--max-seqs", val, 1, 4096, false, &n))
-            return KVRT_CLI_USAGE;
-        o->max_seqs = (int32_t)n;
-    } else if (kvrt_cli_flag(argc, argv, i, "--max-batched-tokens", &val, PROG)) {
-        if (val && !kvrt_cli_int(PROG, "--max-batched-tokens", val, 1, 1 << 20, true, &n))
-            return KVRT_CLI_USAGE;
-        o->max_batched_tokens = (int32_t)n;
-    } else {
-        kvrt_cli_error(PROG, "unknown argument '%s' (see --help)", argv[*i]);
-        return KVRT_CLI_USAGE;
-    }
-    return val ? 0 : KVRT_CLI_USAGE;
-}
-
-/* 0 ok, -1 help, else a usage error. */
+/* KVRT_CLI_CONTINUE, or the exit status after --help/--version or a usage error. */
 static int parse_args(int argc, char **argv, serve_opts *o)
 {
-    *o = (serve_opts){.model = "models/stories260K.gguf", .requests = 256, .backend = KVRT_BACKEND_CPU, .n_threads = 1,
-                      .seed = 42, .block_size = 16, .kv_type = KVRT_DTYPE_F32, .max_seqs = 32,
-                      .max_batched_tokens = 256};
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0)
-            return -1;
-        if (strcmp(argv[i], "--json") == 0) {
-            o->json = true;
-            continue;
-        }
-        int rc = parse_value(argc, argv, &i, o);
-        if (rc != 0)
-            return rc;
-    }
-    return 0;
+    *o = (serve_opts){.model = "models/stories260K.gguf", .requests = 256, .max_seqs = 32, .max_batched_tokens = 256};
+    kvrt_cli_common_init(&o->common, KVRT_DTYPE_F32, 1);
+    o->common.threads[0] = 1; /* the default model is too small to gain from more */
+    o->common.backend = KVRT_BACKEND_CPU; /* DESIGN.md: with no arguments, every workload on the CPU */
+    int64_t seed = 42;
+    const kvrt_cli_opt opts[] = {
+        KVRT_CLI_STR(0, "model", &o->model, "PATH", "GGUF or llama2.c model (default models/stories260K.gguf)"),
+        {.name = "requests", .kind = KVRT_CLI_KIND_INT32, .dst = &o->requests, .min = 1, .max = 1 << 20,
+         .flags = KVRT_CLI_K_SUFFIX, .meta = "N", .help = "requests per workload (default 256; parallel runs N/4)"},
+        KVRT_CLI_BOOL(0, "json", &o->json, "one JSON document on stdout; the table goes to stderr"),
+        KVRT_CLI_INT64(0, "seed", &seed, 0, INT64_MAX, "S", "workload generator seed (default 42)"),
+        KVRT_CLI_INT32(0, "max-seqs", &o->max_seqs, 1, 4096, "N",
+                       "sequences per step and static batch size (default 32)"),
+        {.name = "max-batched-tokens", .kind = KVRT_CLI_KIND_INT32, .dst = &o->max_batched_tokens, .min = 1,
+         .max = 1 << 20, .flags = KVRT_CLI_K_SUFFIX, .meta = "N", .help = "tokens per step (default 256)"},
+    };
+    const kvrt_cli_spec spec = {
+        .prog = PROG,
+        .usage = "kvrt-bench serve [--model PATH] [--requests N] [--backend cpu|auto|vulkan|opencl] [-t THREADS]\n"
+                 "                        [--json] [--seed S] [--block-size 8|16|32] [--kv-type f32|f16]\n"
+                 "                        [--max-seqs N] [--max-batched-tokens N] [--pipeline-cache FILE]\n"
+                 "                        [--device N|NAME] [-v]",
+        .about = "Runs four serving workloads on the engine (ShareGPT-like skewed lengths, a shared system\n"
+                 "prompt, parallel sampling n = 4, a burst larger than the KV pool) and compares continuous\n"
+                 "vs static batching, paged vs contiguous KV reservation, prefix cache on vs off.\n"
+                 "-t defaults to 1 here: the default model is too small to gain from more threads.",
+        .opts = opts,
+        .n_opts = KVRT_ARRAY_LEN(opts),
+        .common = &o->common,
+    };
+    int first;
+    int rc = kvrt_cli_parse(&spec, argc, argv, &first);
+    if (rc != KVRT_CLI_CONTINUE)
+        return rc;
+    if (!kvrt_cli_common_resolve(PROG, &o->common))
+        return KVRT_CLI_USAGE;
+    o->backend = o->common.backend;
+    o->pipeline_cache = o->common.pipeline_cache;
+    o->n_threads = o->common.threads[0];
+    o->kv_type = o->common.kv_type;
+    o->block_size = o->common.block_size;
+    o->seed = (uint64_t)seed;
+    return KVRT_CLI_CONTINUE;
 }
 
 /* ---- workloads ---------------------------------------------------------------- */
@@ -737,17 +690,11 @@ int kvrt_bench_serve_main(int argc, char **argv)
     serve_run r;
     memset(&r, 0, sizeof(r));
     int rc = parse_args(argc, argv, &r.o);
-    if (rc < 0) {
-        usage(stdout);
-        return 0;
-    }
-    if (rc != 0)
+    if (rc != KVRT_CLI_CONTINUE)
         return rc;
     kvrt_error err = {KVRT_OK, ""};
     kvrt_context_params cp = kvrt_context_default_params();
-    cp.backend = r.o.backend;
-    cp.n_threads = r.o.n_threads;
-    cp.pipeline_cache_path = r.o.pipeline_cache;
+    kvrt_cli_common_context_params(&r.o.common, &cp);
     kvrt_context *ctx = NULL;
     kvrt_model *model = NULL;
     kvrt_model_params mp = kvrt_model_default_params();

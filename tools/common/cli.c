@@ -97,7 +97,9 @@ bool kvrt_cli_float(const char *prog, const char *flag, const char *s, double mi
         return false;
     }
     if (v < min || v > max || (above_min && v == min)) {
-        if (min <= -FLT_MAX)
+        if (max >= FLT_MAX && min > -FLT_MAX) /* bounded below only */
+            kvrt_cli_error(prog, "%s: %s is out of range (must be %s %g)", flag, s, above_min ? ">" : ">=", min);
+        else if (min <= -FLT_MAX)
             kvrt_cli_error(prog, "%s: %s is out of range (at most %g)", flag, s, max);
         else
             kvrt_cli_error(prog, "%s: %s is out of range %s%g, %g]", flag, s, above_min ? "(" : "[", min, max);
@@ -203,7 +205,7 @@ static bool parse_threads(const char *prog, const char *flag, const char *value,
                              &c->n_threads);
 }
 
-static bool parse_kv_type(const char *prog, const char *flag, const char *value, void *dst)
+bool kvrt_cli_parse_kv_type(const char *prog, const char *flag, const char *value, void *dst)
 {
     int t = kvrt_cli_choice(prog, flag, value, KV_TYPES, 2);
     if (t >= 0)
@@ -211,7 +213,7 @@ static bool parse_kv_type(const char *prog, const char *flag, const char *value,
     return t >= 0;
 }
 
-static bool parse_block_size(const char *prog, const char *flag, const char *value, void *dst)
+bool kvrt_cli_parse_block_size(const char *prog, const char *flag, const char *value, void *dst)
 {
     for (int i = 0; BLOCK_SIZES[i]; i++) {
         if (strcmp(value, BLOCK_SIZES[i]) == 0) {
@@ -231,9 +233,13 @@ static size_t common_table(kvrt_cli_common *c, kvrt_cli_opt out[N_COMMON])
     const bool list = c->max_threads > 1;
     const kvrt_cli_opt t[N_COMMON] = {
         KVRT_CLI_CALL(0, "backend", parse_backend, &c->backend, "NAME",
-                      "auto (default), cpu, vulkan or opencl. auto: the first hardware Vulkan\n"
-                      "device, else a hardware OpenCL device, else the CPU; software drivers\n"
-                      "(lavapipe, PoCL's CPU device) only when their backend is named"),
+                      c->backend == KVRT_BACKEND_CPU
+                          ? "cpu (default), auto, vulkan or opencl. auto: the first hardware Vulkan\n"
+                            "device, else a hardware OpenCL device, else the CPU; software drivers\n"
+                            "(lavapipe, PoCL's CPU device) only when their backend is named"
+                          : "auto (default), cpu, vulkan or opencl. auto: the first hardware Vulkan\n"
+                            "device, else a hardware OpenCL device, else the CPU; software drivers\n"
+                            "(lavapipe, PoCL's CPU device) only when their backend is named"),
         KVRT_CLI_CALL(0, "device", parse_device, c, "N|NAME",
                       "device of --backend vulkan/opencl: index or part of its name"),
         KVRT_CLI_CALL('t', "threads", parse_threads, c, list ? "LIST" : "N",
@@ -241,10 +247,10 @@ static size_t common_table(kvrt_cli_common *c, kvrt_cli_opt out[N_COMMON])
                            : "CPU threads (0 = all available cores)"),
         KVRT_CLI_STR(0, "pipeline-cache", &c->pipeline_cache, "FILE",
                      "load compiled GPU pipelines from FILE, save new ones there"),
-        KVRT_CLI_CALL(0, "kv-type", parse_kv_type, &c->kv_type, "TYPE",
+        KVRT_CLI_CALL(0, "kv-type", kvrt_cli_parse_kv_type, &c->kv_type, "TYPE",
                       c->kv_type == KVRT_DTYPE_F16 ? "KV cache type: f16 (default) or f32"
                                                    : "KV cache type: f32 (default) or f16"),
-        KVRT_CLI_CALL(0, "block-size", parse_block_size, &c->block_size, "N",
+        KVRT_CLI_CALL(0, "block-size", kvrt_cli_parse_block_size, &c->block_size, "N",
                       "tokens per KV block: 8, 16 (default) or 32"),
         {.short_name = 'v', .name = "verbose", .kind = KVRT_CLI_KIND_COUNT, .dst = &c->verbose,
          .help = "more detail on stderr"},
@@ -253,19 +259,32 @@ static size_t common_table(kvrt_cli_common *c, kvrt_cli_opt out[N_COMMON])
     return N_COMMON;
 }
 
+/* -v: the settings the common flags resolved to, one line on stderr. */
+static void common_describe(const char *prog, const kvrt_cli_common *c)
+{
+    fprintf(stderr, "%s: backend %s, device %s, threads ", prog, kvrt_backend_name(c->backend),
+            c->device ? c->device : c->device_index >= 0 ? c->choice.device : "(default)");
+    for (int i = 0; i < KVRT_MAX(c->n_threads, 1); i++)
+        fprintf(stderr, i ? ",%d" : "%d", (int)c->threads[i]);
+    fprintf(stderr, "%s, KV %s, block size %d, pipeline cache %s\n", c->threads[0] == 0 ? " (all cores)" : "",
+            kvrt_dtype_name(c->kv_type), (int)c->block_size, c->pipeline_cache ? c->pipeline_cache : "none");
+}
+
 bool kvrt_cli_common_resolve(const char *prog, kvrt_cli_common *c)
 {
-    if (c->backend != KVRT_BACKEND_AUTO)
-        return true;
-    kvrt_error err;
-    if (kvrt_backend_choose_auto(&c->choice, &err) != KVRT_OK) {
-        kvrt_cli_error(prog, "--backend auto: %s", err.message);
-        return false;
+    if (c->backend == KVRT_BACKEND_AUTO) {
+        kvrt_error err;
+        if (kvrt_backend_choose_auto(&c->choice, &err) != KVRT_OK) {
+            kvrt_cli_error(prog, "--backend auto: %s", err.message);
+            return false;
+        }
+        c->backend = c->choice.backend;
+        c->device_index = c->choice.device_index;
+        fprintf(stderr, "%s: backend auto: %s%s%s (%s)\n", prog, kvrt_backend_name(c->backend),
+                c->choice.device[0] ? " " : "", c->choice.device, c->choice.reason);
     }
-    c->backend = c->choice.backend;
-    c->device_index = c->choice.device_index;
-    fprintf(stderr, "%s: backend auto: %s%s%s (%s)\n", prog, kvrt_backend_name(c->backend),
-            c->choice.device[0] ? " " : "", c->choice.device, c->choice.reason);
+    if (c->verbose)
+        common_describe(prog, c);
     return true;
 }
 
@@ -559,7 +578,7 @@ char *kvrt_cli_read_file(const char *prog, const char *path, size_t *len)
     bool is_stdin = strcmp(path, "-") == 0;
     FILE *f = is_stdin ? stdin : fopen(path, "rb");
     if (!f) {
-        kvrt_cli_error(prog, "%s: %s", path, strerror(errno));
+        kvrt_cli_error(prog, "cannot open %s: %s", path, strerror(errno));
         return NULL;
     }
     size_t cap = 1 << 16, n = 0;
@@ -582,7 +601,7 @@ char *kvrt_cli_read_file(const char *prog, const char *path, size_t *len)
     if (!is_stdin)
         fclose(f);
     if (failed) {
-        kvrt_cli_error(prog, "%s: %s", path, buf ? strerror(saved) : "out of memory");
+        kvrt_cli_error(prog, "cannot read %s: %s", path, buf ? strerror(saved) : "out of memory");
         free(buf);
         return NULL;
     }

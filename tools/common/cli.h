@@ -132,14 +132,22 @@ typedef struct kvrt_cli_common {
     kvrt_backend_choice choice; /* what --backend auto chose (kvrt_cli_common_resolve) */
 } kvrt_cli_common;
 
+/* The common table's parsers of --kv-type (into a kvrt_dtype: f32 or f16) and
+ * --block-size (into an int32_t: 8, 16 or 32, the KV cache's rule), for tools
+ * that take these two flags without the others (kvrt-mem). */
+bool kvrt_cli_parse_kv_type(const char *prog, const char *flag, const char *value, void *dst);
+bool kvrt_cli_parse_block_size(const char *prog, const char *flag, const char *value, void *dst);
+
 /* Defaults: backend auto, no device, -t unset (all cores), no pipeline cache,
- * `kv_type`, block size 16; -t takes up to `max_threads` comma-separated counts. */
+ * `kv_type`, block size 16; -t takes up to `max_threads` comma-separated counts.
+ * A tool may change a default before kvrt_cli_parse (threads[0], or backend
+ * = KVRT_BACKEND_CPU where its results are defined on the CPU); --help shows it. */
 void kvrt_cli_common_init(kvrt_cli_common *c, kvrt_dtype kv_type, int max_threads);
 
 /* --backend auto: asks the library (kvrt_backend_choose_auto), replaces AUTO
  * by its choice and prints it on stderr ("PROG: backend auto: cpu (no
- * hardware Vulkan or OpenCL device; ...)"). Other backends: nothing to do.
- * Always true today; false would mean a reported error. */
+ * hardware Vulkan or OpenCL device; ...)"). With -v, then prints the
+ * settings the common flags resolved to. False after a reported error. */
 bool kvrt_cli_common_resolve(const char *prog, kvrt_cli_common *c);
 
 /* Backend, device, the first -t count and the pipeline cache into a

@@ -1,8 +1,8 @@
 /* The attention family on OpenCL: kv_write, paged decode (split-K), tiled
- * prefill. Host side: checks, views to (cl_mem, element offset), launch shapes. */
+ * prefill. Host side: views to (cl_mem, element offset), local memory and
+ * launch shapes; the front door checked the arguments and the step's batch
+ * check the arrays' contents. */
 #include "backend/opencl/cl_internal.h"
-
-#include "backend/attn_check.h"
 
 enum { CL_K_KV_WRITE = 0 };
 enum { CL_K_DECODE = 0, CL_K_MERGE = 1, CL_K_PREFILL = 2 };
@@ -30,16 +30,6 @@ static int cl_seg_args(const kvrt_cl_pool_part *part, kvrt_cl_arg *args, int n)
     for (int i = 0; i < KVRT_CL_MAX_KV_SEGS; i++)
         args[n++] = (kvrt_cl_arg){sizeof(cl_mem), &part->segs[i < part->n_segs ? i : 0]};
     return n;
-}
-
-static kvrt_status cl_check_layer(kvrt_cl_backend *cl, const kvrt_kv_pool *pool, int32_t layer)
-{
-    if (!pool)
-        return kvrt_fail(&cl->base.err, KVRT_ERR_INVALID_ARGUMENT, "opencl: no KV pool");
-    if (layer < 0 || layer >= pool->desc.n_layers)
-        return kvrt_fail(&cl->base.err, KVRT_ERR_INVALID_ARGUMENT, "opencl: layer %d outside [0, %d)", (int)layer,
-                         (int)pool->desc.n_layers);
-    return KVRT_OK;
 }
 
 /* Bytes spanned by n rows of `row` elements `stride` apart (F32); false on overflow or a bad stride. */
@@ -82,11 +72,6 @@ kvrt_status kvrt_cl_kv_write(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer
                              kvrt_view v, int64_t v_stride, kvrt_view slot_mapping, int32_t n_tokens)
 {
     kvrt_cl_backend *cl = kvrt_cl(be);
-    KVRT_TRY(cl_check_layer(cl, pool, layer));
-    if (n_tokens < 0)
-        return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "opencl: kv_write: n_tokens %d < 0", (int)n_tokens);
-    if (n_tokens == 0)
-        return KVRT_OK;
     const int64_t row = (int64_t)pool->desc.n_kv_heads * pool->desc.head_dim;
     size_t k_bytes, v_bytes;
     if (!cl_rows_bytes(n_tokens, k_stride, row, &k_bytes) || !cl_rows_bytes(n_tokens, v_stride, row, &v_bytes))
@@ -98,10 +83,6 @@ kvrt_status kvrt_cl_kv_write(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer
     KVRT_TRY(kvrt_cl_resolve(cl, k, k_bytes, 4, "kv_write k", &km, &a.k_off));
     KVRT_TRY(kvrt_cl_resolve(cl, v, v_bytes, 4, "kv_write v", &vm, &a.v_off));
     KVRT_TRY(kvrt_cl_resolve(cl, slot_mapping, (size_t)n_tokens * 4, 4, "kv_write slots", &sm, &a.slot_off));
-    /* a kernel cannot report a bad slot: check the host copy before enqueueing */
-    const int32_t *slots;
-    KVRT_TRY(kvrt_cl_host_ints(cl, slot_mapping, n_tokens, "kv_write slots", &slots));
-    KVRT_TRY(kvrt_kv_check_slots(&be->err, &pool->desc, slots, n_tokens));
     cl_kernel kern;
     KVRT_TRY(kvrt_cl_kernel(cl, KVRT_CL_PROG_KV, cl_variant(pool), CL_K_KV_WRITE, &kern));
     kvrt_cl_pool_args pa = cl_pool_args(pool);
@@ -119,23 +100,7 @@ kvrt_status kvrt_cl_kv_write(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer
     return kvrt_cl_enqueue(cl, kern, 2, global, NULL, "kv_write");
 }
 
-/* ---- shared attention checks ------------------------------------------------------------ */
-
-static kvrt_status cl_attn_check(kvrt_cl_backend *cl, const kvrt_kv_pool *pool, int32_t layer,
-                                 const kvrt_attn_desc *d)
-{
-    KVRT_TRY(cl_check_layer(cl, pool, layer));
-    if (!d || d->num_seqs < 0 || d->n_heads <= 0 || d->n_heads % pool->desc.n_kv_heads != 0 ||
-        d->max_blocks_per_seq <= 0 || d->window < 0 || d->sinks < 0)
-        return kvrt_fail(&cl->base.err, KVRT_ERR_INVALID_ARGUMENT,
-                         "opencl: attention: bad shape (num_seqs %d, n_heads %d for %d KV heads, "
-                         "max_blocks_per_seq %d, window %d, sinks %d)",
-                         d ? (int)d->num_seqs : -1, d ? (int)d->n_heads : -1, (int)pool->desc.n_kv_heads,
-                         d ? (int)d->max_blocks_per_seq : -1, d ? (int)d->window : -1, d ? (int)d->sinks : -1);
-    if ((int64_t)d->max_blocks_per_seq * pool->desc.block_size > INT32_MAX)
-        return kvrt_fail(&cl->base.err, KVRT_ERR_INVALID_ARGUMENT, "opencl: attention: block table rows too long");
-    return KVRT_OK;
-}
+/* ---- shared by decode and prefill --------------------------------------------------------- */
 
 /* Resolves q, out (rows of n_heads * head_dim) and the int32 arrays common to decode and prefill. */
 static kvrt_status cl_attn_views(kvrt_cl_backend *cl, const kvrt_kv_pool *pool, const kvrt_attn_desc *d,
@@ -161,11 +126,10 @@ static kvrt_status cl_attn_views(kvrt_cl_backend *cl, const kvrt_kv_pool *pool, 
     KVRT_TRY(kvrt_cl_resolve(cl, seq_lens, (size_t)d->num_seqs * 4, 4, "seq_lens", &mems[2], &a->seq_lens_off));
     KVRT_TRY(kvrt_cl_resolve(cl, block_tables, (size_t)d->num_seqs * (size_t)d->max_blocks_per_seq * 4, 4,
                              "block_tables", &mems[3], &a->bt_off));
-    kvrt_cl_mark_written(out.buf);
     /* the rest of each segment bounds the rows a prefill kernel may touch */
     size_t q_seg = q.offset / q.buf->seg_bytes, o_seg = out.offset / out.buf->seg_bytes;
-    a->q_end = (int64_t)(KVRT_MIN(q.buf->size - q_seg * q.buf->seg_bytes, q.buf->seg_bytes) / 4);
-    a->o_end = (int64_t)(KVRT_MIN(out.buf->size - o_seg * out.buf->seg_bytes, out.buf->seg_bytes) / 4);
+    a->q_end = (int64_t)(KVRT_MIN(q.buf->head.size - q_seg * q.buf->seg_bytes, q.buf->seg_bytes) / 4);
+    a->o_end = (int64_t)(KVRT_MIN(out.buf->head.size - o_seg * out.buf->seg_bytes, out.buf->seg_bytes) / 4);
     return KVRT_OK;
 }
 
@@ -175,17 +139,9 @@ kvrt_status kvrt_cl_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t la
                                 kvrt_view q, kvrt_view out, kvrt_view seq_lens, kvrt_view block_tables)
 {
     kvrt_cl_backend *cl = kvrt_cl(be);
-    KVRT_TRY(cl_attn_check(cl, pool, layer, d));
-    if (d->num_seqs == 0)
-        return KVRT_OK;
     kvrt_cl_attn_args a = {0};
     cl_mem mems[4];
     KVRT_TRY(cl_attn_views(cl, pool, d, d->num_seqs, q, out, seq_lens, block_tables, mems, &a));
-    /* a kernel cannot report a bad table entry or length: check the host copies */
-    const int32_t *lens, *bt;
-    KVRT_TRY(kvrt_cl_host_ints(cl, seq_lens, d->num_seqs, "seq_lens", &lens));
-    KVRT_TRY(kvrt_cl_host_ints(cl, block_tables, (int64_t)d->num_seqs * d->max_blocks_per_seq, "block_tables", &bt));
-    KVRT_TRY(kvrt_attn_check_decode(&be->err, &pool->desc, d, lens, bt));
     const int64_t D = pool->desc.head_dim, G = d->n_heads / pool->desc.n_kv_heads;
     const int64_t cap = (int64_t)d->max_blocks_per_seq * pool->desc.block_size;
     a.max_parts = (int32_t)((cap + KVRT_CL_DECODE_PART - 1) / KVRT_CL_DECODE_PART);
@@ -262,20 +218,11 @@ kvrt_status kvrt_cl_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t l
                                  kvrt_view block_tables)
 {
     kvrt_cl_backend *cl = kvrt_cl(be);
-    KVRT_TRY(cl_attn_check(cl, pool, layer, d));
-    if (d->num_seqs == 0)
-        return KVRT_OK;
     kvrt_cl_attn_args a = {0};
     cl_mem mems[5];
-    /* the token count lives on the device: check one row here, the kernel bounds the rest */
-    KVRT_TRY(cl_attn_views(cl, pool, d, 1, q, out, seq_lens, block_tables, mems, &a));
+    KVRT_TRY(cl_attn_views(cl, pool, d, d->num_tokens, q, out, seq_lens, block_tables, mems, &a));
     KVRT_TRY(kvrt_cl_resolve(cl, query_start_loc, ((size_t)d->num_seqs + 1) * 4, 4, "query_start_loc", &mems[4],
                              &a.qsl_off));
-    const int32_t *qsl, *lens, *bt;
-    KVRT_TRY(kvrt_cl_host_ints(cl, query_start_loc, (int64_t)d->num_seqs + 1, "query_start_loc", &qsl));
-    KVRT_TRY(kvrt_cl_host_ints(cl, seq_lens, d->num_seqs, "seq_lens", &lens));
-    KVRT_TRY(kvrt_cl_host_ints(cl, block_tables, (int64_t)d->num_seqs * d->max_blocks_per_seq, "block_tables", &bt));
-    KVRT_TRY(kvrt_attn_check_prefill(&be->err, &pool->desc, d, qsl, lens, bt));
     const size_t D = (size_t)pool->desc.head_dim;
     /* tile size from the device's local memory (keep a little for the driver) */
     size_t t = 32;

@@ -337,7 +337,6 @@ static const kvrt_backend_ops cl_ops = {
     .buffer_create = kvrt_cl_buffer_create,
     .buffer_destroy = kvrt_cl_buffer_destroy,
     .buffer_wrap_host = NULL,
-    .buffer_host_ptr = NULL,
     .buffer_upload = kvrt_cl_buffer_upload,
     .buffer_download = kvrt_cl_buffer_download,
     .buffer_copy = kvrt_cl_buffer_copy,
@@ -348,17 +347,7 @@ static const kvrt_backend_ops cl_ops = {
     .kv_copy_blocks = kvrt_cl_kv_copy_blocks,
     .begin = cl_begin,
     .submit = cl_submit,
-    .kv_write = kvrt_cl_kv_write,
-    .attn_decode = kvrt_cl_attn_decode,
-    .attn_prefill = kvrt_cl_attn_prefill,
-    .matmul = kvrt_cl_matmul, /* F32 and F16 weights; other types are reported unsupported */
-    .rmsnorm = kvrt_cl_rmsnorm,
-    .rope = kvrt_cl_rope,
-    .swiglu = kvrt_cl_swiglu,
-    .add = kvrt_cl_add,
-    .embed = kvrt_cl_embed,
-    .gather_rows = kvrt_cl_gather_rows,
-    .argmax = kvrt_cl_argmax,
+    KVRT_BACKEND_KERNELS(KVRT_BACKEND_ENTRY, kvrt_cl_)
 };
 
 static kvrt_status cl_open_device(kvrt_cl_backend *cl, const kvrt_context_params *p, kvrt_error *err)

@@ -62,24 +62,16 @@ typedef struct kvrt_cl_program {
  * A weight read row by row gets row-aligned segments on first use
  * (kvrt_cl_align_rows), so one row never straddles two cl_mem. */
 struct kvrt_buffer {
-    size_t size;
+    kvrt_buffer_head head; /* host: NULL (device memory) */
     size_t seg_bytes;
     int32_t n_segs;
     cl_mem *segs;       /* [n_segs] */
-    /* Host copy of the bytes, for checking int32 batch arrays (slots, block
-     * tables) on the host: a kernel cannot report a bad index. Kept by
-     * uploads; device writes make it stale and the next check reads back. */
-    unsigned char *shadow;
-    bool shadow_stale;
 };
-
-/* Buffers up to this size get their host copy at creation (batch arrays are small). */
-#define KVRT_CL_SHADOW_EAGER (64u * 1024u)
 
 static inline size_t kvrt_cl_seg_len(const kvrt_buffer *b, int32_t i)
 {
     size_t start = (size_t)i * b->seg_bytes;
-    return b->size - start < b->seg_bytes ? b->size - start : b->seg_bytes;
+    return b->head.size - start < b->seg_bytes ? b->head.size - start : b->seg_bytes;
 }
 
 /* One layer's K or V pool: whole blocks per segment. */
@@ -142,33 +134,22 @@ kvrt_status kvrt_cl_fail(kvrt_cl_backend *cl, cl_int code, kvrt_status fallback,
 /* Called after an op was enqueued: outside begin/submit the op runs at once. */
 kvrt_status kvrt_cl_after_enqueue(kvrt_cl_backend *cl, const char *what);
 
-kvrt_status kvrt_cl_buffer_create(kvrt_backend *be, size_t size, unsigned flags, kvrt_buffer **out);
-void kvrt_cl_buffer_destroy(kvrt_backend *be, kvrt_buffer *buf);
-kvrt_status kvrt_cl_buffer_upload(kvrt_backend *be, kvrt_buffer *dst, size_t offset, const void *src, size_t size);
-kvrt_status kvrt_cl_buffer_download(kvrt_backend *be, kvrt_buffer *src, size_t offset, void *dst, size_t size);
-kvrt_status kvrt_cl_buffer_copy(kvrt_backend *be, kvrt_buffer *src, size_t src_offset,
-                                kvrt_buffer *dst, size_t dst_offset, size_t size);
-kvrt_status kvrt_cl_kv_pool_create(kvrt_backend *be, const kvrt_kv_pool_desc *desc, kvrt_kv_pool **out);
-void kvrt_cl_kv_pool_destroy(kvrt_backend *be, kvrt_kv_pool *pool);
-kvrt_status kvrt_cl_kv_block_read(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, kvrt_kv_which which,
-                                  int32_t block, void *dst);
-kvrt_status kvrt_cl_kv_block_write(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, kvrt_kv_which which,
-                                   int32_t block, const void *src);
-kvrt_status kvrt_cl_kv_copy_blocks(kvrt_backend *be, kvrt_kv_pool *pool, const int32_t (*pairs)[2], int32_t n);
+/* The memory and pool entries (cl_memory.c). */
+kvrt_be_buffer_create_fn kvrt_cl_buffer_create;
+kvrt_be_buffer_destroy_fn kvrt_cl_buffer_destroy;
+kvrt_be_buffer_upload_fn kvrt_cl_buffer_upload;
+kvrt_be_buffer_download_fn kvrt_cl_buffer_download;
+kvrt_be_buffer_copy_fn kvrt_cl_buffer_copy;
+kvrt_be_kv_pool_create_fn kvrt_cl_kv_pool_create;
+kvrt_be_kv_pool_destroy_fn kvrt_cl_kv_pool_destroy;
+kvrt_be_kv_block_read_fn kvrt_cl_kv_block_read;
+kvrt_be_kv_block_write_fn kvrt_cl_kv_block_write;
+kvrt_be_kv_copy_blocks_fn kvrt_cl_kv_copy_blocks;
 
 /* Resolves a view of `bytes` bytes to one segment and an offset in elements of
  * `elem` bytes. A view crossing a segment boundary is KVRT_ERR_UNSUPPORTED. */
 kvrt_status kvrt_cl_resolve(kvrt_cl_backend *cl, kvrt_view v, size_t bytes, size_t elem, const char *what,
                             cl_mem *mem, int64_t *elem_off);
-/* Marks a buffer written by the device (its host copy becomes stale). */
-static inline void kvrt_cl_mark_written(kvrt_buffer *b)
-{
-    if (b)
-        b->shadow_stale = true;
-}
-/* Host view of `count` int32 values at v (reads the buffer back when the device wrote it). */
-kvrt_status kvrt_cl_host_ints(kvrt_cl_backend *cl, kvrt_view v, int64_t count, const char *what,
-                              const int32_t **out);
 /* Makes n rows (`pitch` bytes apart, each `need` <= pitch bytes, the first at
  * byte `first`) lie inside single segments: a buffer whose segments cut a row
  * is re-segmented once (device copies) with segments a multiple of `pitch`. */
@@ -192,32 +173,8 @@ kvrt_status kvrt_cl_set_args(kvrt_cl_backend *cl, cl_kernel k, const kvrt_cl_arg
 kvrt_status kvrt_cl_enqueue(kvrt_cl_backend *cl, cl_kernel k, int dims, const size_t *global, const size_t *local,
                             const char *what);
 
-/* ---- ops (cl_attention.c) ---- */
-kvrt_status kvrt_cl_kv_write(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer,
-                             kvrt_view k, int64_t k_stride, kvrt_view v, int64_t v_stride,
-                             kvrt_view slot_mapping, int32_t n_tokens);
-kvrt_status kvrt_cl_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
-                                kvrt_view q, kvrt_view out, kvrt_view seq_lens, kvrt_view block_tables);
-kvrt_status kvrt_cl_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
-                                 kvrt_view q, kvrt_view out, kvrt_view query_start_loc,
-                                 kvrt_view seq_lens, kvrt_view block_tables);
-
-/* ---- model ops (cl_ops.c) ---- */
-kvrt_status kvrt_cl_matmul(kvrt_backend *be, kvrt_dtype wtype, kvrt_view w, int64_t n_out, int64_t n_in,
-                           kvrt_view x, int64_t x_stride, kvrt_view y, int64_t y_stride, int32_t n_tokens);
-kvrt_status kvrt_cl_rmsnorm(kvrt_backend *be, kvrt_view x, int64_t x_stride, kvrt_view w, kvrt_view y,
-                            int64_t y_stride, int32_t n_tokens, int32_t dim, float eps);
-kvrt_status kvrt_cl_rope(kvrt_backend *be, kvrt_view x, kvrt_view positions, kvrt_view cos_sin,
-                         const kvrt_rope_desc *d);
-kvrt_status kvrt_cl_swiglu(kvrt_backend *be, kvrt_view gate, int64_t gate_stride, kvrt_view up, int64_t up_stride,
-                           kvrt_view out, int64_t out_stride, int32_t n_tokens, int32_t dim);
-kvrt_status kvrt_cl_add(kvrt_backend *be, kvrt_view a, kvrt_view b, kvrt_view out, int64_t n);
-kvrt_status kvrt_cl_embed(kvrt_backend *be, kvrt_dtype wtype, kvrt_view table, int64_t dim, kvrt_view ids,
-                          int32_t n_tokens, kvrt_view out);
-kvrt_status kvrt_cl_gather_rows(kvrt_backend *be, kvrt_view src, int64_t src_stride, kvrt_view idx, int32_t n,
-                                kvrt_view dst, int64_t dst_stride, int32_t dim);
-kvrt_status kvrt_cl_argmax(kvrt_backend *be, kvrt_view x, int64_t stride, int32_t n_rows, int32_t n_cols,
-                           kvrt_view out);
+/* ---- kernel entries: attention family (cl_attention.c), model ops (cl_ops.c) ---- */
+KVRT_BACKEND_KERNELS(KVRT_BACKEND_DECLARE, kvrt_cl_)
 
 /* ---- test hooks (internal; tests reach them through this header) ---- */
 

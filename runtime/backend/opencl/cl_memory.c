@@ -55,8 +55,7 @@ void kvrt_cl_buffer_destroy(kvrt_backend *be, kvrt_buffer *b)
         if (b->segs[i])
             cl->fn.clReleaseMemObject(b->segs[i]); /* the driver keeps it alive for enqueued work */
     }
-    cl->used -= b->size;
-    kvrt_free(be->alloc, b->shadow);
+    cl->used -= b->head.size;
     kvrt_free(be->alloc, b->segs);
     kvrt_free(be->alloc, b);
 }
@@ -82,12 +81,9 @@ kvrt_status kvrt_cl_buffer_create(kvrt_backend *be, size_t size, unsigned flags,
         kvrt_free(be->alloc, b);
         return kvrt_fail(&be->err, KVRT_ERR_OUT_OF_HOST_MEMORY, "opencl: out of host memory for a buffer");
     }
-    b->size = size;
+    b->head.size = size;
     b->seg_bytes = cl->seg_bytes;
     b->n_segs = (int32_t)n_segs;
-    if (size <= KVRT_CL_SHADOW_EAGER)
-        b->shadow = kvrt_calloc(be->alloc, KVRT_MAX(size, (size_t)1), 1); /* like the zero-filled device bytes */
-    b->shadow_stale = b->shadow == NULL;
     for (int32_t i = 0; i < b->n_segs; i++) {
         kvrt_status s = cl_mem_create(cl, cl_seg_len(b, i), &b->segs[i]);
         if (s == KVRT_OK)
@@ -108,10 +104,10 @@ static kvrt_status cl_check_range(kvrt_cl_backend *cl, const kvrt_buffer *b, siz
 {
     if (!b)
         return kvrt_fail(&cl->base.err, KVRT_ERR_INVALID_ARGUMENT, "opencl: %s: no buffer", what);
-    if (offset > b->size || size > b->size - offset)
+    if (offset > b->head.size || size > b->head.size - offset)
         return kvrt_fail(&cl->base.err, KVRT_ERR_INVALID_ARGUMENT,
                          "opencl: %s: %zu bytes at offset %zu exceed the buffer (%zu bytes)", what, size, offset,
-                         b->size);
+                         b->head.size);
     return KVRT_OK;
 }
 
@@ -153,8 +149,6 @@ kvrt_status kvrt_cl_buffer_upload(kvrt_backend *be, kvrt_buffer *dst, size_t off
     kvrt_cl_backend *cl = kvrt_cl(be);
     KVRT_TRY(cl_check_range(cl, dst, offset, size, "upload"));
     cl_int rc = cl_for_pieces(cl, dst, offset, size, cl_write_piece, (void *)src);
-    if (rc == CL_SUCCESS && dst->shadow && size > 0)
-        memcpy(dst->shadow + offset, src, size);
     return rc == CL_SUCCESS ? KVRT_OK : kvrt_cl_fail(cl, rc, KVRT_ERR_DEVICE_LOST, "upload");
 }
 
@@ -212,7 +206,6 @@ kvrt_status kvrt_cl_buffer_copy(kvrt_backend *be, kvrt_buffer *src, size_t src_o
     KVRT_TRY(cl_check_range(cl, dst, dst_offset, size, "copy destination"));
     if (size == 0 || (src == dst && src_offset == dst_offset))
         return KVRT_OK;
-    kvrt_cl_mark_written(dst);
     if (src == dst && src_offset < dst_offset + size && dst_offset < src_offset + size)
         return cl_copy_overlapping(cl, src, src_offset, dst_offset, size);
     cl_copy_ctx c = {dst, dst_offset};
@@ -242,35 +235,6 @@ kvrt_status kvrt_cl_resolve(kvrt_cl_backend *cl, kvrt_view v, size_t bytes, size
     return KVRT_OK;
 }
 
-kvrt_status kvrt_cl_host_ints(kvrt_cl_backend *cl, kvrt_view v, int64_t count, const char *what,
-                              const int32_t **out)
-{
-    *out = NULL;
-    if (count < 0 || count > INT32_MAX)
-        return kvrt_fail(&cl->base.err, KVRT_ERR_INVALID_ARGUMENT, "opencl: %s: bad count %lld", what,
-                         (long long)count);
-    KVRT_TRY(cl_check_range(cl, v.buf, v.offset, (size_t)count * 4, what));
-    if (v.offset % 4 != 0)
-        return kvrt_fail(&cl->base.err, KVRT_ERR_INVALID_ARGUMENT, "opencl: %s: offset %zu is not a multiple of 4",
-                         what, v.offset);
-    kvrt_buffer *b = v.buf;
-    if (!b->shadow) {
-        b->shadow = kvrt_alloc(cl->base.alloc, KVRT_MAX(b->size, (size_t)1), 0);
-        if (!b->shadow)
-            return kvrt_fail(&cl->base.err, KVRT_ERR_OUT_OF_HOST_MEMORY, "opencl: %s: out of host memory", what);
-        b->shadow_stale = true;
-    }
-    if (b->shadow_stale) {
-        /* blocking: on the in-order queue it waits for the kernels that wrote the buffer */
-        cl_int rc = cl_for_pieces(cl, b, 0, b->size, cl_read_piece, b->shadow);
-        if (rc != CL_SUCCESS)
-            return kvrt_cl_fail(cl, rc, KVRT_ERR_DEVICE_LOST, what);
-        b->shadow_stale = false;
-    }
-    *out = (const int32_t *)(const void *)(b->shadow + v.offset);
-    return KVRT_OK;
-}
-
 /* True when rows [first + i * pitch, + need) for i < n each lie in one segment. */
 static bool cl_rows_fit(const kvrt_buffer *b, size_t first, int64_t n, size_t pitch, size_t need)
 {
@@ -296,21 +260,21 @@ kvrt_status kvrt_cl_align_rows(kvrt_cl_backend *cl, kvrt_buffer *b, size_t first
     /* New segments of whole rows, filled by device copies; the old ones are
      * released (the driver keeps them until the copies ran). The copy is
      * transient, so it is not charged to the budget. */
-    size_t n_segs = b->size / seg + (b->size % seg != 0);
-    kvrt_buffer nb = {.size = b->size, .seg_bytes = seg, .n_segs = 0};
+    size_t n_segs = b->head.size / seg + (b->head.size % seg != 0);
+    kvrt_buffer nb = {.head.size = b->head.size, .seg_bytes = seg, .n_segs = 0};
     nb.segs = n_segs <= INT32_MAX ? kvrt_calloc(cl->base.alloc, n_segs, sizeof(cl_mem)) : NULL;
     if (!nb.segs)
         return kvrt_fail(&cl->base.err, KVRT_ERR_OUT_OF_HOST_MEMORY, "opencl: %s: out of host memory", what);
     kvrt_status s = KVRT_OK;
     for (size_t i = 0; i < n_segs && s == KVRT_OK; i++) {
-        s = cl_mem_create(cl, kvrt_cl_seg_len(&(kvrt_buffer){.size = b->size, .seg_bytes = seg}, (int32_t)i),
+        s = cl_mem_create(cl, kvrt_cl_seg_len(&(kvrt_buffer){.head.size = b->head.size, .seg_bytes = seg}, (int32_t)i),
                           &nb.segs[i]);
         if (s == KVRT_OK)
             nb.n_segs++;
     }
     if (s == KVRT_OK) {
         cl_copy_ctx c = {&nb, 0};
-        cl_int rc = cl_for_pieces(cl, b, 0, b->size, cl_copy_piece, &c);
+        cl_int rc = cl_for_pieces(cl, b, 0, b->head.size, cl_copy_piece, &c);
         if (rc != CL_SUCCESS)
             s = kvrt_cl_fail(cl, rc, KVRT_ERR_DEVICE_LOST, "re-segmenting copy");
     }
@@ -329,12 +293,11 @@ kvrt_status kvrt_cl_align_rows(kvrt_cl_backend *cl, kvrt_buffer *b, size_t first
 
 kvrt_status kvrt_cl_scratch(kvrt_cl_backend *cl, size_t bytes, kvrt_buffer **out)
 {
-    if (!cl->scratch || cl->scratch->size < bytes) {
+    if (!cl->scratch || cl->scratch->head.size < bytes) {
         kvrt_cl_buffer_destroy(&cl->base, cl->scratch);
         cl->scratch = NULL;
         KVRT_TRY(kvrt_cl_buffer_create(&cl->base, bytes, KVRT_BUFFER_DEVICE, &cl->scratch));
     }
-    kvrt_cl_mark_written(cl->scratch);
     *out = cl->scratch;
     return KVRT_OK;
 }
@@ -361,21 +324,6 @@ void kvrt_cl_kv_pool_destroy(kvrt_backend *be, kvrt_kv_pool *pool)
     kvrt_free(be->alloc, pool);
 }
 
-static kvrt_status cl_pool_check_desc(kvrt_cl_backend *cl, const kvrt_kv_pool_desc *d)
-{
-    if (d->n_layers <= 0 || d->n_kv_heads <= 0 || d->head_dim <= 0 || d->num_blocks <= 0)
-        return kvrt_fail(&cl->base.err, KVRT_ERR_INVALID_ARGUMENT,
-                         "opencl: KV pool sizes must be positive (layers %d, kv heads %d, head dim %d, blocks %d)",
-                         (int)d->n_layers, (int)d->n_kv_heads, (int)d->head_dim, (int)d->num_blocks);
-    if (d->block_size != 8 && d->block_size != 16 && d->block_size != 32)
-        return kvrt_fail(&cl->base.err, KVRT_ERR_INVALID_ARGUMENT, "opencl: block size %d (8, 16 or 32)",
-                         (int)d->block_size);
-    if (d->dtype != KVRT_DTYPE_F32 && d->dtype != KVRT_DTYPE_F16)
-        return kvrt_fail(&cl->base.err, KVRT_ERR_UNSUPPORTED, "opencl: KV type %s is not supported (f32, f16)",
-                         kvrt_dtype_name(d->dtype));
-    return KVRT_OK;
-}
-
 /* Allocates one layer's K or V pool: blocks_per_seg whole blocks per segment. */
 static kvrt_status cl_pool_part_create(kvrt_cl_backend *cl, const kvrt_kv_pool *pool, kvrt_cl_pool_part *part)
 {
@@ -395,11 +343,13 @@ kvrt_status kvrt_cl_kv_pool_create(kvrt_backend *be, const kvrt_kv_pool_desc *d,
 {
     *out = NULL;
     kvrt_cl_backend *cl = kvrt_cl(be);
-    KVRT_TRY(cl_pool_check_desc(cl, d));
-    size_t block_bytes = kvrt_kv_block_bytes(d), layer_bytes, total;
-    if (!kvrt_mul_size(block_bytes, (size_t)d->num_blocks, &layer_bytes) ||
-        !kvrt_mul_size(layer_bytes, 2 * (size_t)d->n_layers, &total))
-        return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "opencl: KV pool size overflows");
+    /* the kernels' variants read and write these two (kv.cl, attention.cl) */
+    if (d->dtype != KVRT_DTYPE_F32 && d->dtype != KVRT_DTYPE_F16)
+        return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "opencl: KV type %s is not supported (f32, f16)",
+                         kvrt_dtype_name(d->dtype));
+    /* the front door checked the sizes (kvrt_kv_check_pool_desc) */
+    size_t block_bytes = kvrt_kv_block_bytes(d), layer_bytes = block_bytes * (size_t)d->num_blocks;
+    size_t total = layer_bytes * 2 * (size_t)d->n_layers;
     int64_t per_seg = (int64_t)(cl->seg_bytes / block_bytes);
     /* kernels keep a key's row inside its segment in an int */
     per_seg = KVRT_MIN(per_seg, (int64_t)INT32_MAX / ((int64_t)d->n_kv_heads * d->block_size));
@@ -436,28 +386,21 @@ kvrt_status kvrt_cl_kv_pool_create(kvrt_backend *be, const kvrt_kv_pool_desc *d,
     return KVRT_OK;
 }
 
-static kvrt_status cl_block_at(kvrt_cl_backend *cl, kvrt_kv_pool *pool, int32_t layer, kvrt_kv_which which,
-                               int32_t block, cl_mem *mem, size_t *offset)
+/* Where one block of one layer's K or V pool lives. */
+static cl_mem cl_block_at(const kvrt_kv_pool *pool, int32_t layer, kvrt_kv_which which, int32_t block,
+                          size_t *offset)
 {
-    if (layer < 0 || layer >= pool->desc.n_layers)
-        return kvrt_fail(&cl->base.err, KVRT_ERR_INVALID_ARGUMENT, "opencl: layer %d outside [0, %d)", (int)layer,
-                         (int)pool->desc.n_layers);
-    if (block < 0 || block >= pool->desc.num_blocks)
-        return kvrt_fail(&cl->base.err, KVRT_ERR_INVALID_ARGUMENT, "opencl: block %d outside [0, %d)", (int)block,
-                         (int)pool->desc.num_blocks);
     const kvrt_cl_pool_part *part = which == KVRT_KV_K ? &pool->k[layer] : &pool->v[layer];
-    *mem = part->segs[block / pool->blocks_per_seg];
     *offset = (size_t)(block % pool->blocks_per_seg) * pool->block_bytes;
-    return KVRT_OK;
+    return part->segs[block / pool->blocks_per_seg];
 }
 
 kvrt_status kvrt_cl_kv_block_read(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, kvrt_kv_which which,
                                   int32_t block, void *dst)
 {
     kvrt_cl_backend *cl = kvrt_cl(be);
-    cl_mem m = NULL;
-    size_t off = 0;
-    KVRT_TRY(cl_block_at(cl, pool, layer, which, block, &m, &off));
+    size_t off;
+    cl_mem m = cl_block_at(pool, layer, which, block, &off);
     cl_int rc = cl->fn.clEnqueueReadBuffer(cl->queue, m, CL_TRUE, off, pool->block_bytes, dst, 0, NULL, NULL);
     return rc == CL_SUCCESS ? KVRT_OK : kvrt_cl_fail(cl, rc, KVRT_ERR_DEVICE_LOST, "KV block read");
 }
@@ -466,9 +409,8 @@ kvrt_status kvrt_cl_kv_block_write(kvrt_backend *be, kvrt_kv_pool *pool, int32_t
                                    int32_t block, const void *src)
 {
     kvrt_cl_backend *cl = kvrt_cl(be);
-    cl_mem m = NULL;
-    size_t off = 0;
-    KVRT_TRY(cl_block_at(cl, pool, layer, which, block, &m, &off));
+    size_t off;
+    cl_mem m = cl_block_at(pool, layer, which, block, &off);
     cl_int rc = cl->fn.clEnqueueWriteBuffer(cl->queue, m, CL_TRUE, off, pool->block_bytes, src, 0, NULL, NULL);
     return rc == CL_SUCCESS ? KVRT_OK : kvrt_cl_fail(cl, rc, KVRT_ERR_DEVICE_LOST, "KV block write");
 }
@@ -476,23 +418,14 @@ kvrt_status kvrt_cl_kv_block_write(kvrt_backend *be, kvrt_kv_pool *pool, int32_t
 kvrt_status kvrt_cl_kv_copy_blocks(kvrt_backend *be, kvrt_kv_pool *pool, const int32_t (*pairs)[2], int32_t n)
 {
     kvrt_cl_backend *cl = kvrt_cl(be);
-    if (n < 0 || (n > 0 && !pairs))
-        return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "opencl: copy_blocks: bad pair list");
-    cl_mem m = NULL;
-    size_t off = 0;
-    for (int32_t i = 0; i < n; i++) { /* validate everything before enqueueing anything */
-        KVRT_TRY(cl_block_at(cl, pool, 0, KVRT_KV_K, pairs[i][0], &m, &off));
-        KVRT_TRY(cl_block_at(cl, pool, 0, KVRT_KV_K, pairs[i][1], &m, &off));
-    }
     for (int32_t l = 0; l < pool->desc.n_layers; l++) {
         for (int32_t i = 0; i < n; i++) {
             if (pairs[i][0] == pairs[i][1])
                 continue;
             for (int w = 0; w < 2; w++) {
-                cl_mem src, dst;
                 size_t src_off, dst_off;
-                cl_block_at(cl, pool, l, (kvrt_kv_which)w, pairs[i][0], &src, &src_off);
-                cl_block_at(cl, pool, l, (kvrt_kv_which)w, pairs[i][1], &dst, &dst_off);
+                cl_mem src = cl_block_at(pool, l, (kvrt_kv_which)w, pairs[i][0], &src_off);
+                cl_mem dst = cl_block_at(pool, l, (kvrt_kv_which)w, pairs[i][1], &dst_off);
                 cl_int rc = cl->fn.clEnqueueCopyBuffer(cl->queue, src, dst, src_off, dst_off, pool->block_bytes, 0,
                                                        NULL, NULL);
                 if (rc != CL_SUCCESS)

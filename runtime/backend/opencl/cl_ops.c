@@ -1,14 +1,13 @@
-/* The model ops on OpenCL (F32 activations): argument checks, views to
- * (cl_mem, element offset), launch shapes. Kernels in kernels/ops.cl.
+/* The model ops on OpenCL (F32 activations): views to (cl_mem, element
+ * offset), the device's 32-bit limits, launch shapes (the front door checked
+ * the arguments). Kernels in kernels/ops.cl.
  * Weights and embedding tables may span segments: their buffers get
  * row-aligned segments on first use and the op runs one dispatch per
  * segment's rows. Activations must sit in one segment each. */
 #include "backend/opencl/cl_internal.h"
 
-#include <math.h>
-
 enum {
-    CL_K_RMSNORM = 0, CL_K_ROPE, CL_K_SWIGLU, CL_K_ADD, CL_K_GATHER, CL_K_ARGMAX,
+    CL_K_RMSNORM = 0, CL_K_ROPE, CL_K_SWIGLU, CL_K_ADD, CL_K_GATHER,
     CL_K_EMBED_F32, CL_K_EMBED_F16, CL_K_EMBED_BF16, CL_K_EMBED_Q8_0, CL_K_EMBED_Q4_0,
     CL_K_MATMUL_F32, CL_K_MATMUL_F16, CL_K_MATMUL_BF16, CL_K_MATMUL_Q8_0, CL_K_MATMUL_Q4_0
 };
@@ -93,15 +92,11 @@ kvrt_status kvrt_cl_rmsnorm(kvrt_backend *be, kvrt_view x, int64_t x_stride, kvr
     kvrt_cl_backend *cl = kvrt_cl(be);
     KVRT_TRY(cl_count(cl, n_tokens, 0, "rmsnorm: n_tokens"));
     KVRT_TRY(cl_count(cl, dim, 1, "rmsnorm: dim"));
-    if (!(eps >= 0.0f) || isinf(eps))
-        return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "opencl: rmsnorm: eps %g is not finite and >= 0",
-                         (double)eps);
     kvrt_cl_op_args a = {.stride = {x_stride, 0, y_stride}, .rows = n_tokens, .dim = dim, .eps = eps};
     cl_mem m[3];
     KVRT_TRY(cl_rows(cl, x, n_tokens, x_stride, dim, 4, "rmsnorm: x", &m[0], &a.off[0]));
     KVRT_TRY(cl_rows(cl, w, 1, dim, dim, 4, "rmsnorm: weight", &m[1], &a.off[1]));
     KVRT_TRY(cl_rows(cl, y, n_tokens, y_stride, dim, 4, "rmsnorm: y", &m[2], &a.off[2]));
-    kvrt_cl_mark_written(y.buf);
     size_t ls = cl_ops_local(cl), locals[1] = {ls * 4};
     size_t global[1] = {(size_t)n_tokens * ls};
     return cl_run(cl, CL_K_RMSNORM, m, &a, locals, 1, 1, global, &ls, "rmsnorm");
@@ -111,16 +106,6 @@ kvrt_status kvrt_cl_rope(kvrt_backend *be, kvrt_view x, kvrt_view positions, kvr
                          const kvrt_rope_desc *d)
 {
     kvrt_cl_backend *cl = kvrt_cl(be);
-    if (!d)
-        return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "opencl: rope: no descriptor");
-    KVRT_TRY(cl_count(cl, d->n_tokens, 0, "rope: n_tokens"));
-    KVRT_TRY(cl_count(cl, d->n_heads, 1, "rope: n_heads"));
-    KVRT_TRY(cl_count(cl, d->head_dim, 1, "rope: head_dim"));
-    KVRT_TRY(cl_count(cl, d->max_pos, 1, "rope: max_pos"));
-    if (d->rot_dim <= 0 || d->rot_dim % 2 != 0 || d->rot_dim > d->head_dim || (d->neox != 0 && d->neox != 1))
-        return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT,
-                         "opencl: rope: rot_dim %d must be even and in [2, head_dim %d]; neox %d must be 0 or 1",
-                         (int)d->rot_dim, (int)d->head_dim, (int)d->neox);
     kvrt_cl_op_args a = {.stride = {d->stride}, .rows = d->n_tokens, .n_heads = d->n_heads,
                          .head_dim = d->head_dim, .rot_dim = d->rot_dim, .neox = d->neox, .max_pos = d->max_pos};
     cl_mem m[3];
@@ -130,7 +115,6 @@ kvrt_status kvrt_cl_rope(kvrt_backend *be, kvrt_view x, kvrt_view positions, kvr
                      &a.off[1]));
     KVRT_TRY(cl_rows(cl, cos_sin, d->max_pos, d->rot_dim, d->rot_dim, 4, "rope: cos/sin table", &m[2],
                      &a.off[2]));
-    kvrt_cl_mark_written(x.buf);
     size_t global[3] = {(size_t)d->rot_dim / 2, (size_t)d->n_heads, (size_t)d->n_tokens};
     return cl_run(cl, CL_K_ROPE, m, &a, NULL, 0, 3, global, NULL, "rope");
 }
@@ -146,7 +130,6 @@ kvrt_status kvrt_cl_swiglu(kvrt_backend *be, kvrt_view gate, int64_t gate_stride
     KVRT_TRY(cl_rows(cl, gate, n_tokens, gate_stride, dim, 4, "swiglu: gate", &m[0], &a.off[0]));
     KVRT_TRY(cl_rows(cl, up, n_tokens, up_stride, dim, 4, "swiglu: up", &m[1], &a.off[1]));
     KVRT_TRY(cl_rows(cl, out, n_tokens, out_stride, dim, 4, "swiglu: out", &m[2], &a.off[2]));
-    kvrt_cl_mark_written(out.buf);
     size_t global[2] = {(size_t)dim, (size_t)n_tokens};
     return cl_run(cl, CL_K_SWIGLU, m, &a, NULL, 0, 2, global, NULL, "swiglu");
 }
@@ -163,7 +146,6 @@ kvrt_status kvrt_cl_add(kvrt_backend *be, kvrt_view x, kvrt_view y, kvrt_view ou
     KVRT_TRY(cl_rows(cl, x, 1, n, n, 4, "add: a", &m[0], &a.off[0]));
     KVRT_TRY(cl_rows(cl, y, 1, n, n, 4, "add: b", &m[1], &a.off[1]));
     KVRT_TRY(cl_rows(cl, out, 1, n, n, 4, "add: out", &m[2], &a.off[2]));
-    kvrt_cl_mark_written(out.buf);
     size_t global[1] = {cl_round_up((size_t)n, CL_OPS_LOCAL)};
     return cl_run(cl, CL_K_ADD, m, &a, NULL, 0, 1, global, NULL, "add");
 }
@@ -221,10 +203,10 @@ static kvrt_status cl_rows_prepare(kvrt_cl_backend *cl, kvrt_view v, int64_t n, 
     size_t bytes = n > 0 ? (size_t)(n - 1) * pitch + need : unit;
     if (!v.buf)
         return kvrt_fail(&cl->base.err, KVRT_ERR_INVALID_ARGUMENT, "opencl: %s: no buffer", what);
-    if (v.offset > v.buf->size || bytes > v.buf->size - v.offset || v.offset % unit != 0)
+    if (v.offset > v.buf->head.size || bytes > v.buf->head.size - v.offset || v.offset % unit != 0)
         return kvrt_fail(&cl->base.err, KVRT_ERR_INVALID_ARGUMENT,
                          "opencl: %s: %zu bytes at offset %zu exceed the buffer (%zu bytes) or are misaligned", what,
-                         bytes, v.offset, v.buf->size);
+                         bytes, v.offset, v.buf->head.size);
     return kvrt_cl_align_rows(cl, v.buf, v.offset, n, pitch, need, what);
 }
 
@@ -257,10 +239,10 @@ kvrt_status kvrt_cl_embed(kvrt_backend *be, kvrt_dtype wtype, kvrt_view table, i
     int64_t row_units = 0;
     KVRT_TRY(cl_wtype_row(cl, wtype, dim, "embed", &wt, &row_units));
     size_t pitch = (size_t)row_units * wt->unit;
-    if (!table.buf || table.offset > table.buf->size)
+    if (!table.buf || table.offset > table.buf->head.size)
         return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "opencl: embed: bad table view");
     /* the table's row count is not passed: every whole row of the buffer after the view */
-    int64_t n_rows = (int64_t)((table.buf->size - table.offset) / pitch);
+    int64_t n_rows = (int64_t)((table.buf->head.size - table.offset) / pitch);
     if (n_rows < 1)
         return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "opencl: embed: the table holds no row of %lld values",
                          (long long)dim);
@@ -268,7 +250,6 @@ kvrt_status kvrt_cl_embed(kvrt_backend *be, kvrt_dtype wtype, kvrt_view table, i
     cl_mem m[3];
     KVRT_TRY(cl_rows(cl, ids, 1, n_tokens, KVRT_MAX(n_tokens, 1), 4, "embed: ids", &m[1], &a.off[1]));
     KVRT_TRY(cl_rows(cl, out, n_tokens, dim, dim, 4, "embed: out", &m[2], &a.off[2]));
-    kvrt_cl_mark_written(out.buf);
     size_t global[2] = {(size_t)dim, (size_t)n_tokens};
     return cl_run_row_gather(cl, wt->embed_kernel, table, n_rows, pitch, pitch, wt->unit, m, &a, global, "embed");
 }
@@ -282,39 +263,16 @@ kvrt_status kvrt_cl_gather_rows(kvrt_backend *be, kvrt_view src, int64_t src_str
     if (src_stride < dim || src_stride > INT32_MAX)
         return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "opencl: gather_rows: src stride %lld below dim %d",
                          (long long)src_stride, (int)dim);
-    if (!src.buf || src.offset > src.buf->size || src.buf->size - src.offset < (size_t)dim * 4)
+    if (!src.buf || src.offset > src.buf->head.size || src.buf->head.size - src.offset < (size_t)dim * 4)
         return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "opencl: gather_rows: src holds no row");
     size_t pitch = (size_t)src_stride * 4, need = (size_t)dim * 4;
-    int64_t n_rows = (int64_t)((src.buf->size - src.offset - need) / pitch) + 1;
+    int64_t n_rows = (int64_t)((src.buf->head.size - src.offset - need) / pitch) + 1;
     kvrt_cl_op_args a = {.stride = {src_stride, 0, dst_stride}, .rows = n, .dim = dim};
     cl_mem m[3];
     KVRT_TRY(cl_rows(cl, idx, 1, n, KVRT_MAX(n, 1), 4, "gather_rows: idx", &m[1], &a.off[1]));
     KVRT_TRY(cl_rows(cl, dst, n, dst_stride, dim, 4, "gather_rows: dst", &m[2], &a.off[2]));
-    kvrt_cl_mark_written(dst.buf);
     size_t global[2] = {(size_t)dim, (size_t)n};
     return cl_run_row_gather(cl, CL_K_GATHER, src, n_rows, pitch, need, 4, m, &a, global, "gather_rows");
-}
-
-kvrt_status kvrt_cl_argmax(kvrt_backend *be, kvrt_view x, int64_t stride, int32_t n_rows, int32_t n_cols,
-                           kvrt_view out)
-{
-    kvrt_cl_backend *cl = kvrt_cl(be);
-    KVRT_TRY(cl_count(cl, n_rows, 0, "argmax: n_rows"));
-    KVRT_TRY(cl_count(cl, n_cols, 1, "argmax: n_cols"));
-    kvrt_cl_op_args a = {.stride = {stride}, .rows = n_rows, .n = n_cols};
-    cl_mem m[3];
-    KVRT_TRY(cl_rows(cl, x, n_rows, stride, n_cols, 4, "argmax: x", &m[0], &a.off[0]));
-    KVRT_TRY(cl_rows(cl, out, 1, n_rows, KVRT_MAX(n_rows, 1), 4, "argmax: out", &m[1], &a.off[1]));
-    kvrt_cl_mark_written(out.buf);
-    /* argmax takes (x, out, args, locals): shift the argument block into the third slot's place */
-    cl_kernel k;
-    KVRT_TRY(kvrt_cl_kernel(cl, KVRT_CL_PROG_OPS, KVRT_CL_VARIANT_F32, CL_K_ARGMAX, &k));
-    size_t ls = cl_ops_local(cl);
-    kvrt_cl_arg args[] = {{sizeof(cl_mem), &m[0]}, {sizeof(cl_mem), &m[1]}, {sizeof(a), &a},
-                          {ls * 4, NULL},          {ls * 4, NULL}};
-    KVRT_TRY(kvrt_cl_set_args(cl, k, args, (int)KVRT_ARRAY_LEN(args), "argmax"));
-    size_t global[1] = {(size_t)n_rows * ls};
-    return kvrt_cl_enqueue(cl, k, 1, global, &ls, "argmax");
 }
 
 /* A weight spanning segments runs as one dispatch per run of rows in one
@@ -335,7 +293,6 @@ kvrt_status kvrt_cl_matmul(kvrt_backend *be, kvrt_dtype wtype, kvrt_view w, int6
     KVRT_TRY(cl_rows_prepare(cl, w, n_out, pitch, pitch, wt->unit, "matmul: weight"));
     KVRT_TRY(cl_rows(cl, x, n_tokens, x_stride, n_in, 4, "matmul: x", &m[1], &a.off[1]));
     KVRT_TRY(cl_rows(cl, y, n_tokens, y_stride, n_out, 4, "matmul: y", &m[2], &a.off[2]));
-    kvrt_cl_mark_written(y.buf);
     const int64_t y_off = a.off[2];
     size_t ls = cl_ops_local(cl), locals[1] = {CL_MM_TT * ls * 4}, local[2] = {ls, 1};
     cl_row_run run = {0};

@@ -23,9 +23,9 @@ static const cl_program_desc cl_programs[KVRT_CL_PROG_COUNT] = {
     [KVRT_CL_PROG_ATTN] = {"attention.cl", kvrt_cl_src_attention,
                            {"attn_decode", "attn_decode_merge", "attn_prefill", NULL}},
     [KVRT_CL_PROG_OPS] = {"ops.cl", kvrt_cl_src_ops,
-                          {"rmsnorm", "rope", "swiglu", "add", "gather_rows", "argmax", "embed_f32", "embed_f16",
-                           "embed_bf16", "embed_q8_0", "embed_q4_0", "matmul_f32", "matmul_f16", "matmul_bf16",
-                           "matmul_q8_0", "matmul_q4_0", NULL}},
+                          {"rmsnorm", "rope", "swiglu", "add", "gather_rows", "embed_f32", "embed_f16", "embed_bf16",
+                           "embed_q8_0", "embed_q4_0", "matmul_f32", "matmul_f16", "matmul_bf16", "matmul_q8_0",
+                           "matmul_q4_0", NULL}},
 };
 
 static const char *const cl_variant_options[KVRT_CL_VARIANT_COUNT] = {

@@ -24,20 +24,7 @@ typedef struct { KVRT_PUSH_ATTN } vk_push_attn;
 static kvrt_status vk_attn_common(kvrt_vk_backend *vk, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
                                   vk_push_attn *pc)
 {
-    const kvrt_kv_pool_desc *pd = &pool->desc;
-    if (layer < 0 || layer >= pd->n_layers)
-        return kvrt_fail(&vk->base.err, KVRT_ERR_INVALID_ARGUMENT, "attention: layer %d outside [0, %d)", (int)layer,
-                         (int)pd->n_layers);
-    if (d->num_seqs < 0 || d->n_heads <= 0 || d->n_heads % pd->n_kv_heads || d->max_blocks_per_seq <= 0 ||
-        d->window < 0 || d->sinks < 0)
-        return kvrt_fail(&vk->base.err, KVRT_ERR_INVALID_ARGUMENT,
-                         "attention: bad shape (seqs %d, heads %d over %d kv heads, max blocks %d, window %d, sinks %d)",
-                         (int)d->num_seqs, (int)d->n_heads, (int)pd->n_kv_heads, (int)d->max_blocks_per_seq,
-                         (int)d->window, (int)d->sinks);
-    int64_t row = (int64_t)d->n_heads * pd->head_dim;
-    if (d->q_stride < row || d->o_stride < row)
-        return kvrt_fail(&vk->base.err, KVRT_ERR_INVALID_ARGUMENT, "attention: strides (q %lld, out %lld) < %lld",
-                         (long long)d->q_stride, (long long)d->o_stride, (long long)row);
+    const kvrt_kv_pool_desc *pd = &pool->desc; /* shapes checked by the front door; limits here */
     if (pd->head_dim > KVRT_VK_MAX_HEAD_DIM)
         return kvrt_fail(&vk->base.err, KVRT_ERR_UNSUPPORTED,
                          "attention: head_dim %d exceeds the Vulkan attention kernels' limit of %d", (int)pd->head_dim,
@@ -268,10 +255,10 @@ kvrt_status kvrt_vk_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t l
                          pc.head_dim);
     int64_t row = (int64_t)d->n_heads * pool->desc.head_dim;
     /* The token count lives on the device; the q buffer bounds it. */
-    if (!q.buf || q.offset > q.buf->size)
+    if (!q.buf || q.offset > q.buf->head.size)
         return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "attn_prefill: bad q view");
-    uint64_t max_tokens = (q.buf->size - q.offset) / 4 >= (uint64_t)row
-                              ? ((q.buf->size - q.offset) / 4 - (uint64_t)row) / (uint64_t)d->q_stride + 1
+    uint64_t max_tokens = (q.buf->head.size - q.offset) / 4 >= (uint64_t)row
+                              ? ((q.buf->head.size - q.offset) / 4 - (uint64_t)row) / (uint64_t)d->q_stride + 1
                               : 0;
     if (max_tokens == 0)
         return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "attn_prefill: q holds no token row");
@@ -289,7 +276,7 @@ kvrt_status kvrt_vk_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t l
     KVRT_TRY(kvrt_vk_view_seg(vk, q, vk_rows((int64_t)max_tokens, d->q_stride, row), "attn_prefill q", &bind.seg[0],
                               &pc.q_off));
     /* out must hold as many rows as q can (the kernel writes only real tokens) */
-    if (!out.buf || out.offset > out.buf->size)
+    if (!out.buf || out.offset > out.buf->head.size)
         return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "attn_prefill: bad out view");
     uint32_t o_seg;
     KVRT_TRY(kvrt_vk_view_seg(vk, out, vk_rows(1, d->o_stride, row), "attn_prefill out", &o_seg, &pc.o_off));

@@ -416,11 +416,6 @@ static void vk_buffer_destroy(kvrt_backend *be, kvrt_buffer *b)
     kvrt_vk_buffer_free(kvrt_vk(be), b);
 }
 
-static void *vk_buffer_host_ptr(kvrt_backend *be, kvrt_buffer *b)
-{
-    return b && b->n_segs == 1 ? b->segs[0].map : NULL;
-}
-
 /* Inside an open step, transfers are recorded into it (vk_step_io.c), also
  * for host-visible buffers, so they keep their place among the step's ops;
  * otherwise they run now. */
@@ -447,7 +442,6 @@ static const kvrt_backend_ops vk_ops = {
     .buffer_create = vk_buffer_create,
     .buffer_destroy = vk_buffer_destroy,
     .buffer_wrap_host = NULL,
-    .buffer_host_ptr = vk_buffer_host_ptr,
     .buffer_upload = vk_buffer_upload,
     .buffer_download = vk_buffer_download,
     .buffer_copy = kvrt_vk_buffer_copy,
@@ -458,17 +452,7 @@ static const kvrt_backend_ops vk_ops = {
     .kv_copy_blocks = kvrt_vk_kv_copy_blocks,
     .begin = kvrt_vk_begin,
     .submit = kvrt_vk_submit,
-    .kv_write = kvrt_vk_kv_write,
-    .attn_decode = kvrt_vk_attn_decode,
-    .attn_prefill = kvrt_vk_attn_prefill,
-    .matmul = kvrt_vk_matmul,
-    .rmsnorm = kvrt_vk_rmsnorm,
-    .rope = kvrt_vk_rope,
-    .swiglu = kvrt_vk_swiglu,
-    .add = kvrt_vk_add,
-    .embed = kvrt_vk_embed,
-    .gather_rows = kvrt_vk_gather_rows,
-    .argmax = kvrt_vk_argmax,
+    KVRT_BACKEND_KERNELS(KVRT_BACKEND_ENTRY, kvrt_vk_)
     .save_caches = kvrt_vk_save_caches,
     .set_profiling = kvrt_vk_set_profiling,
 };

@@ -43,7 +43,7 @@ typedef struct kvrt_vk_segment {
 /* A logical buffer: segments of seg_bytes (the last may be shorter), each its
  * own VkBuffer + allocation, none larger than one binding or one allocation. */
 struct kvrt_buffer {
-    size_t size;
+    kvrt_buffer_head head; /* host: the mapping of a one-segment host-visible buffer */
     size_t seg_bytes;
     uint32_t n_segs;
     unsigned flags;
@@ -77,7 +77,6 @@ typedef enum kvrt_vk_pipe_id {
     KVRT_VK_PIPE_ROPE,
     KVRT_VK_PIPE_EMBED,
     KVRT_VK_PIPE_GATHER,
-    KVRT_VK_PIPE_ARGMAX,
     KVRT_VK_PIPE_KV_WRITE_BDA, /* pool shaders built with -DKVRT_BDA */
     KVRT_VK_PIPE_ATTN_DECODE_BDA,
     KVRT_VK_PIPE_ATTN_PREFILL_BDA,
@@ -202,8 +201,7 @@ kvrt_status kvrt_vk_step_download(kvrt_vk_backend *vk, kvrt_buffer *src, size_t 
 void kvrt_vk_step_io_end(kvrt_vk_backend *vk, bool ran);
 void kvrt_vk_step_io_free(kvrt_vk_backend *vk);
 /* The buffer_copy entry: recorded (its own step when none is open). */
-kvrt_status kvrt_vk_buffer_copy(kvrt_backend *be, kvrt_buffer *src, size_t src_offset, kvrt_buffer *dst,
-                                size_t dst_offset, size_t size);
+kvrt_be_buffer_copy_fn kvrt_vk_buffer_copy;
 
 /* ---- pipelines (vk_pipelines.c) ---- */
 kvrt_status kvrt_vk_pipelines_init(kvrt_vk_backend *vk);
@@ -219,13 +217,13 @@ kvrt_status kvrt_vk_pcache_init(kvrt_vk_backend *vk);
 /* Saves (best effort) and destroys the cache. */
 void kvrt_vk_pcache_finish(kvrt_vk_backend *vk);
 /* The save_caches entry. */
-kvrt_status kvrt_vk_save_caches(kvrt_backend *be);
+kvrt_be_step_fn kvrt_vk_save_caches;
 
 /* ---- recording (vk_dispatch.c) ---- */
 kvrt_status kvrt_vk_dispatch_init(kvrt_vk_backend *vk);
 void kvrt_vk_dispatch_finish(kvrt_vk_backend *vk);
-kvrt_status kvrt_vk_begin(kvrt_backend *be);
-kvrt_status kvrt_vk_submit(kvrt_backend *be);
+kvrt_be_step_fn kvrt_vk_begin;
+kvrt_be_step_fn kvrt_vk_submit;
 /* Starts recording when no step is open; *implicit tells kvrt_vk_end_implicit to submit. */
 kvrt_status kvrt_vk_acquire(kvrt_vk_backend *vk, bool *implicit);
 kvrt_status kvrt_vk_end_implicit(kvrt_vk_backend *vk, bool implicit, kvrt_status s);
@@ -248,7 +246,7 @@ kvrt_status kvrt_vk_dispatch(kvrt_vk_backend *vk, kvrt_vk_pipe_id id, const kvrt
                              const void *push, uint32_t push_size, uint32_t gx, uint32_t gy, uint32_t gz);
 
 /* ---- per-op profiling (vk_profile.c); the hooks run only while be->profiling ---- */
-kvrt_status kvrt_vk_set_profiling(kvrt_backend *be, bool on);
+kvrt_be_set_profiling_fn kvrt_vk_set_profiling;
 void kvrt_vk_profile_finish(kvrt_vk_backend *vk);
 void kvrt_vk_prof_step_begin(kvrt_vk_backend *vk);          /* after begin's first barrier */
 void kvrt_vk_prof_call(kvrt_vk_backend *vk);                /* an op entry starts recording */
@@ -258,40 +256,17 @@ void kvrt_vk_prof_stamp(kvrt_vk_backend *vk);               /* after each op bar
 void kvrt_vk_prof_discard(kvrt_vk_backend *vk);             /* the step was dropped */
 kvrt_status kvrt_vk_prof_collect(kvrt_vk_backend *vk);      /* after the step's fence */
 
-/* ---- KV and attention (vk_kv.c, vk_attention.c) ---- */
-kvrt_status kvrt_vk_kv_pool_create(kvrt_backend *be, const kvrt_kv_pool_desc *desc, kvrt_kv_pool **out);
-void kvrt_vk_kv_pool_destroy(kvrt_backend *be, kvrt_kv_pool *pool);
-kvrt_status kvrt_vk_kv_block_read(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, kvrt_kv_which which,
-                                  int32_t block, void *dst);
-kvrt_status kvrt_vk_kv_block_write(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, kvrt_kv_which which,
-                                   int32_t block, const void *src);
-kvrt_status kvrt_vk_kv_copy_blocks(kvrt_backend *be, kvrt_kv_pool *pool, const int32_t (*pairs)[2], int32_t n);
+/* ---- KV pools (vk_kv.c) ---- */
+kvrt_be_kv_pool_create_fn kvrt_vk_kv_pool_create;
+kvrt_be_kv_pool_destroy_fn kvrt_vk_kv_pool_destroy;
+kvrt_be_kv_block_read_fn kvrt_vk_kv_block_read;
+kvrt_be_kv_block_write_fn kvrt_vk_kv_block_write;
+kvrt_be_kv_copy_blocks_fn kvrt_vk_kv_copy_blocks;
 /* Binds a pool layer (segments or address tables) and picks the pipeline
  * variant that matches how the pool is addressed. */
 kvrt_vk_pipe_id kvrt_vk_pool_bind(const kvrt_kv_pool *pool, int32_t layer, kvrt_vk_pipe_id id, kvrt_vk_bind *bind);
-kvrt_status kvrt_vk_kv_write(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, kvrt_view k, int64_t k_stride,
-                             kvrt_view v, int64_t v_stride, kvrt_view slot_mapping, int32_t n_tokens);
-kvrt_status kvrt_vk_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
-                                kvrt_view q, kvrt_view out, kvrt_view seq_lens, kvrt_view block_tables);
-kvrt_status kvrt_vk_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
-                                 kvrt_view q, kvrt_view out, kvrt_view query_start_loc, kvrt_view seq_lens,
-                                 kvrt_view block_tables);
 
-/* ---- model ops (vk_ops.c) ---- */
-kvrt_status kvrt_vk_matmul(kvrt_backend *be, kvrt_dtype wtype, kvrt_view w, int64_t n_out, int64_t n_in, kvrt_view x,
-                           int64_t x_stride, kvrt_view y, int64_t y_stride, int32_t n_tokens);
-kvrt_status kvrt_vk_rmsnorm(kvrt_backend *be, kvrt_view x, int64_t x_stride, kvrt_view w, kvrt_view y,
-                            int64_t y_stride, int32_t n_tokens, int32_t dim, float eps);
-kvrt_status kvrt_vk_rope(kvrt_backend *be, kvrt_view x, kvrt_view positions, kvrt_view cos_sin,
-                         const kvrt_rope_desc *d);
-kvrt_status kvrt_vk_swiglu(kvrt_backend *be, kvrt_view gate, int64_t gate_stride, kvrt_view up, int64_t up_stride,
-                           kvrt_view out, int64_t out_stride, int32_t n_tokens, int32_t dim);
-kvrt_status kvrt_vk_add(kvrt_backend *be, kvrt_view a, kvrt_view b, kvrt_view out, int64_t n);
-kvrt_status kvrt_vk_embed(kvrt_backend *be, kvrt_dtype wtype, kvrt_view table, int64_t dim, kvrt_view ids,
-                          int32_t n_tokens, kvrt_view out);
-kvrt_status kvrt_vk_gather_rows(kvrt_backend *be, kvrt_view src, int64_t src_stride, kvrt_view idx, int32_t n,
-                                kvrt_view dst, int64_t dst_stride, int32_t dim);
-kvrt_status kvrt_vk_argmax(kvrt_backend *be, kvrt_view x, int64_t stride, int32_t n_rows, int32_t n_cols,
-                           kvrt_view out);
+/* ---- kernel entries: kv_write (vk_kv.c), attention (vk_attention.c), model ops (vk_ops.c) ---- */
+KVRT_BACKEND_KERNELS(KVRT_BACKEND_DECLARE, kvrt_vk_)
 
 #endif /* KVRT_VK_INTERNAL_H */

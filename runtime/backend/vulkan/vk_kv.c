@@ -21,14 +21,10 @@ void kvrt_vk_kv_pool_destroy(kvrt_backend *be, kvrt_kv_pool *pool)
 
 static kvrt_status vk_check_desc(kvrt_vk_backend *vk, const kvrt_kv_pool_desc *d)
 {
+    /* the shaders' variants read and write these two (kv_write, attn_*) */
     if (d->dtype != KVRT_DTYPE_F32 && d->dtype != KVRT_DTYPE_F16)
         return kvrt_fail(&vk->base.err, KVRT_ERR_UNSUPPORTED, "vulkan: KV type %s is not supported (f32, f16)",
                          kvrt_dtype_name(d->dtype));
-    if (d->n_layers <= 0 || d->n_kv_heads <= 0 || d->head_dim <= 0 || d->block_size <= 0 || d->num_blocks <= 0)
-        return kvrt_fail(&vk->base.err, KVRT_ERR_INVALID_ARGUMENT,
-                         "vulkan: KV pool sizes must be positive (layers %d, kv heads %d, head dim %d, block %d, "
-                         "blocks %d)", (int)d->n_layers, (int)d->n_kv_heads, (int)d->head_dim, (int)d->block_size,
-                         (int)d->num_blocks);
     if (kvrt_kv_block_bytes(d) % 4)
         return kvrt_fail(&vk->base.err, KVRT_ERR_UNSUPPORTED,
                          "vulkan: a KV block of %zu bytes is not a whole number of 32-bit words (block size %d)",
@@ -73,9 +69,7 @@ kvrt_status kvrt_vk_kv_pool_create(kvrt_backend *be, const kvrt_kv_pool_desc *d,
     kvrt_vk_backend *vk = kvrt_vk(be);
     *out = NULL;
     KVRT_TRY(vk_check_desc(vk, d));
-    size_t block_bytes = kvrt_kv_block_bytes(d), layer_bytes;
-    if (!kvrt_mul_size(block_bytes, (size_t)d->num_blocks, &layer_bytes))
-        return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "vulkan: KV pool size overflows");
+    size_t block_bytes = kvrt_kv_block_bytes(d), layer_bytes = block_bytes * (size_t)d->num_blocks;
     bool bda = vk->caps.bda;
     size_t per_seg = kvrt_vk_max_pool_segment(vk) / block_bytes;
     if (per_seg == 0)
@@ -135,17 +129,6 @@ kvrt_vk_pipe_id kvrt_vk_pool_bind(const kvrt_kv_pool *pool, int32_t layer, kvrt_
     }
 }
 
-static kvrt_status vk_check_block(kvrt_vk_backend *vk, const kvrt_kv_pool *pool, int32_t layer, int32_t block)
-{
-    if (layer < 0 || layer >= pool->desc.n_layers)
-        return kvrt_fail(&vk->base.err, KVRT_ERR_INVALID_ARGUMENT, "layer %d outside [0, %d)", (int)layer,
-                         (int)pool->desc.n_layers);
-    if (block < 0 || block >= pool->desc.num_blocks)
-        return kvrt_fail(&vk->base.err, KVRT_ERR_INVALID_ARGUMENT, "block %d outside [0, %d)", (int)block,
-                         (int)pool->desc.num_blocks);
-    return KVRT_OK;
-}
-
 static kvrt_buffer *vk_pool_buf(kvrt_kv_pool *pool, int32_t layer, kvrt_kv_which which)
 {
     return which == KVRT_KV_K ? pool->k[layer] : pool->v[layer];
@@ -155,7 +138,6 @@ kvrt_status kvrt_vk_kv_block_read(kvrt_backend *be, kvrt_kv_pool *pool, int32_t 
                                   int32_t block, void *dst)
 {
     kvrt_vk_backend *vk = kvrt_vk(be);
-    KVRT_TRY(vk_check_block(vk, pool, layer, block));
     return kvrt_vk_download(vk, vk_pool_buf(pool, layer, which), (size_t)block * pool->block_bytes, dst,
                             pool->block_bytes);
 }
@@ -164,7 +146,6 @@ kvrt_status kvrt_vk_kv_block_write(kvrt_backend *be, kvrt_kv_pool *pool, int32_t
                                    int32_t block, const void *src)
 {
     kvrt_vk_backend *vk = kvrt_vk(be);
-    KVRT_TRY(vk_check_block(vk, pool, layer, block));
     return kvrt_vk_upload(vk, vk_pool_buf(pool, layer, which), (size_t)block * pool->block_bytes, src,
                           pool->block_bytes);
 }
@@ -181,12 +162,6 @@ static void vk_copy_block(kvrt_vk_backend *vk, kvrt_kv_pool *pool, kvrt_buffer *
 kvrt_status kvrt_vk_kv_copy_blocks(kvrt_backend *be, kvrt_kv_pool *pool, const int32_t (*pairs)[2], int32_t n)
 {
     kvrt_vk_backend *vk = kvrt_vk(be);
-    if (n < 0 || (n > 0 && !pairs))
-        return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "kv_copy_blocks: bad pair list");
-    for (int32_t i = 0; i < n; i++) {
-        KVRT_TRY(vk_check_block(vk, pool, 0, pairs[i][0]));
-        KVRT_TRY(vk_check_block(vk, pool, 0, pairs[i][1]));
-    }
     bool implicit;
     KVRT_TRY(kvrt_vk_acquire(vk, &implicit));
     for (int32_t i = 0; i < n; i++) {
@@ -237,13 +212,6 @@ kvrt_status kvrt_vk_kv_write(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer
                              kvrt_view v, int64_t v_stride, kvrt_view slot_mapping, int32_t n_tokens)
 {
     kvrt_vk_backend *vk = kvrt_vk(be);
-    if (layer < 0 || layer >= pool->desc.n_layers)
-        return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "kv_write: layer %d outside [0, %d)", (int)layer,
-                         (int)pool->desc.n_layers);
-    if (n_tokens < 0)
-        return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "kv_write: n_tokens %d < 0", (int)n_tokens);
-    if (n_tokens == 0)
-        return KVRT_OK;
     int64_t row = (int64_t)pool->desc.n_kv_heads * pool->desc.head_dim;
     size_t kb, vb;
     if (!vk_rows_bytes(n_tokens, k_stride, row, &kb) || !vk_rows_bytes(n_tokens, v_stride, row, &vb))

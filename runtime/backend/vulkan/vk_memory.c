@@ -139,7 +139,7 @@ kvrt_status kvrt_vk_buffer_create_seg(kvrt_vk_backend *vk, size_t size, size_t s
         kvrt_free(vk->base.alloc, b);
         return kvrt_fail(&vk->base.err, KVRT_ERR_OUT_OF_HOST_MEMORY, "vulkan: out of host memory");
     }
-    b->size = size;
+    b->head.size = size;
     b->seg_bytes = seg_bytes;
     b->n_segs = (uint32_t)n;
     b->flags = flags;
@@ -152,6 +152,7 @@ kvrt_status kvrt_vk_buffer_create_seg(kvrt_vk_backend *vk, size_t size, size_t s
             return s;
         }
     }
+    b->head.host = n == 1 ? segs[0].map : NULL;
     *out = b;
     return KVRT_OK;
 }
@@ -162,9 +163,10 @@ kvrt_status kvrt_vk_view_seg(kvrt_vk_backend *vk, kvrt_view v, size_t bytes, con
     if (!v.buf)
         return kvrt_fail(&vk->base.err, KVRT_ERR_INVALID_ARGUMENT, "%s: no buffer", what);
     const kvrt_buffer *b = v.buf;
-    if (v.offset > b->size || bytes > b->size - v.offset)
+    if (v.offset > b->head.size || bytes > b->head.size - v.offset)
         return kvrt_fail(&vk->base.err, KVRT_ERR_INVALID_ARGUMENT,
-                         "%s: %zu bytes at offset %zu exceed the buffer (%zu bytes)", what, bytes, v.offset, b->size);
+                         "%s: %zu bytes at offset %zu exceed the buffer (%zu bytes)", what, bytes, v.offset,
+                         b->head.size);
     if (v.offset % 4)
         return kvrt_fail(&vk->base.err, KVRT_ERR_INVALID_ARGUMENT, "%s: offset %zu is not 4-byte aligned", what,
                          v.offset);
@@ -210,7 +212,7 @@ kvrt_status kvrt_vk_addr_table(kvrt_vk_backend *vk, kvrt_buffer *b, kvrt_buffer 
 
 kvrt_status kvrt_vk_scratch_reserve(kvrt_vk_backend *vk, size_t bytes)
 {
-    if (vk->scratch && vk->scratch->size >= bytes)
+    if (vk->scratch && vk->scratch->head.size >= bytes)
         return KVRT_OK;
     size_t want = 1 << 16;
     while (want < bytes && want < ((size_t)1 << 62))
@@ -243,9 +245,10 @@ kvrt_status kvrt_vk_check_range(kvrt_vk_backend *vk, const kvrt_buffer *b, size_
 {
     if (!b)
         return kvrt_fail(&vk->base.err, KVRT_ERR_INVALID_ARGUMENT, "%s: no buffer", what);
-    if (off > b->size || size > b->size - off)
+    if (off > b->head.size || size > b->head.size - off)
         return kvrt_fail(&vk->base.err, KVRT_ERR_INVALID_ARGUMENT,
-                         "%s: %zu bytes at offset %zu exceed the buffer (%zu bytes)", what, size, off, b->size);
+                         "%s: %zu bytes at offset %zu exceed the buffer (%zu bytes)", what, size, off,
+                         b->head.size);
     return KVRT_OK;
 }
 

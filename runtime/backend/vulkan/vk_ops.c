@@ -1,7 +1,7 @@
 /* Model ops on Vulkan (F32 activations): matmul for F32/F16/BF16/Q8_0/Q4_0
  * weights that may span buffer segments (GEMV for decode, tiled GEMM for
  * prefill), rmsnorm, RoPE from the host's cos/sin table, SwiGLU, add, embedding
- * gather, row gather, argmax. Each validates its views, then records one
+ * gather, row gather. Each maps its views to segments, then records one
  * dispatch (inside the open step, or as its own step when none is open). */
 #include "backend/vulkan/vk_internal.h"
 
@@ -11,8 +11,8 @@ typedef struct { KVRT_PUSH_OPS } vk_push_ops;
 
 /* Loop trips of one invocation are bounded in every shader (lavapipe stops
  * an invocation's loops, silently, after 65,535 in total; each shader's
- * header gives its bound). Rows that one workgroup walks (rmsnorm, argmax,
- * a matmul's inputs) have this many elements at most, and a GEMV lane at
+ * header gives its bound). Rows that one workgroup walks (rmsnorm, a
+ * matmul's inputs) have this many elements at most, and a GEMV lane at
  * most KVRT_VK_GEMV_STEPS steps of one row; grid-stride loops (add, swiglu,
  * rope, embed, gather, kv_write) take at most ~1,024 trips, the grid growing
  * with the size. */
@@ -128,9 +128,10 @@ static kvrt_status vk_record_rows(kvrt_vk_backend *vk, kvrt_vk_pipe_id id, kvrt_
     kvrt_buffer *b = r->v.buf;
     size_t span;
     if (!b || r->n_rows <= 0 || !kvrt_mul_size((size_t)(r->n_rows - 1), r->row_bytes, &span) ||
-        __builtin_add_overflow(span, r->row_read, &span) || r->v.offset > b->size || span > b->size - r->v.offset)
+        __builtin_add_overflow(span, r->row_read, &span) || r->v.offset > b->head.size ||
+        span > b->head.size - r->v.offset)
         return kvrt_fail(&vk->base.err, KVRT_ERR_INVALID_ARGUMENT, "%s: rows exceed the buffer (%zu bytes)", op,
-                         b ? b->size : 0);
+                         b ? b->head.size : 0);
     if (r->v.offset % 4 || r->row_bytes % 2)
         return kvrt_fail(&vk->base.err, KVRT_ERR_INVALID_ARGUMENT, "%s: offset %zu is not 4-byte aligned", op,
                          r->v.offset);
@@ -364,7 +365,7 @@ kvrt_status kvrt_vk_add(kvrt_backend *be, kvrt_view a, kvrt_view b, kvrt_view ou
 /* The rest of a buffer from a view on: tables whose row count the op does not get. */
 static size_t vk_tail(kvrt_view v)
 {
-    return v.buf && v.offset <= v.buf->size ? v.buf->size - v.offset : 0;
+    return v.buf && v.offset <= v.buf->head.size ? v.buf->head.size - v.offset : 0;
 }
 
 static kvrt_status vk_rows_op(kvrt_vk_backend *vk, kvrt_vk_pipe_id id, kvrt_vk_pipe_id bda_id, const char *op,
@@ -415,24 +416,4 @@ kvrt_status kvrt_vk_gather_rows(kvrt_backend *be, kvrt_view src, int64_t src_str
     size_t tail = vk_tail(src), row = (size_t)src_stride * 4;
     vk_rows r = {src, row, sb, tail < sb ? 0 : (int64_t)((tail - sb) / row + 1)};
     return vk_rows_op(vk, KVRT_VK_PIPE_GATHER, KVRT_VK_PIPE_GATHER_BDA, "gather_rows", &pc, &r, idx, dst, db, n);
-}
-
-kvrt_status kvrt_vk_argmax(kvrt_backend *be, kvrt_view x, int64_t stride, int32_t n_rows, int32_t n_cols,
-                           kvrt_view out)
-{
-    kvrt_vk_backend *vk = kvrt_vk(be);
-    if (n_rows == 0)
-        return KVRT_OK;
-    size_t xb, ob;
-    if (n_rows < 0 || !vk_span(n_rows, stride, n_cols, 4, &xb) || !vk_span(1, n_rows, n_rows, 4, &ob))
-        return vk_bad_shape(be, "argmax");
-    KVRT_TRY(vk_row_limit(be, "argmax", n_cols));
-    vk_push_ops pc;
-    memset(&pc, 0, sizeof(pc));
-    kvrt_vk_bind bind = {.buf = {x.buf, NULL, out.buf}};
-    KVRT_TRY(kvrt_vk_view_seg(vk, x, xb, "argmax x", &bind.seg[0], &pc.a_off));
-    KVRT_TRY(kvrt_vk_view_seg(vk, out, ob, "argmax out", &bind.seg[2], &pc.c_off));
-    pc.dim = (uint32_t)n_cols;
-    pc.a_stride = (uint32_t)stride;
-    return vk_record(vk, KVRT_VK_PIPE_ARGMAX, &bind, &pc, (uint64_t)n_rows, 1);
 }

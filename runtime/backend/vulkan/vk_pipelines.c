@@ -15,7 +15,6 @@
 #include "shaders/attn_prefill_bda_n.spv.h"
 #include "shaders/attn_prefill_n.spv.h"
 #include "shaders/attn_prefill_merge.spv.h"
-#include "shaders/argmax.spv.h"
 #include "shaders/elementwise.spv.h"
 #include "shaders/kv_write.spv.h"
 #include "shaders/kv_write_bda.spv.h"
@@ -90,7 +89,6 @@ static const vk_pipe_desc vk_pipe_table[KVRT_VK_PIPE_COUNT] = {
     [KVRT_VK_PIPE_ROPE] = VK_PIPE("rope", rope, -1),
     [KVRT_VK_PIPE_EMBED] = VK_PIPE("embed", rows, 0),
     [KVRT_VK_PIPE_GATHER] = VK_PIPE("gather_rows", rows, 1),
-    [KVRT_VK_PIPE_ARGMAX] = VK_PIPE("argmax", argmax, -1),
     [KVRT_VK_PIPE_KV_WRITE_BDA] = VK_PIPE_V("kv_write (bda)", kv_write_bda, -1, VK_NARROW(kv_write_bda_n)),
     [KVRT_VK_PIPE_ATTN_DECODE_BDA] =
         VK_PIPE_V("attn_decode (bda)", attn_decode_bda, -2, VK_NARROW(attn_decode_bda_n)),

@@ -55,7 +55,6 @@ static const char *vk_prof_op_name(kvrt_vk_pipe_id id)
     case KVRT_VK_PIPE_EMBED_BDA: return "embed";
     case KVRT_VK_PIPE_GATHER:
     case KVRT_VK_PIPE_GATHER_BDA: return "gather_rows";
-    case KVRT_VK_PIPE_ARGMAX: return "argmax";
     case KVRT_VK_PIPE_COUNT: break;
     }
     return "other";

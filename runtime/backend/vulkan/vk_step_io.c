@@ -137,8 +137,8 @@ void kvrt_vk_step_io_end(kvrt_vk_backend *vk, bool ran)
     io->used = 0;
     size_t kept = 0;
     uint32_t keep = 0;
-    while (keep < io->n_chunks && kept + io->chunks[keep]->size <= VK_CHUNK_KEEP)
-        kept += io->chunks[keep++]->size;
+    while (keep < io->n_chunks && kept + io->chunks[keep]->head.size <= VK_CHUNK_KEEP)
+        kept += io->chunks[keep++]->head.size;
     for (uint32_t i = keep; i < io->n_chunks; i++)
         kvrt_vk_buffer_free(vk, io->chunks[i]);
     io->n_chunks = keep;

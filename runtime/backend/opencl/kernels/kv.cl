@@ -10,8 +10,9 @@ __kernel void kv_write(__global const float *k, __global const float *v, __globa
     if (t >= a.n_tokens || e >= pa.n_kv_heads * pa.head_dim)
         return;
     const int slot = slots[a.slot_off + t];
-    /* padding (< 0) is skipped; so is a slot outside the pool, which the
-     * host validated where it could: the device cannot report it. */
+    /* padding (< 0) is skipped; the host checked every slot against the
+     * pool before the step (kvrt_batch_check), the bound only keeps a
+     * work-item inside it. */
     if (slot < 0 || slot >= pa.num_blocks * pa.block_size)
         return;
     const int block = slot / pa.block_size;

@@ -73,7 +73,7 @@ typedef struct kvrt_cl_attn_args {
 typedef struct kvrt_cl_op_args {
     kvrt_cl_i64 off[4];
     kvrt_cl_i64 stride[4];
-    kvrt_cl_i64 n;         /* add: elements; matmul: n_in; argmax: columns */
+    kvrt_cl_i64 n;         /* add: elements; matmul: n_in */
     kvrt_cl_i32 rows;      /* tokens / rows */
     kvrt_cl_i32 dim;       /* row length; matmul: n_out */
     kvrt_cl_i32 n_heads;   /* rope */

@@ -1,7 +1,8 @@
 /* Model ops on F32 activations: rmsnorm, RoPE (cos/sin table from the host),
- * SwiGLU, add, embedding gather, row gather, argmax, and matmul (GEMV for one
- * token, tiles of tokens for many) over F32/F16/BF16/Q8_0/Q4_0 weights. Sums are F32; reductions are work-group trees, so a
- * row's result does not depend on the other rows of the batch. */
+ * SwiGLU, add, embedding gather, row gather, and matmul (GEMV for one token,
+ * tiles of tokens for many) over F32/F16/BF16/Q8_0/Q4_0 weights. Sums are
+ * F32; reductions are work-group trees, so a row's result does not depend
+ * on the other rows of the batch. */
 
 /* Tree sum over the work-group (ls a power of two); every work-item gets it. */
 inline float ops_group_sum(__local float *red, float x, int lid, int ls)
@@ -130,37 +131,6 @@ __kernel void gather_rows(__global const float *src, __global const int *idx, __
     const long row = (long)idx[a.off[1] + r] - a.stride[3];
     if (i < a.dim && row >= 0 && row < a.n)
         dst[a.off[2] + (long)r * a.stride[2] + i] = src[a.off[0] + row * a.stride[0] + i];
-}
-
-/* Work-group per row: the largest value, lowest index on ties. */
-__kernel void argmax(__global const float *x, __global int *out, kvrt_cl_op_args a, __local float *val,
-                     __local int *arg)
-{
-    const int r = get_group_id(0), lid = get_local_id(0), ls = get_local_size(0);
-    __global const float *xr = x + a.off[0] + (long)r * a.stride[0];
-    float best = -INFINITY;
-    int at = -1;
-    for (int i = lid; i < a.n; i += ls) {
-        if (at < 0 || xr[i] > best) {
-            best = xr[i];
-            at = i;
-        }
-    }
-    val[lid] = best;
-    arg[lid] = at;
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (int o = ls / 2; o > 0; o >>= 1) {
-        if (lid < o) {
-            const int j = arg[lid + o];
-            if (j >= 0 && (arg[lid] < 0 || val[lid + o] > val[lid] || (val[lid + o] == val[lid] && j < arg[lid]))) {
-                val[lid] = val[lid + o];
-                arg[lid] = j;
-            }
-        }
-        barrier(CLK_LOCAL_MEM_FENCE);
-    }
-    if (lid == 0)
-        out[a.off[1] + r] = arg[0] < 0 ? 0 : arg[0];
 }
 
 /* ---- matmul ----------------------------------------------------------------------

@@ -1,0 +1,51 @@
+/*
+ * The front door to the backends (DESIGN.md "Backend interface"): one call
+ * per vtable entry, kvrt_op_<entry>, with the entry's own signature. Every
+ * caller (model, KV cache, attention API, tests) goes through it; each call
+ *  - checks what the host can see: counts, shapes, strides, 64-bit overflow,
+ *    views inside their buffers, alignment, outputs that partly overlap an
+ *    input, descriptors (layer, heads % kv_heads, window, sinks, rope dims);
+ *  - reports KVRT_ERR_UNSUPPORTED for an entry the backend leaves NULL;
+ *  - times the op on the host clock for a backend that runs ops at once
+ *    (runs_at_once) while profiling is on;
+ *  - then calls the entry, which trusts its arguments.
+ * The contents of int32 device arrays (slots, tables, lengths, positions,
+ * ids) are not visible here: whoever holds them on the host checks them once
+ * per step before they go up (kvrt_batch_check, the attention API).
+ * Failures set be->err and return its status.
+ */
+#ifndef KVRT_OPS_H
+#define KVRT_OPS_H
+
+#include "backend/backend.h"
+
+/* ---- memory ---- */
+kvrt_be_buffer_create_fn kvrt_op_buffer_create;
+kvrt_be_buffer_destroy_fn kvrt_op_buffer_destroy; /* NULL buffer: no-op */
+kvrt_be_buffer_wrap_host_fn kvrt_op_buffer_wrap_host;
+kvrt_be_buffer_upload_fn kvrt_op_buffer_upload;
+kvrt_be_buffer_download_fn kvrt_op_buffer_download;
+kvrt_be_buffer_copy_fn kvrt_op_buffer_copy;
+
+/* Whether the backend reads caller memory in place (buffer_wrap_host). */
+bool kvrt_op_wraps_host(const kvrt_backend *be);
+/* A buffer over `size` bytes of caller memory: wrapped in place where the
+ * backend can, otherwise a device buffer (filled from `host` when upload). */
+kvrt_status kvrt_op_buffer_for_host(kvrt_backend *be, void *host, size_t size, bool upload, kvrt_buffer **out);
+
+/* ---- KV pools ---- */
+kvrt_be_kv_pool_create_fn kvrt_op_kv_pool_create; /* kvrt_kv_check_pool_desc first */
+kvrt_be_kv_pool_destroy_fn kvrt_op_kv_pool_destroy; /* NULL pool: no-op */
+kvrt_be_kv_block_read_fn kvrt_op_kv_block_read;
+kvrt_be_kv_block_write_fn kvrt_op_kv_block_write;
+kvrt_be_kv_copy_blocks_fn kvrt_op_kv_copy_blocks;
+
+/* ---- steps, kernels, caches, profiling ---- */
+kvrt_be_step_fn kvrt_op_begin;
+kvrt_be_step_fn kvrt_op_submit;
+KVRT_BACKEND_KERNELS(KVRT_BACKEND_DECLARE, kvrt_op_)
+kvrt_be_step_fn kvrt_op_save_caches; /* NULL entry: nothing to save, KVRT_OK */
+/* Turns per-op timing on or off (off always succeeds). */
+kvrt_be_set_profiling_fn kvrt_op_set_profiling;
+
+#endif /* KVRT_OPS_H */

@@ -1,0 +1,143 @@
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "backend/backend.h"
+#include "test_drivers.h"
+#include "test_passes.h"
+
+#if defined(KVRT_HAVE_VULKAN_BACKEND)
+#include "backend/vulkan/vk_backend.h"
+#endif
+
+static const struct {
+    const char *name;
+    kvrt_backend_kind kind;
+    int32_t n_threads;    /* CPU */
+    uint32_t vk_disabled; /* Vulkan: KVRT_FEATURE_* masked */
+    int same_bits_as;
+} PASSES[] = {
+    {"cpu/1", KVRT_BACKEND_CPU, 1, 0, -1},
+    {"cpu/2", KVRT_BACKEND_CPU, 2, 0, 0}, /* the thread count changes no bit */
+#if defined(KVRT_HAVE_VULKAN_BACKEND)
+    {"vulkan/all", KVRT_BACKEND_VULKAN, 0, 0, -1},
+    {"vulkan/none", KVRT_BACKEND_VULKAN, 0, KVRT_TEST_ALL_FEATURES, -1},
+#endif
+#if defined(KVRT_HAVE_OPENCL_BACKEND)
+    {"opencl", KVRT_BACKEND_OPENCL, 0, 0, -1},
+#endif
+};
+
+_Static_assert(sizeof(PASSES) / sizeof(PASSES[0]) <= KVRT_TEST_MAX_PASSES, "room for every pass");
+
+static kvrt_context *open_pass(size_t i)
+{
+    kvrt_context_params p = kvrt_context_default_params();
+    p.backend = PASSES[i].kind;
+    p.n_threads = PASSES[i].n_threads;
+    kvrt_context *ctx = NULL;
+    kvrt_error err = {0};
+#if defined(KVRT_HAVE_VULKAN_BACKEND)
+    if (PASSES[i].kind == KVRT_BACKEND_VULKAN) { /* the validation layer on */
+        kvrt_backend *be = kvrt_test_vk_open(PASSES[i].vk_disabled, 0, 0);
+        if (be && kvrt_context_adopt(be, &p, &ctx, &err) == KVRT_OK)
+            return ctx;
+        fprintf(stderr, "%s: the backend is built in but cannot start: %s\n", PASSES[i].name, err.message);
+        return NULL;
+    }
+#endif
+    if (PASSES[i].kind == KVRT_BACKEND_OPENCL) { /* PoCL's kernel cache in the build tree */
+        const char *build = getenv("KVRT_BUILD_DIR");
+        char dir[1024];
+        snprintf(dir, sizeof(dir), "%s/pocl-cache", build ? build : ".");
+        mkdir(dir, 0775);
+        setenv("POCL_CACHE_DIR", dir, 0);
+    }
+    if (kvrt_context_create(&p, &ctx, &err) != KVRT_OK)
+        fprintf(stderr, "%s: the backend is built in but cannot start: %s\n", PASSES[i].name, err.message);
+    return ctx;
+}
+
+kvrt_test_pass kvrt_test_pass_list[KVRT_TEST_MAX_PASSES];
+int kvrt_test_n_passes;
+
+int kvrt_test_passes_setup(void **state)
+{
+    (void)state;
+    kvrt_test_pin_gpu_drivers();
+    kvrt_test_pass *out = kvrt_test_pass_list;
+    int n = 0;
+    for (size_t i = 0; i < sizeof(PASSES) / sizeof(PASSES[0]); i++, n++) {
+        out[n].name = PASSES[i].name;
+        out[n].same_bits_as = PASSES[i].same_bits_as;
+        out[n].ctx = open_pass(i);
+        if (!out[n].ctx) { /* CI has lavapipe and PoCL: a built backend that cannot start fails */
+            kvrt_test_n_passes = n;
+            kvrt_test_passes_teardown(state);
+            return -1;
+        }
+    }
+    kvrt_test_n_passes = n;
+    return 0;
+}
+
+int kvrt_test_passes_teardown(void **state)
+{
+    (void)state;
+    kvrt_test_pass *p = kvrt_test_pass_list;
+    int n = kvrt_test_n_passes;
+    uint32_t messages = 0;
+    for (int i = 0; i < n; i++) {
+        if (!p[i].ctx)
+            continue;
+#if defined(KVRT_HAVE_VULKAN_BACKEND)
+        if (p[i].ctx->be->kind == KVRT_BACKEND_VULKAN) {
+            char first[512];
+            uint32_t m = kvrt_vk_validation_messages(p[i].ctx->be, first, sizeof(first));
+            if (m)
+                fprintf(stderr, "%s: %u validation messages, first: %s\n", p[i].name, m, first);
+            messages += m;
+        }
+#endif
+        kvrt_context_destroy(p[i].ctx);
+        p[i].ctx = NULL;
+    }
+    kvrt_test_n_passes = 0;
+    return messages == 0 ? 0 : -1;
+}
+
+void kvrt_test_attn_case_everywhere(const attn_case *c, double *worst_abs, double *worst_nmse)
+{
+    char name[256], msg[512];
+    attn_case_name(c, name, sizeof(name));
+    attn_case_data d;
+    assert_true(attn_case_build(c, &d));
+    size_t n = attn_case_out_len(&d);
+    float *out[KVRT_TEST_MAX_PASSES] = {0};
+    for (int p = 0; p < kvrt_test_n_passes; p++) {
+        const kvrt_test_pass *pass = &kvrt_test_pass_list[p];
+        out[p] = malloc(n * sizeof(float) + 1);
+        assert_non_null(out[p]);
+        attn_check r;
+        bool ok = attn_case_run(pass->ctx, &d, out[p], &r, msg, sizeof(msg));
+        if (!ok || getenv("KVRT_TEST_VERBOSE"))
+            print_error("%s %s on %s: %s\n", ok ? "ok" : "FAIL", name, pass->name, msg);
+        assert_true(ok);
+        if (worst_abs && r.max_abs > worst_abs[p])
+            worst_abs[p] = r.max_abs;
+        if (worst_nmse && r.nmse > worst_nmse[p])
+            worst_nmse[p] = r.nmse;
+        if (pass->same_bits_as >= 0 && memcmp(out[p], out[pass->same_bits_as], n * sizeof(float)) != 0)
+            fail_msg("%s: %s and %s differ in some bit", name, kvrt_test_pass_list[pass->same_bits_as].name,
+                     pass->name);
+    }
+    for (int p = 0; p < kvrt_test_n_passes; p++)
+        free(out[p]);
+    attn_case_free(&d);
+}

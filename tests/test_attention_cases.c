@@ -1,0 +1,111 @@
+/* Paged attention on every backend and feature pass (test_passes.c) over
+ * the shared case table (tests/common/attn_cases.h): the pairwise cover of
+ * DESIGN.md's grid by default, the full product with KVRT_TEST_FULL=1, then
+ * long contexts (many split-K partitions), odd head sizes and windows that
+ * release most of the table, and wide heads (head_dim 512 to 1024, issue
+ * 19). Each case's data and double reference are made once and every pass
+ * is held to max abs <= 1e-4, NMSE <= 1e-6 with its output's canaries
+ * intact; the CPU at 2 threads matches 1 thread bit for bit. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "attn_cases.h"
+#include "test_passes.h"
+
+static double g_worst_abs[KVRT_TEST_MAX_PASSES], g_worst_nmse[KVRT_TEST_MAX_PASSES];
+
+static void run_case(const attn_case *c)
+{
+    kvrt_test_attn_case_everywhere(c, g_worst_abs, g_worst_nmse);
+}
+
+static void report(const char *what, size_t n)
+{
+    for (int p = 0; p < kvrt_test_n_passes; p++)
+        print_message("%s: %zu cases on %s, worst max abs %.2e, worst nmse %.2e\n", what, n,
+                      kvrt_test_pass_list[p].name, g_worst_abs[p], g_worst_nmse[p]);
+    memset(g_worst_abs, 0, sizeof(g_worst_abs));
+    memset(g_worst_nmse, 0, sizeof(g_worst_nmse));
+}
+
+static void test_grid(void **state)
+{
+    (void)state;
+    const char *full_env = getenv("KVRT_TEST_FULL");
+    bool full = full_env && strcmp(full_env, "1") == 0;
+    size_t n = attn_case_grid(full, NULL, 0);
+    attn_case *cases = calloc(n, sizeof(*cases));
+    assert_non_null(cases);
+    assert_int_equal(attn_case_grid(full, cases, n), n);
+    for (size_t i = 0; i < n; i++)
+        run_case(&cases[i]);
+    report(full ? "full product" : "pairwise cover", n);
+    free(cases);
+}
+
+/* Contexts with many split-K partitions, small and odd head dims, windows
+ * that release most of the table, a whole prompt in one prefill. */
+static void test_long_and_odd_cases(void **state)
+{
+    (void)state;
+    size_t n = 0;
+    attn_case c;
+    attn_case_make(&c, 64, 8, 2, 16, KVRT_DTYPE_F16, 0, 0, ATTN_DECODE, 5000, 11); /* 10 partitions of 512 */
+    run_case(&c), n++;
+    attn_case_make(&c, 128, 4, 1, 32, KVRT_DTYPE_F32, 300, 7, ATTN_DECODE, 3000, 12);
+    run_case(&c), n++;
+    attn_case_make(&c, 64, 4, 4, 8, KVRT_DTYPE_F32, 64, 4, ATTN_PREFILL, 900, 13);
+    run_case(&c), n++;
+    /* head dims off the vector width (odd ones with F16 share words between
+     * rows), window 1 and up (each query sees itself and the sinks) */
+    const int32_t odd_hd[] = {8, 16, 20, 33};
+    for (size_t i = 0; i < 4; i++) {
+        attn_case_make(&c, odd_hd[i], 6, 3, 8, i % 2 ? KVRT_DTYPE_F16 : KVRT_DTYPE_F32, 1 + (int32_t)i, 2,
+                       ATTN_DECODE, 0, 20 + i);
+        run_case(&c), n++;
+        c.mode = ATTN_PREFILL;
+        for (int32_t s = 0; s < c.num_seqs; s++)
+            c.n_new[s] = c.seq_lens[s] < 30 ? c.seq_lens[s] : 30;
+        run_case(&c), n++;
+    }
+    attn_case_make(&c, 96, 8, 2, 16, KVRT_DTYPE_F16, 0, 0, ATTN_PREFILL, 150, 30);
+    c.n_new[0] = 150; /* every position a query */
+    run_case(&c), n++;
+    report("long and odd", n);
+}
+
+/* Large head sizes (attn_case_wide): head_dim 512, 576, 768 and 1024,
+ * prefill and decode, at contexts on both sides of where Vulkan prefill used
+ * to return wrong numbers with status OK (issue 19: from head_dim 768 at
+ * 127 keys); KVRT_TEST_FULL=1 adds head sizes, lengths up to 2,100 keys
+ * (many split-K partitions), F16, GQA and windows. */
+static void test_wide_heads(void **state)
+{
+    (void)state;
+    const char *full_env = getenv("KVRT_TEST_FULL");
+    bool full = full_env && strcmp(full_env, "1") == 0;
+    size_t n = attn_case_wide(full, NULL, 0);
+    attn_case *cases = calloc(n, sizeof(*cases));
+    assert_non_null(cases);
+    assert_int_equal(attn_case_wide(full, cases, n), n);
+    for (size_t i = 0; i < n; i++)
+        run_case(&cases[i]);
+    report(full ? "wide heads (full sweep)" : "wide heads", n);
+    free(cases);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_grid),
+        cmocka_unit_test(test_long_and_odd_cases),
+        cmocka_unit_test(test_wide_heads),
+    };
+    return cmocka_run_group_tests_name("attention cases", tests, kvrt_test_passes_setup, kvrt_test_passes_teardown);
+}
