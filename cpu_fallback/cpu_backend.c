@@ -1,8 +1,9 @@
 /* The CPU backend: buffers are host memory, ops run at once on kvrt's own
- * thread pool (the front door times them), KV pools in the DESIGN.md layout. */
+ * thread pool (large products through OpenBLAS where it measured faster,
+ * cpu_blas.h; the front door times them), KV pools in the DESIGN.md layout. */
+#include "cpu_blas.h"
 #include "cpu_internal.h"
 
-#include <cblas.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -217,6 +218,23 @@ static const kvrt_backend_ops cpu_ops = {
     KVRT_BACKEND_KERNELS(KVRT_BACKEND_ENTRY, kvrt_cpu_)
 };
 
+/* "cpu: 2 threads, OpenBLAS SkylakeX from 32 tokens", or why OpenBLAS is not used. */
+static void describe(kvrt_cpu_backend *cpu, uint32_t disabled)
+{
+    const char *core = kvrt_cpu_blas_core();
+    char blas[96];
+    if (!core)
+        snprintf(blas, sizeof(blas), "no OpenBLAS");
+    else if (cpu->use_blas)
+        snprintf(blas, sizeof(blas), "OpenBLAS %s from %d tokens", core, KVRT_BLAS_MIN_TOKENS);
+    else if (disabled & KVRT_FEATURE_BLAS)
+        snprintf(blas, sizeof(blas), "OpenBLAS %s disabled", core);
+    else
+        snprintf(blas, sizeof(blas), "OpenBLAS %s unused (no wider than kvrt's kernels)", core);
+    snprintf(cpu->base.description, sizeof(cpu->base.description), "cpu: %d thread%s, %s", cpu->n_threads,
+             cpu->n_threads == 1 ? "" : "s", blas);
+}
+
 kvrt_status kvrt_cpu_backend_create(const kvrt_context_params *params, kvrt_backend **out, kvrt_error *err)
 {
     *out = NULL;
@@ -232,8 +250,8 @@ kvrt_status kvrt_cpu_backend_create(const kvrt_context_params *params, kvrt_back
         return s;
     }
     cpu->n_threads = kvrt_threadpool_size(cpu->pool);
-    snprintf(cpu->base.description, sizeof(cpu->base.description), "cpu: %d thread%s, OpenBLAS %s",
-             cpu->n_threads, cpu->n_threads == 1 ? "" : "s", openblas_get_corename());
+    cpu->use_blas = !(params->disabled_features & KVRT_FEATURE_BLAS) && kvrt_cpu_blas_usable(kvrt_cpu_best_isa());
+    describe(cpu, params->disabled_features);
     *out = &cpu->base;
     return KVRT_OK;
 }

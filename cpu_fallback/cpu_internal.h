@@ -21,6 +21,7 @@ typedef struct kvrt_cpu_backend {
     kvrt_backend base;
     kvrt_threadpool *pool;
     int n_threads;
+    bool use_blas; /* large products go to OpenBLAS (cpu_blas.h) */
 } kvrt_cpu_backend;
 
 static inline kvrt_cpu_backend *kvrt_cpu(kvrt_backend *be)

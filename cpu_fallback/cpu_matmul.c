@@ -5,10 +5,11 @@
  *    W at memory speed).
  *  - F32 weights, several tokens: kvrt's own GEMM (cpu_gemm.c) on slices of
  *    output rows.
- *  - Not OpenBLAS, although it is linked: Debian's serial OpenBLAS 0.3.21 is
- *    not reentrant in sgemm nor in sgemv on large rows (its work buffer is
- *    shared; measured: concurrent calls from the pool corrupt each other's
- *    results), and a lock around it made every product single-core.
+ *  - F32, F16 and BF16 weights with at least KVRT_BLAS_MIN_TOKENS tokens:
+ *    OpenBLAS, where it measured faster (cpu_blas.c), called from this thread
+ *    only; it threads inside itself. Never from pool tasks: Debian's serial
+ *    OpenBLAS was not reentrant (measured: concurrent calls corrupted each
+ *    other's results), so one caller is the rule whatever build is linked.
  *  - F16/BF16/Q8_0/Q4_0, several tokens: each task dequantizes a tile of W rows
  *    into per-thread F32 scratch (sized to stay in L2) and multiplies all
  *    tokens with it through the same GEMM, so W is read once per call, never
@@ -17,9 +18,11 @@
  * The split into tasks depends on the shapes only, never on the thread count,
  * and each output element is computed by one task with a fixed summation
  * order (the GEMM's order does not even depend on the split): results are
- * bitwise identical for any number of threads. */
+ * bitwise identical for any number of threads. OpenBLAS's are deterministic
+ * for a fixed thread count (cpu_blas.h). */
 #include "cpu_ops_internal.h"
 
+#include "cpu_blas.h"
 #include "cpu_gemm.h"
 
 #include "common/quant.h"
@@ -148,7 +151,9 @@ static kvrt_status mm_run_gemv(kvrt_backend *be, mm_job *j)
 {
     int64_t min_rows = ceil_div(MM_GEMV_MIN_TASK_BYTES, (int64_t)j->row_bytes);
     j->rows_per_task = KVRT_MAX(ceil_div(j->n_out, MM_GEMV_MAX_TASKS), min_rows);
-    kvrt_threadpool_run(kvrt_cpu(be)->pool, ceil_div(j->n_out, j->rows_per_task), mm_gemv_task, j);
+    /* a matrix too small to split is one plain loop on the caller: no worker woken */
+    kvrt_threadpool_run_sized(kvrt_cpu(be)->pool, ceil_div(j->n_out, j->rows_per_task), mm_work(j), mm_gemv_task,
+                              j);
     return KVRT_OK;
 }
 
@@ -188,6 +193,11 @@ kvrt_status kvrt_cpu_matmul(kvrt_backend *be, kvrt_dtype wtype, kvrt_view w, int
         .dot = kvrt_cpu_dot_kernel(isa, wtype),
         .dequant = kvrt_cpu_dequant_kernel(isa, wtype),
     };
+    if (kvrt_cpu_blas_wanted(kvrt_cpu(be)->use_blas, wtype, n_tokens)) {
+        const kvrt_cpu_blas_product p = {wtype, j.w, j.row_bytes, n_out, n_in, j.x, x_stride, j.y, y_stride,
+                                         n_tokens, j.dequant};
+        return kvrt_cpu_blas_matmul(be, &p);
+    }
     if (wtype == KVRT_DTYPE_F32)
         return n_tokens == 1 ? mm_run_gemv(be, &j) : mm_run_f32(be, &j);
     if (n_tokens == 1)

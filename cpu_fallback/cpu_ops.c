@@ -9,8 +9,7 @@
 #include <math.h>
 #include <string.h>
 
-#define OPS_MIN_TASK_WORK 32768 /* elements; smaller jobs run on the calling thread */
-#define OPS_TASKS_PER_THREAD 4
+#define OPS_TASKS_PER_THREAD 4 /* rows are independent: a few tasks per thread balance the split */
 
 /* ---- the row-parallel helper ------------------------------------------------------- */
 
@@ -29,17 +28,19 @@ static void rows_task(void *p, int64_t task, int thread)
 
 void kvrt_cpu_for_rows(kvrt_backend *be, int64_t n_rows, int64_t work_per_row, kvrt_cpu_rows_fn fn, void *arg)
 {
-    const int n_threads = kvrt_cpu(be)->n_threads;
+    if (n_rows <= 0)
+        return;
+    kvrt_threadpool *pool = kvrt_cpu(be)->pool;
     const int64_t work = n_rows * KVRT_MAX(work_per_row, 1);
-    if (n_threads <= 1 || n_rows < 2 || work < 2 * OPS_MIN_TASK_WORK) {
-        if (n_rows > 0)
-            fn(arg, 0, n_rows);
+    /* the pool's size threshold decides, as for every op: small work stays on the caller */
+    const int threads = kvrt_threadpool_threads_for(pool, n_rows, work);
+    if (threads == 1) {
+        fn(arg, 0, n_rows);
         return;
     }
-    int64_t n_tasks = KVRT_MIN((int64_t)n_threads * OPS_TASKS_PER_THREAD, work / OPS_MIN_TASK_WORK);
-    n_tasks = KVRT_MIN(KVRT_MAX(n_tasks, 2), n_rows);
+    const int64_t n_tasks = KVRT_MIN((int64_t)threads * OPS_TASKS_PER_THREAD, n_rows);
     rows_job j = {fn, arg, n_rows, (n_rows + n_tasks - 1) / n_tasks};
-    kvrt_threadpool_run(kvrt_cpu(be)->pool, (n_rows + j.per_task - 1) / j.per_task, rows_task, &j);
+    kvrt_threadpool_run_sized(pool, (n_rows + j.per_task - 1) / j.per_task, work, rows_task, &j);
 }
 
 /* ---- rmsnorm -------------------------------------------------------------------------- */
@@ -164,6 +165,33 @@ kvrt_status kvrt_cpu_add(kvrt_backend *be, kvrt_view a, kvrt_view b, kvrt_view o
 {
     add_job j = {kvrt_cpu_ptr(a), kvrt_cpu_ptr(b), kvrt_cpu_ptr(out), n};
     kvrt_cpu_for_rows(be, (n + ADD_CHUNK - 1) / ADD_CHUNK, ADD_CHUNK, add_rows, &j);
+    return KVRT_OK;
+}
+
+/* ---- bias ---------------------------------------------------------------------------------- */
+
+typedef struct bias_job {
+    const float *x, *b;
+    float *y;
+    int64_t x_stride, y_stride, dim;
+} bias_job;
+
+static void bias_rows(void *arg, int64_t begin, int64_t end)
+{
+    const bias_job *j = arg;
+    for (int64_t t = begin; t < end; t++) {
+        const float *x = j->x + t * j->x_stride;
+        float *y = j->y + t * j->y_stride;
+        for (int64_t i = 0; i < j->dim; i++)
+            y[i] = x[i] + j->b[i];
+    }
+}
+
+kvrt_status kvrt_cpu_add_bias(kvrt_backend *be, kvrt_view x, int64_t x_stride, kvrt_view b, kvrt_view y,
+                              int64_t y_stride, int32_t n_tokens, int64_t dim)
+{
+    bias_job j = {kvrt_cpu_ptr(x), kvrt_cpu_ptr(b), kvrt_cpu_ptr(y), x_stride, y_stride, dim};
+    kvrt_cpu_for_rows(be, n_tokens, dim, bias_rows, &j);
     return KVRT_OK;
 }
 

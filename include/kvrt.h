@@ -153,12 +153,16 @@ enum {
     KVRT_FEATURE_BUFFER_DEVICE_ADDRESS = 1u << 0,
     KVRT_FEATURE_FP16 = 1u << 1,
     KVRT_FEATURE_INT8 = 1u << 2,
-    KVRT_FEATURE_SUBGROUPS = 1u << 3
+    KVRT_FEATURE_SUBGROUPS = 1u << 3,
+    /* CPU: OpenBLAS for F32/F16/BF16 products of many tokens (kvrt's own GEMM instead) */
+    KVRT_FEATURE_BLAS = 1u << 4
 };
 
 typedef struct kvrt_context_params {
     kvrt_backend_kind backend;
-    int32_t n_threads;        /* CPU worker threads; 0 = number of online cores */
+    int32_t n_threads;        /* CPU worker threads; 0 = the cores the process may run on (its
+                               * affinity mask, one per core, not per hyper-thread). A job never
+                               * runs on more threads than that at once: above it, threads sleep */
     int32_t device_index;     /* GPU backends: -1 = pick (discrete preferred); must be -1 with AUTO */
     const char *device_name;  /* GPU backends: substring match, overrides index; may be NULL; NULL with AUTO */
     uint64_t memory_budget;   /* bytes of device memory kvrt may use; 0 = backend default */

@@ -1,7 +1,8 @@
 #version 450
 // Element-wise ops, chosen by the specialisation constant OP:
 // 0 add: c[i] = a[i] + b[i], i < n_out (contiguous; c may alias a or b);
-// 1 swiglu: c[t][i] = silu(a[t][i]) * b[t][i], rows of dim with strides.
+// 1 swiglu: c[t][i] = silu(a[t][i]) * b[t][i], rows of dim with strides;
+// 2 bias: c[t][i] = a[t][i] + b[i] (b_stride 0), rows of dim with strides.
 // Loop trips per invocation: the host's grid (vk_groups, vk_groups_capped)
 // leaves at most 1,024 elements to an invocation for any size below 2^32
 // (lavapipe stops an invocation's loops at 65,535).
@@ -22,7 +23,7 @@ void main()
         for (uint i = gl_GlobalInvocationID.x; i < pc.dim; i += step) {
             float g = fa(pc.a_off + t * pc.a_stride + i);
             float u = fb(pc.b_off + t * pc.b_stride + i);
-            bc.w[pc.c_off + t * pc.c_stride + i] = floatBitsToUint(g / (1.0 + exp(-g)) * u);
+            bc.w[pc.c_off + t * pc.c_stride + i] = floatBitsToUint(OP == 1u ? g / (1.0 + exp(-g)) * u : g + u);
         }
     }
 }

@@ -4,11 +4,12 @@
 set -euo pipefail
 packages=(
   build-essential cmake pkg-config
-  libopenblas-serial-dev libcmocka-dev libpcre2-dev
+  libopenblas-pthread-dev libcmocka-dev libpcre2-dev
   libvulkan-dev libvulkan-volk-dev glslc glslang-tools spirv-tools
   mesa-vulkan-drivers vulkan-validationlayers vulkan-tools
   ocl-icd-opencl-dev opencl-headers pocl-opencl-icd clinfo
   clang libclang-rt-14-dev python3
+  libmicrohttpd-dev libcjson-dev curl chromium chromium-driver
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -4,19 +4,19 @@
  *   kvrt-bench attn   [options]   attention kernels vs memory bandwidth, paged vs contiguous
  *   kvrt-bench model  [options]   model forward pass (prefill / decode tokens per second)
  *   kvrt-bench serve  [options]   serving workloads (continuous batching, KV utilisation)
+ *   kvrt-bench threads [options]  decode across thread settings; where splitting work pays
  *   kvrt-bench tokenize [options] tokenizer MB/s; a long prompt's tokenizing vs its prefill
  *
  * Every subcommand takes --json: exactly one JSON document on stdout, the
- * table on stderr. The tool re-executes itself with OPENBLAS_CORETYPE set when
- * OpenBLAS picked a weaker core than the CPU has (openblas_core.h). To add one, write `int kvrt_bench_NAME_main(int, char **)`
+ * table on stderr. To add one, write `int kvrt_bench_NAME_main(int, char **)`
  * in tools/common/ and fill in its row of SUBCOMMANDS.
  */
 #include "bench_attn.h"
 #include "bench_model.h"
 #include "bench_serve.h"
+#include "bench_threads.h"
 #include "bench_tokenize.h"
 #include "cli.h"
-#include "openblas_core.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -31,6 +31,8 @@ static const bench_subcommand SUBCOMMANDS[] = {
     {"attn", "attention throughput vs measured memory bandwidth; paged vs contiguous KV", kvrt_bench_attn_main},
     {"model", "model forward pass: prefill and decode tokens/s vs measured memory bandwidth", kvrt_bench_model_main},
     {"serve", "serving workloads: continuous batching, KV utilisation", kvrt_bench_serve_main},
+    {"threads", "decode at 1, all and 4x all cores and beside a busy process; where splitting pays",
+     kvrt_bench_threads_main},
     {"tokenize", "tokenizer MB/s on mixed text; tokenizing a long prompt vs its prefill", kvrt_bench_tokenize_main},
 };
 
@@ -47,8 +49,6 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
-    /* the OpenBLAS core is chosen before main: fix it before measuring anything */
-    kvrt_tool_openblas_reexec(argv);
     if (argc < 2) {
         usage(stderr);
         return KVRT_CLI_USAGE;
@@ -67,6 +67,6 @@ int main(int argc, char **argv)
             continue;
         return sc->main(argc - 1, argv + 1);
     }
-    kvrt_cli_error("kvrt-bench", "unknown subcommand '%s' (attn, model, serve, tokenize; see --help)", argv[1]);
+    kvrt_cli_error("kvrt-bench", "unknown subcommand '%s' (attn, model, serve, threads, tokenize; see --help)", argv[1]);
     return KVRT_CLI_USAGE;
 }

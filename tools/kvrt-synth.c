@@ -14,10 +14,13 @@ static const char *const PROG = "kvrt-synth";
 
 /* Shape flags: applied over the preset, whatever their order on the command line. */
 typedef struct synth_overrides {
-    int32_t ints[7];         /* vocab, dim, layers, ff, heads, kv-heads, ctx */
-    bool ints_seen[7];
-    float rope_base, eps, std;
-    bool rope_seen, eps_seen, std_seen;
+    int32_t ints[10];        /* vocab, dim, layers, ff, heads, kv-heads, ctx, head-dim, rope-orig-ctx, sliding-window */
+    bool ints_seen[10];
+    float rope_base, eps, std, rope_scale;
+    bool rope_seen, eps_seen, std_seen, rope_scale_seen;
+    int arch, rope_scaling;
+    bool arch_seen, rope_scaling_seen;
+    bool rope_freqs, bias;
     int type;
     bool type_seen;
     uint64_t seed;
@@ -28,6 +31,10 @@ typedef struct synth_overrides {
 static const char *const TYPE_NAMES[] = {"f32", "f16", "bf16", "q8_0", "q4_0", NULL};
 static const kvrt_dtype TYPES[] = {KVRT_DTYPE_F32, KVRT_DTYPE_F16, KVRT_DTYPE_BF16, KVRT_DTYPE_Q8_0,
                                    KVRT_DTYPE_Q4_0};
+
+static const char *const ARCH_NAMES[] = {"llama", "qwen2", "qwen3", NULL};
+static const kvrt_arch ARCHS[] = {KVRT_ARCH_LLAMA, KVRT_ARCH_QWEN2, KVRT_ARCH_QWEN3};
+static const char *const ROPE_SCALING_NAMES[] = {"none", "linear", "yarn", NULL}; /* kvrt_rope_scaling order */
 
 static bool parse_preset(const char *prog, const char *flag, const char *value, void *dst)
 {
@@ -40,7 +47,8 @@ static bool parse_preset(const char *prog, const char *flag, const char *value, 
 static void apply_overrides(const synth_overrides *ov, kvrt_synth_params *p)
 {
     int32_t *ints[] = {&p->hp.n_vocab, &p->hp.n_embd,   &p->hp.n_layer,    &p->hp.n_ff,
-                       &p->hp.n_head,  &p->hp.n_head_kv, &p->hp.n_ctx_train};
+                       &p->hp.n_head,  &p->hp.n_head_kv, &p->hp.n_ctx_train, &p->hp.head_dim,
+                       &p->hp.rope_orig_ctx, &p->hp.sliding_window};
     for (size_t i = 0; i < KVRT_ARRAY_LEN(ints); i++)
         if (ov->ints_seen[i])
             *ints[i] = ov->ints[i];
@@ -48,6 +56,14 @@ static void apply_overrides(const synth_overrides *ov, kvrt_synth_params *p)
         p->hp.rope_freq_base = ov->rope_base;
     if (ov->eps_seen)
         p->hp.rms_eps = ov->eps;
+    if (ov->rope_scale_seen)
+        p->hp.rope_scale = ov->rope_scale;
+    if (ov->arch_seen)
+        p->hp.arch = ARCHS[ov->arch];
+    if (ov->rope_scaling_seen)
+        p->hp.rope_scaling = (kvrt_rope_scaling)ov->rope_scaling;
+    p->rope_freqs = ov->rope_freqs;
+    p->bias = ov->bias;
     if (ov->std_seen)
         p->stddev = ov->std;
     if (ov->type_seen)
@@ -83,7 +99,19 @@ static int parse_args(int argc, char **argv, kvrt_synth_params *p, const char **
         SHAPE_OPT("heads", 4, "query heads"),
         SHAPE_OPT("kv-heads", 5, "KV heads"),
         SHAPE_OPT("ctx", 6, "context length"),
+        {.name = "arch", .kind = KVRT_CLI_KIND_CHOICE, .dst = &ov->arch, .choices = ARCH_NAMES, .meta = "A",
+         .help = "llama (default), qwen2 (Q/K/V biases, NeoX RoPE), qwen3 (Q/K norms, NeoX RoPE)",
+         .seen = &ov->arch_seen},
+        SHAPE_OPT("head-dim", 7, "head width when it is not dim / heads (written as key_length)"),
         POSITIVE_OPT("rope-base", &ov->rope_base, &ov->rope_seen, "RoPE frequency base"),
+        {.name = "rope-scaling", .kind = KVRT_CLI_KIND_CHOICE, .dst = &ov->rope_scaling,
+         .choices = ROPE_SCALING_NAMES, .meta = "S", .help = "none (default), linear or yarn",
+         .seen = &ov->rope_scaling_seen},
+        POSITIVE_OPT("rope-scale", &ov->rope_scale, &ov->rope_scale_seen, "the RoPE scaling factor"),
+        SHAPE_OPT("rope-orig-ctx", 8, "YaRN's original context (default --ctx)"),
+        KVRT_CLI_BOOL(0, "rope-freqs", &ov->rope_freqs, "a rope_freqs.weight tensor (Llama 3.1's per-pair divisors; llama)"),
+        KVRT_CLI_BOOL(0, "bias", &ov->bias, "Q/K/V biases on a llama model"),
+        SHAPE_OPT("sliding-window", 9, "attention window (llama.attention.sliding_window)"),
         POSITIVE_OPT("eps", &ov->eps, &ov->eps_seen, "RMSNorm epsilon"),
         POSITIVE_OPT("std", &ov->std, &ov->std_seen, "standard deviation of the matrices (default 0.02)"),
         {.name = "type", .kind = KVRT_CLI_KIND_CHOICE, .dst = &ov->type, .choices = TYPE_NAMES, .meta = "T",
@@ -101,7 +129,7 @@ static int parse_args(int argc, char **argv, kvrt_synth_params *p, const char **
     const kvrt_cli_spec spec = {
         .prog = PROG,
         .usage = "kvrt-synth [options] -o OUTPUT.gguf",
-        .about = "Writes a llama GGUF with random weights (N(0, 0.02) matrices, norms near 1) and a\n"
+        .about = "Writes a llama, qwen2 or qwen3 GGUF with random weights (N(0, 0.02) matrices, norms near 1) and a\n"
                  "small synthetic SentencePiece vocabulary (byte pieces and letter merges).\n"
                  "Progress goes to stderr when it is a terminal.",
         .opts = opts,

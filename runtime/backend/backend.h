@@ -137,6 +137,8 @@ typedef kvrt_status kvrt_be_swiglu_fn(kvrt_backend *be, kvrt_view gate, int64_t 
                                       int64_t up_stride, kvrt_view out, int64_t out_stride, int32_t n_tokens,
                                       int32_t dim);
 typedef kvrt_status kvrt_be_add_fn(kvrt_backend *be, kvrt_view a, kvrt_view b, kvrt_view out, int64_t n);
+typedef kvrt_status kvrt_be_add_bias_fn(kvrt_backend *be, kvrt_view x, int64_t x_stride, kvrt_view b, kvrt_view y,
+                                        int64_t y_stride, int32_t n_tokens, int64_t dim);
 typedef kvrt_status kvrt_be_embed_fn(kvrt_backend *be, kvrt_dtype wtype, kvrt_view table, int64_t dim,
                                      kvrt_view ids, int32_t n_tokens, kvrt_view out);
 typedef kvrt_status kvrt_be_gather_rows_fn(kvrt_backend *be, kvrt_view src, int64_t src_stride, kvrt_view idx,
@@ -148,7 +150,7 @@ typedef kvrt_status kvrt_be_set_profiling_fn(kvrt_backend *be, bool on);
  * kvrt_cpu_kv_write, ...) and filling a table (KVRT_BACKEND_ENTRY). */
 #define KVRT_BACKEND_KERNELS(X, prefix)                                                                    \
     X(prefix, kv_write) X(prefix, attn_decode) X(prefix, attn_prefill) X(prefix, matmul) X(prefix, rmsnorm) \
-    X(prefix, rope) X(prefix, swiglu) X(prefix, add) X(prefix, embed) X(prefix, gather_rows)
+    X(prefix, rope) X(prefix, swiglu) X(prefix, add) X(prefix, add_bias) X(prefix, embed) X(prefix, gather_rows)
 #define KVRT_BACKEND_DECLARE(prefix, entry) kvrt_be_##entry##_fn prefix##entry;
 #define KVRT_BACKEND_ENTRY(prefix, entry) .entry = prefix##entry,
 
@@ -209,6 +211,8 @@ struct kvrt_backend_ops {
     kvrt_be_swiglu_fn *swiglu;
     /* out[i] = a[i] + b[i], i < n (contiguous); out may alias a or b. */
     kvrt_be_add_fn *add;
+    /* y[t][i] = x[t][i] + b[i], i < dim (one bias row for every token: Q/K/V biases); y may be x. */
+    kvrt_be_add_bias_fn *add_bias;
     /* out[t] = table[ids[t]] as F32; table [n_rows][dim] in wtype. */
     kvrt_be_embed_fn *embed;
     /* dst[i] = src[idx[i]] (rows of dim F32). */

@@ -248,6 +248,12 @@ int32_t kvrt_batch_num_decodes(const kvrt_batch *b)
 
 kvrt_status kvrt_batch_check(kvrt_error *err, const kvrt_kv_pool_desc *pool, int32_t n_heads, const kvrt_batch *b)
 {
+    return kvrt_batch_check_window(err, pool, n_heads, 0, b);
+}
+
+kvrt_status kvrt_batch_check_window(kvrt_error *err, const kvrt_kv_pool_desc *pool, int32_t n_heads, int32_t window,
+                                    const kvrt_batch *b)
+{
     if (b->num_seqs < 1 || b->num_tokens < 1 || b->num_logits < 0 || b->max_blocks_per_seq < 1)
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT,
                          "batch: num_seqs %d, num_tokens %d, num_logits %d, max_blocks %d",
@@ -266,7 +272,7 @@ kvrt_status kvrt_batch_check(kvrt_error *err, const kvrt_kv_pool_desc *pool, int
     KVRT_TRY(kvrt_kv_check_slots(err, pool, b->slot_mapping, b->num_tokens));
     /* a decode is a prefill of one token: one rule for every sequence, indices as the caller's */
     kvrt_attn_desc d = {.num_seqs = b->num_seqs, .n_heads = n_heads, .max_blocks_per_seq = b->max_blocks_per_seq,
-                        .num_tokens = b->num_tokens};
+                        .num_tokens = b->num_tokens, .window = window};
     KVRT_TRY(kvrt_attn_check_desc(err, pool, &d));
     for (int32_t s = 0; s < b->num_seqs; s++)
         KVRT_TRY(check_prefill_seq(err, pool, &d, s, b->query_start_loc[s], b->query_start_loc[s + 1], b->seq_lens[s],

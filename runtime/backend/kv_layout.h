@@ -146,5 +146,8 @@ int32_t kvrt_batch_num_decodes(const kvrt_batch *b);
  * n_heads as in kvrt_attn_desc). Token ids and positions are the model's to
  * check. */
 kvrt_status kvrt_batch_check(kvrt_error *err, const kvrt_kv_pool_desc *pool, int32_t n_heads, const kvrt_batch *b);
+/* The same for a model with a sliding window: blocks before a query's window may be released (-1). */
+kvrt_status kvrt_batch_check_window(kvrt_error *err, const kvrt_kv_pool_desc *pool, int32_t n_heads, int32_t window,
+                                    const kvrt_batch *b);
 
 #endif /* KVRT_KV_LAYOUT_H */

@@ -551,6 +551,24 @@ kvrt_status kvrt_op_add(kvrt_backend *be, kvrt_view a, kvrt_view b, kvrt_view ou
     return timer_end(be, "add", t0, OP_CALL(be, add, a, b, out, n));
 }
 
+kvrt_status kvrt_op_add_bias(kvrt_backend *be, kvrt_view x, int64_t x_stride, kvrt_view b, kvrt_view y,
+                             int64_t y_stride, int32_t n_tokens, int64_t dim)
+{
+    KVRT_TRY(check_count(be, n_tokens, 0, "add_bias: n_tokens"));
+    KVRT_TRY(check_count(be, dim, 1, "add_bias: dim"));
+    if (dim > INT32_MAX)
+        return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "add_bias: dim %lld above 2^31", (long long)dim);
+    KVRT_TRY(check_rows(be, x, n_tokens, x_stride, dim, "add_bias: x"));
+    KVRT_TRY(check_rows(be, y, n_tokens, y_stride, dim, "add_bias: y"));
+    KVRT_TRY(check_view(be, b, (size_t)dim * sizeof(float), sizeof(float), "add_bias: b"));
+    KVRT_TRY(check_alias(be, y, y_stride, x, x_stride, n_tokens, dim, "add_bias (x)"));
+    KVRT_TRY(check_alias(be, y, y_stride, b, dim, 1, dim, "add_bias (b)"));
+    if (n_tokens == 0)
+        return KVRT_OK;
+    uint64_t t0 = timer_start(be);
+    return timer_end(be, "add_bias", t0, OP_CALL(be, add_bias, x, x_stride, b, y, y_stride, n_tokens, dim));
+}
+
 kvrt_status kvrt_op_embed(kvrt_backend *be, kvrt_dtype wtype, kvrt_view table, int64_t dim, kvrt_view ids,
                           int32_t n_tokens, kvrt_view out)
 {

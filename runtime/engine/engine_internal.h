@@ -54,6 +54,7 @@ typedef struct kvrt_runner {
     int32_t n_vocab;
     size_t block_bytes; /* one block, all layers, K and V: one host-tier slot */
     uint64_t kv_bytes;  /* device bytes of the pool (reported in the metrics) */
+    int32_t window;     /* the model's sliding window; 0 = none. Blocks before it are released. */
 } kvrt_runner;
 
 /* Creates an engine on a runner; the engine owns the runner from the call on

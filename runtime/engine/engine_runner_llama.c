@@ -170,6 +170,6 @@ kvrt_status kvrt_llama_runner_create(kvrt_model *model, kvrt_engine_params *p, k
     }
     *out = (kvrt_runner){.iface = &llama_runner_ops, .self = r, .n_vocab = hp->n_vocab,
                          .block_bytes = kvrt_kv_cache_slot_bytes(r->cache),
-                         .kv_bytes = kvrt_kv_cache_device_bytes(r->cache)};
+                         .kv_bytes = kvrt_kv_cache_device_bytes(r->cache), .window = hp->sliding_window};
     return KVRT_OK;
 }

@@ -162,6 +162,10 @@ static kvrt_status consume_logits(kvrt_engine *e, const kvrt_batch *b, kvrt_step
         int32_t n = s->sched_tokens;
         s->sched_tokens = 0;
         s->num_computed += n;
+        /* a sliding window: blocks no later query can see go back to the pool */
+        if (e->runner.window > 0 && s->bm_seq >= 0)
+            (void)kvrt_bm_release_before(e->bm, s->bm_seq, KVRT_MAX(0, s->num_computed - e->runner.window + 1), 0,
+                                         NULL);
         if (s->num_computed != s->len)
             continue;
         const float *logits = e->logits + (size_t)row++ * (size_t)e->runner.n_vocab;

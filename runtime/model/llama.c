@@ -44,6 +44,8 @@ typedef struct llama_weight {
 
 typedef struct llama_layer_w {
     llama_weight attn_norm, wq, wk, wv, wo, ffn_norm, ffn_gate, ffn_down, ffn_up;
+    llama_weight bq, bk, bv;     /* Q/K/V biases (qwen2); buf NULL when absent */
+    llama_weight q_norm, k_norm; /* per-head RMSNorm weights [head_dim] (qwen3); buf NULL when absent */
 } llama_layer_w;
 
 typedef struct grow_buffer {
@@ -99,40 +101,86 @@ static void weight_free(kvrt_llama *lm, llama_weight *w)
 
 static kvrt_status load_layer(kvrt_llama *lm, const kvrt_llama_layer *src, llama_layer_w *dst, kvrt_error *err)
 {
-    const kvrt_tensor_ref *refs[] = {&src->attn_norm, &src->wq, &src->wk, &src->wv, &src->wo,
-                                     &src->ffn_norm, &src->ffn_gate, &src->ffn_down, &src->ffn_up};
-    llama_weight *ws[] = {&dst->attn_norm, &dst->wq, &dst->wk, &dst->wv, &dst->wo,
-                          &dst->ffn_norm, &dst->ffn_gate, &dst->ffn_down, &dst->ffn_up};
+    const kvrt_tensor_ref *refs[] = {&src->attn_norm, &src->wq,     &src->wk,       &src->wv,       &src->wo,
+                                     &src->ffn_norm,  &src->ffn_gate, &src->ffn_down, &src->ffn_up, &src->bq,
+                                     &src->bk,        &src->bv,     &src->q_norm,   &src->k_norm};
+    llama_weight *ws[] = {&dst->attn_norm, &dst->wq,       &dst->wk,       &dst->wv,     &dst->wo,
+                          &dst->ffn_norm,  &dst->ffn_gate, &dst->ffn_down, &dst->ffn_up, &dst->bq,
+                          &dst->bk,        &dst->bv,       &dst->q_norm,   &dst->k_norm};
     for (size_t i = 0; i < KVRT_ARRAY_LEN(refs); i++)
-        KVRT_TRY(weight_load(lm, refs[i], ws[i], err));
+        if (refs[i]->data) /* the family's optional tensors may be absent */
+            KVRT_TRY(weight_load(lm, refs[i], ws[i], err));
     return KVRT_OK;
 }
 
 static void free_layer(kvrt_llama *lm, llama_layer_w *l)
 {
-    llama_weight *ws[] = {&l->attn_norm, &l->wq, &l->wk, &l->wv, &l->wo,
-                          &l->ffn_norm, &l->ffn_gate, &l->ffn_down, &l->ffn_up};
+    llama_weight *ws[] = {&l->attn_norm, &l->wq,       &l->wk,       &l->wv,     &l->wo,
+                          &l->ffn_norm,  &l->ffn_gate, &l->ffn_down, &l->ffn_up, &l->bq,
+                          &l->bk,        &l->bv,       &l->q_norm,   &l->k_norm};
     for (size_t i = 0; i < KVRT_ARRAY_LEN(ws); i++)
         weight_free(lm, ws[i]);
 }
 
-/* cos/sin of position * base^(-2i/rope_dim), computed in double so every
- * backend rotates by exactly the same values (DESIGN.md). */
+/* YaRN's correction range: the pair index whose wavelength makes n_rot
+ * turns over the original context. */
+static double yarn_corr_dim(const kvrt_llama_hparams *hp, double n_rot)
+{
+    return hp->rope_dim * log(hp->rope_orig_ctx / (n_rot * 2.0 * M_PI)) / (2.0 * log((double)hp->rope_freq_base));
+}
+
+/* The angle and magnitude of pair i at position p, after RoPE scaling:
+ * linear divides positions by the factor; YaRN interpolates the
+ * low-frequency pairs, keeps the high-frequency ones and ramps between
+ * (beta_fast .. beta_slow turns), with magnitude 1 + 0.1 ln(factor);
+ * rope_freqs divides each pair's frequency (Llama 3.1). */
+static void rope_angle(const kvrt_llama_hparams *hp, const float *freq_factors, int32_t i, int32_t p, double *theta,
+                       double *mscale)
+{
+    double extrap = (double)p * pow((double)hp->rope_freq_base, -2.0 * i / (double)hp->rope_dim);
+    if (freq_factors)
+        extrap /= (double)freq_factors[i];
+    double scale = 1.0 / (double)hp->rope_scale;
+    *mscale = hp->rope_attn_factor;
+    *theta = extrap;
+    if (hp->rope_scaling == KVRT_ROPE_SCALING_LINEAR) {
+        *theta = extrap * scale;
+    } else if (hp->rope_scaling == KVRT_ROPE_SCALING_YARN) {
+        double lo = fmax(0.0, floor(yarn_corr_dim(hp, hp->yarn_beta_fast)));
+        double hi = fmin(hp->rope_dim - 1.0, ceil(yarn_corr_dim(hp, hp->yarn_beta_slow)));
+        double y = (i - lo) / fmax(0.001, hi - lo);
+        double keep = 1.0 - fmin(1.0, fmax(0.0, y)); /* 1: extrapolate (high frequency) */
+        *theta = extrap * scale * (1.0 - keep) + extrap * keep;
+        *mscale *= 1.0 + 0.1 * log((double)hp->rope_scale);
+    }
+}
+
+/* cos/sin of every (position, pair), computed in double so every backend
+ * rotates by exactly the same values (DESIGN.md); RoPE scaling lives here
+ * alone, so the kernels need not know it. */
 static kvrt_status build_rope_table(kvrt_llama *lm, kvrt_error *err)
 {
     int32_t half = lm->hp.rope_dim / 2;
     size_t n = (size_t)lm->max_pos * (size_t)half * 2;
     float *table = kvrt_alloc(lm_alloc(lm), n * sizeof(float), 0);
-    if (!table)
+    float *factors = NULL;
+    const kvrt_tensor_ref *rf = &lm->mf->w.rope_freqs;
+    if (rf->data && (factors = kvrt_alloc(lm_alloc(lm), (size_t)half * sizeof(float), 0)))
+        memcpy(factors, rf->data, (size_t)half * sizeof(float)); /* the mapping need not align it */
+    if (!table || (rf->data && !factors)) {
+        kvrt_free(lm_alloc(lm), table);
+        kvrt_free(lm_alloc(lm), factors);
         return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "RoPE table: out of host memory");
+    }
     for (int32_t i = 0; i < half; i++) {
-        double inv_freq = pow((double)lm->hp.rope_freq_base, -2.0 * i / (double)lm->hp.rope_dim);
         for (int32_t p = 0; p < lm->max_pos; p++) {
-            double angle = (double)p * inv_freq;
-            table[((size_t)p * half + i) * 2 + 0] = (float)cos(angle);
-            table[((size_t)p * half + i) * 2 + 1] = (float)sin(angle);
+            double angle, mscale;
+            rope_angle(&lm->hp, factors, i, p, &angle, &mscale);
+            table[((size_t)p * half + i) * 2 + 0] = (float)(cos(angle) * mscale);
+            table[((size_t)p * half + i) * 2 + 1] = (float)(sin(angle) * mscale);
         }
     }
+    kvrt_free(lm_alloc(lm), factors);
     kvrt_backend *be = lm->be;
     kvrt_status s = kvrt_op_buffer_create(be, n * sizeof(float), KVRT_BUFFER_DEVICE, &lm->rope_table);
     if (s == KVRT_OK)
@@ -298,7 +346,7 @@ static kvrt_status check_batch(const kvrt_llama *lm, const kvrt_kv_pool *pool, c
                          "KV pool of %d layers x %d KV heads x %d does not fit the model (%d x %d x %d)",
                          (int)pd->n_layers, (int)pd->n_kv_heads, (int)pd->head_dim, (int)lm->hp.n_layer,
                          (int)lm->hp.n_head_kv, (int)lm->hp.head_dim);
-    KVRT_TRY(kvrt_batch_check(err, pd, lm->hp.n_head, b));
+    KVRT_TRY(kvrt_batch_check_window(err, pd, lm->hp.n_head, lm->hp.sliding_window, b));
     for (int32_t t = 0; t < b->num_tokens; t++) {
         if (b->tokens[t] < 0 || b->tokens[t] >= lm->hp.n_vocab)
             return kvrt_fail(err, KVRT_ERR_BAD_TOKEN, "token id %d at batch row %d is outside the vocabulary [0, %d)",
@@ -349,6 +397,7 @@ static kvrt_status step_attention(step *st, int32_t layer)
         .n_heads = lm->hp.n_head,
         .max_blocks_per_seq = b->max_blocks_per_seq,
         .scale = (float)(1.0 / sqrt((double)lm->hp.head_dim)),
+        .window = lm->hp.sliding_window,
         .q_stride = q_dim,
         .o_stride = q_dim,
         .num_tokens = b->num_tokens,
@@ -384,6 +433,32 @@ static kvrt_status step_rope(step *st, int which, int32_t n_heads)
     return kvrt_op_rope(st->be, act(lm, which), idx(lm, IDX_POSITIONS, 0), (kvrt_view){lm->rope_table, 0}, &d);
 }
 
+/* y[t] += b (Q/K/V biases); nothing when the layer has none. */
+static kvrt_status step_bias(step *st, const llama_weight *b, int which, int64_t dim)
+{
+    if (!b->buf)
+        return KVRT_OK;
+    kvrt_view x = act(st->lm, which);
+    return kvrt_op_add_bias(st->be, x, dim, wview(b), x, dim, st->b->num_tokens, dim);
+}
+
+/* Per-head RMSNorm (Qwen3's Q/K norm): the rows are heads, head_dim long. */
+static kvrt_status step_head_norm(step *st, const llama_weight *w, int which, int32_t n_heads)
+{
+    if (!w->buf)
+        return KVRT_OK;
+    kvrt_llama *lm = st->lm;
+    int32_t hd = lm->hp.head_dim;
+    /* a row per head: in pieces of at most 32768 rows, inside any device's grid limits */
+    int32_t per_call = KVRT_MAX(1, 32768 / n_heads);
+    for (int32_t t = 0; t < st->b->num_tokens; t += per_call) {
+        int32_t n = KVRT_MIN(per_call, st->b->num_tokens - t);
+        kvrt_view x = kvrt_view_at(act(lm, which), (size_t)t * n_heads * hd * sizeof(float));
+        KVRT_TRY(kvrt_op_rmsnorm(st->be, x, hd, wview(w), x, hd, n * n_heads, hd, lm->hp.rms_eps));
+    }
+    return KVRT_OK;
+}
+
 static kvrt_status step_layer(step *st, int32_t l)
 {
     kvrt_llama *lm = st->lm;
@@ -399,6 +474,11 @@ static kvrt_status step_layer(step *st, int32_t l)
     KVRT_TRY(step_matmul(st, &w->wq, act(lm, ACT_H), act(lm, ACT_Q), T));
     KVRT_TRY(step_matmul(st, &w->wk, act(lm, ACT_H), act(lm, ACT_K), T));
     KVRT_TRY(step_matmul(st, &w->wv, act(lm, ACT_H), act(lm, ACT_V), T));
+    KVRT_TRY(step_bias(st, &w->bq, ACT_Q, (int64_t)hp->n_head * hp->head_dim));
+    KVRT_TRY(step_bias(st, &w->bk, ACT_K, kv_dim));
+    KVRT_TRY(step_bias(st, &w->bv, ACT_V, kv_dim));
+    KVRT_TRY(step_head_norm(st, &w->q_norm, ACT_Q, hp->n_head));
+    KVRT_TRY(step_head_norm(st, &w->k_norm, ACT_K, hp->n_head_kv));
     KVRT_TRY(step_rope(st, ACT_Q, hp->n_head));
     KVRT_TRY(step_rope(st, ACT_K, hp->n_head_kv));
     KVRT_TRY(kvrt_op_kv_write(be, st->pool, l, act(lm, ACT_K), kv_dim, act(lm, ACT_V), kv_dim,

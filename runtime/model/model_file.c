@@ -42,6 +42,55 @@ void kvrt_model_file_free(kvrt_model_file *mf)
     kvrt_free(mf->alloc, mf);
 }
 
+const char *kvrt_arch_name(kvrt_arch arch)
+{
+    switch (arch) {
+    case KVRT_ARCH_LLAMA: return "llama";
+    case KVRT_ARCH_QWEN2: return "qwen2";
+    case KVRT_ARCH_QWEN3: return "qwen3";
+    }
+    return "?";
+}
+
+static bool positive_finite(float v)
+{
+    return v > 0.0f && isfinite(v);
+}
+
+/* RoPE scaling: zero fields get their defaults, the rest must make sense. */
+static kvrt_status check_rope_scaling(kvrt_llama_hparams *hp, kvrt_error *err)
+{
+    if (hp->rope_scaling < KVRT_ROPE_SCALING_NONE || hp->rope_scaling > KVRT_ROPE_SCALING_YARN)
+        return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "RoPE scaling type %d is unknown", (int)hp->rope_scaling);
+    if (hp->rope_scale == 0.0f)
+        hp->rope_scale = 1.0f;
+    if (hp->rope_attn_factor == 0.0f)
+        hp->rope_attn_factor = 1.0f;
+    if (hp->yarn_beta_fast == 0.0f)
+        hp->yarn_beta_fast = 32.0f;
+    if (hp->yarn_beta_slow == 0.0f)
+        hp->yarn_beta_slow = 1.0f;
+    if (hp->rope_orig_ctx == 0)
+        hp->rope_orig_ctx = hp->n_ctx_train;
+    const struct {
+        const char *name;
+        float v;
+    } f[] = {{"factor", hp->rope_scale},
+             {"attn_factor", hp->rope_attn_factor},
+             {"YaRN beta_fast", hp->yarn_beta_fast},
+             {"YaRN beta_slow", hp->yarn_beta_slow}};
+    for (size_t i = 0; i < KVRT_ARRAY_LEN(f); i++)
+        if (!positive_finite(f[i].v))
+            return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "RoPE scaling %s %g must be finite and positive", f[i].name,
+                             (double)f[i].v);
+    if (hp->rope_orig_ctx < 1)
+        return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "RoPE scaling original context length %d must be positive",
+                         (int)hp->rope_orig_ctx);
+    if (hp->sliding_window < 0)
+        return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "sliding window %d must not be negative", (int)hp->sliding_window);
+    return KVRT_OK;
+}
+
 kvrt_status kvrt_llama_hparams_check(kvrt_llama_hparams *hp, kvrt_error *err)
 {
     const struct {
@@ -53,13 +102,21 @@ kvrt_status kvrt_llama_hparams_check(kvrt_llama_hparams *hp, kvrt_error *err)
     for (size_t i = 0; i < KVRT_ARRAY_LEN(pos); i++)
         if (pos[i].v <= 0)
             return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "model %s = %d must be positive", pos[i].name, pos[i].v);
-    if (hp->n_embd % hp->n_head != 0)
+    if (hp->arch < KVRT_ARCH_LLAMA || hp->arch > KVRT_ARCH_QWEN3)
+        return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "architecture %d is unknown", (int)hp->arch);
+    if (hp->head_dim < 0)
+        return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "head_dim %d must be positive", (int)hp->head_dim);
+    if (hp->head_dim == 0 && hp->n_embd % hp->n_head != 0)
         return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "n_embd %d is not a multiple of n_head %d", hp->n_embd,
                          hp->n_head);
     if (hp->n_head % hp->n_head_kv != 0)
         return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "n_head %d is not a multiple of n_head_kv %d", hp->n_head,
                          hp->n_head_kv);
-    hp->head_dim = hp->n_embd / hp->n_head;
+    if (hp->head_dim == 0)
+        hp->head_dim = hp->n_embd / hp->n_head;
+    if ((int64_t)hp->head_dim * hp->n_head > INT32_MAX / 2)
+        return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "head_dim %d x %d heads is too large", (int)hp->head_dim,
+                         (int)hp->n_head);
     if (hp->rope_dim == 0)
         hp->rope_dim = hp->head_dim;
     if (hp->rope_dim < 0 || hp->rope_dim > hp->head_dim || hp->rope_dim % 2 != 0)
@@ -69,7 +126,7 @@ kvrt_status kvrt_llama_hparams_check(kvrt_llama_hparams *hp, kvrt_error *err)
         return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "rope freq_base %g must be positive", (double)hp->rope_freq_base);
     if (!(hp->rms_eps > 0.0f) || !isfinite(hp->rms_eps))
         return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "rms epsilon %g must be positive", (double)hp->rms_eps);
-    return KVRT_OK;
+    return check_rope_scaling(hp, err);
 }
 
 kvrt_status kvrt_tensor_ref_set(kvrt_tensor_ref *t, const char *name, kvrt_dtype type, const void *data,
@@ -103,37 +160,90 @@ static kvrt_status check_one(const kvrt_tensor_ref *t, const char *name, int64_t
     return KVRT_OK;
 }
 
+int32_t kvrt_llama_layer_slots(const kvrt_llama_hparams *hp, kvrt_llama_layer *l, kvrt_tensor_slot *out)
+{
+    int64_t q = (int64_t)hp->n_head * hp->head_dim, kv = (int64_t)hp->n_head_kv * hp->head_dim;
+    bool qwen2 = hp->arch == KVRT_ARCH_QWEN2, qwen3 = hp->arch == KVRT_ARCH_QWEN3, llama = hp->arch == KVRT_ARCH_LLAMA;
+    /* biases: Qwen2 has them; some Llama-architecture files too (read when present) */
+    kvrt_tensor_need bias = qwen2 ? KVRT_TENSOR_REQUIRED : llama ? KVRT_TENSOR_OPTIONAL : KVRT_TENSOR_UNUSED;
+    kvrt_tensor_need norm = qwen3 ? KVRT_TENSOR_REQUIRED : KVRT_TENSOR_UNUSED;
+    const kvrt_tensor_slot all[KVRT_LAYER_SLOTS] = {
+        {&l->attn_norm, "attn_norm.weight", hp->n_embd, 1, KVRT_TENSOR_REQUIRED},
+        {&l->wq, "attn_q.weight", hp->n_embd, q, KVRT_TENSOR_REQUIRED},
+        {&l->wk, "attn_k.weight", hp->n_embd, kv, KVRT_TENSOR_REQUIRED},
+        {&l->wv, "attn_v.weight", hp->n_embd, kv, KVRT_TENSOR_REQUIRED},
+        {&l->wo, "attn_output.weight", q, hp->n_embd, KVRT_TENSOR_REQUIRED},
+        {&l->ffn_norm, "ffn_norm.weight", hp->n_embd, 1, KVRT_TENSOR_REQUIRED},
+        {&l->ffn_gate, "ffn_gate.weight", hp->n_embd, hp->n_ff, KVRT_TENSOR_REQUIRED},
+        {&l->ffn_down, "ffn_down.weight", hp->n_ff, hp->n_embd, KVRT_TENSOR_REQUIRED},
+        {&l->ffn_up, "ffn_up.weight", hp->n_embd, hp->n_ff, KVRT_TENSOR_REQUIRED},
+        {&l->bq, "attn_q.bias", q, 1, bias},
+        {&l->bk, "attn_k.bias", kv, 1, bias},
+        {&l->bv, "attn_v.bias", kv, 1, bias},
+        {&l->q_norm, "attn_q_norm.weight", hp->head_dim, 1, norm},
+        {&l->k_norm, "attn_k_norm.weight", hp->head_dim, 1, norm},
+    };
+    memcpy(out, all, sizeof(all));
+    return KVRT_LAYER_SLOTS;
+}
+
+/* rope_freqs: one divisor per rotated pair, finite and positive. */
+static kvrt_status check_rope_freqs(const kvrt_model_file *mf, kvrt_error *err)
+{
+    const kvrt_tensor_ref *t = &mf->w.rope_freqs;
+    if (!t->data)
+        return KVRT_OK;
+    if (mf->hp.arch != KVRT_ARCH_LLAMA)
+        return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "tensor 'rope_freqs.weight' is not used by architecture %s",
+                         kvrt_arch_name(mf->hp.arch));
+    KVRT_TRY(check_one(t, "rope_freqs.weight", mf->hp.rope_dim / 2, 1, err));
+    const float *f = t->data;
+    for (int32_t i = 0; i < mf->hp.rope_dim / 2; i++) {
+        float v;
+        memcpy(&v, f + i, sizeof(v)); /* the mapping need not align it */
+        if (!(v > 0.0f) || !isfinite(v))
+            return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "rope_freqs.weight[%d] = %g: factors must be finite and positive",
+                             (int)i, (double)v);
+    }
+    return KVRT_OK;
+}
+
 kvrt_status kvrt_model_file_check_weights(const kvrt_model_file *mf, kvrt_error *err)
 {
     const kvrt_llama_hparams *hp = &mf->hp;
     const kvrt_llama_weights *w = &mf->w;
-    int64_t q = (int64_t)hp->n_head * hp->head_dim, kv = (int64_t)hp->n_head_kv * hp->head_dim;
     KVRT_TRY(check_one(&w->tok_embd, "token_embd.weight", hp->n_embd, hp->n_vocab, err));
     KVRT_TRY(check_one(&w->output_norm, "output_norm.weight", hp->n_embd, 1, err));
     KVRT_TRY(check_one(&w->output, "output.weight", hp->n_embd, hp->n_vocab, err));
+    KVRT_TRY(check_rope_freqs(mf, err));
     for (int32_t i = 0; i < hp->n_layer; i++) {
-        const kvrt_llama_layer *l = &w->layers[i];
-        const struct {
-            const kvrt_tensor_ref *t;
-            const char *name;
-            int64_t ne0, ne1;
-        } want[] = {
-            {&l->attn_norm, "attn_norm", hp->n_embd, 1}, {&l->wq, "attn_q", hp->n_embd, q},
-            {&l->wk, "attn_k", hp->n_embd, kv},          {&l->wv, "attn_v", hp->n_embd, kv},
-            {&l->wo, "attn_output", q, hp->n_embd},      {&l->ffn_norm, "ffn_norm", hp->n_embd, 1},
-            {&l->ffn_gate, "ffn_gate", hp->n_embd, hp->n_ff}, {&l->ffn_down, "ffn_down", hp->n_ff, hp->n_embd},
-            {&l->ffn_up, "ffn_up", hp->n_embd, hp->n_ff},
-        };
-        for (size_t k = 0; k < KVRT_ARRAY_LEN(want); k++) {
-            char name[64];
-            snprintf(name, sizeof(name), "blk.%d.%s.weight", i, want[k].name);
-            KVRT_TRY(check_one(want[k].t, name, want[k].ne0, want[k].ne1, err));
+        kvrt_tensor_slot slots[KVRT_LAYER_SLOTS];
+        int32_t n = kvrt_llama_layer_slots(hp, (kvrt_llama_layer *)&w->layers[i], slots);
+        for (int32_t k = 0; k < n; k++) {
+            char name[96];
+            snprintf(name, sizeof(name), "blk.%d.%s", i, slots[k].name);
+            if (!slots[k].t->data && slots[k].need != KVRT_TENSOR_REQUIRED)
+                continue;
+            if (!slots[k].t->data)
+                return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "tensor '%s' is missing (architecture %s needs it)", name,
+                                 kvrt_arch_name(hp->arch));
+            if (slots[k].need == KVRT_TENSOR_UNUSED)
+                return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "tensor '%s' is not used by architecture %s", name,
+                                 kvrt_arch_name(hp->arch));
+            KVRT_TRY(check_one(slots[k].t, name, slots[k].ne0, slots[k].ne1, err));
         }
     }
     return KVRT_OK;
 }
 
 /* ---- GGUF hyper-parameters ------------------------------------------------------- */
+
+/* "{arch}.{rest}" */
+static const char *akey(const kvrt_model_file *mf, const char *rest, char *buf, size_t size)
+{
+    snprintf(buf, size, "%s.%s", mf->arch, rest);
+    return buf;
+}
 
 static kvrt_status get_i32(const kvrt_gguf *g, const char *key, int32_t *out, int32_t def, bool required,
                            kvrt_error *err)
@@ -159,42 +269,57 @@ static kvrt_status get_f32(const kvrt_gguf *g, const char *key, float *out, floa
     KVRT_TRY(kvrt_gguf_get_f32(g, key, out, &found, err));
     if (!found)
         *out = def;
+    else if (!isfinite(*out))
+        return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "GGUF key '%s' = %g is not finite", key, (double)*out);
     return KVRT_OK;
 }
 
 /* RoPE scaling changes every position's angle: run it or refuse, never ignore. */
-static kvrt_status reject_rope_scaling(const kvrt_gguf *g, kvrt_error *err)
+static kvrt_status read_rope_scaling(const kvrt_gguf *g, kvrt_model_file *mf, kvrt_error *err)
 {
-    static const char prefix[] = "llama.rope.scaling.";
-    for (uint64_t i = 0; i < g->n_kv; i++) {
-        const kvrt_gguf_kv *kv = &g->kv[i];
-        bool scaling = kv->key.len >= sizeof(prefix) - 1 && memcmp(kv->key.ptr, prefix, sizeof(prefix) - 1) == 0;
-        bool linear = kvrt_gguf_str_eq(kv->key, "llama.rope.scale_linear");
-        if (!scaling && !linear)
-            continue;
-        if (kvrt_gguf_str_eq(kv->key, "llama.rope.scaling.type") && kv->type == KVRT_GGUF_STRING &&
-            kvrt_gguf_str_eq(kv->strs[0], "none"))
-            continue;
-        bool is_factor = linear || kvrt_gguf_str_eq(kv->key, "llama.rope.scaling.factor");
-        if (is_factor && kv->type != KVRT_GGUF_ARRAY && kv->type != KVRT_GGUF_STRING && kv->type != KVRT_GGUF_BOOL) {
-            double f = kvrt_gguf_kv_float(kv, 0);
-            if (f == 0.0 || f == 1.0)
-                continue;
-        }
-        if (kv->type == KVRT_GGUF_STRING)
-            return kvrt_fail(err, KVRT_ERR_UNSUPPORTED, "RoPE scaling is not supported: %.*s = '%.*s'",
-                             (int)kv->key.len, kv->key.ptr, (int)KVRT_MIN(kv->strs[0].len, 64), kv->strs[0].ptr);
-        return kvrt_fail(err, KVRT_ERR_UNSUPPORTED, "RoPE scaling is not supported: key '%.*s' is set",
-                         (int)kv->key.len, kv->key.ptr);
-    }
-    if (kvrt_gguf_find_tensor(g, "rope_freqs.weight"))
-        return kvrt_fail(err, KVRT_ERR_UNSUPPORTED,
-                         "RoPE scaling is not supported: the file has a 'rope_freqs.weight' tensor");
+    kvrt_llama_hparams *hp = &mf->hp;
+    char k[96];
+    kvrt_gguf_str type = {"", 0};
+    bool found;
+    KVRT_TRY(kvrt_gguf_get_str(g, akey(mf, "rope.scaling.type", k, sizeof(k)), &type, &found, err));
+    float factor = 0.0f;
+    KVRT_TRY(get_f32(g, akey(mf, "rope.scaling.factor", k, sizeof(k)), &factor, 0.0f, err));
+    if (factor == 0.0f) /* the older key */
+        KVRT_TRY(get_f32(g, akey(mf, "rope.scale_linear", k, sizeof(k)), &factor, 0.0f, err));
+    if (!found || kvrt_gguf_str_eq(type, "linear"))
+        hp->rope_scaling = factor == 0.0f || factor == 1.0f ? KVRT_ROPE_SCALING_NONE : KVRT_ROPE_SCALING_LINEAR;
+    else if (kvrt_gguf_str_eq(type, "none"))
+        hp->rope_scaling = KVRT_ROPE_SCALING_NONE;
+    else if (kvrt_gguf_str_eq(type, "yarn"))
+        hp->rope_scaling = KVRT_ROPE_SCALING_YARN;
+    else
+        return kvrt_fail(err, KVRT_ERR_UNSUPPORTED, "RoPE scaling '%.*s' (%s) is not supported (none, linear, yarn)",
+                         (int)KVRT_MIN(type.len, 64), type.ptr, k);
+    if (factor < 0.0f)
+        return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "RoPE scaling factor %g must be positive", (double)factor);
+    hp->rope_scale = hp->rope_scaling == KVRT_ROPE_SCALING_NONE ? 1.0f : factor;
+    if (hp->rope_scaling == KVRT_ROPE_SCALING_YARN && factor == 0.0f)
+        return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "YaRN RoPE scaling needs '%s'",
+                         akey(mf, "rope.scaling.factor", k, sizeof(k)));
+    KVRT_TRY(get_f32(g, akey(mf, "rope.scaling.attn_factor", k, sizeof(k)), &hp->rope_attn_factor, 1.0f, err));
+    if (kvrt_gguf_find_kv(g, akey(mf, "rope.scaling.attn_factor", k, sizeof(k))) && !(hp->rope_attn_factor > 0.0f))
+        return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "GGUF key '%s' = %g must be positive", k, (double)hp->rope_attn_factor);
+    KVRT_TRY(get_i32(g, akey(mf, "rope.scaling.original_context_length", k, sizeof(k)), &hp->rope_orig_ctx,
+                     hp->n_ctx_train, false, err));
+    if (hp->rope_orig_ctx <= 0)
+        return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "GGUF key '%s' must be positive", k);
+    if (kvrt_gguf_find_kv(g, akey(mf, "rope.scaling.yarn_log_multiplier", k, sizeof(k))))
+        return kvrt_fail(err, KVRT_ERR_UNSUPPORTED, "RoPE scaling: key '%s' (DeepSeek-2's YaRN) is not supported", k);
     return KVRT_OK;
 }
 
+/* general.architecture -> the family; a vocabulary-only file tokenizes whatever its architecture. */
 static kvrt_status read_arch(const kvrt_gguf *g, kvrt_model_file *mf, bool required, kvrt_error *err)
 {
+    static const struct {
+        const char *name;
+        kvrt_arch arch;
+    } known[] = {{"llama", KVRT_ARCH_LLAMA}, {"qwen2", KVRT_ARCH_QWEN2}, {"qwen3", KVRT_ARCH_QWEN3}};
     kvrt_gguf_str arch = {"", 0};
     bool found;
     KVRT_TRY(kvrt_gguf_get_str(g, "general.architecture", &arch, &found, err));
@@ -203,46 +328,64 @@ static kvrt_status read_arch(const kvrt_gguf *g, kvrt_model_file *mf, bool requi
             return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "GGUF key 'general.architecture' is missing");
         return KVRT_OK;
     }
-    /* A vocabulary-only file (no weights) tokenizes whatever its architecture. */
     if (!required) {
         snprintf(mf->arch, sizeof(mf->arch), "%.*s", (int)KVRT_MIN(arch.len, sizeof(mf->arch) - 1), arch.ptr);
         return KVRT_OK;
     }
-    if (!kvrt_gguf_str_eq(arch, "llama"))
-        return kvrt_fail(err, KVRT_ERR_UNSUPPORTED, "model architecture '%.*s' is not supported (only llama)",
-                         (int)KVRT_MIN(arch.len, 64), arch.ptr);
-    snprintf(mf->arch, sizeof(mf->arch), "llama");
-    return KVRT_OK;
+    for (size_t i = 0; i < KVRT_ARRAY_LEN(known); i++)
+        if (kvrt_gguf_str_eq(arch, known[i].name)) {
+            mf->hp.arch = known[i].arch;
+            snprintf(mf->arch, sizeof(mf->arch), "%s", known[i].name);
+            return KVRT_OK;
+        }
+    return kvrt_fail(err, KVRT_ERR_UNSUPPORTED, "model architecture '%.*s' is not supported (llama, qwen2, qwen3)",
+                     (int)KVRT_MIN(arch.len, 64), arch.ptr);
 }
 
-static kvrt_status read_hparams(const kvrt_gguf *g, kvrt_llama_hparams *hp, kvrt_error *err)
+static kvrt_status read_hparams(const kvrt_gguf *g, kvrt_model_file *mf, kvrt_error *err)
 {
-    KVRT_TRY(get_i32(g, "llama.context_length", &hp->n_ctx_train, 0, true, err));
-    KVRT_TRY(get_i32(g, "llama.embedding_length", &hp->n_embd, 0, true, err));
-    KVRT_TRY(get_i32(g, "llama.block_count", &hp->n_layer, 0, true, err));
-    KVRT_TRY(get_i32(g, "llama.feed_forward_length", &hp->n_ff, 0, true, err));
-    KVRT_TRY(get_i32(g, "llama.attention.head_count", &hp->n_head, 0, true, err));
-    KVRT_TRY(get_i32(g, "llama.attention.head_count_kv", &hp->n_head_kv, hp->n_head, false, err));
-    KVRT_TRY(get_i32(g, "llama.rope.dimension_count", &hp->rope_dim, 0, false, err));
-    KVRT_TRY(get_f32(g, "llama.rope.freq_base", &hp->rope_freq_base, 10000.0f, err));
-    KVRT_TRY(get_f32(g, "llama.attention.layer_norm_rms_epsilon", &hp->rms_eps, 1e-5f, err));
-    hp->rope_neox = 0;
-    if (hp->rope_dim == 0 && kvrt_gguf_find_kv(g, "llama.rope.dimension_count"))
-        return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "GGUF key 'llama.rope.dimension_count' is 0");
-    KVRT_TRY(reject_rope_scaling(g, err));
+    kvrt_llama_hparams *hp = &mf->hp;
+    char k[96];
+    KVRT_TRY(get_i32(g, akey(mf, "context_length", k, sizeof(k)), &hp->n_ctx_train, 0, true, err));
+    KVRT_TRY(get_i32(g, akey(mf, "embedding_length", k, sizeof(k)), &hp->n_embd, 0, true, err));
+    KVRT_TRY(get_i32(g, akey(mf, "block_count", k, sizeof(k)), &hp->n_layer, 0, true, err));
+    KVRT_TRY(get_i32(g, akey(mf, "feed_forward_length", k, sizeof(k)), &hp->n_ff, 0, true, err));
+    KVRT_TRY(get_i32(g, akey(mf, "attention.head_count", k, sizeof(k)), &hp->n_head, 0, true, err));
+    KVRT_TRY(get_i32(g, akey(mf, "attention.head_count_kv", k, sizeof(k)), &hp->n_head_kv, hp->n_head, false, err));
+    int32_t key_len = 0, value_len = 0;
+    KVRT_TRY(get_i32(g, akey(mf, "attention.key_length", k, sizeof(k)), &key_len, 0, false, err));
+    KVRT_TRY(get_i32(g, akey(mf, "attention.value_length", k, sizeof(k)), &value_len, key_len, false, err));
+    if (key_len != value_len)
+        return kvrt_fail(err, KVRT_ERR_UNSUPPORTED, "key length %d differs from value length %d", (int)key_len,
+                         (int)value_len);
+    if (kvrt_gguf_find_kv(g, akey(mf, "attention.key_length", k, sizeof(k))) && key_len <= 0)
+        return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "GGUF key '%s' = %d must be positive", k, (int)key_len);
+    hp->head_dim = key_len;
+    KVRT_TRY(get_i32(g, akey(mf, "rope.dimension_count", k, sizeof(k)), &hp->rope_dim, 0, false, err));
+    if (hp->rope_dim == 0 && kvrt_gguf_find_kv(g, k))
+        return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "GGUF key '%s' is 0", k);
+    KVRT_TRY(get_f32(g, akey(mf, "rope.freq_base", k, sizeof(k)), &hp->rope_freq_base, 10000.0f, err));
+    KVRT_TRY(get_f32(g, akey(mf, "attention.layer_norm_rms_epsilon", k, sizeof(k)), &hp->rms_eps, 1e-5f, err));
+    KVRT_TRY(get_i32(g, akey(mf, "attention.sliding_window", k, sizeof(k)), &hp->sliding_window, 0, false, err));
+    if (hp->sliding_window == 0 && kvrt_gguf_find_kv(g, k))
+        return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "GGUF key '%s' is 0", k);
+    /* NeoX rotation (halves) is the families' own: no key chooses it */
+    hp->rope_neox = hp->arch == KVRT_ARCH_LLAMA ? 0 : 1;
+    KVRT_TRY(read_rope_scaling(g, mf, err));
     return kvrt_llama_hparams_check(hp, err);
 }
 
 /* ---- GGUF tensors ------------------------------------------------------------------- */
 
-static kvrt_status bind_tensor(const kvrt_gguf *g, const char *name, bool optional, kvrt_tensor_ref *out,
-                               kvrt_error *err)
+static kvrt_status bind_tensor(const kvrt_gguf *g, const kvrt_model_file *mf, const char *name, bool optional,
+                               kvrt_tensor_ref *out, int64_t *bound, kvrt_error *err)
 {
     const kvrt_gguf_tensor *t = kvrt_gguf_find_tensor(g, name);
     if (!t) {
         if (optional)
             return KVRT_OK;
-        return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "tensor '%s' is missing", name);
+        return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "tensor '%s' is missing (architecture %s needs it)", name,
+                         mf->arch);
     }
     if (!kvrt_dtype_supported((kvrt_dtype)t->type)) {
         const char *tn = kvrt_ggml_type_name(t->type);
@@ -256,6 +399,7 @@ static kvrt_status bind_tensor(const kvrt_gguf *g, const char *name, bool option
     KVRT_TRY(kvrt_tensor_ref_set(out, name, (kvrt_dtype)t->type, t->data, t->ne[0], t->ne[1], err));
     if (out->nbytes != t->nbytes)
         return kvrt_fail(err, KVRT_ERR_INTERNAL, "tensor '%s': size disagreement", name);
+    (*bound)++;
     return KVRT_OK;
 }
 
@@ -265,34 +409,62 @@ static void report(const kvrt_load_progress *progress, double fraction)
         progress->fn(progress->user, fraction);
 }
 
+/* Every tensor of the file must be one the architecture uses: name the first that is not. */
+static kvrt_status check_all_used(const kvrt_gguf *g, const kvrt_model_file *mf, int64_t bound, kvrt_error *err)
+{
+    if ((uint64_t)bound == g->n_tensors)
+        return KVRT_OK;
+    char name[96];
+    for (uint64_t i = 0; i < g->n_tensors; i++) {
+        const kvrt_gguf_str n = g->tensors[i].name;
+        snprintf(name, sizeof(name), "%.*s", (int)KVRT_MIN(n.len, sizeof(name) - 1), n.ptr);
+        bool used = !strcmp(name, "token_embd.weight") || !strcmp(name, "output_norm.weight") ||
+                    (!strcmp(name, "output.weight") && mf->w.output.data != mf->w.tok_embd.data) ||
+                    (!strcmp(name, "rope_freqs.weight") && mf->w.rope_freqs.data);
+        int layer = -1, used_len = 0;
+        if (!used && sscanf(name, "blk.%d.%n", &layer, &used_len) == 1 && layer >= 0 && layer < mf->hp.n_layer) {
+            kvrt_tensor_slot slots[KVRT_LAYER_SLOTS];
+            kvrt_llama_layer_slots(&mf->hp, &mf->w.layers[layer], slots);
+            for (int k = 0; k < KVRT_LAYER_SLOTS && !used; k++)
+                used = slots[k].t->data && !strcmp(name + used_len, slots[k].name);
+        }
+        if (!used)
+            return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "tensor '%s' is not used by architecture %s", name, mf->arch);
+    }
+    return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "the file has %llu tensors, architecture %s uses %lld",
+                     (unsigned long long)g->n_tensors, mf->arch, (long long)bound);
+}
+
 static kvrt_status bind_weights(const kvrt_gguf *g, kvrt_model_file *mf, const kvrt_load_progress *progress,
                                 kvrt_error *err)
 {
     kvrt_llama_weights *w = &mf->w;
     /* block_count sizes an allocation: check it against the tensors first */
     if ((uint64_t)mf->hp.n_layer > g->n_tensors / 9)
-        return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "GGUF llama.block_count %d needs %lld tensors, the file has %llu",
-                         mf->hp.n_layer, 9LL * mf->hp.n_layer + 2, (unsigned long long)g->n_tensors);
+        return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "GGUF %s.block_count %d needs %lld tensors, the file has %llu",
+                         mf->arch, mf->hp.n_layer, 9LL * mf->hp.n_layer + 2, (unsigned long long)g->n_tensors);
     KVRT_TRY(kvrt_model_file_alloc_layers(mf, err));
-    KVRT_TRY(bind_tensor(g, "token_embd.weight", false, &w->tok_embd, err));
-    KVRT_TRY(bind_tensor(g, "output_norm.weight", false, &w->output_norm, err));
-    KVRT_TRY(bind_tensor(g, "output.weight", true, &w->output, err));
+    int64_t bound = 0;
+    KVRT_TRY(bind_tensor(g, mf, "token_embd.weight", false, &w->tok_embd, &bound, err));
+    KVRT_TRY(bind_tensor(g, mf, "output_norm.weight", false, &w->output_norm, &bound, err));
+    KVRT_TRY(bind_tensor(g, mf, "output.weight", true, &w->output, &bound, err));
+    KVRT_TRY(bind_tensor(g, mf, "rope_freqs.weight", true, &w->rope_freqs, &bound, err));
     if (!w->output.data)
         w->output = w->tok_embd; /* tied classifier */
-    static const char *const names[] = {"attn_norm", "attn_q",   "attn_k",   "attn_v", "attn_output",
-                                        "ffn_norm",  "ffn_gate", "ffn_down", "ffn_up"};
     for (int32_t i = 0; i < mf->hp.n_layer; i++) {
-        kvrt_llama_layer *l = &w->layers[i];
-        kvrt_tensor_ref *refs[] = {&l->attn_norm, &l->wq,       &l->wk,       &l->wv,    &l->wo,
-                                   &l->ffn_norm,  &l->ffn_gate, &l->ffn_down, &l->ffn_up};
-        for (size_t k = 0; k < KVRT_ARRAY_LEN(names); k++) {
-            char name[64];
-            snprintf(name, sizeof(name), "blk.%d.%s.weight", i, names[k]);
-            KVRT_TRY(bind_tensor(g, name, false, refs[k], err));
+        kvrt_tensor_slot slots[KVRT_LAYER_SLOTS];
+        int32_t n = kvrt_llama_layer_slots(&mf->hp, &w->layers[i], slots);
+        for (int32_t k = 0; k < n; k++) {
+            if (slots[k].need == KVRT_TENSOR_UNUSED)
+                continue; /* check_all_used names it if the file has it */
+            char name[96];
+            snprintf(name, sizeof(name), "blk.%d.%s", i, slots[k].name);
+            KVRT_TRY(bind_tensor(g, mf, name, slots[k].need == KVRT_TENSOR_OPTIONAL, slots[k].t, &bound, err));
         }
         report(progress, (double)(i + 1) / mf->hp.n_layer);
     }
     mf->main_type = mf->hp.n_layer > 0 ? w->layers[0].wq.type : w->tok_embd.type;
+    KVRT_TRY(check_all_used(g, mf, bound, err));
     return kvrt_model_file_check_weights(mf, err);
 }
 
@@ -312,7 +484,7 @@ static kvrt_status map_gguf(const kvrt_gguf *g, bool vocab_only_ok, const kvrt_l
         return KVRT_OK;
     }
     mf->hp.n_vocab = mf->vocab.n_tokens;
-    KVRT_TRY(read_hparams(g, &mf->hp, err));
+    KVRT_TRY(read_hparams(g, mf, err));
     return bind_weights(g, mf, progress, err);
 }
 

@@ -19,19 +19,41 @@ typedef struct kvrt_tensor_ref {
     int64_t ne[2];
 } kvrt_tensor_ref;
 
+/* The architectures kvrt runs: one graph with per-family options. */
+typedef enum kvrt_arch {
+    KVRT_ARCH_LLAMA = 0, /* Llama 2/3.x, Mistral, TinyLlama, SmolLM: adjacent-pair RoPE */
+    KVRT_ARCH_QWEN2 = 1, /* Qwen2/2.5: Q/K/V biases, NeoX RoPE */
+    KVRT_ARCH_QWEN3 = 2  /* Qwen3: per-head RMSNorm on Q and K before RoPE, NeoX RoPE */
+} kvrt_arch;
+
+/* RoPE scaling ({arch}.rope.scaling.type). */
+typedef enum kvrt_rope_scaling {
+    KVRT_ROPE_SCALING_NONE = 0,
+    KVRT_ROPE_SCALING_LINEAR = 1, /* positions divided by the factor */
+    KVRT_ROPE_SCALING_YARN = 2    /* YaRN: interpolation ramped over dimensions, magnitude corrected */
+} kvrt_rope_scaling;
+
 typedef struct kvrt_llama_hparams {
+    kvrt_arch arch;
     int32_t n_vocab;
     int32_t n_embd;      /* dim */
     int32_t n_layer;
     int32_t n_ff;        /* hidden_dim of the FFN */
     int32_t n_head;
     int32_t n_head_kv;
-    int32_t head_dim;    /* n_embd / n_head */
+    int32_t head_dim;    /* {arch}.attention.key_length, else n_embd / n_head */
     int32_t n_ctx_train; /* as the file states it (may be smaller than trained, see DESIGN) */
     int32_t rope_dim;    /* rotated dims per head (== head_dim unless the file says otherwise) */
-    int32_t rope_neox;   /* 0 for the llama architecture */
+    int32_t rope_neox;   /* 0: adjacent pairs (llama); 1: halves (qwen2, qwen3) */
     float rope_freq_base; /* default 10000 */
     float rms_eps;        /* default 1e-5 */
+    /* RoPE scaling; zero fields take the defaults kvrt_llama_hparams_check fills in */
+    kvrt_rope_scaling rope_scaling;
+    float rope_scale;        /* the factor (1 = none) */
+    float rope_attn_factor;  /* magnitude factor on cos/sin (default 1) */
+    int32_t rope_orig_ctx;   /* YaRN: the context the model was trained at (default n_ctx_train) */
+    float yarn_beta_fast, yarn_beta_slow; /* YaRN's ramp ends (32, 1) */
+    int32_t sliding_window;  /* attention window (llama.attention.sliding_window); 0 = none */
 } kvrt_llama_hparams;
 
 typedef struct kvrt_llama_layer {
@@ -44,12 +66,19 @@ typedef struct kvrt_llama_layer {
     kvrt_tensor_ref ffn_gate;  /* [n_embd] x n_ff rows  (w1) */
     kvrt_tensor_ref ffn_down;  /* [n_ff] x n_embd rows  (w2) */
     kvrt_tensor_ref ffn_up;    /* [n_embd] x n_ff rows  (w3) */
+    /* per family; data NULL when absent */
+    kvrt_tensor_ref bq;        /* [n_head*head_dim] F32 (qwen2; optional for llama) */
+    kvrt_tensor_ref bk;        /* [n_head_kv*head_dim] F32 */
+    kvrt_tensor_ref bv;        /* [n_head_kv*head_dim] F32 */
+    kvrt_tensor_ref q_norm;    /* [head_dim] F32 (qwen3) */
+    kvrt_tensor_ref k_norm;    /* [head_dim] F32 (qwen3) */
 } kvrt_llama_layer;
 
 typedef struct kvrt_llama_weights {
     kvrt_tensor_ref tok_embd;    /* [n_embd] x n_vocab rows */
     kvrt_tensor_ref output_norm; /* [n_embd] */
     kvrt_tensor_ref output;      /* [n_embd] x n_vocab rows; == tok_embd when tied */
+    kvrt_tensor_ref rope_freqs;  /* [rope_dim / 2] F32 per-dimension frequency divisors (Llama 3.1); optional */
     kvrt_llama_layer *layers;    /* [n_layer] */
 } kvrt_llama_weights;
 
@@ -117,7 +146,10 @@ typedef struct kvrt_load_progress {
     void *user;
 } kvrt_load_progress;
 
-/* GGUF v2/v3 file, architecture llama. vocab_only_ok: accept a file with no
+/* "llama", "qwen2", "qwen3". */
+const char *kvrt_arch_name(kvrt_arch arch);
+
+/* GGUF v2/v3 file, architecture llama, qwen2 or qwen3. vocab_only_ok: accept a file with no
  * tensors (tokenizer-only). Errors: IO, BAD_MODEL (naming the key/tensor),
  * BAD_TOKENIZER, UNSUPPORTED (tensor type or tokenizer model kvrt does not run). */
 kvrt_status kvrt_model_file_load_gguf(const char *path, const kvrt_allocator *alloc, bool vocab_only_ok,

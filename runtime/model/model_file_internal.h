@@ -12,6 +12,24 @@ kvrt_status kvrt_model_file_alloc_layers(kvrt_model_file *mf, kvrt_error *err);
 /* Hyper-parameters: positive, head counts consistent, derived fields filled
  * (head_dim; rope_dim when 0). BAD_MODEL naming the inconsistency. */
 kvrt_status kvrt_llama_hparams_check(kvrt_llama_hparams *hp, kvrt_error *err);
+/* Whether a layer tensor belongs to the architecture. */
+typedef enum kvrt_tensor_need {
+    KVRT_TENSOR_REQUIRED = 0,
+    KVRT_TENSOR_OPTIONAL = 1, /* read when the file has it */
+    KVRT_TENSOR_UNUSED = 2    /* not part of this architecture: an error if the file has it */
+} kvrt_tensor_need;
+
+/* One layer tensor: where it goes, its GGUF name after "blk.N.", its shape. */
+typedef struct kvrt_tensor_slot {
+    kvrt_tensor_ref *t;
+    const char *name;
+    int64_t ne0, ne1;
+    kvrt_tensor_need need;
+} kvrt_tensor_slot;
+
+#define KVRT_LAYER_SLOTS 14
+/* The tensors of one layer for hp's architecture (KVRT_LAYER_SLOTS of them). */
+int32_t kvrt_llama_layer_slots(const kvrt_llama_hparams *hp, kvrt_llama_layer *l, kvrt_tensor_slot *out);
 /* Every weight present, of a type kvrt runs, with the shape hp implies. */
 kvrt_status kvrt_model_file_check_weights(const kvrt_model_file *mf, kvrt_error *err);
 /* Sets a tensor reference from a 1-D or 2-D shape; nbytes from the type. */

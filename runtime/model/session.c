@@ -11,8 +11,12 @@ struct kvrt_session {
     kvrt_session_params p;
     kvrt_kv_cache *cache;  /* every layer's K and V blocks */
     int32_t max_blocks;    /* block table row length: ceil(n_ctx / block_size) */
-    int32_t *block_table;  /* [max_blocks], -1 = unassigned */
-    int32_t blocks_used;
+    int32_t *block_table;  /* [max_blocks], -1 = unassigned or released */
+    int32_t blocks_used;   /* blocks the sequence holds */
+    int32_t n_assigned;    /* table entries handed a block so far (released ones included) */
+    int32_t *free_blocks;  /* [num_blocks] stack of free block ids; the next is on top */
+    int32_t n_free;
+    int32_t window;        /* the model's sliding window; 0 = none */
     int32_t n_past;
     /* host batch arrays, [n_batch] each */
     int32_t *positions, *slots, *logits_idx;
@@ -36,6 +40,7 @@ void kvrt_session_destroy(kvrt_session *s)
         return;
     kvrt_kv_cache_destroy(s->cache);
     kvrt_free(sess_alloc(s), s->block_table);
+    kvrt_free(sess_alloc(s), s->free_blocks);
     kvrt_free(sess_alloc(s), s->positions);
     kvrt_free(sess_alloc(s), s->slots);
     kvrt_free(sess_alloc(s), s->logits_idx);
@@ -76,8 +81,13 @@ kvrt_status kvrt_session_create(kvrt_model *m, const kvrt_session_params *params
     kvrt_session_params p = params ? *params : kvrt_session_default_params();
     KVRT_TRY(check_params(m, &p, err));
     int32_t max_blocks = (p.n_ctx + p.block_size - 1) / p.block_size;
-    if (p.num_blocks == 0)
+    int32_t window = m->mf->hp.sliding_window;
+    if (p.num_blocks == 0) {
         p.num_blocks = max_blocks;
+        /* a sliding window holds at most window - 1 earlier positions and one chunk: a smaller pool */
+        if (window > 0)
+            p.num_blocks = KVRT_MIN(max_blocks, (window - 1 + p.n_batch + p.block_size - 1) / p.block_size + 1);
+    }
     const kvrt_allocator *a = m->ctx->alloc;
     kvrt_session *s = kvrt_calloc(a, 1, sizeof(*s));
     if (!s)
@@ -85,16 +95,17 @@ kvrt_status kvrt_session_create(kvrt_model *m, const kvrt_session_params *params
     s->model = m;
     s->p = p;
     s->max_blocks = max_blocks;
+    s->window = window;
     s->block_table = kvrt_calloc(a, (size_t)max_blocks, sizeof(int32_t));
+    s->free_blocks = kvrt_calloc(a, (size_t)p.num_blocks, sizeof(int32_t));
     s->positions = kvrt_calloc(a, (size_t)p.n_batch, sizeof(int32_t));
     s->slots = kvrt_calloc(a, (size_t)p.n_batch, sizeof(int32_t));
     s->logits_idx = kvrt_calloc(a, (size_t)p.n_batch, sizeof(int32_t));
-    if (!s->block_table || !s->positions || !s->slots || !s->logits_idx) {
+    if (!s->block_table || !s->free_blocks || !s->positions || !s->slots || !s->logits_idx) {
         kvrt_session_destroy(s);
         return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "session: out of host memory");
     }
-    for (int32_t i = 0; i < max_blocks; i++)
-        s->block_table[i] = -1;
+    kvrt_session_reset(s);
     const kvrt_llama_hparams *hp = &m->mf->hp;
     kvrt_kv_cache_params cp = {.n_layers = hp->n_layer, .n_kv_heads = hp->n_head_kv, .head_dim = hp->head_dim,
                                .block_size = p.block_size, .num_blocks = p.num_blocks, .dtype = p.kv_type};
@@ -113,28 +124,47 @@ kvrt_status kvrt_session_reset(kvrt_session *s)
         return KVRT_ERR_INVALID_ARGUMENT;
     for (int32_t i = 0; i < s->max_blocks; i++)
         s->block_table[i] = -1;
+    /* blocks come off the stack in order 0, 1, 2, ... (see kvrt_session_adopt) */
+    for (int32_t i = 0; i < s->p.num_blocks; i++)
+        s->free_blocks[i] = s->p.num_blocks - 1 - i;
+    s->n_free = s->p.num_blocks;
     s->blocks_used = 0;
+    s->n_assigned = 0;
     s->n_past = 0;
     return KVRT_OK;
 }
 
-/* Makes sure blocks exist for positions [0, end); all or nothing. Blocks are
- * handed out in order: one sequence owns the whole pool. */
+/* A sliding window: blocks wholly before position `pos` go back to the pool. */
+static void release_before(kvrt_session *s, int32_t pos)
+{
+    for (int32_t b = 0; b < s->n_assigned && (b + 1) * s->p.block_size <= pos; b++)
+        if (s->block_table[b] >= 0) {
+            s->free_blocks[s->n_free++] = s->block_table[b];
+            s->block_table[b] = -1;
+            s->blocks_used--;
+        }
+}
+
+/* Makes sure blocks exist for positions [0, end) (but those released);
+ * all or nothing. One sequence owns the whole pool. */
 static kvrt_status ensure_blocks(kvrt_session *s, int32_t end)
 {
     int32_t need = (end + s->p.block_size - 1) / s->p.block_size;
-    if (need > s->p.num_blocks)
-        return kvrt_fail(&s->err, KVRT_ERR_OUT_OF_BLOCKS, "%d positions need %d KV blocks of %d; the pool has %d",
-                         (int)end, (int)need, (int)s->p.block_size, (int)s->p.num_blocks);
-    for (int32_t b = s->blocks_used; b < need; b++)
-        s->block_table[b] = b;
-    if (need > s->blocks_used)
-        s->blocks_used = need;
+    if (need - s->n_assigned > s->n_free)
+        return kvrt_fail(&s->err, KVRT_ERR_OUT_OF_BLOCKS,
+                         "%d positions need %d more KV blocks of %d; the pool has %d free of %d", (int)end,
+                         (int)(need - s->n_assigned), (int)s->p.block_size, (int)s->n_free, (int)s->p.num_blocks);
+    for (; s->n_assigned < need; s->n_assigned++) {
+        s->block_table[s->n_assigned] = s->free_blocks[--s->n_free];
+        s->blocks_used++;
+    }
     return KVRT_OK;
 }
 
 static kvrt_status eval_chunk(kvrt_session *s, const int32_t *tokens, int32_t n, bool want_all, float *logits)
 {
+    if (s->window > 0) /* the chunk's first query sees keys from n_past - window + 1 on */
+        release_before(s, s->n_past - s->window + 1);
     KVRT_TRY(ensure_blocks(s, s->n_past + n));
     int32_t bs = s->p.block_size;
     for (int32_t i = 0; i < n; i++) {

@@ -11,7 +11,103 @@
 
 /* ---- llama GGUF layout ------------------------------------------------------------- */
 
-enum { PER_LAYER = 9 };
+enum { PER_LAYER = 9, EXTRA_BIAS = 3, EXTRA_NORM = 2 };
+
+kvrt_llama_layout kvrt_llama_layout_of(const kvrt_model_file *mf, bool with_output)
+{
+    const kvrt_llama_weights *w = &mf->w;
+    kvrt_llama_layout l = {.with_output = with_output || w->output.data != w->tok_embd.data,
+                           .with_rope_freqs = w->rope_freqs.data != NULL};
+    if (mf->hp.n_layer > 0 && w->layers) {
+        l.with_bias = w->layers[0].bq.data != NULL;
+        l.with_qk_norm = w->layers[0].q_norm.data != NULL;
+    }
+    return l;
+}
+
+static int32_t layout_head(const kvrt_llama_layout *l)
+{
+    return 2 + (l->with_output ? 1 : 0) + (l->with_rope_freqs ? 1 : 0);
+}
+
+static int32_t layout_per_layer(const kvrt_llama_layout *l)
+{
+    return PER_LAYER + (l->with_bias ? EXTRA_BIAS : 0) + (l->with_qk_norm ? EXTRA_NORM : 0);
+}
+
+int32_t kvrt_llama_layout_count(const kvrt_llama_hparams *hp, const kvrt_llama_layout *l)
+{
+    return layout_head(l) + layout_per_layer(l) * hp->n_layer;
+}
+
+/* Slot k of a layer: the 9 of every family in llama.cpp's order, then biases, then Q/K norms. */
+static void layer_slot(const kvrt_llama_hparams *hp, const kvrt_llama_layout *l, int32_t k, const char **name,
+                       int64_t *ne0, int64_t *ne1)
+{
+    int64_t d = hp->n_embd, hd = hp->head_dim ? hp->head_dim : hp->n_embd / hp->n_head;
+    int64_t q = hp->n_head * hd, kv = hp->n_head_kv * hd;
+    static const char *const names[PER_LAYER + EXTRA_BIAS + EXTRA_NORM] = {
+        "attn_q.weight",   "attn_k.weight",   "attn_v.weight", "attn_output.weight", "attn_norm.weight",
+        "ffn_gate.weight", "ffn_down.weight", "ffn_up.weight", "ffn_norm.weight",    "attn_q.bias",
+        "attn_k.bias",     "attn_v.bias",     "attn_q_norm.weight", "attn_k_norm.weight"};
+    const int64_t shapes[PER_LAYER + EXTRA_BIAS + EXTRA_NORM][2] = {
+        {d, q}, {d, kv}, {d, kv}, {q, d}, {d, 1}, {d, hp->n_ff}, {hp->n_ff, d}, {d, hp->n_ff}, {d, 1},
+        {q, 1}, {kv, 1}, {kv, 1}, {hd, 1}, {hd, 1}};
+    if (k >= PER_LAYER && !l->with_bias)
+        k += EXTRA_BIAS;
+    *name = names[k];
+    *ne0 = shapes[k][0];
+    *ne1 = shapes[k][1];
+}
+
+void kvrt_llama_layout_desc(const kvrt_llama_hparams *hp, const kvrt_llama_layout *l, int32_t index, char *name,
+                            size_t name_size, int64_t *ne0, int64_t *ne1)
+{
+    int32_t head = layout_head(l);
+    if (index < head) {
+        const char *names[4] = {"token_embd.weight", "output_norm.weight", NULL, NULL};
+        int32_t k = 2;
+        if (l->with_output)
+            names[k++] = "output.weight";
+        if (l->with_rope_freqs)
+            names[k++] = "rope_freqs.weight";
+        snprintf(name, name_size, "%s", names[index]);
+        bool freqs = !strcmp(names[index], "rope_freqs.weight");
+        int32_t rd = hp->rope_dim ? hp->rope_dim : (hp->head_dim ? hp->head_dim : hp->n_embd / hp->n_head);
+        *ne0 = freqs ? rd / 2 : hp->n_embd;
+        *ne1 = index == 1 || freqs ? 1 : hp->n_vocab;
+        return;
+    }
+    int32_t per = layout_per_layer(l), layer = (index - head) / per;
+    const char *slot;
+    layer_slot(hp, l, (index - head) % per, &slot, ne0, ne1);
+    snprintf(name, name_size, "blk.%d.%s", layer, slot);
+}
+
+const kvrt_tensor_ref *kvrt_llama_layout_ref(const kvrt_model_file *mf, const kvrt_llama_layout *l, int32_t index)
+{
+    const kvrt_llama_weights *w = &mf->w;
+    int32_t head = layout_head(l);
+    if (index < 0 || index >= kvrt_llama_layout_count(&mf->hp, l))
+        return NULL;
+    if (index < head) {
+        const kvrt_tensor_ref *refs[4] = {&w->tok_embd, &w->output_norm, NULL, NULL};
+        int32_t k = 2;
+        if (l->with_output)
+            refs[k++] = &w->output;
+        if (l->with_rope_freqs)
+            refs[k++] = &w->rope_freqs;
+        return refs[index];
+    }
+    int32_t per = layout_per_layer(l), k = (index - head) % per;
+    const kvrt_llama_layer *y = &w->layers[(index - head) / per];
+    if (k >= PER_LAYER && !l->with_bias)
+        k += EXTRA_BIAS;
+    const kvrt_tensor_ref *refs[PER_LAYER + EXTRA_BIAS + EXTRA_NORM] = {
+        &y->wq,       &y->wk,     &y->wv,       &y->wo, &y->attn_norm, &y->ffn_gate, &y->ffn_down,
+        &y->ffn_up,   &y->ffn_norm, &y->bq,     &y->bk, &y->bv,        &y->q_norm,   &y->k_norm};
+    return refs[k];
+}
 
 int32_t kvrt_llama_tensor_count(int32_t n_layer, bool with_output)
 {
@@ -21,38 +117,14 @@ int32_t kvrt_llama_tensor_count(int32_t n_layer, bool with_output)
 void kvrt_llama_tensor_desc(const kvrt_llama_hparams *hp, bool with_output, int32_t index, char *name,
                             size_t name_size, int64_t *ne0, int64_t *ne1)
 {
-    int64_t d = hp->n_embd, hd = hp->n_embd / hp->n_head;
-    int64_t q = hp->n_head * hd, kv = hp->n_head_kv * hd;
-    int32_t head = 2 + (with_output ? 1 : 0);
-    if (index < head) {
-        static const char *const names[] = {"token_embd.weight", "output_norm.weight", "output.weight"};
-        snprintf(name, name_size, "%s", names[index]);
-        *ne0 = d;
-        *ne1 = index == 1 ? 1 : hp->n_vocab;
-        return;
-    }
-    static const char *const names[PER_LAYER] = {"attn_q",   "attn_k",   "attn_v", "attn_output", "attn_norm",
-                                                 "ffn_gate", "ffn_down", "ffn_up", "ffn_norm"};
-    int32_t layer = (index - head) / PER_LAYER, k = (index - head) % PER_LAYER;
-    const int64_t shapes[PER_LAYER][2] = {{d, q},        {d, kv},       {d, kv},       {q, d}, {d, 1},
-                                          {d, hp->n_ff}, {hp->n_ff, d}, {d, hp->n_ff}, {d, 1}};
-    snprintf(name, name_size, "blk.%d.%s.weight", layer, names[k]);
-    *ne0 = shapes[k][0];
-    *ne1 = shapes[k][1];
+    kvrt_llama_layout l = {.with_output = with_output};
+    kvrt_llama_layout_desc(hp, &l, index, name, name_size, ne0, ne1);
 }
 
 const kvrt_tensor_ref *kvrt_llama_tensor_ref(const kvrt_model_file *mf, bool with_output, int32_t index)
 {
-    const kvrt_llama_weights *w = &mf->w;
-    int32_t head = 2 + (with_output ? 1 : 0);
-    if (index < 0 || index >= kvrt_llama_tensor_count(mf->hp.n_layer, with_output))
-        return NULL;
-    if (index < head)
-        return index == 0 ? &w->tok_embd : index == 1 ? &w->output_norm : &w->output;
-    const kvrt_llama_layer *l = &w->layers[(index - head) / PER_LAYER];
-    const kvrt_tensor_ref *refs[PER_LAYER] = {&l->wq,       &l->wk,       &l->wv,     &l->wo,      &l->attn_norm,
-                                              &l->ffn_gate, &l->ffn_down, &l->ffn_up, &l->ffn_norm};
-    return refs[(index - head) % PER_LAYER];
+    kvrt_llama_layout l = {.with_output = with_output};
+    return kvrt_llama_layout_ref(mf, &l, index);
 }
 
 kvrt_dtype kvrt_llama_tensor_type(kvrt_dtype main_type, int64_t ne0, int64_t ne1)
@@ -66,22 +138,45 @@ kvrt_dtype kvrt_llama_tensor_type(kvrt_dtype main_type, int64_t ne0, int64_t ne1
 
 kvrt_status kvrt_llama_add_hparams(kvrt_gguf_writer *w, const kvrt_llama_hparams *hp, const char *name)
 {
-    KVRT_TRY(kvrt_gguf_writer_add_string(w, "general.architecture", "llama"));
+    const char *arch = kvrt_arch_name(hp->arch);
+    char k[96];
+#define AKEY(rest) (snprintf(k, sizeof(k), "%s.%s", arch, rest), k)
+    KVRT_TRY(kvrt_gguf_writer_add_string(w, "general.architecture", arch));
     KVRT_TRY(kvrt_gguf_writer_add_string(w, "general.name", name));
+    int32_t natural = hp->n_embd / hp->n_head, hd = hp->head_dim ? hp->head_dim : natural;
     const struct {
-        const char *key;
+        const char *rest;
         int32_t v;
+        bool write;
     } ints[] = {
-        {"llama.context_length", hp->n_ctx_train},       {"llama.embedding_length", hp->n_embd},
-        {"llama.feed_forward_length", hp->n_ff},         {"llama.attention.head_count", hp->n_head},
-        {"llama.attention.head_count_kv", hp->n_head_kv}, {"llama.block_count", hp->n_layer},
-        {"llama.rope.dimension_count", hp->rope_dim ? hp->rope_dim : hp->n_embd / hp->n_head},
+        {"context_length", hp->n_ctx_train, true},
+        {"embedding_length", hp->n_embd, true},
+        {"feed_forward_length", hp->n_ff, true},
+        {"attention.head_count", hp->n_head, true},
+        {"attention.head_count_kv", hp->n_head_kv, true},
+        {"block_count", hp->n_layer, true},
+        {"rope.dimension_count", hp->rope_dim ? hp->rope_dim : hd, true},
+        {"attention.key_length", hd, hd != natural || hp->n_embd % hp->n_head != 0},
+        {"attention.value_length", hd, hd != natural || hp->n_embd % hp->n_head != 0},
+        {"attention.sliding_window", hp->sliding_window, hp->sliding_window > 0},
     };
     for (size_t i = 0; i < KVRT_ARRAY_LEN(ints); i++)
-        KVRT_TRY(kvrt_gguf_writer_add_u32(w, ints[i].key, (uint32_t)ints[i].v));
-    KVRT_TRY(kvrt_gguf_writer_add_f32(w, "llama.attention.layer_norm_rms_epsilon", hp->rms_eps));
+        if (ints[i].write)
+            KVRT_TRY(kvrt_gguf_writer_add_u32(w, AKEY(ints[i].rest), (uint32_t)ints[i].v));
+    KVRT_TRY(kvrt_gguf_writer_add_f32(w, AKEY("attention.layer_norm_rms_epsilon"), hp->rms_eps));
     if (hp->rope_freq_base != 10000.0f)
-        KVRT_TRY(kvrt_gguf_writer_add_f32(w, "llama.rope.freq_base", hp->rope_freq_base));
+        KVRT_TRY(kvrt_gguf_writer_add_f32(w, AKEY("rope.freq_base"), hp->rope_freq_base));
+    if (hp->rope_scaling != KVRT_ROPE_SCALING_NONE) {
+        bool yarn = hp->rope_scaling == KVRT_ROPE_SCALING_YARN;
+        KVRT_TRY(kvrt_gguf_writer_add_string(w, AKEY("rope.scaling.type"), yarn ? "yarn" : "linear"));
+        KVRT_TRY(kvrt_gguf_writer_add_f32(w, AKEY("rope.scaling.factor"), hp->rope_scale));
+        if (yarn && hp->rope_orig_ctx > 0)
+            KVRT_TRY(kvrt_gguf_writer_add_u32(w, AKEY("rope.scaling.original_context_length"),
+                                              (uint32_t)hp->rope_orig_ctx));
+    }
+    if (hp->rope_attn_factor != 0.0f && hp->rope_attn_factor != 1.0f)
+        KVRT_TRY(kvrt_gguf_writer_add_f32(w, AKEY("rope.scaling.attn_factor"), hp->rope_attn_factor));
+#undef AKEY
     return KVRT_OK;
 }
 
@@ -123,11 +218,18 @@ kvrt_status kvrt_llama_add_vocab(kvrt_gguf_writer *w, const kvrt_vocab *v)
 kvrt_status kvrt_llama_add_tensors(kvrt_gguf_writer *w, const kvrt_llama_hparams *hp, kvrt_dtype main_type,
                                    bool with_output)
 {
-    int32_t n = kvrt_llama_tensor_count(hp->n_layer, with_output);
+    kvrt_llama_layout l = {.with_output = with_output};
+    return kvrt_llama_add_layout_tensors(w, hp, &l, main_type);
+}
+
+kvrt_status kvrt_llama_add_layout_tensors(kvrt_gguf_writer *w, const kvrt_llama_hparams *hp,
+                                          const kvrt_llama_layout *l, kvrt_dtype main_type)
+{
+    int32_t n = kvrt_llama_layout_count(hp, l);
     for (int32_t i = 0; i < n; i++) {
         char name[64];
         int64_t ne[2];
-        kvrt_llama_tensor_desc(hp, with_output, i, name, sizeof(name), &ne[0], &ne[1]);
+        kvrt_llama_layout_desc(hp, l, i, name, sizeof(name), &ne[0], &ne[1]);
         kvrt_dtype t = kvrt_llama_tensor_type(main_type, ne[0], ne[1]);
         KVRT_TRY(kvrt_gguf_writer_add_tensor(w, name, (uint32_t)t, ne[1] == 1 ? 1 : 2, ne));
     }
@@ -159,14 +261,14 @@ static kvrt_status export_all(const kvrt_model_file *mf, const kvrt_gguf_export_
     kvrt_llama_hparams hp = mf->hp;
     if (p->n_ctx > 0)
         hp.n_ctx_train = p->n_ctx;
-    bool with_output = p->with_output || mf->w.output.data != mf->w.tok_embd.data;
+    kvrt_llama_layout l = kvrt_llama_layout_of(mf, p->with_output);
     KVRT_TRY(kvrt_llama_add_hparams(w, &hp, p->name ? p->name : "llama"));
     KVRT_TRY(kvrt_llama_add_vocab(w, &mf->vocab));
-    KVRT_TRY(kvrt_llama_add_tensors(w, &hp, p->type, with_output));
+    KVRT_TRY(kvrt_llama_add_layout_tensors(w, &hp, &l, p->type));
     KVRT_TRY(kvrt_gguf_writer_write_header(w, f));
-    int32_t n = kvrt_llama_tensor_count(hp.n_layer, with_output);
+    int32_t n = kvrt_llama_layout_count(&hp, &l);
     for (int32_t i = 0; i < n; i++) {
-        const kvrt_tensor_ref *t = kvrt_llama_tensor_ref(mf, with_output, i);
+        const kvrt_tensor_ref *t = kvrt_llama_layout_ref(mf, &l, i);
         KVRT_TRY(export_tensor(w, f, t, kvrt_llama_tensor_type(p->type, t->ne[0], t->ne[1]), row, qrow));
         if (progress && progress->fn)
             progress->fn(progress->user, (double)(i + 1) / n);
@@ -317,16 +419,22 @@ static float rng_normal(uint64_t *s)
     return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
 }
 
-static kvrt_status write_tensor(kvrt_gguf_writer *w, FILE *f, const kvrt_synth_params *p, int64_t ne0, int64_t ne1,
-                                uint64_t *rng, float *row, void *qrow)
+static kvrt_status write_tensor(kvrt_gguf_writer *w, FILE *f, const kvrt_synth_params *p, const char *name,
+                                int64_t ne0, int64_t ne1, uint64_t *rng, float *row, void *qrow)
 {
     kvrt_dtype t = kvrt_llama_tensor_type(p->type, ne0, ne1);
     size_t rb = kvrt_dtype_row_bytes(t, ne0);
     float sd = p->stddev > 0.0f ? p->stddev : 0.02f;
+    bool bias = strstr(name, ".bias") != NULL, freqs = !strcmp(name, "rope_freqs.weight");
     for (int64_t r = 0; r < ne1; r++) {
-        /* Norm weights near 1 keep activations at the scale RMSNorm gives them. */
+        /* Norm weights near 1 keep activations at the scale RMSNorm gives them; biases are
+         * larger than the products they join (so they matter); rope_freqs rise from 1 to
+         * 8 over the pairs, as Llama 3.1's do from high to low frequencies. */
         for (int64_t j = 0; j < ne0; j++)
-            row[j] = ne1 == 1 ? 1.0f + 0.1f * rng_normal(rng) : sd * rng_normal(rng);
+            row[j] = freqs  ? 1.0f + 7.0f * (float)j / (float)KVRT_MAX(ne0 - 1, 1)
+                     : bias ? 0.5f * rng_normal(rng)
+                     : ne1 == 1 ? 1.0f + 0.1f * rng_normal(rng)
+                                : sd * rng_normal(rng);
         kvrt_quantize_row(t, row, qrow, ne0);
         if (kvrt_gguf_writer_write_data(w, f, qrow, rb) != KVRT_OK)
             return kvrt_gguf_writer_error(w)->status;
@@ -334,17 +442,26 @@ static kvrt_status write_tensor(kvrt_gguf_writer *w, FILE *f, const kvrt_synth_p
     return KVRT_OK;
 }
 
+kvrt_llama_layout kvrt_synth_layout(const kvrt_synth_params *p)
+{
+    kvrt_llama_layout l = {.with_output = !p->tied_output,
+                           .with_rope_freqs = p->rope_freqs,
+                           .with_bias = p->hp.arch == KVRT_ARCH_QWEN2 || (p->hp.arch == KVRT_ARCH_LLAMA && p->bias),
+                           .with_qk_norm = p->hp.arch == KVRT_ARCH_QWEN3};
+    return l;
+}
+
 static kvrt_status synth_body(const kvrt_synth_params *p, kvrt_gguf_writer *w, FILE *f, float *row, void *qrow,
                               const kvrt_load_progress *progress)
 {
-    bool with_output = !p->tied_output;
-    int32_t n = p->vocab_only ? 0 : kvrt_llama_tensor_count(p->hp.n_layer, with_output);
+    kvrt_llama_layout l = kvrt_synth_layout(p);
+    int32_t n = p->vocab_only ? 0 : kvrt_llama_layout_count(&p->hp, &l);
     uint64_t rng = p->seed;
     for (int32_t i = 0; i < n; i++) {
         char name[64];
         int64_t ne0, ne1;
-        kvrt_llama_tensor_desc(&p->hp, with_output, i, name, sizeof(name), &ne0, &ne1);
-        KVRT_TRY(write_tensor(w, f, p, ne0, ne1, &rng, row, qrow));
+        kvrt_llama_layout_desc(&p->hp, &l, i, name, sizeof(name), &ne0, &ne1);
+        KVRT_TRY(write_tensor(w, f, p, name, ne0, ne1, &rng, row, qrow));
         if (progress && progress->fn)
             progress->fn(progress->user, (double)(i + 1) / n);
     }
@@ -357,8 +474,10 @@ static kvrt_status synth_header(const kvrt_synth_params *p, const kvrt_vocab *v,
      * readers (kvrt, llama.cpp) take it from general.name, so keep it there. */
     KVRT_TRY(kvrt_llama_add_hparams(w, &p->hp, v->special_rstrip ? "kvrt-synth phi3" : "kvrt-synth"));
     KVRT_TRY(kvrt_llama_add_vocab(w, v));
-    if (!p->vocab_only)
-        KVRT_TRY(kvrt_llama_add_tensors(w, &p->hp, p->type, !p->tied_output));
+    if (!p->vocab_only) {
+        kvrt_llama_layout l = kvrt_synth_layout(p);
+        KVRT_TRY(kvrt_llama_add_layout_tensors(w, &p->hp, &l, p->type));
+    }
     return kvrt_gguf_writer_write_header(w, f);
 }
 

@@ -9,6 +9,27 @@
 
 /* ---- llama GGUF layout ---------------------------------------------------------- */
 
+/* Which optional tensors a file has: output.weight (untied), rope_freqs.weight,
+ * Q/K/V biases, Q/K norms. */
+typedef struct kvrt_llama_layout {
+    bool with_output, with_rope_freqs, with_bias, with_qk_norm;
+} kvrt_llama_layout;
+
+/* The layout of a loaded model (with_output forces output.weight even when tied). */
+kvrt_llama_layout kvrt_llama_layout_of(const kvrt_model_file *mf, bool with_output);
+/* Tensor count, name and shape ([ne0] x ne1 rows) of tensor `index`, and the
+ * loaded model's tensor there: token_embd, output_norm, [output],
+ * [rope_freqs], then per layer llama.cpp's nine (attn_q, attn_k, attn_v,
+ * attn_output, attn_norm, ffn_gate, ffn_down, ffn_up, ffn_norm), [the three
+ * biases], [the two Q/K norms]. */
+int32_t kvrt_llama_layout_count(const kvrt_llama_hparams *hp, const kvrt_llama_layout *l);
+void kvrt_llama_layout_desc(const kvrt_llama_hparams *hp, const kvrt_llama_layout *l, int32_t index, char *name,
+                            size_t name_size, int64_t *ne0, int64_t *ne1);
+const kvrt_tensor_ref *kvrt_llama_layout_ref(const kvrt_model_file *mf, const kvrt_llama_layout *l, int32_t index);
+kvrt_status kvrt_llama_add_layout_tensors(kvrt_gguf_writer *w, const kvrt_llama_hparams *hp,
+                                          const kvrt_llama_layout *l, kvrt_dtype main_type);
+
+/* The same for the plain layout (no rope_freqs, biases or norms). */
 /* Number of tensors of a llama model with n_layer layers (output.weight included when untied). */
 int32_t kvrt_llama_tensor_count(int32_t n_layer, bool with_output);
 /* Name, shape ([ne0] x ne1 rows; ne1 == 1 for norms) of tensor `index` in
@@ -21,7 +42,8 @@ const kvrt_tensor_ref *kvrt_llama_tensor_ref(const kvrt_model_file *mf, bool wit
 /* The type a tensor gets in a file whose matrices are `main_type`: norms stay
  * F32; a row not a multiple of the quant block stays F16 (F32 for main F32). */
 kvrt_dtype kvrt_llama_tensor_type(kvrt_dtype main_type, int64_t ne0, int64_t ne1);
-/* The llama.* and general.* keys (freq_base only when it is not the default 10000). */
+/* The {arch}.* and general.* keys (freq_base only when it is not the default 10000;
+ * key_length when heads are not n_embd / n_head wide; RoPE scaling and the sliding window when set). */
 kvrt_status kvrt_llama_add_hparams(kvrt_gguf_writer *w, const kvrt_llama_hparams *hp, const char *name);
 /* tokenizer.ggml.* keys of a SentencePiece ("llama") vocabulary. */
 kvrt_status kvrt_llama_add_vocab(kvrt_gguf_writer *w, const kvrt_vocab *v);
@@ -52,7 +74,12 @@ typedef struct kvrt_synth_params {
     float stddev;          /* of the matrices; 0 = 0.02 */
     bool vocab_only;       /* keys and vocabulary, no tensors (a tokenizer-only file) */
     const kvrt_vocab *vocab; /* a real vocabulary to write (its size sets hp.n_vocab); NULL = the synthetic one */
+    bool rope_freqs;       /* write rope_freqs.weight (llama; per-pair divisors rising from 1 to 8) */
+    bool bias;             /* Q/K/V biases on a llama model (qwen2 always has them) */
 } kvrt_synth_params;
+
+/* The tensors a synthetic model gets: hp.arch's family tensors and the options above. */
+kvrt_llama_layout kvrt_synth_layout(const kvrt_synth_params *p);
 
 /* A shape of the preset table (model/shapes.h) by name or alias: "tiny" (a
  * few KB), "15m", "110m", "1b", "7b", "llama-3-8b", ... False when unknown. */

@@ -40,7 +40,9 @@ for k in ("tool", "bench", "backend", "device", "openblas_core", "openblas_threa
           "gen", "reps", "memory_bandwidth", "results", "kv_cache_scaling", "summary"):
     need(k in d, "top-level key " + k)
 need(d["bench"] == "model" and d["backend"] == "cpu" and d["quick"] is True, "bench/backend/quick")
-need(d["openblas_threads"] >= 1 and d["openblas_core"], "OpenBLAS core and threads")
+# a build without OpenBLAS (-DKVRT_OPENBLAS=OFF) reports none
+need((d["openblas_core"] is None and d["openblas_threads"] == 0) or
+     (d["openblas_threads"] >= 1 and d["openblas_core"]), "OpenBLAS core and threads")
 bws = d["memory_bandwidth"]
 need([b["threads"] for b in bws] == [1, 2], "a bandwidth measurement per thread count")
 for b in bws:
@@ -54,6 +56,7 @@ by_type = {}
 for r in res:
     name = "%s %s t%d" % (r["model"], r["type"], r["threads"])
     need(r["model"] == "quick" and pos(r["n_params"]), name + " model")
+    need(r["blas"] is True, name + " OpenBLAS allowed by default")
     # decode reads every weight but the embedding table (one row of it)
     need(0 < r["weight_bytes_per_token"] < r["weight_bytes"], name + " bytes per token")
     need(r["prefill"]["tokens"] == d["prompt_len"] and r["decode"]["tokens"] == d["gen"], name + " token counts")
@@ -94,10 +97,21 @@ grep -q "memory bandwidth (2 thread" "$err" || fail "--json: bandwidth line not 
 run model --model "$models/stories260K.gguf" -t 1 --prompt-len 8 --gen 4 --reps 1 --cache-lens none
 [ "$rc" -eq 0 ] || { fail "model --model exited $rc"; cat "$err" >&2; }
 grep -q "^| model" "$out" || fail "table not on stdout"
-grep -q "OpenBLAS core" "$out" || fail "OpenBLAS core not printed"
+grep -Eq "OpenBLAS core|no OpenBLAS" "$out" || fail "OpenBLAS core not printed"
 [ "$(grep -c '^| stories260K.gguf' "$out")" -eq 1 ] || fail "--model: want one row"
 grep -q "^| steps" "$out" && fail "--cache-lens none still printed the cache table"
 grep -q "^{" "$out" && fail "JSON on stdout without --json"
+
+# --- OpenBLAS on and off: every row both ways ----------------------------------------------
+run model --model "$models/stories260K.gguf" -t 1 --prompt-len 40 --gen 2 --reps 1 --cache-lens none --blas on,off
+[ "$rc" -eq 0 ] || { fail "model --blas on,off exited $rc"; cat "$err" >&2; }
+[ "$(grep -c '^| stories260K.gguf .* | on ' "$out")" -eq 1 ] || fail "--blas on,off: want one row with OpenBLAS on"
+[ "$(grep -c '^| stories260K.gguf .* | off ' "$out")" -eq 1 ] || fail "--blas on,off: want one row with OpenBLAS off"
+grep -q "OpenBLAS .*disabled\|no OpenBLAS" "$err" || fail "--blas off: the context does not say OpenBLAS is disabled"
+for bad in "maybe" "on,on" "on,off,on" ""; do
+    run model --quick --blas "$bad"
+    [ "$rc" -eq 2 ] || fail "--blas '$bad': exit $rc, want 2"
+done
 
 # --- GPU backends: every row also on the CPU, ratios in the JSON ------------------------
 # tiny runs (PoCL / lavapipe here): the fields are checked, never the speeds; the

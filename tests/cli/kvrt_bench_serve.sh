@@ -70,6 +70,26 @@ run --model "$model" --requests 4 --kv-type f16 --block-size 8
 grep -q "KV f16, block size 8" "$out" || fail "table header on stdout"
 grep -q "continuous vs static" "$out" || fail "comparison lines on stdout"
 
+# --- a recorded workload replayed (what tools/kvrt-server-load.py compares against) ----
+wl=$(mktemp)
+printf '# max_tokens ids...\n5 1 403 407 261 378\n\n12 1 2 3 4\n7 1 9\n' >"$wl"
+run --model "$model" --workload "$wl" --concurrency 2 --json
+[ "$rc" -eq 0 ] || { fail "serve --workload exited $rc"; cat "$err" >&2; }
+python3 - "$out" <<'PY' || fail "--workload JSON"
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["requests"] == 3 and d["concurrency"] == 2, d
+assert d["output_tokens"] == 5 + 12 + 7, d  # EOS ignored: exactly max_tokens each
+assert 0 <= d["ttft_ms"]["p50"] <= d["ttft_ms"]["p99"], d
+PY
+printf '5 1 99999\n' >"$wl"
+run --model "$model" --workload "$wl"
+[ "$rc" -eq 1 ] && grep -q "outside the vocabulary" "$err" || fail "a token outside the vocabulary: rc $rc"
+printf '600 1 2\n' >"$wl"
+run --model "$model" --workload "$wl"
+[ "$rc" -eq 1 ] && grep -q "context" "$err" || fail "a request longer than the context: rc $rc"
+rm -f "$wl"
+
 # --- errors ------------------------------------------------------------------------
 run --model "$model" --block-size 12
 [ "$rc" -eq 2 ] || fail "--block-size 12 exited $rc, want 2"

@@ -12,6 +12,11 @@
 /* Seconds on a monotonic clock. */
 double kvrt_bench_now(void);
 
+/* CPU seconds used so far by every thread of this process (getrusage; child
+ * processes not counted). On a shared machine a rate from the wall clock
+ * measures the machine's load as much as the code; this does not. */
+double kvrt_bench_process_cpu_s(void);
+
 /* Bytes of the last-level cache (sysfs, then sysconf; 32 MiB if unknown). */
 size_t kvrt_bench_llc_bytes(void);
 

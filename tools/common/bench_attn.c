@@ -23,13 +23,13 @@
 #include "bench.h"
 #include "cli.h"
 #include "json.h"
+#include "openblas_core.h"
 #include "table.h"
 
 #include "kvrt_tool_internal.h"
 #include "model/shapes.h"
 #include "common/fp16.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -643,9 +643,10 @@ static void print_table(const attn_run *run, FILE *f)
             }
         }
     }
-    const char *env = getenv("OPENBLAS_CORETYPE");
-    fprintf(f, "kvrt-bench attn: %s; attention kernels %s; OpenBLAS core %s%s%s%s\n", run->device, run->kernels,
-            openblas_get_corename(), env ? " (OPENBLAS_CORETYPE=" : "", env ? env : "", env ? ")" : "");
+    char blas[160];
+    kvrt_tool_openblas_describe(blas, sizeof(blas));
+    fprintf(f, "kvrt-bench attn: %s; attention kernels %s; %s (not used by attention)\n", run->device, run->kernels,
+            blas);
     fprintf(f, "memory bandwidth (%d threads, 2 x %zu MiB, LLC %zu MiB, best of %d): read %.2f GB/s, copy %.2f GB/s\n",
             run->bw.n_threads, run->bw.bytes >> 20, run->llc >> 20, run->bw.passes, run->bw.read_gbs,
             run->bw.copy_gbs);
@@ -771,7 +772,7 @@ static void print_json(const attn_run *run, FILE *f)
     kvrt_json_str(&j, "backend", kvrt_backend_name(run->o.backend));
     kvrt_json_str(&j, "device", run->device);
     kvrt_json_int(&j, "threads", run->n_threads);
-    kvrt_json_str(&j, "openblas_core", openblas_get_corename());
+    kvrt_json_str(&j, "openblas_core", kvrt_tool_openblas_core());
     kvrt_json_str(&j, "openblas_coretype_env", getenv("OPENBLAS_CORETYPE"));
     kvrt_json_str(&j, "attn_kernels", run->kernels);
     kvrt_json_str(&j, "kv_type", kvrt_dtype_name(run->o.dtype));

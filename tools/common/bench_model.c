@@ -19,13 +19,13 @@
 #include "bench.h"
 #include "cli.h"
 #include "json.h"
+#include "openblas_core.h"
 #include "profile_report.h"
 #include "table.h"
 
 #include "kvrt_tool_internal.h"
 #include "model/synth.h"
 
-#include <cblas.h>
 #include <limits.h>
 #include <math.h>
 #include <signal.h>
@@ -60,6 +60,8 @@ typedef struct model_opts {
     int n_types;
     int32_t threads[MAX_LIST];
     int n_threads;
+    bool blas[2];                           /* --blas: OpenBLAS on (true) / off per context, in order */
+    int n_blas;
     kvrt_dtype kv_type;
     int32_t block_size;
     int32_t prompt_len, gen, reps;
@@ -73,11 +75,13 @@ typedef struct model_result {
     char model[NAME_MAX_LEN];
     kvrt_dtype type;            /* type of most matrices */
     int32_t threads;
+    bool blas;                  /* OpenBLAS allowed on the CPU (KVRT_FEATURE_BLAS not disabled) */
     uint64_t n_params;
     uint64_t weight_bytes;      /* the whole file's weights */
     uint64_t bytes_per_token;   /* weights one decode step reads */
     double prefill_s;           /* best time of the prompt, one chunk */
     double decode_s;            /* best time of `gen` single-token steps after it */
+    double prefill_proc_s, decode_proc_s; /* least process CPU time (all threads) of each, over the reps */
     bool have_cpu;              /* the same file and tokens on the CPU backend (GPU runs only) */
     double cpu_prefill_s, cpu_decode_s;
     int bw_index;               /* run->bw[] measured on as many threads */
@@ -105,8 +109,8 @@ typedef struct model_run {
     model_opts o;
     const char *device;
     size_t llc;
-    kvrt_context *ctxs[MAX_LIST];  /* one per thread count */
-    kvrt_context *cpu_ctxs[MAX_LIST]; /* CPU backend, same thread counts; GPU runs with the comparison only */
+    kvrt_context *ctxs[MAX_LIST][2];  /* per thread count and --blas mode */
+    kvrt_context *cpu_ctxs[MAX_LIST][2]; /* CPU backend, the same; GPU runs with the comparison only */
     kvrt_bench_bw bw[MAX_LIST];
     model_result *res;
     int n_res, cap_res;
@@ -186,6 +190,29 @@ static bool parse_types(const char *prog, const char *flag, const char *s, void 
     return true;
 }
 
+/* "on", "off", "on,off" or "off,on". */
+static bool parse_blas(const char *prog, const char *flag, const char *s, void *dst)
+{
+    static const char *const names[] = {"off", "on"};
+    model_opts *o = dst;
+    char items[MAX_LIST][NAME_MAX_LEN];
+    int n;
+    if (!split_list(flag, s, items, &n))
+        return false;
+    if (n > 2 || (n == 2 && strcmp(items[0], items[1]) == 0)) {
+        kvrt_cli_error(prog, "%s: on, off, or both once ('%s')", flag, s);
+        return false;
+    }
+    for (int i = 0; i < n; i++) {
+        int v = kvrt_cli_choice(prog, flag, items[i], names, 2);
+        if (v < 0)
+            return false;
+        o->blas[i] = v == 1;
+    }
+    o->n_blas = n;
+    return true;
+}
+
 static bool check_preset(const char *flag, const char *name)
 {
     kvrt_synth_params p;
@@ -234,6 +261,8 @@ static void default_opts(model_opts *o)
     o->types[1] = KVRT_DTYPE_F16;
     o->types[2] = KVRT_DTYPE_Q8_0;
     o->n_types = 3;
+    o->blas[0] = true;
+    o->n_blas = 1;
     o->prompt_len = 128;
     o->gen = 64;
     o->reps = 3;
@@ -324,6 +353,9 @@ static int parse_args(int argc, char **argv, model_opts *o)
         KVRT_CLI_BOOL(0, "no-cpu-compare", &no_cpu_compare,
                       "on vulkan/opencl, do not run every row on the CPU backend too\n"
                       "(by default it does, on the row's threads, and reports speed ratios)"),
+        KVRT_CLI_CALL(0, "blas", parse_blas, o, "LIST",
+                      "CPU: on (OpenBLAS for products of many tokens, the default), off\n"
+                      "(kvrt's own GEMM), or on,off: every row both ways, one after the other"),
         KVRT_CLI_BOOL(0, "profile", &o->profile,
                       "time per op of everything run on --backend (per thread count; device\n"
                       "time on GPUs) as a table, and as \"profile\" in the JSON; rows are\n"
@@ -334,7 +366,8 @@ static int parse_args(int argc, char **argv, model_opts *o)
         .usage = "kvrt-bench model [--backend auto] [-t LIST] [--json] [--quick] [--model FILE]\n"
                  "                        [--preset LIST] [--type LIST] [--kv-type f16|f32] [--block-size N]\n"
                  "                        [--prompt-len N] [--gen N] [--reps N] [--cache-lens LIST|none]\n"
-                 "                        [--no-cpu-compare] [--pipeline-cache FILE] [--profile] [--device N|NAME]",
+                 "                        [--no-cpu-compare] [--pipeline-cache FILE] [--profile] [--device N|NAME]\n"
+                 "                        [--blas on|off|on,off]",
         .about = "Prefill (one chunk of --prompt-len tokens) and decode (--gen tokens after it) tokens/s,\n"
                  "best of --reps, on synthetic random-weight models written to a temporary folder and\n"
                  "deleted afterwards; decode weight traffic as a share of the memory bandwidth measured\n"
@@ -493,19 +526,21 @@ static kvrt_status time_throughput(kvrt_model *m, const model_opts *o, model_res
         /* warm-up: faults the mapped weights in and wakes the pool */
         st = session_eval(s, toks, o->prompt_len, logits, err);
     }
-    r->prefill_s = r->decode_s = 1e30;
+    r->prefill_s = r->decode_s = r->prefill_proc_s = r->decode_proc_s = 1e30;
     for (int rep = 0; st == KVRT_OK && rep < o->reps; rep++) {
         kvrt_session_reset(s);
-        double t0 = kvrt_bench_now();
+        double c0 = kvrt_bench_process_cpu_s(), t0 = kvrt_bench_now();
         st = session_eval(s, toks, o->prompt_len, logits, err);
-        double t1 = kvrt_bench_now();
+        double c1 = kvrt_bench_process_cpu_s(), t1 = kvrt_bench_now();
         for (int32_t g = 0; st == KVRT_OK && g < o->gen; g++) {
             int32_t tok = argmax(logits, info.n_vocab);
             st = session_eval(s, &tok, 1, logits, err);
         }
-        double t2 = kvrt_bench_now();
+        double c2 = kvrt_bench_process_cpu_s(), t2 = kvrt_bench_now();
         r->prefill_s = KVRT_MIN(r->prefill_s, t1 - t0);
         r->decode_s = KVRT_MIN(r->decode_s, t2 - t1);
+        r->prefill_proc_s = KVRT_MIN(r->prefill_proc_s, c1 - c0);
+        r->decode_proc_s = KVRT_MIN(r->decode_proc_s, c2 - c1);
     }
     kvrt_session_destroy(s);
     free(toks);
@@ -660,55 +695,65 @@ static kvrt_status time_on_cpu(kvrt_context *cpu, const model_opts *o, const cha
     return st;
 }
 
-/* Throughput on every thread count (when `throughput`), and the KV-cache table
- * (when `cache`) on the first: the table compares algorithms, not thread
- * counts, and one thread is the least disturbed on a shared machine. */
+/* Throughput of one thread count and --blas mode (when `throughput`), and
+ * the KV-cache table (when `do_cache`: the first of them; the table compares
+ * algorithms, not thread counts, and one thread is the least disturbed on a
+ * shared machine). */
+static kvrt_status bench_config(model_run *run, const char *path, const char *name, bool throughput, bool do_cache,
+                                int ti, int bi, kvrt_error *err)
+{
+    const model_opts *o = &run->o;
+    if (!throughput && !do_cache)
+        return KVRT_OK;
+    kvrt_model *m = NULL;
+    kvrt_status st = load_model(run->ctxs[ti][bi], o, path, &m, err);
+    kvrt_model_info info;
+    if (st == KVRT_OK)
+        st = kvrt_model_get_info(m, &info);
+    model_result *r = NULL;
+    if (st == KVRT_OK && throughput) {
+        fprintf(stderr, "%s: %s %s, %d thread(s), OpenBLAS %s: prefill %d + decode %d tokens, best of %d\n", PROG,
+                name, kvrt_dtype_name(info.weight_type), (int)o->threads[ti], o->blas[bi] ? "on" : "off",
+                (int)o->prompt_len, (int)o->gen, (int)o->reps);
+        st = add_result(run, &r, err);
+    }
+    if (r) {
+        snprintf(r->model, NAME_MAX_LEN, "%s", name);
+        r->type = info.weight_type;
+        r->threads = o->threads[ti];
+        r->blas = o->blas[bi];
+        r->n_params = info.n_params;
+        r->weight_bytes = info.weight_bytes;
+        r->bytes_per_token = kvrt_tool_decode_weight_bytes(m);
+        r->bw_index = ti;
+        st = refresh_bandwidth(run, ti, err);
+        if (st == KVRT_OK)
+            st = time_throughput(m, o, r, err);
+        if (st == KVRT_OK && run->cpu_ctxs[ti][bi])
+            st = time_on_cpu(run->cpu_ctxs[ti][bi], o, path, r, err);
+    }
+    if (st == KVRT_OK && do_cache) {
+        cache_table *t = &run->cache;
+        fprintf(stderr, "%s: KV cache table on %s %s, %d thread(s), up to %d steps\n", PROG, name,
+                kvrt_dtype_name(info.weight_type), (int)o->threads[ti], (int)max_cache_len(o));
+        snprintf(t->model, NAME_MAX_LEN, "%s", name);
+        t->type = info.weight_type;
+        t->threads = o->threads[ti];
+        st = time_cache_table(m, o, t, err);
+    }
+    kvrt_model_destroy(m);
+    return st;
+}
+
+/* Every thread count and --blas mode in turn. */
 static kvrt_status bench_file(model_run *run, const char *path, const char *name, bool throughput, bool cache,
                               kvrt_error *err)
 {
     const model_opts *o = &run->o;
     kvrt_status st = KVRT_OK;
-    for (int ti = 0; st == KVRT_OK && ti < o->n_threads; ti++) {
-        bool do_cache = cache && ti == 0;
-        if (!throughput && !do_cache)
-            continue;
-        kvrt_model *m = NULL;
-        st = load_model(run->ctxs[ti], o, path, &m, err);
-        kvrt_model_info info;
-        if (st == KVRT_OK)
-            st = kvrt_model_get_info(m, &info);
-        model_result *r = NULL;
-        if (st == KVRT_OK && throughput) {
-            fprintf(stderr, "%s: %s %s, %d thread(s): prefill %d + decode %d tokens, best of %d\n", PROG, name,
-                    kvrt_dtype_name(info.weight_type), (int)o->threads[ti], (int)o->prompt_len, (int)o->gen,
-                    (int)o->reps);
-            st = add_result(run, &r, err);
-        }
-        if (r) {
-            snprintf(r->model, NAME_MAX_LEN, "%s", name);
-            r->type = info.weight_type;
-            r->threads = o->threads[ti];
-            r->n_params = info.n_params;
-            r->weight_bytes = info.weight_bytes;
-            r->bytes_per_token = kvrt_tool_decode_weight_bytes(m);
-            r->bw_index = ti;
-            st = refresh_bandwidth(run, ti, err);
-            if (st == KVRT_OK)
-                st = time_throughput(m, o, r, err);
-            if (st == KVRT_OK && run->cpu_ctxs[ti])
-                st = time_on_cpu(run->cpu_ctxs[ti], o, path, r, err);
-        }
-        if (st == KVRT_OK && do_cache) {
-            cache_table *t = &run->cache;
-            fprintf(stderr, "%s: KV cache table on %s %s, %d thread(s), up to %d steps\n", PROG, name,
-                    kvrt_dtype_name(info.weight_type), (int)o->threads[ti], (int)max_cache_len(o));
-            snprintf(t->model, NAME_MAX_LEN, "%s", name);
-            t->type = info.weight_type;
-            t->threads = o->threads[ti];
-            st = time_cache_table(m, o, t, err);
-        }
-        kvrt_model_destroy(m);
-    }
+    for (int ti = 0; st == KVRT_OK && ti < o->n_threads; ti++)
+        for (int bi = 0; st == KVRT_OK && bi < o->n_blas; bi++)
+            st = bench_config(run, path, name, throughput, cache && ti == 0 && bi == 0, ti, bi, err);
     return st;
 }
 
@@ -767,16 +812,16 @@ static double mib(uint64_t bytes)
 
 static void print_header(const model_run *run, FILE *f)
 {
-    const char *env = getenv("OPENBLAS_CORETYPE");
-    fprintf(f, "kvrt-bench model: %s; OpenBLAS core %s%s%s%s, OpenBLAS threads %d (kvrt parallelises in its own pool)\n",
-            run->device, openblas_get_corename(), env ? " (OPENBLAS_CORETYPE=" : "", env ? env : "", env ? ")" : "",
-            openblas_get_num_threads());
+    char blas[160];
+    kvrt_tool_openblas_describe(blas, sizeof(blas));
+    fprintf(f, "kvrt-bench model: %s; %s\n", run->device, blas);
     for (int i = 0; i < run->o.n_threads; i++)
         fprintf(f, "memory bandwidth (%d thread(s), 2 x %zu MiB, LLC %zu MiB, best of %d passes in this run): read %.2f GB/s, copy %.2f GB/s\n",
                 run->bw[i].n_threads, run->bw[i].bytes >> 20, run->llc >> 20, run->bw[i].passes, run->bw[i].read_gbs,
                 run->bw[i].copy_gbs);
     fprintf(f, "prefill: %d tokens in one chunk; decode: %d tokens after it; best of %d; KV %s; "
-               "%% bw = weight bytes per token x decode tokens/s / read bandwidth on as many threads\n\n",
+               "%% bw = weight bytes per token x decode tokens/s / read bandwidth on as many threads; "
+               "CPU ms = least process CPU time (all threads) of a prefill, of a decode token\n\n",
             (int)run->o.prompt_len, (int)run->o.gen, (int)run->o.reps, kvrt_dtype_name(run->o.kv_type));
     if (cpu_compared(run))
         fprintf(f, "every row also ran on the CPU backend on as many threads, same file and tokens: "
@@ -787,11 +832,12 @@ static void print_header(const model_run *run, FILE *f)
 static void print_table(const model_run *run, FILE *f)
 {
     static const char *const hdr[] = {"model", "type", "params M", "weights MiB", "read/token MiB", "threads",
-                                      "prefill t/s", "decode t/s", "weight GB/s", "% bw",
-                                      "cpu prefill t/s", "cpu decode t/s", "prefill vs cpu", "decode vs cpu"};
+                                      "blas", "prefill t/s", "decode t/s", "weight GB/s", "% bw", "prefill CPU ms",
+                                      "decode CPU ms/t", "cpu prefill t/s", "cpu decode t/s", "prefill vs cpu",
+                                      "decode vs cpu"};
     bool cmp = cpu_compared(run);
     kvrt_table t;
-    kvrt_table_init(&t, cmp ? 14 : 10, hdr, "llrrrrrrrrrrrr");
+    kvrt_table_init(&t, cmp ? 17 : 13, hdr, "llrrrrlrrrrrrrrrr");
     for (int i = 0; i < run->n_res; i++) {
         const model_result *r = &run->res[i];
         if (!kvrt_table_row(&t))
@@ -802,10 +848,13 @@ static void print_table(const model_run *run, FILE *f)
         kvrt_table_cell(&t, "%.1f", mib(r->weight_bytes));
         kvrt_table_cell(&t, "%.1f", mib(r->bytes_per_token));
         kvrt_table_cell(&t, "%d", (int)r->threads);
+        kvrt_table_cell(&t, "%s", r->blas ? "on" : "off");
         kvrt_table_cell(&t, "%.1f", tok_per_s(run->o.prompt_len, r->prefill_s));
         kvrt_table_cell(&t, "%.2f", tok_per_s(run->o.gen, r->decode_s));
         kvrt_table_cell(&t, "%.2f", decode_gbs(&run->o, r));
         kvrt_table_cell(&t, "%.1f", pct_bw(run, r));
+        kvrt_table_cell(&t, "%.1f", r->prefill_proc_s * 1e3);
+        kvrt_table_cell(&t, "%.2f", r->decode_proc_s * 1e3 / run->o.gen);
         if (r->have_cpu) {
             kvrt_table_cell(&t, "%.1f", tok_per_s(run->o.prompt_len, r->cpu_prefill_s));
             kvrt_table_cell(&t, "%.2f", tok_per_s(run->o.gen, r->cpu_decode_s));
@@ -890,6 +939,7 @@ static void json_result(kvrt_json *j, const model_run *run, const model_result *
     kvrt_json_str(j, "model", r->model);
     kvrt_json_str(j, "type", kvrt_dtype_name(r->type));
     kvrt_json_int(j, "threads", r->threads);
+    kvrt_json_bool(j, "blas", r->blas);
     kvrt_json_int(j, "n_params", (int64_t)r->n_params);
     kvrt_json_int(j, "weight_bytes", (int64_t)r->weight_bytes);
     kvrt_json_int(j, "weight_bytes_per_token", (int64_t)r->bytes_per_token);
@@ -897,11 +947,13 @@ static void json_result(kvrt_json *j, const model_run *run, const model_result *
     kvrt_json_int(j, "tokens", o->prompt_len);
     kvrt_json_num(j, "ms", r->prefill_s * 1e3);
     kvrt_json_num(j, "tokens_per_s", tok_per_s(o->prompt_len, r->prefill_s));
+    kvrt_json_num(j, "process_cpu_ms", r->prefill_proc_s * 1e3);
     kvrt_json_end_object(j);
     kvrt_json_begin_object(j, "decode");
     kvrt_json_int(j, "tokens", o->gen);
     kvrt_json_num(j, "ms", r->decode_s * 1e3);
     kvrt_json_num(j, "tokens_per_s", tok_per_s(o->gen, r->decode_s));
+    kvrt_json_num(j, "process_cpu_ms", r->decode_proc_s * 1e3);
     kvrt_json_num(j, "weight_gbs", decode_gbs(o, r));
     kvrt_json_num(j, "bandwidth_gbs", row_bw(run, r));
     kvrt_json_num(j, "pct_bandwidth", pct_bw(run, r));
@@ -970,9 +1022,9 @@ static void print_json(const model_run *run, FILE *f)
     kvrt_json_str(&j, "kvrt_version", kvrt_version());
     kvrt_json_str(&j, "backend", kvrt_backend_name(o->backend));
     kvrt_json_str(&j, "device", run->device);
-    kvrt_json_str(&j, "openblas_core", openblas_get_corename());
+    kvrt_json_str(&j, "openblas_core", kvrt_tool_openblas_core());
     kvrt_json_str(&j, "openblas_coretype_env", getenv("OPENBLAS_CORETYPE"));
-    kvrt_json_int(&j, "openblas_threads", openblas_get_num_threads());
+    kvrt_json_int(&j, "openblas_threads", kvrt_tool_openblas_threads());
     kvrt_json_str(&j, "model_file", o->model_path);
     kvrt_json_bool(&j, "quick", o->quick);
     kvrt_json_bool(&j, "cpu_compare", cpu_compared(run));
@@ -990,10 +1042,13 @@ static void print_json(const model_run *run, FILE *f)
     if (o->profile) {
         kvrt_json_begin_array(&j, "profile");
         for (int i = 0; i < o->n_threads; i++) {
-            kvrt_json_begin_object(&j, NULL);
-            kvrt_json_int(&j, "threads", o->threads[i]);
-            kvrt_tool_profile_json(&j, "ops", run->ctxs[i]);
-            kvrt_json_end_object(&j);
+            for (int b = 0; b < o->n_blas; b++) {
+                kvrt_json_begin_object(&j, NULL);
+                kvrt_json_int(&j, "threads", o->threads[i]);
+                kvrt_json_bool(&j, "blas", o->blas[b]);
+                kvrt_tool_profile_json(&j, "ops", run->ctxs[i][b]);
+                kvrt_json_end_object(&j);
+            }
         }
         kvrt_json_end_array(&j);
     }
@@ -1008,31 +1063,34 @@ static void print_json(const model_run *run, FILE *f)
 
 /* ---- main ----------------------------------------------------------------------------- */
 
-/* A context and a bandwidth measurement per thread count. */
-/* A context (and a CPU one for the comparison) and a bandwidth measurement
- * per thread count; a count of 0 (all cores) becomes the number measured with. */
+/* A context (and a CPU one for the comparison) per thread count and --blas
+ * mode, and a bandwidth measurement per thread count; a count of 0 (all
+ * cores) becomes the number measured with. */
 static kvrt_status setup(model_run *run, kvrt_error *err)
 {
     model_opts *o = &run->o;
     run->llc = kvrt_bench_llc_bytes();
     for (int i = 0; i < o->n_threads; i++) {
-        kvrt_context_params cp = kvrt_context_default_params();
-        kvrt_cli_common_context_params(&o->common, &cp);
-        cp.n_threads = o->threads[i];
-        KVRT_TRY(kvrt_context_create(&cp, &run->ctxs[i], err));
-        run->device = kvrt_context_description(run->ctxs[0]);
-        if (o->profile && kvrt_context_set_profiling(run->ctxs[i], 1) != KVRT_OK)
-            return kvrt_fail(err, KVRT_ERR_UNSUPPORTED, "--profile: %s", kvrt_context_message(run->ctxs[i]));
-        if (cpu_compared(run)) {
-            cp.backend = KVRT_BACKEND_CPU;
-            if (kvrt_context_create(&cp, &run->cpu_ctxs[i], err) != KVRT_OK) {
-                char msg[KVRT_ERROR_MESSAGE_MAX]; /* kvrt_fail must not read the buffer it writes */
-                snprintf(msg, sizeof(msg), "%s", err->message);
-                return kvrt_fail(err, err->status, "CPU backend for the comparison: %s", msg);
+        for (int b = 0; b < o->n_blas; b++) {
+            kvrt_context_params cp = kvrt_context_default_params();
+            kvrt_cli_common_context_params(&o->common, &cp);
+            cp.n_threads = o->threads[i];
+            cp.disabled_features |= o->blas[b] ? 0 : KVRT_FEATURE_BLAS;
+            KVRT_TRY(kvrt_context_create(&cp, &run->ctxs[i][b], err));
+            if (o->profile && kvrt_context_set_profiling(run->ctxs[i][b], 1) != KVRT_OK)
+                return kvrt_fail(err, KVRT_ERR_UNSUPPORTED, "--profile: %s", kvrt_context_message(run->ctxs[i][b]));
+            if (cpu_compared(run)) {
+                cp.backend = KVRT_BACKEND_CPU;
+                if (kvrt_context_create(&cp, &run->cpu_ctxs[i][b], err) != KVRT_OK) {
+                    char msg[KVRT_ERROR_MESSAGE_MAX]; /* kvrt_fail must not read the buffer it writes */
+                    snprintf(msg, sizeof(msg), "%s", err->message);
+                    return kvrt_fail(err, err->status, "CPU backend for the comparison: %s", msg);
+                }
             }
+            fprintf(stderr, "%s: %s\n", PROG, kvrt_context_description(run->ctxs[i][b]));
         }
-        fprintf(stderr, "%s: %s; measuring memory bandwidth on %d thread(s)\n", PROG,
-                kvrt_context_description(run->ctxs[i]), (int)o->threads[i]);
+        run->device = kvrt_context_description(run->ctxs[0][0]);
+        fprintf(stderr, "%s: measuring memory bandwidth on %d thread(s)\n", PROG, (int)o->threads[i]);
         KVRT_TRY(kvrt_bench_bandwidth(o->threads[i], 4 * run->llc, o->quick ? 2 : 5, &run->bw[i], err));
         o->threads[i] = run->bw[i].n_threads;
     }
@@ -1048,10 +1106,12 @@ static void report(const model_run *run)
         print_cache_table(&run->cache, table);
     print_summary(run, table);
     for (int i = 0; run->o.profile && i < run->o.n_threads; i++) {
-        char title[96];
-        snprintf(title, sizeof(title), "time per op, %s backend, %d thread(s):", kvrt_backend_name(run->o.backend),
-                 (int)run->o.threads[i]);
-        kvrt_tool_profile_print(run->ctxs[i], title, table);
+        for (int b = 0; b < run->o.n_blas; b++) {
+            char title[112];
+            snprintf(title, sizeof(title), "time per op, %s backend, %d thread(s), OpenBLAS %s:",
+                     kvrt_backend_name(run->o.backend), (int)run->o.threads[i], run->o.blas[b] ? "on" : "off");
+            kvrt_tool_profile_print(run->ctxs[i][b], title, table);
+        }
     }
     if (run->o.json)
         print_json(run, stdout);
@@ -1075,8 +1135,10 @@ int kvrt_bench_model_main(int argc, char **argv)
         kvrt_cli_error(PROG, "%s", err.message);
     free(run.res);
     for (int i = 0; i < run.o.n_threads; i++) {
-        kvrt_context_destroy(run.cpu_ctxs[i]);
-        kvrt_context_destroy(run.ctxs[i]);
+        for (int b = 0; b < 2; b++) {
+            kvrt_context_destroy(run.cpu_ctxs[i][b]);
+            kvrt_context_destroy(run.ctxs[i][b]);
+        }
     }
     return st == KVRT_OK ? 0 : 1;
 }

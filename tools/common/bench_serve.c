@@ -29,6 +29,14 @@
  *
  * Latencies come from the token callbacks: TTFT = first token - t0, TPOT =
  * (last counted token - first token) / (tokens - 1) per request.
+ *
+ * --workload FILE replays a recorded workload instead (one request per line:
+ * "MAX_TOKENS ID ID ...", greedy, EOS ignored; '#' starts a comment), as
+ * tools/kvrt-server-load.py writes it: the offline reference for the HTTP
+ * server on the very same requests. --concurrency N keeps N requests in
+ * flight (a new one is submitted as one finishes, like N clients that each
+ * send their next request when the last answer is in); TTFT is then counted
+ * from each request's own submission.
  */
 #include "bench_serve.h"
 
@@ -58,6 +66,8 @@ typedef struct serve_opts {
     kvrt_dtype kv_type;
     int32_t max_seqs;
     int32_t max_batched_tokens;
+    const char *workload;       /* --workload FILE: replay it instead of the built-in workloads */
+    int32_t concurrency;        /* --concurrency N: requests in flight (0 = all at once) */
 } serve_opts;
 
 typedef struct wl_req {
@@ -90,6 +100,7 @@ typedef struct run_state {
     int32_t *sample_off;  /* [n + 1] first sample index of each request */
     int32_t *got;         /* [samples] tokens counted per sample */
     double *first, *last; /* [n] */
+    double *submitted;    /* [n] submission times (closed-loop replay), or NULL: every request at t0 */
     int64_t *id_to_req;   /* engine ids are 1, 2, ... in submission order */
     int64_t n_ids;
     int64_t counted;
@@ -115,13 +126,19 @@ static int parse_args(int argc, char **argv, serve_opts *o)
                        "sequences per step and static batch size (default 32)"),
         {.name = "max-batched-tokens", .kind = KVRT_CLI_KIND_INT32, .dst = &o->max_batched_tokens, .min = 1,
          .max = 1 << 20, .flags = KVRT_CLI_K_SUFFIX, .meta = "N", .help = "tokens per step (default 256)"},
+        KVRT_CLI_STR(0, "workload", &o->workload, "FILE",
+                     "replay FILE's requests (\"MAX_TOKENS ID ID ...\" per line, as\n"
+                     "tools/kvrt-server-load.py writes them) instead of the workloads above"),
+        KVRT_CLI_INT32(0, "concurrency", &o->concurrency, 0, 1 << 20, "N",
+                       "with --workload: N requests in flight, the next submitted as one\n"
+                       "finishes (default 0: all at t = 0)"),
     };
     const kvrt_cli_spec spec = {
         .prog = PROG,
         .usage = "kvrt-bench serve [--model PATH] [--requests N] [--backend cpu|auto|vulkan|opencl] [-t THREADS]\n"
                  "                        [--json] [--seed S] [--block-size 8|16|32] [--kv-type f32|f16]\n"
                  "                        [--max-seqs N] [--max-batched-tokens N] [--pipeline-cache FILE]\n"
-                 "                        [--device N|NAME] [-v]",
+                 "                        [--device N|NAME] [-v] [--workload FILE [--concurrency N]]",
         .about = "Runs four serving workloads on the engine (ShareGPT-like skewed lengths, a shared system\n"
                  "prompt, parallel sampling n = 4, a burst larger than the KV pool) and compares continuous\n"
                  "vs static batching, paged vs contiguous KV reservation, prefix cache on vs off.\n"
@@ -343,6 +360,7 @@ typedef struct run_cfg {
     kvrt_engine_params ep;
     bool tty;
     bool quiet; /* no progress, no line */
+    int32_t concurrency; /* > 0: closed loop, this many requests in flight */
 } run_cfg;
 
 /* Submits requests [from, to) (padded to the longest of them in MODE_STATIC_PADDED). */
@@ -403,8 +421,45 @@ static kvrt_status drain(kvrt_engine *e, const run_cfg *c, run_state *rs, int64_
     return KVRT_OK;
 }
 
+/* Keeps c->concurrency requests in flight, submitting the next in file order
+ * as soon as one finishes, until every request has run. */
+static kvrt_status run_closed_loop(kvrt_engine *e, const run_cfg *c, run_state *rs, int64_t total, kvrt_error *err)
+{
+    const workload *w = rs->wl;
+    if (!(rs->submitted = calloc((size_t)KVRT_MAX(w->n, 1), sizeof(double))))
+        return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "submission times");
+    int32_t next = 0, in_flight = 0;
+    int64_t shown = -1;
+    while (next < w->n || kvrt_engine_has_work(e)) {
+        for (; in_flight < c->concurrency && next < w->n; next++, in_flight++) {
+            rs->submitted[next] = kvrt_bench_now();
+            KVRT_TRY(submit_range(e, c, rs, next, next + 1, err));
+        }
+        kvrt_status st = kvrt_engine_step(e, NULL);
+        if (st != KVRT_OK)
+            return kvrt_fail(err, st, "step: %s", kvrt_engine_message(e));
+        kvrt_request_output out;
+        int32_t found = 1;
+        while (found) {
+            st = kvrt_engine_next_finished(e, &out, &found);
+            if (st == KVRT_OK && found) {
+                st = kvrt_engine_release(e, out.request_id);
+                in_flight--;
+            }
+            if (st != KVRT_OK)
+                return kvrt_fail(err, st, "%s", kvrt_engine_message(e));
+        }
+        if (rs->counted * 50 / KVRT_MAX(total, 1) != shown) {
+            shown = rs->counted * 50 / KVRT_MAX(total, 1);
+            progress(c->tty, c->name, c->mode_name, rs->counted, total);
+        }
+    }
+    return KVRT_OK;
+}
+
 static void run_state_free(run_state *rs)
 {
+    free(rs->submitted);
     free(rs->sample_off);
     free(rs->got);
     free(rs->first);
@@ -452,7 +507,7 @@ static kvrt_status collect(const run_state *rs, double t0, double t1, wl_stats *
                                  s->name, (int)i, (int)(k - rs->sample_off[i]), (int)rs->got[k],
                                  (int)w->r[i].max_tokens);
             }
-        ttft[i] = rs->first[i] - t0;
+        ttft[i] = rs->first[i] - (rs->submitted ? rs->submitted[i] : t0);
         if (w->r[i].max_tokens > 1)
             tpot[n_tpot++] = (rs->last[i] - rs->first[i]) / (double)(w->r[i].max_tokens - 1);
     }
@@ -482,7 +537,9 @@ static kvrt_status run_workload(kvrt_model *model, const workload *w, const run_
     if (st == KVRT_OK)
         st = kvrt_engine_create(model, &c->ep, &e, err);
     double t0 = kvrt_bench_now();
-    if (st == KVRT_OK && c->mode == MODE_CONTINUOUS) {
+    if (st == KVRT_OK && c->mode == MODE_CONTINUOUS && c->concurrency > 0) {
+        st = run_closed_loop(e, c, &rs, total, err);
+    } else if (st == KVRT_OK && c->mode == MODE_CONTINUOUS) {
         st = submit_range(e, c, &rs, 0, w->n, err);
         if (st == KVRT_OK)
             st = drain(e, c, &rs, total, err);
@@ -641,6 +698,128 @@ static void print_json(const serve_run *r, FILE *f)
     fputc('\n', f);
 }
 
+/* ---- --workload FILE ------------------------------------------------------------- */
+
+/* One request per line, "MAX_TOKENS ID ID ..."; '#' starts a comment. */
+static kvrt_status read_workload(const char *path, const gen_ctx *g, workload *w, kvrt_error *err)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return kvrt_fail(err, KVRT_ERR_IO, "--workload %s: cannot open it", path);
+    char *line = NULL;
+    size_t cap = 0;
+    int32_t n = 0, n_cap = 0, lineno = 0;
+    kvrt_status st = KVRT_OK;
+    while (st == KVRT_OK && getline(&line, &cap, f) >= 0) {
+        lineno++;
+        char *p = line, *end;
+        while (*p == ' ' || *p == '\t')
+            p++;
+        if (*p == '#' || *p == '\n' || *p == '\0')
+            continue;
+        if (n == n_cap) {
+            n_cap = n_cap ? 2 * n_cap : 256;
+            wl_req *r = realloc(w->r, (size_t)n_cap * sizeof(*r));
+            if (!r) {
+                st = kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "--workload: %d requests", (int)n_cap);
+                break;
+            }
+            w->r = r;
+        }
+        wl_req *q = &w->r[n];
+        memset(q, 0, sizeof(*q));
+        w->n = ++n;
+        q->n = 1;
+        long v = strtol(p, &end, 10);
+        q->max_tokens = (int32_t)v;
+        q->prompt = malloc(strlen(p) / 2 * sizeof(int32_t) + sizeof(int32_t));
+        if (!q->prompt) {
+            st = kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "--workload: line %d", (int)lineno);
+            break;
+        }
+        for (p = end; (v = strtol(p, &end, 10)), end != p; p = end) {
+            if (v < 0 || v >= g->n_vocab) {
+                st = kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "--workload %s:%d: token %ld outside the vocabulary "
+                               "of %d", path, (int)lineno, v, (int)g->n_vocab);
+                break;
+            }
+            q->prompt[q->n_prompt++] = (int32_t)v;
+        }
+        while (st == KVRT_OK && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n'))
+            p++;
+        if (st == KVRT_OK && (*p || q->max_tokens < 1 || q->n_prompt < 1 ||
+                              (int64_t)q->n_prompt + q->max_tokens > g->max_context))
+            st = kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "--workload %s:%d: want \"MAX_TOKENS ID ...\" with "
+                           "max_tokens >= 1, a prompt, and both within the context of %d", path, (int)lineno,
+                           (int)g->max_context);
+    }
+    free(line);
+    fclose(f);
+    if (st == KVRT_OK && n == 0)
+        st = kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "--workload %s: no requests", path);
+    return st;
+}
+
+static void print_replay(const serve_run *r, const wl_stats *s, FILE *table, FILE *json)
+{
+    fprintf(table, "%s: %s, model %s, KV %s, block size %d, max_seqs %d, max_batched_tokens %d\n", PROG, r->device,
+            r->o.model, kvrt_dtype_name(r->o.kv_type), (int)r->o.block_size, (int)r->o.max_seqs,
+            (int)r->o.max_batched_tokens);
+    fprintf(table, "%s (%s): %d requests in %.2f s, %.2f req/s, %.0f output tok/s, TTFT ms p50/p95/p99 "
+            "%.1f/%.1f/%.1f, TPOT ms p50/p95/p99 %.2f/%.2f/%.2f, KV util %.1f %%, prefix hit %.1f %%, "
+            "%lld preemptions\n", s->name, s->mode, (int)s->requests, s->seconds, s->req_s, s->tok_s,
+            1e3 * s->ttft[0], 1e3 * s->ttft[1], 1e3 * s->ttft[2], 1e3 * s->tpot[0], 1e3 * s->tpot[1],
+            1e3 * s->tpot[2], 100.0 * s->kv_util, 100.0 * s->prefix_hit, (long long)s->preemptions);
+    if (!json)
+        return;
+    kvrt_json j;
+    kvrt_json_init(&j, json);
+    kvrt_json_begin_object(&j, NULL);
+    kvrt_json_str(&j, "tool", "kvrt-bench");
+    kvrt_json_str(&j, "bench", "serve");
+    kvrt_json_str(&j, "workload_file", r->o.workload);
+    kvrt_json_int(&j, "concurrency", r->o.concurrency);
+    kvrt_json_str(&j, "model", r->o.model);
+    kvrt_json_str(&j, "device", r->device);
+    kvrt_json_int(&j, "max_context", r->max_context);
+    kvrt_json_int(&j, "max_seqs", r->o.max_seqs);
+    kvrt_json_int(&j, "requests", s->requests);
+    kvrt_json_num(&j, "seconds", s->seconds);
+    kvrt_json_num(&j, "requests_per_s", s->req_s);
+    kvrt_json_int(&j, "output_tokens", s->out_tokens);
+    kvrt_json_num(&j, "output_tokens_per_s", s->tok_s);
+    json_triple(&j, "ttft_ms", s->ttft);
+    json_triple(&j, "tpot_ms", s->tpot);
+    kvrt_json_num(&j, "kv_utilization", s->kv_util);
+    kvrt_json_num(&j, "prefix_hit_rate", s->prefix_hit);
+    kvrt_json_int(&j, "preemptions", s->preemptions);
+    kvrt_json_end_object(&j);
+    fputc('\n', json);
+}
+
+static kvrt_status run_replay(kvrt_model *model, serve_run *r, gen_ctx *g, kvrt_error *err)
+{
+    workload w;
+    memset(&w, 0, sizeof(w));
+    kvrt_status st = read_workload(r->o.workload, g, &w, err);
+    run_cfg c = {.name = "file", .mode_name = r->o.concurrency > 0 ? "closed-loop" : "continuous", .ep = r->ep,
+                 .tty = isatty(fileno(stderr)) != 0, .mode = MODE_CONTINUOUS, .concurrency = r->o.concurrency};
+    wl_stats s;
+    /* warm-up (not reported), as for the built-in workloads */
+    workload warm = {.r = w.r, .n = KVRT_MIN(w.n, 8)};
+    run_cfg wc = c;
+    wc.tty = false;
+    wc.quiet = true;
+    if (st == KVRT_OK)
+        st = run_workload(model, &warm, &wc, &s, err);
+    if (st == KVRT_OK)
+        st = run_workload(model, &w, &c, &s, err);
+    if (st == KVRT_OK)
+        print_replay(r, &s, r->o.json ? stderr : stdout, r->o.json ? stdout : NULL);
+    workload_free(&w);
+    return st;
+}
+
 /* ---- main ------------------------------------------------------------------------ */
 
 static kvrt_status run_all(kvrt_model *model, serve_run *r, gen_ctx *g, kvrt_error *err)
@@ -726,9 +905,9 @@ int kvrt_bench_serve_main(int argc, char **argv)
         r.ep.num_blocks = 0; /* max_seqs full contexts */
         r.ep.clock = engine_clock;
         gen_ctx g = {.rng = {r.o.seed}, .n_vocab = mi.n_vocab, .bos = mi.bos_id, .max_context = r.max_context};
-        st = run_all(model, &r, &g, &err);
+        st = r.o.workload ? run_replay(model, &r, &g, &err) : run_all(model, &r, &g, &err);
     }
-    if (st == KVRT_OK) {
+    if (st == KVRT_OK && !r.o.workload) {
         FILE *table = r.o.json ? stderr : stdout;
         print_table(&r, table);
         if (r.o.json)

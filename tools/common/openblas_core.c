@@ -1,13 +1,21 @@
 #include "openblas_core.h"
 
-#include <cblas.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
+#include <strings.h>
+
+#if KVRT_HAVE_OPENBLAS
+#include <cblas.h>
 
 const char *kvrt_tool_openblas_core(void)
 {
     return openblas_get_corename();
+}
+
+int kvrt_tool_openblas_threads(void)
+{
+    return openblas_get_num_threads();
 }
 
 /* Cores OpenBLAS already runs well; names as openblas_get_corename() spells them. */
@@ -35,13 +43,38 @@ const char *kvrt_tool_openblas_better_core(void)
     return NULL;
 }
 
-void kvrt_tool_openblas_reexec(char **argv)
+#else /* no OpenBLAS in this build */
+
+const char *kvrt_tool_openblas_core(void)
 {
-    if (getenv("OPENBLAS_CORETYPE")) /* set by the user, or by our own re-exec */
-        return;
+    return NULL;
+}
+
+int kvrt_tool_openblas_threads(void)
+{
+    return 0;
+}
+
+const char *kvrt_tool_openblas_better_core(void)
+{
+    return NULL;
+}
+
+#endif
+
+void kvrt_tool_openblas_describe(char *buf, size_t size)
+{
+    const char *core = kvrt_tool_openblas_core(), *env = getenv("OPENBLAS_CORETYPE");
     const char *better = kvrt_tool_openblas_better_core();
-    if (!better || setenv("OPENBLAS_CORETYPE", better, 1) != 0)
-        return;
-    execv("/proc/self/exe", argv);
-    unsetenv("OPENBLAS_CORETYPE"); /* exec failed: go on as we are */
+    if (!core)
+        snprintf(buf, size, "no OpenBLAS in this build");
+    else if (env && better)
+        snprintf(buf, size, "OpenBLAS core %s (OPENBLAS_CORETYPE=%s; %s would use wider kernels)", core, env,
+                 better);
+    else if (env)
+        snprintf(buf, size, "OpenBLAS core %s (OPENBLAS_CORETYPE=%s)", core, env);
+    else if (better)
+        snprintf(buf, size, "OpenBLAS core %s (OPENBLAS_CORETYPE=%s would use wider kernels)", core, better);
+    else
+        snprintf(buf, size, "OpenBLAS core %s", core);
 }

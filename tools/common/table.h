@@ -10,7 +10,7 @@
 
 #include "common/kvrt_internal.h"
 
-#define KVRT_TABLE_MAX_COLS 16
+#define KVRT_TABLE_MAX_COLS 20
 #define KVRT_TABLE_CELL_MAX 48 /* longer cells are truncated */
 
 typedef struct kvrt_table {

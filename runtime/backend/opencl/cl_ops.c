@@ -9,7 +9,7 @@
 enum {
     CL_K_RMSNORM = 0, CL_K_ROPE, CL_K_SWIGLU, CL_K_ADD, CL_K_GATHER,
     CL_K_EMBED_F32, CL_K_EMBED_F16, CL_K_EMBED_BF16, CL_K_EMBED_Q8_0, CL_K_EMBED_Q4_0,
-    CL_K_MATMUL_F32, CL_K_MATMUL_F16, CL_K_MATMUL_BF16, CL_K_MATMUL_Q8_0, CL_K_MATMUL_Q4_0
+    CL_K_MATMUL_F32, CL_K_MATMUL_F16, CL_K_MATMUL_BF16, CL_K_MATMUL_Q8_0, CL_K_MATMUL_Q4_0, CL_K_ADD_BIAS
 };
 
 /* Tokens per matmul work-group (MM_TT in ops.cl). */
@@ -148,6 +148,19 @@ kvrt_status kvrt_cl_add(kvrt_backend *be, kvrt_view x, kvrt_view y, kvrt_view ou
     KVRT_TRY(cl_rows(cl, out, 1, n, n, 4, "add: out", &m[2], &a.off[2]));
     size_t global[1] = {cl_round_up((size_t)n, CL_OPS_LOCAL)};
     return cl_run(cl, CL_K_ADD, m, &a, NULL, 0, 1, global, NULL, "add");
+}
+
+kvrt_status kvrt_cl_add_bias(kvrt_backend *be, kvrt_view x, int64_t x_stride, kvrt_view b, kvrt_view y,
+                             int64_t y_stride, int32_t n_tokens, int64_t dim)
+{
+    kvrt_cl_backend *cl = kvrt_cl(be);
+    kvrt_cl_op_args a = {.stride = {x_stride, 0, y_stride}, .rows = n_tokens, .dim = (int32_t)dim};
+    cl_mem m[3];
+    KVRT_TRY(cl_rows(cl, x, n_tokens, x_stride, dim, 4, "add_bias: x", &m[0], &a.off[0]));
+    KVRT_TRY(cl_rows(cl, b, 1, dim, dim, 4, "add_bias: b", &m[1], &a.off[1]));
+    KVRT_TRY(cl_rows(cl, y, n_tokens, y_stride, dim, 4, "add_bias: y", &m[2], &a.off[2]));
+    size_t global[2] = {(size_t)dim, (size_t)n_tokens};
+    return cl_run(cl, CL_K_ADD_BIAS, m, &a, NULL, 0, 2, global, NULL, "add_bias");
 }
 
 /* The weight type's addressing, and units per row of n values (a whole number of blocks). */

@@ -85,6 +85,7 @@ typedef enum kvrt_vk_pipe_id {
     KVRT_VK_PIPE_GATHER_BDA,
     KVRT_VK_PIPE_MATMUL_TILED, /* prefill: row x token tiles */
     KVRT_VK_PIPE_MATMUL_TILED_BDA,
+    KVRT_VK_PIPE_ADD_BIAS,
     KVRT_VK_PIPE_COUNT
 } kvrt_vk_pipe_id;
 

@@ -362,6 +362,31 @@ kvrt_status kvrt_vk_add(kvrt_backend *be, kvrt_view a, kvrt_view b, kvrt_view ou
     return vk_record(vk, KVRT_VK_PIPE_ADD, &bind, &pc, vk_groups((uint64_t)n, vk), 1);
 }
 
+kvrt_status kvrt_vk_add_bias(kvrt_backend *be, kvrt_view x, int64_t x_stride, kvrt_view b, kvrt_view y,
+                             int64_t y_stride, int32_t n_tokens, int64_t dim)
+{
+    kvrt_vk_backend *vk = kvrt_vk(be);
+    if (n_tokens == 0)
+        return KVRT_OK;
+    size_t xb, bb, yb;
+    if (n_tokens < 0 || dim < 1 || dim > UINT32_MAX || !vk_span(n_tokens, x_stride, dim, 4, &xb) ||
+        !vk_span(1, dim, dim, 4, &bb) || !vk_span(n_tokens, y_stride, dim, 4, &yb))
+        return vk_bad_shape(be, "add_bias");
+    vk_push_ops pc;
+    memset(&pc, 0, sizeof(pc));
+    kvrt_vk_bind bind = {.buf = {x.buf, b.buf, y.buf}};
+    KVRT_TRY(kvrt_vk_view_seg(vk, x, xb, "add_bias x", &bind.seg[0], &pc.a_off));
+    KVRT_TRY(kvrt_vk_view_seg(vk, b, bb, "add_bias b", &bind.seg[1], &pc.b_off));
+    KVRT_TRY(kvrt_vk_view_seg(vk, y, yb, "add_bias y", &bind.seg[2], &pc.c_off));
+    pc.n_tokens = (uint32_t)n_tokens;
+    pc.dim = (uint32_t)dim;
+    pc.a_stride = (uint32_t)x_stride;
+    pc.b_stride = 0; /* the one bias row for every token */
+    pc.c_stride = (uint32_t)y_stride;
+    return vk_record(vk, KVRT_VK_PIPE_ADD_BIAS, &bind, &pc, vk_groups_capped((uint64_t)dim, 256, vk),
+                     (uint64_t)n_tokens);
+}
+
 /* The rest of a buffer from a view on: tables whose row count the op does not get. */
 static size_t vk_tail(kvrt_view v)
 {

@@ -86,6 +86,7 @@ static const vk_pipe_desc vk_pipe_table[KVRT_VK_PIPE_COUNT] = {
     [KVRT_VK_PIPE_RMSNORM] = VK_PIPE_V("rmsnorm", rmsnorm, -1, VK_SG(rmsnorm_sg)),
     [KVRT_VK_PIPE_ADD] = VK_PIPE("add", elementwise, 0),
     [KVRT_VK_PIPE_SWIGLU] = VK_PIPE("swiglu", elementwise, 1),
+    [KVRT_VK_PIPE_ADD_BIAS] = VK_PIPE("add_bias", elementwise, 2),
     [KVRT_VK_PIPE_ROPE] = VK_PIPE("rope", rope, -1),
     [KVRT_VK_PIPE_EMBED] = VK_PIPE("embed", rows, 0),
     [KVRT_VK_PIPE_GATHER] = VK_PIPE("gather_rows", rows, 1),

@@ -49,6 +49,7 @@ static const char *vk_prof_op_name(kvrt_vk_pipe_id id)
     case KVRT_VK_PIPE_MATMUL_TILED_BDA: return "matmul";
     case KVRT_VK_PIPE_RMSNORM: return "rmsnorm";
     case KVRT_VK_PIPE_ADD: return "add";
+    case KVRT_VK_PIPE_ADD_BIAS: return "add_bias";
     case KVRT_VK_PIPE_SWIGLU: return "swiglu";
     case KVRT_VK_PIPE_ROPE: return "rope";
     case KVRT_VK_PIPE_EMBED:

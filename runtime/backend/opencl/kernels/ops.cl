@@ -62,6 +62,15 @@ __kernel void swiglu(__global const float *g, __global const float *u, __global 
     o[a.off[2] + (long)t * a.stride[2] + i] = gv / (1.0f + exp(-gv)) * u[a.off[1] + (long)t * a.stride[1] + i];
 }
 
+/* y[t][i] = x[t][i] + b[i]: a bias row on every token (b's stride is 0). */
+__kernel void add_bias(__global const float *x, __global const float *b, __global float *y, kvrt_cl_op_args a)
+{
+    const int i = get_global_id(0), t = get_global_id(1);
+    if (i >= a.dim)
+        return;
+    y[a.off[2] + (long)t * a.stride[2] + i] = x[a.off[0] + (long)t * a.stride[0] + i] + b[a.off[1] + i];
+}
+
 __kernel void add(__global const float *x, __global const float *y, __global float *o, kvrt_cl_op_args a)
 {
     const long i = get_global_id(0);
