@@ -248,7 +248,6 @@ int main(int argc, char **argv)
     sigaddset(&sigs, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
-    kvrt_tool_openblas_reexec(argv);
     static srv s; /* big (the metrics snapshot); one per process */
     int rc = parse_args(argc, argv, &s.o);
     if (rc != KVRT_CLI_CONTINUE) {
