@@ -577,19 +577,18 @@ static void test_model_errors(void **state)
 
     o = default_opts();
     o.extra_key = "llama.rope.scaling.type";
-    o.extra_val = "linear";
-    expect(&o, false, KVRT_ERR_UNSUPPORTED, "llama.rope.scaling.type", "linear");
-    o.extra_val = "none";
+    o.extra_val = "longrope";
+    expect(&o, false, KVRT_ERR_UNSUPPORTED, "longrope", "none, linear, yarn");
+    o.extra_val = "linear"; /* supported since the architectures work; its numbers: test_model_arch */
     expect(&o, false, KVRT_OK, NULL, NULL);
     o.extra_key = "llama.rope.scaling.factor";
     o.extra_val = NULL;
-    o.extra_f32 = 4.0f;
-    expect(&o, false, KVRT_ERR_UNSUPPORTED, "llama.rope.scaling.factor", NULL);
-    o.extra_key = "llama.rope.scaling.original_context_length";
-    expect(&o, false, KVRT_ERR_UNSUPPORTED, "original_context_length", NULL);
+    o.extra_f32 = -4.0f;
+    expect(&o, false, KVRT_ERR_BAD_MODEL, "factor -4 must be positive", NULL);
     o = default_opts();
     o.extra_rope_freqs = true;
-    expect(&o, false, KVRT_ERR_UNSUPPORTED, "rope_freqs.weight", NULL);
+    /* Llama 3.1's per-pair divisors are read now; zeros are refused (the rest: test_model_arch) */
+    expect(&o, false, KVRT_ERR_BAD_MODEL, "rope_freqs.weight[0] = 0", "finite and positive");
 
     o = default_opts();
     o.n_vocab_tokens = 300; /* vocabulary larger than token_embd */

@@ -11,7 +11,6 @@
  * then the rest are cancelled and answered, and everything is freed before
  * exit 0. */
 #include "cli.h"
-#include "openblas_core.h"
 #include "server/server.h"
 
 #include <errno.h>
@@ -237,6 +236,19 @@ static void shut_down(srv *s, const sigset_t *sigs)
     srv_http_stop(s);
 }
 
+static pthread_t main_thread;
+
+/* The threaded OpenBLAS starts its workers in a library constructor, before
+ * main can block SIGINT/SIGTERM for them: a signal the kernel hands to one of
+ * them is passed on to the main thread, which blocks it, so sigwait takes it
+ * (the default action would kill the process mid-shutdown). */
+static void forward_to_main(int sig)
+{
+    int saved = errno;
+    pthread_kill(main_thread, sig);
+    errno = saved;
+}
+
 int main(int argc, char **argv)
 {
     /* Signals go to sigwait() below, never to a handler: block them before
@@ -247,6 +259,11 @@ int main(int argc, char **argv)
     sigaddset(&sigs, SIGINT);
     sigaddset(&sigs, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    main_thread = pthread_self();
+    struct sigaction forward = {.sa_handler = forward_to_main};
+    sigemptyset(&forward.sa_mask);
+    sigaction(SIGINT, &forward, NULL);
+    sigaction(SIGTERM, &forward, NULL);
     signal(SIGPIPE, SIG_IGN);
     static srv s; /* big (the metrics snapshot); one per process */
     int rc = parse_args(argc, argv, &s.o);

@@ -156,8 +156,8 @@ kvrt_status kvrt_llama_add_hparams(kvrt_gguf_writer *w, const kvrt_llama_hparams
         {"attention.head_count_kv", hp->n_head_kv, true},
         {"block_count", hp->n_layer, true},
         {"rope.dimension_count", hp->rope_dim ? hp->rope_dim : hd, true},
-        {"attention.key_length", hd, hd != natural || hp->n_embd % hp->n_head != 0},
-        {"attention.value_length", hd, hd != natural || hp->n_embd % hp->n_head != 0},
+        {"attention.key_length", hd, hp->head_dim && (hd != natural || hp->n_embd % hp->n_head != 0)},
+        {"attention.value_length", hd, hp->head_dim && (hd != natural || hp->n_embd % hp->n_head != 0)},
         {"attention.sliding_window", hp->sliding_window, hp->sliding_window > 0},
     };
     for (size_t i = 0; i < KVRT_ARRAY_LEN(ints); i++)
