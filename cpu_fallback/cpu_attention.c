@@ -28,6 +28,10 @@ int32_t kvrt_cpu_attn_partition_size(int32_t seq_len)
 typedef struct kv_src {
     const char *k, *v;
     bool f16;
+    kvrt_dtype quant;         /* KVRT_DTYPE_Q8_0 / Q4_0: rows dequantized a run at a time; F32 otherwise */
+    const kvrt_kv_dtype_desc *qt; /* its descriptor */
+    size_t block_bytes;       /* quantized: bytes of one block (values, then scales) */
+    size_t block_rows;        /* quantized: n_kv * block_size rows per block */
     int32_t n_kv, hd;
     int32_t run;              /* most rows per run: the block size (paged) or KVRT_CONTIG_RUN */
     const int32_t *tables;    /* paged: [num_seqs][max_blocks]; NULL: contiguous */
@@ -35,11 +39,11 @@ typedef struct kv_src {
     int32_t max_len;          /* contiguous: positions per (sequence, head) */
 } kv_src;
 
-/* Byte offset of the keys from position j of (sequence s, head h) and how many
- * consecutive rows (<= want) lie there contiguously. */
+/* Index of the pool row of position j of (sequence s, head h) and how many
+ * consecutive rows (<= want) follow it in the same block and head. */
 static size_t kv_run(const kv_src *src, int32_t s, int32_t h, int32_t j, int32_t want, int32_t *n)
 {
-    size_t elem = src->f16 ? 2 : 4, row;
+    size_t row;
     if (src->tables) {
         int32_t bs = src->run, off = j % bs;
         int32_t block = src->tables[(size_t)s * (size_t)src->max_blocks + (size_t)(j / bs)];
@@ -49,16 +53,47 @@ static size_t kv_run(const kv_src *src, int32_t s, int32_t h, int32_t j, int32_t
         *n = KVRT_MIN(want, src->run - j % src->run);
         row = ((size_t)s * (size_t)src->n_kv + (size_t)h) * (size_t)src->max_len + (size_t)j;
     }
-    return row * (size_t)src->hd * elem;
+    return row;
 }
 
-/* F32 rows of a run: in place for F32 KV, converted into tmp for F16. */
-static const float *kv_rows(const kv_src *src, const kvrt_cpu_attn_kernels *ker, const char *base, size_t off,
+/* Address of a pool row's values (quantized: its scales follow the block's values). */
+static const char *kv_at(const kv_src *src, const char *base, size_t row)
+{
+    if (!src->quant)
+        return base + row * (size_t)src->hd * (src->f16 ? 2 : 4);
+    size_t blk = row / src->block_rows, r = row % src->block_rows;
+    return base + blk * src->block_bytes + kvrt_kv_row_values(src->qt, src->hd, r);
+}
+
+/* Bytes of n rows' values (what a prefetch pulls in). */
+static size_t kv_run_bytes(const kv_src *src, int32_t n)
+{
+    uint32_t bits = src->quant ? src->qt->value_bits : src->f16 ? 16 : 32;
+    return (size_t)n * (size_t)src->hd * bits / 8;
+}
+
+/* n quantized rows from pool row `row` (one block, one head) dequantized into tmp. */
+static const float *kv_dequant(const kv_src *src, const kvrt_cpu_attn_kernels *ker, const char *base, size_t row,
+                               int32_t n, float *tmp)
+{
+    size_t blk = row / src->block_rows, r = row % src->block_rows, hd = (size_t)src->hd;
+    const uint8_t *b = (const uint8_t *)base + blk * src->block_bytes;
+    const uint8_t *vals = b + kvrt_kv_row_values(src->qt, src->hd, r);
+    const uint8_t *sc = b + kvrt_kv_row_scales(src->qt, src->n_kv, src->run, src->hd, r);
+    ker->dequant(src->quant, vals, sc, (int64_t)n * (int64_t)(hd / KVRT_KV_QGROUP), tmp);
+    return tmp;
+}
+
+/* F32 rows of a run: in place for F32 KV, converted into tmp for F16 and quantized KV. */
+static const float *kv_rows(const kv_src *src, const kvrt_cpu_attn_kernels *ker, const char *base, size_t row,
                             int32_t n, float *tmp)
 {
+    if (src->quant)
+        return kv_dequant(src, ker, base, row, n, tmp);
+    const char *p = kv_at(src, base, row);
     if (!src->f16)
-        return (const float *)(const void *)(base + off);
-    ker->h2f(tmp, (const uint16_t *)(const void *)(base + off), (int64_t)n * src->hd);
+        return (const float *)(const void *)p;
+    ker->h2f(tmp, (const uint16_t *)(const void *)p, (int64_t)n * src->hd);
     return tmp;
 }
 
@@ -138,18 +173,21 @@ static inline void prefetch_run(const char *p, size_t bytes, bool to_l1)
 
 /* Scores (values == false) or accumulates values for one run of n rows of
  * head h from position index idx of the unit. */
-static void decode_one_run(const decode_job *j, const decode_unit *t, bool values, int32_t h, int32_t idx, size_t off,
+static void decode_one_run(const decode_job *j, const decode_unit *t, bool values, int32_t h, int32_t idx, size_t row,
                            int32_t n)
 {
     const kv_src *src = &j->src;
     int32_t hd = src->hd, g_n = j->group;
     size_t hl = (size_t)(h - t->h0) * (size_t)g_n;
     float *sc = t->sc + hl * (size_t)j->max_part + (size_t)idx;
+    const char *base = values ? src->v : src->k;
+    /* quantized rows are dequantized first and then read as F32 */
+    const void *rows = src->quant ? (const void *)kv_dequant(src, j->ker, base, row, n, t->tmp) : kv_at(src, base, row);
     if (!values) {
         const float *qg = j->q + (size_t)t->s * (size_t)j->d->q_stride + (size_t)h * (size_t)g_n * (size_t)hd;
-        j->ker->scores_kv(qg, g_n, src->k + off, src->f16, n, hd, j->d->scale, sc, j->max_part, t->tmp);
+        j->ker->scores_kv(qg, g_n, rows, src->f16, n, hd, j->d->scale, sc, j->max_part, t->tmp);
     } else {
-        j->ker->accum_kv(sc, j->max_part, g_n, src->v + off, src->f16, n, hd, t->acc + hl * (size_t)hd, t->tmp);
+        j->ker->accum_kv(sc, j->max_part, g_n, rows, src->f16, n, hd, t->acc + hl * (size_t)hd, t->tmp);
     }
 }
 
@@ -161,7 +199,6 @@ static void decode_pass(const decode_job *j, const decode_unit *t, bool values)
 {
     const kv_src *src = &j->src;
     const char *base = values ? src->v : src->k;
-    size_t elem = src->f16 ? 2 : 4;
     int32_t idx0 = 0;
     for (int r = 0; r < t->nr; r++) {
         int32_t a = KVRT_MAX(t->ranges[r][0], t->p0), b = KVRT_MIN(t->ranges[r][1], t->p1);
@@ -174,7 +211,7 @@ static void decode_pass(const decode_job *j, const decode_unit *t, bool values)
                     if (pos + n < b) {
                         int32_t n2;
                         size_t next = kv_run(src, t->s, h, pos + n, b - pos - n, &n2);
-                        prefetch_run(base + next, (size_t)n2 * (size_t)src->hd * elem, src->f16);
+                        prefetch_run(kv_at(src, base, next), kv_run_bytes(src, n2), src->f16 || src->quant);
                     }
                     decode_one_run(j, t, values, h, idx0 + pos - a, off, n);
                 }
@@ -184,8 +221,8 @@ static void decode_pass(const decode_job *j, const decode_unit *t, bool values)
                 for (int32_t pos = a, n; pos < b; pos += n) {
                     size_t off = kv_run(src, t->s, h, pos, b - pos, &n);
                     /* the same look-ahead as paged, so the comparison is fair */
-                    prefetch_run(base + off + (size_t)n * (size_t)src->hd * elem,
-                                 (size_t)KVRT_MIN(n, b - pos - n) * (size_t)src->hd * elem, src->f16);
+                    prefetch_run(kv_at(src, base, off + (size_t)n), kv_run_bytes(src, KVRT_MIN(n, b - pos - n)),
+                                 src->f16);
                     decode_one_run(j, t, values, h, idx0 + pos - a, off, n);
                 }
             }
@@ -358,6 +395,7 @@ static kvrt_status decode_run(kvrt_backend *be, const kv_src *src, const kvrt_cp
         work += (int64_t)seq_lens[s] * d->n_heads * src->hd * 2;
     kvrt_threadpool_run_sized(kvrt_cpu(be)->pool, n_units * j.n_chunks, work, decode_task, &j);
     kvrt_threadpool_run_sized(kvrt_cpu(be)->pool, (int64_t)d->num_seqs * src->n_kv, work, decode_merge_task, &j);
+    kvrt_cpu(be)->last_scratch = a.size;
     kvrt_free(be->alloc, a.base);
     return KVRT_OK;
 }
@@ -521,6 +559,7 @@ static kvrt_status prefill_run(kvrt_backend *be, const kv_src *src, const kvrt_a
     for (int32_t s = 0; s < d->num_seqs; s++)
         work += (int64_t)(qsl[s + 1] - qsl[s]) * seq_lens[s] * d->n_heads * src->hd * 2;
     kvrt_threadpool_run_sized(kvrt_cpu(be)->pool, n_units * src->n_kv, work, prefill_task, &j);
+    kvrt_cpu(be)->last_scratch = a.size;
     kvrt_free(be->alloc, a.base);
     return KVRT_OK;
 }
@@ -534,6 +573,12 @@ static kv_src paged_src(const kvrt_kv_pool *pool, int32_t layer, const kvrt_attn
     src.k = pool->k[layer];
     src.v = pool->v[layer];
     src.f16 = pool->desc.dtype == KVRT_DTYPE_F16;
+    if (pool->desc.dtype == KVRT_DTYPE_Q8_0 || pool->desc.dtype == KVRT_DTYPE_Q4_0) {
+        src.quant = pool->desc.dtype;
+        src.qt = kvrt_kv_dtype(pool->desc.dtype);
+        src.block_bytes = pool->block_bytes;
+        src.block_rows = (size_t)pool->desc.n_kv_heads * (size_t)pool->desc.block_size;
+    }
     src.n_kv = pool->desc.n_kv_heads;
     src.hd = pool->desc.head_dim;
     src.run = pool->desc.block_size;

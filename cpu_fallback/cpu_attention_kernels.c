@@ -108,9 +108,30 @@ static void softmax_portable(float *restrict row, int32_t n, float *m, float *l)
     *l = sum;
 }
 
+/* Quantized KV groups (kv_layout.h) to F32: q * d is exact in F32 (8 x 11
+ * significant bits), so every table gives the same bits. */
+static void dequant_portable(kvrt_dtype type, const uint8_t *restrict vals, const uint8_t *restrict scales,
+                             int64_t n_groups, float *restrict out)
+{
+    for (int64_t g = 0; g < n_groups; g++, out += 32) {
+        float d = kvrt_fp16_to_f32((uint16_t)(scales[2 * g] | (scales[2 * g + 1] << 8)));
+        if (type == KVRT_DTYPE_Q8_0) {
+            const int8_t *q = (const int8_t *)(const void *)(vals + g * 32);
+            for (int i = 0; i < 32; i++)
+                out[i] = (float)q[i] * d;
+        } else {
+            const uint8_t *q = vals + g * 16;
+            for (int i = 0; i < 16; i++) {
+                out[i] = (float)((q[i] & 15) - 8) * d;
+                out[i + 16] = (float)((q[i] >> 4) - 8) * d;
+            }
+        }
+    }
+}
+
 static const kvrt_cpu_attn_kernels kernels_portable = {
     "portable", scores_portable, accum_portable, h2f_portable, f2h_portable, scores_kv_portable, accum_kv_portable,
-    softmax_portable,
+    softmax_portable, dequant_portable,
 };
 
 /* ---- AVX2 + FMA + F16C kernels --------------------------------------------------------- */
@@ -497,8 +518,31 @@ KVRT_AVX2 static void softmax_avx2(float *restrict row, int32_t n, float *m, flo
     *l = hsum_avx2(vs);
 }
 
+KVRT_AVX2 static void dequant_avx2(kvrt_dtype type, const uint8_t *restrict vals, const uint8_t *restrict scales,
+                                   int64_t n_groups, float *restrict out)
+{
+    const __m128i low4 = _mm_set1_epi8(15), eight = _mm_set1_epi8(8);
+    for (int64_t g = 0; g < n_groups; g++, out += 32) {
+        __m256 d = _mm256_set1_ps(_cvtsh_ss((uint16_t)(scales[2 * g] | (scales[2 * g + 1] << 8))));
+        __m128i a, b; /* values 0..15 and 16..31 as int8 */
+        if (type == KVRT_DTYPE_Q8_0) {
+            a = _mm_loadu_si128((const __m128i *)(const void *)(vals + g * 32));
+            b = _mm_loadu_si128((const __m128i *)(const void *)(vals + g * 32 + 16));
+        } else {
+            __m128i q = _mm_loadu_si128((const __m128i *)(const void *)(vals + g * 16));
+            a = _mm_sub_epi8(_mm_and_si128(q, low4), eight);
+            b = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(q, 4), low4), eight);
+        }
+        _mm256_storeu_ps(out, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(a)), d));
+        _mm256_storeu_ps(out + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(a, 8))), d));
+        _mm256_storeu_ps(out + 16, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)), d));
+        _mm256_storeu_ps(out + 24, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8))), d));
+    }
+}
+
 static const kvrt_cpu_attn_kernels kernels_avx2 = {
     "avx2+fma+f16c", scores_avx2, accum_avx2, h2f_avx2, f2h_avx2, scores_kv_avx2, accum_kv_avx2, softmax_avx2,
+    dequant_avx2,
 };
 
 #define KVRT_AVX512 __attribute__((target("avx512f,avx512dq,avx2,fma,f16c")))
@@ -691,6 +735,7 @@ KVRT_AVX512 static void accum_kv_avx512(const float *restrict p, int64_t p_strid
 
 static const kvrt_cpu_attn_kernels kernels_avx512 = {
     "avx512", scores_avx2, accum_avx2, h2f_avx2, f2h_avx2, scores_kv_avx512, accum_kv_avx512, softmax_avx2,
+    dequant_avx2,
 };
 
 

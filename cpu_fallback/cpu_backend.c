@@ -25,6 +25,7 @@ static kvrt_status cpu_buffer_create(kvrt_backend *be, size_t size, unsigned fla
     }
     b->head = (kvrt_buffer_head){size, p};
     b->owned = true;
+    kvrt_cpu(be)->used += size;
     *out = b;
     return KVRT_OK;
 }
@@ -33,8 +34,10 @@ static void cpu_buffer_destroy(kvrt_backend *be, kvrt_buffer *b)
 {
     if (!b)
         return;
-    if (b->owned)
+    if (b->owned) {
         kvrt_free(be->alloc, b->head.host);
+        kvrt_cpu(be)->used -= b->head.size;
+    }
     kvrt_free(be->alloc, b);
 }
 
@@ -70,10 +73,17 @@ static kvrt_status cpu_buffer_copy(kvrt_backend *be, kvrt_buffer *src, size_t sr
 
 /* ---- KV pools ---------------------------------------------------------------- */
 
+/* Bytes of every layer's K and V of a pool (checked by the front door). */
+static uint64_t cpu_pool_bytes(const kvrt_kv_pool_desc *d)
+{
+    return (uint64_t)kvrt_kv_block_bytes(d) * (uint64_t)d->num_blocks * 2u * (uint64_t)d->n_layers;
+}
+
 static void cpu_kv_pool_destroy(kvrt_backend *be, kvrt_kv_pool *pool)
 {
     if (!pool)
         return;
+    kvrt_cpu(be)->used -= pool->charged;
     for (int32_t l = 0; l < pool->desc.n_layers; l++) {
         if (pool->k)
             kvrt_free(be->alloc, pool->k[l]);
@@ -105,9 +115,10 @@ static void *alloc_pool_memory(kvrt_backend *be, size_t bytes)
 static kvrt_status cpu_kv_pool_create(kvrt_backend *be, const kvrt_kv_pool_desc *d, kvrt_kv_pool **out)
 {
     *out = NULL;
-    /* the kernels read and write these two (cpu_kv.c, cpu_attention.c) */
-    if (d->dtype != KVRT_DTYPE_F32 && d->dtype != KVRT_DTYPE_F16)
-        return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "cpu: KV type %s is not supported (f32, f16)",
+    /* the kernels read and write these (cpu_kv.c, cpu_attention.c) */
+    if (d->dtype != KVRT_DTYPE_F32 && d->dtype != KVRT_DTYPE_F16 && d->dtype != KVRT_DTYPE_Q8_0 &&
+        d->dtype != KVRT_DTYPE_Q4_0)
+        return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "cpu: KV type %s is not supported (f32, f16, q8_0, q4_0)",
                          kvrt_dtype_name(d->dtype));
     /* the front door checked the sizes (kvrt_kv_check_pool_desc) */
     size_t block_bytes = kvrt_kv_block_bytes(d), layer_bytes = block_bytes * (size_t)d->num_blocks;
@@ -136,6 +147,8 @@ static kvrt_status cpu_kv_pool_create(kvrt_backend *be, const kvrt_kv_pool_desc 
         if (!pool->k[l] || !pool->v[l])
             goto oom;
     }
+    pool->charged = cpu_pool_bytes(d);
+    kvrt_cpu(be)->used += pool->charged;
     *out = pool;
     return KVRT_OK;
 oom:
@@ -189,6 +202,50 @@ static kvrt_status cpu_submit(kvrt_backend *be)
     return KVRT_OK;
 }
 
+/* Ops ran as they were called: nothing is left to drop. */
+static void cpu_abort(kvrt_backend *be)
+{
+}
+
+/* What the kernel reports available now (MemAvailable: free memory plus
+ * what the page cache would give back), else the free pages; 0 if neither. */
+static uint64_t cpu_available_bytes(void)
+{
+    uint64_t kib = 0;
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (f) {
+        char line[128];
+        unsigned long long v;
+        while (fgets(line, sizeof(line), f)) {
+            if (sscanf(line, "MemAvailable: %llu kB", &v) == 1) {
+                kib = v;
+                break;
+            }
+        }
+        fclose(f);
+    }
+    if (kib > 0)
+        return kib * 1024u;
+    long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    return pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0;
+}
+
+static void cpu_limits(kvrt_backend *be, kvrt_context_limits *out)
+{
+    const kvrt_cpu_backend *cpu = kvrt_cpu(be);
+    out->memory_heap = cpu->heap;
+    out->memory_budget = cpu->budget;
+    out->memory_in_use = cpu->used;
+    out->max_buffer_bytes = SIZE_MAX;
+    /* the kernels take any head size and length the layout can index */
+    out->decode_head_dim_max = INT32_MAX;
+    out->prefill_head_dim_max = INT32_MAX;
+    out->max_table_entries = INT64_MAX;
+    out->max_seq_len = INT32_MAX;
+    out->max_scratch_bytes = SIZE_MAX;
+    out->scratch_bytes = cpu->last_scratch;
+}
+
 static void cpu_destroy(kvrt_backend *be)
 {
     if (!be)
@@ -215,6 +272,8 @@ static const kvrt_backend_ops cpu_ops = {
     .kv_copy_blocks = cpu_kv_copy_blocks,
     .begin = cpu_begin,
     .submit = cpu_submit,
+    .abort = cpu_abort,
+    .limits = cpu_limits,
     KVRT_BACKEND_KERNELS(KVRT_BACKEND_ENTRY, kvrt_cpu_)
 };
 
@@ -250,6 +309,9 @@ kvrt_status kvrt_cpu_backend_create(const kvrt_context_params *params, kvrt_back
         return s;
     }
     cpu->n_threads = kvrt_threadpool_size(cpu->pool);
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    cpu->heap = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0;
+    cpu->budget = params->memory_budget ? params->memory_budget : cpu_available_bytes();
     cpu->use_blas = !(params->disabled_features & KVRT_FEATURE_BLAS) && kvrt_cpu_blas_usable(kvrt_cpu_best_isa());
     describe(cpu, params->disabled_features);
     *out = &cpu->base;

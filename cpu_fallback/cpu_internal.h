@@ -15,6 +15,7 @@ struct kvrt_kv_pool {
     size_t block_bytes; /* one block of one pool */
     void **k;           /* [n_layers] -> [num_blocks][n_kv_heads][block_size][head_dim] */
     void **v;           /* [n_layers] same */
+    uint64_t charged;   /* bytes counted in the backend's memory in use */
 };
 
 typedef struct kvrt_cpu_backend {
@@ -22,6 +23,10 @@ typedef struct kvrt_cpu_backend {
     kvrt_threadpool *pool;
     int n_threads;
     bool use_blas; /* large products go to OpenBLAS (cpu_blas.h) */
+    uint64_t heap;         /* physical memory */
+    uint64_t budget;       /* the context's, or what was available at creation */
+    uint64_t used;         /* owned buffers and KV pools */
+    uint64_t last_scratch; /* bytes of attention scratch the last call took */
 } kvrt_cpu_backend;
 
 static inline kvrt_cpu_backend *kvrt_cpu(kvrt_backend *be)

@@ -165,16 +165,19 @@ typedef struct kvrt_context_params {
                                * runs on more threads than that at once: above it, threads sleep */
     int32_t device_index;     /* GPU backends: -1 = pick (discrete preferred); must be -1 with AUTO */
     const char *device_name;  /* GPU backends: substring match, overrides index; may be NULL; NULL with AUTO */
-    uint64_t memory_budget;   /* bytes of device memory kvrt may use; 0 = backend default */
+    uint64_t memory_budget;   /* bytes of device memory kvrt may use; 0 = the default: the device's
+                                 heap minus what is in use (kvrt_context_get_limits) */
     uint32_t disabled_features; /* KVRT_FEATURE_* bits the backend must not use */
     const kvrt_allocator *allocator; /* host allocations; NULL = malloc. Must outlive the context. */
     /* GPU backends: file kvrt loads compiled pipelines from and saves them to
      * (Vulkan: the driver's VkPipelineCache data plus a kvrt checksum); NULL =
-     * none. A missing, unreadable, corrupt or other-device file is ignored. */
+     * none. A missing, unreadable, corrupt or other-device file is ignored.
+     * Saving replaces only a missing file or a kvrt cache: any other file at
+     * the path (a model named by mistake) is left as it is and not saved over. */
     const char *pipeline_cache_path;
 } kvrt_context_params;
 
-/* Defaults: CPU backend, all cores, automatic device, no budget, all features,
+/* Defaults: CPU backend, all cores, automatic device, the default budget, all features,
  * no pipeline cache file. */
 KVRT_API kvrt_context_params kvrt_context_default_params(void);
 
@@ -200,9 +203,49 @@ KVRT_API kvrt_backend_kind kvrt_context_backend(const kvrt_context *ctx);
  * now (atomically: a temporary file renamed over it), if pipelines were
  * created since it was loaded or last saved. kvrt_context_destroy also saves,
  * silently. KVRT_OK without doing anything on contexts without a cache file
- * (no path, CPU backend, OpenCL). KVRT_ERR_IO when the file cannot be written;
- * the cache stays in memory and a later call may retry. */
+ * (no path, CPU backend, OpenCL). KVRT_ERR_IO when the file cannot be written
+ * or the path holds something that is not a kvrt cache (never replaced); the
+ * cache stays in memory and a later call may retry. */
 KVRT_API kvrt_status kvrt_context_save_caches(kvrt_context *ctx);
+
+/* ---- limits ------------------------------------------------------------------ */
+
+/* What a context can take, so a caller can size its requests instead of
+ * learning them from refusals; every refusal of a limit below names it
+ * ("... exceeds the memory budget ...", "... the largest attention scratch
+ * per call ..."). Values are for this context's backend and device. */
+typedef struct kvrt_context_limits {
+    /* Device memory. kvrt refuses, up front and with these numbers, any KV
+     * cache or buffer that would take memory_in_use past memory_budget
+     * (KVRT_ERR_OUT_OF_DEVICE_MEMORY; the CPU: OUT_OF_HOST_MEMORY). */
+    uint64_t memory_heap;    /* what the device reports (Vulkan: its largest device-local heap;
+                                OpenCL: CL_DEVICE_GLOBAL_MEM_SIZE; the CPU: physical memory) */
+    uint64_t memory_budget;  /* kvrt_context_params.memory_budget, or by default the heap minus what
+                                was in use when the context was created (Vulkan: the driver's
+                                VK_EXT_memory_budget figure where it has one; the CPU: the memory
+                                the kernel reports available) */
+    uint64_t memory_in_use;  /* what kvrt holds now: KV caches, weights, activations, scratch */
+    uint64_t max_buffer_bytes; /* the largest buffer one allocation may hold (bigger ones are split
+                                  into segments); attention scratch must fit one */
+    /* Attention (include/kvrt_attention.h). A call outside them is refused
+     * with KVRT_ERR_UNSUPPORTED and a message naming the limit. */
+    int32_t decode_head_dim_max;  /* head_dim of paged decode attention: 1 .. this */
+    int32_t prefill_head_dim_max; /* head_dim of prefill attention: 1 .. this */
+    int64_t max_table_entries;    /* widest block table one call takes: num_seqs * max_blocks_per_seq */
+    int64_t max_seq_len;          /* longest sequence (keys) one call takes at any head_dim above */
+    /* The largest prefill per call: split-K partial results of one call, in
+     * bytes, at most max_scratch_bytes. GPU backends need about
+     * num_tokens * n_heads * ceil(longest seq_len / 256) * (head_dim + 2) * 4
+     * for a prefill and num_seqs * n_heads * ceil(longest seq_len / 512) *
+     * (head_dim + 2) * 4 for a decode; the CPU works in fixed tiles per
+     * thread. Sizes follow seq_lens, never the width of the block table. */
+    uint64_t max_scratch_bytes;
+    uint64_t scratch_bytes;       /* attention scratch held now (GPU: kept between calls, grown on need;
+                                     the CPU: what the last call took) */
+} kvrt_context_limits;
+
+/* Fills *out. Errors: INVALID_ARGUMENT (ctx or out NULL). */
+KVRT_API kvrt_status kvrt_context_get_limits(kvrt_context *ctx, kvrt_context_limits *out);
 
 /* ---- per-op profiling ------------------------------------------------------ */
 

@@ -7,6 +7,19 @@
  * block_id * block_size + offset. A block table is int32
  * [num_seqs][max_blocks_per_seq], row-major, unused entries -1.
  *
+ * Failures: a call that fails (bad input, a limit, an exhausted budget, a
+ * device error) leaves the context and the cache usable, as they were
+ * before it, apart from its outputs (out, and the slots of a failed write,
+ * which hold old or new values); the next call runs normally.
+ *
+ * Limits (kvrt_context_get_limits in kvrt.h): head_dim per kernel, the
+ * widest block table (num_seqs * max_blocks_per_seq), the longest sequence
+ * and the attention scratch one call may take; a call beyond one is refused
+ * with KVRT_ERR_UNSUPPORTED and a message naming the limit. Scratch and
+ * split-K partitions follow the sequences' lengths (seq_lens), not the width
+ * of their tables: a table sized for a long context costs only its upload.
+ * A cache larger than the memory budget is refused up front.
+ *
  * Ownership: the cache belongs to the context it was created from and must be
  * destroyed before it. Every pointer argument is read (or, for outputs,
  * written) only during the call; kvrt keeps no reference to caller memory.
@@ -28,7 +41,10 @@ typedef struct kvrt_kv_cache_params {
     int32_t head_dim;
     int32_t block_size; /* 8, 16 or 32 */
     int32_t num_blocks;
-    kvrt_dtype dtype;   /* KVRT_DTYPE_F32 or KVRT_DTYPE_F16 (storage only; math is F32) */
+    kvrt_dtype dtype;   /* KVRT_DTYPE_F32, F16, Q8_0 or Q4_0 (storage only; math is F32). Q8_0 / Q4_0:
+                           8 / 4-bit values in groups of 32 along head_dim (a multiple of 32), one
+                           F16 scale per group stored after the block's values; the rounding rule
+                           is in docs/architecture.md ("Quantized KV") */
 } kvrt_kv_cache_params;
 
 typedef struct kvrt_kv_cache kvrt_kv_cache;
@@ -42,18 +58,31 @@ KVRT_API kvrt_status kvrt_kv_cache_create(kvrt_context *ctx, const kvrt_kv_cache
 KVRT_API void kvrt_kv_cache_destroy(kvrt_kv_cache *cache);
 /* Message of the last failed call on this cache ("" if none). */
 KVRT_API const char *kvrt_kv_cache_message(const kvrt_kv_cache *cache);
-/* Bytes of one block of one pool (one layer, K or V): n_kv_heads*block_size*head_dim*elem. */
+/* Bytes of one block of one pool (one layer, K or V): n_kv_heads*block_size*head_dim*elem,
+ * plus the scales of quantized types (2 bytes per 32 values). */
 KVRT_API size_t kvrt_kv_cache_block_bytes(const kvrt_kv_cache *cache);
 
 /* Writes the K and V of n_tokens tokens of `layer`:
  * k, v: F32 [n_tokens][n_kv_heads][head_dim] (keys already rotated);
  * slot_mapping: [n_tokens], slot < 0 skips the token (padding).
- * F16 caches round to nearest even. */
+ * F16 caches round to nearest even; Q8_0 / Q4_0 quantize each group of 32. */
 KVRT_API kvrt_status kvrt_kv_cache_write(kvrt_kv_cache *cache, int32_t layer, const float *k, const float *v,
                                          const int32_t *slot_mapping, int32_t n_tokens);
+/* The same with K and V in src_type: KVRT_DTYPE_F32 (as above) or
+ * KVRT_DTYPE_F16 (IEEE half, uint16_t [n_tokens][n_kv_heads][head_dim]).
+ * F16 into an F16 cache stores the given bits (NaN payloads may come out
+ * quieted), F16 into an F32 cache their exact values; the stored bytes are
+ * the same on every backend. Other types: INVALID_ARGUMENT. */
+KVRT_API kvrt_status kvrt_kv_cache_write_typed(kvrt_kv_cache *cache, int32_t layer, kvrt_dtype src_type,
+                                               const void *k, const void *v, const int32_t *slot_mapping,
+                                               int32_t n_tokens);
 
 /* Options of an attention call. Query at position i sees key j iff j <= i and
- * (window == 0 or i - j < window or j < sinks). */
+ * (window == 0 or i - j < window or j < sinks). Sequence s reads only the
+ * first ceil(seq_lens[s] / block_size) entries of its table row: entries
+ * past its length are ignored (never read or checked), and inside it -1 is
+ * allowed only for blocks no query of the call can see (released by a
+ * window). */
 typedef struct kvrt_attention_params {
     int32_t n_heads;            /* query heads, a multiple of n_kv_heads (GQA/MQA) */
     int32_t max_blocks_per_seq; /* row length of block_tables */

@@ -53,7 +53,7 @@ typedef struct kvrt_engine_params {
     int32_t max_seqs;           /* sequences per step, default 64 */
     int32_t enable_prefix_cache;/* nonzero (default): reuse cached prompt blocks */
     kvrt_preempt_mode preempt_mode;
-    kvrt_dtype kv_type;         /* KV cache element type: F32 (default) or F16 */
+    kvrt_dtype kv_type;         /* KV cache element type: F32 (default), F16, Q8_0 or Q4_0 (CPU only) */
     int32_t eos_id;             /* end-of-sequence token; -1 = none (default; the model's with kvrt_engine_create,
                                  * which also stops at every end-of-generation token: kvrt_token_is_eog) */
     kvrt_clock_fn clock;        /* NULL = CLOCK_MONOTONIC; tests inject their own */
@@ -69,14 +69,16 @@ typedef enum kvrt_finish_reason {
     KVRT_FINISH_EOS = 2,        /* EOS or another end-of-generation token (kvrt_token_is_eog) */
     KVRT_FINISH_STOP_TOKEN = 3, /* one of stop_tokens was generated */
     KVRT_FINISH_CANCELLED = 4,
-    KVRT_FINISH_STOP_STRING = 5 /* one of stop_strings appeared in the text (not part of it) */
+    KVRT_FINISH_STOP_STRING = 5, /* one of stop_strings appeared in the text (not part of it) */
+    KVRT_FINISH_ERROR = 6       /* the same sample failed twice at the same token (sampling it or
+                                 * turning it into text): kvrt_sample_output.error says why */
 } kvrt_finish_reason;
 
-/* "running", "length", "eos", "stop", "cancelled", "stop_string". */
+/* "running", "length", "eos", "stop", "cancelled", "stop_string", "error". */
 KVRT_API const char *kvrt_finish_reason_name(kvrt_finish_reason reason);
 
 /* Called once per generated token of each sample (sample in [0, n)), and once
- * more with token -1 when a sample is cancelled. finish is KVRT_FINISH_NONE
+ * more with token -1 when a sample is cancelled or ends in an error. finish is KVRT_FINISH_NONE
  * while the sample continues. Tokens already reported are never reported
  * again (not after a preemption either). */
 typedef void (*kvrt_token_fn)(void *user, int64_t request_id, int32_t sample, int32_t token,
@@ -94,7 +96,8 @@ typedef struct kvrt_request_params {
     const int32_t *prompt;      /* [n_prompt] token ids, n_prompt >= 1; NULL: prompt_text is tokenized */
     int32_t n_prompt;
     const char *prompt_text;    /* UTF-8, used when prompt is NULL (engines of kvrt_engine_create only) */
-    int32_t add_bos;            /* with prompt_text: BOS (and EOS) as the vocabulary asks (default 1) */
+    int32_t add_bos;            /* with prompt_text: nonzero (default) adds what the vocabulary asks for
+                                 * (BOS when kvrt_model_info.add_bos, EOS when add_eos); 0 none */
     /* A conversation, used when prompt and prompt_text are NULL (engines of kvrt_engine_create only): the
      * prompt is kvrt_chat_tokenize of these messages with the assistant's turn opened. */
     const kvrt_chat_message *messages; /* [n_messages], copied at submit */
@@ -139,6 +142,8 @@ typedef struct kvrt_sample_output {
     const char *text;       /* the generated text (NUL-terminated; a stop string and what followed it
                              * left out); "" when the engine has no tokenizer */
     size_t text_len;
+    kvrt_status error;      /* KVRT_FINISH_ERROR: the failure (the step that gave up returned it, with
+                             * kvrt_engine_message saying more); KVRT_OK otherwise */
 } kvrt_sample_output;
 
 typedef struct kvrt_request_output {
@@ -192,7 +197,11 @@ typedef struct kvrt_step_info {
 
 /* Schedules and runs one step; *info (may be NULL) says what it did. With no
  * work it returns KVRT_OK and an all-zero info. On failure of the model the
- * step's requests are left to be retried (nothing is lost). */
+ * step's requests are left to be retried (nothing is lost). A sample whose
+ * next token cannot be sampled or turned into text is computed again once;
+ * failing again at the same token it finishes with KVRT_FINISH_ERROR (an
+ * error that repeats is never retried forever), and that step returns the
+ * error. */
 KVRT_API kvrt_status kvrt_engine_step(kvrt_engine *engine, kvrt_step_info *info);
 
 /* Nonzero while some request is waiting, running or swapped out. */

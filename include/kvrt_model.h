@@ -26,13 +26,23 @@ typedef struct kvrt_model_params {
     /* Called now and then while loading; fraction in [0, 1]. May be NULL. */
     void (*progress)(void *user, double fraction);
     void *progress_user;
-    int32_t max_context;        /* positions the model will be asked for; 0 = the file's context length */
+    int32_t max_context;        /* positions the model will be asked for; 0 = the file's context length,
+                                 * capped at KVRT_DEFAULT_MAX_CONTEXT (a file may claim far more than a
+                                 * run needs: memory is sized by it) */
 } kvrt_model_params;
+
+/* The cap on a default max_context (kvrt_model_params.max_context = 0). */
+#define KVRT_DEFAULT_MAX_CONTEXT 4096
 
 KVRT_API kvrt_model_params kvrt_model_default_params(void);
 
 /* Loads a Llama-family model onto the context's backend (weights in backend
  * buffers; on the CPU the GGUF data section is memory-mapped and read in place).
+ * What max_context sizes (the RoPE table, and at least one sequence's KV
+ * cache) is checked against the context's memory_budget, or the machine's
+ * memory without one, before anything is allocated: OUT_OF_HOST_MEMORY (or
+ * OUT_OF_DEVICE_MEMORY with a budget) naming max_context or the file's
+ * context length.
  * Errors: IO, BAD_MODEL, BAD_TOKENIZER, UNSUPPORTED (a tensor type or tokenizer
  * kvrt does not run), OUT_OF_*_MEMORY; the message names the problem. */
 KVRT_API kvrt_status kvrt_model_load(kvrt_context *ctx, const kvrt_model_params *params,
@@ -44,6 +54,10 @@ typedef struct kvrt_model_info {
     int32_t n_vocab, n_embd, n_layer, n_ff, n_head, n_head_kv, head_dim;
     int32_t n_ctx_train;  /* as the file states it */
     int32_t bos_id, eos_id; /* -1 when absent */
+    int32_t add_bos, add_eos; /* 1 when tokenizing adds BOS / EOS (the file's add_bos_token /
+                               * add_eos_token; what KVRT_TOKENIZE_ADD_SPECIAL adds) */
+    int32_t max_context;    /* positions a session or engine may use: kvrt_model_params.max_context,
+                             * or the file's context length capped at KVRT_DEFAULT_MAX_CONTEXT */
     kvrt_dtype weight_type; /* type of most matrices */
     uint64_t n_params;
     uint64_t weight_bytes;
@@ -53,7 +67,9 @@ typedef struct kvrt_model_info {
 KVRT_API kvrt_status kvrt_model_get_info(const kvrt_model *model, kvrt_model_info *out);
 
 /* Flags of kvrt_tokenize (1 keeps its old meaning "add BOS"). */
-#define KVRT_TOKENIZE_ADD_SPECIAL 1u   /* BOS / EOS as the vocabulary asks (add_bos_token, add_eos_token) */
+#define KVRT_TOKENIZE_ADD_SPECIAL 1u   /* the special tokens the vocabulary asks for, as the file says: BOS
+                                        * first when kvrt_model_info.add_bos, EOS last when add_eos (a file
+                                        * with add_bos_token = false gets no BOS) */
 #define KVRT_TOKENIZE_PARSE_SPECIAL 2u /* the pieces of control and user-defined tokens written in the text
                                         * (such as <|im_start|>) become those tokens; without it text is
                                         * only ever text. Chat templates always use it. */
@@ -61,7 +77,8 @@ KVRT_API kvrt_status kvrt_model_get_info(const kvrt_model *model, kvrt_model_inf
 /* Tokenizes `len` bytes of UTF-8 text (any bytes are accepted) with `flags`
  * (KVRT_TOKENIZE_*). Writes up to `capacity` ids; *n_tokens receives the
  * number needed, and the call returns KVRT_ERR_INVALID_ARGUMENT (with
- * *n_tokens set) when capacity is too small. */
+ * *n_tokens set) when capacity is too small: a call with capacity 0 asks for
+ * the size. */
 KVRT_API kvrt_status kvrt_tokenize(kvrt_model *model, const char *text, size_t len, unsigned flags,
                                    int32_t *ids, int32_t capacity, int32_t *n_tokens);
 
@@ -138,7 +155,7 @@ typedef struct kvrt_session kvrt_session;
 typedef struct kvrt_session_params {
     int32_t n_ctx;      /* positions; 0 = the model's max_context */
     int32_t block_size; /* 8, 16 (default) or 32 */
-    kvrt_dtype kv_type; /* F32 (default) or F16 */
+    kvrt_dtype kv_type; /* F32 (default), F16, or Q8_0 / Q4_0 (CPU; head_dim a multiple of 32) */
     int32_t n_batch;    /* tokens per forward when evaluating a prompt (prefill chunk); 0 = 512 */
     int32_t num_blocks; /* KV pool size; 0 = enough for n_ctx */
 } kvrt_session_params;

@@ -57,10 +57,8 @@ kvrt_status kvrt_tool_device_copy_gbs(kvrt_context *ctx, size_t bytes, int passe
             break;
         uint64_t t0 = kvrt_profile_now_ns();
         st = kvrt_op_buffer_copy(be, p % 2 ? b : a, 0, p % 2 ? a : b, 0, bytes);
-        kvrt_status sub = kvrt_op_submit(be);
+        st = kvrt_op_end_step(be, st);
         double t = (double)(kvrt_profile_now_ns() - t0) * 1e-9;
-        if (st == KVRT_OK)
-            st = sub;
         if (st == KVRT_OK && p > 0 && t > 0)
             best = fmax(best, 2.0 * (double)bytes / t * 1e-9); /* the first pass warms up */
     }

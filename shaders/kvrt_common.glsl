@@ -160,16 +160,17 @@ float pool_load(bool is_v, uint seg, uint e)
     return uintBitsToFloat(is_v ? vpool_get(seg, e) : kpool_get(seg, e));
 }
 
-// IEEE binary16 bits of f, round to nearest even (same algorithm as fp16.h).
+// IEEE binary16 bits of f, round to nearest even (the algorithm of fp16.h),
+// saturating at +-65504 as F16 KV does on every backend.
 uint f32_to_f16_rne(float f)
 {
     uint u = floatBitsToUint(f);
     uint sign = (u >> 16) & 0x8000u;
     uint a = u & 0x7fffffffu;
-    if (a >= 0x7f800000u)
-        return sign | 0x7c00u | (a > 0x7f800000u ? (0x200u | ((a >> 13) & 0x3ffu)) : 0u);
-    if (a >= 0x477ff000u)
-        return sign | 0x7c00u;
+    if (a > 0x7f800000u) // NaN stays NaN (quiet)
+        return sign | 0x7e00u | ((a >> 13) & 0x3ffu);
+    if (a >= 0x477ff000u) // rounds past 65504, inf included: saturates (DESIGN.md, F16 KV)
+        return sign | 0x7bffu;
     if (a < 0x38800000u) {
         float x = uintBitsToFloat(a) + 0.5;
         return sign | (floatBitsToUint(x) - 0x3f000000u);

@@ -115,7 +115,7 @@ static void test_portable_kernels(void **state)
             kvrt_cpu_contig_kv kv = {c.dtype, c.n_kv_heads, c.head_dim, max_len, f16 ? (void *)kh : (void *)kf,
                                      f16 ? (void *)vh : (void *)vf, all[k]};
             kvrt_attn_desc desc = {c.num_seqs, c.n_heads, 0, d.scale, c.window, c.sinks,
-                                   (int64_t)c.n_heads * c.head_dim, (int64_t)c.n_heads * c.head_dim, 0};
+                                   (int64_t)c.n_heads * c.head_dim, (int64_t)c.n_heads * c.head_dim, 0, 0};
             assert_int_equal(kvrt_cpu_attn_decode_contiguous(((struct kvrt_context *)ctx)->be, &kv, &desc, d.q,
                                                              d.seq_lens, out), KVRT_OK);
             attn_check r = attn_case_check(&d, out);

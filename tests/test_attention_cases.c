@@ -100,12 +100,43 @@ static void test_wide_heads(void **state)
     free(cases);
 }
 
+/* Quantized KV (q8_0, q4_0): kernels against the double reference fed the
+ * same dequantized values (tests/common/ref_kvquant.c), so the bound is the
+ * same as for F32/F16 KV. Head dims multiples of 32 (the scale group), GQA
+ * and MHA, every block size, a window with sinks, split-K partitions, a
+ * batch of random lengths, decode and prefill. */
+static void test_quantized_kv(void **state)
+{
+    (void)state;
+    static const struct {
+        int32_t hd, n_heads, n_kv, bs, window, sinks, len;
+        attn_mode mode;
+    } cases[] = {
+        {64, 8, 2, 16, 0, 0, 300, ATTN_DECODE},   {128, 4, 4, 8, 0, 0, 0, ATTN_DECODE},
+        {32, 6, 3, 32, 40, 3, 129, ATTN_DECODE},  {96, 8, 1, 16, 0, 0, 1100, ATTN_DECODE},
+        {64, 8, 2, 16, 0, 0, 0, ATTN_PREFILL},    {128, 4, 1, 8, 64, 4, 200, ATTN_PREFILL},
+        {32, 2, 2, 32, 0, 0, 77, ATTN_PREFILL},
+    };
+    size_t n = 0;
+    for (int t = 0; t < 2; t++) {
+        kvrt_dtype dt = t ? KVRT_DTYPE_Q4_0 : KVRT_DTYPE_Q8_0;
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++, n++) {
+            attn_case c;
+            attn_case_make(&c, cases[i].hd, cases[i].n_heads, cases[i].n_kv, cases[i].bs, dt, cases[i].window,
+                           cases[i].sinks, cases[i].mode, cases[i].len, 40 + i + 100 * (size_t)t);
+            run_case(&c);
+        }
+    }
+    report("quantized KV", n);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_grid),
         cmocka_unit_test(test_long_and_odd_cases),
         cmocka_unit_test(test_wide_heads),
+        cmocka_unit_test(test_quantized_kv),
     };
     return cmocka_run_group_tests_name("attention cases", tests, kvrt_test_passes_setup, kvrt_test_passes_teardown);
 }

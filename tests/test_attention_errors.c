@@ -102,7 +102,8 @@ static void test_create_errors(void **state)
         {{1, KV, HD, BS, 0, KVRT_DTYPE_F32}, "num_blocks 0"},
         {{1, KV, HD, 12, NB, KVRT_DTYPE_F32}, "block_size 12 is not 8, 16 or 32"},
         {{1, KV, HD, 64, NB, KVRT_DTYPE_F32}, "block_size 64"},
-        {{1, KV, HD, BS, NB, KVRT_DTYPE_Q8_0}, "dtype q8_0 is not supported"},
+        {{1, KV, HD, BS, NB, KVRT_DTYPE_Q8_0}, "head_dim 8 is not a multiple of 32, which q8_0 KV needs"},
+        {{1, KV, 80, BS, NB, KVRT_DTYPE_Q4_0}, "head_dim 80 is not a multiple of 32, which q4_0 KV needs"},
         {{1, KV, HD, BS, NB, KVRT_DTYPE_BF16}, "dtype bf16"},
         {{1, KV, HD, 32, INT32_MAX / 16, KVRT_DTYPE_F32}, "overflow"},
     };
@@ -304,7 +305,7 @@ static void test_backend_view_checks(void **state)
     ints[0] = 5; /* seq_lens[0] at offset 0; table row at offset 64 */
     ints[16] = 1;
     kvrt_view vs = {small, 0}, vb = {big, 0}, lens = {big, 0}, table = {big, 64}, q = {big, 1024};
-    kvrt_attn_desc d = {1, H, 1, 0.5f, 0, 0, H * HD, H * HD, 1};
+    kvrt_attn_desc d = {1, H, 1, 0.5f, 0, 0, H * HD, H * HD, 1, 0};
     assert_int_equal(kvrt_op_attn_decode(be, pool, 0, &d, q, kvrt_view_at(vb, 2048), lens, table), KVRT_OK);
     assert_int_equal(kvrt_op_attn_decode(be, pool, 0, &d, vs, kvrt_view_at(vb, 2048), lens, table),
                      KVRT_ERR_INVALID_ARGUMENT);

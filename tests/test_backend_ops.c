@@ -29,6 +29,7 @@
 #include "backend/ops.h"
 #include "common/fp16.h"
 #include "common/quant.h"
+#include "ref_kvquant.h"
 #include "ref_ops.h"
 #include "test_buffers.h"
 #include "test_passes.h"
@@ -165,6 +166,12 @@ static size_t build_table(table *t, bool full)
         for (int f16 = 0; f16 <= 1; f16++)
             add(t, (op_case){OP_KV_WRITE, f16 ? KVRT_DTYPE_F16 : KVRT_DTYPE_F32, 50, kv_hd[hi], 2,
                              kv_bs[(hi + (size_t)f16) % 3], 3, 0, true, false, {0}});
+    /* quantized KV: one group, several, an odd count of groups per row */
+    static const int32_t kq_hd[] = {32, 64, 96, 128};
+    for (size_t hi = 0; hi < KVRT_ARRAY_LEN(kq_hd); hi++)
+        for (int q4 = 0; q4 <= 1; q4++)
+            add(t, (op_case){OP_KV_WRITE, q4 ? KVRT_DTYPE_Q4_0 : KVRT_DTYPE_Q8_0, 50, kq_hd[hi], 1 + (int32_t)hi % 3,
+                             kv_bs[(hi + (size_t)q4) % 3], 3, 0, true, false, {0}});
     /* attention: a few rows here; the whole case grid is test_attention_cases */
     add(t, (op_case){OP_ATTENTION, KVRT_DTYPE_F16, .at = {64, 8, 2, 16, 0, 0, 300, ATTN_DECODE}});
     add(t, (op_case){OP_ATTENTION, KVRT_DTYPE_F32, .at = {80, 4, 1, 8, 64, 4, 129, ATTN_DECODE}});
@@ -551,16 +558,52 @@ static void run_model_op(const op_case *c, uint64_t seed)
 
 /* ---- kv_write: the pool's bytes, the same on every pass ------------------------------------------------ */
 
-static float special_value(int i) /* ties to even, subnormals, overflow to inf */
+static float special_value(int i) /* ties to even, subnormals, saturation past 65504 */
 {
     static const float v[] = {1.0f + 0x1p-11f, 1.0f + 3 * 0x1p-11f, -(2.0f + 0x1p-10f), 0x1p-25f * 3,
                               0x1p-24f, 0x1p-26f, 65504.0f, 65520.0f, -70000.0f, 0.0f, -0.0f, 0x1.ffep-15f};
     return v[i % (int)KVRT_ARRAY_LEN(v)];
 }
 
+/* Quantized rows: the first group of k's first row spells out ties (x / d
+ * exactly halfway: to even), NaN (stored as 0) and values beyond F16
+ * (saturated); the second group is all zero (scale 0). */
+static void quant_special_rows(const op_case *c, float *k)
+{
+    const float unit = c->type == KVRT_DTYPE_Q4_0 ? 7.0f : 127.0f; /* amax giving scale 1 */
+    const float tie[] = {unit, 2.5f, 3.5f, -2.5f, -0.5f, 0.5f, 1.5f, -1.5f, NAN, 0.0f, -0.0f, 4.5f};
+    for (int i = 0; i < 32; i++)
+        k[i] = i < (int)KVRT_ARRAY_LEN(tie) ? tie[i] : (float)(i % 9) - 4.0f;
+    for (int i = 32; i < 64 && i < c->m * c->dim; i++) /* the next group: row 0's second group or head 1's first */
+        k[i] = 0.0f;
+    if (c->n > 1) { /* token 1: beyond F16 in both directions and inf */
+        float *r = k + (size_t)c->m * (size_t)c->dim + (size_t)c->pad;
+        r[0] = 1e30f, r[1] = -INFINITY, r[2] = 70000.0f, r[3] = -65504.0f, r[4] = 1.0f;
+    }
+}
+
+/* Where a quantized row's values and scales go in the reference pool, and what they are. */
+static void quant_want(const op_case *c, const kvrt_kv_pool_desc *d, size_t bb, const float *x, int32_t slot,
+                       uint8_t *pool)
+{
+    size_t rows = (size_t)d->n_kv_heads * (size_t)d->block_size, hd = (size_t)c->dim;
+    size_t vbytes = c->type == KVRT_DTYPE_Q4_0 ? hd / 2 : hd;
+    for (int32_t h = 0; h < c->m; h++) {
+        size_t r = (size_t)h * (size_t)d->block_size + (size_t)(slot % d->block_size);
+        uint8_t *blk = pool + (size_t)(slot / d->block_size) * bb;
+        uint16_t sc[8];
+        ref_kv_quantize_row(c->type, x + (size_t)h * hd, c->dim, blk + r * vbytes, sc);
+        for (size_t g = 0; g < hd / 32; g++) { /* little-endian F16 scales after all values */
+            blk[rows * vbytes + (r * (hd / 32) + g) * 2] = (uint8_t)(sc[g] & 0xff);
+            blk[rows * vbytes + (r * (hd / 32) + g) * 2 + 1] = (uint8_t)(sc[g] >> 8);
+        }
+    }
+}
+
 static void run_kv_write(const op_case *c, uint64_t seed)
 {
     kvrt_kv_pool_desc d = {2, c->m, c->dim, c->rot, 12, c->type};
+    bool quant = ref_kv_quantized(c->type);
     size_t bb = kvrt_kv_block_bytes(&d), elem = c->type == KVRT_DTYPE_F16 ? 2 : 4;
     int64_t row = (int64_t)c->m * c->dim, stride = row + c->pad;
     ref_rng rng;
@@ -568,8 +611,10 @@ static void run_kv_write(const op_case *c, uint64_t seed)
     size_t xb;
     float *k = make_rows(&rng, c->n, row, stride, 0, -3.0f, 3.0f, &xb), *v = make_rows(&rng, c->n, row, stride, 0,
                                                                                           -3.0f, 3.0f, &xb);
-    for (int32_t i = 0; i < 40 && i < row; i++)
+    for (int32_t i = 0; i < 40 && i < row && !quant; i++)
         k[i] = special_value(i);
+    if (quant)
+        quant_special_rows(c, k);
     int32_t cap = d.num_blocks * d.block_size, *slots = xmalloc((size_t)c->n * sizeof(int32_t));
     for (int32_t t = 0; t < c->n; t++) { /* scattered, distinct, some padding */
         slots[t] = t % 9 == 4 ? -1 : (int32_t)((t * 37 + (int32_t)(ref_rng_u32(&rng) % 3)) % cap);
@@ -578,20 +623,32 @@ static void run_kv_write(const op_case *c, uint64_t seed)
     }
     /* the reference: layer 1's blocks ([block][head][position][dim]); layer 0 stays zero */
     uint8_t *want = xmalloc(2 * bb * (size_t)d.num_blocks), *got = xmalloc(2 * bb * (size_t)d.num_blocks);
-    for (int w = 0; w < 2; w++)
+    memset(want, 0, 2 * bb * (size_t)d.num_blocks);
+    for (int w = 0; w < 2 && quant; w++)
+        for (int32_t t = 0; t < c->n; t++)
+            if (slots[t] >= 0)
+                quant_want(c, &d, bb, (w ? v : k) + t * stride, slots[t], want + (size_t)w * bb * (size_t)d.num_blocks);
+    for (int w = 0; w < 2 && !quant; w++)
         for (int32_t t = 0; t < c->n; t++)
             for (int64_t e = 0; slots[t] >= 0 && e < row; e++) {
                 int64_t h = e / c->dim, blk = slots[t] / d.block_size, off = slots[t] % d.block_size;
                 size_t at = (size_t)w * bb * (size_t)d.num_blocks + (size_t)blk * bb +
                             ((size_t)(h * d.block_size + off) * (size_t)c->dim + (size_t)(e % c->dim)) * elem;
                 float x = (w ? v : k)[t * stride + e];
-                uint16_t half = kvrt_f32_to_fp16(x); /* round to nearest even */
+                uint16_t half = kvrt_f32_to_fp16_kv(x); /* round to nearest even, saturate */
                 memcpy(want + at, elem == 2 ? (void *)&half : (void *)&x, elem);
             }
     for (int p = 0; p < kvrt_test_n_passes; p++) {
         kvrt_backend *be = kvrt_test_pass_list[p].ctx->be;
         kvrt_kv_pool *pool;
-        assert_int_equal(kvrt_op_kv_pool_create(be, &d, &pool), KVRT_OK);
+        kvrt_status made = kvrt_op_kv_pool_create(be, &d, &pool);
+        if (quant && !kvrt_test_pass_list[p].quant_kv) { /* refused by name, never garbage */
+            if (made != KVRT_ERR_UNSUPPORTED || !strstr(be->err.message, kvrt_dtype_name(c->type)))
+                fail_msg("%s pool on %s: expected UNSUPPORTED naming the type, got %s: %s", kvrt_dtype_name(c->type),
+                         kvrt_test_pass_list[p].name, kvrt_status_str(made), be->err.message);
+            continue;
+        }
+        assert_int_equal(made, KVRT_OK);
         kvrt_buffer *kb = kvrt_test_up(be, k, xb), *vb = kvrt_test_up(be, v, xb);
         kvrt_buffer *sb = kvrt_test_up(be, slots, (size_t)c->n * sizeof(int32_t));
         assert_int_equal(kvrt_op_begin(be), KVRT_OK);

@@ -7,7 +7,12 @@
  * - the engine samples exactly as a standalone kvrt_sampler seeded with
  *   kvrt_engine_seed(seed, sample) (repetition penalty, top-k/p, min-p), and
  *   logprobs are the log-softmax of the raw logits;
- * - text prompts and stop strings need a tokenizer. */
+ * - text prompts and stop strings need a tokenizer;
+ * - a token whose text is longer than any fixed buffer (1,000 bytes) is
+ *   streamed whole; a token whose text always fails finishes its sample with
+ *   KVRT_FINISH_ERROR after one retry instead of being retried forever;
+ * - a text prompt needing more ids than bytes + 4 (three byte pieces per
+ *   space in a vocabulary without U+2581) is tokenized whole. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -29,6 +34,9 @@ static const char *const PIECES[NV] = {
 typedef struct script_runner {
     const int32_t *script; /* next tokens by generated index; NULL: position-dependent logits */
     int32_t n_script;
+    size_t long_len;       /* > 0: token 15's text is this many 'L' bytes */
+    int32_t bad_token;     /* > 0: this token's text always fails (BAD_TOKEN) */
+    int32_t text_calls;    /* token_text calls for the bad token */
 } script_runner;
 
 static float pos_logit(int32_t pos, int32_t v)
@@ -70,9 +78,22 @@ static kvrt_status sr_copy(void *self, const int32_t (*pairs)[2], int32_t n, kvr
 static kvrt_status sr_token_text(void *self, int32_t prev, int32_t token, char *buf, size_t cap, size_t *len,
                                  kvrt_error *err)
 {
-    (void)self, (void)prev;
+    (void)prev;
+    script_runner *r = self;
     if (token < 0 || token >= NV)
         return kvrt_fail(err, KVRT_ERR_BAD_TOKEN, "token %d", (int)token);
+    if (r->bad_token > 0 && token == r->bad_token) {
+        r->text_calls++;
+        return kvrt_fail(err, KVRT_ERR_BAD_TOKEN, "token %d has no text", (int)token);
+    }
+    if (r->long_len > 0 && token == 15) { /* as kvrt_token_to_text: the length needed, then the bytes */
+        *len = r->long_len;
+        if (*len + 1 > cap)
+            return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "buffer");
+        memset(buf, 'L', *len);
+        buf[*len] = '\0';
+        return KVRT_OK;
+    }
     *len = strlen(PIECES[token]);
     if (*len + 1 > cap)
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "buffer");
@@ -254,6 +275,164 @@ static void test_sampling_matches_standalone_sampler(void **state)
     kvrt_engine_destroy(e);
 }
 
+/* Steps until no work is left, at most `limit` steps (a retry loop fails the
+ * test instead of hanging it); returns the steps that reported an error. */
+static int run_bounded(kvrt_engine *e, int limit)
+{
+    int errors = 0, steps = 0;
+    while (kvrt_engine_has_work(e)) {
+        if (++steps > limit)
+            fail_msg("still working after %d steps (a retry loop?)", limit);
+        errors += kvrt_engine_step(e, NULL) != KVRT_OK;
+    }
+    return errors;
+}
+
+typedef struct long_text {
+    char *text;
+    size_t len;
+} long_text;
+
+static void on_long_text(void *user, int64_t id, int32_t sample, const char *text, size_t len,
+                         kvrt_finish_reason fin)
+{
+    (void)id, (void)sample, (void)fin;
+    long_text *t = user;
+    t->text = realloc(t->text, t->len + len + 1);
+    memcpy(t->text + t->len, text, len);
+    t->len += len;
+    t->text[t->len] = '\0';
+}
+
+static void test_long_token_text(void **state)
+{
+    (void)state;
+    static const int32_t script[] = {2, 15, 14, 15};
+    script_runner r = {.script = script, .n_script = 4, .long_len = 1000};
+    kvrt_engine *e = script_engine(&r, &script_ops);
+    int32_t prompt[NPROMPT] = {1, 1};
+    long_text streamed = {0};
+    kvrt_request_params rp = kvrt_request_default_params();
+    rp.prompt = prompt;
+    rp.n_prompt = NPROMPT;
+    rp.max_tokens = 4;
+    rp.on_text = on_long_text;
+    rp.user = &streamed;
+    int64_t id = 0;
+    assert_int_equal(kvrt_engine_submit(e, &rp, &id), KVRT_OK);
+    assert_int_equal(run_bounded(e, 50), 0);
+    kvrt_request_output out;
+    assert_int_equal(kvrt_engine_get_output(e, id, &out), KVRT_OK);
+    assert_int_equal(out.samples[0].finish_reason, KVRT_FINISH_LENGTH);
+    assert_int_equal(out.samples[0].n_tokens, 4);
+    assert_int_equal((int)out.samples[0].text_len, 2 + 2 * 1000);
+    const char *t = out.samples[0].text;
+    assert_int_equal(t[0], 'a');
+    for (int i = 1; i <= 1000; i++)
+        assert_int_equal(t[i], 'L');
+    assert_int_equal(t[1001], 'b');
+    assert_int_equal((int)streamed.len, 2002);
+    assert_memory_equal(streamed.text, t, 2002);
+    free(streamed.text);
+    kvrt_engine_destroy(e);
+}
+
+typedef struct token_log {
+    int32_t last_token;
+    kvrt_finish_reason last_fin;
+    int calls;
+} token_log;
+
+static void on_token_log(void *user, int64_t id, int32_t sample, int32_t token, kvrt_finish_reason fin)
+{
+    (void)id, (void)sample;
+    token_log *l = user;
+    l->last_token = token;
+    l->last_fin = fin;
+    l->calls++;
+}
+
+static void test_repeating_error_finishes_the_request(void **state)
+{
+    (void)state;
+    static const int32_t script[] = {2, 14, 7, 2};
+    script_runner r = {.script = script, .n_script = 4, .bad_token = 7};
+    kvrt_engine *e = script_engine(&r, &script_ops);
+    int32_t prompt[NPROMPT] = {1, 1};
+    token_log log = {0};
+    kvrt_request_params rp = kvrt_request_default_params();
+    rp.prompt = prompt;
+    rp.n_prompt = NPROMPT;
+    rp.max_tokens = 8;
+    rp.on_token = on_token_log;
+    rp.user = &log;
+    int64_t id = 0, other = 0;
+    assert_int_equal(kvrt_engine_submit(e, &rp, &id), KVRT_OK);
+    rp.on_token = NULL;
+    /* a request beside it that never reaches the bad token goes on unharmed */
+    rp.max_tokens = 2;
+    assert_int_equal(kvrt_engine_submit(e, &rp, &other), KVRT_OK);
+    int errors = run_bounded(e, 50);
+    assert_int_equal(errors, 2); /* the failure, then the same failure again: given up */
+    assert_int_equal(r.text_calls, 2);
+    kvrt_request_output out;
+    assert_int_equal(kvrt_engine_get_output(e, id, &out), KVRT_OK);
+    assert_true(out.finished);
+    assert_int_equal(out.samples[0].finish_reason, KVRT_FINISH_ERROR);
+    assert_int_equal(out.samples[0].error, KVRT_ERR_BAD_TOKEN);
+    assert_string_equal(kvrt_finish_reason_name(KVRT_FINISH_ERROR), "error");
+    assert_int_equal(out.samples[0].n_tokens, 2); /* a, b: the bad token is not kept */
+    assert_string_equal(out.samples[0].text, "ab");
+    assert_int_equal(log.last_token, -1);
+    assert_int_equal(log.last_fin, KVRT_FINISH_ERROR);
+    assert_int_equal(kvrt_engine_get_output(e, other, &out), KVRT_OK);
+    assert_int_equal(out.samples[0].finish_reason, KVRT_FINISH_LENGTH);
+    assert_int_equal(out.samples[0].error, KVRT_OK);
+    kvrt_engine_destroy(e);
+}
+
+/* A tokenizer that spells every space as three byte tokens (a vocabulary
+ * without U+2581): ids 5, 5, 5 per space, 2 per other byte; BOS 1. */
+static kvrt_status sr_tokenize(void *self, const char *text, size_t len, int add_bos, int32_t *ids, int32_t cap,
+                               int32_t *n, kvrt_error *err)
+{
+    (void)self;
+    int32_t k = 0;
+    if (add_bos) {
+        if (k < cap)
+            ids[k] = 1;
+        k++;
+    }
+    for (size_t i = 0; i < len; i++)
+        for (int j = 0; j < (text[i] == ' ' ? 3 : 1); j++) {
+            if (k < cap)
+                ids[k] = text[i] == ' ' ? 5 : 2;
+            k++;
+        }
+    *n = k;
+    return k > cap ? kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "%d ids do not fit in %d", (int)k, (int)cap) : KVRT_OK;
+}
+
+static void test_text_prompt_sized_by_the_tokenizer(void **state)
+{
+    (void)state;
+    static const kvrt_runner_ops ops = {.forward = sr_forward, .copy_blocks = sr_copy, .token_text = sr_token_text,
+                                        .tokenize = sr_tokenize};
+    script_runner r = {0};
+    kvrt_engine *e = script_engine(&r, &ops);
+    kvrt_request_params rp = kvrt_request_default_params();
+    rp.prompt_text = "a b c d e f g h"; /* 15 bytes, 29 ids with BOS: more than 15 + 4 */
+    rp.max_tokens = 1;
+    int64_t id = 0;
+    if (kvrt_engine_submit(e, &rp, &id) != KVRT_OK)
+        fail_msg("submit: %s", kvrt_engine_message(e));
+    kvrt_request_output out;
+    assert_int_equal(kvrt_engine_get_output(e, id, &out), KVRT_OK);
+    assert_int_equal(out.n_prompt, 1 + 8 + 7 * 3);
+    assert_int_equal(run_bounded(e, 20), 0);
+    kvrt_engine_destroy(e);
+}
+
 static void test_text_needs_a_tokenizer(void **state)
 {
     (void)state;
@@ -291,6 +470,9 @@ int main(void)
         cmocka_unit_test(test_stop_string_across_tokens_and_utf8),
         cmocka_unit_test(test_sampling_matches_standalone_sampler),
         cmocka_unit_test(test_text_needs_a_tokenizer),
+        cmocka_unit_test(test_long_token_text),
+        cmocka_unit_test(test_repeating_error_finishes_the_request),
+        cmocka_unit_test(test_text_prompt_sized_by_the_tokenizer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -65,6 +65,17 @@ static kvrt_status fake_step(kvrt_backend *be)
     return KVRT_OK;
 }
 
+static void fake_abort(kvrt_backend *be)
+{
+}
+
+static void fake_limits(kvrt_backend *be, kvrt_context_limits *out)
+{
+    out->decode_head_dim_max = out->prefill_head_dim_max = INT32_MAX;
+    out->max_table_entries = INT64_MAX;
+    out->max_seq_len = INT32_MAX;
+}
+
 static kvrt_status fake_add(kvrt_backend *be, kvrt_view a, kvrt_view b, kvrt_view out, int64_t n)
 {
     ((fake_backend *)be)->adds++;
@@ -87,6 +98,8 @@ static const kvrt_backend_ops fake_ops = {
     .buffer_download = fake_download,
     .begin = fake_step,
     .submit = fake_step,
+    .abort = fake_abort,
+    .limits = fake_limits,
     .add = fake_add,
 };
 
@@ -118,7 +131,7 @@ static void test_registration_checks_version_and_entries(void **state)
     g_destroyed = 0;
     assert_int_equal(kvrt_context_adopt(fake_new(&old), &p, &ctx, &err), KVRT_ERR_BACKEND_UNAVAILABLE);
     assert_null(ctx);
-    assert_non_null(strstr(err.message, "fake backend implements interface version 1; this kvrt needs 2"));
+    assert_non_null(strstr(err.message, "fake backend implements interface version 2; this kvrt needs 3"));
     assert_int_equal(g_destroyed, 1); /* a refused backend is not leaked */
     kvrt_backend_ops no_submit = fake_ops;
     no_submit.submit = NULL;
@@ -226,12 +239,14 @@ static void test_kv_dtypes_and_block_bytes(void **state)
     (void)state;
     assert_non_null(kvrt_kv_dtype(KVRT_DTYPE_F32));
     assert_non_null(kvrt_kv_dtype(KVRT_DTYPE_F16));
-    assert_null(kvrt_kv_dtype(KVRT_DTYPE_Q4_0));
+    assert_non_null(kvrt_kv_dtype(KVRT_DTYPE_Q8_0));
+    assert_non_null(kvrt_kv_dtype(KVRT_DTYPE_Q4_0));
+    assert_null(kvrt_kv_dtype(KVRT_DTYPE_BF16)); /* a weight type only */
     kvrt_kv_pool_desc d = {2, 4, 64, 16, 10, KVRT_DTYPE_F16};
     assert_int_equal(kvrt_kv_block_bytes(&d), 4 * 16 * 64 * 2);
     d.dtype = KVRT_DTYPE_F32;
     assert_int_equal(kvrt_kv_block_bytes(&d), 4 * 16 * 64 * 4);
-    /* a dtype with in-block scales (as a q8_0 KV would be): values, then one
+    /* a dtype with in-block scales (q8_0 KV): values, then one
      * 2-byte scale per 32 values of every row */
     kvrt_kv_dtype_desc q8 = {KVRT_DTYPE_Q8_0, 8, KVRT_KV_SCALES_IN_BLOCK, 32, 2};
     assert_int_equal(kvrt_kv_dtype_block_bytes(&q8, 4, 16, 64), 4 * 16 * 64 + 4 * 16 * 2 * 2);
@@ -240,7 +255,7 @@ static void test_kv_dtypes_and_block_bytes(void **state)
     assert_int_equal(kvrt_kv_dtype_block_bytes(&q4, 1, 8, 32), 8 * 16 + 8 * 2);
     kvrt_error err;
     assert_int_equal(kvrt_kv_check_dtype(&err, KVRT_DTYPE_BF16), KVRT_ERR_INVALID_ARGUMENT);
-    assert_string_equal(err.message, "dtype bf16 is not supported as a KV type (f32, f16)");
+    assert_string_equal(err.message, "dtype bf16 is not supported as a KV type (f32, f16, q8_0, q4_0)");
     kvrt_kv_pool_desc huge = {4, 1 << 20, 1 << 20, 32, INT32_MAX / 32, KVRT_DTYPE_F32};
     assert_int_equal(kvrt_kv_check_pool_desc(&err, &huge), KVRT_ERR_INVALID_ARGUMENT);
     assert_non_null(strstr(err.message, "overflow"));

@@ -497,10 +497,20 @@ static void test_many_segments(void **state)
 }
 
 /* What the kernels cannot bound by their shape is refused, naming the limit:
- * head_dim above 1024, block tables wider than the merge passes take. */
+ * head_dim above 1024, sequences longer than the merge passes take (their
+ * loops walk the partitions: kvrt_context_limits.max_seq_len, the bound at
+ * every head_dim). */
 static void test_limits(void **state)
 {
     kvrt_backend *be = vk_open();
+    kvrt_context_limits l;
+    kvrt_op_limits(be, &l);
+    print_message("  head_dim <= %d (decode), %d (prefill); sequences <= %lld keys\n", (int)l.decode_head_dim_max,
+                  (int)l.prefill_head_dim_max, (long long)l.max_seq_len);
+    assert_int_equal(l.decode_head_dim_max, 1024);
+    assert_int_equal(l.prefill_head_dim_max, 1024);
+    /* long contexts fit; the 1.28M keys below do not */
+    assert_true(l.max_seq_len >= 256 * 1024 && l.max_seq_len < 1280000);
     const int32_t hds[] = {1025, 2048, 1024};
     for (size_t i = 0; i < KVRT_ARRAY_LEN(hds); i++) {
         kvrt_kv_pool_desc pd = {.n_layers = 1, .n_kv_heads = 1, .head_dim = hds[i], .block_size = 16,
@@ -516,7 +526,7 @@ static void test_limits(void **state)
         kvrt_attn_desc ad = {.num_seqs = 1, .n_heads = 1, .max_blocks_per_seq = max_blocks, .scale = 1.0f,
                              .q_stride = hds[i], .o_stride = hds[i], .num_tokens = 1};
         kvrt_view qv = {qb, 0}, ov = {ob, 0}, tv = {tb, 0}, lv = {lb, 0}, qlv = {qlb, 0};
-        const char *named = hds[i] == 1024 ? "keys per sequence" : "limit of 1024";
+        const char *named = hds[i] == 1024 ? "max_seq_len" : "limit of 1024";
         assert_int_equal(kvrt_op_attn_decode(be, pool, 0, &ad, qv, ov, lv, tv), KVRT_ERR_UNSUPPORTED);
         assert_non_null(strstr(be->err.message, named));
         assert_int_equal(kvrt_op_attn_prefill(be, pool, 0, &ad, qv, ov, qlv, lv, tv), KVRT_ERR_UNSUPPORTED);

@@ -2,9 +2,12 @@
  * a fresh path gets a file whose header names this device (checked through
  * the Vulkan API, not kvrt's own code); a reload seeds the cache from it; a
  * truncated, garbage, foreign, empty, oversized or directory "file" is
- * ignored, ops still give exact results, and a save replaces it (or reports
- * KVRT_ERR_IO for the directory); an unwritable location reports KVRT_ERR_IO
- * and keeps the cache for a later save. Each case runs a small `add` op, the
+ * ignored and ops still give exact results. A save replaces only a kvrt cache
+ * (its trailer's magic: other devices' caches, damaged bodies): anything else
+ * at the path (a model named by mistake, a FIFO, a directory) is left byte
+ * for byte as it was and the save reports KVRT_ERR_IO. A symlink keeps
+ * pointing at the new cache. An unwritable location reports KVRT_ERR_IO and
+ * keeps the cache for a later save. Each case runs a small `add` op, the
  * one pipeline it needs, in its own folder under the build tree. */
 #include <stdarg.h>
 #include <stddef.h>
@@ -219,16 +222,17 @@ typedef enum bad_kind { BAD_TRUNCATED_HEADER, BAD_TRUNCATED_TAIL, BAD_GARBAGE, B
 static const struct {
     const char *name;
     const char *reason; /* what kvrt reports it ignored the file for */
+    bool kvrt_cache;    /* the trailer's magic is intact: a save replaces it */
 } g_bad[] = {
-    [BAD_TRUNCATED_HEADER] = {"truncated-header", "truncated"},
-    [BAD_TRUNCATED_TAIL] = {"truncated-tail", "corrupt (checksum)"},
-    [BAD_GARBAGE] = {"garbage", "bad header length"},
-    [BAD_UUID] = {"wrong-uuid", "made by another device or driver"},
-    [BAD_EMPTY] = {"empty", "truncated"},
-    [BAD_VERSION] = {"wrong-version", "unknown header version"},
-    [BAD_HEADER_LEN] = {"header-len", "bad header length"},
-    [BAD_BODY_BIT] = {"flipped-bit", "corrupt (checksum)"},
-    [BAD_HUGE] = {"huge", "too large"},
+    [BAD_TRUNCATED_HEADER] = {"truncated-header", "truncated", false},
+    [BAD_TRUNCATED_TAIL] = {"truncated-tail", "corrupt (checksum)", false},
+    [BAD_GARBAGE] = {"garbage", "bad header length", false},
+    [BAD_UUID] = {"wrong-uuid", "made by another device or driver", true},
+    [BAD_EMPTY] = {"empty", "truncated", false},
+    [BAD_VERSION] = {"wrong-version", "unknown header version", true},
+    [BAD_HEADER_LEN] = {"header-len", "bad header length", true},
+    [BAD_BODY_BIT] = {"flipped-bit", "corrupt (checksum)", true},
+    [BAD_HUGE] = {"huge", "too large", false},
 };
 
 /* Writes the bad variant `k` of the good file `good` (n bytes) to `path`. */
@@ -260,7 +264,21 @@ static void write_bad(bad_kind k, const uint8_t *good, size_t n, const char *pat
         assert_int_equal(truncate(path, (off_t)257 << 20), 0);
 }
 
-static void test_bad_files_are_ignored_and_replaced(void **state)
+/* Saving onto `path` fails with KVRT_ERR_IO naming it, and leaves it as it was. */
+static void check_not_replaced(kvrt_context *ctx, const char *path, const uint8_t *before, size_t n)
+{
+    assert_int_equal(kvrt_context_save_caches(ctx), KVRT_ERR_IO);
+    assert_non_null(strstr(kvrt_context_message(ctx), path));
+    assert_non_null(strstr(kvrt_context_message(ctx), "not saved"));
+    assert_int_equal(stats_of(ctx).writes, 0);
+    size_t m;
+    uint8_t *after = read_all(path, &m);
+    assert_int_equal(m, n);
+    assert_memory_equal(after, before, n);
+    free(after);
+}
+
+static void test_bad_files_are_ignored_and_only_caches_replaced(void **state)
 {
     char good_path[4200], path[4200];
     path_in(good_path, sizeof(good_path), "good.bin");
@@ -279,13 +297,73 @@ static void test_bad_files_are_ignored_and_replaced(void **state)
         assert_string_equal(st.ignored, want);
         assert_int_equal(st.loaded_bytes, 0);
         run_add(ctx);
-        assert_int_equal(kvrt_context_save_caches(ctx), KVRT_OK);
-        assert_int_equal(stats_of(ctx).writes, 1);
-        check_file_header(ctx, path);
-        kvrt_context_destroy(ctx);
-        check_accepted(path);
+        if (g_bad[k].kvrt_cache) {
+            assert_int_equal(kvrt_context_save_caches(ctx), KVRT_OK);
+            assert_int_equal(stats_of(ctx).writes, 1);
+            check_file_header(ctx, path);
+            kvrt_context_destroy(ctx);
+            check_accepted(path);
+        } else if (k != BAD_HUGE) { /* huge is sparse: its size is compared below */
+            size_t m;
+            uint8_t *before = read_all(path, &m);
+            check_not_replaced(ctx, path, before, m);
+            kvrt_context_destroy(ctx); /* its silent save is refused the same way */
+            size_t m2;
+            uint8_t *after = read_all(path, &m2);
+            assert_int_equal(m2, m);
+            assert_memory_equal(after, before, m);
+            free(after);
+            free(before);
+        } else {
+            assert_int_equal(kvrt_context_save_caches(ctx), KVRT_ERR_IO);
+            kvrt_context_destroy(ctx);
+            struct stat sb;
+            assert_int_equal(stat(path, &sb), 0);
+            assert_int_equal(sb.st_size, (off_t)257 << 20);
+        }
     }
     free(good);
+}
+
+/* The case: --pipeline-cache naming the model. The model survives. */
+static void test_model_at_path_is_kept(void **state)
+{
+    char path[4200];
+    path_in(path, sizeof(path), "model.gguf");
+    uint8_t model[4096];
+    memcpy(model, "GGUF", 4);
+    for (size_t i = 4; i < sizeof(model); i++)
+        model[i] = (uint8_t)(i * 7u + 1u);
+    write_all(path, model, sizeof(model));
+    kvrt_context *ctx = open_ctx(path);
+    run_add(ctx);
+    check_not_replaced(ctx, path, model, sizeof(model));
+    print_message("  save: %s\n", kvrt_context_message(ctx));
+    kvrt_context_destroy(ctx);
+    size_t m;
+    uint8_t *after = read_all(path, &m);
+    assert_int_equal(m, sizeof(model));
+    assert_memory_equal(after, model, m);
+    free(after);
+}
+
+/* A symlink to a cache: the cache it names is replaced, the link stays a link. */
+static void test_symlink_target_replaced(void **state)
+{
+    char target[4200], link[4200];
+    path_in(target, sizeof(target), "linked-cache.bin");
+    path_in(link, sizeof(link), "cache-link");
+    assert_int_equal(symlink("linked-cache.bin", link), 0);
+    kvrt_context *ctx = open_ctx(link);
+    assert_string_equal(stats_of(ctx).ignored, "missing");
+    run_add(ctx);
+    assert_int_equal(kvrt_context_save_caches(ctx), KVRT_OK); /* a dangling link is written through */
+    kvrt_context_destroy(ctx);
+    struct stat sb;
+    assert_int_equal(lstat(link, &sb), 0);
+    assert_true(S_ISLNK(sb.st_mode));
+    check_accepted(target);
+    check_accepted(link);
 }
 
 /* No leftover "<name>.tmp-*" in the run's folder. */
@@ -322,7 +400,7 @@ static void test_directory_at_path(void **state)
 
 /* A FIFO at the path: opening it for reading must not block context
  * creation (the alarm fails the test instead of hanging CI); it is ignored
- * and replaced by a regular file on save. */
+ * and left a FIFO: the save is refused. */
 static void test_fifo_at_path(void **state)
 {
     char path[4200];
@@ -333,12 +411,15 @@ static void test_fifo_at_path(void **state)
     alarm(0);
     assert_string_equal(stats_of(ctx).ignored, "not a regular file");
     run_add(ctx);
-    assert_int_equal(kvrt_context_save_caches(ctx), KVRT_OK);
+    alarm(60); /* nor may the save block on it */
+    assert_int_equal(kvrt_context_save_caches(ctx), KVRT_ERR_IO);
+    assert_non_null(strstr(kvrt_context_message(ctx), "not a regular file"));
     kvrt_context_destroy(ctx);
+    alarm(0);
     struct stat sb;
     assert_int_equal(stat(path, &sb), 0);
-    assert_true(S_ISREG(sb.st_mode));
-    check_accepted(path);
+    assert_true(S_ISFIFO(sb.st_mode)); /* never replaced by a regular file */
+    check_no_temp_files("a-fifo");
 }
 
 static void test_unwritable_location(void **state)
@@ -424,7 +505,9 @@ int main(void)
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fresh_save_and_reload),
-        cmocka_unit_test(test_bad_files_are_ignored_and_replaced),
+        cmocka_unit_test(test_bad_files_are_ignored_and_only_caches_replaced),
+        cmocka_unit_test(test_model_at_path_is_kept),
+        cmocka_unit_test(test_symlink_target_replaced),
         cmocka_unit_test(test_directory_at_path),
         cmocka_unit_test(test_fifo_at_path),
         cmocka_unit_test(test_unwritable_location),

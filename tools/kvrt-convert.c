@@ -3,6 +3,7 @@
  * F16, Q8_0 or Q4_0. llama2.c rotates adjacent pairs like GGUF's llama
  * architecture, so Q/K rows are copied as they are. */
 #include "cli.h"
+#include "files.h"
 #include "model/gguf.h"
 #include "model/model_file.h"
 #include "model/synth.h"
@@ -69,6 +70,10 @@ int main(int argc, char **argv)
     int rc = parse_args(argc, argv, &o);
     if (rc != KVRT_CLI_CONTINUE)
         return rc;
+    /* refused before the load: the output must not be an input (device and inode) */
+    const char *const inputs[] = {o.ckpt, o.tok};
+    if (!kvrt_tool_output_check(PROG, o.out, inputs, 2))
+        return 1;
     kvrt_error err;
     kvrt_error_clear(&err);
     kvrt_model_file *mf;
@@ -84,17 +89,18 @@ int main(int argc, char **argv)
         fprintf(stderr, "kvrt-convert: dim %d, layers %d, heads %d/%d, ff %d, vocab %d, seq_len %d -> %s\n",
                 mf->hp.n_embd, mf->hp.n_layer, mf->hp.n_head, mf->hp.n_head_kv, mf->hp.n_ff, mf->hp.n_vocab,
                 mf->hp.n_ctx_train, kvrt_dtype_name(o.type));
-    /* written beside the target and renamed at the end: the input stays
-     * mapped and intact even when the output path names it */
+    /* written beside the target and renamed at the end, so a failed or
+     * interrupted write leaves an existing file as it was */
     kvrt_atomic_file out;
     kvrt_error_clear(&err);
-    s = kvrt_atomic_file_open(o.out, &out, &err);
-    if (s == KVRT_OK) {
-        kvrt_gguf_export_params ep = {o.type, o.name, o.ctx, !o.tie};
-        kvrt_cli_progress_init(&ps, PROG, "writing");
-        s = kvrt_llama_export_gguf(mf, &ep, out.f, o.quiet ? NULL : &progress, &err);
-        s = kvrt_atomic_file_close(&out, s, &err);
+    if (!kvrt_tool_output_open(PROG, o.out, inputs, 2, &out)) {
+        kvrt_model_file_free(mf);
+        return 1;
     }
+    kvrt_gguf_export_params ep = {o.type, o.name, o.ctx, !o.tie};
+    kvrt_cli_progress_init(&ps, PROG, "writing");
+    s = kvrt_llama_export_gguf(mf, &ep, out.f, o.quiet ? NULL : &progress, &err);
+    s = kvrt_tool_output_close(&out, s, &err);
     kvrt_model_file_free(mf);
     if (s != KVRT_OK) {
         fprintf(stderr, "kvrt-convert: %s: %s\n", kvrt_status_str(s), err.message);

@@ -1,7 +1,11 @@
 /*
  * kvrt-mem: how much memory a KV cache takes.
  *
- *   bytes = 2 (K and V) x layers x kv_heads x head_dim x tokens x batch x bytes_per_elem
+ *   bytes = 2 (K and V) x layers x kv_heads x tokens x batch x bytes_per_row
+ *
+ * where a row is one head's head_dim values: head_dim x 4 (f32), x 2 (f16),
+ * head_dim + scales (q8_0), head_dim / 2 + scales (q4_0); quantized types
+ * keep one 2-byte F16 scale per 32 values inside the block, counted here.
  *
  * plus what paging costs (the unfilled tail of each sequence's last block), how
  * the number of KV heads (MHA / GQA / MQA) changes the total for the same model
@@ -13,6 +17,7 @@
 #include "cli.h"
 #include "table.h"
 
+#include "backend/kv_layout.h"
 #include "model/shapes.h"
 
 #include <inttypes.h>
@@ -37,8 +42,8 @@ typedef struct mem_opts {
     int64_t ctx;
     int64_t batch;
     int64_t block_size;
-    int64_t elem;        /* bytes per element */
-    const char *kv_type; /* "f32" / "f16" */
+    kvrt_dtype dtype;
+    const char *kv_type; /* "f32", "f16", "q8_0", "q4_0" */
 } mem_opts;
 
 /* A preset of the shared shape table (model/shapes.h), by name or alias. */
@@ -61,12 +66,22 @@ static void unknown_preset(const char *name)
     fputc('\n', stderr);
 }
 
+/* Bytes of one head's row of head_dim values in the KV layout, scales
+ * included (kv_layout.c's block bytes for one row); 0 when the type does not
+ * fit head_dim (quantized types need a multiple of 32). */
+static int64_t row_bytes(kvrt_dtype dtype, int64_t head_dim)
+{
+    if (head_dim > INT32_MAX)
+        return 0;
+    return (int64_t)kvrt_kv_dtype_block_bytes(kvrt_kv_dtype(dtype), 1, 1, (int32_t)head_dim);
+}
+
 /* Bytes of K and V for `tokens` tokens of one sequence; false on overflow. */
-static bool kv_bytes(const mem_shape *s, int64_t elem, int64_t tokens, int64_t *out)
+static bool kv_bytes(const mem_shape *s, kvrt_dtype dtype, int64_t tokens, int64_t *out)
 {
     int64_t b = 2;
     return kvrt_mul_i64(b, s->layers, &b) && kvrt_mul_i64(b, s->kv_heads, &b) &&
-           kvrt_mul_i64(b, s->head_dim, &b) && kvrt_mul_i64(b, elem, &b) && kvrt_mul_i64(b, tokens, out);
+           kvrt_mul_i64(b, row_bytes(dtype, s->head_dim), &b) && kvrt_mul_i64(b, tokens, out);
 }
 
 static int64_t ceil_div(int64_t a, int64_t b)
@@ -207,7 +222,8 @@ static int parse_args(int argc, char **argv, mem_opts *o)
          .meta = "N", .help = "tokens per sequence (a k suffix multiplies by 1024: 4k = 4096)"},
         {.name = "batch", .kind = KVRT_CLI_KIND_INT64, .dst = &o->batch, .min = 1, .max = dims,
          .flags = KVRT_CLI_K_SUFFIX, .meta = "B", .help = "sequences (default 1)"},
-        KVRT_CLI_CALL(0, "kv-type", kvrt_cli_parse_kv_type, &kv_type, "T", "f32 or f16 (default f16)"),
+        KVRT_CLI_CALL(0, "kv-type", kvrt_cli_parse_kv_type, &kv_type, "T",
+                      "f16 (default), f32, q8_0 or q4_0 (scales included)"),
         KVRT_CLI_CALL(0, "block-size", kvrt_cli_parse_block_size, &block_size, "S",
                       "tokens per KV block: 8, 16 (default) or 32"),
         SHAPE_OPT("layers", &f.layers, "layers"),
@@ -220,7 +236,8 @@ static int parse_args(int argc, char **argv, mem_opts *o)
         .prog = PROG,
         .usage = "kvrt-mem --preset NAME --ctx N [options]\n"
                  "       kvrt-mem --layers L --heads H [--kv-heads KV] (--head-dim D | --dim DIM) --ctx N [options]",
-        .about = "KV cache size: 2 x layers x kv_heads x head_dim x tokens x batch x bytes_per_elem.\n"
+        .about = "KV cache size: 2 x layers x kv_heads x tokens x batch x bytes per head_dim row\n"
+                 "(q8_0 / q4_0 rows count their F16 scales, one per 32 values).\n"
                  "Prints the total in GiB and GB, the waste of paged blocks, MHA vs GQA vs MQA\n"
                  "for the same model shape, and the total for context lengths 512 .. 128k.",
         .opts = opts,
@@ -231,10 +248,15 @@ static int parse_args(int argc, char **argv, mem_opts *o)
     if (rc != KVRT_CLI_CONTINUE)
         return rc;
     o->kv_type = kvrt_dtype_name(kv_type);
-    o->elem = kv_type == KVRT_DTYPE_F32 ? 4 : 2;
+    o->dtype = kv_type;
     o->block_size = block_size;
     if (!resolve_shape(preset, &f, &o->shape))
         return KVRT_CLI_USAGE;
+    if (row_bytes(kv_type, o->shape.head_dim) == 0) {
+        kvrt_cli_error(PROG, "--kv-type %s: head_dim %" PRId64 " is not a multiple of 32 (one scale per 32 values)",
+                       o->kv_type, o->shape.head_dim);
+        return KVRT_CLI_USAGE;
+    }
     if (o->ctx < 0) {
         kvrt_cli_error(PROG, "--ctx is required (tokens per sequence)");
         return KVRT_CLI_USAGE;
@@ -260,9 +282,9 @@ static bool compute(const mem_opts *o, mem_totals *t)
     const mem_shape *s = &o->shape;
     t->blocks_per_seq = ceil_div(o->ctx, o->block_size);
     t->waste_tokens = t->blocks_per_seq * o->block_size - o->ctx;
-    return kv_bytes(s, o->elem, 1, &t->per_token) && kv_bytes(s, o->elem, o->ctx, &t->per_seq) &&
+    return kv_bytes(s, o->dtype, 1, &t->per_token) && kv_bytes(s, o->dtype, o->ctx, &t->per_seq) &&
            kvrt_mul_i64(t->per_seq, o->batch, &t->total) &&
-           kv_bytes(s, o->elem, o->block_size, &t->block_bytes) &&
+           kv_bytes(s, o->dtype, o->block_size, &t->block_bytes) &&
            kvrt_mul_i64(t->blocks_per_seq, o->batch, &t->pool_blocks) &&
            kvrt_mul_i64(t->pool_blocks, t->block_bytes, &t->pool_bytes) &&
            (t->waste_bytes = t->pool_bytes - t->total) >= 0;
@@ -276,9 +298,11 @@ static void print_summary(const mem_opts *o, const mem_totals *t)
            "\n",
            s->name, s->layers, s->heads, s->kv_heads, attn_kind(s), s->head_dim);
     fmt_bin(a, sizeof(a), t->per_token);
-    printf("KV type:        %s (%" PRId64 " bytes per element)\n", o->kv_type, o->elem);
-    printf("per token:      %s (%" PRId64 " bytes = 2 x %" PRId64 " x %" PRId64 " x %" PRId64 " x %" PRId64 ")\n", a,
-           t->per_token, s->layers, s->kv_heads, s->head_dim, o->elem);
+    int64_t row = row_bytes(o->dtype, s->head_dim);
+    printf("KV type:        %s (%" PRId64 " bytes per row of %" PRId64 " values, %.2f bits per value)\n", o->kv_type,
+           row, s->head_dim, 8.0 * (double)row / (double)s->head_dim);
+    printf("per token:      %s (%" PRId64 " bytes = 2 x %" PRId64 " layers x %" PRId64 " KV heads x %" PRId64
+           " bytes per row)\n", a, t->per_token, s->layers, s->kv_heads, row);
     printf("tokens:         %" PRId64 " per sequence x batch %" PRId64 "\n", o->ctx, o->batch);
     fmt_total(b, sizeof(b), t->total);
     printf("KV cache total: %s = %" PRId64 " bytes\n", b, t->total);
@@ -325,7 +349,7 @@ static void print_variants(const mem_opts *o, const mem_totals *t)
         mem_shape vs = *s;
         vs.kv_heads = v[i].kv;
         int64_t per_tok, tot;
-        if (!kv_bytes(&vs, o->elem, 1, &per_tok) || !kvrt_mul_i64(per_tok, o->ctx * o->batch, &tot))
+        if (!kv_bytes(&vs, o->dtype, 1, &per_tok) || !kvrt_mul_i64(per_tok, o->ctx * o->batch, &tot))
             continue; /* cannot be larger than the MHA total, which was checked */
         if (i == 0)
             mha_total = tot;

@@ -5,6 +5,7 @@
 #include "kvrt_opencl.h"
 #include "kvrt_vulkan.h"
 #include "cli.h"
+#include "files.h"
 #include "profile_report.h"
 #include "run_chat.h"
 
@@ -72,7 +73,7 @@ static int parse_args(int argc, char **argv, run_args *a)
         KVRT_CLI_INT32(0, "repeat-last-n", &a->sp.repeat_last_n, 0, 1 << 20, "N", "(default 64)"),
         KVRT_CLI_INT64('s', "seed", &a->seed, -1, INT64_MAX, "N", "RNG seed (default -1 = from the clock)"),
         {.short_name = 'c', .name = "ctx", .kind = KVRT_CLI_KIND_INT32, .dst = &a->ctx, .min = 1, .max = INT32_MAX,
-         .flags = KVRT_CLI_K_SUFFIX, .meta = "N", .help = "context length (default: the model's)"},
+         .flags = KVRT_CLI_K_SUFFIX, .meta = "N", .help = "context length (default: the model's, capped at 4096)"},
         {.short_name = 'b', .name = "batch-size", .kind = KVRT_CLI_KIND_INT32, .dst = &a->batch, .min = 1,
          .max = 1 << 20, .flags = KVRT_CLI_K_SUFFIX, .meta = "N",
          .help = "prompt tokens per forward (prefill chunk, default 512)"},
@@ -173,12 +174,33 @@ static void utf8_flush(utf8_out *u)
     fflush(stdout);
 }
 
-static void emit_token(kvrt_model *m, utf8_out *u, int32_t prev, int32_t tok)
+/* Writes a token's text, however long: a piece that does not fit the buffer
+ * (it reports the length it needs) gets a bigger one. 0, or 1 after saying
+ * why on stderr. */
+static int emit_token(kvrt_model *m, utf8_out *u, int32_t prev, int32_t tok)
 {
-    char buf[256];
+    static char *buf;
+    static size_t cap;
     size_t len = 0;
-    if (kvrt_token_to_text(m, prev, tok, buf, sizeof(buf), &len) == KVRT_OK)
-        utf8_write(u, buf, len);
+    kvrt_status s = cap ? kvrt_token_to_text(m, prev, tok, buf, cap, &len) : KVRT_ERR_INVALID_ARGUMENT;
+    if (s == KVRT_ERR_INVALID_ARGUMENT && len + 1 > cap) {
+        size_t want = len + 1 > 256 ? len + 1 : 256;
+        char *bigger = realloc(buf, want);
+        if (!bigger) {
+            fprintf(stderr, "\nkvrt-run: no memory for the %zu-byte text of token %d\n", len, (int)tok);
+            return 1;
+        }
+        buf = bigger;
+        cap = want;
+        s = kvrt_token_to_text(m, prev, tok, buf, cap, &len);
+    }
+    if (s != KVRT_OK) {
+        utf8_flush(u);
+        fprintf(stderr, "\nkvrt-run: token %d: %s\n", (int)tok, kvrt_model_message(m));
+        return 1;
+    }
+    utf8_write(u, buf, len);
+    return 0;
 }
 
 typedef struct run_state {
@@ -188,7 +210,8 @@ typedef struct run_state {
     kvrt_session *sess;
     kvrt_sampler *sampler;
     kvrt_model_info info;
-    FILE *dump;
+    FILE *dump;          /* dump_file.f, or NULL without --dump-logits */
+    kvrt_atomic_file dump_file;
     float *logits;   /* [n_vocab] */
     int32_t *prompt; /* [n_prompt] */
     int32_t n_prompt;
@@ -224,6 +247,11 @@ static int setup(run_state *st)
 {
     run_args *a = st->a;
     kvrt_error err;
+    /* the logits file must not be one of the files read (a model truncated
+     * under its own mapping): refused before anything is loaded */
+    const char *const inputs[] = {a->model, a->tokenizer, a->common.pipeline_cache, a->prompt_file};
+    if (a->dump_logits && !kvrt_tool_output_check(PROG, a->dump_logits, inputs, 4))
+        return 1;
     int rc = setup_context(st);
     if (rc)
         return rc;
@@ -239,12 +267,15 @@ static int setup(run_state *st)
     }
     mp.max_context = a->ctx;
     kvrt_status s = kvrt_model_load(st->ctx, &mp, &st->model, &err);
-    if (s != KVRT_OK)
-        return fail("loading the model", s, err.message);
+    if (s != KVRT_OK) /* a context too large for memory names the flag that asked for it */
+        return fail(a->ctx ? "loading the model for --ctx" : "loading the model", s, err.message);
     kvrt_model_get_info(st->model, &st->info);
     if (a->ctx > st->info.n_ctx_train)
         fprintf(stderr, "kvrt-run: warning: --ctx %d exceeds the context length the file states (%d)\n", a->ctx,
                 st->info.n_ctx_train);
+    if (!a->ctx) /* the default: the model's, capped */
+        fprintf(stderr, "kvrt-run: context %d positions (%s; --ctx N to change)\n", st->info.max_context,
+                st->info.max_context < st->info.n_ctx_train ? "the model's, capped" : "the model's");
     kvrt_session_params sp = kvrt_session_default_params();
     sp.block_size = a->common.block_size;
     sp.kv_type = a->common.kv_type;
@@ -261,9 +292,10 @@ static int setup(run_state *st)
     st->logits = malloc((size_t)st->info.n_vocab * sizeof(float));
     if (!st->logits)
         return fail("setup", KVRT_ERR_OUT_OF_HOST_MEMORY, NULL);
-    if (a->dump_logits && !(st->dump = fopen(a->dump_logits, "wb"))) {
-        fprintf(stderr, "kvrt-run: cannot write '%s': %s\n", a->dump_logits, strerror(errno));
-        return 1;
+    if (a->dump_logits) { /* whole or not at all: a failed run leaves no partial file */
+        if (!kvrt_tool_output_open(PROG, a->dump_logits, inputs, 4, &st->dump_file))
+            return 1;
+        st->dump = st->dump_file.f;
     }
     return 0;
 }
@@ -295,10 +327,14 @@ static int tokenize_prompt(run_state *st)
                     "or --truncate-prompt\n", (int)st->n_prompt, (int)stats.n_ctx);
             return 1;
         }
-        int32_t keep = stats.n_ctx; /* keep BOS and the end of the prompt */
+        /* keep the end of the prompt, and its BOS when it has one and there is
+         * room for a prompt token after it (with --ctx 1, the last token) */
+        int32_t keep = stats.n_ctx;
+        int32_t head = keep >= 2 && st->info.bos_id >= 0 && st->prompt[0] == st->info.bos_id ? 1 : 0;
         int32_t drop = st->n_prompt - keep;
-        memmove(st->prompt + 1, st->prompt + 1 + drop, (size_t)(keep - 1) * sizeof(int32_t));
-        fprintf(stderr, "kvrt-run: warning: prompt truncated to its last %d tokens\n", (int)keep - 1);
+        memmove(st->prompt + head, st->prompt + head + drop, (size_t)(keep - head) * sizeof(int32_t));
+        fprintf(stderr, "kvrt-run: warning: prompt truncated to its last %d tokens%s\n", (int)(keep - head),
+                head ? " after BOS" : "");
         st->n_prompt = keep;
     }
     return 0;
@@ -318,7 +354,8 @@ static int generate(run_state *st)
     run_args *a = st->a;
     utf8_out out = {{0}, 0};
     for (int32_t i = 0; i < st->n_prompt; i++) {
-        emit_token(st->model, &out, i > 0 ? st->prompt[i - 1] : -1, st->prompt[i]);
+        if (emit_token(st->model, &out, i > 0 ? st->prompt[i - 1] : -1, st->prompt[i]))
+            return 1;
         kvrt_sampler_accept(st->sampler, st->prompt[i]);
     }
     float *all = NULL;
@@ -345,7 +382,8 @@ static int generate(run_state *st)
             t_first = now_s() - t0;
         if (kvrt_token_is_eog(st->model, tok) && !a->ignore_eos)
             break;
-        emit_token(st->model, &out, prev, tok);
+        if (emit_token(st->model, &out, prev, tok))
+            return 1;
         prev = tok;
         if (++n_gen == a->n_predict)
             break; /* the last token needs no forward */
@@ -493,8 +531,9 @@ int main(int argc, char **argv)
         if (!rc)
             rc = generate(&st);
     }
-    if (st.dump && fclose(st.dump) != 0 && !rc)
-        rc = fail("closing the logits file", KVRT_ERR_IO, NULL);
+    kvrt_error err;
+    if (st.dump && kvrt_tool_output_close(&st.dump_file, rc ? KVRT_ERR_IO : KVRT_OK, &err) != KVRT_OK && !rc)
+        rc = fail("writing the logits file", err.status, err.message);
     free(st.logits);
     free(st.prompt);
     free(a.prompt_text);
@@ -502,8 +541,7 @@ int main(int argc, char **argv)
     kvrt_session_destroy(st.sess);
     kvrt_model_destroy(st.model);
     /* a cache that cannot be saved costs the next start time, not this run's output */
-    if (st.ctx && kvrt_context_save_caches(st.ctx) != KVRT_OK)
-        fprintf(stderr, "kvrt-run: warning: pipeline cache not saved: %s\n", kvrt_context_message(st.ctx));
+    kvrt_tool_save_caches(PROG, st.ctx);
     kvrt_context_destroy(st.ctx);
     return rc;
 }

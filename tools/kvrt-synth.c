@@ -2,6 +2,7 @@
  * benchmarks of models we cannot ship. Tensors are streamed to disk, so a
  * 7B-shaped file needs no more memory than one row. */
 #include "cli.h"
+#include "files.h"
 #include "model/synth.h"
 
 #include <float.h>
@@ -157,6 +158,10 @@ int main(int argc, char **argv)
         return rc;
     kvrt_error err;
     kvrt_error_clear(&err);
+    /* refused before anything is read: the output must not be the --vocab-from file */
+    const char *const inputs[] = {vocab_from}; /* NULL: skipped */
+    if (!kvrt_tool_output_check(PROG, out, inputs, 1))
+        return 1;
     kvrt_model_file *vf = NULL;
     if (vocab_from) {
         if (kvrt_model_file_load_gguf(vocab_from, NULL, true, NULL, &vf, &err) != KVRT_OK) {
@@ -168,7 +173,14 @@ int main(int argc, char **argv)
     kvrt_cli_progress progress_state;
     kvrt_cli_progress_init(&progress_state, PROG, NULL);
     kvrt_load_progress progress = {kvrt_cli_progress_fn, &progress_state};
-    kvrt_status s = kvrt_synth_write_file(&p, NULL, out, quiet ? NULL : &progress, &err);
+    /* atomic, and no temporary left behind if interrupted (GBs for big presets) */
+    kvrt_atomic_file af;
+    if (!kvrt_tool_output_open(PROG, out, inputs, 1, &af)) {
+        kvrt_model_file_free(vf);
+        return 1;
+    }
+    kvrt_status s = kvrt_synth_write(&p, NULL, af.f, quiet ? NULL : &progress, &err);
+    s = kvrt_tool_output_close(&af, s, &err);
     kvrt_model_file_free(vf);
     if (s != KVRT_OK) {
         fprintf(stderr, "kvrt-synth: %s: %s\n", kvrt_status_str(s), err.message);

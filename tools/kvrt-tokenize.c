@@ -14,6 +14,7 @@
 #include "cli.h"
 #include "model/model_file.h"
 #include "model/tokenizer.h"
+#include "files.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -79,11 +80,9 @@ static int parse_args(int argc, char **argv, tk_args *a)
 
 static bool is_gguf(const char *path, bool *yes)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        fprintf(stderr, "kvrt-tokenize: cannot open %s: %s\n", path, strerror(errno));
+    FILE *f = kvrt_tool_open_input("kvrt-tokenize", "model or vocabulary", path); /* a FIFO must not block */
+    if (!f)
         return false;
-    }
     char magic[4] = {0};
     size_t got = fread(magic, 1, 4, f);
     fclose(f);
@@ -95,7 +94,7 @@ static bool is_gguf(const char *path, bool *yes)
  * when the classifier is not shared). */
 static bool checkpoint_vocab_size(const char *path, int32_t *n)
 {
-    FILE *f = fopen(path, "rb");
+    FILE *f = kvrt_tool_open_input("kvrt-tokenize", "checkpoint", path);
     int32_t hdr[7];
     size_t got = f ? fread(hdr, sizeof(int32_t), 7, f) : 0;
     if (f)

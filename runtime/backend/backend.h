@@ -20,6 +20,10 @@
  *    tables, token ids, logits indices) are int32 buffers on the device,
  *    checked on the host once per step before they go up (kvrt_batch_check).
  *  - Failures set be->err (per-object message) and return its status.
+ *  - A failure never poisons the backend: whoever opened a step closes it,
+ *    with submit() when everything was recorded, else with abort(), which
+ *    drops the step (kvrt_op_submit closes it too when it fails). The
+ *    backend is then as it was before begin(), ready for the next step.
  */
 #ifndef KVRT_BACKEND_H
 #define KVRT_BACKEND_H
@@ -28,7 +32,7 @@
 #include "backend/profile.h"
 #include "common/kvrt_internal.h"
 
-#define KVRT_BACKEND_INTERFACE_VERSION 2
+#define KVRT_BACKEND_INTERFACE_VERSION 3
 
 typedef struct kvrt_backend kvrt_backend;
 typedef struct kvrt_backend_ops kvrt_backend_ops;
@@ -44,6 +48,14 @@ struct kvrt_backend {
     char description[256]; /* "cpu: 2 threads, OpenBLAS SkylakeX" */
     bool profiling;        /* per-op timing on (kvrt_context_set_profiling) */
     kvrt_profile profile;  /* what it accumulated */
+    /* Kept by the front door (ops.c), not by the backend: */
+    bool step_open;        /* between a successful kvrt_op_begin and kvrt_op_submit / kvrt_op_abort */
+    int64_t step_calls;    /* front-door calls that reached the backend since begin */
+    /* Test hook (failure injection), per object, off when 0: the fail_at-th
+     * front-door call after a begin() (submit included) fails with
+     * KVRT_ERR_INTERNAL before it reaches the backend, and the hook disarms.
+     * Tests arm it to prove every error path after begin() closes the step. */
+    int64_t fail_at;
 };
 
 /* Common header of every backend's buffer (its struct kvrt_buffer starts
@@ -117,6 +129,10 @@ typedef kvrt_status kvrt_be_kv_block_write_fn(kvrt_backend *be, kvrt_kv_pool *po
 typedef kvrt_status kvrt_be_kv_copy_blocks_fn(kvrt_backend *be, kvrt_kv_pool *pool, const int32_t (*pairs)[2],
                                               int32_t n_pairs);
 typedef kvrt_status kvrt_be_step_fn(kvrt_backend *be);
+typedef void kvrt_be_abort_fn(kvrt_backend *be);
+/* What the backend knows of its memory and limits (kvrt.h): it fills every
+ * field of kvrt_context_limits. */
+typedef void kvrt_be_limits_fn(kvrt_backend *be, kvrt_context_limits *out);
 typedef kvrt_status kvrt_be_kv_write_fn(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, kvrt_view k,
                                         int64_t k_stride, kvrt_view v, int64_t v_stride, kvrt_view slot_mapping,
                                         int32_t n_tokens);
@@ -186,7 +202,14 @@ struct kvrt_backend_ops {
 
     /* ---- step recording ---- */
     kvrt_be_step_fn *begin;
-    kvrt_be_step_fn *submit; /* runs what was recorded and waits */
+    kvrt_be_step_fn *submit; /* runs what was recorded and waits; closes the step even when it fails */
+    /* Closes an open step without running what is left of it (GPU backends
+     * drop the recording; work already handed to a device finishes before it
+     * returns, so no caller memory is written afterwards); nothing when no
+     * step is open. Mandatory. */
+    kvrt_be_abort_fn *abort;
+    /* Memory (heap, budget, in use) and per-call limits. Mandatory. */
+    kvrt_be_limits_fn *limits;
 
     /* ---- attention ---- */
     /* Writes k[t], v[t] ([n_kv_heads][head_dim] each, F32) to slot_mapping[t] of `layer`.

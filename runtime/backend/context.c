@@ -76,6 +76,8 @@ static kvrt_status check_registration(const kvrt_backend *be, kvrt_error *err)
         {o->kv_pool_create == NULL || o->kv_pool_destroy != NULL, "kv_pool_destroy"},
         {o->begin != NULL, "begin"},
         {o->submit != NULL, "submit"},
+        {o->abort != NULL, "abort"},
+        {o->limits != NULL, "limits"},
     };
     for (size_t i = 0; i < KVRT_ARRAY_LEN(needed); i++) {
         if (!needed[i].present)
@@ -168,4 +170,12 @@ const char *kvrt_context_description(const kvrt_context *ctx)
 kvrt_backend_kind kvrt_context_backend(const kvrt_context *ctx)
 {
     return ctx && ctx->be ? ctx->be->kind : KVRT_BACKEND_CPU;
+}
+
+kvrt_status kvrt_context_get_limits(kvrt_context *ctx, kvrt_context_limits *out)
+{
+    if (!ctx || !ctx->be || !out)
+        return KVRT_ERR_INVALID_ARGUMENT;
+    kvrt_op_limits(ctx->be, out);
+    return KVRT_OK;
 }

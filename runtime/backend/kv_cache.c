@@ -6,6 +6,7 @@
  * otherwise, so the same calls run, and fail, alike on every backend. */
 #include "backend/kv_cache_internal.h"
 #include "backend/ops.h"
+#include "common/fp16.h"
 
 #include <math.h>
 #include <string.h>
@@ -59,11 +60,11 @@ static kvrt_view host_view(const host_arg *a)
     return v;
 }
 
-/* Closes the step of one call (also when its op failed: the recording must end). */
+/* Closes the step of one call: submitted when its op was recorded, else
+ * dropped (kvrt_op_end_step), so a failure leaves the context as it was. */
 static kvrt_status step_end(kvrt_kv_cache *c, bool begun, kvrt_status s)
 {
-    kvrt_status submitted = begun ? kvrt_op_submit(c->be) : KVRT_OK;
-    return s == KVRT_OK ? submitted : s;
+    return begun ? kvrt_op_end_step(c->be, s) : s;
 }
 
 /* Copies the backend's message into the cache after a failed backend call. */
@@ -167,6 +168,48 @@ kvrt_status kvrt_kv_cache_write(kvrt_kv_cache *cache, int32_t layer, const float
     return from_backend(cache, host_args_end(cache, a, 3, s));
 }
 
+/* F16 K/V go through the F32 path: every F16 value (infinities included) is
+ * exactly an F32 value, and every backend rounds F32 to F16 to nearest even,
+ * which gives the same F16 back, so an F16 cache stores the bits given and
+ * an F32 cache their exact values, on every backend. Converted in pieces of
+ * at most this many floats per array, so host memory stays small. */
+#define KVRT_KV_WRITE_CHUNK_FLOATS ((size_t)1 << 20)
+
+kvrt_status kvrt_kv_cache_write_typed(kvrt_kv_cache *cache, int32_t layer, kvrt_dtype src_type, const void *k,
+                                      const void *v, const int32_t *slot_mapping, int32_t n_tokens)
+{
+    if (!cache)
+        return KVRT_ERR_INVALID_ARGUMENT;
+    if (src_type == KVRT_DTYPE_F32)
+        return kvrt_kv_cache_write(cache, layer, k, v, slot_mapping, n_tokens);
+    kvrt_error_clear(&cache->err);
+    if (src_type != KVRT_DTYPE_F16)
+        return kvrt_fail(&cache->err, KVRT_ERR_INVALID_ARGUMENT, "kv write: K/V type %s (%d) is not f32 or f16",
+                         kvrt_dtype_name(src_type), (int)src_type);
+    if (n_tokens <= 0 || !k || !v || !slot_mapping) /* the F32 path reports these before reading any */
+        return kvrt_kv_cache_write(cache, layer, k, v, slot_mapping, n_tokens);
+    /* every argument checked before the first piece is written */
+    KVRT_TRY(check_layer(cache, layer));
+    KVRT_TRY(kvrt_kv_check_slots(&cache->err, &cache->desc, slot_mapping, n_tokens));
+    size_t row = (size_t)cache->desc.n_kv_heads * (size_t)cache->desc.head_dim;
+    int32_t per = (int32_t)KVRT_MAX((size_t)1, KVRT_MIN(KVRT_KV_WRITE_CHUNK_FLOATS / row, (size_t)n_tokens));
+    float *buf = kvrt_alloc(cache->ctx->alloc, 2 * (size_t)per * row * sizeof(float), 64);
+    if (!buf)
+        return kvrt_fail(&cache->err, KVRT_ERR_OUT_OF_HOST_MEMORY, "kv write: out of host memory");
+    const uint16_t *kh = k, *vh = v;
+    kvrt_status s = KVRT_OK;
+    for (int32_t t0 = 0; s == KVRT_OK && t0 < n_tokens; t0 += per) {
+        int32_t n = KVRT_MIN(per, n_tokens - t0);
+        for (size_t i = 0; i < (size_t)n * row; i++) {
+            buf[i] = kvrt_fp16_to_f32(kh[(size_t)t0 * row + i]);
+            buf[(size_t)per * row + i] = kvrt_fp16_to_f32(vh[(size_t)t0 * row + i]);
+        }
+        s = kvrt_kv_cache_write(cache, layer, buf, buf + (size_t)per * row, slot_mapping + t0, n);
+    }
+    kvrt_free(cache->ctx->alloc, buf);
+    return s;
+}
+
 /* ---- attention --------------------------------------------------------------------- */
 
 static kvrt_status make_desc(kvrt_kv_cache *c, int32_t layer, const kvrt_attention_params *p, int32_t num_seqs,
@@ -202,6 +245,7 @@ kvrt_status kvrt_attention_decode(kvrt_kv_cache *cache, int32_t layer, const kvr
         return kvrt_fail(&cache->err, KVRT_ERR_INVALID_ARGUMENT, "attention decode: %s is NULL",
                          !q ? "q" : !seq_lens ? "seq_lens" : !block_tables ? "block_tables" : "out");
     KVRT_TRY(kvrt_attn_check_decode(&cache->err, &cache->desc, &d, seq_lens, block_tables));
+    d.max_seq_len = kvrt_attn_max_len(seq_lens, num_seqs);
     size_t qo_bytes = (size_t)num_seqs * (size_t)d.q_stride * sizeof(float);
     size_t table_bytes = (size_t)num_seqs * (size_t)d.max_blocks_per_seq * sizeof(int32_t);
     host_arg a[] = {{q, qo_bytes, false, NULL}, {out, qo_bytes, true, NULL},
@@ -234,6 +278,7 @@ kvrt_status kvrt_attention_prefill(kvrt_kv_cache *cache, int32_t layer, const kv
         return kvrt_fail(&cache->err, KVRT_ERR_INVALID_ARGUMENT, "query_start_loc[0] = %d, must be 0",
                          (int)query_start_loc[0]);
     KVRT_TRY(kvrt_attn_check_prefill(&cache->err, &cache->desc, &d, query_start_loc, seq_lens, block_tables));
+    d.max_seq_len = kvrt_attn_max_len(seq_lens, num_seqs);
     int32_t num_tokens = query_start_loc[num_seqs];
     if (num_tokens == 0)
         return KVRT_OK;

@@ -2,6 +2,8 @@
  * visibility rule and the checks every caller of the backends shares. */
 #include "backend/kv_layout.h"
 
+#include "common/fp16.h"
+
 #include <math.h>
 
 /* Every dtype kvrt stores KV in. A quantized one adds a row with its scales
@@ -9,6 +11,8 @@
 static const kvrt_kv_dtype_desc KV_DTYPES[] = {
     {KVRT_DTYPE_F32, 32, KVRT_KV_SCALES_NONE, 0, 0},
     {KVRT_DTYPE_F16, 16, KVRT_KV_SCALES_NONE, 0, 0},
+    {KVRT_DTYPE_Q8_0, 8, KVRT_KV_SCALES_IN_BLOCK, KVRT_KV_QGROUP, 2},
+    {KVRT_DTYPE_Q4_0, 4, KVRT_KV_SCALES_IN_BLOCK, KVRT_KV_QGROUP, 2},
 };
 
 const kvrt_kv_dtype_desc *kvrt_kv_dtype(kvrt_dtype dtype)
@@ -17,6 +21,74 @@ const kvrt_kv_dtype_desc *kvrt_kv_dtype(kvrt_dtype dtype)
         if (KV_DTYPES[i].dtype == dtype)
             return &KV_DTYPES[i];
     return NULL;
+}
+
+/* ---- quantized KV: the rule of kv_layout.h ------------------------------------------- */
+
+/* Step 1: NaN -> 0, then clamped to the F16 range. */
+static float kvq_saturate(float x)
+{
+    if (x != x)
+        return 0.0f;
+    return x > 65504.0f ? 65504.0f : x < -65504.0f ? -65504.0f : x;
+}
+
+/* Step 3: round-to-nearest-even of x / d by exact midpoint comparisons. */
+static int32_t kvq_round(float x, float d, int32_t lo, int32_t hi)
+{
+    if (d == 0.0f)
+        return 0;
+    int32_t q = (int32_t)rintf(x * (1.0f / d)); /* within one of the answer */
+    float half = 0.5f * d, up = (float)(2 * q + 1) * half, down = (float)(2 * q - 1) * half;
+    if (x > up || (x == up && (q & 1)))
+        q++;
+    else if (x < down || (x == down && (q & 1)))
+        q--;
+    return q < lo ? lo : q > hi ? hi : q;
+}
+
+void kvrt_kv_quantize_row(kvrt_dtype dtype, const float *x, int32_t head_dim, uint8_t *values, uint8_t *scales)
+{
+    bool q4 = dtype == KVRT_DTYPE_Q4_0;
+    float r = q4 ? 0x1.24924ap-3f : 0x1.020408p-7f; /* nearest F32 to 1/7, 1/127 */
+    for (int32_t g = 0; g < head_dim / KVRT_KV_QGROUP; g++) {
+        float xs[KVRT_KV_QGROUP], amax = 0.0f;
+        for (int i = 0; i < KVRT_KV_QGROUP; i++) {
+            xs[i] = kvq_saturate(x[g * KVRT_KV_QGROUP + i]);
+            amax = fabsf(xs[i]) > amax ? fabsf(xs[i]) : amax;
+        }
+        uint16_t dh = kvrt_f32_to_fp16(amax * r);
+        float d = kvrt_fp16_to_f32(dh);
+        scales[2 * g] = (uint8_t)(dh & 0xff);
+        scales[2 * g + 1] = (uint8_t)(dh >> 8);
+        if (!q4) {
+            for (int i = 0; i < KVRT_KV_QGROUP; i++)
+                values[g * KVRT_KV_QGROUP + i] = (uint8_t)(int8_t)kvq_round(xs[i], d, -127, 127);
+            continue;
+        }
+        uint8_t *v = values + g * (KVRT_KV_QGROUP / 2);
+        for (int i = 0; i < KVRT_KV_QGROUP / 2; i++)
+            v[i] = (uint8_t)((kvq_round(xs[i], d, -8, 7) + 8) | ((kvq_round(xs[i + 16], d, -8, 7) + 8) << 4));
+    }
+}
+
+void kvrt_kv_dequantize_row(kvrt_dtype dtype, const uint8_t *values, const uint8_t *scales, int32_t head_dim,
+                            float *out)
+{
+    for (int32_t g = 0; g < head_dim / KVRT_KV_QGROUP; g++) {
+        float d = kvrt_fp16_to_f32((uint16_t)(scales[2 * g] | (scales[2 * g + 1] << 8)));
+        float *o = out + g * KVRT_KV_QGROUP;
+        if (dtype == KVRT_DTYPE_Q8_0) {
+            for (int i = 0; i < KVRT_KV_QGROUP; i++)
+                o[i] = (float)(int8_t)values[g * KVRT_KV_QGROUP + i] * d;
+            continue;
+        }
+        const uint8_t *v = values + g * (KVRT_KV_QGROUP / 2);
+        for (int i = 0; i < KVRT_KV_QGROUP / 2; i++) {
+            o[i] = (float)((v[i] & 15) - 8) * d;
+            o[i + 16] = (float)((v[i] >> 4) - 8) * d;
+        }
+    }
 }
 
 size_t kvrt_kv_dtype_block_bytes(const kvrt_kv_dtype_desc *t, int32_t n_kv_heads, int32_t block_size,
@@ -78,6 +150,11 @@ kvrt_status kvrt_kv_check_pool_desc(kvrt_error *err, const kvrt_kv_pool_desc *d)
     if ((int64_t)d->num_blocks * d->block_size > INT32_MAX)
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "%d blocks x %d positions overflow int32 slots",
                          (int)d->num_blocks, (int)d->block_size);
+    const kvrt_kv_dtype_desc *t = kvrt_kv_dtype(d->dtype);
+    if (t->scales == KVRT_KV_SCALES_IN_BLOCK && d->head_dim % t->group != 0)
+        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT,
+                         "head_dim %d is not a multiple of %d, which %s KV needs (one scale per %d values)",
+                         (int)d->head_dim, (int)t->group, kvrt_dtype_name(d->dtype), (int)t->group);
     size_t block = kvrt_kv_block_bytes(d), total;
     if (block == 0)
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "head_dim %d does not fit the %s KV layout",
@@ -221,6 +298,14 @@ kvrt_status kvrt_attn_check_prefill(kvrt_error *err, const kvrt_kv_pool_desc *po
         KVRT_TRY(check_prefill_seq(err, pool, d, s, query_start_loc[s], query_start_loc[s + 1], seq_lens[s],
                                    block_tables + (size_t)s * (size_t)d->max_blocks_per_seq));
     return KVRT_OK;
+}
+
+int32_t kvrt_attn_max_len(const int32_t *seq_lens, int32_t n)
+{
+    int32_t m = 0;
+    for (int32_t s = 0; s < n; s++)
+        m = KVRT_MAX(m, seq_lens[s]);
+    return m;
 }
 
 kvrt_status kvrt_kv_check_slots(kvrt_error *err, const kvrt_kv_pool_desc *pool, const int32_t *slots, int32_t n)

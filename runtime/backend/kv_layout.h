@@ -37,6 +37,45 @@ typedef struct kvrt_kv_dtype_desc {
 /* The descriptor of a KV dtype; NULL when kvrt does not store KV in it. */
 const kvrt_kv_dtype_desc *kvrt_kv_dtype(kvrt_dtype dtype);
 
+/* ---- quantized KV: q8_0 and q4_0 (the rule every backend implements bit for bit) ----
+ *
+ * A head_dim row is cut into groups of 32 values; each group has one F16
+ * scale d, stored after the block's values ([n_kv_heads][block_size]
+ * [head_dim / 32] scales, 2 bytes each, little-endian). Per group:
+ *   1. each x is saturated: NaN -> 0, then clamped to [-65504, 65504];
+ *   2. amax = max |x|; d = f16_rne(f32(amax * R)) with R the F32 constant
+ *      nearest to 1/127 (q8_0, 0x1.020408p-7) or 1/7 (q4_0, 0x1.24924ap-3):
+ *      one correctly rounded F32 product, then round-to-nearest-even to F16;
+ *   3. q = round-to-nearest-even of the exact quotient x / d (0 when d == 0),
+ *      clamped to [-127, 127] (q8_0) or [-8, 7] (q4_0). Backends find q
+ *      exactly by comparing x with the midpoints (q +- 1/2) * d, which are
+ *      exact F32 products, so no division's rounding can change a byte;
+ *   4. q8_0 stores q as int8; q4_0 stores q + 8 as a nibble, byte j of a
+ *      group holding value j in its low and value j + 16 in its high nibble
+ *      (the Q4_0 weight order), 16 bytes per group.
+ * Dequantized value: q * d (q8_0) or (nibble - 8) * d (q4_0), in F32. */
+#define KVRT_KV_QGROUP 32
+
+/* Byte offsets, inside one block, of row r (= kv head * block_size + position)
+ * of a quantized dtype: its values and its first scale. */
+static inline size_t kvrt_kv_row_values(const kvrt_kv_dtype_desc *t, int32_t head_dim, size_t r)
+{
+    return r * (size_t)head_dim * t->value_bits / 8;
+}
+static inline size_t kvrt_kv_row_scales(const kvrt_kv_dtype_desc *t, int32_t n_kv_heads, int32_t block_size,
+                                        int32_t head_dim, size_t r)
+{
+    size_t rows = (size_t)n_kv_heads * (size_t)block_size;
+    return kvrt_kv_row_values(t, head_dim, rows) + r * (size_t)(head_dim / t->group) * t->scale_bytes;
+}
+
+/* Quantizes one head_dim row (a multiple of 32) by the rule above:
+ * values gets head_dim * bits / 8 bytes, scales head_dim / 32 F16 scales. */
+void kvrt_kv_quantize_row(kvrt_dtype dtype, const float *x, int32_t head_dim, uint8_t *values, uint8_t *scales);
+/* The stored row back in F32. */
+void kvrt_kv_dequantize_row(kvrt_dtype dtype, const uint8_t *values, const uint8_t *scales, int32_t head_dim,
+                            float *out);
+
 /* Shape of a KV pool: every layer's K and V pools. */
 typedef struct kvrt_kv_pool_desc {
     int32_t n_layers;
@@ -83,7 +122,13 @@ typedef struct kvrt_attn_desc {
     int64_t o_stride;           /* elements between consecutive tokens of out */
     int32_t num_tokens;         /* prefill: token rows q and out hold (>= query_start_loc[num_seqs]);
                                    decode: ignored (one row per sequence) */
+    int32_t max_seq_len;        /* the longest seq_lens[s] of the call, found by whoever checked them on
+                                   the host: split-K partitions and scratch follow it, never the table
+                                   width; 0 = unknown, the front door takes the table's capacity */
 } kvrt_attn_desc;
+
+/* The longest of n sequence lengths (0 for none). */
+int32_t kvrt_attn_max_len(const int32_t *seq_lens, int32_t n);
 
 /* Whether the query at position i sees the key at position j. */
 static inline bool kvrt_kv_visible(int32_t i, int32_t j, int32_t window, int32_t sinks)

@@ -5,14 +5,32 @@
 #include "common/quant.h"
 
 #include <math.h>
+#include <string.h>
 
 static kvrt_status unsupported(kvrt_backend *be, const char *entry)
 {
     return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "%s backend does not implement %s", be->ops->name, entry);
 }
 
+/* The failure-injection hook (backend.h): counts the calls of an open step
+ * that reach the backend and fails the armed one instead of running it. */
+static kvrt_status injected(kvrt_backend *be, const char *entry)
+{
+    if (!be->step_open)
+        return KVRT_OK;
+    be->step_calls++;
+    if (be->fail_at <= 0 || be->step_calls != be->fail_at)
+        return KVRT_OK;
+    be->fail_at = 0;
+    return kvrt_fail(&be->err, KVRT_ERR_INTERNAL, "%s: failure injected at call %lld of the step (test hook)", entry,
+                     (long long)be->step_calls);
+}
+
 /* Calls entry `e` of the vtable with the arguments after it, or reports it missing. */
-#define OP_CALL(be, e, ...) ((be)->ops->e ? (be)->ops->e((be), __VA_ARGS__) : unsupported((be), #e))
+#define OP_CALL(be, e, ...)                                                                          \
+    (injected((be), #e) != KVRT_OK ? (be)->err.status                                                \
+     : (be)->ops->e                ? (be)->ops->e((be), __VA_ARGS__)                                 \
+                                   : unsupported((be), #e))
 
 /* ---- host timing of backends that run ops at once ----------------------------------------- */
 
@@ -168,7 +186,9 @@ kvrt_status kvrt_op_buffer_create(kvrt_backend *be, size_t size, unsigned flags,
     *out = NULL;
     if (flags != KVRT_BUFFER_DEVICE && flags != KVRT_BUFFER_HOST_VISIBLE)
         return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "buffer_create: flags %u", flags);
-    return be->ops->buffer_create(be, size, flags, out);
+    if (flags == KVRT_BUFFER_DEVICE)
+        KVRT_TRY(kvrt_op_check_budget(be, size, "a buffer"));
+    return OP_CALL(be, buffer_create, size, flags, out);
 }
 
 void kvrt_op_buffer_destroy(kvrt_backend *be, kvrt_buffer *buf)
@@ -212,7 +232,7 @@ kvrt_status kvrt_op_buffer_upload(kvrt_backend *be, kvrt_buffer *dst, size_t off
         return KVRT_OK;
     if (!src)
         return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "upload: source is NULL");
-    return be->ops->buffer_upload(be, dst, offset, src, size);
+    return OP_CALL(be, buffer_upload, dst, offset, src, size);
 }
 
 kvrt_status kvrt_op_buffer_download(kvrt_backend *be, kvrt_buffer *src, size_t offset, void *dst, size_t size)
@@ -222,7 +242,7 @@ kvrt_status kvrt_op_buffer_download(kvrt_backend *be, kvrt_buffer *src, size_t o
         return KVRT_OK;
     if (!dst)
         return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "download: destination is NULL");
-    return be->ops->buffer_download(be, src, offset, dst, size);
+    return OP_CALL(be, buffer_download, src, offset, dst, size);
 }
 
 kvrt_status kvrt_op_buffer_copy(kvrt_backend *be, kvrt_buffer *src, size_t src_offset, kvrt_buffer *dst,
@@ -244,6 +264,8 @@ kvrt_status kvrt_op_kv_pool_create(kvrt_backend *be, const kvrt_kv_pool_desc *de
         return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "kv_pool_create: %s is NULL", !desc ? "desc" : "out");
     *out = NULL;
     KVRT_TRY(kvrt_kv_check_pool_desc(&be->err, desc));
+    uint64_t bytes = (uint64_t)kvrt_kv_block_bytes(desc) * (uint64_t)desc->num_blocks * 2u * (uint64_t)desc->n_layers;
+    KVRT_TRY(kvrt_op_check_budget(be, bytes, "a KV pool"));
     return OP_CALL(be, kv_pool_create, desc, out);
 }
 
@@ -312,12 +334,60 @@ kvrt_status kvrt_op_kv_copy_blocks(kvrt_backend *be, kvrt_kv_pool *pool, const i
 
 kvrt_status kvrt_op_begin(kvrt_backend *be)
 {
-    return be->ops->begin(be);
+    KVRT_TRY(be->ops->begin(be));
+    be->step_open = true;
+    be->step_calls = 0;
+    return KVRT_OK;
 }
 
 kvrt_status kvrt_op_submit(kvrt_backend *be)
 {
-    return be->ops->submit(be);
+    kvrt_status s = injected(be, "submit");
+    if (s == KVRT_OK)
+        s = be->ops->submit(be);
+    else
+        be->ops->abort(be); /* as a failed submit does: the step is closed */
+    be->step_open = false;
+    return s;
+}
+
+void kvrt_op_abort(kvrt_backend *be)
+{
+    /* the backend's own state decides (a failed submit already closed it) */
+    be->ops->abort(be);
+    be->step_open = false;
+}
+
+kvrt_status kvrt_op_end_step(kvrt_backend *be, kvrt_status s)
+{
+    if (s == KVRT_OK)
+        return kvrt_op_submit(be);
+    kvrt_op_abort(be);
+    return s;
+}
+
+/* ---- memory and limits -------------------------------------------------------------------------- */
+
+void kvrt_op_limits(kvrt_backend *be, kvrt_context_limits *out)
+{
+    memset(out, 0, sizeof(*out));
+    be->ops->limits(be, out);
+}
+
+kvrt_status kvrt_op_check_budget(kvrt_backend *be, uint64_t bytes, const char *what)
+{
+    kvrt_context_limits l;
+    kvrt_op_limits(be, &l);
+    if (l.memory_budget == 0 || (l.memory_in_use <= l.memory_budget && bytes <= l.memory_budget - l.memory_in_use))
+        return KVRT_OK;
+    return kvrt_fail(&be->err,
+                     be->kind == KVRT_BACKEND_CPU ? KVRT_ERR_OUT_OF_HOST_MEMORY : KVRT_ERR_OUT_OF_DEVICE_MEMORY,
+                     "%s: %s of %llu bytes exceeds the memory budget: %llu of %llu bytes in use, %llu left "
+                     "(device heap %llu bytes; kvrt_context_limits.memory_budget)",
+                     be->ops->name, what, (unsigned long long)bytes, (unsigned long long)l.memory_in_use,
+                     (unsigned long long)l.memory_budget,
+                     (unsigned long long)(l.memory_in_use < l.memory_budget ? l.memory_budget - l.memory_in_use : 0),
+                     (unsigned long long)l.memory_heap);
 }
 
 kvrt_status kvrt_op_save_caches(kvrt_backend *be)
@@ -360,6 +430,43 @@ kvrt_status kvrt_op_kv_write(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer
                                                  n_tokens));
 }
 
+/* The backend's per-call limits (kvrt_context_limits), each refusal naming its limit. */
+static kvrt_status check_attention_limits(kvrt_backend *be, const kvrt_kv_pool_desc *pd, const kvrt_attn_desc *d,
+                                          int64_t table, const char *what)
+{
+    kvrt_context_limits l;
+    kvrt_op_limits(be, &l);
+    bool decode = strcmp(what, "attention decode") == 0;
+    int32_t hd_max = decode ? l.decode_head_dim_max : l.prefill_head_dim_max;
+    if (pd->head_dim > hd_max)
+        return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED,
+                         "%s: head_dim %d exceeds the %s backend's limit of %d (kvrt_context_limits.%s_head_dim_max)",
+                         what, (int)pd->head_dim, be->ops->name, (int)hd_max, decode ? "decode" : "prefill");
+    if (table > l.max_table_entries)
+        return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED,
+                         "%s: a block table of %lld entries (%d sequences x %d blocks) exceeds the widest table per "
+                         "call, %lld entries (kvrt_context_limits.max_table_entries)",
+                         what, (long long)table, (int)d->num_seqs, (int)d->max_blocks_per_seq,
+                         (long long)l.max_table_entries);
+    if (d->max_seq_len > l.max_seq_len)
+        return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED,
+                         "%s: a sequence of %d positions exceeds the longest per call, %lld "
+                         "(kvrt_context_limits.max_seq_len)",
+                         what, (int)d->max_seq_len, (long long)l.max_seq_len);
+    return KVRT_OK;
+}
+
+/* A copy of d whose max_seq_len is known: the table's capacity when the
+ * caller left it 0 (or gave more than the table holds). */
+static kvrt_attn_desc with_max_len(const kvrt_kv_pool *pool, const kvrt_attn_desc *d)
+{
+    kvrt_attn_desc c = *d;
+    int64_t cap = (int64_t)d->max_blocks_per_seq * kvrt_kv_pool_desc_of(pool)->block_size;
+    if (c.max_seq_len <= 0 || c.max_seq_len > cap)
+        c.max_seq_len = (int32_t)KVRT_MIN(cap, (int64_t)INT32_MAX);
+    return c;
+}
+
 /* What decode and prefill share: layer, descriptor, lengths and tables, and
  * the q/out rows (n_rows of n_heads * head_dim). */
 static kvrt_status check_attention(kvrt_backend *be, const kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
@@ -381,6 +488,7 @@ static kvrt_status check_attention(kvrt_backend *be, const kvrt_kv_pool *pool, i
     KVRT_TRY(check_ints(be, block_tables, table, "block_tables"));
     if (d->num_seqs == 0)
         return KVRT_OK;
+    KVRT_TRY(check_attention_limits(be, pd, d, table, what));
     char name[64];
     int64_t row = (int64_t)d->n_heads * pd->head_dim;
     snprintf(name, sizeof(name), "%s: q", what);
@@ -395,6 +503,11 @@ static kvrt_status check_attention(kvrt_backend *be, const kvrt_kv_pool *pool, i
 kvrt_status kvrt_op_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
                                 kvrt_view q, kvrt_view out, kvrt_view seq_lens, kvrt_view block_tables)
 {
+    kvrt_attn_desc known;
+    if (d && pool) {
+        known = with_max_len(pool, d);
+        d = &known;
+    }
     KVRT_TRY(check_attention(be, pool, layer, d, d ? d->num_seqs : 0, q, out, seq_lens, block_tables,
                              "attention decode"));
     if (d->num_seqs == 0)
@@ -407,6 +520,11 @@ kvrt_status kvrt_op_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t l
                                  kvrt_view q, kvrt_view out, kvrt_view query_start_loc, kvrt_view seq_lens,
                                  kvrt_view block_tables)
 {
+    kvrt_attn_desc known;
+    if (d && pool) {
+        known = with_max_len(pool, d);
+        d = &known;
+    }
     KVRT_TRY(check_attention(be, pool, layer, d, d ? d->num_tokens : 0, q, out, seq_lens, block_tables,
                              "attention prefill"));
     if (d->num_seqs == 0)

@@ -42,10 +42,23 @@ kvrt_be_kv_copy_blocks_fn kvrt_op_kv_copy_blocks;
 
 /* ---- steps, kernels, caches, profiling ---- */
 kvrt_be_step_fn kvrt_op_begin;
+/* Runs the step; on failure the step is closed all the same. */
 kvrt_be_step_fn kvrt_op_submit;
+/* Closes an open step without running the rest (backend.h); no-op without one. */
+kvrt_be_abort_fn kvrt_op_abort;
+/* Ends the step a caller opened: submit when s is KVRT_OK, else abort and
+ * keep s (and its message). Every error path after a begin goes through it. */
+kvrt_status kvrt_op_end_step(kvrt_backend *be, kvrt_status s);
 KVRT_BACKEND_KERNELS(KVRT_BACKEND_DECLARE, kvrt_op_)
 kvrt_be_step_fn kvrt_op_save_caches; /* NULL entry: nothing to save, KVRT_OK */
 /* Turns per-op timing on or off (off always succeeds). */
 kvrt_be_set_profiling_fn kvrt_op_set_profiling;
+
+/* ---- memory and limits ---- */
+/* The backend's kvrt_context_limits. */
+kvrt_be_limits_fn kvrt_op_limits;
+/* Refuses, before anything is allocated, `bytes` more than the memory
+ * budget leaves, with the numbers; `what` names the request ("a KV pool"). */
+kvrt_status kvrt_op_check_budget(kvrt_backend *be, uint64_t bytes, const char *what);
 
 #endif /* KVRT_OPS_H */

@@ -68,6 +68,15 @@ static inline uint16_t kvrt_f32_to_fp16(float f)
 #endif
 }
 
+/* F16 KV's conversion (DESIGN.md "The block layout"): round to nearest even,
+ * then a value beyond +-65504 (inf included) saturates to +-65504; NaN stays
+ * NaN. What every backend's kv_write stores. */
+static inline uint16_t kvrt_f32_to_fp16_kv(float f)
+{
+    uint16_t h = kvrt_f32_to_fp16(f);
+    return (h & 0x7fffu) == 0x7c00u ? (uint16_t)((h & 0x8000u) | 0x7bffu) : h;
+}
+
 static inline float kvrt_bf16_to_f32(uint16_t h)
 {
     return kvrt_bits_f32((uint32_t)h << 16);

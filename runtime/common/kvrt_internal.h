@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <signal.h>
 #include <stdio.h>
 
 #if defined(__GNUC__)
@@ -60,17 +61,51 @@ bool kvrt_grow_array(const kvrt_allocator *a, void **p, size_t used, size_t coun
 
 /* ---- files written whole or not at all (atomic_file.c) ------------------- */
 
+/* An output file that never destroys what its writer did not create
+ * (DESIGN.md, "Build and tool interfaces"): symlinks are followed and the
+ * file they name is replaced in its own folder; an existing character device or FIFO is
+ * written directly (it cannot be replaced), anything else that is not a
+ * regular file is refused; a regular file is replaced only by a rename once
+ * every byte was written. The bytes go to an unnamed temporary (O_TMPFILE)
+ * where the filesystem allows, so nothing is left behind whatever kills the
+ * process; elsewhere to a named one, removed on every error path. */
 typedef struct kvrt_atomic_file {
-    FILE *f;          /* write here */
-    const char *path; /* the target */
-    char tmp[4096];   /* "<path>.tmp-<pid>" */
+    FILE *f;                /* write here */
+    const char *path;       /* the output as given */
+    char target[4096];      /* path with its symlinks followed: the file replaced */
+    char tmp[4096];         /* the temporary's name while it has one */
+    /* set (last) once tmp names a file of ours and cleared first: a signal
+     * handler may unlink tmp while it is set, and only then */
+    volatile sig_atomic_t tmp_live;
+    bool direct;            /* writing the target itself (a device or FIFO) */
+    bool unnamed;           /* an O_TMPFILE temporary, named at close */
 } kvrt_atomic_file;
 
-/* Opens a temporary file beside `path` for writing. */
-kvrt_status kvrt_atomic_file_open(const char *path, kvrt_atomic_file *af, kvrt_error *err);
-/* Closes it; when `status` (the writer's result) and the close succeed, renames
- * it over `path`, otherwise removes it. Returns the final status. */
+typedef struct kvrt_atomic_file_opts {
+    const char *const *inputs; /* NULL-terminated paths the output must not be
+                                * (same device and inode); NULL = none */
+    bool named_temporary;      /* no O_TMPFILE (tests of the fallback path) */
+} kvrt_atomic_file_opts;
+
+/* Opens the output (opts may be NULL). KVRT_ERR_IO naming the path when it is
+ * an input, a directory, a FIFO without a reader or another kind of file that
+ * can be neither replaced nor written. */
+kvrt_status kvrt_atomic_file_open(const char *path, const kvrt_atomic_file_opts *opts, kvrt_atomic_file *af,
+                                  kvrt_error *err);
+/* The checks of kvrt_atomic_file_open without opening anything, so a tool can
+ * refuse before a long load. */
+kvrt_status kvrt_atomic_file_check(const char *path, const kvrt_atomic_file_opts *opts, kvrt_error *err);
+/* Closes it; when `status` (the writer's result) and the close succeed, puts
+ * the bytes in place, otherwise removes the temporary. Returns the final status. */
 kvrt_status kvrt_atomic_file_close(kvrt_atomic_file *af, kvrt_status status, kvrt_error *err);
+
+/* ---- input files (atomic_file.c) ------------------------------------------- */
+
+/* Opens `path` for reading without blocking (a FIFO or device at the path
+ * must not hang the caller) and accepts only a regular file: *fd (blocking
+ * again) and its size on success; KVRT_ERR_IO naming `what` and the path and
+ * saying what the file is otherwise. */
+kvrt_status kvrt_open_regular_file(const char *path, const char *what, int *fd, uint64_t *size, kvrt_error *err);
 
 /* ---- checked 64-bit arithmetic -------------------------------------------- */
 

@@ -41,6 +41,7 @@ const char *kvrt_finish_reason_name(kvrt_finish_reason reason)
     case KVRT_FINISH_STOP_TOKEN: return "stop";
     case KVRT_FINISH_CANCELLED: return "cancelled";
     case KVRT_FINISH_STOP_STRING: return "stop_string";
+    case KVRT_FINISH_ERROR: return "error";
     }
     return "?";
 }
@@ -344,6 +345,7 @@ static kvrt_request *request_build(kvrt_engine *e, const kvrt_request_params *rp
         }
         memcpy(s->tokens, rp->prompt, (size_t)rp->n_prompt * sizeof(int32_t));
         s->len = rp->n_prompt;
+        s->failed_len = -1;
         /* Samples 1..n-1 are forked from sample 0 once its prompt is computed. */
         s->state = i == 0 ? KVRT_SEQ_WAITING : KVRT_SEQ_FINISHED;
     }
@@ -358,15 +360,20 @@ static kvrt_status submit_text(kvrt_engine *e, const kvrt_request_params *rp, in
     if (!e->runner.iface->tokenize)
         return kvrt_fail(&e->err, KVRT_ERR_INVALID_ARGUMENT, "text prompts need a model with a tokenizer");
     size_t len = strlen(rp->prompt_text);
-    if (len > (size_t)INT32_MAX - 8)
-        return kvrt_fail(&e->err, KVRT_ERR_INVALID_ARGUMENT, "prompt text of %zu bytes is too long", len);
-    /* At most one token per byte, plus BOS and the leading space SentencePiece adds. */
-    int32_t cap = (int32_t)len + 4, n = 0;
+    /* How many ids the text needs, asked first: a byte may need several (a
+     * space in a vocabulary without U+2581 is three byte pieces). */
+    int32_t n = 0;
+    kvrt_error keep = e->err;
+    kvrt_status st = e->runner.iface->tokenize(e->runner.self, rp->prompt_text, len, rp->add_bos, NULL, 0, &n,
+                                             &e->err);
+    if (st != KVRT_OK && !(st == KVRT_ERR_INVALID_ARGUMENT && n > 0))
+        return st;
+    e->err = keep; /* "no room" was the question, not a failure */
+    int32_t cap = KVRT_MAX(n, 1);
     int32_t *ids = kvrt_calloc(e->alloc, (size_t)cap, sizeof(int32_t));
     if (!ids)
-        return kvrt_fail(&e->err, KVRT_ERR_OUT_OF_HOST_MEMORY, "prompt of %zu bytes", len);
-    kvrt_status st = e->runner.iface->tokenize(e->runner.self, rp->prompt_text, len, rp->add_bos, ids, cap, &n,
-                                             &e->err);
+        return kvrt_fail(&e->err, KVRT_ERR_OUT_OF_HOST_MEMORY, "prompt of %zu bytes (%d tokens)", len, (int)n);
+    st = e->runner.iface->tokenize(e->runner.self, rp->prompt_text, len, rp->add_bos, ids, cap, &n, &e->err);
     if (st == KVRT_OK) {
         kvrt_request_params q = *rp;
         q.prompt = ids;
@@ -503,7 +510,8 @@ void kvrt_engine_finish_seq(kvrt_engine *e, kvrt_eseq *s, kvrt_finish_reason why
     s->sched_tokens = 0;
     r->n_live--;
     if (r->p.on_token && report_token)
-        r->p.on_token(r->p.user, r->id, s->index, why == KVRT_FINISH_CANCELLED ? -1 : s->tokens[s->len - 1], why);
+        r->p.on_token(r->p.user, r->id, s->index,
+                      why == KVRT_FINISH_CANCELLED || why == KVRT_FINISH_ERROR ? -1 : s->tokens[s->len - 1], why);
     kvrt_engine_text_flush(e, s, why);
     request_maybe_done(e, r);
 }
@@ -550,6 +558,7 @@ static void fill_output(const kvrt_request *r, kvrt_request_output *out)
         r->outs[i].logprobs = s->logprobs ? s->logprobs + r->p.n_prompt : NULL;
         r->outs[i].text = s->text;
         r->outs[i].text_len = s->text_len;
+        r->outs[i].error = s->error;
     }
     memset(out, 0, sizeof(*out));
     out->request_id = r->id;

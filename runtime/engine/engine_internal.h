@@ -65,6 +65,9 @@ kvrt_status kvrt_engine_create_with_runner(const kvrt_engine_params *params, kvr
 /* The real runner on a model (engine_runner_llama.c): completes p from the
  * model (max_context, eos_id; num_blocks 0: sized from the context's memory
  * budget) and creates the KV cache. */
+/* The block manager's extra key of the engine's sequences: the KV type's
+ * part of every prefix-cache key (scheduler.c). */
+uint64_t kvrt_engine_prefix_extra_key(kvrt_dtype kv_type);
 kvrt_status kvrt_llama_runner_create(kvrt_model *model, kvrt_engine_params *p, kvrt_runner *out, kvrt_error *err);
 
 /* ---- records ------------------------------------------------------------------ */
@@ -95,6 +98,8 @@ typedef struct kvrt_eseq {
     size_t text_len, text_cap;
     size_t text_sent;       /* bytes given to on_text */
     kvrt_finish_reason finish;
+    kvrt_status error;      /* why it finished with KVRT_FINISH_ERROR */
+    int32_t failed_len;     /* len when emitting its next token last failed; -1 never */
     /* this step */
     int32_t sched_tokens;   /* tokens scheduled, 0 when not in the batch */
     int32_t sched_slot_off; /* where its slots are in slot_scratch */

@@ -73,20 +73,37 @@ static void send(kvrt_eseq *s, size_t upto, kvrt_finish_reason finish)
     s->text_sent = KVRT_MAX(s->text_sent, upto);
 }
 
+/* Appends the token's text to s->text, however long it is: written in place
+ * when it fits the room left, else the room is grown to the length the
+ * first call reported and the call repeated. */
+static kvrt_status append_token_text(kvrt_engine *e, kvrt_eseq *s, int32_t prev, int32_t tok)
+{
+    enum { TYPICAL_PIECE = 32 };
+    KVRT_TRY(text_reserve(e, s, TYPICAL_PIECE));
+    size_t len = 0, room = s->text_cap - s->text_len;
+    kvrt_error keep = e->err; /* "too small" is not a failure of this call */
+    kvrt_status st = e->runner.iface->token_text(e->runner.self, prev, tok, s->text + s->text_len, room, &len, &e->err);
+    if (st == KVRT_ERR_INVALID_ARGUMENT && len + 1 > room) {
+        e->err = keep;
+        KVRT_TRY(text_reserve(e, s, len));
+        room = s->text_cap - s->text_len;
+        st = e->runner.iface->token_text(e->runner.self, prev, tok, s->text + s->text_len, room, &len, &e->err);
+    }
+    if (st != KVRT_OK) {
+        s->text[s->text_len] = '\0';
+        return st;
+    }
+    s->text_len += len;
+    s->text[s->text_len] = '\0';
+    return KVRT_OK;
+}
+
 kvrt_status kvrt_engine_text_step(kvrt_engine *e, kvrt_eseq *s, kvrt_finish_reason *why)
 {
     if (!e->runner.iface->token_text)
         return KVRT_OK;
-    char piece[256];
-    size_t len = 0;
-    int32_t tok = s->tokens[s->len - 1], prev = s->tokens[s->len - 2 >= 0 ? s->len - 2 : 0];
-    if (s->len < 2)
-        prev = -1;
-    KVRT_TRY(e->runner.iface->token_text(e->runner.self, prev, tok, piece, sizeof piece, &len, &e->err));
-    KVRT_TRY(text_reserve(e, s, len));
-    memcpy(s->text + s->text_len, piece, len);
-    s->text_len += len;
-    s->text[s->text_len] = '\0';
+    int32_t tok = s->tokens[s->len - 1], prev = s->len >= 2 ? s->tokens[s->len - 2] : -1;
+    KVRT_TRY(append_token_text(e, s, prev, tok));
     const kvrt_request *r = s->req;
     /* Text already sent cannot start a match: it was never a prefix of one. */
     size_t first = SIZE_MAX;

@@ -123,6 +123,30 @@ static kvrt_finish_reason stop_reason(const kvrt_engine *e, const kvrt_eseq *s, 
     return KVRT_FINISH_NONE;
 }
 
+/* A sample that failed to emit its next token (or, for a parent, to fork):
+ * computed again the first time; at the same token again the error will
+ * repeat (NaN logits, a token without text), so it finishes with it instead
+ * of looping forever. */
+static void emit_failed(kvrt_engine *e, kvrt_eseq *s, kvrt_status st, int32_t *finished)
+{
+    if (s->failed_len != s->len) {
+        s->failed_len = s->len;
+        kvrt_sched_requeue(e, s);
+        return;
+    }
+    kvrt_request *r = s->req;
+    /* a parent that cannot fork takes its unforked samples with it */
+    int32_t last = s->index == 0 && r->p.n > 1 && !r->forked ? r->p.n - 1 : s->index;
+    for (int32_t i = s->index; i <= last; i++) {
+        kvrt_eseq *t = &r->seqs[i];
+        if (t->finish != KVRT_FINISH_NONE)
+            continue;
+        t->error = st;
+        kvrt_engine_finish_seq(e, t, KVRT_FINISH_ERROR, 1);
+    }
+    *finished += r->n_live == 0;
+}
+
 /* Samples the next token of s from a row of logits and applies stop rules. */
 static kvrt_status emit(kvrt_engine *e, kvrt_eseq *s, const float *row, double now, int32_t *finished)
 {
@@ -173,7 +197,7 @@ static kvrt_status consume_logits(kvrt_engine *e, const kvrt_batch *b, kvrt_step
         int32_t fork_now = r->p.n > 1 && !r->forked;
         kvrt_status st = fork_now ? fork_samples(e, s) : KVRT_OK;
         if (st != KVRT_OK) {
-            kvrt_sched_requeue(e, s);
+            emit_failed(e, s, st, &info->num_finished);
             first = first == KVRT_OK ? st : first;
             continue;
         }
@@ -181,7 +205,7 @@ static kvrt_status consume_logits(kvrt_engine *e, const kvrt_batch *b, kvrt_step
             kvrt_eseq *t = &r->seqs[i];
             st = emit(e, t, logits, now, &info->num_finished);
             if (st != KVRT_OK) {
-                kvrt_sched_requeue(e, t);
+                emit_failed(e, t, st, &info->num_finished);
                 first = first == KVRT_OK ? st : first;
             }
         }

@@ -405,15 +405,14 @@ kvrt_status kvrt_gguf_open_memory(const void *data, size_t size, const kvrt_allo
 kvrt_status kvrt_gguf_open(const char *path, const kvrt_allocator *alloc, kvrt_gguf **out, kvrt_error *err)
 {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return kvrt_fail(err, KVRT_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    int fd;
+    uint64_t file_size;
+    KVRT_TRY(kvrt_open_regular_file(path, "GGUF file", &fd, &file_size, err));
+    if (file_size > SIZE_MAX) {
         close(fd);
-        return kvrt_fail(err, KVRT_ERR_IO, "'%s' is not a readable regular file", path);
+        return kvrt_fail(err, KVRT_ERR_IO, "'%s' is too large to map", path);
     }
-    size_t size = (size_t)st.st_size;
+    size_t size = (size_t)file_size;
     void *map = NULL;
     if (size > 0) {
         map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);

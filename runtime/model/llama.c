@@ -404,6 +404,7 @@ static kvrt_status step_attention(step *st, int32_t layer)
     };
     if (st->n_decode > 0) {
         d.num_seqs = st->n_decode;
+        d.max_seq_len = kvrt_attn_max_len(b->seq_lens, st->n_decode);
         KVRT_TRY(kvrt_op_attn_decode(st->be, st->pool, layer, &d, act(lm, ACT_Q), act(lm, ACT_ATT),
                                       idx(lm, IDX_SEQ_LENS, 0), idx(lm, IDX_TABLES, 0)));
     }
@@ -411,6 +412,7 @@ static kvrt_status step_attention(step *st, int32_t layer)
         /* query_start_loc keeps absolute token rows, so q and out stay at row 0 */
         int32_t first = st->n_decode;
         d.num_seqs = b->num_seqs - first;
+        d.max_seq_len = kvrt_attn_max_len(b->seq_lens + first, d.num_seqs);
         KVRT_TRY(kvrt_op_attn_prefill(st->be, st->pool, layer, &d, act(lm, ACT_Q), act(lm, ACT_ATT),
                                        idx(lm, IDX_QSL, first), idx(lm, IDX_SEQ_LENS, first),
                                        idx(lm, IDX_TABLES, (size_t)first * b->max_blocks_per_seq)));
@@ -547,8 +549,6 @@ kvrt_status kvrt_llama_forward(kvrt_llama *lm, kvrt_kv_pool *pool, const kvrt_ba
     if (s == KVRT_OK && b->num_logits > 0)
         s = kvrt_op_buffer_download(be, lm->act[ACT_LOGITS].buf, 0, logits,
                                  (size_t)b->num_logits * lm->hp.n_vocab * sizeof(float));
-    kvrt_status submitted = kvrt_op_submit(be); /* always close the recording */
-    if (s == KVRT_OK)
-        s = submitted;
+    s = kvrt_op_end_step(be, s); /* submitted, or dropped after a failure: never left open */
     return be_fail(be, err, s, "forward");
 }

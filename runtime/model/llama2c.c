@@ -149,16 +149,15 @@ static kvrt_status map_checkpoint(const uint8_t *bytes, size_t size, kvrt_model_
 
 static kvrt_status map_file(const char *path, void **map, size_t *size, kvrt_error *err)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return kvrt_fail(err, KVRT_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return kvrt_fail(err, KVRT_ERR_IO, "'%s' is not a readable regular file", path);
-    }
-    *size = (size_t)st.st_size;
+    int fd;
+    uint64_t file_size;
     *map = NULL;
+    KVRT_TRY(kvrt_open_regular_file(path, "llama2.c checkpoint", &fd, &file_size, err));
+    if (file_size > SIZE_MAX) {
+        close(fd);
+        return kvrt_fail(err, KVRT_ERR_IO, "'%s' is too large to map", path);
+    }
+    *size = (size_t)file_size;
     if (*size == 0) {
         close(fd);
         return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "llama2.c checkpoint '%s' is empty", path);

@@ -4,6 +4,8 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
+
 
 kvrt_model_params kvrt_model_default_params(void)
 {
@@ -15,12 +17,11 @@ kvrt_model_params kvrt_model_default_params(void)
 /* GGUF files start with the magic "GGUF"; anything else is taken for a llama2.c checkpoint. */
 static kvrt_status sniff_gguf(const char *path, bool *is_gguf, kvrt_error *err)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return kvrt_fail(err, KVRT_ERR_IO, "cannot open model file '%s'", path);
+    int fd;
+    KVRT_TRY(kvrt_open_regular_file(path, "model file", &fd, NULL, err)); /* a FIFO must not block */
     char magic[4] = {0};
-    size_t n = fread(magic, 1, 4, f);
-    fclose(f);
+    ssize_t n = read(fd, magic, 4);
+    close(fd);
     *is_gguf = n == 4 && memcmp(magic, "GGUF", 4) == 0;
     return KVRT_OK;
 }
@@ -46,6 +47,41 @@ static kvrt_status load_file(const kvrt_model_params *p, const kvrt_allocator *a
     return kvrt_model_file_load_llama2c(p->path, p->tokenizer_path, alloc, &progress, mf, err);
 }
 
+/* What max_context sizes, checked before it is allocated: the RoPE table
+ * ([max_context][rope_dim] F32, built on the host) and the smallest KV cache
+ * a session can have (one full sequence, F16), against the memory budget or,
+ * without one, the machine's memory. A file or a flag claiming billions of
+ * positions is told so, not "out of memory" after minutes of building a
+ * table. (The weights are not counted: on the CPU they stay in the mapped
+ * file; the engine sizes its pool from what they leave of a budget.) */
+static kvrt_status check_context_memory(const kvrt_context *ctx, const kvrt_model_file *mf, int32_t max_context,
+                                        bool from_params, kvrt_error *err)
+{
+    const kvrt_llama_hparams *hp = &mf->hp;
+    double rope = (double)max_context * (double)KVRT_MAX(hp->rope_dim, 0) * sizeof(float);
+    double kv = 2.0 * hp->n_layer * (double)hp->n_head_kv * (double)hp->head_dim * (double)max_context * 2.0;
+    double limit;
+    const char *what;
+    if (ctx->memory_budget) {
+        limit = (double)ctx->memory_budget;
+        what = "the memory budget";
+    } else {
+        long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+        if (pages <= 0 || page <= 0)
+            return KVRT_OK;
+        limit = (double)pages * (double)page;
+        what = "this machine's memory";
+    }
+    if (rope + kv <= limit)
+        return KVRT_OK;
+    return kvrt_fail(err, ctx->memory_budget ? KVRT_ERR_OUT_OF_DEVICE_MEMORY : KVRT_ERR_OUT_OF_HOST_MEMORY,
+                     "%s %d needs %.2f GiB (RoPE table %.2f GiB, one sequence's F16 KV cache %.2f GiB), more than "
+                     "%s (%.2f GiB); ask for a shorter context",
+                     from_params ? "max_context" : "the file's context length (llama.context_length)",
+                     (int)max_context, (rope + kv) / 1073741824.0, rope / 1073741824.0, kv / 1073741824.0, what,
+                     KVRT_MAX(limit, 0.0) / 1073741824.0);
+}
+
 kvrt_status kvrt_model_load(kvrt_context *ctx, const kvrt_model_params *params, kvrt_model **out, kvrt_error *err)
 {
     kvrt_error_clear(err);
@@ -65,9 +101,12 @@ kvrt_status kvrt_model_load(kvrt_context *ctx, const kvrt_model_params *params, 
     if (s == KVRT_OK)
         kvrt_model_chat_init(m);
     if (s == KVRT_OK) {
-        m->max_context = params->max_context > 0 ? params->max_context : m->mf->hp.n_ctx_train;
-        s = kvrt_llama_create(ctx->be, m->mf, m->max_context, &m->lm, err);
+        m->max_context = params->max_context > 0 ? params->max_context
+                                                  : KVRT_MIN(m->mf->hp.n_ctx_train, KVRT_DEFAULT_MAX_CONTEXT);
+        s = check_context_memory(ctx, m->mf, m->max_context, params->max_context > 0, err);
     }
+    if (s == KVRT_OK)
+        s = kvrt_llama_create(ctx->be, m->mf, m->max_context, &m->lm, err);
     if (s != KVRT_OK) {
         kvrt_model_destroy(m);
         return s;
@@ -113,6 +152,9 @@ kvrt_status kvrt_model_get_info(const kvrt_model *m, kvrt_model_info *out)
     out->n_ctx_train = hp->n_ctx_train;
     out->bos_id = mf->vocab.n_tokens > 0 ? mf->vocab.bos_id : -1;
     out->eos_id = mf->vocab.n_tokens > 0 ? mf->vocab.eos_id : -1;
+    out->add_bos = m->tok && kvrt_tokenizer_adds_bos(m->tok);
+    out->add_eos = m->tok && mf->vocab.add_eos && mf->vocab.eos_id >= 0;
+    out->max_context = m->max_context;
     out->weight_type = mf->main_type;
     snprintf(out->arch, sizeof(out->arch), "%s", mf->arch);
     const kvrt_tensor_ref *global[] = {&mf->w.tok_embd, &mf->w.output_norm, &mf->w.output};
@@ -151,6 +193,8 @@ kvrt_status kvrt_tokenize(kvrt_model *m, const char *text, size_t len, unsigned 
     *n_tokens = (int32_t)n;
     if (s != KVRT_OK)
         return kvrt_fail(&m->err, s, "%s", kvrt_tokenizer_message(m->tok));
+    if (n > (size_t)capacity)
+        return kvrt_fail(&m->err, KVRT_ERR_INVALID_ARGUMENT, "tokenize: %zu ids do not fit in %d", n, (int)capacity);
     return KVRT_OK;
 }
 

@@ -6,6 +6,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 
@@ -429,7 +430,9 @@ static kvrt_status check_all_used(const kvrt_gguf *g, const kvrt_model_file *mf,
                 used = slots[k].t->data && !strcmp(name + used_len, slots[k].name);
         }
         if (!used)
-            return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "tensor '%s' is not used by architecture %s", name, mf->arch);
+            return kvrt_fail(err, KVRT_ERR_BAD_MODEL,
+                             "tensor '%s' is not used by architecture %s with %s.block_count %d: the file is "
+                             "inconsistent or of another family", name, mf->arch, mf->arch, (int)mf->hp.n_layer);
     }
     return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "the file has %llu tensors, architecture %s uses %lld",
                      (unsigned long long)g->n_tensors, mf->arch, (long long)bound);

@@ -113,7 +113,8 @@ typedef struct kvrt_vocab {
     int32_t bos_id, eos_id, unk_id; /* -1 when absent */
     int32_t eot_id, eom_id;         /* end of turn / end of message; -1 when absent */
     bool add_bos;        /* tokenize prepends BOS */
-    bool add_eos;        /* tokenize appends EOS */
+    bool add_eos;        /* kvrt_tokenize(KVRT_TOKENIZE_ADD_SPECIAL) appends EOS
+                          * (tokenizer.ggml.add_eos_token; default false) */
     bool add_space_prefix; /* SentencePiece adds a leading space (default true; false for BPE) */
     /* Whitespace after a special token is dropped when it is parsed from text
      * (Phi-3's added tokens are declared rstrip; GGUF has no key for it, so

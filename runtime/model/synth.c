@@ -547,7 +547,7 @@ kvrt_status kvrt_synth_write_file(const kvrt_synth_params *p, const kvrt_allocat
                                   const kvrt_load_progress *progress, kvrt_error *err)
 {
     kvrt_atomic_file af;
-    KVRT_TRY(kvrt_atomic_file_open(path, &af, err));
+    KVRT_TRY(kvrt_atomic_file_open(path, NULL, &af, err));
     kvrt_status s = kvrt_synth_write(p, alloc, af.f, progress, err);
     return kvrt_atomic_file_close(&af, s, err);
 }

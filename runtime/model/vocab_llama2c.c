@@ -15,7 +15,9 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <errno.h>
 #include <string.h>
+#include <unistd.h>
 
 /* Far beyond any real vocabulary (Llama 3: 128,256); also bounds the work a
  * corrupt file can ask for. */
@@ -202,6 +204,7 @@ static kvrt_status fill_vocab(const unsigned char *d, size_t size, int32_t n, co
     v->bos_id = n > 1 ? 1 : -1;
     v->eos_id = n > 2 ? 2 : -1;
     v->add_bos = true;
+    v->add_eos = false;
     v->add_space_prefix = true;
     return KVRT_OK;
 }
@@ -228,27 +231,29 @@ static kvrt_status read_file(const char *path, const kvrt_allocator *alloc, void
                              kvrt_error *err)
 {
     *data = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return kvrt_fail(err, KVRT_ERR_IO, "cannot open tokenizer %s", path);
+    int fd;
+    uint64_t end;
+    KVRT_TRY(kvrt_open_regular_file(path, "tokenizer", &fd, &end, err)); /* a FIFO must not block */
     kvrt_status s = KVRT_OK;
-    long end = -1;
-    if (fseek(f, 0, SEEK_END) == 0)
-        end = ftell(f);
-    if (end < 0 || fseek(f, 0, SEEK_SET) != 0) {
-        s = kvrt_fail(err, KVRT_ERR_IO, "cannot read tokenizer %s (not a regular file?)", path);
-    } else if ((unsigned long)end > KVRT_LLAMA2C_MAX_FILE) {
-        s = kvrt_fail(err, KVRT_ERR_BAD_TOKENIZER, "tokenizer %s: %ld bytes is too big for a tokenizer.bin", path,
-                      end);
+    if (end > KVRT_LLAMA2C_MAX_FILE) {
+        s = kvrt_fail(err, KVRT_ERR_BAD_TOKENIZER, "tokenizer %s: %llu bytes is too big for a tokenizer.bin", path,
+                      (unsigned long long)end);
     } else {
         *size = (size_t)end;
         *data = kvrt_alloc(alloc, *size, 0);
         if (!*data)
             s = kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "no memory to read tokenizer %s", path);
-        else if (fread(*data, 1, *size, f) != *size)
-            s = kvrt_fail(err, KVRT_ERR_IO, "cannot read tokenizer %s", path);
+        for (size_t got = 0; s == KVRT_OK && got < *size;) {
+            ssize_t r = read(fd, (char *)*data + got, *size - got);
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r <= 0)
+                s = kvrt_fail(err, KVRT_ERR_IO, "cannot read tokenizer %s", path);
+            else
+                got += (size_t)r;
+        }
     }
-    fclose(f);
+    close(fd);
     if (s != KVRT_OK) {
         kvrt_free(alloc, *data);
         *data = NULL;

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # `cmake --install` as a packager runs it: headers, static and shared libkvrt,
 # kvrt.pc and the CMake package; a program builds against the installed
-# copy both ways and runs; the shared library exports only the kvrt API.
+# copy both ways and runs; the shared library exports only the kvrt API; the
+# exported CMake targets name no path of the build machine (a package built
+# here must work elsewhere) and kvrt::kvrt is the one name to link.
+# (tests/cli/examples.sh builds and runs examples/ the same ways.)
 # Usage: install.sh BUILD_DIR SOURCE_DIR
 set -eu
 build=$1
@@ -17,6 +20,11 @@ done
 [ -f "$libdir/libkvrt.a" ] && [ -f "$libdir/pkgconfig/kvrt.pc" ] && [ -f "$libdir/cmake/kvrt/kvrtConfig.cmake" ] \
     || { echo "FAIL static library, kvrt.pc or kvrtConfig.cmake missing"; exit 1; }
 echo "ok   installed files"
+
+# no absolute path of this machine in the exported targets (OpenBLAS, the build or source tree)
+abs=$(grep -hn -e '"/' -e ';/' "$libdir"/cmake/kvrt/kvrtTargets*.cmake | grep -v '_IMPORT_PREFIX' || true)
+[ -z "$abs" ] || { echo "FAIL absolute paths in the exported targets: $abs"; exit 1; }
+echo "ok   exported targets name no absolute path"
 
 # only kvrt_ names (and nothing of volk, Vulkan or the kernels) are exported
 bad=$(nm -D --defined-only "$lib" | awk '{print $3}' | grep -v '^kvrt_' | grep -v '^_' || true)
@@ -66,12 +74,14 @@ add_executable(app_static ../app.c)
 target_link_libraries(app_static PRIVATE kvrt::kvrt_static)
 add_executable(app_shared ../app.c)
 target_link_libraries(app_shared PRIVATE kvrt::kvrt_shared)
+add_executable(app_default ../app.c)
+target_link_libraries(app_default PRIVATE kvrt::kvrt)
 CM
 cmake -S "$tmp/cm" -B "$tmp/cm/build" -DCMAKE_PREFIX_PATH="$tmp/prefix" -DCMAKE_C_FLAGS="$san" \
     -DCMAKE_EXE_LINKER_FLAGS="$san" >/dev/null
 cmake --build "$tmp/cm/build" >/dev/null
-for a in app_static app_shared; do
+for a in app_static app_shared app_default; do
     "$tmp/cm/build/$a" | grep -q ": 0.5 1 2 3$" || { echo "FAIL find_package build ($a)"; exit 1; }
 done
-echo "ok   find_package(kvrt) builds (static and shared) run"
+echo "ok   find_package(kvrt) builds (static, shared and kvrt::kvrt) run"
 echo "all ok"

@@ -33,6 +33,13 @@ ok --preset llama-2-70b --ctx 4096 --kv-type f16
 expect_line "KV cache total: 1.25 GiB (1.34 GB) = $((2 * 80 * 8 * 128 * 2 * 4096)) bytes"
 ok --preset llama-2-70b --ctx 4k --kv-type f32
 expect_line "KV cache total: 2.50 GiB (2.68 GB) = $((2 * 80 * 8 * 128 * 4 * 4096)) bytes"
+# quantized KV: a 128-value row is 128 bytes + 4 scales of 2 (q8_0), 64 + 8 (q4_0)
+ok --preset llama-2-7b --ctx 4096 --kv-type q8_0
+expect_line "KV type:        q8_0 (136 bytes per row of 128 values, 8.50 bits per value)"
+expect_line "= $((2 * 32 * 32 * 136 * 4096)) bytes"
+ok --preset llama-2-7b --ctx 4096 --kv-type q4_0
+expect_line "KV type:        q4_0 (72 bytes per row of 128 values, 4.50 bits per value)"
+expect_line "= $((2 * 32 * 32 * 72 * 4096)) bytes"
 ok --preset llama-3-8b --ctx 8192 --batch 4
 expect_line "= $((2 * 32 * 8 * 128 * 2 * 8192 * 4)) bytes"
 
@@ -93,7 +100,8 @@ expect_usage_error "--ctx: 'abc' is not a number" --preset llama-2-7b --ctx abc
 expect_usage_error "--ctx: 0 is out of range" --preset llama-2-7b --ctx 0
 expect_usage_error "--batch: -1 is out of range" --preset llama-2-7b --ctx 10 --batch -1
 expect_usage_error "--ctx: missing value" --preset llama-2-7b --ctx
-expect_usage_error "--kv-type: unknown value 'q4'" --preset llama-2-7b --ctx 10 --kv-type q4
+expect_usage_error "--kv-type: unknown value 'q4' \(one of: f32, f16, q8_0, q4_0\)" --preset llama-2-7b --ctx 10 --kv-type q4
+expect_usage_error "--kv-type q4_0: head_dim 8 is not a multiple of 32" --preset stories260K --ctx 10 --kv-type q4_0
 expect_usage_error "shape is incomplete" --layers 2 --heads 4 --ctx 5
 expect_usage_error "--kv-heads 3 must divide --heads 4" --layers 2 --heads 4 --kv-heads 3 --head-dim 8 --ctx 5
 expect_usage_error "--dim 30 is not a multiple" --layers 2 --heads 4 --dim 30 --ctx 5

@@ -3,6 +3,7 @@
 
 #include "common/fp16.h"
 #include "ref_attention.h"
+#include "ref_kvquant.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -333,6 +334,13 @@ static void fill_kv(attn_case_data *d, const int32_t *ids)
                 d->v_write[(size_t)w * kv_row + e] = vx;
                 d->k_stored[kv_at * kv_row + e] = stored_value(c->dtype, kx);
                 d->v_stored[kv_at * kv_row + e] = stored_value(c->dtype, vx);
+            }
+            for (int32_t h = 0; ref_kv_quantized(c->dtype) && h < c->n_kv_heads; h++) { /* whole rows */
+                size_t at = (size_t)h * (size_t)c->head_dim;
+                ref_kv_stored_row(c->dtype, d->k_write + (size_t)w * kv_row + at, c->head_dim,
+                                  d->k_stored + kv_at * kv_row + at);
+                ref_kv_stored_row(c->dtype, d->v_write + (size_t)w * kv_row + at, c->head_dim,
+                                  d->v_stored + kv_at * kv_row + at);
             }
             w++;
         }

@@ -11,6 +11,7 @@
 #include "backend/backend.h"
 #include "test_drivers.h"
 #include "test_passes.h"
+#include "ref_kvquant.h"
 
 #if defined(KVRT_HAVE_VULKAN_BACKEND)
 #include "backend/vulkan/vk_backend.h"
@@ -22,17 +23,18 @@ static const struct {
     int32_t n_threads;    /* CPU */
     uint32_t disabled;    /* KVRT_FEATURE_* masked */
     int same_bits_as;
+    bool quant_kv;
 } PASSES[] = {
     /* kvrt's own kernels, where the thread count changes no bit; OpenBLAS
      * (cpu_blas.h: the same bits only at a fixed thread count) is test_cpu_blas's */
-    {"cpu/1", KVRT_BACKEND_CPU, 1, KVRT_FEATURE_BLAS, -1},
-    {"cpu/2", KVRT_BACKEND_CPU, 2, KVRT_FEATURE_BLAS, 0},
+    {"cpu/1", KVRT_BACKEND_CPU, 1, KVRT_FEATURE_BLAS, -1, true},
+    {"cpu/2", KVRT_BACKEND_CPU, 2, KVRT_FEATURE_BLAS, 0, true},
 #if defined(KVRT_HAVE_VULKAN_BACKEND)
-    {"vulkan/all", KVRT_BACKEND_VULKAN, 0, 0, -1},
-    {"vulkan/none", KVRT_BACKEND_VULKAN, 0, KVRT_TEST_ALL_FEATURES, -1},
+    {"vulkan/all", KVRT_BACKEND_VULKAN, 0, 0, -1, false},
+    {"vulkan/none", KVRT_BACKEND_VULKAN, 0, KVRT_TEST_ALL_FEATURES, -1, false},
 #endif
 #if defined(KVRT_HAVE_OPENCL_BACKEND)
-    {"opencl", KVRT_BACKEND_OPENCL, 0, 0, -1},
+    {"opencl", KVRT_BACKEND_OPENCL, 0, 0, -1, false},
 #endif
 };
 
@@ -68,6 +70,11 @@ static kvrt_context *open_pass(size_t i)
     return ctx;
 }
 
+kvrt_context *kvrt_test_pass_open(int i)
+{
+    return i >= 0 && (size_t)i < sizeof(PASSES) / sizeof(PASSES[0]) ? open_pass((size_t)i) : NULL;
+}
+
 kvrt_test_pass kvrt_test_pass_list[KVRT_TEST_MAX_PASSES];
 int kvrt_test_n_passes;
 
@@ -80,6 +87,7 @@ int kvrt_test_passes_setup(void **state)
     for (size_t i = 0; i < sizeof(PASSES) / sizeof(PASSES[0]); i++, n++) {
         out[n].name = PASSES[i].name;
         out[n].same_bits_as = PASSES[i].same_bits_as;
+        out[n].quant_kv = PASSES[i].quant_kv;
         out[n].ctx = open_pass(i);
         if (!out[n].ctx) { /* CI has lavapipe and PoCL: a built backend that cannot start fails */
             kvrt_test_n_passes = n;
@@ -116,6 +124,21 @@ int kvrt_test_passes_teardown(void **state)
     return messages == 0 ? 0 : -1;
 }
 
+/* A pass without quantized KV refuses the cache: UNSUPPORTED, naming the type
+ * and the backend, never a pool it would fill with garbage. */
+static void check_refused(const kvrt_test_pass *pass, const attn_case_data *d, const char *name)
+{
+    kvrt_kv_cache *cache = NULL;
+    kvrt_error err = {0};
+    kvrt_status s = attn_case_upload(pass->ctx, d, 2, &cache, &err);
+    kvrt_kv_cache_destroy(cache);
+    const char *backend = kvrt_backend_name(pass->ctx->be->kind);
+    if (s != KVRT_ERR_UNSUPPORTED || !strstr(err.message, kvrt_dtype_name(d->c.dtype)) ||
+        !strstr(err.message, backend))
+        fail_msg("%s on %s: expected UNSUPPORTED naming %s and %s, got %s: %s", name, pass->name,
+                 kvrt_dtype_name(d->c.dtype), backend, kvrt_status_str(s), err.message);
+}
+
 void kvrt_test_attn_case_everywhere(const attn_case *c, double *worst_abs, double *worst_nmse)
 {
     char name[256], msg[512];
@@ -129,6 +152,10 @@ void kvrt_test_attn_case_everywhere(const attn_case *c, double *worst_abs, doubl
         out[p] = malloc(n * sizeof(float) + 1);
         assert_non_null(out[p]);
         attn_check r;
+        if (ref_kv_quantized(c->dtype) && !pass->quant_kv) {
+            check_refused(pass, &d, name);
+            continue;
+        }
         bool ok = attn_case_run(pass->ctx, &d, out[p], &r, msg, sizeof(msg));
         if (!ok || getenv("KVRT_TEST_VERBOSE"))
             print_error("%s %s on %s: %s\n", ok ? "ok" : "FAIL", name, pass->name, msg);

@@ -22,6 +22,8 @@
 
 #include "bench.h"
 #include "cli.h"
+#include "backend/kv_layout.h"
+#include "files.h"
 #include "json.h"
 #include "openblas_core.h"
 #include "table.h"
@@ -180,7 +182,7 @@ static int parse_args(int argc, char **argv, attn_opts *o)
     };
     const kvrt_cli_spec spec = {
         .prog = PROG,
-        .usage = "kvrt-bench attn [--backend auto] [-t THREADS] [--json] [--kv-type f16|f32] [--quick]\n"
+        .usage = "kvrt-bench attn [--backend auto] [-t THREADS] [--json] [--kv-type f16|f32|q8_0|q4_0] [--quick]\n"
                  "                       [--ctx N,N,...] [--batch N,N,...] [--block-size 8|16|32]\n"
                  "                       [--prefill-chunk N] [--max-kv-mib N] [--min-time-ms N] [--no-cpu-compare]\n"
                  "                       [--pipeline-cache FILE] [--device N|NAME] [-v]",
@@ -229,6 +231,20 @@ typedef struct attn_cell {
 static size_t elem_size(kvrt_dtype t)
 {
     return t == KVRT_DTYPE_F16 ? 2 : 4;
+}
+
+/* Bytes of one head's row of head_dim values in the pool, scales of
+ * quantized types included; 0 when the type does not fit head_dim. */
+static int64_t kv_row_bytes(kvrt_dtype t, int32_t head_dim)
+{
+    return (int64_t)kvrt_kv_dtype_block_bytes(kvrt_kv_dtype(t), 1, 1, head_dim);
+}
+
+/* Quantized KV has no contiguous decode to compare with (paged only). */
+static bool kv_quantized(kvrt_dtype t)
+{
+    const kvrt_kv_dtype_desc *d = kvrt_kv_dtype(t);
+    return d && d->scales == KVRT_KV_SCALES_IN_BLOCK;
 }
 
 static void cell_free(attn_cell *c)
@@ -358,7 +374,7 @@ static kvrt_status make_contiguous(attn_cell *c, kvrt_error *err)
 static int64_t pool_layer_bytes(const attn_opts *o, const attn_shape *sh, int32_t batch, int32_t ctx)
 {
     int64_t blocks = (int64_t)batch * ((ctx + o->block_size - 1) / o->block_size);
-    return 2 * blocks * o->block_size * sh->n_kv_heads * sh->head_dim * (int64_t)elem_size(o->dtype);
+    return 2 * blocks * o->block_size * sh->n_kv_heads * kv_row_bytes(o->dtype, sh->head_dim);
 }
 
 /* `contig`: also copy the K/V into contiguous buffers (CPU backend only).
@@ -513,17 +529,22 @@ static kvrt_status run_cell(kvrt_context *ctx, kvrt_context *cpu, const attn_opt
                             kvrt_error *err)
 {
     const attn_shape *sh = r->shape;
-    r->kv_bytes = 2 * (int64_t)r->batch * r->ctx * sh->n_kv_heads * sh->head_dim * (int64_t)elem_size(o->dtype);
+    r->kv_bytes = 2 * (int64_t)r->batch * r->ctx * sh->n_kv_heads * kv_row_bytes(o->dtype, sh->head_dim);
+    if (kv_row_bytes(o->dtype, sh->head_dim) == 0) {
+        r->skipped = "head_dim not a multiple of 32 (quantized KV)";
+        return KVRT_OK;
+    }
     if (pool_layer_bytes(o, sh, r->batch, r->ctx) > o->max_kv_bytes) {
         r->skipped = "KV of one layer above --max-kv-mib";
         return KVRT_OK;
     }
     attn_cell c;
-    kvrt_status st = cell_create(&c, ctx, o, sh, r->batch, r->ctx, llc, o->backend == KVRT_BACKEND_CPU, err);
+    bool contig = o->backend == KVRT_BACKEND_CPU && !kv_quantized(o->dtype);
+    kvrt_status st = cell_create(&c, ctx, o, sh, r->batch, r->ctx, llc, contig, err);
     r->n_layers = c.n_layers;
     if (st == KVRT_OK)
         st = time_calls(&c, ctx, call_paged_decode, &r->paged_s, &r->reps, err);
-    if (st == KVRT_OK && o->backend == KVRT_BACKEND_CPU) {
+    if (st == KVRT_OK && contig) {
         int reps;
         st = time_calls(&c, ctx, call_contig_decode, &r->contig_s, &reps, err);
         /* the same layer through both layouts: the outputs should agree */
@@ -881,6 +902,7 @@ int kvrt_bench_attn_main(int argc, char **argv)
         kvrt_cli_error(PROG, "%s", err.message);
     }
     free(run.res);
+    kvrt_tool_save_caches(PROG, ctx);
     kvrt_context_destroy(cpu);
     kvrt_context_destroy(ctx);
     return st == KVRT_OK ? 0 : 1;

@@ -18,6 +18,7 @@
 
 #include "bench.h"
 #include "cli.h"
+#include "files.h"
 #include "json.h"
 #include "openblas_core.h"
 #include "profile_report.h"
@@ -119,23 +120,18 @@ typedef struct model_run {
 
 /* ---- temporary files (removed on exit, also on Ctrl-C) ----------------------------- */
 
-/* Paths the signal handler removes; static because a handler gets no argument. */
+/* Paths the tools' signal handler (files.c) removes while they are set. */
 static char g_tmp_dir[PATH_MAX];
 static char g_tmp_file[PATH_MAX];
 
 static void remove_tmp(void)
 {
+    kvrt_tool_scratch_forget(g_tmp_file);
+    kvrt_tool_scratch_forget(g_tmp_dir);
     if (g_tmp_file[0])
         unlink(g_tmp_file);
     if (g_tmp_dir[0])
         rmdir(g_tmp_dir);
-}
-
-static void on_signal(int sig)
-{
-    remove_tmp(); /* unlink and rmdir are async-signal-safe */
-    signal(sig, SIG_DFL);
-    raise(sig);
 }
 
 static kvrt_status make_tmp_dir(kvrt_error *err)
@@ -146,8 +142,8 @@ static kvrt_status make_tmp_dir(kvrt_error *err)
         g_tmp_dir[0] = '\0';
         return kvrt_fail(err, KVRT_ERR_IO, "cannot create a temporary folder under %s", base ? base : "/tmp");
     }
-    signal(SIGINT, on_signal);
-    signal(SIGTERM, on_signal);
+    kvrt_tool_scratch_add(g_tmp_file, false);
+    kvrt_tool_scratch_add(g_tmp_dir, true);
     return KVRT_OK;
 }
 
@@ -1136,6 +1132,7 @@ int kvrt_bench_model_main(int argc, char **argv)
     free(run.res);
     for (int i = 0; i < run.o.n_threads; i++) {
         for (int b = 0; b < 2; b++) {
+            kvrt_tool_save_caches(PROG, run.ctxs[i][b]);
             kvrt_context_destroy(run.cpu_ctxs[i][b]);
             kvrt_context_destroy(run.ctxs[i][b]);
         }

@@ -42,6 +42,7 @@
 
 #include "bench.h"
 #include "cli.h"
+#include "files.h"
 #include "json.h"
 #include "table.h"
 
@@ -111,13 +112,15 @@ typedef struct run_state {
 /* KVRT_CLI_CONTINUE, or the exit status after --help/--version or a usage error. */
 static int parse_args(int argc, char **argv, serve_opts *o)
 {
-    *o = (serve_opts){.model = "models/stories260K.gguf", .requests = 256, .max_seqs = 32, .max_batched_tokens = 256};
+    *o = (serve_opts){.model = NULL, .requests = 256, .max_seqs = 32, .max_batched_tokens = 256};
     kvrt_cli_common_init(&o->common, KVRT_DTYPE_F32, 1);
     o->common.threads[0] = 1; /* the default model is too small to gain from more */
     o->common.backend = KVRT_BACKEND_CPU; /* DESIGN.md: with no arguments, every workload on the CPU */
     int64_t seed = 42;
     const kvrt_cli_opt opts[] = {
-        KVRT_CLI_STR(0, "model", &o->model, "PATH", "GGUF or llama2.c model (default models/stories260K.gguf)"),
+        KVRT_CLI_STR(0, "model", &o->model, "PATH",
+                     "GGUF or llama2.c model (default: the shipped stories260K.gguf, from models/ here\n"
+                     "or the installed share/kvrt/models)"),
         {.name = "requests", .kind = KVRT_CLI_KIND_INT32, .dst = &o->requests, .min = 1, .max = 1 << 20,
          .flags = KVRT_CLI_K_SUFFIX, .meta = "N", .help = "requests per workload (default 256; parallel runs N/4)"},
         KVRT_CLI_BOOL(0, "json", &o->json, "one JSON document on stdout; the table goes to stderr"),
@@ -871,6 +874,12 @@ int kvrt_bench_serve_main(int argc, char **argv)
     int rc = parse_args(argc, argv, &r.o);
     if (rc != KVRT_CLI_CONTINUE)
         return rc;
+    char shipped[4096];
+    if (!r.o.model && !(r.o.model = kvrt_tool_shipped_model(shipped, sizeof(shipped)))) {
+        kvrt_cli_error(PROG, "no --model given, and the shipped stories260K.gguf is neither in models/ here "
+                       "nor installed beside this tool (%s from its folder): pass --model FILE", KVRT_BIN_TO_MODELS);
+        return KVRT_CLI_USAGE;
+    }
     kvrt_error err = {KVRT_OK, ""};
     kvrt_context_params cp = kvrt_context_default_params();
     kvrt_cli_common_context_params(&r.o.common, &cp);
@@ -916,6 +925,7 @@ int kvrt_bench_serve_main(int argc, char **argv)
         kvrt_cli_error(PROG, "%s", err.message);
     }
     kvrt_model_destroy(model);
+    kvrt_tool_save_caches(PROG, ctx);
     kvrt_context_destroy(ctx);
     return st == KVRT_OK ? 0 : 1;
 }

@@ -154,7 +154,8 @@ bool kvrt_cli_int_list(const char *prog, const char *flag, const char *s, int64_
  * 8-, 16- or 32-token blocks (kvrt_block_manager_create and the sessions). */
 #define CLI_MAX_THREADS 1024
 static const char *const BLOCK_SIZES[] = {"8", "16", "32", NULL};
-static const char *const KV_TYPES[] = {"f32", "f16", NULL};
+static const char *const KV_TYPES[] = {"f32", "f16", "q8_0", "q4_0", NULL};
+static const kvrt_dtype KV_TYPE_IDS[] = {KVRT_DTYPE_F32, KVRT_DTYPE_F16, KVRT_DTYPE_Q8_0, KVRT_DTYPE_Q4_0};
 
 void kvrt_cli_common_init(kvrt_cli_common *c, kvrt_dtype kv_type, int max_threads)
 {
@@ -207,9 +208,9 @@ static bool parse_threads(const char *prog, const char *flag, const char *value,
 
 bool kvrt_cli_parse_kv_type(const char *prog, const char *flag, const char *value, void *dst)
 {
-    int t = kvrt_cli_choice(prog, flag, value, KV_TYPES, 2);
+    int t = kvrt_cli_choice(prog, flag, value, KV_TYPES, (int)KVRT_ARRAY_LEN(KV_TYPE_IDS));
     if (t >= 0)
-        *(kvrt_dtype *)dst = t == 0 ? KVRT_DTYPE_F32 : KVRT_DTYPE_F16;
+        *(kvrt_dtype *)dst = KV_TYPE_IDS[t];
     return t >= 0;
 }
 
@@ -248,8 +249,11 @@ static size_t common_table(kvrt_cli_common *c, kvrt_cli_opt out[N_COMMON])
         KVRT_CLI_STR(0, "pipeline-cache", &c->pipeline_cache, "FILE",
                      "load compiled GPU pipelines from FILE, save new ones there"),
         KVRT_CLI_CALL(0, "kv-type", kvrt_cli_parse_kv_type, &c->kv_type, "TYPE",
-                      c->kv_type == KVRT_DTYPE_F16 ? "KV cache type: f16 (default) or f32"
-                                                   : "KV cache type: f32 (default) or f16"),
+                      c->kv_type == KVRT_DTYPE_F16
+                          ? "KV cache type: f16 (default), f32, q8_0 or q4_0 (8/4-bit groups of\n"
+                            "32 with an F16 scale each; head_dim a multiple of 32; CPU only)"
+                          : "KV cache type: f32 (default), f16, q8_0 or q4_0 (8/4-bit groups of\n"
+                            "32 with an F16 scale each; head_dim a multiple of 32; CPU only)"),
         KVRT_CLI_CALL(0, "block-size", kvrt_cli_parse_block_size, &c->block_size, "N",
                       "tokens per KV block: 8, 16 (default) or 32"),
         {.short_name = 'v', .name = "verbose", .kind = KVRT_CLI_KIND_COUNT, .dst = &c->verbose,

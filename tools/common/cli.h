@@ -126,13 +126,13 @@ typedef struct kvrt_cli_common {
     int n_threads;              /* counts given (0 = -t not given; threads[0] is then 0) */
     int max_threads;            /* counts one -t takes: 1, or a list up to KVRT_CLI_MAX_LIST */
     const char *pipeline_cache; /* --pipeline-cache FILE; NULL = none */
-    kvrt_dtype kv_type;         /* --kv-type f32|f16; the tool's default unless given */
+    kvrt_dtype kv_type;         /* --kv-type f32|f16|q8_0|q4_0; the tool's default unless given */
     int32_t block_size;         /* --block-size 8|16|32 (the KV cache's rule); 16 unless given */
     int verbose;                /* -v, --verbose: times given */
     kvrt_backend_choice choice; /* what --backend auto chose (kvrt_cli_common_resolve) */
 } kvrt_cli_common;
 
-/* The common table's parsers of --kv-type (into a kvrt_dtype: f32 or f16) and
+/* The common table's parsers of --kv-type (into a kvrt_dtype: f32, f16, q8_0 or q4_0) and
  * --block-size (into an int32_t: 8, 16 or 32, the KV cache's rule), for tools
  * that take these two flags without the others (kvrt-mem). */
 bool kvrt_cli_parse_kv_type(const char *prog, const char *flag, const char *value, void *dst);

@@ -67,6 +67,7 @@ const char *srv_finish_name(kvrt_finish_reason f)
     case KVRT_FINISH_NONE: return NULL;
     case KVRT_FINISH_LENGTH: return "length";
     case KVRT_FINISH_CANCELLED: return "cancelled";
+    case KVRT_FINISH_ERROR: return "error"; /* the engine gave up on this sample (kvrt_engine.h) */
     case KVRT_FINISH_EOS:
     case KVRT_FINISH_STOP_TOKEN:
     case KVRT_FINISH_STOP_STRING: return "stop";

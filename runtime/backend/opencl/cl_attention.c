@@ -135,6 +135,18 @@ static kvrt_status cl_attn_views(kvrt_cl_backend *cl, const kvrt_kv_pool *pool, 
 
 /* ---- decode ---------------------------------------------------------------------------- */
 
+/* Local bytes of a decode work-group of ls items for G query heads per KV
+ * head of head_dim D: q, scores, block ids, (max, sum), the reduction, and
+ * the V partial sums of the key groups when there are several. */
+static size_t cl_decode_local_bytes(size_t ls, int64_t G, int64_t D)
+{
+    size_t q_l = (size_t)(G * D) * 4, s_l = (size_t)(G * KVRT_CL_DECODE_PART) * 4, blk_l = KVRT_CL_DECODE_PART * 8,
+           ml_l = (size_t)G * 8, red = ls * 4;
+    const size_t n_chunks = (size_t)(D + 3) / 4, n_kg = KVRT_MAX(ls / n_chunks, (size_t)1);
+    const size_t vp_l = n_kg > 1 ? (size_t)KVRT_MIN(G, KVRT_CL_DECODE_GCHUNK) * n_kg * (size_t)D * 4 : 4;
+    return q_l + s_l + blk_l + ml_l + red + vp_l;
+}
+
 kvrt_status kvrt_cl_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
                                 kvrt_view q, kvrt_view out, kvrt_view seq_lens, kvrt_view block_tables)
 {
@@ -143,7 +155,7 @@ kvrt_status kvrt_cl_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t la
     cl_mem mems[4];
     KVRT_TRY(cl_attn_views(cl, pool, d, d->num_seqs, q, out, seq_lens, block_tables, mems, &a));
     const int64_t D = pool->desc.head_dim, G = d->n_heads / pool->desc.n_kv_heads;
-    const int64_t cap = (int64_t)d->max_blocks_per_seq * pool->desc.block_size;
+    const int64_t cap = d->max_seq_len; /* partitions follow the real lengths, not the table */
     a.max_parts = (int32_t)((cap + KVRT_CL_DECODE_PART - 1) / KVRT_CL_DECODE_PART);
 
     cl_kernel kern, merge;
@@ -154,11 +166,11 @@ kvrt_status kvrt_cl_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t la
     /* V partial sums of the key groups (as the kernel splits them), when there are several */
     const size_t n_chunks = (size_t)(D + 3) / 4, n_kg = KVRT_MAX(ls / n_chunks, (size_t)1);
     const size_t vp_l = n_kg > 1 ? (size_t)KVRT_MIN(G, KVRT_CL_DECODE_GCHUNK) * n_kg * (size_t)D * 4 : 4;
-    if (q_l + s_l + blk_l + ml_l + red + vp_l > cl->local_mem)
+    if (cl_decode_local_bytes(ls, G, D) > cl->local_mem)
         return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED,
                          "opencl: decode attention with %lld query heads per KV head and head dim %lld needs %zu "
                          "bytes of local memory; the device has %llu",
-                         (long long)G, (long long)D, q_l + s_l + blk_l + ml_l + red + vp_l,
+                         (long long)G, (long long)D, cl_decode_local_bytes(ls, G, D),
                          (unsigned long long)cl->local_mem);
 
     /* split-K scratch: partial outputs [num_seqs][n_heads][max_parts][D], then (max, sum) pairs */
@@ -232,7 +244,7 @@ kvrt_status kvrt_cl_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t l
         return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED,
                          "opencl: prefill attention with head dim %zu does not fit %llu bytes of local memory", D,
                          (unsigned long long)cl->local_mem);
-    const int64_t cap = (int64_t)d->max_blocks_per_seq * pool->desc.block_size;
+    const int64_t cap = d->max_seq_len; /* key tiles follow the real lengths, not the table */
     a.tile = (int32_t)t;
     a.max_tiles = (int32_t)((cap + (int64_t)t - 1) / (int64_t)t);
 
@@ -257,4 +269,29 @@ kvrt_status kvrt_cl_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t l
     size_t global[3] = {(size_t)a.max_tiles * ls, (size_t)d->n_heads, (size_t)d->num_seqs};
     size_t local[3] = {ls, 1, 1};
     return kvrt_cl_enqueue(cl, kern, 3, global, local, "attn_prefill");
+}
+
+/* ---- limits ------------------------------------------------------------------------------ */
+
+void kvrt_cl_limits(kvrt_backend *be, kvrt_context_limits *out)
+{
+    kvrt_cl_backend *cl = kvrt_cl(be);
+    out->memory_heap = cl->global_mem;
+    out->memory_budget = cl->budget;
+    out->memory_in_use = cl->used;
+    out->max_buffer_bytes = cl->seg_bytes;
+    /* the local memory the kernels' smallest tiles need (MHA: one query head per KV head) */
+    if (cl->attn_head_dim_max[0] == 0) { /* device constants: worked out once */
+        size_t ls = cl_pow2_floor(KVRT_MIN((size_t)64, cl->max_wg));
+        for (int32_t D = 1; D <= 65536 && cl_decode_local_bytes(ls, 1, D) <= cl->local_mem; D++)
+            cl->attn_head_dim_max[0] = D;
+        for (int32_t D = 1; D <= 65536 && cl_prefill_local_bytes(1, (size_t)D) <= cl->local_mem; D++)
+            cl->attn_head_dim_max[1] = D;
+    }
+    out->decode_head_dim_max = cl->attn_head_dim_max[0];
+    out->prefill_head_dim_max = cl->attn_head_dim_max[1];
+    out->max_table_entries = (int64_t)KVRT_MIN(cl->seg_bytes / 4, (size_t)INT32_MAX); /* one segment, int offsets */
+    out->max_seq_len = INT32_MAX;
+    out->max_scratch_bytes = cl->seg_bytes;
+    out->scratch_bytes = cl->scratch ? cl->scratch->head.size : 0;
 }

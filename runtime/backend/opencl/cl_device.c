@@ -311,6 +311,18 @@ static kvrt_status cl_submit(kvrt_backend *be)
     return rc == CL_SUCCESS ? KVRT_OK : kvrt_cl_fail(cl, rc, KVRT_ERR_DEVICE_LOST, "submit");
 }
 
+/* The queue cannot take back what was enqueued: it runs to the end here,
+ * so no caller memory (recorded downloads) is written after the call; the
+ * step's results are the caller's to ignore. */
+static void cl_abort(kvrt_backend *be)
+{
+    kvrt_cl_backend *cl = kvrt_cl(be);
+    if (!cl->recording)
+        return;
+    cl->recording = false;
+    cl->fn.clFinish(cl->queue);
+}
+
 /* ---- the backend ------------------------------------------------------------------ */
 
 static void cl_destroy(kvrt_backend *be)
@@ -347,6 +359,8 @@ static const kvrt_backend_ops cl_ops = {
     .kv_copy_blocks = kvrt_cl_kv_copy_blocks,
     .begin = cl_begin,
     .submit = cl_submit,
+    .abort = cl_abort,
+    .limits = kvrt_cl_limits,
     KVRT_BACKEND_KERNELS(KVRT_BACKEND_ENTRY, kvrt_cl_)
 };
 

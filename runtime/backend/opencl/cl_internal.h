@@ -120,6 +120,7 @@ typedef struct kvrt_cl_backend {
 
     /* decode split-K scratch */
     kvrt_buffer *scratch;
+    int32_t attn_head_dim_max[2]; /* decode, prefill; 0 until kvrt_cl_limits works them out */
 } kvrt_cl_backend;
 
 static inline kvrt_cl_backend *kvrt_cl(kvrt_backend *be)
@@ -130,6 +131,9 @@ static inline kvrt_cl_backend *kvrt_cl(kvrt_backend *be)
 /* Sets be->err from an OpenCL error code: out-of-memory codes become
  * KVRT_ERR_OUT_OF_DEVICE_MEMORY, others `fallback`. */
 kvrt_status kvrt_cl_fail(kvrt_cl_backend *cl, cl_int code, kvrt_status fallback, const char *what);
+
+/* The limits entry (cl_attention.c). */
+kvrt_be_limits_fn kvrt_cl_limits;
 
 /* Called after an op was enqueued: outside begin/submit the op runs at once. */
 kvrt_status kvrt_cl_after_enqueue(kvrt_cl_backend *cl, const char *what);

@@ -293,6 +293,11 @@ kvrt_status kvrt_cl_align_rows(kvrt_cl_backend *cl, kvrt_buffer *b, size_t first
 
 kvrt_status kvrt_cl_scratch(kvrt_cl_backend *cl, size_t bytes, kvrt_buffer **out)
 {
+    if (bytes > cl->seg_bytes)
+        return kvrt_fail(&cl->base.err, KVRT_ERR_UNSUPPORTED,
+                         "opencl: attention scratch of %zu bytes exceeds the largest per call, %zu bytes (one buffer "
+                         "segment; kvrt_context_limits.max_scratch_bytes): fewer tokens or sequences per call",
+                         bytes, cl->seg_bytes);
     if (!cl->scratch || cl->scratch->head.size < bytes) {
         kvrt_cl_buffer_destroy(&cl->base, cl->scratch);
         cl->scratch = NULL;

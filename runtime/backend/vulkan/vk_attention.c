@@ -58,7 +58,9 @@ static uint32_t vk_merge_max_parts(uint32_t D)
     return (KVRT_VK_TRIPS - e - 1) / (e + 2) - 1;
 }
 
-/* Refuses block tables wider than the merge takes at this head_dim. */
+/* Refuses sequences longer than the merge takes at this head_dim (exact;
+ * the front door already refused what exceeds kvrt_context_limits.max_seq_len,
+ * the bound at every head_dim, so this is a backstop). */
 static kvrt_status vk_check_parts(kvrt_vk_backend *vk, const char *op, uint32_t parts, uint32_t part_tokens,
                                   uint32_t D)
 {
@@ -66,8 +68,8 @@ static kvrt_status vk_check_parts(kvrt_vk_backend *vk, const char *op, uint32_t 
     if (parts <= max)
         return KVRT_OK;
     return kvrt_fail(&vk->base.err, KVRT_ERR_UNSUPPORTED,
-                     "%s: block tables of %llu keys exceed the Vulkan limit of %llu keys per sequence at head_dim %u "
-                     "(%u partitions of %u)", op, (unsigned long long)parts * part_tokens,
+                     "%s: sequences of up to %llu keys exceed the Vulkan limit of %llu keys per sequence at "
+                     "head_dim %u (%u partitions of %u)", op, (unsigned long long)parts * part_tokens,
                      (unsigned long long)max * part_tokens, D, max, part_tokens);
 }
 
@@ -123,7 +125,7 @@ kvrt_status kvrt_vk_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t la
     if (d->num_seqs == 0)
         return KVRT_OK;
     int64_t row = (int64_t)d->n_heads * pool->desc.head_dim;
-    uint64_t max_ctx = (uint64_t)d->max_blocks_per_seq * (uint64_t)pool->desc.block_size;
+    uint64_t max_ctx = (uint64_t)d->max_seq_len; /* partitions follow the real lengths, not the table */
     uint32_t group = (uint32_t)(d->n_heads / pool->desc.n_kv_heads);
     if (!vk_decode_tiles(kvrt_vk_prefill_smem_floats(vk), group, pc.head_dim, &pc.heads_per_wg, &pc.tile_k))
         return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "attn_decode: head_dim %u does not fit shared memory",
@@ -262,15 +264,20 @@ kvrt_status kvrt_vk_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t l
                               : 0;
     if (max_tokens == 0)
         return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "attn_prefill: q holds no token row");
+    if (d->num_tokens > 0) /* the rows the call has (the front door checked q holds them): scratch follows them */
+        max_tokens = KVRT_MIN(max_tokens, (uint64_t)d->num_tokens);
     uint64_t tiles = (max_tokens + pc.tile_q - 1) / pc.tile_q;
-    uint64_t max_ctx = (uint64_t)d->max_blocks_per_seq * (uint64_t)pool->desc.block_size;
+    uint64_t max_ctx = (uint64_t)d->max_seq_len; /* partitions follow the real lengths, not the table */
     uint64_t parts = (max_ctx + pc.part_tokens - 1) / pc.part_tokens;
     KVRT_TRY(vk_check_parts(vk, "attn_prefill", (uint32_t)KVRT_MIN(parts, (uint64_t)UINT32_MAX), pc.part_tokens,
                             pc.head_dim));
     pc.max_parts = (uint32_t)parts;
     uint64_t scratch = max_tokens * (uint64_t)d->n_heads * pc.max_parts * (pc.head_dim + 2u) * 4u;
     if (scratch > SIZE_MAX / 2 || (uint64_t)d->num_seqs * pc.max_parts > vk->caps.max_wg_count[2])
-        return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "attn_prefill: batch too large for one call");
+        return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED,
+                         "attn_prefill: %d sequences x %u partitions of %u keys exceed the device's %u workgroups "
+                         "per dispatch (maxComputeWorkGroupCount[2]): fewer sequences per call",
+                         (int)d->num_seqs, pc.max_parts, pc.part_tokens, vk->caps.max_wg_count[2]);
     kvrt_vk_bind bind = {.buf = {q.buf, NULL, seq_lens.buf, block_tables.buf, query_start_loc.buf}};
     kvrt_vk_pipe_id pipe = kvrt_vk_pool_bind(pool, layer, KVRT_VK_PIPE_ATTN_PREFILL, &bind);
     KVRT_TRY(kvrt_vk_view_seg(vk, q, vk_rows((int64_t)max_tokens, d->q_stride, row), "attn_prefill q", &bind.seg[0],
@@ -306,4 +313,59 @@ kvrt_status kvrt_vk_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t l
                              (uint32_t)KVRT_MIN(max_tokens - t, step), (uint32_t)d->n_heads, (uint32_t)d->num_seqs);
     }
     return kvrt_vk_end_implicit(vk, implicit, s);
+}
+
+/* ---- limits ---------------------------------------------------------------------------- */
+
+/* The largest head_dim (up to KVRT_VK_MAX_HEAD_DIM) a kernel's tiles fit,
+ * without GQA (more query heads per KV head only share K/V rows). */
+static int32_t vk_head_dim_max(kvrt_vk_backend *vk, bool decode)
+{
+    uint32_t smem = kvrt_vk_prefill_smem_floats(vk), hw, kt, tq, tk, part;
+    for (uint32_t D = KVRT_VK_MAX_HEAD_DIM; D >= 1; D--) {
+        if (decode ? vk_decode_tiles(smem, 1, D, &hw, &kt) : vk_prefill_tiles(smem, D, &tq, &tk, &part))
+            return (int32_t)D;
+    }
+    return 0;
+}
+
+/* The longest sequence the merge passes take at every head_dim up to the
+ * kernels' limits: partitions (vk_merge_max_parts) times the smallest
+ * partition at that head_dim, decode's 256 keys or prefill's from its tiles
+ * (128 at some head sizes). The per-call check (vk_check_parts) is exact
+ * for the call's head_dim; this is the one number kvrt_context_limits has
+ * (e.g. ~341,000 keys on lavapipe, at head_dim 776). */
+static int64_t vk_max_seq_len(kvrt_vk_backend *vk, int32_t hd_max)
+{
+    uint32_t smem = kvrt_vk_prefill_smem_floats(vk), tq, tk, part;
+    int64_t best = INT32_MAX;
+    for (uint32_t D = 1; D <= (uint32_t)hd_max; D++) {
+        uint32_t p = KVRT_VK_PART_TOKENS / 2;
+        if (vk_prefill_tiles(smem, D, &tq, &tk, &part))
+            p = KVRT_MIN(p, part);
+        best = KVRT_MIN(best, (int64_t)vk_merge_max_parts(D) * p);
+    }
+    return best;
+}
+
+void kvrt_vk_limits(kvrt_backend *be, kvrt_context_limits *out)
+{
+    kvrt_vk_backend *vk = kvrt_vk(be);
+    if (vk->attn_head_dim_max[0] == 0) { /* device constants: worked out once */
+        vk->attn_head_dim_max[0] = vk_head_dim_max(vk, true);
+        vk->attn_head_dim_max[1] = vk_head_dim_max(vk, false);
+        vk->attn_max_seq_len =
+            vk_max_seq_len(vk, KVRT_MAX(vk->attn_head_dim_max[0], vk->attn_head_dim_max[1]));
+    }
+    out->memory_heap = vk->heap;
+    out->memory_budget = vk->budget;
+    out->memory_in_use = vk->used;
+    out->max_buffer_bytes = kvrt_vk_max_segment(vk);
+    out->decode_head_dim_max = vk->attn_head_dim_max[0];
+    out->prefill_head_dim_max = vk->attn_head_dim_max[1];
+    /* a table is one binding of one segment, indexed in 32-bit words */
+    out->max_table_entries = (int64_t)KVRT_MIN(kvrt_vk_max_segment(vk) / 4, (size_t)UINT32_MAX);
+    out->max_seq_len = vk->attn_max_seq_len;
+    out->max_scratch_bytes = kvrt_vk_max_scratch(vk);
+    out->scratch_bytes = vk->scratch ? vk->scratch->head.size : 0;
 }

@@ -452,6 +452,8 @@ static const kvrt_backend_ops vk_ops = {
     .kv_copy_blocks = kvrt_vk_kv_copy_blocks,
     .begin = kvrt_vk_begin,
     .submit = kvrt_vk_submit,
+    .abort = kvrt_vk_abort,
+    .limits = kvrt_vk_limits,
     KVRT_BACKEND_KERNELS(KVRT_BACKEND_ENTRY, kvrt_vk_)
     .save_caches = kvrt_vk_save_caches,
     .set_profiling = kvrt_vk_set_profiling,

@@ -206,7 +206,17 @@ kvrt_status kvrt_vk_end_implicit(kvrt_vk_backend *vk, bool implicit, kvrt_status
         return s;
     if (s == KVRT_OK)
         return kvrt_vk_submit(&vk->base);
-    /* drop what was recorded; keep the first error's message */
+    kvrt_vk_abort(&vk->base); /* keeps the first error's message */
+    return s;
+}
+
+/* Drops the open step: nothing recorded reaches the queue, so no caller
+ * memory is written later (recorded downloads are forgotten). */
+void kvrt_vk_abort(kvrt_backend *be)
+{
+    kvrt_vk_backend *vk = kvrt_vk(be);
+    if (!vk->recording)
+        return;
     vk->recording = false;
     vk->vk.vkEndCommandBuffer(vk->cmd);
     vk->vk.vkResetCommandBuffer(vk->cmd, 0);
@@ -214,7 +224,6 @@ kvrt_status kvrt_vk_end_implicit(kvrt_vk_backend *vk, bool implicit, kvrt_status
     kvrt_vk_step_io_end(vk, false);
     if (vk->base.profiling)
         kvrt_vk_prof_discard(vk);
-    return s;
 }
 
 void kvrt_vk_barrier(kvrt_vk_backend *vk)

@@ -123,8 +123,11 @@ typedef struct kvrt_vk_backend {
 
     uint32_t mem_type_device;
     uint32_t mem_type_host;
-    uint64_t budget; /* 0 = none */
+    uint64_t heap;   /* the largest device-local heap */
+    uint64_t budget; /* the context's, or by default the heap minus what was in use (never 0 after creation) */
     uint64_t used;   /* bytes of device memory kvrt allocated */
+    int32_t attn_head_dim_max[2]; /* decode, prefill; 0 until kvrt_vk_limits works them out */
+    int64_t attn_max_seq_len;     /* keys per sequence the merge passes take at every head_dim (same) */
 
     VkCommandPool cmd_pool;
     VkCommandBuffer cmd;  /* the step being recorded */
@@ -181,6 +184,8 @@ size_t kvrt_vk_max_pool_segment(const kvrt_vk_backend *vk);
  * inside it; fails when the range crosses a segment or is not 4-byte aligned. */
 kvrt_status kvrt_vk_view_seg(kvrt_vk_backend *vk, kvrt_view v, size_t bytes, const char *what,
                              uint32_t *seg, uint32_t *word_off);
+/* The largest attention scratch one call may take (kvrt_vk_scratch_reserve). */
+size_t kvrt_vk_max_scratch(const kvrt_vk_backend *vk);
 /* Grows vk->scratch to at least `bytes`. Only between submits. */
 kvrt_status kvrt_vk_scratch_reserve(kvrt_vk_backend *vk, size_t bytes);
 /* The buffer's segment address table (BDA), made and uploaded on first use. */
@@ -225,6 +230,10 @@ kvrt_status kvrt_vk_dispatch_init(kvrt_vk_backend *vk);
 void kvrt_vk_dispatch_finish(kvrt_vk_backend *vk);
 kvrt_be_step_fn kvrt_vk_begin;
 kvrt_be_step_fn kvrt_vk_submit;
+kvrt_be_abort_fn kvrt_vk_abort;
+/* The limits entry (vk_attention.c: the attention kernels' limits, cached in
+ * attn_head_dim_max and attn_max_seq_len; vk_memory.c's budget). */
+kvrt_be_limits_fn kvrt_vk_limits;
 /* Starts recording when no step is open; *implicit tells kvrt_vk_end_implicit to submit. */
 kvrt_status kvrt_vk_acquire(kvrt_vk_backend *vk, bool *implicit);
 kvrt_status kvrt_vk_end_implicit(kvrt_vk_backend *vk, bool implicit, kvrt_status s);

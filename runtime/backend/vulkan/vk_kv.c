@@ -64,12 +64,43 @@ static kvrt_status vk_layer_create(kvrt_vk_backend *vk, size_t bytes, size_t seg
     return s;
 }
 
+/* The whole pool against the memory budget, or without one the device's
+ * device-local heaps, before anything is allocated (as the CPU and OpenCL
+ * backends do): a pool that cannot fit fails at once with numbers instead of
+ * after allocating and zero-filling most of it. */
+static kvrt_status vk_check_pool_fits(kvrt_vk_backend *vk, const kvrt_kv_pool_desc *d, size_t layer_bytes)
+{
+    double total = 2.0 * (double)d->n_layers * (double)layer_bytes;
+    double limit;
+    const char *what;
+    if (vk->budget) {
+        limit = vk->budget > vk->used ? (double)(vk->budget - vk->used) : 0.0;
+        what = "what is left of the memory budget";
+    } else {
+        VkPhysicalDeviceMemoryProperties mp;
+        vkGetPhysicalDeviceMemoryProperties(vk->phys, &mp);
+        limit = 0.0;
+        for (uint32_t i = 0; i < mp.memoryHeapCount; i++)
+            if (mp.memoryHeaps[i].flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT)
+                limit += (double)mp.memoryHeaps[i].size;
+        what = "the device's device-local memory";
+    }
+    if (limit > 0.0 && total > limit)
+        return kvrt_fail(&vk->base.err, KVRT_ERR_OUT_OF_DEVICE_MEMORY,
+                         "vulkan: a KV pool of %.2f GiB (%d blocks of %d positions, %d layers) exceeds %s "
+                         "(%.2f GiB); use a shorter context or fewer blocks",
+                         total / 1073741824.0, (int)d->num_blocks, (int)d->block_size, (int)d->n_layers, what,
+                         limit / 1073741824.0);
+    return KVRT_OK;
+}
+
 kvrt_status kvrt_vk_kv_pool_create(kvrt_backend *be, const kvrt_kv_pool_desc *d, kvrt_kv_pool **out)
 {
     kvrt_vk_backend *vk = kvrt_vk(be);
     *out = NULL;
     KVRT_TRY(vk_check_desc(vk, d));
     size_t block_bytes = kvrt_kv_block_bytes(d), layer_bytes = block_bytes * (size_t)d->num_blocks;
+    KVRT_TRY(vk_check_pool_fits(vk, d, layer_bytes));
     bool bda = vk->caps.bda;
     size_t per_seg = kvrt_vk_max_pool_segment(vk) / block_bytes;
     if (per_seg == 0)

@@ -93,7 +93,8 @@ static kvrt_status vk_segment_create(kvrt_vk_backend *vk, size_t bytes, unsigned
                          host ? "host-visible" : "device");
     if (!host && vk->budget && (vk->used > vk->budget || req.size > vk->budget - vk->used))
         return kvrt_fail(&vk->base.err, KVRT_ERR_OUT_OF_DEVICE_MEMORY,
-                         "vulkan: %llu more bytes would exceed the memory budget (%llu of %llu used)",
+                         "vulkan: %llu more bytes would exceed the memory budget (%llu of %llu used; "
+                         "kvrt_context_limits.memory_budget)",
                          (unsigned long long)req.size, (unsigned long long)vk->used, (unsigned long long)vk->budget);
     VkMemoryAllocateFlagsInfo fi = {.sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_FLAGS_INFO,
                                      .flags = VK_MEMORY_ALLOCATE_DEVICE_ADDRESS_BIT};
@@ -210,6 +211,14 @@ kvrt_status kvrt_vk_addr_table(kvrt_vk_backend *vk, kvrt_buffer *b, kvrt_buffer 
     return KVRT_OK;
 }
 
+size_t kvrt_vk_max_scratch(const kvrt_vk_backend *vk)
+{
+    size_t m = 1 << 16; /* scratch grows in powers of two from 64 KiB, inside one segment */
+    while (m * 2 <= kvrt_vk_max_segment(vk) && m * 2 > m)
+        m *= 2;
+    return m;
+}
+
 kvrt_status kvrt_vk_scratch_reserve(kvrt_vk_backend *vk, size_t bytes)
 {
     if (vk->scratch && vk->scratch->head.size >= bytes)
@@ -219,7 +228,9 @@ kvrt_status kvrt_vk_scratch_reserve(kvrt_vk_backend *vk, size_t bytes)
         want *= 2;
     if (want > kvrt_vk_max_segment(vk))
         return kvrt_fail(&vk->base.err, KVRT_ERR_UNSUPPORTED,
-                         "vulkan: attention scratch of %zu bytes exceeds one buffer segment", bytes);
+                         "vulkan: attention scratch of %zu bytes exceeds the largest per call, %zu bytes (one buffer "
+                         "segment; kvrt_context_limits.max_scratch_bytes): fewer tokens or sequences per call",
+                         bytes, kvrt_vk_max_scratch(vk));
     kvrt_buffer *nb;
     KVRT_TRY(kvrt_vk_buffer_create_seg(vk, want, 0, KVRT_BUFFER_DEVICE, &nb));
     if (vk->scratch && vk->recording) {
@@ -325,8 +336,46 @@ kvrt_status kvrt_vk_buffer_copy(kvrt_backend *be, kvrt_buffer *src, size_t src_o
     return kvrt_vk_end_implicit(vk, implicit, KVRT_OK);
 }
 
+static bool vk_has_memory_budget(VkPhysicalDevice pd)
+{
+    VkExtensionProperties ext[256];
+    uint32_t n = KVRT_ARRAY_LEN(ext);
+    VkResult r = vkEnumerateDeviceExtensionProperties(pd, NULL, &n, ext);
+    if (r != VK_SUCCESS && r != VK_INCOMPLETE)
+        return false;
+    for (uint32_t i = 0; i < n; i++)
+        if (strcmp(ext[i].extensionName, VK_EXT_MEMORY_BUDGET_EXTENSION_NAME) == 0)
+            return true;
+    return false;
+}
+
+/* The default budget: the largest device-local heap, less what is in use
+ * there (the driver's heapBudget, which counts other processes, where it
+ * has VK_EXT_memory_budget). Without it a request past the heap would go on
+ * committing host memory on software drivers (lavapipe reports 2 GiB). */
+static void vk_default_budget(kvrt_vk_backend *vk)
+{
+    VkPhysicalDeviceMemoryBudgetPropertiesEXT mb = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MEMORY_BUDGET_PROPERTIES_EXT};
+    bool has_budget = vk_has_memory_budget(vk->phys);
+    VkPhysicalDeviceMemoryProperties2 mp = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MEMORY_PROPERTIES_2,
+                                            .pNext = has_budget ? &mb : NULL};
+    vkGetPhysicalDeviceMemoryProperties2(vk->phys, &mp);
+    uint64_t heap = 0, avail = 0;
+    for (uint32_t i = 0; i < mp.memoryProperties.memoryHeapCount; i++) {
+        const VkMemoryHeap *h = &mp.memoryProperties.memoryHeaps[i];
+        if (!(h->flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT) || h->size <= heap)
+            continue;
+        heap = h->size;
+        avail = has_budget && mb.heapBudget[i] > 0 ? KVRT_MIN(mb.heapBudget[i], h->size) : h->size;
+    }
+    vk->heap = heap;
+    if (vk->budget == 0)
+        vk->budget = avail ? avail : UINT64_MAX; /* a device with no device-local heap: nothing to go by */
+}
+
 kvrt_status kvrt_vk_memory_init(kvrt_vk_backend *vk)
 {
+    vk_default_budget(vk);
     KVRT_TRY(kvrt_vk_buffer_create_seg(vk, KVRT_VK_STAGING_BYTES, 0, KVRT_BUFFER_HOST_VISIBLE, &vk->staging));
     uint64_t budget = vk->budget;
     vk->budget = 0; /* the dummy binding is kvrt's own, not the caller's */

@@ -174,14 +174,41 @@ static kvrt_status pcache_get_data(kvrt_vk_backend *vk, uint8_t **out, size_t *n
     return KVRT_OK;
 }
 
+/* Whether the file at `path` may be replaced by a cache: only when it is
+ * missing or already a kvrt cache (the magic in its trailer), so a path that
+ * names a model, a tokenizer or anything else by mistake is never destroyed.
+ * NULL when it may; otherwise what the file is. */
+static const char *pcache_foreign(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0)
+        return errno == ENOENT ? NULL : "unreadable";
+    struct stat st;
+    uint8_t tail[PCACHE_TRAILER_BYTES];
+    const char *why = NULL;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
+        why = "not a regular file";
+    else if (st.st_size < PCACHE_HEADER_BYTES + PCACHE_TRAILER_BYTES ||
+             pread(fd, tail, sizeof(tail), st.st_size - PCACHE_TRAILER_BYTES) != (ssize_t)sizeof(tail) ||
+             memcmp(tail, pcache_magic, sizeof(pcache_magic)) != 0)
+        why = "not a kvrt pipeline cache";
+    close(fd);
+    return why;
+}
+
 static kvrt_status pcache_write(kvrt_vk_backend *vk, const uint8_t *data, size_t n, uint64_t hash)
 {
+    const char *foreign = pcache_foreign(vk->pcache.path);
+    if (foreign)
+        return kvrt_fail(&vk->base.err, KVRT_ERR_IO,
+                         "vulkan: pipeline cache '%s' is %s; left as it is, the cache is not saved", vk->pcache.path,
+                         foreign);
     uint8_t trailer[PCACHE_TRAILER_BYTES];
     memcpy(trailer, pcache_magic, sizeof(pcache_magic));
     put_le64(trailer + 8, n);
     put_le64(trailer + 16, hash);
     kvrt_atomic_file af;
-    KVRT_TRY(kvrt_atomic_file_open(vk->pcache.path, &af, &vk->base.err));
+    KVRT_TRY(kvrt_atomic_file_open(vk->pcache.path, NULL, &af, &vk->base.err));
     kvrt_status s = KVRT_OK;
     if (fwrite(data, 1, n, af.f) != n || fwrite(trailer, 1, sizeof(trailer), af.f) != sizeof(trailer))
         s = kvrt_fail(&vk->base.err, KVRT_ERR_IO, "cannot write '%s': %s", af.tmp, strerror(errno));

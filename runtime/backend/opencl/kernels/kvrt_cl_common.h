@@ -93,7 +93,8 @@ typedef struct kvrt_cl_op_args {
 #if KVRT_KV_F16
 typedef half kv_t;
 #define KV_LOAD(p, i) vload_half((i), (p))
-#define KV_STORE(p, i, x) vstore_half_rte((x), (i), (p))
+/* F16 KV saturates (DESIGN.md): beyond +-65504, inf included, stores +-65504; NaN stays NaN */
+#define KV_STORE(p, i, x) vstore_half_rte(isnan(x) ? (x) : clamp((x), -65504.0f, 65504.0f), (i), (p))
 #define KV_LOAD4(p, i) vload_half4(0, (p) + (i))
 #else
 typedef float kv_t;
