@@ -3,6 +3,7 @@
  * cpu_blas.h; the front door times them), KV pools in the DESIGN.md layout. */
 #include "cpu_blas.h"
 #include "cpu_internal.h"
+#include "cpu_ops_internal.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -258,6 +259,7 @@ static const kvrt_backend_ops cpu_ops = {
     .interface_version = KVRT_BACKEND_INTERFACE_VERSION,
     .name = "cpu",
     .runs_at_once = true,
+    .weight_types = KVRT_WEIGHT_TYPES_ALL,
     .destroy = cpu_destroy,
     .buffer_create = cpu_buffer_create,
     .buffer_destroy = cpu_buffer_destroy,
@@ -276,6 +278,13 @@ static const kvrt_backend_ops cpu_ops = {
     .limits = cpu_limits,
     KVRT_BACKEND_KERNELS(KVRT_BACKEND_ENTRY, kvrt_cpu_)
 };
+
+kvrt_cpu_isa kvrt_cpu_backend_cap_isa(kvrt_backend *be, kvrt_cpu_isa cap)
+{
+    kvrt_cpu_isa best = kvrt_cpu_best_isa();
+    kvrt_cpu(be)->isa = cap < best ? cap : best;
+    return kvrt_cpu(be)->isa;
+}
 
 /* "cpu: 2 threads, OpenBLAS SkylakeX from 32 tokens", or why OpenBLAS is not used. */
 static void describe(kvrt_cpu_backend *cpu, uint32_t disabled)
@@ -312,6 +321,7 @@ kvrt_status kvrt_cpu_backend_create(const kvrt_context_params *params, kvrt_back
     long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
     cpu->heap = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0;
     cpu->budget = params->memory_budget ? params->memory_budget : cpu_available_bytes();
+    cpu->isa = kvrt_cpu_best_isa();
     cpu->use_blas = !(params->disabled_features & KVRT_FEATURE_BLAS) && kvrt_cpu_blas_usable(kvrt_cpu_best_isa());
     describe(cpu, params->disabled_features);
     *out = &cpu->base;

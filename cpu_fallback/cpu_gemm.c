@@ -213,7 +213,7 @@ void kvrt_cpu_gemm(kvrt_cpu_isa isa, int64_t m, int64_t n, int64_t k, const floa
     micro_fn micro = micro_c;
     bool avx2 = false;
 #if KVRT_GEMM_HAVE_AVX2
-    if (isa == KVRT_CPU_ISA_AVX2)
+    if (isa >= KVRT_CPU_ISA_AVX2)
         micro = micro_avx2, avx2 = true;
 #else
     (void)isa;

@@ -18,16 +18,29 @@ struct kvrt_kv_pool {
     uint64_t charged;   /* bytes counted in the backend's memory in use */
 };
 
+/* Kernel flavours, each a superset of the one before (a flavour's tables
+ * fall back to the one below for types it has no kernel of). */
+typedef enum kvrt_cpu_isa {
+    KVRT_CPU_ISA_PORTABLE = 0, /* plain C: any x86-64 (or other) CPU */
+    KVRT_CPU_ISA_AVX2 = 1,     /* AVX2 + FMA + F16C */
+    KVRT_CPU_ISA_AVX512 = 2    /* + AVX-512 F/BW/VL/DQ */
+} kvrt_cpu_isa;
+
 typedef struct kvrt_cpu_backend {
     kvrt_backend base;
     kvrt_threadpool *pool;
     int n_threads;
+    kvrt_cpu_isa isa; /* flavour of the matmul and embedding kernels: the CPU's best unless capped */
     bool use_blas; /* large products go to OpenBLAS (cpu_blas.h) */
     uint64_t heap;         /* physical memory */
     uint64_t budget;       /* the context's, or what was available at creation */
     uint64_t used;         /* owned buffers and KV pools */
     uint64_t last_scratch; /* bytes of attention scratch the last call took */
 } kvrt_cpu_backend;
+
+/* Caps the flavour the matmul and embedding kernels use (tests run every
+ * flavour this CPU has through the whole op); returns the one in effect. */
+kvrt_cpu_isa kvrt_cpu_backend_cap_isa(kvrt_backend *be, kvrt_cpu_isa cap);
 
 static inline kvrt_cpu_backend *kvrt_cpu(kvrt_backend *be)
 {

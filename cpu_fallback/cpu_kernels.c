@@ -4,6 +4,7 @@
  * target attribute and are picked at run time; the portable ones run anywhere.
  * Quantized blocks are read in place (GGUF layouts of common/quant.h). */
 #include "cpu_ops_internal.h"
+#include "cpu_quant.h"
 
 #include "common/fp16.h"
 #include "common/quant.h"
@@ -16,6 +17,20 @@
 #include <immintrin.h>
 #endif
 
+#if KVRT_CPU_HAVE_AVX2_KERNELS
+/* The OS saves the opmask and the upper ZMM state (XCR0 bits 5-7, with
+ * SSE and AVX state, bits 1-2): without it AVX-512 instructions fault. */
+static bool os_saves_zmm(void)
+{
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_OSXSAVE))
+        return false;
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return (lo & 0xe6) == 0xe6;
+}
+#endif
+
 static kvrt_cpu_isa detect_isa(void)
 {
 #if KVRT_CPU_HAVE_AVX2_KERNELS
@@ -23,11 +38,21 @@ static kvrt_cpu_isa detect_isa(void)
      * does not know "f16c" there, so that bit comes from cpuid leaf 1. */
     unsigned a, b, c, d;
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __get_cpuid(1, &a, &b, &c, &d) &&
-        (c & bit_F16C))
-        return KVRT_CPU_ISA_AVX2;
+    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __get_cpuid(1, &a, &b, &c, &d) &&
+          (c & bit_F16C)))
+        return KVRT_CPU_ISA_PORTABLE;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && os_saves_zmm())
+        return KVRT_CPU_ISA_AVX512;
+    return KVRT_CPU_ISA_AVX2;
 #endif
     return KVRT_CPU_ISA_PORTABLE;
+}
+
+const char *kvrt_cpu_isa_name(kvrt_cpu_isa isa)
+{
+    static const char *const names[] = {"portable", "avx2", "avx512"};
+    return (unsigned)isa < KVRT_ARRAY_LEN(names) ? names[isa] : "?";
 }
 
 /* A memo of a property of the machine, not a setting: cpuid traps to the
@@ -338,15 +363,15 @@ KVRT_AVX2 static void dequant_q4_0_avx2(const void *w, float *y, int64_t n)
 kvrt_cpu_dot_fn kvrt_cpu_dot_kernel(kvrt_cpu_isa isa, kvrt_dtype type)
 {
 #if KVRT_CPU_HAVE_AVX2_KERNELS
-    if (isa == KVRT_CPU_ISA_AVX2) {
+    if (isa >= KVRT_CPU_ISA_AVX2) {
         switch (type) {
         case KVRT_DTYPE_F16: return dot_f16_avx2;
         case KVRT_DTYPE_BF16: return dot_bf16_avx2;
         case KVRT_DTYPE_Q8_0: return dot_q8_0_avx2;
         case KVRT_DTYPE_Q4_0: return dot_q4_0_avx2;
         case KVRT_DTYPE_F32: return dot_f32_avx2;
+        default: return NULL; /* the types of cpu_quant.h: kvrt_cpu_quant_kernels_get */
         }
-        return NULL;
     }
 #endif
     switch (type) {
@@ -355,22 +380,22 @@ kvrt_cpu_dot_fn kvrt_cpu_dot_kernel(kvrt_cpu_isa isa, kvrt_dtype type)
     case KVRT_DTYPE_Q8_0: return dot_q8_0_c;
     case KVRT_DTYPE_Q4_0: return dot_q4_0_c;
     case KVRT_DTYPE_F32: return dot_f32_c;
+    default: return NULL; /* the types of cpu_quant.h: kvrt_cpu_quant_kernels_get */
     }
-    return NULL;
 }
 
 kvrt_cpu_dequant_fn kvrt_cpu_dequant_kernel(kvrt_cpu_isa isa, kvrt_dtype type)
 {
 #if KVRT_CPU_HAVE_AVX2_KERNELS
-    if (isa == KVRT_CPU_ISA_AVX2) {
+    if (isa >= KVRT_CPU_ISA_AVX2) {
         switch (type) {
         case KVRT_DTYPE_F32: return dequant_f32_c; /* memcpy is already as fast as it gets */
         case KVRT_DTYPE_F16: return dequant_f16_avx2;
         case KVRT_DTYPE_BF16: return dequant_bf16_avx2;
         case KVRT_DTYPE_Q8_0: return dequant_q8_0_avx2;
         case KVRT_DTYPE_Q4_0: return dequant_q4_0_avx2;
+        default: break;
         }
-        return NULL;
     }
 #endif
     switch (type) {
@@ -379,6 +404,8 @@ kvrt_cpu_dequant_fn kvrt_cpu_dequant_kernel(kvrt_cpu_isa isa, kvrt_dtype type)
     case KVRT_DTYPE_BF16: return dequant_bf16_c;
     case KVRT_DTYPE_Q8_0: return dequant_q8_0_c;
     case KVRT_DTYPE_Q4_0: return dequant_q4_0_c;
+    default: break;
     }
-    return NULL;
+    const kvrt_cpu_quant_kernels *k = kvrt_cpu_quant_kernels_get(isa, type);
+    return k ? k->dequant : NULL;
 }

@@ -24,6 +24,7 @@
 
 #include "cpu_blas.h"
 #include "cpu_gemm.h"
+#include "cpu_quant.h"
 
 #include "common/quant.h"
 
@@ -49,6 +50,8 @@ typedef struct mm_job {
     int64_t rows_per_task;
     kvrt_cpu_isa isa;
     kvrt_cpu_dot_fn dot;
+    kvrt_cpu_qdot_fn qdot;   /* the types of cpu_quant.h (dot is NULL): with xsum16 */
+    const float *xsum16;     /* [n_in / 16] group sums of x, for qdot */
     kvrt_cpu_dequant_fn dequant;
     float *scratch;          /* [n_threads][scratch_floats]: W tile (tiled path), then GEMM packing */
     size_t scratch_floats;   /* per thread, a multiple of 16 (64-byte aligned slices) */
@@ -89,6 +92,11 @@ static void mm_gemv_task(void *arg, int64_t task, int thread)
     const mm_job *j = arg;
     const int64_t o0 = task * j->rows_per_task, rows = task_rows(j, task);
     const char *w = j->w + (size_t)o0 * j->row_bytes;
+    if (j->qdot) {
+        for (int64_t r = 0; r < rows; r++, w += j->row_bytes)
+            j->y[o0 + r] = j->qdot(w, j->x, j->xsum16, j->n_in);
+        return;
+    }
     for (int64_t r = 0; r < rows; r++, w += j->row_bytes)
         j->y[o0 + r] = j->dot(w, j->x, j->n_in);
 }
@@ -151,9 +159,23 @@ static kvrt_status mm_run_gemv(kvrt_backend *be, mm_job *j)
 {
     int64_t min_rows = ceil_div(MM_GEMV_MIN_TASK_BYTES, (int64_t)j->row_bytes);
     j->rows_per_task = KVRT_MAX(ceil_div(j->n_out, MM_GEMV_MAX_TASKS), min_rows);
+    /* the group sums of x, once for all rows (rows of up to 64k values on the stack) */
+    float stack_sums[4096], *sums = NULL;
+    if (j->qdot) {
+        sums = j->n_in / 16 <= (int64_t)KVRT_ARRAY_LEN(stack_sums)
+                   ? stack_sums
+                   : kvrt_alloc(be->alloc, (size_t)(j->n_in / 16) * sizeof(float), 64);
+        if (!sums)
+            return kvrt_fail(&be->err, KVRT_ERR_OUT_OF_HOST_MEMORY, "matmul: no memory for %lld sums",
+                             (long long)(j->n_in / 16));
+        kvrt_cpu_xsum16(j->x, j->n_in, sums);
+        j->xsum16 = sums;
+    }
     /* a matrix too small to split is one plain loop on the caller: no worker woken */
     kvrt_threadpool_run_sized(kvrt_cpu(be)->pool, ceil_div(j->n_out, j->rows_per_task), mm_work(j), mm_gemv_task,
                               j);
+    if (sums && sums != stack_sums)
+        kvrt_free(be->alloc, sums);
     return KVRT_OK;
 }
 
@@ -178,7 +200,8 @@ kvrt_status kvrt_cpu_matmul(kvrt_backend *be, kvrt_dtype wtype, kvrt_view w, int
     /* the kernels index rows and strides with 32-bit-safe arithmetic only up to here */
     if (n_out > INT_MAX || n_in > INT_MAX || x_stride > INT_MAX || y_stride > INT_MAX)
         return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "matmul: dimensions or strides above %d", INT_MAX);
-    const kvrt_cpu_isa isa = kvrt_cpu_best_isa();
+    const kvrt_cpu_isa isa = kvrt_cpu(be)->isa;
+    const kvrt_cpu_quant_kernels *qk = kvrt_cpu_quant_kernels_get(isa, wtype);
     mm_job j = {
         .w = kvrt_cpu_ptr(w),
         .row_bytes = kvrt_dtype_row_bytes(wtype, n_in),
@@ -191,6 +214,7 @@ kvrt_status kvrt_cpu_matmul(kvrt_backend *be, kvrt_dtype wtype, kvrt_view w, int
         .n_tokens = n_tokens,
         .isa = isa,
         .dot = kvrt_cpu_dot_kernel(isa, wtype),
+        .qdot = qk ? qk->qdot : NULL,
         .dequant = kvrt_cpu_dequant_kernel(isa, wtype),
     };
     if (kvrt_cpu_blas_wanted(kvrt_cpu(be)->use_blas, wtype, n_tokens)) {

@@ -219,7 +219,7 @@ kvrt_status kvrt_cpu_embed(kvrt_backend *be, kvrt_dtype wtype, kvrt_view table, 
     const size_t row_bytes = kvrt_dtype_row_bytes(wtype, dim);
     const int32_t *id = kvrt_cpu_ptr(ids);
     embed_job j = {kvrt_cpu_ptr(table), row_bytes, id, kvrt_cpu_ptr(out), dim,
-                   kvrt_cpu_dequant_kernel(kvrt_cpu_best_isa(), wtype)};
+                   kvrt_cpu_dequant_kernel(kvrt_cpu(be)->isa, wtype)};
     kvrt_cpu_for_rows(be, n_tokens, dim, embed_rows, &j);
     return KVRT_OK;
 }

@@ -8,13 +8,10 @@
 
 /* ---- row kernels ------------------------------------------------------------- */
 
-typedef enum kvrt_cpu_isa {
-    KVRT_CPU_ISA_PORTABLE = 0, /* plain C: any x86-64 (or other) CPU */
-    KVRT_CPU_ISA_AVX2 = 1      /* AVX2 + FMA + F16C */
-} kvrt_cpu_isa;
-
 /* The best flavour this CPU runs (the library is built without -march). */
 kvrt_cpu_isa kvrt_cpu_best_isa(void);
+/* "portable", "avx2", "avx512". */
+const char *kvrt_cpu_isa_name(kvrt_cpu_isa isa);
 
 /* sum_i W[i] * x[i] over one weight row of n values in the row's type;
  * n is a multiple of the type's block. */

@@ -105,11 +105,22 @@ typedef enum kvrt_dtype {
     KVRT_DTYPE_F32 = 0,
     KVRT_DTYPE_F16 = 1,
     KVRT_DTYPE_Q4_0 = 2,
+    KVRT_DTYPE_Q4_1 = 3,
+    KVRT_DTYPE_Q5_0 = 6,
+    KVRT_DTYPE_Q5_1 = 7,
     KVRT_DTYPE_Q8_0 = 8,
+    KVRT_DTYPE_Q2_K = 10,
+    KVRT_DTYPE_Q3_K = 11,
+    KVRT_DTYPE_Q4_K = 12,
+    KVRT_DTYPE_Q5_K = 13,
+    KVRT_DTYPE_Q6_K = 14,
+    KVRT_DTYPE_IQ4_NL = 20,
+    KVRT_DTYPE_IQ4_XS = 23,
     KVRT_DTYPE_BF16 = 30
 } kvrt_dtype;
 
-/* "f32", "f16", "q4_0", "q8_0", "bf16"; "?" for unknown values. */
+/* The GGUF names: "f32", "f16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0",
+ * "q2_K" .. "q6_K", "iq4_nl", "iq4_xs", "bf16"; "?" for unknown values. */
 KVRT_API const char *kvrt_dtype_name(kvrt_dtype dtype);
 
 /* ---- compute context (one backend, one device) ----------------------------- */

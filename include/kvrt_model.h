@@ -62,6 +62,8 @@ typedef struct kvrt_model_info {
     uint64_t n_params;
     uint64_t weight_bytes;
     char arch[32];
+    /* tensors of each type: tensors_of_type[t] for kvrt_dtype value t (all < 32) */
+    int32_t tensors_of_type[32];
 } kvrt_model_info;
 
 KVRT_API kvrt_status kvrt_model_get_info(const kvrt_model *model, kvrt_model_info *out);

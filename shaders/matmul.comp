@@ -14,7 +14,8 @@
 // Lanes of a row stride over it so that neighbouring lanes read
 // neighbouring words (F32, and F16/BF16 pairs, 4 strides per step) or
 // neighbouring 32-element quant blocks (Q8_0: 9 words, Q4_0: 5 words each,
-// loaded once and decoded in registers).
+// loaded once and decoded in registers; the other quant types element by
+// element through w_elem, weights.glsl).
 //   portable: L from the row length (gemv_lanes; kvrt_vk_matmul sizes the
 //     grid with the same rule), per-row sums through shared memory (one
 //     barrier per round of R rows);
@@ -106,6 +107,21 @@ void dot_q4(uint b, uint xi, uint nt, uint xb[TT], inout float acc[TT])
 void row_partial(uint rb, uint lane, uint L, uint nt, uint xb[TT], inout float acc[TT])
 {
     uint n = pc.dim, wt = pc.wtype;
+    if (wt >= 5u) {
+        // the types of issue #14: 32-value steps decoded element by element
+        for (uint k = lane; k < n / 32u; k += L) {
+            float part[TT] = float[TT](0.0, 0.0, 0.0, 0.0);
+            for (uint j = k * 32u; j < k * 32u + 32u; j++) {
+                float w = w_elem(rb, j);
+                [[unroll]] for (uint t = 0u; t < TT; t++)
+                    if (t < nt)
+                        part[t] += w * fb(xb[t] + j);
+            }
+            [[unroll]] for (uint t = 0u; t < TT; t++)
+                acc[t] += part[t];
+        }
+        return;
+    }
     if (wt >= 3u) {
         uint bs = wt == 3u ? 34u : 18u;
         for (uint k = lane; k < n / 32u; k += L) {

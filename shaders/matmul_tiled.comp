@@ -38,7 +38,7 @@ shared vec4 s_x[TT * LD]; // [token][k / 4]
 void load_w8(uint rb, uint k0, uint part, uint n, out float v[8])
 {
     uint wt = pc.wtype;
-    if (wt >= 3u) {
+    if (wt == 3u || wt == 4u) {
         bool q8 = wt == 3u;
         uint b = rb + (k0 / 32u) * (q8 ? 34u : 18u);
         float d = unpackHalf2x16(a_u16(b)).x;
@@ -55,7 +55,8 @@ void load_w8(uint rb, uint k0, uint part, uint n, out float v[8])
         }
         return;
     }
-    [[unroll]] for (uint i = 0u; i < 8u; i++) {
+    // one call site: w_elem of the types decoded element by element is long
+    [[dont_unroll]] for (uint i = 0u; i < 8u; i++) {
         uint j = k0 + 8u * part + i;
         v[i] = j < n ? w_elem(rb, j) : 0.0;
     }

@@ -116,10 +116,39 @@ static void add_matmul_grid(table *t, bool full)
     }
 }
 
+/* The types of issue #14: the legacy 4/5-bit types, IQ4 and the k-quants. */
+static const kvrt_dtype QTYPES[] = {KVRT_DTYPE_Q4_1, KVRT_DTYPE_Q5_0, KVRT_DTYPE_Q5_1, KVRT_DTYPE_IQ4_NL,
+                                    KVRT_DTYPE_Q2_K, KVRT_DTYPE_Q3_K, KVRT_DTYPE_Q4_K, KVRT_DTYPE_Q5_K,
+                                    KVRT_DTYPE_Q6_K, KVRT_DTYPE_IQ4_XS};
+
+/* Each of them: rows of 1, 3 and 8 blocks (32, 96, 256 or 256, 768, 2048
+ * values) x {1, 3, 17, 64} tokens (GEMV and GEMM paths), odd row counts, a
+ * NaN row, embedding rows bit for bit. In CI the GPU passes run a diagonal
+ * (every length, every token count once per type); KVRT_TEST_FULL=1 all. */
+static void add_quant_grid(table *t, bool full)
+{
+    static const int32_t blocks[] = {1, 3, 8}, n_toks[] = {1, 3, 17, 64}, n_outs[] = {37, 13, 67, 5, 131};
+    int k = 0;
+    for (size_t ti = 0; ti < KVRT_ARRAY_LEN(QTYPES); ti++) {
+        kvrt_dtype w = QTYPES[ti];
+        int32_t bv = block_of(w);
+        for (size_t bi = 0; bi < KVRT_ARRAY_LEN(blocks); bi++) {
+            for (size_t ni = 0; ni < KVRT_ARRAY_LEN(n_toks); ni++, k++) {
+                bool covering = bi == ni % KVRT_ARRAY_LEN(blocks);
+                add(t, (op_case){OP_MATMUL, w, n_toks[ni], blocks[bi] * bv, n_outs[k % (int)KVRT_ARRAY_LEN(n_outs)],
+                                 0, 5, 0, false, !full && !covering, {0}});
+            }
+        }
+        add(t, (op_case){OP_MATMUL, w, 3, bv, 40, 0, 5, F_NAN_ROW, false, false, {0}});
+        add(t, (op_case){OP_EMBED, w, 6, 2 * bv, 50, 0, 0, 0, true, false, {0}});
+    }
+}
+
 static size_t build_table(table *t, bool full)
 {
     t->n = 0;
     add_matmul_grid(t, full);
+    add_quant_grid(t, full);
     for (size_t ti = 0; ti < KVRT_ARRAY_LEN(WTYPES); ti++) {
         kvrt_dtype w = WTYPES[ti];
         bool q = block_of(w) > 1;
@@ -771,7 +800,7 @@ static void test_same_bad_call_same_error(void **state)
             kvrt_status st = KVRT_OK;
             switch (i) {
             case 0: st = kvrt_op_matmul(be, KVRT_DTYPE_Q8_0, v, 4, 40, v, 40, kvrt_view_at(v, 2048), 4, 1); break;
-            case 1: st = kvrt_op_matmul(be, (kvrt_dtype)12, v, 4, 256, v, 256, kvrt_view_at(v, 2048), 4, 1); break;
+            case 1: st = kvrt_op_matmul(be, (kvrt_dtype)16, v, 4, 256, v, 256, kvrt_view_at(v, 2048), 4, 1); break;
             case 2: /* y inside the weights */
                 st = kvrt_op_matmul(be, KVRT_DTYPE_F32, v, 8, 64, kvrt_view_at(v, 2048), 64, kvrt_view_at(v, 1024), 8,
                                     1);

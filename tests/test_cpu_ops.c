@@ -165,7 +165,7 @@ static void test_matmul_bad_input(void **state)
     assert_error(be, kvrt_op_matmul(be, q8, wv, 9, 64, xv, 64, yv, 9, 1), KVRT_ERR_INVALID_ARGUMENT, "exceed");
     assert_error(be, kvrt_op_matmul(be, q8, wv, 8, 48, xv, 64, yv, 8, 1), KVRT_ERR_INVALID_ARGUMENT,
                  "not a multiple of the q8_0 block");
-    assert_error(be, kvrt_op_matmul(be, (kvrt_dtype)3, wv, 8, 64, xv, 64, yv, 8, 1), KVRT_ERR_UNSUPPORTED,
+    assert_error(be, kvrt_op_matmul(be, (kvrt_dtype)16, wv, 8, 64, xv, 64, yv, 8, 1), KVRT_ERR_UNSUPPORTED,
                  "not supported");
     assert_error(be, kvrt_op_matmul(be, q8, wv, 8, 64, xv, 63, yv, 8, 1), KVRT_ERR_INVALID_ARGUMENT, "x_stride");
     assert_error(be, kvrt_op_matmul(be, q8, wv, 8, 64, xv, 64, yv, 7, 1), KVRT_ERR_INVALID_ARGUMENT, "y_stride");
@@ -354,7 +354,7 @@ static void test_embed_bad_input(void **state)
     kvrt_view ov = wrap(be, out, sizeof(out), 0);
     assert_int_equal(kvrt_op_embed(be, KVRT_DTYPE_F32, tv, 32, iv, 4, ov), KVRT_OK);
     assert_error(be, kvrt_op_embed(be, KVRT_DTYPE_F32, tv, 32, iv, 5, ov), KVRT_ERR_INVALID_ARGUMENT, "embed: ids");
-    assert_error(be, kvrt_op_embed(be, (kvrt_dtype)3, tv, 32, iv, 1, ov), KVRT_ERR_UNSUPPORTED, "not supported");
+    assert_error(be, kvrt_op_embed(be, (kvrt_dtype)16, tv, 32, iv, 1, ov), KVRT_ERR_UNSUPPORTED, "not supported");
     assert_error(be, kvrt_op_embed(be, KVRT_DTYPE_Q4_0, tv, 40, iv, 1, ov), KVRT_ERR_INVALID_ARGUMENT,
                  "not a multiple of the q4_0 block");
     kvrt_view short_table = wrap(be, table, 64, 0);

@@ -554,18 +554,26 @@ static void test_model_errors(void **state)
     o.mod_type = KVRT_DTYPE_F16;
     expect(&o, false, KVRT_ERR_UNSUPPORTED, "blk.0.ffn_norm.weight", "f16");
 
-    /* a k-quant where kvrt needs a type it runs */
+    /* k-quants and iq4 load; the grid types and TQ are refused naming type and tensor */
     o = default_opts();
     o.hp.n_embd = 256;
     o.hp.n_head = 2;
     o.hp.n_head_kv = 2;
     o.mod_tensor = "blk.0.attn_q.weight";
-    o.mod_type = 12;
-    expect(&o, false, KVRT_ERR_UNSUPPORTED, "blk.0.attn_q.weight", "q4_K");
-    o.mod_type = 14;
-    expect(&o, false, KVRT_ERR_UNSUPPORTED, "q6_K", NULL);
-    o.mod_type = 16;
-    expect(&o, false, KVRT_ERR_UNSUPPORTED, "iq2_xxs", NULL);
+    static const uint32_t runs[] = {3, 6, 7, 10, 11, 12, 13, 14, 20, 23};
+    for (size_t i = 0; i < sizeof(runs) / sizeof(runs[0]); i++) {
+        o.mod_type = runs[i];
+        expect(&o, false, KVRT_OK, NULL, NULL);
+    }
+    static const struct {
+        uint32_t id;
+        const char *name;
+    } refused[] = {{16, "iq2_xxs"}, {17, "iq2_xs"}, {18, "iq3_xxs"}, {19, "iq1_s"}, {21, "iq3_s"},
+                   {22, "iq2_s"},   {29, "iq1_m"},  {34, "tq1_0"},   {35, "tq2_0"}, {15, "q8_K"}};
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+        o.mod_type = refused[i].id;
+        expect(&o, false, KVRT_ERR_UNSUPPORTED, "blk.0.attn_q.weight", refused[i].name);
+    }
 
     o = default_opts();
     o.hp.n_head = 3; /* 8 % 3 */

@@ -268,10 +268,10 @@ static void test_model_ops_unsupported(void **state)
     kvrt_buffer *b;
     assert_int_equal(kvrt_op_buffer_create(be, 4096, KVRT_BUFFER_DEVICE, &b), KVRT_OK);
     kvrt_view v = {b, 0};
-    /* a weight type without kernels (a K-quant id) is reported, never emulated */
-    assert_int_equal(kvrt_op_matmul(be, (kvrt_dtype)12, v, 4, 256, v, 256, v, 4, 1), KVRT_ERR_UNSUPPORTED);
+    /* a weight type without kernels (IQ2_XXS, a grid type) is reported, never emulated */
+    assert_int_equal(kvrt_op_matmul(be, (kvrt_dtype)16, v, 4, 256, v, 256, v, 4, 1), KVRT_ERR_UNSUPPORTED);
     assert_non_null(strstr(kvrt_context_message(ctx), "not supported"));
-    assert_int_equal(kvrt_op_embed(be, (kvrt_dtype)12, v, 256, v, 1, v), KVRT_ERR_UNSUPPORTED);
+    assert_int_equal(kvrt_op_embed(be, (kvrt_dtype)16, v, 256, v, 1, v), KVRT_ERR_UNSUPPORTED);
     /* quantized rows must be whole 32-value blocks */
     assert_int_equal(kvrt_op_matmul(be, KVRT_DTYPE_Q8_0, v, 4, 40, v, 40, v, 4, 1), KVRT_ERR_INVALID_ARGUMENT);
     assert_non_null(strstr(kvrt_context_message(ctx), "blocks"));

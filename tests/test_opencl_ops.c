@@ -156,6 +156,10 @@ static void test_matmul_segmented(void **state)
     run_matmul_seg(KVRT_DTYPE_Q8_0, 40, 96, 9, 512);         /* 102-byte rows */
     run_matmul_seg(KVRT_DTYPE_Q4_0, 37, 64, 1, 256);         /* 36-byte rows */
     run_matmul_seg(KVRT_DTYPE_BF16, 21, 70, 3, 768 + 256);   /* 140-byte rows */
+    run_matmul_seg(KVRT_DTYPE_Q5_1, 40, 64, 3, 256);         /* 48-byte rows */
+    run_matmul_seg(KVRT_DTYPE_Q4_K, 37, 256, 9, 1024);       /* 144-byte rows */
+    run_matmul_seg(KVRT_DTYPE_Q6_K, 21, 512, 1, 1024);       /* 420-byte rows */
+    run_matmul_seg(KVRT_DTYPE_Q3_K, 19, 256, 2, 512);        /* 110-byte rows */
 }
 
 static void run_embed(kvrt_dtype wt, int64_t rows, int64_t dim, size_t seg_bytes)
@@ -208,6 +212,10 @@ static void test_embed_types(void **state)
         run_embed(types[i], 11, 64, SIZE_MAX);
         run_embed(types[i], 23, 96, 700); /* a table over several segments that cut rows */
     }
+    /* issue #14's types: 22-, 136- and 210-byte blocks over segments */
+    run_embed(KVRT_DTYPE_Q5_0, 23, 96, 300);
+    run_embed(KVRT_DTYPE_IQ4_XS, 23, 256, 700);
+    run_embed(KVRT_DTYPE_Q6_K, 23, 256, 1000);
 }
 
 int main(void)

@@ -214,6 +214,14 @@ static void test_spanning_segments(void **state)
         check_matmul(ALL_TYPES[ti], 61, 96, 512); /* F32: 23 KiB, 6 segments */
         check_embed(ALL_TYPES[ti], 90, 64, 256);
     }
+    /* issue #14's types: odd-sized blocks (22, 110, 210 bytes) cut by the segments */
+    static const kvrt_dtype more[] = {KVRT_DTYPE_Q5_0, KVRT_DTYPE_Q3_K, KVRT_DTYPE_Q6_K};
+    for (size_t ti = 0; ti < KVRT_ARRAY_LEN(more); ti++) {
+        int32_t n_in = kvrt_dtype_block_values(more[ti]) == 256 ? 256 : 96;
+        check_matmul(more[ti], 151, n_in, 512);
+        if (n_in < 256) /* 6 output rows of 256 floats would not fit one 4 KiB activation segment */
+            check_embed(more[ti], 90, n_in, 256);
+    }
     check_gather(40, 301, 200); /* 48 KiB of 1204-byte rows */
     kvrt_vk_set_max_segment(g_be, 0);
 }

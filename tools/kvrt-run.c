@@ -270,6 +270,11 @@ static int setup(run_state *st)
     if (s != KVRT_OK) /* a context too large for memory names the flag that asked for it */
         return fail(a->ctx ? "loading the model for --ctx" : "loading the model", s, err.message);
     kvrt_model_get_info(st->model, &st->info);
+    if (a->common.verbose)
+        for (int t = 0; t < (int)(sizeof(st->info.tensors_of_type) / sizeof(st->info.tensors_of_type[0])); t++)
+            if (st->info.tensors_of_type[t] > 0)
+                fprintf(stderr, "kvrt-run: type %6s: %d tensors\n", kvrt_dtype_name((kvrt_dtype)t),
+                        st->info.tensors_of_type[t]);
     if (a->ctx > st->info.n_ctx_train)
         fprintf(stderr, "kvrt-run: warning: --ctx %d exceeds the context length the file states (%d)\n", a->ctx,
                 st->info.n_ctx_train);

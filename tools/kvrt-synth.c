@@ -22,16 +22,23 @@ typedef struct synth_overrides {
     int arch, rope_scaling;
     bool arch_seen, rope_scaling_seen;
     bool rope_freqs, bias;
-    int type;
-    bool type_seen;
+    const char *type;        /* --type: a type or preset (quant_mix.h), resolved once --pure is known */
+    bool pure;
     uint64_t seed;
     bool seed_seen;
     bool tied, vocab_only;
 } synth_overrides;
 
-static const char *const TYPE_NAMES[] = {"f32", "f16", "bf16", "q8_0", "q4_0", NULL};
-static const kvrt_dtype TYPES[] = {KVRT_DTYPE_F32, KVRT_DTYPE_F16, KVRT_DTYPE_BF16, KVRT_DTYPE_Q8_0,
-                                   KVRT_DTYPE_Q4_0};
+static bool parse_type(const char *prog, const char *flag, const char *value, void *dst)
+{
+    kvrt_quant_mix probe;
+    if (kvrt_quant_mix_find(value, false, &probe)) {
+        *(const char **)dst = value;
+        return true;
+    }
+    kvrt_cli_error(prog, "%s: unknown value '%s' (one of: %s)", flag, value, kvrt_quant_mix_names());
+    return false;
+}
 
 static const char *const ARCH_NAMES[] = {"llama", "qwen2", "qwen3", NULL};
 static const kvrt_arch ARCHS[] = {KVRT_ARCH_LLAMA, KVRT_ARCH_QWEN2, KVRT_ARCH_QWEN3};
@@ -45,7 +52,7 @@ static bool parse_preset(const char *prog, const char *flag, const char *value, 
     return false;
 }
 
-static void apply_overrides(const synth_overrides *ov, kvrt_synth_params *p)
+static void apply_overrides(const synth_overrides *ov, kvrt_synth_params *p, kvrt_quant_mix *mix)
 {
     int32_t *ints[] = {&p->hp.n_vocab, &p->hp.n_embd,   &p->hp.n_layer,    &p->hp.n_ff,
                        &p->hp.n_head,  &p->hp.n_head_kv, &p->hp.n_ctx_train, &p->hp.head_dim,
@@ -67,8 +74,9 @@ static void apply_overrides(const synth_overrides *ov, kvrt_synth_params *p)
     p->bias = ov->bias;
     if (ov->std_seen)
         p->stddev = ov->std;
-    if (ov->type_seen)
-        p->type = TYPES[ov->type];
+    kvrt_quant_mix_find(ov->type, ov->pure, mix); /* parse_type checked the name */
+    p->type = mix->base;
+    p->mix = mix;
     if (ov->seed_seen)
         p->seed = ov->seed;
     p->tied_output = ov->tied;
@@ -83,11 +91,12 @@ static void apply_overrides(const synth_overrides *ov, kvrt_synth_params *p)
      .flags = KVRT_CLI_ABOVE_MIN, .meta = "F", .help = (HELP), .seen = (SEEN)}
 
 /* KVRT_CLI_CONTINUE, or the exit status after --help/--version or a usage error. */
-static int parse_args(int argc, char **argv, kvrt_synth_params *p, const char **out, const char **vocab_from,
-                      bool *quiet)
+static int parse_args(int argc, char **argv, kvrt_synth_params *p, kvrt_quant_mix *mix, const char **out,
+                      const char **vocab_from, bool *quiet)
 {
     synth_overrides o, *ov = &o;
     memset(ov, 0, sizeof(*ov));
+    ov->type = "F32";
     kvrt_synth_preset("tiny", p);
     const kvrt_cli_opt opts[] = {
         KVRT_CLI_CALL(0, "preset", parse_preset, p, "P",
@@ -115,8 +124,11 @@ static int parse_args(int argc, char **argv, kvrt_synth_params *p, const char **
         SHAPE_OPT("sliding-window", 9, "attention window (llama.attention.sliding_window)"),
         POSITIVE_OPT("eps", &ov->eps, &ov->eps_seen, "RMSNorm epsilon"),
         POSITIVE_OPT("std", &ov->std, &ov->std_seen, "standard deviation of the matrices (default 0.02)"),
-        {.name = "type", .kind = KVRT_CLI_KIND_CHOICE, .dst = &ov->type, .choices = TYPE_NAMES, .meta = "T",
-         .help = "f32 (default), f16, bf16, q8_0, q4_0", .seen = &ov->type_seen},
+        KVRT_CLI_CALL(0, "type", parse_type, &ov->type, "T",
+                      "weight type or preset, as kvrt-quantize takes it (default F32):\n"
+                      "a preset's per-tensor rules unless --pure"),
+        KVRT_CLI_BOOL(0, "pure", &ov->pure,
+                      "every matrix in the type's base type (rows it cannot hold fall back)"),
         {.name = "seed", .kind = KVRT_CLI_KIND_UINT64, .dst = &ov->seed, .meta = "N",
          .help = "random seed (default 1)", .seen = &ov->seed_seen},
         KVRT_CLI_BOOL(0, "tied", &ov->tied, "no output.weight (classifier shares token_embd)"),
@@ -140,7 +152,7 @@ static int parse_args(int argc, char **argv, kvrt_synth_params *p, const char **
     int rc = kvrt_cli_parse(&spec, argc, argv, &first);
     if (rc != KVRT_CLI_CONTINUE)
         return rc;
-    apply_overrides(ov, p);
+    apply_overrides(ov, p, mix);
     if (!*out) {
         kvrt_cli_error(PROG, "no output file (-o FILE); see --help");
         return KVRT_CLI_USAGE;
@@ -151,9 +163,10 @@ static int parse_args(int argc, char **argv, kvrt_synth_params *p, const char **
 int main(int argc, char **argv)
 {
     kvrt_synth_params p;
+    kvrt_quant_mix mix;
     const char *out = NULL, *vocab_from = NULL;
     bool quiet = false;
-    int rc = parse_args(argc, argv, &p, &out, &vocab_from, &quiet);
+    int rc = parse_args(argc, argv, &p, &mix, &out, &vocab_from, &quiet);
     if (rc != KVRT_CLI_CONTINUE)
         return rc;
     kvrt_error err;

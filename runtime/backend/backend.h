@@ -170,10 +170,29 @@ typedef kvrt_status kvrt_be_set_profiling_fn(kvrt_backend *be, bool on);
 #define KVRT_BACKEND_DECLARE(prefix, entry) kvrt_be_##entry##_fn prefix##entry;
 #define KVRT_BACKEND_ENTRY(prefix, entry) .entry = prefix##entry,
 
+/* Weight types as a set (kvrt_backend_ops.weight_types): bit 1 << type. */
+#define KVRT_WEIGHT_BIT(t) (UINT64_C(1) << (unsigned)(t))
+/* The types every backend ran before the k-quants (issue #14). */
+#define KVRT_WEIGHT_TYPES_BASE                                                                          \
+    (KVRT_WEIGHT_BIT(KVRT_DTYPE_F32) | KVRT_WEIGHT_BIT(KVRT_DTYPE_F16) | KVRT_WEIGHT_BIT(KVRT_DTYPE_BF16) | \
+     KVRT_WEIGHT_BIT(KVRT_DTYPE_Q8_0) | KVRT_WEIGHT_BIT(KVRT_DTYPE_Q4_0))
+/* The legacy 4/5-bit types, IQ4 and the k-quants (issue #14). */
+#define KVRT_WEIGHT_TYPES_LEGACY                                                                          \
+    (KVRT_WEIGHT_BIT(KVRT_DTYPE_Q4_1) | KVRT_WEIGHT_BIT(KVRT_DTYPE_Q5_0) | KVRT_WEIGHT_BIT(KVRT_DTYPE_Q5_1) | \
+     KVRT_WEIGHT_BIT(KVRT_DTYPE_IQ4_NL))
+#define KVRT_WEIGHT_TYPES_K                                                                              \
+    (KVRT_WEIGHT_BIT(KVRT_DTYPE_Q2_K) | KVRT_WEIGHT_BIT(KVRT_DTYPE_Q3_K) | KVRT_WEIGHT_BIT(KVRT_DTYPE_Q4_K) | \
+     KVRT_WEIGHT_BIT(KVRT_DTYPE_Q5_K) | KVRT_WEIGHT_BIT(KVRT_DTYPE_Q6_K) | KVRT_WEIGHT_BIT(KVRT_DTYPE_IQ4_XS))
+#define KVRT_WEIGHT_TYPES_ALL (KVRT_WEIGHT_TYPES_BASE | KVRT_WEIGHT_TYPES_LEGACY | KVRT_WEIGHT_TYPES_K)
+
 struct kvrt_backend_ops {
     uint32_t interface_version; /* KVRT_BACKEND_INTERFACE_VERSION, checked at registration */
     const char *name;
     bool runs_at_once;          /* ops execute inside their call (no recording): timed by the front door */
+    /* The weight types its matmul and embed take (KVRT_WEIGHT_BIT set); 0 =
+     * KVRT_WEIGHT_TYPES_BASE. The front door refuses the others, and a model
+     * whose tensors need one is refused at load, naming type and tensor. */
+    uint64_t weight_types;
 
     kvrt_be_destroy_fn *destroy;
 

@@ -540,6 +540,26 @@ kvrt_status kvrt_op_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t l
 /* ---- model ops ------------------------------------------------------------------------------------------ */
 
 /* Weight and table rows: F32 read as floats, the other types as 16-bit words. */
+bool kvrt_op_weight_type_ok(const kvrt_backend *be, kvrt_dtype t)
+{
+    if (!kvrt_dtype_supported(t) || (unsigned)t >= 64)
+        return false;
+    uint64_t set = be->ops->weight_types ? be->ops->weight_types : KVRT_WEIGHT_TYPES_BASE;
+    return (set & KVRT_WEIGHT_BIT(t)) != 0;
+}
+
+/* Types kvrt does not know, or that this backend has no kernels for. */
+static kvrt_status check_weight_type(kvrt_backend *be, kvrt_dtype t, const char *what)
+{
+    if (!kvrt_dtype_supported(t))
+        return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "%s type %s (%d) is not supported", what,
+                         kvrt_dtype_name(t), (int)t);
+    if (!kvrt_op_weight_type_ok(be, t))
+        return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "%s type %s is not supported on the %s backend", what,
+                         kvrt_dtype_name(t), be->ops->name);
+    return KVRT_OK;
+}
+
 static size_t weight_align(kvrt_dtype t)
 {
     return t == KVRT_DTYPE_F32 ? 4 : 2;
@@ -548,10 +568,7 @@ static size_t weight_align(kvrt_dtype t)
 kvrt_status kvrt_op_matmul(kvrt_backend *be, kvrt_dtype wtype, kvrt_view w, int64_t n_out, int64_t n_in, kvrt_view x,
                            int64_t x_stride, kvrt_view y, int64_t y_stride, int32_t n_tokens)
 {
-    if (!kvrt_dtype_supported(wtype))
-        return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED,
-                         "matmul: weight type %s (%d) is not supported (f32, f16, bf16, q8_0, q4_0)",
-                         kvrt_dtype_name(wtype), (int)wtype);
+    KVRT_TRY(check_weight_type(be, wtype, "matmul: weight"));
     if (n_out <= 0 || n_in <= 0 || n_tokens < 0)
         return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "matmul: bad shape n_out %lld, n_in %lld, n_tokens %d",
                          (long long)n_out, (long long)n_in, (int)n_tokens);
@@ -690,10 +707,7 @@ kvrt_status kvrt_op_add_bias(kvrt_backend *be, kvrt_view x, int64_t x_stride, kv
 kvrt_status kvrt_op_embed(kvrt_backend *be, kvrt_dtype wtype, kvrt_view table, int64_t dim, kvrt_view ids,
                           int32_t n_tokens, kvrt_view out)
 {
-    if (!kvrt_dtype_supported(wtype))
-        return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED,
-                         "embed: table type %s (%d) is not supported (f32, f16, bf16, q8_0, q4_0)",
-                         kvrt_dtype_name(wtype), (int)wtype);
+    KVRT_TRY(check_weight_type(be, wtype, "embed: table"));
     KVRT_TRY(check_count(be, n_tokens, 0, "embed: n_tokens"));
     KVRT_TRY(check_count(be, dim, 1, "embed: dim"));
     const size_t row_bytes = kvrt_dtype_row_bytes(wtype, dim);

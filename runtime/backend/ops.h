@@ -50,6 +50,8 @@ kvrt_be_abort_fn kvrt_op_abort;
  * keep s (and its message). Every error path after a begin goes through it. */
 kvrt_status kvrt_op_end_step(kvrt_backend *be, kvrt_status s);
 KVRT_BACKEND_KERNELS(KVRT_BACKEND_DECLARE, kvrt_op_)
+/* Whether matmul and embed take weights of type t on this backend (ops->weight_types). */
+bool kvrt_op_weight_type_ok(const kvrt_backend *be, kvrt_dtype t);
 kvrt_be_step_fn kvrt_op_save_caches; /* NULL entry: nothing to save, KVRT_OK */
 /* Turns per-op timing on or off (off always succeeds). */
 kvrt_be_set_profiling_fn kvrt_op_set_profiling;

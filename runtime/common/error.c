@@ -82,6 +82,16 @@ const char *kvrt_dtype_name(kvrt_dtype dtype)
     case KVRT_DTYPE_Q4_0: return "q4_0";
     case KVRT_DTYPE_Q8_0: return "q8_0";
     case KVRT_DTYPE_BF16: return "bf16";
+    case KVRT_DTYPE_Q4_1: return "q4_1";
+    case KVRT_DTYPE_Q5_0: return "q5_0";
+    case KVRT_DTYPE_Q5_1: return "q5_1";
+    case KVRT_DTYPE_Q2_K: return "q2_K";
+    case KVRT_DTYPE_Q3_K: return "q3_K";
+    case KVRT_DTYPE_Q4_K: return "q4_K";
+    case KVRT_DTYPE_Q5_K: return "q5_K";
+    case KVRT_DTYPE_Q6_K: return "q6_K";
+    case KVRT_DTYPE_IQ4_NL: return "iq4_nl";
+    case KVRT_DTYPE_IQ4_XS: return "iq4_xs";
     }
     return "?";
 }

@@ -151,6 +151,8 @@ kvrt_status kvrt_gguf_writer_add_array(kvrt_gguf_writer *w, const char *key, kvr
 /* String array; lens (bytes, >= 0) may be NULL (then strlen). */
 kvrt_status kvrt_gguf_writer_add_string_array(kvrt_gguf_writer *w, const char *key, const char *const *strs,
                                               const int32_t *lens, uint64_t n);
+/* A key/value as the reader holds it (any type, arrays included), under `key`. */
+kvrt_status kvrt_gguf_writer_copy_kv(kvrt_gguf_writer *w, const char *key, const kvrt_gguf_kv *kv);
 /* String array packed as one text: string i is text[offsets[i] .. offsets[i + 1]). */
 kvrt_status kvrt_gguf_writer_add_packed_strings(kvrt_gguf_writer *w, const char *key, const char *text,
                                                 const uint32_t *offsets, uint64_t n);

@@ -206,6 +206,28 @@ kvrt_status kvrt_gguf_writer_add_string_array(kvrt_gguf_writer *w, const char *k
     return kv_end(w, mark, s);
 }
 
+kvrt_status kvrt_gguf_writer_copy_kv(kvrt_gguf_writer *w, const char *key, const kvrt_gguf_kv *kv)
+{
+    size_t mark = w->kv_len;
+    kvrt_status s;
+    if (kv->type != KVRT_GGUF_ARRAY) {
+        s = kv_begin(w, key, kv->type);
+        if (s == KVRT_OK)
+            s = kv->type == KVRT_GGUF_STRING ? kv_put_str(w, kv->strs[0].ptr, (size_t)kv->strs[0].len)
+                                             : kv_put(w, kv->data, kvrt_gguf_type_size(kv->type));
+        return kv_end(w, mark, s);
+    }
+    s = array_header(w, key, kv->arr_type, kv->n);
+    if (kv->arr_type == KVRT_GGUF_STRING) {
+        for (uint64_t i = 0; i < kv->n && s == KVRT_OK; i++)
+            s = kv_put_str(w, kv->strs[i].ptr, (size_t)kv->strs[i].len);
+    } else if (s == KVRT_OK) {
+        /* the reader checked n * size against the file size */
+        s = kv_put(w, kv->data, (size_t)kv->n * kvrt_gguf_type_size(kv->arr_type));
+    }
+    return kv_end(w, mark, s);
+}
+
 kvrt_status kvrt_gguf_writer_add_packed_strings(kvrt_gguf_writer *w, const char *key, const char *text,
                                                 const uint32_t *offsets, uint64_t n)
 {

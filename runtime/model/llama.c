@@ -4,6 +4,7 @@
 #include "backend/ops.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 /* Activations of one step, each its own buffer (backends segment big ones). */
@@ -82,9 +83,22 @@ static kvrt_status be_fail(kvrt_backend *be, kvrt_error *err, kvrt_status s, con
 
 /* ---- weights ------------------------------------------------------------------ */
 
-static kvrt_status weight_load(kvrt_llama *lm, const kvrt_tensor_ref *t, llama_weight *w, kvrt_error *err)
+/* `name` is the tensor's GGUF name, for the error of a type the backend has
+ * no kernels for (layer < 0: no "blk.N." prefix). */
+static kvrt_status weight_load(kvrt_llama *lm, const kvrt_tensor_ref *t, int32_t layer, const char *name,
+                               llama_weight *w, kvrt_error *err)
 {
     kvrt_backend *be = lm->be;
+    if (!kvrt_op_weight_type_ok(be, t->type)) {
+        char full[64];
+        if (layer >= 0)
+            snprintf(full, sizeof(full), "blk.%d.%s", (int)layer, name);
+        else
+            snprintf(full, sizeof(full), "%s", name);
+        return kvrt_fail(err, KVRT_ERR_UNSUPPORTED,
+                         "tensor '%s' has type %s, which the %s backend does not run (the cpu backend does)", full,
+                         kvrt_dtype_name(t->type), be->ops->name);
+    }
     w->type = t->type;
     w->ne[0] = t->ne[0];
     w->ne[1] = t->ne[1];
@@ -99,7 +113,8 @@ static void weight_free(kvrt_llama *lm, llama_weight *w)
     w->buf = NULL;
 }
 
-static kvrt_status load_layer(kvrt_llama *lm, const kvrt_llama_layer *src, llama_layer_w *dst, kvrt_error *err)
+static kvrt_status load_layer(kvrt_llama *lm, int32_t layer, const kvrt_llama_layer *src, llama_layer_w *dst,
+                              kvrt_error *err)
 {
     const kvrt_tensor_ref *refs[] = {&src->attn_norm, &src->wq,     &src->wk,       &src->wv,       &src->wo,
                                      &src->ffn_norm,  &src->ffn_gate, &src->ffn_down, &src->ffn_up, &src->bq,
@@ -107,9 +122,14 @@ static kvrt_status load_layer(kvrt_llama *lm, const kvrt_llama_layer *src, llama
     llama_weight *ws[] = {&dst->attn_norm, &dst->wq,       &dst->wk,       &dst->wv,     &dst->wo,
                           &dst->ffn_norm,  &dst->ffn_gate, &dst->ffn_down, &dst->ffn_up, &dst->bq,
                           &dst->bk,        &dst->bv,       &dst->q_norm,   &dst->k_norm};
+    static const char *const names[] = {"attn_norm.weight", "attn_q.weight",   "attn_k.weight",  "attn_v.weight",
+                                        "attn_output.weight", "ffn_norm.weight", "ffn_gate.weight",
+                                        "ffn_down.weight",  "ffn_up.weight",   "attn_q.bias",    "attn_k.bias",
+                                        "attn_v.bias",      "attn_q_norm.weight", "attn_k_norm.weight"};
+    _Static_assert(KVRT_ARRAY_LEN(names) == KVRT_ARRAY_LEN(refs), "a name per tensor");
     for (size_t i = 0; i < KVRT_ARRAY_LEN(refs); i++)
         if (refs[i]->data) /* the family's optional tensors may be absent */
-            KVRT_TRY(weight_load(lm, refs[i], ws[i], err));
+            KVRT_TRY(weight_load(lm, refs[i], layer, names[i], ws[i], err));
     return KVRT_OK;
 }
 
@@ -231,13 +251,13 @@ kvrt_status kvrt_llama_create(kvrt_backend *be, const kvrt_model_file *mf, int32
     lm->layers = kvrt_calloc(be->alloc, (size_t)mf->hp.n_layer, sizeof(*lm->layers));
     kvrt_status s = lm->layers ? KVRT_OK : kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "model: out of host memory");
     if (s == KVRT_OK)
-        s = weight_load(lm, &mf->w.tok_embd, &lm->tok_embd, err);
+        s = weight_load(lm, &mf->w.tok_embd, -1, "token_embd.weight", &lm->tok_embd, err);
     if (s == KVRT_OK)
-        s = weight_load(lm, &mf->w.output_norm, &lm->output_norm, err);
+        s = weight_load(lm, &mf->w.output_norm, -1, "output_norm.weight", &lm->output_norm, err);
     if (s == KVRT_OK)
-        s = weight_load(lm, &mf->w.output, &lm->output, err);
+        s = weight_load(lm, &mf->w.output, -1, "output.weight", &lm->output, err);
     for (int32_t l = 0; s == KVRT_OK && l < mf->hp.n_layer; l++)
-        s = load_layer(lm, &mf->w.layers[l], &lm->layers[l], err);
+        s = load_layer(lm, l, &mf->w.layers[l], &lm->layers[l], err);
     if (s == KVRT_OK)
         s = build_rope_table(lm, err);
     if (s != KVRT_OK) {

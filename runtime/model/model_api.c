@@ -135,6 +135,12 @@ static uint64_t tensor_values(const kvrt_tensor_ref *t)
     return (uint64_t)t->ne[0] * (uint64_t)t->ne[1];
 }
 
+static void count_type(kvrt_model_info *out, const kvrt_tensor_ref *t)
+{
+    if ((unsigned)t->type < KVRT_ARRAY_LEN(out->tensors_of_type))
+        out->tensors_of_type[t->type]++;
+}
+
 kvrt_status kvrt_model_get_info(const kvrt_model *m, kvrt_model_info *out)
 {
     if (!m || !out)
@@ -163,6 +169,7 @@ kvrt_status kvrt_model_get_info(const kvrt_model *m, kvrt_model_info *out)
             continue; /* tied classifier: counted once */
         out->n_params += tensor_values(global[i]);
         out->weight_bytes += global[i]->nbytes;
+        count_type(out, global[i]);
     }
     for (int32_t l = 0; l < hp->n_layer; l++) {
         const kvrt_llama_layer *L = &mf->w.layers[l];
@@ -171,6 +178,7 @@ kvrt_status kvrt_model_get_info(const kvrt_model *m, kvrt_model_info *out)
         for (size_t i = 0; i < KVRT_ARRAY_LEN(ts); i++) {
             out->n_params += tensor_values(ts[i]);
             out->weight_bytes += ts[i]->nbytes;
+            count_type(out, ts[i]);
         }
     }
     return KVRT_OK;

@@ -378,6 +378,21 @@ static kvrt_status read_hparams(const kvrt_gguf *g, kvrt_model_file *mf, kvrt_er
 
 /* ---- GGUF tensors ------------------------------------------------------------------- */
 
+/* A NaN or infinite block scale would turn whole rows of outputs into NaN
+ * on every backend: refused at load, naming the tensor and block. Reading
+ * the scales touches every page of the tensor once; with the pages already
+ * cached that is the cost of their first-touch faults, which the first
+ * forward pass would pay anyway (docs/architecture.md). */
+static kvrt_status check_scales(const kvrt_tensor_ref *t, const char *name, kvrt_error *err)
+{
+    int64_t bad;
+    if (kvrt_dtype_row_scales_finite(t->type, t->data, t->ne[0] * t->ne[1], &bad))
+        return KVRT_OK;
+    int64_t per_row = t->ne[0] / kvrt_dtype_block_values(t->type);
+    return kvrt_fail(err, KVRT_ERR_BAD_MODEL, "tensor '%s' (%s): block %lld of row %lld has a NaN or infinite scale",
+                     name, kvrt_dtype_name(t->type), (long long)(bad % per_row), (long long)(bad / per_row));
+}
+
 static kvrt_status bind_tensor(const kvrt_gguf *g, const kvrt_model_file *mf, const char *name, bool optional,
                                kvrt_tensor_ref *out, int64_t *bound, kvrt_error *err)
 {
@@ -401,7 +416,7 @@ static kvrt_status bind_tensor(const kvrt_gguf *g, const kvrt_model_file *mf, co
     if (out->nbytes != t->nbytes)
         return kvrt_fail(err, KVRT_ERR_INTERNAL, "tensor '%s': size disagreement", name);
     (*bound)++;
-    return KVRT_OK;
+    return check_scales(out, name, err);
 }
 
 static void report(const kvrt_load_progress *progress, double fraction)

@@ -215,25 +215,46 @@ kvrt_status kvrt_llama_add_vocab(kvrt_gguf_writer *w, const kvrt_vocab *v)
     return KVRT_OK;
 }
 
-kvrt_status kvrt_llama_add_tensors(kvrt_gguf_writer *w, const kvrt_llama_hparams *hp, kvrt_dtype main_type,
-                                   bool with_output)
+kvrt_dtype kvrt_llama_tensor_type_mix(const kvrt_quant_mix *mix, kvrt_dtype main_type, const kvrt_llama_hparams *hp,
+                                      const char *name, int64_t ne0, int64_t ne1, bool with_output)
+{
+    if (!mix)
+        return kvrt_llama_tensor_type(main_type, ne0, ne1);
+    return kvrt_quant_mix_type(mix, hp, name, ne0, ne1, !with_output);
+}
+
+kvrt_status kvrt_llama_add_tensors_mix(kvrt_gguf_writer *w, const kvrt_llama_hparams *hp, kvrt_dtype main_type,
+                                       const kvrt_quant_mix *mix, bool with_output)
 {
     kvrt_llama_layout l = {.with_output = with_output};
-    return kvrt_llama_add_layout_tensors(w, hp, &l, main_type);
+    return kvrt_llama_add_layout_tensors_mix(w, hp, &l, main_type, mix);
 }
 
 kvrt_status kvrt_llama_add_layout_tensors(kvrt_gguf_writer *w, const kvrt_llama_hparams *hp,
                                           const kvrt_llama_layout *l, kvrt_dtype main_type)
+{
+    return kvrt_llama_add_layout_tensors_mix(w, hp, l, main_type, NULL);
+}
+
+kvrt_status kvrt_llama_add_layout_tensors_mix(kvrt_gguf_writer *w, const kvrt_llama_hparams *hp,
+                                              const kvrt_llama_layout *l, kvrt_dtype main_type,
+                                              const kvrt_quant_mix *mix)
 {
     int32_t n = kvrt_llama_layout_count(hp, l);
     for (int32_t i = 0; i < n; i++) {
         char name[64];
         int64_t ne[2];
         kvrt_llama_layout_desc(hp, l, i, name, sizeof(name), &ne[0], &ne[1]);
-        kvrt_dtype t = kvrt_llama_tensor_type(main_type, ne[0], ne[1]);
+        kvrt_dtype t = kvrt_llama_tensor_type_mix(mix, main_type, hp, name, ne[0], ne[1], l->with_output);
         KVRT_TRY(kvrt_gguf_writer_add_tensor(w, name, (uint32_t)t, ne[1] == 1 ? 1 : 2, ne));
     }
     return KVRT_OK;
+}
+
+kvrt_status kvrt_llama_add_tensors(kvrt_gguf_writer *w, const kvrt_llama_hparams *hp, kvrt_dtype main_type,
+                                   bool with_output)
+{
+    return kvrt_llama_add_tensors_mix(w, hp, main_type, NULL, with_output);
 }
 
 /* ---- export of a loaded model -------------------------------------------------------------- */
@@ -422,7 +443,7 @@ static float rng_normal(uint64_t *s)
 static kvrt_status write_tensor(kvrt_gguf_writer *w, FILE *f, const kvrt_synth_params *p, const char *name,
                                 int64_t ne0, int64_t ne1, uint64_t *rng, float *row, void *qrow)
 {
-    kvrt_dtype t = kvrt_llama_tensor_type(p->type, ne0, ne1);
+    kvrt_dtype t = kvrt_llama_tensor_type_mix(p->mix, p->type, &p->hp, name, ne0, ne1, !p->tied_output);
     size_t rb = kvrt_dtype_row_bytes(t, ne0);
     float sd = p->stddev > 0.0f ? p->stddev : 0.02f;
     bool bias = strstr(name, ".bias") != NULL, freqs = !strcmp(name, "rope_freqs.weight");
@@ -474,9 +495,11 @@ static kvrt_status synth_header(const kvrt_synth_params *p, const kvrt_vocab *v,
      * readers (kvrt, llama.cpp) take it from general.name, so keep it there. */
     KVRT_TRY(kvrt_llama_add_hparams(w, &p->hp, v->special_rstrip ? "kvrt-synth phi3" : "kvrt-synth"));
     KVRT_TRY(kvrt_llama_add_vocab(w, v));
+    if (p->mix)
+        KVRT_TRY(kvrt_gguf_writer_add_u32(w, "general.file_type", p->mix->file_type));
     if (!p->vocab_only) {
         kvrt_llama_layout l = kvrt_synth_layout(p);
-        KVRT_TRY(kvrt_llama_add_layout_tensors(w, &p->hp, &l, p->type));
+        KVRT_TRY(kvrt_llama_add_layout_tensors_mix(w, &p->hp, &l, p->type, p->mix));
     }
     return kvrt_gguf_writer_write_header(w, f);
 }
@@ -515,7 +538,7 @@ kvrt_status kvrt_synth_write(const kvrt_synth_params *p, const kvrt_allocator *a
     kvrt_llama_hparams hp = p->hp;
     if (kvrt_llama_hparams_check(&hp, err) != KVRT_OK)
         return err ? (err->status = KVRT_ERR_INVALID_ARGUMENT) : KVRT_ERR_INVALID_ARGUMENT;
-    if (!kvrt_dtype_supported(p->type))
+    if (!kvrt_dtype_supported(p->mix ? p->mix->base : p->type))
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "synthetic model type %d is not supported", (int)p->type);
     KVRT_TRY(check_synth_size(&hp, err));
     int64_t max_row = KVRT_MAX(KVRT_MAX((int64_t)hp.n_embd, (int64_t)hp.n_ff), (int64_t)hp.n_head * hp.head_dim);

@@ -6,6 +6,7 @@
 
 #include "model/gguf.h"
 #include "model/model_file.h"
+#include "model/quant_mix.h"
 
 /* ---- llama GGUF layout ---------------------------------------------------------- */
 
@@ -28,6 +29,10 @@ void kvrt_llama_layout_desc(const kvrt_llama_hparams *hp, const kvrt_llama_layou
 const kvrt_tensor_ref *kvrt_llama_layout_ref(const kvrt_model_file *mf, const kvrt_llama_layout *l, int32_t index);
 kvrt_status kvrt_llama_add_layout_tensors(kvrt_gguf_writer *w, const kvrt_llama_hparams *hp,
                                           const kvrt_llama_layout *l, kvrt_dtype main_type);
+/* The same with the per-tensor types of a preset mix (NULL: main_type's rules). */
+kvrt_status kvrt_llama_add_layout_tensors_mix(kvrt_gguf_writer *w, const kvrt_llama_hparams *hp,
+                                              const kvrt_llama_layout *l, kvrt_dtype main_type,
+                                              const kvrt_quant_mix *mix);
 
 /* The same for the plain layout (no rope_freqs, biases or norms). */
 /* Number of tensors of a llama model with n_layer layers (output.weight included when untied). */
@@ -47,9 +52,16 @@ kvrt_dtype kvrt_llama_tensor_type(kvrt_dtype main_type, int64_t ne0, int64_t ne1
 kvrt_status kvrt_llama_add_hparams(kvrt_gguf_writer *w, const kvrt_llama_hparams *hp, const char *name);
 /* tokenizer.ggml.* keys of a SentencePiece ("llama") vocabulary. */
 kvrt_status kvrt_llama_add_vocab(kvrt_gguf_writer *w, const kvrt_vocab *v);
+/* The type of a tensor in a file of a preset mix (mix != NULL, see
+ * quant_mix.h) or, with mix NULL, of matrices `main_type` (as above). */
+kvrt_dtype kvrt_llama_tensor_type_mix(const kvrt_quant_mix *mix, kvrt_dtype main_type, const kvrt_llama_hparams *hp,
+                                      const char *name, int64_t ne0, int64_t ne1, bool with_output);
 /* Adds every tensor info (after the keys). */
 kvrt_status kvrt_llama_add_tensors(kvrt_gguf_writer *w, const kvrt_llama_hparams *hp, kvrt_dtype main_type,
                                    bool with_output);
+/* The same with the types of a preset mix (NULL: as above). */
+kvrt_status kvrt_llama_add_tensors_mix(kvrt_gguf_writer *w, const kvrt_llama_hparams *hp, kvrt_dtype main_type,
+                                       const kvrt_quant_mix *mix, bool with_output);
 
 /* Writes a loaded model as a llama GGUF whose matrices are `type` (rows
  * converted one at a time; the source may be any type kvrt runs). name:
@@ -68,11 +80,12 @@ kvrt_status kvrt_llama_export_gguf(const kvrt_model_file *mf, const kvrt_gguf_ex
 
 typedef struct kvrt_synth_params {
     kvrt_llama_hparams hp; /* n_vocab, n_embd, n_layer, n_ff, n_head, n_head_kv, n_ctx_train (+ optional rope/eps) */
-    kvrt_dtype type;       /* matrices: F32, F16, Q8_0, Q4_0 (BF16 also works) */
+    kvrt_dtype type;       /* matrices: any type kvrt runs */
     uint64_t seed;
     bool tied_output;      /* no output.weight */
     float stddev;          /* of the matrices; 0 = 0.02 */
     bool vocab_only;       /* keys and vocabulary, no tensors (a tokenizer-only file) */
+    const kvrt_quant_mix *mix; /* per-tensor types of a preset (general.file_type too); NULL: `type` */
     const kvrt_vocab *vocab; /* a real vocabulary to write (its size sets hp.n_vocab); NULL = the synthetic one */
     bool rope_freqs;       /* write rope_freqs.weight (llama; per-pair divisors rising from 1 to 8) */
     bool bias;             /* Q/K/V biases on a llama model (qwen2 always has them) */

@@ -1,10 +1,13 @@
 /* libFuzzer entry: the GGUF reader and the GGUF -> model file mapping on
- * arbitrary bytes, with and without vocabulary-only files accepted. Any
+ * arbitrary bytes, with and without vocabulary-only files accepted, and the
+ * reference dequantizer of every weight type on the matrices of a file that
+ * loads (the corpus holds k-quant, iq4 and legacy mixes). Any
  * crash, sanitizer report or leak is a bug; errors are expected. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/quant.h"
 #include "model/gguf.h"
 #include "model/model_file.h"
 
@@ -35,6 +38,25 @@ static uint64_t touch_reader(const kvrt_gguf *g)
     return h;
 }
 
+/* Dequantizes the first and last row of a weight (any type kvrt runs, the
+ * block formats on fuzzed bytes: scales of any value, NaN included). */
+static uint64_t touch_rows(const kvrt_tensor_ref *t)
+{
+    float *row = malloc((size_t)t->ne[0] * sizeof(float));
+    if (!row)
+        return 0;
+    size_t rb = kvrt_dtype_row_bytes(t->type, t->ne[0]);
+    uint64_t h = 0;
+    for (int64_t r = 0; r < t->ne[1]; r += t->ne[1] > 1 ? t->ne[1] - 1 : 1) {
+        kvrt_dequantize_row(t->type, (const uint8_t *)t->data + (size_t)r * rb, row, t->ne[0]);
+        uint32_t bits;
+        memcpy(&bits, &row[t->ne[0] - 1], sizeof(bits));
+        h += bits;
+    }
+    free(row);
+    return h;
+}
+
 static uint64_t touch_model(const kvrt_model_file *mf)
 {
     uint64_t h = 0;
@@ -46,6 +68,11 @@ static uint64_t touch_model(const kvrt_model_file *mf)
                                   &mf->w.layers[mf->hp.n_layer - 1].ffn_up};
     for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
         h += ((const uint8_t *)t[i]->data)[t[i]->nbytes - 1];
+    const kvrt_llama_layer *l = &mf->w.layers[0];
+    const kvrt_tensor_ref *m[] = {&mf->w.tok_embd, &mf->w.output, &l->wq, &l->wk, &l->wv, &l->wo,
+                                  &l->ffn_gate, &l->ffn_down, &l->ffn_up};
+    for (size_t i = 0; i < sizeof(m) / sizeof(m[0]); i++)
+        h += touch_rows(m[i]);
     return h;
 }
 

@@ -57,7 +57,7 @@ typedef struct model_opts {
     const char *model_path;                 /* --model FILE, or NULL: synthetic models */
     char presets[MAX_LIST][NAME_MAX_LEN];   /* synthetic shapes (kvrt_synth_preset names) */
     int n_presets;
-    kvrt_dtype types[MAX_LIST];             /* weight types of the synthetic models */
+    kvrt_quant_mix types[MAX_LIST];         /* weight types or presets of the synthetic models */
     int n_types;
     int32_t threads[MAX_LIST];
     int n_threads;
@@ -75,6 +75,7 @@ typedef struct model_opts {
 typedef struct model_result {
     char model[NAME_MAX_LEN];
     kvrt_dtype type;            /* type of most matrices */
+    char label[16];             /* the synthetic model's type or preset; the type of most matrices of a file */
     int32_t threads;
     bool blas;                  /* OpenBLAS allowed on the CPU (KVRT_FEATURE_BLAS not disabled) */
     uint64_t n_params;
@@ -168,20 +169,18 @@ static bool split_list(const char *flag, const char *s, char items[MAX_LIST][NAM
     }
 }
 
+/* Weight types and presets, as kvrt-quantize names them (model/quant_mix.h). */
 static bool parse_types(const char *prog, const char *flag, const char *s, void *dst)
 {
-    static const char *const names[] = {"f32", "f16", "bf16", "q8_0", "q4_0"};
-    static const kvrt_dtype values[] = {KVRT_DTYPE_F32, KVRT_DTYPE_F16, KVRT_DTYPE_BF16, KVRT_DTYPE_Q8_0,
-                                        KVRT_DTYPE_Q4_0};
     model_opts *o = dst;
     char items[MAX_LIST][NAME_MAX_LEN];
     if (!split_list(flag, s, items, &o->n_types))
         return false;
     for (int i = 0; i < o->n_types; i++) {
-        int t = kvrt_cli_choice(prog, flag, items[i], names, (int)KVRT_ARRAY_LEN(names));
-        if (t < 0)
+        if (!kvrt_quant_mix_find(items[i], false, &o->types[i])) {
+            kvrt_cli_error(prog, "%s: unknown value '%s' (one of: %s)", flag, items[i], kvrt_quant_mix_names());
             return false;
-        o->types[i] = values[t];
+        }
     }
     return true;
 }
@@ -253,9 +252,9 @@ static void default_opts(model_opts *o)
     snprintf(o->presets[0], NAME_MAX_LEN, "15m");
     snprintf(o->presets[1], NAME_MAX_LEN, "110m");
     o->n_presets = 2;
-    o->types[0] = KVRT_DTYPE_F32;
-    o->types[1] = KVRT_DTYPE_F16;
-    o->types[2] = KVRT_DTYPE_Q8_0;
+    kvrt_quant_mix_find("f32", false, &o->types[0]);
+    kvrt_quant_mix_find("f16", false, &o->types[1]);
+    kvrt_quant_mix_find("q8_0", false, &o->types[2]);
     o->n_types = 3;
     o->blas[0] = true;
     o->n_blas = 1;
@@ -336,7 +335,8 @@ static int parse_args(int argc, char **argv, model_opts *o)
         {.name = "preset", .kind = KVRT_CLI_KIND_CALL, .call = parse_presets, .dst = o, .meta = "LIST",
          .help = "synthetic shapes: tiny, 15m, 110m, 1b, 7b (default 15m,110m)", .seen = &g.preset},
         KVRT_CLI_CALL(0, "type", parse_types, o, "LIST",
-                      "synthetic weight types: f32, f16, bf16, q8_0, q4_0 (default f32,f16,q8_0)"),
+                      "synthetic weight types or presets, as kvrt-quantize takes them\n"
+                      "(Q4_K_M, Q6_K, q4_K, f16, ...; default f32,f16,q8_0)"),
         INT_OPT("prompt-len", &o->prompt_len, &g.prompt, 1 << 16, "prefill tokens (default 128)"),
         INT_OPT("gen", &o->gen, &g.gen, 1 << 16, "decode tokens (default 64)"),
         INT_OPT("reps", &o->reps, &g.reps, 1000, "repetitions, best reported (default 3)"),
@@ -388,7 +388,7 @@ static int parse_args(int argc, char **argv, model_opts *o)
 /* ---- models ------------------------------------------------------------------------- */
 
 /* The shape of a preset, or of the --quick model. */
-static void synth_params(const char *preset, kvrt_dtype type, kvrt_synth_params *p)
+static void synth_params(const char *preset, const kvrt_quant_mix *type, kvrt_synth_params *p)
 {
     if (strcmp(preset, QUICK_MODEL) == 0) {
         kvrt_synth_preset("tiny", p);
@@ -402,7 +402,8 @@ static void synth_params(const char *preset, kvrt_dtype type, kvrt_synth_params 
     } else {
         kvrt_synth_preset(preset, p);
     }
-    p->type = type;
+    p->type = type->base;
+    p->mix = type;
 }
 
 /* Prints the writer's progress when the whole percentage changes. */
@@ -417,16 +418,16 @@ static void write_progress(void *user, double fraction)
         fputc('\n', stderr);
 }
 
-static kvrt_status write_synth(const char *preset, kvrt_dtype type, kvrt_error *err)
+static kvrt_status write_synth(const char *preset, const kvrt_quant_mix *type, kvrt_error *err)
 {
     kvrt_synth_params p;
     synth_params(preset, type, &p);
-    int len = snprintf(g_tmp_file, sizeof(g_tmp_file), "%s/%s-%s.gguf", g_tmp_dir, preset, kvrt_dtype_name(type));
+    int len = snprintf(g_tmp_file, sizeof(g_tmp_file), "%s/%s-%s.gguf", g_tmp_dir, preset, type->name);
     if (len < 0 || (size_t)len >= sizeof(g_tmp_file)) {
         g_tmp_file[0] = '\0';
         return kvrt_fail(err, KVRT_ERR_IO, "temporary path too long under %s", g_tmp_dir);
     }
-    fprintf(stderr, "%s: synthetic %s %s -> %s\n", PROG, preset, kvrt_dtype_name(type), g_tmp_file);
+    fprintf(stderr, "%s: synthetic %s %s -> %s\n", PROG, preset, type->name, g_tmp_file);
     int last = -1;
     kvrt_load_progress progress = {write_progress, &last};
     FILE *f = fopen(g_tmp_file, "wb");
@@ -695,8 +696,8 @@ static kvrt_status time_on_cpu(kvrt_context *cpu, const model_opts *o, const cha
  * the KV-cache table (when `do_cache`: the first of them; the table compares
  * algorithms, not thread counts, and one thread is the least disturbed on a
  * shared machine). */
-static kvrt_status bench_config(model_run *run, const char *path, const char *name, bool throughput, bool do_cache,
-                                int ti, int bi, kvrt_error *err)
+static kvrt_status bench_config(model_run *run, const char *path, const char *name, const char *label,
+                                bool throughput, bool do_cache, int ti, int bi, kvrt_error *err)
 {
     const model_opts *o = &run->o;
     if (!throughput && !do_cache)
@@ -716,6 +717,7 @@ static kvrt_status bench_config(model_run *run, const char *path, const char *na
     if (r) {
         snprintf(r->model, NAME_MAX_LEN, "%s", name);
         r->type = info.weight_type;
+        snprintf(r->label, sizeof(r->label), "%s", label ? label : kvrt_dtype_name(info.weight_type));
         r->threads = o->threads[ti];
         r->blas = o->blas[bi];
         r->n_params = info.n_params;
@@ -742,14 +744,14 @@ static kvrt_status bench_config(model_run *run, const char *path, const char *na
 }
 
 /* Every thread count and --blas mode in turn. */
-static kvrt_status bench_file(model_run *run, const char *path, const char *name, bool throughput, bool cache,
-                              kvrt_error *err)
+static kvrt_status bench_file(model_run *run, const char *path, const char *name, const char *label,
+                              bool throughput, bool cache, kvrt_error *err)
 {
     const model_opts *o = &run->o;
     kvrt_status st = KVRT_OK;
     for (int ti = 0; st == KVRT_OK && ti < o->n_threads; ti++)
         for (int bi = 0; st == KVRT_OK && bi < o->n_blas; bi++)
-            st = bench_config(run, path, name, throughput, cache && ti == 0 && bi == 0, ti, bi, err);
+            st = bench_config(run, path, name, label, throughput, cache && ti == 0 && bi == 0, ti, bi, err);
     return st;
 }
 
@@ -766,23 +768,23 @@ static kvrt_status bench_all(model_run *run, kvrt_error *err)
     const model_opts *o = &run->o;
     bool want_cache = o->n_cache_lens > 0, cache_done = false;
     if (o->model_path)
-        return bench_file(run, o->model_path, base_name(o->model_path), true, want_cache, err);
+        return bench_file(run, o->model_path, base_name(o->model_path), NULL, true, want_cache, err);
     KVRT_TRY(make_tmp_dir(err));
     kvrt_status st = KVRT_OK;
     for (int pi = 0; st == KVRT_OK && pi < o->n_presets; pi++) {
         for (int ti = 0; st == KVRT_OK && ti < o->n_types; ti++) {
             bool cache = want_cache && ti == 0 && strcmp(o->presets[pi], o->cache_preset) == 0;
-            st = write_synth(o->presets[pi], o->types[ti], err);
+            st = write_synth(o->presets[pi], &o->types[ti], err);
             if (st == KVRT_OK)
-                st = bench_file(run, g_tmp_file, o->presets[pi], true, cache, err);
+                st = bench_file(run, g_tmp_file, o->presets[pi], o->types[ti].name, true, cache, err);
             cache_done |= cache;
             remove_synth();
         }
     }
     if (st == KVRT_OK && want_cache && !cache_done) {
-        st = write_synth(o->cache_preset, o->types[0], err);
+        st = write_synth(o->cache_preset, &o->types[0], err);
         if (st == KVRT_OK)
-            st = bench_file(run, g_tmp_file, o->cache_preset, false, true, err);
+            st = bench_file(run, g_tmp_file, o->cache_preset, o->types[0].name, false, true, err);
         remove_synth();
     }
     return st;
@@ -839,7 +841,7 @@ static void print_table(const model_run *run, FILE *f)
         if (!kvrt_table_row(&t))
             break;
         kvrt_table_cell(&t, "%s", r->model);
-        kvrt_table_cell(&t, "%s", kvrt_dtype_name(r->type));
+        kvrt_table_cell(&t, "%s", r->label);
         kvrt_table_cell(&t, "%.1f", (double)r->n_params * 1e-6);
         kvrt_table_cell(&t, "%.1f", mib(r->weight_bytes));
         kvrt_table_cell(&t, "%.1f", mib(r->bytes_per_token));
@@ -933,7 +935,7 @@ static void json_result(kvrt_json *j, const model_run *run, const model_result *
     const model_opts *o = &run->o;
     kvrt_json_begin_object(j, NULL);
     kvrt_json_str(j, "model", r->model);
-    kvrt_json_str(j, "type", kvrt_dtype_name(r->type));
+    kvrt_json_str(j, "type", r->label);
     kvrt_json_int(j, "threads", r->threads);
     kvrt_json_bool(j, "blas", r->blas);
     kvrt_json_int(j, "n_params", (int64_t)r->n_params);

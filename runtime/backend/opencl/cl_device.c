@@ -345,6 +345,7 @@ static void cl_destroy(kvrt_backend *be)
 static const kvrt_backend_ops cl_ops = {
     .interface_version = KVRT_BACKEND_INTERFACE_VERSION,
     .name = "opencl",
+    .weight_types = KVRT_WEIGHT_TYPES_ALL,
     .destroy = cl_destroy,
     .buffer_create = kvrt_cl_buffer_create,
     .buffer_destroy = kvrt_cl_buffer_destroy,

@@ -9,7 +9,8 @@
 enum {
     CL_K_RMSNORM = 0, CL_K_ROPE, CL_K_SWIGLU, CL_K_ADD, CL_K_GATHER,
     CL_K_EMBED_F32, CL_K_EMBED_F16, CL_K_EMBED_BF16, CL_K_EMBED_Q8_0, CL_K_EMBED_Q4_0,
-    CL_K_MATMUL_F32, CL_K_MATMUL_F16, CL_K_MATMUL_BF16, CL_K_MATMUL_Q8_0, CL_K_MATMUL_Q4_0, CL_K_ADD_BIAS
+    CL_K_MATMUL_F32, CL_K_MATMUL_F16, CL_K_MATMUL_BF16, CL_K_MATMUL_Q8_0, CL_K_MATMUL_Q4_0, CL_K_ADD_BIAS,
+    CL_K_EMBED_Q, CL_K_MATMUL_Q /* issue #14's types: args.wtype picks the layout */
 };
 
 /* Tokens per matmul work-group (MM_TT in ops.cl). */
@@ -31,6 +32,16 @@ static const cl_wtype cl_wtypes[] = {
     {KVRT_DTYPE_BF16, 2, 1, 1, CL_K_EMBED_BF16, CL_K_MATMUL_BF16},
     {KVRT_DTYPE_Q8_0, 2, 32, 17, CL_K_EMBED_Q8_0, CL_K_MATMUL_Q8_0},
     {KVRT_DTYPE_Q4_0, 2, 32, 9, CL_K_EMBED_Q4_0, CL_K_MATMUL_Q4_0},
+    {KVRT_DTYPE_Q4_1, 2, 32, 10, CL_K_EMBED_Q, CL_K_MATMUL_Q},
+    {KVRT_DTYPE_Q5_0, 2, 32, 11, CL_K_EMBED_Q, CL_K_MATMUL_Q},
+    {KVRT_DTYPE_Q5_1, 2, 32, 12, CL_K_EMBED_Q, CL_K_MATMUL_Q},
+    {KVRT_DTYPE_IQ4_NL, 2, 32, 9, CL_K_EMBED_Q, CL_K_MATMUL_Q},
+    {KVRT_DTYPE_Q2_K, 2, 256, 42, CL_K_EMBED_Q, CL_K_MATMUL_Q},
+    {KVRT_DTYPE_Q3_K, 2, 256, 55, CL_K_EMBED_Q, CL_K_MATMUL_Q},
+    {KVRT_DTYPE_Q4_K, 2, 256, 72, CL_K_EMBED_Q, CL_K_MATMUL_Q},
+    {KVRT_DTYPE_Q5_K, 2, 256, 88, CL_K_EMBED_Q, CL_K_MATMUL_Q},
+    {KVRT_DTYPE_Q6_K, 2, 256, 105, CL_K_EMBED_Q, CL_K_MATMUL_Q},
+    {KVRT_DTYPE_IQ4_XS, 2, 256, 68, CL_K_EMBED_Q, CL_K_MATMUL_Q},
 };
 
 #define CL_OPS_LOCAL 64
@@ -179,7 +190,7 @@ static kvrt_status cl_wtype_row(kvrt_cl_backend *cl, kvrt_dtype type, int64_t n,
         return KVRT_OK;
     }
     return kvrt_fail(&cl->base.err, KVRT_ERR_UNSUPPORTED,
-                     "opencl: %s: %s weights are not supported (f32, f16, bf16, q8_0, q4_0)", what,
+                     "opencl: %s: %s weights are not supported", what,
                      kvrt_dtype_name(type));
 }
 
@@ -259,7 +270,7 @@ kvrt_status kvrt_cl_embed(kvrt_backend *be, kvrt_dtype wtype, kvrt_view table, i
     if (n_rows < 1)
         return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "opencl: embed: the table holds no row of %lld values",
                          (long long)dim);
-    kvrt_cl_op_args a = {.stride = {row_units}, .rows = n_tokens, .dim = (int32_t)dim};
+    kvrt_cl_op_args a = {.stride = {row_units}, .rows = n_tokens, .dim = (int32_t)dim, .wtype = (int32_t)wtype};
     cl_mem m[3];
     KVRT_TRY(cl_rows(cl, ids, 1, n_tokens, KVRT_MAX(n_tokens, 1), 4, "embed: ids", &m[1], &a.off[1]));
     KVRT_TRY(cl_rows(cl, out, n_tokens, dim, dim, 4, "embed: out", &m[2], &a.off[2]));
@@ -301,7 +312,8 @@ kvrt_status kvrt_cl_matmul(kvrt_backend *be, kvrt_dtype wtype, kvrt_view w, int6
     int64_t row_units = 0;
     KVRT_TRY(cl_wtype_row(cl, wtype, n_in, "matmul", &wt, &row_units));
     const size_t pitch = (size_t)row_units * wt->unit;
-    kvrt_cl_op_args a = {.stride = {row_units, x_stride, y_stride}, .n = n_in, .rows = n_tokens};
+    kvrt_cl_op_args a = {.stride = {row_units, x_stride, y_stride}, .n = n_in, .rows = n_tokens,
+                         .wtype = (int32_t)wtype};
     cl_mem m[3];
     KVRT_TRY(cl_rows_prepare(cl, w, n_out, pitch, pitch, wt->unit, "matmul: weight"));
     KVRT_TRY(cl_rows(cl, x, n_tokens, x_stride, n_in, 4, "matmul: x", &m[1], &a.off[1]));

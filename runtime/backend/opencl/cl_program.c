@@ -25,7 +25,7 @@ static const cl_program_desc cl_programs[KVRT_CL_PROG_COUNT] = {
     [KVRT_CL_PROG_OPS] = {"ops.cl", kvrt_cl_src_ops,
                           {"rmsnorm", "rope", "swiglu", "add", "gather_rows", "embed_f32", "embed_f16", "embed_bf16",
                            "embed_q8_0", "embed_q4_0", "matmul_f32", "matmul_f16", "matmul_bf16", "matmul_q8_0",
-                           "matmul_q4_0", "add_bias", NULL}},
+                           "matmul_q4_0", "add_bias", "embed_q", "matmul_q", NULL}},
 };
 
 static const char *const cl_variant_options[KVRT_CL_VARIANT_COUNT] = {

@@ -438,6 +438,7 @@ static kvrt_status vk_buffer_download(kvrt_backend *be, kvrt_buffer *src, size_t
 static const kvrt_backend_ops vk_ops = {
     .interface_version = KVRT_BACKEND_INTERFACE_VERSION,
     .name = "vulkan",
+    .weight_types = KVRT_WEIGHT_TYPES_ALL,
     .destroy = vk_destroy,
     .buffer_create = vk_buffer_create,
     .buffer_destroy = vk_buffer_destroy,

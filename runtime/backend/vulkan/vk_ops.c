@@ -4,6 +4,7 @@
  * gather, row gather. Each maps its views to segments, then records one
  * dispatch (inside the open step, or as its own step when none is open). */
 #include "backend/vulkan/vk_internal.h"
+#include "common/quant.h"
 
 #include <string.h>
 
@@ -85,10 +86,22 @@ static kvrt_status vk_wtype(kvrt_backend *be, kvrt_dtype t, const char *op, uint
     case KVRT_DTYPE_BF16: *code = 2, *blk_bytes = 2; return KVRT_OK;
     case KVRT_DTYPE_Q8_0: *code = 3, *blk = 32, *blk_bytes = 34; return KVRT_OK;
     case KVRT_DTYPE_Q4_0: *code = 4, *blk = 32, *blk_bytes = 18; return KVRT_OK;
-    default:
-        return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "vulkan: %s with %s weights is not implemented", op,
-                         kvrt_dtype_name(t));
+    default: break;
     }
+    /* the types of issue #14, decoded element by element (weights.glsl codes 5..14) */
+    static const kvrt_dtype more[] = {KVRT_DTYPE_Q4_1, KVRT_DTYPE_Q5_0, KVRT_DTYPE_Q5_1, KVRT_DTYPE_IQ4_NL,
+                                      KVRT_DTYPE_Q2_K, KVRT_DTYPE_Q3_K, KVRT_DTYPE_Q4_K, KVRT_DTYPE_Q5_K,
+                                      KVRT_DTYPE_Q6_K, KVRT_DTYPE_IQ4_XS};
+    for (uint32_t i = 0; i < KVRT_ARRAY_LEN(more); i++) {
+        if (more[i] == t) {
+            *code = 5 + i;
+            *blk = kvrt_dtype_block_values(t);
+            *blk_bytes = (int64_t)kvrt_dtype_block_bytes(t);
+            return KVRT_OK;
+        }
+    }
+    return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "vulkan: %s with %s weights is not implemented", op,
+                     kvrt_dtype_name(t));
 }
 
 /* Bytes of one weight row of n elements; false when n is not a whole number of blocks. */

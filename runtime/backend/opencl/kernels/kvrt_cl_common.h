@@ -82,6 +82,7 @@ typedef struct kvrt_cl_op_args {
     kvrt_cl_i32 neox;
     kvrt_cl_i32 max_pos;
     float eps;             /* rmsnorm */
+    kvrt_cl_i32 wtype;     /* embed_q, matmul_q: the weight type (kvrt_dtype / ggml type id) */
 } kvrt_cl_op_args;
 
 #ifdef __OPENCL_VERSION__

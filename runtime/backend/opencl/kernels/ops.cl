@@ -1,6 +1,7 @@
 /* Model ops on F32 activations: rmsnorm, RoPE (cos/sin table from the host),
  * SwiGLU, add, embedding gather, row gather, and matmul (GEMV for one token,
- * tiles of tokens for many) over F32/F16/BF16/Q8_0/Q4_0 weights. Sums are
+ * tiles of tokens for many) over F32/F16/BF16/Q8_0/Q4_0 weights and the
+ * legacy 4/5-bit, IQ4 and k-quant types (embed_q, matmul_q). Sums are
  * F32; reductions are work-group trees, so a row's result does not depend
  * on the other rows of the batch. */
 
@@ -110,6 +111,109 @@ inline float q4_0_at(__global const ushort *w, long r, int i)
     return w_half(b) * (float)((int)(k < 16 ? (q & 15) : (q >> 4)) - 8);
 }
 
+/* ---- the types of issue #14 (embed_q, matmul_q: a.wtype is the ggml type id) ----
+ * Element i of a row starting at ushort r, decoded element by element in the
+ * GGUF block layouts (runtime/common/quant.h): 32-value blocks q4_1 (3), q5_0
+ * (6), q5_1 (7), iq4_nl (20); 256-value super-blocks q2_K (10) .. q6_K (14),
+ * iq4_xs (23). Block sizes are even, so f16 fields are ushort-aligned. */
+/* unfused a * b - c * d, so embed gives the reference dequantizer's floats bit for bit */
+#pragma OPENCL FP_CONTRACT OFF
+
+__constant int IQ4_VALUES[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+
+inline float q_f16(__global const uchar *b)
+{
+    return vload_half(0, (__global const half *)b);
+}
+
+/* Element k (0..31) of 16 bytes of nibbles: low nibbles 0..15, high 16..31. */
+inline int q_nib32(__global const uchar *qs, int k)
+{
+    const uchar q = qs[k & 15];
+    return k < 16 ? (q & 15) : (q >> 4);
+}
+
+inline int q_block_bytes(int wt)
+{
+    switch (wt) {
+    case 3: return 20;
+    case 6: return 22;
+    case 7: return 24;
+    case 20: return 18;
+    case 10: return 84;
+    case 11: return 110;
+    case 12: return 144;
+    case 13: return 176;
+    case 14: return 210;
+    default: return 136; /* 23 iq4_xs */
+    }
+}
+
+inline float q32_at(__global const uchar *b, int wt, int k)
+{
+    const float d = q_f16(b);
+    if (wt == 3) /* q4_1: d, m, qs[16] */
+        return (float)q_nib32(b + 4, k) * d + q_f16(b + 2);
+    if (wt == 20) /* iq4_nl: d, qs[16] */
+        return (float)IQ4_VALUES[q_nib32(b + 2, k)] * d;
+    /* q5_0: d, qh[4], qs[16]; q5_1: d, m, qh[4], qs[16] */
+    __global const uchar *qh = b + (wt == 6 ? 2 : 4);
+    const int q = q_nib32(qh + 4, k) + 16 * ((qh[k / 8] >> (k % 8)) & 1);
+    return wt == 6 ? (float)(q - 16) * d : (float)q * d + q_f16(b + 2);
+}
+
+/* Element e of a super-block: half h = e / 128, group g = (e / 32) % 4,
+ * sub-block s = e / 32, lane l = e % 32. */
+inline float qk_at(__global const uchar *b, int wt, int e)
+{
+    const int h = e / 128, g = (e / 32) % 4, s = e / 32, l = e % 32;
+    if (wt == 10) { /* q2_K: scales[16], qs[64], d, dmin */
+        const int q = (b[16 + 32 * h + l] >> (2 * g)) & 3;
+        const uchar sc = b[e / 16];
+        return q_f16(b + 80) * (float)(sc & 15) * (float)q - q_f16(b + 82) * (float)(sc >> 4);
+    }
+    if (wt == 11) { /* q3_K: hmask[32], qs[64], scales[12], d */
+        const int lo = (b[32 + 32 * h + l] >> (2 * g)) & 3, hi = (b[l] >> s) & 1, i = e / 16;
+        const int slo = i < 8 ? (b[96 + i] & 15) : (b[88 + i] >> 4);
+        const int shi = (b[104 + i % 4] >> (2 * (i / 4))) & 3;
+        return q_f16(b + 108) * (float)((slo | (shi << 4)) - 32) * (float)(lo + 4 * hi - 4);
+    }
+    if (wt == 12 || wt == 13) { /* d, dmin, scales[12], (q5_K: qh[32]), qs[128] */
+        __global const uchar *sb = b + 4;
+        int sc, m;
+        if (s < 4) {
+            sc = sb[s] & 63;
+            m = sb[s + 4] & 63;
+        } else {
+            sc = (sb[s + 4] & 15) | ((sb[s - 4] >> 6) << 4);
+            m = (sb[s + 4] >> 4) | ((sb[s] >> 6) << 4);
+        }
+        const uchar byte = b[(wt == 12 ? 16 : 48) + 32 * (s / 2) + l];
+        int q = s % 2 ? byte >> 4 : byte & 15;
+        if (wt == 13)
+            q += 16 * ((b[16 + l] >> s) & 1);
+        return q_f16(b) * (float)sc * (float)q - q_f16(b + 2) * (float)m;
+    }
+    if (wt == 14) { /* q6_K: ql[128], qh[64], int8 scales[16], d */
+        const uchar lo = b[64 * h + 32 * (g % 2) + l];
+        const int q = (g < 2 ? lo & 15 : lo >> 4) | (((b[128 + 32 * h + l] >> (2 * g)) & 3) << 4);
+        return q_f16(b + 208) * (float)((__global const char *)b)[192 + e / 16] * (float)(q - 32);
+    }
+    /* iq4_xs: d, scales_h, scales_l[4], qs[128] */
+    const int sh = b[2] | (b[3] << 8);
+    const int ls = ((b[4 + s / 2] >> (4 * (s % 2))) & 15) | (((sh >> (2 * s)) & 3) << 4);
+    return q_f16(b) * (float)(ls - 32) * (float)IQ4_VALUES[q_nib32(b + 8 + 16 * s, l)];
+}
+
+inline float q_at(__global const ushort *w, long r, long i, int wt)
+{
+    __global const uchar *row = (__global const uchar *)(w + r);
+    const int bytes = q_block_bytes(wt);
+    if (wt == 3 || wt == 6 || wt == 7 || wt == 20)
+        return q32_at(row + (i / 32) * bytes, wt, (int)(i % 32));
+    return qk_at(row + (i / 256) * bytes, wt, (int)(i % 256));
+}
+
 /* out[t] = table[ids[t]] for the rows of this launch: a table spanning
  * segments is embedded one segment at a time, rows [stride[3], stride[3] + n)
  * starting at element off[0] of this segment, stride[0] elements apart. ids
@@ -130,6 +234,7 @@ EMBED_KERNEL(embed_f16, ushort, w_half(table + r + i))
 EMBED_KERNEL(embed_bf16, ushort, w_bf16(table[r + i]))
 EMBED_KERNEL(embed_q8_0, ushort, q8_0_at(table, r, i))
 EMBED_KERNEL(embed_q4_0, ushort, q4_0_at(table, r, i))
+EMBED_KERNEL(embed_q, ushort, q_at(table, r, i, a.wtype))
 
 /* dst[r] = src[idx[r]], one segment of src rows per launch (as embed): rows
  * [stride[3], stride[3] + n) start at element off[0], stride[0] apart. */
@@ -196,6 +301,7 @@ inline void mm_reduce_store(__local float *red, float *acc, int nt, __global flo
 MATMUL_DENSE(matmul_f32, float, w[r + i])
 MATMUL_DENSE(matmul_f16, ushort, w_half(w + r + i))
 MATMUL_DENSE(matmul_bf16, ushort, w_bf16(w[r + i]))
+MATMUL_DENSE(matmul_q, ushort, q_at(w, r, i, a.wtype)) /* issue #14's types, value by value */
 
 /* Quantized types: work-item per 32-value block; QV(k) is value k of block b. */
 #define MATMUL_QUANT(name, BU, QV)                                                                                \

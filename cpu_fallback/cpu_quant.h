@@ -1,0 +1,49 @@
+/* CPU row kernels of the types beyond F32/F16/BF16/Q8_0/Q4_0 (q4_1, q5_0,
+ * q5_1, iq4_nl, the k-quants, iq4_xs): one file per instruction set
+ * (cpu_quant_c.c, cpu_quant_avx2.c, cpu_quant_avx512.c), reached through
+ * the selection in cpu_kernels.c. Per-type kernel code stays here, apart
+ * from the matmul dispatch (cpu_matmul.c).
+ *
+ * Every block is read as groups of 16 consecutive values: integer levels
+ * (offsets applied: q - 32 for q6_K, code-book values for iq4) times a
+ * group scale s, minus a group min mn (value = s * level - mn; mn is 0
+ * except for the types with mins: q2_K, q4_K, q5_K, q4_1, q5_1). The
+ * dequantizers evaluate exactly that, which is the reference's order, so
+ * they give the reference's bits. The dot products use
+ *     sum_i w_i x_i = sum_g s_g * sum(level * x) - sum_g mn_g * xsum16[g],
+ * with the group sums of x (xsum16) computed once per GEMV, not per row. */
+#ifndef KVRT_CPU_QUANT_H
+#define KVRT_CPU_QUANT_H
+
+#include "cpu_ops_internal.h"
+
+/* sum_i W[i] x[i] over one row of n values; xsum16[k] = sum of x[16k .. 16k + 15]. */
+typedef float (*kvrt_cpu_qdot_fn)(const void *w, const float *x, const float *xsum16, int64_t n);
+
+typedef struct kvrt_cpu_quant_kernels {
+    kvrt_dtype type;
+    kvrt_cpu_qdot_fn qdot;
+    kvrt_cpu_dequant_fn dequant;
+} kvrt_cpu_quant_kernels;
+
+/* The kernels of each flavour, one row per type (tables only: the AVX ones
+ * are called after the CPU was checked). */
+extern const kvrt_cpu_quant_kernels kvrt_cpu_quant_c[];
+extern const int kvrt_cpu_quant_c_count;
+extern const kvrt_cpu_quant_kernels kvrt_cpu_quant_avx2[];
+extern const int kvrt_cpu_quant_avx2_count;
+extern const kvrt_cpu_quant_kernels kvrt_cpu_quant_avx512[];
+extern const int kvrt_cpu_quant_avx512_count;
+
+/* The kernels of `type` for `isa` (the best flavour at or below it); NULL
+ * for the types of cpu_kernels.c. */
+const kvrt_cpu_quant_kernels *kvrt_cpu_quant_kernels_get(kvrt_cpu_isa isa, kvrt_dtype type);
+
+/* xsum16[k] = sum of x[16k .. 16k + 15], n a multiple of 16. */
+void kvrt_cpu_xsum16(const float *x, int64_t n, float *xsum16);
+
+/* The scales of one block: s[g] and mn[g] per group of 16 values (2 groups
+ * for 32-value blocks, 16 for 256); shared by every flavour. */
+void kvrt_cpu_quant_scales(kvrt_dtype type, const void *block, float *s, float *mn);
+
+#endif /* KVRT_CPU_QUANT_H */

@@ -1,0 +1,176 @@
+/* kvrt-quantize: an F32/F16/BF16 GGUF into a quantized one of a preset mix
+ * (model/quant_mix.h) or a single type. Every key and tensor of the input is
+ * kept in its order; the output is written beside its target and renamed
+ * at the end, and is never the input. */
+#include "files.h"
+#include "model/gguf.h"
+#include "model/quantize.h"
+
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define PROG "kvrt-quantize"
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: " PROG " [options] IN.gguf OUT.gguf TYPE\n"
+            "\n"
+            "Quantizes the matrices of an F32, F16 or BF16 GGUF. TYPE (case-insensitive) is one of\n"
+            "  %s\n"
+            "Presets give the sensitive tensors more bits, as llama.cpp's presets of the same\n"
+            "names do: output.weight Q6_K; attn_v and ffn_down of some layers (Q4_K_M: Q6_K in the\n"
+            "first and last eighth and every third layer between); Q2_K/Q3_K_M also attn_output.\n"
+            "Rows a type cannot hold fall back (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0,\n"
+            "Q2_K/Q3_K/IQ4_XS -> IQ4_NL, else F16). Norms and other vectors stay as they are.\n"
+            "\n"
+            "options:\n"
+            "  --pure               every matrix in TYPE's base type (no per-tensor rules)\n"
+            "  --allow-requantize   accept quantized input matrices: dequantize them first\n"
+            "                       (a second rounding; a warning says how many)\n"
+            "  --stats              per output type: the RMSE of the dequantized matrices against\n"
+            "                       the input, absolute and relative to their RMS (stdout)\n"
+            "  -t, --threads N      threads (default: the cores available)\n"
+            "  -q, --quiet          no progress (progress is shown only on a terminal)\n"
+            "  -h, --help           this text\n"
+            "      --version        the kvrt version\n",
+            kvrt_quant_mix_names());
+}
+
+typedef struct options {
+    const char *in, *out, *type;
+    bool pure, allow_requantize, quiet, stats;
+    int32_t threads;
+} options;
+
+/* 0: run; 1: exit 0 (help, version); 2: usage error. */
+static int parse_args(int argc, char **argv, options *o)
+{
+    enum { OPT_PURE = 256, OPT_REQUANT, OPT_VERSION, OPT_STATS };
+    static const struct option longs[] = {
+        {"pure", no_argument, NULL, OPT_PURE},          {"allow-requantize", no_argument, NULL, OPT_REQUANT},
+        {"threads", required_argument, NULL, 't'},      {"quiet", no_argument, NULL, 'q'},
+        {"help", no_argument, NULL, 'h'},               {"version", no_argument, NULL, OPT_VERSION},
+        {"stats", no_argument, NULL, OPT_STATS},
+        {NULL, 0, NULL, 0},
+    };
+    memset(o, 0, sizeof(*o));
+    int c;
+    while ((c = getopt_long(argc, argv, "t:qh", longs, NULL)) != -1) {
+        switch (c) {
+        case OPT_PURE: o->pure = true; break;
+        case OPT_REQUANT: o->allow_requantize = true; break;
+        case OPT_STATS: o->stats = true; break;
+        case 'q': o->quiet = true; break;
+        case 'h': usage(stdout); return 1;
+        case OPT_VERSION: printf(PROG " %s\n", kvrt_version()); return 1;
+        case 't': {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (*end || end == optarg || v < 1 || v > 1024) {
+                fprintf(stderr, PROG ": --threads: '%s' is not a number of threads in [1, 1024]\n", optarg);
+                return 2;
+            }
+            o->threads = (int32_t)v;
+            break;
+        }
+        default: fprintf(stderr, PROG ": see --help\n"); return 2;
+        }
+    }
+    if (argc - optind != 3) {
+        fprintf(stderr, PROG ": expected IN.gguf OUT.gguf TYPE (see --help)\n");
+        return 2;
+    }
+    o->in = argv[optind];
+    o->out = argv[optind + 1];
+    o->type = argv[optind + 2];
+    return 0;
+}
+
+static void progress(void *user, int64_t index, int64_t count, const char *name, uint32_t from, uint32_t to)
+{
+    (void)user;
+    const char *fn = kvrt_ggml_type_name(from), *tn = kvrt_ggml_type_name(to);
+    fprintf(stderr, "\r\033[K" PROG ": [%4lld/%4lld] %-32s %6s -> %-6s", (long long)index + 1, (long long)count,
+            name, fn ? fn : "?", tn ? tn : "?");
+    if (index + 1 == count)
+        fputc('\n', stderr);
+}
+
+static void print_stats(const kvrt_quantize_report *rep)
+{
+    printf("%-8s %12s %12s %12s\n", "type", "values", "rmse", "rmse/rms");
+    for (int t = 0; t < (int)KVRT_ARRAY_LEN(rep->values); t++) {
+        if (rep->values[t] == 0)
+            continue;
+        double rmse = sqrt(rep->err2[t] / (double)rep->values[t]);
+        double rms = sqrt(rep->ref2[t] / (double)rep->values[t]);
+        printf("%-8s %12lld %12.4e %12.4e\n", kvrt_dtype_name((kvrt_dtype)t), (long long)rep->values[t], rmse,
+               rms > 0.0 ? rmse / rms : 0.0);
+    }
+}
+
+static int run(const options *o, const kvrt_quant_mix *mix)
+{
+    kvrt_error err;
+    kvrt_error_clear(&err);
+    kvrt_gguf *in;
+    kvrt_status s = kvrt_gguf_open(o->in, NULL, &in, &err);
+    if (s != KVRT_OK) {
+        fprintf(stderr, PROG ": %s: %s\n", o->in, err.message);
+        return 1;
+    }
+    kvrt_quantize_params qp = {mix, o->allow_requantize, o->threads, o->stats, NULL, NULL};
+    if (!o->quiet && isatty(STDERR_FILENO))
+        qp.progress = progress;
+    kvrt_quantize_report rep;
+    s = kvrt_quantize_plan(in, &qp, NULL, &rep, &err);
+    if (s == KVRT_OK && rep.n_requantized > 0)
+        fprintf(stderr, PROG ": warning: %lld matrices are quantized already; they are dequantized and quantized "
+                        "again (a second rounding)\n", (long long)rep.n_requantized);
+    /* never the input (by device and inode), a symlink's target replaced, a
+     * device written, the temporary removed on SIGINT/SIGTERM/SIGHUP */
+    const char *inputs[] = {o->in};
+    kvrt_atomic_file af = {0};
+    if (s == KVRT_OK && !kvrt_tool_output_open(PROG, o->out, inputs, 1, &af)) {
+        kvrt_gguf_close(in);
+        return 1;
+    }
+    if (s == KVRT_OK) {
+        s = kvrt_quantize_gguf(in, &qp, NULL, af.f, &rep, &err);
+        s = kvrt_tool_output_close(&af, s, &err);
+    }
+    kvrt_gguf_close(in);
+    if (s != KVRT_OK) {
+        fprintf(stderr, PROG ": %s: %s\n", kvrt_status_str(s), err.message);
+        return 1;
+    }
+    if (o->stats)
+        print_stats(&rep);
+    if (!o->quiet)
+        fprintf(stderr, PROG ": %s -> %s (%s): %lld tensors, %lld converted (%lld fall-backs), %.2f MiB -> %.2f MiB\n",
+                o->in, o->out, mix->name, (long long)rep.n_tensors, (long long)rep.n_converted,
+                (long long)rep.n_fallback, rep.in_bytes / 1048576.0, rep.out_bytes / 1048576.0);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    options o;
+    int rc = parse_args(argc, argv, &o);
+    if (rc)
+        return rc == 1 ? 0 : 2;
+    kvrt_quant_mix mix;
+    if (!kvrt_quant_mix_find(o.type, o.pure, &mix)) {
+        fprintf(stderr, PROG ": unknown TYPE '%s' (one of: %s)\n", o.type, kvrt_quant_mix_names());
+        return 2;
+    }
+    const char *inputs[] = {o.in};
+    if (!kvrt_tool_output_check(PROG, o.out, inputs, 1))
+        return 1;
+    return run(&o, &mix);
+}
