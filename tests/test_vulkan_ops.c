@@ -315,6 +315,43 @@ static void test_loop_bounds(void **state)
     free(x), free(w), free(y), free(mm);
 }
 
+/* The quant types decoded element by element (codes 5..14) loop over each
+ * block's elements: the tiled matmul's steps cost 19 trips, so the host
+ * bounds n_in near 67,000 (vk_tiled_trips). Q4_K, one row: at 263 blocks
+ * of 256 the tiled (4 tokens) and GEMV (1 token) products are right; at 264
+ * the tiled one is refused naming the limit. */
+static void test_loop_bounds_quant(void **state)
+{
+    const int64_t ok = 263 * 256, over = 264 * 256;
+    size_t wbytes;
+    float *deq, *x = malloc(sizeof(float) * (size_t)(4 * over));
+    assert_non_null(x);
+    void *w = make_weights(KVRT_DTYPE_Q4_K, 1, over, &wbytes, &deq);
+    for (int64_t i = 0; i < 4 * over; i++)
+        x[i] = rnd();
+    kvrt_buffer *wb = up(w, wbytes), *xb = up(x, sizeof(float) * (size_t)(4 * over)), *yb = out_buf(4);
+    kvrt_view wv = {wb, 0}, xv = {xb, 0}, yv = {yb, 0};
+    /* the first 263 blocks of the row are a row of 67,328 on their own */
+    double ref[4];
+    for (int32_t t = 0; t < 4; t++) {
+        ref[t] = 0;
+        for (int64_t i = 0; i < ok; i++)
+            ref[t] += (double)deq[i] * x[t * ok + i];
+    }
+    for (int32_t tok = 1; tok <= 4; tok += 3) {
+        assert_int_equal(kvrt_op_matmul(g_be, KVRT_DTYPE_Q4_K, wv, 1, ok, xv, ok, yv, 1, tok), KVRT_OK);
+        float *y = down(yb, 4);
+        check_nmse(tok == 1 ? "Q4_K GEMV of 67,328" : "Q4_K tiled of 67,328", y, ref, (size_t)tok, 1, 1);
+        free(y);
+    }
+    assert_int_equal(kvrt_op_matmul(g_be, KVRT_DTYPE_Q4_K, wv, 1, over, xv, over, yv, 1, 4), KVRT_ERR_UNSUPPORTED);
+    assert_non_null(strstr(g_be->err.message, "loop trips"));
+    kvrt_op_buffer_destroy(g_be, wb);
+    kvrt_op_buffer_destroy(g_be, xb);
+    kvrt_op_buffer_destroy(g_be, yb);
+    free(w), free(deq), free(x);
+}
+
 /* A long step: more dispatches than one descriptor pool holds, each reading
  * the previous one's output; a bad call inside the step fails alone. */
 static void test_long_step(void **state)
@@ -348,6 +385,7 @@ int main(void)
         cmocka_unit_test(test_rmsnorm_variant),
         cmocka_unit_test(test_long_step),
         cmocka_unit_test(test_loop_bounds),
+        cmocka_unit_test(test_loop_bounds_quant),
         cmocka_unit_test(test_spanning_segments),
     };
     int fails = cmocka_run_group_tests_name("vulkan_ops (all features)", tests, setup_all, teardown);

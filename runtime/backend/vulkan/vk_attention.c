@@ -14,7 +14,6 @@ typedef struct { KVRT_PUSH_ATTN } vk_push_attn;
  * (the shaders' headers give each bound). */
 #define KVRT_VK_PART_TOKENS 512u
 #define KVRT_VK_PREFILL_PART_TOKENS 256u /* halved while over the trip budget; a multiple of every key tile */
-#define KVRT_VK_TRIPS 40000u             /* loop trips an invocation may take, with room under 65,535 */
 #define KVRT_VK_MAX_HEAD_DIM 1024        /* largest head_dim of the attention kernels */
 #define KVRT_VK_DECODE_MAX_QD 1024 /* heads_per_wg * head_dim: bounds an invocation's loops */
 #define KVRT_VK_DECODE_MAX_HW 16   /* MAX_HW in attn_decode.comp */

@@ -100,6 +100,10 @@ typedef struct kvrt_vk_pcache {
     kvrt_vk_pcache_stats stats;
 } kvrt_vk_pcache;
 
+/* Loop trips one shader invocation may take: lavapipe stops every loop of an
+ * invocation after 65,535 in total, silently; the host keeps each kernel
+ * under this, with room (each shader's header gives its bound). */
+#define KVRT_VK_TRIPS 40000u
 #define KVRT_VK_N_BINDINGS 7 /* 0 K pool[8], 1 V pool[8], 2..6 plain */
 
 typedef struct kvrt_vk_profile kvrt_vk_profile; /* vk_profile.c */

@@ -228,7 +228,24 @@ static int64_t vk_gemv_steps(const kvrt_vk_backend *vk, uint32_t wtype, int64_t 
     int64_t lanes = 64 / vk_gemv_rows(vk, wtype, n_in);
     int64_t units = wtype >= 3 ? n_in / 32 : (wtype == 0 ? n_in : n_in / 2);
     int64_t per_step = wtype >= 3 ? lanes : 4 * lanes;
-    return (units + per_step - 1) / per_step;
+    int64_t steps = (units + per_step - 1) / per_step;
+    /* codes 5..14 (w_elem): a step is a loop over the block's 32 elements,
+     * not unrolled, so it counts as its 34 trips */
+    return wtype >= 5 ? steps * 34 : steps;
+}
+
+/* Loop trips of one matmul_tiled invocation (the bound in its header): row
+ * tile rounds x (steps of 32 inputs x trips a step + 2) + 1. A step takes
+ * 1 trip with the unrolled loads of codes 0..4 and 19 with the two 8-element
+ * loops of codes 5..14 (w_elem, not unrolled). Codes 0..4 stay under ~16,700
+ * at any shape the weights' 32-bit offsets allow; codes 5..14 reach
+ * KVRT_VK_TRIPS near 67,000 inputs. */
+static uint64_t vk_tiled_trips(const kvrt_vk_backend *vk, uint32_t wtype, int64_t n_in, int64_t n_out)
+{
+    uint64_t tiles = ((uint64_t)n_out + VK_GEMM_ROWS - 1) / VK_GEMM_ROWS;
+    uint64_t rounds = (tiles + vk->caps.max_wg_count[0] - 1) / vk->caps.max_wg_count[0];
+    uint64_t steps = ((uint64_t)n_in + 31) / 32;
+    return rounds * (steps * (wtype >= 5 ? 19 : 1) + 2) + 1;
 }
 
 kvrt_status kvrt_vk_matmul(kvrt_backend *be, kvrt_dtype wtype, kvrt_view w, int64_t n_out, int64_t n_in, kvrt_view x,
@@ -256,6 +273,10 @@ kvrt_status kvrt_vk_matmul(kvrt_backend *be, kvrt_dtype wtype, kvrt_view w, int6
         return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED,
                          "matmul: rows of %lld inputs exceed what this device's GEMV lanes take (%d steps a lane)",
                          (long long)n_in, KVRT_VK_GEMV_STEPS);
+    if (tiled && vk_tiled_trips(vk, pc.wtype, n_in, n_out) > KVRT_VK_TRIPS)
+        return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED,
+                         "matmul: %lld x %lld %s weights exceed the Vulkan tiled kernel's limit of %u loop trips an "
+                         "invocation", (long long)n_out, (long long)n_in, kvrt_dtype_name(wtype), KVRT_VK_TRIPS);
     uint64_t tok = tiled ? VK_GEMM_TOKENS : VK_GEMV_TOKENS;
     uint64_t gy = ((uint64_t)n_tokens + tok - 1) / tok;
     if (gy > vk->caps.max_wg_count[1])
