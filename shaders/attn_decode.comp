@@ -40,6 +40,12 @@
 // 512-key partition), plus S per staged key for the slice sums: with
 // 16 KiB and head_dim 1024 (KT 1, S 64) ~7,400 a tile, so the host halves
 // the partition when KT * hw < 4 (~30,000), below lavapipe's 65535.
+// Measured with a trip counter in every loop (each exit counted, as
+// lavapipe does), max over a workgroup: 30,903 at 16 KiB, head_dim 1024
+// (KT 1, 256-key partition); 28,747 at 32 KiB, head_dim 1024; 27,467 at
+// 16 KiB, head_dim 512 with 2 heads a group (hw 2). The host takes
+// head_dim <= 1024 and hw * head_dim <= 1024 only; context length adds
+// partitions (workgroups), never trips.
 #define KVRT_ATTN_SHADER
 #include "kvrt_push.h"
 layout(push_constant) uniform P { KVRT_PUSH_ATTN } pc;

@@ -3,6 +3,10 @@
 // results by their log-sum-exp. The partition count follows from the
 // sequence's own length only, so results do not depend on the batch.
 // b3 = out, b4 = seq_lens, b6 = scratch. One workgroup per (head, seq).
+// Loop trips of one invocation (lavapipe stops an invocation's loops after
+// 65,535 in total): with P = max_parts and E = ceil(head_dim / 64),
+// 2 (P + 1) + E + 1 + E (P + 1); the host refuses tables that would take it
+// past 40,000 (vk_merge_max_parts), e.g. 2,220 partitions at head_dim 1024.
 #define KVRT_ATTN_SHADER
 #include "kvrt_push.h"
 layout(push_constant) uniform P { KVRT_PUSH_ATTN } pc;

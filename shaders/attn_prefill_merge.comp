@@ -1,8 +1,13 @@
 #version 450
 // Tiled prefill attention, pass 2: each query row merges the partial results
 // of the key partitions it can see (positions 0..pos: pos / part_tokens + 1
-// partitions) by their log-sum-exp. One workgroup per (tile group, head,
-// sequence), rows strided like pass 1, threads over head_dim.
+// partitions, at most max_parts) by their log-sum-exp. One workgroup per
+// (query row tile_base + x, head, sequence), threads over head_dim; the host
+// dispatches at most maxComputeWorkGroupCount[0] rows at a time.
+// Loop trips of one invocation (lavapipe stops an invocation's loops after
+// 65,535 in total): with P = max_parts and E = ceil(head_dim / 64),
+// 2 (P + 1) + E + 1 + E (P + 1); the host refuses tables that would take it
+// past 40,000 (vk_merge_max_parts), e.g. 2,220 partitions at head_dim 1024.
 // b2 = scratch, b3 = out, b4 = seq_lens, b6 = query_start_loc.
 #define KVRT_ATTN_SHADER
 #include "kvrt_push.h"
@@ -19,25 +24,23 @@ void main()
     uint len = b4.w[pc.seq_lens_off + seq];
     if (n_new == 0u || n_new > len)
         return;
-    uint first = len - n_new;
-    for (uint t = gl_WorkGroupID.x; t < n_new; t += pc.n_tile_groups) {
-        uint pos = first + t;
-        uint nparts = min(pos / pc.part_tokens + 1u, pc.max_parts);
-        uint base = ((qs + t) * pc.n_heads + head) * pc.max_parts * stride;
-        float m = KVRT_NEG;
+    uint t = pc.tile_base + gl_WorkGroupID.x;
+    if (t >= n_new)
+        return;
+    uint pos = len - n_new + t;
+    uint nparts = min(pos / pc.part_tokens + 1u, pc.max_parts);
+    uint base = ((qs + t) * pc.n_heads + head) * pc.max_parts * stride;
+    float m = KVRT_NEG;
+    for (uint p = 0u; p < nparts; p++)
+        m = max(m, uintBitsToFloat(b2.w[base + p * stride + D]));
+    float l = 0.0;
+    for (uint p = 0u; p < nparts; p++)
+        l += uintBitsToFloat(b2.w[base + p * stride + D + 1u]) * exp(uintBitsToFloat(b2.w[base + p * stride + D]) - m);
+    float inv = l > 0.0 ? 1.0 / l : 0.0;
+    for (uint d = gl_LocalInvocationID.x; d < D; d += 64u) {
+        float a = 0.0;
         for (uint p = 0u; p < nparts; p++)
-            m = max(m, uintBitsToFloat(b2.w[base + p * stride + D]));
-        float l = 0.0;
-        for (uint p = 0u; p < nparts; p++)
-            l += uintBitsToFloat(b2.w[base + p * stride + D + 1u]) *
-                 exp(uintBitsToFloat(b2.w[base + p * stride + D]) - m);
-        float inv = l > 0.0 ? 1.0 / l : 0.0;
-        for (uint d = gl_LocalInvocationID.x; d < D; d += 64u) {
-            float a = 0.0;
-            for (uint p = 0u; p < nparts; p++)
-                a += uintBitsToFloat(b2.w[base + p * stride + d]) *
-                     exp(uintBitsToFloat(b2.w[base + p * stride + D]) - m);
-            b3.w[pc.o_off + (qs + t) * pc.o_stride + head * D + d] = floatBitsToUint(a * inv);
-        }
+            a += uintBitsToFloat(b2.w[base + p * stride + d]) * exp(uintBitsToFloat(b2.w[base + p * stride + D]) - m);
+        b3.w[pc.o_off + (qs + t) * pc.o_stride + head * D + d] = floatBitsToUint(a * inv);
     }
 }

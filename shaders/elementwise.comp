@@ -3,6 +3,9 @@
 // 0 add: c[i] = a[i] + b[i], i < n_out (contiguous; c may alias a or b);
 // 1 swiglu: c[t][i] = silu(a[t][i]) * b[t][i], rows of dim with strides;
 // 2 bias: c[t][i] = a[t][i] + b[i] (b_stride 0), rows of dim with strides.
+// Loop trips per invocation: the host's grid (vk_groups, vk_groups_capped)
+// leaves at most 1,024 elements to an invocation for any size below 2^32
+// (lavapipe stops an invocation's loops at 65,535).
 #include "kvrt_push.h"
 layout(push_constant) uniform P { KVRT_PUSH_OPS } pc;
 #include "ops_common.glsl"

@@ -8,6 +8,8 @@
 #endif
 // Writes token K/V rows into the pools at their slots (slot < 0: padding).
 // b2 = k, b3 = v, b4 = slot_mapping. One invocation per (token, kv head, word or element).
+// Loop trips per invocation: the grid is min(total / 64, 65,535) groups and
+// total < 2^32 (host), so at most 1,025 (lavapipe stops at 65,535).
 #include "kvrt_push.h"
 layout(push_constant) uniform P { KVRT_PUSH_KV_WRITE } pc;
 #include "kvrt_common.glsl"

@@ -22,8 +22,16 @@
 //   KVRT_SUBGROUP: one subgroup per row (L = subgroup size, R = subgroups
 //     per workgroup), sums with subgroupAdd, no shared memory, no barriers.
 // Workgroups stride over the rows [row_lo, row_hi) of this dispatch. Loop
-// trips per invocation: row rounds (1 unless the grid is capped) x
-// n / (32 L) blocks or n / (4 L) words; inner loops are unrolled.
+// trips per invocation (lavapipe stops an invocation's loops after 65,535
+// in total): row rounds x (steps + L + 3), steps = n / (32 L) blocks or
+// n / (4 L) words (n / (8 L) F16/BF16); inner loops are unrolled, except
+// the 32-element loop of codes 5..14 (w_elem), whose steps count 34 trips
+// each. The host refuses rows whose lane takes more than 16,384 steps so
+// counted (KVRT_VK_GEMV_STEPS; n 524,288 F32 with lavapipe's 8-lane
+// subgroups, ~123,000 for codes 5..14) and more than 2^24 output rows; with
+// the grid capped at 65,535 groups and weights under 2^32 bytes, rounds x
+// steps <= steps + ~3,400 and rounds x (L + 3) <= ~16,700: at most ~37,000
+// trips.
 // a = W [n_out][n_in] (see weights.glsl), b = x, c = y.
 #include "kvrt_push.h"
 layout(push_constant) uniform P { KVRT_PUSH_OPS } pc;

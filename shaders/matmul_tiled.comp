@@ -15,10 +15,15 @@
 // (weights.glsl) as matmul.comp; each invocation loads one weight row, so it
 // selects that row's segment window once per row tile.
 // Shared memory: (64 + 32) x 36 floats = 13.5 KiB, under the 16 KiB every
-// Vulkan device has. Loop trips per invocation: row tiles (1 unless the grid
-// is capped) x n_in / 32 steps; the inner loops have constant trip counts and
-// are unrolled, which keeps lavapipe's 65,535-iteration limit out of reach
-// for n_in up to ~2M.
+// Vulkan device has. Loop trips per invocation: row tiles x (n_in / 32 x c
+// + 2) + 1, c = 1 for codes 0..4 (the inner loops have constant trip counts
+// and are unrolled) and 19 for codes 5..14 (load_w8's two 8-element w_elem
+// loops, not unrolled: 2 x 9 + 1). The host refuses n_in > 524,288
+// (KVRT_VK_MAX_ROW) and more than 2^24 output rows; with the grid capped at
+// 65,535 groups and weights under 2^32 bytes, row tiles x n_in / 32 <=
+// n_in / 32 + 256: codes 0..4 take at most ~16,700 trips; for codes 5..14
+// the host evaluates the bound (vk_tiled_trips) and refuses a call over
+// 40,000 (n_in above ~67,000), under lavapipe's 65,535 per invocation.
 #include "kvrt_push.h"
 layout(push_constant) uniform P { KVRT_PUSH_OPS } pc;
 #include "ops_common.glsl"
@@ -50,6 +55,16 @@ void load_w8(uint rb, uint k0, uint part, uint n, out float v[8])
         [[unroll]] for (uint i = 0u; i < 8u; i++) {
             uint byte = (w[i >> 2] >> (8u * (i & 3u))) & 0xffu;
             v[i] = q8 ? float(int(byte << 24) >> 24) * d : float(int((byte >> sh) & 15u) - 8) * d;
+        }
+        return;
+    }
+    if (wt <= 2u) { // F32, F16, BF16: unrolled (no trips)
+        [[unroll]] for (uint i = 0u; i < 8u; i++) {
+            uint j = k0 + 8u * part + i;
+            v[i] = j >= n ? 0.0
+                 : wt == 0u ? uintBitsToFloat(a_word(pc.a_off + (rb >> 2) + j))
+                 : wt == 1u ? unpackHalf2x16(a_u16(rb + 2u * j)).x
+                            : uintBitsToFloat(a_u16(rb + 2u * j) << 16);
         }
         return;
     }

@@ -1,6 +1,9 @@
 #version 450
 // y[t] = x[t] / sqrt(mean(x[t]^2) + eps) * w. One workgroup per token; may run
 // in place (each thread writes only the elements it read).
+// Loop trips per invocation: 2 (ceil(dim / 64) + 1) + the sum's (7, or the
+// subgroup count + 1): at most ~16,460, the host refusing dim > 524,288
+// (KVRT_VK_MAX_ROW), under lavapipe's 65,535 per invocation.
 // a = x, b = w, c = y.
 // Built twice: portable and -DKVRT_SUBGROUP (see reduce.glsl).
 #ifdef KVRT_SUBGROUP

@@ -3,6 +3,8 @@
 // neox 0: adjacent pairs (2i, 2i+1); 1: halves (i, i + rot_dim/2).
 // One invocation per (token, head, pair). Positions outside the table leave
 // the row as it is (the caller validates positions).
+// Loop trips per invocation: the grid is min(total / 64, 65,535) groups and
+// total < 2^32 (host), so at most 1,025 (lavapipe stops at 65,535).
 // a = x, b = positions, c = cos_sin.
 #include "kvrt_push.h"
 layout(push_constant) uniform P { KVRT_PUSH_OPS } pc;

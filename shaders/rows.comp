@@ -9,6 +9,8 @@
 // One workgroup row per token (y), threads over d. a = table/src (see
 // weights.glsl), b = ids/idx, c = out. A token whose row lies outside
 // [row_lo, row_hi) belongs to another dispatch (descriptor path).
+// Loop trips per invocation: the host's grid (vk_groups_capped) leaves at
+// most 1,024 elements of a row to an invocation (lavapipe stops at 65,535).
 #include "kvrt_push.h"
 layout(push_constant) uniform P { KVRT_PUSH_OPS } pc;
 #include "ops_common.glsl"

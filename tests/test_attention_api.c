@@ -398,7 +398,9 @@ static void test_limits_and_default_budget(void **state)
         assert_true(l0.memory_heap > 0);
         assert_true(l0.memory_budget > 0 && l0.memory_budget <= l0.memory_heap);
         assert_true(l0.decode_head_dim_max >= 256 && l0.prefill_head_dim_max >= 256);
-        assert_true(l0.max_table_entries >= (1 << 20) && l0.max_seq_len >= (1 << 20));
+        /* sequences: Vulkan's merge passes walk the partitions in loops that lavapipe
+         * caps (issue 19): ~341,000 keys there at every head_dim */
+        assert_true(l0.max_table_entries >= (1 << 20) && l0.max_seq_len >= (1 << 18));
         assert_true(l0.max_scratch_bytes >= (1u << 20) && l0.max_buffer_bytes >= (1u << 20));
 
         /* 16 TiB of KV: refused before anything is allocated, with the numbers */

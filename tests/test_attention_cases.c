@@ -2,10 +2,10 @@
  * the shared case table (tests/common/attn_cases.h): the pairwise cover of
  * DESIGN.md's grid by default, the full product with KVRT_TEST_FULL=1, then
  * long contexts (many split-K partitions), odd head sizes and windows that
- * release most of the table. Each case's data and double reference are made
- * once and every pass is held to max abs <= 1e-4, NMSE <= 1e-6 with its
- * output's canaries intact; the CPU at 2 threads matches 1 thread bit for
- * bit. */
+ * release most of the table, and wide heads (head_dim 512 to 1024, issue
+ * 19). Each case's data and double reference are made once and every pass
+ * is held to max abs <= 1e-4, NMSE <= 1e-6 with its output's canaries
+ * intact; the CPU at 2 threads matches 1 thread bit for bit. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -80,6 +80,26 @@ static void test_long_and_odd_cases(void **state)
     report("long and odd", n);
 }
 
+/* Large head sizes (attn_case_wide): head_dim 512, 576, 768 and 1024,
+ * prefill and decode, at contexts on both sides of where Vulkan prefill used
+ * to return wrong numbers with status OK (issue 19: from head_dim 768 at
+ * 127 keys); KVRT_TEST_FULL=1 adds head sizes, lengths up to 2,100 keys
+ * (many split-K partitions), F16, GQA and windows. */
+static void test_wide_heads(void **state)
+{
+    (void)state;
+    const char *full_env = getenv("KVRT_TEST_FULL");
+    bool full = full_env && strcmp(full_env, "1") == 0;
+    size_t n = attn_case_wide(full, NULL, 0);
+    attn_case *cases = calloc(n, sizeof(*cases));
+    assert_non_null(cases);
+    assert_int_equal(attn_case_wide(full, cases, n), n);
+    for (size_t i = 0; i < n; i++)
+        run_case(&cases[i]);
+    report(full ? "wide heads (full sweep)" : "wide heads", n);
+    free(cases);
+}
+
 /* Quantized KV (q8_0, q4_0): kernels against the double reference fed the
  * same dequantized values (tests/common/ref_kvquant.c), so the bound is the
  * same as for F32/F16 KV. Head dims multiples of 32 (the scale group), GQA
@@ -115,6 +135,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_grid),
         cmocka_unit_test(test_long_and_odd_cases),
+        cmocka_unit_test(test_wide_heads),
         cmocka_unit_test(test_quantized_kv),
     };
     return cmocka_run_group_tests_name("attention cases", tests, kvrt_test_passes_setup, kvrt_test_passes_teardown);

@@ -496,6 +496,96 @@ static void test_many_segments(void **state)
     vk_close(be);
 }
 
+/* What the kernels cannot bound by their shape is refused, naming the limit:
+ * head_dim above 1024, sequences longer than the merge passes take (their
+ * loops walk the partitions: kvrt_context_limits.max_seq_len, the bound at
+ * every head_dim). */
+static void test_limits(void **state)
+{
+    kvrt_backend *be = vk_open();
+    kvrt_context_limits l;
+    kvrt_op_limits(be, &l);
+    print_message("  head_dim <= %d (decode), %d (prefill); sequences <= %lld keys\n", (int)l.decode_head_dim_max,
+                  (int)l.prefill_head_dim_max, (long long)l.max_seq_len);
+    assert_int_equal(l.decode_head_dim_max, 1024);
+    assert_int_equal(l.prefill_head_dim_max, 1024);
+    /* long contexts fit; the 1.28M keys below do not */
+    assert_true(l.max_seq_len >= 256 * 1024 && l.max_seq_len < 1280000);
+    const int32_t hds[] = {1025, 2048, 1024};
+    for (size_t i = 0; i < KVRT_ARRAY_LEN(hds); i++) {
+        kvrt_kv_pool_desc pd = {.n_layers = 1, .n_kv_heads = 1, .head_dim = hds[i], .block_size = 16,
+                                .num_blocks = 6, .dtype = KVRT_DTYPE_F32};
+        kvrt_kv_pool *pool = make_pool(be, &pd);
+        /* head_dim 1024: a table of 80,000 blocks (1.28M keys), over 2,220 partitions */
+        int32_t max_blocks = hds[i] == 1024 ? 80000 : 1;
+        int32_t *table = calloc((size_t)max_blocks, sizeof(int32_t)), lens[1] = {1}, qsl[2] = {0, 1};
+        float *q = calloc((size_t)hds[i], sizeof(float));
+        kvrt_buffer *qb = dev_buf(be, q, (size_t)hds[i] * 4), *ob = dev_buf(be, NULL, (size_t)hds[i] * 4);
+        kvrt_buffer *tb = dev_buf(be, table, (size_t)max_blocks * 4), *lb = dev_buf(be, lens, 4);
+        kvrt_buffer *qlb = dev_buf(be, qsl, 8);
+        kvrt_attn_desc ad = {.num_seqs = 1, .n_heads = 1, .max_blocks_per_seq = max_blocks, .scale = 1.0f,
+                             .q_stride = hds[i], .o_stride = hds[i], .num_tokens = 1};
+        kvrt_view qv = {qb, 0}, ov = {ob, 0}, tv = {tb, 0}, lv = {lb, 0}, qlv = {qlb, 0};
+        const char *named = hds[i] == 1024 ? "max_seq_len" : "limit of 1024";
+        assert_int_equal(kvrt_op_attn_decode(be, pool, 0, &ad, qv, ov, lv, tv), KVRT_ERR_UNSUPPORTED);
+        assert_non_null(strstr(be->err.message, named));
+        assert_int_equal(kvrt_op_attn_prefill(be, pool, 0, &ad, qv, ov, qlv, lv, tv), KVRT_ERR_UNSUPPORTED);
+        assert_non_null(strstr(be->err.message, named));
+        kvrt_op_buffer_destroy(be, qb);
+        kvrt_op_buffer_destroy(be, ob);
+        kvrt_op_buffer_destroy(be, tb);
+        kvrt_op_buffer_destroy(be, lb);
+        kvrt_op_buffer_destroy(be, qlb);
+        kvrt_op_kv_pool_destroy(be, pool);
+        free(table);
+        free(q);
+    }
+    vk_close(be);
+}
+
+/* More query tiles (and rows) than a dispatch may have workgroups on x:
+ * prefill splits its passes into several dispatches, each workgroup still
+ * taking one tile; with maxComputeWorkGroupCount[0] lowered to 3. */
+static void test_split_dispatch(void **state)
+{
+    kvrt_context_params p = kvrt_context_default_params();
+    p.backend = KVRT_BACKEND_VULKAN;
+    p.disabled_features = g_disabled;
+    p.pipeline_cache_path = kvrt_test_pipeline_cache();
+    kvrt_vk_debug_params dbg = {.validation = true, .max_groups_x = 3};
+    kvrt_backend *be = NULL;
+    kvrt_error err;
+    if (kvrt_vk_backend_create_ex(&p, &dbg, &be, &err) != KVRT_OK)
+        fail_msg("vulkan backend: %s", err.message);
+    static const vcase cases[] = {
+        {256, 4, 2, 16, KVRT_DTYPE_F32, 0, 0, true, 2, {150, 40}, {100, 33}},
+        {768, 2, 1, 16, KVRT_DTYPE_F16, 0, 0, true, 1, {300}, {30}},
+    };
+    for (size_t i = 0; i < KVRT_ARRAY_LEN(cases); i++)
+        run_case(be, &cases[i], 400 + i);
+    vk_close(be);
+}
+
+/* Wide heads with the 16 KiB of shared memory every Vulkan device has
+ * (lavapipe's 32 KiB runs them in test_attention_cases): one-row query tiles,
+ * key tiles of 1 to 4 and dot products split up to 64 ways, at contexts
+ * around issue 19's boundary (127 keys at head_dim 768). */
+static void test_wide_heads(void **state)
+{
+    kvrt_backend *be = vk_open();
+    static const vcase cases[] = {
+        {512, 2, 1, 16, KVRT_DTYPE_F32, 0, 0, true, 1, {200}, {8}},
+        {576, 2, 1, 16, KVRT_DTYPE_F16, 0, 0, true, 1, {127}, {1}},
+        {768, 2, 1, 16, KVRT_DTYPE_F32, 0, 0, true, 2, {127, 200}, {1, 8}},
+        {768, 2, 1, 16, KVRT_DTYPE_F32, 0, 0, false, 2, {127, 200}, {0}},
+        {1024, 2, 1, 16, KVRT_DTYPE_F16, 0, 0, true, 2, {126, 200}, {1, 8}},
+        {1024, 4, 2, 16, KVRT_DTYPE_F32, 100, 4, false, 1, {300}, {0}},
+    };
+    for (size_t i = 0; i < KVRT_ARRAY_LEN(cases); i++)
+        run_case(be, &cases[i], 500 + i);
+    vk_close(be);
+}
+
 static int pass_all(void **state)
 {
     g_disabled = 0;
@@ -531,7 +621,10 @@ int main(void)
         BOTH(test_prefill),
         cmocka_unit_test_setup(test_decode, pass_small_shared),
         cmocka_unit_test_setup(test_prefill, pass_small_shared),
+        cmocka_unit_test_setup(test_wide_heads, pass_small_shared),
         BOTH(test_many_segments),
+        cmocka_unit_test_setup(test_limits, pass_all),
+        BOTH(test_split_dispatch),
     };
     return cmocka_run_group_tests_name("vulkan_attention", tests, NULL, NULL);
 }

@@ -255,6 +255,103 @@ static void test_rmsnorm_variant(void **state)
     free(x), free(w);
 }
 
+/* Rows one workgroup walks are bounded (lavapipe stops an invocation's loops
+ * after 65,535 trips, and the results are then silently wrong): at the limit
+ * of 524,288 elements rmsnorm and the GEMV (16,384 steps a lane with
+ * lavapipe's 8-lane subgroups, its tightest bound) are right; one more is
+ * refused with UNSUPPORTED, by the tiled matmul too (~16,400 trips at the
+ * limit, not run here: 2 s on lavapipe). */
+static void test_loop_bounds(void **state)
+{
+    const int64_t n = 1 << 19;
+    float *x = malloc(sizeof(float) * (size_t)(4 * n + 4)), *w = malloc(sizeof(float) * (size_t)(2 * n + 1));
+    double ref[2];
+    assert_true(x && w);
+    for (int64_t i = 0; i < 4 * n + 4; i++)
+        x[i] = rnd();
+    for (int64_t i = 0; i < 2 * n + 1; i++)
+        w[i] = rnd();
+    kvrt_buffer *xb = up(x, sizeof(float) * (size_t)(4 * n + 4)), *wb = up(w, sizeof(float) * (size_t)(2 * n + 1));
+    kvrt_buffer *yb = out_buf((size_t)n);
+    kvrt_view xv = {xb, 0}, wv = {wb, 0}, yv = {yb, 0};
+
+    assert_int_equal(kvrt_op_rmsnorm(g_be, xv, n, wv, yv, n, 1, (int32_t)n, 1e-5f), KVRT_OK);
+    float *y = down(yb, (size_t)n);
+    double ss = 0;
+    for (int64_t i = 0; i < n; i++)
+        ss += (double)x[i] * x[i];
+    double inv = 1.0 / sqrt(ss / (double)n + 1e-5), e2 = 0, r2 = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double r = x[i] * inv * w[i];
+        e2 += (y[i] - r) * (y[i] - r);
+        r2 += r * r;
+    }
+    print_message("  rmsnorm of %lld: nmse %.2e\n", (long long)n, e2 / r2);
+    assert_true(e2 / r2 <= 1e-6);
+
+    /* y[o] = W[o] . x, 2 rows, 1 token (GEMV) */
+    kvrt_buffer *mb = out_buf(2);
+    kvrt_view mv = {mb, 0};
+    assert_int_equal(kvrt_op_matmul(g_be, KVRT_DTYPE_F32, wv, 2, n, xv, n, mv, 2, 1), KVRT_OK);
+    float *mm = down(mb, 2);
+    for (int32_t o = 0; o < 2; o++) {
+        ref[o] = 0;
+        for (int64_t i = 0; i < n; i++)
+            ref[o] += (double)w[o * n + i] * x[i];
+    }
+    check_nmse("matmul (GEMV) at the row limit", mm, ref, 2, 2, 2);
+
+    /* one element more: refused, naming the limit */
+    assert_int_equal(kvrt_op_rmsnorm(g_be, xv, n + 1, wv, yv, n + 1, 1, (int32_t)n + 1, 1e-5f),
+                     KVRT_ERR_UNSUPPORTED);
+    assert_non_null(strstr(g_be->err.message, "524288"));
+    for (int32_t tok = 1; tok <= 4; tok += 3)
+        assert_int_equal(kvrt_op_matmul(g_be, KVRT_DTYPE_F32, wv, 1, n + 1, xv, n + 1, yv, 1, tok),
+                         KVRT_ERR_UNSUPPORTED);
+    kvrt_op_buffer_destroy(g_be, xb);
+    kvrt_op_buffer_destroy(g_be, wb);
+    kvrt_op_buffer_destroy(g_be, yb);
+    kvrt_op_buffer_destroy(g_be, mb);
+    free(x), free(w), free(y), free(mm);
+}
+
+/* The quant types decoded element by element (codes 5..14) loop over each
+ * block's elements: the tiled matmul's steps cost 19 trips, so the host
+ * bounds n_in near 67,000 (vk_tiled_trips). Q4_K, one row: at 263 blocks
+ * of 256 the tiled (4 tokens) and GEMV (1 token) products are right; at 264
+ * the tiled one is refused naming the limit. */
+static void test_loop_bounds_quant(void **state)
+{
+    const int64_t ok = 263 * 256, over = 264 * 256;
+    size_t wbytes;
+    float *deq, *x = malloc(sizeof(float) * (size_t)(4 * over));
+    assert_non_null(x);
+    void *w = make_weights(KVRT_DTYPE_Q4_K, 1, over, &wbytes, &deq);
+    for (int64_t i = 0; i < 4 * over; i++)
+        x[i] = rnd();
+    kvrt_buffer *wb = up(w, wbytes), *xb = up(x, sizeof(float) * (size_t)(4 * over)), *yb = out_buf(4);
+    kvrt_view wv = {wb, 0}, xv = {xb, 0}, yv = {yb, 0};
+    /* the first 263 blocks of the row are a row of 67,328 on their own */
+    double ref[4];
+    for (int32_t t = 0; t < 4; t++) {
+        ref[t] = 0;
+        for (int64_t i = 0; i < ok; i++)
+            ref[t] += (double)deq[i] * x[t * ok + i];
+    }
+    for (int32_t tok = 1; tok <= 4; tok += 3) {
+        assert_int_equal(kvrt_op_matmul(g_be, KVRT_DTYPE_Q4_K, wv, 1, ok, xv, ok, yv, 1, tok), KVRT_OK);
+        float *y = down(yb, 4);
+        check_nmse(tok == 1 ? "Q4_K GEMV of 67,328" : "Q4_K tiled of 67,328", y, ref, (size_t)tok, 1, 1);
+        free(y);
+    }
+    assert_int_equal(kvrt_op_matmul(g_be, KVRT_DTYPE_Q4_K, wv, 1, over, xv, over, yv, 1, 4), KVRT_ERR_UNSUPPORTED);
+    assert_non_null(strstr(g_be->err.message, "loop trips"));
+    kvrt_op_buffer_destroy(g_be, wb);
+    kvrt_op_buffer_destroy(g_be, xb);
+    kvrt_op_buffer_destroy(g_be, yb);
+    free(w), free(deq), free(x);
+}
+
 /* A long step: more dispatches than one descriptor pool holds, each reading
  * the previous one's output; a bad call inside the step fails alone. */
 static void test_long_step(void **state)
@@ -287,6 +384,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rmsnorm_variant),
         cmocka_unit_test(test_long_step),
+        cmocka_unit_test(test_loop_bounds),
+        cmocka_unit_test(test_loop_bounds_quant),
         cmocka_unit_test(test_spanning_segments),
     };
     int fails = cmocka_run_group_tests_name("vulkan_ops (all features)", tests, setup_all, teardown);

@@ -180,6 +180,42 @@ size_t attn_case_grid(bool full, attn_case *out, size_t max)
     }
 }
 
+/* ---- large head sizes ------------------------------------------------------------------ */
+
+#define N_OF(a) (sizeof(a) / sizeof((a)[0]))
+
+/* (seq_len, n_new) of the wide-head cases; decode takes seq_len with one
+ * query. CI: issue 19's lengths (the boundary at head_dim 768 lay between
+ * 126 and 127 keys; 200 keys are two prefill partitions of 128 there); the
+ * full sweep adds tile edges and many partitions. */
+static const int32_t wide_lens[][2] = {{126, 1}, {127, 1}, {200, 8}};
+static const int32_t wide_lens_full[][2] = {{1, 1},   {126, 1},  {127, 1},   {128, 1},   {200, 8},
+                                            {256, 1}, {257, 3},  {270, 2},   {513, 40},  {700, 5},
+                                            {1100, 1}, {1500, 1}, {2100, 17}};
+static const int32_t wide_hd[] = {512, 576, 768, 1024};
+static const int32_t wide_hd_full[] = {512, 576, 640, 665, 705, 768, 896, 1000, 1024};
+
+size_t attn_case_wide(bool full, attn_case *out, size_t max)
+{
+    const int32_t *hd = full ? wide_hd_full : wide_hd;
+    const int32_t(*lens)[2] = full ? wide_lens_full : wide_lens;
+    size_t n_hd = full ? N_OF(wide_hd_full) : N_OF(wide_hd), n_len = full ? N_OF(wide_lens_full) : N_OF(wide_lens);
+    size_t n = 0;
+    for (size_t h = 0; h < n_hd; h++)
+        for (size_t l = 0; l < n_len; l++)
+            for (int v = 0; v < (full ? 4 : 1); v++) /* F32; full adds F16, GQA 8/2, window 100 + sinks 4 */
+                for (int m = 0; m < 2; m++, n++) {
+                    if (n >= max)
+                        continue;
+                    attn_mode mode = m ? ATTN_DECODE : ATTN_PREFILL;
+                    attn_case_make(&out[n], hd[h], v == 2 ? 8 : 2, v == 2 ? 2 : 1, 16,
+                                   v == 1 ? KVRT_DTYPE_F16 : KVRT_DTYPE_F32, v == 3 ? 100 : 0, v == 3 ? 4 : 0, mode,
+                                   lens[l][0], 0x19u + n);
+                    out[n].n_new[0] = mode == ATTN_DECODE ? 1 : lens[l][1];
+                }
+    return n;
+}
+
 void attn_case_name(const attn_case *c, char *buf, size_t size)
 {
     int at = snprintf(buf, size, "%s %s hd=%d h=%d/%d bs=%d W=%d S=%d%s lens=[",

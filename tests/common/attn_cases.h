@@ -44,6 +44,15 @@ typedef struct attn_case {
  * factor values appears in some case). Returns the number of cases (all of
  * them; at most max are stored). */
 size_t attn_case_grid(bool full, attn_case *out, size_t max);
+/* Large head sizes (issue 19: Vulkan prefill returned wrong numbers with
+ * status OK from head_dim 768, where a key tile's loops ran past lavapipe's
+ * 65,535 trips an invocation): head_dim {512, 576, 768, 1024}, 2 query heads
+ * over 1 KV head, block 16, F32, prefill of the last n_new tokens and decode,
+ * at the contexts of the issue (126, 127, 200 keys), around the old
+ * boundary. full = a wider sweep (more head sizes, lengths up to
+ * 2,100, F16, GQA 8/2, window 100 with 4 sinks). Returns the number of cases
+ * (at most max stored). */
+size_t attn_case_wide(bool full, attn_case *out, size_t max);
 /* Fills a case for one grid point (lengths and chunks drawn from the seed). */
 void attn_case_make(attn_case *c, int32_t head_dim, int32_t n_heads, int32_t n_kv_heads, int32_t block_size,
                     kvrt_dtype dtype, int32_t window, int32_t sinks, attn_mode mode, int32_t length, uint64_t seed);

@@ -7,11 +7,14 @@
 
 typedef struct { KVRT_PUSH_ATTN } vk_push_attn;
 
-/* Keys per split-K partition: constants, so a sequence's partitions depend
- * on its own length only (batch invariance). They also bound the loop
- * iterations of one invocation, which lavapipe caps at 65535 in total. */
+/* Keys per split-K partition: functions of the model and device only, so a
+ * sequence's partitions depend on its own length alone (batch invariance).
+ * They also bound the loop trips of one invocation, which lavapipe stops,
+ * silently, after 65,535 in total: every kernel stays under KVRT_VK_TRIPS
+ * (the shaders' headers give each bound). */
 #define KVRT_VK_PART_TOKENS 512u
-#define KVRT_VK_PREFILL_PART_TOKENS 256u /* a multiple of every key tile */
+#define KVRT_VK_PREFILL_PART_TOKENS 256u /* halved while over the trip budget; a multiple of every key tile */
+#define KVRT_VK_MAX_HEAD_DIM 1024        /* largest head_dim of the attention kernels */
 #define KVRT_VK_DECODE_MAX_QD 1024 /* heads_per_wg * head_dim: bounds an invocation's loops */
 #define KVRT_VK_DECODE_MAX_HW 16   /* MAX_HW in attn_decode.comp */
 #define KVRT_VK_DECODE_WG 64u      /* keys per tile (WG in attn_decode.comp) */
@@ -21,8 +24,12 @@ static kvrt_status vk_attn_common(kvrt_vk_backend *vk, kvrt_kv_pool *pool, int32
                                   vk_push_attn *pc)
 {
     const kvrt_kv_pool_desc *pd = &pool->desc; /* shapes checked by the front door; limits here */
-    if (d->q_stride > UINT32_MAX || d->o_stride > UINT32_MAX || pd->head_dim > KVRT_VK_DECODE_MAX_QD)
-        return kvrt_fail(&vk->base.err, KVRT_ERR_UNSUPPORTED, "attention: strides or head_dim too large");
+    if (pd->head_dim > KVRT_VK_MAX_HEAD_DIM)
+        return kvrt_fail(&vk->base.err, KVRT_ERR_UNSUPPORTED,
+                         "attention: head_dim %d exceeds the Vulkan attention kernels' limit of %d", (int)pd->head_dim,
+                         KVRT_VK_MAX_HEAD_DIM);
+    if (d->q_stride > UINT32_MAX || d->o_stride > UINT32_MAX)
+        return kvrt_fail(&vk->base.err, KVRT_ERR_UNSUPPORTED, "attention: strides too large");
     memset(pc, 0, sizeof(*pc));
     pc->n_kv_heads = (uint32_t)pd->n_kv_heads;
     pc->head_dim = (uint32_t)pd->head_dim;
@@ -39,6 +46,30 @@ static kvrt_status vk_attn_common(kvrt_vk_backend *vk, kvrt_kv_pool *pool, int32
     pc->q_stride = (uint32_t)d->q_stride;
     pc->o_stride = (uint32_t)d->o_stride;
     return KVRT_OK;
+}
+
+/* Most split-K partitions the merge passes (attn_merge, attn_prefill_merge)
+ * take per row: their loop trips, 2 (P + 1) + E + 1 + E (P + 1) with
+ * E = ceil(D / 64), stay within KVRT_VK_TRIPS. 2,220 at head_dim 1024. */
+static uint32_t vk_merge_max_parts(uint32_t D)
+{
+    uint32_t e = (D + 63) / 64;
+    return (KVRT_VK_TRIPS - e - 1) / (e + 2) - 1;
+}
+
+/* Refuses sequences longer than the merge takes at this head_dim (exact;
+ * the front door already refused what exceeds kvrt_context_limits.max_seq_len,
+ * the bound at every head_dim, so this is a backstop). */
+static kvrt_status vk_check_parts(kvrt_vk_backend *vk, const char *op, uint32_t parts, uint32_t part_tokens,
+                                  uint32_t D)
+{
+    uint32_t max = vk_merge_max_parts(D);
+    if (parts <= max)
+        return KVRT_OK;
+    return kvrt_fail(&vk->base.err, KVRT_ERR_UNSUPPORTED,
+                     "%s: sequences of up to %llu keys exceed the Vulkan limit of %llu keys per sequence at "
+                     "head_dim %u (%u partitions of %u)", op, (unsigned long long)parts * part_tokens,
+                     (unsigned long long)max * part_tokens, D, max, part_tokens);
 }
 
 /* Bytes of n token rows of `row` floats, `stride` apart. */
@@ -104,7 +135,10 @@ kvrt_status kvrt_vk_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t la
      * under lavapipe's cap. The choice depends on the model and device only,
      * so partitions still depend on a sequence's own length alone. */
     pc.part_tokens = pc.tile_k * pc.heads_per_wg < 4 ? KVRT_VK_PART_TOKENS / 2 : KVRT_VK_PART_TOKENS;
-    pc.max_parts = (uint32_t)((max_ctx + pc.part_tokens - 1) / pc.part_tokens);
+    uint64_t parts = (max_ctx + pc.part_tokens - 1) / pc.part_tokens;
+    KVRT_TRY(vk_check_parts(vk, "attn_decode", (uint32_t)KVRT_MIN(parts, (uint64_t)UINT32_MAX), pc.part_tokens,
+                            pc.head_dim));
+    pc.max_parts = (uint32_t)parts;
     uint64_t scratch = (uint64_t)d->num_seqs * (uint64_t)d->n_heads * pc.max_parts * (pc.head_dim + 2u) * 4u;
     if (scratch / 4 > UINT32_MAX) /* the shaders index it in 32-bit words */
         return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "attn_decode: scratch of %llu bytes exceeds 32-bit indexing",
@@ -137,20 +171,72 @@ kvrt_status kvrt_vk_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t la
     return kvrt_vk_end_implicit(vk, implicit, s);
 }
 
-/* Tile sizes from the shared memory the prefill shader has (floats):
- * 2*tq*D (q, acc) + tk*D (K/V) + tq*tk (p) + tk (blocks) + 3*tq (m, l, alpha). */
-static bool vk_prefill_tiles(uint32_t smem, uint32_t D, uint32_t *tq, uint32_t *tk)
+#define KVRT_VK_PREFILL_WG 64u     /* WG in attn_prefill.comp */
+#define KVRT_VK_PREFILL_FIXED 320u /* FIXED_WORDS in attn_prefill.comp: 5 * MAX_TILE (64) */
+
+static uint64_t vk_cdiv(uint64_t a, uint64_t b)
+{
+    return (a + b - 1) / b;
+}
+
+/* Slices per dot product of attn_prefill for tq x tk tiles (powers of two). */
+static uint32_t vk_prefill_slices(uint32_t tq, uint32_t tk)
+{
+    return tq * tk >= KVRT_VK_PREFILL_WG ? 1 : KVRT_VK_PREFILL_WG / (tq * tk);
+}
+
+/* Shared floats attn_prefill needs beyond its fixed arrays (same formulas
+ * as the shader): q [tq][ks], acc [tq][D], K/V [tk][ks], p [tq][tk] and
+ * WG slice sums when dot products are split, ks = S * odd >= D. */
+static uint64_t vk_prefill_need(uint32_t D, uint32_t tq, uint32_t tk)
+{
+    uint32_t s = vk_prefill_slices(tq, tk);
+    uint64_t ks = (uint64_t)s * ((vk_cdiv(D, s)) | 1u);
+    return tq * ks + (uint64_t)tq * D + tk * ks + (uint64_t)tq * tk + (s > 1 ? KVRT_VK_PREFILL_WG : 0);
+}
+
+/* Loop trips of one attn_prefill invocation over a partition of `part`
+ * keys, every loop's exit counted as a trip (the bound in the shader's
+ * header; invocation 0 takes the most). */
+static uint64_t vk_prefill_trips(uint32_t D, uint32_t tq, uint32_t tk, uint32_t part)
+{
+    const uint64_t wg = KVRT_VK_PREFILL_WG;
+    uint64_t s = vk_prefill_slices(tq, tk), e = vk_cdiv((uint64_t)tq * D, wg);
+    uint64_t n = vk_cdiv((uint64_t)tq * tk * s, wg), log2s = 0;
+    while ((1ull << log2s) < s)
+        log2s++;
+    uint64_t tile = 2 * (vk_cdiv((uint64_t)tk * D, wg) + 1)   /* stage K and V */
+                    + n + 1 + n * (vk_cdiv(D, s) + 1)          /* scores */
+                    + (s > 1 ? log2s + 1 : 0)                  /* slice sums */
+                    + 2 * ((uint64_t)tk + 1)                   /* softmax */
+                    + e + 1 + e * ((uint64_t)tk + 1) + 1;      /* accumulate, key loop */
+    return vk_cdiv(part, tk) * tile + 2 * (e + 1) + 4;
+}
+
+/* Tile sizes from the shared memory the prefill shader has (floats): the
+ * widest key tile, then the tallest query tile, that fit; query tiles at
+ * least as tall as key tiles are wide where possible. Then the partition:
+ * 256 keys, halved until an invocation's trips fit KVRT_VK_TRIPS (128 keys
+ * for some head sizes above 128 with 32 KiB or more, e.g. 673 to 776 on
+ * lavapipe's 32 KiB; never with 16 KiB). */
+static bool vk_prefill_tiles(uint32_t smem, uint32_t D, uint32_t *tq, uint32_t *tk, uint32_t *part)
 {
     static const uint32_t kt[] = {64, 32, 16, 8, 4, 2, 1};
+    if (smem <= KVRT_VK_PREFILL_FIXED)
+        return false;
     for (size_t i = 0; i < KVRT_ARRAY_LEN(kt); i++) {
         for (uint32_t q = 64; q >= 1; q /= 2) {
-            uint64_t need = 2ull * q * D + (uint64_t)kt[i] * D + (uint64_t)q * kt[i] + kt[i] + 3ull * q;
-            /* keep query tiles at least as tall as key tiles are wide where possible */
-            if (need <= smem && (q >= kt[i] || q * 2 > 64 || kt[i] == 1)) {
-                *tq = q;
-                *tk = kt[i];
-                return true;
-            }
+            if (vk_prefill_need(D, q, kt[i]) > smem - KVRT_VK_PREFILL_FIXED || (q < kt[i] && q * 2 <= 64 && kt[i] > 1))
+                continue;
+            uint32_t p = KVRT_VK_PREFILL_PART_TOKENS;
+            while (vk_prefill_trips(D, q, kt[i], p) > KVRT_VK_TRIPS && p / 2 >= 64)
+                p /= 2;
+            if (vk_prefill_trips(D, q, kt[i], p) > KVRT_VK_TRIPS)
+                continue;
+            *tq = q;
+            *tk = kt[i];
+            *part = p;
+            return true;
         }
     }
     return false;
@@ -165,7 +251,7 @@ kvrt_status kvrt_vk_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t l
     KVRT_TRY(vk_attn_common(vk, pool, layer, d, &pc));
     if (d->num_seqs == 0)
         return KVRT_OK;
-    if (!vk_prefill_tiles(kvrt_vk_prefill_smem_floats(vk), pc.head_dim, &pc.tile_q, &pc.tile_k))
+    if (!vk_prefill_tiles(kvrt_vk_prefill_smem_floats(vk), pc.head_dim, &pc.tile_q, &pc.tile_k, &pc.part_tokens))
         return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "attn_prefill: head_dim %u does not fit shared memory",
                          pc.head_dim);
     int64_t row = (int64_t)d->n_heads * pool->desc.head_dim;
@@ -180,12 +266,11 @@ kvrt_status kvrt_vk_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t l
     if (d->num_tokens > 0) /* the rows the call has (the front door checked q holds them): scratch follows them */
         max_tokens = KVRT_MIN(max_tokens, (uint64_t)d->num_tokens);
     uint64_t tiles = (max_tokens + pc.tile_q - 1) / pc.tile_q;
-    /* one query tile per workgroup: with the 256-key partitions this bounds the
-     * loop iterations of an invocation (below lavapipe's 65535) */
-    pc.n_tile_groups = (uint32_t)KVRT_MIN(tiles, (uint64_t)vk->caps.max_wg_count[0]);
     uint64_t max_ctx = (uint64_t)d->max_seq_len; /* partitions follow the real lengths, not the table */
-    pc.part_tokens = KVRT_VK_PREFILL_PART_TOKENS;
-    pc.max_parts = (uint32_t)((max_ctx + pc.part_tokens - 1) / pc.part_tokens);
+    uint64_t parts = (max_ctx + pc.part_tokens - 1) / pc.part_tokens;
+    KVRT_TRY(vk_check_parts(vk, "attn_prefill", (uint32_t)KVRT_MIN(parts, (uint64_t)UINT32_MAX), pc.part_tokens,
+                            pc.head_dim));
+    pc.max_parts = (uint32_t)parts;
     uint64_t scratch = max_tokens * (uint64_t)d->n_heads * pc.max_parts * (pc.head_dim + 2u) * 4u;
     if (scratch > SIZE_MAX / 2 || (uint64_t)d->num_seqs * pc.max_parts > vk->caps.max_wg_count[2])
         return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED,
@@ -210,33 +295,56 @@ kvrt_status kvrt_vk_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t l
     bool implicit;
     KVRT_TRY(kvrt_vk_acquire(vk, &implicit));
     kvrt_status s = kvrt_vk_scratch_reserve(vk, (size_t)scratch);
-    if (s == KVRT_OK) {
+    /* one query tile (merge: one row) per workgroup, never a second: the
+     * dispatches cover tiles [tile_base, tile_base + max_wg_count[0]) */
+    uint64_t step = vk->caps.max_wg_count[0];
+    for (uint64_t t = 0; s == KVRT_OK && t < tiles; t += step) {
         bind.buf[1] = vk->scratch;
-        s = kvrt_vk_dispatch(vk, pipe, &bind, &pc, sizeof(pc), pc.n_tile_groups, (uint32_t)d->n_heads,
-                             (uint32_t)d->num_seqs * pc.max_parts);
+        pc.tile_base = (uint32_t)t;
+        s = kvrt_vk_dispatch(vk, pipe, &bind, &pc, sizeof(pc), (uint32_t)KVRT_MIN(tiles - t, step),
+                             (uint32_t)d->n_heads, (uint32_t)d->num_seqs * pc.max_parts);
     }
-    if (s == KVRT_OK) {
-        kvrt_vk_bind mb = {.buf = {vk->scratch, out.buf, seq_lens.buf, NULL, query_start_loc.buf},
-                           .seg = {0, o_seg, bind.seg[2], 0, bind.seg[4]}};
-        pc.n_tile_groups = (uint32_t)KVRT_MIN(max_tokens, (uint64_t)vk->caps.max_wg_count[0]);
-        s = kvrt_vk_dispatch(vk, KVRT_VK_PIPE_ATTN_PREFILL_MERGE, &mb, &pc, sizeof(pc), pc.n_tile_groups,
-                             (uint32_t)d->n_heads, (uint32_t)d->num_seqs);
+    kvrt_vk_bind mb = {.buf = {vk->scratch, out.buf, seq_lens.buf, NULL, query_start_loc.buf},
+                       .seg = {0, o_seg, bind.seg[2], 0, bind.seg[4]}};
+    for (uint64_t t = 0; s == KVRT_OK && t < max_tokens; t += step) {
+        pc.tile_base = (uint32_t)t;
+        s = kvrt_vk_dispatch(vk, KVRT_VK_PIPE_ATTN_PREFILL_MERGE, &mb, &pc, sizeof(pc),
+                             (uint32_t)KVRT_MIN(max_tokens - t, step), (uint32_t)d->n_heads, (uint32_t)d->num_seqs);
     }
     return kvrt_vk_end_implicit(vk, implicit, s);
 }
 
 /* ---- limits ---------------------------------------------------------------------------- */
 
-/* The largest head_dim (up to KVRT_VK_DECODE_MAX_QD) a kernel's tiles fit,
+/* The largest head_dim (up to KVRT_VK_MAX_HEAD_DIM) a kernel's tiles fit,
  * without GQA (more query heads per KV head only share K/V rows). */
 static int32_t vk_head_dim_max(kvrt_vk_backend *vk, bool decode)
 {
-    uint32_t smem = kvrt_vk_prefill_smem_floats(vk), hw, kt, tq, tk;
-    for (uint32_t D = KVRT_VK_DECODE_MAX_QD; D >= 1; D--) {
-        if (decode ? vk_decode_tiles(smem, 1, D, &hw, &kt) : vk_prefill_tiles(smem, D, &tq, &tk))
+    uint32_t smem = kvrt_vk_prefill_smem_floats(vk), hw, kt, tq, tk, part;
+    for (uint32_t D = KVRT_VK_MAX_HEAD_DIM; D >= 1; D--) {
+        if (decode ? vk_decode_tiles(smem, 1, D, &hw, &kt) : vk_prefill_tiles(smem, D, &tq, &tk, &part))
             return (int32_t)D;
     }
     return 0;
+}
+
+/* The longest sequence the merge passes take at every head_dim up to the
+ * kernels' limits: partitions (vk_merge_max_parts) times the smallest
+ * partition at that head_dim, decode's 256 keys or prefill's from its tiles
+ * (128 at some head sizes). The per-call check (vk_check_parts) is exact
+ * for the call's head_dim; this is the one number kvrt_context_limits has
+ * (e.g. ~341,000 keys on lavapipe, at head_dim 776). */
+static int64_t vk_max_seq_len(kvrt_vk_backend *vk, int32_t hd_max)
+{
+    uint32_t smem = kvrt_vk_prefill_smem_floats(vk), tq, tk, part;
+    int64_t best = INT32_MAX;
+    for (uint32_t D = 1; D <= (uint32_t)hd_max; D++) {
+        uint32_t p = KVRT_VK_PART_TOKENS / 2;
+        if (vk_prefill_tiles(smem, D, &tq, &tk, &part))
+            p = KVRT_MIN(p, part);
+        best = KVRT_MIN(best, (int64_t)vk_merge_max_parts(D) * p);
+    }
+    return best;
 }
 
 void kvrt_vk_limits(kvrt_backend *be, kvrt_context_limits *out)
@@ -245,6 +353,8 @@ void kvrt_vk_limits(kvrt_backend *be, kvrt_context_limits *out)
     if (vk->attn_head_dim_max[0] == 0) { /* device constants: worked out once */
         vk->attn_head_dim_max[0] = vk_head_dim_max(vk, true);
         vk->attn_head_dim_max[1] = vk_head_dim_max(vk, false);
+        vk->attn_max_seq_len =
+            vk_max_seq_len(vk, KVRT_MAX(vk->attn_head_dim_max[0], vk->attn_head_dim_max[1]));
     }
     out->memory_heap = vk->heap;
     out->memory_budget = vk->budget;
@@ -254,7 +364,7 @@ void kvrt_vk_limits(kvrt_backend *be, kvrt_context_limits *out)
     out->prefill_head_dim_max = vk->attn_head_dim_max[1];
     /* a table is one binding of one segment, indexed in 32-bit words */
     out->max_table_entries = (int64_t)KVRT_MIN(kvrt_vk_max_segment(vk) / 4, (size_t)UINT32_MAX);
-    out->max_seq_len = INT32_MAX;
+    out->max_seq_len = vk->attn_max_seq_len;
     out->max_scratch_bytes = kvrt_vk_max_scratch(vk);
     out->scratch_bytes = vk->scratch ? vk->scratch->head.size : 0;
 }

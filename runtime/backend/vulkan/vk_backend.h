@@ -11,6 +11,8 @@ typedef struct kvrt_vk_debug_params {
     size_t max_segment_bytes; /* 0 = device limits; else a smaller segment size (tests) */
     uint32_t max_shared_bytes; /* 0 = device limit; else less shared memory for the attention
                                   tiles (tests: the 16 KiB every Vulkan device has) */
+    uint32_t max_groups_x;     /* 0 = device limit; else a smaller maxComputeWorkGroupCount[0]
+                                  (tests: dispatch splits and grid strides with small data) */
 } kvrt_vk_debug_params;
 
 /* kvrt_vulkan_backend_create with debug options; debug may be NULL. */

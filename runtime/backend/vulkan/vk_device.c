@@ -317,6 +317,8 @@ static kvrt_status vk_probe(kvrt_vk_backend *vk, uint32_t disabled, kvrt_error *
     c->storage_align = lim->minStorageBufferOffsetAlignment;
     c->shared_bytes = lim->maxComputeSharedMemorySize;
     memcpy(c->max_wg_count, lim->maxComputeWorkGroupCount, sizeof(c->max_wg_count));
+    if (vk->debug.max_groups_x && vk->debug.max_groups_x < c->max_wg_count[0])
+        c->max_wg_count[0] = vk->debug.max_groups_x;
     c->subgroup_size = sg.subgroupSize;
     c->subgroup_ops = (sg.supportedStages & VK_SHADER_STAGE_COMPUTE_BIT) ? sg.supportedOperations : 0;
 

@@ -100,6 +100,10 @@ typedef struct kvrt_vk_pcache {
     kvrt_vk_pcache_stats stats;
 } kvrt_vk_pcache;
 
+/* Loop trips one shader invocation may take: lavapipe stops every loop of an
+ * invocation after 65,535 in total, silently; the host keeps each kernel
+ * under this, with room (each shader's header gives its bound). */
+#define KVRT_VK_TRIPS 40000u
 #define KVRT_VK_N_BINDINGS 7 /* 0 K pool[8], 1 V pool[8], 2..6 plain */
 
 typedef struct kvrt_vk_profile kvrt_vk_profile; /* vk_profile.c */
@@ -127,6 +131,7 @@ typedef struct kvrt_vk_backend {
     uint64_t budget; /* the context's, or by default the heap minus what was in use (never 0 after creation) */
     uint64_t used;   /* bytes of device memory kvrt allocated */
     int32_t attn_head_dim_max[2]; /* decode, prefill; 0 until kvrt_vk_limits works them out */
+    int64_t attn_max_seq_len;     /* keys per sequence the merge passes take at every head_dim (same) */
 
     VkCommandPool cmd_pool;
     VkCommandBuffer cmd;  /* the step being recorded */
@@ -231,7 +236,7 @@ kvrt_be_step_fn kvrt_vk_begin;
 kvrt_be_step_fn kvrt_vk_submit;
 kvrt_be_abort_fn kvrt_vk_abort;
 /* The limits entry (vk_attention.c: the attention kernels' limits, cached in
- * attn_head_dim_max; vk_memory.c's budget). */
+ * attn_head_dim_max and attn_max_seq_len; vk_memory.c's budget). */
 kvrt_be_limits_fn kvrt_vk_limits;
 /* Starts recording when no step is open; *implicit tells kvrt_vk_end_implicit to submit. */
 kvrt_status kvrt_vk_acquire(kvrt_vk_backend *vk, bool *implicit);

@@ -10,6 +10,26 @@
 
 typedef struct { KVRT_PUSH_OPS } vk_push_ops;
 
+/* Loop trips of one invocation are bounded in every shader (lavapipe stops
+ * an invocation's loops, silently, after 65,535 in total; each shader's
+ * header gives its bound). Rows that one workgroup walks (rmsnorm, a
+ * matmul's inputs) have this many elements at most, and a GEMV lane at
+ * most KVRT_VK_GEMV_STEPS steps of one row; grid-stride loops (add, swiglu,
+ * rope, embed, gather, kv_write) take at most ~1,024 trips, the grid growing
+ * with the size. */
+#define KVRT_VK_MAX_ROW (1 << 19)
+#define KVRT_VK_GEMV_STEPS 16384
+#define KVRT_VK_MAX_OUT_ROWS (1 << 24) /* matmul output rows: bounds the row rounds of a capped grid */
+
+/* Refuses a row longer than the shaders' per-workgroup loops take. */
+static kvrt_status vk_row_limit(kvrt_backend *be, const char *op, int64_t n)
+{
+    if (n <= KVRT_VK_MAX_ROW)
+        return KVRT_OK;
+    return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "%s: rows of %lld elements exceed the Vulkan limit of %d", op,
+                     (long long)n, KVRT_VK_MAX_ROW);
+}
+
 /* Bytes of n rows of `row` F32 elements, `stride` apart; false when the
  * shape is negative, overflows, or exceeds what 32-bit word offsets reach. */
 static bool vk_span(int64_t n, int64_t stride, int64_t row, int64_t elem, size_t *out)
@@ -44,6 +64,14 @@ static kvrt_status vk_record(kvrt_vk_backend *vk, kvrt_vk_pipe_id id, const kvrt
 static uint64_t vk_groups(uint64_t items, const kvrt_vk_backend *vk)
 {
     return KVRT_MIN((items + 63) / 64, (uint64_t)vk->caps.max_wg_count[0]);
+}
+
+/* Workgroups on x for a grid-stride loop over `items` that prefers at most
+ * `cap` of them (more groups along y): the cap gives way once an invocation
+ * would take more than 1,024 trips (items / (64 * 1024) groups). */
+static uint64_t vk_groups_capped(uint64_t items, uint64_t cap, const kvrt_vk_backend *vk)
+{
+    return KVRT_MIN(vk_groups(items, vk), KVRT_MAX(cap, (items + 65535) / 65536));
 }
 
 /* Weight type -> shader code (weights.glsl); elements per block and bytes
@@ -193,6 +221,33 @@ static uint32_t vk_gemv_rows(const kvrt_vk_backend *vk, uint32_t wtype, int64_t 
     return 64 / lanes;
 }
 
+/* Steps of the longest lane of a GEMV row (row_partial in matmul.comp:
+ * quant blocks, or 4 strided words / word pairs, per step). */
+static int64_t vk_gemv_steps(const kvrt_vk_backend *vk, uint32_t wtype, int64_t n_in)
+{
+    int64_t lanes = 64 / vk_gemv_rows(vk, wtype, n_in);
+    int64_t units = wtype >= 3 ? n_in / 32 : (wtype == 0 ? n_in : n_in / 2);
+    int64_t per_step = wtype >= 3 ? lanes : 4 * lanes;
+    int64_t steps = (units + per_step - 1) / per_step;
+    /* codes 5..14 (w_elem): a step is a loop over the block's 32 elements,
+     * not unrolled, so it counts as its 34 trips */
+    return wtype >= 5 ? steps * 34 : steps;
+}
+
+/* Loop trips of one matmul_tiled invocation (the bound in its header): row
+ * tile rounds x (steps of 32 inputs x trips a step + 2) + 1. A step takes
+ * 1 trip with the unrolled loads of codes 0..4 and 19 with the two 8-element
+ * loops of codes 5..14 (w_elem, not unrolled). Codes 0..4 stay under ~16,700
+ * at any shape the weights' 32-bit offsets allow; codes 5..14 reach
+ * KVRT_VK_TRIPS near 67,000 inputs. */
+static uint64_t vk_tiled_trips(const kvrt_vk_backend *vk, uint32_t wtype, int64_t n_in, int64_t n_out)
+{
+    uint64_t tiles = ((uint64_t)n_out + VK_GEMM_ROWS - 1) / VK_GEMM_ROWS;
+    uint64_t rounds = (tiles + vk->caps.max_wg_count[0] - 1) / vk->caps.max_wg_count[0];
+    uint64_t steps = ((uint64_t)n_in + 31) / 32;
+    return rounds * (steps * (wtype >= 5 ? 19 : 1) + 2) + 1;
+}
+
 kvrt_status kvrt_vk_matmul(kvrt_backend *be, kvrt_dtype wtype, kvrt_view w, int64_t n_out, int64_t n_in, kvrt_view x,
                            int64_t x_stride, kvrt_view y, int64_t y_stride, int32_t n_tokens)
 {
@@ -207,9 +262,21 @@ kvrt_status kvrt_vk_matmul(kvrt_backend *be, kvrt_dtype wtype, kvrt_view w, int6
     if (n_tokens < 0 || n_out <= 0 || n_out > UINT32_MAX || !vk_row_bytes(n_in, blk, blk_bytes, &row) ||
         !vk_span(n_tokens, x_stride, n_in, 4, &xb) || !vk_span(n_tokens, y_stride, n_out, 4, &yb))
         return vk_bad_shape(be, "matmul");
+    KVRT_TRY(vk_row_limit(be, "matmul", n_in));
+    if (n_out > KVRT_VK_MAX_OUT_ROWS)
+        return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "matmul: %lld output rows exceed the Vulkan limit of %d",
+                         (long long)n_out, KVRT_VK_MAX_OUT_ROWS);
     /* prefill: tiles of VK_GEMM_ROWS x VK_GEMM_TOKENS (matmul_tiled.comp);
      * decode and short chunks: workgroups of a few rows x VK_GEMV_TOKENS */
     bool tiled = n_tokens >= VK_GEMM_MIN_TOKENS;
+    if (!tiled && vk_gemv_steps(vk, pc.wtype, n_in) > KVRT_VK_GEMV_STEPS)
+        return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED,
+                         "matmul: rows of %lld inputs exceed what this device's GEMV lanes take (%d steps a lane)",
+                         (long long)n_in, KVRT_VK_GEMV_STEPS);
+    if (tiled && vk_tiled_trips(vk, pc.wtype, n_in, n_out) > KVRT_VK_TRIPS)
+        return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED,
+                         "matmul: %lld x %lld %s weights exceed the Vulkan tiled kernel's limit of %u loop trips an "
+                         "invocation", (long long)n_out, (long long)n_in, kvrt_dtype_name(wtype), KVRT_VK_TRIPS);
     uint64_t tok = tiled ? VK_GEMM_TOKENS : VK_GEMV_TOKENS;
     uint64_t gy = ((uint64_t)n_tokens + tok - 1) / tok;
     if (gy > vk->caps.max_wg_count[1])
@@ -240,6 +307,7 @@ kvrt_status kvrt_vk_rmsnorm(kvrt_backend *be, kvrt_view x, int64_t x_stride, kvr
     if (n_tokens < 0 || !vk_span(n_tokens, x_stride, dim, 4, &xb) || !vk_span(1, dim, dim, 4, &wb) ||
         !vk_span(n_tokens, y_stride, dim, 4, &yb))
         return vk_bad_shape(be, "rmsnorm");
+    KVRT_TRY(vk_row_limit(be, "rmsnorm", dim));
     vk_push_ops pc;
     memset(&pc, 0, sizeof(pc));
     kvrt_vk_bind bind = {.buf = {x.buf, w.buf, y.buf}};
@@ -306,7 +374,7 @@ kvrt_status kvrt_vk_swiglu(kvrt_backend *be, kvrt_view gate, int64_t gate_stride
     pc.a_stride = (uint32_t)gate_stride;
     pc.b_stride = (uint32_t)up_stride;
     pc.c_stride = (uint32_t)out_stride;
-    return vk_record(vk, KVRT_VK_PIPE_SWIGLU, &bind, &pc, KVRT_MIN(vk_groups((uint64_t)dim, vk), 256u),
+    return vk_record(vk, KVRT_VK_PIPE_SWIGLU, &bind, &pc, vk_groups_capped((uint64_t)dim, 256, vk),
                      (uint64_t)n_tokens);
 }
 
@@ -349,7 +417,7 @@ kvrt_status kvrt_vk_add_bias(kvrt_backend *be, kvrt_view x, int64_t x_stride, kv
     pc.a_stride = (uint32_t)x_stride;
     pc.b_stride = 0; /* the one bias row for every token */
     pc.c_stride = (uint32_t)y_stride;
-    return vk_record(vk, KVRT_VK_PIPE_ADD_BIAS, &bind, &pc, KVRT_MIN(vk_groups((uint64_t)dim, vk), 256u),
+    return vk_record(vk, KVRT_VK_PIPE_ADD_BIAS, &bind, &pc, vk_groups_capped((uint64_t)dim, 256, vk),
                      (uint64_t)n_tokens);
 }
 
@@ -368,8 +436,7 @@ static kvrt_status vk_rows_op(kvrt_vk_backend *vk, kvrt_vk_pipe_id id, kvrt_vk_p
     kvrt_vk_bind bind = {.buf = {src->v.buf, idx.buf, dst.buf}};
     KVRT_TRY(kvrt_vk_view_seg(vk, idx, (size_t)n * 4, op, &bind.seg[1], &pc->b_off));
     KVRT_TRY(kvrt_vk_view_seg(vk, dst, dst_bytes, op, &bind.seg[2], &pc->c_off));
-    return vk_record_rows(vk, id, bda_id, op, &bind, pc, src, 0, KVRT_MIN(vk_groups(pc->dim, vk), 64u),
-                          (uint64_t)n);
+    return vk_record_rows(vk, id, bda_id, op, &bind, pc, src, 0, vk_groups_capped(pc->dim, 64, vk), (uint64_t)n);
 }
 
 kvrt_status kvrt_vk_embed(kvrt_backend *be, kvrt_dtype wtype, kvrt_view table, int64_t dim, kvrt_view ids,
