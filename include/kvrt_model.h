@@ -160,6 +160,15 @@ typedef struct kvrt_session_params {
     kvrt_dtype kv_type; /* F32 (default), F16, or Q8_0 / Q4_0 (CPU; head_dim a multiple of 32) */
     int32_t n_batch;    /* tokens per forward when evaluating a prompt (prefill chunk); 0 = 512 */
     int32_t num_blocks; /* KV pool size; 0 = enough for n_ctx */
+    /* Context shift (endless generation, the StreamingLLM recipe): nonzero
+     * lets kvrt_session_eval go past n_ctx. When the tokens to evaluate do
+     * not fit, the first n_sinks positions are kept (rounded up to whole
+     * blocks), the oldest blocks after them are dropped (half of those
+     * blocks, or more when the chunk needs it) and the kept keys are
+     * re-rotated to their new positions. n_sinks + one block must fit in
+     * n_ctx (INVALID_ARGUMENT at create otherwise). */
+    int32_t context_shift;
+    int32_t n_sinks;    /* default 4 */
 } kvrt_session_params;
 
 KVRT_API kvrt_session_params kvrt_session_default_params(void);
@@ -173,8 +182,10 @@ KVRT_API const char *kvrt_session_message(const kvrt_session *session);
  * n_batch (paged KV cache, tiled prefill / paged decode attention) and writes
  * the logits of the last token to `logits` [n_vocab] (may be NULL), or of every
  * token to `logits_all` [n][n_vocab] (may be NULL). Errors: BAD_TOKEN (id out of
- * range), CONTEXT_OVERFLOW (beyond n_ctx), OUT_OF_BLOCKS; the session is left
- * as it was before the failing chunk. */
+ * range), CONTEXT_OVERFLOW (beyond n_ctx without context_shift), OUT_OF_BLOCKS;
+ * the session is left as it was before the failing chunk (a failed context
+ * shift resets it, and says so). With context_shift, tokens past n_ctx shift
+ * the context first (n_past then counts the positions kept, not every token). */
 KVRT_API kvrt_status kvrt_session_eval(kvrt_session *session, const int32_t *tokens, int32_t n,
                                        float *logits, float *logits_all);
 /* Forgets every token (blocks returned to the pool). */
@@ -187,6 +198,8 @@ typedef struct kvrt_session_stats {
     int32_t blocks_total;
     int32_t block_size;
     uint64_t kv_bytes;      /* bytes of the whole KV pool */
+    int32_t n_shifts;       /* context shifts so far */
+    int64_t n_dropped;      /* tokens the context shifts dropped */
 } kvrt_session_stats;
 
 KVRT_API kvrt_status kvrt_session_get_stats(const kvrt_session *session, kvrt_session_stats *out);
