@@ -24,6 +24,8 @@
 typedef struct run_args {
     const char *model, *tokenizer, *prompt, *prompt_file, *dump_logits;
     const char *system, *chat_template; /* --chat */
+    const char *prompt_cache;            /* --prompt-cache DIR */
+    int64_t prompt_cache_max;            /* MiB */
     char *prompt_text;   /* -f: the file's bytes (owned) */
     size_t prompt_len;
     int32_t n_predict, ctx, batch, sinks;
@@ -43,6 +45,7 @@ static int parse_args(int argc, char **argv, run_args *a)
     a->n_predict = 128;
     a->batch = 512;
     a->sinks = 4;
+    a->prompt_cache_max = 1024;
     a->sp = kvrt_sampler_default_params();
     a->seed = -1;
     kvrt_cli_common_init(&a->common, KVRT_DTYPE_F32, 1);
@@ -88,6 +91,13 @@ static int parse_args(int argc, char **argv, run_args *a)
         KVRT_CLI_INT32(0, "sinks", &a->sinks, 0, INT32_MAX, "N",
                        "tokens --context-shift keeps at the start, rounded up to whole\n"
                        "KV blocks (default 4)"),
+        KVRT_CLI_STR(0, "prompt-cache", &a->prompt_cache, "DIR",
+                     "keep the prompt's KV blocks in DIR (created when missing) and load\n"
+                     "them in later runs that start with the same tokens on the same\n"
+                     "model, KV type and block size, instead of computing them"),
+        KVRT_CLI_INT64(0, "prompt-cache-max", &a->prompt_cache_max, 1, INT64_MAX / (1 << 20), "MIB",
+                       "size cap of --prompt-cache's files; the least recently used go\n"
+                       "first (default 1024 = 1 GiB)"),
         KVRT_CLI_BOOL(0, "truncate-prompt", &a->truncate, "keep the end of a prompt longer than the context"),
         KVRT_CLI_STR(0, "dump-logits", &a->dump_logits, "FILE",
                      "write float32 logits of every computed position (positions x vocab)"),
@@ -285,9 +295,13 @@ static int setup(run_state *st)
     sp.n_batch = a->batch;
     sp.context_shift = a->context_shift;
     sp.n_sinks = a->sinks;
+    sp.prompt_cache_dir = a->prompt_cache;
+    sp.prompt_cache_max_bytes = (uint64_t)a->prompt_cache_max << 20;
     s = kvrt_session_create(st->model, &sp, &st->sess, &err);
     if (s != KVRT_OK)
         return fail("creating the KV cache", s, err.message);
+    if (*kvrt_session_warning(st->sess))
+        fprintf(stderr, "kvrt-run: warning: %s\n", kvrt_session_warning(st->sess));
     if (a->seed < 0)
         a->seed = (int64_t)time(NULL);
     st->a->sp.seed = (uint64_t)a->seed;
@@ -370,6 +384,14 @@ static int generate(run_state *st)
     kvrt_status s = kvrt_session_eval(st->sess, st->prompt, st->n_prompt, st->logits, all);
     double t_prompt = now_s() - t0;
     int rc = s != KVRT_OK ? fail("prompt", s, kvrt_session_message(st->sess)) : dump_rows(st, all, st->n_prompt);
+    if (rc == 0 && a->prompt_cache) {
+        kvrt_session_stats ps;
+        kvrt_session_get_stats(st->sess, &ps);
+        if (ps.n_warnings > 0 && *kvrt_session_warning(st->sess))
+            fprintf(stderr, "kvrt-run: warning: %s\n", kvrt_session_warning(st->sess));
+        fprintf(stderr, "kvrt-run: prompt cache: %lld of %d prompt tokens loaded, %lld blocks written\n",
+                (long long)ps.prompt_cache_hit_tokens, (int)st->n_prompt, (long long)ps.prompt_cache_written_blocks);
+    }
     free(all);
     if (rc)
         return rc;

@@ -3,6 +3,7 @@
 #include "model/model_api_internal.h"
 
 #include "backend/kv_cache_internal.h"
+#include "model/prompt_cache.h"
 
 #include <string.h>
 
@@ -24,6 +25,9 @@ struct kvrt_session {
     float *shift_cs;       /* [rope_dim] cos/sin of the shift's angle */
     int32_t n_shifts;
     int64_t n_dropped;
+    /* prompt cache on disk (prompt_cache_dir set) */
+    kvrt_prompt_cache *pc;
+    int32_t *hist;         /* [n_ctx] token id at each position, for the blocks' keys */
     /* host batch arrays, [n_batch] each */
     int32_t *positions, *slots, *logits_idx;
     kvrt_error err;
@@ -53,6 +57,8 @@ void kvrt_session_destroy(kvrt_session *s)
     kvrt_free(sess_alloc(s), s->logits_idx);
     kvrt_free(sess_alloc(s), s->shift_ids);
     kvrt_free(sess_alloc(s), s->shift_cs);
+    kvrt_free(sess_alloc(s), s->hist);
+    kvrt_prompt_cache_close(s->pc);
     kvrt_free(sess_alloc(s), s);
 }
 
@@ -102,6 +108,43 @@ static kvrt_status shift_init(kvrt_session *s, kvrt_error *err)
     return KVRT_OK;
 }
 
+static kvrt_status ensure_blocks(kvrt_session *s, int32_t end);
+
+/* The prompt cache: its folder's problems are warnings (kvrt_session_warning). */
+static kvrt_status prompt_cache_init(kvrt_session *s, kvrt_error *err)
+{
+    s->hist = kvrt_calloc(sess_alloc(s), (size_t)s->p.n_ctx, sizeof(int32_t));
+    if (!s->hist)
+        return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "session: out of host memory");
+    uint64_t fp = kvrt_prompt_cache_fingerprint(s->model->mf, kvrt_kv_cache_desc(s->cache));
+    return kvrt_prompt_cache_open(s->p.prompt_cache_dir, s->p.prompt_cache_max_bytes, fp, s->p.block_size,
+                                  kvrt_kv_cache_slot_bytes(s->cache), sess_alloc(s), &s->pc, err);
+}
+
+/* Before an evaluation from an empty cache: the longest run of the prompt's
+ * full blocks (never its last token) found in the folder is loaded into the
+ * session's first blocks; returns the tokens covered. */
+static int32_t prompt_cache_lookup(kvrt_session *s, const int32_t *tokens, int32_t n)
+{
+    int32_t bs = s->p.block_size, want = KVRT_MIN((n - 1) / bs, s->p.n_ctx / bs);
+    if (want < 1 || ensure_blocks(s, want * bs) != KVRT_OK)
+        return 0;
+    int32_t got = kvrt_prompt_cache_load(s->pc, s->cache, tokens, want, s->block_table);
+    memcpy(s->hist, tokens, (size_t)got * (size_t)bs * sizeof(int32_t));
+    s->n_past = got * bs;
+    return got * bs;
+}
+
+/* After an evaluation of several tokens: the full blocks it completed go to
+ * the folder (positions still numbered from the first token: no shift yet). */
+static void prompt_cache_save(kvrt_session *s, int32_t from_pos)
+{
+    if (s->n_shifts > 0)
+        return;
+    kvrt_prompt_cache_store(s->pc, s->cache, s->hist, from_pos / s->p.block_size, s->n_past / s->p.block_size,
+                            s->block_table);
+}
+
 kvrt_status kvrt_session_create(kvrt_model *m, const kvrt_session_params *params, kvrt_session **out,
                                 kvrt_error *err)
 {
@@ -144,6 +187,8 @@ kvrt_status kvrt_session_create(kvrt_model *m, const kvrt_session_params *params
     kvrt_status st = kvrt_kv_cache_create(m->ctx, &cp, &s->cache, err);
     if (st == KVRT_OK && p.context_shift)
         st = shift_init(s, err);
+    if (st == KVRT_OK && p.prompt_cache_dir)
+        st = prompt_cache_init(s, err);
     if (st != KVRT_OK) {
         kvrt_session_destroy(s);
         return st;
@@ -165,6 +210,8 @@ kvrt_status kvrt_session_reset(kvrt_session *s)
     s->blocks_used = 0;
     s->n_assigned = 0;
     s->n_past = 0;
+    s->n_shifts = 0; /* positions count from the first token again (the prompt cache's keys) */
+    s->n_dropped = 0;
     return KVRT_OK;
 }
 
@@ -262,6 +309,8 @@ static kvrt_status eval_chunk(kvrt_session *s, const int32_t *tokens, int32_t n,
         .num_logits = logits ? (want_all ? n : 1) : 0,
     };
     KVRT_TRY(kvrt_llama_forward(s->model->lm, kvrt_kv_cache_pool(s->cache), &b, logits, &s->err));
+    if (s->hist && s->n_shifts == 0)
+        memcpy(s->hist + s->n_past, tokens, (size_t)n * sizeof(int32_t));
     s->n_past += n;
     return KVRT_OK;
 }
@@ -284,10 +333,13 @@ kvrt_status kvrt_session_eval(kvrt_session *s, const int32_t *tokens, int32_t n,
             return kvrt_fail(&s->err, KVRT_ERR_BAD_TOKEN, "token id %d (input %d) is outside the vocabulary [0, %d)",
                              (int)tokens[i], (int)i, (int)n_vocab);
     }
+    int32_t start = s->n_past, done = 0;
+    if (s->pc && n >= 2 && s->n_past == 0 && !logits_all && kvrt_prompt_cache_active(s->pc))
+        start = done = prompt_cache_lookup(s, tokens, n);
     /* with context shift a chunk fits after the largest shift: the sinks and a partial block stay */
     int32_t max_chunk = s->p.context_shift ? s->p.n_ctx - s->sink_blocks * s->p.block_size - s->p.block_size + 1
                                            : s->p.n_batch;
-    for (int32_t done = 0; done < n;) {
+    while (done < n) {
         int32_t c = KVRT_MIN(KVRT_MIN(s->p.n_batch, max_chunk), n - done);
         if (s->p.context_shift && c > s->p.n_ctx - s->n_past)
             KVRT_TRY(shift_context(s, c));
@@ -298,7 +350,14 @@ kvrt_status kvrt_session_eval(kvrt_session *s, const int32_t *tokens, int32_t n,
             memcpy(logits, logits_all + (size_t)(n - 1) * n_vocab, (size_t)n_vocab * sizeof(float));
         done += c;
     }
+    if (s->pc && n >= 2)
+        prompt_cache_save(s, start);
     return KVRT_OK;
+}
+
+const char *kvrt_session_warning(const kvrt_session *s)
+{
+    return s ? kvrt_prompt_cache_warning(s->pc) : "";
 }
 
 kvrt_status kvrt_session_get_stats(const kvrt_session *s, kvrt_session_stats *out)
@@ -313,6 +372,11 @@ kvrt_status kvrt_session_get_stats(const kvrt_session *s, kvrt_session_stats *ou
     out->kv_bytes = kvrt_kv_cache_device_bytes(s->cache);
     out->n_shifts = s->n_shifts;
     out->n_dropped = s->n_dropped;
+    kvrt_prompt_cache_stats ps;
+    kvrt_prompt_cache_get_stats(s->pc, &ps);
+    out->prompt_cache_hit_tokens = ps.hit_blocks * s->p.block_size;
+    out->prompt_cache_written_blocks = ps.written_blocks;
+    out->n_warnings = ps.n_warnings;
     return KVRT_OK;
 }
 
@@ -364,4 +428,9 @@ kvrt_status kvrt_session_generate(kvrt_session *s, kvrt_sampler *sampler, float 
         }
     }
     return KVRT_OK;
+}
+
+struct kvrt_prompt_cache *kvrt_session_debug_prompt_cache(kvrt_session *s)
+{
+    return s->pc;
 }
