@@ -17,7 +17,7 @@ layout(local_size_x = 64) in;
 
 float key_load(uint seg, uint e)
 {
-    if (pc.f16 == 0u)
+    if (pc.k_type != uint(KVRT_KV_T_F16))
         return uintBitsToFloat(kpool_get(seg, e));
     vec2 h = unpackHalf2x16(kpool_get(seg, e >> 1));
     return (e & 1u) != 0u ? h.y : h.x;
@@ -25,7 +25,7 @@ float key_load(uint seg, uint e)
 
 void key_store(uint seg, uint e, float x)
 {
-    if (pc.f16 == 0u) {
+    if (pc.k_type != uint(KVRT_KV_T_F16)) {
         kpool_set(seg, e, floatBitsToUint(x));
         return;
     }

@@ -133,13 +133,21 @@ static void run_kernel_case(kvrt_context *ctx, const char *pass, const shift_cas
     kvrt_error err;
     kvrt_status s = kvrt_kv_cache_create(ctx, &p, &cache, &err);
     bool quant = c->dtype == KVRT_DTYPE_Q8_0 || c->dtype == KVRT_DTYPE_Q4_0;
-    if (quant && !quant_kv) { /* GPU pools refuse the quantized types, and say so */
+    if (quant && !quant_kv) { /* a pass without quantized KV refuses the pool, and says so */
         assert_int_equal(s, KVRT_ERR_UNSUPPORTED);
         assert_non_null(strstr(err.message, kvrt_dtype_name(c->dtype)));
         return;
     }
     if (s != KVRT_OK)
         fail_msg("%s: cache: %s", pass, err.message);
+    if (quant && kvrt_context_backend(ctx) != KVRT_BACKEND_CPU) { /* GPU kernels turn F32/F16 keys only */
+        const int32_t one[] = {1};
+        float cs1[64] = {1.0f, 0.0f};
+        assert_int_equal(kvrt_kv_cache_rope_shift(cache, one, 1, cs1, 2, 0), KVRT_ERR_UNSUPPORTED);
+        assert_non_null(strstr(kvrt_kv_cache_message(cache), kvrt_dtype_name(c->dtype)));
+        kvrt_kv_cache_destroy(cache);
+        return;
+    }
     size_t bb = kvrt_kv_cache_block_bytes(cache), total = (size_t)N_LAYERS * 2 * N_BLOCKS * bb;
     uint8_t *before = malloc(total), *after = malloc(total);
     for (int32_t l = 0; l < N_LAYERS; l++)

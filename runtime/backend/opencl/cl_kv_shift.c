@@ -17,7 +17,7 @@ kvrt_status kvrt_cl_kv_rope_shift(kvrt_backend *be, kvrt_kv_pool *pool, int32_t 
     KVRT_TRY(kvrt_cl_resolve(cl, blocks, (size_t)n_blocks * 4, 4, "rope shift blocks", &bm, &a.blocks_off));
     KVRT_TRY(kvrt_cl_resolve(cl, cos_sin, (size_t)rot_dim * 4, 4, "rope shift cos/sin", &cm, &a.cs_off));
     cl_kernel kern;
-    int variant = d->dtype == KVRT_DTYPE_F16 ? KVRT_CL_VARIANT_F16 : KVRT_CL_VARIANT_F32;
+    int variant = KVRT_CL_KV_VARIANT(pool->k_type, pool->v_type);
     KVRT_TRY(kvrt_cl_kernel(cl, KVRT_CL_PROG_KV, variant, CL_K_KV_ROPE_SHIFT, &kern));
     kvrt_cl_pool_args pa = {.blocks_per_seg = pool->blocks_per_seg, .num_blocks = d->num_blocks,
                             .n_kv_heads = d->n_kv_heads, .block_size = d->block_size, .head_dim = d->head_dim};

@@ -21,7 +21,8 @@ kvrt_status kvrt_vk_kv_rope_shift(kvrt_backend *be, kvrt_kv_pool *pool, int32_t 
     pc.block_size = (uint32_t)d->block_size;
     pc.num_blocks = (uint32_t)d->num_blocks;
     pc.blocks_per_seg = pool->blocks_per_seg;
-    pc.f16 = d->dtype == KVRT_DTYPE_F16;
+    pc.k_type = pool->k_type;
+    pc.v_type = pool->v_type;
     pc.n_blocks = (uint32_t)n_blocks;
     pc.rot_dim = (uint32_t)rot_dim;
     pc.neox = (uint32_t)neox;

@@ -39,7 +39,7 @@ typedef struct kvrt_push_kv_write { KVRT_PUSH_KV_WRITE } kvrt_push_kv_write;
 typedef struct kvrt_push_attn { KVRT_PUSH_ATTN } kvrt_push_attn;
 typedef struct kvrt_push_ops { KVRT_PUSH_OPS } kvrt_push_ops;
 typedef struct kvrt_push_rope_shift { KVRT_PUSH_ROPE_SHIFT } kvrt_push_rope_shift;
-_Static_assert(sizeof(kvrt_push_rope_shift) == 11 * 4, "rope shift push constants: 11 words");
+_Static_assert(sizeof(kvrt_push_rope_shift) == 12 * 4, "rope shift push constants: 12 words");
 _Static_assert(sizeof(kvrt_push_kv_write) == 13 * 4, "kv_write push constants: 13 words");
 _Static_assert(offsetof(kvrt_push_kv_write, slot_off) == 48, "std430 offset of slot_off");
 _Static_assert(sizeof(kvrt_push_attn) == 26 * 4, "attention push constants: 26 words");
