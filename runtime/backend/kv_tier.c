@@ -1,0 +1,482 @@
+/* The host tier that computes (kv_tier.h): a CPU backend's KV pool beside a
+ * cache's device pool, block moves between them, and attention split by
+ * tier and merged by log-sum-exp. */
+#include "backend/kv_tier.h"
+#include "backend/ops.h"
+
+#include <math.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+struct kvrt_kv_tier {
+    kvrt_backend *dev;          /* the cache's backend */
+    kvrt_kv_pool *dev_pool;
+    kvrt_kv_pool_desc desc;     /* the device pool's shape */
+    kvrt_backend *cpu;          /* the host tier's own CPU backend */
+    kvrt_kv_pool *host_pool;
+    kvrt_kv_pool_desc host_desc;
+    const kvrt_allocator *alloc;
+    size_t block_bytes;         /* one block of one pool (one layer, K or V) */
+    uint8_t *stage;             /* [block_bytes]: a block on its way between tiers */
+    kvrt_error err;
+    kvrt_kv_tier_stats st;
+};
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* This machine's physical memory in bytes (0 when unknown). */
+static uint64_t host_memory_bytes(void)
+{
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    return pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0;
+}
+
+/* ---- create / destroy ------------------------------------------------------------- */
+
+kvrt_status kvrt_kv_tier_create(kvrt_kv_cache *cache, const kvrt_kv_tier_params *p, kvrt_kv_tier **out,
+                                kvrt_error *err)
+{
+    kvrt_error_clear(err);
+    if (!out)
+        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "host tier: out is NULL");
+    *out = NULL;
+    if (!cache || !p)
+        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "host tier: %s is NULL", !cache ? "cache" : "params");
+    if (p->num_host_blocks < 1)
+        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "host tier: %d host blocks, need at least 1",
+                         (int)p->num_host_blocks);
+    if (p->n_threads < 0)
+        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "host tier: n_threads %d < 0", (int)p->n_threads);
+    kvrt_backend *dev = kvrt_kv_cache_backend(cache);
+    kvrt_kv_pool_desc hd = *kvrt_kv_cache_desc(cache);
+    hd.num_blocks = p->num_host_blocks;
+    size_t slot = kvrt_kv_cache_slot_bytes(cache);
+    uint64_t mem = p->host_memory ? p->host_memory : host_memory_bytes();
+    uint64_t need = (uint64_t)slot * (uint64_t)p->num_host_blocks; /* < 2^31 * a slot: no overflow */
+    if (mem > 0 && need > mem)
+        return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY,
+                         "host tier: %d host blocks of %zu bytes need %llu bytes (%.2f GiB), more than the host "
+                         "memory of %llu bytes (%.2f GiB)",
+                         (int)p->num_host_blocks, slot, (unsigned long long)need, (double)need / 1073741824.0,
+                         (unsigned long long)mem, (double)mem / 1073741824.0);
+    kvrt_kv_tier *t = kvrt_calloc(dev->alloc, 1, sizeof(*t));
+    if (!t)
+        return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "host tier: out of host memory");
+    t->dev = dev;
+    t->dev_pool = kvrt_kv_cache_pool(cache);
+    t->desc = *kvrt_kv_cache_desc(cache);
+    t->host_desc = hd;
+    t->alloc = dev->alloc;
+    t->block_bytes = kvrt_kv_block_bytes(&t->desc);
+    t->st.num_host_blocks = p->num_host_blocks;
+    t->st.host_pool_bytes = need;
+    kvrt_context_params cp = kvrt_context_default_params();
+    cp.backend = KVRT_BACKEND_CPU;
+    cp.n_threads = p->n_threads;
+    cp.allocator = dev->alloc;
+    kvrt_status s = kvrt_cpu_backend_create(&cp, &t->cpu, err);
+    if (s == KVRT_OK) {
+        s = kvrt_op_kv_pool_create(t->cpu, &t->host_desc, &t->host_pool);
+        if (s != KVRT_OK)
+            kvrt_fail(err, s, "host tier: %s", t->cpu->err.message);
+    }
+    if (s == KVRT_OK && !(t->stage = kvrt_alloc(t->alloc, t->block_bytes, 64)))
+        s = kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "host tier: out of host memory");
+    if (s != KVRT_OK) {
+        kvrt_kv_tier_destroy(t);
+        return s;
+    }
+    *out = t;
+    return KVRT_OK;
+}
+
+void kvrt_kv_tier_destroy(kvrt_kv_tier *t)
+{
+    if (!t)
+        return;
+    if (t->cpu) {
+        kvrt_op_kv_pool_destroy(t->cpu, t->host_pool);
+        t->cpu->ops->destroy(t->cpu);
+    }
+    kvrt_free(t->alloc, t->stage);
+    kvrt_free(t->alloc, t);
+}
+
+const char *kvrt_kv_tier_message(const kvrt_kv_tier *t)
+{
+    return t ? t->err.message : "";
+}
+
+void kvrt_kv_tier_get_stats(const kvrt_kv_tier *t, kvrt_kv_tier_stats *out)
+{
+    if (t && out)
+        *out = t->st;
+}
+
+size_t kvrt_kv_tier_slot_bytes(const kvrt_kv_tier *t)
+{
+    return 2 * (size_t)t->desc.n_layers * t->block_bytes;
+}
+
+/* ---- moves ------------------------------------------------------------------------- */
+
+static kvrt_status from(kvrt_kv_tier *t, kvrt_backend *be, kvrt_status s)
+{
+    if (s != KVRT_OK)
+        kvrt_error_copy(&t->err, &be->err);
+    return s;
+}
+
+/* One block, every layer, K and V, from one pool to another through the stage. */
+static kvrt_status move_block(kvrt_kv_tier *t, kvrt_backend *sb, kvrt_kv_pool *sp, int32_t src, kvrt_backend *db,
+                              kvrt_kv_pool *dp, int32_t dst)
+{
+    for (int32_t l = 0; l < t->desc.n_layers; l++) {
+        for (int w = 0; w < 2; w++) {
+            KVRT_TRY(from(t, sb, kvrt_op_kv_block_read(sb, sp, l, (kvrt_kv_which)w, src, t->stage)));
+            KVRT_TRY(from(t, db, kvrt_op_kv_block_write(db, dp, l, (kvrt_kv_which)w, dst, t->stage)));
+        }
+    }
+    return KVRT_OK;
+}
+
+static kvrt_status check_pairs(kvrt_kv_tier *t, const int32_t (*pairs)[2], int32_t n, const char *fn)
+{
+    if (n < 0 || (n > 0 && !pairs))
+        return kvrt_fail(&t->err, KVRT_ERR_INVALID_ARGUMENT, "%s: %s", fn, n < 0 ? "n_pairs < 0" : "pairs is NULL");
+    return KVRT_OK;
+}
+
+kvrt_status kvrt_kv_tier_to_host(kvrt_kv_tier *t, const int32_t (*pairs)[2], int32_t n_pairs)
+{
+    kvrt_error_clear(&t->err);
+    KVRT_TRY(check_pairs(t, pairs, n_pairs, "kvrt_kv_tier_to_host"));
+    for (int32_t i = 0; i < n_pairs; i++) {
+        KVRT_TRY(move_block(t, t->dev, t->dev_pool, pairs[i][0], t->cpu, t->host_pool, pairs[i][1]));
+        t->st.blocks_to_host++;
+        t->st.bytes_to_host += kvrt_kv_tier_slot_bytes(t);
+    }
+    return KVRT_OK;
+}
+
+kvrt_status kvrt_kv_tier_to_device(kvrt_kv_tier *t, const int32_t (*pairs)[2], int32_t n_pairs)
+{
+    kvrt_error_clear(&t->err);
+    KVRT_TRY(check_pairs(t, pairs, n_pairs, "kvrt_kv_tier_to_device"));
+    for (int32_t i = 0; i < n_pairs; i++) {
+        KVRT_TRY(move_block(t, t->cpu, t->host_pool, pairs[i][0], t->dev, t->dev_pool, pairs[i][1]));
+        t->st.blocks_to_device++;
+        t->st.bytes_to_device += kvrt_kv_tier_slot_bytes(t);
+    }
+    return KVRT_OK;
+}
+
+/* ---- the merge --------------------------------------------------------------------- */
+
+void kvrt_kv_tier_merge(float *o1, float *lse1, const float *o2, const float *lse2, int64_t n, int32_t n_heads,
+                        int32_t head_dim)
+{
+    for (int64_t r = 0; r < n * n_heads; r++) {
+        float l1 = lse1[r], l2 = lse2[r];
+        float *a = o1 + r * head_dim;
+        const float *b = o2 + r * head_dim;
+        if (l2 == -INFINITY)
+            continue;
+        if (l1 == -INFINITY) {
+            memcpy(a, b, (size_t)head_dim * sizeof(float));
+            lse1[r] = l2;
+            continue;
+        }
+        /* in double: the weights of two partial sums, as split-K merges them */
+        double m = l1 > l2 ? l1 : l2, w1 = exp((double)l1 - m), w2 = exp((double)l2 - m), inv = 1.0 / (w1 + w2);
+        for (int32_t d = 0; d < head_dim; d++)
+            a[d] = (float)((w1 * a[d] + w2 * b[d]) * inv);
+        lse1[r] = (float)(m + log(w1 + w2));
+    }
+}
+
+/* ---- host arrays on a backend (as the attention API passes them) ---------------------- */
+
+typedef struct arg {
+    void *host;
+    size_t size;
+    bool is_out;
+    kvrt_buffer *buf;
+} arg;
+
+static kvrt_status args_begin(kvrt_backend *be, arg *a, int n)
+{
+    for (int i = 0; i < n; i++)
+        KVRT_TRY(kvrt_op_buffer_for_host(be, a[i].host, a[i].size, !a[i].is_out, &a[i].buf));
+    return KVRT_OK;
+}
+
+static kvrt_status args_end(kvrt_backend *be, arg *a, int n, kvrt_status s)
+{
+    for (int i = n - 1; i >= 0; i--) {
+        if (!a[i].buf)
+            continue;
+        if (s == KVRT_OK && a[i].is_out && !kvrt_op_wraps_host(be))
+            s = kvrt_op_buffer_download(be, a[i].buf, 0, a[i].host, a[i].size);
+        kvrt_op_buffer_destroy(be, a[i].buf);
+        a[i].buf = NULL;
+    }
+    return s;
+}
+
+static kvrt_view v_of(const arg *a)
+{
+    kvrt_view v = {a->buf, 0};
+    return v;
+}
+
+/* One attention call with lse on one tier: decode when qsl is NULL. Rows of
+ * q/out/lse: d->num_seqs (decode) or d->num_tokens (prefill). */
+static kvrt_status tier_call(kvrt_kv_tier *t, kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer,
+                             const kvrt_attn_desc *d, const float *q, float *out, float *lse, const int32_t *qsl,
+                             const int32_t *lens, const int32_t *tables)
+{
+    int64_t rows = qsl ? d->num_tokens : d->num_seqs;
+    size_t qo = (size_t)rows * (size_t)d->q_stride * sizeof(float);
+    arg a[] = {{(void *)q, qo, false, NULL},
+               {out, qo, true, NULL},
+               {lse, (size_t)rows * (size_t)d->n_heads * sizeof(float), true, NULL},
+               {(void *)lens, (size_t)d->num_seqs * sizeof(int32_t), false, NULL},
+               {(void *)tables, (size_t)d->num_seqs * (size_t)d->max_blocks_per_seq * sizeof(int32_t), false, NULL},
+               {(void *)qsl, ((size_t)d->num_seqs + 1) * sizeof(int32_t), false, NULL}};
+    int n = qsl ? 6 : 5;
+    kvrt_status s = args_begin(be, a, n);
+    bool begun = s == KVRT_OK && (s = kvrt_op_begin(be)) == KVRT_OK;
+    if (begun && qsl)
+        s = kvrt_op_attn_prefill_lse(be, pool, layer, d, v_of(&a[0]), v_of(&a[1]), v_of(&a[2]), v_of(&a[5]),
+                                     v_of(&a[3]), v_of(&a[4]));
+    else if (begun)
+        s = kvrt_op_attn_decode_lse(be, pool, layer, d, v_of(&a[0]), v_of(&a[1]), v_of(&a[2]), v_of(&a[3]),
+                                    v_of(&a[4]));
+    if (begun)
+        s = kvrt_op_end_step(be, s);
+    return from(t, be, args_end(be, a, n, s));
+}
+
+/* ---- the split ---------------------------------------------------------------------- */
+
+/* Scratch of one split call, one allocation. */
+typedef struct split {
+    int32_t *dev_lens, *dev_tables;   /* [num_seqs], [num_seqs][max_blocks] */
+    int32_t *host_lens, *host_tables; /* [n_host_rows], [n_host_rows][max_blocks] */
+    int32_t *host_row_of;             /* [n_host_rows]: the q/out row each host row merges into */
+    float *dev_lse;                   /* [rows][n_heads] */
+    float *host_q, *host_out, *host_lse;
+    int32_t n_host_rows;
+    void *mem;
+} split;
+
+/* Checks n_host against the lengths and the mask; *n_rows receives the host
+ * rows (decode: sequences with host blocks; prefill: their new tokens). */
+static kvrt_status check_split(kvrt_kv_tier *t, const kvrt_attn_desc *d, const int32_t *qsl, const int32_t *lens,
+                               const int32_t *n_host, int32_t *n_rows)
+{
+    const int32_t bs = t->desc.block_size;
+    int64_t rows = 0;
+    for (int32_t s = 0; s < d->num_seqs; s++) {
+        int32_t nh = n_host ? n_host[s] : 0, n_new = qsl ? qsl[s + 1] - qsl[s] : 1;
+        if (nh == 0)
+            continue;
+        if (nh < 0 || nh > d->max_blocks_per_seq)
+            return kvrt_fail(&t->err, KVRT_ERR_INVALID_ARGUMENT, "host tier: n_host[%d] = %d outside [0, %d]", (int)s,
+                             (int)nh, (int)d->max_blocks_per_seq);
+        if (d->window != 0 || d->sinks != 0)
+            return kvrt_fail(&t->err, KVRT_ERR_UNSUPPORTED,
+                             "host tier: attention split by tier needs window 0 and sinks 0 (window %d, sinks %d)",
+                             (int)d->window, (int)d->sinks);
+        if ((int64_t)nh * bs > (int64_t)lens[s] - n_new)
+            return kvrt_fail(&t->err, KVRT_ERR_INVALID_ARGUMENT,
+                             "host tier: sequence %d has %d host blocks (%lld positions), but its new tokens start "
+                             "at position %d",
+                             (int)s, (int)nh, (long long)nh * bs, (int)(lens[s] - n_new));
+        rows += n_new;
+    }
+    if (rows > INT32_MAX)
+        return kvrt_fail(&t->err, KVRT_ERR_INVALID_ARGUMENT, "host tier: %lld host rows", (long long)rows);
+    *n_rows = (int32_t)rows;
+    return KVRT_OK;
+}
+
+static kvrt_status split_alloc(kvrt_kv_tier *t, split *sp, const kvrt_attn_desc *d, int64_t rows)
+{
+    size_t mb = (size_t)d->max_blocks_per_seq, H = (size_t)d->n_heads, row = (size_t)d->q_stride;
+    size_t nh = (size_t)sp->n_host_rows;
+    size_t ints = (size_t)d->num_seqs * (1 + mb) + nh * (2 + mb);
+    size_t floats = (size_t)rows * H + nh * (2 * row + H);
+    size_t bytes = ints * sizeof(int32_t) + floats * sizeof(float) + 64;
+    sp->mem = kvrt_alloc(t->alloc, bytes, 64);
+    if (!sp->mem)
+        return kvrt_fail(&t->err, KVRT_ERR_OUT_OF_HOST_MEMORY, "host tier: cannot allocate %zu bytes", bytes);
+    float *f = sp->mem; /* floats first: they need the alignment */
+    sp->dev_lse = f;
+    f += (size_t)rows * H;
+    sp->host_q = f;
+    f += nh * row;
+    sp->host_out = f;
+    f += nh * row;
+    sp->host_lse = f;
+    f += nh * H;
+    int32_t *i = (int32_t *)(void *)f;
+    sp->dev_lens = i;
+    i += d->num_seqs;
+    sp->dev_tables = i;
+    i += (size_t)d->num_seqs * mb;
+    sp->host_lens = i;
+    i += nh;
+    sp->host_tables = i;
+    i += nh * mb;
+    sp->host_row_of = i;
+    return KVRT_OK;
+}
+
+/* Fills the device tier's tables and lengths (each sequence shifted past its
+ * host blocks) and the host rows (decode: one per sequence with host blocks;
+ * prefill: one per new token of such a sequence, a decode over the host
+ * keys, all of which every query of the chunk sees). */
+static void split_fill(kvrt_kv_tier *t, split *sp, const kvrt_attn_desc *d, const int32_t *qsl, const float *q,
+                       const int32_t *lens, const int32_t *tables, const int32_t *n_host)
+{
+    const int32_t bs = t->desc.block_size, mb = d->max_blocks_per_seq;
+    const size_t row = (size_t)d->q_stride;
+    int32_t r = 0;
+    for (int32_t s = 0; s < d->num_seqs; s++) {
+        int32_t nh = n_host ? n_host[s] : 0;
+        const int32_t *tr = tables + (size_t)s * (size_t)mb;
+        int32_t *dt = sp->dev_tables + (size_t)s * (size_t)mb;
+        for (int32_t k = 0; k < mb; k++)
+            dt[k] = k + nh < mb ? tr[k + nh] : -1;
+        sp->dev_lens[s] = lens[s] - nh * bs;
+        if (nh == 0)
+            continue;
+        int32_t r0 = qsl ? qsl[s] : s, r1 = qsl ? qsl[s + 1] : s + 1;
+        for (int32_t x = r0; x < r1; x++, r++) {
+            int32_t *ht = sp->host_tables + (size_t)r * (size_t)mb;
+            for (int32_t k = 0; k < mb; k++)
+                ht[k] = k < nh ? tr[k] : -1;
+            sp->host_lens[r] = nh * bs;
+            sp->host_row_of[r] = x;
+            memcpy(sp->host_q + (size_t)r * row, q + (size_t)x * row, row * sizeof(float));
+        }
+    }
+}
+
+static kvrt_status split_run(kvrt_kv_tier *t, int32_t layer, const kvrt_attn_desc *d, const int32_t *qsl,
+                             const float *q, const int32_t *lens, const int32_t *tables, const int32_t *n_host,
+                             float *out)
+{
+    split sp;
+    memset(&sp, 0, sizeof(sp));
+    KVRT_TRY(check_split(t, d, qsl, lens, n_host, &sp.n_host_rows));
+    int64_t rows = qsl ? qsl[d->num_seqs] : d->num_seqs;
+    KVRT_TRY(split_alloc(t, &sp, d, rows));
+    split_fill(t, &sp, d, qsl, q, lens, tables, n_host);
+    kvrt_attn_desc dd = *d;
+    kvrt_status s = qsl ? kvrt_attn_check_prefill(&t->err, &t->desc, &dd, qsl, sp.dev_lens, sp.dev_tables)
+                        : kvrt_attn_check_decode(&t->err, &t->desc, &dd, sp.dev_lens, sp.dev_tables);
+    kvrt_attn_desc hd = *d;
+    hd.num_seqs = sp.n_host_rows;
+    hd.num_tokens = 0;
+    if (s == KVRT_OK && sp.n_host_rows > 0)
+        s = kvrt_attn_check_decode(&t->err, &t->host_desc, &hd, sp.host_lens, sp.host_tables);
+    double t0 = now_s();
+    if (s == KVRT_OK) {
+        dd.max_seq_len = kvrt_attn_max_len(sp.dev_lens, d->num_seqs);
+        dd.num_tokens = (int32_t)(qsl ? rows : 0);
+        s = tier_call(t, t->dev, t->dev_pool, layer, &dd, q, out, sp.dev_lse, qsl, sp.dev_lens, sp.dev_tables);
+    }
+    double t1 = now_s();
+    if (s == KVRT_OK && sp.n_host_rows > 0) {
+        hd.max_seq_len = kvrt_attn_max_len(sp.host_lens, sp.n_host_rows);
+        s = tier_call(t, t->cpu, t->host_pool, layer, &hd, sp.host_q, sp.host_out, sp.host_lse, NULL, sp.host_lens,
+                      sp.host_tables);
+    }
+    double t2 = now_s();
+    if (s == KVRT_OK) {
+        const size_t row = (size_t)d->q_stride, H = (size_t)d->n_heads;
+        for (int32_t r = 0; r < sp.n_host_rows; r++) {
+            size_t x = (size_t)sp.host_row_of[r];
+            kvrt_kv_tier_merge(out + x * row, sp.dev_lse + x * H, sp.host_out + (size_t)r * row,
+                               sp.host_lse + (size_t)r * H, 1, d->n_heads, t->desc.head_dim);
+        }
+        t->st.split_calls += sp.n_host_rows > 0;
+        t->st.device_attn_s += t1 - t0;
+        t->st.host_attn_s += t2 - t1;
+        t->st.merge_s += now_s() - t2;
+    }
+    kvrt_free(t->alloc, sp.mem);
+    return s;
+}
+
+/* The descriptor's fields the caller sets; strides follow the heads. */
+static kvrt_status tier_desc(kvrt_kv_tier *t, int32_t layer, const kvrt_attn_desc *d, kvrt_attn_desc *out)
+{
+    if (!d)
+        return kvrt_fail(&t->err, KVRT_ERR_INVALID_ARGUMENT, "host tier: no descriptor");
+    KVRT_TRY(kvrt_kv_check_layer(&t->err, &t->desc, layer));
+    *out = *d;
+    out->q_stride = (int64_t)d->n_heads * t->desc.head_dim;
+    out->o_stride = out->q_stride;
+    out->num_tokens = 0;
+    out->max_seq_len = 0;
+    return kvrt_attn_check_desc(&t->err, &t->desc, out);
+}
+
+kvrt_status kvrt_kv_tier_attn_decode(kvrt_kv_tier *t, int32_t layer, const kvrt_attn_desc *d, const float *q,
+                                     const int32_t *seq_lens, const int32_t *block_tables, const int32_t *n_host,
+                                     float *out)
+{
+    if (!t)
+        return KVRT_ERR_INVALID_ARGUMENT;
+    kvrt_error_clear(&t->err);
+    kvrt_attn_desc dd;
+    KVRT_TRY(tier_desc(t, layer, d, &dd));
+    if (dd.num_seqs == 0)
+        return KVRT_OK;
+    if (!q || !seq_lens || !block_tables || !out)
+        return kvrt_fail(&t->err, KVRT_ERR_INVALID_ARGUMENT, "host tier decode: %s is NULL",
+                         !q ? "q" : !seq_lens ? "seq_lens" : !block_tables ? "block_tables" : "out");
+    for (int32_t s = 0; s < dd.num_seqs; s++)
+        if (seq_lens[s] < 1)
+            return kvrt_fail(&t->err, KVRT_ERR_INVALID_ARGUMENT, "host tier decode: seq_lens[%d] = %d", (int)s,
+                             (int)seq_lens[s]);
+    return split_run(t, layer, &dd, NULL, q, seq_lens, block_tables, n_host, out);
+}
+
+kvrt_status kvrt_kv_tier_attn_prefill(kvrt_kv_tier *t, int32_t layer, const kvrt_attn_desc *d,
+                                      const int32_t *query_start_loc, const float *q, const int32_t *seq_lens,
+                                      const int32_t *block_tables, const int32_t *n_host, float *out)
+{
+    if (!t)
+        return KVRT_ERR_INVALID_ARGUMENT;
+    kvrt_error_clear(&t->err);
+    kvrt_attn_desc dd;
+    KVRT_TRY(tier_desc(t, layer, d, &dd));
+    if (dd.num_seqs == 0)
+        return KVRT_OK;
+    if (!query_start_loc || !q || !seq_lens || !block_tables || !out)
+        return kvrt_fail(&t->err, KVRT_ERR_INVALID_ARGUMENT, "host tier prefill: a NULL array");
+    if (query_start_loc[0] != 0)
+        return kvrt_fail(&t->err, KVRT_ERR_INVALID_ARGUMENT, "host tier prefill: query_start_loc[0] = %d, must be 0",
+                         (int)query_start_loc[0]);
+    for (int32_t s = 0; s < dd.num_seqs; s++) {
+        int32_t n_new = query_start_loc[s + 1] - query_start_loc[s];
+        if (n_new < 0 || n_new > seq_lens[s])
+            return kvrt_fail(&t->err, KVRT_ERR_INVALID_ARGUMENT,
+                             "host tier prefill: sequence %d has %d new tokens and length %d", (int)s, (int)n_new,
+                             (int)seq_lens[s]);
+    }
+    if (query_start_loc[dd.num_seqs] == 0)
+        return KVRT_OK;
+    return split_run(t, layer, &dd, query_start_loc, q, seq_lens, block_tables, n_host, out);
+}
