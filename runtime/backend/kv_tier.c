@@ -21,6 +21,8 @@ struct kvrt_kv_tier {
     uint8_t *stage;             /* [block_bytes]: a block on its way between tiers */
     kvrt_error err;
     kvrt_kv_tier_stats st;
+    int32_t *batch_ints;        /* kvrt_kv_tier_device_batch's lengths and tables */
+    size_t batch_cap;           /* int32 elements */
 };
 
 static double now_s(void)
@@ -105,6 +107,7 @@ void kvrt_kv_tier_destroy(kvrt_kv_tier *t)
         t->cpu->ops->destroy(t->cpu);
     }
     kvrt_free(t->alloc, t->stage);
+    kvrt_free(t->alloc, t->batch_ints);
     kvrt_free(t->alloc, t);
 }
 
@@ -479,4 +482,89 @@ kvrt_status kvrt_kv_tier_attn_prefill(kvrt_kv_tier *t, int32_t layer, const kvrt
     if (query_start_loc[dd.num_seqs] == 0)
         return KVRT_OK;
     return split_run(t, layer, &dd, query_start_loc, q, seq_lens, block_tables, n_host, out);
+}
+
+/* ---- a step's batch (the model's forward) ------------------------------------------ */
+
+kvrt_status kvrt_kv_tier_device_batch(kvrt_kv_tier *t, const kvrt_batch *b, kvrt_batch *dev)
+{
+    kvrt_error_clear(&t->err);
+    *dev = *b;
+    dev->n_host = NULL;
+    if (!b->n_host || b->num_seqs == 0)
+        return KVRT_OK;
+    size_t S = (size_t)b->num_seqs, mb = (size_t)b->max_blocks_per_seq, need = S * (1 + mb);
+    if (need > t->batch_cap) {
+        int32_t *p = kvrt_alloc(t->alloc, need * sizeof(int32_t), _Alignof(int32_t));
+        if (!p)
+            return kvrt_fail(&t->err, KVRT_ERR_OUT_OF_HOST_MEMORY, "host tier: batch of %zu ints", need);
+        kvrt_free(t->alloc, t->batch_ints);
+        t->batch_ints = p;
+        t->batch_cap = need;
+    }
+    kvrt_attn_desc d = {.num_seqs = b->num_seqs, .max_blocks_per_seq = b->max_blocks_per_seq};
+    int32_t n_rows = 0;
+    KVRT_TRY(check_split(t, &d, b->query_start_loc, b->seq_lens, b->n_host, &n_rows));
+    int32_t *lens = t->batch_ints, *tables = lens + S;
+    const int32_t bs = t->desc.block_size;
+    for (size_t s = 0; s < S; s++) {
+        int32_t nh = b->n_host[s];
+        const int32_t *tr = b->block_tables + s * mb;
+        for (size_t k = 0; k < mb; k++)
+            tables[s * mb + k] = k + (size_t)nh < mb ? tr[k + (size_t)nh] : -1;
+        lens[s] = b->seq_lens[s] - nh * bs;
+        /* host entries: slots of the host pool */
+        for (int32_t k = 0; k < nh; k++)
+            if (tr[k] < 0 || tr[k] >= t->host_desc.num_blocks)
+                return kvrt_fail(&t->err, KVRT_ERR_INVALID_ARGUMENT,
+                                 "host tier: sequence %d, entry %d: host slot %d outside [0, %d)", (int)s, (int)k,
+                                 (int)tr[k], (int)t->host_desc.num_blocks);
+    }
+    dev->seq_lens = lens;
+    dev->block_tables = tables;
+    return KVRT_OK;
+}
+
+kvrt_status kvrt_kv_tier_host_layer(kvrt_kv_tier *t, int32_t layer, const kvrt_attn_desc *d, const kvrt_batch *b,
+                                    const float *q, float *att, float *lse)
+{
+    kvrt_error_clear(&t->err);
+    if (!b->n_host)
+        return KVRT_OK;
+    kvrt_attn_desc dd = {.num_seqs = b->num_seqs, .n_heads = d->n_heads, .max_blocks_per_seq = b->max_blocks_per_seq,
+                         .scale = d->scale};
+    dd.q_stride = (int64_t)d->n_heads * t->desc.head_dim;
+    dd.o_stride = dd.q_stride;
+    split sp;
+    memset(&sp, 0, sizeof(sp));
+    KVRT_TRY(check_split(t, &dd, b->query_start_loc, b->seq_lens, b->n_host, &sp.n_host_rows));
+    if (sp.n_host_rows == 0)
+        return KVRT_OK;
+    KVRT_TRY(split_alloc(t, &sp, &dd, 0));
+    split_fill(t, &sp, &dd, b->query_start_loc, q, b->seq_lens, b->block_tables, b->n_host);
+    kvrt_attn_desc hd = dd;
+    hd.num_seqs = sp.n_host_rows;
+    hd.max_seq_len = kvrt_attn_max_len(sp.host_lens, sp.n_host_rows);
+    double t1 = now_s();
+    kvrt_status s = tier_call(t, t->cpu, t->host_pool, layer, &hd, sp.host_q, sp.host_out, sp.host_lse, NULL,
+                              sp.host_lens, sp.host_tables);
+    double t2 = now_s();
+    if (s == KVRT_OK) {
+        const size_t row = (size_t)dd.q_stride, H = (size_t)d->n_heads;
+        for (int32_t r = 0; r < sp.n_host_rows; r++) {
+            size_t x = (size_t)sp.host_row_of[r];
+            kvrt_kv_tier_merge(att + x * row, lse + x * H, sp.host_out + (size_t)r * row,
+                               sp.host_lse + (size_t)r * H, 1, d->n_heads, t->desc.head_dim);
+        }
+        t->st.split_calls++;
+        t->st.host_attn_s += t2 - t1;
+        t->st.merge_s += now_s() - t2;
+    }
+    kvrt_free(t->alloc, sp.mem);
+    return s;
+}
+
+void kvrt_kv_tier_add_device_time(kvrt_kv_tier *t, double seconds)
+{
+    t->st.device_attn_s += seconds;
 }

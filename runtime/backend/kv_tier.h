@@ -77,6 +77,25 @@ kvrt_status kvrt_kv_tier_attn_prefill(kvrt_kv_tier *t, int32_t layer, const kvrt
                                       const int32_t *query_start_loc, const float *q, const int32_t *seq_lens,
                                       const int32_t *block_tables, const int32_t *n_host, float *out);
 
+/* A step's batch whose n_host is set, as the model's forward runs it:
+ * *dev is b with seq_lens and block_tables of the device tier (each
+ * sequence shifted past its host blocks; positions stay absolute, and the
+ * mask only looks at them relative to each other), in the tier's scratch,
+ * valid until the next call; the host rows are checked against the host
+ * pool. dev->n_host is NULL. */
+kvrt_status kvrt_kv_tier_device_batch(kvrt_kv_tier *t, const kvrt_batch *b, kvrt_batch *dev);
+/* The host half of one layer of that step: q, att [num_tokens][n_heads *
+ * head_dim] and lse [num_tokens][n_heads] are host copies of the device
+ * half's query, output and log-sum-exp (run on *dev with the _lse
+ * entries); the CPU attends each token of a sequence with host blocks over
+ * them and merges into att. d: n_heads and scale. */
+kvrt_status kvrt_kv_tier_host_layer(kvrt_kv_tier *t, int32_t layer, const kvrt_attn_desc *d, const kvrt_batch *b,
+                                    const float *q, float *att, float *lse);
+
+/* The forward times the device half (its attention and the transfers of
+ * its rows) and adds it here. */
+void kvrt_kv_tier_add_device_time(kvrt_kv_tier *t, double seconds);
+
 /* Merges two partial results of the same rows over disjoint key ranges:
  * o1 = (w1 o1 + w2 o2) / (w1 + w2), w = exp(lse - max), in place in o1 and
  * lse1. Rows: [n][n_heads][head_dim] and [n][n_heads]; a side whose lse is
