@@ -432,6 +432,8 @@ static kvrt_status tier_desc(kvrt_kv_tier *t, int32_t layer, const kvrt_attn_des
     out->o_stride = out->q_stride;
     out->num_tokens = 0;
     out->max_seq_len = 0;
+    if (out->scale == 0.0f) /* as the attention API: 1/sqrt(head_dim) */
+        out->scale = (float)(1.0 / sqrt((double)t->desc.head_dim));
     return kvrt_attn_check_desc(&t->err, &t->desc, out);
 }
 

@@ -66,7 +66,8 @@ kvrt_status kvrt_kv_tier_to_device(kvrt_kv_tier *t, const int32_t (*pairs)[2], i
 
 /* Decode attention over host arrays, as kvrt_attention_decode, with
  * n_host [num_seqs] (NULL = none on the host). d: num_seqs, n_heads,
- * max_blocks_per_seq, scale, window, sinks; strides are n_heads * head_dim.
+ * max_blocks_per_seq, scale (0 = 1/sqrt(head_dim)), window, sinks; strides
+ * are n_heads * head_dim.
  * q, out: [num_seqs][n_heads][head_dim]. */
 kvrt_status kvrt_kv_tier_attn_decode(kvrt_kv_tier *t, int32_t layer, const kvrt_attn_desc *d, const float *q,
                                      const int32_t *seq_lens, const int32_t *block_tables, const int32_t *n_host,
