@@ -299,7 +299,8 @@ static void test_lse_every_pass(void **state)
             for (int32_t j = 0; j < k_lens[s]; j++) {
                 double dot = 0;
                 for (int d = 0; d < HD; d++)
-                    dot += (double)q[(s * N_HEADS + h) * HD + d] * (double)(sd[s].k[((size_t)j * N_KV + kvh) * HD + d] + 1.0f);
+                    dot += (double)q[(s * N_HEADS + h) * HD + d] *
+                           (double)(sd[s].k[((size_t)j * N_KV + kvh) * HD + d] + 1.0f);
                 sc[j] = dot / sqrt((double)HD);
                 m = fmax(m, sc[j]);
             }
