@@ -262,8 +262,8 @@ typedef struct kvrt_engine_metrics {
     /* host tier that computes (KVRT_PREEMPT_OFFLOAD): blocks moved to the host
      * while their sequence kept running, the bytes moved, and attention
      * seconds per tier (device: the device half with its transfers; host:
-     * the CPU's half and the merge); blocks per tier are blocks_used and
-     * host_blocks_used */
+     * the CPU's half and the merge; the halves overlap); blocks per tier
+     * are blocks_used and host_blocks_used */
     int64_t blocks_offloaded;
     uint64_t offload_bytes;
     double attn_device_s, attn_host_s;

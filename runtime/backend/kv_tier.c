@@ -5,6 +5,7 @@
 #include "backend/ops.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -23,6 +24,7 @@ struct kvrt_kv_tier {
     kvrt_kv_tier_stats st;
     int32_t *batch_ints;        /* kvrt_kv_tier_device_batch's lengths and tables */
     size_t batch_cap;           /* int32 elements */
+    struct kvrt_kv_tier_job *job; /* the forward's host half of the layer in flight (made on first use) */
 };
 
 static double now_s(void)
@@ -108,6 +110,7 @@ void kvrt_kv_tier_destroy(kvrt_kv_tier *t)
     }
     kvrt_free(t->alloc, t->stage);
     kvrt_free(t->alloc, t->batch_ints);
+    kvrt_free(t->alloc, t->job);
     kvrt_free(t->alloc, t);
 }
 
@@ -133,6 +136,13 @@ static kvrt_status from(kvrt_kv_tier *t, kvrt_backend *be, kvrt_status s)
 {
     if (s != KVRT_OK)
         kvrt_error_copy(&t->err, &be->err);
+    return s;
+}
+
+static kvrt_status from_err(kvrt_error *err, kvrt_backend *be, kvrt_status s)
+{
+    if (s != KVRT_OK)
+        kvrt_error_copy(err, &be->err);
     return s;
 }
 
@@ -241,7 +251,7 @@ static kvrt_view v_of(const arg *a)
 
 /* One attention call with lse on one tier: decode when qsl is NULL. Rows of
  * q/out/lse: d->num_seqs (decode) or d->num_tokens (prefill). */
-static kvrt_status tier_call(kvrt_kv_tier *t, kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer,
+static kvrt_status tier_call(kvrt_error *err, kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer,
                              const kvrt_attn_desc *d, const float *q, float *out, float *lse, const int32_t *qsl,
                              const int32_t *lens, const int32_t *tables)
 {
@@ -264,7 +274,7 @@ static kvrt_status tier_call(kvrt_kv_tier *t, kvrt_backend *be, kvrt_kv_pool *po
                                     v_of(&a[4]));
     if (begun)
         s = kvrt_op_end_step(be, s);
-    return from(t, be, args_end(be, a, n, s));
+    return from_err(err, be, args_end(be, a, n, s));
 }
 
 /* ---- the split ---------------------------------------------------------------------- */
@@ -374,10 +384,87 @@ static void split_fill(kvrt_kv_tier *t, split *sp, const kvrt_attn_desc *d, cons
     }
 }
 
+/* ---- the host half on its own thread, while the device half runs ------------------------ */
+
+/* The host half of one call or layer: its rows (in sp) and, once started,
+ * the thread that runs them on the CPU backend. */
+struct kvrt_kv_tier_job {
+    kvrt_kv_tier *t;
+    int32_t layer;
+    kvrt_attn_desc hd;    /* the host rows' decode */
+    split sp;
+    int32_t n_heads;
+    kvrt_status status;   /* the thread's result */
+    kvrt_error err;       /* its message (the caller's thread never shares t->err with it) */
+    double seconds;
+    pthread_t thread;
+    bool started;
+};
+
+static void *job_main(void *p)
+{
+    kvrt_kv_tier_job *j = p;
+    kvrt_kv_tier *t = j->t;
+    double t0 = now_s();
+    j->status = tier_call(&j->err, t->cpu, t->host_pool, j->layer, &j->hd, j->sp.host_q, j->sp.host_out,
+                          j->sp.host_lse, NULL, j->sp.host_lens, j->sp.host_tables);
+    j->seconds = now_s() - t0;
+    return NULL;
+}
+
+/* Starts the host rows of sp (filled by split_fill) on a thread of their
+ * own; without a thread (none could be made) they run here. */
+static void job_start(kvrt_kv_tier *t, kvrt_kv_tier_job *j, int32_t layer, const kvrt_attn_desc *d)
+{
+    j->t = t;
+    j->layer = layer;
+    j->n_heads = d->n_heads;
+    j->hd = *d;
+    j->hd.num_seqs = j->sp.n_host_rows;
+    j->hd.num_tokens = 0;
+    j->hd.max_seq_len = kvrt_attn_max_len(j->sp.host_lens, j->sp.n_host_rows);
+    j->status = KVRT_OK;
+    kvrt_error_clear(&j->err);
+    j->started = j->sp.n_host_rows > 0 && pthread_create(&j->thread, NULL, job_main, j) == 0;
+    if (!j->started && j->sp.n_host_rows > 0)
+        job_main(j);
+}
+
+/* Waits for the host rows; when out is given and both halves succeeded,
+ * merges them into out / lse (the device half's rows of the whole batch).
+ * Frees the job's scratch either way; the host half's status. */
+static kvrt_status job_finish(kvrt_kv_tier_job *j, float *out, float *lse)
+{
+    kvrt_kv_tier *t = j->t;
+    if (j->started)
+        pthread_join(j->thread, NULL);
+    j->started = false;
+    kvrt_status s = j->status;
+    if (s != KVRT_OK)
+        kvrt_error_copy(&t->err, &j->err);
+    if (s == KVRT_OK && out && j->sp.n_host_rows > 0) {
+        double t0 = now_s();
+        const size_t row = (size_t)j->hd.q_stride, H = (size_t)j->n_heads;
+        for (int32_t r = 0; r < j->sp.n_host_rows; r++) {
+            size_t x = (size_t)j->sp.host_row_of[r];
+            kvrt_kv_tier_merge(out + x * row, lse + x * H, j->sp.host_out + (size_t)r * row,
+                               j->sp.host_lse + (size_t)r * H, 1, j->n_heads, t->desc.head_dim);
+        }
+        t->st.split_calls++;
+        t->st.host_attn_s += j->seconds;
+        t->st.merge_s += now_s() - t0;
+    }
+    kvrt_free(t->alloc, j->sp.mem);
+    j->sp.mem = NULL;
+    return s;
+}
+
 static kvrt_status split_run(kvrt_kv_tier *t, int32_t layer, const kvrt_attn_desc *d, const int32_t *qsl,
                              const float *q, const int32_t *lens, const int32_t *tables, const int32_t *n_host,
                              float *out)
 {
+    kvrt_kv_tier_job job;
+    memset(&job, 0, sizeof(job));
     split sp;
     memset(&sp, 0, sizeof(sp));
     KVRT_TRY(check_split(t, d, qsl, lens, n_host, &sp.n_host_rows));
@@ -392,33 +479,26 @@ static kvrt_status split_run(kvrt_kv_tier *t, int32_t layer, const kvrt_attn_des
     hd.num_tokens = 0;
     if (s == KVRT_OK && sp.n_host_rows > 0)
         s = kvrt_attn_check_decode(&t->err, &t->host_desc, &hd, sp.host_lens, sp.host_tables);
+    (void)hd;
+    if (s != KVRT_OK) {
+        kvrt_free(t->alloc, sp.mem);
+        return s;
+    }
+    /* the CPU starts on the host rows, then the device runs its half at the same time */
+    job.sp = sp;
+    job_start(t, &job, layer, d);
     double t0 = now_s();
-    if (s == KVRT_OK) {
-        dd.max_seq_len = kvrt_attn_max_len(sp.dev_lens, d->num_seqs);
-        dd.num_tokens = (int32_t)(qsl ? rows : 0);
-        s = tier_call(t, t->dev, t->dev_pool, layer, &dd, q, out, sp.dev_lse, qsl, sp.dev_lens, sp.dev_tables);
-    }
+    dd.max_seq_len = kvrt_attn_max_len(sp.dev_lens, d->num_seqs);
+    dd.num_tokens = (int32_t)(qsl ? rows : 0);
+    kvrt_error dev_err;
+    kvrt_error_clear(&dev_err);
+    s = tier_call(&dev_err, t->dev, t->dev_pool, layer, &dd, q, out, sp.dev_lse, qsl, sp.dev_lens, sp.dev_tables);
     double t1 = now_s();
-    if (s == KVRT_OK && sp.n_host_rows > 0) {
-        hd.max_seq_len = kvrt_attn_max_len(sp.host_lens, sp.n_host_rows);
-        s = tier_call(t, t->cpu, t->host_pool, layer, &hd, sp.host_q, sp.host_out, sp.host_lse, NULL, sp.host_lens,
-                      sp.host_tables);
-    }
-    double t2 = now_s();
-    if (s == KVRT_OK) {
-        const size_t row = (size_t)d->q_stride, H = (size_t)d->n_heads;
-        for (int32_t r = 0; r < sp.n_host_rows; r++) {
-            size_t x = (size_t)sp.host_row_of[r];
-            kvrt_kv_tier_merge(out + x * row, sp.dev_lse + x * H, sp.host_out + (size_t)r * row,
-                               sp.host_lse + (size_t)r * H, 1, d->n_heads, t->desc.head_dim);
-        }
-        t->st.split_calls += sp.n_host_rows > 0;
-        t->st.device_attn_s += t1 - t0;
-        t->st.host_attn_s += t2 - t1;
-        t->st.merge_s += now_s() - t2;
-    }
-    kvrt_free(t->alloc, sp.mem);
-    return s;
+    kvrt_status hs = job_finish(&job, s == KVRT_OK ? out : NULL, sp.dev_lse);
+    if (s != KVRT_OK)
+        return kvrt_fail(&t->err, s, "%s", dev_err.message);
+    t->st.device_attn_s += t1 - t0;
+    return hs;
 }
 
 /* The descriptor's fields the caller sets; strides follow the heads. */
@@ -527,43 +607,45 @@ kvrt_status kvrt_kv_tier_device_batch(kvrt_kv_tier *t, const kvrt_batch *b, kvrt
     return KVRT_OK;
 }
 
-kvrt_status kvrt_kv_tier_host_layer(kvrt_kv_tier *t, int32_t layer, const kvrt_attn_desc *d, const kvrt_batch *b,
-                                    const float *q, float *att, float *lse)
+kvrt_status kvrt_kv_tier_host_begin(kvrt_kv_tier *t, int32_t layer, const kvrt_attn_desc *d, const kvrt_batch *b,
+                                    const float *q, kvrt_kv_tier_job **out)
 {
     kvrt_error_clear(&t->err);
+    *out = NULL;
     if (!b->n_host)
         return KVRT_OK;
     kvrt_attn_desc dd = {.num_seqs = b->num_seqs, .n_heads = d->n_heads, .max_blocks_per_seq = b->max_blocks_per_seq,
                          .scale = d->scale};
     dd.q_stride = (int64_t)d->n_heads * t->desc.head_dim;
     dd.o_stride = dd.q_stride;
-    split sp;
-    memset(&sp, 0, sizeof(sp));
-    KVRT_TRY(check_split(t, &dd, b->query_start_loc, b->seq_lens, b->n_host, &sp.n_host_rows));
-    if (sp.n_host_rows == 0)
+    if (!t->job && !(t->job = kvrt_calloc(t->alloc, 1, sizeof(*t->job))))
+        return kvrt_fail(&t->err, KVRT_ERR_OUT_OF_HOST_MEMORY, "host tier: out of host memory");
+    kvrt_kv_tier_job *j = t->job;
+    memset(j, 0, sizeof(*j));
+    KVRT_TRY(check_split(t, &dd, b->query_start_loc, b->seq_lens, b->n_host, &j->sp.n_host_rows));
+    if (j->sp.n_host_rows == 0)
         return KVRT_OK;
-    KVRT_TRY(split_alloc(t, &sp, &dd, 0));
-    split_fill(t, &sp, &dd, b->query_start_loc, q, b->seq_lens, b->block_tables, b->n_host);
-    kvrt_attn_desc hd = dd;
-    hd.num_seqs = sp.n_host_rows;
-    hd.max_seq_len = kvrt_attn_max_len(sp.host_lens, sp.n_host_rows);
-    double t1 = now_s();
-    kvrt_status s = tier_call(t, t->cpu, t->host_pool, layer, &hd, sp.host_q, sp.host_out, sp.host_lse, NULL,
-                              sp.host_lens, sp.host_tables);
-    double t2 = now_s();
-    if (s == KVRT_OK) {
-        const size_t row = (size_t)dd.q_stride, H = (size_t)d->n_heads;
-        for (int32_t r = 0; r < sp.n_host_rows; r++) {
-            size_t x = (size_t)sp.host_row_of[r];
-            kvrt_kv_tier_merge(att + x * row, lse + x * H, sp.host_out + (size_t)r * row,
-                               sp.host_lse + (size_t)r * H, 1, d->n_heads, t->desc.head_dim);
-        }
-        t->st.split_calls++;
-        t->st.host_attn_s += t2 - t1;
-        t->st.merge_s += now_s() - t2;
-    }
-    kvrt_free(t->alloc, sp.mem);
-    return s;
+    KVRT_TRY(split_alloc(t, &j->sp, &dd, 0));
+    split_fill(t, &j->sp, &dd, b->query_start_loc, q, b->seq_lens, b->block_tables, b->n_host);
+    job_start(t, j, layer, &dd);
+    *out = j;
+    return KVRT_OK;
+}
+
+kvrt_status kvrt_kv_tier_host_end(kvrt_kv_tier *t, kvrt_kv_tier_job *job, float *att, float *lse)
+{
+    if (!job)
+        return KVRT_OK;
+    (void)t;
+    return job_finish(job, att, lse);
+}
+
+kvrt_status kvrt_kv_tier_host_layer(kvrt_kv_tier *t, int32_t layer, const kvrt_attn_desc *d, const kvrt_batch *b,
+                                    const float *q, float *att, float *lse)
+{
+    kvrt_kv_tier_job *job = NULL;
+    KVRT_TRY(kvrt_kv_tier_host_begin(t, layer, d, b, q, &job));
+    return kvrt_kv_tier_host_end(t, job, att, lse);
 }
 
 void kvrt_kv_tier_add_device_time(kvrt_kv_tier *t, double seconds)

@@ -21,7 +21,8 @@
  *
  * On a CPU cache both tiers are host memory: the split still runs (two CPU
  * pools), which is what the engine avoids by not offloading there.
- * One thread at a time, like the cache it sits beside.
+ * One thread at a time, like the cache it sits beside; inside a call the
+ * host half runs on a thread of its own while the device half runs.
  */
 #ifndef KVRT_KV_TIER_H
 #define KVRT_KV_TIER_H
@@ -92,6 +93,16 @@ kvrt_status kvrt_kv_tier_device_batch(kvrt_kv_tier *t, const kvrt_batch *b, kvrt
  * them and merges into att. d: n_heads and scale. */
 kvrt_status kvrt_kv_tier_host_layer(kvrt_kv_tier *t, int32_t layer, const kvrt_attn_desc *d, const kvrt_batch *b,
                                     const float *q, float *att, float *lse);
+/* The same in two halves, so the CPU works while the device does: begin
+ * copies the host rows of q and starts the CPU on them on a thread of its
+ * own (*job NULL when the batch has none; q may be reused at once); end
+ * waits for it and, when att is given, merges into att / lse as
+ * host_layer does (att NULL: the device half failed; the job is only
+ * waited for). Every begin that set *job needs its end. */
+typedef struct kvrt_kv_tier_job kvrt_kv_tier_job;
+kvrt_status kvrt_kv_tier_host_begin(kvrt_kv_tier *t, int32_t layer, const kvrt_attn_desc *d, const kvrt_batch *b,
+                                    const float *q, kvrt_kv_tier_job **job);
+kvrt_status kvrt_kv_tier_host_end(kvrt_kv_tier *t, kvrt_kv_tier_job *job, float *att, float *lse);
 
 /* The forward times the device half (its attention and the transfers of
  * its rows) and adds it here. */

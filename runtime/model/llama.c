@@ -424,37 +424,70 @@ static double now_s(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* The host tier's half of a layer's attention (kvrt_llama_forward_tiered):
- * the step so far is submitted with q, the device tier's output and its
- * log-sum-exp on their way to the host; the CPU attends over the host blocks
- * and merges; a new step uploads the merged output. A failure leaves the
- * step closed or open for the caller's kvrt_op_end_step, as any op does. */
-static kvrt_status step_host_tier(step *st, int32_t layer, const kvrt_attn_desc *d)
+/* Host-side copies of a layer's q, attention output and log-sum-exp while
+ * blocks are on the host tier (grown as needed). */
+static kvrt_status tier_host_rows(step *st, float **q, float **att, float **lse)
 {
     kvrt_llama *lm = st->lm;
-    kvrt_backend *be = st->be;
     size_t T = (size_t)st->b->num_tokens, qd = (size_t)lm->hp.n_head * lm->hp.head_dim, H = (size_t)lm->hp.n_head;
     size_t need = T * (2 * qd + H);
     if (need > lm->tier_cap) {
         float *p = kvrt_alloc(lm_alloc(lm), need * sizeof(float), 64);
         if (!p)
-            return kvrt_fail(&be->err, KVRT_ERR_OUT_OF_HOST_MEMORY, "host tier: %zu floats", need);
+            return kvrt_fail(&st->be->err, KVRT_ERR_OUT_OF_HOST_MEMORY, "host tier: %zu floats", need);
         kvrt_free(lm_alloc(lm), lm->tier_host);
         lm->tier_host = p;
         lm->tier_cap = need;
     }
-    float *q = lm->tier_host, *att = q + T * qd, *lse = att + T * qd;
-    double t0 = now_s();
+    *q = lm->tier_host;
+    *att = *q + T * qd;
+    *lse = *att + T * qd;
+    return KVRT_OK;
+}
+
+static kvrt_status record_attention(step *st, int32_t layer, kvrt_attn_desc d);
+
+/* A layer's attention split by tier (kvrt_llama_forward_tiered): the step
+ * so far is submitted with q on its way to the host; the CPU starts on the
+ * host blocks (its own thread) while a new step runs the device half with
+ * the _lse entries and brings its output and log-sum-exp back; the halves
+ * merge on the host and a third step uploads the result and goes on. A
+ * failure leaves the step closed, or open for the caller's
+ * kvrt_op_end_step, and the CPU's thread always joined. */
+static kvrt_status step_split_attention(step *st, int32_t layer, kvrt_attn_desc d)
+{
+    kvrt_llama *lm = st->lm;
+    kvrt_backend *be = st->be;
+    size_t T = (size_t)st->b->num_tokens, qd = (size_t)lm->hp.n_head * lm->hp.head_dim, H = (size_t)lm->hp.n_head;
+    float *q = NULL, *att = NULL, *lse = NULL;
+    KVRT_TRY(tier_host_rows(st, &q, &att, &lse));
     KVRT_TRY(kvrt_op_buffer_download(be, lm->act[ACT_Q].buf, 0, q, T * qd * sizeof(float)));
-    KVRT_TRY(kvrt_op_buffer_download(be, lm->act[ACT_ATT].buf, 0, att, T * qd * sizeof(float)));
-    KVRT_TRY(kvrt_op_buffer_download(be, lm->act[ACT_LSE].buf, 0, lse, T * H * sizeof(float)));
     KVRT_TRY(kvrt_op_submit(be));
-    kvrt_kv_tier_add_device_time(st->tier, now_s() - t0);
-    kvrt_status s = kvrt_kv_tier_host_layer(st->tier, layer, d, st->whole, q, att, lse);
-    if (s != KVRT_OK) /* the forward reports the backend's message */
+    kvrt_kv_tier_job *job = NULL;
+    kvrt_status s = kvrt_kv_tier_host_begin(st->tier, layer, &d, st->whole, q, &job);
+    if (s != KVRT_OK)
         return kvrt_fail(&be->err, s, "%s", kvrt_kv_tier_message(st->tier));
-    KVRT_TRY(kvrt_op_begin(be));
-    return kvrt_op_buffer_upload(be, lm->act[ACT_ATT].buf, 0, att, T * qd * sizeof(float));
+    double t0 = now_s();
+    s = kvrt_op_begin(be);
+    if (s == KVRT_OK)
+        s = record_attention(st, layer, d);
+    if (s == KVRT_OK)
+        s = kvrt_op_buffer_download(be, lm->act[ACT_ATT].buf, 0, att, T * qd * sizeof(float));
+    if (s == KVRT_OK)
+        s = kvrt_op_buffer_download(be, lm->act[ACT_LSE].buf, 0, lse, T * H * sizeof(float));
+    if (s == KVRT_OK) {
+        s = kvrt_op_submit(be);
+        kvrt_kv_tier_add_device_time(st->tier, now_s() - t0);
+    }
+    kvrt_status hs = kvrt_kv_tier_host_end(st->tier, job, s == KVRT_OK ? att : NULL, lse);
+    if (s == KVRT_OK && hs != KVRT_OK) /* the forward reports the backend's message */
+        s = kvrt_fail(&be->err, hs, "%s", kvrt_kv_tier_message(st->tier));
+    /* a step a failed op left open is the caller's to end (kvrt_op_end_step) */
+    if (s == KVRT_OK)
+        s = kvrt_op_begin(be);
+    if (s == KVRT_OK)
+        s = kvrt_op_buffer_upload(be, lm->act[ACT_ATT].buf, 0, att, T * qd * sizeof(float));
+    return s;
 }
 
 static kvrt_status step_attention(step *st, int32_t layer)
@@ -471,6 +504,14 @@ static kvrt_status step_attention(step *st, int32_t layer)
         .o_stride = q_dim,
         .num_tokens = b->num_tokens,
     };
+    return st->tier ? step_split_attention(st, layer, d) : record_attention(st, layer, d);
+}
+
+/* Records a layer's decode and prefill attention (with the log-sum-exp while a host tier splits it). */
+static kvrt_status record_attention(step *st, int32_t layer, kvrt_attn_desc d)
+{
+    kvrt_llama *lm = st->lm;
+    const kvrt_batch *b = st->b;
     if (st->n_decode > 0) {
         d.num_seqs = st->n_decode;
         d.max_seq_len = kvrt_attn_max_len(b->seq_lens, st->n_decode);
@@ -496,7 +537,7 @@ static kvrt_status step_attention(step *st, int32_t layer)
                                            idx(lm, IDX_QSL, first), idx(lm, IDX_SEQ_LENS, first),
                                            idx(lm, IDX_TABLES, (size_t)first * b->max_blocks_per_seq)));
     }
-    return st->tier ? step_host_tier(st, layer, &d) : KVRT_OK;
+    return KVRT_OK;
 }
 
 static kvrt_status step_rope(step *st, int which, int32_t n_heads)

@@ -29,12 +29,13 @@ kvrt_status kvrt_llama_forward(kvrt_llama *lm, kvrt_kv_pool *pool, const kvrt_ba
                                kvrt_error *err);
 
 /* The same with a host tier (issue 18, backend/kv_tier.h): when batch->n_host
- * is set, each layer's attention runs split by tier. The device half runs in
- * the step as usual (with the _lse entries), then the step is submitted with
- * q, the partial output and its log-sum-exp on their way to the host, the
- * CPU attends over the host blocks and merges, and a new step uploads the
- * merged output and goes on: two submits per layer while blocks are on the
- * host. tier NULL or n_host NULL: kvrt_llama_forward. */
+ * is set, each layer's attention runs split by tier. The step so far is
+ * submitted with q on its way to the host; the CPU attends over the host
+ * blocks on its own thread while a second step runs the device half (with
+ * the _lse entries) and brings its output and log-sum-exp back; the halves
+ * merge on the host and a third step uploads the result and goes on: three
+ * submits per layer while blocks are on the host. tier NULL or n_host NULL:
+ * kvrt_llama_forward. */
 struct kvrt_kv_tier;
 kvrt_status kvrt_llama_forward_tiered(kvrt_llama *lm, kvrt_kv_pool *pool, struct kvrt_kv_tier *tier,
                                       const kvrt_batch *batch, float *logits, kvrt_error *err);
