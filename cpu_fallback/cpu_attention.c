@@ -129,6 +129,7 @@ typedef struct decode_job {
     int32_t n_chunks;        /* ceil(n_kv / head_chunk) */
     const float *q;          /* [num_seqs] rows of q_stride */
     float *out;              /* [num_seqs] rows of o_stride */
+    float *lse;              /* [num_seqs][n_heads] log-sum-exp of each row, or NULL */
     const int32_t *seq_lens;
     int32_t *unit_seq;       /* [n_units]: sequence of a (sequence, partition) unit */
     int32_t *unit_part;      /* [n_units]: its partition index */
@@ -278,6 +279,8 @@ static void decode_task(void *arg, int64_t task, int thread)
         float l = ml[2 * g + 1];
         for (int32_t d = 0; d < hd; d++)
             o[g * (size_t)hd + (size_t)d] = t.acc[g * (size_t)hd + (size_t)d] / l;
+        if (j->lse)
+            j->lse[(size_t)t.s * (size_t)j->d->n_heads + (size_t)t.h0 * (size_t)g_n + g] = ml[2 * g] + logf(l);
     }
 }
 
@@ -311,6 +314,8 @@ static void decode_merge_task(void *arg, int64_t t, int thread)
         }
         for (int32_t d = 0; d < hd; d++)
             og[d] /= l;
+        if (j->lse)
+            j->lse[(size_t)s * (size_t)j->d->n_heads + (size_t)h * (size_t)g_n + (size_t)g] = m + logf(l);
     }
 }
 
@@ -347,10 +352,12 @@ static int64_t decode_plan(const decode_job *j, int32_t num_seqs, bool fill, int
 
 /* Runs a decode over any key source; the arguments were checked. */
 static kvrt_status decode_run(kvrt_backend *be, const kv_src *src, const kvrt_cpu_attn_kernels *ker,
-                              const kvrt_attn_desc *d, const float *q, float *out, const int32_t *seq_lens)
+                              const kvrt_attn_desc *d, const float *q, float *out, float *lse,
+                              const int32_t *seq_lens)
 {
     decode_job j;
     memset(&j, 0, sizeof(j));
+    j.lse = lse;
     j.src = *src;
     j.ker = ker;
     j.d = d;
@@ -410,6 +417,7 @@ typedef struct prefill_job {
     int32_t tile_tokens;     /* query tokens per tile */
     const float *q;          /* [num_tokens] rows of q_stride */
     float *out;
+    float *lse;              /* [num_tokens][n_heads] log-sum-exp of each row, or NULL */
     const int32_t *qsl;      /* query_start_loc [num_seqs + 1] */
     const int32_t *seq_lens;
     int32_t *unit_seq;       /* [n_units]: (sequence, tile) units */
@@ -507,15 +515,19 @@ static void prefill_task(void *arg, int64_t task, int thread)
             int32_t r = tt * g_n + g;
             for (int32_t d = 0; d < hd; d++)
                 o[(size_t)g * (size_t)hd + (size_t)d] = t.acc[(size_t)r * (size_t)hd + (size_t)d] / t.l[r];
+            if (j->lse)
+                j->lse[(size_t)(q0 + t0 + tt) * (size_t)j->d->n_heads + (size_t)t.h * (size_t)g_n + (size_t)g] =
+                    t.m[r] + logf(t.l[r]);
         }
     }
 }
 
 static kvrt_status prefill_run(kvrt_backend *be, const kv_src *src, const kvrt_attn_desc *d, const float *q,
-                               float *out, const int32_t *qsl, const int32_t *seq_lens)
+                               float *out, float *lse, const int32_t *qsl, const int32_t *seq_lens)
 {
     prefill_job j;
     memset(&j, 0, sizeof(j));
+    j.lse = lse;
     j.src = *src;
     j.ker = kvrt_cpu_attn_kernels_get();
     j.d = d;
@@ -592,7 +604,17 @@ kvrt_status kvrt_cpu_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t l
 {
     const int32_t *lens = kvrt_cpu_ptr(seq_lens);
     kv_src src = paged_src(pool, layer, d, block_tables);
-    return decode_run(be, &src, kvrt_cpu_attn_kernels_get(), d, kvrt_cpu_ptr(q), kvrt_cpu_ptr(out), lens);
+    return decode_run(be, &src, kvrt_cpu_attn_kernels_get(), d, kvrt_cpu_ptr(q), kvrt_cpu_ptr(out), NULL, lens);
+}
+
+kvrt_status kvrt_cpu_attn_decode_lse(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
+                                     kvrt_view q, kvrt_view out, kvrt_view lse, kvrt_view seq_lens,
+                                     kvrt_view block_tables)
+{
+    const int32_t *lens = kvrt_cpu_ptr(seq_lens);
+    kv_src src = paged_src(pool, layer, d, block_tables);
+    return decode_run(be, &src, kvrt_cpu_attn_kernels_get(), d, kvrt_cpu_ptr(q), kvrt_cpu_ptr(out),
+                      kvrt_cpu_ptr(lse), lens);
 }
 
 kvrt_status kvrt_cpu_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
@@ -601,7 +623,16 @@ kvrt_status kvrt_cpu_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t 
 {
     const int32_t *qsl = kvrt_cpu_ptr(query_start_loc), *lens = kvrt_cpu_ptr(seq_lens);
     kv_src src = paged_src(pool, layer, d, block_tables);
-    return prefill_run(be, &src, d, kvrt_cpu_ptr(q), kvrt_cpu_ptr(out), qsl, lens);
+    return prefill_run(be, &src, d, kvrt_cpu_ptr(q), kvrt_cpu_ptr(out), NULL, qsl, lens);
+}
+
+kvrt_status kvrt_cpu_attn_prefill_lse(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
+                                      kvrt_view q, kvrt_view out, kvrt_view lse, kvrt_view query_start_loc,
+                                      kvrt_view seq_lens, kvrt_view block_tables)
+{
+    const int32_t *qsl = kvrt_cpu_ptr(query_start_loc), *lens = kvrt_cpu_ptr(seq_lens);
+    kv_src src = paged_src(pool, layer, d, block_tables);
+    return prefill_run(be, &src, d, kvrt_cpu_ptr(q), kvrt_cpu_ptr(out), kvrt_cpu_ptr(lse), qsl, lens);
 }
 
 kvrt_status kvrt_cpu_attn_decode_contiguous(kvrt_backend *be, const kvrt_cpu_contig_kv *kv, const kvrt_attn_desc *d,
@@ -638,5 +669,6 @@ kvrt_status kvrt_cpu_attn_decode_contiguous(kvrt_backend *be, const kvrt_cpu_con
     src.hd = kv->head_dim;
     src.run = KVRT_CONTIG_RUN;
     src.max_len = kv->max_len;
-    return decode_run(be, &src, kv->kernels ? kv->kernels : kvrt_cpu_attn_kernels_get(), &dd, q, out, seq_lens);
+    return decode_run(be, &src, kv->kernels ? kv->kernels : kvrt_cpu_attn_kernels_get(), &dd, q, out, NULL,
+                      seq_lens);
 }

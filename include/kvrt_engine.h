@@ -37,7 +37,15 @@ typedef struct kvrt_model kvrt_model; /* kvrt_model.h */
 
 typedef enum kvrt_preempt_mode {
     KVRT_PREEMPT_RECOMPUTE = 0, /* free the blocks; recompute prompt + generated tokens later */
-    KVRT_PREEMPT_SWAP = 1       /* copy the blocks to the host tier; recompute when it is full */
+    KVRT_PREEMPT_SWAP = 1,      /* copy the blocks to the host tier; recompute when it is full */
+    /* Before preempting, move running sequences' oldest blocks to a host
+     * pool of num_host_blocks (longest sequence first) and keep them
+     * running: attention then runs split by tier, the GPU over the device
+     * blocks and the CPU over the host ones, merged by log-sum-exp (issue
+     * 18). Recompute when the host pool is full. On the CPU backend both
+     * tiers are host memory: the pool simply gets num_host_blocks more
+     * blocks. Not with a sliding-window model. */
+    KVRT_PREEMPT_OFFLOAD = 2
 } kvrt_preempt_mode;
 
 /* Returns seconds from any fixed origin, non-decreasing. */
@@ -48,7 +56,8 @@ typedef struct kvrt_engine_params {
     int32_t block_size;         /* 8, 16 (default) or 32 */
     int32_t num_blocks;         /* KV pool blocks; 0 (kvrt_engine_create only): sized automatically, see
                                  * kvrt_engine_create; the size chosen is metrics.blocks_total */
-    int32_t num_host_blocks;    /* host-tier blocks for KVRT_PREEMPT_SWAP; 0 = none */
+    int32_t num_host_blocks;    /* host-tier blocks for KVRT_PREEMPT_SWAP and _OFFLOAD; 0 = none. A host pool
+                                 * larger than the machine's memory is refused, naming the bytes */
     int32_t max_batched_tokens; /* tokens per step (decodes + prefill chunks), default 256 */
     int32_t max_seqs;           /* sequences per step, default 64 */
     int32_t enable_prefix_cache;/* nonzero (default): reuse cached prompt blocks */
@@ -250,6 +259,14 @@ typedef struct kvrt_engine_metrics {
     double prefill_time_s, decode_time_s;
     /* per request latencies (seconds), over finished, not cancelled requests */
     kvrt_summary ttft, tpot, e2e, queue;
+    /* host tier that computes (KVRT_PREEMPT_OFFLOAD): blocks moved to the host
+     * while their sequence kept running, the bytes moved, and attention
+     * seconds per tier (device: the device half with its transfers; host:
+     * the CPU's half and the merge; the halves overlap); blocks per tier
+     * are blocks_used and host_blocks_used */
+    int64_t blocks_offloaded;
+    uint64_t offload_bytes;
+    double attn_device_s, attn_host_s;
 } kvrt_engine_metrics;
 
 KVRT_API kvrt_status kvrt_engine_get_metrics(kvrt_engine *engine, kvrt_engine_metrics *out);

@@ -104,6 +104,7 @@ typedef struct kvrt_bm_stats {
     int64_t blocks_swapped_out; /* (device, host) pairs reported by kvrt_bm_swap_out */
     int64_t blocks_swapped_in;  /* (host, device) pairs reported by kvrt_bm_swap_in */
     int64_t allocations;        /* blocks taken from the free queue (appends, CoW, swap-in) */
+    int64_t blocks_offloaded;   /* (device, host) pairs reported by kvrt_bm_offload */
 } kvrt_bm_stats;
 
 /* Fills *out. Errors: INVALID_ARGUMENT (NULL). */
@@ -138,6 +139,7 @@ typedef struct kvrt_bm_seq_info {
     int32_t num_blocks;     /* entries that hold a block (device block, or host slot when swapped) */
     int32_t swapped;        /* 1 when swapped out to the host tier */
     uint64_t extra_key;
+    int32_t num_host;       /* resident: leading entries offloaded to host slots (kvrt_bm_offload) */
 } kvrt_bm_seq_info;
 
 /* Fills *out. Errors: NO_SUCH_SEQUENCE, INVALID_ARGUMENT (out NULL). */
@@ -226,6 +228,21 @@ KVRT_API kvrt_status kvrt_bm_release_before(kvrt_block_manager *bm, int32_t seq,
  * out, max_pairs smaller than the sequence's num_blocks), OUT_OF_BLOCKS. */
 KVRT_API kvrt_status kvrt_bm_swap_out(kvrt_block_manager *bm, int32_t seq, int32_t (*pairs)[2], int32_t max_pairs,
                                       int32_t *n_pairs);
+
+/* Offloads a resident sequence's oldest blocks to the host tier while it
+ * keeps running (issue 18): table entries [num_host, num_host + n) become
+ * host slots, n = min(max_blocks, end - num_host) with `end` the entries
+ * the caller knows are computed (at most seq_len / block_size: full blocks
+ * only). Host blocks are always a prefix of the table; kvrt_bm_block_tables
+ * reports their slots in the first num_host entries. pairs[i] = {device
+ * block, host slot}: the caller copies the bytes before the device blocks
+ * are reused. A sequence with offloaded blocks can be appended to, freed
+ * and inspected, not forked, swapped or window-released. Errors:
+ * NO_SUCH_SEQUENCE, INVALID_ARGUMENT (NULL pointers, swapped out, end past
+ * the full blocks, max_pairs too small), OUT_OF_BLOCKS (host tier has
+ * fewer free slots than n; nothing changed). */
+KVRT_API kvrt_status kvrt_bm_offload(kvrt_block_manager *bm, int32_t seq, int32_t end, int32_t max_blocks,
+                                     int32_t (*pairs)[2], int32_t max_pairs, int32_t *n_pairs);
 
 /* Brings a swapped-out sequence back: allocates one device block per host
  * slot, pairs[i] = {host slot, device block} (the caller copies the bytes),

@@ -1,6 +1,7 @@
 /* The tools' internal API (kvrt_tool_internal.h), on the library's insides. */
 #include "kvrt_tool_internal.h"
 
+#include "backend/kv_tier.h"
 #include "backend/ops.h"
 #include "cpu_attention.h"
 #include "model/model_api_internal.h"
@@ -68,4 +69,42 @@ kvrt_status kvrt_tool_device_copy_gbs(kvrt_context *ctx, size_t bytes, int passe
     kvrt_op_buffer_destroy(be, a);
     *gbs = best;
     return st;
+}
+
+/* ---- the host tier (kvrt-bench attn --host-tier) ---------------------------------------- */
+
+kvrt_status kvrt_tool_tier_create(kvrt_kv_cache *cache, int32_t host_blocks, int32_t n_threads,
+                                  kvrt_tool_tier **out, kvrt_error *err)
+{
+    kvrt_kv_tier_params p = {.num_host_blocks = host_blocks, .n_threads = n_threads};
+    return kvrt_kv_tier_create(cache, &p, out, err);
+}
+
+void kvrt_tool_tier_destroy(kvrt_tool_tier *t)
+{
+    kvrt_kv_tier_destroy(t);
+}
+
+kvrt_status kvrt_tool_tier_to_host(kvrt_tool_tier *t, const int32_t (*pairs)[2], int32_t n_pairs, kvrt_error *err)
+{
+    kvrt_status s = kvrt_kv_tier_to_host(t, pairs, n_pairs);
+    return s == KVRT_OK ? s : kvrt_fail(err, s, "%s", kvrt_kv_tier_message(t));
+}
+
+kvrt_status kvrt_tool_tier_decode(kvrt_tool_tier *t, int32_t layer, int32_t n_heads, int32_t max_blocks_per_seq,
+                                  int32_t num_seqs, const float *q, const int32_t *seq_lens, const int32_t *tables,
+                                  const int32_t *n_host, float *out, kvrt_error *err)
+{
+    kvrt_attn_desc d = {.num_seqs = num_seqs, .n_heads = n_heads, .max_blocks_per_seq = max_blocks_per_seq};
+    kvrt_status s = kvrt_kv_tier_attn_decode(t, layer, &d, q, seq_lens, tables, n_host, out);
+    return s == KVRT_OK ? s : kvrt_fail(err, s, "%s", kvrt_kv_tier_message(t));
+}
+
+void kvrt_tool_tier_times(const kvrt_tool_tier *t, double *device_s, double *host_s, double *merge_s)
+{
+    kvrt_kv_tier_stats st;
+    kvrt_kv_tier_get_stats(t, &st);
+    *device_s = st.device_attn_s;
+    *host_s = st.host_attn_s;
+    *merge_s = st.merge_s;
 }

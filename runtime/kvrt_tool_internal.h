@@ -46,4 +46,19 @@ kvrt_status kvrt_tool_contig_decode(kvrt_context *ctx, const kvrt_tool_contig_kv
  * `passes` after a warm-up, in GB/s (read + write). */
 kvrt_status kvrt_tool_device_copy_gbs(kvrt_context *ctx, size_t bytes, int passes, double *gbs, kvrt_error *err);
 
+/* The host tier that computes (issue 18, backend/kv_tier.h), for
+ * kvrt-bench attn --host-tier: a host pool of host_blocks beside `cache`,
+ * moves of whole blocks to it ({device block, host slot}), and decode
+ * attention split by tier (n_host[s] leading table entries are host slots;
+ * scale 1/sqrt(head_dim)). Times are the tier's counters, in seconds. */
+typedef struct kvrt_kv_tier kvrt_tool_tier;
+kvrt_status kvrt_tool_tier_create(kvrt_kv_cache *cache, int32_t host_blocks, int32_t n_threads,
+                                  kvrt_tool_tier **out, kvrt_error *err);
+void kvrt_tool_tier_destroy(kvrt_tool_tier *t);
+kvrt_status kvrt_tool_tier_to_host(kvrt_tool_tier *t, const int32_t (*pairs)[2], int32_t n_pairs, kvrt_error *err);
+kvrt_status kvrt_tool_tier_decode(kvrt_tool_tier *t, int32_t layer, int32_t n_heads, int32_t max_blocks_per_seq,
+                                  int32_t num_seqs, const float *q, const int32_t *seq_lens, const int32_t *tables,
+                                  const int32_t *n_host, float *out, kvrt_error *err);
+void kvrt_tool_tier_times(const kvrt_tool_tier *t, double *device_s, double *host_s, double *merge_s);
+
 #endif /* KVRT_TOOL_INTERNAL_H */

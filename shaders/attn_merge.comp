@@ -2,7 +2,7 @@
 // Paged decode attention, pass 2: merges a (sequence, query head)'s partial
 // results by their log-sum-exp. The partition count follows from the
 // sequence's own length only, so results do not depend on the batch.
-// b3 = out, b4 = seq_lens, b6 = scratch. One workgroup per (head, seq).
+// b2 = lse (when pc.lse_on), b3 = out, b4 = seq_lens, b6 = scratch. One workgroup per (head, seq).
 // Loop trips of one invocation (lavapipe stops an invocation's loops after
 // 65,535 in total): with P = max_parts and E = ceil(head_dim / 64),
 // 2 (P + 1) + E + 1 + E (P + 1); the host refuses tables that would take it
@@ -30,6 +30,10 @@ void main()
         l += uintBitsToFloat(b6.w[base + p * stride + D + 1u]) *
              exp(uintBitsToFloat(b6.w[base + p * stride + D]) - m);
     float inv = l > 0.0 ? 1.0 / l : 0.0;
+    // The row's log-sum-exp, for a caller that merges it with other key
+    // ranges (the host tier of issue 18); -inf when it saw no key.
+    if (pc.lse_on != 0u && gl_LocalInvocationID.x == 0u)
+        b2.w[pc.lse_off + seq * pc.n_heads + head] = l > 0.0 ? floatBitsToUint(m + log(l)) : 0xff800000u;
     for (uint d = gl_LocalInvocationID.x; d < D; d += 64u) {
         float a = 0.0;
         for (uint p = 0u; p < nparts; p++)

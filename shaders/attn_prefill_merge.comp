@@ -8,7 +8,7 @@
 // 65,535 in total): with P = max_parts and E = ceil(head_dim / 64),
 // 2 (P + 1) + E + 1 + E (P + 1); the host refuses tables that would take it
 // past 40,000 (vk_merge_max_parts), e.g. 2,220 partitions at head_dim 1024.
-// b2 = scratch, b3 = out, b4 = seq_lens, b6 = query_start_loc.
+// b2 = scratch, b3 = out, b4 = seq_lens, b5 = lse (when pc.lse_on), b6 = query_start_loc.
 #define KVRT_ATTN_SHADER
 #include "kvrt_push.h"
 layout(push_constant) uniform P { KVRT_PUSH_ATTN } pc;
@@ -37,6 +37,10 @@ void main()
     for (uint p = 0u; p < nparts; p++)
         l += uintBitsToFloat(b2.w[base + p * stride + D + 1u]) * exp(uintBitsToFloat(b2.w[base + p * stride + D]) - m);
     float inv = l > 0.0 ? 1.0 / l : 0.0;
+    // The row's log-sum-exp, for a caller that merges it with other key
+    // ranges (the host tier of issue 18); -inf when it saw no key.
+    if (pc.lse_on != 0u && gl_LocalInvocationID.x == 0u)
+        b5.w[pc.lse_off + (qs + t) * pc.n_heads + head] = l > 0.0 ? floatBitsToUint(m + log(l)) : 0xff800000u;
     for (uint d = gl_LocalInvocationID.x; d < D; d += 64u) {
         float a = 0.0;
         for (uint p = 0u; p < nparts; p++)

@@ -83,7 +83,9 @@ typedef float kvrt_f32;
     kvrt_u32 max_parts;      /* decode: partitions per (seq, head) in scratch */   \
     kvrt_u32 tile_q;         /* prefill: query rows per tile */                    \
     kvrt_u32 tile_k;         /* prefill: key rows per tile */                      \
-    kvrt_u32 tile_base;      /* prefill: first query tile (merge: row) of the dispatch */
+    kvrt_u32 tile_base;      /* prefill: first query tile (merge: row) of the dispatch */ \
+    kvrt_u32 lse_off;        /* merges: word offset of lse [rows][n_heads] */      \
+    kvrt_u32 lse_on;         /* merges: 1 = also write each row's log-sum-exp */
 
 /* model ops: a, b, c are the bindings 2..4 (word offsets, element strides) */
 #define KVRT_PUSH_OPS                                                              \

@@ -285,7 +285,7 @@ static void test_batch_check(void **state)
     /* a decode (sequence 0, 9 long) then a prefill of 3 tokens (sequence 1, 3 long) */
     int32_t tokens[4] = {1, 2, 3, 4}, pos[4] = {8, 0, 1, 2}, slots[4] = {16, 0, 1, 2};
     int32_t qsl[3] = {0, 1, 4}, lens[2] = {9, 3}, tables[2][2] = {{1, 2}, {0, -1}}, logits[2] = {0, 3};
-    kvrt_batch b = {2, 1, 4, tokens, pos, slots, qsl, lens, &tables[0][0], 2, logits, 2};
+    kvrt_batch b = {2, 1, 4, tokens, pos, slots, qsl, lens, &tables[0][0], 2, logits, 2, NULL};
     kvrt_error err;
     assert_int_equal(kvrt_batch_num_decodes(&b), 1);
     assert_int_equal(kvrt_batch_check(&err, &pd, 4, &b), KVRT_OK);

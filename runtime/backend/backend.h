@@ -142,6 +142,18 @@ typedef kvrt_status kvrt_be_attn_decode_fn(kvrt_backend *be, kvrt_kv_pool *pool,
 typedef kvrt_status kvrt_be_attn_prefill_fn(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer,
                                             const kvrt_attn_desc *d, kvrt_view q, kvrt_view out,
                                             kvrt_view query_start_loc, kvrt_view seq_lens, kvrt_view block_tables);
+/* As attn_decode / attn_prefill, plus lse [rows][n_heads] (F32, contiguous;
+ * rows: num_seqs for decode, the q rows for prefill): each row's natural
+ * log-sum-exp, ln sum_j exp(scale * q.k_j) over the keys it sees, -inf when
+ * none. Partial results over disjoint key ranges (device and host tier,
+ * issue 18) merge exactly by it, as split-K partitions do. */
+typedef kvrt_status kvrt_be_attn_decode_lse_fn(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer,
+                                               const kvrt_attn_desc *d, kvrt_view q, kvrt_view out, kvrt_view lse,
+                                               kvrt_view seq_lens, kvrt_view block_tables);
+typedef kvrt_status kvrt_be_attn_prefill_lse_fn(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer,
+                                                const kvrt_attn_desc *d, kvrt_view q, kvrt_view out, kvrt_view lse,
+                                                kvrt_view query_start_loc, kvrt_view seq_lens,
+                                                kvrt_view block_tables);
 typedef kvrt_status kvrt_be_matmul_fn(kvrt_backend *be, kvrt_dtype wtype, kvrt_view w, int64_t n_out, int64_t n_in,
                                       kvrt_view x, int64_t x_stride, kvrt_view y, int64_t y_stride,
                                       int32_t n_tokens);
@@ -168,7 +180,8 @@ typedef kvrt_status kvrt_be_kv_rope_shift_fn(kvrt_backend *be, kvrt_kv_pool *poo
  * kvrt_cpu_kv_write, ...) and filling a table (KVRT_BACKEND_ENTRY). */
 #define KVRT_BACKEND_KERNELS(X, prefix)                                                                    \
     X(prefix, kv_write) X(prefix, attn_decode) X(prefix, attn_prefill) X(prefix, matmul) X(prefix, rmsnorm) \
-    X(prefix, rope) X(prefix, swiglu) X(prefix, add) X(prefix, add_bias) X(prefix, embed) X(prefix, gather_rows)
+    X(prefix, rope) X(prefix, swiglu) X(prefix, add) X(prefix, add_bias) X(prefix, embed) X(prefix, gather_rows) \
+    X(prefix, attn_decode_lse) X(prefix, attn_prefill_lse)
 #define KVRT_BACKEND_DECLARE(prefix, entry) kvrt_be_##entry##_fn prefix##entry;
 #define KVRT_BACKEND_ENTRY(prefix, entry) .entry = prefix##entry,
 
@@ -243,6 +256,9 @@ struct kvrt_backend_ops {
      * last tokens of sequence s, at positions seq_lens[s] - n_new .. seq_lens[s] - 1; their K/V are
      * already in the pool. Causal over cached prefix + chunk. */
     kvrt_be_attn_prefill_fn *attn_prefill;
+    /* The same with each row's log-sum-exp (the tier split's partial results). */
+    kvrt_be_attn_decode_lse_fn *attn_decode_lse;
+    kvrt_be_attn_prefill_lse_fn *attn_prefill_lse;
 
     /* ---- model ops (F32 activations) ---- */
     /* y[t][o] = sum_i W[o][i] * x[t][i]; W row-major [n_out][n_in] in wtype (GGUF block layouts). */

@@ -371,6 +371,11 @@ kvrt_kv_pool *kvrt_kv_cache_pool(kvrt_kv_cache *cache)
     return cache->pool;
 }
 
+kvrt_backend *kvrt_kv_cache_backend(kvrt_kv_cache *cache)
+{
+    return cache->be;
+}
+
 const kvrt_kv_pool_desc *kvrt_kv_cache_desc(const kvrt_kv_cache *cache)
 {
     return &cache->desc;

@@ -10,6 +10,9 @@
 kvrt_kv_pool *kvrt_kv_cache_pool(kvrt_kv_cache *cache);
 const kvrt_kv_pool_desc *kvrt_kv_cache_desc(const kvrt_kv_cache *cache);
 
+/* Its backend (the host tier, kv_tier.c, runs the device side of a split on it). */
+kvrt_backend *kvrt_kv_cache_backend(kvrt_kv_cache *cache);
+
 /* Bytes of one block of every layer, K and V: one host-tier slot. */
 size_t kvrt_kv_cache_slot_bytes(const kvrt_kv_cache *cache);
 /* Device bytes of the whole pool. */

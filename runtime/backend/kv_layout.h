@@ -179,6 +179,9 @@ typedef struct kvrt_batch {
     int32_t max_blocks_per_seq;
     const int32_t *logits_indices;  /* [num_logits] token rows that need logits */
     int32_t num_logits;
+    /* [num_seqs] leading table entries that are host-tier slots (issue 18,
+     * backend/kv_tier.h); NULL = every block on the device. */
+    const int32_t *n_host;
 } kvrt_batch;
 
 /* Leading sequences with exactly one new token: the most a batch may run as decodes. */

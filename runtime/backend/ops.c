@@ -578,6 +578,64 @@ kvrt_status kvrt_op_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t l
                      OP_CALL(be, attn_prefill, pool, layer, d, q, out, query_start_loc, seq_lens, block_tables));
 }
 
+/* The lse rows of the _lse entries: F32 [rows][n_heads], inside their
+ * buffer, overlapping neither q nor out. */
+static kvrt_status check_lse(kvrt_backend *be, const kvrt_kv_pool *pool, const kvrt_attn_desc *d, int64_t rows,
+                             kvrt_view q, kvrt_view out, kvrt_view lse, const char *what)
+{
+    char name[64];
+    snprintf(name, sizeof(name), "%s: lse", what);
+    KVRT_TRY(check_rows(be, lse, rows, d->n_heads, d->n_heads, name));
+    size_t lb = rows_bytes(rows, d->n_heads, d->n_heads);
+    int64_t row = (int64_t)d->n_heads * kvrt_kv_pool_desc_of(pool)->head_dim;
+    if (views_overlap(lse, lb, q, rows_bytes(rows, d->q_stride, row)) ||
+        views_overlap(lse, lb, out, rows_bytes(rows, d->o_stride, row)))
+        return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "%s: lse overlaps q or out", what);
+    return check_buffer_limit(be, lb, name);
+}
+
+kvrt_status kvrt_op_attn_decode_lse(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
+                                    kvrt_view q, kvrt_view out, kvrt_view lse, kvrt_view seq_lens,
+                                    kvrt_view block_tables)
+{
+    kvrt_attn_desc known;
+    if (d && pool) {
+        known = with_max_len(pool, d);
+        d = &known;
+    }
+    KVRT_TRY(check_attention(be, pool, layer, d, d ? d->num_seqs : 0, q, out, seq_lens, block_tables, true,
+                             "attention decode"));
+    if (d->num_seqs == 0)
+        return KVRT_OK;
+    KVRT_TRY(check_lse(be, pool, d, d->num_seqs, q, out, lse, "attention decode"));
+    uint64_t t0 = timer_start(be);
+    return timer_end(be, "attn_decode", t0,
+                     OP_CALL(be, attn_decode_lse, pool, layer, d, q, out, lse, seq_lens, block_tables));
+}
+
+kvrt_status kvrt_op_attn_prefill_lse(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
+                                     kvrt_view q, kvrt_view out, kvrt_view lse, kvrt_view query_start_loc,
+                                     kvrt_view seq_lens, kvrt_view block_tables)
+{
+    kvrt_attn_desc known;
+    if (d && pool) {
+        known = with_max_len(pool, d);
+        d = &known;
+    }
+    KVRT_TRY(check_attention(be, pool, layer, d, d ? d->num_tokens : 0, q, out, seq_lens, block_tables, false,
+                             "attention prefill"));
+    if (d->num_seqs == 0)
+        return KVRT_OK;
+    KVRT_TRY(check_ints(be, query_start_loc, (int64_t)d->num_seqs + 1, "query_start_loc"));
+    if (d->num_tokens == 0)
+        return KVRT_OK;
+    KVRT_TRY(check_lse(be, pool, d, d->num_tokens, q, out, lse, "attention prefill"));
+    uint64_t t0 = timer_start(be);
+    return timer_end(be, "attn_prefill", t0,
+                     OP_CALL(be, attn_prefill_lse, pool, layer, d, q, out, lse, query_start_loc, seq_lens,
+                             block_tables));
+}
+
 /* ---- model ops ------------------------------------------------------------------------------------------ */
 
 /* Weight and table rows: F32 read as floats, the other types as 16-bit words. */

@@ -101,7 +101,7 @@ void kvrt_engine_destroy(kvrt_engine *e)
     kvrt_free(a, e->running.v);
     kvrt_free(a, e->swapped.v);
     void *scratch[] = {e->sched, e->b_tokens, e->b_pos, e->b_slots, e->b_logits_idx, e->b_qsl, e->b_seq_lens,
-                       e->b_tables, e->b_bm_seqs, e->b_order, e->slot_scratch, e->logits, e->sample_scratch,
+                       e->b_tables, e->b_bm_seqs, e->b_n_host, e->b_order, e->slot_scratch, e->logits, e->sample_scratch,
                        e->host_tier, e->pairs};
     for (size_t i = 0; i < KVRT_ARRAY_LEN(scratch); i++)
         kvrt_free(a, scratch[i]);
@@ -129,8 +129,14 @@ static kvrt_status check_params(const kvrt_engine_params *p, const kvrt_runner *
     if ((int64_t)p->num_blocks * p->block_size > INT32_MAX || p->max_context > INT32_MAX - p->block_size)
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "%d blocks of %d positions overflow int32 slots",
                          (int)p->num_blocks, (int)p->block_size);
-    if (p->preempt_mode != KVRT_PREEMPT_RECOMPUTE && p->preempt_mode != KVRT_PREEMPT_SWAP)
+    if (p->preempt_mode != KVRT_PREEMPT_RECOMPUTE && p->preempt_mode != KVRT_PREEMPT_SWAP &&
+        p->preempt_mode != KVRT_PREEMPT_OFFLOAD)
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "unknown preemption mode %d", (int)p->preempt_mode);
+    /* num_host_blocks 0 with offload: the runner made both tiers one pool (CPU) */
+    if (p->preempt_mode == KVRT_PREEMPT_OFFLOAD && p->num_host_blocks > 0 && (!r->iface->offload || r->window != 0))
+        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT,
+                         "offload needs a runner with a host tier and a model without a sliding window (window %d)",
+                         (int)r->window);
     if (p->preempt_mode == KVRT_PREEMPT_SWAP &&
         (p->num_host_blocks < 1 || !r->iface->read_block || !r->iface->write_block || r->block_bytes == 0))
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT,
@@ -149,7 +155,8 @@ static kvrt_status alloc_scratch(kvrt_engine *e, kvrt_error *err)
     size_t ms = (size_t)e->p.max_seqs, mt = (size_t)e->p.max_batched_tokens, nv = (size_t)e->runner.n_vocab;
     size_t tables, logits, host = 0;
     if (!kvrt_mul_size(ms, (size_t)e->max_blocks_per_seq, &tables) || !kvrt_mul_size(ms, nv, &logits) ||
-        (e->p.num_host_blocks && !kvrt_mul_size((size_t)e->p.num_host_blocks, e->runner.block_bytes, &host)))
+        (e->p.preempt_mode == KVRT_PREEMPT_SWAP && e->p.num_host_blocks &&
+         !kvrt_mul_size((size_t)e->p.num_host_blocks, e->runner.block_bytes, &host)))
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "engine scratch sizes overflow");
     e->sched = kvrt_calloc(a, ms, sizeof(*e->sched));
     e->b_order = kvrt_calloc(a, ms, sizeof(*e->b_order));
@@ -161,13 +168,15 @@ static kvrt_status alloc_scratch(kvrt_engine *e, kvrt_error *err)
     e->b_qsl = kvrt_calloc(a, ms + 1, sizeof(int32_t));
     e->b_seq_lens = kvrt_calloc(a, ms, sizeof(int32_t));
     e->b_bm_seqs = kvrt_calloc(a, ms, sizeof(int32_t));
+    e->b_n_host = kvrt_calloc(a, ms, sizeof(int32_t));
     e->b_tables = kvrt_calloc(a, tables, sizeof(int32_t));
     e->logits = kvrt_calloc(a, logits, sizeof(float));
     e->sample_scratch = kvrt_calloc(a, 1, kvrt_sampler_scratch_bytes(e->runner.n_vocab));
     e->host_tier = host ? kvrt_calloc(a, host, 1) : NULL;
     e->pairs = kvrt_calloc(a, (size_t)e->max_blocks_per_seq, sizeof(*e->pairs));
     if (!e->sched || !e->b_order || !e->b_tokens || !e->b_pos || !e->b_slots || !e->b_logits_idx ||
-        !e->slot_scratch || !e->b_qsl || !e->b_seq_lens || !e->b_bm_seqs || !e->b_tables || !e->logits ||
+        !e->slot_scratch || !e->b_qsl || !e->b_seq_lens || !e->b_bm_seqs || !e->b_n_host || !e->b_tables ||
+        !e->logits ||
         !e->sample_scratch || !e->pairs || (host && !e->host_tier))
         return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "engine scratch buffers");
     return KVRT_OK;
@@ -204,7 +213,8 @@ kvrt_status kvrt_engine_create_with_runner(const kvrt_engine_params *params, kvr
     bp.num_blocks = p.num_blocks;
     bp.block_size = p.block_size;
     bp.max_blocks_per_seq = e->max_blocks_per_seq;
-    bp.num_host_blocks = p.preempt_mode == KVRT_PREEMPT_SWAP ? p.num_host_blocks : 0;
+    /* offload keeps its host blocks in the runner's host tier; swap in e->host_tier */
+    bp.num_host_blocks = p.preempt_mode != KVRT_PREEMPT_RECOMPUTE ? p.num_host_blocks : 0;
     bp.enable_prefix_cache = p.enable_prefix_cache;
     bp.allocator = p.allocator;
     st = kvrt_block_manager_create(&bp, &e->bm, err);
@@ -232,6 +242,9 @@ kvrt_status kvrt_engine_create(kvrt_model *model, const kvrt_engine_params *para
     if (!model || !out)
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "kvrt_engine_create: model and out are required");
     kvrt_engine_params p = params ? *params : kvrt_engine_default_params();
+    if (p.preempt_mode == KVRT_PREEMPT_OFFLOAD && p.num_host_blocks < 1)
+        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "offload needs num_host_blocks >= 1 (got %d)",
+                         (int)p.num_host_blocks);
     KVRT_TRY(kvrt_kv_check_dtype(err, p.kv_type));
     KVRT_TRY(kvrt_kv_check_block_size(err, p.block_size));
     kvrt_runner runner;
@@ -651,6 +664,9 @@ kvrt_status kvrt_engine_get_metrics(kvrt_engine *e, kvrt_engine_metrics *out)
     m.cow_copies = bs.cow_copies;
     m.blocks_swapped_out = bs.blocks_swapped_out;
     m.blocks_swapped_in = bs.blocks_swapped_in;
+    m.blocks_offloaded = bs.blocks_offloaded;
+    if (e->runner.iface->tier_times)
+        e->runner.iface->tier_times(e->runner.self, &m.attn_device_s, &m.attn_host_s);
     m.kv_utilization_mean = m.steps ? e->kv_util_sum / (double)m.steps : 0.0;
     m.kv_utilization_contiguous_mean = m.steps ? e->kv_util_contig_sum / (double)m.steps : 0.0;
     m.prefix_hit_rate = m.prefix_query_tokens ? (double)m.prefix_hit_tokens / (double)m.prefix_query_tokens : 0.0;

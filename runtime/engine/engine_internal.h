@@ -29,6 +29,13 @@ typedef struct kvrt_runner_ops {
      * when the runner cannot swap (then swap mode is refused). */
     kvrt_status (*read_block)(void *self, int32_t block, void *dst, kvrt_error *err);
     kvrt_status (*write_block)(void *self, int32_t block, const void *src, kvrt_error *err);
+    /* Host tier that computes (KVRT_PREEMPT_OFFLOAD): copies device blocks to
+     * host slots, pairs[i] = {device block, host slot}, before the call
+     * returns (the device blocks are reused next). The forward then gets
+     * batches whose n_host is set. May be NULL (offload refused). */
+    kvrt_status (*offload)(void *self, const int32_t (*pairs)[2], int32_t n_pairs, kvrt_error *err);
+    /* Attention seconds per tier so far. May be NULL. */
+    void (*tier_times)(void *self, double *device_s, double *host_s);
     /* Tokenizes UTF-8 text (as kvrt_tokenize: *n receives the count needed,
      * INVALID_ARGUMENT when capacity is short). May be NULL (no text prompts). */
     kvrt_status (*tokenize)(void *self, const char *text, size_t len, int add_bos, int32_t *ids, int32_t capacity,
@@ -158,6 +165,7 @@ struct kvrt_engine {
     int32_t *b_seq_lens;    /* [max_seqs] */
     int32_t *b_tables;      /* [max_seqs][max_blocks_per_seq] */
     int32_t *b_bm_seqs;     /* [max_seqs] */
+    int32_t *b_n_host;      /* [max_seqs] host-tier entries of each sequence (offload) */
     kvrt_eseq **b_order;    /* [max_seqs] batch order */
     int32_t *slot_scratch;  /* [max_batched_tokens] */
     float *logits;          /* [max_seqs][n_vocab] */

@@ -4,6 +4,7 @@
 #include "engine/engine_internal.h"
 
 #include "backend/kv_cache_internal.h"
+#include "backend/kv_tier.h"
 #include "kvrt_model.h"
 #include "model/model_api_internal.h"
 
@@ -11,6 +12,7 @@ typedef struct llama_runner {
     kvrt_model *model;
     kvrt_llama *lm;
     kvrt_kv_cache *cache;
+    kvrt_kv_tier *tier; /* offload: the host tier that computes; NULL otherwise */
     const kvrt_allocator *alloc;
 } llama_runner;
 
@@ -22,7 +24,25 @@ static kvrt_status cache_fail(llama_runner *r, kvrt_status st, kvrt_error *err)
 static kvrt_status lr_forward(void *self, const kvrt_batch *b, float *logits, kvrt_error *err)
 {
     llama_runner *r = self;
-    return kvrt_llama_forward(r->lm, kvrt_kv_cache_pool(r->cache), b, logits, err);
+    return kvrt_llama_forward_tiered(r->lm, kvrt_kv_cache_pool(r->cache), r->tier, b, logits, err);
+}
+
+static kvrt_status lr_offload(void *self, const int32_t (*pairs)[2], int32_t n_pairs, kvrt_error *err)
+{
+    llama_runner *r = self;
+    if (!r->tier)
+        return kvrt_fail(err, KVRT_ERR_INTERNAL, "offload without a host tier");
+    kvrt_status st = kvrt_kv_tier_to_host(r->tier, pairs, n_pairs);
+    return st == KVRT_OK ? st : kvrt_fail(err, st, "%s", kvrt_kv_tier_message(r->tier));
+}
+
+static void lr_tier_times(void *self, double *device_s, double *host_s)
+{
+    llama_runner *r = self;
+    kvrt_kv_tier_stats st = {0};
+    kvrt_kv_tier_get_stats(r->tier, &st);
+    *device_s = st.device_attn_s;
+    *host_s = st.host_attn_s + st.merge_s;
 }
 
 static kvrt_status lr_copy_blocks(void *self, const int32_t (*pairs)[2], int32_t n_pairs, kvrt_error *err)
@@ -79,12 +99,15 @@ static void lr_destroy(void *self)
     llama_runner *r = self;
     if (!r)
         return;
+    kvrt_kv_tier_destroy(r->tier);
     kvrt_kv_cache_destroy(r->cache);
     kvrt_free(r->alloc, r);
 }
 
 static const kvrt_runner_ops llama_runner_ops = {
     .forward = lr_forward,
+    .offload = lr_offload,
+    .tier_times = lr_tier_times,
     .copy_blocks = lr_copy_blocks,
     .read_block = lr_read_block,
     .write_block = lr_write_block,
@@ -156,6 +179,15 @@ kvrt_status kvrt_llama_runner_create(kvrt_model *model, kvrt_engine_params *p, k
     size_t block_all = 2 * (size_t)hp->n_layer * kvrt_kv_block_bytes(&d1); /* one block, every layer, K and V */
     if (p->num_blocks == 0)
         KVRT_TRY(size_pool(model, &mi, hp, p, block_all, err));
+    /* offload on the CPU: both tiers are host memory, so they are one pool */
+    bool one_tier = p->preempt_mode == KVRT_PREEMPT_OFFLOAD && kvrt_context_backend(model->ctx) == KVRT_BACKEND_CPU;
+    if (one_tier) {
+        if (p->num_host_blocks > INT32_MAX / p->block_size - p->num_blocks)
+            return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "%d + %d blocks overflow int32 slots",
+                             (int)p->num_blocks, (int)p->num_host_blocks);
+        p->num_blocks += p->num_host_blocks;
+        p->num_host_blocks = 0;
+    }
     llama_runner *r = kvrt_calloc(model->ctx->alloc, 1, sizeof(*r));
     if (!r)
         return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "engine runner");
@@ -169,6 +201,14 @@ kvrt_status kvrt_llama_runner_create(kvrt_model *model, kvrt_engine_params *p, k
         kvrt_fail(err, st, "KV pool of %d blocks: %s", (int)p->num_blocks, why.message);
         lr_destroy(r);
         return st;
+    }
+    if (p->preempt_mode == KVRT_PREEMPT_OFFLOAD && p->num_host_blocks > 0) {
+        kvrt_kv_tier_params tp = {.num_host_blocks = p->num_host_blocks};
+        st = kvrt_kv_tier_create(r->cache, &tp, &r->tier, err);
+        if (st != KVRT_OK) {
+            lr_destroy(r);
+            return st;
+        }
     }
     *out = (kvrt_runner){.iface = &llama_runner_ops, .self = r, .n_vocab = hp->n_vocab,
                          .block_bytes = kvrt_kv_cache_slot_bytes(r->cache),

@@ -104,6 +104,47 @@ static kvrt_status swap_out(kvrt_engine *e, kvrt_eseq *s)
     return KVRT_OK;
 }
 
+/* Offload policy: moves the oldest computed blocks of running sequences to
+ * the host tier, the sequence with the most movable blocks first, until
+ * `want` device blocks are free or nothing more can move. A sequence keeps
+ * running with its host blocks; one that will still fork keeps its blocks
+ * (host slots have one owner). */
+static kvrt_status offload_blocks(kvrt_engine *e, int32_t want)
+{
+    while (free_blocks(e) < want) {
+        kvrt_bm_stats bs;
+        (void)kvrt_bm_get_stats(e->bm, &bs);
+        int32_t host_free = bs.host_blocks_total - bs.host_blocks_used;
+        kvrt_eseq *best = NULL;
+        int32_t best_n = 0, best_end = 0;
+        for (int32_t i = 0; i < e->running.n && host_free > 0; i++) {
+            kvrt_eseq *v = e->running.v[i];
+            kvrt_bm_seq_info info;
+            if ((v->req->p.n > 1 && !v->req->forked) || kvrt_bm_get_seq_info(e->bm, v->bm_seq, &info) != KVRT_OK)
+                continue;
+            int32_t end = v->num_computed / e->p.block_size; /* full blocks whose K/V is written */
+            if (end - info.num_host > best_n) {
+                best = v;
+                best_n = end - info.num_host;
+                best_end = end;
+            }
+        }
+        if (!best)
+            return KVRT_OK;
+        int32_t n = 0, k = KVRT_MIN(KVRT_MIN(best_n, want - free_blocks(e)), host_free);
+        kvrt_status st = kvrt_bm_offload(e->bm, best->bm_seq, best_end, k, e->pairs, e->max_blocks_per_seq, &n);
+        if (st != KVRT_OK)
+            return bm_err(e, st);
+        st = e->runner.iface->offload(e->runner.self, (const int32_t(*)[2])e->pairs, n, &e->err);
+        if (st != KVRT_OK) {
+            kvrt_sched_requeue(e, best); /* its K/V did not all reach the host */
+            return st;
+        }
+        e->m.offload_bytes += (uint64_t)n * e->runner.block_bytes;
+    }
+    return KVRT_OK;
+}
+
 static kvrt_status preempt(kvrt_engine *e, kvrt_eseq *s)
 {
     s->req->n_preemptions++;
@@ -187,6 +228,11 @@ static kvrt_status fit_tokens(kvrt_engine *e, kvrt_eseq *s, int32_t n, int may_p
             return bm_err(e, st);
         if (need <= free_blocks(e))
             break;
+        if (may_preempt && e->p.preempt_mode == KVRT_PREEMPT_OFFLOAD) {
+            KVRT_TRY(offload_blocks(e, need));
+            if (need <= free_blocks(e))
+                break;
+        }
         kvrt_eseq *victim = may_preempt ? pick_victim(e, s) : NULL;
         if (!victim)
             break;

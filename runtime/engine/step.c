@@ -43,6 +43,16 @@ static kvrt_status build_batch(kvrt_engine *e, kvrt_batch *b, kvrt_step_info *in
     kvrt_status st = kvrt_bm_block_tables(e->bm, e->b_bm_seqs, ns, e->b_tables, e->max_blocks_per_seq);
     if (st != KVRT_OK)
         return bm_err(e, st);
+    /* offload: the leading entries of a sequence may be host slots */
+    bool any_host = false;
+    for (int32_t k = 0; k < ns; k++) {
+        kvrt_bm_seq_info si;
+        st = kvrt_bm_get_seq_info(e->bm, e->b_bm_seqs[k], &si);
+        if (st != KVRT_OK)
+            return bm_err(e, st);
+        e->b_n_host[k] = si.num_host;
+        any_host = any_host || si.num_host > 0;
+    }
     memset(b, 0, sizeof(*b));
     b->num_seqs = ns;
     b->num_decode_seqs = info->num_decode_seqs;
@@ -56,6 +66,7 @@ static kvrt_status build_batch(kvrt_engine *e, kvrt_batch *b, kvrt_step_info *in
     b->max_blocks_per_seq = e->max_blocks_per_seq;
     b->logits_indices = e->b_logits_idx;
     b->num_logits = nl;
+    b->n_host = any_host ? e->b_n_host : NULL;
     info->num_seqs = ns;
     info->num_tokens = nt;
     return KVRT_OK;

@@ -54,14 +54,15 @@ static kvrt_status check_seq(check_ctx *c, const kvrt_bm_seq *s, int32_t id)
                 return violation(c, "sequence %d: partial block %d released", (int)id, (int)i);
             continue;
         }
-        int32_t lim = s->swapped ? bm->num_host_blocks : bm->num_blocks;
+        bool on_host = s->swapped || i < s->n_host;
+        int32_t lim = on_host ? bm->num_host_blocks : bm->num_blocks;
         if (e < 0 || e >= lim)
             return violation(c, "sequence %d: entry %d = %d out of range", (int)id, (int)i, (int)e);
-        int32_t fill = s->swapped ? bm->host[e].fill : bm->blocks[e].fill;
+        int32_t fill = on_host ? bm->host[e].fill : bm->blocks[e].fill;
         if (fill != expected_fill(bm, s, i))
             return violation(c, "sequence %d: block %d (entry %d) holds %d tokens, expected %d", (int)id, (int)e,
                              (int)i, (int)fill, (int)expected_fill(bm, s, i));
-        if (s->swapped)
+        if (on_host)
             c->host_refs[e]++;
         else
             c->refs[e]++;

@@ -107,7 +107,7 @@ kvrt_status kvrt_bm_seq_free(kvrt_block_manager *bm, int32_t seq)
         int32_t b = s->table[i];
         if (b == KVRT_BM_NONE)
             continue;
-        if (s->swapped)
+        if (s->swapped || i < s->n_host)
             release_host_slot(bm, b);
         else
             kvrt_bm_pool_unref(bm, b);
@@ -126,6 +126,10 @@ kvrt_status kvrt_bm_seq_fork(kvrt_block_manager *bm, int32_t parent, int32_t *ou
     if (!out_child)
         return kvrt_fail(&bm->err, KVRT_ERR_INVALID_ARGUMENT, "kvrt_bm_seq_fork: out_child is NULL");
     KVRT_TRY(need_resident(bm, p, "kvrt_bm_seq_fork"));
+    if (p->n_host > 0) /* host slots have one owner each */
+        return kvrt_fail(&bm->err, KVRT_ERR_INVALID_ARGUMENT,
+                         "kvrt_bm_seq_fork: sequence %d has %d blocks offloaded to the host tier", (int)p->id,
+                         (int)p->n_host);
     kvrt_bm_seq *c = NULL;
     KVRT_TRY(new_seq(bm, "kvrt_bm_seq_fork", &c));
     int32_t id = c->id;
@@ -153,6 +157,7 @@ kvrt_status kvrt_bm_get_seq_info(kvrt_block_manager *bm, int32_t seq, kvrt_bm_se
     out->num_blocks = n - s->n_released;
     out->swapped = s->swapped;
     out->extra_key = s->extra_key;
+    out->num_host = s->n_host;
     return KVRT_OK;
 }
 
@@ -338,6 +343,9 @@ kvrt_status kvrt_bm_release_before(kvrt_block_manager *bm, int32_t seq, int32_t 
         return kvrt_fail(&bm->err, KVRT_ERR_INVALID_ARGUMENT, "%s: %s %d < 0", fn, pos < 0 ? "pos" : "sinks",
                          (int)(pos < 0 ? pos : sinks));
     KVRT_TRY(need_resident(bm, s, fn));
+    if (s->n_host > 0)
+        return kvrt_fail(&bm->err, KVRT_ERR_INVALID_ARGUMENT, "%s: sequence %d has blocks offloaded to the host tier",
+                         fn, (int)seq);
     const int32_t bs = bm->block_size;
     int32_t end = KVRT_MIN(pos, s->seq_len) / bs; /* blocks [0, end) lie entirely before pos */
     int32_t first = (int32_t)(((int64_t)sinks + bs - 1) / bs); /* blocks before it hold a sink */

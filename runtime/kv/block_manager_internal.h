@@ -37,6 +37,7 @@ typedef struct kvrt_bm_seq {
     int32_t seq_len;      /* positions appended or matched */
     int32_t n_released;   /* table entries set to -1 by a sliding window */
     uint8_t swapped;      /* table holds host slots instead of device blocks */
+    int32_t n_host;       /* resident: leading entries offloaded to host slots (kvrt_bm_offload) */
     uint64_t extra_key;
     uint64_t chain_hash;  /* hash of the last full block (root seed when none) */
     uint64_t chain_cid;   /* cid of the last full block (0 when none) */

@@ -13,6 +13,9 @@ static kvrt_status check_swap_args(kvrt_block_manager *bm, int32_t seq, int32_t 
     if (!pairs || !n_pairs || max_pairs < 0)
         return kvrt_fail(&bm->err, KVRT_ERR_INVALID_ARGUMENT, "%s: %s", fn,
                          !pairs ? "pairs is NULL" : !n_pairs ? "n_pairs is NULL" : "max_pairs < 0");
+    if (s->n_host > 0)
+        return kvrt_fail(&bm->err, KVRT_ERR_INVALID_ARGUMENT, "%s: sequence %d has blocks offloaded to the host tier",
+                         fn, (int)seq);
     if ((s->swapped != 0) != want_swapped)
         return kvrt_fail(&bm->err, KVRT_ERR_INVALID_ARGUMENT, "%s: sequence %d is %s", fn, (int)seq,
                          s->swapped ? "already swapped out" : "not swapped out");
@@ -107,6 +110,64 @@ kvrt_status kvrt_bm_swap_in(kvrt_block_manager *bm, int32_t seq, int32_t (*pairs
     }
     s->swapped = 0;
     bm->stats.blocks_swapped_in += n;
+    *n_pairs = n;
+    return KVRT_OK;
+}
+
+/* One host slot takes a device block's bookkeeping (as swap_out does). */
+static int32_t take_host_slot(kvrt_block_manager *bm, int32_t id)
+{
+    const kvrt_bm_block *b = &bm->blocks[id];
+    const size_t bs = (size_t)bm->block_size;
+    int32_t h = bm->host_free[--bm->host_num_free];
+    kvrt_bm_host_slot *slot = &bm->host[h];
+    slot->in_use = 1;
+    slot->fill = b->fill;
+    slot->keyed = b->keyed;
+    slot->hash = b->hash;
+    slot->cid = b->cid;
+    slot->parent_cid = b->parent_cid;
+    slot->extra = b->extra;
+    memcpy(&bm->host_tokens[(size_t)h * bs], &bm->tokens[(size_t)id * bs], bs * sizeof(int32_t));
+    return h;
+}
+
+kvrt_status kvrt_bm_offload(kvrt_block_manager *bm, int32_t seq, int32_t end, int32_t max_blocks,
+                            int32_t (*pairs)[2], int32_t max_pairs, int32_t *n_pairs)
+{
+    static const char fn[] = "kvrt_bm_offload";
+    kvrt_bm_seq *s = NULL;
+    KVRT_TRY(kvrt_bm_lookup_seq(bm, seq, fn, &s));
+    if (!pairs || !n_pairs || max_pairs < 0 || max_blocks < 0)
+        return kvrt_fail(&bm->err, KVRT_ERR_INVALID_ARGUMENT, "%s: bad arguments", fn);
+    if (s->swapped)
+        return kvrt_fail(&bm->err, KVRT_ERR_INVALID_ARGUMENT, "%s: sequence %d is swapped out", fn, (int)seq);
+    if (end < 0 || end > s->seq_len / bm->block_size)
+        return kvrt_fail(&bm->err, KVRT_ERR_INVALID_ARGUMENT, "%s: end %d outside the %d full blocks of sequence %d",
+                         fn, (int)end, (int)(s->seq_len / bm->block_size), (int)seq);
+    int32_t n = KVRT_MAX(0, KVRT_MIN(max_blocks, end - s->n_host));
+    if (n > max_pairs)
+        return kvrt_fail(&bm->err, KVRT_ERR_INVALID_ARGUMENT, "%s: %d blocks, max_pairs is %d", fn, (int)n,
+                         (int)max_pairs);
+    for (int32_t i = s->n_host; i < s->n_host + n; i++)
+        if (s->table[i] == KVRT_BM_NONE)
+            return kvrt_fail(&bm->err, KVRT_ERR_INVALID_ARGUMENT, "%s: sequence %d has released entries", fn,
+                             (int)seq);
+    if (n > bm->host_num_free)
+        return kvrt_fail(&bm->err, KVRT_ERR_OUT_OF_BLOCKS, "%s: %d blocks, the host tier has %d free of %d slots",
+                         fn, (int)n, (int)bm->host_num_free, (int)bm->num_host_blocks);
+    for (int32_t k = 0; k < n; k++) {
+        int32_t i = s->n_host + k, id = s->table[i];
+        pairs[k][0] = id;
+        pairs[k][1] = take_host_slot(bm, id);
+        s->table[i] = pairs[k][1];
+    }
+    /* Device references last: a block shared with another sequence stays
+     * there, one that was only ours joins the free queue (still cached). */
+    for (int32_t k = n - 1; k >= 0; k--)
+        kvrt_bm_pool_unref(bm, pairs[k][0]);
+    s->n_host += n;
+    bm->stats.blocks_offloaded += n;
     *n_pairs = n;
     return KVRT_OK;
 }

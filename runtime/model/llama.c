@@ -1,11 +1,13 @@
 /* The Llama forward pass, written once against the backend interface. */
 #include "model/llama.h"
 
+#include "backend/kv_tier.h"
 #include "backend/ops.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 /* Activations of one step, each its own buffer (backends segment big ones). */
 enum {
@@ -21,6 +23,7 @@ enum {
     ACT_FF,     /* [T][n_ff] swiglu output */
     ACT_HL,     /* [L][n_embd] normed rows that need logits */
     ACT_LOGITS, /* [L][n_vocab] */
+    ACT_LSE,    /* [T][n_head] log-sum-exp of the device tier's attention (host tier only) */
     ACT_COUNT
 };
 
@@ -67,6 +70,8 @@ struct kvrt_llama {
     size_t idx_off[IDX_COUNT]; /* int32 elements from the start of ints */
     int32_t *ints_host;        /* packing area, ints_cap elements */
     size_t ints_cap;
+    float *tier_host;          /* host tier: q, att, lse of a layer on the host, tier_cap floats */
+    size_t tier_cap;
 };
 
 static const kvrt_allocator *lm_alloc(const kvrt_llama *lm)
@@ -226,6 +231,7 @@ void kvrt_llama_destroy(kvrt_llama *lm)
         kvrt_op_buffer_destroy(be, lm->act[i].buf);
     kvrt_op_buffer_destroy(be, lm->ints.buf);
     kvrt_free(lm_alloc(lm), lm->ints_host);
+    kvrt_free(lm_alloc(lm), lm->tier_host);
     kvrt_free(lm_alloc(lm), lm->layers);
     kvrt_free(lm_alloc(lm), lm);
 }
@@ -307,6 +313,7 @@ static kvrt_status reserve_activations(kvrt_llama *lm, int32_t n_tokens, int32_t
         [ACT_O] = t * hp->n_embd * f,   [ACT_GATE] = t * hp->n_ff * f, [ACT_UP] = t * hp->n_ff * f,
         [ACT_FF] = t * hp->n_ff * f,    [ACT_HL] = (size_t)n_logits * hp->n_embd * f,
         [ACT_LOGITS] = (size_t)n_logits * hp->n_vocab * f,
+        [ACT_LSE] = t * (size_t)hp->n_head * f,
     };
     for (int i = 0; i < ACT_COUNT; i++)
         KVRT_TRY(grow(lm, &lm->act[i], bytes[i], err));
@@ -399,13 +406,88 @@ typedef struct step {
     kvrt_llama *lm;
     kvrt_backend *be;
     kvrt_kv_pool *pool;
-    const kvrt_batch *b;
+    const kvrt_batch *b;     /* as the device runs it (host tier: shifted past the host blocks) */
     int32_t n_decode; /* leading decode sequences */
+    kvrt_kv_tier *tier;      /* host tier with blocks in this step, else NULL */
+    const kvrt_batch *whole; /* the batch as given (host slots in the tables) */
 } step;
 
 static kvrt_status step_matmul(step *st, const llama_weight *w, kvrt_view x, kvrt_view y, int32_t n_tokens)
 {
     return kvrt_op_matmul(st->be, w->type, wview(w), w->ne[1], w->ne[0], x, w->ne[0], y, w->ne[1], n_tokens);
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Host-side copies of a layer's q, attention output and log-sum-exp while
+ * blocks are on the host tier (grown as needed). */
+static kvrt_status tier_host_rows(step *st, float **q, float **att, float **lse)
+{
+    kvrt_llama *lm = st->lm;
+    size_t T = (size_t)st->b->num_tokens, qd = (size_t)lm->hp.n_head * lm->hp.head_dim, H = (size_t)lm->hp.n_head;
+    size_t need = T * (2 * qd + H);
+    if (need > lm->tier_cap) {
+        float *p = kvrt_alloc(lm_alloc(lm), need * sizeof(float), 64);
+        if (!p)
+            return kvrt_fail(&st->be->err, KVRT_ERR_OUT_OF_HOST_MEMORY, "host tier: %zu floats", need);
+        kvrt_free(lm_alloc(lm), lm->tier_host);
+        lm->tier_host = p;
+        lm->tier_cap = need;
+    }
+    *q = lm->tier_host;
+    *att = *q + T * qd;
+    *lse = *att + T * qd;
+    return KVRT_OK;
+}
+
+static kvrt_status record_attention(step *st, int32_t layer, kvrt_attn_desc d);
+
+/* A layer's attention split by tier (kvrt_llama_forward_tiered): the step
+ * so far is submitted with q on its way to the host; the CPU starts on the
+ * host blocks (its own thread) while a new step runs the device half with
+ * the _lse entries and brings its output and log-sum-exp back; the halves
+ * merge on the host and a third step uploads the result and goes on. A
+ * failure leaves the step closed, or open for the caller's
+ * kvrt_op_end_step, and the CPU's thread always joined. */
+static kvrt_status step_split_attention(step *st, int32_t layer, kvrt_attn_desc d)
+{
+    kvrt_llama *lm = st->lm;
+    kvrt_backend *be = st->be;
+    size_t T = (size_t)st->b->num_tokens, qd = (size_t)lm->hp.n_head * lm->hp.head_dim, H = (size_t)lm->hp.n_head;
+    float *q = NULL, *att = NULL, *lse = NULL;
+    KVRT_TRY(tier_host_rows(st, &q, &att, &lse));
+    KVRT_TRY(kvrt_op_buffer_download(be, lm->act[ACT_Q].buf, 0, q, T * qd * sizeof(float)));
+    KVRT_TRY(kvrt_op_submit(be));
+    kvrt_kv_tier_job *job = NULL;
+    kvrt_status s = kvrt_kv_tier_host_begin(st->tier, layer, &d, st->whole, q, &job);
+    if (s != KVRT_OK)
+        return kvrt_fail(&be->err, s, "%s", kvrt_kv_tier_message(st->tier));
+    double t0 = now_s();
+    s = kvrt_op_begin(be);
+    if (s == KVRT_OK)
+        s = record_attention(st, layer, d);
+    if (s == KVRT_OK)
+        s = kvrt_op_buffer_download(be, lm->act[ACT_ATT].buf, 0, att, T * qd * sizeof(float));
+    if (s == KVRT_OK)
+        s = kvrt_op_buffer_download(be, lm->act[ACT_LSE].buf, 0, lse, T * H * sizeof(float));
+    if (s == KVRT_OK) {
+        s = kvrt_op_submit(be);
+        kvrt_kv_tier_add_device_time(st->tier, now_s() - t0);
+    }
+    kvrt_status hs = kvrt_kv_tier_host_end(st->tier, job, s == KVRT_OK ? att : NULL, lse);
+    if (s == KVRT_OK && hs != KVRT_OK) /* the forward reports the backend's message */
+        s = kvrt_fail(&be->err, hs, "%s", kvrt_kv_tier_message(st->tier));
+    /* a step a failed op left open is the caller's to end (kvrt_op_end_step) */
+    if (s == KVRT_OK)
+        s = kvrt_op_begin(be);
+    if (s == KVRT_OK)
+        s = kvrt_op_buffer_upload(be, lm->act[ACT_ATT].buf, 0, att, T * qd * sizeof(float));
+    return s;
 }
 
 static kvrt_status step_attention(step *st, int32_t layer)
@@ -422,20 +504,38 @@ static kvrt_status step_attention(step *st, int32_t layer)
         .o_stride = q_dim,
         .num_tokens = b->num_tokens,
     };
+    return st->tier ? step_split_attention(st, layer, d) : record_attention(st, layer, d);
+}
+
+/* Records a layer's decode and prefill attention (with the log-sum-exp while a host tier splits it). */
+static kvrt_status record_attention(step *st, int32_t layer, kvrt_attn_desc d)
+{
+    kvrt_llama *lm = st->lm;
+    const kvrt_batch *b = st->b;
     if (st->n_decode > 0) {
         d.num_seqs = st->n_decode;
         d.max_seq_len = kvrt_attn_max_len(b->seq_lens, st->n_decode);
-        KVRT_TRY(kvrt_op_attn_decode(st->be, st->pool, layer, &d, act(lm, ACT_Q), act(lm, ACT_ATT),
-                                      idx(lm, IDX_SEQ_LENS, 0), idx(lm, IDX_TABLES, 0)));
+        if (st->tier)
+            KVRT_TRY(kvrt_op_attn_decode_lse(st->be, st->pool, layer, &d, act(lm, ACT_Q), act(lm, ACT_ATT),
+                                             act(lm, ACT_LSE), idx(lm, IDX_SEQ_LENS, 0), idx(lm, IDX_TABLES, 0)));
+        else
+            KVRT_TRY(kvrt_op_attn_decode(st->be, st->pool, layer, &d, act(lm, ACT_Q), act(lm, ACT_ATT),
+                                          idx(lm, IDX_SEQ_LENS, 0), idx(lm, IDX_TABLES, 0)));
     }
     if (st->n_decode < b->num_seqs) {
         /* query_start_loc keeps absolute token rows, so q and out stay at row 0 */
         int32_t first = st->n_decode;
         d.num_seqs = b->num_seqs - first;
         d.max_seq_len = kvrt_attn_max_len(b->seq_lens + first, d.num_seqs);
-        KVRT_TRY(kvrt_op_attn_prefill(st->be, st->pool, layer, &d, act(lm, ACT_Q), act(lm, ACT_ATT),
-                                       idx(lm, IDX_QSL, first), idx(lm, IDX_SEQ_LENS, first),
-                                       idx(lm, IDX_TABLES, (size_t)first * b->max_blocks_per_seq)));
+        if (st->tier)
+            KVRT_TRY(kvrt_op_attn_prefill_lse(st->be, st->pool, layer, &d, act(lm, ACT_Q), act(lm, ACT_ATT),
+                                              act(lm, ACT_LSE), idx(lm, IDX_QSL, first),
+                                              idx(lm, IDX_SEQ_LENS, first),
+                                              idx(lm, IDX_TABLES, (size_t)first * b->max_blocks_per_seq)));
+        else
+            KVRT_TRY(kvrt_op_attn_prefill(st->be, st->pool, layer, &d, act(lm, ACT_Q), act(lm, ACT_ATT),
+                                           idx(lm, IDX_QSL, first), idx(lm, IDX_SEQ_LENS, first),
+                                           idx(lm, IDX_TABLES, (size_t)first * b->max_blocks_per_seq)));
     }
     return KVRT_OK;
 }
@@ -546,14 +646,36 @@ static kvrt_status upload_batch(kvrt_llama *lm, size_t n_ints)
 kvrt_status kvrt_llama_forward(kvrt_llama *lm, kvrt_kv_pool *pool, const kvrt_batch *b, float *logits,
                                kvrt_error *err)
 {
+    return kvrt_llama_forward_tiered(lm, pool, NULL, b, logits, err);
+}
+
+kvrt_status kvrt_llama_forward_tiered(kvrt_llama *lm, kvrt_kv_pool *pool, kvrt_kv_tier *tier, const kvrt_batch *whole,
+                                      float *logits, kvrt_error *err)
+{
     kvrt_backend *be = lm->be;
+    kvrt_batch dev;
+    const kvrt_batch *b = whole;
+    if (whole && whole->n_host) {
+        if (!tier)
+            return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "forward: a batch with host blocks and no host tier");
+        if (lm->hp.sliding_window != 0)
+            return kvrt_fail(err, KVRT_ERR_UNSUPPORTED, "forward: host-tier blocks with a sliding window of %d",
+                             (int)lm->hp.sliding_window);
+        kvrt_status s = kvrt_kv_tier_device_batch(tier, whole, &dev);
+        if (s != KVRT_OK)
+            return kvrt_fail(err, s, "forward: %s", kvrt_kv_tier_message(tier));
+        b = &dev;
+    } else {
+        tier = NULL;
+    }
     KVRT_TRY(check_batch(lm, pool, b, err));
     KVRT_TRY(reserve_activations(lm, b->num_tokens, b->num_logits, err));
     size_t n_ints = 0;
     KVRT_TRY(pack_batch(lm, b, &n_ints, err));
     KVRT_TRY(grow(lm, &lm->ints, n_ints * sizeof(int32_t), err));
 
-    step st = {.lm = lm, .be = be, .pool = pool, .b = b, .n_decode = b->num_decode_seqs};
+    step st = {.lm = lm, .be = be, .pool = pool, .b = b, .n_decode = b->num_decode_seqs, .tier = tier,
+               .whole = whole};
     kvrt_status s = kvrt_op_begin(be);
     if (s == KVRT_OK)
         s = upload_batch(lm, n_ints);

@@ -35,4 +35,16 @@ kvrt_status kvrt_llama_forward(kvrt_llama *lm, kvrt_kv_pool *pool, const kvrt_ba
  * magnitude 1 (YaRN's magnitude is already in the stored key). */
 void kvrt_llama_rope_shift_row(const kvrt_llama *lm, int32_t delta, float *cos_sin);
 
+/* The same with a host tier (issue 18, backend/kv_tier.h): when batch->n_host
+ * is set, each layer's attention runs split by tier. The step so far is
+ * submitted with q on its way to the host; the CPU attends over the host
+ * blocks on its own thread while a second step runs the device half (with
+ * the _lse entries) and brings its output and log-sum-exp back; the halves
+ * merge on the host and a third step uploads the result and goes on: three
+ * submits per layer while blocks are on the host. tier NULL or n_host NULL:
+ * kvrt_llama_forward. */
+struct kvrt_kv_tier;
+kvrt_status kvrt_llama_forward_tiered(kvrt_llama *lm, kvrt_kv_pool *pool, struct kvrt_kv_tier *tier,
+                                      const kvrt_batch *batch, float *logits, kvrt_error *err);
+
 #endif /* KVRT_LLAMA_H */

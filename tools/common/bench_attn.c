@@ -19,6 +19,7 @@
  * be served from cache and report more than the memory can deliver.
  */
 #include "bench_attn.h"
+#include "bench_tier.h"
 
 #include "bench.h"
 #include "cli.h"
@@ -859,6 +860,9 @@ static kvrt_status run_grid(kvrt_context *ctx, kvrt_context *cpu, attn_run *run,
 
 int kvrt_bench_attn_main(int argc, char **argv)
 {
+    for (int i = 1; i < argc && strcmp(argv[i], "--") != 0; i++)
+        if (strcmp(argv[i], "--host-tier") == 0) /* the host tier's own table (bench_tier.c) */
+            return kvrt_bench_attn_tier_main(argc, argv);
     attn_run run;
     memset(&run, 0, sizeof(run));
     int rc = parse_args(argc, argv, &run.o);

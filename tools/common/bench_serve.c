@@ -24,8 +24,14 @@
  *             prompt median 48 (sigma 0.5, [8, 128]), 64 tokens per sample;
  *             requests / 4 requests.
  *   burst     prompt 64 + output 128 per request, all at once, the pool sized
- *             for a quarter of max_seqs such requests: forces preemption
- *             (recompute).
+ *             for a quarter of max_seqs such requests: forces preemption.
+ *             Run three times, one per policy on the same small pool:
+ *             recompute ("small-pool"), swap to a host tier and offload
+ *             (issue 18: the oldest blocks of running sequences move to a
+ *             host pool whose CPU attends over them) with a host tier that
+ *             holds every request ("small-pool-swap", "small-pool-offload").
+ *             On the CPU backend both of offload's tiers are host memory,
+ *             so its pool is simply that much larger.
  *
  * Latencies come from the token callbacks: TTFT = first token - t0, TPOT =
  * (last counted token - first token) / (tokens - 1) per request.
@@ -90,6 +96,7 @@ typedef struct wl_stats {
     int32_t requests, samples;
     double seconds, req_s, tok_s;
     int64_t out_tokens, prefill_tokens, preemptions, steps;
+    int64_t blocks_offloaded;
     double ttft[3], tpot[3]; /* p50, p95, p99 in seconds */
     double kv_util, kv_util_contig, prefix_hit;
     int32_t kv_blocks;
@@ -556,6 +563,9 @@ static kvrt_status run_workload(kvrt_model *model, const workload *w, const run_
     kvrt_engine_metrics m;
     if (st == KVRT_OK)
         st = kvrt_engine_get_metrics(e, &m);
+    if (st == KVRT_OK && rs.counted != total) /* every policy must finish every request */
+        st = kvrt_fail(err, KVRT_ERR_INTERNAL, "%s %s: %lld of %lld tokens", c->name, c->mode_name,
+                       (long long)rs.counted, (long long)total);
     if (st == KVRT_OK && m.blocks_used != 0)
         st = kvrt_fail(err, KVRT_ERR_INTERNAL, "%s: %d KV blocks still used after the run", c->name,
                        (int)m.blocks_used);
@@ -569,6 +579,7 @@ static kvrt_status run_workload(kvrt_model *model, const workload *w, const run_
         s->preemptions = m.preemptions_recompute + m.preemptions_swap;
         s->steps = m.steps;
         s->kv_blocks = m.blocks_total;
+        s->blocks_offloaded = m.blocks_offloaded;
         if (!c->tty && !c->quiet)
             fprintf(stderr, "%s: %s %s: %d requests in %.2f s\n", PROG, c->name, c->mode_name, (int)w->n,
                     s->seconds);
@@ -580,7 +591,10 @@ static kvrt_status run_workload(kvrt_model *model, const workload *w, const run_
 
 /* ---- output -------------------------------------------------------------------- */
 
-enum { W_SHARE_CONT, W_SHARE_STATIC, W_SHARE_SHRINK, W_SYS_ON, W_SYS_OFF, W_PARALLEL, W_BURST, W_COUNT };
+enum {
+    W_SHARE_CONT, W_SHARE_STATIC, W_SHARE_SHRINK, W_SYS_ON, W_SYS_OFF, W_PARALLEL, W_BURST, W_BURST_SWAP,
+    W_BURST_OFFLOAD, W_COUNT
+};
 
 typedef struct serve_run {
     serve_opts o;
@@ -681,6 +695,7 @@ static void print_json(const serve_run *r, FILE *f)
         kvrt_json_int(&j, "preemptions", s->preemptions);
         kvrt_json_int(&j, "steps", s->steps);
         kvrt_json_int(&j, "kv_blocks", s->kv_blocks);
+        kvrt_json_int(&j, "blocks_offloaded", s->blocks_offloaded);
         kvrt_json_end_object(&j);
     }
     kvrt_json_end_array(&j);
@@ -836,11 +851,12 @@ static kvrt_status run_all(kvrt_model *model, serve_run *r, gen_ctx *g, kvrt_err
         st = kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "workloads of %d requests", (int)n);
     bool tty = isatty(fileno(stderr)) != 0;
     run_cfg c[W_COUNT];
-    const workload *wl[W_COUNT] = {&w[0], &w[0], &w[0], &w[1], &w[1], &w[2], &w[3]};
+    const workload *wl[W_COUNT] = {&w[0], &w[0], &w[0], &w[1], &w[1], &w[2], &w[3], &w[3], &w[3]};
     static const char *const names[W_COUNT] = {"sharegpt", "sharegpt", "sharegpt", "sysprompt", "sysprompt",
-                                               "parallel", "burst"};
+                                               "parallel", "burst", "burst", "burst"};
     static const char *const modes[W_COUNT] = {"continuous", "static", "static-shrinking", "prefix-cache-on",
-                                               "prefix-cache-off", "n=4", "small-pool"};
+                                               "prefix-cache-off", "n=4", "small-pool", "small-pool-swap",
+                                               "small-pool-offload"};
     for (int i = 0; i < W_COUNT; i++) {
         c[i] = (run_cfg){.name = names[i], .mode_name = modes[i], .ep = r->ep, .tty = tty,
                          .mode = i == W_SHARE_STATIC ? MODE_STATIC_PADDED : i == W_SHARE_SHRINK ? MODE_STATIC
@@ -851,6 +867,11 @@ static kvrt_status run_all(kvrt_model *model, serve_run *r, gen_ctx *g, kvrt_err
     int32_t bs = r->ep.block_size;
     int32_t per_req = w[3].n ? (w[3].r[0].n_prompt + w[3].r[0].max_tokens + bs - 1) / bs : 1;
     c[W_BURST].ep.num_blocks = per_req * KVRT_MAX(1, KVRT_MIN(n, r->ep.max_seqs) / 4);
+    for (int i = W_BURST_SWAP; i <= W_BURST_OFFLOAD; i++) {
+        c[i].ep.num_blocks = c[W_BURST].ep.num_blocks;
+        c[i].ep.num_host_blocks = per_req * KVRT_MAX(1, w[3].n); /* the host tier holds every request */
+        c[i].ep.preempt_mode = i == W_BURST_SWAP ? KVRT_PREEMPT_SWAP : KVRT_PREEMPT_OFFLOAD;
+    }
     /* Warm-up (not reported): the first forwards fault in weights and scratch. */
     workload warm = {.r = w[0].r, .n = KVRT_MIN(w[0].n, 8)};
     run_cfg wc = c[W_SHARE_CONT];

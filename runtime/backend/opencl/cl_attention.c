@@ -147,13 +147,25 @@ static size_t cl_decode_local_bytes(size_t ls, int64_t G, int64_t D)
     return q_l + s_l + blk_l + ml_l + red + vp_l;
 }
 
-kvrt_status kvrt_cl_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
-                                kvrt_view q, kvrt_view out, kvrt_view seq_lens, kvrt_view block_tables)
+/* Resolves lse (F32 [rows][n_heads]) when the caller wants it; *mem stays NULL otherwise. */
+static kvrt_status cl_lse(kvrt_cl_backend *cl, kvrt_view lse, int64_t rows, int32_t n_heads, cl_mem *mem,
+                          kvrt_cl_attn_args *a)
+{
+    *mem = NULL;
+    if (!lse.buf)
+        return KVRT_OK;
+    a->want_lse = 1;
+    return kvrt_cl_resolve(cl, lse, (size_t)rows * (size_t)n_heads * 4, 4, "attention lse", mem, &a->lse_off);
+}
+
+static kvrt_status cl_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d, kvrt_view q,
+                             kvrt_view out, kvrt_view lse, kvrt_view seq_lens, kvrt_view block_tables)
 {
     kvrt_cl_backend *cl = kvrt_cl(be);
     kvrt_cl_attn_args a = {0};
-    cl_mem mems[4];
+    cl_mem mems[4], lse_mem;
     KVRT_TRY(cl_attn_views(cl, pool, d, d->num_seqs, q, out, seq_lens, block_tables, mems, &a));
+    KVRT_TRY(cl_lse(cl, lse, d->num_seqs, d->n_heads, &lse_mem, &a));
     const int64_t D = pool->desc.head_dim, G = d->n_heads / pool->desc.n_kv_heads;
     const int64_t cap = d->max_seq_len; /* partitions follow the real lengths, not the table */
     a.max_parts = (int32_t)((cap + KVRT_CL_DECODE_PART - 1) / KVRT_CL_DECODE_PART);
@@ -175,7 +187,7 @@ kvrt_status kvrt_cl_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t la
 
     /* split-K scratch: partial outputs [num_seqs][n_heads][max_parts][D], then (max, sum) pairs */
     cl_mem part = NULL;
-    if (a.max_parts > 1) {
+    if (a.max_parts > 1 || a.want_lse) {
         int64_t slots = (int64_t)d->num_seqs * d->n_heads * a.max_parts;
         a.part_ml_off = slots * D;
         kvrt_buffer *scratch;
@@ -204,17 +216,30 @@ kvrt_status kvrt_cl_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t la
     size_t global[3] = {(size_t)a.max_parts * ls, (size_t)pool->desc.n_kv_heads, (size_t)d->num_seqs};
     size_t local[3] = {ls, 1, 1};
     KVRT_TRY(kvrt_cl_enqueue(cl, kern, 3, global, local, "attn_decode"));
-    if (a.max_parts == 1)
+    if (a.max_parts == 1 && !a.want_lse)
         return KVRT_OK;
 
     KVRT_TRY(kvrt_cl_kernel(cl, KVRT_CL_PROG_ATTN, cl_variant(pool), CL_K_MERGE, &merge));
     kvrt_cl_arg margs[] = {
         {sizeof(cl_mem), &mems[1]}, {sizeof(cl_mem), &mems[2]}, {sizeof(cl_mem), &part},
-        {sizeof(pa), &pa},          {sizeof(a), &a},
+        {sizeof(pa), &pa},          {sizeof(a), &a},         {sizeof(cl_mem), lse_mem ? &lse_mem : NULL},
     };
     KVRT_TRY(kvrt_cl_set_args(cl, merge, margs, (int)KVRT_ARRAY_LEN(margs), "attn_decode_merge"));
     size_t mglobal[3] = {(size_t)D, (size_t)d->n_heads, (size_t)d->num_seqs};
     return kvrt_cl_enqueue(cl, merge, 3, mglobal, NULL, "attn_decode_merge");
+}
+
+kvrt_status kvrt_cl_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
+                                kvrt_view q, kvrt_view out, kvrt_view seq_lens, kvrt_view block_tables)
+{
+    return cl_decode(be, pool, layer, d, q, out, (kvrt_view){NULL, 0}, seq_lens, block_tables);
+}
+
+kvrt_status kvrt_cl_attn_decode_lse(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
+                                    kvrt_view q, kvrt_view out, kvrt_view lse, kvrt_view seq_lens,
+                                    kvrt_view block_tables)
+{
+    return cl_decode(be, pool, layer, d, q, out, lse, seq_lens, block_tables);
 }
 
 /* ---- prefill ---------------------------------------------------------------------------- */
@@ -225,14 +250,15 @@ static size_t cl_prefill_local_bytes(size_t t, size_t head_dim)
     return (4 * t * head_dim + t * t + 3 * t) * 4 + t * 8;
 }
 
-kvrt_status kvrt_cl_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
-                                 kvrt_view q, kvrt_view out, kvrt_view query_start_loc, kvrt_view seq_lens,
-                                 kvrt_view block_tables)
+static kvrt_status cl_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
+                              kvrt_view q, kvrt_view out, kvrt_view lse, kvrt_view query_start_loc,
+                              kvrt_view seq_lens, kvrt_view block_tables)
 {
     kvrt_cl_backend *cl = kvrt_cl(be);
     kvrt_cl_attn_args a = {0};
-    cl_mem mems[5];
+    cl_mem mems[5], lse_mem;
     KVRT_TRY(cl_attn_views(cl, pool, d, d->num_tokens, q, out, seq_lens, block_tables, mems, &a));
+    KVRT_TRY(cl_lse(cl, lse, d->num_tokens, d->n_heads, &lse_mem, &a));
     KVRT_TRY(kvrt_cl_resolve(cl, query_start_loc, ((size_t)d->num_seqs + 1) * 4, 4, "query_start_loc", &mems[4],
                              &a.qsl_off));
     const size_t D = (size_t)pool->desc.head_dim;
@@ -260,6 +286,7 @@ kvrt_status kvrt_cl_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t l
     n = cl_seg_args(&pool->v[layer], args, n);
     args[n++] = (kvrt_cl_arg){sizeof(pa), &pa};
     args[n++] = (kvrt_cl_arg){sizeof(a), &a};
+    args[n++] = (kvrt_cl_arg){sizeof(cl_mem), lse_mem ? &lse_mem : NULL};
     for (int i = 0; i < 4; i++)
         args[n++] = (kvrt_cl_arg){t * D * 4, NULL}; /* q, k, v, o tiles */
     args[n++] = (kvrt_cl_arg){t * t * 4, NULL};
@@ -269,6 +296,20 @@ kvrt_status kvrt_cl_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t l
     size_t global[3] = {(size_t)a.max_tiles * ls, (size_t)d->n_heads, (size_t)d->num_seqs};
     size_t local[3] = {ls, 1, 1};
     return kvrt_cl_enqueue(cl, kern, 3, global, local, "attn_prefill");
+}
+
+kvrt_status kvrt_cl_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
+                                 kvrt_view q, kvrt_view out, kvrt_view query_start_loc, kvrt_view seq_lens,
+                                 kvrt_view block_tables)
+{
+    return cl_prefill(be, pool, layer, d, q, out, (kvrt_view){NULL, 0}, query_start_loc, seq_lens, block_tables);
+}
+
+kvrt_status kvrt_cl_attn_prefill_lse(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
+                                     kvrt_view q, kvrt_view out, kvrt_view lse, kvrt_view query_start_loc,
+                                     kvrt_view seq_lens, kvrt_view block_tables)
+{
+    return cl_prefill(be, pool, layer, d, q, out, lse, query_start_loc, seq_lens, block_tables);
 }
 
 /* ---- limits ------------------------------------------------------------------------------ */

@@ -116,8 +116,19 @@ static bool vk_decode_tiles(uint32_t smem, uint32_t group, uint32_t D, uint32_t 
     return false;
 }
 
-kvrt_status kvrt_vk_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
-                                kvrt_view q, kvrt_view out, kvrt_view seq_lens, kvrt_view block_tables)
+/* Binds lse (F32 [rows][n_heads], written by the merge pass) when the caller wants it. */
+static kvrt_status vk_lse(kvrt_vk_backend *vk, kvrt_view lse, int64_t rows, int32_t n_heads, const char *what,
+                          vk_push_attn *pc, uint32_t *seg)
+{
+    *seg = 0;
+    if (!lse.buf)
+        return KVRT_OK;
+    pc->lse_on = 1;
+    return kvrt_vk_view_seg(vk, lse, (size_t)rows * (size_t)n_heads * 4, what, seg, &pc->lse_off);
+}
+
+static kvrt_status vk_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d, kvrt_view q,
+                             kvrt_view out, kvrt_view lse, kvrt_view seq_lens, kvrt_view block_tables)
 {
     kvrt_vk_backend *vk = kvrt_vk(be);
     vk_push_attn pc;
@@ -155,6 +166,8 @@ kvrt_status kvrt_vk_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t la
                               &pc.seq_lens_off));
     KVRT_TRY(kvrt_vk_view_seg(vk, block_tables, (size_t)d->num_seqs * (size_t)d->max_blocks_per_seq * 4,
                               "attn_decode block_tables", &bind.seg[3], &pc.bt_off));
+    uint32_t lse_seg;
+    KVRT_TRY(vk_lse(vk, lse, d->num_seqs, d->n_heads, "attn_decode lse", &pc, &lse_seg));
     bool implicit;
     KVRT_TRY(kvrt_vk_acquire(vk, &implicit));
     kvrt_status s = kvrt_vk_scratch_reserve(vk, (size_t)scratch);
@@ -164,12 +177,25 @@ kvrt_status kvrt_vk_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t la
                              (uint32_t)pool->desc.n_kv_heads * (group / pc.heads_per_wg), (uint32_t)d->num_seqs);
     }
     if (s == KVRT_OK) {
-        kvrt_vk_bind mb = {.buf = {NULL, out.buf, seq_lens.buf, NULL, vk->scratch},
-                           .seg = {0, o_seg, bind.seg[2], 0, 0}};
+        kvrt_vk_bind mb = {.buf = {lse.buf, out.buf, seq_lens.buf, NULL, vk->scratch},
+                           .seg = {lse_seg, o_seg, bind.seg[2], 0, 0}};
         s = kvrt_vk_dispatch(vk, KVRT_VK_PIPE_ATTN_MERGE, &mb, &pc, sizeof(pc), (uint32_t)d->n_heads,
                              (uint32_t)d->num_seqs, 1);
     }
     return kvrt_vk_end_implicit(vk, implicit, s);
+}
+
+kvrt_status kvrt_vk_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
+                                kvrt_view q, kvrt_view out, kvrt_view seq_lens, kvrt_view block_tables)
+{
+    return vk_decode(be, pool, layer, d, q, out, (kvrt_view){NULL, 0}, seq_lens, block_tables);
+}
+
+kvrt_status kvrt_vk_attn_decode_lse(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
+                                    kvrt_view q, kvrt_view out, kvrt_view lse, kvrt_view seq_lens,
+                                    kvrt_view block_tables)
+{
+    return vk_decode(be, pool, layer, d, q, out, lse, seq_lens, block_tables);
 }
 
 #define KVRT_VK_PREFILL_WG 64u     /* WG in attn_prefill.comp */
@@ -243,9 +269,9 @@ static bool vk_prefill_tiles(uint32_t smem, uint32_t D, uint32_t *tq, uint32_t *
     return false;
 }
 
-kvrt_status kvrt_vk_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
-                                 kvrt_view q, kvrt_view out, kvrt_view query_start_loc, kvrt_view seq_lens,
-                                 kvrt_view block_tables)
+static kvrt_status vk_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
+                              kvrt_view q, kvrt_view out, kvrt_view lse, kvrt_view query_start_loc,
+                              kvrt_view seq_lens, kvrt_view block_tables)
 {
     kvrt_vk_backend *vk = kvrt_vk(be);
     vk_push_attn pc;
@@ -293,6 +319,8 @@ kvrt_status kvrt_vk_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t l
                               "attn_prefill block_tables", &bind.seg[3], &pc.bt_off));
     KVRT_TRY(kvrt_vk_view_seg(vk, query_start_loc, ((size_t)d->num_seqs + 1) * 4, "attn_prefill query_start_loc",
                               &bind.seg[4], &pc.qsl_off));
+    uint32_t lse_seg;
+    KVRT_TRY(vk_lse(vk, lse, (int64_t)max_tokens, d->n_heads, "attn_prefill lse", &pc, &lse_seg));
     bool implicit;
     KVRT_TRY(kvrt_vk_acquire(vk, &implicit));
     kvrt_status s = kvrt_vk_scratch_reserve(vk, (size_t)scratch);
@@ -305,14 +333,28 @@ kvrt_status kvrt_vk_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t l
         s = kvrt_vk_dispatch(vk, pipe, &bind, &pc, sizeof(pc), (uint32_t)KVRT_MIN(tiles - t, step),
                              (uint32_t)d->n_heads, (uint32_t)d->num_seqs * pc.max_parts);
     }
-    kvrt_vk_bind mb = {.buf = {vk->scratch, out.buf, seq_lens.buf, NULL, query_start_loc.buf},
-                       .seg = {0, o_seg, bind.seg[2], 0, bind.seg[4]}};
+    kvrt_vk_bind mb = {.buf = {vk->scratch, out.buf, seq_lens.buf, lse.buf, query_start_loc.buf},
+                       .seg = {0, o_seg, bind.seg[2], lse_seg, bind.seg[4]}};
     for (uint64_t t = 0; s == KVRT_OK && t < max_tokens; t += step) {
         pc.tile_base = (uint32_t)t;
         s = kvrt_vk_dispatch(vk, KVRT_VK_PIPE_ATTN_PREFILL_MERGE, &mb, &pc, sizeof(pc),
                              (uint32_t)KVRT_MIN(max_tokens - t, step), (uint32_t)d->n_heads, (uint32_t)d->num_seqs);
     }
     return kvrt_vk_end_implicit(vk, implicit, s);
+}
+
+kvrt_status kvrt_vk_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
+                                 kvrt_view q, kvrt_view out, kvrt_view query_start_loc, kvrt_view seq_lens,
+                                 kvrt_view block_tables)
+{
+    return vk_prefill(be, pool, layer, d, q, out, (kvrt_view){NULL, 0}, query_start_loc, seq_lens, block_tables);
+}
+
+kvrt_status kvrt_vk_attn_prefill_lse(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
+                                     kvrt_view q, kvrt_view out, kvrt_view lse, kvrt_view query_start_loc,
+                                     kvrt_view seq_lens, kvrt_view block_tables)
+{
+    return vk_prefill(be, pool, layer, d, q, out, lse, query_start_loc, seq_lens, block_tables);
 }
 
 /* ---- limits ---------------------------------------------------------------------------- */

@@ -42,7 +42,7 @@ typedef struct kvrt_push_rope_shift { KVRT_PUSH_ROPE_SHIFT } kvrt_push_rope_shif
 _Static_assert(sizeof(kvrt_push_rope_shift) == 12 * 4, "rope shift push constants: 12 words");
 _Static_assert(sizeof(kvrt_push_kv_write) == 13 * 4, "kv_write push constants: 13 words");
 _Static_assert(offsetof(kvrt_push_kv_write, slot_off) == 48, "std430 offset of slot_off");
-_Static_assert(sizeof(kvrt_push_attn) == 26 * 4, "attention push constants: 26 words");
+_Static_assert(sizeof(kvrt_push_attn) == 28 * 4, "attention push constants: 28 words");
 _Static_assert(offsetof(kvrt_push_attn, scale) == 44, "std430 offset of scale");
 _Static_assert(offsetof(kvrt_push_attn, tile_base) == 100, "std430 offset of tile_base");
 _Static_assert(sizeof(kvrt_push_ops) == 20 * 4, "op push constants: 20 words");

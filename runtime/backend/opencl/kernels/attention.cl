@@ -89,6 +89,8 @@ __kernel void attn_decode(__global const float *q, __global float *out, __global
     const int n_parts = (L + KVRT_CL_DECODE_PART - 1) / KVRT_CL_DECODE_PART;
     if (L <= 0 || p >= n_parts)
         return; /* the whole work-group leaves together */
+    /* with want_lse even one partition goes through the scratch: the merge writes lse */
+    const int n_store = a.want_lse ? 2 : n_parts;
     const int i = L - 1;
     const int j0 = p * KVRT_CL_DECODE_PART, n = min(L - j0, KVRT_CL_DECODE_PART);
     const long q_row = a.q_off + (long)s * a.q_stride + (long)kvh * G * D;
@@ -189,7 +191,7 @@ __kernel void attn_decode(__global const float *q, __global float *out, __global
                     const float4 o = l > 0.0f ? acc[g] / l : (float4)(0.0f);
                     const float ov[4] = {o.x, o.y, o.z, o.w};
                     for (int k = 0; k < 4 && d0 + k < D; k++)
-                        decode_store(out, part, a, s, kvh * G + g0 + g, p, n_parts, D, d0 + k, ov[k]);
+                        decode_store(out, part, a, s, kvh * G + g0 + g, p, n_store, D, d0 + k, ov[k]);
                 }
             } else { /* units <= ls: this is the work-item's only unit */
                 for (int g = 0; g < ng; g++) {
@@ -207,12 +209,12 @@ __kernel void attn_decode(__global const float *q, __global float *out, __global
                 for (int kg = 0; kg < n_kg; kg++)
                     sum += vp_l[(g * n_kg + kg) * D + d];
                 const float l = ml_l[2 * (g0 + g) + 1];
-                decode_store(out, part, a, s, kvh * G + g0 + g, p, n_parts, D, d, l > 0.0f ? sum / l : 0.0f);
+                decode_store(out, part, a, s, kvh * G + g0 + g, p, n_store, D, d, l > 0.0f ? sum / l : 0.0f);
             }
             barrier(CLK_LOCAL_MEM_FENCE); /* vp_l is reused by the next chunk of heads */
         }
     }
-    if (n_parts > 1 && lid == 0) {
+    if (n_store > 1 && lid == 0) {
         for (int g = 0; g < G; g++) {
             const long idx = ((long)s * a.n_heads + kvh * G + g) * a.max_parts + p;
             part[a.part_ml_off + 2 * idx] = ml_l[2 * g];
@@ -224,14 +226,14 @@ __kernel void attn_decode(__global const float *q, __global float *out, __global
 /* One work-item per (d, query head, sequence): out = sum_p w_p o_p / sum_p w_p
  * with w_p = sum_p * exp(max_p - max). */
 __kernel void attn_decode_merge(__global float *out, __global const int *seq_lens, __global const float *part,
-                                kvrt_cl_pool_args pa, kvrt_cl_attn_args a)
+                                kvrt_cl_pool_args pa, kvrt_cl_attn_args a, __global float *lse)
 {
     const int d = get_global_id(0), h = get_global_id(1), s = get_global_id(2);
     if (d >= pa.head_dim)
         return;
     const int L = attn_seq_len(seq_lens, pa, a, s);
     const int n_parts = (L + KVRT_CL_DECODE_PART - 1) / KVRT_CL_DECODE_PART;
-    if (n_parts <= 1)
+    if (n_parts <= 1 && !a.want_lse)
         return; /* written by attn_decode */
     const long base = ((long)s * a.n_heads + h) * a.max_parts;
     float m = NEG_INF;
@@ -249,6 +251,8 @@ __kernel void attn_decode_merge(__global float *out, __global const int *seq_len
         }
     }
     out[a.o_off + (long)s * a.o_stride + (long)h * pa.head_dim + d] = den > 0.0f ? num / den : 0.0f;
+    if (a.want_lse && d == 0)
+        lse[a.lse_off + (long)s * a.n_heads + h] = den > 0.0f ? m + log(den) : NEG_INF;
 }
 
 /* ---- prefill -------------------------------------------------------------------------
@@ -258,6 +262,7 @@ __kernel void attn_decode_merge(__global float *out, __global const int *seq_len
 __kernel void attn_prefill(__global const float *q, __global float *out, __global const int *seq_lens,
                            __global const int *bt, __global const int *qsl, KV_SEGS(__global const, kp),
                            KV_SEGS(__global const, vp), kvrt_cl_pool_args pa, kvrt_cl_attn_args a,
+                           __global float *lse,  /* [rows][n_heads] when a.want_lse */
                            __local float *q_l,   /* [T][D] */
                            __local float *k_l,   /* [T][D] */
                            __local float *v_l,   /* [T][D] */
@@ -374,5 +379,11 @@ __kernel void attn_prefill(__global const float *q, __global float *out, __globa
         const int qi = e / D;
         const float l = st_l[T + qi];
         out[o_base + (long)qi * a.o_stride + (e - qi * D)] = l > 0.0f ? o_l[e] / l : 0.0f;
+    }
+    if (a.want_lse) {
+        for (int qi = lid; qi < nq; qi += ls) {
+            const float l = st_l[T + qi];
+            lse[a.lse_off + (long)(q_start + t0 + qi) * a.n_heads + h] = l > 0.0f ? st_l[qi] + log(l) : NEG_INF;
+        }
     }
 }

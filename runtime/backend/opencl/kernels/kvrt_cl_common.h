@@ -74,6 +74,7 @@ typedef struct kvrt_cl_attn_args {
     kvrt_cl_i64 qsl_off;           /* prefill: query_start_loc */
     kvrt_cl_i64 q_end, o_end;      /* elements of q's / out's segment: rows past it are not touched */
     kvrt_cl_i64 part_ml_off;       /* decode scratch: (max, sum) pairs follow the partial outputs */
+    kvrt_cl_i64 lse_off;           /* want_lse: F32 elements of lse [rows][n_heads] */
     kvrt_cl_i32 num_seqs;
     kvrt_cl_i32 n_heads;
     kvrt_cl_i32 max_blocks_per_seq;
@@ -83,7 +84,7 @@ typedef struct kvrt_cl_attn_args {
     kvrt_cl_i32 tile;              /* prefill: queries and keys per tile */
     kvrt_cl_i32 max_tiles;         /* prefill: query tiles per sequence in the grid */
     float scale;
-    kvrt_cl_i32 pad0;
+    kvrt_cl_i32 want_lse;          /* 1: also write each row's log-sum-exp (the tier split, issue 18) */
 } kvrt_cl_attn_args;
 
 /* Model ops (ops.cl): views in argument order, offsets and strides in elements. */
