@@ -121,6 +121,35 @@ static kvrt_status prompt_cache_init(kvrt_session *s, kvrt_error *err)
                                   kvrt_kv_cache_slot_bytes(s->cache), sess_alloc(s), &s->pc, err);
 }
 
+/* The session's blocks for the prompt cache. */
+static kvrt_status sess_read_block(void *user, int32_t block, void *dst, char *why, size_t cap)
+{
+    kvrt_session *s = user;
+    kvrt_status st = kvrt_kv_cache_save_block(s->cache, block, dst);
+    snprintf(why, cap, "%s", st == KVRT_OK ? "" : kvrt_kv_cache_message(s->cache));
+    return st;
+}
+
+static kvrt_status sess_write_block(void *user, int32_t block, const void *src, char *why, size_t cap)
+{
+    kvrt_session *s = user;
+    kvrt_status st = kvrt_kv_cache_load_block(s->cache, block, src);
+    snprintf(why, cap, "%s", st == KVRT_OK ? "" : kvrt_kv_cache_message(s->cache));
+    return st;
+}
+
+static int32_t sess_dest_block(void *user, int32_t i)
+{
+    kvrt_session *s = user;
+    return s->block_table[i];
+}
+
+static kvrt_prompt_cache_io sess_io(kvrt_session *s)
+{
+    kvrt_prompt_cache_io io = {sess_read_block, sess_write_block, sess_dest_block, s};
+    return io;
+}
+
 /* Before an evaluation from an empty cache: the longest run of the prompt's
  * full blocks (never its last token) found in the folder is loaded into the
  * session's first blocks; returns the tokens covered. */
@@ -129,7 +158,8 @@ static int32_t prompt_cache_lookup(kvrt_session *s, const int32_t *tokens, int32
     int32_t bs = s->p.block_size, want = KVRT_MIN((n - 1) / bs, s->p.n_ctx / bs);
     if (want < 1 || ensure_blocks(s, want * bs) != KVRT_OK)
         return 0;
-    int32_t got = kvrt_prompt_cache_load(s->pc, s->cache, tokens, want, s->block_table);
+    kvrt_prompt_cache_io io = sess_io(s);
+    int32_t got = kvrt_prompt_cache_load(s->pc, &io, tokens, 0, want);
     memcpy(s->hist, tokens, (size_t)got * (size_t)bs * sizeof(int32_t));
     s->n_past = got * bs;
     return got * bs;
@@ -141,7 +171,8 @@ static void prompt_cache_save(kvrt_session *s, int32_t from_pos)
 {
     if (s->n_shifts > 0)
         return;
-    kvrt_prompt_cache_store(s->pc, s->cache, s->hist, from_pos / s->p.block_size, s->n_past / s->p.block_size,
+    kvrt_prompt_cache_io io = sess_io(s);
+    kvrt_prompt_cache_store(s->pc, &io, s->hist, from_pos / s->p.block_size, s->n_past / s->p.block_size,
                             s->block_table);
 }
 
