@@ -105,6 +105,14 @@ static kvrt_status shift_init(kvrt_session *s, kvrt_error *err)
     s->shift_cs = kvrt_calloc(sess_alloc(s), (size_t)s->model->mf->hp.rope_dim, sizeof(float));
     if (!s->shift_ids || !s->shift_cs)
         return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "session: out of host memory");
+    /* a backend that cannot shift this KV type says so now, not at the first
+     * full context: the pool is all zeros, which any rotation leaves zero */
+    const kvrt_llama_hparams *hp = &s->model->mf->hp;
+    kvrt_llama_rope_shift_row(s->model->lm, 0, s->shift_cs);
+    int32_t first = 0;
+    kvrt_status st = kvrt_kv_cache_rope_shift(s->cache, &first, 1, s->shift_cs, hp->rope_dim, hp->rope_neox);
+    if (st != KVRT_OK)
+        return kvrt_fail(err, st, "context shift: %s", kvrt_kv_cache_message(s->cache));
     return KVRT_OK;
 }
 

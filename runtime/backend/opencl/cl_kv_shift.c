@@ -1,5 +1,6 @@
 /* Context shift on OpenCL: the stored keys of whole blocks re-rotated in
- * place (kernels/kv.cl kv_rope_shift), F32 and F16 pools. */
+ * place (kernels/kv.cl kv_rope_shift), F32 and F16 pools; quantized ones
+ * are refused (UNSUPPORTED, named). */
 #include "backend/opencl/cl_internal.h"
 
 enum { CL_K_KV_ROPE_SHIFT = 1 }; /* index in the kv.cl program (cl_program.c) */
@@ -9,12 +10,16 @@ kvrt_status kvrt_cl_kv_rope_shift(kvrt_backend *be, kvrt_kv_pool *pool, int32_t 
 {
     kvrt_cl_backend *cl = kvrt_cl(be);
     const kvrt_kv_pool_desc *d = &pool->desc;
+    if (pool->k_type != KVRT_CL_KV_F32 && pool->k_type != KVRT_CL_KV_F16)
+        return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED,
+                         "opencl: rope shift (context shift) of %s keys is not supported (f32, f16; the CPU "
+                         "backend shifts q8_0 and q4_0)", kvrt_dtype_name(d->dtype));
     cl_mem bm, cm;
     kvrt_cl_rope_shift_args a = {.n_blocks = n_blocks, .rot_dim = rot_dim, .neox = neox};
     KVRT_TRY(kvrt_cl_resolve(cl, blocks, (size_t)n_blocks * 4, 4, "rope shift blocks", &bm, &a.blocks_off));
     KVRT_TRY(kvrt_cl_resolve(cl, cos_sin, (size_t)rot_dim * 4, 4, "rope shift cos/sin", &cm, &a.cs_off));
     cl_kernel kern;
-    int variant = d->dtype == KVRT_DTYPE_F16 ? KVRT_CL_VARIANT_F16 : KVRT_CL_VARIANT_F32;
+    int variant = KVRT_CL_KV_VARIANT(pool->k_type, pool->v_type);
     KVRT_TRY(kvrt_cl_kernel(cl, KVRT_CL_PROG_KV, variant, CL_K_KV_ROPE_SHIFT, &kern));
     kvrt_cl_pool_args pa = {.blocks_per_seg = pool->blocks_per_seg, .num_blocks = d->num_blocks,
                             .n_kv_heads = d->n_kv_heads, .block_size = d->block_size, .head_dim = d->head_dim};
