@@ -177,7 +177,7 @@ static int32_t prompt_cache_lookup(kvrt_session *s, const int32_t *tokens, int32
  * the folder (positions still numbered from the first token: no shift yet). */
 static void prompt_cache_save(kvrt_session *s, int32_t from_pos)
 {
-    if (s->n_shifts > 0)
+    if (s->n_shifts > 0 || s->window > 0) /* a sliding window leaves holes in the prompt's blocks */
         return;
     kvrt_prompt_cache_io io = sess_io(s);
     kvrt_prompt_cache_store(s->pc, &io, s->hist, from_pos / s->p.block_size, s->n_past / s->p.block_size,
