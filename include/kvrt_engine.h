@@ -68,6 +68,15 @@ typedef struct kvrt_engine_params {
     kvrt_clock_fn clock;        /* NULL = CLOCK_MONOTONIC; tests inject their own */
     void *clock_user;
     const kvrt_allocator *allocator; /* NULL = malloc. Must outlive the engine. */
+    /* A prefix cache that survives restarts (as kvrt_session_params'):
+     * the full blocks of every prompt are written to this folder once
+     * computed, and a request admitted later (in this process or another)
+     * loads the blocks of its prompt that the in-memory prefix cache does
+     * not hold from it, instead of computing them. Engines of
+     * kvrt_engine_create only; not with a sliding window. A folder that
+     * cannot be used is a warning (kvrt_engine_warning). NULL = off. */
+    const char *prompt_cache_dir;
+    uint64_t prompt_cache_max_bytes; /* 0 = 1 GiB; least recently used files go first */
 } kvrt_engine_params;
 
 KVRT_API kvrt_engine_params kvrt_engine_default_params(void);
@@ -179,6 +188,8 @@ KVRT_API kvrt_status kvrt_engine_create(kvrt_model *model, const kvrt_engine_par
 KVRT_API void kvrt_engine_destroy(kvrt_engine *engine);
 /* Message of the last failed call ("" if none). Never NULL. */
 KVRT_API const char *kvrt_engine_message(const kvrt_engine *engine);
+/* The last warning (the prompt cache folder switched off, and why); "" when none. */
+KVRT_API const char *kvrt_engine_warning(const kvrt_engine *engine);
 
 /* Queues a request; *request_id (> 0) names it from now on. Errors:
  * INVALID_ARGUMENT (bad parameters, token id outside the vocabulary),
@@ -267,6 +278,8 @@ typedef struct kvrt_engine_metrics {
     int64_t blocks_offloaded;
     uint64_t offload_bytes;
     double attn_device_s, attn_host_s;
+    /* the prompt cache folder (prompt_cache_dir) */
+    int64_t disk_hit_tokens, disk_written_blocks;
 } kvrt_engine_metrics;
 
 KVRT_API kvrt_status kvrt_engine_get_metrics(kvrt_engine *engine, kvrt_engine_metrics *out);

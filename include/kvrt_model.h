@@ -181,8 +181,9 @@ typedef struct kvrt_session_params {
      * its cache evaluates two or more tokens without logits_all (the last
      * token is always computed: it needs logits), and written after
      * evaluations of two or more tokens (prompts, chat turns), until a
-     * context shift. A folder that cannot be used (not a folder, not
-     * writable, full) is a warning (kvrt_session_warning), never an error.
+     * context shift (never with a sliding window). A folder that cannot be
+     * used (not a folder, not writable, full) is a warning
+     * (kvrt_session_warning), never an error.
      * NULL = off. The folder's cache files are kept under
      * prompt_cache_max_bytes (0 = 1 GiB) by deleting the least recently used. */
     const char *prompt_cache_dir;

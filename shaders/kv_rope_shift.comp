@@ -6,7 +6,8 @@
 // Context shift: rotates the stored keys of whole blocks (keys are stored
 // after RoPE) by the pair angles of cos_sin [rot_dim/2][2]. b2 = block ids
 // (int32, distinct, checked on the host), b3 = cos_sin. One invocation per
-// (block, kv head, offset, pair); F16 halves are merged atomically, since
+// (block, kv head, offset, pair) of an F32 or F16 K pool (the host refuses
+// quantized ones); F16 halves are merged atomically, since
 // pairs may share 32-bit words with other pairs (NeoX, odd head_dim).
 // Loop trips per invocation: the grid is min(total / 64, 65,535) groups and
 // total < 2^32 (host), so at most 1,025 (lavapipe stops at 65,535).
@@ -17,7 +18,7 @@ layout(local_size_x = 64) in;
 
 float key_load(uint seg, uint e)
 {
-    if (pc.k_type != uint(KVRT_KV_T_F16))
+    if (pc.k_type == KVRT_KV_T_F32)
         return uintBitsToFloat(kpool_get(seg, e));
     vec2 h = unpackHalf2x16(kpool_get(seg, e >> 1));
     return (e & 1u) != 0u ? h.y : h.x;
@@ -25,7 +26,7 @@ float key_load(uint seg, uint e)
 
 void key_store(uint seg, uint e, float x)
 {
-    if (pc.k_type != uint(KVRT_KV_T_F16)) {
+    if (pc.k_type == KVRT_KV_T_F32) {
         kpool_set(seg, e, floatBitsToUint(x));
         return;
     }

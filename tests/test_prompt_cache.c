@@ -303,6 +303,66 @@ static void test_unusable_folder_warns(void **state)
     assert_int_equal(list_files(names, 4), 0); /* nothing half-written left */
 }
 
+
+/* The engine API: a second engine (a later process) loads the prompt from the folder and
+ * generates the same tokens with the same log-probabilities. */
+static void engine_run(kvrt_context *ctx, int32_t *tokens, float *logprobs, kvrt_engine_metrics *m, int32_t *cached)
+{
+    kvrt_model_params mp = kvrt_model_default_params();
+    mp.path = model_path;
+    kvrt_model *model = NULL;
+    assert_int_equal(kvrt_model_load(ctx, &mp, &model, NULL), KVRT_OK);
+    kvrt_engine_params ep = kvrt_engine_default_params();
+    ep.max_context = 128;
+    ep.num_blocks = 32;
+    ep.prompt_cache_dir = dir;
+    kvrt_engine *e = NULL;
+    kvrt_error err;
+    if (kvrt_engine_create(model, &ep, &e, &err) != KVRT_OK)
+        fail_msg("engine: %s", err.message);
+    kvrt_request_params rp = kvrt_request_default_params();
+    rp.prompt = prompt;
+    rp.n_prompt = N_PROMPT;
+    rp.max_tokens = 8;
+    rp.temperature = 0;
+    rp.ignore_eos = 1;
+    rp.logprobs = 1;
+    int64_t id;
+    assert_int_equal(kvrt_engine_submit(e, &rp, &id), KVRT_OK);
+    while (kvrt_engine_has_work(e))
+        assert_int_equal(kvrt_engine_step(e, NULL), KVRT_OK);
+    kvrt_request_output out;
+    assert_int_equal(kvrt_engine_get_output(e, id, &out), KVRT_OK);
+    assert_int_equal(out.samples[0].n_tokens, 8);
+    memcpy(tokens, out.samples[0].tokens, 8 * sizeof(int32_t));
+    memcpy(logprobs, out.samples[0].logprobs, 8 * sizeof(float));
+    *cached = out.n_cached_prompt;
+    assert_int_equal(kvrt_engine_get_metrics(e, m), KVRT_OK);
+    assert_string_equal(kvrt_engine_warning(e), "");
+    kvrt_engine_destroy(e);
+    kvrt_model_destroy(model);
+}
+
+static void test_engine_cold_vs_disk(void **state)
+{
+    (void)state;
+    rm_dir(dir);
+    int32_t t1[8], t2[8], c1, c2;
+    float l1[8], l2[8];
+    kvrt_engine_metrics m1, m2;
+    engine_run(kvrt_test_pass_list[0].ctx, t1, l1, &m1, &c1);
+    engine_run(kvrt_test_pass_list[0].ctx, t2, l2, &m2, &c2);
+    assert_int_equal(m1.disk_written_blocks, 4);
+    assert_int_equal(m1.disk_hit_tokens, 0);
+    assert_int_equal(c1, 0);
+    assert_int_equal(m2.disk_hit_tokens, 64);
+    assert_int_equal(m2.disk_written_blocks, 0);
+    assert_int_equal(c2, 64);
+    assert_int_equal(m2.prefill_tokens, N_PROMPT - 64);
+    assert_memory_equal(t1, t2, sizeof(t1));
+    assert_memory_equal(l1, l2, sizeof(l1));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -311,6 +371,7 @@ int main(void)
         cmocka_unit_test(test_other_model_or_kv_type_shares_nothing),
         cmocka_unit_test(test_size_cap_evicts_least_recently_used),
         cmocka_unit_test(test_unusable_folder_warns),
+        cmocka_unit_test(test_engine_cold_vs_disk),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

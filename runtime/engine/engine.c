@@ -110,6 +110,7 @@ void kvrt_engine_destroy(kvrt_engine *e)
                              &e->s_step_time};
     for (size_t i = 0; i < KVRT_ARRAY_LEN(series); i++)
         kvrt_series_free(series[i], a);
+    kvrt_engine_disk_close(e);
     kvrt_block_manager_destroy(e->bm);
     if (e->runner.iface && e->runner.iface->destroy)
         e->runner.iface->destroy(e->runner.self);
@@ -220,6 +221,8 @@ kvrt_status kvrt_engine_create_with_runner(const kvrt_engine_params *params, kvr
     st = kvrt_block_manager_create(&bp, &e->bm, err);
     if (st == KVRT_OK)
         st = alloc_scratch(e, err);
+    if (st == KVRT_OK)
+        st = kvrt_engine_disk_open(e, err);
     if (st != KVRT_OK) {
         kvrt_engine_destroy(e);
         return st;
@@ -667,6 +670,7 @@ kvrt_status kvrt_engine_get_metrics(kvrt_engine *e, kvrt_engine_metrics *out)
     m.blocks_offloaded = bs.blocks_offloaded;
     if (e->runner.iface->tier_times)
         e->runner.iface->tier_times(e->runner.self, &m.attn_device_s, &m.attn_host_s);
+    kvrt_engine_disk_metrics(e, &m);
     m.kv_utilization_mean = m.steps ? e->kv_util_sum / (double)m.steps : 0.0;
     m.kv_utilization_contiguous_mean = m.steps ? e->kv_util_contig_sum / (double)m.steps : 0.0;
     m.prefix_hit_rate = m.prefix_query_tokens ? (double)m.prefix_hit_tokens / (double)m.prefix_query_tokens : 0.0;

@@ -62,6 +62,7 @@ typedef struct kvrt_runner {
     size_t block_bytes; /* one block, all layers, K and V: one host-tier slot */
     uint64_t kv_bytes;  /* device bytes of the pool (reported in the metrics) */
     int32_t window;     /* the model's sliding window; 0 = none. Blocks before it are released. */
+    uint64_t kv_fingerprint; /* model file + KV layout (prompt_cache.h); 0 = no prompt cache folder */
 } kvrt_runner;
 
 /* Creates an engine on a runner; the engine owns the runner from the call on
@@ -126,6 +127,7 @@ struct kvrt_request {
     int32_t n_preemptions;
     int32_t looked_up;      /* the prefix cache was consulted for it once */
     int32_t queued_finished;/* in the finished queue */
+    int32_t disk_from;      /* prompt blocks held at first admission (memory or folder); -1 = stored */
     kvrt_request_timing t;
     kvrt_eseq *seqs;        /* [p.n] */
     kvrt_sample_output *outs; /* [p.n], refreshed on read */
@@ -179,6 +181,8 @@ struct kvrt_engine {
     kvrt_series s_ttft, s_tpot, s_e2e, s_queue;
     kvrt_series s_step_tokens, s_step_seqs, s_step_prefill, s_step_decode, s_step_time;
     double kv_util_sum, kv_util_contig_sum;
+    struct kvrt_prompt_cache *disk; /* prompt_cache_dir's folder (engine_disk.c), NULL = none */
+    int32_t *disk_table;    /* [max_blocks_per_seq] */
 };
 
 /* ---- engine.c ------------------------------------------------------------------- */
@@ -197,6 +201,17 @@ kvrt_status kvrt_sched_schedule(kvrt_engine *e, kvrt_step_info *info);
 void kvrt_sched_recover(kvrt_engine *e);
 /* Drops whatever K/V a sequence holds and queues it to be computed again. */
 void kvrt_sched_requeue(kvrt_engine *e, kvrt_eseq *s);
+
+/* ---- engine_disk.c: the prompt cache folder ---------------------------------------- */
+kvrt_status kvrt_engine_disk_open(kvrt_engine *e, kvrt_error *err);
+void kvrt_engine_disk_close(kvrt_engine *e);
+/* At admission, after the in-memory prefix match (`matched` tokens, whole
+ * blocks): appends and loads the prompt's next blocks found in the folder;
+ * returns the tokens now held. */
+int32_t kvrt_engine_disk_extend(kvrt_engine *e, kvrt_eseq *s, int32_t matched);
+/* After a step: a prompt that is now computed has its full blocks written. */
+void kvrt_engine_disk_after_step(kvrt_engine *e, kvrt_eseq *s);
+void kvrt_engine_disk_metrics(const kvrt_engine *e, kvrt_engine_metrics *m);
 
 /* ---- step.c --------------------------------------------------------------------- */
 /* Builds the batch of e->sched (decodes first) and runs it; samples. */

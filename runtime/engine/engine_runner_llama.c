@@ -7,6 +7,7 @@
 #include "backend/kv_tier.h"
 #include "kvrt_model.h"
 #include "model/model_api_internal.h"
+#include "model/prompt_cache.h"
 
 typedef struct llama_runner {
     kvrt_model *model;
@@ -212,6 +213,7 @@ kvrt_status kvrt_llama_runner_create(kvrt_model *model, kvrt_engine_params *p, k
     }
     *out = (kvrt_runner){.iface = &llama_runner_ops, .self = r, .n_vocab = hp->n_vocab,
                          .block_bytes = kvrt_kv_cache_slot_bytes(r->cache),
-                         .kv_bytes = kvrt_kv_cache_device_bytes(r->cache), .window = hp->sliding_window};
+                         .kv_bytes = kvrt_kv_cache_device_bytes(r->cache), .window = hp->sliding_window,
+                         .kv_fingerprint = kvrt_prompt_cache_fingerprint(model->mf, kvrt_kv_cache_desc(r->cache))};
     return KVRT_OK;
 }

@@ -341,6 +341,8 @@ static kvrt_status admit_one(kvrt_engine *e, kvrt_eseq *s, int32_t *budget, int 
     /* The last known token is always computed: its logits pick the next one. */
     st = kvrt_bm_match_prefix(e->bm, s->bm_seq, s->tokens, s->len - 1, &matched);
     int32_t fit = 0;
+    if (st == KVRT_OK && e->disk)
+        matched = kvrt_engine_disk_extend(e, s, matched);
     if (st == KVRT_OK) {
         s->num_computed = matched;
         st = fit_tokens(e, s, KVRT_MIN(s->len - matched, *budget), 0, &fit);
@@ -361,6 +363,7 @@ static kvrt_status admit_one(kvrt_engine *e, kvrt_eseq *s, int32_t *budget, int 
     if (!s->req->looked_up) {
         s->req->looked_up = 1;
         s->req->n_cached_prompt = matched;
+        s->req->disk_from = matched / e->p.block_size;
     }
     kvrt_seq_list_remove(&e->waiting, s);
     s->state = KVRT_SEQ_RUNNING;

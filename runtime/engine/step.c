@@ -197,6 +197,8 @@ static kvrt_status consume_logits(kvrt_engine *e, const kvrt_batch *b, kvrt_step
         int32_t n = s->sched_tokens;
         s->sched_tokens = 0;
         s->num_computed += n;
+        if (e->disk)
+            kvrt_engine_disk_after_step(e, s);
         /* a sliding window: blocks no later query can see go back to the pool */
         if (e->runner.window > 0 && s->bm_seq >= 0)
             (void)kvrt_bm_release_before(e->bm, s->bm_seq, KVRT_MAX(0, s->num_computed - e->runner.window + 1), 0,

@@ -282,8 +282,8 @@ static int read_file(kvrt_prompt_cache *pc, uint64_t key, size_t bytes, bool tou
     return got == bytes ? 1 : -1;
 }
 
-int32_t kvrt_prompt_cache_load(kvrt_prompt_cache *pc, kvrt_kv_cache *cache, const int32_t *tokens, int32_t n_blocks,
-                               const int32_t *blocks)
+int32_t kvrt_prompt_cache_load(kvrt_prompt_cache *pc, const kvrt_prompt_cache_io *io, const int32_t *tokens,
+                               int32_t first, int32_t n_blocks)
 {
     if (!kvrt_prompt_cache_active(pc))
         return 0;
@@ -291,22 +291,29 @@ int32_t kvrt_prompt_cache_load(kvrt_prompt_cache *pc, kvrt_kv_cache *cache, cons
     for (int32_t i = 0; i < n_blocks; i++) {
         const int32_t *t = tokens + (size_t)i * (size_t)pc->block_size;
         uint64_t key = block_key(parent, t, pc->block_size);
-        int r = read_file(pc, key, pc->file_bytes, true);
-        if (r == 0)
-            return i;
-        if (r < 0 || !file_ok(pc, key, parent, t, true)) {
-            pc->stats.rejected_files++; /* replaced when the block is stored again */
-            return i;
+        if (i >= first) {
+            int r = read_file(pc, key, pc->file_bytes, true);
+            if (r == 0)
+                return i - first;
+            if (r < 0 || !file_ok(pc, key, parent, t, true)) {
+                pc->stats.rejected_files++; /* replaced when the block is stored again */
+                return i - first;
+            }
+            int32_t dest = io->dest_block(io->user, i);
+            if (dest < 0)
+                return i - first;
+            char why[256] = "";
+            if (io->write_block(io->user, dest, pc->buf + pc->file_bytes - pc->slot_bytes, why, sizeof(why)) !=
+                KVRT_OK) {
+                warn(pc, "loading a block failed (%s); running without it", why);
+                pc->on = false;
+                return i - first;
+            }
+            pc->stats.hit_blocks++;
         }
-        if (kvrt_kv_cache_load_block(cache, blocks[i], pc->buf + pc->file_bytes - pc->slot_bytes) != KVRT_OK) {
-            warn(pc, "loading a block failed (%s); running without it", kvrt_kv_cache_message(cache));
-            pc->on = false;
-            return i;
-        }
-        pc->stats.hit_blocks++;
         parent = key;
     }
-    return n_blocks;
+    return n_blocks - first;
 }
 
 /* Writes pc->buf as the file of `key`; false (with a warning that stops
@@ -404,8 +411,8 @@ static void evict(kvrt_prompt_cache *pc)
     kvrt_free(pc->alloc, v);
 }
 
-void kvrt_prompt_cache_store(kvrt_prompt_cache *pc, kvrt_kv_cache *cache, const int32_t *tokens, int32_t first,
-                             int32_t n_blocks, const int32_t *blocks)
+void kvrt_prompt_cache_store(kvrt_prompt_cache *pc, const kvrt_prompt_cache_io *io, const int32_t *tokens,
+                             int32_t first, int32_t n_blocks, const int32_t *blocks)
 {
     if (!kvrt_prompt_cache_active(pc) || !pc->writing || first >= n_blocks)
         return;
@@ -421,8 +428,9 @@ void kvrt_prompt_cache_store(kvrt_prompt_cache *pc, kvrt_kv_cache *cache, const 
             file_head h;
             fill_head(pc, key, parent, &h);
             uint8_t *payload = pc->buf + pc->file_bytes - pc->slot_bytes;
-            if (kvrt_kv_cache_save_block(cache, blocks[i], payload) != KVRT_OK) {
-                warn(pc, "reading a block failed (%s); no more blocks are written", kvrt_kv_cache_message(cache));
+            char why[256] = "";
+            if (io->read_block(io->user, blocks[i], payload, why, sizeof(why)) != KVRT_OK) {
+                warn(pc, "reading a block failed (%s); no more blocks are written", why);
                 pc->writing = false;
                 break;
             }

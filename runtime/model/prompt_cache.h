@@ -50,18 +50,31 @@ kvrt_status kvrt_prompt_cache_open(const char *dir, uint64_t max_bytes, uint64_t
                                    kvrt_error *err);
 void kvrt_prompt_cache_close(kvrt_prompt_cache *pc);
 
-/* Loads the longest run of blocks of tokens[0 .. n_blocks * block_size) found
- * in the folder into cache blocks blocks[0], blocks[1], ... in order; returns
- * how many were loaded (stops at the first missing or untrusted file). */
-int32_t kvrt_prompt_cache_load(kvrt_prompt_cache *pc, kvrt_kv_cache *cache, const int32_t *tokens, int32_t n_blocks,
-                               const int32_t *blocks);
+/* Where the blocks' bytes live: the session's KV cache, or the engine's
+ * runner. Bytes of one block as kvrt_kv_cache_save_block lays them out.
+ * dest_block (load only) names the block that takes block i of the prompt:
+ * a block id, or -1 to stop (no room). */
+typedef struct kvrt_prompt_cache_io {
+    kvrt_status (*read_block)(void *user, int32_t block, void *dst, char *why, size_t why_cap);
+    kvrt_status (*write_block)(void *user, int32_t block, const void *src, char *why, size_t why_cap);
+    int32_t (*dest_block)(void *user, int32_t i);
+    void *user;
+} kvrt_prompt_cache_io;
+
+/* Loads the longest run of blocks first, first + 1, ... (< n_blocks) of
+ * tokens[0 .. n_blocks * block_size) found in the folder (blocks before
+ * `first` are already in the cache: only their keys are computed); block i
+ * goes to io->dest_block(i). Returns how many were loaded (stops at the
+ * first missing or untrusted file). */
+int32_t kvrt_prompt_cache_load(kvrt_prompt_cache *pc, const kvrt_prompt_cache_io *io, const int32_t *tokens,
+                               int32_t first, int32_t n_blocks);
 
 /* Writes blocks[first .. n_blocks) (holding tokens[0 .. n_blocks *
  * block_size), all full) that the folder lacks, then applies the size cap.
  * Failures become warnings (a full disk or a folder that turned read-only
  * stops writing for the rest of the run). */
-void kvrt_prompt_cache_store(kvrt_prompt_cache *pc, kvrt_kv_cache *cache, const int32_t *tokens, int32_t first,
-                             int32_t n_blocks, const int32_t *blocks);
+void kvrt_prompt_cache_store(kvrt_prompt_cache *pc, const kvrt_prompt_cache_io *io, const int32_t *tokens,
+                             int32_t first, int32_t n_blocks, const int32_t *blocks);
 
 /* Whether the cache is in use (false after a warning that switched it off). */
 bool kvrt_prompt_cache_active(const kvrt_prompt_cache *pc);

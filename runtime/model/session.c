@@ -106,6 +106,14 @@ static kvrt_status shift_init(kvrt_session *s, kvrt_error *err)
     s->shift_cs = kvrt_calloc(sess_alloc(s), (size_t)s->model->mf->hp.rope_dim, sizeof(float));
     if (!s->shift_ids || !s->shift_cs)
         return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "session: out of host memory");
+    /* a backend that cannot shift this KV type says so now, not at the first
+     * full context: the pool is all zeros, which any rotation leaves zero */
+    const kvrt_llama_hparams *hp = &s->model->mf->hp;
+    kvrt_llama_rope_shift_row(s->model->lm, 0, s->shift_cs);
+    int32_t first = 0;
+    kvrt_status st = kvrt_kv_cache_rope_shift(s->cache, &first, 1, s->shift_cs, hp->rope_dim, hp->rope_neox);
+    if (st != KVRT_OK)
+        return kvrt_fail(err, st, "context shift: %s", kvrt_kv_cache_message(s->cache));
     return KVRT_OK;
 }
 
@@ -122,6 +130,35 @@ static kvrt_status prompt_cache_init(kvrt_session *s, kvrt_error *err)
                                   kvrt_kv_cache_slot_bytes(s->cache), sess_alloc(s), &s->pc, err);
 }
 
+/* The session's blocks for the prompt cache. */
+static kvrt_status sess_read_block(void *user, int32_t block, void *dst, char *why, size_t cap)
+{
+    kvrt_session *s = user;
+    kvrt_status st = kvrt_kv_cache_save_block(s->cache, block, dst);
+    snprintf(why, cap, "%s", st == KVRT_OK ? "" : kvrt_kv_cache_message(s->cache));
+    return st;
+}
+
+static kvrt_status sess_write_block(void *user, int32_t block, const void *src, char *why, size_t cap)
+{
+    kvrt_session *s = user;
+    kvrt_status st = kvrt_kv_cache_load_block(s->cache, block, src);
+    snprintf(why, cap, "%s", st == KVRT_OK ? "" : kvrt_kv_cache_message(s->cache));
+    return st;
+}
+
+static int32_t sess_dest_block(void *user, int32_t i)
+{
+    kvrt_session *s = user;
+    return s->block_table[i];
+}
+
+static kvrt_prompt_cache_io sess_io(kvrt_session *s)
+{
+    kvrt_prompt_cache_io io = {sess_read_block, sess_write_block, sess_dest_block, s};
+    return io;
+}
+
 /* Before an evaluation from an empty cache: the longest run of the prompt's
  * full blocks (never its last token) found in the folder is loaded into the
  * session's first blocks; returns the tokens covered. */
@@ -130,7 +167,8 @@ static int32_t prompt_cache_lookup(kvrt_session *s, const int32_t *tokens, int32
     int32_t bs = s->p.block_size, want = KVRT_MIN((n - 1) / bs, s->p.n_ctx / bs);
     if (want < 1 || ensure_blocks(s, want * bs) != KVRT_OK)
         return 0;
-    int32_t got = kvrt_prompt_cache_load(s->pc, s->cache, tokens, want, s->block_table);
+    kvrt_prompt_cache_io io = sess_io(s);
+    int32_t got = kvrt_prompt_cache_load(s->pc, &io, tokens, 0, want);
     memcpy(s->hist, tokens, (size_t)got * (size_t)bs * sizeof(int32_t));
     s->n_past = got * bs;
     return got * bs;
@@ -140,9 +178,10 @@ static int32_t prompt_cache_lookup(kvrt_session *s, const int32_t *tokens, int32
  * the folder (positions still numbered from the first token: no shift yet). */
 static void prompt_cache_save(kvrt_session *s, int32_t from_pos)
 {
-    if (s->n_shifts > 0)
+    if (s->n_shifts > 0 || s->window > 0) /* a sliding window leaves holes in the prompt's blocks */
         return;
-    kvrt_prompt_cache_store(s->pc, s->cache, s->hist, from_pos / s->p.block_size, s->n_past / s->p.block_size,
+    kvrt_prompt_cache_io io = sess_io(s);
+    kvrt_prompt_cache_store(s->pc, &io, s->hist, from_pos / s->p.block_size, s->n_past / s->p.block_size,
                             s->block_table);
 }
 

@@ -75,6 +75,8 @@ typedef struct serve_opts {
     int32_t max_batched_tokens;
     const char *workload;       /* --workload FILE: replay it instead of the built-in workloads */
     int32_t concurrency;        /* --concurrency N: requests in flight (0 = all at once) */
+    const char *prompt_cache;   /* --prompt-cache DIR: the engines' prompt cache folder */
+    int64_t prompt_cache_max;   /* MiB */
 } serve_opts;
 
 typedef struct wl_req {
@@ -119,7 +121,8 @@ typedef struct run_state {
 /* KVRT_CLI_CONTINUE, or the exit status after --help/--version or a usage error. */
 static int parse_args(int argc, char **argv, serve_opts *o)
 {
-    *o = (serve_opts){.model = NULL, .requests = 256, .max_seqs = 32, .max_batched_tokens = 256};
+    *o = (serve_opts){.model = NULL, .requests = 256, .max_seqs = 32, .max_batched_tokens = 256,
+                      .prompt_cache_max = 1024};
     kvrt_cli_common_init(&o->common, KVRT_DTYPE_F32, 1);
     o->common.threads[0] = 1; /* the default model is too small to gain from more */
     o->common.backend = KVRT_BACKEND_CPU; /* DESIGN.md: with no arguments, every workload on the CPU */
@@ -142,6 +145,11 @@ static int parse_args(int argc, char **argv, serve_opts *o)
         KVRT_CLI_INT32(0, "concurrency", &o->concurrency, 0, 1 << 20, "N",
                        "with --workload: N requests in flight, the next submitted as one\n"
                        "finishes (default 0: all at t = 0)"),
+        KVRT_CLI_STR(0, "prompt-cache", &o->prompt_cache, "DIR",
+                     "every engine keeps its prompts' KV blocks in DIR and loads those it\n"
+                     "finds there (a prefix cache that survives restarts)"),
+        KVRT_CLI_INT64(0, "prompt-cache-max", &o->prompt_cache_max, 1, INT64_MAX / (1 << 20), "MIB",
+                       "size cap of --prompt-cache's files (default 1024 = 1 GiB)"),
     };
     const kvrt_cli_spec spec = {
         .prog = PROG,
@@ -546,6 +554,8 @@ static kvrt_status run_workload(kvrt_model *model, const workload *w, const run_
     kvrt_status st = run_state_init(&rs, w, &total, err);
     if (st == KVRT_OK)
         st = kvrt_engine_create(model, &c->ep, &e, err);
+    if (st == KVRT_OK && *kvrt_engine_warning(e))
+        fprintf(stderr, "%s: warning: %s\n", PROG, kvrt_engine_warning(e));
     double t0 = kvrt_bench_now();
     if (st == KVRT_OK && c->mode == MODE_CONTINUOUS && c->concurrency > 0) {
         st = run_closed_loop(e, c, &rs, total, err);
@@ -571,6 +581,10 @@ static kvrt_status run_workload(kvrt_model *model, const workload *w, const run_
                        (int)m.blocks_used);
     if (st == KVRT_OK)
         st = collect(&rs, t0, t1, s, err);
+    if (st == KVRT_OK && c->ep.prompt_cache_dir)
+        fprintf(stderr, "%s: %s: prompt cache folder: %lld prompt tokens loaded, %lld blocks written%s%s\n", PROG,
+                c->name, (long long)m.disk_hit_tokens, (long long)m.disk_written_blocks,
+                *kvrt_engine_warning(e) ? "; " : "", kvrt_engine_warning(e));
     if (st == KVRT_OK) {
         s->kv_util = m.kv_utilization_mean;
         s->kv_util_contig = m.kv_utilization_contiguous_mean;
@@ -934,6 +948,8 @@ int kvrt_bench_serve_main(int argc, char **argv)
         r.ep.max_batched_tokens = r.o.max_batched_tokens;
         r.ep.num_blocks = 0; /* max_seqs full contexts */
         r.ep.clock = engine_clock;
+        r.ep.prompt_cache_dir = r.o.prompt_cache;
+        r.ep.prompt_cache_max_bytes = (uint64_t)r.o.prompt_cache_max << 20;
         gen_ctx g = {.rng = {r.o.seed}, .n_vocab = mi.n_vocab, .bos = mi.bos_id, .max_context = r.max_context};
         st = r.o.workload ? run_replay(model, &r, &g, &err) : run_all(model, &r, &g, &err);
     }

@@ -1,5 +1,6 @@
 /* Context shift on OpenCL: the stored keys of whole blocks re-rotated in
- * place (kernels/kv.cl kv_rope_shift), F32 and F16 pools. */
+ * place (kernels/kv.cl kv_rope_shift), F32 and F16 pools; quantized ones
+ * are refused (UNSUPPORTED, named). */
 #include "backend/opencl/cl_internal.h"
 
 enum { CL_K_KV_ROPE_SHIFT = 1 }; /* index in the kv.cl program (cl_program.c) */
@@ -9,6 +10,10 @@ kvrt_status kvrt_cl_kv_rope_shift(kvrt_backend *be, kvrt_kv_pool *pool, int32_t 
 {
     kvrt_cl_backend *cl = kvrt_cl(be);
     const kvrt_kv_pool_desc *d = &pool->desc;
+    if (pool->k_type != KVRT_CL_KV_F32 && pool->k_type != KVRT_CL_KV_F16)
+        return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED,
+                         "opencl: rope shift (context shift) of %s keys is not supported (f32, f16; the CPU "
+                         "backend shifts q8_0 and q4_0)", kvrt_dtype_name(d->dtype));
     cl_mem bm, cm;
     if (d->dtype != KVRT_DTYPE_F32 && d->dtype != KVRT_DTYPE_F16)
         return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "opencl: rope shift of a %s KV cache: only f32 and f16 here",

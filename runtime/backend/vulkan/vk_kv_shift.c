@@ -1,5 +1,6 @@
 /* Context shift on Vulkan: the stored keys of whole blocks re-rotated in
- * place (shaders/kv_rope_shift.comp), F32 and F16 pools. */
+ * place (shaders/kv_rope_shift.comp), F32 and F16 pools; quantized ones
+ * are refused (UNSUPPORTED, named). */
 #include "backend/vulkan/vk_internal.h"
 
 #include <string.h>
@@ -11,6 +12,10 @@ kvrt_status kvrt_vk_kv_rope_shift(kvrt_backend *be, kvrt_kv_pool *pool, int32_t 
 {
     kvrt_vk_backend *vk = kvrt_vk(be);
     const kvrt_kv_pool_desc *d = &pool->desc;
+    if (pool->k_type != KVRT_KV_T_F32 && pool->k_type != KVRT_KV_T_F16)
+        return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED,
+                         "vulkan: rope shift (context shift) of %s keys is not supported (f32, f16; the CPU "
+                         "backend shifts q8_0 and q4_0)", kvrt_dtype_name(d->dtype));
     vk_push_rope_shift pc;
     if (d->dtype != KVRT_DTYPE_F32 && d->dtype != KVRT_DTYPE_F16)
         return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "vulkan: rope shift of a %s KV cache: only f32 and f16 here",
