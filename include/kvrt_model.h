@@ -160,6 +160,8 @@ typedef struct kvrt_session_params {
     kvrt_dtype kv_type; /* F32 (default), F16, or Q8_0 / Q4_0 (CPU; head_dim a multiple of 32) */
     int32_t n_batch;    /* tokens per forward when evaluating a prompt (prefill chunk); 0 = 512 */
     int32_t num_blocks; /* KV pool size; 0 = enough for n_ctx */
+    int32_t kv_type_v_set; /* nonzero: V is stored in kv_type_v, K in kv_type; 0: both in kv_type */
+    kvrt_dtype kv_type_v;
 } kvrt_session_params;
 
 KVRT_API kvrt_session_params kvrt_session_default_params(void);

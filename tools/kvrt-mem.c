@@ -4,8 +4,10 @@
  *   bytes = 2 (K and V) x layers x kv_heads x tokens x batch x bytes_per_row
  *
  * where a row is one head's head_dim values: head_dim x 4 (f32), x 2 (f16),
- * head_dim + scales (q8_0), head_dim / 2 + scales (q4_0); quantized types
- * keep one 2-byte F16 scale per 32 values inside the block, counted here.
+ * head_dim + scales (q8_0), head_dim / 2 + scales (q4_0), head_dim (fp8,
+ * fp8_e5m2: their scale is fixed at 1, nothing stored); q8_0 / q4_0 keep one
+ * 2-byte F16 scale per 32 values inside the block, counted here. K and V
+ * may have different types (--kv-type-k, --kv-type-v).
  *
  * plus what paging costs (the unfilled tail of each sequence's last block), how
  * the number of KV heads (MHA / GQA / MQA) changes the total for the same model
@@ -42,8 +44,9 @@ typedef struct mem_opts {
     int64_t ctx;
     int64_t batch;
     int64_t block_size;
-    kvrt_dtype dtype;
-    const char *kv_type; /* "f32", "f16", "q8_0", "q4_0" */
+    kvrt_dtype dtype;    /* K's */
+    kvrt_dtype v_dtype;  /* V's */
+    char kv_type[40];    /* "f16", or "K q8_0 / V f16" when they differ */
 } mem_opts;
 
 /* A preset of the shared shape table (model/shapes.h), by name or alias. */
@@ -76,12 +79,18 @@ static int64_t row_bytes(kvrt_dtype dtype, int64_t head_dim)
     return (int64_t)kvrt_kv_dtype_block_bytes(kvrt_kv_dtype(dtype), 1, 1, (int32_t)head_dim);
 }
 
-/* Bytes of K and V for `tokens` tokens of one sequence; false on overflow. */
-static bool kv_bytes(const mem_shape *s, kvrt_dtype dtype, int64_t tokens, int64_t *out)
+/* Bytes of one K row plus one V row. */
+static int64_t pair_row_bytes(const mem_opts *o, int64_t head_dim)
 {
-    int64_t b = 2;
+    return row_bytes(o->dtype, head_dim) + row_bytes(o->v_dtype, head_dim);
+}
+
+/* Bytes of K and V for `tokens` tokens of one sequence; false on overflow. */
+static bool kv_bytes(const mem_shape *s, const mem_opts *o, int64_t tokens, int64_t *out)
+{
+    int64_t b = 1;
     return kvrt_mul_i64(b, s->layers, &b) && kvrt_mul_i64(b, s->kv_heads, &b) &&
-           kvrt_mul_i64(b, row_bytes(dtype, s->head_dim), &b) && kvrt_mul_i64(b, tokens, out);
+           kvrt_mul_i64(b, pair_row_bytes(o, s->head_dim), &b) && kvrt_mul_i64(b, tokens, out);
 }
 
 static int64_t ceil_div(int64_t a, int64_t b)
@@ -209,7 +218,8 @@ static int parse_args(int argc, char **argv, mem_opts *o)
 {
     const char *preset = NULL;
     shape_flags f = {-1, -1, -1, -1, -1};
-    kvrt_dtype kv_type = KVRT_DTYPE_F16;
+    const kvrt_dtype unset = (kvrt_dtype)-1; /* --kv-type-k / -v not given */
+    kvrt_dtype kv_type = KVRT_DTYPE_F16, k_type = unset, v_type = unset;
     int32_t block_size = 16;
     o->ctx = -1;
     o->batch = 1;
@@ -223,7 +233,9 @@ static int parse_args(int argc, char **argv, mem_opts *o)
         {.name = "batch", .kind = KVRT_CLI_KIND_INT64, .dst = &o->batch, .min = 1, .max = dims,
          .flags = KVRT_CLI_K_SUFFIX, .meta = "B", .help = "sequences (default 1)"},
         KVRT_CLI_CALL(0, "kv-type", kvrt_cli_parse_kv_type, &kv_type, "T",
-                      "f16 (default), f32, q8_0 or q4_0 (scales included)"),
+                      "f16 (default), f32, q8_0, q4_0 (scales included), fp8 or fp8_e5m2; K and V"),
+        KVRT_CLI_CALL(0, "kv-type-k", kvrt_cli_parse_kv_type, &k_type, "T", "K's type alone (wins over --kv-type)"),
+        KVRT_CLI_CALL(0, "kv-type-v", kvrt_cli_parse_kv_type, &v_type, "T", "V's type alone (wins over --kv-type)"),
         KVRT_CLI_CALL(0, "block-size", kvrt_cli_parse_block_size, &block_size, "S",
                       "tokens per KV block: 8, 16 (default) or 32"),
         SHAPE_OPT("layers", &f.layers, "layers"),
@@ -247,15 +259,24 @@ static int parse_args(int argc, char **argv, mem_opts *o)
     int rc = kvrt_cli_parse(&spec, argc, argv, &first);
     if (rc != KVRT_CLI_CONTINUE)
         return rc;
-    o->kv_type = kvrt_dtype_name(kv_type);
-    o->dtype = kv_type;
+    bool k_given = k_type != unset, v_given = v_type != unset;
+    o->dtype = k_given ? k_type : kv_type;
+    o->v_dtype = v_given ? v_type : kv_type;
+    if (o->dtype == o->v_dtype)
+        snprintf(o->kv_type, sizeof(o->kv_type), "%s", kvrt_dtype_name(o->dtype));
+    else
+        snprintf(o->kv_type, sizeof(o->kv_type), "K %s / V %s", kvrt_dtype_name(o->dtype),
+                 kvrt_dtype_name(o->v_dtype));
     o->block_size = block_size;
     if (!resolve_shape(preset, &f, &o->shape))
         return KVRT_CLI_USAGE;
-    if (row_bytes(kv_type, o->shape.head_dim) == 0) {
-        kvrt_cli_error(PROG, "--kv-type %s: head_dim %" PRId64 " is not a multiple of 32 (one scale per 32 values)",
-                       o->kv_type, o->shape.head_dim);
-        return KVRT_CLI_USAGE;
+    for (int w = 0; w < 2; w++) {
+        kvrt_dtype t = w ? o->v_dtype : o->dtype;
+        if (row_bytes(t, o->shape.head_dim) == 0) {
+            kvrt_cli_error(PROG, "--kv-type%s %s: head_dim %" PRId64 " is not a multiple of 32 (one scale per 32 values)",
+                           (w ? v_given : k_given) ? (w ? "-v" : "-k") : "", kvrt_dtype_name(t), o->shape.head_dim);
+            return KVRT_CLI_USAGE;
+        }
     }
     if (o->ctx < 0) {
         kvrt_cli_error(PROG, "--ctx is required (tokens per sequence)");
@@ -282,9 +303,9 @@ static bool compute(const mem_opts *o, mem_totals *t)
     const mem_shape *s = &o->shape;
     t->blocks_per_seq = ceil_div(o->ctx, o->block_size);
     t->waste_tokens = t->blocks_per_seq * o->block_size - o->ctx;
-    return kv_bytes(s, o->dtype, 1, &t->per_token) && kv_bytes(s, o->dtype, o->ctx, &t->per_seq) &&
+    return kv_bytes(s, o, 1, &t->per_token) && kv_bytes(s, o, o->ctx, &t->per_seq) &&
            kvrt_mul_i64(t->per_seq, o->batch, &t->total) &&
-           kv_bytes(s, o->dtype, o->block_size, &t->block_bytes) &&
+           kv_bytes(s, o, o->block_size, &t->block_bytes) &&
            kvrt_mul_i64(t->blocks_per_seq, o->batch, &t->pool_blocks) &&
            kvrt_mul_i64(t->pool_blocks, t->block_bytes, &t->pool_bytes) &&
            (t->waste_bytes = t->pool_bytes - t->total) >= 0;
@@ -298,11 +319,19 @@ static void print_summary(const mem_opts *o, const mem_totals *t)
            "\n",
            s->name, s->layers, s->heads, s->kv_heads, attn_kind(s), s->head_dim);
     fmt_bin(a, sizeof(a), t->per_token);
-    int64_t row = row_bytes(o->dtype, s->head_dim);
-    printf("KV type:        %s (%" PRId64 " bytes per row of %" PRId64 " values, %.2f bits per value)\n", o->kv_type,
-           row, s->head_dim, 8.0 * (double)row / (double)s->head_dim);
-    printf("per token:      %s (%" PRId64 " bytes = 2 x %" PRId64 " layers x %" PRId64 " KV heads x %" PRId64
-           " bytes per row)\n", a, t->per_token, s->layers, s->kv_heads, row);
+    int64_t row = row_bytes(o->dtype, s->head_dim), vrow = row_bytes(o->v_dtype, s->head_dim);
+    if (o->dtype == o->v_dtype) {
+        printf("KV type:        %s (%" PRId64 " bytes per row of %" PRId64 " values, %.2f bits per value)\n",
+               o->kv_type, row, s->head_dim, 8.0 * (double)row / (double)s->head_dim);
+        printf("per token:      %s (%" PRId64 " bytes = 2 x %" PRId64 " layers x %" PRId64 " KV heads x %" PRId64
+               " bytes per row)\n", a, t->per_token, s->layers, s->kv_heads, row);
+    } else {
+        printf("KV type:        %s (%" PRId64 " + %" PRId64 " bytes per K and V row of %" PRId64
+               " values, %.2f bits per value)\n", o->kv_type, row, vrow, s->head_dim,
+               4.0 * (double)(row + vrow) / (double)s->head_dim);
+        printf("per token:      %s (%" PRId64 " bytes = %" PRId64 " layers x %" PRId64 " KV heads x (%" PRId64
+               " + %" PRId64 ") bytes per K and V row)\n", a, t->per_token, s->layers, s->kv_heads, row, vrow);
+    }
     printf("tokens:         %" PRId64 " per sequence x batch %" PRId64 "\n", o->ctx, o->batch);
     fmt_total(b, sizeof(b), t->total);
     printf("KV cache total: %s = %" PRId64 " bytes\n", b, t->total);
@@ -349,7 +378,7 @@ static void print_variants(const mem_opts *o, const mem_totals *t)
         mem_shape vs = *s;
         vs.kv_heads = v[i].kv;
         int64_t per_tok, tot;
-        if (!kv_bytes(&vs, o->dtype, 1, &per_tok) || !kvrt_mul_i64(per_tok, o->ctx * o->batch, &tot))
+        if (!kv_bytes(&vs, o, 1, &per_tok) || !kvrt_mul_i64(per_tok, o->ctx * o->batch, &tot))
             continue; /* cannot be larger than the MHA total, which was checked */
         if (i == 0)
             mha_total = tot;
