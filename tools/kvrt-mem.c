@@ -15,6 +15,11 @@
  *
  *   kvrt-mem --preset llama-2-7b --ctx 4096 [--batch 1] [--kv-type f16] [--block-size 16]
  *   kvrt-mem --layers 32 --heads 32 --kv-heads 8 --head-dim 128 --ctx 8k
+ *   kvrt-mem --preset llama-2-7b --budget 8GiB [--batch 4] [--ctx 4096]
+ *
+ * With --budget, a table per KV type (scales included): the longest context
+ * whose paged pool fits the budget at --batch, and how many --ctx sequences
+ * fit it.
  */
 #include "cli.h"
 #include "table.h"
@@ -24,6 +29,7 @@
 
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const char *const PROG = "kvrt-mem";
@@ -47,6 +53,7 @@ typedef struct mem_opts {
     kvrt_dtype dtype;    /* K's */
     kvrt_dtype v_dtype;  /* V's */
     char kv_type[40];    /* "f16", or "K q8_0 / V f16" when they differ */
+    int64_t budget;      /* --budget in bytes; 0 = none */
 } mem_opts;
 
 /* A preset of the shared shape table (model/shapes.h), by name or alias. */
@@ -213,6 +220,35 @@ static void preset_help(char *buf, size_t n)
     {.name = (NAME), .kind = KVRT_CLI_KIND_INT64, .dst = (DST), .min = 1, .max = dims, .meta = "N", \
      .help = (HELP)}
 
+/* --budget: a size with an optional unit, binary (k, m, g, t, KiB ... TiB)
+ * or decimal (KB ... TB), e.g. 8G, 24GiB, 80GB, 1.5t; into *(int64_t *)dst. */
+static bool parse_budget(const char *prog, const char *flag, const char *value, void *dst)
+{
+    static const struct {
+        const char *unit;
+        double mul;
+    } U[] = {{"", 1.0},          {"b", 1.0},         {"k", 1024.0},      {"kib", 1024.0},  {"kb", 1e3},
+             {"m", 1048576.0},   {"mib", 1048576.0}, {"mb", 1e6},        {"g", 1073741824.0},
+             {"gib", 1073741824.0}, {"gb", 1e9},    {"t", 1099511627776.0}, {"tib", 1099511627776.0},
+             {"tb", 1e12}};
+    char *end;
+    double v = strtod(value, &end);
+    char unit[8];
+    size_t n = strlen(end);
+    for (size_t i = 0; i < n && i + 1 < sizeof(unit); i++)
+        unit[i] = (char)(end[i] >= 'A' && end[i] <= 'Z' ? end[i] - 'A' + 'a' : end[i]);
+    unit[n < sizeof(unit) ? n : sizeof(unit) - 1] = '\0';
+    for (size_t i = 0; end != value && n < sizeof(unit) && i < KVRT_ARRAY_LEN(U); i++) {
+        double bytes = v * U[i].mul;
+        if (strcmp(unit, U[i].unit) == 0 && bytes >= 1.0 && bytes < 4e18) {
+            *(int64_t *)dst = (int64_t)bytes;
+            return true;
+        }
+    }
+    kvrt_cli_error(prog, "%s: '%s' is not a size of at least 1 byte (e.g. 8G, 24GiB, 80GB)", flag, value);
+    return false;
+}
+
 /* KVRT_CLI_CONTINUE, or the exit status after --help/--version or a usage error. */
 static int parse_args(int argc, char **argv, mem_opts *o)
 {
@@ -223,6 +259,7 @@ static int parse_args(int argc, char **argv, mem_opts *o)
     int32_t block_size = 16;
     o->ctx = -1;
     o->batch = 1;
+    o->budget = 0;
     const int64_t big = (int64_t)1 << 40, dims = (int64_t)1 << 20;
     char presets[512];
     preset_help(presets, sizeof(presets));
@@ -236,6 +273,9 @@ static int parse_args(int argc, char **argv, mem_opts *o)
                       "f16 (default), f32, q8_0, q4_0 (scales included), fp8 or fp8_e5m2; K and V"),
         KVRT_CLI_CALL(0, "kv-type-k", kvrt_cli_parse_kv_type, &k_type, "T", "K's type alone (wins over --kv-type)"),
         KVRT_CLI_CALL(0, "kv-type-v", kvrt_cli_parse_kv_type, &v_type, "T", "V's type alone (wins over --kv-type)"),
+        KVRT_CLI_CALL(0, "budget", parse_budget, &o->budget, "SIZE",
+                      "memory for the KV pool (8G, 24GiB, 80GB): the context lengths that fit it\n"
+                      "for every KV type, scales included (--ctx optional then)"),
         KVRT_CLI_CALL(0, "block-size", kvrt_cli_parse_block_size, &block_size, "S",
                       "tokens per KV block: 8, 16 (default) or 32"),
         SHAPE_OPT("layers", &f.layers, "layers"),
@@ -278,8 +318,8 @@ static int parse_args(int argc, char **argv, mem_opts *o)
             return KVRT_CLI_USAGE;
         }
     }
-    if (o->ctx < 0) {
-        kvrt_cli_error(PROG, "--ctx is required (tokens per sequence)");
+    if (o->ctx < 0 && o->budget == 0) {
+        kvrt_cli_error(PROG, "--ctx is required (tokens per sequence), or --budget");
         return KVRT_CLI_USAGE;
     }
     return KVRT_CLI_CONTINUE;
@@ -441,12 +481,84 @@ static void print_contexts(const mem_opts *o)
     kvrt_table_free(&tab);
 }
 
+/* One row of the budget table: KV types k and v. */
+static void budget_row(kvrt_table *tab, const mem_opts *o, kvrt_dtype k, kvrt_dtype v, int64_t f16_ctx)
+{
+    mem_opts c = *o;
+    c.dtype = k;
+    c.v_dtype = v;
+    char name[40];
+    if (k == v)
+        snprintf(name, sizeof(name), "%s", kvrt_dtype_name(k));
+    else
+        snprintf(name, sizeof(name), "K %s / V %s", kvrt_dtype_name(k), kvrt_dtype_name(v));
+    int64_t per_token, block, per_seq_block;
+    if (!kvrt_table_row(tab))
+        return;
+    kvrt_table_cell(tab, "%s", name);
+    if (row_bytes(k, o->shape.head_dim) == 0 || row_bytes(v, o->shape.head_dim) == 0) {
+        kvrt_table_cell(tab, "-");
+        kvrt_table_cell(tab, "head_dim %" PRId64 " not a multiple of 32", o->shape.head_dim);
+        for (int i = 0; i < 2; i++)
+            kvrt_table_cell(tab, "-");
+        return;
+    }
+    if (!kv_bytes(&o->shape, &c, 1, &per_token) || !kv_bytes(&o->shape, &c, o->block_size, &block) ||
+        !kvrt_mul_i64(block, o->batch, &per_seq_block))
+        return;
+    int64_t ctx = o->budget / per_seq_block * o->block_size; /* whole blocks per sequence */
+    char a[32];
+    fmt_bin(a, sizeof(a), per_token);
+    kvrt_table_cell(tab, "%s", a);
+    kvrt_table_cell(tab, "%" PRId64, ctx);
+    kvrt_table_cell(tab, "%.2fx", f16_ctx > 0 ? (double)ctx / (double)f16_ctx : 0.0);
+    int64_t seq_bytes;
+    if (o->ctx > 0 && kvrt_mul_i64(ceil_div(o->ctx, o->block_size), block, &seq_bytes))
+        kvrt_table_cell(tab, "%" PRId64, o->budget / seq_bytes);
+    else
+        kvrt_table_cell(tab, "-");
+}
+
+/* The context lengths that fit --budget, per KV type (and the requested pair). */
+static void print_budget(const mem_opts *o)
+{
+    static const kvrt_dtype T[] = {KVRT_DTYPE_F32, KVRT_DTYPE_F16, KVRT_DTYPE_Q8_0, KVRT_DTYPE_Q4_0,
+                                   KVRT_DTYPE_FP8_E4M3, KVRT_DTYPE_FP8_E5M2};
+    char seqs[48];
+    if (o->ctx > 0)
+        snprintf(seqs, sizeof(seqs), "seqs of %" PRId64, o->ctx);
+    else
+        snprintf(seqs, sizeof(seqs), "seqs of --ctx");
+    const char *hdr[] = {"KV type", "per token", "context", "vs f16", seqs};
+    kvrt_table tab;
+    kvrt_table_init(&tab, 5, hdr, "lrrrr");
+    mem_opts f16 = *o;
+    f16.dtype = f16.v_dtype = KVRT_DTYPE_F16;
+    int64_t f16_block = 0, f16_ctx = 0;
+    if (kv_bytes(&o->shape, &f16, o->block_size, &f16_block) && kvrt_mul_i64(f16_block, o->batch, &f16_block))
+        f16_ctx = o->budget / f16_block * o->block_size;
+    for (size_t i = 0; i < KVRT_ARRAY_LEN(T); i++)
+        budget_row(&tab, o, T[i], T[i], f16_ctx);
+    if (o->dtype != o->v_dtype)
+        budget_row(&tab, o, o->dtype, o->v_dtype, f16_ctx);
+    char b[64];
+    fmt_total(b, sizeof(b), o->budget);
+    printf("\ncontext lengths that fit a KV pool of %s (batch %" PRId64 ", block size %" PRId64
+           "; whole blocks, scales included):\n", b, o->batch, o->block_size);
+    kvrt_table_print(&tab, stdout);
+    kvrt_table_free(&tab);
+}
+
 int main(int argc, char **argv)
 {
     mem_opts o;
     int rc = parse_args(argc, argv, &o);
     if (rc != KVRT_CLI_CONTINUE)
         return rc;
+    if (o.ctx < 0) { /* --budget alone */
+        print_budget(&o);
+        return fflush(stdout) == 0 && !ferror(stdout) ? 0 : KVRT_CLI_FAILURE;
+    }
     mem_totals t;
     if (!compute(&o, &t)) {
         kvrt_cli_error(PROG, "the KV cache size overflows 64 bits; check the numbers");
@@ -456,6 +568,8 @@ int main(int argc, char **argv)
     print_blocks(&o, &t);
     print_variants(&o, &t);
     print_contexts(&o);
+    if (o.budget > 0)
+        print_budget(&o);
     if (fflush(stdout) != 0 || ferror(stdout)) {
         kvrt_cli_error(PROG, "cannot write to stdout");
         return KVRT_CLI_FAILURE;
