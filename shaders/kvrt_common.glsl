@@ -147,17 +147,68 @@ uint pool_row(uint blk, uint h, uint off)
     return ((lb * pc.n_kv_heads + h) * pc.block_size + off) * pc.head_dim;
 }
 
+// The storage type of the K or V pool (KVRT_KV_T_*): K and V may differ.
+uint pool_type(bool is_v) { return is_v ? pc.v_type : pc.k_type; }
+uint pool_word(bool is_v, uint seg, uint i) { return is_v ? vpool_get(seg, i) : kpool_get(seg, i); }
+
+// F32 value of IEEE binary16 bits, exact for subnormals too (a device that
+// flushes them in unpackHalf2x16 would change a quantized scale).
+float f16_bits_to_f32(uint h)
+{
+    uint m = h & 0x3ffu, e = (h >> 10) & 0x1fu;
+    float v = e == 0u ? float(m) * (1.0 / 16777216.0) : uintBitsToFloat(((e + 112u) << 23) | (m << 13));
+    return (h & 0x8000u) != 0u ? -v : v; // e == 31 (inf, NaN) is never a stored scale
+}
+
+// Bytes of a quantized block (kv_layout.h): rows of head_dim values (8 or 4
+// bits each), then one 2-byte scale per 32 values of every row. Segments
+// hold whole blocks and the host refuses blocks that are not whole words.
+uint pool_q_row_bytes(bool q4) { return q4 ? pc.head_dim / 2u : pc.head_dim; }
+uint pool_q_block_bytes(bool q4)
+{
+    uint rows = pc.n_kv_heads * pc.block_size;
+    return rows * (pool_q_row_bytes(q4) + pc.head_dim / 16u);
+}
+
+// Element e (pool_row + dim) of a q8_0 / q4_0 pool, dequantized: q * scale
+// in F32 (exact: an 8-bit integer times an F16), as the CPU computes it.
+// Words only, so no int8/16-bit storage feature is needed.
+float pool_load_q(bool is_v, bool q4, uint seg, uint e)
+{
+    uint D = pc.head_dim, rpb = pc.n_kv_heads * pc.block_size;
+    uint r = e / D, d = e - r * D;        // row in the segment, dim
+    uint lb = r / rpb, rb = r - lb * rpb; // block in the segment, row in the block
+    uint rowb = pool_q_row_bytes(q4);
+    uint base = lb * pool_q_block_bytes(q4);
+    uint g = d >> 5u, j = d & 31u;
+    uint sb = base + rpb * rowb + (rb * (D >> 5u) + g) * 2u; // even: never crosses a word
+    float scale = f16_bits_to_f32((pool_word(is_v, seg, sb >> 2u) >> ((sb & 2u) * 8u)) & 0xffffu);
+    int q;
+    if (q4) { // byte j of a group: value j low nibble, value j + 16 high nibble
+        uint b = base + rb * rowb + g * 16u + (j & 15u);
+        uint byte = (pool_word(is_v, seg, b >> 2u) >> ((b & 3u) * 8u)) & 0xffu;
+        q = int(j < 16u ? (byte & 15u) : (byte >> 4u)) - 8;
+    } else {
+        uint b = base + rb * rowb + d;
+        q = bitfieldExtract(int(pool_word(is_v, seg, b >> 2u)), int((b & 3u) * 8u), 8); // sign-extended
+    }
+    return float(q) * scale;
+}
+
 float pool_load(bool is_v, uint seg, uint e)
 {
-    if (pc.f16 != 0u) {
+    uint t = pool_type(is_v);
+    if (t >= uint(KVRT_KV_T_Q8_0))
+        return pool_load_q(is_v, t == uint(KVRT_KV_T_Q4_0), seg, e);
+    if (t == uint(KVRT_KV_T_F16)) {
 #ifdef KVRT_NARROW
         return unpackHalf2x16(is_v ? vpool_half(seg, e) : kpool_half(seg, e)).x;
 #endif
-        uint w = is_v ? vpool_get(seg, e >> 1) : kpool_get(seg, e >> 1);
+        uint w = pool_word(is_v, seg, e >> 1);
         vec2 h = unpackHalf2x16(w);
         return (e & 1u) != 0u ? h.y : h.x;
     }
-    return uintBitsToFloat(is_v ? vpool_get(seg, e) : kpool_get(seg, e));
+    return uintBitsToFloat(pool_word(is_v, seg, e));
 }
 
 // IEEE binary16 bits of f, round to nearest even (the algorithm of fp16.h),

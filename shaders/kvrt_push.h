@@ -31,10 +31,19 @@ typedef float kvrt_f32;
     kvrt_u32 head_dim;                                                             \
     kvrt_u32 block_size;                                                           \
     kvrt_u32 num_blocks;                                                           \
-    kvrt_u32 blocks_per_seg; /* whole blocks per segment */                         \
-    kvrt_u32 f16;            /* 1: F16 storage (two halves per word); 0: F32 */
+    kvrt_u32 blocks_per_seg; /* whole blocks per segment */                        \
+    kvrt_u32 k_type;         /* KV storage of the K pool: KVRT_KV_T_* below */     \
+    kvrt_u32 v_type;         /* of the V pool (K and V may differ) */
 
-/* kv_write: one invocation per (token, kv head, word of a head row) */
+/* KV storage types of a pool (k_type, v_type): F32; F16 (two halves per
+ * word); q8_0 and q4_0 (kv_layout.h: values, then the block's F16 scales). */
+#define KVRT_KV_T_F32 0
+#define KVRT_KV_T_F16 1
+#define KVRT_KV_T_Q8_0 2
+#define KVRT_KV_T_Q4_0 3
+
+/* kv_write: one invocation per (token, kv head, unit of a head row: an F32 element,
+ * an F16 word or element, a quantized group of 32) of K, then of V */
 #define KVRT_PUSH_KV_WRITE                                                         \
     KVRT_PUSH_POOL_FIELDS                                                          \
     kvrt_u32 n_tokens;                                                             \

@@ -285,7 +285,7 @@ static void test_pool_limits(void **state)
     d.block_size = 0;
     assert_int_equal(kvrt_op_kv_pool_create(cl, &d, &pool), KVRT_ERR_INVALID_ARGUMENT);
     d.block_size = 16;
-    d.dtype = KVRT_DTYPE_Q8_0;
+    d.dtype = KVRT_DTYPE_BF16; /* not a KV type */
     assert_int_equal(kvrt_op_kv_pool_create(cl, &d, &pool), KVRT_ERR_UNSUPPORTED);
     assert_true(kvrt_cl(cl)->used == 0);
 }

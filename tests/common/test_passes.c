@@ -30,11 +30,11 @@ static const struct {
     {"cpu/1", KVRT_BACKEND_CPU, 1, 0, -1, true},
     {"cpu/2", KVRT_BACKEND_CPU, 2, 0, 0, true},
 #if defined(KVRT_HAVE_VULKAN_BACKEND)
-    {"vulkan/all", KVRT_BACKEND_VULKAN, 0, 0, -1, false},
-    {"vulkan/none", KVRT_BACKEND_VULKAN, 0, KVRT_TEST_ALL_FEATURES, -1, false},
+    {"vulkan/all", KVRT_BACKEND_VULKAN, 0, 0, -1, true},
+    {"vulkan/none", KVRT_BACKEND_VULKAN, 0, KVRT_TEST_ALL_FEATURES, -1, true},
 #endif
 #if defined(KVRT_HAVE_OPENCL_BACKEND)
-    {"opencl", KVRT_BACKEND_OPENCL, 0, 0, -1, false},
+    {"opencl", KVRT_BACKEND_OPENCL, 0, 0, -1, true},
 #endif
 };
 

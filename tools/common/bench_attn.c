@@ -186,8 +186,8 @@ static int parse_args(int argc, char **argv, attn_opts *o)
                  "                       [--ctx N,N,...] [--batch N,N,...] [--block-size 8|16|32]\n"
                  "                       [--prefill-chunk N] [--max-kv-mib N] [--min-time-ms N] [--no-cpu-compare]\n"
                  "                       [--pipeline-cache FILE] [--device N|NAME] [-v]",
-        .about = "Decode and prefill attention throughput over model shapes (llama2-7b: 32 q / 32 KV\n"
-                 "heads, llama3-8b: 32 q / 8 KV heads, head_dim 128) x batch x context, with the KV-read\n"
+        .about = "Decode and prefill attention throughput over model shapes (llama-2-7b: 32 q / 32 KV\n"
+                 "heads, llama-3-8b: 32 q / 8 KV heads, head_dim 128) x batch x context, with the KV-read\n"
                  "rate as a share of the memory bandwidth measured in the same run, and paged vs\n"
                  "contiguous KV layout on the same data (contiguous comparison: cpu only).",
         .opts = opts,

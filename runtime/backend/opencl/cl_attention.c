@@ -9,7 +9,7 @@ enum { CL_K_DECODE = 0, CL_K_MERGE = 1, CL_K_PREFILL = 2 };
 
 static int cl_variant(const kvrt_kv_pool *pool)
 {
-    return pool->desc.dtype == KVRT_DTYPE_F16 ? KVRT_CL_VARIANT_F16 : KVRT_CL_VARIANT_F32;
+    return KVRT_CL_KV_VARIANT(pool->k_type, pool->v_type);
 }
 
 static kvrt_cl_pool_args cl_pool_args(const kvrt_kv_pool *pool)

@@ -39,7 +39,8 @@ const char *kvrt_cl_error_name(cl_int code);
 
 /* ---- programs (cl_program.c) ---- */
 
-/* Programs are built on first use. A variant is a set of -D options (KV type). */
+/* Programs are built on first use. A variant is a set of -D options: the KV
+ * types of the K and the V pool (KVRT_CL_KV_*), K * KVRT_CL_KV_TYPES + V. */
 typedef enum kvrt_cl_program_id {
     KVRT_CL_PROG_KV = 0,   /* kv.cl: kv_write */
     KVRT_CL_PROG_ATTN = 1, /* attention.cl: decode, merge, prefill */
@@ -47,7 +48,8 @@ typedef enum kvrt_cl_program_id {
     KVRT_CL_PROG_COUNT
 } kvrt_cl_program_id;
 
-enum { KVRT_CL_VARIANT_F32 = 0, KVRT_CL_VARIANT_F16 = 1, KVRT_CL_VARIANT_COUNT = 2 };
+enum { KVRT_CL_VARIANT_F32 = 0, KVRT_CL_VARIANT_COUNT = KVRT_CL_KV_TYPES * KVRT_CL_KV_TYPES };
+#define KVRT_CL_KV_VARIANT(k_type, v_type) ((k_type) * KVRT_CL_KV_TYPES + (v_type))
 
 #define KVRT_CL_MAX_KERNELS 20 /* per program */
 
@@ -84,6 +86,7 @@ struct kvrt_kv_pool {
     kvrt_kv_pool_desc desc;
     size_t block_bytes;
     int64_t blocks_per_seg;
+    int k_type, v_type;   /* KVRT_CL_KV_* of the K and the V pool */
     kvrt_cl_pool_part *k; /* [n_layers] */
     kvrt_cl_pool_part *v; /* [n_layers] */
     size_t bytes;         /* charged to the budget */

@@ -344,14 +344,27 @@ static kvrt_status cl_pool_part_create(kvrt_cl_backend *cl, const kvrt_kv_pool *
     return KVRT_OK;
 }
 
+/* The kernels' code of a KV storage type (KVRT_CL_KV_*); -1 for one they do not read. */
+static int cl_kv_type_code(kvrt_dtype t)
+{
+    switch (t) {
+    case KVRT_DTYPE_F32: return KVRT_CL_KV_F32;
+    case KVRT_DTYPE_F16: return KVRT_CL_KV_F16;
+    case KVRT_DTYPE_Q8_0: return KVRT_CL_KV_Q8_0;
+    case KVRT_DTYPE_Q4_0: return KVRT_CL_KV_Q4_0;
+    default: return -1;
+    }
+}
+
 kvrt_status kvrt_cl_kv_pool_create(kvrt_backend *be, const kvrt_kv_pool_desc *d, kvrt_kv_pool **out)
 {
     *out = NULL;
     kvrt_cl_backend *cl = kvrt_cl(be);
-    /* the kernels' variants read and write these two (kv.cl, attention.cl) */
-    if (d->dtype != KVRT_DTYPE_F32 && d->dtype != KVRT_DTYPE_F16)
-        return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "opencl: KV type %s is not supported (f32, f16)",
-                         kvrt_dtype_name(d->dtype));
+    /* the kernels' variants read and write these (kv.cl, attention.cl: kv_store, kv_load) */
+    int type = cl_kv_type_code(d->dtype);
+    if (type < 0)
+        return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED,
+                         "opencl: KV type %s is not supported (f32, f16, q8_0, q4_0)", kvrt_dtype_name(d->dtype));
     /* the front door checked the sizes (kvrt_kv_check_pool_desc) */
     size_t block_bytes = kvrt_kv_block_bytes(d), layer_bytes = block_bytes * (size_t)d->num_blocks;
     size_t total = layer_bytes * 2 * (size_t)d->n_layers;
@@ -371,6 +384,7 @@ kvrt_status kvrt_cl_kv_pool_create(kvrt_backend *be, const kvrt_kv_pool_desc *d,
     pool->desc = *d;
     pool->block_bytes = block_bytes;
     pool->blocks_per_seg = per_seg;
+    pool->k_type = pool->v_type = type; /* one type for both today */
     pool->bytes = total;
     pool->k = kvrt_calloc(be->alloc, (size_t)d->n_layers, sizeof(kvrt_cl_pool_part));
     pool->v = kvrt_calloc(be->alloc, (size_t)d->n_layers, sizeof(kvrt_cl_pool_part));

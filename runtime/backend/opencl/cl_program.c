@@ -28,10 +28,7 @@ static const cl_program_desc cl_programs[KVRT_CL_PROG_COUNT] = {
                            "matmul_q4_0", "add_bias", "embed_q", "matmul_q", NULL}},
 };
 
-static const char *const cl_variant_options[KVRT_CL_VARIANT_COUNT] = {
-    [KVRT_CL_VARIANT_F32] = "-cl-std=CL1.2 -DKVRT_KV_F16=0",
-    [KVRT_CL_VARIANT_F16] = "-cl-std=CL1.2 -DKVRT_KV_F16=1",
-};
+static const char *const cl_kv_type_names[KVRT_CL_KV_TYPES] = {"f32", "f16", "q8_0", "q4_0"};
 
 static void cl_program_release(kvrt_cl_backend *cl, kvrt_cl_program *p)
 {
@@ -67,8 +64,9 @@ static kvrt_status cl_build_failed(kvrt_cl_backend *cl, cl_program prog, cl_int 
     const char *first_error = log ? strstr(log, "error") : NULL;
     if (first_error && first_error - start > 120)
         start = first_error - 120;
-    kvrt_fail(&cl->base.err, KVRT_ERR_KERNEL_BUILD, "opencl: building %s (%s KV) failed: %s; build log: %s", file,
-              variant == KVRT_CL_VARIANT_F16 ? "f16" : "f32", kvrt_cl_error_name(rc), start);
+    kvrt_fail(&cl->base.err, KVRT_ERR_KERNEL_BUILD, "opencl: building %s (%s K, %s V) failed: %s; build log: %s",
+              file, cl_kv_type_names[variant / KVRT_CL_KV_TYPES], cl_kv_type_names[variant % KVRT_CL_KV_TYPES],
+              kvrt_cl_error_name(rc), start);
     kvrt_free(cl->base.alloc, log);
     return KVRT_ERR_KERNEL_BUILD;
 }
@@ -84,7 +82,10 @@ static kvrt_status cl_program_build(kvrt_cl_backend *cl, kvrt_cl_program_id id, 
     p->prog = cl->fn.clCreateProgramWithSource(cl->ctx, 3, sources, NULL, &rc);
     if (!p->prog)
         return kvrt_cl_fail(cl, rc, KVRT_ERR_KERNEL_BUILD, "clCreateProgramWithSource");
-    rc = cl->fn.clBuildProgram(p->prog, 1, &cl->device, cl_variant_options[variant], NULL, NULL);
+    char options[96];
+    snprintf(options, sizeof(options), "-cl-std=CL1.2 -DKVRT_KV_K=%d -DKVRT_KV_V=%d", variant / KVRT_CL_KV_TYPES,
+             variant % KVRT_CL_KV_TYPES);
+    rc = cl->fn.clBuildProgram(p->prog, 1, &cl->device, options, NULL, NULL);
     if (rc != CL_SUCCESS) {
         kvrt_status s = cl_build_failed(cl, p->prog, rc, desc->file, variant);
         cl_program_release(cl, p);

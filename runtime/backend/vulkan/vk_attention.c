@@ -36,7 +36,8 @@ static kvrt_status vk_attn_common(kvrt_vk_backend *vk, kvrt_kv_pool *pool, int32
     pc->block_size = (uint32_t)pd->block_size;
     pc->num_blocks = (uint32_t)pd->num_blocks;
     pc->blocks_per_seg = pool->blocks_per_seg;
-    pc->f16 = pd->dtype == KVRT_DTYPE_F16;
+    pc->k_type = pool->k_type;
+    pc->v_type = pool->v_type;
     pc->num_seqs = (uint32_t)d->num_seqs;
     pc->n_heads = (uint32_t)d->n_heads;
     pc->max_blocks = (uint32_t)d->max_blocks_per_seq;

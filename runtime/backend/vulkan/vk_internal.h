@@ -55,6 +55,7 @@ struct kvrt_kv_pool {
     kvrt_kv_pool_desc desc;
     size_t block_bytes;
     uint32_t blocks_per_seg;
+    uint32_t k_type, v_type; /* KVRT_KV_T_* of the K and the V pool (the shaders' k_type, v_type) */
     kvrt_buffer **k; /* [n_layers] */
     kvrt_buffer **v; /* [n_layers] */
     bool bda;        /* shaders reach segments through address tables: */

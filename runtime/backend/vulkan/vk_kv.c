@@ -19,12 +19,24 @@ void kvrt_vk_kv_pool_destroy(kvrt_backend *be, kvrt_kv_pool *pool)
     kvrt_free(be->alloc, pool);
 }
 
+/* The shaders' code of a KV storage type (kvrt_push.h); -1 for one they do not read. */
+static int vk_kv_type_code(kvrt_dtype t)
+{
+    switch (t) {
+    case KVRT_DTYPE_F32: return KVRT_KV_T_F32;
+    case KVRT_DTYPE_F16: return KVRT_KV_T_F16;
+    case KVRT_DTYPE_Q8_0: return KVRT_KV_T_Q8_0;
+    case KVRT_DTYPE_Q4_0: return KVRT_KV_T_Q4_0;
+    default: return -1;
+    }
+}
+
 static kvrt_status vk_check_desc(kvrt_vk_backend *vk, const kvrt_kv_pool_desc *d)
 {
-    /* the shaders' variants read and write these two (kv_write, attn_*) */
-    if (d->dtype != KVRT_DTYPE_F32 && d->dtype != KVRT_DTYPE_F16)
-        return kvrt_fail(&vk->base.err, KVRT_ERR_UNSUPPORTED, "vulkan: KV type %s is not supported (f32, f16)",
-                         kvrt_dtype_name(d->dtype));
+    /* the shaders read and write these (kv_write, attn_*: pool_load, write_unit) */
+    if (vk_kv_type_code(d->dtype) < 0)
+        return kvrt_fail(&vk->base.err, KVRT_ERR_UNSUPPORTED,
+                         "vulkan: KV type %s is not supported (f32, f16, q8_0, q4_0)", kvrt_dtype_name(d->dtype));
     if (kvrt_kv_block_bytes(d) % 4)
         return kvrt_fail(&vk->base.err, KVRT_ERR_UNSUPPORTED,
                          "vulkan: a KV block of %zu bytes is not a whole number of 32-bit words (block size %d)",
@@ -103,6 +115,8 @@ kvrt_status kvrt_vk_kv_pool_create(kvrt_backend *be, const kvrt_kv_pool_desc *d,
     KVRT_TRY(vk_check_pool_fits(vk, d, layer_bytes));
     bool bda = vk->caps.bda;
     size_t per_seg = kvrt_vk_max_pool_segment(vk) / block_bytes;
+    /* the shaders index a segment's elements (pool_row) in 32 bits: 4-bit values make more elements than bytes */
+    per_seg = KVRT_MIN(per_seg, (size_t)UINT32_MAX / ((size_t)d->n_kv_heads * (size_t)d->block_size * (size_t)d->head_dim));
     if (per_seg == 0)
         return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "vulkan: one KV block (%zu bytes) exceeds a buffer segment",
                          block_bytes);
@@ -119,6 +133,7 @@ kvrt_status kvrt_vk_kv_pool_create(kvrt_backend *be, const kvrt_kv_pool_desc *d,
     pool->desc = *d;
     pool->block_bytes = block_bytes;
     pool->blocks_per_seg = (uint32_t)per_seg;
+    pool->k_type = pool->v_type = (uint32_t)vk_kv_type_code(d->dtype); /* one type for both today */
     pool->bda = bda;
     size_t n = (size_t)d->n_layers;
     pool->k = kvrt_calloc(be->alloc, n, sizeof(*pool->k));
@@ -223,10 +238,19 @@ kvrt_status kvrt_vk_kv_copy_blocks(kvrt_backend *be, kvrt_kv_pool *pool, const i
         (pc).block_size = (uint32_t)(pool)->desc.block_size;                \
         (pc).num_blocks = (uint32_t)(pool)->desc.num_blocks;                \
         (pc).blocks_per_seg = (pool)->blocks_per_seg;                       \
-        (pc).f16 = (pool)->desc.dtype == KVRT_DTYPE_F16;                    \
+        (pc).k_type = (pool)->k_type;                                       \
+        (pc).v_type = (pool)->v_type;                                       \
     } while (0)
 
 typedef struct { KVRT_PUSH_KV_WRITE } vk_push_kv_write;
+
+/* Units of one (token, kv head) row of a pool of shader type t (row_units in kv_write.comp). */
+static uint64_t vk_row_units(uint32_t t, uint32_t head_dim)
+{
+    if (t == KVRT_KV_T_Q8_0 || t == KVRT_KV_T_Q4_0)
+        return head_dim / KVRT_KV_QGROUP;
+    return t == KVRT_KV_T_F16 && head_dim % 2 == 0 ? head_dim / 2 : head_dim;
+}
 
 /* Bytes spanned by n rows of `row` elements, `stride` apart (F32). */
 static bool vk_rows_bytes(int64_t n, int64_t stride, int64_t row, size_t *out)
@@ -260,12 +284,27 @@ kvrt_status kvrt_vk_kv_write(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer
     KVRT_TRY(kvrt_vk_view_seg(vk, v, vb, "kv_write v", &bind.seg[1], &pc.v_off));
     KVRT_TRY(kvrt_vk_view_seg(vk, slot_mapping, (size_t)n_tokens * 4, "kv_write slot_mapping", &bind.seg[2],
                               &pc.slot_off));
-    uint64_t total = (uint64_t)n_tokens * (uint64_t)row / (pc.f16 && pc.head_dim % 2 == 0 ? 2 : 1);
-    if (total > UINT32_MAX)
-        return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "kv_write: %d tokens in one call is too many", (int)n_tokens);
-    uint32_t groups = (uint32_t)KVRT_MIN((total + 63) / 64, (uint64_t)vk->caps.max_wg_count[0]);
+    /* units per token (write_unit in kv_write.comp): K's and V's, each by its own type */
+    uint64_t per_token = (uint64_t)pc.n_kv_heads * (vk_row_units(pc.k_type, pc.head_dim) +
+                                                    vk_row_units(pc.v_type, pc.head_dim));
+    /* at most 64 units per invocation in one dispatch (the shader's loop trips) */
+    uint64_t max_units = (uint64_t)vk->caps.max_wg_count[0] * 64u * 64u;
+    uint32_t chunk = (uint32_t)KVRT_MAX(1, KVRT_MIN((uint64_t)n_tokens, max_units / per_token));
+    if ((uint64_t)chunk * per_token > UINT32_MAX)
+        return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "kv_write: a token row of %llu units is too long",
+                         (unsigned long long)per_token);
     bool implicit;
     KVRT_TRY(kvrt_vk_acquire(vk, &implicit));
-    kvrt_status s = kvrt_vk_dispatch(vk, pipe, &bind, &pc, sizeof(pc), groups, 1, 1);
+    kvrt_status s = KVRT_OK;
+    for (uint32_t t0 = 0; s == KVRT_OK && t0 < (uint32_t)n_tokens; t0 += chunk) {
+        vk_push_kv_write cp = pc;
+        cp.n_tokens = KVRT_MIN(chunk, (uint32_t)n_tokens - t0);
+        cp.k_off += t0 * cp.k_stride; /* inside the views checked above */
+        cp.v_off += t0 * cp.v_stride;
+        cp.slot_off += t0;
+        uint64_t total = (uint64_t)cp.n_tokens * per_token;
+        uint32_t groups = (uint32_t)KVRT_MIN((total + 63) / 64, (uint64_t)vk->caps.max_wg_count[0]);
+        s = kvrt_vk_dispatch(vk, pipe, &bind, &cp, sizeof(cp), groups, 1, 1);
+    }
     return kvrt_vk_end_implicit(vk, implicit, s);
 }

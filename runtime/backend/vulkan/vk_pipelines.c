@@ -36,11 +36,11 @@
 typedef struct kvrt_push_kv_write { KVRT_PUSH_KV_WRITE } kvrt_push_kv_write;
 typedef struct kvrt_push_attn { KVRT_PUSH_ATTN } kvrt_push_attn;
 typedef struct kvrt_push_ops { KVRT_PUSH_OPS } kvrt_push_ops;
-_Static_assert(sizeof(kvrt_push_kv_write) == 12 * 4, "kv_write push constants: 12 words");
-_Static_assert(offsetof(kvrt_push_kv_write, slot_off) == 44, "std430 offset of slot_off");
-_Static_assert(sizeof(kvrt_push_attn) == 25 * 4, "attention push constants: 25 words");
-_Static_assert(offsetof(kvrt_push_attn, scale) == 40, "std430 offset of scale");
-_Static_assert(offsetof(kvrt_push_attn, tile_base) == 96, "std430 offset of tile_base");
+_Static_assert(sizeof(kvrt_push_kv_write) == 13 * 4, "kv_write push constants: 13 words");
+_Static_assert(offsetof(kvrt_push_kv_write, slot_off) == 48, "std430 offset of slot_off");
+_Static_assert(sizeof(kvrt_push_attn) == 26 * 4, "attention push constants: 26 words");
+_Static_assert(offsetof(kvrt_push_attn, scale) == 44, "std430 offset of scale");
+_Static_assert(offsetof(kvrt_push_attn, tile_base) == 100, "std430 offset of tile_base");
 _Static_assert(sizeof(kvrt_push_ops) == 20 * 4, "op push constants: 20 words");
 _Static_assert(offsetof(kvrt_push_ops, row_hi) == 76, "std430 offset of row_hi");
 _Static_assert(offsetof(kvrt_push_ops, eps) == 40, "std430 offset of eps");

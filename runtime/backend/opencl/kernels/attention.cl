@@ -1,7 +1,8 @@
 /* Paged attention (DESIGN.md "Kernels"): decode with split-K over fixed-size
  * partitions merged by log-sum-exp, and tiled prefill with an online softmax.
  * Query at position i sees key j iff j <= i and (W == 0 or i - j < W or j < S).
- * K/V may be F16 in storage; every sum is F32. */
+ * K/V may be F16, q8_0 or q4_0 in storage (each its own type, dequantized
+ * on the fly by kv_load); every sum is F32. */
 
 #define NEG_INF (-INFINITY)
 
@@ -111,7 +112,7 @@ __kernel void attn_decode(__global const float *q, __global float *out, __global
         const int row = (int)(((long)blk % pa.blocks_per_seg * pa.n_kv_heads + kvh) * pa.block_size + j % pa.block_size);
         blk_l[2 * jj] = seg;
         blk_l[2 * jj + 1] = row;
-        __global const kv_t *kr = KV_SEG_PICK(kp, seg) + (long)row * D;
+        __global const uchar *kseg = KV_SEG_PICK(kp, seg);
         for (int g0 = 0; g0 < G; g0 += KVRT_CL_DECODE_GCHUNK) {
             float acc[KVRT_CL_DECODE_GCHUNK];
             const int ng = min(G - g0, KVRT_CL_DECODE_GCHUNK);
@@ -119,12 +120,12 @@ __kernel void attn_decode(__global const float *q, __global float *out, __global
                 acc[g] = 0.0f;
             int d = 0;
             for (; d + 4 <= D; d += 4) { /* 4-wide loads: fewer conversions and address computations */
-                const float4 k4 = KV_LOAD4(kr, d);
+                const float4 k4 = kv_load4(kseg, KVRT_KV_K, pa, row, d);
                 for (int g = 0; g < ng; g++)
                     acc[g] += dot(vload4(0, q_l + (g0 + g) * D + d), k4);
             }
             for (; d < D; d++) {
-                const float kd = KV_LOAD(kr, d);
+                const float kd = kv_load(kseg, KVRT_KV_K, pa, row, d);
                 for (int g = 0; g < ng; g++)
                     acc[g] += q_l[(g0 + g) * D + d] * kd;
             }
@@ -169,13 +170,15 @@ __kernel void attn_decode(__global const float *q, __global float *out, __global
                 const int seg = blk_l[2 * jj];
                 if (seg < 0)
                     continue;
-                __global const kv_t *vr = KV_SEG_PICK(vp, seg) + (long)blk_l[2 * jj + 1] * D + d0;
+                __global const uchar *vseg = KV_SEG_PICK(vp, seg);
+                const long vrow = blk_l[2 * jj + 1];
                 float4 v4;
                 if (d0 + 4 <= D) {
-                    v4 = KV_LOAD4(vr, 0);
-                } else {
-                    v4 = (float4)(KV_LOAD(vr, 0), d0 + 1 < D ? KV_LOAD(vr, 1) : 0.0f,
-                                  d0 + 2 < D ? KV_LOAD(vr, 2) : 0.0f, 0.0f);
+                    v4 = kv_load4(vseg, KVRT_KV_V, pa, vrow, d0);
+                } else { /* F32/F16 only: quantized head_dims are multiples of 32 */
+                    v4 = (float4)(kv_load(vseg, KVRT_KV_V, pa, vrow, d0),
+                                  d0 + 1 < D ? kv_load(vseg, KVRT_KV_V, pa, vrow, d0 + 1) : 0.0f,
+                                  d0 + 2 < D ? kv_load(vseg, KVRT_KV_V, pa, vrow, d0 + 2) : 0.0f, 0.0f);
                 }
                 for (int g = 0; g < ng; g++)
                     acc[g] += s_l[(g0 + g) * KVRT_CL_DECODE_PART + jj] * v4;
@@ -316,11 +319,9 @@ __kernel void attn_prefill(__global const float *q, __global float *out, __globa
             const int seg = kb_l[2 * kj];
             float kv = 0.0f, vv = 0.0f;
             if (seg >= 0) {
-                const long r = (long)kb_l[2 * kj + 1] * D + d;
-                __global const kv_t *kseg = KV_SEG_PICK(kp, seg);
-                __global const kv_t *vseg = KV_SEG_PICK(vp, seg);
-                kv = KV_LOAD(kseg, r);
-                vv = KV_LOAD(vseg, r);
+                const long r = kb_l[2 * kj + 1];
+                kv = kv_load(KV_SEG_PICK(kp, seg), KVRT_KV_K, pa, r, d);
+                vv = kv_load(KV_SEG_PICK(vp, seg), KVRT_KV_V, pa, r, d);
             }
             k_l[e] = kv;
             v_l[e] = vv;

@@ -17,6 +17,13 @@ typedef int64_t kvrt_cl_i64;
 typedef int32_t kvrt_cl_i32;
 #endif
 
+/* KV storage type codes of the K and V pools (program variants, kv_load). */
+#define KVRT_CL_KV_F32 0
+#define KVRT_CL_KV_F16 1
+#define KVRT_CL_KV_Q8_0 2
+#define KVRT_CL_KV_Q4_0 3
+#define KVRT_CL_KV_TYPES 4
+
 /* A KV pool of one layer (K or V) spans at most this many segments
  * (cl_mem objects, each under CL_DEVICE_MAX_MEM_ALLOC_SIZE). Kernels take
  * them as separate arguments; unused ones repeat segment 0. */
@@ -88,35 +95,108 @@ typedef struct kvrt_cl_op_args {
 #ifdef __OPENCL_VERSION__
 /* ---- kernel side only ---- */
 
-/* KV storage type of this program variant (built with -DKVRT_KV_F16=0|1).
- * F16 is storage only: vload_half / vstore_half_rte are core OpenCL 1.2, so
- * no cl_khr_fp16 is needed, and stores round to nearest even like the CPU. */
-#if KVRT_KV_F16
-typedef half kv_t;
-#define KV_LOAD(p, i) vload_half((i), (p))
-/* F16 KV saturates (DESIGN.md): beyond +-65504, inf included, stores +-65504; NaN stays NaN */
-#define KV_STORE(p, i, x) vstore_half_rte(isnan(x) ? (x) : clamp((x), -65504.0f, 65504.0f), (i), (p))
-#define KV_LOAD4(p, i) vload_half4(0, (p) + (i))
-#else
-typedef float kv_t;
-#define KV_LOAD(p, i) ((p)[(i)])
-#define KV_STORE(p, i, x) ((p)[(i)] = (x))
-#define KV_LOAD4(p, i) vload4(0, (p) + (i))
+/* KV storage types of the K and the V pool of a program variant (built with
+ * -DKVRT_KV_K=t -DKVRT_KV_V=t; K and V may differ). F16 is storage only:
+ * vload_half / vstore_half_rte are core OpenCL 1.2, so no cl_khr_fp16 is
+ * needed, and stores round to nearest even like the CPU. q8_0 / q4_0 keep
+ * kv_layout.h's layout: a block's rows of values, then its F16 scales. */
+#if !defined(KVRT_KV_K) || !defined(KVRT_KV_V)
+#error "a KV program variant sets KVRT_KV_K and KVRT_KV_V"
 #endif
 
-/* Segment arguments of one pool, as kernels declare them. */
+/* Segment arguments of one pool, as kernels declare them: bytes, read
+ * through kv_load / kv_load4 by the pool's type. */
 #define KV_SEGS(q, name)                                                                                    \
-    q kv_t *name##0, q kv_t *name##1, q kv_t *name##2, q kv_t *name##3, q kv_t *name##4, q kv_t *name##5,    \
-        q kv_t *name##6, q kv_t *name##7
+    q uchar *name##0, q uchar *name##1, q uchar *name##2, q uchar *name##3, q uchar *name##4,               \
+        q uchar *name##5, q uchar *name##6, q uchar *name##7
 #define KV_SEG_PICK(name, seg)                                                                              \
     ((seg) < 4 ? ((seg) < 2 ? ((seg) == 0 ? name##0 : name##1) : ((seg) == 2 ? name##2 : name##3))          \
                : ((seg) < 6 ? ((seg) == 4 ? name##4 : name##5) : ((seg) == 6 ? name##6 : name##7)))
 
-/* Element index, inside its segment, of row (block, head, offset) of a pool. */
-inline long kv_row_index(kvrt_cl_pool_args pa, int block, int head, int off)
+/* F32 value of IEEE binary16 bits, exact for subnormals too. */
+inline float kv_f16_bits_to_f32(uint h)
+{
+    const uint m = h & 0x3ffu, e = (h >> 10) & 0x1fu;
+    const float v = e == 0u ? (float)m * 0x1p-24f : as_float(((e + 112u) << 23) | (m << 13));
+    return (h & 0x8000u) ? -v : v; /* e == 31 (inf, NaN) is never a stored scale */
+}
+
+/* IEEE binary16 bits of f, round to nearest even (the algorithm of fp16.h and
+ * of the Vulkan shaders), saturating at +-65504 as F16 KV does. */
+inline uint kv_f32_to_f16_bits(float f)
+{
+    uint u = as_uint(f);
+    const uint sign = (u >> 16) & 0x8000u;
+    uint a = u & 0x7fffffffu;
+    if (a > 0x7f800000u)
+        return sign | 0x7e00u | ((a >> 13) & 0x3ffu);
+    if (a >= 0x477ff000u)
+        return sign | 0x7bffu;
+    if (a < 0x38800000u)
+        return sign | (as_uint(as_float(a) + 0.5f) - 0x3f000000u);
+    a += 0xc8000fffu + ((a >> 13) & 1u);
+    return sign | (a >> 13);
+}
+
+/* Quantized pools: bytes of a row's values, and where row `row` (inside its
+ * segment) of a pool of type t starts and keeps its scales. */
+inline long kvq_row_bytes(const int t, kvrt_cl_pool_args pa)
+{
+    return t == KVRT_CL_KV_Q4_0 ? pa.head_dim / 2 : pa.head_dim;
+}
+inline long kvq_values_at(const int t, kvrt_cl_pool_args pa, long row)
+{
+    const long rpb = (long)pa.n_kv_heads * pa.block_size, lb = row / rpb;
+    return lb * rpb * (kvq_row_bytes(t, pa) + pa.head_dim / 16) + (row - lb * rpb) * kvq_row_bytes(t, pa);
+}
+inline long kvq_scales_at(const int t, kvrt_cl_pool_args pa, long row)
+{
+    const long rpb = (long)pa.n_kv_heads * pa.block_size, lb = row / rpb;
+    return lb * rpb * (kvq_row_bytes(t, pa) + pa.head_dim / 16) + rpb * kvq_row_bytes(t, pa) +
+           (row - lb * rpb) * (pa.head_dim / 32) * 2;
+}
+inline float kvq_scale(__global const uchar *seg, const int t, kvrt_cl_pool_args pa, long row, int d)
+{
+    const long at = kvq_scales_at(t, pa, row) + (d / 32) * 2; /* little-endian F16 */
+    return kv_f16_bits_to_f32(seg[at] | ((uint)seg[at + 1] << 8));
+}
+
+/* Value d of row `row` of a pool of type t (a compile-time constant, so one
+ * branch is left), in F32: dequantized values are q * scale, exact. */
+inline float kv_load(__global const uchar *seg, const int t, kvrt_cl_pool_args pa, long row, int d)
+{
+    if (t == KVRT_CL_KV_F32)
+        return ((__global const float *)seg)[row * pa.head_dim + d];
+    if (t == KVRT_CL_KV_F16)
+        return vload_half(row * pa.head_dim + d, (__global const half *)seg);
+    const float sc = kvq_scale(seg, t, pa, row, d);
+    const long v = kvq_values_at(t, pa, row);
+    if (t == KVRT_CL_KV_Q8_0)
+        return (float)(char)seg[v + d] * sc;
+    const uint b = seg[v + (d / 32) * 16 + (d & 15)]; /* value j low nibble, j + 16 high */
+    return (float)((int)((d & 16) ? b >> 4 : b & 15u) - 8) * sc;
+}
+
+/* Values d..d+3 of a row (d a multiple of 4, d + 4 <= head_dim: one group). */
+inline float4 kv_load4(__global const uchar *seg, const int t, kvrt_cl_pool_args pa, long row, int d)
+{
+    if (t == KVRT_CL_KV_F32)
+        return vload4(0, (__global const float *)seg + row * pa.head_dim + d);
+    if (t == KVRT_CL_KV_F16)
+        return vload_half4(0, (__global const half *)seg + row * pa.head_dim + d);
+    const float sc = kvq_scale(seg, t, pa, row, d);
+    const long v = kvq_values_at(t, pa, row);
+    if (t == KVRT_CL_KV_Q8_0)
+        return convert_float4(vload4(0, (__global const char *)seg + v + d)) * sc;
+    const uint4 b = convert_uint4(vload4(0, seg + v + (d / 32) * 16 + (d & 15)));
+    return (convert_float4(convert_int4((d & 16) ? b >> 4 : b & 15u)) - 8.0f) * sc;
+}
+
+/* Row (block, head, offset) of a pool, counted inside its segment. */
+inline long kv_row(kvrt_cl_pool_args pa, int block, int head, int off)
 {
     long b = (long)block % pa.blocks_per_seg;
-    return ((b * pa.n_kv_heads + head) * pa.block_size + off) * (long)pa.head_dim;
+    return (b * pa.n_kv_heads + head) * pa.block_size + off;
 }
 #endif /* __OPENCL_VERSION__ */
 
