@@ -25,12 +25,17 @@ int32_t kvrt_cpu_attn_partition_size(int32_t seq_len)
 
 /* ---- where the keys live ------------------------------------------------------------------ */
 
-typedef struct kv_src {
-    const char *k, *v;
+/* How K or V is stored: their dtypes may differ. */
+typedef struct kv_fmt {
     bool f16;
-    kvrt_dtype quant;         /* KVRT_DTYPE_Q8_0 / Q4_0: rows dequantized a run at a time; F32 otherwise */
+    kvrt_dtype quant;         /* a quantized dtype (kv_layout.h): rows dequantized a run at a time; F32 otherwise */
     const kvrt_kv_dtype_desc *qt; /* its descriptor */
     size_t block_bytes;       /* quantized: bytes of one block (values, then scales) */
+} kv_fmt;
+
+typedef struct kv_src {
+    const char *k, *v;
+    kv_fmt kf, vf;            /* K's and V's storage */
     size_t block_rows;        /* quantized: n_kv * block_size rows per block */
     int32_t n_kv, hd;
     int32_t run;              /* most rows per run: the block size (paged) or KVRT_CONTIG_RUN */
@@ -56,42 +61,57 @@ static size_t kv_run(const kv_src *src, int32_t s, int32_t h, int32_t j, int32_t
     return row;
 }
 
-/* Address of a pool row's values (quantized: its scales follow the block's values). */
-static const char *kv_at(const kv_src *src, const char *base, size_t row)
+/* K's (values == false) or V's storage and pool. */
+static const kv_fmt *kv_fmt_of(const kv_src *src, bool values)
 {
-    if (!src->quant)
-        return base + row * (size_t)src->hd * (src->f16 ? 2 : 4);
+    return values ? &src->vf : &src->kf;
+}
+static const char *kv_base(const kv_src *src, bool values)
+{
+    return values ? src->v : src->k;
+}
+
+/* Address of a pool row's values (quantized: its scales follow the block's values). */
+static const char *kv_at(const kv_src *src, const kv_fmt *f, const char *base, size_t row)
+{
+    if (!f->quant)
+        return base + row * (size_t)src->hd * (f->f16 ? 2 : 4);
     size_t blk = row / src->block_rows, r = row % src->block_rows;
-    return base + blk * src->block_bytes + kvrt_kv_row_values(src->qt, src->hd, r);
+    return base + blk * f->block_bytes + kvrt_kv_row_values(f->qt, src->hd, r);
 }
 
 /* Bytes of n rows' values (what a prefetch pulls in). */
-static size_t kv_run_bytes(const kv_src *src, int32_t n)
+static size_t kv_run_bytes(const kv_src *src, const kv_fmt *f, int32_t n)
 {
-    uint32_t bits = src->quant ? src->qt->value_bits : src->f16 ? 16 : 32;
+    uint32_t bits = f->quant ? f->qt->value_bits : f->f16 ? 16 : 32;
     return (size_t)n * (size_t)src->hd * bits / 8;
 }
 
 /* n quantized rows from pool row `row` (one block, one head) dequantized into tmp. */
-static const float *kv_dequant(const kv_src *src, const kvrt_cpu_attn_kernels *ker, const char *base, size_t row,
-                               int32_t n, float *tmp)
+static const float *kv_dequant(const kv_src *src, const kv_fmt *f, const kvrt_cpu_attn_kernels *ker,
+                               const char *base, size_t row, int32_t n, float *tmp)
 {
-    size_t blk = row / src->block_rows, r = row % src->block_rows, hd = (size_t)src->hd;
-    const uint8_t *b = (const uint8_t *)base + blk * src->block_bytes;
-    const uint8_t *vals = b + kvrt_kv_row_values(src->qt, src->hd, r);
-    const uint8_t *sc = b + kvrt_kv_row_scales(src->qt, src->n_kv, src->run, src->hd, r);
-    ker->dequant(src->quant, vals, sc, (int64_t)n * (int64_t)(hd / KVRT_KV_QGROUP), tmp);
+    size_t blk = row / src->block_rows, r = row % src->block_rows;
+    const uint8_t *b = (const uint8_t *)base + blk * f->block_bytes;
+    const uint8_t *vals = b + kvrt_kv_row_values(f->qt, src->hd, r);
+    const uint8_t *sc = f->qt->scales == KVRT_KV_SCALES_IN_BLOCK
+                            ? b + kvrt_kv_row_scales(f->qt, src->n_kv, src->run, src->hd, r)
+                            : NULL;
+    ker->dequant(f->quant, vals, sc, (int64_t)n * (int64_t)src->hd, tmp);
     return tmp;
 }
 
-/* F32 rows of a run: in place for F32 KV, converted into tmp for F16 and quantized KV. */
-static const float *kv_rows(const kv_src *src, const kvrt_cpu_attn_kernels *ker, const char *base, size_t row,
-                            int32_t n, float *tmp)
+/* F32 rows of a run of K (values == false) or V: in place for F32 KV,
+ * converted into tmp for F16 and quantized KV. */
+static const float *kv_rows(const kv_src *src, bool values, const kvrt_cpu_attn_kernels *ker, size_t row, int32_t n,
+                            float *tmp)
 {
-    if (src->quant)
-        return kv_dequant(src, ker, base, row, n, tmp);
-    const char *p = kv_at(src, base, row);
-    if (!src->f16)
+    const kv_fmt *f = kv_fmt_of(src, values);
+    const char *base = kv_base(src, values);
+    if (f->quant)
+        return kv_dequant(src, f, ker, base, row, n, tmp);
+    const char *p = kv_at(src, f, base, row);
+    if (!f->f16)
         return (const float *)(const void *)p;
     ker->h2f(tmp, (const uint16_t *)(const void *)p, (int64_t)n * src->hd);
     return tmp;
@@ -181,14 +201,16 @@ static void decode_one_run(const decode_job *j, const decode_unit *t, bool value
     int32_t hd = src->hd, g_n = j->group;
     size_t hl = (size_t)(h - t->h0) * (size_t)g_n;
     float *sc = t->sc + hl * (size_t)j->max_part + (size_t)idx;
-    const char *base = values ? src->v : src->k;
+    const kv_fmt *f = kv_fmt_of(src, values);
+    const char *base = kv_base(src, values);
     /* quantized rows are dequantized first and then read as F32 */
-    const void *rows = src->quant ? (const void *)kv_dequant(src, j->ker, base, row, n, t->tmp) : kv_at(src, base, row);
+    const void *rows = f->quant ? (const void *)kv_dequant(src, f, j->ker, base, row, n, t->tmp)
+                                : kv_at(src, f, base, row);
     if (!values) {
         const float *qg = j->q + (size_t)t->s * (size_t)j->d->q_stride + (size_t)h * (size_t)g_n * (size_t)hd;
-        j->ker->scores_kv(qg, g_n, rows, src->f16, n, hd, j->d->scale, sc, j->max_part, t->tmp);
+        j->ker->scores_kv(qg, g_n, rows, f->f16, n, hd, j->d->scale, sc, j->max_part, t->tmp);
     } else {
-        j->ker->accum_kv(sc, j->max_part, g_n, rows, src->f16, n, hd, t->acc + hl * (size_t)hd, t->tmp);
+        j->ker->accum_kv(sc, j->max_part, g_n, rows, f->f16, n, hd, t->acc + hl * (size_t)hd, t->tmp);
     }
 }
 
@@ -199,7 +221,8 @@ static void decode_one_run(const decode_job *j, const decode_unit *t, bool value
 static void decode_pass(const decode_job *j, const decode_unit *t, bool values)
 {
     const kv_src *src = &j->src;
-    const char *base = values ? src->v : src->k;
+    const kv_fmt *f = kv_fmt_of(src, values);
+    const char *base = kv_base(src, values);
     int32_t idx0 = 0;
     for (int r = 0; r < t->nr; r++) {
         int32_t a = KVRT_MAX(t->ranges[r][0], t->p0), b = KVRT_MIN(t->ranges[r][1], t->p1);
@@ -212,7 +235,7 @@ static void decode_pass(const decode_job *j, const decode_unit *t, bool values)
                     if (pos + n < b) {
                         int32_t n2;
                         size_t next = kv_run(src, t->s, h, pos + n, b - pos - n, &n2);
-                        prefetch_run(kv_at(src, base, next), kv_run_bytes(src, n2), src->f16 || src->quant);
+                        prefetch_run(kv_at(src, f, base, next), kv_run_bytes(src, f, n2), f->f16 || f->quant);
                     }
                     decode_one_run(j, t, values, h, idx0 + pos - a, off, n);
                 }
@@ -222,8 +245,8 @@ static void decode_pass(const decode_job *j, const decode_unit *t, bool values)
                 for (int32_t pos = a, n; pos < b; pos += n) {
                     size_t off = kv_run(src, t->s, h, pos, b - pos, &n);
                     /* the same look-ahead as paged, so the comparison is fair */
-                    prefetch_run(kv_at(src, base, off + (size_t)n), kv_run_bytes(src, KVRT_MIN(n, b - pos - n)),
-                                 src->f16);
+                    prefetch_run(kv_at(src, f, base, off + (size_t)n),
+                                 kv_run_bytes(src, f, KVRT_MIN(n, b - pos - n)), f->f16);
                     decode_one_run(j, t, values, h, idx0 + pos - a, off, n);
                 }
             }
@@ -502,10 +525,10 @@ static void prefill_task(void *arg, int64_t task, int thread)
     for (int r = 0; r < nr; r++) {
         for (int32_t pos = ranges[r][0], n; pos < ranges[r][1]; pos += n) {
             size_t off = kv_run(src, t.s, t.h, pos, ranges[r][1] - pos, &n);
-            const float *kr = kv_rows(src, j->ker, src->k, off, n, t.tmp);
+            const float *kr = kv_rows(src, false, j->ker, off, n, t.tmp);
             j->ker->scores(t.qb, t.rows, kr, n, hd, j->d->scale, t.sc, run);
             prefill_softmax(j, &t, pos, n);
-            const float *vr = kv_rows(src, j->ker, src->v, off, n, t.tmp);
+            const float *vr = kv_rows(src, true, j->ker, off, n, t.tmp);
             j->ker->accum(t.sc, run, t.rows, vr, n, hd, t.acc);
         }
     }
@@ -578,19 +601,30 @@ static kvrt_status prefill_run(kvrt_backend *be, const kv_src *src, const kvrt_a
 
 /* ---- entries (the front door checked the views and the batch check the arrays) ------------------- */
 
+/* K's (v == false) or V's storage in a pool. */
+static kv_fmt pool_fmt(const kvrt_kv_pool *pool, bool v)
+{
+    kv_fmt f;
+    memset(&f, 0, sizeof(f));
+    kvrt_dtype t = kvrt_kv_pool_dtype(&pool->desc, v);
+    f.f16 = t == KVRT_DTYPE_F16;
+    if (t != KVRT_DTYPE_F32 && t != KVRT_DTYPE_F16) {
+        f.quant = t;
+        f.qt = kvrt_kv_dtype(t);
+        f.block_bytes = pool->block_bytes[v];
+    }
+    return f;
+}
+
 static kv_src paged_src(const kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d, kvrt_view block_tables)
 {
     kv_src src;
     memset(&src, 0, sizeof(src));
     src.k = pool->k[layer];
     src.v = pool->v[layer];
-    src.f16 = pool->desc.dtype == KVRT_DTYPE_F16;
-    if (pool->desc.dtype == KVRT_DTYPE_Q8_0 || pool->desc.dtype == KVRT_DTYPE_Q4_0) {
-        src.quant = pool->desc.dtype;
-        src.qt = kvrt_kv_dtype(pool->desc.dtype);
-        src.block_bytes = pool->block_bytes;
-        src.block_rows = (size_t)pool->desc.n_kv_heads * (size_t)pool->desc.block_size;
-    }
+    src.kf = pool_fmt(pool, false);
+    src.vf = pool_fmt(pool, true);
+    src.block_rows = (size_t)pool->desc.n_kv_heads * (size_t)pool->desc.block_size;
     src.n_kv = pool->desc.n_kv_heads;
     src.hd = pool->desc.head_dim;
     src.run = pool->desc.block_size;
@@ -646,7 +680,8 @@ kvrt_status kvrt_cpu_attn_decode_contiguous(kvrt_backend *be, const kvrt_cpu_con
     if (kv->n_kv_heads < 1 || kv->head_dim < 1 || kv->max_len < 1)
         return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "contiguous decode: n_kv_heads %d, head_dim %d, "
                          "max_len %d must be >= 1", (int)kv->n_kv_heads, (int)kv->head_dim, (int)kv->max_len);
-    kvrt_kv_pool_desc pd = {1, kv->n_kv_heads, kv->head_dim, KVRT_CONTIG_RUN, 1, kv->dtype};
+    kvrt_kv_pool_desc pd = {.n_layers = 1, .n_kv_heads = kv->n_kv_heads, .head_dim = kv->head_dim,
+                            .block_size = KVRT_CONTIG_RUN, .num_blocks = 1, .dtype = kv->dtype};
     kvrt_attn_desc dd = *d;
     dd.max_blocks_per_seq = 1; /* no table */
     KVRT_TRY(kvrt_attn_check_desc(&be->err, &pd, &dd));
@@ -664,7 +699,7 @@ kvrt_status kvrt_cpu_attn_decode_contiguous(kvrt_backend *be, const kvrt_cpu_con
     memset(&src, 0, sizeof(src));
     src.k = kv->k;
     src.v = kv->v;
-    src.f16 = kv->dtype == KVRT_DTYPE_F16;
+    src.kf.f16 = src.vf.f16 = kv->dtype == KVRT_DTYPE_F16;
     src.n_kv = kv->n_kv_heads;
     src.hd = kv->head_dim;
     src.run = KVRT_CONTIG_RUN;

@@ -33,11 +33,11 @@ typedef struct kvrt_cpu_attn_kernels {
     /* row[i] = exp(row[i] - m) for i < n (n >= 1), m = max of the row, l = sum
      * of the results, all in an order fixed by n alone. */
     void (*softmax)(float *restrict row, int32_t n, float *m, float *l);
-    /* Quantized KV (q8_0, q4_0; kv_layout.h) to F32: n_groups groups of 32
-     * values with their consecutive F16 scales; exact, so the same bits in
+    /* Quantized KV (kv_layout.h) to F32: n values (q8_0, q4_0: n / 32 groups
+     * of 32 with their consecutive F16 scales); exact, so the same bits in
      * every table. */
-    void (*dequant)(kvrt_dtype type, const uint8_t *restrict vals, const uint8_t *restrict scales, int64_t n_groups,
-                    float *restrict out /* [n_groups][32] */);
+    void (*dequant)(kvrt_dtype type, const uint8_t *restrict vals, const uint8_t *restrict scales, int64_t n,
+                    float *restrict out /* [n] */);
 } kvrt_cpu_attn_kernels;
 
 /* The best table this CPU runs. */

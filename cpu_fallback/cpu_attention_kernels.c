@@ -110,10 +110,28 @@ static void softmax_portable(float *restrict row, int32_t n, float *m, float *l)
 
 /* Quantized KV groups (kv_layout.h) to F32: q * d is exact in F32 (8 x 11
  * significant bits), so every table gives the same bits. */
-static void dequant_portable(kvrt_dtype type, const uint8_t *restrict vals, const uint8_t *restrict scales,
-                             int64_t n_groups, float *restrict out)
+/* fp8 KV bytes to F32 (kv_layout.h): E5M2 is the upper byte of an F16;
+ * E4M3 moves its bits into an F16 pattern 2^8 too small, NaN apart. */
+static void dequant_fp8_portable(kvrt_dtype type, const uint8_t *restrict vals, int64_t n, float *restrict out)
 {
-    for (int64_t g = 0; g < n_groups; g++, out += 32) {
+    for (int64_t i = 0; i < n; i++) {
+        uint8_t b = vals[i];
+        if (type == KVRT_DTYPE_FP8_E5M2)
+            out[i] = kvrt_fp16_to_f32((uint16_t)(b << 8));
+        else
+            out[i] = (b & 0x7f) == 0x7f ? NAN
+                                        : kvrt_fp16_to_f32((uint16_t)(((b & 0x80) << 8) | ((b & 0x7f) << 7))) * 256.0f;
+    }
+}
+
+static void dequant_portable(kvrt_dtype type, const uint8_t *restrict vals, const uint8_t *restrict scales,
+                             int64_t n, float *restrict out)
+{
+    if (type == KVRT_DTYPE_FP8_E4M3 || type == KVRT_DTYPE_FP8_E5M2) {
+        dequant_fp8_portable(type, vals, n, out);
+        return;
+    }
+    for (int64_t g = 0; g < n / 32; g++, out += 32) {
         float d = kvrt_fp16_to_f32((uint16_t)(scales[2 * g] | (scales[2 * g + 1] << 8)));
         if (type == KVRT_DTYPE_Q8_0) {
             const int8_t *q = (const int8_t *)(const void *)(vals + g * 32);
@@ -518,11 +536,37 @@ KVRT_AVX2 static void softmax_avx2(float *restrict row, int32_t n, float *m, flo
     *l = hsum_avx2(vs);
 }
 
-KVRT_AVX2 static void dequant_avx2(kvrt_dtype type, const uint8_t *restrict vals, const uint8_t *restrict scales,
-                                   int64_t n_groups, float *restrict out)
+/* As dequant_fp8_portable, 8 values at a time through F16C (the same bits). */
+KVRT_AVX2 static void dequant_fp8_avx2(kvrt_dtype type, const uint8_t *restrict vals, int64_t n, float *restrict out)
 {
+    const bool e5 = type == KVRT_DTYPE_FP8_E5M2;
+    const __m128i low7 = _mm_set1_epi16(0x7f), sign = _mm_set1_epi16(0x80);
+    const __m256 two8 = _mm256_set1_ps(256.0f), nan = _mm256_set1_ps(NAN);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m128i b = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(const void *)(vals + i)));
+        if (e5) {
+            _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_slli_epi16(b, 8)));
+            continue;
+        }
+        __m128i mag = _mm_and_si128(b, low7);
+        __m128i h = _mm_or_si128(_mm_slli_epi16(_mm_and_si128(b, sign), 8), _mm_slli_epi16(mag, 7));
+        __m256 x = _mm256_mul_ps(_mm256_cvtph_ps(h), two8);
+        __m256 is_nan = _mm256_castsi256_ps(_mm256_cvtepi16_epi32(_mm_cmpeq_epi16(mag, low7)));
+        _mm256_storeu_ps(out + i, _mm256_blendv_ps(x, nan, is_nan));
+    }
+    dequant_fp8_portable(type, vals + i, n - i, out + i);
+}
+
+KVRT_AVX2 static void dequant_avx2(kvrt_dtype type, const uint8_t *restrict vals, const uint8_t *restrict scales,
+                                   int64_t n, float *restrict out)
+{
+    if (type == KVRT_DTYPE_FP8_E4M3 || type == KVRT_DTYPE_FP8_E5M2) {
+        dequant_fp8_avx2(type, vals, n, out);
+        return;
+    }
     const __m128i low4 = _mm_set1_epi8(15), eight = _mm_set1_epi8(8);
-    for (int64_t g = 0; g < n_groups; g++, out += 32) {
+    for (int64_t g = 0; g < n / 32; g++, out += 32) {
         __m256 d = _mm256_set1_ps(_cvtsh_ss((uint16_t)(scales[2 * g] | (scales[2 * g + 1] << 8))));
         __m128i a, b; /* values 0..15 and 16..31 as int8 */
         if (type == KVRT_DTYPE_Q8_0) {

@@ -77,7 +77,7 @@ static kvrt_status cpu_buffer_copy(kvrt_backend *be, kvrt_buffer *src, size_t sr
 /* Bytes of every layer's K and V of a pool (checked by the front door). */
 static uint64_t cpu_pool_bytes(const kvrt_kv_pool_desc *d)
 {
-    return (uint64_t)kvrt_kv_block_bytes(d) * (uint64_t)d->num_blocks * 2u * (uint64_t)d->n_layers;
+    return (uint64_t)kvrt_kv_block_bytes_pair(d) * (uint64_t)d->num_blocks * (uint64_t)d->n_layers;
 }
 
 static void cpu_kv_pool_destroy(kvrt_backend *be, kvrt_kv_pool *pool)
@@ -116,14 +116,18 @@ static void *alloc_pool_memory(kvrt_backend *be, size_t bytes)
 static kvrt_status cpu_kv_pool_create(kvrt_backend *be, const kvrt_kv_pool_desc *d, kvrt_kv_pool **out)
 {
     *out = NULL;
-    /* the kernels read and write these (cpu_kv.c, cpu_attention.c) */
-    if (d->dtype != KVRT_DTYPE_F32 && d->dtype != KVRT_DTYPE_F16 && d->dtype != KVRT_DTYPE_Q8_0 &&
-        d->dtype != KVRT_DTYPE_Q4_0)
-        return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "cpu: KV type %s is not supported (f32, f16, q8_0, q4_0)",
-                         kvrt_dtype_name(d->dtype));
+    /* the kernels read and write these, K and V in any pair (cpu_kv.c, cpu_attention.c) */
+    for (int w = 0; w < 2; w++) {
+        kvrt_dtype t = kvrt_kv_pool_dtype(d, w == 1);
+        if (t != KVRT_DTYPE_F32 && t != KVRT_DTYPE_F16 && !kvrt_kv_dtype_quantized(t))
+            return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED,
+                             "cpu: KV type %s (%s) is not supported (f32, f16, q8_0, q4_0, fp8, fp8_e5m2)",
+                             kvrt_dtype_name(t), w ? "V" : "K");
+    }
     /* the front door checked the sizes (kvrt_kv_check_pool_desc) */
-    size_t block_bytes = kvrt_kv_block_bytes(d), layer_bytes = block_bytes * (size_t)d->num_blocks;
-    size_t total = layer_bytes * 2 * (size_t)d->n_layers;
+    size_t block_bytes[2] = {kvrt_kv_block_bytes_which(d, false), kvrt_kv_block_bytes_which(d, true)};
+    size_t layer_bytes[2] = {block_bytes[0] * (size_t)d->num_blocks, block_bytes[1] * (size_t)d->num_blocks};
+    size_t total = (size_t)cpu_pool_bytes(d);
     /* zero-filled up front: a pool beyond the machine's memory would push it into
      * swap or the OOM killer long before failing, so refuse it with numbers */
     long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
@@ -137,14 +141,15 @@ static kvrt_status cpu_kv_pool_create(kvrt_backend *be, const kvrt_kv_pool_desc 
     if (!pool)
         goto oom;
     pool->desc = *d;
-    pool->block_bytes = block_bytes;
+    pool->block_bytes[0] = block_bytes[0];
+    pool->block_bytes[1] = block_bytes[1];
     pool->k = kvrt_calloc(be->alloc, (size_t)d->n_layers, sizeof(void *));
     pool->v = kvrt_calloc(be->alloc, (size_t)d->n_layers, sizeof(void *));
     if (!pool->k || !pool->v)
         goto oom;
     for (int32_t l = 0; l < d->n_layers; l++) {
-        pool->k[l] = alloc_pool_memory(be, layer_bytes);
-        pool->v[l] = alloc_pool_memory(be, layer_bytes);
+        pool->k[l] = alloc_pool_memory(be, layer_bytes[0]);
+        pool->v[l] = alloc_pool_memory(be, layer_bytes[1]);
         if (!pool->k[l] || !pool->v[l])
             goto oom;
     }
@@ -155,26 +160,27 @@ static kvrt_status cpu_kv_pool_create(kvrt_backend *be, const kvrt_kv_pool_desc 
 oom:
     cpu_kv_pool_destroy(be, pool);
     return kvrt_fail(&be->err, KVRT_ERR_OUT_OF_HOST_MEMORY,
-                     "cpu: cannot allocate the KV pool (%d layers x 2 x %zu bytes)", (int)d->n_layers, layer_bytes);
+                     "cpu: cannot allocate the KV pool (%d layers x %zu + %zu bytes)", (int)d->n_layers,
+                     layer_bytes[0], layer_bytes[1]);
 }
 
 static char *cpu_block_ptr(kvrt_kv_pool *pool, int32_t layer, kvrt_kv_which which, int32_t block)
 {
     char *base = which == KVRT_KV_K ? pool->k[layer] : pool->v[layer];
-    return base + (size_t)block * pool->block_bytes;
+    return base + (size_t)block * pool->block_bytes[which == KVRT_KV_V];
 }
 
 static kvrt_status cpu_kv_block_read(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, kvrt_kv_which which,
                                      int32_t block, void *dst)
 {
-    memcpy(dst, cpu_block_ptr(pool, layer, which, block), pool->block_bytes);
+    memcpy(dst, cpu_block_ptr(pool, layer, which, block), pool->block_bytes[which == KVRT_KV_V]);
     return KVRT_OK;
 }
 
 static kvrt_status cpu_kv_block_write(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, kvrt_kv_which which,
                                       int32_t block, const void *src)
 {
-    memcpy(cpu_block_ptr(pool, layer, which, block), src, pool->block_bytes);
+    memcpy(cpu_block_ptr(pool, layer, which, block), src, pool->block_bytes[which == KVRT_KV_V]);
     return KVRT_OK;
 }
 
@@ -184,7 +190,7 @@ static kvrt_status cpu_kv_copy_blocks(kvrt_backend *be, kvrt_kv_pool *pool, cons
         for (int32_t i = 0; i < n; i++) {
             for (int w = 0; w < 2; w++) {
                 memcpy(cpu_block_ptr(pool, l, (kvrt_kv_which)w, pairs[i][1]),
-                       cpu_block_ptr(pool, l, (kvrt_kv_which)w, pairs[i][0]), pool->block_bytes);
+                       cpu_block_ptr(pool, l, (kvrt_kv_which)w, pairs[i][0]), pool->block_bytes[w]);
             }
         }
     }
@@ -260,6 +266,7 @@ static const kvrt_backend_ops cpu_ops = {
     .name = "cpu",
     .runs_at_once = true,
     .weight_types = KVRT_WEIGHT_TYPES_ALL,
+    .kv_mixed_types = true,
     .destroy = cpu_destroy,
     .buffer_create = cpu_buffer_create,
     .buffer_destroy = cpu_buffer_destroy,

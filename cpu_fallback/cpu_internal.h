@@ -12,7 +12,7 @@ struct kvrt_buffer {
 
 struct kvrt_kv_pool {
     kvrt_kv_pool_desc desc;
-    size_t block_bytes; /* one block of one pool */
+    size_t block_bytes[2]; /* one block of one pool: [0] K, [1] V (their types may differ) */
     void **k;           /* [n_layers] -> [num_blocks][n_kv_heads][block_size][head_dim] */
     void **v;           /* [n_layers] same */
     uint64_t charged;   /* bytes counted in the backend's memory in use */

@@ -2,7 +2,7 @@
  * stored after RoPE), one head row at a time, in every KV type the CPU
  * stores. F32 rotates in place; F16 and the quantized types go through F32
  * and back by the same rules kv_write uses (F16: round to nearest even,
- * saturating; q8_0/q4_0: kvrt_kv_quantize_row), so a shifted block is
+ *  saturating; q8_0/q4_0/fp8: kvrt_kv_quantize_row), so a shifted block is
  * byte-for-byte what kv_write would store for the rotated values. */
 #include "cpu_internal.h"
 
@@ -29,7 +29,7 @@ static void shift_row(kvrt_kv_pool *pool, uint8_t *k, size_t b, size_t r, const 
                       int32_t neox, float *tmp)
 {
     const kvrt_kv_pool_desc *pd = &pool->desc;
-    size_t hd = (size_t)pd->head_dim, at = b * pool->block_bytes;
+    size_t hd = (size_t)pd->head_dim, at = b * pool->block_bytes[0]; /* the K pool's */
     const kvrt_kv_dtype_desc *qt = kvrt_kv_dtype(pd->dtype);
     if (pd->dtype == KVRT_DTYPE_F32) {
         rotate_row((float *)(void *)(k + at) + r * hd, cs, rot_dim, neox);
@@ -42,7 +42,9 @@ static void shift_row(kvrt_kv_pool *pool, uint8_t *k, size_t b, size_t r, const 
             h[d] = kvrt_f32_to_fp16_kv(tmp[d]);
     } else {
         uint8_t *vals = k + at + kvrt_kv_row_values(qt, pd->head_dim, r);
-        uint8_t *scales = k + at + kvrt_kv_row_scales(qt, pd->n_kv_heads, pd->block_size, pd->head_dim, r);
+        uint8_t *scales = qt->scales == KVRT_KV_SCALES_IN_BLOCK
+                              ? k + at + kvrt_kv_row_scales(qt, pd->n_kv_heads, pd->block_size, pd->head_dim, r)
+                              : NULL; /* fp8: values only */
         kvrt_kv_dequantize_row(pd->dtype, vals, scales, pd->head_dim, tmp);
         rotate_row(tmp, cs, rot_dim, neox);
         kvrt_kv_quantize_row(pd->dtype, tmp, pd->head_dim, vals, scales);
@@ -54,8 +56,7 @@ kvrt_status kvrt_cpu_kv_rope_shift(kvrt_backend *be, kvrt_kv_pool *pool, int32_t
 {
     const kvrt_kv_pool_desc *pd = &pool->desc;
     const kvrt_kv_dtype_desc *qt = kvrt_kv_dtype(pd->dtype);
-    if (pd->dtype != KVRT_DTYPE_F32 && pd->dtype != KVRT_DTYPE_F16 &&
-        !(qt && qt->scales == KVRT_KV_SCALES_IN_BLOCK))
+    if (pd->dtype != KVRT_DTYPE_F32 && pd->dtype != KVRT_DTYPE_F16 && !(qt && kvrt_kv_dtype_quantized(pd->dtype)))
         return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED, "cpu: rope shift of KV type %s is not supported",
                          kvrt_dtype_name(pd->dtype));
     float *tmp = kvrt_alloc(be->alloc, (size_t)pd->head_dim * sizeof(float), 0);

@@ -116,11 +116,16 @@ typedef enum kvrt_dtype {
     KVRT_DTYPE_Q6_K = 14,
     KVRT_DTYPE_IQ4_NL = 20,
     KVRT_DTYPE_IQ4_XS = 23,
-    KVRT_DTYPE_BF16 = 30
+    KVRT_DTYPE_BF16 = 30,
+    /* KV storage types only (GGUF has no id for them; never a tensor type):
+     * 8-bit floats, saturating (docs/architecture.md "FP8 KV") */
+    KVRT_DTYPE_FP8_E4M3 = 64, /* "fp8": 4 exponent bits (bias 7), 3 mantissa bits, max 448 */
+    KVRT_DTYPE_FP8_E5M2 = 65  /* "fp8_e5m2": 5 exponent bits (bias 15), 2 mantissa bits, max 57344 */
 } kvrt_dtype;
 
 /* The GGUF names: "f32", "f16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0",
- * "q2_K" .. "q6_K", "iq4_nl", "iq4_xs", "bf16"; "?" for unknown values. */
+ * "q2_K" .. "q6_K", "iq4_nl", "iq4_xs", "bf16"; the KV types "fp8" and
+ * "fp8_e5m2"; "?" for unknown values. */
 KVRT_API const char *kvrt_dtype_name(kvrt_dtype dtype);
 
 /* ---- compute context (one backend, one device) ----------------------------- */

@@ -44,7 +44,12 @@ typedef struct kvrt_kv_cache_params {
     kvrt_dtype dtype;   /* KVRT_DTYPE_F32, F16, Q8_0 or Q4_0 (storage only; math is F32). Q8_0 / Q4_0:
                            8 / 4-bit values in groups of 32 along head_dim (a multiple of 32), one
                            F16 scale per group stored after the block's values; the rounding rule
-                           is in docs/architecture.md ("Quantized KV") */
+                           is in docs/architecture.md ("Quantized KV"). K's type, and V's unless
+                           v_dtype_set */
+    int32_t v_dtype_set; /* nonzero: V is stored in v_dtype (keys are more sensitive than values, so
+                            K and V may differ; the CPU takes any pair, GPU backends refuse a pair they
+                            do not store, naming it). 0 (older callers): V in dtype too */
+    kvrt_dtype v_dtype;
 } kvrt_kv_cache_params;
 
 typedef struct kvrt_kv_cache kvrt_kv_cache;
@@ -58,9 +63,12 @@ KVRT_API kvrt_status kvrt_kv_cache_create(kvrt_context *ctx, const kvrt_kv_cache
 KVRT_API void kvrt_kv_cache_destroy(kvrt_kv_cache *cache);
 /* Message of the last failed call on this cache ("" if none). */
 KVRT_API const char *kvrt_kv_cache_message(const kvrt_kv_cache *cache);
-/* Bytes of one block of one pool (one layer, K or V): n_kv_heads*block_size*head_dim*elem,
+/* Bytes of one block of the K pool of one layer: n_kv_heads*block_size*head_dim*elem,
  * plus the scales of quantized types (2 bytes per 32 values). */
 KVRT_API size_t kvrt_kv_cache_block_bytes(const kvrt_kv_cache *cache);
+/* The same for K (which = 0) or V (which = 1), which differ when their types do; 0 for
+ * a NULL cache or another `which`. */
+KVRT_API size_t kvrt_kv_cache_pool_block_bytes(const kvrt_kv_cache *cache, int32_t which);
 
 /* Writes the K and V of n_tokens tokens of `layer`:
  * k, v: F32 [n_tokens][n_kv_heads][head_dim] (keys already rotated);

@@ -62,7 +62,8 @@ typedef struct kvrt_engine_params {
     int32_t max_seqs;           /* sequences per step, default 64 */
     int32_t enable_prefix_cache;/* nonzero (default): reuse cached prompt blocks */
     kvrt_preempt_mode preempt_mode;
-    kvrt_dtype kv_type;         /* KV cache element type: F32 (default), F16, Q8_0 or Q4_0 (CPU only) */
+    kvrt_dtype kv_type;         /* KV cache element type: F32 (default), F16, Q8_0 or Q4_0 (CPU only);
+                                 * K's type, and V's unless kv_type_v_set */
     int32_t eos_id;             /* end-of-sequence token; -1 = none (default; the model's with kvrt_engine_create,
                                  * which also stops at every end-of-generation token: kvrt_token_is_eog) */
     kvrt_clock_fn clock;        /* NULL = CLOCK_MONOTONIC; tests inject their own */
@@ -77,6 +78,8 @@ typedef struct kvrt_engine_params {
      * cannot be used is a warning (kvrt_engine_warning). NULL = off. */
     const char *prompt_cache_dir;
     uint64_t prompt_cache_max_bytes; /* 0 = 1 GiB; least recently used files go first */
+    int32_t kv_type_v_set;      /* nonzero: V is stored in kv_type_v, K in kv_type; 0: both in kv_type */
+    kvrt_dtype kv_type_v;
 } kvrt_engine_params;
 
 KVRT_API kvrt_engine_params kvrt_engine_default_params(void);

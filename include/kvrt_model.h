@@ -188,6 +188,8 @@ typedef struct kvrt_session_params {
      * prompt_cache_max_bytes (0 = 1 GiB) by deleting the least recently used. */
     const char *prompt_cache_dir;
     uint64_t prompt_cache_max_bytes;
+    int32_t kv_type_v_set; /* nonzero: V is stored in kv_type_v, K in kv_type; 0: both in kv_type */
+    kvrt_dtype kv_type_v;
 } kvrt_session_params;
 
 KVRT_API kvrt_session_params kvrt_session_default_params(void);

@@ -80,7 +80,7 @@ typedef struct fixture {
 static void fx_open(kvrt_context *ctx, fixture *f)
 {
     memset(f, 0, sizeof(*f));
-    kvrt_kv_cache_params p = {1, FX_KV, FX_HD, FX_BS, FX_BLOCKS, KVRT_DTYPE_F16};
+    kvrt_kv_cache_params p = {1, FX_KV, FX_HD, FX_BS, FX_BLOCKS, .dtype = KVRT_DTYPE_F16};
     kvrt_error err;
     if (kvrt_kv_cache_create(ctx, &p, &f->cache, &err) != KVRT_OK)
         fail_msg("fixture cache: %s", err.message);
@@ -337,7 +337,7 @@ static void test_scratch_follows_seq_lens(void **state)
         kvrt_context *ctx = kvrt_test_pass_open(p);
         assert_non_null(ctx);
         const char *name = kvrt_test_pass_list[p].name;
-        kvrt_kv_cache_params cp = {1, SC_KV, SC_HD, SC_BS, SC_SEQS * SC_NARROW, KVRT_DTYPE_F16};
+        kvrt_kv_cache_params cp = {1, SC_KV, SC_HD, SC_BS, SC_SEQS * SC_NARROW, .dtype = KVRT_DTYPE_F16};
         kvrt_kv_cache *c = NULL;
         assert_int_equal(kvrt_kv_cache_create(ctx, &cp, &c, NULL), KVRT_OK);
         assert_int_equal(kvrt_kv_cache_write(c, 0, k, v, slots, SC_SEQS * SC_LEN), KVRT_OK);
@@ -404,7 +404,7 @@ static void test_limits_and_default_budget(void **state)
         assert_true(l0.max_scratch_bytes >= (1u << 20) && l0.max_buffer_bytes >= (1u << 20));
 
         /* 16 TiB of KV: refused before anything is allocated, with the numbers */
-        kvrt_kv_cache_params big = {32, 8, 128, 16, 1 << 22, KVRT_DTYPE_F32};
+        kvrt_kv_cache_params big = {32, 8, 128, 16, 1 << 22, .dtype = KVRT_DTYPE_F32};
         const uint64_t big_bytes = 1ull << 44;
         kvrt_kv_cache *c = NULL;
         kvrt_error err;
@@ -418,7 +418,7 @@ static void test_limits_and_default_budget(void **state)
         assert_true(l1.memory_in_use == l0.memory_in_use);
 
         /* what a cache takes is counted, and given back */
-        kvrt_kv_cache_params small = {2, 2, 64, 16, 64, KVRT_DTYPE_F32};
+        kvrt_kv_cache_params small = {2, 2, 64, 16, 64, .dtype = KVRT_DTYPE_F32};
         assert_int_equal(kvrt_kv_cache_create(pass->ctx, &small, &c, NULL), KVRT_OK);
         assert_int_equal(kvrt_context_get_limits(pass->ctx, &l1), KVRT_OK);
         assert_true(l1.memory_in_use >= l0.memory_in_use + 2u * 2u * 64u * 2u * 16u * 64u * 4u);
@@ -474,7 +474,7 @@ static void test_explicit_budget(void **state)
         assert_int_equal(kvrt_context_get_limits(ctx, &l), KVRT_OK);
         assert_true(l.memory_budget == budget);
         /* 16 MiB of KV in an 8 MiB budget */
-        kvrt_kv_cache_params p = {4, 2, 64, 16, 256, KVRT_DTYPE_F32};
+        kvrt_kv_cache_params p = {4, 2, 64, 16, 256, .dtype = KVRT_DTYPE_F32};
         kvrt_kv_cache *c = NULL;
         kvrt_error err;
         assert_int_not_equal(kvrt_kv_cache_create(ctx, &p, &c, &err), KVRT_OK);
@@ -521,7 +521,7 @@ static void test_kv_write_from_f16(void **state)
     for (int p = 0; p < kvrt_test_n_passes; p++) {
         const kvrt_test_pass *pass = &kvrt_test_pass_list[p];
         for (int f16 = 0; f16 < 2; f16++) {
-            kvrt_kv_cache_params cp = {1, H_KV, H_HD, H_BS, H_BLOCKS, f16 ? KVRT_DTYPE_F16 : KVRT_DTYPE_F32};
+            kvrt_kv_cache_params cp = {1, H_KV, H_HD, H_BS, H_BLOCKS, .dtype = f16 ? KVRT_DTYPE_F16 : KVRT_DTYPE_F32};
             kvrt_kv_cache *c = NULL;
             assert_int_equal(kvrt_kv_cache_create(pass->ctx, &cp, &c, NULL), KVRT_OK);
             assert_int_equal(kvrt_kv_cache_write_typed(c, 0, KVRT_DTYPE_BF16, kh, vh, slots, H_TOK),

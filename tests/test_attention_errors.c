@@ -31,7 +31,7 @@ static int setup(void **state)
     cp.n_threads = 2;
     if (kvrt_context_create(&cp, &f.ctx, NULL) != KVRT_OK)
         return -1;
-    kvrt_kv_cache_params kp = {2, KV, HD, BS, NB, KVRT_DTYPE_F32};
+    kvrt_kv_cache_params kp = {2, KV, HD, BS, NB, .dtype = KVRT_DTYPE_F32};
     if (kvrt_kv_cache_create(f.ctx, &kp, &f.cache, NULL) != KVRT_OK)
         return -1;
     float kv[NB * BS][KV][HD];
@@ -82,7 +82,7 @@ static kvrt_status decode(fixture *f, const kvrt_attention_params *p)
 static void test_create_errors(void **state)
 {
     fixture *f = *state;
-    kvrt_kv_cache_params good = {1, KV, HD, BS, NB, KVRT_DTYPE_F16};
+    kvrt_kv_cache_params good = {1, KV, HD, BS, NB, .dtype = KVRT_DTYPE_F16};
     kvrt_kv_cache *c = (kvrt_kv_cache *)f; /* must come back NULL */
     kvrt_error err;
     assert_int_equal(kvrt_kv_cache_create(f->ctx, &good, NULL, &err), KVRT_ERR_INVALID_ARGUMENT);
@@ -96,16 +96,19 @@ static void test_create_errors(void **state)
         kvrt_kv_cache_params p;
         const char *needle;
     } bad[] = {
-        {{0, KV, HD, BS, NB, KVRT_DTYPE_F32}, "n_layers 0"},
-        {{1, 0, HD, BS, NB, KVRT_DTYPE_F32}, "n_kv_heads 0"},
-        {{1, KV, -4, BS, NB, KVRT_DTYPE_F32}, "head_dim -4"},
-        {{1, KV, HD, BS, 0, KVRT_DTYPE_F32}, "num_blocks 0"},
-        {{1, KV, HD, 12, NB, KVRT_DTYPE_F32}, "block_size 12 is not 8, 16 or 32"},
-        {{1, KV, HD, 64, NB, KVRT_DTYPE_F32}, "block_size 64"},
-        {{1, KV, HD, BS, NB, KVRT_DTYPE_Q8_0}, "head_dim 8 is not a multiple of 32, which q8_0 KV needs"},
-        {{1, KV, 80, BS, NB, KVRT_DTYPE_Q4_0}, "head_dim 80 is not a multiple of 32, which q4_0 KV needs"},
-        {{1, KV, HD, BS, NB, KVRT_DTYPE_BF16}, "dtype bf16"},
-        {{1, KV, HD, 32, INT32_MAX / 16, KVRT_DTYPE_F32}, "overflow"},
+        {{0, KV, HD, BS, NB, .dtype = KVRT_DTYPE_F32}, "n_layers 0"},
+        {{1, 0, HD, BS, NB, .dtype = KVRT_DTYPE_F32}, "n_kv_heads 0"},
+        {{1, KV, -4, BS, NB, .dtype = KVRT_DTYPE_F32}, "head_dim -4"},
+        {{1, KV, HD, BS, 0, .dtype = KVRT_DTYPE_F32}, "num_blocks 0"},
+        {{1, KV, HD, 12, NB, .dtype = KVRT_DTYPE_F32}, "block_size 12 is not 8, 16 or 32"},
+        {{1, KV, HD, 64, NB, .dtype = KVRT_DTYPE_F32}, "block_size 64"},
+        {{1, KV, HD, BS, NB, .dtype = KVRT_DTYPE_Q8_0}, "head_dim 8 is not a multiple of 32, which q8_0 KV needs"},
+        {{1, KV, 80, BS, NB, .dtype = KVRT_DTYPE_Q4_0}, "head_dim 80 is not a multiple of 32, which q4_0 KV needs"},
+        {{1, KV, HD, BS, NB, .dtype = KVRT_DTYPE_BF16}, "dtype bf16"},
+        {{1, KV, HD, BS, NB, .dtype = KVRT_DTYPE_F16, .v_dtype_set = 1, .v_dtype = KVRT_DTYPE_Q8_0},
+         "V: head_dim 8 is not a multiple of 32, which q8_0 KV needs"},
+        {{1, KV, HD, BS, NB, .dtype = KVRT_DTYPE_F16, .v_dtype_set = 1, .v_dtype = KVRT_DTYPE_Q4_K}, "dtype q4_K"},
+        {{1, KV, HD, 32, INT32_MAX / 16, .dtype = KVRT_DTYPE_F32}, "overflow"},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         c = (kvrt_kv_cache *)f;
@@ -294,7 +297,7 @@ static void test_backend_view_checks(void **state)
 {
     fixture *f = *state;
     kvrt_backend *be = ((struct kvrt_context *)f->ctx)->be;
-    kvrt_kv_pool_desc pd = {1, KV, HD, BS, NB, KVRT_DTYPE_F32};
+    kvrt_kv_pool_desc pd = {1, KV, HD, BS, NB, .dtype = KVRT_DTYPE_F32};
     kvrt_kv_pool *pool = NULL;
     assert_int_equal(kvrt_op_kv_pool_create(be, &pd, &pool), KVRT_OK);
     kvrt_buffer *small = NULL, *big = NULL;

@@ -206,7 +206,7 @@ static void test_kv_write_bytes(void **state)
     kvrt_context *ctx = make_ctx(2);
     for (int f16 = 0; f16 < 2; f16++) {
         enum { KV = 2, HD = 12, BS = 8, NB = 4, NT = 5 };
-        kvrt_kv_cache_params p = {2, KV, HD, BS, NB, f16 ? KVRT_DTYPE_F16 : KVRT_DTYPE_F32};
+        kvrt_kv_cache_params p = {2, KV, HD, BS, NB, .dtype = f16 ? KVRT_DTYPE_F16 : KVRT_DTYPE_F32};
         kvrt_kv_cache *cache = NULL;
         assert_int_equal(kvrt_kv_cache_create(ctx, &p, &cache, NULL), KVRT_OK);
         size_t bb = kvrt_kv_cache_block_bytes(cache), elem = f16 ? 2 : 4;

@@ -631,7 +631,7 @@ static void quant_want(const op_case *c, const kvrt_kv_pool_desc *d, size_t bb, 
 
 static void run_kv_write(const op_case *c, uint64_t seed)
 {
-    kvrt_kv_pool_desc d = {2, c->m, c->dim, c->rot, 12, c->type};
+    kvrt_kv_pool_desc d = {2, c->m, c->dim, c->rot, 12, .dtype = c->type};
     bool quant = ref_kv_quantized(c->type);
     size_t bb = kvrt_kv_block_bytes(&d), elem = c->type == KVRT_DTYPE_F16 ? 2 : 4;
     int64_t row = (int64_t)c->m * c->dim, stride = row + c->pad;
@@ -789,7 +789,7 @@ static void test_same_bad_call_same_error(void **state)
         kvrt_backend *be = kvrt_test_pass_list[p].ctx->be;
         kvrt_buffer *b = kvrt_test_up(be, NULL, 4096);
         kvrt_view v = {b, 0};
-        kvrt_kv_pool_desc pd = {1, 2, 16, 8, 4, KVRT_DTYPE_F32};
+        kvrt_kv_pool_desc pd = {1, 2, 16, 8, 4, .dtype = KVRT_DTYPE_F32};
         kvrt_kv_pool *pool;
         assert_int_equal(kvrt_op_kv_pool_create(be, &pd, &pool), KVRT_OK);
         kvrt_attn_desc ad = {.num_seqs = 1, .n_heads = 3, .max_blocks_per_seq = 2, .scale = 0.25f, .q_stride = 48,

@@ -163,7 +163,7 @@ static void test_null_entry_is_unsupported(void **state)
     assert_null(wrapped);
     assert_int_equal(kvrt_op_save_caches(be), KVRT_OK); /* nothing to save */
     kvrt_kv_pool *pool = NULL;
-    kvrt_kv_pool_desc pd = {1, 1, 8, 8, 4, KVRT_DTYPE_F32};
+    kvrt_kv_pool_desc pd = {1, 1, 8, 8, 4, .dtype = KVRT_DTYPE_F32};
     assert_int_equal(kvrt_op_kv_pool_create(be, &pd, &pool), KVRT_ERR_UNSUPPORTED);
     /* a bad shape is reported as bad before the missing entry */
     pd.block_size = 0;
@@ -242,7 +242,7 @@ static void test_kv_dtypes_and_block_bytes(void **state)
     assert_non_null(kvrt_kv_dtype(KVRT_DTYPE_Q8_0));
     assert_non_null(kvrt_kv_dtype(KVRT_DTYPE_Q4_0));
     assert_null(kvrt_kv_dtype(KVRT_DTYPE_BF16)); /* a weight type only */
-    kvrt_kv_pool_desc d = {2, 4, 64, 16, 10, KVRT_DTYPE_F16};
+    kvrt_kv_pool_desc d = {2, 4, 64, 16, 10, .dtype = KVRT_DTYPE_F16};
     assert_int_equal(kvrt_kv_block_bytes(&d), 4 * 16 * 64 * 2);
     d.dtype = KVRT_DTYPE_F32;
     assert_int_equal(kvrt_kv_block_bytes(&d), 4 * 16 * 64 * 4);
@@ -255,8 +255,8 @@ static void test_kv_dtypes_and_block_bytes(void **state)
     assert_int_equal(kvrt_kv_dtype_block_bytes(&q4, 1, 8, 32), 8 * 16 + 8 * 2);
     kvrt_error err;
     assert_int_equal(kvrt_kv_check_dtype(&err, KVRT_DTYPE_BF16), KVRT_ERR_INVALID_ARGUMENT);
-    assert_string_equal(err.message, "dtype bf16 is not supported as a KV type (f32, f16, q8_0, q4_0)");
-    kvrt_kv_pool_desc huge = {4, 1 << 20, 1 << 20, 32, INT32_MAX / 32, KVRT_DTYPE_F32};
+    assert_string_equal(err.message, "dtype bf16 is not supported as a KV type (f32, f16, q8_0, q4_0, fp8, fp8_e5m2)");
+    kvrt_kv_pool_desc huge = {4, 1 << 20, 1 << 20, 32, INT32_MAX / 32, .dtype = KVRT_DTYPE_F32};
     assert_int_equal(kvrt_kv_check_pool_desc(&err, &huge), KVRT_ERR_INVALID_ARGUMENT);
     assert_non_null(strstr(err.message, "overflow"));
 }
@@ -281,7 +281,7 @@ static void test_visibility_rule(void **state)
 static void test_batch_check(void **state)
 {
     (void)state;
-    kvrt_kv_pool_desc pd = {1, 2, 8, 8, 4, KVRT_DTYPE_F32};
+    kvrt_kv_pool_desc pd = {1, 2, 8, 8, 4, .dtype = KVRT_DTYPE_F32};
     /* a decode (sequence 0, 9 long) then a prefill of 3 tokens (sequence 1, 3 long) */
     int32_t tokens[4] = {1, 2, 3, 4}, pos[4] = {8, 0, 1, 2}, slots[4] = {16, 0, 1, 2};
     int32_t qsl[3] = {0, 1, 4}, lens[2] = {9, 3}, tables[2][2] = {{1, 2}, {0, -1}}, logits[2] = {0, 3};

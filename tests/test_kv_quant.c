@@ -87,6 +87,87 @@ static void test_rounding_rule(void **state)
     assert_int_equal(v[0] & 15, 8);
 }
 
+/* fp8 edge values, bit for bit (docs/architecture.md "FP8 KV"): ties to
+ * the even mantissa at every scale, subnormals, saturation (infinities
+ * included), signed zero, NaN to the canonical NaN. */
+static void test_fp8_edges(void **state)
+{
+    (void)state;
+    static const struct {
+        kvrt_dtype t;
+        float x;
+        uint8_t want;
+    } E[] = {
+        {KVRT_DTYPE_FP8_E4M3, 0.0f, 0x00},        {KVRT_DTYPE_FP8_E4M3, -0.0f, 0x80},
+        {KVRT_DTYPE_FP8_E4M3, 1.0f, 0x38},        {KVRT_DTYPE_FP8_E4M3, -1.0f, 0xb8},
+        {KVRT_DTYPE_FP8_E4M3, 1.0625f, 0x38},     /* tie 1 / 1.125: even mantissa 0 */
+        {KVRT_DTYPE_FP8_E4M3, 1.1875f, 0x3a},     /* tie 1.125 / 1.25: even mantissa 2 */
+        {KVRT_DTYPE_FP8_E4M3, 1.0625001f, 0x39},  /* just above the tie */
+        {KVRT_DTYPE_FP8_E4M3, 448.0f, 0x7e},      {KVRT_DTYPE_FP8_E4M3, 464.0f, 0x7e},
+        {KVRT_DTYPE_FP8_E4M3, 1e30f, 0x7e},       {KVRT_DTYPE_FP8_E4M3, INFINITY, 0x7e},
+        {KVRT_DTYPE_FP8_E4M3, -INFINITY, 0xfe},   {KVRT_DTYPE_FP8_E4M3, NAN, 0x7f},
+        {KVRT_DTYPE_FP8_E4M3, -NAN, 0x7f},        {KVRT_DTYPE_FP8_E4M3, 0x1p-6f, 0x08}, /* smallest normal */
+        {KVRT_DTYPE_FP8_E4M3, 0x1p-9f, 0x01},     /* smallest subnormal */
+        {KVRT_DTYPE_FP8_E4M3, 0x1p-10f, 0x00},    /* tie 0 / 2^-9: even, zero */
+        {KVRT_DTYPE_FP8_E4M3, 0x1.8p-10f, 0x01},  {KVRT_DTYPE_FP8_E4M3, 0x3p-10f, 0x02}, /* tie 1 / 2: 2 */
+        {KVRT_DTYPE_FP8_E4M3, 0x7p-9f, 0x07},     /* largest subnormal */
+        {KVRT_DTYPE_FP8_E4M3, 0xfp-10f, 0x08},    /* tie 7 / 8 subnormal steps: carries into the normals */
+        {KVRT_DTYPE_FP8_E4M3, 0x1p-149f, 0x00},   {KVRT_DTYPE_FP8_E4M3, 15.5f, 0x58}, /* tie 15 / 16: 16 */
+        {KVRT_DTYPE_FP8_E5M2, 1.0f, 0x3c},        {KVRT_DTYPE_FP8_E5M2, 1.125f, 0x3c}, /* tie: even */
+        {KVRT_DTYPE_FP8_E5M2, 1.375f, 0x3e},      {KVRT_DTYPE_FP8_E5M2, 57344.0f, 0x7b},
+        {KVRT_DTYPE_FP8_E5M2, 65504.0f, 0x7b},    {KVRT_DTYPE_FP8_E5M2, INFINITY, 0x7b},
+        {KVRT_DTYPE_FP8_E5M2, -INFINITY, 0xfb},   {KVRT_DTYPE_FP8_E5M2, NAN, 0x7e},
+        {KVRT_DTYPE_FP8_E5M2, 0x1p-16f, 0x01},    {KVRT_DTYPE_FP8_E5M2, 0x1p-17f, 0x00},
+        {KVRT_DTYPE_FP8_E5M2, 0x1p-14f, 0x04},    {KVRT_DTYPE_FP8_E5M2, -0.0f, 0x80},
+    };
+    for (size_t i = 0; i < sizeof(E) / sizeof(E[0]); i++) {
+        uint8_t got = kvrt_kv_fp8_encode(E[i].t, E[i].x);
+        if (got != E[i].want || ref_fp8_encode(E[i].t, E[i].x) != E[i].want)
+            fail_msg("%s %a: 0x%02x (reference 0x%02x), want 0x%02x", kvrt_dtype_name(E[i].t), (double)E[i].x, got,
+                     ref_fp8_encode(E[i].t, E[i].x), E[i].want);
+    }
+}
+
+/* Every code decodes to the format's value (NaN codes to NaN) and encodes
+ * back to itself; every F16 value and random floats of every magnitude
+ * encode as the reference does. */
+static void test_fp8_matches_reference(void **state)
+{
+    (void)state;
+    const kvrt_dtype T[] = {KVRT_DTYPE_FP8_E4M3, KVRT_DTYPE_FP8_E5M2};
+    for (int t = 0; t < 2; t++) {
+        for (int c = 0; c < 256; c++) {
+            float got = kvrt_kv_fp8_decode(T[t], (uint8_t)c);
+            double want = ref_fp8_decode(T[t], (uint8_t)c);
+            if (isnan(want)) {
+                assert_true(isnan(got));
+                continue;
+            }
+            assert_true((double)got == want);
+            if (T[t] == KVRT_DTYPE_FP8_E5M2 && isinf(want))
+                continue; /* E5M2's infinity codes are read, never written (saturation) */
+            assert_int_equal(kvrt_kv_fp8_encode(T[t], got), c);
+        }
+        for (uint32_t h = 0; h < 65536; h++) {
+            float x = kvrt_fp16_to_f32((uint16_t)h);
+            assert_int_equal(kvrt_kv_fp8_encode(T[t], x), ref_fp8_encode(T[t], x));
+        }
+        for (int i = 0; i < 20000; i++) {
+            float x = ldexpf(rnd(-1.0f, 1.0f), (int)rnd(-30.0f, 20.0f));
+            assert_int_equal(kvrt_kv_fp8_encode(T[t], x), ref_fp8_encode(T[t], x));
+        }
+        /* a row through the layout module, and its F32 values */
+        float row[40], back[40], want[40];
+        uint8_t v[40];
+        for (int i = 0; i < 40; i++)
+            row[i] = rnd(-600.0f, 600.0f) * (i % 3 ? 1e-3f : 1.0f);
+        kvrt_kv_quantize_row(T[t], row, 40, v, NULL);
+        kvrt_kv_dequantize_row(T[t], v, NULL, 40, back);
+        ref_kv_stored_row(T[t], row, 40, want);
+        assert_memory_equal(back, want, sizeof(back));
+    }
+}
+
 static void test_block_bytes(void **state)
 {
     (void)state;
@@ -94,7 +175,10 @@ static void test_block_bytes(void **state)
     assert_int_equal(kvrt_kv_dtype_block_bytes(kvrt_kv_dtype(KVRT_DTYPE_Q8_0), 2, 16, 128), 4096 + 256);
     assert_int_equal(kvrt_kv_dtype_block_bytes(kvrt_kv_dtype(KVRT_DTYPE_Q4_0), 2, 16, 128), 2048 + 256);
     assert_int_equal(kvrt_kv_dtype_block_bytes(kvrt_kv_dtype(KVRT_DTYPE_Q4_0), 2, 16, 80), 0);
-    kvrt_kv_pool_desc d = {1, 2, 96, 16, 4, KVRT_DTYPE_Q4_0};
+    /* fp8: one byte per value, no scale (fixed at 1), any head_dim */
+    assert_int_equal(kvrt_kv_dtype_block_bytes(kvrt_kv_dtype(KVRT_DTYPE_FP8_E4M3), 2, 16, 80), 2 * 16 * 80);
+    assert_int_equal(kvrt_kv_dtype_block_bytes(kvrt_kv_dtype(KVRT_DTYPE_FP8_E5M2), 1, 8, 8), 64);
+    kvrt_kv_pool_desc d = {1, 2, 96, 16, 4, .dtype = KVRT_DTYPE_Q4_0};
     kvrt_error err;
     assert_int_equal(kvrt_kv_check_pool_desc(&err, &d), KVRT_OK);
     d.head_dim = 100;
@@ -113,12 +197,36 @@ static void blocks_move_unchanged(kvrt_backend_kind kind)
     kvrt_error err;
     if (kvrt_context_create(&cp, &ctx, &err) != KVRT_OK) /* CI has lavapipe and PoCL: built in means it starts */
         fail_msg("%s: %s", kvrt_backend_name(kind), err.message);
-    for (int t = 0; t < 2; t++) {
-        kvrt_kv_cache_params kp = {L, KV, HD, BS, NB, QTYPES[t]};
+    /* one type, then K and V apart: each pool its own block size (the CPU
+     * alone stores a mixed pair; the others refuse it, naming it) */
+    static const kvrt_dtype pairs_kv[][2] = {{KVRT_DTYPE_Q8_0, KVRT_DTYPE_Q8_0}, {KVRT_DTYPE_Q4_0, KVRT_DTYPE_Q4_0},
+                                             {KVRT_DTYPE_Q8_0, KVRT_DTYPE_F16}, {KVRT_DTYPE_F16, KVRT_DTYPE_Q4_0}};
+    for (int t = 0; t < 4; t++) {
+        kvrt_kv_cache_params kp = {L, KV, HD, BS, NB, .dtype = pairs_kv[t][0], .v_dtype_set = t >= 2,
+                                   .v_dtype = pairs_kv[t][1]};
+        if (t >= 2 && kind != KVRT_BACKEND_CPU) {
+            kvrt_kv_cache *none = NULL;
+            assert_int_equal(kvrt_kv_cache_create(ctx, &kp, &none, &err), KVRT_ERR_UNSUPPORTED);
+            assert_null(none);
+            char want[48];
+            snprintf(want, sizeof(want), "K %s / V %s", kvrt_dtype_name(pairs_kv[t][0]),
+                     kvrt_dtype_name(pairs_kv[t][1]));
+            assert_non_null(strstr(err.message, want));
+            assert_non_null(strstr(err.message, kvrt_backend_name(kind)));
+            continue;
+        }
         kvrt_kv_cache *c;
         assert_int_equal(kvrt_kv_cache_create(ctx, &kp, &c, NULL), KVRT_OK);
-        size_t bb = kvrt_kv_cache_block_bytes(c);
-        assert_int_equal(bb, (size_t)KV * BS * HD * (t ? 4 : 8) / 8 + (size_t)KV * BS * (HD / 32) * 2);
+        size_t bbw[2];
+        for (int w = 0; w < 2; w++) {
+            kvrt_dtype dt = pairs_kv[t][w];
+            size_t bits = dt == KVRT_DTYPE_F16 ? 16 : dt == KVRT_DTYPE_Q8_0 ? 8 : 4;
+            bbw[w] = (size_t)KV * BS * HD * bits / 8 + (dt == KVRT_DTYPE_F16 ? 0 : (size_t)KV * BS * (HD / 32) * 2);
+            assert_int_equal(kvrt_kv_cache_pool_block_bytes(c, w), bbw[w]);
+        }
+        assert_int_equal(kvrt_kv_cache_block_bytes(c), bbw[0]);
+        assert_int_equal(kvrt_kv_cache_pool_block_bytes(c, 2), 0);
+        size_t bb = KVRT_MAX(bbw[0], bbw[1]);
         static float k[N][KV][HD], v[N][KV][HD], q[H][HD], out[3][H][HD];
         int32_t slots[N];
         for (int i = 0; i < N; i++) {
@@ -139,12 +247,14 @@ static void blocks_move_unchanged(kvrt_backend_kind kind)
         assert_non_null(a), assert_non_null(b);
         for (int l = 0; l < L; l++)
             for (int w = 0; w < 2; w++) {
-                assert_int_equal(kvrt_kv_cache_read_block(c, l, w, 1, a, bb), KVRT_OK);
-                assert_int_equal(kvrt_kv_cache_write_block(c, l, w, 4, a, bb), KVRT_OK);
+                /* a buffer one byte short of this pool's block is refused */
+                assert_int_equal(kvrt_kv_cache_read_block(c, l, w, 1, a, bbw[w] - 1), KVRT_ERR_INVALID_ARGUMENT);
+                assert_int_equal(kvrt_kv_cache_read_block(c, l, w, 1, a, bbw[w]), KVRT_OK);
+                assert_int_equal(kvrt_kv_cache_write_block(c, l, w, 4, a, bbw[w]), KVRT_OK);
                 for (int p = 0; p < 3; p++) {
                     assert_int_equal(kvrt_kv_cache_read_block(c, l, w, pairs[p][0], a, bb), KVRT_OK);
                     assert_int_equal(kvrt_kv_cache_read_block(c, l, w, pairs[p][1], b, bb), KVRT_OK);
-                    assert_memory_equal(a, b, bb);
+                    assert_memory_equal(a, b, bbw[w]);
                 }
             }
         free(a), free(b);
@@ -180,7 +290,12 @@ static void test_prefix_key_has_kv_type(void **state)
     const kvrt_dtype t[] = {KVRT_DTYPE_F32, KVRT_DTYPE_F16, KVRT_DTYPE_Q8_0, KVRT_DTYPE_Q4_0};
     for (int i = 0; i < 4; i++)
         for (int j = 0; j < i; j++)
-            assert_true(kvrt_engine_prefix_extra_key(t[i]) != kvrt_engine_prefix_extra_key(t[j]));
+            assert_true(kvrt_engine_prefix_extra_key(t[i], t[i]) != kvrt_engine_prefix_extra_key(t[j], t[j]));
+    /* both halves are in it: every (K, V) pair has its own key */
+    for (int i = 0; i < 16; i++)
+        for (int j = 0; j < i; j++)
+            assert_true(kvrt_engine_prefix_extra_key(t[i / 4], t[i % 4]) !=
+                        kvrt_engine_prefix_extra_key(t[j / 4], t[j % 4]));
 }
 
 int main(void)
@@ -188,6 +303,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_quantizer_matches_reference),
         cmocka_unit_test(test_rounding_rule),
+        cmocka_unit_test(test_fp8_edges),
+        cmocka_unit_test(test_fp8_matches_reference),
         cmocka_unit_test(test_block_bytes),
         cmocka_unit_test(test_blocks_move_unchanged),
         cmocka_unit_test(test_prefix_key_has_kv_type),

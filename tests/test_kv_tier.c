@@ -176,7 +176,7 @@ static void check_close(const char *what, const float *got, const double *want, 
 
 static kvrt_kv_cache *make_cache(kvrt_context *ctx, kvrt_dtype dt, int32_t num_blocks)
 {
-    kvrt_kv_cache_params p = {N_LAYERS, N_KV, HD, BS, num_blocks, dt};
+    kvrt_kv_cache_params p = {N_LAYERS, N_KV, HD, BS, num_blocks, .dtype = dt};
     kvrt_kv_cache *c = NULL;
     kvrt_error err;
     kvrt_status s = kvrt_kv_cache_create(ctx, &p, &c, &err);

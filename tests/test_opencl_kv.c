@@ -198,7 +198,7 @@ static void run_write_case(kv_env *env, kvrt_dtype dtype, int32_t block_size, in
     int32_t bad_slots[50];
     memcpy(bad_slots, slots, sizeof(bad_slots));
     bad_slots[n_tokens - 1] = cap;
-    kvrt_kv_cache_params cp = {d.n_layers, d.n_kv_heads, d.head_dim, d.block_size, d.num_blocks, d.dtype};
+    kvrt_kv_cache_params cp = {d.n_layers, d.n_kv_heads, d.head_dim, d.block_size, d.num_blocks, .dtype = d.dtype};
     kvrt_kv_cache *cache;
     assert_int_equal(kvrt_kv_cache_create(env->cl_ctx, &cp, &cache, NULL), KVRT_OK);
     assert_int_equal(kvrt_kv_cache_write(cache, 0, k, v, bad_slots, n_tokens), KVRT_ERR_INVALID_ARGUMENT);

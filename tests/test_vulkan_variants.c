@@ -99,7 +99,7 @@ static void run_attention(const variant_pass *p, const attn_case_data *d, attn_r
     kvrt_vk_set_max_segment(ctx->be, (per_seg * block_bytes + 255) / 256 * 256);
     kvrt_kv_cache *cache = NULL;
     kvrt_error err;
-    kvrt_kv_cache_params cp = {2, d->c.n_kv_heads, d->c.head_dim, d->c.block_size, d->num_blocks, d->c.dtype};
+    kvrt_kv_cache_params cp = {2, d->c.n_kv_heads, d->c.head_dim, d->c.block_size, d->num_blocks, .dtype = d->c.dtype};
     if (kvrt_kv_cache_create(ctx, &cp, &cache, &err) != KVRT_OK)
         fail_msg("%s: cache: %s", p->name, err.message);
     kvrt_vk_set_max_segment(ctx->be, 0); /* the op's own buffers stay whole */

@@ -2,6 +2,7 @@
  * kvrt-bench: the benchmarks, one subcommand each.
  *
  *   kvrt-bench attn   [options]   attention kernels vs memory bandwidth, paged vs contiguous
+ *   kvrt-bench kv     [options]   accuracy of each KV type (and K/V pair) against f16 KV
  *   kvrt-bench model  [options]   model forward pass (prefill / decode tokens per second)
  *   kvrt-bench serve  [options]   serving workloads (continuous batching, KV utilisation)
  *   kvrt-bench threads [options]  decode across thread settings; where splitting work pays
@@ -12,6 +13,7 @@
  * in tools/common/ and fill in its row of SUBCOMMANDS.
  */
 #include "bench_attn.h"
+#include "bench_kv.h"
 #include "bench_model.h"
 #include "bench_serve.h"
 #include "bench_threads.h"
@@ -29,6 +31,7 @@ typedef struct bench_subcommand {
 
 static const bench_subcommand SUBCOMMANDS[] = {
     {"attn", "attention throughput vs measured memory bandwidth; paged vs contiguous KV", kvrt_bench_attn_main},
+    {"kv", "KV types vs f16 KV on whole models: logits NMSE, max abs, KL, top-1 agreement", kvrt_bench_kv_main},
     {"model", "model forward pass: prefill and decode tokens/s vs measured memory bandwidth", kvrt_bench_model_main},
     {"serve", "serving workloads: continuous batching, KV utilisation", kvrt_bench_serve_main},
     {"threads", "decode at 1, all and 4x all cores and beside a busy process; where splitting pays",
@@ -67,7 +70,7 @@ int main(int argc, char **argv)
             continue;
         return sc->main(argc - 1, argv + 1);
     }
-    kvrt_cli_error("kvrt-bench", "unknown subcommand '%s' (attn, model, serve, threads, tokenize; see --help)",
+    kvrt_cli_error("kvrt-bench", "unknown subcommand '%s' (attn, kv, model, serve, threads, tokenize; see --help)",
                    argv[1]);
     return KVRT_CLI_USAGE;
 }

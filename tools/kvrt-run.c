@@ -293,6 +293,8 @@ static int setup(run_state *st)
     kvrt_session_params sp = kvrt_session_default_params();
     sp.block_size = a->common.block_size;
     sp.kv_type = a->common.kv_type;
+    sp.kv_type_v_set = 1;
+    sp.kv_type_v = a->common.kv_type_v;
     sp.n_batch = a->batch;
     sp.context_shift = a->context_shift;
     sp.n_sinks = a->sinks;
@@ -436,8 +438,14 @@ static int generate(run_state *st)
             (int)st->n_prompt, t_prompt, st->n_prompt / (t_prompt > 0 ? t_prompt : 1e-9), t_first * 1e3);
     fprintf(stderr, "kvrt-run: generated %d tokens in %.3f s (%.1f tok/s)\n", (int)n_gen, t_gen,
             n_gen > 1 && t_gen > 0 ? (n_gen - 1) / t_gen : 0.0);
+    char kv[40];
+    if (a->common.kv_type_v != a->common.kv_type)
+        snprintf(kv, sizeof(kv), "K %s / V %s", kvrt_dtype_name(a->common.kv_type),
+                 kvrt_dtype_name(a->common.kv_type_v));
+    else
+        snprintf(kv, sizeof(kv), "%s", kvrt_dtype_name(a->common.kv_type));
     fprintf(stderr, "kvrt-run: KV cache: %d of %d blocks used (block size %d, %s, %.2f MiB pool), %d positions\n",
-            (int)stats.blocks_used, (int)stats.blocks_total, (int)stats.block_size, kvrt_dtype_name(a->common.kv_type),
+            (int)stats.blocks_used, (int)stats.blocks_total, (int)stats.block_size, kv,
             stats.kv_bytes / 1048576.0, (int)stats.n_past);
     if (a->context_shift)
         fprintf(stderr, "kvrt-run: context shifts: %d (%lld tokens dropped)\n", (int)stats.n_shifts,

@@ -134,6 +134,8 @@ static int parse_args(int argc, char **argv, srv_options *o)
         return KVRT_CLI_USAGE;
     }
     o->ep.kv_type = o->common.kv_type;
+    o->ep.kv_type_v_set = 1;
+    o->ep.kv_type_v = o->common.kv_type_v;
     o->ep.block_size = o->common.block_size;
     o->ep.enable_prefix_cache = !no_prefix_cache;
     o->ep.preempt_mode = preempt ? KVRT_PREEMPT_SWAP : KVRT_PREEMPT_RECOMPUTE;

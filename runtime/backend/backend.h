@@ -208,6 +208,9 @@ struct kvrt_backend_ops {
      * KVRT_WEIGHT_TYPES_BASE. The front door refuses the others, and a model
      * whose tensors need one is refused at load, naming type and tensor. */
     uint64_t weight_types;
+    /* Its KV pools may store K and V in different dtypes (kv_layout.h); false:
+     * the front door refuses such a pair, naming it, before kv_pool_create. */
+    bool kv_mixed_types;
 
     kvrt_be_destroy_fn *destroy;
 
@@ -228,7 +231,7 @@ struct kvrt_backend_ops {
     /* ---- KV pools (kv_layout.h) ---- */
     kvrt_be_kv_pool_create_fn *kv_pool_create; /* zero-filled */
     kvrt_be_kv_pool_destroy_fn *kv_pool_destroy;
-    /* Raw bytes of one block of one pool, kvrt_kv_block_bytes() long. Immediate (not recorded). */
+    /* Raw bytes of one block of one pool, kvrt_kv_block_bytes_which() long. Immediate (not recorded). */
     kvrt_be_kv_block_read_fn *kv_block_read;
     kvrt_be_kv_block_write_fn *kv_block_write;
     /* Copies whole blocks (every layer, K and V): pairs[i] = {src, dst}, in order. Recorded. */

@@ -16,7 +16,7 @@ struct kvrt_kv_cache {
     kvrt_backend *be;
     kvrt_kv_pool *pool;
     kvrt_kv_pool_desc desc;
-    size_t block_bytes;
+    size_t block_bytes[2]; /* one block of one pool: [0] K, [1] V */
     kvrt_error err; /* message of the last failed call */
 };
 
@@ -88,11 +88,11 @@ kvrt_status kvrt_kv_cache_create(kvrt_context *ctx, const kvrt_kv_cache_params *
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "kvrt_kv_cache_create: %s is NULL",
                          !ctx ? "ctx" : "params");
     kvrt_kv_pool_desc desc = {params->n_layers, params->n_kv_heads, params->head_dim, params->block_size,
-                              params->num_blocks, params->dtype};
+                              params->num_blocks, params->dtype, params->v_dtype_set != 0, params->v_dtype};
     kvrt_error why;
     kvrt_status s = kvrt_kv_check_block_size(&why, desc.block_size);
-    if (s == KVRT_OK)
-        s = kvrt_kv_check_dtype(&why, desc.dtype);
+    for (int w = 0; w < 2 && s == KVRT_OK; w++)
+        s = kvrt_kv_check_dtype(&why, kvrt_kv_pool_dtype(&desc, w == 1));
     if (s == KVRT_OK)
         s = kvrt_kv_check_pool_desc(&why, &desc);
     if (s != KVRT_OK)
@@ -104,7 +104,8 @@ kvrt_status kvrt_kv_cache_create(kvrt_context *ctx, const kvrt_kv_cache_params *
     c->ctx = ctx;
     c->be = be;
     c->desc = desc;
-    c->block_bytes = kvrt_kv_block_bytes(&c->desc);
+    c->block_bytes[0] = kvrt_kv_block_bytes_which(&c->desc, false);
+    c->block_bytes[1] = kvrt_kv_block_bytes_which(&c->desc, true);
     s = kvrt_op_kv_pool_create(be, &c->desc, &c->pool);
     if (s != KVRT_OK) {
         kvrt_error_copy(err, &be->err);
@@ -130,7 +131,12 @@ const char *kvrt_kv_cache_message(const kvrt_kv_cache *cache)
 
 size_t kvrt_kv_cache_block_bytes(const kvrt_kv_cache *cache)
 {
-    return cache ? cache->block_bytes : 0;
+    return cache ? cache->block_bytes[0] : 0;
+}
+
+size_t kvrt_kv_cache_pool_block_bytes(const kvrt_kv_cache *cache, int32_t which)
+{
+    return cache && (which == 0 || which == 1) ? cache->block_bytes[which] : 0;
 }
 
 /* ---- K/V writes -------------------------------------------------------------------- */
@@ -334,11 +340,13 @@ kvrt_status kvrt_kv_cache_copy_blocks(kvrt_kv_cache *cache, const int32_t (*src_
     return from_backend(cache, step_end(cache, begun, s));
 }
 
-static kvrt_status check_block_size(kvrt_kv_cache *c, const void *ptr, size_t size, const char *what)
+static kvrt_status check_block_size(kvrt_kv_cache *c, int32_t which, const void *ptr, size_t size,
+                                    const char *what)
 {
-    if (ptr && size < c->block_bytes)
+    size_t need = c->block_bytes[which == 1]; /* a bad `which` is the front door's to name */
+    if (ptr && size < need)
         return kvrt_fail(&c->err, KVRT_ERR_INVALID_ARGUMENT, "%s: buffer of %zu bytes is smaller than a block (%zu)",
-                         what, size, c->block_bytes);
+                         what, size, need);
     return KVRT_OK;
 }
 
@@ -348,7 +356,7 @@ kvrt_status kvrt_kv_cache_read_block(kvrt_kv_cache *cache, int32_t layer, int32_
     if (!cache)
         return KVRT_ERR_INVALID_ARGUMENT;
     kvrt_error_clear(&cache->err);
-    KVRT_TRY(check_block_size(cache, dst, dst_size, "read block"));
+    KVRT_TRY(check_block_size(cache, which, dst, dst_size, "read block"));
     return from_backend(cache, kvrt_op_kv_block_read(cache->be, cache->pool, layer, (kvrt_kv_which)which, block,
                                                      dst));
 }
@@ -359,7 +367,7 @@ kvrt_status kvrt_kv_cache_write_block(kvrt_kv_cache *cache, int32_t layer, int32
     if (!cache)
         return KVRT_ERR_INVALID_ARGUMENT;
     kvrt_error_clear(&cache->err);
-    KVRT_TRY(check_block_size(cache, src, src_size, "write block"));
+    KVRT_TRY(check_block_size(cache, which, src, src_size, "write block"));
     return from_backend(cache, kvrt_op_kv_block_write(cache->be, cache->pool, layer, (kvrt_kv_which)which, block,
                                                       src));
 }
@@ -383,7 +391,7 @@ const kvrt_kv_pool_desc *kvrt_kv_cache_desc(const kvrt_kv_cache *cache)
 
 size_t kvrt_kv_cache_slot_bytes(const kvrt_kv_cache *cache)
 {
-    return 2 * (size_t)cache->desc.n_layers * cache->block_bytes;
+    return (size_t)cache->desc.n_layers * (cache->block_bytes[0] + cache->block_bytes[1]);
 }
 
 uint64_t kvrt_kv_cache_device_bytes(const kvrt_kv_cache *cache)
@@ -391,13 +399,13 @@ uint64_t kvrt_kv_cache_device_bytes(const kvrt_kv_cache *cache)
     return (uint64_t)cache->desc.num_blocks * kvrt_kv_cache_slot_bytes(cache);
 }
 
-/* Host-tier layout of one block: for each layer, K then V, block_bytes each. */
+/* Host-tier layout of one block: for each layer, K then V, block_bytes[0] and [1]. */
 kvrt_status kvrt_kv_cache_save_block(kvrt_kv_cache *cache, int32_t block, void *dst)
 {
     kvrt_error_clear(&cache->err);
     uint8_t *p = dst;
     for (int32_t l = 0; l < cache->desc.n_layers; l++) {
-        for (int w = 0; w < 2; w++, p += cache->block_bytes)
+        for (int w = 0; w < 2; p += cache->block_bytes[w], w++)
             KVRT_TRY(from_backend(cache, kvrt_op_kv_block_read(cache->be, cache->pool, l, (kvrt_kv_which)w, block, p)));
     }
     return KVRT_OK;
@@ -408,7 +416,7 @@ kvrt_status kvrt_kv_cache_load_block(kvrt_kv_cache *cache, int32_t block, const 
     kvrt_error_clear(&cache->err);
     const uint8_t *p = src;
     for (int32_t l = 0; l < cache->desc.n_layers; l++) {
-        for (int w = 0; w < 2; w++, p += cache->block_bytes)
+        for (int w = 0; w < 2; p += cache->block_bytes[w], w++)
             KVRT_TRY(from_backend(cache, kvrt_op_kv_block_write(cache->be, cache->pool, l, (kvrt_kv_which)w, block,
                                                                 p)));
     }

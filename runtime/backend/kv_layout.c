@@ -13,6 +13,8 @@ static const kvrt_kv_dtype_desc KV_DTYPES[] = {
     {KVRT_DTYPE_F16, 16, KVRT_KV_SCALES_NONE, 0, 0},
     {KVRT_DTYPE_Q8_0, 8, KVRT_KV_SCALES_IN_BLOCK, KVRT_KV_QGROUP, 2},
     {KVRT_DTYPE_Q4_0, 4, KVRT_KV_SCALES_IN_BLOCK, KVRT_KV_QGROUP, 2},
+    {KVRT_DTYPE_FP8_E4M3, 8, KVRT_KV_SCALES_NONE, 0, 0}, /* scale fixed at 1: nothing stored */
+    {KVRT_DTYPE_FP8_E5M2, 8, KVRT_KV_SCALES_NONE, 0, 0},
 };
 
 const kvrt_kv_dtype_desc *kvrt_kv_dtype(kvrt_dtype dtype)
@@ -47,8 +49,45 @@ static int32_t kvq_round(float x, float d, int32_t lo, int32_t hi)
     return q < lo ? lo : q > hi ? hi : q;
 }
 
+/* ---- fp8: the rule of kv_layout.h ---------------------------------------------------------- */
+
+uint8_t kvrt_kv_fp8_encode(kvrt_dtype t, float x)
+{
+    bool e4 = t == KVRT_DTYPE_FP8_E4M3;
+    const int man = e4 ? 3 : 2, bias = e4 ? 7 : 15;
+    const float max = e4 ? 448.0f : 57344.0f;
+    if (x != x)
+        return e4 ? 0x7f : 0x7e;
+    uint8_t sign = signbit(x) ? 0x80 : 0;
+    float a = fabsf(x);
+    a = a > max ? max : a;
+    int e;
+    frexpf(a, &e); /* a = f * 2^e, f in [0.5, 1): the exponent of a is e - 1 */
+    int exp = a == 0.0f || e - 1 < 1 - bias ? 1 - bias : e - 1;
+    /* q = a / 2^(exp - man), exactly scaled, rounded to nearest even (the
+     * default rounding mode); code = (exp + bias - 1) * 2^man + q covers
+     * subnormals (exp field 0), normals and a carry into the next exponent,
+     * and stays <= max's code because a <= max */
+    int q = (int)rintf(ldexpf(a, man - exp));
+    return (uint8_t)(sign | ((exp + bias - 1) * (1 << man) + q));
+}
+
+float kvrt_kv_fp8_decode(kvrt_dtype t, uint8_t b)
+{
+    if (t == KVRT_DTYPE_FP8_E5M2)
+        return kvrt_fp16_to_f32((uint16_t)(b << 8));
+    if ((b & 0x7f) == 0x7f)
+        return NAN;
+    return kvrt_fp16_to_f32((uint16_t)(((b & 0x80) << 8) | ((b & 0x7f) << 7))) * 256.0f;
+}
+
 void kvrt_kv_quantize_row(kvrt_dtype dtype, const float *x, int32_t head_dim, uint8_t *values, uint8_t *scales)
 {
+    if (kvrt_kv_dtype_fp8(dtype)) {
+        for (int32_t i = 0; i < head_dim; i++)
+            values[i] = kvrt_kv_fp8_encode(dtype, x[i]);
+        return;
+    }
     bool q4 = dtype == KVRT_DTYPE_Q4_0;
     float r = q4 ? 0x1.24924ap-3f : 0x1.020408p-7f; /* nearest F32 to 1/7, 1/127 */
     for (int32_t g = 0; g < head_dim / KVRT_KV_QGROUP; g++) {
@@ -75,6 +114,11 @@ void kvrt_kv_quantize_row(kvrt_dtype dtype, const float *x, int32_t head_dim, ui
 void kvrt_kv_dequantize_row(kvrt_dtype dtype, const uint8_t *values, const uint8_t *scales, int32_t head_dim,
                             float *out)
 {
+    if (kvrt_kv_dtype_fp8(dtype)) {
+        for (int32_t i = 0; i < head_dim; i++)
+            out[i] = kvrt_kv_fp8_decode(dtype, values[i]);
+        return;
+    }
     for (int32_t g = 0; g < head_dim / KVRT_KV_QGROUP; g++) {
         float d = kvrt_fp16_to_f32((uint16_t)(scales[2 * g] | (scales[2 * g + 1] << 8)));
         float *o = out + g * KVRT_KV_QGROUP;
@@ -111,9 +155,30 @@ size_t kvrt_kv_dtype_block_bytes(const kvrt_kv_dtype_desc *t, int32_t n_kv_heads
     return bytes;
 }
 
+size_t kvrt_kv_block_bytes_which(const kvrt_kv_pool_desc *d, bool v)
+{
+    return kvrt_kv_dtype_block_bytes(kvrt_kv_dtype(kvrt_kv_pool_dtype(d, v)), d->n_kv_heads, d->block_size,
+                                     d->head_dim);
+}
+
 size_t kvrt_kv_block_bytes(const kvrt_kv_pool_desc *d)
 {
-    return kvrt_kv_dtype_block_bytes(kvrt_kv_dtype(d->dtype), d->n_kv_heads, d->block_size, d->head_dim);
+    return kvrt_kv_block_bytes_which(d, false);
+}
+
+size_t kvrt_kv_block_bytes_pair(const kvrt_kv_pool_desc *d)
+{
+    size_t k = kvrt_kv_block_bytes_which(d, false), v = kvrt_kv_block_bytes_which(d, true), sum;
+    return k && v && kvrt_add_size(k, v, &sum) ? sum : 0;
+}
+
+const char *kvrt_kv_pool_types_name(const kvrt_kv_pool_desc *d, char *buf, size_t size)
+{
+    if (kvrt_kv_pool_mixed(d))
+        snprintf(buf, size, "K %s / V %s", kvrt_dtype_name(d->dtype), kvrt_dtype_name(kvrt_kv_pool_dtype(d, true)));
+    else
+        snprintf(buf, size, "%s", kvrt_dtype_name(d->dtype));
+    return buf;
 }
 
 kvrt_status kvrt_kv_check_block_size(kvrt_error *err, int32_t block_size)
@@ -128,12 +193,24 @@ kvrt_status kvrt_kv_check_dtype(kvrt_error *err, kvrt_dtype dtype)
 {
     if (kvrt_kv_dtype(dtype))
         return KVRT_OK;
-    char names[64] = "";
+    char names[96] = "";
     for (size_t i = 0, at = 0; i < KVRT_ARRAY_LEN(KV_DTYPES) && at < sizeof(names); i++)
         at += (size_t)snprintf(names + at, sizeof(names) - at, "%s%s", i ? ", " : "",
                                kvrt_dtype_name(KV_DTYPES[i].dtype));
     return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "dtype %s is not supported as a KV type (%s)",
                      kvrt_dtype_name(dtype), names);
+}
+
+/* A head_dim the dtype's scale groups divide (the rule for head_dim not a
+ * multiple of 32: refused, naming it). which: "K" or "V". */
+static kvrt_status check_dtype_shape(kvrt_error *err, const kvrt_kv_dtype_desc *t, int32_t head_dim,
+                                     const char *which)
+{
+    if (t->scales == KVRT_KV_SCALES_IN_BLOCK && head_dim % t->group != 0)
+        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT,
+                         "%s: head_dim %d is not a multiple of %d, which %s KV needs (one scale per %d values)",
+                         which, (int)head_dim, (int)t->group, kvrt_dtype_name(t->dtype), (int)t->group);
+    return KVRT_OK;
 }
 
 kvrt_status kvrt_kv_check_pool_desc(kvrt_error *err, const kvrt_kv_pool_desc *d)
@@ -143,23 +220,21 @@ kvrt_status kvrt_kv_check_pool_desc(kvrt_error *err, const kvrt_kv_pool_desc *d)
                          "n_layers %d, n_kv_heads %d, head_dim %d, block_size %d, num_blocks %d must all be >= 1",
                          (int)d->n_layers, (int)d->n_kv_heads, (int)d->head_dim, (int)d->block_size,
                          (int)d->num_blocks);
-    kvrt_error why;
-    if (kvrt_kv_check_dtype(&why, d->dtype) != KVRT_OK) /* no layout for it: unsupported, not a bad argument */
-        return kvrt_fail(err, KVRT_ERR_UNSUPPORTED, "%s", why.message);
+    for (int w = 0; w < 2; w++) {
+        kvrt_dtype t = kvrt_kv_pool_dtype(d, w == 1);
+        kvrt_error why;
+        if (kvrt_kv_check_dtype(&why, t) != KVRT_OK) /* no layout for it: unsupported, not a bad argument */
+            return kvrt_fail(err, KVRT_ERR_UNSUPPORTED, "%s: %s", w ? "V" : "K", why.message);
+        KVRT_TRY(check_dtype_shape(err, kvrt_kv_dtype(t), d->head_dim, w ? "V" : "K"));
+    }
     /* every position of every block must stay addressable by an int32 slot */
     if ((int64_t)d->num_blocks * d->block_size > INT32_MAX)
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "%d blocks x %d positions overflow int32 slots",
                          (int)d->num_blocks, (int)d->block_size);
-    const kvrt_kv_dtype_desc *t = kvrt_kv_dtype(d->dtype);
-    if (t->scales == KVRT_KV_SCALES_IN_BLOCK && d->head_dim % t->group != 0)
-        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT,
-                         "head_dim %d is not a multiple of %d, which %s KV needs (one scale per %d values)",
-                         (int)d->head_dim, (int)t->group, kvrt_dtype_name(d->dtype), (int)t->group);
-    size_t block = kvrt_kv_block_bytes(d), total;
+    size_t block = kvrt_kv_block_bytes_pair(d), total;
     if (block == 0)
-        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "head_dim %d does not fit the %s KV layout",
-                         (int)d->head_dim, kvrt_dtype_name(d->dtype));
-    if (!kvrt_mul_size(block, (size_t)d->num_blocks, &total) || !kvrt_mul_size(total, 2 * (size_t)d->n_layers, &total))
+        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "head_dim %d does not fit the KV layout", (int)d->head_dim);
+    if (!kvrt_mul_size(block, (size_t)d->num_blocks, &total) || !kvrt_mul_size(total, (size_t)d->n_layers, &total))
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "KV pool size overflows");
     return KVRT_OK;
 }

@@ -56,6 +56,38 @@ const kvrt_kv_dtype_desc *kvrt_kv_dtype(kvrt_dtype dtype);
  * Dequantized value: q * d (q8_0) or (nibble - 8) * d (q4_0), in F32. */
 #define KVRT_KV_QGROUP 32
 
+/* ---- fp8 KV: fp8 (E4M3) and fp8_e5m2 (the rule every backend implements bit for bit) ----
+ *
+ * One byte per value, no scale stored: the per-(layer, KV head) scale of
+ * K and of V is fixed at 1.0 (docs/architecture.md "FP8 KV" says why).
+ * Encoding x (F32) -> byte:
+ *   1. NaN -> the canonical positive NaN: 0x7f (E4M3), 0x7e (E5M2);
+ *   2. saturate: |x| > max -> max, infinities included (max 448 = 0x7e for
+ *      E4M3, which has no infinity; 57344 = 0x7b for E5M2, whose infinity
+ *      code is never written), as F16 KV saturates;
+ *   3. round-to-nearest-even of |x| onto the type's grid: normals
+ *      (1 + m / 2^M) * 2^(e - bias), subnormals m * 2^(1 - bias - M)
+ *      (M = 3, bias 7 for E4M3: 2^-9 steps below 2^-6; M = 2, bias 15 for
+ *      E5M2: 2^-16 steps below 2^-14); a tie goes to the even mantissa,
+ *      below half the smallest subnormal is zero; a carry out of the
+ *      mantissa moves to the next exponent;
+ *   4. the sign bit is x's (so -0 stays 0x80).
+ * Decoding: E5M2 is the upper byte of an F16; E4M3 is that F16 pattern
+ * shifted (byte & 0x7f) << 7, times 2^8, with 0x7f/0xff NaN. Exact in F32. */
+
+/* Whether rows of a dtype go through kvrt_kv_quantize_row (q8_0, q4_0, fp8, fp8_e5m2). */
+static inline bool kvrt_kv_dtype_quantized(kvrt_dtype t)
+{
+    return t == KVRT_DTYPE_Q8_0 || t == KVRT_DTYPE_Q4_0 || t == KVRT_DTYPE_FP8_E4M3 || t == KVRT_DTYPE_FP8_E5M2;
+}
+static inline bool kvrt_kv_dtype_fp8(kvrt_dtype t)
+{
+    return t == KVRT_DTYPE_FP8_E4M3 || t == KVRT_DTYPE_FP8_E5M2;
+}
+/* One value by the fp8 rule above, and back. */
+uint8_t kvrt_kv_fp8_encode(kvrt_dtype t, float x);
+float kvrt_kv_fp8_decode(kvrt_dtype t, uint8_t b);
+
 /* Byte offsets, inside one block, of row r (= kv head * block_size + position)
  * of a quantized dtype: its values and its first scale. */
 static inline size_t kvrt_kv_row_values(const kvrt_kv_dtype_desc *t, int32_t head_dim, size_t r)
@@ -69,8 +101,9 @@ static inline size_t kvrt_kv_row_scales(const kvrt_kv_dtype_desc *t, int32_t n_k
     return kvrt_kv_row_values(t, head_dim, rows) + r * (size_t)(head_dim / t->group) * t->scale_bytes;
 }
 
-/* Quantizes one head_dim row (a multiple of 32) by the rule above:
- * values gets head_dim * bits / 8 bytes, scales head_dim / 32 F16 scales. */
+/* Quantizes one head_dim row by the rules above (q8_0, q4_0: head_dim a
+ * multiple of 32): values gets head_dim * bits / 8 bytes, scales head_dim /
+ * 32 F16 scales (fp8: none; scales is not touched and may be NULL). */
 void kvrt_kv_quantize_row(kvrt_dtype dtype, const float *x, int32_t head_dim, uint8_t *values, uint8_t *scales);
 /* The stored row back in F32. */
 void kvrt_kv_dequantize_row(kvrt_dtype dtype, const uint8_t *values, const uint8_t *scales, int32_t head_dim,
@@ -83,16 +116,35 @@ typedef struct kvrt_kv_pool_desc {
     int32_t head_dim;
     int32_t block_size; /* 8, 16 or 32 through the public API */
     int32_t num_blocks;
-    kvrt_dtype dtype;   /* a dtype with a descriptor */
+    kvrt_dtype dtype;   /* K's dtype (a dtype with a descriptor), and V's unless v_dtype_set */
+    bool v_dtype_set;   /* V is stored in v_dtype: K and V may differ. false (a zero-filled field)
+                           keeps one type for both, so a desc that names one type means it */
+    kvrt_dtype v_dtype;
 } kvrt_kv_pool_desc;
+
+/* The dtype of a pool's K (v == false) or V (v == true). */
+static inline kvrt_dtype kvrt_kv_pool_dtype(const kvrt_kv_pool_desc *d, bool v)
+{
+    return v && d->v_dtype_set ? d->v_dtype : d->dtype;
+}
+/* Whether K and V are stored in different dtypes. */
+static inline bool kvrt_kv_pool_mixed(const kvrt_kv_pool_desc *d)
+{
+    return kvrt_kv_pool_dtype(d, true) != d->dtype;
+}
+/* "K q8_0 / V f16" (or "q8_0" when both are one type) into buf. */
+const char *kvrt_kv_pool_types_name(const kvrt_kv_pool_desc *d, char *buf, size_t size);
 
 /* Bytes of one block of one pool (one layer, K or V), scales included, for a
  * dtype descriptor; 0 when the shape does not fit it (head_dim not a whole
  * number of scale groups). */
 size_t kvrt_kv_dtype_block_bytes(const kvrt_kv_dtype_desc *t, int32_t n_kv_heads, int32_t block_size,
                                  int32_t head_dim);
-/* The same for a pool (checked by kvrt_kv_check_pool_desc). */
+/* The same for a pool's K (checked by kvrt_kv_check_pool_desc); with
+ * _which, for its K (v == false) or V (v == true); _pair: K and V together. */
 size_t kvrt_kv_block_bytes(const kvrt_kv_pool_desc *desc);
+size_t kvrt_kv_block_bytes_which(const kvrt_kv_pool_desc *desc, bool v);
+size_t kvrt_kv_block_bytes_pair(const kvrt_kv_pool_desc *desc);
 
 /* The settings a cache, a session or an engine takes from its caller: the
  * block sizes kvrt promises (8, 16, 32), a dtype with a descriptor. */

@@ -264,7 +264,13 @@ kvrt_status kvrt_op_kv_pool_create(kvrt_backend *be, const kvrt_kv_pool_desc *de
         return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "kv_pool_create: %s is NULL", !desc ? "desc" : "out");
     *out = NULL;
     KVRT_TRY(kvrt_kv_check_pool_desc(&be->err, desc));
-    uint64_t bytes = (uint64_t)kvrt_kv_block_bytes(desc) * (uint64_t)desc->num_blocks * 2u * (uint64_t)desc->n_layers;
+    if (kvrt_kv_pool_mixed(desc) && !be->ops->kv_mixed_types) {
+        char types[48];
+        return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED,
+                         "%s: KV types %s are not supported: this backend stores K and V in one type",
+                         be->ops->name, kvrt_kv_pool_types_name(desc, types, sizeof(types)));
+    }
+    uint64_t bytes = (uint64_t)kvrt_kv_block_bytes_pair(desc) * (uint64_t)desc->num_blocks * (uint64_t)desc->n_layers;
     KVRT_TRY(kvrt_op_check_budget(be, bytes, "a KV pool"));
     return OP_CALL(be, kv_pool_create, desc, out);
 }

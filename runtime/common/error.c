@@ -92,6 +92,8 @@ const char *kvrt_dtype_name(kvrt_dtype dtype)
     case KVRT_DTYPE_Q6_K: return "q6_K";
     case KVRT_DTYPE_IQ4_NL: return "iq4_nl";
     case KVRT_DTYPE_IQ4_XS: return "iq4_xs";
+    case KVRT_DTYPE_FP8_E4M3: return "fp8";
+    case KVRT_DTYPE_FP8_E5M2: return "fp8_e5m2";
     }
     return "?";
 }

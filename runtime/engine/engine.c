@@ -249,6 +249,8 @@ kvrt_status kvrt_engine_create(kvrt_model *model, const kvrt_engine_params *para
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "offload needs num_host_blocks >= 1 (got %d)",
                          (int)p.num_host_blocks);
     KVRT_TRY(kvrt_kv_check_dtype(err, p.kv_type));
+    if (p.kv_type_v_set)
+        KVRT_TRY(kvrt_kv_check_dtype(err, p.kv_type_v));
     KVRT_TRY(kvrt_kv_check_block_size(err, p.block_size));
     kvrt_runner runner;
     KVRT_TRY(kvrt_llama_runner_create(model, &p, &runner, err));

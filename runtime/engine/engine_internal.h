@@ -75,7 +75,7 @@ kvrt_status kvrt_engine_create_with_runner(const kvrt_engine_params *params, kvr
  * budget) and creates the KV cache. */
 /* The block manager's extra key of the engine's sequences: the KV type's
  * part of every prefix-cache key (scheduler.c). */
-uint64_t kvrt_engine_prefix_extra_key(kvrt_dtype kv_type);
+uint64_t kvrt_engine_prefix_extra_key(kvrt_dtype k_type, kvrt_dtype v_type);
 kvrt_status kvrt_llama_runner_create(kvrt_model *model, kvrt_engine_params *p, kvrt_runner *out, kvrt_error *err);
 
 /* ---- records ------------------------------------------------------------------ */

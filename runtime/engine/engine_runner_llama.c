@@ -173,11 +173,14 @@ kvrt_status kvrt_llama_runner_create(kvrt_model *model, kvrt_engine_params *p, k
         p->eos_id = mi.eos_id;
     const kvrt_llama_hparams *hp = kvrt_llama_hparams_of(model->lm);
     kvrt_kv_pool_desc d1 = {.n_layers = hp->n_layer, .n_kv_heads = hp->n_head_kv, .head_dim = hp->head_dim,
-                            .block_size = p->block_size, .num_blocks = 1, .dtype = p->kv_type};
+                            .block_size = p->block_size, .num_blocks = 1, .dtype = p->kv_type,
+                            .v_dtype_set = p->kv_type_v_set != 0, .v_dtype = p->kv_type_v};
     kvrt_error why;
+    char types[48];
     if (kvrt_kv_check_pool_desc(&why, &d1) != KVRT_OK) /* e.g. a head_dim quantized KV cannot group */
-        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "KV type %s: %s", kvrt_dtype_name(p->kv_type), why.message);
-    size_t block_all = 2 * (size_t)hp->n_layer * kvrt_kv_block_bytes(&d1); /* one block, every layer, K and V */
+        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "KV type %s: %s",
+                         kvrt_kv_pool_types_name(&d1, types, sizeof(types)), why.message);
+    size_t block_all = (size_t)hp->n_layer * kvrt_kv_block_bytes_pair(&d1); /* one block, every layer, K and V */
     if (p->num_blocks == 0)
         KVRT_TRY(size_pool(model, &mi, hp, p, block_all, err));
     /* offload on the CPU: both tiers are host memory, so they are one pool */
@@ -196,7 +199,8 @@ kvrt_status kvrt_llama_runner_create(kvrt_model *model, kvrt_engine_params *p, k
     r->lm = model->lm;
     r->alloc = model->ctx->alloc;
     kvrt_kv_cache_params cp = {.n_layers = hp->n_layer, .n_kv_heads = hp->n_head_kv, .head_dim = hp->head_dim,
-                               .block_size = p->block_size, .num_blocks = p->num_blocks, .dtype = p->kv_type};
+                               .block_size = p->block_size, .num_blocks = p->num_blocks, .dtype = p->kv_type,
+                               .v_dtype_set = p->kv_type_v_set, .v_dtype = p->kv_type_v};
     kvrt_status st = kvrt_kv_cache_create(model->ctx, &cp, &r->cache, &why);
     if (st != KVRT_OK) {
         kvrt_fail(err, st, "KV pool of %d blocks: %s", (int)p->num_blocks, why.message);

@@ -322,19 +322,20 @@ static kvrt_status schedule_swapped(kvrt_engine *e, int32_t *budget)
 }
 
 /* The prefix cache's extra key: anything besides the tokens that changes a
- * block's bytes. The KV type does (a q4_0 block is not an f16 block), so it
- * is part of the key even though one engine holds one type today: a cache
- * shared or persisted across types can never hand back the wrong bytes. */
-uint64_t kvrt_engine_prefix_extra_key(kvrt_dtype kv_type)
+ * block's bytes. The KV types do (a q4_0 block is not an f16 block; K q8_0
+ * with V f16 is neither), so K's and V's are both part of the key even
+ * though one engine holds one pair today: a cache shared or persisted
+ * across types can never hand back the wrong bytes. Types are < 256. */
+uint64_t kvrt_engine_prefix_extra_key(kvrt_dtype k_type, kvrt_dtype v_type)
 {
-    return 0x6b76747970650000ull ^ (uint64_t)kv_type; /* "kvtype" */
+    return 0x6b76747970650000ull ^ (uint64_t)k_type ^ ((uint64_t)v_type << 8); /* "kvtype" */
 }
 
 /* Admits the head of the waiting queue if its first chunk fits; *admitted = 0 otherwise. */
 static kvrt_status admit_one(kvrt_engine *e, kvrt_eseq *s, int32_t *budget, int *admitted)
 {
     *admitted = 0;
-    kvrt_status st = kvrt_bm_seq_create(e->bm, kvrt_engine_prefix_extra_key(e->p.kv_type), &s->bm_seq);
+    kvrt_status st = kvrt_bm_seq_create(e->bm, kvrt_engine_prefix_extra_key(e->p.kv_type, e->p.kv_type_v_set ? e->p.kv_type_v : e->p.kv_type), &s->bm_seq);
     if (st != KVRT_OK)
         return bm_err(e, st);
     int32_t matched = 0;

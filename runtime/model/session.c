@@ -79,6 +79,8 @@ static kvrt_status check_params(const kvrt_model *m, kvrt_session_params *p, kvr
                          (int)p->n_ctx, (int)m->max_context, (int)m->max_context);
     KVRT_TRY(kvrt_kv_check_block_size(err, p->block_size));
     KVRT_TRY(kvrt_kv_check_dtype(err, p->kv_type));
+    if (p->kv_type_v_set)
+        KVRT_TRY(kvrt_kv_check_dtype(err, p->kv_type_v));
     if (p->n_batch < 1 || p->num_blocks < 0)
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "n_batch %d, num_blocks %d", (int)p->n_batch,
                          (int)p->num_blocks);
@@ -223,7 +225,8 @@ kvrt_status kvrt_session_create(kvrt_model *m, const kvrt_session_params *params
     kvrt_session_reset(s);
     const kvrt_llama_hparams *hp = &m->mf->hp;
     kvrt_kv_cache_params cp = {.n_layers = hp->n_layer, .n_kv_heads = hp->n_head_kv, .head_dim = hp->head_dim,
-                               .block_size = p.block_size, .num_blocks = p.num_blocks, .dtype = p.kv_type};
+                               .block_size = p.block_size, .num_blocks = p.num_blocks, .dtype = p.kv_type,
+                               .v_dtype_set = p.kv_type_v_set, .v_dtype = p.kv_type_v};
     kvrt_status st = kvrt_kv_cache_create(m->ctx, &cp, &s->cache, err);
     if (st == KVRT_OK && p.context_shift)
         st = shift_init(s, err);

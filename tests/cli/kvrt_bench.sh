@@ -119,6 +119,28 @@ PY
 fi
 grep -q "dec vs cpu" "$err" && fail "--no-cpu-compare still printed CPU columns"
 
+# --- kv: KV types vs f16 on the synthetic model and stories260K (head_dim 8) ----------------
+run kv -m "synth,$(cd "$(dirname "$0")/../.." && pwd)/models/stories260K.gguf" --positions 48 \
+    --types f32,q8_0,fp8,f16/fp8 --json
+[ "$rc" -eq 0 ] || fail "kv --json exited $rc: $(cat "$err")"
+if ! python3 - "$out" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+rows = {(r["model"], r["k_type"], r["v_type"]): r for r in d["rows"]}
+syn = [r for r in d["rows"] if r["model"].startswith("synth")]
+sto = [r for r in d["rows"] if r["model"] == "stories260K.gguf"]
+ok = len(syn) == 4 and len(sto) == 4 and d["bench"] == "kv"
+ok = ok and all(r["ran"] and 0 <= r["logits_nmse"] < 1 and 0 <= r["top1_agreement"] <= 1 for r in syn)
+ok = ok and rows[("synth tiny-gqa x4", "f32", "f32")]["logits_nmse"] < rows[("synth tiny-gqa x4", "q8_0", "q8_0")]["logits_nmse"]
+# head_dim 8: q8_0 is refused naming it, fp8 runs
+q8 = rows[("stories260K.gguf", "q8_0", "q8_0")]
+ok = ok and not q8["ran"] and "head_dim 8" in q8["refused"] and rows[("stories260K.gguf", "fp8", "fp8")]["ran"]
+ok = ok and rows[("stories260K.gguf", "f16", "fp8")]["kv_bytes_vs_f16"] == 0.75
+sys.exit(0 if ok else 1)
+PY
+then fail "kv --json: $(head -c 1500 "$out")"; fi
+grep -q "K f16 / V fp8" "$err" || fail "kv --json: no table on stderr"
+
 # --- dispatcher and usage errors ------------------------------------------------------
 expect_usage() { # PATTERN ARGS...
   local pat="$1"; shift
@@ -131,6 +153,8 @@ expect_usage "usage: kvrt-bench"
 expect_usage "unknown subcommand 'nope'" nope
 expect_usage "unknown option '--bogus'" attn --bogus
 expect_usage "--kv-type: unknown value 'q4'" attn --kv-type q4
+expect_usage "--types: unknown value 'q4'" kv --types q8_0/q4
+expect_usage "--kv-type-k q8_0 and --kv-type-v f16 differ" attn --kv-type-k q8_0 --kv-type-v f16
 expect_usage "--threads: 'x' is not a number" attn -t x
 expect_usage "--block-size: use 8, 16 or 32" attn --block-size 12
 expect_usage "--ctx: missing value" attn --ctx

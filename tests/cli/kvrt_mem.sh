@@ -40,6 +40,32 @@ expect_line "= $((2 * 32 * 32 * 136 * 4096)) bytes"
 ok --preset llama-2-7b --ctx 4096 --kv-type q4_0
 expect_line "KV type:        q4_0 (72 bytes per row of 128 values, 4.50 bits per value)"
 expect_line "= $((2 * 32 * 32 * 72 * 4096)) bytes"
+# fp8: one byte per value, no scale, any head_dim (stories260K's 8 too)
+ok --preset llama-2-7b --ctx 4096 --kv-type fp8
+expect_line "KV type:        fp8 (128 bytes per row of 128 values, 8.00 bits per value)"
+expect_line "= $((2 * 32 * 32 * 128 * 4096)) bytes"
+ok --preset stories260K --ctx 100 --kv-type fp8_e5m2
+expect_line "KV type:        fp8_e5m2 (8 bytes per row of 8 values, 8.00 bits per value)"
+# --budget: the context each KV type fits (whole blocks, scales included) and the --ctx sequences
+ok --preset llama-2-7b --budget 8G --batch 4 --ctx 4096
+expect_line "context lengths that fit a KV pool of 8.00 GiB (8.59 GB) (batch 4, block size 16"
+expect_row f32 "1 MiB" 2048 0.50x 2
+expect_row f16 "512 KiB" 4096 1.00x 4
+expect_row q8_0 "272 KiB" $((8 * 1024 * 1024 / 4 / (16 * 272) * 16)) 1.88x 7
+expect_row q4_0 "144 KiB" 14560 3.55x 14
+expect_row fp8 "256 KiB" 8192 2.00x 8
+expect_row fp8_e5m2 "256 KiB" 8192 2.00x 8
+ok --preset stories260K --budget 1MiB --kv-type-k f16 --kv-type-v fp8
+expect_row q8_0 - "head_dim 8 not a multiple of 32" - -
+expect_row "K f16 / V fp8" "480 B" 2176 1.33x -
+ok --preset llama-2-7b --budget 80GB
+expect_line "context lengths that fit a KV pool of 74.51 GiB (80.00 GB)"
+# K and V apart: each row by its own type, whatever the flags' order
+ok --preset llama-2-7b --ctx 4096 --kv-type-k q8_0 --kv-type f16
+expect_line "KV type:        K q8_0 / V f16 (136 + 256 bytes per K and V row of 128 values, 12.25 bits per value)"
+expect_line "= $((32 * 32 * (136 + 256) * 4096)) bytes"
+ok --preset llama-2-7b --ctx 4096 --kv-type-v q4_0 --kv-type-k q8_0
+expect_line "= $((32 * 32 * (136 + 72) * 4096)) bytes"
 ok --preset llama-3-8b --ctx 8192 --batch 4
 expect_line "= $((2 * 32 * 8 * 128 * 2 * 8192 * 4)) bytes"
 
@@ -100,8 +126,13 @@ expect_usage_error "--ctx: 'abc' is not a number" --preset llama-2-7b --ctx abc
 expect_usage_error "--ctx: 0 is out of range" --preset llama-2-7b --ctx 0
 expect_usage_error "--batch: -1 is out of range" --preset llama-2-7b --ctx 10 --batch -1
 expect_usage_error "--ctx: missing value" --preset llama-2-7b --ctx
-expect_usage_error "--kv-type: unknown value 'q4' \(one of: f32, f16, q8_0, q4_0\)" --preset llama-2-7b --ctx 10 --kv-type q4
+expect_usage_error "--kv-type: unknown value 'q4' \(one of: f32, f16, q8_0, q4_0, fp8, fp8_e5m2\)" --preset llama-2-7b --ctx 10 --kv-type q4
 expect_usage_error "--kv-type q4_0: head_dim 8 is not a multiple of 32" --preset stories260K --ctx 10 --kv-type q4_0
+expect_usage_error "--kv-type-v q4_0: head_dim 8 is not a multiple of 32" --preset stories260K --ctx 10 --kv-type-v q4_0
+expect_usage_error "--kv-type-k: unknown value 'q4' \(one of: f32, f16, q8_0, q4_0, fp8, fp8_e5m2\)" --preset llama-2-7b --ctx 10 --kv-type-k q4
+expect_usage_error "--budget: '0' is not a size" --preset llama-2-7b --budget 0
+expect_usage_error "--budget: '8Q' is not a size" --preset llama-2-7b --budget 8Q
+expect_usage_error "--ctx is required \(tokens per sequence\), or --budget" --preset llama-2-7b
 expect_usage_error "shape is incomplete" --layers 2 --heads 4 --ctx 5
 expect_usage_error "--kv-heads 3 must divide --heads 4" --layers 2 --heads 4 --kv-heads 3 --head-dim 8 --ctx 5
 expect_usage_error "--dim 30 is not a multiple" --layers 2 --heads 4 --dim 30 --ctx 5

@@ -83,6 +83,13 @@ expect_usage "--ctx 1e8" "--ctx: '1e8' is not a number" "$run" -m "$model" --ctx
 expect_usage "--block-size 12" "--block-size: use 8, 16 or 32" "$run" -m "$model" --block-size 12
 expect_usage "--block-size 64" "--block-size: use 8, 16 or 32" "$run" -m "$model" --block-size 64
 expect_usage "--kv-type q4" "--kv-type: unknown value 'q4'" "$run" -m "$model" --kv-type q4
+expect_usage "--kv-type-v q4" "--kv-type-v: unknown value 'q4' (one of: f32, f16, q8_0, q4_0, fp8, fp8_e5m2)" "$run" -m "$model" --kv-type-v q4
+expect_usage "--kv-type-k q4" "--kv-type-k: unknown value 'q4'" "$run" -m "$model" --kv-type-k q4
+# a pair: the K/V type the head_dim cannot group is named with the head_dim (stories260K: 8)
+expect_rc 1 "kvrt-run --kv-type-v q8_0 on head_dim 8" "$run" -m "$model" -p x -n 1 --backend cpu --kv-type-v q8_0 &&
+    { grep -qF "V: head_dim 8 is not a multiple of 32, which q8_0 KV needs" "$err" || fail "kvrt-run --kv-type-v q8_0: $(cat "$err")"; }
+expect_rc 0 "kvrt-run --kv-type-k f32 --kv-type-v f16" "$run" -m "$model" -p x -n 2 --backend cpu -v --kv-type-k f32 --kv-type f16 &&
+    { grep -qF "KV cache: " "$err" && grep -qF "K f32 / V f16" "$err" || fail "kvrt-run K f32 / V f16: $(cat "$err")"; }
 # --device: an index is an int32, never wrapped (4294967296 is not device 0)
 expect_usage "--device 4294967296" "--device: 4294967296 is out of range [0, 2147483647]" \
     "$run" -m "$model" --backend vulkan --device 4294967296

@@ -68,6 +68,7 @@ void attn_case_make(attn_case *c, int32_t head_dim, int32_t n_heads, int32_t n_k
     c->n_kv_heads = n_kv_heads;
     c->block_size = block_size;
     c->dtype = dtype;
+    c->v_dtype = dtype;
     c->window = window;
     c->sinks = sinks;
     c->mode = mode;
@@ -218,8 +219,13 @@ size_t attn_case_wide(bool full, attn_case *out, size_t max)
 
 void attn_case_name(const attn_case *c, char *buf, size_t size)
 {
+    char types[32];
+    if (c->v_dtype != c->dtype)
+        snprintf(types, sizeof(types), "K %s/V %s", kvrt_dtype_name(c->dtype), kvrt_dtype_name(c->v_dtype));
+    else
+        snprintf(types, sizeof(types), "%s", kvrt_dtype_name(c->dtype));
     int at = snprintf(buf, size, "%s %s hd=%d h=%d/%d bs=%d W=%d S=%d%s lens=[",
-                      c->mode == ATTN_DECODE ? "decode" : "prefill", kvrt_dtype_name(c->dtype), (int)c->head_dim,
+                      c->mode == ATTN_DECODE ? "decode" : "prefill", types, (int)c->head_dim,
                       (int)c->n_heads, (int)c->n_kv_heads, (int)c->block_size, (int)c->window, (int)c->sinks,
                       c->in_order_blocks ? " in-order" : "");
     for (int32_t s = 0; s < c->num_seqs && at > 0 && (size_t)at < size; s++)
@@ -229,11 +235,6 @@ void attn_case_name(const attn_case *c, char *buf, size_t size)
 }
 
 /* ---- building a case --------------------------------------------------------------------- */
-
-static float stored_value(kvrt_dtype dtype, float x)
-{
-    return dtype == KVRT_DTYPE_F16 ? kvrt_fp16_to_f32(kvrt_f32_to_fp16(x)) : x;
-}
 
 /* Releases (sets to -1) the table entries whose keys no query of the chunk sees. */
 static void release_hidden_blocks(const attn_case *c, int32_t s, int32_t *row)
@@ -332,14 +333,12 @@ static void fill_kv(attn_case_data *d, const int32_t *ids)
                 float kx = rng_uniform(&rng, -1.0f, 1.0f), vx = rng_uniform(&rng, -1.0f, 1.0f);
                 d->k_write[(size_t)w * kv_row + e] = kx;
                 d->v_write[(size_t)w * kv_row + e] = vx;
-                d->k_stored[kv_at * kv_row + e] = stored_value(c->dtype, kx);
-                d->v_stored[kv_at * kv_row + e] = stored_value(c->dtype, vx);
             }
-            for (int32_t h = 0; ref_kv_quantized(c->dtype) && h < c->n_kv_heads; h++) { /* whole rows */
+            for (int32_t h = 0; h < c->n_kv_heads; h++) { /* whole rows: quantized types group them */
                 size_t at = (size_t)h * (size_t)c->head_dim;
                 ref_kv_stored_row(c->dtype, d->k_write + (size_t)w * kv_row + at, c->head_dim,
                                   d->k_stored + kv_at * kv_row + at);
-                ref_kv_stored_row(c->dtype, d->v_write + (size_t)w * kv_row + at, c->head_dim,
+                ref_kv_stored_row(c->v_dtype, d->v_write + (size_t)w * kv_row + at, c->head_dim,
                                   d->v_stored + kv_at * kv_row + at);
             }
             w++;
@@ -407,7 +406,9 @@ size_t attn_case_out_len(const attn_case_data *d)
 kvrt_status attn_case_upload(kvrt_context *ctx, const attn_case_data *d, int32_t n_layers, kvrt_kv_cache **out,
                              kvrt_error *err)
 {
-    kvrt_kv_cache_params p = {n_layers, d->c.n_kv_heads, d->c.head_dim, d->c.block_size, d->num_blocks, d->c.dtype};
+    kvrt_kv_cache_params p = {.n_layers = n_layers, .n_kv_heads = d->c.n_kv_heads, .head_dim = d->c.head_dim,
+                              .block_size = d->c.block_size, .num_blocks = d->num_blocks, .dtype = d->c.dtype,
+                              .v_dtype_set = d->c.v_dtype != d->c.dtype, .v_dtype = d->c.v_dtype};
     kvrt_status s = kvrt_kv_cache_create(ctx, &p, out, err);
     if (s != KVRT_OK)
         return s;

@@ -25,7 +25,8 @@ typedef struct attn_case {
     int32_t n_heads;
     int32_t n_kv_heads;
     int32_t block_size;
-    kvrt_dtype dtype;            /* F32 or F16 KV */
+    kvrt_dtype dtype;            /* K's type (F32, F16 or a quantized KV type), and V's... */
+    kvrt_dtype v_dtype;          /* ...unless this differs (attn_case_make sets it to dtype) */
     int32_t window;              /* 0 = none */
     int32_t sinks;
     attn_mode mode;

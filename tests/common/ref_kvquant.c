@@ -46,8 +46,61 @@ void ref_kv_quantize_row(kvrt_dtype dtype, const float *x, int32_t head_dim, uin
     }
 }
 
+bool ref_kv_fp8(kvrt_dtype dtype)
+{
+    return dtype == KVRT_DTYPE_FP8_E4M3 || dtype == KVRT_DTYPE_FP8_E5M2;
+}
+
+/* The value of a positive fp8 code, from the format's definition in double. */
+static double ref_fp8_value(bool e4, int code)
+{
+    int man = e4 ? 3 : 2, bias = e4 ? 7 : 15, e = code >> man, m = code & ((1 << man) - 1);
+    return e == 0 ? ldexp(m, 1 - bias - man) : ldexp(1.0 + ldexp(m, -man), e - bias);
+}
+
+uint8_t ref_fp8_encode(kvrt_dtype dtype, float x)
+{
+    bool e4 = dtype == KVRT_DTYPE_FP8_E4M3;
+    if (isnan(x))
+        return e4 ? 0x7f : 0x7e;
+    int top = e4 ? 0x7e : 0x7b; /* the largest finite code: saturation */
+    double a = fmin(fabs((double)x), ref_fp8_value(e4, top)); /* saturating, infinities too */
+    /* the nearest of every finite code by search; a tie keeps the even code
+     * (the even mantissa); beyond the largest code, the largest */
+    int best = 0;
+    for (int c = 1; c <= top; c++) {
+        double dc = fabs(ref_fp8_value(e4, c) - a), db = fabs(ref_fp8_value(e4, best) - a);
+        if (dc < db || (dc == db && c % 2 == 0))
+            best = c;
+    }
+    return (uint8_t)((signbit(x) ? 0x80 : 0) | best);
+}
+
+double ref_fp8_decode(kvrt_dtype dtype, uint8_t b)
+{
+    bool e4 = dtype == KVRT_DTYPE_FP8_E4M3;
+    int code = b & 0x7f;
+    if (!e4 && code == 0x7c) /* E5M2 keeps F16's infinity (read, never written) */
+        return b & 0x80 ? -INFINITY : INFINITY;
+    if (code > (e4 ? 0x7e : 0x7c))
+        return NAN;
+    return (b & 0x80 ? -1.0 : 1.0) * ref_fp8_value(e4, code);
+}
+
 void ref_kv_stored_row(kvrt_dtype dtype, const float *x, int32_t head_dim, float *out)
 {
+    if (ref_kv_fp8(dtype)) {
+        for (int32_t i = 0; i < head_dim; i++)
+            out[i] = (float)ref_fp8_decode(dtype, ref_fp8_encode(dtype, x[i]));
+        return;
+    }
+    if (dtype == KVRT_DTYPE_F32 || dtype == KVRT_DTYPE_F16) { /* F16 saturates (DESIGN.md), NaN stays NaN */
+        for (int32_t i = 0; i < head_dim; i++) {
+            float v = x[i] > 65504.0f ? 65504.0f : x[i] < -65504.0f ? -65504.0f : x[i];
+            out[i] = dtype == KVRT_DTYPE_F32 ? x[i] : kvrt_fp16_to_f32(kvrt_f32_to_fp16(v));
+        }
+        return;
+    }
     for (int32_t g = 0; g < head_dim / 32; g++) {
         int32_t q[32];
         double d = kvrt_fp16_to_f32(ref_group(dtype, x + g * 32, q));

@@ -205,6 +205,12 @@ static int parse_args(int argc, char **argv, attn_opts *o)
     o->pipeline_cache = o->common.pipeline_cache;
     o->n_threads = o->common.threads[0];
     o->dtype = o->common.kv_type;
+    if (o->common.kv_type_v != o->dtype) { /* its pools and contiguous baseline hold one type */
+        kvrt_cli_error(PROG, "--kv-type-k %s and --kv-type-v %s differ: kvrt-bench attn measures one KV type "
+                       "(kvrt-bench model and kv take a pair)", kvrt_dtype_name(o->dtype),
+                       kvrt_dtype_name(o->common.kv_type_v));
+        return KVRT_CLI_USAGE;
+    }
     o->block_size = o->common.block_size;
     o->cpu_compare = !no_cpu_compare;
     o->max_kv_bytes = (int64_t)max_kv_mib << 20;
@@ -394,7 +400,7 @@ static kvrt_status cell_create(attn_cell *c, kvrt_context *ctx, const attn_opts 
     int64_t layer = pool_layer_bytes(o, sh, batch, ctx_len);
     int64_t want = (int64_t)(4 * llc);
     c->n_layers = (int32_t)KVRT_MIN((want + layer - 1) / layer, o->quick ? 2 : 64);
-    kvrt_kv_cache_params p = {1, sh->n_kv_heads, sh->head_dim, o->block_size, batch * c->blocks_per_seq, o->dtype};
+    kvrt_kv_cache_params p = {1, sh->n_kv_heads, sh->head_dim, o->block_size, batch * c->blocks_per_seq, .dtype = o->dtype};
     p.n_layers = c->n_layers;
     KVRT_TRY(kvrt_kv_cache_create(ctx, &p, &c->cache, err));
     int32_t max_tok = batch * KVRT_MAX(1, KVRT_MIN(o->prefill_chunk, ctx_len));

@@ -63,7 +63,8 @@ typedef struct model_opts {
     int n_threads;
     bool blas[2];                           /* --blas: OpenBLAS on (true) / off per context, in order */
     int n_blas;
-    kvrt_dtype kv_type;
+    kvrt_dtype kv_type;         /* K's */
+    kvrt_dtype kv_type_v;       /* V's */
     int32_t block_size;
     int32_t prompt_len, gen, reps;
     int32_t cache_lens[MAX_LIST];           /* steps of the KV-cache table; none = no table */
@@ -304,6 +305,7 @@ static void apply_common(model_opts *o)
     o->backend = c->backend;
     o->pipeline_cache = c->pipeline_cache;
     o->kv_type = c->kv_type;
+    o->kv_type_v = c->kv_type_v;
     o->block_size = c->block_size;
     if (c->n_threads > 0) {
         memcpy(o->threads, c->threads, sizeof(o->threads));
@@ -475,6 +477,8 @@ static kvrt_status new_session(kvrt_model *m, const model_opts *o, int32_t n_ctx
     sp.n_ctx = n_ctx;
     sp.n_batch = n_ctx; /* every prompt is one chunk */
     sp.kv_type = o->kv_type;
+    sp.kv_type_v_set = 1;
+    sp.kv_type_v = o->kv_type_v;
     sp.block_size = o->block_size;
     return kvrt_session_create(m, &sp, s, err);
 }

@@ -70,7 +70,8 @@ typedef struct serve_opts {
     bool json;
     uint64_t seed;
     int32_t block_size;
-    kvrt_dtype kv_type;
+    kvrt_dtype kv_type;         /* K's */
+    kvrt_dtype kv_type_v;       /* V's */
     int32_t max_seqs;
     int32_t max_batched_tokens;
     const char *workload;       /* --workload FILE: replay it instead of the built-in workloads */
@@ -175,6 +176,7 @@ static int parse_args(int argc, char **argv, serve_opts *o)
     o->pipeline_cache = o->common.pipeline_cache;
     o->n_threads = o->common.threads[0];
     o->kv_type = o->common.kv_type;
+    o->kv_type_v = o->common.kv_type_v;
     o->block_size = o->common.block_size;
     o->seed = (uint64_t)seed;
     return KVRT_CLI_CONTINUE;
@@ -944,6 +946,8 @@ int kvrt_bench_serve_main(int argc, char **argv)
         r.ep.max_context = r.max_context;
         r.ep.block_size = r.o.block_size;
         r.ep.kv_type = r.o.kv_type;
+        r.ep.kv_type_v_set = 1;
+        r.ep.kv_type_v = r.o.kv_type_v;
         r.ep.max_seqs = r.o.max_seqs;
         r.ep.max_batched_tokens = r.o.max_batched_tokens;
         r.ep.num_blocks = 0; /* max_seqs full contexts */

@@ -336,6 +336,8 @@ static kvrt_status open_setting(const char *path, const threads_opts *o, int32_t
     kvrt_session_params sp = kvrt_session_default_params();
     sp.n_ctx = o->prompt_len + o->gen;
     sp.kv_type = o->common.kv_type;
+    sp.kv_type_v_set = 1;
+    sp.kv_type_v = o->common.kv_type_v;
     sp.block_size = o->common.block_size;
     kvrt_status st = kvrt_model_load(c->ctx, &mp, &c->model, err);
     if (st == KVRT_OK)

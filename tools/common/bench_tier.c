@@ -109,7 +109,7 @@ static kvrt_status put_block(tier_run *r, kvrt_kv_cache *c, int32_t s, int32_t b
 
 static kvrt_status make_cache(tier_run *r, int32_t blocks, kvrt_kv_cache **out, kvrt_error *err)
 {
-    kvrt_kv_cache_params p = {1, r->n_kv, r->head_dim, r->bs, blocks, r->o->common.kv_type};
+    kvrt_kv_cache_params p = {1, r->n_kv, r->head_dim, r->bs, blocks, .dtype = r->o->common.kv_type};
     return kvrt_kv_cache_create(r->ctx, &p, out, err);
 }
 

@@ -154,8 +154,9 @@ bool kvrt_cli_int_list(const char *prog, const char *flag, const char *s, int64_
  * 8-, 16- or 32-token blocks (kvrt_block_manager_create and the sessions). */
 #define CLI_MAX_THREADS 1024
 static const char *const BLOCK_SIZES[] = {"8", "16", "32", NULL};
-static const char *const KV_TYPES[] = {"f32", "f16", "q8_0", "q4_0", NULL};
-static const kvrt_dtype KV_TYPE_IDS[] = {KVRT_DTYPE_F32, KVRT_DTYPE_F16, KVRT_DTYPE_Q8_0, KVRT_DTYPE_Q4_0};
+static const char *const KV_TYPES[] = {"f32", "f16", "q8_0", "q4_0", "fp8", "fp8_e5m2", NULL};
+static const kvrt_dtype KV_TYPE_IDS[] = {KVRT_DTYPE_F32,  KVRT_DTYPE_F16,      KVRT_DTYPE_Q8_0,
+                                         KVRT_DTYPE_Q4_0, KVRT_DTYPE_FP8_E4M3, KVRT_DTYPE_FP8_E5M2};
 
 void kvrt_cli_common_init(kvrt_cli_common *c, kvrt_dtype kv_type, int max_threads)
 {
@@ -226,7 +227,19 @@ bool kvrt_cli_parse_block_size(const char *prog, const char *flag, const char *v
     return false;
 }
 
-enum { N_COMMON = 7 };
+/* --kv-type-k / --kv-type-v: a type, and that it was given (it then wins over --kv-type). */
+static bool parse_kv_type_k(const char *prog, const char *flag, const char *value, void *dst)
+{
+    kvrt_cli_common *c = dst;
+    return (c->kv_type_k_given = kvrt_cli_parse_kv_type(prog, flag, value, &c->kv_type_k_flag));
+}
+static bool parse_kv_type_v(const char *prog, const char *flag, const char *value, void *dst)
+{
+    kvrt_cli_common *c = dst;
+    return (c->kv_type_v_given = kvrt_cli_parse_kv_type(prog, flag, value, &c->kv_type_v_flag));
+}
+
+enum { N_COMMON = 9 };
 
 /* The table itself: the same names, help and bounds in every tool. */
 static size_t common_table(kvrt_cli_common *c, kvrt_cli_opt out[N_COMMON])
@@ -250,10 +263,18 @@ static size_t common_table(kvrt_cli_common *c, kvrt_cli_opt out[N_COMMON])
                      "load compiled GPU pipelines from FILE, save new ones there"),
         KVRT_CLI_CALL(0, "kv-type", kvrt_cli_parse_kv_type, &c->kv_type, "TYPE",
                       c->kv_type == KVRT_DTYPE_F16
-                          ? "KV cache type: f16 (default), f32, q8_0 or q4_0 (8/4-bit groups of\n"
-                            "32 with an F16 scale each; head_dim a multiple of 32; CPU only)"
-                          : "KV cache type: f32 (default), f16, q8_0 or q4_0 (8/4-bit groups of\n"
-                            "32 with an F16 scale each; head_dim a multiple of 32; CPU only)"),
+                          ? "KV cache type of K and V: f16 (default), f32, q8_0 or q4_0 (8/4-bit\n"
+                            "groups of 32 with an F16 scale each; head_dim a multiple of 32), fp8\n"
+                            "(E4M3) or fp8_e5m2 (8-bit floats, saturating, scale 1; any head_dim);\n"
+                            "the quantized ones on the CPU only"
+                          : "KV cache type of K and V: f32 (default), f16, q8_0 or q4_0 (8/4-bit\n"
+                            "groups of 32 with an F16 scale each; head_dim a multiple of 32), fp8\n"
+                            "(E4M3) or fp8_e5m2 (8-bit floats, saturating, scale 1; any head_dim);\n"
+                            "the quantized ones on the CPU only"),
+        KVRT_CLI_CALL(0, "kv-type-k", parse_kv_type_k, c, "TYPE",
+                      "KV type of the keys alone (wins over --kv-type; keys are the sensitive half)"),
+        KVRT_CLI_CALL(0, "kv-type-v", parse_kv_type_v, c, "TYPE",
+                      "KV type of the values alone (wins over --kv-type)"),
         KVRT_CLI_CALL(0, "block-size", kvrt_cli_parse_block_size, &c->block_size, "N",
                       "tokens per KV block: 8, 16 (default) or 32"),
         {.short_name = 'v', .name = "verbose", .kind = KVRT_CLI_KIND_COUNT, .dst = &c->verbose,
@@ -270,12 +291,26 @@ static void common_describe(const char *prog, const kvrt_cli_common *c)
             c->device ? c->device : c->device_index >= 0 ? c->choice.device : "(default)");
     for (int i = 0; i < KVRT_MAX(c->n_threads, 1); i++)
         fprintf(stderr, i ? ",%d" : "%d", (int)c->threads[i]);
-    fprintf(stderr, "%s, KV %s, block size %d, pipeline cache %s\n", c->threads[0] == 0 ? " (all cores)" : "",
-            kvrt_dtype_name(c->kv_type), (int)c->block_size, c->pipeline_cache ? c->pipeline_cache : "none");
+    char kv[40];
+    if (c->kv_type_v != c->kv_type)
+        snprintf(kv, sizeof(kv), "K %s / V %s", kvrt_dtype_name(c->kv_type), kvrt_dtype_name(c->kv_type_v));
+    else
+        snprintf(kv, sizeof(kv), "%s", kvrt_dtype_name(c->kv_type));
+    fprintf(stderr, "%s, KV %s, block size %d, pipeline cache %s\n", c->threads[0] == 0 ? " (all cores)" : "", kv,
+            (int)c->block_size, c->pipeline_cache ? c->pipeline_cache : "none");
+}
+
+void kvrt_cli_common_kv_types(kvrt_cli_common *c)
+{
+    c->kv_type_v = c->kv_type_v_given ? c->kv_type_v_flag : c->kv_type;
+    if (c->kv_type_k_given)
+        c->kv_type = c->kv_type_k_flag;
+    c->kv_type_k_given = c->kv_type_v_given = false; /* resolved once */
 }
 
 bool kvrt_cli_common_resolve(const char *prog, kvrt_cli_common *c)
 {
+    kvrt_cli_common_kv_types(c);
     if (c->backend == KVRT_BACKEND_AUTO) {
         kvrt_error err;
         if (kvrt_backend_choose_auto(&c->choice, &err) != KVRT_OK) {

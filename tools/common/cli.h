@@ -115,7 +115,7 @@ typedef struct kvrt_cli_opt {
 
 /* ---- the common flags ---------------------------------------------------------- */
 
-/* --backend --device -t --pipeline-cache --kv-type --block-size -v: one
+/* --backend --device -t --pipeline-cache --kv-type[-k|-v] --block-size -v: one
  * table, one set of bounds, for kvrt-run and every kvrt-bench subcommand. */
 typedef struct kvrt_cli_common {
     kvrt_backend_kind backend;  /* --backend auto|cpu|vulkan|opencl; AUTO unless given */
@@ -126,7 +126,11 @@ typedef struct kvrt_cli_common {
     int n_threads;              /* counts given (0 = -t not given; threads[0] is then 0) */
     int max_threads;            /* counts one -t takes: 1, or a list up to KVRT_CLI_MAX_LIST */
     const char *pipeline_cache; /* --pipeline-cache FILE; NULL = none */
-    kvrt_dtype kv_type;         /* --kv-type f32|f16|q8_0|q4_0; the tool's default unless given */
+    kvrt_dtype kv_type;         /* --kv-type f32|f16|q8_0|q4_0|fp8|fp8_e5m2 (K and V); the tool's default unless
+                                   given. After kvrt_cli_common_resolve: K's type (--kv-type-k wins) */
+    kvrt_dtype kv_type_v;       /* after kvrt_cli_common_resolve: V's type (--kv-type-v, else --kv-type) */
+    kvrt_dtype kv_type_k_flag, kv_type_v_flag; /* --kv-type-k, --kv-type-v as given */
+    bool kv_type_k_given, kv_type_v_given;
     int32_t block_size;         /* --block-size 8|16|32 (the KV cache's rule); 16 unless given */
     int verbose;                /* -v, --verbose: times given */
     kvrt_backend_choice choice; /* what --backend auto chose (kvrt_cli_common_resolve) */
@@ -149,6 +153,9 @@ void kvrt_cli_common_init(kvrt_cli_common *c, kvrt_dtype kv_type, int max_thread
  * hardware Vulkan or OpenCL device; ...)"). With -v, then prints the
  * settings the common flags resolved to. False after a reported error. */
 bool kvrt_cli_common_resolve(const char *prog, kvrt_cli_common *c);
+/* --kv-type, --kv-type-k, --kv-type-v into kv_type (K) and kv_type_v (V),
+ * whatever their order (kvrt_cli_common_resolve does it first). */
+void kvrt_cli_common_kv_types(kvrt_cli_common *c);
 
 /* Backend, device, the first -t count and the pipeline cache into a
  * context's parameters (after kvrt_cli_common_resolve). */
