@@ -29,6 +29,9 @@ typedef struct kvrt_model_params {
     int32_t max_context;        /* positions the model will be asked for; 0 = the file's context length,
                                  * capped at KVRT_DEFAULT_MAX_CONTEXT (a file may claim far more than a
                                  * run needs: memory is sized by it) */
+    kvrt_dtype kv_type;         /* the KV type sessions will use, so that the up-front memory check
+                                 * below counts its bytes (default KVRT_DTYPE_F32, the sessions'
+                                 * default); it does not bind what sessions may choose */
 } kvrt_model_params;
 
 /* The cap on a default max_context (kvrt_model_params.max_context = 0). */
@@ -38,11 +41,12 @@ KVRT_API kvrt_model_params kvrt_model_default_params(void);
 
 /* Loads a Llama-family model onto the context's backend (weights in backend
  * buffers; on the CPU the GGUF data section is memory-mapped and read in place).
- * What max_context sizes (the RoPE table, and at least one sequence's KV
- * cache) is checked against the context's memory_budget, or the machine's
- * memory without one, before anything is allocated: OUT_OF_HOST_MEMORY (or
- * OUT_OF_DEVICE_MEMORY with a budget) naming max_context or the file's
- * context length.
+ * What max_context sizes (the RoPE table, and one sequence's KV cache in
+ * params->kv_type) is checked before anything is allocated against what the
+ * context may still use (kvrt_context_get_limits: memory_budget minus
+ * memory_in_use; by default the device's heap or the host's available
+ * memory): OUT_OF_HOST_MEMORY on the CPU, OUT_OF_DEVICE_MEMORY on a GPU,
+ * naming max_context or the file's context length.
  * Errors: IO, BAD_MODEL, BAD_TOKENIZER, UNSUPPORTED (a tensor type or tokenizer
  * kvrt does not run), OUT_OF_*_MEMORY; the message names the problem. */
 KVRT_API kvrt_status kvrt_model_load(kvrt_context *ctx, const kvrt_model_params *params,

@@ -220,10 +220,22 @@ static void test_context_sizes_checked_before_allocation(void **state)
     ctx = cpu_context(2u << 20);
     char path[4096];
     kvrt_test_require_model("stories260K.gguf", path, sizeof(path));
-    load(ctx, path, 100000, KVRT_ERR_OUT_OF_DEVICE_MEMORY, &err);
+    load(ctx, path, 100000, KVRT_ERR_OUT_OF_HOST_MEMORY, &err); /* the CPU's budget is host memory */
     assert_non_null(strstr(err.message, "max_context 100000"));
     assert_non_null(strstr(err.message, "memory budget"));
+    assert_non_null(strstr(err.message, "f32 KV cache")); /* the default KV type is counted */
     kvrt_model_destroy(load(ctx, path, 512, KVRT_OK, &err));
+    /* the KV type the sessions will use is what is counted: 2,500 positions
+     * of stories260K (5 layers x 4 KV heads x head_dim 8, K and V) take
+     * 3.05 MiB of F32 KV, 1.53 MiB of F16 */
+    kvrt_model_params mp = kvrt_model_default_params();
+    mp.path = path;
+    mp.max_context = 2500;
+    kvrt_model *m2 = NULL;
+    assert_int_equal(kvrt_model_load(ctx, &mp, &m2, &err), KVRT_ERR_OUT_OF_HOST_MEMORY);
+    mp.kv_type = KVRT_DTYPE_F16;
+    assert_int_equal(kvrt_model_load(ctx, &mp, &m2, &err), KVRT_OK);
+    kvrt_model_destroy(m2);
     kvrt_context_destroy(ctx);
 }
 
@@ -291,6 +303,16 @@ static void test_vulkan_pool_checked_against_heaps(void **state)
     assert_int_equal(s, KVRT_ERR_OUT_OF_DEVICE_MEMORY);
     /* refused up front by the default budget (the device heap minus what is in use) */
     assert_non_null(strstr(err.message, "exceeds the memory budget"));
+    assert_true(dt < 5.0);
+    /* a model's context is checked against the device too, before its RoPE
+     * table is built: 10^9 positions of stories260K need 1.2 TB of F32 KV */
+    char path[4096];
+    kvrt_test_require_model("stories260K.gguf", path, sizeof(path));
+    t0 = now_s();
+    assert_null(load(ctx, path, 1000000000, KVRT_ERR_OUT_OF_DEVICE_MEMORY, &err));
+    dt = now_s() - t0;
+    print_message("  %s (%.3f s)\n", err.message, dt);
+    assert_non_null(strstr(err.message, "device's memory"));
     assert_true(dt < 5.0);
     kvrt_context_destroy(ctx);
 #endif

@@ -2,11 +2,11 @@
  * (model/quant_mix.h) or a single type. Every key and tensor of the input is
  * kept in its order; the output is written beside its target and renamed
  * at the end, and is never the input. */
+#include "cli.h"
 #include "files.h"
 #include "model/gguf.h"
 #include "model/quantize.h"
 
-#include <getopt.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,80 +15,55 @@
 
 #define PROG "kvrt-quantize"
 
-static void usage(FILE *f)
-{
-    fprintf(f,
-            "usage: " PROG " [options] IN.gguf OUT.gguf TYPE\n"
-            "\n"
-            "Quantizes the matrices of an F32, F16 or BF16 GGUF. TYPE (case-insensitive) is one of\n"
-            "  %s\n"
-            "Presets give the sensitive tensors more bits, as llama.cpp's presets of the same\n"
-            "names do: output.weight Q6_K; attn_v and ffn_down of some layers (Q4_K_M: Q6_K in the\n"
-            "first and last eighth and every third layer between); Q2_K/Q3_K_M also attn_output.\n"
-            "Rows a type cannot hold fall back (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0,\n"
-            "Q2_K/Q3_K/IQ4_XS -> IQ4_NL, else F16). Norms and other vectors stay as they are.\n"
-            "\n"
-            "options:\n"
-            "  --pure               every matrix in TYPE's base type (no per-tensor rules)\n"
-            "  --allow-requantize   accept quantized input matrices: dequantize them first\n"
-            "                       (a second rounding; a warning says how many)\n"
-            "  --stats              per output type: the RMSE of the dequantized matrices against\n"
-            "                       the input, absolute and relative to their RMS (stdout)\n"
-            "  -t, --threads N      threads (default: the cores available)\n"
-            "  -q, --quiet          no progress (progress is shown only on a terminal)\n"
-            "  -h, --help           this text\n"
-            "      --version        the kvrt version\n",
-            kvrt_quant_mix_names());
-}
-
 typedef struct options {
     const char *in, *out, *type;
     bool pure, allow_requantize, quiet, stats;
     int32_t threads;
 } options;
 
-/* 0: run; 1: exit 0 (help, version); 2: usage error. */
+/* KVRT_CLI_CONTINUE: run; else the exit status (0 after --help/--version, 2 usage). */
 static int parse_args(int argc, char **argv, options *o)
 {
-    enum { OPT_PURE = 256, OPT_REQUANT, OPT_VERSION, OPT_STATS };
-    static const struct option longs[] = {
-        {"pure", no_argument, NULL, OPT_PURE},          {"allow-requantize", no_argument, NULL, OPT_REQUANT},
-        {"threads", required_argument, NULL, 't'},      {"quiet", no_argument, NULL, 'q'},
-        {"help", no_argument, NULL, 'h'},               {"version", no_argument, NULL, OPT_VERSION},
-        {"stats", no_argument, NULL, OPT_STATS},
-        {NULL, 0, NULL, 0},
-    };
     memset(o, 0, sizeof(*o));
-    int c;
-    while ((c = getopt_long(argc, argv, "t:qh", longs, NULL)) != -1) {
-        switch (c) {
-        case OPT_PURE: o->pure = true; break;
-        case OPT_REQUANT: o->allow_requantize = true; break;
-        case OPT_STATS: o->stats = true; break;
-        case 'q': o->quiet = true; break;
-        case 'h': usage(stdout); return 1;
-        case OPT_VERSION: printf(PROG " %s\n", kvrt_version()); return 1;
-        case 't': {
-            char *end;
-            long v = strtol(optarg, &end, 10);
-            if (*end || end == optarg || v < 1 || v > 1024) {
-                fprintf(stderr, PROG ": --threads: '%s' is not a number of threads in [1, 1024]\n", optarg);
-                return 2;
-            }
-            o->threads = (int32_t)v;
-            break;
-        }
-        default: fprintf(stderr, PROG ": see --help\n"); return 2;
-        }
-    }
-    if (argc - optind != 3) {
-        fprintf(stderr, PROG ": expected IN.gguf OUT.gguf TYPE (see --help)\n");
-        return 2;
-    }
-    o->in = argv[optind];
-    o->out = argv[optind + 1];
-    o->type = argv[optind + 2];
-    return 0;
+    const kvrt_cli_opt opts[] = {
+        KVRT_CLI_BOOL(0, "pure", &o->pure, "every matrix in TYPE's base type (no per-tensor rules)"),
+        KVRT_CLI_BOOL(0, "allow-requantize", &o->allow_requantize,
+                      "accept quantized input matrices: dequantize them first\n"
+                      "(a second rounding; a warning says how many)"),
+        KVRT_CLI_BOOL(0, "stats", &o->stats,
+                      "per output type: the RMSE of the dequantized matrices against\n"
+                      "the input, absolute and relative to their RMS (stdout)"),
+        KVRT_CLI_INT32('t', "threads", &o->threads, 1, 1024, "N", "threads (default: the cores available)"),
+        KVRT_CLI_BOOL('q', "quiet", &o->quiet, "no progress (progress is shown only on a terminal)"),
+    };
+    char about[1024];
+    snprintf(about, sizeof(about),
+             "Quantizes the matrices of an F32, F16 or BF16 GGUF. TYPE (case-insensitive) is one of\n"
+             "  %s\n"
+             "Presets give the sensitive tensors more bits, as llama.cpp's presets of the same\n"
+             "names do: output.weight Q6_K; attn_v and ffn_down of some layers (Q4_K_M: Q6_K in the\n"
+             "first and last eighth and every third layer between); Q2_K/Q3_K_M also attn_output.\n"
+             "Rows a type cannot hold fall back (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0,\n"
+             "Q2_K/Q3_K/IQ4_XS -> IQ4_NL, else F16). Norms and other vectors stay as they are.",
+             kvrt_quant_mix_names());
+    const kvrt_cli_spec spec = {
+        .prog = PROG,
+        .usage = PROG " [options] IN.gguf OUT.gguf TYPE",
+        .about = about,
+        .opts = opts,
+        .n_opts = KVRT_ARRAY_LEN(opts),
+        .min_args = 3,
+        .max_args = 3,
+        .args_hint = "expected IN.gguf OUT.gguf TYPE",
+    };
+    int first;
+    int rc = kvrt_cli_parse(&spec, argc, argv, &first);
+    if (rc != KVRT_CLI_CONTINUE)
+        return rc;
+    o->in = argv[first];
+    o->out = argv[first + 1];
+    o->type = argv[first + 2];
+    return KVRT_CLI_CONTINUE;
 }
 
 static void progress(void *user, int64_t index, int64_t count, const char *name, uint32_t from, uint32_t to)
@@ -162,8 +137,8 @@ int main(int argc, char **argv)
 {
     options o;
     int rc = parse_args(argc, argv, &o);
-    if (rc)
-        return rc == 1 ? 0 : 2;
+    if (rc != KVRT_CLI_CONTINUE)
+        return rc;
     kvrt_quant_mix mix;
     if (!kvrt_quant_mix_find(o.type, o.pure, &mix)) {
         fprintf(stderr, PROG ": unknown TYPE '%s' (one of: %s)\n", o.type, kvrt_quant_mix_names());

@@ -256,6 +256,7 @@ static int setup(run_state *st)
         mp.progress_user = &st->progress;
     }
     mp.max_context = a->ctx;
+    mp.kv_type = a->common.kv_type;
     kvrt_status s = kvrt_model_load(st->ctx, &mp, &st->model, &err);
     if (s != KVRT_OK) /* a context too large for memory names the flag that asked for it */
         return fail(a->ctx ? "loading the model for --ctx" : "loading the model", s, err.message);

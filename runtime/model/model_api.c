@@ -1,10 +1,10 @@
 /* The public model and session API (include/kvrt_model.h). */
+#include "backend/kv_layout.h"
 #include "model/llama.h"
 #include "model/model_api_internal.h"
 
 #include <stdio.h>
 #include <string.h>
-#include <unistd.h>
 
 
 kvrt_model_params kvrt_model_default_params(void)
@@ -47,39 +47,51 @@ static kvrt_status load_file(const kvrt_model_params *p, const kvrt_allocator *a
     return kvrt_model_file_load_llama2c(p->path, p->tokenizer_path, alloc, &progress, mf, err);
 }
 
+/* Bytes of one stored K or V value of a KV dtype, its in-block scales
+ * included; a dtype kvrt does not store KV in counts as F16 (the session
+ * refuses it later, naming it). */
+static double kv_value_bytes(kvrt_dtype dtype)
+{
+    const kvrt_kv_dtype_desc *d = kvrt_kv_dtype(dtype);
+    if (!d)
+        return 2.0;
+    double scales = d->scales == KVRT_KV_SCALES_IN_BLOCK ? (double)d->scale_bytes / d->group : 0.0;
+    return d->value_bits / 8.0 + scales;
+}
+
 /* What max_context sizes, checked before it is allocated: the RoPE table
- * ([max_context][rope_dim] F32, built on the host) and the smallest KV cache
- * a session can have (one full sequence, F16), against the memory budget or,
- * without one, the machine's memory. A file or a flag claiming billions of
- * positions is told so, not "out of memory" after minutes of building a
- * table. (The weights are not counted: on the CPU they stay in the mapped
- * file; the engine sizes its pool from what they leave of a budget.) */
-static kvrt_status check_context_memory(const kvrt_context *ctx, const kvrt_model_file *mf, int32_t max_context,
-                                        bool from_params, kvrt_error *err)
+ * ([max_context][rope_dim] F32) and the smallest KV cache a session can
+ * have (one full sequence in params->kv_type), against what the context may
+ * still use (kvrt_context_limits: the budget, or by default the device's
+ * heap or the host's available memory, minus what is in use). A file or a
+ * flag claiming millions of positions is told so at once, not "out of
+ * memory" after seconds of building a table. (The weights are not counted:
+ * on the CPU they stay in the mapped file; the engine sizes its pool from
+ * what they leave of a budget.) */
+static kvrt_status check_context_memory(kvrt_context *ctx, const kvrt_model_file *mf,
+                                        const kvrt_model_params *params, int32_t max_context, kvrt_error *err)
 {
     const kvrt_llama_hparams *hp = &mf->hp;
     double rope = (double)max_context * (double)KVRT_MAX(hp->rope_dim, 0) * sizeof(float);
-    double kv = 2.0 * hp->n_layer * (double)hp->n_head_kv * (double)hp->head_dim * (double)max_context * 2.0;
-    double limit;
-    const char *what;
-    if (ctx->memory_budget) {
-        limit = (double)ctx->memory_budget;
-        what = "the memory budget";
-    } else {
-        long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
-        if (pages <= 0 || page <= 0)
-            return KVRT_OK;
-        limit = (double)pages * (double)page;
-        what = "this machine's memory";
-    }
+    double kv = 2.0 * hp->n_layer * (double)hp->n_head_kv * (double)hp->head_dim * (double)max_context *
+                kv_value_bytes(params->kv_type);
+    kvrt_context_limits lim;
+    if (kvrt_context_get_limits(ctx, &lim) != KVRT_OK || lim.memory_budget == 0)
+        return KVRT_OK;
+    double limit = lim.memory_budget > lim.memory_in_use ? (double)(lim.memory_budget - lim.memory_in_use) : 0.0;
     if (rope + kv <= limit)
         return KVRT_OK;
-    return kvrt_fail(err, ctx->memory_budget ? KVRT_ERR_OUT_OF_DEVICE_MEMORY : KVRT_ERR_OUT_OF_HOST_MEMORY,
-                     "%s %d needs %.2f GiB (RoPE table %.2f GiB, one sequence's F16 KV cache %.2f GiB), more than "
-                     "%s (%.2f GiB); ask for a shorter context",
-                     from_params ? "max_context" : "the file's context length (llama.context_length)",
-                     (int)max_context, (rope + kv) / 1073741824.0, rope / 1073741824.0, kv / 1073741824.0, what,
-                     KVRT_MAX(limit, 0.0) / 1073741824.0);
+    bool cpu = kvrt_context_backend(ctx) == KVRT_BACKEND_CPU;
+    const char *what = ctx->memory_budget ? "what the memory budget leaves"
+                       : cpu              ? "the host memory available"
+                                          : "what the device's memory leaves";
+    return kvrt_fail(err, cpu ? KVRT_ERR_OUT_OF_HOST_MEMORY : KVRT_ERR_OUT_OF_DEVICE_MEMORY,
+                     "%s %d needs %.2f GiB (RoPE table %.2f GiB, one sequence's %s KV cache %.2f GiB), more than "
+                     "%s (%.2f GiB); ask for a shorter context%s",
+                     params->max_context > 0 ? "max_context" : "the file's context length (llama.context_length)",
+                     (int)max_context, (rope + kv) / 1073741824.0, rope / 1073741824.0,
+                     kvrt_dtype_name(params->kv_type), kv / 1073741824.0, what, limit / 1073741824.0,
+                     params->kv_type == KVRT_DTYPE_F32 ? " or a smaller KV type" : "");
 }
 
 kvrt_status kvrt_model_load(kvrt_context *ctx, const kvrt_model_params *params, kvrt_model **out, kvrt_error *err)
@@ -103,7 +115,7 @@ kvrt_status kvrt_model_load(kvrt_context *ctx, const kvrt_model_params *params, 
     if (s == KVRT_OK) {
         m->max_context = params->max_context > 0 ? params->max_context
                                                   : KVRT_MIN(m->mf->hp.n_ctx_train, KVRT_DEFAULT_MAX_CONTEXT);
-        s = check_context_memory(ctx, m->mf, m->max_context, params->max_context > 0, err);
+        s = check_context_memory(ctx, m->mf, params, m->max_context, err);
     }
     if (s == KVRT_OK)
         s = kvrt_llama_create(ctx->be, m->mf, m->max_context, &m->lm, err);

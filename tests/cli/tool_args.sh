@@ -182,7 +182,9 @@ version_help kvrt-convert "$convert"
 version_help kvrt-tokenize "$tokenize"
 version_help kvrt-synth "$synth"
 version_help kvrt-mem "$mem"
-for sub in attn model serve; do version_help "kvrt-bench $sub" "$bench" "$sub"; done
+version_help kvrt-quantize "$build/kvrt-quantize"
+version_help kvrt-server "$build/kvrt-server"
+for sub in attn model serve threads tokenize; do version_help "kvrt-bench $sub" "$bench" "$sub"; done
 expect_rc 0 "kvrt-bench --version" "$bench" --version && grep -q "^kvrt-bench (kvrt) " "$out" \
     || fail "kvrt-bench --version: $(cat "$out")"
 expect_usage "kvrt-bench unknown subcommand" "unknown subcommand" "$bench" nope
@@ -269,6 +271,19 @@ if expect_rc 0 "kvrt-bench serve ok (auto, -v)" "$bench" serve --model "$model" 
         || fail "kvrt-bench serve -v: no settings line: $(head -n 3 "$err")"
 fi
 expect_rc 1 "kvrt-bench attn failure (no such device)" "$bench" attn --quick --backend opencl --device no-such-device
+# -m is --model in every subcommand; tokenize is on the common parser too
+expect_rc 1 "kvrt-bench serve -m (missing model)" "$bench" serve -m "$tmp/none.gguf" --requests 4
+mkfifo "$tmp/fifo"
+if expect_rc 1 "kvrt-bench model -m FIFO" "$bench" model -m "$tmp/fifo" --quick; then
+    grep -q "is a FIFO, not a regular file" "$err" || fail "kvrt-bench model -m FIFO: $(cat "$err")"
+    grep -q "measuring memory bandwidth" "$err" && fail "kvrt-bench model -m FIFO: measured before refusing"
+fi
+vocab=$src/tests/data/vocab/gpt-2-vocab.gguf
+expect_rc 0 "kvrt-bench tokenize --mb=1 -t1 --vocab=FILE" "$bench" tokenize --mb=1 -t1 --vocab="$vocab" \
+    && grep -q "^gpt-2-vocab.gguf" "$out" || fail "kvrt-bench tokenize: no row: $(cat "$out" "$err")"
+expect_usage "kvrt-bench tokenize -t 2000" "--threads: 2000 is out of range" "$bench" tokenize -t 2000
+expect_usage "kvrt-bench tokenize --mb 0" "--mb: 0 is out of range" "$bench" tokenize --mb 0
+expect_usage "kvrt-bench tokenize extra argument" "unexpected argument 'x'" "$bench" tokenize x
 # (attn and model runs that exit 0 are kvrt_bench.sh's and kvrt_bench_model.sh's: minutes on a busy machine)
 
 [ "$failures" -eq 0 ] || { echo "$failures failure(s)"; exit 1; }

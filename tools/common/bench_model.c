@@ -331,7 +331,7 @@ static int parse_args(int argc, char **argv, model_opts *o)
     const kvrt_cli_opt opts[] = {
         KVRT_CLI_BOOL(0, "json", &o->json, "one JSON document on stdout; the tables go to stderr"),
         KVRT_CLI_BOOL(0, "quick", &o->quick, "one small synthetic model, few tokens (seconds; for tests)"),
-        KVRT_CLI_STR(0, "model", &o->model_path, "FILE", "benchmark this GGUF / llama2.c file instead of synthetic ones"),
+        KVRT_CLI_STR('m', "model", &o->model_path, "FILE", "benchmark this GGUF / llama2.c file instead of synthetic ones"),
         {.name = "preset", .kind = KVRT_CLI_KIND_CALL, .call = parse_presets, .dst = o, .meta = "LIST",
          .help = "synthetic shapes: tiny, 15m, 110m, 1b, 7b (default 15m,110m)", .seen = &g.preset},
         KVRT_CLI_CALL(0, "type", parse_types, o, "LIST",
@@ -360,7 +360,7 @@ static int parse_args(int argc, char **argv, model_opts *o)
     const kvrt_cli_spec spec = {
         .prog = PROG,
         .usage = "kvrt-bench model [--backend auto] [-t LIST] [--json] [--quick] [--model FILE]\n"
-                 "                        [--preset LIST] [--type LIST] [--kv-type f16|f32] [--block-size N]\n"
+                 "                        [--preset LIST] [--type LIST] [--kv-type TYPE] [--block-size N]\n"
                  "                        [--prompt-len N] [--gen N] [--reps N] [--cache-lens LIST|none]\n"
                  "                        [--no-cpu-compare] [--pipeline-cache FILE] [--profile] [--device N|NAME]\n"
                  "                        [--blas on|off|on,off]",
@@ -1061,6 +1061,18 @@ static void print_json(const model_run *run, FILE *f)
 
 /* ---- main ----------------------------------------------------------------------------- */
 
+/* --model is opened (and a FIFO or a directory refused) before the
+ * bandwidth is measured for seconds: a bad path fails at once. */
+static kvrt_status check_model_file(const model_opts *o, kvrt_error *err)
+{
+    if (!o->model_path)
+        return KVRT_OK;
+    int fd = -1;
+    KVRT_TRY(kvrt_open_regular_file(o->model_path, "model", &fd, NULL, err));
+    close(fd);
+    return KVRT_OK;
+}
+
 /* A context (and a CPU one for the comparison) per thread count and --blas
  * mode, and a bandwidth measurement per thread count; a count of 0 (all
  * cores) becomes the number measured with. */
@@ -1123,7 +1135,9 @@ int kvrt_bench_model_main(int argc, char **argv)
     if (rc != KVRT_CLI_CONTINUE)
         return rc;
     kvrt_error err = {KVRT_OK, ""};
-    kvrt_status st = setup(&run, &err);
+    kvrt_status st = check_model_file(&run.o, &err);
+    if (st == KVRT_OK)
+        st = setup(&run, &err);
     if (st == KVRT_OK)
         st = bench_all(&run, &err);
     remove_tmp();

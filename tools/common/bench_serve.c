@@ -118,7 +118,7 @@ static int parse_args(int argc, char **argv, serve_opts *o)
     o->common.backend = KVRT_BACKEND_CPU; /* DESIGN.md: with no arguments, every workload on the CPU */
     int64_t seed = 42;
     const kvrt_cli_opt opts[] = {
-        KVRT_CLI_STR(0, "model", &o->model, "PATH",
+        KVRT_CLI_STR('m', "model", &o->model, "PATH",
                      "GGUF or llama2.c model (default: the shipped stories260K.gguf, from models/ here\n"
                      "or the installed share/kvrt/models)"),
         {.name = "requests", .kind = KVRT_CLI_KIND_INT32, .dst = &o->requests, .min = 1, .max = 1 << 20,

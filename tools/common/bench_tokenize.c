@@ -2,7 +2,7 @@
  * kvrt-bench tokenize: tokenizer throughput, and what tokenizing a long
  * prompt costs next to computing it.
  *
- *   kvrt-bench tokenize [--vocab FILE]... [--mb N] [--model FILE] [--prompt-tokens N] [-t N] [--json]
+ *   kvrt-bench tokenize [--vocab FILE]... [--mb N] [-m FILE] [--prompt-tokens N] [-t N] [--json]
  *
  * The text is N MiB (default 1) of mixed, deterministic text: English
  * prose, source code, numbers, whitespace runs, Chinese, Russian, Arabic
@@ -38,26 +38,40 @@ typedef struct tok_opts {
     int64_t mib;
     const char *model;
     int64_t prompt_tokens;
-    int64_t threads;
     bool json;
+    kvrt_cli_common common; /* the prefill's backend, threads, KV type and block size */
 } tok_opts;
 
-static void usage(FILE *f)
+/* --vocab FILE, repeatable. */
+static bool parse_vocab(const char *prog, const char *flag, const char *value, void *dst)
 {
-    fprintf(f,
-            "usage: %s [--vocab FILE]... [--mb N] [--model FILE] [--prompt-tokens N] [-t N] [--json]\n"
-            "\n"
-            "Tokenizer throughput on N MiB of mixed text (prose, code, numbers, whitespace, Chinese,\n"
-            "Russian, Arabic, emoji), best of %d; with --model, tokenizing a prompt of --prompt-tokens\n"
-            "tokens as a share of its prefill on that model (CPU backend), measured in the same run.\n"
-            "\n"
-            "  --vocab FILE         a GGUF with a vocabulary (repeatable; default: tests/data/vocab/*)\n"
-            "  --mb N               MiB of text (default 1)\n"
-            "  --model FILE         a GGUF model to time the prefill on (e.g. kvrt-synth --preset 110m)\n"
-            "  --prompt-tokens N    prompt length for the prefill comparison (default 4096)\n"
-            "  -t, --threads N      CPU threads for the prefill (default: all cores)\n"
-            "  --json               one JSON document on stdout, the table on stderr\n",
-            PROG, REPS);
+    tok_opts *o = dst;
+    if (o->n_vocabs == MAX_VOCABS) {
+        kvrt_cli_error(prog, "%s: at most %d", flag, MAX_VOCABS);
+        return false;
+    }
+    o->vocabs[o->n_vocabs++] = value;
+    return true;
+}
+
+/* Without --vocab: the three of the source tree's tests/data/vocab, when
+ * this tool runs beside that tree (an installed copy names its own). */
+static int default_vocabs(tok_opts *o)
+{
+    static const char *const defaults[] = {KVRT_SOURCE_DIR "/tests/data/vocab/qwen3-vocab.gguf",
+                                           KVRT_SOURCE_DIR "/tests/data/vocab/gpt-2-vocab.gguf",
+                                           KVRT_SOURCE_DIR "/tests/data/vocab/phi-3-vocab.gguf"};
+    for (size_t k = 0; k < KVRT_ARRAY_LEN(defaults); k++) {
+        FILE *f = fopen(defaults[k], "rb");
+        if (!f) {
+            kvrt_cli_error(PROG, "no --vocab given and the default vocabularies of the source tree are not "
+                                 "here (%s): pass --vocab FILE (any GGUF with a vocabulary)", defaults[k]);
+            return KVRT_CLI_USAGE;
+        }
+        fclose(f);
+        o->vocabs[o->n_vocabs++] = defaults[k];
+    }
+    return KVRT_CLI_CONTINUE;
 }
 
 static int parse_args(int argc, char **argv, tok_opts *o)
@@ -65,48 +79,44 @@ static int parse_args(int argc, char **argv, tok_opts *o)
     memset(o, 0, sizeof(*o));
     o->mib = 1;
     o->prompt_tokens = 4096;
-    for (int i = 1; i < argc; i++) {
-        const char *val = NULL;
-        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-            usage(stdout);
-            return 1;
-        } else if (!strcmp(argv[i], "--json")) {
-            o->json = true;
-        } else if (kvrt_cli_flag(argc, argv, &i, "--vocab", &val, PROG)) {
-            if (!val)
-                return -1;
-            if (o->n_vocabs == MAX_VOCABS) {
-                kvrt_cli_error(PROG, "--vocab: at most %d", MAX_VOCABS);
-                return -1;
-            }
-            o->vocabs[o->n_vocabs++] = val;
-        } else if (kvrt_cli_flag(argc, argv, &i, "--model", &val, PROG)) {
-            if (!val)
-                return -1;
-            o->model = val;
-        } else if (kvrt_cli_flag(argc, argv, &i, "--mb", &val, PROG)) {
-            if (!val || !kvrt_cli_int(PROG, "--mb", val, 1, 1024, false, &o->mib))
-                return -1;
-        } else if (kvrt_cli_flag(argc, argv, &i, "--prompt-tokens", &val, PROG)) {
-            if (!val || !kvrt_cli_int(PROG, "--prompt-tokens", val, 16, 1 << 20, true, &o->prompt_tokens))
-                return -1;
-        } else if (kvrt_cli_flag(argc, argv, &i, "-t", &val, PROG) ||
-                   kvrt_cli_flag(argc, argv, &i, "--threads", &val, PROG)) {
-            if (!val || !kvrt_cli_int(PROG, "-t", val, 0, 4096, false, &o->threads))
-                return -1;
-        } else {
-            kvrt_cli_error(PROG, "unknown argument '%s' (see --help)", argv[i]);
-            return -1;
-        }
-    }
-    if (o->n_vocabs == 0) {
-        static const char *const defaults[] = {KVRT_SOURCE_DIR "/tests/data/vocab/qwen3-vocab.gguf",
-                                               KVRT_SOURCE_DIR "/tests/data/vocab/gpt-2-vocab.gguf",
-                                               KVRT_SOURCE_DIR "/tests/data/vocab/phi-3-vocab.gguf"};
-        for (size_t k = 0; k < KVRT_ARRAY_LEN(defaults); k++)
-            o->vocabs[o->n_vocabs++] = defaults[k];
-    }
-    return 0;
+    kvrt_cli_common_init(&o->common, KVRT_DTYPE_F32, 1); /* the sessions' default KV type */
+    o->common.backend = KVRT_BACKEND_CPU;
+    char vocab_help[160];
+    snprintf(vocab_help, sizeof(vocab_help), "a GGUF with a vocabulary (repeatable; default: the source tree's\n"
+                                             "tests/data/vocab/*)");
+    const kvrt_cli_opt opts[] = {
+        KVRT_CLI_CALL(0, "vocab", parse_vocab, o, "FILE", vocab_help),
+        KVRT_CLI_INT64(0, "mb", &o->mib, 1, 1024, "N", "MiB of text (default 1)"),
+        KVRT_CLI_STR('m', "model", &o->model, "FILE",
+                     "a GGUF model to time the prefill on (e.g. kvrt-synth --preset 110m)"),
+        KVRT_CLI_INT64(0, "prompt-tokens", &o->prompt_tokens, 16, 1 << 20, "N",
+                       "prompt length for the prefill comparison (default 4096; k suffix)"),
+        KVRT_CLI_BOOL(0, "json", &o->json, "one JSON document on stdout, the table on stderr"),
+    };
+    kvrt_cli_opt opts_k[KVRT_ARRAY_LEN(opts)];
+    memcpy(opts_k, opts, sizeof(opts));
+    opts_k[3].flags = KVRT_CLI_K_SUFFIX;
+    char about[400];
+    snprintf(about, sizeof(about),
+             "Tokenizer throughput on N MiB of mixed text (prose, code, numbers, whitespace, Chinese,\n"
+             "Russian, Arabic, emoji), best of %d; with --model, tokenizing a prompt of --prompt-tokens\n"
+             "tokens as a share of its prefill on that model (--backend, default cpu), in the same run.",
+             REPS);
+    const kvrt_cli_spec spec = {
+        .prog = PROG,
+        .usage = "kvrt-bench tokenize [--vocab FILE]... [--mb N] [-m FILE] [--prompt-tokens N] [-t N] [--json]",
+        .about = about,
+        .opts = opts_k,
+        .n_opts = KVRT_ARRAY_LEN(opts_k),
+        .common = &o->common,
+    };
+    int first;
+    int rc = kvrt_cli_parse(&spec, argc, argv, &first);
+    if (rc == KVRT_CLI_CONTINUE && !kvrt_cli_common_resolve(PROG, &o->common))
+        rc = KVRT_CLI_USAGE;
+    if (rc == KVRT_CLI_CONTINUE && o->n_vocabs == 0)
+        rc = default_vocabs(o);
+    return rc;
 }
 
 /* ---- the text ------------------------------------------------------------------------------ */
@@ -256,8 +266,7 @@ static bool bench_vocab(const tok_opts *o, const char *text, size_t len, vocab_r
 static double time_prefill(const tok_opts *o, int32_t n)
 {
     kvrt_context_params cp = kvrt_context_default_params();
-    cp.backend = KVRT_BACKEND_CPU;
-    cp.n_threads = (int32_t)o->threads;
+    kvrt_cli_common_context_params(&o->common, &cp);
     kvrt_context *ctx = NULL;
     kvrt_model *m = NULL;
     kvrt_session *sess = NULL;
@@ -267,6 +276,7 @@ static double time_prefill(const tok_opts *o, int32_t n)
     kvrt_model_params mp = kvrt_model_default_params();
     mp.path = o->model;
     mp.max_context = n;
+    mp.kv_type = o->common.kv_type;
     kvrt_model_info info;
     if (!ids || kvrt_context_create(&cp, &ctx, &err) != KVRT_OK || kvrt_model_load(ctx, &mp, &m, &err) != KVRT_OK ||
         kvrt_model_get_info(m, &info) != KVRT_OK) {
@@ -277,6 +287,8 @@ static double time_prefill(const tok_opts *o, int32_t n)
         ids[i] = (int32_t)((3 + (uint32_t)i * 2654435761u % 30000u) % (uint32_t)info.n_vocab);
     kvrt_session_params sp = kvrt_session_default_params();
     sp.n_ctx = n;
+    sp.kv_type = o->common.kv_type;
+    sp.block_size = o->common.block_size;
     if (kvrt_session_create(m, &sp, &sess, &err) != KVRT_OK) {
         kvrt_cli_error(PROG, "session: %s", err.message);
         goto out;
@@ -319,8 +331,8 @@ static void report(const tok_opts *o, const vocab_result *r, int n, double prefi
         fprintf(f, "\n");
     }
     if (o->model)
-        fprintf(f, "prompt of %lld tokens; prefill on %s (CPU, best of %d); target: tokenizing under 5%% of it\n",
-                (long long)o->prompt_tokens, o->model, REPS);
+        fprintf(f, "prompt of %lld tokens; prefill on %s (%s, best of %d); target: tokenizing under 5%% of it\n",
+                (long long)o->prompt_tokens, o->model, kvrt_backend_name(o->common.backend), REPS);
     if (!o->json)
         return;
     kvrt_json j;
@@ -356,8 +368,8 @@ int kvrt_bench_tokenize_main(int argc, char **argv)
 {
     tok_opts o;
     int p = parse_args(argc, argv, &o);
-    if (p)
-        return p > 0 ? 0 : KVRT_CLI_USAGE;
+    if (p != KVRT_CLI_CONTINUE)
+        return p;
     size_t len = (size_t)o.mib << 20;
     char *text = mixed_text(len);
     if (!text) {

@@ -677,6 +677,7 @@ bool srv_engine_open(srv *s)
     mp.path = o->model_path;
     mp.tokenizer_path = o->tokenizer_path;
     mp.max_context = o->ep.max_context;
+    mp.kv_type = o->ep.kv_type;
     if ((st = kvrt_model_load(s->ctx, &mp, &s->model, &err)) != KVRT_OK)
         return report("loading the model", st, err.message);
     kvrt_model_info info;
