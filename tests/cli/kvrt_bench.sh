@@ -141,6 +141,39 @@ PY
 then fail "kv --json: $(head -c 1500 "$out")"; fi
 grep -q "K f16 / V fp8" "$err" || fail "kv --json: no table on stderr"
 
+# --- a KV type other than f16: each decode cell again with f16 KV, same backend -------
+# Fields and ratios are checked, never the speeds (lavapipe and PoCL here).
+for be in cpu opencl vulkan; do
+  [ "$be" = cpu ] || built "$be" || continue
+  run attn --quick --json --backend "$be" --kv-type q4_0 --ctx 40 --batch 1 --no-cpu-compare --prefill-chunk 0
+  [ "$rc" -eq 0 ] || { fail "attn --kv-type q4_0 --backend $be exited $rc"; cat "$err" >&2; continue; }
+  python3 - "$out" "$be" <<'PY' || fail "attn --kv-type q4_0 --backend $be: JSON f16 fields"
+import json, sys
+d = json.load(open(sys.argv[1]))
+def need(cond, what):
+    if not cond:
+        print("  JSON check failed:", what, file=sys.stderr)
+        sys.exit(1)
+need(d["backend"] == sys.argv[2] and d["kv_type"] == "q4_0", "backend and kv_type")
+need(len(d["results"]) == 2, "2 cells")
+for r in d["results"]:
+    dec = r["decode"]
+    need(dec["f16_ms"] > 0 and dec["f16_kv_read_gbs"] > 0, "f16 time and rate")
+    need(abs(dec["vs_f16"] - dec["f16_ms"] / dec["paged_ms"]) <= 1e-3 * dec["vs_f16"], "vs_f16 = f16 / q4_0 time")
+    # the same cell's f16 KV is 2 bytes a value, q4_0's 18 bytes a group of 32
+    f16_bytes = dec["f16_kv_read_gbs"] * dec["f16_ms"] * 1e6
+    need(abs(f16_bytes / r["kv_bytes_per_call"] - 64 / 18) < 1e-3, "f16 bytes / q4_0 bytes = 64 / 18")
+PY
+  grep -q "vs f16" "$err" || fail "attn --kv-type q4_0 --backend $be: no f16 columns in the table"
+done
+run attn --quick --json --ctx 20 --batch 1 --kv-type f16 --prefill-chunk 0
+python3 - "$out" <<'PY' || fail "attn --kv-type f16: f16 comparison fields should be null"
+import json, sys
+d = json.load(open(sys.argv[1]))
+sys.exit(0 if all(r["decode"]["vs_f16"] is None and r["decode"]["f16_ms"] is None for r in d["results"]) else 1)
+PY
+grep -q "vs f16" "$err" && fail "attn --kv-type f16 printed f16 columns"
+
 # --- dispatcher and usage errors ------------------------------------------------------
 expect_usage() { # PATTERN ARGS...
   local pat="$1"; shift

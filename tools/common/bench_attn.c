@@ -13,6 +13,11 @@
  * device buffers inside begin/submit, read + write bytes per second), so the
  * comparison is device memory against device memory on any backend.
  *
+ * With a KV type other than F16, each decode cell runs again with F16 KV on
+ * the same backend and the same data (same coordinates, same generator), so
+ * the gain of a quantized type (fewer bytes to read) is a ratio measured in
+ * one run: "vs f16" = F16 time / this type's time.
+ *
  * Realism: each cell holds as many layers as it takes for the KV of all of
  * them to exceed 4x the last-level cache, and successive calls cycle through
  * the layers, as a model's forward pass does; otherwise small contexts would
@@ -101,6 +106,9 @@ typedef struct attn_result {
     bool have_cpu;            /* the same cell on the CPU backend (GPU runs only) */
     double cpu_decode_s, cpu_prefill_s;
     double cpu_max_abs_diff;  /* decode outputs, this backend vs the CPU, same data */
+    bool have_f16;            /* the decode cell again with F16 KV (--kv-type other than f16) */
+    double f16_decode_s;
+    int64_t f16_kv_bytes;
 } attn_result;
 
 /* ---- arguments ----------------------------------------------------------------- */
@@ -190,7 +198,9 @@ static int parse_args(int argc, char **argv, attn_opts *o)
         .about = "Decode and prefill attention throughput over model shapes (llama-2-7b: 32 q / 32 KV\n"
                  "heads, llama-3-8b: 32 q / 8 KV heads, head_dim 128) x batch x context, with the KV-read\n"
                  "rate as a share of the memory bandwidth measured in the same run, and paged vs\n"
-                 "contiguous KV layout on the same data (contiguous comparison: cpu only).",
+                 "contiguous KV layout on the same data (contiguous comparison: cpu only). With a\n"
+                 "--kv-type other than f16, every decode cell runs again with f16 KV on the same\n"
+                 "backend and data: KV GB/s and time vs f16 in the same run.",
         .opts = opts,
         .n_opts = KVRT_ARRAY_LEN(opts),
         .common = &o->common,
@@ -245,6 +255,12 @@ static size_t elem_size(kvrt_dtype t)
 static int64_t kv_row_bytes(kvrt_dtype t, int32_t head_dim)
 {
     return (int64_t)kvrt_kv_dtype_block_bytes(kvrt_kv_dtype(t), 1, 1, head_dim);
+}
+
+/* Decode cells run with F16 KV too when the type is another one. */
+static bool f16_compared(const attn_opts *o)
+{
+    return o->dtype != KVRT_DTYPE_F16;
 }
 
 /* Quantized KV has no contiguous decode to compare with (paged only). */
@@ -531,6 +547,23 @@ static kvrt_status run_cpu_cell(kvrt_context *cpu, attn_cell *gpu, size_t llc, a
     return st;
 }
 
+/* The decode cell again with F16 KV, same backend and data: the baseline of "vs f16". */
+static kvrt_status run_f16_cell(kvrt_context *ctx, const attn_opts *o, size_t llc, attn_result *r, kvrt_error *err)
+{
+    attn_opts f16 = *o;
+    f16.dtype = KVRT_DTYPE_F16;
+    attn_cell c;
+    int reps;
+    kvrt_status st = cell_create(&c, ctx, &f16, r->shape, r->batch, r->ctx, llc, false, err);
+    if (st == KVRT_OK)
+        st = time_calls(&c, ctx, call_paged_decode, &r->f16_decode_s, &reps, err);
+    r->f16_kv_bytes = 2 * (int64_t)r->batch * r->ctx * r->shape->n_kv_heads * kv_row_bytes(KVRT_DTYPE_F16,
+                                                                                            r->shape->head_dim);
+    r->have_f16 = st == KVRT_OK;
+    cell_free(&c);
+    return st;
+}
+
 /* `cpu`: a CPU context to run the cell on as well, or NULL. */
 static kvrt_status run_cell(kvrt_context *ctx, kvrt_context *cpu, const attn_opts *o, size_t llc, attn_result *r,
                             kvrt_error *err)
@@ -574,6 +607,8 @@ static kvrt_status run_cell(kvrt_context *ctx, kvrt_context *cpu, const attn_opt
     if (st == KVRT_OK && cpu)
         st = run_cpu_cell(cpu, &c, llc, r, err);
     cell_free(&c);
+    if (st == KVRT_OK && f16_compared(o))
+        st = run_f16_cell(ctx, o, llc, r, err);
     return st;
 }
 
@@ -615,6 +650,12 @@ static double vs_cpu(double cpu_s, double s)
     return s > 0 ? cpu_s / s : NAN;
 }
 
+/* A baseline's time over this time (> 1: this one is faster). */
+static double speedup(double base_s, double s)
+{
+    return s > 0 ? base_s / s : NAN;
+}
+
 static bool cpu_compared(const attn_run *run)
 {
     return run->o.backend != KVRT_BACKEND_CPU && run->o.cpu_compare;
@@ -637,14 +678,19 @@ static void layout_or_cpu_cells(const attn_result *r, kvrt_table *t)
 
 static void print_table(const attn_run *run, FILE *f)
 {
-    static const char *const hdr[] = {"model", "kv", "batch", "ctx", "decode ms", "KV GB/s", "% bw",
-                                      "contig GB/s", "paged/contig", "prefill tok", "prefill ms", "GFLOP/s"};
-    static const char *const hdr_cpu[] = {"model", "kv", "batch", "ctx", "decode ms", "KV GB/s", "% bw",
-                                          "cpu dec ms", "dec vs cpu", "prefill tok", "prefill ms", "GFLOP/s",
-                                          "cpu pre ms", "pre vs cpu"};
-    bool cmp = cpu_compared(run);
+    bool cmp = cpu_compared(run), f16 = f16_compared(&run->o);
+    /* the F16 columns follow "% bw" (present on every cell that ran) */
+    const char *hdr[16] = {"model", "kv", "batch", "ctx", "decode ms", "KV GB/s", "% bw"};
+    int n = 7;
+    if (f16)
+        hdr[n++] = "f16 ms", hdr[n++] = "f16 GB/s", hdr[n++] = "vs f16";
+    static const char *const tail[] = {"contig GB/s", "paged/contig", "prefill tok", "prefill ms", "GFLOP/s"};
+    static const char *const tail_cpu[] = {"cpu dec ms", "dec vs cpu", "prefill tok", "prefill ms", "GFLOP/s",
+                                           "cpu pre ms", "pre vs cpu"};
+    for (int i = 0; i < (cmp ? 7 : 5); i++)
+        hdr[n++] = cmp ? tail_cpu[i] : tail[i];
     kvrt_table t;
-    kvrt_table_init(&t, cmp ? 14 : 12, cmp ? hdr_cpu : hdr, "llrrrrrrrrrrrr");
+    kvrt_table_init(&t, n, hdr, "llrrrrrrrrrrrrrrr");
     for (int i = 0; i < run->n_res; i++) {
         const attn_result *r = &run->res[i];
         if (!kvrt_table_row(&t))
@@ -660,6 +706,11 @@ static void print_table(const attn_run *run, FILE *f)
         kvrt_table_cell(&t, "%.3f", r->paged_s * 1e3);
         kvrt_table_cell(&t, "%.2f", gbs(r->kv_bytes, r->paged_s));
         kvrt_table_cell(&t, "%.1f", pct_bw(run, r));
+        if (f16) {
+            kvrt_table_cell(&t, "%.3f", r->f16_decode_s * 1e3);
+            kvrt_table_cell(&t, "%.2f", gbs(r->f16_kv_bytes, r->f16_decode_s));
+            kvrt_table_cell(&t, "%.2f", speedup(r->f16_decode_s, r->paged_s));
+        }
         layout_or_cpu_cells(r, &t);
         if (r->prefill_tokens > 0) {
             kvrt_table_cell(&t, "%d", (int)r->prefill_tokens);
@@ -684,6 +735,10 @@ static void print_table(const attn_run *run, FILE *f)
         fprintf(f, "every cell also ran on the CPU backend (%d threads) on the same data: cpu ms = its best call, "
                    "vs cpu = CPU time / %s time (> 1: %s is faster)\n",
                 run->n_threads, kvrt_backend_name(run->o.backend), kvrt_backend_name(run->o.backend));
+    if (f16)
+        fprintf(f, "every decode cell also ran with f16 KV on %s on the same data: vs f16 = f16 time / %s time "
+                   "(> 1: %s KV is faster)\n", kvrt_backend_name(run->o.backend), kvrt_dtype_name(run->o.dtype),
+                kvrt_dtype_name(run->o.dtype));
     fprintf(f, "%% bw is taken of the %s\n", run->o.backend == KVRT_BACKEND_CPU ? "host read bandwidth"
                                                                               : "device copy bandwidth");
     fprintf(f, "decode: best call out of >= %.0f ms of calls, layers cycled so KV exceeds 4x LLC; paged/contig = contiguous time / "
@@ -773,6 +828,10 @@ static void json_result(kvrt_json *j, const attn_run *run, const attn_result *r)
         kvrt_json_num(j, "contiguous_gbs", r->have_contig ? gbs(r->kv_bytes, r->contig_s) : NAN);
         kvrt_json_num(j, "paged_vs_contiguous", r->have_contig ? r->contig_s / r->paged_s : NAN);
         kvrt_json_num(j, "max_abs_diff", r->have_contig ? r->max_abs_diff : NAN);
+        /* the same cell with F16 KV (kv_type other than f16), null otherwise */
+        kvrt_json_num(j, "f16_ms", r->have_f16 ? r->f16_decode_s * 1e3 : NAN);
+        kvrt_json_num(j, "f16_kv_read_gbs", r->have_f16 ? gbs(r->f16_kv_bytes, r->f16_decode_s) : NAN);
+        kvrt_json_num(j, "vs_f16", r->have_f16 ? speedup(r->f16_decode_s, r->paged_s) : NAN);
         kvrt_json_end_object(j);
         json_cpu(j, r);
         if (r->prefill_tokens > 0) {

@@ -188,6 +188,10 @@ kvrt_be_kv_rope_shift_fn kvrt_cl_kv_rope_shift; /* cl_kv_shift.c */
 
 /* Segment size of allocations made from now on (rounded down to 256 bytes, at most max_alloc). */
 void kvrt_cl_test_set_segment_bytes(kvrt_backend *be, size_t bytes);
+/* Gives a pool's K and V their own storage types (the kernels take two; a
+ * pool has one dtype today): each type's blocks must fit the pool's.
+ * INVALID_ARGUMENT when a type does not fit. */
+kvrt_status kvrt_cl_test_kv_types(kvrt_backend *be, kvrt_kv_pool *pool, kvrt_dtype k, kvrt_dtype v);
 /* Replaces a program's source (NULL restores it); the program is rebuilt on next use. */
 void kvrt_cl_test_override_source(kvrt_backend *be, kvrt_cl_program_id prog, const char *src);
 /* Makes the nth device allocation from now fail as out of memory (0 = never). */

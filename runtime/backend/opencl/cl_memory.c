@@ -405,6 +405,24 @@ kvrt_status kvrt_cl_kv_pool_create(kvrt_backend *be, const kvrt_kv_pool_desc *d,
     return KVRT_OK;
 }
 
+kvrt_status kvrt_cl_test_kv_types(kvrt_backend *be, kvrt_kv_pool *pool, kvrt_dtype k, kvrt_dtype v)
+{
+    const kvrt_dtype t[2] = {k, v};
+    int code[2];
+    for (int i = 0; i < 2; i++) {
+        kvrt_kv_pool_desc d = pool->desc;
+        d.dtype = t[i];
+        code[i] = cl_kv_type_code(t[i]);
+        size_t bb = kvrt_kv_dtype(t[i]) ? kvrt_kv_block_bytes(&d) : 0;
+        if (code[i] < 0 || bb == 0 || bb > pool->block_bytes)
+            return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "opencl: %s blocks do not fit a %s pool",
+                             kvrt_dtype_name(t[i]), kvrt_dtype_name(pool->desc.dtype));
+    }
+    pool->k_type = code[0];
+    pool->v_type = code[1];
+    return KVRT_OK;
+}
+
 /* Where one block of one layer's K or V pool lives. */
 static cl_mem cl_block_at(const kvrt_kv_pool *pool, int32_t layer, kvrt_kv_which which, int32_t block,
                           size_t *offset)

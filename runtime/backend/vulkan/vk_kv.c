@@ -158,6 +158,24 @@ kvrt_status kvrt_vk_kv_pool_create(kvrt_backend *be, const kvrt_kv_pool_desc *d,
     return KVRT_OK;
 }
 
+kvrt_status kvrt_vk_test_kv_types(kvrt_backend *be, kvrt_kv_pool *pool, kvrt_dtype k, kvrt_dtype v)
+{
+    const kvrt_dtype t[2] = {k, v};
+    int code[2];
+    for (int i = 0; i < 2; i++) {
+        kvrt_kv_pool_desc d = pool->desc;
+        d.dtype = t[i];
+        code[i] = vk_kv_type_code(t[i]);
+        size_t bb = kvrt_kv_dtype(t[i]) ? kvrt_kv_block_bytes(&d) : 0;
+        if (code[i] < 0 || bb == 0 || bb % 4 || bb > pool->block_bytes)
+            return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "vulkan: %s blocks do not fit a %s pool",
+                             kvrt_dtype_name(t[i]), kvrt_dtype_name(pool->desc.dtype));
+    }
+    pool->k_type = (uint32_t)code[0];
+    pool->v_type = (uint32_t)code[1];
+    return KVRT_OK;
+}
+
 kvrt_vk_pipe_id kvrt_vk_pool_bind(const kvrt_kv_pool *pool, int32_t layer, kvrt_vk_pipe_id id, kvrt_vk_bind *bind)
 {
     if (!pool->bda) {
