@@ -417,6 +417,7 @@ static void test_pool_from_memory_budget(void **s)
     assert_true(kv_bytes[0] - kv_bytes[1] <= budgets[0] - budgets[1] + block_bytes);
 
     cp.memory_budget = 600u << 10; /* less than the weights (1.2 MB) */
+    mp.max_context = 64;           /* (a context whose own KV cache and RoPE table fit it) */
     kvrt_context *ctx = NULL;
     kvrt_model *m = NULL;
     assert_int_equal(kvrt_context_create(&cp, &ctx, NULL), KVRT_OK);
