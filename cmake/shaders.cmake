@@ -9,7 +9,7 @@ file(GLOB KVRT_SHADER_SOURCES CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/shad
 # Shaders that touch KV pools or segment-spanning weights are built a second
 # time with -DKVRT_BDA: the variant that reaches segments through buffer
 # device addresses.
-set(KVRT_BDA_SHADERS kv_write attn_decode attn_prefill matmul matmul_tiled rows)
+set(KVRT_BDA_SHADERS kv_write kv_rope_shift attn_decode attn_prefill matmul matmul_tiled rows)
 # Feature variants of the same source (pipelines pick them at run time, see
 # runtime/backend/vulkan/vk_pipelines.c), each also built in its BDA form:
 #   _sg  -DKVRT_SUBGROUP: reductions with subgroup arithmetic;

@@ -277,6 +277,7 @@ static const kvrt_backend_ops cpu_ops = {
     .abort = cpu_abort,
     .limits = cpu_limits,
     KVRT_BACKEND_KERNELS(KVRT_BACKEND_ENTRY, kvrt_cpu_)
+    .kv_rope_shift = kvrt_cpu_kv_rope_shift,
 };
 
 kvrt_cpu_isa kvrt_cpu_backend_cap_isa(kvrt_backend *be, kvrt_cpu_isa cap)

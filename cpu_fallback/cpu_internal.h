@@ -56,5 +56,6 @@ static inline void *kvrt_cpu_ptr(kvrt_view v)
 /* The kernel entries: attention family in cpu_attention.c and cpu_kv.c,
  * model ops in cpu_matmul.c and cpu_ops.c. */
 KVRT_BACKEND_KERNELS(KVRT_BACKEND_DECLARE, kvrt_cpu_)
+kvrt_be_kv_rope_shift_fn kvrt_cpu_kv_rope_shift; /* cpu_kv_shift.c */
 
 #endif /* KVRT_CPU_INTERNAL_H */

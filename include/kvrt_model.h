@@ -164,6 +164,29 @@ typedef struct kvrt_session_params {
     kvrt_dtype kv_type; /* F32 (default), F16, or Q8_0 / Q4_0 (CPU; head_dim a multiple of 32) */
     int32_t n_batch;    /* tokens per forward when evaluating a prompt (prefill chunk); 0 = 512 */
     int32_t num_blocks; /* KV pool size; 0 = enough for n_ctx */
+    /* Context shift (endless generation, the StreamingLLM recipe): nonzero
+     * lets kvrt_session_eval go past n_ctx. When the tokens to evaluate do
+     * not fit, the first n_sinks positions are kept (rounded up to whole
+     * blocks), the oldest blocks after them are dropped (half of those
+     * blocks, or more when the chunk needs it) and the kept keys are
+     * re-rotated to their new positions. n_sinks + one block must fit in
+     * n_ctx (INVALID_ARGUMENT at create otherwise). */
+    int32_t context_shift;
+    int32_t n_sinks;    /* default 4 */
+    /* A prefix cache that survives restarts: full KV blocks of prompts are
+     * written to this folder (created when missing) and a later session,
+     * in this process or another, that evaluates the same prefix on the
+     * same model file, KV type and block size loads them instead of
+     * computing them. Blocks are looked up when a session with nothing in
+     * its cache evaluates two or more tokens without logits_all (the last
+     * token is always computed: it needs logits), and written after
+     * evaluations of two or more tokens (prompts, chat turns), until a
+     * context shift. A folder that cannot be used (not a folder, not
+     * writable, full) is a warning (kvrt_session_warning), never an error.
+     * NULL = off. The folder's cache files are kept under
+     * prompt_cache_max_bytes (0 = 1 GiB) by deleting the least recently used. */
+    const char *prompt_cache_dir;
+    uint64_t prompt_cache_max_bytes;
 } kvrt_session_params;
 
 KVRT_API kvrt_session_params kvrt_session_default_params(void);
@@ -172,13 +195,18 @@ KVRT_API kvrt_status kvrt_session_create(kvrt_model *model, const kvrt_session_p
                                          kvrt_session **out, kvrt_error *err);
 KVRT_API void kvrt_session_destroy(kvrt_session *session);
 KVRT_API const char *kvrt_session_message(const kvrt_session *session);
+/* The last warning of the session (its prompt cache switched off or stopped
+ * writing, and why); "" when none. kvrt_session_stats.n_warnings counts them. */
+KVRT_API const char *kvrt_session_warning(const kvrt_session *session);
 
 /* Appends n tokens to the sequence, runs them through the model in chunks of
  * n_batch (paged KV cache, tiled prefill / paged decode attention) and writes
  * the logits of the last token to `logits` [n_vocab] (may be NULL), or of every
  * token to `logits_all` [n][n_vocab] (may be NULL). Errors: BAD_TOKEN (id out of
- * range), CONTEXT_OVERFLOW (beyond n_ctx), OUT_OF_BLOCKS; the session is left
- * as it was before the failing chunk. */
+ * range), CONTEXT_OVERFLOW (beyond n_ctx without context_shift), OUT_OF_BLOCKS;
+ * the session is left as it was before the failing chunk (a failed context
+ * shift resets it, and says so). With context_shift, tokens past n_ctx shift
+ * the context first (n_past then counts the positions kept, not every token). */
 KVRT_API kvrt_status kvrt_session_eval(kvrt_session *session, const int32_t *tokens, int32_t n,
                                        float *logits, float *logits_all);
 /* Forgets every token (blocks returned to the pool). */
@@ -191,6 +219,11 @@ typedef struct kvrt_session_stats {
     int32_t blocks_total;
     int32_t block_size;
     uint64_t kv_bytes;      /* bytes of the whole KV pool */
+    int32_t n_shifts;       /* context shifts since creation or the last reset */
+    int64_t n_dropped;      /* tokens the context shifts dropped */
+    int64_t prompt_cache_hit_tokens;   /* positions loaded from the prompt cache folder */
+    int64_t prompt_cache_written_blocks; /* block files written to it */
+    int32_t n_warnings;
 } kvrt_session_stats;
 
 KVRT_API kvrt_status kvrt_session_get_stats(const kvrt_session *session, kvrt_session_stats *out);

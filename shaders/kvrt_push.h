@@ -53,6 +53,15 @@ typedef float kvrt_f32;
     kvrt_u32 v_stride;                                                             \
     kvrt_u32 slot_off;
 
+/* kv_rope_shift: one invocation per (block, kv head, offset, pair) */
+#define KVRT_PUSH_ROPE_SHIFT                                                       \
+    KVRT_PUSH_POOL_FIELDS                                                          \
+    kvrt_u32 n_blocks;                                                             \
+    kvrt_u32 rot_dim;                                                              \
+    kvrt_u32 neox;                                                                 \
+    kvrt_u32 blocks_off; /* words into b2 */                                       \
+    kvrt_u32 cs_off;     /* words into b3 */
+
 /* decode attention, pass 1: one workgroup per (partition, kv head x head group, seq) */
 #define KVRT_PUSH_ATTN                                                             \
     KVRT_PUSH_POOL_FIELDS                                                          \

@@ -24,9 +24,12 @@
 typedef struct run_args {
     const char *model, *tokenizer, *prompt, *prompt_file, *dump_logits;
     const char *system, *chat_template; /* --chat */
+    const char *prompt_cache;            /* --prompt-cache DIR */
+    int64_t prompt_cache_max;            /* MiB */
     char *prompt_text;   /* -f: the file's bytes (owned) */
     size_t prompt_len;
-    int32_t n_predict, ctx, batch;
+    int32_t n_predict, ctx, batch, sinks;
+    bool context_shift;
     bool ignore_eos, truncate, list_devices, profile, chat, special;
     kvrt_cli_common common; /* --backend --device -t --pipeline-cache --kv-type --block-size -v */
     kvrt_sampler_params sp;
@@ -41,6 +44,8 @@ static int parse_args(int argc, char **argv, run_args *a)
     memset(a, 0, sizeof(*a));
     a->n_predict = 128;
     a->batch = 512;
+    a->sinks = 4;
+    a->prompt_cache_max = 1024;
     a->sp = kvrt_sampler_default_params();
     a->seed = -1;
     kvrt_cli_common_init(&a->common, KVRT_DTYPE_F32, 1);
@@ -80,6 +85,19 @@ static int parse_args(int argc, char **argv, run_args *a)
          .help = "prompt tokens per forward (prefill chunk, default 512)"},
         KVRT_CLI_BOOL(0, "list-devices", &a->list_devices, "list the devices of --backend and exit"),
         KVRT_CLI_BOOL(0, "ignore-eos", &a->ignore_eos, "keep generating after end-of-sequence / end-of-turn tokens"),
+        KVRT_CLI_BOOL(0, "context-shift", &a->context_shift,
+                      "when the context is full, keep the first --sinks tokens, drop the\n"
+                      "oldest half of the rest and go on (endless generation)"),
+        KVRT_CLI_INT32(0, "sinks", &a->sinks, 0, INT32_MAX, "N",
+                       "tokens --context-shift keeps at the start, rounded up to whole\n"
+                       "KV blocks (default 4)"),
+        KVRT_CLI_STR(0, "prompt-cache", &a->prompt_cache, "DIR",
+                     "keep the prompt's KV blocks in DIR (created when missing) and load\n"
+                     "them in later runs that start with the same tokens on the same\n"
+                     "model, KV type and block size, instead of computing them"),
+        KVRT_CLI_INT64(0, "prompt-cache-max", &a->prompt_cache_max, 1, INT64_MAX / (1 << 20), "MIB",
+                       "size cap of --prompt-cache's files; the least recently used go\n"
+                       "first (default 1024 = 1 GiB)"),
         KVRT_CLI_BOOL(0, "truncate-prompt", &a->truncate, "keep the end of a prompt longer than the context"),
         KVRT_CLI_STR(0, "dump-logits", &a->dump_logits, "FILE",
                      "write float32 logits of every computed position (positions x vocab)"),
@@ -276,9 +294,15 @@ static int setup(run_state *st)
     sp.block_size = a->common.block_size;
     sp.kv_type = a->common.kv_type;
     sp.n_batch = a->batch;
+    sp.context_shift = a->context_shift;
+    sp.n_sinks = a->sinks;
+    sp.prompt_cache_dir = a->prompt_cache;
+    sp.prompt_cache_max_bytes = (uint64_t)a->prompt_cache_max << 20;
     s = kvrt_session_create(st->model, &sp, &st->sess, &err);
     if (s != KVRT_OK)
         return fail("creating the KV cache", s, err.message);
+    if (*kvrt_session_warning(st->sess))
+        fprintf(stderr, "kvrt-run: warning: %s\n", kvrt_session_warning(st->sess));
     if (a->seed < 0)
         a->seed = (int64_t)time(NULL);
     st->a->sp.seed = (uint64_t)a->seed;
@@ -317,7 +341,7 @@ static int tokenize_prompt(run_state *st)
     }
     kvrt_session_stats stats;
     kvrt_session_get_stats(st->sess, &stats);
-    if (st->n_prompt > stats.n_ctx) {
+    if (st->n_prompt > stats.n_ctx && !st->a->context_shift) {
         if (!st->a->truncate) {
             fprintf(stderr, "kvrt-run: the prompt has %d tokens, more than the context (%d); use a larger --ctx "
                     "or --truncate-prompt\n", (int)st->n_prompt, (int)stats.n_ctx);
@@ -361,6 +385,14 @@ static int generate(run_state *st)
     kvrt_status s = kvrt_session_eval(st->sess, st->prompt, st->n_prompt, st->logits, all);
     double t_prompt = now_s() - t0;
     int rc = s != KVRT_OK ? fail("prompt", s, kvrt_session_message(st->sess)) : dump_rows(st, all, st->n_prompt);
+    if (rc == 0 && a->prompt_cache) {
+        kvrt_session_stats ps;
+        kvrt_session_get_stats(st->sess, &ps);
+        if (ps.n_warnings > 0 && *kvrt_session_warning(st->sess))
+            fprintf(stderr, "kvrt-run: warning: %s\n", kvrt_session_warning(st->sess));
+        fprintf(stderr, "kvrt-run: prompt cache: %lld of %d prompt tokens loaded, %lld blocks written\n",
+                (long long)ps.prompt_cache_hit_tokens, (int)st->n_prompt, (long long)ps.prompt_cache_written_blocks);
+    }
     free(all);
     if (rc)
         return rc;
@@ -384,7 +416,7 @@ static int generate(run_state *st)
         if (++n_gen == a->n_predict)
             break; /* the last token needs no forward */
         kvrt_session_get_stats(st->sess, &stats);
-        if (stats.n_past >= stats.n_ctx) {
+        if (stats.n_past >= stats.n_ctx && !a->context_shift) {
             utf8_flush(&out);
             fprintf(stderr, "\nkvrt-run: context full (%d positions); stopping\n", (int)stats.n_ctx);
             break;
@@ -407,6 +439,9 @@ static int generate(run_state *st)
     fprintf(stderr, "kvrt-run: KV cache: %d of %d blocks used (block size %d, %s, %.2f MiB pool), %d positions\n",
             (int)stats.blocks_used, (int)stats.blocks_total, (int)stats.block_size, kvrt_dtype_name(a->common.kv_type),
             stats.kv_bytes / 1048576.0, (int)stats.n_past);
+    if (a->context_shift)
+        fprintf(stderr, "kvrt-run: context shifts: %d (%lld tokens dropped)\n", (int)stats.n_shifts,
+                (long long)stats.n_dropped);
     if (a->profile)
         kvrt_tool_profile_print(st->ctx, "kvrt-run: time per op (prompt and generation)", stderr);
     return 0;

@@ -160,6 +160,8 @@ typedef kvrt_status kvrt_be_embed_fn(kvrt_backend *be, kvrt_dtype wtype, kvrt_vi
 typedef kvrt_status kvrt_be_gather_rows_fn(kvrt_backend *be, kvrt_view src, int64_t src_stride, kvrt_view idx,
                                            int32_t n, kvrt_view dst, int64_t dst_stride, int32_t dim);
 typedef kvrt_status kvrt_be_set_profiling_fn(kvrt_backend *be, bool on);
+typedef kvrt_status kvrt_be_kv_rope_shift_fn(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, kvrt_view blocks,
+                                             int32_t n_blocks, kvrt_view cos_sin, int32_t rot_dim, int32_t neox);
 
 /* The kernel entries every backend of this tree implements, for declaring
  * them (KVRT_BACKEND_KERNELS(KVRT_BACKEND_DECLARE, kvrt_cpu_) declares
@@ -268,6 +270,17 @@ struct kvrt_backend_ops {
      * between steps, before be->profiling changes. Ops then add their times
      * to be->profile (kvrt_profile_add, op names as in kvrt_profile_entry). */
     kvrt_be_set_profiling_fn *set_profiling;
+
+    /* ---- context shift (optional; kv_shift.c) ---- */
+    /* Rotates the keys of `layer` in blocks[n_blocks] (int32, distinct, in
+     * range: checked by the caller on the host), every KV head and every
+     * position of each block, by the pair angles of cos_sin (F32
+     * [rot_dim/2][2], cos and sin of the angle to add), the way rope rotates
+     * (neox: halves, else adjacent pairs). Keys are stored after RoPE, so a
+     * block that moves by -d positions is turned by -d * theta_i. Quantized
+     * KV is dequantized, rotated in F32 and quantized again by the layout
+     * module's rule. Recorded. */
+    kvrt_be_kv_rope_shift_fn *kv_rope_shift;
 };
 
 /* Backend factories. Each returns KVRT_ERR_BACKEND_UNAVAILABLE with a message

@@ -409,3 +409,44 @@ kvrt_status kvrt_kv_cache_load_block(kvrt_kv_cache *cache, int32_t block, const 
     }
     return KVRT_OK;
 }
+
+bool kvrt_kv_cache_can_rope_shift(const kvrt_kv_cache *cache)
+{
+    /* the GPU kernels turn F32 and F16 keys; the CPU every KV type it stores */
+    bool plain = cache->desc.dtype == KVRT_DTYPE_F32 || cache->desc.dtype == KVRT_DTYPE_F16;
+    return cache->be->ops->kv_rope_shift != NULL && (plain || cache->be->kind == KVRT_BACKEND_CPU);
+}
+
+/* Context shift: the block ids are host memory here, so they are checked
+ * here (in range, distinct: a block turned twice would be wrong), once,
+ * before they go to the backend with the cos/sin row. */
+kvrt_status kvrt_kv_cache_rope_shift(kvrt_kv_cache *cache, const int32_t *blocks, int32_t n_blocks,
+                                     const float *cos_sin, int32_t rot_dim, int32_t neox)
+{
+    kvrt_error_clear(&cache->err);
+    if (n_blocks == 0)
+        return KVRT_OK;
+    if (n_blocks < 0 || !blocks || !cos_sin || rot_dim < 2 || rot_dim % 2)
+        return kvrt_fail(&cache->err, KVRT_ERR_INVALID_ARGUMENT, "rope shift: %d blocks, rot_dim %d", (int)n_blocks,
+                         (int)rot_dim);
+    uint8_t *seen = kvrt_calloc(cache->ctx->alloc, (size_t)cache->desc.num_blocks, 1);
+    if (!seen)
+        return kvrt_fail(&cache->err, KVRT_ERR_OUT_OF_HOST_MEMORY, "rope shift: out of host memory");
+    kvrt_status s = KVRT_OK;
+    for (int32_t i = 0; i < n_blocks && s == KVRT_OK; i++) {
+        s = kvrt_kv_check_block(&cache->err, &cache->desc, blocks[i], "rope shift");
+        if (s == KVRT_OK && seen[blocks[i]]++)
+            s = kvrt_fail(&cache->err, KVRT_ERR_INVALID_ARGUMENT, "rope shift: block %d listed twice", (int)blocks[i]);
+    }
+    kvrt_free(cache->ctx->alloc, seen);
+    KVRT_TRY(s);
+    host_arg a[] = {{blocks, (size_t)n_blocks * sizeof(int32_t), false, NULL},
+                    {cos_sin, (size_t)rot_dim * sizeof(float), false, NULL}};
+    s = host_args_begin(cache, a, 2);
+    bool begun = s == KVRT_OK && (s = kvrt_op_begin(cache->be)) == KVRT_OK;
+    for (int32_t l = 0; begun && s == KVRT_OK && l < cache->desc.n_layers; l++)
+        s = kvrt_op_kv_rope_shift(cache->be, cache->pool, l, host_view(&a[0]), n_blocks, host_view(&a[1]), rot_dim,
+                                  neox);
+    s = step_end(cache, begun, s);
+    return from_backend(cache, host_args_end(cache, a, 2, s));
+}

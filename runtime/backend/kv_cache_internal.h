@@ -21,4 +21,13 @@ uint64_t kvrt_kv_cache_device_bytes(const kvrt_kv_cache *cache);
 kvrt_status kvrt_kv_cache_save_block(kvrt_kv_cache *cache, int32_t block, void *dst);
 kvrt_status kvrt_kv_cache_load_block(kvrt_kv_cache *cache, int32_t block, const void *src);
 
+/* Context shift: rotates the stored keys of blocks[n_blocks] (distinct
+ * ids, every layer, KV head and position of each) by the pair angles of
+ * cos_sin (F32 [rot_dim/2][2]: cos and sin of the angle to add), as RoPE
+ * does (neox: halves), in one step. KVRT_ERR_UNSUPPORTED where the backend
+ * cannot (named in the message). */
+bool kvrt_kv_cache_can_rope_shift(const kvrt_kv_cache *cache);
+kvrt_status kvrt_kv_cache_rope_shift(kvrt_kv_cache *cache, const int32_t *blocks, int32_t n_blocks,
+                                     const float *cos_sin, int32_t rot_dim, int32_t neox);
+
 #endif /* KVRT_KV_CACHE_INTERNAL_H */

@@ -330,6 +330,29 @@ kvrt_status kvrt_op_kv_copy_blocks(kvrt_backend *be, kvrt_kv_pool *pool, const i
     return timer_end(be, "copy", t0, OP_CALL(be, kv_copy_blocks, pool, pairs, n_pairs));
 }
 
+kvrt_status kvrt_op_kv_rope_shift(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, kvrt_view blocks,
+                                  int32_t n_blocks, kvrt_view cos_sin, int32_t rot_dim, int32_t neox)
+{
+    KVRT_TRY(check_pool(be, pool, "rope shift"));
+    const kvrt_kv_pool_desc *d = kvrt_kv_pool_desc_of(pool);
+    KVRT_TRY(kvrt_kv_check_layer(&be->err, d, layer));
+    KVRT_TRY(check_count(be, n_blocks, 0, "rope shift: n_blocks"));
+    if (n_blocks > d->num_blocks)
+        return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "rope shift: %d blocks of a pool of %d",
+                         (int)n_blocks, (int)d->num_blocks);
+    if (rot_dim < 2 || rot_dim % 2 || rot_dim > d->head_dim || (neox != 0 && neox != 1))
+        return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT,
+                         "rope shift: rot_dim %d (even, 2..head_dim %d), neox %d (0 or 1)", (int)rot_dim,
+                         (int)d->head_dim, (int)neox);
+    KVRT_TRY(check_ints(be, blocks, n_blocks, "rope shift: blocks"));
+    KVRT_TRY(check_view(be, cos_sin, (size_t)rot_dim * sizeof(float), sizeof(float), "rope shift: cos/sin"));
+    if (n_blocks == 0)
+        return KVRT_OK;
+    uint64_t t0 = timer_start(be);
+    return timer_end(be, "rope_shift", t0,
+                     OP_CALL(be, kv_rope_shift, pool, layer, blocks, n_blocks, cos_sin, rot_dim, neox));
+}
+
 /* ---- steps ---------------------------------------------------------------------------------------- */
 
 kvrt_status kvrt_op_begin(kvrt_backend *be)

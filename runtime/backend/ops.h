@@ -39,6 +39,8 @@ kvrt_be_kv_pool_destroy_fn kvrt_op_kv_pool_destroy; /* NULL pool: no-op */
 kvrt_be_kv_block_read_fn kvrt_op_kv_block_read;
 kvrt_be_kv_block_write_fn kvrt_op_kv_block_write;
 kvrt_be_kv_copy_blocks_fn kvrt_op_kv_copy_blocks;
+/* Context shift (kv_shift.c): the block ids were checked by the caller. */
+kvrt_be_kv_rope_shift_fn kvrt_op_kv_rope_shift;
 
 /* ---- steps, kernels, caches, profiling ---- */
 kvrt_be_step_fn kvrt_op_begin;

@@ -572,3 +572,20 @@ kvrt_status kvrt_llama_forward(kvrt_llama *lm, kvrt_kv_pool *pool, const kvrt_ba
     s = kvrt_op_end_step(be, s); /* submitted, or dropped after a failure: never left open */
     return be_fail(be, err, s, "forward");
 }
+
+void kvrt_llama_rope_shift_row(const kvrt_llama *lm, int32_t delta, float *cos_sin)
+{
+    int32_t half = lm->hp.rope_dim / 2;
+    const kvrt_tensor_ref *rf = &lm->mf->w.rope_freqs;
+    int32_t p = delta < 0 ? -delta : delta;
+    for (int32_t i = 0; i < half; i++) {
+        float factor = 1.0f;
+        if (rf->data) /* the mapping need not align it */
+            memcpy(&factor, (const char *)rf->data + (size_t)i * sizeof(float), sizeof(float));
+        double angle, mscale;
+        rope_angle(&lm->hp, NULL, i, p, &angle, &mscale);
+        angle /= (double)factor; /* the angle is linear in each pair's frequency too */
+        cos_sin[2 * i + 0] = (float)cos(angle);
+        cos_sin[2 * i + 1] = (float)(delta < 0 ? -sin(angle) : sin(angle));
+    }
+}

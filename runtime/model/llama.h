@@ -28,4 +28,11 @@ int32_t kvrt_llama_max_pos(const kvrt_llama *lm);
 kvrt_status kvrt_llama_forward(kvrt_llama *lm, kvrt_kv_pool *pool, const kvrt_batch *batch, float *logits,
                                kvrt_error *err);
 
+/* Context shift: cos/sin [rope_dim/2][2] of the rotation that moves a key
+ * stored at any position p to p + delta. RoPE's angle is linear in the
+ * position under every scaling kvrt applies, so this is the angle of
+ * position |delta| (negated for a negative delta), computed in double, with
+ * magnitude 1 (YaRN's magnitude is already in the stored key). */
+void kvrt_llama_rope_shift_row(const kvrt_llama *lm, int32_t delta, float *cos_sin);
+
 #endif /* KVRT_LLAMA_H */

@@ -23,6 +23,8 @@ kvrt_kv_pool *kvrt_session_kv_pool(kvrt_session *s);
 /* Declares positions [0, n_past) present in the cache, their blocks already
  * filled by the caller (e.g. copied byte for byte from another backend). */
 kvrt_status kvrt_session_adopt(kvrt_session *s, int32_t n_past);
+/* The session's prompt cache (NULL without one), for its test hooks. */
+struct kvrt_prompt_cache *kvrt_session_debug_prompt_cache(kvrt_session *s);
 
 /* After the tokenizer is built: the file's chat template, when kvrt
  * recognises it, adds its end marker to the end-of-generation tokens. */

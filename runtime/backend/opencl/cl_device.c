@@ -363,6 +363,7 @@ static const kvrt_backend_ops cl_ops = {
     .abort = cl_abort,
     .limits = kvrt_cl_limits,
     KVRT_BACKEND_KERNELS(KVRT_BACKEND_ENTRY, kvrt_cl_)
+    .kv_rope_shift = kvrt_cl_kv_rope_shift,
 };
 
 static kvrt_status cl_open_device(kvrt_cl_backend *cl, const kvrt_context_params *p, kvrt_error *err)

@@ -42,7 +42,7 @@ const char *kvrt_cl_error_name(cl_int code);
 /* Programs are built on first use. A variant is a set of -D options: the KV
  * types of the K and the V pool (KVRT_CL_KV_*), K * KVRT_CL_KV_TYPES + V. */
 typedef enum kvrt_cl_program_id {
-    KVRT_CL_PROG_KV = 0,   /* kv.cl: kv_write */
+    KVRT_CL_PROG_KV = 0,   /* kv.cl: kv_write, kv_rope_shift */
     KVRT_CL_PROG_ATTN = 1, /* attention.cl: decode, merge, prefill */
     KVRT_CL_PROG_OPS = 2,  /* ops.cl: model ops (one variant) */
     KVRT_CL_PROG_COUNT
@@ -182,6 +182,7 @@ kvrt_status kvrt_cl_enqueue(kvrt_cl_backend *cl, cl_kernel k, int dims, const si
 
 /* ---- kernel entries: attention family (cl_attention.c), model ops (cl_ops.c) ---- */
 KVRT_BACKEND_KERNELS(KVRT_BACKEND_DECLARE, kvrt_cl_)
+kvrt_be_kv_rope_shift_fn kvrt_cl_kv_rope_shift; /* cl_kv_shift.c */
 
 /* ---- test hooks (internal; tests reach them through this header) ---- */
 

@@ -19,7 +19,7 @@ typedef struct cl_program_desc {
 } cl_program_desc;
 
 static const cl_program_desc cl_programs[KVRT_CL_PROG_COUNT] = {
-    [KVRT_CL_PROG_KV] = {"kv.cl", kvrt_cl_src_kv, {"kv_write", NULL}},
+    [KVRT_CL_PROG_KV] = {"kv.cl", kvrt_cl_src_kv, {"kv_write", "kv_rope_shift", NULL}},
     [KVRT_CL_PROG_ATTN] = {"attention.cl", kvrt_cl_src_attention,
                            {"attn_decode", "attn_decode_merge", "attn_prefill", NULL}},
     [KVRT_CL_PROG_OPS] = {"ops.cl", kvrt_cl_src_ops,

@@ -458,6 +458,7 @@ static const kvrt_backend_ops vk_ops = {
     KVRT_BACKEND_KERNELS(KVRT_BACKEND_ENTRY, kvrt_vk_)
     .save_caches = kvrt_vk_save_caches,
     .set_profiling = kvrt_vk_set_profiling,
+    .kv_rope_shift = kvrt_vk_kv_rope_shift,
 };
 
 static void vk_describe(kvrt_vk_backend *vk)

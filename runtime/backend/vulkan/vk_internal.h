@@ -87,6 +87,8 @@ typedef enum kvrt_vk_pipe_id {
     KVRT_VK_PIPE_MATMUL_TILED, /* prefill: row x token tiles */
     KVRT_VK_PIPE_MATMUL_TILED_BDA,
     KVRT_VK_PIPE_ADD_BIAS,
+    KVRT_VK_PIPE_ROPE_SHIFT, /* context shift (vk_kv_shift.c) */
+    KVRT_VK_PIPE_ROPE_SHIFT_BDA,
     KVRT_VK_PIPE_COUNT
 } kvrt_vk_pipe_id;
 
@@ -277,6 +279,7 @@ kvrt_be_kv_pool_destroy_fn kvrt_vk_kv_pool_destroy;
 kvrt_be_kv_block_read_fn kvrt_vk_kv_block_read;
 kvrt_be_kv_block_write_fn kvrt_vk_kv_block_write;
 kvrt_be_kv_copy_blocks_fn kvrt_vk_kv_copy_blocks;
+kvrt_be_kv_rope_shift_fn kvrt_vk_kv_rope_shift; /* vk_kv_shift.c */
 /* Binds a pool layer (segments or address tables) and picks the pipeline
  * variant that matches how the pool is addressed. */
 kvrt_vk_pipe_id kvrt_vk_pool_bind(const kvrt_kv_pool *pool, int32_t layer, kvrt_vk_pipe_id id, kvrt_vk_bind *bind);

@@ -169,6 +169,7 @@ kvrt_vk_pipe_id kvrt_vk_pool_bind(const kvrt_kv_pool *pool, int32_t layer, kvrt_
     bind->vpool = pool->v_addr[layer];
     switch (id) {
     case KVRT_VK_PIPE_KV_WRITE: return KVRT_VK_PIPE_KV_WRITE_BDA;
+    case KVRT_VK_PIPE_ROPE_SHIFT: return KVRT_VK_PIPE_ROPE_SHIFT_BDA;
     case KVRT_VK_PIPE_ATTN_DECODE: return KVRT_VK_PIPE_ATTN_DECODE_BDA;
     case KVRT_VK_PIPE_ATTN_PREFILL: return KVRT_VK_PIPE_ATTN_PREFILL_BDA;
     default: return id;

@@ -16,6 +16,8 @@
 #include "shaders/attn_prefill_n.spv.h"
 #include "shaders/attn_prefill_merge.spv.h"
 #include "shaders/elementwise.spv.h"
+#include "shaders/kv_rope_shift.spv.h"
+#include "shaders/kv_rope_shift_bda.spv.h"
 #include "shaders/kv_write.spv.h"
 #include "shaders/kv_write_bda.spv.h"
 #include "shaders/kv_write_bda_n.spv.h"
@@ -36,6 +38,8 @@
 typedef struct kvrt_push_kv_write { KVRT_PUSH_KV_WRITE } kvrt_push_kv_write;
 typedef struct kvrt_push_attn { KVRT_PUSH_ATTN } kvrt_push_attn;
 typedef struct kvrt_push_ops { KVRT_PUSH_OPS } kvrt_push_ops;
+typedef struct kvrt_push_rope_shift { KVRT_PUSH_ROPE_SHIFT } kvrt_push_rope_shift;
+_Static_assert(sizeof(kvrt_push_rope_shift) == 12 * 4, "rope shift push constants: 12 words");
 _Static_assert(sizeof(kvrt_push_kv_write) == 13 * 4, "kv_write push constants: 13 words");
 _Static_assert(offsetof(kvrt_push_kv_write, slot_off) == 48, "std430 offset of slot_off");
 _Static_assert(sizeof(kvrt_push_attn) == 26 * 4, "attention push constants: 26 words");
@@ -100,6 +104,8 @@ static const vk_pipe_desc vk_pipe_table[KVRT_VK_PIPE_COUNT] = {
     [KVRT_VK_PIPE_GATHER_BDA] = VK_PIPE("gather_rows (bda)", rows_bda, 1),
     [KVRT_VK_PIPE_MATMUL_TILED] = VK_PIPE("matmul_tiled", matmul_tiled, -1),
     [KVRT_VK_PIPE_MATMUL_TILED_BDA] = VK_PIPE("matmul_tiled (bda)", matmul_tiled_bda, -1),
+    [KVRT_VK_PIPE_ROPE_SHIFT] = VK_PIPE("kv_rope_shift", kv_rope_shift, -1),
+    [KVRT_VK_PIPE_ROPE_SHIFT_BDA] = VK_PIPE("kv_rope_shift (bda)", kv_rope_shift_bda, -1),
 };
 
 uint32_t kvrt_vk_prefill_smem_floats(const kvrt_vk_backend *vk)

@@ -52,6 +52,8 @@ static const char *vk_prof_op_name(kvrt_vk_pipe_id id)
     case KVRT_VK_PIPE_ADD_BIAS: return "add_bias";
     case KVRT_VK_PIPE_SWIGLU: return "swiglu";
     case KVRT_VK_PIPE_ROPE: return "rope";
+    case KVRT_VK_PIPE_ROPE_SHIFT:
+    case KVRT_VK_PIPE_ROPE_SHIFT_BDA: return "rope_shift";
     case KVRT_VK_PIPE_EMBED:
     case KVRT_VK_PIPE_EMBED_BDA: return "embed";
     case KVRT_VK_PIPE_GATHER:

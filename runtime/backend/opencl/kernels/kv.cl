@@ -89,3 +89,41 @@ __kernel void kv_write(__global const float *k, __global const float *v, __globa
     kv_store(KV_SEG_PICK(kp, seg), KVRT_KV_K, pa, row, d, k + a.k_off + (long)t * a.k_stride + head * pa.head_dim);
     kv_store(KV_SEG_PICK(vp, seg), KVRT_KV_V, pa, row, d, v + a.v_off + (long)t * a.v_stride + head * pa.head_dim);
 }
+
+/* Context shift: rotates the stored keys of whole blocks (keys are stored
+ * after RoPE) by the pair angles of cs [rot_dim/2][2]. The block ids are
+ * distinct and were checked on the host. One work-item per (pair, row of a
+ * block, block); F16 goes through F32 and back with kv_store's rounding
+ * (the host refuses the quantized types here). */
+inline void kv_shift_store(__global uchar *seg, const int t, long e, float y)
+{
+    if (t == KVRT_CL_KV_F16)
+        vstore_half_rte(isnan(y) ? y : clamp(y, -65504.0f, 65504.0f), e, (__global half *)seg);
+    else if (t == KVRT_CL_KV_F32)
+        ((__global float *)seg)[e] = y;
+}
+
+#pragma OPENCL FP_CONTRACT OFF
+__kernel void kv_rope_shift(__global const int *blocks, __global const float *cs, KV_SEGS(__global, kp),
+                            kvrt_cl_pool_args pa, kvrt_cl_rope_shift_args a)
+{
+    const int i = get_global_id(0);
+    const int r = get_global_id(1); /* head * block_size + offset */
+    const int bi = get_global_id(2);
+    const int half_rot = a.rot_dim / 2;
+    if (i >= half_rot || r >= pa.n_kv_heads * pa.block_size || bi >= a.n_blocks)
+        return;
+    const int block = blocks[a.blocks_off + bi];
+    if (block < 0 || block >= pa.num_blocks)
+        return;
+    const int head = r / pa.block_size;
+    const long row = kv_row(pa, block, head, r - head * pa.block_size);
+    __global uchar *k = KV_SEG_PICK(kp, (int)(block / pa.blocks_per_seg));
+    const int d0 = a.neox ? i : 2 * i, d1 = a.neox ? i + half_rot : 2 * i + 1;
+    const float c = cs[a.cs_off + 2 * i], s = cs[a.cs_off + 2 * i + 1];
+    const float x0 = kv_load(k, KVRT_KV_K, pa, row, d0), x1 = kv_load(k, KVRT_KV_K, pa, row, d1);
+    const float y0 = x0 * c - x1 * s;
+    const float y1 = x0 * s + x1 * c;
+    kv_shift_store(k, KVRT_KV_K, row * pa.head_dim + d0, y0);
+    kv_shift_store(k, KVRT_KV_K, row * pa.head_dim + d1, y1);
+}

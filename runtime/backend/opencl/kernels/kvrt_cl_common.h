@@ -55,6 +55,16 @@ typedef struct kvrt_cl_kv_write_args {
     kvrt_cl_i32 pad0;
 } kvrt_cl_kv_write_args;
 
+/* kv_rope_shift (context shift): offsets in elements. */
+typedef struct kvrt_cl_rope_shift_args {
+    kvrt_cl_i64 blocks_off; /* int32 elements */
+    kvrt_cl_i64 cs_off;     /* F32 elements */
+    kvrt_cl_i32 n_blocks;
+    kvrt_cl_i32 rot_dim;
+    kvrt_cl_i32 neox;
+    kvrt_cl_i32 pad0;
+} kvrt_cl_rope_shift_args;
+
 /* Decode and prefill attention. */
 typedef struct kvrt_cl_attn_args {
     kvrt_cl_i64 q_off, q_stride;   /* F32 elements */
