@@ -73,7 +73,7 @@ static void check(const char *what, const float *got, const double *want, size_t
 static void run_pair(kvrt_backend *be, const char *name, set_types_fn set_types, kvrt_dtype kt, kvrt_dtype vt)
 {
     char what[128];
-    kvrt_kv_pool_desc pd = {1, NKV, D, BS, NB, KVRT_DTYPE_F32};
+    kvrt_kv_pool_desc pd = {1, NKV, D, BS, NB, .dtype = KVRT_DTYPE_F32};
     kvrt_kv_pool *pool;
     assert_int_equal(kvrt_op_kv_pool_create(be, &pd, &pool), KVRT_OK);
     if (set_types(be, pool, kt, vt) != KVRT_OK)
@@ -157,7 +157,7 @@ static void run_pairs(kvrt_backend *be, const char *name, set_types_fn set_types
     for (size_t i = 0; i < sizeof(PAIRS) / sizeof(PAIRS[0]); i++)
         run_pair(be, name, set_types, PAIRS[i][0], PAIRS[i][1]);
     /* a type whose blocks do not fit the pool is refused */
-    kvrt_kv_pool_desc pd = {1, NKV, D, BS, NB, KVRT_DTYPE_Q8_0};
+    kvrt_kv_pool_desc pd = {1, NKV, D, BS, NB, .dtype = KVRT_DTYPE_Q8_0};
     kvrt_kv_pool *pool;
     assert_int_equal(kvrt_op_kv_pool_create(be, &pd, &pool), KVRT_OK);
     assert_int_equal(set_types(be, pool, KVRT_DTYPE_Q8_0, KVRT_DTYPE_F16), KVRT_ERR_INVALID_ARGUMENT);
