@@ -547,17 +547,38 @@ static kvrt_status check_attention(kvrt_backend *be, const kvrt_kv_pool *pool, i
     return check_buffer_limit(be, rows_bytes(n_rows, d->o_stride, row), name);
 }
 
+/* What every attention entry checks first: d with the pool's max_len filled
+ * in (into *known), then check_attention; a prefill also its
+ * query_start_loc. *skip: nothing to compute (no sequence, or a prefill of
+ * no token). */
+static kvrt_status attention_checks(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc **d,
+                                    kvrt_attn_desc *known, kvrt_view q, kvrt_view out, kvrt_view query_start_loc,
+                                    kvrt_view seq_lens, kvrt_view block_tables, bool decode, bool *skip)
+{
+    if (*d && pool) {
+        *known = with_max_len(pool, *d);
+        *d = known;
+    }
+    const kvrt_attn_desc *a = *d;
+    int64_t rows = !a ? 0 : decode ? a->num_seqs : a->num_tokens;
+    KVRT_TRY(check_attention(be, pool, layer, a, rows, q, out, seq_lens, block_tables, decode,
+                             decode ? "attention decode" : "attention prefill"));
+    *skip = a->num_seqs == 0;
+    if (*skip || decode)
+        return KVRT_OK;
+    KVRT_TRY(check_ints(be, query_start_loc, (int64_t)a->num_seqs + 1, "query_start_loc"));
+    *skip = a->num_tokens == 0;
+    return KVRT_OK;
+}
+
 kvrt_status kvrt_op_attn_decode(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, const kvrt_attn_desc *d,
                                 kvrt_view q, kvrt_view out, kvrt_view seq_lens, kvrt_view block_tables)
 {
     kvrt_attn_desc known;
-    if (d && pool) {
-        known = with_max_len(pool, d);
-        d = &known;
-    }
-    KVRT_TRY(check_attention(be, pool, layer, d, d ? d->num_seqs : 0, q, out, seq_lens, block_tables, true,
-                             "attention decode"));
-    if (d->num_seqs == 0)
+    bool skip;
+    KVRT_TRY(attention_checks(be, pool, layer, &d, &known, q, out, (kvrt_view){0}, seq_lens, block_tables, true,
+                              &skip));
+    if (skip)
         return KVRT_OK;
     uint64_t t0 = timer_start(be);
     return timer_end(be, "attn_decode", t0, OP_CALL(be, attn_decode, pool, layer, d, q, out, seq_lens, block_tables));
@@ -568,16 +589,10 @@ kvrt_status kvrt_op_attn_prefill(kvrt_backend *be, kvrt_kv_pool *pool, int32_t l
                                  kvrt_view block_tables)
 {
     kvrt_attn_desc known;
-    if (d && pool) {
-        known = with_max_len(pool, d);
-        d = &known;
-    }
-    KVRT_TRY(check_attention(be, pool, layer, d, d ? d->num_tokens : 0, q, out, seq_lens, block_tables, false,
-                             "attention prefill"));
-    if (d->num_seqs == 0)
-        return KVRT_OK;
-    KVRT_TRY(check_ints(be, query_start_loc, (int64_t)d->num_seqs + 1, "query_start_loc"));
-    if (d->num_tokens == 0)
+    bool skip;
+    KVRT_TRY(attention_checks(be, pool, layer, &d, &known, q, out, query_start_loc, seq_lens, block_tables, false,
+                              &skip));
+    if (skip)
         return KVRT_OK;
     uint64_t t0 = timer_start(be);
     return timer_end(be, "attn_prefill", t0,
@@ -605,13 +620,10 @@ kvrt_status kvrt_op_attn_decode_lse(kvrt_backend *be, kvrt_kv_pool *pool, int32_
                                     kvrt_view block_tables)
 {
     kvrt_attn_desc known;
-    if (d && pool) {
-        known = with_max_len(pool, d);
-        d = &known;
-    }
-    KVRT_TRY(check_attention(be, pool, layer, d, d ? d->num_seqs : 0, q, out, seq_lens, block_tables, true,
-                             "attention decode"));
-    if (d->num_seqs == 0)
+    bool skip;
+    KVRT_TRY(attention_checks(be, pool, layer, &d, &known, q, out, (kvrt_view){0}, seq_lens, block_tables, true,
+                              &skip));
+    if (skip)
         return KVRT_OK;
     KVRT_TRY(check_lse(be, pool, d, d->num_seqs, q, out, lse, "attention decode"));
     uint64_t t0 = timer_start(be);
@@ -624,16 +636,10 @@ kvrt_status kvrt_op_attn_prefill_lse(kvrt_backend *be, kvrt_kv_pool *pool, int32
                                      kvrt_view seq_lens, kvrt_view block_tables)
 {
     kvrt_attn_desc known;
-    if (d && pool) {
-        known = with_max_len(pool, d);
-        d = &known;
-    }
-    KVRT_TRY(check_attention(be, pool, layer, d, d ? d->num_tokens : 0, q, out, seq_lens, block_tables, false,
-                             "attention prefill"));
-    if (d->num_seqs == 0)
-        return KVRT_OK;
-    KVRT_TRY(check_ints(be, query_start_loc, (int64_t)d->num_seqs + 1, "query_start_loc"));
-    if (d->num_tokens == 0)
+    bool skip;
+    KVRT_TRY(attention_checks(be, pool, layer, &d, &known, q, out, query_start_loc, seq_lens, block_tables, false,
+                              &skip));
+    if (skip)
         return KVRT_OK;
     KVRT_TRY(check_lse(be, pool, d, d->num_tokens, q, out, lse, "attention prefill"));
     uint64_t t0 = timer_start(be);
