@@ -29,6 +29,24 @@ static kvrt_status check_swap_args(kvrt_block_manager *bm, int32_t seq, int32_t 
     return KVRT_OK;
 }
 
+/* One host slot takes a device block's bookkeeping (swap_out, offload). */
+static int32_t take_host_slot(kvrt_block_manager *bm, int32_t id)
+{
+    const kvrt_bm_block *b = &bm->blocks[id];
+    const size_t bs = (size_t)bm->block_size;
+    int32_t h = bm->host_free[--bm->host_num_free];
+    kvrt_bm_host_slot *slot = &bm->host[h];
+    slot->in_use = 1;
+    slot->fill = b->fill;
+    slot->keyed = b->keyed;
+    slot->hash = b->hash;
+    slot->cid = b->cid;
+    slot->parent_cid = b->parent_cid;
+    slot->extra = b->extra;
+    memcpy(&bm->host_tokens[(size_t)h * bs], &bm->tokens[(size_t)id * bs], bs * sizeof(int32_t));
+    return h;
+}
+
 kvrt_status kvrt_bm_swap_out(kvrt_block_manager *bm, int32_t seq, int32_t (*pairs)[2], int32_t max_pairs,
                              int32_t *n_pairs)
 {
@@ -40,24 +58,13 @@ kvrt_status kvrt_bm_swap_out(kvrt_block_manager *bm, int32_t seq, int32_t (*pair
         return kvrt_fail(&bm->err, KVRT_ERR_OUT_OF_BLOCKS,
                          "%s: sequence %d has %d blocks, the host tier has %d free of %d slots", fn, (int)seq,
                          (int)blocks, (int)bm->host_num_free, (int)bm->num_host_blocks);
-    const size_t bs = (size_t)bm->block_size;
     int32_t n = 0;
     int32_t entries = (int32_t)(((int64_t)s->seq_len + bm->block_size - 1) / bm->block_size);
     for (int32_t i = 0; i < entries; i++) {
         int32_t id = s->table[i];
         if (id == KVRT_BM_NONE)
             continue;
-        const kvrt_bm_block *b = &bm->blocks[id];
-        int32_t h = bm->host_free[--bm->host_num_free];
-        kvrt_bm_host_slot *slot = &bm->host[h];
-        slot->in_use = 1;
-        slot->fill = b->fill;
-        slot->keyed = b->keyed;
-        slot->hash = b->hash;
-        slot->cid = b->cid;
-        slot->parent_cid = b->parent_cid;
-        slot->extra = b->extra;
-        memcpy(&bm->host_tokens[(size_t)h * bs], &bm->tokens[(size_t)id * bs], bs * sizeof(int32_t));
+        int32_t h = take_host_slot(bm, id);
         pairs[n][0] = id;
         pairs[n][1] = h;
         n++;
@@ -112,24 +119,6 @@ kvrt_status kvrt_bm_swap_in(kvrt_block_manager *bm, int32_t seq, int32_t (*pairs
     bm->stats.blocks_swapped_in += n;
     *n_pairs = n;
     return KVRT_OK;
-}
-
-/* One host slot takes a device block's bookkeeping (as swap_out does). */
-static int32_t take_host_slot(kvrt_block_manager *bm, int32_t id)
-{
-    const kvrt_bm_block *b = &bm->blocks[id];
-    const size_t bs = (size_t)bm->block_size;
-    int32_t h = bm->host_free[--bm->host_num_free];
-    kvrt_bm_host_slot *slot = &bm->host[h];
-    slot->in_use = 1;
-    slot->fill = b->fill;
-    slot->keyed = b->keyed;
-    slot->hash = b->hash;
-    slot->cid = b->cid;
-    slot->parent_cid = b->parent_cid;
-    slot->extra = b->extra;
-    memcpy(&bm->host_tokens[(size_t)h * bs], &bm->tokens[(size_t)id * bs], bs * sizeof(int32_t));
-    return h;
 }
 
 kvrt_status kvrt_bm_offload(kvrt_block_manager *bm, int32_t seq, int32_t end, int32_t max_blocks,
