@@ -11,7 +11,13 @@
  * dequantizers evaluate exactly that, which is the reference's order, so
  * they give the reference's bits. The dot products use
  *     sum_i w_i x_i = sum_g s_g * sum(level * x) - sum_g mn_g * xsum16[g],
- * with the group sums of x (xsum16) computed once per GEMV, not per row. */
+ * with the group sums of x (xsum16) computed once per GEMV, not per row.
+ *
+ * The AVX2 / AVX-512 kernels of q4_K, q5_K and q6_K ("plane" kernels) read
+ * the activations in their own order: within each 256-value block, the
+ * order in which they unpack the weights (one byte of every 32-bit lane of
+ * 64 weight bytes at a time, cpu_quant_planes.h). Their xprep writes that
+ * order once per GEMV, and qdot is then called with it in place of x. */
 #ifndef KVRT_CPU_QUANT_H
 #define KVRT_CPU_QUANT_H
 
@@ -19,11 +25,14 @@
 
 /* sum_i W[i] x[i] over one row of n values; xsum16[k] = sum of x[16k .. 16k + 15]. */
 typedef float (*kvrt_cpu_qdot_fn)(const void *w, const float *x, const float *xsum16, int64_t n);
+/* xp = x reordered for a kernel's qdot (n values, n a multiple of the block). */
+typedef void (*kvrt_cpu_xprep_fn)(const float *x, int64_t n, float *xp);
 
 typedef struct kvrt_cpu_quant_kernels {
     kvrt_dtype type;
     kvrt_cpu_qdot_fn qdot;
     kvrt_cpu_dequant_fn dequant;
+    kvrt_cpu_xprep_fn xprep; /* NULL: qdot reads x as it is */
 } kvrt_cpu_quant_kernels;
 
 /* The kernels of each flavour, one row per type (tables only: the AVX ones
@@ -41,6 +50,11 @@ const kvrt_cpu_quant_kernels *kvrt_cpu_quant_kernels_get(kvrt_cpu_isa isa, kvrt_
 
 /* xsum16[k] = sum of x[16k .. 16k + 15], n a multiple of 16. */
 void kvrt_cpu_xsum16(const float *x, int64_t n, float *xsum16);
+
+/* The activation orders of the plane kernels (cpu_quant_planes.h): q4_K
+ * and q5_K share one, q6_K has its own. */
+void kvrt_cpu_xprep_q45_K(const float *x, int64_t n, float *xp);
+void kvrt_cpu_xprep_q6_K(const float *x, int64_t n, float *xp);
 
 /* The scales of one block: s[g] and mn[g] per group of 16 values (2 groups
  * for 32-value blocks, 16 for 256); shared by every flavour. */
