@@ -52,7 +52,7 @@ typedef struct mm_job {
     kvrt_cpu_dot_fn dot;
     kvrt_cpu_qdot_fn qdot;   /* the types of cpu_quant.h (dot is NULL): with xsum16 */
     kvrt_cpu_xprep_fn xprep; /* qdot's order of x, or NULL */
-    const float *xsum16;     /* [n_in / 16] group sums of x, for qdot */
+    const float *xsum16;     /* [n_in / 16] group sums of x for qdot (xprep's sums with xprep) */
     const float *xq;         /* [n_in] x as qdot reads it (x itself without xprep) */
     kvrt_cpu_dequant_fn dequant;
     float *scratch;          /* [n_threads][scratch_floats]: W tile (tiled path), then GEMM packing */
@@ -169,12 +169,13 @@ static kvrt_status mm_run_gemv(kvrt_backend *be, mm_job *j)
         if (!buf)
             return kvrt_fail(&be->err, KVRT_ERR_OUT_OF_HOST_MEMORY, "matmul: no memory for %zu floats of x sums",
                              floats);
-        kvrt_cpu_xsum16(j->x, j->n_in, buf);
         j->xsum16 = buf;
         j->xq = j->x;
         if (j->xprep) {
-            j->xprep(j->x, j->n_in, buf + j->n_in / 16);
+            j->xprep(j->x, j->n_in, buf + j->n_in / 16, buf);
             j->xq = buf + j->n_in / 16;
+        } else {
+            kvrt_cpu_xsum16(j->x, j->n_in, buf);
         }
     }
     /* a matrix too small to split is one plain loop on the caller: no worker woken */

@@ -17,7 +17,8 @@
  * the activations in their own order: within each 256-value block, the
  * order in which they unpack the weights (one byte of every 32-bit lane of
  * 64 weight bytes at a time, cpu_quant_planes.h). Their xprep writes that
- * order once per GEMV, and qdot is then called with it in place of x. */
+ * order and the sums these kernels use once per GEMV, and qdot is then
+ * called with them in place of x and xsum16. */
 #ifndef KVRT_CPU_QUANT_H
 #define KVRT_CPU_QUANT_H
 
@@ -25,8 +26,9 @@
 
 /* sum_i W[i] x[i] over one row of n values; xsum16[k] = sum of x[16k .. 16k + 15]. */
 typedef float (*kvrt_cpu_qdot_fn)(const void *w, const float *x, const float *xsum16, int64_t n);
-/* xp = x reordered for a kernel's qdot (n values, n a multiple of the block). */
-typedef void (*kvrt_cpu_xprep_fn)(const float *x, int64_t n, float *xp);
+/* What a kernel's qdot reads in place of x and xsum16 (n a multiple of the
+ * block): xp[n] = x reordered, xs[n / 16] = the group sums it wants. */
+typedef void (*kvrt_cpu_xprep_fn)(const float *x, int64_t n, float *xp, float *xs);
 
 typedef struct kvrt_cpu_quant_kernels {
     kvrt_dtype type;
@@ -53,8 +55,8 @@ void kvrt_cpu_xsum16(const float *x, int64_t n, float *xsum16);
 
 /* The activation orders of the plane kernels (cpu_quant_planes.h): q4_K
  * and q5_K share one, q6_K has its own. */
-void kvrt_cpu_xprep_q45_K(const float *x, int64_t n, float *xp);
-void kvrt_cpu_xprep_q6_K(const float *x, int64_t n, float *xp);
+void kvrt_cpu_xprep_q45_K(const float *x, int64_t n, float *xp, float *xs);
+void kvrt_cpu_xprep_q6_K(const float *x, int64_t n, float *xp, float *xs);
 
 /* The scales of one block: s[g] and mn[g] per group of 16 values (2 groups
  * for 32-value blocks, 16 for 256); shared by every flavour. */

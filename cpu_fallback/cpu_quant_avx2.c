@@ -264,15 +264,6 @@ KQ256 static inline __m256 lane(__m256 v, int j)
     return _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(j));
 }
 
-/* per group of 16 of a q4_K / q5_K block: (2^w d sc + dmin m) * xsum16 */
-KQ256 static inline __m256 q45_corr(__m256 sc, __m256 mn, const float *xs, __m256 corr)
-{
-    const __m256 k = _mm256_add_ps(sc, mn);
-    const __m256i lo = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3), hi = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
-    corr = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(k, lo), _mm256_loadu_ps(xs), corr);
-    return _mm256_fmadd_ps(_mm256_permutevar8x32_ps(k, hi), _mm256_loadu_ps(xs + 8), corr);
-}
-
 /* Plane halves lo / hi of q4_K (qh NULL) or q5_K chunk c, half h, into acc. */
 KQ256 __attribute__((always_inline)) static inline void q45_chunk(const uint8_t *qs, const uint8_t *qh, int c, int h, __m256 sc, const float *xp,
                                    __m256 *acc0, __m256 *acc1)
@@ -301,7 +292,8 @@ KQ256 __attribute__((always_inline)) static inline float q45_planes(const uint8_
         for (int c = 0; c < 2; c++)
             for (int h = 0; h < 2; h++)
                 q45_chunk(p + qs_off, qh, c, h, sc, xp, &acc0, &acc1);
-        corr = q45_corr(sc, mn, xs, corr);
+        corr = _mm256_fmadd_ps(sc, _mm256_loadu_ps(xs), corr); /* xs: sub-block sums of x, twice */
+        corr = _mm256_fmadd_ps(mn, _mm256_loadu_ps(xs + 8), corr);
     }
     return hsum256(_mm256_add_ps(acc0, acc1)) - hsum256(corr);
 }
@@ -327,8 +319,8 @@ KQ256 static float qdot_q6_K_planes(const void *w, const float *xp, const float 
         const __m256 d = _mm256_set1_ps(64.0f * _cvtsh_ss(b->d));
         const __m256 s[2] = {_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(s8)), d),
                              _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(s8, 8))), d)};
-        corr = _mm256_fmadd_ps(_mm256_mul_ps(s[0], _mm256_set1_ps(1.5f)), _mm256_loadu_ps(xs), corr);
-        corr = _mm256_fmadd_ps(_mm256_mul_ps(s[1], _mm256_set1_ps(1.5f)), _mm256_loadu_ps(xs + 8), corr);
+        corr = _mm256_fmadd_ps(s[0], _mm256_loadu_ps(xs), corr); /* xs: 1.5 xsum16 */
+        corr = _mm256_fmadd_ps(s[1], _mm256_loadu_ps(xs + 8), corr);
         for (int c = 0; c < 2; c++)
             for (int h = 0; h < 2; h++) {
                 /* bits 0-1 (4-5) of qh[l] for ql[l]; two bits up for ql[l + 32] */

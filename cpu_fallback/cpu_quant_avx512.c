@@ -201,15 +201,15 @@ KQ512 static inline __m512 one_plus(__m512i t, __m512i mant)
 }
 
 /* sum over the 4 bytes b of plane p (w-bit levels, garbage above) of
- * (1 + q / 2^w) * xp[16 b ..]: per lane, 4 values of the lane's group. */
+ * (1 + q / 2^w) * xp[16 b ..]: per lane, 4 values of the lane's group. One
+ * FMA chain: the four planes of a block are independent of each other. */
 KQ512 static inline __m512 plane_dot(__m512i p, const int w, const float *xp)
 {
     const __m512i m = _mm512_set1_epi32(((1 << w) - 1) << (23 - w));
     __m512 a = _mm512_mul_ps(one_plus(_mm512_slli_epi32(p, 23 - w), m), _mm512_loadu_ps(xp));
-    __m512 c = _mm512_mul_ps(one_plus(_mm512_slli_epi32(p, 7 - w), m), _mm512_loadu_ps(xp + 32));
     a = _mm512_fmadd_ps(one_plus(_mm512_slli_epi32(p, 15 - w), m), _mm512_loadu_ps(xp + 16), a);
-    c = _mm512_fmadd_ps(one_plus(_mm512_srli_epi32(p, w + 1), m), _mm512_loadu_ps(xp + 48), c);
-    return _mm512_add_ps(a, c);
+    a = _mm512_fmadd_ps(one_plus(_mm512_slli_epi32(p, 7 - w), m), _mm512_loadu_ps(xp + 32), a);
+    return _mm512_fmadd_ps(one_plus(_mm512_srli_epi32(p, w + 1), m), _mm512_loadu_ps(xp + 48), a);
 }
 
 /* bits of a where m is set, else of b */
@@ -221,17 +221,19 @@ KQ512 static inline __m512i select_bits(__m512i m, __m512i a, __m512i b)
 /* q4_K / q5_K block head: [2^w d sc_0..7, dmin m_0..7] as floats. */
 KQ512 static inline __m512 q45_head(const kvrt_block_q4_K *b, float two_w)
 {
-    uint32_t u[3];
+    uint32_t u[3], dd;
     memcpy(u, b->scales, sizeof(u));
+    memcpy(&dd, b, sizeof(dd)); /* d, dmin */
     /* sub-blocks 0..3: 6 low bits of bytes 0..3 (scales) and 4..7 (mins); 4..7: a nibble of bytes
      * 8..11 with the top two bits of bytes 0..3 / 4..7 above it */
-    const __m128i sm = _mm_setr_epi32((int)(u[0] & 0x3f3f3f3f),
-                                      (int)((u[2] & 0x0f0f0f0f) | ((u[0] >> 2) & 0x30303030)),
-                                      (int)(u[1] & 0x3f3f3f3f),
-                                      (int)(((u[2] >> 4) & 0x0f0f0f0f) | ((u[1] >> 2) & 0x30303030)));
-    const float d = _cvtsh_ss(b->d) * two_w, dmin = _cvtsh_ss(b->dmin);
-    const __m512 f = _mm512_insertf32x8(_mm512_set1_ps(d), _mm256_set1_ps(dmin), 1);
-    return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(sm)), f);
+    const uint64_t sc = (u[0] & 0x3f3f3f3fu) | (uint64_t)((u[2] & 0x0f0f0f0fu) | ((u[0] >> 2) & 0x30303030u)) << 32;
+    const uint64_t mn =
+        (u[1] & 0x3f3f3f3fu) | (uint64_t)(((u[2] >> 4) & 0x0f0f0f0fu) | ((u[1] >> 2) & 0x30303030u)) << 32;
+    const __m512 ddv = _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi32_si128((int)dd)));
+    const __m512 f = _mm512_mul_ps(
+        _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1), ddv),
+        _mm512_setr_ps(two_w, two_w, two_w, two_w, two_w, two_w, two_w, two_w, 1, 1, 1, 1, 1, 1, 1, 1));
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_set_epi64x((long long)mn, (long long)sc))), f);
 }
 
 /* Per lane L of plane (c, p): the sub-block of q4_K / q5_K (kvrt_plane_value / 32) */
@@ -249,15 +251,6 @@ KQ512 static inline __m512i groups_q6(int c, int p)
                              g + 3);
 }
 
-/* The correction of a q4_K / q5_K block: per group of 16, (2^w d sc + dmin m) * xsum16. */
-KQ512 static inline __m512 q45_corr(__m512 head, const float *xs, __m512 corr)
-{
-    const __m512i lo = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
-    const __m512 k = _mm512_add_ps(_mm512_permutexvar_ps(lo, head),
-                                   _mm512_permutexvar_ps(_mm512_add_epi32(lo, _mm512_set1_epi32(8)), head));
-    return _mm512_fmadd_ps(k, _mm512_loadu_ps(xs), corr);
-}
-
 KQ512 static float qdot_q4_K_planes(const void *w, const float *xp, const float *xs, int64_t n)
 {
     const kvrt_block_q4_K *b = w;
@@ -271,7 +264,7 @@ KQ512 static float qdot_q4_K_planes(const void *w, const float *xp, const float 
         acc1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(g01, head), plane_dot(_mm512_srli_epi32(q0, 4), 4, xp + 64), acc1);
         acc0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(g10, head), plane_dot(q1, 4, xp + 128), acc0);
         acc1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(g11, head), plane_dot(_mm512_srli_epi32(q1, 4), 4, xp + 192), acc1);
-        corr = q45_corr(head, xs, corr);
+        corr = _mm512_fmadd_ps(head, _mm512_loadu_ps(xs), corr); /* xs: sub-block sums, twice */
     }
     return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) - _mm512_reduce_add_ps(corr);
 }
@@ -296,7 +289,7 @@ KQ512 static float qdot_q5_K_planes(const void *w, const float *xp, const float 
             acc1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(c ? g11 : g01, head), plane_dot(hi, 5, xp + 128 * c + 64),
                                    acc1);
         }
-        corr = q45_corr(head, xs, corr);
+        corr = _mm512_fmadd_ps(head, _mm512_loadu_ps(xs), corr); /* xs: sub-block sums, twice */
     }
     return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) - _mm512_reduce_add_ps(corr);
 }
@@ -311,7 +304,7 @@ KQ512 static float qdot_q6_K_planes(const void *w, const float *xp, const float 
     for (int64_t k = 0; k < n / 256; k++, b++, xp += 256, xs += 16) {
         const __m512 s = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)b->scales))),
                                        _mm512_set1_ps(64.0f * _cvtsh_ss(b->d)));
-        corr = _mm512_fmadd_ps(_mm512_mul_ps(s, _mm512_set1_ps(1.5f)), _mm512_loadu_ps(xs), corr);
+        corr = _mm512_fmadd_ps(s, _mm512_loadu_ps(xs), corr); /* xs: 1.5 xsum16 */
         for (int c = 0; c < 2; c++) {
             /* the high bits of ql[l] at bits 0-1 (4-5) of byte l for the low (high) plane, those of
              * ql[l + 32] two bits up: shifted down in the upper half */

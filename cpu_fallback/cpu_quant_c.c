@@ -35,8 +35,18 @@ void kvrt_cpu_xsum16(const float *x, int64_t n, float *xsum16)
     }
 }
 
-static void xprep_planes(const float *x, int64_t n, float *xp, int q6)
+/* xs per block: q4_K / q5_K the 8 sub-block sums of x twice (the scales'
+ * and the mins' lanes of the kernels' block head), q6_K 1.5 times the 16
+ * group sums (the 96 X of 64 F - 96 X over the 64 of the scales). */
+static void xprep_planes(const float *x, int64_t n, float *xp, float *xs, int q6)
 {
+    kvrt_cpu_xsum16(x, n, xs);
+    for (int64_t k = 0; k < n / 256; k++, xs += 16) {
+        float g16[16];
+        memcpy(g16, xs, sizeof(g16));
+        for (int g = 0; g < 16; g++)
+            xs[g] = q6 ? 1.5f * g16[g] : g16[2 * (g % 8)] + g16[2 * (g % 8) + 1];
+    }
     for (int64_t k = 0; k < n / 256; k++, x += 256, xp += 256)
         for (int c = 0; c < 2; c++)
             for (int p = 0; p < 2; p++)
@@ -45,14 +55,14 @@ static void xprep_planes(const float *x, int64_t n, float *xp, int q6)
                         xp[128 * c + 64 * p + 16 * b + L] = x[kvrt_plane_value(q6, c, p, b, L)];
 }
 
-void kvrt_cpu_xprep_q45_K(const float *x, int64_t n, float *xp)
+void kvrt_cpu_xprep_q45_K(const float *x, int64_t n, float *xp, float *xs)
 {
-    xprep_planes(x, n, xp, 0);
+    xprep_planes(x, n, xp, xs, 0);
 }
 
-void kvrt_cpu_xprep_q6_K(const float *x, int64_t n, float *xp)
+void kvrt_cpu_xprep_q6_K(const float *x, int64_t n, float *xp, float *xs)
 {
-    xprep_planes(x, n, xp, 1);
+    xprep_planes(x, n, xp, xs, 1);
 }
 
 /* ---- levels of one group of 16 values ------------------------------------------------ */

@@ -123,7 +123,7 @@ static void test_row_kernels(void **state)
                 void *w = make_weights(&rng, t, 1, n, rb != 0, &bytes);
                 float *x = xmalloc((size_t)n * sizeof(float)), *want = xmalloc((size_t)n * sizeof(float));
                 float *got = xmalloc((size_t)n * sizeof(float)), *xs = xmalloc((size_t)(n / 16) * sizeof(float));
-                float *xp = xmalloc((size_t)n * sizeof(float));
+                float *xp = xmalloc((size_t)n * sizeof(float)), *xps = xmalloc((size_t)(n / 16) * sizeof(float));
                 ref_fill(&rng, x, n, -1.0f, 1.0f);
                 kvrt_dequantize_row(t, w, want, n);
                 double ref = 0.0, mag = 0.0;
@@ -142,8 +142,8 @@ static void test_row_kernels(void **state)
                                      kvrt_dtype_name(t), kvrt_cpu_isa_name(isas[ii]), (long long)n, (long long)i,
                                      (double)got[i], (double)want[i]);
                     if (kk->xprep)
-                        kk->xprep(x, n, xp); /* the kernel's order of x */
-                    double err = fabs((double)kk->qdot(w, kk->xprep ? xp : x, xs, n) - ref);
+                        kk->xprep(x, n, xp, xps); /* the kernel's order of x and its sums */
+                    double err = fabs((double)kk->qdot(w, kk->xprep ? xp : x, kk->xprep ? xps : xs, n) - ref);
                     /* F32 sums of n terms: a few ulps of sum |w x| per term group */
                     if (err > (double)(n / 16 + 16) * 0x1p-23 * mag)
                         fail_msg("%s %s n %lld: dot error %.3g vs sum |w x| %.3g", kvrt_dtype_name(t),
@@ -154,6 +154,7 @@ static void test_row_kernels(void **state)
                 free(got);
                 free(xs);
                 free(xp);
+                free(xps);
                 free(w);
             }
         }
