@@ -13,7 +13,8 @@
  *     sum_i w_i x_i = sum_g s_g * sum(level * x) - sum_g mn_g * xsum16[g],
  * with the group sums of x (xsum16) computed once per GEMV, not per row.
  *
- * The AVX2 / AVX-512 kernels of q4_K, q5_K and q6_K ("plane" kernels) read
+ * The AVX2 / AVX-512 kernels of q4_K, q5_K and q6_K, and the AVX-512 ones
+ * of q2_K and q3_K ("plane" kernels) read
  * the activations in their own order: within each 256-value block, the
  * order in which they unpack the weights (one byte of every 32-bit lane of
  * 64 weight bytes at a time, cpu_quant_planes.h). Their xprep writes that
@@ -54,9 +55,12 @@ const kvrt_cpu_quant_kernels *kvrt_cpu_quant_kernels_get(kvrt_cpu_isa isa, kvrt_
 void kvrt_cpu_xsum16(const float *x, int64_t n, float *xsum16);
 
 /* The activation orders of the plane kernels (cpu_quant_planes.h): q4_K
- * and q5_K share one, q6_K has its own. */
+ * and q5_K share one, q6_K has its own, q2_K and q3_K share one (with
+ * different sums). */
 void kvrt_cpu_xprep_q45_K(const float *x, int64_t n, float *xp, float *xs);
 void kvrt_cpu_xprep_q6_K(const float *x, int64_t n, float *xp, float *xs);
+void kvrt_cpu_xprep_q2_K(const float *x, int64_t n, float *xp, float *xs);
+void kvrt_cpu_xprep_q3_K(const float *x, int64_t n, float *xp, float *xs);
 
 /* The scales of one block: s[g] and mn[g] per group of 16 values (2 groups
  * for 32-value blocks, 16 for 256); shared by every flavour. */

@@ -65,6 +65,29 @@ void kvrt_cpu_xprep_q6_K(const float *x, int64_t n, float *xp, float *xs)
     xprep_planes(x, n, xp, xs, 1);
 }
 
+/* q2_K: x sums as they are; q3_K: 1.5 times (the 12 X of 8 F - 12 X over the 8 of the scales). */
+static void xprep_2bit(const float *x, int64_t n, float *xp, float *xs, float sum_factor)
+{
+    kvrt_cpu_xsum16(x, n, xs);
+    for (int64_t g = 0; g < n / 16; g++)
+        xs[g] *= sum_factor;
+    for (int64_t k = 0; k < n / 256; k++, x += 256, xp += 256)
+        for (int f = 0; f < 4; f++)
+            for (int b = 0; b < 4; b++)
+                for (int L = 0; L < 16; L++)
+                    xp[64 * f + 16 * b + L] = x[kvrt_plane_value2(f, b, L)];
+}
+
+void kvrt_cpu_xprep_q2_K(const float *x, int64_t n, float *xp, float *xs)
+{
+    xprep_2bit(x, n, xp, xs, 1.0f);
+}
+
+void kvrt_cpu_xprep_q3_K(const float *x, int64_t n, float *xp, float *xs)
+{
+    xprep_2bit(x, n, xp, xs, 1.5f);
+}
+
 /* ---- levels of one group of 16 values ------------------------------------------------ */
 
 /* Nibble of value 16 * g + l (g 0 or 1) of a 16-byte iq4_nl / q4_0-style array. */

@@ -30,4 +30,13 @@ static inline int kvrt_plane_value(int q6, int c, int p, int b, int L)
     return 32 * (4 * c + 2 * half + p) + l;
 }
 
+/* q2_K / q3_K: the 64 bytes of qs are one chunk with four 2-bit fields f
+ * per byte (q3_K's third bits merged above each in turn); field f of byte b
+ * of lane L is value 128 (L / 8) + 32 f + 4 (L % 8) + b of the block, read
+ * from position 64 f + 16 b + L of the activation order. */
+static inline int kvrt_plane_value2(int f, int b, int L)
+{
+    return 128 * (L / 8) + 32 * f + 4 * (L % 8) + b;
+}
+
 #endif /* KVRT_CPU_QUANT_PLANES_H */
