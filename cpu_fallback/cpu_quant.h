@@ -66,4 +66,23 @@ void kvrt_cpu_xprep_q3_K(const float *x, int64_t n, float *xp, float *xs);
  * for 32-value blocks, 16 for 256); shared by every flavour. */
 void kvrt_cpu_quant_scales(kvrt_dtype type, const void *block, float *s, float *mn);
 
+/* ---- int8 activations (opt-in, cpu_quant_q8.c) ---------------------------------------- */
+
+/* 256 activations rounded to int8: x[i] ~ d * qs[i]; bsums[g] = sum of qs[16 g .. 16 g + 15]. */
+typedef struct kvrt_cpu_q8k {
+    float d;
+    int8_t qs[256];
+    int16_t bsums[16];
+} kvrt_cpu_q8k;
+
+/* y[n / 256] from x[n], n a multiple of 256: d = max |x| / 127, qs = round(x / d). */
+void kvrt_cpu_q8k_quantize(const float *x, int64_t n, kvrt_cpu_q8k *y);
+
+/* sum_i W[i] (d qs[i]) over one row of n values. */
+typedef float (*kvrt_cpu_q8dot_fn)(const void *w, const kvrt_cpu_q8k *x, int64_t n);
+
+/* The int8-activation kernel of `type` for `isa` (AVX-512 VNNI where the CPU
+ * has it, else portable); NULL for the types without one (F32 path). */
+kvrt_cpu_q8dot_fn kvrt_cpu_q8dot_kernel(kvrt_cpu_isa isa, kvrt_dtype type);
+
 #endif /* KVRT_CPU_QUANT_H */
