@@ -263,6 +263,16 @@ KVRT_API kvrt_status kvrt_bm_swap_out(kvrt_block_manager *bm, int32_t seq, int32
 KVRT_API kvrt_status kvrt_bm_offload(kvrt_block_manager *bm, int32_t seq, int32_t end, int32_t max_blocks,
                                      int32_t (*pairs)[2], int32_t max_pairs, int32_t *n_pairs);
 
+/* Plans a kvrt_bm_offload: *n_move (<= max_move) of the resident
+ * sequence's entries [num_host, end) to move so that `want` device blocks go
+ * free, or as many as moving all of them frees; *n_freed the blocks it
+ * frees. A block shared with another sequence (prefix cache, fork) moves as
+ * a host copy of this sequence's own but frees nothing, so it only moves to
+ * reach the blocks after it (host blocks are a prefix of the table); moving
+ * stops at the last block that frees one. Errors: as kvrt_bm_offload's. */
+KVRT_API kvrt_status kvrt_bm_offload_plan(kvrt_block_manager *bm, int32_t seq, int32_t end, int32_t want,
+                                          int32_t max_move, int32_t *n_move, int32_t *n_freed);
+
 /* Brings a swapped-out sequence back: allocates one device block per host
  * slot, pairs[i] = {host slot, device block} (the caller copies the bytes),
  * host slots are released. Full blocks are registered in the prefix cache

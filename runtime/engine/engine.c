@@ -5,6 +5,7 @@
 #include <math.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 kvrt_engine_params kvrt_engine_default_params(void)
 {
@@ -171,6 +172,13 @@ static kvrt_status check_params(const kvrt_engine_params *p, const kvrt_runner *
     return p->context_shift ? check_context_shift(p, r, err) : KVRT_OK;
 }
 
+/* This machine's physical memory in bytes (0 when unknown). */
+static uint64_t host_memory_bytes(void)
+{
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    return pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0;
+}
+
 static kvrt_status alloc_scratch(kvrt_engine *e, kvrt_error *err)
 {
     const kvrt_allocator *a = e->alloc;
@@ -180,6 +188,15 @@ static kvrt_status alloc_scratch(kvrt_engine *e, kvrt_error *err)
         (e->p.preempt_mode == KVRT_PREEMPT_SWAP && e->p.num_host_blocks &&
          !kvrt_mul_size((size_t)e->p.num_host_blocks, e->runner.block_bytes, &host)))
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "engine scratch sizes overflow");
+    /* the swap tier is one allocation: refused up front, with the numbers, when it cannot fit (calloc
+     * would promise it and the first swap-out would find no memory) */
+    uint64_t mem = host_memory_bytes();
+    if (host && mem > 0 && host > mem)
+        return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY,
+                         "swap tier: %d host blocks of %zu bytes need %llu bytes (%.2f GiB), more than the host "
+                         "memory of %llu bytes (%.2f GiB)",
+                         (int)e->p.num_host_blocks, e->runner.block_bytes, (unsigned long long)host,
+                         (double)host / 1073741824.0, (unsigned long long)mem, (double)mem / 1073741824.0);
     e->sched = kvrt_calloc(a, ms, sizeof(*e->sched));
     e->b_order = kvrt_calloc(a, ms, sizeof(*e->b_order));
     e->b_tokens = kvrt_calloc(a, mt, sizeof(int32_t));

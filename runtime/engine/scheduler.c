@@ -133,10 +133,14 @@ static kvrt_status swap_out(kvrt_engine *e, kvrt_eseq *s)
 }
 
 /* Offload policy: moves the oldest computed blocks of running sequences to
- * the host tier, the sequence with the most movable blocks first, until
- * `want` device blocks are free or nothing more can move. A sequence keeps
- * running with its host blocks; one that will still fork keeps its blocks
- * (host slots have one owner). */
+ * the host tier, the sequence whose blocks free the most device blocks
+ * first, until `want` device blocks are free or nothing more can move. A
+ * sequence keeps running with its host blocks. Blocks shared with other
+ * sequences (prefix cache, forked samples) free nothing when they move (the
+ * others keep them): they move only as a host copy on the way to blocks of
+ * the sequence's own (kvrt_bm_offload_plan), and a sequence whose movable
+ * blocks are all shared is left alone. One that will still fork keeps its
+ * blocks (host slots have one owner; kvrt_bm_seq_fork refuses them). */
 static kvrt_status offload_blocks(kvrt_engine *e, int32_t want)
 {
     while (free_blocks(e) < want) {
@@ -144,23 +148,27 @@ static kvrt_status offload_blocks(kvrt_engine *e, int32_t want)
         (void)kvrt_bm_get_stats(e->bm, &bs);
         int32_t host_free = bs.host_blocks_total - bs.host_blocks_used;
         kvrt_eseq *best = NULL;
-        int32_t best_n = 0, best_end = 0;
+        int32_t best_gain = 0, best_end = 0;
         for (int32_t i = 0; i < e->running.n && host_free > 0; i++) {
             kvrt_eseq *v = e->running.v[i];
-            kvrt_bm_seq_info info;
-            if ((v->req->p.n > 1 && !v->req->forked) || kvrt_bm_get_seq_info(e->bm, v->bm_seq, &info) != KVRT_OK)
+            if (v->req->p.n > 1 && !v->req->forked)
                 continue;
             int32_t end = kvrt_eseq_pos(e, v, v->num_computed) / e->p.block_size; /* full blocks written */
-            if (end - info.num_host > best_n) {
+            int32_t mv = 0, gain = 0;
+            if (kvrt_bm_offload_plan(e->bm, v->bm_seq, end, INT32_MAX, host_free, &mv, &gain) == KVRT_OK &&
+                gain > best_gain) {
                 best = v;
-                best_n = end - info.num_host;
+                best_gain = gain;
                 best_end = end;
             }
         }
         if (!best)
             return KVRT_OK;
-        int32_t n = 0, k = KVRT_MIN(KVRT_MIN(best_n, want - free_blocks(e)), host_free);
-        kvrt_status st = kvrt_bm_offload(e->bm, best->bm_seq, best_end, k, e->pairs, e->max_blocks_per_seq, &n);
+        int32_t n = 0, k = 0, gain = 0;
+        kvrt_status st = kvrt_bm_offload_plan(e->bm, best->bm_seq, best_end, want - free_blocks(e), host_free, &k,
+                                              &gain);
+        if (st == KVRT_OK)
+            st = kvrt_bm_offload(e->bm, best->bm_seq, best_end, k, e->pairs, e->max_blocks_per_seq, &n);
         if (st != KVRT_OK)
             return bm_err(e, st);
         st = e->runner.iface->offload(e->runner.self, (const int32_t(*)[2])e->pairs, n, &e->err);
