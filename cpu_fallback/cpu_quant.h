@@ -81,8 +81,10 @@ void kvrt_cpu_q8k_quantize(const float *x, int64_t n, kvrt_cpu_q8k *y);
 /* sum_i W[i] (d qs[i]) over one row of n values. */
 typedef float (*kvrt_cpu_q8dot_fn)(const void *w, const kvrt_cpu_q8k *x, int64_t n);
 
-/* The int8-activation kernel of `type` for `isa` (AVX-512 VNNI where the CPU
- * has it, else portable); NULL for the types without one (F32 path). */
+/* The int8-activation kernel of `type` for `isa`: AVX-512 VNNI where the CPU
+ * has it, portable C for the portable flavour; NULL (the F32 path) for the
+ * other types and for AVX2 / AVX-512 without VNNI, whose F32 plane kernels
+ * are faster than portable int8 ones. */
 kvrt_cpu_q8dot_fn kvrt_cpu_q8dot_kernel(kvrt_cpu_isa isa, kvrt_dtype type);
 
 #endif /* KVRT_CPU_QUANT_H */

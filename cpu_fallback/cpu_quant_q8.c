@@ -197,9 +197,10 @@ kvrt_cpu_q8dot_fn kvrt_cpu_q8dot_kernel(kvrt_cpu_isa isa, kvrt_dtype type)
         if (type == KVRT_DTYPE_Q6_K)
             return q8dot_q6_K_vnni;
     }
-#else
-    (void)isa;
 #endif
+    /* AVX2 (or AVX-512 without VNNI): the F32 plane kernels are faster than the portable int8 ones */
+    if (isa != KVRT_CPU_ISA_PORTABLE)
+        return NULL;
     if (type == KVRT_DTYPE_Q4_K)
         return q8dot_q4_K_c;
     if (type == KVRT_DTYPE_Q6_K)
