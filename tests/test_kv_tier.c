@@ -369,41 +369,54 @@ static void test_lse_every_pass(void **state)
     free_data(sd);
 }
 
-/* A block moved to the host and back is the same bytes, on every pass. */
+/* A block moved to the host and back is the same bytes, on every pass, for
+ * one KV type and for K/V pairs whose V blocks are larger than K's (the
+ * stage holds the larger) and smaller. */
 static void test_moves_round_trip(void **state)
 {
     (void)state;
+    static const kvrt_dtype TYPES[][2] = {{KVRT_DTYPE_F16, KVRT_DTYPE_F16},
+                                          {KVRT_DTYPE_FP8_E4M3, KVRT_DTYPE_F32},
+                                          {KVRT_DTYPE_F32, KVRT_DTYPE_Q4_0}};
     seq_data sd[NS];
     make_data(sd);
     for (int i = 0; i < kvrt_test_n_passes; i++) {
-        kvrt_kv_cache *c = make_cache(kvrt_test_pass_list[i].ctx, KVRT_DTYPE_F16, 4);
-        kvrt_kv_tier *tier = make_tier(c, 3);
-        write_block(c, sd, 1, 2, 0);
-        size_t bb = kvrt_kv_cache_block_bytes(c);
-        uint8_t *a = malloc(bb), *b = malloc(bb);
-        int32_t out_pair[1][2] = {{0, 2}}, back[1][2] = {{2, 3}};
-        assert_int_equal(kvrt_kv_tier_to_host(tier, (const int32_t(*)[2])out_pair, 1), KVRT_OK);
-        assert_int_equal(kvrt_kv_tier_to_device(tier, (const int32_t(*)[2])back, 1), KVRT_OK);
-        for (int32_t l = 0; l < N_LAYERS; l++) {
-            for (int w = 0; w < 2; w++) {
-                assert_int_equal(kvrt_kv_cache_read_block(c, l, w, 0, a, bb), KVRT_OK);
-                assert_int_equal(kvrt_kv_cache_read_block(c, l, w, 3, b, bb), KVRT_OK);
-                assert_memory_equal(a, b, bb);
+        for (size_t ti = 0; ti < sizeof(TYPES) / sizeof(TYPES[0]); ti++) {
+            kvrt_kv_cache_params p = {N_LAYERS, N_KV, HD, BS, 4, .dtype = TYPES[ti][0],
+                                      .v_dtype_set = TYPES[ti][0] != TYPES[ti][1], .v_dtype = TYPES[ti][1]};
+            kvrt_kv_cache *c = NULL;
+            assert_int_equal(kvrt_kv_cache_create(kvrt_test_pass_list[i].ctx, &p, &c, NULL), KVRT_OK);
+            kvrt_kv_tier *tier = make_tier(c, 3);
+            write_block(c, sd, 1, 2, 0);
+            size_t bbw[2] = {kvrt_kv_cache_pool_block_bytes(c, 0), kvrt_kv_cache_pool_block_bytes(c, 1)};
+            size_t bb = KVRT_MAX(bbw[0], bbw[1]);
+            uint8_t *a = malloc(bb), *b = malloc(bb);
+            int32_t out_pair[1][2] = {{0, 2}}, back[1][2] = {{2, 3}};
+            assert_int_equal(kvrt_kv_tier_to_host(tier, (const int32_t(*)[2])out_pair, 1), KVRT_OK);
+            assert_int_equal(kvrt_kv_tier_to_device(tier, (const int32_t(*)[2])back, 1), KVRT_OK);
+            for (int32_t l = 0; l < N_LAYERS; l++) {
+                for (int w = 0; w < 2; w++) {
+                    assert_int_equal(kvrt_kv_cache_read_block(c, l, w, 0, a, bbw[w]), KVRT_OK);
+                    assert_int_equal(kvrt_kv_cache_read_block(c, l, w, 3, b, bbw[w]), KVRT_OK);
+                    assert_memory_equal(a, b, bbw[w]);
+                }
             }
+            kvrt_kv_tier_stats st;
+            kvrt_kv_tier_get_stats(tier, &st);
+            assert_int_equal(st.blocks_to_host, 1);
+            assert_int_equal(st.blocks_to_device, 1);
+            assert_int_equal(st.bytes_to_device, N_LAYERS * (bbw[0] + bbw[1]));
+            assert_int_equal(kvrt_kv_tier_slot_bytes(tier), N_LAYERS * (bbw[0] + bbw[1]));
+            /* a host slot outside the pool is refused, naming the block */
+            int32_t bad[1][2] = {{0, 3}};
+            assert_int_equal(kvrt_kv_tier_to_host(tier, (const int32_t(*)[2])bad, 1), KVRT_ERR_INVALID_ARGUMENT);
+            if (ti == 0)
+                print_message("  %-10s bad slot: %s\n", kvrt_test_pass_list[i].name, kvrt_kv_tier_message(tier));
+            free(a);
+            free(b);
+            kvrt_kv_tier_destroy(tier);
+            kvrt_kv_cache_destroy(c);
         }
-        kvrt_kv_tier_stats st;
-        kvrt_kv_tier_get_stats(tier, &st);
-        assert_int_equal(st.blocks_to_host, 1);
-        assert_int_equal(st.blocks_to_device, 1);
-        assert_int_equal(st.bytes_to_device, 2 * N_LAYERS * bb);
-        /* a host slot outside the pool is refused, naming the block */
-        int32_t bad[1][2] = {{0, 3}};
-        assert_int_equal(kvrt_kv_tier_to_host(tier, (const int32_t(*)[2])bad, 1), KVRT_ERR_INVALID_ARGUMENT);
-        print_message("  %-10s bad slot: %s\n", kvrt_test_pass_list[i].name, kvrt_kv_tier_message(tier));
-        free(a);
-        free(b);
-        kvrt_kv_tier_destroy(tier);
-        kvrt_kv_cache_destroy(c);
     }
     free_data(sd);
 }
