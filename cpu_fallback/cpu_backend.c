@@ -331,6 +331,7 @@ kvrt_status kvrt_cpu_backend_create(const kvrt_context_params *params, kvrt_back
     cpu->budget = params->memory_budget ? params->memory_budget : cpu_available_bytes();
     cpu->isa = kvrt_cpu_best_isa();
     cpu->use_blas = !(params->disabled_features & KVRT_FEATURE_BLAS) && kvrt_cpu_blas_usable(kvrt_cpu_best_isa());
+    cpu->int8_act = params->int8_activations != 0;
     describe(cpu, params->disabled_features);
     *out = &cpu->base;
     return KVRT_OK;

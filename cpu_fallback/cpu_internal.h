@@ -32,6 +32,7 @@ typedef struct kvrt_cpu_backend {
     int n_threads;
     kvrt_cpu_isa isa; /* flavour of the matmul and embedding kernels: the CPU's best unless capped */
     bool use_blas; /* large products go to OpenBLAS (cpu_blas.h) */
+    bool int8_act; /* decode GEMVs round x to int8 where a kernel exists (cpu_quant_q8.c) */
     uint64_t heap;         /* physical memory */
     uint64_t budget;       /* the context's, or what was available at creation */
     uint64_t used;         /* owned buffers and KV pools */

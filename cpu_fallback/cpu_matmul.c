@@ -51,7 +51,11 @@ typedef struct mm_job {
     kvrt_cpu_isa isa;
     kvrt_cpu_dot_fn dot;
     kvrt_cpu_qdot_fn qdot;   /* the types of cpu_quant.h (dot is NULL): with xsum16 */
-    const float *xsum16;     /* [n_in / 16] group sums of x, for qdot */
+    kvrt_cpu_xprep_fn xprep; /* qdot's order of x, or NULL */
+    const float *xsum16;     /* [n_in / 16] group sums of x for qdot (xprep's sums with xprep) */
+    const float *xq;         /* [n_in] x as qdot reads it (x itself without xprep) */
+    kvrt_cpu_q8dot_fn q8dot; /* int8 activations (opt-in): used instead of qdot when set */
+    const kvrt_cpu_q8k *x8;  /* [n_in / 256] x rounded to int8, for q8dot */
     kvrt_cpu_dequant_fn dequant;
     float *scratch;          /* [n_threads][scratch_floats]: W tile (tiled path), then GEMM packing */
     size_t scratch_floats;   /* per thread, a multiple of 16 (64-byte aligned slices) */
@@ -92,9 +96,14 @@ static void mm_gemv_task(void *arg, int64_t task, int thread)
     const mm_job *j = arg;
     const int64_t o0 = task * j->rows_per_task, rows = task_rows(j, task);
     const char *w = j->w + (size_t)o0 * j->row_bytes;
+    if (j->q8dot) {
+        for (int64_t r = 0; r < rows; r++, w += j->row_bytes)
+            j->y[o0 + r] = j->q8dot(w, j->x8, j->n_in);
+        return;
+    }
     if (j->qdot) {
         for (int64_t r = 0; r < rows; r++, w += j->row_bytes)
-            j->y[o0 + r] = j->qdot(w, j->x, j->xsum16, j->n_in);
+            j->y[o0 + r] = j->qdot(w, j->xq, j->xsum16, j->n_in);
         return;
     }
     for (int64_t r = 0; r < rows; r++, w += j->row_bytes)
@@ -159,23 +168,37 @@ static kvrt_status mm_run_gemv(kvrt_backend *be, mm_job *j)
 {
     int64_t min_rows = ceil_div(MM_GEMV_MIN_TASK_BYTES, (int64_t)j->row_bytes);
     j->rows_per_task = KVRT_MAX(ceil_div(j->n_out, MM_GEMV_MAX_TASKS), min_rows);
-    /* the group sums of x, once for all rows (rows of up to 64k values on the stack) */
-    float stack_sums[4096], *sums = NULL;
-    if (j->qdot) {
-        sums = j->n_in / 16 <= (int64_t)KVRT_ARRAY_LEN(stack_sums)
-                   ? stack_sums
-                   : kvrt_alloc(be->alloc, (size_t)(j->n_in / 16) * sizeof(float), 64);
-        if (!sums)
-            return kvrt_fail(&be->err, KVRT_ERR_OUT_OF_HOST_MEMORY, "matmul: no memory for %lld sums",
-                             (long long)(j->n_in / 16));
-        kvrt_cpu_xsum16(j->x, j->n_in, sums);
-        j->xsum16 = sums;
+    /* x rounded to int8, or the group sums of x and qdot's order of x, once for all rows (rows of up
+     * to 6k values on the stack) */
+    float stack_buf[6656], *buf = NULL;
+    if (j->q8dot) {
+        const size_t bytes = (size_t)(j->n_in / 256) * sizeof(kvrt_cpu_q8k);
+        buf = bytes <= sizeof(stack_buf) ? stack_buf : kvrt_alloc(be->alloc, bytes, 64);
+        if (!buf)
+            return kvrt_fail(&be->err, KVRT_ERR_OUT_OF_HOST_MEMORY, "matmul: no memory for %zu bytes of int8 x",
+                             bytes);
+        kvrt_cpu_q8k_quantize(j->x, j->n_in, (kvrt_cpu_q8k *)(void *)buf);
+        j->x8 = (const kvrt_cpu_q8k *)(void *)buf;
+    } else if (j->qdot) {
+        const size_t floats = (size_t)(j->n_in / 16) + (j->xprep ? (size_t)j->n_in : 0);
+        buf = floats <= KVRT_ARRAY_LEN(stack_buf) ? stack_buf : kvrt_alloc(be->alloc, floats * sizeof(float), 64);
+        if (!buf)
+            return kvrt_fail(&be->err, KVRT_ERR_OUT_OF_HOST_MEMORY, "matmul: no memory for %zu floats of x sums",
+                             floats);
+        j->xsum16 = buf;
+        j->xq = j->x;
+        if (j->xprep) {
+            j->xprep(j->x, j->n_in, buf + j->n_in / 16, buf);
+            j->xq = buf + j->n_in / 16;
+        } else {
+            kvrt_cpu_xsum16(j->x, j->n_in, buf);
+        }
     }
     /* a matrix too small to split is one plain loop on the caller: no worker woken */
     kvrt_threadpool_run_sized(kvrt_cpu(be)->pool, ceil_div(j->n_out, j->rows_per_task), mm_work(j), mm_gemv_task,
                               j);
-    if (sums && sums != stack_sums)
-        kvrt_free(be->alloc, sums);
+    if (buf && buf != stack_buf)
+        kvrt_free(be->alloc, buf);
     return KVRT_OK;
 }
 
@@ -215,6 +238,8 @@ kvrt_status kvrt_cpu_matmul(kvrt_backend *be, kvrt_dtype wtype, kvrt_view w, int
         .isa = isa,
         .dot = kvrt_cpu_dot_kernel(isa, wtype),
         .qdot = qk ? qk->qdot : NULL,
+        .xprep = qk ? qk->xprep : NULL,
+        .q8dot = n_tokens == 1 && kvrt_cpu(be)->int8_act ? kvrt_cpu_q8dot_kernel(isa, wtype) : NULL,
         .dequant = kvrt_cpu_dequant_kernel(isa, wtype),
     };
     if (kvrt_cpu_blas_wanted(kvrt_cpu(be)->use_blas, wtype, n_tokens)) {

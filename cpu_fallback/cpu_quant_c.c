@@ -1,6 +1,7 @@
 /* Portable row kernels of the types of cpu_quant.h (plain C, any CPU), the
  * per-block group scales every flavour shares, and the kernel selection. */
 #include "cpu_quant.h"
+#include "cpu_quant_planes.h"
 #include "cpu_quant_scales.h"
 
 #include "common/fp16.h"
@@ -32,6 +33,59 @@ void kvrt_cpu_xsum16(const float *x, int64_t n, float *xsum16)
                 a[l] += x[j + l];
         xsum16[k] = (a[0] + a[1]) + (a[2] + a[3]);
     }
+}
+
+/* xs per block: q4_K / q5_K the 8 sub-block sums of x twice (the scales'
+ * and the mins' lanes of the kernels' block head), q6_K 1.5 times the 16
+ * group sums (the 96 X of 64 F - 96 X over the 64 of the scales). */
+static void xprep_planes(const float *x, int64_t n, float *xp, float *xs, int q6)
+{
+    kvrt_cpu_xsum16(x, n, xs);
+    for (int64_t k = 0; k < n / 256; k++, xs += 16) {
+        float g16[16];
+        memcpy(g16, xs, sizeof(g16));
+        for (int g = 0; g < 16; g++)
+            xs[g] = q6 ? 1.5f * g16[g] : g16[2 * (g % 8)] + g16[2 * (g % 8) + 1];
+    }
+    for (int64_t k = 0; k < n / 256; k++, x += 256, xp += 256)
+        for (int c = 0; c < 2; c++)
+            for (int p = 0; p < 2; p++)
+                for (int b = 0; b < 4; b++)
+                    for (int L = 0; L < 16; L++)
+                        xp[128 * c + 64 * p + 16 * b + L] = x[kvrt_plane_value(q6, c, p, b, L)];
+}
+
+void kvrt_cpu_xprep_q45_K(const float *x, int64_t n, float *xp, float *xs)
+{
+    xprep_planes(x, n, xp, xs, 0);
+}
+
+void kvrt_cpu_xprep_q6_K(const float *x, int64_t n, float *xp, float *xs)
+{
+    xprep_planes(x, n, xp, xs, 1);
+}
+
+/* q2_K: x sums as they are; q3_K: 1.5 times (the 12 X of 8 F - 12 X over the 8 of the scales). */
+static void xprep_2bit(const float *x, int64_t n, float *xp, float *xs, float sum_factor)
+{
+    kvrt_cpu_xsum16(x, n, xs);
+    for (int64_t g = 0; g < n / 16; g++)
+        xs[g] *= sum_factor;
+    for (int64_t k = 0; k < n / 256; k++, x += 256, xp += 256)
+        for (int f = 0; f < 4; f++)
+            for (int b = 0; b < 4; b++)
+                for (int L = 0; L < 16; L++)
+                    xp[64 * f + 16 * b + L] = x[kvrt_plane_value2(f, b, L)];
+}
+
+void kvrt_cpu_xprep_q2_K(const float *x, int64_t n, float *xp, float *xs)
+{
+    xprep_2bit(x, n, xp, xs, 1.0f);
+}
+
+void kvrt_cpu_xprep_q3_K(const float *x, int64_t n, float *xp, float *xs)
+{
+    xprep_2bit(x, n, xp, xs, 1.5f);
 }
 
 /* ---- levels of one group of 16 values ------------------------------------------------ */
@@ -176,7 +230,7 @@ KERNELS_C(q5_K, KVRT_DTYPE_Q5_K)
 KERNELS_C(q6_K, KVRT_DTYPE_Q6_K)
 KERNELS_C(iq4_xs, KVRT_DTYPE_IQ4_XS)
 
-#define ROW_C(T, TYPE) {TYPE, qdot_##T##_c, dequant_##T##_c}
+#define ROW_C(T, TYPE) {TYPE, qdot_##T##_c, dequant_##T##_c, NULL}
 const kvrt_cpu_quant_kernels kvrt_cpu_quant_c[] = {
     ROW_C(q4_1, KVRT_DTYPE_Q4_1),     ROW_C(q5_0, KVRT_DTYPE_Q5_0), ROW_C(q5_1, KVRT_DTYPE_Q5_1),
     ROW_C(iq4_nl, KVRT_DTYPE_IQ4_NL), ROW_C(q2_K, KVRT_DTYPE_Q2_K), ROW_C(q3_K, KVRT_DTYPE_Q3_K),

@@ -191,6 +191,14 @@ typedef struct kvrt_context_params {
      * Saving replaces only a missing file or a kvrt cache: any other file at
      * the path (a model named by mistake) is left as it is and not saved over. */
     const char *pipeline_cache_path;
+    /* CPU, opt-in (default 0): decode (one-token) products of q4_K and q6_K weights
+     * round the activation vector to int8 once per product (per 256 values, an F32
+     * scale, as llama.cpp's Q8_K) and use integer dot products (AVX-512 VNNI; a CPU
+     * without it keeps the F32 kernels). Faster decode, but outside DESIGN.md's F32
+     * contract: logits move by the rounding of the activations (README "int8
+     * activations" gives the measured bound). Other types, prefill and the GPU
+     * backends are unaffected. */
+    int32_t int8_activations; /* 0 or 1 */
 } kvrt_context_params;
 
 /* Defaults: CPU backend, all cores, automatic device, the default budget, all features,

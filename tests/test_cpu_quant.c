@@ -123,6 +123,7 @@ static void test_row_kernels(void **state)
                 void *w = make_weights(&rng, t, 1, n, rb != 0, &bytes);
                 float *x = xmalloc((size_t)n * sizeof(float)), *want = xmalloc((size_t)n * sizeof(float));
                 float *got = xmalloc((size_t)n * sizeof(float)), *xs = xmalloc((size_t)(n / 16) * sizeof(float));
+                float *xp = xmalloc((size_t)n * sizeof(float)), *xps = xmalloc((size_t)(n / 16) * sizeof(float));
                 ref_fill(&rng, x, n, -1.0f, 1.0f);
                 kvrt_dequantize_row(t, w, want, n);
                 double ref = 0.0, mag = 0.0;
@@ -140,7 +141,9 @@ static void test_row_kernels(void **state)
                             fail_msg("%s %s n %lld: dequantized value %lld is %.9g, reference %.9g",
                                      kvrt_dtype_name(t), kvrt_cpu_isa_name(isas[ii]), (long long)n, (long long)i,
                                      (double)got[i], (double)want[i]);
-                    double err = fabs((double)kk->qdot(w, x, xs, n) - ref);
+                    if (kk->xprep)
+                        kk->xprep(x, n, xp, xps); /* the kernel's order of x and its sums */
+                    double err = fabs((double)kk->qdot(w, kk->xprep ? xp : x, kk->xprep ? xps : xs, n) - ref);
                     /* F32 sums of n terms: a few ulps of sum |w x| per term group */
                     if (err > (double)(n / 16 + 16) * 0x1p-23 * mag)
                         fail_msg("%s %s n %lld: dot error %.3g vs sum |w x| %.3g", kvrt_dtype_name(t),
@@ -150,6 +153,8 @@ static void test_row_kernels(void **state)
                 free(want);
                 free(got);
                 free(xs);
+                free(xp);
+                free(xps);
                 free(w);
             }
         }
@@ -328,11 +333,146 @@ static void test_bad_rows(void **state)
     be->ops->destroy(be);
 }
 
+/* ---- int8 activations (opt-in): against a reference that rounds x the same way ---------------- */
+
+/* x as the int8 kernels see it: d * qs per value ([n]). */
+static void q8k_values(const kvrt_cpu_q8k *a, int64_t n, float *x8)
+{
+    for (int64_t i = 0; i < n; i++)
+        x8[i] = a[i / 256].d * (float)a[i / 256].qs[i % 256];
+}
+
+static void test_int8_quantize(void **state)
+{
+    (void)state;
+    const int64_t n = 768;
+    ref_rng rng;
+    ref_rng_seed(&rng, 99);
+    float *x = xmalloc((size_t)n * sizeof(float));
+    ref_fill(&rng, x, n, -3.0f, 3.0f);
+    memset(x + 256, 0, 256 * sizeof(float)); /* an all-zero block: d 0, levels 0 */
+    kvrt_cpu_q8k a[3];
+    kvrt_cpu_q8k_quantize(x, n, a);
+    assert_true(a[1].d == 0.0f);
+    for (int64_t i = 0; i < n; i++) {
+        const kvrt_cpu_q8k *b = &a[i / 256];
+        assert_true(b->qs[i % 256] >= -127);
+        /* round to nearest: within half a step (and a rounding of x / d) */
+        if (!(fabsf(x[i] - b->d * (float)b->qs[i % 256]) <= 0.5f * b->d * (1.0f + 1e-5f)))
+            fail_msg("value %lld: %.9g rounds to %d steps of %.9g", (long long)i, (double)x[i],
+                     (int)b->qs[i % 256], (double)b->d);
+    }
+    for (int k = 0; k < 3; k++)
+        for (int g = 0; g < 16; g++) {
+            int sum = 0;
+            for (int i = 0; i < 16; i++)
+                sum += a[k].qs[16 * g + i];
+            assert_int_equal(a[k].bsums[g], sum);
+        }
+    free(x);
+}
+
+static void test_int8_row_kernels(void **state)
+{
+    (void)state;
+    static const kvrt_dtype q8types[] = {KVRT_DTYPE_Q4_K, KVRT_DTYPE_Q6_K};
+    kvrt_cpu_isa isas[3];
+    const int ni = n_isas(isas);
+    for (size_t ti = 0; ti < sizeof(q8types) / sizeof(q8types[0]); ti++) {
+        const kvrt_dtype t = q8types[ti];
+        int64_t ns[16];
+        const int nn = row_lengths(t, ns);
+        for (int k = 0; k < nn; k++)
+            for (int rb = 0; rb < 2; rb++) {
+                const int64_t n = ns[k];
+                ref_rng rng;
+                ref_rng_seed(&rng, (uint64_t)(n * 17 + (int64_t)ti * 5 + rb));
+                size_t bytes;
+                void *w = make_weights(&rng, t, 1, n, rb != 0, &bytes);
+                float *x = xmalloc((size_t)n * sizeof(float)), *x8 = xmalloc((size_t)n * sizeof(float));
+                float *deq = xmalloc((size_t)n * sizeof(float));
+                kvrt_cpu_q8k *a = xmalloc((size_t)(n / 256) * sizeof(*a));
+                ref_fill(&rng, x, n, -1.0f, 1.0f);
+                kvrt_cpu_q8k_quantize(x, n, a);
+                q8k_values(a, n, x8);
+                kvrt_dequantize_row(t, w, deq, n);
+                double ref = 0.0, mag = 0.0;
+                for (int64_t i = 0; i < n; i++) {
+                    ref += (double)deq[i] * x8[i];
+                    mag += fabs((double)deq[i] * x8[i]);
+                }
+                for (int ii = 0; ii < ni; ii++) {
+                    kvrt_cpu_q8dot_fn f = kvrt_cpu_q8dot_kernel(isas[ii], t);
+                    if (isas[ii] == KVRT_CPU_ISA_PORTABLE)
+                        assert_non_null(f);
+                    if (!f) /* AVX2, or AVX-512 without VNNI: the F32 path (test_int8_matmul) */
+                        continue;
+                    /* integer sums exact; F32 scaling per block */
+                    double err = fabs((double)f(w, a, n) - ref);
+                    if (err > (double)(n / 16 + 16) * 0x1p-23 * mag)
+                        fail_msg("int8 %s %s n %lld: dot error %.3g vs sum |w x| %.3g", kvrt_dtype_name(t),
+                                 kvrt_cpu_isa_name(isas[ii]), (long long)n, err, mag);
+                }
+                free(w), free(x), free(x8), free(deq), free(a);
+            }
+    }
+    assert_null(kvrt_cpu_q8dot_kernel(KVRT_CPU_ISA_PORTABLE, KVRT_DTYPE_Q5_K)); /* F32 path for the others */
+}
+
+/* GEMV through the backend with int8_act on, each flavour forced: against the double reference
+ * over the int8-rounded x where the flavour has an int8 kernel, over x where it keeps the F32
+ * path (NMSE <= 1e-6); off by default. */
+static void test_int8_matmul(void **state)
+{
+    (void)state;
+    kvrt_cpu_isa isas[3];
+    const int ni = n_isas(isas);
+    kvrt_backend *be = make_backend(2);
+    assert_false(kvrt_cpu(be)->int8_act);
+    kvrt_cpu(be)->int8_act = true;
+    static const kvrt_dtype q8types[] = {KVRT_DTYPE_Q4_K, KVRT_DTYPE_Q6_K};
+    for (int ii = 0; ii < ni; ii++) {
+        kvrt_cpu_backend_cap_isa(be, isas[ii]);
+        for (size_t ti = 0; ti < 2; ti++) {
+            const kvrt_dtype t = q8types[ti];
+            const int64_t n_out = 37, n_in = 768;
+            ref_rng rng;
+            ref_rng_seed(&rng, 1234 + ti);
+            size_t wbytes;
+            void *w = make_weights(&rng, t, n_out, n_in, false, &wbytes);
+            float *x = xmalloc((size_t)n_in * sizeof(float)), *x8 = xmalloc((size_t)n_in * sizeof(float));
+            float *y = xmalloc((size_t)n_out * sizeof(float));
+            kvrt_cpu_q8k a[3];
+            ref_fill(&rng, x, n_in, -1.0f, 1.0f);
+            kvrt_cpu_q8k_quantize(x, n_in, a);
+            q8k_values(a, n_in, x8);
+            double *want = xmalloc((size_t)n_out * sizeof(double));
+            /* flavours without an int8 kernel keep the F32 path: then x as it is */
+            const bool int8 = kvrt_cpu_q8dot_kernel(kvrt_cpu(be)->isa, t) != NULL;
+            ref_matmul(t, w, n_out, n_in, int8 ? x8 : x, n_in, 1, want);
+            kvrt_view wv = wrap(be, w, wbytes), xv = wrap(be, x, (size_t)n_in * sizeof(float)),
+                      yv = wrap(be, y, (size_t)n_out * sizeof(float));
+            assert_int_equal(be->ops->matmul(be, t, wv, n_out, n_in, xv, n_in, yv, n_out, 1), KVRT_OK);
+            ref_err e = ref_compare(y, n_out, want, n_out, 1, n_out);
+            if (e.nonfinite || !(e.nmse <= NMSE_MAX))
+                fail_msg("int8 matmul %s %s: nmse %.3g against the int8-rounded reference", kvrt_dtype_name(t),
+                         kvrt_cpu_isa_name(isas[ii]), e.nmse);
+            be->ops->buffer_destroy(be, wv.buf);
+            be->ops->buffer_destroy(be, xv.buf);
+            be->ops->buffer_destroy(be, yv.buf);
+            free(w), free(x), free(x8), free(y), free(want);
+        }
+    }
+    be->ops->destroy(be);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_row_kernels), cmocka_unit_test(test_matmul_each_flavour),
         cmocka_unit_test(test_matmul_threads), cmocka_unit_test(test_embed), cmocka_unit_test(test_bad_rows),
+        cmocka_unit_test(test_int8_quantize), cmocka_unit_test(test_int8_row_kernels),
+        cmocka_unit_test(test_int8_matmul),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -239,7 +239,7 @@ static bool parse_kv_type_v(const char *prog, const char *flag, const char *valu
     return (c->kv_type_v_given = kvrt_cli_parse_kv_type(prog, flag, value, &c->kv_type_v_flag));
 }
 
-enum { N_COMMON = 9 };
+enum { N_COMMON = 10 };
 
 /* The table itself: the same names, help and bounds in every tool. */
 static size_t common_table(kvrt_cli_common *c, kvrt_cli_opt out[N_COMMON])
@@ -275,6 +275,10 @@ static size_t common_table(kvrt_cli_common *c, kvrt_cli_opt out[N_COMMON])
                       "KV type of the values alone (wins over --kv-type)"),
         KVRT_CLI_CALL(0, "block-size", kvrt_cli_parse_block_size, &c->block_size, "N",
                       "tokens per KV block: 8, 16 (default) or 32"),
+        KVRT_CLI_BOOL(0, "int8-activations", &c->int8_activations,
+                      "CPU decode: round the activations to int8 per 256 values for q4_K and q6_K\n"
+                      "weights and use integer dot products (faster; logits move by that rounding,\n"
+                      "outside the F32 contract: README \"int8 activations\"); off by default"),
         {.short_name = 'v', .name = "verbose", .kind = KVRT_CLI_KIND_COUNT, .dst = &c->verbose,
          .help = "more detail on stderr"},
     };
@@ -332,6 +336,7 @@ void kvrt_cli_common_context_params(const kvrt_cli_common *c, kvrt_context_param
     cp->device_name = c->device_name;
     cp->n_threads = c->threads[0];
     cp->pipeline_cache_path = c->pipeline_cache;
+    cp->int8_activations = c->int8_activations;
 }
 
 /* ---- --help and --version ------------------------------------------------------------------ */

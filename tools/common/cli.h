@@ -115,7 +115,8 @@ typedef struct kvrt_cli_opt {
 
 /* ---- the common flags ---------------------------------------------------------- */
 
-/* --backend --device -t --pipeline-cache --kv-type[-k|-v] --block-size -v: one
+/* --backend --device -t --pipeline-cache --kv-type[-k|-v] --block-size
+ * --int8-activations -v: one
  * table, one set of bounds, for kvrt-run and every kvrt-bench subcommand. */
 typedef struct kvrt_cli_common {
     kvrt_backend_kind backend;  /* --backend auto|cpu|vulkan|opencl; AUTO unless given */
@@ -133,6 +134,7 @@ typedef struct kvrt_cli_common {
     bool kv_type_k_given, kv_type_v_given;
     int32_t block_size;         /* --block-size 8|16|32 (the KV cache's rule); 16 unless given */
     int verbose;                /* -v, --verbose: times given */
+    bool int8_activations;      /* --int8-activations: kvrt_context_params.int8_activations */
     kvrt_backend_choice choice; /* what --backend auto chose (kvrt_cli_common_resolve) */
 } kvrt_cli_common;
 
