@@ -117,6 +117,22 @@ static const float *kv_rows(const kv_src *src, bool values, const kvrt_cpu_attn_
     return tmp;
 }
 
+/* A run from pool row `row` (one block, one head) as the decode kernels read
+ * it in place: values, and quantized groups' scales. */
+static kvrt_cpu_kv_rows kv_rows_at(const kv_src *src, bool values, size_t row)
+{
+    const kv_fmt *f = kv_fmt_of(src, values);
+    const char *base = kv_base(src, values);
+    kvrt_cpu_kv_rows x = {f->quant ? f->quant : f->f16 ? KVRT_DTYPE_F16 : KVRT_DTYPE_F32, kv_at(src, f, base, row),
+                          NULL};
+    if (f->quant && f->qt->scales == KVRT_KV_SCALES_IN_BLOCK) {
+        size_t blk = row / src->block_rows, r = row % src->block_rows;
+        x.scales = (const uint8_t *)base + blk * f->block_bytes +
+                   kvrt_kv_row_scales(f->qt, src->n_kv, src->run, src->hd, r);
+    }
+    return x;
+}
+
 /* ---- scratch: one allocation per call, carved up in order ---------------------------------- */
 
 typedef struct arena {
@@ -201,16 +217,12 @@ static void decode_one_run(const decode_job *j, const decode_unit *t, bool value
     int32_t hd = src->hd, g_n = j->group;
     size_t hl = (size_t)(h - t->h0) * (size_t)g_n;
     float *sc = t->sc + hl * (size_t)j->max_part + (size_t)idx;
-    const kv_fmt *f = kv_fmt_of(src, values);
-    const char *base = kv_base(src, values);
-    /* quantized rows are dequantized first and then read as F32 */
-    const void *rows = f->quant ? (const void *)kv_dequant(src, f, j->ker, base, row, n, t->tmp)
-                                : kv_at(src, f, base, row);
+    kvrt_cpu_kv_rows rows = kv_rows_at(src, values, row);
     if (!values) {
         const float *qg = j->q + (size_t)t->s * (size_t)j->d->q_stride + (size_t)h * (size_t)g_n * (size_t)hd;
-        j->ker->scores_kv(qg, g_n, rows, f->f16, n, hd, j->d->scale, sc, j->max_part, t->tmp);
+        j->ker->scores_kv(qg, g_n, &rows, n, hd, j->d->scale, sc, j->max_part, t->tmp);
     } else {
-        j->ker->accum_kv(sc, j->max_part, g_n, rows, f->f16, n, hd, t->acc + hl * (size_t)hd, t->tmp);
+        j->ker->accum_kv(sc, j->max_part, g_n, &rows, n, hd, t->acc + hl * (size_t)hd, t->tmp);
     }
 }
 

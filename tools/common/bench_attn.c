@@ -263,11 +263,11 @@ static bool f16_compared(const attn_opts *o)
     return o->dtype != KVRT_DTYPE_F16;
 }
 
-/* Quantized KV has no contiguous decode to compare with (paged only). */
+/* Quantized KV (q8_0, q4_0, fp8) has no contiguous decode to compare with
+ * (paged only): the contiguous decode holds F32 or F16. */
 static bool kv_quantized(kvrt_dtype t)
 {
-    const kvrt_kv_dtype_desc *d = kvrt_kv_dtype(t);
-    return d && d->scales == KVRT_KV_SCALES_IN_BLOCK;
+    return t != KVRT_DTYPE_F32 && t != KVRT_DTYPE_F16;
 }
 
 static void cell_free(attn_cell *c)
