@@ -364,8 +364,9 @@ KVRT_AVX2 static KVRT_INLINE float ld1_x86(int fmt, const rows_x86 *x, int32_t r
         uint8_t b = u[(i & ~31) / 2 + (i & 15)];
         return (float)(((i & 16) ? b >> 4 : b & 15) - 8) * scale_x86(x, r, i);
     }
-    case FMT_E4M3: return fp8_to_f32(KVRT_DTYPE_FP8_E4M3, u[i]);
-    case FMT_E5M2: return fp8_to_f32(KVRT_DTYPE_FP8_E5M2, u[i]);
+    case FMT_E4M3: /* as fp8_to_f32, through F16C */
+        return (u[i] & 0x7f) == 0x7f ? NAN : _cvtsh_ss((uint16_t)(((u[i] & 0x80) << 8) | ((u[i] & 0x7f) << 7))) * 256.0f;
+    case FMT_E5M2: return _cvtsh_ss((uint16_t)(u[i] << 8));
     default: return ((const float *)(const void *)row)[i];
     }
 }
@@ -741,12 +742,14 @@ KVRT_AVX512 static KVRT_INLINE void ld32_avx512(int fmt, const rows_x86 *x, int3
         *x0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b0)), d);
         *x1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b1)), d);
     } else if (fmt == FMT_Q4) {
-        __m512 d = _mm512_set1_ps(scale_x86(x, r, i)), m8d = _mm512_mul_ps(d, _mm512_set1_ps(-8.0f));
-        __m128i b = _mm_loadu_si128((const __m128i *)(const void *)(row + i / 2)), low4 = _mm_set1_epi8(15);
-        __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(b, low4)));
-        __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(b, 4), low4)));
-        *x0 = _mm512_fmadd_ps(lo, d, m8d);
-        *x1 = _mm512_fmadd_ps(hi, d, m8d);
+        /* the group's 16 values (n - 8) * d as a table, looked up by each lane's
+         * low 4 bits (vpermps ignores the rest): the low nibbles as they come,
+         * the high ones shifted down; every entry exact, as in dequant */
+        const __m512 centred = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
+        __m512 table = _mm512_mul_ps(centred, _mm512_set1_ps(scale_x86(x, r, i)));
+        __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(row + i / 2)));
+        *x0 = _mm512_permutexvar_ps(b, table);
+        *x1 = _mm512_permutexvar_ps(_mm512_srli_epi32(b, 4), table);
     } else {
         *x0 = ld16_avx512(fmt, x, r, i);
         *x1 = ld16_avx512(fmt, x, r, i + 16);
