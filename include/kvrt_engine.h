@@ -80,6 +80,24 @@ typedef struct kvrt_engine_params {
     uint64_t prompt_cache_max_bytes; /* 0 = 1 GiB; least recently used files go first */
     int32_t kv_type_v_set;      /* nonzero: V is stored in kv_type_v, K in kv_type; 0: both in kv_type */
     kvrt_dtype kv_type_v;
+    /* Context shift (issue 18, as kvrt_session_params'): nonzero makes a
+     * sample that reaches max_context keep going up to its max_tokens. Its
+     * first n_sinks tokens (rounded up to whole blocks) stay; half of the
+     * full blocks after them (at least one) are dropped and freed, and the
+     * keys of the later blocks are turned to their new positions by the
+     * backend's RoPE-shift kernel. A kept block shared with another sequence
+     * (prefix cache, forked samples) is copied first (copy-on-write), so the
+     * others never see it turn; a shifted sequence's blocks leave the prefix
+     * cache (their keys no longer match their positions). A sequence with
+     * blocks in the offload host tier, or one that must be recomputed after
+     * a preemption, is recomputed over its kept tokens at their shifted
+     * positions (a fresh run over them; swap keeps the bytes). Refused at
+     * create: n_sinks < 0 or leaving no block to drop in max_context
+     * (INVALID_ARGUMENT), a sliding-window model (INVALID_ARGUMENT), a
+     * backend without a kernel for kv_type's keys (UNSUPPORTED: the GPU
+     * backends turn f32 and f16 keys, the CPU every KV type). */
+    int32_t context_shift;
+    int32_t n_sinks;            /* tokens kept at the start (default 4) */
 } kvrt_engine_params;
 
 KVRT_API kvrt_engine_params kvrt_engine_default_params(void);
@@ -283,6 +301,8 @@ typedef struct kvrt_engine_metrics {
     double attn_device_s, attn_host_s;
     /* the prompt cache folder (prompt_cache_dir) */
     int64_t disk_hit_tokens, disk_written_blocks;
+    /* context shift: shifts done, tokens dropped from sequences' caches */
+    int64_t context_shifts, shift_dropped_tokens;
 } kvrt_engine_metrics;
 
 KVRT_API kvrt_status kvrt_engine_get_metrics(kvrt_engine *engine, kvrt_engine_metrics *out);

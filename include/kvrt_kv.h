@@ -216,6 +216,25 @@ KVRT_API kvrt_status kvrt_bm_reset_prefix_cache(kvrt_block_manager *bm);
 KVRT_API kvrt_status kvrt_bm_release_before(kvrt_block_manager *bm, int32_t seq, int32_t pos, int32_t sinks,
                                             int32_t *n_released);
 
+/* ---- context shift ------------------------------------------------------------- */
+
+/* Context shift of a resident sequence (issue 18): keeps table entries
+ * [0, keep), drops the `drop` full blocks after them (references released)
+ * and moves the later entries down by `drop`; seq_len shrinks by drop *
+ * block_size. The moved entries are the blocks whose keys the caller turns
+ * by -drop * block_size positions: turn[0 .. *n_turn) (at most
+ * max_blocks_per_seq). They become the sequence's own first: a shared one
+ * is copied to a fresh block, copies[0 .. *n_copies) = {src, dst}, which the
+ * caller copies before turning; an own one leaves the prefix cache. The
+ * sequence's later full blocks are never registered (their keys would name
+ * tokens at other positions). All or nothing. Errors: NO_SUCH_SEQUENCE,
+ * INVALID_ARGUMENT (NULL outputs, swapped out, blocks in the host tier or
+ * window-released, keep < 0, drop < 1, keep + drop past the full blocks),
+ * OUT_OF_BLOCKS (the copies need more blocks than are free once the
+ * dropped ones are; nothing changed). */
+KVRT_API kvrt_status kvrt_bm_shift(kvrt_block_manager *bm, int32_t seq, int32_t keep, int32_t drop, int32_t *turn,
+                                   int32_t *n_turn, int32_t (*copies)[2], int32_t *n_copies);
+
 /* ---- swapping to the host tier ------------------------------------------------- */
 
 /* Moves every block of a resident sequence to host slots: pairs[i] = {device
@@ -243,6 +262,16 @@ KVRT_API kvrt_status kvrt_bm_swap_out(kvrt_block_manager *bm, int32_t seq, int32
  * fewer free slots than n; nothing changed). */
 KVRT_API kvrt_status kvrt_bm_offload(kvrt_block_manager *bm, int32_t seq, int32_t end, int32_t max_blocks,
                                      int32_t (*pairs)[2], int32_t max_pairs, int32_t *n_pairs);
+
+/* Plans a kvrt_bm_offload: *n_move (<= max_move) of the resident
+ * sequence's entries [num_host, end) to move so that `want` device blocks go
+ * free, or as many as moving all of them frees; *n_freed the blocks it
+ * frees. A block shared with another sequence (prefix cache, fork) moves as
+ * a host copy of this sequence's own but frees nothing, so it only moves to
+ * reach the blocks after it (host blocks are a prefix of the table); moving
+ * stops at the last block that frees one. Errors: as kvrt_bm_offload's. */
+KVRT_API kvrt_status kvrt_bm_offload_plan(kvrt_block_manager *bm, int32_t seq, int32_t end, int32_t want,
+                                          int32_t max_move, int32_t *n_move, int32_t *n_freed);
 
 /* Brings a swapped-out sequence back: allocates one device block per host
  * slot, pairs[i] = {host slot, device block} (the caller copies the bytes),

@@ -138,11 +138,58 @@ static void test_offload_host_capacity_and_sharing(void **state)
     kvrt_block_manager_destroy(bm);
 }
 
+/* kvrt_bm_offload_plan: shared blocks count as moves, never as freed
+ * blocks; the plan ends at the last block that frees one; an all-shared
+ * sequence plans nothing; offloading the plan frees exactly what it said. */
+static void test_offload_plan_skips_shared_gain(void **state)
+{
+    (void)state;
+    kvrt_block_manager *bm = make(16, 8);
+    int32_t a = seq_with(bm, 16, 1), b; /* 2 full blocks, shared with b by fork */
+    assert_int_equal(kvrt_bm_seq_fork(bm, a, &b), KVRT_OK);
+    int32_t more[16];
+    for (int32_t i = 0; i < 16; i++)
+        more[i] = 100 + i;
+    assert_int_equal(kvrt_bm_append(bm, a, more, 16, NULL, NULL), KVRT_OK); /* a: 2 shared + 2 own */
+    int32_t mv = -1, fr = -1;
+    assert_int_equal(kvrt_bm_offload_plan(bm, b, 2, 5, 8, &mv, &fr), KVRT_OK);
+    assert_int_equal(mv, 0); /* b's blocks are all shared: moving them frees nothing */
+    assert_int_equal(fr, 0);
+    assert_int_equal(kvrt_bm_offload_plan(bm, a, 4, 1, 8, &mv, &fr), KVRT_OK);
+    assert_int_equal(mv, 3); /* two shared copies on the way to the first own block */
+    assert_int_equal(fr, 1);
+    assert_int_equal(kvrt_bm_offload_plan(bm, a, 4, INT32_MAX, 8, &mv, &fr), KVRT_OK);
+    assert_int_equal(mv, 4);
+    assert_int_equal(fr, 2);
+    assert_int_equal(kvrt_bm_offload_plan(bm, a, 4, INT32_MAX, 2, &mv, &fr), KVRT_OK);
+    assert_int_equal(mv, 0); /* two host slots reach no own block */
+    assert_int_equal(fr, 0);
+    assert_int_equal(kvrt_bm_offload_plan(bm, a, 5, 1, 8, &mv, &fr), KVRT_ERR_INVALID_ARGUMENT);
+    kvrt_bm_stats st0, st1;
+    assert_int_equal(kvrt_bm_get_stats(bm, &st0), KVRT_OK);
+    int32_t pairs[16][2], n = 0;
+    assert_int_equal(kvrt_bm_offload_plan(bm, a, 4, 1, 8, &mv, &fr), KVRT_OK);
+    assert_int_equal(kvrt_bm_offload(bm, a, 4, mv, pairs, 16, &n), KVRT_OK);
+    check(bm);
+    assert_int_equal(kvrt_bm_get_stats(bm, &st1), KVRT_OK);
+    assert_int_equal(st1.blocks_free, st0.blocks_free + fr);
+    assert_int_equal(st1.host_blocks_used, mv);
+    /* host blocks are a prefix: the plan starts after them */
+    assert_int_equal(kvrt_bm_offload_plan(bm, a, 4, INT32_MAX, 8, &mv, &fr), KVRT_OK);
+    assert_int_equal(mv, 1);
+    assert_int_equal(fr, 1);
+    assert_int_equal(kvrt_bm_seq_free(bm, a), KVRT_OK);
+    assert_int_equal(kvrt_bm_seq_free(bm, b), KVRT_OK);
+    check(bm);
+    kvrt_block_manager_destroy(bm);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_offload_moves_a_prefix),
         cmocka_unit_test(test_offload_host_capacity_and_sharing),
+        cmocka_unit_test(test_offload_plan_skips_shared_gain),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -14,7 +14,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
 #include "kvrt.h"
+#include "model/synth.h"
 #include "test_drivers.h"
 #include "test_models.h"
 
@@ -197,10 +200,132 @@ static void test_bad_host_pool(void **s)
 #endif
 }
 
+/* The swap tier is one host allocation: larger than host memory is refused
+ * up front with the numbers. A prompt-cache folder that is a file is a
+ * warning and the engine runs on without it, with the same tokens. */
+static void test_swap_pool_and_cache_folder(void **s)
+{
+    (void)s;
+    fixture f;
+    fixture_open(&f, KVRT_BACKEND_CPU);
+    kvrt_engine_params ep = kvrt_engine_default_params();
+    ep.num_blocks = 16;
+    ep.preempt_mode = KVRT_PREEMPT_SWAP;
+    ep.num_host_blocks = INT32_MAX / 16 - 16;
+    kvrt_engine *e = NULL;
+    kvrt_error err;
+    assert_int_equal(kvrt_engine_create(f.m, &ep, &e, &err), KVRT_ERR_OUT_OF_HOST_MEMORY);
+    assert_null(e);
+    fprintf(stderr, "%s\n", err.message);
+    assert_non_null(strstr(err.message, "swap tier"));
+    assert_non_null(strstr(err.message, "host memory of"));
+    int32_t prompt[64], n = 0, ref[8];
+    assert_int_equal(kvrt_tokenize(f.m, "Once upon a time", 16, 1, prompt, 64, &n), KVRT_OK);
+    greedy_session(&f, prompt, n, 8, ref);
+    char path[64];
+    snprintf(path, sizeof(path), "/tmp/kvrt_test_offload_cache_%d", (int)getpid());
+    FILE *file = fopen(path, "w"); /* the folder's path is a file */
+    assert_non_null(file);
+    fclose(file);
+    ep = kvrt_engine_default_params();
+    ep.num_blocks = 16;
+    ep.prompt_cache_dir = path;
+    if (kvrt_engine_create(f.m, &ep, &e, &err) != KVRT_OK)
+        fail_msg("%s", err.message);
+    fprintf(stderr, "warning: %s\n", kvrt_engine_warning(e));
+    assert_non_null(strstr(kvrt_engine_warning(e), "is not a folder"));
+    kvrt_request_params rp = kvrt_request_default_params();
+    rp.prompt = prompt;
+    rp.n_prompt = n;
+    rp.max_tokens = 8;
+    rp.ignore_eos = 1;
+    int64_t id;
+    assert_int_equal(kvrt_engine_submit(e, &rp, &id), KVRT_OK);
+    while (kvrt_engine_has_work(e))
+        assert_int_equal(kvrt_engine_step(e, NULL), KVRT_OK);
+    kvrt_request_output out;
+    assert_int_equal(kvrt_engine_get_output(e, id, &out), KVRT_OK);
+    assert_int_equal(out.samples[0].n_tokens, 8);
+    assert_memory_equal(out.samples[0].tokens, ref, sizeof(ref));
+    kvrt_engine_destroy(e);
+    unlink(path);
+    kvrt_model_destroy(f.m);
+    kvrt_context_destroy(f.ctx);
+}
+
+/* A sliding-window model: offload with a separate host tier is refused by
+ * name (a window could hide host keys); on the CPU both tiers are one pool
+ * and it runs. */
+static void test_sliding_window_offload(void **s)
+{
+    (void)s;
+    char path[64];
+    snprintf(path, sizeof(path), "/tmp/kvrt_test_offload_swa_%d.gguf", (int)getpid());
+    kvrt_synth_params sy;
+    kvrt_synth_preset("tiny", &sy);
+    sy.hp.n_layer = 1;
+    sy.hp.n_ctx_train = 64;
+    sy.hp.sliding_window = 16;
+    kvrt_error err;
+    if (kvrt_synth_write_file(&sy, NULL, path, NULL, &err) != KVRT_OK)
+        fail_msg("synth: %s", err.message);
+    kvrt_backend_kind kinds[] = {KVRT_BACKEND_CPU,
+#if defined(KVRT_HAVE_VULKAN_BACKEND)
+                                 KVRT_BACKEND_VULKAN,
+#endif
+    };
+    for (size_t k = 0; k < sizeof(kinds) / sizeof(kinds[0]); k++) {
+        kvrt_test_pin_gpu_drivers();
+        kvrt_context_params cp = kvrt_context_default_params();
+        cp.n_threads = 1;
+        cp.backend = kinds[k];
+        kvrt_context *ctx = NULL;
+        assert_int_equal(kvrt_context_create(&cp, &ctx, NULL), KVRT_OK);
+        kvrt_model_params mp = kvrt_model_default_params();
+        mp.path = path;
+        kvrt_model *m = NULL;
+        assert_int_equal(kvrt_model_load(ctx, &mp, &m, NULL), KVRT_OK);
+        kvrt_engine_params ep = kvrt_engine_default_params();
+        ep.num_blocks = 8;
+        ep.preempt_mode = KVRT_PREEMPT_OFFLOAD;
+        ep.num_host_blocks = 8;
+        kvrt_engine *e = NULL;
+        kvrt_status st = kvrt_engine_create(m, &ep, &e, &err);
+        if (kinds[k] == KVRT_BACKEND_CPU) {
+            if (st != KVRT_OK)
+                fail_msg("cpu: %s", err.message);
+            int32_t prompt[4] = {1, 5, 9, 13};
+            kvrt_request_params rp = kvrt_request_default_params();
+            rp.prompt = prompt;
+            rp.n_prompt = 4;
+            rp.max_tokens = 40; /* past the window */
+            rp.ignore_eos = 1;
+            int64_t id;
+            assert_int_equal(kvrt_engine_submit(e, &rp, &id), KVRT_OK);
+            while (kvrt_engine_has_work(e))
+                assert_int_equal(kvrt_engine_step(e, NULL), KVRT_OK);
+            kvrt_request_output out;
+            assert_int_equal(kvrt_engine_get_output(e, id, &out), KVRT_OK);
+            assert_int_equal(out.samples[0].n_tokens, 40);
+        } else {
+            assert_int_equal(st, KVRT_ERR_INVALID_ARGUMENT);
+            assert_null(e);
+            fprintf(stderr, "%s\n", err.message);
+            assert_non_null(strstr(err.message, "sliding window"));
+        }
+        kvrt_engine_destroy(e);
+        kvrt_model_destroy(m);
+        kvrt_context_destroy(ctx);
+    }
+    unlink(path);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bad_host_pool),
+        cmocka_unit_test(test_swap_pool_and_cache_folder),
+        cmocka_unit_test(test_sliding_window_offload),
         cmocka_unit_test(test_offload_cpu),
 #if defined(KVRT_HAVE_VULKAN_BACKEND)
         cmocka_unit_test(test_offload_vulkan),

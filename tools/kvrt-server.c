@@ -73,7 +73,7 @@ static int parse_args(int argc, char **argv, srv_options *o)
     o->shutdown_grace = 5;
     kvrt_cli_common_init(&o->common, KVRT_DTYPE_F32, 1);
     const char *api_key = NULL, *api_key_file = NULL;
-    bool no_prefix_cache = false;
+    bool no_prefix_cache = false, context_shift = false;
     int preempt = 0;
     const kvrt_cli_opt opts[] = {
         KVRT_CLI_STR('m', "model", &o->model_path, "FILE", "GGUF model, or llama2.c checkpoint (.bin, with -z)"),
@@ -101,6 +101,11 @@ static int parse_args(int argc, char **argv, srv_options *o)
                         "recompute (default) or swap, when KV blocks run out"),
         KVRT_CLI_INT32(0, "host-blocks", &o->ep.num_host_blocks, 0, INT32_MAX, "N",
                        "host-tier blocks for --preempt swap"),
+        KVRT_CLI_BOOL(0, "context-shift", &context_shift,
+                      "a completion that fills the context keeps going: the first --sinks\n"
+                      "tokens stay, the oldest blocks after them are dropped"),
+        KVRT_CLI_INT32(0, "sinks", &o->ep.n_sinks, 0, INT32_MAX, "N",
+                       "tokens --context-shift keeps at the start, rounded up to whole\nblocks (default 4)"),
         KVRT_CLI_INT32(0, "max-queue", &o->max_queue, 0, 1 << 20, "N",
                        "requests admitted beyond --max-seqs before 429 (default 256)"),
         KVRT_CLI_CALL(0, "max-body", parse_size, &o->max_body, "BYTES",
@@ -138,6 +143,7 @@ static int parse_args(int argc, char **argv, srv_options *o)
     o->ep.kv_type_v = o->common.kv_type_v;
     o->ep.block_size = o->common.block_size;
     o->ep.enable_prefix_cache = !no_prefix_cache;
+    o->ep.context_shift = context_shift;
     o->ep.preempt_mode = preempt ? KVRT_PREEMPT_SWAP : KVRT_PREEMPT_RECOMPUTE;
     o->verbose = o->common.verbose > 0;
     const char *env = getenv("KVRT_API_KEY");

@@ -5,6 +5,7 @@
 #include <math.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 kvrt_engine_params kvrt_engine_default_params(void)
 {
@@ -16,6 +17,7 @@ kvrt_engine_params kvrt_engine_default_params(void)
     p.enable_prefix_cache = 1;
     p.preempt_mode = KVRT_PREEMPT_RECOMPUTE;
     p.eos_id = -1;
+    p.n_sinks = 4;
     return p;
 }
 
@@ -102,7 +104,7 @@ void kvrt_engine_destroy(kvrt_engine *e)
     kvrt_free(a, e->swapped.v);
     void *scratch[] = {e->sched, e->b_tokens, e->b_pos, e->b_slots, e->b_logits_idx, e->b_qsl, e->b_seq_lens,
                        e->b_tables, e->b_bm_seqs, e->b_n_host, e->b_order, e->slot_scratch, e->logits, e->sample_scratch,
-                       e->host_tier, e->pairs};
+                       e->host_tier, e->pairs, e->shift_ids};
     for (size_t i = 0; i < KVRT_ARRAY_LEN(scratch); i++)
         kvrt_free(a, scratch[i]);
     kvrt_series *series[] = {&e->s_ttft, &e->s_tpot, &e->s_e2e, &e->s_queue,
@@ -115,6 +117,26 @@ void kvrt_engine_destroy(kvrt_engine *e)
     if (e->runner.iface && e->runner.iface->destroy)
         e->runner.iface->destroy(e->runner.self);
     kvrt_free(a, e);
+}
+
+/* Context shift: the sinks in whole blocks must leave a block to drop (as
+ * the session's check); the runner must turn keys; a sliding window already
+ * bounds the cache (its released blocks leave holes a shift cannot move). */
+static kvrt_status check_context_shift(const kvrt_engine_params *p, const kvrt_runner *r, kvrt_error *err)
+{
+    int64_t kept = p->n_sinks < 0 ? -1 : ((int64_t)p->n_sinks + p->block_size - 1) / p->block_size * p->block_size;
+    if (kept < 0 || kept + p->block_size > p->max_context)
+        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT,
+                         "context shift: %d sink tokens (%lld positions in whole blocks of %d) leave no block to "
+                         "drop in a context of %d positions; use fewer sinks or a longer context",
+                         (int)p->n_sinks, (long long)kept, (int)p->block_size, (int)p->max_context);
+    if (r->window > 0)
+        return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT,
+                         "context shift: not with a sliding-window model (window %d): the window already bounds "
+                         "what a sequence keeps", (int)r->window);
+    if (!r->iface->rope_shift)
+        return kvrt_fail(err, KVRT_ERR_UNSUPPORTED, "context shift: the runner cannot turn keys");
+    return KVRT_OK;
 }
 
 static kvrt_status check_params(const kvrt_engine_params *p, const kvrt_runner *r, kvrt_error *err)
@@ -147,7 +169,14 @@ static kvrt_status check_params(const kvrt_engine_params *p, const kvrt_runner *
     if (p->eos_id >= r->n_vocab)
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "eos id %d outside the vocabulary of %d",
                          (int)p->eos_id, (int)r->n_vocab);
-    return KVRT_OK;
+    return p->context_shift ? check_context_shift(p, r, err) : KVRT_OK;
+}
+
+/* This machine's physical memory in bytes (0 when unknown). */
+static uint64_t host_memory_bytes(void)
+{
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    return pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0;
 }
 
 static kvrt_status alloc_scratch(kvrt_engine *e, kvrt_error *err)
@@ -159,6 +188,15 @@ static kvrt_status alloc_scratch(kvrt_engine *e, kvrt_error *err)
         (e->p.preempt_mode == KVRT_PREEMPT_SWAP && e->p.num_host_blocks &&
          !kvrt_mul_size((size_t)e->p.num_host_blocks, e->runner.block_bytes, &host)))
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "engine scratch sizes overflow");
+    /* the swap tier is one allocation: refused up front, with the numbers, when it cannot fit (calloc
+     * would promise it and the first swap-out would find no memory) */
+    uint64_t mem = host_memory_bytes();
+    if (host && mem > 0 && host > mem)
+        return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY,
+                         "swap tier: %d host blocks of %zu bytes need %llu bytes (%.2f GiB), more than the host "
+                         "memory of %llu bytes (%.2f GiB)",
+                         (int)e->p.num_host_blocks, e->runner.block_bytes, (unsigned long long)host,
+                         (double)host / 1073741824.0, (unsigned long long)mem, (double)mem / 1073741824.0);
     e->sched = kvrt_calloc(a, ms, sizeof(*e->sched));
     e->b_order = kvrt_calloc(a, ms, sizeof(*e->b_order));
     e->b_tokens = kvrt_calloc(a, mt, sizeof(int32_t));
@@ -175,6 +213,12 @@ static kvrt_status alloc_scratch(kvrt_engine *e, kvrt_error *err)
     e->sample_scratch = kvrt_calloc(a, 1, kvrt_sampler_scratch_bytes(e->runner.n_vocab));
     e->host_tier = host ? kvrt_calloc(a, host, 1) : NULL;
     e->pairs = kvrt_calloc(a, (size_t)e->max_blocks_per_seq, sizeof(*e->pairs));
+    if (e->p.context_shift) {
+        e->sink_tok = (e->p.n_sinks + e->p.block_size - 1) / e->p.block_size * e->p.block_size;
+        e->shift_ids = kvrt_calloc(a, (size_t)e->max_blocks_per_seq, sizeof(int32_t));
+        if (!e->shift_ids)
+            return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "engine scratch buffers");
+    }
     if (!e->sched || !e->b_order || !e->b_tokens || !e->b_pos || !e->b_slots || !e->b_logits_idx ||
         !e->slot_scratch || !e->b_qsl || !e->b_seq_lens || !e->b_bm_seqs || !e->b_n_host || !e->b_tables ||
         !e->logits ||
@@ -299,6 +343,9 @@ static kvrt_status check_request(kvrt_engine *e, const kvrt_request_params *rp)
     /* One sample alone must fit the pool, or it could never finish. The last
      * token is never fed back, so its K/V is never stored. */
     int64_t cap = KVRT_MIN((int64_t)rp->n_prompt + rp->max_tokens, (int64_t)e->p.max_context);
+    if (e->p.context_shift && (int64_t)rp->n_prompt + rp->max_tokens > INT32_MAX)
+        return kvrt_fail(&e->err, KVRT_ERR_INVALID_ARGUMENT, "prompt %d + max_tokens %d overflow int32",
+                         (int)rp->n_prompt, (int)rp->max_tokens);
     int64_t blocks = (cap - 1 + e->p.block_size - 1) / e->p.block_size;
     if (blocks > e->p.num_blocks)
         return kvrt_fail(&e->err, KVRT_ERR_REQUEST_REJECTED, "request needs %lld KV blocks (%lld tokens) but the "
@@ -346,7 +393,9 @@ static kvrt_request *request_build(kvrt_engine *e, const kvrt_request_params *rp
         request_free(e, r);
         return NULL;
     }
-    int32_t cap = (int32_t)KVRT_MIN((int64_t)rp->n_prompt + rp->max_tokens, (int64_t)e->p.max_context);
+    /* with context shift a sample outlives its context: its tokens are all kept (the output) */
+    int32_t cap = (int32_t)KVRT_MIN((int64_t)rp->n_prompt + rp->max_tokens,
+                                    e->p.context_shift ? (int64_t)INT32_MAX : (int64_t)e->p.max_context);
     for (int32_t i = 0; i < rp->n; i++) {
         kvrt_eseq *s = &r->seqs[i];
         s->req = r;

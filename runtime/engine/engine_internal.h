@@ -34,6 +34,10 @@ typedef struct kvrt_runner_ops {
      * returns (the device blocks are reused next). The forward then gets
      * batches whose n_host is set. May be NULL (offload refused). */
     kvrt_status (*offload)(void *self, const int32_t (*pairs)[2], int32_t n_pairs, kvrt_error *err);
+    /* Context shift: turns the keys of `blocks` (every layer) by `delta`
+     * positions with the backend's RoPE-shift kernel, before the call
+     * returns. May be NULL (context shift refused). */
+    kvrt_status (*rope_shift)(void *self, const int32_t *blocks, int32_t n_blocks, int32_t delta, kvrt_error *err);
     /* Attention seconds per tier so far. May be NULL. */
     void (*tier_times)(void *self, double *device_s, double *host_s);
     /* Tokenizes UTF-8 text (as kvrt_tokenize: *n receives the count needed,
@@ -98,7 +102,11 @@ typedef struct kvrt_eseq {
     int32_t *tokens;        /* [cap] prompt then generated ids */
     int32_t len;            /* tokens known */
     int32_t cap;            /* min(n_prompt + max_tokens, max_context) */
-    int32_t num_computed;   /* tokens whose K/V is in the cache */
+    int32_t num_computed;   /* tokens whose K/V is in the cache (tokens[0, num_computed), the dropped
+                             * ones of a context shift counted as computed) */
+    int32_t shift;          /* context shift: tokens[sink_tok, sink_tok + shift) were dropped from the
+                             * cache; token i >= sink_tok + shift sits at position i - shift */
+    int32_t n_shifts;
     uint64_t admit_stamp;   /* order of (re)admission: preemption victims are the highest */
     kvrt_sampler *sampler;  /* its own seeded generator and penalty history (kvrt_engine_seed(seed, index)) */
     float *logprobs;        /* [cap] when requested: entry i is that of tokens[i] (generated ones only) */
@@ -183,7 +191,31 @@ struct kvrt_engine {
     double kv_util_sum, kv_util_contig_sum;
     struct kvrt_prompt_cache *disk; /* prompt_cache_dir's folder (engine_disk.c), NULL = none */
     int32_t *disk_table;    /* [max_blocks_per_seq] */
+    int32_t sink_tok;       /* context shift: the sink tokens in whole blocks */
+    int32_t *shift_ids;     /* [max_blocks_per_seq] blocks a shift turns; NULL without context shift */
 };
+
+/* Context shift: the cache position of token i (outside the dropped gap). */
+static inline int32_t kvrt_eseq_pos(const kvrt_engine *e, const kvrt_eseq *s, int32_t i)
+{
+    return s->shift > 0 && i >= e->sink_tok ? i - s->shift : i;
+}
+
+/* Tokens that can be computed next in one run of positions: a recomputed
+ * shifted sequence computes its sinks, then skips the dropped tokens. */
+static inline int32_t kvrt_eseq_todo(const kvrt_engine *e, const kvrt_eseq *s)
+{
+    if (s->shift > 0 && s->num_computed < e->sink_tok)
+        return e->sink_tok - s->num_computed;
+    return s->len - s->num_computed;
+}
+
+/* Steps over the dropped tokens once the sinks are computed. */
+static inline void kvrt_eseq_skip_dropped(const kvrt_engine *e, kvrt_eseq *s)
+{
+    if (s->shift > 0 && s->num_computed == e->sink_tok)
+        s->num_computed += s->shift;
+}
 
 /* ---- engine.c ------------------------------------------------------------------- */
 double kvrt_engine_now(const kvrt_engine *e);

@@ -14,6 +14,7 @@ typedef struct llama_runner {
     kvrt_llama *lm;
     kvrt_kv_cache *cache;
     kvrt_kv_tier *tier; /* offload: the host tier that computes; NULL otherwise */
+    float *shift_cs;    /* [rope_dim] context shift: cos/sin of the shift's angle */
     const kvrt_allocator *alloc;
 } llama_runner;
 
@@ -50,6 +51,33 @@ static kvrt_status lr_copy_blocks(void *self, const int32_t (*pairs)[2], int32_t
 {
     llama_runner *r = self;
     return cache_fail(r, kvrt_kv_cache_copy_blocks(r->cache, pairs, n_pairs), err);
+}
+
+static kvrt_status lr_rope_shift(void *self, const int32_t *blocks, int32_t n_blocks, int32_t delta,
+                                 kvrt_error *err)
+{
+    llama_runner *r = self;
+    const kvrt_llama_hparams *hp = kvrt_llama_hparams_of(r->lm);
+    kvrt_llama_rope_shift_row(r->lm, delta, r->shift_cs);
+    return cache_fail(r, kvrt_kv_cache_rope_shift(r->cache, blocks, n_blocks, r->shift_cs, hp->rope_dim, hp->rope_neox),
+                      err);
+}
+
+/* Context shift: a backend that cannot turn this KV type's keys says so at
+ * create, naming both, not at the first full context. A turn by 0 of block 0
+ * (all zeros) runs the kernel once. */
+static kvrt_status shift_init(llama_runner *r, const kvrt_engine_params *p, kvrt_error *err)
+{
+    if (!kvrt_kv_cache_can_rope_shift(r->cache))
+        return kvrt_fail(err, KVRT_ERR_UNSUPPORTED, "context shift: the %s backend has no rope shift kernel for "
+                         "%s keys (the GPU backends turn f32 and f16 keys, the CPU every KV type)",
+                         r->model->ctx->be->ops->name, kvrt_dtype_name(p->kv_type));
+    const kvrt_llama_hparams *hp = kvrt_llama_hparams_of(r->lm);
+    r->shift_cs = kvrt_calloc(r->alloc, (size_t)KVRT_MAX(hp->rope_dim, 1), sizeof(float));
+    if (!r->shift_cs)
+        return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "context shift scratch");
+    int32_t first = 0;
+    return lr_rope_shift(r, &first, 1, 0, err);
 }
 
 static kvrt_status lr_read_block(void *self, int32_t block, void *dst, kvrt_error *err)
@@ -102,6 +130,7 @@ static void lr_destroy(void *self)
         return;
     kvrt_kv_tier_destroy(r->tier);
     kvrt_kv_cache_destroy(r->cache);
+    kvrt_free(r->alloc, r->shift_cs);
     kvrt_free(r->alloc, r);
 }
 
@@ -109,6 +138,7 @@ static const kvrt_runner_ops llama_runner_ops = {
     .forward = lr_forward,
     .offload = lr_offload,
     .tier_times = lr_tier_times,
+    .rope_shift = lr_rope_shift,
     .copy_blocks = lr_copy_blocks,
     .read_block = lr_read_block,
     .write_block = lr_write_block,
@@ -206,6 +236,13 @@ kvrt_status kvrt_llama_runner_create(kvrt_model *model, kvrt_engine_params *p, k
         kvrt_fail(err, st, "KV pool of %d blocks: %s", (int)p->num_blocks, why.message);
         lr_destroy(r);
         return st;
+    }
+    if (p->context_shift) {
+        st = shift_init(r, p, err);
+        if (st != KVRT_OK) {
+            lr_destroy(r);
+            return st;
+        }
     }
     if (p->preempt_mode == KVRT_PREEMPT_OFFLOAD && p->num_host_blocks > 0) {
         kvrt_kv_tier_params tp = {.num_host_blocks = p->num_host_blocks};

@@ -115,6 +115,8 @@ kvrt_status kvrt_metrics_to_json(const kvrt_engine_metrics *m, char *buf, size_t
         (long long)m->preemptions_swap);
     put(&o, "\"offload\":{\"blocks\":%lld,\"bytes\":%llu,\"attn_device_s\":%.9g,\"attn_host_s\":%.9g},",
         (long long)m->blocks_offloaded, (unsigned long long)m->offload_bytes, m->attn_device_s, m->attn_host_s);
+    put(&o, "\"context_shift\":{\"shifts\":%lld,\"dropped_tokens\":%lld},", (long long)m->context_shifts,
+        (long long)m->shift_dropped_tokens);
     put(&o, "\"requests\":{\"submitted\":%lld,\"rejected\":%lld,\"finished\":%lld,\"cancelled\":%lld},",
         (long long)m->requests_submitted, (long long)m->requests_rejected, (long long)m->requests_finished,
         (long long)m->requests_cancelled);

@@ -63,6 +63,33 @@ static kvrt_status bm_err(kvrt_engine *e, kvrt_status st)
     return kvrt_fail(&e->err, st, "block manager: %s", kvrt_block_manager_message(e->bm));
 }
 
+/* ---- context shift ---------------------------------------------------------------- */
+
+/* Blocks a shift drops when `kv` positions are computed: half of the full
+ * blocks after the sinks, at least one (the session's rule, so both give
+ * the same tokens). create checked that one is always there. */
+static int32_t shift_drop(const kvrt_engine *e, int32_t kv)
+{
+    int32_t droppable = kv / e->p.block_size - e->sink_tok / e->p.block_size;
+    return KVRT_MAX(1, droppable / 2);
+}
+
+static void count_shift(kvrt_engine *e, kvrt_eseq *s, int32_t drop)
+{
+    s->shift += drop * e->p.block_size;
+    s->n_shifts++;
+    e->m.context_shifts++;
+    e->m.shift_dropped_tokens += (int64_t)drop * e->p.block_size;
+}
+
+/* A sequence to be computed again whose tokens no longer fit the context
+ * shifts before it is computed: nothing is cached, so only its tokens move. */
+static void shift_waiting(kvrt_engine *e, kvrt_eseq *s)
+{
+    while (e->p.context_shift && s->len - s->shift > e->p.max_context)
+        count_shift(e, s, shift_drop(e, s->len - 1 - s->shift));
+}
+
 /* Drops whatever K/V a sequence holds (device or host) and queues it to be
  * computed again: the way back from any failure, and recompute preemption. */
 void kvrt_sched_requeue(kvrt_engine *e, kvrt_eseq *s)
@@ -79,6 +106,7 @@ void kvrt_sched_requeue(kvrt_engine *e, kvrt_eseq *s)
     s->num_computed = 0;
     s->sched_tokens = 0;
     s->state = KVRT_SEQ_WAITING;
+    shift_waiting(e, s);
     kvrt_seq_list_insert(&e->waiting, s, 0);
 }
 
@@ -105,10 +133,14 @@ static kvrt_status swap_out(kvrt_engine *e, kvrt_eseq *s)
 }
 
 /* Offload policy: moves the oldest computed blocks of running sequences to
- * the host tier, the sequence with the most movable blocks first, until
- * `want` device blocks are free or nothing more can move. A sequence keeps
- * running with its host blocks; one that will still fork keeps its blocks
- * (host slots have one owner). */
+ * the host tier, the sequence whose blocks free the most device blocks
+ * first, until `want` device blocks are free or nothing more can move. A
+ * sequence keeps running with its host blocks. Blocks shared with other
+ * sequences (prefix cache, forked samples) free nothing when they move (the
+ * others keep them): they move only as a host copy on the way to blocks of
+ * the sequence's own (kvrt_bm_offload_plan), and a sequence whose movable
+ * blocks are all shared is left alone. One that will still fork keeps its
+ * blocks (host slots have one owner; kvrt_bm_seq_fork refuses them). */
 static kvrt_status offload_blocks(kvrt_engine *e, int32_t want)
 {
     while (free_blocks(e) < want) {
@@ -116,23 +148,27 @@ static kvrt_status offload_blocks(kvrt_engine *e, int32_t want)
         (void)kvrt_bm_get_stats(e->bm, &bs);
         int32_t host_free = bs.host_blocks_total - bs.host_blocks_used;
         kvrt_eseq *best = NULL;
-        int32_t best_n = 0, best_end = 0;
+        int32_t best_gain = 0, best_end = 0;
         for (int32_t i = 0; i < e->running.n && host_free > 0; i++) {
             kvrt_eseq *v = e->running.v[i];
-            kvrt_bm_seq_info info;
-            if ((v->req->p.n > 1 && !v->req->forked) || kvrt_bm_get_seq_info(e->bm, v->bm_seq, &info) != KVRT_OK)
+            if (v->req->p.n > 1 && !v->req->forked)
                 continue;
-            int32_t end = v->num_computed / e->p.block_size; /* full blocks whose K/V is written */
-            if (end - info.num_host > best_n) {
+            int32_t end = kvrt_eseq_pos(e, v, v->num_computed) / e->p.block_size; /* full blocks written */
+            int32_t mv = 0, gain = 0;
+            if (kvrt_bm_offload_plan(e->bm, v->bm_seq, end, INT32_MAX, host_free, &mv, &gain) == KVRT_OK &&
+                gain > best_gain) {
                 best = v;
-                best_n = end - info.num_host;
+                best_gain = gain;
                 best_end = end;
             }
         }
         if (!best)
             return KVRT_OK;
-        int32_t n = 0, k = KVRT_MIN(KVRT_MIN(best_n, want - free_blocks(e)), host_free);
-        kvrt_status st = kvrt_bm_offload(e->bm, best->bm_seq, best_end, k, e->pairs, e->max_blocks_per_seq, &n);
+        int32_t n = 0, k = 0, gain = 0;
+        kvrt_status st = kvrt_bm_offload_plan(e->bm, best->bm_seq, best_end, want - free_blocks(e), host_free, &k,
+                                              &gain);
+        if (st == KVRT_OK)
+            st = kvrt_bm_offload(e->bm, best->bm_seq, best_end, k, e->pairs, e->max_blocks_per_seq, &n);
         if (st != KVRT_OK)
             return bm_err(e, st);
         st = e->runner.iface->offload(e->runner.self, (const int32_t(*)[2])e->pairs, n, &e->err);
@@ -179,6 +215,60 @@ static kvrt_eseq *pick_victim(kvrt_engine *e, const kvrt_eseq *s)
             return v;
     }
     return NULL;
+}
+
+/* Context shift of a running sequence whose next token has no position
+ * left (the session's shift: same blocks dropped, same kernel). Its kept
+ * shared blocks are copied first (kvrt_bm_shift); when that needs blocks
+ * the pool lacks, younger sequences are preempted, or this one. A sequence
+ * with blocks in the host tier is recomputed over its kept tokens instead
+ * (host slots are never turned). *gone = 1 when it left the running list. */
+static kvrt_status shift_running(kvrt_engine *e, kvrt_eseq *s, int *gone)
+{
+    *gone = 0;
+    int32_t bs = e->p.block_size, drop = shift_drop(e, kvrt_eseq_pos(e, s, s->num_computed));
+    kvrt_bm_seq_info info;
+    kvrt_status st = kvrt_bm_get_seq_info(e->bm, s->bm_seq, &info);
+    if (st != KVRT_OK)
+        return bm_err(e, st);
+    if (info.num_host > 0) {
+        kvrt_sched_requeue(e, s); /* shifts its tokens (shift_waiting) */
+        *gone = 1;
+        return KVRT_OK;
+    }
+    int32_t n_turn = 0, n_copies = 0;
+    for (;;) {
+        st = kvrt_bm_shift(e->bm, s->bm_seq, e->sink_tok / bs, drop, e->shift_ids, &n_turn, e->pairs, &n_copies);
+        if (st == KVRT_OK)
+            break;
+        if (st != KVRT_ERR_OUT_OF_BLOCKS)
+            return bm_err(e, st);
+        kvrt_eseq *victim = pick_victim(e, s);
+        KVRT_TRY(preempt(e, victim ? victim : s));
+        if (!victim) {
+            *gone = 1;
+            return KVRT_OK;
+        }
+    }
+    count_shift(e, s, drop);
+    if (n_copies > 0)
+        st = e->runner.iface->copy_blocks(e->runner.self, (const int32_t(*)[2])e->pairs, n_copies, &e->err);
+    if (st == KVRT_OK && n_turn > 0)
+        st = e->runner.iface->rope_shift(e->runner.self, e->shift_ids, n_turn, -drop * bs, &e->err);
+    if (st != KVRT_OK) {
+        kvrt_sched_requeue(e, s); /* its cache is half turned: computed again from its kept tokens */
+        *gone = 1;
+    }
+    return st;
+}
+
+/* Before placing a decode: shifts the context when its next position is past it. */
+static kvrt_status shift_if_full(kvrt_engine *e, kvrt_eseq *s, int *gone)
+{
+    *gone = 0;
+    if (!e->p.context_shift || kvrt_eseq_pos(e, s, s->num_computed) < e->p.max_context)
+        return KVRT_OK;
+    return shift_running(e, s, gone);
 }
 
 /* ---- placing one sequence in the batch -------------------------------------------- */
@@ -270,8 +360,12 @@ static kvrt_status schedule_running(kvrt_engine *e, int decodes, int32_t *budget
             i++;
             continue;
         }
+        int gone = 0;
+        KVRT_TRY(shift_if_full(e, s, &gone));
+        if (gone)
+            continue; /* preempted: the list moved up */
         int32_t fit = 0;
-        KVRT_TRY(fit_tokens(e, s, KVRT_MIN(s->len - s->num_computed, *budget), 1, &fit));
+        KVRT_TRY(fit_tokens(e, s, KVRT_MIN(kvrt_eseq_todo(e, s), *budget), 1, &fit));
         if (fit > 0) {
             KVRT_TRY(place(e, s, fit, budget));
             i++;
@@ -293,8 +387,8 @@ static kvrt_status schedule_swapped(kvrt_engine *e, int32_t *budget)
         kvrt_bm_seq_info info;
         if (kvrt_bm_get_seq_info(e->bm, s->bm_seq, &info) != KVRT_OK)
             return bm_err(e, KVRT_ERR_INTERNAL);
-        int32_t n = KVRT_MIN(s->len - s->num_computed, *budget);
-        int32_t entries = (s->num_computed + n + e->p.block_size - 1) / e->p.block_size;
+        int32_t n = KVRT_MIN(kvrt_eseq_todo(e, s), *budget);
+        int32_t entries = (kvrt_eseq_pos(e, s, s->num_computed) + n + e->p.block_size - 1) / e->p.block_size;
         if (info.num_blocks + KVRT_MAX(0, entries - info.num_entries) > free_blocks(e))
             break;
         int32_t np = 0;
@@ -313,6 +407,10 @@ static kvrt_status schedule_swapped(kvrt_engine *e, int32_t *budget)
         s->state = KVRT_SEQ_RUNNING;
         s->admit_stamp = e->next_admit++;
         kvrt_seq_list_insert(&e->running, s, 1);
+        int gone = 0;
+        KVRT_TRY(shift_if_full(e, s, &gone));
+        if (gone)
+            break; /* the pool is short: nothing more comes back this step */
         int32_t fit = 0;
         KVRT_TRY(fit_tokens(e, s, n, 0, &fit));
         if (fit > 0)
@@ -339,14 +437,18 @@ static kvrt_status admit_one(kvrt_engine *e, kvrt_eseq *s, int32_t *budget, int 
     if (st != KVRT_OK)
         return bm_err(e, st);
     int32_t matched = 0;
-    /* The last known token is always computed: its logits pick the next one. */
-    st = kvrt_bm_match_prefix(e->bm, s->bm_seq, s->tokens, s->len - 1, &matched);
+    /* The last known token is always computed: its logits pick the next one.
+     * A shifted sequence looks up its sinks only (its later tokens sit at
+     * other positions than in any prompt). */
+    int32_t lookup = s->shift > 0 ? KVRT_MIN(s->len - 1, e->sink_tok) : s->len - 1;
+    st = kvrt_bm_match_prefix(e->bm, s->bm_seq, s->tokens, lookup, &matched);
     int32_t fit = 0;
-    if (st == KVRT_OK && e->disk)
+    if (st == KVRT_OK && e->disk && s->shift == 0)
         matched = kvrt_engine_disk_extend(e, s, matched);
     if (st == KVRT_OK) {
         s->num_computed = matched;
-        st = fit_tokens(e, s, KVRT_MIN(s->len - matched, *budget), 0, &fit);
+        kvrt_eseq_skip_dropped(e, s);
+        st = fit_tokens(e, s, KVRT_MIN(kvrt_eseq_todo(e, s), *budget), 0, &fit);
     } else {
         st = bm_err(e, st);
     }

@@ -24,11 +24,11 @@ static kvrt_status build_batch(kvrt_engine *e, kvrt_batch *b, kvrt_step_info *in
         e->b_qsl[k] = nt;
         for (int32_t j = 0; j < n; j++) {
             e->b_tokens[nt + j] = s->tokens[start + j];
-            e->b_pos[nt + j] = start + j;
+            e->b_pos[nt + j] = kvrt_eseq_pos(e, s, start + j); /* context shift: dropped tokens skipped */
             e->b_slots[nt + j] = e->slot_scratch[s->sched_slot_off + j];
         }
         nt += n;
-        e->b_seq_lens[k] = start + n;
+        e->b_seq_lens[k] = kvrt_eseq_pos(e, s, start + n - 1) + 1; /* n >= 1; start + n may end the sinks */
         e->b_bm_seqs[k] = s->bm_seq;
         if (start + n == s->len)
             e->b_logits_idx[nl++] = nt - 1;
@@ -110,6 +110,7 @@ static kvrt_status fork_samples(kvrt_engine *e, kvrt_eseq *parent)
         memcpy(c->tokens, parent->tokens, (size_t)parent->len * sizeof(int32_t));
         c->len = parent->len;
         c->num_computed = parent->num_computed;
+        c->shift = parent->shift;
         c->admit_stamp = parent->admit_stamp;
         c->state = KVRT_SEQ_RUNNING;
         c->sched_tokens = 0;
@@ -197,11 +198,13 @@ static kvrt_status consume_logits(kvrt_engine *e, const kvrt_batch *b, kvrt_step
         int32_t n = s->sched_tokens;
         s->sched_tokens = 0;
         s->num_computed += n;
-        if (e->disk)
+        kvrt_eseq_skip_dropped(e, s);
+        if (e->disk && s->shift == 0) /* a shifted sequence's blocks are not its prompt's */
             kvrt_engine_disk_after_step(e, s);
         /* a sliding window: blocks no later query can see go back to the pool */
         if (e->runner.window > 0 && s->bm_seq >= 0)
-            (void)kvrt_bm_release_before(e->bm, s->bm_seq, KVRT_MAX(0, s->num_computed - e->runner.window + 1), 0,
+            (void)kvrt_bm_release_before(e->bm, s->bm_seq,
+                                         KVRT_MAX(0, kvrt_eseq_pos(e, s, s->num_computed) - e->runner.window + 1), 0,
                                          NULL);
         if (s->num_computed != s->len)
             continue;

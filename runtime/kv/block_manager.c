@@ -276,7 +276,7 @@ kvrt_status kvrt_bm_append(kvrt_block_manager *bm, int32_t seq, const int32_t *t
         bm->tokens[(size_t)id * (size_t)bs + (size_t)b->fill] = tokens[t];
         if (slot_mapping)
             slot_mapping[t] = id * bs + pos % bs;
-        if (++b->fill == bs && bm->prefix_cache) {
+        if (++b->fill == bs && bm->prefix_cache && !s->shifted) {
             kvrt_bm_seal_block(bm, id, s->chain_hash, s->chain_cid, s->extra_key);
             s->chain_hash = b->hash;
             s->chain_cid = b->cid;

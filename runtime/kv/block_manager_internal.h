@@ -38,6 +38,7 @@ typedef struct kvrt_bm_seq {
     int32_t n_released;   /* table entries set to -1 by a sliding window */
     uint8_t swapped;      /* table holds host slots instead of device blocks */
     int32_t n_host;       /* resident: leading entries offloaded to host slots (kvrt_bm_offload) */
+    uint8_t shifted;      /* context-shifted (kvrt_bm_shift): its new full blocks are never sealed */
     uint64_t extra_key;
     uint64_t chain_hash;  /* hash of the last full block (root seed when none) */
     uint64_t chain_cid;   /* cid of the last full block (0 when none) */
@@ -94,6 +95,8 @@ void kvrt_bm_seal_block(kvrt_block_manager *bm, int32_t id, uint64_t parent_hash
                         uint64_t extra);
 /* Registers a keyed full block unless an identical one is registered. */
 void kvrt_bm_registry_add_unique(kvrt_block_manager *bm, int32_t id);
+/* Takes a block out of the prefix-cache table (no-op when it is not in it). */
+void kvrt_bm_unregister(kvrt_block_manager *bm, int32_t id);
 
 /* ---- sequences (block_manager.c) -------------------------------------------- */
 

@@ -261,6 +261,12 @@ static void registry_remove(kvrt_block_manager *bm, kvrt_bm_block *b)
         bm->num_cached--;
 }
 
+void kvrt_bm_unregister(kvrt_block_manager *bm, int32_t id)
+{
+    if (bm->blocks[id].registered)
+        registry_remove(bm, &bm->blocks[id]);
+}
+
 void kvrt_bm_registry_add_unique(kvrt_block_manager *bm, int32_t id)
 {
     kvrt_bm_block *b = &bm->blocks[id];

@@ -121,6 +121,35 @@ kvrt_status kvrt_bm_swap_in(kvrt_block_manager *bm, int32_t seq, int32_t (*pairs
     return KVRT_OK;
 }
 
+kvrt_status kvrt_bm_offload_plan(kvrt_block_manager *bm, int32_t seq, int32_t end, int32_t want, int32_t max_move,
+                                 int32_t *n_move, int32_t *n_freed)
+{
+    static const char fn[] = "kvrt_bm_offload_plan";
+    kvrt_bm_seq *s = NULL;
+    KVRT_TRY(kvrt_bm_lookup_seq(bm, seq, fn, &s));
+    if (!n_move || !n_freed || max_move < 0)
+        return kvrt_fail(&bm->err, KVRT_ERR_INVALID_ARGUMENT, "%s: bad arguments", fn);
+    if (s->swapped)
+        return kvrt_fail(&bm->err, KVRT_ERR_INVALID_ARGUMENT, "%s: sequence %d is swapped out", fn, (int)seq);
+    if (end < 0 || end > s->seq_len / bm->block_size)
+        return kvrt_fail(&bm->err, KVRT_ERR_INVALID_ARGUMENT, "%s: end %d outside the %d full blocks of sequence %d",
+                         fn, (int)end, (int)(s->seq_len / bm->block_size), (int)seq);
+    int32_t moved = 0, freed = 0;
+    *n_move = *n_freed = 0;
+    for (int32_t i = s->n_host; i < end && moved < max_move && freed < want; i++) {
+        int32_t id = s->table[i];
+        if (id == KVRT_BM_NONE)
+            break; /* window-released: kvrt_bm_offload refuses it */
+        moved++;
+        if (bm->blocks[id].ref_cnt == 1) {
+            freed++;
+            *n_move = moved;
+            *n_freed = freed;
+        }
+    }
+    return KVRT_OK;
+}
+
 kvrt_status kvrt_bm_offload(kvrt_block_manager *bm, int32_t seq, int32_t end, int32_t max_blocks,
                             int32_t (*pairs)[2], int32_t max_pairs, int32_t *n_pairs)
 {

@@ -525,6 +525,29 @@ class CommandLine(unittest.TestCase):
                                              headers={"Authorization": "Bearer " + long_key[:1023]})[0], 401)
                 self.assertEqual(srv.stop()[0], 0)
 
+    def test_context_shift(self):
+        # --context-shift: max_tokens may exceed the context and the completion runs to it, greedy
+        # text as kvrt-run --context-shift's (the session's shift); without it such max_tokens is a 400
+        body = {"prompt": "Once upon a time", "max_tokens": 150, "temperature": 0, "ignore_eos": True}
+        args = ["-t", "1", "--ctx", "64", "--block-size", "8"]
+        with harness.Server(EXE, MODEL, *args, "--context-shift", "--sinks", "4") as srv:
+            status, r = srv.post("/v1/completions", body)
+            self.assertEqual(status, 200, r)
+            self.assertEqual(r["usage"]["completion_tokens"], 150)
+            self.assertEqual(r["choices"][0]["finish_reason"], "length")
+            self.assertEqual(srv.stop()[0], 0)
+        out = subprocess.run([os.path.join(BUILD, "kvrt-run"), "-m", MODEL, "-p", body["prompt"], "-n", "150",
+                              "--temp", "0", "-t", "1", "-c", "64", "--block-size", "8", "--context-shift",
+                              "--sinks", "4", "--ignore-eos"], capture_output=True, check=True).stdout.decode()
+        self.assertEqual(r["choices"][0]["text"], out[len(body["prompt"]):-1])
+        with harness.Server(EXE, MODEL, *args) as srv:
+            status, r = srv.post("/v1/completions", body)
+            expect_error(self, (status, r), 400)
+            self.assertEqual(srv.stop()[0], 0)
+        r = self.run_server("-m", MODEL, *args, "--context-shift", "--sinks", "64", "--port", "0")
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("sink", r.stderr.decode())
+
 
 class ChatTemplates(unittest.TestCase):
     """A model with a chat template: messages are rendered by it, its markers are special tokens, the messages'

@@ -263,7 +263,7 @@ static bool build_prompt(srv *s, srv_req *r, int32_t **ids, int32_t *n, srv_erro
         err->code = "context_length_exceeded";
         return false;
     }
-    if (p->max_tokens > 0 && (int64_t)*n + p->max_tokens > s->max_context) {
+    if (p->max_tokens > 0 && (int64_t)*n + p->max_tokens > s->max_context && !s->o.ep.context_shift) {
         srv_error_set(err, 400, "invalid_request_error", "max_tokens",
                       "the prompt (%d tokens) plus max_tokens (%d) is more than the context (%d)", (int)*n,
                       (int)p->max_tokens, (int)s->max_context);

@@ -164,7 +164,9 @@ static enum MHD_Result do_generate(srv *s, struct MHD_Connection *c, srv_kind ki
     srv_error e = {0};
     srv_params p;
     int32_t max_n = KVRT_MIN(16, s->o.ep.max_seqs);
-    if (!srv_params_parse(kind, cr->body.p ? cr->body.p : "", cr->body.len, s->max_context, max_n, &p, &e))
+    /* with --context-shift a completion outlives the context: max_tokens is not bounded by it */
+    int32_t max_tokens = s->o.ep.context_shift ? INT32_MAX / 2 : s->max_context;
+    if (!srv_params_parse(kind, cr->body.p ? cr->body.p : "", cr->body.len, max_tokens, max_n, &p, &e))
         return send_error(s, c, &e);
     if (p.model && strcmp(p.model, s->model_name) != 0) {
         srv_error_set(&e, 404, "invalid_request_error", "model", "the model '%.100s' does not exist; this server "
