@@ -62,7 +62,8 @@ typedef struct kvrt_engine_params {
     int32_t max_seqs;           /* sequences per step, default 64 */
     int32_t enable_prefix_cache;/* nonzero (default): reuse cached prompt blocks */
     kvrt_preempt_mode preempt_mode;
-    kvrt_dtype kv_type;         /* KV cache element type: F32 (default), F16, Q8_0 or Q4_0 (CPU only);
+    kvrt_dtype kv_type;         /* KV cache element type: F32 (default), F16, Q8_0, Q4_0 (head_dim a
+                                 * multiple of 32), FP8_E4M3 or FP8_E5M2, every backend;
                                  * K's type, and V's unless kv_type_v_set */
     int32_t eos_id;             /* end-of-sequence token; -1 = none (default; the model's with kvrt_engine_create,
                                  * which also stops at every end-of-generation token: kvrt_token_is_eog) */

@@ -161,7 +161,8 @@ typedef struct kvrt_session kvrt_session;
 typedef struct kvrt_session_params {
     int32_t n_ctx;      /* positions; 0 = the model's max_context */
     int32_t block_size; /* 8, 16 (default) or 32 */
-    kvrt_dtype kv_type; /* F32 (default), F16, or Q8_0 / Q4_0 (CPU; head_dim a multiple of 32) */
+    kvrt_dtype kv_type; /* F32 (default), F16, Q8_0 / Q4_0 (head_dim a multiple of 32), FP8_E4M3 or
+                         * FP8_E5M2; every backend */
     int32_t n_batch;    /* tokens per forward when evaluating a prompt (prefill chunk); 0 = 512 */
     int32_t num_blocks; /* KV pool size; 0 = enough for n_ctx */
     /* Context shift (endless generation, the StreamingLLM recipe): nonzero

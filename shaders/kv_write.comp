@@ -12,7 +12,8 @@
 // its pool's type, K's units first, then V's, and one invocation takes one
 // unit at a time: an F32 element; an F16 word (even head_dim) or element;
 // a quantized group of 32 values (q8_0, q4_0: kv_layout.h's rule, bit for
-// bit the CPU's, through 32-bit words only).
+// bit the CPU's, through 32-bit words only); an fp8 word of 4 values (head_dim
+// a multiple of 4: rows start on words) or a lone value merged into its word.
 // Loop trips per invocation: the host splits a call into dispatches of at
 // most 64 units per invocation (65,535 groups of 64), and a unit costs at
 // most ~70 trips (a quantized group: 32 loads, 32 roundings, 8 stores), so
@@ -22,11 +23,15 @@ layout(push_constant) uniform P { KVRT_PUSH_KV_WRITE } pc;
 #include "kvrt_common.glsl"
 layout(local_size_x = 64) in;
 
+bool is_fp8(uint t) { return t == uint(KVRT_KV_T_FP8_E4M3) || t == uint(KVRT_KV_T_FP8_E5M2); }
+
 // Units of one (token, kv head) row of a pool of type t.
 uint row_units(uint t)
 {
-    if (t >= uint(KVRT_KV_T_Q8_0))
+    if (t == uint(KVRT_KV_T_Q8_0) || t == uint(KVRT_KV_T_Q4_0))
         return pc.head_dim / 32u;
+    if (is_fp8(t))
+        return (pc.head_dim & 3u) == 0u ? pc.head_dim / 4u : pc.head_dim;
     return t == uint(KVRT_KV_T_F16) && (pc.head_dim & 1u) == 0u ? pc.head_dim / 2u : pc.head_dim;
 }
 
@@ -112,6 +117,51 @@ void write_group(bool is_v, bool q4, uint seg, uint lb, uint rb, uint g, uint sb
     pool_merge(is_v, seg, sc >> 2u, 0xffffu << sh, dh << sh);
 }
 
+// kv_layout.h's fp8 rule on the bits of x, in integers only (no device
+// float mode, denormal flushing or rounding of a division can change a
+// byte): NaN -> the canonical NaN; |x| saturated at the largest value (448,
+// 57344); below 2^(1 - bias) the subnormal grid; |x| * 2^(M - exp) rounded
+// to nearest even from its 24-bit significand; code = (exp + bias - 1) * 2^M
+// + q (a carry moves to the next exponent); x's sign bit.
+uint fp8_encode(bool e4, float x)
+{
+    uint u = floatBitsToUint(x), a = u & 0x7fffffffu;
+    if (a > 0x7f800000u)
+        return e4 ? 0x7fu : 0x7eu;
+    uint sign = (u >> 24) & 0x80u;
+    int man = e4 ? 3 : 2, bias = e4 ? 7 : 15;
+    a = min(a, e4 ? 0x43e00000u : 0x47600000u); // 448, 57344: infinities included
+    if (a < 0x00800000u) // zero or an F32 subnormal: far below half the smallest fp8 subnormal
+        return sign;
+    int ea = int(a >> 23) - 127;                 // exponent of |x|
+    int ex = max(ea, 1 - bias);                  // the grid's exponent
+    uint sig = (a & 0x7fffffu) | 0x800000u;      // |x| = sig * 2^(ea - 23)
+    int shift = 23 - man + (ex - ea);            // q = sig / 2^shift, shift >= 20
+    uint q = 0u;
+    if (shift < 32) {
+        uint half_ = 1u << uint(shift - 1), rem = sig & ((half_ << 1u) - 1u);
+        q = sig >> uint(shift);
+        if (rem > half_ || (rem == half_ && (q & 1u) != 0u))
+            q++;
+    }
+    return sign | (uint((ex + bias - 1) << man) + q);
+}
+
+// Writes unit u (a word of 4 values, or value u when head_dim is not a
+// multiple of 4) of a row of an fp8 pool: elements from e0 (pool_row).
+void write_fp8(bool is_v, bool e4, uint seg, uint e0, uint u, uint sb)
+{
+    if ((pc.head_dim & 3u) == 0u) {
+        uint word = 0u;
+        for (uint k = 0u; k < 4u; k++)
+            word |= fp8_encode(e4, src(is_v, sb + 4u * u + k)) << (8u * k);
+        pool_put(is_v, seg, (e0 >> 2u) + u, word);
+        return;
+    }
+    uint e = e0 + u, sh = 8u * (e & 3u); // rows share words: each value merges its byte
+    pool_merge(is_v, seg, e >> 2u, 0xffu << sh, fp8_encode(e4, src(is_v, sb + u)) << sh);
+}
+
 // Writes unit u of head h's row of token t into its pool.
 void write_unit(bool is_v, uint t, uint h, uint u)
 {
@@ -122,12 +172,16 @@ void write_unit(bool is_v, uint t, uint h, uint u)
     uint blk = uint(slot) / pc.block_size, off = uint(slot) % pc.block_size;
     uint seg = blk / pc.blocks_per_seg;
     uint sb = (is_v ? pc.v_off + t * pc.v_stride : pc.k_off + t * pc.k_stride) + h * pc.head_dim;
-    if (ty >= uint(KVRT_KV_T_Q8_0)) {
+    if (ty == uint(KVRT_KV_T_Q8_0) || ty == uint(KVRT_KV_T_Q4_0)) {
         uint lb = blk % pc.blocks_per_seg;
         write_group(is_v, ty == uint(KVRT_KV_T_Q4_0), seg, lb, h * pc.block_size + off, u, sb);
         return;
     }
     uint row = pool_row(blk, h, off);
+    if (is_fp8(ty)) {
+        write_fp8(is_v, ty == uint(KVRT_KV_T_FP8_E4M3), seg, row, u, sb);
+        return;
+    }
     if (ty == uint(KVRT_KV_T_F32)) {
         pool_put(is_v, seg, row + u, floatBitsToUint(src(is_v, sb + u)));
     } else if ((pc.head_dim & 1u) == 0u) { // F16 rows of even length are whole words

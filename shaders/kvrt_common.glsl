@@ -195,10 +195,35 @@ float pool_load_q(bool is_v, bool q4, uint seg, uint e)
     return float(q) * scale;
 }
 
+// F32 value of an fp8 byte (kv_layout.h), exact: E4M3 (bias 7, 3 mantissa
+// bits, S.1111.111 NaN, no infinity) or E5M2 (the upper byte of an F16).
+float fp8_to_f32(bool e4, uint b)
+{
+    uint m = e4 ? b & 7u : b & 3u, e = e4 ? (b >> 3) & 15u : (b >> 2) & 31u;
+    float v;
+    if (e4 && (b & 0x7fu) == 0x7fu)
+        v = uintBitsToFloat(0x7fc00000u);
+    else if (!e4 && e == 31u)
+        v = uintBitsToFloat(m == 0u ? 0x7f800000u : 0x7fc00000u);
+    else if (e == 0u) // subnormal: m * 2^-9 (E4M3), m * 2^-16 (E5M2)
+        v = float(m) * (e4 ? 1.0 / 512.0 : 1.0 / 65536.0);
+    else
+        v = uintBitsToFloat(e4 ? ((e + 120u) << 23) | (m << 20) : ((e + 112u) << 23) | (m << 21));
+    return (b & 0x80u) != 0u ? -v : v;
+}
+
+// Element e of an fp8 pool: byte e of the segment (no scales), from its word.
+float pool_load_fp8(bool is_v, bool e4, uint seg, uint e)
+{
+    return fp8_to_f32(e4, (pool_word(is_v, seg, e >> 2u) >> ((e & 3u) * 8u)) & 0xffu);
+}
+
 float pool_load(bool is_v, uint seg, uint e)
 {
     uint t = pool_type(is_v);
-    if (t >= uint(KVRT_KV_T_Q8_0))
+    if (t == uint(KVRT_KV_T_FP8_E4M3) || t == uint(KVRT_KV_T_FP8_E5M2))
+        return pool_load_fp8(is_v, t == uint(KVRT_KV_T_FP8_E4M3), seg, e);
+    if (t == uint(KVRT_KV_T_Q8_0) || t == uint(KVRT_KV_T_Q4_0))
         return pool_load_q(is_v, t == uint(KVRT_KV_T_Q4_0), seg, e);
     if (t == uint(KVRT_KV_T_F16)) {
 #ifdef KVRT_NARROW

@@ -36,14 +36,17 @@ typedef float kvrt_f32;
     kvrt_u32 v_type;         /* of the V pool (K and V may differ) */
 
 /* KV storage types of a pool (k_type, v_type): F32; F16 (two halves per
- * word); q8_0 and q4_0 (kv_layout.h: values, then the block's F16 scales). */
+ * word); q8_0 and q4_0 (kv_layout.h: values, then the block's F16 scales);
+ * fp8 E4M3 and E5M2 (kv_layout.h: one byte per value, four per word, no scale). */
 #define KVRT_KV_T_F32 0
 #define KVRT_KV_T_F16 1
 #define KVRT_KV_T_Q8_0 2
 #define KVRT_KV_T_Q4_0 3
+#define KVRT_KV_T_FP8_E4M3 4
+#define KVRT_KV_T_FP8_E5M2 5
 
 /* kv_write: one invocation per (token, kv head, unit of a head row: an F32 element,
- * an F16 word or element, a quantized group of 32) of K, then of V */
+ * an F16 word or element, a quantized group of 32, an fp8 word or element) of K, then of V */
 #define KVRT_PUSH_KV_WRITE                                                         \
     KVRT_PUSH_POOL_FIELDS                                                          \
     kvrt_u32 n_tokens;                                                             \

@@ -132,8 +132,8 @@ static void test_quantized_kv(void **state)
 
 /* K and V in different types (keys are the sensitive half): every ordered
  * pair of f32, f16, q8_0, q4_0, fp8, fp8_e5m2 that differs, against the double reference fed each
- * half's stored values; GPU passes refuse the pair by name. Small cases: the
- * kernels are the single-type ones, reached per half. */
+ * half's stored values, on every pass. Small cases: the kernels are the
+ * single-type ones, reached per half. */
 static void test_mixed_kv(void **state)
 {
     (void)state;

@@ -201,6 +201,12 @@ static size_t build_table(table *t, bool full)
         for (int q4 = 0; q4 <= 1; q4++)
             add(t, (op_case){OP_KV_WRITE, q4 ? KVRT_DTYPE_Q4_0 : KVRT_DTYPE_Q8_0, 50, kq_hd[hi], 1 + (int32_t)hi % 3,
                              kv_bs[(hi + (size_t)q4) % 3], 3, 0, true, false, {0}});
+    /* fp8 KV: any head_dim (8: stories260K; 33: rows that share 32-bit words on Vulkan) */
+    static const int32_t kf_hd[] = {8, 33, 64};
+    for (size_t hi = 0; hi < KVRT_ARRAY_LEN(kf_hd); hi++)
+        for (int e5 = 0; e5 <= 1; e5++)
+            add(t, (op_case){OP_KV_WRITE, e5 ? KVRT_DTYPE_FP8_E5M2 : KVRT_DTYPE_FP8_E4M3, 50, kf_hd[hi],
+                             1 + (int32_t)hi % 2, kv_bs[(hi + (size_t)e5) % 3], 3, 0, true, false, {0}});
     /* attention: a few rows here; the whole case grid is test_attention_cases */
     add(t, (op_case){OP_ATTENTION, KVRT_DTYPE_F16, .at = {64, 8, 2, 16, 0, 0, 300, ATTN_DECODE}});
     add(t, (op_case){OP_ATTENTION, KVRT_DTYPE_F32, .at = {80, 4, 1, 8, 64, 4, 129, ATTN_DECODE}});
@@ -632,8 +638,8 @@ static void quant_want(const op_case *c, const kvrt_kv_pool_desc *d, size_t bb, 
 static void run_kv_write(const op_case *c, uint64_t seed)
 {
     kvrt_kv_pool_desc d = {2, c->m, c->dim, c->rot, 12, .dtype = c->type};
-    bool quant = ref_kv_quantized(c->type);
-    size_t bb = kvrt_kv_block_bytes(&d), elem = c->type == KVRT_DTYPE_F16 ? 2 : 4;
+    bool quant = ref_kv_quantized(c->type), fp8 = ref_kv_fp8(c->type);
+    size_t bb = kvrt_kv_block_bytes(&d), elem = fp8 ? 1 : c->type == KVRT_DTYPE_F16 ? 2 : 4;
     int64_t row = (int64_t)c->m * c->dim, stride = row + c->pad;
     ref_rng rng;
     ref_rng_seed(&rng, seed);
@@ -644,6 +650,12 @@ static void run_kv_write(const op_case *c, uint64_t seed)
         k[i] = special_value(i);
     if (quant)
         quant_special_rows(c, k);
+    /* fp8: ties of both formats (to even, across a subnormal's carry into the normals, half the
+     * smallest subnormal), beyond the largest value, NaN, -inf, -0 (test_kv_mixed_types: every code) */
+    static const float fp8_special[] = {1.0625f, 1.1875f, 0x1p-10f, 0x1.8p-9f, 464.0f, 0x1p-17f, 0x1.8p-16f, NAN,
+                                        -INFINITY, -0.0f, 1.125f, 0x1.ep-7f, -0x1.ep-7f, 61440.0f, 0x1.cp-15f};
+    for (int32_t i = 0; fp8 && i < (int32_t)KVRT_ARRAY_LEN(fp8_special) && i < row; i++)
+        k[i] = fp8_special[i];
     int32_t cap = d.num_blocks * d.block_size, *slots = xmalloc((size_t)c->n * sizeof(int32_t));
     for (int32_t t = 0; t < c->n; t++) { /* scattered, distinct, some padding */
         slots[t] = t % 9 == 4 ? -1 : (int32_t)((t * 37 + (int32_t)(ref_rng_u32(&rng) % 3)) % cap);
@@ -665,7 +677,8 @@ static void run_kv_write(const op_case *c, uint64_t seed)
                             ((size_t)(h * d.block_size + off) * (size_t)c->dim + (size_t)(e % c->dim)) * elem;
                 float x = (w ? v : k)[t * stride + e];
                 uint16_t half = kvrt_f32_to_fp16_kv(x); /* round to nearest even, saturate */
-                memcpy(want + at, elem == 2 ? (void *)&half : (void *)&x, elem);
+                uint8_t byte = fp8 ? ref_fp8_encode(c->type, x) : 0; /* the search over all codes */
+                memcpy(want + at, fp8 ? (void *)&byte : elem == 2 ? (void *)&half : (void *)&x, elem);
             }
     for (int p = 0; p < kvrt_test_n_passes; p++) {
         kvrt_backend *be = kvrt_test_pass_list[p].ctx->be;

@@ -18,8 +18,8 @@ struct kvrt_kv_tier {
     kvrt_kv_pool *host_pool;
     kvrt_kv_pool_desc host_desc;
     const kvrt_allocator *alloc;
-    size_t block_bytes;         /* one block of one pool (one layer, K or V) */
-    uint8_t *stage;             /* [block_bytes]: a block on its way between tiers */
+    size_t block_bytes[2];      /* one block of one layer's K [0] and V [1] pool: their types may differ */
+    uint8_t *stage;             /* [max of block_bytes]: a block on its way between tiers */
     kvrt_error err;
     kvrt_kv_tier_stats st;
     int32_t *batch_ints;        /* kvrt_kv_tier_device_batch's lengths and tables */
@@ -77,7 +77,8 @@ kvrt_status kvrt_kv_tier_create(kvrt_kv_cache *cache, const kvrt_kv_tier_params 
     t->desc = *kvrt_kv_cache_desc(cache);
     t->host_desc = hd;
     t->alloc = dev->alloc;
-    t->block_bytes = kvrt_kv_block_bytes(&t->desc);
+    t->block_bytes[0] = kvrt_kv_block_bytes_which(&t->desc, false);
+    t->block_bytes[1] = kvrt_kv_block_bytes_which(&t->desc, true);
     t->st.num_host_blocks = p->num_host_blocks;
     t->st.host_pool_bytes = need;
     kvrt_context_params cp = kvrt_context_default_params();
@@ -90,7 +91,7 @@ kvrt_status kvrt_kv_tier_create(kvrt_kv_cache *cache, const kvrt_kv_tier_params 
         if (s != KVRT_OK)
             kvrt_fail(err, s, "host tier: %s", t->cpu->err.message);
     }
-    if (s == KVRT_OK && !(t->stage = kvrt_alloc(t->alloc, t->block_bytes, 64)))
+    if (s == KVRT_OK && !(t->stage = kvrt_alloc(t->alloc, KVRT_MAX(t->block_bytes[0], t->block_bytes[1]), 64)))
         s = kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "host tier: out of host memory");
     if (s != KVRT_OK) {
         kvrt_kv_tier_destroy(t);
@@ -127,7 +128,7 @@ void kvrt_kv_tier_get_stats(const kvrt_kv_tier *t, kvrt_kv_tier_stats *out)
 
 size_t kvrt_kv_tier_slot_bytes(const kvrt_kv_tier *t)
 {
-    return 2 * (size_t)t->desc.n_layers * t->block_bytes;
+    return (size_t)t->desc.n_layers * (t->block_bytes[0] + t->block_bytes[1]);
 }
 
 /* ---- moves ------------------------------------------------------------------------- */

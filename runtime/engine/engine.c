@@ -139,6 +139,30 @@ static kvrt_status check_context_shift(const kvrt_engine_params *p, const kvrt_r
     return KVRT_OK;
 }
 
+/* This machine's physical memory in bytes (0 when unknown). */
+static uint64_t host_memory_bytes(void)
+{
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    return pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0;
+}
+
+/* The swap tier is one host allocation (e->host_tier) plus the block
+ * manager's slot records: refused before either exists, with the numbers,
+ * when it cannot fit (calloc would promise it and the first swap-out would
+ * find no memory). */
+static kvrt_status check_swap_tier(const kvrt_engine_params *p, const kvrt_runner *r, kvrt_error *err)
+{
+    uint64_t need = (uint64_t)p->num_host_blocks * (uint64_t)r->block_bytes; /* < 2^31 * a block */
+    uint64_t mem = host_memory_bytes();
+    if (mem > 0 && need > mem)
+        return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY,
+                         "swap tier: %d host blocks of %zu bytes need %llu bytes (%.2f GiB), more than the host "
+                         "memory of %llu bytes (%.2f GiB)",
+                         (int)p->num_host_blocks, r->block_bytes, (unsigned long long)need,
+                         (double)need / 1073741824.0, (unsigned long long)mem, (double)mem / 1073741824.0);
+    return KVRT_OK;
+}
+
 static kvrt_status check_params(const kvrt_engine_params *p, const kvrt_runner *r, kvrt_error *err)
 {
     KVRT_TRY(kvrt_kv_check_block_size(err, p->block_size));
@@ -164,19 +188,14 @@ static kvrt_status check_params(const kvrt_engine_params *p, const kvrt_runner *
         (p->num_host_blocks < 1 || !r->iface->read_block || !r->iface->write_block || r->block_bytes == 0))
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT,
                          "swap preemption needs num_host_blocks >= 1 and a runner that reads and writes blocks");
+    if (p->preempt_mode == KVRT_PREEMPT_SWAP)
+        KVRT_TRY(check_swap_tier(p, r, err));
     if (r->n_vocab < 1 || !r->iface->forward || !r->iface->copy_blocks)
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "runner without forward/copy_blocks or vocabulary");
     if (p->eos_id >= r->n_vocab)
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "eos id %d outside the vocabulary of %d",
                          (int)p->eos_id, (int)r->n_vocab);
     return p->context_shift ? check_context_shift(p, r, err) : KVRT_OK;
-}
-
-/* This machine's physical memory in bytes (0 when unknown). */
-static uint64_t host_memory_bytes(void)
-{
-    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
-    return pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0;
 }
 
 static kvrt_status alloc_scratch(kvrt_engine *e, kvrt_error *err)
@@ -188,15 +207,6 @@ static kvrt_status alloc_scratch(kvrt_engine *e, kvrt_error *err)
         (e->p.preempt_mode == KVRT_PREEMPT_SWAP && e->p.num_host_blocks &&
          !kvrt_mul_size((size_t)e->p.num_host_blocks, e->runner.block_bytes, &host)))
         return kvrt_fail(err, KVRT_ERR_INVALID_ARGUMENT, "engine scratch sizes overflow");
-    /* the swap tier is one allocation: refused up front, with the numbers, when it cannot fit (calloc
-     * would promise it and the first swap-out would find no memory) */
-    uint64_t mem = host_memory_bytes();
-    if (host && mem > 0 && host > mem)
-        return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY,
-                         "swap tier: %d host blocks of %zu bytes need %llu bytes (%.2f GiB), more than the host "
-                         "memory of %llu bytes (%.2f GiB)",
-                         (int)e->p.num_host_blocks, e->runner.block_bytes, (unsigned long long)host,
-                         (double)host / 1073741824.0, (unsigned long long)mem, (double)mem / 1073741824.0);
     e->sched = kvrt_calloc(a, ms, sizeof(*e->sched));
     e->b_order = kvrt_calloc(a, ms, sizeof(*e->b_order));
     e->b_tokens = kvrt_calloc(a, mt, sizeof(int32_t));

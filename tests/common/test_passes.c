@@ -125,14 +125,10 @@ int kvrt_test_passes_teardown(void **state)
 }
 
 /* Whether a pass must refuse a case's KV types: q8_0 / q4_0 where it has
- * no quantized KV; fp8 types, and K and V of different types, on a GPU
- * backend (only the CPU stores them). */
+ * no quantized KV (every backend stores fp8, fp8_e5m2 and mixed K/V pairs). */
 static bool must_refuse(const kvrt_test_pass *pass, const attn_case *c)
 {
-    if ((ref_kv_quantized(c->dtype) || ref_kv_quantized(c->v_dtype)) && !pass->quant_kv)
-        return true;
-    bool cpu_only = c->v_dtype != c->dtype || ref_kv_fp8(c->dtype) || ref_kv_fp8(c->v_dtype);
-    return cpu_only && pass->ctx->be->kind != KVRT_BACKEND_CPU;
+    return (ref_kv_quantized(c->dtype) || ref_kv_quantized(c->v_dtype)) && !pass->quant_kv;
 }
 
 /* A pass without the case's KV types refuses the cache: UNSUPPORTED, naming

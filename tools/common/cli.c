@@ -265,12 +265,10 @@ static size_t common_table(kvrt_cli_common *c, kvrt_cli_opt out[N_COMMON])
                       c->kv_type == KVRT_DTYPE_F16
                           ? "KV cache type of K and V: f16 (default), f32, q8_0 or q4_0 (8/4-bit\n"
                             "groups of 32 with an F16 scale each; head_dim a multiple of 32), fp8\n"
-                            "(E4M3) or fp8_e5m2 (8-bit floats, saturating, scale 1; any head_dim);\n"
-                            "the quantized ones on the CPU only"
+                            "(E4M3) or fp8_e5m2 (8-bit floats, saturating, scale 1; any head_dim)"
                           : "KV cache type of K and V: f32 (default), f16, q8_0 or q4_0 (8/4-bit\n"
                             "groups of 32 with an F16 scale each; head_dim a multiple of 32), fp8\n"
-                            "(E4M3) or fp8_e5m2 (8-bit floats, saturating, scale 1; any head_dim);\n"
-                            "the quantized ones on the CPU only"),
+                            "(E4M3) or fp8_e5m2 (8-bit floats, saturating, scale 1; any head_dim)"),
         KVRT_CLI_CALL(0, "kv-type-k", parse_kv_type_k, c, "TYPE",
                       "KV type of the keys alone (wins over --kv-type; keys are the sensitive half)"),
         KVRT_CLI_CALL(0, "kv-type-v", parse_kv_type_v, c, "TYPE",

@@ -346,6 +346,7 @@ static const kvrt_backend_ops cl_ops = {
     .interface_version = KVRT_BACKEND_INTERFACE_VERSION,
     .name = "opencl",
     .weight_types = KVRT_WEIGHT_TYPES_ALL,
+    .kv_mixed_types = true, /* program variants per (K type, V type) pair */
     .destroy = cl_destroy,
     .buffer_create = kvrt_cl_buffer_create,
     .buffer_destroy = kvrt_cl_buffer_destroy,

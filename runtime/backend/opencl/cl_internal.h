@@ -84,8 +84,8 @@ typedef struct kvrt_cl_pool_part {
 
 struct kvrt_kv_pool {
     kvrt_kv_pool_desc desc;
-    size_t block_bytes;
-    int64_t blocks_per_seg;
+    size_t block_bytes[2]; /* one block of the K [0] and the V [1] pool: their types may differ */
+    int64_t blocks_per_seg; /* the same for both, so a block id picks one segment index in each */
     int k_type, v_type;   /* KVRT_CL_KV_* of the K and the V pool */
     kvrt_cl_pool_part *k; /* [n_layers] */
     kvrt_cl_pool_part *v; /* [n_layers] */
@@ -188,10 +188,6 @@ kvrt_be_kv_rope_shift_fn kvrt_cl_kv_rope_shift; /* cl_kv_shift.c */
 
 /* Segment size of allocations made from now on (rounded down to 256 bytes, at most max_alloc). */
 void kvrt_cl_test_set_segment_bytes(kvrt_backend *be, size_t bytes);
-/* Gives a pool's K and V their own storage types (the kernels take two; a
- * pool has one dtype today): each type's blocks must fit the pool's.
- * INVALID_ARGUMENT when a type does not fit. */
-kvrt_status kvrt_cl_test_kv_types(kvrt_backend *be, kvrt_kv_pool *pool, kvrt_dtype k, kvrt_dtype v);
 /* Replaces a program's source (NULL restores it); the program is rebuilt on next use. */
 void kvrt_cl_test_override_source(kvrt_backend *be, kvrt_cl_program_id prog, const char *src);
 /* Makes the nth device allocation from now fail as out of memory (0 = never). */

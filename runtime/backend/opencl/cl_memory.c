@@ -330,12 +330,13 @@ void kvrt_cl_kv_pool_destroy(kvrt_backend *be, kvrt_kv_pool *pool)
 }
 
 /* Allocates one layer's K or V pool: blocks_per_seg whole blocks per segment. */
-static kvrt_status cl_pool_part_create(kvrt_cl_backend *cl, const kvrt_kv_pool *pool, kvrt_cl_pool_part *part)
+static kvrt_status cl_pool_part_create(kvrt_cl_backend *cl, const kvrt_kv_pool *pool, kvrt_kv_which which,
+                                       kvrt_cl_pool_part *part)
 {
     int64_t left = pool->desc.num_blocks;
     while (left > 0) {
         int64_t n = KVRT_MIN(left, pool->blocks_per_seg);
-        size_t bytes = (size_t)n * pool->block_bytes;
+        size_t bytes = (size_t)n * pool->block_bytes[which == KVRT_KV_V];
         KVRT_TRY(cl_mem_create(cl, bytes, &part->segs[part->n_segs]));
         part->n_segs++;
         KVRT_TRY(cl_mem_zero(cl, part->segs[part->n_segs - 1], bytes));
@@ -352,6 +353,8 @@ static int cl_kv_type_code(kvrt_dtype t)
     case KVRT_DTYPE_F16: return KVRT_CL_KV_F16;
     case KVRT_DTYPE_Q8_0: return KVRT_CL_KV_Q8_0;
     case KVRT_DTYPE_Q4_0: return KVRT_CL_KV_Q4_0;
+    case KVRT_DTYPE_FP8_E4M3: return KVRT_CL_KV_FP8_E4M3;
+    case KVRT_DTYPE_FP8_E5M2: return KVRT_CL_KV_FP8_E5M2;
     default: return -1;
     }
 }
@@ -360,14 +363,20 @@ kvrt_status kvrt_cl_kv_pool_create(kvrt_backend *be, const kvrt_kv_pool_desc *d,
 {
     *out = NULL;
     kvrt_cl_backend *cl = kvrt_cl(be);
-    /* the kernels' variants read and write these (kv.cl, attention.cl: kv_store, kv_load) */
-    int type = cl_kv_type_code(d->dtype);
-    if (type < 0)
-        return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED,
-                         "opencl: KV type %s is not supported (f32, f16, q8_0, q4_0)", kvrt_dtype_name(d->dtype));
-    /* the front door checked the sizes (kvrt_kv_check_pool_desc) */
-    size_t block_bytes = kvrt_kv_block_bytes(d), layer_bytes = block_bytes * (size_t)d->num_blocks;
-    size_t total = layer_bytes * 2 * (size_t)d->n_layers;
+    /* the kernels' variants read and write these (kv.cl, attention.cl: kv_store, kv_load), K and V each by its type */
+    int type[2];
+    for (int w = 0; w < 2; w++) {
+        type[w] = cl_kv_type_code(kvrt_kv_pool_dtype(d, w == 1));
+        if (type[w] < 0)
+            return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED,
+                             "opencl: KV type %s is not supported (f32, f16, q8_0, q4_0, fp8, fp8_e5m2)",
+                             kvrt_dtype_name(kvrt_kv_pool_dtype(d, w == 1)));
+    }
+    /* the front door checked the sizes (kvrt_kv_check_pool_desc); K and V blocks may differ in
+     * size, both parts keep the same blocks per segment, sized by the larger */
+    size_t kbb = kvrt_kv_block_bytes_which(d, false), vbb = kvrt_kv_block_bytes_which(d, true);
+    size_t block_bytes = KVRT_MAX(kbb, vbb), layer_bytes = block_bytes * (size_t)d->num_blocks;
+    size_t total = (kbb + vbb) * (size_t)d->num_blocks * (size_t)d->n_layers;
     int64_t per_seg = (int64_t)(cl->seg_bytes / block_bytes);
     /* kernels keep a key's row inside its segment in an int */
     per_seg = KVRT_MIN(per_seg, (int64_t)INT32_MAX / ((int64_t)d->n_kv_heads * d->block_size));
@@ -382,18 +391,20 @@ kvrt_status kvrt_cl_kv_pool_create(kvrt_backend *be, const kvrt_kv_pool_desc *d,
         return kvrt_fail(&be->err, KVRT_ERR_OUT_OF_HOST_MEMORY, "opencl: out of host memory for a KV pool");
     }
     pool->desc = *d;
-    pool->block_bytes = block_bytes;
+    pool->block_bytes[0] = kbb;
+    pool->block_bytes[1] = vbb;
     pool->blocks_per_seg = per_seg;
-    pool->k_type = pool->v_type = type; /* one type for both today */
+    pool->k_type = type[0];
+    pool->v_type = type[1];
     pool->bytes = total;
     pool->k = kvrt_calloc(be->alloc, (size_t)d->n_layers, sizeof(kvrt_cl_pool_part));
     pool->v = kvrt_calloc(be->alloc, (size_t)d->n_layers, sizeof(kvrt_cl_pool_part));
     kvrt_status s = pool->k && pool->v ? KVRT_OK
                                        : kvrt_fail(&be->err, KVRT_ERR_OUT_OF_HOST_MEMORY, "opencl: out of host memory");
     for (int32_t l = 0; l < d->n_layers && s == KVRT_OK; l++) {
-        s = cl_pool_part_create(cl, pool, &pool->k[l]);
+        s = cl_pool_part_create(cl, pool, KVRT_KV_K, &pool->k[l]);
         if (s == KVRT_OK)
-            s = cl_pool_part_create(cl, pool, &pool->v[l]);
+            s = cl_pool_part_create(cl, pool, KVRT_KV_V, &pool->v[l]);
     }
     if (s != KVRT_OK) {
         kvrt_error keep = be->err;
@@ -405,30 +416,12 @@ kvrt_status kvrt_cl_kv_pool_create(kvrt_backend *be, const kvrt_kv_pool_desc *d,
     return KVRT_OK;
 }
 
-kvrt_status kvrt_cl_test_kv_types(kvrt_backend *be, kvrt_kv_pool *pool, kvrt_dtype k, kvrt_dtype v)
-{
-    const kvrt_dtype t[2] = {k, v};
-    int code[2];
-    for (int i = 0; i < 2; i++) {
-        kvrt_kv_pool_desc d = pool->desc;
-        d.dtype = t[i];
-        code[i] = cl_kv_type_code(t[i]);
-        size_t bb = kvrt_kv_dtype(t[i]) ? kvrt_kv_block_bytes(&d) : 0;
-        if (code[i] < 0 || bb == 0 || bb > pool->block_bytes)
-            return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "opencl: %s blocks do not fit a %s pool",
-                             kvrt_dtype_name(t[i]), kvrt_dtype_name(pool->desc.dtype));
-    }
-    pool->k_type = code[0];
-    pool->v_type = code[1];
-    return KVRT_OK;
-}
-
 /* Where one block of one layer's K or V pool lives. */
 static cl_mem cl_block_at(const kvrt_kv_pool *pool, int32_t layer, kvrt_kv_which which, int32_t block,
                           size_t *offset)
 {
     const kvrt_cl_pool_part *part = which == KVRT_KV_K ? &pool->k[layer] : &pool->v[layer];
-    *offset = (size_t)(block % pool->blocks_per_seg) * pool->block_bytes;
+    *offset = (size_t)(block % pool->blocks_per_seg) * pool->block_bytes[which == KVRT_KV_V];
     return part->segs[block / pool->blocks_per_seg];
 }
 
@@ -438,7 +431,8 @@ kvrt_status kvrt_cl_kv_block_read(kvrt_backend *be, kvrt_kv_pool *pool, int32_t 
     kvrt_cl_backend *cl = kvrt_cl(be);
     size_t off;
     cl_mem m = cl_block_at(pool, layer, which, block, &off);
-    cl_int rc = cl->fn.clEnqueueReadBuffer(cl->queue, m, CL_TRUE, off, pool->block_bytes, dst, 0, NULL, NULL);
+    size_t bb = pool->block_bytes[which == KVRT_KV_V];
+    cl_int rc = cl->fn.clEnqueueReadBuffer(cl->queue, m, CL_TRUE, off, bb, dst, 0, NULL, NULL);
     return rc == CL_SUCCESS ? KVRT_OK : kvrt_cl_fail(cl, rc, KVRT_ERR_DEVICE_LOST, "KV block read");
 }
 
@@ -448,7 +442,8 @@ kvrt_status kvrt_cl_kv_block_write(kvrt_backend *be, kvrt_kv_pool *pool, int32_t
     kvrt_cl_backend *cl = kvrt_cl(be);
     size_t off;
     cl_mem m = cl_block_at(pool, layer, which, block, &off);
-    cl_int rc = cl->fn.clEnqueueWriteBuffer(cl->queue, m, CL_TRUE, off, pool->block_bytes, src, 0, NULL, NULL);
+    size_t bb = pool->block_bytes[which == KVRT_KV_V];
+    cl_int rc = cl->fn.clEnqueueWriteBuffer(cl->queue, m, CL_TRUE, off, bb, src, 0, NULL, NULL);
     return rc == CL_SUCCESS ? KVRT_OK : kvrt_cl_fail(cl, rc, KVRT_ERR_DEVICE_LOST, "KV block write");
 }
 
@@ -463,7 +458,7 @@ kvrt_status kvrt_cl_kv_copy_blocks(kvrt_backend *be, kvrt_kv_pool *pool, const i
                 size_t src_off, dst_off;
                 cl_mem src = cl_block_at(pool, l, (kvrt_kv_which)w, pairs[i][0], &src_off);
                 cl_mem dst = cl_block_at(pool, l, (kvrt_kv_which)w, pairs[i][1], &dst_off);
-                cl_int rc = cl->fn.clEnqueueCopyBuffer(cl->queue, src, dst, src_off, dst_off, pool->block_bytes, 0,
+                cl_int rc = cl->fn.clEnqueueCopyBuffer(cl->queue, src, dst, src_off, dst_off, pool->block_bytes[w], 0,
                                                        NULL, NULL);
                 if (rc != CL_SUCCESS)
                     return kvrt_cl_fail(cl, rc, KVRT_ERR_DEVICE_LOST, "KV block copy");

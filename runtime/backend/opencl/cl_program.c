@@ -28,7 +28,7 @@ static const cl_program_desc cl_programs[KVRT_CL_PROG_COUNT] = {
                            "matmul_q4_0", "add_bias", "embed_q", "matmul_q", NULL}},
 };
 
-static const char *const cl_kv_type_names[KVRT_CL_KV_TYPES] = {"f32", "f16", "q8_0", "q4_0"};
+static const char *const cl_kv_type_names[KVRT_CL_KV_TYPES] = {"f32", "f16", "q8_0", "q4_0", "fp8", "fp8_e5m2"};
 
 static void cl_program_release(kvrt_cl_backend *cl, kvrt_cl_program *p)
 {

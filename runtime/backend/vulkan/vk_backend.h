@@ -26,12 +26,6 @@ uint32_t kvrt_vk_validation_messages(kvrt_backend *be, char *first, size_t first
  * (0 = device limits): tests cross segment boundaries with small data. */
 void kvrt_vk_set_max_segment(kvrt_backend *be, size_t bytes);
 
-/* Gives a pool's K and V their own storage types (a pool has one dtype
- * today; the shaders take two): each type's blocks must fit the pool's
- * (e.g. q8_0 K and q4_0 V in an f32 pool). For tests of the kernels'
- * separate K/V types; INVALID_ARGUMENT when a type does not fit. */
-kvrt_status kvrt_vk_test_kv_types(kvrt_backend *be, kvrt_kv_pool *pool, kvrt_dtype k, kvrt_dtype v);
-
 /* Queue submissions so far: steps and immediate transfers (each one waits). */
 uint64_t kvrt_vk_submit_count(kvrt_backend *be);
 

@@ -439,6 +439,7 @@ static const kvrt_backend_ops vk_ops = {
     .interface_version = KVRT_BACKEND_INTERFACE_VERSION,
     .name = "vulkan",
     .weight_types = KVRT_WEIGHT_TYPES_ALL,
+    .kv_mixed_types = true, /* k_type / v_type: the shaders take each pool's own */
     .destroy = vk_destroy,
     .buffer_create = vk_buffer_create,
     .buffer_destroy = vk_buffer_destroy,

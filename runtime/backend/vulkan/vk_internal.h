@@ -53,8 +53,8 @@ struct kvrt_buffer {
 
 struct kvrt_kv_pool {
     kvrt_kv_pool_desc desc;
-    size_t block_bytes;
-    uint32_t blocks_per_seg;
+    size_t block_bytes[2];   /* one block of the K [0] and the V [1] pool: their types may differ */
+    uint32_t blocks_per_seg; /* the same for both, so a block id picks one segment index in each */
     uint32_t k_type, v_type; /* KVRT_KV_T_* of the K and the V pool (the shaders' k_type, v_type) */
     kvrt_buffer **k; /* [n_layers] */
     kvrt_buffer **v; /* [n_layers] */

@@ -27,20 +27,26 @@ static int vk_kv_type_code(kvrt_dtype t)
     case KVRT_DTYPE_F16: return KVRT_KV_T_F16;
     case KVRT_DTYPE_Q8_0: return KVRT_KV_T_Q8_0;
     case KVRT_DTYPE_Q4_0: return KVRT_KV_T_Q4_0;
+    case KVRT_DTYPE_FP8_E4M3: return KVRT_KV_T_FP8_E4M3;
+    case KVRT_DTYPE_FP8_E5M2: return KVRT_KV_T_FP8_E5M2;
     default: return -1;
     }
 }
 
 static kvrt_status vk_check_desc(kvrt_vk_backend *vk, const kvrt_kv_pool_desc *d)
 {
-    /* the shaders read and write these (kv_write, attn_*: pool_load, write_unit) */
-    if (vk_kv_type_code(d->dtype) < 0)
-        return kvrt_fail(&vk->base.err, KVRT_ERR_UNSUPPORTED,
-                         "vulkan: KV type %s is not supported (f32, f16, q8_0, q4_0)", kvrt_dtype_name(d->dtype));
-    if (kvrt_kv_block_bytes(d) % 4)
-        return kvrt_fail(&vk->base.err, KVRT_ERR_UNSUPPORTED,
-                         "vulkan: a KV block of %zu bytes is not a whole number of 32-bit words (block size %d)",
-                         kvrt_kv_block_bytes(d), (int)d->block_size);
+    /* the shaders read and write these (kv_write, attn_*: pool_load, write_unit), K and V each by its type */
+    for (int w = 0; w < 2; w++) {
+        kvrt_dtype t = kvrt_kv_pool_dtype(d, w == 1);
+        if (vk_kv_type_code(t) < 0)
+            return kvrt_fail(&vk->base.err, KVRT_ERR_UNSUPPORTED,
+                             "vulkan: KV type %s is not supported (f32, f16, q8_0, q4_0, fp8, fp8_e5m2)",
+                             kvrt_dtype_name(t));
+        if (kvrt_kv_block_bytes_which(d, w == 1) % 4)
+            return kvrt_fail(&vk->base.err, KVRT_ERR_UNSUPPORTED,
+                             "vulkan: a %s KV block of %zu bytes is not a whole number of 32-bit words (block size %d)",
+                             kvrt_dtype_name(t), kvrt_kv_block_bytes_which(d, w == 1), (int)d->block_size);
+    }
     return KVRT_OK;
 }
 
@@ -80,9 +86,9 @@ static kvrt_status vk_layer_create(kvrt_vk_backend *vk, size_t bytes, size_t seg
  * device-local heaps, before anything is allocated (as the CPU and OpenCL
  * backends do): a pool that cannot fit fails at once with numbers instead of
  * after allocating and zero-filling most of it. */
-static kvrt_status vk_check_pool_fits(kvrt_vk_backend *vk, const kvrt_kv_pool_desc *d, size_t layer_bytes)
+static kvrt_status vk_check_pool_fits(kvrt_vk_backend *vk, const kvrt_kv_pool_desc *d)
 {
-    double total = 2.0 * (double)d->n_layers * (double)layer_bytes;
+    double total = (double)d->n_layers * (double)d->num_blocks * (double)kvrt_kv_block_bytes_pair(d);
     double limit;
     const char *what;
     if (vk->budget) {
@@ -111,8 +117,11 @@ kvrt_status kvrt_vk_kv_pool_create(kvrt_backend *be, const kvrt_kv_pool_desc *d,
     kvrt_vk_backend *vk = kvrt_vk(be);
     *out = NULL;
     KVRT_TRY(vk_check_desc(vk, d));
-    size_t block_bytes = kvrt_kv_block_bytes(d), layer_bytes = block_bytes * (size_t)d->num_blocks;
-    KVRT_TRY(vk_check_pool_fits(vk, d, layer_bytes));
+    KVRT_TRY(vk_check_pool_fits(vk, d));
+    /* K and V blocks may differ in size (their types); both pools keep the same blocks per
+     * segment, sized by the larger, so a block id names one segment index in each */
+    size_t kbb = kvrt_kv_block_bytes_which(d, false), vbb = kvrt_kv_block_bytes_which(d, true);
+    size_t block_bytes = KVRT_MAX(kbb, vbb);
     bool bda = vk->caps.bda;
     size_t per_seg = kvrt_vk_max_pool_segment(vk) / block_bytes;
     /* the shaders index a segment's elements (pool_row) in 32 bits: 4-bit values make more elements than bytes */
@@ -125,15 +134,17 @@ kvrt_status kvrt_vk_kv_pool_create(kvrt_backend *be, const kvrt_kv_pool_desc *d,
     if (!bda && n_segs > KVRT_VK_MAX_POOL_SEGS)
         return kvrt_fail(&be->err, KVRT_ERR_UNSUPPORTED,
                          "vulkan: a KV layer of %zu bytes needs %zu segments of %zu bytes; at most %d are bound "
-                         "without buffer device addresses", layer_bytes, n_segs, per_seg * block_bytes,
-                         KVRT_VK_MAX_POOL_SEGS);
+                         "without buffer device addresses", block_bytes * (size_t)d->num_blocks, n_segs,
+                         per_seg * block_bytes, KVRT_VK_MAX_POOL_SEGS);
     kvrt_kv_pool *pool = kvrt_calloc(be->alloc, 1, sizeof(*pool));
     if (!pool)
         return kvrt_fail(&be->err, KVRT_ERR_OUT_OF_HOST_MEMORY, "vulkan: out of host memory");
     pool->desc = *d;
-    pool->block_bytes = block_bytes;
+    pool->block_bytes[0] = kbb;
+    pool->block_bytes[1] = vbb;
     pool->blocks_per_seg = (uint32_t)per_seg;
-    pool->k_type = pool->v_type = (uint32_t)vk_kv_type_code(d->dtype); /* one type for both today */
+    pool->k_type = (uint32_t)vk_kv_type_code(d->dtype);
+    pool->v_type = (uint32_t)vk_kv_type_code(kvrt_kv_pool_dtype(d, true));
     pool->bda = bda;
     size_t n = (size_t)d->n_layers;
     pool->k = kvrt_calloc(be->alloc, n, sizeof(*pool->k));
@@ -146,33 +157,16 @@ kvrt_status kvrt_vk_kv_pool_create(kvrt_backend *be, const kvrt_kv_pool_desc *d,
                         ? KVRT_OK
                         : kvrt_fail(&be->err, KVRT_ERR_OUT_OF_HOST_MEMORY, "vulkan: out of host memory");
     for (int32_t l = 0; s == KVRT_OK && l < d->n_layers; l++) {
-        s = vk_layer_create(vk, layer_bytes, per_seg * block_bytes, &pool->k[l], bda ? &pool->k_addr[l] : NULL);
+        s = vk_layer_create(vk, kbb * (size_t)d->num_blocks, per_seg * kbb, &pool->k[l], bda ? &pool->k_addr[l] : NULL);
         if (s == KVRT_OK)
-            s = vk_layer_create(vk, layer_bytes, per_seg * block_bytes, &pool->v[l], bda ? &pool->v_addr[l] : NULL);
+            s = vk_layer_create(vk, vbb * (size_t)d->num_blocks, per_seg * vbb, &pool->v[l],
+                                bda ? &pool->v_addr[l] : NULL);
     }
     if (s != KVRT_OK) {
         kvrt_vk_kv_pool_destroy(be, pool);
         return s;
     }
     *out = pool;
-    return KVRT_OK;
-}
-
-kvrt_status kvrt_vk_test_kv_types(kvrt_backend *be, kvrt_kv_pool *pool, kvrt_dtype k, kvrt_dtype v)
-{
-    const kvrt_dtype t[2] = {k, v};
-    int code[2];
-    for (int i = 0; i < 2; i++) {
-        kvrt_kv_pool_desc d = pool->desc;
-        d.dtype = t[i];
-        code[i] = vk_kv_type_code(t[i]);
-        size_t bb = kvrt_kv_dtype(t[i]) ? kvrt_kv_block_bytes(&d) : 0;
-        if (code[i] < 0 || bb == 0 || bb % 4 || bb > pool->block_bytes)
-            return kvrt_fail(&be->err, KVRT_ERR_INVALID_ARGUMENT, "vulkan: %s blocks do not fit a %s pool",
-                             kvrt_dtype_name(t[i]), kvrt_dtype_name(pool->desc.dtype));
-    }
-    pool->k_type = (uint32_t)code[0];
-    pool->v_type = (uint32_t)code[1];
     return KVRT_OK;
 }
 
@@ -203,24 +197,26 @@ kvrt_status kvrt_vk_kv_block_read(kvrt_backend *be, kvrt_kv_pool *pool, int32_t 
                                   int32_t block, void *dst)
 {
     kvrt_vk_backend *vk = kvrt_vk(be);
-    return kvrt_vk_download(vk, vk_pool_buf(pool, layer, which), (size_t)block * pool->block_bytes, dst,
-                            pool->block_bytes);
+    size_t bb = pool->block_bytes[which == KVRT_KV_V];
+    return kvrt_vk_download(vk, vk_pool_buf(pool, layer, which), (size_t)block * bb, dst, bb);
 }
 
 kvrt_status kvrt_vk_kv_block_write(kvrt_backend *be, kvrt_kv_pool *pool, int32_t layer, kvrt_kv_which which,
                                    int32_t block, const void *src)
 {
     kvrt_vk_backend *vk = kvrt_vk(be);
-    return kvrt_vk_upload(vk, vk_pool_buf(pool, layer, which), (size_t)block * pool->block_bytes, src,
-                          pool->block_bytes);
+    size_t bb = pool->block_bytes[which == KVRT_KV_V];
+    return kvrt_vk_upload(vk, vk_pool_buf(pool, layer, which), (size_t)block * bb, src, bb);
 }
 
-static void vk_copy_block(kvrt_vk_backend *vk, kvrt_kv_pool *pool, kvrt_buffer *b, int32_t src, int32_t dst)
+/* One block of a layer's K or V pool part b, whose blocks are bb bytes. */
+static void vk_copy_block(kvrt_vk_backend *vk, kvrt_kv_pool *pool, kvrt_buffer *b, size_t bb, int32_t src,
+                          int32_t dst)
 {
     uint32_t ss = (uint32_t)src / pool->blocks_per_seg, ds = (uint32_t)dst / pool->blocks_per_seg;
-    VkBufferCopy r = {.srcOffset = (VkDeviceSize)((uint32_t)src % pool->blocks_per_seg) * pool->block_bytes,
-                      .dstOffset = (VkDeviceSize)((uint32_t)dst % pool->blocks_per_seg) * pool->block_bytes,
-                      .size = pool->block_bytes};
+    VkBufferCopy r = {.srcOffset = (VkDeviceSize)((uint32_t)src % pool->blocks_per_seg) * bb,
+                      .dstOffset = (VkDeviceSize)((uint32_t)dst % pool->blocks_per_seg) * bb,
+                      .size = bb};
     vk->vk.vkCmdCopyBuffer(vk->cmd, b->segs[ss].buf, b->segs[ds].buf, 1, &r);
 }
 
@@ -241,8 +237,8 @@ kvrt_status kvrt_vk_kv_copy_blocks(kvrt_backend *be, kvrt_kv_pool *pool, const i
             }
         }
         for (int32_t l = 0; l < pool->desc.n_layers; l++) {
-            vk_copy_block(vk, pool, pool->k[l], pairs[i][0], pairs[i][1]);
-            vk_copy_block(vk, pool, pool->v[l], pairs[i][0], pairs[i][1]);
+            vk_copy_block(vk, pool, pool->k[l], pool->block_bytes[0], pairs[i][0], pairs[i][1]);
+            vk_copy_block(vk, pool, pool->v[l], pool->block_bytes[1], pairs[i][0], pairs[i][1]);
         }
     }
     kvrt_vk_barrier(vk);
@@ -268,6 +264,8 @@ static uint64_t vk_row_units(uint32_t t, uint32_t head_dim)
 {
     if (t == KVRT_KV_T_Q8_0 || t == KVRT_KV_T_Q4_0)
         return head_dim / KVRT_KV_QGROUP;
+    if (t == KVRT_KV_T_FP8_E4M3 || t == KVRT_KV_T_FP8_E5M2)
+        return head_dim % 4 == 0 ? head_dim / 4 : head_dim;
     return t == KVRT_KV_T_F16 && head_dim % 2 == 0 ? head_dim / 2 : head_dim;
 }
 

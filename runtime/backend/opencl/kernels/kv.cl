@@ -52,11 +52,44 @@ inline void kvq_write_group(__global uchar *seg, const int t, kvrt_cl_pool_args 
     seg[s + 1] = (uchar)(dh >> 8);
 }
 
+/* kv_layout.h's fp8 rule on the bits of x, in integers only (no float mode,
+ * denormal flushing or rounding of a division can change a byte; the Vulkan
+ * shader's fp8_encode): NaN -> the canonical NaN; |x| saturated at the
+ * largest value (448, 57344); below 2^(1 - bias) the subnormal grid; |x| *
+ * 2^(M - exp) rounded to nearest even from its 24-bit significand; code =
+ * (exp + bias - 1) * 2^M + q (a carry moves to the next exponent); x's sign. */
+inline uchar kv_fp8_encode(const int t, float x)
+{
+    const int e4 = t == KVRT_CL_KV_FP8_E4M3;
+    const uint u = as_uint(x);
+    uint a = u & 0x7fffffffu;
+    if (a > 0x7f800000u)
+        return e4 ? 0x7f : 0x7e;
+    const uint sign = (u >> 24) & 0x80u;
+    const int man = e4 ? 3 : 2, bias = e4 ? 7 : 15;
+    a = min(a, e4 ? 0x43e00000u : 0x47600000u); /* 448, 57344: infinities included */
+    if (a < 0x00800000u) /* zero or an F32 subnormal: far below half the smallest fp8 subnormal */
+        return (uchar)sign;
+    const int ea = (int)(a >> 23) - 127, ex = max(ea, 1 - bias);
+    const uint sig = (a & 0x7fffffu) | 0x800000u; /* |x| = sig * 2^(ea - 23) */
+    const int shift = 23 - man + (ex - ea);       /* q = sig / 2^shift, shift >= 20 */
+    uint q = 0u;
+    if (shift < 32) {
+        const uint half_ = 1u << (shift - 1), rem = sig & ((half_ << 1) - 1u);
+        q = sig >> shift;
+        if (rem > half_ || (rem == half_ && (q & 1u)))
+            q++;
+    }
+    return (uchar)(sign | ((uint)((ex + bias - 1) << man) + q));
+}
+
 /* Element d of a row into a pool of type t (quantized: the group's first element writes it). */
 inline void kv_store(__global uchar *seg, const int t, kvrt_cl_pool_args pa, long row, int d,
                      __global const float *x)
 {
-    if (t == KVRT_CL_KV_F32) {
+    if (t == KVRT_CL_KV_FP8_E4M3 || t == KVRT_CL_KV_FP8_E5M2) {
+        seg[row * pa.head_dim + d] = kv_fp8_encode(t, x[d]);
+    } else if (t == KVRT_CL_KV_F32) {
         ((__global float *)seg)[row * pa.head_dim + d] = x[d];
     } else if (t == KVRT_CL_KV_F16) {
         /* F16 KV saturates (DESIGN.md): beyond +-65504, inf included, stores +-65504; NaN stays NaN */

@@ -22,7 +22,9 @@ typedef int32_t kvrt_cl_i32;
 #define KVRT_CL_KV_F16 1
 #define KVRT_CL_KV_Q8_0 2
 #define KVRT_CL_KV_Q4_0 3
-#define KVRT_CL_KV_TYPES 4
+#define KVRT_CL_KV_FP8_E4M3 4
+#define KVRT_CL_KV_FP8_E5M2 5
+#define KVRT_CL_KV_TYPES 6
 
 /* A KV pool of one layer (K or V) spans at most this many segments
  * (cl_mem objects, each under CL_DEVICE_MAX_MEM_ALLOC_SIZE). Kernels take
@@ -110,7 +112,8 @@ typedef struct kvrt_cl_op_args {
  * -DKVRT_KV_K=t -DKVRT_KV_V=t; K and V may differ). F16 is storage only:
  * vload_half / vstore_half_rte are core OpenCL 1.2, so no cl_khr_fp16 is
  * needed, and stores round to nearest even like the CPU. q8_0 / q4_0 keep
- * kv_layout.h's layout: a block's rows of values, then its F16 scales. */
+ * kv_layout.h's layout: a block's rows of values, then its F16 scales; fp8
+ * and fp8_e5m2 one byte per value, no scale. */
 #if !defined(KVRT_KV_K) || !defined(KVRT_KV_V)
 #error "a KV program variant sets KVRT_KV_K and KVRT_KV_V"
 #endif
@@ -172,6 +175,24 @@ inline float kvq_scale(__global const uchar *seg, const int t, kvrt_cl_pool_args
     return kv_f16_bits_to_f32(seg[at] | ((uint)seg[at + 1] << 8));
 }
 
+/* F32 value of an fp8 byte (kv_layout.h), exact: E4M3 (bias 7, 3 mantissa
+ * bits, S.1111.111 NaN, no infinity) or E5M2 (the upper byte of an F16). */
+inline float kv_fp8_to_f32(const int t, uint b)
+{
+    const int e4 = t == KVRT_CL_KV_FP8_E4M3;
+    const uint m = e4 ? b & 7u : b & 3u, e = e4 ? (b >> 3) & 15u : (b >> 2) & 31u;
+    float v;
+    if (e4 && (b & 0x7fu) == 0x7fu)
+        v = as_float(0x7fc00000u);
+    else if (!e4 && e == 31u)
+        v = as_float(m == 0u ? 0x7f800000u : 0x7fc00000u);
+    else if (e == 0u) /* subnormal: m * 2^-9 (E4M3), m * 2^-16 (E5M2) */
+        v = (float)m * (e4 ? 0x1p-9f : 0x1p-16f);
+    else
+        v = as_float(e4 ? ((e + 120u) << 23) | (m << 20) : ((e + 112u) << 23) | (m << 21));
+    return (b & 0x80u) ? -v : v;
+}
+
 /* Value d of row `row` of a pool of type t (a compile-time constant, so one
  * branch is left), in F32: dequantized values are q * scale, exact. */
 inline float kv_load(__global const uchar *seg, const int t, kvrt_cl_pool_args pa, long row, int d)
@@ -180,6 +201,8 @@ inline float kv_load(__global const uchar *seg, const int t, kvrt_cl_pool_args p
         return ((__global const float *)seg)[row * pa.head_dim + d];
     if (t == KVRT_CL_KV_F16)
         return vload_half(row * pa.head_dim + d, (__global const half *)seg);
+    if (t == KVRT_CL_KV_FP8_E4M3 || t == KVRT_CL_KV_FP8_E5M2)
+        return kv_fp8_to_f32(t, seg[row * pa.head_dim + d]);
     const float sc = kvq_scale(seg, t, pa, row, d);
     const long v = kvq_values_at(t, pa, row);
     if (t == KVRT_CL_KV_Q8_0)
@@ -195,6 +218,10 @@ inline float4 kv_load4(__global const uchar *seg, const int t, kvrt_cl_pool_args
         return vload4(0, (__global const float *)seg + row * pa.head_dim + d);
     if (t == KVRT_CL_KV_F16)
         return vload_half4(0, (__global const half *)seg + row * pa.head_dim + d);
+    if (t == KVRT_CL_KV_FP8_E4M3 || t == KVRT_CL_KV_FP8_E5M2) {
+        const uchar4 b = vload4(0, seg + row * pa.head_dim + d);
+        return (float4)(kv_fp8_to_f32(t, b.x), kv_fp8_to_f32(t, b.y), kv_fp8_to_f32(t, b.z), kv_fp8_to_f32(t, b.w));
+    }
     const float sc = kvq_scale(seg, t, pa, row, d);
     const long v = kvq_values_at(t, pa, row);
     if (t == KVRT_CL_KV_Q8_0)
