@@ -117,6 +117,22 @@ static const float *kv_rows(const kv_src *src, bool values, const kvrt_cpu_attn_
     return tmp;
 }
 
+/* A run from pool row `row` (one block, one head) as the decode kernels read
+ * it in place: values, and quantized groups' scales. */
+static kvrt_cpu_kv_rows kv_rows_at(const kv_src *src, bool values, size_t row)
+{
+    const kv_fmt *f = kv_fmt_of(src, values);
+    const char *base = kv_base(src, values);
+    kvrt_cpu_kv_rows x = {f->quant ? f->quant : f->f16 ? KVRT_DTYPE_F16 : KVRT_DTYPE_F32, kv_at(src, f, base, row),
+                          NULL};
+    if (f->quant && f->qt->scales == KVRT_KV_SCALES_IN_BLOCK) {
+        size_t blk = row / src->block_rows, r = row % src->block_rows;
+        x.scales = (const uint8_t *)base + blk * f->block_bytes +
+                   kvrt_kv_row_scales(f->qt, src->n_kv, src->run, src->hd, r);
+    }
+    return x;
+}
+
 /* ---- scratch: one allocation per call, carved up in order ---------------------------------- */
 
 typedef struct arena {
@@ -192,6 +208,16 @@ static inline void prefetch_run(const char *p, size_t bytes, bool to_l1)
     (to_l1 ? prefetch_l1 : prefetch_l2)(p, bytes);
 }
 
+/* The F16 scales of n quantized rows from pool row `row` (they sit apart
+ * from the values, after the block's values, where the values' prefetch
+ * does not reach: measured, a demand miss per run otherwise). */
+static void prefetch_scales(const kv_src *src, bool values, size_t row, int32_t n)
+{
+    kvrt_cpu_kv_rows x = kv_rows_at(src, values, row);
+    if (x.scales)
+        prefetch_l2((const char *)x.scales, (size_t)n * (size_t)(src->hd / 16));
+}
+
 /* Scores (values == false) or accumulates values for one run of n rows of
  * head h from position index idx of the unit. */
 static void decode_one_run(const decode_job *j, const decode_unit *t, bool values, int32_t h, int32_t idx, size_t row,
@@ -201,16 +227,12 @@ static void decode_one_run(const decode_job *j, const decode_unit *t, bool value
     int32_t hd = src->hd, g_n = j->group;
     size_t hl = (size_t)(h - t->h0) * (size_t)g_n;
     float *sc = t->sc + hl * (size_t)j->max_part + (size_t)idx;
-    const kv_fmt *f = kv_fmt_of(src, values);
-    const char *base = kv_base(src, values);
-    /* quantized rows are dequantized first and then read as F32 */
-    const void *rows = f->quant ? (const void *)kv_dequant(src, f, j->ker, base, row, n, t->tmp)
-                                : kv_at(src, f, base, row);
+    kvrt_cpu_kv_rows rows = kv_rows_at(src, values, row);
     if (!values) {
         const float *qg = j->q + (size_t)t->s * (size_t)j->d->q_stride + (size_t)h * (size_t)g_n * (size_t)hd;
-        j->ker->scores_kv(qg, g_n, rows, f->f16, n, hd, j->d->scale, sc, j->max_part, t->tmp);
+        j->ker->scores_kv(qg, g_n, &rows, n, hd, j->d->scale, sc, j->max_part, t->tmp);
     } else {
-        j->ker->accum_kv(sc, j->max_part, g_n, rows, f->f16, n, hd, t->acc + hl * (size_t)hd, t->tmp);
+        j->ker->accum_kv(sc, j->max_part, g_n, &rows, n, hd, t->acc + hl * (size_t)hd, t->tmp);
     }
 }
 
@@ -235,7 +257,8 @@ static void decode_pass(const decode_job *j, const decode_unit *t, bool values)
                     if (pos + n < b) {
                         int32_t n2;
                         size_t next = kv_run(src, t->s, h, pos + n, b - pos - n, &n2);
-                        prefetch_run(kv_at(src, f, base, next), kv_run_bytes(src, f, n2), f->f16 || f->quant);
+                        prefetch_run(kv_at(src, f, base, next), kv_run_bytes(src, f, n2), f->f16);
+                        prefetch_scales(src, values, next, n2);
                     }
                     decode_one_run(j, t, values, h, idx0 + pos - a, off, n);
                 }

@@ -13,6 +13,16 @@
 /* Inner loops of the attention kernels, one table per instruction set. All
  * accumulate in F32, row by row in increasing key order, so the result of a
  * row does not depend on how the rows were grouped into runs. */
+/* A run of n KV rows of one head as the decode reads them, in place: row r's
+ * values at r * hd * bits / 8 bytes from vals; q8_0 / q4_0 (kv_layout.h)
+ * also have row r's hd / 32 F16 scales at r * hd / 16 bytes from scales
+ * (the block keeps a head's rows and their scales each in one run). */
+typedef struct kvrt_cpu_kv_rows {
+    kvrt_dtype dtype;      /* F32, F16, Q8_0, Q4_0, FP8_E4M3 or FP8_E5M2 */
+    const void *vals;      /* [n][hd * bits / 8] */
+    const uint8_t *scales; /* q8_0 / q4_0: [n][hd / 32] F16; NULL otherwise */
+} kvrt_cpu_kv_rows;
+
 typedef struct kvrt_cpu_attn_kernels {
     const char *name; /* "avx512", "avx2+fma+f16c" or "portable" */
     /* s[g * s_stride + r] = scale * dot(q[g], k[r]) for g < n_q, r < n. */
@@ -24,12 +34,14 @@ typedef struct kvrt_cpu_attn_kernels {
     void (*h2f)(float *restrict dst, const uint16_t *restrict src, int64_t n);
     void (*f2h)(uint16_t *restrict dst, const float *restrict src, int64_t n); /* round to nearest even */
     /* The decode's entries: as scores/accum, but the n rows of k (v) are read
-     * in place, F16 (f16) or F32; tmp ([n][hd] floats) is scratch for tables
-     * that convert F16 rows before use. */
-    void (*scores_kv)(const float *restrict q /* [n_q][hd] */, int32_t n_q, const void *k /* [n][hd] */, bool f16,
-                      int32_t n, int32_t hd, float scale, float *restrict s, int64_t s_stride, float *restrict tmp);
-    void (*accum_kv)(const float *restrict p, int64_t p_stride, int32_t n_q, const void *v /* [n][hd] */, bool f16,
-                     int32_t n, int32_t hd, float *restrict acc /* [n_q][hd] */, float *restrict tmp);
+     * in place in any KV type and converted in registers (quantized values
+     * times their scale, exact in F32: the same numbers as scores/accum over
+     * the dequantized rows, bitwise); tmp ([n][hd] floats) is scratch for
+     * tables that convert the rows before use. */
+    void (*scores_kv)(const float *restrict q /* [n_q][hd] */, int32_t n_q, const kvrt_cpu_kv_rows *k, int32_t n,
+                      int32_t hd, float scale, float *restrict s, int64_t s_stride, float *restrict tmp);
+    void (*accum_kv)(const float *restrict p, int64_t p_stride, int32_t n_q, const kvrt_cpu_kv_rows *v, int32_t n,
+                     int32_t hd, float *restrict acc /* [n_q][hd] */, float *restrict tmp);
     /* row[i] = exp(row[i] - m) for i < n (n >= 1), m = max of the row, l = sum
      * of the results, all in an order fixed by n alone. */
     void (*softmax)(float *restrict row, int32_t n, float *m, float *l);

@@ -10,6 +10,7 @@
 
 #include <math.h>
 #include <stdatomic.h>
+#include <string.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -73,28 +74,6 @@ static void f2h_portable(uint16_t *restrict dst, const float *restrict src, int6
 }
 
 
-/* The decode entries of the portable table: F16 rows are converted into tmp
- * first, then scored/accumulated as F32 (the conversion is exact). */
-static const float *rows_portable(const void *x, bool f16, int32_t n, int32_t hd, float *restrict tmp)
-{
-    if (!f16)
-        return x;
-    h2f_portable(tmp, x, (int64_t)n * hd);
-    return tmp;
-}
-
-static void scores_kv_portable(const float *restrict q, int32_t n_q, const void *k, bool f16, int32_t n, int32_t hd,
-                               float scale, float *restrict s, int64_t s_stride, float *restrict tmp)
-{
-    scores_portable(q, n_q, rows_portable(k, f16, n, hd, tmp), n, hd, scale, s, s_stride);
-}
-
-static void accum_kv_portable(const float *restrict p, int64_t p_stride, int32_t n_q, const void *v, bool f16,
-                              int32_t n, int32_t hd, float *restrict acc, float *restrict tmp)
-{
-    accum_portable(p, p_stride, n_q, rows_portable(v, f16, n, hd, tmp), n, hd, acc);
-}
-
 static void softmax_portable(float *restrict row, int32_t n, float *m, float *l)
 {
     float mx = row[0], sum = 0.0f;
@@ -112,16 +91,17 @@ static void softmax_portable(float *restrict row, int32_t n, float *m, float *l)
  * significant bits), so every table gives the same bits. */
 /* fp8 KV bytes to F32 (kv_layout.h): E5M2 is the upper byte of an F16;
  * E4M3 moves its bits into an F16 pattern 2^8 too small, NaN apart. */
+static inline float fp8_to_f32(kvrt_dtype type, uint8_t b)
+{
+    if (type == KVRT_DTYPE_FP8_E5M2)
+        return kvrt_fp16_to_f32((uint16_t)(b << 8));
+    return (b & 0x7f) == 0x7f ? NAN : kvrt_fp16_to_f32((uint16_t)(((b & 0x80) << 8) | ((b & 0x7f) << 7))) * 256.0f;
+}
+
 static void dequant_fp8_portable(kvrt_dtype type, const uint8_t *restrict vals, int64_t n, float *restrict out)
 {
-    for (int64_t i = 0; i < n; i++) {
-        uint8_t b = vals[i];
-        if (type == KVRT_DTYPE_FP8_E5M2)
-            out[i] = kvrt_fp16_to_f32((uint16_t)(b << 8));
-        else
-            out[i] = (b & 0x7f) == 0x7f ? NAN
-                                        : kvrt_fp16_to_f32((uint16_t)(((b & 0x80) << 8) | ((b & 0x7f) << 7))) * 256.0f;
-    }
+    for (int64_t i = 0; i < n; i++)
+        out[i] = fp8_to_f32(type, vals[i]);
 }
 
 static void dequant_portable(kvrt_dtype type, const uint8_t *restrict vals, const uint8_t *restrict scales,
@@ -145,6 +125,32 @@ static void dequant_portable(kvrt_dtype type, const uint8_t *restrict vals, cons
             }
         }
     }
+}
+
+/* The decode entries of the portable table: rows other than F32 are
+ * converted into tmp first (exactly), then scored/accumulated as F32. */
+static const float *rows_portable(const kvrt_cpu_kv_rows *x, int32_t n, int32_t hd, float *restrict tmp)
+{
+    int64_t count = (int64_t)n * hd;
+    if (x->dtype == KVRT_DTYPE_F32)
+        return x->vals;
+    if (x->dtype == KVRT_DTYPE_F16)
+        h2f_portable(tmp, x->vals, count);
+    else
+        dequant_portable(x->dtype, x->vals, x->scales, count, tmp);
+    return tmp;
+}
+
+static void scores_kv_portable(const float *restrict q, int32_t n_q, const kvrt_cpu_kv_rows *k, int32_t n,
+                               int32_t hd, float scale, float *restrict s, int64_t s_stride, float *restrict tmp)
+{
+    scores_portable(q, n_q, rows_portable(k, n, hd, tmp), n, hd, scale, s, s_stride);
+}
+
+static void accum_kv_portable(const float *restrict p, int64_t p_stride, int32_t n_q, const kvrt_cpu_kv_rows *v,
+                              int32_t n, int32_t hd, float *restrict acc, float *restrict tmp)
+{
+    accum_portable(p, p_stride, n_q, rows_portable(v, n, hd, tmp), n, hd, acc);
 }
 
 static const kvrt_cpu_attn_kernels kernels_portable = {
@@ -285,21 +291,122 @@ KVRT_AVX2 static void f2h_avx2(uint16_t *restrict dst, const float *restrict src
 }
 
 
-/* ---- AVX2 decode: F16 converted in registers, tiles of rows x query heads ---- */
+/* ---- AVX2 decode: rows converted in registers, tiles of rows x query heads ---- */
 
-/* 8 elements of a row from element i: F16 converted, or F32. */
-KVRT_AVX2 static KVRT_INLINE __m256 ld8_avx2(const char *row, int32_t i, bool f16)
+/* The KV formats the decode reads in place. Each is a constant in the
+ * inlined tiles, so every format gets its own loops. */
+enum { FMT_F32, FMT_F16, FMT_Q8, FMT_Q4, FMT_E4M3, FMT_E5M2 };
+
+/* A run of rows in the tiles: row r's values at v + r * rb, its F16 scales
+ * (q8_0 / q4_0) at sc + r * sb. */
+typedef struct rows_x86 {
+    const char *v;
+    const uint8_t *sc;
+    size_t rb, sb;
+} rows_x86;
+
+static int fmt_of(kvrt_dtype t)
 {
-    if (f16)
-        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(row + 2 * (size_t)i)));
-    return _mm256_loadu_ps((const float *)(const void *)row + i);
+    switch (t) {
+    case KVRT_DTYPE_F16: return FMT_F16;
+    case KVRT_DTYPE_Q8_0: return FMT_Q8;
+    case KVRT_DTYPE_Q4_0: return FMT_Q4;
+    case KVRT_DTYPE_FP8_E4M3: return FMT_E4M3;
+    case KVRT_DTYPE_FP8_E5M2: return FMT_E5M2;
+    default: return FMT_F32;
+    }
 }
 
-KVRT_AVX2 static KVRT_INLINE float ld1_x86(const char *row, int32_t i, bool f16)
+static rows_x86 rows_x86_of(const kvrt_cpu_kv_rows *k, int32_t hd)
 {
-    if (f16)
-        return _cvtsh_ss(((const uint16_t *)(const void *)row)[i]);
-    return ((const float *)(const void *)row)[i];
+    int fmt = fmt_of(k->dtype);
+    size_t bits = fmt == FMT_F32 ? 32 : fmt == FMT_F16 ? 16 : fmt == FMT_Q4 ? 4 : 8;
+    rows_x86 x = {k->vals, k->scales, (size_t)hd * bits / 8, (size_t)(hd / 32) * 2};
+    return x;
+}
+
+/* The rows from row r on. */
+static KVRT_INLINE rows_x86 rows_from(rows_x86 x, int32_t r)
+{
+    x.v += (size_t)r * x.rb;
+    x.sc = x.sc ? x.sc + (size_t)r * x.sb : NULL;
+    return x;
+}
+
+/* Every format on one switch of a constant: M(FMT) is the call. */
+#define KVRT_FMT_DISPATCH(fmt, M)                                                                                      \
+    switch (fmt) {                                                                                                     \
+    case FMT_F16: M(FMT_F16); break;                                                                                   \
+    case FMT_Q8: M(FMT_Q8); break;                                                                                     \
+    case FMT_Q4: M(FMT_Q4); break;                                                                                     \
+    case FMT_E4M3: M(FMT_E4M3); break;                                                                                 \
+    case FMT_E5M2: M(FMT_E5M2); break;                                                                                 \
+    default: M(FMT_F32); break;                                                                                        \
+    }
+
+/* The F16 scale of element i of row r (q8_0 / q4_0). */
+KVRT_AVX2 static KVRT_INLINE float scale_x86(const rows_x86 *x, int32_t r, int32_t i)
+{
+    uint16_t h;
+    memcpy(&h, x->sc + (size_t)r * x->sb + (size_t)(i / 32) * 2, 2);
+    return _cvtsh_ss(h);
+}
+
+/* Element i of row r as F32: the value dequant gives, bit for bit. */
+KVRT_AVX2 static KVRT_INLINE float ld1_x86(int fmt, const rows_x86 *x, int32_t r, int32_t i)
+{
+    const char *row = x->v + (size_t)r * x->rb;
+    const uint8_t *u = (const uint8_t *)row;
+    switch (fmt) {
+    case FMT_F16: return _cvtsh_ss(((const uint16_t *)(const void *)row)[i]);
+    case FMT_Q8: return (float)(int8_t)u[i] * scale_x86(x, r, i);
+    case FMT_Q4: {
+        uint8_t b = u[(i & ~31) / 2 + (i & 15)];
+        return (float)(((i & 16) ? b >> 4 : b & 15) - 8) * scale_x86(x, r, i);
+    }
+    case FMT_E4M3: /* as fp8_to_f32, through F16C */
+        return (u[i] & 0x7f) == 0x7f ? NAN : _cvtsh_ss((uint16_t)(((u[i] & 0x80) << 8) | ((u[i] & 0x7f) << 7))) * 256.0f;
+    case FMT_E5M2: return _cvtsh_ss((uint16_t)(u[i] << 8));
+    default: return ((const float *)(const void *)row)[i];
+    }
+}
+
+/* E4M3 codes (u16 lanes) to the F16 pattern 2^8 too small (dequant_fp8_portable);
+ * the NaN codes become 0xffff, an F16 NaN. */
+KVRT_AVX2 static KVRT_INLINE __m128i e4m3_f16_x8(__m128i b)
+{
+    __m128i mag = _mm_and_si128(b, _mm_set1_epi16(0x7f));
+    __m128i h = _mm_or_si128(_mm_slli_epi16(_mm_and_si128(b, _mm_set1_epi16(0x80)), 8), _mm_slli_epi16(mag, 7));
+    return _mm_or_si128(h, _mm_cmpeq_epi16(mag, _mm_set1_epi16(0x7f)));
+}
+
+/* 8 elements of row r from element i (a multiple of 8) as F32, converted in
+ * registers: int8 / 4-bit values times their scale (exact), fp8 through F16. */
+KVRT_AVX2 static KVRT_INLINE __m256 ld8_avx2(int fmt, const rows_x86 *x, int32_t r, int32_t i)
+{
+    const char *row = x->v + (size_t)r * x->rb;
+    switch (fmt) {
+    case FMT_F16: return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(row + 2 * (size_t)i)));
+    case FMT_Q8: {
+        __m128i b = _mm_loadl_epi64((const __m128i *)(const void *)(row + i));
+        return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)), _mm256_set1_ps(scale_x86(x, r, i)));
+    }
+    case FMT_Q4: { /* group of 32 in 16 bytes: value j low nibble of byte j, value j + 16 its high nibble */
+        __m128i b = _mm_loadl_epi64((const __m128i *)(const void *)(row + (i & ~31) / 2 + (i & 15)));
+        b = _mm_and_si128((i & 16) ? _mm_srli_epi16(b, 4) : b, _mm_set1_epi8(15));
+        __m256i v = _mm256_sub_epi32(_mm256_cvtepu8_epi32(b), _mm256_set1_epi32(8));
+        return _mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_set1_ps(scale_x86(x, r, i)));
+    }
+    case FMT_E4M3: {
+        __m128i b = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(const void *)(row + i)));
+        return _mm256_mul_ps(_mm256_cvtph_ps(e4m3_f16_x8(b)), _mm256_set1_ps(256.0f));
+    }
+    case FMT_E5M2: {
+        __m128i b = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(const void *)(row + i)));
+        return _mm256_cvtph_ps(_mm_slli_epi16(b, 8));
+    }
+    default: return _mm256_loadu_ps((const float *)(const void *)row + i);
+    }
 }
 
 /* a * b + c rounded once, spelled out so no compiler choice changes it. */
@@ -331,8 +438,8 @@ KVRT_AVX2 static KVRT_INLINE void hsum8_avx2(const __m256 a[8], float scale, flo
 
 /* Scores of R rows x G query heads (R * G <= 8 chains): one accumulator per
  * score over 8-lane chunks, a fixed horizontal sum, then the scalar tail. */
-KVRT_AVX2 static KVRT_INLINE void sc_tile_avx2(const float *restrict q, int G, const char *k, size_t rb, int R,
-                                               bool f16, int32_t hd, float scale, float *restrict s, int64_t ss)
+KVRT_AVX2 static KVRT_INLINE void sc_tile_avx2(const float *restrict q, int G, int fmt, rows_x86 k, int R, int32_t hd,
+                                               float scale, float *restrict s, int64_t ss)
 {
     __m256 acc[8];
     for (int i = 0; i < R * G; i++)
@@ -343,7 +450,7 @@ KVRT_AVX2 static KVRT_INLINE void sc_tile_avx2(const float *restrict q, int G, c
         for (int g = 0; g < G; g++)
             qv[g] = _mm256_loadu_ps(q + (size_t)g * (size_t)hd + d);
         for (int r = 0; r < R; r++) {
-            __m256 kv = ld8_avx2(k + (size_t)r * rb, d, f16);
+            __m256 kv = ld8_avx2(fmt, &k, r, d);
             for (int g = 0; g < G; g++)
                 acc[r * G + g] = _mm256_fmadd_ps(qv[g], kv, acc[r * G + g]);
         }
@@ -360,69 +467,66 @@ KVRT_AVX2 static KVRT_INLINE void sc_tile_avx2(const float *restrict q, int G, c
         for (int g = 0; g < G; g++) {
             float t = hsum_avx2(acc[r * G + g]);
             for (int32_t e = d; e < hd; e++)
-                t = fma1_x86(q[(size_t)g * (size_t)hd + e], ld1_x86(k + (size_t)r * rb, e, f16), t);
+                t = fma1_x86(q[(size_t)g * (size_t)hd + e], ld1_x86(fmt, &k, r, e), t);
             s[g * ss + r] = scale * t;
         }
     }
 }
 
-KVRT_AVX2 static KVRT_INLINE void scores_kv_avx2_t(const float *restrict q, int32_t n_q, const char *k, bool f16,
+KVRT_AVX2 static KVRT_INLINE void scores_kv_avx2_t(const float *restrict q, int32_t n_q, int fmt, rows_x86 k,
                                                    int32_t n, int32_t hd, float scale, float *restrict s, int64_t ss)
 {
-    size_t rb = (size_t)hd * (f16 ? 2 : 4);
     for (int32_t g = 0; g < n_q;) {
         const float *qg = q + (size_t)g * (size_t)hd;
         float *sg = s + g * ss;
         int32_t r = 0;
         if (n_q - g >= 4) {
             for (; r + 2 <= n; r += 2)
-                sc_tile_avx2(qg, 4, k + (size_t)r * rb, rb, 2, f16, hd, scale, sg + r, ss);
+                sc_tile_avx2(qg, 4, fmt, rows_from(k, r), 2, hd, scale, sg + r, ss);
             for (; r < n; r++)
-                sc_tile_avx2(qg, 4, k + (size_t)r * rb, rb, 1, f16, hd, scale, sg + r, ss);
+                sc_tile_avx2(qg, 4, fmt, rows_from(k, r), 1, hd, scale, sg + r, ss);
             g += 4;
         } else if (n_q - g >= 2) {
             for (; r + 4 <= n; r += 4)
-                sc_tile_avx2(qg, 2, k + (size_t)r * rb, rb, 4, f16, hd, scale, sg + r, ss);
+                sc_tile_avx2(qg, 2, fmt, rows_from(k, r), 4, hd, scale, sg + r, ss);
             for (; r < n; r++)
-                sc_tile_avx2(qg, 2, k + (size_t)r * rb, rb, 1, f16, hd, scale, sg + r, ss);
+                sc_tile_avx2(qg, 2, fmt, rows_from(k, r), 1, hd, scale, sg + r, ss);
             g += 2;
         } else {
             for (; r + 8 <= n; r += 8)
-                sc_tile_avx2(qg, 1, k + (size_t)r * rb, rb, 8, f16, hd, scale, sg + r, ss);
+                sc_tile_avx2(qg, 1, fmt, rows_from(k, r), 8, hd, scale, sg + r, ss);
             for (; r < n; r++)
-                sc_tile_avx2(qg, 1, k + (size_t)r * rb, rb, 1, f16, hd, scale, sg + r, ss);
+                sc_tile_avx2(qg, 1, fmt, rows_from(k, r), 1, hd, scale, sg + r, ss);
             g += 1;
         }
     }
 }
 
-KVRT_AVX2 static void scores_kv_avx2(const float *restrict q, int32_t n_q, const void *k, bool f16, int32_t n,
+KVRT_AVX2 static void scores_kv_avx2(const float *restrict q, int32_t n_q, const kvrt_cpu_kv_rows *k, int32_t n,
                                      int32_t hd, float scale, float *restrict s, int64_t s_stride, float *restrict tmp)
 {
     (void)tmp;
-    if (f16)
-        scores_kv_avx2_t(q, n_q, k, true, n, hd, scale, s, s_stride);
-    else
-        scores_kv_avx2_t(q, n_q, k, false, n, hd, scale, s, s_stride);
+    rows_x86 x = rows_x86_of(k, hd);
+#define KVRT_SC(F) scores_kv_avx2_t(q, n_q, F, x, n, hd, scale, s, s_stride)
+    KVRT_FMT_DISPATCH(fmt_of(k->dtype), KVRT_SC)
+#undef KVRT_SC
 }
 
 /* acc[g][d .. d + 8 * DC) += sum_r p[g][r] * v[r][...] for G heads, each
  * lane a chain in increasing r; the values are converted once per row. */
-KVRT_AVX2 static KVRT_INLINE void acc_tile_avx2(const float *restrict p, int64_t ps, int G, const char *v, size_t rb,
-                                                int32_t n, int DC, int32_t d, bool f16, float *restrict acc,
-                                                int32_t hd)
+KVRT_AVX2 static KVRT_INLINE void acc_tile_avx2(const float *restrict p, int64_t ps, int G, int fmt, rows_x86 v,
+                                                int32_t n, int DC, int32_t d, float *restrict acc, int32_t hd)
 {
     __m256 a[8];
     for (int g = 0; g < G; g++)
         for (int c = 0; c < DC; c++)
             a[g * DC + c] = _mm256_loadu_ps(acc + (size_t)g * (size_t)hd + d + 8 * c);
     for (int32_t r = 0; r < n; r++) {
-        const char *vr = v + (size_t)r * rb;
         __m256 w[4];
         for (int g = 0; g < G; g++)
             w[g] = _mm256_broadcast_ss(p + g * ps + r);
         for (int c = 0; c < DC; c++) {
-            __m256 x = ld8_avx2(vr, d + 8 * c, f16);
+            __m256 x = ld8_avx2(fmt, &v, r, d + 8 * c);
             for (int g = 0; g < G; g++)
                 a[g * DC + c] = _mm256_fmadd_ps(w[g], x, a[g * DC + c]);
         }
@@ -432,52 +536,51 @@ KVRT_AVX2 static KVRT_INLINE void acc_tile_avx2(const float *restrict p, int64_t
             _mm256_storeu_ps(acc + (size_t)g * (size_t)hd + d + 8 * c, a[g * DC + c]);
 }
 
-KVRT_AVX2 static KVRT_INLINE void acc_heads_avx2(const float *restrict p, int64_t ps, int G, const char *v,
-                                                 size_t rb, int32_t n, bool f16, float *restrict acc, int32_t hd)
+KVRT_AVX2 static KVRT_INLINE void acc_heads_avx2(const float *restrict p, int64_t ps, int G, int fmt, rows_x86 v,
+                                                 int32_t n, float *restrict acc, int32_t hd)
 {
     int DC = 8 / G, d = 0;
     if (G == 3)
         DC = 2;
     for (; d + 8 * DC <= hd; d += 8 * DC)
-        acc_tile_avx2(p, ps, G, v, rb, n, DC, d, f16, acc, hd);
+        acc_tile_avx2(p, ps, G, fmt, v, n, DC, d, acc, hd);
     for (; d + 8 <= hd; d += 8)
-        acc_tile_avx2(p, ps, G, v, rb, n, 1, d, f16, acc, hd);
+        acc_tile_avx2(p, ps, G, fmt, v, n, 1, d, acc, hd);
     for (; d < hd; d++) {
         for (int g = 0; g < G; g++) {
             float t = acc[(size_t)g * (size_t)hd + d];
             for (int32_t r = 0; r < n; r++)
-                t = fma1_x86(p[g * ps + r], ld1_x86(v + (size_t)r * rb, d, f16), t);
+                t = fma1_x86(p[g * ps + r], ld1_x86(fmt, &v, r, d), t);
             acc[(size_t)g * (size_t)hd + d] = t;
         }
     }
 }
 
-KVRT_AVX2 static KVRT_INLINE void accum_kv_avx2_t(const float *restrict p, int64_t ps, int32_t n_q, const char *v,
-                                                  bool f16, int32_t n, int32_t hd, float *restrict acc)
+KVRT_AVX2 static KVRT_INLINE void accum_kv_avx2_t(const float *restrict p, int64_t ps, int32_t n_q, int fmt,
+                                                  rows_x86 v, int32_t n, int32_t hd, float *restrict acc)
 {
-    size_t rb = (size_t)hd * (f16 ? 2 : 4);
     for (int32_t g = 0; g < n_q;) {
         int G = n_q - g >= 4 ? 4 : n_q - g >= 2 ? 2 : 1;
         const float *pg = p + g * ps;
         float *ag = acc + (size_t)g * (size_t)hd;
         if (G == 4)
-            acc_heads_avx2(pg, ps, 4, v, rb, n, f16, ag, hd);
+            acc_heads_avx2(pg, ps, 4, fmt, v, n, ag, hd);
         else if (G == 2)
-            acc_heads_avx2(pg, ps, 2, v, rb, n, f16, ag, hd);
+            acc_heads_avx2(pg, ps, 2, fmt, v, n, ag, hd);
         else
-            acc_heads_avx2(pg, ps, 1, v, rb, n, f16, ag, hd);
+            acc_heads_avx2(pg, ps, 1, fmt, v, n, ag, hd);
         g += G;
     }
 }
 
-KVRT_AVX2 static void accum_kv_avx2(const float *restrict p, int64_t p_stride, int32_t n_q, const void *v, bool f16,
+KVRT_AVX2 static void accum_kv_avx2(const float *restrict p, int64_t p_stride, int32_t n_q, const kvrt_cpu_kv_rows *v,
                                     int32_t n, int32_t hd, float *restrict acc, float *restrict tmp)
 {
     (void)tmp;
-    if (f16)
-        accum_kv_avx2_t(p, p_stride, n_q, v, true, n, hd, acc);
-    else
-        accum_kv_avx2_t(p, p_stride, n_q, v, false, n, hd, acc);
+    rows_x86 x = rows_x86_of(v, hd);
+#define KVRT_AC(F) accum_kv_avx2_t(p, p_stride, n_q, F, x, n, hd, acc)
+    KVRT_FMT_DISPATCH(fmt_of(v->dtype), KVRT_AC)
+#undef KVRT_AC
 }
 
 /* exp(x) for x <= 0 in 8 lanes: x = k ln2 + r with |r| <= ln2 / 2, a degree-6
@@ -593,12 +696,64 @@ static const kvrt_cpu_attn_kernels kernels_avx2 = {
 
 /* ---- AVX-512 decode: the same tiles, 16 lanes and 32 registers ---- */
 
-/* 16 elements of a row from element i: F16 converted, or F32. */
-KVRT_AVX512 static KVRT_INLINE __m512 ld16_avx512(const char *row, int32_t i, bool f16)
+/* 16 elements of row r from element i (a multiple of 16) as F32, as ld8_avx2. */
+KVRT_AVX512 static KVRT_INLINE __m512 ld16_avx512(int fmt, const rows_x86 *x, int32_t r, int32_t i)
 {
-    if (f16)
-        return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(row + 2 * (size_t)i)));
-    return _mm512_loadu_ps((const float *)(const void *)row + i);
+    const char *row = x->v + (size_t)r * x->rb;
+    switch (fmt) {
+    case FMT_F16: return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(row + 2 * (size_t)i)));
+    case FMT_Q8: {
+        __m128i b = _mm_loadu_si128((const __m128i *)(const void *)(row + i));
+        return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)), _mm512_set1_ps(scale_x86(x, r, i)));
+    }
+    case FMT_Q4: { /* the low nibbles of the group's 16 bytes, or their high ones */
+        __m128i b = _mm_loadu_si128((const __m128i *)(const void *)(row + (i & ~31) / 2));
+        b = _mm_and_si128((i & 16) ? _mm_srli_epi16(b, 4) : b, _mm_set1_epi8(15));
+        __m512i v = _mm512_sub_epi32(_mm512_cvtepu8_epi32(b), _mm512_set1_epi32(8));
+        return _mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_set1_ps(scale_x86(x, r, i)));
+    }
+    case FMT_E4M3: {
+        __m256i b = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(row + i)));
+        __m256i mag = _mm256_and_si256(b, _mm256_set1_epi16(0x7f));
+        __m256i h = _mm256_or_si256(_mm256_slli_epi16(_mm256_and_si256(b, _mm256_set1_epi16(0x80)), 8),
+                                    _mm256_slli_epi16(mag, 7));
+        h = _mm256_or_si256(h, _mm256_cmpeq_epi16(mag, _mm256_set1_epi16(0x7f))); /* NaN codes: 0xffff */
+        return _mm512_mul_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(256.0f));
+    }
+    case FMT_E5M2: {
+        __m256i b = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(row + i)));
+        return _mm512_cvtph_ps(_mm256_slli_epi16(b, 8));
+    }
+    default: return _mm512_loadu_ps((const float *)(const void *)row + i);
+    }
+}
+
+/* 32 elements of row r from element i (a multiple of 32) as F32 in two
+ * registers, the same values as two ld16_avx512: a q8_0 / q4_0 group with its
+ * scale fetched once (q4_0: nib * d - 8 d in one FMA, exact as (nib - 8) * d is). */
+KVRT_AVX512 static KVRT_INLINE void ld32_avx512(int fmt, const rows_x86 *x, int32_t r, int32_t i, __m512 *x0,
+                                                __m512 *x1)
+{
+    const char *row = x->v + (size_t)r * x->rb;
+    if (fmt == FMT_Q8) {
+        __m512 d = _mm512_set1_ps(scale_x86(x, r, i));
+        __m128i b0 = _mm_loadu_si128((const __m128i *)(const void *)(row + i));
+        __m128i b1 = _mm_loadu_si128((const __m128i *)(const void *)(row + i + 16));
+        *x0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b0)), d);
+        *x1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b1)), d);
+    } else if (fmt == FMT_Q4) {
+        /* the group's 16 values (n - 8) * d as a table, looked up by each lane's
+         * low 4 bits (vpermps ignores the rest): the low nibbles as they come,
+         * the high ones shifted down; every entry exact, as in dequant */
+        const __m512 centred = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
+        __m512 table = _mm512_mul_ps(centred, _mm512_set1_ps(scale_x86(x, r, i)));
+        __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(row + i / 2)));
+        *x0 = _mm512_permutexvar_ps(b, table);
+        *x1 = _mm512_permutexvar_ps(_mm512_srli_epi32(b, 4), table);
+    } else {
+        *x0 = ld16_avx512(fmt, x, r, i);
+        *x1 = ld16_avx512(fmt, x, r, i + 16);
+    }
 }
 
 /* A fixed order: the two 256-bit halves, then as hsum_avx2. */
@@ -631,19 +786,32 @@ KVRT_AVX512 static KVRT_INLINE void hsum16_avx512(const __m512 a[16], float scal
 
 /* Scores of R rows x G query heads (R * G <= 16 chains): one accumulator per
  * score over 16-lane chunks, a fixed horizontal sum, then the scalar tail. */
-KVRT_AVX512 static KVRT_INLINE void sc_tile_avx512(const float *restrict q, int G, const char *k, size_t rb, int R,
-                                                   bool f16, int32_t hd, float scale, float *restrict s, int64_t ss)
+KVRT_AVX512 static KVRT_INLINE void sc_tile_avx512(const float *restrict q, int G, int fmt, rows_x86 k, int R,
+                                                   int32_t hd, float scale, float *restrict s, int64_t ss)
 {
     __m512 acc[16];
     for (int i = 0; i < R * G; i++)
         acc[i] = _mm512_setzero_ps();
     int32_t d = 0;
+    for (; d + 32 <= hd; d += 32) { /* per accumulator: chunk d, then d + 16, as in the 16-lane loop */
+        __m512 q0[4], q1[4];
+        for (int g = 0; g < G; g++) {
+            q0[g] = _mm512_loadu_ps(q + (size_t)g * (size_t)hd + d);
+            q1[g] = _mm512_loadu_ps(q + (size_t)g * (size_t)hd + d + 16);
+        }
+        for (int r = 0; r < R; r++) {
+            __m512 k0, k1;
+            ld32_avx512(fmt, &k, r, d, &k0, &k1);
+            for (int g = 0; g < G; g++)
+                acc[r * G + g] = _mm512_fmadd_ps(q1[g], k1, _mm512_fmadd_ps(q0[g], k0, acc[r * G + g]));
+        }
+    }
     for (; d + 16 <= hd; d += 16) {
         __m512 qv[4];
         for (int g = 0; g < G; g++)
             qv[g] = _mm512_loadu_ps(q + (size_t)g * (size_t)hd + d);
         for (int r = 0; r < R; r++) {
-            __m512 kv = ld16_avx512(k + (size_t)r * rb, d, f16);
+            __m512 kv = ld16_avx512(fmt, &k, r, d);
             for (int g = 0; g < G; g++)
                 acc[r * G + g] = _mm512_fmadd_ps(qv[g], kv, acc[r * G + g]);
         }
@@ -660,70 +828,76 @@ KVRT_AVX512 static KVRT_INLINE void sc_tile_avx512(const float *restrict q, int 
         for (int g = 0; g < G; g++) {
             float t = hsum_avx512(acc[r * G + g]);
             for (int32_t e = d; e < hd; e++)
-                t = fma1_x86(q[(size_t)g * (size_t)hd + e], ld1_x86(k + (size_t)r * rb, e, f16), t);
+                t = fma1_x86(q[(size_t)g * (size_t)hd + e], ld1_x86(fmt, &k, r, e), t);
             s[g * ss + r] = scale * t;
         }
     }
 }
 
-KVRT_AVX512 static KVRT_INLINE void scores_kv_avx512_t(const float *restrict q, int32_t n_q, const char *k, bool f16,
+KVRT_AVX512 static KVRT_INLINE void scores_kv_avx512_t(const float *restrict q, int32_t n_q, int fmt, rows_x86 k,
                                                        int32_t n, int32_t hd, float scale, float *restrict s, int64_t ss)
 {
-    size_t rb = (size_t)hd * (f16 ? 2 : 4);
     for (int32_t g = 0; g < n_q;) {
         const float *qg = q + (size_t)g * (size_t)hd;
         float *sg = s + g * ss;
         int32_t r = 0;
         if (n_q - g >= 4) {
             for (; r + 4 <= n; r += 4)
-                sc_tile_avx512(qg, 4, k + (size_t)r * rb, rb, 4, f16, hd, scale, sg + r, ss);
+                sc_tile_avx512(qg, 4, fmt, rows_from(k, r), 4, hd, scale, sg + r, ss);
             for (; r < n; r++)
-                sc_tile_avx512(qg, 4, k + (size_t)r * rb, rb, 1, f16, hd, scale, sg + r, ss);
+                sc_tile_avx512(qg, 4, fmt, rows_from(k, r), 1, hd, scale, sg + r, ss);
             g += 4;
         } else if (n_q - g >= 2) {
             for (; r + 8 <= n; r += 8)
-                sc_tile_avx512(qg, 2, k + (size_t)r * rb, rb, 8, f16, hd, scale, sg + r, ss);
+                sc_tile_avx512(qg, 2, fmt, rows_from(k, r), 8, hd, scale, sg + r, ss);
             for (; r < n; r++)
-                sc_tile_avx512(qg, 2, k + (size_t)r * rb, rb, 1, f16, hd, scale, sg + r, ss);
+                sc_tile_avx512(qg, 2, fmt, rows_from(k, r), 1, hd, scale, sg + r, ss);
             g += 2;
         } else {
             for (; r + 16 <= n; r += 16)
-                sc_tile_avx512(qg, 1, k + (size_t)r * rb, rb, 16, f16, hd, scale, sg + r, ss);
+                sc_tile_avx512(qg, 1, fmt, rows_from(k, r), 16, hd, scale, sg + r, ss);
             for (; r < n; r++)
-                sc_tile_avx512(qg, 1, k + (size_t)r * rb, rb, 1, f16, hd, scale, sg + r, ss);
+                sc_tile_avx512(qg, 1, fmt, rows_from(k, r), 1, hd, scale, sg + r, ss);
             g += 1;
         }
     }
 }
 
-KVRT_AVX512 static void scores_kv_avx512(const float *restrict q, int32_t n_q, const void *k, bool f16, int32_t n,
-                                         int32_t hd, float scale, float *restrict s, int64_t s_stride, float *restrict tmp)
+KVRT_AVX512 static void scores_kv_avx512(const float *restrict q, int32_t n_q, const kvrt_cpu_kv_rows *k, int32_t n,
+                                         int32_t hd, float scale, float *restrict s, int64_t s_stride,
+                                         float *restrict tmp)
 {
     (void)tmp;
-    if (f16)
-        scores_kv_avx512_t(q, n_q, k, true, n, hd, scale, s, s_stride);
-    else
-        scores_kv_avx512_t(q, n_q, k, false, n, hd, scale, s, s_stride);
+    rows_x86 x = rows_x86_of(k, hd);
+#define KVRT_SC(F) scores_kv_avx512_t(q, n_q, F, x, n, hd, scale, s, s_stride)
+    KVRT_FMT_DISPATCH(fmt_of(k->dtype), KVRT_SC)
+#undef KVRT_SC
 }
 
 /* As acc_tile_avx2 with 16-lane chunks. */
-KVRT_AVX512 static KVRT_INLINE void acc_tile_avx512(const float *restrict p, int64_t ps, int G, const char *v, size_t rb,
-                                                    int32_t n, int DC, int32_t d, bool f16, float *restrict acc,
-                                                    int32_t hd)
+KVRT_AVX512 static KVRT_INLINE void acc_tile_avx512(const float *restrict p, int64_t ps, int G, int fmt, rows_x86 v,
+                                                    int32_t n, int DC, int32_t d, float *restrict acc, int32_t hd)
 {
     __m512 a[16];
     for (int g = 0; g < G; g++)
         for (int c = 0; c < DC; c++)
             a[g * DC + c] = _mm512_loadu_ps(acc + (size_t)g * (size_t)hd + d + 16 * c);
     for (int32_t r = 0; r < n; r++) {
-        const char *vr = v + (size_t)r * rb;
         __m512 w[4];
         for (int g = 0; g < G; g++)
             w[g] = _mm512_set1_ps(p[g * ps + r]);
-        for (int c = 0; c < DC; c++) {
-            __m512 x = ld16_avx512(vr, d + 16 * c, f16);
+        for (int c = 0; c + 2 <= DC; c += 2) { /* pairs of chunks: a q8_0 / q4_0 group per pair (d is a multiple of 32) */
+            __m512 x0, x1;
+            ld32_avx512(fmt, &v, r, d + 16 * c, &x0, &x1);
+            for (int g = 0; g < G; g++) {
+                a[g * DC + c] = _mm512_fmadd_ps(w[g], x0, a[g * DC + c]);
+                a[g * DC + c + 1] = _mm512_fmadd_ps(w[g], x1, a[g * DC + c + 1]);
+            }
+        }
+        if (DC & 1) { /* the last chunk of an odd count */
+            __m512 x = ld16_avx512(fmt, &v, r, d + 16 * (DC - 1));
             for (int g = 0; g < G; g++)
-                a[g * DC + c] = _mm512_fmadd_ps(w[g], x, a[g * DC + c]);
+                a[g * DC + DC - 1] = _mm512_fmadd_ps(w[g], x, a[g * DC + DC - 1]);
         }
     }
     for (int g = 0; g < G; g++)
@@ -731,50 +905,50 @@ KVRT_AVX512 static KVRT_INLINE void acc_tile_avx512(const float *restrict p, int
             _mm512_storeu_ps(acc + (size_t)g * (size_t)hd + d + 16 * c, a[g * DC + c]);
 }
 
-KVRT_AVX512 static KVRT_INLINE void acc_heads_avx512(const float *restrict p, int64_t ps, int G, const char *v,
-                                                     size_t rb, int32_t n, bool f16, float *restrict acc, int32_t hd)
+KVRT_AVX512 static KVRT_INLINE void acc_heads_avx512(const float *restrict p, int64_t ps, int G, int fmt, rows_x86 v,
+                                                     int32_t n, float *restrict acc, int32_t hd)
 {
     int DC = G == 4 ? 4 : 8, d = 0;
     for (; d + 16 * DC <= hd; d += 16 * DC)
-        acc_tile_avx512(p, ps, G, v, rb, n, DC, d, f16, acc, hd);
+        acc_tile_avx512(p, ps, G, fmt, v, n, DC, d, acc, hd);
     for (; d + 16 <= hd; d += 16)
-        acc_tile_avx512(p, ps, G, v, rb, n, 1, d, f16, acc, hd);
+        acc_tile_avx512(p, ps, G, fmt, v, n, 1, d, acc, hd);
     for (; d < hd; d++) {
         for (int g = 0; g < G; g++) {
             float t = acc[(size_t)g * (size_t)hd + d];
             for (int32_t r = 0; r < n; r++)
-                t = fma1_x86(p[g * ps + r], ld1_x86(v + (size_t)r * rb, d, f16), t);
+                t = fma1_x86(p[g * ps + r], ld1_x86(fmt, &v, r, d), t);
             acc[(size_t)g * (size_t)hd + d] = t;
         }
     }
 }
 
-KVRT_AVX512 static KVRT_INLINE void accum_kv_avx512_t(const float *restrict p, int64_t ps, int32_t n_q, const char *v,
-                                                      bool f16, int32_t n, int32_t hd, float *restrict acc)
+KVRT_AVX512 static KVRT_INLINE void accum_kv_avx512_t(const float *restrict p, int64_t ps, int32_t n_q, int fmt,
+                                                      rows_x86 v, int32_t n, int32_t hd, float *restrict acc)
 {
-    size_t rb = (size_t)hd * (f16 ? 2 : 4);
     for (int32_t g = 0; g < n_q;) {
         int G = n_q - g >= 4 ? 4 : n_q - g >= 2 ? 2 : 1;
         const float *pg = p + g * ps;
         float *ag = acc + (size_t)g * (size_t)hd;
         if (G == 4)
-            acc_heads_avx512(pg, ps, 4, v, rb, n, f16, ag, hd);
+            acc_heads_avx512(pg, ps, 4, fmt, v, n, ag, hd);
         else if (G == 2)
-            acc_heads_avx512(pg, ps, 2, v, rb, n, f16, ag, hd);
+            acc_heads_avx512(pg, ps, 2, fmt, v, n, ag, hd);
         else
-            acc_heads_avx512(pg, ps, 1, v, rb, n, f16, ag, hd);
+            acc_heads_avx512(pg, ps, 1, fmt, v, n, ag, hd);
         g += G;
     }
 }
 
-KVRT_AVX512 static void accum_kv_avx512(const float *restrict p, int64_t p_stride, int32_t n_q, const void *v, bool f16,
-                                        int32_t n, int32_t hd, float *restrict acc, float *restrict tmp)
+KVRT_AVX512 static void accum_kv_avx512(const float *restrict p, int64_t p_stride, int32_t n_q,
+                                        const kvrt_cpu_kv_rows *v, int32_t n, int32_t hd, float *restrict acc,
+                                        float *restrict tmp)
 {
     (void)tmp;
-    if (f16)
-        accum_kv_avx512_t(p, p_stride, n_q, v, true, n, hd, acc);
-    else
-        accum_kv_avx512_t(p, p_stride, n_q, v, false, n, hd, acc);
+    rows_x86 x = rows_x86_of(v, hd);
+#define KVRT_AC(F) accum_kv_avx512_t(p, p_stride, n_q, F, x, n, hd, acc)
+    KVRT_FMT_DISPATCH(fmt_of(v->dtype), KVRT_AC)
+#undef KVRT_AC
 }
 
 static const kvrt_cpu_attn_kernels kernels_avx512 = {

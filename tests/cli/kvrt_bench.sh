@@ -160,6 +160,9 @@ for r in d["results"]:
     dec = r["decode"]
     need(dec["f16_ms"] > 0 and dec["f16_kv_read_gbs"] > 0, "f16 time and rate")
     need(abs(dec["vs_f16"] - dec["f16_ms"] / dec["paged_ms"]) <= 1e-3 * dec["vs_f16"], "vs_f16 = f16 / q4_0 time")
+    need(dec["cpu_ms"] > 0 and dec["f16_cpu_ms"] > 0 and
+         abs(dec["vs_f16_cpu"] - dec["f16_cpu_ms"] / dec["cpu_ms"]) <= 1e-3 * dec["vs_f16_cpu"],
+         "vs_f16_cpu = f16 / q4_0 process CPU time")
     # the same cell's f16 KV is 2 bytes a value, q4_0's 18 bytes a group of 32
     f16_bytes = dec["f16_kv_read_gbs"] * dec["f16_ms"] * 1e6
     need(abs(f16_bytes / r["kv_bytes_per_call"] - 64 / 18) < 1e-3, "f16 bytes / q4_0 bytes = 64 / 18")

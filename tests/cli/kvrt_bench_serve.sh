@@ -70,6 +70,37 @@ run --model "$model" --requests 4 --kv-type f16 --block-size 8
 grep -q "KV f16, block size 8" "$out" || fail "table header on stdout"
 grep -q "continuous vs static" "$out" || fail "comparison lines on stdout"
 
+# --- one budget, one row per KV type (--kv-types) ------------------------------------
+# stories260K has head_dim 8: q8_0 cannot store it (a row saying so), fp8 can,
+# in half of f16's bytes, so the same budget buys at least as many blocks.
+run --model "$model" --requests 6 --max-seqs 4 --kv-types f16,fp8,q8_0,f16/fp8 --kv-budget 1 --json
+[ "$rc" -eq 0 ] || { fail "serve --kv-types exited $rc"; cat "$err" >&2; }
+grep -q "KV budget 1.00 MiB" "$err" || fail "budget table header on stderr"
+python3 - "$out" <<'PY' || fail "--kv-types JSON"
+import json, sys
+d = json.load(open(sys.argv[1]))
+rows = d["kv_types"]
+assert d["kv_budget_bytes"] == 1 << 20, d
+assert [(r["kv_type_k"], r["kv_type_v"]) for r in rows] == \
+    [("f16", "f16"), ("fp8", "fp8"), ("q8_0", "q8_0"), ("f16", "fp8")], rows
+f16, fp8, q8, mixed = rows
+assert "head_dim" in q8["skipped"], q8
+for r in (f16, fp8, mixed):
+    assert "skipped" not in r and r["output_tokens"] > 0 and r["seqs_per_step_max"] >= 1, r
+    assert r["blocks"] * r["block_bytes"] <= d["kv_budget_bytes"] < (r["blocks"] + 1) * r["block_bytes"], r
+assert f16["output_tokens"] == fp8["output_tokens"] == mixed["output_tokens"], rows  # the same requests
+assert fp8["block_bytes"] * 2 == f16["block_bytes"] and fp8["blocks"] >= 2 * f16["blocks"] - 1, rows
+PY
+run --model "$model" --kv-budget 8
+[ "$rc" -eq 2 ] || fail "--kv-budget without --kv-types exited $rc, want 2"
+
+# --- K and V types named apart where they differ ------------------------------------
+run --model "$model" --requests 2 --max-seqs 2 --kv-type-k f16 --kv-type-v fp8 --json
+[ "$rc" -eq 0 ] || { fail "serve --kv-type-k/-v exited $rc"; cat "$err" >&2; }
+grep -q "KV K f16 / V fp8" "$err" || fail "table header names K and V"
+python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert (d["kv_type_k"], d["kv_type_v"]) == ("f16", "fp8"), d' \
+    "$out" || fail "JSON kv_type_k / kv_type_v"
+
 # --- a recorded workload replayed (what tools/kvrt-server-load.py compares against) ----
 wl=$(mktemp)
 printf '# max_tokens ids...\n5 1 403 407 261 378\n\n12 1 2 3 4\n7 1 9\n' >"$wl"

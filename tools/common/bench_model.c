@@ -821,10 +821,15 @@ static void print_header(const model_run *run, FILE *f)
         fprintf(f, "memory bandwidth (%d thread(s), 2 x %zu MiB, LLC %zu MiB, best of %d passes in this run): read %.2f GB/s, copy %.2f GB/s\n",
                 run->bw[i].n_threads, run->bw[i].bytes >> 20, run->llc >> 20, run->bw[i].passes, run->bw[i].read_gbs,
                 run->bw[i].copy_gbs);
+    char kv[64]; /* "q8_0", or "K q8_0 / V q4_0" when they differ */
+    if (run->o.kv_type == run->o.kv_type_v)
+        snprintf(kv, sizeof(kv), "%s", kvrt_dtype_name(run->o.kv_type));
+    else
+        snprintf(kv, sizeof(kv), "K %s / V %s", kvrt_dtype_name(run->o.kv_type), kvrt_dtype_name(run->o.kv_type_v));
     fprintf(f, "prefill: %d tokens in one chunk; decode: %d tokens after it; best of %d; KV %s; "
                "%% bw = weight bytes per token x decode tokens/s / read bandwidth on as many threads; "
                "CPU ms = least process CPU time (all threads) of a prefill, of a decode token\n\n",
-            (int)run->o.prompt_len, (int)run->o.gen, (int)run->o.reps, kvrt_dtype_name(run->o.kv_type));
+            (int)run->o.prompt_len, (int)run->o.gen, (int)run->o.reps, kv);
     if (cpu_compared(run))
         fprintf(f, "every row also ran on the CPU backend on as many threads, same file and tokens: "
                    "vs cpu = CPU time / %s time (> 1: %s is faster)\n\n",
@@ -1030,7 +1035,11 @@ static void print_json(const model_run *run, FILE *f)
     kvrt_json_str(&j, "model_file", o->model_path);
     kvrt_json_bool(&j, "quick", o->quick);
     kvrt_json_bool(&j, "cpu_compare", cpu_compared(run));
-    kvrt_json_str(&j, "kv_type", kvrt_dtype_name(o->kv_type));
+    kvrt_json_str(&j, "kv_type", kvrt_dtype_name(o->kv_type)); /* K's; both named where they differ */
+    if (o->kv_type != o->kv_type_v) {
+        kvrt_json_str(&j, "kv_type_k", kvrt_dtype_name(o->kv_type));
+        kvrt_json_str(&j, "kv_type_v", kvrt_dtype_name(o->kv_type_v));
+    }
     kvrt_json_int(&j, "prompt_len", o->prompt_len);
     kvrt_json_int(&j, "gen", o->gen);
     kvrt_json_int(&j, "reps", o->reps);

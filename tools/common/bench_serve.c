@@ -46,6 +46,7 @@
  */
 #include "bench_serve.h"
 
+#include "backend/kv_layout.h"
 #include "bench.h"
 #include "cli.h"
 #include "files.h"
@@ -59,6 +60,16 @@
 #include <unistd.h>
 
 #define PROG "kvrt-bench serve"
+
+/* KV types of the budget table (--kv-types), and the default budget: F16 KV
+ * of this many full contexts, so F16 cannot hold every sequence a step may
+ * run and a smaller type visibly holds more. */
+#define MAX_KV_TYPES 8
+#define BUDGET_CONTEXTS 4
+
+typedef struct kv_pair {
+    kvrt_dtype k, v;
+} kv_pair;
 
 typedef struct serve_opts {
     kvrt_cli_common common;     /* --backend --device -t --pipeline-cache --kv-type --block-size -v */
@@ -78,6 +89,9 @@ typedef struct serve_opts {
     int32_t concurrency;        /* --concurrency N: requests in flight (0 = all at once) */
     const char *prompt_cache;   /* --prompt-cache DIR: the engines' prompt cache folder */
     int64_t prompt_cache_max;   /* MiB */
+    kv_pair kv_list[MAX_KV_TYPES]; /* --kv-types: the budget table's rows (K, V) */
+    int n_kv_list;
+    int64_t kv_budget_mib;      /* --kv-budget; 0: F16 KV of BUDGET_CONTEXTS full contexts */
 } serve_opts;
 
 typedef struct wl_req {
@@ -103,6 +117,8 @@ typedef struct wl_stats {
     double ttft[3], tpot[3]; /* p50, p95, p99 in seconds */
     double kv_util, kv_util_contig, prefix_hit;
     int32_t kv_blocks;
+    double seqs_mean, seqs_max;  /* sequences per step (running concurrently) */
+    uint64_t kv_bytes;           /* the pool's bytes */
 } wl_stats;
 
 /* Per-run bookkeeping the token callback fills. */
@@ -118,6 +134,33 @@ typedef struct run_state {
 } run_state;
 
 /* ---- arguments ----------------------------------------------------------------- */
+
+/* --kv-types: a comma-separated list of TYPE or K/V (q8_0,q4_0,q8_0/q4_0). */
+static bool parse_kv_list(const char *prog, const char *flag, const char *value, void *dst)
+{
+    serve_opts *o = dst;
+    o->n_kv_list = 0;
+    char buf[512];
+    snprintf(buf, sizeof(buf), "%s", value);
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        if (o->n_kv_list == MAX_KV_TYPES) {
+            kvrt_cli_error(prog, "%s: at most %d entries", flag, MAX_KV_TYPES);
+            return false;
+        }
+        char *slash = strchr(tok, '/');
+        if (slash)
+            *slash = '\0';
+        kv_pair *t = &o->kv_list[o->n_kv_list++];
+        if (!kvrt_cli_parse_kv_type(prog, flag, tok, &t->k))
+            return false;
+        t->v = t->k;
+        if (slash && !kvrt_cli_parse_kv_type(prog, flag, slash + 1, &t->v))
+            return false;
+    }
+    if (o->n_kv_list == 0)
+        kvrt_cli_error(prog, "%s: empty list", flag);
+    return o->n_kv_list > 0;
+}
 
 /* KVRT_CLI_CONTINUE, or the exit status after --help/--version or a usage error. */
 static int parse_args(int argc, char **argv, serve_opts *o)
@@ -151,13 +194,23 @@ static int parse_args(int argc, char **argv, serve_opts *o)
                      "finds there (a prefix cache that survives restarts)"),
         KVRT_CLI_INT64(0, "prompt-cache-max", &o->prompt_cache_max, 1, INT64_MAX / (1 << 20), "MIB",
                        "size cap of --prompt-cache's files (default 1024 = 1 GiB)"),
+        KVRT_CLI_CALL(0, "kv-types", parse_kv_list, o, "LIST",
+                      "instead of the workloads above: the sharegpt requests once per KV type\n"
+                      "(comma-separated; K/V for a pair, e.g. f16,q8_0,q4_0,fp8,q8_0/q4_0), the\n"
+                      "pool sized by --kv-budget for each: concurrent sequences, preemptions and\n"
+                      "output tok/s per type in one table (a type that does not fit head_dim is\n"
+                      "a row saying so)"),
+        KVRT_CLI_INT64(0, "kv-budget", &o->kv_budget_mib, 1, INT64_MAX / (1 << 20), "MIB",
+                       "the KV pool's memory for --kv-types, the same for every type (default:\n"
+                       "what f16 KV of 4 full contexts takes, so f16 cannot run max_seqs at once)"),
     };
     const kvrt_cli_spec spec = {
         .prog = PROG,
         .usage = "kvrt-bench serve [--model PATH] [--requests N] [--backend cpu|auto|vulkan|opencl] [-t THREADS]\n"
-                 "                        [--json] [--seed S] [--block-size 8|16|32] [--kv-type f32|f16]\n"
+                 "                        [--json] [--seed S] [--block-size 8|16|32] [--kv-type TYPE]\n"
                  "                        [--max-seqs N] [--max-batched-tokens N] [--pipeline-cache FILE]\n"
-                 "                        [--device N|NAME] [-v] [--workload FILE [--concurrency N]]",
+                 "                        [--device N|NAME] [-v] [--workload FILE [--concurrency N]]\n"
+                 "                        [--kv-types LIST [--kv-budget MIB]]",
         .about = "Runs four serving workloads on the engine (ShareGPT-like skewed lengths, a shared system\n"
                  "prompt, parallel sampling n = 4, a burst larger than the KV pool) and compares continuous\n"
                  "vs static batching, paged vs contiguous KV reservation, prefix cache on vs off.\n"
@@ -179,6 +232,14 @@ static int parse_args(int argc, char **argv, serve_opts *o)
     o->kv_type_v = o->common.kv_type_v;
     o->block_size = o->common.block_size;
     o->seed = (uint64_t)seed;
+    if (o->n_kv_list > 0 && o->workload) {
+        kvrt_cli_error(PROG, "--kv-types runs the sharegpt requests: not with --workload");
+        return KVRT_CLI_USAGE;
+    }
+    if (o->kv_budget_mib > 0 && o->n_kv_list == 0) {
+        kvrt_cli_error(PROG, "--kv-budget sizes the pools of --kv-types: name the types");
+        return KVRT_CLI_USAGE;
+    }
     return KVRT_CLI_CONTINUE;
 }
 
@@ -595,6 +656,9 @@ static kvrt_status run_workload(kvrt_model *model, const workload *w, const run_
         s->preemptions = m.preemptions_recompute + m.preemptions_swap;
         s->steps = m.steps;
         s->kv_blocks = m.blocks_total;
+        s->kv_bytes = m.kv_bytes;
+        s->seqs_mean = m.step_seqs.mean;
+        s->seqs_max = m.step_seqs.max;
         s->blocks_offloaded = m.blocks_offloaded;
         if (!c->tty && !c->quiet)
             fprintf(stderr, "%s: %s %s: %d requests in %.2f s\n", PROG, c->name, c->mode_name, (int)w->n,
@@ -625,6 +689,26 @@ static double ratio(double a, double b)
     return b > 0 ? a / b : 0.0;
 }
 
+/* "q8_0", or "K q8_0 / V q4_0" when the types differ. */
+static const char *kv_pair_name(kv_pair t, char *buf, size_t size)
+{
+    if (t.k == t.v)
+        snprintf(buf, size, "%s", kvrt_dtype_name(t.k));
+    else
+        snprintf(buf, size, "K %s / V %s", kvrt_dtype_name(t.k), kvrt_dtype_name(t.v));
+    return buf;
+}
+
+/* kv_type (K's, as before), and kv_type_k / kv_type_v where they differ. */
+static void json_kv_types(kvrt_json *j, kv_pair t)
+{
+    kvrt_json_str(j, "kv_type", kvrt_dtype_name(t.k));
+    if (t.k != t.v) {
+        kvrt_json_str(j, "kv_type_k", kvrt_dtype_name(t.k));
+        kvrt_json_str(j, "kv_type_v", kvrt_dtype_name(t.v));
+    }
+}
+
 static void print_table(const serve_run *r, FILE *f)
 {
     static const char *const headers[] = {"workload", "mode", "reqs", "req/s", "out tok/s", "TTFT ms p50/p95/p99",
@@ -647,9 +731,10 @@ static void print_table(const serve_run *r, FILE *f)
         kvrt_table_cell(&t, "%.1f %%", 100.0 * s->prefix_hit);
         kvrt_table_cell(&t, "%lld", (long long)s->preemptions);
     }
+    char kv[64];
     fprintf(f, "%s: %s, model %s, KV %s, block size %d, max_seqs %d, max_batched_tokens %d, seed %llu\n", PROG,
-            r->device, r->o.model, kvrt_dtype_name(r->o.kv_type), (int)r->o.block_size, (int)r->o.max_seqs,
-            (int)r->o.max_batched_tokens, (unsigned long long)r->o.seed);
+            r->device, r->o.model, kv_pair_name((kv_pair){r->o.kv_type, r->o.kv_type_v}, kv, sizeof(kv)),
+            (int)r->o.block_size, (int)r->o.max_seqs, (int)r->o.max_batched_tokens, (unsigned long long)r->o.seed);
     kvrt_table_print(&t, f);
     kvrt_table_free(&t);
     const wl_stats *st = r->st;
@@ -686,7 +771,7 @@ static void print_json(const serve_run *r, FILE *f)
     kvrt_json_int(&j, "seed", (int64_t)r->o.seed);
     kvrt_json_int(&j, "requests", r->o.requests);
     kvrt_json_int(&j, "block_size", r->o.block_size);
-    kvrt_json_str(&j, "kv_type", kvrt_dtype_name(r->o.kv_type));
+    json_kv_types(&j, (kv_pair){r->o.kv_type, r->o.kv_type_v});
     kvrt_json_int(&j, "max_context", r->max_context);
     kvrt_json_int(&j, "max_seqs", r->o.max_seqs);
     kvrt_json_int(&j, "max_batched_tokens", r->o.max_batched_tokens);
@@ -796,9 +881,10 @@ static kvrt_status read_workload(const char *path, const gen_ctx *g, workload *w
 
 static void print_replay(const serve_run *r, const wl_stats *s, FILE *table, FILE *json)
 {
+    char kv[64];
     fprintf(table, "%s: %s, model %s, KV %s, block size %d, max_seqs %d, max_batched_tokens %d\n", PROG, r->device,
-            r->o.model, kvrt_dtype_name(r->o.kv_type), (int)r->o.block_size, (int)r->o.max_seqs,
-            (int)r->o.max_batched_tokens);
+            r->o.model, kv_pair_name((kv_pair){r->o.kv_type, r->o.kv_type_v}, kv, sizeof(kv)), (int)r->o.block_size,
+            (int)r->o.max_seqs, (int)r->o.max_batched_tokens);
     fprintf(table, "%s (%s): %d requests in %.2f s, %.2f req/s, %.0f output tok/s, TTFT ms p50/p95/p99 "
             "%.1f/%.1f/%.1f, TPOT ms p50/p95/p99 %.2f/%.2f/%.2f, KV util %.1f %%, prefix hit %.1f %%, "
             "%lld preemptions\n", s->name, s->mode, (int)s->requests, s->seconds, s->req_s, s->tok_s,
@@ -815,6 +901,7 @@ static void print_replay(const serve_run *r, const wl_stats *s, FILE *table, FIL
     kvrt_json_int(&j, "concurrency", r->o.concurrency);
     kvrt_json_str(&j, "model", r->o.model);
     kvrt_json_str(&j, "device", r->device);
+    json_kv_types(&j, (kv_pair){r->o.kv_type, r->o.kv_type_v});
     kvrt_json_int(&j, "max_context", r->max_context);
     kvrt_json_int(&j, "max_seqs", r->o.max_seqs);
     kvrt_json_int(&j, "requests", s->requests);
@@ -852,6 +939,174 @@ static kvrt_status run_replay(kvrt_model *model, serve_run *r, gen_ctx *g, kvrt_
         print_replay(r, &s, r->o.json ? stderr : stdout, r->o.json ? stdout : NULL);
     workload_free(&w);
     return st;
+}
+
+/* ---- --kv-types: one memory budget, one row per KV type ---------------------------- */
+
+typedef struct budget_row {
+    kv_pair t;
+    int64_t block_bytes;   /* one block, every layer, K and V; 0: the type does not fit head_dim */
+    int32_t blocks;        /* the budget / block_bytes */
+    const char *skipped;   /* why the row did not run, or NULL */
+    wl_stats s;
+} budget_row;
+
+/* Bytes of one block of every layer's K and V stored as t (0: head_dim does not fit). */
+static int64_t budget_block_bytes(const kvrt_model_info *mi, int32_t block_size, kv_pair t)
+{
+    size_t k = kvrt_kv_dtype_block_bytes(kvrt_kv_dtype(t.k), mi->n_head_kv, block_size, mi->head_dim);
+    size_t v = kvrt_kv_dtype_block_bytes(kvrt_kv_dtype(t.v), mi->n_head_kv, block_size, mi->head_dim);
+    return k && v ? (int64_t)mi->n_layer * (int64_t)(k + v) : 0;
+}
+
+/* The sharegpt requests once per type, each pool holding what the budget
+ * buys in that type's blocks; everything else the same. */
+static kvrt_status run_budget(kvrt_model *model, serve_run *r, gen_ctx *g, budget_row *rows, int64_t *budget,
+                              kvrt_error *err)
+{
+    kvrt_model_info mi;
+    KVRT_TRY(kvrt_model_get_info(model, &mi));
+    int32_t bs = r->ep.block_size, per_ctx = (r->max_context + bs - 1) / bs;
+    int64_t f16_block = budget_block_bytes(&mi, bs, (kv_pair){KVRT_DTYPE_F16, KVRT_DTYPE_F16});
+    *budget = r->o.kv_budget_mib > 0 ? r->o.kv_budget_mib << 20 : f16_block * per_ctx * BUDGET_CONTEXTS;
+    workload w;
+    memset(&w, 0, sizeof(w));
+    if (!make_sharegpt(g, r->o.requests, &w))
+        return kvrt_fail(err, KVRT_ERR_OUT_OF_HOST_MEMORY, "workload of %d requests", (int)r->o.requests);
+    int32_t need = 1; /* blocks of the longest request: the pool must hold one */
+    for (int32_t i = 0; i < w.n; i++)
+        need = KVRT_MAX(need, (w.r[i].n_prompt + w.r[i].max_tokens + bs - 1) / bs);
+    kvrt_status st = KVRT_OK;
+    bool warm = false;
+    for (int i = 0; st == KVRT_OK && i < r->o.n_kv_list; i++) {
+        budget_row *b = &rows[i];
+        b->t = r->o.kv_list[i];
+        b->block_bytes = budget_block_bytes(&mi, bs, b->t);
+        b->blocks = b->block_bytes > 0 ? (int32_t)KVRT_MIN(*budget / b->block_bytes, INT32_MAX) : 0;
+        if (b->block_bytes == 0) {
+            b->skipped = "head_dim not a multiple of 32";
+            continue;
+        }
+        if (b->blocks < need) {
+            b->skipped = "budget below one request";
+            continue;
+        }
+        run_cfg c = {.name = "sharegpt", .mode_name = "continuous", .ep = r->ep, .tty = isatty(fileno(stderr)) != 0,
+                     .mode = MODE_CONTINUOUS};
+        c.ep.kv_type = b->t.k;
+        c.ep.kv_type_v_set = 1;
+        c.ep.kv_type_v = b->t.v;
+        c.ep.num_blocks = b->blocks;
+        if (!warm) { /* warm-up (not reported): the first forwards fault in weights and scratch */
+            workload ww = {.r = w.r, .n = KVRT_MIN(w.n, 8)};
+            run_cfg wc = c;
+            wc.tty = false;
+            wc.quiet = true;
+            wl_stats ws;
+            st = run_workload(model, &ww, &wc, &ws, err);
+            warm = true;
+        }
+        if (st == KVRT_OK)
+            st = run_workload(model, &w, &c, &b->s, err);
+    }
+    workload_free(&w);
+    return st;
+}
+
+static void print_budget(const serve_run *r, const budget_row *rows, int64_t budget, FILE *f)
+{
+    static const char *const headers[] = {"KV type", "block bytes", "blocks", "tokens", "seqs mean/max", "preempt",
+                                          "out tok/s", "TPOT ms p50", "KV util", "vs first"};
+    kvrt_table t;
+    if (!kvrt_table_init(&t, 10, headers, "lrrrrrrrrr"))
+        return;
+    for (int i = 0; i < r->o.n_kv_list; i++) {
+        const budget_row *b = &rows[i];
+        char kv[64];
+        if (!kvrt_table_row(&t))
+            break;
+        kvrt_table_cell(&t, "%s", kv_pair_name(b->t, kv, sizeof(kv)));
+        if (b->skipped) {
+            kvrt_table_cell(&t, "%s", b->skipped);
+            continue;
+        }
+        kvrt_table_cell(&t, "%lld", (long long)b->block_bytes);
+        kvrt_table_cell(&t, "%d", (int)b->blocks);
+        kvrt_table_cell(&t, "%lld", (long long)b->blocks * r->ep.block_size);
+        kvrt_table_cell(&t, "%.1f/%.0f", b->s.seqs_mean, b->s.seqs_max);
+        kvrt_table_cell(&t, "%lld", (long long)b->s.preemptions);
+        kvrt_table_cell(&t, "%.0f", b->s.tok_s);
+        kvrt_table_cell(&t, "%.2f", 1e3 * b->s.tpot[0]);
+        kvrt_table_cell(&t, "%.1f %%", 100.0 * b->s.kv_util);
+        kvrt_table_cell(&t, "%.2f", rows[0].skipped ? 0.0 : ratio(b->s.tok_s, rows[0].s.tok_s));
+    }
+    fprintf(f, "%s: %s, model %s, KV budget %.2f MiB for every type, block size %d, max_seqs %d, "
+            "max_batched_tokens %d, %d sharegpt requests, seed %llu\n", PROG, r->device, r->o.model,
+            (double)budget / 1048576.0, (int)r->o.block_size, (int)r->o.max_seqs, (int)r->o.max_batched_tokens,
+            (int)r->o.requests, (unsigned long long)r->o.seed);
+    kvrt_table_print(&t, f);
+    kvrt_table_free(&t);
+    fprintf(f, "\nseqs = sequences per step (running at once); vs first = out tok/s / the first row's\n");
+}
+
+static void print_budget_json(const serve_run *r, const budget_row *rows, int64_t budget, FILE *f)
+{
+    kvrt_json j;
+    kvrt_json_init(&j, f);
+    kvrt_json_begin_object(&j, NULL);
+    kvrt_json_str(&j, "tool", "kvrt-bench");
+    kvrt_json_str(&j, "bench", "serve");
+    kvrt_json_str(&j, "model", r->o.model);
+    kvrt_json_str(&j, "backend", kvrt_backend_name(r->o.backend));
+    kvrt_json_str(&j, "device", r->device);
+    kvrt_json_int(&j, "threads", r->o.n_threads > 0 ? r->o.n_threads : sysconf(_SC_NPROCESSORS_ONLN));
+    kvrt_json_int(&j, "seed", (int64_t)r->o.seed);
+    kvrt_json_int(&j, "requests", r->o.requests);
+    kvrt_json_int(&j, "block_size", r->o.block_size);
+    kvrt_json_int(&j, "max_context", r->max_context);
+    kvrt_json_int(&j, "max_seqs", r->o.max_seqs);
+    kvrt_json_int(&j, "max_batched_tokens", r->o.max_batched_tokens);
+    kvrt_json_int(&j, "kv_budget_bytes", budget);
+    kvrt_json_begin_array(&j, "kv_types");
+    for (int i = 0; i < r->o.n_kv_list; i++) {
+        const budget_row *b = &rows[i];
+        kvrt_json_begin_object(&j, NULL);
+        kvrt_json_str(&j, "kv_type_k", kvrt_dtype_name(b->t.k));
+        kvrt_json_str(&j, "kv_type_v", kvrt_dtype_name(b->t.v));
+        kvrt_json_int(&j, "block_bytes", b->block_bytes);
+        kvrt_json_int(&j, "blocks", b->blocks);
+        if (b->skipped) {
+            kvrt_json_str(&j, "skipped", b->skipped);
+        } else {
+            kvrt_json_num(&j, "seqs_per_step_mean", b->s.seqs_mean);
+            kvrt_json_num(&j, "seqs_per_step_max", b->s.seqs_max);
+            kvrt_json_int(&j, "preemptions", b->s.preemptions);
+            kvrt_json_int(&j, "output_tokens", b->s.out_tokens);
+            kvrt_json_num(&j, "seconds", b->s.seconds);
+            kvrt_json_num(&j, "output_tokens_per_s", b->s.tok_s);
+            json_triple(&j, "ttft_ms", b->s.ttft);
+            json_triple(&j, "tpot_ms", b->s.tpot);
+            kvrt_json_num(&j, "kv_utilization", b->s.kv_util);
+            kvrt_json_int(&j, "kv_bytes", (int64_t)b->s.kv_bytes);
+            kvrt_json_int(&j, "steps", b->s.steps);
+        }
+        kvrt_json_end_object(&j);
+    }
+    kvrt_json_end_array(&j);
+    kvrt_json_end_object(&j);
+    fputc('\n', f);
+}
+
+static kvrt_status run_budget_report(kvrt_model *model, serve_run *r, gen_ctx *g, kvrt_error *err)
+{
+    budget_row rows[MAX_KV_TYPES];
+    memset(rows, 0, sizeof(rows));
+    int64_t budget = 0;
+    KVRT_TRY(run_budget(model, r, g, rows, &budget, err));
+    print_budget(r, rows, budget, r->o.json ? stderr : stdout);
+    if (r->o.json)
+        print_budget_json(r, rows, budget, stdout);
+    return KVRT_OK;
 }
 
 /* ---- main ------------------------------------------------------------------------ */
@@ -955,9 +1210,13 @@ int kvrt_bench_serve_main(int argc, char **argv)
         r.ep.prompt_cache_dir = r.o.prompt_cache;
         r.ep.prompt_cache_max_bytes = (uint64_t)r.o.prompt_cache_max << 20;
         gen_ctx g = {.rng = {r.o.seed}, .n_vocab = mi.n_vocab, .bos = mi.bos_id, .max_context = r.max_context};
-        st = r.o.workload ? run_replay(model, &r, &g, &err) : run_all(model, &r, &g, &err);
+        st = r.o.workload ? run_replay(model, &r, &g, &err)
+             : r.o.n_kv_list > 0 ? run_budget_report(model, &r, &g, &err)
+                                 : run_all(model, &r, &g, &err);
     }
-    if (st == KVRT_OK && !r.o.workload) {
+    if (st == KVRT_OK && (r.o.workload || r.o.n_kv_list > 0)) {
+        /* printed by run_replay / run_budget_report */
+    } else if (st == KVRT_OK) {
         FILE *table = r.o.json ? stderr : stdout;
         print_table(&r, table);
         if (r.o.json)
