@@ -121,19 +121,29 @@ kvrt_status kvrt_bm_swap_in(kvrt_block_manager *bm, int32_t seq, int32_t (*pairs
     return KVRT_OK;
 }
 
-kvrt_status kvrt_bm_offload_plan(kvrt_block_manager *bm, int32_t seq, int32_t end, int32_t want, int32_t max_move,
-                                 int32_t *n_move, int32_t *n_freed)
+/* The checks kvrt_bm_offload_plan and kvrt_bm_offload share: a resident sequence and an end
+ * inside its full blocks. */
+static kvrt_status lookup_offload_seq(kvrt_block_manager *bm, int32_t seq, int32_t end, bool bad_args,
+                                      const char *fn, kvrt_bm_seq **out)
 {
-    static const char fn[] = "kvrt_bm_offload_plan";
     kvrt_bm_seq *s = NULL;
     KVRT_TRY(kvrt_bm_lookup_seq(bm, seq, fn, &s));
-    if (!n_move || !n_freed || max_move < 0)
+    if (bad_args)
         return kvrt_fail(&bm->err, KVRT_ERR_INVALID_ARGUMENT, "%s: bad arguments", fn);
     if (s->swapped)
         return kvrt_fail(&bm->err, KVRT_ERR_INVALID_ARGUMENT, "%s: sequence %d is swapped out", fn, (int)seq);
     if (end < 0 || end > s->seq_len / bm->block_size)
         return kvrt_fail(&bm->err, KVRT_ERR_INVALID_ARGUMENT, "%s: end %d outside the %d full blocks of sequence %d",
                          fn, (int)end, (int)(s->seq_len / bm->block_size), (int)seq);
+    *out = s;
+    return KVRT_OK;
+}
+
+kvrt_status kvrt_bm_offload_plan(kvrt_block_manager *bm, int32_t seq, int32_t end, int32_t want, int32_t max_move,
+                                 int32_t *n_move, int32_t *n_freed)
+{
+    kvrt_bm_seq *s = NULL;
+    KVRT_TRY(lookup_offload_seq(bm, seq, end, !n_move || !n_freed || max_move < 0, "kvrt_bm_offload_plan", &s));
     int32_t moved = 0, freed = 0;
     *n_move = *n_freed = 0;
     for (int32_t i = s->n_host; i < end && moved < max_move && freed < want; i++) {
@@ -155,14 +165,7 @@ kvrt_status kvrt_bm_offload(kvrt_block_manager *bm, int32_t seq, int32_t end, in
 {
     static const char fn[] = "kvrt_bm_offload";
     kvrt_bm_seq *s = NULL;
-    KVRT_TRY(kvrt_bm_lookup_seq(bm, seq, fn, &s));
-    if (!pairs || !n_pairs || max_pairs < 0 || max_blocks < 0)
-        return kvrt_fail(&bm->err, KVRT_ERR_INVALID_ARGUMENT, "%s: bad arguments", fn);
-    if (s->swapped)
-        return kvrt_fail(&bm->err, KVRT_ERR_INVALID_ARGUMENT, "%s: sequence %d is swapped out", fn, (int)seq);
-    if (end < 0 || end > s->seq_len / bm->block_size)
-        return kvrt_fail(&bm->err, KVRT_ERR_INVALID_ARGUMENT, "%s: end %d outside the %d full blocks of sequence %d",
-                         fn, (int)end, (int)(s->seq_len / bm->block_size), (int)seq);
+    KVRT_TRY(lookup_offload_seq(bm, seq, end, !pairs || !n_pairs || max_pairs < 0 || max_blocks < 0, fn, &s));
     int32_t n = KVRT_MAX(0, KVRT_MIN(max_blocks, end - s->n_host));
     if (n > max_pairs)
         return kvrt_fail(&bm->err, KVRT_ERR_INVALID_ARGUMENT, "%s: %d blocks, max_pairs is %d", fn, (int)n,

@@ -757,20 +757,26 @@ static void json_triple(kvrt_json *j, const char *key, const double v[3])
     kvrt_json_end_object(j);
 }
 
+/* The fields that say what ran, first in both JSON reports. */
+static void json_run_fields(kvrt_json *j, const serve_run *r)
+{
+    kvrt_json_str(j, "tool", "kvrt-bench");
+    kvrt_json_str(j, "bench", "serve");
+    kvrt_json_str(j, "model", r->o.model);
+    kvrt_json_str(j, "backend", kvrt_backend_name(r->o.backend));
+    kvrt_json_str(j, "device", r->device);
+    kvrt_json_int(j, "threads", r->o.n_threads > 0 ? r->o.n_threads : sysconf(_SC_NPROCESSORS_ONLN));
+    kvrt_json_int(j, "seed", (int64_t)r->o.seed);
+    kvrt_json_int(j, "requests", r->o.requests);
+    kvrt_json_int(j, "block_size", r->o.block_size);
+}
+
 static void print_json(const serve_run *r, FILE *f)
 {
     kvrt_json j;
     kvrt_json_init(&j, f);
     kvrt_json_begin_object(&j, NULL);
-    kvrt_json_str(&j, "tool", "kvrt-bench");
-    kvrt_json_str(&j, "bench", "serve");
-    kvrt_json_str(&j, "model", r->o.model);
-    kvrt_json_str(&j, "backend", kvrt_backend_name(r->o.backend));
-    kvrt_json_str(&j, "device", r->device);
-    kvrt_json_int(&j, "threads", r->o.n_threads > 0 ? r->o.n_threads : sysconf(_SC_NPROCESSORS_ONLN));
-    kvrt_json_int(&j, "seed", (int64_t)r->o.seed);
-    kvrt_json_int(&j, "requests", r->o.requests);
-    kvrt_json_int(&j, "block_size", r->o.block_size);
+    json_run_fields(&j, r);
     json_kv_types(&j, (kv_pair){r->o.kv_type, r->o.kv_type_v});
     kvrt_json_int(&j, "max_context", r->max_context);
     kvrt_json_int(&j, "max_seqs", r->o.max_seqs);
@@ -1054,15 +1060,7 @@ static void print_budget_json(const serve_run *r, const budget_row *rows, int64_
     kvrt_json j;
     kvrt_json_init(&j, f);
     kvrt_json_begin_object(&j, NULL);
-    kvrt_json_str(&j, "tool", "kvrt-bench");
-    kvrt_json_str(&j, "bench", "serve");
-    kvrt_json_str(&j, "model", r->o.model);
-    kvrt_json_str(&j, "backend", kvrt_backend_name(r->o.backend));
-    kvrt_json_str(&j, "device", r->device);
-    kvrt_json_int(&j, "threads", r->o.n_threads > 0 ? r->o.n_threads : sysconf(_SC_NPROCESSORS_ONLN));
-    kvrt_json_int(&j, "seed", (int64_t)r->o.seed);
-    kvrt_json_int(&j, "requests", r->o.requests);
-    kvrt_json_int(&j, "block_size", r->o.block_size);
+    json_run_fields(&j, r);
     kvrt_json_int(&j, "max_context", r->max_context);
     kvrt_json_int(&j, "max_seqs", r->o.max_seqs);
     kvrt_json_int(&j, "max_batched_tokens", r->o.max_batched_tokens);
