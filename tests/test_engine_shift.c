@@ -191,6 +191,63 @@ static void test_engine_equals_session(void **state)
     }
 }
 
+/* An allocator that records the largest single request. */
+static void *largest_alloc(void *user, size_t size, size_t alignment)
+{
+    size_t *largest = user;
+    if (size > *largest)
+        *largest = size;
+    void *p = NULL;
+    return posix_memalign(&p, alignment < sizeof(void *) ? sizeof(void *) : alignment, size) == 0 ? p : NULL;
+}
+
+static void largest_free(void *user, void *ptr)
+{
+    (void)user;
+    free(ptr);
+}
+
+/* With context shift a request may ask for ~2^30 tokens (kvrt-server takes
+ * max_tokens up to INT32_MAX / 2): its samples' token and logprob arrays
+ * grow as they fill instead of being allocated for max_tokens up front
+ * (n = 4 with logprobs would have been 32 GiB). CPU only: host memory. */
+static void test_huge_max_tokens(void **state)
+{
+    (void)state;
+    int32_t prompt[N_PROMPT];
+    make_prompt(prompt);
+    kvrt_model *m = load_stories(kvrt_test_pass_list[0].ctx, kvrt_test_pass_list[0].name);
+    size_t largest = 0;
+    kvrt_allocator a = {largest_alloc, largest_free, &largest};
+    kvrt_engine_params ep = shift_params();
+    ep.allocator = &a;
+    kvrt_engine *e = NULL;
+    kvrt_error err;
+    if (kvrt_engine_create(m, &ep, &e, &err) != KVRT_OK)
+        fail_msg("%s", err.message);
+    kvrt_request_params rp = kvrt_request_default_params();
+    rp.prompt = prompt;
+    rp.n_prompt = N_PROMPT;
+    rp.max_tokens = INT32_MAX / 2;
+    rp.ignore_eos = 1;
+    rp.n = 4;
+    rp.logprobs = 1;
+    int64_t id = 0;
+    if (kvrt_engine_submit(e, &rp, &id) != KVRT_OK)
+        fail_msg("submit: %s", kvrt_engine_message(e));
+    run_steps(e, "cpu", 3 * CTX); /* past several shifts and array doublings */
+    kvrt_request_output out;
+    assert_int_equal(kvrt_engine_get_output(e, id, &out), KVRT_OK);
+    assert_false(out.finished);
+    for (int32_t k = 0; k < out.n_samples; k++)
+        assert_true(out.samples[k].n_tokens >= 2 * CTX);
+    assert_true(largest < (size_t)64 << 20);
+    assert_int_equal(kvrt_engine_cancel(e, id), KVRT_OK);
+    run_steps(e, "cpu", -1);
+    kvrt_engine_destroy(e);
+    kvrt_model_destroy(m);
+}
+
 /* Offload (one GPU pass, OpenCL first: the scheduler's path is the same on
  * each, and test_engine_offload runs the tiers on both): the device pool
  * holds 5 blocks, so two samples move their oldest blocks to the host; one
@@ -312,6 +369,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_engine_equals_session),
         cmocka_unit_test(test_shift_with_host_tier),
+        cmocka_unit_test(test_huge_max_tokens),
         cmocka_unit_test(test_bad_input),
     };
     return cmocka_run_group_tests(tests, kvrt_test_passes_setup, kvrt_test_passes_teardown);

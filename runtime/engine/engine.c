@@ -406,14 +406,16 @@ static kvrt_request *request_build(kvrt_engine *e, const kvrt_request_params *rp
     /* with context shift a sample outlives its context: its tokens are all kept (the output) */
     int32_t cap = (int32_t)KVRT_MIN((int64_t)rp->n_prompt + rp->max_tokens,
                                     e->p.context_shift ? (int64_t)INT32_MAX : (int64_t)e->p.max_context);
+    int32_t room = KVRT_MIN(cap, e->p.max_context + 1); /* the rest on demand (kvrt_eseq_reserve) */
     for (int32_t i = 0; i < rp->n; i++) {
         kvrt_eseq *s = &r->seqs[i];
         s->req = r;
         s->index = i;
         s->bm_seq = -1;
         s->cap = cap;
-        s->tokens = kvrt_calloc(a, (size_t)cap, sizeof(int32_t));
-        s->logprobs = rp->logprobs ? kvrt_calloc(a, (size_t)cap, sizeof(float)) : NULL;
+        s->room = room;
+        s->tokens = kvrt_calloc(a, (size_t)room, sizeof(int32_t));
+        s->logprobs = rp->logprobs ? kvrt_calloc(a, (size_t)room, sizeof(float)) : NULL;
         s->text_cap = 64;
         s->text = kvrt_calloc(a, s->text_cap, 1);
         if (!s->tokens || (rp->logprobs && !s->logprobs) || !s->text || kvrt_engine_sampler_init(e, s) != KVRT_OK) {
@@ -622,6 +624,20 @@ kvrt_status kvrt_engine_cancel(kvrt_engine *e, int64_t request_id)
 int32_t kvrt_engine_has_work(const kvrt_engine *e)
 {
     return e && (e->waiting.n > 0 || e->running.n > 0 || e->swapped.n > 0);
+}
+
+/* Room for n tokens (and their logprobs) in s, doubling up to its cap. */
+kvrt_status kvrt_eseq_reserve(kvrt_engine *e, kvrt_eseq *s, int32_t n)
+{
+    if (n <= s->room)
+        return KVRT_OK;
+    int32_t room = (int32_t)KVRT_MIN((int64_t)s->cap, KVRT_MAX((int64_t)n, 2 * (int64_t)s->room));
+    if (n > room || !kvrt_grow_array(e->alloc, (void **)&s->tokens, (size_t)s->len, (size_t)room, sizeof(int32_t)) ||
+        (s->logprobs &&
+         !kvrt_grow_array(e->alloc, (void **)&s->logprobs, (size_t)s->len, (size_t)room, sizeof(float))))
+        return kvrt_fail(&e->err, KVRT_ERR_OUT_OF_HOST_MEMORY, "room for %d tokens of a sample", (int)n);
+    s->room = room;
+    return KVRT_OK;
 }
 
 static void fill_output(const kvrt_request *r, kvrt_request_output *out)

@@ -99,14 +99,15 @@ typedef struct kvrt_eseq {
     int32_t index;          /* sample index in the request */
     kvrt_seq_state state;
     int32_t bm_seq;         /* block manager sequence, -1 when none */
-    int32_t *tokens;        /* [cap] prompt then generated ids */
+    int32_t *tokens;        /* [room] prompt then generated ids */
     int32_t len;            /* tokens known */
-    int32_t cap;            /* min(n_prompt + max_tokens, max_context) */
+    int32_t cap;            /* n_prompt + max_tokens, at most max_context unless the context shifts */
+    int32_t room;           /* entries of tokens (and logprobs): grown on demand up to cap, since
+                             * a shifting sample's max_tokens may be far beyond what it reaches */
     int32_t num_computed;   /* tokens whose K/V is in the cache (tokens[0, num_computed), the dropped
                              * ones of a context shift counted as computed) */
     int32_t shift;          /* context shift: tokens[sink_tok, sink_tok + shift) were dropped from the
                              * cache; token i >= sink_tok + shift sits at position i - shift */
-    int32_t n_shifts;
     uint64_t admit_stamp;   /* order of (re)admission: preemption victims are the highest */
     kvrt_sampler *sampler;  /* its own seeded generator and penalty history (kvrt_engine_seed(seed, index)) */
     float *logprobs;        /* [cap] when requested: entry i is that of tokens[i] (generated ones only) */
@@ -223,6 +224,7 @@ double kvrt_engine_now(const kvrt_engine *e);
 void kvrt_engine_finish_seq(kvrt_engine *e, kvrt_eseq *s, kvrt_finish_reason why, int32_t report_token);
 
 /* ---- scheduler.c ---------------------------------------------------------------- */
+kvrt_status kvrt_eseq_reserve(kvrt_engine *e, kvrt_eseq *s, int32_t n);
 kvrt_status kvrt_seq_list_reserve(kvrt_engine *e, kvrt_seq_list *l, int32_t cap);
 /* Inserts in order (by admission stamp, else by arrival); room must be reserved. */
 void kvrt_seq_list_insert(kvrt_seq_list *l, kvrt_eseq *s, int by_admission);

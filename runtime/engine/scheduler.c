@@ -77,7 +77,6 @@ static int32_t shift_drop(const kvrt_engine *e, int32_t kv)
 static void count_shift(kvrt_engine *e, kvrt_eseq *s, int32_t drop)
 {
     s->shift += drop * e->p.block_size;
-    s->n_shifts++;
     e->m.context_shifts++;
     e->m.shift_dropped_tokens += (int64_t)drop * e->p.block_size;
 }

@@ -90,20 +90,31 @@ static void record_kv_utilization(kvrt_engine *e)
         e->kv_util_contig_sum += (double)stored / ((double)seqs * (double)e->p.max_context);
 }
 
+/* Undoes the forks of samples 1..n-1 of r (a later one failed). */
+static void unfork_samples(kvrt_engine *e, kvrt_request *r, int32_t n)
+{
+    for (int32_t k = 1; k < n; k++) {
+        kvrt_seq_list_remove(&e->running, &r->seqs[k]);
+        (void)kvrt_bm_seq_free(e->bm, r->seqs[k].bm_seq);
+        r->seqs[k].bm_seq = -1;
+        r->seqs[k].state = KVRT_SEQ_FINISHED;
+    }
+}
+
 /* Creates samples 1..n-1 of a request from sample 0, whose prompt is now computed. */
 static kvrt_status fork_samples(kvrt_engine *e, kvrt_eseq *parent)
 {
     kvrt_request *r = parent->req;
     for (int32_t i = 1; i < r->p.n; i++) {
         kvrt_eseq *c = &r->seqs[i];
-        kvrt_status st = kvrt_bm_seq_fork(e->bm, parent->bm_seq, &c->bm_seq);
+        kvrt_status st = kvrt_eseq_reserve(e, c, parent->len);
         if (st != KVRT_OK) {
-            for (int32_t k = 1; k < i; k++) {
-                kvrt_seq_list_remove(&e->running, &r->seqs[k]);
-                (void)kvrt_bm_seq_free(e->bm, r->seqs[k].bm_seq);
-                r->seqs[k].bm_seq = -1;
-                r->seqs[k].state = KVRT_SEQ_FINISHED;
-            }
+            unfork_samples(e, r, i);
+            return st;
+        }
+        st = kvrt_bm_seq_fork(e->bm, parent->bm_seq, &c->bm_seq);
+        if (st != KVRT_OK) {
+            unfork_samples(e, r, i);
             c->bm_seq = -1;
             return bm_err(e, st);
         }
@@ -163,6 +174,7 @@ static void emit_failed(kvrt_engine *e, kvrt_eseq *s, kvrt_status st, int32_t *f
 static kvrt_status emit(kvrt_engine *e, kvrt_eseq *s, const float *row, double now, int32_t *finished)
 {
     int32_t tok = 0;
+    KVRT_TRY(kvrt_eseq_reserve(e, s, s->len + 1));
     KVRT_TRY(kvrt_engine_sample(e, s, row, &tok));
     s->tokens[s->len++] = tok;
     e->m.generated_tokens++;

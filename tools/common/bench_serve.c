@@ -141,7 +141,10 @@ static bool parse_kv_list(const char *prog, const char *flag, const char *value,
     serve_opts *o = dst;
     o->n_kv_list = 0;
     char buf[512];
-    snprintf(buf, sizeof(buf), "%s", value);
+    if ((size_t)snprintf(buf, sizeof(buf), "%s", value) >= sizeof(buf)) {
+        kvrt_cli_error(prog, "%s: list longer than %zu characters", flag, sizeof(buf) - 1);
+        return false;
+    }
     for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
         if (o->n_kv_list == MAX_KV_TYPES) {
             kvrt_cli_error(prog, "%s: at most %d entries", flag, MAX_KV_TYPES);
