@@ -130,19 +130,24 @@ static void test_quantized_kv(void **state)
     report("quantized KV", n);
 }
 
-/* K and V in different types (keys are the sensitive half): every ordered
- * pair of f32, f16, q8_0, q4_0, fp8, fp8_e5m2 that differs, against the double reference fed each
- * half's stored values, on every pass. Small cases: the kernels are the
- * single-type ones, reached per half. */
+/* K and V in different types (keys are the sensitive half), against the
+ * double reference fed each half's stored values, on every pass. Small
+ * cases: the kernels are the single-type ones, reached per half. CI runs
+ * the pairs (a, a + 1) and (a, a + 3) of f32, f16, q8_0, q4_0, fp8,
+ * fp8_e5m2 (each type twice as K and twice as V: OpenCL builds a program per
+ * pair, slow under ASan on a cold PoCL cache); KVRT_TEST_FULL=1 every ordered
+ * pair that differs. */
 static void test_mixed_kv(void **state)
 {
     (void)state;
     static const kvrt_dtype T[] = {KVRT_DTYPE_F32, KVRT_DTYPE_F16, KVRT_DTYPE_Q8_0, KVRT_DTYPE_Q4_0,
                                    KVRT_DTYPE_FP8_E4M3, KVRT_DTYPE_FP8_E5M2};
+    const char *full_env = getenv("KVRT_TEST_FULL");
+    bool full = full_env && strcmp(full_env, "1") == 0;
     size_t n = 0;
     for (size_t a = 0; a < 6; a++) {
         for (size_t b = 0; b < 6; b++) {
-            if (a == b)
+            if (a == b || (!full && b != (a + 1) % 6 && b != (a + 3) % 6))
                 continue;
             attn_case c;
             attn_mode mode = n % 2 ? ATTN_PREFILL : ATTN_DECODE;
