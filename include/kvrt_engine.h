@@ -249,7 +249,9 @@ KVRT_API kvrt_status kvrt_engine_step(kvrt_engine *engine, kvrt_step_info *info)
 /* Nonzero while some request is waiting, running or swapped out. */
 KVRT_API int32_t kvrt_engine_has_work(const kvrt_engine *engine);
 
-/* The current state of a request (finished or not). Errors: INVALID_ARGUMENT. */
+/* The current state of a request (finished or not). While it is not
+ * finished, its arrays (tokens, logprobs, text) grow as it runs: they are
+ * valid until the next kvrt_engine_step. Errors: INVALID_ARGUMENT. */
 KVRT_API kvrt_status kvrt_engine_get_output(kvrt_engine *engine, int64_t request_id, kvrt_request_output *out);
 
 /* Takes the next finished request not taken yet (in finishing order) into
