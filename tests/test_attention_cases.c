@@ -100,6 +100,28 @@ static void test_wide_heads(void **state)
     free(cases);
 }
 
+/* One row of a KV-type table: a case shape run once per KV type. */
+typedef struct kv_case {
+    int32_t hd, n_heads, n_kv, bs, window, sinks, len;
+    attn_mode mode;
+} kv_case;
+
+/* Runs every case of the table in each of the two types (seeds seed + i +
+ * 100 * type); returns the number of cases run. */
+static size_t run_kv_table(const kv_case *cases, size_t n_cases, const kvrt_dtype types[2], size_t seed)
+{
+    size_t n = 0;
+    for (size_t t = 0; t < 2; t++) {
+        for (size_t i = 0; i < n_cases; i++, n++) {
+            attn_case c;
+            attn_case_make(&c, cases[i].hd, cases[i].n_heads, cases[i].n_kv, cases[i].bs, types[t],
+                           cases[i].window, cases[i].sinks, cases[i].mode, cases[i].len, seed + i + 100 * t);
+            run_case(&c);
+        }
+    }
+    return n;
+}
+
 /* Quantized KV (q8_0, q4_0): kernels against the double reference fed the
  * same dequantized values (tests/common/ref_kvquant.c), so the bound is the
  * same as for F32/F16 KV. Head dims multiples of 32 (the scale group), GQA
@@ -108,26 +130,14 @@ static void test_wide_heads(void **state)
 static void test_quantized_kv(void **state)
 {
     (void)state;
-    static const struct {
-        int32_t hd, n_heads, n_kv, bs, window, sinks, len;
-        attn_mode mode;
-    } cases[] = {
+    static const kv_case cases[] = {
         {64, 8, 2, 16, 0, 0, 300, ATTN_DECODE},   {128, 4, 4, 8, 0, 0, 0, ATTN_DECODE},
         {32, 6, 3, 32, 40, 3, 129, ATTN_DECODE},  {96, 8, 1, 16, 0, 0, 1100, ATTN_DECODE},
         {64, 8, 2, 16, 0, 0, 0, ATTN_PREFILL},    {128, 4, 1, 8, 64, 4, 200, ATTN_PREFILL},
         {32, 2, 2, 32, 0, 0, 77, ATTN_PREFILL},
     };
-    size_t n = 0;
-    for (int t = 0; t < 2; t++) {
-        kvrt_dtype dt = t ? KVRT_DTYPE_Q4_0 : KVRT_DTYPE_Q8_0;
-        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++, n++) {
-            attn_case c;
-            attn_case_make(&c, cases[i].hd, cases[i].n_heads, cases[i].n_kv, cases[i].bs, dt, cases[i].window,
-                           cases[i].sinks, cases[i].mode, cases[i].len, 40 + i + 100 * (size_t)t);
-            run_case(&c);
-        }
-    }
-    report("quantized KV", n);
+    static const kvrt_dtype types[2] = {KVRT_DTYPE_Q8_0, KVRT_DTYPE_Q4_0};
+    report("quantized KV", run_kv_table(cases, sizeof(cases) / sizeof(cases[0]), types, 40));
 }
 
 /* K and V in different types (keys are the sensitive half), against the
@@ -166,25 +176,13 @@ static void test_mixed_kv(void **state)
 static void test_fp8_kv(void **state)
 {
     (void)state;
-    static const struct {
-        int32_t hd, n_heads, n_kv, bs, window, sinks, len;
-        attn_mode mode;
-    } cases[] = {
+    static const kv_case cases[] = {
         {64, 8, 2, 16, 0, 0, 300, ATTN_DECODE}, {8, 4, 4, 8, 0, 0, 0, ATTN_DECODE},
         {80, 8, 1, 32, 40, 3, 1100, ATTN_DECODE}, {64, 8, 2, 16, 0, 0, 0, ATTN_PREFILL},
         {8, 2, 1, 8, 64, 4, 200, ATTN_PREFILL},  {128, 4, 4, 16, 0, 0, 77, ATTN_PREFILL},
     };
-    size_t n = 0;
-    for (int t = 0; t < 2; t++) {
-        kvrt_dtype dt = t ? KVRT_DTYPE_FP8_E5M2 : KVRT_DTYPE_FP8_E4M3;
-        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++, n++) {
-            attn_case c;
-            attn_case_make(&c, cases[i].hd, cases[i].n_heads, cases[i].n_kv, cases[i].bs, dt, cases[i].window,
-                           cases[i].sinks, cases[i].mode, cases[i].len, 700 + i + 100 * (size_t)t);
-            run_case(&c);
-        }
-    }
-    report("fp8 KV", n);
+    static const kvrt_dtype types[2] = {KVRT_DTYPE_FP8_E4M3, KVRT_DTYPE_FP8_E5M2};
+    report("fp8 KV", run_kv_table(cases, sizeof(cases) / sizeof(cases[0]), types, 700));
 }
 
 int main(void)
